@@ -1,0 +1,116 @@
+# Driven by build.sh, which fetches the BearSSL and cJSON sources into .deps/.
+# Four builds of the same sources:
+#   $(B)/musl   the product: static, stripped, size-optimised (./lambdo) and musl test tools
+#   $(B)/glibc  plain -O1 -g, for valgrind memcheck
+#   $(B)/asan   AddressSanitizer + UBSan (clang), what the tests run by default
+#   $(B)/fuzz   libFuzzer targets (clang)
+# Every top-level *.c but lambdo.c is library code; tests/t_*.c are cmocka unit tests,
+# tests/tool_*.c are small CLIs the Node tests drive, tests/fuzz_*.c are fuzz targets.
+
+B       ?= build
+BEARSSL ?= .deps/bearssl
+CJSON   ?= .deps/cjson
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+
+LIBSRC  ?= $(filter-out lambdo.c,$(wildcard *.c))
+UNITS   := $(patsubst tests/%.c,%,$(wildcard tests/t_*.c))
+TOOLS   := $(patsubst tests/%.c,%,$(wildcard tests/tool_*.c))
+FUZZERS := $(patsubst tests/%.c,%,$(wildcard tests/fuzz_*.c))
+BR_SRC  := $(shell find $(BEARSSL)/src -name '*.c' 2>/dev/null)
+
+# BearSSL's PEM and X.509 decoders run once per CA certificate at start-up; built with -Os
+# they take tens of milliseconds for a system bundle, so they (and the hashes they call)
+# are compiled for speed. Everything else of BearSSL is compiled for size.
+BR_FAST := codec/pem_decode x509/x509_decoder x509/x509_minimal codec/dec32be codec/dec64be \
+           hash/sha2small hash/sha2big hash/sha1 hash/md5 hash/multihash int/i31_decode \
+           int/i31_decmod int/i31_modpow2 int/i31_montmul int/i31_mulacc rsa/rsa_i31_pub \
+           rsa/rsa_i31_pkcs1_vrfy rsa/rsa_pkcs1_sig_unpad ec/ec_c25519_m64 ec/ec_p256_m64 \
+           ec/ecdsa_i31_vrfy_asn1 ec/ecdsa_i31_vrfy_raw ec/ec_prime_i31 ec/ecdsa_i31_bits \
+           symcipher/aes_x86ni symcipher/aes_x86ni_ctrcbc symcipher/aes_x86ni_ctr \
+           symcipher/chacha20_sse2 aead/gcm x509/x509_minimal_full
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+INC     := -I. -I$(BEARSSL)/inc -I$(CJSON)
+DEFS    := -D_GNU_SOURCE -DLAMBDO_VERSION='"$(VERSION)"'
+
+MUSL_CC := musl-gcc
+MUSL_CF := -std=c11 -Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables \
+           -fno-stack-protector -D_FORTIFY_SOURCE=0
+MUSL_LD := -static -s -Wl,--gc-sections -Wl,--build-id=none
+GLIBC_CC := gcc
+GLIBC_CF := -std=c11 -O1 -g
+ASAN_CC := clang
+ASAN_CF := -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+           -fno-sanitize-recover=undefined
+FUZZ_CF := -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+
+.PHONY: lambdo test-build clean
+.SUFFIXES:
+
+lambdo: $(B)/musl/lambdo
+	@cp $< lambdo
+
+test-build: $(UNITS:%=$(B)/asan/%) $(UNITS:%=$(B)/glibc/%) \
+            $(TOOLS:%=$(B)/asan/%) $(TOOLS:%=$(B)/glibc/%) $(TOOLS:%=$(B)/musl/%) \
+            $(FUZZERS:%=$(B)/fuzz/%)
+
+# --- third-party libraries, one archive per C library flavour ---------------------------
+br_obj = $(patsubst $(BEARSSL)/src/%.c,$(B)/$(1)/bearssl/%.o,$(BR_SRC))
+br_flags = $(if $(filter $(BR_FAST),$(patsubst $(B)/$(1)/bearssl/%.o,%,$@)),-O2,)
+
+$(B)/musl/bearssl/%.o: $(BEARSSL)/src/%.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) $(MUSL_CF) $(call br_flags,musl) -I$(BEARSSL)/inc -I$(BEARSSL)/src -c $< -o $@
+$(B)/glibc/bearssl/%.o: $(BEARSSL)/src/%.c
+	@mkdir -p $(@D)
+	$(GLIBC_CC) -O2 -g -I$(BEARSSL)/inc -I$(BEARSSL)/src -c $< -o $@
+$(B)/musl/libbearssl.a: $(call br_obj,musl)
+	@rm -f $@; ar rcs $@ $^
+$(B)/glibc/libbearssl.a: $(call br_obj,glibc)
+	@rm -f $@; ar rcs $@ $^
+$(B)/musl/cjson.o: $(CJSON)/cJSON.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) $(MUSL_CF) -c $< -o $@
+$(B)/glibc/cjson.o: $(CJSON)/cJSON.c
+	@mkdir -p $(@D)
+	$(GLIBC_CC) -O2 -g -c $< -o $@
+
+MUSL_DEPS  := $(B)/musl/libbearssl.a $(B)/musl/cjson.o
+GLIBC_DEPS := $(B)/glibc/libbearssl.a $(B)/glibc/cjson.o
+
+# --- our code -----------------------------------------------------------------------------
+$(B)/musl/%.o: %.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) $(MUSL_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
+$(B)/glibc/%.o: %.c
+	@mkdir -p $(@D)
+	$(GLIBC_CC) $(GLIBC_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
+$(B)/asan/%.o: %.c
+	@mkdir -p $(@D)
+	$(ASAN_CC) $(ASAN_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
+$(B)/fuzz/%.o: %.c
+	@mkdir -p $(@D)
+	$(ASAN_CC) $(FUZZ_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
+
+lib = $(LIBSRC:%.c=$(B)/$(1)/%.o)
+
+$(B)/musl/lambdo: $(B)/musl/lambdo.o $(call lib,musl) $(MUSL_DEPS)
+	$(MUSL_CC) $(MUSL_CF) $(MUSL_LD) $^ -o $@
+$(B)/musl/tool_%: $(B)/musl/tests/tool_%.o $(call lib,musl) $(MUSL_DEPS)
+	$(MUSL_CC) $(MUSL_CF) $(MUSL_LD) $^ -o $@
+
+$(B)/glibc/t_%: $(B)/glibc/tests/t_%.o $(call lib,glibc) $(GLIBC_DEPS)
+	$(GLIBC_CC) $(GLIBC_CF) $^ -lcmocka -o $@
+$(B)/glibc/tool_%: $(B)/glibc/tests/tool_%.o $(call lib,glibc) $(GLIBC_DEPS)
+	$(GLIBC_CC) $(GLIBC_CF) $^ -o $@
+$(B)/asan/t_%: $(B)/asan/tests/t_%.o $(call lib,asan) $(GLIBC_DEPS)
+	$(ASAN_CC) $(ASAN_CF) $^ -lcmocka -o $@
+$(B)/asan/tool_%: $(B)/asan/tests/tool_%.o $(call lib,asan) $(GLIBC_DEPS)
+	$(ASAN_CC) $(ASAN_CF) $^ -o $@
+$(B)/fuzz/fuzz_%: $(B)/fuzz/tests/fuzz_%.o $(call lib,fuzz) $(GLIBC_DEPS)
+	$(ASAN_CC) $(FUZZ_CF) $^ -o $@
+
+clean:
+	rm -rf $(B) lambdo
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

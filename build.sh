@@ -1,0 +1,61 @@
+#!/bin/sh
+# Builds ./lambdo, a fully static, stripped musl binary, and (with `./build.sh test`)
+# everything the tests need. Run as root on a fresh Debian bookworm machine it installs
+# what is missing first. BearSSL and cJSON are fetched as Debian *source* packages into
+# the git-ignored .deps/ and compiled here: no third-party source lives in the repo, and
+# Debian's glibc-fortified libbearssl.a never reaches the musl link.
+#
+#   ./build.sh          the static binary
+#   ./build.sh test     also the sanitizer, valgrind and fuzzer builds of tests/
+set -eu
+cd "$(dirname "$0")"
+top=$(pwd)
+deps="$top/.deps"
+want=${1:-lambdo}
+
+say() { printf 'build.sh: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# Debian packages each kind of build needs.
+pkgs="musl-tools make dpkg-dev xz-utils ca-certificates"
+[ "$want" = test ] && pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl nodejs npm file"
+
+install_missing() {
+    missing=""
+    for p in $pkgs; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
+    [ "$(id -u)" = 0 ] || die "missing packages:$missing (run as root, or install them)"
+    say "installing:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+# apt-get source with a private deb-src list, so /etc/apt is never touched.
+fetch_sources() {
+    [ -f "$deps/bearssl/src/settings.c" ] && [ -f "$deps/cjson/cJSON.c" ] && return 0
+    say "fetching BearSSL and cJSON source packages into .deps/"
+    rm -rf "$deps" && mkdir -p "$deps/apt/lists/partial" "$deps/dl"
+    echo "deb-src http://deb.debian.org/debian bookworm main" > "$deps/apt/sources.list"
+    aptopts="-o Dir::Etc::SourceList=$deps/apt/sources.list -o Dir::Etc::SourceParts=/dev/null
+             -o Dir::State::Lists=$deps/apt/lists -o Debug::NoLocking=1 -o APT::Sandbox::User=root"
+    # shellcheck disable=SC2086
+    apt-get $aptopts update -qq
+    # shellcheck disable=SC2086
+    (cd "$deps/dl" && apt-get $aptopts source --download-only -qq bearssl cjson)
+    (cd "$deps/dl" && dpkg-source -q -x bearssl_*.dsc "$deps/bearssl" &&
+                      dpkg-source -q -x cjson_*.dsc "$deps/cjson") >/dev/null
+    for f in "$deps"/dl/bearssl_*.dsc "$deps"/dl/cjson_*.dsc; do
+        sed -n 's/^Version: //p' "$f" > "$deps/$(basename "$f" | cut -d_ -f1).version"
+    done
+}
+
+install_missing
+fetch_sources
+say "BearSSL $(cat "$deps/bearssl.version"), cJSON $(cat "$deps/cjson.version") (Debian source packages)"
+
+jobs=$(nproc 2>/dev/null || echo 2)
+make -s -j"$jobs" BEARSSL="$deps/bearssl" CJSON="$deps/cjson" lambdo
+[ "$want" = test ] && make -s -j"$jobs" BEARSSL="$deps/bearssl" CJSON="$deps/cjson" test-build
+say "built $(ls -l lambdo | awk '{print $5}') bytes: $(file -b lambdo | cut -d, -f1-5)"
