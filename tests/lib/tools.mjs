@@ -1,0 +1,34 @@
+// Where the C binaries under test live, and how to run them.
+//   LAMBDO_BUILD_DIR     build directory (default: build)
+//   LAMBDO_VARIANT       asan | glibc | musl (default: asan)
+//   LAMBDO_TOOL_WRAPPER  words put before every command, e.g. "valgrind --error-exitcode=99"
+//   LAMBDO_BIN           the lambdo binary (default: ./lambdo, the static product)
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const buildDir = path.resolve(ROOT, process.env.LAMBDO_BUILD_DIR || 'build');
+const variant = process.env.LAMBDO_VARIANT || 'asan';
+const wrapper = (process.env.LAMBDO_TOOL_WRAPPER || '').split(/\s+/).filter(Boolean);
+
+export function toolPath(name) {
+  const p = path.join(buildDir, variant, name);
+  if (!existsSync(p)) throw new Error(`test tool ${p} is missing: run ./build.sh test first`);
+  return p;
+}
+
+export function lambdoPath() {
+  const p = path.resolve(ROOT, process.env.LAMBDO_BIN || 'lambdo');
+  if (!existsSync(p)) throw new Error(`${p} is missing: run ./build.sh first`);
+  return p;
+}
+
+// [command, ...args] for spawn/execFile, with the wrapper (valgrind...) in front.
+export function toolCommand(name, args = []) {
+  return [...wrapper, toolPath(name), ...args];
+}
+
+export function lambdoCommand(args = []) {
+  return [...wrapper, lambdoPath(), ...args];
+}
