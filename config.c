@@ -1,0 +1,233 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_FLY_API "https://api.machines.dev"
+
+/* The first of two variable names that is set and non-empty wins. *which names it,
+ * so that an error talks about the variable the user actually set. */
+static const char *pick(config_getenv_fn get, void *ctx, const char *a, const char *b,
+                        const char **which)
+{
+    const char *v = get(a, ctx);
+
+    *which = a;
+    if ((!v || !*v) && b) {
+        v = get(b, ctx);
+        if (v && *v)
+            *which = b;
+    }
+    return (v && *v) ? v : NULL;
+}
+
+/* Values that end up in HTTP headers must not smuggle in line breaks. */
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return 1;
+    return 0;
+}
+
+static int load_int(config_getenv_fn get, void *ctx, const char *name, int lo, int hi, int dflt,
+                    int *out, struct lerr *e)
+{
+    const char *v = get(name, ctx);
+    char *end;
+    long n;
+
+    if (!v || !*v) {
+        *out = dflt;
+        return 0;
+    }
+    n = strtol(v, &end, 10);
+    if (!isdigit((unsigned char)v[0]) || *end || n < lo || n > hi)
+        return lerr_set(e, LERR_INVALID, "%s: must be a whole number from %d to %d, got \"%.40s\"",
+                        name, lo, hi, v);
+    *out = (int)n;
+    return 0;
+}
+
+static int load_secret(config_getenv_fn get, void *ctx, const char *a, const char *b,
+                       const char **out, struct lerr *e)
+{
+    const char *which;
+
+    *out = pick(get, ctx, a, b, &which);
+    if (!*out)
+        return b ? lerr_set(e, LERR_INVALID, "%s (or %s): required, not set", a, b)
+                 : lerr_set(e, LERR_INVALID, "%s: required, not set", a);
+    if (has_control(*out) || strchr(*out, ' '))
+        return lerr_set(e, LERR_INVALID, "%s: contains spaces or control characters", which);
+    return 0;
+}
+
+/* "sqs.us-east-1.amazonaws.com" and the legacy "us-east-1.queue.amazonaws.com". */
+static int region_from_host(const char *host, char *out, size_t cap)
+{
+    const char *start = host, *end;
+
+    if (strncmp(host, "sqs.", 4) == 0)
+        start = host + 4;
+    end = strchr(start, '.');
+    if (!end || end == start || (size_t)(end - start) >= cap)
+        return -1;
+    if (start == host && strncmp(end, ".queue.", 7) != 0)
+        return -1;
+    if (start != host && strncmp(end, ".amazonaws.com", 14) != 0 && strncmp(end, ".amazonaws.com.cn", 17) != 0)
+        return -1;
+    memcpy(out, start, (size_t)(end - start));
+    out[end - start] = '\0';
+    return 0;
+}
+
+static int load_sqs(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    const char *which, *v;
+
+    c->queue_url = get("LAMBDO_SQS_QUEUE_URL", ctx);
+    if (!c->queue_url || !*c->queue_url)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: required, not set");
+    if (url_parse(c->queue_url, &c->queue, e) < 0)
+        return lerr_wrap(e, "LAMBDO_SQS_QUEUE_URL");
+    if (strcmp(c->queue.path, "/") == 0)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path (expected "
+                        "https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
+    c->sqs_endpoint = c->queue;
+    strcpy(c->sqs_endpoint.path, "/");
+    v = pick(get, ctx, "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL", &which);
+    if (v) {
+        if (url_parse(v, &c->sqs_endpoint, e) < 0)
+            return lerr_wrap(e, "%s", which);
+        c->sqs_endpoint_overridden = 1;
+    }
+    v = pick(get, ctx, "AWS_REGION", "AWS_DEFAULT_REGION", &which);
+    if (v) {
+        if (strlen(v) >= sizeof c->aws_region || has_control(v) || strchr(v, '/') || strchr(v, ' '))
+            return lerr_set(e, LERR_INVALID, "%s: \"%.40s\" is not a region name", which, v);
+        strcpy(c->aws_region, v);
+    } else if (region_from_host(c->queue.host, c->aws_region, sizeof c->aws_region) < 0) {
+        return lerr_set(e, LERR_INVALID, "AWS_REGION: not set, and the queue URL host \"%s\" "
+                        "does not name a region", c->queue.host);
+    }
+    if (load_secret(get, ctx, "AWS_ACCESS_KEY_ID", NULL, &c->aws_access_key_id, e) < 0 ||
+        load_secret(get, ctx, "AWS_SECRET_ACCESS_KEY", NULL, &c->aws_secret_access_key, e) < 0)
+        return -1;
+    c->aws_session_token = get("AWS_SESSION_TOKEN", ctx);
+    if (c->aws_session_token && !*c->aws_session_token)
+        c->aws_session_token = NULL;
+    if (c->aws_session_token && has_control(c->aws_session_token))
+        return lerr_set(e, LERR_INVALID, "AWS_SESSION_TOKEN: contains control characters");
+    return 0;
+}
+
+static int valid_name(const char *s, size_t maxlen)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > maxlen || s[0] == '-')
+        return 0;
+    for (; *s; s++)
+        if (!islower((unsigned char)*s) && !isdigit((unsigned char)*s) && *s != '-')
+            return 0;
+    return 1;
+}
+
+static int add_region(struct config *c, const char *which, const char *name, size_t len,
+                      size_t *used, struct lerr *e)
+{
+    char *dst = c->region_buf + *used;
+
+    if (len == 0)
+        return 0;
+    if (len >= sizeof c->region_buf - *used || c->num_regions == CONFIG_MAX_REGIONS)
+        return lerr_set(e, LERR_INVALID, "%s: too many regions (at most %d)", which,
+                        CONFIG_MAX_REGIONS);
+    memcpy(dst, name, len);
+    dst[len] = '\0';
+    if (!valid_name(dst, 16))
+        return lerr_set(e, LERR_INVALID, "%s: \"%.20s\" is not a Fly region code (like iad, ord)",
+                        which, dst);
+    for (size_t i = 0; i < c->num_regions; i++)
+        if (strcmp(c->regions[i], dst) == 0)
+            return 0;
+    c->regions[c->num_regions++] = dst;
+    *used += len + 1;
+    return 0;
+}
+
+static int load_regions(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    const char *which, *primary = pick(get, ctx, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
+    const char *list = get("LAMBDO_FLY_REGIONS", ctx);
+    size_t used = 0;
+
+    if (primary && add_region(c, which, primary, strlen(primary), &used, e) < 0)
+        return -1;
+    for (const char *p = list; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && *p == ' ')
+            p++, len--;
+        while (len && p[len - 1] == ' ')
+            len--;
+        if (add_region(c, "LAMBDO_FLY_REGIONS", p, len, &used, e) < 0)
+            return -1;
+        p = comma ? comma + 1 : p + len;
+        if (!comma)
+            break;
+    }
+    if (c->num_regions == 0)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_REGION (or FLY_REGION): required unless "
+                        "LAMBDO_FLY_REGIONS is set");
+    return 0;
+}
+
+static int load_fly(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    const char *which;
+
+    if (load_secret(get, ctx, "LAMBDO_FLY_TOKEN", "FLY_API_TOKEN", &c->fly_token, e) < 0)
+        return -1;
+    c->fly_app = pick(get, ctx, "LAMBDO_FLY_APP", "FLY_APP_NAME", &which);
+    if (!c->fly_app)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_APP (or FLY_APP_NAME): required, not set");
+    if (!valid_name(c->fly_app, 63))
+        return lerr_set(e, LERR_INVALID, "%s: \"%.64s\" is not a Fly app name (lowercase "
+                        "letters, digits and dashes)", which, c->fly_app);
+    c->fly_api_url = get("LAMBDO_FLY_API_URL", ctx);
+    if (!c->fly_api_url || !*c->fly_api_url)
+        c->fly_api_url = DEFAULT_FLY_API;
+    if (url_parse(c->fly_api_url, &c->fly_api, e) < 0)
+        return lerr_wrap(e, "LAMBDO_FLY_API_URL");
+    return load_regions(c, get, ctx, e);
+}
+
+static int load_misc(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    const char *env = get("LAMBDO_ENV", ctx), *level = get("LAMBDO_LOG_LEVEL", ctx);
+
+    if (load_int(get, ctx, "LAMBDO_SQS_LONG_POLL_SECONDS", 0, 20, 10, &c->long_poll_seconds, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_EVENTS_PER_MACHINE", 1, 10, 5, &c->events_per_machine, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_VISIBILITY_TIMEOUT", 1, 43200, 30, &c->visibility_timeout, e) < 0)
+        return -1;
+    c->json_logs = env && strcmp(env, "production") == 0;
+    c->log_level = LOG_LEVEL_INFO;
+    if (level && *level && log_level_parse(level, &c->log_level) < 0)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_LOG_LEVEL: must be debug, info, warn or error, "
+                        "got \"%.20s\"", level);
+    c->ca_file = get("SSL_CERT_FILE", ctx);
+    if (c->ca_file && !*c->ca_file)
+        c->ca_file = NULL;
+    return 0;
+}
+
+int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    memset(c, 0, sizeof *c);
+    if (load_misc(c, get, ctx, e) < 0 || load_sqs(c, get, ctx, e) < 0 || load_fly(c, get, ctx, e) < 0)
+        return -1;
+    return 0;
+}

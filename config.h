@@ -1,0 +1,51 @@
+/*
+ * config.h - lambdo's configuration, read once from the environment at start-up.
+ *
+ * This is the only global state lambdo has, and it is immutable after config_load().
+ * Every problem is found before any network call, and reported as one line naming the
+ * variable and what is wrong with it; secret values are never echoed.
+ */
+#ifndef LAMBDO_CONFIG_H
+#define LAMBDO_CONFIG_H
+
+#include <stddef.h>
+#include "err.h"
+#include "log.h"
+#include "url.h"
+
+#define CONFIG_MAX_REGIONS 16
+
+struct config {
+    const char *queue_url;          /* LAMBDO_SQS_QUEUE_URL, as given */
+    struct url queue;               /* parsed */
+    struct url sqs_endpoint;        /* AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL, else the queue's origin */
+    int sqs_endpoint_overridden;
+    char aws_region[64];            /* AWS_REGION / AWS_DEFAULT_REGION / from the queue host */
+    const char *aws_access_key_id;
+    const char *aws_secret_access_key;
+    const char *aws_session_token;  /* NULL when unset */
+
+    const char *fly_token;          /* LAMBDO_FLY_TOKEN / FLY_API_TOKEN */
+    const char *fly_app;            /* LAMBDO_FLY_APP / FLY_APP_NAME */
+    const char *fly_api_url;        /* LAMBDO_FLY_API_URL */
+    struct url fly_api;
+    char region_buf[256];           /* storage for regions[] */
+    const char *regions[CONFIG_MAX_REGIONS];  /* primary first, then the fallbacks, no duplicates */
+    size_t num_regions;
+
+    int long_poll_seconds;          /* 0..20 */
+    int events_per_machine;         /* 1..10 */
+    int visibility_timeout;         /* seconds */
+    int json_logs;                  /* LAMBDO_ENV=production */
+    enum log_level log_level;
+    const char *ca_file;            /* SSL_CERT_FILE or NULL for the default */
+};
+
+/* Where values come from: getenv in lambdo, a table in the unit tests. */
+typedef const char *(*config_getenv_fn)(const char *name, void *ctx);
+
+/* Reads and checks every variable. Returns 0, or -1 with e->msg like
+ * "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"0\"". */
+int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e);
+
+#endif

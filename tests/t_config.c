@@ -1,0 +1,218 @@
+/* Configuration from the environment: defaults, every variable's checks, fallbacks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+#define MAXVARS 32
+
+struct env {
+    const char *kv[MAXVARS][2];
+};
+
+static const char *env_get(const char *name, void *ctx)
+{
+    struct env *env = ctx;
+
+    for (int i = 0; i < MAXVARS && env->kv[i][0]; i++)
+        if (strcmp(env->kv[i][0], name) == 0)
+            return env->kv[i][1];
+    return NULL;
+}
+
+/* A complete, valid environment; tests override or remove single entries. */
+static void env_base(struct env *env)
+{
+    static const char *base[][2] = {
+        { "LAMBDO_SQS_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs" },
+        { "LAMBDO_FLY_TOKEN", "fo1_secret-token" },
+        { "LAMBDO_FLY_APP", "my-jobs" },
+        { "LAMBDO_FLY_REGION", "iad" },
+        { "AWS_ACCESS_KEY_ID", "AKIDEXAMPLE" },
+        { "AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY" },
+    };
+    memset(env, 0, sizeof *env);
+    memcpy(env->kv, base, sizeof base);
+}
+
+static void env_set(struct env *env, const char *name, const char *value)
+{
+    int i;
+
+    for (i = 0; i < MAXVARS && env->kv[i][0]; i++)
+        if (strcmp(env->kv[i][0], name) == 0)
+            break;
+    assert_true(i < MAXVARS);
+    env->kv[i][0] = name;
+    env->kv[i][1] = value;
+}
+
+static void test_defaults(void **state)
+{
+    struct env env;
+    struct config c;
+    struct lerr e;
+
+    env_base(&env);
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_string_equal(c.aws_region, "eu-west-1");
+    assert_string_equal(c.sqs_endpoint.host, "sqs.eu-west-1.amazonaws.com");
+    assert_string_equal(c.sqs_endpoint.path, "/");
+    assert_int_equal(c.sqs_endpoint_overridden, 0);
+    assert_string_equal(c.fly_api.host, "api.machines.dev");
+    assert_true(c.fly_api.tls);
+    assert_int_equal(c.num_regions, 1);
+    assert_string_equal(c.regions[0], "iad");
+    assert_int_equal(c.long_poll_seconds, 10);
+    assert_int_equal(c.events_per_machine, 5);
+    assert_int_equal(c.visibility_timeout, 30);
+    assert_int_equal(c.json_logs, 0);
+    assert_int_equal(c.log_level, LOG_LEVEL_INFO);
+    assert_null(c.aws_session_token);
+    assert_null(c.ca_file);
+}
+
+static void test_fallback_names(void **state)
+{
+    struct env env;
+    struct config c;
+    struct lerr e;
+
+    env_base(&env);
+    env_set(&env, "LAMBDO_FLY_TOKEN", "");
+    env_set(&env, "FLY_API_TOKEN", "from-fly");
+    env_set(&env, "LAMBDO_FLY_APP", "");
+    env_set(&env, "FLY_APP_NAME", "fly-app");
+    env_set(&env, "LAMBDO_FLY_REGION", "");
+    env_set(&env, "FLY_REGION", "ord");
+    env_set(&env, "AWS_DEFAULT_REGION", "us-west-2");
+    env_set(&env, "AWS_ENDPOINT_URL", "http://127.0.0.1:4566");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_string_equal(c.fly_token, "from-fly");
+    assert_string_equal(c.fly_app, "fly-app");
+    assert_string_equal(c.regions[0], "ord");
+    assert_string_equal(c.aws_region, "us-west-2");
+    assert_int_equal(c.sqs_endpoint.port, 4566);
+    assert_int_equal(c.sqs_endpoint_overridden, 1);
+
+    /* the LAMBDO_ / specific names win over the generic ones */
+    env_set(&env, "AWS_REGION", "ap-south-1");
+    env_set(&env, "AWS_ENDPOINT_URL_SQS", "http://localhost:9324");
+    env_set(&env, "LAMBDO_FLY_REGION", "ams");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_string_equal(c.aws_region, "ap-south-1");
+    assert_int_equal(c.sqs_endpoint.port, 9324);
+    assert_string_equal(c.regions[0], "ams");
+}
+
+static void test_regions_list(void **state)
+{
+    struct env env;
+    struct config c;
+    struct lerr e;
+
+    env_base(&env);
+    env_set(&env, "LAMBDO_FLY_REGIONS", "ord, iad,ams,,cdg ");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.num_regions, 4); /* iad first, duplicate iad dropped */
+    assert_string_equal(c.regions[0], "iad");
+    assert_string_equal(c.regions[1], "ord");
+    assert_string_equal(c.regions[2], "ams");
+    assert_string_equal(c.regions[3], "cdg");
+
+    env_set(&env, "LAMBDO_FLY_REGION", "");
+    env_set(&env, "LAMBDO_FLY_REGIONS", "lhr");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.num_regions, 1);
+    assert_string_equal(c.regions[0], "lhr");
+}
+
+static void test_production_logs(void **state)
+{
+    struct env env;
+    struct config c;
+    struct lerr e;
+
+    env_base(&env);
+    env_set(&env, "LAMBDO_ENV", "production");
+    env_set(&env, "LAMBDO_LOG_LEVEL", "debug");
+    env_set(&env, "SSL_CERT_FILE", "/tmp/ca.pem");
+    env_set(&env, "AWS_SESSION_TOKEN", "token");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.json_logs, 1);
+    assert_int_equal(c.log_level, LOG_LEVEL_DEBUG);
+    assert_string_equal(c.ca_file, "/tmp/ca.pem");
+    assert_string_equal(c.aws_session_token, "token");
+}
+
+/* Each bad environment must fail with a message that starts with the variable's name and
+ * says what is wrong; a secret value never appears in it. */
+static const struct bad_case {
+    const char *name, *value, *expect_prefix, *expect_text;
+} bad_cases[] = {
+    { "LAMBDO_SQS_QUEUE_URL", NULL, "LAMBDO_SQS_QUEUE_URL: ", "required" },
+    { "LAMBDO_SQS_QUEUE_URL", "ftp://x/1/q", "LAMBDO_SQS_QUEUE_URL: ", "" },
+    { "LAMBDO_SQS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/", "LAMBDO_SQS_QUEUE_URL: ", "queue path" },
+    { "LAMBDO_SQS_QUEUE_URL", "https://queue.example.com/1/q", "AWS_REGION: ", "does not name a region" },
+    { "LAMBDO_FLY_TOKEN", NULL, "LAMBDO_FLY_TOKEN (or FLY_API_TOKEN): ", "required" },
+    { "LAMBDO_FLY_TOKEN", "abc\r\nX-Evil: 1", "LAMBDO_FLY_TOKEN: ", "control" },
+    { "LAMBDO_FLY_APP", NULL, "LAMBDO_FLY_APP (or FLY_APP_NAME): ", "required" },
+    { "LAMBDO_FLY_APP", "My_App", "LAMBDO_FLY_APP: ", "not a Fly app name" },
+    { "LAMBDO_FLY_APP", "a/../b", "LAMBDO_FLY_APP: ", "not a Fly app name" },
+    { "LAMBDO_FLY_REGION", NULL, "LAMBDO_FLY_REGION (or FLY_REGION): ", "required unless" },
+    { "LAMBDO_FLY_REGION", "I AD", "LAMBDO_FLY_REGION: ", "not a Fly region" },
+    { "LAMBDO_FLY_REGIONS", "ord,Bad!", "LAMBDO_FLY_REGIONS: ", "not a Fly region" },
+    { "LAMBDO_FLY_API_URL", "api.machines.dev", "LAMBDO_FLY_API_URL: ", "" },
+    { "LAMBDO_SQS_LONG_POLL_SECONDS", "21", "LAMBDO_SQS_LONG_POLL_SECONDS: ", "from 0 to 20" },
+    { "LAMBDO_SQS_LONG_POLL_SECONDS", "-1", "LAMBDO_SQS_LONG_POLL_SECONDS: ", "from 0 to 20" },
+    { "LAMBDO_SQS_LONG_POLL_SECONDS", "5s", "LAMBDO_SQS_LONG_POLL_SECONDS: ", "whole number" },
+    { "LAMBDO_EVENTS_PER_MACHINE", "0", "LAMBDO_EVENTS_PER_MACHINE: ", "from 1 to 10" },
+    { "LAMBDO_EVENTS_PER_MACHINE", "11", "LAMBDO_EVENTS_PER_MACHINE: ", "from 1 to 10" },
+    { "LAMBDO_VISIBILITY_TIMEOUT", "0", "LAMBDO_VISIBILITY_TIMEOUT: ", "from 1 to 43200" },
+    { "LAMBDO_VISIBILITY_TIMEOUT", "99999999999999999999", "LAMBDO_VISIBILITY_TIMEOUT: ", "whole number" },
+    { "LAMBDO_LOG_LEVEL", "verbose", "LAMBDO_LOG_LEVEL: ", "debug, info, warn or error" },
+    { "AWS_ACCESS_KEY_ID", NULL, "AWS_ACCESS_KEY_ID: ", "required" },
+    { "AWS_SECRET_ACCESS_KEY", NULL, "AWS_SECRET_ACCESS_KEY: ", "required" },
+    { "AWS_SECRET_ACCESS_KEY", "has space", "AWS_SECRET_ACCESS_KEY: ", "spaces" },
+    { "AWS_REGION", "us east", "AWS_REGION: ", "not a region name" },
+    { "AWS_ENDPOINT_URL_SQS", "localhost:4566", "AWS_ENDPOINT_URL_SQS: ", "" },
+};
+
+static void test_bad_values(void **state)
+{
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        const struct bad_case *t = &bad_cases[i];
+        struct env env;
+        struct config c;
+        struct lerr e = { 0 };
+
+        env_base(&env);
+        env_set(&env, t->name, t->value ? t->value : "");
+        if (config_load(&c, env_get, &env, &e) == 0)
+            fail_msg("case %zu (%s=%s) was accepted", i, t->name, t->value ? t->value : "");
+        if (strncmp(e.msg, t->expect_prefix, strlen(t->expect_prefix)) != 0 ||
+            !strstr(e.msg, t->expect_text))
+            fail_msg("case %zu: message \"%s\" lacks \"%s\"/\"%s\"", i, e.msg, t->expect_prefix,
+                     t->expect_text);
+        assert_int_equal(e.kind, LERR_INVALID);
+        assert_null(strstr(e.msg, "wJalrXUtnFEMI"));
+        assert_null(strstr(e.msg, "fo1_secret"));
+        assert_null(strstr(e.msg, "X-Evil"));
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_fallback_names),
+        cmocka_unit_test(test_regions_list),
+        cmocka_unit_test(test_production_logs),
+        cmocka_unit_test(test_bad_values),
+    };
+    return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}
