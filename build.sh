@@ -17,8 +17,12 @@ say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 # Debian packages each kind of build needs.
-pkgs="musl-tools make dpkg-dev xz-utils ca-certificates"
-[ "$want" = test ] && pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl nodejs npm file"
+pkgs="musl-tools make dpkg-dev xz-utils ca-certificates file"
+if [ "$want" = test ]; then
+    pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl file"
+    # Node may come from Debian or from NodeSource (which bundles npm): only add it if absent.
+    command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
+fi
 
 install_missing() {
     missing=""
