@@ -1,0 +1,484 @@
+// A test Fly Machines API (the parts lambdo uses), written from ../shared/fly/openapi.yaml
+// (server https://api.machines.dev/v1), that also enforces lambdo's contract for the machines
+// it creates. HTTPS on https://localhost:PORT with the test CA's certificate (lambdo gets
+// SSL_CERT_FILE = testCerts().caFile), or plain HTTP on http://127.0.0.1:PORT with tls: false.
+// lambdo's LAMBDO_FLY_API_URL is `fly.url` (no /v1: lambdo adds the /v1/apps/... paths).
+//
+// Routes (operationIds from the spec):
+//   GET    /v1/apps/{app}                              Apps_show -> App
+//   POST   /v1/apps/{app}/machines                     Machines_create (CreateMachineRequest) -> Machine
+//   GET    /v1/apps/{app}/machines                     Machines_list -> [Machine]
+//   GET    /v1/apps/{app}/machines/{id}                Machines_show -> Machine
+//   GET    /v1/apps/{app}/machines/{id}/wait?state=&timeout=   Machines_wait -> {"ok":true}
+//          (state started|stopped|destroyed, default started; timeout seconds, default 60;
+//          "stopped" is also satisfied by "destroyed"; 408 {"error":"deadline_exceeded: ..."})
+//   GET    /v1/apps/{app}/machines/{id}/events         Machines_list_events -> [MachineEvent], newest first
+//   POST   /v1/apps/{app}/machines/{id}/stop           Machines_stop -> {"ok":true}
+//   DELETE /v1/apps/{app}/machines/{id}                Machines_delete -> {"ok":true}
+// Errors are the spec's ErrorResponse: {"error": "...", "status"?: "unknown"|"insufficient_capacity"}.
+// Every request needs "Authorization: Bearer <token>" (401 otherwise) and the configured app
+// (404 {"error":"app not found"} otherwise).
+//
+// lambdo's contract for POST .../machines (a violation answers 400 {"error": <precise text>}
+// and is recorded in fly.violations, so a test can assert there were none):
+//   - JSON object (Content-Type application/json); top-level keys from CreateMachineRequest
+//     only, `region` a non-empty string, `config` an object, no skip_launch: true
+//   - config keys from api.MachineConfig only; never config.size (deprecated)
+//   - config.image non-empty string
+//   - config.guest exactly one of the presets (guestForPreset), checked by shape: the server
+//     does not know the message's size attribute, tests compare fly.machines[i].guest with
+//     guestForPreset(size)
+//   - config.env: object of strings with EVENTS_PATH === "/tmp/events.json"
+//   - config.files: exactly [{guest_path: "/tmp/events.json", raw_value: <strict base64>}]
+//     whose decoded bytes are UTF-8 JSON for an array
+//   - config.auto_destroy === true; config.restart exactly {policy: "no"}
+//   - config.init, if present: cmd / entrypoint / exec arrays of strings
+//   - config.metadata: non-empty object of non-empty string keys and string values
+//
+// Faults:
+//   fly.setRegionFault(region, { status, body, headers, retryAfter, delayMs, reset, times })
+//     applies to valid creates for that region: 503 (default body
+//     {"error":"insufficient capacity","status":"insufficient_capacity"}), 500, 429 (+ Retry-After:
+//     retryAfter seconds, default 1), delayMs alone = slow success, reset = connection reset.
+//     `times` (default unlimited) = how many creates it hits; the handle's `fired` counts them.
+//   fly.fault = (req) => null | same spec   global hook, before auth, for any request;
+//     req = { method, path, op, appName, machineId, body, region, rec }.
+//
+// Machine lifecycle: creates answer state "started" (option createdState). fly.exitMachine(id,
+// code) makes it exit (events "exit" then, with auto_destroy, "destroy"); options autoExit:
+// {code, afterMs} does that for every machine; fly.onCreate(machine) is called after each create.
+import http from 'node:http';
+import https from 'node:https';
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isDeepStrictEqual } from 'node:util';
+import { testCerts } from './certs.mjs';
+
+export const EVENTS_PATH = '/tmp/events.json';
+
+const presets = {};
+for (const n of [1, 2, 4, 6, 8]) presets[`shared-cpu-${n}x`] = { cpu_kind: 'shared', cpus: n, memory_mb: 256 * n };
+for (const n of [1, 2, 4, 6, 8, 10, 12, 14, 16]) {
+  presets[`performance-${n}x`] = { cpu_kind: 'performance', cpus: n, memory_mb: 2048 * n };
+}
+for (const [name, gpu] of [['a100-40gb', 'a100-pcie-40gb'], ['a100-80gb', 'a100-sxm4-80gb'],
+  ['l40s', 'l40s'], ['a10', 'a10']]) {
+  presets[name] = { cpu_kind: 'performance', cpus: 8, memory_mb: 32768, gpus: 1, gpu_kind: gpu };
+}
+export const PRESETS = Object.freeze(Object.fromEntries(
+  Object.entries(presets).map(([k, v]) => [k, Object.freeze(v)])));
+
+// The config.guest lambdo must send for a size preset (a fresh object), or undefined.
+export function guestForPreset(name) {
+  const g = PRESETS[name];
+  return g ? { ...g } : undefined;
+}
+
+// The preset name a guest object is exactly equal to, or undefined.
+export function presetForGuest(guest) {
+  return Object.keys(PRESETS).find((k) => isDeepStrictEqual({ ...PRESETS[k] }, guest));
+}
+
+const CREATE_KEYS = new Set(['config', 'lease_ttl', 'lsvd', 'name', 'region', 'skip_launch',
+  'skip_service_registration']);
+const CONFIG_KEYS = new Set(['auto_destroy', 'checks', 'disable_machine_autostart', 'dns', 'env',
+  'files', 'guest', 'image', 'init', 'metadata', 'metrics', 'mounts', 'processes', 'restart',
+  'schedule', 'services', 'size', 'standbys', 'statics', 'stop_config']);
+const INIT_KEYS = new Set(['cmd', 'entrypoint', 'exec', 'kernel_args', 'swap_size_mb', 'tty']);
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+const isObj = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isStrArray = (v) => Array.isArray(v) && v.every((s) => typeof s === 'string');
+const show = (v) => (v === undefined ? 'undefined' : JSON.stringify(v));
+
+// Checks a create body against lambdo's contract. Returns { errors: [...], decoded } where
+// decoded = { eventsRaw (Buffer), eventsText, events } when the events file could be decoded.
+export function checkCreateBody(body) {
+  const errors = [];
+  const err = (m) => errors.push(m);
+  const decoded = {};
+  if (!isObj(body)) return { errors: [`body must be a JSON object, got ${show(body)}`], decoded };
+  for (const k of Object.keys(body)) if (!CREATE_KEYS.has(k)) err(`unknown top-level key ${show(k)}`);
+  if (typeof body.region !== 'string' || body.region === '') err(`region must be a non-empty string, got ${show(body.region)}`);
+  if (body.skip_launch === true) err('skip_launch: true would never start the machine');
+  const c = body.config;
+  if (!isObj(c)) {
+    err(`config must be an object, got ${show(c)}`);
+    return { errors, decoded };
+  }
+  for (const k of Object.keys(c)) if (!CONFIG_KEYS.has(k)) err(`unknown key config.${k}`);
+  if ('size' in c) err(`config.size must not be sent (deprecated, use config.guest), got ${show(c.size)}`);
+  if (typeof c.image !== 'string' || c.image.trim() === '' || /\s/.test(c.image)) {
+    err(`config.image must be a non-empty image reference, got ${show(c.image)}`);
+  }
+  if (!isObj(c.guest)) err(`config.guest must be an object, got ${show(c.guest)}`);
+  else if (!presetForGuest(c.guest)) {
+    err(`config.guest ${show(c.guest)} is not a preset: want {cpu_kind, cpus, memory_mb} (+ gpus: 1, gpu_kind for GPUs), e.g. ${show(PRESETS['shared-cpu-1x'])}`);
+  }
+  if (!isObj(c.env)) err(`config.env must be an object, got ${show(c.env)}`);
+  else {
+    for (const [k, v] of Object.entries(c.env)) if (typeof v !== 'string') err(`config.env.${k} must be a string, got ${show(v)}`);
+    if (c.env.EVENTS_PATH !== EVENTS_PATH) err(`config.env.EVENTS_PATH must be "${EVENTS_PATH}", got ${show(c.env.EVENTS_PATH)}`);
+  }
+  if (!Array.isArray(c.files) || c.files.length !== 1) {
+    err(`config.files must be an array of exactly one file, got ${show(c.files)}`);
+  } else {
+    const f = c.files[0];
+    if (!isObj(f)) err(`config.files[0] must be an object, got ${show(f)}`);
+    else {
+      for (const k of Object.keys(f)) if (k !== 'guest_path' && k !== 'raw_value') err(`config.files[0].${k} must not be sent`);
+      if (f.guest_path !== EVENTS_PATH) err(`config.files[0].guest_path must be "${EVENTS_PATH}", got ${show(f.guest_path)}`);
+      if (typeof f.raw_value !== 'string' || !BASE64.test(f.raw_value)) {
+        err(`config.files[0].raw_value must be standard padded base64, got ${show(typeof f.raw_value === 'string' ? f.raw_value.slice(0, 60) : f.raw_value)}`);
+      } else {
+        decoded.eventsRaw = Buffer.from(f.raw_value, 'base64');
+        try {
+          decoded.eventsText = new TextDecoder('utf-8', { fatal: true }).decode(decoded.eventsRaw);
+          decoded.events = JSON.parse(decoded.eventsText);
+          if (!Array.isArray(decoded.events)) err(`the events file must hold a JSON array, got ${show(decoded.events).slice(0, 80)}`);
+        } catch (e) {
+          err(`the events file is not UTF-8 JSON: ${e.message}`);
+        }
+      }
+    }
+  }
+  if (c.auto_destroy !== true) err(`config.auto_destroy must be true, got ${show(c.auto_destroy)}`);
+  if (!isDeepStrictEqual(c.restart, { policy: 'no' })) err(`config.restart must be {"policy":"no"}, got ${show(c.restart)}`);
+  if ('init' in c) {
+    if (!isObj(c.init)) err(`config.init must be an object, got ${show(c.init)}`);
+    else {
+      for (const k of Object.keys(c.init)) if (!INIT_KEYS.has(k)) err(`unknown key config.init.${k}`);
+      for (const k of ['cmd', 'entrypoint', 'exec']) {
+        if (k in c.init && !isStrArray(c.init[k])) err(`config.init.${k} must be an array of strings, got ${show(c.init[k])}`);
+      }
+    }
+  }
+  if (!isObj(c.metadata) || Object.keys(c.metadata).length === 0) {
+    err(`config.metadata must be a non-empty object naming lambdo, got ${show(c.metadata)}`);
+  } else {
+    for (const [k, v] of Object.entries(c.metadata)) {
+      if (k === '' || typeof v !== 'string') err(`config.metadata.${k} must be a string, got ${show(v)}`);
+    }
+  }
+  return { errors, decoded };
+}
+
+const hex = (n) => randomBytes(n).toString('hex');
+const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+const ulid = () => Array.from(randomBytes(26), (b) => CROCKFORD[b & 31]).join('');
+const isoSec = (ms = Date.now()) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+function defaultFaultBody(status) {
+  if (status === 503) return { error: 'insufficient capacity', status: 'insufficient_capacity' };
+  if (status === 429) return { error: 'rate limit exceeded' };
+  if (status === 500) return { error: 'internal server error', status: 'unknown' };
+  return { error: `test fault ${status}` };
+}
+
+// Options: token, app, tls (true), cert ('localhost' | 'wronghost' | 'untrusted': which test
+// certificate to serve), createdState ('started'), autoExit ({code, afterMs}).
+export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
+  createdState = 'started', autoExit = null } = {}) {
+  if (!token || !app) throw new Error('startFlyApi: token and app are required');
+  const sockets = new Set();
+  const timers = new Set();
+  const aborter = new AbortController();
+  const stateWaiters = new Set();
+  const regionFaults = new Map();
+  let seq = 0;
+  let connSeq = 0;
+
+  const fly = {
+    url: undefined,
+    token, app,
+    requests: [],        // {seq, conn, at, method, path, op, machineId, headers, body, raw, status, response, fault, ms}
+    machines: [],        // successful creates, see create()
+    violations: [],      // {seq, errors, body} for rejected create bodies
+    connections: 0,      // TCP connections accepted
+    tlsErrors: [],       // TLS handshakes that failed (e.g. the client refused our certificate)
+    get openConnections() { return sockets.size; },
+    fault: null,
+    onCreate: null,
+    creates() { return fly.requests.filter((r) => r.op === 'Machines_create'); },
+    machine(id) { return fly.machines.find((m) => m.id === id); },
+    setRegionFault(region, spec = {}) {
+      const f = { ...spec, region, fired: 0, remaining: spec.times ?? Infinity };
+      regionFaults.set(region, f);
+      return f;
+    },
+    clearRegionFault(region) { regionFaults.delete(region); },
+    // Makes a machine's process exit with `code`: state stopped, an "exit" event, then (with
+    // auto_destroy, unless destroy: false) destroyed with a "destroy" event.
+    exitMachine(id, code = 0, { oomKilled = false, destroy } = {}) {
+      const m = fly.machine(id);
+      if (!m) throw new Error(`no machine ${id}`);
+      if (m.state === 'stopped' || m.state === 'destroyed') return m;
+      m.exitCode = code;
+      setState(m, 'stopped', { type: 'exit', source: 'flyd', request: { exit_event: {
+        requested_stop: false, restarting: false, guest_exit_code: code, guest_signal: -1,
+        guest_error: '', exit_code: code, signal: -1, error: '', oom_killed: oomKilled,
+        exited_at: new Date().toISOString() }, restart_count: 0 } });
+      if (destroy ?? m.config.auto_destroy === true) setState(m, 'destroyed', { type: 'destroy', source: 'flyd' });
+      return m;
+    },
+    // Resolves with the `count`-th answered request matching `match` (an op or a predicate).
+    waitFor(match, { count = 1, timeoutMs = 10000 } = {}) {
+      const test = typeof match === 'function' ? match : (r) => r.op === match;
+      return new Promise((resolve, reject) => {
+        const w = {
+          check() {
+            const r = fly.requests.filter((q) => q.status !== undefined && test(q))[count - 1];
+            if (r) { clearTimeout(w.timer); stateWaiters.delete(w); resolve(r); }
+          },
+          timer: setTimeout(() => {
+            stateWaiters.delete(w);
+            reject(new Error(`fly api: no ${count} x ${typeof match === 'function' ? 'matching request' : match} within ${timeoutMs} ms; seen: ${fly.requests.map((r) => `${r.op}:${r.status}`).join(' ')}`));
+          }, timeoutMs),
+        };
+        stateWaiters.add(w);
+        w.check();
+      });
+    },
+    close,
+  };
+
+  const notify = () => { for (const w of [...stateWaiters]) w.check(); };
+
+  function setState(m, state, event) {
+    m.state = state;
+    m.updatedAt = isoSec();
+    m.machineEvents.unshift({ id: ulid(), type: event.type, status: state, source: event.source,
+      timestamp: Date.now(), ...(event.request ? { request: event.request } : {}) });
+    notify();
+  }
+
+  const view = (m) => ({
+    id: m.id, name: m.name, state: m.state, region: m.region, instance_id: m.instanceId,
+    private_ip: m.privateIp, config: m.config,
+    image_ref: { registry: 'registry-1.docker.io', repository: String(m.config.image).split(':')[0],
+      tag: String(m.config.image).split(':')[1] ?? 'latest', digest: `sha256:${hex(32)}`, labels: {} },
+    created_at: m.createdAt, updated_at: m.updatedAt, events: m.machineEvents,
+  });
+
+  function send(res, rec, status, body, headers = {}) {
+    const payload = Buffer.from(body === undefined ? '' : JSON.stringify(body));
+    rec.status = status;
+    rec.response = body;
+    rec.ms = Date.now() - rec.at;
+    if (!res.destroyed) {
+      res.writeHead(status, { 'content-type': 'application/json; charset=utf-8',
+        'fly-request-id': `${ulid()}-test`, ...headers, 'content-length': payload.length }).end(payload);
+    }
+    notify();
+  }
+
+  async function applyFault(f, req, res, rec) {
+    rec.fault = f;
+    if (f.delayMs) await sleep(f.delayMs, undefined, { signal: aborter.signal });
+    if (f.reset) {
+      rec.status = 'reset';
+      req.socket.destroy();
+      notify();
+      return true;
+    }
+    if (f.status) {
+      const headers = { ...(f.headers ?? {}) };
+      if (f.status === 429) headers['retry-after'] ??= String(f.retryAfter ?? 1);
+      send(res, rec, f.status, f.body ?? defaultFaultBody(f.status), headers);
+      return true;
+    }
+    return false;   // only a delay: carry on
+  }
+
+  function create(rec, body, decoded) {
+    const m = {
+      id: hex(7), name: body.name ?? `lambdo-${hex(4)}`, region: body.region, state: createdState,
+      instanceId: ulid(), privateIp: `fdaa:0:${hex(2)}:a7b:${hex(2)}:${hex(2)}:${hex(2)}:2`,
+      createdAt: isoSec(), updatedAt: isoSec(), machineEvents: [],
+      body, config: body.config, guest: body.config.guest, preset: presetForGuest(body.config.guest),
+      image: body.config.image, env: body.config.env, metadata: body.config.metadata,
+      cmd: body.config.init?.cmd, events: decoded.events, eventsRaw: decoded.eventsRaw,
+      eventsText: decoded.eventsText, exitCode: undefined, requestSeq: rec.seq,
+    };
+    m.machineEvents.unshift({ id: ulid(), type: 'launch', status: 'created', source: 'user', timestamp: Date.now() });
+    if (createdState === 'started') {
+      m.machineEvents.unshift({ id: ulid(), type: 'start', status: 'started', source: 'flyd', timestamp: Date.now() });
+    }
+    fly.machines.push(m);
+    if (autoExit) {
+      const t = setTimeout(() => { timers.delete(t); if (!closed) fly.exitMachine(m.id, autoExit.code ?? 0); },
+        autoExit.afterMs ?? 0);
+      timers.add(t);
+    }
+    try { fly.onCreate?.(m); } catch (e) { rec.observerError = e; }
+    return m;
+  }
+
+  async function waitState(m, want, timeoutS) {
+    const ok = () => m.state === want || (want === 'stopped' && m.state === 'destroyed');
+    if (ok()) return true;
+    return new Promise((resolve) => {
+      const w = { check() { if (ok()) { clearTimeout(w.timer); stateWaiters.delete(w); resolve(true); } } };
+      w.timer = setTimeout(() => { stateWaiters.delete(w); resolve(false); }, timeoutS * 1000);
+      stateWaiters.add(w);
+      aborter.signal.addEventListener('abort', () => { clearTimeout(w.timer); resolve(false); }, { once: true });
+    });
+  }
+
+  async function handle(req, res, ctx) {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const raw = Buffer.concat(chunks);
+    const u = new URL(req.url, 'http://fly.invalid');
+    const seg = u.pathname.split('/').filter(Boolean);   // v1 apps {app} machines {id} {action}
+    let op = 'unknown';
+    const [v1, apps, appName, machinesSeg, machineId, action] = seg;
+    if (v1 === 'v1' && apps === 'apps' && appName) {
+      if (seg.length === 3 && req.method === 'GET') op = 'Apps_show';
+      else if (machinesSeg === 'machines' && seg.length === 4) {
+        op = req.method === 'POST' ? 'Machines_create' : req.method === 'GET' ? 'Machines_list' : op;
+      } else if (machinesSeg === 'machines' && seg.length === 5) {
+        op = req.method === 'GET' ? 'Machines_show' : req.method === 'DELETE' ? 'Machines_delete' : op;
+      } else if (machinesSeg === 'machines' && seg.length === 6) {
+        if (action === 'wait' && req.method === 'GET') op = 'Machines_wait';
+        else if (action === 'events' && req.method === 'GET') op = 'Machines_list_events';
+        else if (action === 'stop' && req.method === 'POST') op = 'Machines_stop';
+      }
+    }
+    let body;
+    if (raw.length) { try { body = JSON.parse(raw.toString('utf8')); } catch { body = undefined; } }
+    const rec = { seq: ++seq, conn: req.socket.lambdoConn, at: Date.now(), method: req.method,
+      path: req.url, op, appName, machineId, headers: { ...req.headers }, body, raw,
+      status: undefined, response: undefined };
+    fly.requests.push(rec);
+    ctx.rec = rec;
+
+    if (fly.fault) {
+      const f = await fly.fault({ method: req.method, path: req.url, op, appName, machineId, body,
+        region: body?.region, rec });
+      if (f && await applyFault(f, req, res, rec)) return;
+    }
+    const auth = req.headers.authorization;
+    if (auth === undefined) return send(res, rec, 401, { error: 'You must be authenticated to view this.' });
+    if (auth !== `Bearer ${token}`) return send(res, rec, 401, { error: 'Authenticate: token validation error' });
+    if (op === 'unknown') return send(res, rec, 404, { error: 'not found' });
+    if (appName !== app) return send(res, rec, 404, { error: 'app not found' });
+
+    if (op === 'Apps_show') {
+      return send(res, rec, 200, { id: app, name: app, status: 'deployed',
+        organization: { name: 'Lambdo Test', slug: 'lambdo-test' } });
+    }
+    if (op === 'Machines_create') {
+      const errors = [];
+      if (!String(req.headers['content-type'] ?? '').startsWith('application/json')) {
+        errors.push(`Content-Type must be application/json, got ${show(req.headers['content-type'])}`);
+      }
+      let decoded = {};
+      if (body === undefined) errors.push(`body is not JSON: ${show(raw.toString('utf8').slice(0, 80))}`);
+      else {
+        const r = checkCreateBody(body);
+        errors.push(...r.errors);
+        decoded = r.decoded;
+      }
+      if (errors.length) {
+        fly.violations.push({ seq: rec.seq, errors, body: body ?? raw.toString('utf8') });
+        return send(res, rec, 400, { error: errors.join('; ') });
+      }
+      const f = regionFaults.get(body.region);
+      if (f && f.remaining > 0) {
+        f.remaining--;
+        f.fired++;
+        if (await applyFault(f, req, res, rec)) return;
+      }
+      const m = create(rec, body, decoded);
+      rec.machineId = m.id;
+      return send(res, rec, 200, view(m));
+    }
+    if (op === 'Machines_list') {
+      return send(res, rec, 200, fly.machines.filter((m) => m.state !== 'destroyed'
+        || u.searchParams.get('include_deleted') === 'true').map(view));
+    }
+    const m = fly.machine(machineId);
+    if (!m) return send(res, rec, 404, { error: 'machine not found' });
+    if (op === 'Machines_show') return send(res, rec, 200, view(m));
+    if (op === 'Machines_list_events') return send(res, rec, 200, m.machineEvents);
+    if (op === 'Machines_wait') {
+      const state = u.searchParams.get('state') ?? 'started';
+      if (!['started', 'stopped', 'destroyed'].includes(state)) {
+        return send(res, rec, 400, { error: `invalid state ${show(state)}` });
+      }
+      const t = Number(u.searchParams.get('timeout') ?? 60);
+      if (!(t > 0 && t <= 60)) return send(res, rec, 400, { error: 'timeout must be between 1 and 60 seconds' });
+      const reached = await waitState(m, state, t);
+      if (closed) return undefined;
+      return reached ? send(res, rec, 200, { ok: true })
+        : send(res, rec, 408, { error: `deadline_exceeded: machine did not reach state ${state} in ${t}s` });
+    }
+    if (op === 'Machines_stop') {
+      if (m.state === 'started') {
+        setState(m, 'stopped', { type: 'exit', source: 'user', request: { exit_event: {
+          requested_stop: true, exit_code: 0, oom_killed: false, exited_at: new Date().toISOString() } } });
+        if (m.config.auto_destroy) setState(m, 'destroyed', { type: 'destroy', source: 'flyd' });
+      }
+      return send(res, rec, 200, { ok: true });
+    }
+    if (op === 'Machines_delete') {
+      if (m.state !== 'destroyed') setState(m, 'destroyed', { type: 'destroy', source: 'user' });
+      return send(res, rec, 200, { ok: true });
+    }
+    return send(res, rec, 404, { error: 'not found' });
+  }
+
+  const onRequest = (req, res) => {
+    const ctx = {};
+    handle(req, res, ctx).catch((err) => {
+      if (closed || req.socket.destroyed) {
+        if (ctx.rec && ctx.rec.status === undefined) ctx.rec.status = 'aborted';
+        return;
+      }
+      if (ctx.rec) ctx.rec.error = err;
+      if (!res.headersSent && ctx.rec) send(res, ctx.rec, 500, { error: `test fly api: ${err.message}` });
+      else req.socket.destroy();
+    });
+  };
+
+  let server;
+  if (tls) {
+    const pair = testCerts()[cert];
+    if (!pair) throw new Error(`startFlyApi: unknown cert ${cert}`);
+    server = https.createServer({ key: pair.key, cert: pair.cert }, onRequest);
+    server.on('secureConnection', (s) => { s.lambdoConn = ++connSeq; });
+    server.on('tlsClientError', (e) => fly.tlsErrors.push(e));
+  } else {
+    server = http.createServer(onRequest);
+  }
+  server.on('connection', (s) => {
+    fly.connections++;
+    if (!tls) s.lambdoConn = ++connSeq;
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => { server.off('error', reject); resolve(); });
+  });
+  const { port } = server.address();
+  fly.port = port;
+  fly.url = tls ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
+
+  let closed = false;
+  let closing;
+  function close() {
+    closing ??= new Promise((resolve) => {
+      closed = true;
+      aborter.abort();
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      for (const w of stateWaiters) clearTimeout(w.timer);
+      stateWaiters.clear();
+      server.close(() => resolve());
+      for (const s of sockets) s.destroy();
+    });
+    return closing;
+  }
+  return fly;
+}
