@@ -19,16 +19,24 @@ int lerr_set(struct lerr *e, enum lerr_kind kind, const char *fmt, ...)
 
 int lerr_wrap(struct lerr *e, const char *fmt, ...)
 {
-    char prefix[sizeof e->msg], old[sizeof e->msg];
+    char old[sizeof e->msg];
+    size_t n, keep;
     va_list ap;
 
     if (!e)
         return -1;
-    va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
-    va_end(ap);
     memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s: %s", prefix, old);
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    n = strlen(e->msg);
+    /* ": " and as much of the old message as fits; truncation is fine for a log line. */
+    if (n + 3 < sizeof e->msg) {
+        memcpy(e->msg + n, ": ", 2);
+        keep = strnlen(old, sizeof e->msg - n - 3);
+        memcpy(e->msg + n + 2, old, keep);
+        e->msg[n + 2 + keep] = '\0';
+    }
     return -1;
 }
 

@@ -1,0 +1,710 @@
+/*
+ * httpresp.c - HTTP/1.1 response heads (RFC 9112) and chunked bodies, over caller buffers.
+ *
+ * The head parser keeps no state between calls: the caller runs it again over the whole
+ * buffer each time more bytes arrive. Heads are small and capped, so the rescan is cheap,
+ * and statelessness makes the property the client relies on easy to keep: bytes are
+ * checked strictly left to right and every check fails at the first byte that proves the
+ * input wrong, so any prefix of an input gives either INCOMPLETE or exactly the answer
+ * (error message included) the whole input gives.
+ *
+ * The chunked decoder does keep state, one byte of the framing at a time, so a body of
+ * any size streams through a small buffer however the reads happen to be split.
+ */
+#include "httpresp.h"
+
+#include <limits.h>
+#include <string.h>
+
+/* lerr_set() returns -1, so `return lerr_set(...)` doubles as `return HTTPRESP_ERROR`. */
+_Static_assert(HTTPRESP_ERROR == -1, "HTTPRESP_ERROR must equal lerr_set's return value");
+_Static_assert(HTTPRESP_MAX_HEAD < INT_MAX, "head lengths are returned as int");
+
+/* ---- character classes (RFC 9110 section 5.6.2 and 5.5) --------------------------------- */
+
+static int is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return 1;
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int is_ws(unsigned char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* What a field value, reason phrase or chunk extension may hold: VCHAR, obs-text, SP, HTAB.
+ * Everything else is a control character (DEL included). */
+static int is_text(unsigned char c)
+{
+    return is_ws(c) || (c >= 0x21 && c != 0x7f);
+}
+
+static int hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static unsigned char ascii_lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
+}
+
+/* s[0..n) equals the NUL-terminated lower-case word, ignoring ASCII case. */
+static int equals_word(const char *s, size_t n, const char *word)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (word[i] == '\0' || ascii_lower((unsigned char)s[i]) != (unsigned char)word[i])
+            return 0;
+    return word[n] == '\0';
+}
+
+static int malformed(struct lerr *e, const char *what)
+{
+    return lerr_set(e, LERR_MALFORMED, "malformed response: %s", what);
+}
+
+/* Comma-separated list elements (RFC 9110 section 5.6.1): the next element of s[*pos..n)
+ * with surrounding OWS removed, possibly empty. Returns 0 when the list is exhausted. */
+static int list_next(const char *s, size_t n, size_t *pos, const char **elem, size_t *elem_len)
+{
+    size_t start, end;
+
+    if (*pos > n)
+        return 0;
+    start = *pos;
+    end = start;
+    while (end < n && s[end] != ',')
+        end++;
+    *pos = end + 1;
+    while (start < end && is_ws((unsigned char)s[start]))
+        start++;
+    while (end > start && is_ws((unsigned char)s[end - 1]))
+        end--;
+    *elem = s + start;
+    *elem_len = end - start;
+    return 1;
+}
+
+/* ---- the head ------------------------------------------------------------------------------ */
+
+struct scan {
+    const unsigned char *p;
+    size_t pos;
+    size_t lim;  /* min(len, HTTPRESP_MAX_HEAD): bytes past the cap are never looked at */
+    struct lerr *e;
+};
+
+/* What the header fields say about framing and connection reuse, gathered line by line. */
+struct fields {
+    int have_length, have_te, te_chunked, conn_close, conn_keep_alive;
+    unsigned long long length;
+};
+
+/* The bytes ran out before the head did: more may come, unless the cap is reached, in
+ * which case no amount of further input can make the head acceptable. */
+static int scan_short(const struct scan *s)
+{
+    if (s->lim >= HTTPRESP_MAX_HEAD)
+        return lerr_set(s->e, LERR_TOO_LARGE, "response head exceeds %d bytes",
+                        HTTPRESP_MAX_HEAD);
+    return HTTPRESP_INCOMPLETE;
+}
+
+/* After a CR: only LF may follow. */
+static int scan_lf(struct scan *s)
+{
+    if (s->pos == s->lim)
+        return scan_short(s);
+    if (s->p[s->pos] != '\n')
+        return malformed(s->e, "CR not followed by LF");
+    s->pos++;
+    return 0;
+}
+
+/* A byte that is not allowed where it stands, inside a line of text. */
+static int bad_text_byte(struct lerr *e, unsigned char c, const char *where)
+{
+    if (c == '\n')
+        return malformed(e, "bare LF line ending (CRLF required)");
+    return lerr_set(e, LERR_MALFORMED, "malformed response: control character in %s", where);
+}
+
+/* "HTTP/1." DIGIT SP 3DIGIT [SP reason] CRLF. The SP before an empty reason is required by
+ * RFC 9112 but some servers omit it; accepting its absence is harmless. */
+static int parse_status_line(struct scan *s, struct httpresp_head *h)
+{
+    static const char prefix[] = "HTTP/1.";
+    size_t i;
+    unsigned char c;
+
+    for (i = 0; i < sizeof prefix - 1; i++) {
+        if (s->pos == s->lim)
+            return scan_short(s);
+        if (s->p[s->pos] != (unsigned char)prefix[i])
+            return malformed(s->e, i < 5 ? "not an HTTP status line"
+                                         : "unsupported HTTP version (HTTP/1.x required)");
+        s->pos++;
+    }
+    if (s->pos == s->lim)
+        return scan_short(s);
+    c = s->p[s->pos++];
+    if (c < '0' || c > '9')
+        return malformed(s->e, "bad HTTP version");
+    h->minor_version = c - '0';
+    if (s->pos == s->lim)
+        return scan_short(s);
+    if (s->p[s->pos++] != ' ')
+        return malformed(s->e, "bad HTTP version");
+
+    h->status = 0;
+    for (i = 0; i < 3; i++) {
+        if (s->pos == s->lim)
+            return scan_short(s);
+        c = s->p[s->pos++];
+        if (c < '0' || c > '9')
+            return malformed(s->e, "bad status code (three digits required)");
+        h->status = h->status * 10 + (c - '0');
+    }
+    if (h->status < 100 || h->status > 599)
+        return malformed(s->e, "status code out of range 100-599");
+
+    if (s->pos == s->lim)
+        return scan_short(s);
+    c = s->p[s->pos];
+    if (c == ' ')
+        s->pos++;
+    else if (c != '\r')
+        return malformed(s->e, "bad status code (three digits required)");
+    h->reason = (const char *)s->p + s->pos;
+    for (;;) {
+        if (s->pos == s->lim)
+            return scan_short(s);
+        c = s->p[s->pos];
+        if (c == '\r')
+            break;
+        if (!is_text(c))
+            return bad_text_byte(s->e, c, "reason phrase");
+        s->pos++;
+    }
+    h->reason_len = (size_t)((const char *)s->p + s->pos - h->reason);
+    s->pos++;
+    return scan_lf(s);
+}
+
+/* One field line, starting at a byte that is neither CR nor whitespace:
+ * token ":" OWS value OWS CRLF. */
+static int parse_field_line(struct scan *s, struct httpresp_header *f)
+{
+    size_t start = s->pos, value_end;
+    unsigned char c;
+
+    for (;;) {
+        if (s->pos == s->lim)
+            return scan_short(s);
+        c = s->p[s->pos];
+        if (c == ':')
+            break;
+        if (!is_tchar(c)) {
+            if (is_ws(c))
+                return malformed(s->e, "whitespace between header field name and colon");
+            if (c == '\r' || c == '\n')
+                return malformed(s->e, "header field without colon");
+            return malformed(s->e, "bad character in header field name");
+        }
+        s->pos++;
+    }
+    if (s->pos == start)
+        return malformed(s->e, "empty header field name");
+    f->name = (const char *)s->p + start;
+    f->name_len = s->pos - start;
+    s->pos++;
+
+    for (;;) {
+        if (s->pos == s->lim)
+            return scan_short(s);
+        if (!is_ws(s->p[s->pos]))
+            break;
+        s->pos++;
+    }
+    start = value_end = s->pos;
+    for (;;) {
+        if (s->pos == s->lim)
+            return scan_short(s);
+        c = s->p[s->pos];
+        if (c == '\r')
+            break;
+        if (!is_text(c))
+            return bad_text_byte(s->e, c, "header field value");
+        s->pos++;
+        if (!is_ws(c))
+            value_end = s->pos;
+    }
+    f->value = (const char *)s->p + start;
+    f->value_len = value_end - start;
+    s->pos++;
+    return scan_lf(s);
+}
+
+/* Content-Length = 1*DIGIT, possibly repeated as a list ("5, 5") by careless proxies. */
+static int note_content_length(struct fields *fl, const struct httpresp_header *f,
+                               struct lerr *e)
+{
+    const char *elem;
+    size_t pos = 0, n, i;
+
+    if (fl->have_te)
+        return malformed(e, "both Transfer-Encoding and Content-Length");
+    while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
+        unsigned long long v = 0;
+
+        if (n == 0)
+            return malformed(e, "bad Content-Length");
+        for (i = 0; i < n; i++) {
+            unsigned d = (unsigned char)elem[i] - '0';
+
+            if (d > 9)
+                return malformed(e, "bad Content-Length");
+            if (v > (ULLONG_MAX - d) / 10)
+                return malformed(e, "Content-Length out of range");
+            v = v * 10 + d;
+        }
+        if (fl->have_length && v != fl->length)
+            return malformed(e, "conflicting Content-Length values");
+        fl->have_length = 1;
+        fl->length = v;
+    }
+    return 0;
+}
+
+/* The request never offers other codings (no TE header), so RFC 9112 section 7 allows the
+ * server only chunked, once. Anything else would hand the caller still-encoded bytes as
+ * the body, so it is refused rather than read until close. */
+static int note_transfer_encoding(struct fields *fl, const struct httpresp_head *h,
+                                  const struct httpresp_header *f, struct lerr *e)
+{
+    const char *elem;
+    size_t pos = 0, n;
+    int codings = 0;
+
+    /* RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing. */
+    if (h->minor_version == 0)
+        return malformed(e, "Transfer-Encoding in an HTTP/1.0 response");
+    if (fl->have_length)
+        return malformed(e, "both Transfer-Encoding and Content-Length");
+    while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
+        if (n == 0)
+            continue;
+        if (!equals_word(elem, n, "chunked"))
+            return malformed(e, "unsupported Transfer-Encoding (only chunked is accepted)");
+        if (fl->te_chunked)
+            return malformed(e, "chunked applied more than once");
+        fl->te_chunked = 1;
+        codings++;
+    }
+    if (codings == 0)
+        return malformed(e, "empty Transfer-Encoding");
+    fl->have_te = 1;
+    return 0;
+}
+
+static void note_connection(struct fields *fl, const struct httpresp_header *f)
+{
+    const char *elem;
+    size_t pos = 0, n;
+
+    while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
+        if (equals_word(elem, n, "close"))
+            fl->conn_close = 1;
+        else if (equals_word(elem, n, "keep-alive"))
+            fl->conn_keep_alive = 1;
+    }
+}
+
+/* Checks a field as soon as its line is complete, so a bad length fails right away. */
+static int note_field(struct fields *fl, const struct httpresp_head *h,
+                      const struct httpresp_header *f, struct lerr *e)
+{
+    if (equals_word(f->name, f->name_len, "content-length"))
+        return note_content_length(fl, f, e);
+    if (equals_word(f->name, f->name_len, "transfer-encoding"))
+        return note_transfer_encoding(fl, h, f, e);
+    if (equals_word(f->name, f->name_len, "connection"))
+        note_connection(fl, f);
+    return 0;
+}
+
+/* RFC 9112 section 6.3, and section 9.3 for persistence. Fields were validated whatever the
+ * status: a 204 with both Content-Length and Transfer-Encoding is still a smuggling sign. */
+static void decide_framing(struct httpresp_head *h, const struct fields *fl,
+                           int request_was_head)
+{
+    h->content_length = 0;
+    if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304) {
+        h->framing = HTTPRESP_BODY_NONE;
+    } else if (fl->have_te) {
+        h->framing = HTTPRESP_BODY_CHUNKED;
+    } else if (fl->have_length) {
+        h->framing = HTTPRESP_BODY_LENGTH;
+        h->content_length = fl->length;
+    } else {
+        h->framing = HTTPRESP_BODY_UNTIL_CLOSE;
+    }
+
+    if (h->framing == HTTPRESP_BODY_UNTIL_CLOSE || fl->conn_close)
+        h->keep_alive = 0;
+    else if (h->minor_version >= 1)
+        h->keep_alive = 1;
+    else
+        h->keep_alive = fl->conn_keep_alive;
+}
+
+int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
+                        struct httpresp_head *h, struct lerr *e)
+{
+    struct scan s = { (const unsigned char *)buf, 0, len, e };
+    struct fields fl = { 0 };
+    int rc;
+
+    if (s.lim > HTTPRESP_MAX_HEAD)
+        s.lim = HTTPRESP_MAX_HEAD;
+    h->num_headers = 0;
+    rc = parse_status_line(&s, h);
+    if (rc < 0)
+        return rc;
+
+    for (;;) {
+        unsigned char c;
+
+        if (s.pos == s.lim)
+            return scan_short(&s);
+        c = s.p[s.pos];
+        if (c == '\r') {
+            s.pos++;
+            rc = scan_lf(&s);
+            if (rc < 0)
+                return rc;
+            break;
+        }
+        if (is_ws(c))
+            return malformed(e, "obsolete line folding in header");
+        if (c == '\n')
+            return malformed(e, "bare LF line ending (CRLF required)");
+        if (h->num_headers == HTTPRESP_MAX_HEADERS)
+            return lerr_set(e, LERR_TOO_LARGE, "response has more than %d header fields",
+                            HTTPRESP_MAX_HEADERS);
+        rc = parse_field_line(&s, &h->headers[h->num_headers]);
+        if (rc < 0)
+            return rc;
+        rc = note_field(&fl, h, &h->headers[h->num_headers], e);
+        if (rc < 0)
+            return rc;
+        h->num_headers++;
+    }
+    decide_framing(h, &fl, request_was_head);
+    return (int)s.pos;
+}
+
+const char *httpresp_header(const struct httpresp_head *h, const char *name, size_t *value_len)
+{
+    size_t i, n = strlen(name);
+
+    for (i = 0; i < h->num_headers; i++) {
+        const struct httpresp_header *f = &h->headers[i];
+        size_t j;
+
+        if (f->name_len != n)
+            continue;
+        for (j = 0; j < n; j++)
+            if (ascii_lower((unsigned char)f->name[j]) != ascii_lower((unsigned char)name[j]))
+                break;
+        if (j == n) {
+            if (value_len)
+                *value_len = f->value_len;
+            return f->value;
+        }
+    }
+    if (value_len)
+        *value_len = 0;
+    return NULL;
+}
+
+/* ---- chunked bodies (RFC 9112 section 7.1) ------------------------------------------------- */
+
+enum {
+    CH_SIZE,          /* chunk-size hex digits; 0 so that a zeroed decoder starts here */
+    CH_SIZE_WS,       /* BWS after the size, which only a ';' may end */
+    CH_EXT,           /* chunk extensions, skipped up to the CR */
+    CH_SIZE_LF,       /* CR of the size line seen */
+    CH_DATA,
+    CH_DATA_CR,       /* the CRLF that ends chunk data */
+    CH_DATA_LF,
+    CH_TRAILER,       /* start of a trailer field line, or of the final empty line */
+    CH_TRAILER_NAME,
+    CH_TRAILER_VALUE,
+    CH_TRAILER_LF,
+    CH_END_LF,        /* CR of the final empty line seen */
+    CH_DONE,
+};
+
+static int body_too_large(struct lerr *e, unsigned long long max_body)
+{
+    return lerr_set(e, LERR_TOO_LARGE, "response body exceeds %llu bytes", max_body);
+}
+
+/* Lines of chunk framing cost no memory here, but a peer could send them forever. */
+static int framing_line_byte(struct httpresp_chunked *d, struct lerr *e, const char *what)
+{
+    if (++d->line_len > HTTPRESP_MAX_HEAD)
+        return lerr_set(e, LERR_TOO_LARGE, "%s exceeds %d bytes", what, HTTPRESP_MAX_HEAD);
+    return 0;
+}
+
+static int chunk_size_byte(struct httpresp_chunked *d, unsigned char c,
+                           unsigned long long max_body, struct lerr *e)
+{
+    int v = hex_value(c);
+
+    if (framing_line_byte(d, e, "chunk size line") < 0)
+        return HTTPRESP_ERROR;
+    if (v >= 0) {
+        if (++d->size_digits > 16)
+            return malformed(e, "bad chunk size (more than 16 hex digits)");
+        d->remaining = d->remaining << 4 | (unsigned)v;
+        /* More digits only make the size larger, so the cap can be judged already. */
+        if (d->total > max_body || d->remaining > max_body - d->total)
+            return body_too_large(e, max_body);
+        return 0;
+    }
+    if (d->size_digits == 0)
+        return malformed(e, "bad chunk size");
+    if (c == ';')
+        d->state = CH_EXT;
+    else if (is_ws(c))
+        d->state = CH_SIZE_WS;
+    else if (c == '\r')
+        d->state = CH_SIZE_LF;
+    else
+        return malformed(e, "bad chunk size");
+    return 0;
+}
+
+/* The size line is complete: data follows, or the trailer section after the last chunk. */
+static int chunk_size_lf(struct httpresp_chunked *d, unsigned char c, struct lerr *e)
+{
+    if (c != '\n')
+        return malformed(e, "bad chunk size line (CR not followed by LF)");
+    d->line_len = 0;
+    d->size_digits = 0;
+    d->state = d->remaining ? CH_DATA : CH_TRAILER;
+    return 0;
+}
+
+static int trailer_byte(struct httpresp_chunked *d, unsigned char c, struct lerr *e)
+{
+    if (framing_line_byte(d, e, "trailer section") < 0)
+        return HTTPRESP_ERROR;
+    switch (d->state) {
+    case CH_TRAILER:
+        if (c == '\r')
+            d->state = CH_END_LF;
+        else if (is_tchar(c))
+            d->state = CH_TRAILER_NAME;
+        else if (is_ws(c))
+            return malformed(e, "obsolete line folding in trailer");
+        else if (c == '\n')
+            return malformed(e, "bare LF line ending (CRLF required)");
+        else
+            return malformed(e, "bad trailer field");
+        return 0;
+    case CH_TRAILER_NAME:
+        if (c == ':')
+            d->state = CH_TRAILER_VALUE;
+        else if (!is_tchar(c))
+            return malformed(e, "bad trailer field");
+        return 0;
+    case CH_TRAILER_VALUE:
+        if (c == '\r')
+            d->state = CH_TRAILER_LF;
+        else if (!is_text(c))
+            return bad_text_byte(e, c, "trailer field");
+        return 0;
+    case CH_TRAILER_LF:
+        if (c != '\n')
+            return malformed(e, "CR not followed by LF in trailer");
+        d->state = CH_TRAILER;
+        return 0;
+    default: /* CH_END_LF */
+        if (c != '\n')
+            return malformed(e, "CR not followed by LF after trailer section");
+        d->state = CH_DONE;
+        return 0;
+    }
+}
+
+/* Every state but CH_DATA (copied in bulk by the caller) and CH_DONE advances one byte. */
+static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
+                        unsigned long long max_body, struct lerr *e)
+{
+    switch (d->state) {
+    case CH_SIZE:
+        return chunk_size_byte(d, c, max_body, e);
+    case CH_SIZE_WS:
+        if (framing_line_byte(d, e, "chunk size line") < 0)
+            return HTTPRESP_ERROR;
+        if (c == ';')
+            d->state = CH_EXT;
+        else if (!is_ws(c))
+            return malformed(e, "bad chunk size");
+        return 0;
+    case CH_EXT:
+        if (framing_line_byte(d, e, "chunk size line") < 0)
+            return HTTPRESP_ERROR;
+        if (c == '\r')
+            d->state = CH_SIZE_LF;
+        else if (!is_text(c))
+            return bad_text_byte(e, c, "chunk extension");
+        return 0;
+    case CH_SIZE_LF:
+        return chunk_size_lf(d, c, e);
+    case CH_DATA_CR:
+    case CH_DATA_LF:
+        if (c != (d->state == CH_DATA_CR ? '\r' : '\n'))
+            return malformed(e, "missing CRLF after chunk data");
+        d->state = d->state == CH_DATA_CR ? CH_DATA_LF : CH_SIZE;
+        return 0;
+    case CH_TRAILER:
+    case CH_TRAILER_NAME:
+    case CH_TRAILER_VALUE:
+    case CH_TRAILER_LF:
+    case CH_END_LF:
+        return trailer_byte(d, c, e);
+    default:
+        return malformed(e, "chunked decoder in an impossible state");
+    }
+}
+
+int httpresp_chunked_decode(struct httpresp_chunked *d, char *buf, size_t *len,
+                            unsigned long long max_body, struct lerr *e)
+{
+    size_t in = 0, out = 0, n = *len, rest;
+
+    while (in < n && d->state != CH_DONE) {
+        if (d->state == CH_DATA) {
+            size_t k = n - in;
+
+            if (k > d->remaining)
+                k = (size_t)d->remaining;
+            memmove(buf + out, buf + in, k);
+            in += k;
+            out += k;
+            d->remaining -= k;
+            d->total += k;
+            if (d->remaining == 0)
+                d->state = CH_DATA_CR;
+            continue;
+        }
+        if (chunked_byte(d, (unsigned char)buf[in++], max_body, e) < 0) {
+            *len = out;
+            return HTTPRESP_ERROR;
+        }
+    }
+    *len = out;
+    if (d->state != CH_DONE)
+        return HTTPRESP_INCOMPLETE;
+    rest = n - in;
+    if (rest > INT_MAX)
+        return lerr_set(e, LERR_TOO_LARGE, "more than %d bytes after the chunked body", INT_MAX);
+    if (rest > 0)
+        memmove(buf + out, buf + in, rest);
+    return (int)rest;
+}
+
+/* ---- whole responses ----------------------------------------------------------------------- */
+
+static int consumed(size_t n, struct lerr *e)
+{
+    if (n > INT_MAX)
+        return lerr_set(e, LERR_TOO_LARGE, "response exceeds %d bytes", INT_MAX);
+    return (int)n;
+}
+
+/* buf is const, so the body goes through a scratch buffer; the pieces it makes also
+ * exercise the decoder's resumption on every response over the scratch size. */
+static int parse_chunked_body(const char *src, size_t avail, size_t head_len, char *body_out,
+                              size_t body_cap, size_t *body_len, struct lerr *e)
+{
+    struct httpresp_chunked d = { 0 };
+    char scratch[4096];
+    size_t used = 0;
+
+    while (used < avail) {
+        size_t piece = avail - used, out;
+        int rc;
+
+        if (piece > sizeof scratch)
+            piece = sizeof scratch;
+        memcpy(scratch, src + used, piece);
+        out = piece;
+        rc = httpresp_chunked_decode(&d, scratch, &out, body_cap, e);
+        if (rc == HTTPRESP_ERROR)
+            return rc;
+        /* The decoder holds the total to body_cap, so this always fits. */
+        if (out > 0)
+            memcpy(body_out + *body_len, scratch, out);
+        *body_len += out;
+        if (rc >= 0)
+            return consumed(head_len + used + (piece - (size_t)rc), e);
+        used += piece;
+    }
+    return HTTPRESP_INCOMPLETE;
+}
+
+int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof,
+                   struct httpresp_head *h, char *body_out, size_t body_cap, size_t *body_len,
+                   struct lerr *e)
+{
+    int head_len;
+    size_t avail;
+
+    *body_len = 0;
+    head_len = httpresp_parse_head(buf, len, request_was_head, h, e);
+    if (head_len < 0)
+        return head_len;
+    avail = len - (size_t)head_len;
+
+    switch (h->framing) {
+    case HTTPRESP_BODY_NONE:
+        return head_len;
+    case HTTPRESP_BODY_LENGTH:
+        if (h->content_length > body_cap)
+            return body_too_large(e, body_cap);
+        if (avail < h->content_length)
+            return HTTPRESP_INCOMPLETE;
+        if (h->content_length > 0)
+            memcpy(body_out, buf + head_len, (size_t)h->content_length);
+        *body_len = (size_t)h->content_length;
+        return consumed((size_t)head_len + *body_len, e);
+    case HTTPRESP_BODY_CHUNKED:
+        return parse_chunked_body(buf + head_len, avail, (size_t)head_len, body_out, body_cap,
+                                  body_len, e);
+    default: /* HTTPRESP_BODY_UNTIL_CLOSE */
+        if (avail > body_cap)
+            return body_too_large(e, body_cap);
+        if (!at_eof)
+            return HTTPRESP_INCOMPLETE;
+        if (avail > 0)
+            memcpy(body_out, buf + head_len, avail);
+        *body_len = avail;
+        return consumed(len, e);
+    }
+}
