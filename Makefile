@@ -50,7 +50,7 @@ FUZZ_CF := -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-rec
 lambdo: $(B)/musl/lambdo
 	@cp $< lambdo
 
-test-build: $(UNITS:%=$(B)/asan/%) $(UNITS:%=$(B)/glibc/%) \
+test-build: $(B)/asan/lambdo $(B)/glibc/lambdo $(UNITS:%=$(B)/asan/%) $(UNITS:%=$(B)/glibc/%) \
             $(TOOLS:%=$(B)/asan/%) $(TOOLS:%=$(B)/glibc/%) $(TOOLS:%=$(B)/musl/%) \
             $(FUZZERS:%=$(B)/fuzz/%)
 
@@ -99,6 +99,10 @@ $(B)/musl/lambdo: $(B)/musl/lambdo.o $(call lib,musl) $(MUSL_DEPS)
 $(B)/musl/tool_%: $(B)/musl/tests/tool_%.o $(call lib,musl) $(MUSL_DEPS)
 	$(MUSL_CC) $(MUSL_CF) $(MUSL_LD) $^ -o $@
 
+$(B)/glibc/lambdo: $(B)/glibc/lambdo.o $(call lib,glibc) $(GLIBC_DEPS)
+	$(GLIBC_CC) $(GLIBC_CF) $^ -o $@
+$(B)/asan/lambdo: $(B)/asan/lambdo.o $(call lib,asan) $(GLIBC_DEPS)
+	$(ASAN_CC) $(ASAN_CF) $^ -o $@
 $(B)/glibc/t_%: $(B)/glibc/tests/t_%.o $(call lib,glibc) $(GLIBC_DEPS)
 	$(GLIBC_CC) $(GLIBC_CF) $^ -lcmocka -o $@
 $(B)/glibc/tool_%: $(B)/glibc/tests/tool_%.o $(call lib,glibc) $(GLIBC_DEPS)

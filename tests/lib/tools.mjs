@@ -2,7 +2,7 @@
 //   LAMBDO_BUILD_DIR     build directory (default: build)
 //   LAMBDO_VARIANT       asan | glibc | musl (default: asan)
 //   LAMBDO_TOOL_WRAPPER  words put before every command, e.g. "valgrind --error-exitcode=99"
-//   LAMBDO_BIN           the lambdo binary (default: ./lambdo, the static product)
+//   LAMBDO_BIN           the lambdo binary (default: the variant's build; musl is ./lambdo)
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +19,8 @@ export function toolPath(name) {
 }
 
 export function lambdoPath() {
-  const p = path.resolve(ROOT, process.env.LAMBDO_BIN || 'lambdo');
+  const p = process.env.LAMBDO_BIN ? path.resolve(ROOT, process.env.LAMBDO_BIN)
+    : path.join(buildDir, variant, 'lambdo');
   if (!existsSync(p)) throw new Error(`${p} is missing: run ./build.sh first`);
   return p;
 }
