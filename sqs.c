@@ -1,0 +1,1423 @@
+#include "sqs.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <bearssl.h>
+
+#include "cJSON.h"
+#include "log.h"
+
+#define SQS_CONTENT_TYPE "application/x-amz-json-1.0"
+
+/* The long poll itself may take wait_seconds; this much more covers the round trip. */
+#define SQS_RECEIVE_SLACK_MS 10000
+
+static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS_ATTR_COMMAND };
+
+/* ======================================================================================
+ * Request bodies (cJSON: nothing in them needs to be byte-exact)
+ * ==================================================================================== */
+
+/* cJSON's Add* helpers return NULL when out of memory; one check at the end is enough
+ * because every failure leaves a NULL behind that we count here. */
+static int sqs_json_ok(const void *p, int *ok)
+{
+    if (!p)
+        *ok = 0;
+    return *ok;
+}
+
+static char *sqs_json_print(cJSON *root, int ok, size_t *len, struct lerr *e)
+{
+    char *out = ok ? cJSON_PrintUnformatted(root) : NULL;
+
+    cJSON_Delete(root);
+    if (!out) {
+        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
+        return NULL;
+    }
+    *len = strlen(out);
+    return out;
+}
+
+static void sqs_json_names(cJSON *root, const char *key, const char *const *names, size_t n,
+                           int *ok)
+{
+    cJSON *arr = cJSON_AddArrayToObject(root, key);
+
+    for (size_t i = 0; sqs_json_ok(arr, ok) && i < n; i++) {
+        cJSON *s = cJSON_CreateString(names[i]);
+        if (!sqs_json_ok(s, ok) || !cJSON_AddItemToArray(arr, s)) {
+            cJSON_Delete(s);
+            *ok = 0;
+        }
+    }
+}
+
+char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
+                          struct lerr *e)
+{
+    static const char *const system_attrs[] = { "ApproximateReceiveCount" };
+    cJSON *root;
+    int ok = 1;
+
+    if (!queue_url || !*queue_url) {
+        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: no queue URL");
+        return NULL;
+    }
+    if (o->max_messages < 1 || o->max_messages > SQS_MAX_MESSAGES) {
+        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: MaxNumberOfMessages must be 1 to %d, got %d",
+                 SQS_MAX_MESSAGES, o->max_messages);
+        return NULL;
+    }
+    if (o->wait_seconds < 0 || o->wait_seconds > SQS_MAX_WAIT) {
+        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: WaitTimeSeconds must be 0 to %d, got %d",
+                 SQS_MAX_WAIT, o->wait_seconds);
+        return NULL;
+    }
+    if (o->visibility_timeout < -1 || o->visibility_timeout > SQS_MAX_VISIBILITY) {
+        lerr_set(e, LERR_INVALID,
+                 "SQS ReceiveMessage: VisibilityTimeout must be 0 to %d (or -1), got %d",
+                 SQS_MAX_VISIBILITY, o->visibility_timeout);
+        return NULL;
+    }
+    root = cJSON_CreateObject();
+    if (!root) {
+        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
+        return NULL;
+    }
+    sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
+    sqs_json_ok(cJSON_AddNumberToObject(root, "MaxNumberOfMessages", o->max_messages), &ok);
+    sqs_json_ok(cJSON_AddNumberToObject(root, "WaitTimeSeconds", o->wait_seconds), &ok);
+    if (o->visibility_timeout >= 0)
+        sqs_json_ok(cJSON_AddNumberToObject(root, "VisibilityTimeout", o->visibility_timeout),
+                    &ok);
+    sqs_json_names(root, "MessageAttributeNames", sqs_attr_names, 3, &ok);
+    sqs_json_names(root, "MessageSystemAttributeNames", system_attrs, 1, &ok);
+    /* The deprecated name of the same list: SQS accepts both, and emulators written
+     * before MessageSystemAttributeNames existed only know this one. */
+    sqs_json_names(root, "AttributeNames", system_attrs, 1, &ok);
+    return sqs_json_print(root, ok, len, e);
+}
+
+static const char *sqs_op_name(enum sqs_batch_op op)
+{
+    return op == SQS_OP_DELETE ? "DeleteMessageBatch" : "ChangeMessageVisibilityBatch";
+}
+
+/* Entries are named by their index in the caller's array, so an answer maps straight
+ * back to its entry, and retries of a subset keep their names. */
+static void sqs_entry_id(size_t i, char out[24])
+{
+    snprintf(out, 24, "m%zu", i);
+}
+
+static int sqs_batch_check(enum sqs_batch_op op, const char *queue_url,
+                           const struct sqs_entry *entries, size_t n, struct lerr *e)
+{
+    const char *name = sqs_op_name(op);
+
+    if (!queue_url || !*queue_url)
+        return lerr_set(e, LERR_INVALID, "SQS %s: no queue URL", name);
+    if (n < 1 || n > SQS_MAX_MESSAGES)
+        return lerr_set(e, LERR_INVALID, "SQS %s: %zu entries (1 to %d allowed)", name, n,
+                        SQS_MAX_MESSAGES);
+    for (size_t i = 0; i < n; i++) {
+        if (!entries[i].receipt_handle || !*entries[i].receipt_handle)
+            return lerr_set(e, LERR_INVALID, "SQS %s: entry %zu has no receipt handle", name, i);
+        if (op == SQS_OP_CHANGE_VISIBILITY && (entries[i].visibility_timeout < 0 ||
+                                               entries[i].visibility_timeout > SQS_MAX_VISIBILITY))
+            return lerr_set(e, LERR_INVALID,
+                            "SQS %s: entry %zu: VisibilityTimeout must be 0 to %d, got %d", name,
+                            i, SQS_MAX_VISIBILITY, entries[i].visibility_timeout);
+    }
+    return 0;
+}
+
+char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
+                        const struct sqs_entry *entries, size_t n, size_t *len,
+                        struct lerr *e)
+{
+    cJSON *root, *arr;
+    size_t sent = 0;
+    int ok = 1;
+
+    if (sqs_batch_check(op, queue_url, entries, n, e) < 0)
+        return NULL;
+    root = cJSON_CreateObject();
+    if (!root) {
+        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
+        return NULL;
+    }
+    sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
+    arr = cJSON_AddArrayToObject(root, "Entries");
+    for (size_t i = 0; sqs_json_ok(arr, &ok) && i < n; i++) {
+        cJSON *item;
+        char id[24];
+
+        if (entries[i].status != SQS_ENTRY_PENDING)
+            continue;
+        item = cJSON_CreateObject();
+        if (!sqs_json_ok(item, &ok) || !cJSON_AddItemToArray(arr, item)) {
+            cJSON_Delete(item);
+            ok = 0;
+            break;
+        }
+        sqs_entry_id(i, id);
+        sqs_json_ok(cJSON_AddStringToObject(item, "Id", id), &ok);
+        sqs_json_ok(cJSON_AddStringToObject(item, "ReceiptHandle", entries[i].receipt_handle),
+                    &ok);
+        if (op == SQS_OP_CHANGE_VISIBILITY)
+            sqs_json_ok(cJSON_AddNumberToObject(item, "VisibilityTimeout",
+                                                entries[i].visibility_timeout), &ok);
+        sent++;
+    }
+    if (ok && sent == 0) {
+        cJSON_Delete(root);
+        lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", sqs_op_name(op));
+        return NULL;
+    }
+    return sqs_json_print(root, ok, len, e);
+}
+
+/* ======================================================================================
+ * The ReceiveMessage answer: a small strict pull parser
+ *
+ * cJSON hands back a string as a NUL-terminated copy and forgets its length, so a body
+ * holding \u0000 would come back cut short. Bodies must reach the Machine byte for byte,
+ * so the answer is read by this RFC 8259 parser, which decodes every string with its
+ * length, straight into the batch's one allocation.
+ * ==================================================================================== */
+
+#define JP_MAX_DEPTH 64
+#define RX "SQS ReceiveMessage answer"
+
+struct jp {
+    const char *start, *p, *end;
+    int depth;
+    struct lerr *e;
+};
+
+static int jp_fail(struct jp *j, const char *why)
+{
+    if (j->p >= j->end)
+        why = "unexpected end";
+    return lerr_set(j->e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu",
+                    why, (size_t)(j->p - j->start));
+}
+
+static int jp_peek(struct jp *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+    return j->p < j->end ? (unsigned char)*j->p : -1;
+}
+
+static int jp_literal(struct jp *j, const char *lit)
+{
+    size_t n = strlen(lit);
+
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0)
+        return jp_fail(j, "unexpected character");
+    j->p += n;
+    return 0;
+}
+
+static int jp_digits(struct jp *j)
+{
+    const char *s = j->p;
+
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+        j->p++;
+    return j->p > s ? 0 : jp_fail(j, "bad number");
+}
+
+static int jp_number(struct jp *j)
+{
+    if (j->p < j->end && *j->p == '-')
+        j->p++;
+    if (j->p < j->end && *j->p == '0')
+        j->p++;
+    else if (jp_digits(j) < 0)
+        return -1;
+    if (j->p < j->end && *j->p == '.') {
+        j->p++;
+        if (jp_digits(j) < 0)
+            return -1;
+    }
+    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+        j->p++;
+        if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
+            j->p++;
+        if (jp_digits(j) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Output of a string decode: bytes beyond cap are counted but not written. */
+struct jp_out {
+    char *buf;
+    size_t cap, len;
+};
+
+static void jp_put(struct jp_out *o, unsigned char ch)
+{
+    if (o->len < o->cap)
+        o->buf[o->len] = (char)ch;
+    o->len++;
+}
+
+/* UTF-8, generalised to surrogate code points (WTF-8) so a lone one survives as bytes
+ * that any strict UTF-8 check downstream refuses. */
+static void jp_put_code(struct jp_out *o, unsigned cp)
+{
+    if (cp < 0x80) {
+        jp_put(o, (unsigned char)cp);
+    } else if (cp < 0x800) {
+        jp_put(o, (unsigned char)(0xc0 | cp >> 6));
+        jp_put(o, (unsigned char)(0x80 | (cp & 0x3f)));
+    } else if (cp < 0x10000) {
+        jp_put(o, (unsigned char)(0xe0 | cp >> 12));
+        jp_put(o, (unsigned char)(0x80 | (cp >> 6 & 0x3f)));
+        jp_put(o, (unsigned char)(0x80 | (cp & 0x3f)));
+    } else {
+        jp_put(o, (unsigned char)(0xf0 | cp >> 18));
+        jp_put(o, (unsigned char)(0x80 | (cp >> 12 & 0x3f)));
+        jp_put(o, (unsigned char)(0x80 | (cp >> 6 & 0x3f)));
+        jp_put(o, (unsigned char)(0x80 | (cp & 0x3f)));
+    }
+}
+
+static int jp_hex4(const char *s, unsigned *out)
+{
+    unsigned v = 0;
+
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* j->p is just past "\u". A high surrogate escape followed by a low one is one code
+ * point; any other surrogate is lone and sets *lone. */
+static int jp_unicode(struct jp *j, struct jp_out *o, int *lone)
+{
+    unsigned cp, lo;
+
+    if (j->end - j->p < 4 || jp_hex4(j->p, &cp) < 0)
+        return jp_fail(j, "bad \\u escape");
+    j->p += 4;
+    if (cp >= 0xd800 && cp <= 0xdbff && j->end - j->p >= 6 && j->p[0] == '\\' &&
+        j->p[1] == 'u' && jp_hex4(j->p + 2, &lo) == 0 && lo >= 0xdc00 && lo <= 0xdfff) {
+        j->p += 6;
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+    } else if (cp >= 0xd800 && cp <= 0xdfff) {
+        *lone = 1;
+    }
+    jp_put_code(o, cp);
+    return 0;
+}
+
+static int jp_escape(struct jp *j, struct jp_out *o, int *lone)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    const char *hit;
+
+    if (j->p >= j->end)
+        return jp_fail(j, "unterminated string");
+    if (*j->p == 'u') {
+        j->p++;
+        return jp_unicode(j, o, lone);
+    }
+    hit = memchr(from, *j->p, sizeof from - 1);
+    if (!hit)
+        return jp_fail(j, "bad escape in a string");
+    jp_put(o, (unsigned char)to[hit - from]);
+    j->p++;
+    return 0;
+}
+
+/* Decodes the string value at j->p into o (NUL added when it fits). Raw bytes other
+ * than controls are copied as they are: SQS sends UTF-8, and the body's bytes are not
+ * ours to judge. */
+static int jp_string(struct jp *j, struct jp_out *o, int *lone)
+{
+    if (jp_peek(j) != '"')
+        return jp_fail(j, "expected a string");
+    j->p++;
+    for (;;) {
+        unsigned char ch;
+
+        if (j->p >= j->end)
+            return jp_fail(j, "unterminated string");
+        ch = (unsigned char)*j->p;
+        if (ch == '"')
+            break;
+        if (ch < 0x20)
+            return jp_fail(j, "control character in a string");
+        j->p++;
+        if (ch != '\\') {
+            jp_put(o, ch);
+        } else if (jp_escape(j, o, lone) < 0) {
+            return -1;
+        }
+    }
+    j->p++;
+    if (o->len < o->cap)
+        o->buf[o->len] = '\0';
+    return 0;
+}
+
+static int jp_skip(struct jp *j);
+static void sqs_set_text(char *out, size_t cap, const char *s, size_t len);
+
+/* Iterates an object: *state 0 before '{'. Returns 1 with the member's name in key (""
+ * when longer than cap - 1 or holding a NUL, so it matches nothing) and j->p at its value;
+ * 0 after the closing '}'; -1 on error. */
+static int jp_member(struct jp *j, int *state, char *key, size_t cap)
+{
+    struct jp_out o = { key, cap, 0 };
+    int c = jp_peek(j), lone = 0;
+
+    if (*state == 0) {
+        if (c != '{')
+            return jp_fail(j, "expected an object");
+        j->p++;
+        *state = 1;
+        if (jp_peek(j) == '}') {
+            j->p++;
+            return 0;
+        }
+    } else if (c == '}') {
+        j->p++;
+        return 0;
+    } else if (c != ',') {
+        return jp_fail(j, "expected ',' or '}'");
+    } else {
+        j->p++;
+    }
+    if (jp_peek(j) != '"')
+        return jp_fail(j, "expected a member name");
+    if (jp_string(j, &o, &lone) < 0)
+        return -1;
+    if (o.len >= cap || strlen(key) != o.len)
+        key[0] = '\0';
+    if (jp_peek(j) != ':')
+        return jp_fail(j, "expected ':'");
+    j->p++;
+    return 1;
+}
+
+/* Iterates an array: *state 0 before '['. Returns 1 with j->p at an element, 0 after the
+ * closing ']', -1 on error. */
+static int jp_element(struct jp *j, int *state)
+{
+    int c = jp_peek(j);
+
+    if (*state == 0) {
+        if (c != '[')
+            return jp_fail(j, "expected an array");
+        j->p++;
+        *state = 1;
+        if (jp_peek(j) == ']') {
+            j->p++;
+            return 0;
+        }
+        return 1;
+    }
+    if (c == ']') {
+        j->p++;
+        return 0;
+    }
+    if (c != ',')
+        return jp_fail(j, "expected ',' or ']'");
+    j->p++;
+    return 1;
+}
+
+static int jp_skip_container(struct jp *j, int c)
+{
+    int state = 0, more;
+    char key[1];
+
+    if (++j->depth > JP_MAX_DEPTH)
+        return jp_fail(j, "nested too deeply");
+    if (c == '{') {
+        while ((more = jp_member(j, &state, key, sizeof key)) > 0)
+            if (jp_skip(j) < 0)
+                return -1;
+    } else {
+        while ((more = jp_element(j, &state)) > 0)
+            if (jp_skip(j) < 0)
+                return -1;
+    }
+    j->depth--;
+    return more;
+}
+
+/* Validates and steps over any value. */
+static int jp_skip(struct jp *j)
+{
+    struct jp_out none = { NULL, 0, 0 };
+    int c = jp_peek(j), lone = 0;
+
+    switch (c) {
+    case '"':
+        return jp_string(j, &none, &lone);
+    case '{':
+    case '[':
+        return jp_skip_container(j, c);
+    case 't':
+        return jp_literal(j, "true");
+    case 'f':
+        return jp_literal(j, "false");
+    case 'n':
+        return jp_literal(j, "null");
+    case -1:
+        return jp_fail(j, "unexpected end");
+    default:
+        if (c == '-' || (c >= '0' && c <= '9'))
+            return jp_number(j);
+        return jp_fail(j, "unexpected character");
+    }
+}
+
+/* An optional member: 0 when its value is null (consumed), 1 when it starts with open
+ * ('{', '[' or '"'), else -1 naming the member and the type it should have. */
+static int jp_optional(struct jp *j, int open, int index, const char *name)
+{
+    int c = jp_peek(j);
+    const char *type = open == '{' ? "an object" : open == '[' ? "an array" : "a string";
+
+    if (c == 'n')
+        return jp_literal(j, "null") < 0 ? -1 : 0;
+    if (c == open)
+        return 1;
+    if (c == -1)
+        return jp_fail(j, "unexpected end");
+    if (index < 0)
+        return lerr_set(j->e, LERR_MALFORMED, RX ": %s is not %s", name,
+                        type);
+    return lerr_set(j->e, LERR_MALFORMED, RX ": Messages[%d].%s is not %s",
+                    index, name, type);
+}
+
+/* Where the decoded strings go: the batch's allocation. Every string kept comes from a
+ * distinct quoted span of the answer, and decoding never makes a string longer than its
+ * escaped form, so the decoded strings and their NULs fit in as many bytes as the answer
+ * has: the arena cannot run out. */
+struct arena {
+    char *p;
+    size_t left;
+};
+
+static int jp_keep(struct jp *j, struct arena *a, const char **s, size_t *len, int *lone)
+{
+    struct jp_out o = { a->p, a->left, 0 };
+
+    if (jp_string(j, &o, lone) < 0)
+        return -1;
+    if (o.len >= a->left)  /* cannot happen (see struct arena); refuse rather than trust it */
+        return lerr_set(j->e, LERR_MALFORMED, RX ": string too long");
+    *s = a->p;
+    if (len)
+        *len = o.len;
+    a->p += o.len + 1;
+    a->left -= o.len + 1;
+    return 0;
+}
+
+/* A string member decoded into the arena; NULL when the value is null. */
+static int jp_keep_member(struct jp *j, struct arena *a, int index, const char *name,
+                          const char **s, size_t *len, int *lone)
+{
+    int r = jp_optional(j, '"', index, name);
+    int ignored = 0;
+
+    if (r <= 0) {
+        *s = NULL;
+        return r;
+    }
+    return jp_keep(j, a, s, len, lone ? lone : &ignored);
+}
+
+static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
+{
+    size_t n = strlen(m->problem);
+    va_list ap;
+
+    m->flags |= flag;
+    if (n > 0 && n + 2 < sizeof m->problem) {
+        memcpy(m->problem + n, "; ", 3);
+        n += 2;
+    }
+    if (n + 1 < sizeof m->problem) {
+        va_start(ap, fmt);
+        vsnprintf(m->problem + n, sizeof m->problem - n, fmt, ap);
+        va_end(ap);
+    }
+}
+
+/* "String" and custom string types ("String.url") carry their value in StringValue. */
+static int sqs_string_type(const char *type)
+{
+    return strcmp(type, "String") == 0 || strncmp(type, "String.", 7) == 0;
+}
+
+/* One message attribute value object: {"DataType": ..., "StringValue": ...}. */
+static int jp_attribute(struct jp *j, struct arena *a, int index, struct sqs_message *m,
+                        const char *name, const char **out)
+{
+    char key[16], type[48] = "";
+    const char *value = NULL;
+    size_t value_len = 0;
+    int state = 0, r, has_type = 0;
+
+    *out = NULL;
+    r = jp_optional(j, '{', index, "MessageAttributes value");
+    while (r > 0 && (r = jp_member(j, &state, key, sizeof key)) > 0) {
+        if (strcmp(key, "DataType") == 0) {
+            struct jp_out o = { type, sizeof type, 0 };
+            int lone = 0, t = jp_optional(j, '"', index, "MessageAttributes DataType");
+            if (t < 0 || (t > 0 && jp_string(j, &o, &lone) < 0))
+                return -1;
+            has_type = t > 0;
+            if (o.len >= sizeof type)  /* longer than any type we accept: show its start */
+                memcpy(type + sizeof type - 4, "...", 4);
+            else if (has_type && strlen(type) != o.len)  /* "String\u0000" is no String */
+                memcpy(type, "(a type holding NUL)", 21);
+        } else if (strcmp(key, "StringValue") == 0) {
+            if (jp_keep_member(j, a, index, "MessageAttributes StringValue", &value, &value_len,
+                               NULL) < 0)
+                return -1;
+        } else if (jp_skip(j) < 0) {
+            return -1;
+        }
+    }
+    if (r < 0)
+        return -1;
+    if (!has_type)
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no DataType", name);
+    else if (!sqs_string_type(type))
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE,
+                    "message attribute %s has DataType %s; only String is accepted", name, type);
+    else if (!value)
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no StringValue", name);
+    else if (strlen(value) != value_len)
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s contains a NUL character",
+                    name);
+    else
+        *out = value;
+    return 0;
+}
+
+static int jp_message_attributes(struct jp *j, struct arena *a, int index,
+                                 struct sqs_message *m)
+{
+    const char **slots[] = { &m->image, &m->size, &m->command };
+    char key[16];
+    int state = 0, r = jp_optional(j, '{', index, "MessageAttributes");
+
+    while (r > 0 && (r = jp_member(j, &state, key, sizeof key)) > 0) {
+        size_t i;
+        for (i = 0; i < 3 && strcmp(key, sqs_attr_names[i]) != 0; i++)
+            ;
+        if (i < 3 ? jp_attribute(j, a, index, m, sqs_attr_names[i], slots[i]) < 0
+                  : jp_skip(j) < 0)
+            return -1;
+    }
+    return r;
+}
+
+/* Strict decimal; anything else counts as absent. */
+static unsigned long sqs_parse_count(const char *s, size_t len)
+{
+    unsigned long v = 0;
+
+    if (len == 0 || len > 19)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    return v;
+}
+
+static int jp_system_attributes(struct jp *j, int index, struct sqs_message *m)
+{
+    char key[32], count[24];
+    int state = 0, lone = 0, r = jp_optional(j, '{', index, "Attributes");
+
+    while (r > 0 && (r = jp_member(j, &state, key, sizeof key)) > 0) {
+        if (strcmp(key, "ApproximateReceiveCount") == 0 && jp_peek(j) == '"') {
+            struct jp_out o = { count, sizeof count, 0 };
+            if (jp_string(j, &o, &lone) < 0)
+                return -1;
+            m->receive_count = o.len < sizeof count ? sqs_parse_count(count, o.len) : 0;
+        } else if (jp_skip(j) < 0) {
+            return -1;
+        }
+    }
+    return r;
+}
+
+static void sqs_md5_hex(const char *data, size_t len, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char sum[br_md5_SIZE];
+    br_md5_context ctx;
+
+    br_md5_init(&ctx);
+    br_md5_update(&ctx, data, len);
+    br_md5_out(&ctx, sum);
+    for (size_t i = 0; i < sizeof sum; i++) {
+        out[2 * i] = hex[sum[i] >> 4];
+        out[2 * i + 1] = hex[sum[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+/* The AWS SDKs refuse a message whose MD5OfBody does not match; here it only marks the
+ * message, so one damaged message does not cost the others their turn. */
+static void sqs_check_md5(struct sqs_message *m)
+{
+    char md5[33];
+
+    if (!m->md5_of_body) {
+        m->md5_of_body = "";
+        msg_problem(m, SQS_MSG_MD5_MISMATCH, "message has no MD5OfBody to check the body with");
+        return;
+    }
+    sqs_md5_hex(m->body, m->body_len, md5);
+    if (strcasecmp(md5, m->md5_of_body) != 0)
+        msg_problem(m, SQS_MSG_MD5_MISMATCH,
+                    "MD5OfBody %.40s does not match the body received (MD5 %s): damaged in transit",
+                    m->md5_of_body, md5);
+}
+
+static int jp_message(struct jp *j, struct arena *a, int index, struct sqs_message *m)
+{
+    char key[32];
+    int state = 0, r, lone = 0;
+
+    if (jp_peek(j) == -1)
+        return jp_fail(j, "unexpected end");
+    if (jp_peek(j) != '{')
+        return lerr_set(j->e, LERR_MALFORMED, RX ": Messages[%d] is not an object",
+                        index);
+    while ((r = jp_member(j, &state, key, sizeof key)) > 0) {
+        if (strcmp(key, "MessageId") == 0)
+            r = jp_keep_member(j, a, index, key, &m->message_id, NULL, NULL);
+        else if (strcmp(key, "ReceiptHandle") == 0)
+            r = jp_keep_member(j, a, index, key, &m->receipt_handle, NULL, NULL);
+        else if (strcmp(key, "Body") == 0)
+            r = jp_keep_member(j, a, index, key, &m->body, &m->body_len, &lone);
+        else if (strcmp(key, "MD5OfBody") == 0)
+            r = jp_keep_member(j, a, index, key, &m->md5_of_body, NULL, NULL);
+        else if (strcmp(key, "Attributes") == 0)
+            r = jp_system_attributes(j, index, m);
+        else if (strcmp(key, "MessageAttributes") == 0)
+            r = jp_message_attributes(j, a, index, m);
+        else
+            r = jp_skip(j);
+        if (r < 0)
+            return -1;
+    }
+    if (r < 0)
+        return -1;
+    if (!m->message_id)
+        return lerr_set(j->e, LERR_MALFORMED, RX ": Messages[%d] has no MessageId", index);
+    if (!m->receipt_handle || !*m->receipt_handle)
+        return lerr_set(j->e, LERR_MALFORMED,
+                        RX ": message %.80s has no ReceiptHandle", m->message_id);
+    if (!m->body)
+        return lerr_set(j->e, LERR_MALFORMED, RX ": message %.80s has no Body",
+                        m->message_id);
+    if (lone)
+        msg_problem(m, SQS_MSG_BAD_UNICODE,
+                    "body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                    "Unicode text");
+    sqs_check_md5(m);
+    return 0;
+}
+
+static int jp_messages(struct jp *j, struct arena *a, struct sqs_batch *b)
+{
+    int state = 0, r = jp_optional(j, '[', -1, "Messages");
+
+    while (r > 0 && (r = jp_element(j, &state)) > 0) {
+        if (b->count == SQS_MAX_MESSAGES)
+            return lerr_set(j->e, LERR_MALFORMED, RX ": more than %d messages",
+                            SQS_MAX_MESSAGES);
+        if (jp_message(j, a, (int)b->count, &b->messages[b->count]) < 0)
+            return -1;
+        b->count++;
+    }
+    return r;
+}
+
+void sqs_batch_free(struct sqs_batch *b)
+{
+    free(b->mem);
+    memset(b, 0, sizeof *b);
+}
+
+int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct lerr *e)
+{
+    struct jp j = { json, json, json + len, 0, e };
+    size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
+    struct arena a;
+    char key[16];
+    int state = 0, r;
+
+    memset(b, 0, sizeof *b);
+    if (len > SIZE_MAX - msgs - 1)
+        return lerr_set(e, LERR_TOO_LARGE, RX " too large");
+    b->mem = calloc(1, msgs + len + 1);
+    if (!b->mem)
+        return lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
+    b->messages = b->mem;
+    a.p = (char *)b->mem + msgs;
+    a.left = len + 1;
+    if (jp_peek(&j) != '{') {
+        char start[40];
+        sqs_set_text(start, sizeof start, j.p, (size_t)(j.end - j.p));
+        r = lerr_set(e, LERR_MALFORMED, RX " is not a JSON object (%s%s%s)",
+                     start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
+        goto out;
+    }
+    while ((r = jp_member(&j, &state, key, sizeof key)) > 0) {
+        if (strcmp(key, "Messages") == 0)
+            r = jp_messages(&j, &a, b);
+        else
+            r = jp_skip(&j);
+        if (r < 0)
+            goto out;
+    }
+    if (r == 0 && jp_peek(&j) != -1)
+        r = jp_fail(&j, "unexpected data after the object");
+out:
+    if (r < 0) {
+        sqs_batch_free(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* ======================================================================================
+ * Error answers and what is worth retrying
+ * ==================================================================================== */
+
+int sqs_code_retryable(const char *code)
+{
+    /* The throttling and transient codes of the AWS SDKs' retry strategy, plus SQS's own
+     * (RequestThrottled, KmsThrottled, OverLimit: too many messages in flight, which
+     * clears as they are deleted). */
+    static const char *const codes[] = {
+        "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+        "RequestThrottledException", "TooManyRequestsException",
+        "ProvisionedThroughputExceededException", "TransactionInProgressException",
+        "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException",
+        "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException", "KmsThrottled",
+        "OverLimit", "InternalError", "InternalFailure", "ServiceUnavailable",
+        "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
+    };
+
+    for (size_t i = 0; code && i < sizeof codes / sizeof codes[0]; i++)
+        if (strcmp(code, codes[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* "com.amazon.coral.service#SignatureDoesNotMatch:http://internal..." and
+ * "AWS.SimpleQueueService.NonExistentQueue" both name just the code. */
+static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char legacy[] = "AWS.SimpleQueueService.";
+    const char *end = s + len, *p;
+
+    if ((p = memchr(s, ':', len)))
+        end = p;
+    for (p = s; p < end; p++)
+        if (*p == '#')
+            s = p + 1;
+    if ((size_t)(end - s) > sizeof legacy - 1 && memcmp(s, legacy, sizeof legacy - 1) == 0)
+        s += sizeof legacy - 1;
+    len = (size_t)(end - s) < cap - 1 ? (size_t)(end - s) : cap - 1;
+    for (size_t i = 0; i < len; i++)
+        out[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
+    out[len] = '\0';
+}
+
+/* Text for a person: control bytes (newlines of an HTML page) become spaces. */
+static void sqs_set_text(char *out, size_t cap, const char *s, size_t len)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len && n + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f)
+            ch = ' ';
+        if (ch == ' ' && (n == 0 || out[n - 1] == ' '))
+            continue;
+        out[n++] = (char)ch;
+    }
+    while (n > 0 && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+}
+
+static const char *sqs_json_string(const cJSON *obj, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+
+    return cJSON_IsString(v) && v->valuestring ? v->valuestring : NULL;
+}
+
+void sqs_parse_error(int status, const char *errortype_header, size_t errortype_len,
+                     const char *query_error_header, size_t query_error_len, const char *body,
+                     size_t body_len, struct sqs_api_error *out)
+{
+    cJSON *root = body && body_len ? cJSON_ParseWithLength(body, body_len) : NULL;
+    const char *code = NULL, *msg = NULL;
+
+    memset(out, 0, sizeof *out);
+    out->status = status;
+    if (cJSON_IsObject(root)) {
+        code = sqs_json_string(root, "__type");
+        if (!code)
+            code = sqs_json_string(root, "code");
+        msg = sqs_json_string(root, "message");
+        if (!msg)
+            msg = sqs_json_string(root, "Message");
+    }
+    if (code && *code) {
+        sqs_set_code(out->code, sizeof out->code, code, strlen(code));
+    } else if (errortype_header && errortype_len) {
+        sqs_set_code(out->code, sizeof out->code, errortype_header, errortype_len);
+    } else if (query_error_header && query_error_len) {
+        const char *semi = memchr(query_error_header, ';', query_error_len);
+        sqs_set_code(out->code, sizeof out->code, query_error_header,
+                     semi ? (size_t)(semi - query_error_header) : query_error_len);
+    }
+    if (msg)
+        sqs_set_text(out->message, sizeof out->message, msg, strlen(msg));
+    else if (!cJSON_IsObject(root) && body_len)  /* a proxy's page says more than nothing */
+        sqs_set_text(out->message, sizeof out->message, body, body_len);
+    else if (!body_len && !out->code[0])
+        snprintf(out->message, sizeof out->message, "empty answer");
+    cJSON_Delete(root);
+    out->retryable = status >= 500 || status == 429 || sqs_code_retryable(out->code);
+}
+
+int sqs_api_error_set(struct lerr *e, const char *operation, const struct sqs_api_error *ae)
+{
+    if (ae->code[0] && ae->message[0])
+        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s: %s (HTTP %d)", operation, ae->code,
+                        ae->message, ae->status);
+    if (ae->code[0])
+        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s (HTTP %d)", operation, ae->code,
+                        ae->status);
+    if (ae->message[0])
+        return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d: %s", operation, ae->status,
+                        ae->message);
+    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d", operation, ae->status);
+}
+
+/* ======================================================================================
+ * Batch answers
+ * ==================================================================================== */
+
+static int sqs_batch_fail(struct lerr *e, const char *why)
+{
+    return lerr_set(e, LERR_MALFORMED, "SQS batch answer: %s", why);
+}
+
+/* "m<index>" of an entry that was sent (still pending), else -1. */
+static long sqs_entry_index(const cJSON *item, const struct sqs_entry *entries, size_t n)
+{
+    const char *id = sqs_json_string(item, "Id");
+    char want[24];
+    char *end;
+    long i;
+
+    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9')
+        return -1;
+    i = strtol(id + 1, &end, 10);
+    if (*end || i < 0 || (size_t)i >= n || entries[i].status != SQS_ENTRY_PENDING)
+        return -1;
+    sqs_entry_id((size_t)i, want);
+    return strcmp(id, want) == 0 ? i : -1;  /* "m01" is not m1 */
+}
+
+/* The receipt handle no longer names a message in flight: it was received again (so it
+ * is someone else's now) or its visibility timeout ran out. */
+static int sqs_stale(const char *code, const char *message)
+{
+    if (strcmp(code, "ReceiptHandleIsInvalid") == 0 || strcmp(code, "MessageNotInflight") == 0 ||
+        strcmp(code, "InvalidReceiptHandle") == 0)
+        return 1;
+    return strncmp(code, "InvalidParameterValue", 21) == 0 &&
+           strcasestr(message, "receipt handle") && strcasestr(message, "expired");
+}
+
+static void sqs_entry_note(struct sqs_entry *en, const char *code, const char *message)
+{
+    sqs_set_code(en->code, sizeof en->code, code, strlen(code));
+    sqs_set_text(en->message, sizeof en->message, message, strlen(message));
+}
+
+static int sqs_apply_failed(const cJSON *list, struct sqs_entry *entries, size_t n,
+                            struct lerr *e)
+{
+    const cJSON *item;
+
+    cJSON_ArrayForEach(item, list) {
+        const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
+        const char *code = sqs_json_string(item, "Code");
+        const char *message = sqs_json_string(item, "Message");
+        int sender;
+        long i;
+
+        if (!cJSON_IsObject(item))
+            return sqs_batch_fail(e, "a Failed entry is not an object");
+        i = sqs_entry_index(item, entries, n);
+        if (i < 0) {
+            log_warn("SQS batch answer: ignoring a Failed entry with an Id that was not sent");
+            continue;
+        }
+        sqs_entry_note(&entries[i], code ? code : "", message ? message : "");
+        /* Without SenderFault, assume the fault is ours: retrying would not fix it. */
+        sender = cJSON_IsBool(fault) ? cJSON_IsTrue(fault) : 1;
+        if (sqs_stale(entries[i].code, entries[i].message))
+            entries[i].status = SQS_ENTRY_STALE;
+        else if (sender && !sqs_code_retryable(entries[i].code))
+            entries[i].status = SQS_ENTRY_FAILED;
+        /* else SQS's side, throttled or internal: stays pending, worth a retry */
+    }
+    return 0;
+}
+
+int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
+                           struct lerr *e)
+{
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    const cJSON *ok, *failed, *item;
+    int r = -1;
+
+    if (!cJSON_IsObject(root)) {
+        sqs_batch_fail(e, "not a JSON object");
+        goto out;
+    }
+    ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
+    failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
+    if ((ok && !cJSON_IsNull(ok) && !cJSON_IsArray(ok)) ||
+        (failed && !cJSON_IsNull(failed) && !cJSON_IsArray(failed))) {
+        sqs_batch_fail(e, "Successful or Failed is not an array");
+        goto out;
+    }
+    if (!cJSON_IsArray(ok))
+        ok = NULL;
+    cJSON_ArrayForEach(item, ok) {
+        long i = cJSON_IsObject(item) ? sqs_entry_index(item, entries, n) : -1;
+        if (i >= 0)
+            entries[i].status = SQS_ENTRY_OK;
+        else
+            log_warn("SQS batch answer: ignoring a Successful entry with an Id that was not sent");
+    }
+    r = cJSON_IsArray(failed) ? sqs_apply_failed(failed, entries, n, e) : 0;
+out:
+    cJSON_Delete(root);
+    return r;
+}
+
+/* ======================================================================================
+ * Backoff
+ * ==================================================================================== */
+
+/* splitmix64: tiny, and good enough to spread retries apart. */
+static uint64_t sqs_rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+unsigned sqs_backoff_ms(unsigned attempt, unsigned base_ms, unsigned cap_ms, uint64_t *rng)
+{
+    unsigned ceiling = base_ms < cap_ms ? base_ms : cap_ms;
+
+    for (unsigned i = 0; i < attempt && ceiling < cap_ms; i++)
+        ceiling = ceiling > cap_ms / 2 ? cap_ms : ceiling * 2;
+    return (unsigned)(sqs_rng_next(rng) % ((uint64_t)ceiling + 1));
+}
+
+static uint64_t sqs_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int sqs_sleep(int cancel_fd, unsigned ms, struct lerr *e)
+{
+    uint64_t deadline = sqs_now_ms() + ms;
+
+    for (;;) {
+        struct pollfd pfd = { cancel_fd, POLLIN, 0 };
+        uint64_t now = sqs_now_ms();
+        int r;
+
+        if (now >= deadline)
+            return 0;
+        r = poll(cancel_fd >= 0 ? &pfd : NULL, cancel_fd >= 0 ? 1 : 0, (int)(deadline - now));
+        if (r > 0)
+            return lerr_set(e, LERR_CANCELLED, "cancelled while waiting to retry");
+        if (r < 0 && errno != EINTR)
+            return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
+    }
+}
+
+/* ======================================================================================
+ * The client
+ * ==================================================================================== */
+
+void sqs_client_init(struct sqs_client *c, struct http_client *http, const struct url *endpoint,
+                     const char *queue_url, const char *region,
+                     const struct sigv4_credentials *creds)
+{
+    memset(c, 0, sizeof *c);
+    c->http = http;
+    c->endpoint = *endpoint;
+    snprintf(c->endpoint.path, sizeof c->endpoint.path, "/");
+    c->queue_url = queue_url;
+    c->region = region;
+    c->creds = *creds;
+    c->receive_attempts = SQS_RECEIVE_ATTEMPTS;
+    c->batch_attempts = SQS_BATCH_ATTEMPTS;
+    c->backoff_base_ms = SQS_BACKOFF_BASE_MS;
+    c->backoff_cap_ms = SQS_BACKOFF_CAP_MS;
+    /* Without entropy the jitter still differs between processes and runs. */
+    if (getrandom(&c->rng, sizeof c->rng, GRND_NONBLOCK) != (ssize_t)sizeof c->rng)
+        c->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
+}
+
+/* Connection-level failures where the server may simply be busy or restarting. */
+static int sqs_kind_retryable(enum lerr_kind kind)
+{
+    return kind == LERR_TIMEOUT || kind == LERR_CLOSED || kind == LERR_CONNECT ||
+           kind == LERR_REFUSED || kind == LERR_DNS || kind == LERR_IO;
+}
+
+/* Copies what fits; a message cut short is still worth reading. */
+static void sqs_copy(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void sqs_note_local(struct sqs_client *c, const struct lerr *e, int retryable)
+{
+    memset(&c->last_error, 0, sizeof c->last_error);
+    sqs_copy(c->last_error.message, sizeof c->last_error.message, e->msg);
+    c->last_error.retryable = retryable;
+}
+
+/* One signed POST. 2xx: 0 with resp to free. Otherwise -1, c->last_error filled. */
+static int sqs_call(struct sqs_client *c, const char *op, const char *body, size_t len,
+                    int timeout_ms, struct http_response *resp, struct lerr *e)
+{
+    char target[64], date[17];
+    struct sigv4_signature sig;
+    struct http_header hh[2 + SIGV4_MAX_ADDED];
+    size_t nh = 0;
+
+    snprintf(target, sizeof target, "AmazonSQS.%s", op);
+    sigv4_format_date(time(NULL), date);
+    {
+        const struct sigv4_header sh[] = {
+            { "Host", c->endpoint.authority },
+            { "X-Amz-Target", target },
+            { "Content-Type", SQS_CONTENT_TYPE },
+        };
+        const struct sigv4_request sr = { "POST", "/", NULL, sh, 3, body, len };
+        const struct sigv4_params sp = { c->region, "sqs", date, 1, 0 };
+
+        if (sigv4_sign(&sr, &c->creds, &sp, &sig, e) < 0) {
+            lerr_wrap(e, "SQS %s: signing the request", op);
+            sqs_note_local(c, e, 0);
+            return -1;
+        }
+    }
+    hh[nh++] = (struct http_header){ "X-Amz-Target", target };
+    hh[nh++] = (struct http_header){ "Content-Type", SQS_CONTENT_TYPE };
+    for (size_t i = 0; i < sig.num_added && i < SIGV4_MAX_ADDED; i++)
+        hh[nh++] = (struct http_header){ sig.added[i].name, sig.added[i].value };
+    {
+        const struct http_request req = { "POST", &c->endpoint, hh, nh, body, len, timeout_ms };
+        const char *et, *qe;
+        size_t et_len = 0, qe_len = 0;
+
+        if (http_do(c->http, &req, resp, e) < 0) {
+            lerr_wrap(e, "SQS %s failed", op);
+            sqs_note_local(c, e, sqs_kind_retryable(e->kind));
+            return -1;
+        }
+        if (resp->status >= 200 && resp->status < 300)
+            return 0;
+        et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
+        qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
+        sqs_parse_error(resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
+                        &c->last_error);
+        http_response_free(resp);
+        return sqs_api_error_set(e, op, &c->last_error);
+    }
+}
+
+/* Waits before retry number attempt (0 for the first), logging why. */
+static int sqs_backoff(struct sqs_client *c, unsigned attempt, unsigned attempts,
+                       const struct lerr *why, struct lerr *e)
+{
+    unsigned ms = sqs_backoff_ms(attempt, c->backoff_base_ms, c->backoff_cap_ms, &c->rng);
+
+    log_warn("%s; retrying in %u ms (attempt %u of %u)", why->msg, ms, attempt + 2, attempts);
+    if (sqs_sleep(c->http->cancel_fd, ms, e) < 0) {
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    return 0;
+}
+
+static int sqs_call_retry(struct sqs_client *c, const char *op, const char *body, size_t len,
+                          int timeout_ms, unsigned attempts, struct http_response *resp,
+                          struct lerr *e)
+{
+    for (unsigned attempt = 0;; attempt++) {
+        if (sqs_call(c, op, body, len, timeout_ms, resp, e) == 0)
+            return 0;
+        if (!c->last_error.retryable || attempt + 1 >= attempts)
+            return -1;
+        if (sqs_backoff(c, attempt, attempts, e, e) < 0)
+            return -1;
+    }
+}
+
+int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
+                struct lerr *e)
+{
+    struct http_response resp;
+    int timeout_ms, saved_io;
+    size_t len;
+    char *body;
+    int r;
+
+    memset(b, 0, sizeof *b);
+    body = sqs_receive_request(c->queue_url, o, &len, e);
+    if (!body) {
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    /* SQS sends nothing until a message arrives or wait_seconds pass, so the client's
+     * per-wait limit must outlast the long poll too, not only the request's deadline. */
+    timeout_ms = o->wait_seconds * 1000 + SQS_RECEIVE_SLACK_MS;
+    saved_io = c->http->io_timeout_ms;
+    if (saved_io < timeout_ms)
+        c->http->io_timeout_ms = timeout_ms;
+    r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts, &resp, e);
+    c->http->io_timeout_ms = saved_io;
+    free(body);
+    if (r < 0)
+        return -1;
+    r = sqs_parse_receive(resp.body, resp.body_len, b, e);
+    if (r < 0) {
+        sqs_note_local(c, e, 0);
+        c->last_error.status = resp.status;
+    }
+    http_response_free(&resp);
+    return r;
+}
+
+static size_t sqs_count(const struct sqs_entry *entries, size_t n, enum sqs_entry_status s)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < n; i++)
+        k += entries[i].status == s;
+    return k;
+}
+
+/* Gives every still-pending entry the reason of a whole-request failure. */
+static void sqs_pending_note(struct sqs_entry *entries, size_t n, const struct sqs_client *c,
+                             const struct lerr *e)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i].status != SQS_ENTRY_PENDING)
+            continue;
+        sqs_copy(entries[i].code, sizeof entries[i].code,
+                 c->last_error.code[0] ? c->last_error.code : lerr_kind_name(e->kind));
+        sqs_copy(entries[i].message, sizeof entries[i].message, e->msg);
+    }
+}
+
+static const char *sqs_entry_label(const struct sqs_entry *en)
+{
+    return en->message_id ? en->message_id : "(unnamed)";
+}
+
+/* One round: send the pending entries, apply the answer. 0 when the exchange worked
+ * (some entries may still be pending), -1 when the request failed as a whole. */
+static int sqs_batch_round(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                           size_t n, struct lerr *e)
+{
+    const char *name = sqs_op_name(op);
+    unsigned char sent[SQS_MAX_MESSAGES];
+    struct http_response resp;
+    size_t len;
+    char *body;
+    int r;
+
+    for (size_t i = 0; i < n; i++) {
+        sent[i] = entries[i].status == SQS_ENTRY_PENDING;
+        if (sent[i]) {
+            entries[i].code[0] = '\0';
+            entries[i].message[0] = '\0';
+        }
+    }
+    body = sqs_batch_request(op, c->queue_url, entries, n, &len, e);
+    if (!body) {
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    r = sqs_call(c, name, body, len, 0, &resp, e);
+    free(body);
+    if (r < 0)
+        return -1;
+    r = sqs_parse_batch_result(resp.body, resp.body_len, entries, n, e);
+    http_response_free(&resp);
+    if (r < 0) {
+        lerr_wrap(e, "SQS %s", name);
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i].status == SQS_ENTRY_PENDING && !entries[i].code[0])
+            sqs_entry_note(&entries[i], "NotReported", "the answer did not mention this entry");
+        if (entries[i].status == SQS_ENTRY_STALE && sent[i])
+            log_warn("SQS %s: message %s: receipt handle no longer valid (%s: %s); the message "
+                     "was received again or is no longer in flight",
+                     name, sqs_entry_label(&entries[i]), entries[i].code, entries[i].message);
+    }
+    return 0;
+}
+
+static int sqs_batch_run(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                         size_t n, struct lerr *e)
+{
+    const char *name = sqs_op_name(op);
+    unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
+    int whole_failed = 0;
+    size_t failed;
+
+    if (sqs_batch_check(op, c->queue_url, entries, n, e) < 0) {
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        entries[i].status = SQS_ENTRY_PENDING;
+        entries[i].code[0] = entries[i].message[0] = '\0';
+    }
+    memset(&c->last_error, 0, sizeof c->last_error);
+    for (unsigned attempt = 0; attempt < attempts; attempt++) {
+        struct lerr why;
+        size_t pending;
+
+        whole_failed = sqs_batch_round(c, op, entries, n, e) < 0;
+        if (whole_failed) {
+            sqs_pending_note(entries, n, c, e);
+            if (!c->last_error.retryable)
+                break;
+            why = *e;
+        } else {
+            const struct sqs_entry *first = NULL;
+            pending = sqs_count(entries, n, SQS_ENTRY_PENDING);
+            if (pending == 0)
+                break;
+            for (size_t i = 0; i < n && !first; i++)
+                if (entries[i].status == SQS_ENTRY_PENDING)
+                    first = &entries[i];
+            lerr_set(&why, LERR_HTTP,
+                     "SQS %s: %zu of %zu entries not done yet (message %s: %s: %s)", name,
+                     pending, n, sqs_entry_label(first), first->code, first->message);
+        }
+        if (attempt + 1 >= attempts)
+            break;
+        if (sqs_backoff(c, attempt, attempts, &why, e) < 0) {
+            whole_failed = 1;
+            sqs_pending_note(entries, n, c, e);
+            break;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].status == SQS_ENTRY_PENDING)
+            entries[i].status = SQS_ENTRY_FAILED;
+    failed = sqs_count(entries, n, SQS_ENTRY_FAILED);
+    if (failed == 0)
+        return 0;
+    if (whole_failed)
+        return -1;  /* e already says why, in SQS's words */
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i].status == SQS_ENTRY_FAILED) {
+            sqs_copy(c->last_error.code, sizeof c->last_error.code, entries[i].code);
+            sqs_copy(c->last_error.message, sizeof c->last_error.message, entries[i].message);
+            c->last_error.retryable = 0;
+            return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries failed; message %s: %s: %s",
+                            name, failed, n, sqs_entry_label(&entries[i]), entries[i].code,
+                            entries[i].message);
+        }
+    }
+    return -1;
+}
+
+int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
+                     struct lerr *e)
+{
+    return sqs_batch_run(c, SQS_OP_DELETE, entries, n, e);
+}
+
+int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
+                                struct lerr *e)
+{
+    return sqs_batch_run(c, SQS_OP_CHANGE_VISIBILITY, entries, n, e);
+}
