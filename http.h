@@ -2,11 +2,22 @@
  * http.h - a small HTTP/1.1 client over plain TCP and BearSSL TLS 1.2.
  *
  * A struct http_client is caller-allocated and keeps one persistent keep-alive connection
- * per origin (scheme, host, port), up to HTTP_MAX_CONNS origins, reusing it across
- * requests. When a reused connection turns out to have been closed by the server while
- * idle (EOF or reset before any byte of a response), the request is sent once more on a
- * fresh connection: that is safe because the server cannot have processed it. It is
- * never resent when a response had started or a fresh connection failed.
+ * per origin (scheme, host, port), up to HTTP_MAX_CONNS origins (the least recently used
+ * is closed to make room), reusing it across requests. An idle connection that the server
+ * has closed (readable before the request: EOF, reset, close_notify) is replaced before
+ * sending. When a reused connection turns out to have been closed by the server as the
+ * request went out (EOF, reset or close_notify before any byte of a response), the request
+ * is sent once more on a fresh connection: that is safe because the server cannot have
+ * processed it. It is never resent when a response had started or on a fresh connection.
+ * A response with "Connection: close", an HTTP/1.0 response without keep-alive, a body
+ * delimited by the close, or bytes after the response end the connection.
+ *
+ * Limits: connect_timeout_ms for each connect() (a timeout ends the attempt; a refused
+ * address moves on to the next one), io_timeout_ms for each wait for the socket (TLS
+ * handshake, sending, each read of the response), and the request's timeout_ms, if set,
+ * for all of it. Name resolution (getaddrinfo) is outside them: it cannot be interrupted
+ * and has the resolver's own timeouts. cancel_fd aborts any wait, and a request started
+ * while it is already readable.
  *
  * One client is used by one thread at a time. Nothing knows of SQS or Fly here.
  */
@@ -30,12 +41,18 @@ struct http_header {
 struct http_request {
     const char *method;                 /* "GET", "POST", "HEAD"... */
     const struct url *url;
-    const struct http_header *headers;  /* extra headers; Host, Content-Length, Connection
-                                           and User-Agent are added by the client */
+    const struct http_header *headers;  /* extra headers. The client writes Host,
+                                           Content-Length (when there is a body, or for
+                                           POST/PUT/PATCH) and User-Agent unless given;
+                                           Host, Content-Length, Connection and
+                                           Transfer-Encoding here are refused, and so are
+                                           control characters in a value (LERR_INVALID).
+                                           Never logged: they carry tokens. */
     size_t num_headers;
     const char *body;
     size_t body_len;
-    int timeout_ms;                     /* whole request; 0: the client's default */
+    int timeout_ms;                     /* whole request (connect, TLS, send, response);
+                                           0: none, only the client's per-phase limits */
 };
 
 struct http_response {
@@ -56,9 +73,10 @@ struct http_client {
     int cancel_fd;                      /* -1, or an fd that becomes readable to abort any
                                            wait with LERR_CANCELLED (a shutdown pipe) */
     struct http_conn *conns[HTTP_MAX_CONNS];
+    unsigned long lru_clock;            /* private: ticks once per request */
     /* statistics, for tests and benchmarks */
     unsigned long connections_opened;
-    unsigned long requests_sent;
+    unsigned long requests_sent;        /* sends, a resend on a new connection included */
 };
 
 /* Zeroes the client and sets defaults; anchors may be NULL. Never fails. */

@@ -1,10 +1,14 @@
 /*
- * tls.h - trust anchors for BearSSL, loaded once.
+ * tls.h - trust anchors and client engine set-up for BearSSL.
  *
  * The PEM bundle named by SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt, is
  * decoded into BearSSL trust anchors at start-up; every TLS connection then shares them
- * read-only. Certificates are always verified: there is deliberately no way to turn
- * verification off.
+ * read-only. Certificates are always verified, with the host name checked by BearSSL:
+ * there is deliberately no way to turn verification off.
+ *
+ * Profile: TLS 1.2 only, ECDHE (ECDSA or RSA certificates) with ChaCha20-Poly1305 or
+ * AES-GCM. That is what AWS and Fly serve, and it keeps CBC, 3DES, RSA key exchange and
+ * TLS 1.0/1.1 out of the static binary.
  */
 #ifndef LAMBDO_TLS_H
 #define LAMBDO_TLS_H
@@ -18,17 +22,41 @@
 struct tls_anchors {
     br_x509_trust_anchor *anchors;
     size_t count;
+    unsigned char *arena;   /* owned: every anchor's DN and key bytes, in one block */
 };
 
 /* Loads the CA bundle from path, or if path is NULL from $SSL_CERT_FILE, else the default.
  * A missing or unreadable file, or one with no usable certificate, is an error naming the
- * file. Returns 0 or -1 with e set. */
+ * file. Certificates BearSSL cannot use (unsupported key type) are skipped. Returns 0 or
+ * -1 with e set. */
 int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e);
 
 void tls_anchors_free(struct tls_anchors *ta);
 
+/* One client connection's BearSSL state (about 50 KB, no allocation inside). Kept per
+ * server across reconnections, so that the previous session can be resumed. */
+struct tls_client {
+    br_ssl_client_context cc;
+    br_x509_minimal_context xc;
+    unsigned char ibuf[BR_SSL_BUFSIZE_INPUT];
+    unsigned char obuf[BR_SSL_BUFSIZE_OUTPUT];
+};
+
+/* Configures tc with the profile above and the anchors (shared, not copied: they must
+ * outlive tc). Never fails. */
+void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta);
+
+/* Readies tc for a new connection to host (SNI and certificate name check), mixing in
+ * fresh entropy from getrandom() so no /dev/urandom is needed, and offering the session
+ * of the previous connection for resumption. Returns 0 or -1 with e set. */
+int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e);
+
 /* Translates a BearSSL error code (br_ssl_engine_last_error) into a lerr with its own kind
- * and a message naming host: certificate not trusted, name mismatch, alert received... */
+ * and a message naming host: certificate not trusted (LERR_TLS_UNTRUSTED), name mismatch
+ * (LERR_TLS_NAME), alert received (LERR_TLS_ALERT, with the alert number)... Returns -1. */
 int tls_error(struct lerr *e, int br_err, const char *host);
+
+/* RFC 8446 name of a TLS alert number ("protocol_version"). */
+const char *tls_alert_name(int alert);
 
 #endif

@@ -1,0 +1,865 @@
+#include "http.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* One slot per origin. The socket comes and goes; the slot (and its TLS context, which
+ * remembers the last session for resumption) stays until evicted or the client closes. */
+struct http_conn {
+    int tls;
+    char host[256];
+    unsigned short port;
+    int fd;                   /* -1 while not connected */
+    unsigned long last_used;  /* client's lru_clock at the last request */
+    struct tls_client *tc;    /* https only, allocated with the slot */
+};
+
+/* What a wait is for, so that a timeout can say which phase ran out of time. */
+struct io {
+    const struct http_client *c;
+    struct http_conn *conn;
+    long long deadline;       /* CLOCK_MONOTONIC ms for the whole request, 0: none */
+    int request_timeout_ms;
+    int wait_ms;              /* per-wait limit of the current phase */
+    const char *phase;        /* "connecting to", "waiting for response from"... */
+};
+
+#define IO_CLOSED 0  /* conn_read: the peer closed (EOF or TLS close_notify) */
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void io_phase(struct io *io, const char *phase, int wait_ms)
+{
+    io->phase = phase;
+    io->wait_ms = wait_ms;
+}
+
+/* Waits until fd is ready for events, the phase's wait limit or the request deadline
+ * passes (LERR_TIMEOUT), or cancel_fd becomes readable (LERR_CANCELLED). */
+static int io_wait(struct io *io, int fd, short events, struct lerr *e)
+{
+    for (;;) {
+        struct pollfd p[2] = { { fd, events, 0 }, { io->c->cancel_fd, POLLIN, 0 } };
+        int timeout = io->wait_ms, by_deadline = 0, n;
+
+        if (io->deadline) {
+            long long left = io->deadline - now_ms();
+            if (left < 0)
+                left = 0;
+            if (left <= timeout) {
+                timeout = (int)left;
+                by_deadline = 1;
+            }
+        }
+        n = poll(p, io->c->cancel_fd >= 0 ? 2 : 1, timeout);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
+        if (n > 0 && p[1].revents)
+            return lerr_set(e, LERR_CANCELLED, "cancelled while %s %s:%u", io->phase,
+                            io->conn->host, io->conn->port);
+        if (n > 0)
+            return 0;
+        if (by_deadline)
+            return lerr_set(e, LERR_TIMEOUT, "request timeout after %d ms, while %s %s:%u",
+                            io->request_timeout_ms, io->phase, io->conn->host, io->conn->port);
+        return lerr_set(e, LERR_TIMEOUT, "timeout after %d ms %s %s:%u", io->wait_ms, io->phase,
+                        io->conn->host, io->conn->port);
+    }
+}
+
+/* ---- plain sockets ------------------------------------------------------------------------ */
+
+/* A reset or broken pipe is the server dropping the connection: LERR_CLOSED, like an EOF,
+ * so that a stale keep-alive connection is recognised however it died. */
+static int sock_error(struct io *io, int err, struct lerr *e)
+{
+    if (err == ECONNRESET || err == EPIPE)
+        return lerr_set(e, LERR_CLOSED, "connection reset (%s) while %s %s:%u", strerror(err),
+                        io->phase, io->conn->host, io->conn->port);
+    return lerr_set(e, LERR_IO, "%s %s:%u: %s", io->phase, io->conn->host, io->conn->port,
+                    strerror(err));
+}
+
+/* Sends some of buf, waiting for the socket to be writable. Returns bytes sent (> 0). */
+static long sock_send(struct io *io, const void *buf, size_t len, struct lerr *e)
+{
+    for (;;) {
+        /* MSG_NOSIGNAL: a peer that has gone must be an error, not a SIGPIPE. */
+        ssize_t n = send(io->conn->fd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0)
+            return (long)n;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return sock_error(io, errno, e);
+        if (io_wait(io, io->conn->fd, POLLOUT, e) < 0)
+            return -1;
+    }
+}
+
+/* Receives into buf. Returns bytes (> 0), IO_CLOSED at EOF, or -1. */
+static long sock_recv(struct io *io, void *buf, size_t cap, struct lerr *e)
+{
+    for (;;) {
+        ssize_t n = recv(io->conn->fd, buf, cap, 0);
+        if (n >= 0)
+            return (long)n;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return sock_error(io, errno, e);
+        if (io_wait(io, io->conn->fd, POLLIN, e) < 0)
+            return -1;
+    }
+}
+
+/* Connects to one address. Returns 0 with *fd_out set; -1 with *err set (try the next
+ * address); -2 with e set (timeout or cancel: stop). */
+static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *fd_out, int *err,
+                            struct lerr *e)
+{
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    int one = 1;
+    socklen_t len = sizeof *err;
+
+    if (fd < 0) {
+        *err = errno;
+        return -1;
+    }
+    /* Without TCP_NODELAY a TLS handshake flight or a small request body waits for the
+     * peer's delayed ACK: about 40 ms per exchange. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+        *fd_out = fd;
+        return 0;
+    }
+    if (errno != EINPROGRESS) {
+        *err = errno;
+        close(fd);
+        return -1;
+    }
+    if (io_wait(io, fd, POLLOUT, e) < 0) {
+        close(fd);
+        return -2;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
+        *err = errno;
+    if (*err) {
+        close(fd);
+        return -1;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* Tries each address of the host in turn; a refused address moves on to the next, a
+ * timeout ends the attempt (each address would cost the whole connect timeout). */
+static int sock_connect(struct io *io, struct lerr *e)
+{
+    struct http_conn *conn = io->conn;
+    struct addrinfo hints = { 0 }, *res, *ai;
+    char port[8];
+    int rc, err = 0, fd = -1;
+
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(port, sizeof port, "%u", (unsigned)conn->port);
+    /* getaddrinfo cannot be interrupted; the resolver's own timeouts apply. */
+    rc = getaddrinfo(conn->host, port, &hints, &res);
+    if (rc != 0)
+        return lerr_set(e, LERR_DNS, "cannot resolve host %s: %s", conn->host,
+                        rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+    for (ai = res; ai; ai = ai->ai_next) {
+        rc = sock_connect_one(io, ai, &fd, &err, e);
+        if (rc != -1)
+            break;
+    }
+    freeaddrinfo(res);
+    if (fd >= 0) {
+        conn->fd = fd;
+        return 0;
+    }
+    if (rc == -2)
+        return -1;
+    if (err == ECONNREFUSED)
+        return lerr_set(e, LERR_REFUSED, "connection to %s:%u refused", conn->host, conn->port);
+    return lerr_set(e, LERR_CONNECT, "cannot connect to %s:%u: %s", conn->host, conn->port,
+                    strerror(err));
+}
+
+/* ---- TLS over the socket ---------------------------------------------------------------------
+ *
+ * BearSSL is a state machine without I/O; this drives it over the non-blocking socket,
+ * waiting with io_wait so that every TLS wait has the same timeouts and cancel. */
+
+static int tls_failed(struct io *io, struct lerr *e)
+{
+    int err = br_ssl_engine_last_error(&io->conn->tc->cc.eng);
+
+    if (err == BR_ERR_OK)
+        return lerr_set(e, LERR_CLOSED, "TLS connection closed (close_notify) while %s %s:%u",
+                        io->phase, io->conn->host, io->conn->port);
+    return tls_error(e, err, io->conn->host);
+}
+
+/* Runs the engine until one of the states in want is reached. Returns 1, IO_CLOSED when
+ * the socket hit EOF (or the peer sent close_notify) and want includes BR_SSL_RECVAPP,
+ * or -1. */
+static int tls_run(struct io *io, unsigned want, struct lerr *e)
+{
+    br_ssl_engine_context *eng = &io->conn->tc->cc.eng;
+
+    for (;;) {
+        unsigned st = br_ssl_engine_current_state(eng);
+        unsigned char *buf;
+        size_t len;
+        long n;
+
+        if (st & BR_SSL_CLOSED) {
+            if ((want & BR_SSL_RECVAPP) && br_ssl_engine_last_error(eng) == BR_ERR_OK)
+                return IO_CLOSED;
+            return tls_failed(io, e);
+        }
+        if (st & BR_SSL_SENDREC) {
+            buf = br_ssl_engine_sendrec_buf(eng, &len);
+            n = sock_send(io, buf, len, e);
+            if (n < 0)
+                return -1;
+            br_ssl_engine_sendrec_ack(eng, (size_t)n);
+            continue;
+        }
+        if (st & want)
+            return 1;
+        if (st & BR_SSL_RECVAPP) {
+            /* Application data arrived while we are still sending: HTTP/1.1 allows an
+             * early answer, but without a reader for it the engine would stall. */
+            return lerr_set(e, LERR_MALFORMED, "%s:%u answered before the request was sent",
+                            io->conn->host, io->conn->port);
+        }
+        if (st & BR_SSL_RECVREC) {
+            buf = br_ssl_engine_recvrec_buf(eng, &len);
+            n = sock_recv(io, buf, len, e);
+            if (n < 0)
+                return -1;
+            if (n == IO_CLOSED) {
+                if (want & BR_SSL_RECVAPP)
+                    return IO_CLOSED;  /* EOF without close_notify: the caller judges */
+                return lerr_set(e, LERR_CLOSED, "connection closed while %s %s:%u", io->phase,
+                                io->conn->host, io->conn->port);
+            }
+            br_ssl_engine_recvrec_ack(eng, (size_t)n);
+            continue;
+        }
+        br_ssl_engine_flush(eng, 0);
+    }
+}
+
+static int tls_handshake(struct io *io, struct lerr *e)
+{
+    if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0)
+        return -1;
+    return tls_run(io, BR_SSL_SENDAPP, e) < 0 ? -1 : 0;
+}
+
+/* ---- connection: plain or TLS, same calls ------------------------------------------------- */
+
+static int conn_write(struct io *io, const char *buf, size_t len, struct lerr *e)
+{
+    struct http_conn *conn = io->conn;
+
+    if (!conn->tc) {
+        while (len > 0) {
+            long n = sock_send(io, buf, len, e);
+            if (n < 0)
+                return -1;
+            buf += n;
+            len -= (size_t)n;
+        }
+        return 0;
+    }
+    br_ssl_engine_context *eng = &conn->tc->cc.eng;
+    while (len > 0) {
+        size_t room;
+        unsigned char *dst;
+        if (tls_run(io, BR_SSL_SENDAPP, e) < 0)
+            return -1;
+        dst = br_ssl_engine_sendapp_buf(eng, &room);
+        if (room > len)
+            room = len;
+        memcpy(dst, buf, room);
+        br_ssl_engine_sendapp_ack(eng, room);
+        buf += room;
+        len -= room;
+    }
+    br_ssl_engine_flush(eng, 0);
+    /* Flushed records are sent by tls_run before it looks at anything else. */
+    return tls_run(io, BR_SSL_SENDAPP | BR_SSL_RECVAPP, e) < 0 ? -1 : 0;
+}
+
+/* Reads what is available (waiting for at least one byte). Returns bytes, IO_CLOSED, -1. */
+static long conn_read(struct io *io, char *buf, size_t cap, struct lerr *e)
+{
+    struct http_conn *conn = io->conn;
+    br_ssl_engine_context *eng;
+    unsigned char *src;
+    size_t avail;
+    int rc;
+
+    if (!conn->tc)
+        return sock_recv(io, buf, cap, e);
+    eng = &conn->tc->cc.eng;
+    rc = tls_run(io, BR_SSL_RECVAPP, e);
+    if (rc <= 0)
+        return rc;
+    src = br_ssl_engine_recvapp_buf(eng, &avail);
+    if (avail > cap)
+        avail = cap;
+    memcpy(buf, src, avail);
+    br_ssl_engine_recvapp_ack(eng, avail);
+    return (long)avail;
+}
+
+static void conn_close(struct http_conn *conn)
+{
+    if (conn->fd >= 0)
+        close(conn->fd);
+    conn->fd = -1;
+}
+
+/* An idle keep-alive connection has nothing to say: if it is readable, the server has
+ * closed it (EOF, reset or a TLS close_notify) or sent something unasked for. Either
+ * way it cannot carry the next request. */
+static int conn_idle_broken(const struct http_conn *conn)
+{
+    struct pollfd p = { conn->fd, POLLIN, 0 };
+
+    /* TLS: bytes already decrypted but not read are invisible to poll. */
+    if (conn->tc && (br_ssl_engine_current_state(&conn->tc->cc.eng) & BR_SSL_RECVAPP))
+        return 1;
+    return poll(&p, 1, 0) != 0;
+}
+
+static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
+{
+    io_phase(io, "connecting to", c->connect_timeout_ms);
+    if (sock_connect(io, e) < 0)
+        return -1;
+    c->connections_opened++;
+    if (io->conn->tc) {
+        io_phase(io, "in TLS handshake with", c->io_timeout_ms);
+        if (tls_handshake(io, e) < 0) {
+            conn_close(io->conn);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void conn_free(struct http_conn *conn)
+{
+    if (!conn)
+        return;
+    conn_close(conn);
+    free(conn->tc);
+    free(conn);
+}
+
+/* Finds the slot for url's origin, or makes one, evicting the least recently used. */
+static struct http_conn *conn_for(struct http_client *c, const struct url *url, struct lerr *e)
+{
+    struct http_conn *conn;
+    int free_slot = -1, lru = 0;
+
+    for (int i = 0; i < HTTP_MAX_CONNS; i++) {
+        conn = c->conns[i];
+        if (!conn) {
+            if (free_slot < 0)
+                free_slot = i;
+            continue;
+        }
+        if (conn->tls == url->tls && conn->port == url->port && strcmp(conn->host, url->host) == 0)
+            return conn;
+        if (c->conns[lru] && conn->last_used < c->conns[lru]->last_used)
+            lru = i;
+    }
+    if (free_slot < 0) {
+        conn_free(c->conns[lru]);
+        c->conns[lru] = NULL;
+        free_slot = lru;
+    }
+    conn = calloc(1, sizeof *conn);
+    if (!conn || (url->tls && !(conn->tc = malloc(sizeof *conn->tc)))) {
+        free(conn);
+        lerr_set(e, LERR_NOMEM, "out of memory for a connection to %s", url->host);
+        return NULL;
+    }
+    conn->tls = url->tls;
+    conn->port = url->port;
+    memcpy(conn->host, url->host, sizeof conn->host);
+    conn->fd = -1;
+    if (conn->tc)
+        tls_client_init(conn->tc, c->anchors);
+    c->conns[free_slot] = conn;
+    return conn;
+}
+
+/* ---- request -------------------------------------------------------------------------------- */
+
+static int http_token(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *s)))
+            return 0;
+    return 1;
+}
+
+/* Header values may not hold CR, LF or other controls: they would split the request. */
+static int http_field_value(const char *s)
+{
+    for (; *s; s++)
+        if (((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
+            return 0;
+    return 1;
+}
+
+static int http_is_reserved(const char *name)
+{
+    return strcasecmp(name, "host") == 0 || strcasecmp(name, "content-length") == 0 ||
+           strcasecmp(name, "connection") == 0 || strcasecmp(name, "transfer-encoding") == 0;
+}
+
+/* Builds the whole request (head and body) in one buffer, so that it leaves in as few
+ * segments or TLS records as possible. Header values are never logged: they carry
+ * tokens and signatures. */
+static int http_build(const struct http_request *req, char **out, size_t *out_len,
+                      struct lerr *e)
+{
+    const struct url *u = req->url;
+    size_t cap = strlen(req->method) + strlen(u->path) + strlen(u->authority) + 128 + req->body_len;
+    int has_ua = 0, has_body;
+    size_t n = 0;
+    char *buf;
+
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (!h->name || !h->value || !http_token(h->name))
+            return lerr_set(e, LERR_INVALID, "request header %zu has an invalid name", i);
+        if (!http_field_value(h->value))
+            return lerr_set(e, LERR_INVALID, "request header %s has a control character in its "
+                            "value", h->name);
+        if (http_is_reserved(h->name))
+            return lerr_set(e, LERR_INVALID, "request header %s is set by the HTTP client",
+                            h->name);
+        has_ua |= strcasecmp(h->name, "user-agent") == 0;
+        cap += strlen(h->name) + strlen(h->value) + 4;
+    }
+    buf = malloc(cap);
+    if (!buf)
+        return lerr_set(e, LERR_NOMEM, "out of memory for a request of %zu bytes", cap);
+    n += (size_t)snprintf(buf + n, cap - n, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method,
+                          u->path, u->authority);
+    if (!has_ua)
+        n += (size_t)snprintf(buf + n, cap - n, "User-Agent: lambdo/%s\r\n", LAMBDO_VERSION);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        size_t nl = strlen(h->name), vl = strlen(h->value);
+        memcpy(buf + n, h->name, nl);
+        memcpy(buf + n + nl, ": ", 2);
+        memcpy(buf + n + nl + 2, h->value, vl);
+        memcpy(buf + n + nl + 2 + vl, "\r\n", 2);
+        n += nl + vl + 4;
+    }
+    /* Methods that carry a body always say how long it is, even when empty: some
+     * servers answer 411 to a POST without Content-Length. */
+    has_body = req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
+               strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0;
+    if (has_body)
+        n += (size_t)snprintf(buf + n, cap - n, "Content-Length: %zu\r\n", req->body_len);
+    memcpy(buf + n, "\r\n", 2);
+    n += 2;
+    if (req->body_len)
+        memcpy(buf + n, req->body, req->body_len);
+    n += req->body_len;
+    *out = buf;
+    *out_len = n;
+    return 0;
+}
+
+/* ---- response ------------------------------------------------------------------------------- */
+
+struct rbuf {
+    char *p;
+    size_t len, cap;
+};
+
+/* Makes room for at least want more bytes (plus the final NUL). */
+static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
+{
+    size_t cap = b->cap ? b->cap : 16 * 1024;
+
+    while (cap < b->len + want + 1)
+        cap *= 2;
+    if (cap == b->cap)
+        return 0;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return lerr_set(e, LERR_NOMEM, "out of memory for a response of %zu bytes", cap);
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* Reads more bytes into b. Returns bytes read, IO_CLOSED, or -1. */
+static long rbuf_fill(struct io *io, struct rbuf *b, struct lerr *e)
+{
+    long n;
+
+    if (b->cap - b->len < 4096 + 1 && rbuf_reserve(b, 4096, e) < 0)
+        return -1;
+    n = conn_read(io, b->p + b->len, b->cap - b->len - 1, e);
+    if (n > 0)
+        b->len += (size_t)n;
+    return n;
+}
+
+static int http_malformed(struct io *io, struct lerr *e)
+{
+    return lerr_wrap(e, "bad response from %s:%u", io->conn->host, io->conn->port);
+}
+
+/* Reads until a complete head is at the start of b; 1xx interim responses are dropped.
+ * The parser runs when the status line is complete, when the blank line that ends the
+ * head arrives, at the size limit and at EOF: not on every read. *started is set once
+ * any byte arrived. Returns the head length. */
+static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct httpresp_head *h,
+                           int *started, struct lerr *e)
+{
+    size_t scanned = 0;
+    int line_seen = 0;
+
+    for (;;) {
+        int parse = 0, at_eof = 0;
+        long n;
+
+        if (b->len > scanned) {
+            size_t from = scanned >= 3 ? scanned - 3 : 0;
+            if (!line_seen && memchr(b->p + scanned, '\n', b->len - scanned))
+                parse = line_seen = 1;
+            if (memmem(b->p + from, b->len - from, "\r\n\r\n", 4))
+                parse = 1;
+            if (b->len >= HTTPRESP_MAX_HEAD)
+                parse = 1;
+            scanned = b->len;
+        } else {
+            n = rbuf_fill(io, b, e);
+            if (n < 0)
+                return -1;
+            if (n > 0) {
+                *started = 1;
+                continue;
+            }
+            if (b->len == 0)
+                return lerr_set(e, LERR_CLOSED, "%s:%u closed the connection without answering",
+                                io->conn->host, io->conn->port);
+            parse = at_eof = 1;
+        }
+        if (!parse)
+            continue;
+        int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
+        if (rc == HTTPRESP_ERROR)
+            return http_malformed(io, e);
+        if (rc == HTTPRESP_INCOMPLETE) {
+            if (at_eof)
+                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle of "
+                                "the response head (%zu bytes)", io->conn->host, io->conn->port,
+                                b->len);
+            if (b->len >= HTTPRESP_MAX_HEAD)
+                return lerr_set(e, LERR_TOO_LARGE, "response head from %s:%u is over %d bytes",
+                                io->conn->host, io->conn->port, HTTPRESP_MAX_HEAD);
+            continue;
+        }
+        if (h->status >= 200)
+            return rc;
+        if (h->status == 101)
+            return lerr_set(e, LERR_MALFORMED, "%s:%u switched protocols, which was not asked for",
+                            io->conn->host, io->conn->port);
+        /* 1xx: drop it and parse what follows as a new response. */
+        memmove(b->p, b->p + rc, b->len - (size_t)rc);
+        b->len -= (size_t)rc;
+        scanned = 0;
+        line_seen = 0;
+    }
+}
+
+static int http_too_large(struct io *io, unsigned long long size, size_t max, struct lerr *e)
+{
+    if (size)
+        return lerr_set(e, LERR_TOO_LARGE,
+                        "response body from %s:%u is %llu bytes, over the limit of %zu",
+                        io->conn->host, io->conn->port, size, max);
+    return lerr_set(e, LERR_TOO_LARGE, "response body from %s:%u is over the limit of %zu bytes",
+                    io->conn->host, io->conn->port, max);
+}
+
+/* Body bytes start at b->p[0]. Each read's bytes are handled once: counted for a length,
+ * decoded in place for chunked. Sets *reusable when the connection ends cleanly after the
+ * body. */
+static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_head *h,
+                          size_t max_body, int *reusable, struct lerr *e)
+{
+    struct httpresp_chunked ch = { 0 };
+    size_t raw = 0;  /* chunked: bytes of b already decoded */
+    long n;
+
+    *reusable = 0;
+    switch (h->framing) {
+    case HTTPRESP_BODY_NONE:
+        *reusable = b->len == 0;
+        b->len = 0;
+        return 0;
+    case HTTPRESP_BODY_LENGTH: {
+        unsigned long long want = h->content_length;
+        if (want > max_body)
+            return http_too_large(io, want, max_body, e);
+        if (rbuf_reserve(b, (size_t)want - (b->len < want ? b->len : (size_t)want), e) < 0)
+            return -1;
+        while (b->len < want) {
+            n = conn_read(io, b->p + b->len, (size_t)want - b->len, e);
+            if (n < 0)
+                return -1;
+            if (n == IO_CLOSED)
+                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection after %zu of "
+                                "%llu body bytes", io->conn->host, io->conn->port, b->len, want);
+            b->len += (size_t)n;
+        }
+        *reusable = b->len == want;
+        b->len = (size_t)want;
+        return 0;
+    }
+    case HTTPRESP_BODY_CHUNKED:
+        for (;;) {
+            size_t out = b->len - raw;
+            int rc = httpresp_chunked_decode(&ch, b->p + raw, &out, max_body, e);
+            if (rc == HTTPRESP_ERROR) {
+                if (e && e->kind == LERR_TOO_LARGE)
+                    return http_too_large(io, 0, max_body, e);
+                return http_malformed(io, e);
+            }
+            if (rc >= 0) {
+                *reusable = rc == 0;
+                b->len = raw + out;
+                return 0;
+            }
+            raw += out;
+            b->len = raw;
+            n = rbuf_fill(io, b, e);
+            if (n < 0)
+                return -1;
+            if (n == IO_CLOSED)
+                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle "
+                                "of a chunked body (after %zu bytes)", io->conn->host,
+                                io->conn->port, raw);
+        }
+    case HTTPRESP_BODY_UNTIL_CLOSE:
+        for (;;) {
+            if (b->len > max_body)
+                return http_too_large(io, 0, max_body, e);
+            n = rbuf_fill(io, b, e);
+            if (n < 0)
+                return -1;
+            if (n == IO_CLOSED)
+                return b->len > max_body ? http_too_large(io, 0, max_body, e) : 0;
+        }
+    }
+    return lerr_set(e, LERR_MALFORMED, "unknown body framing");
+}
+
+/* Copies the head into its own buffer, moving the header pointers with it, so that the
+ * read buffer can become the body and grow without leaving them dangling. */
+static int http_keep_head(struct http_response *resp, const struct httpresp_head *h,
+                          const char *base, size_t head_len, struct lerr *e)
+{
+    char *copy = malloc(head_len + 1);
+
+    if (!copy)
+        return lerr_set(e, LERR_NOMEM, "out of memory for a response head");
+    memcpy(copy, base, head_len);
+    copy[head_len] = '\0';
+    resp->head = *h;
+    resp->head.reason = copy + (h->reason - base);
+    for (size_t i = 0; i < h->num_headers; i++) {
+        resp->head.headers[i].name = copy + (h->headers[i].name - base);
+        resp->head.headers[i].value = copy + (h->headers[i].value - base);
+    }
+    resp->head_buf = copy;
+    resp->status = h->status;
+    return 0;
+}
+
+/* One exchange on a connected conn. *started tells the caller whether the server had
+ * begun to answer (then the request must not be resent). */
+static int http_exchange(struct http_client *c, struct io *io, const char *reqbuf,
+                         size_t reqlen, int is_head, struct http_response *resp, int *reusable,
+                         int *started, struct lerr *e)
+{
+    struct rbuf b = { 0 };
+    struct httpresp_head h;
+    long head_len;
+
+    io_phase(io, "sending request to", c->io_timeout_ms);
+    c->requests_sent++;
+    if (conn_write(io, reqbuf, reqlen, e) < 0)
+        return -1;
+    io_phase(io, "waiting for response from", c->io_timeout_ms);
+    head_len = http_read_head(io, &b, is_head, &h, started, e);
+    if (head_len < 0)
+        goto fail;
+    if (http_keep_head(resp, &h, b.p, (size_t)head_len, e) < 0)
+        goto fail;
+    memmove(b.p, b.p + head_len, b.len - (size_t)head_len);
+    b.len -= (size_t)head_len;
+    io_phase(io, "reading response body from", c->io_timeout_ms);
+    if (http_read_body(io, &b, &h, c->max_body, reusable, e) < 0)
+        goto fail;
+    *reusable = *reusable && h.keep_alive;
+    if (!b.p && rbuf_reserve(&b, 0, e) < 0)
+        goto fail;
+    b.p[b.len] = '\0';
+    resp->body = b.p;
+    resp->body_len = b.len;
+    return 0;
+fail:
+    free(b.p);
+    http_response_free(resp);
+    return -1;
+}
+
+/* ---- public ------------------------------------------------------------------------------- */
+
+void http_client_init(struct http_client *c, const struct tls_anchors *anchors)
+{
+    memset(c, 0, sizeof *c);
+    c->anchors = anchors;
+    c->connect_timeout_ms = 10000;
+    c->io_timeout_ms = 30000;
+    c->max_body = HTTP_DEFAULT_MAX_BODY;
+    c->cancel_fd = -1;
+}
+
+void http_client_close(struct http_client *c)
+{
+    for (int i = 0; i < HTTP_MAX_CONNS; i++) {
+        conn_free(c->conns[i]);
+        c->conns[i] = NULL;
+    }
+}
+
+static int http_check(const struct http_client *c, const struct http_request *req,
+                      struct lerr *e)
+{
+    if (!req->url || !req->method || !http_token(req->method))
+        return lerr_set(e, LERR_INVALID, "HTTP request needs a URL and a valid method");
+    if (req->body_len && !req->body)
+        return lerr_set(e, LERR_INVALID, "HTTP request has a body length but no body");
+    if (req->url->tls && (!c->anchors || c->anchors->count == 0))
+        return lerr_set(e, LERR_INVALID, "https to %s needs trust anchors (none loaded)",
+                        req->url->host);
+    return 0;
+}
+
+int http_do(struct http_client *c, const struct http_request *req, struct http_response *resp,
+            struct lerr *e)
+{
+    struct http_conn *conn;
+    struct io io = { 0 };
+    char *reqbuf = NULL;
+    size_t reqlen = 0;
+    int is_head, rc = -1;
+
+    memset(resp, 0, sizeof *resp);
+    if (c->cancel_fd >= 0) {
+        struct pollfd p = { c->cancel_fd, POLLIN, 0 };
+        if (poll(&p, 1, 0) > 0)
+            return lerr_set(e, LERR_CANCELLED, "cancelled before the request to %s",
+                            req->url ? req->url->host : "?");
+    }
+    if (http_check(c, req, e) < 0 || http_build(req, &reqbuf, &reqlen, e) < 0)
+        return -1;
+    conn = conn_for(c, req->url, e);
+    if (!conn)
+        goto out;
+    conn->last_used = ++c->lru_clock;
+    is_head = strcmp(req->method, "HEAD") == 0;
+    io.c = c;
+    io.conn = conn;
+    io.request_timeout_ms = req->timeout_ms;
+    io.deadline = req->timeout_ms > 0 ? now_ms() + req->timeout_ms : 0;
+
+    for (int attempt = 0;; attempt++) {
+        int reused = conn->fd >= 0, reusable = 0, started = 0;
+
+        if (reused && conn_idle_broken(conn)) {
+            log_debug("http: %s:%u closed the idle connection; opening a new one", conn->host,
+                      conn->port);
+            conn_close(conn);
+            reused = 0;
+        }
+        if (!reused && conn_open(c, &io, e) < 0)
+            goto out;
+        if (http_exchange(c, &io, reqbuf, reqlen, is_head, resp, &reusable, &started, e) == 0) {
+            if (!reusable)
+                conn_close(conn);
+            rc = 0;
+            goto out;
+        }
+        conn_close(conn);
+        /* The server dropped a reused connection before answering: it closed it as idle
+         * just as we sent, so it cannot have processed the request. Once only, and never
+         * on a fresh connection, where a close means the server chose not to answer. */
+        if (!reused || started || attempt > 0 || !e || e->kind != LERR_CLOSED)
+            goto out;
+        log_debug("http: %s:%u dropped a reused connection (%s); resending once", conn->host,
+                  conn->port, e->msg);
+    }
+out:
+    free(reqbuf);
+    return rc;
+}
+
+const char *http_response_header(const struct http_response *resp, const char *name,
+                                 size_t *value_len)
+{
+    return httpresp_header(&resp->head, name, value_len);
+}
+
+void http_response_free(struct http_response *resp)
+{
+    free(resp->head_buf);
+    free(resp->body);
+    memset(resp, 0, sizeof *resp);
+}
