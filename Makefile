@@ -18,17 +18,6 @@ TOOLS   := $(patsubst tests/%.c,%,$(wildcard tests/tool_*.c))
 FUZZERS := $(patsubst tests/%.c,%,$(wildcard tests/fuzz_*.c))
 BR_SRC  := $(shell find $(BEARSSL)/src -name '*.c' 2>/dev/null)
 
-# BearSSL's PEM and X.509 decoders run once per CA certificate at start-up; built with -Os
-# they take tens of milliseconds for a system bundle, so they (and the hashes they call)
-# are compiled for speed. Everything else of BearSSL is compiled for size.
-BR_FAST := codec/pem_decode x509/x509_decoder x509/x509_minimal codec/dec32be codec/dec64be \
-           hash/sha2small hash/sha2big hash/sha1 hash/md5 hash/multihash int/i31_decode \
-           int/i31_decmod int/i31_modpow2 int/i31_montmul int/i31_mulacc rsa/rsa_i31_pub \
-           rsa/rsa_i31_pkcs1_vrfy rsa/rsa_pkcs1_sig_unpad ec/ec_c25519_m64 ec/ec_p256_m64 \
-           ec/ecdsa_i31_vrfy_asn1 ec/ecdsa_i31_vrfy_raw ec/ec_prime_i31 ec/ecdsa_i31_bits \
-           symcipher/aes_x86ni symcipher/aes_x86ni_ctrcbc symcipher/aes_x86ni_ctr \
-           symcipher/chacha20_sse2 aead/gcm x509/x509_minimal_full
-
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 INC     := -I. -I$(BEARSSL)/inc -I$(CJSON)
 DEFS    := -D_GNU_SOURCE -DLAMBDO_VERSION='"$(VERSION)"'
@@ -56,11 +45,10 @@ test-build: $(B)/asan/lambdo $(B)/glibc/lambdo $(UNITS:%=$(B)/asan/%) $(UNITS:%=
 
 # --- third-party libraries, one archive per C library flavour ---------------------------
 br_obj = $(patsubst $(BEARSSL)/src/%.c,$(B)/$(1)/bearssl/%.o,$(BR_SRC))
-br_flags = $(if $(filter $(BR_FAST),$(patsubst $(B)/$(1)/bearssl/%.o,%,$@)),-O2,)
 
 $(B)/musl/bearssl/%.o: $(BEARSSL)/src/%.c
 	@mkdir -p $(@D)
-	$(MUSL_CC) $(MUSL_CF) $(call br_flags,musl) -I$(BEARSSL)/inc -I$(BEARSSL)/src -c $< -o $@
+	$(MUSL_CC) $(MUSL_CF) -I$(BEARSSL)/inc -I$(BEARSSL)/src -c $< -o $@
 $(B)/glibc/bearssl/%.o: $(BEARSSL)/src/%.c
 	@mkdir -p $(@D)
 	$(GLIBC_CC) -O2 -g -I$(BEARSSL)/inc -I$(BEARSSL)/src -c $< -o $@

@@ -9,8 +9,9 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { testCerts } from './lib/certs.mjs';
 import { httpServer, rawServer, opensslServer, freePort, runHttpc } from './lib/httpservers.mjs';
@@ -459,8 +460,19 @@ describe('failures', () => {
     assertError(r, 'refused', `127.0.0.1:${port}`, 'refused');
   });
 
-  test('DNS failure names the host', T, async () => {
-    const r = await runHttpc(['http://no-such-host.invalid/']);
+  // The lookup must not leave this machine: the tool runs in a private mount namespace whose
+  // /etc/resolv.conf names a resolver on 127.0.0.1 where nothing listens, so the query is
+  // refused locally and getaddrinfo fails the way it does for an unknown name.
+  const privateResolver = () => {
+    const conf = path.join(mkdtempSync(path.join(tmpdir(), 'lambdo-dns-')), 'resolv.conf');
+    writeFileSync(conf, 'nameserver 127.0.0.1\noptions attempts:1 timeout:1\n');
+    return ['unshare', '--mount', 'sh', '-c', 'mount --bind "$0" /etc/resolv.conf && exec "$@"', conf];
+  };
+  const canUnshare = process.getuid?.() === 0 &&
+    spawnSync('unshare', ['--mount', 'true']).status === 0;
+  test('DNS failure names the host', { ...T, skip: !canUnshare &&
+    'SKIPPED LOUDLY: needs root and unshare(1) to keep the DNS query on this machine' }, async () => {
+    const r = await runHttpc(['http://no-such-host.invalid/'], { prefix: privateResolver() });
     assertError(r, 'dns', 'cannot resolve host no-such-host.invalid');
   });
 

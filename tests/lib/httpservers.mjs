@@ -157,8 +157,8 @@ export async function opensslServer(args) {
 // Runs tool_httpc; resolves {code, results, stats, stdout, stderr}: results are the
 // per-request JSON lines, stats the final {connections_opened, requests_sent}.
 // The tool is killed if it outlives timeoutMs (generous: valgrind may wrap it).
-export function runHttpc(args, { env = {}, timeoutMs = 60000 } = {}) {
-  const [cmd, ...rest] = toolCommand('tool_httpc', args);
+export function runHttpc(args, { env = {}, timeoutMs = 60000, prefix = [] } = {}) {
+  const [cmd, ...rest] = [...prefix, ...toolCommand('tool_httpc', args)];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, rest, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '', stderr = '';
