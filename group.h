@@ -1,0 +1,117 @@
+/*
+ * group.h - which received messages can run, and which run together.
+ *
+ * A message is an event: a JSON body and the attributes image, size and command. Events
+ * that ask for the same Machine (image, size, command) are batched into one Machine,
+ * whose events file holds their bodies. This module is pure logic over caller-owned
+ * memory: it knows nothing of SQS, HTTP or Fly's API, only the table of size presets.
+ *
+ * What an event must be (group_check):
+ *   image    present, 1..GROUP_IMAGE_MAX bytes of printable ASCII without spaces: image
+ *            references are ASCII, and a space or control byte can only be a mistake.
+ *   size     absent (PRESET_DEFAULT) or exactly a preset name (preset.h), case-sensitive.
+ *            Present but empty is an error, not the default.
+ *   command  absent (the image's own command), or a JSON array of at least one string,
+ *            the first one non-empty (it names the program). No element may contain a NUL
+ *            character (\u0000): it cannot be passed to exec.
+ *   body     any JSON value (object, array, string, number, true, false, null), with
+ *            optional JSON whitespace around it and nothing else in body_len bytes.
+ *
+ * JSON is checked strictly against RFC 8259, more strictly than cJSON: leading zeros,
+ * "1." and "-.5", raw control characters in strings, invalid UTF-8, unpaired \u
+ * surrogates, a byte-order mark and non-JSON whitespace (NUL, \v, \f) are all refused,
+ * as is nesting deeper than GROUP_JSON_MAX_DEPTH. Bodies reach the Machine byte for
+ * byte, so one body that a strict parser (JSON.parse, Python's json) refuses would make
+ * the whole events file, and every event in it, unreadable. Numbers are never converted:
+ * 12345678901234567890.123456789e-5 stays exactly that.
+ *
+ * Reasons are one line, name the attribute or the body, and quote the offending value
+ * (truncated, non-printable bytes as \xNN); byte offsets are 0-based. Command elements
+ * are numbered from 1.
+ */
+#ifndef LAMBDO_GROUP_H
+#define LAMBDO_GROUP_H
+
+#include <stddef.h>
+#include "err.h"
+#include "preset.h"
+
+#define GROUP_MAX_PER_MACHINE 1000   /* events_per_machine is 1..this */
+#define GROUP_JSON_MAX_DEPTH  512    /* nested arrays and objects in a body or command */
+#define GROUP_IMAGE_MAX       512    /* bytes of an image reference */
+#define GROUP_ID_LEN          16     /* hex characters of a group id */
+
+struct event {
+    const char *id;        /* message id (for group ids); NULL counts as "" */
+    const char *body;      /* body_len bytes, not NUL-terminated; may be NULL when 0 */
+    size_t body_len;
+    const char *image;     /* attributes: NUL-terminated strings, NULL when absent */
+    const char *size;
+    const char *command;
+};
+
+/* One Machine's worth of events: they share image, size and command (by meaning). */
+struct group {
+    const char *image;            /* the first member's image */
+    const struct preset *preset;  /* the size, default applied; never NULL */
+    const char *command;          /* the first member's command (JSON text), or NULL */
+    const size_t *members;        /* indices into the events array, in receive order */
+    size_t count;                 /* 1..events_per_machine */
+};
+
+/* group_build's output. The caller provides the three arrays, each with room for n
+ * entries (n = number of events); nothing is allocated. groups and members point into
+ * the events' strings, so they live as long as the events do. */
+struct group_plan {
+    struct group *groups;    /* storage: n entries */
+    size_t *members;         /* storage: n entries */
+    struct lerr *verdicts;   /* storage: n entries; per event, kind LERR_NONE when it is
+                                valid, else LERR_INVALID and the reason */
+    size_t ngroups;          /* result: groups[0..ngroups) */
+    size_t nvalid;           /* result: events placed in a group */
+};
+
+/* Checks one event against the rules above. Returns 0, or -1 with e set (LERR_INVALID)
+ * to a reason such as
+ *   attribute size: "huge" is not a Fly preset (shared-cpu-{1,2,4,6,8}x, ...)
+ *   attribute command: element 2 is not a string (it is a number)
+ *   body is not valid JSON (at byte 17: leading zero in number) */
+int group_check(const struct event *ev, struct lerr *e);
+
+/* Checks events[0..n) and groups the valid ones by (image, size with the default
+ * applied, command compared by meaning: ["a","b"] and [ "a", "\u0062" ] are the same).
+ * Groups come in order of their first event; events keep their receive order within a
+ * group; a group of more than events_per_machine events is split into consecutive
+ * groups of events_per_machine (the last one may be smaller). An invalid event is only
+ * reported in its verdict: it does not change how the others are grouped.
+ * Returns 0, or -1 (LERR_INVALID) only for bad arguments: events_per_machine outside
+ * 1..GROUP_MAX_PER_MACHINE or missing storage. */
+int group_build(const struct event *events, size_t n, size_t events_per_machine,
+                struct group_plan *plan, struct lerr *e);
+
+/* Size in bytes of the group's events file: "[" body "," body ... "]". */
+size_t group_events_json_len(const struct event *events, const struct group *g);
+
+/* Writes the events file into buf (capacity cap), the bodies byte for byte, and sets
+ * *len. Not NUL-terminated. Returns 0, or -1 with LERR_TOO_LARGE when it needs more
+ * than cap bytes (nothing is written then). */
+int group_events_json(const struct event *events, const struct group *g, char *buf,
+                      size_t cap, size_t *len, struct lerr *e);
+
+/* Same into a new buffer of at most max bytes (plus a NUL terminator not counted in
+ * *len), which the caller frees with free(). LERR_TOO_LARGE over max, LERR_NOMEM. */
+int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
+                            char **out, size_t *len, struct lerr *e);
+
+/* A short id for the group, GROUP_ID_LEN lowercase hex characters and a NUL: the start
+ * of the SHA-256 of its members' message ids. The same messages grouped the same way
+ * get the same id, so a Machine can be traced back (and a redelivered batch spotted). */
+void group_id(const struct event *events, const struct group *g, char out[GROUP_ID_LEN + 1]);
+
+/* The strict JSON check used for bodies and commands, on its own: 0 when s[0..len) is
+ * exactly one JSON value with optional whitespace around it; else -1 with *err_at the
+ * 0-based offset of the first offending byte and *why a short static description.
+ * err_at and why may be NULL. */
+int group_json_check(const char *s, size_t len, size_t *err_at, const char **why);
+
+#endif

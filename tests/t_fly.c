@@ -1,0 +1,1101 @@
+/* fly: the preset table, base64, the create body (parsed back and checked field by field),
+ * answer classification, Retry-After, the Authorization header and URL, and the create
+ * call itself against a scripted HTTP server on 127.0.0.1 (region fallback, 429 retries,
+ * giving up, cancel, and that the token never reaches a log line or an error). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cJSON.h"
+#include "fly.h"
+#include "log.h"
+
+static void assert_has(const char *msg, const char *want)
+{
+    if (!strstr(msg, want))
+        fail_msg("\"%s\" lacks \"%s\"", msg, want);
+}
+
+/* ---- presets ----------------------------------------------------------------------------- */
+
+static void test_presets(void **state)
+{
+    static const struct preset want[] = {
+        { "shared-cpu-1x", "shared", 1, 256, 0, NULL },
+        { "shared-cpu-2x", "shared", 2, 512, 0, NULL },
+        { "shared-cpu-4x", "shared", 4, 1024, 0, NULL },
+        { "shared-cpu-6x", "shared", 6, 1536, 0, NULL },
+        { "shared-cpu-8x", "shared", 8, 2048, 0, NULL },
+        { "performance-1x", "performance", 1, 2048, 0, NULL },
+        { "performance-2x", "performance", 2, 4096, 0, NULL },
+        { "performance-4x", "performance", 4, 8192, 0, NULL },
+        { "performance-6x", "performance", 6, 12288, 0, NULL },
+        { "performance-8x", "performance", 8, 16384, 0, NULL },
+        { "performance-10x", "performance", 10, 20480, 0, NULL },
+        { "performance-12x", "performance", 12, 24576, 0, NULL },
+        { "performance-14x", "performance", 14, 28672, 0, NULL },
+        { "performance-16x", "performance", 16, 32768, 0, NULL },
+        { "a100-40gb", "performance", 8, 32768, 1, "a100-pcie-40gb" },
+        { "a100-80gb", "performance", 8, 32768, 1, "a100-sxm4-80gb" },
+        { "l40s", "performance", 8, 32768, 1, "l40s" },
+        { "a10", "performance", 8, 32768, 1, "a10" },
+    };
+    size_t n = sizeof want / sizeof want[0];
+
+    for (size_t i = 0; i < n; i++) {
+        const struct preset *p = preset_find(want[i].name);
+        if (!p)
+            fail_msg("%s not found", want[i].name);
+        assert_string_equal(p->name, want[i].name);
+        assert_string_equal(p->cpu_kind, want[i].cpu_kind);
+        assert_int_equal(p->cpus, want[i].cpus);
+        assert_int_equal(p->memory_mb, want[i].memory_mb);
+        assert_int_equal(p->gpus, want[i].gpus);
+        if (want[i].gpu_kind)
+            assert_string_equal(p->gpu_kind, want[i].gpu_kind);
+        else
+            assert_null(p->gpu_kind);
+        assert_ptr_equal(preset_at((unsigned)i), p);
+    }
+    assert_null(preset_at((unsigned)n));
+    assert_null(preset_find("performance-3x"));
+    assert_null(preset_find("Performance-2x"));
+    assert_null(preset_find(""));
+    assert_null(preset_find(NULL));
+    assert_non_null(preset_find(PRESET_DEFAULT));
+}
+
+/* ---- base64 ------------------------------------------------------------------------------ */
+
+static int b64_value(char c)
+{
+    const char *abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const char *p = c ? strchr(abc, c) : NULL;
+    return p ? (int)(p - abc) : -1;
+}
+
+/* A strict decoder for the tests: padding required, nothing else accepted. */
+static size_t b64_decode(const char *s, unsigned char *out)
+{
+    size_t n = strlen(s), o = 0;
+
+    assert_int_equal(n % 4, 0);
+    for (size_t i = 0; i < n; i += 4) {
+        int a = b64_value(s[i]), b = b64_value(s[i + 1]);
+        int c = s[i + 2] == '=' ? 0 : b64_value(s[i + 2]);
+        int d = s[i + 3] == '=' ? 0 : b64_value(s[i + 3]);
+        assert_true(a >= 0 && b >= 0 && c >= 0 && d >= 0);
+        out[o++] = (unsigned char)(a << 2 | b >> 4);
+        if (s[i + 2] != '=')
+            out[o++] = (unsigned char)((b & 15) << 4 | c >> 2);
+        if (s[i + 3] != '=')
+            out[o++] = (unsigned char)((c & 3) << 6 | d);
+        if (s[i + 2] == '=' || s[i + 3] == '=')
+            assert_int_equal(i + 4, n);
+    }
+    return o;
+}
+
+static void test_base64_rfc4648(void **state)
+{
+    static const char *const vec[][2] = {
+        { "", "" },         { "f", "Zg==" },        { "fo", "Zm8=" },
+        { "foo", "Zm9v" },  { "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" },
+        { "foobar", "Zm9vYmFy" },
+    };
+    char out[64];
+
+    for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++) {
+        size_t n = strlen(vec[i][0]);
+        memset(out, 'X', sizeof out);
+        assert_int_equal(fly_base64_len(n), strlen(vec[i][1]));
+        assert_int_equal(fly_base64_encode(vec[i][0], n, out), strlen(vec[i][1]));
+        assert_string_equal(out, vec[i][1]);
+    }
+}
+
+static void test_base64_every_byte(void **state)
+{
+    unsigned char in[259], back[259];
+    char out[400];
+
+    for (size_t i = 0; i < sizeof in; i++)
+        in[i] = (unsigned char)(255 - i * 7);
+    /* every length from 0 to 259, so every padding case and every byte value meet */
+    for (size_t n = 0; n <= sizeof in; n++) {
+        size_t len = fly_base64_encode(in, n, out);
+        assert_int_equal(len, fly_base64_len(n));
+        assert_int_equal(strlen(out), len);
+        assert_int_equal(b64_decode(out, back), n);
+        assert_memory_equal(back, in, n);
+    }
+    fly_base64_encode("\xff\xff\xff\x00\x00\x00\xfb\xff", 8, out);
+    assert_string_equal(out, "////AAAA+/8=");
+}
+
+/* ---- create body ------------------------------------------------------------------------- */
+
+static cJSON *body_parse(const struct fly_machine_spec *spec, const char *region, char **text)
+{
+    struct lerr e = { 0 };
+    size_t len = 0;
+    cJSON *j;
+
+    if (fly_create_body(spec, region, text, &len, &e) != 0)
+        fail_msg("fly_create_body: %s", e.msg);
+    assert_int_equal(strlen(*text), len);
+    j = cJSON_ParseWithLength(*text, len);
+    if (!j)
+        fail_msg("not JSON: %s", *text);
+    return j;
+}
+
+static cJSON *get(const cJSON *obj, const char *name)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if (!v)
+        fail_msg("no \"%s\"", name);
+    return v;
+}
+
+static const char *get_str(const cJSON *obj, const char *name)
+{
+    cJSON *v = get(obj, name);
+    assert_true(cJSON_IsString(v));
+    return v->valuestring;
+}
+
+/* obj has exactly these keys. */
+static void assert_keys(const cJSON *obj, const char *const *keys)
+{
+    size_t want = 0;
+
+    for (; keys[want]; want++)
+        get(obj, keys[want]);
+    assert_int_equal(cJSON_GetArraySize(obj), want);
+}
+
+/* not valid JSON on purpose: the file goes through as bytes, whatever they are */
+static const char events[] =
+    "[{\"n\":12345678901234567890.123456789e-5},\"\\u00e9\xc3\xa9\",\0\xff]";
+
+static void test_body_shape(void **state)
+{
+    static const char *const top_keys[] = { "region", "config", NULL };
+    static const char *const config_keys[] = { "image", "guest", "env", "files", "auto_destroy",
+                                               "restart", "metadata", NULL };
+    struct fly_machine_spec spec = { "registry.fly.io/app:v1", preset_find("shared-cpu-2x"), NULL,
+                                     events, sizeof events - 1, "0123456789abcdef" };
+    char *text;
+    cJSON *j = body_parse(&spec, "iad", &text), *config, *guest, *files, *file;
+    unsigned char back[sizeof events];
+
+    assert_keys(j, top_keys);
+    assert_string_equal(get_str(j, "region"), "iad");
+    config = get(j, "config");
+    assert_keys(config, config_keys);
+    assert_null(cJSON_GetObjectItemCaseSensitive(config, "size"));
+    assert_null(cJSON_GetObjectItemCaseSensitive(config, "init"));
+    assert_string_equal(get_str(config, "image"), "registry.fly.io/app:v1");
+
+    guest = get(config, "guest");
+    assert_string_equal(get_str(guest, "cpu_kind"), "shared");
+    assert_int_equal(get(guest, "cpus")->valueint, 2);
+    assert_int_equal(get(guest, "memory_mb")->valueint, 512);
+    assert_null(cJSON_GetObjectItemCaseSensitive(guest, "gpus"));
+    assert_null(cJSON_GetObjectItemCaseSensitive(guest, "gpu_kind"));
+
+    assert_int_equal(cJSON_GetArraySize(get(config, "env")), 1);
+    assert_string_equal(get_str(get(config, "env"), "EVENTS_PATH"), "/tmp/events.json");
+
+    files = get(config, "files");
+    assert_true(cJSON_IsArray(files));
+    assert_int_equal(cJSON_GetArraySize(files), 1);
+    file = cJSON_GetArrayItem(files, 0);
+    assert_int_equal(cJSON_GetArraySize(file), 2);
+    assert_string_equal(get_str(file, "guest_path"), "/tmp/events.json");
+    assert_int_equal(b64_decode(get_str(file, "raw_value"), back), sizeof events - 1);
+    assert_memory_equal(back, events, sizeof events - 1);
+
+    assert_true(cJSON_IsTrue(get(config, "auto_destroy")));
+    assert_int_equal(cJSON_GetArraySize(get(config, "restart")), 1);
+    assert_string_equal(get_str(get(config, "restart"), "policy"), "no");
+    assert_int_equal(cJSON_GetArraySize(get(config, "metadata")), 2);
+    assert_string_equal(get_str(get(config, "metadata"), "managed_by"), "lambdo");
+    assert_string_equal(get_str(get(config, "metadata"), "lambdo_group"), "0123456789abcdef");
+    cJSON_Delete(j);
+    free(text);
+}
+
+/* The whole text once, so that a change of shape is a deliberate one. */
+static void test_body_exact(void **state)
+{
+    struct fly_machine_spec spec = { "alpine", preset_find("a100-40gb"), "[ \"sh\", \"-c\" ]",
+                                     "[1]", 3, "g1" };
+    struct lerr e = { 0 };
+    char *text;
+    size_t len;
+
+    assert_int_equal(fly_create_body(&spec, "ord", &text, &len, &e), 0);
+    assert_string_equal(text,
+        "{\"region\":\"ord\",\"config\":{\"image\":\"alpine\","
+        "\"guest\":{\"cpu_kind\":\"performance\",\"cpus\":8,\"memory_mb\":32768,"
+        "\"gpus\":1,\"gpu_kind\":\"a100-pcie-40gb\"},"
+        "\"env\":{\"EVENTS_PATH\":\"/tmp/events.json\"},"
+        "\"files\":[{\"guest_path\":\"/tmp/events.json\",\"raw_value\":\"WzFd\"}],"
+        "\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"},"
+        "\"init\":{\"cmd\":[\"sh\",\"-c\"]},"
+        "\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_group\":\"g1\"}}}");
+    free(text);
+}
+
+static void test_body_guest_every_preset(void **state)
+{
+    for (unsigned i = 0; preset_at(i); i++) {
+        const struct preset *p = preset_at(i);
+        struct fly_machine_spec spec = { "img", p, NULL, "[]", 2, "g" };
+        char *text;
+        cJSON *j = body_parse(&spec, NULL, &text), *guest;
+
+        assert_null(cJSON_GetObjectItemCaseSensitive(j, "region"));
+        guest = get(get(j, "config"), "guest");
+        assert_string_equal(get_str(guest, "cpu_kind"), p->cpu_kind);
+        assert_int_equal(get(guest, "cpus")->valueint, p->cpus);
+        assert_int_equal(get(guest, "memory_mb")->valueint, p->memory_mb);
+        if (p->gpus) {
+            assert_int_equal(get(guest, "gpus")->valueint, p->gpus);
+            assert_string_equal(get_str(guest, "gpu_kind"), p->gpu_kind);
+        } else {
+            assert_int_equal(cJSON_GetArraySize(guest), 3);
+        }
+        cJSON_Delete(j);
+        free(text);
+    }
+}
+
+static void test_body_command(void **state)
+{
+    static const char *const cmds[] = {
+        "[\"node\",\"index.js\"]",
+        "  [ \"node\" ,\n \"index.js\" ] ",
+        "[\"\\u006eode\",\"index\\u002ejs\"]",
+    };
+
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        struct fly_machine_spec spec = { "img", preset_find("performance-1x"), cmds[i], "[]", 2,
+                                         "g" };
+        char *text;
+        cJSON *j = body_parse(&spec, "iad", &text), *init, *cmd;
+
+        init = get(get(j, "config"), "init");
+        assert_int_equal(cJSON_GetArraySize(init), 1);
+        cmd = get(init, "cmd");
+        assert_int_equal(cJSON_GetArraySize(cmd), 2);
+        assert_string_equal(cJSON_GetArrayItem(cmd, 0)->valuestring, "node");
+        assert_string_equal(cJSON_GetArrayItem(cmd, 1)->valuestring, "index.js");
+        assert_has(text, "\"init\":{\"cmd\":[\"node\",\"index.js\"]}");
+        cJSON_Delete(j);
+        free(text);
+    }
+}
+
+static void test_body_escaping(void **state)
+{
+    static const char *const odd[] = {
+        "we\"ird\\image:tag",
+        "tab\there\nnewline\x01\x1f",
+        "caf\xc3\xa9/\xe2\x82\xac",
+        "</script>",
+    };
+
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        struct fly_machine_spec spec = { odd[i], preset_find("l40s"), "[\"a\\\"b\", \"\\n\"]",
+                                         "{}", 2, odd[i] };
+        char *text;
+        cJSON *j = body_parse(&spec, odd[i], &text), *config = get(j, "config"), *cmd;
+
+        assert_string_equal(get_str(j, "region"), odd[i]);
+        assert_string_equal(get_str(config, "image"), odd[i]);
+        assert_string_equal(get_str(get(config, "metadata"), "lambdo_group"), odd[i]);
+        cmd = get(get(config, "init"), "cmd");
+        assert_string_equal(cJSON_GetArrayItem(cmd, 0)->valuestring, "a\"b");
+        assert_string_equal(cJSON_GetArrayItem(cmd, 1)->valuestring, "\n");
+        for (const char *p = text; *p; p++)
+            assert_true((unsigned char)*p >= 0x20);
+        cJSON_Delete(j);
+        free(text);
+    }
+}
+
+static void test_body_refused(void **state)
+{
+    struct fly_machine_spec ok = { "img", preset_find("a10"), NULL, "[]", 2, "g" };
+    struct fly_machine_spec s;
+    struct lerr e = { 0 };
+    char *text = (char *)1;
+    size_t len;
+
+    s = ok;
+    s.command = "[\"a\", 1]";
+    assert_int_equal(fly_create_body(&s, "iad", &text, &len, &e), -1);
+    assert_int_equal(e.kind, LERR_INVALID);
+    assert_has(e.msg, "command element 2 is not a string");
+    assert_null(text);
+    s.command = "{\"a\":\"b\"}";
+    assert_int_equal(fly_create_body(&s, "iad", &text, &len, &e), -1);
+    assert_has(e.msg, "command is not a JSON array of strings");
+    s.command = "not json";
+    assert_int_equal(fly_create_body(&s, "iad", &text, &len, &e), -1);
+    s = ok;
+    s.preset = NULL;
+    assert_int_equal(fly_create_body(&s, "iad", &text, &len, &e), -1);
+    assert_int_equal(e.kind, LERR_INVALID);
+    s = ok;
+    s.image = "";
+    assert_int_equal(fly_create_body(&s, "iad", &text, &len, &e), -1);
+}
+
+static void test_body_large_events(void **state)
+{
+    size_t n = 3 * 1024 * 1024 + 1;
+    char *ev = malloc(n), *text;
+    unsigned char *back = malloc(n);
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, ev, n, "g" };
+    cJSON *j, *file;
+
+    for (size_t i = 0; i < n; i++)
+        ev[i] = (char)(i * 131 + 7);
+    j = body_parse(&spec, "iad", &text);
+    file = cJSON_GetArrayItem(get(get(j, "config"), "files"), 0);
+    assert_int_equal(b64_decode(get_str(file, "raw_value"), back), n);
+    assert_memory_equal(back, ev, n);
+    cJSON_Delete(j);
+    free(text);
+    free(ev);
+    free(back);
+}
+
+/* ---- classification ---------------------------------------------------------------------- */
+
+struct answer_case {
+    int status;
+    const char *body;
+    const char *retry_after;
+    enum fly_outcome outcome;
+    int retry_after_ms;
+    const char *error;   /* exact a.error */
+    const char *id;      /* for created: exact id, region, instance_id */
+    const char *region;
+    const char *instance;
+};
+
+static const struct answer_case answers[] = {
+    { 200, "{\"id\":\"148ed193b95948\",\"region\":\"iad\",\"instance_id\":\"01H3JK\",\"state\":\"created\"}",
+      NULL, FLY_CREATED, -1, "", "148ed193b95948", "iad", "01H3JK" },
+    { 201, "{\"id\":\"m2\",\"region\":\"ord\"}", NULL, FLY_CREATED, -1, "", "m2", "ord", "" },
+    { 200, "not json", NULL, FLY_CREATED, -1, "", "", "", "" },
+    { 200, "", NULL, FLY_CREATED, -1, "", "", "", "" },
+    { 202, "{\"id\":7}", NULL, FLY_CREATED, -1, "", "", "", "" },
+    { 503, "{\"error\":\"insufficient capacity\",\"status\":\"insufficient_capacity\"}", NULL,
+      FLY_NEXT_REGION, -1, "insufficient capacity", NULL, NULL, NULL },
+    { 503, "", NULL, FLY_NEXT_REGION, -1, "", NULL, NULL, NULL },
+    { 500, "oops", NULL, FLY_NEXT_REGION, -1, "oops", NULL, NULL, NULL },
+    { 502, "<html>\r\n  <body>Bad   gateway</body>\n</html>\n", NULL, FLY_NEXT_REGION, -1,
+      "<html> <body>Bad gateway</body> </html>", NULL, NULL, NULL },
+    { 504, "{\"error\":\"upstream timeout\"}", NULL, FLY_NEXT_REGION, -1, "upstream timeout",
+      NULL, NULL, NULL },
+    { 408, "", NULL, FLY_NEXT_REGION, -1, "", NULL, NULL, NULL },
+    { 412, "{\"error\":\"insufficient resources to create new machine with existing volume\"}",
+      NULL, FLY_NEXT_REGION, -1, "insufficient resources to create new machine with existing volume",
+      NULL, NULL, NULL },
+    { 409, "{\"error\":\"aborted: could not reserve resource for machine: Insufficient memory available to fulfill request\"}",
+      NULL, FLY_NEXT_REGION, -1,
+      "aborted: could not reserve resource for machine: Insufficient memory available to fulfill request",
+      NULL, NULL, NULL },
+    { 422, "{\"error\":\"no room\",\"status\":\"insufficient_capacity\"}", NULL, FLY_NEXT_REGION,
+      -1, "no room", NULL, NULL, NULL },
+    { 409, "{\"error\":\"machine name already taken\"}", NULL, FLY_GIVE_UP, -1,
+      "machine name already taken", NULL, NULL, NULL },
+    { 403, "{\"error\":\"insufficient permissions\"}", NULL, FLY_GIVE_UP, -1,
+      "insufficient permissions", NULL, NULL, NULL },
+    { 400, "{\"error\":\"invalid config:\\n image is required\"}", NULL, FLY_GIVE_UP, -1,
+      "invalid config: image is required", NULL, NULL, NULL },
+    { 401, "{\"error\":\"Authenticate: token validation error\"}", NULL, FLY_GIVE_UP, -1,
+      "Authenticate: token validation error", NULL, NULL, NULL },
+    { 404, "{\"error\":\"app not found\"}", NULL, FLY_GIVE_UP, -1, "app not found", NULL, NULL,
+      NULL },
+    { 422, "{\"error\":\"caf\\u00e9 \\u0007bell\"}", NULL, FLY_GIVE_UP, -1, "caf?? bell", NULL,
+      NULL, NULL },
+    { 422, "{\"error\":5,\"x\":1}", NULL, FLY_GIVE_UP, -1, "{\"error\":5,\"x\":1}", NULL, NULL,
+      NULL },
+    { 400, NULL, NULL, FLY_GIVE_UP, -1, "", NULL, NULL, NULL },
+    { 301, "", NULL, FLY_GIVE_UP, -1, "", NULL, NULL, NULL },
+    { 429, "{\"error\":\"rate limited\"}", "3", FLY_RETRY, 3000, "rate limited", NULL, NULL,
+      NULL },
+    { 429, "", "0", FLY_RETRY, 0, "", NULL, NULL, NULL },
+    { 429, "", NULL, FLY_RETRY, -1, "", NULL, NULL, NULL },
+    { 429, "", "Wed, 21 Oct 2015 07:28:00 GMT", FLY_RETRY, -1, "", NULL, NULL, NULL },
+    { 429, "", "99999999999999999999999", FLY_RETRY, 30000, "", NULL, NULL, NULL },
+};
+
+static void test_classify(void **state)
+{
+    for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
+        const struct answer_case *c = &answers[i];
+        struct fly_answer a;
+
+        fly_classify(c->status, c->body, c->body ? strlen(c->body) : 0, c->retry_after,
+                     c->retry_after ? strlen(c->retry_after) : 0, &a);
+        if (a.outcome != c->outcome)
+            fail_msg("case %zu (HTTP %d): outcome %d, want %d", i, c->status, a.outcome,
+                     c->outcome);
+        assert_int_equal(a.retry_after_ms, c->retry_after_ms);
+        assert_int_equal(a.machine.status, c->status);
+        if (strcmp(a.error, c->error) != 0)
+            fail_msg("case %zu: error \"%s\", want \"%s\"", i, a.error, c->error);
+        if (c->id) {
+            assert_string_equal(a.machine.id, c->id);
+            assert_string_equal(a.machine.region, c->region);
+            assert_string_equal(a.machine.instance_id, c->instance);
+        }
+    }
+}
+
+static void test_classify_long_error(void **state)
+{
+    char body[2048], want[256];
+    struct fly_answer a;
+    size_t n;
+
+    n = (size_t)snprintf(body, sizeof body, "{\"error\":\"");
+    for (int i = 0; i < 500; i++)
+        body[n++] = (char)('a' + i % 26);
+    n += (size_t)snprintf(body + n, sizeof body - n, "\"}");
+    fly_classify(422, body, n, NULL, 0, &a);
+    assert_int_equal(a.outcome, FLY_GIVE_UP);
+    assert_true(strlen(a.error) < sizeof a.error);
+    assert_true(strlen(a.error) > 150);
+    memcpy(want, body + 10, strlen(a.error) - 3);
+    memcpy(want + strlen(a.error) - 3, "...", 4);
+    assert_string_equal(a.error, want);
+
+    /* the longest error that fits is not marked as cut; one byte more is */
+    memset(want, 'x', sizeof want);
+    want[sizeof a.error - 4] = '\0';
+    n = (size_t)snprintf(body, sizeof body, "{\"error\":\"%s\"}", want);
+    fly_classify(400, body, n, NULL, 0, &a);
+    assert_string_equal(a.error, want);
+    want[sizeof a.error - 4] = 'x';
+    want[sizeof a.error - 3] = '\0';
+    n = (size_t)snprintf(body, sizeof body, "{\"error\":\"%s\"}", want);
+    fly_classify(400, body, n, NULL, 0, &a);
+    assert_int_equal(strlen(a.error), sizeof a.error - 1);
+    assert_string_equal(a.error + sizeof a.error - 4, "...");
+}
+
+static void test_retry_after(void **state)
+{
+    static const struct { const char *v; int ms; } cases[] = {
+        { "0", 0 },       { "1", 1000 },     { "7", 7000 },       { " 7 ", 7000 },
+        { "\t12", 12000 }, { "29", 29000 },   { "30", 30000 },     { "31", 30000 },
+        { "86400", 30000 }, { "99999999999999999999999999", 30000 }, { "007", 7000 },
+        { "18446744073709551621", 30000 },  /* 2^64 + 5: no wrap-around to 5 s */
+        { "", -1 },       { "  ", -1 },      { "-1", -1 },        { "1.5", -1 },
+        { "+3", -1 },     { "3s", -1 },      { "abc", -1 },       { "1 2", -1 },
+        { "Wed, 21 Oct 2015 07:28:00 GMT", -1 },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (fly_retry_after_ms(cases[i].v, strlen(cases[i].v)) != cases[i].ms)
+            fail_msg("\"%s\": %d, want %d", cases[i].v,
+                     fly_retry_after_ms(cases[i].v, strlen(cases[i].v)), cases[i].ms);
+    assert_int_equal(fly_retry_after_ms(NULL, 0), -1);
+    /* the length counts, not a NUL */
+    assert_int_equal(fly_retry_after_ms("12x", 2), 12000);
+}
+
+/* ---- Authorization and URL --------------------------------------------------------------- */
+
+static void test_auth_header(void **state)
+{
+    static const char *const cases[][2] = {
+        { "abc123", "Bearer abc123" },
+        { "FlyV1 fm2_lJPECAAAAAAAAb,fm2_xyz", "FlyV1 fm2_lJPECAAAAAAAAb,fm2_xyz" },
+        { "Bearer abc", "Bearer abc" },
+        { "bearer abc", "bearer abc" },
+        { "fm2_only", "Bearer fm2_only" },
+    };
+    static const char *const bad[] = { "", "sec\r\nX-Evil: 1", "secret\n", "sec\tret",
+                                       "sec\x7fret" };
+    struct lerr e = { 0 };
+    char *h;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(fly_auth_header(cases[i][0], &h, &e), 0);
+        assert_string_equal(h, cases[i][1]);
+        fly_secret_free(h);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        h = (char *)1;
+        assert_int_equal(fly_auth_header(bad[i], &h, &e), -1);
+        assert_int_equal(e.kind, LERR_INVALID);
+        assert_null(h);
+        assert_null(strstr(e.msg, "sec"));
+    }
+    assert_int_equal(fly_auth_header(NULL, &h, &e), -1);
+    fly_secret_free(NULL);
+}
+
+static void test_machines_url(void **state)
+{
+    static const char *const cases[][3] = {
+        { "https://api.machines.dev", "my-app", "/v1/apps/my-app/machines" },
+        { "https://api.machines.dev/", "my-app", "/v1/apps/my-app/machines" },
+        { "http://_api.internal:4280", "a", "/v1/apps/a/machines" },
+        { "http://127.0.0.1:4280/prefix", "a", "/prefix/v1/apps/a/machines" },
+        { "http://127.0.0.1:4280/prefix/", "a", "/prefix/v1/apps/a/machines" },
+        { "http://h/a/b//", "x_y.z~", "/a/b/v1/apps/x_y.z~/machines" },
+        { "http://h", "a b/c?d%", "/v1/apps/a%20b%2Fc%3Fd%25/machines" },
+    };
+    struct lerr e = { 0 };
+    struct url base, u;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(url_parse(cases[i][0], &base, &e), 0);
+        assert_int_equal(fly_machines_url(&base, cases[i][1], &u, &e), 0);
+        assert_string_equal(u.path, cases[i][2]);
+        assert_string_equal(u.host, base.host);
+        assert_string_equal(u.authority, base.authority);
+        assert_int_equal(u.port, base.port);
+        assert_int_equal(u.tls, base.tls);
+    }
+    assert_int_equal(url_parse("http://h/p?x=1", &base, &e), 0);
+    assert_int_equal(fly_machines_url(&base, "a", &u, &e), -1);
+    assert_has(e.msg, "query");
+    assert_int_equal(url_parse("http://h", &base, &e), 0);
+    assert_int_equal(fly_machines_url(&base, "", &u, &e), -1);
+    assert_int_equal(e.kind, LERR_INVALID);
+    memset(base.path, 'p', sizeof base.path - 1);
+    base.path[0] = '/';
+    base.path[sizeof base.path - 1] = '\0';
+    assert_int_equal(fly_machines_url(&base, "a", &u, &e), -1);
+    assert_has(e.msg, "too long");
+}
+
+/* ---- the create call against a scripted server -------------------------------------------- */
+
+#define MAX_SCRIPT 8
+#define TOKEN "s3cr3t-t0ken-value"
+
+struct reply {
+    const char *head;    /* status line and extra headers, e.g. "503 Service Unavailable" */
+    const char *body;
+    int cancel_after;    /* write to the cancel pipe after sending this reply */
+    int cancel_before;   /* write to it before replying: a stop while in flight */
+};
+
+struct seen {
+    char line[256];      /* request line */
+    char auth[128];
+    char ctype[64];
+    char body[4096];
+};
+
+struct server {
+    int fd;
+    unsigned short port;
+    const struct reply *script;
+    size_t nscript, served;
+    struct seen seen[MAX_SCRIPT];
+    int cancel_w;
+    pthread_t thread;
+};
+
+static void header_value(const char *head, const char *name, char *out, size_t cap)
+{
+    const char *p = head;
+
+    out[0] = '\0';
+    while ((p = strstr(p, "\r\n"))) {
+        p += 2;
+        if (strncasecmp(p, name, strlen(name)) == 0 && p[strlen(name)] == ':') {
+            const char *v = p + strlen(name) + 1, *end = strstr(v, "\r\n");
+            while (*v == ' ')
+                v++;
+            snprintf(out, cap, "%.*s", (int)(end - v), v);
+            return;
+        }
+    }
+}
+
+static void serve_one(struct server *s, int c)
+{
+    char head[8192], clen[32];
+    size_t n = 0, blen;
+    struct seen *w = &s->seen[s->served];
+    const struct reply *r = &s->script[s->served];
+    char out[1024];
+    ssize_t k;
+
+    while (n < sizeof head - 1 && (k = read(c, head + n, 1)) == 1) {
+        n++;
+        if (n >= 4 && memcmp(head + n - 4, "\r\n\r\n", 4) == 0)
+            break;
+    }
+    head[n] = '\0';
+    snprintf(w->line, sizeof w->line, "%.*s", (int)strcspn(head, "\r"), head);
+    header_value(head, "Authorization", w->auth, sizeof w->auth);
+    header_value(head, "Content-Type", w->ctype, sizeof w->ctype);
+    header_value(head, "Content-Length", clen, sizeof clen);
+    blen = (size_t)strtoul(clen, NULL, 10);
+    if (r->cancel_before && write(s->cancel_w, "x", 1) < 0)
+        perror("write");
+    if (blen >= sizeof w->body)
+        blen = 0;  /* the test then fails on the body's content */
+    for (size_t got = 0; got < blen && (k = read(c, w->body + got, blen - got)) > 0;)
+        got += (size_t)k;
+    w->body[blen] = '\0';
+    n = (size_t)snprintf(out, sizeof out, "HTTP/1.1 %s\r\nContent-Length: %zu\r\n"
+                         "Connection: close\r\n\r\n%s", r->head, strlen(r->body), r->body);
+    if (write(c, out, n) < 0)
+        perror("write");
+    s->served++;
+    if (r->cancel_after) {
+        /* late enough that the client is asleep before its retry, not still reading */
+        struct timespec pause = { 0, 500 * 1000 * 1000 };
+        nanosleep(&pause, NULL);
+        if (write(s->cancel_w, "x", 1) < 0)
+            perror("write");
+    }
+}
+
+static void *serve(void *arg)
+{
+    struct server *s = arg;
+
+    while (s->served < s->nscript) {
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0)
+            break;
+        serve_one(s, c);
+        close(c);
+    }
+    return NULL;
+}
+
+static void server_start(struct server *s, const struct reply *script, size_t n, int cancel_w)
+{
+    struct sockaddr_in a = { 0 };
+    socklen_t alen = sizeof a;
+
+    memset(s, 0, sizeof *s);
+    s->script = script;
+    s->nscript = n;
+    s->cancel_w = cancel_w;
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_true((s->fd = socket(AF_INET, SOCK_STREAM, 0)) >= 0);
+    assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(s->fd, 8), 0);
+    assert_int_equal(getsockname(s->fd, (struct sockaddr *)&a, &alen), 0);
+    s->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&s->thread, NULL, serve, s), 0);
+}
+
+static void server_stop(struct server *s)
+{
+    shutdown(s->fd, SHUT_RDWR);
+    pthread_join(s->thread, NULL);
+    close(s->fd);
+}
+
+/* Runs fly_create_machine with stderr (the log) captured into log. */
+static int run_create_stop(unsigned short port, const char *prefix, const char *const *regions,
+                           size_t nregions, int cancel_fd, const int *stop_fd,
+                           struct fly_machine *out, struct lerr *e, char *log, size_t logcap)
+{
+    char base_s[128];
+    struct url base;
+    struct fly_target t = { &base, "my-app", TOKEN, stop_fd };
+    struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), "[\"run\"]",
+                                     "[{\"a\":1}]", 9, "abcdef0123456789" };
+    struct http_client http;
+    FILE *cap = tmpfile();
+    int saved = dup(2), rc;
+    size_t n;
+
+    snprintf(base_s, sizeof base_s, "http://127.0.0.1:%u%s", port, prefix);
+    assert_int_equal(url_parse(base_s, &base, e), 0);
+    http_client_init(&http, NULL);
+    http.cancel_fd = cancel_fd;
+    fflush(stderr);
+    dup2(fileno(cap), 2);
+    rc = fly_create_machine(&http, &t, &spec, regions, nregions, out, e);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    http_client_close(&http);
+    rewind(cap);
+    n = fread(log, 1, logcap - 1, cap);
+    log[n] = '\0';
+    fclose(cap);
+    /* the token is in no log line and no error, whatever happened */
+    assert_null(strstr(log, TOKEN));
+    assert_null(strstr(e->msg, TOKEN));
+    return rc;
+}
+
+static int run_create(unsigned short port, const char *prefix, const char *const *regions,
+                      size_t nregions, int cancel_fd, struct fly_machine *out, struct lerr *e,
+                      char *log, size_t logcap)
+{
+    return run_create_stop(port, prefix, regions, nregions, cancel_fd, NULL, out, e, log,
+                           logcap);
+}
+
+static const char *body_region(const struct seen *w)
+{
+    static char region[32];
+    cJSON *j = cJSON_Parse(w->body), *r;
+
+    assert_non_null(j);
+    r = cJSON_GetObjectItemCaseSensitive(j, "region");
+    snprintf(region, sizeof region, "%s", cJSON_IsString(r) ? r->valuestring : "(none)");
+    cJSON_Delete(j);
+    return region;
+}
+
+static const char *const two_regions[] = { "iad", "ord" };
+
+static void test_create_next_region(void **state)
+{
+    static const struct reply script[] = {
+        { "503 Service Unavailable", "{\"error\":\"insufficient capacity\"}", 0, 0 },
+        { "200 OK", "{\"id\":\"m-1\",\"region\":\"ord\",\"instance_id\":\"i-9\"}", 0, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    server_start(&s, script, 2, -1);
+    assert_int_equal(run_create(s.port, "/prefix", two_regions, 2, -1, &m, &e, log, sizeof log), 0);
+    server_stop(&s);
+    assert_string_equal(m.id, "m-1");
+    assert_string_equal(m.region, "ord");
+    assert_string_equal(m.instance_id, "i-9");
+    assert_int_equal(m.status, 200);
+    assert_int_equal(s.served, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_string_equal(s.seen[i].line, "POST /prefix/v1/apps/my-app/machines HTTP/1.1");
+        assert_string_equal(s.seen[i].auth, "Bearer " TOKEN);
+        assert_string_equal(s.seen[i].ctype, "application/json");
+    }
+    assert_string_equal(body_region(&s.seen[0]), "iad");
+    assert_string_equal(body_region(&s.seen[1]), "ord");
+    assert_has(log, "group abcdef0123456789: iad: HTTP 503: insufficient capacity; "
+                    "trying the next region");
+    assert_has(log, "created Machine m-1 in ord (HTTP 200)");
+}
+
+static void test_create_rate_limited(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 0", "{\"error\":\"slow down\"}", 0, 0 },
+        { "429 Too Many Requests\r\nRetry-After: 0", "", 0, 0 },
+        { "201 Created", "{\"id\":\"m-2\"}", 0, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    server_start(&s, script, 3, -1);
+    assert_int_equal(run_create(s.port, "", two_regions, 2, -1, &m, &e, log, sizeof log), 0);
+    server_stop(&s);
+    assert_int_equal(s.served, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(body_region(&s.seen[i]), "iad");
+    assert_string_equal(m.id, "m-2");
+    assert_string_equal(m.region, "iad");  /* the answer did not say: the one asked for */
+    assert_int_equal(m.status, 201);
+    assert_has(log, "iad: rate limited (HTTP 429); retry 1 of 5 in 0 ms");
+    assert_has(log, "iad: rate limited (HTTP 429); retry 2 of 5 in 0 ms");
+}
+
+static void test_create_rate_limited_too_long(void **state)
+{
+    struct reply script[FLY_RATE_LIMIT_RETRIES + 1];
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    for (size_t i = 0; i < FLY_RATE_LIMIT_RETRIES + 1; i++)
+        script[i] = (struct reply){ "429 Too Many Requests\r\nRetry-After: 0", "", 0, 0 };
+    server_start(&s, script, FLY_RATE_LIMIT_RETRIES + 1, -1);
+    assert_int_equal(run_create(s.port, "", two_regions, 2, -1, &m, &e, log, sizeof log), -1);
+    server_stop(&s);
+    assert_int_equal(s.served, FLY_RATE_LIMIT_RETRIES + 1);  /* and never ord */
+    assert_int_equal(e.kind, LERR_HTTP);
+    assert_has(e.msg, "iad: still rate limited (HTTP 429) after 5 retries");
+    assert_int_equal(m.status, 429);
+}
+
+static void test_create_give_up(void **state)
+{
+    static const struct reply script[] = {
+        { "422 Unprocessable Entity", "{\"error\":\"image not found: img:1\"}", 0, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    server_start(&s, script, 1, -1);
+    assert_int_equal(run_create(s.port, "", two_regions, 2, -1, &m, &e, log, sizeof log), -1);
+    server_stop(&s);
+    assert_int_equal(s.served, 1);
+    assert_int_equal(e.kind, LERR_HTTP);
+    assert_string_equal(e.msg, "Fly refused the Machine in iad: HTTP 422: image not found: img:1");
+    assert_int_equal(m.status, 422);
+    assert_has(log, "iad: HTTP 422: image not found: img:1; not retrying");
+}
+
+static void test_create_every_region_fails(void **state)
+{
+    static const struct reply script[] = {
+        { "500 Internal Server Error", "{\"error\":\"boom\"}", 0, 0 },
+        { "503 Service Unavailable", "{\"error\":\"insufficient capacity\"}", 0, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    server_start(&s, script, 2, -1);
+    assert_int_equal(run_create(s.port, "", two_regions, 2, -1, &m, &e, log, sizeof log), -1);
+    server_stop(&s);
+    assert_int_equal(e.kind, LERR_HTTP);
+    assert_string_equal(e.msg, "no region could create the Machine (tried iad, ord); last: "
+                               "ord: HTTP 503: insufficient capacity");
+    assert_int_equal(m.status, 503);
+    assert_has(log, "iad: HTTP 500: boom; trying the next region");
+    assert_has(log, "ord: HTTP 503: insufficient capacity; trying the next region");
+}
+
+static void test_create_connection_refused(void **state)
+{
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+    unsigned short port;
+
+    /* a port that was just free: nothing listens on it */
+    server_start(&s, NULL, 0, -1);
+    port = s.port;
+    server_stop(&s);
+    assert_int_equal(run_create(port, "", two_regions, 2, -1, &m, &e, log, sizeof log), -1);
+    assert_int_equal(e.kind, LERR_REFUSED);
+    assert_has(e.msg, "no region could create the Machine (tried iad, ord); last: ord: ");
+    assert_int_equal(m.status, 0);
+    assert_has(log, "iad: ");
+    assert_has(log, "; trying the next region");
+}
+
+static void test_create_any_region(void **state)
+{
+    static const struct reply script[] = {
+        { "200 OK", "{\"id\":\"m-3\",\"region\":\"fra\"}", 0, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    server_start(&s, script, 1, -1);
+    assert_int_equal(run_create(s.port, "/", NULL, 0, -1, &m, &e, log, sizeof log), 0);
+    server_stop(&s);
+    assert_string_equal(body_region(&s.seen[0]), "(none)");
+    assert_string_equal(s.seen[0].line, "POST /v1/apps/my-app/machines HTTP/1.1");
+    assert_string_equal(m.region, "fra");
+}
+
+static void test_create_cancelled_while_waiting(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 30", "", 1, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+    int pipefd[2];
+    struct timespec t0, t1;
+
+    assert_int_equal(pipe(pipefd), 0);
+    server_start(&s, script, 1, pipefd[1]);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(run_create(s.port, "", two_regions, 2, pipefd[0], &m, &e, log, sizeof log),
+                     -1);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    server_stop(&s);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_int_equal(s.served, 1);
+    assert_true(t1.tv_sec - t0.tv_sec < 10);  /* not the 30 s Retry-After */
+    assert_has(log, "retry 1 of 5 in 30000 ms");
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
+static void test_create_cancelled_before(void **state)
+{
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+    int pipefd[2];
+
+    assert_int_equal(pipe(pipefd), 0);
+    assert_int_equal(write(pipefd[1], "x", 1), 1);
+    server_start(&s, NULL, 0, -1);
+    assert_int_equal(run_create(s.port, "", two_regions, 2, pipefd[0], &m, &e, log, sizeof log),
+                     -1);
+    server_stop(&s);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_null(strstr(e.msg, "no region"));   /* a stop, not a region's failure */
+    assert_null(strstr(log, "next region"));
+    assert_null(strstr(log, "ord"));
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
+/* stop_fd ends a 429 wait like cancel_fd does, with the client's cancel_fd unset */
+static void test_create_stop_while_waiting(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 30", "", 1, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+    int pipefd[2];
+    struct timespec t0, t1;
+
+    assert_int_equal(pipe(pipefd), 0);
+    server_start(&s, script, 1, pipefd[1]);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(run_create_stop(s.port, "", two_regions, 2, -1, &pipefd[0], &m, &e, log,
+                                     sizeof log), -1);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    server_stop(&s);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_int_equal(s.served, 1);
+    assert_true(t1.tv_sec - t0.tv_sec < 10);
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
+/* A stop during a request lets it finish: created if Fly says so; no other region after. */
+static void test_create_stop_in_flight(void **state)
+{
+    static const struct reply created[] = { { "200 OK", "{\"id\":\"m-5\"}", 0, 1 } };
+    static const struct reply full[] = {
+        { "503 Service Unavailable", "{\"error\":\"insufficient capacity\"}", 0, 1 },
+        { "200 OK", "{\"id\":\"never\"}", 0, 0 },
+    };
+    struct server s;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+    int pipefd[2];
+
+    assert_int_equal(pipe(pipefd), 0);
+    server_start(&s, created, 1, pipefd[1]);
+    assert_int_equal(run_create_stop(s.port, "", two_regions, 2, -1, &pipefd[0], &m, &e, log,
+                                     sizeof log), 0);
+    server_stop(&s);
+    assert_string_equal(m.id, "m-5");
+    close(pipefd[0]);
+    close(pipefd[1]);
+
+    assert_int_equal(pipe(pipefd), 0);
+    server_start(&s, full, 2, pipefd[1]);
+    assert_int_equal(run_create_stop(s.port, "", two_regions, 2, -1, &pipefd[0], &m, &e, log,
+                                     sizeof log), -1);
+    server_stop(&s);
+    assert_int_equal(s.served, 1);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_has(log, "iad: HTTP 503: insufficient capacity");
+    assert_has(log, "stopping: not trying ord");
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
+static void test_create_bad_token(void **state)
+{
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    struct url base;
+    struct fly_target t = { &base, "app", "tok\r\nen", NULL };
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g" };
+    struct http_client http;
+
+    assert_int_equal(url_parse("http://127.0.0.1:9", &base, &e), 0);
+    http_client_init(&http, NULL);
+    assert_int_equal(fly_create_machine(&http, &t, &spec, two_regions, 2, &m, &e), -1);
+    assert_int_equal(e.kind, LERR_INVALID);
+    assert_int_equal(http.requests_sent, 0);
+    http_client_close(&http);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_presets),
+        cmocka_unit_test(test_base64_rfc4648),
+        cmocka_unit_test(test_base64_every_byte),
+        cmocka_unit_test(test_body_shape),
+        cmocka_unit_test(test_body_exact),
+        cmocka_unit_test(test_body_guest_every_preset),
+        cmocka_unit_test(test_body_command),
+        cmocka_unit_test(test_body_escaping),
+        cmocka_unit_test(test_body_refused),
+        cmocka_unit_test(test_body_large_events),
+        cmocka_unit_test(test_classify),
+        cmocka_unit_test(test_classify_long_error),
+        cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_auth_header),
+        cmocka_unit_test(test_machines_url),
+        cmocka_unit_test(test_create_next_region),
+        cmocka_unit_test(test_create_rate_limited),
+        cmocka_unit_test(test_create_rate_limited_too_long),
+        cmocka_unit_test(test_create_give_up),
+        cmocka_unit_test(test_create_every_region_fails),
+        cmocka_unit_test(test_create_connection_refused),
+        cmocka_unit_test(test_create_any_region),
+        cmocka_unit_test(test_create_cancelled_while_waiting),
+        cmocka_unit_test(test_create_cancelled_before),
+        cmocka_unit_test(test_create_stop_while_waiting),
+        cmocka_unit_test(test_create_stop_in_flight),
+        cmocka_unit_test(test_create_bad_token),
+    };
+
+    log_setup(LOG_LEVEL_INFO, 0);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
