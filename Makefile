@@ -20,7 +20,8 @@ BR_SRC  := $(shell find $(BEARSSL)/src -name '*.c' 2>/dev/null)
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 INC     := -I. -I$(BEARSSL)/inc -I$(CJSON)
-DEFS    := -D_GNU_SOURCE -DLAMBDO_VERSION='"$(VERSION)"'
+DEPVERS := $(shell cat $(dir $(BEARSSL))bearssl.version 2>/dev/null || echo unknown)
+DEFS    := -D_GNU_SOURCE -DLAMBDO_VERSION='"$(VERSION)"' -DLAMBDO_BEARSSL_VERSION='"$(DEPVERS)"'
 
 MUSL_CC := musl-gcc
 MUSL_CF := -std=c11 -Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables \

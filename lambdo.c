@@ -19,6 +19,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "cJSON.h"
 #include "config.h"
 #include "fly.h"
 #include "group.h"
@@ -354,7 +355,8 @@ int main(int argc, char **argv)
     int status;
 
     if (argc == 2 && strcmp(argv[1], "--version") == 0) {
-        printf("lambdo %s\n", LAMBDO_VERSION);
+        printf("lambdo %s (BearSSL %s, cJSON %s)\n", LAMBDO_VERSION, LAMBDO_BEARSSL_VERSION,
+               cJSON_Version());
         return 0;
     }
     if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
