@@ -50,6 +50,26 @@ static int load_int(config_getenv_fn get, void *ctx, const char *name, int lo, i
     return 0;
 }
 
+/* A positive rate such as "1", "0.5" or "20". */
+static int load_rate(config_getenv_fn get, void *ctx, const char *name, double dflt, double *out,
+                     struct lerr *e)
+{
+    const char *v = get(name, ctx);
+    char *end;
+    double d;
+
+    if (!v || !*v) {
+        *out = dflt;
+        return 0;
+    }
+    d = strtod(v, &end);
+    if (!isdigit((unsigned char)v[0]) || *end || !(d > 0) || d > 1e6)
+        return lerr_set(e, LERR_INVALID, "%s: must be a positive number of requests per second, "
+                        "got \"%.40s\"", name, v);
+    *out = d;
+    return 0;
+}
+
 static int load_secret(config_getenv_fn get, void *ctx, const char *a, const char *b,
                        const char **out, struct lerr *e)
 {
@@ -205,13 +225,44 @@ static int load_fly(struct config *c, config_getenv_fn get, void *ctx, struct le
     return load_regions(c, get, ctx, e);
 }
 
+static int load_delivery(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    const char *ack = get("LAMBDO_ACK", ctx);
+
+    c->ack_on_exit = 0;
+    if (ack && *ack && strcmp(ack, "exit") == 0)
+        c->ack_on_exit = 1;
+    else if (ack && *ack && strcmp(ack, "create") != 0)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_ACK: must be create or exit, got \"%.20s\"", ack);
+    if (load_int(get, ctx, "LAMBDO_RETRY_DELAY", 0, 43200, 0, &c->retry_delay, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_MACHINE_TIMEOUT", 1, 7 * 86400, 0, &c->machine_timeout, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_MAX_MACHINES", 1, 1000, 10, &c->max_machines, e) < 0 ||
+        load_rate(get, ctx, "LAMBDO_FLY_CREATE_RATE", 1, &c->fly_create_rate, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_FLY_CREATE_BURST", 1, 10000, 3, &c->fly_create_burst, e) < 0 ||
+        load_rate(get, ctx, "LAMBDO_FLY_GET_RATE", 5, &c->fly_get_rate, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_FLY_GET_BURST", 1, 10000, 10, &c->fly_get_burst, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_MAX_EVENTS_BYTES", 1024, 64 << 20, 1 << 20, &c->max_events_bytes, e) < 0 ||
+        load_int(get, ctx, "LAMBDO_SHUTDOWN_TIMEOUT", 0, 3600, 0, &c->shutdown_timeout, e) < 0)
+        return -1;
+    /* Messages waiting in the window are not kept alive: the window must close well
+     * before their visibility runs out. */
+    if (load_int(get, ctx, "LAMBDO_BATCH_WINDOW_MS", 0, 600000, 0, &c->batch_window_ms, e) < 0)
+        return -1;
+    if (c->batch_window_ms > c->visibility_timeout * 500)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_BATCH_WINDOW_MS: %d ms is more than half of "
+                        "LAMBDO_VISIBILITY_TIMEOUT (%d s); messages would expire while they wait",
+                        c->batch_window_ms, c->visibility_timeout);
+    return load_int(get, ctx, "LAMBDO_EVENTS_PER_MACHINE", 1, c->batch_window_ms ? 1000 : 10, 5,
+                    &c->events_per_machine, e);
+}
+
 static int load_misc(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
     const char *env = get("LAMBDO_ENV", ctx), *level = get("LAMBDO_LOG_LEVEL", ctx);
 
     if (load_int(get, ctx, "LAMBDO_SQS_LONG_POLL_SECONDS", 0, 20, 10, &c->long_poll_seconds, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_EVENTS_PER_MACHINE", 1, 10, 5, &c->events_per_machine, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_VISIBILITY_TIMEOUT", 1, 43200, 30, &c->visibility_timeout, e) < 0)
+        load_int(get, ctx, "LAMBDO_VISIBILITY_TIMEOUT", 1, 43200, 30, &c->visibility_timeout, e) < 0 ||
+        load_delivery(c, get, ctx, e) < 0)
         return -1;
     c->json_logs = env && strcmp(env, "production") == 0;
     c->log_level = LOG_LEVEL_INFO;

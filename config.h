@@ -34,11 +34,24 @@ struct config {
     size_t num_regions;
 
     int long_poll_seconds;          /* 0..20 */
-    int events_per_machine;         /* 1..10 */
+    int events_per_machine;         /* 1..10, or 1..1000 with a batching window */
     int visibility_timeout;         /* seconds */
     int json_logs;                  /* LAMBDO_ENV=production */
     enum log_level log_level;
     const char *ca_file;            /* SSL_CERT_FILE or NULL for the default */
+
+    /* delivery (see README "Delivery") */
+    int ack_on_exit;                /* LAMBDO_ACK=exit; 0 for create (the default) */
+    int retry_delay;                /* LAMBDO_RETRY_DELAY: visibility of returned messages */
+    int machine_timeout;            /* LAMBDO_MACHINE_TIMEOUT seconds, 0 = none */
+    int max_machines;               /* LAMBDO_MAX_MACHINES */
+    double fly_create_rate;         /* LAMBDO_FLY_CREATE_RATE per second */
+    int fly_create_burst;
+    double fly_get_rate;            /* LAMBDO_FLY_GET_RATE per second */
+    int fly_get_burst;
+    int batch_window_ms;            /* LAMBDO_BATCH_WINDOW_MS, 0 = off */
+    int max_events_bytes;           /* LAMBDO_MAX_EVENTS_BYTES */
+    int shutdown_timeout;           /* LAMBDO_SHUTDOWN_TIMEOUT seconds (exit mode) */
 };
 
 /* Where values come from: getenv in lambdo, a table in the unit tests. */

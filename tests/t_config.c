@@ -131,6 +131,49 @@ static void test_regions_list(void **state)
     assert_string_equal(c.regions[0], "lhr");
 }
 
+static void test_delivery(void **state)
+{
+    struct env env;
+    struct config c;
+    struct lerr e;
+
+    env_base(&env);
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.ack_on_exit, 0);
+    assert_int_equal(c.retry_delay, 0);
+    assert_int_equal(c.machine_timeout, 0);
+    assert_int_equal(c.max_machines, 10);
+    assert_true(c.fly_create_rate == 1.0 && c.fly_create_burst == 3);
+    assert_true(c.fly_get_rate == 5.0 && c.fly_get_burst == 10);
+    assert_int_equal(c.batch_window_ms, 0);
+    assert_int_equal(c.max_events_bytes, 1 << 20);
+    assert_int_equal(c.shutdown_timeout, 0);
+
+    env_set(&env, "LAMBDO_ACK", "exit");
+    env_set(&env, "LAMBDO_RETRY_DELAY", "15");
+    env_set(&env, "LAMBDO_MACHINE_TIMEOUT", "600");
+    env_set(&env, "LAMBDO_MAX_MACHINES", "50");
+    env_set(&env, "LAMBDO_FLY_CREATE_RATE", "0.5");
+    env_set(&env, "LAMBDO_FLY_GET_RATE", "20");
+    env_set(&env, "LAMBDO_BATCH_WINDOW_MS", "2000");
+    env_set(&env, "LAMBDO_EVENTS_PER_MACHINE", "500"); /* allowed with a window */
+    env_set(&env, "LAMBDO_SHUTDOWN_TIMEOUT", "20");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.ack_on_exit, 1);
+    assert_int_equal(c.retry_delay, 15);
+    assert_int_equal(c.machine_timeout, 600);
+    assert_int_equal(c.max_machines, 50);
+    assert_true(c.fly_create_rate == 0.5);
+    assert_true(c.fly_get_rate == 20.0);
+    assert_int_equal(c.batch_window_ms, 2000);
+    assert_int_equal(c.events_per_machine, 500);
+    assert_int_equal(c.shutdown_timeout, 20);
+
+    env_set(&env, "LAMBDO_BATCH_WINDOW_MS", "0"); /* without a window, at most 10 */
+    assert_int_equal(config_load(&c, env_get, &env, &e), -1);
+    assert_non_null(strstr(e.msg, "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10"));
+}
+
 static void test_production_logs(void **state)
 {
     struct env env;
@@ -172,6 +215,18 @@ static const struct bad_case {
     { "LAMBDO_SQS_LONG_POLL_SECONDS", "5s", "LAMBDO_SQS_LONG_POLL_SECONDS: ", "whole number" },
     { "LAMBDO_EVENTS_PER_MACHINE", "0", "LAMBDO_EVENTS_PER_MACHINE: ", "from 1 to 10" },
     { "LAMBDO_EVENTS_PER_MACHINE", "11", "LAMBDO_EVENTS_PER_MACHINE: ", "from 1 to 10" },
+    { "LAMBDO_ACK", "maybe", "LAMBDO_ACK: ", "create or exit" },
+    { "LAMBDO_RETRY_DELAY", "-5", "LAMBDO_RETRY_DELAY: ", "from 0 to 43200" },
+    { "LAMBDO_MACHINE_TIMEOUT", "0", "LAMBDO_MACHINE_TIMEOUT: ", "from 1 to" },
+    { "LAMBDO_MAX_MACHINES", "0", "LAMBDO_MAX_MACHINES: ", "from 1 to 1000" },
+    { "LAMBDO_FLY_CREATE_RATE", "0", "LAMBDO_FLY_CREATE_RATE: ", "positive number" },
+    { "LAMBDO_FLY_CREATE_RATE", "fast", "LAMBDO_FLY_CREATE_RATE: ", "positive number" },
+    { "LAMBDO_FLY_GET_RATE", "-1", "LAMBDO_FLY_GET_RATE: ", "positive number" },
+    { "LAMBDO_FLY_CREATE_BURST", "0", "LAMBDO_FLY_CREATE_BURST: ", "from 1 to" },
+    { "LAMBDO_FLY_GET_BURST", "x", "LAMBDO_FLY_GET_BURST: ", "whole number" },
+    { "LAMBDO_MAX_EVENTS_BYTES", "10", "LAMBDO_MAX_EVENTS_BYTES: ", "from 1024 to" },
+    { "LAMBDO_SHUTDOWN_TIMEOUT", "3601", "LAMBDO_SHUTDOWN_TIMEOUT: ", "from 0 to 3600" },
+    { "LAMBDO_BATCH_WINDOW_MS", "16000", "LAMBDO_BATCH_WINDOW_MS: ", "more than half of LAMBDO_VISIBILITY_TIMEOUT" },
     { "LAMBDO_VISIBILITY_TIMEOUT", "0", "LAMBDO_VISIBILITY_TIMEOUT: ", "from 1 to 43200" },
     { "LAMBDO_VISIBILITY_TIMEOUT", "99999999999999999999", "LAMBDO_VISIBILITY_TIMEOUT: ", "whole number" },
     { "LAMBDO_LOG_LEVEL", "verbose", "LAMBDO_LOG_LEVEL: ", "debug, info, warn or error" },
@@ -212,6 +267,7 @@ int main(void)
         cmocka_unit_test(test_fallback_names),
         cmocka_unit_test(test_regions_list),
         cmocka_unit_test(test_production_logs),
+        cmocka_unit_test(test_delivery),
         cmocka_unit_test(test_bad_values),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
