@@ -108,10 +108,11 @@ static int der_oid_is(const struct der *oid, const char *bytes, size_t n)
     return oid->len == n && memcmp(oid->p, bytes, n) == 0;
 }
 
-/* An INTEGER as an unsigned big-endian number, leading zeros dropped. */
+/* An INTEGER as an unsigned big-endian number, leading zeros dropped. A negative one (top
+ * bit set) is no RSA modulus or exponent: refused, as BearSSL's own decoder does. */
 static int der_uint(struct der *d, struct der *out)
 {
-    if (der_expect(d, 0x02, out, NULL) < 0 || out->len == 0)
+    if (der_expect(d, 0x02, out, NULL) < 0 || out->len == 0 || (out->p[0] & 0x80))
         return -1;
     while (out->len > 1 && out->p[0] == 0) {
         out->p++;
@@ -204,7 +205,11 @@ static int ta_parse_cert(const unsigned char *der, size_t len, struct ta_fields 
     int tag;
 
     memset(f, 0, sizeof *f);
-    if (der_expect(&in, 0x30, &cert, NULL) < 0 || der_expect(&cert, 0x30, &tbs, NULL) < 0)
+    /* Nothing may follow the certificate: OpenSSL's "TRUSTED CERTIFICATE" form appends
+     * trust settings there, which can reject the certificate for TLS servers. Ignoring
+     * them would trust what the bundle says not to, so such entries are not anchors. */
+    if (der_expect(&in, 0x30, &cert, NULL) < 0 || in.len != 0 ||
+        der_expect(&cert, 0x30, &tbs, NULL) < 0)
         return -1;
     tag = der_next(&tbs, &skip, NULL);
     if (tag == 0xa0)  /* [0] version */
@@ -274,8 +279,7 @@ static void ta_add_cert(struct ta_loader *l, const unsigned char *der, size_t le
 static int ta_is_cert_label(const char *p, size_t n)
 {
     return (n == 11 && memcmp(p, "CERTIFICATE", 11) == 0) ||
-           (n == 16 && memcmp(p, "X509 CERTIFICATE", 16) == 0) ||
-           (n == 19 && memcmp(p, "TRUSTED CERTIFICATE", 19) == 0);
+           (n == 16 && memcmp(p, "X509 CERTIFICATE", 16) == 0);
 }
 
 static int ta_base64_value(unsigned char ch)

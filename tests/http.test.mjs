@@ -642,6 +642,17 @@ sys.stdin.read()
     }
   });
 
+  test('a TRUSTED CERTIFICATE whose trust settings reject TLS servers is not an anchor', T, async () => {
+    // OpenSSL's trusted-certificate form appends trust settings after the certificate; one
+    // that rejects serverAuth must not become a trust anchor (it would fail open).
+    const rejected = path.join(certs.dir, 'ca-rejected.pem');
+    execFileSync('openssl', ['x509', '-in', certs.caFile, '-trustout', '-addreject', 'serverAuth',
+      '-out', rejected], { stdio: 'ignore' });
+    assert.match(readFileSync(rejected, 'utf8'), /BEGIN TRUSTED CERTIFICATE/);
+    const r = await runHttpc(['https://localhost:1/'], { env: { SSL_CERT_FILE: rejected } });
+    assertError(r, 'invalid', rejected, 'no usable certificate');
+  });
+
   test('SSL_CERT_FILE pointing at a missing file, or at a file without certificates', T, async () => {
     let r = await runHttpc(['https://localhost:1/'], { env: { SSL_CERT_FILE: '/nonexistent/ca.pem' } });
     assertError(r, 'io', '/nonexistent/ca.pem', 'No such file');
