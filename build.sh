@@ -19,7 +19,7 @@ die() { say "error: $*"; exit 1; }
 # Debian packages each kind of build needs.
 pkgs="musl-tools make dpkg-dev xz-utils ca-certificates file"
 if [ "$want" = test ]; then
-    pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl python3 util-linux php-cli"
+    pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl python3 util-linux php-cli buildah netavark debootstrap debian-archive-keyring"
     # Node may come from Debian or from NodeSource (which bundles npm): only add it if absent.
     command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
 fi

@@ -244,14 +244,8 @@ static int load_delivery(struct config *c, config_getenv_fn get, void *ctx, stru
         load_int(get, ctx, "LAMBDO_MAX_EVENTS_BYTES", 1024, 64 << 20, 1 << 20, &c->max_events_bytes, e) < 0 ||
         load_int(get, ctx, "LAMBDO_SHUTDOWN_TIMEOUT", 0, 3600, 0, &c->shutdown_timeout, e) < 0)
         return -1;
-    /* Messages waiting in the window are not kept alive: the window must close well
-     * before their visibility runs out. */
     if (load_int(get, ctx, "LAMBDO_BATCH_WINDOW_MS", 0, 600000, 0, &c->batch_window_ms, e) < 0)
         return -1;
-    if (c->batch_window_ms > c->visibility_timeout * 500)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_BATCH_WINDOW_MS: %d ms is more than half of "
-                        "LAMBDO_VISIBILITY_TIMEOUT (%d s); messages would expire while they wait",
-                        c->batch_window_ms, c->visibility_timeout);
     return load_int(get, ctx, "LAMBDO_EVENTS_PER_MACHINE", 1, c->batch_window_ms ? 1000 : 10, 5,
                     &c->events_per_machine, e);
 }

@@ -257,6 +257,14 @@ static void copy_field(char *out, size_t cap, const cJSON *obj, const char *name
         one_line(out, cap, v->valuestring, strlen(v->valuestring));
 }
 
+/* What went wrong, in Fly's words: the answer's "error", else the start of the body. */
+static void error_text(char *out, size_t cap, const cJSON *j, const char *body, size_t len)
+{
+    copy_field(out, cap, j, "error");
+    if (!out[0] && body)
+        one_line(out, cap, body, len);
+}
+
 int fly_retry_after_ms(const char *value, size_t len)
 {
     unsigned long secs = 0;
@@ -306,9 +314,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
         cJSON_Delete(j);
         return;
     }
-    copy_field(a->error, sizeof a->error, j, "error");
-    if (!a->error[0] && body)
-        one_line(a->error, sizeof a->error, body, body_len);
+    error_text(a->error, sizeof a->error, j, body, body_len);
     if (status == 429) {
         a->outcome = FLY_RETRY;
         a->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
@@ -350,36 +356,68 @@ void fly_secret_free(char *s)
     }
 }
 
-int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
+/* s percent-encoded (all but RFC 3986's unreserved characters) into out[cap].
+ * Returns -1 when it does not fit. */
+static int pct_encode(const char *s, char *out, size_t cap)
 {
     static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (o + 4 > cap)
+            return -1;
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~", *p)) {
+            out[o++] = (char)*p;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
+{
     char enc[3 * 64 + 1];
-    size_t plen = strlen(base->path), o = 0;
+    size_t plen = strlen(base->path);
     int n;
 
     if (!app || !app[0])
         return lerr_set(e, LERR_INVALID, "the Fly app name is empty");
     if (strchr(base->path, '?'))
         return lerr_set(e, LERR_INVALID, "the Fly API URL must not have a query");
-    for (const unsigned char *p = (const unsigned char *)app; *p; p++) {
-        if (o + 4 > sizeof enc)
-            return lerr_set(e, LERR_INVALID, "the Fly app name is too long");
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~", *p)) {
-            enc[o++] = (char)*p;
-        } else {
-            enc[o++] = '%';
-            enc[o++] = hex[*p >> 4];
-            enc[o++] = hex[*p & 15];
-        }
-    }
-    enc[o] = '\0';
+    if (pct_encode(app, enc, sizeof enc) < 0)
+        return lerr_set(e, LERR_INVALID, "the Fly app name is too long");
     while (plen > 0 && base->path[plen - 1] == '/')
         plen--;
     *out = *base;
     n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s/machines", (int)plen, base->path,
                  enc);
     if (n < 0 || (size_t)n >= sizeof out->path)
+        return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
+    return 0;
+}
+
+int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
+                    const char *action, const char *query, struct url *out, struct lerr *e)
+{
+    char enc[3 * 64 + 1];
+    size_t len;
+    int n;
+
+    if (fly_machines_url(base, app, out, e) < 0)
+        return -1;
+    if (!machine_id || !machine_id[0])
+        return lerr_set(e, LERR_INVALID, "the Machine id is empty");
+    if (pct_encode(machine_id, enc, sizeof enc) < 0)
+        return lerr_set(e, LERR_INVALID, "the Machine id is too long");
+    len = strlen(out->path);
+    n = snprintf(out->path + len, sizeof out->path - len, "/%s%s%s%s%s", enc,
+                 action ? "/" : "", action ? action : "", query ? "?" : "", query ? query : "");
+    if (n < 0 || (size_t)n >= sizeof out->path - len)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
     return 0;
 }
@@ -417,14 +455,52 @@ static int fly_sleep(const struct http_client *http, const struct fly_target *t,
 
         clock_gettime(CLOCK_MONOTONIC, &now);
         left = ms - ((now.tv_sec - t0.tv_sec) * 1000L + (now.tv_nsec - t0.tv_nsec) / 1000000L);
-        n = poll(p, nfds, left > 0 ? (int)left : 0);
+        n = poll(p, nfds, left <= 0 ? 0 : left > 1000 && t->idle ? 1000 : (int)left);
         if (n > 0)
-            return lerr_set(e, LERR_CANCELLED, "stopping: Machine create abandoned");
+            return lerr_set(e, LERR_CANCELLED, "stopping: Fly request abandoned");
         if (n < 0 && errno != EINTR)
             return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
         if (left <= 0)
             return 0;
+        if (t->idle)
+            t->idle(t->idle_ctx);
     }
+}
+
+/* The stop fds as a list, for ratelimit_take_fds. Returns how many. */
+static size_t stop_fd_list(const struct http_client *http, const struct fly_target *t,
+                           int fds[2])
+{
+    size_t n = 0;
+
+    if (http->cancel_fd >= 0)
+        fds[n++] = http->cancel_fd;
+    if (t->stop_fd && *t->stop_fd >= 0)
+        fds[n++] = *t->stop_fd;
+    return n;
+}
+
+/* Before each request: a token of rl (waiting for it if need be), and none once
+ * stopping. Without a limiter, only the stop check. */
+static int pace(const struct http_client *http, const struct fly_target *t,
+                struct ratelimit *rl, struct lerr *e)
+{
+    int fds[2];
+
+    if (!rl)
+        return fly_sleep(http, t, 0, e);
+    return ratelimit_take_idle(rl, fds, stop_fd_list(http, t, fds), t->idle, t->idle_ctx, e);
+}
+
+/* After a 429, the wait before the retry. With a limiter, every thread pauses: the
+ * penalty makes the next pace() wait (and that wait ends on a stop). */
+static int rate_limited_wait(const struct http_client *http, const struct fly_target *t,
+                             struct ratelimit *rl, int ms, struct lerr *e)
+{
+    if (!rl)
+        return fly_sleep(http, t, ms, e);
+    ratelimit_penalize(rl, ms);
+    return 0;
 }
 
 /* A connection problem that no other region would fix. */
@@ -434,7 +510,7 @@ static int transport_final(enum lerr_kind kind)
            kind == LERR_TLS_UNTRUSTED || kind == LERR_TLS_NAME;
 }
 
-/* 1, 2, 4, 8, 16 s: for a 429 without a usable Retry-After. */
+/* 1, 2, 4, 8, 16, 30, 30... s: for a 429 without a usable Retry-After. */
 static int backoff_ms(int retry)
 {
     int ms = 1000 << (retry < 5 ? retry : 5);
@@ -500,6 +576,10 @@ static enum step create_in_region(const struct attempt *at, struct fly_machine *
         enum step step;
         int wait;
 
+        if (pace(at->http, at->t, at->t->create_rl, e) < 0) {
+            log_warn("fly: group %s: %s: %s", at->group, region_name(at), e->msg);
+            return STEP_STOP;
+        }
         if (http_do(at->http, at->req, &resp, e) < 0) {
             int final = transport_final(e->kind);
             out->status = 0;
@@ -514,17 +594,20 @@ static enum step create_in_region(const struct attempt *at, struct fly_machine *
         out->status = a.machine.status;
         if ((step = answer_step(at, &a, out, e)) != STEP_RETRY)
             return step;
+        wait = a.retry_after_ms >= 0 ? a.retry_after_ms : backoff_ms(retry);
         if (retry == FLY_RATE_LIMIT_RETRIES) {
+            /* the other creators still have to hear of it */
+            if (at->t->create_rl)
+                ratelimit_penalize(at->t->create_rl, wait);
             log_warn("fly: group %s: %s: still rate limited after %d retries; giving up",
                      at->group, region_name(at), retry);
             lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
                      region_name(at), retry);
             return STEP_STOP;
         }
-        wait = a.retry_after_ms >= 0 ? a.retry_after_ms : backoff_ms(retry);
         log_warn("fly: group %s: %s: rate limited (HTTP 429); retry %d of %d in %d ms",
                  at->group, region_name(at), retry + 1, FLY_RATE_LIMIT_RETRIES, wait);
-        if (fly_sleep(at->http, at->t, wait, e) < 0)
+        if (rate_limited_wait(at->http, at->t, at->t->create_rl, wait, e) < 0)
             return STEP_STOP;
     }
 }
@@ -583,4 +666,402 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
                   nregions ? tried : "any region");
     }
     return -1;
+}
+
+/* ---- following a Machine: its answers (pure) ------------------------------------------- */
+
+/* How Fly may word "that Machine no longer exists" outside a 404: a wait for "stopped"
+ * on a destroyed Machine, for one. */
+static int says_gone(const char *error)
+{
+    return strcasestr(error, "destroyed") || strcasestr(error, "not found");
+}
+
+void fly_classify_call(int status, const char *body, size_t body_len, const char *retry_after,
+                       size_t retry_after_len, struct fly_call_result *r)
+{
+    cJSON *j;
+
+    memset(r, 0, sizeof *r);
+    r->status = status;
+    r->retry_after_ms = -1;
+    if (status >= 200 && status < 300) {
+        r->outcome = FLY_CALL_OK;
+        return;
+    }
+    j = body && body_len ? cJSON_ParseWithLength(body, body_len) : NULL;
+    error_text(r->error, sizeof r->error, j, body, body_len);
+    cJSON_Delete(j);
+    if (status == 404 || status == 410) {
+        r->outcome = FLY_CALL_GONE;
+    } else if (status == 408) {
+        r->outcome = FLY_CALL_TIMED_OUT;
+    } else if (status == 429) {
+        r->outcome = FLY_CALL_RATE_LIMITED;
+        r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
+    } else if (status >= 500) {
+        r->outcome = FLY_CALL_RETRY_LATER;
+    } else if (status >= 400 && says_gone(r->error)) {
+        r->outcome = FLY_CALL_GONE;
+    } else {
+        r->outcome = FLY_CALL_FAILED;
+    }
+}
+
+/* v is a JSON number with a whole value in [lo, hi] (which excludes NaN and infinities;
+ * the range is checked before the cast, so the cast is defined). */
+static int whole(const cJSON *v, double lo, double hi, long long *out)
+{
+    double d;
+
+    if (!cJSON_IsNumber(v))
+        return 0;
+    d = v->valuedouble;
+    if (!(d >= lo && d <= hi) || d != (double)(long long)d)
+        return 0;
+    *out = (long long)d;
+    return 1;
+}
+
+static const cJSON *field(const cJSON *obj, const char *name)
+{
+    return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
+}
+
+/* The latest "exit" event: the greatest timestamp (events without a usable one count as
+ * older than all others), the first of equals since Fly lists the newest first. */
+static const cJSON *latest_exit(const cJSON *events, long long *ts_out)
+{
+    const cJSON *ev, *best = NULL;
+    long long best_ts = -2;
+
+    cJSON_ArrayForEach(ev, events) {
+        const cJSON *type = field(ev, "type");
+        long long ts;
+
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "exit") != 0)
+            continue;
+        if (!whole(field(ev, "timestamp"), 0, 9e15, &ts))
+            ts = -1;
+        if (ts > best_ts) {
+            best = ev;
+            best_ts = ts;
+        }
+    }
+    *ts_out = best_ts;
+    return best;
+}
+
+/* exit_event's fields into out. The exit code is the first of exit_code and
+ * guest_exit_code that is a real exit status (0..255): Fly writes -1 for "none". */
+static void read_exit_event(const cJSON *x, struct fly_exit *out)
+{
+    long long v;
+
+    if (whole(field(x, "exit_code"), 0, 255, &v) ||
+        whole(field(x, "guest_exit_code"), 0, 255, &v)) {
+        out->known = 1;
+        out->exit_code = (int)v;
+    }
+    out->oom_killed = cJSON_IsTrue(field(x, "oom_killed"));
+    out->requested_stop = cJSON_IsTrue(field(x, "requested_stop"));
+    if (whole(field(x, "signal"), 1, 255, &v) || whole(field(x, "guest_signal"), 1, 255, &v))
+        out->signal = (int)v;
+    copy_field(out->exited_at, sizeof out->exited_at, x, "exited_at");
+}
+
+/* The exit event's request.exit_event. The spec types request as an object, its example
+ * shows a JSON text: both are read. Without exit_event, the request itself is tried. */
+static void read_exit(const cJSON *ev, struct fly_exit *out)
+{
+    const cJSON *req = field(ev, "request"), *x;
+    cJSON *parsed = NULL;
+
+    if (cJSON_IsString(req))
+        req = parsed = cJSON_Parse(req->valuestring);
+    x = field(req, "exit_event");
+    read_exit_event(cJSON_IsObject(x) ? x : req, out);
+    cJSON_Delete(parsed);
+}
+
+/* fly_parse_exit, also telling whether the answer had an event list at all. */
+static int parse_exit(const char *json, size_t len, struct fly_exit *out, int *has_events,
+                      struct lerr *e)
+{
+    cJSON *j = json && len ? cJSON_ParseWithLength(json, len) : NULL;
+    const cJSON *events, *ev;
+    long long ts;
+
+    memset(out, 0, sizeof *out);
+    out->outcome = FLY_CALL_OK;
+    out->signal = -1;
+    *has_events = 0;
+    if (!j)
+        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not JSON");
+    if (cJSON_IsObject(j)) {
+        copy_field(out->region, sizeof out->region, j, "region");
+        copy_field(out->state, sizeof out->state, j, "state");
+        events = cJSON_GetObjectItemCaseSensitive(j, "events");
+    } else if (cJSON_IsArray(j)) {
+        events = j;
+    } else {
+        cJSON_Delete(j);
+        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is neither an object nor a list");
+    }
+    if (cJSON_IsArray(events)) {
+        *has_events = 1;
+        if ((ev = latest_exit(events, &ts))) {
+            out->exited = 1;
+            out->timestamp_ms = ts > 0 ? ts : 0;
+            read_exit(ev, out);
+        }
+    }
+    cJSON_Delete(j);
+    return 0;
+}
+
+int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct lerr *e)
+{
+    int has_events;
+
+    return parse_exit(json, len, out, &has_events, e);
+}
+
+/* ---- following a Machine: the requests ------------------------------------------------- */
+
+struct call {
+    struct http_client *http;
+    const struct fly_target *t;
+    const char *method;
+    const char *what;        /* names the call in logs and errors: "wait", "stop"... */
+    const char *machine_id;
+    int timeout_ms;
+};
+
+/* Sends the request, each time after a get_rl token, until an answer that is not a 429.
+ * Returns 0 with resp (to free) and r, its classification; or -1 with e set and
+ * r->outcome saying whether a later try may do better. */
+static int call_send(const struct call *c, const struct url *url, struct http_response *resp,
+                     struct fly_call_result *r, struct lerr *e)
+{
+    struct http_header headers[1] = { { "Authorization", NULL } };
+    struct http_request req = { c->method, url, headers, 1, NULL, 0, c->timeout_ms };
+    struct ratelimit *rl = c->t->get_rl;
+    char *auth = NULL;
+    int rc = -1;
+
+    memset(r, 0, sizeof *r);
+    r->retry_after_ms = -1;
+    r->outcome = FLY_CALL_FAILED;
+    if (fly_auth_header(c->t->token, &auth, e) < 0)
+        return -1;
+    headers[0].value = auth;
+    for (int retry = 0;; retry++) {
+        const char *ra;
+        size_t ra_len = 0;
+        int wait;
+
+        if (pace(c->http, c->t, rl, e) < 0) {
+            r->outcome = FLY_CALL_FAILED;  /* a stop: even after a 429, do not retry */
+            break;
+        }
+        if (http_do(c->http, &req, resp, e) < 0) {
+            /* no answer this time: nothing of an earlier 429 stays */
+            memset(r, 0, sizeof *r);
+            r->retry_after_ms = -1;
+            r->outcome = transport_final(e->kind) ? FLY_CALL_FAILED : FLY_CALL_RETRY_LATER;
+            log_debug("fly: Machine %s: %s: %s", c->machine_id, c->what, e->msg);
+            break;
+        }
+        ra = http_response_header(resp, "Retry-After", &ra_len);
+        fly_classify_call(resp->status, resp->body, resp->body_len, ra, ra_len, r);
+        log_debug("fly: Machine %s: %s: HTTP %d%s%s", c->machine_id, c->what, r->status,
+                  r->error[0] ? ": " : "", r->error);
+        if (r->outcome != FLY_CALL_RATE_LIMITED) {
+            rc = 0;
+            break;
+        }
+        http_response_free(resp);
+        wait = r->retry_after_ms >= 0 ? r->retry_after_ms : backoff_ms(retry);
+        if (retry == FLY_RATE_LIMIT_RETRIES) {
+            if (rl)
+                ratelimit_penalize(rl, wait);
+            r->outcome = FLY_CALL_RETRY_LATER;
+            lerr_set(e, LERR_HTTP, "still rate limited (HTTP 429) after %d retries", retry);
+            break;
+        }
+        log_debug("fly: Machine %s: %s: rate limited; retry %d of %d in %d ms", c->machine_id,
+                  c->what, retry + 1, FLY_RATE_LIMIT_RETRIES, wait);
+        if (rate_limited_wait(c->http, c->t, rl, wait, e) < 0) {
+            r->outcome = FLY_CALL_FAILED;
+            break;
+        }
+    }
+    fly_secret_free(auth);
+    if (rc < 0)
+        lerr_wrap(e, "Machine %s: %s", c->machine_id, c->what);
+    return rc;
+}
+
+/* An answer that is none of the call's successes. A 408 outside a wait is a timeout
+ * like any other: retry later. */
+static int call_failed(const struct call *c, struct fly_call_result *r, struct lerr *e)
+{
+    if (r->outcome == FLY_CALL_TIMED_OUT)
+        r->outcome = FLY_CALL_RETRY_LATER;
+    return lerr_set(e, LERR_HTTP, "Machine %s: %s: HTTP %d%s%s", c->machine_id, c->what,
+                    r->status, r->error[0] ? ": " : "", r->error);
+}
+
+static int valid_state(const char *state)
+{
+    return state && (strcmp(state, "started") == 0 || strcmp(state, "stopped") == 0 ||
+                     strcmp(state, "destroyed") == 0);
+}
+
+int fly_wait_machine(struct http_client *http, const struct fly_target *t,
+                     const char *machine_id, const char *instance_id, const char *state,
+                     int timeout_s, struct fly_call_result *out, struct lerr *e)
+{
+    struct call c = { http, t, "GET", "wait", machine_id ? machine_id : "", 0 };
+    struct http_response resp;
+    struct url url;
+    char query[320], inst[3 * 64 + 1] = "";
+    int saved, rc;
+
+    memset(out, 0, sizeof *out);
+    out->outcome = FLY_CALL_FAILED;
+    out->retry_after_ms = -1;
+    if (!valid_state(state))
+        return lerr_set(e, LERR_INVALID, "wait: the state must be started, stopped or destroyed");
+    if (timeout_s < 1 || timeout_s > FLY_WAIT_MAX_S)
+        return lerr_set(e, LERR_INVALID, "wait: the timeout must be 1 to %d s", FLY_WAIT_MAX_S);
+    c.timeout_ms = timeout_s * 1000 + FLY_WAIT_SLACK_MS;
+    if (instance_id && pct_encode(instance_id, inst, sizeof inst) < 0)
+        return lerr_set(e, LERR_INVALID, "wait: the instance id is too long");
+    snprintf(query, sizeof query, "state=%s&timeout=%d%s%s", state, timeout_s,
+             inst[0] ? "&instance_id=" : "", inst);
+    if (fly_machine_url(t->base, t->app, machine_id, "wait", query, &url, e) < 0)
+        return -1;
+    /* Fly answers only when the wait ends: the reads must outlast it */
+    saved = http->io_timeout_ms;
+    if (saved < c.timeout_ms)
+        http->io_timeout_ms = c.timeout_ms;
+    rc = call_send(&c, &url, &resp, out, e);
+    http->io_timeout_ms = saved;
+    if (rc < 0)
+        return -1;
+    http_response_free(&resp);
+    if (out->outcome == FLY_CALL_OK || out->outcome == FLY_CALL_TIMED_OUT ||
+        out->outcome == FLY_CALL_GONE)
+        return 0;
+    return call_failed(&c, out, e);
+}
+
+/* One GET of a Machine or its events, parsed by parse_exit into out. Returns 0 with
+ * out->outcome OK or GONE, else -1. */
+static int exit_get(const struct call *c, const char *action, struct fly_exit *out,
+                    int *has_events, struct lerr *e)
+{
+    struct fly_call_result r;
+    struct http_response resp;
+    struct url url;
+    int rc;
+
+    *has_events = 0;
+    if (fly_machine_url(c->t->base, c->t->app, c->machine_id, action, NULL, &url, e) < 0)
+        return -1;
+    if (call_send(c, &url, &resp, &r, e) < 0) {
+        out->outcome = r.outcome;
+        out->status = r.status;
+        return -1;
+    }
+    if (r.outcome != FLY_CALL_OK) {
+        http_response_free(&resp);
+        out->status = r.status;
+        out->outcome = r.outcome;
+        if (r.outcome == FLY_CALL_GONE) {
+            out->gone = 1;
+            return 0;
+        }
+        rc = call_failed(c, &r, e);
+        out->outcome = r.outcome;
+        return rc;
+    }
+    rc = parse_exit(resp.body, resp.body_len, out, has_events, e);
+    http_response_free(&resp);
+    out->status = r.status;
+    if (rc < 0) {
+        out->outcome = FLY_CALL_RETRY_LATER;
+        return lerr_wrap(e, "Machine %s: %s", c->machine_id, c->what);
+    }
+    return 0;
+}
+
+int fly_machine_exit(struct http_client *http, const struct fly_target *t,
+                     const char *machine_id, struct fly_exit *out, struct lerr *e)
+{
+    struct call c = { http, t, "GET", "show", machine_id ? machine_id : "", FLY_CALL_TIMEOUT_MS };
+    struct fly_exit ev;
+    int has_events;
+
+    memset(out, 0, sizeof *out);
+    out->outcome = FLY_CALL_FAILED;
+    out->signal = -1;
+    if (exit_get(&c, NULL, out, &has_events, e) < 0)
+        return -1;
+    if (out->gone || has_events)
+        return 0;
+    /* a Machine without its events: ask for them */
+    c.what = "events";
+    memset(&ev, 0, sizeof ev);
+    ev.signal = -1;
+    if (exit_get(&c, "events", &ev, &has_events, e) < 0) {
+        out->outcome = ev.outcome;
+        out->status = ev.status;
+        return -1;
+    }
+    if (!ev.region[0])
+        memcpy(ev.region, out->region, sizeof ev.region);
+    if (!ev.state[0])
+        memcpy(ev.state, out->state, sizeof ev.state);
+    *out = ev;
+    return 0;
+}
+
+/* A stop or delete: 0 when Fly accepted it or no longer knows the Machine. */
+static int machine_action(struct http_client *http, const struct fly_target *t,
+                          const char *method, const char *what, const char *machine_id,
+                          const char *action, const char *query, struct fly_call_result *out,
+                          struct lerr *e)
+{
+    struct call c = { http, t, method, what, machine_id ? machine_id : "", FLY_CALL_TIMEOUT_MS };
+    struct fly_call_result tmp, *r = out ? out : &tmp;
+    struct http_response resp;
+    struct url url;
+
+    memset(r, 0, sizeof *r);
+    r->outcome = FLY_CALL_FAILED;
+    r->retry_after_ms = -1;
+    if (fly_machine_url(t->base, t->app, machine_id, action, query, &url, e) < 0 ||
+        call_send(&c, &url, &resp, r, e) < 0)
+        return -1;
+    http_response_free(&resp);
+    if (r->outcome == FLY_CALL_OK || r->outcome == FLY_CALL_GONE)
+        return 0;
+    return call_failed(&c, r, e);
+}
+
+int fly_stop_machine(struct http_client *http, const struct fly_target *t,
+                     const char *machine_id, struct fly_call_result *out, struct lerr *e)
+{
+    return machine_action(http, t, "POST", "stop", machine_id, "stop", NULL, out, e);
+}
+
+int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
+                        const char *machine_id, int force, struct fly_call_result *out,
+                        struct lerr *e)
+{
+    return machine_action(http, t, "DELETE", "destroy", machine_id, NULL,
+                          force ? "force=true" : NULL, out, e);
 }

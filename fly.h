@@ -1,6 +1,6 @@
 /*
  * fly.h - creating a Fly Machine for a group of events (Machines API, POST
- * /v1/apps/{app}/machines).
+ * /v1/apps/{app}/machines), then following it to its end (wait, exit code, stop, delete).
  *
  * The Machine runs the group's image with its size preset spelled out as a guest, its
  * command (if any) as init.cmd, and the events file written to /tmp/events.json (named
@@ -11,9 +11,10 @@
  *   2xx                           created: the Machine exists
  *   429                           rate limited: wait Retry-After (whole seconds, capped at
  *                                 FLY_RETRY_AFTER_MAX_MS; absent or an HTTP date: a 1, 2,
- *                                 4, 8, 16 s backoff) and retry the same region, at most
- *                                 FLY_RATE_LIMIT_RETRIES times; then stop, since Fly's rate
- *                                 limits are not per region
+ *                                 4, 8, 16, 30, 30... s backoff) and retry the same region,
+ *                                 at most FLY_RATE_LIMIT_RETRIES times; then stop, since
+ *                                 Fly's rate limits are not per region. Never a region's
+ *                                 failure: another region would be limited just the same
  *   5xx (503 is Fly's "insufficient capacity"), 408, and any answer whose JSON says
  *   "status": "insufficient_capacity", or a 409 or 412 whose error says "insufficient"
  *   (Fly's words for a full host)  try the next region
@@ -25,6 +26,32 @@
  *
  * The token is a secret: it goes in the Authorization header and nowhere else, never
  * in a log line or an error message.
+ *
+ * Rate limits: Fly limits the Machines API per app and per action. A target may carry
+ * two shared token buckets (ratelimit.h): every create takes a token of create_rl before
+ * each POST, every other call (wait, show, events, stop, delete) one of get_rl. A 429
+ * penalizes the bucket of its kind for Retry-After (or the backoff), so every thread of
+ * the app pauses, not just the one that was told; the request is then retried, and a 429
+ * never counts as a region's failure.
+ *
+ * After the create (the "exit" acknowledgement mode), a Machine is followed with:
+ *   fly_wait_machine     GET .../machines/{id}/wait?state=..&timeout=..[&instance_id=..]
+ *   fly_machine_exit     GET .../machines/{id} (its "events"; .../events if it has none)
+ *   fly_stop_machine     POST .../machines/{id}/stop
+ *   fly_destroy_machine  DELETE .../machines/{id}[?force=true]
+ * What their answers mean (fly_classify_call):
+ *   2xx                       ok (wait: the state was reached)
+ *   404, 410                  gone: Fly no longer knows the Machine (auto_destroy removes
+ *                             it soon after it exits)
+ *   another 4xx whose error says "destroyed" or "not found"
+ *                             gone too: that is how a wait for "stopped" may answer for a
+ *                             Machine that is already destroyed (lenient on purpose)
+ *   408                       timed out: the wait did not see the state in time (for the
+ *                             other calls, a retry-later failure)
+ *   429                       rate limited: penalize get_rl, wait, retry (at most
+ *                             FLY_RATE_LIMIT_RETRIES times)
+ *   5xx                       retry later: Fly's trouble
+ *   any other status          failed: the request itself is wrong (401 bad token...)
  */
 #ifndef LAMBDO_FLY_H
 #define LAMBDO_FLY_H
@@ -33,12 +60,17 @@
 #include "err.h"
 #include "http.h"
 #include "preset.h"
+#include "ratelimit.h"
 #include "url.h"
 
 #define FLY_EVENTS_PATH "/tmp/events.json"
 #define FLY_RETRY_AFTER_MAX_MS 30000  /* cap on a 429's wait */
-#define FLY_RATE_LIMIT_RETRIES 5      /* 429 retries of one region, after the first try */
+#define FLY_RATE_LIMIT_RETRIES 20     /* 429 retries of one request, after the first try;
+                                         generous: a 429 is Fly pacing us, not a failure */
 #define FLY_CREATE_TIMEOUT_MS 60000   /* one create request, connection included */
+#define FLY_CALL_TIMEOUT_MS 30000     /* one show, events, stop or delete request */
+#define FLY_WAIT_MAX_S 60             /* Fly's longest wait */
+#define FLY_WAIT_SLACK_MS 15000       /* a wait request may take timeout_s plus this */
 
 /* Where Machines are created. */
 struct fly_target {
@@ -51,6 +83,12 @@ struct fly_target {
                                 and keeps another region from being tried, but does not
                                 abort a request in flight, which Fly may already be acting
                                 on (http->cancel_fd, if set, aborts those too). */
+    struct ratelimit *create_rl;  /* creates' shared bucket, NULL: unlimited */
+    struct ratelimit *get_rl;     /* every other call's shared bucket, NULL: unlimited */
+    void (*idle)(void *ctx);      /* NULL, or called about once a second while a call waits
+                                     for a token or after a 429: lambdo keeps the group's
+                                     messages hidden from there */
+    void *idle_ctx;
 };
 
 /* What to run. */
@@ -124,9 +162,10 @@ void fly_secret_free(char *s);
 int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e);
 
 /* Creates the Machine, trying regions[0..nregions) in order (with nregions 0: once,
- * letting Fly choose the region), as described at the top of this file. Once t->stop_fd
- * or http->cancel_fd is readable, no new attempt starts and a wait between 429 retries
- * ends early: LERR_CANCELLED.
+ * letting Fly choose the region), as described at the top of this file. Each POST first
+ * takes a t->create_rl token; a 429 penalizes t->create_rl and retries the same region.
+ * Once t->stop_fd or http->cancel_fd is readable, no new attempt starts and a wait for a
+ * token or between 429 retries ends early: LERR_CANCELLED.
  * Every attempt is logged (region, status, Fly's error; never the token).
  * Returns 0 with out filled, or -1 with e set: LERR_HTTP for an answer that gave up
  * or for the last of the regions' failures (the message says every region failed and
@@ -135,5 +174,104 @@ int fly_machines_url(const struct url *base, const char *app, struct url *out, s
 int fly_create_machine(struct http_client *http, const struct fly_target *t,
                        const struct fly_machine_spec *spec, const char *const *regions,
                        size_t nregions, struct fly_machine *out, struct lerr *e);
+
+/* ---- following a Machine -------------------------------------------------------------- */
+
+enum fly_call_outcome {
+    FLY_CALL_OK,            /* 2xx; for a wait: the state was reached */
+    FLY_CALL_TIMED_OUT,     /* 408: the wait ended before the state; ask again */
+    FLY_CALL_GONE,          /* 404, 410, or an error saying destroyed / not found */
+    FLY_CALL_RATE_LIMITED,  /* 429 (the calls below retry it; they never end with it) */
+    FLY_CALL_RETRY_LATER,   /* 5xx, a connection error or timeout: try again later */
+    FLY_CALL_FAILED,        /* any other answer, a cancel, a bad argument: do not retry */
+};
+
+/* What a call's answer was. */
+struct fly_call_result {
+    enum fly_call_outcome outcome;
+    int status;              /* the last HTTP status, 0 if none (connection error) */
+    int retry_after_ms;      /* 429: Retry-After in ms (capped), -1 when absent */
+    char error[200];         /* Fly's "error" (or the start of a non-JSON body) for a
+                                status >= 300: one line of printable ASCII; "" when none */
+};
+
+/* How a Machine's process ended, from its latest "exit" event. */
+struct fly_exit {
+    enum fly_call_outcome outcome;  /* OK, GONE, or what the failure was */
+    int status;              /* the last HTTP status, 0 if none */
+    int gone;                /* 404: Fly no longer knows the Machine; known is 0 */
+    int exited;              /* an exit event was found */
+    int known;               /* exit_code is the process's exit status (0..255). 0: no
+                                exit event yet, or it has no usable code: the caller
+                                counts that as a failure */
+    int exit_code;
+    int oom_killed;          /* the kernel's OOM killer ended it */
+    int requested_stop;      /* the exit followed a stop request (ours, on a timeout) */
+    int signal;              /* the signal that ended it, -1 if none or unknown */
+    long long timestamp_ms;  /* the exit event's time, ms since the epoch; 0 if unknown */
+    char exited_at[40];      /* exit_event.exited_at as Fly wrote it (RFC 3339), or "" */
+    char region[32];         /* the Machine's region, "" if the answer did not say */
+    char state[32];          /* the Machine's state ("stopped", "destroyed"...), or "" */
+};
+
+/* The URL of one Machine: fly_machines_url's path, then /<machine_id> (percent-encoded),
+ * then /<action> when action is not NULL ("wait", "stop", "events"), then ?<query> when
+ * query is not NULL (the caller encodes it). LERR_INVALID for an empty or too long id,
+ * or as fly_machines_url. */
+int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
+                    const char *action, const char *query, struct url *out, struct lerr *e);
+
+/* Classifies an answer to a wait, show, events, stop or delete request (see the top of
+ * this file). Pure; never fails. */
+void fly_classify_call(int status, const char *body, size_t body_len, const char *retry_after,
+                       size_t retry_after_len, struct fly_call_result *r);
+
+/* Reads a Machine (Machines_show's object) or its event list (Machines_list_events'
+ * array) and fills out from the latest event of type "exit": the greatest "timestamp",
+ * the first of equals in the list (Fly lists newest first). Its request.exit_event
+ * (an object, or a JSON text of one) gives exit_code (guest_exit_code when absent),
+ * oom_killed, requested_stop, signal and exited_at. Lenient: no events, events that
+ * are not an array, odd fields: out->known = 0 and still 0 returned. Returns -1 with
+ * LERR_MALFORMED only when json is not JSON, or neither an object nor an array.
+ * Pure; out->outcome is FLY_CALL_OK and out->status 0. */
+int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct lerr *e);
+
+/* Waits (one request) for the Machine to reach state ("started", "stopped" or
+ * "destroyed") for at most timeout_s seconds (1..FLY_WAIT_MAX_S). instance_id may be
+ * NULL or "" (then not sent). Returns 0 when the answer says where the Machine is:
+ * out->outcome FLY_CALL_OK (reached), FLY_CALL_TIMED_OUT (not yet: call again) or
+ * FLY_CALL_GONE (Fly no longer knows it; with state "stopped" or "destroyed" it most
+ * likely exited: fly_machine_exit tells). Returns -1 otherwise, with out->outcome
+ * FLY_CALL_RETRY_LATER (e: LERR_HTTP for a 5xx or 408, or the connection error's kind)
+ * or FLY_CALL_FAILED (LERR_HTTP for another status, LERR_CANCELLED, LERR_INVALID...).
+ * Takes t->get_rl tokens; a 429 penalizes it and retries. While the request runs,
+ * http->io_timeout_ms is raised to timeout_s + FLY_WAIT_SLACK_MS if it is lower (and
+ * restored): Fly answers only when the wait ends. Set http->cancel_fd to end a wait in
+ * flight at once on a stop; t->stop_fd alone ends only the waits between requests. */
+int fly_wait_machine(struct http_client *http, const struct fly_target *t,
+                     const char *machine_id, const char *instance_id, const char *state,
+                     int timeout_s, struct fly_call_result *out, struct lerr *e);
+
+/* Reads how the Machine's process ended (fly_parse_exit) and the Machine's region and
+ * state. Returns 0 with out->outcome FLY_CALL_OK (out->known says whether the code is
+ * known) or FLY_CALL_GONE (out->gone = 1, known = 0: a 404); -1 otherwise, as
+ * fly_wait_machine (LERR_MALFORMED, outcome FLY_CALL_RETRY_LATER, for an answer that is
+ * not a Machine). Takes t->get_rl tokens. */
+int fly_machine_exit(struct http_client *http, const struct fly_target *t,
+                     const char *machine_id, struct fly_exit *out, struct lerr *e);
+
+/* Asks Fly to stop the Machine (its stop signal, then SIGKILL after its stop timeout).
+ * Returns 0 when Fly accepted (FLY_CALL_OK) or no longer knows the Machine
+ * (FLY_CALL_GONE: nothing left to stop); -1 otherwise, as fly_wait_machine (a 408 is
+ * FLY_CALL_RETRY_LATER here). Takes t->get_rl tokens. out may be NULL. */
+int fly_stop_machine(struct http_client *http, const struct fly_target *t,
+                     const char *machine_id, struct fly_call_result *out, struct lerr *e);
+
+/* Destroys the Machine; with force, even a running one (?force=true). Returns 0 when
+ * Fly accepted or no longer knows the Machine (FLY_CALL_GONE); -1 otherwise, as
+ * fly_stop_machine. Takes t->get_rl tokens. out may be NULL. */
+int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
+                        const char *machine_id, int force, struct fly_call_result *out,
+                        struct lerr *e);
 
 #endif

@@ -74,6 +74,7 @@ describe('lambdo daemon', () => {
     for (const r of running.splice(0)) if (!r.exited) await r.stop().catch(() => {});
     for (const region of ['iad', 'ord', 'ams']) fly.clearRegionFault(region);
     fly.fault = null;
+    fly.onCreate = null;
     proxy.fault = null;
   });
 
@@ -164,7 +165,9 @@ describe('lambdo daemon', () => {
     const r = lambdo(url, { LAMBDO_EVENTS_PER_MACHINE: '2' });
     await until(async () => fly.machines.length - before >= 3 && settled(url), 'three machines');
     assert.equal((await r.stop()).code, 0);
-    const seqs = fly.machines.slice(before).map((m) => m.events.map((e) => e.seq));
+    // Groups run concurrently, so Machines may be created in any order; each one's events
+    // are consecutive and in receive order.
+    const seqs = fly.machines.slice(before).map((m) => m.events.map((e) => e.seq)).sort((a, b) => a[0] - b[0]);
     assert.deepEqual(seqs.map((s) => s.length), [2, 2, 1]);
     assert.deepEqual(seqs.flat(), [1, 2, 3, 4, 5]);
   });
@@ -270,6 +273,87 @@ describe('lambdo daemon', () => {
     assert.ok(stop.ms < 5000, `exit took ${stop.ms} ms`);
     assert.equal(machinesFor(['slow1']).length, 1, 'the create in flight was finished');
     assert.ok(await settled(url), 'and its message deleted: nothing lost, nothing left to run twice');
+  });
+
+  it('exit mode: deletes after exit 0, returns the messages after a non-zero exit', async () => {
+    const { url } = await queue();
+    // Each Machine exits after 300 ms with the code its event asks for.
+    fly.onCreate = (m) => setTimeout(() => fly.exitMachine(m.id, m.events[0].code), 300);
+    await sqs.send(url, '{"id":"ok1","code":0}', { image: 'registry.fly.io/exit:0' });
+    await sqs.send(url, '{"id":"bad1","code":3}', { image: 'registry.fly.io/exit:3' });
+    const r = lambdo(url, { LAMBDO_ACK: 'exit', LAMBDO_VISIBILITY_TIMEOUT: '30', LAMBDO_RETRY_DELAY: '60' });
+    await r.waitLog(/exited 0 after/);
+    await r.waitLog(/exited 3 after .* go back to the queue/);
+    await until(async () => (await sqs.counts(url)).delayed + (await sqs.counts(url)).inFlight + (await sqs.counts(url)).visible === 1
+      && proxy.requests.some((q) => q.op === 'ChangeMessageVisibilityBatch' && q.body.QueueUrl === url
+        && q.body.Entries.some((e) => e.VisibilityTimeout === 60)), 'the failed message returned with LAMBDO_RETRY_DELAY');
+    assert.equal((await r.stop()).code, 0);
+    const deletes = proxy.requests.filter((q) => q.op === 'DeleteMessageBatch' && q.body.QueueUrl === url);
+    assert.equal(deletes.length, 1, 'only the successful group was deleted');
+    assert.equal(machinesFor(['ok1', 'bad1']).length, 2);
+    // The wait and the exit code came from the Machines API.
+    assert.ok(fly.requests.some((q) => q.op === 'Machines_wait'));
+    assertNoSecrets(r.out);
+  });
+
+  it('exit mode: keeps messages hidden with heartbeats while a Machine outlives the visibility timeout', async () => {
+    const { url } = await queue({ visibilityTimeout: 3 });
+    fly.onCreate = (m) => setTimeout(() => fly.exitMachine(m.id, 0), 5000);
+    await sqs.send(url, '{"id":"long1"}', { image: 'registry.fly.io/long:1' });
+    const r = lambdo(url, { LAMBDO_ACK: 'exit', LAMBDO_VISIBILITY_TIMEOUT: '3' });
+    await r.waitLog(/exited 0 after/, 15000);
+    await until(() => settled(url), 'the message deleted');
+    assert.equal((await r.stop()).code, 0);
+    assert.equal(machinesFor(['long1']).length, 1, 'never delivered twice while its Machine ran');
+    const beats = proxy.requests.filter((q) => q.op === 'ChangeMessageVisibilityBatch' && q.body.QueueUrl === url);
+    assert.ok(beats.length >= 2, `heartbeats: ${beats.length}`);
+    assert.ok(beats.every((q) => q.body.Entries.every((e) => e.VisibilityTimeout === 3)));
+  });
+
+  it('runs groups concurrently, at most LAMBDO_MAX_MACHINES at a time', async () => {
+    const { url } = await queue();
+    let running = 0, peak = 0;
+    fly.onCreate = (m) => { running++; peak = Math.max(peak, running);
+      setTimeout(() => { running--; fly.exitMachine(m.id, 0); }, 600); };
+    for (let i = 0; i < 6; i++) await sqs.send(url, `{"id":"cc${i}"}`, { image: `registry.fly.io/conc:${i}` });
+    const t0 = Date.now();
+    const r = lambdo(url, { LAMBDO_ACK: 'exit', LAMBDO_MAX_MACHINES: '3', LAMBDO_VISIBILITY_TIMEOUT: '30',
+      LAMBDO_FLY_CREATE_RATE: '100', LAMBDO_FLY_CREATE_BURST: '100', LAMBDO_FLY_GET_RATE: '100', LAMBDO_FLY_GET_BURST: '100' });
+    await until(async () => machinesFor(['cc0', 'cc1', 'cc2', 'cc3', 'cc4', 'cc5']).length === 6 && settled(url), 'six groups done');
+    assert.equal((await r.stop()).code, 0);
+    assert.equal(peak, 3, 'three Machines at once, never more');
+    // Groups waiting for a slot keep their messages hidden (heartbeats): none ran twice.
+    const ids = fly.machines.flatMap((m) => m.events.map((e) => e.id)).filter((id) => /^cc/.test(id));
+    assert.deepEqual([...ids].sort(), ['cc0', 'cc1', 'cc2', 'cc3', 'cc4', 'cc5']);
+    assert.ok(Date.now() - t0 >= 1200, 'two rounds of 600 ms Machines');
+  });
+
+  it('fills a group across receives within LAMBDO_BATCH_WINDOW_MS', async () => {
+    const { url } = await queue();
+    const img = 'registry.fly.io/window:1';
+    const r = lambdo(url, { LAMBDO_BATCH_WINDOW_MS: '3000', LAMBDO_EVENTS_PER_MACHINE: '25', LAMBDO_VISIBILITY_TIMEOUT: '10' });
+    await until(() => proxy.requests.some((q) => q.op === 'ReceiveMessage' && q.body.QueueUrl === url), 'a receive');
+    for (let i = 0; i < 25; i++) await sqs.send(url, `{"id":"w${i}"}`, { image: img });
+    await until(async () => machinesFor(['w0']).length === 1 && settled(url), 'the window to close');
+    assert.equal((await r.stop()).code, 0);
+    const m = machinesFor(['w0']);
+    assert.equal(m.length, 1);
+    assert.equal(m[0].events.length, 25, 'one Machine for the 25 events received over several receives');
+  });
+
+  it('keeps messages alive while a batching window longer than their visibility is open', async () => {
+    const { url } = await queue({ visibilityTimeout: 3 });
+    const r = lambdo(url, { LAMBDO_BATCH_WINDOW_MS: '5000', LAMBDO_EVENTS_PER_MACHINE: '50', LAMBDO_VISIBILITY_TIMEOUT: '3' });
+    await until(() => proxy.requests.some((q) => q.op === 'ReceiveMessage' && q.body.QueueUrl === url), 'a receive');
+    for (let i = 0; i < 4; i++) await sqs.send(url, `{"id":"kw${i}"}`, { image: 'registry.fly.io/window:2' });
+    await until(async () => machinesFor(['kw0']).length === 1 && settled(url), 'the window to close', 20000);
+    assert.equal((await r.stop()).code, 0);
+    const m = machinesFor(['kw0', 'kw1', 'kw2', 'kw3']);
+    assert.equal(m.length, 1, 'one Machine: no message expired and came back while the window was open');
+    assert.equal(m[0].events.length, 4);
+    const beats = proxy.requests.filter((q) => q.op === 'ChangeMessageVisibilityBatch' && q.body.QueueUrl === url);
+    assert.ok(beats.reduce((n, q) => n + q.body.Entries.length, 0) >= 4, 'every waiting message got a heartbeat');
+    assert.ok(beats.every((q) => q.body.Entries.every((e) => e.VisibilityTimeout === 3)));
   });
 
   it('stops a long poll at once on SIGTERM and on SIGINT', async () => {

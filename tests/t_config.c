@@ -226,7 +226,7 @@ static const struct bad_case {
     { "LAMBDO_FLY_GET_BURST", "x", "LAMBDO_FLY_GET_BURST: ", "whole number" },
     { "LAMBDO_MAX_EVENTS_BYTES", "10", "LAMBDO_MAX_EVENTS_BYTES: ", "from 1024 to" },
     { "LAMBDO_SHUTDOWN_TIMEOUT", "3601", "LAMBDO_SHUTDOWN_TIMEOUT: ", "from 0 to 3600" },
-    { "LAMBDO_BATCH_WINDOW_MS", "16000", "LAMBDO_BATCH_WINDOW_MS: ", "more than half of LAMBDO_VISIBILITY_TIMEOUT" },
+    { "LAMBDO_BATCH_WINDOW_MS", "600001", "LAMBDO_BATCH_WINDOW_MS: ", "from 0 to 600000" },
     { "LAMBDO_VISIBILITY_TIMEOUT", "0", "LAMBDO_VISIBILITY_TIMEOUT: ", "from 1 to 43200" },
     { "LAMBDO_VISIBILITY_TIMEOUT", "99999999999999999999", "LAMBDO_VISIBILITY_TIMEOUT: ", "whole number" },
     { "LAMBDO_LOG_LEVEL", "verbose", "LAMBDO_LOG_LEVEL: ", "debug, info, warn or error" },

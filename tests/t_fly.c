@@ -1,7 +1,9 @@
 /* fly: the preset table, base64, the create body (parsed back and checked field by field),
  * answer classification, Retry-After, the Authorization header and URL, and the create
  * call itself against a scripted HTTP server on 127.0.0.1 (region fallback, 429 retries,
- * giving up, cancel, and that the token never reaches a log line or an error). */
+ * giving up, cancel, and that the token never reaches a log line or an error); then
+ * following a Machine: the exit-event parser and call classification (tables), and wait,
+ * exit, stop and destroy against the scripted server, with the rate limiters. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -9,6 +11,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -595,9 +598,251 @@ static void test_machines_url(void **state)
     assert_has(e.msg, "too long");
 }
 
+/* ---- following a Machine: pure parts ------------------------------------------------------ */
+
+static void test_machine_url(void **state)
+{
+    static const struct { const char *base, *id, *action, *query, *path; } cases[] = {
+        { "https://api.machines.dev", "148ed193b95948", NULL, NULL,
+          "/v1/apps/my-app/machines/148ed193b95948" },
+        { "http://h:4280/prefix/", "m1", "wait", "state=stopped&timeout=60",
+          "/prefix/v1/apps/my-app/machines/m1/wait?state=stopped&timeout=60" },
+        { "http://h", "m1", "stop", NULL, "/v1/apps/my-app/machines/m1/stop" },
+        { "http://h", "m1", NULL, "force=true", "/v1/apps/my-app/machines/m1?force=true" },
+        { "http://h", "a/../b?c#d", "events", NULL,
+          "/v1/apps/my-app/machines/a%2F..%2Fb%3Fc%23d/events" },
+    };
+    struct lerr e = { 0 };
+    struct url base, u;
+    char id[200];
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(url_parse(cases[i].base, &base, &e), 0);
+        assert_int_equal(fly_machine_url(&base, "my-app", cases[i].id, cases[i].action,
+                                         cases[i].query, &u, &e), 0);
+        assert_string_equal(u.path, cases[i].path);
+        assert_string_equal(u.authority, base.authority);
+    }
+    assert_int_equal(url_parse("http://h", &base, &e), 0);
+    assert_int_equal(fly_machine_url(&base, "a", "", NULL, NULL, &u, &e), -1);
+    assert_int_equal(e.kind, LERR_INVALID);
+    assert_int_equal(fly_machine_url(&base, "a", NULL, NULL, NULL, &u, &e), -1);
+    memset(id, 'x', sizeof id - 1);
+    id[sizeof id - 1] = '\0';
+    assert_int_equal(fly_machine_url(&base, "a", id, NULL, NULL, &u, &e), -1);
+    assert_has(e.msg, "too long");
+    assert_int_equal(fly_machine_url(&base, "", "m1", NULL, NULL, &u, &e), -1);
+    assert_has(e.msg, "app name is empty");
+}
+
+struct call_case {
+    int status;
+    const char *body;
+    const char *retry_after;
+    enum fly_call_outcome outcome;
+    int retry_after_ms;
+    const char *error;
+};
+
+static const struct call_case calls[] = {
+    { 200, "{\"ok\":true}", NULL, FLY_CALL_OK, -1, "" },
+    { 200, "", NULL, FLY_CALL_OK, -1, "" },
+    { 204, NULL, NULL, FLY_CALL_OK, -1, "" },
+    { 201, "{\"error\":\"not an error on a 2xx\"}", NULL, FLY_CALL_OK, -1, "" },
+    { 408, "{\"error\":\"deadline_exceeded: machine did not reach state stopped in 60s\"}",
+      NULL, FLY_CALL_TIMED_OUT, -1,
+      "deadline_exceeded: machine did not reach state stopped in 60s" },
+    { 408, "", NULL, FLY_CALL_TIMED_OUT, -1, "" },
+    { 404, "{\"error\":\"machine not found\"}", NULL, FLY_CALL_GONE, -1, "machine not found" },
+    { 404, "404 page not found\n", NULL, FLY_CALL_GONE, -1, "404 page not found" },
+    { 410, "", NULL, FLY_CALL_GONE, -1, "" },
+    { 400, "{\"error\":\"machine 148ed193b95948 is destroyed\"}", NULL, FLY_CALL_GONE, -1,
+      "machine 148ed193b95948 is destroyed" },
+    { 412, "{\"error\":\"failed_precondition: machine not found\"}", NULL, FLY_CALL_GONE, -1,
+      "failed_precondition: machine not found" },
+    { 422, "{\"error\":\"Machine Destroyed\"}", NULL, FLY_CALL_GONE, -1, "Machine Destroyed" },
+    { 400, "{\"error\":\"invalid state \\\"exploded\\\"\"}", NULL, FLY_CALL_FAILED, -1,
+      "invalid state \"exploded\"" },
+    { 401, "{\"error\":\"Authenticate: token validation error\"}", NULL, FLY_CALL_FAILED, -1,
+      "Authenticate: token validation error" },
+    { 403, "", NULL, FLY_CALL_FAILED, -1, "" },
+    { 409, "{\"error\":\"lease currently held\"}", NULL, FLY_CALL_FAILED, -1,
+      "lease currently held" },
+    { 301, "", NULL, FLY_CALL_FAILED, -1, "" },
+    { 100, NULL, NULL, FLY_CALL_FAILED, -1, "" },
+    { 0, NULL, NULL, FLY_CALL_FAILED, -1, "" },
+    { 429, "{\"error\":\"rate limit exceeded\"}", "2", FLY_CALL_RATE_LIMITED, 2000,
+      "rate limit exceeded" },
+    { 429, "", NULL, FLY_CALL_RATE_LIMITED, -1, "" },
+    { 429, "", "Wed, 21 Oct 2015 07:28:00 GMT", FLY_CALL_RATE_LIMITED, -1, "" },
+    { 429, "", "600", FLY_CALL_RATE_LIMITED, FLY_RETRY_AFTER_MAX_MS, "" },
+    { 500, "{\"error\":\"internal\"}", NULL, FLY_CALL_RETRY_LATER, -1, "internal" },
+    { 502, "<html>bad gateway</html>", NULL, FLY_CALL_RETRY_LATER, -1,
+      "<html>bad gateway</html>" },
+    { 503, "{\"error\":\"machine destroyed\"}", NULL, FLY_CALL_RETRY_LATER, -1,
+      "machine destroyed" },
+    { 504, "", NULL, FLY_CALL_RETRY_LATER, -1, "" },
+};
+
+static void test_classify_call(void **state)
+{
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+        const struct call_case *c = &calls[i];
+        struct fly_call_result r;
+
+        memset(&r, 0x5A, sizeof r);
+        fly_classify_call(c->status, c->body, c->body ? strlen(c->body) : 0, c->retry_after,
+                          c->retry_after ? strlen(c->retry_after) : 0, &r);
+        if (r.outcome != c->outcome)
+            fail_msg("case %zu (HTTP %d): outcome %d, want %d", i, c->status, r.outcome,
+                     c->outcome);
+        assert_int_equal(r.status, c->status);
+        assert_int_equal(r.retry_after_ms, c->retry_after_ms);
+        if (strcmp(r.error, c->error) != 0)
+            fail_msg("case %zu: error \"%s\", want \"%s\"", i, r.error, c->error);
+    }
+}
+
+/* A Machine object as Machines_show gives it, with these events. */
+#define MACHINE(events) \
+    "{\"id\":\"m1\",\"state\":\"destroyed\",\"region\":\"iad\",\"events\":" events "}"
+#define EXIT_EV(ts, fields) \
+    "{\"type\":\"exit\",\"status\":\"stopped\",\"source\":\"flyd\",\"timestamp\":" #ts "," \
+    "\"request\":{\"exit_event\":{" fields "},\"restart_count\":0}}"
+#define OTHER_EV(type, ts) "{\"type\":\"" type "\",\"status\":\"x\",\"timestamp\":" #ts "}"
+
+struct exit_case {
+    const char *name;
+    const char *json;
+    int rc;             /* -1: LERR_MALFORMED */
+    int exited, known, code, oom, requested_stop, sig;
+    long long ts;
+    const char *exited_at, *region, *state;
+};
+
+static const struct exit_case exits[] = {
+    { "clean exit 0",
+      MACHINE("[" OTHER_EV("destroy", 1700000003000) "," EXIT_EV(1700000002000,
+              "\"requested_stop\":false,\"restarting\":false,\"guest_exit_code\":0,"
+              "\"guest_signal\":-1,\"guest_error\":\"\",\"exit_code\":0,\"signal\":-1,"
+              "\"error\":\"\",\"oom_killed\":false,\"exited_at\":\"2026-11-27T20:00:02.123Z\"")
+              "," OTHER_EV("start", 1700000001000) "," OTHER_EV("launch", 1700000000000) "]"),
+      0, 1, 1, 0, 0, 0, -1, 1700000002000LL, "2026-11-27T20:00:02.123Z", "iad", "destroyed" },
+    { "exit 1",
+      MACHINE("[" EXIT_EV(5, "\"exit_code\":1,\"oom_killed\":false") "]"),
+      0, 1, 1, 1, 0, 0, -1, 5, "", "iad", "destroyed" },
+    { "OOM kill, 137",
+      MACHINE("[" EXIT_EV(5, "\"exit_code\":137,\"oom_killed\":true,\"signal\":9") "]"),
+      0, 1, 1, 137, 1, 0, 9, 5, "", "iad", "destroyed" },
+    { "requested stop",
+      MACHINE("[" EXIT_EV(5, "\"exit_code\":0,\"requested_stop\":true") "]"),
+      0, 1, 1, 0, 0, 1, -1, 5, "", "iad", "destroyed" },
+    { "latest of several wins, wherever it is in the list",
+      MACHINE("[" EXIT_EV(1000, "\"exit_code\":0") "," OTHER_EV("start", 2500) ","
+              EXIT_EV(3000, "\"exit_code\":42") "," EXIT_EV(2000, "\"exit_code\":7") "]"),
+      0, 1, 1, 42, 0, 0, -1, 3000, "", "iad", "destroyed" },
+    { "equal timestamps: the first listed (Fly lists newest first)",
+      MACHINE("[" EXIT_EV(9, "\"exit_code\":3") "," EXIT_EV(9, "\"exit_code\":4") "]"),
+      0, 1, 1, 3, 0, 0, -1, 9, "", "iad", "destroyed" },
+    { "an exit without a timestamp is older than one with",
+      MACHINE("[{\"type\":\"exit\",\"request\":{\"exit_event\":{\"exit_code\":5}}},"
+              EXIT_EV(1, "\"exit_code\":6") "]"),
+      0, 1, 1, 6, 0, 0, -1, 1, "", "iad", "destroyed" },
+    { "no exit event yet",
+      MACHINE("[" OTHER_EV("start", 2) "," OTHER_EV("launch", 1) "]"),
+      0, 0, 0, 0, 0, 0, -1, 0, "", "iad", "destroyed" },
+    { "no events at all", MACHINE("[]"), 0, 0, 0, 0, 0, 0, -1, 0, "", "iad", "destroyed" },
+    { "events not an array", MACHINE("{\"type\":\"exit\"}"),
+      0, 0, 0, 0, 0, 0, -1, 0, "", "iad", "destroyed" },
+    { "events null", MACHINE("null"), 0, 0, 0, 0, 0, 0, -1, 0, "", "iad", "destroyed" },
+    { "no events field", "{\"id\":\"m1\",\"region\":\"ord\"}",
+      0, 0, 0, 0, 0, 0, -1, 0, "", "ord", "" },
+    { "an event list (Machines_list_events)",
+      "[" OTHER_EV("destroy", 3) "," EXIT_EV(2, "\"exit_code\":2") "]",
+      0, 1, 1, 2, 0, 0, -1, 2, "", "", "" },
+    { "request as a JSON text, as in the spec's example",
+      "[{\"type\":\"exit\",\"timestamp\":4,"
+      "\"request\":\"{\\\"exit_event\\\":{\\\"exit_code\\\":12}}\"}]",
+      0, 1, 1, 12, 0, 0, -1, 4, "", "", "" },
+    { "fields straight in the request",
+      "[{\"type\":\"exit\",\"timestamp\":4,\"request\":{\"exit_code\":13}}]",
+      0, 1, 1, 13, 0, 0, -1, 4, "", "", "" },
+    { "exit_code -1: guest_exit_code",
+      "[" EXIT_EV(4, "\"exit_code\":-1,\"guest_exit_code\":3") "]",
+      0, 1, 1, 3, 0, 0, -1, 4, "", "", "" },
+    { "no usable code",
+      "[" EXIT_EV(4, "\"exit_code\":-1,\"signal\":15,\"oom_killed\":true") "]",
+      0, 1, 0, 0, 1, 0, 15, 4, "", "", "" },
+    { "exit_code a string", "[" EXIT_EV(4, "\"exit_code\":\"1\"") "]",
+      0, 1, 0, 0, 0, 0, -1, 4, "", "", "" },
+    { "exit_code 1.5", "[" EXIT_EV(4, "\"exit_code\":1.5") "]",
+      0, 1, 0, 0, 0, 0, -1, 4, "", "", "" },
+    { "exit_code 256", "[" EXIT_EV(4, "\"exit_code\":256") "]",
+      0, 1, 0, 0, 0, 0, -1, 4, "", "", "" },
+    { "exit_code 1e999", "[" EXIT_EV(4, "\"exit_code\":1e999") "]",
+      0, 1, 0, 0, 0, 0, -1, 4, "", "", "" },
+    { "oom_killed not a boolean", "[" EXIT_EV(4, "\"exit_code\":1,\"oom_killed\":1") "]",
+      0, 1, 1, 1, 0, 0, -1, 4, "", "", "" },
+    { "no exit_event", "[{\"type\":\"exit\",\"timestamp\":4}]",
+      0, 1, 0, 0, 0, 0, -1, 4, "", "", "" },
+    { "odd entries are skipped",
+      "[1,null,\"exit\",[],{\"type\":7}," EXIT_EV(4, "\"exit_code\":8") "]",
+      0, 1, 1, 8, 0, 0, -1, 4, "", "", "" },
+    { "negative timestamp", "[" EXIT_EV(-4, "\"exit_code\":8") "]",
+      0, 1, 1, 8, 0, 0, -1, 0, "", "", "" },
+    { "long region, odd bytes",
+      "{\"region\":\"0123456789abcdefghijklmnopqrstuvwxyz\",\"state\":\"st\\u0000op\\nped\"}",
+      0, 0, 0, 0, 0, 0, -1, 0, "", "0123456789abcdefghijklmnopqr...", "st" },
+    { "malformed", "{\"events\":[", -1, 0, 0, 0, 0, 0, -1, 0, "", "", "" },
+    { "not JSON", "<html>", -1, 0, 0, 0, 0, 0, -1, 0, "", "", "" },
+    { "empty", "", -1, 0, 0, 0, 0, 0, -1, 0, "", "", "" },
+    { "a string", "\"exit\"", -1, 0, 0, 0, 0, 0, -1, 0, "", "", "" },
+    { "a number", "137", -1, 0, 0, 0, 0, 0, -1, 0, "", "", "" },
+};
+
+static void test_parse_exit(void **state)
+{
+    for (size_t i = 0; i < sizeof exits / sizeof exits[0]; i++) {
+        const struct exit_case *c = &exits[i];
+        struct fly_exit x;
+        struct lerr e = { 0 };
+        int rc;
+
+        memset(&x, 0x5A, sizeof x);
+        rc = fly_parse_exit(c->json, strlen(c->json), &x, &e);
+        if (rc != c->rc)
+            fail_msg("%s: returned %d, want %d (%s)", c->name, rc, c->rc, e.msg);
+        if (rc < 0)
+            assert_int_equal(e.kind, LERR_MALFORMED);
+        if (x.exited != c->exited || x.known != c->known || x.exit_code != c->code ||
+            x.oom_killed != c->oom || x.requested_stop != c->requested_stop ||
+            x.signal != c->sig || x.timestamp_ms != c->ts)
+            fail_msg("%s: exited %d known %d code %d oom %d stop %d signal %d ts %lld", c->name,
+                     x.exited, x.known, x.exit_code, x.oom_killed, x.requested_stop, x.signal,
+                     x.timestamp_ms);
+        if (strcmp(x.exited_at, c->exited_at) || strcmp(x.region, c->region) ||
+            strcmp(x.state, c->state))
+            fail_msg("%s: exited_at \"%s\" region \"%s\" state \"%s\"", c->name, x.exited_at,
+                     x.region, x.state);
+        assert_int_equal(x.gone, 0);
+        assert_int_equal(x.status, 0);
+        assert_int_equal(x.outcome, FLY_CALL_OK);
+    }
+    /* the length counts, not a NUL */
+    {
+        static const char j[] = "[" EXIT_EV(4, "\"exit_code\":8") "]garbage";
+        struct fly_exit x;
+        struct lerr e = { 0 };
+
+        assert_int_equal(fly_parse_exit(j, strlen(j) - 7, &x, &e), 0);
+        assert_int_equal(x.exit_code, 8);
+        assert_int_equal(fly_parse_exit(NULL, 0, &x, &e), -1);
+    }
+}
+
 /* ---- the create call against a scripted server -------------------------------------------- */
 
-#define MAX_SCRIPT 8
+#define MAX_SCRIPT (FLY_RATE_LIMIT_RETRIES + 2)
 #define TOKEN "s3cr3t-t0ken-value"
 
 struct reply {
@@ -729,7 +974,7 @@ static int run_create_stop(unsigned short port, const char *prefix, const char *
 {
     char base_s[128];
     struct url base;
-    struct fly_target t = { &base, "my-app", TOKEN, stop_fd };
+    struct fly_target t = { &base, "my-app", TOKEN, stop_fd, NULL, NULL, NULL, NULL };
     struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), "[\"run\"]",
                                      "[{\"a\":1}]", 9, "abcdef0123456789" };
     struct http_client http;
@@ -832,8 +1077,8 @@ static void test_create_rate_limited(void **state)
     assert_string_equal(m.id, "m-2");
     assert_string_equal(m.region, "iad");  /* the answer did not say: the one asked for */
     assert_int_equal(m.status, 201);
-    assert_has(log, "iad: rate limited (HTTP 429); retry 1 of 5 in 0 ms");
-    assert_has(log, "iad: rate limited (HTTP 429); retry 2 of 5 in 0 ms");
+    assert_has(log, "iad: rate limited (HTTP 429); retry 1 of 20 in 0 ms");
+    assert_has(log, "iad: rate limited (HTTP 429); retry 2 of 20 in 0 ms");
 }
 
 static void test_create_rate_limited_too_long(void **state)
@@ -851,7 +1096,7 @@ static void test_create_rate_limited_too_long(void **state)
     server_stop(&s);
     assert_int_equal(s.served, FLY_RATE_LIMIT_RETRIES + 1);  /* and never ord */
     assert_int_equal(e.kind, LERR_HTTP);
-    assert_has(e.msg, "iad: still rate limited (HTTP 429) after 5 retries");
+    assert_has(e.msg, "iad: still rate limited (HTTP 429) after 20 retries");
     assert_int_equal(m.status, 429);
 }
 
@@ -957,7 +1202,7 @@ static void test_create_cancelled_while_waiting(void **state)
     assert_int_equal(e.kind, LERR_CANCELLED);
     assert_int_equal(s.served, 1);
     assert_true(t1.tv_sec - t0.tv_sec < 10);  /* not the 30 s Retry-After */
-    assert_has(log, "retry 1 of 5 in 30000 ms");
+    assert_has(log, "retry 1 of 20 in 30000 ms");
     close(pipefd[0]);
     close(pipefd[1]);
 }
@@ -1052,7 +1297,7 @@ static void test_create_bad_token(void **state)
     struct fly_machine m;
     struct lerr e = { 0 };
     struct url base;
-    struct fly_target t = { &base, "app", "tok\r\nen", NULL };
+    struct fly_target t = { &base, "app", "tok\r\nen", NULL, NULL, NULL, NULL, NULL };
     struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g" };
     struct http_client http;
 
@@ -1062,6 +1307,525 @@ static void test_create_bad_token(void **state)
     assert_int_equal(e.kind, LERR_INVALID);
     assert_int_equal(http.requests_sent, 0);
     http_client_close(&http);
+}
+
+/* ---- following a Machine against a scripted server ------------------------------------ */
+
+/* A target on the scripted server, with stderr (the log, at debug level) captured. */
+struct env {
+    struct url base;
+    struct fly_target t;
+    struct http_client http;
+    FILE *cap;
+    int saved;
+};
+
+static void env_open(struct env *v, unsigned short port, const char *prefix,
+                     struct ratelimit *create_rl, struct ratelimit *get_rl, const int *stop_fd)
+{
+    char base_s[128];
+    struct lerr e = { 0 };
+
+    snprintf(base_s, sizeof base_s, "http://127.0.0.1:%u%s", port, prefix);
+    assert_int_equal(url_parse(base_s, &v->base, &e), 0);
+    v->t = (struct fly_target){ &v->base, "my-app", TOKEN, stop_fd, create_rl, get_rl, NULL, NULL };
+    http_client_init(&v->http, NULL);
+    v->cap = tmpfile();
+    assert_non_null(v->cap);
+    fflush(stderr);
+    v->saved = dup(2);
+    dup2(fileno(v->cap), 2);
+    log_setup(LOG_LEVEL_DEBUG, 0);
+}
+
+/* Ends the capture into log; the token is in no log line and no error. */
+static void env_close(struct env *v, const struct lerr *e, char *log, size_t logcap)
+{
+    size_t n;
+
+    fflush(stderr);
+    dup2(v->saved, 2);
+    close(v->saved);
+    log_setup(LOG_LEVEL_INFO, 0);
+    http_client_close(&v->http);
+    rewind(v->cap);
+    n = fread(log, 1, logcap - 1, v->cap);
+    log[n] = '\0';
+    fclose(v->cap);
+    assert_null(strstr(log, TOKEN));
+    assert_null(strstr(e->msg, TOKEN));
+}
+
+/* A port where nothing listens. */
+static unsigned short dead_port(void)
+{
+    struct server s;
+    unsigned short port;
+
+    server_start(&s, NULL, 0, -1);
+    port = s.port;
+    server_stop(&s);
+    return port;
+}
+
+static void test_wait_reached_after_429(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 0", "{\"error\":\"rate limited\"}", 0, 0 },
+        { "200 OK", "{\"ok\":true}", 0, 0 },
+    };
+    struct server s;
+    struct env v;
+    struct ratelimit get_rl;
+    struct fly_call_result r;
+    struct lerr e = { 0 };
+    char log[8192];
+    int rc;
+
+    assert_int_equal(ratelimit_init(&get_rl, 1, 10, &e), 0);
+    server_start(&s, script, 2, -1);
+    env_open(&v, s.port, "/prefix/", NULL, &get_rl, NULL);
+    rc = fly_wait_machine(&v.http, &v.t, "m/1", "i 1", "stopped", 30, &r, &e);
+    assert_int_equal(v.http.io_timeout_ms, 30000);  /* raised for the wait, then restored */
+    env_close(&v, &e, log, sizeof log);
+    server_stop(&s);
+    if (rc != 0)
+        fail_msg("wait: %s", e.msg);
+    assert_int_equal(r.outcome, FLY_CALL_OK);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(s.served, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_string_equal(s.seen[i].line,
+                            "GET /prefix/v1/apps/my-app/machines/m%2F1/wait"
+                            "?state=stopped&timeout=30&instance_id=i%201 HTTP/1.1");
+        assert_string_equal(s.seen[i].auth, "Bearer " TOKEN);
+    }
+    /* both requests took a token; the 429 penalized the bucket (capped it at one) */
+    assert_true(get_rl.tokens < 1.0);
+    assert_true(get_rl.pause_until_ns > 0);
+    assert_has(log, "fly: Machine m/1: wait: HTTP 429: rate limited");
+    assert_has(log, "rate limited; retry 1 of 20 in 0 ms");
+    assert_has(log, "fly: Machine m/1: wait: HTTP 200");
+    ratelimit_destroy(&get_rl);
+}
+
+struct wait_case {
+    const char *head, *body;
+    int rc;
+    enum fly_call_outcome outcome;
+    enum lerr_kind kind;
+    const char *msg;
+};
+
+static void test_wait_outcomes(void **state)
+{
+    static const struct wait_case cases[] = {
+        { "408 Request Timeout", "{\"error\":\"deadline_exceeded: machine did not reach state "
+          "stopped in 5s\"}", 0, FLY_CALL_TIMED_OUT, LERR_NONE, NULL },
+        { "404 Not Found", "{\"error\":\"machine not found\"}", 0, FLY_CALL_GONE, LERR_NONE, NULL },
+        { "400 Bad Request", "{\"error\":\"machine is destroyed\"}", 0, FLY_CALL_GONE, LERR_NONE,
+          NULL },
+        { "500 Internal Server Error", "{\"error\":\"boom\"}", -1, FLY_CALL_RETRY_LATER,
+          LERR_HTTP, "Machine m1: wait: HTTP 500: boom" },
+        { "503 Service Unavailable", "", -1, FLY_CALL_RETRY_LATER, LERR_HTTP,
+          "Machine m1: wait: HTTP 503" },
+        { "401 Unauthorized", "{\"error\":\"Authenticate: token validation error\"}", -1,
+          FLY_CALL_FAILED, LERR_HTTP, "Machine m1: wait: HTTP 401: Authenticate: token "
+          "validation error" },
+        { "400 Bad Request", "{\"error\":\"invalid state\"}", -1, FLY_CALL_FAILED, LERR_HTTP,
+          "HTTP 400: invalid state" },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct wait_case *c = &cases[i];
+        struct reply script[1] = { { c->head, c->body, 0, 0 } };
+        struct server s;
+        struct env v;
+        struct fly_call_result r;
+        struct lerr e = { 0 };
+        char log[8192];
+        int rc;
+
+        server_start(&s, script, 1, -1);
+        env_open(&v, s.port, "", NULL, NULL, NULL);
+        rc = fly_wait_machine(&v.http, &v.t, "m1", NULL, "stopped", 5, &r, &e);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+        assert_string_equal(s.seen[0].line, "GET /v1/apps/my-app/machines/m1/wait"
+                                            "?state=stopped&timeout=5 HTTP/1.1");
+        if (rc != c->rc || r.outcome != c->outcome)
+            fail_msg("case %zu (%s): rc %d outcome %d, want %d %d (%s)", i, c->head, rc,
+                     r.outcome, c->rc, c->outcome, e.msg);
+        assert_int_equal(r.status, atoi(c->head));
+        if (rc < 0) {
+            assert_int_equal(e.kind, c->kind);
+            assert_has(e.msg, c->msg);
+        }
+    }
+}
+
+static void test_wait_connection_refused(void **state)
+{
+    struct env v;
+    struct fly_call_result r;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    env_open(&v, dead_port(), "", NULL, NULL, NULL);
+    assert_int_equal(fly_wait_machine(&v.http, &v.t, "m1", "", "destroyed", 60, &r, &e), -1);
+    env_close(&v, &e, log, sizeof log);
+    assert_int_equal(e.kind, LERR_REFUSED);
+    assert_int_equal(r.outcome, FLY_CALL_RETRY_LATER);
+    assert_int_equal(r.status, 0);
+    assert_has(e.msg, "Machine m1: wait: ");
+}
+
+static void test_wait_invalid(void **state)
+{
+    static const struct { const char *id, *state; int timeout; } bad[] = {
+        { "m1", "running", 10 }, { "m1", NULL, 10 }, { "m1", "stopped", 0 },
+        { "m1", "stopped", 61 }, { "m1", "stopped", -1 }, { "m1", "stopped", INT_MAX },
+        { "m1", "stopped", INT_MIN }, { "", "stopped", 10 }, { NULL, "stopped", 10 },
+    };
+    struct env v;
+    struct fly_call_result r;
+    struct lerr e = { 0 };
+    char log[8192], inst[200];
+
+    env_open(&v, dead_port(), "", NULL, NULL, NULL);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(fly_wait_machine(&v.http, &v.t, bad[i].id, NULL, bad[i].state,
+                                          bad[i].timeout, &r, &e), -1);
+        assert_int_equal(e.kind, LERR_INVALID);
+        assert_int_equal(r.outcome, FLY_CALL_FAILED);
+    }
+    memset(inst, 'i', sizeof inst - 1);
+    inst[sizeof inst - 1] = '\0';
+    assert_int_equal(fly_wait_machine(&v.http, &v.t, "m1", inst, "stopped", 10, &r, &e), -1);
+    assert_int_equal(e.kind, LERR_INVALID);
+    assert_int_equal(v.http.requests_sent, 0);
+    env_close(&v, &e, log, sizeof log);
+}
+
+static void test_wait_rate_limited_too_long(void **state)
+{
+    struct reply script[FLY_RATE_LIMIT_RETRIES + 1];
+    struct server s;
+    struct env v;
+    struct fly_call_result r;
+    struct lerr e = { 0 };
+    char log[16384];
+
+    for (size_t i = 0; i < FLY_RATE_LIMIT_RETRIES + 1; i++)
+        script[i] = (struct reply){ "429 Too Many Requests\r\nRetry-After: 0", "", 0, 0 };
+    server_start(&s, script, FLY_RATE_LIMIT_RETRIES + 1, -1);
+    env_open(&v, s.port, "", NULL, NULL, NULL);
+    assert_int_equal(fly_wait_machine(&v.http, &v.t, "m1", NULL, "stopped", 1, &r, &e), -1);
+    env_close(&v, &e, log, sizeof log);
+    server_stop(&s);
+    assert_int_equal(s.served, FLY_RATE_LIMIT_RETRIES + 1);
+    assert_int_equal(e.kind, LERR_HTTP);
+    assert_int_equal(r.outcome, FLY_CALL_RETRY_LATER);
+    assert_int_equal(r.status, 429);
+    assert_string_equal(e.msg, "Machine m1: wait: still rate limited (HTTP 429) after 20 retries");
+}
+
+/* A stop while a 429's penalty holds the get bucket: the wait ends, the token goes back. */
+static void test_wait_stop_while_rate_limited(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 30", "", 1, 0 },
+    };
+    struct server s;
+    struct env v;
+    struct ratelimit get_rl;
+    struct fly_call_result r;
+    struct lerr e = { 0 };
+    char log[8192];
+    int pipefd[2];
+    int64_t wait_ns;
+
+    assert_int_equal(pipe(pipefd), 0);
+    assert_int_equal(ratelimit_init(&get_rl, 1, 10, &e), 0);
+    server_start(&s, script, 1, pipefd[1]);
+    env_open(&v, s.port, "", NULL, &get_rl, &pipefd[0]);
+    assert_int_equal(fly_wait_machine(&v.http, &v.t, "m1", NULL, "stopped", 10, &r, &e), -1);
+    env_close(&v, &e, log, sizeof log);
+    server_stop(&s);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_int_equal(r.outcome, FLY_CALL_FAILED);
+    assert_int_equal(s.served, 1);
+    /* the penalty still holds for the others, and the cancelled token came back: the
+     * next caller is first in line, due when the pause ends */
+    wait_ns = ratelimit_reserve_at(&get_rl, ratelimit_now_ns(), NULL);
+    assert_true(wait_ns > 20 * 1000000000LL);
+    assert_true(get_rl.tokens > -0.5);
+    ratelimit_destroy(&get_rl);
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
+#define SHOW_EXITED \
+    "{\"id\":\"m1\",\"state\":\"stopped\",\"region\":\"ord\",\"instance_id\":\"i1\",\"events\":[" \
+    "{\"type\":\"exit\",\"status\":\"stopped\",\"source\":\"flyd\",\"timestamp\":1700000002000," \
+    "\"request\":{\"exit_event\":{\"exit_code\":3,\"oom_killed\":false,\"requested_stop\":false," \
+    "\"exited_at\":\"2026-11-27T20:00:02Z\"}}}," \
+    "{\"type\":\"start\",\"status\":\"started\",\"source\":\"flyd\",\"timestamp\":1700000001000}]}"
+
+static void test_exit_from_show(void **state)
+{
+    static const struct reply script[] = { { "200 OK", SHOW_EXITED, 0, 0 } };
+    struct server s;
+    struct env v;
+    struct ratelimit get_rl;
+    struct fly_exit x;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    assert_int_equal(ratelimit_init(&get_rl, 1, 3, &e), 0);
+    server_start(&s, script, 1, -1);
+    env_open(&v, s.port, "/p", NULL, &get_rl, NULL);
+    assert_int_equal(fly_machine_exit(&v.http, &v.t, "m1", &x, &e), 0);
+    env_close(&v, &e, log, sizeof log);
+    server_stop(&s);
+    assert_int_equal(s.served, 1);
+    assert_string_equal(s.seen[0].line, "GET /p/v1/apps/my-app/machines/m1 HTTP/1.1");
+    assert_string_equal(s.seen[0].auth, "Bearer " TOKEN);
+    assert_int_equal(x.outcome, FLY_CALL_OK);
+    assert_int_equal(x.status, 200);
+    assert_int_equal(x.gone, 0);
+    assert_int_equal(x.exited, 1);
+    assert_int_equal(x.known, 1);
+    assert_int_equal(x.exit_code, 3);
+    assert_int_equal(x.timestamp_ms, 1700000002000LL);
+    assert_string_equal(x.exited_at, "2026-11-27T20:00:02Z");
+    assert_string_equal(x.region, "ord");
+    assert_string_equal(x.state, "stopped");
+    assert_true(get_rl.tokens < 2.5);  /* one token taken */
+    ratelimit_destroy(&get_rl);
+}
+
+/* A Machine object without events: the event list is asked for. */
+static void test_exit_events_fallback(void **state)
+{
+    static const struct reply script[] = {
+        { "200 OK", "{\"id\":\"m1\",\"state\":\"destroyed\",\"region\":\"fra\"}", 0, 0 },
+        { "200 OK", "[{\"type\":\"destroy\",\"timestamp\":3},{\"type\":\"exit\",\"timestamp\":2,"
+                    "\"request\":{\"exit_event\":{\"exit_code\":137,\"oom_killed\":true}}}]",
+          0, 0 },
+    };
+    struct server s;
+    struct env v;
+    struct fly_exit x;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    server_start(&s, script, 2, -1);
+    env_open(&v, s.port, "", NULL, NULL, NULL);
+    assert_int_equal(fly_machine_exit(&v.http, &v.t, "m1", &x, &e), 0);
+    env_close(&v, &e, log, sizeof log);
+    server_stop(&s);
+    assert_int_equal(s.served, 2);
+    assert_string_equal(s.seen[0].line, "GET /v1/apps/my-app/machines/m1 HTTP/1.1");
+    assert_string_equal(s.seen[1].line, "GET /v1/apps/my-app/machines/m1/events HTTP/1.1");
+    assert_int_equal(x.known, 1);
+    assert_int_equal(x.exit_code, 137);
+    assert_int_equal(x.oom_killed, 1);
+    assert_string_equal(x.region, "fra");      /* from the Machine */
+    assert_string_equal(x.state, "destroyed");
+    assert_has(log, "fly: Machine m1: events: HTTP 200");
+}
+
+static void test_exit_gone_and_errors(void **state)
+{
+    static const struct {
+        struct reply reply;
+        int rc;
+        enum fly_call_outcome outcome;
+        enum lerr_kind kind;
+    } cases[] = {
+        { { "404 Not Found", "{\"error\":\"machine not found\"}", 0, 0 }, 0, FLY_CALL_GONE,
+          LERR_NONE },
+        { { "200 OK", "not json", 0, 0 }, -1, FLY_CALL_RETRY_LATER, LERR_MALFORMED },
+        { { "200 OK", "{\"id\":\"m1\",\"events\":[]}", 0, 0 }, 0, FLY_CALL_OK, LERR_NONE },
+        { { "502 Bad Gateway", "", 0, 0 }, -1, FLY_CALL_RETRY_LATER, LERR_HTTP },
+        { { "408 Request Timeout", "", 0, 0 }, -1, FLY_CALL_RETRY_LATER, LERR_HTTP },
+        { { "401 Unauthorized", "{\"error\":\"no\"}", 0, 0 }, -1, FLY_CALL_FAILED, LERR_HTTP },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct server s;
+        struct env v;
+        struct fly_exit x;
+        struct lerr e = { 0 };
+        char log[8192];
+        int rc;
+
+        server_start(&s, &cases[i].reply, 1, -1);
+        env_open(&v, s.port, "", NULL, NULL, NULL);
+        rc = fly_machine_exit(&v.http, &v.t, "m1", &x, &e);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+        if (rc != cases[i].rc || x.outcome != cases[i].outcome)
+            fail_msg("case %zu: rc %d outcome %d (%s)", i, rc, x.outcome, e.msg);
+        assert_int_equal(x.known, 0);
+        assert_int_equal(x.gone, cases[i].outcome == FLY_CALL_GONE);
+        assert_int_equal(x.status, atoi(cases[i].reply.head));
+        if (rc < 0) {
+            assert_int_equal(e.kind, cases[i].kind);
+            assert_has(e.msg, "Machine m1: show");
+        }
+    }
+}
+
+static void test_stop_and_destroy(void **state)
+{
+    static const struct {
+        int op;                  /* 0 stop, 1 destroy, 2 destroy with force */
+        struct reply reply;
+        const char *line;
+        int rc;
+        enum fly_call_outcome outcome;
+    } cases[] = {
+        { 0, { "200 OK", "{\"ok\":true}", 0, 0 },
+          "POST /v1/apps/my-app/machines/m1/stop HTTP/1.1", 0, FLY_CALL_OK },
+        { 0, { "404 Not Found", "{\"error\":\"machine not found\"}", 0, 0 },
+          "POST /v1/apps/my-app/machines/m1/stop HTTP/1.1", 0, FLY_CALL_GONE },
+        { 0, { "500 Internal Server Error", "", 0, 0 },
+          "POST /v1/apps/my-app/machines/m1/stop HTTP/1.1", -1, FLY_CALL_RETRY_LATER },
+        { 0, { "408 Request Timeout", "", 0, 0 },
+          "POST /v1/apps/my-app/machines/m1/stop HTTP/1.1", -1, FLY_CALL_RETRY_LATER },
+        { 1, { "200 OK", "{\"ok\":true}", 0, 0 },
+          "DELETE /v1/apps/my-app/machines/m1 HTTP/1.1", 0, FLY_CALL_OK },
+        { 2, { "200 OK", "", 0, 0 },
+          "DELETE /v1/apps/my-app/machines/m1?force=true HTTP/1.1", 0, FLY_CALL_OK },
+        { 2, { "404 Not Found", "", 0, 0 },
+          "DELETE /v1/apps/my-app/machines/m1?force=true HTTP/1.1", 0, FLY_CALL_GONE },
+        { 2, { "412 Precondition Failed", "{\"error\":\"machine still active, refusing\"}", 0, 0 },
+          "DELETE /v1/apps/my-app/machines/m1?force=true HTTP/1.1", -1, FLY_CALL_FAILED },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct server s;
+        struct env v;
+        struct ratelimit get_rl;
+        struct fly_call_result r;
+        struct lerr e = { 0 };
+        char log[8192];
+        int rc;
+
+        assert_int_equal(ratelimit_init(&get_rl, 1, 2, &e), 0);
+        server_start(&s, &cases[i].reply, 1, -1);
+        env_open(&v, s.port, "", NULL, &get_rl, NULL);
+        if (cases[i].op == 0)
+            rc = fly_stop_machine(&v.http, &v.t, "m1", &r, &e);
+        else
+            rc = fly_destroy_machine(&v.http, &v.t, "m1", cases[i].op == 2, &r, &e);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+        assert_string_equal(s.seen[0].line, cases[i].line);
+        assert_string_equal(s.seen[0].auth, "Bearer " TOKEN);
+        if (rc != cases[i].rc || r.outcome != cases[i].outcome)
+            fail_msg("case %zu: rc %d outcome %d (%s)", i, rc, r.outcome, e.msg);
+        if (rc < 0) {
+            assert_int_equal(e.kind, LERR_HTTP);
+            assert_has(e.msg, cases[i].op ? "Machine m1: destroy: HTTP "
+                                          : "Machine m1: stop: HTTP ");
+        }
+        assert_true(get_rl.tokens < 1.5);  /* a get token, for stops and deletes too */
+        ratelimit_destroy(&get_rl);
+    }
+    /* out may be NULL */
+    {
+        static const struct reply ok[] = { { "200 OK", "", 0, 0 } };
+        struct server s;
+        struct env v;
+        struct lerr e = { 0 };
+        char log[8192];
+
+        server_start(&s, ok, 1, -1);
+        env_open(&v, s.port, "", NULL, NULL, NULL);
+        assert_int_equal(fly_stop_machine(&v.http, &v.t, "m1", NULL, &e), 0);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+    }
+}
+
+/* A 429 on a create is Fly pacing the app: same region, the create bucket penalized for
+ * Retry-After (so every creator pauses), and a token taken before each POST. */
+static void test_create_429_penalizes(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 1", "{\"error\":\"rate limited\"}", 0, 0 },
+        { "201 Created", "{\"id\":\"m-7\",\"region\":\"iad\"}", 0, 0 },
+    };
+    struct server s;
+    struct ratelimit create_rl;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+    int64_t t0, t1;
+
+    assert_int_equal(ratelimit_init(&create_rl, 1000, 10, &e), 0);
+    server_start(&s, script, 2, -1);
+    t0 = ratelimit_now_ns();
+    {
+        struct env v;
+        env_open(&v, s.port, "", &create_rl, NULL, NULL);
+        struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), NULL, "[1]", 3,
+                                         "g" };
+        assert_int_equal(fly_create_machine(&v.http, &v.t, &spec, two_regions, 2, &m, &e), 0);
+        env_close(&v, &e, log, sizeof log);
+    }
+    t1 = ratelimit_now_ns();
+    server_stop(&s);
+    assert_int_equal(s.served, 2);
+    assert_string_equal(body_region(&s.seen[0]), "iad");
+    assert_string_equal(body_region(&s.seen[1]), "iad");   /* never ord */
+    assert_string_equal(m.id, "m-7");
+    assert_true(create_rl.pause_until_ns >= t0 + 1000000000LL);
+    assert_true(t1 - t0 >= 1000000000LL);   /* the retry waited for the penalty */
+    assert_has(log, "iad: rate limited (HTTP 429); retry 1 of 20 in 1000 ms");
+    assert_null(strstr(log, "next region"));
+    ratelimit_destroy(&create_rl);
+}
+
+/* A stop while waiting for a create token: cancelled, the token given back. */
+static void test_create_stop_waiting_for_token(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 30", "", 1, 0 },
+    };
+    struct server s;
+    struct ratelimit create_rl;
+    struct fly_machine m;
+    struct lerr e = { 0 };
+    char log[8192];
+    int pipefd[2];
+
+    assert_int_equal(pipe(pipefd), 0);
+    assert_int_equal(ratelimit_init(&create_rl, 1, 5, &e), 0);
+    server_start(&s, script, 1, pipefd[1]);
+    {
+        struct env v;
+        env_open(&v, s.port, "", &create_rl, NULL, &pipefd[0]);
+        struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), NULL, "[1]", 3,
+                                         "g" };
+        assert_int_equal(fly_create_machine(&v.http, &v.t, &spec, two_regions, 2, &m, &e), -1);
+        env_close(&v, &e, log, sizeof log);
+    }
+    server_stop(&s);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_int_equal(s.served, 1);
+    assert_int_equal(m.status, 429);
+    assert_has(log, "retry 1 of 20 in 30000 ms");
+    assert_has(log, "stopping: no longer waiting for a rate limit token");
+    assert_null(strstr(log, "ord"));
+    /* one token for the first POST; the retry's reservation came back */
+    assert_true(create_rl.tokens > -0.5 && create_rl.tokens <= 1.0);
+    ratelimit_destroy(&create_rl);
+    close(pipefd[0]);
+    close(pipefd[1]);
 }
 
 int main(void)
@@ -1094,6 +1858,21 @@ int main(void)
         cmocka_unit_test(test_create_stop_while_waiting),
         cmocka_unit_test(test_create_stop_in_flight),
         cmocka_unit_test(test_create_bad_token),
+        cmocka_unit_test(test_machine_url),
+        cmocka_unit_test(test_classify_call),
+        cmocka_unit_test(test_parse_exit),
+        cmocka_unit_test(test_wait_reached_after_429),
+        cmocka_unit_test(test_wait_outcomes),
+        cmocka_unit_test(test_wait_connection_refused),
+        cmocka_unit_test(test_wait_invalid),
+        cmocka_unit_test(test_wait_rate_limited_too_long),
+        cmocka_unit_test(test_wait_stop_while_rate_limited),
+        cmocka_unit_test(test_exit_from_show),
+        cmocka_unit_test(test_exit_events_fallback),
+        cmocka_unit_test(test_exit_gone_and_errors),
+        cmocka_unit_test(test_stop_and_destroy),
+        cmocka_unit_test(test_create_429_penalizes),
+        cmocka_unit_test(test_create_stop_waiting_for_token),
     };
 
     log_setup(LOG_LEVEL_INFO, 0);

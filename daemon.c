@@ -1,0 +1,957 @@
+#include "daemon.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fly.h"
+#include "group.h"
+#include "http.h"
+#include "log.h"
+#include "ratelimit.h"
+#include "sqs.h"
+#include "tls.h"
+
+#define EXIT_FAILED 1
+#define EXIT_USAGE 2
+
+#define RECEIVE_BACKOFF_BASE_MS 1000u   /* after a failed ReceiveMessage: full jitter */
+#define RECEIVE_BACKOFF_MAX_MS 30000u
+#define POOL_MAX 64                    /* idle HTTP clients kept for reuse */
+#define WINDOW_MAX_BATCHES 128         /* 1000 events per Machine at 10 a receive, and room */
+#define JOB_STACK (256 * 1024)
+#define WAIT_MAX_S 60                  /* Fly's wait endpoint takes at most 60 s a call */
+
+/*
+ * HTTP clients, each with its keep-alive connections, are lent to one call at a time and
+ * returned, so that the Fly and SQS connections outlive the jobs that used them and every
+ * job does not pay for its own TLS handshakes.
+ */
+struct pool {
+    pthread_mutex_t mu;
+    const struct tls_anchors *anchors;
+    struct http_client *idle[POOL_MAX];
+    size_t nidle;
+};
+
+struct daemon {
+    const struct config *cfg;
+    struct tls_anchors anchors;
+    int signal_fd;
+    struct sigv4_credentials creds;
+    struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
+    struct sqs_client receiver;
+    struct pool pool;
+    struct ratelimit create_rl, get_rl;
+    struct fly_target fly;             /* shared, read-only after start-up */
+
+    pthread_mutex_t mu;                /* guards what follows */
+    pthread_cond_t changed;            /* a job started, got a slot, or ended */
+    int jobs;                          /* job threads alive */
+    int slots;                         /* jobs holding a Machine slot */
+    int64_t stop_at_ms;                /* when the stop signal was first seen, 0 before */
+    int first_receive_done;
+};
+
+struct job_msg {
+    char *id;
+    char *receipt;
+};
+
+struct job {
+    struct daemon *d;
+    char gid[GROUP_ID_LEN + 1];
+    char *image;
+    const struct preset *preset;
+    char *command;
+    char *events;
+    size_t events_len;
+    int64_t visible_until_ms;          /* when the messages' visibility runs out */
+    size_t count;
+    struct job_msg msgs[];
+};
+
+/* ---------------------------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Whether a stop signal arrived; the first caller to see it records when. The signal stays
+ * pending (nobody reads the signalfd), so every thread can poll it. */
+static int daemon_stopping(struct daemon *d, int64_t *stop_at)
+{
+    struct pollfd p = { .fd = d->signal_fd, .events = POLLIN };
+    int64_t at;
+
+    if (poll(&p, 1, 0) <= 0)
+        return 0;
+    pthread_mutex_lock(&d->mu);
+    if (!d->stop_at_ms) {
+        d->stop_at_ms = now_ms();
+        pthread_cond_broadcast(&d->changed);
+    }
+    at = d->stop_at_ms;
+    pthread_mutex_unlock(&d->mu);
+    if (stop_at)
+        *stop_at = at;
+    return 1;
+}
+
+/* Sleeps ms, or less if a stop signal arrives. */
+static void pause_ms(const struct daemon *d, int64_t ms)
+{
+    struct pollfd p = { .fd = d->signal_fd, .events = POLLIN };
+
+    if (ms > 0)
+        while (poll(&p, 1, (int)ms) < 0 && errno == EINTR)
+            ;
+}
+
+/* ------------------------------------------------------------------------- client pool -- */
+
+static struct http_client *pool_borrow(struct pool *p, int cancel_fd)
+{
+    struct http_client *c = NULL;
+
+    pthread_mutex_lock(&p->mu);
+    if (p->nidle)
+        c = p->idle[--p->nidle];
+    pthread_mutex_unlock(&p->mu);
+    if (!c) {
+        c = malloc(sizeof *c);
+        if (!c)
+            return NULL;
+        http_client_init(c, p->anchors);
+    }
+    c->cancel_fd = cancel_fd;
+    return c;
+}
+
+static void pool_return(struct pool *p, struct http_client *c)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->nidle < POOL_MAX) {
+        p->idle[p->nidle++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (c) {
+        http_client_close(c);
+        free(c);
+    }
+}
+
+static void pool_close(struct pool *p)
+{
+    while (p->nidle) {
+        struct http_client *c = p->idle[--p->nidle];
+        http_client_close(c);
+        free(c);
+    }
+}
+
+/* ---------------------------------------------------------------- acknowledging -------- */
+
+/* An SQS client for one batch call, on a borrowed HTTP client that a stop does not cancel:
+ * a delete or a visibility change that has started is finished. */
+static void job_sqs(struct job *j, struct sqs_client *s, struct http_client *http)
+{
+    const struct config *cfg = j->d->cfg;
+
+    sqs_client_init(s, http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region, &j->d->creds);
+}
+
+/* Runs a batch operation over all of the job's messages, 10 at a time. Returns the number
+ * of messages for which it failed (stale handles are not failures: logged). */
+static size_t job_batch(struct job *j, int delete, int visibility)
+{
+    struct http_client *http = pool_borrow(&j->d->pool, -1);
+    size_t failed = 0;
+    struct sqs_client s;
+
+    if (!http) {
+        log_error("group %s: out of memory; %zu messages return after the visibility timeout",
+                  j->gid, j->count);
+        return j->count;
+    }
+    job_sqs(j, &s, http);
+    for (size_t off = 0; off < j->count; off += SQS_MAX_MESSAGES) {
+        struct sqs_entry en[SQS_MAX_MESSAGES];
+        size_t n = j->count - off < SQS_MAX_MESSAGES ? j->count - off : SQS_MAX_MESSAGES;
+        struct lerr e;
+
+        memset(en, 0, sizeof en);
+        for (size_t i = 0; i < n; i++) {
+            en[i].receipt_handle = j->msgs[off + i].receipt;
+            en[i].message_id = j->msgs[off + i].id;
+            en[i].visibility_timeout = visibility;
+        }
+        if (delete)
+            sqs_delete_batch(&s, en, n, &e);
+        else
+            sqs_change_visibility_batch(&s, en, n, &e);
+        for (size_t i = 0; i < n; i++) {
+            if (en[i].status == SQS_ENTRY_STALE) {
+                log_warn("group %s: message %s: %s: %s (received again elsewhere; it may run "
+                         "twice)", j->gid, en[i].message_id, en[i].code, en[i].message);
+            } else if (en[i].status != SQS_ENTRY_OK) {
+                failed++;
+                log_error("group %s: message %s was not %s: %s: %s (it comes back after the "
+                          "visibility timeout)", j->gid, en[i].message_id,
+                          delete ? "deleted" : "returned", en[i].code, en[i].message);
+            }
+        }
+    }
+    pool_return(&j->d->pool, http);
+    return failed;
+}
+
+static void job_delete(struct job *j)
+{
+    if (job_batch(j, 1, 0) == 0)
+        log_debug("group %s: %zu messages deleted", j->gid, j->count);
+}
+
+/* Hands the messages back: visible again after `delay` seconds. */
+static void job_return(struct job *j, int delay)
+{
+    if (job_batch(j, 0, delay) == 0)
+        log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
+                 j->count, delay);
+}
+
+/* Keeps the messages hidden: once a third of their visibility has passed, extend it to a
+ * full LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait. */
+static void job_keepalive(struct job *j)
+{
+    int vis = j->d->cfg->visibility_timeout;
+    int64_t t = now_ms();
+
+    if (t < j->visible_until_ms - (int64_t)vis * 1000 * 2 / 3)
+        return;
+    if (job_batch(j, 0, vis) == 0)
+        j->visible_until_ms = t + (int64_t)vis * 1000;
+}
+
+/* Milliseconds until job_keepalive has work again (at least 1000). */
+static int64_t job_keepalive_due(const struct job *j)
+{
+    int64_t due = j->visible_until_ms - (int64_t)j->d->cfg->visibility_timeout * 1000 * 2 / 3;
+    int64_t left = due - now_ms();
+
+    return left < 1000 ? 1000 : left;
+}
+
+/* ------------------------------------------------------------------------- a job ------- */
+
+static void job_free(struct job *j)
+{
+    for (size_t i = 0; i < j->count; i++) {
+        free(j->msgs[i].id);
+        free(j->msgs[i].receipt);
+    }
+    free(j->image);
+    free(j->command);
+    free(j->events);
+    free(j);
+}
+
+/* Waits for a Machine slot, keeping the messages alive meanwhile. Returns -1 if a stop came
+ * first: the caller hands the messages back. */
+static int job_take_slot(struct job *j)
+{
+    struct daemon *d = j->d;
+    int got = 0;
+
+    for (;;) {
+        int stopping = daemon_stopping(d, NULL);
+        pthread_mutex_lock(&d->mu);
+        if (!stopping && d->slots < d->cfg->max_machines) {
+            d->slots++;
+            got = 1;
+        } else if (!stopping) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            pthread_cond_timedwait(&d->changed, &d->mu, &until);
+        }
+        pthread_mutex_unlock(&d->mu);
+        if (got)
+            return 0;
+        if (stopping)
+            return -1;
+        job_keepalive(j);
+    }
+}
+
+static void job_end(struct job *j, int had_slot)
+{
+    struct daemon *d = j->d;
+
+    pthread_mutex_lock(&d->mu);
+    if (had_slot)
+        d->slots--;
+    d->jobs--;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* fly.c calls this while a create waits for its turn (rate limit, 429). */
+static void job_idle(void *ctx)
+{
+    job_keepalive(ctx);
+}
+
+static int job_create(struct job *j, struct fly_machine *m)
+{
+    struct daemon *d = j->d;
+    struct fly_target t = d->fly;
+    struct fly_machine_spec spec = {
+        .image = j->image, .preset = j->preset, .command = j->command,
+        .events = j->events, .events_len = j->events_len, .group_id = j->gid,
+    };
+    struct http_client *http = pool_borrow(&d->pool, -1);
+    struct lerr e;
+    int rc;
+
+    if (!http) {
+        log_error("group %s: out of memory", j->gid);
+        return -1;
+    }
+    t.idle = job_idle;
+    t.idle_ctx = j;
+    rc = fly_create_machine(http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m, &e);
+    pool_return(&d->pool, http);
+    if (rc < 0) {
+        if (e.kind == LERR_CANCELLED) {
+            log_info("group %s: stopping before its Machine was created", j->gid);
+            job_return(j, 0);
+        } else {
+            log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
+                      "return after the visibility timeout", j->gid, j->count, j->image, e.msg);
+        }
+        return -1;
+    }
+    log_info("group %s: machine %s created in %s for %zu events (image %s, size %s)", j->gid,
+             m->id, m->region, j->count, j->image, j->preset->name);
+    return 0;
+}
+
+/* Destroys a Machine that ran past LAMBDO_MACHINE_TIMEOUT. */
+static void job_kill(struct job *j, const struct fly_machine *m)
+{
+    struct http_client *http = pool_borrow(&j->d->pool, -1);
+    struct lerr e;
+
+    if (!http)
+        return;
+    if (fly_stop_machine(http, &j->d->fly, m->id, NULL, &e) < 0)
+        log_warn("group %s: stopping machine %s: %s", j->gid, m->id, e.msg);
+    if (fly_destroy_machine(http, &j->d->fly, m->id, 1, NULL, &e) < 0)
+        log_warn("group %s: destroying machine %s: %s", j->gid, m->id, e.msg);
+    pool_return(&j->d->pool, http);
+}
+
+enum follow { FOLLOW_EXITED, FOLLOW_TIMEOUT, FOLLOW_SHUTDOWN };
+
+/* Seconds for the next wait: the Fly maximum, the next heartbeat, the Machine's deadline
+ * and the shutdown deadline, whichever comes first; at least 1. */
+static int wait_seconds(const struct job *j, int64_t started, int64_t stop_at)
+{
+    const struct config *cfg = j->d->cfg;
+    int64_t ms = (int64_t)WAIT_MAX_S * 1000, t = now_ms();
+
+    if (job_keepalive_due(j) < ms)
+        ms = job_keepalive_due(j);
+    if (cfg->machine_timeout && started + (int64_t)cfg->machine_timeout * 1000 - t < ms)
+        ms = started + (int64_t)cfg->machine_timeout * 1000 - t;
+    if (stop_at && stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t < ms)
+        ms = stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t;
+    return ms < 1000 ? 1 : (int)((ms + 999) / 1000);
+}
+
+/* Waits for the Machine to stop, heartbeating the messages, until it exits, runs past
+ * LAMBDO_MACHINE_TIMEOUT, or the shutdown deadline passes. */
+static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_t started)
+{
+    struct daemon *d = j->d;
+    const struct config *cfg = d->cfg;
+
+    for (;;) {
+        int64_t stop_at = 0;
+        int stopping = daemon_stopping(d, &stop_at);
+        struct fly_call_result w;
+        struct http_client *http;
+        struct lerr e;
+        int rc;
+
+        if (cfg->machine_timeout && now_ms() - started >= (int64_t)cfg->machine_timeout * 1000)
+            return FOLLOW_TIMEOUT;
+        if (stopping && now_ms() >= stop_at + (int64_t)cfg->shutdown_timeout * 1000)
+            return FOLLOW_SHUTDOWN;
+        job_keepalive(j);
+        /* Before a stop, a wait is cancelled by the signal; during the shutdown grace time
+         * it must not be, or it would end at once, over and over. */
+        http = pool_borrow(&d->pool, stopping ? -1 : d->signal_fd);
+        if (!http)
+            return FOLLOW_SHUTDOWN;
+        rc = fly_wait_machine(http, &d->fly, m->id, m->instance_id, "stopped",
+                              wait_seconds(j, started, stop_at), &w, &e);
+        pool_return(&d->pool, http);
+        if (rc == 0 && (w.outcome == FLY_CALL_OK || w.outcome == FLY_CALL_GONE))
+            return FOLLOW_EXITED;
+        if (rc < 0 && e.kind != LERR_CANCELLED) {
+            log_warn("group %s: waiting for machine %s: %s; trying again", j->gid, m->id, e.msg);
+            pause_ms(d, 1000);
+        }
+    }
+}
+
+/* Exit mode: the messages are deleted only when the Machine exited 0. */
+static void job_acknowledge_exit(struct job *j, const struct fly_machine *m, int64_t started)
+{
+    struct daemon *d = j->d;
+    struct http_client *http;
+    struct fly_exit x;
+    struct lerr e;
+    enum follow f = job_follow(j, m, started);
+    double secs;
+
+    if (f == FOLLOW_SHUTDOWN) {
+        log_warn("group %s: stopping while machine %s still runs; its %zu messages go back to "
+                 "the queue", j->gid, m->id, j->count);
+        job_return(j, 0);
+        return;
+    }
+    if (f == FOLLOW_TIMEOUT) {
+        log_error("group %s: machine %s ran past LAMBDO_MACHINE_TIMEOUT (%d s); destroying it",
+                  j->gid, m->id, d->cfg->machine_timeout);
+        job_kill(j, m);
+        job_return(j, d->cfg->retry_delay);
+        return;
+    }
+    memset(&x, 0, sizeof x);
+    http = pool_borrow(&d->pool, -1);
+    if (!http || fly_machine_exit(http, &d->fly, m->id, &x, &e) < 0) {
+        x.known = 0;
+        log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id,
+                 http ? e.msg : "out of memory");
+    }
+    if (http)
+        pool_return(&d->pool, http);
+    secs = (double)(now_ms() - started) / 1000.0;
+    if (x.known && x.exit_code == 0) {
+        log_info("group %s: machine %s in %s exited 0 after %.1f s; deleting %zu messages",
+                 j->gid, m->id, m->region, secs, j->count);
+        job_delete(j);
+        return;
+    }
+    if (x.known)
+        log_warn("group %s: machine %s in %s exited %d%s after %.1f s; %zu messages go back "
+                 "to the queue", j->gid, m->id, m->region, x.exit_code,
+                 x.oom_killed ? " (out of memory)" : "", secs, j->count);
+    else
+        log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
+                 "back to the queue", j->gid, m->id, m->region, secs, j->count);
+    job_return(j, d->cfg->retry_delay);
+}
+
+static void *job_main(void *arg)
+{
+    struct job *j = arg;
+    struct fly_machine m;
+    int64_t started;
+
+    if (job_take_slot(j) < 0) {
+        log_info("group %s: stopping before it started; %zu messages go back to the queue",
+                 j->gid, j->count);
+        job_return(j, 0);
+        job_end(j, 0);
+        job_free(j);
+        return NULL;
+    }
+    started = now_ms();
+    if (job_create(j, &m) == 0) {
+        if (j->d->cfg->ack_on_exit)
+            job_acknowledge_exit(j, &m, started);
+        else
+            job_delete(j);
+    }
+    job_end(j, 1);
+    job_free(j);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- the receiving side ------- */
+
+/* Messages received so far and not yet dispatched (more than one batch with a window). */
+struct window {
+    struct sqs_batch batches[WINDOW_MAX_BATCHES];
+    size_t nbatches;
+    size_t nmessages;
+    size_t bytes;
+    int64_t opened_ms;
+    int64_t visible_until_ms;          /* of the oldest messages, heartbeats included */
+};
+
+static void window_clear(struct window *w)
+{
+    for (size_t i = 0; i < w->nbatches; i++)
+        sqs_batch_free(&w->batches[i]);
+    memset(w, 0, sizeof *w);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* Copies what the group's job needs out of the batch memory. */
+static struct job *job_new(struct daemon *d, const struct event *ev, const struct group *g,
+                           struct sqs_message *const *msg, int64_t visible_until)
+{
+    struct job *j = calloc(1, sizeof *j + g->count * sizeof j->msgs[0]);
+    struct lerr e;
+
+    if (!j)
+        return NULL;
+    j->d = d;
+    j->count = g->count;
+    j->preset = g->preset;
+    j->visible_until_ms = visible_until;
+    group_id(ev, g, j->gid);
+    j->image = strdup(g->image);
+    j->command = dup_or_null(g->command);
+    for (size_t i = 0; i < g->count; i++) {
+        const struct sqs_message *m = msg[g->members[i]];
+        j->msgs[i].id = strdup(m->message_id);
+        j->msgs[i].receipt = strdup(m->receipt_handle);
+        if (!j->msgs[i].id || !j->msgs[i].receipt)
+            goto fail;
+    }
+    if (!j->image || (g->command && !j->command))
+        goto fail;
+    /* One event may exceed the byte cap on its own: it still runs, alone. */
+    if (group_events_json_alloc(ev, g, (size_t)-1 / 2, &j->events, &j->events_len, &e) < 0)
+        goto fail;
+    return j;
+fail:
+    job_free(j);
+    return NULL;
+}
+
+static void job_start(struct daemon *d, struct job *j)
+{
+    pthread_attr_t attr;
+    pthread_t t;
+    int rc;
+
+    pthread_mutex_lock(&d->mu);
+    d->jobs++;
+    pthread_mutex_unlock(&d->mu);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, JOB_STACK);
+    rc = pthread_create(&t, &attr, job_main, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        log_error("group %s: cannot start a thread (%s); its messages return after the "
+                  "visibility timeout", j->gid, strerror(rc));
+        job_end(j, 0);
+        job_free(j);
+    }
+}
+
+/* Splits a group whose events file would exceed LAMBDO_MAX_EVENTS_BYTES into consecutive
+ * parts that fit, then starts a job for each part. */
+static void dispatch_group(struct daemon *d, const struct event *ev, const struct group *g,
+                           struct sqs_message *const *msg, int64_t visible_until)
+{
+    size_t cap = (size_t)d->cfg->max_events_bytes, start = 0;
+
+    while (start < g->count) {
+        struct group part = *g;
+        size_t bytes = 2 + ev[g->members[start]].body_len, n = 1;
+        struct job *j;
+
+        while (start + n < g->count && bytes + 1 + ev[g->members[start + n]].body_len <= cap)
+            bytes += 1 + ev[g->members[start + n++]].body_len;
+        part.members = g->members + start;
+        part.count = n;
+        j = job_new(d, ev, &part, msg, visible_until);
+        if (j)
+            job_start(d, j);
+        else
+            log_error("out of memory for a group of %zu events; they return after the "
+                      "visibility timeout", n);
+        start += n;
+    }
+}
+
+static void log_invalid(const struct sqs_message *m, const char *why)
+{
+    log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
+             m->message_id, m->receive_count, why);
+}
+
+/* Validates, groups and dispatches everything in the window. */
+static void window_dispatch(struct daemon *d, struct window *w)
+{
+    size_t cap = w->nmessages ? w->nmessages : 1, n = 0;
+    struct event *ev = calloc(cap, sizeof *ev);
+    struct sqs_message **msg = calloc(cap, sizeof *msg);
+    struct group *groups = calloc(cap, sizeof *groups);
+    size_t *members = calloc(cap, sizeof *members);
+    struct lerr *verdicts = calloc(cap, sizeof *verdicts), e;
+    struct group_plan plan = { .groups = groups, .members = members, .verdicts = verdicts };
+    int64_t visible_until = w->visible_until_ms;
+
+    if (!ev || !msg || !groups || !members || !verdicts) {
+        log_error("out of memory for %zu messages; they return after the visibility timeout",
+                  w->nmessages);
+        goto out;
+    }
+    for (size_t b = 0; b < w->nbatches; b++) {
+        for (size_t i = 0; i < w->batches[b].count; i++) {
+            struct sqs_message *m = &w->batches[b].messages[i];
+            if (m->flags) {
+                log_invalid(m, m->problem);
+                continue;
+            }
+            ev[n] = (struct event){ .id = m->message_id, .body = m->body, .body_len = m->body_len,
+                                    .image = m->image, .size = m->size, .command = m->command };
+            msg[n++] = m;
+        }
+    }
+    if (n && group_build(ev, n, (size_t)d->cfg->events_per_machine, &plan, &e) < 0) {
+        log_error("cannot group %zu messages: %s", n, e.msg);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (verdicts[i].kind != LERR_NONE)
+            log_invalid(msg[i], verdicts[i].msg);
+    for (size_t gi = 0; n && gi < plan.ngroups; gi++)
+        dispatch_group(d, ev, &groups[gi], msg, visible_until);
+out:
+    free(ev);
+    free(msg);
+    free(groups);
+    free(members);
+    free(verdicts);
+    window_clear(w);
+}
+
+/* Messages waiting in the batching window are kept hidden like a job's: once a third of
+ * their visibility has passed, all of them get a full LAMBDO_VISIBILITY_TIMEOUT again. */
+static void window_keepalive(struct daemon *d, struct window *w)
+{
+    int vis = d->cfg->visibility_timeout;
+    int64_t t = now_ms();
+    struct http_client *http;
+    struct sqs_client s;
+
+    if (!w->nmessages || t < w->visible_until_ms - (int64_t)vis * 1000 * 2 / 3)
+        return;
+    if (!(http = pool_borrow(&d->pool, -1)))
+        return;
+    sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
+                    &d->creds);
+    for (size_t b = 0; b < w->nbatches; b++) {
+        struct sqs_entry en[SQS_MAX_MESSAGES];
+        size_t n = w->batches[b].count;
+        struct lerr e;
+
+        memset(en, 0, sizeof en);
+        for (size_t i = 0; i < n; i++) {
+            en[i].receipt_handle = w->batches[b].messages[i].receipt_handle;
+            en[i].message_id = w->batches[b].messages[i].message_id;
+            en[i].visibility_timeout = vis;
+        }
+        if (sqs_change_visibility_batch(&s, en, n, &e) < 0)
+            log_warn("batching window: %s", e.msg);
+    }
+    pool_return(&d->pool, http);
+    w->visible_until_ms = t + (int64_t)vis * 1000;
+}
+
+/* With a batching window: is some group already full, or the window over? */
+static int window_ready(const struct daemon *d, const struct window *w)
+{
+    const struct config *cfg = d->cfg;
+    size_t n = 0, full = (size_t)cfg->events_per_machine;
+
+    if (!w->nmessages)
+        return 0;
+    if (!cfg->batch_window_ms || now_ms() - w->opened_ms >= cfg->batch_window_ms ||
+        w->nbatches == WINDOW_MAX_BATCHES || w->bytes >= (size_t)cfg->max_events_bytes)
+        return 1;
+    /* Count per (image, size, command) the cheap way: group what we have. */
+    {
+        struct event *ev = calloc(w->nmessages, sizeof *ev);
+        struct group *groups = calloc(w->nmessages, sizeof *groups);
+        size_t *members = calloc(w->nmessages, sizeof *members);
+        struct lerr *verdicts = calloc(w->nmessages, sizeof *verdicts), e;
+        struct group_plan plan = { .groups = groups, .members = members, .verdicts = verdicts };
+        int ready = 0;
+
+        if (ev && groups && members && verdicts) {
+            for (size_t b = 0; b < w->nbatches; b++)
+                for (size_t i = 0; i < w->batches[b].count; i++) {
+                    const struct sqs_message *m = &w->batches[b].messages[i];
+                    ev[n++] = (struct event){ .id = m->message_id, .body = m->body,
+                                              .body_len = m->body_len, .image = m->image,
+                                              .size = m->size, .command = m->command };
+                }
+            if (group_build(ev, n, full, &plan, &e) == 0)
+                for (size_t g = 0; g < plan.ngroups && !ready; g++)
+                    ready = groups[g].count >= full;
+        } else {
+            ready = 1;
+        }
+        free(ev);
+        free(groups);
+        free(members);
+        free(verdicts);
+        return ready;
+    }
+}
+
+/* Free Machine slots as the receiver sees them: jobs alive, waiting ones included. */
+static int daemon_free_slots(struct daemon *d)
+{
+    int free_slots;
+
+    pthread_mutex_lock(&d->mu);
+    free_slots = d->cfg->max_machines - d->jobs;
+    pthread_mutex_unlock(&d->mu);
+    return free_slots;
+}
+
+/* At the cap, receiving would take messages that cannot start: wait for a job to end. */
+static void daemon_wait_for_slot(struct daemon *d)
+{
+    pthread_mutex_lock(&d->mu);
+    while (d->jobs >= d->cfg->max_machines && !d->stop_at_ms) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 200 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&d->changed, &d->mu, &until);
+        pthread_mutex_unlock(&d->mu);
+        daemon_stopping(d, NULL);
+        pthread_mutex_lock(&d->mu);
+    }
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Returns 0 to go on, -1 when lambdo should exit with a failure. */
+static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
+{
+    const struct config *cfg = d->cfg;
+    int room = daemon_free_slots(d) * cfg->events_per_machine;
+    struct sqs_receive_opts o = {
+        .max_messages = room < SQS_MAX_MESSAGES ? (room < 1 ? 1 : room) : SQS_MAX_MESSAGES,
+        .wait_seconds = cfg->long_poll_seconds,
+        .visibility_timeout = cfg->visibility_timeout,
+    };
+    struct sqs_batch b = { 0 };
+    struct lerr e;
+
+    if (w->nmessages && cfg->batch_window_ms) {
+        int64_t left = w->opened_ms + cfg->batch_window_ms - now_ms();
+        int64_t beat = w->visible_until_ms - (int64_t)cfg->visibility_timeout * 1000 * 2 / 3 - now_ms();
+        int secs;
+        if (beat < left)
+            left = beat;
+        secs = left <= 0 ? 0 : (int)((left + 999) / 1000);
+        if (secs < o.wait_seconds)
+            o.wait_seconds = secs;
+    }
+    if (sqs_receive(&d->receiver, &o, &b, &e) < 0) {
+        if (e.kind == LERR_CANCELLED)
+            return 0;
+        /* Wrong credentials or a missing queue at start-up will not mend themselves: say so
+         * and exit, so a deploy fails visibly. Later the same errors may be passing (a key
+         * being rotated, a queue being recreated), so keep trying. */
+        if (!d->first_receive_done && !d->receiver.last_error.retryable) {
+            log_error("%s", e.msg);
+            return -1;
+        }
+        {
+            /* Full jitter, so that many lambdos that lost SQS together do not return in step. */
+            unsigned ms = sqs_backoff_ms(*failures, RECEIVE_BACKOFF_BASE_MS,
+                                         RECEIVE_BACKOFF_MAX_MS, &d->receiver.rng);
+            log_error("%s; retrying in %u ms", e.msg, ms);
+            pause_ms(d, ms);
+            (*failures)++;
+        }
+        return 0;
+    }
+    d->first_receive_done = 1;
+    *failures = 0;
+    if (b.count == 0) {
+        sqs_batch_free(&b);
+        return 0;
+    }
+    log_debug("received %zu messages", b.count);
+    if (!w->nmessages) {
+        w->opened_ms = now_ms();
+        w->visible_until_ms = w->opened_ms + (int64_t)cfg->visibility_timeout * 1000;
+    }
+    for (size_t i = 0; i < b.count; i++)
+        w->bytes += b.messages[i].body_len + 1;
+    w->nmessages += b.count;
+    w->batches[w->nbatches++] = b;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ start and stop ----- */
+
+static int signals_open(struct lerr *e)
+{
+    sigset_t set;
+    int fd;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    /* Blocked before any thread starts, so every thread inherits the mask and the signal
+     * stays pending for the signalfd instead of killing the process. */
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0 ||
+        (fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK)) < 0)
+        return lerr_set(e, LERR_IO, "cannot set up signal handling: %s", strerror(errno));
+    signal(SIGPIPE, SIG_IGN);
+    return fd;
+}
+
+static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *e)
+{
+    memset(d, 0, sizeof *d);
+    d->cfg = cfg;
+    d->signal_fd = -1;
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->changed, NULL);
+    pthread_mutex_init(&d->pool.mu, NULL);
+    if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
+        ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
+        return -1;
+    d->creds = (struct sigv4_credentials){
+        .access_key_id = cfg->aws_access_key_id,
+        .secret_access_key = cfg->aws_secret_access_key,
+        .session_token = cfg->aws_session_token,
+    };
+    if (tls_anchors_load(&d->anchors, cfg->ca_file, e) < 0)
+        return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
+    d->pool.anchors = &d->anchors;
+    if ((d->signal_fd = signals_open(e)) < 0)
+        return -1;
+    http_client_init(&d->receive_http, &d->anchors);
+    d->receive_http.cancel_fd = d->signal_fd;
+    sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
+                    cfg->aws_region, &d->creds);
+    d->fly.base = &cfg->fly_api;
+    d->fly.app = cfg->fly_app;
+    d->fly.token = cfg->fly_token;
+    d->fly.stop_fd = &d->signal_fd;  /* a stop ends 429 waits, never a request in flight */
+    d->fly.create_rl = &d->create_rl;
+    d->fly.get_rl = &d->get_rl;
+    return 0;
+}
+
+static void daemon_close(struct daemon *d)
+{
+    http_client_close(&d->receive_http);
+    pool_close(&d->pool);
+    tls_anchors_free(&d->anchors);
+    ratelimit_destroy(&d->create_rl);
+    ratelimit_destroy(&d->get_rl);
+    if (d->signal_fd >= 0)
+        close(d->signal_fd);
+    pthread_mutex_destroy(&d->pool.mu);
+    pthread_cond_destroy(&d->changed);
+    pthread_mutex_destroy(&d->mu);
+}
+
+/* After a stop: jobs finish what they started (creates, deletes; in exit mode they wait
+ * for their Machines up to LAMBDO_SHUTDOWN_TIMEOUT, then hand the messages back). */
+static void daemon_drain(struct daemon *d)
+{
+    pthread_mutex_lock(&d->mu);
+    if (d->jobs)
+        log_info("stopping: waiting for %d groups in flight", d->jobs);
+    while (d->jobs > 0)
+        pthread_cond_wait(&d->changed, &d->mu);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void log_start(const struct config *cfg)
+{
+    char regions[256] = "";
+
+    for (size_t i = 0; i < cfg->num_regions; i++) {
+        if (i)
+            strncat(regions, ",", sizeof regions - strlen(regions) - 1);
+        strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
+    }
+    log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s, "
+             "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, regions,
+             cfg->fly_api.tls ? "https" : "http", cfg->fly_api.authority,
+             strcmp(cfg->fly_api.path, "/") ? cfg->fly_api.path : "",
+             cfg->ack_on_exit ? "exit" : "create", cfg->max_machines);
+}
+
+int daemon_run(const struct config *cfg)
+{
+    struct window w = { 0 };
+    unsigned failures = 0;  /* failed receives in a row */
+    struct daemon d;
+    struct lerr e;
+    int status = 0;
+
+    if (daemon_open(&d, cfg, &e) < 0) {
+        log_error("%s", e.msg);
+        daemon_close(&d);
+        return e.kind == LERR_INVALID || e.kind == LERR_IO ? EXIT_USAGE : EXIT_FAILED;
+    }
+    log_start(cfg);
+    while (!daemon_stopping(&d, NULL)) {
+        daemon_wait_for_slot(&d);
+        if (daemon_stopping(&d, NULL))
+            break;
+        if (receive_once(&d, &w, &failures) < 0) {
+            status = EXIT_FAILED;
+            break;
+        }
+        if (window_ready(&d, &w))
+            window_dispatch(&d, &w);
+        else
+            window_keepalive(&d, &w);
+    }
+    if (w.nmessages) {
+        /* Received but not dispatched (the window was open): hand them back now. */
+        log_info("stopping: %zu messages waiting in the batching window go back to the queue",
+                 w.nmessages);
+        window_dispatch(&d, &w);
+    }
+    daemon_drain(&d);
+    if (status == 0)
+        log_info("stopped by signal");
+    daemon_close(&d);
+    return status;
+}

@@ -1,0 +1,22 @@
+/*
+ * daemon.h - the long-running part of lambdo: receive, validate, group, run, acknowledge.
+ *
+ * The main thread long-polls SQS and hands each group of events to a job thread of its
+ * own. A job creates the group's Machine and acknowledges its messages: at once after the
+ * create (LAMBDO_ACK=create), or after the Machine exited 0 (LAMBDO_ACK=exit), keeping the
+ * messages hidden with visibility heartbeats meanwhile. At most LAMBDO_MAX_MACHINES jobs
+ * hold a slot; the main thread stops receiving while every slot is taken, so it never
+ * holds a message it cannot start.
+ */
+#ifndef LAMBDO_DAEMON_H
+#define LAMBDO_DAEMON_H
+
+#include "config.h"
+
+/* Runs until SIGTERM or SIGINT. Returns the process exit status: 0 after a clean stop,
+ * 1 when it cannot go on (e.g. SQS refuses the credentials at start-up), 2 when the
+ * configuration is unusable (an unreadable CA bundle). Messages explain themselves in
+ * the log. */
+int daemon_run(const struct config *cfg);
+
+#endif
