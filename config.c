@@ -250,6 +250,22 @@ static int load_delivery(struct config *c, config_getenv_fn get, void *ctx, stru
                     &c->events_per_machine, e);
 }
 
+/* `lambdo send --queue URL` names the queue on the command line instead. */
+struct queue_override {
+    const char *queue_url;
+    config_getenv_fn get;
+    void *ctx;
+};
+
+static const char *get_with_queue(const char *name, void *ctx)
+{
+    const struct queue_override *o = ctx;
+
+    if (strcmp(name, "LAMBDO_SQS_QUEUE_URL") == 0)
+        return o->queue_url;
+    return o->get(name, o->ctx);
+}
+
 static int load_misc(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
     const char *env = get("LAMBDO_ENV", ctx), *level = get("LAMBDO_LOG_LEVEL", ctx);
@@ -273,6 +289,18 @@ int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *
 {
     memset(c, 0, sizeof *c);
     if (load_misc(c, get, ctx, e) < 0 || load_sqs(c, get, ctx, e) < 0 || load_fly(c, get, ctx, e) < 0)
+        return -1;
+    return 0;
+}
+
+int config_load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
+                    struct lerr *e)
+{
+    struct queue_override o = { queue_url, get, ctx };
+
+    memset(c, 0, sizeof *c);
+    if (load_misc(c, get, ctx, e) < 0 || load_sqs(c, queue_url ? get_with_queue : get,
+                                                   queue_url ? (void *)&o : ctx, e) < 0)
         return -1;
     return 0;
 }

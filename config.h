@@ -61,4 +61,10 @@ typedef const char *(*config_getenv_fn)(const char *name, void *ctx);
  * "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"0\"". */
 int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e);
 
+/* Only what talking to SQS needs (queue, region, credentials, endpoint, logging, CA
+ * bundle): for commands such as `lambdo send` that never reach Fly. queue_url, when not
+ * NULL, stands in for LAMBDO_SQS_QUEUE_URL. */
+int config_load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
+                    struct lerr *e);
+
 #endif

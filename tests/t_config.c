@@ -174,6 +174,28 @@ static void test_delivery(void **state)
     assert_non_null(strstr(e.msg, "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10"));
 }
 
+static void test_sqs_only(void **state)
+{
+    struct env env;
+    struct config c;
+    struct lerr e;
+
+    env_base(&env);
+    env_set(&env, "LAMBDO_FLY_TOKEN", "");
+    env_set(&env, "LAMBDO_FLY_APP", "");
+    env_set(&env, "LAMBDO_FLY_REGION", "");
+    assert_int_equal(config_load(&c, env_get, &env, &e), -1);
+    assert_int_equal(config_load_sqs(&c, NULL, env_get, &env, &e), 0);
+    assert_string_equal(c.queue.path, "/123456789012/jobs");
+    assert_int_equal(config_load_sqs(&c, "https://sqs.us-west-2.amazonaws.com/1/other", env_get,
+                                     &env, &e), 0);
+    assert_string_equal(c.aws_region, "us-west-2");
+    assert_string_equal(c.queue.path, "/1/other");
+    env_set(&env, "LAMBDO_SQS_QUEUE_URL", "");
+    assert_int_equal(config_load_sqs(&c, NULL, env_get, &env, &e), -1);
+    assert_non_null(strstr(e.msg, "LAMBDO_SQS_QUEUE_URL: required"));
+}
+
 static void test_production_logs(void **state)
 {
     struct env env;
@@ -268,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_regions_list),
         cmocka_unit_test(test_production_logs),
         cmocka_unit_test(test_delivery),
+        cmocka_unit_test(test_sqs_only),
         cmocka_unit_test(test_bad_values),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
