@@ -59,6 +59,8 @@ struct daemon {
     int slots;                         /* jobs holding a Machine slot */
     int64_t stop_at_ms;                /* when the stop signal was first seen, 0 before */
     int first_receive_done;
+    int once;                          /* --once: stop when the queue answers empty */
+    unsigned long unhandled;           /* --once: messages not handled to the end */
 };
 
 struct job_msg {
@@ -219,10 +221,13 @@ static size_t job_batch(struct job *j, int delete, int visibility)
     return failed;
 }
 
-static void job_delete(struct job *j)
+static size_t job_delete(struct job *j)
 {
-    if (job_batch(j, 1, 0) == 0)
+    size_t failed = job_batch(j, 1, 0);
+
+    if (failed == 0)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
+    return failed;
 }
 
 /* Hands the messages back: visible again after `delay` seconds. */
@@ -253,6 +258,14 @@ static int64_t job_keepalive_due(const struct job *j)
     int64_t left = due - now_ms();
 
     return left < 1000 ? 1000 : left;
+}
+
+/* --once counts every message that did not reach a successful end. */
+static void daemon_unhandled(struct daemon *d, size_t n)
+{
+    pthread_mutex_lock(&d->mu);
+    d->unhandled += n;
+    pthread_mutex_unlock(&d->mu);
 }
 
 /* ------------------------------------------------------------------------- a job ------- */
@@ -421,7 +434,7 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
 }
 
 /* Exit mode: the messages are deleted only when the Machine exited 0. */
-static void job_acknowledge_exit(struct job *j, const struct fly_machine *m, int64_t started)
+static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int64_t started)
 {
     struct daemon *d = j->d;
     struct http_client *http;
@@ -434,14 +447,14 @@ static void job_acknowledge_exit(struct job *j, const struct fly_machine *m, int
         log_warn("group %s: stopping while machine %s still runs; its %zu messages go back to "
                  "the queue", j->gid, m->id, j->count);
         job_return(j, 0);
-        return;
+        return -1;
     }
     if (f == FOLLOW_TIMEOUT) {
         log_error("group %s: machine %s ran past LAMBDO_MACHINE_TIMEOUT (%d s); destroying it",
                   j->gid, m->id, d->cfg->machine_timeout);
         job_kill(j, m);
         job_return(j, d->cfg->retry_delay);
-        return;
+        return -1;
     }
     memset(&x, 0, sizeof x);
     http = pool_borrow(&d->pool, -1);
@@ -456,8 +469,7 @@ static void job_acknowledge_exit(struct job *j, const struct fly_machine *m, int
     if (x.known && x.exit_code == 0) {
         log_info("group %s: machine %s in %s exited 0 after %.1f s; deleting %zu messages",
                  j->gid, m->id, m->region, secs, j->count);
-        job_delete(j);
-        return;
+        return job_delete(j) == 0 ? 0 : -1;
     }
     if (x.known)
         log_warn("group %s: machine %s in %s exited %d%s after %.1f s; %zu messages go back "
@@ -467,6 +479,7 @@ static void job_acknowledge_exit(struct job *j, const struct fly_machine *m, int
         log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
                  "back to the queue", j->gid, m->id, m->region, secs, j->count);
     job_return(j, d->cfg->retry_delay);
+    return -1;
 }
 
 static void *job_main(void *arg)
@@ -479,17 +492,17 @@ static void *job_main(void *arg)
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
         job_return(j, 0);
+        daemon_unhandled(j->d, j->count);
         job_end(j, 0);
         job_free(j);
         return NULL;
     }
     started = now_ms();
-    if (job_create(j, &m) == 0) {
-        if (j->d->cfg->ack_on_exit)
-            job_acknowledge_exit(j, &m, started);
-        else
-            job_delete(j);
-    }
+    if (job_create(j, &m) < 0)
+        daemon_unhandled(j->d, j->count);
+    else if (j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) < 0
+                                    : job_delete(j) > 0)
+        daemon_unhandled(j->d, j->count);
     job_end(j, 1);
     job_free(j);
     return NULL;
@@ -570,6 +583,7 @@ static void job_start(struct daemon *d, struct job *j)
     if (rc != 0) {
         log_error("group %s: cannot start a thread (%s); its messages return after the "
                   "visibility timeout", j->gid, strerror(rc));
+        daemon_unhandled(d, j->count);
         job_end(j, 0);
         job_free(j);
     }
@@ -601,8 +615,9 @@ static void dispatch_group(struct daemon *d, const struct event *ev, const struc
     }
 }
 
-static void log_invalid(const struct sqs_message *m, const char *why)
+static void log_invalid(struct daemon *d, const struct sqs_message *m, const char *why)
 {
+    daemon_unhandled(d, 1);
     log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
              m->message_id, m->receive_count, why);
 }
@@ -628,7 +643,7 @@ static void window_dispatch(struct daemon *d, struct window *w)
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
             if (m->flags) {
-                log_invalid(m, m->problem);
+                log_invalid(d, m, m->problem);
                 continue;
             }
             ev[n] = (struct event){ .id = m->message_id, .body = m->body, .body_len = m->body_len,
@@ -642,7 +657,7 @@ static void window_dispatch(struct daemon *d, struct window *w)
     }
     for (size_t i = 0; i < n; i++)
         if (verdicts[i].kind != LERR_NONE)
-            log_invalid(msg[i], verdicts[i].msg);
+            log_invalid(d, msg[i], verdicts[i].msg);
     for (size_t gi = 0; n && gi < plan.ngroups; gi++)
         dispatch_group(d, ev, &groups[gi], msg, visible_until);
 out:
@@ -760,7 +775,8 @@ static void daemon_wait_for_slot(struct daemon *d)
     pthread_mutex_unlock(&d->mu);
 }
 
-/* Returns 0 to go on, -1 when lambdo should exit with a failure. */
+/* Returns 0 to go on, 1 when --once is done (the queue answered empty), -1 when lambdo
+ * should exit with a failure. */
 static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
 {
     const struct config *cfg = d->cfg;
@@ -773,6 +789,8 @@ static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
     struct sqs_batch b = { 0 };
     struct lerr e;
 
+    if (d->once && o.wait_seconds > 1)
+        o.wait_seconds = 1;  /* --once: a one-second long poll that answers empty means empty */
     if (w->nmessages && cfg->batch_window_ms) {
         int64_t left = w->opened_ms + cfg->batch_window_ms - now_ms();
         int64_t beat = w->visible_until_ms - (int64_t)cfg->visibility_timeout * 1000 * 2 / 3 - now_ms();
@@ -807,7 +825,7 @@ static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
     *failures = 0;
     if (b.count == 0) {
         sqs_batch_free(&b);
-        return 0;
+        return d->once ? 1 : 0;  /* --once: the queue answered empty */
     }
     log_debug("received %zu messages", b.count);
     if (!w->nmessages) {
@@ -916,28 +934,34 @@ static void log_start(const struct config *cfg)
              cfg->ack_on_exit ? "exit" : "create", cfg->max_machines);
 }
 
-int daemon_run(const struct config *cfg)
+int daemon_run(const struct config *cfg, int once)
 {
     struct window w = { 0 };
     unsigned failures = 0;  /* failed receives in a row */
     struct daemon d;
     struct lerr e;
-    int status = 0;
+    int status = 0, rc;
 
     if (daemon_open(&d, cfg, &e) < 0) {
         log_error("%s", e.msg);
         daemon_close(&d);
         return e.kind == LERR_INVALID || e.kind == LERR_IO ? EXIT_USAGE : EXIT_FAILED;
     }
+    d.once = once;
     log_start(cfg);
     while (!daemon_stopping(&d, NULL)) {
         daemon_wait_for_slot(&d);
         if (daemon_stopping(&d, NULL))
             break;
-        if (receive_once(&d, &w, &failures) < 0) {
+        rc = receive_once(&d, &w, &failures);
+        if (rc < 0) {
             status = EXIT_FAILED;
             break;
         }
+        if (rc > 0 && !w.nmessages)
+            break;
+        if (rc > 0)
+            w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
         if (window_ready(&d, &w))
             window_dispatch(&d, &w);
         else
@@ -950,8 +974,15 @@ int daemon_run(const struct config *cfg)
         window_dispatch(&d, &w);
     }
     daemon_drain(&d);
-    if (status == 0)
+    if (status == 0 && once) {
+        if (d.unhandled)
+            log_error("--once: %lu messages were not handled", d.unhandled);
+        else
+            log_info("--once: the queue is empty and every message was handled");
+        status = d.unhandled ? EXIT_FAILED : 0;
+    } else if (status == 0) {
         log_info("stopped by signal");
+    }
     daemon_close(&d);
     return status;
 }

@@ -13,10 +13,12 @@
 
 #include "config.h"
 
-/* Runs until SIGTERM or SIGINT. Returns the process exit status: 0 after a clean stop,
- * 1 when it cannot go on (e.g. SQS refuses the credentials at start-up), 2 when the
- * configuration is unusable (an unreadable CA bundle). Messages explain themselves in
- * the log. */
-int daemon_run(const struct config *cfg);
+/* Runs until SIGTERM or SIGINT or, with once, until the queue answers empty and every
+ * group is done. Returns the process exit status: 0 after a clean stop (with once: only
+ * if every message was handled, i.e. its Machine was created, or exited 0 in exit mode,
+ * and the message deleted), 1 when it cannot go on (e.g. SQS refuses the credentials at
+ * start-up) or, with once, when a message was not handled, 2 when the configuration is
+ * unusable (an unreadable CA bundle). Messages explain themselves in the log. */
+int daemon_run(const struct config *cfg, int once);
 
 #endif

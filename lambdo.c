@@ -15,7 +15,7 @@
 #define EXIT_USAGE 2
 
 static const char usage[] =
-    "usage: lambdo [--help | --version]\n"
+    "usage: lambdo [--once | --help | --version]\n"
     "\n"
     "Long-polls an SQS queue and runs each group of events (same image, size and command)\n"
     "in a Fly Machine whose /tmp/events.json holds the group's message bodies, byte for byte.\n"
@@ -49,6 +49,9 @@ static const char usage[] =
     "  LAMBDO_MAX_EVENTS_BYTES          cap of one events file (1048576)\n"
     "  LAMBDO_SHUTDOWN_TIMEOUT          seconds to wait for Machines on SIGTERM (0)\n"
     "\n"
+    "--once receives until the queue answers empty, dispatches, waits for the work (in exit\n"
+    "mode, for the Machines) and exits 0 only if every message was handled: a CI step.\n"
+    "\n"
     "Exit status: 0 ok or stopped by SIGTERM/SIGINT, 1 failure, 2 usage or configuration.\n";
 
 static const char *env_get(const char *name, void *ctx)
@@ -61,6 +64,7 @@ int main(int argc, char **argv)
 {
     struct config cfg;
     struct lerr e;
+    int once = 0;
 
     if (argc == 2 && strcmp(argv[1], "--version") == 0) {
         printf("lambdo %s (BearSSL %s, cJSON %s)\n", LAMBDO_VERSION, LAMBDO_BEARSSL_VERSION,
@@ -71,7 +75,9 @@ int main(int argc, char **argv)
         fputs(usage, stdout);
         return 0;
     }
-    if (argc > 1) {
+    if (argc == 2 && strcmp(argv[1], "--once") == 0)
+        once = 1;
+    else if (argc > 1) {
         fprintf(stderr, "lambdo: unknown argument \"%s\"\n%s", argv[1], usage);
         return EXIT_USAGE;
     }
@@ -80,5 +86,5 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
-    return daemon_run(&cfg);
+    return daemon_run(&cfg, once);
 }

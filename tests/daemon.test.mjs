@@ -30,8 +30,8 @@ async function until(cond, what, timeoutMs = 15000) {
 }
 
 // Starts lambdo with exactly env (nothing inherited but PATH), collecting its output.
-function startLambdo(env) {
-  const [cmd, ...args] = lambdoCommand();
+function startLambdo(argv, env) {
+  const [cmd, ...args] = lambdoCommand(argv);
   const proc = spawn(cmd, args, { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const run = { proc, out: '', exited: null };
   proc.stdout.on('data', (d) => { run.out += d; });
@@ -82,8 +82,8 @@ describe('lambdo daemon', () => {
     return sqs.createQueue(`daemon${++n}`, { baseUrl: proxy.endpoint, visibilityTimeout: 30, ...opts });
   }
 
-  function lambdo(url, extra = {}) {
-    const r = startLambdo({
+  function lambdo(url, extra = {}, args = []) {
+    const r = startLambdo(args, {
       LAMBDO_SQS_QUEUE_URL: url,
       AWS_REGION: REGION,
       AWS_ACCESS_KEY_ID: CREDS.accessKeyId,
@@ -354,6 +354,46 @@ describe('lambdo daemon', () => {
     const beats = proxy.requests.filter((q) => q.op === 'ChangeMessageVisibilityBatch' && q.body.QueueUrl === url);
     assert.ok(beats.reduce((n, q) => n + q.body.Entries.length, 0) >= 4, 'every waiting message got a heartbeat');
     assert.ok(beats.every((q) => q.body.Entries.every((e) => e.VisibilityTimeout === 3)));
+  });
+
+  it('--once: handles what is queued, then exits 0 only if every message was handled', async () => {
+    const { url } = await queue();
+    for (let i = 0; i < 3; i++) await sqs.send(url, `{"id":"once${i}"}`, { image: `registry.fly.io/once:${i}` });
+    let r = lambdo(url, {}, ['--once']);
+    let exit = await Promise.race([r.exit, sleep(20000).then(() => null)]);
+    assert.ok(exit, `--once did not exit:\n${r.out}`);
+    assert.equal(exit.code, 0, r.out);
+    assert.equal(machinesFor(['once0', 'once1', 'once2']).length, 3);
+    assert.ok(await settled(url));
+    assert.match(r.out, /every message was handled/);
+
+    // An invalid message is not handled: exit 1 (and it stays queued for the DLQ).
+    await sqs.send(url, '{"id":"once-bad"}', { image: 'registry.fly.io/once:bad', size: 'huge' });
+    await sqs.send(url, '{"id":"once-good"}', { image: 'registry.fly.io/once:good' });
+    r = lambdo(url, {}, ['--once']);
+    exit = await Promise.race([r.exit, sleep(20000).then(() => null)]);
+    assert.ok(exit, `--once did not exit:\n${r.out}`);
+    assert.equal(exit.code, 1, r.out);
+    assert.match(r.out, /--once: 1 messages were not handled/);
+    assert.equal(machinesFor(['once-good']).length, 1);
+  });
+
+  it('--once in exit mode waits for the Machines and fails when one exits non-zero', async () => {
+    const { url } = await queue();
+    fly.onCreate = (m) => setTimeout(() => fly.exitMachine(m.id, m.events[0].code), 200);
+    await sqs.send(url, '{"id":"oe0","code":0}', { image: 'registry.fly.io/oe:0' });
+    await sqs.send(url, '{"id":"oe1","code":0}', { image: 'registry.fly.io/oe:1' });
+    let r = lambdo(url, { LAMBDO_ACK: 'exit', LAMBDO_VISIBILITY_TIMEOUT: '30' }, ['--once']);
+    let exit = await Promise.race([r.exit, sleep(20000).then(() => null)]);
+    assert.ok(exit, r.out);
+    assert.equal(exit.code, 0, r.out);
+    assert.ok(await settled(url));
+    await sqs.send(url, '{"id":"oe2","code":2}', { image: 'registry.fly.io/oe:2' });
+    r = lambdo(url, { LAMBDO_ACK: 'exit', LAMBDO_VISIBILITY_TIMEOUT: '30' }, ['--once']);
+    exit = await Promise.race([r.exit, sleep(20000).then(() => null)]);
+    assert.ok(exit, r.out);
+    assert.equal(exit.code, 1, r.out);
+    assert.match(r.out, /exited 2 after/);
   });
 
   it('stops a long poll at once on SIGTERM and on SIGINT', async () => {
