@@ -1,4 +1,5 @@
 #include "config.h"
+#include "local.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -285,10 +286,29 @@ static int load_misc(struct config *c, config_getenv_fn get, void *ctx, struct l
     return 0;
 }
 
+/* LAMBDO_BACKEND=local runs groups on this host: no Fly variable is needed then. */
+static int load_backend(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    const char *b = get("LAMBDO_BACKEND", ctx);
+
+    c->backend_local = b && strcmp(b, "local") == 0;
+    if (b && *b && !c->backend_local && strcmp(b, "fly") != 0)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_BACKEND: must be fly or local, got \"%.20s\"", b);
+    c->local_command = get("LAMBDO_LOCAL_COMMAND", ctx);
+    if (c->local_command && !*c->local_command)
+        c->local_command = NULL;
+    if (c->local_command && !c->backend_local)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with LAMBDO_BACKEND=local");
+    if (c->local_command && local_command_check(c->local_command, e) < 0)
+        return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
+    return 0;
+}
+
 int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
     memset(c, 0, sizeof *c);
-    if (load_misc(c, get, ctx, e) < 0 || load_sqs(c, get, ctx, e) < 0 || load_fly(c, get, ctx, e) < 0)
+    if (load_misc(c, get, ctx, e) < 0 || load_backend(c, get, ctx, e) < 0 ||
+        load_sqs(c, get, ctx, e) < 0 || (!c->backend_local && load_fly(c, get, ctx, e) < 0))
         return -1;
     return 0;
 }

@@ -15,6 +15,7 @@
 #include "fly.h"
 #include "group.h"
 #include "http.h"
+#include "local.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "sqs.h"
@@ -482,6 +483,65 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     return -1;
 }
 
+static void job_local_started(void *ctx, int pid)
+{
+    struct job *j = ctx;
+
+    log_info("group %s: process %d started for %zu events", j->gid, pid, j->count);
+    if (!j->d->cfg->ack_on_exit && job_delete(j) > 0)  /* create mode: started = created */
+        daemon_unhandled(j->d, j->count);
+}
+
+/* LAMBDO_BACKEND=local: the group runs as a child process; its exit status acknowledges
+ * like a Machine's in exit mode. Returns 0 when the messages were handled to the end. */
+static int job_run_local(struct job *j)
+{
+    const struct config *cfg = j->d->cfg;
+    struct local_result res;
+    struct local_run r;
+    char **argv = NULL;
+    struct lerr e;
+    int rc;
+
+    if (local_command_resolve(j->command, cfg->local_command, &argv, &e) < 0) {
+        log_error("group %s: %s; %zu messages go back to the queue", j->gid, e.msg, j->count);
+        job_return(j, cfg->retry_delay);
+        return -1;
+    }
+    r = (struct local_run){
+        .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
+        .group_id = j->gid, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
+        .shutdown_grace_s = cfg->shutdown_timeout, .started = job_local_started,
+        .idle = cfg->ack_on_exit ? job_idle : NULL,  /* create mode deleted them at start */
+        .ctx = j,
+    };
+    rc = local_run_group(&r, &res, &e);
+    local_argv_free(argv);
+    if (rc < 0) {
+        log_error("group %s: cannot run locally: %s", j->gid, e.msg);
+        job_return(j, cfg->retry_delay);
+        return -1;
+    }
+    if (res.started && !cfg->ack_on_exit) {
+        log_info("group %s: process %d %s after %.1f s", j->gid, res.pid, res.reason, res.seconds);
+        return 0;  /* deleted at start; an unsuccessful delete was counted there */
+    }
+    if (res.stopped) {
+        log_warn("group %s: %s; %zu messages go back to the queue", j->gid, res.reason, j->count);
+        job_return(j, 0);
+        return -1;
+    }
+    if (local_result_ok(&res)) {
+        log_info("group %s: process %d exited 0 after %.1f s; deleting %zu messages", j->gid,
+                 res.pid, res.seconds, j->count);
+        return job_delete(j) == 0 ? 0 : -1;
+    }
+    log_warn("group %s: %s (after %.1f s); %zu messages go back to the queue", j->gid,
+             res.reason, res.seconds, j->count);
+    job_return(j, cfg->retry_delay);
+    return -1;
+}
+
 static void *job_main(void *arg)
 {
     struct job *j = arg;
@@ -498,7 +558,10 @@ static void *job_main(void *arg)
         return NULL;
     }
     started = now_ms();
-    if (job_create(j, &m) < 0)
+    if (j->d->cfg->backend_local) {
+        if (job_run_local(j) < 0)
+            daemon_unhandled(j->d, j->count);
+    } else if (job_create(j, &m) < 0)
         daemon_unhandled(j->d, j->count);
     else if (j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) < 0
                                     : job_delete(j) > 0)
@@ -879,6 +942,9 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     d->pool.anchors = &d->anchors;
     if ((d->signal_fd = signals_open(e)) < 0)
         return -1;
+    /* Child processes must inherit nothing of ours but what local.c hands them. */
+    if (cfg->backend_local && local_seal_fds(e) < 0)
+        return -1;
     http_client_init(&d->receive_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
     sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
@@ -926,6 +992,13 @@ static void log_start(const struct config *cfg)
         if (i)
             strncat(regions, ",", sizeof regions - strlen(regions) - 1);
         strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
+    }
+    if (cfg->backend_local) {
+        log_info("lambdo %s starting: queue %s, backend local (command %s), ack on %s, up to "
+                 "%d processes", LAMBDO_VERSION, cfg->queue_url,
+                 cfg->local_command ? cfg->local_command : "from each message",
+                 cfg->ack_on_exit ? "exit" : "create", cfg->max_machines);
+        return;
     }
     log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s, "
              "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, regions,

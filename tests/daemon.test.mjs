@@ -10,7 +10,8 @@ import { startSqs } from './lib/fauxqs.mjs';
 import { startSqsProxy } from './lib/sqsproxy.mjs';
 import { startFlyApi, guestForPreset } from './lib/flyapi.mjs';
 import { testCerts } from './lib/certs.mjs';
-import { lambdoCommand } from './lib/tools.mjs';
+import path from 'node:path';
+import { lambdoCommand, ROOT } from './lib/tools.mjs';
 
 const REGION = 'us-east-1';
 const CREDS = { accessKeyId: 'AKIDLAMBDOTEST', secretAccessKey: 'lambdo/daemon+test+secret' };
@@ -394,6 +395,40 @@ describe('lambdo daemon', () => {
     assert.ok(exit, r.out);
     assert.equal(exit.code, 1, r.out);
     assert.match(r.out, /exited 2 after/);
+  });
+
+  it('LAMBDO_BACKEND=local runs each group as a child process with the runtime and a handler', async () => {
+    const { url } = await queue();
+    const local = {
+      LAMBDO_BACKEND: 'local', LAMBDO_ACK: 'exit', LAMBDO_FLY_TOKEN: '', LAMBDO_FLY_APP: '', LAMBDO_FLY_REGION: '',
+      LAMBDO_FLY_REGIONS: '', LAMBDO_FLY_API_URL: '',
+      LAMBDO_LOCAL_COMMAND: JSON.stringify([process.execPath, path.join(ROOT, 'runtimes/js/runtime.mjs')]),
+      LAMBDO_HANDLER: path.join(ROOT, 'runtimes/js/sample-project'),
+    };
+    await sqs.send(url, '{"user": 42, "action": "resize", "image": "cat.png", "width": 640}', { image: 'local' });
+    await sqs.send(url, '{"user": 42, "action": "notify", "order": 9007199254740993}', { image: 'local' });
+    const creates0 = fly.creates().length;
+    let r = lambdo(url, local, ['--once']);
+    let exit = await Promise.race([r.exit, sleep(30000).then(() => null)]);
+    assert.ok(exit, r.out);
+    assert.equal(exit.code, 0, r.out);
+    assert.match(r.out, /\[group [0-9a-f]{16}\] notified user 42 about order 9007199254740993/);
+    assert.match(r.out, /\[group [0-9a-f]{16}\] resized cat.png to 640px/);
+    assert.match(r.out, /exited 0 after .* deleting 2 messages/);
+    assert.ok(await settled(url));
+    assert.equal(fly.creates().length, creates0, 'no Fly API call in local mode');
+    assertNoSecrets(r.out);
+
+    // A handler that throws: exit 1, the messages go back to the queue.
+    await sqs.send(url, '{"user": 1, "action": "explode"}', { image: 'local' });
+    r = lambdo(url, { ...local, LAMBDO_RETRY_DELAY: '60' }, ['--once']);
+    exit = await Promise.race([r.exit, sleep(30000).then(() => null)]);
+    assert.ok(exit, r.out);
+    assert.equal(exit.code, 1, r.out);
+    assert.match(r.out, /unknown action/);
+    assert.match(r.out, /exited 1 .*go back to the queue/);
+    const c = await sqs.counts(url);
+    assert.equal(c.visible + c.inFlight + c.delayed, 1, 'the failed message is still queued');
   });
 
   it('stops a long poll at once on SIGTERM and on SIGINT', async () => {

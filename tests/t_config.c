@@ -196,6 +196,28 @@ static void test_sqs_only(void **state)
     assert_non_null(strstr(e.msg, "LAMBDO_SQS_QUEUE_URL: required"));
 }
 
+static void test_local_backend(void **state)
+{
+    struct env env;
+    struct config c;
+    struct lerr e;
+
+    env_base(&env);
+    env_set(&env, "LAMBDO_FLY_TOKEN", "");
+    env_set(&env, "LAMBDO_FLY_APP", "");
+    env_set(&env, "LAMBDO_FLY_REGION", "");
+    env_set(&env, "LAMBDO_BACKEND", "local");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0); /* no Fly variable needed */
+    assert_int_equal(c.backend_local, 1);
+    assert_null(c.local_command);
+    env_set(&env, "LAMBDO_LOCAL_COMMAND", "[\"node\", \"/lambdo/runtime.mjs\"]");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_string_equal(c.local_command, "[\"node\", \"/lambdo/runtime.mjs\"]");
+    env_set(&env, "LAMBDO_LOCAL_COMMAND", "node index.js");
+    assert_int_equal(config_load(&c, env_get, &env, &e), -1);
+    assert_true(strncmp(e.msg, "LAMBDO_LOCAL_COMMAND: ", 22) == 0);
+}
+
 static void test_production_logs(void **state)
 {
     struct env env;
@@ -238,6 +260,8 @@ static const struct bad_case {
     { "LAMBDO_EVENTS_PER_MACHINE", "0", "LAMBDO_EVENTS_PER_MACHINE: ", "from 1 to 10" },
     { "LAMBDO_EVENTS_PER_MACHINE", "11", "LAMBDO_EVENTS_PER_MACHINE: ", "from 1 to 10" },
     { "LAMBDO_ACK", "maybe", "LAMBDO_ACK: ", "create or exit" },
+    { "LAMBDO_BACKEND", "docker", "LAMBDO_BACKEND: ", "fly or local" },
+    { "LAMBDO_LOCAL_COMMAND", "[\"node\"]", "LAMBDO_LOCAL_COMMAND: ", "only used with LAMBDO_BACKEND=local" },
     { "LAMBDO_RETRY_DELAY", "-5", "LAMBDO_RETRY_DELAY: ", "from 0 to 43200" },
     { "LAMBDO_MACHINE_TIMEOUT", "0", "LAMBDO_MACHINE_TIMEOUT: ", "from 1 to" },
     { "LAMBDO_MAX_MACHINES", "0", "LAMBDO_MAX_MACHINES: ", "from 1 to 1000" },
@@ -291,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_production_logs),
         cmocka_unit_test(test_delivery),
         cmocka_unit_test(test_sqs_only),
+        cmocka_unit_test(test_local_backend),
         cmocka_unit_test(test_bad_values),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);

@@ -1,0 +1,871 @@
+#include "local.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cJSON.h"
+#include "log.h"
+
+extern char **environ;
+
+#define GID_MAX 24           /* bytes of a group id used in names and log prefixes */
+#define IDLE_EVERY_MS 1000
+#define TICK_MS 200          /* how often to look for the child's end while its output
+                                pipe stays open (a process it started may hold it) */
+#define DEFAULT_PATH "/usr/local/bin:/bin:/usr/bin"
+#define EVENTS_NAME "events.json"
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- commands ------------------------------------------------------------------------ */
+
+static const char *json_type_name(const cJSON *v)
+{
+    if (cJSON_IsObject(v))
+        return "an object";
+    if (cJSON_IsArray(v))
+        return "an array";
+    if (cJSON_IsString(v))
+        return "a string";
+    if (cJSON_IsBool(v))
+        return "a boolean";
+    if (cJSON_IsNull(v))
+        return "null";
+    return "a number";
+}
+
+/* cJSON turns \u0000 into a NUL that silently ends the string, so look at the text. In
+ * JSON that parsed, every backslash is inside a string and starts a two-character escape
+ * (or \uXXXX), so a left-to-right walk that skips each escape's second character never
+ * mistakes an escaped backslash for the start of one. */
+static int has_nul_escape(const char *json)
+{
+    for (const char *p = json; *p; p++) {
+        if (*p != '\\')
+            continue;
+        if (strncmp(p + 1, "u0000", 5) == 0)
+            return 1;
+        if (p[1])
+            p++;
+    }
+    return 0;
+}
+
+static int command_parse(const char *json, cJSON **out, struct lerr *e)
+{
+    const char *end = NULL;
+    cJSON *a, *el;
+    int i = 0;
+
+    if (!json)
+        return lerr_set(e, LERR_INVALID, "no command");
+    a = cJSON_ParseWithOpts(json, &end, 1);
+    if (!a)
+        return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu)",
+                        end && end >= json ? (size_t)(end - json) : (size_t)0);
+    if (!cJSON_IsArray(a)) {
+        lerr_set(e, LERR_INVALID, "must be a JSON array of strings, not %s", json_type_name(a));
+        goto fail;
+    }
+    if (!a->child) {
+        lerr_set(e, LERR_INVALID, "must be a JSON array of at least one string, not []");
+        goto fail;
+    }
+    cJSON_ArrayForEach(el, a) {
+        i++;
+        if (!cJSON_IsString(el) || !el->valuestring) {
+            lerr_set(e, LERR_INVALID, "element %d is not a string (it is %s)", i,
+                     json_type_name(el));
+            goto fail;
+        }
+    }
+    if (!a->child->valuestring[0]) {
+        lerr_set(e, LERR_INVALID, "element 1 is empty (it names the program to run)");
+        goto fail;
+    }
+    if (has_nul_escape(json)) {
+        lerr_set(e, LERR_INVALID, "a string holds a NUL character (\\u0000), which cannot be "
+                 "passed to a program");
+        goto fail;
+    }
+    *out = a;
+    return 0;
+fail:
+    cJSON_Delete(a);
+    return -1;
+}
+
+int local_command_check(const char *json, struct lerr *e)
+{
+    cJSON *a;
+
+    if (command_parse(json, &a, e) < 0)
+        return -1;
+    cJSON_Delete(a);
+    return 0;
+}
+
+void local_argv_free(char **argv)
+{
+    if (!argv)
+        return;
+    for (char **p = argv; *p; p++)
+        free(*p);
+    free(argv);
+}
+
+int local_argv_from_json(const char *json, char ***argv_out, struct lerr *e)
+{
+    cJSON *a, *el;
+    char **argv;
+    size_t n = 0;
+
+    if (command_parse(json, &a, e) < 0)
+        return -1;
+    argv = calloc((size_t)cJSON_GetArraySize(a) + 1, sizeof *argv);
+    if (!argv)
+        goto nomem;
+    cJSON_ArrayForEach(el, a) {
+        if (!(argv[n++] = strdup(el->valuestring)))
+            goto nomem;
+    }
+    cJSON_Delete(a);
+    *argv_out = argv;
+    return 0;
+nomem:
+    local_argv_free(argv);
+    cJSON_Delete(a);
+    return lerr_set(e, LERR_NOMEM, "out of memory for a command");
+}
+
+int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
+                          struct lerr *e)
+{
+    if (message_cmd) {
+        if (local_argv_from_json(message_cmd, argv_out, e) < 0)
+            return lerr_wrap(e, "attribute command");
+        return 0;
+    }
+    if (default_cmd) {
+        if (local_argv_from_json(default_cmd, argv_out, e) < 0)
+            return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
+        return 0;
+    }
+    return lerr_set(e, LERR_INVALID, "no command: the message has no command attribute and "
+                    "LAMBDO_LOCAL_COMMAND is not set");
+}
+
+/* ---- descriptors ---------------------------------------------------------------------- */
+
+int local_seal_fds(struct lerr *e)
+{
+    DIR *d;
+    struct dirent *de;
+
+    /* Linux 5.11 does it in one call; older kernels get the /proc walk. */
+    if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return 0;
+    d = opendir("/proc/self/fd");
+    if (!d)
+        return lerr_set(e, LERR_IO, "cannot list /proc/self/fd: %s", strerror(errno));
+    while ((de = readdir(d))) {
+        char *end;
+        long fd = strtol(de->d_name, &end, 10);
+        int flags;
+
+        if (*end || end == de->d_name || fd < 3 || fd == dirfd(d) || fd > INT_MAX)
+            continue;
+        flags = fcntl((int)fd, F_GETFD);
+        if (flags >= 0 && !(flags & FD_CLOEXEC))
+            fcntl((int)fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+    closedir(d);
+    return 0;
+}
+
+/* ---- output lines --------------------------------------------------------------------- */
+
+void local_lines_feed(struct local_lines *l, const char *p, size_t n)
+{
+    while (n) {
+        const char *nl = memchr(p, '\n', n);
+        size_t take = nl ? (size_t)(nl - p) : n;
+
+        if (!l->dropping) {
+            size_t room = sizeof l->buf - l->len;
+            if (take > room) {
+                memcpy(l->buf + l->len, p, room);
+                l->emit(l->ctx, l->buf, sizeof l->buf, 1);
+                l->len = 0;
+                l->dropping = 1;
+            } else {
+                memcpy(l->buf + l->len, p, take);
+                l->len += take;
+            }
+        }
+        if (!nl)
+            return;
+        if (!l->dropping)
+            l->emit(l->ctx, l->buf, l->len, 0);
+        l->len = 0;
+        l->dropping = 0;
+        p = nl + 1;
+        n -= take + 1;
+    }
+}
+
+void local_lines_finish(struct local_lines *l)
+{
+    if (l->len && !l->dropping)
+        l->emit(l->ctx, l->buf, l->len, 0);
+    l->len = 0;
+    l->dropping = 0;
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid; *partial set when the bytes
+ * there are a valid start cut short by the end. */
+static size_t utf8_seq(const unsigned char *s, size_t n, int *partial)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    size_t need;
+
+    *partial = 0;
+    if (c >= 0x01 && c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        need = 2;
+    else if (c >= 0xE0 && c <= 0xEF)
+        need = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4)
+        need = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    else
+        return 0;
+    for (size_t i = 1; i < need; i++) {
+        if (i >= n) {
+            *partial = 1;
+            return 0;
+        }
+        if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF))
+            return 0;
+    }
+    return need;
+}
+
+void local_line_format(char *out, size_t cap, const char *group_id, const char *line,
+                       size_t len, int truncated)
+{
+    const unsigned char *s = (const unsigned char *)line;
+    const char *mark = truncated ? " [truncated]" : "";
+    size_t o, i = 0;
+
+    if (!cap)
+        return;
+    if (!truncated && len && s[len - 1] == '\r')
+        len--;
+    o = (size_t)snprintf(out, cap, "[group %.*s] ", GID_MAX, group_id ? group_id : "?");
+    if (o >= cap)
+        return;
+    while (i < len && o + strlen(mark) + 1 < cap) {
+        int partial;
+        size_t k = utf8_seq(s + i, len - i, &partial);
+
+        if (partial && truncated)
+            break;  /* a character the truncation cut in two */
+        if (!k) {
+            out[o++] = '?';
+            i++;
+            continue;
+        }
+        if (o + k + strlen(mark) + 1 > cap)
+            break;
+        memcpy(out + o, s + i, k);
+        o += k;
+        i += k;
+    }
+    snprintf(out + o, cap - o, "%s", mark);
+}
+
+/* ---- the events directory ------------------------------------------------------------- */
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+/* Removes the private directory and anything the child added to it. FTW_PHYS: symbolic
+ * links are removed, never followed. Only the owner can write there (0700), and the
+ * owner's processes could delete whatever we can anyway. */
+static void events_dir_remove(const char *dir, const char *gid)
+{
+    if (nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) != 0 && errno != ENOENT)
+        log_warn("group %s: cannot remove %s: %s", gid, dir, strerror(errno));
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Creates <tmp>/lambdo-<gid>-XXXXXX/events.json holding the events. path gets the file's
+ * name, dir the directory's (empty if nothing was created). */
+static int events_file_create(const struct local_run *r, char *dir, char *path, size_t cap,
+                              struct lerr *e)
+{
+    const char *tmp = r->tmpdir ? r->tmpdir : getenv("TMPDIR");
+    char gid[GID_MAX + 1];
+    size_t n = 0;
+    int fd, err;
+
+    dir[0] = '\0';
+    if (!tmp || !*tmp)
+        tmp = "/tmp";
+    /* Only name-safe characters of the group id go into the path. */
+    for (const char *p = r->group_id ? r->group_id : ""; *p && n < GID_MAX; p++)
+        gid[n++] = (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+                   (*p >= 'A' && *p <= 'Z') || *p == '-' ? *p : '_';
+    gid[n] = '\0';
+    if ((size_t)snprintf(dir, cap, "%s/lambdo-%s-XXXXXX", tmp, gid) >= cap ||
+        (size_t)snprintf(path, cap, "%s/lambdo-%s-XXXXXX/" EVENTS_NAME, tmp, gid) >= cap) {
+        dir[0] = '\0';
+        return lerr_set(e, LERR_INVALID, "temporary directory name too long: %s", tmp);
+    }
+    if (!mkdtemp(dir)) {
+        err = errno;
+        dir[0] = '\0';
+        return lerr_set(e, LERR_IO, "cannot create a private directory in %s: %s", tmp,
+                        strerror(err));
+    }
+    memcpy(path, dir, strlen(dir));  /* the same name with the XXXXXX filled in */
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return lerr_set(e, LERR_IO, "cannot create %s: %s", path, strerror(errno));
+    /* 0600 whatever the umask: the owner must be able to read it. */
+    if (fchmod(fd, 0600) < 0 || write_all(fd, r->events, r->events_len) < 0) {
+        err = errno;
+        close(fd);
+        return lerr_set(e, LERR_IO, "cannot write %s: %s", path, strerror(err));
+    }
+    if (close(fd) < 0)
+        return lerr_set(e, LERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* ---- the child's environment ---------------------------------------------------------- */
+
+static int env_is_secret(const char *kv)
+{
+    static const char *const strip[] = {
+        "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "EVENTS_PATH",
+    };
+    const char *eq = strchr(kv, '=');
+    size_t n = eq ? (size_t)(eq - kv) : strlen(kv);
+
+    /* LAMBDO_HANDLER is the runtimes' setting (runtimes/), not lambdo's: it passes. */
+    if (strncmp(kv, "LAMBDO_", 7) == 0 && strncmp(kv, "LAMBDO_HANDLER=", 15) != 0)
+        return 1;
+    for (size_t i = 0; i < sizeof strip / sizeof strip[0]; i++)
+        if (strlen(strip[i]) == n && memcmp(kv, strip[i], n) == 0)
+            return 1;
+    return 0;
+}
+
+/* A new array of pointers into envp (not copies) and events_kv; NULL if out of memory. */
+static char **env_build(const char *const *envp, char *events_kv)
+{
+    size_t n = 0, k = 0;
+    char **env;
+
+    if (!envp)
+        envp = (const char *const *)environ;
+    while (envp && envp[n])
+        n++;
+    env = calloc(n + 2, sizeof *env);
+    if (!env)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strchr(envp[i], '=') && !env_is_secret(envp[i]))
+            env[k++] = (char *)envp[i];
+    env[k] = events_kv;
+    return env;
+}
+
+/* ---- starting the child --------------------------------------------------------------- */
+
+/* Moves a descriptor above 2, keeping O_CLOEXEC: if lambdo was started with stdout or
+ * stderr closed, a pipe end could be 1 or 2, and dup2 onto itself would leave it marked
+ * close-on-exec. */
+static int fd_above_stdio(int fd)
+{
+    int moved;
+
+    if (fd > 2)
+        return fd;
+    moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    close(fd);
+    return moved;
+}
+
+static void exec_failure(struct local_result *out, const char *prog, int err)
+{
+    out->exec_failed = 1;
+    if (err == ENOENT || err == ENOTDIR)
+        snprintf(out->reason, sizeof out->reason, "command not found: %.150s", prog);
+    else if (err == EACCES || err == EPERM || err == ENOEXEC || err == EISDIR)
+        snprintf(out->reason, sizeof out->reason, "command not executable: %.120s (%s)", prog,
+                 strerror(err));
+    else
+        snprintf(out->reason, sizeof out->reason, "cannot run %.120s: %s", prog, strerror(err));
+}
+
+/* Errors that say the command cannot run, as opposed to lambdo running short. */
+static int is_exec_error(int err)
+{
+    return err == ENOENT || err == ENOTDIR || err == EACCES || err == EPERM ||
+           err == ENOEXEC || err == EISDIR || err == ELOOP || err == ENAMETOOLONG ||
+           err == E2BIG || err == ETXTBSY || err == ELIBBAD;
+}
+
+/* 0 when path is an executable regular file, else why not, as an errno. */
+static int file_runnable(const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) < 0)
+        return errno;
+    if (S_ISDIR(st.st_mode))
+        return EISDIR;
+    if (!S_ISREG(st.st_mode) || access(path, X_OK) < 0)
+        return EACCES;
+    return 0;
+}
+
+/* The file a command names, found as execvp finds it: a name with a slash is used as it
+ * is; any other is looked up in the child's PATH (an empty entry is the working
+ * directory), skipping what is not an executable file. Done here, not left to
+ * posix_spawnp, so that "not found" and "not executable" are told apart before anything
+ * starts, in the same words under glibc and musl (and valgrind, whose emulated vfork
+ * cannot pass an exec failure back). Returns 0, or ENOENT, EACCES, EISDIR, ENAMETOOLONG. */
+static int command_find(const char *name, char *const *env, char *out, size_t cap)
+{
+    const char *path = DEFAULT_PATH, *p;
+    int err = ENOENT;
+
+    if (strchr(name, '/')) {
+        if ((size_t)snprintf(out, cap, "%s", name) >= cap)
+            return ENAMETOOLONG;
+        return file_runnable(out);
+    }
+    for (char *const *v = env; *v; v++) {
+        if (strncmp(*v, "PATH=", 5) == 0) {
+            path = *v + 5;  /* the first, as getenv finds it */
+            break;
+        }
+    }
+    for (p = path;;) {
+        const char *colon = strchr(p, ':');
+        int n = colon ? (int)(colon - p) : (int)strlen(p), rc;
+
+        if ((size_t)snprintf(out, cap, "%.*s/%s", n ? n : 1, n ? p : ".", name) < cap) {
+            if ((rc = file_runnable(out)) == 0)
+                return 0;
+            if (rc != ENOENT && rc != ENOTDIR)
+                err = rc;
+        } else {
+            err = ENAMETOOLONG;
+        }
+        if (!colon)
+            return err;
+        p = colon + 1;
+    }
+}
+
+/* posix_spawn of the file prog with stdin from /dev/null, stdout and stderr to wfd, a
+ * process group of its own, no blocked signals and every signal at its default.
+ * Returns 0 or an errno. */
+static int child_spawn(const char *prog, const struct local_run *r, char **env, int wfd,
+                       pid_t *pid)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, all;
+    int rc;
+
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0)
+        return rc;
+    if ((rc = posix_spawnattr_init(&at)) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return rc;
+    }
+    sigemptyset(&none);
+    sigfillset(&all);
+    if (!(rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)) &&
+        !(rc = posix_spawn_file_actions_adddup2(&fa, wfd, 1)) &&
+        !(rc = posix_spawn_file_actions_adddup2(&fa, wfd, 2)) &&
+        !(rc = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                                 POSIX_SPAWN_SETSIGDEF)) &&
+        !(rc = posix_spawnattr_setpgroup(&at, 0)) &&
+        !(rc = posix_spawnattr_setsigmask(&at, &none)) &&
+        !(rc = posix_spawnattr_setsigdefault(&at, &all)))
+        rc = posix_spawn(pid, prog, &fa, &at, (char *const *)r->argv, env);
+    posix_spawnattr_destroy(&at);
+    posix_spawn_file_actions_destroy(&fa);
+    return rc;
+}
+
+/* ---- watching the child --------------------------------------------------------------- */
+
+struct watch {
+    const struct local_run *r;
+    struct local_result *out;
+    pid_t pid;
+    int out_fd;              /* read end of the output pipe; -1 after EOF */
+    int64_t started;
+    int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows; 0 before */
+    int stopping;            /* the stop fd became readable */
+    int64_t stop_deadline;   /* then: when the child is killed */
+    int64_t drain_until;     /* after the child was reaped */
+    int reaped;
+    int tick_ms;             /* how long poll may sleep before looking for the end again */
+    struct local_lines lines;
+};
+
+static void line_log(void *ctx, const char *line, size_t len, int truncated)
+{
+    const struct watch *w = ctx;
+    char buf[LOCAL_LINE_MAX + 64];
+
+    local_line_format(buf, sizeof buf, w->r->group_id, line, len, truncated);
+    log_info("%s", buf);
+}
+
+static void output_read(struct watch *w)
+{
+    char buf[4096];
+
+    for (;;) {
+        ssize_t n = read(w->out_fd, buf, sizeof buf);
+        if (n > 0) {
+            local_lines_feed(&w->lines, buf, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        close(w->out_fd);  /* EOF, or an error that will not mend */
+        w->out_fd = -1;
+        w->tick_ms = 1;    /* the child is most likely exiting: look again soon */
+        local_lines_finish(&w->lines);
+        return;
+    }
+}
+
+/* Signals the whole process group; only while the child is not reaped, so the group id
+ * cannot have been reused by an unrelated process. */
+static void group_signal(struct watch *w, int sig)
+{
+    if (!w->reaped)
+        kill(-w->pid, sig);
+}
+
+/* If the child ended: kills what it left in its group, then reaps it. waitid with WNOWAIT
+ * first, so that the group is signalled while the zombie still holds its id. */
+static void child_check(struct watch *w)
+{
+    siginfo_t si;
+    int status, rc;
+
+    if (w->reaped)
+        return;
+    memset(&si, 0, sizeof si);
+    rc = waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG | WNOWAIT);
+    if (rc < 0 && errno != ECHILD)
+        return;
+    if (rc == 0) {
+        if (si.si_pid != w->pid)
+            return;  /* still running */
+        group_signal(w, SIGKILL);  /* leftovers */
+        while ((rc = waitpid(w->pid, &status, 0)) < 0 && errno == EINTR)
+            ;
+    }
+    w->reaped = 1;
+    w->drain_until = now_ms() + LOCAL_DRAIN_MS;
+    w->out->seconds = (double)(now_ms() - w->started) / 1000.0;
+    if (rc < 0) {
+        /* ECHILD: someone else reaped it (SIGCHLD set to SIG_IGN does that): the
+         * status is lost, which counts as a failure. */
+        w->out->lost = 1;
+    } else if (WIFEXITED(status)) {
+        w->out->exited = 1;
+        w->out->exit_code = WEXITSTATUS(status);
+    } else if (WIFSIGNALED(status)) {
+        w->out->signal = WTERMSIG(status);
+#ifdef WCOREDUMP
+        w->out->core_dumped = WCOREDUMP(status) != 0;
+#endif
+    }
+}
+
+/* Sends SIGTERM when the timeout or the shutdown deadline has come, SIGKILL kill_grace
+ * later. */
+static void child_deadlines(struct watch *w, int64_t t)
+{
+    const struct local_run *r = w->r;
+    int grace = r->kill_grace_s > 0 ? r->kill_grace_s : LOCAL_KILL_GRACE_S;
+
+    if (w->reaped)
+        return;
+    if (w->kill_at) {
+        if (t >= w->kill_at) {
+            group_signal(w, SIGKILL);
+            w->kill_at = INT64_MAX;
+        }
+        return;
+    }
+    if (r->timeout_s > 0 && t >= w->started + (int64_t)r->timeout_s * 1000)
+        w->out->timed_out = 1;
+    else if (w->stopping && t >= w->stop_deadline)
+        w->out->stopped = 1;
+    else
+        return;
+    group_signal(w, SIGTERM);
+    w->kill_at = t + (int64_t)grace * 1000;
+}
+
+/* Milliseconds poll may sleep: until the next deadline, heartbeat or tick. */
+static int watch_wait_ms(const struct watch *w, int64_t t, int64_t next_idle)
+{
+    const struct local_run *r = w->r;
+    int64_t until = w->reaped ? w->drain_until : next_idle;
+
+    if (!w->reaped) {
+        if (w->kill_at && w->kill_at < until)
+            until = w->kill_at;
+        if (!w->kill_at && r->timeout_s > 0 && w->started + (int64_t)r->timeout_s * 1000 < until)
+            until = w->started + (int64_t)r->timeout_s * 1000;
+        if (!w->kill_at && w->stopping && w->stop_deadline < until)
+            until = w->stop_deadline;
+        if (t + w->tick_ms < until)
+            until = t + w->tick_ms;
+    }
+    return until <= t ? 0 : (int)(until - t);
+}
+
+static void watch_loop(struct watch *w)
+{
+    const struct local_run *r = w->r;
+    int64_t next_idle = now_ms() + IDLE_EVERY_MS;
+
+    for (;;) {
+        struct pollfd p[2];
+        int np = 0, i_out = -1, i_stop = -1;
+        int64_t t = now_ms();
+
+        child_deadlines(w, t);
+        if (w->reaped && (w->out_fd < 0 || t >= w->drain_until))
+            return;
+        if (!w->reaped && r->idle && t >= next_idle) {
+            r->idle(r->ctx);
+            next_idle = now_ms() + IDLE_EVERY_MS;
+            continue;
+        }
+        if (w->out_fd >= 0)
+            p[i_out = np++] = (struct pollfd){ .fd = w->out_fd, .events = POLLIN };
+        if (!w->reaped && !w->stopping && r->stop_fd >= 0)
+            p[i_stop = np++] = (struct pollfd){ .fd = r->stop_fd, .events = POLLIN };
+        if (poll(p, (nfds_t)np, watch_wait_ms(w, t, next_idle)) < 0 && errno != EINTR) {
+            log_warn("group %s: poll: %s", r->group_id, strerror(errno));
+            usleep(TICK_MS * 1000);
+        }
+        if (i_out >= 0 && p[i_out].revents)
+            output_read(w);
+        if (i_stop >= 0 && p[i_stop].revents) {  /* readable, or closed */
+            w->stopping = 1;
+            w->stop_deadline = now_ms() + (int64_t)r->shutdown_grace_s * 1000;
+        }
+        child_check(w);
+        if (w->tick_ms < TICK_MS)
+            w->tick_ms = w->tick_ms * 2 < TICK_MS ? w->tick_ms * 2 : TICK_MS;
+    }
+}
+
+static void signal_name(int sig, char *buf, size_t cap)
+{
+    static const char *const names[] = {
+        [SIGHUP] = "SIGHUP",   [SIGINT] = "SIGINT",   [SIGQUIT] = "SIGQUIT",
+        [SIGILL] = "SIGILL",   [SIGTRAP] = "SIGTRAP", [SIGABRT] = "SIGABRT",
+        [SIGBUS] = "SIGBUS",   [SIGFPE] = "SIGFPE",   [SIGKILL] = "SIGKILL",
+        [SIGUSR1] = "SIGUSR1", [SIGSEGV] = "SIGSEGV", [SIGUSR2] = "SIGUSR2",
+        [SIGPIPE] = "SIGPIPE", [SIGALRM] = "SIGALRM", [SIGTERM] = "SIGTERM",
+        [SIGXCPU] = "SIGXCPU", [SIGXFSZ] = "SIGXFSZ", [SIGSYS] = "SIGSYS",
+    };
+
+    if (sig > 0 && (size_t)sig < sizeof names / sizeof names[0] && names[sig])
+        snprintf(buf, cap, "%d (%s)", sig, names[sig]);
+    else
+        snprintf(buf, cap, "%d", sig);
+}
+
+static void result_reason(struct local_result *out, const struct local_run *r)
+{
+    char how[64], sig[32];
+
+    if (out->exited) {
+        snprintf(how, sizeof how, "exited %d", out->exit_code);
+    } else if (out->lost) {
+        snprintf(how, sizeof how, "exit status unknown (the process was reaped elsewhere)");
+    } else {
+        signal_name(out->signal, sig, sizeof sig);
+        snprintf(how, sizeof how, "killed by signal %s%s", sig,
+                 out->core_dumped ? ", core dumped" : "");
+    }
+    if (out->timed_out)
+        snprintf(out->reason, sizeof out->reason, "ran past its timeout of %d s: %s",
+                 r->timeout_s, how);
+    else if (out->stopped)
+        snprintf(out->reason, sizeof out->reason, "stopped: still running %d s after lambdo "
+                 "began to stop: %s", r->shutdown_grace_s, how);
+    else
+        snprintf(out->reason, sizeof out->reason, "%s", how);
+}
+
+/* ---- running a group ------------------------------------------------------------------ */
+
+static int stop_requested(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+
+    return fd >= 0 && poll(&p, 1, 0) > 0;  /* readable, or closed */
+}
+
+/* Starts the child and follows it to its end. The events file exists. */
+static int run_child(const struct local_run *r, const char *events_path,
+                     struct local_result *out, struct lerr *e)
+{
+    struct watch w = { .r = r, .out = out, .out_fd = -1, .tick_ms = TICK_MS };
+    char *kv = malloc(strlen(events_path) + sizeof "EVENTS_PATH=");
+    char **env = NULL, prog[PATH_MAX];
+    int pfd[2] = { -1, -1 }, rc, ret = -1;
+
+    if (!kv || !(env = env_build(r->envp, kv))) {
+        lerr_set(e, LERR_NOMEM, "out of memory for the environment");
+        goto out;
+    }
+    sprintf(kv, "EVENTS_PATH=%s", events_path);
+    if ((rc = command_find(r->argv[0], env, prog, sizeof prog)) != 0) {
+        exec_failure(out, r->argv[0], rc);
+        ret = 0;
+        goto out;
+    }
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        lerr_set(e, LERR_IO, "cannot create a pipe: %s", strerror(errno));
+        goto out;
+    }
+    if ((pfd[0] = fd_above_stdio(pfd[0])) < 0 || (pfd[1] = fd_above_stdio(pfd[1])) < 0) {
+        lerr_set(e, LERR_IO, "cannot move a pipe: %s", strerror(errno));
+        goto out;
+    }
+    w.started = now_ms();
+    rc = child_spawn(prog, r, env, pfd[1], &w.pid);
+    close(pfd[1]);
+    pfd[1] = -1;
+    if (rc != 0) {
+        if (!is_exec_error(rc)) {
+            lerr_set(e, rc == ENOMEM ? LERR_NOMEM : LERR_IO, "cannot start %s: %s", r->argv[0],
+                     strerror(rc));
+            goto out;
+        }
+        exec_failure(out, r->argv[0], rc);
+        ret = 0;
+        goto out;
+    }
+    out->started = 1;
+    out->pid = (int)w.pid;
+    fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK);
+    w.out_fd = pfd[0];
+    pfd[0] = -1;
+    w.lines.emit = line_log;
+    w.lines.ctx = &w;
+    if (r->started)
+        r->started(r->ctx, out->pid);
+    watch_loop(&w);
+    if (w.out_fd >= 0) {
+        close(w.out_fd);  /* held open by a process outside the group */
+        local_lines_finish(&w.lines);
+    }
+    result_reason(out, r);
+    ret = 0;
+out:
+    if (pfd[0] >= 0)
+        close(pfd[0]);
+    if (pfd[1] >= 0)
+        close(pfd[1]);
+    free(env);
+    free(kv);
+    return ret;
+}
+
+int local_run_group(const struct local_run *r, struct local_result *out, struct lerr *e)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    if (!r || !r->argv || !r->argv[0] || !r->argv[0][0] || (!r->events && r->events_len))
+        return lerr_set(e, LERR_INVALID, "local_run_group: no command");
+    if (stop_requested(r->stop_fd)) {
+        out->stopped = 1;
+        snprintf(out->reason, sizeof out->reason, "not started: lambdo is stopping");
+        return 0;
+    }
+    rc = events_file_create(r, dir, path, sizeof dir, e);
+    if (rc == 0)
+        rc = run_child(r, path, out, e);
+    if (dir[0])
+        events_dir_remove(dir, r->group_id ? r->group_id : "?");
+    return rc;
+}
+
+int local_result_ok(const struct local_result *r)
+{
+    return r->started && r->exited && r->exit_code == 0 && !r->timed_out && !r->stopped &&
+           !r->exec_failed;
+}
