@@ -1,0 +1,1984 @@
+#include "creds.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cJSON.h"
+#include "http.h"
+#include "httpresp.h"
+#include "log.h"
+
+#define XML_MAX_DEPTH 16
+#define XML_TEXT_MAX 8192
+#define FLY_ANSWER_MAX (64 * 1024)
+#define STS_ANSWER_MAX (256 * 1024)
+
+/* ======================================================================================
+ * Small helpers
+ * ==================================================================================== */
+
+static int creds_ws(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Everything that ends up in a header or a form body: printable ASCII, no spaces.
+ * AWS keys, session tokens and JWTs never hold anything else. */
+static int creds_clean(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+/* Copies a secret or an identifier; the messages name it, never quote it. */
+static int creds_put(char *dst, size_t cap, const char *src, size_t n, const char *what,
+                     struct lerr *e)
+{
+    if (n == 0)
+        return lerr_set(e, LERR_INVALID, "%s: empty", what);
+    if (n >= cap)
+        return lerr_set(e, LERR_INVALID, "%s: longer than %zu bytes", what, cap - 1);
+    if (!creds_clean(src, n))
+        return lerr_set(e, LERR_INVALID, "%s: contains spaces, control or non-ASCII characters",
+                        what);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return 0;
+}
+
+static void creds_fmt_time(int64_t t, char out[32])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    if (!gmtime_r(&tt, &tm) || !strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(out, 32, "@%lld", (long long)t);
+}
+
+static int creds_region_ok(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n >= CREDS_REGION_MAX)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+            return 0;
+    return 1;
+}
+
+static void creds_wipe_free(char *buf, size_t len)
+{
+    if (buf) {
+        explicit_bzero(buf, len);
+        free(buf);
+    }
+}
+
+void creds_snapshot_wipe(struct creds_snapshot *s)
+{
+    explicit_bzero(s, sizeof *s);
+}
+
+void creds_sigv4(const struct creds_snapshot *s, struct sigv4_credentials *out)
+{
+    out->access_key_id = s->access_key_id;
+    out->secret_access_key = s->secret_access_key;
+    out->session_token = s->session_token[0] ? s->session_token : NULL;
+}
+
+/* ======================================================================================
+ * ISO 8601 times
+ * ==================================================================================== */
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), so
+ * that no time zone or libc timegm() is involved. */
+static int64_t creds_days(int64_t y, unsigned m, unsigned d)
+{
+    int64_t era;
+    unsigned yoe, doy, doe;
+
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = (unsigned)(y - era * 400);
+    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static int creds_digits(const char *s, size_t len, size_t *i, int n, int *out)
+{
+    int v = 0;
+
+    for (int k = 0; k < n; k++, (*i)++) {
+        if (*i >= len || s[*i] < '0' || s[*i] > '9')
+            return -1;
+        v = v * 10 + (s[*i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static int creds_expect(const char *s, size_t len, size_t *i, char c)
+{
+    if (*i >= len || s[*i] != c)
+        return -1;
+    (*i)++;
+    return 0;
+}
+
+int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
+{
+    static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    int y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
+    size_t i = 0;
+
+    if (creds_digits(s, len, &i, 4, &y) < 0 || creds_expect(s, len, &i, '-') < 0 ||
+        creds_digits(s, len, &i, 2, &mo) < 0 || creds_expect(s, len, &i, '-') < 0 ||
+        creds_digits(s, len, &i, 2, &d) < 0 || creds_expect(s, len, &i, 'T') < 0 ||
+        creds_digits(s, len, &i, 2, &h) < 0 || creds_expect(s, len, &i, ':') < 0 ||
+        creds_digits(s, len, &i, 2, &mi) < 0 || creds_expect(s, len, &i, ':') < 0 ||
+        creds_digits(s, len, &i, 2, &sec) < 0)
+        goto bad;
+    if (i < len && s[i] == '.') {
+        size_t start = ++i;
+        while (i < len && s[i] >= '0' && s[i] <= '9')
+            i++;
+        if (i == start)
+            goto bad;
+    }
+    if (i < len && s[i] == 'Z') {
+        i++;
+    } else if (i < len && (s[i] == '+' || s[i] == '-')) {
+        sign = s[i++] == '+' ? 1 : -1;
+        if (creds_digits(s, len, &i, 2, &oh) < 0 || creds_expect(s, len, &i, ':') < 0 ||
+            creds_digits(s, len, &i, 2, &om) < 0 || oh > 23 || om > 59)
+            goto bad;
+    } else {
+        goto bad;  /* a time without a zone would be a guess */
+    }
+    if (i != len || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 ||
+        sec > 60)
+        goto bad;
+    if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+        goto bad;
+    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec -
+           sign * (oh * 3600 + om * 60);
+    return 0;
+bad:
+    return lerr_set(e, LERR_INVALID, "not an ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ)");
+}
+
+/* ======================================================================================
+ * JWT exp claim
+ * ==================================================================================== */
+
+static int creds_b64url(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+/* Decodes base64url with or without padding into out (at least n * 3 / 4 + 3 bytes). */
+static int creds_b64url_decode(const char *s, size_t n, unsigned char *out, size_t *out_len)
+{
+    unsigned acc = 0;
+    int bits = 0;
+    size_t o = 0;
+
+    while (n > 0 && s[n - 1] == '=')
+        n--;
+    if (n % 4 == 1)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        int v = creds_b64url((unsigned char)s[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    *out_len = o;
+    return 0;
+}
+
+int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
+{
+    const char *d1 = memchr(token, '.', len), *d2, *payload;
+    unsigned char *buf;
+    size_t plen, blen;
+    cJSON *root;
+    const cJSON *item;
+    int rc = -1;
+
+    d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
+    if (!d2 || memchr(d2 + 1, '.', len - (size_t)(d2 + 1 - token)))
+        return lerr_set(e, LERR_INVALID, "not a JWT (header.payload.signature)");
+    payload = d1 + 1;
+    plen = (size_t)(d2 - payload);
+    if (!(buf = malloc(plen * 3 / 4 + 3)))
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    if (plen == 0 || creds_b64url_decode(payload, plen, buf, &blen) < 0) {
+        lerr_set(e, LERR_INVALID, "JWT payload is not base64url");
+    } else if (!(root = cJSON_ParseWithLength((const char *)buf, blen))) {
+        lerr_set(e, LERR_INVALID, "JWT payload is not JSON");
+    } else {
+        item = cJSON_GetObjectItemCaseSensitive(root, "exp");
+        /* NumericDate: seconds; anything beyond year 9999 is not a real expiry. */
+        if (!cJSON_IsObject(root) || !cJSON_IsNumber(item) || !(item->valuedouble >= 0) ||
+            !(item->valuedouble < 253402300800.0)) {
+            lerr_set(e, LERR_INVALID, "JWT has no numeric exp claim");
+        } else {
+            *exp = (int64_t)item->valuedouble;
+            rc = 0;
+        }
+        cJSON_Delete(root);
+    }
+    creds_wipe_free((char *)buf, plen * 3 / 4 + 3);
+    return rc;
+}
+
+/* ======================================================================================
+ * A strict little XML reader, for STS's answers only
+ * ==================================================================================== */
+
+struct xml_name {
+    const char *s;
+    size_t n;
+};
+
+typedef int (*xml_leaf_fn)(void *ctx, const struct xml_name *path, size_t depth,
+                           const char *text, size_t len, struct lerr *e);
+
+struct xml {
+    const char *b;
+    size_t len, i;
+    struct xml_name stack[XML_MAX_DEPTH];
+    int had_child[XML_MAX_DEPTH];
+    size_t depth;
+    struct xml_name root;
+    char text[XML_TEXT_MAX + 4];  /* the open element's text, entities decoded */
+    size_t text_len;
+    xml_leaf_fn leaf;
+    void *ctx;
+};
+
+static int xml_bad(const struct xml *x, struct lerr *e, const char *what)
+{
+    return lerr_set(e, LERR_MALFORMED, "malformed XML: %s at byte %zu", what, x->i);
+}
+
+static int xml_at(const struct xml *x, const char *lit)
+{
+    size_t n = strlen(lit);
+    return x->len - x->i >= n && memcmp(x->b + x->i, lit, n) == 0;
+}
+
+static int xml_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Char of XML 1.0 as bytes: controls other than tab, LF, CR are refused. */
+static int xml_char(unsigned char c)
+{
+    return c >= 0x20 || c == '\t' || c == '\n' || c == '\r';
+}
+
+static int xml_name_start(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':';
+}
+
+static int xml_name_char(unsigned char c)
+{
+    return xml_name_start(c) || (c >= '0' && c <= '9') || c == '-' || c == '.';
+}
+
+static void xml_skip_space(struct xml *x)
+{
+    while (x->i < x->len && xml_space(x->b[x->i]))
+        x->i++;
+}
+
+/* ASCII names only: all STS sends. */
+static int xml_read_name(struct xml *x, struct xml_name *name, struct lerr *e)
+{
+    size_t start = x->i;
+
+    if (x->i >= x->len || !xml_name_start((unsigned char)x->b[x->i]))
+        return xml_bad(x, e, "expected a name");
+    while (x->i < x->len && xml_name_char((unsigned char)x->b[x->i]))
+        x->i++;
+    name->s = x->b + start;
+    name->n = x->i - start;
+    return 0;
+}
+
+static int xml_name_eq(const struct xml_name *a, const char *s)
+{
+    return a->n == strlen(s) && memcmp(a->s, s, a->n) == 0;
+}
+
+static size_t xml_utf8(unsigned long cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* At '&': decodes one reference into out (up to 4 bytes), advancing past the ';'. */
+static int xml_entity(struct xml *x, char *out, size_t *out_len, struct lerr *e)
+{
+    static const struct { const char *name; char c; } named[] = {
+        { "amp", '&' }, { "lt", '<' }, { "gt", '>' }, { "quot", '"' }, { "apos", '\'' },
+    };
+    size_t start = x->i + 1, end = start;
+    unsigned long cp = 0;
+
+    while (end < x->len && end - start < 12 && x->b[end] != ';')
+        end++;
+    if (end >= x->len || x->b[end] != ';' || end == start)
+        return xml_bad(x, e, "unterminated or empty entity reference");
+    if (x->b[start] == '#') {
+        size_t k = start + 1;
+        int hex = k < end && x->b[k] == 'x';
+
+        if (hex)
+            k++;
+        if (k == end)
+            return xml_bad(x, e, "empty character reference");
+        for (; k < end; k++) {
+            char c = x->b[k];
+            int v = c >= '0' && c <= '9' ? c - '0'
+                  : hex && c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : hex && c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+            if (v < 0)
+                return xml_bad(x, e, "bad character reference");
+            cp = cp * (hex ? 16 : 10) + (unsigned long)v;
+            if (cp > 0x10ffff)
+                return xml_bad(x, e, "character reference out of range");
+        }
+        if (!(cp == 0x9 || cp == 0xa || cp == 0xd || (cp >= 0x20 && cp <= 0xd7ff) ||
+              (cp >= 0xe000 && cp <= 0xfffd) || cp >= 0x10000))
+            return xml_bad(x, e, "character reference to a character XML does not allow");
+        *out_len = xml_utf8(cp, out);
+    } else {
+        size_t k;
+        for (k = 0; k < sizeof named / sizeof named[0]; k++)
+            if (strlen(named[k].name) == end - start &&
+                memcmp(named[k].name, x->b + start, end - start) == 0)
+                break;
+        if (k == sizeof named / sizeof named[0])
+            return xml_bad(x, e, "unknown entity");
+        out[0] = named[k].c;
+        *out_len = 1;
+    }
+    x->i = end + 1;
+    return 0;
+}
+
+static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
+{
+    if (n > XML_TEXT_MAX - x->text_len)
+        return lerr_set(e, LERR_TOO_LARGE, "XML text longer than %d bytes at byte %zu",
+                        XML_TEXT_MAX, x->i);
+    memcpy(x->text + x->text_len, s, n);
+    x->text_len += n;
+    return 0;
+}
+
+static int xml_text_blank(const struct xml *x)
+{
+    for (size_t k = 0; k < x->text_len; k++)
+        if (!xml_space(x->text[k]))
+            return 0;
+    return 1;
+}
+
+/* At "<!--". */
+static int xml_comment(struct xml *x, struct lerr *e)
+{
+    x->i += 4;
+    for (; x->i + 1 < x->len; x->i++) {
+        if (x->b[x->i] == '-' && x->b[x->i + 1] == '-') {
+            if (x->i + 2 < x->len && x->b[x->i + 2] == '>') {
+                x->i += 3;
+                return 0;
+            }
+            return xml_bad(x, e, "\"--\" inside a comment");
+        }
+        if (!xml_char((unsigned char)x->b[x->i]))
+            return xml_bad(x, e, "control character in a comment");
+    }
+    x->i = x->len;
+    return xml_bad(x, e, "unterminated comment");
+}
+
+/* At "<![CDATA[": its bytes are text as they are. */
+static int xml_cdata(struct xml *x, struct lerr *e)
+{
+    size_t start = x->i += 9;
+
+    for (; x->i + 2 < x->len; x->i++) {
+        if (memcmp(x->b + x->i, "]]>", 3) == 0) {
+            size_t n = x->i - start;
+            x->i += 3;
+            return xml_text_add(x, x->b + start, n, e);
+        }
+        if (!xml_char((unsigned char)x->b[x->i]))
+            return xml_bad(x, e, "control character in CDATA");
+    }
+    x->i = x->len;
+    return xml_bad(x, e, "unterminated CDATA section");
+}
+
+/* Whitespace and comments, between the declaration, the root element and the end. */
+static int xml_misc(struct xml *x, struct lerr *e)
+{
+    for (;;) {
+        xml_skip_space(x);
+        if (xml_at(x, "<!--")) {
+            if (xml_comment(x, e) < 0)
+                return -1;
+        } else if (xml_at(x, "<!DOCTYPE") || xml_at(x, "<!doctype")) {
+            return xml_bad(x, e, "DOCTYPE is not accepted");
+        } else if (xml_at(x, "<?")) {
+            return xml_bad(x, e, "processing instruction");
+        } else {
+            return 0;
+        }
+    }
+}
+
+/* "<?xml version=... ?>" at the very start; its content is only checked for characters. */
+static int xml_decl(struct xml *x, struct lerr *e)
+{
+    if (xml_at(x, "\xef\xbb\xbf"))
+        x->i += 3;
+    if (!xml_at(x, "<?xml") || x->len - x->i < 6 || !xml_space(x->b[x->i + 5]))
+        return 0;
+    for (x->i += 5; x->i + 1 < x->len; x->i++) {
+        if (x->b[x->i] == '?' && x->b[x->i + 1] == '>') {
+            x->i += 2;
+            return 0;
+        }
+        if (x->b[x->i] == '<' || !xml_char((unsigned char)x->b[x->i]))
+            return xml_bad(x, e, "bad XML declaration");
+    }
+    x->i = x->len;
+    return xml_bad(x, e, "unterminated XML declaration");
+}
+
+/* Attributes of a start tag: checked, then forgotten (xmlns is all STS sends). */
+static int xml_attributes(struct xml *x, struct lerr *e)
+{
+    struct xml_name seen[16];
+    size_t nseen = 0;
+
+    for (;;) {
+        size_t before = x->i;
+        struct xml_name name;
+        char quote;
+
+        xml_skip_space(x);
+        if (x->i >= x->len)
+            return xml_bad(x, e, "truncated start tag");
+        if (x->b[x->i] == '>' || x->b[x->i] == '/')
+            return 0;
+        if (x->i == before)
+            return xml_bad(x, e, "expected whitespace before an attribute");
+        if (xml_read_name(x, &name, e) < 0)
+            return -1;
+        for (size_t k = 0; k < nseen; k++)
+            if (seen[k].n == name.n && memcmp(seen[k].s, name.s, name.n) == 0)
+                return xml_bad(x, e, "repeated attribute");
+        if (nseen == sizeof seen / sizeof seen[0])
+            return xml_bad(x, e, "too many attributes");
+        seen[nseen++] = name;
+        xml_skip_space(x);
+        if (x->i >= x->len || x->b[x->i] != '=')
+            return xml_bad(x, e, "expected '=' after an attribute name");
+        x->i++;
+        xml_skip_space(x);
+        if (x->i >= x->len || (x->b[x->i] != '"' && x->b[x->i] != '\''))
+            return xml_bad(x, e, "expected a quoted attribute value");
+        quote = x->b[x->i++];
+        while (x->i < x->len && x->b[x->i] != quote) {
+            char tmp[4];
+            size_t n;
+
+            if (x->b[x->i] == '<' || !xml_char((unsigned char)x->b[x->i]))
+                return xml_bad(x, e, "bad character in an attribute value");
+            if (x->b[x->i] == '&') {
+                if (xml_entity(x, tmp, &n, e) < 0)
+                    return -1;
+            } else {
+                x->i++;
+            }
+        }
+        if (x->i >= x->len)
+            return xml_bad(x, e, "unterminated attribute value");
+        x->i++;
+    }
+}
+
+/* An element ends: a leaf's text goes to the callback; a parent may only have had
+ * whitespace beside its children. */
+static int xml_close(struct xml *x, struct lerr *e)
+{
+    size_t top = x->depth - 1;
+
+    if (x->had_child[top]) {
+        if (!xml_text_blank(x))
+            return xml_bad(x, e, "text beside child elements");
+    } else {
+        x->text[x->text_len] = '\0';
+        if (x->leaf(x->ctx, x->stack, x->depth, x->text, x->text_len, e) < 0)
+            return -1;
+    }
+    x->depth--;
+    x->text_len = 0;
+    return 0;
+}
+
+/* At '<' of a start tag. */
+static int xml_start_tag(struct xml *x, struct lerr *e)
+{
+    struct xml_name name;
+
+    x->i++;
+    if (xml_read_name(x, &name, e) < 0 || xml_attributes(x, e) < 0)
+        return -1;
+    if (x->depth == XML_MAX_DEPTH)
+        return xml_bad(x, e, "elements nested too deep");
+    if (x->depth > 0) {
+        if (!xml_text_blank(x))
+            return xml_bad(x, e, "text beside child elements");
+        x->had_child[x->depth - 1] = 1;
+    } else {
+        x->root = name;
+    }
+    x->text_len = 0;
+    x->stack[x->depth] = name;
+    x->had_child[x->depth] = 0;
+    x->depth++;
+    if (x->b[x->i] == '/') {
+        if (x->i + 1 >= x->len || x->b[x->i + 1] != '>')
+            return xml_bad(x, e, "expected \"/>\"");
+        x->i += 2;
+        return xml_close(x, e);
+    }
+    x->i++;  /* '>' */
+    return 0;
+}
+
+/* At "</". */
+static int xml_end_tag(struct xml *x, struct lerr *e)
+{
+    struct xml_name name;
+    const struct xml_name *open = &x->stack[x->depth - 1];
+
+    x->i += 2;
+    if (xml_read_name(x, &name, e) < 0)
+        return -1;
+    xml_skip_space(x);
+    if (x->i >= x->len || x->b[x->i] != '>')
+        return xml_bad(x, e, "expected '>' closing an end tag");
+    if (name.n != open->n || memcmp(name.s, open->s, name.n) != 0)
+        return xml_bad(x, e, "end tag does not match the open element");
+    x->i++;
+    return xml_close(x, e);
+}
+
+/* Character data up to the next markup. */
+static int xml_chars(struct xml *x, struct lerr *e)
+{
+    size_t start = x->i;
+
+    while (x->i < x->len && x->b[x->i] != '<' && x->b[x->i] != '&') {
+        if (!xml_char((unsigned char)x->b[x->i]))
+            return xml_bad(x, e, "control character in text");
+        if (xml_at(x, "]]>"))
+            return xml_bad(x, e, "\"]]>\" in text");
+        x->i++;
+    }
+    return xml_text_add(x, x->b + start, x->i - start, e);
+}
+
+static int xml_walk(struct xml *x, struct lerr *e)
+{
+    if (xml_decl(x, e) < 0 || xml_misc(x, e) < 0)
+        return -1;
+    if (x->i >= x->len)
+        return xml_bad(x, e, "no root element");
+    if (x->b[x->i] != '<' || x->i + 1 >= x->len || !xml_name_start((unsigned char)x->b[x->i + 1]))
+        return xml_bad(x, e, "expected the root element");
+    if (xml_start_tag(x, e) < 0)
+        return -1;
+    while (x->depth > 0) {
+        int rc;
+
+        if (x->i >= x->len)
+            return xml_bad(x, e, "truncated: an element is not closed");
+        if (xml_at(x, "</")) {
+            rc = xml_end_tag(x, e);
+        } else if (xml_at(x, "<!--")) {
+            rc = xml_comment(x, e);
+        } else if (xml_at(x, "<![CDATA[")) {
+            rc = xml_cdata(x, e);
+        } else if (xml_at(x, "<!") || xml_at(x, "<?")) {
+            rc = xml_bad(x, e, "declaration or processing instruction inside an element");
+        } else if (x->b[x->i] == '<') {
+            rc = xml_start_tag(x, e);
+        } else if (x->b[x->i] == '&') {
+            char tmp[4];
+            size_t n;
+            rc = xml_entity(x, tmp, &n, e);
+            if (rc == 0)
+                rc = xml_text_add(x, tmp, n, e);
+        } else {
+            rc = xml_chars(x, e);
+        }
+        if (rc < 0)
+            return -1;
+    }
+    if (xml_misc(x, e) < 0)
+        return -1;
+    if (x->i < x->len)
+        return xml_bad(x, e, "content after the root element");
+    return 0;
+}
+
+/* --- STS answers --------------------------------------------------------------------- */
+
+#define STS_OK_ROOT "AssumeRoleWithWebIdentityResponse"
+#define STS_ERR_ROOT "ErrorResponse"
+
+enum { F_KEY, F_SECRET, F_TOKEN, F_EXPIRATION, F_CODE, F_MESSAGE, F_COUNT };
+static const char *const sts_field_names[F_COUNT] = {
+    "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration", "Code", "Message",
+};
+
+struct sts_parse {
+    struct creds_sts_answer *out;
+    unsigned seen;
+};
+
+/* Error codes and messages are shown to people: control characters become spaces. */
+static void sts_copy_text(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (n >= cap)
+        n = cap - 1;
+    for (size_t k = 0; k < n; k++)
+        dst[k] = (unsigned char)src[k] < 0x20 || src[k] == 0x7f ? ' ' : src[k];
+    dst[n] = '\0';
+}
+
+/* A credential from the answer: what is wrong with it is the answer's fault. */
+static int sts_put(char *dst, size_t cap, const char *text, size_t len, const char *what,
+                   struct lerr *e)
+{
+    if (creds_put(dst, cap, text, len, what, e) < 0) {
+        e->kind = LERR_MALFORMED;
+        return -1;
+    }
+    return 0;
+}
+
+static int sts_root_check(const struct xml_name *root, struct lerr *e)
+{
+    if (xml_name_eq(root, STS_OK_ROOT) || xml_name_eq(root, STS_ERR_ROOT))
+        return 0;
+    return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.*s>",
+                    (int)(root->n > 64 ? 64 : root->n), root->s);
+}
+
+/* The field a leaf's path names, or -1 for a leaf of no interest. */
+static int sts_field(const struct xml_name *path, size_t depth)
+{
+    if (xml_name_eq(&path[0], STS_OK_ROOT) && depth == 4 &&
+        xml_name_eq(&path[1], "AssumeRoleWithWebIdentityResult") &&
+        xml_name_eq(&path[2], "Credentials")) {
+        for (int f = F_KEY; f <= F_EXPIRATION; f++)
+            if (xml_name_eq(&path[3], sts_field_names[f]))
+                return f;
+    }
+    if (xml_name_eq(&path[0], STS_ERR_ROOT) && depth == 3 && xml_name_eq(&path[1], "Error")) {
+        for (int f = F_CODE; f <= F_MESSAGE; f++)
+            if (xml_name_eq(&path[2], sts_field_names[f]))
+                return f;
+    }
+    return -1;
+}
+
+static int sts_leaf(void *ctx, const struct xml_name *path, size_t depth, const char *text,
+                    size_t len, struct lerr *e)
+{
+    struct sts_parse *sp = ctx;
+    struct creds_snapshot *c = &sp->out->creds;
+    char what[64];
+    int f;
+
+    if (sts_root_check(&path[0], e) < 0)
+        return -1;
+    if ((f = sts_field(path, depth)) < 0)
+        return 0;
+    if (sp->seen & (1u << f))
+        return lerr_set(e, LERR_MALFORMED, "more than one <%s>", sts_field_names[f]);
+    sp->seen |= 1u << f;
+    snprintf(what, sizeof what, "<%s>", sts_field_names[f]);
+    switch (f) {
+    case F_KEY:
+        return sts_put(c->access_key_id, sizeof c->access_key_id, text, len, what, e);
+    case F_SECRET:
+        return sts_put(c->secret_access_key, sizeof c->secret_access_key, text, len, what, e);
+    case F_TOKEN:
+        return sts_put(c->session_token, sizeof c->session_token, text, len, what, e);
+    case F_EXPIRATION:
+        if (creds_parse_time(text, len, &c->expiration, e) < 0)
+            return lerr_set(e, LERR_MALFORMED, "<Expiration> is not an ISO 8601 time");
+        return 0;
+    case F_CODE:
+        sts_copy_text(sp->out->error_code, sizeof sp->out->error_code, text, len);
+        return 0;
+    default:
+        sts_copy_text(sp->out->error_message, sizeof sp->out->error_message, text, len);
+        return 0;
+    }
+}
+
+int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
+{
+    struct sts_parse sp = { out, 0 };
+    struct xml *x = calloc(1, sizeof *x);
+    int rc = -1;
+
+    memset(out, 0, sizeof *out);
+    if (!x)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    x->b = xml;
+    x->len = len;
+    x->leaf = sts_leaf;
+    x->ctx = &sp;
+    if (xml_walk(x, e) < 0 || sts_root_check(&x->root, e) < 0)
+        goto done;
+    out->is_error = xml_name_eq(&x->root, STS_ERR_ROOT);
+    for (int f = out->is_error ? F_CODE : F_KEY; f <= (out->is_error ? F_CODE : F_EXPIRATION);
+         f++) {
+        if (!(sp.seen & (1u << f))) {
+            lerr_set(e, LERR_MALFORMED, "no <%s>", sts_field_names[f]);
+            goto done;
+        }
+    }
+    if (out->is_error && !out->error_code[0]) {
+        lerr_set(e, LERR_MALFORMED, "empty <Code>");
+        goto done;
+    }
+    rc = 0;
+done:
+    explicit_bzero(x, sizeof *x);
+    free(x);
+    if (rc < 0)
+        creds_snapshot_wipe(&out->creds);
+    return rc;
+}
+
+/* ======================================================================================
+ * The shared files' INI dialect
+ * ==================================================================================== */
+
+static void creds_trim(const char *b, size_t *s, size_t *end)
+{
+    while (*s < *end && creds_ws(b[*s]))
+        (*s)++;
+    while (*end > *s && creds_ws(b[*end - 1]))
+        (*end)--;
+}
+
+/* A ';' or '#' after whitespace starts a comment, as in the AWS SDKs. */
+static size_t creds_cut_comment(const char *b, size_t s, size_t end)
+{
+    for (size_t k = s + 1; k < end; k++)
+        if ((b[k] == '#' || b[k] == ';') && creds_ws(b[k - 1]))
+            return k;
+    return end;
+}
+
+int creds_ini_parse(const char *buf, size_t len, creds_ini_fn fn, void *ctx, struct lerr *e)
+{
+    const char *sec = NULL;
+    size_t sec_len = 0, i = 0, line = 0;
+    int sub_ok = 0;  /* the last setting had an empty value: indented lines belong to it */
+
+    while (i < len) {
+        const char *nl = memchr(buf + i, '\n', len - i);
+        size_t start = i, end = nl ? (size_t)(nl - buf) : len, s;
+
+        i = nl ? end + 1 : len;
+        line++;
+        if (end > start && buf[end - 1] == '\r')
+            end--;
+        for (size_t k = start; k < end; k++)
+            if (((unsigned char)buf[k] < 0x20 && buf[k] != '\t') || buf[k] == 0x7f)
+                return lerr_set(e, LERR_MALFORMED, "line %zu: control character", line);
+        s = start;
+        while (s < end && creds_ws(buf[s]))
+            s++;
+        if (s == end || buf[s] == '#' || buf[s] == ';')
+            continue;
+        if (s > start && sub_ok)
+            continue;  /* a sub-setting ("s3 =" then "  max_concurrent_requests = 10") */
+        if (buf[s] == '[') {
+            const char *close = memchr(buf + s, ']', end - s);
+            size_t ns = s + 1, ne, after;
+
+            if (!close)
+                return lerr_set(e, LERR_MALFORMED, "line %zu: '[' without ']'", line);
+            ne = (size_t)(close - buf);
+            after = ne + 1;
+            while (after < end && creds_ws(buf[after]))
+                after++;
+            if (after < end && buf[after] != '#' && buf[after] != ';')
+                return lerr_set(e, LERR_MALFORMED, "line %zu: text after the section name",
+                                line);
+            creds_trim(buf, &ns, &ne);
+            if (ns == ne)
+                return lerr_set(e, LERR_MALFORMED, "line %zu: empty section name", line);
+            sec = buf + ns;
+            sec_len = ne - ns;
+            sub_ok = 0;
+            if (fn(ctx, sec, sec_len, NULL, 0, NULL, 0, e) < 0)
+                return -1;
+            continue;
+        }
+        {
+            const char *eq = memchr(buf + s, '=', end - s);
+            size_t ks = s, ke, vs, ve;
+
+            if (!eq)
+                return lerr_set(e, LERR_MALFORMED, "line %zu: expected [section] or key = value",
+                                line);
+            if (!sec)
+                return lerr_set(e, LERR_MALFORMED, "line %zu: setting before any [section]",
+                                line);
+            ke = (size_t)(eq - buf);
+            creds_trim(buf, &ks, &ke);
+            if (ks == ke)
+                return lerr_set(e, LERR_MALFORMED, "line %zu: setting without a name", line);
+            vs = (size_t)(eq - buf) + 1;
+            ve = creds_cut_comment(buf, vs, end);
+            creds_trim(buf, &vs, &ve);
+            sub_ok = vs == ve;
+            if (fn(ctx, sec, sec_len, buf + ks, ke - ks, buf + vs, ve - vs, e) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* --- one profile ------------------------------------------------------------------------ */
+
+struct profile_parse {
+    int config_file;
+    const char *profile;
+    struct creds_profile *out;
+    int in_profile;
+};
+
+static int span_eq(const char *s, size_t n, const char *lit)
+{
+    return n == strlen(lit) && memcmp(s, lit, n) == 0;
+}
+
+static int span_ieq(const char *s, size_t n, const char *lit)
+{
+    return n == strlen(lit) && strncasecmp(s, lit, n) == 0;
+}
+
+/* [NAME] in the credentials file; [profile NAME] or [default] in the config file. */
+static int profile_section_matches(const struct profile_parse *pp, const char *s, size_t n)
+{
+    if (!pp->config_file)
+        return span_eq(s, n, pp->profile);
+    if (span_eq(s, n, "default"))
+        return strcmp(pp->profile, "default") == 0;
+    if (n > 7 && memcmp(s, "profile", 7) == 0 && creds_ws(s[7])) {
+        size_t k = 7;
+        while (k < n && creds_ws(s[k]))
+            k++;
+        return span_eq(s + k, n - k, pp->profile);
+    }
+    return 0;
+}
+
+static int profile_value(struct profile_parse *pp, char *dst, size_t cap, unsigned bit,
+                         const char *key, const char *v, size_t n, struct lerr *e)
+{
+    char what[96];
+
+    pp->out->have &= ~bit;
+    explicit_bzero(dst, cap);
+    if (n == 0)
+        return 0;  /* an empty value unsets */
+    snprintf(what, sizeof what, "profile %.40s: %s", pp->profile, key);
+    if (creds_put(dst, cap, v, n, what, e) < 0)
+        return -1;
+    pp->out->have |= bit;
+    return 0;
+}
+
+static int profile_setting(void *ctx, const char *sec, size_t sec_len, const char *key,
+                           size_t key_len, const char *v, size_t n, struct lerr *e)
+{
+    static const char *const unsupported[] = {
+        "role_arn", "source_profile", "credential_source", "credential_process",
+        "web_identity_token_file", "sso_session", "sso_start_url", "sso_account_id",
+        "sso_role_name",
+    };
+    struct profile_parse *pp = ctx;
+    struct creds_profile *out = pp->out;
+
+    if (!key) {
+        pp->in_profile = profile_section_matches(pp, sec, sec_len);
+        out->found |= pp->in_profile;
+        return 0;
+    }
+    if (!pp->in_profile)
+        return 0;
+    if (span_ieq(key, key_len, "aws_access_key_id"))
+        return profile_value(pp, out->access_key_id, sizeof out->access_key_id,
+                             CREDS_HAVE_KEY_ID, "aws_access_key_id", v, n, e);
+    if (span_ieq(key, key_len, "aws_secret_access_key"))
+        return profile_value(pp, out->secret_access_key, sizeof out->secret_access_key,
+                             CREDS_HAVE_SECRET, "aws_secret_access_key", v, n, e);
+    if (span_ieq(key, key_len, "aws_session_token"))
+        return profile_value(pp, out->session_token, sizeof out->session_token,
+                             CREDS_HAVE_TOKEN, "aws_session_token", v, n, e);
+    if (span_ieq(key, key_len, "region")) {
+        out->have &= ~CREDS_HAVE_REGION;
+        out->region[0] = '\0';
+        if (n == 0)
+            return 0;
+        if (n >= sizeof out->region)
+            return lerr_set(e, LERR_INVALID, "profile %.40s: region is not a region name",
+                            pp->profile);
+        memcpy(out->region, v, n);
+        out->region[n] = '\0';
+        if (!creds_region_ok(out->region))
+            return lerr_set(e, LERR_INVALID, "profile %.40s: region \"%s\" is not a region name",
+                            pp->profile, out->region);
+        out->have |= CREDS_HAVE_REGION;
+        return 0;
+    }
+    for (size_t k = 0; k < sizeof unsupported / sizeof unsupported[0]; k++)
+        if (span_ieq(key, key_len, unsupported[k]) && n > 0)
+            out->have |= CREDS_HAVE_OTHER;
+    return 0;
+}
+
+int creds_profile_parse(const char *buf, size_t len, int config_file, const char *profile,
+                        struct creds_profile *out, struct lerr *e)
+{
+    struct profile_parse pp = { config_file, profile, out, 0 };
+
+    memset(out, 0, sizeof *out);
+    if (creds_ini_parse(buf, len, profile_setting, &pp, e) < 0) {
+        explicit_bzero(out, sizeof *out);
+        return -1;
+    }
+    return 0;
+}
+
+/* ======================================================================================
+ * Files
+ * ==================================================================================== */
+
+/* Reads a whole regular file of at most max bytes into a NUL-terminated heap buffer.
+ * Returns 0, 1 when it does not exist, or -1 with e set (naming the file). */
+static int creds_read_file(const char *path, size_t max, char **out, size_t *out_len,
+                           struct lerr *e)
+{
+    struct stat st;
+    size_t len = 0;
+    char *buf;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    *out = NULL;
+    if (fd < 0 && (errno == ENOENT || errno == ENOTDIR))
+        return 1;
+    if (fd < 0)
+        return lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
+    }
+    if ((unsigned long long)st.st_size > max) {
+        close(fd);
+        return lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
+    }
+    if (!(buf = malloc(max + 1))) {
+        close(fd);
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf + len, max + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
+            break;
+        }
+        if (n == 0) {
+            close(fd);
+            buf[len] = '\0';
+            *out = buf;
+            *out_len = len;
+            return 0;
+        }
+        len += (size_t)n;
+        if (len > max) {
+            lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
+            break;
+        }
+    }
+    close(fd);
+    creds_wipe_free(buf, max + 1);
+    return -1;
+}
+
+static const char *creds_env(config_getenv_fn get, void *ctx, const char *name)
+{
+    const char *v = get(name, ctx);
+    return v && *v ? v : NULL;
+}
+
+/* A shared file's path: the variable (with "~/" as $HOME), else $HOME/.aws/<name>, else
+ * "" (no file). */
+static int creds_file_path(config_getenv_fn get, void *ctx, const char *var, const char *name,
+                           char *out, size_t cap, struct lerr *e)
+{
+    const char *v = creds_env(get, ctx, var), *home = creds_env(get, ctx, "HOME");
+    int n;
+
+    if (v && strncmp(v, "~/", 2) == 0) {
+        if (!home)
+            return lerr_set(e, LERR_INVALID, "%s: starts with ~/ but HOME is not set", var);
+        n = snprintf(out, cap, "%s/%s", home, v + 2);
+    } else if (v) {
+        n = snprintf(out, cap, "%s", v);
+    } else if (home) {
+        n = snprintf(out, cap, "%s/.aws/%s", home, name);
+    } else {
+        out[0] = '\0';
+        return 0;
+    }
+    if (n < 0 || (size_t)n >= cap)
+        return lerr_set(e, LERR_INVALID, "%s: path too long", v ? var : "HOME");
+    return 0;
+}
+
+/* Reads one profile of one shared file; a missing file (or no path) is an empty one. */
+static int creds_load_profile(const char *path, int config_file, const char *profile,
+                              struct creds_profile *out, struct lerr *e)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    if (!path[0])
+        return 0;
+    rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);
+    if (rc != 0)
+        return rc < 0 ? -1 : 0;
+    rc = creds_profile_parse(buf, len, config_file, profile, out, e);
+    creds_wipe_free(buf, len);
+    return rc < 0 ? lerr_wrap(e, "%s", path) : 0;
+}
+
+/* ======================================================================================
+ * The Fly API socket: a fresh OIDC token
+ * ==================================================================================== */
+
+static const char fly_request[] =
+    "POST /v1/tokens/oidc HTTP/1.1\r\n"
+    "Host: localhost\r\n"
+    "User-Agent: lambdo\r\n"
+    "Content-Type: application/json\r\n"
+    "Content-Length: 27\r\n"
+    "Connection: close\r\n"
+    "\r\n"
+    "{\"aud\":\"sts.amazonaws.com\"}";
+
+static int creds_is_socket(const char *path)
+{
+    struct stat st;
+    return path[0] && stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+static int fly_connect(const char *path, struct lerr *e)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct timeval tv = { 10, 0 };  /* the socket is local: 10 s means it is stuck */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
+                 "Fly API socket %s: connect: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Sends the request and reads the answer until it is complete or the server closes. */
+static int fly_exchange(int fd, const char *path, char *buf, struct httpresp_head *h,
+                        char *body, size_t *body_len, struct lerr *e)
+{
+    size_t sent = 0, len = 0;
+    int eof = 0;
+
+    while (sent < sizeof fly_request - 1) {
+        ssize_t n = send(fd, fly_request + sent, sizeof fly_request - 1 - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO,
+                            "Fly API socket %s: send: %s", path, strerror(errno));
+        sent += (size_t)n;
+    }
+    for (;;) {
+        ssize_t n;
+        int rc;
+
+        if (len == FLY_ANSWER_MAX)
+            return lerr_set(e, LERR_TOO_LARGE, "Fly API socket %s: answer larger than %d bytes",
+                            path, FLY_ANSWER_MAX);
+        n = recv(fd, buf + len, FLY_ANSWER_MAX - len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return lerr_set(e, errno == EAGAIN || errno == EWOULDBLOCK ? LERR_TIMEOUT : LERR_IO,
+                            "Fly API socket %s: %s", path,
+                            errno == EAGAIN || errno == EWOULDBLOCK ? "no answer within 10 s"
+                                                                    : strerror(errno));
+        if (n == 0)
+            eof = 1;
+        len += (size_t)n;
+        rc = httpresp_parse(buf, len, 0, eof, h, body, FLY_ANSWER_MAX, body_len, e);
+        if (rc > 0)
+            return 0;
+        if (rc == HTTPRESP_ERROR)
+            return lerr_wrap(e, "Fly API socket %s", path);
+        if (eof)
+            return lerr_set(e, LERR_CLOSED, "Fly API socket %s: closed before a complete answer",
+                            path);
+    }
+}
+
+/* A fresh OIDC token (heap, to be wiped and freed) from POST /v1/tokens/oidc. */
+static int fly_token(const char *path, char **tok, size_t *tok_len, struct lerr *e)
+{
+    char *buf = malloc(FLY_ANSWER_MAX), *body = malloc(FLY_ANSWER_MAX);
+    struct httpresp_head h;
+    size_t blen = 0, s = 0;
+    int fd, rc = -1;
+
+    if (!buf || !body) {
+        free(buf);
+        free(body);
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    }
+    if ((fd = fly_connect(path, e)) < 0)
+        goto done;
+    rc = fly_exchange(fd, path, buf, &h, body, &blen, e);
+    close(fd);
+    if (rc < 0)
+        goto done;
+    rc = -1;
+    if (h.status != 200) {
+        char text[121];
+        sts_copy_text(text, sizeof text, body, blen);
+        lerr_set(e, LERR_HTTP, "Fly API socket %s: POST /v1/tokens/oidc answered HTTP %d: %s",
+                 path, h.status, text);
+        goto done;
+    }
+    while (s < blen && (body[s] == ' ' || body[s] == '\t' || body[s] == '\r' || body[s] == '\n'))
+        s++;
+    while (blen > s && (body[blen - 1] == ' ' || body[blen - 1] == '\t' ||
+                        body[blen - 1] == '\r' || body[blen - 1] == '\n'))
+        blen--;
+    if (blen == s || blen - s > CREDS_WEB_TOKEN_MAX || !creds_clean(body + s, blen - s)) {
+        lerr_set(e, LERR_MALFORMED, "Fly API socket %s: the answer is not a token", path);
+        goto done;
+    }
+    if (!(*tok = malloc(blen - s + 1))) {
+        lerr_set(e, LERR_NOMEM, "out of memory");
+        goto done;
+    }
+    memcpy(*tok, body + s, blen - s);
+    (*tok)[blen - s] = '\0';
+    *tok_len = blen - s;
+    rc = 0;
+done:
+    creds_wipe_free(buf, FLY_ANSWER_MAX);
+    creds_wipe_free(body, FLY_ANSWER_MAX);
+    return rc;
+}
+
+/* ======================================================================================
+ * STS AssumeRoleWithWebIdentity
+ * ==================================================================================== */
+
+/* application/x-www-form-urlencoded value: unreserved bytes as they are, the rest %XX. */
+static size_t form_encode(char *dst, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '_' || c == '.' || c == '~') {
+            dst[n++] = (char)c;
+        } else {
+            dst[n++] = '%';
+            dst[n++] = hex[c >> 4];
+            dst[n++] = hex[c & 15];
+        }
+    }
+    return n;
+}
+
+static char *sts_body(const struct creds_provider *p, const char *token, size_t *len)
+{
+    size_t cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
+    char *b = malloc(cap);
+    size_t n = 0;
+
+    if (!b)
+        return NULL;
+#define LIT(s) (memcpy(b + n, s, sizeof s - 1), n += sizeof s - 1)
+    LIT("Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=");
+    n += form_encode(b + n, p->role_arn);
+    LIT("&RoleSessionName=");
+    n += form_encode(b + n, p->session_name);
+    LIT("&WebIdentityToken=");
+    n += form_encode(b + n, token);
+    n += (size_t)snprintf(b + n, cap - n, "&DurationSeconds=%d", CREDS_STS_DURATION_S);
+#undef LIT
+    *len = n;
+    return b;
+}
+
+static int sts_code_retryable(const char *code)
+{
+    return strcmp(code, "IDPCommunicationError") == 0 || strcmp(code, "Throttling") == 0 ||
+           strcmp(code, "ThrottlingException") == 0 || strcmp(code, "RequestLimitExceeded") == 0 ||
+           strcmp(code, "ServiceUnavailable") == 0 || strcmp(code, "InternalFailure") == 0;
+}
+
+static void creds_scrub(char *msg, const char *token);
+
+/* Reads STS's answer: 0 with out filled, or -1 with e set and *retry. STS's message is
+ * scrubbed of the token before it is quoted, so that the rest of it still fits. */
+static int sts_answer(const struct http_response *r, const char *token,
+                      struct creds_snapshot *out, int *retry, struct lerr *e)
+{
+    struct creds_sts_answer *a = malloc(sizeof *a);
+    struct lerr pe;
+    int parsed, rc = -1;
+
+    if (!a)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    parsed = creds_sts_parse(r->body, r->body_len, a, &pe);
+    *retry = r->status >= 500 || r->status == 429;
+    if (parsed == 0 && a->is_error) {
+        *retry = *retry || sts_code_retryable(a->error_code);
+        creds_scrub(a->error_message, token);
+        lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: %s%s%s (HTTP %d)",
+                 a->error_code, a->error_message[0] ? ": " : "", a->error_message, r->status);
+    } else if (r->status == 200 && parsed == 0) {
+        *out = a->creds;
+        rc = 0;
+    } else if (r->status == 200) {
+        lerr_set(e, LERR_MALFORMED, "STS AssumeRoleWithWebIdentity: answer not understood: %s",
+                 pe.msg);
+    } else {
+        lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: HTTP %d%s", r->status,
+                 parsed == 0 ? " with a success answer" : ", no STS error in the answer");
+    }
+    explicit_bzero(a, sizeof *a);
+    free(a);
+    return rc;
+}
+
+static int sts_kind_retryable(enum lerr_kind k)
+{
+    return k == LERR_TIMEOUT || k == LERR_CLOSED || k == LERR_CONNECT || k == LERR_REFUSED ||
+           k == LERR_DNS || k == LERR_IO;
+}
+
+static int sts_exchange(const struct creds_provider *p, const char *token,
+                        struct creds_snapshot *out, struct lerr *e)
+{
+    static const struct http_header hh[] = {
+        { "Content-Type", "application/x-www-form-urlencoded; charset=utf-8" },
+        { "Accept", "text/xml" },
+    };
+    size_t blen = 0;
+    char *body = sts_body(p, token, &blen);
+    int rc = -1;
+
+    if (!body)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    for (unsigned attempt = 0;; attempt++) {
+        const struct http_request req = { "POST", &p->sts, hh, 2, body, blen, 20000 };
+        struct http_client hc;
+        struct http_response resp;
+        int retry = 0;
+
+        http_client_init(&hc, p->anchors);
+        hc.connect_timeout_ms = 5000;
+        hc.io_timeout_ms = 10000;
+        hc.max_body = STS_ANSWER_MAX;
+        if (http_do(&hc, &req, &resp, e) < 0) {
+            retry = sts_kind_retryable(e->kind);
+            lerr_wrap(e, "STS AssumeRoleWithWebIdentity");
+        } else {
+            rc = sts_answer(&resp, token, out, &retry, e);
+            http_response_free(&resp);
+        }
+        http_client_close(&hc);
+        if (rc == 0 || !retry || attempt + 1 >= CREDS_STS_ATTEMPTS)
+            break;
+        nanosleep(&(struct timespec){ 0, 200000000L << attempt }, NULL);
+    }
+    creds_wipe_free(body, blen);
+    return rc;
+}
+
+/* ======================================================================================
+ * Web identity: token, exchange, refresh
+ * ==================================================================================== */
+
+static int64_t creds_now(const struct creds_provider *p)
+{
+    return p->hooks.now ? p->hooks.now(p->hooks.ctx) : (int64_t)time(NULL);
+}
+
+/* Replaces every run of 16 or more token characters in msg that is part of the token
+ * by "[redacted]", in case a server echoed (some of) it into an error message. */
+static void creds_scrub(char *msg, const char *token)
+{
+    size_t tlen = strlen(token);
+    char *p = msg;
+
+    while (*p) {
+        size_t run = 0;
+
+        while (p[run] && creds_b64url((unsigned char)p[run]) >= 0)
+            run++;
+        if (run >= 16 && memmem(token, tlen, p, run)) {
+            static const char mark[] = "[redacted]";  /* shorter than any run replaced */
+
+            memcpy(p, mark, sizeof mark - 1);
+            memmove(p + sizeof mark - 1, p + run, strlen(p + run) + 1);
+            p += sizeof mark - 1;
+            continue;
+        }
+        p += run ? run : 1;
+    }
+}
+
+static void creds_trim_token(char *buf, size_t *len)
+{
+    size_t s = 0, n = *len;
+
+    while (s < n && (buf[s] == ' ' || buf[s] == '\t' || buf[s] == '\r' || buf[s] == '\n'))
+        s++;
+    while (n > s && (buf[n - 1] == ' ' || buf[n - 1] == '\t' || buf[n - 1] == '\r' ||
+                     buf[n - 1] == '\n'))
+        n--;
+    memmove(buf, buf + s, n - s);
+    buf[n - s] = '\0';
+    *len = n - s;
+}
+
+/* The token to exchange: the file's, unless it is missing or expired and the Fly socket
+ * can give a fresh one. Heap memory, wiped and freed by the caller (*cap bytes). */
+static int wi_token(const struct creds_provider *p, int64_t now, char **tok, size_t *cap,
+                    struct lerr *e)
+{
+    char why[96] = "";
+    size_t len = 0;
+    int64_t exp;
+    struct lerr ignore;
+    int rc = 1;
+
+    *tok = NULL;
+    if (p->token_file[0]) {
+        rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, tok, &len, e);
+        if (rc < 0)
+            return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
+        *cap = CREDS_WEB_TOKEN_MAX + 65;
+        if (rc == 0) {
+            creds_trim_token(*tok, &len);
+            if (len == 0 || len > CREDS_WEB_TOKEN_MAX || !creds_clean(*tok, len)) {
+                snprintf(why, sizeof why, "holds no usable token");
+            } else if (creds_jwt_exp(*tok, len, &exp, &ignore) == 0 &&
+                       exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
+                char t[32];
+                creds_fmt_time(exp, t);
+                snprintf(why, sizeof why, "holds a token that expired at %s", t);
+            } else {
+                return 0;  /* a valid JWT, or something STS will judge */
+            }
+            creds_wipe_free(*tok, *cap);
+            *tok = NULL;
+        } else {
+            snprintf(why, sizeof why, "does not exist");
+        }
+    }
+    if (creds_is_socket(p->fly_socket)) {
+        if (fly_token(p->fly_socket, tok, &len, e) < 0)
+            return -1;
+        *cap = len + 1;
+        return 0;
+    }
+    if (p->token_file[0])
+        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE %s %s, and there is no "
+                        "Fly API socket at %s to get a fresh token", p->token_file, why,
+                        p->fly_socket);
+    return lerr_set(e, LERR_INVALID, "no Fly API socket at %s to get a web identity token",
+                    p->fly_socket);
+}
+
+/* One fetch of temporary credentials. Reads only what creds_init fixed: runs unlocked. */
+static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
+{
+    int64_t now = creds_now(p);
+    char *tok = NULL;
+    size_t cap = 0;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    if (wi_token(p, now, &tok, &cap, e) < 0)
+        return -1;
+    rc = p->hooks.exchange ? p->hooks.exchange(p->hooks.ctx, tok, out, e)
+                           : sts_exchange(p, tok, out, e);
+    if (rc < 0)
+        creds_scrub(e->msg, tok);
+    creds_wipe_free(tok, cap);
+    if (rc < 0) {
+        creds_snapshot_wipe(out);
+        return -1;
+    }
+    now = creds_now(p);
+    if (out->expiration <= now + CREDS_EXPIRY_SKEW_S) {
+        char t[32];
+        creds_fmt_time(out->expiration, t);
+        creds_snapshot_wipe(out);
+        return lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
+                        "in the future (is the clock right?)", t);
+    }
+    return 0;
+}
+
+/* New temporary credentials: refresh once less than max(a quarter of the lifetime,
+ * min(5 minutes, half the lifetime)) remains. */
+static void creds_install(struct creds_provider *p, const struct creds_snapshot *fresh,
+                          int64_t now)
+{
+    int64_t life = fresh->expiration - now, margin = life / 4, early = life / 2;
+
+    if (early > 300)
+        early = 300;
+    if (early > margin)
+        margin = early;
+    p->cur = *fresh;
+    p->refresh_at = fresh->expiration - margin;
+    p->retry_at = 0;
+    p->exchanges++;
+}
+
+static int creds_usable(const struct creds_provider *p, int64_t now)
+{
+    return p->cur.expiration == 0 || now < p->cur.expiration - CREDS_EXPIRY_SKEW_S;
+}
+
+static int creds_expired_error(const struct creds_provider *p, const struct lerr *why,
+                               struct lerr *e)
+{
+    char t[32];
+
+    *e = *why;
+    creds_fmt_time(p->cur.expiration, t);
+    return lerr_wrap(e, "AWS credentials expired at %s and could not be refreshed", t);
+}
+
+/* Called with p->mu held; releases it for the exchange. Returns 0 when new credentials
+ * are installed, 1 when the refresh failed but the current ones are still usable, -1 with
+ * e set when they are not. */
+static int creds_refresh(struct creds_provider *p, struct lerr *e)
+{
+    struct creds_snapshot *fresh = malloc(sizeof *fresh);
+    struct lerr err;
+    int64_t now;
+    int rc;
+
+    p->refreshing = 1;
+    pthread_mutex_unlock(&p->mu);
+    rc = fresh ? wi_fetch(p, fresh, &err) : lerr_set(&err, LERR_NOMEM, "out of memory");
+    pthread_mutex_lock(&p->mu);
+    p->refreshing = 0;
+    pthread_cond_broadcast(&p->refreshed);
+    now = creds_now(p);
+    if (rc == 0) {
+        char t[32];
+        creds_install(p, fresh, now);
+        creds_fmt_time(fresh->expiration, t);
+        log_info("AWS credentials refreshed through STS (role %s), valid until %s", p->role_arn,
+                 t);
+    } else {
+        int64_t left = p->cur.expiration - now;
+
+        p->last_error = err;
+        p->retry_at = now + (left > 120 ? CREDS_RETRY_S : CREDS_RETRY_SOON_S);
+        if (creds_usable(p, now)) {
+            log_warn("AWS credentials: refresh failed (%s); the current ones stay in use, "
+                     "they expire in %lld s; trying again in %lld s", err.msg, (long long)left,
+                     (long long)(p->retry_at - now));
+            rc = 1;
+        } else {
+            creds_expired_error(p, &err, e);
+        }
+    }
+    if (fresh) {
+        creds_snapshot_wipe(fresh);
+        free(fresh);
+    }
+    return rc;
+}
+
+int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
+{
+    pthread_mutex_lock(&p->mu);
+    while (p->source == CREDS_SOURCE_WEB_IDENTITY) {
+        int64_t now = creds_now(p);
+
+        if (now < p->refresh_at)
+            break;
+        if (p->refreshing) {
+            if (creds_usable(p, now))
+                break;                       /* the old ones do meanwhile */
+            pthread_cond_wait(&p->refreshed, &p->mu);
+            continue;
+        }
+        if (now < p->retry_at) {
+            if (creds_usable(p, now))
+                break;
+            creds_expired_error(p, &p->last_error, e);
+            pthread_mutex_unlock(&p->mu);
+            return -1;
+        }
+        if (creds_refresh(p, e) < 0) {
+            pthread_mutex_unlock(&p->mu);
+            return -1;
+        }
+        break;
+    }
+    *out = p->cur;
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* ======================================================================================
+ * Finding the source
+ * ==================================================================================== */
+
+static int creds_from_env(struct creds_provider *p, const char *key, const char *secret,
+                          const char *token, struct lerr *e)
+{
+    if (!key)
+        return lerr_set(e, LERR_INVALID, "AWS_ACCESS_KEY_ID: not set, but AWS_SECRET_ACCESS_KEY "
+                        "is (set both or neither)");
+    if (!secret)
+        return lerr_set(e, LERR_INVALID, "AWS_SECRET_ACCESS_KEY: not set, but AWS_ACCESS_KEY_ID "
+                        "is (set both or neither)");
+    if (creds_put(p->cur.access_key_id, sizeof p->cur.access_key_id, key, strlen(key),
+                  "AWS_ACCESS_KEY_ID", e) < 0 ||
+        creds_put(p->cur.secret_access_key, sizeof p->cur.secret_access_key, secret,
+                  strlen(secret), "AWS_SECRET_ACCESS_KEY", e) < 0 ||
+        (token && creds_put(p->cur.session_token, sizeof p->cur.session_token, token,
+                            strlen(token), "AWS_SESSION_TOKEN", e) < 0))
+        return -1;
+    p->source = CREDS_SOURCE_ENV;
+    snprintf(p->source_name, sizeof p->source_name, "environment");
+    return 0;
+}
+
+static int creds_session_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n < 2 || n > 64)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+              strchr("+=,.@_-", *s)))
+            return 0;
+    return 1;
+}
+
+static void creds_generate_session_name(char *out, size_t cap)
+{
+    unsigned char r[8];
+
+    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        uint64_t v = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+        memcpy(r, &v, sizeof r);
+    }
+    snprintf(out, cap, "lambdo-%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4],
+             r[5], r[6], r[7]);
+}
+
+static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *ctx,
+                         const char *region, struct lerr *e)
+{
+    const char *which = "AWS_ENDPOINT_URL_STS", *v = creds_env(get, ctx, which);
+    char url[160];
+
+    if (!v)
+        v = creds_env(get, ctx, which = "AWS_ENDPOINT_URL");
+    if (v)
+        return url_parse(v, &p->sts, e) < 0 ? lerr_wrap(e, "%s", which) : 0;
+    if (!region || !*region)
+        region = p->file_region[0] ? p->file_region : NULL;
+    if (!region) {
+        snprintf(url, sizeof url, "https://sts.amazonaws.com/");
+    } else if (!creds_region_ok(region)) {
+        return lerr_set(e, LERR_INVALID, "STS region \"%.64s\" is not a region name", region);
+    } else {
+        snprintf(url, sizeof url, "https://sts.%s.amazonaws.com%s/", region,
+                 strncmp(region, "cn-", 3) == 0 ? ".cn" : "");
+    }
+    return url_parse(url, &p->sts, e);
+}
+
+static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, void *ctx,
+                              const char *role, const char *region, struct lerr *e)
+{
+    const char *file = creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    const char *name = creds_env(get, ctx, "AWS_ROLE_SESSION_NAME");
+    const char *sock = creds_env(get, ctx, "LAMBDO_FLY_API_SOCKET");
+    struct creds_snapshot *first;
+    int rc;
+
+    if (!sock)
+        sock = CREDS_DEFAULT_FLY_SOCKET;
+    if (strlen(sock) >= sizeof p->fly_socket)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_API_SOCKET: longer than %zu bytes",
+                        sizeof p->fly_socket - 1);
+    strcpy(p->fly_socket, sock);
+    if (strncmp(role, "arn:", 4) != 0 || strlen(role) >= sizeof p->role_arn ||
+        !creds_clean(role, strlen(role)))
+        return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN: not a role ARN (arn:aws:iam::ACCOUNT:"
+                        "role/NAME)");
+    strcpy(p->role_arn, role);
+    if (file) {
+        if (strlen(file) >= sizeof p->token_file)
+            return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE: path too long");
+        strcpy(p->token_file, file);
+    } else if (!creds_is_socket(p->fly_socket)) {
+        return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE "
+                        "is not (and there is no Fly API socket at %s)", p->fly_socket);
+    }
+    if (name && !creds_session_name_ok(name))
+        return lerr_set(e, LERR_INVALID, "AWS_ROLE_SESSION_NAME: must be 2 to 64 of "
+                        "A-Z a-z 0-9 + = , . @ _ -");
+    if (name)
+        strcpy(p->session_name, name);
+    else
+        creds_generate_session_name(p->session_name, sizeof p->session_name);
+    if (creds_sts_url(p, get, ctx, region, e) < 0)
+        return -1;
+    p->source = CREDS_SOURCE_WEB_IDENTITY;
+    snprintf(p->source_name, sizeof p->source_name, "web identity (role %s)", p->role_arn);
+    /* The first exchange now, so that a wrong role or token stops lambdo at start-up. */
+    if (!(first = malloc(sizeof *first)))
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    rc = wi_fetch(p, first, e);
+    if (rc == 0)
+        creds_install(p, first, creds_now(p));
+    creds_snapshot_wipe(first);
+    free(first);
+    return rc;
+}
+
+static int creds_take_profile(struct creds_provider *p, const struct creds_profile *pr,
+                              const char *path, const char *profile, struct lerr *e)
+{
+    if (!(pr->have & CREDS_HAVE_KEY_ID))
+        return lerr_set(e, LERR_INVALID, "%s: profile %s has aws_secret_access_key but no "
+                        "aws_access_key_id", path, profile);
+    if (!(pr->have & CREDS_HAVE_SECRET))
+        return lerr_set(e, LERR_INVALID, "%s: profile %s has aws_access_key_id but no "
+                        "aws_secret_access_key", path, profile);
+    memcpy(p->cur.access_key_id, pr->access_key_id, sizeof p->cur.access_key_id);
+    memcpy(p->cur.secret_access_key, pr->secret_access_key, sizeof p->cur.secret_access_key);
+    if (pr->have & CREDS_HAVE_TOKEN)
+        memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
+    p->source = CREDS_SOURCE_FILE;
+    snprintf(p->source_name, sizeof p->source_name, "shared file profile %.200s (%.1900s)", profile,
+             path);
+    return 0;
+}
+
+struct creds_files {
+    char profile[256];
+    int profile_set;                   /* AWS_PROFILE named it */
+    char cred_path[4096], conf_path[4096];
+    struct creds_profile conf;         /* the config file's profile */
+    int conf_failed;
+    struct lerr conf_error;
+};
+
+static int creds_from_files(struct creds_provider *p, struct creds_files *f, struct lerr *e)
+{
+    struct creds_profile *cred = malloc(sizeof *cred);
+    const struct creds_profile *pick = NULL;
+    const char *path = NULL;
+    int rc = -1;
+
+    if (!cred)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    if (creds_load_profile(f->cred_path, 0, f->profile, cred, e) < 0)
+        goto done;
+    if (f->conf_failed) {
+        *e = f->conf_error;
+        goto done;
+    }
+    if (cred->have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
+        pick = cred, path = f->cred_path;
+    else if (f->conf.have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
+        pick = &f->conf, path = f->conf_path;
+    if (pick) {
+        rc = creds_take_profile(p, pick, path, f->profile, e);
+    } else if (cred->found || f->conf.found) {
+        lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
+                 "aws_secret_access_key%s", cred->found ? f->cred_path : f->conf_path,
+                 f->profile, ((cred->have | f->conf.have) & CREDS_HAVE_OTHER)
+                     ? " (role_arn, sso and credential_process profiles are not supported)" : "");
+    } else if (f->profile_set) {
+        lerr_set(e, LERR_INVALID, "AWS_PROFILE: profile %s is in neither %s nor %s", f->profile,
+                 f->cred_path[0] ? f->cred_path : "(no credentials file)",
+                 f->conf_path[0] ? f->conf_path : "(no config file)");
+    } else {
+        lerr_set(e, LERR_INVALID, "no AWS credentials: set AWS_ACCESS_KEY_ID and "
+                 "AWS_SECRET_ACCESS_KEY, or AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, or "
+                 "put profile %s in %s", f->profile,
+                 f->cred_path[0] ? f->cred_path : "~/.aws/credentials (HOME is not set)");
+    }
+done:
+    explicit_bzero(cred, sizeof *cred);
+    free(cred);
+    return rc;
+}
+
+/* The profile name and both paths; the config file is read now for its region, but its
+ * errors only matter when the credentials come from the files. */
+static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_files *f,
+                               struct lerr *e)
+{
+    const char *profile = creds_env(get, ctx, "AWS_PROFILE");
+
+    f->profile_set = profile != NULL;
+    if (!profile)
+        profile = "default";
+    if (strlen(profile) >= sizeof f->profile || !creds_clean(profile, strlen(profile)) ||
+        strpbrk(profile, "[]"))
+        return lerr_set(e, LERR_INVALID, "AWS_PROFILE: not a profile name");
+    strcpy(f->profile, profile);
+    if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->cred_path,
+                        sizeof f->cred_path, e) < 0 ||
+        creds_file_path(get, ctx, "AWS_CONFIG_FILE", "config", f->conf_path,
+                        sizeof f->conf_path, e) < 0)
+        return -1;
+    if (creds_load_profile(f->conf_path, 1, f->profile, &f->conf, &f->conf_error) < 0) {
+        f->conf_failed = 1;
+        explicit_bzero(&f->conf, sizeof f->conf);
+    }
+    return 0;
+}
+
+int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, struct lerr *e)
+{
+    struct creds_files *f = calloc(1, sizeof *f);
+    int rc = 0;
+
+    if (!f)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    if (creds_files_prepare(get, ctx, f, e) < 0) {
+        rc = -1;
+    } else if (f->conf_failed) {
+        *e = f->conf_error;
+        rc = -1;
+    } else if (f->conf.have & CREDS_HAVE_REGION) {
+        rc = strlen(f->conf.region) < cap ? 1 : lerr_set(e, LERR_INVALID, "region too long");
+        if (rc > 0)
+            strcpy(out, f->conf.region);
+    }
+    explicit_bzero(f, sizeof *f);
+    free(f);
+    return rc;
+}
+
+static int creds_resolve(struct creds_provider *p, config_getenv_fn get, void *ctx,
+                         const char *region, struct creds_files *f, struct lerr *e)
+{
+    const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
+    const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
+    const char *role = creds_env(get, ctx, "AWS_ROLE_ARN");
+    int rc;
+
+    if (creds_files_prepare(get, ctx, f, e) < 0)
+        return -1;
+    if (f->conf.have & CREDS_HAVE_REGION)
+        strcpy(p->file_region, f->conf.region);
+    if (key || secret)
+        rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
+    else if (role)
+        rc = creds_web_identity(p, get, ctx, role, region, e);
+    else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
+        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
+                        "is not");
+    else
+        return creds_from_files(p, f, e);
+    if (rc == 0 && f->conf_failed)
+        log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
+    return rc;
+}
+
+int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
+                     const char *region, const struct tls_anchors *anchors,
+                     const struct creds_hooks *hooks, struct lerr *e)
+{
+    struct creds_files *f = calloc(1, sizeof *f);
+    int rc;
+
+    memset(p, 0, sizeof *p);
+    if (!f)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    if (hooks)
+        p->hooks = *hooks;
+    p->anchors = anchors;
+    rc = creds_resolve(p, get, ctx, region, f, e);
+    explicit_bzero(f, sizeof *f);
+    free(f);
+    if (rc < 0) {
+        explicit_bzero(p, sizeof *p);
+        return -1;
+    }
+    if (p->source != CREDS_SOURCE_WEB_IDENTITY)
+        p->exchanges = 1;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->refreshed, NULL);
+    return 0;
+}
+
+int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const char *region,
+               const struct tls_anchors *anchors, struct lerr *e)
+{
+    return creds_init_hooks(p, get, ctx, region, anchors, NULL, e);
+}
+
+int creds_init_static(struct creds_provider *p, const char *access_key_id,
+                      const char *secret_access_key, const char *session_token,
+                      struct lerr *e)
+{
+    memset(p, 0, sizeof *p);
+    if (creds_put(p->cur.access_key_id, sizeof p->cur.access_key_id, access_key_id,
+                  access_key_id ? strlen(access_key_id) : 0, "access key id", e) < 0 ||
+        creds_put(p->cur.secret_access_key, sizeof p->cur.secret_access_key, secret_access_key,
+                  secret_access_key ? strlen(secret_access_key) : 0, "secret access key", e) < 0 ||
+        (session_token && *session_token &&
+         creds_put(p->cur.session_token, sizeof p->cur.session_token, session_token,
+                   strlen(session_token), "session token", e) < 0)) {
+        explicit_bzero(p, sizeof *p);
+        return -1;
+    }
+    p->source = CREDS_SOURCE_STATIC;
+    snprintf(p->source_name, sizeof p->source_name, "static");
+    p->exchanges = 1;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->refreshed, NULL);
+    return 0;
+}
+
+const char *creds_source_name(const struct creds_provider *p)
+{
+    return p->source_name;
+}
+
+const char *creds_file_region(const struct creds_provider *p)
+{
+    return p->file_region[0] ? p->file_region : NULL;
+}
+
+void creds_free(struct creds_provider *p)
+{
+    if (p->source == CREDS_SOURCE_NONE)
+        return;
+    pthread_cond_destroy(&p->refreshed);
+    pthread_mutex_destroy(&p->mu);
+    explicit_bzero(p, sizeof *p);
+}
