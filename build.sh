@@ -7,6 +7,8 @@
 #
 #   ./build.sh          the static binary
 #   ./build.sh test     also the sanitizer, valgrind and fuzzer builds of tests/
+#   ./build.sh demo     the binary, then the whole flow locally (demo/demo.mjs): an SQS
+#                       emulator, `lambdo send`, `lambdo --once` with the local backend
 set -eu
 cd "$(dirname "$0")"
 top=$(pwd)
@@ -18,6 +20,9 @@ die() { say "error: $*"; exit 1; }
 
 # Debian packages each kind of build needs.
 pkgs="musl-tools make dpkg-dev xz-utils ca-certificates file"
+if [ "$want" = demo ]; then
+    command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
+fi
 if [ "$want" = test ]; then
     pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl python3 util-linux php-cli buildah netavark debootstrap debian-archive-keyring"
     # Node may come from Debian or from NodeSource (which bundles npm): only add it if absent.
@@ -55,11 +60,27 @@ fetch_sources() {
     done
 }
 
+# promtool (Debian's prometheus package) checks the /metrics output in the tests; only the
+# binary is unpacked, so no Prometheus server gets installed or started.
+fetch_promtool() {
+    [ -x "$deps/promtool/usr/bin/promtool" ] && return 0
+    (cd "$deps/dl" && rm -f prometheus_*.deb &&
+     apt-get -o APT::Sandbox::User=root download -qq prometheus >/dev/null 2>&1 ||
+     { apt-get update -qq && apt-get -o APT::Sandbox::User=root download -qq prometheus; }) &&
+    dpkg-deb -x "$deps"/dl/prometheus_*.deb "$deps/promtool" &&
+    rm -f "$deps"/dl/prometheus_*.deb
+}
+
 install_missing
 fetch_sources
+[ "$want" = test ] && { fetch_promtool || say "warning: could not fetch promtool; the metrics tests will say so"; }
 say "BearSSL $(cat "$deps/bearssl.version"), cJSON $(cat "$deps/cjson.version") (Debian source packages)"
 
 jobs=$(nproc 2>/dev/null || echo 2)
 make -s -j"$jobs" BEARSSL="$deps/bearssl" CJSON="$deps/cjson" lambdo
 [ "$want" = test ] && make -s -j"$jobs" BEARSSL="$deps/bearssl" CJSON="$deps/cjson" test-build
 say "built $(ls -l lambdo | awk '{print $5}') bytes: $(file -b lambdo | cut -d, -f1-5)"
+if [ "$want" = demo ]; then
+    [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error
+    exec node demo/demo.mjs
+fi
