@@ -1065,3 +1065,72 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
     return machine_action(http, t, "DELETE", "destroy", machine_id, NULL,
                           force ? "force=true" : NULL, out, e);
 }
+
+/* ---- the app (lambdo check) ------------------------------------------------------------ */
+
+int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
+{
+    static const char suffix[] = "/machines";
+
+    if (fly_machines_url(base, app, out, e) < 0)
+        return -1;
+    out->path[strlen(out->path) - (sizeof suffix - 1)] = '\0';
+    return 0;
+}
+
+/* An answer other than 2xx, as the error the caller shows. */
+static int app_failed(const struct fly_target *t, struct fly_call_result *r, struct lerr *e)
+{
+    if (r->outcome == FLY_CALL_RATE_LIMITED || r->outcome == FLY_CALL_TIMED_OUT)
+        r->outcome = FLY_CALL_RETRY_LATER;
+    return lerr_set(e, LERR_HTTP, "Fly app %s: HTTP %d%s%s", t->app, r->status,
+                    r->error[0] ? ": " : "", r->error);
+}
+
+int fly_get_app(struct http_client *http, const struct fly_target *t,
+                struct fly_call_result *out, struct lerr *e)
+{
+    struct http_header headers[1] = { { "Authorization", NULL } };
+    struct http_response resp;
+    struct url url;
+    char *auth = NULL;
+    int rc = -1;
+
+    memset(out, 0, sizeof *out);
+    out->outcome = FLY_CALL_FAILED;
+    out->retry_after_ms = -1;
+    if (fly_app_url(t->base, t->app, &url, e) < 0 || fly_auth_header(t->token, &auth, e) < 0)
+        return -1;
+    headers[0].value = auth;
+    for (int retry = 0;; retry++) {
+        const struct http_request req = { "GET", &url, headers, 1, NULL, 0, FLY_CALL_TIMEOUT_MS };
+        const char *ra;
+        size_t ra_len = 0;
+
+        if (pace(http, t, t->get_rl, e) < 0)
+            break;
+        if (http_do(http, &req, &resp, e) < 0) {
+            out->status = 0;
+            out->outcome = transport_final(e->kind) ? FLY_CALL_FAILED : FLY_CALL_RETRY_LATER;
+            lerr_wrap(e, "Fly app %s", t->app);
+            break;
+        }
+        ra = http_response_header(&resp, "Retry-After", &ra_len);
+        fly_classify_call(resp.status, resp.body, resp.body_len, ra, ra_len, out);
+        http_response_free(&resp);
+        if (out->outcome == FLY_CALL_OK) {
+            rc = 0;
+            break;
+        }
+        if (out->outcome != FLY_CALL_RATE_LIMITED || retry == FLY_APP_RATE_LIMIT_RETRIES) {
+            app_failed(t, out, e);
+            break;
+        }
+        if (rate_limited_wait(http, t, t->get_rl, out->retry_after_ms >= 0 ? out->retry_after_ms
+                                                                            : backoff_ms(retry),
+                              e) < 0)
+            break;
+    }
+    fly_secret_free(auth);
+    return rc;
+}

@@ -274,4 +274,21 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
                         const char *machine_id, int force, struct fly_call_result *out,
                         struct lerr *e);
 
+/* ---- the app (lambdo check) ------------------------------------------------------------ */
+
+#define FLY_APP_RATE_LIMIT_RETRIES 3  /* a check is a quick look, not work that must get done */
+
+/* The app's URL: fly_machines_url's without /machines (Apps_show). Errors as there. */
+int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e);
+
+/* GET {base}/v1/apps/{app} (Apps_show), one request (a 429 is waited out and retried, up
+ * to FLY_APP_RATE_LIMIT_RETRIES times, taking t->get_rl tokens when set): proves the token,
+ * the app and the connection. Returns 0 when Fly answered 2xx (out->outcome FLY_CALL_OK).
+ * Otherwise -1 with e set: LERR_HTTP with out->status and Fly's out->error (401: the
+ * token was refused; 404: no such app, or one the token may not see), or the connection
+ * error's own kind with out->status 0 (LERR_TLS_UNTRUSTED, LERR_TLS_NAME, LERR_REFUSED,
+ * LERR_DNS, LERR_TIMEOUT...). The token never appears in e. */
+int fly_get_app(struct http_client *http, const struct fly_target *t,
+                struct fly_call_result *out, struct lerr *e);
+
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cJSON.h"
+#include "cli.h"
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
@@ -16,6 +17,8 @@
 
 static const char usage[] =
     "usage: lambdo [--once | --help | --version]\n"
+    "       lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL] [BODY]\n"
+    "       lambdo check\n"
     "\n"
     "Long-polls an SQS queue and runs each group of events (same image, size and command)\n"
     "in a Fly Machine whose /tmp/events.json holds the group's message bodies, byte for byte.\n"
@@ -49,6 +52,11 @@ static const char usage[] =
     "  LAMBDO_MAX_EVENTS_BYTES          cap of one events file (1048576)\n"
     "  LAMBDO_SHUTDOWN_TIMEOUT          seconds to wait for Machines on SIGTERM (0)\n"
     "\n"
+    "send puts messages on the queue (BODY, or one per line of stdin) with the attributes\n"
+    "image, size and command, checked as lambdo checks them; check tries the configuration,\n"
+    "the CA bundle, the queue and the Fly app. `lambdo send --help` and `lambdo check --help`\n"
+    "say more.\n"
+    "\n"
     "--once receives until the queue answers empty, dispatches, waits for the work (in exit\n"
     "mode, for the Machines) and exits 0 only if every message was handled: a CI step.\n"
     "\n"
@@ -66,6 +74,10 @@ int main(int argc, char **argv)
     struct lerr e;
     int once = 0;
 
+    if (argc > 1 && strcmp(argv[1], "send") == 0)
+        return cli_send(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "check") == 0)
+        return cli_check(argc - 1, argv + 1);
     if (argc == 2 && strcmp(argv[1], "--version") == 0) {
         printf("lambdo %s (BearSSL %s, cJSON %s)\n", LAMBDO_VERSION, LAMBDO_BEARSSL_VERSION,
                cJSON_Version());

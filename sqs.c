@@ -1421,3 +1421,769 @@ int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries,
 {
     return sqs_batch_run(c, SQS_OP_CHANGE_VISIBILITY, entries, n, e);
 }
+
+/* ======================================================================================
+ * SendMessage and SendMessageBatch (lambdo send)
+ *
+ * A body must reach the queue byte for byte, so these requests are written by hand
+ * rather than through cJSON (which wants NUL-terminated copies): the body goes into a
+ * JSON string that escapes only '"', '\\' and control bytes and copies everything else,
+ * UTF-8 included. Bodies are checked first (sqs_text_check), so the request is valid
+ * JSON and SQS decodes the string to exactly the bytes given.
+ * ==================================================================================== */
+
+/* A growing, always NUL-terminated output; after an allocation failure it stops. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void sb_put(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->cap - b->len < n + 1) {
+        size_t cap = b->cap ? b->cap : 512;
+        char *p;
+
+        while (cap - b->len < n + 1) {
+            if (cap > SIZE_MAX / 2) {
+                b->oom = 1;
+                return;
+            }
+            cap *= 2;
+        }
+        p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_lit(struct sbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+static void sb_json_string(struct sbuf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+
+    sb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
+        char esc[7] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0' };
+
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        sb_put(b, s + run, i - run);
+        run = i + 1;
+        if (ch == '"' || ch == '\\') {
+            esc[1] = (char)ch;
+            esc[2] = '\0';
+            named = esc;
+        }
+        sb_lit(b, named ? named : esc);
+    }
+    sb_put(b, s + run, n - run);
+    sb_put(b, "\"", 1);
+}
+
+static char *sb_finish(struct sbuf *b, size_t *len, struct lerr *e)
+{
+    if (b->oom || !b->p) {
+        free(b->p);
+        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
+        return NULL;
+    }
+    *len = b->len;
+    return b->p;
+}
+
+/* One UTF-8 sequence at p (avail bytes), strictly: no overlong forms, no surrogates,
+ * nothing above U+10FFFF. Returns its length with *cp set, or 0 when it is not UTF-8. */
+static size_t sqs_utf8_next(const unsigned char *p, size_t avail, unsigned *cp)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+    size_t n;
+
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4;
+    else
+        return 0;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (avail < n || p[1] < lo || p[1] > hi)
+        return 0;
+    *cp = c & (n == 2 ? 0x1f : n == 3 ? 0x0f : 0x07);
+    for (size_t i = 1; i < n; i++) {
+        if (i > 1 && (p[i] < 0x80 || p[i] > 0xbf))
+            return 0;
+        *cp = *cp << 6 | (p[i] & 0x3f);
+    }
+    return n;
+}
+
+int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    const char *bad = NULL;
+    size_t i = 0;
+
+    while (i < len && !bad) {
+        unsigned cp;
+        size_t n = sqs_utf8_next(p + i, len - i, &cp);
+
+        if (n == 0)
+            bad = "invalid UTF-8";
+        else if (cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r')
+            bad = "a control character, which SQS does not accept";
+        else if (cp == 0xfffe || cp == 0xffff)
+            bad = "U+FFFE or U+FFFF, which SQS does not accept";
+        else
+            i += n;
+    }
+    if (!bad)
+        return 0;
+    if (err_at)
+        *err_at = i;
+    if (why)
+        *why = bad;
+    return -1;
+}
+
+size_t sqs_send_size(const struct sqs_send_entry *en)
+{
+    const char *values[3] = { en->image, en->size, en->command };
+    size_t n = en->body_len;
+
+    for (size_t i = 0; i < 3; i++)
+        if (values[i])
+            n += strlen(sqs_attr_names[i]) + strlen("String") + strlen(values[i]);
+    return n;
+}
+
+/* What SQS would refuse about an entry, found before anything is sent. */
+static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
+{
+    const char *values[3] = { en->image, en->size, en->command };
+    const char *why;
+    size_t at, size = sqs_send_size(en);
+
+    if (!en->body || en->body_len == 0)
+        return lerr_set(e, LERR_INVALID, "message body is empty (SQS needs at least one "
+                        "character)");
+    if (sqs_text_check(en->body, en->body_len, &at, &why) < 0)
+        return lerr_set(e, LERR_INVALID, "message body has %s at byte %zu", why, at);
+    for (size_t i = 0; i < 3; i++) {
+        if (!values[i])
+            continue;
+        if (!values[i][0])
+            return lerr_set(e, LERR_INVALID, "message attribute %s is empty (SQS needs a value)",
+                            sqs_attr_names[i]);
+        if (sqs_text_check(values[i], strlen(values[i]), &at, &why) < 0)
+            return lerr_set(e, LERR_INVALID, "message attribute %s has %s at byte %zu",
+                            sqs_attr_names[i], why, at);
+    }
+    if (size > SQS_MAX_MESSAGE_BYTES)
+        return lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
+                        "SQS's limit of %d", size, SQS_MAX_MESSAGE_BYTES);
+    return 0;
+}
+
+/* The queue URL is the caller's text, sent as it is: it only needs to be UTF-8 for the
+ * request to be JSON (control bytes are escaped). */
+static int sqs_queue_url_check(const char *queue_url, const char *op, struct lerr *e)
+{
+    size_t len = queue_url ? strlen(queue_url) : 0;
+    unsigned cp;
+
+    if (len == 0)
+        return lerr_set(e, LERR_INVALID, "SQS %s: no queue URL", op);
+    for (size_t i = 0, n; i < len; i += n)
+        if ((n = sqs_utf8_next((const unsigned char *)queue_url + i, len - i, &cp)) == 0)
+            return lerr_set(e, LERR_INVALID, "SQS %s: the queue URL is not UTF-8", op);
+    return 0;
+}
+
+/* ,"MessageBody":...,"MessageAttributes":{...} of one entry. */
+static void sb_message(struct sbuf *b, const struct sqs_send_entry *en)
+{
+    const char *values[3] = { en->image, en->size, en->command };
+    int first = 1;
+
+    sb_lit(b, ",\"MessageBody\":");
+    sb_json_string(b, en->body, en->body_len);
+    for (size_t i = 0; i < 3; i++) {
+        if (!values[i])
+            continue;
+        sb_lit(b, first ? ",\"MessageAttributes\":{" : ",");
+        first = 0;
+        sb_json_string(b, sqs_attr_names[i], strlen(sqs_attr_names[i]));
+        sb_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
+        sb_json_string(b, values[i], strlen(values[i]));
+        sb_lit(b, "}");
+    }
+    if (!first)
+        sb_lit(b, "}");
+}
+
+char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
+                       struct lerr *e)
+{
+    struct sbuf b = { 0 };
+
+    if (sqs_queue_url_check(queue_url, "SendMessage", e) < 0)
+        return NULL;
+    if (sqs_send_entry_check(en, e) < 0) {
+        lerr_wrap(e, "SQS SendMessage");
+        return NULL;
+    }
+    sb_lit(&b, "{\"QueueUrl\":");
+    sb_json_string(&b, queue_url, strlen(queue_url));
+    sb_message(&b, en);
+    sb_lit(&b, "}");
+    return sb_finish(&b, len, e);
+}
+
+char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
+                             size_t n, size_t *len, struct lerr *e)
+{
+    struct sbuf b = { 0 };
+    size_t sent = 0;
+
+    if (sqs_queue_url_check(queue_url, "SendMessageBatch", e) < 0)
+        return NULL;
+    if (n < 1 || n > SQS_MAX_MESSAGES) {
+        lerr_set(e, LERR_INVALID, "SQS SendMessageBatch: %zu entries (1 to %d allowed)", n,
+                 SQS_MAX_MESSAGES);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i].status == SQS_ENTRY_PENDING && sqs_send_entry_check(&entries[i], e) < 0) {
+            lerr_wrap(e, "SQS SendMessageBatch: entry %zu", i);
+            return NULL;
+        }
+        sent += entries[i].status == SQS_ENTRY_PENDING;
+    }
+    if (sent == 0) {
+        lerr_set(e, LERR_INVALID, "SQS SendMessageBatch: no pending entry to send");
+        return NULL;
+    }
+    sb_lit(&b, "{\"QueueUrl\":");
+    sb_json_string(&b, queue_url, strlen(queue_url));
+    sb_lit(&b, ",\"Entries\":[");
+    sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        char id[24];
+
+        if (entries[i].status != SQS_ENTRY_PENDING)
+            continue;
+        sqs_entry_id(i, id);
+        sb_lit(&b, sent++ ? ",{\"Id\":\"" : "{\"Id\":\"");
+        sb_lit(&b, id);
+        sb_lit(&b, "\"");
+        sb_message(&b, &entries[i]);
+        sb_lit(&b, "}");
+    }
+    sb_lit(&b, "]}");
+    return sb_finish(&b, len, e);
+}
+
+/* MD5OfMessageAttributes as SQS computes it: for each attribute, in byte order of the
+ * names, length-prefixed (4 bytes, big-endian) name and DataType, the transport type
+ * byte (1 for String), then the length-prefixed value. */
+static void sqs_md5_field(br_md5_context *ctx, const char *s)
+{
+    size_t n = strlen(s);
+    unsigned char len[4] = { (unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                             (unsigned char)(n >> 8), (unsigned char)n };
+
+    br_md5_update(ctx, len, 4);
+    br_md5_update(ctx, s, n);
+}
+
+void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
+{
+    /* sqs_attr_names in byte order: command, image, size */
+    const char *names[3] = { SQS_ATTR_COMMAND, SQS_ATTR_IMAGE, SQS_ATTR_SIZE };
+    const char *values[3] = { en->command, en->image, en->size };
+    static const char hex[] = "0123456789abcdef";
+    unsigned char sum[br_md5_SIZE], one = 1;
+    br_md5_context ctx;
+    int any = 0;
+
+    br_md5_init(&ctx);
+    for (size_t i = 0; i < 3; i++) {
+        if (!values[i])
+            continue;
+        any = 1;
+        sqs_md5_field(&ctx, names[i]);
+        sqs_md5_field(&ctx, "String");
+        br_md5_update(&ctx, &one, 1);
+        sqs_md5_field(&ctx, values[i]);
+    }
+    out[0] = '\0';
+    if (!any)
+        return;
+    br_md5_out(&ctx, sum);
+    for (size_t i = 0; i < sizeof sum; i++) {
+        out[2 * i] = hex[sum[i] >> 4];
+        out[2 * i + 1] = hex[sum[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+static void sqs_send_fail(struct sqs_send_entry *en, const char *code, const char *message)
+{
+    en->status = SQS_ENTRY_FAILED;
+    sqs_set_code(en->code, sizeof en->code, code, strlen(code));
+    sqs_set_text(en->message, sizeof en->message, message, strlen(message));
+}
+
+/* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
+ * we: a mismatch means the message on the queue is not the one sent. */
+static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
+                              const char *md5_body, const char *md5_attrs)
+{
+    char want[33], why[200];
+
+    en->status = SQS_ENTRY_OK;
+    en->code[0] = en->message[0] = '\0';
+    sqs_set_text(en->message_id, sizeof en->message_id, message_id, strlen(message_id));
+    if (md5_body) {
+        sqs_md5_hex(en->body, en->body_len, want);
+        if (strcasecmp(want, md5_body) != 0) {
+            snprintf(why, sizeof why, "MD5OfMessageBody %.40s is not the MD5 of the body sent "
+                     "(%s): the message stored is not the one sent", md5_body, want);
+            sqs_send_fail(en, "MD5Mismatch", why);
+            return;
+        }
+    }
+    sqs_attributes_md5(en, want);
+    if (md5_attrs && want[0] && strcasecmp(want, md5_attrs) != 0) {
+        snprintf(why, sizeof why, "MD5OfMessageAttributes %.40s is not the MD5 of the "
+                 "attributes sent (%s)", md5_attrs, want);
+        sqs_send_fail(en, "MD5Mismatch", why);
+    }
+}
+
+int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
+                          struct lerr *e)
+{
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    const char *id = cJSON_IsObject(root) ? sqs_json_string(root, "MessageId") : NULL;
+
+    if (!id || !*id) {
+        cJSON_Delete(root);
+        return lerr_set(e, LERR_MALFORMED, "SQS SendMessage answer: %s",
+                        cJSON_IsObject(root) ? "no MessageId" : "not a JSON object");
+    }
+    sqs_send_accepted(en, id, sqs_json_string(root, "MD5OfMessageBody"),
+                      sqs_json_string(root, "MD5OfMessageAttributes"));
+    cJSON_Delete(root);
+    return 0;
+}
+
+/* "m<index>" of a pending entry, else -1 (as sqs_entry_index). */
+static long sqs_send_index(const cJSON *item, const struct sqs_send_entry *entries, size_t n)
+{
+    const char *id = sqs_json_string(item, "Id");
+    char want[24];
+    char *end;
+    long i;
+
+    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9')
+        return -1;
+    i = strtol(id + 1, &end, 10);
+    if (*end || i < 0 || (size_t)i >= n || entries[i].status != SQS_ENTRY_PENDING)
+        return -1;
+    sqs_entry_id((size_t)i, want);
+    return strcmp(id, want) == 0 ? i : -1;
+}
+
+/* The answer's Successful and Failed lists, NULL when absent or null; -1 when either is
+ * something else, or a Successful item is not an object with a MessageId. */
+static int sqs_send_lists(const cJSON *root, const cJSON **ok, const cJSON **failed,
+                          struct lerr *e)
+{
+    const cJSON *item;
+
+    if (!cJSON_IsObject(root))
+        return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: not a JSON object");
+    *ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
+    *failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
+    if ((*ok && !cJSON_IsNull(*ok) && !cJSON_IsArray(*ok)) ||
+        (*failed && !cJSON_IsNull(*failed) && !cJSON_IsArray(*failed)))
+        return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: Successful or Failed "
+                        "is not an array");
+    if (!cJSON_IsArray(*ok))
+        *ok = NULL;
+    if (!cJSON_IsArray(*failed))
+        *failed = NULL;
+    cJSON_ArrayForEach(item, *ok) {
+        const char *id = cJSON_IsObject(item) ? sqs_json_string(item, "MessageId") : NULL;
+        if (!id || !*id)
+            return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: a Successful entry "
+                            "has no MessageId");
+    }
+    cJSON_ArrayForEach(item, *failed) {
+        if (!cJSON_IsObject(item))
+            return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: a Failed entry is "
+                            "not an object");
+    }
+    return 0;
+}
+
+int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
+                                size_t n, struct lerr *e)
+{
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    const cJSON *ok = NULL, *failed = NULL, *item;
+
+    if (sqs_send_lists(root, &ok, &failed, e) < 0) {
+        cJSON_Delete(root);
+        return -1;
+    }
+    cJSON_ArrayForEach(item, ok) {
+        long i = sqs_send_index(item, entries, n);
+        if (i < 0) {
+            log_warn("SQS SendMessageBatch answer: ignoring a Successful entry with an Id that "
+                     "was not sent");
+            continue;
+        }
+        sqs_send_accepted(&entries[i], sqs_json_string(item, "MessageId"),
+                          sqs_json_string(item, "MD5OfMessageBody"),
+                          sqs_json_string(item, "MD5OfMessageAttributes"));
+    }
+    cJSON_ArrayForEach(item, failed) {
+        const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
+        const char *code = sqs_json_string(item, "Code"), *message = sqs_json_string(item, "Message");
+        long i = sqs_send_index(item, entries, n);
+
+        if (i < 0) {
+            log_warn("SQS SendMessageBatch answer: ignoring a Failed entry with an Id that was "
+                     "not sent");
+            continue;
+        }
+        sqs_send_fail(&entries[i], code ? code : "", message ? message : "");
+        /* SQS's side (SenderFault false, throttled, internal): worth another round */
+        if ((cJSON_IsBool(fault) && !cJSON_IsTrue(fault)) || sqs_code_retryable(entries[i].code))
+            entries[i].status = SQS_ENTRY_PENDING;
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+/* Notes why an entry is not sent (yet), keeping its status. */
+static void sqs_send_why(struct sqs_send_entry *en, const char *code, const char *message)
+{
+    sqs_set_code(en->code, sizeof en->code, code, strlen(code));
+    sqs_set_text(en->message, sizeof en->message, message, strlen(message));
+}
+
+/* Gives an entry the reason its whole request failed: SQS's code, or the error's kind. */
+static void sqs_send_note(struct sqs_send_entry *en, const struct sqs_client *c,
+                          const struct lerr *e)
+{
+    sqs_send_why(en, c->last_error.code[0] ? c->last_error.code : lerr_kind_name(e->kind),
+                 e->msg);
+}
+
+static void sqs_send_reset(struct sqs_send_entry *en)
+{
+    en->status = SQS_ENTRY_PENDING;
+    en->message_id[0] = en->code[0] = en->message[0] = '\0';
+}
+
+int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
+{
+    struct http_response resp;
+    size_t len;
+    char *body;
+    int r, status;
+
+    sqs_send_reset(en);
+    memset(&c->last_error, 0, sizeof c->last_error);
+    body = sqs_send_request(c->queue_url, en, &len, e);
+    if (!body) {
+        sqs_note_local(c, e, 0);
+        en->status = SQS_ENTRY_FAILED;
+        sqs_send_note(en, c, e);
+        return -1;
+    }
+    r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts ? c->batch_attempts : 1,
+                       &resp, e);
+    free(body);
+    if (r < 0) {
+        en->status = SQS_ENTRY_FAILED;
+        sqs_send_note(en, c, e);
+        return -1;
+    }
+    status = resp.status;
+    r = sqs_parse_send_result(resp.body, resp.body_len, en, e);
+    http_response_free(&resp);
+    if (r < 0) {
+        sqs_note_local(c, e, 0);
+        c->last_error.status = status;
+        en->status = SQS_ENTRY_FAILED;
+        sqs_send_note(en, c, e);
+        return -1;
+    }
+    if (en->status != SQS_ENTRY_OK) {
+        sqs_copy(c->last_error.code, sizeof c->last_error.code, en->code);
+        sqs_copy(c->last_error.message, sizeof c->last_error.message, en->message);
+        return lerr_set(e, LERR_HTTP, "SQS SendMessage: message %s: %s: %s", en->message_id,
+                        en->code, en->message);
+    }
+    return 0;
+}
+
+/* One round: send the pending entries, apply the answer. 0 when the exchange worked
+ * (some entries may still be pending), -1 when the request failed as a whole. */
+static int sqs_send_round(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
+                          struct lerr *e)
+{
+    struct http_response resp;
+    size_t len;
+    char *body;
+    int r;
+
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].status == SQS_ENTRY_PENDING)
+            entries[i].code[0] = entries[i].message[0] = '\0';
+    body = sqs_send_batch_request(c->queue_url, entries, n, &len, e);
+    if (!body) {
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    r = sqs_call(c, "SendMessageBatch", body, len, 0, &resp, e);
+    free(body);
+    if (r < 0)
+        return -1;
+    r = sqs_parse_send_batch_result(resp.body, resp.body_len, entries, n, e);
+    http_response_free(&resp);
+    if (r < 0) {
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].status == SQS_ENTRY_PENDING && !entries[i].code[0])
+            sqs_send_why(&entries[i], "NotReported", "the answer did not mention this entry");
+    return 0;
+}
+
+static size_t sqs_send_count(const struct sqs_send_entry *entries, size_t n,
+                             enum sqs_entry_status s)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < n; i++)
+        k += entries[i].status == s;
+    return k;
+}
+
+static void sqs_send_note_pending(struct sqs_send_entry *entries, size_t n,
+                                  const struct sqs_client *c, const struct lerr *e)
+{
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].status == SQS_ENTRY_PENDING)
+            sqs_send_note(&entries[i], c, e);
+}
+
+int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
+                   struct lerr *e)
+{
+    unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
+    int whole_failed = 0;
+    size_t failed;
+
+    memset(&c->last_error, 0, sizeof c->last_error);
+    if (n == 0) {
+        lerr_set(e, LERR_INVALID, "SQS SendMessageBatch: no entries");
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        sqs_send_reset(&entries[i]);
+    for (unsigned attempt = 0; attempt < attempts; attempt++) {
+        struct lerr why;
+        size_t pending;
+
+        whole_failed = sqs_send_round(c, entries, n, e) < 0;
+        if (whole_failed) {
+            sqs_send_note_pending(entries, n, c, e);
+            if (!c->last_error.retryable)
+                break;
+            why = *e;
+        } else {
+            pending = sqs_send_count(entries, n, SQS_ENTRY_PENDING);
+            if (pending == 0)
+                break;
+            lerr_set(&why, LERR_HTTP, "SQS SendMessageBatch: %zu of %zu entries not sent yet",
+                     pending, n);
+        }
+        if (attempt + 1 >= attempts)
+            break;
+        if (sqs_backoff(c, attempt, attempts, &why, e) < 0) {
+            whole_failed = 1;
+            sqs_send_note_pending(entries, n, c, e);
+            break;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].status == SQS_ENTRY_PENDING)
+            entries[i].status = SQS_ENTRY_FAILED;
+    failed = sqs_send_count(entries, n, SQS_ENTRY_FAILED);
+    if (failed == 0)
+        return 0;
+    if (whole_failed)
+        return -1;  /* e already says why, in SQS's words */
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i].status != SQS_ENTRY_FAILED)
+            continue;
+        sqs_copy(c->last_error.code, sizeof c->last_error.code, entries[i].code);
+        sqs_copy(c->last_error.message, sizeof c->last_error.message, entries[i].message);
+        c->last_error.retryable = 0;
+        return lerr_set(e, LERR_HTTP, "SQS SendMessageBatch: %zu of %zu entries failed; entry "
+                        "%zu: %s: %s", failed, n, i, entries[i].code, entries[i].message);
+    }
+    return -1;
+}
+
+/* ======================================================================================
+ * GetQueueAttributes (lambdo check)
+ * ==================================================================================== */
+
+char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
+{
+    static const char *const names[] = {
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
+    };
+    cJSON *root;
+    int ok = 1;
+
+    if (!queue_url || !*queue_url) {
+        lerr_set(e, LERR_INVALID, "SQS GetQueueAttributes: no queue URL");
+        return NULL;
+    }
+    root = cJSON_CreateObject();
+    if (!root) {
+        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
+        return NULL;
+    }
+    sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
+    sqs_json_names(root, "AttributeNames", names, sizeof names / sizeof names[0], &ok);
+    return sqs_json_print(root, ok, len, e);
+}
+
+/* A count attribute: a string of decimal digits (SQS sends every attribute as a
+ * string); anything else is -1. */
+static long sqs_attr_count(const cJSON *attrs, const char *name)
+{
+    const char *v = sqs_json_string(attrs, name);
+    size_t n = v ? strlen(v) : 0;
+
+    if (n == 0 || n > 18 || strspn(v, "0123456789") != n)
+        return -1;
+    return (long)sqs_parse_count(v, n);
+}
+
+/* RedrivePolicy is itself JSON text: {"deadLetterTargetArn":"arn:...","maxReceiveCount":5}
+ * (the count a number, or a string in older answers). */
+static void sqs_read_redrive(const char *policy, struct sqs_queue_info *out)
+{
+    cJSON *j = cJSON_Parse(policy);
+    const cJSON *count = cJSON_GetObjectItemCaseSensitive(j, "maxReceiveCount");
+    const char *arn = cJSON_IsObject(j) ? sqs_json_string(j, "deadLetterTargetArn") : NULL;
+
+    if (arn)
+        sqs_set_text(out->dead_letter_arn, sizeof out->dead_letter_arn, arn, strlen(arn));
+    if (cJSON_IsNumber(count) && count->valuedouble >= 0 && count->valuedouble < 1e9)
+        out->max_receive_count = (long)count->valuedouble;
+    else if (cJSON_IsString(count) && count->valuestring && *count->valuestring &&
+             strlen(count->valuestring) < 10 &&
+             strspn(count->valuestring, "0123456789") == strlen(count->valuestring))
+        out->max_receive_count = strtol(count->valuestring, NULL, 10);
+    cJSON_Delete(j);
+}
+
+int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *out,
+                         struct lerr *e)
+{
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "Attributes");
+    const char *policy;
+
+    memset(out, 0, sizeof *out);
+    out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
+    if (!cJSON_IsObject(root) || (attrs && !cJSON_IsObject(attrs) && !cJSON_IsNull(attrs))) {
+        cJSON_Delete(root);
+        return lerr_set(e, LERR_MALFORMED, "SQS GetQueueAttributes answer: not a JSON object "
+                        "with an Attributes object");
+    }
+    out->visible = sqs_attr_count(attrs, "ApproximateNumberOfMessages");
+    out->in_flight = sqs_attr_count(attrs, "ApproximateNumberOfMessagesNotVisible");
+    out->delayed = sqs_attr_count(attrs, "ApproximateNumberOfMessagesDelayed");
+    policy = sqs_json_string(attrs, "RedrivePolicy");
+    if (policy && *policy) {
+        out->has_redrive = 1;
+        sqs_read_redrive(policy, out);
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
+                             struct lerr *e)
+{
+    struct http_response resp;
+    size_t len;
+    char *body;
+    int r;
+
+    memset(out, 0, sizeof *out);
+    out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
+    memset(&c->last_error, 0, sizeof c->last_error);
+    body = sqs_attributes_request(c->queue_url, &len, e);
+    if (!body) {
+        sqs_note_local(c, e, 0);
+        return -1;
+    }
+    r = sqs_call_retry(c, "GetQueueAttributes", body, len, 0,
+                       c->receive_attempts ? c->receive_attempts : 1, &resp, e);
+    free(body);
+    if (r < 0)
+        return -1;
+    r = sqs_parse_attributes(resp.body, resp.body_len, out, e);
+    if (r < 0) {
+        sqs_note_local(c, e, 0);
+        c->last_error.status = resp.status;
+    }
+    http_response_free(&resp);
+    return r;
+}

@@ -1,6 +1,7 @@
 /*
  * sqs.h - Amazon SQS over the AWS JSON 1.0 protocol: ReceiveMessage, DeleteMessageBatch,
- * ChangeMessageVisibilityBatch.
+ * ChangeMessageVisibilityBatch; for `lambdo send` and `lambdo check` also SendMessage,
+ * SendMessageBatch and GetQueueAttributes.
  *
  * Every call is `POST /` to the endpoint with X-Amz-Target: AmazonSQS.<Operation>, a JSON
  * body naming the QueueUrl, signed with SigV4 for the service "sqs". Nothing here knows of
@@ -147,6 +148,112 @@ int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                      struct lerr *e);
 int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                                 struct lerr *e);
+
+/* --- SendMessage and SendMessageBatch (lambdo send) ----------------------------------- */
+
+/* SQS's largest message, body and attributes counted (names, DataTypes, values), since
+ * 2025. A queue's MaximumMessageSize may be lower: then SQS refuses the message. */
+#define SQS_MAX_MESSAGE_BYTES 1048576
+/* What one SendMessageBatch request carries at most, summed like SQS_MAX_MESSAGE_BYTES:
+ * the 256 KiB every queue, region and emulator accepts (SQS's own cap is 1 MiB now, it
+ * was this before). A single larger message still goes, alone. */
+#define SQS_SEND_BATCH_BYTES 262144
+
+struct sqs_send_entry {
+    const char *body;               /* in: body_len bytes, sent exactly as they are: the
+                                       request's JSON string decodes to these bytes */
+    size_t body_len;
+    const char *image;              /* in: String message attributes; NULL leaves one out */
+    const char *size;
+    const char *command;
+    enum sqs_entry_status status;   /* out: SQS_ENTRY_OK or SQS_ENTRY_FAILED (never STALE) */
+    char message_id[128];           /* out: SQS's MessageId when OK; also when FAILED
+                                       because the MD5 SQS reported does not match (the
+                                       message exists, with other bytes), else "" */
+    char code[64];                  /* out, FAILED: SQS's code ("InvalidMessageContents"),
+                                       "MD5Mismatch", or a transport error's kind */
+    char message[200];              /* out, FAILED: SQS's message or the error text */
+};
+
+/* Bytes SQS counts for the message: body, and each attribute's name, "String" and value. */
+size_t sqs_send_size(const struct sqs_send_entry *en);
+
+/* Checks that s[0..len) is text SQS accepts in a body or attribute value: valid UTF-8
+ * (no overlong forms, no surrogates) of the characters #x9 #xA #xD #x20-#xD7FF
+ * #xE000-#xFFFD #x10000-#x10FFFF. Returns 0, or -1 with *err_at the offset of the first
+ * offending byte and *why a short static description. err_at and why may be NULL. */
+int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why);
+
+/* Sends one message (SendMessage). Returns 0 with en->status SQS_ENTRY_OK and
+ * en->message_id set; -1 with e set otherwise (LERR_INVALID for a body or attribute that
+ * sqs_text_check refuses, nothing sent; LERR_HTTP with SQS's words; a transport error's
+ * kind), en->status SQS_ENTRY_FAILED with code and message, and c->last_error filled.
+ * Retried as the batch calls are; a retry after a lost answer may send it twice. */
+int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e);
+
+/* Sends n entries, 1 <= n <= 10, in one SendMessageBatch (entry i is "m<i>"). Entries
+ * that fail through no fault of ours (SenderFault false, throttling) and whole requests
+ * that fail so are retried, up to c->batch_attempts rounds. Returns 0 when every entry
+ * is SQS_ENTRY_OK; -1 with e set when any is SQS_ENTRY_FAILED (each entry says why) or
+ * the arguments are invalid (LERR_INVALID: nothing sent, entries FAILED with the reason). */
+int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
+                   struct lerr *e);
+
+/* The request bodies, into a new NUL-terminated buffer to free() (length in *len), or
+ * NULL with e set: LERR_INVALID (no queue URL, a body or value sqs_text_check refuses,
+ * n out of 1..10, no pending entry), LERR_NOMEM. The batch holds the entries whose status
+ * is SQS_ENTRY_PENDING. Bodies and values are escaped by hand, never through a parsed
+ * form: only '"', '\\' and control bytes are escaped, everything else is copied. */
+char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
+                       struct lerr *e);
+char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
+                             size_t n, size_t *len, struct lerr *e);
+
+/* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
+ * lowercase hex characters; "" when the entry has none. */
+void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33]);
+
+/* Applies a SendMessage answer (HTTP 200 body) to en: OK with the MessageId, or FAILED
+ * (code "MD5Mismatch") when MD5OfMessageBody or MD5OfMessageAttributes, if given, is not
+ * that of what was sent. Returns -1 (LERR_MALFORMED) when the answer is not an object
+ * with a MessageId; en is then unchanged. */
+int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
+                          struct lerr *e);
+
+/* Applies a SendMessageBatch answer to the PENDING entries, like sqs_parse_batch_result:
+ * Successful ones become OK (or FAILED on an MD5 mismatch, as above); Failed ones FAILED,
+ * or stay PENDING with code and message when SQS says SenderFault false or names
+ * throttling or an internal error. Entries not mentioned stay PENDING. Returns 0, or -1
+ * (LERR_MALFORMED) when the answer is not the expected JSON. */
+int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
+                                size_t n, struct lerr *e);
+
+/* --- GetQueueAttributes (lambdo check) ------------------------------------------------ */
+
+struct sqs_queue_info {
+    long visible;              /* ApproximateNumberOfMessages; -1 when SQS did not say */
+    long in_flight;            /* ApproximateNumberOfMessagesNotVisible; -1 likewise */
+    long delayed;              /* ApproximateNumberOfMessagesDelayed; -1 likewise */
+    int has_redrive;           /* a RedrivePolicy attribute is set (and not empty) */
+    char dead_letter_arn[256]; /* its deadLetterTargetArn, "" when absent or unreadable */
+    long max_receive_count;    /* its maxReceiveCount (a number or a numeric string), or -1 */
+};
+
+/* The attributes asked for: the three counts and RedrivePolicy. */
+char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e);
+
+/* Reads a GetQueueAttributes answer ({"Attributes": {name: string value}}). Values that
+ * are not whole numbers count as absent; a RedrivePolicy that is not JSON still sets
+ * has_redrive. Returns 0, or -1 (LERR_MALFORMED) when the answer is not such an object. */
+int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *out,
+                         struct lerr *e);
+
+/* GetQueueAttributes on the client's queue, retried like ReceiveMessage. Returns 0 with
+ * out filled, or -1 with e set and c->last_error saying what SQS (or the connection)
+ * said: an authentication failure (SignatureDoesNotMatch, InvalidClientTokenId...), a
+ * missing queue, a TLS error (e->kind LERR_TLS_*)... */
+int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
+                             struct lerr *e);
 
 /* --- pure parts, for the tests and the fuzzer ----------------------------------------- */
 

@@ -1,0 +1,727 @@
+#include "cli.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "group.h"
+#include "http.h"
+#include "log.h"
+#include "tls.h"
+
+static const char send_usage[] =
+    "usage: lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL] [BODY]\n"
+    "\n"
+    "Puts messages on the queue for lambdo: BODY, or else one body per non-blank line of\n"
+    "stdin (sent 10 at a time), each with the message attributes image, size and command\n"
+    "(DataType String). Every body and the attributes are checked by the daemon's own rules\n"
+    "(strict JSON, a Fly size preset, a command that is a JSON array of strings) before\n"
+    "anything is sent; bodies are sent byte for byte. Prints the MessageIds, one per line.\n"
+    "\n"
+    "  --image IMAGE    Docker image the Machine runs (required)\n"
+    "  --size SIZE      Fly preset (" PRESET_NAMES_TEXT ";\n"
+    "                   default " PRESET_DEFAULT ")\n"
+    "  --command JSON   Docker CMD, a JSON array of strings: '[\"node\",\"index.js\"]'\n"
+    "  --queue URL      queue URL (default: $LAMBDO_SQS_QUEUE_URL)\n"
+    "\n"
+    "Needs only the SQS configuration (AWS_*, SSL_CERT_FILE), no LAMBDO_FLY_* variable.\n"
+    "Exit status: 0 all sent, 1 SQS refused some (named by line), 2 usage or invalid input\n"
+    "(then nothing was sent).\n";
+
+static const char check_usage[] =
+    "usage: lambdo check\n"
+    "\n"
+    "Checks the configuration, the CA bundle, the SQS queue (credentials, message counts,\n"
+    "redrive policy) and the Fly app (token; not with LAMBDO_BACKEND=local), one line each:\n"
+    "ok, warn or fail and why.\n"
+    "Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage.\n";
+
+static const char *cli_getenv(const char *name, void *ctx)
+{
+    (void)ctx;
+    return getenv(name);
+}
+
+/* ======================================================================================
+ * send: arguments, lines, checks (pure)
+ * ==================================================================================== */
+
+/* Matches argv[*i] against option name ("--name value" or "--name=value"): 1 with *out
+ * set, 0 when it is another option, -1 with e set. */
+static int cli_opt(int argc, char **argv, int *i, const char *name, const char **out,
+                   struct lerr *e)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+
+    if (strncmp(a, name, n) != 0 || (a[n] != '\0' && a[n] != '='))
+        return 0;
+    if (*out)
+        return lerr_set(e, LERR_INVALID, "%s given twice", name);
+    if (a[n] == '=')
+        *out = a + n + 1;
+    else if (*i + 1 < argc)
+        *out = argv[++*i];
+    else
+        return lerr_set(e, LERR_INVALID, "%s needs a value", name);
+    return 1;
+}
+
+int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e)
+{
+    static const char *const names[] = { "--image", "--size", "--command", "--queue" };
+    const char **slots[] = { &o->image, &o->size, &o->command, &o->queue };
+    int options = 1;
+
+    memset(o, 0, sizeof *o);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r = 0;
+
+        if (options && (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)) {
+            o->help = 1;
+            return 0;
+        }
+        if (options && strcmp(a, "--") == 0) {
+            options = 0;
+            continue;
+        }
+        /* "-5" is a body (a JSON number), not an option */
+        if (options && a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9')) {
+            for (size_t k = 0; k < 4 && r == 0; k++)
+                r = cli_opt(argc, argv, &i, names[k], slots[k], e);
+            if (r < 0)
+                return -1;
+            if (r == 0)
+                return lerr_set(e, LERR_INVALID, "unknown option \"%.40s\"", a);
+            continue;
+        }
+        if (o->body)
+            return lerr_set(e, LERR_INVALID, "more than one BODY (to send several, give them "
+                            "as lines on stdin)");
+        o->body = a;
+    }
+    if (!o->image)
+        return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
+    return 0;
+}
+
+static int cli_blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+            return 0;
+    return 1;
+}
+
+int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
+                    struct lerr *e)
+{
+    struct cli_line *out = NULL;
+    size_t cap = 0, count = 0, lineno = 0, pos = 0;
+
+    while (pos < len) {
+        const char *nl = memchr(buf + pos, '\n', len - pos);
+        size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
+
+        lineno++;
+        if (!cli_blank(buf + pos, l)) {
+            if (count == cap) {
+                size_t ncap = cap ? cap * 2 : 64;
+                struct cli_line *p = realloc(out, ncap * sizeof *out);
+                if (!p) {
+                    free(out);
+                    return lerr_set(e, LERR_NOMEM, "out of memory splitting %zu lines", lineno);
+                }
+                out = p;
+                cap = ncap;
+            }
+            out[count++] = (struct cli_line){ buf + pos, l, lineno };
+        }
+        pos += l + (nl ? 1 : 0);
+    }
+    *lines = out;
+    *n = count;
+    return 0;
+}
+
+void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
+               struct sqs_send_entry *en)
+{
+    memset(en, 0, sizeof *en);
+    en->body = body;
+    en->body_len = len;
+    en->image = o->image;
+    en->size = o->size;
+    en->command = o->command;
+}
+
+int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
+{
+    const struct event ev = { NULL, "null", 4, o->image, o->size, o->command };
+    const char *why;
+    size_t at;
+
+    if (!o->image)
+        return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
+    if (group_check(&ev, e) < 0)
+        return -1;
+    if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
+        return lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
+    return 0;
+}
+
+int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
+                   struct lerr *e)
+{
+    const struct event ev = { NULL, body, len, o->image, o->size, o->command };
+    struct sqs_send_entry en;
+    const char *why;
+    size_t at;
+    int r = 0;
+
+    cli_entry(o, body, len, &en);
+    if (group_check(&ev, e) < 0)
+        r = -1;
+    else if (sqs_text_check(body, len, &at, &why) < 0)  /* JSON that SQS still refuses */
+        r = lerr_set(e, LERR_INVALID, "body has %s at byte %zu", why, at);
+    else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)
+        r = lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
+                     "SQS's limit of %d", sqs_send_size(&en), SQS_MAX_MESSAGE_BYTES);
+    if (r < 0 && lineno > 0)
+        lerr_wrap(e, "line %zu", lineno);
+    return r;
+}
+
+size_t cli_batch_len(const struct cli_line *lines, size_t n, size_t start, size_t attr_bytes)
+{
+    size_t k = 0, total = 0;
+
+    while (start + k < n && k < SQS_MAX_MESSAGES) {
+        size_t size = lines[start + k].len + attr_bytes;
+        if (k > 0 && total + size > SQS_SEND_BATCH_BYTES)
+            break;
+        total += size;
+        k++;
+    }
+    return k;
+}
+
+/* ======================================================================================
+ * check: the table (pure)
+ * ==================================================================================== */
+
+void cli_row(FILE *out, enum cli_status st, const char *name, const char *reason)
+{
+    static const char *const words[] = { "ok", "warn", "fail" };
+
+    fprintf(out, "%-6s%-12s%s\n", words[st], name, reason);
+}
+
+static void cli_count(long v, char out[24])
+{
+    if (v < 0)
+        snprintf(out, 24, "?");
+    else
+        snprintf(out, 24, "%ld", v);
+}
+
+enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info *q, char *out,
+                              size_t cap)
+{
+    char visible[24], in_flight[24], delayed[24], redrive[320], after[48] = "";
+
+    cli_count(q->visible, visible);
+    cli_count(q->in_flight, in_flight);
+    cli_count(q->delayed, delayed);
+    if (q->max_receive_count >= 0)
+        snprintf(after, sizeof after, " after %ld receives", q->max_receive_count);
+    if (q->has_redrive)
+        snprintf(redrive, sizeof redrive, "redrive to %s%s",
+                 q->dead_letter_arn[0] ? q->dead_letter_arn : "(an unreadable target)", after);
+    else
+        snprintf(redrive, sizeof redrive, "no redrive policy: invalid messages and failing "
+                 "jobs come back forever; give the queue a dead-letter queue");
+    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; %s)", queue_url, visible,
+             in_flight, delayed, redrive);
+    return q->has_redrive ? CLI_OK : CLI_WARN;
+}
+
+/* What kind of trouble a transport error is, or NULL for other errors. */
+static const char *cli_kind_class(enum lerr_kind kind)
+{
+    switch (kind) {
+    case LERR_TLS_UNTRUSTED:
+    case LERR_TLS_NAME:
+    case LERR_TLS_ALERT:
+    case LERR_TLS:
+        return "TLS";
+    case LERR_DNS:
+        return "DNS";
+    case LERR_REFUSED:
+    case LERR_CONNECT:
+    case LERR_CLOSED:
+        return "connection";
+    case LERR_TIMEOUT:
+        return "timeout";
+    default:
+        return NULL;
+    }
+}
+
+/* A failure without an HTTP answer, or one that is not the server's refusal. */
+static void cli_other_reason(const struct lerr *e, char *out, size_t cap)
+{
+    const char *cls = cli_kind_class(e->kind);
+
+    if (!cls)
+        snprintf(out, cap, "%s", e->msg);
+    else if (e->kind == LERR_TLS_UNTRUSTED)
+        snprintf(out, cap, "%s: %s (is its CA in the bundle SSL_CERT_FILE names?)", cls, e->msg);
+    else
+        snprintf(out, cap, "%s: %s", cls, e->msg);
+}
+
+static int cli_code_in(const char *code, const char *const *codes, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(code, codes[i]) == 0)
+            return 1;
+    return 0;
+}
+
+void cli_sqs_reason(const struct sqs_api_error *ae, const struct lerr *e, char *out, size_t cap)
+{
+    static const char *const auth[] = {
+        "SignatureDoesNotMatch", "InvalidClientTokenId", "UnrecognizedClientException",
+        "IncompleteSignature", "MissingAuthenticationToken", "InvalidSignatureException",
+        "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "RequestExpired",
+        "InvalidSecurity", "AuthFailure",
+    };
+    static const char *const denied[] = { "AccessDenied", "AccessDeniedException" };
+    static const char *const missing[] = { "QueueDoesNotExist", "NonExistentQueue" };
+    const char *what = "SQS refused";
+
+    if (e->kind != LERR_HTTP || ae->status == 0) {
+        cli_other_reason(e, out, cap);
+        return;
+    }
+    if (cli_code_in(ae->code, auth, sizeof auth / sizeof auth[0]))
+        what = "credentials refused";
+    else if (cli_code_in(ae->code, denied, sizeof denied / sizeof denied[0]))
+        what = "access denied";
+    else if (cli_code_in(ae->code, missing, sizeof missing / sizeof missing[0]))
+        what = "queue not found";
+    snprintf(out, cap, "%s: %s%s%s (HTTP %d)", what, ae->code[0] ? ae->code : "no error code",
+             ae->message[0] ? ": " : "", ae->message, ae->status);
+}
+
+void cli_fly_reason(const char *app, const struct fly_call_result *r, const struct lerr *e,
+                    char *out, size_t cap)
+{
+    const char *sep = r->error[0] ? ": " : "";
+
+    if (r->status == 0)
+        cli_other_reason(e, out, cap);
+    else if (r->status == 401)
+        snprintf(out, cap, "token refused (HTTP 401%s%s)", sep, r->error);
+    else if (r->status == 403)
+        snprintf(out, cap, "token may not use app %s (HTTP 403%s%s)", app, sep, r->error);
+    else if (r->status == 404)
+        snprintf(out, cap, "app %s not found (HTTP 404%s%s)", app, sep, r->error);
+    else
+        snprintf(out, cap, "Fly refused: HTTP %d%s%s", r->status, sep, r->error);
+}
+
+/* ======================================================================================
+ * The network: one HTTP client, the SQS client
+ * ==================================================================================== */
+
+struct cli_net {
+    struct tls_anchors anchors;      /* count 0 when not loaded */
+    struct http_client http;
+    struct sigv4_credentials creds;  /* strings owned by the configuration */
+    struct sqs_client sqs;
+};
+
+/* The one place the subcommands take AWS credentials from, so that a credential chain
+ * changes only this function. */
+static int cli_credentials(const struct config *cfg, struct sigv4_credentials *out,
+                           struct lerr *e)
+{
+    (void)e;
+    *out = (struct sigv4_credentials){
+        .access_key_id = cfg->aws_access_key_id,
+        .secret_access_key = cfg->aws_secret_access_key,
+        .session_token = cfg->aws_session_token,
+    };
+    return 0;
+}
+
+/* Opens the clients over net->anchors (loaded or not: plain http needs none). */
+static int cli_net_open(struct cli_net *net, const struct config *cfg, struct lerr *e)
+{
+    if (cli_credentials(cfg, &net->creds, e) < 0)
+        return -1;
+    http_client_init(&net->http, net->anchors.count ? &net->anchors : NULL);
+    sqs_client_init(&net->sqs, &net->http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region,
+                    &net->creds);
+    return 0;
+}
+
+static void cli_net_close(struct cli_net *net)
+{
+    http_client_close(&net->http);
+    tls_anchors_free(&net->anchors);
+}
+
+/* ======================================================================================
+ * send
+ * ==================================================================================== */
+
+static int cli_read_all(int fd, char **out, size_t *len, struct lerr *e)
+{
+    size_t cap = 0, n = 0;
+    char *buf = NULL;
+
+    for (;;) {
+        ssize_t r;
+
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            char *p;
+            if (cap >= CLI_MAX_INPUT) {
+                free(buf);
+                return lerr_set(e, LERR_TOO_LARGE, "stdin is too large (at most %u MiB)",
+                                CLI_MAX_INPUT >> 20);
+            }
+            p = realloc(buf, ncap < CLI_MAX_INPUT ? ncap : CLI_MAX_INPUT);
+            if (!p) {
+                free(buf);
+                return lerr_set(e, LERR_NOMEM, "out of memory reading stdin");
+            }
+            buf = p;
+            cap = ncap < CLI_MAX_INPUT ? ncap : CLI_MAX_INPUT;
+        }
+        r = read(fd, buf + n, cap - n);
+        if (r == 0)
+            break;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            free(buf);
+            return lerr_set(e, LERR_IO, "reading stdin: %s", strerror(errno));
+        }
+        n += (size_t)r;
+    }
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* Names every invalid line (the first CLI_MAX_REPORTED); returns how many there are. */
+static size_t send_report_invalid(const struct cli_send_opts *o, const struct cli_line *lines,
+                                  size_t n)
+{
+    size_t bad = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct lerr e;
+        if (cli_check_body(o, lines[i].body, lines[i].len, lines[i].lineno, &e) == 0)
+            continue;
+        if (++bad <= CLI_MAX_REPORTED)
+            fprintf(stderr, "lambdo send: %s\n", e.msg);
+    }
+    if (bad > CLI_MAX_REPORTED)
+        fprintf(stderr, "lambdo send: ... and %zu more invalid lines\n", bad - CLI_MAX_REPORTED);
+    return bad;
+}
+
+/* What became of one batch: MessageIds on stdout, the lines not sent on stderr (one line
+ * when they all failed for the same reason, as when the whole request was refused).
+ * Returns how many were sent. */
+static size_t send_report_batch(const struct sqs_send_entry *en, const struct cli_line *lines,
+                                size_t k)
+{
+    size_t sent = 0, same = 1;
+
+    for (size_t i = 0; i < k; i++) {
+        if (en[i].status == SQS_ENTRY_OK) {
+            printf("%s\n", en[i].message_id);
+            sent++;
+        }
+        if (i > 0 && (strcmp(en[i].code, en[0].code) || strcmp(en[i].message, en[0].message)))
+            same = 0;
+    }
+    fflush(stdout);
+    if (sent == 0 && k > 1 && same) {
+        fprintf(stderr, "lambdo send: lines %zu to %zu not sent: %s: %s\n", lines[0].lineno,
+                lines[k - 1].lineno, en[0].code, en[0].message);
+        return 0;
+    }
+    for (size_t i = 0; i < k; i++) {
+        if (en[i].status == SQS_ENTRY_OK)
+            continue;
+        if (en[i].message_id[0])
+            fprintf(stderr, "lambdo send: line %zu: sent as message %s, but %s: %s\n",
+                    lines[i].lineno, en[i].message_id, en[i].code, en[i].message);
+        else
+            fprintf(stderr, "lambdo send: line %zu: not sent: %s: %s\n", lines[i].lineno,
+                    en[i].code, en[i].message);
+    }
+    return sent;
+}
+
+/* Sends the lines in batches; returns how many were not sent. A batch of which nothing
+ * was sent (credentials refused, the queue gone, the network down) ends the run. */
+static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
+                           const struct cli_line *lines, size_t n)
+{
+    struct sqs_send_entry en[SQS_MAX_MESSAGES];
+    size_t start = 0, unsent = 0, attr_bytes;
+
+    cli_entry(o, "", 0, &en[0]);
+    attr_bytes = sqs_send_size(&en[0]);
+    while (start < n) {
+        size_t k = cli_batch_len(lines, n, start, attr_bytes), sent;
+        struct lerr e;
+
+        for (size_t i = 0; i < k; i++)
+            cli_entry(o, lines[start + i].body, lines[start + i].len, &en[i]);
+        (void)sqs_send_batch(c, en, k, &e);  /* each entry says what happened to it */
+        sent = send_report_batch(en, lines + start, k);
+        unsent += k - sent;
+        start += k;
+        if (sent == 0 && start < n) {
+            fprintf(stderr, "lambdo send: stopping: lines %zu to %zu not tried\n",
+                    lines[start].lineno, lines[n - 1].lineno);
+            unsent += n - start;
+            break;
+        }
+    }
+    return unsent;
+}
+
+static int send_open(struct cli_net *net, const struct config *cfg, struct lerr *e)
+{
+    memset(net, 0, sizeof *net);
+    if (cfg->sqs_endpoint.tls && tls_anchors_load(&net->anchors, cfg->ca_file, e) < 0)
+        return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
+    return cli_net_open(net, cfg, e);
+}
+
+static int send_one(const struct cli_send_opts *o, const struct config *cfg)
+{
+    struct sqs_send_entry en;
+    struct cli_net net;
+    struct lerr e;
+    int rc;
+
+    if (cli_check_body(o, o->body, strlen(o->body), 0, &e) < 0) {
+        fprintf(stderr, "lambdo send: %s; nothing was sent\n", e.msg);
+        return CLI_EXIT_USAGE;
+    }
+    if (send_open(&net, cfg, &e) < 0) {
+        fprintf(stderr, "lambdo send: %s\n", e.msg);
+        cli_net_close(&net);
+        return CLI_EXIT_USAGE;
+    }
+    cli_entry(o, o->body, strlen(o->body), &en);
+    rc = sqs_send(&net.sqs, &en, &e);
+    if (rc == 0)
+        printf("%s\n", en.message_id);
+    else
+        fprintf(stderr, "lambdo send: %s\n", e.msg);
+    cli_net_close(&net);
+    return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILED;
+}
+
+static int send_lines(const struct cli_send_opts *o, const struct config *cfg)
+{
+    struct cli_line *lines = NULL;
+    struct cli_net net;
+    size_t len = 0, n = 0, bad, unsent;
+    char *buf = NULL;
+    struct lerr e;
+    int rc = CLI_EXIT_USAGE;
+
+    memset(&net, 0, sizeof net);
+    if (isatty(STDIN_FILENO))  /* a person, not a pipe: say what is awaited */
+        fprintf(stderr, "lambdo send: reading bodies from stdin, one per line (end with "
+                "Ctrl-D)\n");
+    if (cli_read_all(STDIN_FILENO, &buf, &len, &e) < 0 ||
+        cli_split_lines(buf, len, &lines, &n, &e) < 0) {
+        fprintf(stderr, "lambdo send: %s\n", e.msg);
+        goto out;
+    }
+    bad = send_report_invalid(o, lines, n);
+    if (bad > 0) {
+        fprintf(stderr, "lambdo send: %zu of %zu lines invalid; nothing was sent\n", bad, n);
+        goto out;
+    }
+    if (n == 0) {
+        fprintf(stderr, "lambdo send: nothing to send (no BODY, and no line on stdin)\n");
+        rc = CLI_EXIT_OK;
+        goto out;
+    }
+    if (send_open(&net, cfg, &e) < 0) {
+        fprintf(stderr, "lambdo send: %s\n", e.msg);
+        goto out;
+    }
+    unsent = send_batches(o, &net.sqs, lines, n);
+    if (unsent > 0)
+        fprintf(stderr, "lambdo send: %zu of %zu messages not sent\n", unsent, n);
+    rc = unsent > 0 ? CLI_EXIT_FAILED : CLI_EXIT_OK;
+out:
+    cli_net_close(&net);
+    free(lines);
+    free(buf);
+    return rc;
+}
+
+int cli_send(int argc, char **argv)
+{
+    struct cli_send_opts o;
+    struct config cfg;
+    struct lerr e;
+
+    if (cli_send_args(argc, argv, &o, &e) < 0) {
+        fprintf(stderr, "lambdo send: %s\n\n%s", e.msg, send_usage);
+        return CLI_EXIT_USAGE;
+    }
+    if (o.help) {
+        fputs(send_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    if (cli_check_flags(&o, &e) < 0) {
+        fprintf(stderr, "lambdo send: %s; nothing was sent\n", e.msg);
+        return CLI_EXIT_USAGE;
+    }
+    if (config_load_sqs(&cfg, o.queue, cli_getenv, NULL, &e) < 0) {
+        static const char var[] = "LAMBDO_SQS_QUEUE_URL";
+        if (o.queue && strncmp(e.msg, var, sizeof var - 1) == 0)  /* it came from --queue */
+            fprintf(stderr, "lambdo send: --queue%s\n", e.msg + sizeof var - 1);
+        else
+            fprintf(stderr, "lambdo send: configuration: %s\n", e.msg);
+        return CLI_EXIT_USAGE;
+    }
+    log_setup(cfg.log_level, cfg.json_logs);
+    return o.body ? send_one(&o, &cfg) : send_lines(&o, &cfg);
+}
+
+/* ======================================================================================
+ * check
+ * ==================================================================================== */
+
+static void check_config(const struct config *cfg)
+{
+    char regions[256] = "", reason[512];
+
+    for (size_t i = 0; i < cfg->num_regions; i++) {
+        if (i)
+            strncat(regions, ",", sizeof regions - strlen(regions) - 1);
+        strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
+    }
+    if (cfg->backend_local)
+        snprintf(reason, sizeof reason, "SQS region %s, local backend, ack on %s",
+                 cfg->aws_region, cfg->ack_on_exit ? "exit" : "create");
+    else
+        snprintf(reason, sizeof reason, "SQS region %s, Fly app %s in %s, ack on %s",
+                 cfg->aws_region, cfg->fly_app, regions, cfg->ack_on_exit ? "exit" : "create");
+    cli_row(stdout, CLI_OK, "config", reason);
+}
+
+static int check_anchors(const struct config *cfg, struct cli_net *net)
+{
+    const char *path = cfg->ca_file ? cfg->ca_file : TLS_DEFAULT_CA_FILE;
+    char reason[512];
+    struct lerr e;
+
+    if (tls_anchors_load(&net->anchors, cfg->ca_file, &e) < 0) {
+        cli_row(stdout, CLI_FAIL, "ca bundle", e.msg);
+        return -1;
+    }
+    snprintf(reason, sizeof reason, "%s (%zu certificates)", path, net->anchors.count);
+    cli_row(stdout, CLI_OK, "ca bundle", reason);
+    return 0;
+}
+
+static int check_queue(const struct config *cfg, struct cli_net *net)
+{
+    struct sqs_queue_info q;
+    enum cli_status st;
+    char reason[1024], where[600];
+    struct lerr e;
+
+    if (sqs_get_queue_attributes(&net->sqs, &q, &e) < 0) {
+        cli_sqs_reason(&net->sqs.last_error, &e, reason, sizeof reason);
+        cli_row(stdout, CLI_FAIL, "sqs queue", reason);
+        return -1;
+    }
+    if (cfg->sqs_endpoint_overridden)  /* AWS_ENDPOINT_URL_SQS: say where it really went */
+        snprintf(where, sizeof where, "%s via %s://%s", cfg->queue_url,
+                 cfg->sqs_endpoint.tls ? "https" : "http", cfg->sqs_endpoint.authority);
+    else
+        snprintf(where, sizeof where, "%s", cfg->queue_url);
+    st = cli_queue_row(where, &q, reason, sizeof reason);
+    cli_row(stdout, st, "sqs queue", reason);
+    return 0;
+}
+
+static int check_fly(const struct config *cfg, struct cli_net *net)
+{
+    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
+                                  .token = cfg->fly_token };
+    struct fly_call_result r;
+    char reason[512];
+    struct lerr e;
+
+    if (fly_get_app(&net->http, &t, &r, &e) < 0) {
+        cli_fly_reason(cfg->fly_app, &r, &e, reason, sizeof reason);
+        cli_row(stdout, CLI_FAIL, "fly app", reason);
+        return -1;
+    }
+    snprintf(reason, sizeof reason, "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
+    cli_row(stdout, CLI_OK, "fly app", reason);
+    return 0;
+}
+
+int cli_check(int argc, char **argv)
+{
+    struct cli_net net;
+    struct config cfg;
+    struct lerr e;
+    int failed = 0;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(check_usage, stdout);
+            return CLI_EXIT_OK;
+        }
+        fprintf(stderr, "lambdo check: unknown argument \"%.40s\"\n\n%s", argv[i], check_usage);
+        return CLI_EXIT_USAGE;
+    }
+    if (config_load(&cfg, cli_getenv, NULL, &e) < 0) {
+        cli_row(stdout, CLI_FAIL, "config", e.msg);
+        return CLI_EXIT_FAILED;
+    }
+    log_setup(cfg.log_level, cfg.json_logs);
+    check_config(&cfg);
+    memset(&net, 0, sizeof net);
+    failed |= check_anchors(&cfg, &net) < 0;
+    if (cli_net_open(&net, &cfg, &e) < 0) {
+        cli_row(stdout, CLI_FAIL, "credentials", e.msg);
+        failed = 1;
+    } else {
+        failed |= check_queue(&cfg, &net) < 0;
+        if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
+            cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
+                    "host; no Fly API to check");
+        else
+            failed |= check_fly(&cfg, &net) < 0;
+    }
+    cli_net_close(&net);
+    return failed ? CLI_EXIT_FAILED : CLI_EXIT_OK;
+}
