@@ -1,4 +1,5 @@
 #include "config.h"
+#include "metrics.h"
 #include "local.h"
 
 #include <ctype.h>
@@ -286,6 +287,22 @@ static int load_misc(struct config *c, config_getenv_fn get, void *ctx, struct l
     return 0;
 }
 
+/* Checked here, so that a bad address stops lambdo before any network call; the port
+ * being free is only known when the daemon listens. */
+static int load_metrics(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    struct metrics_addr a;
+
+    c->metrics_addr = get("LAMBDO_METRICS_ADDR", ctx);
+    if (!c->metrics_addr || !*c->metrics_addr) {
+        c->metrics_addr = NULL;
+        return 0;
+    }
+    if (metrics_addr_parse(c->metrics_addr, &a, e) < 0)
+        return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
+    return 0;
+}
+
 /* LAMBDO_BACKEND=local runs groups on this host: no Fly variable is needed then. */
 static int load_backend(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
@@ -308,7 +325,8 @@ int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *
 {
     memset(c, 0, sizeof *c);
     if (load_misc(c, get, ctx, e) < 0 || load_backend(c, get, ctx, e) < 0 ||
-        load_sqs(c, get, ctx, e) < 0 || (!c->backend_local && load_fly(c, get, ctx, e) < 0))
+        load_sqs(c, get, ctx, e) < 0 || (!c->backend_local && load_fly(c, get, ctx, e) < 0) ||
+        load_metrics(c, get, ctx, e) < 0)
         return -1;
     return 0;
 }

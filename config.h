@@ -52,6 +52,7 @@ struct config {
     int batch_window_ms;            /* LAMBDO_BATCH_WINDOW_MS, 0 = off */
     int max_events_bytes;           /* LAMBDO_MAX_EVENTS_BYTES */
     int shutdown_timeout;           /* LAMBDO_SHUTDOWN_TIMEOUT seconds (exit mode) */
+    const char *metrics_addr;       /* LAMBDO_METRICS_ADDR (checked), NULL: no metrics server */
 
     int backend_local;              /* LAMBDO_BACKEND=local: groups run as child processes */
     const char *local_command;      /* LAMBDO_LOCAL_COMMAND (JSON array) or NULL */

@@ -17,6 +17,7 @@
 #include "http.h"
 #include "local.h"
 #include "log.h"
+#include "metrics.h"
 #include "ratelimit.h"
 #include "sqs.h"
 #include "tls.h"
@@ -53,6 +54,8 @@ struct daemon {
     struct pool pool;
     struct ratelimit create_rl, get_rl;
     struct fly_target fly;             /* shared, read-only after start-up */
+    struct metrics metrics;            /* counted by every thread; served if configured */
+    int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
     pthread_mutex_t mu;                /* guards what follows */
     pthread_cond_t changed;            /* a job started, got a slot, or ended */
@@ -175,11 +178,14 @@ static void job_sqs(struct job *j, struct sqs_client *s, struct http_client *htt
     const struct config *cfg = j->d->cfg;
 
     sqs_client_init(s, http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region, &j->d->creds);
+    s->metrics = &j->d->metrics;
 }
 
-/* Runs a batch operation over all of the job's messages, 10 at a time. Returns the number
- * of messages for which it failed (stale handles are not failures: logged). */
-static size_t job_batch(struct job *j, int delete, int visibility)
+/* Runs a batch operation over all of the job's messages, 10 at a time, counting each
+ * message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for heartbeats).
+ * Returns the number of messages for which it failed (stale handles are not failures:
+ * logged). */
+static size_t job_batch(struct job *j, int delete, int visibility, enum metrics_counter counted)
 {
     struct http_client *http = pool_borrow(&j->d->pool, -1);
     size_t failed = 0;
@@ -207,6 +213,8 @@ static size_t job_batch(struct job *j, int delete, int visibility)
         else
             sqs_change_visibility_batch(&s, en, n, &e);
         for (size_t i = 0; i < n; i++) {
+            if (en[i].status == SQS_ENTRY_OK)
+                metrics_count(&j->d->metrics, counted, 1);
             if (en[i].status == SQS_ENTRY_STALE) {
                 log_warn("group %s: message %s: %s: %s (received again elsewhere; it may run "
                          "twice)", j->gid, en[i].message_id, en[i].code, en[i].message);
@@ -224,7 +232,7 @@ static size_t job_batch(struct job *j, int delete, int visibility)
 
 static size_t job_delete(struct job *j)
 {
-    size_t failed = job_batch(j, 1, 0);
+    size_t failed = job_batch(j, 1, 0, METRICS_DELETED);
 
     if (failed == 0)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
@@ -234,7 +242,7 @@ static size_t job_delete(struct job *j)
 /* Hands the messages back: visible again after `delay` seconds. */
 static void job_return(struct job *j, int delay)
 {
-    if (job_batch(j, 0, delay) == 0)
+    if (job_batch(j, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
 }
@@ -248,7 +256,7 @@ static void job_keepalive(struct job *j)
 
     if (t < j->visible_until_ms - (int64_t)vis * 1000 * 2 / 3)
         return;
-    if (job_batch(j, 0, vis) == 0)
+    if (job_batch(j, 0, vis, METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
@@ -295,6 +303,7 @@ static int job_take_slot(struct job *j)
         pthread_mutex_lock(&d->mu);
         if (!stopping && d->slots < d->cfg->max_machines) {
             d->slots++;
+            metrics_set_in_flight(&d->metrics, d->slots);
             got = 1;
         } else if (!stopping) {
             struct timespec until;
@@ -316,8 +325,10 @@ static void job_end(struct job *j, int had_slot)
     struct daemon *d = j->d;
 
     pthread_mutex_lock(&d->mu);
-    if (had_slot)
+    if (had_slot) {
         d->slots--;
+        metrics_set_in_flight(&d->metrics, d->slots);
+    }
     d->jobs--;
     pthread_cond_broadcast(&d->changed);
     pthread_mutex_unlock(&d->mu);
@@ -359,6 +370,7 @@ static int job_create(struct job *j, struct fly_machine *m)
         }
         return -1;
     }
+    metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
     log_info("group %s: machine %s created in %s for %zu events (image %s, size %s)", j->gid,
              m->id, m->region, j->count, j->image, j->preset->name);
     return 0;
@@ -680,6 +692,7 @@ static void dispatch_group(struct daemon *d, const struct event *ev, const struc
 
 static void log_invalid(struct daemon *d, const struct sqs_message *m, const char *why)
 {
+    metrics_count(&d->metrics, METRICS_INVALID, 1);
     daemon_unhandled(d, 1);
     log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
              m->message_id, m->receive_count, why);
@@ -747,6 +760,7 @@ static void window_keepalive(struct daemon *d, struct window *w)
         return;
     sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
                     &d->creds);
+    s.metrics = &d->metrics;
     for (size_t b = 0; b < w->nbatches; b++) {
         struct sqs_entry en[SQS_MAX_MESSAGES];
         size_t n = w->batches[b].count;
@@ -821,9 +835,14 @@ static int daemon_free_slots(struct daemon *d)
 /* At the cap, receiving would take messages that cannot start: wait for a job to end. */
 static void daemon_wait_for_slot(struct daemon *d)
 {
+    int waited = 0;
+
     pthread_mutex_lock(&d->mu);
     while (d->jobs >= d->cfg->max_machines && !d->stop_at_ms) {
         struct timespec until;
+        /* not receiving is our choice here: /healthz must not hold it against us */
+        if (!waited++)
+            metrics_receive_idle(&d->metrics, 1);
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += 200 * 1000000L;
         if (until.tv_nsec >= 1000000000L) {
@@ -836,6 +855,8 @@ static void daemon_wait_for_slot(struct daemon *d)
         pthread_mutex_lock(&d->mu);
     }
     pthread_mutex_unlock(&d->mu);
+    if (waited)
+        metrics_receive_idle(&d->metrics, 0);
 }
 
 /* Returns 0 to go on, 1 when --once is done (the queue answered empty), -1 when lambdo
@@ -867,6 +888,7 @@ static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
     if (sqs_receive(&d->receiver, &o, &b, &e) < 0) {
         if (e.kind == LERR_CANCELLED)
             return 0;
+        metrics_receive_result(&d->metrics, 0);
         /* Wrong credentials or a missing queue at start-up will not mend themselves: say so
          * and exit, so a deploy fails visibly. Later the same errors may be passing (a key
          * being rotated, a queue being recreated), so keep trying. */
@@ -886,6 +908,8 @@ static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
     }
     d->first_receive_done = 1;
     *failures = 0;
+    metrics_receive_result(&d->metrics, 1);
+    metrics_count(&d->metrics, METRICS_RECEIVED, b.count);
     if (b.count == 0) {
         sqs_batch_free(&b);
         return d->once ? 1 : 0;  /* --once: the queue answered empty */
@@ -955,11 +979,24 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     d->fly.stop_fd = &d->signal_fd;  /* a stop ends 429 waits, never a request in flight */
     d->fly.create_rl = &d->create_rl;
     d->fly.get_rl = &d->get_rl;
+    d->fly.metrics = &d->metrics;
+    d->receiver.metrics = &d->metrics;
+    {
+        struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
+                                      cfg->long_poll_seconds, NULL, NULL };
+        if (metrics_init(&d->metrics, &mo, e) < 0)
+            return -1;
+        d->metrics_on = 1;
+    }
+    if (cfg->metrics_addr && metrics_serve(&d->metrics, cfg->metrics_addr, e) < 0)
+        return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
     return 0;
 }
 
 static void daemon_close(struct daemon *d)
 {
+    if (d->metrics_on)
+        metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
     pool_close(&d->pool);
     tls_anchors_free(&d->anchors);

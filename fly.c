@@ -1,4 +1,5 @@
 #include "fly.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -575,23 +576,33 @@ static enum step create_in_region(const struct attempt *at, struct fly_machine *
         size_t ra_len = 0;
         enum step step;
         int wait;
+        double t0;
 
         if (pace(at->http, at->t, at->t->create_rl, e) < 0) {
             log_warn("fly: group %s: %s: %s", at->group, region_name(at), e->msg);
             return STEP_STOP;
         }
+        t0 = metrics_clock();
         if (http_do(at->http, at->req, &resp, e) < 0) {
             int final = transport_final(e->kind);
+            metrics_observe(at->t->metrics, METRICS_FLY, "create", metrics_clock() - t0);
+            if (e->kind != LERR_CANCELLED)
+                metrics_count_region(at->t->metrics, METRICS_MACHINES_FAILED, at->region);
             out->status = 0;
             log_warn("fly: group %s: %s: %s%s", at->group, region_name(at), e->msg,
                      final ? "" : "; trying the next region");
             lerr_wrap(e, "%s", region_name(at));
             return final ? STEP_STOP : STEP_NEXT;
         }
+        metrics_observe(at->t->metrics, METRICS_FLY, "create", metrics_clock() - t0);
         ra = http_response_header(&resp, "Retry-After", &ra_len);
         fly_classify(resp.status, resp.body, resp.body_len, ra, ra_len, &a);
         http_response_free(&resp);
         out->status = a.machine.status;
+        if (a.outcome == FLY_RETRY)
+            metrics_count(at->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
+        else if (a.outcome != FLY_CREATED)
+            metrics_count_region(at->t->metrics, METRICS_MACHINES_FAILED, at->region);
         if ((step = answer_step(at, &a, out, e)) != STEP_RETRY)
             return step;
         wait = a.retry_after_ms >= 0 ? a.retry_after_ms : backoff_ms(retry);
@@ -859,13 +870,17 @@ static int call_send(const struct call *c, const struct url *url, struct http_re
     for (int retry = 0;; retry++) {
         const char *ra;
         size_t ra_len = 0;
-        int wait;
+        int wait, rc_do;
+        double t0;
 
         if (pace(c->http, c->t, rl, e) < 0) {
             r->outcome = FLY_CALL_FAILED;  /* a stop: even after a 429, do not retry */
             break;
         }
-        if (http_do(c->http, &req, resp, e) < 0) {
+        t0 = metrics_clock();
+        rc_do = http_do(c->http, &req, resp, e);
+        metrics_observe(c->t->metrics, METRICS_FLY, c->what, metrics_clock() - t0);
+        if (rc_do < 0) {
             /* no answer this time: nothing of an earlier 429 stays */
             memset(r, 0, sizeof *r);
             r->retry_after_ms = -1;
@@ -881,6 +896,7 @@ static int call_send(const struct call *c, const struct url *url, struct http_re
             rc = 0;
             break;
         }
+        metrics_count(c->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
         http_response_free(resp);
         wait = r->retry_after_ms >= 0 ? r->retry_after_ms : backoff_ms(retry);
         if (retry == FLY_RATE_LIMIT_RETRIES) {

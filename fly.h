@@ -63,6 +63,8 @@
 #include "ratelimit.h"
 #include "url.h"
 
+struct metrics;
+
 #define FLY_EVENTS_PATH "/tmp/events.json"
 #define FLY_RETRY_AFTER_MAX_MS 30000  /* cap on a 429's wait */
 #define FLY_RATE_LIMIT_RETRIES 20     /* 429 retries of one request, after the first try;
@@ -89,6 +91,8 @@ struct fly_target {
                                      for a token or after a 429: lambdo keeps the group's
                                      messages hidden from there */
     void *idle_ctx;
+    struct metrics *metrics;      /* NULL, or where request durations, 429s and failed
+                                     creates (by region) are counted */
 };
 
 /* What to run. */

@@ -1,4 +1,5 @@
 #include "sqs.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -1189,8 +1190,11 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
         const struct http_request req = { "POST", &c->endpoint, hh, nh, body, len, timeout_ms };
         const char *et, *qe;
         size_t et_len = 0, qe_len = 0;
+        double t0 = metrics_clock();
+        int rc = http_do(c->http, &req, resp, e);
 
-        if (http_do(c->http, &req, resp, e) < 0) {
+        metrics_observe(c->metrics, METRICS_SQS, op, metrics_clock() - t0);
+        if (rc < 0) {
             lerr_wrap(e, "SQS %s failed", op);
             sqs_note_local(c, e, sqs_kind_retryable(e->kind));
             return -1;

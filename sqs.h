@@ -47,6 +47,8 @@ struct sqs_api_error {
     int retryable;       /* throttling, 5xx, connection problem: trying later may work */
 };
 
+struct metrics;
+
 struct sqs_client {
     struct http_client *http;         /* not owned; its cancel_fd also ends backoff sleeps */
     struct url endpoint;              /* scheme, host and port; requests always go to "/" */
@@ -57,6 +59,8 @@ struct sqs_client {
     unsigned receive_attempts, batch_attempts, backoff_base_ms, backoff_cap_ms;
     uint64_t rng;                     /* jitter state: seeded from getrandom, or set it */
     struct sqs_api_error last_error;  /* why the last failed call failed */
+    struct metrics *metrics;          /* NULL (sqs_client_init), or where each request's
+                                         duration is observed, by operation */
 };
 
 /* Fills c (copying *endpoint; its path is not used) and seeds the jitter from getrandom().

@@ -261,6 +261,8 @@ static const struct bad_case {
     { "LAMBDO_EVENTS_PER_MACHINE", "11", "LAMBDO_EVENTS_PER_MACHINE: ", "from 1 to 10" },
     { "LAMBDO_ACK", "maybe", "LAMBDO_ACK: ", "create or exit" },
     { "LAMBDO_BACKEND", "docker", "LAMBDO_BACKEND: ", "fly or local" },
+    { "LAMBDO_METRICS_ADDR", "example.com:9090", "LAMBDO_METRICS_ADDR: ", "" },
+    { "LAMBDO_METRICS_ADDR", "127.0.0.1:99999", "LAMBDO_METRICS_ADDR: ", "" },
     { "LAMBDO_LOCAL_COMMAND", "[\"node\"]", "LAMBDO_LOCAL_COMMAND: ", "only used with LAMBDO_BACKEND=local" },
     { "LAMBDO_RETRY_DELAY", "-5", "LAMBDO_RETRY_DELAY: ", "from 0 to 43200" },
     { "LAMBDO_MACHINE_TIMEOUT", "0", "LAMBDO_MACHINE_TIMEOUT: ", "from 1 to" },

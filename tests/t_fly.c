@@ -974,7 +974,7 @@ static int run_create_stop(unsigned short port, const char *prefix, const char *
 {
     char base_s[128];
     struct url base;
-    struct fly_target t = { &base, "my-app", TOKEN, stop_fd, NULL, NULL, NULL, NULL };
+    struct fly_target t = { .base = &base, .app = "my-app", .token = TOKEN, .stop_fd = stop_fd };
     struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), "[\"run\"]",
                                      "[{\"a\":1}]", 9, "abcdef0123456789" };
     struct http_client http;
@@ -1297,7 +1297,7 @@ static void test_create_bad_token(void **state)
     struct fly_machine m;
     struct lerr e = { 0 };
     struct url base;
-    struct fly_target t = { &base, "app", "tok\r\nen", NULL, NULL, NULL, NULL, NULL };
+    struct fly_target t = { .base = &base, .app = "app", .token = "tok\r\nen" };
     struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g" };
     struct http_client http;
 
@@ -1328,7 +1328,8 @@ static void env_open(struct env *v, unsigned short port, const char *prefix,
 
     snprintf(base_s, sizeof base_s, "http://127.0.0.1:%u%s", port, prefix);
     assert_int_equal(url_parse(base_s, &v->base, &e), 0);
-    v->t = (struct fly_target){ &v->base, "my-app", TOKEN, stop_fd, create_rl, get_rl, NULL, NULL };
+    v->t = (struct fly_target){ .base = &v->base, .app = "my-app", .token = TOKEN, .stop_fd = stop_fd,
+                                .create_rl = create_rl, .get_rl = get_rl };
     http_client_init(&v->http, NULL);
     v->cap = tmpfile();
     assert_non_null(v->cap);
