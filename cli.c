@@ -1,4 +1,5 @@
 #include "cli.h"
+#include "creds.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -342,38 +343,27 @@ void cli_fly_reason(const char *app, const struct fly_call_result *r, const stru
 struct cli_net {
     struct tls_anchors anchors;      /* count 0 when not loaded */
     struct http_client http;
-    struct sigv4_credentials creds;  /* strings owned by the configuration */
+    struct creds_provider creds;     /* the AWS credential chain (creds.h) */
     struct sqs_client sqs;
 };
-
-/* The one place the subcommands take AWS credentials from, so that a credential chain
- * changes only this function. */
-static int cli_credentials(const struct config *cfg, struct sigv4_credentials *out,
-                           struct lerr *e)
-{
-    (void)e;
-    *out = (struct sigv4_credentials){
-        .access_key_id = cfg->aws_access_key_id,
-        .secret_access_key = cfg->aws_secret_access_key,
-        .session_token = cfg->aws_session_token,
-    };
-    return 0;
-}
 
 /* Opens the clients over net->anchors (loaded or not: plain http needs none). */
 static int cli_net_open(struct cli_net *net, const struct config *cfg, struct lerr *e)
 {
-    if (cli_credentials(cfg, &net->creds, e) < 0)
+    if (creds_init(&net->creds, cli_getenv, NULL, cfg->aws_region,
+                   net->anchors.count ? &net->anchors : NULL, e) < 0)
         return -1;
     http_client_init(&net->http, net->anchors.count ? &net->anchors : NULL);
     sqs_client_init(&net->sqs, &net->http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region,
-                    &net->creds);
+                    NULL);
+    net->sqs.provider = &net->creds;
     return 0;
 }
 
 static void cli_net_close(struct cli_net *net)
 {
     http_client_close(&net->http);
+    creds_free(&net->creds);
     tls_anchors_free(&net->anchors);
 }
 
@@ -507,7 +497,9 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
 static int send_open(struct cli_net *net, const struct config *cfg, struct lerr *e)
 {
     memset(net, 0, sizeof *net);
-    if (cfg->sqs_endpoint.tls && tls_anchors_load(&net->anchors, cfg->ca_file, e) < 0)
+    /* STS (web identity) is https even when an emulator's SQS endpoint is not. */
+    if ((cfg->sqs_endpoint.tls || (getenv("AWS_ROLE_ARN") && *getenv("AWS_ROLE_ARN"))) &&
+        tls_anchors_load(&net->anchors, cfg->ca_file, e) < 0)
         return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
     return cli_net_open(net, cfg, e);
 }

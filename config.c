@@ -1,4 +1,5 @@
 #include "config.h"
+#include "creds.h"
 #include "metrics.h"
 #include "local.h"
 
@@ -131,17 +132,16 @@ static int load_sqs(struct config *c, config_getenv_fn get, void *ctx, struct le
             return lerr_set(e, LERR_INVALID, "%s: \"%.40s\" is not a region name", which, v);
         strcpy(c->aws_region, v);
     } else if (region_from_host(c->queue.host, c->aws_region, sizeof c->aws_region) < 0) {
-        return lerr_set(e, LERR_INVALID, "AWS_REGION: not set, and the queue URL host \"%s\" "
-                        "does not name a region", c->queue.host);
+        /* The signing region must be the queue's: the AWS config file's region comes last. */
+        int found = creds_config_region(get, ctx, c->aws_region, sizeof c->aws_region, e);
+        if (found < 0)
+            return -1;
+        if (found == 0)
+            return lerr_set(e, LERR_INVALID, "AWS_REGION: not set, the queue URL host \"%s\" "
+                            "does not name a region, and the AWS config file names none",
+                            c->queue.host);
     }
-    if (load_secret(get, ctx, "AWS_ACCESS_KEY_ID", NULL, &c->aws_access_key_id, e) < 0 ||
-        load_secret(get, ctx, "AWS_SECRET_ACCESS_KEY", NULL, &c->aws_secret_access_key, e) < 0)
-        return -1;
-    c->aws_session_token = get("AWS_SESSION_TOKEN", ctx);
-    if (c->aws_session_token && !*c->aws_session_token)
-        c->aws_session_token = NULL;
-    if (c->aws_session_token && has_control(c->aws_session_token))
-        return lerr_set(e, LERR_INVALID, "AWS_SESSION_TOKEN: contains control characters");
+    /* Credentials are resolved by creds.c (environment, web identity, shared files). */
     return 0;
 }
 

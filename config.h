@@ -21,9 +21,6 @@ struct config {
     struct url sqs_endpoint;        /* AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL, else the queue's origin */
     int sqs_endpoint_overridden;
     char aws_region[64];            /* AWS_REGION / AWS_DEFAULT_REGION / from the queue host */
-    const char *aws_access_key_id;
-    const char *aws_secret_access_key;
-    const char *aws_session_token;  /* NULL when unset */
 
     const char *fly_token;          /* LAMBDO_FLY_TOKEN / FLY_API_TOKEN */
     const char *fly_app;            /* LAMBDO_FLY_APP / FLY_APP_NAME */

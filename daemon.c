@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "creds.h"
 #include "fly.h"
 #include "group.h"
 #include "http.h"
@@ -48,7 +49,7 @@ struct daemon {
     const struct config *cfg;
     struct tls_anchors anchors;
     int signal_fd;
-    struct sigv4_credentials creds;
+    struct creds_provider creds;       /* thread-safe; refreshes itself */
     struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
     struct sqs_client receiver;
     struct pool pool;
@@ -177,7 +178,8 @@ static void job_sqs(struct job *j, struct sqs_client *s, struct http_client *htt
 {
     const struct config *cfg = j->d->cfg;
 
-    sqs_client_init(s, http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region, &j->d->creds);
+    sqs_client_init(s, http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region, NULL);
+    s->provider = &j->d->creds;
     s->metrics = &j->d->metrics;
 }
 
@@ -759,7 +761,8 @@ static void window_keepalive(struct daemon *d, struct window *w)
     if (!(http = pool_borrow(&d->pool, -1)))
         return;
     sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
-                    &d->creds);
+                    NULL);
+    s.provider = &d->creds;
     s.metrics = &d->metrics;
     for (size_t b = 0; b < w->nbatches; b++) {
         struct sqs_entry en[SQS_MAX_MESSAGES];
@@ -945,6 +948,12 @@ static int signals_open(struct lerr *e)
     return fd;
 }
 
+static const char *daemon_getenv(const char *name, void *ctx)
+{
+    (void)ctx;
+    return getenv(name);
+}
+
 static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *e)
 {
     memset(d, 0, sizeof *d);
@@ -956,13 +965,11 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
         return -1;
-    d->creds = (struct sigv4_credentials){
-        .access_key_id = cfg->aws_access_key_id,
-        .secret_access_key = cfg->aws_secret_access_key,
-        .session_token = cfg->aws_session_token,
-    };
     if (tls_anchors_load(&d->anchors, cfg->ca_file, e) < 0)
         return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
+    if (creds_init(&d->creds, daemon_getenv, NULL, cfg->aws_region, &d->anchors, e) < 0)
+        return -1;
+    log_info("AWS credentials: %s", creds_source_name(&d->creds));
     d->pool.anchors = &d->anchors;
     if ((d->signal_fd = signals_open(e)) < 0)
         return -1;
@@ -972,7 +979,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     http_client_init(&d->receive_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
     sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
-                    cfg->aws_region, &d->creds);
+                    cfg->aws_region, NULL);
+    d->receiver.provider = &d->creds;
     d->fly.base = &cfg->fly_api;
     d->fly.app = cfg->fly_app;
     d->fly.token = cfg->fly_token;
@@ -999,6 +1007,7 @@ static void daemon_close(struct daemon *d)
         metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
     pool_close(&d->pool);
+    creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
     ratelimit_destroy(&d->create_rl);
     ratelimit_destroy(&d->get_rl);

@@ -1,4 +1,5 @@
 #include "sqs.h"
+#include "creds.h"
 #include "metrics.h"
 
 #include <errno.h>
@@ -1121,7 +1122,8 @@ void sqs_client_init(struct sqs_client *c, struct http_client *http, const struc
     snprintf(c->endpoint.path, sizeof c->endpoint.path, "/");
     c->queue_url = queue_url;
     c->region = region;
-    c->creds = *creds;
+    if (creds)
+        c->creds = *creds;
     c->receive_attempts = SQS_RECEIVE_ATTEMPTS;
     c->batch_attempts = SQS_BATCH_ATTEMPTS;
     c->backoff_base_ms = SQS_BACKOFF_BASE_MS;
@@ -1156,9 +1158,10 @@ static void sqs_note_local(struct sqs_client *c, const struct lerr *e, int retry
     c->last_error.retryable = retryable;
 }
 
-/* One signed POST. 2xx: 0 with resp to free. Otherwise -1, c->last_error filled. */
-static int sqs_call(struct sqs_client *c, const char *op, const char *body, size_t len,
-                    int timeout_ms, struct http_response *resp, struct lerr *e)
+/* One POST signed with cred. 2xx: 0 with resp to free. Otherwise -1, c->last_error filled. */
+static int sqs_call_signed(struct sqs_client *c, const struct sigv4_credentials *cred,
+                           const char *op, const char *body, size_t len, int timeout_ms,
+                           struct http_response *resp, struct lerr *e)
 {
     char target[64], date[17];
     struct sigv4_signature sig;
@@ -1176,7 +1179,7 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
         const struct sigv4_request sr = { "POST", "/", NULL, sh, 3, body, len };
         const struct sigv4_params sp = { c->region, "sqs", date, 1, 0 };
 
-        if (sigv4_sign(&sr, &c->creds, &sp, &sig, e) < 0) {
+        if (sigv4_sign(&sr, cred, &sp, &sig, e) < 0) {
             lerr_wrap(e, "SQS %s: signing the request", op);
             sqs_note_local(c, e, 0);
             return -1;
@@ -1208,6 +1211,28 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
         http_response_free(resp);
         return sqs_api_error_set(e, op, &c->last_error);
     }
+}
+
+/* One signed POST, with the provider's current credentials when there is a provider (they
+ * may have been refreshed since the last call), else the fixed ones. */
+static int sqs_call(struct sqs_client *c, const char *op, const char *body, size_t len,
+                    int timeout_ms, struct http_response *resp, struct lerr *e)
+{
+    struct creds_snapshot snap;  /* outlives http_do: the token header points into it */
+    struct sigv4_credentials sc;
+    int rc;
+
+    if (!c->provider)
+        return sqs_call_signed(c, &c->creds, op, body, len, timeout_ms, resp, e);
+    if (creds_get(c->provider, &snap, e) < 0) {
+        lerr_wrap(e, "SQS %s", op);
+        sqs_note_local(c, e, 1);  /* STS may answer again later */
+        return -1;
+    }
+    creds_sigv4(&snap, &sc);
+    rc = sqs_call_signed(c, &sc, op, body, len, timeout_ms, resp, e);
+    creds_snapshot_wipe(&snap);
+    return rc;
 }
 
 /* Waits before retry number attempt (0 for the first), logging why. */

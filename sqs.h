@@ -27,6 +27,8 @@
 #include "err.h"
 #include "http.h"
 #include "sigv4.h"
+
+struct creds_provider;
 #include "url.h"
 
 #define SQS_MAX_MESSAGES 10   /* ReceiveMessage's MaxNumberOfMessages and a batch's entries */
@@ -55,6 +57,8 @@ struct sqs_client {
     const char *queue_url;            /* not owned */
     const char *region;               /* not owned */
     struct sigv4_credentials creds;   /* strings not owned; never logged */
+    struct creds_provider *provider;  /* not owned; when set, each request is signed with
+                                         its current credentials instead of creds */
     /* Retry policy, set by sqs_client_init; tests shorten the backoff. */
     unsigned receive_attempts, batch_attempts, backoff_base_ms, backoff_cap_ms;
     uint64_t rng;                     /* jitter state: seeded from getrandom, or set it */
@@ -64,7 +68,7 @@ struct sqs_client {
 };
 
 /* Fills c (copying *endpoint; its path is not used) and seeds the jitter from getrandom().
- * Never fails. */
+ * creds may be NULL when the caller sets c->provider instead. Never fails. */
 void sqs_client_init(struct sqs_client *c, struct http_client *http, const struct url *endpoint,
                      const char *queue_url, const char *region,
                      const struct sigv4_credentials *creds);

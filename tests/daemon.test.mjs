@@ -464,6 +464,15 @@ describe('lambdo command line and configuration', () => {
     return { code, out, err };
   }
 
+  it('exits 2 when no AWS credentials can be found anywhere, naming the places it looked', async () => {
+    const env = { ...base };
+    delete env.AWS_ACCESS_KEY_ID;
+    delete env.AWS_SECRET_ACCESS_KEY;
+    const r = await runOnce(env);
+    assert.equal(r.code, 2, r.err);
+    assert.match(r.err, /no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_ROLE_ARN/);
+  });
+
   it('--version and --help need no configuration', async () => {
     const v = await runOnce({}, ['--version']);
     assert.equal(v.code, 0);
@@ -488,9 +497,9 @@ describe('lambdo command line and configuration', () => {
     ['LAMBDO_EVENTS_PER_MACHINE', '0', /LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10/],
     ['LAMBDO_VISIBILITY_TIMEOUT', 'soon', /LAMBDO_VISIBILITY_TIMEOUT: must be a whole number/],
     ['LAMBDO_LOG_LEVEL', 'loud', /LAMBDO_LOG_LEVEL: must be debug, info, warn or error/],
-    ['AWS_ACCESS_KEY_ID', undefined, /AWS_ACCESS_KEY_ID: required/],
-    ['AWS_SECRET_ACCESS_KEY', undefined, /AWS_SECRET_ACCESS_KEY: required/],
-    ['AWS_REGION', undefined, /AWS_REGION: not set, and the queue URL host "127.0.0.1" does not name a region/],
+    ['AWS_ACCESS_KEY_ID', undefined, /AWS_ACCESS_KEY_ID: not set, but AWS_SECRET_ACCESS_KEY is/],
+    ['AWS_SECRET_ACCESS_KEY', undefined, /AWS_SECRET_ACCESS_KEY: not set, but AWS_ACCESS_KEY_ID is/],
+    ['AWS_REGION', undefined, /AWS_REGION: not set, the queue URL host "127.0.0.1" does not name a region, and the AWS config file names none/],
     ['AWS_ENDPOINT_URL_SQS', 'sqs.local', /AWS_ENDPOINT_URL_SQS: /],
     ['SSL_CERT_FILE', '/nonexistent/ca.pem', /\/nonexistent\/ca\.pem/],
   ];

@@ -72,7 +72,6 @@ static void test_defaults(void **state)
     assert_int_equal(c.visibility_timeout, 30);
     assert_int_equal(c.json_logs, 0);
     assert_int_equal(c.log_level, LOG_LEVEL_INFO);
-    assert_null(c.aws_session_token);
     assert_null(c.ca_file);
 }
 
@@ -228,12 +227,10 @@ static void test_production_logs(void **state)
     env_set(&env, "LAMBDO_ENV", "production");
     env_set(&env, "LAMBDO_LOG_LEVEL", "debug");
     env_set(&env, "SSL_CERT_FILE", "/tmp/ca.pem");
-    env_set(&env, "AWS_SESSION_TOKEN", "token");
     assert_int_equal(config_load(&c, env_get, &env, &e), 0);
     assert_int_equal(c.json_logs, 1);
     assert_int_equal(c.log_level, LOG_LEVEL_DEBUG);
     assert_string_equal(c.ca_file, "/tmp/ca.pem");
-    assert_string_equal(c.aws_session_token, "token");
 }
 
 /* Each bad environment must fail with a message that starts with the variable's name and
@@ -278,9 +275,6 @@ static const struct bad_case {
     { "LAMBDO_VISIBILITY_TIMEOUT", "0", "LAMBDO_VISIBILITY_TIMEOUT: ", "from 1 to 43200" },
     { "LAMBDO_VISIBILITY_TIMEOUT", "99999999999999999999", "LAMBDO_VISIBILITY_TIMEOUT: ", "whole number" },
     { "LAMBDO_LOG_LEVEL", "verbose", "LAMBDO_LOG_LEVEL: ", "debug, info, warn or error" },
-    { "AWS_ACCESS_KEY_ID", NULL, "AWS_ACCESS_KEY_ID: ", "required" },
-    { "AWS_SECRET_ACCESS_KEY", NULL, "AWS_SECRET_ACCESS_KEY: ", "required" },
-    { "AWS_SECRET_ACCESS_KEY", "has space", "AWS_SECRET_ACCESS_KEY: ", "spaces" },
     { "AWS_REGION", "us east", "AWS_REGION: ", "not a region name" },
     { "AWS_ENDPOINT_URL_SQS", "localhost:4566", "AWS_ENDPOINT_URL_SQS: ", "" },
 };
