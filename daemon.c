@@ -350,16 +350,24 @@ static int job_create(struct job *j, struct fly_machine *m)
         .image = j->image, .preset = j->preset, .command = j->command,
         .events = j->events, .events_len = j->events_len, .group_id = j->gid,
     };
-    struct http_client *http = pool_borrow(&d->pool, -1);
+    struct http_client *http;
     struct lerr e;
-    int rc;
+    int stop_fd = d->signal_fd, rc;
 
-    if (!http) {
+    /* The turn comes first, the connection after: a connection borrowed while waiting in
+     * the rate limiter would idle there, and the server may close it meanwhile. */
+    if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_idle, j, &e) < 0) {
+        log_info("group %s: stopping before its Machine was created", j->gid);
+        job_return(j, 0);
+        return -1;
+    }
+    if (!(http = pool_borrow(&d->pool, -1))) {
         log_error("group %s: out of memory", j->gid);
         return -1;
     }
     t.idle = job_idle;
     t.idle_ctx = j;
+    t.create_prepaid = 1;
     rc = fly_create_machine(http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m, &e);
     pool_return(&d->pool, http);
     if (rc < 0) {

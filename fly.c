@@ -525,6 +525,7 @@ struct attempt {
     const struct http_request *req;
     const char *group;    /* for log lines */
     const char *region;   /* NULL: Fly chooses */
+    int prepaid;          /* the caller already took the first create token */
 };
 
 static const char *region_name(const struct attempt *at)
@@ -566,7 +567,7 @@ static enum step answer_step(const struct attempt *at, const struct fly_answer *
 }
 
 /* One region: the first try, and its 429 retries. */
-static enum step create_in_region(const struct attempt *at, struct fly_machine *out,
+static enum step create_in_region(struct attempt *at, struct fly_machine *out,
                                   struct lerr *e)
 {
     for (int retry = 0;; retry++) {
@@ -578,7 +579,9 @@ static enum step create_in_region(const struct attempt *at, struct fly_machine *
         int wait;
         double t0;
 
-        if (pace(at->http, at->t, at->t->create_rl, e) < 0) {
+        if (at->prepaid)
+            at->prepaid = 0;
+        else if (pace(at->http, at->t, at->t->create_rl, e) < 0) {
             log_warn("fly: group %s: %s: %s", at->group, region_name(at), e->msg);
             return STEP_STOP;
         }
@@ -640,7 +643,8 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     struct http_header headers[2] = { { "Authorization", NULL },
                                       { "Content-Type", "application/json" } };
     struct http_request req = { "POST", &url, headers, 2, NULL, 0, FLY_CREATE_TIMEOUT_MS };
-    struct attempt at = { http, t, &req, spec->group_id ? spec->group_id : "-", NULL };
+    struct attempt at = { http, t, &req, spec->group_id ? spec->group_id : "-", NULL,
+                          t->create_prepaid };
     char *auth = NULL, tried[128];
     enum step step = STEP_STOP;
 

@@ -93,6 +93,10 @@ struct fly_target {
     void *idle_ctx;
     struct metrics *metrics;      /* NULL, or where request durations, 429s and failed
                                      creates (by region) are counted */
+    int create_prepaid;           /* fly_create_machine: the caller already took create_rl's
+                                     token for the first request (it waited for it before
+                                     borrowing a connection, so that no connection idles in
+                                     the queue and outlives the server's keep-alive) */
 };
 
 /* What to run. */

@@ -50,6 +50,9 @@ const baseEnv = (url) => ({
   AWS_SECRET_ACCESS_KEY: 'bench-secret', LAMBDO_FLY_TOKEN: 'bench-token', LAMBDO_FLY_APP: 'bench',
   LAMBDO_FLY_REGION: 'iad', LAMBDO_FLY_API_URL: fly.url, SSL_CERT_FILE: certs.caFile,
   LAMBDO_LOG_LEVEL: 'warn',
+  // the test Fly API has no rate limit: measure lambdo, not Fly's documented limits
+  LAMBDO_FLY_CREATE_RATE: process.env.BENCH_CREATE_RATE || '100000', LAMBDO_FLY_CREATE_BURST: process.env.BENCH_CREATE_BURST || '10000',
+  LAMBDO_FLY_GET_RATE: '100000', LAMBDO_FLY_GET_BURST: '10000',
 });
 
 // Idle: 10 s of empty 1-second long polls.
