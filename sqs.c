@@ -1827,9 +1827,9 @@ int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *e
     const char *id = cJSON_IsObject(root) ? sqs_json_string(root, "MessageId") : NULL;
 
     if (!id || !*id) {
+        const char *why = cJSON_IsObject(root) ? "no MessageId" : "not a JSON object";
         cJSON_Delete(root);
-        return lerr_set(e, LERR_MALFORMED, "SQS SendMessage answer: %s",
-                        cJSON_IsObject(root) ? "no MessageId" : "not a JSON object");
+        return lerr_set(e, LERR_MALFORMED, "SQS SendMessage answer: %s", why);
     }
     sqs_send_accepted(en, id, sqs_json_string(root, "MD5OfMessageBody"),
                       sqs_json_string(root, "MD5OfMessageAttributes"));
