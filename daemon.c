@@ -368,6 +368,7 @@ static int job_create(struct job *j, struct fly_machine *m)
     t.idle = job_idle;
     t.idle_ctx = j;
     t.create_prepaid = 1;
+    t.unlimited_429_retries = 1;
     rc = fly_create_machine(http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m, &e);
     pool_return(&d->pool, http);
     if (rc < 0) {
@@ -386,17 +387,30 @@ static int job_create(struct job *j, struct fly_machine *m)
     return 0;
 }
 
+/* The target for following a Machine after its create: a stop must not cancel these
+ * calls, since during the shutdown grace time they are how lambdo learns that a Machine
+ * finished (a wait in flight is still ended by the signal, through the client's
+ * cancel_fd, while not yet stopping). */
+static struct fly_target follow_target(const struct daemon *d)
+{
+    struct fly_target t = d->fly;
+
+    t.stop_fd = NULL;
+    return t;
+}
+
 /* Destroys a Machine that ran past LAMBDO_MACHINE_TIMEOUT. */
 static void job_kill(struct job *j, const struct fly_machine *m)
 {
     struct http_client *http = pool_borrow(&j->d->pool, -1);
+    struct fly_target t = follow_target(j->d);
     struct lerr e;
 
     if (!http)
         return;
-    if (fly_stop_machine(http, &j->d->fly, m->id, NULL, &e) < 0)
+    if (fly_stop_machine(http, &t, m->id, NULL, &e) < 0)
         log_warn("group %s: stopping machine %s: %s", j->gid, m->id, e.msg);
-    if (fly_destroy_machine(http, &j->d->fly, m->id, 1, NULL, &e) < 0)
+    if (fly_destroy_machine(http, &t, m->id, 1, NULL, &e) < 0)
         log_warn("group %s: destroying machine %s: %s", j->gid, m->id, e.msg);
     pool_return(&j->d->pool, http);
 }
@@ -430,6 +444,7 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         int64_t stop_at = 0;
         int stopping = daemon_stopping(d, &stop_at);
         struct fly_call_result w;
+        struct fly_target t;
         struct http_client *http;
         struct lerr e;
         int rc;
@@ -444,14 +459,18 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         http = pool_borrow(&d->pool, stopping ? -1 : d->signal_fd);
         if (!http)
             return FOLLOW_SHUTDOWN;
-        rc = fly_wait_machine(http, &d->fly, m->id, m->instance_id, "stopped",
+        t = follow_target(d);
+        rc = fly_wait_machine(http, &t, m->id, m->instance_id, "stopped",
                               wait_seconds(j, started, stop_at), &w, &e);
         pool_return(&d->pool, http);
         if (rc == 0 && (w.outcome == FLY_CALL_OK || w.outcome == FLY_CALL_GONE))
             return FOLLOW_EXITED;
         if (rc < 0 && e.kind != LERR_CANCELLED) {
             log_warn("group %s: waiting for machine %s: %s; trying again", j->gid, m->id, e.msg);
-            pause_ms(d, 1000);
+            if (stopping)  /* the pending signal no longer cuts a pause short */
+                nanosleep(&(struct timespec){ 0, 200 * 1000000L }, NULL);
+            else
+                pause_ms(d, 1000);
         }
     }
 }
@@ -461,6 +480,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
 {
     struct daemon *d = j->d;
     struct http_client *http;
+    struct fly_target ft;
     struct fly_exit x;
     struct lerr e;
     enum follow f = job_follow(j, m, started);
@@ -481,7 +501,8 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     }
     memset(&x, 0, sizeof x);
     http = pool_borrow(&d->pool, -1);
-    if (!http || fly_machine_exit(http, &d->fly, m->id, &x, &e) < 0) {
+    ft = follow_target(d);
+    if (!http || fly_machine_exit(http, &ft, m->id, &x, &e) < 0) {
         x.known = 0;
         log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id,
                  http ? e.msg : "out of memory");

@@ -609,7 +609,7 @@ static enum step create_in_region(struct attempt *at, struct fly_machine *out,
         if ((step = answer_step(at, &a, out, e)) != STEP_RETRY)
             return step;
         wait = a.retry_after_ms >= 0 ? a.retry_after_ms : backoff_ms(retry);
-        if (retry == FLY_RATE_LIMIT_RETRIES) {
+        if (!at->t->unlimited_429_retries && retry == FLY_RATE_LIMIT_RETRIES) {
             /* the other creators still have to hear of it */
             if (at->t->create_rl)
                 ratelimit_penalize(at->t->create_rl, wait);

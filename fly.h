@@ -93,6 +93,10 @@ struct fly_target {
     void *idle_ctx;
     struct metrics *metrics;      /* NULL, or where request durations, 429s and failed
                                      creates (by region) are counted */
+    int unlimited_429_retries;    /* fly_create_machine: retry 429s for as long as Fly says
+                                     so (the caller keeps its messages alive through idle and
+                                     a stop still ends the waits), instead of giving up after
+                                     FLY_RATE_LIMIT_RETRIES: a 429 is no failed attempt */
     int create_prepaid;           /* fly_create_machine: the caller already took create_rl's
                                      token for the first request (it waited for it before
                                      borrowing a connection, so that no connection idles in

@@ -3,6 +3,7 @@
  *
  * This file is the command line: arguments, configuration, then daemon_run().
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,15 @@ int main(int argc, char **argv)
     else if (argc > 1) {
         fprintf(stderr, "lambdo: unknown argument \"%s\"\n%s", argv[1], usage);
         return EXIT_USAGE;
+    }
+    /* A SIGTERM from now on means "stop cleanly", even before the daemon is up: block it at
+     * once, so that it stays pending for the daemon's signalfd instead of killing us. */
+    {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        sigprocmask(SIG_BLOCK, &set, NULL);
     }
     if (config_load(&cfg, env_get, NULL, &e) < 0) {
         fprintf(stderr, "lambdo: configuration: %s\n", e.msg);

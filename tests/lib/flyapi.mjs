@@ -47,6 +47,32 @@
 // Machine lifecycle: creates answer state "started" (option createdState). fly.exitMachine(id,
 // code) makes it exit (events "exit" then, with auto_destroy, "destroy"); options autoExit:
 // {code, afterMs} does that for every machine; fly.onCreate(machine) is called after each create.
+//
+// Scripted exits (checked after each create, first match wins; none = the machine keeps running
+// unless autoExit is set):
+//   fly.exitPolicy = (machine) => null | { code, afterMs, oomKilled, never }   hook
+//   fly.setRegionExit(region, { code, afterMs, oomKilled })   every machine created in region
+//   image conventions (option imageBehaviour: true, or fly.imageBehaviour = true), on the last
+//   path segment of config.image (repository:tag):
+//     .../exit:CODE       exits CODE after behaviourDelayMs (default 200)
+//     .../exit:CODE-MS    exits CODE after MS
+//     .../oom[:MS]        OOM-killed (oom_killed: true, exit code 137) after MS (default 200)
+//     .../sleep:MS        exits 0 after MS
+//     .../hang[:x]        never exits on its own
+//   exitSpecForImage(image) is that rule, exported.
+// fly.forgetDestroyedAfterMs (option forgetDestroyedAfterMs, default Infinity): that long after a
+// machine is destroyed, Machines_show / _wait / _list_events / _stop / _delete answer 404
+// {"error":"machine not found"} for it, as Fly does once an auto-destroyed machine is reaped. It
+// stays in fly.machines (m.gone = true) for the tests' accounting.
+// Region fault `resetAfterCreate: true`: the machine IS created, then the connection is reset
+// before the answer (the client cannot know it exists).
+//
+// Rate limits like Fly's (option rateLimits, or fly.rateLimits = {...}; default none):
+//   { create: { rate, burst }, get: { rate, burst } }   token buckets per app, rate per second;
+//   create = Machines_create, get = Machines_show/_wait/_list_events/_list. A request over the
+//   limit answers 429 {"error":"rate limit exceeded"} with Retry-After (whole seconds until a
+//   token, at least 1) and is counted in fly.rateLimited.create / .get (rec.rateLimited = true).
+//   Checked after the token and app, before the body checks and region faults.
 import http from 'node:http';
 import https from 'node:https';
 import { randomBytes } from 'node:crypto';
@@ -162,6 +188,30 @@ export function checkCreateBody(body) {
   return { errors, decoded };
 }
 
+// The scripted exit the image conventions give an image (see the header), or null.
+export function exitSpecForImage(image, { delayMs = 200 } = {}) {
+  if (typeof image !== 'string') return null;
+  const last = image.split('/').pop();
+  const i = last.indexOf(':');
+  const repo = i < 0 ? last : last.slice(0, i);
+  const tag = i < 0 ? undefined : last.slice(i + 1);
+  let m;
+  if (repo === 'exit') {
+    if (tag !== undefined && (m = /^(\d+)(?:-(\d+))?$/.exec(tag))) {
+      return { code: Number(m[1]), afterMs: m[2] !== undefined ? Number(m[2]) : delayMs, oomKilled: false };
+    }
+    return { code: 1, afterMs: delayMs, oomKilled: false };
+  }
+  if (repo === 'oom') {
+    return { code: 137, afterMs: tag !== undefined && /^\d+$/.test(tag) ? Number(tag) : delayMs, oomKilled: true };
+  }
+  if (repo === 'sleep') {
+    return { code: 0, afterMs: tag !== undefined && /^\d+$/.test(tag) ? Number(tag) : delayMs, oomKilled: false };
+  }
+  if (repo === 'hang') return { never: true };
+  return null;
+}
+
 const hex = (n) => randomBytes(n).toString('hex');
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 const ulid = () => Array.from(randomBytes(26), (b) => CROCKFORD[b & 31]).join('');
@@ -177,13 +227,16 @@ function defaultFaultBody(status) {
 // Options: token, app, tls (true), cert ('localhost' | 'wronghost' | 'untrusted': which test
 // certificate to serve), createdState ('started'), autoExit ({code, afterMs}).
 export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
-  createdState = 'started', autoExit = null } = {}) {
+  createdState = 'started', autoExit = null, imageBehaviour = false, behaviourDelayMs = 200,
+  forgetDestroyedAfterMs = Infinity, rateLimits = null } = {}) {
   if (!token || !app) throw new Error('startFlyApi: token and app are required');
   const sockets = new Set();
   const timers = new Set();
   const aborter = new AbortController();
   const stateWaiters = new Set();
   const regionFaults = new Map();
+  const regionExits = new Map();
+  const buckets = {};        // kind -> { tokens, at, rate, burst }
   let seq = 0;
   let connSeq = 0;
 
@@ -198,6 +251,14 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     get openConnections() { return sockets.size; },
     fault: null,
     onCreate: null,
+    exitPolicy: null,          // (machine) => null | {code, afterMs, oomKilled, never}
+    imageBehaviour,            // image conventions on (see the header)
+    behaviourDelayMs,
+    forgetDestroyedAfterMs,
+    rateLimits,                // { create: {rate, burst}, get: {rate, burst} } or null
+    rateLimited: { create: 0, get: 0 },
+    setRegionExit(region, spec) { regionExits.set(region, { ...spec }); },
+    clearRegionExit(region) { regionExits.delete(region); },
     creates() { return fly.requests.filter((r) => r.op === 'Machines_create'); },
     machine(id) { return fly.machines.find((m) => m.id === id); },
     setRegionFault(region, spec = {}) {
@@ -213,9 +274,12 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       if (!m) throw new Error(`no machine ${id}`);
       if (m.state === 'stopped' || m.state === 'destroyed') return m;
       m.exitCode = code;
+      m.oomKilled = oomKilled;
+      m.exitedAt = Date.now();
+      if (m.exitTimer) { clearTimeout(m.exitTimer); timers.delete(m.exitTimer); m.exitTimer = null; }
       setState(m, 'stopped', { type: 'exit', source: 'flyd', request: { exit_event: {
-        requested_stop: false, restarting: false, guest_exit_code: code, guest_signal: -1,
-        guest_error: '', exit_code: code, signal: -1, error: '', oom_killed: oomKilled,
+        requested_stop: false, restarting: false, guest_exit_code: code, guest_signal: oomKilled ? 9 : -1,
+        guest_error: '', exit_code: code, signal: oomKilled ? 9 : -1, error: '', oom_killed: oomKilled,
         exited_at: new Date().toISOString() }, restart_count: 0 } });
       if (destroy ?? m.config.auto_destroy === true) setState(m, 'destroyed', { type: 'destroy', source: 'flyd' });
       return m;
@@ -248,7 +312,49 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     m.updatedAt = isoSec();
     m.machineEvents.unshift({ id: ulid(), type: event.type, status: state, source: event.source,
       timestamp: Date.now(), ...(event.request ? { request: event.request } : {}) });
+    if (state === 'stopped' || state === 'destroyed') {
+      if (m.exitTimer) { clearTimeout(m.exitTimer); timers.delete(m.exitTimer); m.exitTimer = null; }
+      m.stoppedAt ??= Date.now();
+    }
+    if (state === 'destroyed') {
+      m.destroyedAt = Date.now();
+      const after = fly.forgetDestroyedAfterMs;
+      if (after === 0) m.gone = true;
+      else if (Number.isFinite(after)) {
+        const t = setTimeout(() => { timers.delete(t); m.gone = true; }, after);
+        timers.add(t);
+      }
+    }
     notify();
+  }
+
+  // The scripted exit of a new machine (see the header), or null.
+  function exitSpecFor(m) {
+    if (fly.exitPolicy) {
+      const spec = fly.exitPolicy(m);
+      if (spec) return spec;
+    }
+    if (regionExits.has(m.region)) return regionExits.get(m.region);
+    if (fly.imageBehaviour) {
+      const spec = exitSpecForImage(m.image, { delayMs: fly.behaviourDelayMs });
+      if (spec) return spec;
+    }
+    return autoExit;
+  }
+
+  // Token bucket check for a rate-limited kind; returns seconds to wait, or 0 when allowed.
+  function rateLimit(kind) {
+    const lim = fly.rateLimits?.[kind];
+    if (!lim) return 0;
+    const now = Date.now();
+    let b = buckets[kind];
+    if (!b || b.rate !== lim.rate || b.burst !== lim.burst) {
+      b = buckets[kind] = { tokens: lim.burst, at: now, rate: lim.rate, burst: lim.burst };
+    }
+    b.tokens = Math.min(b.burst, b.tokens + ((now - b.at) / 1000) * b.rate);
+    b.at = now;
+    if (b.tokens >= 1) { b.tokens -= 1; return 0; }
+    return Math.max(1, Math.ceil((1 - b.tokens) / b.rate));
   }
 
   const view = (m) => ({
@@ -304,9 +410,15 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       m.machineEvents.unshift({ id: ulid(), type: 'start', status: 'started', source: 'flyd', timestamp: Date.now() });
     }
     fly.machines.push(m);
-    if (autoExit) {
-      const t = setTimeout(() => { timers.delete(t); if (!closed) fly.exitMachine(m.id, autoExit.code ?? 0); },
-        autoExit.afterMs ?? 0);
+    const ex = exitSpecFor(m);
+    if (ex && !ex.never) {
+      m.plannedExit = { code: ex.code ?? 0, afterMs: ex.afterMs ?? 0, oomKilled: !!ex.oomKilled };
+      const t = setTimeout(() => {
+        timers.delete(t);
+        m.exitTimer = null;
+        if (!closed) fly.exitMachine(m.id, ex.code ?? 0, { oomKilled: !!ex.oomKilled });
+      }, ex.afterMs ?? 0);
+      m.exitTimer = t;
       timers.add(t);
     }
     try { fly.onCreate?.(m); } catch (e) { rec.observerError = e; }
@@ -317,10 +429,17 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     const ok = () => m.state === want || (want === 'stopped' && m.state === 'destroyed');
     if (ok()) return true;
     return new Promise((resolve) => {
-      const w = { check() { if (ok()) { clearTimeout(w.timer); stateWaiters.delete(w); resolve(true); } } };
-      w.timer = setTimeout(() => { stateWaiters.delete(w); resolve(false); }, timeoutS * 1000);
+      const onAbort = () => { clearTimeout(w.timer); resolve(false); };
+      const done = (v) => {
+        clearTimeout(w.timer);
+        stateWaiters.delete(w);
+        aborter.signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      };
+      const w = { check() { if (ok()) done(true); } };
+      w.timer = setTimeout(() => done(false), timeoutS * 1000);
       stateWaiters.add(w);
-      aborter.signal.addEventListener('abort', () => { clearTimeout(w.timer); resolve(false); }, { once: true });
+      aborter.signal.addEventListener('abort', onAbort, { once: true });
     });
   }
 
@@ -362,6 +481,16 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     if (auth !== `Bearer ${token}`) return send(res, rec, 401, { error: 'Authenticate: token validation error' });
     if (op === 'unknown') return send(res, rec, 404, { error: 'not found' });
     if (appName !== app) return send(res, rec, 404, { error: 'app not found' });
+    const kind = op === 'Machines_create' ? 'create'
+      : ['Machines_show', 'Machines_wait', 'Machines_list_events', 'Machines_list'].includes(op) ? 'get' : null;
+    if (kind) {
+      const wait = rateLimit(kind);
+      if (wait > 0) {
+        fly.rateLimited[kind]++;
+        rec.rateLimited = true;
+        return send(res, rec, 429, { error: 'rate limit exceeded' }, { 'retry-after': String(wait) });
+      }
+    }
 
     if (op === 'Apps_show') {
       return send(res, rec, 200, { id: app, name: app, status: 'deployed',
@@ -387,6 +516,16 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       if (f && f.remaining > 0) {
         f.remaining--;
         f.fired++;
+        if (f.resetAfterCreate) {
+          rec.fault = f;
+          if (f.delayMs) await sleep(f.delayMs, undefined, { signal: aborter.signal });
+          const m = create(rec, body, decoded);
+          rec.machineId = m.id;
+          rec.status = 'reset';
+          req.socket.destroy();
+          notify();
+          return undefined;
+        }
         if (await applyFault(f, req, res, rec)) return;
       }
       const m = create(rec, body, decoded);
@@ -394,11 +533,11 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       return send(res, rec, 200, view(m));
     }
     if (op === 'Machines_list') {
-      return send(res, rec, 200, fly.machines.filter((m) => m.state !== 'destroyed'
-        || u.searchParams.get('include_deleted') === 'true').map(view));
+      return send(res, rec, 200, fly.machines.filter((m) => !m.gone && (m.state !== 'destroyed'
+        || u.searchParams.get('include_deleted') === 'true')).map(view));
     }
     const m = fly.machine(machineId);
-    if (!m) return send(res, rec, 404, { error: 'machine not found' });
+    if (!m || m.gone) return send(res, rec, 404, { error: 'machine not found' });
     if (op === 'Machines_show') return send(res, rec, 200, view(m));
     if (op === 'Machines_list_events') return send(res, rec, 200, m.machineEvents);
     if (op === 'Machines_wait') {

@@ -38,8 +38,19 @@
 //     reset: true          destroy the client connection instead of answering (not forwarded)
 //     resetAfterForward: true  forward, then destroy the connection (the answer is lost)
 //     transform(json, status, rec)  forward, then answer what this returns (JSON) instead
+//     request(body, rec)   forward what this returns (JSON object) instead of the request's
+//                          body (the signature was checked on the original); undefined = as is
 //   }
 // sqsError(code, message, opts) builds {status, headers, body} in SQS's JSON error shape.
+// Ready-made faults (each returns a spec for proxy.fault):
+//   sqsInternalError()                 500 InternalError (Receiver)
+//   sqsThrottled(kind)                 400 ThrottlingException (com.amazon.coral.availability,
+//                                      "Rate exceeded") or kind 'RequestThrottled' (SQS's own)
+//   failBatchEntries(body, pick, { code, message, senderFault })   for DeleteMessageBatch and
+//     ChangeMessageVisibilityBatch: the entries pick(entry, i) chooses are NOT forwarded (fauxqs
+//     never acts on them) and come back as Failed {Id, SenderFault, Code, Message}; the rest
+//     are forwarded as usual. Defaults: InternalError, SenderFault false (SQS's side: worth a
+//     retry). ReceiptHandleIsInvalid with senderFault true is how SQS reports a stale handle.
 import http from 'node:http';
 import https from 'node:https';
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
@@ -65,6 +76,39 @@ export function sqsError(code, message, { status = 400, queryCode, fault = 'Send
   namespace = 'com.amazonaws.sqs' } = {}) {
   return { status, headers: { 'x-amzn-query-error': `${queryCode ?? code};${fault}` },
     body: { __type: `${namespace}#${code}`, message } };
+}
+
+export function sqsInternalError() {
+  return sqsError('InternalError', 'We encountered an internal error. Please try again.',
+    { status: 500, fault: 'Receiver' });
+}
+
+export function sqsThrottled(kind = 'ThrottlingException') {
+  if (kind === 'RequestThrottled') {
+    return sqsError('RequestThrottled', 'Request is throttled.', { status: 400 });
+  }
+  return sqsError('ThrottlingException', 'Rate exceeded', { status: 400,
+    namespace: 'com.amazon.coral.availability' });
+}
+
+export function failBatchEntries(body, pick, { code = 'InternalError',
+  message = 'We encountered an internal error. Please try again.', senderFault = false } = {}) {
+  const entries = Array.isArray(body?.Entries) ? body.Entries : [];
+  const failed = [];
+  const kept = [];
+  entries.forEach((e, i) => (pick(e, i) ? failed : kept).push(e));
+  if (failed.length === 0) return null;
+  const failedOut = failed.map((e) => ({ Id: e.Id, SenderFault: senderFault, Code: code, Message: message }));
+  if (kept.length === 0) {
+    return { status: 200, body: { Successful: [], Failed: failedOut }, failedEntries: failed };
+  }
+  return {
+    failedEntries: failed,
+    request: (b) => ({ ...b, Entries: kept }),
+    transform: (json, status) => (status === 200
+      ? { ...json, Successful: json.Successful ?? [], Failed: [...(json.Failed ?? []), ...failedOut] }
+      : json),
+  };
 }
 
 function authError(code, message) {
@@ -409,7 +453,15 @@ export async function startSqsProxy({ target, accessKeyId, secretAccessKey, sess
       if (f.reset) return resetConn(req, rec);
       if (f.status) return reply(res, rec, f);
     }
-    const up = await forward(req, res, raw);
+    let fwd = raw;
+    if (f?.request) {
+      const nb = await f.request(body, rec);
+      if (nb !== undefined) {
+        rec.forwardedBody = nb;
+        fwd = Buffer.from(JSON.stringify(nb));
+      }
+    }
+    const up = await forward(req, res, fwd);
     if (f?.resetAfterForward) {
       rec.forwardedStatus = up.status;
       return resetConn(req, rec);
