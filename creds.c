@@ -18,6 +18,7 @@
 #include "http.h"
 #include "httpresp.h"
 #include "log.h"
+#include "text.h"
 
 #define XML_MAX_DEPTH 16
 #define XML_TEXT_MAX 8192
@@ -186,21 +187,6 @@ bad:
  * JWT exp claim
  * ==================================================================================== */
 
-static int creds_b64url(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
 /* Decodes base64url with or without padding into out (at least n * 3 / 4 + 3 bytes). */
 static int creds_b64url_decode(const char *s, size_t n, unsigned char *out, size_t *out_len)
 {
@@ -213,7 +199,7 @@ static int creds_b64url_decode(const char *s, size_t n, unsigned char *out, size
     if (n % 4 == 1)
         return -1;
     for (size_t i = 0; i < n; i++) {
-        int v = creds_b64url((unsigned char)s[i]);
+        int v = text_base64_digit((unsigned char)s[i], 1);
         if (v < 0)
             return -1;
         acc = (acc << 6) | (unsigned)v;
@@ -1425,7 +1411,7 @@ static void creds_scrub(char *msg, const char *token)
     while (*p) {
         size_t run = 0;
 
-        while (p[run] && creds_b64url((unsigned char)p[run]) >= 0)
+        while (p[run] && text_base64_digit((unsigned char)p[run], 1) >= 0)
             run++;
         if (run >= 16 && memmem(token, tlen, p, run)) {
             static const char mark[] = "[redacted]";  /* shorter than any run replaced */

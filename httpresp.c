@@ -12,6 +12,7 @@
  * any size streams through a small buffer however the reads happen to be split.
  */
 #include "httpresp.h"
+#include "text.h"
 
 #include <limits.h>
 #include <string.h>
@@ -39,17 +40,6 @@ static int is_ws(unsigned char c)
 static int is_text(unsigned char c)
 {
     return is_ws(c) || (c >= 0x21 && c != 0x7f);
-}
-
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 static unsigned char ascii_lower(unsigned char c)
@@ -472,7 +462,7 @@ static int framing_line_byte(struct httpresp_chunked *d, struct lerr *e, const c
 static int chunk_size_byte(struct httpresp_chunked *d, unsigned char c,
                            unsigned long long max_body, struct lerr *e)
 {
-    int v = hex_value(c);
+    int v = text_hex_digit(c);
 
     if (framing_line_byte(d, e, "chunk size line") < 0)
         return HTTPRESP_ERROR;

@@ -9,6 +9,7 @@
  * tests compare is byte for byte what gets signed.
  */
 #include "sigv4.h"
+#include "text.h"
 
 #include <limits.h>
 #include <string.h>
@@ -120,17 +121,6 @@ static int is_unreserved(unsigned char c)
            c == '-' || c == '_' || c == '.' || c == '~';
 }
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 struct range {
     const char *p, *end;
 };
@@ -169,9 +159,9 @@ static int uri_enc_next(struct uri_enc *it)
         return -1;
     c = *it->p++;
     /* A '%' not followed by two hex digits is a literal '%' and is encoded as "%25". */
-    if (it->decode && c == '%' && it->end - it->p >= 2 && hex_value(it->p[0]) >= 0 &&
-        hex_value(it->p[1]) >= 0) {
-        c = (unsigned char)(hex_value(it->p[0]) << 4 | hex_value(it->p[1]));
+    if (it->decode && c == '%' && it->end - it->p >= 2 && text_hex_digit(it->p[0]) >= 0 &&
+        text_hex_digit(it->p[1]) >= 0) {
+        c = (unsigned char)(text_hex_digit(it->p[0]) << 4 | text_hex_digit(it->p[1]));
         it->p += 2;
     }
     if (is_unreserved(c))

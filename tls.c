@@ -1,4 +1,5 @@
 #include "tls.h"
+#include "text.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -282,21 +283,6 @@ static int ta_is_cert_label(const char *p, size_t n)
            (n == 16 && memcmp(p, "X509 CERTIFICATE", 16) == 0);
 }
 
-static int ta_base64_value(unsigned char ch)
-{
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '+')
-        return 62;
-    if (ch == '/')
-        return 63;
-    return -1;
-}
-
 /* Decodes base64 text in place (out never overtakes in), skipping line breaks and
  * spaces. Returns the decoded length, or -1 on a byte outside the alphabet. */
 static long ta_base64(unsigned char *buf, size_t len)
@@ -314,7 +300,7 @@ static long ta_base64(unsigned char *buf, size_t len)
             pad++;
             continue;
         }
-        v = ta_base64_value(ch);
+        v = text_base64_digit(ch, 0);
         if (v < 0 || pad)
             return -1;
         acc = (acc << 6) | (unsigned long)v;
