@@ -2,6 +2,7 @@
 #include "creds.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -13,11 +14,12 @@
 #include "tls.h"
 
 static const char send_usage[] =
-    "usage: lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL] [BODY]\n"
+    "usage: lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"
+    "                   [BODY | --array FILE]\n"
     "\n"
-    "Puts messages on the queue for lambdo: BODY, or else one body per non-blank line of\n"
-    "stdin (sent 10 at a time), each with the message attributes image, size and command\n"
-    "(DataType String). Every body and the attributes are checked by the daemon's own rules\n"
+    "Puts messages on the queue for lambdo: BODY, or each element of the JSON array in FILE,\n"
+    "or else one body per non-blank line of stdin (sent 10 at a time), each with the message\n"
+    "attributes image, size and command (DataType String). Every body and the attributes are checked by the daemon's own rules\n"
     "(strict JSON, a Fly size preset, a command that is a JSON array of strings) before\n"
     "anything is sent; bodies are sent byte for byte. Prints the MessageIds, one per line.\n"
     "\n"
@@ -26,10 +28,12 @@ static const char send_usage[] =
     "                   default " PRESET_DEFAULT ")\n"
     "  --command JSON   Docker CMD, a JSON array of strings: '[\"node\",\"index.js\"]'\n"
     "  --queue URL      queue URL (default: $LAMBDO_SQS_QUEUE_URL)\n"
+    "  --array FILE     send each element of the JSON array in FILE (- for stdin), its\n"
+    "                   exact bytes: large numbers are not rounded as with jq -c '.[]'\n"
     "\n"
     "Needs only the SQS configuration (AWS_*, SSL_CERT_FILE), no LAMBDO_FLY_* variable.\n"
-    "Exit status: 0 all sent, 1 SQS refused some (named by line), 2 usage or invalid input\n"
-    "(then nothing was sent).\n";
+    "Exit status: 0 all sent, 1 SQS refused some (named by line or element), 2 usage,\n"
+    "configuration or invalid input (then nothing was sent).\n";
 
 static const char check_usage[] =
     "usage: lambdo check\n"
@@ -37,7 +41,8 @@ static const char check_usage[] =
     "Checks the configuration, the CA bundle, the SQS queue (credentials, message counts,\n"
     "redrive policy) and the Fly app (token; not with LAMBDO_BACKEND=local), one line each:\n"
     "ok, warn or fail and why.\n"
-    "Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage.\n";
+    "Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or\n"
+    "configuration (every problem is named, one row each).\n";
 
 static const char *cli_getenv(const char *name, void *ctx)
 {
@@ -72,8 +77,8 @@ static int cli_opt(int argc, char **argv, int *i, const char *name, const char *
 
 int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e)
 {
-    static const char *const names[] = { "--image", "--size", "--command", "--queue" };
-    const char **slots[] = { &o->image, &o->size, &o->command, &o->queue };
+    static const char *const names[] = { "--image", "--size", "--command", "--queue", "--array" };
+    const char **slots[] = { &o->image, &o->size, &o->command, &o->queue, &o->array };
     int options = 1;
 
     memset(o, 0, sizeof *o);
@@ -91,7 +96,7 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
         }
         /* "-5" is a body (a JSON number), not an option */
         if (options && a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9')) {
-            for (size_t k = 0; k < 4 && r == 0; k++)
+            for (size_t k = 0; k < 5 && r == 0; k++)
                 r = cli_opt(argc, argv, &i, names[k], slots[k], e);
             if (r < 0)
                 return -1;
@@ -104,9 +109,17 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
                             "as lines on stdin)");
         o->body = a;
     }
+    if (o->body && o->array)
+        return lerr_set(e, LERR_INVALID, "BODY and --array: give one or the other");
     if (!o->image)
         return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
     return 0;
+}
+
+/* What a numbered body is called in messages. */
+static const char *cli_item(const struct cli_send_opts *o)
+{
+    return o->array ? "element" : "line";
 }
 
 static int cli_blank(const char *s, size_t n)
@@ -117,35 +130,87 @@ static int cli_blank(const char *s, size_t n)
     return 1;
 }
 
+/* A growing array of lines or elements. */
+struct cli_items {
+    const char *buf;
+    struct cli_line *v;
+    size_t n, cap;
+    int nomem;
+};
+
+static void cli_push(struct cli_items *it, size_t offset, size_t len, size_t lineno)
+{
+    if (it->nomem)
+        return;
+    if (it->n == it->cap) {
+        size_t ncap = it->cap ? it->cap * 2 : 64;
+        struct cli_line *p = realloc(it->v, ncap * sizeof *p);
+        if (!p) {
+            it->nomem = 1;
+            return;
+        }
+        it->v = p;
+        it->cap = ncap;
+    }
+    it->v[it->n++] = (struct cli_line){ it->buf + offset, len, lineno };
+}
+
+static int cli_items_done(struct cli_items *it, struct cli_line **out, size_t *n,
+                          struct lerr *e)
+{
+    if (it->nomem) {
+        free(it->v);
+        return lerr_set(e, LERR_NOMEM, "out of memory splitting the input");
+    }
+    *out = it->v;
+    *n = it->n;
+    return 0;
+}
+
 int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
                     struct lerr *e)
 {
-    struct cli_line *out = NULL;
-    size_t cap = 0, count = 0, lineno = 0, pos = 0;
+    struct cli_items it = { buf, NULL, 0, 0, 0 };
+    size_t lineno = 0, pos = 0;
 
     while (pos < len) {
         const char *nl = memchr(buf + pos, '\n', len - pos);
         size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
 
         lineno++;
-        if (!cli_blank(buf + pos, l)) {
-            if (count == cap) {
-                size_t ncap = cap ? cap * 2 : 64;
-                struct cli_line *p = realloc(out, ncap * sizeof *out);
-                if (!p) {
-                    free(out);
-                    return lerr_set(e, LERR_NOMEM, "out of memory splitting %zu lines", lineno);
-                }
-                out = p;
-                cap = ncap;
-            }
-            out[count++] = (struct cli_line){ buf + pos, l, lineno };
-        }
+        if (!cli_blank(buf + pos, l))
+            cli_push(&it, pos, l, lineno);
         pos += l + (nl ? 1 : 0);
     }
-    *lines = out;
-    *n = count;
-    return 0;
+    return cli_items_done(&it, lines, n, e);
+}
+
+static void cli_push_element(void *ctx, size_t offset, size_t len)
+{
+    struct cli_items *it = ctx;
+
+    cli_push(it, offset, len, it->n + 1);
+}
+
+int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
+                    struct lerr *e)
+{
+    struct cli_items it = { buf, NULL, 0, 0, 0 };
+    const char *why;
+    size_t at = 0;
+
+    if (group_json_items(buf, len, cli_push_element, &it, &at, &why) < 0) {
+        free(it.v);
+        return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
+    }
+    while (buf[at] == ' ' || buf[at] == '\t' || buf[at] == '\r' || buf[at] == '\n')
+        at++;  /* valid JSON: a value follows */
+    if (buf[at] != '[') {
+        free(it.v);
+        return lerr_set(e, LERR_INVALID, "not a JSON array (to send one body, give it as "
+                        "BODY)");
+    }
+    return cli_items_done(&it, items, n, e);
 }
 
 void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
@@ -192,7 +257,7 @@ int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, 
         r = lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
                      "SQS's limit of %d", sqs_send_size(&en), SQS_MAX_MESSAGE_BYTES);
     if (r < 0 && lineno > 0)
-        lerr_wrap(e, "line %zu", lineno);
+        lerr_wrap(e, "%s %zu", cli_item(o), lineno);
     return r;
 }
 
@@ -371,7 +436,7 @@ static void cli_net_close(struct cli_net *net)
  * send
  * ==================================================================================== */
 
-static int cli_read_all(int fd, char **out, size_t *len, struct lerr *e)
+static int cli_read_all(int fd, const char *name, char **out, size_t *len, struct lerr *e)
 {
     size_t cap = 0, n = 0;
     char *buf = NULL;
@@ -384,13 +449,13 @@ static int cli_read_all(int fd, char **out, size_t *len, struct lerr *e)
             char *p;
             if (cap >= CLI_MAX_INPUT) {
                 free(buf);
-                return lerr_set(e, LERR_TOO_LARGE, "stdin is too large (at most %u MiB)",
-                                CLI_MAX_INPUT >> 20);
+                return lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)",
+                                name, CLI_MAX_INPUT >> 20);
             }
             p = realloc(buf, ncap < CLI_MAX_INPUT ? ncap : CLI_MAX_INPUT);
             if (!p) {
                 free(buf);
-                return lerr_set(e, LERR_NOMEM, "out of memory reading stdin");
+                return lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
             }
             buf = p;
             cap = ncap < CLI_MAX_INPUT ? ncap : CLI_MAX_INPUT;
@@ -402,7 +467,7 @@ static int cli_read_all(int fd, char **out, size_t *len, struct lerr *e)
             continue;
         if (r < 0) {
             free(buf);
-            return lerr_set(e, LERR_IO, "reading stdin: %s", strerror(errno));
+            return lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
         }
         n += (size_t)r;
     }
@@ -425,16 +490,19 @@ static size_t send_report_invalid(const struct cli_send_opts *o, const struct cl
             fprintf(stderr, "lambdo send: %s\n", e.msg);
     }
     if (bad > CLI_MAX_REPORTED)
-        fprintf(stderr, "lambdo send: ... and %zu more invalid lines\n", bad - CLI_MAX_REPORTED);
+        fprintf(stderr, "lambdo send: ... and %zu more invalid %ss\n", bad - CLI_MAX_REPORTED,
+                cli_item(o));
     return bad;
 }
 
 /* What became of one batch: MessageIds on stdout, the lines not sent on stderr (one line
  * when they all failed for the same reason, as when the whole request was refused).
  * Returns how many were sent. */
-static size_t send_report_batch(const struct sqs_send_entry *en, const struct cli_line *lines,
-                                size_t k)
+static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_send_entry *en,
+                                const struct cli_line *lines, size_t k)
 {
+    const char *item = cli_item(o);
+
     size_t sent = 0, same = 1;
 
     for (size_t i = 0; i < k; i++) {
@@ -447,18 +515,18 @@ static size_t send_report_batch(const struct sqs_send_entry *en, const struct cl
     }
     fflush(stdout);
     if (sent == 0 && k > 1 && same) {
-        fprintf(stderr, "lambdo send: lines %zu to %zu not sent: %s: %s\n", lines[0].lineno,
-                lines[k - 1].lineno, en[0].code, en[0].message);
+        fprintf(stderr, "lambdo send: %ss %zu to %zu not sent: %s: %s\n", item,
+                lines[0].lineno, lines[k - 1].lineno, en[0].code, en[0].message);
         return 0;
     }
     for (size_t i = 0; i < k; i++) {
         if (en[i].status == SQS_ENTRY_OK)
             continue;
         if (en[i].message_id[0])
-            fprintf(stderr, "lambdo send: line %zu: sent as message %s, but %s: %s\n",
+            fprintf(stderr, "lambdo send: %s %zu: sent as message %s, but %s: %s\n", item,
                     lines[i].lineno, en[i].message_id, en[i].code, en[i].message);
         else
-            fprintf(stderr, "lambdo send: line %zu: not sent: %s: %s\n", lines[i].lineno,
+            fprintf(stderr, "lambdo send: %s %zu: not sent: %s: %s\n", item, lines[i].lineno,
                     en[i].code, en[i].message);
     }
     return sent;
@@ -481,11 +549,11 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
         for (size_t i = 0; i < k; i++)
             cli_entry(o, lines[start + i].body, lines[start + i].len, &en[i]);
         (void)sqs_send_batch(c, en, k, &e);  /* each entry says what happened to it */
-        sent = send_report_batch(en, lines + start, k);
+        sent = send_report_batch(o, en, lines + start, k);
         unsent += k - sent;
         start += k;
         if (sent == 0 && start < n) {
-            fprintf(stderr, "lambdo send: stopping: lines %zu to %zu not tried\n",
+            fprintf(stderr, "lambdo send: stopping: %ss %zu to %zu not tried\n", cli_item(o),
                     lines[start].lineno, lines[n - 1].lineno);
             unsent += n - start;
             break;
@@ -530,6 +598,30 @@ static int send_one(const struct cli_send_opts *o, const struct config *cfg)
     return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILED;
 }
 
+/* The bodies: the lines of stdin, or the elements of the --array file. */
+static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
+                      struct cli_line **items, size_t *n, struct lerr *e)
+{
+    const char *name = o->array && strcmp(o->array, "-") != 0 ? o->array : "stdin";
+    int fd = name == o->array ? open(name, O_RDONLY | O_CLOEXEC) : STDIN_FILENO, rc;
+
+    if (fd < 0)
+        return lerr_set(e, LERR_IO, "cannot open %s: %s", name, strerror(errno));
+    if (fd == STDIN_FILENO && isatty(fd))  /* a person, not a pipe: say what is awaited */
+        fprintf(stderr, "lambdo send: reading %s from stdin (end with Ctrl-D)\n",
+                o->array ? "a JSON array" : "bodies, one per line,");
+    rc = cli_read_all(fd, name, buf, len, e);
+    if (fd != STDIN_FILENO)
+        close(fd);
+    if (rc < 0)
+        return -1;
+    if (!o->array)
+        return cli_split_lines(*buf, *len, items, n, e);
+    if (cli_split_array(*buf, *len, items, n, e) < 0)
+        return lerr_wrap(e, "%s", name);
+    return 0;
+}
+
 static int send_lines(const struct cli_send_opts *o, const struct config *cfg)
 {
     struct cli_line *lines = NULL;
@@ -540,21 +632,19 @@ static int send_lines(const struct cli_send_opts *o, const struct config *cfg)
     int rc = CLI_EXIT_USAGE;
 
     memset(&net, 0, sizeof net);
-    if (isatty(STDIN_FILENO))  /* a person, not a pipe: say what is awaited */
-        fprintf(stderr, "lambdo send: reading bodies from stdin, one per line (end with "
-                "Ctrl-D)\n");
-    if (cli_read_all(STDIN_FILENO, &buf, &len, &e) < 0 ||
-        cli_split_lines(buf, len, &lines, &n, &e) < 0) {
+    if (send_input(o, &buf, &len, &lines, &n, &e) < 0) {
         fprintf(stderr, "lambdo send: %s\n", e.msg);
         goto out;
     }
     bad = send_report_invalid(o, lines, n);
     if (bad > 0) {
-        fprintf(stderr, "lambdo send: %zu of %zu lines invalid; nothing was sent\n", bad, n);
+        fprintf(stderr, "lambdo send: %zu of %zu %ss invalid; nothing was sent\n", bad, n,
+                cli_item(o));
         goto out;
     }
     if (n == 0) {
-        fprintf(stderr, "lambdo send: nothing to send (no BODY, and no line on stdin)\n");
+        fprintf(stderr, "lambdo send: nothing to send (%s)\n", o->array ? "the array is empty"
+                : "no BODY, and no line on stdin");
         rc = CLI_EXIT_OK;
         goto out;
     }
@@ -576,11 +666,12 @@ out:
 int cli_send(int argc, char **argv)
 {
     struct cli_send_opts o;
+    struct config_errors errs;
     struct config cfg;
     struct lerr e;
 
     if (cli_send_args(argc, argv, &o, &e) < 0) {
-        fprintf(stderr, "lambdo send: %s\n\n%s", e.msg, send_usage);
+        fprintf(stderr, "lambdo send: %s (see lambdo send --help)\n", e.msg);
         return CLI_EXIT_USAGE;
     }
     if (o.help) {
@@ -591,12 +682,15 @@ int cli_send(int argc, char **argv)
         fprintf(stderr, "lambdo send: %s; nothing was sent\n", e.msg);
         return CLI_EXIT_USAGE;
     }
-    if (config_load_sqs(&cfg, o.queue, cli_getenv, NULL, &e) < 0) {
+    if (config_load_sqs(&cfg, o.queue, cli_getenv, NULL, &errs) < 0) {
         static const char var[] = "LAMBDO_SQS_QUEUE_URL";
-        if (o.queue && strncmp(e.msg, var, sizeof var - 1) == 0)  /* it came from --queue */
-            fprintf(stderr, "lambdo send: --queue%s\n", e.msg + sizeof var - 1);
-        else
-            fprintf(stderr, "lambdo send: configuration: %s\n", e.msg);
+        for (size_t i = 0; i < errs.n; i++) {
+            const char *msg = errs.line[i].msg;
+            if (o.queue && strncmp(msg, var, sizeof var - 1) == 0)  /* it came from --queue */
+                fprintf(stderr, "lambdo send: --queue%s\n", msg + sizeof var - 1);
+            else
+                fprintf(stderr, "lambdo send: configuration: %s\n", msg);
+        }
         return CLI_EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
@@ -682,6 +776,7 @@ static int check_fly(const struct config *cfg, struct cli_net *net)
 
 int cli_check(int argc, char **argv)
 {
+    struct config_errors errs;
     struct cli_net net;
     struct config cfg;
     struct lerr e;
@@ -692,12 +787,14 @@ int cli_check(int argc, char **argv)
             fputs(check_usage, stdout);
             return CLI_EXIT_OK;
         }
-        fprintf(stderr, "lambdo check: unknown argument \"%.40s\"\n\n%s", argv[i], check_usage);
+        fprintf(stderr, "lambdo check: unknown argument \"%.40s\" (see lambdo check --help)\n",
+                argv[i]);
         return CLI_EXIT_USAGE;
     }
-    if (config_load(&cfg, cli_getenv, NULL, &e) < 0) {
-        cli_row(stdout, CLI_FAIL, "config", e.msg);
-        return CLI_EXIT_FAILED;
+    if (config_load(&cfg, cli_getenv, NULL, &errs) < 0) {
+        for (size_t i = 0; i < errs.n; i++)
+            cli_row(stdout, CLI_FAIL, "config", errs.line[i].msg);
+        return CLI_EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
     check_config(&cfg);
@@ -708,7 +805,9 @@ int cli_check(int argc, char **argv)
         failed = 1;
     } else {
         failed |= check_queue(&cfg, &net) < 0;
-        if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
+        if (cfg.backend_local && config_warning(&cfg))
+            cli_row(stdout, CLI_WARN, "backend", config_warning(&cfg));
+        else if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
             cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
                     "host; no Fly API to check");
         else

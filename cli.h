@@ -2,8 +2,10 @@
  * cli.h - the subcommands `lambdo send` and `lambdo check`.
  *
  * send puts messages on the queue with the message attributes lambdo reads (image, size,
- * command; DataType String): BODY, or one body per non-blank line of stdin, sent with
- * SendMessageBatch 10 at a time. Every body, with the attributes, is checked by the
+ * command; DataType String): BODY, one body per non-blank line of stdin, or (--array FILE)
+ * one body per element of the JSON array in FILE ("-": stdin), sent with SendMessageBatch
+ * 10 at a time. An element is sent as its exact bytes: no tool that rounds large numbers
+ * (jq 1.6 does) needs to split the array first. Every body, with the attributes, is checked by the
  * daemon's own rule (group_check) and against what SQS accepts before anything is sent,
  * so a message lambdo would refuse never reaches the queue; bodies go byte for byte
  * (sqs.h's send requests never re-serialize them). Only the SQS half of the configuration
@@ -14,7 +16,8 @@
  * (Apps_show: token, app; not with LAMBDO_BACKEND=local), printing one aligned line per
  * check, ok, warn or fail, with the reason. Secrets never appear in the output.
  *
- * Exit statuses: 0 ok, 1 failure (SQS refused, a check failed), 2 usage or input error.
+ * Exit statuses: 0 ok, 1 failure (SQS refused, a check failed), 2 usage, configuration or
+ * input error. A usage error is one line pointing at --help.
  * The pure parts (arguments, lines, checks, batching, the table's reasons) are exposed for
  * tests/t_cli.c.
  */
@@ -45,14 +48,15 @@ struct cli_send_opts {
     const char *size;     /* --size, or NULL */
     const char *command;  /* --command (JSON text), or NULL */
     const char *queue;    /* --queue, or NULL for LAMBDO_SQS_QUEUE_URL */
-    const char *body;     /* BODY, or NULL: read the bodies from stdin */
+    const char *array;    /* --array FILE ("-": stdin), or NULL */
+    const char *body;     /* BODY, or NULL: read the bodies from stdin or the array */
     int help;             /* -h or --help was given: nothing else is checked */
 };
 
 /* Parses argv[1..argc) ("--image I" or "--image=I"; "--" ends the options; an argument
  * starting with '-' and a digit is a BODY, a negative number). Returns 0, or -1 with e
  * set (LERR_INVALID: an unknown option, a missing value, an option given twice, a second
- * BODY, no --image). */
+ * BODY, BODY with --array, no --image). */
 int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e);
 
 /* A line of the input: body_len bytes (its '\n' left out, anything else kept: a '\r'
@@ -69,6 +73,13 @@ struct cli_line {
 int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
                     struct lerr *e);
 
+/* Splits buf, a JSON array, into its elements, numbered from 1 in lineno, each its exact
+ * bytes. *items is a new array to free() (NULL when *n is 0) pointing into buf. Returns 0,
+ * or -1 with e set: LERR_INVALID "not valid JSON (at byte 7: ...)" or "not a JSON array
+ * (it is an object)", LERR_NOMEM. */
+int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
+                    struct lerr *e);
+
 /* Checks the attributes alone: --image present, then group_check's rules on image, size
  * and command (with the body "null"), and that the command is text SQS accepts. Returns
  * 0, or -1 with e set (LERR_INVALID), e.g. "attribute command: element 2 is not a string
@@ -76,8 +87,8 @@ int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e);
 
 /* Checks one body with the flags' attributes, by the daemon's rules (group_check) and
- * SQS's (sqs_text_check, the size limit). lineno > 0 prefixes the reason with "line N: ",
- * e.g. "line 3: body is not valid JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
+ * SQS's (sqs_text_check, the size limit). lineno > 0 prefixes the reason with "line N: "
+ * (with --array "element N: "), e.g. "line 3: body is not valid JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e);
 

@@ -1,5 +1,6 @@
 #include "config.h"
 #include "creds.h"
+#include "group.h"
 #include "metrics.h"
 #include "local.h"
 
@@ -8,6 +9,14 @@
 #include <string.h>
 
 #define DEFAULT_FLY_API "https://api.machines.dev"
+
+/* Each check below looks at one variable and returns 0, or -1 with e set; the loader keeps
+ * every failure and goes on, so that one run names every problem. */
+static void note(struct config_errors *errs, int rc, const struct lerr *e)
+{
+    if (rc < 0 && errs->n < CONFIG_MAX_ERRORS)
+        errs->line[errs->n++] = *e;
+}
 
 /* The first of two variable names that is set and non-empty wins. *which names it,
  * so that an error talks about the variable the user actually set. */
@@ -34,42 +43,83 @@ static int has_control(const char *s)
     return 0;
 }
 
-static int load_int(config_getenv_fn get, void *ctx, const char *name, int lo, int hi, int dflt,
-                    int *out, struct lerr *e)
+/* The numbers: unset gives the default; set (even to "") it must be a whole number from
+ * lo to hi, or with rate a positive number of requests per second. */
+static const struct number {
+    const char *name;
+    size_t off;  /* of the int, or with rate the double, in struct config */
+    int lo, hi;
+    double dflt;
+    int rate;
+} numbers[] = {
+#define AT(field) offsetof(struct config, field)
+    { "LAMBDO_SQS_LONG_POLL_SECONDS", AT(long_poll_seconds), 0, 20, 10, 0 },
+    { "LAMBDO_VISIBILITY_TIMEOUT", AT(visibility_timeout), 1, 43200, 30, 0 },
+    { "LAMBDO_RETRY_DELAY", AT(retry_delay), 0, 43200, 0, 0 },
+    { "LAMBDO_MACHINE_TIMEOUT", AT(machine_timeout), 1, 7 * 86400, 0, 0 },
+    { "LAMBDO_MAX_MACHINES", AT(max_machines), 1, 1000, 10, 0 },
+    { "LAMBDO_FLY_CREATE_RATE", AT(fly_create_rate), 0, 0, 1, 1 },
+    { "LAMBDO_FLY_CREATE_BURST", AT(fly_create_burst), 1, 10000, 3, 0 },
+    { "LAMBDO_FLY_GET_RATE", AT(fly_get_rate), 0, 0, 5, 1 },
+    { "LAMBDO_FLY_GET_BURST", AT(fly_get_burst), 1, 10000, 10, 0 },
+    { "LAMBDO_MAX_EVENTS_BYTES", AT(max_events_bytes), 1024, 64 << 20, 1 << 20, 0 },
+    { "LAMBDO_SHUTDOWN_TIMEOUT", AT(shutdown_timeout), 0, 3600, 0, 0 },
+    { "LAMBDO_BATCH_WINDOW_MS", AT(batch_window_ms), 0, 600000, 0, 0 },
+    /* after the window: with one, groups fill up to GROUP_MAX_PER_MACHINE */
+    { "LAMBDO_EVENTS_PER_MACHINE", AT(events_per_machine), 1, 10, 5, 0 },
+};
+
+static int load_number(struct config *c, const struct number *n, config_getenv_fn get,
+                       void *ctx, struct lerr *e)
+{
+    const char *v = get(n->name, ctx);
+    void *dst = (char *)c + n->off;
+    int hi = n->off == AT(events_per_machine) && c->batch_window_ms ? GROUP_MAX_PER_MACHINE
+                                                                    : n->hi;
+    char *end = NULL;
+    double d = n->dflt;
+    long l = (long)n->dflt;
+
+    if (v && n->rate) {
+        d = strtod(v, &end);
+        if (!isdigit((unsigned char)v[0]) || *end || !(d > 0) || d > 1e6)
+            return lerr_set(e, LERR_INVALID, "%s: must be a positive number of requests per "
+                            "second, got \"%.40s\"", n->name, v);
+    } else if (v) {
+        l = strtol(v, &end, 10);
+        if (!isdigit((unsigned char)v[0]) || *end || l < n->lo || l > hi)
+            return lerr_set(e, LERR_INVALID, "%s: must be a whole number from %d to %d, got "
+                            "\"%.40s\"", n->name, n->lo, hi, v);
+    }
+    if (n->rate)
+        *(double *)dst = d;
+    else
+        *(int *)dst = (int)l;
+    return 0;
+}
+#undef AT
+
+/* A word with two meanings: unset is the first; *second says whether it is the second. */
+static int load_word(config_getenv_fn get, void *ctx, const char *name, const char *first,
+                     const char *second, int *is_second, struct lerr *e)
 {
     const char *v = get(name, ctx);
-    char *end;
-    long n;
 
-    if (!v || !*v) {
-        *out = dflt;
-        return 0;
-    }
-    n = strtol(v, &end, 10);
-    if (!isdigit((unsigned char)v[0]) || *end || n < lo || n > hi)
-        return lerr_set(e, LERR_INVALID, "%s: must be a whole number from %d to %d, got \"%.40s\"",
-                        name, lo, hi, v);
-    *out = (int)n;
+    *is_second = v && strcmp(v, second) == 0;
+    if (v && !*is_second && strcmp(v, first) != 0)
+        return lerr_set(e, LERR_INVALID, "%s: must be %s or %s, got \"%.20s\"", name, first,
+                        second, v);
     return 0;
 }
 
-/* A positive rate such as "1", "0.5" or "20". */
-static int load_rate(config_getenv_fn get, void *ctx, const char *name, double dflt, double *out,
-                     struct lerr *e)
+static int load_log_level(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
-    const char *v = get(name, ctx);
-    char *end;
-    double d;
+    const char *level = get("LAMBDO_LOG_LEVEL", ctx);
 
-    if (!v || !*v) {
-        *out = dflt;
-        return 0;
-    }
-    d = strtod(v, &end);
-    if (!isdigit((unsigned char)v[0]) || *end || !(d > 0) || d > 1e6)
-        return lerr_set(e, LERR_INVALID, "%s: must be a positive number of requests per second, "
-                        "got \"%.40s\"", name, v);
-    *out = d;
+    c->log_level = LOG_LEVEL_INFO;
+    if (level && log_level_parse(level, &c->log_level) < 0)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_LOG_LEVEL: must be debug, info, warn or error, "
+                        "got \"%.20s\"", level);
     return 0;
 }
 
@@ -106,43 +156,90 @@ static int region_from_host(const char *host, char *out, size_t cap)
     return 0;
 }
 
-static int load_sqs(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+/* AWS serves SQS over https only: plain http there would be refused, or worse, answered. */
+static int aws_plain_http(const struct url *u)
 {
-    const char *which, *v;
+    size_t n = strlen(u->host);
 
+    return !u->tls && ((n > 14 && strcmp(u->host + n - 14, ".amazonaws.com") == 0) ||
+                       (n > 17 && strcmp(u->host + n - 17, ".amazonaws.com.cn") == 0));
+}
+
+static int load_queue(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
     c->queue_url = get("LAMBDO_SQS_QUEUE_URL", ctx);
     if (!c->queue_url || !*c->queue_url)
         return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: required, not set");
     if (url_parse(c->queue_url, &c->queue, e) < 0)
         return lerr_wrap(e, "LAMBDO_SQS_QUEUE_URL");
+    if (aws_plain_http(&c->queue))
+        return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: http:// to AWS: use https://");
     if (strcmp(c->queue.path, "/") == 0)
         return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path (expected "
                         "https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
+    return 0;
+}
+
+static int load_endpoint(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
+    const char *which, *v = pick(get, ctx, "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL", &which);
+
     c->sqs_endpoint = c->queue;
     strcpy(c->sqs_endpoint.path, "/");
-    v = pick(get, ctx, "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL", &which);
-    if (v) {
-        if (url_parse(v, &c->sqs_endpoint, e) < 0)
-            return lerr_wrap(e, "%s", which);
-        c->sqs_endpoint_overridden = 1;
-    }
-    v = pick(get, ctx, "AWS_REGION", "AWS_DEFAULT_REGION", &which);
+    if (!v)
+        return 0;
+    if (url_parse(v, &c->sqs_endpoint, e) < 0)
+        return lerr_wrap(e, "%s", which);
+    if (aws_plain_http(&c->sqs_endpoint))
+        return lerr_set(e, LERR_INVALID, "%s: http:// to AWS: use https://", which);
+    c->sqs_endpoint_overridden = 1;
+    return 0;
+}
+
+/* The signing region: AWS_REGION, else the queue's, else the AWS config file's. One that
+ * disagrees with an AWS queue URL would only get every request refused. */
+static int load_region(struct config *c, int queue_ok, config_getenv_fn get, void *ctx,
+                       struct lerr *e)
+{
+    const char *which, *v = pick(get, ctx, "AWS_REGION", "AWS_DEFAULT_REGION", &which);
+    char host_region[sizeof c->aws_region];
+    int in_host = queue_ok && region_from_host(c->queue.host, host_region,
+                                               sizeof host_region) == 0;
+    int found;
+
     if (v) {
         if (strlen(v) >= sizeof c->aws_region || has_control(v) || strchr(v, '/') || strchr(v, ' '))
             return lerr_set(e, LERR_INVALID, "%s: \"%.40s\" is not a region name", which, v);
+        if (in_host && strcmp(v, host_region) != 0)
+            return lerr_set(e, LERR_INVALID, "%s: \"%s\", but the queue URL is in %s: set it "
+                            "to %s or unset it", which, v, host_region, host_region);
         strcpy(c->aws_region, v);
-    } else if (region_from_host(c->queue.host, c->aws_region, sizeof c->aws_region) < 0) {
-        /* The signing region must be the queue's: the AWS config file's region comes last. */
-        int found = creds_config_region(get, ctx, c->aws_region, sizeof c->aws_region, e);
-        if (found < 0)
-            return -1;
-        if (found == 0)
-            return lerr_set(e, LERR_INVALID, "AWS_REGION: not set, the queue URL host \"%s\" "
-                            "does not name a region, and the AWS config file names none",
-                            c->queue.host);
+        return 0;
     }
-    /* Credentials are resolved by creds.c (environment, web identity, shared files). */
-    return 0;
+    if (in_host) {
+        strcpy(c->aws_region, host_region);
+        return 0;
+    }
+    if (!queue_ok)  /* the queue URL's own error says enough */
+        return 0;
+    found = creds_config_region(get, ctx, c->aws_region, sizeof c->aws_region, e);
+    if (found == 0)
+        return lerr_set(e, LERR_INVALID, "AWS_REGION: not set, the queue URL host \"%s\" "
+                        "does not name a region, and the AWS config file names none",
+                        c->queue.host);
+    return found < 0 ? -1 : 0;
+}
+
+/* Credentials are resolved by creds.c (environment, web identity, shared files). */
+static void load_sqs(struct config *c, config_getenv_fn get, void *ctx,
+                     struct config_errors *errs)
+{
+    struct lerr e;
+    int queue_ok = load_queue(c, get, ctx, &e) == 0;
+
+    note(errs, queue_ok ? 0 : -1, &e);
+    note(errs, load_endpoint(c, get, ctx, &e), &e);
+    note(errs, load_region(c, queue_ok, get, ctx, &e), &e);
 }
 
 static int valid_name(const char *s, size_t maxlen)
@@ -163,7 +260,7 @@ static int add_region(struct config *c, const char *which, const char *name, siz
     char *dst = c->region_buf + *used;
 
     if (len == 0)
-        return 0;
+        return lerr_set(e, LERR_INVALID, "%s: has an empty item (a comma too many)", which);
     if (len >= sizeof c->region_buf - *used || c->num_regions == CONFIG_MAX_REGIONS)
         return lerr_set(e, LERR_INVALID, "%s: too many regions (at most %d)", which,
                         CONFIG_MAX_REGIONS);
@@ -180,76 +277,77 @@ static int add_region(struct config *c, const char *which, const char *name, siz
     return 0;
 }
 
-static int load_regions(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+/* "ord, ewr": items trimmed of spaces, none empty. */
+static int load_region_list(struct config *c, size_t *used, config_getenv_fn get, void *ctx,
+                            struct lerr *e)
 {
-    const char *which, *primary = pick(get, ctx, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
-    const char *list = get("LAMBDO_FLY_REGIONS", ctx);
-    size_t used = 0;
+    const char *p = get("LAMBDO_FLY_REGIONS", ctx);
 
-    if (primary && add_region(c, which, primary, strlen(primary), &used, e) < 0)
-        return -1;
-    for (const char *p = list; p && *p;) {
+    while (p && *p) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         while (len && *p == ' ')
             p++, len--;
         while (len && p[len - 1] == ' ')
             len--;
-        if (add_region(c, "LAMBDO_FLY_REGIONS", p, len, &used, e) < 0)
+        if (add_region(c, "LAMBDO_FLY_REGIONS", p, len, used, e) < 0)
             return -1;
-        p = comma ? comma + 1 : p + len;
         if (!comma)
             break;
+        p = comma + 1;
+        if (!*p)
+            return add_region(c, "LAMBDO_FLY_REGIONS", p, 0, used, e);
     }
-    if (c->num_regions == 0)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_REGION (or FLY_REGION): required unless "
-                        "LAMBDO_FLY_REGIONS is set");
     return 0;
 }
 
-static int load_fly(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static void load_regions(struct config *c, config_getenv_fn get, void *ctx,
+                         struct config_errors *errs)
+{
+    const char *which, *primary = pick(get, ctx, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
+    size_t used = 0, before = errs->n;
+    struct lerr e;
+
+    if (primary)
+        note(errs, add_region(c, which, primary, strlen(primary), &used, &e), &e);
+    note(errs, load_region_list(c, &used, get, ctx, &e), &e);
+    if (c->num_regions == 0 && errs->n == before)
+        note(errs, lerr_set(&e, LERR_INVALID, "LAMBDO_FLY_REGION (or FLY_REGION): required "
+                            "unless LAMBDO_FLY_REGIONS is set"), &e);
+}
+
+static int load_app(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
     const char *which;
 
-    if (load_secret(get, ctx, "LAMBDO_FLY_TOKEN", "FLY_API_TOKEN", &c->fly_token, e) < 0)
-        return -1;
     c->fly_app = pick(get, ctx, "LAMBDO_FLY_APP", "FLY_APP_NAME", &which);
     if (!c->fly_app)
         return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_APP (or FLY_APP_NAME): required, not set");
     if (!valid_name(c->fly_app, 63))
         return lerr_set(e, LERR_INVALID, "%s: \"%.64s\" is not a Fly app name (lowercase "
                         "letters, digits and dashes)", which, c->fly_app);
+    return 0;
+}
+
+static int load_fly_api(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+{
     c->fly_api_url = get("LAMBDO_FLY_API_URL", ctx);
     if (!c->fly_api_url || !*c->fly_api_url)
         c->fly_api_url = DEFAULT_FLY_API;
     if (url_parse(c->fly_api_url, &c->fly_api, e) < 0)
         return lerr_wrap(e, "LAMBDO_FLY_API_URL");
-    return load_regions(c, get, ctx, e);
+    return 0;
 }
 
-static int load_delivery(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static void load_fly(struct config *c, config_getenv_fn get, void *ctx,
+                     struct config_errors *errs)
 {
-    const char *ack = get("LAMBDO_ACK", ctx);
+    struct lerr e;
 
-    c->ack_on_exit = 0;
-    if (ack && *ack && strcmp(ack, "exit") == 0)
-        c->ack_on_exit = 1;
-    else if (ack && *ack && strcmp(ack, "create") != 0)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_ACK: must be create or exit, got \"%.20s\"", ack);
-    if (load_int(get, ctx, "LAMBDO_RETRY_DELAY", 0, 43200, 0, &c->retry_delay, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_MACHINE_TIMEOUT", 1, 7 * 86400, 0, &c->machine_timeout, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_MAX_MACHINES", 1, 1000, 10, &c->max_machines, e) < 0 ||
-        load_rate(get, ctx, "LAMBDO_FLY_CREATE_RATE", 1, &c->fly_create_rate, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_FLY_CREATE_BURST", 1, 10000, 3, &c->fly_create_burst, e) < 0 ||
-        load_rate(get, ctx, "LAMBDO_FLY_GET_RATE", 5, &c->fly_get_rate, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_FLY_GET_BURST", 1, 10000, 10, &c->fly_get_burst, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_MAX_EVENTS_BYTES", 1024, 64 << 20, 1 << 20, &c->max_events_bytes, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_SHUTDOWN_TIMEOUT", 0, 3600, 0, &c->shutdown_timeout, e) < 0)
-        return -1;
-    if (load_int(get, ctx, "LAMBDO_BATCH_WINDOW_MS", 0, 600000, 0, &c->batch_window_ms, e) < 0)
-        return -1;
-    return load_int(get, ctx, "LAMBDO_EVENTS_PER_MACHINE", 1, c->batch_window_ms ? 1000 : 10, 5,
-                    &c->events_per_machine, e);
+    note(errs, load_secret(get, ctx, "LAMBDO_FLY_TOKEN", "FLY_API_TOKEN", &c->fly_token, &e), &e);
+    note(errs, load_app(c, get, ctx, &e), &e);
+    note(errs, load_fly_api(c, get, ctx, &e), &e);
+    load_regions(c, get, ctx, errs);
 }
 
 /* `lambdo send --queue URL` names the queue on the command line instead. */
@@ -268,23 +366,20 @@ static const char *get_with_queue(const char *name, void *ctx)
     return o->get(name, o->ctx);
 }
 
-static int load_misc(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+/* What both loaders need: logging, TLS, delivery numbers. */
+static void load_misc(struct config *c, config_getenv_fn get, void *ctx,
+                      struct config_errors *errs)
 {
-    const char *env = get("LAMBDO_ENV", ctx), *level = get("LAMBDO_LOG_LEVEL", ctx);
+    struct lerr e;
 
-    if (load_int(get, ctx, "LAMBDO_SQS_LONG_POLL_SECONDS", 0, 20, 10, &c->long_poll_seconds, e) < 0 ||
-        load_int(get, ctx, "LAMBDO_VISIBILITY_TIMEOUT", 1, 43200, 30, &c->visibility_timeout, e) < 0 ||
-        load_delivery(c, get, ctx, e) < 0)
-        return -1;
-    c->json_logs = env && strcmp(env, "production") == 0;
-    c->log_level = LOG_LEVEL_INFO;
-    if (level && *level && log_level_parse(level, &c->log_level) < 0)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_LOG_LEVEL: must be debug, info, warn or error, "
-                        "got \"%.20s\"", level);
+    note(errs, load_word(get, ctx, "LAMBDO_ENV", "local", "production", &c->json_logs, &e), &e);
+    note(errs, load_log_level(c, get, ctx, &e), &e);
+    note(errs, load_word(get, ctx, "LAMBDO_ACK", "create", "exit", &c->ack_on_exit, &e), &e);
+    for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
+        note(errs, load_number(c, &numbers[i], get, ctx, &e), &e);
     c->ca_file = get("SSL_CERT_FILE", ctx);
     if (c->ca_file && !*c->ca_file)
         c->ca_file = NULL;
-    return 0;
 }
 
 /* Checked here, so that a bad address stops lambdo before any network call; the port
@@ -304,13 +399,8 @@ static int load_metrics(struct config *c, config_getenv_fn get, void *ctx, struc
 }
 
 /* LAMBDO_BACKEND=local runs groups on this host: no Fly variable is needed then. */
-static int load_backend(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int load_local_command(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
-    const char *b = get("LAMBDO_BACKEND", ctx);
-
-    c->backend_local = b && strcmp(b, "local") == 0;
-    if (b && *b && !c->backend_local && strcmp(b, "fly") != 0)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_BACKEND: must be fly or local, got \"%.20s\"", b);
     c->local_command = get("LAMBDO_LOCAL_COMMAND", ctx);
     if (c->local_command && !*c->local_command)
         c->local_command = NULL;
@@ -321,24 +411,45 @@ static int load_backend(struct config *c, config_getenv_fn get, void *ctx, struc
     return 0;
 }
 
-int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static void config_start(struct config *c, struct config_errors *errs)
 {
     memset(c, 0, sizeof *c);
-    if (load_misc(c, get, ctx, e) < 0 || load_backend(c, get, ctx, e) < 0 ||
-        load_sqs(c, get, ctx, e) < 0 || (!c->backend_local && load_fly(c, get, ctx, e) < 0) ||
-        load_metrics(c, get, ctx, e) < 0)
-        return -1;
-    return 0;
+    errs->n = 0;
+}
+
+int config_load(struct config *c, config_getenv_fn get, void *ctx, struct config_errors *errs)
+{
+    struct lerr e;
+    int backend_ok;
+
+    config_start(c, errs);
+    load_misc(c, get, ctx, errs);
+    backend_ok = load_word(get, ctx, "LAMBDO_BACKEND", "fly", "local", &c->backend_local, &e) == 0;
+    note(errs, backend_ok ? 0 : -1, &e);
+    if (backend_ok)  /* a misspelt "local" should not ask for Fly variables */
+        note(errs, load_local_command(c, get, ctx, &e), &e);
+    load_sqs(c, get, ctx, errs);
+    if (backend_ok && !c->backend_local)
+        load_fly(c, get, ctx, errs);
+    note(errs, load_metrics(c, get, ctx, &e), &e);
+    return errs->n ? -1 : 0;
 }
 
 int config_load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
-                    struct lerr *e)
+                    struct config_errors *errs)
 {
     struct queue_override o = { queue_url, get, ctx };
 
-    memset(c, 0, sizeof *c);
-    if (load_misc(c, get, ctx, e) < 0 || load_sqs(c, queue_url ? get_with_queue : get,
-                                                   queue_url ? (void *)&o : ctx, e) < 0)
-        return -1;
-    return 0;
+    config_start(c, errs);
+    load_misc(c, get, ctx, errs);
+    load_sqs(c, queue_url ? get_with_queue : get, queue_url ? (void *)&o : ctx, errs);
+    return errs->n ? -1 : 0;
+}
+
+const char *config_warning(const struct config *c)
+{
+    if (c->backend_local && !c->local_command)
+        return "LAMBDO_LOCAL_COMMAND: not set, so every message without a command attribute "
+               "fails (set it to the command for those, a JSON array)";
+    return NULL;
 }

@@ -2,8 +2,12 @@
  * config.h - lambdo's configuration, read once from the environment at start-up.
  *
  * This is the only global state lambdo has, and it is immutable after config_load().
- * Every problem is found before any network call, and reported as one line naming the
- * variable and what is wrong with it; secret values are never echoed.
+ * Every problem is found before any network call, all of them in one run, each reported
+ * as one line naming the variable and what is wrong with it; secret values are never
+ * echoed. A variable set to "" counts as unset where there is a fallback name or a
+ * default location (tokens, app, regions, endpoints, URLs, files, the metrics address);
+ * a number or a word (LAMBDO_ACK, LAMBDO_ENV, ...) set to "" is an error: it is
+ * usually a template variable that did not expand.
  */
 #ifndef LAMBDO_CONFIG_H
 #define LAMBDO_CONFIG_H
@@ -14,6 +18,13 @@
 #include "url.h"
 
 #define CONFIG_MAX_REGIONS 16
+#define CONFIG_MAX_ERRORS 40    /* more than there are variables to get wrong */
+
+/* Every problem config_load found, in the order of the variables, one line each. */
+struct config_errors {
+    struct lerr line[CONFIG_MAX_ERRORS];
+    size_t n;
+};
 
 struct config {
     const char *queue_url;          /* LAMBDO_SQS_QUEUE_URL, as given */
@@ -58,14 +69,19 @@ struct config {
 /* Where values come from: getenv in lambdo, a table in the unit tests. */
 typedef const char *(*config_getenv_fn)(const char *name, void *ctx);
 
-/* Reads and checks every variable. Returns 0, or -1 with e->msg like
- * "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"0\"". */
-int config_load(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e);
+/* Reads and checks every variable. Returns 0, or -1 with every problem in errs, each a
+ * line like "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"0\"". */
+int config_load(struct config *c, config_getenv_fn get, void *ctx, struct config_errors *errs);
 
 /* Only what talking to SQS needs (queue, region, credentials, endpoint, logging, CA
  * bundle): for commands such as `lambdo send` that never reach Fly. queue_url, when not
  * NULL, stands in for LAMBDO_SQS_QUEUE_URL. */
 int config_load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
-                    struct lerr *e);
+                    struct config_errors *errs);
+
+/* What a valid configuration still gets wrong, to say at start-up and in `lambdo check`,
+ * or NULL: LAMBDO_BACKEND=local without LAMBDO_LOCAL_COMMAND fails every message that has
+ * no command attribute. */
+const char *config_warning(const struct config *c);
 
 #endif

@@ -14,6 +14,9 @@ struct jscan {
     const unsigned char *start, *end;
     const unsigned char *err_at;
     const char *why;
+    group_json_item_fn item;          /* called for each value at depth 1, or NULL */
+    void *ctx;
+    const unsigned char *item_start;
 };
 
 static const unsigned char *json_fail(struct jscan *j, const unsigned char *at, const char *why)
@@ -228,6 +231,8 @@ static int json_scan(struct jscan *j)
         p = json_ws(p, end);
         if (p == end)
             return json_error(j, p, "unexpected end");
+        if (depth == 1)
+            j->item_start = p;
         if (*p == '[' || *p == '{') {
             int obj = *p == '{';
             if (depth == GROUP_JSON_MAX_DEPTH)
@@ -253,6 +258,9 @@ static int json_scan(struct jscan *j)
         for (;;) {
             int obj;
 
+            if (depth == 1 && j->item)  /* a value at depth 1 ends here */
+                j->item(j->ctx, (size_t)(j->item_start - j->start),
+                        (size_t)(p - j->item_start));
             p = json_ws(p, end);
             if (depth == 0) {
                 if (p != end)
@@ -279,12 +287,20 @@ static int json_scan(struct jscan *j)
 
 int group_json_check(const char *s, size_t len, size_t *err_at, const char **why)
 {
+    return group_json_items(s, len, NULL, NULL, err_at, why);
+}
+
+int group_json_items(const char *s, size_t len, group_json_item_fn item, void *ctx,
+                     size_t *err_at, const char **why)
+{
     struct jscan j;
 
     j.start = (const unsigned char *)(s ? s : "");
     j.end = j.start + (s ? len : 0);
     j.err_at = j.start;
     j.why = NULL;
+    j.item = item;
+    j.ctx = ctx;
     if (json_scan(&j) == 0)
         return 0;
     if (err_at)

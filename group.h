@@ -114,4 +114,11 @@ void group_id(const struct event *events, const struct group *g, char out[GROUP_
  * err_at and why may be NULL. */
 int group_json_check(const char *s, size_t len, size_t *err_at, const char **why);
 
+/* The same check, calling item(ctx, offset, len) for each element of a JSON array (for an
+ * object: each member's value), in order: its exact bytes, without the whitespace around
+ * it. On an error, item may already have been called for the elements before it. */
+typedef void (*group_json_item_fn)(void *ctx, size_t offset, size_t len);
+int group_json_items(const char *s, size_t len, group_json_item_fn item, void *ctx,
+                     size_t *err_at, const char **why);
+
 #endif

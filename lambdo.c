@@ -18,7 +18,8 @@
 
 static const char usage[] =
     "usage: lambdo [--once | --help | --version]\n"
-    "       lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL] [BODY]\n"
+    "       lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"
+    "                   [BODY | --array FILE]\n"
     "       lambdo check\n"
     "\n"
     "Long-polls an SQS queue and runs each group of events (same image, size and command)\n"
@@ -26,7 +27,7 @@ static const char usage[] =
     "Messages are deleted once their Machine was created (LAMBDO_ACK=create) or exited 0\n"
     "(LAMBDO_ACK=exit).\n"
     "\n"
-    "Configuration (environment):\n"
+    "Configuration (environment; every problem is named, one line each, exit status 2):\n"
     "  LAMBDO_SQS_QUEUE_URL             queue URL (required)\n"
     "  LAMBDO_FLY_TOKEN | FLY_API_TOKEN   Fly API token (required)\n"
     "  LAMBDO_FLY_APP | FLY_APP_NAME    app the Machines are created in (required)\n"
@@ -34,29 +35,37 @@ static const char usage[] =
     "  LAMBDO_FLY_REGIONS               comma list of regions tried after the primary\n"
     "  LAMBDO_FLY_API_URL               Machines API base (https://api.machines.dev)\n"
     "  LAMBDO_SQS_LONG_POLL_SECONDS     0 to 20 (10)\n"
-    "  LAMBDO_EVENTS_PER_MACHINE        1 to 10 (5)\n"
+    "  LAMBDO_EVENTS_PER_MACHINE        1 to 10, up to 1000 with a batch window (5)\n"
     "  LAMBDO_VISIBILITY_TIMEOUT        seconds a received message stays hidden (30)\n"
-    "  LAMBDO_ENV                       production: JSON log lines (local)\n"
+    "  LAMBDO_ENV                       production: JSON log lines, or local (local)\n"
     "  LAMBDO_LOG_LEVEL                 debug, info, warn, error (info)\n"
-    "  AWS_REGION | AWS_DEFAULT_REGION  signing region (from the queue URL's host)\n"
-    "  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN   credentials\n"
-    "  AWS_ENDPOINT_URL_SQS | AWS_ENDPOINT_URL   SQS endpoint override (emulators)\n"
+    "  LAMBDO_BACKEND                   fly, or local: groups run as child processes (fly)\n"
+    "  LAMBDO_LOCAL_COMMAND             local backend: command (JSON array) for messages\n"
+    "                                   without a command attribute\n"
+    "  LAMBDO_METRICS_ADDR              serve /metrics and /healthz, e.g. 127.0.0.1:9090 (off)\n"
     "  SSL_CERT_FILE                    CA bundle (/etc/ssl/certs/ca-certificates.crt)\n"
+    "AWS:\n"
+    "  AWS_REGION | AWS_DEFAULT_REGION  signing region (from the queue URL's host)\n"
+    "  AWS_ENDPOINT_URL_SQS | AWS_ENDPOINT_URL   SQS endpoint override (emulators)\n"
+    "  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN   static credentials\n"
+    "  AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_SESSION_NAME   web identity (STS);\n"
+    "    AWS_ENDPOINT_URL_STS overrides STS, LAMBDO_FLY_API_SOCKET Fly's OIDC socket\n"
+    "  AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_PROFILE   shared files (~/.aws)\n"
     "Delivery:\n"
     "  LAMBDO_ACK                       create or exit (create)\n"
     "  LAMBDO_RETRY_DELAY               visibility of messages returned after a failure (0)\n"
     "  LAMBDO_MACHINE_TIMEOUT           seconds before a Machine is destroyed (none)\n"
     "  LAMBDO_MAX_MACHINES              Machines (exit) or creates (create) in flight (10)\n"
-    "  LAMBDO_FLY_CREATE_RATE, _BURST   creates per second and burst (1, 3)\n"
-    "  LAMBDO_FLY_GET_RATE, _BURST      gets and waits per second and burst (5, 10)\n"
+    "  LAMBDO_FLY_CREATE_RATE, LAMBDO_FLY_CREATE_BURST   creates per second, burst (1, 3)\n"
+    "  LAMBDO_FLY_GET_RATE, LAMBDO_FLY_GET_BURST   gets and waits per second, burst (5, 10)\n"
     "  LAMBDO_BATCH_WINDOW_MS           keep receiving to fill groups (0: off)\n"
     "  LAMBDO_MAX_EVENTS_BYTES          cap of one events file (1048576)\n"
     "  LAMBDO_SHUTDOWN_TIMEOUT          seconds to wait for Machines on SIGTERM (0)\n"
     "\n"
-    "send puts messages on the queue (BODY, or one per line of stdin) with the attributes\n"
-    "image, size and command, checked as lambdo checks them; check tries the configuration,\n"
-    "the CA bundle, the queue and the Fly app. `lambdo send --help` and `lambdo check --help`\n"
-    "say more.\n"
+    "send puts messages on the queue (BODY, one per line of stdin, or each element of the\n"
+    "JSON array in FILE) with the attributes image, size and command, checked as lambdo\n"
+    "checks them; check tries the configuration, the CA bundle, the queue and the Fly app.\n"
+    "`lambdo send --help` and `lambdo check --help` say more.\n"
     "\n"
     "--once receives until the queue answers empty, dispatches, waits for the work (in exit\n"
     "mode, for the Machines) and exits 0 only if every message was handled: a CI step.\n"
@@ -71,8 +80,8 @@ static const char *env_get(const char *name, void *ctx)
 
 int main(int argc, char **argv)
 {
+    struct config_errors errs;
     struct config cfg;
-    struct lerr e;
     int once = 0;
 
     if (argc > 1 && strcmp(argv[1], "send") == 0)
@@ -91,7 +100,10 @@ int main(int argc, char **argv)
     if (argc == 2 && strcmp(argv[1], "--once") == 0)
         once = 1;
     else if (argc > 1) {
-        fprintf(stderr, "lambdo: unknown argument \"%s\"\n%s", argv[1], usage);
+        int known = argc > 2 && (strcmp(argv[1], "--once") == 0 || strcmp(argv[1], "--help") == 0 ||
+                                 strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--version") == 0);
+        fprintf(stderr, "lambdo: unknown argument \"%.40s\" (see lambdo --help)\n",
+                argv[known ? 2 : 1]);
         return EXIT_USAGE;
     }
     /* A SIGTERM from now on means "stop cleanly", even before the daemon is up: block it at
@@ -103,10 +115,13 @@ int main(int argc, char **argv)
         sigaddset(&set, SIGINT);
         sigprocmask(SIG_BLOCK, &set, NULL);
     }
-    if (config_load(&cfg, env_get, NULL, &e) < 0) {
-        fprintf(stderr, "lambdo: configuration: %s\n", e.msg);
+    if (config_load(&cfg, env_get, NULL, &errs) < 0) {
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "lambdo: configuration: %s\n", errs.line[i].msg);
         return EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
+    if (config_warning(&cfg))
+        log_warn("%s", config_warning(&cfg));
     return daemon_run(&cfg, once);
 }

@@ -55,7 +55,7 @@ static void test_defaults(void **state)
 {
     struct env env;
     struct config c;
-    struct lerr e;
+    struct config_errors e;
 
     env_base(&env);
     assert_int_equal(config_load(&c, env_get, &env, &e), 0);
@@ -79,9 +79,10 @@ static void test_fallback_names(void **state)
 {
     struct env env;
     struct config c;
-    struct lerr e;
+    struct config_errors e;
 
     env_base(&env);
+    env_set(&env, "LAMBDO_SQS_QUEUE_URL", "http://127.0.0.1:4566/000000000000/jobs");
     env_set(&env, "LAMBDO_FLY_TOKEN", "");
     env_set(&env, "FLY_API_TOKEN", "from-fly");
     env_set(&env, "LAMBDO_FLY_APP", "");
@@ -112,10 +113,10 @@ static void test_regions_list(void **state)
 {
     struct env env;
     struct config c;
-    struct lerr e;
+    struct config_errors e;
 
     env_base(&env);
-    env_set(&env, "LAMBDO_FLY_REGIONS", "ord, iad,ams,,cdg ");
+    env_set(&env, "LAMBDO_FLY_REGIONS", "ord, iad,ams , cdg ");
     assert_int_equal(config_load(&c, env_get, &env, &e), 0);
     assert_int_equal(c.num_regions, 4); /* iad first, duplicate iad dropped */
     assert_string_equal(c.regions[0], "iad");
@@ -134,7 +135,7 @@ static void test_delivery(void **state)
 {
     struct env env;
     struct config c;
-    struct lerr e;
+    struct config_errors e;
 
     env_base(&env);
     assert_int_equal(config_load(&c, env_get, &env, &e), 0);
@@ -170,14 +171,14 @@ static void test_delivery(void **state)
 
     env_set(&env, "LAMBDO_BATCH_WINDOW_MS", "0"); /* without a window, at most 10 */
     assert_int_equal(config_load(&c, env_get, &env, &e), -1);
-    assert_non_null(strstr(e.msg, "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10"));
+    assert_non_null(strstr(e.line[0].msg, "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10"));
 }
 
 static void test_sqs_only(void **state)
 {
     struct env env;
     struct config c;
-    struct lerr e;
+    struct config_errors e;
 
     env_base(&env);
     env_set(&env, "LAMBDO_FLY_TOKEN", "");
@@ -192,14 +193,14 @@ static void test_sqs_only(void **state)
     assert_string_equal(c.queue.path, "/1/other");
     env_set(&env, "LAMBDO_SQS_QUEUE_URL", "");
     assert_int_equal(config_load_sqs(&c, NULL, env_get, &env, &e), -1);
-    assert_non_null(strstr(e.msg, "LAMBDO_SQS_QUEUE_URL: required"));
+    assert_non_null(strstr(e.line[0].msg, "LAMBDO_SQS_QUEUE_URL: required"));
 }
 
 static void test_local_backend(void **state)
 {
     struct env env;
     struct config c;
-    struct lerr e;
+    struct config_errors e;
 
     env_base(&env);
     env_set(&env, "LAMBDO_FLY_TOKEN", "");
@@ -209,19 +210,24 @@ static void test_local_backend(void **state)
     assert_int_equal(config_load(&c, env_get, &env, &e), 0); /* no Fly variable needed */
     assert_int_equal(c.backend_local, 1);
     assert_null(c.local_command);
+    /* valid, but every message without a command would fail: said at start-up and in check */
+    assert_non_null(config_warning(&c));
+    assert_true(strncmp(config_warning(&c), "LAMBDO_LOCAL_COMMAND: not set, so every message "
+                        "without a command attribute fails", 70) == 0);
     env_set(&env, "LAMBDO_LOCAL_COMMAND", "[\"node\", \"/lambdo/runtime.mjs\"]");
     assert_int_equal(config_load(&c, env_get, &env, &e), 0);
     assert_string_equal(c.local_command, "[\"node\", \"/lambdo/runtime.mjs\"]");
+    assert_null(config_warning(&c));
     env_set(&env, "LAMBDO_LOCAL_COMMAND", "node index.js");
     assert_int_equal(config_load(&c, env_get, &env, &e), -1);
-    assert_true(strncmp(e.msg, "LAMBDO_LOCAL_COMMAND: ", 22) == 0);
+    assert_true(strncmp(e.line[0].msg, "LAMBDO_LOCAL_COMMAND: ", 22) == 0);
 }
 
 static void test_production_logs(void **state)
 {
     struct env env;
     struct config c;
-    struct lerr e;
+    struct config_errors e;
 
     env_base(&env);
     env_set(&env, "LAMBDO_ENV", "production");
@@ -277,6 +283,21 @@ static const struct bad_case {
     { "LAMBDO_LOG_LEVEL", "verbose", "LAMBDO_LOG_LEVEL: ", "debug, info, warn or error" },
     { "AWS_REGION", "us east", "AWS_REGION: ", "not a region name" },
     { "AWS_ENDPOINT_URL_SQS", "localhost:4566", "AWS_ENDPOINT_URL_SQS: ", "" },
+    /* accepted without a word before issue #10 */
+    { "LAMBDO_ENV", "prod", "LAMBDO_ENV: ", "must be local or production, got \"prod\"" },
+    { "AWS_REGION", "us-east-1", "AWS_REGION: ", "the queue URL is in eu-west-1: set it to eu-west-1" },
+    { "AWS_DEFAULT_REGION", "eu-west-2", "AWS_DEFAULT_REGION: ", "the queue URL is in eu-west-1" },
+    { "LAMBDO_SQS_QUEUE_URL", "http://sqs.eu-west-1.amazonaws.com/1/q", "LAMBDO_SQS_QUEUE_URL: ", "use https://" },
+    { "LAMBDO_SQS_QUEUE_URL", "http://eu-west-1.queue.amazonaws.com/1/q", "LAMBDO_SQS_QUEUE_URL: ", "use https://" },
+    { "AWS_ENDPOINT_URL_SQS", "http://sqs.eu-west-1.amazonaws.com", "AWS_ENDPOINT_URL_SQS: ", "use https://" },
+    { "LAMBDO_FLY_REGIONS", "ord,,ewr", "LAMBDO_FLY_REGIONS: ", "empty item" },
+    { "LAMBDO_FLY_REGIONS", "ord,", "LAMBDO_FLY_REGIONS: ", "empty item" },
+    { "LAMBDO_FLY_REGIONS", ", ord", "LAMBDO_FLY_REGIONS: ", "empty item" },
+    { "LAMBDO_MAX_MACHINES", "", "LAMBDO_MAX_MACHINES: ", "from 1 to 1000, got \"\"" },
+    { "LAMBDO_SQS_LONG_POLL_SECONDS", "", "LAMBDO_SQS_LONG_POLL_SECONDS: ", "from 0 to 20" },
+    { "LAMBDO_FLY_GET_RATE", "", "LAMBDO_FLY_GET_RATE: ", "positive number" },
+    { "LAMBDO_ACK", "", "LAMBDO_ACK: ", "create or exit" },
+    { "LAMBDO_LOG_LEVEL", "", "LAMBDO_LOG_LEVEL: ", "debug, info" },
 };
 
 static void test_bad_values(void **state)
@@ -285,21 +306,90 @@ static void test_bad_values(void **state)
         const struct bad_case *t = &bad_cases[i];
         struct env env;
         struct config c;
-        struct lerr e = { 0 };
+        struct config_errors e = { 0 };
 
         env_base(&env);
-        env_set(&env, t->name, t->value ? t->value : "");
+        env_set(&env, t->name, t->value);
         if (config_load(&c, env_get, &env, &e) == 0)
             fail_msg("case %zu (%s=%s) was accepted", i, t->name, t->value ? t->value : "");
-        if (strncmp(e.msg, t->expect_prefix, strlen(t->expect_prefix)) != 0 ||
-            !strstr(e.msg, t->expect_text))
-            fail_msg("case %zu: message \"%s\" lacks \"%s\"/\"%s\"", i, e.msg, t->expect_prefix,
+        if (strncmp(e.line[0].msg, t->expect_prefix, strlen(t->expect_prefix)) != 0 ||
+            !strstr(e.line[0].msg, t->expect_text))
+            fail_msg("case %zu: message \"%s\" lacks \"%s\"/\"%s\"", i, e.line[0].msg, t->expect_prefix,
                      t->expect_text);
-        assert_int_equal(e.kind, LERR_INVALID);
-        assert_null(strstr(e.msg, "wJalrXUtnFEMI"));
-        assert_null(strstr(e.msg, "fo1_secret"));
-        assert_null(strstr(e.msg, "X-Evil"));
+        if (e.n != 1)
+            fail_msg("case %zu: %zu lines, the second \"%s\"", i, e.n, e.line[1].msg);
+        assert_int_equal(e.line[0].kind, LERR_INVALID);
+        assert_null(strstr(e.line[0].msg, "wJalrXUtnFEMI"));
+        assert_null(strstr(e.line[0].msg, "fo1_secret"));
+        assert_null(strstr(e.line[0].msg, "X-Evil"));
     }
+}
+
+static void expect_lines(const struct config_errors *e, const char *const *prefixes, size_t n)
+{
+    for (size_t i = 0; i < e->n; i++)
+        print_message("  %s\n", e->line[i].msg);
+    assert_int_equal(e->n, n);
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(e->line[i].msg, prefixes[i], strlen(prefixes[i])) != 0)
+            fail_msg("line %zu is \"%s\", expected \"%s...\"", i, e->line[i].msg, prefixes[i]);
+        assert_int_equal(e->line[i].kind, LERR_INVALID);
+    }
+}
+
+/* One run names every problem, one line each, in the order of the variables. */
+static void test_every_problem_at_once(void **state)
+{
+    static const char *const expected[] = {
+        "LAMBDO_ENV: must be local or production",
+        "LAMBDO_ACK: must be create or exit",
+        "LAMBDO_MAX_MACHINES: must be a whole number from 1 to 1000, got \"\"",
+        "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"20\"",
+        "AWS_REGION: \"us-east-1\", but the queue URL is in eu-west-1",
+        "LAMBDO_FLY_TOKEN (or FLY_API_TOKEN): required",
+        "LAMBDO_FLY_APP: \"My_App\" is not a Fly app name",
+        "LAMBDO_FLY_REGION: \"I AD\" is not a Fly region code",
+        "LAMBDO_FLY_REGIONS: has an empty item",
+        "LAMBDO_METRICS_ADDR: ",
+    };
+    static const char *const sqs_only[] = {
+        "LAMBDO_ENV: must be local or production",
+        "LAMBDO_ACK: must be create or exit",
+        "LAMBDO_MAX_MACHINES: must be a whole number from 1 to 1000, got \"\"",
+        "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"20\"",
+        "AWS_REGION: \"us-east-1\", but the queue URL is in eu-west-1",
+    };
+    static const char *const bad_backend[] = {
+        "LAMBDO_BACKEND: must be fly or local, got \"locl\"",
+        "LAMBDO_SQS_QUEUE_URL: http:// to AWS: use https://",
+    };
+    struct env env;
+    struct config c;
+    struct config_errors e;
+
+    env_base(&env);
+    env_set(&env, "LAMBDO_ENV", "prod");
+    env_set(&env, "LAMBDO_ACK", "sometimes");
+    env_set(&env, "LAMBDO_MAX_MACHINES", "");
+    env_set(&env, "LAMBDO_EVENTS_PER_MACHINE", "20");
+    env_set(&env, "AWS_REGION", "us-east-1");
+    env_set(&env, "LAMBDO_FLY_TOKEN", NULL);
+    env_set(&env, "LAMBDO_FLY_APP", "My_App");
+    env_set(&env, "LAMBDO_FLY_REGION", "I AD");
+    env_set(&env, "LAMBDO_FLY_REGIONS", "ord,,ewr");
+    env_set(&env, "LAMBDO_METRICS_ADDR", "example.com:1");
+    assert_int_equal(config_load(&c, env_get, &env, &e), -1);
+    expect_lines(&e, expected, sizeof expected / sizeof expected[0]);
+    assert_int_equal(config_load_sqs(&c, NULL, env_get, &env, &e), -1);
+    expect_lines(&e, sqs_only, sizeof sqs_only / sizeof sqs_only[0]);
+
+    /* a misspelt backend asks for no Fly variable: it may well have meant local */
+    env_base(&env);
+    env_set(&env, "LAMBDO_BACKEND", "locl");
+    env_set(&env, "LAMBDO_FLY_TOKEN", NULL);
+    env_set(&env, "LAMBDO_SQS_QUEUE_URL", "http://sqs.eu-west-1.amazonaws.com/1/q");
+    assert_int_equal(config_load(&c, env_get, &env, &e), -1);
+    expect_lines(&e, bad_backend, sizeof bad_backend / sizeof bad_backend[0]);
 }
 
 int main(void)
@@ -313,6 +403,7 @@ int main(void)
         cmocka_unit_test(test_sqs_only),
         cmocka_unit_test(test_local_backend),
         cmocka_unit_test(test_bad_values),
+        cmocka_unit_test(test_every_problem_at_once),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
