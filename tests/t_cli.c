@@ -82,6 +82,10 @@ static void test_args(void **state)
     assert_int_equal(parse(&o, &e, "--image", "-x", NULL), 0);
     assert_string_equal(o.image, "-x");
 
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--array=jobs.json", NULL), 0);
+    assert_string_equal(o.array, "jobs.json");
+    assert_null(o.body);
+
     assert_int_equal(parse(&o, &e, "--help", NULL), 0);
     assert_int_equal(o.help, 1);
     assert_int_equal(parse(&o, &e, "--image", IMAGE, "-h", "--bogus", NULL), 0);
@@ -106,6 +110,10 @@ static void test_args_errors(void **state)
     assert_string_equal(e.msg, "--image given twice");
     assert_int_equal(parse(&o, &e, "--image", IMAGE, "1", "2", NULL), -1);
     assert_contains(e.msg, "more than one BODY");
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--array", "jobs.json", "1", NULL), -1);
+    assert_string_equal(e.msg, "BODY and --array: give one or the other");
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--array", NULL), -1);
+    assert_string_equal(e.msg, "--array needs a value");
 }
 
 /* ======================================================================================
@@ -153,6 +161,66 @@ static void test_split_lines(void **state)
         assert_int_equal(lines[2499].lineno, 2500);
         assert_int_equal(lines[7].len, 3);
         free(lines);
+        free(big);
+    }
+}
+
+/* The elements of a JSON array, each its exact bytes: numbers are never converted. */
+static void test_split_array(void **state)
+{
+    static const char in[] = " [ {\"n\": 12345678901234567890123, \"f\": 1.10e+02},\n"
+                             "\t-0.0 ,\"\\u00e9\", [[]] ,{}, 1E400, null ]\n";
+    static const char *const want[] = {
+        "{\"n\": 12345678901234567890123, \"f\": 1.10e+02}", "-0.0", "\"\\u00e9\"", "[[]]",
+        "{}", "1E400", "null",
+    };
+    struct cli_line *items = NULL;
+    struct lerr e = { 0 };
+    size_t n = 99;
+
+    assert_int_equal(cli_split_array(in, sizeof in - 1, &items, &n, &e), 0);
+    assert_int_equal(n, 7);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(items[i].lineno, i + 1);
+        assert_int_equal(items[i].len, strlen(want[i]));
+        assert_memory_equal(items[i].body, want[i], items[i].len);
+    }
+    free(items);
+
+    assert_int_equal(cli_split_array("[]", 2, &items, &n, &e), 0);
+    assert_int_equal(n, 0);
+    assert_null(items);
+    assert_int_equal(cli_split_array("[ \"a\" ]", 7, &items, &n, &e), 0);
+    assert_int_equal(n, 1);
+    assert_memory_equal(items[0].body, "\"a\"", 3);
+    free(items);
+
+    /* the whole file is checked, strictly, before anything is split */
+    assert_int_equal(cli_split_array("[1, 01]", 7, &items, &n, &e), -1);
+    assert_string_equal(e.msg, "not valid JSON (at byte 4: leading zero in number)");
+    assert_int_equal(cli_split_array("[1, 2", 5, &items, &n, &e), -1);
+    assert_contains(e.msg, "not valid JSON (at byte 5: unexpected end)");
+    assert_int_equal(cli_split_array("[1]\n[2]", 7, &items, &n, &e), -1);
+    assert_contains(e.msg, "unexpected data after the JSON value");
+    assert_int_equal(cli_split_array("", 0, &items, &n, &e), -1);
+    assert_int_equal(e.kind, LERR_INVALID);
+    assert_int_equal(cli_split_array(" {\"a\": [1]}", 11, &items, &n, &e), -1);
+    assert_string_equal(e.msg, "not a JSON array (to send one body, give it as BODY)");
+    assert_int_equal(cli_split_array("1", 1, &items, &n, &e), -1);
+    assert_contains(e.msg, "not a JSON array");
+
+    /* 3000 elements: the array grows */
+    {
+        size_t len = 1 + 3000 * 2;
+        char *big = malloc(len);
+        big[0] = '[';
+        for (size_t i = 0; i < 3000; i++)
+            memcpy(big + 1 + 2 * i, i == 2999 ? "7]" : "7,", 2);
+        assert_int_equal(cli_split_array(big, len, &items, &n, &e), 0);
+        assert_int_equal(n, 3000);
+        assert_int_equal(items[2999].lineno, 3000);
+        assert_true(items[2999].body == big + len - 2 && items[2999].len == 1);
+        free(items);
         free(big);
     }
 }
@@ -247,6 +315,12 @@ static void test_check_body(void **state)
         struct cli_send_opts o = { .image = IMAGE, .size = "Performance-2x" };
         assert_int_equal(cli_check_body(&o, "1", 1, 7, &e), -1);
         assert_contains(e.msg, "line 7: attribute size: ");
+    }
+    /* with --array, elements are counted, not lines */
+    {
+        struct cli_send_opts o = { .image = IMAGE, .array = "jobs.json" };
+        assert_int_equal(cli_check_body(&o, "01", 2, 4, &e), -1);
+        assert_contains(e.msg, "element 4: body is not valid JSON");
     }
 
     /* SQS's limit: 1 MiB, body and attributes */
@@ -932,6 +1006,7 @@ int main(void)
         cmocka_unit_test(test_args),
         cmocka_unit_test(test_args_errors),
         cmocka_unit_test(test_split_lines),
+        cmocka_unit_test(test_split_array),
         cmocka_unit_test(test_check_flags),
         cmocka_unit_test(test_check_body),
         cmocka_unit_test(test_batch_len),
