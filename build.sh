@@ -9,6 +9,7 @@
 #   ./build.sh test     also the sanitizer, valgrind and fuzzer builds of tests/
 #   ./build.sh demo     the binary, then the whole flow locally (demo/demo.mjs): an SQS
 #                       emulator, `lambdo send`, `lambdo --once` with the local backend
+#   ./build.sh --help   the usage (an unknown argument prints it too, and exits 2)
 set -eu
 cd "$(dirname "$0")"
 top=$(pwd)
@@ -17,6 +18,23 @@ want=${1:-lambdo}
 
 say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+usage() {
+    cat <<'EOF'
+usage: ./build.sh [test | demo]
+
+  ./build.sh          the static binary ./lambdo (as root, installs the Debian packages
+                      missing; fetches the BearSSL and cJSON source packages into .deps/)
+  ./build.sh test     also the sanitizer, valgrind and fuzzer builds of tests/
+  ./build.sh demo     the binary, then the whole flow locally: an SQS emulator,
+                      `lambdo send`, `lambdo --once` with the local backend
+EOF
+}
+case "$#:$want" in
+    0:* | 1:lambdo | 1:test | 1:demo) ;;
+    1:-h | 1:--help) usage; exit 0 ;;
+    1:*) say "unknown argument \"$1\""; usage >&2; exit 2 ;;
+    *) say "one argument at most"; usage >&2; exit 2 ;;
+esac
 
 # Debian packages each kind of build needs.
 pkgs="musl-tools make dpkg-dev xz-utils ca-certificates file"

@@ -4,13 +4,16 @@
 //   node --test tests/cli.test.mjs
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { ReceiveMessageCommand } from '@aws-sdk/client-sqs';
 import { startSqs } from './lib/fauxqs.mjs';
 import { startSqsProxy } from './lib/sqsproxy.mjs';
 import { startFlyApi } from './lib/flyapi.mjs';
 import { testCerts } from './lib/certs.mjs';
-import { lambdoCommand } from './lib/tools.mjs';
+import { lambdoCommand, ROOT } from './lib/tools.mjs';
 
 const REGION = 'us-east-1';
 const CREDS = { accessKeyId: 'AKIDLAMBDOCLI', secretAccessKey: 'lambdo/cli+test+secret/42' };
@@ -42,6 +45,86 @@ function run(args, env, input = '') {
 }
 
 const lines = (s) => s.split('\n').filter((l) => l !== '');
+const scratch = mkdtempSync(path.join(tmpdir(), 'lambdo-cli-'));
+
+// The variables README.md names, but that are not lambdo's configuration (so --help need
+// not list them), each with the reason.
+const NOT_CONFIGURATION = new Map([
+  ['EVENTS_PATH', 'lambdo sets it for the handler'],
+  ['LAMBDO_HANDLER', 'read by the runtimes in runtimes/, not by lambdo'],
+  ['LAMBDO_SIGV4_SUITE', 'read by tests/run'],
+  ['LAMBDO_FUZZ_SECONDS', 'read by tests/run'],
+]);
+
+describe('command line, without any server', () => {
+  it('--help lists every variable README.md lists', async () => {
+    const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const names = new Set([...readme.matchAll(/`([A-Z][A-Z0-9]*_[A-Z0-9_]+)`/g)].map((m) => m[1]));
+    assert.ok(names.size > 40, `only ${names.size} variables found in README.md`);
+    for (const n of ['LAMBDO_BACKEND', 'LAMBDO_LOCAL_COMMAND', 'LAMBDO_METRICS_ADDR', 'AWS_ROLE_ARN', 'AWS_PROFILE'])
+      assert.ok(names.has(n), `${n} no longer found in README.md: the extraction is broken`);
+    const h = await run(['--help'], {});
+    assert.equal(h.code, 0, h.all);
+    const missing = [...names].filter((n) => !NOT_CONFIGURATION.has(n)
+      && !new RegExp(`(^|[^A-Z0-9_])${n}([^A-Z0-9_]|$)`, 'm').test(h.stdout));
+    assert.deepEqual(missing, [], `lambdo --help does not mention these variables of README.md`);
+    for (const n of NOT_CONFIGURATION.keys()) assert.ok(names.has(n), `${n} is gone from README.md: drop it here`);
+  });
+
+  it('an unknown argument is one line pointing at --help (exit 2)', async () => {
+    for (const [args, want] of [
+      [['--frobnicate'], 'lambdo: unknown argument "--frobnicate" (see lambdo --help)\n'],
+      [['--once', '--now'], 'lambdo: unknown argument "--now" (see lambdo --help)\n'],
+      [['send', '--image', IMAGE, '--sise', 'x'], 'lambdo send: unknown option "--sise" (see lambdo send --help)\n'],
+      [['send', '{}'], 'lambdo send: --image is required (the image the Machine runs) (see lambdo send --help)\n'],
+      [['check', '--bogus'], 'lambdo check: unknown argument "--bogus" (see lambdo check --help)\n'],
+    ]) {
+      const r = await run(args, {});
+      assert.equal(r.code, 2, r.all);
+      assert.equal(r.stderr, want);
+      assert.equal(r.stdout, '');
+    }
+  });
+
+  it('./build.sh --help prints its usage; an unknown argument prints it and exits 2', () => {
+    const help = spawnSync(path.join(ROOT, 'build.sh'), ['--help'], { encoding: 'utf8', timeout: 10000 });
+    assert.equal(help.status, 0, help.stderr);
+    assert.match(help.stdout, /^usage: \.\/build\.sh \[test \| demo\]/);
+    assert.equal(help.stderr, '', 'nothing was built or installed');
+    const bad = spawnSync(path.join(ROOT, 'build.sh'), ['tset'], { encoding: 'utf8', timeout: 10000 });
+    assert.equal(bad.status, 2, bad.stderr);
+    assert.match(bad.stderr, /^build\.sh: unknown argument "tset"\nusage: \.\/build\.sh/);
+    assert.equal(bad.stdout, '');
+  });
+
+  it('names every configuration problem in one run, one line each (exit 2)', async () => {
+    const env = {
+      LAMBDO_SQS_QUEUE_URL: 'http://sqs.eu-west-1.amazonaws.com/123456789012/jobs',
+      AWS_ACCESS_KEY_ID: CREDS.accessKeyId, AWS_SECRET_ACCESS_KEY: CREDS.secretAccessKey,
+      LAMBDO_FLY_TOKEN: TOKEN, LAMBDO_FLY_REGION: 'iad', LAMBDO_FLY_REGIONS: 'ord,,ewr',
+      LAMBDO_ENV: 'prod', LAMBDO_MAX_MACHINES: '',
+    };
+    const want = [
+      'LAMBDO_ENV: must be local or production, got "prod"',
+      'LAMBDO_MAX_MACHINES: must be a whole number from 1 to 1000, got ""',
+      'LAMBDO_SQS_QUEUE_URL: http:// to AWS: use https://',
+      'LAMBDO_FLY_APP (or FLY_APP_NAME): required, not set',
+      'LAMBDO_FLY_REGIONS: has an empty item (a comma too many)',
+    ];
+    const d = await run(['--once'], env);
+    assert.equal(d.code, 2, d.all);
+    assert.equal(d.stderr, want.map((l) => `lambdo: configuration: ${l}\n`).join(''));
+    const c = await run(['check'], env);
+    assert.equal(c.code, 2, c.all);
+    assert.equal(c.stdout, want.map((l) => `fail  config      ${l}\n`).join(''));
+    const m = await run(['--once'], { ...env, LAMBDO_SQS_QUEUE_URL: 'https://sqs.eu-west-1.amazonaws.com/1/q',
+      AWS_REGION: 'us-east-1', LAMBDO_ENV: 'production', LAMBDO_MAX_MACHINES: '5', LAMBDO_FLY_APP: 'a',
+      LAMBDO_FLY_REGIONS: 'ord' });
+    assert.equal(m.code, 2, m.all);
+    assert.equal(m.stderr, 'lambdo: configuration: AWS_REGION: "us-east-1", but the queue URL is in '
+      + 'eu-west-1: set it to eu-west-1 or unset it\n');
+  });
+});
 
 describe('lambdo send and check', () => {
   let sqs, proxy, tlsProxy, fly, certs, n = 0;
@@ -168,6 +251,58 @@ describe('lambdo send and check', () => {
       });
     });
 
+    it('sends each element of a JSON array file, byte for byte (--array)', async () => {
+      const { url } = await queue();
+      const elements = [
+        '{"id":1,"big":12345678901234567890123,"f":1.10,"e":-0.0e-0}',
+        '12345678901234567890123',
+        '1.10000000000000000000001',
+        '{\n    "pretty": [1.50, 2E+3],\n    "s": "\\u00e9\\ud83d\\ude00 é"\n  }',
+        '"x"', '[]', 'null',
+        ...Array.from({ length: 6 }, (_, i) => `{"i":${i},"n":${'9'.repeat(30)}.000}`),
+      ];
+      const file = path.join(scratch, 'jobs.json');
+      writeFileSync(file, `[\n  ${elements.join(' ,\n  ')}\n]\n`);
+      const r = await run(['send', '--image', IMAGE, '--array', file], sqsEnv(url));
+      assert.equal(r.code, 0, r.all);
+      assert.equal(r.stderr, '');
+      const ids = lines(r.stdout);
+      assert.equal(ids.length, elements.length, r.all);
+      const batches = proxy.ops('SendMessageBatch');
+      assert.deepEqual(batches.map((b) => b.body.Entries.length), [10, 3]);
+      assert.deepEqual(batches.flatMap((b) => b.body.Entries.map((en) => en.MessageBody)), elements,
+        'in order, each element exactly');
+      const byId = new Map((await receiveAll(url)).map((m) => [m.MessageId, m.Body]));
+      assert.deepEqual(ids.map((id) => byId.get(id)), elements);
+
+      // "-" reads the array from stdin
+      const { url: url2 } = await queue();
+      const s = await run(['send', '--image', IMAGE, '--array', '-'], sqsEnv(url2), `[${elements[0]}, ${elements[2]}]`);
+      assert.equal(s.code, 0, s.all);
+      assert.deepEqual((await receiveAll(url2)).map((m) => m.Body).sort(), [elements[0], elements[2]].sort());
+    });
+
+    it('refuses an --array file that is not a valid JSON array, or has an invalid element (exit 2)', async () => {
+      const { url } = await queue();
+      const write = (name, text) => { const f = path.join(scratch, name); writeFileSync(f, text); return f; };
+      for (const [file, re] of [
+        [write('bad.json', '[1, 2,]'), /^lambdo send: \S+bad\.json: not valid JSON \(at byte 6: /],
+        [write('object.json', '{"a": 1}'), /^lambdo send: \S+object\.json: not a JSON array \(to send one body, give it as BODY\)$/m],
+        [write('lines.json', '{"a":1}\n{"a":2}\n'), /lines\.json: not valid JSON \(at byte 8: unexpected data after the JSON value\)/],
+        [write('ffff.json', '[1, "\uFFFF", 3]'), /^lambdo send: element 2: body has U\+FFFE or U\+FFFF.*\nlambdo send: 1 of 3 elements invalid; nothing was sent$/m],
+        [path.join(scratch, 'missing.json'), /cannot open \S+missing\.json: No such file or directory/],
+      ]) {
+        const r = await run(['send', '--image', IMAGE, '--array', file], sqsEnv(url));
+        assert.equal(r.code, 2, `${file}\n${r.all}`);
+        assert.match(r.stderr, re);
+        assert.equal(r.stdout, '');
+      }
+      const empty = await run(['send', '--image', IMAGE, '--array', write('empty.json', ' [ ]\n')], sqsEnv(url));
+      assert.equal(empty.code, 0, empty.all);
+      assert.match(empty.stderr, /nothing to send \(the array is empty\)/);
+      assert.equal(proxy.requests.length, 0, 'no request at all');
+    });
+
     it('refuses an invalid line before sending anything, naming it (exit 2)', async () => {
       const { url } = await queue();
       const input = '{"ok":1}\n{"ok":2}\n{"a":01}\n{"ok":4}\n';
@@ -210,7 +345,7 @@ describe('lambdo send and check', () => {
       const r = await run(['send', '{"a":1}'], sqsEnv(url));
       assert.equal(r.code, 2, r.all);
       assert.match(r.stderr, /--image is required/);
-      assert.match(r.stderr, /usage: lambdo send/);
+      assert.match(r.stderr, /see lambdo send --help/);
       const u = await run(['send', '--image', IMAGE, '--sise', 'x'], sqsEnv(url));
       assert.equal(u.code, 2);
       assert.match(u.stderr, /unknown option "--sise"/);
@@ -349,11 +484,27 @@ describe('lambdo send and check', () => {
 
     it('checks no Fly API with LAMBDO_BACKEND=local', async () => {
       const { url } = await queue({ redriveToDlq: 3 });
-      const r = await run(['check'], sqsEnv(url, { LAMBDO_BACKEND: 'local' }));
+      const r = await run(['check'], sqsEnv(url, { LAMBDO_BACKEND: 'local', LAMBDO_LOCAL_COMMAND: '["true"]' }));
       assert.equal(r.code, 0, r.all);
       assert.deepEqual(rows(r.stdout).map((x) => `${x.status} ${x.name}`),
         ['ok config', 'ok ca bundle', 'ok sqs queue', 'ok backend'], r.all);
       assert.match(row(r, 'config').reason, /local backend/);
+    });
+
+    it('warns, at start-up and in check, that LAMBDO_BACKEND=local without LAMBDO_LOCAL_COMMAND fails messages without a command', async () => {
+      const { url } = await queue({ redriveToDlq: 3 });
+      const env = sqsEnv(url, { LAMBDO_BACKEND: 'local', LAMBDO_SQS_LONG_POLL_SECONDS: '0' });
+      const warning = 'LAMBDO_LOCAL_COMMAND: not set, so every message without a command attribute fails '
+        + '(set it to the command for those, a JSON array)';
+      const r = await run(['check'], env);
+      assert.equal(r.code, 0, r.all);
+      assert.deepEqual(row(r, 'backend'), { status: 'warn', name: 'backend', reason: warning });
+      const d = await run(['--once'], env);
+      assert.equal(d.code, 0, d.all);
+      assert.ok(d.stderr.split('\n').some((l) => / warn /.test(l) && l.endsWith(warning)), d.all);
+      const quiet = await run(['--once'], { ...env, LAMBDO_LOCAL_COMMAND: '["true"]' });
+      assert.equal(quiet.code, 0, quiet.all);
+      assert.doesNotMatch(quiet.stderr, /LAMBDO_LOCAL_COMMAND/);
     });
 
     it('stops at a configuration error, printed as a failed check', async () => {
@@ -361,12 +512,12 @@ describe('lambdo send and check', () => {
       const env = fullEnv(url);
       delete env.LAMBDO_FLY_APP;
       const r = await run(['check'], env);
-      assert.equal(r.code, 1, r.all);
+      assert.equal(r.code, 2, r.all);
       assert.equal(r.stdout, 'fail  config      LAMBDO_FLY_APP (or FLY_APP_NAME): required, not set\n');
       assert.equal(proxy.requests.length, 0);
       const u = await run(['check', '--bogus'], env);
       assert.equal(u.code, 2);
-      assert.match(u.stderr, /usage: lambdo check/);
+      assert.match(u.stderr, /see lambdo check --help/);
     });
 
     it('fails on a CA bundle that cannot be read, and the HTTPS checks with it', async () => {
