@@ -19,9 +19,10 @@ static const char send_usage[] =
     "\n"
     "Puts messages on the queue for lambdo: BODY, or each element of the JSON array in FILE,\n"
     "or else one body per non-blank line of stdin (sent 10 at a time), each with the message\n"
-    "attributes image, size and command (DataType String). Every body and the attributes are checked by the daemon's own rules\n"
-    "(strict JSON, a Fly size preset, a command that is a JSON array of strings) before\n"
-    "anything is sent; bodies are sent byte for byte. Prints the MessageIds, one per line.\n"
+    "attributes image, size and command (DataType String). Every body and the attributes are\n"
+    "checked by the daemon's own rules (strict JSON, a Fly size preset, a command that is a\n"
+    "JSON array of strings) before anything is sent; bodies are sent byte for byte. Prints\n"
+    "the MessageIds, one per line.\n"
     "\n"
     "  --image IMAGE    Docker image the Machine runs (required)\n"
     "  --size SIZE      Fly preset (" PRESET_NAMES_TEXT ";\n"
@@ -96,7 +97,7 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
         }
         /* "-5" is a body (a JSON number), not an option */
         if (options && a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9')) {
-            for (size_t k = 0; k < 5 && r == 0; k++)
+            for (size_t k = 0; k < sizeof names / sizeof names[0] && r == 0; k++)
                 r = cli_opt(argc, argv, &i, names[k], slots[k], e);
             if (r < 0)
                 return -1;

@@ -283,7 +283,9 @@ static int load_region_list(struct config *c, size_t *used, config_getenv_fn get
 {
     const char *p = get("LAMBDO_FLY_REGIONS", ctx);
 
-    while (p && *p) {
+    if (!p || !*p)
+        return 0;
+    for (;;) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         while (len && *p == ' ')
@@ -293,12 +295,9 @@ static int load_region_list(struct config *c, size_t *used, config_getenv_fn get
         if (add_region(c, "LAMBDO_FLY_REGIONS", p, len, used, e) < 0)
             return -1;
         if (!comma)
-            break;
+            return 0;
         p = comma + 1;
-        if (!*p)
-            return add_region(c, "LAMBDO_FLY_REGIONS", p, 0, used, e);
     }
-    return 0;
 }
 
 static void load_regions(struct config *c, config_getenv_fn get, void *ctx,
