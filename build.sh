@@ -9,7 +9,7 @@
 #   ./build.sh test     also the sanitizer, valgrind and fuzzer builds of tests/
 #   ./build.sh demo     the binary, then the whole flow locally (demo/demo.mjs): an SQS
 #                       emulator, `lambdo send`, `lambdo --once` with the local backend
-#   ./build.sh --help   the usage (an unknown argument prints it too, and exits 2)
+#   ./build.sh --help   the usage, exit 2 (an unknown argument prints it too, on stderr)
 set -eu
 cd "$(dirname "$0")"
 top=$(pwd)
@@ -31,7 +31,7 @@ EOF
 }
 case "$#:$want" in
     0:* | 1:lambdo | 1:test | 1:demo) ;;
-    1:-h | 1:--help) usage; exit 0 ;;
+    1:-h | 1:--help) usage; exit 2 ;;  # issue #10: --help, like a wrong argument, exits 2
     1:*) say "unknown argument \"$1\""; usage >&2; exit 2 ;;
     *) say "one argument at most"; usage >&2; exit 2 ;;
 esac
