@@ -299,6 +299,14 @@ static int capacity_error(int status, const cJSON *j, const char *error)
     return (status == 409 || status == 412) && strcasestr(error, "insufficient");
 }
 
+/* An id lambdo can follow the Machine by: a string that copy_field keeps as it is. */
+static int usable_id(const cJSON *j, const char *copied)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "id");
+
+    return copied[0] && cJSON_IsString(v) && strcmp(v->valuestring, copied) == 0;
+}
+
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
                   size_t retry_after_len, struct fly_answer *a)
 {
@@ -308,10 +316,18 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
     a->retry_after_ms = -1;
     a->machine.status = status;
     if (status >= 200 && status < 300) {
-        a->outcome = FLY_CREATED;
         copy_field(a->machine.id, sizeof a->machine.id, j, "id");
-        copy_field(a->machine.instance_id, sizeof a->machine.instance_id, j, "instance_id");
-        copy_field(a->machine.region, sizeof a->machine.region, j, "region");
+        if (usable_id(j, a->machine.id)) {
+            a->outcome = FLY_CREATED;
+            copy_field(a->machine.instance_id, sizeof a->machine.instance_id, j, "instance_id");
+            copy_field(a->machine.region, sizeof a->machine.region, j, "region");
+            cJSON_Delete(j);
+            return;
+        }
+        /* Nothing to wait for, stop or destroy: a failed create, never a Machine id "" */
+        a->machine.id[0] = '\0';
+        snprintf(a->error, sizeof a->error, "the answer names no usable Machine id");
+        a->outcome = FLY_GIVE_UP;
         cJSON_Delete(j);
         return;
     }
@@ -542,12 +558,8 @@ static enum step answer_step(const struct attempt *at, const struct fly_answer *
         *out = a->machine;
         if (!out->region[0] && at->region)
             snprintf(out->region, sizeof out->region, "%s", at->region);
-        if (out->id[0])
-            log_info("fly: group %s: created Machine %s in %s (HTTP %d)", at->group, out->id,
-                     out->region[0] ? out->region : region_name(at), a->machine.status);
-        else
-            log_warn("fly: group %s: %s: HTTP %d, but the answer names no Machine id",
-                     at->group, region_name(at), a->machine.status);
+        log_info("fly: group %s: created Machine %s in %s (HTTP %d)", at->group, out->id,
+                 out->region[0] ? out->region : region_name(at), a->machine.status);
         return STEP_DONE;
     case FLY_NEXT_REGION:
         log_warn("fly: group %s: %s: HTTP %d: %s; trying the next region", at->group,

@@ -8,7 +8,10 @@
  * Nothing here knows of SQS.
  *
  * What an answer means (fly_classify):
- *   2xx                           created: the Machine exists
+ *   2xx                           created: the Machine exists; but without a usable id
+ *                                 (a string of at most 60 printable characters) give up:
+ *                                 a Machine lambdo cannot wait for, stop or destroy is no
+ *                                 create to acknowledge (it may run: at least once)
  *   429                           rate limited: wait Retry-After (whole seconds, capped at
  *                                 FLY_RETRY_AFTER_MAX_MS; absent or an HTTP date: a 1, 2,
  *                                 4, 8, 16, 30, 30... s backoff) and retry the same region,
@@ -115,7 +118,7 @@ struct fly_machine_spec {
 
 /* The Machine Fly created. */
 struct fly_machine {
-    char id[64];             /* "" if the answer did not say */
+    char id[64];             /* never "" once created */
     char instance_id[64];
     char region[32];
     int status;              /* the last HTTP status seen, 0 if none (connection error) */

@@ -384,6 +384,38 @@ describe('lambdo under faults', () => {
     assert.equal(acc.succeeded, 0);
   });
 
+  // A 2xx create answer without an id: lambdo cannot wait for, stop or destroy that Machine,
+  // so it is a failed create (the messages return; the Machine may still run: at least once).
+  // iad answers first with no "id", then with "id": "", then normally.
+  async function noMachineId(mode) {
+    const q = await rig.queue(`noid${mode}`);
+    const missing = rig.fly.setRegionFault('iad', { createdId: null, times: 1 });
+    const c0 = rig.fly.creates().length;
+    const sent = await send(q, 2, { attrs: () => ({ image: img('sleep:300') }) });
+    const r = start(q, { LAMBDO_ACK: mode, LAMBDO_VISIBILITY_TIMEOUT: '2' });
+    await until(() => missing.fired === 1, 'the create answered without an id', 10000);
+    const empty = rig.fly.setRegionFault('iad', { createdId: '', times: 1 });
+    await until(settled(q), 'every message handled after the two id-less answers', 25000);
+    const acc = await finish(r, sent, q, mode, `${mode} mode: 2xx without a Machine id`);
+    assert.equal(empty.fired, 1);
+    const errors = r.out.split('\n').filter((l) => /^\S+ error /.test(l));
+    assert.equal(errors.length, 2, `one error line per id-less answer:\n${r.out.slice(-3000)}`);
+    for (const l of errors) assert.match(l, /no Machine created: .*HTTP 200: the answer names no usable Machine id/);
+    assert.doesNotMatch(r.out, /Machine id is empty/);
+    const creates = rig.fly.creates().slice(c0);
+    assert.equal(creates.length, 3, 'no other region tried after an id-less 2xx');
+    assert.equal(rig.received(q.url).length, 6, 'each message received three times');
+    const deletes = rig.batchDone('DeleteMessageBatch', q.url);
+    assert.equal(deletes.length, 2, 'deleted once, after the create that named its Machine');
+    assert.ok(deletes.every((d) => d.at > creates[2].at), 'nothing deleted before the third create');
+    assert.equal(acc.succeeded, 2);
+  }
+
+  test('exit mode: a 2xx create answer without a usable Machine id is a failed create, logged once', T(45),
+    () => noMachineId('exit'));
+  test('create mode: a 2xx create answer without a usable Machine id deletes nothing', T(45),
+    () => noMachineId('create'));
+
   test('exit mode: a Machine running longer than the visibility timeout keeps its messages hidden', T(30), async () => {
     const q = await rig.queue('xlong');
     const sent = await send(q, 2, { attrs: () => ({ image: img('sleep:7000') }) });

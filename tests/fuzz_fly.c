@@ -66,7 +66,10 @@ static void fuzz_classify(int status, const char *body, size_t len, const char *
     fly_classify(status, body, len, ra, ra_len, &a);
     check(a.outcome == FLY_CREATED || a.outcome == FLY_NEXT_REGION || a.outcome == FLY_RETRY ||
           a.outcome == FLY_GIVE_UP, "create outcome in range");
-    check((status >= 200 && status < 300) == (a.outcome == FLY_CREATED), "2xx iff created");
+    if (a.outcome == FLY_CREATED)
+        check(status >= 200 && status < 300 && a.machine.id[0], "created: a 2xx with an id");
+    else if (status >= 200 && status < 300)
+        check(a.outcome == FLY_GIVE_UP, "a 2xx without a usable id gives up");
     check((status == 429) == (a.outcome == FLY_RETRY), "429 iff retry");
     if (status >= 500 || status == 408)
         check(a.outcome == FLY_NEXT_REGION, "5xx and 408 try the next region");

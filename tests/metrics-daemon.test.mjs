@@ -8,6 +8,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { startRig, until, REGIONS } from './lib/accounting.mjs';
 import { freePort } from './lib/httpservers.mjs';
+import { promtoolPath } from './lib/tools.mjs';
 
 const T = { timeout: 120000 };
 
@@ -48,7 +49,8 @@ describe('lambdo with LAMBDO_METRICS_ADDR', () => {
         'deleted counted', 10000);
       const { status, body } = await get(port, '/metrics');
       assert.equal(status, 200);
-      const pt = spawnSync('promtool', ['check', 'metrics'], { input: body, encoding: 'utf8' });
+      const pt = spawnSync(promtoolPath(), ['check', 'metrics'], { input: body, encoding: 'utf8' });
+      if (pt.error) throw pt.error;
       assert.equal(pt.status, 0, `${pt.stdout}${pt.stderr}`);
       assert.ok(value(body, 'lambdo_messages_received_total') >= 12, body);
       assert.equal(value(body, 'lambdo_messages_deleted_total'), 10);

@@ -12,9 +12,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-import { ROOT, toolCommand } from './lib/tools.mjs';
+import { promtoolPath, toolCommand } from './lib/tools.mjs';
 
 const T = { timeout: 60000 };
 const HEAD_MAX = 8192;
@@ -130,19 +128,11 @@ function statusOf(answer) {
 
 // ---- the exposition ---------------------------------------------------------------------
 
-// promtool (Debian's prometheus package): $LAMBDO_PROMTOOL, else one unpacked into .deps/,
-// else the one on PATH.
-const PROMTOOL = process.env.LAMBDO_PROMTOOL
-  || [path.join(ROOT, '.deps/promtool/usr/bin/promtool')].find((p) => existsSync(p))
-  || 'promtool';
-
-// promtool check metrics: parses with Prometheus' own text parser and lints the names.
-// Its silence is a pass.
+// promtool check metrics (Debian's prometheus package, see tools.mjs): parses with
+// Prometheus' own text parser and lints the names. Its silence is a pass.
 function promtoolCheck(text) {
-  const r = spawnSync(PROMTOOL, ['check', 'metrics'], { input: text, encoding: 'utf8' });
-  if (r.error && r.error.code === 'ENOENT') {
-    throw new Error(`${PROMTOOL} is missing: build.sh installs Debian's prometheus package for the tests`);
-  }
+  const r = spawnSync(promtoolPath(), ['check', 'metrics'], { input: text, encoding: 'utf8' });
+  if (r.error) throw r.error;
   assert.equal(r.status, 0, `promtool check metrics failed:\n${r.stdout}${r.stderr}\n---\n${text}`);
   assert.equal(`${r.stdout}${r.stderr}`.trim(), '', `promtool complained:\n${r.stdout}${r.stderr}`);
 }

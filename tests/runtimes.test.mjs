@@ -5,7 +5,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -379,24 +379,46 @@ for (const [key, rt] of Object.entries(RUNTIMES)) {
     });
 
     // Static: runs without php too. (The images cannot be built here: no registry, no engine.)
-    it('the Dockerfiles: base image installs this entry where CMD runs it; the sample builds FROM the base', { timeout: TEST_TIMEOUT_MS }, () => {
-      const dir = path.join(ROOT, 'runtimes', key);
-      const base = readFileSync(path.join(dir, 'Dockerfile'), 'utf8');
-      const sample = readFileSync(path.join(dir, 'sample-project', 'Dockerfile'), 'utf8');
-      const readme = readFileSync(path.join(dir, 'README.md'), 'utf8');
+    // `fly deploy` builds on Fly's remote builder with the project directory as the context:
+    // the sample must need nothing but a public image and its own files.
+    it('the sample Dockerfile builds from a public image and its own files; CMD runs the tested runtime', { timeout: TEST_TIMEOUT_MS }, () => {
+      const project = path.join(ROOT, 'runtimes', key, 'sample-project');
+      const instr = lines(readFileSync(path.join(project, 'Dockerfile'), 'utf8'))
+        .filter((l) => !l.trimStart().startsWith('#')).map((l) => l.trim());
       const entry = path.basename(rt.entry);
-      const [from, tag, bin] = key === 'js' ? ['node:20-slim', 'lambdo-node:20', 'node'] : ['php:8.2-cli', 'lambdo-php:8.2', 'php'];
-      const instr = (text) => lines(text).filter((l) => !l.startsWith('#')).map((l) => l.trim());
-      assert.deepEqual(instr(base), [
-        `FROM ${from}`, `COPY ${entry} /lambdo/${entry}`, 'WORKDIR /app', `CMD ["${bin}", "/lambdo/${entry}"]`,
-      ]);
-      assert.deepEqual(instr(sample), [`ARG LAMBDO_BASE=${tag}`, 'FROM ${LAMBDO_BASE}', 'COPY . /app']);
-      assert.match(readFileSync(path.join(dir, '.dockerignore'), 'utf8'), new RegExp(`^!${entry.replace('.', '\\.')}$`, 'm'));
-      assert.ok(readme.includes(`docker build -t ${tag} runtimes/${key}`), 'README: how to build the base image');
-      assert.ok(readme.includes(`runtimes/${key}/sample-project`), 'README: how to build the sample project');
+      const [from, bin] = key === 'js' ? ['node:20-slim', 'node'] : ['php:8.2-cli', 'php'];
+      assert.deepEqual(instr.filter((l) => /^(FROM|ARG)\b/i.test(l)), [`FROM ${from}`], 'one public base image, no build argument');
+      const ignored = lines(readFileSync(path.join(project, '.dockerignore'), 'utf8'));
+      const copies = instr.filter((l) => /^(COPY|ADD)\b/i.test(l));
+      assert.ok(copies.length >= 2, instr.join('\n'));
+      for (const c of copies) {
+        const words = c.split(/\s+/).slice(1);
+        assert.ok(!words.some((w) => w.startsWith('--from') || /^https?:/.test(w)), `${c}: the build context only`);
+        for (const src of words.slice(0, -1)) {
+          const st = lstatSync(path.join(project, src), { throwIfNoEntry: false });
+          assert.ok(st && !st.isSymbolicLink(), `${c}: ${src} must be in the sample project, not a symlink`);
+          assert.ok(!ignored.includes(src), `${c}: .dockerignore excludes ${src}`);
+        }
+      }
+      assert.ok(copies.includes(`COPY ${entry} /lambdo/${entry}`), copies.join('\n'));
+      assert.equal(instr.at(-1), `CMD ["${bin}", "/lambdo/${entry}"]`);
+      assert.equal(realpathSync(rt.entry), path.join(project, entry), 'the tests run the file the image ships');
     });
   });
 }
+
+// No deploy instruction builds on a local-only base image (the old `lambdo-node:20`).
+it('no Dockerfile or README in the repository names a locally built base image', () => {
+  const docs = ['README.md', 'runtimes/README.md', 'runtimes/js/README.md', 'runtimes/php/README.md',
+    'runtimes/js/sample-project/Dockerfile', 'runtimes/php/sample-project/Dockerfile'];
+  for (const f of docs) {
+    const text = readFileSync(path.join(ROOT, f), 'utf8');
+    assert.doesNotMatch(text, /lambdo-(node|php):|LAMBDO_BASE/, f);
+    for (const m of text.matchAll(/^FROM\s+(\S+)/gm)) {
+      assert.match(m[1], /^(node:20-slim|php:8\.2-cli|debian:bookworm-slim|scratch|composer:2)$/, `${f}: FROM ${m[1]}`);
+    }
+  }
+});
 
 // ---- Node only --------------------------------------------------------------------------------
 

@@ -405,13 +405,26 @@ struct answer_case {
     const char *instance;
 };
 
+#define NO_ID "the answer names no usable Machine id"
+#define LONG_ID_FITS "0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab" /* 60 */
+#define LONG_ID LONG_ID_FITS "f"
+
 static const struct answer_case answers[] = {
     { 200, "{\"id\":\"148ed193b95948\",\"region\":\"iad\",\"instance_id\":\"01H3JK\",\"state\":\"created\"}",
       NULL, FLY_CREATED, -1, "", "148ed193b95948", "iad", "01H3JK" },
     { 201, "{\"id\":\"m2\",\"region\":\"ord\"}", NULL, FLY_CREATED, -1, "", "m2", "ord", "" },
-    { 200, "not json", NULL, FLY_CREATED, -1, "", "", "", "" },
-    { 200, "", NULL, FLY_CREATED, -1, "", "", "", "" },
-    { 202, "{\"id\":7}", NULL, FLY_CREATED, -1, "", "", "", "" },
+    /* a 2xx without an id lambdo can follow is a failed create, never a Machine "" */
+    { 200, "not json", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 202, "{\"id\":7}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"region\":\"iad\",\"instance_id\":\"01H3JK\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "",
+      "", "" },
+    { 201, "{\"id\":\"\",\"region\":\"iad\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"  \"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"m\\n\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"caf\\u00e9\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"" LONG_ID "\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"" LONG_ID_FITS "\"}", NULL, FLY_CREATED, -1, "", LONG_ID_FITS, "", "" },
     { 503, "{\"error\":\"insufficient capacity\",\"status\":\"insufficient_capacity\"}", NULL,
       FLY_NEXT_REGION, -1, "insufficient capacity", NULL, NULL, NULL },
     { 503, "", NULL, FLY_NEXT_REGION, -1, "", NULL, NULL, NULL },

@@ -65,7 +65,8 @@
 // {"error":"machine not found"} for it, as Fly does once an auto-destroyed machine is reaped. It
 // stays in fly.machines (m.gone = true) for the tests' accounting.
 // Region fault `resetAfterCreate: true`: the machine IS created, then the connection is reset
-// before the answer (the client cannot know it exists).
+// before the answer (the client cannot know it exists). Region fault `createdId: null | <string>`:
+// the machine IS created, and the 200 answer has no "id" (null) or that one ("" and the like).
 //
 // Rate limits like Fly's (option rateLimits, or fly.rateLimits = {...}; default none):
 //   { create: { rate, burst }, get: { rate, burst } }   token buckets per app, rate per second;
@@ -525,6 +526,13 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
           req.socket.destroy();
           notify();
           return undefined;
+        }
+        if ('createdId' in f) {
+          rec.fault = f;
+          const m = create(rec, body, decoded);
+          rec.machineId = m.id;
+          const { id, ...rest } = view(m);
+          return send(res, rec, 200, f.createdId === null ? rest : { ...rest, id: f.createdId });
         }
         if (await applyFault(f, req, res, rec)) return;
       }

@@ -3,6 +3,9 @@
 //   LAMBDO_VARIANT       asan | glibc | musl (default: asan)
 //   LAMBDO_TOOL_WRAPPER  words put before every command, e.g. "valgrind --error-exitcode=99"
 //   LAMBDO_BIN           the lambdo binary (default: the variant's build; musl is ./lambdo)
+//   LAMBDO_PROMTOOL      promtool (default: the one ./build.sh test unpacks into .deps/)
+// Tools are found where a fresh clone has them after ./build.sh test, never on PATH only:
+// one on the developer's PATH once hid a missing one from CI.
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,4 +35,10 @@ export function toolCommand(name, args = []) {
 
 export function lambdoCommand(args = []) {
   return [...wrapper, lambdoPath(), ...args];
+}
+
+export function promtoolPath() {
+  const p = process.env.LAMBDO_PROMTOOL || path.join(ROOT, '.deps/promtool/usr/bin/promtool');
+  if (!existsSync(p)) throw new Error(`promtool ${p} is missing: ./build.sh test unpacks it into .deps/`);
+  return p;
 }
