@@ -16,7 +16,7 @@
 
 #include <bearssl.h>
 
-#include "cJSON.h"
+#include "json.h"
 #include "log.h"
 
 #define SQS_CONTENT_TYPE "application/x-amz-json-1.0"
@@ -905,7 +905,7 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
                      const char *query_error_header, size_t query_error_len, const char *body,
                      size_t body_len, struct sqs_api_error *out)
 {
-    cJSON *root = body && body_len ? cJSON_ParseWithLength(body, body_len) : NULL;
+    cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
     const char *code = NULL, *msg = NULL;
 
     memset(out, 0, sizeof *out);
@@ -1028,7 +1028,7 @@ static int sqs_apply_failed(const cJSON *list, struct sqs_entry *entries, size_t
 int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
                            struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const cJSON *ok, *failed, *item;
     int r = -1;
 
@@ -1823,7 +1823,7 @@ static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
 int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
                           struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const char *id = cJSON_IsObject(root) ? sqs_json_string(root, "MessageId") : NULL;
 
     if (!id || !*id) {
@@ -1890,7 +1890,7 @@ static int sqs_send_lists(const cJSON *root, const cJSON **ok, const cJSON **fai
 int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
                                 size_t n, struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const cJSON *ok = NULL, *failed = NULL, *item;
 
     if (sqs_send_lists(root, &ok, &failed, e) < 0) {
@@ -2146,7 +2146,7 @@ static long sqs_attr_count(const cJSON *attrs, const char *name)
  * (the count a number, or a string in older answers). */
 static void sqs_read_redrive(const char *policy, struct sqs_queue_info *out)
 {
-    cJSON *j = cJSON_Parse(policy);
+    cJSON *j = json_parse(policy, strlen(policy));
     const cJSON *count = cJSON_GetObjectItemCaseSensitive(j, "maxReceiveCount");
     const char *arn = cJSON_IsObject(j) ? sqs_json_string(j, "deadLetterTargetArn") : NULL;
 
@@ -2164,7 +2164,7 @@ static void sqs_read_redrive(const char *policy, struct sqs_queue_info *out)
 int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *out,
                          struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "Attributes");
     const char *policy;
 
