@@ -1125,6 +1125,7 @@ void sqs_client_init(struct sqs_client *c, struct http_client *http, const struc
     if (creds)
         c->creds = *creds;
     c->receive_attempts = SQS_RECEIVE_ATTEMPTS;
+    c->receive_max = SQS_MAX_MESSAGES;
     c->batch_attempts = SQS_BATCH_ATTEMPTS;
     c->backoff_base_ms = SQS_BACKOFF_BASE_MS;
     c->backoff_cap_ms = SQS_BACKOFF_CAP_MS;
@@ -1263,12 +1264,12 @@ static int sqs_call_retry(struct sqs_client *c, const char *op, const char *body
     }
 }
 
-int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
-                struct lerr *e)
+static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
+                            struct sqs_batch *b, struct lerr *e)
 {
     struct http_response resp;
     int timeout_ms, saved_io;
-    size_t len;
+    size_t len, saved_max = c->http->max_body;
     char *body;
     int r;
 
@@ -1284,8 +1285,11 @@ int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct s
     saved_io = c->http->io_timeout_ms;
     if (saved_io < timeout_ms)
         c->http->io_timeout_ms = timeout_ms;
+    if (saved_max < SQS_RECEIVE_MAX_BODY)
+        c->http->max_body = SQS_RECEIVE_MAX_BODY;
     r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts, &resp, e);
     c->http->io_timeout_ms = saved_io;
+    c->http->max_body = saved_max;
     free(body);
     if (r < 0)
         return -1;
@@ -1296,6 +1300,25 @@ int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct s
     }
     http_response_free(&resp);
     return r;
+}
+
+int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
+                struct lerr *e)
+{
+    struct sqs_receive_opts fewer = *o;
+
+    for (;;) {
+        int r;
+
+        if (c->receive_max >= 1 && fewer.max_messages > c->receive_max)
+            fewer.max_messages = c->receive_max;
+        r = sqs_receive_once(c, &fewer, b, e);
+        if (r == 0 || e->kind != LERR_TOO_LARGE || fewer.max_messages <= 1)
+            return r;
+        c->receive_max = (fewer.max_messages + 1) / 2;
+        log_warn("%s; asking for at most %d messages from now on (the messages of that answer "
+                 "return after their visibility timeout)", e->msg, c->receive_max);
+    }
 }
 
 static size_t sqs_count(const struct sqs_entry *entries, size_t n, enum sqs_entry_status s)
