@@ -1,9 +1,11 @@
 # Driven by build.sh, which fetches the BearSSL and cJSON sources into .deps/.
-# Four builds of the same sources:
+# Five builds of the same sources:
 #   $(B)/musl   the product: static, stripped, size-optimised (./lambdo) and musl test tools
 #   $(B)/glibc  plain -O1 -g, for valgrind memcheck
 #   $(B)/asan   AddressSanitizer + UBSan (clang), what the tests run by default
 #   $(B)/fuzz   libFuzzer targets (clang)
+#   $(B)/tsan   ThreadSanitizer (clang), lambdo only, cJSON instrumented too; clang 14's
+#               runtime needs `setarch $(uname -m) -R` on kernels with high-entropy ASLR
 # Every top-level *.c but lambdo.c is library code; tests/t_*.c are cmocka unit tests,
 # tests/tool_*.c are small CLIs the Node tests drive, tests/fuzz_*.c are fuzz targets.
 
@@ -32,6 +34,7 @@ GLIBC_CF := -std=c11 -O1 -g
 ASAN_CC := clang
 ASAN_CF := -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
            -fno-sanitize-recover=undefined
+TSAN_CF := -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=thread
 FUZZ_CF := -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 
 .PHONY: lambdo test-build clean
@@ -42,7 +45,7 @@ lambdo: $(B)/musl/lambdo
 
 test-build: $(B)/asan/lambdo $(B)/glibc/lambdo $(UNITS:%=$(B)/asan/%) $(UNITS:%=$(B)/glibc/%) \
             $(TOOLS:%=$(B)/asan/%) $(TOOLS:%=$(B)/glibc/%) $(TOOLS:%=$(B)/musl/%) \
-            $(FUZZERS:%=$(B)/fuzz/%)
+            $(FUZZERS:%=$(B)/fuzz/%) $(B)/tsan/lambdo
 
 # --- third-party libraries, one archive per C library flavour ---------------------------
 br_obj = $(patsubst $(BEARSSL)/src/%.c,$(B)/$(1)/bearssl/%.o,$(BR_SRC))
@@ -64,6 +67,10 @@ $(B)/glibc/cjson.o: $(CJSON)/cJSON.c
 	@mkdir -p $(@D)
 	$(GLIBC_CC) -O2 -g -c $< -o $@
 
+$(B)/tsan/cjson.o: $(CJSON)/cJSON.c
+	@mkdir -p $(@D)
+	$(ASAN_CC) $(TSAN_CF) -c $< -o $@
+
 MUSL_DEPS  := $(B)/musl/libbearssl.a $(B)/musl/cjson.o
 GLIBC_DEPS := $(B)/glibc/libbearssl.a $(B)/glibc/cjson.o
 
@@ -80,6 +87,9 @@ $(B)/asan/%.o: %.c
 $(B)/fuzz/%.o: %.c
 	@mkdir -p $(@D)
 	$(ASAN_CC) $(FUZZ_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
+$(B)/tsan/%.o: %.c
+	@mkdir -p $(@D)
+	$(ASAN_CC) $(TSAN_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
 
 lib = $(LIBSRC:%.c=$(B)/$(1)/%.o)
 
@@ -92,6 +102,8 @@ $(B)/glibc/lambdo: $(B)/glibc/lambdo.o $(call lib,glibc) $(GLIBC_DEPS)
 	$(GLIBC_CC) $(GLIBC_CF) $^ -o $@
 $(B)/asan/lambdo: $(B)/asan/lambdo.o $(call lib,asan) $(GLIBC_DEPS)
 	$(ASAN_CC) $(ASAN_CF) $^ -o $@
+$(B)/tsan/lambdo: $(B)/tsan/lambdo.o $(call lib,tsan) $(B)/glibc/libbearssl.a $(B)/tsan/cjson.o
+	$(ASAN_CC) $(TSAN_CF) $^ -o $@
 $(B)/glibc/t_%: $(B)/glibc/tests/t_%.o $(call lib,glibc) $(GLIBC_DEPS)
 	$(GLIBC_CC) $(GLIBC_CF) $^ -lcmocka -o $@
 $(B)/glibc/tool_%: $(B)/glibc/tests/tool_%.o $(call lib,glibc) $(GLIBC_DEPS)

@@ -14,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cJSON.h"
+#include "json.h"
 #include "http.h"
 #include "httpresp.h"
 #include "log.h"
@@ -231,7 +231,7 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "out of memory");
     if (plen == 0 || creds_b64url_decode(payload, plen, buf, &blen) < 0) {
         lerr_set(e, LERR_INVALID, "JWT payload is not base64url");
-    } else if (!(root = cJSON_ParseWithLength((const char *)buf, blen))) {
+    } else if (!(root = json_parse((const char *)buf, blen))) {
         lerr_set(e, LERR_INVALID, "JWT payload is not JSON");
     } else {
         item = cJSON_GetObjectItemCaseSensitive(root, "exp");

@@ -10,7 +10,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include "cJSON.h"
+#include "json.h"
 #include "log.h"
 
 /* ---- base64 ---------------------------------------------------------------------------- */
@@ -157,7 +157,7 @@ static void jb_guest(struct jbuf *b, const struct preset *p)
  * only strings (no number can change on the way through a double). */
 static int jb_command(struct jbuf *b, const char *command, struct lerr *e)
 {
-    cJSON *arr = cJSON_ParseWithLength(command, strlen(command)), *item;
+    cJSON *arr = json_parse(command, strlen(command)), *item;
     int i = 0;
 
     if (!cJSON_IsArray(arr)) {
@@ -310,7 +310,7 @@ static int usable_id(const cJSON *j, const char *copied)
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
                   size_t retry_after_len, struct fly_answer *a)
 {
-    cJSON *j = body && body_len ? cJSON_ParseWithLength(body, body_len) : NULL;
+    cJSON *j = body && body_len ? json_parse(body, body_len) : NULL;
 
     memset(a, 0, sizeof *a);
     a->retry_after_ms = -1;
@@ -716,7 +716,7 @@ void fly_classify_call(int status, const char *body, size_t body_len, const char
         r->outcome = FLY_CALL_OK;
         return;
     }
-    j = body && body_len ? cJSON_ParseWithLength(body, body_len) : NULL;
+    j = body && body_len ? json_parse(body, body_len) : NULL;
     error_text(r->error, sizeof r->error, j, body, body_len);
     cJSON_Delete(j);
     if (status == 404 || status == 410) {
@@ -805,7 +805,7 @@ static void read_exit(const cJSON *ev, struct fly_exit *out)
     cJSON *parsed = NULL;
 
     if (cJSON_IsString(req))
-        req = parsed = cJSON_Parse(req->valuestring);
+        req = parsed = json_parse(req->valuestring, strlen(req->valuestring));
     x = field(req, "exit_event");
     read_exit_event(cJSON_IsObject(x) ? x : req, out);
     cJSON_Delete(parsed);
@@ -815,7 +815,7 @@ static void read_exit(const cJSON *ev, struct fly_exit *out)
 static int parse_exit(const char *json, size_t len, struct fly_exit *out, int *has_events,
                       struct lerr *e)
 {
-    cJSON *j = json && len ? cJSON_ParseWithLength(json, len) : NULL;
+    cJSON *j = json && len ? json_parse(json, len) : NULL;
     const cJSON *events, *ev;
     long long ts;
 

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cJSON.h"
+#include "json.h"
 #include "log.h"
 
 extern char **environ;
@@ -87,7 +87,7 @@ static int command_parse(const char *json, cJSON **out, struct lerr *e)
 
     if (!json)
         return lerr_set(e, LERR_INVALID, "no command");
-    a = cJSON_ParseWithOpts(json, &end, 1);
+    a = json_parse_all(json, &end);
     if (!a)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu)",
                         end && end >= json ? (size_t)(end - json) : (size_t)0);

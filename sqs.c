@@ -16,7 +16,7 @@
 
 #include <bearssl.h>
 
-#include "cJSON.h"
+#include "json.h"
 #include "log.h"
 
 #define SQS_CONTENT_TYPE "application/x-amz-json-1.0"
@@ -905,7 +905,7 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
                      const char *query_error_header, size_t query_error_len, const char *body,
                      size_t body_len, struct sqs_api_error *out)
 {
-    cJSON *root = body && body_len ? cJSON_ParseWithLength(body, body_len) : NULL;
+    cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
     const char *code = NULL, *msg = NULL;
 
     memset(out, 0, sizeof *out);
@@ -1028,7 +1028,7 @@ static int sqs_apply_failed(const cJSON *list, struct sqs_entry *entries, size_t
 int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
                            struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const cJSON *ok, *failed, *item;
     int r = -1;
 
@@ -1125,6 +1125,7 @@ void sqs_client_init(struct sqs_client *c, struct http_client *http, const struc
     if (creds)
         c->creds = *creds;
     c->receive_attempts = SQS_RECEIVE_ATTEMPTS;
+    c->receive_max = SQS_MAX_MESSAGES;
     c->batch_attempts = SQS_BATCH_ATTEMPTS;
     c->backoff_base_ms = SQS_BACKOFF_BASE_MS;
     c->backoff_cap_ms = SQS_BACKOFF_CAP_MS;
@@ -1263,12 +1264,12 @@ static int sqs_call_retry(struct sqs_client *c, const char *op, const char *body
     }
 }
 
-int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
-                struct lerr *e)
+static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
+                            struct sqs_batch *b, struct lerr *e)
 {
     struct http_response resp;
     int timeout_ms, saved_io;
-    size_t len;
+    size_t len, saved_max = c->http->max_body;
     char *body;
     int r;
 
@@ -1284,8 +1285,11 @@ int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct s
     saved_io = c->http->io_timeout_ms;
     if (saved_io < timeout_ms)
         c->http->io_timeout_ms = timeout_ms;
+    if (saved_max < SQS_RECEIVE_MAX_BODY)
+        c->http->max_body = SQS_RECEIVE_MAX_BODY;
     r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts, &resp, e);
     c->http->io_timeout_ms = saved_io;
+    c->http->max_body = saved_max;
     free(body);
     if (r < 0)
         return -1;
@@ -1296,6 +1300,25 @@ int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct s
     }
     http_response_free(&resp);
     return r;
+}
+
+int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
+                struct lerr *e)
+{
+    struct sqs_receive_opts fewer = *o;
+
+    for (;;) {
+        int r;
+
+        if (c->receive_max >= 1 && fewer.max_messages > c->receive_max)
+            fewer.max_messages = c->receive_max;
+        r = sqs_receive_once(c, &fewer, b, e);
+        if (r == 0 || e->kind != LERR_TOO_LARGE || fewer.max_messages <= 1)
+            return r;
+        c->receive_max = (fewer.max_messages + 1) / 2;
+        log_warn("%s; asking for at most %d messages from now on (the messages of that answer "
+                 "return after their visibility timeout)", e->msg, c->receive_max);
+    }
 }
 
 static size_t sqs_count(const struct sqs_entry *entries, size_t n, enum sqs_entry_status s)
@@ -1823,7 +1846,7 @@ static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
 int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
                           struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const char *id = cJSON_IsObject(root) ? sqs_json_string(root, "MessageId") : NULL;
 
     if (!id || !*id) {
@@ -1890,7 +1913,7 @@ static int sqs_send_lists(const cJSON *root, const cJSON **ok, const cJSON **fai
 int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
                                 size_t n, struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const cJSON *ok = NULL, *failed = NULL, *item;
 
     if (sqs_send_lists(root, &ok, &failed, e) < 0) {
@@ -2146,7 +2169,7 @@ static long sqs_attr_count(const cJSON *attrs, const char *name)
  * (the count a number, or a string in older answers). */
 static void sqs_read_redrive(const char *policy, struct sqs_queue_info *out)
 {
-    cJSON *j = cJSON_Parse(policy);
+    cJSON *j = json_parse(policy, strlen(policy));
     const cJSON *count = cJSON_GetObjectItemCaseSensitive(j, "maxReceiveCount");
     const char *arn = cJSON_IsObject(j) ? sqs_json_string(j, "deadLetterTargetArn") : NULL;
 
@@ -2164,7 +2187,7 @@ static void sqs_read_redrive(const char *policy, struct sqs_queue_info *out)
 int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *out,
                          struct lerr *e)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = json_parse(json, len);
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "Attributes");
     const char *policy;
 

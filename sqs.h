@@ -59,6 +59,8 @@ struct sqs_client {
     struct sigv4_credentials creds;   /* strings not owned; never logged */
     struct creds_provider *provider;  /* not owned; when set, each request is signed with
                                          its current credentials instead of creds */
+    int receive_max;                  /* MaxNumberOfMessages asked for at most: 10, halved
+                                         after each answer over SQS_RECEIVE_MAX_BODY */
     /* Retry policy, set by sqs_client_init; tests shorten the backoff. */
     unsigned receive_attempts, batch_attempts, backoff_base_ms, backoff_cap_ms;
     uint64_t rng;                     /* jitter state: seeded from getrandom, or set it */
@@ -118,9 +120,19 @@ struct sqs_batch {
     void *mem;
 };
 
+/* The largest ReceiveMessage answer read: 10 messages of SQS_MAX_MESSAGE_BYTES (body and
+ * attributes) in which JSON escapes every byte ('"', '\\', tab, LF and CR take two), and
+ * for each a generous 64 KiB of ids, receipt handle, MD5s and keys. About 20.6 MiB. */
+#define SQS_RECEIVE_MAX_BODY (SQS_MAX_MESSAGES * (2u * SQS_MAX_MESSAGE_BYTES + 65536u))
+
 /* Long-polls once. An answer without messages is an empty batch (count 0), not an error.
  * The request may take wait_seconds + 10 s: for this call the HTTP client's io_timeout_ms
- * is raised to that if it is lower (and restored), since SQS sends nothing until then.
+ * is raised to that if it is lower (and restored), since SQS sends nothing until then; its
+ * max_body likewise to SQS_RECEIVE_MAX_BODY. An answer still over that (only an SQS that
+ * escapes more, e.g. \u00e9 for é, would send one) is not read: its messages come back
+ * after their visibility timeout with one more receive count, and this call and every
+ * later one ask for half as many messages (c->receive_max, down to 1: one message fits
+ * even at six bytes on the wire for each byte). o->max_messages is also capped by it.
  * On error b holds nothing to free and c->last_error says whether to try again later. */
 int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
                 struct lerr *e);
