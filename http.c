@@ -833,7 +833,6 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
         io.no_close_notify = 0;
-
         if (reused && conn_idle_broken(conn)) {
             log_debug("http: %s:%u closed the idle connection; opening a new one", conn->host,
                       conn->port);

@@ -647,6 +647,16 @@ sys.stdin.read()
         await s.close();
       }
     }
+    // Only the first 8 KiB of an IP host's certificate are kept for the check: a bigger one
+    // is refused, not half-read.
+    const big = await httpServer(echo, tlsOpts(certs.ip4big));
+    try {
+      assert.ok(certs.ip4big.cert.length > 12000, 'the PEM of a DER over 8 KiB');
+      const r = await runHttpc([`https://127.0.0.1:${big.port}/`], { env: caEnv });
+      assertError(r, 'tls', '127.0.0.1', 'BR_ERR_X509_LIMIT_EXCEEDED');
+    } finally {
+      await big.close();
+    }
   });
 
   test('TLS alert from the server: TLS 1.3 only gives protocol_version', T, async () => {

@@ -7,6 +7,7 @@
 //                              (their CN is a word, so only the SAN can match)
 //   dns127                     signed by the CA with SAN DNS:127.0.0.1 (refused for the IP)
 //   cn127                      signed by the CA, CN=127.0.0.1 and no SAN at all (refused too)
+//   ip4big                     IP:127.0.0.1 among 500 DNS names: over 8 KiB (TLS_EE_MAX)
 // Servers are normally reached as https://localhost:PORT.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
@@ -48,6 +49,8 @@ export function testCerts() {
   makeLeaf(dir, 'ip6', 'ca', null, { san: 'IP:::1', cn: 'lambdo ip test' });
   makeLeaf(dir, 'dns127', 'ca', '127.0.0.1');
   makeLeaf(dir, 'cn127', 'ca', null, { san: null, cn: '127.0.0.1' });
+  const many = Array.from({ length: 500 }, (_, i) => `DNS:name-${i}.example`).join(',');
+  makeLeaf(dir, 'ip4big', 'ca', null, { san: `${many},IP:127.0.0.1`, cn: 'lambdo ip test' });
   const file = (n) => path.join(dir, n);
   const pair = (n) => ({ cert: readFileSync(file(`${n}.pem`)), key: readFileSync(file(`${n}.key`)),
     certFile: file(`${n}.pem`), keyFile: file(`${n}.key`) });
@@ -62,6 +65,7 @@ export function testCerts() {
     ip6: pair('ip6'),
     dns127: pair('dns127'),
     cn127: pair('cn127'),
+    ip4big: pair('ip4big'),
   };
   return cached;
 }
