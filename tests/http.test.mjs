@@ -549,7 +549,7 @@ sys.stdin.read()
     });
     try {
       const t0 = Date.now();
-      const r = await runHttpc(['--io-timeout-ms', '2000', '--request-timeout-ms', '1500', s.url()]);
+      const r = await runHttpc(['--io-timeout-ms', '5000', '--request-timeout-ms', '1500', s.url()]);
       assertError(r, 'timeout', 'request timeout after 1500 ms', 'reading response body from');
       assert.ok(Date.now() - t0 < 30000, 'ended by the deadline, not by the trickle');
       // a request's own timeout_ms takes the place of the client's
