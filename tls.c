@@ -528,8 +528,7 @@ static int cert_has_ip(const unsigned char *der, size_t len, const unsigned char
 
 static struct tls_client *x509_tc(const br_x509_class *const *ctx)
 {
-    return (struct tls_client *)(void *)((char *)(void *)(uintptr_t)ctx -
-                                         offsetof(struct tls_client, x509));
+    return (struct tls_client *)((uintptr_t)ctx - offsetof(struct tls_client, x509));
 }
 
 static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
@@ -612,7 +611,6 @@ static void tls_host_ip(struct tls_client *tc, const char *host)
         tc->ip_len = sizeof a4;
     }
 }
-
 
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 {
