@@ -1145,17 +1145,40 @@ static int creds_is_socket(const char *path)
     return path[0] && stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
+#define FLY_SOCKET_TIMEOUT_MS 10000  /* the socket is local: 10 s means it is stuck */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The next read may wait only for what is left of the whole exchange's time: an answer
+ * trickled a byte at a time must not hold the credentials (and a shutdown) for hours. */
+static int fly_read_until(int fd, int64_t deadline)
+{
+    int64_t left = deadline - mono_ms();
+    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+
+    if (left <= 0) {
+        errno = EAGAIN;  /* reported as the timeout it is */
+        return 0;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return 1;
+}
+
 static int fly_connect(const char *path, struct lerr *e)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    struct timeval tv = { 10, 0 };  /* the socket is local: 10 s means it is stuck */
+    struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
     if (fd < 0)
         return lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
     memcpy(sa.sun_path, path, strlen(path) + 1);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* reads: fly_read_until */
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
                  "Fly API socket %s: connect: %s", path, strerror(errno));
@@ -1170,6 +1193,7 @@ static int fly_exchange(int fd, const char *path, char *buf, struct httpresp_hea
                         char *body, size_t *body_len, struct lerr *e)
 {
     size_t sent = 0, len = 0;
+    int64_t deadline = mono_ms() + FLY_SOCKET_TIMEOUT_MS;
     int eof = 0;
 
     while (sent < sizeof fly_request - 1) {
@@ -1188,14 +1212,14 @@ static int fly_exchange(int fd, const char *path, char *buf, struct httpresp_hea
         if (len == FLY_ANSWER_MAX)
             return lerr_set(e, LERR_TOO_LARGE, "Fly API socket %s: answer larger than %d bytes",
                             path, FLY_ANSWER_MAX);
-        n = recv(fd, buf + len, FLY_ANSWER_MAX - len, 0);
+        n = fly_read_until(fd, deadline) ? recv(fd, buf + len, FLY_ANSWER_MAX - len, 0) : -1;
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
             return lerr_set(e, errno == EAGAIN || errno == EWOULDBLOCK ? LERR_TIMEOUT : LERR_IO,
                             "Fly API socket %s: %s", path,
-                            errno == EAGAIN || errno == EWOULDBLOCK ? "no answer within 10 s"
-                                                                    : strerror(errno));
+                            errno == EAGAIN || errno == EWOULDBLOCK
+                                ? "no complete answer within 10 s" : strerror(errno));
         if (n == 0)
             eof = 1;
         len += (size_t)n;

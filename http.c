@@ -34,6 +34,7 @@ struct io {
     int request_timeout_ms;
     int wait_ms;              /* per-wait limit of the current phase */
     const char *phase;        /* "connecting to", "waiting for response from"... */
+    int no_close_notify;      /* TLS: the socket ended without close_notify */
 };
 
 #define IO_CLOSED 0  /* conn_read: the peer closed (EOF or TLS close_notify) */
@@ -264,6 +265,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED) {
+                io->no_close_notify = 1;
                 if (want & BR_SSL_RECVAPP)
                     return IO_CLOSED;  /* EOF without close_notify: the caller judges */
                 return lerr_set(e, LERR_CLOSED, "connection closed while %s %s:%u", io->phase,
@@ -692,6 +694,12 @@ static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_h
             n = rbuf_fill(io, b, e);
             if (n < 0)
                 return -1;
+            /* Over TLS only close_notify ends such a body: a bare EOF may be an attacker
+             * or a middlebox cutting it short (RFC 5246 7.2.1). */
+            if (n == IO_CLOSED && io->no_close_notify)
+                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection without TLS "
+                                "close_notify after %zu body bytes: the body may be truncated",
+                                io->conn->host, io->conn->port, b->len);
             if (n == IO_CLOSED)
                 return b->len > max_body ? http_too_large(io, 0, max_body, e) : 0;
         }
@@ -767,6 +775,7 @@ void http_client_init(struct http_client *c, const struct tls_anchors *anchors)
     c->anchors = anchors;
     c->connect_timeout_ms = 10000;
     c->io_timeout_ms = 30000;
+    c->request_timeout_ms = HTTP_DEFAULT_REQUEST_TIMEOUT_MS;
     c->max_body = HTTP_DEFAULT_MAX_BODY;
     c->cancel_fd = -1;
 }
@@ -817,12 +826,13 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
     is_head = strcmp(req->method, "HEAD") == 0;
     io.c = c;
     io.conn = conn;
-    io.request_timeout_ms = req->timeout_ms;
-    io.deadline = req->timeout_ms > 0 ? now_ms() + req->timeout_ms : 0;
+    io.request_timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
+    io.deadline = io.request_timeout_ms > 0 ? now_ms() + io.request_timeout_ms : 0;
 
     for (int attempt = 0;; attempt++) {
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
+        io.no_close_notify = 0;
         if (reused && conn_idle_broken(conn)) {
             log_debug("http: %s:%u closed the idle connection; opening a new one", conn->host,
                       conn->port);

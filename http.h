@@ -12,12 +12,17 @@
  * A response with "Connection: close", an HTTP/1.0 response without keep-alive, a body
  * delimited by the close, or bytes after the response end the connection.
  *
+ * Over TLS, a body delimited by the close must end with close_notify: a bare EOF may have
+ * cut it short, and is an error (LERR_MALFORMED), never a complete body.
+ *
  * Limits: connect_timeout_ms for each connect() (a timeout ends the attempt; a refused
  * address moves on to the next one), io_timeout_ms for each wait for the socket (TLS
- * handshake, sending, each read of the response), and the request's timeout_ms, if set,
- * for all of it. Name resolution (getaddrinfo) is outside them: it cannot be interrupted
- * and has the resolver's own timeouts. cancel_fd aborts any wait, and a request started
- * while it is already readable.
+ * handshake, sending, each read of the response), and a deadline for all of it: the
+ * request's timeout_ms, else the client's request_timeout_ms. Every request has one, so
+ * that a server trickling a byte within each io_timeout_ms cannot hold a caller (and a
+ * shutdown waiting for it) forever. Name resolution (getaddrinfo) is outside them: it
+ * cannot be interrupted and has the resolver's own timeouts. cancel_fd aborts any wait,
+ * and a request started while it is already readable.
  *
  * One client is used by one thread at a time. Nothing knows of SQS or Fly here.
  */
@@ -32,6 +37,7 @@
 
 #define HTTP_MAX_CONNS 4
 #define HTTP_DEFAULT_MAX_BODY (8u * 1024 * 1024)
+#define HTTP_DEFAULT_REQUEST_TIMEOUT_MS 30000
 
 struct http_header {
     const char *name;
@@ -52,7 +58,7 @@ struct http_request {
     const char *body;
     size_t body_len;
     int timeout_ms;                     /* whole request (connect, TLS, send, response);
-                                           0: none, only the client's per-phase limits */
+                                           0: the client's request_timeout_ms */
 };
 
 struct http_response {
@@ -69,6 +75,8 @@ struct http_client {
     const struct tls_anchors *anchors;  /* shared, read-only; may be NULL for http:// only */
     int connect_timeout_ms;             /* default 10000 */
     int io_timeout_ms;                  /* per read/write wait, default 30000 */
+    int request_timeout_ms;             /* deadline of a request without its own timeout_ms,
+                                           HTTP_DEFAULT_REQUEST_TIMEOUT_MS */
     size_t max_body;                    /* default HTTP_DEFAULT_MAX_BODY */
     int cancel_fd;                      /* -1, or an fd that becomes readable to abort any
                                            wait with LERR_CANCELLED (a shutdown pipe) */

@@ -1,8 +1,11 @@
 #include "tls.h"
 #include "text.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -128,6 +131,7 @@ static int der_uint(struct der *d, struct der *out)
 #define OID_P384       "\x2b\x81\x04\x00\x22"
 #define OID_P521       "\x2b\x81\x04\x00\x23"
 #define OID_BASIC_CONS "\x55\x1d\x13"
+#define OID_SAN        "\x55\x1d\x11"
 #define OID_IS(o, s) der_oid_is(o, s, sizeof s - 1)
 
 struct ta_fields {
@@ -173,42 +177,57 @@ static int ta_spki(struct der spki, struct ta_fields *f)
     return -1;
 }
 
-/* Extensions: only basicConstraints matters, for the CA flag. */
-static int ta_extensions(struct der exts, struct ta_fields *f)
+/* Finds the extension oid among a certificate's extensions (the content of its [3]).
+ * Returns 1 with val set to the extension's value, 0 if it is absent, -1 if malformed. */
+static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct der *val)
 {
-    struct der seq, ext, oid, val, bc, v;
+    struct der seq, ext, id, v;
+    int found = 0;
 
     if (der_expect(&exts, 0x30, &seq, NULL) < 0)
         return -1;
     while (seq.len > 0) {
         int tag;
-        if (der_expect(&seq, 0x30, &ext, NULL) < 0 || der_expect(&ext, 0x06, &oid, NULL) < 0)
+        if (der_expect(&seq, 0x30, &ext, NULL) < 0 || der_expect(&ext, 0x06, &id, NULL) < 0)
             return -1;
-        tag = der_next(&ext, &val, NULL);
+        tag = der_next(&ext, &v, NULL);
         if (tag == 0x01)  /* critical */
-            tag = der_next(&ext, &val, NULL);
+            tag = der_next(&ext, &v, NULL);
         if (tag != 0x04)
             return -1;
-        if (!OID_IS(&oid, OID_BASIC_CONS))
-            continue;
-        if (der_expect(&val, 0x30, &bc, NULL) < 0)
-            return -1;
-        f->ca = bc.len > 0 && der_expect(&bc, 0x01, &v, NULL) == 0 && v.len == 1 && v.p[0];
+        if (!found && der_oid_is(&id, oid, oid_len)) {
+            *val = v;
+            found = 1;
+        }
     }
+    return found;
+}
+#define DER_FIND_EXT(exts, oid, val) der_find_ext(exts, oid, sizeof oid - 1, val)
+
+/* Extensions: only basicConstraints matters, for the CA flag. */
+static int ta_extensions(struct der exts, struct ta_fields *f)
+{
+    struct der val, bc, v;
+    int rc = DER_FIND_EXT(exts, OID_BASIC_CONS, &val);
+
+    if (rc <= 0)
+        return rc;
+    if (der_expect(&val, 0x30, &bc, NULL) < 0)
+        return -1;
+    f->ca = bc.len > 0 && der_expect(&bc, 0x01, &v, NULL) == 0 && v.len == 1 && v.p[0];
     return 0;
 }
 
-/* Certificate -> subject DN, key and CA flag. Returns 0, or -1 for a certificate that is
- * malformed or has a key BearSSL cannot use. */
-static int ta_parse_cert(const unsigned char *der, size_t len, struct ta_fields *f)
+/* Splits a certificate, after which nothing may follow, into the TBS fields used here:
+ * the subject (whole element), the SubjectPublicKeyInfo and the extensions (length 0 when
+ * there are none). Returns 0, or -1 if it is malformed. */
+static int cert_fields(const unsigned char *der, size_t len, struct der *subject,
+                       struct der *spki, struct der *exts)
 {
-    struct der in = { der, len }, cert, tbs, skip, spki, exts;
+    struct der in = { der, len }, cert, tbs, skip, x;
     int tag;
 
-    memset(f, 0, sizeof *f);
-    /* Nothing may follow the certificate: OpenSSL's "TRUSTED CERTIFICATE" form appends
-     * trust settings there, which can reject the certificate for TLS servers. Ignoring
-     * them would trust what the bundle says not to, so such entries are not anchors. */
+    exts->len = 0;
     if (der_expect(&in, 0x30, &cert, NULL) < 0 || in.len != 0 ||
         der_expect(&cert, 0x30, &tbs, NULL) < 0)
         return -1;
@@ -219,17 +238,32 @@ static int ta_parse_cert(const unsigned char *der, size_t len, struct ta_fields 
         der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* signature */
         der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* issuer */
         der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* validity */
-        der_expect(&tbs, 0x30, &skip, &f->dn) < 0 ||     /* subject */
-        der_expect(&tbs, 0x30, &spki, NULL) < 0 || ta_spki(spki, f) < 0)
+        der_expect(&tbs, 0x30, &skip, subject) < 0 ||
+        der_expect(&tbs, 0x30, spki, NULL) < 0)
         return -1;
     while (tbs.len > 0) {
-        tag = der_next(&tbs, &exts, NULL);
+        tag = der_next(&tbs, &x, NULL);
         if (tag < 0)
             return -1;
-        if (tag == 0xa3 && ta_extensions(exts, f) < 0)
-            return -1;
+        if (tag == 0xa3)
+            *exts = x;
     }
     return 0;
+}
+
+/* Certificate -> subject DN, key and CA flag. Returns 0, or -1 for a certificate that is
+ * malformed or has a key BearSSL cannot use. */
+static int ta_parse_cert(const unsigned char *der, size_t len, struct ta_fields *f)
+{
+    struct der spki, exts;
+
+    memset(f, 0, sizeof *f);
+    /* Nothing may follow the certificate: OpenSSL's "TRUSTED CERTIFICATE" form appends
+     * trust settings there, which can reject the certificate for TLS servers. Ignoring
+     * them would trust what the bundle says not to, so such entries are not anchors. */
+    if (cert_fields(der, len, &f->dn, &spki, &exts) < 0 || ta_spki(spki, f) < 0)
+        return -1;
+    return exts.len && ta_extensions(exts, f) < 0 ? -1 : 0;
 }
 
 static int ta_grow(struct ta_loader *l)
@@ -468,6 +502,116 @@ void tls_anchors_free(struct tls_anchors *ta)
 
 /* ---- client engine ---------------------------------------------------------------------- */
 
+/* ---- IP-address hosts ------------------------------------------------------------------
+ *
+ * BearSSL matches a server name against DNS names and the CN only, and would take an IP
+ * literal for one. An IP host is given to it as no name at all (then it checks none and
+ * sends no SNI), and this wrapper around its X.509 engine keeps the chain's first
+ * certificate, the server's own, to match the address against its iPAddress SANs once
+ * BearSSL has found the chain trusted. */
+
+/* Is ip one of the iPAddress entries ([7]) of the certificate's subjectAltName? */
+static int cert_has_ip(const unsigned char *der, size_t len, const unsigned char *ip,
+                       size_t ip_len)
+{
+    struct der subject, spki, exts, san, names, name;
+    int tag;
+
+    if (cert_fields(der, len, &subject, &spki, &exts) < 0 || exts.len == 0 ||
+        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_expect(&san, 0x30, &names, NULL) < 0)
+        return 0;
+    while ((tag = der_next(&names, &name, NULL)) >= 0)
+        if (tag == 0x87 && name.len == ip_len && memcmp(name.p, ip, ip_len) == 0)
+            return 1;
+    return 0;
+}
+
+static struct tls_client *x509_tc(const br_x509_class *const *ctx)
+{
+    return (struct tls_client *)((uintptr_t)ctx - offsetof(struct tls_client, x509));
+}
+
+static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
+{
+    struct tls_client *tc = x509_tc(ctx);
+
+    tc->certs = tc->ee_len = 0;
+    tc->ee_too_big = 0;
+    tc->xc.vtable->start_chain(&tc->xc.vtable, server_name);
+}
+
+static void x509_start_cert(const br_x509_class **ctx, uint32_t length)
+{
+    struct tls_client *tc = x509_tc(ctx);
+
+    tc->ee_too_big |= tc->certs == 0 && length > sizeof tc->ee;
+    tc->xc.vtable->start_cert(&tc->xc.vtable, length);
+}
+
+static void x509_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
+{
+    struct tls_client *tc = x509_tc(ctx);
+
+    if (tc->ip_len && tc->certs == 0 && !tc->ee_too_big) {
+        if (len > sizeof tc->ee - tc->ee_len) {
+            tc->ee_too_big = 1;
+        } else {
+            memcpy(tc->ee + tc->ee_len, buf, len);
+            tc->ee_len += len;
+        }
+    }
+    tc->xc.vtable->append(&tc->xc.vtable, buf, len);
+}
+
+static void x509_end_cert(const br_x509_class **ctx)
+{
+    struct tls_client *tc = x509_tc(ctx);
+
+    tc->certs++;
+    tc->xc.vtable->end_cert(&tc->xc.vtable);
+}
+
+static unsigned x509_end_chain(const br_x509_class **ctx)
+{
+    struct tls_client *tc = x509_tc(ctx);
+    unsigned err = tc->xc.vtable->end_chain(&tc->xc.vtable);
+
+    if (err || !tc->ip_len)
+        return err;
+    if (tc->ee_too_big)
+        return BR_ERR_X509_LIMIT_EXCEEDED;
+    return cert_has_ip(tc->ee, tc->ee_len, tc->ip, tc->ip_len) ? 0 : BR_ERR_X509_BAD_SERVER_NAME;
+}
+
+static const br_x509_pkey *x509_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+{
+    struct tls_client *tc = x509_tc(ctx);
+
+    return tc->xc.vtable->get_pkey(&tc->xc.vtable, usages);
+}
+
+static const br_x509_class x509_ip_aware = {
+    sizeof(struct tls_client), x509_start_chain, x509_start_cert, x509_append,
+    x509_end_cert, x509_end_chain, x509_get_pkey,
+};
+
+/* Sets tc->ip from host when host is an address literal: IPv6, or IPv4 in any form the
+ * resolver takes as one (inet_aton: "127.1" too), so that no such host passes as a name. */
+static void tls_host_ip(struct tls_client *tc, const char *host)
+{
+    struct in6_addr a6;
+    struct in_addr a4;
+
+    tc->ip_len = 0;
+    if (inet_pton(AF_INET6, host, &a6) == 1) {
+        memcpy(tc->ip, &a6, sizeof a6);
+        tc->ip_len = sizeof a6;
+    } else if (inet_aton(host, &a4)) {
+        memcpy(tc->ip, &a4, sizeof a4);
+        tc->ip_len = sizeof a4;
+    }
+}
+
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 {
     /* TLS 1.2 with ECDHE and AEAD only: what AWS and Fly offer, and every suite has
@@ -505,7 +649,8 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
         br_ssl_engine_set_hash(&cc->eng, id, hashes[id]);
         br_x509_minimal_set_hash(&tc->xc, id, hashes[id]);
     }
-    br_ssl_engine_set_x509(&cc->eng, &tc->xc.vtable);
+    tc->x509 = &x509_ip_aware;
+    br_ssl_engine_set_x509(&cc->eng, &tc->x509);
     br_ssl_engine_set_prf_sha256(&cc->eng, &br_tls12_sha256_prf);
     br_ssl_engine_set_prf_sha384(&cc->eng, &br_tls12_sha384_prf);
     br_ssl_engine_set_default_aes_gcm(&cc->eng);
@@ -532,9 +677,10 @@ int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e)
     }
     br_ssl_engine_inject_entropy(&tc->cc.eng, seed, sizeof seed);
     memset(seed, 0, sizeof seed);
+    tls_host_ip(tc, host);
     /* resume_session = 1: when this context already talked to host and the server
      * gave a session ID, the next handshake is abbreviated (no certificate, no ECDHE). */
-    if (!br_ssl_client_reset(&tc->cc, host, 1))
+    if (!br_ssl_client_reset(&tc->cc, tc->ip_len ? NULL : host, 1))
         return tls_error(e, br_ssl_engine_last_error(&tc->cc.eng), host);
     return 0;
 }
@@ -667,7 +813,7 @@ int tls_error(struct lerr *e, int br_err, const char *host)
                         host, br_err, name);
     case BR_ERR_X509_BAD_SERVER_NAME:
         return lerr_set(e, LERR_TLS_NAME,
-                        "certificate presented by %s is not valid for that name "
+                        "certificate presented by %s is not valid for that host "
                         "(BearSSL error %d: %s)",
                         host, br_err, name);
     case BR_ERR_X509_EXPIRED:

@@ -3,8 +3,10 @@
  *
  * The PEM bundle named by SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt, is
  * decoded into BearSSL trust anchors at start-up; every TLS connection then shares them
- * read-only. Certificates are always verified, with the host name checked by BearSSL:
- * there is deliberately no way to turn verification off.
+ * read-only. Certificates are always verified: there is deliberately no way to turn
+ * verification off. A host name is checked by BearSSL against the DNS names (or CN) and sent
+ * as SNI. An IPv4 or IPv6 literal host is not a name (RFC 6125 6.2.1, RFC 6066 3): no SNI is
+ * sent, and the certificate must hold it as an iPAddress subjectAltName, checked here.
  *
  * Profile: TLS 1.2 only, ECDHE (ECDSA or RSA certificates) with ChaCha20-Poly1305 or
  * AES-GCM. That is what AWS and Fly serve, and it keeps CBC, 3DES, RSA key exchange and
@@ -33,11 +35,19 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e);
 
 void tls_anchors_free(struct tls_anchors *ta);
 
-/* One client connection's BearSSL state (about 50 KB, no allocation inside). Kept per
+#define TLS_EE_MAX 8192  /* an IP host's certificate is kept this far for its SAN check */
+
+/* One client connection's BearSSL state (about 60 KB, no allocation inside). Kept per
  * server across reconnections, so that the previous session can be resumed. */
 struct tls_client {
     br_ssl_client_context cc;
     br_x509_minimal_context xc;
+    const br_x509_class *x509;   /* wraps xc: the engine's X.509 context */
+    unsigned char ip[16];        /* the host as an address (ip_len 4 or 16), 0: a name */
+    size_t ip_len;
+    unsigned char ee[TLS_EE_MAX];  /* the server's own certificate, when ip_len */
+    size_t ee_len, certs;
+    int ee_too_big;
     unsigned char ibuf[BR_SSL_BUFSIZE_INPUT];
     unsigned char obuf[BR_SSL_BUFSIZE_OUTPUT];
 };
@@ -46,9 +56,9 @@ struct tls_client {
  * outlive tc). Never fails. */
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta);
 
-/* Readies tc for a new connection to host (SNI and certificate name check), mixing in
- * fresh entropy from getrandom() so no /dev/urandom is needed, and offering the session
- * of the previous connection for resumption. Returns 0 or -1 with e set. */
+/* Readies tc for a new connection to host (SNI and the certificate's name or address
+ * check), mixing in fresh entropy from getrandom() so no /dev/urandom is needed, and
+ * offering the session of the previous connection for resumption. Returns 0 or -1. */
 int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e);
 
 /* Translates a BearSSL error code (br_ssl_engine_last_error) into a lerr with its own kind

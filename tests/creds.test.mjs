@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import net from 'node:net';
 import path from 'node:path';
 import { testCerts } from './lib/certs.mjs';
 import { stsServer, flySocket, runCreds, errorXml, jwt, ok } from './lib/sts.mjs';
@@ -452,6 +453,31 @@ test('Fly API socket errors and expired tokens without a socket are clear', asyn
     + `and there is no Fly API socket at ${home}/no-such-socket to get a fresh token` }]);
   assert.equal(sts.requests.length, 0);
   assertNoSecrets(r, [expired]);
+});
+
+test('Fly API socket trickling its answer: the whole exchange has 10 s, not each read', async (t) => {
+  const home = tempHome(t);
+  const sts = await stsServer();
+  t.after(sts.close);
+  const sockPath = path.join(home, 'fly-api.sock');
+  // A byte every 500 ms of a 60000-byte answer: before the exchange had a deadline, the
+  // 10 s limit applied to each read only, and this took 8 hours.
+  const server = net.createServer((c) => {
+    c.on('error', () => {});
+    c.once('data', () => {
+      c.write('HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n');
+      const timer = setInterval(() => c.write('x'), 500);
+      c.on('close', () => clearInterval(timer));
+    });
+  });
+  await new Promise((resolve) => server.listen(sockPath, resolve));
+  t.after(() => new Promise((resolve) => server.close(resolve)));
+  const t0 = Date.now();
+  const r = await runCreds([], webEnv(home, sts, { LAMBDO_FLY_API_SOCKET: sockPath }), { timeoutMs: 60000 });
+  assert.equal(r.code, 2, r.stdout + r.stderr);
+  assert.deepEqual(r.lines, [{ error: 'timeout', message: `Fly API socket ${sockPath}: no complete answer within 10 s` }]);
+  assert.ok(Date.now() - t0 < 40000, `took ${Date.now() - t0} ms`);
+  assert.equal(sts.requests.length, 0);
 });
 
 test('transport errors: a refused connection is retried, an untrusted certificate is not', async (t) => {

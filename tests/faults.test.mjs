@@ -562,6 +562,33 @@ describe('lambdo under faults', () => {
     assert.equal(acc.dispatched, 10);
   });
 
+  test('SIGTERM while a DeleteMessageBatch is trickled: its 30 s deadline ends it, lambdo exits in bounded time', T(120), async () => {
+    const q = await rig.queue('strickle');
+    let trickled = 0;
+    // A byte every second: each read is well within the 30 s per-read timeout, so before
+    // every request had a deadline this delete, the job and the shutdown never ended.
+    rig.proxy.fault = (op, body) => (op === 'DeleteMessageBatch' && body?.QueueUrl === q.url && trickled++ === 0
+      ? { trickleMs: 1000 } : null);
+    const sent = await send(q, 1, { attrs: () => ({ image: img('trickle:1') }) });
+    const r = start(q, { LAMBDO_ACK: 'create', LAMBDO_VISIBILITY_TIMEOUT: '300' });
+    await until(() => trickled === 1, 'the first delete is being trickled', 20000);
+    const started = rig.requests('DeleteMessageBatch', q.url)[0].at;
+    r.signal('SIGTERM');
+    const exit = await Promise.race([r.exit, sleep(75000, null, { ref: false })]);
+    const took = Date.now() - started;
+    assert.ok(exit, `lambdo did not exit within 75 s of SIGTERM\n${r.out.slice(-3000)}`);
+    assert.equal(exit.code, 0, r.out.slice(-3000));
+    assert.match(r.out, /DeleteMessageBatch failed: request timeout after 30000 ms, while reading response body/);
+    assert.ok(took >= 29000 && took < 75000, `exited ${took} ms after the trickled delete began (deadline 30 s)`);
+    const deletes = rig.requests('DeleteMessageBatch', q.url);
+    assert.deepEqual(deletes.map((x) => x.status), ['trickled', 200], 'the delete was retried after its deadline');
+    current.done = true;
+    const acc = account({ sent, fly: rig.fly, sqs: rig.sqs, queueUrl: q.url, mode: 'create', label: 'trickled delete, SIGTERM' });
+    assert.deepEqual(acc.lost, []);
+    assert.equal(acc.dispatched, 1);
+    assert.equal(rig.sqs.counts(q.url).inFlight + rig.sqs.counts(q.url).visible, 0, 'deleted by the retry');
+  });
+
   test('SQS connection resets (before forwarding, and after a delete was done): nothing lost', T(45), async () => {
     const q = await rig.queue('sreset');
     let k = 0;

@@ -540,6 +540,44 @@ sys.stdin.read()
     }
   });
 
+  test('a server trickling a byte within every io timeout: the client\'s request deadline ends it', T, async () => {
+    const s = await rawServer(async (sock, { nextRequest }) => {
+      await nextRequest();
+      sock.write('HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n');
+      const timer = setInterval(() => sock.write('x'), 100);
+      sock.on('close', () => clearInterval(timer));
+    });
+    try {
+      const t0 = Date.now();
+      const r = await runHttpc(['--io-timeout-ms', '5000', '--request-timeout-ms', '1500', s.url()]);
+      assertError(r, 'timeout', 'request timeout after 1500 ms', 'reading response body from');
+      assert.ok(Date.now() - t0 < 30000, 'ended by the deadline, not by the trickle');
+      // a request's own timeout_ms takes the place of the client's
+      const w = await runHttpc(['--request-timeout-ms', '60000', '--timeout-ms', '700', s.url()]);
+      assertError(w, 'timeout', 'request timeout after 700 ms');
+    } finally {
+      await s.close();
+    }
+  });
+
+  test('TLS: a body delimited by the close is complete only with close_notify', T, async () => {
+    const s = await rawServer(async (sock, { nextRequest }) => {
+      const r = await nextRequest();
+      // destroy(): TCP FIN without close_notify, as when the connection is cut mid-body
+      sock.write('HTTP/1.1 200 OK\r\n\r\npartial', () => (r.head.includes(' /cut ') ? sock.destroy() : sock.end()));
+    }, { tls: { cert: certs.localhost.cert, key: certs.localhost.key } });
+    try {
+      const whole = await runHttpc([s.tlsUrl('/whole')], { env: caEnv });
+      assertOk(whole, 1);
+      assert.equal(whole.results[0].body, 'partial');
+      const cut = await runHttpc([s.tlsUrl('/cut')], { env: caEnv });
+      assertError(cut, 'malformed', 'without TLS close_notify after 7 body bytes', 'truncated');
+      assert.equal(s.counts.requests, 2);
+    } finally {
+      await s.close();
+    }
+  });
+
   test('cancel_fd aborts a wait', T, async () => {
     const s = await rawServer(() => {});
     try {
@@ -562,6 +600,62 @@ sys.stdin.read()
     } finally {
       await untrusted.close();
       await wrong.close();
+    }
+  });
+
+  // RFC 6125 6.2.1: an IP address matches an iPAddress SAN, never a DNS name or the CN;
+  // RFC 6066 3: no SNI for an IP address. The handler answers with the SNI Node saw.
+  const sniEcho = (req, res) => res.end(String(req.socket.servername));
+  const tlsOpts = (pair) => ({ tls: { cert: pair.cert, key: pair.key } });
+
+  test('IP-address hosts: an iPAddress SAN matches, no SNI is sent; a DNS name still sends it', T, async (t) => {
+    const ip = await httpServer(sniEcho, tlsOpts(certs.ip4));
+    const named = await httpServer(sniEcho, tlsOpts(certs.localhost));
+    try {
+      const r = await runHttpc([`https://127.0.0.1:${ip.port}/`, `https://127.1:${ip.port}/`, named.url()],
+        { env: caEnv });
+      assertOk(r, 3);
+      assert.deepEqual(r.results.map((x) => x.body), ['false', 'false', 'localhost']);
+    } finally {
+      await ip.close();
+      await named.close();
+    }
+    let six;
+    try {
+      six = await httpServer(sniEcho, { host: '::1', ...tlsOpts(certs.ip6) });
+    } catch (err) {
+      return t.skip(`SKIPPED LOUDLY: cannot listen on ::1 here (${err.code}): the IPv6 case is untested`);
+    }
+    try {
+      const r = await runHttpc([`https://[::1]:${six.port}/`], { env: caEnv });
+      assertOk(r, 1);
+      assert.equal(r.results[0].body, 'false');
+    } finally {
+      await six.close();
+    }
+  });
+
+  test('IP-address hosts: DNS:127.0.0.1, CN=127.0.0.1 alone, or another address are refused', T, async () => {
+    const cases = [['dns127', '127.0.0.1'], ['cn127', '127.0.0.1'], ['ip6', '127.0.0.1'], ['ip4', 'localhost']];
+    for (const [cert, host] of cases) {
+      const s = await httpServer(echo, tlsOpts(certs[cert]));
+      try {
+        const r = await runHttpc([`https://${host}:${s.port}/`], { env: caEnv });
+        const last = assertError(r, 'tls-name', `certificate presented by ${host} is not valid`, 'BearSSL error 56');
+        assert.equal(s.counts.requests, 0, `${cert} for ${host}: ${last.error}`);
+      } finally {
+        await s.close();
+      }
+    }
+    // Only the first 8 KiB of an IP host's certificate are kept for the check: a bigger one
+    // is refused, not half-read.
+    const big = await httpServer(echo, tlsOpts(certs.ip4big));
+    try {
+      assert.ok(certs.ip4big.cert.length > 12000, 'the PEM of a DER over 8 KiB');
+      const r = await runHttpc([`https://127.0.0.1:${big.port}/`], { env: caEnv });
+      assertError(r, 'tls', '127.0.0.1', 'BR_ERR_X509_LIMIT_EXCEEDED');
+    } finally {
+      await big.close();
     }
   });
 

@@ -9,8 +9,8 @@
  *     --data-size N         request body of N bytes ('x' repeated)
  *     --repeat N            go through the URL list N times (1)
  *     --delay-ms N          sleep between requests
- *     --timeout-ms N        whole-request timeout (0: none)
- *     --connect-timeout-ms N, --io-timeout-ms N   client limits
+ *     --timeout-ms N        whole-request timeout (0: the client's)
+ *     --connect-timeout-ms N, --io-timeout-ms N, --request-timeout-ms N   client limits
  *     --max-body N          response body cap
  *     --lookup NAME         add "lookup": the value http_response_header() finds for NAME
  *     --cancel-after-ms N   cancel_fd is a timerfd that fires after N ms
@@ -48,7 +48,8 @@ struct opts {
     size_t num_headers;
     char *body;
     size_t body_len;
-    int repeat, delay_ms, timeout_ms, connect_timeout_ms, io_timeout_ms, cancel_after_ms;
+    int repeat, delay_ms, timeout_ms, connect_timeout_ms, io_timeout_ms, request_timeout_ms;
+    int cancel_after_ms;
     long long max_body;
     int close_between, bench, ca_bench, ca_check;
     const char *lookup;
@@ -60,7 +61,8 @@ static int usage(const char *why)
 {
     fprintf(stderr, "tool_httpc: %s\nusage: tool_httpc [--method M] [--header 'N: V'] "
                     "[--data S|--data-size N] [--repeat N] [--delay-ms N] [--timeout-ms N] "
-                    "[--connect-timeout-ms N] [--io-timeout-ms N] [--max-body N] "
+                    "[--connect-timeout-ms N] [--io-timeout-ms N] [--request-timeout-ms N] "
+                    "[--max-body N] "
                     "[--lookup NAME] [--cancel-after-ms N] [--close-between] [--bench] URL...\n"
                     "       tool_httpc --ca-bench N | --ca-check\n",
             why);
@@ -139,6 +141,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->connect_timeout_ms = atoi(v);
         } else if (strcmp(a, "--io-timeout-ms") == 0) {
             o->io_timeout_ms = atoi(v);
+        } else if (strcmp(a, "--request-timeout-ms") == 0) {
+            o->request_timeout_ms = atoi(v);
         } else if (strcmp(a, "--max-body") == 0) {
             o->max_body = atoll(v);
         } else if (strcmp(a, "--lookup") == 0) {
@@ -411,6 +415,8 @@ static int run(struct opts *o)
         c.connect_timeout_ms = o->connect_timeout_ms;
     if (o->io_timeout_ms)
         c.io_timeout_ms = o->io_timeout_ms;
+    if (o->request_timeout_ms)
+        c.request_timeout_ms = o->request_timeout_ms;
     if (o->max_body >= 0)
         c.max_body = (size_t)o->max_body;
     if (o->cancel_after_ms)

@@ -3,7 +3,12 @@
 //   localhost.pem / .key       server certificate for DNS name "localhost", signed by the CA
 //   wronghost.pem / .key       signed by the CA, but for "not-localhost.example"
 //   rogue-ca.pem, untrusted.pem / .key   a certificate for "localhost" from a CA nobody trusts
-// BearSSL does not match IP-address SANs, so servers are reached as https://localhost:PORT.
+//   ip4, ip6                   signed by the CA with only an iPAddress SAN: 127.0.0.1, ::1
+//                              (their CN is a word, so only the SAN can match)
+//   dns127                     signed by the CA with SAN DNS:127.0.0.1 (refused for the IP)
+//   cn127                      signed by the CA, CN=127.0.0.1 and no SAN at all (refused too)
+//   ip4big                     IP:127.0.0.1 among 500 DNS names: over 8 KiB (TLS_EE_MAX)
+// Servers are normally reached as https://localhost:PORT.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,11 +24,12 @@ function makeCa(dir, name) {
     '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
 }
 
-function makeLeaf(dir, name, ca, dnsName) {
-  writeFileSync(path.join(dir, `${name}.ext`),
-    `subjectAltName=DNS:${dnsName}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n`);
+// san: the subjectAltName value (null: none); cn: the subject's CN.
+function makeLeaf(dir, name, ca, dnsName, { san = `DNS:${dnsName}`, cn = dnsName } = {}) {
+  writeFileSync(path.join(dir, `${name}.ext`), `${san ? `subjectAltName=${san}\n` : ''}`
+    + 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n');
   openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
-    '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${dnsName}`], dir);
+    '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`], dir);
   openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`,
     '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', `${name}.ext`], dir);
 }
@@ -39,6 +45,12 @@ export function testCerts() {
   makeLeaf(dir, 'localhost', 'ca', 'localhost');
   makeLeaf(dir, 'wronghost', 'ca', 'not-localhost.example');
   makeLeaf(dir, 'untrusted', 'rogue-ca', 'localhost');
+  makeLeaf(dir, 'ip4', 'ca', null, { san: 'IP:127.0.0.1', cn: 'lambdo ip test' });
+  makeLeaf(dir, 'ip6', 'ca', null, { san: 'IP:::1', cn: 'lambdo ip test' });
+  makeLeaf(dir, 'dns127', 'ca', '127.0.0.1');
+  makeLeaf(dir, 'cn127', 'ca', null, { san: null, cn: '127.0.0.1' });
+  const many = Array.from({ length: 500 }, (_, i) => `DNS:name-${i}.example`).join(',');
+  makeLeaf(dir, 'ip4big', 'ca', null, { san: `${many},IP:127.0.0.1`, cn: 'lambdo ip test' });
   const file = (n) => path.join(dir, n);
   const pair = (n) => ({ cert: readFileSync(file(`${n}.pem`)), key: readFileSync(file(`${n}.key`)),
     certFile: file(`${n}.pem`), keyFile: file(`${n}.key`) });
@@ -49,6 +61,11 @@ export function testCerts() {
     localhost: pair('localhost'),
     wronghost: pair('wronghost'),
     untrusted: pair('untrusted'),
+    ip4: pair('ip4'),
+    ip6: pair('ip6'),
+    dns127: pair('dns127'),
+    cn127: pair('cn127'),
+    ip4big: pair('ip4big'),
   };
   return cached;
 }

@@ -1,13 +1,15 @@
 // Servers for tests/http.test.mjs, all on loopback, each counting what it sees, and a
 // runner for tool_httpc.
 //   httpServer(handler, opts)    node:http, or node:https when opts.tls = {cert, key}
-//   rawServer(onConnection)      plain TCP, for responses no real server would send
+//   rawServer(onConnection, opts)  plain TCP (or TLS with opts.tls = {cert, key}), for
+//                                responses no real server would send
 //   opensslServer(args)          `openssl s_server`, for TLS behaviour Node will not show
 //   runHttpc(args, {env})        tool_httpc through tools.mjs (LAMBDO_TOOL_WRAPPER honoured)
 import { spawn } from 'node:child_process';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import { toolCommand } from './tools.mjs';
 
 // Every server closes with all its sockets, so a test never waits for keep-alive timers.
@@ -98,9 +100,11 @@ export function requestReader(socket) {
 
 // onConnection(socket, {connection, nextRequest}): connection counts from 1; nextRequest()
 // resolves with {head, body} or null at EOF. counts.requests counts the request heads read.
+// With opts.tls, socket is the TLS socket: end() sends close_notify, destroy() does not.
 export async function rawServer(onConnection, opts = {}) {
   const counts = { connections: 0, requests: 0 };
-  const server = net.createServer((socket) => {
+  const server = net.createServer((tcp) => {
+    const socket = opts.tls ? new tls.TLSSocket(tcp, { isServer: true, ...opts.tls }) : tcp;
     const read = requestReader(socket);
     const nextRequest = async () => {
       const r = await read();
@@ -108,6 +112,7 @@ export async function rawServer(onConnection, opts = {}) {
       return r;
     };
     socket.on('error', () => {});
+    tcp.on('error', () => {});
     onConnection(socket, { connection: counts.connections, nextRequest });
   });
   const close = track(server, counts);

@@ -36,6 +36,9 @@
 //     delayMs,             wait first (then do the rest, or forward)
 //     status, body, headers   answer this instead of forwarding (body object -> JSON)
 //     reset: true          destroy the client connection instead of answering (not forwarded)
+//     trickleMs: N         not forwarded: a 200 head promising 1 MiB, then one byte every N ms
+//                          until the client goes away (rec.status 'trickled'), so that only a
+//                          deadline for the whole request ends it, never a per-read timeout
 //     resetAfterForward: true  forward, then destroy the connection (the answer is lost)
 //     transform(json, status, rec)  forward, then answer what this returns (JSON) instead
 //     request(body, rec)   forward what this returns (JSON object) instead of the request's
@@ -402,6 +405,13 @@ export async function startSqsProxy({ target, accessKeyId, secretAccessKey, sess
     finish(rec);
   };
 
+  const trickle = (res, rec, ms) => new Promise((resolve) => {
+    rec.status = 'trickled';
+    res.writeHead(200, { 'content-type': JSON_TYPE, 'content-length': 1 << 20 });
+    const timer = setInterval(() => res.write(' '), ms);
+    res.once('close', () => { clearInterval(timer); finish(rec); resolve(); });
+  });
+
   const forward = (req, res, body) => new Promise((resolve, reject) => {
     const headers = {};
     for (const [k, v] of Object.entries(req.headers)) if (!HOP_BY_HOP.has(k)) headers[k] = v;
@@ -451,6 +461,7 @@ export async function startSqsProxy({ target, accessKeyId, secretAccessKey, sess
       rec.fault = f;
       if (f.delayMs) await sleep(f.delayMs, undefined, { signal: aborter.signal });
       if (f.reset) return resetConn(req, rec);
+      if (f.trickleMs) return trickle(res, rec, f.trickleMs);
       if (f.status) return reply(res, rec, f);
     }
     let fwd = raw;
