@@ -309,6 +309,8 @@ static int load_backend(struct config *c, config_getenv_fn get, void *ctx, struc
     const char *b = get("LAMBDO_BACKEND", ctx);
 
     c->backend_local = b && strcmp(b, "local") == 0;
+    if (c->backend_local)
+        c->ack_on_exit = 1;  /* a child's exit status is its acknowledgement, always */
     if (b && *b && !c->backend_local && strcmp(b, "fly") != 0)
         return lerr_set(e, LERR_INVALID, "LAMBDO_BACKEND: must be fly or local, got \"%.20s\"", b);
     c->local_command = get("LAMBDO_LOCAL_COMMAND", ctx);

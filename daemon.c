@@ -531,12 +531,11 @@ static void job_local_started(void *ctx, int pid)
     struct job *j = ctx;
 
     log_info("group %s: process %d started for %zu events", j->gid, pid, j->count);
-    if (!j->d->cfg->ack_on_exit && job_delete(j) > 0)  /* create mode: started = created */
-        daemon_unhandled(j->d, j->count);
 }
 
 /* LAMBDO_BACKEND=local: the group runs as a child process; its exit status acknowledges
- * like a Machine's in exit mode. Returns 0 when the messages were handled to the end. */
+ * like a Machine's in exit mode, whatever LAMBDO_ACK says (config.c), so that a child that
+ * fails never loses its messages. Returns 0 when the messages were handled to the end. */
 static int job_run_local(struct job *j)
 {
     const struct config *cfg = j->d->cfg;
@@ -555,7 +554,7 @@ static int job_run_local(struct job *j)
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
         .group_id = j->gid, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
         .shutdown_grace_s = cfg->shutdown_timeout, .started = job_local_started,
-        .idle = cfg->ack_on_exit ? job_idle : NULL,  /* create mode deleted them at start */
+        .idle = job_idle,
         .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
@@ -564,10 +563,6 @@ static int job_run_local(struct job *j)
         log_error("group %s: cannot run locally: %s", j->gid, e.msg);
         job_return(j, cfg->retry_delay);
         return -1;
-    }
-    if (res.started && !cfg->ack_on_exit) {
-        log_info("group %s: process %d %s after %.1f s", j->gid, res.pid, res.reason, res.seconds);
-        return 0;  /* deleted at start; an unsuccessful delete was counted there */
     }
     if (res.stopped) {
         log_warn("group %s: %s; %zu messages go back to the queue", j->gid, res.reason, j->count);
@@ -1003,7 +998,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     if ((d->signal_fd = signals_open(e)) < 0)
         return -1;
     /* Child processes must inherit nothing of ours but what local.c hands them. */
-    if (cfg->backend_local && local_seal_fds(e) < 0)
+    if (cfg->backend_local && local_seal(e) < 0)
         return -1;
     http_client_init(&d->receive_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
@@ -1069,10 +1064,11 @@ static void log_start(const struct config *cfg)
         strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
     }
     if (cfg->backend_local) {
-        log_info("lambdo %s starting: queue %s, backend local (command %s), ack on %s, up to "
-                 "%d processes", LAMBDO_VERSION, cfg->queue_url,
+        log_info("lambdo %s starting: queue %s, backend local (command %s), ack on exit (a "
+                 "group's messages are deleted only once its process exited 0, whatever "
+                 "LAMBDO_ACK says), up to %d processes", LAMBDO_VERSION, cfg->queue_url,
                  cfg->local_command ? cfg->local_command : "from each message",
-                 cfg->ack_on_exit ? "exit" : "create", cfg->max_machines);
+                 cfg->max_machines);
         return;
     }
     log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s, "
