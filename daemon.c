@@ -78,6 +78,7 @@ struct daemon {
 struct once_msg {
     char *id;
     int failures;                      /* 0: handled (at its last try) */
+    int64_t hidden_until_ms;           /* failed: when the queue shows it again */
 };
 
 #define ONCE_TRIES 2                   /* --once: a failed message is tried once more */
@@ -209,9 +210,9 @@ static struct once_msg *once_entry(struct daemon *d, const char *id)
     return &d->book[d->nbook++];
 }
 
-/* --once: a message was handled to the end (failures 0), or failed once more (+1), or can
- * never be (ONCE_TRIES: invalid). */
-static void once_record(struct daemon *d, const char *id, int failures)
+/* --once: a message was handled to the end (failures 0), or failed once more (+1, hidden
+ * in the queue until hidden_until), or can never be (ONCE_TRIES: invalid). */
+static void once_record(struct daemon *d, const char *id, int failures, int64_t hidden_until)
 {
     struct once_msg *m;
 
@@ -220,22 +221,25 @@ static void once_record(struct daemon *d, const char *id, int failures)
     pthread_mutex_lock(&d->mu);
     if (!(m = once_entry(d, id)))
         d->unhandled++;
-    else
+    else {
         m->failures = failures == 1 ? m->failures + 1 : failures;
+        m->hidden_until_ms = failures == 1 ? hidden_until : 0;
+    }
     pthread_mutex_unlock(&d->mu);
 }
 
 /* Once per job, and for a failure before its messages go back: the receiver must know of
  * the failure by the time it can receive them again. */
-static void once_record_job(struct job *j, int ok)
+static void once_record_job(struct job *j, int ok, int64_t hidden_until)
 {
     if (j->recorded++)
         return;
     for (size_t i = 0; i < j->count; i++)
-        once_record(j->d, j->msgs[i].id, ok ? 0 : 1);
+        once_record(j->d, j->msgs[i].id, ok ? 0 : 1, hidden_until);
 }
 
-/* --once: whether a message is kept out of the rest of the run (failed ONCE_TRIES times). */
+/* --once: whether a message just received is kept out of the rest of the run (it failed
+ * ONCE_TRIES times); from now on d->held accounts for it. */
 static int once_held(struct daemon *d, const char *id)
 {
     int held = 0;
@@ -243,10 +247,26 @@ static int once_held(struct daemon *d, const char *id)
     if (!d->once)
         return 0;
     pthread_mutex_lock(&d->mu);
-    for (size_t i = 0; i < d->nbook && !held; i++)
+    for (size_t i = 0; i < d->nbook && !held; i++) {
         held = strcmp(d->book[i].id, id) == 0 && d->book[i].failures >= ONCE_TRIES;
+        if (held)
+            d->book[i].hidden_until_ms = 0;
+    }
     pthread_mutex_unlock(&d->mu);
     return held;
+}
+
+/* --once: failed messages that the queue still hides, as far as this run knows. */
+static long once_hidden(struct daemon *d)
+{
+    int64_t t = now_ms();
+    long n = 0;
+
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->nbook; i++)
+        n += d->book[i].failures > 0 && d->book[i].hidden_until_ms > t;
+    pthread_mutex_unlock(&d->mu);
+    return n;
 }
 
 /* --once: messages not handled, each counted once. */
@@ -333,7 +353,7 @@ static size_t job_delete(struct job *j)
 /* Hands the messages back: visible again after `delay` seconds. */
 static void job_return(struct job *j, int delay)
 {
-    once_record_job(j, 0);
+    once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
     if (job_batch(j, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
@@ -673,7 +693,6 @@ static void *job_main(void *arg)
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
         job_return(j, 0);
-        once_record_job(j, 0);
         job_end(j, 0);
         job_free(j);
         return NULL;
@@ -686,7 +705,7 @@ static void *job_main(void *arg)
     else
         ok = j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) == 0
                                     : job_delete(j) == 0;
-    once_record_job(j, ok);
+    once_record_job(j, ok, j->visible_until_ms);  /* a failure not returned: hidden till then */
     job_end(j, 1);
     job_free(j);
     return NULL;
@@ -767,7 +786,7 @@ static void job_start(struct daemon *d, struct job *j)
     if (rc != 0) {
         log_error("group %s: cannot start a thread (%s); its messages return after the "
                   "visibility timeout", j->gid, strerror(rc));
-        once_record_job(j, 0);
+        once_record_job(j, 0, j->visible_until_ms);
         job_end(j, 0);
         job_free(j);
     }
@@ -802,7 +821,7 @@ static void dispatch_group(struct daemon *d, const struct event *ev, const struc
 static void log_invalid(struct daemon *d, const struct sqs_message *m, const char *why)
 {
     metrics_count(&d->metrics, METRICS_INVALID, 1);
-    once_record(d, m->message_id, ONCE_TRIES);  /* no second try: it would fail the same */
+    once_record(d, m->message_id, ONCE_TRIES, 0);  /* no second try: it would fail the same */
     log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
              m->message_id, m->receive_count, why);
 }
@@ -1097,14 +1116,15 @@ static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
 }
 
 /* --once, the queue answered empty: done when no job runs (a failed one returns its
- * messages, to be tried once more) and nothing is in flight but the held messages (one
- * returned with LAMBDO_RETRY_DELAY, or received by a run that died, comes back and is
- * handled in this run). 1 done, 0 not yet, -1 when SQS cannot say. */
+ * messages, to be tried once more) and nothing is in flight but this run's own: the held
+ * messages and failed ones still hidden by LAMBDO_RETRY_DELAY (their retry is not waited
+ * for). Anything else in flight (received by a run that died, say) comes back and is
+ * handled in this run. 1 done, 0 not yet, -1 when SQS cannot say. */
 static int once_done(struct daemon *d, long *waiting)
 {
     struct sqs_queue_info q;
     struct lerr e;
-    long held = 0;
+    long ours;
     int jobs;
 
     pthread_mutex_lock(&d->mu);
@@ -1112,20 +1132,21 @@ static int once_done(struct daemon *d, long *waiting)
     pthread_mutex_unlock(&d->mu);
     if (jobs)
         return 0;
+    ours = once_hidden(d);
     for (struct job *j = d->held; j; j = j->next)
-        held += (long)j->count;
+        ours += (long)j->count;
     if (sqs_get_queue_attributes(&d->receiver, &q, &e) < 0) {
         if (e.kind == LERR_CANCELLED)
             return 0;
         log_error("--once: cannot tell whether messages are still in flight: %s", e.msg);
         return -1;
     }
-    if (q.in_flight <= held)
+    if (q.in_flight <= ours)
         return 1;
-    if (q.in_flight - held != *waiting)
+    if (q.in_flight - ours != *waiting)
         log_info("--once: the queue answered empty, but %ld messages are in flight; waiting "
-                 "for them", q.in_flight - held);
-    *waiting = q.in_flight - held;
+                 "for them", q.in_flight - ours);
+    *waiting = q.in_flight - ours;
     return 0;
 }
 

@@ -166,6 +166,20 @@ describe('local backend and --once', () => {
     assert.deepEqual([c.visible, c.inFlight], [3, 0], `${JSON.stringify(c)}\n${r.out}`);
   });
 
+  it('--once does not wait out LAMBDO_RETRY_DELAY for its own failed messages', async () => {
+    const { url } = await queue();
+    await sqs.send(url, '{"id":"later","fail":true}', { image: 'local' });
+    const t0 = Date.now();
+    const r = lambdo(url, 'exit 3', { LAMBDO_RETRY_DELAY: '60' });
+    const exit = await r.done();
+    assert.ok(Date.now() - t0 < 30000, `took ${Date.now() - t0} ms\n${r.out}`);
+    assert.equal(exit.code, 1, r.out);
+    assert.equal(runsOf(r.out, 'later'), 1, r.out);
+    assert.match(r.out, /--once: 1 messages were not handled/);
+    const c = await sqs.counts(url);
+    assert.deepEqual([c.visible, c.inFlight], [0, 1], `hidden for the retry delay: ${JSON.stringify(c)}`);
+  });
+
   it('--once: a message that fails and then succeeds on its second try counts as handled', async () => {
     const { url } = await queue();
     const marker = path.join(scratch, `flaky${n}`);
