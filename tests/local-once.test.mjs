@@ -32,7 +32,10 @@ function startLambdo(args, env) {
   const run = { proc, out: '', exited: null };
   proc.stdout.on('data', (d) => { run.out += d; });
   proc.stderr.on('data', (d) => { run.out += d; });
-  run.exit = new Promise((resolve) => proc.on('exit', (code, signal) => resolve(run.exited = { code, signal })));
+  run.exit = new Promise((resolve) => {
+    proc.on('exit', (code, signal) => resolve(run.exited = { code, signal }));
+    proc.on('error', (err) => { run.out += `spawn: ${err.message}\n`; resolve(run.exited = { code: null, signal: null }); });
+  });
   run.waitLog = (re, ms) => until(() => re.test(run.out), `log ${re}\n--- log:\n${run.out}`, ms);
   // Resolves to the exit, or fails the test with the log if lambdo takes longer than ms.
   run.done = async (ms = 40000) => {
