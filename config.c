@@ -400,6 +400,8 @@ static int load_metrics(struct config *c, config_getenv_fn get, void *ctx, struc
 /* LAMBDO_BACKEND=local runs groups on this host: no Fly variable is needed then. */
 static int load_local_command(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
+    if (c->backend_local)
+        c->ack_on_exit = 1;  /* a child's exit status is its acknowledgement, always */
     c->local_command = get("LAMBDO_LOCAL_COMMAND", ctx);
     if (c->local_command && !*c->local_command)
         c->local_command = NULL;

@@ -65,8 +65,23 @@ struct daemon {
     int64_t stop_at_ms;                /* when the stop signal was first seen, 0 before */
     int first_receive_done;
     int once;                          /* --once: stop when the queue answers empty */
-    unsigned long unhandled;           /* --once: messages not handled to the end */
+    unsigned long unhandled;           /* --once: messages not handled that have no entry
+                                          in the book (out of memory) */
+    struct once_msg *book;             /* --once: every message that ended, by id */
+    size_t nbook, capbook;
+    struct job *held;                  /* --once: messages kept out of the rest of the run
+                                          (main thread only) */
 };
+
+/* --once: what became of one message in this run, so that messages are counted, not
+ * deliveries, and one that failed ONCE_TRIES times is not tried again. */
+struct once_msg {
+    char *id;
+    int failures;                      /* 0: handled (at its last try) */
+    int64_t hidden_until_ms;           /* failed: when the queue shows it again */
+};
+
+#define ONCE_TRIES 2                   /* --once: a failed message is tried once more */
 
 struct job_msg {
     char *id;
@@ -82,6 +97,8 @@ struct job {
     char *events;
     size_t events_len;
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
+    struct job *next;                  /* in d->held */
+    int recorded;                      /* --once: its outcome is in the book */
     size_t count;
     struct job_msg msgs[];
 };
@@ -170,6 +187,98 @@ static void pool_close(struct pool *p)
     }
 }
 
+/* ------------------------------------------------------------------ --once book -------- */
+
+/* --once: the book's entry for a message, added if new; NULL if out of memory. Under mu. */
+static struct once_msg *once_entry(struct daemon *d, const char *id)
+{
+    struct once_msg *grown;
+
+    for (size_t i = 0; i < d->nbook; i++)
+        if (strcmp(d->book[i].id, id) == 0)
+            return &d->book[i];
+    if (d->nbook == d->capbook) {
+        size_t cap = d->capbook ? d->capbook * 2 : 64;
+        if (!(grown = realloc(d->book, cap * sizeof *grown)))
+            return NULL;
+        d->book = grown;
+        d->capbook = cap;
+    }
+    if (!(d->book[d->nbook].id = strdup(id)))
+        return NULL;
+    d->book[d->nbook].failures = 0;
+    return &d->book[d->nbook++];
+}
+
+/* --once: a message was handled to the end (failures 0), or failed once more (+1, hidden
+ * in the queue until hidden_until), or can never be (ONCE_TRIES: invalid). */
+static void once_record(struct daemon *d, const char *id, int failures, int64_t hidden_until)
+{
+    struct once_msg *m;
+
+    if (!d->once)
+        return;
+    pthread_mutex_lock(&d->mu);
+    if (!(m = once_entry(d, id)))
+        d->unhandled++;
+    else {
+        m->failures = failures == 1 ? m->failures + 1 : failures;
+        m->hidden_until_ms = failures == 1 ? hidden_until : 0;
+    }
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Once per job, and for a failure before its messages go back: the receiver must know of
+ * the failure by the time it can receive them again. */
+static void once_record_job(struct job *j, int ok, int64_t hidden_until)
+{
+    if (j->recorded++)
+        return;
+    for (size_t i = 0; i < j->count; i++)
+        once_record(j->d, j->msgs[i].id, ok ? 0 : 1, hidden_until);
+}
+
+/* --once: whether a message just received is kept out of the rest of the run (it failed
+ * ONCE_TRIES times); from now on d->held accounts for it. */
+static int once_held(struct daemon *d, const char *id)
+{
+    int held = 0;
+
+    if (!d->once)
+        return 0;
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->nbook && !held; i++) {
+        held = strcmp(d->book[i].id, id) == 0 && d->book[i].failures >= ONCE_TRIES;
+        if (held)
+            d->book[i].hidden_until_ms = 0;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return held;
+}
+
+/* --once: failed messages that the queue still hides, as far as this run knows. */
+static long once_hidden(struct daemon *d)
+{
+    int64_t t = now_ms();
+    long n = 0;
+
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->nbook; i++)
+        n += d->book[i].failures > 0 && d->book[i].hidden_until_ms > t;
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+/* --once: messages not handled, each counted once. */
+static unsigned long once_unhandled(struct daemon *d)
+{
+    unsigned long n = d->unhandled;
+
+    for (size_t i = 0; i < d->nbook; i++)
+        n += d->book[i].failures > 0;
+    return n;
+}
+
 /* ---------------------------------------------------------------- acknowledging -------- */
 
 /* An SQS client for one batch call, on a borrowed HTTP client that a stop does not cancel:
@@ -244,6 +353,7 @@ static size_t job_delete(struct job *j)
 /* Hands the messages back: visible again after `delay` seconds. */
 static void job_return(struct job *j, int delay)
 {
+    once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
     if (job_batch(j, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
@@ -269,14 +379,6 @@ static int64_t job_keepalive_due(const struct job *j)
     int64_t left = due - now_ms();
 
     return left < 1000 ? 1000 : left;
-}
-
-/* --once counts every message that did not reach a successful end. */
-static void daemon_unhandled(struct daemon *d, size_t n)
-{
-    pthread_mutex_lock(&d->mu);
-    d->unhandled += n;
-    pthread_mutex_unlock(&d->mu);
 }
 
 /* ------------------------------------------------------------------------- a job ------- */
@@ -531,12 +633,11 @@ static void job_local_started(void *ctx, int pid)
     struct job *j = ctx;
 
     log_info("group %s: process %d started for %zu events", j->gid, pid, j->count);
-    if (!j->d->cfg->ack_on_exit && job_delete(j) > 0)  /* create mode: started = created */
-        daemon_unhandled(j->d, j->count);
 }
 
 /* LAMBDO_BACKEND=local: the group runs as a child process; its exit status acknowledges
- * like a Machine's in exit mode. Returns 0 when the messages were handled to the end. */
+ * like a Machine's in exit mode, whatever LAMBDO_ACK says (config.c), so that a child that
+ * fails never loses its messages. Returns 0 when the messages were handled to the end. */
 static int job_run_local(struct job *j)
 {
     const struct config *cfg = j->d->cfg;
@@ -555,7 +656,7 @@ static int job_run_local(struct job *j)
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
         .group_id = j->gid, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
         .shutdown_grace_s = cfg->shutdown_timeout, .started = job_local_started,
-        .idle = cfg->ack_on_exit ? job_idle : NULL,  /* create mode deleted them at start */
+        .idle = job_idle,
         .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
@@ -564,10 +665,6 @@ static int job_run_local(struct job *j)
         log_error("group %s: cannot run locally: %s", j->gid, e.msg);
         job_return(j, cfg->retry_delay);
         return -1;
-    }
-    if (res.started && !cfg->ack_on_exit) {
-        log_info("group %s: process %d %s after %.1f s", j->gid, res.pid, res.reason, res.seconds);
-        return 0;  /* deleted at start; an unsuccessful delete was counted there */
     }
     if (res.stopped) {
         log_warn("group %s: %s; %zu messages go back to the queue", j->gid, res.reason, j->count);
@@ -590,25 +687,25 @@ static void *job_main(void *arg)
     struct job *j = arg;
     struct fly_machine m;
     int64_t started;
+    int ok;
 
     if (job_take_slot(j) < 0) {
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
         job_return(j, 0);
-        daemon_unhandled(j->d, j->count);
         job_end(j, 0);
         job_free(j);
         return NULL;
     }
     started = now_ms();
-    if (j->d->cfg->backend_local) {
-        if (job_run_local(j) < 0)
-            daemon_unhandled(j->d, j->count);
-    } else if (job_create(j, &m) < 0)
-        daemon_unhandled(j->d, j->count);
-    else if (j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) < 0
-                                    : job_delete(j) > 0)
-        daemon_unhandled(j->d, j->count);
+    if (j->d->cfg->backend_local)
+        ok = job_run_local(j) == 0;
+    else if (job_create(j, &m) < 0)
+        ok = 0;
+    else
+        ok = j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) == 0
+                                    : job_delete(j) == 0;
+    once_record_job(j, ok, j->visible_until_ms);  /* a failure not returned: hidden till then */
     job_end(j, 1);
     job_free(j);
     return NULL;
@@ -689,7 +786,7 @@ static void job_start(struct daemon *d, struct job *j)
     if (rc != 0) {
         log_error("group %s: cannot start a thread (%s); its messages return after the "
                   "visibility timeout", j->gid, strerror(rc));
-        daemon_unhandled(d, j->count);
+        once_record_job(j, 0, j->visible_until_ms);
         job_end(j, 0);
         job_free(j);
     }
@@ -724,9 +821,54 @@ static void dispatch_group(struct daemon *d, const struct event *ev, const struc
 static void log_invalid(struct daemon *d, const struct sqs_message *m, const char *why)
 {
     metrics_count(&d->metrics, METRICS_INVALID, 1);
-    daemon_unhandled(d, 1);
+    once_record(d, m->message_id, ONCE_TRIES, 0);  /* no second try: it would fail the same */
     log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
              m->message_id, m->receive_count, why);
+}
+
+/* --once: keeps messages out of the rest of the run, hidden by heartbeats (once_keepalive)
+ * until once_release hands them back: a message that cannot succeed neither runs again
+ * nor counts as in flight elsewhere. Out of memory, they return after the visibility
+ * timeout and are held again then. Main thread only. */
+static void once_hold(struct daemon *d, struct sqs_message *const *m, size_t n,
+                      int64_t visible_until)
+{
+    struct job *j;
+
+    if (!n || !(j = calloc(1, sizeof *j + n * sizeof j->msgs[0])))
+        return;
+    j->d = d;
+    j->count = n;
+    j->visible_until_ms = visible_until;
+    snprintf(j->gid, sizeof j->gid, "held");
+    j->recorded = 1;
+    for (size_t i = 0; i < n; i++) {
+        j->msgs[i].id = strdup(m[i]->message_id);
+        j->msgs[i].receipt = strdup(m[i]->receipt_handle);
+        if (!j->msgs[i].id || !j->msgs[i].receipt) {
+            job_free(j);
+            return;
+        }
+    }
+    j->next = d->held;
+    d->held = j;
+}
+
+static void once_keepalive(struct daemon *d)
+{
+    for (struct job *j = d->held; j; j = j->next)
+        job_keepalive(j);
+}
+
+/* The end of a --once run: the held messages go back to the queue. */
+static void once_release(struct daemon *d)
+{
+    while (d->held) {
+        struct job *j = d->held;
+        d->held = j->next;
+        job_return(j, d->cfg->retry_delay);
+        job_free(j);
+    }
 }
 
 /* Validates, groups and dispatches everything in the window. */
@@ -740,8 +882,10 @@ static void window_dispatch(struct daemon *d, struct window *w)
     struct lerr *verdicts = calloc(cap, sizeof *verdicts), e;
     struct group_plan plan = { .groups = groups, .members = members, .verdicts = verdicts };
     int64_t visible_until = w->visible_until_ms;
+    struct sqs_message **held = calloc(cap, sizeof *held);  /* --once: not run */
+    size_t nheld = 0;
 
-    if (!ev || !msg || !groups || !members || !verdicts) {
+    if (!ev || !msg || !groups || !members || !verdicts || !held) {
         log_error("out of memory for %zu messages; they return after the visibility timeout",
                   w->nmessages);
         goto out;
@@ -751,6 +895,13 @@ static void window_dispatch(struct daemon *d, struct window *w)
             struct sqs_message *m = &w->batches[b].messages[i];
             if (m->flags) {
                 log_invalid(d, m, m->problem);
+                held[nheld++] = m;
+                continue;
+            }
+            if (once_held(d, m->message_id)) {
+                log_warn("--once: message %s failed %d times; it is not run again and goes "
+                         "back to the queue at the end", m->message_id, ONCE_TRIES);
+                held[nheld++] = m;
                 continue;
             }
             ev[n] = (struct event){ .id = m->message_id, .body = m->body, .body_len = m->body_len,
@@ -763,11 +914,16 @@ static void window_dispatch(struct daemon *d, struct window *w)
         goto out;
     }
     for (size_t i = 0; i < n; i++)
-        if (verdicts[i].kind != LERR_NONE)
+        if (verdicts[i].kind != LERR_NONE) {
             log_invalid(d, msg[i], verdicts[i].msg);
+            held[nheld++] = msg[i];
+        }
     for (size_t gi = 0; n && gi < plan.ngroups; gi++)
         dispatch_group(d, ev, &groups[gi], msg, visible_until);
+    if (d->once)
+        once_hold(d, held, nheld, visible_until);
 out:
+    free(held);
     free(ev);
     free(msg);
     free(groups);
@@ -884,6 +1040,7 @@ static void daemon_wait_for_slot(struct daemon *d)
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
         pthread_mutex_unlock(&d->mu);
         daemon_stopping(d, NULL);
+        once_keepalive(d);
         pthread_mutex_lock(&d->mu);
     }
     pthread_mutex_unlock(&d->mu);
@@ -958,6 +1115,41 @@ static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
     return 0;
 }
 
+/* --once, the queue answered empty: done when no job runs (a failed one returns its
+ * messages, to be tried once more) and nothing is in flight but this run's own: the held
+ * messages and failed ones still hidden by LAMBDO_RETRY_DELAY (their retry is not waited
+ * for). Anything else in flight (received by a run that died, say) comes back and is
+ * handled in this run. 1 done, 0 not yet, -1 when SQS cannot say. */
+static int once_done(struct daemon *d, long *waiting)
+{
+    struct sqs_queue_info q;
+    struct lerr e;
+    long ours;
+    int jobs;
+
+    pthread_mutex_lock(&d->mu);
+    jobs = d->jobs;
+    pthread_mutex_unlock(&d->mu);
+    if (jobs)
+        return 0;
+    ours = once_hidden(d);
+    for (struct job *j = d->held; j; j = j->next)
+        ours += (long)j->count;
+    if (sqs_get_queue_attributes(&d->receiver, &q, &e) < 0) {
+        if (e.kind == LERR_CANCELLED)
+            return 0;
+        log_error("--once: cannot tell whether messages are still in flight: %s", e.msg);
+        return -1;
+    }
+    if (q.in_flight <= ours)
+        return 1;
+    if (q.in_flight - ours != *waiting)
+        log_info("--once: the queue answered empty, but %ld messages are in flight; waiting "
+                 "for them", q.in_flight - ours);
+    *waiting = q.in_flight - ours;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ start and stop ----- */
 
 static int signals_open(struct lerr *e)
@@ -1003,7 +1195,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     if ((d->signal_fd = signals_open(e)) < 0)
         return -1;
     /* Child processes must inherit nothing of ours but what local.c hands them. */
-    if (cfg->backend_local && local_seal_fds(e) < 0)
+    if (cfg->backend_local && local_seal(e) < 0)
         return -1;
     http_client_init(&d->receive_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
@@ -1043,6 +1235,9 @@ static void daemon_close(struct daemon *d)
     if (d->signal_fd >= 0)
         close(d->signal_fd);
     pthread_mutex_destroy(&d->pool.mu);
+    for (size_t i = 0; i < d->nbook; i++)
+        free(d->book[i].id);
+    free(d->book);
     pthread_cond_destroy(&d->changed);
     pthread_mutex_destroy(&d->mu);
 }
@@ -1069,10 +1264,11 @@ static void log_start(const struct config *cfg)
         strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
     }
     if (cfg->backend_local) {
-        log_info("lambdo %s starting: queue %s, backend local (command %s), ack on %s, up to "
-                 "%d processes", LAMBDO_VERSION, cfg->queue_url,
+        log_info("lambdo %s starting: queue %s, backend local (command %s), ack on exit (a "
+                 "group's messages are deleted only once its process exited 0, whatever "
+                 "LAMBDO_ACK says), up to %d processes", LAMBDO_VERSION, cfg->queue_url,
                  cfg->local_command ? cfg->local_command : "from each message",
-                 cfg->ack_on_exit ? "exit" : "create", cfg->max_machines);
+                 cfg->max_machines);
         return;
     }
     log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s, "
@@ -1086,6 +1282,8 @@ int daemon_run(const struct config *cfg, int once)
 {
     struct window w = { 0 };
     unsigned failures = 0;  /* failed receives in a row */
+    long waiting = 0;       /* --once: messages in flight elsewhere, last seen */
+    int once_finished = 0;  /* --once: the queue was found empty, nothing in flight */
     struct daemon d;
     struct lerr e;
     int status = 0, rc;
@@ -1106,10 +1304,14 @@ int daemon_run(const struct config *cfg, int once)
             status = EXIT_FAILED;
             break;
         }
-        if (rc > 0 && !w.nmessages)
+        if (rc > 0 && !w.nmessages && (rc = once_done(&d, &waiting)) != 0) {
+            status = rc < 0 ? EXIT_FAILED : 0;
+            once_finished = rc > 0;
             break;
+        }
         if (rc > 0)
             w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
+        once_keepalive(&d);
         if (window_ready(&d, &w))
             window_dispatch(&d, &w);
         else
@@ -1122,12 +1324,16 @@ int daemon_run(const struct config *cfg, int once)
         window_dispatch(&d, &w);
     }
     daemon_drain(&d);
+    once_release(&d);
     if (status == 0 && once) {
-        if (d.unhandled)
-            log_error("--once: %lu messages were not handled", d.unhandled);
+        unsigned long unhandled = once_unhandled(&d);
+        if (unhandled)
+            log_error("--once: %lu messages were not handled", unhandled);
+        else if (!once_finished)
+            log_error("--once: stopped by signal before the queue was empty");
         else
             log_info("--once: the queue is empty and every message was handled");
-        status = d.unhandled ? EXIT_FAILED : 0;
+        status = unhandled || !once_finished ? EXIT_FAILED : 0;
     } else if (status == 0) {
         log_info("stopped by signal");
     }

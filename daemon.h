@@ -13,12 +13,14 @@
 
 #include "config.h"
 
-/* Runs until SIGTERM or SIGINT or, with once, until the queue answers empty and every
- * group is done. Returns the process exit status: 0 after a clean stop (with once: only
- * if every message was handled, i.e. its Machine was created, or exited 0 in exit mode,
- * and the message deleted), 1 when it cannot go on (e.g. SQS refuses the credentials at
- * start-up) or, with once, when a message was not handled, 2 when the configuration is
- * unusable (an unreadable CA bundle). Messages explain themselves in the log. */
+/* Runs until SIGTERM or SIGINT or, with once, until the queue answers empty, every group
+ * is done and nothing is in flight but what this run holds (README: --once). Returns the
+ * process exit status: 0 after a clean stop (with once: only if every message was handled,
+ * at its first or second try, i.e. its Machine was created, or exited 0 in exit mode and
+ * with the local backend, and the message deleted), 1 when it cannot go on (e.g. SQS
+ * refuses the credentials at start-up) or, with once, when a message was not handled or a
+ * signal stopped the run, 2 when the configuration is unusable (an unreadable CA bundle).
+ * Messages explain themselves in the log. */
 int daemon_run(const struct config *cfg, int once);
 
 #endif

@@ -67,10 +67,12 @@ static const char usage[] =
     "checks them; check tries the configuration, the CA bundle, the queue and the Fly app.\n"
     "`lambdo send --help` and `lambdo check --help` say more.\n"
     "\n"
-    "--once receives until the queue answers empty, dispatches, waits for the work (in exit\n"
-    "mode, for the Machines) and exits 0 only if every message was handled: a CI step.\n"
+    "--once receives until the queue answers empty and nothing is in flight, dispatches,\n"
+    "waits for the work (in exit mode, for the Machines), tries a failed message once more\n"
+    "and exits 0 only if every message was handled: a CI step.\n"
     "\n"
-    "Exit status: 0 ok or stopped by SIGTERM/SIGINT, 1 failure, 2 usage or configuration.\n";
+    "Exit status: 0 ok or stopped by SIGTERM/SIGINT (--once: 1), 1 failure, 2 usage or\n"
+    "configuration.\n";
 
 static const char *env_get(const char *name, void *ctx)
 {

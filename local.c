@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -185,11 +186,15 @@ int local_command_resolve(const char *message_cmd, const char *default_cmd, char
 
 /* ---- descriptors ---------------------------------------------------------------------- */
 
-int local_seal_fds(struct lerr *e)
+int local_seal(struct lerr *e)
 {
     DIR *d;
     struct dirent *de;
 
+    /* Non-dumpable: /proc/<lambdo>/environ and mem, which hold lambdo's secrets, become
+     * unreadable to a child running as the same (non-root) user, and it cannot ptrace us. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        return lerr_set(e, LERR_IO, "cannot make lambdo non-dumpable: %s", strerror(errno));
     /* Linux 5.11 does it in one call; older kernels get the /proc walk. */
     if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
         return 0;
@@ -389,27 +394,57 @@ static int events_file_create(const struct local_run *r, char *dir, char *path, 
 
 /* ---- the child's environment ---------------------------------------------------------- */
 
-static int env_is_secret(const char *kv)
-{
-    static const char *const strip[] = {
-        "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "EVENTS_PATH",
-    };
-    const char *eq = strchr(kv, '=');
-    size_t n = eq ? (size_t)(eq - kv) : strlen(kv);
+#define CHILD_PREFIX "LAMBDO_CHILD_"
+#define CHILD_PREFIX_LEN (sizeof CHILD_PREFIX - 1)
 
-    /* LAMBDO_HANDLER is the runtimes' setting (runtimes/), not lambdo's: it passes. */
-    if (strncmp(kv, "LAMBDO_", 7) == 0 && strncmp(kv, "LAMBDO_HANDLER=", 15) != 0)
-        return 1;
-    for (size_t i = 0; i < sizeof strip / sizeof strip[0]; i++)
-        if (strlen(strip[i]) == n && memcmp(kv, strip[i], n) == 0)
+static size_t env_name_len(const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+
+    return eq ? (size_t)(eq - kv) : strlen(kv);
+}
+
+static int env_named(const char *kv, const char *name)
+{
+    return env_name_len(kv) == strlen(name) && strncmp(kv, name, strlen(name)) == 0;
+}
+
+/* What lambdo holds and a child must not inherit: every LAMBDO_* setting (but the
+ * runtimes' LAMBDO_HANDLER), the Fly token, and every AWS_* variable but the region. Nearly
+ * every AWS_* variable is a credential or a route to one (keys, a role with its token file,
+ * a profile, the shared files, container endpoints), and one added to the SDKs later must
+ * not pass by omission. */
+static int env_is_lambdos(const char *kv)
+{
+    if (strncmp(kv, "LAMBDO_", 7) == 0)
+        return !env_named(kv, "LAMBDO_HANDLER");
+    if (strncmp(kv, "AWS_", 4) == 0)
+        return !env_named(kv, "AWS_REGION") && !env_named(kv, "AWS_DEFAULT_REGION");
+    return env_named(kv, "FLY_API_TOKEN") || env_named(kv, "FLY_ACCESS_TOKEN") ||
+           env_named(kv, "EVENTS_PATH");
+}
+
+/* Whether the user chose the child's value of kv's variable with LAMBDO_CHILD_<name>. */
+static int env_chosen(const char *const *envp, const char *kv)
+{
+    size_t n = env_name_len(kv);
+
+    for (; *envp; envp++)
+        if (strncmp(*envp, CHILD_PREFIX, CHILD_PREFIX_LEN) == 0 &&
+            env_name_len(*envp + CHILD_PREFIX_LEN) == n &&
+            memcmp(*envp + CHILD_PREFIX_LEN, kv, n) == 0 && strchr(*envp, '='))
             return 1;
     return 0;
 }
 
-/* A new array of pointers into envp (not copies) and events_kv; NULL if out of memory. */
+/* A new array of pointers into envp (not copies), the constants below and events_kv; NULL
+ * if out of memory. The shared files point at /dev/null, or an SDK in the child would read
+ * ~/.aws (lambdo's user's HOME) and find lambdo's profile. */
 static char **env_build(const char *const *envp, char *events_kv)
 {
+    static const char *const no_files[] = {
+        "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_CONFIG_FILE=/dev/null",
+    };
     size_t n = 0, k = 0;
     char **env;
 
@@ -417,12 +452,21 @@ static char **env_build(const char *const *envp, char *events_kv)
         envp = (const char *const *)environ;
     while (envp && envp[n])
         n++;
-    env = calloc(n + 2, sizeof *env);
+    env = calloc(n + 4, sizeof *env);  /* renamed ones are LAMBDO_*, not also kept */
     if (!env)
         return NULL;
     for (size_t i = 0; i < n; i++)
-        if (strchr(envp[i], '=') && !env_is_secret(envp[i]))
+        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_chosen(envp, envp[i]))
             env[k++] = (char *)envp[i];
+    for (size_t i = 0; i < sizeof no_files / sizeof no_files[0]; i++)
+        if (!env_chosen(envp, no_files[i]))
+            env[k++] = (char *)no_files[i];
+    for (size_t i = 0; i < n; i++) {
+        const char *kv = envp[i] + CHILD_PREFIX_LEN;
+        if (strncmp(envp[i], CHILD_PREFIX, CHILD_PREFIX_LEN) == 0 && strchr(kv, '=') &&
+            *kv != '=' && !env_named(kv, "EVENTS_PATH"))
+            env[k++] = (char *)kv;
+    }
     env[k] = events_kv;
     return env;
 }

@@ -25,21 +25,22 @@
  *   signal, timeout, stop, exec failure). The child's working directory is lambdo's.
  *
  * The environment
- *   lambdo's own environment, minus every LAMBDO_* variable and the secrets lambdo was
- *   given: FLY_API_TOKEN, FLY_ACCESS_TOKEN, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
- *   AWS_SESSION_TOKEN, AWS_SECURITY_TOKEN; plus EVENTS_PATH (replacing any inherited one).
- *   Why: the AWS keys lambdo holds are the queue consumer's. A handler that inherits them
- *   can receive and delete anybody's messages on that queue, and a handler's dependency
- *   that logs or ships its environment leaks them. A Fly Machine never sees them either,
- *   so a handler behaves the same under both backends. A handler that needs AWS gets its
- *   own, narrower, credentials the way AWS recommends, which is passed through untouched:
- *   AWS_PROFILE with a shared credentials file, AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE,
- *   the container or instance metadata endpoints, or variables of its own naming.
- *   Every LAMBDO_* variable goes, not only the token, so that a secret added to lambdo's
- *   configuration later is never passed on by omission. The one exception is
- *   LAMBDO_HANDLER, which is not lambdo's but the runtimes' (runtimes/js, runtimes/php:
- *   where the user's handler is), so that a local run can point them at a project.
- *
+ *   lambdo's own environment minus what is lambdo's: every LAMBDO_* variable (but
+ *   LAMBDO_HANDLER, the runtimes' setting: where the user's handler is), FLY_API_TOKEN,
+ *   FLY_ACCESS_TOKEN and every AWS_* variable but AWS_REGION and AWS_DEFAULT_REGION; plus
+ *   AWS_SHARED_CREDENTIALS_FILE=/dev/null and AWS_CONFIG_FILE=/dev/null, and EVENTS_PATH
+ *   (replacing any inherited one). Then every LAMBDO_CHILD_<NAME>=<value> of lambdo's
+ *   environment reaches the child as <NAME>=<value>, replacing what it would get otherwise
+ *   (EVENTS_PATH excepted): that is how a handler gets credentials of its own.
+ *   Why: lambdo's AWS identity is the queue consumer's, allowed to receive and delete. A
+ *   child that inherits it by any route an SDK follows (keys, AWS_ROLE_ARN with
+ *   AWS_WEB_IDENTITY_TOKEN_FILE, a profile in ~/.aws, container endpoints) can delete
+ *   anybody's messages, and a dependency that logs its environment leaks it. A Fly Machine
+ *   never sees it either, so a handler behaves the same under both backends. Whole
+ *   prefixes go, not a list of names, so a secret added later is never passed by omission.
+ *   local_seal() also makes lambdo non-dumpable, so a child of the same non-root user
+ *   cannot read /proc/<lambdo>/environ. This is no sandbox: a child runs as lambdo's user
+ *   and can read the files it can read.
  * The process
  *   stdin is /dev/null; stdout and stderr share one pipe (so their relative order is kept,
  *   as on a terminal or in Fly's log stream) and every line goes to lambdo's log at info
@@ -70,7 +71,7 @@
  *   if every other descriptor of the process is close-on-exec. lambdo opens all of its descriptors with O_CLOEXEC / SOCK_CLOEXEC /
  *   SFD_CLOEXEC (this module's pipes and files included), and posix_spawn (not fork) is
  *   used so no other thread's half-made state is copied. Descriptors lambdo inherited from
- *   its own parent are covered by local_seal_fds(), to be called once at start-up.
+ *   its own parent are covered by local_seal(), to be called once at start-up.
  */
 #ifndef LAMBDO_LOCAL_H
 #define LAMBDO_LOCAL_H
@@ -144,10 +145,11 @@ void local_argv_free(char **argv);
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
                           struct lerr *e);
 
-/* Marks every descriptor from 3 up close-on-exec, so that descriptors lambdo inherited
- * from whoever started it do not reach the groups' children. Call once at start-up,
- * before threads start. 0, or -1 with LERR_IO. */
-int local_seal_fds(struct lerr *e);
+/* Makes lambdo non-dumpable and marks every descriptor from 3 up close-on-exec, so that
+ * neither lambdo's environment nor descriptors it inherited from whoever started it reach
+ * the groups' children. Call once at start-up, before threads start. 0, or -1 with
+ * LERR_IO. */
+int local_seal(struct lerr *e);
 
 /* ---- output lines (pure; exposed for the unit tests) ------------------------------------ */
 

@@ -214,6 +214,11 @@ static void test_local_backend(void **state)
     assert_non_null(config_warning(&c));
     assert_true(strncmp(config_warning(&c), "LAMBDO_LOCAL_COMMAND: not set, so every message "
                         "without a command attribute fails", 70) == 0);
+    /* The child's exit status acknowledges, whatever LAMBDO_ACK says (unset or create). */
+    assert_int_equal(c.ack_on_exit, 1);
+    env_set(&env, "LAMBDO_ACK", "create");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.ack_on_exit, 1);
     env_set(&env, "LAMBDO_LOCAL_COMMAND", "[\"node\", \"/lambdo/runtime.mjs\"]");
     assert_int_equal(config_load(&c, env_get, &env, &e), 0);
     assert_string_equal(c.local_command, "[\"node\", \"/lambdo/runtime.mjs\"]");

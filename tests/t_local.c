@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -928,21 +929,30 @@ static void test_long_lines_truncated(void **state)
 
 /* ---- the environment, signals and descriptors --------------------------------------------- */
 
+/* Every route an AWS SDK follows to lambdo's identity, lambdo's settings and tokens; and
+ * what the user hands the child with LAMBDO_CHILD_. */
 static const char *const secrets_env[] = {
     "PATH=/usr/local/bin:/usr/bin:/bin", "KEEP=1", "LAMBDO_FLY_TOKEN=secret1",
     "LAMBDO_SQS_QUEUE_URL=secret2", "FLY_API_TOKEN=secret3", "FLY_ACCESS_TOKEN=secret4",
     "AWS_ACCESS_KEY_ID=secret5", "AWS_SECRET_ACCESS_KEY=secret6",
-    "AWS_SESSION_TOKEN=secret7", "AWS_SECURITY_TOKEN=secret8", "AWS_PROFILE=handler",
-    "AWS_REGION=eu-west-1", "EVENTS_PATH=/evil", "LAMBDO_=secret9", "NOEQUALS",
-    "AWS_ACCESS_KEY_ID_2=kept", "LAMBDO_HANDLER=/srv/app", NULL,
+    "AWS_SESSION_TOKEN=secret7", "AWS_SECURITY_TOKEN=secret8", "AWS_PROFILE=secret10",
+    "AWS_ROLE_ARN=secret11", "AWS_WEB_IDENTITY_TOKEN_FILE=secret12",
+    "AWS_ROLE_SESSION_NAME=secret13", "AWS_SHARED_CREDENTIALS_FILE=secret14",
+    "AWS_CONFIG_FILE=secret15", "AWS_CONTAINER_CREDENTIALS_FULL_URI=secret16",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=secret17", "AWS_DEFAULT_PROFILE=secret18",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN=secret19", "AWS_ACCESS_KEY_ID_2=secret20",
+    "AWS_REGION=eu-west-1", "AWS_DEFAULT_REGION=eu-west-2", "EVENTS_PATH=/evil",
+    "LAMBDO_=secret9", "NOEQUALS", "LAMBDO_HANDLER=/srv/app", "KEEP2=inherited",
+    "LAMBDO_CHILD_AWS_ROLE_ARN=arn:handler", "LAMBDO_CHILD_AWS_CONFIG_FILE=/srv/aws-config",
+    "LAMBDO_CHILD_KEEP2=chosen", "LAMBDO_CHILD_EVENTS_PATH=/evil2", "LAMBDO_CHILD_=x",
+    NULL,
 };
 
 static void check_env_log(const char *log)
 {
     assert_has(log, "[group env] KEEP=1\n");
-    assert_has(log, "[group env] AWS_PROFILE=handler\n");
     assert_has(log, "[group env] AWS_REGION=eu-west-1\n");
-    assert_has(log, "[group env] AWS_ACCESS_KEY_ID_2=kept\n");
+    assert_has(log, "[group env] AWS_DEFAULT_REGION=eu-west-2\n");
     assert_has(log, "[group env] EVENTS_PATH=/");
     assert_lacks(log, "EVENTS_PATH=/evil");
     assert_lacks(log, "secret");
@@ -950,7 +960,17 @@ static void check_env_log(const char *log)
     assert_lacks(log, "LAMBDO_FLY");
     assert_lacks(log, "LAMBDO_SQS");
     assert_lacks(log, "LAMBDO_=");
+    assert_lacks(log, "LAMBDO_CHILD");
     assert_lacks(log, "NOEQUALS");
+    /* the shared files are neutralised unless the user chose them */
+    assert_has(log, "[group env] AWS_SHARED_CREDENTIALS_FILE=/dev/null\n");
+    assert_has(log, "[group env] AWS_CONFIG_FILE=/srv/aws-config\n");
+    assert_lacks(log, "AWS_CONFIG_FILE=/dev/null");
+    /* LAMBDO_CHILD_<NAME> is renamed, and wins over an inherited <NAME> */
+    assert_has(log, "[group env] AWS_ROLE_ARN=arn:handler\n");
+    assert_has(log, "[group env] KEEP2=chosen\n");
+    assert_lacks(log, "KEEP2=inherited");
+    assert_lacks(log, "] =x");
 }
 
 static void test_env_secrets_stripped(void **state)
@@ -1035,8 +1055,9 @@ static void test_descriptors(void **state)
     int leak = open("/dev/null", O_RDONLY);  /* deliberately without O_CLOEXEC */
 
     assert_true(leak >= 0);
-    assert_int_equal(local_seal_fds(&e), 0);
+    assert_int_equal(local_seal(&e), 0);
     assert_true(fcntl(leak, F_GETFD) & FD_CLOEXEC);
+    assert_int_equal(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);  /* /proc/<lambdo>/environ */
     log = run_logged(&r, &res);
     close(leak);
     assert_true(local_result_ok(&res));
