@@ -250,28 +250,35 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 }
 
 /* ======================================================================================
- * A strict little XML reader, for STS's answers only
+ * STS's XML answers: a strict little reader that follows the open elements and keeps
+ * the text of the six leaves it wants
  * ==================================================================================== */
+
+#define STS_OK_ROOT "AssumeRoleWithWebIdentityResponse"
+#define STS_ERR_ROOT "ErrorResponse"
+#define STS_CREDS STS_OK_ROOT "/AssumeRoleWithWebIdentityResult/Credentials/"
+
+enum { F_KEY, F_SECRET, F_TOKEN, F_EXPIRATION, F_CODE, F_MESSAGE, F_COUNT };
+static const char *const sts_paths[F_COUNT] = {
+    STS_CREDS "AccessKeyId", STS_CREDS "SecretAccessKey", STS_CREDS "SessionToken",
+    STS_CREDS "Expiration", STS_ERR_ROOT "/Error/Code", STS_ERR_ROOT "/Error/Message",
+};
 
 struct xml_name {
     const char *s;
     size_t n;
 };
 
-typedef int (*xml_leaf_fn)(void *ctx, const struct xml_name *path, size_t depth,
-                           const char *text, size_t len, struct lerr *e);
-
 struct xml {
     const char *b;
     size_t len, i;
-    struct xml_name stack[XML_MAX_DEPTH];
-    int had_child[XML_MAX_DEPTH];
+    struct xml_name stack[XML_MAX_DEPTH];  /* the open elements, the root first */
     size_t depth;
-    struct xml_name root;
-    char text[XML_TEXT_MAX + 4];  /* the open element's text, entities decoded */
+    int leaf;                              /* the innermost one has no child (yet) */
+    char text[XML_TEXT_MAX];               /* its text, or an attribute's; references decoded */
     size_t text_len;
-    xml_leaf_fn leaf;
-    void *ctx;
+    struct creds_sts_answer *out;
+    unsigned seen;                         /* 1 << F_* for each field read */
 };
 
 static int xml_bad(const struct xml *x, struct lerr *e, const char *what)
@@ -296,14 +303,11 @@ static int xml_char(unsigned char c)
     return c >= 0x20 || c == '\t' || c == '\n' || c == '\r';
 }
 
-static int xml_name_start(unsigned char c)
+/* ASCII names only: all STS sends. */
+static int xml_name_char(unsigned char c, int first)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':';
-}
-
-static int xml_name_char(unsigned char c)
-{
-    return xml_name_start(c) || (c >= '0' && c <= '9') || c == '-' || c == '.';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':' ||
+           (!first && ((c >= '0' && c <= '9') || c == '-' || c == '.'));
 }
 
 static void xml_skip_space(struct xml *x)
@@ -312,98 +316,33 @@ static void xml_skip_space(struct xml *x)
         x->i++;
 }
 
-/* ASCII names only: all STS sends. */
 static int xml_read_name(struct xml *x, struct xml_name *name, struct lerr *e)
 {
-    size_t start = x->i;
-
-    if (x->i >= x->len || !xml_name_start((unsigned char)x->b[x->i]))
+    name->s = x->b + x->i;
+    if (x->i >= x->len || !xml_name_char(x->b[x->i], 1))
         return xml_bad(x, e, "expected a name");
-    while (x->i < x->len && xml_name_char((unsigned char)x->b[x->i]))
+    while (x->i < x->len && xml_name_char(x->b[x->i], 0))
         x->i++;
-    name->s = x->b + start;
-    name->n = x->i - start;
+    name->n = (size_t)(x->b + x->i - name->s);
     return 0;
 }
 
-static int xml_name_eq(const struct xml_name *a, const char *s)
+static int xml_name_eq(const struct xml_name *a, const struct xml_name *b)
 {
-    return a->n == strlen(s) && memcmp(a->s, s, a->n) == 0;
+    return a->n == b->n && memcmp(a->s, b->s, a->n) == 0;
 }
 
-static size_t xml_utf8(unsigned long cp, char *out)
+/* Whether the open elements are those of path ("a/b/c"). */
+static int xml_path_is(const struct xml *x, const char *path)
 {
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
+    for (size_t k = 0; k < x->depth; k++) {
+        const struct xml_name *n = &x->stack[k];
 
-/* At '&': decodes one reference into out (up to 4 bytes), advancing past the ';'. */
-static int xml_entity(struct xml *x, char *out, size_t *out_len, struct lerr *e)
-{
-    static const struct { const char *name; char c; } named[] = {
-        { "amp", '&' }, { "lt", '<' }, { "gt", '>' }, { "quot", '"' }, { "apos", '\'' },
-    };
-    size_t start = x->i + 1, end = start;
-    unsigned long cp = 0;
-
-    while (end < x->len && end - start < 12 && x->b[end] != ';')
-        end++;
-    if (end >= x->len || x->b[end] != ';' || end == start)
-        return xml_bad(x, e, "unterminated or empty entity reference");
-    if (x->b[start] == '#') {
-        size_t k = start + 1;
-        int hex = k < end && x->b[k] == 'x';
-
-        if (hex)
-            k++;
-        if (k == end)
-            return xml_bad(x, e, "empty character reference");
-        for (; k < end; k++) {
-            char c = x->b[k];
-            int v = c >= '0' && c <= '9' ? c - '0'
-                  : hex && c >= 'a' && c <= 'f' ? c - 'a' + 10
-                  : hex && c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-            if (v < 0)
-                return xml_bad(x, e, "bad character reference");
-            cp = cp * (hex ? 16 : 10) + (unsigned long)v;
-            if (cp > 0x10ffff)
-                return xml_bad(x, e, "character reference out of range");
-        }
-        if (!(cp == 0x9 || cp == 0xa || cp == 0xd || (cp >= 0x20 && cp <= 0xd7ff) ||
-              (cp >= 0xe000 && cp <= 0xfffd) || cp >= 0x10000))
-            return xml_bad(x, e, "character reference to a character XML does not allow");
-        *out_len = xml_utf8(cp, out);
-    } else {
-        size_t k;
-        for (k = 0; k < sizeof named / sizeof named[0]; k++)
-            if (strlen(named[k].name) == end - start &&
-                memcmp(named[k].name, x->b + start, end - start) == 0)
-                break;
-        if (k == sizeof named / sizeof named[0])
-            return xml_bad(x, e, "unknown entity");
-        out[0] = named[k].c;
-        *out_len = 1;
+        if (strncmp(path, n->s, n->n) != 0 || path[n->n] != (k + 1 < x->depth ? '/' : '\0'))
+            return 0;
+        path += n->n + 1;
     }
-    x->i = end + 1;
-    return 0;
+    return 1;
 }
 
 static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
@@ -424,78 +363,129 @@ static int xml_text_blank(const struct xml *x)
     return 1;
 }
 
-/* At "<!--". */
-static int xml_comment(struct xml *x, struct lerr *e)
+static size_t xml_utf8(unsigned long cp, char *out)
 {
-    x->i += 4;
-    for (; x->i + 1 < x->len; x->i++) {
-        if (x->b[x->i] == '-' && x->b[x->i + 1] == '-') {
-            if (x->i + 2 < x->len && x->b[x->i + 2] == '>') {
-                x->i += 3;
-                return 0;
-            }
+    static const unsigned char lead[] = { 0, 0, 0xc0, 0xe0, 0xf0 };
+    size_t n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+
+    for (size_t k = n - 1; k > 0; k--, cp >>= 6)
+        out[k] = (char)(0x80 | (cp & 0x3f));
+    out[0] = (char)(lead[n] | cp);
+    return n;
+}
+
+/* At '&': appends the character a reference stands for, and moves past its ';'. */
+static int xml_reference(struct xml *x, struct lerr *e)
+{
+    static const struct { const char *name; char c; } named[] = {
+        { "amp", '&' }, { "lt", '<' }, { "gt", '>' }, { "quot", '"' }, { "apos", '\'' },
+    };
+    size_t start = x->i + 1, end = start, k;
+    unsigned long cp = 0;
+    char out[4];
+
+    while (end < x->len && end - start < 12 && x->b[end] != ';')
+        end++;
+    if (end >= x->len || x->b[end] != ';' || end == start)
+        return xml_bad(x, e, "unterminated or empty entity reference");
+    if (x->b[start] == '#') {
+        int hex = x->b[start + 1] == 'x';
+
+        if ((k = start + 1 + (size_t)hex) == end)
+            return xml_bad(x, e, "empty character reference");
+        for (; k < end; k++) {
+            int v = text_hex_digit((unsigned char)x->b[k]);
+
+            if (v < 0 || (!hex && v > 9))
+                return xml_bad(x, e, "bad character reference");
+            if ((cp = cp * (hex ? 16 : 10) + (unsigned long)v) > 0x10ffff)
+                return xml_bad(x, e, "character reference out of range");
+        }
+        if (!(cp == 0x9 || cp == 0xa || cp == 0xd || (cp >= 0x20 && cp <= 0xd7ff) ||
+              (cp >= 0xe000 && cp <= 0xfffd) || cp >= 0x10000))
+            return xml_bad(x, e, "character reference to a character XML does not allow");
+        x->i = end + 1;
+        return xml_text_add(x, out, xml_utf8(cp, out), e);
+    }
+    for (k = 0; k < sizeof named / sizeof named[0]; k++) {
+        if (strlen(named[k].name) == end - start &&
+            memcmp(named[k].name, x->b + start, end - start) == 0) {
+            x->i = end + 1;
+            return xml_text_add(x, &named[k].c, 1, e);
+        }
+    }
+    return xml_bad(x, e, "unknown entity");
+}
+
+/* Character data up to the next '<' or, in an attribute value, its closing quote. */
+static int xml_text(struct xml *x, char stop, struct lerr *e)
+{
+    while (x->i < x->len && x->b[x->i] != '<' && x->b[x->i] != stop) {
+        int rc;
+
+        if (!xml_char((unsigned char)x->b[x->i]))
+            return xml_bad(x, e, "control character");
+        if (stop == '<' && xml_at(x, "]]>"))
+            return xml_bad(x, e, "\"]]>\" in text");
+        if (x->b[x->i] == '&')
+            rc = xml_reference(x, e);
+        else
+            rc = xml_text_add(x, x->b + x->i++, 1, e);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Moves past the next `end`, refusing control characters on the way. */
+static int xml_skip_past(struct xml *x, const char *end, const char *what, struct lerr *e)
+{
+    const char *p = memmem(x->b + x->i, x->len - x->i, end, strlen(end));
+
+    for (; x->i < x->len && x->b + x->i != p; x->i++)
+        if (!xml_char((unsigned char)x->b[x->i]))
+            return lerr_set(e, LERR_MALFORMED, "malformed XML: control character in %s at "
+                            "byte %zu", what, x->i);
+    if (!p)
+        return lerr_set(e, LERR_MALFORMED, "malformed XML: unterminated %s", what);
+    x->i += strlen(end);
+    return 0;
+}
+
+/* At "<!" or "<?": a comment is skipped, CDATA in an element is text, the rest refused. */
+static int xml_markup(struct xml *x, struct lerr *e)
+{
+    if (xml_at(x, "<!--")) {
+        x->i += 4;
+        if (xml_skip_past(x, "--", "comment", e) < 0)
+            return -1;
+        if (!xml_at(x, ">"))
             return xml_bad(x, e, "\"--\" inside a comment");
-        }
-        if (!xml_char((unsigned char)x->b[x->i]))
-            return xml_bad(x, e, "control character in a comment");
+        x->i++;
+        return 0;
     }
-    x->i = x->len;
-    return xml_bad(x, e, "unterminated comment");
+    if (x->depth > 0 && xml_at(x, "<![CDATA[")) {
+        size_t start = x->i += 9;
+
+        if (xml_skip_past(x, "]]>", "CDATA section", e) < 0)
+            return -1;
+        return xml_text_add(x, x->b + start, x->i - 3 - start, e);
+    }
+    if (xml_at(x, "<?"))
+        return xml_bad(x, e, "a processing instruction is not accepted");
+    return xml_bad(x, e, "a DOCTYPE or other declaration is not accepted");
 }
 
-/* At "<![CDATA[": its bytes are text as they are. */
-static int xml_cdata(struct xml *x, struct lerr *e)
-{
-    size_t start = x->i += 9;
-
-    for (; x->i + 2 < x->len; x->i++) {
-        if (memcmp(x->b + x->i, "]]>", 3) == 0) {
-            size_t n = x->i - start;
-            x->i += 3;
-            return xml_text_add(x, x->b + start, n, e);
-        }
-        if (!xml_char((unsigned char)x->b[x->i]))
-            return xml_bad(x, e, "control character in CDATA");
-    }
-    x->i = x->len;
-    return xml_bad(x, e, "unterminated CDATA section");
-}
-
-/* Whitespace and comments, between the declaration, the root element and the end. */
+/* Whitespace and comments, around the root element. */
 static int xml_misc(struct xml *x, struct lerr *e)
 {
     for (;;) {
         xml_skip_space(x);
-        if (xml_at(x, "<!--")) {
-            if (xml_comment(x, e) < 0)
-                return -1;
-        } else if (xml_at(x, "<!DOCTYPE") || xml_at(x, "<!doctype")) {
-            return xml_bad(x, e, "DOCTYPE is not accepted");
-        } else if (xml_at(x, "<?")) {
-            return xml_bad(x, e, "processing instruction");
-        } else {
+        if (!xml_at(x, "<!") && !xml_at(x, "<?"))
             return 0;
-        }
+        if (xml_markup(x, e) < 0)
+            return -1;
     }
-}
-
-/* "<?xml version=... ?>" at the very start; its content is only checked for characters. */
-static int xml_decl(struct xml *x, struct lerr *e)
-{
-    if (xml_at(x, "\xef\xbb\xbf"))
-        x->i += 3;
-    if (!xml_at(x, "<?xml") || x->len - x->i < 6 || !xml_space(x->b[x->i + 5]))
-        return 0;
-    for (x->i += 5; x->i + 1 < x->len; x->i++) {
-        if (x->b[x->i] == '?' && x->b[x->i + 1] == '>') {
-            x->i += 2;
-            return 0;
-        }
-        if (x->b[x->i] == '<' || !xml_char((unsigned char)x->b[x->i]))
-            return xml_bad(x, e, "bad XML declaration");
-    }
-    x->i = x->len;
-    return xml_bad(x, e, "unterminated XML declaration");
 }
 
 /* Attributes of a start tag: checked, then forgotten (xmlns is all STS sends). */
@@ -506,7 +496,6 @@ static int xml_attributes(struct xml *x, struct lerr *e)
 
     for (;;) {
         size_t before = x->i;
-        struct xml_name name;
         char quote;
 
         xml_skip_space(x);
@@ -516,182 +505,29 @@ static int xml_attributes(struct xml *x, struct lerr *e)
             return 0;
         if (x->i == before)
             return xml_bad(x, e, "expected whitespace before an attribute");
-        if (xml_read_name(x, &name, e) < 0)
-            return -1;
-        for (size_t k = 0; k < nseen; k++)
-            if (seen[k].n == name.n && memcmp(seen[k].s, name.s, name.n) == 0)
-                return xml_bad(x, e, "repeated attribute");
         if (nseen == sizeof seen / sizeof seen[0])
             return xml_bad(x, e, "too many attributes");
-        seen[nseen++] = name;
+        if (xml_read_name(x, &seen[nseen], e) < 0)
+            return -1;
+        for (size_t k = 0; k < nseen; k++)
+            if (xml_name_eq(&seen[k], &seen[nseen]))
+                return xml_bad(x, e, "repeated attribute");
+        nseen++;
         xml_skip_space(x);
-        if (x->i >= x->len || x->b[x->i] != '=')
+        if (!xml_at(x, "="))
             return xml_bad(x, e, "expected '=' after an attribute name");
         x->i++;
         xml_skip_space(x);
-        if (x->i >= x->len || (x->b[x->i] != '"' && x->b[x->i] != '\''))
+        if (!xml_at(x, "\"") && !xml_at(x, "'"))
             return xml_bad(x, e, "expected a quoted attribute value");
         quote = x->b[x->i++];
-        while (x->i < x->len && x->b[x->i] != quote) {
-            char tmp[4];
-            size_t n;
-
-            if (x->b[x->i] == '<' || !xml_char((unsigned char)x->b[x->i]))
-                return xml_bad(x, e, "bad character in an attribute value");
-            if (x->b[x->i] == '&') {
-                if (xml_entity(x, tmp, &n, e) < 0)
-                    return -1;
-            } else {
-                x->i++;
-            }
-        }
-        if (x->i >= x->len)
-            return xml_bad(x, e, "unterminated attribute value");
+        if (xml_text(x, quote, e) < 0)
+            return -1;
+        if (x->i >= x->len || x->b[x->i] != quote)
+            return xml_bad(x, e, "'<' or the end of the input in an attribute value");
         x->i++;
     }
 }
-
-/* An element ends: a leaf's text goes to the callback; a parent may only have had
- * whitespace beside its children. */
-static int xml_close(struct xml *x, struct lerr *e)
-{
-    size_t top = x->depth - 1;
-
-    if (x->had_child[top]) {
-        if (!xml_text_blank(x))
-            return xml_bad(x, e, "text beside child elements");
-    } else {
-        x->text[x->text_len] = '\0';
-        if (x->leaf(x->ctx, x->stack, x->depth, x->text, x->text_len, e) < 0)
-            return -1;
-    }
-    x->depth--;
-    x->text_len = 0;
-    return 0;
-}
-
-/* At '<' of a start tag. */
-static int xml_start_tag(struct xml *x, struct lerr *e)
-{
-    struct xml_name name;
-
-    x->i++;
-    if (xml_read_name(x, &name, e) < 0 || xml_attributes(x, e) < 0)
-        return -1;
-    if (x->depth == XML_MAX_DEPTH)
-        return xml_bad(x, e, "elements nested too deep");
-    if (x->depth > 0) {
-        if (!xml_text_blank(x))
-            return xml_bad(x, e, "text beside child elements");
-        x->had_child[x->depth - 1] = 1;
-    } else {
-        x->root = name;
-    }
-    x->text_len = 0;
-    x->stack[x->depth] = name;
-    x->had_child[x->depth] = 0;
-    x->depth++;
-    if (x->b[x->i] == '/') {
-        if (x->i + 1 >= x->len || x->b[x->i + 1] != '>')
-            return xml_bad(x, e, "expected \"/>\"");
-        x->i += 2;
-        return xml_close(x, e);
-    }
-    x->i++;  /* '>' */
-    return 0;
-}
-
-/* At "</". */
-static int xml_end_tag(struct xml *x, struct lerr *e)
-{
-    struct xml_name name;
-    const struct xml_name *open = &x->stack[x->depth - 1];
-
-    x->i += 2;
-    if (xml_read_name(x, &name, e) < 0)
-        return -1;
-    xml_skip_space(x);
-    if (x->i >= x->len || x->b[x->i] != '>')
-        return xml_bad(x, e, "expected '>' closing an end tag");
-    if (name.n != open->n || memcmp(name.s, open->s, name.n) != 0)
-        return xml_bad(x, e, "end tag does not match the open element");
-    x->i++;
-    return xml_close(x, e);
-}
-
-/* Character data up to the next markup. */
-static int xml_chars(struct xml *x, struct lerr *e)
-{
-    size_t start = x->i;
-
-    while (x->i < x->len && x->b[x->i] != '<' && x->b[x->i] != '&') {
-        if (!xml_char((unsigned char)x->b[x->i]))
-            return xml_bad(x, e, "control character in text");
-        if (xml_at(x, "]]>"))
-            return xml_bad(x, e, "\"]]>\" in text");
-        x->i++;
-    }
-    return xml_text_add(x, x->b + start, x->i - start, e);
-}
-
-static int xml_walk(struct xml *x, struct lerr *e)
-{
-    if (xml_decl(x, e) < 0 || xml_misc(x, e) < 0)
-        return -1;
-    if (x->i >= x->len)
-        return xml_bad(x, e, "no root element");
-    if (x->b[x->i] != '<' || x->i + 1 >= x->len || !xml_name_start((unsigned char)x->b[x->i + 1]))
-        return xml_bad(x, e, "expected the root element");
-    if (xml_start_tag(x, e) < 0)
-        return -1;
-    while (x->depth > 0) {
-        int rc;
-
-        if (x->i >= x->len)
-            return xml_bad(x, e, "truncated: an element is not closed");
-        if (xml_at(x, "</")) {
-            rc = xml_end_tag(x, e);
-        } else if (xml_at(x, "<!--")) {
-            rc = xml_comment(x, e);
-        } else if (xml_at(x, "<![CDATA[")) {
-            rc = xml_cdata(x, e);
-        } else if (xml_at(x, "<!") || xml_at(x, "<?")) {
-            rc = xml_bad(x, e, "declaration or processing instruction inside an element");
-        } else if (x->b[x->i] == '<') {
-            rc = xml_start_tag(x, e);
-        } else if (x->b[x->i] == '&') {
-            char tmp[4];
-            size_t n;
-            rc = xml_entity(x, tmp, &n, e);
-            if (rc == 0)
-                rc = xml_text_add(x, tmp, n, e);
-        } else {
-            rc = xml_chars(x, e);
-        }
-        if (rc < 0)
-            return -1;
-    }
-    if (xml_misc(x, e) < 0)
-        return -1;
-    if (x->i < x->len)
-        return xml_bad(x, e, "content after the root element");
-    return 0;
-}
-
-/* --- STS answers --------------------------------------------------------------------- */
-
-#define STS_OK_ROOT "AssumeRoleWithWebIdentityResponse"
-#define STS_ERR_ROOT "ErrorResponse"
-
-enum { F_KEY, F_SECRET, F_TOKEN, F_EXPIRATION, F_CODE, F_MESSAGE, F_COUNT };
-static const char *const sts_field_names[F_COUNT] = {
-    "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration", "Code", "Message",
-};
-
-struct sts_parse {
-    struct creds_sts_answer *out;
-    unsigned seen;
-};
 
 /* Error codes and messages are shown to people: control characters become spaces. */
 static void sts_copy_text(char *dst, size_t cap, const char *src, size_t n)
@@ -714,48 +550,28 @@ static int sts_put(char *dst, size_t cap, const char *text, size_t len, const ch
     return 0;
 }
 
-static int sts_root_check(const struct xml_name *root, struct lerr *e)
+static const char *sts_name(int f)
 {
-    if (xml_name_eq(root, STS_OK_ROOT) || xml_name_eq(root, STS_ERR_ROOT))
-        return 0;
-    return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.*s>",
-                    (int)(root->n > 64 ? 64 : root->n), root->s);
+    return strrchr(sts_paths[f], '/') + 1;
 }
 
-/* The field a leaf's path names, or -1 for a leaf of no interest. */
-static int sts_field(const struct xml_name *path, size_t depth)
+/* A leaf ends: its text is kept if it is one of the fields. */
+static int sts_leaf(struct xml *x, struct lerr *e)
 {
-    if (xml_name_eq(&path[0], STS_OK_ROOT) && depth == 4 &&
-        xml_name_eq(&path[1], "AssumeRoleWithWebIdentityResult") &&
-        xml_name_eq(&path[2], "Credentials")) {
-        for (int f = F_KEY; f <= F_EXPIRATION; f++)
-            if (xml_name_eq(&path[3], sts_field_names[f]))
-                return f;
-    }
-    if (xml_name_eq(&path[0], STS_ERR_ROOT) && depth == 3 && xml_name_eq(&path[1], "Error")) {
-        for (int f = F_CODE; f <= F_MESSAGE; f++)
-            if (xml_name_eq(&path[2], sts_field_names[f]))
-                return f;
-    }
-    return -1;
-}
-
-static int sts_leaf(void *ctx, const struct xml_name *path, size_t depth, const char *text,
-                    size_t len, struct lerr *e)
-{
-    struct sts_parse *sp = ctx;
-    struct creds_snapshot *c = &sp->out->creds;
+    struct creds_snapshot *c = &x->out->creds;
+    const char *text = x->text;
+    size_t len = x->text_len;
     char what[64];
-    int f;
+    int f = 0;
 
-    if (sts_root_check(&path[0], e) < 0)
-        return -1;
-    if ((f = sts_field(path, depth)) < 0)
+    while (f < F_COUNT && !xml_path_is(x, sts_paths[f]))
+        f++;
+    if (f == F_COUNT)
         return 0;
-    if (sp->seen & (1u << f))
-        return lerr_set(e, LERR_MALFORMED, "more than one <%s>", sts_field_names[f]);
-    sp->seen |= 1u << f;
-    snprintf(what, sizeof what, "<%s>", sts_field_names[f]);
+    if (x->seen & (1u << f))
+        return lerr_set(e, LERR_MALFORMED, "more than one <%s>", sts_name(f));
+    x->seen |= 1u << f;
+    snprintf(what, sizeof what, "<%s>", sts_name(f));
     switch (f) {
     case F_KEY:
         return sts_put(c->access_key_id, sizeof c->access_key_id, text, len, what, e);
@@ -768,17 +584,120 @@ static int sts_leaf(void *ctx, const struct xml_name *path, size_t depth, const 
             return lerr_set(e, LERR_MALFORMED, "<Expiration> is not an ISO 8601 time");
         return 0;
     case F_CODE:
-        sts_copy_text(sp->out->error_code, sizeof sp->out->error_code, text, len);
+        sts_copy_text(x->out->error_code, sizeof x->out->error_code, text, len);
         return 0;
     default:
-        sts_copy_text(sp->out->error_message, sizeof sp->out->error_message, text, len);
+        sts_copy_text(x->out->error_message, sizeof x->out->error_message, text, len);
         return 0;
     }
 }
 
+/* An element ends: a leaf's text may be a field; a parent may only have had whitespace
+ * beside its children. */
+static int xml_close(struct xml *x, struct lerr *e)
+{
+    if (x->leaf) {
+        if (sts_leaf(x, e) < 0)
+            return -1;
+    } else if (!xml_text_blank(x)) {
+        return xml_bad(x, e, "text beside child elements");
+    }
+    x->depth--;
+    x->leaf = 0;
+    x->text_len = 0;
+    return 0;
+}
+
+/* At '<' of a start tag. The root must be one of STS's two answers. */
+static int xml_start_tag(struct xml *x, struct lerr *e)
+{
+    struct xml_name *name = &x->stack[x->depth];
+
+    if (x->depth == XML_MAX_DEPTH)
+        return xml_bad(x, e, "elements nested too deep");
+    if (!xml_text_blank(x))
+        return xml_bad(x, e, "text beside child elements");
+    x->i++;
+    if (xml_read_name(x, name, e) < 0)
+        return -1;
+    if (x->depth++ == 0) {
+        x->out->is_error = xml_path_is(x, STS_ERR_ROOT);
+        if (!x->out->is_error && !xml_path_is(x, STS_OK_ROOT))
+            return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.*s>",
+                            (int)(name->n > 64 ? 64 : name->n), name->s);
+    }
+    x->text_len = 0;
+    if (xml_attributes(x, e) < 0)
+        return -1;
+    x->text_len = 0;
+    x->leaf = 1;
+    if (x->b[x->i] == '/') {
+        if (!xml_at(x, "/>"))
+            return xml_bad(x, e, "expected \"/>\"");
+        x->i += 2;
+        return xml_close(x, e);
+    }
+    x->i++;  /* '>' */
+    return 0;
+}
+
+/* At "</". */
+static int xml_end_tag(struct xml *x, struct lerr *e)
+{
+    struct xml_name name;
+
+    x->i += 2;
+    if (xml_read_name(x, &name, e) < 0)
+        return -1;
+    xml_skip_space(x);
+    if (!xml_at(x, ">"))
+        return xml_bad(x, e, "expected '>' closing an end tag");
+    if (!xml_name_eq(&name, &x->stack[x->depth - 1]))
+        return xml_bad(x, e, "end tag does not match the open element");
+    x->i++;
+    return xml_close(x, e);
+}
+
+static int xml_walk(struct xml *x, struct lerr *e)
+{
+    if (xml_at(x, "\xef\xbb\xbf"))
+        x->i += 3;
+    if (xml_at(x, "<?xml") && x->len - x->i > 5 && xml_space(x->b[x->i + 5])) {
+        x->i += 5;
+        if (xml_skip_past(x, "?>", "XML declaration", e) < 0)
+            return -1;
+    }
+    if (xml_misc(x, e) < 0)
+        return -1;
+    if (x->i >= x->len)
+        return xml_bad(x, e, "no root element");
+    if (!xml_at(x, "<") || x->i + 1 >= x->len || !xml_name_char(x->b[x->i + 1], 1))
+        return xml_bad(x, e, "expected the root element");
+    do {
+        int rc;
+
+        if (x->i >= x->len)
+            rc = xml_bad(x, e, "truncated: an element is not closed");
+        else if (xml_at(x, "</"))
+            rc = xml_end_tag(x, e);
+        else if (xml_at(x, "<!") || xml_at(x, "<?"))
+            rc = xml_markup(x, e);
+        else if (xml_at(x, "<"))
+            rc = xml_start_tag(x, e);
+        else
+            rc = xml_text(x, '<', e);
+        if (rc < 0)
+            return -1;
+    } while (x->depth > 0);
+    if (xml_misc(x, e) < 0)
+        return -1;
+    if (x->i < x->len)
+        return xml_bad(x, e, "content after the root element");
+    return 0;
+}
+
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
 {
-    struct sts_parse sp = { out, 0 };
     struct xml *x = calloc(1, sizeof *x);
     int rc = -1;
 
@@ -787,15 +706,13 @@ int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, s
         return lerr_set(e, LERR_NOMEM, "out of memory");
     x->b = xml;
     x->len = len;
-    x->leaf = sts_leaf;
-    x->ctx = &sp;
-    if (xml_walk(x, e) < 0 || sts_root_check(&x->root, e) < 0)
+    x->out = out;
+    if (xml_walk(x, e) < 0)
         goto done;
-    out->is_error = xml_name_eq(&x->root, STS_ERR_ROOT);
     for (int f = out->is_error ? F_CODE : F_KEY; f <= (out->is_error ? F_CODE : F_EXPIRATION);
          f++) {
-        if (!(sp.seen & (1u << f))) {
-            lerr_set(e, LERR_MALFORMED, "no <%s>", sts_field_names[f]);
+        if (!(x->seen & (1u << f))) {
+            lerr_set(e, LERR_MALFORMED, "no <%s>", sts_name(f));
             goto done;
         }
     }

@@ -218,6 +218,21 @@ static const struct xml_case xml_cases[] = {
       0, LERR_MALFORMED, "nested too deep" },
     { "unclosed", "<ErrorResponse><Error><Code>X</Code></Error>", -1, 0, NULL, NULL, NULL, 0,
       LERR_MALFORMED, "truncated" },
+    { "declaration inside", "<ErrorResponse><!ELEMENT x ANY><Error/></ErrorResponse>", -1, 0,
+      NULL, NULL, NULL, 0, LERR_MALFORMED, "declaration" },
+    { "unterminated comment", "<ErrorResponse><Error><Code>X</Code></Error></ErrorResponse><!--",
+      -1, 0, NULL, NULL, NULL, 0, LERR_MALFORMED, "unterminated comment" },
+    { "control character in a comment",
+      "<ErrorResponse><!-- \x02 --><Error><Code>X</Code></Error></ErrorResponse>", -1, 0, NULL,
+      NULL, NULL, 0, LERR_MALFORMED, "control character" },
+    { "unterminated declaration", "<?xml version='1.0'", -1, 0, NULL, NULL, NULL, 0,
+      LERR_MALFORMED, "unterminated XML declaration" },
+    { "unterminated attribute value", "<ErrorResponse a='1></ErrorResponse>", -1, 0, NULL, NULL,
+      NULL, 0, LERR_MALFORMED, "attribute value" },
+    { "bad character reference", "<ErrorResponse><Error><Code>&#1a;</Code></Error></ErrorResponse>",
+      -1, 0, NULL, NULL, NULL, 0, LERR_MALFORMED, "bad character reference" },
+    { "empty character reference", "<ErrorResponse><Error><Code>&#x;</Code></Error></ErrorResponse>",
+      -1, 0, NULL, NULL, NULL, 0, LERR_MALFORMED, "empty character reference" },
 };
 
 static void test_sts_parse_table(void **state)
