@@ -385,8 +385,10 @@ static int header_signed(const char *name)
         "upgrade", "user-agent", "x-amzn-trace-id",
     };
 
+    unsigned char first = lower((unsigned char)*name);
+
     for (size_t i = 0; i < sizeof unsigned_names / sizeof unsigned_names[0]; i++)
-        if (name_cmp(name, unsigned_names[i]) == 0)
+        if (unsigned_names[i][0] == first && name_cmp(name, unsigned_names[i]) == 0)
             return 0;
     return !name_has_prefix(name, "proxy-") && !name_has_prefix(name, "sec-");
 }
@@ -448,9 +450,10 @@ static void headers_write(struct sink *s, const struct view *v, int full)
 
         for (size_t i = 0; i < total; i++) {
             const char *name = view_at(v, i)->name;
-            if (!header_signed(name) || (last && name_cmp(name, last) <= 0))
+            /* Order first: the costlier header_signed() only runs for a new candidate. */
+            if ((last && name_cmp(name, last) <= 0) || (next && name_cmp(name, next) >= 0))
                 continue;
-            if (!next || name_cmp(name, next) < 0)
+            if (header_signed(name))
                 next = name;
         }
         if (!next)

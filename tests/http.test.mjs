@@ -693,6 +693,25 @@ sys.stdin.read()
     }
   });
 
+  // Each AEAD and key-exchange curve the client offers, one at a time: tls.c picks the
+  // implementations by hand, so a missing or broken one fails here, not in production.
+  for (const [cipher, curve] of [
+    ['ECDHE-ECDSA-CHACHA20-POLY1305', 'X25519'], ['ECDHE-ECDSA-AES128-GCM-SHA256', 'P-256'],
+    ['ECDHE-ECDSA-AES256-GCM-SHA384', 'P-384'], ['ECDHE-ECDSA-CHACHA20-POLY1305', 'P-521'],
+  ]) {
+    test(`openssl s_server with only ${cipher} and ${curve}`, T, async () => {
+      const s = await opensslServer(['-tls1_2', '-cert', certs.localhost.certFile, '-key',
+        certs.localhost.keyFile, '-cipher', cipher, '-groups', curve, '-www']);
+      try {
+        const r = await runHttpc([s.url()], { env: caEnv });
+        assertOk(r, 1);
+        assert.ok(r.results[0].body.includes(`Cipher is ${cipher}`), r.results[0].body);
+      } finally {
+        await s.close();
+      }
+    });
+  }
+
   for (const [name, response, words] of [
     ['garbage status line', 'HELLO THERE\r\n\r\n', ['bad response from']],
     ['bad chunk size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n', ['bad response from']],
