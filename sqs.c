@@ -31,8 +31,9 @@ static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS
  * Request bodies (cJSON: nothing in them needs to be byte-exact)
  * ==================================================================================== */
 
-/* cJSON's Add* helpers return NULL when out of memory; one check at the end is enough
- * because every failure leaves a NULL behind that we count here. */
+/* cJSON's Create and Add* helpers return NULL when out of memory (and Add* to a NULL
+ * object fails too); one check at the end is enough because every failure leaves a NULL
+ * behind that we count here. */
 static int sqs_json_ok(const void *p, int *ok)
 {
     if (!p)
@@ -42,7 +43,7 @@ static int sqs_json_ok(const void *p, int *ok)
 
 static char *sqs_json_print(cJSON *root, int ok, size_t *len, struct lerr *e)
 {
-    char *out = ok ? cJSON_PrintUnformatted(root) : NULL;
+    char *out = ok && root ? cJSON_PrintUnformatted(root) : NULL;
 
     cJSON_Delete(root);
     if (!out) {
@@ -95,10 +96,6 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
         return NULL;
     }
     root = cJSON_CreateObject();
-    if (!root) {
-        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
-        return NULL;
-    }
     sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
     sqs_json_ok(cJSON_AddNumberToObject(root, "MaxNumberOfMessages", o->max_messages), &ok);
     sqs_json_ok(cJSON_AddNumberToObject(root, "WaitTimeSeconds", o->wait_seconds), &ok);
@@ -2054,10 +2051,6 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
         return NULL;
     }
     root = cJSON_CreateObject();
-    if (!root) {
-        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
-        return NULL;
-    }
     sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
     sqs_json_names(root, "AttributeNames", names, sizeof names / sizeof names[0], &ok);
     return sqs_json_print(root, ok, len, e);
