@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +31,9 @@ static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS
  * Request bodies (cJSON: nothing in them needs to be byte-exact)
  * ==================================================================================== */
 
-/* cJSON's Add* helpers return NULL when out of memory; one check at the end is enough
- * because every failure leaves a NULL behind that we count here. */
+/* cJSON's Create and Add* helpers return NULL when out of memory (and Add* to a NULL
+ * object fails too); one check at the end is enough because every failure leaves a NULL
+ * behind that we count here. */
 static int sqs_json_ok(const void *p, int *ok)
 {
     if (!p)
@@ -41,7 +43,7 @@ static int sqs_json_ok(const void *p, int *ok)
 
 static char *sqs_json_print(cJSON *root, int ok, size_t *len, struct lerr *e)
 {
-    char *out = ok ? cJSON_PrintUnformatted(root) : NULL;
+    char *out = ok && root ? cJSON_PrintUnformatted(root) : NULL;
 
     cJSON_Delete(root);
     if (!out) {
@@ -94,10 +96,6 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
         return NULL;
     }
     root = cJSON_CreateObject();
-    if (!root) {
-        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
-        return NULL;
-    }
     sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
     sqs_json_ok(cJSON_AddNumberToObject(root, "MaxNumberOfMessages", o->max_messages), &ok);
     sqs_json_ok(cJSON_AddNumberToObject(root, "WaitTimeSeconds", o->wait_seconds), &ok);
@@ -109,86 +107,6 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
     sqs_json_names(root, "AttributeNames", system_attrs, 1, &ok);
-    return sqs_json_print(root, ok, len, e);
-}
-
-static const char *sqs_op_name(enum sqs_batch_op op)
-{
-    return op == SQS_OP_DELETE ? "DeleteMessageBatch" : "ChangeMessageVisibilityBatch";
-}
-
-/* Entries are named by their index in the caller's array, so an answer maps straight
- * back to its entry, and retries of a subset keep their names. */
-static void sqs_entry_id(size_t i, char out[24])
-{
-    snprintf(out, 24, "m%zu", i);
-}
-
-static int sqs_batch_check(enum sqs_batch_op op, const char *queue_url,
-                           const struct sqs_entry *entries, size_t n, struct lerr *e)
-{
-    const char *name = sqs_op_name(op);
-
-    if (!queue_url || !*queue_url)
-        return lerr_set(e, LERR_INVALID, "SQS %s: no queue URL", name);
-    if (n < 1 || n > SQS_MAX_MESSAGES)
-        return lerr_set(e, LERR_INVALID, "SQS %s: %zu entries (1 to %d allowed)", name, n,
-                        SQS_MAX_MESSAGES);
-    for (size_t i = 0; i < n; i++) {
-        if (!entries[i].receipt_handle || !*entries[i].receipt_handle)
-            return lerr_set(e, LERR_INVALID, "SQS %s: entry %zu has no receipt handle", name, i);
-        if (op == SQS_OP_CHANGE_VISIBILITY && (entries[i].visibility_timeout < 0 ||
-                                               entries[i].visibility_timeout > SQS_MAX_VISIBILITY))
-            return lerr_set(e, LERR_INVALID,
-                            "SQS %s: entry %zu: VisibilityTimeout must be 0 to %d, got %d", name,
-                            i, SQS_MAX_VISIBILITY, entries[i].visibility_timeout);
-    }
-    return 0;
-}
-
-char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
-                        const struct sqs_entry *entries, size_t n, size_t *len,
-                        struct lerr *e)
-{
-    cJSON *root, *arr;
-    size_t sent = 0;
-    int ok = 1;
-
-    if (sqs_batch_check(op, queue_url, entries, n, e) < 0)
-        return NULL;
-    root = cJSON_CreateObject();
-    if (!root) {
-        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
-        return NULL;
-    }
-    sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
-    arr = cJSON_AddArrayToObject(root, "Entries");
-    for (size_t i = 0; sqs_json_ok(arr, &ok) && i < n; i++) {
-        cJSON *item;
-        char id[24];
-
-        if (entries[i].status != SQS_ENTRY_PENDING)
-            continue;
-        item = cJSON_CreateObject();
-        if (!sqs_json_ok(item, &ok) || !cJSON_AddItemToArray(arr, item)) {
-            cJSON_Delete(item);
-            ok = 0;
-            break;
-        }
-        sqs_entry_id(i, id);
-        sqs_json_ok(cJSON_AddStringToObject(item, "Id", id), &ok);
-        sqs_json_ok(cJSON_AddStringToObject(item, "ReceiptHandle", entries[i].receipt_handle),
-                    &ok);
-        if (op == SQS_OP_CHANGE_VISIBILITY)
-            sqs_json_ok(cJSON_AddNumberToObject(item, "VisibilityTimeout",
-                                                entries[i].visibility_timeout), &ok);
-        sent++;
-    }
-    if (ok && sent == 0) {
-        cJSON_Delete(root);
-        lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", sqs_op_name(op));
-        return NULL;
-    }
     return sqs_json_print(root, ok, len, e);
 }
 
@@ -894,6 +812,20 @@ static void sqs_set_text(char *out, size_t cap, const char *s, size_t len)
     out[n] = '\0';
 }
 
+/* Every entry type keeps SQS's words in fields of these sizes. */
+#define SQS_CODE_CAP sizeof((struct sqs_entry *)0)->code
+#define SQS_TEXT_CAP sizeof((struct sqs_entry *)0)->message
+_Static_assert(sizeof((struct sqs_send_entry *)0)->code == SQS_CODE_CAP &&
+               sizeof((struct sqs_send_entry *)0)->message == SQS_TEXT_CAP,
+               "the entry types' code and message fields differ");
+
+/* Notes why an entry is not done (yet), in SQS's words or a transport error's. */
+static void sqs_why(char *code_out, char *message_out, const char *code, const char *message)
+{
+    sqs_set_code(code_out, SQS_CODE_CAP, code, strlen(code));
+    sqs_set_text(message_out, SQS_TEXT_CAP, message, strlen(message));
+}
+
 static const char *sqs_json_string(const cJSON *obj, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
@@ -949,113 +881,6 @@ int sqs_api_error_set(struct lerr *e, const char *operation, const struct sqs_ap
         return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d: %s", operation, ae->status,
                         ae->message);
     return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d", operation, ae->status);
-}
-
-/* ======================================================================================
- * Batch answers
- * ==================================================================================== */
-
-static int sqs_batch_fail(struct lerr *e, const char *why)
-{
-    return lerr_set(e, LERR_MALFORMED, "SQS batch answer: %s", why);
-}
-
-/* "m<index>" of an entry that was sent (still pending), else -1. */
-static long sqs_entry_index(const cJSON *item, const struct sqs_entry *entries, size_t n)
-{
-    const char *id = sqs_json_string(item, "Id");
-    char want[24];
-    char *end;
-    long i;
-
-    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9')
-        return -1;
-    i = strtol(id + 1, &end, 10);
-    if (*end || i < 0 || (size_t)i >= n || entries[i].status != SQS_ENTRY_PENDING)
-        return -1;
-    sqs_entry_id((size_t)i, want);
-    return strcmp(id, want) == 0 ? i : -1;  /* "m01" is not m1 */
-}
-
-/* The receipt handle no longer names a message in flight: it was received again (so it
- * is someone else's now) or its visibility timeout ran out. */
-static int sqs_stale(const char *code, const char *message)
-{
-    if (strcmp(code, "ReceiptHandleIsInvalid") == 0 || strcmp(code, "MessageNotInflight") == 0 ||
-        strcmp(code, "InvalidReceiptHandle") == 0)
-        return 1;
-    return strncmp(code, "InvalidParameterValue", 21) == 0 &&
-           strcasestr(message, "receipt handle") && strcasestr(message, "expired");
-}
-
-static void sqs_entry_note(struct sqs_entry *en, const char *code, const char *message)
-{
-    sqs_set_code(en->code, sizeof en->code, code, strlen(code));
-    sqs_set_text(en->message, sizeof en->message, message, strlen(message));
-}
-
-static int sqs_apply_failed(const cJSON *list, struct sqs_entry *entries, size_t n,
-                            struct lerr *e)
-{
-    const cJSON *item;
-
-    cJSON_ArrayForEach(item, list) {
-        const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
-        const char *code = sqs_json_string(item, "Code");
-        const char *message = sqs_json_string(item, "Message");
-        int sender;
-        long i;
-
-        if (!cJSON_IsObject(item))
-            return sqs_batch_fail(e, "a Failed entry is not an object");
-        i = sqs_entry_index(item, entries, n);
-        if (i < 0) {
-            log_warn("SQS batch answer: ignoring a Failed entry with an Id that was not sent");
-            continue;
-        }
-        sqs_entry_note(&entries[i], code ? code : "", message ? message : "");
-        /* Without SenderFault, assume the fault is ours: retrying would not fix it. */
-        sender = cJSON_IsBool(fault) ? cJSON_IsTrue(fault) : 1;
-        if (sqs_stale(entries[i].code, entries[i].message))
-            entries[i].status = SQS_ENTRY_STALE;
-        else if (sender && !sqs_code_retryable(entries[i].code))
-            entries[i].status = SQS_ENTRY_FAILED;
-        /* else SQS's side, throttled or internal: stays pending, worth a retry */
-    }
-    return 0;
-}
-
-int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
-                           struct lerr *e)
-{
-    cJSON *root = json_parse(json, len);
-    const cJSON *ok, *failed, *item;
-    int r = -1;
-
-    if (!cJSON_IsObject(root)) {
-        sqs_batch_fail(e, "not a JSON object");
-        goto out;
-    }
-    ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
-    failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
-    if ((ok && !cJSON_IsNull(ok) && !cJSON_IsArray(ok)) ||
-        (failed && !cJSON_IsNull(failed) && !cJSON_IsArray(failed))) {
-        sqs_batch_fail(e, "Successful or Failed is not an array");
-        goto out;
-    }
-    if (!cJSON_IsArray(ok))
-        ok = NULL;
-    cJSON_ArrayForEach(item, ok) {
-        long i = cJSON_IsObject(item) ? sqs_entry_index(item, entries, n) : -1;
-        if (i >= 0)
-            entries[i].status = SQS_ENTRY_OK;
-        else
-            log_warn("SQS batch answer: ignoring a Successful entry with an Id that was not sent");
-    }
-    r = cJSON_IsArray(failed) ? sqs_apply_failed(failed, entries, n, e) : 0;
-out:
-    cJSON_Delete(root);
-    return r;
 }
 
 /* ======================================================================================
@@ -1157,6 +982,12 @@ static void sqs_note_local(struct sqs_client *c, const struct lerr *e, int retry
     memset(&c->last_error, 0, sizeof c->last_error);
     sqs_copy(c->last_error.message, sizeof c->last_error.message, e->msg);
     c->last_error.retryable = retryable;
+}
+
+/* What a whole-request failure is called: SQS's code, or the error's kind. */
+static const char *sqs_call_code(const struct sqs_client *c, const struct lerr *e)
+{
+    return c->last_error.code[0] ? c->last_error.code : lerr_kind_name(e->kind);
 }
 
 /* One POST signed with cred. 2xx: 0 with resp to free. Otherwise -1, c->last_error filled. */
@@ -1319,159 +1150,6 @@ int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct s
         log_warn("%s; asking for at most %d messages from now on (the messages of that answer "
                  "return after their visibility timeout)", e->msg, c->receive_max);
     }
-}
-
-static size_t sqs_count(const struct sqs_entry *entries, size_t n, enum sqs_entry_status s)
-{
-    size_t k = 0;
-
-    for (size_t i = 0; i < n; i++)
-        k += entries[i].status == s;
-    return k;
-}
-
-/* Gives every still-pending entry the reason of a whole-request failure. */
-static void sqs_pending_note(struct sqs_entry *entries, size_t n, const struct sqs_client *c,
-                             const struct lerr *e)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (entries[i].status != SQS_ENTRY_PENDING)
-            continue;
-        sqs_copy(entries[i].code, sizeof entries[i].code,
-                 c->last_error.code[0] ? c->last_error.code : lerr_kind_name(e->kind));
-        sqs_copy(entries[i].message, sizeof entries[i].message, e->msg);
-    }
-}
-
-static const char *sqs_entry_label(const struct sqs_entry *en)
-{
-    return en->message_id ? en->message_id : "(unnamed)";
-}
-
-/* One round: send the pending entries, apply the answer. 0 when the exchange worked
- * (some entries may still be pending), -1 when the request failed as a whole. */
-static int sqs_batch_round(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
-                           size_t n, struct lerr *e)
-{
-    const char *name = sqs_op_name(op);
-    unsigned char sent[SQS_MAX_MESSAGES];
-    struct http_response resp;
-    size_t len;
-    char *body;
-    int r;
-
-    for (size_t i = 0; i < n; i++) {
-        sent[i] = entries[i].status == SQS_ENTRY_PENDING;
-        if (sent[i]) {
-            entries[i].code[0] = '\0';
-            entries[i].message[0] = '\0';
-        }
-    }
-    body = sqs_batch_request(op, c->queue_url, entries, n, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    r = sqs_call(c, name, body, len, 0, &resp, e);
-    free(body);
-    if (r < 0)
-        return -1;
-    r = sqs_parse_batch_result(resp.body, resp.body_len, entries, n, e);
-    http_response_free(&resp);
-    if (r < 0) {
-        lerr_wrap(e, "SQS %s", name);
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (entries[i].status == SQS_ENTRY_PENDING && !entries[i].code[0])
-            sqs_entry_note(&entries[i], "NotReported", "the answer did not mention this entry");
-        if (entries[i].status == SQS_ENTRY_STALE && sent[i])
-            log_warn("SQS %s: message %s: receipt handle no longer valid (%s: %s); the message "
-                     "was received again or is no longer in flight",
-                     name, sqs_entry_label(&entries[i]), entries[i].code, entries[i].message);
-    }
-    return 0;
-}
-
-static int sqs_batch_run(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
-                         size_t n, struct lerr *e)
-{
-    const char *name = sqs_op_name(op);
-    unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
-    int whole_failed = 0;
-    size_t failed;
-
-    if (sqs_batch_check(op, c->queue_url, entries, n, e) < 0) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    for (size_t i = 0; i < n; i++) {
-        entries[i].status = SQS_ENTRY_PENDING;
-        entries[i].code[0] = entries[i].message[0] = '\0';
-    }
-    memset(&c->last_error, 0, sizeof c->last_error);
-    for (unsigned attempt = 0; attempt < attempts; attempt++) {
-        struct lerr why;
-        size_t pending;
-
-        whole_failed = sqs_batch_round(c, op, entries, n, e) < 0;
-        if (whole_failed) {
-            sqs_pending_note(entries, n, c, e);
-            if (!c->last_error.retryable)
-                break;
-            why = *e;
-        } else {
-            const struct sqs_entry *first = NULL;
-            pending = sqs_count(entries, n, SQS_ENTRY_PENDING);
-            if (pending == 0)
-                break;
-            for (size_t i = 0; i < n && !first; i++)
-                if (entries[i].status == SQS_ENTRY_PENDING)
-                    first = &entries[i];
-            lerr_set(&why, LERR_HTTP,
-                     "SQS %s: %zu of %zu entries not done yet (message %s: %s: %s)", name,
-                     pending, n, sqs_entry_label(first), first->code, first->message);
-        }
-        if (attempt + 1 >= attempts)
-            break;
-        if (sqs_backoff(c, attempt, attempts, &why, e) < 0) {
-            whole_failed = 1;
-            sqs_pending_note(entries, n, c, e);
-            break;
-        }
-    }
-    for (size_t i = 0; i < n; i++)
-        if (entries[i].status == SQS_ENTRY_PENDING)
-            entries[i].status = SQS_ENTRY_FAILED;
-    failed = sqs_count(entries, n, SQS_ENTRY_FAILED);
-    if (failed == 0)
-        return 0;
-    if (whole_failed)
-        return -1;  /* e already says why, in SQS's words */
-    for (size_t i = 0; i < n; i++) {
-        if (entries[i].status == SQS_ENTRY_FAILED) {
-            sqs_copy(c->last_error.code, sizeof c->last_error.code, entries[i].code);
-            sqs_copy(c->last_error.message, sizeof c->last_error.message, entries[i].message);
-            c->last_error.retryable = 0;
-            return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries failed; message %s: %s: %s",
-                            name, failed, n, sqs_entry_label(&entries[i]), entries[i].code,
-                            entries[i].message);
-        }
-    }
-    return -1;
-}
-
-int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                     struct lerr *e)
-{
-    return sqs_batch_run(c, SQS_OP_DELETE, entries, n, e);
-}
-
-int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                                struct lerr *e)
-{
-    return sqs_batch_run(c, SQS_OP_CHANGE_VISIBILITY, entries, n, e);
 }
 
 /* ======================================================================================
@@ -1721,50 +1399,6 @@ char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, s
     return sb_finish(&b, len, e);
 }
 
-char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
-                             size_t n, size_t *len, struct lerr *e)
-{
-    struct sbuf b = { 0 };
-    size_t sent = 0;
-
-    if (sqs_queue_url_check(queue_url, "SendMessageBatch", e) < 0)
-        return NULL;
-    if (n < 1 || n > SQS_MAX_MESSAGES) {
-        lerr_set(e, LERR_INVALID, "SQS SendMessageBatch: %zu entries (1 to %d allowed)", n,
-                 SQS_MAX_MESSAGES);
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (entries[i].status == SQS_ENTRY_PENDING && sqs_send_entry_check(&entries[i], e) < 0) {
-            lerr_wrap(e, "SQS SendMessageBatch: entry %zu", i);
-            return NULL;
-        }
-        sent += entries[i].status == SQS_ENTRY_PENDING;
-    }
-    if (sent == 0) {
-        lerr_set(e, LERR_INVALID, "SQS SendMessageBatch: no pending entry to send");
-        return NULL;
-    }
-    sb_lit(&b, "{\"QueueUrl\":");
-    sb_json_string(&b, queue_url, strlen(queue_url));
-    sb_lit(&b, ",\"Entries\":[");
-    sent = 0;
-    for (size_t i = 0; i < n; i++) {
-        char id[24];
-
-        if (entries[i].status != SQS_ENTRY_PENDING)
-            continue;
-        sqs_entry_id(i, id);
-        sb_lit(&b, sent++ ? ",{\"Id\":\"" : "{\"Id\":\"");
-        sb_lit(&b, id);
-        sb_lit(&b, "\"");
-        sb_message(&b, &entries[i]);
-        sb_lit(&b, "}");
-    }
-    sb_lit(&b, "]}");
-    return sb_finish(&b, len, e);
-}
-
 /* MD5OfMessageAttributes as SQS computes it: for each attribute, in byte order of the
  * names, length-prefixed (4 bytes, big-endian) name and DataType, the transport type
  * byte (1 for String), then the length-prefixed value. */
@@ -1812,8 +1446,7 @@ void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
 static void sqs_send_fail(struct sqs_send_entry *en, const char *code, const char *message)
 {
     en->status = SQS_ENTRY_FAILED;
-    sqs_set_code(en->code, sizeof en->code, code, strlen(code));
-    sqs_set_text(en->message, sizeof en->message, message, strlen(message));
+    sqs_why(en->code, en->message, code, message);
 }
 
 /* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
@@ -1860,113 +1493,18 @@ int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *e
     return 0;
 }
 
-/* "m<index>" of a pending entry, else -1 (as sqs_entry_index). */
-static long sqs_send_index(const cJSON *item, const struct sqs_send_entry *entries, size_t n)
-{
-    const char *id = sqs_json_string(item, "Id");
-    char want[24];
-    char *end;
-    long i;
 
-    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9')
-        return -1;
-    i = strtol(id + 1, &end, 10);
-    if (*end || i < 0 || (size_t)i >= n || entries[i].status != SQS_ENTRY_PENDING)
-        return -1;
-    sqs_entry_id((size_t)i, want);
-    return strcmp(id, want) == 0 ? i : -1;
-}
-
-/* The answer's Successful and Failed lists, NULL when absent or null; -1 when either is
- * something else, or a Successful item is not an object with a MessageId. */
-static int sqs_send_lists(const cJSON *root, const cJSON **ok, const cJSON **failed,
-                          struct lerr *e)
-{
-    const cJSON *item;
-
-    if (!cJSON_IsObject(root))
-        return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: not a JSON object");
-    *ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
-    *failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
-    if ((*ok && !cJSON_IsNull(*ok) && !cJSON_IsArray(*ok)) ||
-        (*failed && !cJSON_IsNull(*failed) && !cJSON_IsArray(*failed)))
-        return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: Successful or Failed "
-                        "is not an array");
-    if (!cJSON_IsArray(*ok))
-        *ok = NULL;
-    if (!cJSON_IsArray(*failed))
-        *failed = NULL;
-    cJSON_ArrayForEach(item, *ok) {
-        const char *id = cJSON_IsObject(item) ? sqs_json_string(item, "MessageId") : NULL;
-        if (!id || !*id)
-            return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: a Successful entry "
-                            "has no MessageId");
-    }
-    cJSON_ArrayForEach(item, *failed) {
-        if (!cJSON_IsObject(item))
-            return lerr_set(e, LERR_MALFORMED, "SQS SendMessageBatch answer: a Failed entry is "
-                            "not an object");
-    }
-    return 0;
-}
-
-int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
-                                size_t n, struct lerr *e)
-{
-    cJSON *root = json_parse(json, len);
-    const cJSON *ok = NULL, *failed = NULL, *item;
-
-    if (sqs_send_lists(root, &ok, &failed, e) < 0) {
-        cJSON_Delete(root);
-        return -1;
-    }
-    cJSON_ArrayForEach(item, ok) {
-        long i = sqs_send_index(item, entries, n);
-        if (i < 0) {
-            log_warn("SQS SendMessageBatch answer: ignoring a Successful entry with an Id that "
-                     "was not sent");
-            continue;
-        }
-        sqs_send_accepted(&entries[i], sqs_json_string(item, "MessageId"),
-                          sqs_json_string(item, "MD5OfMessageBody"),
-                          sqs_json_string(item, "MD5OfMessageAttributes"));
-    }
-    cJSON_ArrayForEach(item, failed) {
-        const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
-        const char *code = sqs_json_string(item, "Code"), *message = sqs_json_string(item, "Message");
-        long i = sqs_send_index(item, entries, n);
-
-        if (i < 0) {
-            log_warn("SQS SendMessageBatch answer: ignoring a Failed entry with an Id that was "
-                     "not sent");
-            continue;
-        }
-        sqs_send_fail(&entries[i], code ? code : "", message ? message : "");
-        /* SQS's side (SenderFault false, throttled, internal): worth another round */
-        if ((cJSON_IsBool(fault) && !cJSON_IsTrue(fault)) || sqs_code_retryable(entries[i].code))
-            entries[i].status = SQS_ENTRY_PENDING;
-    }
-    cJSON_Delete(root);
-    return 0;
-}
-
-/* Notes why an entry is not sent (yet), keeping its status. */
-static void sqs_send_why(struct sqs_send_entry *en, const char *code, const char *message)
-{
-    sqs_set_code(en->code, sizeof en->code, code, strlen(code));
-    sqs_set_text(en->message, sizeof en->message, message, strlen(message));
-}
-
-/* Gives an entry the reason its whole request failed: SQS's code, or the error's kind. */
+/* Gives an entry the reason its whole request failed. */
 static void sqs_send_note(struct sqs_send_entry *en, const struct sqs_client *c,
                           const struct lerr *e)
 {
-    sqs_send_why(en, c->last_error.code[0] ? c->last_error.code : lerr_kind_name(e->kind),
-                 e->msg);
+    sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
 }
 
-static void sqs_send_reset(struct sqs_send_entry *en)
+static void sqs_send_reset(void *entry)
 {
+    struct sqs_send_entry *en = entry;
+
     en->status = SQS_ENTRY_PENDING;
     en->message_id[0] = en->code[0] = en->message[0] = '\0';
 }
@@ -2014,116 +1552,485 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
     return 0;
 }
 
-/* One round: send the pending entries, apply the answer. 0 when the exchange worked
- * (some entries may still be pending), -1 when the request failed as a whole. */
-static int sqs_send_round(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
+/* ======================================================================================
+ * The batch calls: DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch
+ *
+ * One request writer, one answer reader and one retry loop serve the three; an
+ * operation's table says what differs: its entry type (sqs_entry or sqs_send_entry,
+ * whose shared fields are found by offset), how an entry is checked and written, and
+ * what a Successful item means for it.
+ * ==================================================================================== */
+
+struct sqs_batch_ops {
+    const char *name;    /* the operation, as X-Amz-Target names it */
+    const char *answer;  /* how errors about its answer begin */
+    enum sqs_batch_op op;
+    int receipts;        /* its entries are receipt handles, which can go stale */
+    size_t size, status, code, message;  /* one entry's size; where its fields are */
+    const char *ok_needs;  /* what every Successful item must hold, or NULL */
+    void (*reset)(void *entry);
+    int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
+    void (*put)(const struct sqs_batch_ops *o, struct sbuf *b, const void *entry);
+    void (*accepted)(void *entry, const cJSON *item);
+    void (*label)(const void *entries, size_t i, char *out, size_t cap);
+};
+
+static char *sqs_field(const struct sqs_batch_ops *o, const void *entries, size_t i, size_t at)
+{
+    return (char *)entries + i * o->size + at;
+}
+
+static enum sqs_entry_status *sqs_status(const struct sqs_batch_ops *o, const void *entries,
+                                         size_t i)
+{
+    return (enum sqs_entry_status *)(void *)sqs_field(o, entries, i, o->status);
+}
+
+static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size_t n,
+                        enum sqs_entry_status s)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < n; i++)
+        k += *sqs_status(o, entries, i) == s;
+    return k;
+}
+
+static void sqs_entry_why(const struct sqs_batch_ops *o, void *entries, size_t i,
+                          const char *code, const char *message)
+{
+    sqs_why(sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message), code,
+            message);
+}
+
+/* Entries are named by their index in the caller's array, so an answer maps straight
+ * back to its entry, and retries of a subset keep their names. */
+static void sqs_entry_id(size_t i, char out[24])
+{
+    snprintf(out, 24, "m%zu", i);
+}
+
+/* "m<index>" of an entry that was sent (still pending), else -1. */
+static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
+                            const void *entries, size_t n)
+{
+    const char *id = cJSON_IsObject(item) ? sqs_json_string(item, "Id") : NULL;
+    char want[24];
+    char *end;
+    long i;
+
+    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9')
+        return -1;
+    i = strtol(id + 1, &end, 10);
+    if (*end || i < 0 || (size_t)i >= n || *sqs_status(o, entries, (size_t)i) != SQS_ENTRY_PENDING)
+        return -1;
+    sqs_entry_id((size_t)i, want);
+    return strcmp(id, want) == 0 ? i : -1;  /* "m01" is not m1 */
+}
+
+/* --- what differs: receipt handles ------------------------------------------------- */
+
+static void sqs_receipt_reset(void *entry)
+{
+    struct sqs_entry *en = entry;
+
+    en->status = SQS_ENTRY_PENDING;
+    en->code[0] = en->message[0] = '\0';
+}
+
+static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
+                             struct lerr *e)
+{
+    const struct sqs_entry *en = entry;
+
+    if (!en->receipt_handle || !*en->receipt_handle)
+        return lerr_set(e, LERR_INVALID, "SQS %s: entry %zu has no receipt handle", o->name, i);
+    if (o->op == SQS_OP_CHANGE_VISIBILITY &&
+        (en->visibility_timeout < 0 || en->visibility_timeout > SQS_MAX_VISIBILITY))
+        return lerr_set(e, LERR_INVALID,
+                        "SQS %s: entry %zu: VisibilityTimeout must be 0 to %d, got %d", o->name,
+                        i, SQS_MAX_VISIBILITY, en->visibility_timeout);
+    return 0;
+}
+
+static void sb_receipt(const struct sqs_batch_ops *o, struct sbuf *b, const void *entry)
+{
+    const struct sqs_entry *en = entry;
+    char num[32];
+
+    sb_lit(b, ",\"ReceiptHandle\":");
+    sb_json_string(b, en->receipt_handle, strlen(en->receipt_handle));
+    if (o->op == SQS_OP_CHANGE_VISIBILITY) {
+        snprintf(num, sizeof num, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
+        sb_lit(b, num);
+    }
+}
+
+static void sqs_receipt_done(void *entry, const cJSON *item)
+{
+    ((struct sqs_entry *)entry)->status = SQS_ENTRY_OK;
+}
+
+static void sqs_receipt_label(const void *entries, size_t i, char *out, size_t cap)
+{
+    const char *id = ((const struct sqs_entry *)entries)[i].message_id;
+
+    snprintf(out, cap, "message %s", id ? id : "(unnamed)");
+}
+
+/* The receipt handle no longer names a message in flight: it was received again (so it
+ * is someone else's now) or its visibility timeout ran out. */
+static int sqs_stale(const char *code, const char *message)
+{
+    if (strcmp(code, "ReceiptHandleIsInvalid") == 0 || strcmp(code, "MessageNotInflight") == 0 ||
+        strcmp(code, "InvalidReceiptHandle") == 0)
+        return 1;
+    return strncmp(code, "InvalidParameterValue", 21) == 0 &&
+           strcasestr(message, "receipt handle") && strcasestr(message, "expired");
+}
+
+/* --- what differs: messages to send ------------------------------------------------ */
+
+static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
                           struct lerr *e)
 {
+    if (sqs_send_entry_check(entry, e) < 0)
+        return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
+    return 0;
+}
+
+static void sb_send(const struct sqs_batch_ops *o, struct sbuf *b, const void *entry)
+{
+    sb_message(b, entry);
+}
+
+static void sqs_send_done(void *entry, const cJSON *item)
+{
+    sqs_send_accepted(entry, sqs_json_string(item, "MessageId"),
+                      sqs_json_string(item, "MD5OfMessageBody"),
+                      sqs_json_string(item, "MD5OfMessageAttributes"));
+}
+
+static void sqs_send_label(const void *entries, size_t i, char *out, size_t cap)
+{
+    snprintf(out, cap, "entry %zu", i);
+}
+
+#define SQS_RECEIPT_OPS(opname, which)                                                      \
+    { opname, "SQS batch answer", which, 1, sizeof(struct sqs_entry),                       \
+      offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
+      offsetof(struct sqs_entry, message), NULL, sqs_receipt_reset, sqs_receipt_check,      \
+      sb_receipt, sqs_receipt_done, sqs_receipt_label }
+
+static const struct sqs_batch_ops sqs_receipt_ops[] = {
+    [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
+    [SQS_OP_CHANGE_VISIBILITY] = SQS_RECEIPT_OPS("ChangeMessageVisibilityBatch",
+                                                 SQS_OP_CHANGE_VISIBILITY),
+};
+
+static const struct sqs_batch_ops sqs_send_ops = {
+    "SendMessageBatch", "SQS SendMessageBatch answer", 0, 0, sizeof(struct sqs_send_entry),
+    offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),
+    offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_reset,
+    sqs_send_check, sb_send, sqs_send_done, sqs_send_label,
+};
+
+/* --- the request ------------------------------------------------------------------- */
+
+/* The pending entries, checked first: nothing is written for a request SQS would refuse. */
+static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queue_url,
+                                 const void *entries, size_t n, size_t *len, struct lerr *e)
+{
+    struct sbuf b = { 0 };
+    size_t sent = 0;
+
+    if (sqs_queue_url_check(queue_url, o->name, e) < 0)
+        return NULL;
+    if (n < 1 || n > SQS_MAX_MESSAGES) {
+        lerr_set(e, LERR_INVALID, "SQS %s: %zu entries (1 to %d allowed)", o->name, n,
+                 SQS_MAX_MESSAGES);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
+            continue;
+        if (o->check(o, sqs_field(o, entries, i, 0), i, e) < 0)
+            return NULL;
+        sent++;
+    }
+    if (sent == 0) {
+        lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", o->name);
+        return NULL;
+    }
+    sb_lit(&b, "{\"QueueUrl\":");
+    sb_json_string(&b, queue_url, strlen(queue_url));
+    sb_lit(&b, ",\"Entries\":[");
+    for (size_t i = 0, k = 0; i < n; i++) {
+        char id[24];
+
+        if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
+            continue;
+        sqs_entry_id(i, id);
+        sb_lit(&b, k++ ? ",{\"Id\":\"" : "{\"Id\":\"");
+        sb_lit(&b, id);
+        sb_lit(&b, "\"");
+        o->put(o, &b, sqs_field(o, entries, i, 0));
+        sb_lit(&b, "}");
+    }
+    sb_lit(&b, "]}");
+    return sb_finish(&b, len, e);
+}
+
+char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
+                        const struct sqs_entry *entries, size_t n, size_t *len,
+                        struct lerr *e)
+{
+    return sqs_entries_request(&sqs_receipt_ops[op], queue_url, entries, n, len, e);
+}
+
+char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
+                             size_t n, size_t *len, struct lerr *e)
+{
+    return sqs_entries_request(&sqs_send_ops, queue_url, entries, n, len, e);
+}
+
+/* --- the answer -------------------------------------------------------------------- */
+
+/* The answer's Successful and Failed lists, NULL when absent or null; -1 when either is
+ * something else, or holds an item that cannot be applied: nothing is applied then. */
+static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
+                            const cJSON **ok, const cJSON **failed, struct lerr *e)
+{
+    const cJSON *item;
+
+    if (!cJSON_IsObject(root))
+        return lerr_set(e, LERR_MALFORMED, "%s: not a JSON object", o->answer);
+    *ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
+    *failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
+    if ((*ok && !cJSON_IsNull(*ok) && !cJSON_IsArray(*ok)) ||
+        (*failed && !cJSON_IsNull(*failed) && !cJSON_IsArray(*failed)))
+        return lerr_set(e, LERR_MALFORMED, "%s: Successful or Failed is not an array",
+                        o->answer);
+    if (!cJSON_IsArray(*ok))
+        *ok = NULL;
+    if (!cJSON_IsArray(*failed))
+        *failed = NULL;
+    cJSON_ArrayForEach(item, (o->ok_needs ? *ok : NULL)) {
+        const char *v = cJSON_IsObject(item) ? sqs_json_string(item, o->ok_needs) : NULL;
+        if (!v || !*v)
+            return lerr_set(e, LERR_MALFORMED, "%s: a Successful entry has no %s", o->answer,
+                            o->ok_needs);
+    }
+    cJSON_ArrayForEach(item, *failed) {
+        if (!cJSON_IsObject(item))
+            return lerr_set(e, LERR_MALFORMED, "%s: a Failed entry is not an object", o->answer);
+    }
+    return 0;
+}
+
+static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item, void *entries,
+                             size_t i)
+{
+    const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
+    const char *code = sqs_json_string(item, "Code"), *message = sqs_json_string(item, "Message");
+    enum sqs_entry_status *status = sqs_status(o, entries, i);
+
+    sqs_entry_why(o, entries, i, code ? code : "", message ? message : "");
+    code = sqs_field(o, entries, i, o->code);
+    message = sqs_field(o, entries, i, o->message);
+    /* Without SenderFault, assume the fault is ours: retrying would not fix it. */
+    if (o->receipts && sqs_stale(code, message))
+        *status = SQS_ENTRY_STALE;
+    else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code))
+        *status = SQS_ENTRY_FAILED;
+    /* else SQS's side, throttled or internal: stays pending, worth a retry */
+}
+
+static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, size_t len,
+                            void *entries, size_t n, struct lerr *e)
+{
+    cJSON *root = json_parse(json, len);
+    const cJSON *ok = NULL, *failed = NULL, *item;
+    int r = sqs_answer_lists(o, root, &ok, &failed, e);
+
+    if (r < 0)
+        ok = failed = NULL;
+    cJSON_ArrayForEach(item, ok) {
+        long i = sqs_entry_index(o, item, entries, n);
+        if (i >= 0)
+            o->accepted(sqs_field(o, entries, (size_t)i, 0), item);
+        else
+            log_warn("%s: ignoring a Successful entry with an Id that was not sent", o->answer);
+    }
+    cJSON_ArrayForEach(item, failed) {
+        long i = sqs_entry_index(o, item, entries, n);
+        if (i >= 0)
+            sqs_apply_failed(o, item, entries, (size_t)i);
+        else
+            log_warn("%s: ignoring a Failed entry with an Id that was not sent", o->answer);
+    }
+    cJSON_Delete(root);
+    return r;
+}
+
+int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
+                           struct lerr *e)
+{
+    return sqs_apply_answer(&sqs_receipt_ops[SQS_OP_DELETE], json, len, entries, n, e);
+}
+
+int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
+                                size_t n, struct lerr *e)
+{
+    return sqs_apply_answer(&sqs_send_ops, json, len, entries, n, e);
+}
+
+/* --- the rounds -------------------------------------------------------------------- */
+
+/* Gives every still-pending entry the reason of a whole-request failure. */
+static void sqs_pending_note(const struct sqs_batch_ops *o, void *entries, size_t n,
+                             const struct sqs_client *c, const struct lerr *e)
+{
+    for (size_t i = 0; i < n; i++)
+        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING)
+            sqs_entry_why(o, entries, i, sqs_call_code(c, e), e->msg);
+}
+
+static size_t sqs_first(const struct sqs_batch_ops *o, const void *entries, size_t n,
+                        enum sqs_entry_status s)
+{
+    size_t i = 0;
+
+    while (i < n && *sqs_status(o, entries, i) != s)
+        i++;
+    return i;
+}
+
+/* One round: send the pending entries, apply the answer. 0 when the exchange worked
+ * (some entries may still be pending), -1 when the request failed as a whole. */
+static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
+                           size_t n, struct lerr *e)
+{
+    unsigned char sent[SQS_MAX_MESSAGES] = { 0 };
     struct http_response resp;
     size_t len;
     char *body;
     int r;
 
-    for (size_t i = 0; i < n; i++)
-        if (entries[i].status == SQS_ENTRY_PENDING)
-            entries[i].code[0] = entries[i].message[0] = '\0';
-    body = sqs_send_batch_request(c->queue_url, entries, n, &len, e);
+    for (size_t i = 0; i < n && i < SQS_MAX_MESSAGES; i++) {
+        sent[i] = *sqs_status(o, entries, i) == SQS_ENTRY_PENDING;
+        if (sent[i])
+            sqs_entry_why(o, entries, i, "", "");
+    }
+    body = sqs_entries_request(o, c->queue_url, entries, n, &len, e);
     if (!body) {
         sqs_note_local(c, e, 0);
         return -1;
     }
-    r = sqs_call(c, "SendMessageBatch", body, len, 0, &resp, e);
+    r = sqs_call(c, o->name, body, len, 0, &resp, e);
     free(body);
     if (r < 0)
         return -1;
-    r = sqs_parse_send_batch_result(resp.body, resp.body_len, entries, n, e);
+    r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
     http_response_free(&resp);
     if (r < 0) {
+        if (!strstr(o->answer, o->name))  /* "SQS batch answer" does not say which */
+            lerr_wrap(e, "SQS %s", o->name);
         sqs_note_local(c, e, 0);
         return -1;
     }
-    for (size_t i = 0; i < n; i++)
-        if (entries[i].status == SQS_ENTRY_PENDING && !entries[i].code[0])
-            sqs_send_why(&entries[i], "NotReported", "the answer did not mention this entry");
+    for (size_t i = 0; i < n; i++) {
+        enum sqs_entry_status s = *sqs_status(o, entries, i);
+        char label[160];
+
+        if (s == SQS_ENTRY_PENDING && !*sqs_field(o, entries, i, o->code))
+            sqs_entry_why(o, entries, i, "NotReported", "the answer did not mention this entry");
+        if (s != SQS_ENTRY_STALE || !sent[i])
+            continue;
+        o->label(entries, i, label, sizeof label);
+        log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
+                 "again or is no longer in flight", o->name, label,
+                 sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
+    }
     return 0;
 }
 
-static size_t sqs_send_count(const struct sqs_send_entry *entries, size_t n,
-                             enum sqs_entry_status s)
+/* "<what> entries...; entry 3: <code>: <message>", the first entry in state s. */
+static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_t n,
+                             enum sqs_entry_status s, const char *what, struct lerr *e)
 {
-    size_t k = 0;
+    size_t i = sqs_first(o, entries, n, s);
+    char label[160];
 
-    for (size_t i = 0; i < n; i++)
-        k += entries[i].status == s;
-    return k;
+    o->label(entries, i, label, sizeof label);
+    return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name,
+                    sqs_count(o, entries, n, s), n, what, label,
+                    sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
 }
 
-static void sqs_send_note_pending(struct sqs_send_entry *entries, size_t n,
-                                  const struct sqs_client *c, const struct lerr *e)
-{
-    for (size_t i = 0; i < n; i++)
-        if (entries[i].status == SQS_ENTRY_PENDING)
-            sqs_send_note(&entries[i], c, e);
-}
-
-int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
-                   struct lerr *e)
+static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
+                         size_t n, struct lerr *e)
 {
     unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
     int whole_failed = 0;
-    size_t failed;
+    size_t i;
 
+    for (i = 0; i < n; i++)
+        o->reset(sqs_field(o, entries, i, 0));
     memset(&c->last_error, 0, sizeof c->last_error);
-    if (n == 0) {
-        lerr_set(e, LERR_INVALID, "SQS SendMessageBatch: no entries");
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    for (size_t i = 0; i < n; i++)
-        sqs_send_reset(&entries[i]);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
         struct lerr why;
-        size_t pending;
 
-        whole_failed = sqs_send_round(c, entries, n, e) < 0;
+        whole_failed = sqs_batch_round(c, o, entries, n, e) < 0;
         if (whole_failed) {
-            sqs_send_note_pending(entries, n, c, e);
+            sqs_pending_note(o, entries, n, c, e);
             if (!c->last_error.retryable)
                 break;
             why = *e;
+        } else if (sqs_count(o, entries, n, SQS_ENTRY_PENDING) == 0) {
+            break;
         } else {
-            pending = sqs_send_count(entries, n, SQS_ENTRY_PENDING);
-            if (pending == 0)
-                break;
-            lerr_set(&why, LERR_HTTP, "SQS SendMessageBatch: %zu of %zu entries not sent yet",
-                     pending, n);
+            sqs_entries_error(o, entries, n, SQS_ENTRY_PENDING, "not done yet", &why);
         }
         if (attempt + 1 >= attempts)
             break;
         if (sqs_backoff(c, attempt, attempts, &why, e) < 0) {
             whole_failed = 1;
-            sqs_send_note_pending(entries, n, c, e);
+            sqs_pending_note(o, entries, n, c, e);
             break;
         }
     }
-    for (size_t i = 0; i < n; i++)
-        if (entries[i].status == SQS_ENTRY_PENDING)
-            entries[i].status = SQS_ENTRY_FAILED;
-    failed = sqs_send_count(entries, n, SQS_ENTRY_FAILED);
-    if (failed == 0)
-        return 0;
+    for (i = 0; i < n; i++)
+        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING)
+            *sqs_status(o, entries, i) = SQS_ENTRY_FAILED;
     if (whole_failed)
         return -1;  /* e already says why, in SQS's words */
-    for (size_t i = 0; i < n; i++) {
-        if (entries[i].status != SQS_ENTRY_FAILED)
-            continue;
-        sqs_copy(c->last_error.code, sizeof c->last_error.code, entries[i].code);
-        sqs_copy(c->last_error.message, sizeof c->last_error.message, entries[i].message);
-        c->last_error.retryable = 0;
-        return lerr_set(e, LERR_HTTP, "SQS SendMessageBatch: %zu of %zu entries failed; entry "
-                        "%zu: %s: %s", failed, n, i, entries[i].code, entries[i].message);
-    }
-    return -1;
+    i = sqs_first(o, entries, n, SQS_ENTRY_FAILED);
+    if (i == n)
+        return 0;
+    sqs_copy(c->last_error.code, sizeof c->last_error.code, sqs_field(o, entries, i, o->code));
+    sqs_copy(c->last_error.message, sizeof c->last_error.message,
+             sqs_field(o, entries, i, o->message));
+    c->last_error.retryable = 0;
+    return sqs_entries_error(o, entries, n, SQS_ENTRY_FAILED, "failed", e);
+}
+
+int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
+                     struct lerr *e)
+{
+    return sqs_batch_run(c, &sqs_receipt_ops[SQS_OP_DELETE], entries, n, e);
+}
+
+int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
+                                struct lerr *e)
+{
+    return sqs_batch_run(c, &sqs_receipt_ops[SQS_OP_CHANGE_VISIBILITY], entries, n, e);
+}
+
+int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
+                   struct lerr *e)
+{
+    return sqs_batch_run(c, &sqs_send_ops, entries, n, e);
 }
 
 /* ======================================================================================
@@ -2144,10 +2051,6 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
         return NULL;
     }
     root = cJSON_CreateObject();
-    if (!root) {
-        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
-        return NULL;
-    }
     sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
     sqs_json_names(root, "AttributeNames", names, sizeof names / sizeof names[0], &ok);
     return sqs_json_print(root, ok, len, e);

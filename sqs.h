@@ -162,8 +162,9 @@ struct sqs_entry {
 
 /* Deletes (or changes the visibility of) n entries, 1 <= n <= 10. Returns 0 when every
  * entry is SQS_ENTRY_OK or SQS_ENTRY_STALE; -1 with e set when any entry is
- * SQS_ENTRY_FAILED (or the arguments are invalid: LERR_INVALID, entries untouched).
- * Each entry's status says what happened to it either way. */
+ * SQS_ENTRY_FAILED (or the arguments are invalid: LERR_INVALID, nothing sent, entries
+ * FAILED with the reason, as sqs_send_batch). Each entry's status says what happened to
+ * it either way. */
 int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                      struct lerr *e);
 int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,

@@ -263,6 +263,7 @@ static void test_batch_request_invalid(void **state)
         { SQS_OP_DELETE, QUEUE, 0, "h", 0, 0, "SQS DeleteMessageBatch: 0 entries (1 to 10 allowed)" },
         { SQS_OP_DELETE, QUEUE, 11, "h", 0, 0, "SQS DeleteMessageBatch: 11 entries (1 to 10 allowed)" },
         { SQS_OP_DELETE, NULL, 2, "h", 0, 0, "SQS DeleteMessageBatch: no queue URL" },
+        { SQS_OP_DELETE, "https://q/\xff", 2, "h", 0, 0, "the queue URL is not UTF-8" },
         { SQS_OP_DELETE, QUEUE, 2, NULL, 0, 0, "entry 1 has no receipt handle" },
         { SQS_OP_DELETE, QUEUE, 2, "", 0, 0, "entry 1 has no receipt handle" },
         { SQS_OP_CHANGE_VISIBILITY, QUEUE, 2, "h", -1, 0,
@@ -1853,6 +1854,9 @@ static void test_client_delete_invalid(void **state)
     env_start(&v, NULL, 0);
     assert_int_equal(sqs_delete_batch(&v.c, en, 1, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
+    assert_int_equal(en[0].status, SQS_ENTRY_FAILED);  /* nothing sent; the entry says why */
+    assert_string_equal(en[0].code, "invalid");
+    assert_string_equal(en[0].message, "SQS DeleteMessageBatch: entry 0 has no receipt handle");
     assert_int_equal(sqs_delete_batch(&v.c, en, 0, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
     assert_int_equal(fake_count(&v.f), 0);
