@@ -67,7 +67,7 @@ struct daemon {
     int once;                          /* --once: stop when the queue answers empty */
     unsigned long unhandled;           /* --once: messages not handled that have no entry
                                           in the book (out of memory) */
-    struct once_msg *book;             /* --once: every message that ended, by id */
+    struct once_msg *book;             /* --once: every message that failed, by id */
     size_t nbook, capbook;
     struct job *held;                  /* --once: messages kept out of the rest of the run
                                           (main thread only) */
@@ -189,14 +189,18 @@ static void pool_close(struct pool *p)
 
 /* ------------------------------------------------------------------ --once book -------- */
 
-/* --once: the book's entry for a message, added if new; NULL if out of memory. Under mu. */
-static struct once_msg *once_entry(struct daemon *d, const char *id)
+/* --once: the book's entry for a message, added if new and add is set; NULL if out of
+ * memory or not there. Under mu. Only failed messages are added: a long run with few
+ * failures keeps the book, and these scans, short. */
+static struct once_msg *once_entry(struct daemon *d, const char *id, int add)
 {
     struct once_msg *grown;
 
     for (size_t i = 0; i < d->nbook; i++)
         if (strcmp(d->book[i].id, id) == 0)
             return &d->book[i];
+    if (!add)
+        return NULL;
     if (d->nbook == d->capbook) {
         size_t cap = d->capbook ? d->capbook * 2 : 64;
         if (!(grown = realloc(d->book, cap * sizeof *grown)))
@@ -219,9 +223,10 @@ static void once_record(struct daemon *d, const char *id, int failures, int64_t 
     if (!d->once)
         return;
     pthread_mutex_lock(&d->mu);
-    if (!(m = once_entry(d, id)))
+    m = once_entry(d, id, failures != 0);
+    if (!m && failures)
         d->unhandled++;
-    else {
+    else if (m) {
         m->failures = failures == 1 ? m->failures + 1 : failures;
         m->hidden_until_ms = failures == 1 ? hidden_until : 0;
     }

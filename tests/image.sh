@@ -15,7 +15,7 @@
 #     (exactly /lambdo and /etc/ssl/certs/ca-certificates.crt), a static binary, a full CA
 #     bundle, and its size uncompressed (at most 1 MB) and gzip-compressed.
 #  4. Runs in it (buildah run, chroot isolation, host network): --version; no configuration
-#     (exit 2, one line naming LAMBDO_SQS_QUEUE_URL); one real dispatch against the test rig
+#     (exit 2, one line per missing variable, LAMBDO_SQS_QUEUE_URL among them); one real dispatch against the test rig
 #     and a start with the image's own CA bundle (tests/lib/image-dispatch.mjs).
 # Every buildah command runs in a private mount namespace whose /var/lib/containers and
 # /run/containers are empty tmpfs, so nothing outside $LAMBDO_IMAGE_CACHE and tests/out/image/
@@ -244,8 +244,10 @@ say "run: $ep with no configuration"
 run "$out/noconf.out" "$out/noconf.err"; rc=$?
 sed 's/^/    /' "$out/noconf.out" "$out/noconf.err"
 check "no configuration exits 2 ($rc)" test "$rc" = 2
-one_line_naming() { [ "$(cat "$out/noconf.out" "$out/noconf.err" | wc -l)" = 1 ] && grep -q "$1" "$out/noconf.err"; }
-check "no configuration says one line naming LAMBDO_SQS_QUEUE_URL" one_line_naming LAMBDO_SQS_QUEUE_URL
+# One line per missing variable, each on stderr and saying it is configuration.
+lines_naming() { [ ! -s "$out/noconf.out" ] && ! grep -qv '^lambdo: configuration: ' "$out/noconf.err" &&
+                 grep -q "^lambdo: configuration: $1: required" "$out/noconf.err"; }
+check "no configuration: a configuration line each, one naming LAMBDO_SQS_QUEUE_URL" lines_naming LAMBDO_SQS_QUEUE_URL
 say "run: one dispatch against the test rig (tests/lib/image-dispatch.mjs)"
 timeout 240 node tests/lib/image-dispatch.mjs --container "$ctr" --entrypoint "$ep" --user "$user" -- \
     buildah --root "$cache/storage" --runroot /run/containers/lambdo-runroot --storage-driver vfs \

@@ -72,7 +72,7 @@ describe('local backend and --once', () => {
 
   // lambdo with the local backend; the child runs `script` under sh after logging "ran <events>".
   // LAMBDO_ACK=exit by default, so that the --once tests say the same of lambdo before the
-  // local backend ignored LAMBDO_ACK=create; '' is the default (create).
+  // local backend ignored LAMBDO_ACK=create; undefined leaves it unset (the default, create).
   function lambdo(url, script, extra = {}, args = ['--once']) {
     const r = startLambdo(args, {
       LAMBDO_SQS_QUEUE_URL: url, AWS_REGION: REGION,
@@ -90,7 +90,7 @@ describe('local backend and --once', () => {
     for (const ack of [undefined, 'create', 'exit']) {
       const { url } = await queue();
       await sqs.send(url, '{"id":"x1"}', { image: 'local' });
-      const r = lambdo(url, 'exit 3', { LAMBDO_ACK: ack ?? '' });
+      const r = lambdo(url, 'exit 3', { LAMBDO_ACK: ack });
       const exit = await r.done();
       assert.equal(await queued(url), 1, `LAMBDO_ACK=${ack}: the message is still queued\n${r.out}`);
       assert.equal(exit.code, 1, r.out);
@@ -105,7 +105,7 @@ describe('local backend and --once', () => {
     // short, so its message goes back, visible at once.
     let { url } = await queue();
     await sqs.send(url, '{"id":"s2"}', { image: 'local' });
-    let r = lambdo(url, 'trap "echo got TERM; exit 0" TERM; sleep 30 & wait', { LAMBDO_ACK: '', LAMBDO_SHUTDOWN_TIMEOUT: '1' }, []);
+    let r = lambdo(url, 'trap "echo got TERM; exit 0" TERM; sleep 30 & wait', { LAMBDO_ACK: undefined, LAMBDO_SHUTDOWN_TIMEOUT: '1' }, []);
     await r.waitLog(/process \d+ started/);
     r.proc.kill('SIGTERM');
     let exit = await r.done();
@@ -119,7 +119,7 @@ describe('local backend and --once', () => {
     // A long enough grace: the child runs to its end, its message is deleted, then lambdo exits 0.
     ({ url } = await queue());
     await sqs.send(url, '{"id":"s1"}', { image: 'local' });
-    r = lambdo(url, 'sleep 2; echo finished', { LAMBDO_ACK: '', LAMBDO_SHUTDOWN_TIMEOUT: '30' }, []);
+    r = lambdo(url, 'sleep 2; echo finished', { LAMBDO_ACK: undefined, LAMBDO_SHUTDOWN_TIMEOUT: '30' }, []);
     await r.waitLog(/process \d+ started/);
     r.proc.kill('SIGTERM');
     exit = await r.done();
