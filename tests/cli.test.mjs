@@ -54,6 +54,7 @@ const NOT_CONFIGURATION = new Map([
   ['LAMBDO_HANDLER', 'read by the runtimes in runtimes/, not by lambdo'],
   ['LAMBDO_SIGV4_SUITE', 'read by tests/run'],
   ['LAMBDO_FUZZ_SECONDS', 'read by tests/run'],
+  ['BR_HOT', 'a Makefile variable: the BearSSL files built with -O3'],
 ]);
 
 describe('command line, without any server', () => {
