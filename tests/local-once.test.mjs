@@ -4,47 +4,15 @@
 //   node --test tests/local-once.test.mjs
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { startSqs } from './lib/fauxqs.mjs';
 import { startSqsProxy } from './lib/sqsproxy.mjs';
-import { lambdoCommand } from './lib/tools.mjs';
+import { spawnLambdo } from './lib/accounting.mjs';
 
 const REGION = 'us-east-1';
 const CREDS = { accessKeyId: 'AKIDLOCALTEST', secretAccessKey: 'local/once+test+secret' };
-
-async function until(cond, what, timeoutMs = 20000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-function startLambdo(args, env) {
-  const [cmd, ...rest] = lambdoCommand(args);
-  const proc = spawn(cmd, rest, { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const run = { proc, out: '', exited: null };
-  proc.stdout.on('data', (d) => { run.out += d; });
-  proc.stderr.on('data', (d) => { run.out += d; });
-  run.exit = new Promise((resolve) => {
-    proc.on('exit', (code, signal) => resolve(run.exited = { code, signal }));
-    proc.on('error', (err) => { run.out += `spawn: ${err.message}\n`; resolve(run.exited = { code: null, signal: null }); });
-  });
-  run.waitLog = (re, ms) => until(() => re.test(run.out), `log ${re}\n--- log:\n${run.out}`, ms);
-  // Resolves to the exit, or fails the test with the log if lambdo takes longer than ms.
-  run.done = async (ms = 40000) => {
-    const r = await Promise.race([run.exit, sleep(ms).then(() => null)]);
-    if (!r) { proc.kill('SIGKILL'); throw new Error(`lambdo did not exit within ${ms} ms\n${run.out}`); }
-    return r;
-  };
-  return run;
-}
 
 // How many times the child ran for the message whose body holds "id":"<id>".
 const runsOf = (out, id) => out.split('\n').filter((l) => l.includes('] ran ') && l.includes(`"id":"${id}"`)).length;
@@ -74,14 +42,14 @@ describe('local backend and --once', () => {
   // LAMBDO_ACK=exit by default, so that the --once tests say the same of lambdo before the
   // local backend ignored LAMBDO_ACK=create; undefined leaves it unset (the default, create).
   function lambdo(url, script, extra = {}, args = ['--once']) {
-    const r = startLambdo(args, {
+    const r = spawnLambdo({
       LAMBDO_SQS_QUEUE_URL: url, AWS_REGION: REGION,
       AWS_ACCESS_KEY_ID: CREDS.accessKeyId, AWS_SECRET_ACCESS_KEY: CREDS.secretAccessKey,
       LAMBDO_BACKEND: 'local', LAMBDO_ACK: 'exit', LAMBDO_EVENTS_PER_MACHINE: '1',
       LAMBDO_LOCAL_COMMAND: JSON.stringify(['/bin/sh', '-c', `echo "ran $(cat "$EVENTS_PATH")"; ${script}`]),
       LAMBDO_SQS_LONG_POLL_SECONDS: '1', LAMBDO_VISIBILITY_TIMEOUT: '6', LAMBDO_LOG_LEVEL: 'debug',
       ...extra,
-    });
+    }, { args });
     running.push(r);
     return r;
   }
@@ -106,7 +74,7 @@ describe('local backend and --once', () => {
     let { url } = await queue();
     await sqs.send(url, '{"id":"s2"}', { image: 'local' });
     let r = lambdo(url, 'trap "echo got TERM; exit 0" TERM; sleep 30 & wait', { LAMBDO_ACK: undefined, LAMBDO_SHUTDOWN_TIMEOUT: '1' }, []);
-    await r.waitLog(/process \d+ started/);
+    await r.waitLog(/process \d+ started/, 20000);
     r.proc.kill('SIGTERM');
     let exit = await r.done();
     const c = await sqs.counts(url);
@@ -120,7 +88,7 @@ describe('local backend and --once', () => {
     ({ url } = await queue());
     await sqs.send(url, '{"id":"s1"}', { image: 'local' });
     r = lambdo(url, 'sleep 2; echo finished', { LAMBDO_ACK: undefined, LAMBDO_SHUTDOWN_TIMEOUT: '30' }, []);
-    await r.waitLog(/process \d+ started/);
+    await r.waitLog(/process \d+ started/, 20000);
     r.proc.kill('SIGTERM');
     exit = await r.done();
     assert.equal(exit.code, 0, r.out);
@@ -227,7 +195,7 @@ describe('local backend and --once', () => {
     const q2 = (await queue()).url;
     await sqs.send(q2, '{"id":"slow"}', { image: 'local' });
     r = lambdo(q2, 'sleep 30', {}, ['--once']);
-    await r.waitLog(/process \d+ started/);
+    await r.waitLog(/process \d+ started/, 20000);
     r.proc.kill('SIGTERM');
     exit = await r.done();
     assert.equal(exit.code, 1, r.out);

@@ -118,11 +118,12 @@ export async function until(cond, what, timeoutMs = 15000, everyMs = 50) {
   }
 }
 
-// Starts lambdo with exactly env (nothing inherited but PATH). The log is kept (its last
-// maxLog characters). run.stop() = SIGTERM and wait (SIGKILL and throw after stopMs);
-// run.kill9(); run.exit resolves {code, signal}.
-export function spawnLambdo(env, { maxLog = 4e6, stopMs = 20000 } = {}) {
-  const [cmd, ...args] = lambdoCommand();
+// Starts lambdo with argv and exactly env (nothing inherited but PATH; an undefined value
+// leaves a variable unset). The log is kept (its last maxLog characters). run.stop() =
+// SIGTERM and wait (SIGKILL and throw after stopMs); run.done(ms) = wait for the exit (SIGKILL
+// and throw after ms); run.kill9(); run.exit resolves {code, signal}.
+export function spawnLambdo(env, { maxLog = 4e6, stopMs = 20000, args: argv = [] } = {}) {
+  const [cmd, ...args] = lambdoCommand(argv);
   const proc = spawn(cmd, args, { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const run = { proc, out: '', exited: null, startedAt: Date.now() };
   const take = (d) => {
@@ -140,6 +141,15 @@ export function spawnLambdo(env, { maxLog = 4e6, stopMs = 20000 } = {}) {
   run.kill9 = async () => {
     if (!run.exited) proc.kill('SIGKILL');
     return run.exit;
+  };
+  run.done = async (ms = 40000) => {
+    const r = await Promise.race([run.exit, sleep(ms).then(() => null)]);
+    if (!r) {
+      proc.kill('SIGKILL');
+      await run.exit;
+      throw new Error(`lambdo did not exit within ${ms} ms\n${run.out.slice(-3000)}`);
+    }
+    return r;
   };
   run.stop = async (ms = stopMs) => {
     if (!run.exited) proc.kill('SIGTERM');
