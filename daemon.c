@@ -247,16 +247,16 @@ static void once_record_job(struct job *j, int ok, int64_t hidden_until)
  * ONCE_TRIES times); from now on d->held accounts for it. */
 static int once_held(struct daemon *d, const char *id)
 {
-    int held = 0;
+    struct once_msg *m;
+    int held;
 
     if (!d->once)
         return 0;
     pthread_mutex_lock(&d->mu);
-    for (size_t i = 0; i < d->nbook && !held; i++) {
-        held = strcmp(d->book[i].id, id) == 0 && d->book[i].failures >= ONCE_TRIES;
-        if (held)
-            d->book[i].hidden_until_ms = 0;
-    }
+    m = once_entry(d, id, 0);
+    held = m && m->failures >= ONCE_TRIES;
+    if (held)
+        m->hidden_until_ms = 0;
     pthread_mutex_unlock(&d->mu);
     return held;
 }
