@@ -1,73 +1,58 @@
 /*
  * sigv4.c - AWS Signature Version 4 header signing.
  *
- * Nothing here allocates. sigv4_sign() streams the canonical request straight into
- * SHA-256, so there is no buffer to size and no limit on headers or query parameters;
- * sorting is done by repeatedly picking the next-larger element, which needs no scratch
- * array and is cheap for the handful of headers and parameters a real request carries.
- * The same writer fills a caller's buffer for sigv4_canonical_request(), so what the
- * tests compare is byte for byte what gets signed.
+ * Nothing here allocates. sigv4_sign() streams the canonical request through a small
+ * staging buffer into SHA-256, so path and query have no length limit; the signed headers
+ * are sorted once, as pointers on the stack (at most SIGV4_MAX_HEADERS of them). The same
+ * writer fills a caller's buffer for sigv4_canonical_request(), so what the tests compare
+ * is byte for byte what gets signed. The signing key is derived only when the caller's
+ * struct sigv4_key holds another day, region, service or secret.
  */
 #include "sigv4.h"
 #include "text.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include <bearssl_hash.h>
-#include <bearssl_hmac.h>
 
 #define SIGV4_ALGORITHM "AWS4-HMAC-SHA256"
-#define SIGV4_MAX_NAME 64   /* region, service: real ones are under 32 characters */
 
 static const char HEX_UPPER[] = "0123456789ABCDEF";
 static const char HEX_LOWER[] = "0123456789abcdef";
 
-/* ---- output: a caller's buffer, or a running SHA-256 ---------------------------------- */
+/* ---- output: a caller's buffer, or a staging buffer hashed whenever it fills ------------ */
 
 struct sink {
-    char *buf;                /* buffer mode: holds cap - 1 bytes and a NUL */
-    size_t cap;
-    size_t len;               /* bytes written so far, counted past cap to report the need */
+    char *buf;
+    size_t room;              /* bytes buf takes (a caller's buffer: its size less the NUL) */
+    size_t len;               /* bytes written; past room in a caller's buffer, to report the
+                                 size it needs */
     br_sha256_context *sha;   /* hash mode when set */
-    size_t staged;            /* hash mode: bytes of stage not yet hashed */
-    char stage[128];          /* most output comes a byte at a time: batch it for SHA-256 */
 };
 
-static void sink_flush(struct sink *s)
+static struct sink sink_buffer(char *buf, size_t cap)
 {
-    if (s->sha && s->staged) {
-        br_sha256_update(s->sha, s->stage, s->staged);
-        s->staged = 0;
-    }
-}
-
-static void sink_put(struct sink *s, const void *data, size_t n)
-{
-    if (s->sha) {
-        if (n > sizeof s->stage - s->staged)
-            sink_flush(s);
-        if (n > sizeof s->stage) {
-            br_sha256_update(s->sha, data, n);
-        } else {
-            memcpy(s->stage + s->staged, data, n);
-            s->staged += n;
-        }
-    } else if (s->len < s->cap && n < s->cap - s->len) {
-        memcpy(s->buf + s->len, data, n);
-    }
-    s->len += n;
+    return (struct sink){ .buf = buf, .room = cap - 1 };
 }
 
 static void sink_putc(struct sink *s, char c)
 {
-    if (s->sha && s->staged < sizeof s->stage) {
-        s->stage[s->staged++] = c;
-        s->len++;
-        return;
+    if (s->sha && s->len == s->room) {
+        br_sha256_update(s->sha, s->buf, s->len);
+        s->len = 0;
     }
-    sink_put(s, &c, 1);
+    if (s->len < s->room)
+        s->buf[s->len] = c;
+    s->len++;
+}
+
+static void sink_put(struct sink *s, const char *str, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        sink_putc(s, str[i]);
 }
 
 static void sink_puts(struct sink *s, const char *str)
@@ -83,139 +68,125 @@ static void sink_hex(struct sink *s, const unsigned char *bytes, size_t n)
     }
 }
 
-/* NUL-terminates a buffer sink; -1 when it did not fit. */
+/* NUL-terminates a caller's buffer; -1 when it did not fit. */
 static int sink_finish(struct sink *s, const char *what, struct lerr *e)
 {
-    if (s->len >= s->cap || s->len > INT_MAX)
+    if (s->len > s->room || s->len > INT_MAX)
         return lerr_set(e, LERR_TOO_LARGE, "%s needs %zu bytes, the buffer holds %zu", what,
-                        s->len + 1, s->cap);
+                        s->len + 1, s->room + 1);
     s->buf[s->len] = '\0';
     return (int)s->len;
-}
-
-static void hex_encode(const unsigned char *bytes, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = HEX_LOWER[bytes[i] >> 4];
-        out[2 * i + 1] = HEX_LOWER[bytes[i] & 15];
-    }
-    out[2 * n] = '\0';
 }
 
 static void sha256_hex(const void *data, size_t len, char out[65])
 {
     br_sha256_context sha;
     unsigned char hash[32];
+    struct sink s = sink_buffer(out, 65);
 
     br_sha256_init(&sha);
     br_sha256_update(&sha, data, len);
     br_sha256_out(&sha, hash);
-    hex_encode(hash, sizeof hash, out);
+    sink_hex(&s, hash, sizeof hash);
+    out[64] = '\0';
 }
 
 /* ---- URI encoding ------------------------------------------------------------------------ */
 
+static const char UNRESERVED[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~";
+
 static int is_unreserved(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.' || c == '~';
+    return c && strchr(UNRESERVED, c);
 }
 
 struct range {
     const char *p, *end;
 };
 
-/* Yields the canonical URI encoding of a range one byte at a time, so that two encodings
- * can be compared for sorting without being stored anywhere. */
-struct uri_enc {
-    const unsigned char *p, *end;
-    int decode;              /* query parts are decoded first: "%e1", "%E1" and a raw byte
-                                all end up as "%E1", as the server will see them */
-    char hold[2];            /* hex digits still owed after a '%' */
-    int held;
-};
-
-static void uri_enc_init(struct uri_enc *it, struct range r, int decode)
+/* Takes the next byte of a non-empty range. Query parts are decoded first ("%e1", "%E1" and
+ * a raw byte all end up as "%E1", as the server will see them); a '%' not followed by two
+ * hex digits is a literal '%'. */
+static unsigned char range_next(struct range *r, int decode)
 {
-    it->p = (const unsigned char *)r.p;
-    it->end = (const unsigned char *)r.end;
-    it->decode = decode;
-    it->held = 0;
-}
+    unsigned char c = (unsigned char)*r->p++;
 
-static int uri_enc_next(struct uri_enc *it)
-{
-    unsigned char c;
-
-    if (it->held == 2) {
-        it->held = 1;
-        return it->hold[0];
+    if (decode && c == '%' && r->end - r->p >= 2 && text_hex_digit(r->p[0]) >= 0 &&
+        text_hex_digit(r->p[1]) >= 0) {
+        c = (unsigned char)(text_hex_digit(r->p[0]) << 4 | text_hex_digit(r->p[1]));
+        r->p += 2;
     }
-    if (it->held == 1) {
-        it->held = 0;
-        return it->hold[1];
-    }
-    if (it->p >= it->end)
-        return -1;
-    c = *it->p++;
-    /* A '%' not followed by two hex digits is a literal '%' and is encoded as "%25". */
-    if (it->decode && c == '%' && it->end - it->p >= 2 && text_hex_digit(it->p[0]) >= 0 &&
-        text_hex_digit(it->p[1]) >= 0) {
-        c = (unsigned char)(text_hex_digit(it->p[0]) << 4 | text_hex_digit(it->p[1]));
-        it->p += 2;
-    }
-    if (is_unreserved(c))
-        return c;
-    it->hold[0] = HEX_UPPER[c >> 4];
-    it->hold[1] = HEX_UPPER[c & 15];
-    it->held = 2;
-    return '%';
+    return c;
 }
 
 static void sink_uri(struct sink *s, struct range r, int decode)
 {
-    struct uri_enc it;
-    int c;
+    while (r.p < r.end) {
+        unsigned char c = range_next(&r, decode);
 
-    uri_enc_init(&it, r, decode);
-    while ((c = uri_enc_next(&it)) >= 0)
-        sink_putc(s, (char)c);
+        if (is_unreserved(c)) {
+            sink_putc(s, (char)c);
+        } else {
+            sink_putc(s, '%');
+            sink_putc(s, HEX_UPPER[c >> 4]);
+            sink_putc(s, HEX_UPPER[c & 15]);
+        }
+    }
 }
 
+/* The rank of the next byte in the encoded order, -1 at the end: '%' sorts below every
+ * unreserved character and "%XY" (uppercase hex) compares as the byte XY does, so encoded
+ * strings compare as their bytes do once unreserved ones are ranked above all others. */
+static int uri_rank(struct range *r)
+{
+    unsigned char c;
+
+    if (r->p >= r->end)
+        return -1;
+    c = range_next(r, 1);
+    return is_unreserved(c) ? 256 + c : c;
+}
+
+/* Compares two query parts as their canonical encodings, without writing them anywhere. */
 static int uri_cmp(struct range a, struct range b)
 {
-    struct uri_enc ia, ib;
     int ca, cb;
 
-    uri_enc_init(&ia, a, 1);
-    uri_enc_init(&ib, b, 1);
     do {
-        ca = uri_enc_next(&ia);
-        cb = uri_enc_next(&ib);
+        ca = uri_rank(&a);
+        cb = uri_rank(&b);
     } while (ca == cb && ca >= 0);
     return ca - cb;
 }
 
 /* ---- canonical path ------------------------------------------------------------------------ */
 
-/* Next '/'-separated segment of [*cur, end); 0 when there is none left. */
-static int path_next(const char **cur, const char *end, struct range *seg)
+/* Next non-empty piece of [*cur, end) between sep characters; 0 when there is none left.
+ * Empty pieces carry nothing: an empty path segment is dropped, and so is "&&". */
+static int piece_next(const char **cur, const char *end, char sep, struct range *r)
 {
-    const char *p = *cur, *slash;
+    const char *p = *cur, *stop;
 
-    if (p > end)
+    while (p < end && *p == sep)
+        p++;
+    if (p >= end)
         return 0;
-    slash = memchr(p, '/', (size_t)(end - p));
-    seg->p = p;
-    seg->end = slash ? slash : end;
-    *cur = seg->end + 1;
+    stop = memchr(p, sep, (size_t)(end - p));
+    r->p = p;
+    r->end = stop ? stop : end;
+    *cur = r->end;
     return 1;
 }
 
-static int seg_is(struct range seg, const char *s)
+/* What a (non-empty) segment does to the depth: 0 for ".", -1 for "..", else 1. */
+static int seg_step(struct range seg)
 {
-    size_t n = strlen(s);
-    return (size_t)(seg.end - seg.p) == n && memcmp(seg.p, s, n) == 0;
+    size_t n = (size_t)(seg.end - seg.p);
+
+    if (n == 1 && seg.p[0] == '.')
+        return 0;
+    return n == 2 && seg.p[0] == '.' && seg.p[1] == '.' ? -1 : 1;
 }
 
 /* Whether a segment outlives the ".." segments that follow it. Removing dot segments
@@ -225,17 +196,12 @@ static int seg_is(struct range seg, const char *s)
 static int seg_survives(const char *after, const char *end)
 {
     struct range seg;
-    size_t depth = 1;
+    long depth = 1;
 
-    while (path_next(&after, end, &seg)) {
-        if (seg.p == seg.end || seg_is(seg, "."))
-            continue;
-        if (seg_is(seg, "..")) {
-            if (--depth == 0)
-                return 0;
-        } else {
-            depth++;
-        }
+    while (piece_next(&after, end, '/', &seg)) {
+        depth += seg_step(seg);
+        if (depth == 0)
+            return 0;
     }
     return 1;
 }
@@ -263,10 +229,8 @@ static void path_write(struct sink *s, const char *path, int normalize)
     if (*path == '/')
         sink_putc(s, '/');
     cur = path;
-    while (path_next(&cur, end, &seg)) {
-        if (seg.p == seg.end || seg_is(seg, ".") || seg_is(seg, ".."))
-            continue;
-        if (!seg_survives(seg.end + 1, end))
+    while (piece_next(&cur, end, '/', &seg)) {
+        if (seg_step(seg) <= 0 || !seg_survives(seg.end, end))
             continue;
         if (kept++)
             sink_putc(s, '/');
@@ -278,24 +242,17 @@ static void path_write(struct sink *s, const char *path, int normalize)
 
 /* ---- canonical query ------------------------------------------------------------------------ */
 
-/* Next non-empty '&'-separated parameter; a parameter without '=' has an empty value. */
+/* Next parameter; a parameter without '=' has an empty value. */
 static int query_next(const char **cur, const char *end, struct range *key, struct range *val)
 {
-    const char *p = *cur, *stop, *eq;
+    const char *eq;
 
-    while (p < end && *p == '&')
-        p++;
-    if (p >= end)
+    if (!piece_next(cur, end, '&', key))
         return 0;
-    stop = memchr(p, '&', (size_t)(end - p));
-    if (!stop)
-        stop = end;
-    eq = memchr(p, '=', (size_t)(stop - p));
-    key->p = p;
-    key->end = eq ? eq : stop;
-    val->p = eq ? eq + 1 : stop;
-    val->end = stop;
-    *cur = stop;
+    eq = memchr(key->p, '=', (size_t)(key->end - key->p));
+    *val = (struct range){ eq ? eq + 1 : key->end, key->end };
+    if (eq)
+        key->end = eq;
     return 1;
 }
 
@@ -312,6 +269,8 @@ static int param_cmp(struct range ak, struct range av, struct range bk, struct r
     return r;
 }
 
+/* Parameters are written in order by picking the next larger one each time: no scratch
+ * array, and cheap for the handful a real request carries. */
 static void query_write(struct sink *s, const char *query)
 {
     struct range last_k = { 0 }, last_v = { 0 }, k, v;
@@ -354,8 +313,9 @@ static unsigned char lower(unsigned char c)
     return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
 }
 
-/* Compares header names as their lowercase forms, which is the canonical order. */
-static int name_cmp(const char *a, const char *b)
+/* Compares header names as their lowercase forms, which is the canonical order; with
+ * prefix set, only as far as b goes. */
+static int name_cmp(const char *a, const char *b, int prefix)
 {
     const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
 
@@ -363,15 +323,7 @@ static int name_cmp(const char *a, const char *b)
         x++;
         y++;
     }
-    return lower(*x) - lower(*y);
-}
-
-static int name_has_prefix(const char *name, const char *prefix)
-{
-    for (; *prefix; name++, prefix++)
-        if (lower((unsigned char)*name) != (unsigned char)*prefix)
-            return 0;
-    return 1;
+    return prefix && !*y ? 0 : lower(*x) - lower(*y);
 }
 
 /* Headers left unsigned, the same set as the AWS JS SDK: hop-by-hop headers and those
@@ -388,9 +340,9 @@ static int header_signed(const char *name)
     unsigned char first = lower((unsigned char)*name);
 
     for (size_t i = 0; i < sizeof unsigned_names / sizeof unsigned_names[0]; i++)
-        if (unsigned_names[i][0] == first && name_cmp(name, unsigned_names[i]) == 0)
+        if (unsigned_names[i][0] == first && name_cmp(name, unsigned_names[i], 0) == 0)
             return 0;
-    return !name_has_prefix(name, "proxy-") && !name_has_prefix(name, "sec-");
+    return name_cmp(name, "proxy-", 1) != 0 && name_cmp(name, "sec-", 1) != 0;
 }
 
 static int is_space(unsigned char c)
@@ -417,86 +369,99 @@ static void value_write(struct sink *s, const char *value)
     }
 }
 
-/* The request's headers followed by those the signer adds. */
+/* The request as signed: its signed headers and those the signer adds, sorted by
+ * lowercase name (a repeated name's values keep the order they were given in). */
 struct view {
-    const struct sigv4_header *h;
+    const struct sigv4_header *sorted[SIGV4_MAX_HEADERS];
     size_t n;
-    struct sigv4_header extra[3];
+    struct sigv4_header extra[3];    /* X-Amz-Date, X-Amz-Security-Token, x-amz-content-sha256
+                                        when added, in that order */
     size_t nextra;
-    int added_date, added_token, added_sha;
-    char date[17];                   /* the X-Amz-Date that is signed */
-    char payload_hash[65];           /* SHA-256 of the payload */
-    const char *given_sha;           /* the request's own x-amz-content-sha256, if any */
-    const char *method, *path, *query;
+    const char *date;                /* the X-Amz-Date that is signed */
+    const char *payload_hash;        /* the request's own x-amz-content-sha256, else the
+                                        SHA-256 of the payload */
+    const struct sigv4_request *req;
     int normalize;
 };
 
-static const struct sigv4_header *view_at(const struct view *v, size_t i)
+static int view_add(struct view *v, const struct sigv4_header *h, struct lerr *e)
 {
-    return i < v->n ? &v->h[i] : &v->extra[i - v->n];
+    size_t i = v->n;
+
+    if (!header_signed(h->name))
+        return 0;
+    if (v->n == SIGV4_MAX_HEADERS)
+        return lerr_set(e, LERR_TOO_LARGE, "sigv4: more than %d signed headers",
+                        SIGV4_MAX_HEADERS);
+    /* Insertion sort: stable, and the headers come nearly sorted and few. */
+    for (; i > 0 && name_cmp(v->sorted[i - 1]->name, h->name, 0) > 0; i--)
+        v->sorted[i] = v->sorted[i - 1];
+    v->sorted[i] = h;
+    v->n++;
+    return 0;
 }
 
-/* Writes the canonical header block ("name:v1,v2\n"...) or, with !full, the signed
- * header list ("a;b;c"). Names are visited in order by picking the next larger one;
- * the values of a repeated name keep the order they were given in. */
-static void headers_write(struct sink *s, const struct view *v, int full)
+static int view_extra(struct view *v, const char *name, const char *value, struct lerr *e)
 {
-    size_t total = v->n + v->nextra;
-    const char *last = NULL;
+    v->extra[v->nextra] = (struct sigv4_header){ name, value };
+    return view_add(v, &v->extra[v->nextra++], e);
+}
 
-    for (;;) {
-        const char *next = NULL;
-        int first = 1;
+static int same_name_as_previous(const struct view *v, size_t i)
+{
+    return i > 0 && name_cmp(v->sorted[i - 1]->name, v->sorted[i]->name, 0) == 0;
+}
 
-        for (size_t i = 0; i < total; i++) {
-            const char *name = view_at(v, i)->name;
-            /* Order first: the costlier header_signed() only runs for a new candidate. */
-            if ((last && name_cmp(name, last) <= 0) || (next && name_cmp(name, next) >= 0))
-                continue;
-            if (header_signed(name))
-                next = name;
-        }
-        if (!next)
-            return;
-        if (last && !full)
+static void name_write(struct sink *s, const char *name)
+{
+    for (; *name; name++)
+        sink_putc(s, (char)lower((unsigned char)*name));
+}
+
+/* The signed header list: "a;b;c". */
+static void names_write(struct sink *s, const struct view *v)
+{
+    for (size_t i = 0; i < v->n; i++) {
+        if (same_name_as_previous(v, i))
+            continue;
+        if (i > 0)
             sink_putc(s, ';');
-        for (const char *c = next; *c; c++)
-            sink_putc(s, (char)lower((unsigned char)*c));
-        if (full) {
-            sink_putc(s, ':');
-            for (size_t i = 0; i < total; i++) {
-                const struct sigv4_header *h = view_at(v, i);
-                if (name_cmp(h->name, next) != 0)
-                    continue;
-                if (!first)
-                    sink_putc(s, ',');
-                value_write(s, h->value);
-                first = 0;
-            }
-            sink_putc(s, '\n');
-        }
-        last = next;
+        name_write(s, v->sorted[i]->name);
     }
+}
+
+/* The canonical header block: "name:v1,v2\n" for each name (Host makes it never empty). */
+static void headers_write(struct sink *s, const struct view *v)
+{
+    for (size_t i = 0; i < v->n; i++) {
+        if (same_name_as_previous(v, i)) {
+            sink_putc(s, ',');
+        } else {
+            if (i > 0)
+                sink_putc(s, '\n');
+            name_write(s, v->sorted[i]->name);
+            sink_putc(s, ':');
+        }
+        value_write(s, v->sorted[i]->value);
+    }
+    sink_putc(s, '\n');
 }
 
 static void canonical_write(struct sink *s, const struct view *v)
 {
-    sink_puts(s, v->method);
+    sink_puts(s, v->req->method);
     sink_putc(s, '\n');
-    path_write(s, v->path, v->normalize);
+    path_write(s, v->req->path, v->normalize);
     sink_putc(s, '\n');
-    query_write(s, v->query);
+    query_write(s, v->req->query);
     sink_putc(s, '\n');
-    headers_write(s, v, 1);
+    headers_write(s, v);
     sink_putc(s, '\n');
-    headers_write(s, v, 0);
+    names_write(s, v);
     sink_putc(s, '\n');
     /* A request that carries x-amz-content-sha256 (UNSIGNED-PAYLOAD, say) is signed with
      * that value as its payload hash: that is what the server checks against. */
-    if (v->given_sha)
-        value_write(s, v->given_sha);
-    else
-        sink_puts(s, v->payload_hash);
+    value_write(s, v->payload_hash);
 }
 
 /* ---- validation and setup ------------------------------------------------------------------ */
@@ -512,14 +477,14 @@ static int date_valid(const char *d)
     return d[sizeof shape - 1] == '\0';
 }
 
-/* A token character in the HTTP sense would be stricter; this rejects what would break
- * the header syntax or the canonical form (separators, spaces, control bytes). */
-static int name_valid(const char *name)
+/* Non-empty, and nothing that would break the header syntax or the canonical form: no
+ * space, control byte or character of bad. A token in the HTTP sense would be stricter. */
+static int word_valid(const char *s, const char *bad)
 {
-    if (!name || !*name)
+    if (!s || !*s)
         return 0;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        if (*p <= ' ' || *p == ':' || *p == 0x7f)
+    for (; *s; s++)
+        if ((unsigned char)*s <= ' ' || *s == 0x7f || strchr(bad, *s))
             return 0;
     return 1;
 }
@@ -527,28 +492,26 @@ static int name_valid(const char *name)
 /* Region and service go into the credential scope, separated by '/'. */
 static int scope_part_valid(const char *s)
 {
-    size_t n = 0;
+    size_t n = s ? strspn(s, UNRESERVED) : 0;
 
-    if (!s)
-        return 0;
-    for (; s[n]; n++) {
-        unsigned char c = (unsigned char)s[n];
-        if (!is_unreserved(c) || n >= SIGV4_MAX_NAME)
-            return 0;
-    }
-    return n > 0;
+    return n > 0 && n <= SIGV4_MAX_NAME && !s[n];
 }
 
+/* Checks the request and builds its view. The X-Amz-Date signed goes to date, the SHA-256
+ * of the payload to payload_hash. */
 static int view_init(struct view *v, const struct sigv4_request *req,
-                     const struct sigv4_params *p, const char *token, struct lerr *e)
+                     const struct sigv4_params *p, const char *token, char date[17],
+                     char payload_hash[65], struct lerr *e)
 {
-    const char *given_date = NULL;
-    int has_host = 0, has_token = 0;
+    /* Headers the signer looks for, by index: their value when the request has them. */
+    static const char *const looked_for[] = { "host", "x-amz-date", "x-amz-security-token",
+                                              "x-amz-content-sha256" };
+    const char *found[4] = { NULL };
 
-    memset(v, 0, sizeof *v);
+    v->n = v->nextra = 0;
     if (!req || !p)
         return lerr_set(e, LERR_INVALID, "sigv4: no request or parameters");
-    if (!name_valid(req->method))
+    if (!word_valid(req->method, ":"))
         return lerr_set(e, LERR_INVALID, "sigv4: the method is missing or malformed");
     if (req->num_headers && !req->headers)
         return lerr_set(e, LERR_INVALID, "sigv4: %zu headers but no header array",
@@ -557,46 +520,40 @@ static int view_init(struct view *v, const struct sigv4_request *req,
         return lerr_set(e, LERR_INVALID, "sigv4: a payload length but no payload");
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct sigv4_header *h = &req->headers[i];
-        if (!name_valid(h->name) || !h->value)
+        if (!word_valid(h->name, ":") || !h->value)
             return lerr_set(e, LERR_INVALID, "sigv4: header %zu has a malformed name or no value",
                             i);
-        has_host |= name_cmp(h->name, "host") == 0;
-        has_token |= name_cmp(h->name, "x-amz-security-token") == 0;
-        if (!given_date && name_cmp(h->name, "x-amz-date") == 0)
-            given_date = h->value;
-        if (!v->given_sha && name_cmp(h->name, "x-amz-content-sha256") == 0)
-            v->given_sha = h->value;
+        for (size_t k = 0; k < sizeof found / sizeof found[0]; k++)
+            if (!found[k] && name_cmp(h->name, looked_for[k], 0) == 0)
+                found[k] = h->value;
+        if (view_add(v, h, e) < 0)
+            return -1;
     }
-    if (!has_host)
+    if (!found[0])
         return lerr_set(e, LERR_INVALID, "sigv4: the request has no Host header");
 
-    if (given_date) {
-        struct sink ds = { .buf = v->date, .cap = sizeof v->date };
-        value_write(&ds, given_date);
-        if (sink_finish(&ds, "X-Amz-Date", e) < 0 || !date_valid(v->date))
+    if (found[1]) {
+        struct sink ds = sink_buffer(date, 17);
+        value_write(&ds, found[1]);
+        if (sink_finish(&ds, "X-Amz-Date", e) < 0 || !date_valid(date))
             return lerr_set(e, LERR_INVALID, "sigv4: the request's X-Amz-Date is not "
                                              "YYYYMMDDTHHMMSSZ");
     } else {
         if (!p->amz_date || !date_valid(p->amz_date))
             return lerr_set(e, LERR_INVALID, "sigv4: amz_date is not YYYYMMDDTHHMMSSZ");
-        memcpy(v->date, p->amz_date, sizeof v->date);
-        v->extra[v->nextra++] = (struct sigv4_header){ "X-Amz-Date", v->date };
-        v->added_date = 1;
+        memcpy(date, p->amz_date, 17);
+        if (view_extra(v, "X-Amz-Date", date, e) < 0)
+            return -1;
     }
-    if (token && *token && !has_token) {
-        v->extra[v->nextra++] = (struct sigv4_header){ "X-Amz-Security-Token", token };
-        v->added_token = 1;
-    }
-    sha256_hex(req->payload ? req->payload : "", req->payload_len, v->payload_hash);
-    if (!v->given_sha && p->add_content_sha256) {
-        v->extra[v->nextra++] = (struct sigv4_header){ "x-amz-content-sha256", v->payload_hash };
-        v->added_sha = 1;
-    }
-    v->h = req->headers;
-    v->n = req->num_headers;
-    v->method = req->method;
-    v->path = req->path;
-    v->query = req->query;
+    if (token && *token && !found[2] && view_extra(v, "X-Amz-Security-Token", token, e) < 0)
+        return -1;
+    sha256_hex(req->payload ? req->payload : "", req->payload_len, payload_hash);
+    if (!found[3] && p->add_content_sha256 &&
+        view_extra(v, "x-amz-content-sha256", payload_hash, e) < 0)
+        return -1;
+    v->date = date;
+    v->payload_hash = found[3] ? found[3] : payload_hash;
+    v->req = req;
     v->normalize = p->normalize_path;
     return 0;
 }
@@ -629,25 +586,31 @@ static void hmac_sha256(const void *key, size_t key_len, const void *data, size_
     explicit_bzero(&hc, sizeof hc);
 }
 
+/* SHA-256 of "AWS4" + secret: which secret a cached key came from, and the first HMAC key
+ * when "AWS4" + secret is longer than HMAC's 64-byte block (HMAC then uses its hash). */
+static void secret_hash(const char *secret, unsigned char out[32])
+{
+    br_sha256_context sha;
+
+    br_sha256_init(&sha);
+    br_sha256_update(&sha, "AWS4", 4);
+    br_sha256_update(&sha, secret, strlen(secret));
+    br_sha256_out(&sha, out);
+    explicit_bzero(&sha, sizeof sha);
+}
+
 void sigv4_signing_key(const char *secret_access_key, const char *date8, const char *region,
                        const char *service, unsigned char key[32])
 {
     unsigned char k[64];
-    size_t slen = strlen(secret_access_key), klen;
+    size_t slen = strlen(secret_access_key), klen = 4 + slen;
 
-    /* HMAC uses a key longer than its 64-byte block as its SHA-256, so "AWS4" + secret is
-     * hashed rather than copied when it would not fit: any secret length, no allocation. */
-    if (4 + slen <= sizeof k) {
+    /* Any secret length, no allocation. */
+    if (klen <= sizeof k) {
         memcpy(k, "AWS4", 4);
         memcpy(k + 4, secret_access_key, slen);
-        klen = 4 + slen;
     } else {
-        br_sha256_context sha;
-        br_sha256_init(&sha);
-        br_sha256_update(&sha, "AWS4", 4);
-        br_sha256_update(&sha, secret_access_key, slen);
-        br_sha256_out(&sha, k);
-        explicit_bzero(&sha, sizeof sha);
+        secret_hash(secret_access_key, k);
         klen = 32;
     }
     hmac_sha256(k, klen, date8, strnlen(date8, 8), key);
@@ -657,58 +620,75 @@ void sigv4_signing_key(const char *secret_access_key, const char *date8, const c
     hmac_sha256(key, 32, "aws4_request", 12, key);
 }
 
-static void sts_write(struct sink *s, const char *date, const char *region,
-                      const char *service, const unsigned char creq_hash[32])
+/* "YYYYMMDD/region/service/aws4_request" */
+static void scope_write(struct sink *s, const char *date, const struct sigv4_params *p)
+{
+    sink_put(s, date, 8);
+    sink_putc(s, '/');
+    sink_puts(s, p->region);
+    sink_putc(s, '/');
+    sink_puts(s, p->service);
+    sink_puts(s, "/aws4_request");
+}
+
+static void sts_write(struct sink *s, const char *date, const struct sigv4_params *p,
+                      const unsigned char creq_hash[32])
 {
     sink_puts(s, SIGV4_ALGORITHM "\n");
     sink_puts(s, date);
     sink_putc(s, '\n');
-    sink_put(s, date, 8);
-    sink_putc(s, '/');
-    sink_puts(s, region);
-    sink_putc(s, '/');
-    sink_puts(s, service);
-    sink_puts(s, "/aws4_request\n");
+    scope_write(s, date, p);
+    sink_putc(s, '\n');
     sink_hex(s, creq_hash, 32);
 }
 
-static void put_digits(char *out, int value, int n)
+/* Makes k hold the signing key of this scope and secret, deriving it only when it held
+ * another one. */
+static void key_refresh(struct sigv4_key *k, const char *secret, const char *date,
+                        const struct sigv4_params *p)
 {
-    while (n-- > 0) {
-        out[n] = (char)('0' + value % 10);
-        value /= 10;
+    char scope[sizeof k->scope];
+    struct sink s = sink_buffer(scope, sizeof scope);
+    unsigned char hash[32], key[32];
+
+    scope_write(&s, date, p);
+    scope[s.len] = '\0';   /* fits: region and service are at most SIGV4_MAX_NAME long */
+    secret_hash(secret, hash);
+    if (strcmp(k->scope, scope) != 0 || memcmp(k->secret_hash, hash, sizeof hash) != 0) {
+        sigv4_signing_key(secret, date, p->region, p->service, key);
+        br_hmac_key_init(&k->hmac, &br_sha256_vtable, key, sizeof key);
+        explicit_bzero(key, sizeof key);
+        memcpy(k->scope, scope, s.len + 1);
+        memcpy(k->secret_hash, hash, sizeof hash);
     }
+    explicit_bzero(hash, sizeof hash);
 }
 
 void sigv4_format_date(time_t t, char out[17])
 {
     struct tm tm;
+    char buf[80];   /* what the compiler sees %d can take; the range check makes it 16 */
 
     /* Only a broken clock gets here; an all-zero date is refused by AWS in plain sight. */
     if (!gmtime_r(&t, &tm) || tm.tm_year < -1900 || tm.tm_year > 9999 - 1900) {
         memcpy(out, "00000000T000000Z", 17);
         return;
     }
-    put_digits(out, tm.tm_year + 1900, 4);
-    put_digits(out + 4, tm.tm_mon + 1, 2);
-    put_digits(out + 6, tm.tm_mday, 2);
-    out[8] = 'T';
-    put_digits(out + 9, tm.tm_hour, 2);
-    put_digits(out + 11, tm.tm_min, 2);
-    put_digits(out + 13, tm.tm_sec, 2);
-    out[15] = 'Z';
-    out[16] = '\0';
+    snprintf(buf, sizeof buf, "%04d%02d%02dT%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    memcpy(out, buf, 17);
 }
 
 int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_params *p,
                             char *buf, size_t cap, struct lerr *e)
 {
-    struct sink s = { .buf = buf, .cap = cap };
+    struct sink s = sink_buffer(buf, cap);
+    char date[17], payload_hash[65];
     struct view v;
 
     if (!buf || !cap)
         return lerr_set(e, LERR_INVALID, "sigv4: no output buffer");
-    if (view_init(&v, req, p, NULL, e) < 0)
+    if (view_init(&v, req, p, NULL, date, payload_hash, e) < 0)
         return -1;
     canonical_write(&s, &v);
     return sink_finish(&s, "sigv4: the canonical request", e);
@@ -717,7 +697,7 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
 int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_params *p,
                          char *buf, size_t cap, struct lerr *e)
 {
-    struct sink s = { .buf = buf, .cap = cap };
+    struct sink s = sink_buffer(buf, cap);
     br_sha256_context sha;
     unsigned char hash[32];
 
@@ -730,18 +710,15 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
     br_sha256_init(&sha);
     br_sha256_update(&sha, canonical_request, strlen(canonical_request));
     br_sha256_out(&sha, hash);
-    sts_write(&s, p->amz_date, p->region, p->service, hash);
+    sts_write(&s, p->amz_date, p, hash);
     return sink_finish(&s, "sigv4: the string to sign", e);
 }
 
 /* The access key id is printed in the Authorization header and must not break it. */
 static int credentials_check(const struct sigv4_credentials *cred, struct lerr *e)
 {
-    if (!cred || !cred->access_key_id || !*cred->access_key_id)
-        return lerr_set(e, LERR_INVALID, "sigv4: no access key id");
-    for (const unsigned char *c = (const unsigned char *)cred->access_key_id; *c; c++)
-        if (*c <= ' ' || *c == '/' || *c == ',' || *c == 0x7f)
-            return lerr_set(e, LERR_INVALID, "sigv4: the access key id is malformed");
+    if (!cred || !word_valid(cred->access_key_id, "/,"))
+        return lerr_set(e, LERR_INVALID, "sigv4: the access key id is missing or malformed");
     if (!cred->secret_access_key || !*cred->secret_access_key)
         return lerr_set(e, LERR_INVALID, "sigv4: no secret access key");
     if (cred->session_token)
@@ -752,63 +729,64 @@ static int credentials_check(const struct sigv4_credentials *cred, struct lerr *
     return 0;
 }
 
+/* Signs into out once the request checked out; -1 when the Authorization did not fit. */
+static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
+                     const struct sigv4_params *p, struct sigv4_key *k,
+                     struct sigv4_signature *out, struct lerr *e)
+{
+    br_sha256_context sha;
+    br_hmac_context hc;
+    char stage[128], sts_buf[64 + 2 * SIGV4_MAX_NAME + 128];
+    struct sink hs = { .buf = stage, .room = sizeof stage, .sha = &sha };
+    struct sink sts = sink_buffer(sts_buf, sizeof sts_buf);
+    struct sink authz = sink_buffer(out->authorization, sizeof out->authorization);
+    unsigned char hash[32];
+
+    br_sha256_init(&sha);
+    canonical_write(&hs, v);
+    br_sha256_update(&sha, stage, hs.len);
+    br_sha256_out(&sha, hash);
+    sts_write(&sts, v->date, p, hash);
+
+    key_refresh(k, cred->secret_access_key, v->date, p);
+    br_hmac_init(&hc, &k->hmac, 0);
+    br_hmac_update(&hc, sts_buf, sts.len);   /* fits: scope parts are bounded */
+    br_hmac_out(&hc, hash);
+    explicit_bzero(&hc, sizeof hc);
+
+    sink_puts(&authz, SIGV4_ALGORITHM " Credential=");
+    sink_puts(&authz, cred->access_key_id);
+    sink_putc(&authz, '/');
+    scope_write(&authz, v->date, p);
+    sink_puts(&authz, ", SignedHeaders=");
+    names_write(&authz, v);
+    sink_puts(&authz, ", Signature=");
+    sink_hex(&authz, hash, sizeof hash);
+    return sink_finish(&authz, "sigv4: the Authorization header", e);
+}
+
 int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *cred,
                const struct sigv4_params *p, struct sigv4_signature *out, struct lerr *e)
 {
-    br_sha256_context sha;
-    struct sink hs = { .sha = &sha }, sts, authz;
-    unsigned char hash[32], key[32];
-    char sts_buf[64 + 2 * SIGV4_MAX_NAME + 128];
+    struct sigv4_key own = { 0 };    /* the key of this request alone, without a cache */
     struct view v;
+    int failed;
 
     if (!out)
         return lerr_set(e, LERR_INVALID, "sigv4: no output");
     memset(out, 0, sizeof *out);
-    if (credentials_check(cred, e) < 0 || scope_check(p, e) < 0 ||
-        view_init(&v, req, p, cred->session_token, e) < 0)
-        return -1;
-
-    br_sha256_init(&sha);
-    canonical_write(&hs, &v);
-    sink_flush(&hs);
-    br_sha256_out(&sha, hash);
-
-    sts = (struct sink){ .buf = sts_buf, .cap = sizeof sts_buf };
-    sts_write(&sts, v.date, p->region, p->service, hash);
-    if (sink_finish(&sts, "sigv4: the string to sign", e) < 0)
-        return -1;   /* cannot happen: scope parts are bounded */
-    sigv4_signing_key(cred->secret_access_key, v.date, p->region, p->service, key);
-    hmac_sha256(key, sizeof key, sts_buf, sts.len, hash);
-    explicit_bzero(key, sizeof key);
-
-    authz = (struct sink){ .buf = out->authorization, .cap = sizeof out->authorization };
-    sink_puts(&authz, SIGV4_ALGORITHM " Credential=");
-    sink_puts(&authz, cred->access_key_id);
-    sink_putc(&authz, '/');
-    sink_put(&authz, v.date, 8);
-    sink_putc(&authz, '/');
-    sink_puts(&authz, p->region);
-    sink_putc(&authz, '/');
-    sink_puts(&authz, p->service);
-    sink_puts(&authz, "/aws4_request, SignedHeaders=");
-    headers_write(&authz, &v, 0);
-    sink_puts(&authz, ", Signature=");
-    sink_hex(&authz, hash, sizeof hash);
-    if (sink_finish(&authz, "sigv4: the Authorization header", e) < 0) {
+    failed = credentials_check(cred, e) < 0 || scope_check(p, e) < 0 ||
+             view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,
+                       e) < 0 ||
+             sign_view(&v, cred, p, p->key ? p->key : &own, out, e) < 0;
+    explicit_bzero(&own, sizeof own);
+    if (failed) {
         memset(out, 0, sizeof *out);
         return -1;
     }
-
-    memcpy(out->amz_date, v.date, sizeof out->amz_date);
-    memcpy(out->content_sha256, v.payload_hash, sizeof out->content_sha256);
-    if (v.added_date)
-        out->added[out->num_added++] = (struct sigv4_header){ "X-Amz-Date", out->amz_date };
-    if (v.added_token)
-        out->added[out->num_added++] =
-            (struct sigv4_header){ "X-Amz-Security-Token", cred->session_token };
-    if (v.added_sha)
-        out->added[out->num_added++] =
-            (struct sigv4_header){ "x-amz-content-sha256", out->content_sha256 };
-    out->added[out->num_added++] = (struct sigv4_header){ "Authorization", out->authorization };
+    for (size_t i = 0; i < v.nextra; i++)
+        out->added[i] = v.extra[i];
+    out->added[v.nextra] = (struct sigv4_header){ "Authorization", out->authorization };
+    out->num_added = v.nextra + 1;
     return 0;
 }

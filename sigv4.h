@@ -4,8 +4,13 @@
  * The caller describes the request exactly as it will be sent, sigv4_sign() computes the
  * signature and hands back the headers to add (X-Amz-Date, X-Amz-Security-Token when a
  * session token is given, x-amz-content-sha256 when asked, and Authorization). SHA-256
- * and HMAC come from BearSSL. The secret key is only ever fed to HMAC, never formatted.
- * Nothing is allocated: the canonical request is hashed as it is produced.
+ * and HMAC come from BearSSL. The secret key is only ever fed to HMAC and SHA-256, never
+ * formatted. Nothing is allocated: the canonical request is hashed as it is produced.
+ * Deriving the signing key takes 4 HMACs: a caller signing many requests keeps a struct
+ * sigv4_key, which sigv4_sign() reuses for as long as the day, region, service and secret
+ * stay the same.
+ * Owns the canonical form, the string to sign and the keys. Not: the clock (the caller
+ * gives the date), where credentials come from, sending the request.
  *
  * Canonical form, as the AWS test vectors and the AWS SDKs have it:
  *  - path: with normalize_path, empty and "." segments are dropped, ".." removes the
@@ -32,7 +37,11 @@
 
 #include <stddef.h>
 #include <time.h>
+#include <bearssl_hmac.h>
 #include "err.h"
+
+#define SIGV4_MAX_NAME 64       /* region, service: real ones are under 32 characters */
+#define SIGV4_MAX_HEADERS 64    /* signed headers of one request, added ones included */
 
 struct sigv4_header {
     const char *name;
@@ -55,6 +64,16 @@ struct sigv4_request {
     size_t payload_len;
 };
 
+/* The signing key of one day, region and service, and which secret it came from (the
+ * SHA-256 of "AWS4" + secret: the secret itself is not kept). Zeroed to start. Like the
+ * signing it serves, one thread at a time. It is as good as the secret for that day: never
+ * log or copy it out. */
+struct sigv4_key {
+    char scope[8 + 2 * SIGV4_MAX_NAME + 16];   /* "YYYYMMDD/region/service/aws4_request" */
+    unsigned char secret_hash[32];
+    br_hmac_key_context hmac;                  /* the key, ready for HMAC-SHA256 */
+};
+
 struct sigv4_params {
     const char *region;              /* "us-east-1" */
     const char *service;             /* "sqs" */
@@ -62,6 +81,8 @@ struct sigv4_params {
                                         NULL when the request carries X-Amz-Date */
     int normalize_path;              /* 1 for every service but S3 */
     int add_content_sha256;          /* also sign and return x-amz-content-sha256 */
+    struct sigv4_key *key;           /* NULL (derive the key every time), or a cache that
+                                        sigv4_sign() uses and refreshes */
 };
 
 #define SIGV4_MAX_ADDED 4
@@ -84,8 +105,8 @@ void sigv4_format_date(time_t t, char out[17]);
  * that date). added[] lists X-Amz-Date, X-Amz-Security-Token, x-amz-content-sha256 (those
  * added) and Authorization, in that order. Returns 0, or -1 with e set: LERR_INVALID
  * (no Host, a malformed header name, date, region, service or access key id, a control
- * byte in the session token), LERR_TOO_LARGE (the signed header list does not fit in
- * authorization); then out->num_added is 0. */
+ * byte in the session token), LERR_TOO_LARGE (more than SIGV4_MAX_HEADERS signed headers,
+ * or their list does not fit in authorization); then out->num_added is 0. */
 int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *cred,
                const struct sigv4_params *p, struct sigv4_signature *out, struct lerr *e);
 

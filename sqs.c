@@ -1009,7 +1009,7 @@ static int sqs_call_signed(struct sqs_client *c, const struct sigv4_credentials 
             { "Content-Type", SQS_CONTENT_TYPE },
         };
         const struct sigv4_request sr = { "POST", "/", NULL, sh, 3, body, len };
-        const struct sigv4_params sp = { c->region, "sqs", date, 1, 0 };
+        const struct sigv4_params sp = { c->region, "sqs", date, 1, 0, &c->sigv4_key };
 
         if (sigv4_sign(&sr, cred, &sp, &sig, e) < 0) {
             lerr_wrap(e, "SQS %s: signing the request", op);

@@ -59,6 +59,8 @@ struct sqs_client {
     struct sigv4_credentials creds;   /* strings not owned; never logged */
     struct creds_provider *provider;  /* not owned; when set, each request is signed with
                                          its current credentials instead of creds */
+    struct sigv4_key sigv4_key;       /* the last signing key: derived once a day, or when
+                                         the secret rotates; never logged */
     int receive_max;                  /* MaxNumberOfMessages asked for at most: 10, halved
                                          after each answer over SQS_RECEIVE_MAX_BODY */
     /* Retry policy, set by sqs_client_init; tests shorten the backoff. */

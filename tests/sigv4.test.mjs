@@ -287,6 +287,14 @@ const sortPairs = (pairs) => pairs.map(([n, v]) => [n.toLowerCase(), v]).sort((a
 
 const describe = (d) => JSON.stringify(toToolInput(d));
 
+// The signature of a string to sign, by the book: the key from the secret and the scope
+// (the string to sign's third line), then HMAC-SHA256.
+function expectedSignature(secret, stringToSign) {
+  let key = Buffer.from('AWS4' + secret, 'utf8');
+  for (const part of stringToSign.split('\n')[2].split('/')) key = createHmac('sha256', key).update(part).digest();
+  return createHmac('sha256', key).update(stringToSign).digest('hex');
+}
+
 const r = prng(SEED);
 const requests = Array.from({ length: COUNT }, (_, i) => genRequest(r, i));
 let toolAnswers = null;
@@ -355,13 +363,29 @@ test("the tool's canonical request and string to sign are what was signed", { ti
     assert.equal(sts[1], d.amzDate);
     assert.equal(sts[2], `${d.amzDate.slice(0, 8)}/${d.region}/${d.service}/aws4_request`);
     assert.equal(sts[3], createHash('sha256').update(c.canonical_request, 'utf8').digest('hex'), `#${d.index}`);
-    let key = Buffer.from('AWS4' + d.secret, 'utf8');
-    for (const part of [d.amzDate.slice(0, 8), d.region, d.service, 'aws4_request']) key = createHmac('sha256', key).update(part).digest();
-    const sig = createHmac('sha256', key).update(c.string_to_sign).digest('hex');
+    const sig = expectedSignature(d.secret, c.string_to_sign);
     assert.ok(c.authorization.endsWith(`, Signature=${sig}`), `#${d.index}: signature is not HMAC(string_to_sign)`);
     checked++;
   }
   assert.equal(checked, COUNT);
+});
+
+// tool_sigv4 keeps one struct sigv4_key for all its lines, as an SQS client does for its
+// requests: each request twice in a row (the second reuses the first one's key), then with
+// another secret (same scope: the key must be derived again), then the next request (other
+// scope and secret, mostly).
+test('the signing key cache is reused for the same day, region, service and secret only', { timeout: TOOL_TIMEOUT_MS + 60_000 }, () => {
+  const inputs = requests.slice(0, 100).map(toToolInput).flatMap((x) => [x, x, { ...x, secret_access_key: `${x.secret_access_key}R` }]);
+  const answers = runTool(inputs);
+  answers.forEach((c, i) => {
+    assert.equal(c.error, undefined, `line ${i} refused: ${c.message}`);
+    const sig = expectedSignature(inputs[i].secret_access_key, c.string_to_sign);
+    assert.ok(c.authorization.endsWith(`, Signature=${sig}`), `line ${i}: not signed with its own secret and scope`);
+  });
+  for (let i = 0; i < answers.length; i += 3) {
+    assert.equal(answers[i + 1].authorization, answers[i].authorization, `line ${i + 1}: the reused key signs differently`);
+    assert.notEqual(answers[i + 2].authorization, answers[i].authorization, `line ${i + 2}: another secret, the same signature`);
+  }
 });
 
 test('the tool reports refused requests and goes on', { timeout: 60_000 }, () => {

@@ -232,7 +232,7 @@ static int vinput_load(struct vinput *in, const struct vcase *c, const char **wh
             fail_msg("cannot read %s/%s", c->dir, file);
         req_parse(&in->req, text, len);
         in->cred = (struct sigv4_credentials){ AKID, SECRET, aws4_token(c->stem) };
-        in->p = (struct sigv4_params){ "us-east-1", "service", VECTOR_DATE, 1, 0 };
+        in->p = (struct sigv4_params){ "us-east-1", "service", VECTOR_DATE, 1, 0, NULL };
         return 1;
     }
 
@@ -271,7 +271,7 @@ static int vinput_load(struct vinput *in, const struct vcase *c, const char **wh
     in->date[n] = '\0';
     in->p = (struct sigv4_params){ json_str(in->context, "region"),
                                    json_str(in->context, "service"), in->date, 1,
-                                   json_true(in->context, "sign_body") };
+                                   json_true(in->context, "sign_body"), NULL };
     return 1;
 }
 
@@ -509,7 +509,7 @@ static const struct sigv4_credentials CRED = { AKID, SECRET, NULL };
 
 static struct sigv4_params params(void)
 {
-    return (struct sigv4_params){ "us-east-1", "service", VECTOR_DATE, 1, 0 };
+    return (struct sigv4_params){ "us-east-1", "service", VECTOR_DATE, 1, 0, NULL };
 }
 
 /* Line `index` (0-based) of the canonical request of a bare GET with this path and query. */
@@ -872,11 +872,11 @@ static void test_invalid(void **state)
         { AKID, NULL, NULL },   { AKID, "", NULL },
     };
     struct sigv4_params ps[] = {
-        { "us-east-1", "service", "2015-08-30", 1, 0 },
-        { "us-east-1", "service", NULL, 1, 0 },
-        { "", "service", VECTOR_DATE, 1, 0 },
-        { "us/east", "service", VECTOR_DATE, 1, 0 },
-        { "us-east-1", NULL, VECTOR_DATE, 1, 0 },
+        { "us-east-1", "service", "2015-08-30", 1, 0, NULL },
+        { "us-east-1", "service", NULL, 1, 0, NULL },
+        { "", "service", VECTOR_DATE, 1, 0, NULL },
+        { "us/east", "service", VECTOR_DATE, 1, 0, NULL },
+        { "us-east-1", NULL, VECTOR_DATE, 1, 0, NULL },
     };
     struct sigv4_params p = params();
     struct sigv4_signature sig;
@@ -956,6 +956,72 @@ static void test_streamed_hash(void **state)
     }
 }
 
+/* Signs req with p and cred, with the cache when one is given, and returns the signature. */
+static void sign_with(const struct sigv4_request *req, const struct sigv4_credentials *cred,
+                      struct sigv4_params p, struct sigv4_key *cache, char out[65])
+{
+    struct sigv4_signature sig;
+    struct lerr e = { 0 };
+
+    p.key = cache;
+    if (sigv4_sign(req, cred, &p, &sig, &e) < 0)
+        fail_msg("sigv4_sign: %s", e.msg);
+    snprintf(out, 65, "%s", strstr(sig.authorization, "Signature=") + 10);
+}
+
+/* A struct sigv4_key is reused while day, region, service and secret are the same, and
+ * derived again as soon as one of them changes. */
+static void test_key_cache(void **state)
+{
+    struct sigv4_header h[] = { { "Host", "example.amazonaws.com" } };
+    struct sigv4_request req = { "POST", "/", NULL, h, 1, "{}", 2 };
+    const struct sigv4_credentials other = { AKID, "another-secret-of-the-same-key-id", NULL };
+    struct sigv4_params p = params();
+    struct sigv4_key cache;
+    char want[65], got[65];
+
+    memset(&cache, 0, sizeof cache);
+    sign_with(&req, &CRED, p, NULL, want);
+    sign_with(&req, &CRED, p, &cache, got);
+    assert_string_equal(got, want);
+    /* Only a hash of the secret is kept. */
+    assert_null(memmem(&cache, sizeof cache, SECRET, strlen(SECRET)));
+
+    /* A match is reused as it is: a key planted in the cache is what signs. */
+    br_hmac_key_init(&cache.hmac, &br_sha256_vtable, "planted", 7);
+    sign_with(&req, &CRED, p, &cache, got);
+    assert_string_not_equal(got, want);
+
+    /* Another secret for the same scope (credentials rotated): derived again. */
+    sign_with(&req, &other, p, NULL, want);
+    sign_with(&req, &other, p, &cache, got);
+    assert_string_equal(got, want);
+    sign_with(&req, &CRED, p, NULL, want);
+    sign_with(&req, &CRED, p, &cache, got);
+    assert_string_equal(got, want);
+
+    /* Another day, region or service: derived again. */
+    {
+        struct sigv4_params ps[3] = { p, p, p };
+        ps[0].amz_date = "20150831T000000Z";
+        ps[1].region = "eu-west-3";
+        ps[2].service = "sqs";
+        for (size_t i = 0; i < 3; i++) {
+            br_hmac_key_init(&cache.hmac, &br_sha256_vtable, "planted", 7);
+            sign_with(&req, &CRED, ps[i], NULL, want);
+            sign_with(&req, &CRED, ps[i], &cache, got);
+            assert_string_equal(got, want);
+        }
+    }
+    /* The same day at another time is the same key. */
+    sign_with(&req, &CRED, p, &cache, got);
+    br_hmac_key_init(&cache.hmac, &br_sha256_vtable, "planted", 7);
+    p.amz_date = "20150830T235959Z";
+    sign_with(&req, &CRED, p, NULL, want);
+    sign_with(&req, &CRED, p, &cache, got);
+    assert_string_not_equal(got, want);
+}
+
 /* ---- the run ------------------------------------------------------------------------------- */
 
 int main(void)
@@ -966,7 +1032,7 @@ int main(void)
         cmocka_unit_test(test_format_date),     cmocka_unit_test(test_signing_key),
         cmocka_unit_test(test_session_token),   cmocka_unit_test(test_request_date),
         cmocka_unit_test(test_small_buffer),    cmocka_unit_test(test_invalid),
-        cmocka_unit_test(test_streamed_hash),
+        cmocka_unit_test(test_streamed_hash),   cmocka_unit_test(test_key_cache),
     };
     size_t nunits = sizeof units / sizeof units[0];
     struct cases cs = { 0 };

@@ -1328,7 +1328,7 @@ static cJSON *check_request(struct env *v, size_t i, const char *op)
             { "X-Amz-Date", date }, { "X-Amz-Security-Token", token },
         };
         const struct sigv4_request sr = { "POST", "/", NULL, hs, 5, body, v->f.body_len[i] };
-        const struct sigv4_params sp = { "us-east-1", "sqs", date, 1, 0 };
+        const struct sigv4_params sp = { "us-east-1", "sqs", date, 1, 0, NULL };
         const struct sigv4_credentials creds = { AKID, SECRET, TOKEN };
 
         assert_int_equal(sigv4_sign(&sr, &creds, &sp, &sig, &e), 0);

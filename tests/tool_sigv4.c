@@ -11,6 +11,9 @@
  *   {"canonical_request","string_to_sign","authorization","added":[[name,value],...]}
  * or {"error":kind,"message":text} when lambdo refuses the request. canonical_request is
  * that of the request with the added headers on it, which is what was signed.
+ * One struct sigv4_key serves every line, as one does every request of an SQS client: a
+ * line signs with the key of the line before when its day, region, service and secret are
+ * the same, else derives its own.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,7 +79,7 @@ static int sts_call(void *ctx, char *b, size_t cap, struct lerr *e)
     return sigv4_string_to_sign(c->creq, c->p, b, cap, e);
 }
 
-static cJSON *sign_one(const cJSON *in)
+static cJSON *sign_one(const cJSON *in, struct sigv4_key *key)
 {
     const cJSON *hs = cJSON_GetObjectItemCaseSensitive(in, "headers"), *h;
     size_t nh = (size_t)cJSON_GetArraySize(hs), i = 0;
@@ -92,7 +95,7 @@ static cJSON *sign_one(const cJSON *in)
     };
     struct sigv4_params p = {
         str_or_null(in, "region"), str_or_null(in, "service"), str_or_null(in, "amz_date"),
-        flag(in, "normalize_path", 1), flag(in, "add_content_sha256", 0),
+        flag(in, "normalize_path", 1), flag(in, "add_content_sha256", 0), key,
     };
     struct sigv4_signature sig;
     struct lerr e = { 0 };
@@ -149,6 +152,7 @@ fail:
 
 int main(void)
 {
+    static struct sigv4_key key;
     char *line = NULL;
     size_t cap = 0;
 
@@ -160,7 +164,7 @@ int main(void)
             continue;
         in = cJSON_Parse(line);
         if (in) {
-            out = sign_one(in);
+            out = sign_one(in, &key);
         } else {
             struct lerr e;
             lerr_set(&e, LERR_INVALID, "input line is not JSON");
