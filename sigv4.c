@@ -345,27 +345,22 @@ static int header_signed(const char *name)
     return name_cmp(name, "proxy-", 1) != 0 && name_cmp(name, "sec-", 1) != 0;
 }
 
-static int is_space(unsigned char c)
-{
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
+#define SPACES " \t\r\n"
 
 /* Trims the value and collapses each run of spaces, tabs and line breaks (a folded,
  * multi-line value) into one space. */
 static void value_write(struct sink *s, const char *value)
 {
-    int gap = 0, started = 0;
+    const char *p = value + strspn(value, SPACES);
 
-    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-        if (is_space(*p)) {
-            gap = 1;
-            continue;
-        }
-        if (gap && started)
+    while (*p) {
+        size_t word = strcspn(p, SPACES);
+
+        sink_put(s, p, word);
+        p += word;
+        p += strspn(p, SPACES);
+        if (*p)
             sink_putc(s, ' ');
-        sink_putc(s, (char)*p);
-        gap = 0;
-        started = 1;
     }
 }
 
@@ -466,15 +461,11 @@ static void canonical_write(struct sink *s, const struct view *v)
 
 /* ---- validation and setup ------------------------------------------------------------------ */
 
+/* YYYYMMDDTHHMMSSZ */
 static int date_valid(const char *d)
 {
-    static const char shape[] = "ddddddddTddddddZ";
-
-    for (size_t i = 0; i < sizeof shape - 1; i++) {
-        if (shape[i] == 'd' ? !(d[i] >= '0' && d[i] <= '9') : d[i] != shape[i])
-            return 0;
-    }
-    return d[sizeof shape - 1] == '\0';
+    return strspn(d, "0123456789") == 8 && d[8] == 'T' && strspn(d + 9, "0123456789") == 6 &&
+           d[15] == 'Z' && d[16] == '\0';
 }
 
 /* Non-empty, and nothing that would break the header syntax or the canonical form: no
