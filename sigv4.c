@@ -51,6 +51,11 @@ static void sink_putc(struct sink *s, char c)
 
 static void sink_put(struct sink *s, const char *str, size_t n)
 {
+    if (s->len <= s->room && n <= s->room - s->len) {   /* the common case: one copy */
+        memcpy(s->buf + s->len, str, n);
+        s->len += n;
+        return;
+    }
     for (size_t i = 0; i < n; i++)
         sink_putc(s, str[i]);
 }
