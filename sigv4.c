@@ -247,67 +247,60 @@ static void path_write(struct sink *s, const char *path, int normalize)
 
 /* ---- canonical query ------------------------------------------------------------------------ */
 
+struct param {
+    struct range k, v;
+};
+
 /* Next parameter; a parameter without '=' has an empty value. */
-static int query_next(const char **cur, const char *end, struct range *key, struct range *val)
+static int query_next(const char **cur, const char *end, struct param *x)
 {
     const char *eq;
 
-    if (!piece_next(cur, end, '&', key))
+    if (!piece_next(cur, end, '&', &x->k))
         return 0;
-    eq = memchr(key->p, '=', (size_t)(key->end - key->p));
-    *val = (struct range){ eq ? eq + 1 : key->end, key->end };
+    eq = memchr(x->k.p, '=', (size_t)(x->k.end - x->k.p));
+    x->v = (struct range){ eq ? eq + 1 : x->k.end, x->k.end };
     if (eq)
-        key->end = eq;
+        x->k.end = eq;
     return 1;
 }
 
 /* Orders by encoded key, then encoded value, then position, so that identical parameters
  * are still distinct and each is written exactly once. */
-static int param_cmp(struct range ak, struct range av, struct range bk, struct range bv)
+static int param_cmp(const struct param *a, const struct param *b)
 {
-    int r = uri_cmp(ak, bk);
+    int r = uri_cmp(a->k, b->k);
 
     if (r == 0)
-        r = uri_cmp(av, bv);
+        r = uri_cmp(a->v, b->v);
     if (r == 0)
-        r = (ak.p > bk.p) - (ak.p < bk.p);
+        r = (a->k.p > b->k.p) - (a->k.p < b->k.p);
     return r;
 }
 
 /* Parameters are written in order by picking the next larger one each time: no scratch
- * array, and cheap for the handful a real request carries. */
+ * array, and cheap for the handful a real request carries. A parameter's key points into
+ * the query: a NULL one is none. */
 static void query_write(struct sink *s, const char *query)
 {
-    struct range last_k = { 0 }, last_v = { 0 }, k, v;
-    const char *end;
-    int have_last = 0;
+    const char *end = query ? query + strlen(query) : NULL;
+    struct param last = { 0 }, best, x;
 
-    if (!query)
-        return;
-    end = query + strlen(query);
     for (;;) {
-        struct range best_k = { 0 }, best_v = { 0 };
-        int have_best = 0;
-
-        for (const char *cur = query; query_next(&cur, end, &k, &v);) {
-            if (have_last && param_cmp(k, v, last_k, last_v) <= 0)
-                continue;
-            if (!have_best || param_cmp(k, v, best_k, best_v) < 0) {
-                best_k = k;
-                best_v = v;
-                have_best = 1;
-            }
+        best.k.p = NULL;
+        for (const char *cur = query; cur && query_next(&cur, end, &x);) {
+            if ((!last.k.p || param_cmp(&x, &last) > 0) &&
+                (!best.k.p || param_cmp(&x, &best) < 0))
+                best = x;
         }
-        if (!have_best)
+        if (!best.k.p)
             return;
-        if (have_last)
+        if (last.k.p)
             sink_putc(s, '&');
-        sink_uri(s, best_k, 1);
+        sink_uri(s, best.k, 1);
         sink_putc(s, '=');
-        sink_uri(s, best_v, 1);
-        last_k = best_k;
-        last_v = best_v;
-        have_last = 1;
+        sink_uri(s, best.v, 1);
+        last = best;
     }
 }
 
