@@ -83,15 +83,24 @@ static int sink_finish(struct sink *s, const char *what, struct lerr *e)
     return (int)s->len;
 }
 
-static void sha256_hex(const void *data, size_t len, char out[65])
+/* SHA-256 of a followed by the string b. */
+static void sha256_of(const void *a, size_t alen, const char *b, unsigned char out[32])
 {
     br_sha256_context sha;
+
+    br_sha256_init(&sha);
+    br_sha256_update(&sha, a, alen);
+    br_sha256_update(&sha, b, strlen(b));
+    br_sha256_out(&sha, out);
+    explicit_bzero(&sha, sizeof sha);   /* it may have hashed a secret */
+}
+
+static void sha256_hex(const void *data, size_t len, char out[65])
+{
     unsigned char hash[32];
     struct sink s = sink_buffer(out, 65);
 
-    br_sha256_init(&sha);
-    br_sha256_update(&sha, data, len);
-    br_sha256_out(&sha, hash);
+    sha256_of(data, len, "", hash);
     sink_hex(&s, hash, sizeof hash);
     out[64] = '\0';
 }
@@ -575,31 +584,19 @@ static void hmac_sha256(const void *key, size_t key_len, const void *data, size_
     explicit_bzero(&hc, sizeof hc);
 }
 
-/* SHA-256 of "AWS4" + secret: which secret a cached key came from, and the first HMAC key
- * when "AWS4" + secret is longer than HMAC's 64-byte block (HMAC then uses its hash). */
-static void secret_hash(const char *secret, unsigned char out[32])
-{
-    br_sha256_context sha;
-
-    br_sha256_init(&sha);
-    br_sha256_update(&sha, "AWS4", 4);
-    br_sha256_update(&sha, secret, strlen(secret));
-    br_sha256_out(&sha, out);
-    explicit_bzero(&sha, sizeof sha);
-}
-
 void sigv4_signing_key(const char *secret_access_key, const char *date8, const char *region,
                        const char *service, unsigned char key[32])
 {
     unsigned char k[64];
     size_t slen = strlen(secret_access_key), klen = 4 + slen;
 
-    /* Any secret length, no allocation. */
+    /* HMAC uses a key longer than its 64-byte block as its SHA-256, so "AWS4" + secret is
+     * hashed rather than copied when it would not fit: any secret length, no allocation. */
     if (klen <= sizeof k) {
         memcpy(k, "AWS4", 4);
         memcpy(k + 4, secret_access_key, slen);
     } else {
-        secret_hash(secret_access_key, k);
+        sha256_of("AWS4", 4, secret_access_key, k);
         klen = 32;
     }
     hmac_sha256(k, klen, date8, strnlen(date8, 8), key);
@@ -642,7 +639,7 @@ static void key_refresh(struct sigv4_key *k, const char *secret, const char *dat
 
     scope_write(&s, date, p);
     scope[s.len] = '\0';   /* fits: region and service are at most SIGV4_MAX_NAME long */
-    secret_hash(secret, hash);
+    sha256_of("AWS4", 4, secret, hash);   /* which secret, without keeping it */
     if (strcmp(k->scope, scope) != 0 || memcmp(k->secret_hash, hash, sizeof hash) != 0) {
         sigv4_signing_key(secret, date, p->region, p->service, key);
         br_hmac_key_init(&k->hmac, &br_sha256_vtable, key, sizeof key);
@@ -687,7 +684,6 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
                          char *buf, size_t cap, struct lerr *e)
 {
     struct sink s = sink_buffer(buf, cap);
-    br_sha256_context sha;
     unsigned char hash[32];
 
     if (!buf || !cap || !canonical_request)
@@ -696,9 +692,7 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
         return -1;
     if (!p->amz_date || !date_valid(p->amz_date))
         return lerr_set(e, LERR_INVALID, "sigv4: amz_date is not YYYYMMDDTHHMMSSZ");
-    br_sha256_init(&sha);
-    br_sha256_update(&sha, canonical_request, strlen(canonical_request));
-    br_sha256_out(&sha, hash);
+    sha256_of(canonical_request, strlen(canonical_request), "", hash);
     sts_write(&s, p->amz_date, p, hash);
     return sink_finish(&s, "sigv4: the string to sign", e);
 }
