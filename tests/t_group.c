@@ -289,7 +289,7 @@ static void test_bodies_stricter_than_cjson(void **state)
         const char *end = NULL;
         cJSON *j = cJSON_ParseWithLengthOpts(c->body, c->len, &end, 0);
         int cjson_ok = j && (size_t)(end - c->body) <= c->len;
-        int ours_ok = group_json_check(c->body, c->len, NULL, NULL) == 0;
+        int ours_ok = json_check(c->body, c->len, NULL, NULL) == 0;
 
         if (cjson_ok)
             while (end < c->body + c->len && strchr(" \t\r\n", *end) && *end)
@@ -304,26 +304,26 @@ static void test_bodies_stricter_than_cjson(void **state)
 
 static void test_json_depth(void **state)
 {
-    char buf[2 * (GROUP_JSON_MAX_DEPTH + 1)];
+    char buf[2 * (JSON_MAX_DEPTH + 1)];
     size_t at = 0;
     const char *why = NULL;
 
-    memset(buf, '[', GROUP_JSON_MAX_DEPTH);
-    memset(buf + GROUP_JSON_MAX_DEPTH, ']', GROUP_JSON_MAX_DEPTH);
-    assert_int_equal(group_json_check(buf, 2 * GROUP_JSON_MAX_DEPTH, NULL, NULL), 0);
+    memset(buf, '[', JSON_MAX_DEPTH);
+    memset(buf + JSON_MAX_DEPTH, ']', JSON_MAX_DEPTH);
+    assert_int_equal(json_check(buf, 2 * JSON_MAX_DEPTH, NULL, NULL), 0);
 
-    memset(buf, '[', GROUP_JSON_MAX_DEPTH + 1);
-    memset(buf + GROUP_JSON_MAX_DEPTH + 1, ']', GROUP_JSON_MAX_DEPTH + 1);
-    assert_int_equal(group_json_check(buf, sizeof buf, &at, &why), -1);
-    assert_int_equal(at, GROUP_JSON_MAX_DEPTH);
+    memset(buf, '[', JSON_MAX_DEPTH + 1);
+    memset(buf + JSON_MAX_DEPTH + 1, ']', JSON_MAX_DEPTH + 1);
+    assert_int_equal(json_check(buf, sizeof buf, &at, &why), -1);
+    assert_int_equal(at, JSON_MAX_DEPTH);
     assert_string_equal(why, "nested too deeply");
 
     /* Alternating objects and arrays keep their own closing brackets. */
     {
         static const char mixed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}]},2]}";
         static const char crossed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}}],2]}";
-        assert_int_equal(group_json_check(mixed, sizeof mixed - 1, NULL, NULL), 0);
-        assert_int_equal(group_json_check(crossed, sizeof crossed - 1, &at, NULL), -1);
+        assert_int_equal(json_check(mixed, sizeof mixed - 1, NULL, NULL), 0);
+        assert_int_equal(json_check(crossed, sizeof crossed - 1, &at, NULL), -1);
         assert_int_equal(at, 22);
     }
 }
