@@ -7,6 +7,7 @@
 #include <bearssl.h>
 
 #include "json.h"
+#include "text.h"
 
 /* ---- checking an event ----------------------------------------------------------------- */
 
@@ -316,7 +317,6 @@ int group_events_json_alloc(const struct event *events, const struct group *g, s
 
 void group_id(const struct event *events, const struct group *g, char out[GROUP_ID_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char sum[32];
     br_sha256_context h;
 
@@ -329,9 +329,5 @@ void group_id(const struct event *events, const struct group *g, char out[GROUP_
         br_sha256_update(&h, "\n", 1);
     }
     br_sha256_out(&h, sum);
-    for (int i = 0; i < GROUP_ID_LEN / 2; i++) {
-        out[2 * i] = hex[sum[i] >> 4];
-        out[2 * i + 1] = hex[sum[i] & 15];
-    }
-    out[GROUP_ID_LEN] = '\0';
+    text_hex_encode(sum, GROUP_ID_LEN / 2, out);
 }

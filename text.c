@@ -11,6 +11,17 @@ int text_hex_digit(unsigned char c)
     return -1;
 }
 
+void text_hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[in[i] >> 4];
+        out[2 * i + 1] = hex[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 int text_base64_digit(unsigned char c, int url)
 {
     if (c >= 'A' && c <= 'Z')

@@ -11,6 +11,9 @@
 /* 0..15 for [0-9a-fA-F], else -1. */
 int text_hex_digit(unsigned char c);
 
+/* Writes in[0..n) as 2n lowercase hex characters and a NUL into out. */
+void text_hex_encode(const unsigned char *in, size_t n, char *out);
+
 /* 0..63 for a base64 character, else -1 (padding '=' included). With url set, the
  * base64url alphabet ('-' and '_' for 62 and 63) instead of the standard one ('+', '/'). */
 int text_base64_digit(unsigned char c, int url);
