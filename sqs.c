@@ -164,31 +164,31 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
                           struct lerr *e)
 {
     static const char *const system_attrs[] = { "ApproximateReceiveCount" };
+    /* Each number is checked, then written when it is not -1 (the queue's default). */
+    const struct {
+        const char *name;
+        int value, min, max;
+    } nums[] = {
+        { "MaxNumberOfMessages", o->max_messages, 1, SQS_MAX_MESSAGES },
+        { "WaitTimeSeconds", o->wait_seconds, 0, SQS_MAX_WAIT },
+        { "VisibilityTimeout", o->visibility_timeout, -1, SQS_MAX_VISIBILITY },
+    };
     struct sbuf b = { 0 };
 
     if (sqs_queue_url_check(queue_url, "ReceiveMessage", e) < 0)
         return NULL;
-    if (o->max_messages < 1 || o->max_messages > SQS_MAX_MESSAGES) {
-        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: MaxNumberOfMessages must be 1 to %d, got %d",
-                 SQS_MAX_MESSAGES, o->max_messages);
-        return NULL;
-    }
-    if (o->wait_seconds < 0 || o->wait_seconds > SQS_MAX_WAIT) {
-        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: WaitTimeSeconds must be 0 to %d, got %d",
-                 SQS_MAX_WAIT, o->wait_seconds);
-        return NULL;
-    }
-    if (o->visibility_timeout < -1 || o->visibility_timeout > SQS_MAX_VISIBILITY) {
-        lerr_set(e, LERR_INVALID,
-                 "SQS ReceiveMessage: VisibilityTimeout must be 0 to %d (or -1), got %d",
-                 SQS_MAX_VISIBILITY, o->visibility_timeout);
-        return NULL;
+    for (size_t i = 0; i < 3; i++) {
+        if (nums[i].value < nums[i].min || nums[i].value > nums[i].max) {
+            lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: %s must be %d to %d%s, got %d",
+                     nums[i].name, nums[i].min < 0 ? 0 : nums[i].min, nums[i].max,
+                     nums[i].min < 0 ? " (or -1)" : "", nums[i].value);
+            return NULL;
+        }
     }
     sb_queue(&b, queue_url);
-    sb_int(&b, "MaxNumberOfMessages", o->max_messages);
-    sb_int(&b, "WaitTimeSeconds", o->wait_seconds);
-    if (o->visibility_timeout >= 0)
-        sb_int(&b, "VisibilityTimeout", o->visibility_timeout);
+    for (size_t i = 0; i < 3; i++)
+        if (nums[i].value >= 0)
+            sb_int(&b, nums[i].name, nums[i].value);
     sb_names(&b, "MessageAttributeNames", sqs_attr_names, 3);
     sb_names(&b, "MessageSystemAttributeNames", system_attrs, 1);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
@@ -415,21 +415,10 @@ static int sqs_kind_retryable(enum lerr_kind kind)
            kind == LERR_REFUSED || kind == LERR_DNS || kind == LERR_IO;
 }
 
-/* Copies what fits; a message cut short is still worth reading. */
-static void sqs_copy(char *dst, size_t cap, const char *src)
-{
-    size_t n = strlen(src);
-
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 static void sqs_note_local(struct sqs_client *c, const struct lerr *e, int retryable)
 {
     memset(&c->last_error, 0, sizeof c->last_error);
-    sqs_copy(c->last_error.message, sizeof c->last_error.message, e->msg);
+    sqs_set_text(c->last_error.message, sizeof c->last_error.message, e->msg, strlen(e->msg));
     c->last_error.retryable = retryable;
 }
 
@@ -780,17 +769,17 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
     return r;
 }
 
-/* Strict decimal; anything else counts as absent. */
-static unsigned long sqs_parse_count(const char *s, size_t len)
+/* 1 to max_digits decimal digits, strictly; -1 for anything else (it counts as absent). */
+static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
 {
-    unsigned long v = 0;
+    long v = 0;
 
-    if (len == 0 || len > 19)
-        return 0;
+    if (!s || len == 0 || len > max_digits)
+        return -1;
     for (size_t i = 0; i < len; i++) {
         if (s[i] < '0' || s[i] > '9')
-            return 0;
-        v = v * 10 + (unsigned long)(s[i] - '0');
+            return -1;
+        v = v * 10 + (s[i] - '0');
     }
     return v;
 }
@@ -805,7 +794,8 @@ static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
         if (strcmp(key, "ApproximateReceiveCount") == 0 && json_peek(&x->j) == '"') {
             if (json_string(&x->j, count, sizeof count, &n) < 0)
                 return rx_fail(x);
-            m->receive_count = n < sizeof count ? sqs_parse_count(count, n) : 0;
+            long v = sqs_parse_count(count, n, 18);
+            m->receive_count = v > 0 ? (unsigned long)v : 0;
         } else if (rx_skip(x) < 0) {
             return -1;
         }
@@ -1205,8 +1195,7 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
         return -1;
     }
     if (en->status != SQS_ENTRY_OK) {
-        sqs_copy(c->last_error.code, sizeof c->last_error.code, en->code);
-        sqs_copy(c->last_error.message, sizeof c->last_error.message, en->message);
+        sqs_why(c->last_error.code, c->last_error.message, en->code, en->message);
         return lerr_set(e, LERR_HTTP, "SQS SendMessage: message %s: %s: %s", en->message_id,
                         en->code, en->message);
     }
@@ -1665,9 +1654,8 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
     i = sqs_first(o, entries, n, SQS_ENTRY_FAILED);
     if (i == n)
         return 0;
-    sqs_copy(c->last_error.code, sizeof c->last_error.code, sqs_field(o, entries, i, o->code));
-    sqs_copy(c->last_error.message, sizeof c->last_error.message,
-             sqs_field(o, entries, i, o->message));
+    sqs_why(c->last_error.code, c->last_error.message, sqs_field(o, entries, i, o->code),
+            sqs_field(o, entries, i, o->message));
     c->last_error.retryable = 0;
     return sqs_entries_error(o, entries, n, SQS_ENTRY_FAILED, "failed", e);
 }
@@ -1715,11 +1703,8 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 static long sqs_attr_count(const cJSON *attrs, const char *name)
 {
     const char *v = sqs_json_string(attrs, name);
-    size_t n = v ? strlen(v) : 0;
 
-    if (n == 0 || n > 18 || strspn(v, "0123456789") != n)
-        return -1;
-    return (long)sqs_parse_count(v, n);
+    return sqs_parse_count(v, v ? strlen(v) : 0, 18);
 }
 
 /* RedrivePolicy is itself JSON text: {"deadLetterTargetArn":"arn:...","maxReceiveCount":5}
@@ -1734,10 +1719,9 @@ static void sqs_read_redrive(const char *policy, struct sqs_queue_info *out)
         sqs_set_text(out->dead_letter_arn, sizeof out->dead_letter_arn, arn, strlen(arn));
     if (cJSON_IsNumber(count) && count->valuedouble >= 0 && count->valuedouble < 1e9)
         out->max_receive_count = (long)count->valuedouble;
-    else if (cJSON_IsString(count) && count->valuestring && *count->valuestring &&
-             strlen(count->valuestring) < 10 &&
-             strspn(count->valuestring, "0123456789") == strlen(count->valuestring))
-        out->max_receive_count = strtol(count->valuestring, NULL, 10);
+    else if (cJSON_IsString(count))
+        out->max_receive_count = sqs_parse_count(count->valuestring,
+                                                 strlen(count->valuestring), 9);
     cJSON_Delete(j);
 }
 

@@ -160,6 +160,7 @@ static void test_receive_request_invalid(void **state)
         { QUEUE, { 1, 20, 43201 }, "VisibilityTimeout must be 0 to 43200 (or -1), got 43201" },
         { NULL, { 1, 20, -1 }, "no queue URL" },
         { "", { 1, 20, -1 }, "no queue URL" },
+        { "https://q/\xff", { 1, 20, -1 }, "the queue URL is not UTF-8" },
     };
 
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
