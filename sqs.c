@@ -519,18 +519,33 @@ static int sqs_backoff(struct sqs_client *c, unsigned attempt, unsigned attempts
     return 0;
 }
 
-static int sqs_call_retry(struct sqs_client *c, const char *op, const char *body, size_t len,
+/* Sends body, which the caller built (NULL when that failed: e says why) and this frees,
+ * until it is answered, fails for good or attempts (0 counts as 1) are used up. */
+static int sqs_call_retry(struct sqs_client *c, const char *op, char *body, size_t len,
                           int timeout_ms, unsigned attempts, struct http_response *resp,
                           struct lerr *e)
 {
-    for (unsigned attempt = 0;; attempt++) {
-        if (sqs_call(c, op, body, len, timeout_ms, resp, e) == 0)
-            return 0;
-        if (!c->last_error.retryable || attempt + 1 >= attempts)
-            return -1;
-        if (sqs_backoff(c, attempt, attempts, e, e) < 0)
-            return -1;
+    int r = -1;
+
+    if (!body) {
+        sqs_note_local(c, e, 0);
+        return -1;
     }
+    for (unsigned attempt = 0;; attempt++) {
+        r = sqs_call(c, op, body, len, timeout_ms, resp, e);
+        if (r == 0 || !c->last_error.retryable || attempt + 1 >= attempts ||
+            sqs_backoff(c, attempt, attempts, e, e) < 0)
+            break;
+    }
+    free(body);
+    return r;
+}
+
+/* An answer that cannot be read: the call failed, and trying again would not help. */
+static void sqs_unreadable(struct sqs_client *c, int status, const struct lerr *e)
+{
+    sqs_note_local(c, e, 0);
+    c->last_error.status = status;
 }
 
 static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
@@ -544,10 +559,6 @@ static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts 
 
     memset(b, 0, sizeof *b);
     body = sqs_receive_request(c->queue_url, o, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
     /* SQS sends nothing until a message arrives or wait_seconds pass, so the client's
      * per-wait limit must outlast the long poll too, not only the request's deadline. */
     timeout_ms = o->wait_seconds * 1000 + SQS_RECEIVE_SLACK_MS;
@@ -559,14 +570,11 @@ static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts 
     r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts, &resp, e);
     c->http->io_timeout_ms = saved_io;
     c->http->max_body = saved_max;
-    free(body);
     if (r < 0)
         return -1;
     r = sqs_parse_receive(resp.body, resp.body_len, b, e);
-    if (r < 0) {
-        sqs_note_local(c, e, 0);
-        c->last_error.status = resp.status;
-    }
+    if (r < 0)
+        sqs_unreadable(c, resp.status, e);
     http_response_free(&resp);
     return r;
 }
@@ -1145,13 +1153,6 @@ int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *e
 }
 
 
-/* Gives an entry the reason its whole request failed. */
-static void sqs_send_note(struct sqs_send_entry *en, const struct sqs_client *c,
-                          const struct lerr *e)
-{
-    sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
-}
-
 static void sqs_send_reset(void *entry)
 {
     struct sqs_send_entry *en = entry;
@@ -1165,33 +1166,21 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
     struct http_response resp;
     size_t len;
     char *body;
-    int r, status;
+    int r;
 
     sqs_send_reset(en);
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_send_request(c->queue_url, en, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        en->status = SQS_ENTRY_FAILED;
-        sqs_send_note(en, c, e);
-        return -1;
+    r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts, &resp, e);
+    if (r == 0) {
+        r = sqs_parse_send_result(resp.body, resp.body_len, en, e);
+        if (r < 0)
+            sqs_unreadable(c, resp.status, e);
+        http_response_free(&resp);
     }
-    r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts ? c->batch_attempts : 1,
-                       &resp, e);
-    free(body);
     if (r < 0) {
         en->status = SQS_ENTRY_FAILED;
-        sqs_send_note(en, c, e);
-        return -1;
-    }
-    status = resp.status;
-    r = sqs_parse_send_result(resp.body, resp.body_len, en, e);
-    http_response_free(&resp);
-    if (r < 0) {
-        sqs_note_local(c, e, 0);
-        c->last_error.status = status;
-        en->status = SQS_ENTRY_FAILED;
-        sqs_send_note(en, c, e);
+        sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
         return -1;
     }
     if (en->status != SQS_ENTRY_OK) {
@@ -1569,13 +1558,7 @@ static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, 
             sqs_entry_why(o, entries, i, "", "");
     }
     body = sqs_entries_request(o, c->queue_url, entries, n, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    r = sqs_call(c, o->name, body, len, 0, &resp, e);
-    free(body);
-    if (r < 0)
+    if (sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e) < 0)
         return -1;
     r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
     http_response_free(&resp);
@@ -1763,20 +1746,11 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_attributes_request(c->queue_url, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    r = sqs_call_retry(c, "GetQueueAttributes", body, len, 0,
-                       c->receive_attempts ? c->receive_attempts : 1, &resp, e);
-    free(body);
-    if (r < 0)
+    if (sqs_call_retry(c, "GetQueueAttributes", body, len, 0, c->receive_attempts, &resp, e) < 0)
         return -1;
     r = sqs_parse_attributes(resp.body, resp.body_len, out, e);
-    if (r < 0) {
-        sqs_note_local(c, e, 0);
-        c->last_error.status = resp.status;
-    }
+    if (r < 0)
+        sqs_unreadable(c, resp.status, e);
     http_response_free(&resp);
     return r;
 }
