@@ -796,13 +796,14 @@ static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     char key[32], count[24];
     size_t n;
+    long v;
     int state = 0, r = rx_optional(x, '{', index, "Attributes");
 
     while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
         if (strcmp(key, "ApproximateReceiveCount") == 0 && json_peek(&x->j) == '"') {
             if (json_string(&x->j, count, sizeof count, &n) < 0)
                 return rx_fail(x);
-            long v = sqs_parse_count(count, n, 18);
+            v = sqs_parse_count(count, n, 18);
             m->receive_count = v > 0 ? (unsigned long)v : 0;
         } else if (rx_skip(x) < 0) {
             return -1;
