@@ -200,7 +200,7 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
     const char *why;
     size_t at = 0;
 
-    if (group_json_items(buf, len, cli_push_element, &it, &at, &why) < 0) {
+    if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0) {
         free(it.v);
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
     }

@@ -17,13 +17,9 @@
  *   body     any JSON value (object, array, string, number, true, false, null), with
  *            optional JSON whitespace around it and nothing else in body_len bytes.
  *
- * JSON is checked strictly against RFC 8259, more strictly than cJSON: leading zeros,
- * "1." and "-.5", raw control characters in strings, invalid UTF-8, unpaired \u
- * surrogates, a byte-order mark and non-JSON whitespace (NUL, \v, \f) are all refused,
- * as is nesting deeper than GROUP_JSON_MAX_DEPTH. Bodies reach the Machine byte for
- * byte, so one body that a strict parser (JSON.parse, Python's json) refuses would make
- * the whole events file, and every event in it, unreadable. Numbers are never converted:
- * 12345678901234567890.123456789e-5 stays exactly that.
+ * Bodies and commands are checked by json_check (json.h), strictly against RFC 8259: a
+ * body that a strict parser refuses would make the whole events file, and every event in
+ * it, unreadable.
  *
  * Reasons are one line, name the attribute or the body, and quote the offending value
  * (truncated, non-printable bytes as \xNN); byte offsets are 0-based. Command elements
@@ -34,10 +30,10 @@
 
 #include <stddef.h>
 #include "err.h"
+#include "json.h"
 #include "preset.h"
 
 #define GROUP_MAX_PER_MACHINE 1000   /* events_per_machine is 1..this */
-#define GROUP_JSON_MAX_DEPTH  512    /* nested arrays and objects in a body or command */
 #define GROUP_IMAGE_MAX       512    /* bytes of an image reference */
 #define GROUP_ID_LEN          16     /* hex characters of a group id */
 
@@ -107,18 +103,5 @@ int group_events_json_alloc(const struct event *events, const struct group *g, s
  * of the SHA-256 of its members' message ids. The same messages grouped the same way
  * get the same id, so a Machine can be traced back (and a redelivered batch spotted). */
 void group_id(const struct event *events, const struct group *g, char out[GROUP_ID_LEN + 1]);
-
-/* The strict JSON check used for bodies and commands, on its own: 0 when s[0..len) is
- * exactly one JSON value with optional whitespace around it; else -1 with *err_at the
- * 0-based offset of the first offending byte and *why a short static description.
- * err_at and why may be NULL. */
-int group_json_check(const char *s, size_t len, size_t *err_at, const char **why);
-
-/* The same check, calling item(ctx, offset, len) for each element of a JSON array (for an
- * object: each member's value), in order: its exact bytes, without the whitespace around
- * it. On an error, item may already have been called for the elements before it. */
-typedef void (*group_json_item_fn)(void *ctx, size_t offset, size_t len);
-int group_json_items(const char *s, size_t len, group_json_item_fn item, void *ctx,
-                     size_t *err_at, const char **why);
 
 #endif

@@ -1,6 +1,371 @@
 #include "json.h"
 
 #include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "text.h"
+
+/* ---- the strict scanner ---------------------------------------------------------------- */
+
+static int json_fail(struct json *j, const unsigned char *at, const char *why)
+{
+    j->err_at = (size_t)(at - j->start);
+    j->why = why;
+    return -1;
+}
+
+void json_init(struct json *j, const char *s, size_t len)
+{
+    memset(j, 0, sizeof *j);
+    j->start = j->p = (const unsigned char *)(s ? s : "");
+    j->end = j->start + (s ? len : 0);
+    j->max_depth = JSON_MAX_DEPTH;
+}
+
+int json_peek(struct json *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+    return j->p < j->end ? *j->p : -1;
+}
+
+static int hex4(const unsigned char *p, const unsigned char *end, unsigned *out)
+{
+    unsigned v = 0;
+
+    if (end - p < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        int d = text_hex_digit(p[i]);
+        if (d < 0)
+            return -1;
+        v = v << 4 | (unsigned)d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The escape at p (its backslash): its bytes into out (*n of them, a surrogate pair joined
+ * into one code point), and what follows it; NULL on an error. A lone surrogate cannot be
+ * turned into UTF-8 (and cJSON refuses it), unless lenient (see json.h). */
+static const unsigned char *json_unescape(struct json *j, const unsigned char *p,
+                                          unsigned char out[4], unsigned *n)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    const unsigned char *q = p + 6;
+    const char *hit;
+    unsigned u, lo;
+
+    if (p + 1 == j->end)
+        return json_fail(j, p, "unterminated string"), NULL;
+    if (p[1] != 'u') {
+        if (!(hit = memchr(from, p[1], sizeof from - 1)))
+            return json_fail(j, p, "bad escape in string"), NULL;
+        out[0] = (unsigned char)to[hit - from];
+        *n = 1;
+        return p + 2;
+    }
+    if (hex4(p + 2, j->end, &u) < 0)
+        return json_fail(j, p, "bad \\u escape in string"), NULL;
+    if (u >= 0xD800 && u <= 0xDBFF && j->end - q >= 6 && q[0] == '\\' && q[1] == 'u' &&
+        hex4(q + 2, j->end, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
+        u = 0x10000 + ((u - 0xD800) << 10 | (lo - 0xDC00));
+        q += 6;
+    } else if (u >= 0xD800 && u <= 0xDFFF) {
+        if (!j->lenient)
+            return json_fail(j, p, "unpaired surrogate in \\u escape"), NULL;
+        j->lone++;
+    }
+    *n = text_utf8_put(u, out);
+    return q;
+}
+
+/* Appends s[0..n) to out[0..cap) as far as it fits; *len counts it all. */
+static void json_put(char *out, size_t cap, size_t *len, const void *s, size_t n)
+{
+    if (out && *len < cap)
+        memcpy(out + *len, s, n < cap - *len ? n : cap - *len);
+    *len += n;
+}
+
+/* 1 when none of the 8 bytes at p needs a look: no '"', '\\', control or non-ASCII byte.
+ * Strings are most of an SQS answer, and their bytes mostly plain ASCII: eight at a time
+ * is what keeps reading them cheap (a zero byte in x is found as (x - 1) & ~x & 0x80). */
+static int json_plain8(const unsigned char *p)
+{
+    const uint64_t ones = 0x0101010101010101u, high = ones * 0x80;
+    uint64_t v, q, b;
+
+    memcpy(&v, p, 8);
+    q = v ^ ones * '"';
+    b = v ^ ones * '\\';
+    return !((((q - ones) & ~q) | ((b - ones) & ~b) | (v - ones * 0x20) | v) & high);
+}
+
+int json_string(struct json *j, char *out, size_t cap, size_t *len)
+{
+    const unsigned char *p, *run;
+    size_t n = 0;
+
+    if (json_peek(j) != '"')
+        return json_fail(j, j->p, j->p == j->end ? "unexpected end" : "expected a string");
+    /* Plain bytes are copied in runs, up to the next quote or backslash. */
+    for (p = run = j->p + 1;;) {
+        unsigned char c, esc[4];
+        unsigned k, cp;
+        size_t m;
+
+        while (j->end - p >= 8 && json_plain8(p))
+            p += 8;
+        if (p == j->end)
+            return json_fail(j, p, "unterminated string");
+        c = *p;
+        if (c == '"' || c == '\\') {
+            json_put(out, cap, &n, run, (size_t)(p - run));
+            if (c == '"')
+                break;
+            if (!(p = json_unescape(j, p, esc, &k)))
+                return -1;
+            json_put(out, cap, &n, esc, k);
+            run = p;
+        } else if (c < 0x20) {
+            return json_fail(j, p, "control character in string");
+        } else if (c < 0x80 || j->lenient) {
+            p++;
+        } else if ((m = text_utf8_next(p, (size_t)(j->end - p), &cp))) {
+            p += m;
+        } else {
+            return json_fail(j, p, "invalid UTF-8");
+        }
+    }
+    j->p = p + 1;
+    if (out && n < cap)
+        out[n] = '\0';
+    if (len)
+        *len = n;
+    return 0;
+}
+
+static const unsigned char *json_digits(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p;
+}
+
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int json_number(struct json *j)
+{
+    const unsigned char *p = j->p, *q, *end = j->end;
+
+    if (*p == '-')
+        p++;
+    if (p == end || *p < '0' || *p > '9')
+        return json_fail(j, p, "expected a digit");
+    if (*p == '0') {
+        p++;
+        if (p < end && *p >= '0' && *p <= '9')
+            return json_fail(j, p - 1, "leading zero in number");
+    } else {
+        p = json_digits(p, end);
+    }
+    if (p < end && *p == '.') {
+        q = json_digits(p + 1, end);
+        if (q == p + 1)
+            return json_fail(j, q, "expected a digit after the decimal point");
+        p = q;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        q = json_digits(p, end);
+        if (q == p)
+            return json_fail(j, p, "expected a digit in the exponent");
+        p = q;
+    }
+    j->p = p;
+    return 0;
+}
+
+/* A value that is not an array or an object, starting with c at p. */
+static int json_scalar(struct json *j, int c)
+{
+    static const char *const words[] = { "true", "false", "null" };
+
+    if (c == -1)
+        return json_fail(j, j->p, "unexpected end");
+    if (c == '"')
+        return json_string(j, NULL, 0, NULL);
+    if (c == '-' || (c >= '0' && c <= '9'))
+        return json_number(j);
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        size_t n = strlen(words[i]);
+        if ((size_t)(j->end - j->p) >= n && memcmp(j->p, words[i], n) == 0) {
+            j->p += n;
+            return 0;
+        }
+    }
+    return json_fail(j, j->p, "unexpected character");
+}
+
+/* Inside an object or array, just after its opening bracket (first) or after a value:
+ * 1 when a value comes next (an object's member name and colon read, the name into key
+ * when key is not NULL), 0 after the closing bracket, -1. */
+static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
+{
+    int c = json_peek(j);
+    size_t n;
+
+    if (c == (obj ? '}' : ']')) {
+        j->p++;
+        return 0;
+    }
+    if (!first) {
+        if (c != ',')
+            return json_fail(j, j->p, c == -1 ? "unexpected end"
+                                      : obj ? "expected ',' or '}'" : "expected ',' or ']'");
+        j->p++;
+    }
+    if (!obj)
+        return 1;
+    c = json_peek(j);
+    if (c != '"')
+        return json_fail(j, j->p, c == -1 ? "unexpected end" : "expected a string key");
+    if (json_string(j, key, cap, &n) < 0)
+        return -1;
+    if (key && (n >= cap || strlen(key) != n))
+        key[0] = '\0';
+    if (json_peek(j) != ':')
+        return json_fail(j, j->p, "expected ':'");
+    j->p++;
+    return 1;
+}
+
+static int json_open(struct json *j, int *state, int open, char *key, size_t cap)
+{
+    if (*state)
+        return json_more(j, open == '{', 0, key, cap);
+    if (json_peek(j) != open)
+        return json_fail(j, j->p, open == '{' ? "expected an object" : "expected an array");
+    j->p++;
+    *state = 1;
+    return json_more(j, open == '{', 1, key, cap);
+}
+
+int json_member(struct json *j, int *state, char *key, size_t cap)
+{
+    return json_open(j, state, '{', key, cap);
+}
+
+int json_element(struct json *j, int *state)
+{
+    return json_open(j, state, '[', NULL, 0);
+}
+
+/* One value at p, checked, without recursion: a bit per nesting level says "object" or
+ * "array", so a deep value costs JSON_MAX_DEPTH bits of stack, never a deep C stack.
+ * item, when not NULL, is called for each value at depth 1. */
+static int json_value(struct json *j, json_item_fn item, void *ctx)
+{
+    unsigned char objects[JSON_MAX_DEPTH / 8];
+    const unsigned char *item_start = j->p;
+    size_t depth = 0;
+    int r;
+
+    for (;;) {
+        /* a value is expected at p */
+        int c = json_peek(j);
+
+        if (depth == 1)
+            item_start = j->p;
+        if (c == '[' || c == '{') {
+            if (depth >= j->max_depth || depth == JSON_MAX_DEPTH)
+                return json_fail(j, j->p, "nested too deeply");
+            if (c == '{')
+                objects[depth / 8] |= (unsigned char)(1u << depth % 8);
+            else
+                objects[depth / 8] &= (unsigned char)~(1u << depth % 8);
+            j->p++;
+            if ((r = json_more(j, c == '{', 1, NULL, 0)) < 0)
+                return -1;
+            if (r > 0) {
+                depth++;
+                continue;
+            }
+        } else if (json_scalar(j, c) < 0) {
+            return -1;
+        }
+        /* a value ended at depth: close the containers it ends, or go on to the next */
+        for (;;) {
+            if (depth == 1 && item)
+                item(ctx, (size_t)(item_start - j->start), (size_t)(j->p - item_start));
+            if (depth == 0)
+                return 0;
+            r = json_more(j, objects[(depth - 1) / 8] >> (depth - 1) % 8 & 1, 0, NULL, 0);
+            if (r < 0)
+                return -1;
+            if (r > 0)
+                break;
+            depth--;
+        }
+    }
+}
+
+int json_skip(struct json *j)
+{
+    return json_value(j, NULL, NULL);
+}
+
+int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *err_at,
+               const char **why)
+{
+    struct json j;
+
+    json_init(&j, s, len);
+    if (json_value(&j, item, ctx) == 0 && json_peek(&j) == -1)
+        return 0;
+    if (!j.why)
+        json_fail(&j, j.p, "unexpected data after the JSON value");
+    if (err_at)
+        *err_at = j.err_at;
+    if (why)
+        *why = j.why;
+    return -1;
+}
+
+int json_check(const char *s, size_t len, size_t *err_at, const char **why)
+{
+    return json_items(s, len, NULL, NULL, err_at, why);
+}
+
+void json_chars_open(struct json_chars *s, const char *quote)
+{
+    s->p = (const unsigned char *)quote + 1;
+    s->npend = s->ipend = 0;
+}
+
+int json_chars_next(struct json_chars *s)
+{
+    struct json j;
+    int c;
+
+    if (s->ipend < s->npend)
+        return s->pend[s->ipend++];
+    c = *s->p++;
+    if (c == '"')
+        return -1;
+    if (c != '\\')
+        return c;
+    /* A checked escape is at most 12 bytes, none of them NUL. */
+    json_init(&j, (const char *)s->p - 1, strnlen((const char *)s->p - 1, 12));
+    s->p = json_unescape(&j, s->p - 1, s->pend, &s->npend);
+    s->ipend = 1;
+    return s->pend[0];
+}
+
+/* ---- cJSON, under a lock ---------------------------------------------------------------- */
 
 static pthread_mutex_t json_mu = PTHREAD_MUTEX_INITIALIZER;
 

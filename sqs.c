@@ -19,6 +19,7 @@
 
 #include "json.h"
 #include "log.h"
+#include "text.h"
 
 #define SQS_CONTENT_TYPE "application/x-amz-json-1.0"
 
@@ -28,725 +29,173 @@
 static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS_ATTR_COMMAND };
 
 /* ======================================================================================
- * Request bodies (cJSON: nothing in them needs to be byte-exact)
+ * Request bodies, written by hand
+ *
+ * A body must reach the queue byte for byte, so requests are written here rather than
+ * through cJSON (which wants NUL-terminated copies): a string goes into a JSON string
+ * that escapes only '"', '\\' and control bytes and copies everything else, UTF-8
+ * included. Bodies are checked first (sqs_text_check), so the request is valid JSON and
+ * SQS decodes the string to exactly the bytes given.
  * ==================================================================================== */
 
-/* cJSON's Create and Add* helpers return NULL when out of memory (and Add* to a NULL
- * object fails too); one check at the end is enough because every failure leaves a NULL
- * behind that we count here. */
-static int sqs_json_ok(const void *p, int *ok)
+/* A growing, always NUL-terminated output; after an allocation failure it stops. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void sb_put(struct sbuf *b, const char *s, size_t n)
 {
-    if (!p)
-        *ok = 0;
-    return *ok;
+    if (b->oom)
+        return;
+    if (b->cap - b->len < n + 1) {
+        size_t cap = b->cap ? b->cap : 512;
+        char *p;
+
+        while (cap - b->len < n + 1) {
+            if (cap > SIZE_MAX / 2) {
+                b->oom = 1;
+                return;
+            }
+            cap *= 2;
+        }
+        p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
 }
 
-static char *sqs_json_print(cJSON *root, int ok, size_t *len, struct lerr *e)
+static void sb_lit(struct sbuf *b, const char *s)
 {
-    char *out = ok && root ? cJSON_PrintUnformatted(root) : NULL;
+    sb_put(b, s, strlen(s));
+}
 
-    cJSON_Delete(root);
-    if (!out) {
+static void sb_json_string(struct sbuf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+
+    sb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
+        char esc[7] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0' };
+
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        sb_put(b, s + run, i - run);
+        run = i + 1;
+        if (ch == '"' || ch == '\\') {
+            esc[1] = (char)ch;
+            esc[2] = '\0';
+            named = esc;
+        }
+        sb_lit(b, named ? named : esc);
+    }
+    sb_put(b, s + run, n - run);
+    sb_put(b, "\"", 1);
+}
+
+static char *sb_finish(struct sbuf *b, size_t *len, struct lerr *e)
+{
+    if (b->oom || !b->p) {
+        free(b->p);
         lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
         return NULL;
     }
-    *len = strlen(out);
-    return out;
+    *len = b->len;
+    return b->p;
 }
 
-static void sqs_json_names(cJSON *root, const char *key, const char *const *names, size_t n,
-                           int *ok)
+/* The queue URL is the caller's text, sent as it is: it only needs to be UTF-8 for the
+ * request to be JSON (control bytes are escaped). */
+static int sqs_queue_url_check(const char *queue_url, const char *op, struct lerr *e)
 {
-    cJSON *arr = cJSON_AddArrayToObject(root, key);
+    size_t len = queue_url ? strlen(queue_url) : 0;
+    unsigned cp;
 
-    for (size_t i = 0; sqs_json_ok(arr, ok) && i < n; i++) {
-        cJSON *s = cJSON_CreateString(names[i]);
-        if (!sqs_json_ok(s, ok) || !cJSON_AddItemToArray(arr, s)) {
-            cJSON_Delete(s);
-            *ok = 0;
-        }
+    if (len == 0)
+        return lerr_set(e, LERR_INVALID, "SQS %s: no queue URL", op);
+    for (size_t i = 0, n; i < len; i += n)
+        if ((n = text_utf8_next((const unsigned char *)queue_url + i, len - i, &cp)) == 0)
+            return lerr_set(e, LERR_INVALID, "SQS %s: the queue URL is not UTF-8", op);
+    return 0;
+}
+
+/* Every request starts with the queue: {"QueueUrl":"..." */
+static void sb_queue(struct sbuf *b, const char *queue_url)
+{
+    sb_lit(b, "{\"QueueUrl\":");
+    sb_json_string(b, queue_url, strlen(queue_url));
+}
+
+/* ,"key":v */
+static void sb_int(struct sbuf *b, const char *key, int v)
+{
+    char num[64];
+
+    snprintf(num, sizeof num, ",\"%s\":%d", key, v);
+    sb_lit(b, num);
+}
+
+/* ,"key":["name",...] */
+static void sb_names(struct sbuf *b, const char *key, const char *const *names, size_t n)
+{
+    sb_lit(b, ",\"");
+    sb_lit(b, key);
+    sb_lit(b, "\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            sb_lit(b, ",");
+        sb_json_string(b, names[i], strlen(names[i]));
     }
+    sb_lit(b, "]");
 }
 
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
                           struct lerr *e)
 {
     static const char *const system_attrs[] = { "ApproximateReceiveCount" };
-    cJSON *root;
-    int ok = 1;
+    /* Each number is checked, then written when it is not -1 (the queue's default). */
+    const struct {
+        const char *name;
+        int value, min, max;
+    } nums[] = {
+        { "MaxNumberOfMessages", o->max_messages, 1, SQS_MAX_MESSAGES },
+        { "WaitTimeSeconds", o->wait_seconds, 0, SQS_MAX_WAIT },
+        { "VisibilityTimeout", o->visibility_timeout, -1, SQS_MAX_VISIBILITY },
+    };
+    struct sbuf b = { 0 };
 
-    if (!queue_url || !*queue_url) {
-        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: no queue URL");
+    if (sqs_queue_url_check(queue_url, "ReceiveMessage", e) < 0)
         return NULL;
+    for (size_t i = 0; i < 3; i++) {
+        if (nums[i].value < nums[i].min || nums[i].value > nums[i].max) {
+            lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: %s must be %d to %d%s, got %d",
+                     nums[i].name, nums[i].min < 0 ? 0 : nums[i].min, nums[i].max,
+                     nums[i].min < 0 ? " (or -1)" : "", nums[i].value);
+            return NULL;
+        }
     }
-    if (o->max_messages < 1 || o->max_messages > SQS_MAX_MESSAGES) {
-        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: MaxNumberOfMessages must be 1 to %d, got %d",
-                 SQS_MAX_MESSAGES, o->max_messages);
-        return NULL;
-    }
-    if (o->wait_seconds < 0 || o->wait_seconds > SQS_MAX_WAIT) {
-        lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: WaitTimeSeconds must be 0 to %d, got %d",
-                 SQS_MAX_WAIT, o->wait_seconds);
-        return NULL;
-    }
-    if (o->visibility_timeout < -1 || o->visibility_timeout > SQS_MAX_VISIBILITY) {
-        lerr_set(e, LERR_INVALID,
-                 "SQS ReceiveMessage: VisibilityTimeout must be 0 to %d (or -1), got %d",
-                 SQS_MAX_VISIBILITY, o->visibility_timeout);
-        return NULL;
-    }
-    root = cJSON_CreateObject();
-    sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
-    sqs_json_ok(cJSON_AddNumberToObject(root, "MaxNumberOfMessages", o->max_messages), &ok);
-    sqs_json_ok(cJSON_AddNumberToObject(root, "WaitTimeSeconds", o->wait_seconds), &ok);
-    if (o->visibility_timeout >= 0)
-        sqs_json_ok(cJSON_AddNumberToObject(root, "VisibilityTimeout", o->visibility_timeout),
-                    &ok);
-    sqs_json_names(root, "MessageAttributeNames", sqs_attr_names, 3, &ok);
-    sqs_json_names(root, "MessageSystemAttributeNames", system_attrs, 1, &ok);
+    sb_queue(&b, queue_url);
+    for (size_t i = 0; i < 3; i++)
+        if (nums[i].value >= 0)
+            sb_int(&b, nums[i].name, nums[i].value);
+    sb_names(&b, "MessageAttributeNames", sqs_attr_names, 3);
+    sb_names(&b, "MessageSystemAttributeNames", system_attrs, 1);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
-    sqs_json_names(root, "AttributeNames", system_attrs, 1, &ok);
-    return sqs_json_print(root, ok, len, e);
-}
-
-/* ======================================================================================
- * The ReceiveMessage answer: a small strict pull parser
- *
- * cJSON hands back a string as a NUL-terminated copy and forgets its length, so a body
- * holding \u0000 would come back cut short. Bodies must reach the Machine byte for byte,
- * so the answer is read by this RFC 8259 parser, which decodes every string with its
- * length, straight into the batch's one allocation.
- * ==================================================================================== */
-
-#define JP_MAX_DEPTH 64
-#define RX "SQS ReceiveMessage answer"
-
-struct jp {
-    const char *start, *p, *end;
-    int depth;
-    struct lerr *e;
-};
-
-static int jp_fail(struct jp *j, const char *why)
-{
-    if (j->p >= j->end)
-        why = "unexpected end";
-    return lerr_set(j->e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu",
-                    why, (size_t)(j->p - j->start));
-}
-
-static int jp_peek(struct jp *j)
-{
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-        j->p++;
-    return j->p < j->end ? (unsigned char)*j->p : -1;
-}
-
-static int jp_literal(struct jp *j, const char *lit)
-{
-    size_t n = strlen(lit);
-
-    if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0)
-        return jp_fail(j, "unexpected character");
-    j->p += n;
-    return 0;
-}
-
-static int jp_digits(struct jp *j)
-{
-    const char *s = j->p;
-
-    while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
-        j->p++;
-    return j->p > s ? 0 : jp_fail(j, "bad number");
-}
-
-static int jp_number(struct jp *j)
-{
-    if (j->p < j->end && *j->p == '-')
-        j->p++;
-    if (j->p < j->end && *j->p == '0')
-        j->p++;
-    else if (jp_digits(j) < 0)
-        return -1;
-    if (j->p < j->end && *j->p == '.') {
-        j->p++;
-        if (jp_digits(j) < 0)
-            return -1;
-    }
-    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
-        j->p++;
-        if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
-            j->p++;
-        if (jp_digits(j) < 0)
-            return -1;
-    }
-    return 0;
-}
-
-/* Output of a string decode: bytes beyond cap are counted but not written. */
-struct jp_out {
-    char *buf;
-    size_t cap, len;
-};
-
-static void jp_put(struct jp_out *o, unsigned char ch)
-{
-    if (o->len < o->cap)
-        o->buf[o->len] = (char)ch;
-    o->len++;
-}
-
-/* UTF-8, generalised to surrogate code points (WTF-8) so a lone one survives as bytes
- * that any strict UTF-8 check downstream refuses. */
-static void jp_put_code(struct jp_out *o, unsigned cp)
-{
-    if (cp < 0x80) {
-        jp_put(o, (unsigned char)cp);
-    } else if (cp < 0x800) {
-        jp_put(o, (unsigned char)(0xc0 | cp >> 6));
-        jp_put(o, (unsigned char)(0x80 | (cp & 0x3f)));
-    } else if (cp < 0x10000) {
-        jp_put(o, (unsigned char)(0xe0 | cp >> 12));
-        jp_put(o, (unsigned char)(0x80 | (cp >> 6 & 0x3f)));
-        jp_put(o, (unsigned char)(0x80 | (cp & 0x3f)));
-    } else {
-        jp_put(o, (unsigned char)(0xf0 | cp >> 18));
-        jp_put(o, (unsigned char)(0x80 | (cp >> 12 & 0x3f)));
-        jp_put(o, (unsigned char)(0x80 | (cp >> 6 & 0x3f)));
-        jp_put(o, (unsigned char)(0x80 | (cp & 0x3f)));
-    }
-}
-
-static int jp_hex4(const char *s, unsigned *out)
-{
-    unsigned v = 0;
-
-    for (int i = 0; i < 4; i++) {
-        char c = s[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (unsigned)(c - 'A' + 10);
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* j->p is just past "\u". A high surrogate escape followed by a low one is one code
- * point; any other surrogate is lone and sets *lone. */
-static int jp_unicode(struct jp *j, struct jp_out *o, int *lone)
-{
-    unsigned cp, lo;
-
-    if (j->end - j->p < 4 || jp_hex4(j->p, &cp) < 0)
-        return jp_fail(j, "bad \\u escape");
-    j->p += 4;
-    if (cp >= 0xd800 && cp <= 0xdbff && j->end - j->p >= 6 && j->p[0] == '\\' &&
-        j->p[1] == 'u' && jp_hex4(j->p + 2, &lo) == 0 && lo >= 0xdc00 && lo <= 0xdfff) {
-        j->p += 6;
-        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-    } else if (cp >= 0xd800 && cp <= 0xdfff) {
-        *lone = 1;
-    }
-    jp_put_code(o, cp);
-    return 0;
-}
-
-static int jp_escape(struct jp *j, struct jp_out *o, int *lone)
-{
-    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
-    const char *hit;
-
-    if (j->p >= j->end)
-        return jp_fail(j, "unterminated string");
-    if (*j->p == 'u') {
-        j->p++;
-        return jp_unicode(j, o, lone);
-    }
-    hit = memchr(from, *j->p, sizeof from - 1);
-    if (!hit)
-        return jp_fail(j, "bad escape in a string");
-    jp_put(o, (unsigned char)to[hit - from]);
-    j->p++;
-    return 0;
-}
-
-/* Decodes the string value at j->p into o (NUL added when it fits). Raw bytes other
- * than controls are copied as they are: SQS sends UTF-8, and the body's bytes are not
- * ours to judge. */
-static int jp_string(struct jp *j, struct jp_out *o, int *lone)
-{
-    if (jp_peek(j) != '"')
-        return jp_fail(j, "expected a string");
-    j->p++;
-    for (;;) {
-        unsigned char ch;
-
-        if (j->p >= j->end)
-            return jp_fail(j, "unterminated string");
-        ch = (unsigned char)*j->p;
-        if (ch == '"')
-            break;
-        if (ch < 0x20)
-            return jp_fail(j, "control character in a string");
-        j->p++;
-        if (ch != '\\') {
-            jp_put(o, ch);
-        } else if (jp_escape(j, o, lone) < 0) {
-            return -1;
-        }
-    }
-    j->p++;
-    if (o->len < o->cap)
-        o->buf[o->len] = '\0';
-    return 0;
-}
-
-static int jp_skip(struct jp *j);
-static void sqs_set_text(char *out, size_t cap, const char *s, size_t len);
-
-/* Iterates an object: *state 0 before '{'. Returns 1 with the member's name in key (""
- * when longer than cap - 1 or holding a NUL, so it matches nothing) and j->p at its value;
- * 0 after the closing '}'; -1 on error. */
-static int jp_member(struct jp *j, int *state, char *key, size_t cap)
-{
-    struct jp_out o = { key, cap, 0 };
-    int c = jp_peek(j), lone = 0;
-
-    if (*state == 0) {
-        if (c != '{')
-            return jp_fail(j, "expected an object");
-        j->p++;
-        *state = 1;
-        if (jp_peek(j) == '}') {
-            j->p++;
-            return 0;
-        }
-    } else if (c == '}') {
-        j->p++;
-        return 0;
-    } else if (c != ',') {
-        return jp_fail(j, "expected ',' or '}'");
-    } else {
-        j->p++;
-    }
-    if (jp_peek(j) != '"')
-        return jp_fail(j, "expected a member name");
-    if (jp_string(j, &o, &lone) < 0)
-        return -1;
-    if (o.len >= cap || strlen(key) != o.len)
-        key[0] = '\0';
-    if (jp_peek(j) != ':')
-        return jp_fail(j, "expected ':'");
-    j->p++;
-    return 1;
-}
-
-/* Iterates an array: *state 0 before '['. Returns 1 with j->p at an element, 0 after the
- * closing ']', -1 on error. */
-static int jp_element(struct jp *j, int *state)
-{
-    int c = jp_peek(j);
-
-    if (*state == 0) {
-        if (c != '[')
-            return jp_fail(j, "expected an array");
-        j->p++;
-        *state = 1;
-        if (jp_peek(j) == ']') {
-            j->p++;
-            return 0;
-        }
-        return 1;
-    }
-    if (c == ']') {
-        j->p++;
-        return 0;
-    }
-    if (c != ',')
-        return jp_fail(j, "expected ',' or ']'");
-    j->p++;
-    return 1;
-}
-
-static int jp_skip_container(struct jp *j, int c)
-{
-    int state = 0, more;
-    char key[1];
-
-    if (++j->depth > JP_MAX_DEPTH)
-        return jp_fail(j, "nested too deeply");
-    if (c == '{') {
-        while ((more = jp_member(j, &state, key, sizeof key)) > 0)
-            if (jp_skip(j) < 0)
-                return -1;
-    } else {
-        while ((more = jp_element(j, &state)) > 0)
-            if (jp_skip(j) < 0)
-                return -1;
-    }
-    j->depth--;
-    return more;
-}
-
-/* Validates and steps over any value. */
-static int jp_skip(struct jp *j)
-{
-    struct jp_out none = { NULL, 0, 0 };
-    int c = jp_peek(j), lone = 0;
-
-    switch (c) {
-    case '"':
-        return jp_string(j, &none, &lone);
-    case '{':
-    case '[':
-        return jp_skip_container(j, c);
-    case 't':
-        return jp_literal(j, "true");
-    case 'f':
-        return jp_literal(j, "false");
-    case 'n':
-        return jp_literal(j, "null");
-    case -1:
-        return jp_fail(j, "unexpected end");
-    default:
-        if (c == '-' || (c >= '0' && c <= '9'))
-            return jp_number(j);
-        return jp_fail(j, "unexpected character");
-    }
-}
-
-/* An optional member: 0 when its value is null (consumed), 1 when it starts with open
- * ('{', '[' or '"'), else -1 naming the member and the type it should have. */
-static int jp_optional(struct jp *j, int open, int index, const char *name)
-{
-    int c = jp_peek(j);
-    const char *type = open == '{' ? "an object" : open == '[' ? "an array" : "a string";
-
-    if (c == 'n')
-        return jp_literal(j, "null") < 0 ? -1 : 0;
-    if (c == open)
-        return 1;
-    if (c == -1)
-        return jp_fail(j, "unexpected end");
-    if (index < 0)
-        return lerr_set(j->e, LERR_MALFORMED, RX ": %s is not %s", name,
-                        type);
-    return lerr_set(j->e, LERR_MALFORMED, RX ": Messages[%d].%s is not %s",
-                    index, name, type);
-}
-
-/* Where the decoded strings go: the batch's allocation. Every string kept comes from a
- * distinct quoted span of the answer, and decoding never makes a string longer than its
- * escaped form, so the decoded strings and their NULs fit in as many bytes as the answer
- * has: the arena cannot run out. */
-struct arena {
-    char *p;
-    size_t left;
-};
-
-static int jp_keep(struct jp *j, struct arena *a, const char **s, size_t *len, int *lone)
-{
-    struct jp_out o = { a->p, a->left, 0 };
-
-    if (jp_string(j, &o, lone) < 0)
-        return -1;
-    if (o.len >= a->left)  /* cannot happen (see struct arena); refuse rather than trust it */
-        return lerr_set(j->e, LERR_MALFORMED, RX ": string too long");
-    *s = a->p;
-    if (len)
-        *len = o.len;
-    a->p += o.len + 1;
-    a->left -= o.len + 1;
-    return 0;
-}
-
-/* A string member decoded into the arena; NULL when the value is null. */
-static int jp_keep_member(struct jp *j, struct arena *a, int index, const char *name,
-                          const char **s, size_t *len, int *lone)
-{
-    int r = jp_optional(j, '"', index, name);
-    int ignored = 0;
-
-    if (r <= 0) {
-        *s = NULL;
-        return r;
-    }
-    return jp_keep(j, a, s, len, lone ? lone : &ignored);
-}
-
-static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
-{
-    size_t n = strlen(m->problem);
-    va_list ap;
-
-    m->flags |= flag;
-    if (n > 0 && n + 2 < sizeof m->problem) {
-        memcpy(m->problem + n, "; ", 3);
-        n += 2;
-    }
-    if (n + 1 < sizeof m->problem) {
-        va_start(ap, fmt);
-        vsnprintf(m->problem + n, sizeof m->problem - n, fmt, ap);
-        va_end(ap);
-    }
-}
-
-/* "String" and custom string types ("String.url") carry their value in StringValue. */
-static int sqs_string_type(const char *type)
-{
-    return strcmp(type, "String") == 0 || strncmp(type, "String.", 7) == 0;
-}
-
-/* One message attribute value object: {"DataType": ..., "StringValue": ...}. */
-static int jp_attribute(struct jp *j, struct arena *a, int index, struct sqs_message *m,
-                        const char *name, const char **out)
-{
-    char key[16], type[48] = "";
-    const char *value = NULL;
-    size_t value_len = 0;
-    int state = 0, r, has_type = 0;
-
-    *out = NULL;
-    r = jp_optional(j, '{', index, "MessageAttributes value");
-    while (r > 0 && (r = jp_member(j, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "DataType") == 0) {
-            struct jp_out o = { type, sizeof type, 0 };
-            int lone = 0, t = jp_optional(j, '"', index, "MessageAttributes DataType");
-            if (t < 0 || (t > 0 && jp_string(j, &o, &lone) < 0))
-                return -1;
-            has_type = t > 0;
-            if (o.len >= sizeof type)  /* longer than any type we accept: show its start */
-                memcpy(type + sizeof type - 4, "...", 4);
-            else if (has_type && strlen(type) != o.len)  /* "String\u0000" is no String */
-                memcpy(type, "(a type holding NUL)", 21);
-        } else if (strcmp(key, "StringValue") == 0) {
-            if (jp_keep_member(j, a, index, "MessageAttributes StringValue", &value, &value_len,
-                               NULL) < 0)
-                return -1;
-        } else if (jp_skip(j) < 0) {
-            return -1;
-        }
-    }
-    if (r < 0)
-        return -1;
-    if (!has_type)
-        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no DataType", name);
-    else if (!sqs_string_type(type))
-        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE,
-                    "message attribute %s has DataType %s; only String is accepted", name, type);
-    else if (!value)
-        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no StringValue", name);
-    else if (strlen(value) != value_len)
-        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s contains a NUL character",
-                    name);
-    else
-        *out = value;
-    return 0;
-}
-
-static int jp_message_attributes(struct jp *j, struct arena *a, int index,
-                                 struct sqs_message *m)
-{
-    const char **slots[] = { &m->image, &m->size, &m->command };
-    char key[16];
-    int state = 0, r = jp_optional(j, '{', index, "MessageAttributes");
-
-    while (r > 0 && (r = jp_member(j, &state, key, sizeof key)) > 0) {
-        size_t i;
-        for (i = 0; i < 3 && strcmp(key, sqs_attr_names[i]) != 0; i++)
-            ;
-        if (i < 3 ? jp_attribute(j, a, index, m, sqs_attr_names[i], slots[i]) < 0
-                  : jp_skip(j) < 0)
-            return -1;
-    }
-    return r;
-}
-
-/* Strict decimal; anything else counts as absent. */
-static unsigned long sqs_parse_count(const char *s, size_t len)
-{
-    unsigned long v = 0;
-
-    if (len == 0 || len > 19)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-        v = v * 10 + (unsigned long)(s[i] - '0');
-    }
-    return v;
-}
-
-static int jp_system_attributes(struct jp *j, int index, struct sqs_message *m)
-{
-    char key[32], count[24];
-    int state = 0, lone = 0, r = jp_optional(j, '{', index, "Attributes");
-
-    while (r > 0 && (r = jp_member(j, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "ApproximateReceiveCount") == 0 && jp_peek(j) == '"') {
-            struct jp_out o = { count, sizeof count, 0 };
-            if (jp_string(j, &o, &lone) < 0)
-                return -1;
-            m->receive_count = o.len < sizeof count ? sqs_parse_count(count, o.len) : 0;
-        } else if (jp_skip(j) < 0) {
-            return -1;
-        }
-    }
-    return r;
-}
-
-static void sqs_md5_hex(const char *data, size_t len, char out[33])
-{
-    static const char hex[] = "0123456789abcdef";
-    unsigned char sum[br_md5_SIZE];
-    br_md5_context ctx;
-
-    br_md5_init(&ctx);
-    br_md5_update(&ctx, data, len);
-    br_md5_out(&ctx, sum);
-    for (size_t i = 0; i < sizeof sum; i++) {
-        out[2 * i] = hex[sum[i] >> 4];
-        out[2 * i + 1] = hex[sum[i] & 15];
-    }
-    out[32] = '\0';
-}
-
-/* The AWS SDKs refuse a message whose MD5OfBody does not match; here it only marks the
- * message, so one damaged message does not cost the others their turn. */
-static void sqs_check_md5(struct sqs_message *m)
-{
-    char md5[33];
-
-    if (!m->md5_of_body) {
-        m->md5_of_body = "";
-        msg_problem(m, SQS_MSG_MD5_MISMATCH, "message has no MD5OfBody to check the body with");
-        return;
-    }
-    sqs_md5_hex(m->body, m->body_len, md5);
-    if (strcasecmp(md5, m->md5_of_body) != 0)
-        msg_problem(m, SQS_MSG_MD5_MISMATCH,
-                    "MD5OfBody %.40s does not match the body received (MD5 %s): damaged in transit",
-                    m->md5_of_body, md5);
-}
-
-static int jp_message(struct jp *j, struct arena *a, int index, struct sqs_message *m)
-{
-    char key[32];
-    int state = 0, r, lone = 0;
-
-    if (jp_peek(j) == -1)
-        return jp_fail(j, "unexpected end");
-    if (jp_peek(j) != '{')
-        return lerr_set(j->e, LERR_MALFORMED, RX ": Messages[%d] is not an object",
-                        index);
-    while ((r = jp_member(j, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "MessageId") == 0)
-            r = jp_keep_member(j, a, index, key, &m->message_id, NULL, NULL);
-        else if (strcmp(key, "ReceiptHandle") == 0)
-            r = jp_keep_member(j, a, index, key, &m->receipt_handle, NULL, NULL);
-        else if (strcmp(key, "Body") == 0)
-            r = jp_keep_member(j, a, index, key, &m->body, &m->body_len, &lone);
-        else if (strcmp(key, "MD5OfBody") == 0)
-            r = jp_keep_member(j, a, index, key, &m->md5_of_body, NULL, NULL);
-        else if (strcmp(key, "Attributes") == 0)
-            r = jp_system_attributes(j, index, m);
-        else if (strcmp(key, "MessageAttributes") == 0)
-            r = jp_message_attributes(j, a, index, m);
-        else
-            r = jp_skip(j);
-        if (r < 0)
-            return -1;
-    }
-    if (r < 0)
-        return -1;
-    if (!m->message_id)
-        return lerr_set(j->e, LERR_MALFORMED, RX ": Messages[%d] has no MessageId", index);
-    if (!m->receipt_handle || !*m->receipt_handle)
-        return lerr_set(j->e, LERR_MALFORMED,
-                        RX ": message %.80s has no ReceiptHandle", m->message_id);
-    if (!m->body)
-        return lerr_set(j->e, LERR_MALFORMED, RX ": message %.80s has no Body",
-                        m->message_id);
-    if (lone)
-        msg_problem(m, SQS_MSG_BAD_UNICODE,
-                    "body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not "
-                    "Unicode text");
-    sqs_check_md5(m);
-    return 0;
-}
-
-static int jp_messages(struct jp *j, struct arena *a, struct sqs_batch *b)
-{
-    int state = 0, r = jp_optional(j, '[', -1, "Messages");
-
-    while (r > 0 && (r = jp_element(j, &state)) > 0) {
-        if (b->count == SQS_MAX_MESSAGES)
-            return lerr_set(j->e, LERR_MALFORMED, RX ": more than %d messages",
-                            SQS_MAX_MESSAGES);
-        if (jp_message(j, a, (int)b->count, &b->messages[b->count]) < 0)
-            return -1;
-        b->count++;
-    }
-    return r;
-}
-
-void sqs_batch_free(struct sqs_batch *b)
-{
-    free(b->mem);
-    memset(b, 0, sizeof *b);
-}
-
-int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct lerr *e)
-{
-    struct jp j = { json, json, json + len, 0, e };
-    size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
-    struct arena a;
-    char key[16];
-    int state = 0, r;
-
-    memset(b, 0, sizeof *b);
-    if (len > SIZE_MAX - msgs - 1)
-        return lerr_set(e, LERR_TOO_LARGE, RX " too large");
-    b->mem = calloc(1, msgs + len + 1);
-    if (!b->mem)
-        return lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
-    b->messages = b->mem;
-    a.p = (char *)b->mem + msgs;
-    a.left = len + 1;
-    if (jp_peek(&j) != '{') {
-        char start[40];
-        sqs_set_text(start, sizeof start, j.p, (size_t)(j.end - j.p));
-        r = lerr_set(e, LERR_MALFORMED, RX " is not a JSON object (%s%s%s)",
-                     start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
-        goto out;
-    }
-    while ((r = jp_member(&j, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "Messages") == 0)
-            r = jp_messages(&j, &a, b);
-        else
-            r = jp_skip(&j);
-        if (r < 0)
-            goto out;
-    }
-    if (r == 0 && jp_peek(&j) != -1)
-        r = jp_fail(&j, "unexpected data after the object");
-out:
-    if (r < 0) {
-        sqs_batch_free(b);
-        return -1;
-    }
-    return 0;
+    sb_names(&b, "AttributeNames", system_attrs, 1);
+    sb_lit(&b, "}");
+    return sb_finish(&b, len, e);
 }
 
 /* ======================================================================================
@@ -966,21 +415,10 @@ static int sqs_kind_retryable(enum lerr_kind kind)
            kind == LERR_REFUSED || kind == LERR_DNS || kind == LERR_IO;
 }
 
-/* Copies what fits; a message cut short is still worth reading. */
-static void sqs_copy(char *dst, size_t cap, const char *src)
-{
-    size_t n = strlen(src);
-
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 static void sqs_note_local(struct sqs_client *c, const struct lerr *e, int retryable)
 {
     memset(&c->last_error, 0, sizeof c->last_error);
-    sqs_copy(c->last_error.message, sizeof c->last_error.message, e->msg);
+    sqs_set_text(c->last_error.message, sizeof c->last_error.message, e->msg, strlen(e->msg));
     c->last_error.retryable = retryable;
 }
 
@@ -1081,18 +519,33 @@ static int sqs_backoff(struct sqs_client *c, unsigned attempt, unsigned attempts
     return 0;
 }
 
-static int sqs_call_retry(struct sqs_client *c, const char *op, const char *body, size_t len,
+/* Sends body, which the caller built (NULL when that failed: e says why) and this frees,
+ * until it is answered, fails for good or attempts (0 counts as 1) are used up. */
+static int sqs_call_retry(struct sqs_client *c, const char *op, char *body, size_t len,
                           int timeout_ms, unsigned attempts, struct http_response *resp,
                           struct lerr *e)
 {
-    for (unsigned attempt = 0;; attempt++) {
-        if (sqs_call(c, op, body, len, timeout_ms, resp, e) == 0)
-            return 0;
-        if (!c->last_error.retryable || attempt + 1 >= attempts)
-            return -1;
-        if (sqs_backoff(c, attempt, attempts, e, e) < 0)
-            return -1;
+    int r = -1;
+
+    if (!body) {
+        sqs_note_local(c, e, 0);
+        return -1;
     }
+    for (unsigned attempt = 0;; attempt++) {
+        r = sqs_call(c, op, body, len, timeout_ms, resp, e);
+        if (r == 0 || !c->last_error.retryable || attempt + 1 >= attempts ||
+            sqs_backoff(c, attempt, attempts, e, e) < 0)
+            break;
+    }
+    free(body);
+    return r;
+}
+
+/* An answer that cannot be read: the call failed, and trying again would not help. */
+static void sqs_unreadable(struct sqs_client *c, int status, const struct lerr *e)
+{
+    sqs_note_local(c, e, 0);
+    c->last_error.status = status;
 }
 
 static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
@@ -1106,10 +559,6 @@ static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts 
 
     memset(b, 0, sizeof *b);
     body = sqs_receive_request(c->queue_url, o, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
     /* SQS sends nothing until a message arrives or wait_seconds pass, so the client's
      * per-wait limit must outlast the long poll too, not only the request's deadline. */
     timeout_ms = o->wait_seconds * 1000 + SQS_RECEIVE_SLACK_MS;
@@ -1121,14 +570,11 @@ static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts 
     r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts, &resp, e);
     c->http->io_timeout_ms = saved_io;
     c->http->max_body = saved_max;
-    free(body);
     if (r < 0)
         return -1;
     r = sqs_parse_receive(resp.body, resp.body_len, b, e);
-    if (r < 0) {
-        sqs_note_local(c, e, 0);
-        c->last_error.status = resp.status;
-    }
+    if (r < 0)
+        sqs_unreadable(c, resp.status, e);
     http_response_free(&resp);
     return r;
 }
@@ -1153,129 +599,364 @@ int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct s
 }
 
 /* ======================================================================================
- * SendMessage and SendMessageBatch (lambdo send)
+ * The ReceiveMessage answer, read with json.c's scanner
  *
- * A body must reach the queue byte for byte, so these requests are written by hand
- * rather than through cJSON (which wants NUL-terminated copies): the body goes into a
- * JSON string that escapes only '"', '\\' and control bytes and copies everything else,
- * UTF-8 included. Bodies are checked first (sqs_text_check), so the request is valid
- * JSON and SQS decodes the string to exactly the bytes given.
+ * cJSON hands back a string as a NUL-terminated copy and forgets its length, so a body
+ * holding \u0000 would come back cut short. Bodies must reach the Machine byte for byte,
+ * so every string is decoded with its length, straight into the batch's one allocation.
+ * The scanner is lenient about strings here (json.h): a body's bytes are not ours to
+ * judge, and a lone surrogate costs only its own message.
  * ==================================================================================== */
 
-/* A growing, always NUL-terminated output; after an allocation failure it stops. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
+#define RX "SQS ReceiveMessage answer"
+#define RX_MAX_DEPTH 64
+
+/* Reading an answer. Decoded strings go to the arena, in the batch's allocation: every
+ * string kept comes from a distinct quoted span of the answer, and decoding never makes a
+ * string longer than its escaped form, so the decoded strings and their NULs fit in as
+ * many bytes as the answer has: the arena cannot run out. */
+struct rx {
+    struct json j;
+    struct lerr *e;
+    char *arena;
+    size_t left;
 };
 
-static void sb_put(struct sbuf *b, const char *s, size_t n)
+/* The scanner's error in the answer's words; at the very end, the answer was cut short. */
+static int rx_fail(struct rx *x)
 {
-    if (b->oom)
-        return;
-    if (b->cap - b->len < n + 1) {
-        size_t cap = b->cap ? b->cap : 512;
-        char *p;
+    const char *why = x->j.err_at == (size_t)(x->j.end - x->j.start) ? "unexpected end"
+                                                                     : x->j.why;
 
-        while (cap - b->len < n + 1) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = 1;
-                return;
-            }
-            cap *= 2;
-        }
-        p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
+    return lerr_set(x->e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu", why,
+                    x->j.err_at);
 }
 
-static void sb_lit(struct sbuf *b, const char *s)
+/* The next member (key not NULL) or element, as json_member and json_element. */
+static int rx_next(struct rx *x, int *state, char *key, size_t cap)
 {
-    sb_put(b, s, strlen(s));
+    int r = key ? json_member(&x->j, state, key, cap) : json_element(&x->j, state);
+
+    return r < 0 ? rx_fail(x) : r;
 }
 
-static void sb_json_string(struct sbuf *b, const char *s, size_t n)
+static int rx_skip(struct rx *x)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t run = 0;
-
-    sb_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
-        char esc[7] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0' };
-
-        if (ch >= 0x20 && ch != '"' && ch != '\\')
-            continue;
-        sb_put(b, s + run, i - run);
-        run = i + 1;
-        if (ch == '"' || ch == '\\') {
-            esc[1] = (char)ch;
-            esc[2] = '\0';
-            named = esc;
-        }
-        sb_lit(b, named ? named : esc);
-    }
-    sb_put(b, s + run, n - run);
-    sb_put(b, "\"", 1);
+    return json_skip(&x->j) < 0 ? rx_fail(x) : 0;
 }
 
-static char *sb_finish(struct sbuf *b, size_t *len, struct lerr *e)
+/* An optional member: 0 when its value is null (consumed), 1 when it starts with open
+ * ('{', '[' or '"'), else -1 naming the member and the type it should have. */
+static int rx_optional(struct rx *x, int open, int index, const char *name)
 {
-    if (b->oom || !b->p) {
-        free(b->p);
-        lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
-        return NULL;
-    }
-    *len = b->len;
-    return b->p;
+    int c = json_peek(&x->j);
+    const char *type = open == '{' ? "an object" : open == '[' ? "an array" : "a string";
+
+    if (c == open)
+        return 1;
+    if (c == 'n' || c == -1)  /* null, or an error for what is not */
+        return rx_skip(x);
+    if (index < 0)
+        return lerr_set(x->e, LERR_MALFORMED, RX ": %s is not %s", name, type);
+    return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d].%s is not %s", index, name, type);
 }
 
-/* One UTF-8 sequence at p (avail bytes), strictly: no overlong forms, no surrogates,
- * nothing above U+10FFFF. Returns its length with *cp set, or 0 when it is not UTF-8. */
-static size_t sqs_utf8_next(const unsigned char *p, size_t avail, unsigned *cp)
+/* The string at p, decoded into the arena. */
+static int rx_keep(struct rx *x, const char **s, size_t *len)
 {
-    unsigned char c = p[0], lo = 0x80, hi = 0xbf;
     size_t n;
 
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf)
-        n = 2;
-    else if (c >= 0xe0 && c <= 0xef)
-        n = 3;
-    else if (c >= 0xf0 && c <= 0xf4)
-        n = 4;
-    else
-        return 0;
-    if (c == 0xe0)
-        lo = 0xa0;
-    else if (c == 0xed)
-        hi = 0x9f;
-    else if (c == 0xf0)
-        lo = 0x90;
-    else if (c == 0xf4)
-        hi = 0x8f;
-    if (avail < n || p[1] < lo || p[1] > hi)
-        return 0;
-    *cp = c & (n == 2 ? 0x1f : n == 3 ? 0x0f : 0x07);
-    for (size_t i = 1; i < n; i++) {
-        if (i > 1 && (p[i] < 0x80 || p[i] > 0xbf))
-            return 0;
-        *cp = *cp << 6 | (p[i] & 0x3f);
-    }
-    return n;
+    if (json_string(&x->j, x->arena, x->left, &n) < 0)
+        return rx_fail(x);
+    if (n >= x->left)  /* cannot happen (see struct rx); refuse rather than trust it */
+        return lerr_set(x->e, LERR_MALFORMED, RX ": string too long");
+    *s = x->arena;
+    if (len)
+        *len = n;
+    x->arena += n + 1;
+    x->left -= n + 1;
+    return 0;
 }
+
+/* A string member decoded into the arena; NULL when the value is null. */
+static int rx_keep_member(struct rx *x, int index, const char *name, const char **s,
+                          size_t *len)
+{
+    int r = rx_optional(x, '"', index, name);
+
+    *s = NULL;
+    return r > 0 ? rx_keep(x, s, len) : r;
+}
+
+static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
+{
+    size_t n = strlen(m->problem);
+    va_list ap;
+
+    m->flags |= flag;
+    if (n > 0 && n + 2 < sizeof m->problem) {
+        memcpy(m->problem + n, "; ", 3);
+        n += 2;
+    }
+    if (n + 1 < sizeof m->problem) {
+        va_start(ap, fmt);
+        vsnprintf(m->problem + n, sizeof m->problem - n, fmt, ap);
+        va_end(ap);
+    }
+}
+
+/* "String" and custom string types ("String.url") carry their value in StringValue. */
+static int sqs_string_type(const char *type)
+{
+    return strcmp(type, "String") == 0 || strncmp(type, "String.", 7) == 0;
+}
+
+/* One message attribute value object: {"DataType": ..., "StringValue": ...}. */
+static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const char *name,
+                        const char **out)
+{
+    char key[16], type[48] = "";
+    const char *value = NULL;
+    size_t value_len = 0, n;
+    int state = 0, r, has_type = 0;
+
+    *out = NULL;
+    r = rx_optional(x, '{', index, "MessageAttributes value");
+    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
+        if (strcmp(key, "DataType") == 0) {
+            if ((has_type = rx_optional(x, '"', index, "MessageAttributes DataType")) < 0)
+                return -1;
+            if (has_type && json_string(&x->j, type, sizeof type, &n) < 0)
+                return rx_fail(x);
+            if (has_type && n >= sizeof type)  /* longer than any type we accept: its start */
+                memcpy(type + sizeof type - 4, "...", 4);
+            else if (has_type && strlen(type) != n)  /* "String\u0000" is no String */
+                memcpy(type, "(a type holding NUL)", 21);
+        } else if (strcmp(key, "StringValue") == 0) {
+            if (rx_keep_member(x, index, "MessageAttributes StringValue", &value,
+                               &value_len) < 0)
+                return -1;
+        } else if (rx_skip(x) < 0) {
+            return -1;
+        }
+    }
+    if (r < 0)
+        return -1;
+    if (!has_type)
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no DataType", name);
+    else if (!sqs_string_type(type))
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE,
+                    "message attribute %s has DataType %s; only String is accepted", name, type);
+    else if (!value)
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no StringValue", name);
+    else if (strlen(value) != value_len)
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s contains a NUL character",
+                    name);
+    else
+        *out = value;
+    return 0;
+}
+
+static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
+{
+    const char **slots[] = { &m->image, &m->size, &m->command };
+    char key[16];
+    int state = 0, r = rx_optional(x, '{', index, "MessageAttributes");
+
+    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
+        size_t i;
+        for (i = 0; i < 3 && strcmp(key, sqs_attr_names[i]) != 0; i++)
+            ;
+        if (i < 3 ? rx_attribute(x, index, m, sqs_attr_names[i], slots[i]) < 0
+                  : rx_skip(x) < 0)
+            return -1;
+    }
+    return r;
+}
+
+/* 1 to max_digits decimal digits, strictly; -1 for anything else (it counts as absent). */
+static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
+{
+    long v = 0;
+
+    if (!s || len == 0 || len > max_digits)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
+{
+    char key[32], count[24];
+    size_t n;
+    long v;
+    int state = 0, r = rx_optional(x, '{', index, "Attributes");
+
+    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
+        if (strcmp(key, "ApproximateReceiveCount") == 0 && json_peek(&x->j) == '"') {
+            if (json_string(&x->j, count, sizeof count, &n) < 0)
+                return rx_fail(x);
+            v = sqs_parse_count(count, n, 18);
+            m->receive_count = v > 0 ? (unsigned long)v : 0;
+        } else if (rx_skip(x) < 0) {
+            return -1;
+        }
+    }
+    return r;
+}
+
+/* The MD5 of data[0..len) as 32 lowercase hex characters. */
+static void sqs_md5_hex(const char *data, size_t len, char out[33])
+{
+    unsigned char sum[br_md5_SIZE];
+    br_md5_context ctx;
+
+    br_md5_init(&ctx);
+    br_md5_update(&ctx, data, len);
+    br_md5_out(&ctx, sum);
+    text_hex_encode(sum, sizeof sum, out);
+}
+
+/* The AWS SDKs refuse a message whose MD5OfBody does not match; here it only marks the
+ * message, so one damaged message does not cost the others their turn. */
+static void sqs_check_md5(struct sqs_message *m)
+{
+    char md5[33];
+
+    if (!m->md5_of_body) {
+        m->md5_of_body = "";
+        msg_problem(m, SQS_MSG_MD5_MISMATCH, "message has no MD5OfBody to check the body with");
+        return;
+    }
+    sqs_md5_hex(m->body, m->body_len, md5);
+    if (strcasecmp(md5, m->md5_of_body) != 0)
+        msg_problem(m, SQS_MSG_MD5_MISMATCH,
+                    "MD5OfBody %.40s does not match the body received (MD5 %s): damaged in transit",
+                    m->md5_of_body, md5);
+}
+
+static int rx_message(struct rx *x, int index, struct sqs_message *m)
+{
+    char key[32];
+    int state = 0, r, lone = 0;
+
+    if (json_peek(&x->j) == -1)
+        return rx_skip(x);
+    if (json_peek(&x->j) != '{')
+        return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
+    while ((r = rx_next(x, &state, key, sizeof key)) > 0) {
+        unsigned lone_before = x->j.lone;
+
+        if (strcmp(key, "MessageId") == 0)
+            r = rx_keep_member(x, index, key, &m->message_id, NULL);
+        else if (strcmp(key, "ReceiptHandle") == 0)
+            r = rx_keep_member(x, index, key, &m->receipt_handle, NULL);
+        else if (strcmp(key, "Body") == 0) {
+            r = rx_keep_member(x, index, key, &m->body, &m->body_len);
+            lone = x->j.lone != lone_before;
+        }
+        else if (strcmp(key, "MD5OfBody") == 0)
+            r = rx_keep_member(x, index, key, &m->md5_of_body, NULL);
+        else if (strcmp(key, "Attributes") == 0)
+            r = rx_system_attributes(x, index, m);
+        else if (strcmp(key, "MessageAttributes") == 0)
+            r = rx_message_attributes(x, index, m);
+        else
+            r = rx_skip(x);
+        if (r < 0)
+            return -1;
+    }
+    if (r < 0)
+        return -1;
+    if (!m->message_id)
+        return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] has no MessageId", index);
+    if (!m->receipt_handle || !*m->receipt_handle)
+        return lerr_set(x->e, LERR_MALFORMED, RX ": message %.80s has no ReceiptHandle",
+                        m->message_id);
+    if (!m->body)
+        return lerr_set(x->e, LERR_MALFORMED, RX ": message %.80s has no Body", m->message_id);
+    if (lone)
+        msg_problem(m, SQS_MSG_BAD_UNICODE,
+                    "body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                    "Unicode text");
+    sqs_check_md5(m);
+    return 0;
+}
+
+static int rx_messages(struct rx *x, struct sqs_batch *b)
+{
+    int state = 0, r = rx_optional(x, '[', -1, "Messages");
+
+    while (r > 0 && (r = rx_next(x, &state, NULL, 0)) > 0) {
+        if (b->count == SQS_MAX_MESSAGES)
+            return lerr_set(x->e, LERR_MALFORMED, RX ": more than %d messages",
+                            SQS_MAX_MESSAGES);
+        if (rx_message(x, (int)b->count, &b->messages[b->count]) < 0)
+            return -1;
+        b->count++;
+    }
+    return r;
+}
+
+void sqs_batch_free(struct sqs_batch *b)
+{
+    free(b->mem);
+    memset(b, 0, sizeof *b);
+}
+
+int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct lerr *e)
+{
+    size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
+    struct rx x;
+    char key[16];
+    int state = 0, r;
+
+    memset(b, 0, sizeof *b);
+    if (len > SIZE_MAX - msgs - 1)
+        return lerr_set(e, LERR_TOO_LARGE, RX " too large");
+    b->mem = calloc(1, msgs + len + 1);
+    if (!b->mem)
+        return lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
+    b->messages = b->mem;
+    json_init(&x.j, json, len);
+    x.j.max_depth = RX_MAX_DEPTH;
+    x.j.lenient = 1;
+    x.e = e;
+    x.arena = (char *)b->mem + msgs;
+    x.left = len + 1;
+    if (json_peek(&x.j) != '{') {
+        char start[40];
+        sqs_set_text(start, sizeof start, (const char *)x.j.p, (size_t)(x.j.end - x.j.p));
+        r = lerr_set(e, LERR_MALFORMED, RX " is not a JSON object (%s%s%s)",
+                     start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
+        goto out;
+    }
+    while ((r = rx_next(&x, &state, key, sizeof key)) > 0) {
+        r = strcmp(key, "Messages") == 0 ? rx_messages(&x, b) : rx_skip(&x);
+        if (r < 0)
+            goto out;
+    }
+    if (r == 0 && json_peek(&x.j) != -1)
+        r = lerr_set(e, LERR_MALFORMED, RX " is not valid JSON: unexpected data after the "
+                     "object at byte %zu", (size_t)(x.j.p - x.j.start));
+out:
+    if (r < 0) {
+        sqs_batch_free(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* ======================================================================================
+ * SendMessage and SendMessageBatch (lambdo send)
+ * ==================================================================================== */
 
 int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why)
 {
@@ -1285,7 +966,7 @@ int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why)
 
     while (i < len && !bad) {
         unsigned cp;
-        size_t n = sqs_utf8_next(p + i, len - i, &cp);
+        size_t n = text_utf8_next(p + i, len - i, &cp);
 
         if (n == 0)
             bad = "invalid UTF-8";
@@ -1344,21 +1025,6 @@ static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
     return 0;
 }
 
-/* The queue URL is the caller's text, sent as it is: it only needs to be UTF-8 for the
- * request to be JSON (control bytes are escaped). */
-static int sqs_queue_url_check(const char *queue_url, const char *op, struct lerr *e)
-{
-    size_t len = queue_url ? strlen(queue_url) : 0;
-    unsigned cp;
-
-    if (len == 0)
-        return lerr_set(e, LERR_INVALID, "SQS %s: no queue URL", op);
-    for (size_t i = 0, n; i < len; i += n)
-        if ((n = sqs_utf8_next((const unsigned char *)queue_url + i, len - i, &cp)) == 0)
-            return lerr_set(e, LERR_INVALID, "SQS %s: the queue URL is not UTF-8", op);
-    return 0;
-}
-
 /* ,"MessageBody":...,"MessageAttributes":{...} of one entry. */
 static void sb_message(struct sbuf *b, const struct sqs_send_entry *en)
 {
@@ -1392,8 +1058,7 @@ char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, s
         lerr_wrap(e, "SQS SendMessage");
         return NULL;
     }
-    sb_lit(&b, "{\"QueueUrl\":");
-    sb_json_string(&b, queue_url, strlen(queue_url));
+    sb_queue(&b, queue_url);
     sb_message(&b, en);
     sb_lit(&b, "}");
     return sb_finish(&b, len, e);
@@ -1417,7 +1082,6 @@ void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
     /* sqs_attr_names in byte order: command, image, size */
     const char *names[3] = { SQS_ATTR_COMMAND, SQS_ATTR_IMAGE, SQS_ATTR_SIZE };
     const char *values[3] = { en->command, en->image, en->size };
-    static const char hex[] = "0123456789abcdef";
     unsigned char sum[br_md5_SIZE], one = 1;
     br_md5_context ctx;
     int any = 0;
@@ -1436,11 +1100,7 @@ void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
     if (!any)
         return;
     br_md5_out(&ctx, sum);
-    for (size_t i = 0; i < sizeof sum; i++) {
-        out[2 * i] = hex[sum[i] >> 4];
-        out[2 * i + 1] = hex[sum[i] & 15];
-    }
-    out[32] = '\0';
+    text_hex_encode(sum, sizeof sum, out);
 }
 
 static void sqs_send_fail(struct sqs_send_entry *en, const char *code, const char *message)
@@ -1494,13 +1154,6 @@ int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *e
 }
 
 
-/* Gives an entry the reason its whole request failed. */
-static void sqs_send_note(struct sqs_send_entry *en, const struct sqs_client *c,
-                          const struct lerr *e)
-{
-    sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
-}
-
 static void sqs_send_reset(void *entry)
 {
     struct sqs_send_entry *en = entry;
@@ -1514,38 +1167,25 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
     struct http_response resp;
     size_t len;
     char *body;
-    int r, status;
+    int r;
 
     sqs_send_reset(en);
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_send_request(c->queue_url, en, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        en->status = SQS_ENTRY_FAILED;
-        sqs_send_note(en, c, e);
-        return -1;
+    r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts, &resp, e);
+    if (r == 0) {
+        r = sqs_parse_send_result(resp.body, resp.body_len, en, e);
+        if (r < 0)
+            sqs_unreadable(c, resp.status, e);
+        http_response_free(&resp);
     }
-    r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts ? c->batch_attempts : 1,
-                       &resp, e);
-    free(body);
     if (r < 0) {
         en->status = SQS_ENTRY_FAILED;
-        sqs_send_note(en, c, e);
-        return -1;
-    }
-    status = resp.status;
-    r = sqs_parse_send_result(resp.body, resp.body_len, en, e);
-    http_response_free(&resp);
-    if (r < 0) {
-        sqs_note_local(c, e, 0);
-        c->last_error.status = status;
-        en->status = SQS_ENTRY_FAILED;
-        sqs_send_note(en, c, e);
+        sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
         return -1;
     }
     if (en->status != SQS_ENTRY_OK) {
-        sqs_copy(c->last_error.code, sizeof c->last_error.code, en->code);
-        sqs_copy(c->last_error.message, sizeof c->last_error.message, en->message);
+        sqs_why(c->last_error.code, c->last_error.message, en->code, en->message);
         return lerr_set(e, LERR_HTTP, "SQS SendMessage: message %s: %s: %s", en->message_id,
                         en->code, en->message);
     }
@@ -1656,14 +1296,11 @@ static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, s
 static void sb_receipt(const struct sqs_batch_ops *o, struct sbuf *b, const void *entry)
 {
     const struct sqs_entry *en = entry;
-    char num[32];
 
     sb_lit(b, ",\"ReceiptHandle\":");
     sb_json_string(b, en->receipt_handle, strlen(en->receipt_handle));
-    if (o->op == SQS_OP_CHANGE_VISIBILITY) {
-        snprintf(num, sizeof num, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
-        sb_lit(b, num);
-    }
+    if (o->op == SQS_OP_CHANGE_VISIBILITY)
+        sb_int(b, "VisibilityTimeout", en->visibility_timeout);
 }
 
 static void sqs_receipt_done(void *entry, const cJSON *item)
@@ -1762,8 +1399,7 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
         lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", o->name);
         return NULL;
     }
-    sb_lit(&b, "{\"QueueUrl\":");
-    sb_json_string(&b, queue_url, strlen(queue_url));
+    sb_queue(&b, queue_url);
     sb_lit(&b, ",\"Entries\":[");
     for (size_t i = 0, k = 0; i < n; i++) {
         char id[24];
@@ -1923,13 +1559,7 @@ static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, 
             sqs_entry_why(o, entries, i, "", "");
     }
     body = sqs_entries_request(o, c->queue_url, entries, n, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    r = sqs_call(c, o->name, body, len, 0, &resp, e);
-    free(body);
-    if (r < 0)
+    if (sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e) < 0)
         return -1;
     r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
     http_response_free(&resp);
@@ -2008,9 +1638,8 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
     i = sqs_first(o, entries, n, SQS_ENTRY_FAILED);
     if (i == n)
         return 0;
-    sqs_copy(c->last_error.code, sizeof c->last_error.code, sqs_field(o, entries, i, o->code));
-    sqs_copy(c->last_error.message, sizeof c->last_error.message,
-             sqs_field(o, entries, i, o->message));
+    sqs_why(c->last_error.code, c->last_error.message, sqs_field(o, entries, i, o->code),
+            sqs_field(o, entries, i, o->message));
     c->last_error.retryable = 0;
     return sqs_entries_error(o, entries, n, SQS_ENTRY_FAILED, "failed", e);
 }
@@ -2043,17 +1672,14 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
     };
-    cJSON *root;
-    int ok = 1;
+    struct sbuf b = { 0 };
 
-    if (!queue_url || !*queue_url) {
-        lerr_set(e, LERR_INVALID, "SQS GetQueueAttributes: no queue URL");
+    if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
-    }
-    root = cJSON_CreateObject();
-    sqs_json_ok(cJSON_AddStringToObject(root, "QueueUrl", queue_url), &ok);
-    sqs_json_names(root, "AttributeNames", names, sizeof names / sizeof names[0], &ok);
-    return sqs_json_print(root, ok, len, e);
+    sb_queue(&b, queue_url);
+    sb_names(&b, "AttributeNames", names, sizeof names / sizeof names[0]);
+    sb_lit(&b, "}");
+    return sb_finish(&b, len, e);
 }
 
 /* A count attribute: a string of decimal digits (SQS sends every attribute as a
@@ -2061,11 +1687,8 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 static long sqs_attr_count(const cJSON *attrs, const char *name)
 {
     const char *v = sqs_json_string(attrs, name);
-    size_t n = v ? strlen(v) : 0;
 
-    if (n == 0 || n > 18 || strspn(v, "0123456789") != n)
-        return -1;
-    return (long)sqs_parse_count(v, n);
+    return sqs_parse_count(v, v ? strlen(v) : 0, 18);
 }
 
 /* RedrivePolicy is itself JSON text: {"deadLetterTargetArn":"arn:...","maxReceiveCount":5}
@@ -2080,10 +1703,9 @@ static void sqs_read_redrive(const char *policy, struct sqs_queue_info *out)
         sqs_set_text(out->dead_letter_arn, sizeof out->dead_letter_arn, arn, strlen(arn));
     if (cJSON_IsNumber(count) && count->valuedouble >= 0 && count->valuedouble < 1e9)
         out->max_receive_count = (long)count->valuedouble;
-    else if (cJSON_IsString(count) && count->valuestring && *count->valuestring &&
-             strlen(count->valuestring) < 10 &&
-             strspn(count->valuestring, "0123456789") == strlen(count->valuestring))
-        out->max_receive_count = strtol(count->valuestring, NULL, 10);
+    else if (cJSON_IsString(count))
+        out->max_receive_count = sqs_parse_count(count->valuestring,
+                                                 strlen(count->valuestring), 9);
     cJSON_Delete(j);
 }
 
@@ -2125,20 +1747,11 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_attributes_request(c->queue_url, &len, e);
-    if (!body) {
-        sqs_note_local(c, e, 0);
-        return -1;
-    }
-    r = sqs_call_retry(c, "GetQueueAttributes", body, len, 0,
-                       c->receive_attempts ? c->receive_attempts : 1, &resp, e);
-    free(body);
-    if (r < 0)
+    if (sqs_call_retry(c, "GetQueueAttributes", body, len, 0, c->receive_attempts, &resp, e) < 0)
         return -1;
     r = sqs_parse_attributes(resp.body, resp.body_len, out, e);
-    if (r < 0) {
-        sqs_note_local(c, e, 0);
-        c->last_error.status = resp.status;
-    }
+    if (r < 0)
+        sqs_unreadable(c, resp.status, e);
     http_response_free(&resp);
     return r;
 }

@@ -11,6 +11,17 @@ int text_hex_digit(unsigned char c)
     return -1;
 }
 
+void text_hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[in[i] >> 4];
+        out[2 * i + 1] = hex[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 int text_base64_digit(unsigned char c, int url)
 {
     if (c >= 'A' && c <= 'Z')
@@ -24,4 +35,54 @@ int text_base64_digit(unsigned char c, int url)
     if (c == (url ? '_' : '/'))
         return 63;
     return -1;
+}
+
+size_t text_utf8_next(const unsigned char *p, size_t avail, unsigned *cp)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+    size_t n;
+
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4;
+    else
+        return 0;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (avail < n || p[1] < lo || p[1] > hi)
+        return 0;
+    *cp = c & (n == 2 ? 0x1f : n == 3 ? 0x0f : 0x07);
+    for (size_t i = 1; i < n; i++) {
+        if (i > 1 && (p[i] < 0x80 || p[i] > 0xbf))
+            return 0;
+        *cp = *cp << 6 | (p[i] & 0x3f);
+    }
+    return n;
+}
+
+unsigned text_utf8_put(unsigned long cp, unsigned char *out)
+{
+    unsigned n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    static const unsigned char lead[] = { 0, 0, 0xc0, 0xe0, 0xf0 };
+
+    /* continuation bytes from the last one back, then the lead byte */
+    for (unsigned i = n - 1; i > 0; i--) {
+        out[i] = (unsigned char)(0x80 | (cp & 0x3f));
+        cp >>= 6;
+    }
+    out[0] = (unsigned char)(lead[n] | cp);
+    return n;
 }

@@ -1,15 +1,30 @@
 /*
- * text.h - digit values shared by the parsers: hex (chunk sizes, percent-encoding) and
- * base64 in its two alphabets (PEM certificates; base64url in JWTs). Pure.
+ * text.h - the character-level pieces shared by the parsers: hex digits (chunk sizes,
+ * percent-encoding, \u escapes), base64 in its two alphabets (PEM certificates; base64url
+ * in JWTs) and UTF-8 (JSON strings, what SQS accepts). Pure.
  */
 #ifndef LAMBDO_TEXT_H
 #define LAMBDO_TEXT_H
 
+#include <stddef.h>
+
 /* 0..15 for [0-9a-fA-F], else -1. */
 int text_hex_digit(unsigned char c);
+
+/* Writes in[0..n) as 2n lowercase hex characters and a NUL into out. */
+void text_hex_encode(const unsigned char *in, size_t n, char *out);
 
 /* 0..63 for a base64 character, else -1 (padding '=' included). With url set, the
  * base64url alphabet ('-' and '_' for 62 and 63) instead of the standard one ('+', '/'). */
 int text_base64_digit(unsigned char c, int url);
+
+/* The UTF-8 sequence at p (avail >= 1 bytes), strictly (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF): its length with *cp its code point, or 0 when
+ * there is none. */
+size_t text_utf8_next(const unsigned char *p, size_t avail, unsigned *cp);
+
+/* Writes code point cp (at most 0x10FFFF) as 1 to 4 bytes of UTF-8 and returns how many.
+ * A surrogate code point gets its 3-byte form (WTF-8), which strict checks refuse. */
+unsigned text_utf8_put(unsigned long cp, unsigned char *out);
 
 #endif

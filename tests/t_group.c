@@ -289,7 +289,7 @@ static void test_bodies_stricter_than_cjson(void **state)
         const char *end = NULL;
         cJSON *j = cJSON_ParseWithLengthOpts(c->body, c->len, &end, 0);
         int cjson_ok = j && (size_t)(end - c->body) <= c->len;
-        int ours_ok = group_json_check(c->body, c->len, NULL, NULL) == 0;
+        int ours_ok = json_check(c->body, c->len, NULL, NULL) == 0;
 
         if (cjson_ok)
             while (end < c->body + c->len && strchr(" \t\r\n", *end) && *end)
@@ -302,28 +302,74 @@ static void test_bodies_stricter_than_cjson(void **state)
     }
 }
 
+/* Strings are read eight plain bytes at a time: whatever needs a look (a quote, a
+ * backslash, a control byte, UTF-8, bad UTF-8) is found at every offset of a long string,
+ * and decoding copies the runs around an escape exactly. */
+static void test_json_string_offsets(void **state)
+{
+    static const struct {
+        const char *bytes, *why;  /* why NULL: accepted */
+        size_t after;             /* the error is at 1 + k + after */
+    } marks[] = {
+        { "\"", "unexpected data", 1 }, { "\\n", NULL, 0 },
+        { "\x01", "control character in string", 0 }, { "\x7f", NULL, 0 },
+        { "\xc3\xa9", NULL, 0 }, { "\xc3(", "invalid UTF-8", 0 }, { "\xff", "invalid UTF-8", 0 },
+    };
+
+    for (size_t m = 0; m < sizeof marks / sizeof marks[0]; m++) {
+        for (size_t k = 0; k < 24; k++) {
+            char buf[64], out[64];
+            size_t n = 0, at = 0, len = 0;
+            const char *why = NULL;
+            struct json j;
+
+            buf[n++] = '"';
+            memset(buf + n, 'a', k);
+            n += k;
+            memcpy(buf + n, marks[m].bytes, strlen(marks[m].bytes));
+            n += strlen(marks[m].bytes);
+            memset(buf + n, 'b', 9);
+            n += 9;
+            buf[n++] = '"';
+            if (!marks[m].why) {
+                assert_int_equal(json_check(buf, n, NULL, NULL), 0);
+                json_init(&j, buf, n);
+                assert_int_equal(json_string(&j, out, sizeof out, &len), 0);
+                assert_int_equal(len, k + (marks[m].bytes[0] == '\\' ? 1 : strlen(marks[m].bytes)) + 9);
+                assert_int_equal(out[k], marks[m].bytes[0] == '\\' ? '\n' : marks[m].bytes[0]);
+                assert_int_equal(out[len - 1], 'b');
+                assert_int_equal(out[len], '\0');
+                continue;
+            }
+            assert_int_equal(json_check(buf, n, &at, &why), -1);
+            assert_int_equal(at, 1 + k + marks[m].after);
+            assert_has(why, marks[m].why);
+        }
+    }
+}
+
 static void test_json_depth(void **state)
 {
-    char buf[2 * (GROUP_JSON_MAX_DEPTH + 1)];
+    char buf[2 * (JSON_MAX_DEPTH + 1)];
     size_t at = 0;
     const char *why = NULL;
 
-    memset(buf, '[', GROUP_JSON_MAX_DEPTH);
-    memset(buf + GROUP_JSON_MAX_DEPTH, ']', GROUP_JSON_MAX_DEPTH);
-    assert_int_equal(group_json_check(buf, 2 * GROUP_JSON_MAX_DEPTH, NULL, NULL), 0);
+    memset(buf, '[', JSON_MAX_DEPTH);
+    memset(buf + JSON_MAX_DEPTH, ']', JSON_MAX_DEPTH);
+    assert_int_equal(json_check(buf, 2 * JSON_MAX_DEPTH, NULL, NULL), 0);
 
-    memset(buf, '[', GROUP_JSON_MAX_DEPTH + 1);
-    memset(buf + GROUP_JSON_MAX_DEPTH + 1, ']', GROUP_JSON_MAX_DEPTH + 1);
-    assert_int_equal(group_json_check(buf, sizeof buf, &at, &why), -1);
-    assert_int_equal(at, GROUP_JSON_MAX_DEPTH);
+    memset(buf, '[', JSON_MAX_DEPTH + 1);
+    memset(buf + JSON_MAX_DEPTH + 1, ']', JSON_MAX_DEPTH + 1);
+    assert_int_equal(json_check(buf, sizeof buf, &at, &why), -1);
+    assert_int_equal(at, JSON_MAX_DEPTH);
     assert_string_equal(why, "nested too deeply");
 
     /* Alternating objects and arrays keep their own closing brackets. */
     {
         static const char mixed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}]},2]}";
         static const char crossed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}}],2]}";
-        assert_int_equal(group_json_check(mixed, sizeof mixed - 1, NULL, NULL), 0);
-        assert_int_equal(group_json_check(crossed, sizeof crossed - 1, &at, NULL), -1);
+        assert_int_equal(json_check(mixed, sizeof mixed - 1, NULL, NULL), 0);
+        assert_int_equal(json_check(crossed, sizeof crossed - 1, &at, NULL), -1);
         assert_int_equal(at, 22);
     }
 }
@@ -642,6 +688,7 @@ int main(void)
         cmocka_unit_test(test_bodies),
         cmocka_unit_test(test_bodies_stricter_than_cjson),
         cmocka_unit_test(test_json_depth),
+        cmocka_unit_test(test_json_string_offsets),
         cmocka_unit_test(test_group_by_image),
         cmocka_unit_test(test_group_by_size),
         cmocka_unit_test(test_group_by_command),
