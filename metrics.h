@@ -3,8 +3,12 @@
  *
  * The numbers live in a caller-allocated `struct metrics` that the daemon owns and hands
  * to whoever counts (job threads, the SQS and Fly clients). Every update is a relaxed C11
- * atomic add, so counting never blocks and never takes a lock; the one lock guards the
- * first observation of a new `operation` label (a handful of times per process).
+ * atomic add, so counting never blocks and never takes a lock; the first observation of a
+ * new `operation` label claims its slot with a compare-and-swap (a handful of times per
+ * process).
+ *
+ * Owns: the numbers, /healthz's verdict, the exposition text, the request parser and the
+ * small server. Not: what is counted when (the daemon, sqs.c and fly.c decide that).
  *
  * Served on its own thread, so the poll loop never waits for a scrape:
  *   GET /metrics   Prometheus text exposition format 0.0.4
@@ -31,7 +35,6 @@
 #ifndef LAMBDO_METRICS_H
 #define LAMBDO_METRICS_H
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,7 +74,7 @@ enum metrics_hist {
 
 /* One histogram series: one operation label. */
 struct metrics_series {
-    atomic_int ready;                           /* name is set and final */
+    atomic_int ready;                           /* 0 free, 1 being named, 2 named */
     char operation[METRICS_NAME_MAX];
     atomic_uint_fast64_t bucket[METRICS_NBUCKETS + 1]; /* per bucket, not cumulative; the
                                                    last one: above the largest bound */
@@ -82,14 +85,13 @@ struct metrics_server;
 
 struct metrics {
     char version[64];
-    char regions[METRICS_MAX_REGIONS][METRICS_NAME_MAX];
-    size_t nregions;
+    char regions[METRICS_MAX_REGIONS + 1][METRICS_NAME_MAX]; /* then "other" */
+    size_t nregions;                            /* "other" not counted */
     atomic_uint_fast64_t counter[METRICS_NCOUNTERS];
     atomic_uint_fast64_t by_region[METRICS_NREGION_COUNTERS][METRICS_MAX_REGIONS + 1];
     atomic_int_fast64_t in_flight;
     /* [METRICS_MAX_OPERATIONS] is "other", the overflow */
     struct metrics_series hist[METRICS_NHISTS][METRICS_MAX_OPERATIONS + 1];
-    pthread_mutex_t register_mu;                /* first observation of an operation */
 
     /* health */
     int64_t stale_ms;                           /* 3 x long poll + 30 s */
@@ -173,7 +175,6 @@ struct metrics_request {
     const char *path;          /* the target without its query */
     size_t path_len;
     int minor;                 /* HTTP/1.<minor> */
-    int has_host;
     size_t head_len;           /* bytes up to and including the empty line */
 };
 
