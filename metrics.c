@@ -8,7 +8,9 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@
 #define DRAIN_MS 1000            /* after the answer: reading what the client still sends */
 #define ACCEPT_PAUSE_MS 100      /* after accept() ran out of descriptors or memory */
 #define LISTEN_BACKLOG 128       /* waiting connections; a burst past the slots queues here */
+#define RENDER_FIRST_CAP 16384
 
 /* Upper bounds, in seconds as written and in microseconds as compared: a duration is
  * rounded to whole microseconds once, so 0.005 s lands in le="0.005" exactly. */
@@ -255,23 +258,44 @@ static uint64_t load(const atomic_uint_fast64_t *a)
     return atomic_load_explicit((atomic_uint_fast64_t *)a, RELAXED);
 }
 
+/* Text into buf[0..cap); len counts all of it, so len >= cap says it did not fit, and
+ * by how much. */
+struct out {
+    char *buf;
+    size_t cap, len;
+};
+
+static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(struct out *o, const char *fmt, ...)
+{
+    size_t room = o->len < o->cap ? o->cap - o->len : 0;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(room ? o->buf + o->len : NULL, room, fmt, ap);
+    va_end(ap);
+    o->len += n > 0 ? (size_t)n : 0;
+}
+
 /* Starts a labelled sample: name, suffix, '{', label="value"; the caller closes the brace.
  * The value has backslash, double quote and newline escaped as the format asks; other
  * bytes outside printable ASCII become '?', so that the text is always valid UTF-8. */
-static void put_series(FILE *o, const char *name, const char *suffix, const char *label,
+static void put_series(struct out *o, const char *name, const char *suffix, const char *label,
                        const char *value)
 {
-    fprintf(o, "%s%s{%s=\"", name, suffix, label);
+    put(o, "%s%s{%s=\"", name, suffix, label);
     for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
         if (*p == '\\' || *p == '"' || *p == '\n')
-            fprintf(o, "\\%c", *p == '\n' ? 'n' : *p);
+            put(o, "\\%c", *p == '\n' ? 'n' : *p);
         else
-            fputc(*p >= 0x20 && *p < 0x7f ? *p : '?', o);
+            put(o, "%c", *p >= 0x20 && *p < 0x7f ? *p : '?');
     }
-    fputc('"', o);
+    put(o, "\"");
 }
 
-static void put_histogram(FILE *o, const char *name, const struct metrics_series *s)
+static void put_histogram(struct out *o, const char *name, const struct metrics_series *s)
 {
     uint64_t cum = 0, sum = load(&s->sum_us);
 
@@ -280,34 +304,34 @@ static void put_histogram(FILE *o, const char *name, const struct metrics_series
     for (int b = 0; b <= METRICS_NBUCKETS; b++) {
         cum += load(&s->bucket[b]);
         put_series(o, name, "_bucket", "operation", s->operation);
-        fprintf(o, ",le=\"%s\"} %" PRIu64 "\n", b < METRICS_NBUCKETS ? bucket_le[b] : "+Inf",
+        put(o, ",le=\"%s\"} %" PRIu64 "\n", b < METRICS_NBUCKETS ? bucket_le[b] : "+Inf",
                 cum);
     }
     put_series(o, name, "_sum", "operation", s->operation);
-    fprintf(o, "} %" PRIu64 ".%06" PRIu64 "\n", sum / 1000000, sum % 1000000);
+    put(o, "} %" PRIu64 ".%06" PRIu64 "\n", sum / 1000000, sum % 1000000);
     put_series(o, name, "_count", "operation", s->operation);
-    fprintf(o, "} %" PRIu64 "\n", cum);
+    put(o, "} %" PRIu64 "\n", cum);
 }
 
-static void put_family(FILE *o, const struct metrics *m, const struct family *f)
+static void put_family(struct out *o, const struct metrics *m, const struct family *f)
 {
-    fprintf(o, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, family_type[f->kind]);
+    put(o, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, family_type[f->kind]);
     switch (f->kind) {
     case FAMILY_BUILD_INFO:
         put_series(o, f->name, "", "version", m->version);
-        fputs("} 1\n", o);
+        put(o, "} 1\n");
         break;
     case FAMILY_COUNTER:
-        fprintf(o, "%s %" PRIu64 "\n", f->name, load(&m->counter[f->index]));
+        put(o, "%s %" PRIu64 "\n", f->name, load(&m->counter[f->index]));
         break;
     case FAMILY_BY_REGION:
         for (size_t i = 0; i <= m->nregions; i++) {
             put_series(o, f->name, "", "region", m->regions[i]);
-            fprintf(o, "} %" PRIu64 "\n", load(&m->by_region[f->index][i]));
+            put(o, "} %" PRIu64 "\n", load(&m->by_region[f->index][i]));
         }
         break;
     case FAMILY_IN_FLIGHT:
-        fprintf(o, "%s %" PRId64 "\n", f->name,
+        put(o, "%s %" PRId64 "\n", f->name,
                 (int64_t)atomic_load_explicit((atomic_int_fast64_t *)&m->in_flight, RELAXED));
         break;
     case FAMILY_HISTOGRAM:
@@ -320,36 +344,34 @@ static void put_family(FILE *o, const struct metrics *m, const struct family *f)
     }
 }
 
-/* The exposition text in a new buffer (free()) of *len bytes and a NUL; NULL when out of
- * memory. */
-static char *render_text(const struct metrics *m, size_t *len)
+static void render(const struct metrics *m, struct out *o)
 {
-    char *text = NULL;
-    FILE *o = open_memstream(&text, len);
-    int failed;
-
-    if (!o)
-        return NULL;
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
         put_family(o, m, &families[i]);
-    failed = ferror(o);
-    if (fclose(o) != 0 || failed) {
-        free(text);
-        return NULL;
-    }
-    return text;
 }
 
 int metrics_render(const struct metrics *m, char *buf, size_t cap)
 {
-    size_t len = 0;
-    char *text = render_text(m, &len);
-    int n = text && len < cap && len <= INT_MAX ? (int)len : -1;
+    struct out o = { buf, cap, 0 };
 
-    if (n >= 0)
-        memcpy(buf, text, len + 1);
-    free(text);
-    return n;
+    render(m, &o);
+    return o.len < cap && o.len <= INT_MAX ? (int)o.len : -1;
+}
+
+/* The exposition text in a new buffer (free()); NULL when out of memory. A first try tells
+ * the size; a second one may find the numbers longer by then. */
+static char *render_text(const struct metrics *m)
+{
+    for (size_t cap = RENDER_FIRST_CAP;;) {
+        struct out o = { malloc(cap), cap, 0 };
+        if (!o.buf)
+            return NULL;
+        render(m, &o);
+        if (o.len < cap)
+            return o.buf;
+        free(o.buf);
+        cap = o.len + RENDER_FIRST_CAP;
+    }
 }
 
 /* --------------------------------------------------------------- request parsing ------- */
@@ -469,22 +491,22 @@ struct answer {
     int status;
     const char *phrase;
     const char *body;            /* NUL-terminated */
-    const char *extra;           /* more header lines, each ending in CRLF, or NULL */
-    const char *type;            /* Content-Type, NULL: plain text */
 };
 
-static char *answer_build(const struct answer *a, int head_only, size_t *out_len)
+/* Status line, headers (Allow with 405, as RFC 9110 asks), and the body unless head_only:
+ * HEAD gets the headers GET would have, Content-Length included. type NULL: plain text. */
+static char *answer_build(const struct answer *a, const char *type, int head_only,
+                          size_t *out_len)
 {
     size_t body = strlen(a->body);
     char head[512];
     int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
                      "Content-Length: %zu\r\nCache-Control: no-store\r\n%sConnection: close"
-                     "\r\n\r\n", a->status, a->phrase,
-                     a->type ? a->type : "text/plain; charset=utf-8", body,
-                     a->extra ? a->extra : "");
+                     "\r\n\r\n", a->status, a->phrase, type ? type : "text/plain; charset=utf-8",
+                     body, a->status == 405 ? "Allow: GET, HEAD\r\n" : "");
     char *out;
 
-    if (head_only)               /* the headers GET would have, Content-Length included */
+    if (head_only)
         body = 0;
     if (!(out = malloc((size_t)n + body + 1)))
         return NULL;
@@ -507,13 +529,13 @@ char *metrics_respond(const struct metrics *m, const char *buf, size_t len, int 
         large = { 431, "Request Header Fields Too Large", "request head too large\n" },
         version = { 505, "HTTP Version Not Supported", "HTTP/1.x only\n" },
         not_found = { 404, "Not Found", "not found: try /metrics or /healthz\n" },
-        not_allowed = { 405, "Method Not Allowed", "method not allowed: GET or HEAD\n",
-                        "Allow: GET, HEAD\r\n" };
+        not_allowed = { 405, "Method Not Allowed", "method not allowed: GET or HEAD\n" };
     struct metrics_request r;
     enum metrics_parse p = too_large ? METRICS_PARSE_BAD : metrics_parse_request(buf, len, &r);
     /* garbage, or a head that ended early: 400 */
     struct answer a = too_large ? large : p == METRICS_PARSE_VERSION ? version : bad;
     char reason[256], text[300], *body = NULL, *out;
+    const char *type = NULL;
     int head = p == METRICS_PARSE_OK && is(r.method, r.method_len, "HEAD");
 
     if (p == METRICS_PARSE_OK) {
@@ -526,14 +548,13 @@ char *metrics_respond(const struct metrics *m, const char *buf, size_t len, int 
             snprintf(text, sizeof text, sick ? "unhealthy: %s\n" : "%s\n", reason);
             a = (struct answer){ sick ? 503 : 200, sick ? "Service Unavailable" : "OK", text };
         } else {
-            size_t body_len;
-            if (!(body = render_text(m, &body_len)))
+            if (!(body = render_text(m)))
                 return NULL;
-            a = (struct answer){ 200, "OK", body, NULL,
-                                 "text/plain; version=0.0.4; charset=utf-8" };
+            a = (struct answer){ 200, "OK", body };
+            type = "text/plain; version=0.0.4; charset=utf-8";
         }
     }
-    out = answer_build(&a, head, out_len);
+    out = answer_build(&a, type, head, out_len);
     free(body);
     if (status)
         *status = out ? a.status : 0;
@@ -546,32 +567,32 @@ static int parse_port(const char *s, int *port)
 {
     size_t n = strlen(s);
 
-    if (n == 0 || n > 5 || strspn(s, "0123456789") != n || atoi(s) > 65535)
+    if (n == 0 || n > 5 || strspn(s, "0123456789") != n || strtol(s, NULL, 10) > 65535)
         return -1;
-    *port = atoi(s);
+    *port = (int)strtol(s, NULL, 10);
     return 0;
+}
+
+static int addr_bad(struct lerr *e, const char *s, const char *why)
+{
+    return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": %s", s, why);
 }
 
 int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
 {
     char host[64];
-    const char *colon;
-    size_t hl;
+    const char *colon = s ? strrchr(s, ':') : NULL;
+    size_t hl = colon ? (size_t)(colon - s) : 0;
 
     memset(a, 0, sizeof *a);
     if (!s || !*s)
-        return lerr_set(e, LERR_INVALID, "metrics address is empty (want host:port, e.g. "
-                        "127.0.0.1:9090, [::1]:9090 or :9090)");
-    colon = strrchr(s, ':');
+        return addr_bad(e, "", "empty (want host:port, e.g. 127.0.0.1:9090, [::1]:9090 or :9090)");
     if (!colon)
-        return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\" has no port (want "
-                        "host:port, e.g. 127.0.0.1:9090 or :9090)", s);
+        return addr_bad(e, s, "no port (want host:port, e.g. 127.0.0.1:9090 or :9090)");
     if (parse_port(colon + 1, &a->port) < 0)
-        return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": the port must be a "
-                        "number from 0 to 65535", s);
-    hl = (size_t)(colon - s);
+        return addr_bad(e, s, "the port must be a number from 0 to 65535");
     if (hl >= sizeof host)
-        return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": host too long", s);
+        return addr_bad(e, s, "host too long");
     memcpy(host, s, hl);
     host[hl] = '\0';
     if (hl == 0) {
@@ -580,42 +601,39 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
         host[hl - 1] = '\0';
         a->family = AF_INET6;
         if (inet_pton(AF_INET6, host + 1, a->ip) != 1)
-            return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": not an IPv6 address "
-                            "in brackets", s);
+            return addr_bad(e, s, "not an IPv6 address in brackets");
     } else if (strchr(host, ':')) {
-        return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": an IPv6 address goes in "
-                        "brackets, e.g. [::1]:9090", s);
+        return addr_bad(e, s, "an IPv6 address goes in brackets, e.g. [::1]:9090");
     } else if (strcmp(host, "localhost") == 0) {
         a->family = AF_INET;
         memcpy(a->ip, "\x7f\0\0\x01", 4);
     } else if (inet_pton(AF_INET, host, a->ip) == 1) {
         a->family = AF_INET;
     } else {
-        return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": the host must be an IP "
-                        "address, localhost, or empty for every interface", s);
+        return addr_bad(e, s, "the host must be an IP address, localhost, or empty for every "
+                        "interface");
     }
     return 0;
 }
 
 /* ------------------------------------------------------------------------ the server --- */
 
-/* A connection reads its request while out is NULL, then writes its answer, then drains. */
-struct conn {
-    int fd;                      /* -1: a free slot */
-    int64_t deadline;            /* mono_ms */
-    char *out;
-    size_t in_len, out_len, out_off;
-    char in[METRICS_HEAD_MAX];
-};
-
+/* One thread accepts, one more serves each connection: straight-line code for a
+ * connection (read its head, answer, drain), and a slow client holds up only its own
+ * thread. The semaphore counts the free connection slots; every thread watches the stop
+ * pipe, so stopping ends them all at once. */
 struct metrics_server {
     struct metrics *m;
     int listen_fd;
     int stop_rd, stop_wr;        /* a byte in the pipe: stop */
     int port;
+    sem_t slots;
     pthread_t thread;
-    int64_t accept_paused_until;
-    struct conn conns[METRICS_MAX_CONNECTIONS];
+};
+
+struct conn {
+    struct metrics_server *s;
+    int fd;
 };
 
 /* errno after a failed non-blocking call says: try again when poll says so. */
@@ -624,179 +642,149 @@ static int again(void)
     return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
 }
 
-static void conn_close(struct conn *c)
+/* Waits until the connection can do events or deadline (mono_ms) passes: 1 ready, 0 out
+ * of time, -1 stopping. */
+static int conn_wait(const struct conn *c, short events, int64_t deadline)
 {
-    if (c->fd >= 0)
-        close(c->fd);
-    free(c->out);
-    c->fd = -1;
-    c->out = NULL;
+    struct pollfd p[2] = { { .fd = c->fd, .events = events },
+                           { .fd = c->s->stop_rd, .events = POLLIN } };
+    int64_t left = deadline - mono_ms(NULL);
+    int n;
+
+    if (left <= 0 || (n = poll(p, 2, (int)left)) == 0)
+        return 0;
+    return n < 0 || p[1].revents ? -1 : 1;
 }
 
-/* Sends what the socket takes. All of it sent: say so (FIN), then read until the client
- * closes, so that the kernel does not answer bytes it still sends (a body, a pipelined
- * request) with a reset that could destroy the answer before the client read it. */
-static void conn_write(struct conn *c, int64_t now)
-{
-    while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && again())
-            return;
-        if (n <= 0) {
-            conn_close(c);
-            return;
-        }
-        c->out_off += (size_t)n;
-    }
-    shutdown(c->fd, SHUT_WR);
-    c->deadline = now + DRAIN_MS;
-}
-
-static void conn_read(struct metrics_server *s, struct conn *c, int64_t now)
-{
-    struct metrics_request r;
-    ssize_t n = recv(c->fd, c->in + c->in_len, sizeof c->in - c->in_len, MSG_DONTWAIT);
-    int status = 0, whole;
-
-    if (n < 0 && again())
-        return;
-    if (n <= 0) {                /* closed or broken before a whole request: no one to answer */
-        conn_close(c);
-        return;
-    }
-    c->in_len += (size_t)n;
-    whole = metrics_parse_request(c->in, c->in_len, &r) != METRICS_PARSE_INCOMPLETE;
-    if (!whole && c->in_len < sizeof c->in)
-        return;
-    c->out = metrics_respond(s->m, c->in, c->in_len, !whole, s->m->clock_ms(s->m->clock_ctx),
-                             &c->out_len, &status);
-    if (!c->out) {
-        log_warn("metrics: out of memory for an answer");
-        conn_close(c);
-        return;
-    }
-    log_debug("metrics: answered %d", status);
-    c->out_off = 0;
-    c->deadline = now + METRICS_WRITE_TIMEOUT_MS;
-    conn_write(c, now);
-}
-
-/* Reads and drops what the client sends after its answer; a bounded amount per wake-up,
- * so that a client sending as fast as it can does not keep the loop from the others. */
-static void conn_drain(struct conn *c)
-{
-    char scratch[4096];
-    ssize_t n = 0;
-
-    for (int i = 0; i < 16 && (n = recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT)) > 0; i++)
-        ;
-    if (n == 0 || (n < 0 && !again()))
-        conn_close(c);
-}
-
-static void conn_step(struct metrics_server *s, struct conn *c, int64_t now)
-{
-    if (!c->out)
-        conn_read(s, c, now);
-    else if (c->out_off < c->out_len)
-        conn_write(c, now);
-    else
-        conn_drain(c);
-}
-
-/* Out of time: a client that sent part of a request hears 408 if its socket takes it at
- * once; one that sent nothing, or that does not read its answer, is just dropped. */
-static void conn_expire(struct conn *c)
+/* Reads the request head into in[METRICS_HEAD_MAX]. Returns its length once the parser has
+ * a verdict or in is full (*too_large: without a verdict), or 0: the client closed, sent
+ * too slowly, or the server stops. */
+static size_t conn_read(const struct conn *c, char *in, int *too_large)
 {
     static const char timeout[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
                                   "Connection: close\r\n\r\n";
+    int64_t deadline = mono_ms(NULL) + METRICS_READ_TIMEOUT_MS;
+    struct metrics_request r;
+    size_t len = 0;
+    ssize_t n;
+    int ready;
 
-    if (!c->out && c->in_len > 0) {
+    while ((ready = conn_wait(c, POLLIN, deadline)) > 0) {
+        if ((n = recv(c->fd, in + len, METRICS_HEAD_MAX - len, MSG_DONTWAIT)) < 0 && again())
+            continue;
+        if (n <= 0)
+            return 0;            /* closed or broken before a whole request: no one to answer */
+        len += (size_t)n;
+        *too_large = metrics_parse_request(in, len, &r) == METRICS_PARSE_INCOMPLETE;
+        if (!*too_large || len == METRICS_HEAD_MAX)
+            return len;
+    }
+    /* Out of time: a client that sent part of a request hears 408 if its socket takes it
+     * at once; one that sent nothing is just dropped. */
+    if (ready == 0 && len > 0) {
         log_debug("metrics: a client sent part of a request and then nothing");
         send(c->fd, timeout, sizeof timeout - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     }
-    conn_close(c);
+    return 0;
 }
 
-/* Fills the free slots from the listening socket. When accept fails for lack of
- * descriptors or memory, the pending connection would wake poll at once, over and over:
- * accepting pauses a moment instead. */
-static void server_accept(struct metrics_server *s, int64_t now)
+/* Sends the answer within METRICS_WRITE_TIMEOUT_MS. All of it sent: says so (FIN), then
+ * reads until the client closes, so that the kernel does not answer bytes it still sends
+ * (a body, a pipelined request) with a reset that could destroy the answer before the
+ * client read it. */
+static void conn_write(const struct conn *c, const char *out, size_t len, char *scratch)
 {
-    for (size_t i = 0; i < METRICS_MAX_CONNECTIONS; i++) {
-        struct conn *c = &s->conns[i];
-        while (c->fd < 0) {
-            c->fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (c->fd >= 0) {
-                c->in_len = 0;
-                c->deadline = now + METRICS_READ_TIMEOUT_MS;
-            } else if (again()) {
-                return;
-            } else if (errno != ECONNABORTED && errno != EPROTO) {  /* else: the next one */
-                log_warn("metrics: accept: %s", strerror(errno));
-                s->accept_paused_until = now + ACCEPT_PAUSE_MS;
-                return;
-            }
+    int64_t deadline = mono_ms(NULL) + METRICS_WRITE_TIMEOUT_MS;
+    ssize_t n;
+
+    for (size_t sent = 0; sent < len; sent += (size_t)n)
+        if (conn_wait(c, POLLOUT, deadline) <= 0 ||
+            (n = send(c->fd, out + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT)) <= 0)
+            return;
+    shutdown(c->fd, SHUT_WR);
+    deadline = mono_ms(NULL) + DRAIN_MS;
+    while (conn_wait(c, POLLIN, deadline) > 0 &&
+           recv(c->fd, scratch, METRICS_HEAD_MAX, MSG_DONTWAIT) > 0)
+        ;
+}
+
+static void *conn_main(void *arg)
+{
+    struct conn c = *(struct conn *)arg;
+    const struct metrics *m = c.s->m;
+    char in[METRICS_HEAD_MAX], *out;
+    size_t len, out_len;
+    int too_large = 0, status = 0;
+
+    free(arg);
+    if ((len = conn_read(&c, in, &too_large)) > 0) {
+        out = metrics_respond(m, in, len, too_large, m->clock_ms(m->clock_ctx), &out_len,
+                              &status);
+        if (out) {
+            log_debug("metrics: answered %d", status);
+            conn_write(&c, out, out_len, in);
+        } else {
+            log_warn("metrics: out of memory for an answer");
         }
+        free(out);
     }
+    close(c.fd);
+    sem_post(&c.s->slots);       /* the last use of the server, which may go now */
+    return NULL;
 }
 
-/* The poll set: [0] the stop pipe, [1] the listening socket (fd -1 while every slot is
- * taken or accepting is paused), then one per connection slot (fd -1 when free). Returns
- * poll's timeout: until the nearest deadline. */
-static int server_pollset(const struct metrics_server *s, struct pollfd *p, int64_t now)
+/* A thread for the connection fd; when none can be had, the connection is closed and its
+ * slot given back. */
+static void conn_start(struct metrics_server *s, const pthread_attr_t *attr, int fd)
 {
-    int64_t wake = -1;
-    int slot_free = 0;
+    struct conn *c = malloc(sizeof *c);
+    pthread_t thread;
+    int rc = ENOMEM;
 
-    p[0] = (struct pollfd){ .fd = s->stop_rd, .events = POLLIN };
-    for (size_t i = 0; i < METRICS_MAX_CONNECTIONS; i++) {
-        const struct conn *c = &s->conns[i];
-        int writing = c->out && c->out_off < c->out_len;
-        p[2 + i] = (struct pollfd){ .fd = c->fd, .events = writing ? POLLOUT : POLLIN };
-        slot_free |= c->fd < 0;
-        if (c->fd >= 0 && (wake < 0 || c->deadline < wake))
-            wake = c->deadline;
+    if (c) {
+        *c = (struct conn){ s, fd };
+        if ((rc = pthread_create(&thread, attr, conn_main, c)) == 0)
+            return;
     }
-    p[1] = (struct pollfd){ .fd = -1, .events = POLLIN };
-    if (slot_free && now >= s->accept_paused_until)
-        p[1].fd = s->listen_fd;
-    else if (slot_free && (wake < 0 || s->accept_paused_until < wake))
-        wake = s->accept_paused_until;
-    if (wake < 0)
-        return -1;
-    return wake <= now ? 0 : (int)(wake - now);
+    log_warn("metrics: cannot start a thread for a connection: %s", strerror(rc));
+    free(c);
+    close(fd);
+    sem_post(&s->slots);
 }
 
 static void *server_main(void *arg)
 {
     struct metrics_server *s = arg;
-    struct pollfd p[2 + METRICS_MAX_CONNECTIONS];
+    struct pollfd p[2] = { { .fd = s->stop_rd, .events = POLLIN },
+                           { .fd = s->listen_fd, .events = POLLIN } };
+    pthread_attr_t attr;
+    int fd;
 
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, SERVER_STACK);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     for (;;) {
-        int64_t now = mono_ms(NULL);
-        int timeout = server_pollset(s, p, now);
-
-        if (poll(p, 2 + METRICS_MAX_CONNECTIONS, timeout) < 0 && errno != EINTR) {
+        sem_wait(&s->slots);     /* at most METRICS_MAX_CONNECTIONS at a time */
+        if (poll(p, 2, -1) < 0)
             log_error("metrics: poll: %s; the metrics server stops", strerror(errno));
+        if (p[0].revents || !p[1].revents)
             break;
+        if ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+            conn_start(s, &attr, fd);
+            continue;
         }
-        if (p[0].revents)
-            break;
-        now = mono_ms(NULL);
-        for (size_t i = 0; i < METRICS_MAX_CONNECTIONS; i++) {
-            struct conn *c = &s->conns[i];
-            if (c->fd >= 0 && p[2 + i].revents)
-                conn_step(s, c, now);
-            if (c->fd >= 0 && now >= c->deadline)
-                conn_expire(c);
+        sem_post(&s->slots);
+        /* Out of descriptors or memory: the pending connection would wake poll at once,
+         * over and over, so accepting pauses a moment instead. */
+        if (!again() && errno != ECONNABORTED && errno != EPROTO) {
+            log_warn("metrics: accept: %s", strerror(errno));
+            poll(p, 1, ACCEPT_PAUSE_MS);
         }
-        if (p[1].fd >= 0 && p[1].revents)
-            server_accept(s, now);
     }
-    for (size_t i = 0; i < METRICS_MAX_CONNECTIONS; i++)
-        conn_close(&s->conns[i]);
+    /* The slot this thread holds, then every other once its connection has ended. */
+    for (int i = 1; i < METRICS_MAX_CONNECTIONS; i++)
+        sem_wait(&s->slots);
+    pthread_attr_destroy(&attr);
     return NULL;
 }
 
@@ -873,34 +861,16 @@ static void server_free(struct metrics_server *s)
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (fds[i] >= 0)
             close(fds[i]);
+    sem_destroy(&s->slots);
     free(s);
-}
-
-/* The server thread blocks every signal: a SIGTERM must reach the daemon's signalfd, not
- * kill the process from a thread that does not expect it. */
-static int server_start(struct metrics_server *s, struct lerr *e)
-{
-    pthread_attr_t attr;
-    sigset_t all, old;
-    int rc;
-
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, SERVER_STACK);
-    rc = pthread_create(&s->thread, &attr, server_main, s);
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0)
-        return lerr_set(e, LERR_IO, "metrics: cannot start a thread: %s", strerror(rc));
-    return 0;
 }
 
 int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
 {
     struct metrics_addr a;
     struct metrics_server *s;
-    int fds[2];
+    sigset_t all, old;
+    int fds[2], rc;
 
     if (m->server)
         return lerr_set(e, LERR_INVALID, "metrics: already serving");
@@ -910,8 +880,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "metrics: out of memory");
     s->m = m;
     s->listen_fd = s->stop_rd = s->stop_wr = -1;
-    for (size_t i = 0; i < METRICS_MAX_CONNECTIONS; i++)
-        s->conns[i].fd = -1;
+    sem_init(&s->slots, 0, METRICS_MAX_CONNECTIONS);
     if (server_listen(s, &a, addr, e) < 0)
         goto fail;
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
@@ -920,8 +889,17 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
     }
     s->stop_rd = fds[0];
     s->stop_wr = fds[1];
-    if (server_start(s, e) < 0)
+    /* The server's threads (connection threads inherit it) block every signal: a SIGTERM
+     * must reach the daemon's signalfd, not kill the process from a thread that does not
+     * expect it. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&s->thread, NULL, server_main, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        lerr_set(e, LERR_IO, "metrics: cannot start a thread: %s", strerror(rc));
         goto fail;
+    }
     m->server = s;
     log_info("metrics: serving /metrics and /healthz on %.*s:%d",
              (int)(strrchr(addr, ':') - addr), addr, s->port);
