@@ -19,11 +19,12 @@
  * HEAD works for both (no body); other methods get 405 with "Allow: GET, HEAD", other
  * paths 404 (a query string is ignored). Every answer carries "Connection: close".
  *
- * The server is one thread, one listening socket and poll(): it holds at most
- * METRICS_MAX_CONNECTIONS connections at a time, each of which must deliver its request
- * head (at most METRICS_HEAD_MAX bytes, else 431) within METRICS_READ_TIMEOUT_MS and
- * take its answer within METRICS_WRITE_TIMEOUT_MS, so a slow or silent client holds one
- * slot for at most a few seconds and never blocks the others.
+ * The server is one thread accepting on one listening socket and one thread per
+ * connection: it holds at most METRICS_MAX_CONNECTIONS connections at a time (more wait in
+ * the listen backlog), each of which must deliver its request head (at most
+ * METRICS_HEAD_MAX bytes, else 431) within METRICS_READ_TIMEOUT_MS and take its answer
+ * within METRICS_WRITE_TIMEOUT_MS, so a slow or silent client holds one slot for at most
+ * a few seconds and never blocks the others.
  *
  * Addresses (metrics_addr_parse):
  *   127.0.0.1:9090    one IPv4 address       [::1]:9090   one IPv6 address
@@ -119,7 +120,7 @@ struct metrics_options {
  * duplicate regions are counted once. Undo with metrics_destroy. */
 int metrics_init(struct metrics *m, const struct metrics_options *o, struct lerr *e);
 
-/* Stops the server if it runs, and frees what metrics_init took. */
+/* Stops the server if it runs (metrics_init itself takes nothing to free). */
 void metrics_destroy(struct metrics *m);
 
 /* ---- counting: any thread; m may be NULL (nothing counted) --------------------------- */
@@ -213,8 +214,8 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e);
 /* The port the server listens on (the chosen one for port 0), or 0 when not serving. */
 int metrics_port(const struct metrics *m);
 
-/* Stops the server thread and closes its sockets: connections in progress are dropped.
- * Does nothing when not serving. */
+/* Stops the server's threads and closes its sockets: connections in progress are dropped
+ * (every thread wakes at once; none waits out its timeout). Does nothing when not serving. */
 void metrics_stop(struct metrics *m);
 
 #endif
