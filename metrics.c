@@ -258,8 +258,7 @@ static uint64_t load(const atomic_uint_fast64_t *a)
     return atomic_load_explicit((atomic_uint_fast64_t *)a, RELAXED);
 }
 
-/* Text into buf[0..cap); len counts all of it, so len >= cap says it did not fit, and
- * by how much. */
+/* Text into buf[0..cap); len counts all of it, so len >= cap says it did not fit. */
 struct out {
     char *buf;
     size_t cap, len;
@@ -344,33 +343,23 @@ static void put_family(struct out *o, const struct metrics *m, const struct fami
     }
 }
 
-static void render(const struct metrics *m, struct out *o)
-{
-    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
-        put_family(o, m, &families[i]);
-}
-
 int metrics_render(const struct metrics *m, char *buf, size_t cap)
 {
     struct out o = { buf, cap, 0 };
 
-    render(m, &o);
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        put_family(&o, m, &families[i]);
     return o.len < cap && o.len <= INT_MAX ? (int)o.len : -1;
 }
 
-/* The exposition text in a new buffer (free()); NULL when out of memory. A first try tells
- * the size; a second one may find the numbers longer by then. */
+/* The exposition text in a new buffer (free()); NULL when out of memory. */
 static char *render_text(const struct metrics *m)
 {
-    for (size_t cap = RENDER_FIRST_CAP;;) {
-        struct out o = { malloc(cap), cap, 0 };
-        if (!o.buf)
-            return NULL;
-        render(m, &o);
-        if (o.len < cap)
-            return o.buf;
-        free(o.buf);
-        cap = o.len + RENDER_FIRST_CAP;
+    for (size_t cap = RENDER_FIRST_CAP;; cap *= 2) {
+        char *buf = malloc(cap);
+        if (!buf || metrics_render(m, buf, cap) >= 0)
+            return buf;
+        free(buf);
     }
 }
 
@@ -765,9 +754,11 @@ static void *server_main(void *arg)
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     for (;;) {
         sem_wait(&s->slots);     /* at most METRICS_MAX_CONNECTIONS at a time */
-        if (poll(p, 2, -1) < 0)
+        if (poll(p, 2, -1) < 0) {
             log_error("metrics: poll: %s; the metrics server stops", strerror(errno));
-        if (p[0].revents || !p[1].revents)
+            break;
+        }
+        if (p[0].revents)
             break;
         if ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
             conn_start(s, &attr, fd);
