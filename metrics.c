@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -143,8 +144,10 @@ static struct metrics_series *series_get(struct metrics *m, enum metrics_hist h,
             atomic_store_explicit(&s[i].ready, 2, memory_order_release);
             return &s[i];
         }
-        while (ready == 1)
+        while (ready == 1) {     /* the namer may have been preempted: let it run */
+            sched_yield();
             ready = atomic_load_explicit(&s[i].ready, memory_order_acquire);
+        }
         if (strcmp(s[i].operation, op) == 0)
             return &s[i];
     }
