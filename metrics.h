@@ -3,8 +3,12 @@
  *
  * The numbers live in a caller-allocated `struct metrics` that the daemon owns and hands
  * to whoever counts (job threads, the SQS and Fly clients). Every update is a relaxed C11
- * atomic add, so counting never blocks and never takes a lock; the one lock guards the
- * first observation of a new `operation` label (a handful of times per process).
+ * atomic add, so counting never blocks and never takes a lock; the first observation of a
+ * new `operation` label claims its slot with a compare-and-swap (a handful of times per
+ * process).
+ *
+ * Owns: the numbers, /healthz's verdict, the exposition text, the request parser and the
+ * small server. Not: what is counted when (the daemon, sqs.c and fly.c decide that).
  *
  * Served on its own thread, so the poll loop never waits for a scrape:
  *   GET /metrics   Prometheus text exposition format 0.0.4
@@ -15,11 +19,12 @@
  * HEAD works for both (no body); other methods get 405 with "Allow: GET, HEAD", other
  * paths 404 (a query string is ignored). Every answer carries "Connection: close".
  *
- * The server is one thread, one listening socket and poll(): it holds at most
- * METRICS_MAX_CONNECTIONS connections at a time, each of which must deliver its request
- * head (at most METRICS_HEAD_MAX bytes, else 431) within METRICS_READ_TIMEOUT_MS and
- * take its answer within METRICS_WRITE_TIMEOUT_MS, so a slow or silent client holds one
- * slot for at most a few seconds and never blocks the others.
+ * The server is one thread accepting on one listening socket and one thread per
+ * connection: it holds at most METRICS_MAX_CONNECTIONS connections at a time (more wait in
+ * the listen backlog), each of which must deliver its request head (at most
+ * METRICS_HEAD_MAX bytes, else 431) within METRICS_READ_TIMEOUT_MS and take its answer
+ * within METRICS_WRITE_TIMEOUT_MS, so a slow or silent client holds one slot for at most
+ * a few seconds and never blocks the others.
  *
  * Addresses (metrics_addr_parse):
  *   127.0.0.1:9090    one IPv4 address       [::1]:9090   one IPv6 address
@@ -31,7 +36,6 @@
 #ifndef LAMBDO_METRICS_H
 #define LAMBDO_METRICS_H
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,7 +75,7 @@ enum metrics_hist {
 
 /* One histogram series: one operation label. */
 struct metrics_series {
-    atomic_int ready;                           /* name is set and final */
+    atomic_int ready;                           /* 0 free, 1 being named, 2 named */
     char operation[METRICS_NAME_MAX];
     atomic_uint_fast64_t bucket[METRICS_NBUCKETS + 1]; /* per bucket, not cumulative; the
                                                    last one: above the largest bound */
@@ -82,14 +86,13 @@ struct metrics_server;
 
 struct metrics {
     char version[64];
-    char regions[METRICS_MAX_REGIONS][METRICS_NAME_MAX];
-    size_t nregions;
+    char regions[METRICS_MAX_REGIONS + 1][METRICS_NAME_MAX]; /* then "other" */
+    size_t nregions;                            /* "other" not counted */
     atomic_uint_fast64_t counter[METRICS_NCOUNTERS];
     atomic_uint_fast64_t by_region[METRICS_NREGION_COUNTERS][METRICS_MAX_REGIONS + 1];
     atomic_int_fast64_t in_flight;
     /* [METRICS_MAX_OPERATIONS] is "other", the overflow */
     struct metrics_series hist[METRICS_NHISTS][METRICS_MAX_OPERATIONS + 1];
-    pthread_mutex_t register_mu;                /* first observation of an operation */
 
     /* health */
     int64_t stale_ms;                           /* 3 x long poll + 30 s */
@@ -117,7 +120,7 @@ struct metrics_options {
  * duplicate regions are counted once. Undo with metrics_destroy. */
 int metrics_init(struct metrics *m, const struct metrics_options *o, struct lerr *e);
 
-/* Stops the server if it runs, and frees what metrics_init took. */
+/* Stops the server if it runs (metrics_init itself takes nothing to free). */
 void metrics_destroy(struct metrics *m);
 
 /* ---- counting: any thread; m may be NULL (nothing counted) --------------------------- */
@@ -173,7 +176,6 @@ struct metrics_request {
     const char *path;          /* the target without its query */
     size_t path_len;
     int minor;                 /* HTTP/1.<minor> */
-    int has_host;
     size_t head_len;           /* bytes up to and including the empty line */
 };
 
@@ -212,8 +214,8 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e);
 /* The port the server listens on (the chosen one for port 0), or 0 when not serving. */
 int metrics_port(const struct metrics *m);
 
-/* Stops the server thread and closes its sockets: connections in progress are dropped.
- * Does nothing when not serving. */
+/* Stops the server's threads and closes its sockets: connections in progress are dropped
+ * (every thread wakes at once; none waits out its timeout). Does nothing when not serving. */
 void metrics_stop(struct metrics *m);
 
 #endif
