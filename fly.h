@@ -215,6 +215,7 @@ struct fly_exit {
     enum fly_call_outcome outcome;  /* OK, GONE, or what the failure was */
     int status;              /* the last HTTP status, 0 if none */
     int gone;                /* 404: Fly no longer knows the Machine; known is 0 */
+    int has_events;          /* the answer had an event list (maybe empty) */
     int exited;              /* an exit event was found */
     int known;               /* exit_code is the process's exit status (0..255). 0: no
                                 exit event yet, or it has no usable code: the caller
