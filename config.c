@@ -10,6 +10,12 @@
 
 #define DEFAULT_FLY_API "https://api.machines.dev"
 
+const char *config_env(const char *name, void *ctx)
+{
+    (void)ctx;
+    return getenv(name);
+}
+
 /* Each check below looks at one variable and returns 0, or -1 with e set; the loader keeps
  * every failure and goes on, so that one run names every problem. */
 static void note(struct config_errors *errs, int rc, const struct lerr *e)

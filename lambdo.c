@@ -77,12 +77,6 @@ static const char usage[] =
     "Exit status: 0 ok or stopped by SIGTERM/SIGINT (--once: 1), 1 failure, 2 usage or\n"
     "configuration.\n";
 
-static const char *env_get(const char *name, void *ctx)
-{
-    (void)ctx;
-    return getenv(name);
-}
-
 int main(int argc, char **argv)
 {
     struct config_errors errs;
@@ -120,7 +114,7 @@ int main(int argc, char **argv)
         sigaddset(&set, SIGINT);
         sigprocmask(SIG_BLOCK, &set, NULL);
     }
-    if (config_load(&cfg, env_get, NULL, &errs) < 0) {
+    if (config_load(&cfg, config_env, NULL, &errs) < 0) {
         for (size_t i = 0; i < errs.n; i++)
             fprintf(stderr, "lambdo: configuration: %s\n", errs.line[i].msg);
         return EXIT_USAGE;
