@@ -2,6 +2,7 @@
 #include "metrics.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,29 +21,34 @@ size_t fly_base64_len(size_t n)
     return (n / 3 + (n % 3 != 0)) * 4;
 }
 
-size_t fly_base64_encode(const void *in, size_t n, char *out)
+/* Three bytes as four base64 characters. */
+static void base64_quad(const unsigned char *s, char *o)
 {
     static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const unsigned char *s = in;
-    size_t o = 0, i = 0;
+    unsigned long v = (unsigned long)s[0] << 16 | (unsigned long)s[1] << 8 | s[2];
 
-    for (; n - i >= 3; i += 3) {
-        unsigned long v = (unsigned long)s[i] << 16 | (unsigned long)s[i + 1] << 8 | s[i + 2];
-        out[o++] = abc[v >> 18];
-        out[o++] = abc[v >> 12 & 63];
-        out[o++] = abc[v >> 6 & 63];
-        out[o++] = abc[v & 63];
-    }
-    if (n - i == 1) {
-        out[o++] = abc[s[i] >> 2];
-        out[o++] = abc[(s[i] & 3) << 4];
-        out[o++] = '=';
-        out[o++] = '=';
-    } else if (n - i == 2) {
-        out[o++] = abc[s[i] >> 2];
-        out[o++] = abc[(s[i] & 3) << 4 | s[i + 1] >> 4];
-        out[o++] = abc[(s[i + 1] & 15) << 2];
-        out[o++] = '=';
+    o[0] = abc[v >> 18];
+    o[1] = abc[v >> 12 & 63];
+    o[2] = abc[v >> 6 & 63];
+    o[3] = abc[v & 63];
+}
+
+size_t fly_base64_encode(const void *in, size_t n, char *out)
+{
+    const unsigned char *s = in;
+    size_t i = 0, o = 0;
+
+    for (; n - i >= 3; i += 3, o += 4)
+        base64_quad(s + i, out + o);
+    if (i < n) {
+        /* the last one or two bytes, zero-padded; '=' stands for the bytes missing */
+        unsigned char last[3] = { s[i], n - i == 2 ? s[i + 1] : 0, 0 };
+
+        base64_quad(last, out + o);
+        out[o + 3] = '=';
+        if (n - i == 1)
+            out[o + 2] = '=';
+        o += 4;
     }
     out[o] = '\0';
     return o;
@@ -94,6 +100,19 @@ static void jb_raw(struct jbuf *b, const char *s)
     }
 }
 
+/* printf into the text, for short pieces (at most 255 bytes). */
+static void jb_fmt(struct jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void jb_fmt(struct jbuf *b, const char *fmt, ...)
+{
+    char s[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(s, sizeof s, fmt, ap);
+    va_end(ap);
+    jb_raw(b, s);
+}
+
 /* A JSON string: quotes, backslashes and control bytes escaped; other bytes as they are
  * (the strings here are checked ASCII or UTF-8). */
 static void jb_str(struct jbuf *b, const char *s)
@@ -101,29 +120,16 @@ static void jb_str(struct jbuf *b, const char *s)
     jb_raw(b, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        char esc[8];
+        char one[2] = { (char)c, '\0' };
 
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            esc[2] = '\0';
-        } else if (c < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-        } else {
-            esc[0] = (char)c;
-            esc[1] = '\0';
-        }
-        jb_raw(b, esc);
+        if (c < 0x20)
+            jb_fmt(b, "\\u%04x", c);
+        else if (c == '"' || c == '\\')
+            jb_fmt(b, "\\%c", c);
+        else
+            jb_raw(b, one);
     }
     jb_raw(b, "\"");
-}
-
-static void jb_int(struct jbuf *b, int v)
-{
-    char num[16];
-
-    snprintf(num, sizeof num, "%d", v);
-    jb_raw(b, num);
 }
 
 static void jb_base64(struct jbuf *b, const void *in, size_t n)
@@ -134,23 +140,6 @@ static void jb_base64(struct jbuf *b, const void *in, size_t n)
     if ((p = jb_room(b, fly_base64_len(n))))
         b->len += fly_base64_encode(in, n, p);
     jb_raw(b, "\"");
-}
-
-static void jb_guest(struct jbuf *b, const struct preset *p)
-{
-    jb_raw(b, "{\"cpu_kind\":");
-    jb_str(b, p->cpu_kind);
-    jb_raw(b, ",\"cpus\":");
-    jb_int(b, p->cpus);
-    jb_raw(b, ",\"memory_mb\":");
-    jb_int(b, p->memory_mb);
-    if (p->gpus > 0) {
-        jb_raw(b, ",\"gpus\":");
-        jb_int(b, p->gpus);
-        jb_raw(b, ",\"gpu_kind\":");
-        jb_str(b, p->gpu_kind);
-    }
-    jb_raw(b, "}");
 }
 
 /* init.cmd from the command attribute: re-serialized, which is safe because it holds
@@ -198,8 +187,13 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
     }
     jb_raw(&b, "\"config\":{\"image\":");
     jb_str(&b, spec->image);
-    jb_raw(&b, ",\"guest\":");
-    jb_guest(&b, spec->preset);
+    /* the preset's words come from its table: nothing to escape */
+    jb_fmt(&b, ",\"guest\":{\"cpu_kind\":\"%s\",\"cpus\":%d,\"memory_mb\":%d",
+           spec->preset->cpu_kind, spec->preset->cpus, spec->preset->memory_mb);
+    if (spec->preset->gpus > 0)
+        jb_fmt(&b, ",\"gpus\":%d,\"gpu_kind\":\"%s\"", spec->preset->gpus,
+               spec->preset->gpu_kind);
+    jb_raw(&b, "}");
     jb_raw(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"}");
     jb_raw(&b, ",\"files\":[{\"guest_path\":\"" FLY_EVENTS_PATH "\",\"raw_value\":");
     jb_base64(&b, spec->events, spec->events_len);
@@ -396,7 +390,10 @@ static int pct_encode(const char *s, char *out, size_t cap)
     return 0;
 }
 
-int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
+/* base's scheme and authority, its path without trailing slashes, /v1/apps/<app,
+ * percent-encoded>, then more (encoded already). */
+static int api_url(const struct url *base, const char *app, const char *more, struct url *out,
+                   struct lerr *e)
 {
     char enc[3 * 64 + 1];
     size_t plen = strlen(base->path);
@@ -411,32 +408,33 @@ int fly_machines_url(const struct url *base, const char *app, struct url *out, s
     while (plen > 0 && base->path[plen - 1] == '/')
         plen--;
     *out = *base;
-    n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s/machines", (int)plen, base->path,
-                 enc);
+    n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s%s", (int)plen, base->path, enc,
+                 more);
     if (n < 0 || (size_t)n >= sizeof out->path)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
     return 0;
 }
 
+int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
+{
+    return api_url(base, app, "/machines", out, e);
+}
+
 int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
                     const char *action, const char *query, struct url *out, struct lerr *e)
 {
-    char enc[3 * 64 + 1];
-    size_t len;
+    char enc[3 * 64 + 1], more[1024];
     int n;
 
-    if (fly_machines_url(base, app, out, e) < 0)
-        return -1;
     if (!machine_id || !machine_id[0])
         return lerr_set(e, LERR_INVALID, "the Machine id is empty");
     if (pct_encode(machine_id, enc, sizeof enc) < 0)
         return lerr_set(e, LERR_INVALID, "the Machine id is too long");
-    len = strlen(out->path);
-    n = snprintf(out->path + len, sizeof out->path - len, "/%s%s%s%s%s", enc,
-                 action ? "/" : "", action ? action : "", query ? "?" : "", query ? query : "");
-    if (n < 0 || (size_t)n >= sizeof out->path - len)
+    n = snprintf(more, sizeof more, "/machines/%s%s%s%s%s", enc, action ? "/" : "",
+                 action ? action : "", query ? "?" : "", query ? query : "");
+    if (n < 0 || (size_t)n >= sizeof more)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
-    return 0;
+    return api_url(base, app, more, out, e);
 }
 
 /* ---- the network part ------------------------------------------------------------------ */
@@ -1032,12 +1030,7 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
 
 int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
 {
-    static const char suffix[] = "/machines";
-
-    if (fly_machines_url(base, app, out, e) < 0)
-        return -1;
-    out->path[strlen(out->path) - (sizeof suffix - 1)] = '\0';
-    return 0;
+    return api_url(base, app, "", out, e);
 }
 
 int fly_get_app(struct http_client *http, const struct fly_target *t,
