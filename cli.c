@@ -278,12 +278,13 @@ void cli_row(FILE *out, enum cli_status st, const char *name, const char *reason
     fprintf(out, "%-6s%-12s%s\n", words[st], name, reason);
 }
 
-static void cli_count(long v, char out[24])
+/* A count SQS gave, or "?" for one it did not. */
+static const char *cli_count(long v, char out[24])
 {
     if (v < 0)
-        snprintf(out, 24, "?");
-    else
-        snprintf(out, 24, "%ld", v);
+        return "?";
+    snprintf(out, 24, "%ld", v);
+    return out;
 }
 
 enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info *q, char *out,
@@ -291,9 +292,6 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
 {
     char visible[24], in_flight[24], delayed[24], redrive[320], after[48] = "";
 
-    cli_count(q->visible, visible);
-    cli_count(q->in_flight, in_flight);
-    cli_count(q->delayed, delayed);
     if (q->max_receive_count >= 0)
         snprintf(after, sizeof after, " after %ld receives", q->max_receive_count);
     if (q->has_redrive)
@@ -302,8 +300,9 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
     else
         snprintf(redrive, sizeof redrive, "no redrive policy: invalid messages and failing "
                  "jobs come back forever; give the queue a dead-letter queue");
-    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; %s)", queue_url, visible,
-             in_flight, delayed, redrive);
+    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; %s)", queue_url,
+             cli_count(q->visible, visible), cli_count(q->in_flight, in_flight),
+             cli_count(q->delayed, delayed), redrive);
     return q->has_redrive ? CLI_OK : CLI_WARN;
 }
 

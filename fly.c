@@ -305,28 +305,25 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
                   size_t retry_after_len, struct fly_answer *a)
 {
     cJSON *j = body && body_len ? json_parse(body, body_len) : NULL;
+    int ok = status >= 200 && status < 300;
 
     memset(a, 0, sizeof *a);
     a->retry_after_ms = -1;
     a->machine.status = status;
-    if (status >= 200 && status < 300) {
+    if (!ok)
+        error_text(a->error, sizeof a->error, j, body, body_len);
+    else
         copy_field(a->machine.id, sizeof a->machine.id, j, "id");
-        if (usable_id(j, a->machine.id)) {
-            a->outcome = FLY_CREATED;
-            copy_field(a->machine.instance_id, sizeof a->machine.instance_id, j, "instance_id");
-            copy_field(a->machine.region, sizeof a->machine.region, j, "region");
-            cJSON_Delete(j);
-            return;
-        }
+    if (ok && usable_id(j, a->machine.id)) {
+        a->outcome = FLY_CREATED;
+        copy_field(a->machine.instance_id, sizeof a->machine.instance_id, j, "instance_id");
+        copy_field(a->machine.region, sizeof a->machine.region, j, "region");
+    } else if (ok) {
         /* Nothing to wait for, stop or destroy: a failed create, never a Machine id "" */
         a->machine.id[0] = '\0';
         snprintf(a->error, sizeof a->error, "the answer names no usable Machine id");
         a->outcome = FLY_GIVE_UP;
-        cJSON_Delete(j);
-        return;
-    }
-    error_text(a->error, sizeof a->error, j, body, body_len);
-    if (status == 429) {
+    } else if (status == 429) {
         a->outcome = FLY_RETRY;
         a->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
     } else if (status >= 500 || status == 408 || capacity_error(status, j, a->error)) {
