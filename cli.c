@@ -209,8 +209,9 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
     return cli_items_done(&it, items, n, e);
 }
 
-void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
-               struct sqs_send_entry *en)
+/* The entry SQS gets for a body with the flags' attributes. */
+static void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
+                      struct sqs_send_entry *en)
 {
     *en = (struct sqs_send_entry){ .body = body, .body_len = len, .image = o->image,
                                    .size = o->size, .command = o->command };

@@ -523,7 +523,6 @@ struct call {
     struct http_request req;
     const char *what;              /* "create", "wait", "show"...: the metrics' operation */
     char who[160];                 /* what logs and errors call it: "Machine m1: wait" */
-    enum log_level level;          /* of its 429 retry lines: a create's are warnings */
     int max_retries;               /* 429 retries before giving up; -1: as long as Fly says */
     int prepaid;                   /* the first request's token was taken already */
 };
@@ -545,8 +544,7 @@ static int call_init(struct call *c, struct http_client *http, const struct fly_
     }
     if (fly_auth_header(t->token, &auth, e) < 0)
         return -1;
-    *c = (struct call){ http, t, t->get_rl, .what = what, .level = LOG_LEVEL_DEBUG,
-                        .max_retries = FLY_RATE_LIMIT_RETRIES };
+    *c = (struct call){ http, t, t->get_rl, .what = what, .max_retries = FLY_RATE_LIMIT_RETRIES };
     c->headers[0] = (struct http_header){ "Authorization", auth };
     c->req = (struct http_request){ method, &c->url, c->headers, 1, NULL, 0,
                                     FLY_CALL_TIMEOUT_MS };
@@ -566,6 +564,8 @@ static void call_end(struct call *c)
 static int send_paced(struct call *c, struct http_response *resp, struct fly_call_result *r,
                       struct lerr *e)
 {
+    int create = strcmp(c->what, "create") == 0;
+
     for (int retry = 0;; retry++) {
         const char *ra;
         size_t ra_len = 0;
@@ -600,9 +600,9 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
             return 0;
         }
         http_response_free(resp);
-        /* the create's words (and level) differ: there a 429 is worth a warning */
-        log_write(c->level, "fly: %s: rate limited%s; retry %d of %d in %d ms", c->who,
-                  c->level == LOG_LEVEL_WARN ? " (HTTP 429)" : "", retry + 1,
+        /* a create's 429 is worth a warning (in its own words); the other calls' are debug */
+        log_write(create ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "fly: %s: rate limited%s; retry %d "
+                  "of %d in %d ms", c->who, create ? " (HTTP 429)" : "", retry + 1,
                   FLY_RATE_LIMIT_RETRIES, wait);
         /* with a limiter every thread pauses: the penalty makes the next pace() wait */
         if (c->rl)
@@ -686,7 +686,6 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     c.headers[1] = (struct http_header){ "Content-Type", "application/json" };
     c.req.num_headers = 2;
     c.req.timeout_ms = FLY_CREATE_TIMEOUT_MS;
-    c.level = LOG_LEVEL_WARN;
     c.max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES;
     c.prepaid = t->create_prepaid;
     for (size_t i = 0; i < (nregions ? nregions : 1); i++) {
