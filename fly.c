@@ -536,7 +536,6 @@ static int call_init(struct call *c, struct http_client *http, const struct fly_
 {
     char *auth = NULL;
 
-    memset(c, 0, sizeof *c);
     if (r) {
         memset(r, 0, sizeof *r);
         r->outcome = FLY_CALL_FAILED;
