@@ -327,36 +327,32 @@ static void cli_other_reason(const struct lerr *e, char *out, size_t cap)
                      ? " (is its CA in the bundle SSL_CERT_FILE names?)" : "");
 }
 
-static int cli_code_in(const char *code, const char *const *codes, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(code, codes[i]) == 0)
-            return 1;
-    return 0;
-}
-
 void cli_sqs_reason(const struct sqs_api_error *ae, const struct lerr *e, char *out, size_t cap)
 {
-    static const char *const auth[] = {
-        "SignatureDoesNotMatch", "InvalidClientTokenId", "UnrecognizedClientException",
-        "IncompleteSignature", "MissingAuthenticationToken", "InvalidSignatureException",
-        "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "RequestExpired",
-        "InvalidSecurity", "AuthFailure",
+    static const struct {
+        const char *code, *what;
+    } known[] = {
+        { "SignatureDoesNotMatch", "credentials refused" },
+        { "InvalidClientTokenId", "credentials refused" },
+        { "UnrecognizedClientException", "credentials refused" },
+        { "IncompleteSignature", "credentials refused" },
+        { "MissingAuthenticationToken", "credentials refused" },
+        { "InvalidSignatureException", "credentials refused" },
+        { "ExpiredToken", "credentials refused" }, { "ExpiredTokenException", "credentials refused" },
+        { "InvalidAccessKeyId", "credentials refused" }, { "RequestExpired", "credentials refused" },
+        { "InvalidSecurity", "credentials refused" }, { "AuthFailure", "credentials refused" },
+        { "AccessDenied", "access denied" }, { "AccessDeniedException", "access denied" },
+        { "QueueDoesNotExist", "queue not found" }, { "NonExistentQueue", "queue not found" },
     };
-    static const char *const denied[] = { "AccessDenied", "AccessDeniedException" };
-    static const char *const missing[] = { "QueueDoesNotExist", "NonExistentQueue" };
     const char *what = "SQS refused";
 
     if (e->kind != LERR_HTTP || ae->status == 0) {
         cli_other_reason(e, out, cap);
         return;
     }
-    if (cli_code_in(ae->code, auth, sizeof auth / sizeof auth[0]))
-        what = "credentials refused";
-    else if (cli_code_in(ae->code, denied, sizeof denied / sizeof denied[0]))
-        what = "access denied";
-    else if (cli_code_in(ae->code, missing, sizeof missing / sizeof missing[0]))
-        what = "queue not found";
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(ae->code, known[i].code) == 0)
+            what = known[i].what;
     snprintf(out, cap, "%s: %s%s%s (HTTP %d)", what, ae->code[0] ? ae->code : "no error code",
              ae->message[0] ? ": " : "", ae->message, ae->status);
 }
