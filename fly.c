@@ -297,31 +297,110 @@ static int capacity_error(int status, const cJSON *j, const char *error)
     return (status == 409 || status == 412) && strcasestr(error, "insufficient");
 }
 
-/* An id lambdo can follow the Machine by: a string that copy_field keeps as it is. */
-static int usable_id(const cJSON *j, const char *copied)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "id");
+/* ---- a create's answer: three strings out of an echo of the whole request ------------ */
 
-    return copied[0] && cJSON_IsString(v) && strcmp(v->valuestring, copied) == 0;
+/* Fly's answer to a create repeats the config, the events file's base64 included: building
+ * all of it with cJSON cost more than writing the request. Only three top-level strings are
+ * read, so the object is walked and its values skipped (memchr over the long strings). */
+
+static size_t skip_space(const char *s, size_t i, size_t n)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n'))
+        i++;
+    return i;
+}
+
+/* Past the JSON string whose opening quote is s[i]; n when it does not end. */
+static size_t skip_string(const char *s, size_t i, size_t n)
+{
+    const char *q;
+
+    for (i++; i < n && (q = memchr(s + i, '"', n - i)); i++) {
+        size_t bs = 0;
+
+        i = (size_t)(q - s);
+        while (s[i - 1 - bs] == '\\')  /* stops at the opening quote at the latest */
+            bs++;
+        if (bs % 2 == 0)
+            return i + 1;
+    }
+    return n;
+}
+
+/* The ',' or '}' that ends the member value starting at s[i] (nested objects and arrays
+ * counted, strings skipped whole); n when there is none. */
+static size_t skip_value(const char *s, size_t i, size_t n)
+{
+    int depth = 0;
+
+    for (; i < n; i++) {
+        if (s[i] == '"')
+            i = skip_string(s, i, n) - 1;
+        else if (s[i] == '{' || s[i] == '[')
+            depth++;
+        else if ((s[i] == '}' || s[i] == ']') && depth > 0)
+            depth--;
+        else if ((s[i] == ',' || s[i] == '}') && depth == 0)
+            return i;
+    }
+    return n;
+}
+
+/* The top-level member name of the JSON object s[0..n), when it is a string without
+ * escapes, one_line'd into out[cap]; out is "" otherwise (no such member, another type,
+ * not an object). Returns 1 when out holds the string exactly as it was. */
+static int answer_string(const char *s, size_t n, const char *name, char *out, size_t cap)
+{
+    size_t i = skip_space(s, 0, n), len = strlen(name);
+
+    out[0] = '\0';
+    if (i == n || s[i] != '{')
+        return 0;
+    i = skip_space(s, i + 1, n);
+    while (i < n && s[i] == '"') {
+        size_t key = i + 1, key_end = skip_string(s, i, n), value, value_len;
+
+        i = skip_space(s, key_end, n);
+        if (i == n || s[i] != ':')
+            return 0;
+        value = skip_space(s, i + 1, n);
+        i = skip_value(s, value, n);
+        if (i == n)
+            return 0;
+        if (key_end - key - 1 == len && memcmp(s + key, name, len) == 0) {
+            if (s[value] != '"')
+                return 0;
+            /* it ends before i: skip_value found the ',' or '}' after it */
+            value_len = skip_string(s, value, n) - value - 2;
+            if (memchr(s + value + 1, '\\', value_len))
+                return 0;
+            one_line(out, cap, s + value + 1, value_len);
+            return strlen(out) == value_len && memcmp(out, s + value + 1, value_len) == 0;
+        }
+        if (s[i] != ',')
+            return 0;
+        i = skip_space(s, i + 1, n);
+    }
+    return 0;
 }
 
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
                   size_t retry_after_len, struct fly_answer *a)
 {
-    cJSON *j = body && body_len ? json_parse(body, body_len) : NULL;
     int ok = status >= 200 && status < 300;
+    cJSON *j = body && body_len && !ok ? json_parse(body, body_len) : NULL;
 
     memset(a, 0, sizeof *a);
     a->retry_after_ms = -1;
     a->machine.status = status;
     if (!ok)
         error_text(a->error, sizeof a->error, j, body, body_len);
-    else
-        copy_field(a->machine.id, sizeof a->machine.id, j, "id");
-    if (ok && usable_id(j, a->machine.id)) {
+    if (ok && body && answer_string(body, body_len, "id", a->machine.id, sizeof a->machine.id) &&
+        a->machine.id[0]) {
         a->outcome = FLY_CREATED;
-        copy_field(a->machine.instance_id, sizeof a->machine.instance_id, j, "instance_id");
-        copy_field(a->machine.region, sizeof a->machine.region, j, "region");
+        answer_string(body, body_len, "instance_id", a->machine.instance_id,
+                      sizeof a->machine.instance_id);
+        answer_string(body, body_len, "region", a->machine.region, sizeof a->machine.region);
     } else if (ok) {
         /* Nothing to wait for, stop or destroy: a failed create, never a Machine id "" */
         a->machine.id[0] = '\0';
