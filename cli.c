@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -44,12 +45,6 @@ static const char check_usage[] =
     "ok, warn or fail and why.\n"
     "Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or\n"
     "configuration (every problem is named, one row each).\n";
-
-static const char *cli_getenv(const char *name, void *ctx)
-{
-    (void)ctx;
-    return getenv(name);
-}
 
 /* ======================================================================================
  * send: arguments, lines, checks (pure)
@@ -214,15 +209,12 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
     return cli_items_done(&it, items, n, e);
 }
 
-void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
-               struct sqs_send_entry *en)
+/* The entry SQS gets for a body with the flags' attributes. */
+static void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
+                      struct sqs_send_entry *en)
 {
-    memset(en, 0, sizeof *en);
-    en->body = body;
-    en->body_len = len;
-    en->image = o->image;
-    en->size = o->size;
-    en->command = o->command;
+    *en = (struct sqs_send_entry){ .body = body, .body_len = len, .image = o->image,
+                                   .size = o->size, .command = o->command };
 }
 
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
@@ -287,12 +279,13 @@ void cli_row(FILE *out, enum cli_status st, const char *name, const char *reason
     fprintf(out, "%-6s%-12s%s\n", words[st], name, reason);
 }
 
-static void cli_count(long v, char out[24])
+/* A count SQS gave, or "?" for one it did not. */
+static const char *cli_count(long v, char out[24])
 {
     if (v < 0)
-        snprintf(out, 24, "?");
-    else
-        snprintf(out, 24, "%ld", v);
+        return "?";
+    snprintf(out, 24, "%ld", v);
+    return out;
 }
 
 enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info *q, char *out,
@@ -300,9 +293,6 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
 {
     char visible[24], in_flight[24], delayed[24], redrive[320], after[48] = "";
 
-    cli_count(q->visible, visible);
-    cli_count(q->in_flight, in_flight);
-    cli_count(q->delayed, delayed);
     if (q->max_receive_count >= 0)
         snprintf(after, sizeof after, " after %ld receives", q->max_receive_count);
     if (q->has_redrive)
@@ -311,76 +301,58 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
     else
         snprintf(redrive, sizeof redrive, "no redrive policy: invalid messages and failing "
                  "jobs come back forever; give the queue a dead-letter queue");
-    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; %s)", queue_url, visible,
-             in_flight, delayed, redrive);
+    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; %s)", queue_url,
+             cli_count(q->visible, visible), cli_count(q->in_flight, in_flight),
+             cli_count(q->delayed, delayed), redrive);
     return q->has_redrive ? CLI_OK : CLI_WARN;
 }
 
-/* What kind of trouble a transport error is, or NULL for other errors. */
-static const char *cli_kind_class(enum lerr_kind kind)
-{
-    switch (kind) {
-    case LERR_TLS_UNTRUSTED:
-    case LERR_TLS_NAME:
-    case LERR_TLS_ALERT:
-    case LERR_TLS:
-        return "TLS";
-    case LERR_DNS:
-        return "DNS";
-    case LERR_REFUSED:
-    case LERR_CONNECT:
-    case LERR_CLOSED:
-        return "connection";
-    case LERR_TIMEOUT:
-        return "timeout";
-    default:
-        return NULL;
-    }
-}
-
-/* A failure without an HTTP answer, or one that is not the server's refusal. */
+/* A failure without an HTTP answer, or one that is not the server's refusal: a transport
+ * error says what kind of trouble it is. */
 static void cli_other_reason(const struct lerr *e, char *out, size_t cap)
 {
-    const char *cls = cli_kind_class(e->kind);
+    static const struct {
+        enum lerr_kind kind;
+        const char *cls;
+    } classes[] = {
+        { LERR_TLS_UNTRUSTED, "TLS" }, { LERR_TLS_NAME, "TLS" }, { LERR_TLS_ALERT, "TLS" },
+        { LERR_TLS, "TLS" }, { LERR_DNS, "DNS" }, { LERR_REFUSED, "connection" },
+        { LERR_CONNECT, "connection" }, { LERR_CLOSED, "connection" }, { LERR_TIMEOUT, "timeout" },
+    };
 
-    if (!cls)
-        snprintf(out, cap, "%s", e->msg);
-    else if (e->kind == LERR_TLS_UNTRUSTED)
-        snprintf(out, cap, "%s: %s (is its CA in the bundle SSL_CERT_FILE names?)", cls, e->msg);
-    else
-        snprintf(out, cap, "%s: %s", cls, e->msg);
-}
-
-static int cli_code_in(const char *code, const char *const *codes, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(code, codes[i]) == 0)
-            return 1;
-    return 0;
+    snprintf(out, cap, "%s", e->msg);
+    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
+        if (classes[i].kind == e->kind)
+            snprintf(out, cap, "%s: %s%s", classes[i].cls, e->msg, e->kind == LERR_TLS_UNTRUSTED
+                     ? " (is its CA in the bundle SSL_CERT_FILE names?)" : "");
 }
 
 void cli_sqs_reason(const struct sqs_api_error *ae, const struct lerr *e, char *out, size_t cap)
 {
-    static const char *const auth[] = {
-        "SignatureDoesNotMatch", "InvalidClientTokenId", "UnrecognizedClientException",
-        "IncompleteSignature", "MissingAuthenticationToken", "InvalidSignatureException",
-        "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "RequestExpired",
-        "InvalidSecurity", "AuthFailure",
+    static const struct {
+        const char *code, *what;
+    } known[] = {
+        { "SignatureDoesNotMatch", "credentials refused" },
+        { "InvalidClientTokenId", "credentials refused" },
+        { "UnrecognizedClientException", "credentials refused" },
+        { "IncompleteSignature", "credentials refused" },
+        { "MissingAuthenticationToken", "credentials refused" },
+        { "InvalidSignatureException", "credentials refused" },
+        { "ExpiredToken", "credentials refused" }, { "ExpiredTokenException", "credentials refused" },
+        { "InvalidAccessKeyId", "credentials refused" }, { "RequestExpired", "credentials refused" },
+        { "InvalidSecurity", "credentials refused" }, { "AuthFailure", "credentials refused" },
+        { "AccessDenied", "access denied" }, { "AccessDeniedException", "access denied" },
+        { "QueueDoesNotExist", "queue not found" }, { "NonExistentQueue", "queue not found" },
     };
-    static const char *const denied[] = { "AccessDenied", "AccessDeniedException" };
-    static const char *const missing[] = { "QueueDoesNotExist", "NonExistentQueue" };
     const char *what = "SQS refused";
 
     if (e->kind != LERR_HTTP || ae->status == 0) {
         cli_other_reason(e, out, cap);
         return;
     }
-    if (cli_code_in(ae->code, auth, sizeof auth / sizeof auth[0]))
-        what = "credentials refused";
-    else if (cli_code_in(ae->code, denied, sizeof denied / sizeof denied[0]))
-        what = "access denied";
-    else if (cli_code_in(ae->code, missing, sizeof missing / sizeof missing[0]))
-        what = "queue not found";
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(ae->code, known[i].code) == 0)
+            what = known[i].what;
     snprintf(out, cap, "%s: %s%s%s (HTTP %d)", what, ae->code[0] ? ae->code : "no error code",
              ae->message[0] ? ": " : "", ae->message, ae->status);
 }
@@ -416,7 +388,7 @@ struct cli_net {
 /* Opens the clients over net->anchors (loaded or not: plain http needs none). */
 static int cli_net_open(struct cli_net *net, const struct config *cfg, struct lerr *e)
 {
-    if (creds_init(&net->creds, cli_getenv, NULL, cfg->aws_region,
+    if (creds_init(&net->creds, config_env, NULL, cfg->aws_region,
                    net->anchors.count ? &net->anchors : NULL, e) < 0)
         return -1;
     http_client_init(&net->http, net->anchors.count ? &net->anchors : NULL);
@@ -437,47 +409,52 @@ static void cli_net_close(struct cli_net *net)
  * send
  * ==================================================================================== */
 
+/* Every message of send goes to stderr as one line "lambdo send: ...". */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fputs("lambdo send: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
 static int cli_read_all(int fd, const char *name, char **out, size_t *len, struct lerr *e)
 {
-    size_t cap = 0, n = 0;
-    char *buf = NULL;
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap), *p;
+    ssize_t r;
 
-    for (;;) {
-        ssize_t r;
-
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 65536;
-            char *p;
-            if (cap >= CLI_MAX_INPUT) {
-                free(buf);
-                return lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)",
-                                name, CLI_MAX_INPUT >> 20);
-            }
-            p = realloc(buf, ncap < CLI_MAX_INPUT ? ncap : CLI_MAX_INPUT);
-            if (!p) {
-                free(buf);
-                return lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
-            }
-            buf = p;
-            cap = ncap < CLI_MAX_INPUT ? ncap : CLI_MAX_INPUT;
-        }
-        r = read(fd, buf + n, cap - n);
-        if (r == 0)
-            break;
+    while (buf && (r = read(fd, buf + n, cap - n)) != 0) {
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
             free(buf);
             return lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
         }
-        n += (size_t)r;
+        if ((n += (size_t)r) < cap)
+            continue;
+        if (cap >= CLI_MAX_INPUT) {
+            free(buf);
+            return lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
+                            CLI_MAX_INPUT >> 20);
+        }
+        if (!(p = realloc(buf, cap * 2)))
+            free(buf);
+        buf = p;
+        cap *= 2;
     }
+    if (!buf)
+        return lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
     *out = buf;
     *len = n;
     return 0;
 }
 
-/* Names every invalid line (the first CLI_MAX_REPORTED); returns how many there are. */
+/* Names every invalid body (the first CLI_MAX_REPORTED); returns how many there are. */
 static size_t send_report_invalid(const struct cli_send_opts *o, const struct cli_line *lines,
                                   size_t n)
 {
@@ -485,14 +462,14 @@ static size_t send_report_invalid(const struct cli_send_opts *o, const struct cl
 
     for (size_t i = 0; i < n; i++) {
         struct lerr e;
-        if (cli_check_body(o, lines[i].body, lines[i].len, lines[i].lineno, &e) == 0)
-            continue;
-        if (++bad <= CLI_MAX_REPORTED)
-            fprintf(stderr, "lambdo send: %s\n", e.msg);
+        if (cli_check_body(o, lines[i].body, lines[i].len, lines[i].lineno, &e) < 0 &&
+            ++bad <= CLI_MAX_REPORTED)
+            say("%s%s", e.msg, o->body ? "; nothing was sent" : "");
     }
     if (bad > CLI_MAX_REPORTED)
-        fprintf(stderr, "lambdo send: ... and %zu more invalid %ss\n", bad - CLI_MAX_REPORTED,
-                cli_item(o));
+        say("... and %zu more invalid %ss", bad - CLI_MAX_REPORTED, cli_item(o));
+    if (bad && !o->body)
+        say("%zu of %zu %ss invalid; nothing was sent", bad, n, cli_item(o));
     return bad;
 }
 
@@ -503,7 +480,6 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
                                 const struct cli_line *lines, size_t k)
 {
     const char *item = cli_item(o);
-
     size_t sent = 0, same = 1;
 
     for (size_t i = 0; i < k; i++) {
@@ -516,19 +492,18 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
     }
     fflush(stdout);
     if (sent == 0 && k > 1 && same) {
-        fprintf(stderr, "lambdo send: %ss %zu to %zu not sent: %s: %s\n", item,
-                lines[0].lineno, lines[k - 1].lineno, en[0].code, en[0].message);
+        say("%ss %zu to %zu not sent: %s: %s", item, lines[0].lineno, lines[k - 1].lineno,
+            en[0].code, en[0].message);
         return 0;
     }
     for (size_t i = 0; i < k; i++) {
         if (en[i].status == SQS_ENTRY_OK)
             continue;
         if (en[i].message_id[0])
-            fprintf(stderr, "lambdo send: %s %zu: sent as message %s, but %s: %s\n", item,
-                    lines[i].lineno, en[i].message_id, en[i].code, en[i].message);
+            say("%s %zu: sent as message %s, but %s: %s", item, lines[i].lineno,
+                en[i].message_id, en[i].code, en[i].message);
         else
-            fprintf(stderr, "lambdo send: %s %zu: not sent: %s: %s\n", item, lines[i].lineno,
-                    en[i].code, en[i].message);
+            say("%s %zu: not sent: %s: %s", item, lines[i].lineno, en[i].code, en[i].message);
     }
     return sent;
 }
@@ -554,8 +529,8 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
         unsent += k - sent;
         start += k;
         if (sent == 0 && start < n) {
-            fprintf(stderr, "lambdo send: stopping: %ss %zu to %zu not tried\n", cli_item(o),
-                    lines[start].lineno, lines[n - 1].lineno);
+            say("stopping: %ss %zu to %zu not tried", cli_item(o), lines[start].lineno,
+                lines[n - 1].lineno);
             unsent += n - start;
             break;
         }
@@ -563,54 +538,41 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
     return unsent;
 }
 
-static int send_open(struct cli_net *net, const struct config *cfg, struct lerr *e)
-{
-    memset(net, 0, sizeof *net);
-    /* STS (web identity) is https even when an emulator's SQS endpoint is not. */
-    if ((cfg->sqs_endpoint.tls || (getenv("AWS_ROLE_ARN") && *getenv("AWS_ROLE_ARN"))) &&
-        tls_anchors_load(&net->anchors, cfg->ca_file, e) < 0)
-        return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
-    return cli_net_open(net, cfg, e);
-}
-
-static int send_one(const struct cli_send_opts *o, const struct config *cfg)
+/* BODY alone goes with SendMessage; returns how many were not sent (0 or 1). */
+static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c)
 {
     struct sqs_send_entry en;
-    struct cli_net net;
     struct lerr e;
-    int rc;
 
-    if (cli_check_body(o, o->body, strlen(o->body), 0, &e) < 0) {
-        fprintf(stderr, "lambdo send: %s; nothing was sent\n", e.msg);
-        return CLI_EXIT_USAGE;
-    }
-    if (send_open(&net, cfg, &e) < 0) {
-        fprintf(stderr, "lambdo send: %s\n", e.msg);
-        cli_net_close(&net);
-        return CLI_EXIT_USAGE;
-    }
     cli_entry(o, o->body, strlen(o->body), &en);
-    rc = sqs_send(&net.sqs, &en, &e);
-    if (rc == 0)
-        printf("%s\n", en.message_id);
-    else
-        fprintf(stderr, "lambdo send: %s\n", e.msg);
-    cli_net_close(&net);
-    return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILED;
+    if (sqs_send(c, &en, &e) < 0) {
+        say("%s", e.msg);
+        return 1;
+    }
+    printf("%s\n", en.message_id);
+    return 0;
 }
 
-/* The bodies: the lines of stdin, or the elements of the --array file. */
+/* The bodies: BODY, the lines of stdin, or the elements of the --array file. */
 static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
                       struct cli_line **items, size_t *n, struct lerr *e)
 {
     const char *name = o->array && strcmp(o->array, "-") != 0 ? o->array : "stdin";
-    int fd = name == o->array ? open(name, O_RDONLY | O_CLOEXEC) : STDIN_FILENO, rc;
+    int fd, rc;
 
+    if (o->body) {
+        if (!(*items = malloc(sizeof **items)))
+            return lerr_set(e, LERR_NOMEM, "out of memory");
+        **items = (struct cli_line){ o->body, strlen(o->body), 0 };
+        *n = 1;
+        return 0;
+    }
+    fd = name == o->array ? open(name, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
     if (fd < 0)
         return lerr_set(e, LERR_IO, "cannot open %s: %s", name, strerror(errno));
     if (fd == STDIN_FILENO && isatty(fd))  /* a person, not a pipe: say what is awaited */
-        fprintf(stderr, "lambdo send: reading %s from stdin (end with Ctrl-D)\n",
-                o->array ? "a JSON array" : "bodies, one per line,");
+        say("reading %s from stdin (end with Ctrl-D)",
+            o->array ? "a JSON array" : "bodies, one per line,");
     rc = cli_read_all(fd, name, buf, len, e);
     if (fd != STDIN_FILENO)
         close(fd);
@@ -623,39 +585,43 @@ static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
     return 0;
 }
 
-static int send_lines(const struct cli_send_opts *o, const struct config *cfg)
+static int send_run(const struct cli_send_opts *o, const struct config *cfg)
 {
     struct cli_line *lines = NULL;
     struct cli_net net;
-    size_t len = 0, n = 0, bad, unsent;
+    size_t len = 0, n = 0, unsent;
     char *buf = NULL;
     struct lerr e;
     int rc = CLI_EXIT_USAGE;
 
     memset(&net, 0, sizeof net);
     if (send_input(o, &buf, &len, &lines, &n, &e) < 0) {
-        fprintf(stderr, "lambdo send: %s\n", e.msg);
+        say("%s", e.msg);
         goto out;
     }
-    bad = send_report_invalid(o, lines, n);
-    if (bad > 0) {
-        fprintf(stderr, "lambdo send: %zu of %zu %ss invalid; nothing was sent\n", bad, n,
-                cli_item(o));
+    if (send_report_invalid(o, lines, n) > 0)
         goto out;
-    }
     if (n == 0) {
-        fprintf(stderr, "lambdo send: nothing to send (%s)\n", o->array ? "the array is empty"
-                : "no BODY, and no line on stdin");
+        say("nothing to send (%s)", o->array ? "the array is empty"
+            : "no BODY, and no line on stdin");
         rc = CLI_EXIT_OK;
         goto out;
     }
-    if (send_open(&net, cfg, &e) < 0) {
-        fprintf(stderr, "lambdo send: %s\n", e.msg);
+    /* STS (web identity) is https even when an emulator's SQS endpoint is not. */
+    if ((cfg->sqs_endpoint.tls || (getenv("AWS_ROLE_ARN") && *getenv("AWS_ROLE_ARN"))) &&
+        tls_anchors_load(&net.anchors, cfg->ca_file, &e) < 0) {
+        if (cfg->ca_file)
+            lerr_wrap(&e, "SSL_CERT_FILE");
+        say("%s", e.msg);
         goto out;
     }
-    unsent = send_batches(o, &net.sqs, lines, n);
-    if (unsent > 0)
-        fprintf(stderr, "lambdo send: %zu of %zu messages not sent\n", unsent, n);
+    if (cli_net_open(&net, cfg, &e) < 0) {
+        say("%s", e.msg);
+        goto out;
+    }
+    unsent = o->body ? send_one(o, &net.sqs) : send_batches(o, &net.sqs, lines, n);
+    if (unsent > 0 && !o->body)
+        say("%zu of %zu messages not sent", unsent, n);
     rc = unsent > 0 ? CLI_EXIT_FAILED : CLI_EXIT_OK;
 out:
     cli_net_close(&net);
@@ -666,13 +632,14 @@ out:
 
 int cli_send(int argc, char **argv)
 {
+    static const char var[] = "LAMBDO_SQS_QUEUE_URL";
     struct cli_send_opts o;
     struct config_errors errs;
     struct config cfg;
     struct lerr e;
 
     if (cli_send_args(argc, argv, &o, &e) < 0) {
-        fprintf(stderr, "lambdo send: %s (see lambdo send --help)\n", e.msg);
+        say("%s (see lambdo send --help)", e.msg);
         return CLI_EXIT_USAGE;
     }
     if (o.help) {
@@ -680,65 +647,72 @@ int cli_send(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     if (cli_check_flags(&o, &e) < 0) {
-        fprintf(stderr, "lambdo send: %s; nothing was sent\n", e.msg);
+        say("%s; nothing was sent", e.msg);
         return CLI_EXIT_USAGE;
     }
-    if (config_load_sqs(&cfg, o.queue, cli_getenv, NULL, &errs) < 0) {
-        static const char var[] = "LAMBDO_SQS_QUEUE_URL";
+    if (config_load_sqs(&cfg, o.queue, config_env, NULL, &errs) < 0) {
         for (size_t i = 0; i < errs.n; i++) {
             const char *msg = errs.line[i].msg;
             if (o.queue && strncmp(msg, var, sizeof var - 1) == 0)  /* it came from --queue */
-                fprintf(stderr, "lambdo send: --queue%s\n", msg + sizeof var - 1);
+                say("--queue%s", msg + sizeof var - 1);
             else
-                fprintf(stderr, "lambdo send: configuration: %s\n", msg);
+                say("configuration: %s", msg);
         }
         return CLI_EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
-    return o.body ? send_one(&o, &cfg) : send_lines(&o, &cfg);
+    return send_run(&o, &cfg);
 }
 
 /* ======================================================================================
  * check
  * ==================================================================================== */
 
+/* A row of the table on stdout, its reason formatted. */
+static void check_row(enum cli_status st, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void check_row(enum cli_status st, const char *name, const char *fmt, ...)
+{
+    char reason[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    cli_row(stdout, st, name, reason);
+}
+
 static void check_config(const struct config *cfg)
 {
-    char regions[256] = "", reason[512];
+    char regions[256] = "";
 
-    for (size_t i = 0; i < cfg->num_regions; i++) {
-        if (i)
-            strncat(regions, ",", sizeof regions - strlen(regions) - 1);
-        strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
-    }
+    for (size_t i = 0; i < cfg->num_regions; i++)
+        snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
+                 i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local)
-        snprintf(reason, sizeof reason, "SQS region %s, local backend, ack on %s",
-                 cfg->aws_region, cfg->ack_on_exit ? "exit" : "create");
+        check_row(CLI_OK, "config", "SQS region %s, local backend, ack on %s", cfg->aws_region,
+                  cfg->ack_on_exit ? "exit" : "create");
     else
-        snprintf(reason, sizeof reason, "SQS region %s, Fly app %s in %s, ack on %s",
-                 cfg->aws_region, cfg->fly_app, regions, cfg->ack_on_exit ? "exit" : "create");
-    cli_row(stdout, CLI_OK, "config", reason);
+        check_row(CLI_OK, "config", "SQS region %s, Fly app %s in %s, ack on %s",
+                  cfg->aws_region, cfg->fly_app, regions, cfg->ack_on_exit ? "exit" : "create");
 }
 
 static int check_anchors(const struct config *cfg, struct cli_net *net)
 {
-    const char *path = cfg->ca_file ? cfg->ca_file : TLS_DEFAULT_CA_FILE;
-    char reason[512];
     struct lerr e;
 
     if (tls_anchors_load(&net->anchors, cfg->ca_file, &e) < 0) {
         cli_row(stdout, CLI_FAIL, "ca bundle", e.msg);
         return -1;
     }
-    snprintf(reason, sizeof reason, "%s (%zu certificates)", path, net->anchors.count);
-    cli_row(stdout, CLI_OK, "ca bundle", reason);
+    check_row(CLI_OK, "ca bundle", "%s (%zu certificates)",
+              cfg->ca_file ? cfg->ca_file : TLS_DEFAULT_CA_FILE, net->anchors.count);
     return 0;
 }
 
 static int check_queue(const struct config *cfg, struct cli_net *net)
 {
     struct sqs_queue_info q;
-    enum cli_status st;
     char reason[1024], where[600];
     struct lerr e;
 
@@ -747,13 +721,11 @@ static int check_queue(const struct config *cfg, struct cli_net *net)
         cli_row(stdout, CLI_FAIL, "sqs queue", reason);
         return -1;
     }
+    snprintf(where, sizeof where, "%s", cfg->queue_url);
     if (cfg->sqs_endpoint_overridden)  /* AWS_ENDPOINT_URL_SQS: say where it really went */
         snprintf(where, sizeof where, "%s via %s://%s", cfg->queue_url,
                  cfg->sqs_endpoint.tls ? "https" : "http", cfg->sqs_endpoint.authority);
-    else
-        snprintf(where, sizeof where, "%s", cfg->queue_url);
-    st = cli_queue_row(where, &q, reason, sizeof reason);
-    cli_row(stdout, st, "sqs queue", reason);
+    cli_row(stdout, cli_queue_row(where, &q, reason, sizeof reason), "sqs queue", reason);
     return 0;
 }
 
@@ -770,8 +742,7 @@ static int check_fly(const struct config *cfg, struct cli_net *net)
         cli_row(stdout, CLI_FAIL, "fly app", reason);
         return -1;
     }
-    snprintf(reason, sizeof reason, "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
-    cli_row(stdout, CLI_OK, "fly app", reason);
+    check_row(CLI_OK, "fly app", "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
     return 0;
 }
 
@@ -792,7 +763,7 @@ int cli_check(int argc, char **argv)
                 argv[i]);
         return CLI_EXIT_USAGE;
     }
-    if (config_load(&cfg, cli_getenv, NULL, &errs) < 0) {
+    if (config_load(&cfg, config_env, NULL, &errs) < 0) {
         for (size_t i = 0; i < errs.n; i++)
             cli_row(stdout, CLI_FAIL, "config", errs.line[i].msg);
         return CLI_EXIT_USAGE;

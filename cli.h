@@ -92,10 +92,6 @@ int cli_check_flags(const struct cli_send_opts *o, struct lerr *e);
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e);
 
-/* The entry SQS gets for a body with the flags' attributes. */
-void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
-               struct sqs_send_entry *en);
-
 /* How many lines from lines[start] go in the next SendMessageBatch: at most
  * SQS_MAX_MESSAGES, and at most SQS_SEND_BATCH_BYTES counted as SQS does (a body plus
  * attr_bytes, the attributes' share), but always at least one. 0 when start >= n. */

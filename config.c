@@ -10,6 +10,12 @@
 
 #define DEFAULT_FLY_API "https://api.machines.dev"
 
+const char *config_env(const char *name, void *ctx)
+{
+    (void)ctx;
+    return getenv(name);
+}
+
 /* Each check below looks at one variable and returns 0, or -1 with e set; the loader keeps
  * every failure and goes on, so that one run names every problem. */
 static void note(struct config_errors *errs, int rc, const struct lerr *e)
@@ -140,16 +146,15 @@ static int load_secret(config_getenv_fn get, void *ctx, const char *a, const cha
 /* "sqs.us-east-1.amazonaws.com" and the legacy "us-east-1.queue.amazonaws.com". */
 static int region_from_host(const char *host, char *out, size_t cap)
 {
-    const char *start = host, *end;
+    const char *start = strncmp(host, "sqs.", 4) == 0 ? host + 4 : host;
+    const char *end = strchr(start, '.');
 
-    if (strncmp(host, "sqs.", 4) == 0)
-        start = host + 4;
-    end = strchr(start, '.');
     if (!end || end == start || (size_t)(end - start) >= cap)
         return -1;
     if (start == host && strncmp(end, ".queue.", 7) != 0)
         return -1;
-    if (start != host && strncmp(end, ".amazonaws.com", 14) != 0 && strncmp(end, ".amazonaws.com.cn", 17) != 0)
+    /* this prefix covers ".amazonaws.com.cn" too */
+    if (start != host && strncmp(end, ".amazonaws.com", 14) != 0)
         return -1;
     memcpy(out, start, (size_t)(end - start));
     out[end - start] = '\0';
@@ -165,9 +170,11 @@ static int aws_plain_http(const struct url *u)
                        (n > 17 && strcmp(u->host + n - 17, ".amazonaws.com.cn") == 0));
 }
 
-static int load_queue(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+/* queue_url, when not NULL, stands in for the variable (lambdo send --queue). */
+static int load_queue(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
+                      struct lerr *e)
 {
-    c->queue_url = get("LAMBDO_SQS_QUEUE_URL", ctx);
+    c->queue_url = queue_url ? queue_url : get("LAMBDO_SQS_QUEUE_URL", ctx);
     if (!c->queue_url || !*c->queue_url)
         return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: required, not set");
     if (url_parse(c->queue_url, &c->queue, e) < 0)
@@ -231,11 +238,11 @@ static int load_region(struct config *c, int queue_ok, config_getenv_fn get, voi
 }
 
 /* Credentials are resolved by creds.c (environment, web identity, shared files). */
-static void load_sqs(struct config *c, config_getenv_fn get, void *ctx,
+static void load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
                      struct config_errors *errs)
 {
     struct lerr e;
-    int queue_ok = load_queue(c, get, ctx, &e) == 0;
+    int queue_ok = load_queue(c, queue_url, get, ctx, &e) == 0;
 
     note(errs, queue_ok ? 0 : -1, &e);
     note(errs, load_endpoint(c, get, ctx, &e), &e);
@@ -349,22 +356,6 @@ static void load_fly(struct config *c, config_getenv_fn get, void *ctx,
     load_regions(c, get, ctx, errs);
 }
 
-/* `lambdo send --queue URL` names the queue on the command line instead. */
-struct queue_override {
-    const char *queue_url;
-    config_getenv_fn get;
-    void *ctx;
-};
-
-static const char *get_with_queue(const char *name, void *ctx)
-{
-    const struct queue_override *o = ctx;
-
-    if (strcmp(name, "LAMBDO_SQS_QUEUE_URL") == 0)
-        return o->queue_url;
-    return o->get(name, o->ctx);
-}
-
 /* What both loaders need: logging, TLS, delivery numbers. */
 static void load_misc(struct config *c, config_getenv_fn get, void *ctx,
                       struct config_errors *errs)
@@ -429,7 +420,7 @@ int config_load(struct config *c, config_getenv_fn get, void *ctx, struct config
     note(errs, backend_ok ? 0 : -1, &e);
     if (backend_ok)  /* a misspelt "local" should not ask for Fly variables */
         note(errs, load_local_command(c, get, ctx, &e), &e);
-    load_sqs(c, get, ctx, errs);
+    load_sqs(c, NULL, get, ctx, errs);
     if (backend_ok && !c->backend_local)
         load_fly(c, get, ctx, errs);
     note(errs, load_metrics(c, get, ctx, &e), &e);
@@ -439,11 +430,9 @@ int config_load(struct config *c, config_getenv_fn get, void *ctx, struct config
 int config_load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
                     struct config_errors *errs)
 {
-    struct queue_override o = { queue_url, get, ctx };
-
     config_start(c, errs);
     load_misc(c, get, ctx, errs);
-    load_sqs(c, queue_url ? get_with_queue : get, queue_url ? (void *)&o : ctx, errs);
+    load_sqs(c, queue_url, get, ctx, errs);
     return errs->n ? -1 : 0;
 }
 

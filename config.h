@@ -66,8 +66,11 @@ struct config {
     const char *local_command;      /* LAMBDO_LOCAL_COMMAND (JSON array) or NULL */
 };
 
-/* Where values come from: getenv in lambdo, a table in the unit tests. */
+/* Where values come from: config_env in lambdo, a table in the unit tests. */
 typedef const char *(*config_getenv_fn)(const char *name, void *ctx);
+
+/* The process environment (getenv), as a config_getenv_fn; ctx is unused. */
+const char *config_env(const char *name, void *ctx);
 
 /* Reads and checks every variable. Returns 0, or -1 with every problem in errs, each a
  * line like "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"0\"". */

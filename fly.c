@@ -2,6 +2,7 @@
 #include "metrics.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,32 +21,41 @@ size_t fly_base64_len(size_t n)
     return (n / 3 + (n % 3 != 0)) * 4;
 }
 
-size_t fly_base64_encode(const void *in, size_t n, char *out)
+/* The two base64 characters of every 12 bits: two lookups for three bytes instead of four
+ * (the events file is most of a create's bytes). Filled before main, so threads only read. */
+static char pairs[4096][2];
+
+__attribute__((constructor)) static void base64_pairs(void)
 {
     static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const unsigned char *s = in;
-    size_t o = 0, i = 0;
 
-    for (; n - i >= 3; i += 3) {
-        unsigned long v = (unsigned long)s[i] << 16 | (unsigned long)s[i + 1] << 8 | s[i + 2];
-        out[o++] = abc[v >> 18];
-        out[o++] = abc[v >> 12 & 63];
-        out[o++] = abc[v >> 6 & 63];
-        out[o++] = abc[v & 63];
+    for (int i = 0; i < 4096; i++) {
+        pairs[i][0] = abc[i >> 6];
+        pairs[i][1] = abc[i & 63];
     }
-    if (n - i == 1) {
-        out[o++] = abc[s[i] >> 2];
-        out[o++] = abc[(s[i] & 3) << 4];
-        out[o++] = '=';
-        out[o++] = '=';
-    } else if (n - i == 2) {
-        out[o++] = abc[s[i] >> 2];
-        out[o++] = abc[(s[i] & 3) << 4 | s[i + 1] >> 4];
-        out[o++] = abc[(s[i + 1] & 15) << 2];
-        out[o++] = '=';
+}
+
+size_t fly_base64_encode(const void *in, size_t n, char *out)
+{
+    const unsigned char *s = in, *end = s + n - n % 3;
+    char *o = out;
+
+    for (; s < end; s += 3, o += 4) {
+        unsigned v = (unsigned)s[0] << 16 | (unsigned)s[1] << 8 | s[2];
+        memcpy(o, pairs[v >> 12], 2);
+        memcpy(o + 2, pairs[v & 4095], 2);
     }
-    out[o] = '\0';
-    return o;
+    if (n % 3) {
+        /* the last one or two bytes, zero-padded; '=' stands for each byte missing */
+        unsigned v = (unsigned)s[0] << 16 | (n % 3 == 2 ? (unsigned)s[1] << 8 : 0);
+
+        memcpy(o, pairs[v >> 12], 2);
+        memcpy(o + 2, n % 3 == 2 ? pairs[v & 4095] : "==", 2);
+        o[3] = '=';
+        o += 4;
+    }
+    *o = '\0';
+    return (size_t)(o - out);
 }
 
 /* ---- the create body ------------------------------------------------------------------- */
@@ -94,6 +104,19 @@ static void jb_raw(struct jbuf *b, const char *s)
     }
 }
 
+/* printf into the text, for short pieces (at most 255 bytes). */
+static void jb_fmt(struct jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void jb_fmt(struct jbuf *b, const char *fmt, ...)
+{
+    char s[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(s, sizeof s, fmt, ap);
+    va_end(ap);
+    jb_raw(b, s);
+}
+
 /* A JSON string: quotes, backslashes and control bytes escaped; other bytes as they are
  * (the strings here are checked ASCII or UTF-8). */
 static void jb_str(struct jbuf *b, const char *s)
@@ -101,29 +124,16 @@ static void jb_str(struct jbuf *b, const char *s)
     jb_raw(b, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        char esc[8];
+        char one[2] = { (char)c, '\0' };
 
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            esc[2] = '\0';
-        } else if (c < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-        } else {
-            esc[0] = (char)c;
-            esc[1] = '\0';
-        }
-        jb_raw(b, esc);
+        if (c < 0x20)
+            jb_fmt(b, "\\u%04x", c);
+        else if (c == '"' || c == '\\')
+            jb_fmt(b, "\\%c", c);
+        else
+            jb_raw(b, one);
     }
     jb_raw(b, "\"");
-}
-
-static void jb_int(struct jbuf *b, int v)
-{
-    char num[16];
-
-    snprintf(num, sizeof num, "%d", v);
-    jb_raw(b, num);
 }
 
 static void jb_base64(struct jbuf *b, const void *in, size_t n)
@@ -134,23 +144,6 @@ static void jb_base64(struct jbuf *b, const void *in, size_t n)
     if ((p = jb_room(b, fly_base64_len(n))))
         b->len += fly_base64_encode(in, n, p);
     jb_raw(b, "\"");
-}
-
-static void jb_guest(struct jbuf *b, const struct preset *p)
-{
-    jb_raw(b, "{\"cpu_kind\":");
-    jb_str(b, p->cpu_kind);
-    jb_raw(b, ",\"cpus\":");
-    jb_int(b, p->cpus);
-    jb_raw(b, ",\"memory_mb\":");
-    jb_int(b, p->memory_mb);
-    if (p->gpus > 0) {
-        jb_raw(b, ",\"gpus\":");
-        jb_int(b, p->gpus);
-        jb_raw(b, ",\"gpu_kind\":");
-        jb_str(b, p->gpu_kind);
-    }
-    jb_raw(b, "}");
 }
 
 /* init.cmd from the command attribute: re-serialized, which is safe because it holds
@@ -198,8 +191,13 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
     }
     jb_raw(&b, "\"config\":{\"image\":");
     jb_str(&b, spec->image);
-    jb_raw(&b, ",\"guest\":");
-    jb_guest(&b, spec->preset);
+    /* the preset's words come from its table: nothing to escape */
+    jb_fmt(&b, ",\"guest\":{\"cpu_kind\":\"%s\",\"cpus\":%d,\"memory_mb\":%d",
+           spec->preset->cpu_kind, spec->preset->cpus, spec->preset->memory_mb);
+    if (spec->preset->gpus > 0)
+        jb_fmt(&b, ",\"gpus\":%d,\"gpu_kind\":\"%s\"", spec->preset->gpus,
+               spec->preset->gpu_kind);
+    jb_raw(&b, "}");
     jb_raw(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"}");
     jb_raw(&b, ",\"files\":[{\"guest_path\":\"" FLY_EVENTS_PATH "\",\"raw_value\":");
     jb_base64(&b, spec->events, spec->events_len);
@@ -299,40 +297,116 @@ static int capacity_error(int status, const cJSON *j, const char *error)
     return (status == 409 || status == 412) && strcasestr(error, "insufficient");
 }
 
-/* An id lambdo can follow the Machine by: a string that copy_field keeps as it is. */
-static int usable_id(const cJSON *j, const char *copied)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "id");
+/* ---- a create's answer: three strings out of an echo of the whole request ------------ */
 
-    return copied[0] && cJSON_IsString(v) && strcmp(v->valuestring, copied) == 0;
+/* Fly's answer to a create repeats the config, the events file's base64 included: building
+ * all of it with cJSON cost more than writing the request. Only three top-level strings are
+ * read, so the object is walked and its values skipped (memchr over the long strings). */
+
+static size_t skip_space(const char *s, size_t i, size_t n)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n'))
+        i++;
+    return i;
+}
+
+/* Past the JSON string whose opening quote is s[i]; n when it does not end. */
+static size_t skip_string(const char *s, size_t i, size_t n)
+{
+    const char *q;
+
+    for (i++; i < n && (q = memchr(s + i, '"', n - i)); i++) {
+        size_t bs = 0;
+
+        i = (size_t)(q - s);
+        while (s[i - 1 - bs] == '\\')  /* stops at the opening quote at the latest */
+            bs++;
+        if (bs % 2 == 0)
+            return i + 1;
+    }
+    return n;
+}
+
+/* The ',' or '}' that ends the member value starting at s[i] (nested objects and arrays
+ * counted, strings skipped whole); n when there is none. */
+static size_t skip_value(const char *s, size_t i, size_t n)
+{
+    int depth = 0;
+
+    for (; i < n; i++) {
+        if (s[i] == '"')
+            i = skip_string(s, i, n) - 1;
+        else if (s[i] == '{' || s[i] == '[')
+            depth++;
+        else if ((s[i] == '}' || s[i] == ']') && depth > 0)
+            depth--;
+        else if ((s[i] == ',' || s[i] == '}') && depth == 0)
+            return i;
+    }
+    return n;
+}
+
+/* The top-level member name of the JSON object s[0..n), when it is a string without
+ * escapes, one_line'd into out[cap]; out is "" otherwise (no such member, another type,
+ * not an object). Returns 1 when out holds the string exactly as it was. */
+static int answer_string(const char *s, size_t n, const char *name, char *out, size_t cap)
+{
+    size_t i = skip_space(s, 0, n), len = strlen(name);
+
+    out[0] = '\0';
+    if (i == n || s[i] != '{')
+        return 0;
+    i = skip_space(s, i + 1, n);
+    while (i < n && s[i] == '"') {
+        size_t key = i + 1, key_end = skip_string(s, i, n), value, value_len;
+
+        i = skip_space(s, key_end, n);
+        if (i == n || s[i] != ':')
+            return 0;
+        value = skip_space(s, i + 1, n);
+        i = skip_value(s, value, n);
+        if (i == n)
+            return 0;
+        if (key_end - key - 1 == len && memcmp(s + key, name, len) == 0) {
+            if (s[value] != '"')
+                return 0;
+            /* it ends before i: skip_value found the ',' or '}' after it */
+            value_len = skip_string(s, value, n) - value - 2;
+            if (memchr(s + value + 1, '\\', value_len))
+                return 0;
+            one_line(out, cap, s + value + 1, value_len);
+            return strlen(out) == value_len && memcmp(out, s + value + 1, value_len) == 0;
+        }
+        if (s[i] != ',')
+            return 0;
+        i = skip_space(s, i + 1, n);
+    }
+    return 0;
 }
 
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
                   size_t retry_after_len, struct fly_answer *a)
 {
-    cJSON *j = body && body_len ? json_parse(body, body_len) : NULL;
+    int ok = status >= 200 && status < 300;
+    cJSON *j = body && body_len && !ok ? json_parse(body, body_len) : NULL;
 
     memset(a, 0, sizeof *a);
     a->retry_after_ms = -1;
     a->machine.status = status;
-    if (status >= 200 && status < 300) {
-        copy_field(a->machine.id, sizeof a->machine.id, j, "id");
-        if (usable_id(j, a->machine.id)) {
-            a->outcome = FLY_CREATED;
-            copy_field(a->machine.instance_id, sizeof a->machine.instance_id, j, "instance_id");
-            copy_field(a->machine.region, sizeof a->machine.region, j, "region");
-            cJSON_Delete(j);
-            return;
-        }
+    if (!ok)
+        error_text(a->error, sizeof a->error, j, body, body_len);
+    if (ok && body && answer_string(body, body_len, "id", a->machine.id, sizeof a->machine.id) &&
+        a->machine.id[0]) {
+        a->outcome = FLY_CREATED;
+        answer_string(body, body_len, "instance_id", a->machine.instance_id,
+                      sizeof a->machine.instance_id);
+        answer_string(body, body_len, "region", a->machine.region, sizeof a->machine.region);
+    } else if (ok) {
         /* Nothing to wait for, stop or destroy: a failed create, never a Machine id "" */
         a->machine.id[0] = '\0';
         snprintf(a->error, sizeof a->error, "the answer names no usable Machine id");
         a->outcome = FLY_GIVE_UP;
-        cJSON_Delete(j);
-        return;
-    }
-    error_text(a->error, sizeof a->error, j, body, body_len);
-    if (status == 429) {
+    } else if (status == 429) {
         a->outcome = FLY_RETRY;
         a->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
     } else if (status >= 500 || status == 408 || capacity_error(status, j, a->error)) {
@@ -396,7 +470,10 @@ static int pct_encode(const char *s, char *out, size_t cap)
     return 0;
 }
 
-int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
+/* base's scheme and authority, its path without trailing slashes, /v1/apps/<app,
+ * percent-encoded>, then more (encoded already). */
+static int api_url(const struct url *base, const char *app, const char *more, struct url *out,
+                   struct lerr *e)
 {
     char enc[3 * 64 + 1];
     size_t plen = strlen(base->path);
@@ -411,49 +488,49 @@ int fly_machines_url(const struct url *base, const char *app, struct url *out, s
     while (plen > 0 && base->path[plen - 1] == '/')
         plen--;
     *out = *base;
-    n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s/machines", (int)plen, base->path,
-                 enc);
+    n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s%s", (int)plen, base->path, enc,
+                 more);
     if (n < 0 || (size_t)n >= sizeof out->path)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
     return 0;
 }
 
+int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
+{
+    return api_url(base, app, "/machines", out, e);
+}
+
 int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
                     const char *action, const char *query, struct url *out, struct lerr *e)
 {
-    char enc[3 * 64 + 1];
-    size_t len;
+    char enc[3 * 64 + 1], more[1024];
     int n;
 
-    if (fly_machines_url(base, app, out, e) < 0)
-        return -1;
     if (!machine_id || !machine_id[0])
         return lerr_set(e, LERR_INVALID, "the Machine id is empty");
     if (pct_encode(machine_id, enc, sizeof enc) < 0)
         return lerr_set(e, LERR_INVALID, "the Machine id is too long");
-    len = strlen(out->path);
-    n = snprintf(out->path + len, sizeof out->path - len, "/%s%s%s%s%s", enc,
-                 action ? "/" : "", action ? action : "", query ? "?" : "", query ? query : "");
-    if (n < 0 || (size_t)n >= sizeof out->path - len)
+    n = snprintf(more, sizeof more, "/machines/%s%s%s%s%s", enc, action ? "/" : "",
+                 action ? action : "", query ? "?" : "", query ? query : "");
+    if (n < 0 || (size_t)n >= sizeof more)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
-    return 0;
+    return api_url(base, app, more, out, e);
 }
 
 /* ---- the network part ------------------------------------------------------------------ */
 
-enum step { STEP_DONE, STEP_NEXT, STEP_STOP, STEP_RETRY };
+enum step { STEP_DONE, STEP_NEXT, STEP_STOP };
 
 /* The fds whose readability means "stop": the client's cancel_fd and the target's
  * stop_fd, those that are set. Returns how many. */
-static nfds_t stop_fds(const struct http_client *http, const struct fly_target *t,
-                       struct pollfd p[2])
+static size_t stop_fds(const struct http_client *http, const struct fly_target *t, int fds[2])
 {
-    nfds_t n = 0;
+    size_t n = 0;
 
     if (http->cancel_fd >= 0)
-        p[n++] = (struct pollfd){ http->cancel_fd, POLLIN, 0 };
+        fds[n++] = http->cancel_fd;
     if (t->stop_fd && *t->stop_fd >= 0)
-        p[n++] = (struct pollfd){ *t->stop_fd, POLLIN, 0 };
+        fds[n++] = *t->stop_fd;
     return n;
 }
 
@@ -463,8 +540,11 @@ static int fly_sleep(const struct http_client *http, const struct fly_target *t,
 {
     struct timespec t0, now;
     struct pollfd p[2];
-    nfds_t nfds = stop_fds(http, t, p);
+    int fds[2];
+    nfds_t nfds = stop_fds(http, t, fds);
 
+    for (nfds_t i = 0; i < nfds; i++)
+        p[i] = (struct pollfd){ fds[i], POLLIN, 0 };
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
         long left;
@@ -484,19 +564,6 @@ static int fly_sleep(const struct http_client *http, const struct fly_target *t,
     }
 }
 
-/* The stop fds as a list, for ratelimit_take_fds. Returns how many. */
-static size_t stop_fd_list(const struct http_client *http, const struct fly_target *t,
-                           int fds[2])
-{
-    size_t n = 0;
-
-    if (http->cancel_fd >= 0)
-        fds[n++] = http->cancel_fd;
-    if (t->stop_fd && *t->stop_fd >= 0)
-        fds[n++] = *t->stop_fd;
-    return n;
-}
-
 /* Before each request: a token of rl (waiting for it if need be), and none once
  * stopping. Without a limiter, only the stop check. */
 static int pace(const struct http_client *http, const struct fly_target *t,
@@ -506,18 +573,7 @@ static int pace(const struct http_client *http, const struct fly_target *t,
 
     if (!rl)
         return fly_sleep(http, t, 0, e);
-    return ratelimit_take_idle(rl, fds, stop_fd_list(http, t, fds), t->idle, t->idle_ctx, e);
-}
-
-/* After a 429, the wait before the retry. With a limiter, every thread pauses: the
- * penalty makes the next pace() wait (and that wait ends on a stop). */
-static int rate_limited_wait(const struct http_client *http, const struct fly_target *t,
-                             struct ratelimit *rl, int ms, struct lerr *e)
-{
-    if (!rl)
-        return fly_sleep(http, t, ms, e);
-    ratelimit_penalize(rl, ms);
-    return 0;
+    return ratelimit_take_idle(rl, fds, stop_fds(http, t, fds), t->idle, t->idle_ctx, e);
 }
 
 /* A connection problem that no other region would fix. */
@@ -535,164 +591,206 @@ static int backoff_ms(int retry)
     return ms < FLY_RETRY_AFTER_MAX_MS ? ms : FLY_RETRY_AFTER_MAX_MS;
 }
 
-struct attempt {
+/* One request to Fly and how to send it: every kind (create, wait, show, events, stop,
+ * destroy, the app) goes through send_paced. */
+struct call {
     struct http_client *http;
     const struct fly_target *t;
-    const struct http_request *req;
-    const char *group;    /* for log lines */
-    const char *region;   /* NULL: Fly chooses */
-    int prepaid;          /* the caller already took the first create token */
+    struct ratelimit *rl;          /* whose tokens it takes, NULL: none */
+    struct url url;
+    struct http_header headers[2];
+    struct http_request req;
+    const char *what;              /* "create", "wait", "show"...: the metrics' operation */
+    char who[160];                 /* what logs and errors call it: "Machine m1: wait" */
+    int max_retries;               /* 429 retries before giving up; -1: as long as Fly says */
+    int prepaid;                   /* the first request's token was taken already */
 };
 
-static const char *region_name(const struct attempt *at)
+/* A call of what with method on c->url (which the caller fills), with the token's
+ * Authorization header (freed by call_end). r, when given, says FLY_CALL_FAILED until an
+ * answer says otherwise. */
+static int call_init(struct call *c, struct http_client *http, const struct fly_target *t,
+                     const char *method, const char *what, struct fly_call_result *r,
+                     struct lerr *e)
 {
-    return at->region ? at->region : "any region";
+    char *auth = NULL;
+
+    if (r) {
+        memset(r, 0, sizeof *r);
+        r->outcome = FLY_CALL_FAILED;
+        r->retry_after_ms = -1;
+    }
+    if (fly_auth_header(t->token, &auth, e) < 0)
+        return -1;
+    *c = (struct call){ http, t, t->get_rl, .what = what, .max_retries = FLY_RATE_LIMIT_RETRIES };
+    c->headers[0] = (struct http_header){ "Authorization", auth };
+    c->req = (struct http_request){ method, &c->url, c->headers, 1, NULL, 0,
+                                    FLY_CALL_TIMEOUT_MS };
+    return 0;
 }
 
-/* What an answer means for this create: done, next region, stop, or STEP_RETRY. */
-static enum step answer_step(const struct attempt *at, const struct fly_answer *a,
-                             struct fly_machine *out, struct lerr *e)
+static void call_end(struct call *c)
 {
-    switch (a->outcome) {
+    fly_secret_free((char *)c->headers[0].value);
+}
+
+/* Sends the request, each time after a token of c->rl, until an answer that is not a
+ * 429 (each 429 waits Retry-After or the backoff), or the last retry's 429 (rl penalized
+ * so that the other threads hear of it). Returns 0 with resp (to free) and r, its
+ * classification; or -1 with e set (no answer, or a stop) and r->outcome saying whether a
+ * later try may do better, r->status the last HTTP status seen. */
+static int send_paced(struct call *c, struct http_response *resp, struct fly_call_result *r,
+                      struct lerr *e)
+{
+    int create = strcmp(c->what, "create") == 0;
+
+    for (int retry = 0;; retry++) {
+        const char *ra;
+        size_t ra_len = 0;
+        int rc, wait;
+        double t0;
+
+        r->outcome = FLY_CALL_FAILED;  /* a stop: even after a 429, do not retry */
+        if (c->prepaid)
+            c->prepaid = 0;
+        else if (pace(c->http, c->t, c->rl, e) < 0)
+            return -1;
+        t0 = metrics_clock();
+        rc = http_do(c->http, &c->req, resp, e);
+        metrics_observe(c->t->metrics, METRICS_FLY, c->what, metrics_clock() - t0);
+        if (rc < 0) {
+            /* no answer this time: nothing of an earlier 429 stays */
+            fly_classify_call(0, NULL, 0, NULL, 0, r);
+            r->outcome = transport_final(e->kind) ? FLY_CALL_FAILED : FLY_CALL_RETRY_LATER;
+            log_debug("fly: %s: %s", c->who, e->msg);
+            return -1;
+        }
+        ra = http_response_header(resp, "Retry-After", &ra_len);
+        fly_classify_call(resp->status, resp->body, resp->body_len, ra, ra_len, r);
+        log_debug("fly: %s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "", r->error);
+        if (r->outcome != FLY_CALL_RATE_LIMITED)
+            return 0;
+        metrics_count(c->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
+        wait = r->retry_after_ms >= 0 ? r->retry_after_ms : backoff_ms(retry);
+        if (retry == c->max_retries) {
+            if (c->rl)
+                ratelimit_penalize(c->rl, wait);
+            return 0;
+        }
+        http_response_free(resp);
+        /* a create's 429 is worth a warning (in its own words); the other calls' are debug */
+        log_write(create ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "fly: %s: rate limited%s; retry %d "
+                  "of %d in %d ms", c->who, create ? " (HTTP 429)" : "", retry + 1,
+                  FLY_RATE_LIMIT_RETRIES, wait);
+        /* with a limiter every thread pauses: the penalty makes the next pace() wait */
+        if (c->rl)
+            ratelimit_penalize(c->rl, wait);
+        else if (fly_sleep(c->http, c->t, wait, e) < 0)
+            return -1;
+    }
+}
+
+static const char *region_name(const char *region)
+{
+    return region ? region : "any region";
+}
+
+/* One region: the first try, and its 429 retries. */
+static enum step create_in_region(struct call *c, const char *group, const char *region,
+                                  struct fly_machine *out, struct lerr *e)
+{
+    struct http_response resp;
+    struct fly_call_result r;
+    struct fly_answer a;
+
+    if (send_paced(c, &resp, &r, e) < 0) {
+        int final = r.outcome == FLY_CALL_FAILED;
+
+        if (e->kind != LERR_CANCELLED)
+            metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
+        out->status = r.status;
+        log_warn("fly: %s: %s%s", c->who, e->msg, final ? "" : "; trying the next region");
+        lerr_wrap(e, "%s", region_name(region));
+        return final ? STEP_STOP : STEP_NEXT;
+    }
+    fly_classify(resp.status, resp.body, resp.body_len, NULL, 0, &a);
+    http_response_free(&resp);
+    out->status = a.machine.status;
+    if (a.outcome == FLY_NEXT_REGION || a.outcome == FLY_GIVE_UP)
+        metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
+    switch (a.outcome) {
     case FLY_CREATED:
-        *out = a->machine;
-        if (!out->region[0] && at->region)
-            snprintf(out->region, sizeof out->region, "%s", at->region);
-        log_info("fly: group %s: created Machine %s in %s (HTTP %d)", at->group, out->id,
-                 out->region[0] ? out->region : region_name(at), a->machine.status);
+        *out = a.machine;
+        if (!out->region[0] && region)
+            snprintf(out->region, sizeof out->region, "%s", region);
+        log_info("fly: group %s: created Machine %s in %s (HTTP %d)", group, out->id,
+                 out->region[0] ? out->region : region_name(region), out->status);
         return STEP_DONE;
     case FLY_NEXT_REGION:
-        log_warn("fly: group %s: %s: HTTP %d: %s; trying the next region", at->group,
-                 region_name(at), a->machine.status, a->error);
-        lerr_set(e, LERR_HTTP, "%s: HTTP %d: %s", region_name(at), a->machine.status, a->error);
+        log_warn("fly: %s: HTTP %d: %s; trying the next region", c->who, out->status, a.error);
+        lerr_set(e, LERR_HTTP, "%s: HTTP %d: %s", region_name(region), out->status, a.error);
         return STEP_NEXT;
     case FLY_GIVE_UP:
-        log_warn("fly: group %s: %s: HTTP %d: %s; not retrying", at->group, region_name(at),
-                 a->machine.status, a->error);
-        lerr_set(e, LERR_HTTP, "Fly refused the Machine in %s: HTTP %d: %s", region_name(at),
-                 a->machine.status, a->error);
+        log_warn("fly: %s: HTTP %d: %s; not retrying", c->who, out->status, a.error);
+        lerr_set(e, LERR_HTTP, "Fly refused the Machine in %s: HTTP %d: %s",
+                 region_name(region), out->status, a.error);
         return STEP_STOP;
     case FLY_RETRY:
         break;
     }
-    return STEP_RETRY;
-}
-
-/* One region: the first try, and its 429 retries. */
-static enum step create_in_region(struct attempt *at, struct fly_machine *out,
-                                  struct lerr *e)
-{
-    for (int retry = 0;; retry++) {
-        struct http_response resp;
-        struct fly_answer a;
-        const char *ra;
-        size_t ra_len = 0;
-        enum step step;
-        int wait;
-        double t0;
-
-        if (at->prepaid)
-            at->prepaid = 0;
-        else if (pace(at->http, at->t, at->t->create_rl, e) < 0) {
-            log_warn("fly: group %s: %s: %s", at->group, region_name(at), e->msg);
-            return STEP_STOP;
-        }
-        t0 = metrics_clock();
-        if (http_do(at->http, at->req, &resp, e) < 0) {
-            int final = transport_final(e->kind);
-            metrics_observe(at->t->metrics, METRICS_FLY, "create", metrics_clock() - t0);
-            if (e->kind != LERR_CANCELLED)
-                metrics_count_region(at->t->metrics, METRICS_MACHINES_FAILED, at->region);
-            out->status = 0;
-            log_warn("fly: group %s: %s: %s%s", at->group, region_name(at), e->msg,
-                     final ? "" : "; trying the next region");
-            lerr_wrap(e, "%s", region_name(at));
-            return final ? STEP_STOP : STEP_NEXT;
-        }
-        metrics_observe(at->t->metrics, METRICS_FLY, "create", metrics_clock() - t0);
-        ra = http_response_header(&resp, "Retry-After", &ra_len);
-        fly_classify(resp.status, resp.body, resp.body_len, ra, ra_len, &a);
-        http_response_free(&resp);
-        out->status = a.machine.status;
-        if (a.outcome == FLY_RETRY)
-            metrics_count(at->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
-        else if (a.outcome != FLY_CREATED)
-            metrics_count_region(at->t->metrics, METRICS_MACHINES_FAILED, at->region);
-        if ((step = answer_step(at, &a, out, e)) != STEP_RETRY)
-            return step;
-        wait = a.retry_after_ms >= 0 ? a.retry_after_ms : backoff_ms(retry);
-        if (!at->t->unlimited_429_retries && retry == FLY_RATE_LIMIT_RETRIES) {
-            /* the other creators still have to hear of it */
-            if (at->t->create_rl)
-                ratelimit_penalize(at->t->create_rl, wait);
-            log_warn("fly: group %s: %s: still rate limited after %d retries; giving up",
-                     at->group, region_name(at), retry);
-            lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
-                     region_name(at), retry);
-            return STEP_STOP;
-        }
-        log_warn("fly: group %s: %s: rate limited (HTTP 429); retry %d of %d in %d ms",
-                 at->group, region_name(at), retry + 1, FLY_RATE_LIMIT_RETRIES, wait);
-        if (rate_limited_wait(at->http, at->t, at->t->create_rl, wait, e) < 0)
-            return STEP_STOP;
-    }
-}
-
-static void region_list(char *out, size_t cap, const char *const *regions, size_t n)
-{
-    size_t o = 0;
-
-    out[0] = '\0';
-    for (size_t i = 0; i < n && o < cap; i++)
-        o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? ", " : "", regions[i]);
+    log_warn("fly: %s: still rate limited after %d retries; giving up", c->who, c->max_retries);
+    lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
+             region_name(region), c->max_retries);
+    return STEP_STOP;
 }
 
 int fly_create_machine(struct http_client *http, const struct fly_target *t,
                        const struct fly_machine_spec *spec, const char *const *regions,
                        size_t nregions, struct fly_machine *out, struct lerr *e)
 {
-    struct url url;
-    struct http_header headers[2] = { { "Authorization", NULL },
-                                      { "Content-Type", "application/json" } };
-    struct http_request req = { "POST", &url, headers, 2, NULL, 0, FLY_CREATE_TIMEOUT_MS };
-    struct attempt at = { http, t, &req, spec->group_id ? spec->group_id : "-", NULL,
-                          t->create_prepaid };
-    char *auth = NULL, tried[128];
+    const char *group = spec->group_id ? spec->group_id : "-";
+    char tried[128] = "";
     enum step step = STEP_STOP;
+    struct call c;
 
     memset(out, 0, sizeof *out);
-    if (fly_machines_url(t->base, t->app, &url, e) < 0 || fly_auth_header(t->token, &auth, e) < 0)
+    if (call_init(&c, http, t, "POST", "create", NULL, e) < 0)
         return -1;
-    headers[0].value = auth;
-    for (size_t r = 0; r < (nregions ? nregions : 1); r++) {
+    if (fly_machines_url(t->base, t->app, &c.url, e) < 0) {
+        call_end(&c);
+        return -1;
+    }
+    c.rl = t->create_rl;
+    c.headers[1] = (struct http_header){ "Content-Type", "application/json" };
+    c.req.num_headers = 2;
+    c.req.timeout_ms = FLY_CREATE_TIMEOUT_MS;
+    c.max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES;
+    c.prepaid = t->create_prepaid;
+    for (size_t i = 0; i < (nregions ? nregions : 1); i++) {
+        const char *region = nregions ? regions[i] : NULL;
         char *body = NULL;
-        size_t len = 0;
 
-        at.region = nregions ? regions[r] : NULL;
+        snprintf(c.who, sizeof c.who, "group %s: %s", group, region_name(region));
         step = STEP_STOP;
         /* a stop lets the request in flight finish, but starts no other */
         if (fly_sleep(http, t, 0, e) < 0) {
-            log_warn("fly: group %s: stopping: not trying %s", at.group, region_name(&at));
+            log_warn("fly: group %s: stopping: not trying %s", group, region_name(region));
             break;
         }
-        if (fly_create_body(spec, at.region, &body, &len, e) < 0)
+        if (fly_create_body(spec, region, &body, &c.req.body_len, e) < 0)
             break;
-        req.body = body;
-        req.body_len = len;
-        step = create_in_region(&at, out, e);
+        c.req.body = body;
+        step = create_in_region(&c, group, region, out, e);
         free(body);
         if (step != STEP_NEXT)
             break;
+        snprintf(tried + strlen(tried), sizeof tried - strlen(tried), "%s%s", i ? ", " : "",
+                 region_name(region));
     }
-    fly_secret_free(auth);
-    if (step == STEP_DONE)
-        return 0;
-    if (step == STEP_NEXT) {
-        region_list(tried, sizeof tried, regions, nregions);
-        lerr_wrap(e, "no region could create the Machine (tried %s); last",
-                  nregions ? tried : "any region");
-    }
-    return -1;
+    call_end(&c);
+    if (step == STEP_NEXT)
+        lerr_wrap(e, "no region could create the Machine (tried %s); last", tried);
+    return step == STEP_DONE ? 0 : -1;
 }
 
 /* ---- following a Machine: its answers (pure) ------------------------------------------- */
@@ -811,9 +909,7 @@ static void read_exit(const cJSON *ev, struct fly_exit *out)
     cJSON_Delete(parsed);
 }
 
-/* fly_parse_exit, also telling whether the answer had an event list at all. */
-static int parse_exit(const char *json, size_t len, struct fly_exit *out, int *has_events,
-                      struct lerr *e)
+int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct lerr *e)
 {
     cJSON *j = json && len ? json_parse(json, len) : NULL;
     const cJSON *events, *ev;
@@ -822,7 +918,6 @@ static int parse_exit(const char *json, size_t len, struct fly_exit *out, int *h
     memset(out, 0, sizeof *out);
     out->outcome = FLY_CALL_OK;
     out->signal = -1;
-    *has_events = 0;
     if (!j)
         return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not JSON");
     if (cJSON_IsObject(j)) {
@@ -836,7 +931,7 @@ static int parse_exit(const char *json, size_t len, struct fly_exit *out, int *h
         return lerr_set(e, LERR_MALFORMED, "the Machine's answer is neither an object nor a list");
     }
     if (cJSON_IsArray(events)) {
-        *has_events = 1;
+        out->has_events = 1;
         if ((ev = latest_exit(events, &ts))) {
             out->exited = 1;
             out->timestamp_ms = ts > 0 ? ts : 0;
@@ -847,185 +942,113 @@ static int parse_exit(const char *json, size_t len, struct fly_exit *out, int *h
     return 0;
 }
 
-int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct lerr *e)
-{
-    int has_events;
-
-    return parse_exit(json, len, out, &has_events, e);
-}
-
 /* ---- following a Machine: the requests ------------------------------------------------- */
 
-struct call {
-    struct http_client *http;
-    const struct fly_target *t;
-    const char *method;
-    const char *what;        /* names the call in logs and errors: "wait", "stop"... */
-    const char *machine_id;
-    int timeout_ms;
-};
-
-/* Sends the request, each time after a get_rl token, until an answer that is not a 429.
- * Returns 0 with resp (to free) and r, its classification; or -1 with e set and
- * r->outcome saying whether a later try may do better. */
-static int call_send(const struct call *c, const struct url *url, struct http_response *resp,
-                     struct fly_call_result *r, struct lerr *e)
+/* A call about one Machine (fly_machine_url's parts), named "Machine <id>: <what>". */
+static int machine_call(struct call *c, struct http_client *http, const struct fly_target *t,
+                        const char *method, const char *what, const char *machine_id,
+                        const char *action, const char *query, struct fly_call_result *r,
+                        struct lerr *e)
 {
-    struct http_header headers[1] = { { "Authorization", NULL } };
-    struct http_request req = { c->method, url, headers, 1, NULL, 0, c->timeout_ms };
-    struct ratelimit *rl = c->t->get_rl;
-    char *auth = NULL;
-    int rc = -1;
-
-    memset(r, 0, sizeof *r);
-    r->retry_after_ms = -1;
-    r->outcome = FLY_CALL_FAILED;
-    if (fly_auth_header(c->t->token, &auth, e) < 0)
+    if (call_init(c, http, t, method, what, r, e) < 0)
         return -1;
-    headers[0].value = auth;
-    for (int retry = 0;; retry++) {
-        const char *ra;
-        size_t ra_len = 0;
-        int wait, rc_do;
-        double t0;
-
-        if (pace(c->http, c->t, rl, e) < 0) {
-            r->outcome = FLY_CALL_FAILED;  /* a stop: even after a 429, do not retry */
-            break;
-        }
-        t0 = metrics_clock();
-        rc_do = http_do(c->http, &req, resp, e);
-        metrics_observe(c->t->metrics, METRICS_FLY, c->what, metrics_clock() - t0);
-        if (rc_do < 0) {
-            /* no answer this time: nothing of an earlier 429 stays */
-            memset(r, 0, sizeof *r);
-            r->retry_after_ms = -1;
-            r->outcome = transport_final(e->kind) ? FLY_CALL_FAILED : FLY_CALL_RETRY_LATER;
-            log_debug("fly: Machine %s: %s: %s", c->machine_id, c->what, e->msg);
-            break;
-        }
-        ra = http_response_header(resp, "Retry-After", &ra_len);
-        fly_classify_call(resp->status, resp->body, resp->body_len, ra, ra_len, r);
-        log_debug("fly: Machine %s: %s: HTTP %d%s%s", c->machine_id, c->what, r->status,
-                  r->error[0] ? ": " : "", r->error);
-        if (r->outcome != FLY_CALL_RATE_LIMITED) {
-            rc = 0;
-            break;
-        }
-        metrics_count(c->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
-        http_response_free(resp);
-        wait = r->retry_after_ms >= 0 ? r->retry_after_ms : backoff_ms(retry);
-        if (retry == FLY_RATE_LIMIT_RETRIES) {
-            if (rl)
-                ratelimit_penalize(rl, wait);
-            r->outcome = FLY_CALL_RETRY_LATER;
-            lerr_set(e, LERR_HTTP, "still rate limited (HTTP 429) after %d retries", retry);
-            break;
-        }
-        log_debug("fly: Machine %s: %s: rate limited; retry %d of %d in %d ms", c->machine_id,
-                  c->what, retry + 1, FLY_RATE_LIMIT_RETRIES, wait);
-        if (rate_limited_wait(c->http, c->t, rl, wait, e) < 0) {
-            r->outcome = FLY_CALL_FAILED;
-            break;
-        }
+    snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id ? machine_id : "", what);
+    if (fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e) < 0) {
+        call_end(c);
+        return -1;
     }
-    fly_secret_free(auth);
-    if (rc < 0)
-        lerr_wrap(e, "Machine %s: %s", c->machine_id, c->what);
-    return rc;
+    return 0;
 }
 
-/* An answer that is none of the call's successes. A 408 outside a wait is a timeout
- * like any other: retry later. */
-static int call_failed(const struct call *c, struct fly_call_result *r, struct lerr *e)
+/* Sends the call and ends it. Returns 0 when the answer's outcome is one of accept (bits
+ * 1 << outcome), with resp kept for the caller to free when resp is not NULL; else -1 with
+ * e set and r->outcome saying whether a later try may do better (a 408 outside a wait is
+ * a timeout like any other: retry later). */
+static int call_run(struct call *c, unsigned accept, struct http_response *resp,
+                    struct fly_call_result *r, struct lerr *e)
 {
+    struct http_response tmp, *rp = resp ? resp : &tmp;
+    int rc = send_paced(c, rp, r, e);
+
+    call_end(c);
+    if (rc < 0)
+        return lerr_wrap(e, "%s", c->who);
+    if (!resp || !(accept & 1u << r->outcome))
+        http_response_free(rp);
+    if (accept & 1u << r->outcome)
+        return 0;
+    if (r->outcome == FLY_CALL_RATE_LIMITED) {
+        r->outcome = FLY_CALL_RETRY_LATER;
+        return lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
+                        c->who, c->max_retries);
+    }
     if (r->outcome == FLY_CALL_TIMED_OUT)
         r->outcome = FLY_CALL_RETRY_LATER;
-    return lerr_set(e, LERR_HTTP, "Machine %s: %s: HTTP %d%s%s", c->machine_id, c->what,
-                    r->status, r->error[0] ? ": " : "", r->error);
+    return lerr_set(e, LERR_HTTP, "%s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "",
+                    r->error);
 }
 
-static int valid_state(const char *state)
-{
-    return state && (strcmp(state, "started") == 0 || strcmp(state, "stopped") == 0 ||
-                     strcmp(state, "destroyed") == 0);
-}
+#define ACCEPT(o) (1u << FLY_CALL_##o)
 
 int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, const char *instance_id, const char *state,
                      int timeout_s, struct fly_call_result *out, struct lerr *e)
 {
-    struct call c = { http, t, "GET", "wait", machine_id ? machine_id : "", 0 };
-    struct http_response resp;
-    struct url url;
     char query[320], inst[3 * 64 + 1] = "";
+    struct call c;
     int saved, rc;
 
     memset(out, 0, sizeof *out);
     out->outcome = FLY_CALL_FAILED;
     out->retry_after_ms = -1;
-    if (!valid_state(state))
+    if (!state || (strcmp(state, "started") && strcmp(state, "stopped") &&
+                   strcmp(state, "destroyed")))
         return lerr_set(e, LERR_INVALID, "wait: the state must be started, stopped or destroyed");
     if (timeout_s < 1 || timeout_s > FLY_WAIT_MAX_S)
         return lerr_set(e, LERR_INVALID, "wait: the timeout must be 1 to %d s", FLY_WAIT_MAX_S);
-    c.timeout_ms = timeout_s * 1000 + FLY_WAIT_SLACK_MS;
     if (instance_id && pct_encode(instance_id, inst, sizeof inst) < 0)
         return lerr_set(e, LERR_INVALID, "wait: the instance id is too long");
     snprintf(query, sizeof query, "state=%s&timeout=%d%s%s", state, timeout_s,
              inst[0] ? "&instance_id=" : "", inst);
-    if (fly_machine_url(t->base, t->app, machine_id, "wait", query, &url, e) < 0)
+    if (machine_call(&c, http, t, "GET", "wait", machine_id, "wait", query, out, e) < 0)
         return -1;
+    c.req.timeout_ms = timeout_s * 1000 + FLY_WAIT_SLACK_MS;
     /* Fly answers only when the wait ends: the reads must outlast it */
     saved = http->io_timeout_ms;
-    if (saved < c.timeout_ms)
-        http->io_timeout_ms = c.timeout_ms;
-    rc = call_send(&c, &url, &resp, out, e);
+    if (saved < c.req.timeout_ms)
+        http->io_timeout_ms = c.req.timeout_ms;
+    rc = call_run(&c, ACCEPT(OK) | ACCEPT(TIMED_OUT) | ACCEPT(GONE), NULL, out, e);
     http->io_timeout_ms = saved;
-    if (rc < 0)
-        return -1;
-    http_response_free(&resp);
-    if (out->outcome == FLY_CALL_OK || out->outcome == FLY_CALL_TIMED_OUT ||
-        out->outcome == FLY_CALL_GONE)
-        return 0;
-    return call_failed(&c, out, e);
+    return rc;
 }
 
-/* One GET of a Machine or its events, parsed by parse_exit into out. Returns 0 with
- * out->outcome OK or GONE, else -1. */
-static int exit_get(const struct call *c, const char *action, struct fly_exit *out,
-                    int *has_events, struct lerr *e)
+/* One GET of a Machine (action NULL) or its events, parsed by fly_parse_exit into out.
+ * Returns 0 with out->outcome OK or GONE, else -1. */
+static int exit_get(struct http_client *http, const struct fly_target *t,
+                    const char *machine_id, const char *action, struct fly_exit *out,
+                    struct lerr *e)
 {
     struct fly_call_result r;
     struct http_response resp;
-    struct url url;
-    int rc;
+    struct call c;
+    int rc = -1;
 
-    *has_events = 0;
-    if (fly_machine_url(c->t->base, c->t->app, c->machine_id, action, NULL, &url, e) < 0)
+    if (machine_call(&c, http, t, "GET", action ? action : "show", machine_id, action, NULL,
+                     &r, e) == 0)
+        rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e);
+    out->outcome = r.outcome;
+    out->status = r.status;
+    if (rc < 0)
         return -1;
-    if (call_send(c, &url, &resp, &r, e) < 0) {
-        out->outcome = r.outcome;
-        out->status = r.status;
-        return -1;
-    }
-    if (r.outcome != FLY_CALL_OK) {
-        http_response_free(&resp);
-        out->status = r.status;
-        out->outcome = r.outcome;
-        if (r.outcome == FLY_CALL_GONE) {
-            out->gone = 1;
-            return 0;
-        }
-        rc = call_failed(c, &r, e);
-        out->outcome = r.outcome;
-        return rc;
-    }
-    rc = parse_exit(resp.body, resp.body_len, out, has_events, e);
+    if (r.outcome == FLY_CALL_GONE)
+        out->gone = 1;
+    else
+        rc = fly_parse_exit(resp.body, resp.body_len, out, e);
     http_response_free(&resp);
     out->status = r.status;
     if (rc < 0) {
         out->outcome = FLY_CALL_RETRY_LATER;
-        return lerr_wrap(e, "Machine %s: %s", c->machine_id, c->what);
+        return lerr_wrap(e, "%s", c.who);
     }
     return 0;
 }
@@ -1033,22 +1056,18 @@ static int exit_get(const struct call *c, const char *action, struct fly_exit *o
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_exit *out, struct lerr *e)
 {
-    struct call c = { http, t, "GET", "show", machine_id ? machine_id : "", FLY_CALL_TIMEOUT_MS };
     struct fly_exit ev;
-    int has_events;
 
     memset(out, 0, sizeof *out);
-    out->outcome = FLY_CALL_FAILED;
     out->signal = -1;
-    if (exit_get(&c, NULL, out, &has_events, e) < 0)
+    if (exit_get(http, t, machine_id, NULL, out, e) < 0)
         return -1;
-    if (out->gone || has_events)
+    if (out->gone || out->has_events)
         return 0;
     /* a Machine without its events: ask for them */
-    c.what = "events";
     memset(&ev, 0, sizeof ev);
     ev.signal = -1;
-    if (exit_get(&c, "events", &ev, &has_events, e) < 0) {
+    if (exit_get(http, t, machine_id, "events", &ev, e) < 0) {
         out->outcome = ev.outcome;
         out->status = ev.status;
         return -1;
@@ -1061,108 +1080,49 @@ int fly_machine_exit(struct http_client *http, const struct fly_target *t,
     return 0;
 }
 
-/* A stop or delete: 0 when Fly accepted it or no longer knows the Machine. */
-static int machine_action(struct http_client *http, const struct fly_target *t,
-                          const char *method, const char *what, const char *machine_id,
-                          const char *action, const char *query, struct fly_call_result *out,
-                          struct lerr *e)
-{
-    struct call c = { http, t, method, what, machine_id ? machine_id : "", FLY_CALL_TIMEOUT_MS };
-    struct fly_call_result tmp, *r = out ? out : &tmp;
-    struct http_response resp;
-    struct url url;
-
-    memset(r, 0, sizeof *r);
-    r->outcome = FLY_CALL_FAILED;
-    r->retry_after_ms = -1;
-    if (fly_machine_url(t->base, t->app, machine_id, action, query, &url, e) < 0 ||
-        call_send(&c, &url, &resp, r, e) < 0)
-        return -1;
-    http_response_free(&resp);
-    if (r->outcome == FLY_CALL_OK || r->outcome == FLY_CALL_GONE)
-        return 0;
-    return call_failed(&c, r, e);
-}
-
 int fly_stop_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_call_result *out, struct lerr *e)
 {
-    return machine_action(http, t, "POST", "stop", machine_id, "stop", NULL, out, e);
+    struct fly_call_result tmp, *r = out ? out : &tmp;
+    struct call c;
+
+    if (machine_call(&c, http, t, "POST", "stop", machine_id, "stop", NULL, r, e) < 0)
+        return -1;
+    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
 }
 
 int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
                         const char *machine_id, int force, struct fly_call_result *out,
                         struct lerr *e)
 {
-    return machine_action(http, t, "DELETE", "destroy", machine_id, NULL,
-                          force ? "force=true" : NULL, out, e);
+    struct fly_call_result tmp, *r = out ? out : &tmp;
+    struct call c;
+
+    if (machine_call(&c, http, t, "DELETE", "destroy", machine_id, NULL,
+                     force ? "force=true" : NULL, r, e) < 0)
+        return -1;
+    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
 }
 
 /* ---- the app (lambdo check) ------------------------------------------------------------ */
 
 int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
 {
-    static const char suffix[] = "/machines";
-
-    if (fly_machines_url(base, app, out, e) < 0)
-        return -1;
-    out->path[strlen(out->path) - (sizeof suffix - 1)] = '\0';
-    return 0;
-}
-
-/* An answer other than 2xx, as the error the caller shows. */
-static int app_failed(const struct fly_target *t, struct fly_call_result *r, struct lerr *e)
-{
-    if (r->outcome == FLY_CALL_RATE_LIMITED || r->outcome == FLY_CALL_TIMED_OUT)
-        r->outcome = FLY_CALL_RETRY_LATER;
-    return lerr_set(e, LERR_HTTP, "Fly app %s: HTTP %d%s%s", t->app, r->status,
-                    r->error[0] ? ": " : "", r->error);
+    return api_url(base, app, "", out, e);
 }
 
 int fly_get_app(struct http_client *http, const struct fly_target *t,
                 struct fly_call_result *out, struct lerr *e)
 {
-    struct http_header headers[1] = { { "Authorization", NULL } };
-    struct http_response resp;
-    struct url url;
-    char *auth = NULL;
-    int rc = -1;
+    struct call c;
 
-    memset(out, 0, sizeof *out);
-    out->outcome = FLY_CALL_FAILED;
-    out->retry_after_ms = -1;
-    if (fly_app_url(t->base, t->app, &url, e) < 0 || fly_auth_header(t->token, &auth, e) < 0)
+    if (call_init(&c, http, t, "GET", "app", out, e) < 0)
         return -1;
-    headers[0].value = auth;
-    for (int retry = 0;; retry++) {
-        const struct http_request req = { "GET", &url, headers, 1, NULL, 0, FLY_CALL_TIMEOUT_MS };
-        const char *ra;
-        size_t ra_len = 0;
-
-        if (pace(http, t, t->get_rl, e) < 0)
-            break;
-        if (http_do(http, &req, &resp, e) < 0) {
-            out->status = 0;
-            out->outcome = transport_final(e->kind) ? FLY_CALL_FAILED : FLY_CALL_RETRY_LATER;
-            lerr_wrap(e, "Fly app %s", t->app);
-            break;
-        }
-        ra = http_response_header(&resp, "Retry-After", &ra_len);
-        fly_classify_call(resp.status, resp.body, resp.body_len, ra, ra_len, out);
-        http_response_free(&resp);
-        if (out->outcome == FLY_CALL_OK) {
-            rc = 0;
-            break;
-        }
-        if (out->outcome != FLY_CALL_RATE_LIMITED || retry == FLY_APP_RATE_LIMIT_RETRIES) {
-            app_failed(t, out, e);
-            break;
-        }
-        if (rate_limited_wait(http, t, t->get_rl, out->retry_after_ms >= 0 ? out->retry_after_ms
-                                                                            : backoff_ms(retry),
-                              e) < 0)
-            break;
+    snprintf(c.who, sizeof c.who, "Fly app %s", t->app);
+    c.max_retries = FLY_APP_RATE_LIMIT_RETRIES;
+    if (fly_app_url(t->base, t->app, &c.url, e) < 0) {
+        call_end(&c);
+        return -1;
     }
-    fly_secret_free(auth);
-    return rc;
+    return call_run(&c, ACCEPT(OK), NULL, out, e);
 }

@@ -9,7 +9,9 @@
  *
  * What an answer means (fly_classify):
  *   2xx                           created: the Machine exists; but without a usable id
- *                                 (a string of at most 60 printable characters) give up:
+ *                                 (a top-level string of at most 60 printable characters,
+ *                                 no escapes; the answer is walked, not parsed: it echoes
+ *                                 the whole request, events file included) give up:
  *                                 a Machine lambdo cannot wait for, stop or destroy is no
  *                                 create to acknowledge (it may run: at least once)
  *   429                           rate limited: wait Retry-After (whole seconds, capped at
@@ -29,6 +31,9 @@
  *
  * The token is a secret: it goes in the Authorization header and nowhere else, never
  * in a log line or an error message.
+ *
+ * Every request (create, wait, show, events, stop, delete, the app) goes through one loop
+ * in fly.c: a token, the request, and on a 429 the wait and the retry.
  *
  * Rate limits: Fly limits the Machines API per app and per action. A target may carry
  * two shared token buckets (ratelimit.h): every create takes a token of create_rl before
@@ -215,6 +220,7 @@ struct fly_exit {
     enum fly_call_outcome outcome;  /* OK, GONE, or what the failure was */
     int status;              /* the last HTTP status, 0 if none */
     int gone;                /* 404: Fly no longer knows the Machine; known is 0 */
+    int has_events;          /* the answer had an event list (maybe empty) */
     int exited;              /* an exit event was found */
     int known;               /* exit_code is the process's exit status (0..255). 0: no
                                 exit event yet, or it has no usable code: the caller
@@ -248,7 +254,9 @@ void fly_classify_call(int status, const char *body, size_t body_len, const char
  * oom_killed, requested_stop, signal and exited_at. Lenient: no events, events that
  * are not an array, odd fields: out->known = 0 and still 0 returned. Returns -1 with
  * LERR_MALFORMED only when json is not JSON, or neither an object nor an array.
- * Pure; out->outcome is FLY_CALL_OK and out->status 0. */
+ * out->has_events says whether there was an event list at all (a Machine object may come
+ * without: fly_machine_exit then asks for .../events). Pure; out->outcome is FLY_CALL_OK
+ * and out->status 0. */
 int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct lerr *e);
 
 /* Waits (one request) for the Machine to reach state ("started", "stopped" or
@@ -297,7 +305,8 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
 int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e);
 
 /* GET {base}/v1/apps/{app} (Apps_show), one request (a 429 is waited out and retried, up
- * to FLY_APP_RATE_LIMIT_RETRIES times, taking t->get_rl tokens when set): proves the token,
+ * to FLY_APP_RATE_LIMIT_RETRIES times, taking t->get_rl tokens when set, as every call
+ * does; the last 429 ends as a failure with out->status 429): proves the token,
  * the app and the connection. Returns 0 when Fly answered 2xx (out->outcome FLY_CALL_OK).
  * Otherwise -1 with e set: LERR_HTTP with out->status and Fly's out->error (401: the
  * token was refused; 404: no such app, or one the token may not see), or the connection

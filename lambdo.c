@@ -77,50 +77,40 @@ static const char usage[] =
     "Exit status: 0 ok or stopped by SIGTERM/SIGINT (--once: 1), 1 failure, 2 usage or\n"
     "configuration.\n";
 
-static const char *env_get(const char *name, void *ctx)
-{
-    (void)ctx;
-    return getenv(name);
-}
-
 int main(int argc, char **argv)
 {
     struct config_errors errs;
     struct config cfg;
-    int once = 0;
+    sigset_t set;
+    const char *a = argc > 1 ? argv[1] : "";
+    int known = argc == 1 || strcmp(a, "--once") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 ||
+                strcmp(a, "--version") == 0;
 
-    if (argc > 1 && strcmp(argv[1], "send") == 0)
+    if (strcmp(a, "send") == 0)
         return cli_send(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "check") == 0)
+    if (strcmp(a, "check") == 0)
         return cli_check(argc - 1, argv + 1);
-    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
-        printf("lambdo %s (BearSSL %s, cJSON %s)\n", LAMBDO_VERSION, LAMBDO_BEARSSL_VERSION,
-               cJSON_Version());
-        return 0;
-    }
-    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (argc == 2 && strcmp(argv[1], "--once") == 0)
-        once = 1;
-    else if (argc > 1) {
-        int known = argc > 2 && (strcmp(argv[1], "--once") == 0 || strcmp(argv[1], "--help") == 0 ||
-                                 strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--version") == 0);
+    if (argc > 2 || !known) {
         fprintf(stderr, "lambdo: unknown argument \"%.40s\" (see lambdo --help)\n",
                 argv[known ? 2 : 1]);
         return EXIT_USAGE;
     }
+    if (strcmp(a, "--version") == 0) {
+        printf("lambdo %s (BearSSL %s, cJSON %s)\n", LAMBDO_VERSION, LAMBDO_BEARSSL_VERSION,
+               cJSON_Version());
+        return 0;
+    }
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+        fputs(usage, stdout);
+        return 0;
+    }
     /* A SIGTERM from now on means "stop cleanly", even before the daemon is up: block it at
      * once, so that it stays pending for the daemon's signalfd instead of killing us. */
-    {
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGTERM);
-        sigaddset(&set, SIGINT);
-        sigprocmask(SIG_BLOCK, &set, NULL);
-    }
-    if (config_load(&cfg, env_get, NULL, &errs) < 0) {
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    if (config_load(&cfg, config_env, NULL, &errs) < 0) {
         for (size_t i = 0; i < errs.n; i++)
             fprintf(stderr, "lambdo: configuration: %s\n", errs.line[i].msg);
         return EXIT_USAGE;
@@ -128,5 +118,5 @@ int main(int argc, char **argv)
     log_setup(cfg.log_level, cfg.json_logs);
     if (config_warning(&cfg))
         log_warn("%s", config_warning(&cfg));
-    return daemon_run(&cfg, once);
+    return daemon_run(&cfg, argc == 2);  /* with one argument, it can only be --once here */
 }

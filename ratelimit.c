@@ -139,19 +139,9 @@ void ratelimit_penalize(struct ratelimit *rl, int ms)
     ratelimit_penalize_at(rl, ratelimit_now_ns(), ms);
 }
 
-int ratelimit_take(struct ratelimit *rl, int stop_fd, struct lerr *e)
-{
-    return ratelimit_take_fds(rl, &stop_fd, 1, e);
-}
-
 static int cancelled(struct lerr *e)
 {
     return lerr_set(e, LERR_CANCELLED, "stopping: no longer waiting for a rate limit token");
-}
-
-int ratelimit_take_fds(struct ratelimit *rl, const int *stop_fds, size_t nfds, struct lerr *e)
-{
-    return ratelimit_take_idle(rl, stop_fds, nfds, NULL, NULL, e);
 }
 
 int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,

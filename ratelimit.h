@@ -14,7 +14,7 @@
  * once when the pause ends.
  *
  * Times are CLOCK_MONOTONIC nanoseconds. The *_at functions are the pure core: they take
- * the time as an argument (the tests use a fake clock) and never sleep; ratelimit_take
+ * the time as an argument (the tests use a fake clock) and never sleep; ratelimit_take_idle
  * reads the clock and sleeps. All of them lock the mutex and may be called from any
  * thread.
  */
@@ -69,22 +69,16 @@ void ratelimit_give_back(struct ratelimit *rl);
 void ratelimit_penalize_at(struct ratelimit *rl, int64_t now_ns, int ms);
 void ratelimit_penalize(struct ratelimit *rl, int ms);
 
-/* Takes a token, sleeping until it is valid. stop_fd, if >= 0, ends the wait when it
- * becomes readable (a shutdown pipe): the reservation is given back and the call fails
- * with LERR_CANCELLED; it fails so too, without reserving, when stop_fd is already
- * readable. LERR_IO if poll fails. */
-int ratelimit_take(struct ratelimit *rl, int stop_fd, struct lerr *e);
-
-/* ratelimit_take watching several fds (up to RATELIMIT_MAX_FDS; negative ones are
- * ignored). */
-#define RATELIMIT_MAX_FDS 4
-int ratelimit_take_fds(struct ratelimit *rl, const int *stop_fds, size_t nfds, struct lerr *e);
-
-/* CLOCK_MONOTONIC in ns, the clock ratelimit_take and ratelimit_penalize use. */
+/* CLOCK_MONOTONIC in ns, the clock ratelimit_take_idle and ratelimit_penalize use. */
 int64_t ratelimit_now_ns(void);
 
-/* ratelimit_take_fds that also calls idle(ctx) about once a second while it waits: the
- * caller's chance to do housekeeping (lambdo keeps its messages hidden meanwhile). */
+/* Takes a token, sleeping until it is valid. stop_fds[0..nfds) (up to RATELIMIT_MAX_FDS;
+ * negative ones are ignored) end the wait when one becomes readable (a shutdown pipe):
+ * the reservation is given back and the call fails with LERR_CANCELLED; it fails so too,
+ * without reserving, when one is already readable. LERR_IO if poll fails. idle, if not
+ * NULL, is called with ctx about once a second while it waits: the caller's chance to do
+ * housekeeping (lambdo keeps its messages hidden meanwhile). */
+#define RATELIMIT_MAX_FDS 4
 int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,
                         void (*idle)(void *ctx), void *ctx, struct lerr *e);
 

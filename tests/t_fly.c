@@ -425,6 +425,13 @@ static const struct answer_case answers[] = {
     { 200, "{\"id\":\"caf\\u00e9\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
     { 200, "{\"id\":\"" LONG_ID "\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
     { 200, "{\"id\":\"" LONG_ID_FITS "\"}", NULL, FLY_CREATED, -1, "", LONG_ID_FITS, "", "" },
+    /* only the top level counts, wherever the id is; strings (escapes too) are skipped */
+    { 201, "{\"config\":{\"id\":\"inner\",\"s\":\"q\\\"id\\\":\\\"fake\\\\\"},\"id\":\"outer\","
+      "\"region\":\"ams\",\"e\":[1,{\"id\":\"x\"}]}", NULL, FLY_CREATED, -1, "", "outer", "ams", "" },
+    { 200, "{\"a\":1}\"id\":\"m1\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"m1", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"m1\"", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+    { 200, "[{\"id\":\"m1\"}]", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
     { 503, "{\"error\":\"insufficient capacity\",\"status\":\"insufficient_capacity\"}", NULL,
       FLY_NEXT_REGION, -1, "insufficient capacity", NULL, NULL, NULL },
     { 503, "", NULL, FLY_NEXT_REGION, -1, "", NULL, NULL, NULL },

@@ -1,6 +1,6 @@
 /* ratelimit: the token bucket's pure core on a fake clock (burst, then the steady rate;
  * reservations queue in arrival order; a penalty pauses everyone and pushes the queue
- * back in order; a cancelled reservation comes back), then ratelimit_take on the real
+ * back in order; a cancelled reservation comes back), then ratelimit_take_idle on the real
  * clock: stop fds, many threads, a penalty arriving while a thread waits. Timing
  * assertions are lower bounds only: a slow machine never fails them. */
 #include <stdarg.h>
@@ -34,6 +34,12 @@ static void init(struct ratelimit *rl, double rate, int burst)
 
     if (ratelimit_init(rl, rate, burst, &e) != 0)
         fail_msg("ratelimit_init: %s", e.msg);
+}
+
+/* ratelimit_take_idle with one stop fd and no idle callback (what ratelimit_take was). */
+static int take(struct ratelimit *rl, int stop_fd, struct lerr *e)
+{
+    return ratelimit_take_idle(rl, &stop_fd, 1, NULL, NULL, e);
 }
 
 static void test_init_invalid(void **state)
@@ -208,11 +214,11 @@ static void test_take_cancel(void **state)
 
     assert_int_equal(pipe(pipefd), 0);
     init(&rl, 0.001, 1);  /* after the first token, the next is 1000 s away */
-    assert_int_equal(ratelimit_take(&rl, pipefd[0], &e), 0);
+    assert_int_equal(take(&rl, pipefd[0], &e), 0);
     before = rl.tokens;
     w = (struct writer){ pipefd[1], 100 };
     assert_int_equal(pthread_create(&th, NULL, write_later, &w), 0);
-    assert_int_equal(ratelimit_take(&rl, pipefd[0], &e), -1);
+    assert_int_equal(take(&rl, pipefd[0], &e), -1);
     pthread_join(th, NULL);
     assert_int_equal(e.kind, LERR_CANCELLED);
     assert_string_equal(e.msg, "stopping: no longer waiting for a rate limit token");
@@ -222,18 +228,18 @@ static void test_take_cancel(void **state)
     /* a stop already there: nothing reserved, even with a token free */
     ratelimit_destroy(&rl);
     init(&rl, 1, 3);
-    assert_int_equal(ratelimit_take(&rl, pipefd[0], &e), -1);
+    assert_int_equal(take(&rl, pipefd[0], &e), -1);
     assert_int_equal(e.kind, LERR_CANCELLED);
     assert_true(rl.tokens == 3.0);
     /* without a stop fd, or with a negative one among several, it just takes */
-    assert_int_equal(ratelimit_take(&rl, -1, &e), 0);
+    assert_int_equal(take(&rl, -1, &e), 0);
     {
         int fds[3] = { -1, -1, -1 };
-        assert_int_equal(ratelimit_take_fds(&rl, fds, 3, &e), 0);
+        assert_int_equal(ratelimit_take_idle(&rl, fds, 3, NULL, NULL, &e), 0);
         fds[1] = pipefd[0];
-        assert_int_equal(ratelimit_take_fds(&rl, fds, 3, &e), -1);
+        assert_int_equal(ratelimit_take_idle(&rl, fds, 3, NULL, NULL, &e), -1);
         assert_int_equal(e.kind, LERR_CANCELLED);
-        assert_int_equal(ratelimit_take_fds(&rl, fds, RATELIMIT_MAX_FDS + 1, &e), -1);
+        assert_int_equal(ratelimit_take_idle(&rl, fds, RATELIMIT_MAX_FDS + 1, NULL, NULL, &e), -1);
         assert_int_equal(e.kind, LERR_INVALID);
     }
     ratelimit_destroy(&rl);
@@ -255,7 +261,7 @@ static void *take_many(void *arg)
     struct lerr e = { 0 };
 
     for (int i = 0; i < TAKES; i++)
-        if (ratelimit_take(k->rl, -1, &e) != 0)
+        if (take(k->rl, -1, &e) != 0)
             k->failures++;
     return NULL;
 }
@@ -298,7 +304,7 @@ static void *take_once(void *arg)
     struct penalized *p = arg;
     struct lerr e = { 0 };
 
-    p->rc = ratelimit_take(p->rl, -1, &e);
+    p->rc = take(p->rl, -1, &e);
     p->done_ns = ratelimit_now_ns();
     return NULL;
 }
@@ -314,7 +320,7 @@ static void test_take_penalized_while_waiting(void **state)
     int64_t pen;
 
     init(&rl, 2, 1);  /* after the first, one every 500 ms */
-    assert_int_equal(ratelimit_take(&rl, -1, &e), 0);
+    assert_int_equal(take(&rl, -1, &e), 0);
     p = (struct penalized){ &rl, -2, 0 };
     assert_int_equal(pthread_create(&th, NULL, take_once, &p), 0);
     nanosleep(&pause, NULL);
