@@ -300,88 +300,39 @@ static int capacity_error(int status, const cJSON *j, const char *error)
 /* ---- a create's answer: three strings out of an echo of the whole request ------------ */
 
 /* Fly's answer to a create repeats the config, the events file's base64 included: building
- * all of it with cJSON cost more than writing the request. Only three top-level strings are
- * read, so the object is walked and its values skipped (memchr over the long strings). */
-
-static size_t skip_space(const char *s, size_t i, size_t n)
+ * all of it with cJSON cost more than writing the request. The object is walked with json.c
+ * instead, every other value stepped over, and only three top-level strings are decoded.
+ * Returns 0 when the whole object was read; the id is then usable when one_line kept it
+ * as it was (printable ASCII that fits). */
+static int created_answer(const char *s, size_t n, struct fly_machine *m)
 {
-    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n'))
-        i++;
-    return i;
-}
+    struct { const char *name; char *out; size_t cap; } want[] = {
+        { "id", m->id, sizeof m->id },
+        { "instance_id", m->instance_id, sizeof m->instance_id },
+        { "region", m->region, sizeof m->region },
+    };
+    struct json j;
+    char key[16], raw[sizeof m->id];
+    size_t len, i;
+    int state = 0, rc;
 
-/* Past the JSON string whose opening quote is s[i]; n when it does not end. */
-static size_t skip_string(const char *s, size_t i, size_t n)
-{
-    const char *q;
-
-    for (i++; i < n && (q = memchr(s + i, '"', n - i)); i++) {
-        size_t bs = 0;
-
-        i = (size_t)(q - s);
-        while (s[i - 1 - bs] == '\\')  /* stops at the opening quote at the latest */
-            bs++;
-        if (bs % 2 == 0)
-            return i + 1;
-    }
-    return n;
-}
-
-/* The ',' or '}' that ends the member value starting at s[i] (nested objects and arrays
- * counted, strings skipped whole); n when there is none. */
-static size_t skip_value(const char *s, size_t i, size_t n)
-{
-    int depth = 0;
-
-    for (; i < n; i++) {
-        if (s[i] == '"')
-            i = skip_string(s, i, n) - 1;
-        else if (s[i] == '{' || s[i] == '[')
-            depth++;
-        else if ((s[i] == '}' || s[i] == ']') && depth > 0)
-            depth--;
-        else if ((s[i] == ',' || s[i] == '}') && depth == 0)
-            return i;
-    }
-    return n;
-}
-
-/* The top-level member name of the JSON object s[0..n), when it is a string without
- * escapes, one_line'd into out[cap]; out is "" otherwise (no such member, another type,
- * not an object). Returns 1 when out holds the string exactly as it was. */
-static int answer_string(const char *s, size_t n, const char *name, char *out, size_t cap)
-{
-    size_t i = skip_space(s, 0, n), len = strlen(name);
-
-    out[0] = '\0';
-    if (i == n || s[i] != '{')
-        return 0;
-    i = skip_space(s, i + 1, n);
-    while (i < n && s[i] == '"') {
-        size_t key = i + 1, key_end = skip_string(s, i, n), value, value_len;
-
-        i = skip_space(s, key_end, n);
-        if (i == n || s[i] != ':')
-            return 0;
-        value = skip_space(s, i + 1, n);
-        i = skip_value(s, value, n);
-        if (i == n)
-            return 0;
-        if (key_end - key - 1 == len && memcmp(s + key, name, len) == 0) {
-            if (s[value] != '"')
-                return 0;
-            /* it ends before i: skip_value found the ',' or '}' after it */
-            value_len = skip_string(s, value, n) - value - 2;
-            if (memchr(s + value + 1, '\\', value_len))
-                return 0;
-            one_line(out, cap, s + value + 1, value_len);
-            return strlen(out) == value_len && memcmp(out, s + value + 1, value_len) == 0;
+    json_init(&j, s, n);
+    if (json_peek(&j) != '{')
+        return -1;
+    while ((rc = json_member(&j, &state, key, sizeof key)) == 1) {
+        for (i = 0; i < 3 && strcmp(key, want[i].name) != 0; i++)
+            ;
+        if (i == 3 || json_peek(&j) != '"') {
+            rc = json_skip(&j);
+        } else if ((rc = json_string(&j, raw, sizeof raw, &len)) == 0) {
+            one_line(want[i].out, want[i].cap, raw, len < sizeof raw ? len : sizeof raw - 1);
+            if (i == 0 && (len >= sizeof raw || strlen(m->id) != len || memcmp(m->id, raw, len)))
+                m->id[0] = '\0';
         }
-        if (s[i] != ',')
-            return 0;
-        i = skip_space(s, i + 1, n);
+        if (rc < 0)
+            return -1;
     }
-    return 0;
+    return rc;
 }
 
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
@@ -395,15 +346,12 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
     a->machine.status = status;
     if (!ok)
         error_text(a->error, sizeof a->error, j, body, body_len);
-    if (ok && body && answer_string(body, body_len, "id", a->machine.id, sizeof a->machine.id) &&
-        a->machine.id[0]) {
+    if (ok && body && created_answer(body, body_len, &a->machine) == 0 && a->machine.id[0]) {
         a->outcome = FLY_CREATED;
-        answer_string(body, body_len, "instance_id", a->machine.instance_id,
-                      sizeof a->machine.instance_id);
-        answer_string(body, body_len, "region", a->machine.region, sizeof a->machine.region);
     } else if (ok) {
         /* Nothing to wait for, stop or destroy: a failed create, never a Machine id "" */
-        a->machine.id[0] = '\0';
+        memset(&a->machine, 0, sizeof a->machine);
+        a->machine.status = status;
         snprintf(a->error, sizeof a->error, "the answer names no usable Machine id");
         a->outcome = FLY_GIVE_UP;
     } else if (status == 429) {

@@ -10,8 +10,7 @@
  * What an answer means (fly_classify):
  *   2xx                           created: the Machine exists; but without a usable id
  *                                 (a top-level string of at most 60 printable characters,
- *                                 no escapes; the answer is walked, not parsed: it echoes
- *                                 the whole request, events file included) give up:
+ *                                 in an answer that is one whole JSON object) give up:
  *                                 a Machine lambdo cannot wait for, stop or destroy is no
  *                                 create to acknowledge (it may run: at least once)
  *   429                           rate limited: wait Retry-After (whole seconds, capped at
