@@ -60,95 +60,19 @@ size_t fly_base64_encode(const void *in, size_t n, char *out)
 
 /* ---- the create body ------------------------------------------------------------------- */
 
-/* A growing JSON text. After a failed allocation every write is a no-op and failed is
- * set, so the builder below checks once, at the end. */
-struct jbuf {
-    char *p;
-    size_t len, cap;
-    int failed;
-};
-
-static char *jb_room(struct jbuf *b, size_t more)
-{
-    size_t need, cap;
-    char *p;
-
-    if (b->failed)
-        return NULL;
-    if (more > SIZE_MAX / 2 - b->len) {
-        b->failed = 1;
-        return NULL;
-    }
-    need = b->len + more + 1;
-    if (need > b->cap) {
-        for (cap = b->cap ? b->cap : 256; cap < need; cap *= 2)
-            ;
-        if (!(p = realloc(b->p, cap))) {
-            b->failed = 1;
-            return NULL;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    return b->p + b->len;
-}
-
-static void jb_raw(struct jbuf *b, const char *s)
-{
-    size_t n = strlen(s);
-    char *p = jb_room(b, n);
-
-    if (p) {
-        memcpy(p, s, n);
-        b->len += n;
-    }
-}
-
-/* printf into the text, for short pieces (at most 255 bytes). */
-static void jb_fmt(struct jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void jb_fmt(struct jbuf *b, const char *fmt, ...)
-{
-    char s[256];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(s, sizeof s, fmt, ap);
-    va_end(ap);
-    jb_raw(b, s);
-}
-
-/* A JSON string: quotes, backslashes and control bytes escaped; other bytes as they are
- * (the strings here are checked ASCII or UTF-8). */
-static void jb_str(struct jbuf *b, const char *s)
-{
-    jb_raw(b, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char one[2] = { (char)c, '\0' };
-
-        if (c < 0x20)
-            jb_fmt(b, "\\u%04x", c);
-        else if (c == '"' || c == '\\')
-            jb_fmt(b, "\\%c", c);
-        else
-            jb_raw(b, one);
-    }
-    jb_raw(b, "\"");
-}
-
-static void jb_base64(struct jbuf *b, const void *in, size_t n)
+static void jb_base64(struct json_buf *b, const void *in, size_t n)
 {
     char *p;
 
-    jb_raw(b, "\"");
-    if ((p = jb_room(b, fly_base64_len(n))))
+    json_buf_lit(b, "\"");
+    if ((p = json_buf_room(b, fly_base64_len(n))))
         b->len += fly_base64_encode(in, n, p);
-    jb_raw(b, "\"");
+    json_buf_lit(b, "\"");
 }
 
 /* init.cmd from the command attribute: re-serialized, which is safe because it holds
  * only strings (no number can change on the way through a double). */
-static int jb_command(struct jbuf *b, const char *command, struct lerr *e)
+static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
 {
     cJSON *arr = json_parse(command, strlen(command)), *item;
     int i = 0;
@@ -157,17 +81,17 @@ static int jb_command(struct jbuf *b, const char *command, struct lerr *e)
         cJSON_Delete(arr);
         return lerr_set(e, LERR_INVALID, "command is not a JSON array of strings");
     }
-    jb_raw(b, ",\"init\":{\"cmd\":[");
+    json_buf_lit(b, ",\"init\":{\"cmd\":[");
     cJSON_ArrayForEach(item, arr) {
         if (!cJSON_IsString(item)) {
             cJSON_Delete(arr);
             return lerr_set(e, LERR_INVALID, "command element %d is not a string", i + 1);
         }
         if (i++)
-            jb_raw(b, ",");
-        jb_str(b, item->valuestring);
+            json_buf_lit(b, ",");
+        json_buf_string(b, item->valuestring, strlen(item->valuestring));
     }
-    jb_raw(b, "]}");
+    json_buf_lit(b, "]}");
     cJSON_Delete(arr);
     return 0;
 }
@@ -175,45 +99,47 @@ static int jb_command(struct jbuf *b, const char *command, struct lerr *e)
 int fly_create_body(const struct fly_machine_spec *spec, const char *region, char **out,
                     size_t *len, struct lerr *e)
 {
-    struct jbuf b = { 0 };
+    struct json_buf b = { 0 };
 
     *out = NULL;
     if (!spec->image || !spec->image[0] || !spec->preset)
         return lerr_set(e, LERR_INVALID, "a Machine needs an image and a size preset");
     /* one allocation in the common case: the events dominate */
-    if (!jb_room(&b, fly_base64_len(spec->events_len) + 1024))
+    if (!json_buf_room(&b, fly_base64_len(spec->events_len) + 1024))
         return lerr_set(e, LERR_NOMEM, "create body: out of memory");
-    jb_raw(&b, "{");
+    json_buf_lit(&b, "{");
     if (region) {
-        jb_raw(&b, "\"region\":");
-        jb_str(&b, region);
-        jb_raw(&b, ",");
+        json_buf_lit(&b, "\"region\":");
+        json_buf_string(&b, region, strlen(region));
+        json_buf_lit(&b, ",");
     }
-    jb_raw(&b, "\"config\":{\"image\":");
-    jb_str(&b, spec->image);
+    json_buf_lit(&b, "\"config\":{\"image\":");
+    json_buf_string(&b, spec->image, strlen(spec->image));
     /* the preset's words come from its table: nothing to escape */
-    jb_fmt(&b, ",\"guest\":{\"cpu_kind\":\"%s\",\"cpus\":%d,\"memory_mb\":%d",
-           spec->preset->cpu_kind, spec->preset->cpus, spec->preset->memory_mb);
+    json_buf_fmt(&b, ",\"guest\":{\"cpu_kind\":\"%s\",\"cpus\":%d,\"memory_mb\":%d",
+                 spec->preset->cpu_kind, spec->preset->cpus, spec->preset->memory_mb);
     if (spec->preset->gpus > 0)
-        jb_fmt(&b, ",\"gpus\":%d,\"gpu_kind\":\"%s\"", spec->preset->gpus,
-               spec->preset->gpu_kind);
-    jb_raw(&b, "}");
-    jb_raw(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"}");
-    jb_raw(&b, ",\"files\":[{\"guest_path\":\"" FLY_EVENTS_PATH "\",\"raw_value\":");
+        json_buf_fmt(&b, ",\"gpus\":%d,\"gpu_kind\":\"%s\"", spec->preset->gpus,
+                     spec->preset->gpu_kind);
+    json_buf_lit(&b, "}");
+    json_buf_lit(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"}");
+    json_buf_lit(&b, ",\"files\":[{\"guest_path\":\"" FLY_EVENTS_PATH "\",\"raw_value\":");
     jb_base64(&b, spec->events, spec->events_len);
-    jb_raw(&b, "}],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
+    json_buf_lit(&b, "}],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
     if (spec->command && jb_command(&b, spec->command, e) < 0) {
         free(b.p);
         return -1;
     }
-    jb_raw(&b, ",\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_group\":");
-    jb_str(&b, spec->group_id ? spec->group_id : "");
-    jb_raw(&b, "}}}");
-    if (b.failed) {
+    json_buf_lit(&b, ",\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_group\":");
+    if (spec->group_id)
+        json_buf_string(&b, spec->group_id, strlen(spec->group_id));
+    else
+        json_buf_lit(&b, "\"\"");
+    json_buf_lit(&b, "}}}");
+    if (b.oom) {
         free(b.p);
         return lerr_set(e, LERR_NOMEM, "create body: out of memory");
     }
-    b.p[b.len] = '\0';
     *out = b.p;
     *len = b.len;
     return 0;

@@ -1,6 +1,9 @@
 #include "json.h"
 
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -387,4 +390,84 @@ cJSON *json_parse_all(const char *s, const char **end)
     j = cJSON_ParseWithOpts(s, end, 1);
     pthread_mutex_unlock(&json_mu);
     return j;
+}
+
+/* ---- writing ------------------------------------------------------------------------- */
+
+char *json_buf_room(struct json_buf *b, size_t n)
+{
+    size_t cap = b->cap ? b->cap : 512;
+    char *p;
+
+    if (b->oom)
+        return NULL;
+    if (b->cap - b->len >= n + 1)
+        return b->p + b->len;
+    while (cap - b->len < n + 1) {
+        if (cap > SIZE_MAX / 2) {
+            b->oom = 1;
+            return NULL;
+        }
+        cap *= 2;
+    }
+    if (!(p = realloc(b->p, cap))) {
+        b->oom = 1;
+        return NULL;
+    }
+    b->p = p;
+    b->cap = cap;
+    return p + b->len;
+}
+
+void json_buf_put(struct json_buf *b, const char *s, size_t n)
+{
+    char *p = json_buf_room(b, n);
+
+    if (!p)
+        return;
+    memcpy(p, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void json_buf_lit(struct json_buf *b, const char *s)
+{
+    json_buf_put(b, s, strlen(s));
+}
+
+void json_buf_fmt(struct json_buf *b, const char *fmt, ...)
+{
+    char s[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(s, sizeof s, fmt, ap);
+    va_end(ap);
+    json_buf_lit(b, s);
+}
+
+void json_buf_string(struct json_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+
+    json_buf_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
+        char esc[7] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0' };
+
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        json_buf_put(b, s + run, i - run);
+        run = i + 1;
+        if (ch == '"' || ch == '\\') {
+            esc[1] = (char)ch;
+            esc[2] = '\0';
+            named = esc;
+        }
+        json_buf_lit(b, named ? named : esc);
+    }
+    json_buf_put(b, s + run, n - run);
+    json_buf_put(b, "\"", 1);
 }

@@ -91,6 +91,25 @@ void json_chars_open(struct json_chars *s, const char *quote);
 /* The next byte of the value (0..255), or -1 at the closing quote. */
 int json_chars_next(struct json_chars *s);
 
+/* Writing: a growing buffer for the JSON text of requests. A failed allocation is sticky:
+ * every later write does nothing and oom stays set, so the caller checks once at the end.
+ * The text is NUL-terminated after every write. */
+struct json_buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+/* Room for n more bytes (and the NUL) at p + len, or NULL; len is the caller's to move. */
+char *json_buf_room(struct json_buf *b, size_t n);
+void json_buf_put(struct json_buf *b, const char *s, size_t n);
+void json_buf_lit(struct json_buf *b, const char *s);
+/* printf into the text, for short pieces (at most 255 bytes). */
+void json_buf_fmt(struct json_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* s[0..n) as a JSON string: quotes, backslashes and control bytes escaped, other bytes as
+ * they are (the caller checked them UTF-8). */
+void json_buf_string(struct json_buf *b, const char *s, size_t n);
+
 /* cJSON_ParseWithLength: the first JSON value of s[0..len); NULL when there is none. */
 cJSON *json_parse(const char *s, size_t len);
 

@@ -39,72 +39,7 @@ static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS
  * ==================================================================================== */
 
 /* A growing, always NUL-terminated output; after an allocation failure it stops. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-};
-
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->cap - b->len < n + 1) {
-        size_t cap = b->cap ? b->cap : 512;
-        char *p;
-
-        while (cap - b->len < n + 1) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = 1;
-                return;
-            }
-            cap *= 2;
-        }
-        p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_lit(struct sbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-static void sb_json_string(struct sbuf *b, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t run = 0;
-
-    sb_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
-        char esc[7] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0' };
-
-        if (ch >= 0x20 && ch != '"' && ch != '\\')
-            continue;
-        sb_put(b, s + run, i - run);
-        run = i + 1;
-        if (ch == '"' || ch == '\\') {
-            esc[1] = (char)ch;
-            esc[2] = '\0';
-            named = esc;
-        }
-        sb_lit(b, named ? named : esc);
-    }
-    sb_put(b, s + run, n - run);
-    sb_put(b, "\"", 1);
-}
-
-static char *sb_finish(struct sbuf *b, size_t *len, struct lerr *e)
+static char *sb_finish(struct json_buf *b, size_t *len, struct lerr *e)
 {
     if (b->oom || !b->p) {
         free(b->p);
@@ -131,33 +66,33 @@ static int sqs_queue_url_check(const char *queue_url, const char *op, struct ler
 }
 
 /* Every request starts with the queue: {"QueueUrl":"..." */
-static void sb_queue(struct sbuf *b, const char *queue_url)
+static void sb_queue(struct json_buf *b, const char *queue_url)
 {
-    sb_lit(b, "{\"QueueUrl\":");
-    sb_json_string(b, queue_url, strlen(queue_url));
+    json_buf_lit(b, "{\"QueueUrl\":");
+    json_buf_string(b, queue_url, strlen(queue_url));
 }
 
 /* ,"key":v */
-static void sb_int(struct sbuf *b, const char *key, int v)
+static void sb_int(struct json_buf *b, const char *key, int v)
 {
     char num[64];
 
     snprintf(num, sizeof num, ",\"%s\":%d", key, v);
-    sb_lit(b, num);
+    json_buf_lit(b, num);
 }
 
 /* ,"key":["name",...] */
-static void sb_names(struct sbuf *b, const char *key, const char *const *names, size_t n)
+static void sb_names(struct json_buf *b, const char *key, const char *const *names, size_t n)
 {
-    sb_lit(b, ",\"");
-    sb_lit(b, key);
-    sb_lit(b, "\":[");
+    json_buf_lit(b, ",\"");
+    json_buf_lit(b, key);
+    json_buf_lit(b, "\":[");
     for (size_t i = 0; i < n; i++) {
         if (i)
-            sb_lit(b, ",");
-        sb_json_string(b, names[i], strlen(names[i]));
+            json_buf_lit(b, ",");
+        json_buf_string(b, names[i], strlen(names[i]));
     }
-    sb_lit(b, "]");
+    json_buf_lit(b, "]");
 }
 
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
@@ -173,7 +108,7 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
         { "WaitTimeSeconds", o->wait_seconds, 0, SQS_MAX_WAIT },
         { "VisibilityTimeout", o->visibility_timeout, -1, SQS_MAX_VISIBILITY },
     };
-    struct sbuf b = { 0 };
+    struct json_buf b = { 0 };
 
     if (sqs_queue_url_check(queue_url, "ReceiveMessage", e) < 0)
         return NULL;
@@ -194,7 +129,7 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
     sb_names(&b, "AttributeNames", system_attrs, 1);
-    sb_lit(&b, "}");
+    json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
 
@@ -1026,31 +961,31 @@ static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
 }
 
 /* ,"MessageBody":...,"MessageAttributes":{...} of one entry. */
-static void sb_message(struct sbuf *b, const struct sqs_send_entry *en)
+static void sb_message(struct json_buf *b, const struct sqs_send_entry *en)
 {
     const char *values[3] = { en->image, en->size, en->command };
     int first = 1;
 
-    sb_lit(b, ",\"MessageBody\":");
-    sb_json_string(b, en->body, en->body_len);
+    json_buf_lit(b, ",\"MessageBody\":");
+    json_buf_string(b, en->body, en->body_len);
     for (size_t i = 0; i < 3; i++) {
         if (!values[i])
             continue;
-        sb_lit(b, first ? ",\"MessageAttributes\":{" : ",");
+        json_buf_lit(b, first ? ",\"MessageAttributes\":{" : ",");
         first = 0;
-        sb_json_string(b, sqs_attr_names[i], strlen(sqs_attr_names[i]));
-        sb_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
-        sb_json_string(b, values[i], strlen(values[i]));
-        sb_lit(b, "}");
+        json_buf_string(b, sqs_attr_names[i], strlen(sqs_attr_names[i]));
+        json_buf_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
+        json_buf_string(b, values[i], strlen(values[i]));
+        json_buf_lit(b, "}");
     }
     if (!first)
-        sb_lit(b, "}");
+        json_buf_lit(b, "}");
 }
 
 char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
                        struct lerr *e)
 {
-    struct sbuf b = { 0 };
+    struct json_buf b = { 0 };
 
     if (sqs_queue_url_check(queue_url, "SendMessage", e) < 0)
         return NULL;
@@ -1060,7 +995,7 @@ char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, s
     }
     sb_queue(&b, queue_url);
     sb_message(&b, en);
-    sb_lit(&b, "}");
+    json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
 
@@ -1210,7 +1145,7 @@ struct sqs_batch_ops {
     const char *ok_needs;  /* what every Successful item must hold, or NULL */
     void (*reset)(void *entry);
     int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
-    void (*put)(const struct sqs_batch_ops *o, struct sbuf *b, const void *entry);
+    void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
     void (*accepted)(void *entry, const cJSON *item);
     void (*label)(const void *entries, size_t i, char *out, size_t cap);
 };
@@ -1293,12 +1228,12 @@ static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, s
     return 0;
 }
 
-static void sb_receipt(const struct sqs_batch_ops *o, struct sbuf *b, const void *entry)
+static void sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
 {
     const struct sqs_entry *en = entry;
 
-    sb_lit(b, ",\"ReceiptHandle\":");
-    sb_json_string(b, en->receipt_handle, strlen(en->receipt_handle));
+    json_buf_lit(b, ",\"ReceiptHandle\":");
+    json_buf_string(b, en->receipt_handle, strlen(en->receipt_handle));
     if (o->op == SQS_OP_CHANGE_VISIBILITY)
         sb_int(b, "VisibilityTimeout", en->visibility_timeout);
 }
@@ -1336,7 +1271,7 @@ static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size
     return 0;
 }
 
-static void sb_send(const struct sqs_batch_ops *o, struct sbuf *b, const void *entry)
+static void sb_send(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
 {
     sb_message(b, entry);
 }
@@ -1378,7 +1313,7 @@ static const struct sqs_batch_ops sqs_send_ops = {
 static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queue_url,
                                  const void *entries, size_t n, size_t *len, struct lerr *e)
 {
-    struct sbuf b = { 0 };
+    struct json_buf b = { 0 };
     size_t sent = 0;
 
     if (sqs_queue_url_check(queue_url, o->name, e) < 0)
@@ -1400,20 +1335,20 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
         return NULL;
     }
     sb_queue(&b, queue_url);
-    sb_lit(&b, ",\"Entries\":[");
+    json_buf_lit(&b, ",\"Entries\":[");
     for (size_t i = 0, k = 0; i < n; i++) {
         char id[24];
 
         if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
             continue;
         sqs_entry_id(i, id);
-        sb_lit(&b, k++ ? ",{\"Id\":\"" : "{\"Id\":\"");
-        sb_lit(&b, id);
-        sb_lit(&b, "\"");
+        json_buf_lit(&b, k++ ? ",{\"Id\":\"" : "{\"Id\":\"");
+        json_buf_lit(&b, id);
+        json_buf_lit(&b, "\"");
         o->put(o, &b, sqs_field(o, entries, i, 0));
-        sb_lit(&b, "}");
+        json_buf_lit(&b, "}");
     }
-    sb_lit(&b, "]}");
+    json_buf_lit(&b, "]}");
     return sb_finish(&b, len, e);
 }
 
@@ -1672,13 +1607,13 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
     };
-    struct sbuf b = { 0 };
+    struct json_buf b = { 0 };
 
     if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
     sb_queue(&b, queue_url);
     sb_names(&b, "AttributeNames", names, sizeof names / sizeof names[0]);
-    sb_lit(&b, "}");
+    json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
 
