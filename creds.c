@@ -1,6 +1,7 @@
 #include "creds.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,11 +258,20 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 #define STS_OK_ROOT "AssumeRoleWithWebIdentityResponse"
 #define STS_ERR_ROOT "ErrorResponse"
 #define STS_CREDS STS_OK_ROOT "/AssumeRoleWithWebIdentityResult/Credentials/"
+#define STS_AT(f) offsetof(struct creds_sts_answer, f), sizeof ((struct creds_sts_answer *)0)->f
 
-enum { F_KEY, F_SECRET, F_TOKEN, F_EXPIRATION, F_CODE, F_MESSAGE, F_COUNT };
-static const char *const sts_paths[F_COUNT] = {
-    STS_CREDS "AccessKeyId", STS_CREDS "SecretAccessKey", STS_CREDS "SessionToken",
-    STS_CREDS "Expiration", STS_ERR_ROOT "/Error/Code", STS_ERR_ROOT "/Error/Message",
+/* The leaves kept, where their text goes: the credentials, then the error's words. */
+enum { F_EXPIRATION = 3, F_CODE, F_MESSAGE, F_COUNT };
+static const struct {
+    const char *path;
+    size_t off, cap;
+} sts_fields[F_COUNT] = {
+    { STS_CREDS "AccessKeyId", STS_AT(creds.access_key_id) },
+    { STS_CREDS "SecretAccessKey", STS_AT(creds.secret_access_key) },
+    { STS_CREDS "SessionToken", STS_AT(creds.session_token) },
+    { STS_CREDS "Expiration", STS_AT(creds.expiration) },
+    { STS_ERR_ROOT "/Error/Code", STS_AT(error_code) },
+    { STS_ERR_ROOT "/Error/Message", STS_AT(error_message) },
 };
 
 struct xml_name {
@@ -274,6 +284,7 @@ struct xml {
     size_t len, i;
     struct xml_name stack[XML_MAX_DEPTH];  /* the open elements, the root first */
     size_t depth;
+    int rooted;                            /* the root element has started */
     int leaf;                              /* the innermost one has no child (yet) */
     char text[XML_TEXT_MAX];               /* its text, or an attribute's; references decoded */
     size_t text_len;
@@ -300,7 +311,7 @@ static int xml_space(char c)
 /* Char of XML 1.0 as bytes: controls other than tab, LF, CR are refused. */
 static int xml_char(unsigned char c)
 {
-    return c >= 0x20 || c == '\t' || c == '\n' || c == '\r';
+    return c >= 0x20 || xml_space((char)c);
 }
 
 /* ASCII names only: all STS sends. */
@@ -316,11 +327,12 @@ static void xml_skip_space(struct xml *x)
         x->i++;
 }
 
+/* An element's name (the root's when nothing is open yet) or an attribute's. */
 static int xml_read_name(struct xml *x, struct xml_name *name, struct lerr *e)
 {
     name->s = x->b + x->i;
     if (x->i >= x->len || !xml_name_char(x->b[x->i], 1))
-        return xml_bad(x, e, "expected a name");
+        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
     while (x->i < x->len && xml_name_char(x->b[x->i], 0))
         x->i++;
     name->n = (size_t)(x->b + x->i - name->s);
@@ -377,44 +389,41 @@ static size_t xml_utf8(unsigned long cp, char *out)
 /* At '&': appends the character a reference stands for, and moves past its ';'. */
 static int xml_reference(struct xml *x, struct lerr *e)
 {
-    static const struct { const char *name; char c; } named[] = {
-        { "amp", '&' }, { "lt", '<' }, { "gt", '>' }, { "quot", '"' }, { "apos", '\'' },
-    };
-    size_t start = x->i + 1, end = start, k;
+    static const char *const named[] = { "amp&", "lt<", "gt>", "quot\"", "apos'" };
+    size_t start = x->i + 1, end = start, n, k;
     unsigned long cp = 0;
+    int hex;
     char out[4];
 
     while (end < x->len && end - start < 12 && x->b[end] != ';')
         end++;
     if (end >= x->len || x->b[end] != ';' || end == start)
         return xml_bad(x, e, "unterminated or empty entity reference");
-    if (x->b[start] == '#') {
-        int hex = x->b[start + 1] == 'x';
-
-        if ((k = start + 1 + (size_t)hex) == end)
-            return xml_bad(x, e, "empty character reference");
-        for (; k < end; k++) {
-            int v = text_hex_digit((unsigned char)x->b[k]);
-
-            if (v < 0 || (!hex && v > 9))
-                return xml_bad(x, e, "bad character reference");
-            if ((cp = cp * (hex ? 16 : 10) + (unsigned long)v) > 0x10ffff)
-                return xml_bad(x, e, "character reference out of range");
-        }
-        if (!(cp == 0x9 || cp == 0xa || cp == 0xd || (cp >= 0x20 && cp <= 0xd7ff) ||
-              (cp >= 0xe000 && cp <= 0xfffd) || cp >= 0x10000))
-            return xml_bad(x, e, "character reference to a character XML does not allow");
-        x->i = end + 1;
-        return xml_text_add(x, out, xml_utf8(cp, out), e);
-    }
+    n = end - start;
     for (k = 0; k < sizeof named / sizeof named[0]; k++) {
-        if (strlen(named[k].name) == end - start &&
-            memcmp(named[k].name, x->b + start, end - start) == 0) {
+        if (strlen(named[k]) == n + 1 && memcmp(named[k], x->b + start, n) == 0) {
             x->i = end + 1;
-            return xml_text_add(x, &named[k].c, 1, e);
+            return xml_text_add(x, named[k] + n, 1, e);
         }
     }
-    return xml_bad(x, e, "unknown entity");
+    if (x->b[start] != '#')
+        return xml_bad(x, e, "unknown entity");
+    hex = x->b[start + 1] == 'x';
+    if ((k = start + 1 + (size_t)hex) == end)
+        return xml_bad(x, e, "empty character reference");
+    for (; k < end; k++) {
+        int v = text_hex_digit((unsigned char)x->b[k]);
+
+        if (v < 0 || (!hex && v > 9))
+            return xml_bad(x, e, "bad character reference");
+        if ((cp = cp * (hex ? 16 : 10) + (unsigned long)v) > 0x10ffff)
+            return xml_bad(x, e, "character reference out of range");
+    }
+    if (cp < 0x20 ? !xml_space((char)cp) : (cp >= 0xd800 && cp < 0xe000) || cp == 0xfffe ||
+                                              cp == 0xffff)
+        return xml_bad(x, e, "character reference to a character XML does not allow");
+    x->i = end + 1;
+    return xml_text_add(x, out, xml_utf8(cp, out), e);
 }
 
 /* Character data up to the next '<' or, in an attribute value, its closing quote. */
@@ -455,37 +464,21 @@ static int xml_skip_past(struct xml *x, const char *end, const char *what, struc
 /* At "<!" or "<?": a comment is skipped, CDATA in an element is text, the rest refused. */
 static int xml_markup(struct xml *x, struct lerr *e)
 {
-    if (xml_at(x, "<!--")) {
-        x->i += 4;
-        if (xml_skip_past(x, "--", "comment", e) < 0)
-            return -1;
-        if (!xml_at(x, ">"))
-            return xml_bad(x, e, "\"--\" inside a comment");
-        x->i++;
-        return 0;
-    }
-    if (x->depth > 0 && xml_at(x, "<![CDATA[")) {
-        size_t start = x->i += 9;
+    int cdata = x->depth > 0 && xml_at(x, "<![CDATA[");
+    size_t start;
 
-        if (xml_skip_past(x, "]]>", "CDATA section", e) < 0)
-            return -1;
+    if (!cdata && !xml_at(x, "<!--"))
+        return xml_bad(x, e, xml_at(x, "<?") ? "a processing instruction is not accepted"
+                                             : "a DOCTYPE or other declaration is not accepted");
+    start = x->i += cdata ? 9 : 4;
+    if (xml_skip_past(x, cdata ? "]]>" : "--", cdata ? "CDATA section" : "comment", e) < 0)
+        return -1;
+    if (cdata)
         return xml_text_add(x, x->b + start, x->i - 3 - start, e);
-    }
-    if (xml_at(x, "<?"))
-        return xml_bad(x, e, "a processing instruction is not accepted");
-    return xml_bad(x, e, "a DOCTYPE or other declaration is not accepted");
-}
-
-/* Whitespace and comments, around the root element. */
-static int xml_misc(struct xml *x, struct lerr *e)
-{
-    for (;;) {
-        xml_skip_space(x);
-        if (!xml_at(x, "<!") && !xml_at(x, "<?"))
-            return 0;
-        if (xml_markup(x, e) < 0)
-            return -1;
-    }
+    if (!xml_at(x, ">"))
+        return xml_bad(x, e, "\"--\" inside a comment");
+    x->i++;
+    return 0;
 }
 
 /* Attributes of a start tag: checked, then forgotten (xmlns is all STS sends). */
@@ -523,7 +516,7 @@ static int xml_attributes(struct xml *x, struct lerr *e)
         quote = x->b[x->i++];
         if (xml_text(x, quote, e) < 0)
             return -1;
-        if (x->i >= x->len || x->b[x->i] != quote)
+        if (!xml_at(x, (char[]){ quote, '\0' }))
             return xml_bad(x, e, "'<' or the end of the input in an attribute value");
         x->i++;
     }
@@ -539,57 +532,31 @@ static void sts_copy_text(char *dst, size_t cap, const char *src, size_t n)
     dst[n] = '\0';
 }
 
-/* A credential from the answer: what is wrong with it is the answer's fault. */
-static int sts_put(char *dst, size_t cap, const char *text, size_t len, const char *what,
-                   struct lerr *e)
-{
-    if (creds_put(dst, cap, text, len, what, e) < 0) {
-        e->kind = LERR_MALFORMED;
-        return -1;
-    }
-    return 0;
-}
-
-static const char *sts_name(int f)
-{
-    return strrchr(sts_paths[f], '/') + 1;
-}
-
 /* A leaf ends: its text is kept if it is one of the fields. */
 static int sts_leaf(struct xml *x, struct lerr *e)
 {
-    struct creds_snapshot *c = &x->out->creds;
-    const char *text = x->text;
-    size_t len = x->text_len;
-    char what[64];
+    char *dst, what[64];
     int f = 0;
 
-    while (f < F_COUNT && !xml_path_is(x, sts_paths[f]))
+    while (f < F_COUNT && !xml_path_is(x, sts_fields[f].path))
         f++;
     if (f == F_COUNT)
         return 0;
+    snprintf(what, sizeof what, "<%s>", strrchr(sts_fields[f].path, '/') + 1);
     if (x->seen & (1u << f))
-        return lerr_set(e, LERR_MALFORMED, "more than one <%s>", sts_name(f));
+        return lerr_set(e, LERR_MALFORMED, "more than one %s", what);
     x->seen |= 1u << f;
-    snprintf(what, sizeof what, "<%s>", sts_name(f));
-    switch (f) {
-    case F_KEY:
-        return sts_put(c->access_key_id, sizeof c->access_key_id, text, len, what, e);
-    case F_SECRET:
-        return sts_put(c->secret_access_key, sizeof c->secret_access_key, text, len, what, e);
-    case F_TOKEN:
-        return sts_put(c->session_token, sizeof c->session_token, text, len, what, e);
-    case F_EXPIRATION:
-        if (creds_parse_time(text, len, &c->expiration, e) < 0)
+    dst = (char *)x->out + sts_fields[f].off;
+    if (f == F_EXPIRATION) {
+        if (creds_parse_time(x->text, x->text_len, &x->out->creds.expiration, e) < 0)
             return lerr_set(e, LERR_MALFORMED, "<Expiration> is not an ISO 8601 time");
-        return 0;
-    case F_CODE:
-        sts_copy_text(x->out->error_code, sizeof x->out->error_code, text, len);
-        return 0;
-    default:
-        sts_copy_text(x->out->error_message, sizeof x->out->error_message, text, len);
-        return 0;
+    } else if (f >= F_CODE) {
+        sts_copy_text(dst, sts_fields[f].cap, x->text, x->text_len);
+    } else if (creds_put(dst, sts_fields[f].cap, x->text, x->text_len, what, e) < 0) {
+        e->kind = LERR_MALFORMED;  /* what is wrong with a credential is the answer's fault */
+        return -1;
     }
+    return 0;
 }
 
 /* An element ends: a leaf's text may be a field; a parent may only have had whitespace
@@ -621,24 +588,24 @@ static int xml_start_tag(struct xml *x, struct lerr *e)
     if (xml_read_name(x, name, e) < 0)
         return -1;
     if (x->depth++ == 0) {
+        x->rooted = 1;
         x->out->is_error = xml_path_is(x, STS_ERR_ROOT);
         if (!x->out->is_error && !xml_path_is(x, STS_OK_ROOT))
             return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.*s>",
                             (int)(name->n > 64 ? 64 : name->n), name->s);
     }
-    x->text_len = 0;
     if (xml_attributes(x, e) < 0)
         return -1;
     x->text_len = 0;
     x->leaf = 1;
-    if (x->b[x->i] == '/') {
-        if (!xml_at(x, "/>"))
-            return xml_bad(x, e, "expected \"/>\"");
-        x->i += 2;
-        return xml_close(x, e);
+    if (x->b[x->i] == '>') {
+        x->i++;
+        return 0;
     }
-    x->i++;  /* '>' */
-    return 0;
+    if (!xml_at(x, "/>"))
+        return xml_bad(x, e, "expected \"/>\"");
+    x->i += 2;
+    return xml_close(x, e);
 }
 
 /* At "</". */
@@ -658,6 +625,8 @@ static int xml_end_tag(struct xml *x, struct lerr *e)
     return xml_close(x, e);
 }
 
+/* The optional BOM and XML declaration, then one element with only whitespace and
+ * comments around it. */
 static int xml_walk(struct xml *x, struct lerr *e)
 {
     if (xml_at(x, "\xef\xbb\xbf"))
@@ -667,39 +636,37 @@ static int xml_walk(struct xml *x, struct lerr *e)
         if (xml_skip_past(x, "?>", "XML declaration", e) < 0)
             return -1;
     }
-    if (xml_misc(x, e) < 0)
-        return -1;
-    if (x->i >= x->len)
-        return xml_bad(x, e, "no root element");
-    if (!xml_at(x, "<") || x->i + 1 >= x->len || !xml_name_char(x->b[x->i + 1], 1))
-        return xml_bad(x, e, "expected the root element");
-    do {
+    for (;;) {
         int rc;
 
+        if (x->depth == 0)
+            xml_skip_space(x);
         if (x->i >= x->len)
-            rc = xml_bad(x, e, "truncated: an element is not closed");
-        else if (xml_at(x, "</"))
-            rc = xml_end_tag(x, e);
-        else if (xml_at(x, "<!") || xml_at(x, "<?"))
+            break;
+        if (xml_at(x, "<!") || xml_at(x, "<?"))
             rc = xml_markup(x, e);
+        else if (x->depth == 0 && x->rooted)
+            rc = xml_bad(x, e, "content after the root element");
+        else if (x->depth > 0 && xml_at(x, "</"))
+            rc = xml_end_tag(x, e);
         else if (xml_at(x, "<"))
             rc = xml_start_tag(x, e);
-        else
+        else if (x->depth > 0)
             rc = xml_text(x, '<', e);
+        else
+            rc = xml_bad(x, e, "expected the root element");
         if (rc < 0)
             return -1;
-    } while (x->depth > 0);
-    if (xml_misc(x, e) < 0)
-        return -1;
-    if (x->i < x->len)
-        return xml_bad(x, e, "content after the root element");
-    return 0;
+    }
+    if (x->depth > 0)
+        return xml_bad(x, e, "truncated: an element is not closed");
+    return x->rooted ? 0 : xml_bad(x, e, "no root element");
 }
 
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
 {
     struct xml *x = calloc(1, sizeof *x);
-    int rc = -1;
+    int first = F_CODE, last = F_CODE, rc = -1;
 
     memset(out, 0, sizeof *out);
     if (!x)
@@ -709,10 +676,11 @@ int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, s
     x->out = out;
     if (xml_walk(x, e) < 0)
         goto done;
-    for (int f = out->is_error ? F_CODE : F_KEY; f <= (out->is_error ? F_CODE : F_EXPIRATION);
-         f++) {
+    if (!out->is_error)
+        first = 0, last = F_EXPIRATION;
+    for (int f = first; f <= last; f++) {
         if (!(x->seen & (1u << f))) {
-            lerr_set(e, LERR_MALFORMED, "no <%s>", sts_name(f));
+            lerr_set(e, LERR_MALFORMED, "no <%s>", strrchr(sts_fields[f].path, '/') + 1);
             goto done;
         }
     }
@@ -728,6 +696,7 @@ done:
         creds_snapshot_wipe(&out->creds);
     return rc;
 }
+
 
 /* ======================================================================================
  * The shared files' INI dialect
