@@ -61,23 +61,25 @@ static int creds_put(char *dst, size_t cap, const char *src, size_t n, const cha
     return 0;
 }
 
+/* printf rather than strftime: strftime would bring musl's locale and time zone code. */
 static void creds_fmt_time(int64_t t, char out[32])
 {
     time_t tt = (time_t)t;
     struct tm tm;
 
-    if (!gmtime_r(&tt, &tm) || !strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
+    if (gmtime_r(&tt, &tm))
+        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    else
         snprintf(out, 32, "@%lld", (long long)t);
 }
 
-static int creds_region_ok(const char *s)
+static int creds_region_ok(const char *s, size_t n)
 {
-    size_t n = strlen(s);
-
     if (n == 0 || n >= CREDS_REGION_MAX)
         return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+    for (size_t k = 0; k < n; k++)
+        if (!((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '-'))
             return 0;
     return 1;
 }
@@ -121,64 +123,56 @@ static int64_t creds_days(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-static int creds_digits(const char *s, size_t len, size_t *i, int n, int *out)
+/* Whether s starts with pat, where '0' stands for any digit. */
+static int creds_pattern(const char *s, size_t len, const char *pat)
+{
+    size_t n = strlen(pat);
+
+    for (size_t k = 0; k < n; k++)
+        if (k >= len || (pat[k] == '0' ? s[k] < '0' || s[k] > '9' : s[k] != pat[k]))
+            return 0;
+    return 1;
+}
+
+static int creds_number(const char *s, int digits)
 {
     int v = 0;
 
-    for (int k = 0; k < n; k++, (*i)++) {
-        if (*i >= len || s[*i] < '0' || s[*i] > '9')
-            return -1;
-        v = v * 10 + (s[*i] - '0');
-    }
-    *out = v;
-    return 0;
-}
-
-static int creds_expect(const char *s, size_t len, size_t *i, char c)
-{
-    if (*i >= len || s[*i] != c)
-        return -1;
-    (*i)++;
-    return 0;
+    while (digits-- > 0)
+        v = v * 10 + (*s++ - '0');
+    return v;
 }
 
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
     static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    int y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
-    size_t i = 0;
+    int y, mo, d, offset = 0;
+    size_t i = 19;
 
-    if (creds_digits(s, len, &i, 4, &y) < 0 || creds_expect(s, len, &i, '-') < 0 ||
-        creds_digits(s, len, &i, 2, &mo) < 0 || creds_expect(s, len, &i, '-') < 0 ||
-        creds_digits(s, len, &i, 2, &d) < 0 || creds_expect(s, len, &i, 'T') < 0 ||
-        creds_digits(s, len, &i, 2, &h) < 0 || creds_expect(s, len, &i, ':') < 0 ||
-        creds_digits(s, len, &i, 2, &mi) < 0 || creds_expect(s, len, &i, ':') < 0 ||
-        creds_digits(s, len, &i, 2, &sec) < 0)
+    if (!creds_pattern(s, len, "0000-00-00T00:00:00"))
         goto bad;
+    y = creds_number(s, 4);
+    mo = creds_number(s + 5, 2);
+    d = creds_number(s + 8, 2);
     if (i < len && s[i] == '.') {
-        size_t start = ++i;
-        while (i < len && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == start)
+        while (++i < len && s[i] >= '0' && s[i] <= '9')
+            continue;
+        if (i == 20)
             goto bad;
     }
-    if (i < len && s[i] == 'Z') {
-        i++;
-    } else if (i < len && (s[i] == '+' || s[i] == '-')) {
-        sign = s[i++] == '+' ? 1 : -1;
-        if (creds_digits(s, len, &i, 2, &oh) < 0 || creds_expect(s, len, &i, ':') < 0 ||
-            creds_digits(s, len, &i, 2, &om) < 0 || oh > 23 || om > 59)
-            goto bad;
-    } else {
+    if (i + 6 == len && (s[i] == '+' || s[i] == '-') && creds_pattern(s + i + 1, 5, "00:00") &&
+        creds_number(s + i + 1, 2) <= 23 && creds_number(s + i + 4, 2) <= 59)
+        offset = (creds_number(s + i + 1, 2) * 3600 + creds_number(s + i + 4, 2) * 60) *
+                 (s[i] == '+' ? 1 : -1);
+    else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    }
-    if (i != len || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 ||
-        sec > 60)
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || creds_number(s + 11, 2) > 23 ||
+        creds_number(s + 14, 2) > 59 || creds_number(s + 17, 2) > 60)
         goto bad;
     if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
         goto bad;
-    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec -
-           sign * (oh * 3600 + om * 60);
+    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + creds_number(s + 11, 2) * 3600 +
+           creds_number(s + 14, 2) * 60 + creds_number(s + 17, 2) - offset;
     return 0;
 bad:
     return lerr_set(e, LERR_INVALID, "not an ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ)");
@@ -826,68 +820,65 @@ static int profile_section_matches(const struct profile_parse *pp, const char *s
     return 0;
 }
 
-static int profile_value(struct profile_parse *pp, char *dst, size_t cap, unsigned bit,
-                         const char *key, const char *v, size_t n, struct lerr *e)
-{
-    char what[96];
-
-    pp->out->have &= ~bit;
-    explicit_bzero(dst, cap);
-    if (n == 0)
-        return 0;  /* an empty value unsets */
-    snprintf(what, sizeof what, "profile %.40s: %s", pp->profile, key);
-    if (creds_put(dst, cap, v, n, what, e) < 0)
-        return -1;
-    pp->out->have |= bit;
-    return 0;
-}
+/* The settings a profile is read for: where each value goes and the bit it sets. Those
+ * without a place name sources lambdo does not support. */
+#define PROFILE_AT(f) offsetof(struct creds_profile, f), sizeof ((struct creds_profile *)0)->f
+static const struct {
+    const char *key;
+    size_t off, cap;
+    unsigned bit;
+} profile_keys[] = {
+    { "aws_access_key_id", PROFILE_AT(access_key_id), CREDS_HAVE_KEY_ID },
+    { "aws_secret_access_key", PROFILE_AT(secret_access_key), CREDS_HAVE_SECRET },
+    { "aws_session_token", PROFILE_AT(session_token), CREDS_HAVE_TOKEN },
+    { "region", PROFILE_AT(region), CREDS_HAVE_REGION },
+    { "role_arn", 0, 0, CREDS_HAVE_OTHER },
+    { "source_profile", 0, 0, CREDS_HAVE_OTHER },
+    { "credential_source", 0, 0, CREDS_HAVE_OTHER },
+    { "credential_process", 0, 0, CREDS_HAVE_OTHER },
+    { "web_identity_token_file", 0, 0, CREDS_HAVE_OTHER },
+    { "sso_session", 0, 0, CREDS_HAVE_OTHER },
+    { "sso_start_url", 0, 0, CREDS_HAVE_OTHER },
+    { "sso_account_id", 0, 0, CREDS_HAVE_OTHER },
+    { "sso_role_name", 0, 0, CREDS_HAVE_OTHER },
+};
 
 static int profile_setting(void *ctx, const char *sec, size_t sec_len, const char *key,
                            size_t key_len, const char *v, size_t n, struct lerr *e)
 {
-    static const char *const unsupported[] = {
-        "role_arn", "source_profile", "credential_source", "credential_process",
-        "web_identity_token_file", "sso_session", "sso_start_url", "sso_account_id",
-        "sso_role_name",
-    };
     struct profile_parse *pp = ctx;
     struct creds_profile *out = pp->out;
+    size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0];
+    char *dst, what[96];
 
     if (!key) {
         pp->in_profile = profile_section_matches(pp, sec, sec_len);
         out->found |= pp->in_profile;
         return 0;
     }
-    if (!pp->in_profile)
+    while (k < count && !span_ieq(key, key_len, profile_keys[k].key))
+        k++;
+    if (!pp->in_profile || k == count || (!profile_keys[k].cap && n == 0))
         return 0;
-    if (span_ieq(key, key_len, "aws_access_key_id"))
-        return profile_value(pp, out->access_key_id, sizeof out->access_key_id,
-                             CREDS_HAVE_KEY_ID, "aws_access_key_id", v, n, e);
-    if (span_ieq(key, key_len, "aws_secret_access_key"))
-        return profile_value(pp, out->secret_access_key, sizeof out->secret_access_key,
-                             CREDS_HAVE_SECRET, "aws_secret_access_key", v, n, e);
-    if (span_ieq(key, key_len, "aws_session_token"))
-        return profile_value(pp, out->session_token, sizeof out->session_token,
-                             CREDS_HAVE_TOKEN, "aws_session_token", v, n, e);
-    if (span_ieq(key, key_len, "region")) {
-        out->have &= ~CREDS_HAVE_REGION;
-        out->region[0] = '\0';
-        if (n == 0)
-            return 0;
-        if (n >= sizeof out->region)
-            return lerr_set(e, LERR_INVALID, "profile %.40s: region is not a region name",
-                            pp->profile);
-        memcpy(out->region, v, n);
-        out->region[n] = '\0';
-        if (!creds_region_ok(out->region))
-            return lerr_set(e, LERR_INVALID, "profile %.40s: region \"%s\" is not a region name",
-                            pp->profile, out->region);
-        out->have |= CREDS_HAVE_REGION;
+    if (!profile_keys[k].cap) {
+        out->have |= CREDS_HAVE_OTHER;
         return 0;
     }
-    for (size_t k = 0; k < sizeof unsupported / sizeof unsupported[0]; k++)
-        if (span_ieq(key, key_len, unsupported[k]) && n > 0)
-            out->have |= CREDS_HAVE_OTHER;
+    dst = (char *)out + profile_keys[k].off;
+    out->have &= ~profile_keys[k].bit;
+    explicit_bzero(dst, profile_keys[k].cap);
+    if (n == 0)
+        return 0;  /* an empty value unsets */
+    if (profile_keys[k].bit == CREDS_HAVE_REGION && !creds_region_ok(v, n))
+        return n >= profile_keys[k].cap
+                   ? lerr_set(e, LERR_INVALID, "profile %.40s: region is not a region name",
+                              pp->profile)
+                   : lerr_set(e, LERR_INVALID, "profile %.40s: region \"%.*s\" is not a region "
+                              "name", pp->profile, (int)n, v);
+    snprintf(what, sizeof what, "profile %.40s: %s", pp->profile, profile_keys[k].key);
+    if (creds_put(dst, profile_keys[k].cap, v, n, what, e) < 0)
+        return -1;
+    out->have |= profile_keys[k].bit;
     return 0;
 }
 
@@ -1601,7 +1592,7 @@ static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *c
         region = p->file_region[0] ? p->file_region : NULL;
     if (!region) {
         snprintf(url, sizeof url, "https://sts.amazonaws.com/");
-    } else if (!creds_region_ok(region)) {
+    } else if (!creds_region_ok(region, strlen(region))) {
         return lerr_set(e, LERR_INVALID, "STS region \"%.64s\" is not a region name", region);
     } else {
         snprintf(url, sizeof url, "https://sts.%s.amazonaws.com%s/", region,
