@@ -32,7 +32,15 @@
 
 static int creds_ws(char c)
 {
-    return c == ' ' || c == '\t';
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static void creds_trim(const char *b, size_t *s, size_t *end)
+{
+    while (*s < *end && creds_ws(b[*s]))
+        (*s)++;
+    while (*end > *s && creds_ws(b[*end - 1]))
+        (*end)--;
 }
 
 /* Everything that ends up in a header or a form body: printable ASCII, no spaces.
@@ -62,16 +70,16 @@ static int creds_put(char *dst, size_t cap, const char *src, size_t n, const cha
 }
 
 /* printf rather than strftime: strftime would bring musl's locale and time zone code. */
-static void creds_fmt_time(int64_t t, char out[32])
+static void creds_fmt_time(int64_t t, char out[80])
 {
     time_t tt = (time_t)t;
     struct tm tm;
 
     if (gmtime_r(&tt, &tm))
-        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+        snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
     else
-        snprintf(out, 32, "@%lld", (long long)t);
+        snprintf(out, 80, "@%lld", (long long)t);
 }
 
 static int creds_region_ok(const char *s, size_t n)
@@ -297,15 +305,10 @@ static int xml_at(const struct xml *x, const char *lit)
     return x->len - x->i >= n && memcmp(x->b + x->i, lit, n) == 0;
 }
 
-static int xml_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
 /* Char of XML 1.0 as bytes: controls other than tab, LF, CR are refused. */
 static int xml_char(unsigned char c)
 {
-    return c >= 0x20 || xml_space((char)c);
+    return c >= 0x20 || creds_ws((char)c);
 }
 
 /* ASCII names only: all STS sends. */
@@ -317,7 +320,7 @@ static int xml_name_char(unsigned char c, int first)
 
 static void xml_skip_space(struct xml *x)
 {
-    while (x->i < x->len && xml_space(x->b[x->i]))
+    while (x->i < x->len && creds_ws(x->b[x->i]))
         x->i++;
 }
 
@@ -364,7 +367,7 @@ static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
 static int xml_text_blank(const struct xml *x)
 {
     for (size_t k = 0; k < x->text_len; k++)
-        if (!xml_space(x->text[k]))
+        if (!creds_ws(x->text[k]))
             return 0;
     return 1;
 }
@@ -413,7 +416,7 @@ static int xml_reference(struct xml *x, struct lerr *e)
         if ((cp = cp * (hex ? 16 : 10) + (unsigned long)v) > 0x10ffff)
             return xml_bad(x, e, "character reference out of range");
     }
-    if (cp < 0x20 ? !xml_space((char)cp) : (cp >= 0xd800 && cp < 0xe000) || cp == 0xfffe ||
+    if (cp < 0x20 ? !creds_ws((char)cp) : (cp >= 0xd800 && cp < 0xe000) || cp == 0xfffe ||
                                               cp == 0xffff)
         return xml_bad(x, e, "character reference to a character XML does not allow");
     x->i = end + 1;
@@ -625,7 +628,7 @@ static int xml_walk(struct xml *x, struct lerr *e)
 {
     if (xml_at(x, "\xef\xbb\xbf"))
         x->i += 3;
-    if (xml_at(x, "<?xml") && x->len - x->i > 5 && xml_space(x->b[x->i + 5])) {
+    if (xml_at(x, "<?xml") && x->len - x->i > 5 && creds_ws(x->b[x->i + 5])) {
         x->i += 5;
         if (xml_skip_past(x, "?>", "XML declaration", e) < 0)
             return -1;
@@ -695,14 +698,6 @@ done:
 /* ======================================================================================
  * The shared files' INI dialect
  * ==================================================================================== */
-
-static void creds_trim(const char *b, size_t *s, size_t *end)
-{
-    while (*s < *end && creds_ws(b[*s]))
-        (*s)++;
-    while (*end > *s && creds_ws(b[*end - 1]))
-        (*end)--;
-}
 
 /* A ';' or '#' after whitespace starts a comment, as in the AWS SDKs. */
 static size_t creds_cut_comment(const char *b, size_t s, size_t end)
@@ -1031,133 +1026,106 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The next read may wait only for what is left of the whole exchange's time: an answer
- * trickled a byte at a time must not hold the credentials (and a shutdown) for hours. */
-static int fly_read_until(int fd, int64_t deadline)
+/* A web identity token (from the file or the Fly socket), trimmed, into a fresh heap
+ * string to be wiped and freed. Returns 0, 1 when it is not a usable token, or -1. */
+static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e)
 {
-    int64_t left = deadline - mono_ms();
-    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+    size_t s = 0;
 
-    if (left <= 0) {
-        errno = EAGAIN;  /* reported as the timeout it is */
-        return 0;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return 1;
+    creds_trim(b, &s, &len);
+    if (len == s || len - s > CREDS_WEB_TOKEN_MAX || !creds_clean(b + s, len - s))
+        return 1;
+    if (!(*tok = strndup(b + s, len - s)))
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    return 0;
 }
 
-static int fly_connect(const char *path, struct lerr *e)
-{
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    if (fd < 0)
-        return lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* reads: fly_read_until */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
-                 "Fly API socket %s: connect: %s", path, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* Sends the request and reads the answer until it is complete or the server closes. */
+/* Sends the request and reads the answer until it is complete or the server closes. The
+ * whole exchange has FLY_SOCKET_TIMEOUT_MS: each read waits only for what is left of it, so
+ * that an answer trickled a byte at a time cannot hold the credentials (and a shutdown)
+ * for hours. */
 static int fly_exchange(int fd, const char *path, char *buf, struct httpresp_head *h,
                         char *body, size_t *body_len, struct lerr *e)
 {
-    size_t sent = 0, len = 0;
     int64_t deadline = mono_ms() + FLY_SOCKET_TIMEOUT_MS;
+    size_t len = 0;
+    ssize_t sent;
     int eof = 0;
 
-    while (sent < sizeof fly_request - 1) {
-        ssize_t n = send(fd, fly_request + sent, sizeof fly_request - 1 - sent, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO,
-                            "Fly API socket %s: send: %s", path, strerror(errno));
-        sent += (size_t)n;
-    }
-    for (;;) {
-        ssize_t n;
+
+    while ((sent = send(fd, fly_request, sizeof fly_request - 1, MSG_NOSIGNAL)) < 0 &&
+           errno == EINTR)
+        continue;
+    if (sent != (ssize_t)sizeof fly_request - 1)  /* 170 bytes: all of them, or an error */
+        return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO,
+                        "Fly API socket %s: send: %s", path, sent < 0 ? strerror(errno)
+                                                                      : "short write");
+    while (!eof) {
+        int64_t left = deadline - mono_ms();
+        struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+        ssize_t n = -1;
         int rc;
 
         if (len == FLY_ANSWER_MAX)
             return lerr_set(e, LERR_TOO_LARGE, "Fly API socket %s: answer larger than %d bytes",
                             path, FLY_ANSWER_MAX);
-        n = fly_read_until(fd, deadline) ? recv(fd, buf + len, FLY_ANSWER_MAX - len, 0) : -1;
+        errno = EAGAIN;  /* no time left is the timeout it is */
+        if (left > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
+            n = recv(fd, buf + len, FLY_ANSWER_MAX - len, 0);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return lerr_set(e, LERR_TIMEOUT, "Fly API socket %s: no complete answer within 10 s",
+                            path);
         if (n < 0)
-            return lerr_set(e, errno == EAGAIN || errno == EWOULDBLOCK ? LERR_TIMEOUT : LERR_IO,
-                            "Fly API socket %s: %s", path,
-                            errno == EAGAIN || errno == EWOULDBLOCK
-                                ? "no complete answer within 10 s" : strerror(errno));
-        if (n == 0)
-            eof = 1;
+            return lerr_set(e, LERR_IO, "Fly API socket %s: %s", path, strerror(errno));
+        eof = n == 0;
         len += (size_t)n;
         rc = httpresp_parse(buf, len, 0, eof, h, body, FLY_ANSWER_MAX, body_len, e);
         if (rc > 0)
             return 0;
         if (rc == HTTPRESP_ERROR)
             return lerr_wrap(e, "Fly API socket %s", path);
-        if (eof)
-            return lerr_set(e, LERR_CLOSED, "Fly API socket %s: closed before a complete answer",
-                            path);
     }
+    return lerr_set(e, LERR_CLOSED, "Fly API socket %s: closed before a complete answer", path);
 }
 
 /* A fresh OIDC token (heap, to be wiped and freed) from POST /v1/tokens/oidc. */
-static int fly_token(const char *path, char **tok, size_t *tok_len, struct lerr *e)
+static int fly_token(const char *path, char **tok, struct lerr *e)
 {
-    char *buf = malloc(FLY_ANSWER_MAX), *body = malloc(FLY_ANSWER_MAX);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
+    char *buf = malloc(2 * FLY_ANSWER_MAX), text[121];
     struct httpresp_head h;
-    size_t blen = 0, s = 0;
-    int fd, rc = -1;
+    size_t blen = 0;
+    int fd = -1, rc = -1;
 
-    if (!buf || !body) {
-        free(buf);
-        free(body);
+    if (!buf)
         return lerr_set(e, LERR_NOMEM, "out of memory");
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+        lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
+        goto done;
     }
-    if ((fd = fly_connect(path, e)) < 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* reads: fly_exchange */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
+                 "Fly API socket %s: connect: %s", path, strerror(errno));
         goto done;
-    rc = fly_exchange(fd, path, buf, &h, body, &blen, e);
-    close(fd);
-    if (rc < 0)
+    }
+    if (fly_exchange(fd, path, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) < 0)
         goto done;
-    rc = -1;
     if (h.status != 200) {
-        char text[121];
-        sts_copy_text(text, sizeof text, body, blen);
+        sts_copy_text(text, sizeof text, buf + FLY_ANSWER_MAX, blen);
         lerr_set(e, LERR_HTTP, "Fly API socket %s: POST /v1/tokens/oidc answered HTTP %d: %s",
                  path, h.status, text);
-        goto done;
+    } else if ((rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
+        rc = lerr_set(e, LERR_MALFORMED, "Fly API socket %s: the answer is not a token", path);
     }
-    while (s < blen && (body[s] == ' ' || body[s] == '\t' || body[s] == '\r' || body[s] == '\n'))
-        s++;
-    while (blen > s && (body[blen - 1] == ' ' || body[blen - 1] == '\t' ||
-                        body[blen - 1] == '\r' || body[blen - 1] == '\n'))
-        blen--;
-    if (blen == s || blen - s > CREDS_WEB_TOKEN_MAX || !creds_clean(body + s, blen - s)) {
-        lerr_set(e, LERR_MALFORMED, "Fly API socket %s: the answer is not a token", path);
-        goto done;
-    }
-    if (!(*tok = malloc(blen - s + 1))) {
-        lerr_set(e, LERR_NOMEM, "out of memory");
-        goto done;
-    }
-    memcpy(*tok, body + s, blen - s);
-    (*tok)[blen - s] = '\0';
-    *tok_len = blen - s;
-    rc = 0;
 done:
-    creds_wipe_free(buf, FLY_ANSWER_MAX);
-    creds_wipe_free(body, FLY_ANSWER_MAX);
+    if (fd >= 0)
+        close(fd);
+    creds_wipe_free(buf, 2 * FLY_ANSWER_MAX);
     return rc;
 }
 
@@ -1326,61 +1294,41 @@ static void creds_scrub(char *msg, const char *token)
     }
 }
 
-static void creds_trim_token(char *buf, size_t *len)
+/* The token to exchange (heap, to be wiped and freed): the file's, unless it is missing
+ * or expired and the Fly socket can give a fresh one. */
+static int wi_token(const struct creds_provider *p, int64_t now, char **tok, struct lerr *e)
 {
-    size_t s = 0, n = *len;
-
-    while (s < n && (buf[s] == ' ' || buf[s] == '\t' || buf[s] == '\r' || buf[s] == '\n'))
-        s++;
-    while (n > s && (buf[n - 1] == ' ' || buf[n - 1] == '\t' || buf[n - 1] == '\r' ||
-                     buf[n - 1] == '\n'))
-        n--;
-    memmove(buf, buf + s, n - s);
-    buf[n - s] = '\0';
-    *len = n - s;
-}
-
-/* The token to exchange: the file's, unless it is missing or expired and the Fly socket
- * can give a fresh one. Heap memory, wiped and freed by the caller (*cap bytes). */
-static int wi_token(const struct creds_provider *p, int64_t now, char **tok, size_t *cap,
-                    struct lerr *e)
-{
-    char why[96] = "";
+    char why[96] = "does not exist", *buf = NULL, t[80];
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
-    int rc = 1;
+    int rc;
 
     *tok = NULL;
     if (p->token_file[0]) {
-        rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, tok, &len, e);
+        rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e);
         if (rc < 0)
             return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
-        *cap = CREDS_WEB_TOKEN_MAX + 65;
         if (rc == 0) {
-            creds_trim_token(*tok, &len);
-            if (len == 0 || len > CREDS_WEB_TOKEN_MAX || !creds_clean(*tok, len)) {
+            rc = creds_token_dup(buf, len, tok, e);
+            creds_wipe_free(buf, len);
+            if (rc < 0)
+                return -1;
+            if (rc > 0) {
                 snprintf(why, sizeof why, "holds no usable token");
-            } else if (creds_jwt_exp(*tok, len, &exp, &ignore) == 0 &&
+            } else if (creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
                        exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
-                char t[32];
                 creds_fmt_time(exp, t);
                 snprintf(why, sizeof why, "holds a token that expired at %s", t);
+                creds_wipe_free(*tok, strlen(*tok));
+                *tok = NULL;
             } else {
                 return 0;  /* a valid JWT, or something STS will judge */
             }
-            creds_wipe_free(*tok, *cap);
-            *tok = NULL;
-        } else {
-            snprintf(why, sizeof why, "does not exist");
         }
     }
-    if (creds_is_socket(p->fly_socket)) {
-        if (fly_token(p->fly_socket, tok, &len, e) < 0)
-            return -1;
-        *cap = len + 1;
-        return 0;
-    }
+    if (creds_is_socket(p->fly_socket))
+        return fly_token(p->fly_socket, tok, e);
     if (p->token_file[0])
         return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE %s %s, and there is no "
                         "Fly API socket at %s to get a fresh token", p->token_file, why,
@@ -1394,24 +1342,23 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
 {
     int64_t now = creds_now(p);
     char *tok = NULL;
-    size_t cap = 0;
     int rc;
 
     memset(out, 0, sizeof *out);
-    if (wi_token(p, now, &tok, &cap, e) < 0)
+    if (wi_token(p, now, &tok, e) < 0)
         return -1;
     rc = p->hooks.exchange ? p->hooks.exchange(p->hooks.ctx, tok, out, e)
                            : sts_exchange(p, tok, out, e);
     if (rc < 0)
         creds_scrub(e->msg, tok);
-    creds_wipe_free(tok, cap);
+    creds_wipe_free(tok, strlen(tok));
     if (rc < 0) {
         creds_snapshot_wipe(out);
         return -1;
     }
     now = creds_now(p);
     if (out->expiration <= now + CREDS_EXPIRY_SKEW_S) {
-        char t[32];
+        char t[80];
         creds_fmt_time(out->expiration, t);
         creds_snapshot_wipe(out);
         return lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
@@ -1445,7 +1392,7 @@ static int creds_usable(const struct creds_provider *p, int64_t now)
 static int creds_expired_error(const struct creds_provider *p, const struct lerr *why,
                                struct lerr *e)
 {
-    char t[32];
+    char t[80];
 
     *e = *why;
     creds_fmt_time(p->cur.expiration, t);
@@ -1470,7 +1417,7 @@ static int creds_refresh(struct creds_provider *p, struct lerr *e)
     pthread_cond_broadcast(&p->refreshed);
     now = creds_now(p);
     if (rc == 0) {
-        char t[32];
+        char t[80];
         creds_install(p, fresh, now);
         creds_fmt_time(fresh->expiration, t);
         log_info("AWS credentials refreshed through STS (role %s), valid until %s", p->role_arn,
