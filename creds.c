@@ -1298,7 +1298,7 @@ static void creds_scrub(char *msg, const char *token)
  * or expired and the Fly socket can give a fresh one. */
 static int wi_token(const struct creds_provider *p, int64_t now, char **tok, struct lerr *e)
 {
-    char why[96] = "does not exist", *buf = NULL, t[80];
+    char why[128] = "does not exist", *buf = NULL, t[80];
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
@@ -1367,19 +1367,17 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
     return 0;
 }
 
-/* New temporary credentials: refresh once less than max(a quarter of the lifetime,
+/* p->cur was just fetched: refresh once less than max(a quarter of the lifetime,
  * min(5 minutes, half the lifetime)) remains. */
-static void creds_install(struct creds_provider *p, const struct creds_snapshot *fresh,
-                          int64_t now)
+static void creds_installed(struct creds_provider *p, int64_t now)
 {
-    int64_t life = fresh->expiration - now, margin = life / 4, early = life / 2;
+    int64_t life = p->cur.expiration - now, margin = life / 4, early = life / 2;
 
     if (early > 300)
         early = 300;
     if (early > margin)
         margin = early;
-    p->cur = *fresh;
-    p->refresh_at = fresh->expiration - margin;
+    p->refresh_at = p->cur.expiration - margin;
     p->retry_at = 0;
     p->exchanges++;
 }
@@ -1418,7 +1416,8 @@ static int creds_refresh(struct creds_provider *p, struct lerr *e)
     now = creds_now(p);
     if (rc == 0) {
         char t[80];
-        creds_install(p, fresh, now);
+        p->cur = *fresh;
+        creds_installed(p, now);
         creds_fmt_time(fresh->expiration, t);
         log_info("AWS credentials refreshed through STS (role %s), valid until %s", p->role_arn,
                  t);
@@ -1446,7 +1445,7 @@ static int creds_refresh(struct creds_provider *p, struct lerr *e)
 int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
 {
     pthread_mutex_lock(&p->mu);
-    while (p->source == CREDS_SOURCE_WEB_IDENTITY) {
+    while (p->role_arn[0]) {  /* web identity */
         int64_t now = creds_now(p);
 
         if (now < p->refresh_at)
@@ -1495,7 +1494,6 @@ static int creds_from_env(struct creds_provider *p, const char *key, const char 
         (token && creds_put(p->cur.session_token, sizeof p->cur.session_token, token,
                             strlen(token), "AWS_SESSION_TOKEN", e) < 0))
         return -1;
-    p->source = CREDS_SOURCE_ENV;
     snprintf(p->source_name, sizeof p->source_name, "environment");
     return 0;
 }
@@ -1554,8 +1552,6 @@ static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, vo
     const char *file = creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE");
     const char *name = creds_env(get, ctx, "AWS_ROLE_SESSION_NAME");
     const char *sock = creds_env(get, ctx, "LAMBDO_FLY_API_SOCKET");
-    struct creds_snapshot *first;
-    int rc;
 
     if (!sock)
         sock = CREDS_DEFAULT_FLY_SOCKET;
@@ -1567,35 +1563,28 @@ static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, vo
         !creds_clean(role, strlen(role)))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN: not a role ARN (arn:aws:iam::ACCOUNT:"
                         "role/NAME)");
-    strcpy(p->role_arn, role);
-    if (file) {
-        if (strlen(file) >= sizeof p->token_file)
-            return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE: path too long");
-        strcpy(p->token_file, file);
-    } else if (!creds_is_socket(p->fly_socket)) {
+    if (file && strlen(file) >= sizeof p->token_file)
+        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE: path too long");
+    if (!file && !creds_is_socket(p->fly_socket))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE "
                         "is not (and there is no Fly API socket at %s)", p->fly_socket);
-    }
     if (name && !creds_session_name_ok(name))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_SESSION_NAME: must be 2 to 64 of "
                         "A-Z a-z 0-9 + = , . @ _ -");
+    strcpy(p->role_arn, role);
+    strcpy(p->token_file, file ? file : "");
     if (name)
         strcpy(p->session_name, name);
     else
         creds_generate_session_name(p->session_name, sizeof p->session_name);
     if (creds_sts_url(p, get, ctx, region, e) < 0)
         return -1;
-    p->source = CREDS_SOURCE_WEB_IDENTITY;
     snprintf(p->source_name, sizeof p->source_name, "web identity (role %s)", p->role_arn);
     /* The first exchange now, so that a wrong role or token stops lambdo at start-up. */
-    if (!(first = malloc(sizeof *first)))
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    rc = wi_fetch(p, first, e);
-    if (rc == 0)
-        creds_install(p, first, creds_now(p));
-    creds_snapshot_wipe(first);
-    free(first);
-    return rc;
+    if (wi_fetch(p, &p->cur, e) < 0)
+        return -1;
+    creds_installed(p, creds_now(p));
+    return 0;
 }
 
 static int creds_take_profile(struct creds_provider *p, const struct creds_profile *pr,
@@ -1609,67 +1598,23 @@ static int creds_take_profile(struct creds_provider *p, const struct creds_profi
                         "aws_secret_access_key", path, profile);
     memcpy(p->cur.access_key_id, pr->access_key_id, sizeof p->cur.access_key_id);
     memcpy(p->cur.secret_access_key, pr->secret_access_key, sizeof p->cur.secret_access_key);
-    if (pr->have & CREDS_HAVE_TOKEN)
-        memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
-    p->source = CREDS_SOURCE_FILE;
+    memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
     snprintf(p->source_name, sizeof p->source_name, "shared file profile %.200s (%.1900s)", profile,
              path);
     return 0;
 }
 
+/* The profile and the shared files, [0] the credentials file, [1] the config file. */
 struct creds_files {
     char profile[256];
     int profile_set;                   /* AWS_PROFILE named it */
-    char cred_path[4096], conf_path[4096];
-    struct creds_profile conf;         /* the config file's profile */
-    int conf_failed;
-    struct lerr conf_error;
+    char path[2][4096];                /* "": no such file */
+    struct creds_profile pr[2];
+    int conf_failed;                   /* the config file's error, which only matters when */
+    struct lerr conf_error;            /* the credentials come from the files */
 };
 
-static int creds_from_files(struct creds_provider *p, struct creds_files *f, struct lerr *e)
-{
-    struct creds_profile *cred = malloc(sizeof *cred);
-    const struct creds_profile *pick = NULL;
-    const char *path = NULL;
-    int rc = -1;
-
-    if (!cred)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    if (creds_load_profile(f->cred_path, 0, f->profile, cred, e) < 0)
-        goto done;
-    if (f->conf_failed) {
-        *e = f->conf_error;
-        goto done;
-    }
-    if (cred->have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
-        pick = cred, path = f->cred_path;
-    else if (f->conf.have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
-        pick = &f->conf, path = f->conf_path;
-    if (pick) {
-        rc = creds_take_profile(p, pick, path, f->profile, e);
-    } else if (cred->found || f->conf.found) {
-        lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
-                 "aws_secret_access_key%s", cred->found ? f->cred_path : f->conf_path,
-                 f->profile, ((cred->have | f->conf.have) & CREDS_HAVE_OTHER)
-                     ? " (role_arn, sso and credential_process profiles are not supported)" : "");
-    } else if (f->profile_set) {
-        lerr_set(e, LERR_INVALID, "AWS_PROFILE: profile %s is in neither %s nor %s", f->profile,
-                 f->cred_path[0] ? f->cred_path : "(no credentials file)",
-                 f->conf_path[0] ? f->conf_path : "(no config file)");
-    } else {
-        lerr_set(e, LERR_INVALID, "no AWS credentials: set AWS_ACCESS_KEY_ID and "
-                 "AWS_SECRET_ACCESS_KEY, or AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, or "
-                 "put profile %s in %s", f->profile,
-                 f->cred_path[0] ? f->cred_path : "~/.aws/credentials (HOME is not set)");
-    }
-done:
-    explicit_bzero(cred, sizeof *cred);
-    free(cred);
-    return rc;
-}
-
-/* The profile name and both paths; the config file is read now for its region, but its
- * errors only matter when the credentials come from the files. */
+/* The profile name and both paths; the config file is read now for its region. */
 static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_files *f,
                                struct lerr *e)
 {
@@ -1682,16 +1627,46 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
         strpbrk(profile, "[]"))
         return lerr_set(e, LERR_INVALID, "AWS_PROFILE: not a profile name");
     strcpy(f->profile, profile);
-    if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->cred_path,
-                        sizeof f->cred_path, e) < 0 ||
-        creds_file_path(get, ctx, "AWS_CONFIG_FILE", "config", f->conf_path,
-                        sizeof f->conf_path, e) < 0)
+    if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->path[0],
+                        sizeof f->path[0], e) < 0 ||
+        creds_file_path(get, ctx, "AWS_CONFIG_FILE", "config", f->path[1], sizeof f->path[1],
+                        e) < 0)
         return -1;
-    if (creds_load_profile(f->conf_path, 1, f->profile, &f->conf, &f->conf_error) < 0) {
+    if (creds_load_profile(f->path[1], 1, f->profile, &f->pr[1], &f->conf_error) < 0) {
         f->conf_failed = 1;
-        explicit_bzero(&f->conf, sizeof f->conf);
+        explicit_bzero(&f->pr[1], sizeof f->pr[1]);
     }
     return 0;
+}
+
+/* Keys from the credentials file's profile, else the config file's. */
+static int creds_from_files(struct creds_provider *p, struct creds_files *f, struct lerr *e)
+{
+    const struct creds_profile *cred = &f->pr[0], *conf = &f->pr[1];
+
+    if (creds_load_profile(f->path[0], 0, f->profile, &f->pr[0], e) < 0)
+        return -1;
+    if (f->conf_failed) {
+        *e = f->conf_error;
+        return -1;
+    }
+    for (int k = 0; k < 2; k++)
+        if (f->pr[k].have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
+            return creds_take_profile(p, &f->pr[k], f->path[k], f->profile, e);
+    if (cred->found || conf->found)
+        return lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
+                        "aws_secret_access_key%s", f->path[!cred->found], f->profile,
+                        ((cred->have | conf->have) & CREDS_HAVE_OTHER)
+                            ? " (role_arn, sso and credential_process profiles are not "
+                              "supported)" : "");
+    if (f->profile_set)
+        return lerr_set(e, LERR_INVALID, "AWS_PROFILE: profile %s is in neither %s nor %s",
+                        f->profile, f->path[0][0] ? f->path[0] : "(no credentials file)",
+                        f->path[1][0] ? f->path[1] : "(no config file)");
+    return lerr_set(e, LERR_INVALID, "no AWS credentials: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, or "
+                    "put profile %s in %s", f->profile,
+                    f->path[0][0] ? f->path[0] : "~/.aws/credentials (HOME is not set)");
 }
 
 int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, struct lerr *e)
@@ -1706,39 +1681,13 @@ int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, 
     } else if (f->conf_failed) {
         *e = f->conf_error;
         rc = -1;
-    } else if (f->conf.have & CREDS_HAVE_REGION) {
-        rc = strlen(f->conf.region) < cap ? 1 : lerr_set(e, LERR_INVALID, "region too long");
+    } else if (f->pr[1].have & CREDS_HAVE_REGION) {
+        rc = strlen(f->pr[1].region) < cap ? 1 : lerr_set(e, LERR_INVALID, "region too long");
         if (rc > 0)
-            strcpy(out, f->conf.region);
+            strcpy(out, f->pr[1].region);
     }
     explicit_bzero(f, sizeof *f);
     free(f);
-    return rc;
-}
-
-static int creds_resolve(struct creds_provider *p, config_getenv_fn get, void *ctx,
-                         const char *region, struct creds_files *f, struct lerr *e)
-{
-    const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
-    const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
-    const char *role = creds_env(get, ctx, "AWS_ROLE_ARN");
-    int rc;
-
-    if (creds_files_prepare(get, ctx, f, e) < 0)
-        return -1;
-    if (f->conf.have & CREDS_HAVE_REGION)
-        strcpy(p->file_region, f->conf.region);
-    if (key || secret)
-        rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
-    else if (role)
-        rc = creds_web_identity(p, get, ctx, role, region, e);
-    else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
-        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
-                        "is not");
-    else
-        return creds_from_files(p, f, e);
-    if (rc == 0 && f->conf_failed)
-        log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
     return rc;
 }
 
@@ -1746,6 +1695,8 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                      const char *region, const struct tls_anchors *anchors,
                      const struct creds_hooks *hooks, struct lerr *e)
 {
+    const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
+    const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
     struct creds_files *f = calloc(1, sizeof *f);
     int rc;
 
@@ -1755,15 +1706,30 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     if (hooks)
         p->hooks = *hooks;
     p->anchors = anchors;
-    rc = creds_resolve(p, get, ctx, region, f, e);
+    rc = creds_files_prepare(get, ctx, f, e);
+    strcpy(p->file_region, f->pr[1].region);  /* "" when the config file names none */
+    if (rc < 0)
+        goto done;
+    if (key || secret)
+        rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
+    else if (creds_env(get, ctx, "AWS_ROLE_ARN"))
+        rc = creds_web_identity(p, get, ctx, creds_env(get, ctx, "AWS_ROLE_ARN"), region, e);
+    else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
+        rc = lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
+                      "is not");
+    else
+        rc = creds_from_files(p, f, e);  /* fails when the config file did */
+    if (rc == 0 && f->conf_failed)
+        log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
+done:
     explicit_bzero(f, sizeof *f);
     free(f);
     if (rc < 0) {
         explicit_bzero(p, sizeof *p);
         return -1;
     }
-    if (p->source != CREDS_SOURCE_WEB_IDENTITY)
-        p->exchanges = 1;
+    if (!p->role_arn[0])
+        p->exchanges = 1;  /* static keys: the one and only fetch */
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->refreshed, NULL);
     return 0;
@@ -1773,29 +1739,6 @@ int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const 
                const struct tls_anchors *anchors, struct lerr *e)
 {
     return creds_init_hooks(p, get, ctx, region, anchors, NULL, e);
-}
-
-int creds_init_static(struct creds_provider *p, const char *access_key_id,
-                      const char *secret_access_key, const char *session_token,
-                      struct lerr *e)
-{
-    memset(p, 0, sizeof *p);
-    if (creds_put(p->cur.access_key_id, sizeof p->cur.access_key_id, access_key_id,
-                  access_key_id ? strlen(access_key_id) : 0, "access key id", e) < 0 ||
-        creds_put(p->cur.secret_access_key, sizeof p->cur.secret_access_key, secret_access_key,
-                  secret_access_key ? strlen(secret_access_key) : 0, "secret access key", e) < 0 ||
-        (session_token && *session_token &&
-         creds_put(p->cur.session_token, sizeof p->cur.session_token, session_token,
-                   strlen(session_token), "session token", e) < 0)) {
-        explicit_bzero(p, sizeof *p);
-        return -1;
-    }
-    p->source = CREDS_SOURCE_STATIC;
-    snprintf(p->source_name, sizeof p->source_name, "static");
-    p->exchanges = 1;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->refreshed, NULL);
-    return 0;
 }
 
 const char *creds_source_name(const struct creds_provider *p)
@@ -1810,8 +1753,8 @@ const char *creds_file_region(const struct creds_provider *p)
 
 void creds_free(struct creds_provider *p)
 {
-    if (p->source == CREDS_SOURCE_NONE)
-        return;
+    if (!p->source_name[0])
+        return;  /* after a failed creds_init */
     pthread_cond_destroy(&p->refreshed);
     pthread_mutex_destroy(&p->mu);
     explicit_bzero(p, sizeof *p);

@@ -74,14 +74,6 @@ struct creds_snapshot {
     int64_t expiration;                   /* Unix time; 0: does not expire */
 };
 
-enum creds_source {
-    CREDS_SOURCE_NONE = 0,
-    CREDS_SOURCE_STATIC,        /* creds_init_static */
-    CREDS_SOURCE_ENV,
-    CREDS_SOURCE_WEB_IDENTITY,
-    CREDS_SOURCE_FILE,
-};
-
 /* For the tests: a clock (Unix seconds) and a replacement for the STS exchange, which
  * gets the web identity token as read from the file or the Fly socket. */
 typedef int64_t (*creds_clock_fn)(void *ctx);
@@ -95,13 +87,12 @@ struct creds_hooks {
 
 /* Caller-allocated (about 22 KB); everything below is private to creds.c. */
 struct creds_provider {
-    enum creds_source source;
-    char source_name[CREDS_SOURCE_NAME_MAX];
+    char source_name[CREDS_SOURCE_NAME_MAX];  /* "" until creds_init succeeds */
     char file_region[CREDS_REGION_MAX];   /* "" when the config file names none */
     struct creds_hooks hooks;
 
     /* web identity: fixed after creds_init */
-    char role_arn[2048];
+    char role_arn[2048];                  /* "" for static keys (nothing to refresh) */
     char session_name[65];
     char token_file[4096];                /* "" when only the Fly socket is used */
     char fly_socket[108];                 /* sockaddr_un.sun_path */
@@ -132,12 +123,6 @@ int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const 
 int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                      const char *region, const struct tls_anchors *anchors,
                      const struct creds_hooks *hooks, struct lerr *e);
-/* Fixed credentials (tests, tools): session_token may be NULL. Returns -1 (LERR_INVALID)
- * when a value is empty, too long, or holds spaces or control characters. */
-int creds_init_static(struct creds_provider *p, const char *access_key_id,
-                      const char *secret_access_key, const char *session_token,
-                      struct lerr *e);
-
 /* "environment", "web identity (role arn:aws:iam::123456789012:role/x)",
  * "shared file profile default (/root/.aws/credentials)". Never a secret. */
 const char *creds_source_name(const struct creds_provider *p);

@@ -1264,21 +1264,30 @@ static void test_refresh_threads(void **state)
     fake_free(f);
 }
 
+/* What test_static asked of creds_init_static (gone: only this test used it), asked of
+ * the environment source, which lambdo uses for fixed keys. */
 static void test_static(void **state)
 {
+    struct fixture *fx = *state;
     struct creds_provider p;
     struct creds_snapshot s;
     struct lerr e;
 
-    assert_int_equal(creds_init_static(&p, "AKID", "secret", NULL, &e), 0);
-    assert_string_equal(creds_source_name(&p), "static");
+    env_set(&fx->env, "AWS_ACCESS_KEY_ID", "AKID");
+    env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "secret");
+    assert_int_equal(creds_init(&p, env_get, &fx->env, NULL, NULL, &e), 0);
+    assert_string_equal(creds_source_name(&p), "environment");
     assert_null(creds_file_region(&p));
     assert_int_equal(creds_get(&p, &s, &e), 0);
     assert_string_equal(s.secret_access_key, "secret");
+    assert_string_equal(s.session_token, "");
     creds_free(&p);
-    assert_int_equal(creds_init_static(&p, "AKID", "", NULL, &e), -1);
-    assert_string_equal(e.msg, "secret access key: empty");
+    env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "s\x01");
+    assert_int_equal(creds_init(&p, env_get, &fx->env, NULL, NULL, &e), -1);
+    assert_string_equal(e.msg, "AWS_SECRET_ACCESS_KEY: contains spaces, control or non-ASCII "
+                               "characters");
     creds_free(&p);  /* harmless after a failed init */
+    creds_snapshot_wipe(&s);
 }
 
 int main(void)
@@ -1302,7 +1311,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expired_token_file, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_refresh_threads, fixture_setup, fixture_teardown),
-        cmocka_unit_test(test_static),
+        cmocka_unit_test_setup_teardown(test_static, fixture_setup, fixture_teardown),
     };
 
     log_setup(LOG_LEVEL_ERROR, 0);  /* the refresh warnings are expected here */
