@@ -710,74 +710,55 @@ static size_t creds_cut_comment(const char *b, size_t s, size_t end)
 
 int creds_ini_parse(const char *buf, size_t len, creds_ini_fn fn, void *ctx, struct lerr *e)
 {
-    const char *sec = NULL;
+    const char *sec = NULL, *why = NULL;
     size_t sec_len = 0, i = 0, line = 0;
     int sub_ok = 0;  /* the last setting had an empty value: indented lines belong to it */
 
-    while (i < len) {
-        const char *nl = memchr(buf + i, '\n', len - i);
-        size_t start = i, end = nl ? (size_t)(nl - buf) : len, s;
+    while (i < len && !why) {
+        const char *nl = memchr(buf + i, '\n', len - i), *mark;
+        size_t start = i, end = nl ? (size_t)(nl - buf) : len, s = start, ks, ke, vs, ve;
 
-        i = nl ? end + 1 : len;
+        i = end + 1;
         line++;
-        if (end > start && buf[end - 1] == '\r')
-            end--;
         for (size_t k = start; k < end; k++)
-            if (((unsigned char)buf[k] < 0x20 && buf[k] != '\t') || buf[k] == 0x7f)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: control character", line);
-        s = start;
-        while (s < end && creds_ws(buf[s]))
-            s++;
-        if (s == end || buf[s] == '#' || buf[s] == ';')
-            continue;
-        if (s > start && sub_ok)
-            continue;  /* a sub-setting ("s3 =" then "  max_concurrent_requests = 10") */
+            if (((unsigned char)buf[k] < 0x20 && buf[k] != '\t' &&
+                 !(buf[k] == '\r' && k + 1 == end)) || buf[k] == 0x7f)
+                why = "control character";
+        creds_trim(buf, &s, &end);
+        if (why || s == end || buf[s] == '#' || buf[s] == ';' || (s > start && sub_ok))
+            continue;  /* sub_ok: a sub-setting ("s3 =" then "  max_concurrent_requests = 10") */
+        mark = memchr(buf + s, buf[s] == '[' ? ']' : '=', end - s);
+        ks = s + (buf[s] == '[');
+        ke = mark ? (size_t)(mark - buf) : s;
+        vs = ke + 1;
+        ve = buf[s] == '[' ? end : creds_cut_comment(buf, vs, end);
+        creds_trim(buf, &ks, &ke);
+        creds_trim(buf, &vs, &ve);
         if (buf[s] == '[') {
-            const char *close = memchr(buf + s, ']', end - s);
-            size_t ns = s + 1, ne, after;
-
-            if (!close)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: '[' without ']'", line);
-            ne = (size_t)(close - buf);
-            after = ne + 1;
-            while (after < end && creds_ws(buf[after]))
-                after++;
-            if (after < end && buf[after] != '#' && buf[after] != ';')
-                return lerr_set(e, LERR_MALFORMED, "line %zu: text after the section name",
-                                line);
-            creds_trim(buf, &ns, &ne);
-            if (ns == ne)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: empty section name", line);
-            sec = buf + ns;
-            sec_len = ne - ns;
+            if (!mark)
+                why = "'[' without ']'";
+            else if (vs < ve && buf[vs] != '#' && buf[vs] != ';')
+                why = "text after the section name";
+            else if (ks == ke)
+                why = "empty section name";
+            sec = buf + ks;
+            sec_len = ke - ks;
             sub_ok = 0;
-            if (fn(ctx, sec, sec_len, NULL, 0, NULL, 0, e) < 0)
+            if (!why && fn(ctx, sec, sec_len, NULL, 0, NULL, 0, e) < 0)
                 return -1;
             continue;
         }
-        {
-            const char *eq = memchr(buf + s, '=', end - s);
-            size_t ks = s, ke, vs, ve;
-
-            if (!eq)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: expected [section] or key = value",
-                                line);
-            if (!sec)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: setting before any [section]",
-                                line);
-            ke = (size_t)(eq - buf);
-            creds_trim(buf, &ks, &ke);
-            if (ks == ke)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: setting without a name", line);
-            vs = (size_t)(eq - buf) + 1;
-            ve = creds_cut_comment(buf, vs, end);
-            creds_trim(buf, &vs, &ve);
-            sub_ok = vs == ve;
-            if (fn(ctx, sec, sec_len, buf + ks, ke - ks, buf + vs, ve - vs, e) < 0)
-                return -1;
-        }
+        if (!mark)
+            why = "expected [section] or key = value";
+        else if (!sec)
+            why = "setting before any [section]";
+        else if (ks == ke)
+            why = "setting without a name";
+        sub_ok = vs == ve;
+        if (!why && fn(ctx, sec, sec_len, buf + ks, ke - ks, buf + vs, ve - vs, e) < 0)
+            return -1;
     }
-    return 0;
+    return why ? lerr_set(e, LERR_MALFORMED, "line %zu: %s", line, why) : 0;
 }
 
 /* --- one profile ------------------------------------------------------------------------ */
@@ -900,8 +881,8 @@ static int creds_read_file(const char *path, size_t max, char **out, size_t *out
                            struct lerr *e)
 {
     struct stat st;
+    ssize_t n = 0;
     size_t len = 0;
-    char *buf;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
 
     *out = NULL;
@@ -910,40 +891,30 @@ static int creds_read_file(const char *path, size_t max, char **out, size_t *out
     if (fd < 0)
         return lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
-    }
-    if ((unsigned long long)st.st_size > max) {
-        close(fd);
-        return lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
-    }
-    if (!(buf = malloc(max + 1))) {
-        close(fd);
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    }
-    for (;;) {
-        ssize_t n = read(fd, buf + len, max + 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
+        lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
+    } else if (!(*out = malloc(max + 1))) {
+        lerr_set(e, LERR_NOMEM, "out of memory");
+    } else {
+        for (;;) {
+            n = read(fd, *out + len, max + 1 - len);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0 || (len += (size_t)n) > max)
+                break;
+        }
+        if (n < 0)
             lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
-            break;
-        }
-        if (n == 0) {
-            close(fd);
-            buf[len] = '\0';
-            *out = buf;
-            *out_len = len;
-            return 0;
-        }
-        len += (size_t)n;
-        if (len > max) {
+        else if (len > max)
             lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
-            break;
-        }
     }
     close(fd);
-    creds_wipe_free(buf, max + 1);
+    if (*out && n >= 0 && len <= max) {
+        (*out)[len] = '\0';
+        *out_len = len;
+        return 0;
+    }
+    creds_wipe_free(*out, max + 1);
+    *out = NULL;
     return -1;
 }
 
