@@ -1358,23 +1358,13 @@ static int creds_usable(const struct creds_provider *p, int64_t now)
     return p->cur.expiration == 0 || now < p->cur.expiration - CREDS_EXPIRY_SKEW_S;
 }
 
-static int creds_expired_error(const struct creds_provider *p, const struct lerr *why,
-                               struct lerr *e)
-{
-    char t[80];
-
-    *e = *why;
-    creds_fmt_time(p->cur.expiration, t);
-    return lerr_wrap(e, "AWS credentials expired at %s and could not be refreshed", t);
-}
-
-/* Called with p->mu held; releases it for the exchange. Returns 0 when new credentials
- * are installed, 1 when the refresh failed but the current ones are still usable, -1 with
- * e set when they are not. */
-static int creds_refresh(struct creds_provider *p, struct lerr *e)
+/* Called with p->mu held; releases it for the exchange. A failure is left for creds_get
+ * in last_error and retry_at. */
+static void creds_refresh(struct creds_provider *p)
 {
     struct creds_snapshot *fresh = malloc(sizeof *fresh);
     struct lerr err;
+    char t[80];
     int64_t now;
     int rc;
 
@@ -1386,7 +1376,6 @@ static int creds_refresh(struct creds_provider *p, struct lerr *e)
     pthread_cond_broadcast(&p->refreshed);
     now = creds_now(p);
     if (rc == 0) {
-        char t[80];
         p->cur = *fresh;
         creds_installed(p, now);
         creds_fmt_time(fresh->expiration, t);
@@ -1397,52 +1386,45 @@ static int creds_refresh(struct creds_provider *p, struct lerr *e)
 
         p->last_error = err;
         p->retry_at = now + (left > 120 ? CREDS_RETRY_S : CREDS_RETRY_SOON_S);
-        if (creds_usable(p, now)) {
+        if (creds_usable(p, now))
             log_warn("AWS credentials: refresh failed (%s); the current ones stay in use, "
                      "they expire in %lld s; trying again in %lld s", err.msg, (long long)left,
                      (long long)(p->retry_at - now));
-            rc = 1;
-        } else {
-            creds_expired_error(p, &err, e);
-        }
     }
     if (fresh) {
         creds_snapshot_wipe(fresh);
         free(fresh);
     }
-    return rc;
 }
 
 int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
 {
+    int rc = 0;
+
     pthread_mutex_lock(&p->mu);
     while (p->role_arn[0]) {  /* web identity */
         int64_t now = creds_now(p);
+        char t[80];
 
-        if (now < p->refresh_at)
+        /* fresh enough; or the current ones do while another thread refreshes, or until
+         * the retry after a failed refresh */
+        if (now < p->refresh_at || ((p->refreshing || now < p->retry_at) && creds_usable(p, now)))
             break;
         if (p->refreshing) {
-            if (creds_usable(p, now))
-                break;                       /* the old ones do meanwhile */
             pthread_cond_wait(&p->refreshed, &p->mu);
-            continue;
+        } else if (now < p->retry_at) {
+            *e = p->last_error;
+            creds_fmt_time(p->cur.expiration, t);
+            rc = lerr_wrap(e, "AWS credentials expired at %s and could not be refreshed", t);
+            break;
+        } else {
+            creds_refresh(p);
         }
-        if (now < p->retry_at) {
-            if (creds_usable(p, now))
-                break;
-            creds_expired_error(p, &p->last_error, e);
-            pthread_mutex_unlock(&p->mu);
-            return -1;
-        }
-        if (creds_refresh(p, e) < 0) {
-            pthread_mutex_unlock(&p->mu);
-            return -1;
-        }
-        break;
     }
-    *out = p->cur;
+    if (rc == 0)
+        *out = p->cur;
     pthread_mutex_unlock(&p->mu);
-    return 0;
+    return rc;
 }
 
 /* ======================================================================================
