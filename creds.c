@@ -1,5 +1,6 @@
 #include "creds.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
@@ -1104,43 +1105,29 @@ done:
  * STS AssumeRoleWithWebIdentity
  * ==================================================================================== */
 
-/* application/x-www-form-urlencoded value: unreserved bytes as they are, the rest %XX. */
-static size_t form_encode(char *dst, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t n = 0;
-
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '_' || c == '.' || c == '~') {
-            dst[n++] = (char)c;
-        } else {
-            dst[n++] = '%';
-            dst[n++] = hex[c >> 4];
-            dst[n++] = hex[c & 15];
-        }
-    }
-    return n;
-}
-
+/* The form, application/x-www-form-urlencoded: literal parts, each followed by a value
+ * that is percent-encoded but for RFC 3986's unreserved bytes. */
 static char *sts_body(const struct creds_provider *p, const char *token, size_t *len)
 {
-    size_t cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
-    char *b = malloc(cap);
+    char duration[16], *b;
+    const char *const part[] = {
+        "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=", p->role_arn,
+        "&RoleSessionName=", p->session_name, "&WebIdentityToken=", token,
+        "&DurationSeconds=", duration,
+    };
     size_t n = 0;
 
-    if (!b)
+    snprintf(duration, sizeof duration, "%d", CREDS_STS_DURATION_S);
+    if (!(b = malloc(160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token)))))
         return NULL;
-#define LIT(s) (memcpy(b + n, s, sizeof s - 1), n += sizeof s - 1)
-    LIT("Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=");
-    n += form_encode(b + n, p->role_arn);
-    LIT("&RoleSessionName=");
-    n += form_encode(b + n, p->session_name);
-    LIT("&WebIdentityToken=");
-    n += form_encode(b + n, token);
-    n += (size_t)snprintf(b + n, cap - n, "&DurationSeconds=%d", CREDS_STS_DURATION_S);
-#undef LIT
+    for (size_t k = 0; k < sizeof part / sizeof part[0]; k++) {
+        for (const char *c = part[k]; *c; c++) {
+            if (k % 2 == 0 || isalnum((unsigned char)*c) || strchr("-_.~", *c))
+                b[n++] = *c;
+            else
+                n += (size_t)sprintf(b + n, "%%%02X", (unsigned char)*c);
+        }
+    }
     *len = n;
     return b;
 }
