@@ -155,7 +155,7 @@ static int creds_number(const char *s, int digits)
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
     static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    int y, mo, d, offset = 0;
+    int y, mo, d, h, mi, sec, offset = 0;
     size_t i = 19;
 
     if (!creds_pattern(s, len, "0000-00-00T00:00:00"))
@@ -163,6 +163,9 @@ int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
     y = creds_number(s, 4);
     mo = creds_number(s + 5, 2);
     d = creds_number(s + 8, 2);
+    h = creds_number(s + 11, 2);
+    mi = creds_number(s + 14, 2);
+    sec = creds_number(s + 17, 2);
     if (i < len && s[i] == '.') {
         while (++i < len && s[i] >= '0' && s[i] <= '9')
             continue;
@@ -175,13 +178,11 @@ int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
                  (s[i] == '+' ? 1 : -1);
     else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || creds_number(s + 11, 2) > 23 ||
-        creds_number(s + 14, 2) > 59 || creds_number(s + 17, 2) > 60)
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
         goto bad;
     if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
         goto bad;
-    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + creds_number(s + 11, 2) * 3600 +
-           creds_number(s + 14, 2) * 60 + creds_number(s + 17, 2) - offset;
+    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - offset;
     return 0;
 bad:
     return lerr_set(e, LERR_INVALID, "not an ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ)");
@@ -784,17 +785,15 @@ static int span_ieq(const char *s, size_t n, const char *lit)
 /* [NAME] in the credentials file; [profile NAME] or [default] in the config file. */
 static int profile_section_matches(const struct profile_parse *pp, const char *s, size_t n)
 {
-    if (!pp->config_file)
+    size_t k = 7;
+
+    if (!pp->config_file || span_eq(s, n, "default"))
         return span_eq(s, n, pp->profile);
-    if (span_eq(s, n, "default"))
-        return strcmp(pp->profile, "default") == 0;
-    if (n > 7 && memcmp(s, "profile", 7) == 0 && creds_ws(s[7])) {
-        size_t k = 7;
-        while (k < n && creds_ws(s[k]))
-            k++;
-        return span_eq(s + k, n - k, pp->profile);
-    }
-    return 0;
+    if (n <= k || memcmp(s, "profile", k) != 0 || !creds_ws(s[k]))
+        return 0;
+    while (k < n && creds_ws(s[k]))
+        k++;
+    return span_eq(s + k, n - k, pp->profile);
 }
 
 /* The settings a profile is read for: where each value goes and the bit it sets. Those

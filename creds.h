@@ -35,6 +35,9 @@
  *
  * The parsers (STS's XML answer, ISO 8601 times, a JWT's exp claim, the INI files) are
  * pure and exposed for the unit tests and the fuzzer.
+ *
+ * Not here: signing requests with the credentials (sigv4.c), HTTP and TLS for the STS call
+ * (http.c), the HTTP answer of the Fly socket (httpresp.c), the configuration (config.c).
  */
 #ifndef LAMBDO_CREDS_H
 #define LAMBDO_CREDS_H
