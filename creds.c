@@ -24,6 +24,7 @@
 
 #define XML_MAX_DEPTH 16
 #define XML_TEXT_MAX 8192
+#define XML_PATH_MAX 1024
 #define FLY_ANSWER_MAX (64 * 1024)
 #define STS_ANSWER_MAX (256 * 1024)
 
@@ -255,12 +256,13 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 }
 
 /* ======================================================================================
- * STS's XML answers: a strict little reader that follows the open elements and keeps
- * the text of the six leaves it wants
+ * STS's XML answers: a strict little reader. One scanner goes from markup to markup,
+ * through a table of what may follow '<'; the open elements are kept as a path
+ * ("/ErrorResponse/Error/Code"), and a leaf's text is kept when its path is a field's.
  * ==================================================================================== */
 
-#define STS_OK_ROOT "AssumeRoleWithWebIdentityResponse"
-#define STS_ERR_ROOT "ErrorResponse"
+#define STS_OK_ROOT "/AssumeRoleWithWebIdentityResponse"
+#define STS_ERR_ROOT "/ErrorResponse"
 #define STS_CREDS STS_OK_ROOT "/AssumeRoleWithWebIdentityResult/Credentials/"
 #define STS_AT(f) offsetof(struct creds_sts_answer, f), sizeof ((struct creds_sts_answer *)0)->f
 
@@ -278,16 +280,26 @@ static const struct {
     { STS_ERR_ROOT "/Error/Message", STS_AT(error_message) },
 };
 
-struct xml_name {
-    const char *s;
-    size_t n;
+/* What may follow '<', tried in order. CDATA and end tags only inside the root; a
+ * construct with a close is skipped past it, one with only a why is refused. */
+enum { M_COMMENT, M_CDATA, M_END_TAG, M_START_TAG = 5 };
+static const struct {
+    const char *open, *close, *why;
+} xml_markup[] = {
+    { "<!--", "--", "comment" },
+    { "<![CDATA[", "]]>", "CDATA section" },
+    { "</", NULL, NULL },
+    { "<?", NULL, "a processing instruction is not accepted" },
+    { "<!", NULL, "a DOCTYPE or other declaration is not accepted" },
+    { "<", NULL, NULL },
 };
 
 struct xml {
     const char *b;
     size_t len, i;
-    struct xml_name stack[XML_MAX_DEPTH];  /* the open elements, the root first */
-    size_t depth;
+    char path[XML_PATH_MAX];               /* the open elements, "/Root/Child" */
+    size_t path_len;
+    int depth;
     int rooted;                            /* the root element has started */
     int leaf;                              /* the innermost one has no child (yet) */
     char text[XML_TEXT_MAX];               /* its text, or an attribute's; references decoded */
@@ -313,47 +325,29 @@ static int xml_char(unsigned char c)
     return c >= 0x20 || creds_ws((char)c);
 }
 
-/* ASCII names only: all STS sends. */
-static int xml_name_char(unsigned char c, int first)
+/* Returns how much it skipped. */
+static size_t xml_skip_space(struct xml *x)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':' ||
-           (!first && ((c >= '0' && c <= '9') || c == '-' || c == '.'));
-}
+    size_t start = x->i;
 
-static void xml_skip_space(struct xml *x)
-{
     while (x->i < x->len && creds_ws(x->b[x->i]))
         x->i++;
+    return x->i - start;
 }
 
-/* An element's name (the root's when nothing is open yet) or an attribute's. */
-static int xml_read_name(struct xml *x, struct xml_name *name, struct lerr *e)
+/* The length of the name at x->i, 0 when there is none. ASCII names only: all STS sends. */
+static size_t xml_name(const struct xml *x)
 {
-    name->s = x->b + x->i;
-    if (x->i >= x->len || !xml_name_char(x->b[x->i], 1))
-        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
-    while (x->i < x->len && xml_name_char(x->b[x->i], 0))
-        x->i++;
-    name->n = (size_t)(x->b + x->i - name->s);
-    return 0;
-}
+    size_t n = 0;
 
-static int xml_name_eq(const struct xml_name *a, const struct xml_name *b)
-{
-    return a->n == b->n && memcmp(a->s, b->s, a->n) == 0;
-}
+    for (; x->i + n < x->len; n++) {
+        unsigned char c = (unsigned char)x->b[x->i + n];
 
-/* Whether the open elements are those of path ("a/b/c"). */
-static int xml_path_is(const struct xml *x, const char *path)
-{
-    for (size_t k = 0; k < x->depth; k++) {
-        const struct xml_name *n = &x->stack[k];
-
-        if (strncmp(path, n->s, n->n) != 0 || path[n->n] != (k + 1 < x->depth ? '/' : '\0'))
-            return 0;
-        path += n->n + 1;
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':' ||
+              (n > 0 && ((c >= '0' && c <= '9') || c == '-' || c == '.'))))
+            break;
     }
-    return 1;
+    return n;
 }
 
 static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
@@ -460,51 +454,28 @@ static int xml_skip_past(struct xml *x, const char *end, const char *what, struc
     return 0;
 }
 
-/* At "<!" or "<?": a comment is skipped, CDATA in an element is text, the rest refused. */
-static int xml_markup(struct xml *x, struct lerr *e)
-{
-    int cdata = x->depth > 0 && xml_at(x, "<![CDATA[");
-    size_t start;
-
-    if (!cdata && !xml_at(x, "<!--"))
-        return xml_bad(x, e, xml_at(x, "<?") ? "a processing instruction is not accepted"
-                                             : "a DOCTYPE or other declaration is not accepted");
-    start = x->i += cdata ? 9 : 4;
-    if (xml_skip_past(x, cdata ? "]]>" : "--", cdata ? "CDATA section" : "comment", e) < 0)
-        return -1;
-    if (cdata)
-        return xml_text_add(x, x->b + start, x->i - 3 - start, e);
-    if (!xml_at(x, ">"))
-        return xml_bad(x, e, "\"--\" inside a comment");
-    x->i++;
-    return 0;
-}
-
 /* Attributes of a start tag: checked, then forgotten (xmlns is all STS sends). */
 static int xml_attributes(struct xml *x, struct lerr *e)
 {
-    struct xml_name seen[16];
-    size_t nseen = 0;
+    size_t seen[16][2], nseen = 0;  /* offset and length of each name */
 
     for (;;) {
-        size_t before = x->i;
-        char quote;
+        size_t space = xml_skip_space(x), n = xml_name(x);
 
-        xml_skip_space(x);
         if (x->i >= x->len)
             return xml_bad(x, e, "truncated start tag");
         if (x->b[x->i] == '>' || x->b[x->i] == '/')
             return 0;
-        if (x->i == before)
+        if (!space)
             return xml_bad(x, e, "expected whitespace before an attribute");
-        if (nseen == sizeof seen / sizeof seen[0])
-            return xml_bad(x, e, "too many attributes");
-        if (xml_read_name(x, &seen[nseen], e) < 0)
-            return -1;
+        if (n == 0 || nseen == sizeof seen / sizeof seen[0])
+            return xml_bad(x, e, n ? "too many attributes" : "expected a name");
         for (size_t k = 0; k < nseen; k++)
-            if (xml_name_eq(&seen[k], &seen[nseen]))
+            if (seen[k][1] == n && memcmp(x->b + seen[k][0], x->b + x->i, n) == 0)
                 return xml_bad(x, e, "repeated attribute");
-        nseen++;
+        seen[nseen][0] = x->i;
+        seen[nseen++][1] = n;
+        x->i += n;
         xml_skip_space(x);
         if (!xml_at(x, "="))
             return xml_bad(x, e, "expected '=' after an attribute name");
@@ -512,10 +483,9 @@ static int xml_attributes(struct xml *x, struct lerr *e)
         xml_skip_space(x);
         if (!xml_at(x, "\"") && !xml_at(x, "'"))
             return xml_bad(x, e, "expected a quoted attribute value");
-        quote = x->b[x->i++];
-        if (xml_text(x, quote, e) < 0)
+        if (xml_text(x, x->b[x->i++], e) < 0)
             return -1;
-        if (!xml_at(x, (char[]){ quote, '\0' }))
+        if (x->i >= x->len || x->b[x->i] == '<')
             return xml_bad(x, e, "'<' or the end of the input in an attribute value");
         x->i++;
     }
@@ -537,7 +507,7 @@ static int sts_leaf(struct xml *x, struct lerr *e)
     char *dst, what[64];
     int f = 0;
 
-    while (f < F_COUNT && !xml_path_is(x, sts_fields[f].path))
+    while (f < F_COUNT && strcmp(x->path, sts_fields[f].path) != 0)
         f++;
     if (f == F_COUNT)
         return 0;
@@ -548,7 +518,9 @@ static int sts_leaf(struct xml *x, struct lerr *e)
     dst = (char *)x->out + sts_fields[f].off;
     if (f == F_EXPIRATION) {
         if (creds_parse_time(x->text, x->text_len, &x->out->creds.expiration, e) < 0)
-            return lerr_set(e, LERR_MALFORMED, "<Expiration> is not an ISO 8601 time");
+            return lerr_set(e, LERR_MALFORMED, "%s is not an ISO 8601 time", what);
+    } else if (f == F_CODE && x->text_len == 0) {
+        return lerr_set(e, LERR_MALFORMED, "empty %s", what);
     } else if (f >= F_CODE) {
         sts_copy_text(dst, sts_fields[f].cap, x->text, x->text_len);
     } else if (creds_put(dst, sts_fields[f].cap, x->text, x->text_len, what, e) < 0) {
@@ -559,7 +531,7 @@ static int sts_leaf(struct xml *x, struct lerr *e)
 }
 
 /* An element ends: a leaf's text may be a field; a parent may only have had whitespace
- * beside its children. */
+ * beside its children. Its name leaves the path. */
 static int xml_close(struct xml *x, struct lerr *e)
 {
     if (x->leaf) {
@@ -568,36 +540,41 @@ static int xml_close(struct xml *x, struct lerr *e)
     } else if (!xml_text_blank(x)) {
         return xml_bad(x, e, "text beside child elements");
     }
+    x->path_len = (size_t)(strrchr(x->path, '/') - x->path);
+    x->path[x->path_len] = '\0';
     x->depth--;
     x->leaf = 0;
     x->text_len = 0;
     return 0;
 }
 
-/* At '<' of a start tag. The root must be one of STS's two answers. */
+/* At '<' of a start tag: its name joins the path. The root must be one of STS's two
+ * answers. */
 static int xml_start_tag(struct xml *x, struct lerr *e)
 {
-    struct xml_name *name = &x->stack[x->depth];
+    size_t n;
 
-    if (x->depth == XML_MAX_DEPTH)
+    x->i++;
+    if ((n = xml_name(x)) == 0)
+        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
+    if (x->depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
         return xml_bad(x, e, "elements nested too deep");
     if (!xml_text_blank(x))
         return xml_bad(x, e, "text beside child elements");
-    x->i++;
-    if (xml_read_name(x, name, e) < 0)
-        return -1;
+    x->path_len += (size_t)snprintf(x->path + x->path_len, sizeof x->path - x->path_len,
+                                    "/%.*s", (int)n, x->b + x->i);
+    x->i += n;
     if (x->depth++ == 0) {
         x->rooted = 1;
-        x->out->is_error = xml_path_is(x, STS_ERR_ROOT);
-        if (!x->out->is_error && !xml_path_is(x, STS_OK_ROOT))
-            return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.*s>",
-                            (int)(name->n > 64 ? 64 : name->n), name->s);
+        x->out->is_error = strcmp(x->path, STS_ERR_ROOT) == 0;
+        if (!x->out->is_error && strcmp(x->path, STS_OK_ROOT) != 0)
+            return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.64s>", x->path + 1);
     }
     if (xml_attributes(x, e) < 0)
         return -1;
     x->text_len = 0;
     x->leaf = 1;
-    if (x->b[x->i] == '>') {
+    if (xml_at(x, ">")) {
         x->i++;
         return 0;
     }
@@ -607,21 +584,49 @@ static int xml_start_tag(struct xml *x, struct lerr *e)
     return xml_close(x, e);
 }
 
-/* At "</". */
+/* At "</": the name must be the path's last. */
 static int xml_end_tag(struct xml *x, struct lerr *e)
 {
-    struct xml_name name;
+    size_t n;
 
     x->i += 2;
-    if (xml_read_name(x, &name, e) < 0)
-        return -1;
+    if ((n = xml_name(x)) == 0)
+        return xml_bad(x, e, "expected a name");
+    if (n >= x->path_len || x->path[x->path_len - n - 1] != '/' ||
+        memcmp(x->path + x->path_len - n, x->b + x->i, n) != 0)
+        return xml_bad(x, e, "end tag does not match the open element");
+    x->i += n;
     xml_skip_space(x);
     if (!xml_at(x, ">"))
         return xml_bad(x, e, "expected '>' closing an end tag");
-    if (!xml_name_eq(&name, &x->stack[x->depth - 1]))
-        return xml_bad(x, e, "end tag does not match the open element");
     x->i++;
     return xml_close(x, e);
+}
+
+/* At '<': a comment is skipped, CDATA is text, tags are read, the rest is refused. */
+static int xml_markup_at(struct xml *x, struct lerr *e)
+{
+    size_t k = 0, start;
+
+    while (!xml_at(x, xml_markup[k].open) ||
+           (x->depth == 0 && (k == M_CDATA || k == M_END_TAG)))
+        k++;
+    if (xml_markup[k].close) {
+        start = x->i += strlen(xml_markup[k].open);
+        if (xml_skip_past(x, xml_markup[k].close, xml_markup[k].why, e) < 0)
+            return -1;
+        if (k == M_CDATA)
+            return xml_text_add(x, x->b + start, x->i - 3 - start, e);
+        if (!xml_at(x, ">"))
+            return xml_bad(x, e, "\"--\" inside a comment");
+        x->i++;
+        return 0;
+    }
+    if (xml_markup[k].why)
+        return xml_bad(x, e, xml_markup[k].why);
+    if (x->rooted && x->depth == 0)
+        return xml_bad(x, e, "content after the root element");
+    return k == M_END_TAG ? xml_end_tag(x, e) : xml_start_tag(x, e);
 }
 
 /* The optional BOM and XML declaration, then one element with only whitespace and
@@ -642,18 +647,13 @@ static int xml_walk(struct xml *x, struct lerr *e)
             xml_skip_space(x);
         if (x->i >= x->len)
             break;
-        if (xml_at(x, "<!") || xml_at(x, "<?"))
-            rc = xml_markup(x, e);
-        else if (x->depth == 0 && x->rooted)
-            rc = xml_bad(x, e, "content after the root element");
-        else if (x->depth > 0 && xml_at(x, "</"))
-            rc = xml_end_tag(x, e);
-        else if (xml_at(x, "<"))
-            rc = xml_start_tag(x, e);
+        if (x->b[x->i] == '<')
+            rc = xml_markup_at(x, e);
         else if (x->depth > 0)
             rc = xml_text(x, '<', e);
         else
-            rc = xml_bad(x, e, "expected the root element");
+            rc = xml_bad(x, e, x->rooted ? "content after the root element"
+                                         : "expected the root element");
         if (rc < 0)
             return -1;
     }
@@ -665,7 +665,8 @@ static int xml_walk(struct xml *x, struct lerr *e)
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
 {
     struct xml *x = calloc(1, sizeof *x);
-    int first = F_CODE, last = F_CODE, rc = -1;
+    unsigned missing;
+    int rc = -1;
 
     memset(out, 0, sizeof *out);
     if (!x)
@@ -673,22 +674,14 @@ int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, s
     x->b = xml;
     x->len = len;
     x->out = out;
-    if (xml_walk(x, e) < 0)
-        goto done;
-    if (!out->is_error)
-        first = 0, last = F_EXPIRATION;
-    for (int f = first; f <= last; f++) {
-        if (!(x->seen & (1u << f))) {
-            lerr_set(e, LERR_MALFORMED, "no <%s>", strrchr(sts_fields[f].path, '/') + 1);
-            goto done;
-        }
+    if (xml_walk(x, e) == 0) {
+        missing = (out->is_error ? 1u << F_CODE : (1u << (F_EXPIRATION + 1)) - 1) & ~x->seen;
+        if (missing)
+            lerr_set(e, LERR_MALFORMED, "no <%s>",
+                     strrchr(sts_fields[__builtin_ctz(missing)].path, '/') + 1);
+        else
+            rc = 0;
     }
-    if (out->is_error && !out->error_code[0]) {
-        lerr_set(e, LERR_MALFORMED, "empty <Code>");
-        goto done;
-    }
-    rc = 0;
-done:
     explicit_bzero(x, sizeof *x);
     free(x);
     if (rc < 0)
