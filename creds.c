@@ -118,21 +118,6 @@ void creds_sigv4(const struct creds_snapshot *s, struct sigv4_credentials *out)
  * ISO 8601 times
  * ==================================================================================== */
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), so
- * that no time zone or libc timegm() is involved. */
-static int64_t creds_days(int64_t y, unsigned m, unsigned d)
-{
-    int64_t era;
-    unsigned yoe, doy, doe;
-
-    y -= m <= 2;
-    era = (y >= 0 ? y : y - 399) / 400;
-    yoe = (unsigned)(y - era * 400);
-    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
 /* Whether s starts with pat, where '0' stands for any digit. */
 static int creds_pattern(const char *s, size_t len, const char *pat)
 {
@@ -155,18 +140,16 @@ static int creds_number(const char *s, int digits)
 
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
-    static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    int y, mo, d, h, mi, sec, offset = 0;
+    int offset = 0, sec;
     size_t i = 19;
+    struct tm tm;
 
     if (!creds_pattern(s, len, "0000-00-00T00:00:00"))
         goto bad;
-    y = creds_number(s, 4);
-    mo = creds_number(s + 5, 2);
-    d = creds_number(s + 8, 2);
-    h = creds_number(s + 11, 2);
-    mi = creds_number(s + 14, 2);
     sec = creds_number(s + 17, 2);
+    tm = (struct tm){ .tm_year = creds_number(s, 4) - 1900, .tm_mon = creds_number(s + 5, 2) - 1,
+                      .tm_mday = creds_number(s + 8, 2), .tm_hour = creds_number(s + 11, 2),
+                      .tm_min = creds_number(s + 14, 2) };
     if (i < len && s[i] == '.') {
         while (++i < len && s[i] >= '0' && s[i] <= '9')
             continue;
@@ -179,11 +162,13 @@ int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
                  (s[i] == '+' ? 1 : -1);
     else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
+    if (tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_hour > 23 || tm.tm_min > 59 || sec > 60)
         goto bad;
-    if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+    /* timegm is UTC whatever TZ says; a day the month does not have (April 31, February 29
+     * of a common year) rolls over into the next month, and is refused. */
+    *out = (int64_t)timegm(&tm) + sec - offset;
+    if (tm.tm_mday != creds_number(s + 8, 2))
         goto bad;
-    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - offset;
     return 0;
 bad:
     return lerr_set(e, LERR_INVALID, "not an ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ)");
@@ -789,8 +774,8 @@ static int profile_section_matches(const struct profile_parse *pp, const char *s
     return span_eq(s + k, n - k, pp->profile);
 }
 
-/* The settings a profile is read for: where each value goes and the bit it sets. Those
- * without a place name sources lambdo does not support. */
+/* The settings a profile is read for: where each value goes and the bit it sets. The
+ * rest of the list names sources lambdo does not support (a non-empty one is noted). */
 #define PROFILE_AT(f) offsetof(struct creds_profile, f), sizeof ((struct creds_profile *)0)->f
 static const struct {
     const char *key;
@@ -801,15 +786,10 @@ static const struct {
     { "aws_secret_access_key", PROFILE_AT(secret_access_key), CREDS_HAVE_SECRET },
     { "aws_session_token", PROFILE_AT(session_token), CREDS_HAVE_TOKEN },
     { "region", PROFILE_AT(region), CREDS_HAVE_REGION },
-    { "role_arn", 0, 0, CREDS_HAVE_OTHER },
-    { "source_profile", 0, 0, CREDS_HAVE_OTHER },
-    { "credential_source", 0, 0, CREDS_HAVE_OTHER },
-    { "credential_process", 0, 0, CREDS_HAVE_OTHER },
-    { "web_identity_token_file", 0, 0, CREDS_HAVE_OTHER },
-    { "sso_session", 0, 0, CREDS_HAVE_OTHER },
-    { "sso_start_url", 0, 0, CREDS_HAVE_OTHER },
-    { "sso_account_id", 0, 0, CREDS_HAVE_OTHER },
-    { "sso_role_name", 0, 0, CREDS_HAVE_OTHER },
+};
+static const char *const profile_unsupported[] = {
+    "role_arn", "source_profile", "credential_source", "credential_process",
+    "web_identity_token_file", "sso_session", "sso_start_url", "sso_account_id", "sso_role_name",
 };
 
 static int profile_setting(void *ctx, const char *sec, size_t sec_len, const char *key,
@@ -817,7 +797,7 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
 {
     struct profile_parse *pp = ctx;
     struct creds_profile *out = pp->out;
-    size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0];
+    size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0], u = 0;
     char *dst, what[96];
 
     if (!key) {
@@ -827,12 +807,13 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
     }
     while (k < count && !span_ieq(key, key_len, profile_keys[k].key))
         k++;
-    if (!pp->in_profile || k == count || (!profile_keys[k].cap && n == 0))
-        return 0;
-    if (!profile_keys[k].cap) {
+    while (u < sizeof profile_unsupported / sizeof *profile_unsupported &&
+           !span_ieq(key, key_len, profile_unsupported[u]))
+        u++;
+    if (pp->in_profile && n > 0 && u < sizeof profile_unsupported / sizeof *profile_unsupported)
         out->have |= CREDS_HAVE_OTHER;
+    if (!pp->in_profile || k == count)
         return 0;
-    }
     dst = (char *)out + profile_keys[k].off;
     out->have &= ~profile_keys[k].bit;
     explicit_bzero(dst, profile_keys[k].cap);
@@ -1124,14 +1105,33 @@ static char *sts_body(const struct creds_provider *p, const char *token, size_t 
     return b;
 }
 
-static int sts_code_retryable(const char *code)
-{
-    return strcmp(code, "IDPCommunicationError") == 0 || strcmp(code, "Throttling") == 0 ||
-           strcmp(code, "ThrottlingException") == 0 || strcmp(code, "RequestLimitExceeded") == 0 ||
-           strcmp(code, "ServiceUnavailable") == 0 || strcmp(code, "InternalFailure") == 0;
-}
+/* STS error codes worth another attempt, each between spaces. */
+static const char sts_retry_codes[] = " IDPCommunicationError Throttling ThrottlingException "
+                                      "RequestLimitExceeded ServiceUnavailable InternalFailure ";
 
-static void creds_scrub(char *msg, const char *token);
+/* Replaces every run of 16 or more token characters in msg that is part of the token
+ * by "[redacted]", in case a server echoed (some of) it into an error message. */
+static void creds_scrub(char *msg, const char *token)
+{
+    size_t tlen = strlen(token);
+    char *p = msg;
+
+    while (*p) {
+        size_t run = 0;
+
+        while (p[run] && text_base64_digit((unsigned char)p[run], 1) >= 0)
+            run++;
+        if (run >= 16 && memmem(token, tlen, p, run)) {
+            static const char mark[] = "[redacted]";  /* shorter than any run replaced */
+
+            memcpy(p, mark, sizeof mark - 1);
+            memmove(p + sizeof mark - 1, p + run, strlen(p + run) + 1);
+            p += sizeof mark - 1;
+            continue;
+        }
+        p += run ? run : 1;
+    }
+}
 
 /* Reads STS's answer: 0 with out filled, or -1 with e set and *retry. STS's message is
  * scrubbed of the token before it is quoted, so that the rest of it still fits. */
@@ -1139,6 +1139,7 @@ static int sts_answer(const struct http_response *r, const char *token,
                       struct creds_snapshot *out, int *retry, struct lerr *e)
 {
     struct creds_sts_answer *a = malloc(sizeof *a);
+    char word[sizeof a->error_code + 2];
     struct lerr pe;
     int parsed, rc = -1;
 
@@ -1147,7 +1148,8 @@ static int sts_answer(const struct http_response *r, const char *token,
     parsed = creds_sts_parse(r->body, r->body_len, a, &pe);
     *retry = r->status >= 500 || r->status == 429;
     if (parsed == 0 && a->is_error) {
-        *retry = *retry || sts_code_retryable(a->error_code);
+        snprintf(word, sizeof word, " %s ", a->error_code);
+        *retry = *retry || strstr(sts_retry_codes, word);
         creds_scrub(a->error_message, token);
         lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: %s%s%s (HTTP %d)",
                  a->error_code, a->error_message[0] ? ": " : "", a->error_message, r->status);
@@ -1166,11 +1168,9 @@ static int sts_answer(const struct http_response *r, const char *token,
     return rc;
 }
 
-static int sts_kind_retryable(enum lerr_kind k)
-{
-    return k == LERR_TIMEOUT || k == LERR_CLOSED || k == LERR_CONNECT || k == LERR_REFUSED ||
-           k == LERR_DNS || k == LERR_IO;
-}
+/* Transport errors worth another attempt. */
+#define STS_RETRY_KINDS (1u << LERR_TIMEOUT | 1u << LERR_CLOSED | 1u << LERR_CONNECT | \
+                         1u << LERR_REFUSED | 1u << LERR_DNS | 1u << LERR_IO)
 
 static int sts_exchange(const struct creds_provider *p, const char *token,
                         struct creds_snapshot *out, struct lerr *e)
@@ -1196,7 +1196,7 @@ static int sts_exchange(const struct creds_provider *p, const char *token,
         hc.io_timeout_ms = 10000;
         hc.max_body = STS_ANSWER_MAX;
         if (http_do(&hc, &req, &resp, e) < 0) {
-            retry = sts_kind_retryable(e->kind);
+            retry = (STS_RETRY_KINDS >> e->kind) & 1;
             lerr_wrap(e, "STS AssumeRoleWithWebIdentity");
         } else {
             rc = sts_answer(&resp, token, out, &retry, e);
@@ -1218,30 +1218,6 @@ static int sts_exchange(const struct creds_provider *p, const char *token,
 static int64_t creds_now(const struct creds_provider *p)
 {
     return p->hooks.now ? p->hooks.now(p->hooks.ctx) : (int64_t)time(NULL);
-}
-
-/* Replaces every run of 16 or more token characters in msg that is part of the token
- * by "[redacted]", in case a server echoed (some of) it into an error message. */
-static void creds_scrub(char *msg, const char *token)
-{
-    size_t tlen = strlen(token);
-    char *p = msg;
-
-    while (*p) {
-        size_t run = 0;
-
-        while (p[run] && text_base64_digit((unsigned char)p[run], 1) >= 0)
-            run++;
-        if (run >= 16 && memmem(token, tlen, p, run)) {
-            static const char mark[] = "[redacted]";  /* shorter than any run replaced */
-
-            memcpy(p, mark, sizeof mark - 1);
-            memmove(p + sizeof mark - 1, p + run, strlen(p + run) + 1);
-            p += sizeof mark - 1;
-            continue;
-        }
-        p += run ? run : 1;
-    }
 }
 
 /* The token to exchange (heap, to be wiped and freed): the file's, unless it is missing
@@ -1430,31 +1406,6 @@ static int creds_from_env(struct creds_provider *p, const char *key, const char 
     return 0;
 }
 
-static int creds_session_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n < 2 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
-              strchr("+=,.@_-", *s)))
-            return 0;
-    return 1;
-}
-
-static void creds_generate_session_name(char *out, size_t cap)
-{
-    unsigned char r[8];
-
-    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
-        uint64_t v = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-        memcpy(r, &v, sizeof r);
-    }
-    snprintf(out, cap, "lambdo-%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4],
-             r[5], r[6], r[7]);
-}
-
 static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *ctx,
                          const char *region, struct lerr *e)
 {
@@ -1500,15 +1451,22 @@ static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, vo
     if (!file && !creds_is_socket(p->fly_socket))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE "
                         "is not (and there is no Fly API socket at %s)", p->fly_socket);
-    if (name && !creds_session_name_ok(name))
+    if (name && (strlen(name) < 2 || strlen(name) > 64 ||
+                 strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                        "0123456789+=,.@_-") != strlen(name)))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_SESSION_NAME: must be 2 to 64 of "
                         "A-Z a-z 0-9 + = , . @ _ -");
     strcpy(p->role_arn, role);
     strcpy(p->token_file, file ? file : "");
-    if (name)
+    if (!name) {
+        /* unique enough without randomness, should getrandom fail */
+        uint64_t r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+
+        getrandom(&r, sizeof r, GRND_NONBLOCK);
+        snprintf(p->session_name, sizeof p->session_name, "lambdo-%016llx", (unsigned long long)r);
+    } else {
         strcpy(p->session_name, name);
-    else
-        creds_generate_session_name(p->session_name, sizeof p->session_name);
+    }
     if (creds_sts_url(p, get, ctx, region, e) < 0)
         return -1;
     snprintf(p->source_name, sizeof p->source_name, "web identity (role %s)", p->role_arn);
@@ -1542,8 +1500,8 @@ struct creds_files {
     int profile_set;                   /* AWS_PROFILE named it */
     char path[2][4096];                /* "": no such file */
     struct creds_profile pr[2];
-    int conf_failed;                   /* the config file's error, which only matters when */
-    struct lerr conf_error;            /* the credentials come from the files */
+    struct lerr conf_error;            /* the config file's (kind LERR_NONE: none), which only
+                                          matters when the credentials come from the files */
 };
 
 /* The profile name and both paths; the config file is read now for its region. */
@@ -1564,10 +1522,7 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
         creds_file_path(get, ctx, "AWS_CONFIG_FILE", "config", f->path[1], sizeof f->path[1],
                         e) < 0)
         return -1;
-    if (creds_load_profile(f->path[1], 1, f->profile, &f->pr[1], &f->conf_error) < 0) {
-        f->conf_failed = 1;
-        explicit_bzero(&f->pr[1], sizeof f->pr[1]);
-    }
+    creds_load_profile(f->path[1], 1, f->profile, &f->pr[1], &f->conf_error);
     return 0;
 }
 
@@ -1578,7 +1533,7 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
 
     if (creds_load_profile(f->path[0], 0, f->profile, &f->pr[0], e) < 0)
         return -1;
-    if (f->conf_failed) {
+    if (f->conf_error.kind) {
         *e = f->conf_error;
         return -1;
     }
@@ -1610,7 +1565,7 @@ int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, 
         return lerr_set(e, LERR_NOMEM, "out of memory");
     if (creds_files_prepare(get, ctx, f, e) < 0) {
         rc = -1;
-    } else if (f->conf_failed) {
+    } else if (f->conf_error.kind) {
         *e = f->conf_error;
         rc = -1;
     } else if (f->pr[1].have & CREDS_HAVE_REGION) {
@@ -1651,7 +1606,7 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                       "is not");
     else
         rc = creds_from_files(p, f, e);  /* fails when the config file did */
-    if (rc == 0 && f->conf_failed)
+    if (rc == 0 && f->conf_error.kind)
         log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
 done:
     explicit_bzero(f, sizeof *f);
