@@ -55,6 +55,12 @@ static int creds_clean(const char *s, size_t n)
     return 1;
 }
 
+/* Copies src when it fits; returns whether it did. */
+static int creds_copy(char *dst, size_t cap, const char *src)
+{
+    return (size_t)snprintf(dst, cap, "%s", src) < cap;
+}
+
 /* Copies a secret or an identifier; the messages name it, never quote it. */
 static int creds_put(char *dst, size_t cap, const char *src, size_t n, const char *what,
                      struct lerr *e)
@@ -1389,12 +1395,10 @@ int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr 
 static int creds_from_env(struct creds_provider *p, const char *key, const char *secret,
                           const char *token, struct lerr *e)
 {
-    if (!key)
-        return lerr_set(e, LERR_INVALID, "AWS_ACCESS_KEY_ID: not set, but AWS_SECRET_ACCESS_KEY "
-                        "is (set both or neither)");
-    if (!secret)
-        return lerr_set(e, LERR_INVALID, "AWS_SECRET_ACCESS_KEY: not set, but AWS_ACCESS_KEY_ID "
-                        "is (set both or neither)");
+    if (!key || !secret)
+        return lerr_set(e, LERR_INVALID, "%s: not set, but %s is (set both or neither)",
+                        key ? "AWS_SECRET_ACCESS_KEY" : "AWS_ACCESS_KEY_ID",
+                        key ? "AWS_ACCESS_KEY_ID" : "AWS_SECRET_ACCESS_KEY");
     if (creds_put(p->cur.access_key_id, sizeof p->cur.access_key_id, key, strlen(key),
                   "AWS_ACCESS_KEY_ID", e) < 0 ||
         creds_put(p->cur.secret_access_key, sizeof p->cur.secret_access_key, secret,
@@ -1435,37 +1439,28 @@ static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, vo
     const char *file = creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE");
     const char *name = creds_env(get, ctx, "AWS_ROLE_SESSION_NAME");
     const char *sock = creds_env(get, ctx, "LAMBDO_FLY_API_SOCKET");
+    uint64_t r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 
-    if (!sock)
-        sock = CREDS_DEFAULT_FLY_SOCKET;
-    if (strlen(sock) >= sizeof p->fly_socket)
+    if (!creds_copy(p->fly_socket, sizeof p->fly_socket, sock ? sock : CREDS_DEFAULT_FLY_SOCKET))
         return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_API_SOCKET: longer than %zu bytes",
                         sizeof p->fly_socket - 1);
-    strcpy(p->fly_socket, sock);
-    if (strncmp(role, "arn:", 4) != 0 || strlen(role) >= sizeof p->role_arn ||
-        !creds_clean(role, strlen(role)))
+    if (strncmp(role, "arn:", 4) != 0 || !creds_clean(role, strlen(role)) ||
+        !creds_copy(p->role_arn, sizeof p->role_arn, role))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN: not a role ARN (arn:aws:iam::ACCOUNT:"
                         "role/NAME)");
-    if (file && strlen(file) >= sizeof p->token_file)
+    if (!creds_copy(p->token_file, sizeof p->token_file, file ? file : ""))
         return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE: path too long");
     if (!file && !creds_is_socket(p->fly_socket))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE "
                         "is not (and there is no Fly API socket at %s)", p->fly_socket);
-    if (name && (strlen(name) < 2 || strlen(name) > 64 ||
+    if (name && (strlen(name) < 2 || !creds_copy(p->session_name, sizeof p->session_name, name) ||
                  strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                         "0123456789+=,.@_-") != strlen(name)))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_SESSION_NAME: must be 2 to 64 of "
                         "A-Z a-z 0-9 + = , . @ _ -");
-    strcpy(p->role_arn, role);
-    strcpy(p->token_file, file ? file : "");
     if (!name) {
-        /* unique enough without randomness, should getrandom fail */
-        uint64_t r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-
-        getrandom(&r, sizeof r, GRND_NONBLOCK);
+        getrandom(&r, sizeof r, GRND_NONBLOCK);  /* else time and pid: unique enough */
         snprintf(p->session_name, sizeof p->session_name, "lambdo-%016llx", (unsigned long long)r);
-    } else {
-        strcpy(p->session_name, name);
     }
     if (creds_sts_url(p, get, ctx, region, e) < 0)
         return -1;
@@ -1474,23 +1469,6 @@ static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, vo
     if (wi_fetch(p, &p->cur, e) < 0)
         return -1;
     creds_installed(p, creds_now(p));
-    return 0;
-}
-
-static int creds_take_profile(struct creds_provider *p, const struct creds_profile *pr,
-                              const char *path, const char *profile, struct lerr *e)
-{
-    if (!(pr->have & CREDS_HAVE_KEY_ID))
-        return lerr_set(e, LERR_INVALID, "%s: profile %s has aws_secret_access_key but no "
-                        "aws_access_key_id", path, profile);
-    if (!(pr->have & CREDS_HAVE_SECRET))
-        return lerr_set(e, LERR_INVALID, "%s: profile %s has aws_access_key_id but no "
-                        "aws_secret_access_key", path, profile);
-    memcpy(p->cur.access_key_id, pr->access_key_id, sizeof p->cur.access_key_id);
-    memcpy(p->cur.secret_access_key, pr->secret_access_key, sizeof p->cur.secret_access_key);
-    memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
-    snprintf(p->source_name, sizeof p->source_name, "shared file profile %.200s (%.1900s)", profile,
-             path);
     return 0;
 }
 
@@ -1513,10 +1491,9 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
     f->profile_set = profile != NULL;
     if (!profile)
         profile = "default";
-    if (strlen(profile) >= sizeof f->profile || !creds_clean(profile, strlen(profile)) ||
-        strpbrk(profile, "[]"))
+    if (!creds_copy(f->profile, sizeof f->profile, profile) ||
+        !creds_clean(profile, strlen(profile)) || strpbrk(profile, "[]"))
         return lerr_set(e, LERR_INVALID, "AWS_PROFILE: not a profile name");
-    strcpy(f->profile, profile);
     if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->path[0],
                         sizeof f->path[0], e) < 0 ||
         creds_file_path(get, ctx, "AWS_CONFIG_FILE", "config", f->path[1], sizeof f->path[1],
@@ -1537,9 +1514,23 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
         *e = f->conf_error;
         return -1;
     }
-    for (int k = 0; k < 2; k++)
-        if (f->pr[k].have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
-            return creds_take_profile(p, &f->pr[k], f->path[k], f->profile, e);
+    for (int k = 0; k < 2; k++) {
+        const struct creds_profile *pr = &f->pr[k];
+        int key = !!(pr->have & CREDS_HAVE_KEY_ID);
+
+        if (!(pr->have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET)))
+            continue;  /* the first file with either key wins as a whole */
+        if (!(pr->have & CREDS_HAVE_SECRET) || !key)
+            return lerr_set(e, LERR_INVALID, "%s: profile %s has %s but no %s", f->path[k],
+                            f->profile, key ? "aws_access_key_id" : "aws_secret_access_key",
+                            key ? "aws_secret_access_key" : "aws_access_key_id");
+        memcpy(p->cur.access_key_id, pr->access_key_id, sizeof p->cur.access_key_id);
+        memcpy(p->cur.secret_access_key, pr->secret_access_key, sizeof p->cur.secret_access_key);
+        memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
+        snprintf(p->source_name, sizeof p->source_name, "shared file profile %.200s (%.1900s)",
+                 f->profile, f->path[k]);
+        return 0;
+    }
     if (cred->found || conf->found)
         return lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
                         "aws_secret_access_key%s", f->path[!cred->found], f->profile,
@@ -1569,9 +1560,8 @@ int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, 
         *e = f->conf_error;
         rc = -1;
     } else if (f->pr[1].have & CREDS_HAVE_REGION) {
-        rc = strlen(f->pr[1].region) < cap ? 1 : lerr_set(e, LERR_INVALID, "region too long");
-        if (rc > 0)
-            strcpy(out, f->pr[1].region);
+        rc = creds_copy(out, cap, f->pr[1].region) ? 1
+                                                   : lerr_set(e, LERR_INVALID, "region too long");
     }
     explicit_bzero(f, sizeof *f);
     free(f);
