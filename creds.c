@@ -1234,29 +1234,25 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
-    int rc;
+    int rc = 1;
 
     *tok = NULL;
-    if (p->token_file[0]) {
-        rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e);
-        if (rc < 0)
-            return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
-        if (rc == 0) {
-            rc = creds_token_dup(buf, len, tok, e);
-            creds_wipe_free(buf, len);
-            if (rc < 0)
-                return -1;
-            if (rc > 0) {
-                snprintf(why, sizeof why, "holds no usable token");
-            } else if (creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
-                       exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
-                creds_fmt_time(exp, t);
-                snprintf(why, sizeof why, "holds a token that expired at %s", t);
-                creds_wipe_free(*tok, strlen(*tok));
-                *tok = NULL;
-            } else {
-                return 0;  /* a valid JWT, or something STS will judge */
-            }
+    if (p->token_file[0] &&
+        (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
+        return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    if (rc == 0) {
+        rc = creds_token_dup(buf, len, tok, e);
+        creds_wipe_free(buf, len);
+        if (rc == 0 && creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
+            exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
+            creds_fmt_time(exp, t);
+            snprintf(why, sizeof why, "holds a token that expired at %s", t);
+            creds_wipe_free(*tok, strlen(*tok));
+            *tok = NULL;
+        } else if (rc > 0) {
+            snprintf(why, sizeof why, "holds no usable token");
+        } else {
+            return rc;  /* -1, or 0: a valid JWT, or something STS will judge */
         }
     }
     if (creds_is_socket(p->fly_socket))
@@ -1303,13 +1299,9 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
  * min(5 minutes, half the lifetime)) remains. */
 static void creds_installed(struct creds_provider *p, int64_t now)
 {
-    int64_t life = p->cur.expiration - now, margin = life / 4, early = life / 2;
+    int64_t life = p->cur.expiration - now, early = life / 2 < 300 ? life / 2 : 300;
 
-    if (early > 300)
-        early = 300;
-    if (early > margin)
-        margin = early;
-    p->refresh_at = p->cur.expiration - margin;
+    p->refresh_at = p->cur.expiration - (early > life / 4 ? early : life / 4);
     p->retry_at = 0;
     p->exchanges++;
 }
