@@ -861,34 +861,28 @@ static int creds_read_file(const char *path, size_t max, char **out, size_t *out
                            struct lerr *e)
 {
     struct stat st;
-    ssize_t n = 0;
+    ssize_t n;
     size_t len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
 
     *out = NULL;
     if (fd < 0 && (errno == ENOENT || errno == ENOTDIR))
-        return 1;
+        return 1;  /* "" too */
     if (fd < 0)
         return lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
-    } else if (!(*out = malloc(max + 1))) {
-        lerr_set(e, LERR_NOMEM, "out of memory");
-    } else {
-        for (;;) {
-            n = read(fd, *out + len, max + 1 - len);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0 || (len += (size_t)n) > max)
-                break;
-        }
-        if (n < 0)
-            lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
-        else if (len > max)
-            lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        rc = lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
+    else if (!(*out = malloc(max + 1)))
+        rc = lerr_set(e, LERR_NOMEM, "out of memory");
+    /* reads up to max + 1 bytes: one more than max says the file is too large */
+    while (rc == 0 && (n = read(fd, *out + len, max + 1 - len)) != 0) {
+        if (n < 0 && errno != EINTR)
+            rc = lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
+        else if (n > 0 && (len += (size_t)n) > max)
+            rc = lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
     }
     close(fd);
-    if (*out && n >= 0 && len <= max) {
+    if (rc == 0) {
         (*out)[len] = '\0';
         *out_len = len;
         return 0;
@@ -938,9 +932,7 @@ static int creds_load_profile(const char *path, int config_file, const char *pro
     int rc;
 
     memset(out, 0, sizeof *out);
-    if (!path[0])
-        return 0;
-    rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);
+    rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
     if (rc != 0)
         return rc < 0 ? -1 : 0;
     rc = creds_profile_parse(buf, len, config_file, profile, out, e);
