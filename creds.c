@@ -2,7 +2,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -549,7 +548,7 @@ static int xml_start_tag(struct xml *x, struct lerr *e)
     if ((n = xml_name(x)) == 0)
         return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
     if (x->depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
-        return xml_bad(x, e, "elements nested too deep");
+        return xml_bad(x, e, "elements nested too deep (or their names too long)");
     if (!xml_text_blank(x))
         return xml_bad(x, e, "text beside child elements");
     x->path_len += (size_t)snprintf(x->path + x->path_len, sizeof x->path - x->path_len,

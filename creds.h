@@ -168,7 +168,8 @@ struct creds_sts_answer {
  * (Error/Code, Error/Message). The XML accepted is a strict subset: an optional XML
  * declaration, elements with attributes, text, the five named entities and numeric
  * character references, CDATA, comments; no DOCTYPE, no other processing instruction,
- * no text beside child elements, at most 16 levels, text of at most 8192 bytes.
+ * no text beside child elements, at most 16 levels (their names 1 KB in all), text of at
+ * most 8192 bytes.
  * Returns 0, or -1 with e set (LERR_MALFORMED, LERR_TOO_LARGE) naming what is wrong:
  * malformed XML, an unexpected root element, a missing, repeated, empty or unusable
  * field. Messages never quote a secret. */

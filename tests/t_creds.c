@@ -305,6 +305,23 @@ static void test_sts_parse_too_large(void **state)
     free(doc);
 }
 
+/* The open elements' names have 1 KB in all: a longer one is refused, a shorter one read. */
+static void test_sts_parse_long_names(void **state)
+{
+    char doc[1200], name[1100];
+    struct creds_sts_answer a;
+    struct lerr e;
+
+    memset(name, 'n', sizeof name);
+    snprintf(doc, sizeof doc, "<ErrorResponse><%.1010s/></ErrorResponse>", name);
+    assert_int_equal(creds_sts_parse(doc, strlen(doc), &a, &e), -1);
+    assert_int_equal(e.kind, LERR_MALFORMED);
+    assert_non_null(strstr(e.msg, "names too long"));
+    snprintf(doc, sizeof doc, "<ErrorResponse><%.1000s/></ErrorResponse>", name);
+    assert_int_equal(creds_sts_parse(doc, strlen(doc), &a, &e), -1);
+    assert_string_equal(e.msg, "no <Code>");
+}
+
 /* ------------------------------------------------------------------ times ------------- */
 
 static void test_parse_time(void **state)
@@ -312,6 +329,9 @@ static void test_parse_time(void **state)
     static const struct { const char *s; int ok; int64_t t; } cases[] = {
         { "1970-01-01T00:00:00Z", 1, 0 },
         { "2026-11-27T21:00:00Z", 1, T_2026_11_27_21 },
+        { "2016-12-31T23:59:60Z", 1, 1483228800 },   /* a leap second: the next day's first */
+        { "2026-11-00T00:00:00Z", 0, 0 },
+        { "2026-01-32T00:00:00Z", 0, 0 },
         { "2026-11-27T21:00:00.5Z", 1, T_2026_11_27_21 },
         { "2026-11-27T21:00:00.123456789Z", 1, T_2026_11_27_21 },
         { "2026-11-27T22:30:00+01:30", 1, T_2026_11_27_21 },
@@ -1296,6 +1316,7 @@ int main(void)
         cmocka_unit_test(test_sts_parse_table),
         cmocka_unit_test(test_sts_parse_truncated),
         cmocka_unit_test(test_sts_parse_too_large),
+        cmocka_unit_test(test_sts_parse_long_names),
         cmocka_unit_test(test_parse_time),
         cmocka_unit_test(test_jwt_exp),
         cmocka_unit_test(test_ini_table),
