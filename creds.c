@@ -272,7 +272,7 @@ static const struct {
 
 /* What may follow '<', tried in order. CDATA and end tags only inside the root; a
  * construct with a close is skipped past it, one with only a why is refused. */
-enum { M_COMMENT, M_CDATA, M_END_TAG, M_START_TAG = 5 };
+enum { M_COMMENT, M_CDATA, M_END_TAG };  /* the rows named in code */
 static const struct {
     const char *open, *close, *why;
 } xml_markup[] = {
