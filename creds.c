@@ -1403,9 +1403,7 @@ static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *c
         v = creds_env(get, ctx, which = "AWS_ENDPOINT_URL");
     if (v)
         return url_parse(v, &p->sts, e) < 0 ? lerr_wrap(e, "%s", which) : 0;
-    if (!region || !*region)
-        region = p->file_region[0] ? p->file_region : NULL;
-    if (!region) {
+    if (!region[0]) {
         snprintf(url, sizeof url, "https://sts.amazonaws.com/");
     } else if (!creds_region_ok(region, strlen(region))) {
         return lerr_set(e, LERR_INVALID, "STS region \"%.64s\" is not a region name", region);
@@ -1566,14 +1564,13 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     if (hooks)
         p->hooks = *hooks;
     p->anchors = anchors;
-    rc = creds_files_prepare(get, ctx, f, e);
-    strcpy(p->file_region, f->pr[1].region);  /* "" when the config file names none */
-    if (rc < 0)
+    if ((rc = creds_files_prepare(get, ctx, f, e)) < 0)
         goto done;
     if (key || secret)
         rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
     else if (creds_env(get, ctx, "AWS_ROLE_ARN"))
-        rc = creds_web_identity(p, get, ctx, creds_env(get, ctx, "AWS_ROLE_ARN"), region, e);
+        rc = creds_web_identity(p, get, ctx, creds_env(get, ctx, "AWS_ROLE_ARN"),
+                                region && *region ? region : f->pr[1].region, e);
     else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
         rc = lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
                       "is not");
@@ -1604,11 +1601,6 @@ int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const 
 const char *creds_source_name(const struct creds_provider *p)
 {
     return p->source_name;
-}
-
-const char *creds_file_region(const struct creds_provider *p)
-{
-    return p->file_region[0] ? p->file_region : NULL;
 }
 
 void creds_free(struct creds_provider *p)

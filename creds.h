@@ -91,7 +91,6 @@ struct creds_hooks {
 /* Caller-allocated (about 22 KB); everything below is private to creds.c. */
 struct creds_provider {
     char source_name[CREDS_SOURCE_NAME_MAX];  /* "" until creds_init succeeds */
-    char file_region[CREDS_REGION_MAX];   /* "" when the config file names none */
     struct creds_hooks hooks;
 
     /* web identity: fixed after creds_init */
@@ -129,8 +128,6 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
 /* "environment", "web identity (role arn:aws:iam::123456789012:role/x)",
  * "shared file profile default (/root/.aws/credentials)". Never a secret. */
 const char *creds_source_name(const struct creds_provider *p);
-/* The config file's region for the profile, or NULL. */
-const char *creds_file_region(const struct creds_provider *p);
 
 /* The config file's region for the profile, read the same way, for configuration code
  * that needs a region before the provider exists (AWS_REGION unset, and a queue URL that
