@@ -1110,21 +1110,17 @@ static const char sts_retry_codes[] = " IDPCommunicationError Throttling Throttl
  * by "[redacted]", in case a server echoed (some of) it into an error message. */
 static void creds_scrub(char *msg, const char *token)
 {
-    size_t tlen = strlen(token);
-    char *p = msg;
+    static const char mark[] = "[redacted]";  /* shorter than any run replaced */
 
-    while (*p) {
+    for (char *p = msg; *p; ) {
         size_t run = 0;
 
         while (p[run] && text_base64_digit((unsigned char)p[run], 1) >= 0)
             run++;
-        if (run >= 16 && memmem(token, tlen, p, run)) {
-            static const char mark[] = "[redacted]";  /* shorter than any run replaced */
-
-            memcpy(p, mark, sizeof mark - 1);
+        if (run >= 16 && memmem(token, strlen(token), p, run)) {
             memmove(p + sizeof mark - 1, p + run, strlen(p + run) + 1);
-            p += sizeof mark - 1;
-            continue;
+            memcpy(p, mark, sizeof mark - 1);
+            run = sizeof mark - 1;
         }
         p += run ? run : 1;
     }
@@ -1263,7 +1259,6 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
     char *tok = NULL;
     int rc;
 
-    memset(out, 0, sizeof *out);
     if (wi_token(p, now, &tok, e) < 0)
         return -1;
     rc = p->hooks.exchange ? p->hooks.exchange(p->hooks.ctx, tok, out, e)
