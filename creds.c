@@ -698,6 +698,7 @@ int creds_ini_parse(const char *buf, size_t len, creds_ini_fn fn, void *ctx, str
     const char *sec = NULL, *why = NULL;
     size_t sec_len = 0, i = 0, line = 0;
     int sub_ok = 0;  /* the last setting had an empty value: indented lines belong to it */
+    int section;     /* the line is a [section] */
 
     while (i < len && !why) {
         const char *nl = memchr(buf + i, '\n', len - i), *mark;
@@ -712,35 +713,29 @@ int creds_ini_parse(const char *buf, size_t len, creds_ini_fn fn, void *ctx, str
         creds_trim(buf, &s, &end);
         if (why || s == end || buf[s] == '#' || buf[s] == ';' || (s > start && sub_ok))
             continue;  /* sub_ok: a sub-setting ("s3 =" then "  max_concurrent_requests = 10") */
-        mark = memchr(buf + s, buf[s] == '[' ? ']' : '=', end - s);
-        ks = s + (buf[s] == '[');
+        section = buf[s] == '[';
+        mark = memchr(buf + s, section ? ']' : '=', end - s);
+        ks = s + (size_t)section;
         ke = mark ? (size_t)(mark - buf) : s;
         vs = ke + 1;
-        ve = buf[s] == '[' ? end : creds_cut_comment(buf, vs, end);
+        ve = section ? end : creds_cut_comment(buf, vs, end);
         creds_trim(buf, &ks, &ke);
         creds_trim(buf, &vs, &ve);
-        if (buf[s] == '[') {
-            if (!mark)
-                why = "'[' without ']'";
-            else if (vs < ve && buf[vs] != '#' && buf[vs] != ';')
-                why = "text after the section name";
-            else if (ks == ke)
-                why = "empty section name";
-            sec = buf + ks;
-            sec_len = ke - ks;
-            sub_ok = 0;
-            if (!why && fn(ctx, sec, sec_len, NULL, 0, NULL, 0, e) < 0)
-                return -1;
-            continue;
-        }
         if (!mark)
-            why = "expected [section] or key = value";
-        else if (!sec)
+            why = section ? "'[' without ']'" : "expected [section] or key = value";
+        else if (section && vs < ve && buf[vs] != '#' && buf[vs] != ';')
+            why = "text after the section name";
+        else if (!section && !sec)
             why = "setting before any [section]";
         else if (ks == ke)
-            why = "setting without a name";
-        sub_ok = vs == ve;
-        if (!why && fn(ctx, sec, sec_len, buf + ks, ke - ks, buf + vs, ve - vs, e) < 0)
+            why = section ? "empty section name" : "setting without a name";
+        if (section) {
+            sec = buf + ks;
+            sec_len = ke - ks;
+        }
+        sub_ok = !section && vs == ve;
+        if (!why && fn(ctx, sec, sec_len, section ? NULL : buf + ks, section ? 0 : ke - ks,
+                       section ? NULL : buf + vs, section ? 0 : ve - vs, e) < 0)
             return -1;
     }
     return why ? lerr_set(e, LERR_MALFORMED, "line %zu: %s", line, why) : 0;
