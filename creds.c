@@ -774,8 +774,8 @@ static int profile_section_matches(const struct profile_parse *pp, const char *s
     return span_eq(s + k, n - k, pp->profile);
 }
 
-/* The settings a profile is read for: where each value goes and the bit it sets. The
- * rest of the list names sources lambdo does not support (a non-empty one is noted). */
+/* The settings a profile is read for: where each value goes and the bit it sets. Then
+ * the settings of sources lambdo does not support (a non-empty one is noted). */
 #define PROFILE_AT(f) offsetof(struct creds_profile, f), sizeof ((struct creds_profile *)0)->f
 static const struct {
     const char *key;
@@ -1137,7 +1137,7 @@ static int sts_answer(const struct http_response *r, const char *token,
     *retry = r->status >= 500 || r->status == 429;
     if (parsed == 0 && a->is_error) {
         snprintf(word, sizeof word, " %s ", a->error_code);
-        *retry = *retry || strstr(sts_retry_codes, word);
+        *retry = *retry || (!strchr(a->error_code, ' ') && strstr(sts_retry_codes, word));
         creds_scrub(a->error_message, token);
         lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: %s%s%s (HTTP %d)",
                  a->error_code, a->error_message[0] ? ": " : "", a->error_message, r->status);
