@@ -1284,7 +1284,6 @@ static void creds_installed(struct creds_provider *p, int64_t now)
 
     p->refresh_at = p->cur.expiration - (early > life / 4 ? early : life / 4);
     p->retry_at = 0;
-    p->exchanges++;
 }
 
 static int creds_usable(const struct creds_provider *p, int64_t now)
@@ -1311,6 +1310,7 @@ static void creds_refresh(struct creds_provider *p)
     now = creds_now(p);
     if (rc == 0) {
         p->cur = *fresh;
+        p->exchanges++;
         creds_installed(p, now);
         creds_fmt_time(fresh->expiration, t);
         log_info("AWS credentials refreshed through STS (role %s), valid until %s", p->role_arn,
@@ -1575,8 +1575,7 @@ done:
         explicit_bzero(p, sizeof *p);
         return -1;
     }
-    if (!p->role_arn[0])
-        p->exchanges = 1;  /* static keys: the one and only fetch */
+    p->exchanges = 1;  /* the first fetch; for static keys the one and only */
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->refreshed, NULL);
     return 0;
