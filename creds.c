@@ -123,6 +123,21 @@ void creds_sigv4(const struct creds_snapshot *s, struct sigv4_credentials *out)
  * ISO 8601 times
  * ==================================================================================== */
 
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), so
+ * that no time zone or libc timegm() is involved. */
+static int64_t creds_days(int64_t y, unsigned m, unsigned d)
+{
+    int64_t era;
+    unsigned yoe, doy, doe;
+
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = (unsigned)(y - era * 400);
+    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
 /* Whether s starts with pat, where '0' stands for any digit. */
 static int creds_pattern(const char *s, size_t len, const char *pat)
 {
@@ -145,16 +160,18 @@ static int creds_number(const char *s, int digits)
 
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
-    int offset = 0, sec;
+    static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    int y, mo, d, h, mi, sec, offset = 0;
     size_t i = 19;
-    struct tm tm;
 
     if (!creds_pattern(s, len, "0000-00-00T00:00:00"))
         goto bad;
+    y = creds_number(s, 4);
+    mo = creds_number(s + 5, 2);
+    d = creds_number(s + 8, 2);
+    h = creds_number(s + 11, 2);
+    mi = creds_number(s + 14, 2);
     sec = creds_number(s + 17, 2);
-    tm = (struct tm){ .tm_year = creds_number(s, 4) - 1900, .tm_mon = creds_number(s + 5, 2) - 1,
-                      .tm_mday = creds_number(s + 8, 2), .tm_hour = creds_number(s + 11, 2),
-                      .tm_min = creds_number(s + 14, 2) };
     if (i < len && s[i] == '.') {
         while (++i < len && s[i] >= '0' && s[i] <= '9')
             continue;
@@ -167,13 +184,11 @@ int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
                  (s[i] == '+' ? 1 : -1);
     else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    if (tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_hour > 23 || tm.tm_min > 59 || sec > 60)
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
         goto bad;
-    /* timegm is UTC whatever TZ says; a day the month does not have (April 31, February 29
-     * of a common year) rolls over into the next month, and is refused. */
-    *out = (int64_t)timegm(&tm) + sec - offset;
-    if (tm.tm_mday != creds_number(s + 8, 2))
+    if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
         goto bad;
+    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - offset;
     return 0;
 bad:
     return lerr_set(e, LERR_INVALID, "not an ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ)");
