@@ -765,14 +765,10 @@ struct profile_parse {
     int in_profile;
 };
 
-static int span_eq(const char *s, size_t n, const char *lit)
+/* Section names are compared as they are, keys case-insensitively (nocase). */
+static int span_eq(const char *s, size_t n, const char *lit, int nocase)
 {
-    return n == strlen(lit) && memcmp(s, lit, n) == 0;
-}
-
-static int span_ieq(const char *s, size_t n, const char *lit)
-{
-    return n == strlen(lit) && strncasecmp(s, lit, n) == 0;
+    return n == strlen(lit) && (nocase ? strncasecmp(s, lit, n) : memcmp(s, lit, n)) == 0;
 }
 
 /* [NAME] in the credentials file; [profile NAME] or [default] in the config file. */
@@ -780,13 +776,13 @@ static int profile_section_matches(const struct profile_parse *pp, const char *s
 {
     size_t k = 7;
 
-    if (!pp->config_file || span_eq(s, n, "default"))
-        return span_eq(s, n, pp->profile);
+    if (!pp->config_file || span_eq(s, n, "default", 0))
+        return span_eq(s, n, pp->profile, 0);
     if (n <= k || memcmp(s, "profile", k) != 0 || !creds_ws(s[k]))
         return 0;
     while (k < n && creds_ws(s[k]))
         k++;
-    return span_eq(s + k, n - k, pp->profile);
+    return span_eq(s + k, n - k, pp->profile, 0);
 }
 
 /* The settings a profile is read for: where each value goes and the bit it sets. Then
@@ -820,10 +816,10 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
         out->found |= pp->in_profile;
         return 0;
     }
-    while (k < count && !span_ieq(key, key_len, profile_keys[k].key))
+    while (k < count && !span_eq(key, key_len, profile_keys[k].key, 1))
         k++;
     while (u < sizeof profile_unsupported / sizeof *profile_unsupported &&
-           !span_ieq(key, key_len, profile_unsupported[u]))
+           !span_eq(key, key_len, profile_unsupported[u], 1))
         u++;
     if (pp->in_profile && n > 0 && u < sizeof profile_unsupported / sizeof *profile_unsupported)
         out->have |= CREDS_HAVE_OTHER;
