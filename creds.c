@@ -99,7 +99,7 @@ static int creds_region_ok(const char *s, size_t n)
     return 1;
 }
 
-static void creds_wipe_free(char *buf, size_t len)
+static void creds_wipe_free(void *buf, size_t len)
 {
     if (buf) {
         explicit_bzero(buf, len);
@@ -256,7 +256,7 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
         }
         cJSON_Delete(root);
     }
-    creds_wipe_free((char *)buf, plen * 3 / 4 + 3);
+    creds_wipe_free(buf, plen * 3 / 4 + 3);
     return rc;
 }
 
@@ -687,8 +687,7 @@ int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, s
         else
             rc = 0;
     }
-    explicit_bzero(x, sizeof *x);
-    free(x);
+    creds_wipe_free(x, sizeof *x);
     if (rc < 0)
         creds_snapshot_wipe(&out->creds);
     return rc;
@@ -1162,8 +1161,7 @@ static int sts_answer(const struct http_response *r, const char *token,
         lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: HTTP %d%s", r->status,
                  parsed == 0 ? " with a success answer" : ", no STS error in the answer");
     }
-    explicit_bzero(a, sizeof *a);
-    free(a);
+    creds_wipe_free(a, sizeof *a);
     return rc;
 }
 
@@ -1336,10 +1334,7 @@ static void creds_refresh(struct creds_provider *p)
                      "they expire in %lld s; trying again in %lld s", err.msg, (long long)left,
                      (long long)(p->retry_at - now));
     }
-    if (fresh) {
-        creds_snapshot_wipe(fresh);
-        free(fresh);
-    }
+    creds_wipe_free(fresh, sizeof *fresh);
 }
 
 int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
@@ -1545,8 +1540,7 @@ int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, 
         rc = creds_copy(out, cap, f->pr[1].region) ? 1
                                                    : lerr_set(e, LERR_INVALID, "region too long");
     }
-    explicit_bzero(f, sizeof *f);
-    free(f);
+    creds_wipe_free(f, sizeof *f);
     return rc;
 }
 
@@ -1580,8 +1574,7 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     if (rc == 0 && f->conf_error.kind)
         log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
 done:
-    explicit_bzero(f, sizeof *f);
-    free(f);
+    creds_wipe_free(f, sizeof *f);
     if (rc < 0) {
         explicit_bzero(p, sizeof *p);
         return -1;
