@@ -1,5 +1,6 @@
 #include "creds.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 
 #define XML_MAX_DEPTH 16
 #define XML_TEXT_MAX 8192
+#define XML_PATH_MAX 1024
 #define FLY_ANSWER_MAX (64 * 1024)
 #define STS_ANSWER_MAX (256 * 1024)
 
@@ -31,7 +33,15 @@
 
 static int creds_ws(char c)
 {
-    return c == ' ' || c == '\t';
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static void creds_trim(const char *b, size_t *s, size_t *end)
+{
+    while (*s < *end && creds_ws(b[*s]))
+        (*s)++;
+    while (*end > *s && creds_ws(b[*end - 1]))
+        (*end)--;
 }
 
 /* Everything that ends up in a header or a form body: printable ASCII, no spaces.
@@ -42,6 +52,12 @@ static int creds_clean(const char *s, size_t n)
         if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
             return 0;
     return 1;
+}
+
+/* Copies src when it fits; returns whether it did. */
+static int creds_copy(char *dst, size_t cap, const char *src)
+{
+    return (size_t)snprintf(dst, cap, "%s", src) < cap;
 }
 
 /* Copies a secret or an identifier; the messages name it, never quote it. */
@@ -60,28 +76,30 @@ static int creds_put(char *dst, size_t cap, const char *src, size_t n, const cha
     return 0;
 }
 
-static void creds_fmt_time(int64_t t, char out[32])
+/* printf rather than strftime: strftime would bring musl's locale and time zone code. */
+static void creds_fmt_time(int64_t t, char out[80])
 {
     time_t tt = (time_t)t;
     struct tm tm;
 
-    if (!gmtime_r(&tt, &tm) || !strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
-        snprintf(out, 32, "@%lld", (long long)t);
+    if (gmtime_r(&tt, &tm))
+        snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    else
+        snprintf(out, 80, "@%lld", (long long)t);
 }
 
-static int creds_region_ok(const char *s)
+static int creds_region_ok(const char *s, size_t n)
 {
-    size_t n = strlen(s);
-
     if (n == 0 || n >= CREDS_REGION_MAX)
         return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+    for (size_t k = 0; k < n; k++)
+        if (!((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '-'))
             return 0;
     return 1;
 }
 
-static void creds_wipe_free(char *buf, size_t len)
+static void creds_wipe_free(void *buf, size_t len)
 {
     if (buf) {
         explicit_bzero(buf, len);
@@ -120,64 +138,57 @@ static int64_t creds_days(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-static int creds_digits(const char *s, size_t len, size_t *i, int n, int *out)
+/* Whether s starts with pat, where '0' stands for any digit. */
+static int creds_pattern(const char *s, size_t len, const char *pat)
+{
+    size_t n = strlen(pat);
+
+    for (size_t k = 0; k < n; k++)
+        if (k >= len || (pat[k] == '0' ? s[k] < '0' || s[k] > '9' : s[k] != pat[k]))
+            return 0;
+    return 1;
+}
+
+static int creds_number(const char *s, int digits)
 {
     int v = 0;
 
-    for (int k = 0; k < n; k++, (*i)++) {
-        if (*i >= len || s[*i] < '0' || s[*i] > '9')
-            return -1;
-        v = v * 10 + (s[*i] - '0');
-    }
-    *out = v;
-    return 0;
-}
-
-static int creds_expect(const char *s, size_t len, size_t *i, char c)
-{
-    if (*i >= len || s[*i] != c)
-        return -1;
-    (*i)++;
-    return 0;
+    while (digits-- > 0)
+        v = v * 10 + (*s++ - '0');
+    return v;
 }
 
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
     static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    int y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
-    size_t i = 0;
+    int y, mo, d, h, mi, sec, offset = 0;
+    size_t i = 19;
 
-    if (creds_digits(s, len, &i, 4, &y) < 0 || creds_expect(s, len, &i, '-') < 0 ||
-        creds_digits(s, len, &i, 2, &mo) < 0 || creds_expect(s, len, &i, '-') < 0 ||
-        creds_digits(s, len, &i, 2, &d) < 0 || creds_expect(s, len, &i, 'T') < 0 ||
-        creds_digits(s, len, &i, 2, &h) < 0 || creds_expect(s, len, &i, ':') < 0 ||
-        creds_digits(s, len, &i, 2, &mi) < 0 || creds_expect(s, len, &i, ':') < 0 ||
-        creds_digits(s, len, &i, 2, &sec) < 0)
+    if (!creds_pattern(s, len, "0000-00-00T00:00:00"))
         goto bad;
+    y = creds_number(s, 4);
+    mo = creds_number(s + 5, 2);
+    d = creds_number(s + 8, 2);
+    h = creds_number(s + 11, 2);
+    mi = creds_number(s + 14, 2);
+    sec = creds_number(s + 17, 2);
     if (i < len && s[i] == '.') {
-        size_t start = ++i;
-        while (i < len && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == start)
+        while (++i < len && s[i] >= '0' && s[i] <= '9')
+            continue;
+        if (i == 20)
             goto bad;
     }
-    if (i < len && s[i] == 'Z') {
-        i++;
-    } else if (i < len && (s[i] == '+' || s[i] == '-')) {
-        sign = s[i++] == '+' ? 1 : -1;
-        if (creds_digits(s, len, &i, 2, &oh) < 0 || creds_expect(s, len, &i, ':') < 0 ||
-            creds_digits(s, len, &i, 2, &om) < 0 || oh > 23 || om > 59)
-            goto bad;
-    } else {
+    if (i + 6 == len && (s[i] == '+' || s[i] == '-') && creds_pattern(s + i + 1, 5, "00:00") &&
+        creds_number(s + i + 1, 2) <= 23 && creds_number(s + i + 4, 2) <= 59)
+        offset = (creds_number(s + i + 1, 2) * 3600 + creds_number(s + i + 4, 2) * 60) *
+                 (s[i] == '+' ? 1 : -1);
+    else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    }
-    if (i != len || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 ||
-        sec > 60)
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
         goto bad;
     if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
         goto bad;
-    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec -
-           sign * (oh * 3600 + om * 60);
+    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - offset;
     return 0;
 bad:
     return lerr_set(e, LERR_INVALID, "not an ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ)");
@@ -245,35 +256,56 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
         }
         cJSON_Delete(root);
     }
-    creds_wipe_free((char *)buf, plen * 3 / 4 + 3);
+    creds_wipe_free(buf, plen * 3 / 4 + 3);
     return rc;
 }
 
 /* ======================================================================================
- * STS's XML answers: a strict little reader that follows the open elements and keeps
- * the text of the six leaves it wants
+ * STS's XML answers: a strict little reader. One scanner goes from markup to markup,
+ * through a table of what may follow '<'; the open elements are kept as a path
+ * ("/ErrorResponse/Error/Code"), and a leaf's text is kept when its path is a field's.
  * ==================================================================================== */
 
-#define STS_OK_ROOT "AssumeRoleWithWebIdentityResponse"
-#define STS_ERR_ROOT "ErrorResponse"
+#define STS_OK_ROOT "/AssumeRoleWithWebIdentityResponse"
+#define STS_ERR_ROOT "/ErrorResponse"
 #define STS_CREDS STS_OK_ROOT "/AssumeRoleWithWebIdentityResult/Credentials/"
+#define STS_AT(f) offsetof(struct creds_sts_answer, f), sizeof ((struct creds_sts_answer *)0)->f
 
-enum { F_KEY, F_SECRET, F_TOKEN, F_EXPIRATION, F_CODE, F_MESSAGE, F_COUNT };
-static const char *const sts_paths[F_COUNT] = {
-    STS_CREDS "AccessKeyId", STS_CREDS "SecretAccessKey", STS_CREDS "SessionToken",
-    STS_CREDS "Expiration", STS_ERR_ROOT "/Error/Code", STS_ERR_ROOT "/Error/Message",
+/* The leaves kept, where their text goes: the credentials, then the error's words. */
+enum { F_EXPIRATION = 3, F_CODE, F_MESSAGE, F_COUNT };
+static const struct {
+    const char *path;
+    size_t off, cap;
+} sts_fields[F_COUNT] = {
+    { STS_CREDS "AccessKeyId", STS_AT(creds.access_key_id) },
+    { STS_CREDS "SecretAccessKey", STS_AT(creds.secret_access_key) },
+    { STS_CREDS "SessionToken", STS_AT(creds.session_token) },
+    { STS_CREDS "Expiration", STS_AT(creds.expiration) },
+    { STS_ERR_ROOT "/Error/Code", STS_AT(error_code) },
+    { STS_ERR_ROOT "/Error/Message", STS_AT(error_message) },
 };
 
-struct xml_name {
-    const char *s;
-    size_t n;
+/* What may follow '<', tried in order. CDATA and end tags only inside the root; a
+ * construct with a close is skipped past it, one with only a why is refused. */
+enum { M_COMMENT, M_CDATA, M_END_TAG };  /* the rows named in code */
+static const struct {
+    const char *open, *close, *why;
+} xml_markup[] = {
+    { "<!--", "--", "comment" },
+    { "<![CDATA[", "]]>", "CDATA section" },
+    { "</", NULL, NULL },
+    { "<?", NULL, "a processing instruction is not accepted" },
+    { "<!", NULL, "a DOCTYPE or other declaration is not accepted" },
+    { "<", NULL, NULL },
 };
 
 struct xml {
     const char *b;
     size_t len, i;
-    struct xml_name stack[XML_MAX_DEPTH];  /* the open elements, the root first */
-    size_t depth;
+    char path[XML_PATH_MAX];               /* the open elements, "/Root/Child" */
+    size_t path_len;
+    int depth;
+    int rooted;                            /* the root element has started */
     int leaf;                              /* the innermost one has no child (yet) */
     char text[XML_TEXT_MAX];               /* its text, or an attribute's; references decoded */
     size_t text_len;
@@ -292,57 +324,35 @@ static int xml_at(const struct xml *x, const char *lit)
     return x->len - x->i >= n && memcmp(x->b + x->i, lit, n) == 0;
 }
 
-static int xml_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
 /* Char of XML 1.0 as bytes: controls other than tab, LF, CR are refused. */
 static int xml_char(unsigned char c)
 {
-    return c >= 0x20 || c == '\t' || c == '\n' || c == '\r';
+    return c >= 0x20 || creds_ws((char)c);
 }
 
-/* ASCII names only: all STS sends. */
-static int xml_name_char(unsigned char c, int first)
+/* Returns how much it skipped. */
+static size_t xml_skip_space(struct xml *x)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':' ||
-           (!first && ((c >= '0' && c <= '9') || c == '-' || c == '.'));
-}
+    size_t start = x->i;
 
-static void xml_skip_space(struct xml *x)
-{
-    while (x->i < x->len && xml_space(x->b[x->i]))
+    while (x->i < x->len && creds_ws(x->b[x->i]))
         x->i++;
+    return x->i - start;
 }
 
-static int xml_read_name(struct xml *x, struct xml_name *name, struct lerr *e)
+/* The length of the name at x->i, 0 when there is none. ASCII names only: all STS sends. */
+static size_t xml_name(const struct xml *x)
 {
-    name->s = x->b + x->i;
-    if (x->i >= x->len || !xml_name_char(x->b[x->i], 1))
-        return xml_bad(x, e, "expected a name");
-    while (x->i < x->len && xml_name_char(x->b[x->i], 0))
-        x->i++;
-    name->n = (size_t)(x->b + x->i - name->s);
-    return 0;
-}
+    size_t n = 0;
 
-static int xml_name_eq(const struct xml_name *a, const struct xml_name *b)
-{
-    return a->n == b->n && memcmp(a->s, b->s, a->n) == 0;
-}
+    for (; x->i + n < x->len; n++) {
+        unsigned char c = (unsigned char)x->b[x->i + n];
 
-/* Whether the open elements are those of path ("a/b/c"). */
-static int xml_path_is(const struct xml *x, const char *path)
-{
-    for (size_t k = 0; k < x->depth; k++) {
-        const struct xml_name *n = &x->stack[k];
-
-        if (strncmp(path, n->s, n->n) != 0 || path[n->n] != (k + 1 < x->depth ? '/' : '\0'))
-            return 0;
-        path += n->n + 1;
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || c == ':' ||
+              (n > 0 && ((c >= '0' && c <= '9') || c == '-' || c == '.'))))
+            break;
     }
-    return 1;
+    return n;
 }
 
 static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
@@ -358,7 +368,7 @@ static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
 static int xml_text_blank(const struct xml *x)
 {
     for (size_t k = 0; k < x->text_len; k++)
-        if (!xml_space(x->text[k]))
+        if (!creds_ws(x->text[k]))
             return 0;
     return 1;
 }
@@ -377,44 +387,41 @@ static size_t xml_utf8(unsigned long cp, char *out)
 /* At '&': appends the character a reference stands for, and moves past its ';'. */
 static int xml_reference(struct xml *x, struct lerr *e)
 {
-    static const struct { const char *name; char c; } named[] = {
-        { "amp", '&' }, { "lt", '<' }, { "gt", '>' }, { "quot", '"' }, { "apos", '\'' },
-    };
-    size_t start = x->i + 1, end = start, k;
+    static const char *const named[] = { "amp&", "lt<", "gt>", "quot\"", "apos'" };
+    size_t start = x->i + 1, end = start, n, k;
     unsigned long cp = 0;
+    int hex;
     char out[4];
 
     while (end < x->len && end - start < 12 && x->b[end] != ';')
         end++;
     if (end >= x->len || x->b[end] != ';' || end == start)
         return xml_bad(x, e, "unterminated or empty entity reference");
-    if (x->b[start] == '#') {
-        int hex = x->b[start + 1] == 'x';
-
-        if ((k = start + 1 + (size_t)hex) == end)
-            return xml_bad(x, e, "empty character reference");
-        for (; k < end; k++) {
-            int v = text_hex_digit((unsigned char)x->b[k]);
-
-            if (v < 0 || (!hex && v > 9))
-                return xml_bad(x, e, "bad character reference");
-            if ((cp = cp * (hex ? 16 : 10) + (unsigned long)v) > 0x10ffff)
-                return xml_bad(x, e, "character reference out of range");
-        }
-        if (!(cp == 0x9 || cp == 0xa || cp == 0xd || (cp >= 0x20 && cp <= 0xd7ff) ||
-              (cp >= 0xe000 && cp <= 0xfffd) || cp >= 0x10000))
-            return xml_bad(x, e, "character reference to a character XML does not allow");
-        x->i = end + 1;
-        return xml_text_add(x, out, xml_utf8(cp, out), e);
-    }
+    n = end - start;
     for (k = 0; k < sizeof named / sizeof named[0]; k++) {
-        if (strlen(named[k].name) == end - start &&
-            memcmp(named[k].name, x->b + start, end - start) == 0) {
+        if (strlen(named[k]) == n + 1 && memcmp(named[k], x->b + start, n) == 0) {
             x->i = end + 1;
-            return xml_text_add(x, &named[k].c, 1, e);
+            return xml_text_add(x, named[k] + n, 1, e);
         }
     }
-    return xml_bad(x, e, "unknown entity");
+    if (x->b[start] != '#')
+        return xml_bad(x, e, "unknown entity");
+    hex = x->b[start + 1] == 'x';
+    if ((k = start + 1 + (size_t)hex) == end)
+        return xml_bad(x, e, "empty character reference");
+    for (; k < end; k++) {
+        int v = text_hex_digit((unsigned char)x->b[k]);
+
+        if (v < 0 || (!hex && v > 9))
+            return xml_bad(x, e, "bad character reference");
+        if ((cp = cp * (hex ? 16 : 10) + (unsigned long)v) > 0x10ffff)
+            return xml_bad(x, e, "character reference out of range");
+    }
+    if (cp < 0x20 ? !creds_ws((char)cp) : (cp >= 0xd800 && cp < 0xe000) || cp == 0xfffe ||
+                                              cp == 0xffff)
+        return xml_bad(x, e, "character reference to a character XML does not allow");
+    x->i = end + 1;
+    return xml_text_add(x, out, xml_utf8(cp, out), e);
 }
 
 /* Character data up to the next '<' or, in an attribute value, its closing quote. */
@@ -452,67 +459,28 @@ static int xml_skip_past(struct xml *x, const char *end, const char *what, struc
     return 0;
 }
 
-/* At "<!" or "<?": a comment is skipped, CDATA in an element is text, the rest refused. */
-static int xml_markup(struct xml *x, struct lerr *e)
-{
-    if (xml_at(x, "<!--")) {
-        x->i += 4;
-        if (xml_skip_past(x, "--", "comment", e) < 0)
-            return -1;
-        if (!xml_at(x, ">"))
-            return xml_bad(x, e, "\"--\" inside a comment");
-        x->i++;
-        return 0;
-    }
-    if (x->depth > 0 && xml_at(x, "<![CDATA[")) {
-        size_t start = x->i += 9;
-
-        if (xml_skip_past(x, "]]>", "CDATA section", e) < 0)
-            return -1;
-        return xml_text_add(x, x->b + start, x->i - 3 - start, e);
-    }
-    if (xml_at(x, "<?"))
-        return xml_bad(x, e, "a processing instruction is not accepted");
-    return xml_bad(x, e, "a DOCTYPE or other declaration is not accepted");
-}
-
-/* Whitespace and comments, around the root element. */
-static int xml_misc(struct xml *x, struct lerr *e)
-{
-    for (;;) {
-        xml_skip_space(x);
-        if (!xml_at(x, "<!") && !xml_at(x, "<?"))
-            return 0;
-        if (xml_markup(x, e) < 0)
-            return -1;
-    }
-}
-
 /* Attributes of a start tag: checked, then forgotten (xmlns is all STS sends). */
 static int xml_attributes(struct xml *x, struct lerr *e)
 {
-    struct xml_name seen[16];
-    size_t nseen = 0;
+    size_t seen[16][2], nseen = 0;  /* offset and length of each name */
 
     for (;;) {
-        size_t before = x->i;
-        char quote;
+        size_t space = xml_skip_space(x), n = xml_name(x);
 
-        xml_skip_space(x);
         if (x->i >= x->len)
             return xml_bad(x, e, "truncated start tag");
         if (x->b[x->i] == '>' || x->b[x->i] == '/')
             return 0;
-        if (x->i == before)
+        if (!space)
             return xml_bad(x, e, "expected whitespace before an attribute");
-        if (nseen == sizeof seen / sizeof seen[0])
-            return xml_bad(x, e, "too many attributes");
-        if (xml_read_name(x, &seen[nseen], e) < 0)
-            return -1;
+        if (n == 0 || nseen == sizeof seen / sizeof seen[0])
+            return xml_bad(x, e, n ? "too many attributes" : "expected a name");
         for (size_t k = 0; k < nseen; k++)
-            if (xml_name_eq(&seen[k], &seen[nseen]))
+            if (seen[k][1] == n && memcmp(x->b + seen[k][0], x->b + x->i, n) == 0)
                 return xml_bad(x, e, "repeated attribute");
-        nseen++;
+        seen[nseen][0] = x->i;
+        seen[nseen++][1] = n;
+        x->i += n;
         xml_skip_space(x);
         if (!xml_at(x, "="))
             return xml_bad(x, e, "expected '=' after an attribute name");
@@ -520,10 +488,9 @@ static int xml_attributes(struct xml *x, struct lerr *e)
         xml_skip_space(x);
         if (!xml_at(x, "\"") && !xml_at(x, "'"))
             return xml_bad(x, e, "expected a quoted attribute value");
-        quote = x->b[x->i++];
-        if (xml_text(x, quote, e) < 0)
+        if (xml_text(x, x->b[x->i++], e) < 0)
             return -1;
-        if (x->i >= x->len || x->b[x->i] != quote)
+        if (x->i >= x->len || x->b[x->i] == '<')
             return xml_bad(x, e, "'<' or the end of the input in an attribute value");
         x->i++;
     }
@@ -539,61 +506,37 @@ static void sts_copy_text(char *dst, size_t cap, const char *src, size_t n)
     dst[n] = '\0';
 }
 
-/* A credential from the answer: what is wrong with it is the answer's fault. */
-static int sts_put(char *dst, size_t cap, const char *text, size_t len, const char *what,
-                   struct lerr *e)
+/* A leaf ends: its text is kept if it is one of the fields. */
+static int sts_leaf(struct xml *x, struct lerr *e)
 {
-    if (creds_put(dst, cap, text, len, what, e) < 0) {
-        e->kind = LERR_MALFORMED;
+    char *dst, what[64];
+    int f = 0;
+
+    while (f < F_COUNT && strcmp(x->path, sts_fields[f].path) != 0)
+        f++;
+    if (f == F_COUNT)
+        return 0;
+    snprintf(what, sizeof what, "<%s>", strrchr(sts_fields[f].path, '/') + 1);
+    if (x->seen & (1u << f))
+        return lerr_set(e, LERR_MALFORMED, "more than one %s", what);
+    x->seen |= 1u << f;
+    dst = (char *)x->out + sts_fields[f].off;
+    if (f == F_EXPIRATION) {
+        if (creds_parse_time(x->text, x->text_len, &x->out->creds.expiration, e) < 0)
+            return lerr_set(e, LERR_MALFORMED, "%s is not an ISO 8601 time", what);
+    } else if (f == F_CODE && x->text_len == 0) {
+        return lerr_set(e, LERR_MALFORMED, "empty %s", what);
+    } else if (f >= F_CODE) {
+        sts_copy_text(dst, sts_fields[f].cap, x->text, x->text_len);
+    } else if (creds_put(dst, sts_fields[f].cap, x->text, x->text_len, what, e) < 0) {
+        e->kind = LERR_MALFORMED;  /* what is wrong with a credential is the answer's fault */
         return -1;
     }
     return 0;
 }
 
-static const char *sts_name(int f)
-{
-    return strrchr(sts_paths[f], '/') + 1;
-}
-
-/* A leaf ends: its text is kept if it is one of the fields. */
-static int sts_leaf(struct xml *x, struct lerr *e)
-{
-    struct creds_snapshot *c = &x->out->creds;
-    const char *text = x->text;
-    size_t len = x->text_len;
-    char what[64];
-    int f = 0;
-
-    while (f < F_COUNT && !xml_path_is(x, sts_paths[f]))
-        f++;
-    if (f == F_COUNT)
-        return 0;
-    if (x->seen & (1u << f))
-        return lerr_set(e, LERR_MALFORMED, "more than one <%s>", sts_name(f));
-    x->seen |= 1u << f;
-    snprintf(what, sizeof what, "<%s>", sts_name(f));
-    switch (f) {
-    case F_KEY:
-        return sts_put(c->access_key_id, sizeof c->access_key_id, text, len, what, e);
-    case F_SECRET:
-        return sts_put(c->secret_access_key, sizeof c->secret_access_key, text, len, what, e);
-    case F_TOKEN:
-        return sts_put(c->session_token, sizeof c->session_token, text, len, what, e);
-    case F_EXPIRATION:
-        if (creds_parse_time(text, len, &c->expiration, e) < 0)
-            return lerr_set(e, LERR_MALFORMED, "<Expiration> is not an ISO 8601 time");
-        return 0;
-    case F_CODE:
-        sts_copy_text(x->out->error_code, sizeof x->out->error_code, text, len);
-        return 0;
-    default:
-        sts_copy_text(x->out->error_message, sizeof x->out->error_message, text, len);
-        return 0;
-    }
-}
-
 /* An element ends: a leaf's text may be a field; a parent may only have had whitespace
- * beside its children. */
+ * beside its children. Its name leaves the path. */
 static int xml_close(struct xml *x, struct lerr *e)
 {
     if (x->leaf) {
@@ -602,103 +545,132 @@ static int xml_close(struct xml *x, struct lerr *e)
     } else if (!xml_text_blank(x)) {
         return xml_bad(x, e, "text beside child elements");
     }
+    x->path_len = (size_t)(strrchr(x->path, '/') - x->path);
+    x->path[x->path_len] = '\0';
     x->depth--;
     x->leaf = 0;
     x->text_len = 0;
     return 0;
 }
 
-/* At '<' of a start tag. The root must be one of STS's two answers. */
+/* At '<' of a start tag: its name joins the path. The root must be one of STS's two
+ * answers. */
 static int xml_start_tag(struct xml *x, struct lerr *e)
 {
-    struct xml_name *name = &x->stack[x->depth];
+    size_t n;
 
-    if (x->depth == XML_MAX_DEPTH)
-        return xml_bad(x, e, "elements nested too deep");
+    x->i++;
+    if ((n = xml_name(x)) == 0)
+        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
+    if (x->depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
+        return xml_bad(x, e, "elements nested too deep (or their names too long)");
     if (!xml_text_blank(x))
         return xml_bad(x, e, "text beside child elements");
-    x->i++;
-    if (xml_read_name(x, name, e) < 0)
-        return -1;
+    x->path_len += (size_t)snprintf(x->path + x->path_len, sizeof x->path - x->path_len,
+                                    "/%.*s", (int)n, x->b + x->i);
+    x->i += n;
     if (x->depth++ == 0) {
-        x->out->is_error = xml_path_is(x, STS_ERR_ROOT);
-        if (!x->out->is_error && !xml_path_is(x, STS_OK_ROOT))
-            return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.*s>",
-                            (int)(name->n > 64 ? 64 : name->n), name->s);
+        x->rooted = 1;
+        x->out->is_error = strcmp(x->path, STS_ERR_ROOT) == 0;
+        if (!x->out->is_error && strcmp(x->path, STS_OK_ROOT) != 0)
+            return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.64s>", x->path + 1);
     }
-    x->text_len = 0;
     if (xml_attributes(x, e) < 0)
         return -1;
     x->text_len = 0;
     x->leaf = 1;
-    if (x->b[x->i] == '/') {
-        if (!xml_at(x, "/>"))
-            return xml_bad(x, e, "expected \"/>\"");
-        x->i += 2;
-        return xml_close(x, e);
+    if (xml_at(x, ">")) {
+        x->i++;
+        return 0;
     }
-    x->i++;  /* '>' */
-    return 0;
+    if (!xml_at(x, "/>"))
+        return xml_bad(x, e, "expected \"/>\"");
+    x->i += 2;
+    return xml_close(x, e);
 }
 
-/* At "</". */
+/* At "</": the name must be the path's last. */
 static int xml_end_tag(struct xml *x, struct lerr *e)
 {
-    struct xml_name name;
+    size_t n;
 
     x->i += 2;
-    if (xml_read_name(x, &name, e) < 0)
-        return -1;
+    if ((n = xml_name(x)) == 0)
+        return xml_bad(x, e, "expected a name");
+    if (n >= x->path_len || x->path[x->path_len - n - 1] != '/' ||
+        memcmp(x->path + x->path_len - n, x->b + x->i, n) != 0)
+        return xml_bad(x, e, "end tag does not match the open element");
+    x->i += n;
     xml_skip_space(x);
     if (!xml_at(x, ">"))
         return xml_bad(x, e, "expected '>' closing an end tag");
-    if (!xml_name_eq(&name, &x->stack[x->depth - 1]))
-        return xml_bad(x, e, "end tag does not match the open element");
     x->i++;
     return xml_close(x, e);
 }
 
+/* At '<': a comment is skipped, CDATA is text, tags are read, the rest is refused. */
+static int xml_markup_at(struct xml *x, struct lerr *e)
+{
+    size_t k = 0, start;
+
+    while (!xml_at(x, xml_markup[k].open) ||
+           (x->depth == 0 && (k == M_CDATA || k == M_END_TAG)))
+        k++;
+    if (xml_markup[k].close) {
+        start = x->i += strlen(xml_markup[k].open);
+        if (xml_skip_past(x, xml_markup[k].close, xml_markup[k].why, e) < 0)
+            return -1;
+        if (k == M_CDATA)
+            return xml_text_add(x, x->b + start, x->i - 3 - start, e);
+        if (!xml_at(x, ">"))
+            return xml_bad(x, e, "\"--\" inside a comment");
+        x->i++;
+        return 0;
+    }
+    if (xml_markup[k].why)
+        return xml_bad(x, e, xml_markup[k].why);
+    if (x->rooted && x->depth == 0)
+        return xml_bad(x, e, "content after the root element");
+    return k == M_END_TAG ? xml_end_tag(x, e) : xml_start_tag(x, e);
+}
+
+/* The optional BOM and XML declaration, then one element with only whitespace and
+ * comments around it. */
 static int xml_walk(struct xml *x, struct lerr *e)
 {
     if (xml_at(x, "\xef\xbb\xbf"))
         x->i += 3;
-    if (xml_at(x, "<?xml") && x->len - x->i > 5 && xml_space(x->b[x->i + 5])) {
+    if (xml_at(x, "<?xml") && x->len - x->i > 5 && creds_ws(x->b[x->i + 5])) {
         x->i += 5;
         if (xml_skip_past(x, "?>", "XML declaration", e) < 0)
             return -1;
     }
-    if (xml_misc(x, e) < 0)
-        return -1;
-    if (x->i >= x->len)
-        return xml_bad(x, e, "no root element");
-    if (!xml_at(x, "<") || x->i + 1 >= x->len || !xml_name_char(x->b[x->i + 1], 1))
-        return xml_bad(x, e, "expected the root element");
-    do {
+    for (;;) {
         int rc;
 
+        if (x->depth == 0)
+            xml_skip_space(x);
         if (x->i >= x->len)
-            rc = xml_bad(x, e, "truncated: an element is not closed");
-        else if (xml_at(x, "</"))
-            rc = xml_end_tag(x, e);
-        else if (xml_at(x, "<!") || xml_at(x, "<?"))
-            rc = xml_markup(x, e);
-        else if (xml_at(x, "<"))
-            rc = xml_start_tag(x, e);
-        else
+            break;
+        if (x->b[x->i] == '<')
+            rc = xml_markup_at(x, e);
+        else if (x->depth > 0)
             rc = xml_text(x, '<', e);
+        else
+            rc = xml_bad(x, e, x->rooted ? "content after the root element"
+                                         : "expected the root element");
         if (rc < 0)
             return -1;
-    } while (x->depth > 0);
-    if (xml_misc(x, e) < 0)
-        return -1;
-    if (x->i < x->len)
-        return xml_bad(x, e, "content after the root element");
-    return 0;
+    }
+    if (x->depth > 0)
+        return xml_bad(x, e, "truncated: an element is not closed");
+    return x->rooted ? 0 : xml_bad(x, e, "no root element");
 }
 
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
 {
     struct xml *x = calloc(1, sizeof *x);
+    unsigned missing;
     int rc = -1;
 
     memset(out, 0, sizeof *out);
@@ -707,39 +679,24 @@ int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, s
     x->b = xml;
     x->len = len;
     x->out = out;
-    if (xml_walk(x, e) < 0)
-        goto done;
-    for (int f = out->is_error ? F_CODE : F_KEY; f <= (out->is_error ? F_CODE : F_EXPIRATION);
-         f++) {
-        if (!(x->seen & (1u << f))) {
-            lerr_set(e, LERR_MALFORMED, "no <%s>", sts_name(f));
-            goto done;
-        }
+    if (xml_walk(x, e) == 0) {
+        missing = (out->is_error ? 1u << F_CODE : (1u << (F_EXPIRATION + 1)) - 1) & ~x->seen;
+        if (missing)
+            lerr_set(e, LERR_MALFORMED, "no <%s>",
+                     strrchr(sts_fields[__builtin_ctz(missing)].path, '/') + 1);
+        else
+            rc = 0;
     }
-    if (out->is_error && !out->error_code[0]) {
-        lerr_set(e, LERR_MALFORMED, "empty <Code>");
-        goto done;
-    }
-    rc = 0;
-done:
-    explicit_bzero(x, sizeof *x);
-    free(x);
+    creds_wipe_free(x, sizeof *x);
     if (rc < 0)
         creds_snapshot_wipe(&out->creds);
     return rc;
 }
 
+
 /* ======================================================================================
  * The shared files' INI dialect
  * ==================================================================================== */
-
-static void creds_trim(const char *b, size_t *s, size_t *end)
-{
-    while (*s < *end && creds_ws(b[*s]))
-        (*s)++;
-    while (*end > *s && creds_ws(b[*end - 1]))
-        (*end)--;
-}
 
 /* A ';' or '#' after whitespace starts a comment, as in the AWS SDKs. */
 static size_t creds_cut_comment(const char *b, size_t s, size_t end)
@@ -752,74 +709,50 @@ static size_t creds_cut_comment(const char *b, size_t s, size_t end)
 
 int creds_ini_parse(const char *buf, size_t len, creds_ini_fn fn, void *ctx, struct lerr *e)
 {
-    const char *sec = NULL;
+    const char *sec = NULL, *why = NULL;
     size_t sec_len = 0, i = 0, line = 0;
     int sub_ok = 0;  /* the last setting had an empty value: indented lines belong to it */
+    int section;     /* the line is a [section] */
 
-    while (i < len) {
-        const char *nl = memchr(buf + i, '\n', len - i);
-        size_t start = i, end = nl ? (size_t)(nl - buf) : len, s;
+    while (i < len && !why) {
+        const char *nl = memchr(buf + i, '\n', len - i), *mark;
+        size_t start = i, end = nl ? (size_t)(nl - buf) : len, s = start, ks, ke, vs, ve;
 
-        i = nl ? end + 1 : len;
+        i = end + 1;
         line++;
-        if (end > start && buf[end - 1] == '\r')
-            end--;
         for (size_t k = start; k < end; k++)
-            if (((unsigned char)buf[k] < 0x20 && buf[k] != '\t') || buf[k] == 0x7f)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: control character", line);
-        s = start;
-        while (s < end && creds_ws(buf[s]))
-            s++;
-        if (s == end || buf[s] == '#' || buf[s] == ';')
-            continue;
-        if (s > start && sub_ok)
-            continue;  /* a sub-setting ("s3 =" then "  max_concurrent_requests = 10") */
-        if (buf[s] == '[') {
-            const char *close = memchr(buf + s, ']', end - s);
-            size_t ns = s + 1, ne, after;
-
-            if (!close)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: '[' without ']'", line);
-            ne = (size_t)(close - buf);
-            after = ne + 1;
-            while (after < end && creds_ws(buf[after]))
-                after++;
-            if (after < end && buf[after] != '#' && buf[after] != ';')
-                return lerr_set(e, LERR_MALFORMED, "line %zu: text after the section name",
-                                line);
-            creds_trim(buf, &ns, &ne);
-            if (ns == ne)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: empty section name", line);
-            sec = buf + ns;
-            sec_len = ne - ns;
-            sub_ok = 0;
-            if (fn(ctx, sec, sec_len, NULL, 0, NULL, 0, e) < 0)
-                return -1;
-            continue;
+            if (((unsigned char)buf[k] < 0x20 && buf[k] != '\t' &&
+                 !(buf[k] == '\r' && k + 1 == end)) || buf[k] == 0x7f)
+                why = "control character";
+        creds_trim(buf, &s, &end);
+        if (why || s == end || buf[s] == '#' || buf[s] == ';' || (s > start && sub_ok))
+            continue;  /* sub_ok: a sub-setting ("s3 =" then "  max_concurrent_requests = 10") */
+        section = buf[s] == '[';
+        mark = memchr(buf + s, section ? ']' : '=', end - s);
+        ks = s + (size_t)section;
+        ke = mark ? (size_t)(mark - buf) : s;
+        vs = ke + 1;
+        ve = section ? end : creds_cut_comment(buf, vs, end);
+        creds_trim(buf, &ks, &ke);
+        creds_trim(buf, &vs, &ve);
+        if (!mark)
+            why = section ? "'[' without ']'" : "expected [section] or key = value";
+        else if (section && vs < ve && buf[vs] != '#' && buf[vs] != ';')
+            why = "text after the section name";
+        else if (!section && !sec)
+            why = "setting before any [section]";
+        else if (ks == ke)
+            why = section ? "empty section name" : "setting without a name";
+        if (section) {
+            sec = buf + ks;
+            sec_len = ke - ks;
         }
-        {
-            const char *eq = memchr(buf + s, '=', end - s);
-            size_t ks = s, ke, vs, ve;
-
-            if (!eq)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: expected [section] or key = value",
-                                line);
-            if (!sec)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: setting before any [section]",
-                                line);
-            ke = (size_t)(eq - buf);
-            creds_trim(buf, &ks, &ke);
-            if (ks == ke)
-                return lerr_set(e, LERR_MALFORMED, "line %zu: setting without a name", line);
-            vs = (size_t)(eq - buf) + 1;
-            ve = creds_cut_comment(buf, vs, end);
-            creds_trim(buf, &vs, &ve);
-            sub_ok = vs == ve;
-            if (fn(ctx, sec, sec_len, buf + ks, ke - ks, buf + vs, ve - vs, e) < 0)
-                return -1;
-        }
+        sub_ok = !section && vs == ve;
+        if (!why && fn(ctx, sec, sec_len, section ? NULL : buf + ks, section ? 0 : ke - ks,
+                       section ? NULL : buf + vs, section ? 0 : ve - vs, e) < 0)
+            return -1;
     }
-    return 0;
+    return why ? lerr_set(e, LERR_MALFORMED, "line %zu: %s", line, why) : 0;
 }
 
 /* --- one profile ------------------------------------------------------------------------ */
@@ -831,94 +764,81 @@ struct profile_parse {
     int in_profile;
 };
 
-static int span_eq(const char *s, size_t n, const char *lit)
+/* Section names are compared as they are, keys case-insensitively (nocase). */
+static int span_eq(const char *s, size_t n, const char *lit, int nocase)
 {
-    return n == strlen(lit) && memcmp(s, lit, n) == 0;
-}
-
-static int span_ieq(const char *s, size_t n, const char *lit)
-{
-    return n == strlen(lit) && strncasecmp(s, lit, n) == 0;
+    return n == strlen(lit) && (nocase ? strncasecmp(s, lit, n) : memcmp(s, lit, n)) == 0;
 }
 
 /* [NAME] in the credentials file; [profile NAME] or [default] in the config file. */
 static int profile_section_matches(const struct profile_parse *pp, const char *s, size_t n)
 {
-    if (!pp->config_file)
-        return span_eq(s, n, pp->profile);
-    if (span_eq(s, n, "default"))
-        return strcmp(pp->profile, "default") == 0;
-    if (n > 7 && memcmp(s, "profile", 7) == 0 && creds_ws(s[7])) {
-        size_t k = 7;
-        while (k < n && creds_ws(s[k]))
-            k++;
-        return span_eq(s + k, n - k, pp->profile);
-    }
-    return 0;
+    size_t k = 7;
+
+    if (!pp->config_file || span_eq(s, n, "default", 0))
+        return span_eq(s, n, pp->profile, 0);
+    if (n <= k || memcmp(s, "profile", k) != 0 || !creds_ws(s[k]))
+        return 0;
+    while (k < n && creds_ws(s[k]))
+        k++;
+    return span_eq(s + k, n - k, pp->profile, 0);
 }
 
-static int profile_value(struct profile_parse *pp, char *dst, size_t cap, unsigned bit,
-                         const char *key, const char *v, size_t n, struct lerr *e)
-{
-    char what[96];
-
-    pp->out->have &= ~bit;
-    explicit_bzero(dst, cap);
-    if (n == 0)
-        return 0;  /* an empty value unsets */
-    snprintf(what, sizeof what, "profile %.40s: %s", pp->profile, key);
-    if (creds_put(dst, cap, v, n, what, e) < 0)
-        return -1;
-    pp->out->have |= bit;
-    return 0;
-}
+/* The settings a profile is read for: where each value goes and the bit it sets. Then
+ * the settings of sources lambdo does not support (a non-empty one is noted). */
+#define PROFILE_AT(f) offsetof(struct creds_profile, f), sizeof ((struct creds_profile *)0)->f
+static const struct {
+    const char *key;
+    size_t off, cap;
+    unsigned bit;
+} profile_keys[] = {
+    { "aws_access_key_id", PROFILE_AT(access_key_id), CREDS_HAVE_KEY_ID },
+    { "aws_secret_access_key", PROFILE_AT(secret_access_key), CREDS_HAVE_SECRET },
+    { "aws_session_token", PROFILE_AT(session_token), CREDS_HAVE_TOKEN },
+    { "region", PROFILE_AT(region), CREDS_HAVE_REGION },
+};
+static const char *const profile_unsupported[] = {
+    "role_arn", "source_profile", "credential_source", "credential_process",
+    "web_identity_token_file", "sso_session", "sso_start_url", "sso_account_id", "sso_role_name",
+};
 
 static int profile_setting(void *ctx, const char *sec, size_t sec_len, const char *key,
                            size_t key_len, const char *v, size_t n, struct lerr *e)
 {
-    static const char *const unsupported[] = {
-        "role_arn", "source_profile", "credential_source", "credential_process",
-        "web_identity_token_file", "sso_session", "sso_start_url", "sso_account_id",
-        "sso_role_name",
-    };
     struct profile_parse *pp = ctx;
     struct creds_profile *out = pp->out;
+    size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0], u = 0;
+    char *dst, what[96];
 
     if (!key) {
         pp->in_profile = profile_section_matches(pp, sec, sec_len);
         out->found |= pp->in_profile;
         return 0;
     }
-    if (!pp->in_profile)
+    while (k < count && !span_eq(key, key_len, profile_keys[k].key, 1))
+        k++;
+    while (u < sizeof profile_unsupported / sizeof *profile_unsupported &&
+           !span_eq(key, key_len, profile_unsupported[u], 1))
+        u++;
+    if (pp->in_profile && n > 0 && u < sizeof profile_unsupported / sizeof *profile_unsupported)
+        out->have |= CREDS_HAVE_OTHER;
+    if (!pp->in_profile || k == count)
         return 0;
-    if (span_ieq(key, key_len, "aws_access_key_id"))
-        return profile_value(pp, out->access_key_id, sizeof out->access_key_id,
-                             CREDS_HAVE_KEY_ID, "aws_access_key_id", v, n, e);
-    if (span_ieq(key, key_len, "aws_secret_access_key"))
-        return profile_value(pp, out->secret_access_key, sizeof out->secret_access_key,
-                             CREDS_HAVE_SECRET, "aws_secret_access_key", v, n, e);
-    if (span_ieq(key, key_len, "aws_session_token"))
-        return profile_value(pp, out->session_token, sizeof out->session_token,
-                             CREDS_HAVE_TOKEN, "aws_session_token", v, n, e);
-    if (span_ieq(key, key_len, "region")) {
-        out->have &= ~CREDS_HAVE_REGION;
-        out->region[0] = '\0';
-        if (n == 0)
-            return 0;
-        if (n >= sizeof out->region)
-            return lerr_set(e, LERR_INVALID, "profile %.40s: region is not a region name",
-                            pp->profile);
-        memcpy(out->region, v, n);
-        out->region[n] = '\0';
-        if (!creds_region_ok(out->region))
-            return lerr_set(e, LERR_INVALID, "profile %.40s: region \"%s\" is not a region name",
-                            pp->profile, out->region);
-        out->have |= CREDS_HAVE_REGION;
-        return 0;
-    }
-    for (size_t k = 0; k < sizeof unsupported / sizeof unsupported[0]; k++)
-        if (span_ieq(key, key_len, unsupported[k]) && n > 0)
-            out->have |= CREDS_HAVE_OTHER;
+    dst = (char *)out + profile_keys[k].off;
+    out->have &= ~profile_keys[k].bit;
+    explicit_bzero(dst, profile_keys[k].cap);
+    if (n == 0)
+        return 0;  /* an empty value unsets */
+    if (profile_keys[k].bit == CREDS_HAVE_REGION && !creds_region_ok(v, n))
+        return n >= profile_keys[k].cap
+                   ? lerr_set(e, LERR_INVALID, "profile %.40s: region is not a region name",
+                              pp->profile)
+                   : lerr_set(e, LERR_INVALID, "profile %.40s: region \"%.*s\" is not a region "
+                              "name", pp->profile, (int)n, v);
+    snprintf(what, sizeof what, "profile %.40s: %s", pp->profile, profile_keys[k].key);
+    if (creds_put(dst, profile_keys[k].cap, v, n, what, e) < 0)
+        return -1;
+    out->have |= profile_keys[k].bit;
     return 0;
 }
 
@@ -945,50 +865,34 @@ static int creds_read_file(const char *path, size_t max, char **out, size_t *out
                            struct lerr *e)
 {
     struct stat st;
+    ssize_t n;
     size_t len = 0;
-    char *buf;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
 
     *out = NULL;
     if (fd < 0 && (errno == ENOENT || errno == ENOTDIR))
-        return 1;
+        return 1;  /* "" too */
     if (fd < 0)
         return lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
-    }
-    if ((unsigned long long)st.st_size > max) {
-        close(fd);
-        return lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
-    }
-    if (!(buf = malloc(max + 1))) {
-        close(fd);
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    }
-    for (;;) {
-        ssize_t n = read(fd, buf + len, max + 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
-            break;
-        }
-        if (n == 0) {
-            close(fd);
-            buf[len] = '\0';
-            *out = buf;
-            *out_len = len;
-            return 0;
-        }
-        len += (size_t)n;
-        if (len > max) {
-            lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
-            break;
-        }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        rc = lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
+    else if (!(*out = malloc(max + 1)))
+        rc = lerr_set(e, LERR_NOMEM, "out of memory");
+    /* reads up to max + 1 bytes: one more than max says the file is too large */
+    while (rc == 0 && (n = read(fd, *out + len, max + 1 - len)) != 0) {
+        if (n < 0 && errno != EINTR)
+            rc = lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
+        else if (n > 0 && (len += (size_t)n) > max)
+            rc = lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
     }
     close(fd);
-    creds_wipe_free(buf, max + 1);
+    if (rc == 0) {
+        (*out)[len] = '\0';
+        *out_len = len;
+        return 0;
+    }
+    creds_wipe_free(*out, max + 1);
+    *out = NULL;
     return -1;
 }
 
@@ -1032,9 +936,7 @@ static int creds_load_profile(const char *path, int config_file, const char *pro
     int rc;
 
     memset(out, 0, sizeof *out);
-    if (!path[0])
-        return 0;
-    rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);
+    rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
     if (rc != 0)
         return rc < 0 ? -1 : 0;
     rc = creds_profile_parse(buf, len, config_file, profile, out, e);
@@ -1071,133 +973,106 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The next read may wait only for what is left of the whole exchange's time: an answer
- * trickled a byte at a time must not hold the credentials (and a shutdown) for hours. */
-static int fly_read_until(int fd, int64_t deadline)
+/* A web identity token (from the file or the Fly socket), trimmed, into a fresh heap
+ * string to be wiped and freed. Returns 0, 1 when it is not a usable token, or -1. */
+static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e)
 {
-    int64_t left = deadline - mono_ms();
-    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+    size_t s = 0;
 
-    if (left <= 0) {
-        errno = EAGAIN;  /* reported as the timeout it is */
-        return 0;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return 1;
+    creds_trim(b, &s, &len);
+    if (len == s || len - s > CREDS_WEB_TOKEN_MAX || !creds_clean(b + s, len - s))
+        return 1;
+    if (!(*tok = strndup(b + s, len - s)))
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    return 0;
 }
 
-static int fly_connect(const char *path, struct lerr *e)
-{
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    if (fd < 0)
-        return lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* reads: fly_read_until */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
-                 "Fly API socket %s: connect: %s", path, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* Sends the request and reads the answer until it is complete or the server closes. */
+/* Sends the request and reads the answer until it is complete or the server closes. The
+ * whole exchange has FLY_SOCKET_TIMEOUT_MS: each read waits only for what is left of it, so
+ * that an answer trickled a byte at a time cannot hold the credentials (and a shutdown)
+ * for hours. */
 static int fly_exchange(int fd, const char *path, char *buf, struct httpresp_head *h,
                         char *body, size_t *body_len, struct lerr *e)
 {
-    size_t sent = 0, len = 0;
     int64_t deadline = mono_ms() + FLY_SOCKET_TIMEOUT_MS;
+    size_t len = 0;
+    ssize_t sent;
     int eof = 0;
 
-    while (sent < sizeof fly_request - 1) {
-        ssize_t n = send(fd, fly_request + sent, sizeof fly_request - 1 - sent, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO,
-                            "Fly API socket %s: send: %s", path, strerror(errno));
-        sent += (size_t)n;
-    }
-    for (;;) {
-        ssize_t n;
+
+    while ((sent = send(fd, fly_request, sizeof fly_request - 1, MSG_NOSIGNAL)) < 0 &&
+           errno == EINTR)
+        continue;
+    if (sent != (ssize_t)sizeof fly_request - 1)  /* 170 bytes: all of them, or an error */
+        return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO,
+                        "Fly API socket %s: send: %s", path, sent < 0 ? strerror(errno)
+                                                                      : "short write");
+    while (!eof) {
+        int64_t left = deadline - mono_ms();
+        struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+        ssize_t n = -1;
         int rc;
 
         if (len == FLY_ANSWER_MAX)
             return lerr_set(e, LERR_TOO_LARGE, "Fly API socket %s: answer larger than %d bytes",
                             path, FLY_ANSWER_MAX);
-        n = fly_read_until(fd, deadline) ? recv(fd, buf + len, FLY_ANSWER_MAX - len, 0) : -1;
+        errno = EAGAIN;  /* no time left is the timeout it is */
+        if (left > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
+            n = recv(fd, buf + len, FLY_ANSWER_MAX - len, 0);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return lerr_set(e, LERR_TIMEOUT, "Fly API socket %s: no complete answer within 10 s",
+                            path);
         if (n < 0)
-            return lerr_set(e, errno == EAGAIN || errno == EWOULDBLOCK ? LERR_TIMEOUT : LERR_IO,
-                            "Fly API socket %s: %s", path,
-                            errno == EAGAIN || errno == EWOULDBLOCK
-                                ? "no complete answer within 10 s" : strerror(errno));
-        if (n == 0)
-            eof = 1;
+            return lerr_set(e, LERR_IO, "Fly API socket %s: %s", path, strerror(errno));
+        eof = n == 0;
         len += (size_t)n;
         rc = httpresp_parse(buf, len, 0, eof, h, body, FLY_ANSWER_MAX, body_len, e);
         if (rc > 0)
             return 0;
         if (rc == HTTPRESP_ERROR)
             return lerr_wrap(e, "Fly API socket %s", path);
-        if (eof)
-            return lerr_set(e, LERR_CLOSED, "Fly API socket %s: closed before a complete answer",
-                            path);
     }
+    return lerr_set(e, LERR_CLOSED, "Fly API socket %s: closed before a complete answer", path);
 }
 
 /* A fresh OIDC token (heap, to be wiped and freed) from POST /v1/tokens/oidc. */
-static int fly_token(const char *path, char **tok, size_t *tok_len, struct lerr *e)
+static int fly_token(const char *path, char **tok, struct lerr *e)
 {
-    char *buf = malloc(FLY_ANSWER_MAX), *body = malloc(FLY_ANSWER_MAX);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
+    char *buf = malloc(2 * FLY_ANSWER_MAX), text[121];
     struct httpresp_head h;
-    size_t blen = 0, s = 0;
-    int fd, rc = -1;
+    size_t blen = 0;
+    int fd = -1, rc = -1;
 
-    if (!buf || !body) {
-        free(buf);
-        free(body);
+    if (!buf)
         return lerr_set(e, LERR_NOMEM, "out of memory");
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+        lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
+        goto done;
     }
-    if ((fd = fly_connect(path, e)) < 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* reads: fly_exchange */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
+                 "Fly API socket %s: connect: %s", path, strerror(errno));
         goto done;
-    rc = fly_exchange(fd, path, buf, &h, body, &blen, e);
-    close(fd);
-    if (rc < 0)
+    }
+    if (fly_exchange(fd, path, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) < 0)
         goto done;
-    rc = -1;
     if (h.status != 200) {
-        char text[121];
-        sts_copy_text(text, sizeof text, body, blen);
+        sts_copy_text(text, sizeof text, buf + FLY_ANSWER_MAX, blen);
         lerr_set(e, LERR_HTTP, "Fly API socket %s: POST /v1/tokens/oidc answered HTTP %d: %s",
                  path, h.status, text);
-        goto done;
+    } else if ((rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
+        rc = lerr_set(e, LERR_MALFORMED, "Fly API socket %s: the answer is not a token", path);
     }
-    while (s < blen && (body[s] == ' ' || body[s] == '\t' || body[s] == '\r' || body[s] == '\n'))
-        s++;
-    while (blen > s && (body[blen - 1] == ' ' || body[blen - 1] == '\t' ||
-                        body[blen - 1] == '\r' || body[blen - 1] == '\n'))
-        blen--;
-    if (blen == s || blen - s > CREDS_WEB_TOKEN_MAX || !creds_clean(body + s, blen - s)) {
-        lerr_set(e, LERR_MALFORMED, "Fly API socket %s: the answer is not a token", path);
-        goto done;
-    }
-    if (!(*tok = malloc(blen - s + 1))) {
-        lerr_set(e, LERR_NOMEM, "out of memory");
-        goto done;
-    }
-    memcpy(*tok, body + s, blen - s);
-    (*tok)[blen - s] = '\0';
-    *tok_len = blen - s;
-    rc = 0;
 done:
-    creds_wipe_free(buf, FLY_ANSWER_MAX);
-    creds_wipe_free(body, FLY_ANSWER_MAX);
+    if (fd >= 0)
+        close(fd);
+    creds_wipe_free(buf, 2 * FLY_ANSWER_MAX);
     return rc;
 }
 
@@ -1205,55 +1080,56 @@ done:
  * STS AssumeRoleWithWebIdentity
  * ==================================================================================== */
 
-/* application/x-www-form-urlencoded value: unreserved bytes as they are, the rest %XX. */
-static size_t form_encode(char *dst, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t n = 0;
-
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '_' || c == '.' || c == '~') {
-            dst[n++] = (char)c;
-        } else {
-            dst[n++] = '%';
-            dst[n++] = hex[c >> 4];
-            dst[n++] = hex[c & 15];
-        }
-    }
-    return n;
-}
-
+/* The form, application/x-www-form-urlencoded: literal parts, each followed by a value
+ * that is percent-encoded but for RFC 3986's unreserved bytes. */
 static char *sts_body(const struct creds_provider *p, const char *token, size_t *len)
 {
-    size_t cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
-    char *b = malloc(cap);
+    char duration[16], *b;
+    const char *const part[] = {
+        "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=", p->role_arn,
+        "&RoleSessionName=", p->session_name, "&WebIdentityToken=", token,
+        "&DurationSeconds=", duration,
+    };
     size_t n = 0;
 
-    if (!b)
+    snprintf(duration, sizeof duration, "%d", CREDS_STS_DURATION_S);
+    if (!(b = malloc(160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token)))))
         return NULL;
-#define LIT(s) (memcpy(b + n, s, sizeof s - 1), n += sizeof s - 1)
-    LIT("Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=");
-    n += form_encode(b + n, p->role_arn);
-    LIT("&RoleSessionName=");
-    n += form_encode(b + n, p->session_name);
-    LIT("&WebIdentityToken=");
-    n += form_encode(b + n, token);
-    n += (size_t)snprintf(b + n, cap - n, "&DurationSeconds=%d", CREDS_STS_DURATION_S);
-#undef LIT
+    for (size_t k = 0; k < sizeof part / sizeof part[0]; k++) {
+        for (const char *c = part[k]; *c; c++) {
+            if (k % 2 == 0 || isalnum((unsigned char)*c) || strchr("-_.~", *c))
+                b[n++] = *c;
+            else
+                n += (size_t)sprintf(b + n, "%%%02X", (unsigned char)*c);
+        }
+    }
     *len = n;
     return b;
 }
 
-static int sts_code_retryable(const char *code)
-{
-    return strcmp(code, "IDPCommunicationError") == 0 || strcmp(code, "Throttling") == 0 ||
-           strcmp(code, "ThrottlingException") == 0 || strcmp(code, "RequestLimitExceeded") == 0 ||
-           strcmp(code, "ServiceUnavailable") == 0 || strcmp(code, "InternalFailure") == 0;
-}
+/* STS error codes worth another attempt, each between spaces. */
+static const char sts_retry_codes[] = " IDPCommunicationError Throttling ThrottlingException "
+                                      "RequestLimitExceeded ServiceUnavailable InternalFailure ";
 
-static void creds_scrub(char *msg, const char *token);
+/* Replaces every run of 16 or more token characters in msg that is part of the token
+ * by "[redacted]", in case a server echoed (some of) it into an error message. */
+static void creds_scrub(char *msg, const char *token)
+{
+    static const char mark[] = "[redacted]";  /* shorter than any run replaced */
+
+    for (char *p = msg; *p; ) {
+        size_t run = 0;
+
+        while (p[run] && text_base64_digit((unsigned char)p[run], 1) >= 0)
+            run++;
+        if (run >= 16 && memmem(token, strlen(token), p, run)) {
+            memmove(p + sizeof mark - 1, p + run, strlen(p + run) + 1);
+            memcpy(p, mark, sizeof mark - 1);
+            run = sizeof mark - 1;
+        }
+        p += run ? run : 1;
+    }
+}
 
 /* Reads STS's answer: 0 with out filled, or -1 with e set and *retry. STS's message is
  * scrubbed of the token before it is quoted, so that the rest of it still fits. */
@@ -1261,6 +1137,7 @@ static int sts_answer(const struct http_response *r, const char *token,
                       struct creds_snapshot *out, int *retry, struct lerr *e)
 {
     struct creds_sts_answer *a = malloc(sizeof *a);
+    char word[sizeof a->error_code + 2];
     struct lerr pe;
     int parsed, rc = -1;
 
@@ -1269,7 +1146,8 @@ static int sts_answer(const struct http_response *r, const char *token,
     parsed = creds_sts_parse(r->body, r->body_len, a, &pe);
     *retry = r->status >= 500 || r->status == 429;
     if (parsed == 0 && a->is_error) {
-        *retry = *retry || sts_code_retryable(a->error_code);
+        snprintf(word, sizeof word, " %s ", a->error_code);
+        *retry = *retry || (!strchr(a->error_code, ' ') && strstr(sts_retry_codes, word));
         creds_scrub(a->error_message, token);
         lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: %s%s%s (HTTP %d)",
                  a->error_code, a->error_message[0] ? ": " : "", a->error_message, r->status);
@@ -1283,16 +1161,13 @@ static int sts_answer(const struct http_response *r, const char *token,
         lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: HTTP %d%s", r->status,
                  parsed == 0 ? " with a success answer" : ", no STS error in the answer");
     }
-    explicit_bzero(a, sizeof *a);
-    free(a);
+    creds_wipe_free(a, sizeof *a);
     return rc;
 }
 
-static int sts_kind_retryable(enum lerr_kind k)
-{
-    return k == LERR_TIMEOUT || k == LERR_CLOSED || k == LERR_CONNECT || k == LERR_REFUSED ||
-           k == LERR_DNS || k == LERR_IO;
-}
+/* Transport errors worth another attempt. */
+#define STS_RETRY_KINDS (1u << LERR_TIMEOUT | 1u << LERR_CLOSED | 1u << LERR_CONNECT | \
+                         1u << LERR_REFUSED | 1u << LERR_DNS | 1u << LERR_IO)
 
 static int sts_exchange(const struct creds_provider *p, const char *token,
                         struct creds_snapshot *out, struct lerr *e)
@@ -1318,7 +1193,7 @@ static int sts_exchange(const struct creds_provider *p, const char *token,
         hc.io_timeout_ms = 10000;
         hc.max_body = STS_ANSWER_MAX;
         if (http_do(&hc, &req, &resp, e) < 0) {
-            retry = sts_kind_retryable(e->kind);
+            retry = (STS_RETRY_KINDS >> e->kind) & 1;
             lerr_wrap(e, "STS AssumeRoleWithWebIdentity");
         } else {
             rc = sts_answer(&resp, token, out, &retry, e);
@@ -1342,85 +1217,37 @@ static int64_t creds_now(const struct creds_provider *p)
     return p->hooks.now ? p->hooks.now(p->hooks.ctx) : (int64_t)time(NULL);
 }
 
-/* Replaces every run of 16 or more token characters in msg that is part of the token
- * by "[redacted]", in case a server echoed (some of) it into an error message. */
-static void creds_scrub(char *msg, const char *token)
+/* The token to exchange (heap, to be wiped and freed): the file's, unless it is missing
+ * or expired and the Fly socket can give a fresh one. */
+static int wi_token(const struct creds_provider *p, int64_t now, char **tok, struct lerr *e)
 {
-    size_t tlen = strlen(token);
-    char *p = msg;
-
-    while (*p) {
-        size_t run = 0;
-
-        while (p[run] && text_base64_digit((unsigned char)p[run], 1) >= 0)
-            run++;
-        if (run >= 16 && memmem(token, tlen, p, run)) {
-            static const char mark[] = "[redacted]";  /* shorter than any run replaced */
-
-            memcpy(p, mark, sizeof mark - 1);
-            memmove(p + sizeof mark - 1, p + run, strlen(p + run) + 1);
-            p += sizeof mark - 1;
-            continue;
-        }
-        p += run ? run : 1;
-    }
-}
-
-static void creds_trim_token(char *buf, size_t *len)
-{
-    size_t s = 0, n = *len;
-
-    while (s < n && (buf[s] == ' ' || buf[s] == '\t' || buf[s] == '\r' || buf[s] == '\n'))
-        s++;
-    while (n > s && (buf[n - 1] == ' ' || buf[n - 1] == '\t' || buf[n - 1] == '\r' ||
-                     buf[n - 1] == '\n'))
-        n--;
-    memmove(buf, buf + s, n - s);
-    buf[n - s] = '\0';
-    *len = n - s;
-}
-
-/* The token to exchange: the file's, unless it is missing or expired and the Fly socket
- * can give a fresh one. Heap memory, wiped and freed by the caller (*cap bytes). */
-static int wi_token(const struct creds_provider *p, int64_t now, char **tok, size_t *cap,
-                    struct lerr *e)
-{
-    char why[96] = "";
+    char why[128] = "does not exist", *buf = NULL, t[80];
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
     int rc = 1;
 
     *tok = NULL;
-    if (p->token_file[0]) {
-        rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, tok, &len, e);
-        if (rc < 0)
-            return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
-        *cap = CREDS_WEB_TOKEN_MAX + 65;
-        if (rc == 0) {
-            creds_trim_token(*tok, &len);
-            if (len == 0 || len > CREDS_WEB_TOKEN_MAX || !creds_clean(*tok, len)) {
-                snprintf(why, sizeof why, "holds no usable token");
-            } else if (creds_jwt_exp(*tok, len, &exp, &ignore) == 0 &&
-                       exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
-                char t[32];
-                creds_fmt_time(exp, t);
-                snprintf(why, sizeof why, "holds a token that expired at %s", t);
-            } else {
-                return 0;  /* a valid JWT, or something STS will judge */
-            }
-            creds_wipe_free(*tok, *cap);
+    if (p->token_file[0] &&
+        (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
+        return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    if (rc == 0) {
+        rc = creds_token_dup(buf, len, tok, e);
+        creds_wipe_free(buf, len);
+        if (rc == 0 && creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
+            exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
+            creds_fmt_time(exp, t);
+            snprintf(why, sizeof why, "holds a token that expired at %s", t);
+            creds_wipe_free(*tok, strlen(*tok));
             *tok = NULL;
+        } else if (rc > 0) {
+            snprintf(why, sizeof why, "holds no usable token");
         } else {
-            snprintf(why, sizeof why, "does not exist");
+            return rc;  /* -1, or 0: a valid JWT, or something STS will judge */
         }
     }
-    if (creds_is_socket(p->fly_socket)) {
-        if (fly_token(p->fly_socket, tok, &len, e) < 0)
-            return -1;
-        *cap = len + 1;
-        return 0;
-    }
+    if (creds_is_socket(p->fly_socket))
+        return fly_token(p->fly_socket, tok, e);
     if (p->token_file[0])
         return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE %s %s, and there is no "
                         "Fly API socket at %s to get a fresh token", p->token_file, why,
@@ -1434,24 +1261,22 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
 {
     int64_t now = creds_now(p);
     char *tok = NULL;
-    size_t cap = 0;
     int rc;
 
-    memset(out, 0, sizeof *out);
-    if (wi_token(p, now, &tok, &cap, e) < 0)
+    if (wi_token(p, now, &tok, e) < 0)
         return -1;
     rc = p->hooks.exchange ? p->hooks.exchange(p->hooks.ctx, tok, out, e)
                            : sts_exchange(p, tok, out, e);
     if (rc < 0)
         creds_scrub(e->msg, tok);
-    creds_wipe_free(tok, cap);
+    creds_wipe_free(tok, strlen(tok));
     if (rc < 0) {
         creds_snapshot_wipe(out);
         return -1;
     }
     now = creds_now(p);
     if (out->expiration <= now + CREDS_EXPIRY_SKEW_S) {
-        char t[32];
+        char t[80];
         creds_fmt_time(out->expiration, t);
         creds_snapshot_wipe(out);
         return lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
@@ -1460,21 +1285,14 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
     return 0;
 }
 
-/* New temporary credentials: refresh once less than max(a quarter of the lifetime,
+/* p->cur was just fetched: refresh once less than max(a quarter of the lifetime,
  * min(5 minutes, half the lifetime)) remains. */
-static void creds_install(struct creds_provider *p, const struct creds_snapshot *fresh,
-                          int64_t now)
+static void creds_installed(struct creds_provider *p, int64_t now)
 {
-    int64_t life = fresh->expiration - now, margin = life / 4, early = life / 2;
+    int64_t life = p->cur.expiration - now, early = life / 2 < 300 ? life / 2 : 300;
 
-    if (early > 300)
-        early = 300;
-    if (early > margin)
-        margin = early;
-    p->cur = *fresh;
-    p->refresh_at = fresh->expiration - margin;
+    p->refresh_at = p->cur.expiration - (early > life / 4 ? early : life / 4);
     p->retry_at = 0;
-    p->exchanges++;
 }
 
 static int creds_usable(const struct creds_provider *p, int64_t now)
@@ -1482,23 +1300,13 @@ static int creds_usable(const struct creds_provider *p, int64_t now)
     return p->cur.expiration == 0 || now < p->cur.expiration - CREDS_EXPIRY_SKEW_S;
 }
 
-static int creds_expired_error(const struct creds_provider *p, const struct lerr *why,
-                               struct lerr *e)
-{
-    char t[32];
-
-    *e = *why;
-    creds_fmt_time(p->cur.expiration, t);
-    return lerr_wrap(e, "AWS credentials expired at %s and could not be refreshed", t);
-}
-
-/* Called with p->mu held; releases it for the exchange. Returns 0 when new credentials
- * are installed, 1 when the refresh failed but the current ones are still usable, -1 with
- * e set when they are not. */
-static int creds_refresh(struct creds_provider *p, struct lerr *e)
+/* Called with p->mu held; releases it for the exchange. A failure is left for creds_get
+ * in last_error and retry_at. */
+static void creds_refresh(struct creds_provider *p)
 {
     struct creds_snapshot *fresh = malloc(sizeof *fresh);
     struct lerr err;
+    char t[80];
     int64_t now;
     int rc;
 
@@ -1510,8 +1318,9 @@ static int creds_refresh(struct creds_provider *p, struct lerr *e)
     pthread_cond_broadcast(&p->refreshed);
     now = creds_now(p);
     if (rc == 0) {
-        char t[32];
-        creds_install(p, fresh, now);
+        p->cur = *fresh;
+        p->exchanges++;
+        creds_installed(p, now);
         creds_fmt_time(fresh->expiration, t);
         log_info("AWS credentials refreshed through STS (role %s), valid until %s", p->role_arn,
                  t);
@@ -1520,52 +1329,42 @@ static int creds_refresh(struct creds_provider *p, struct lerr *e)
 
         p->last_error = err;
         p->retry_at = now + (left > 120 ? CREDS_RETRY_S : CREDS_RETRY_SOON_S);
-        if (creds_usable(p, now)) {
+        if (creds_usable(p, now))
             log_warn("AWS credentials: refresh failed (%s); the current ones stay in use, "
                      "they expire in %lld s; trying again in %lld s", err.msg, (long long)left,
                      (long long)(p->retry_at - now));
-            rc = 1;
-        } else {
-            creds_expired_error(p, &err, e);
-        }
     }
-    if (fresh) {
-        creds_snapshot_wipe(fresh);
-        free(fresh);
-    }
-    return rc;
+    creds_wipe_free(fresh, sizeof *fresh);
 }
 
 int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
 {
-    pthread_mutex_lock(&p->mu);
-    while (p->source == CREDS_SOURCE_WEB_IDENTITY) {
-        int64_t now = creds_now(p);
+    int rc = 0;
 
-        if (now < p->refresh_at)
+    pthread_mutex_lock(&p->mu);
+    while (p->role_arn[0]) {  /* web identity */
+        int64_t now = creds_now(p);
+        char t[80];
+
+        /* fresh enough; or the current ones do while another thread refreshes, or until
+         * the retry after a failed refresh */
+        if (now < p->refresh_at || ((p->refreshing || now < p->retry_at) && creds_usable(p, now)))
             break;
         if (p->refreshing) {
-            if (creds_usable(p, now))
-                break;                       /* the old ones do meanwhile */
             pthread_cond_wait(&p->refreshed, &p->mu);
-            continue;
+        } else if (now < p->retry_at) {
+            *e = p->last_error;
+            creds_fmt_time(p->cur.expiration, t);
+            rc = lerr_wrap(e, "AWS credentials expired at %s and could not be refreshed", t);
+            break;
+        } else {
+            creds_refresh(p);
         }
-        if (now < p->retry_at) {
-            if (creds_usable(p, now))
-                break;
-            creds_expired_error(p, &p->last_error, e);
-            pthread_mutex_unlock(&p->mu);
-            return -1;
-        }
-        if (creds_refresh(p, e) < 0) {
-            pthread_mutex_unlock(&p->mu);
-            return -1;
-        }
-        break;
     }
-    *out = p->cur;
+    if (rc == 0)
+        *out = p->cur;
     pthread_mutex_unlock(&p->mu);
-    return 0;
+    return rc;
 }
 
 /* ======================================================================================
@@ -1575,12 +1374,10 @@ int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr 
 static int creds_from_env(struct creds_provider *p, const char *key, const char *secret,
                           const char *token, struct lerr *e)
 {
-    if (!key)
-        return lerr_set(e, LERR_INVALID, "AWS_ACCESS_KEY_ID: not set, but AWS_SECRET_ACCESS_KEY "
-                        "is (set both or neither)");
-    if (!secret)
-        return lerr_set(e, LERR_INVALID, "AWS_SECRET_ACCESS_KEY: not set, but AWS_ACCESS_KEY_ID "
-                        "is (set both or neither)");
+    if (!key || !secret)
+        return lerr_set(e, LERR_INVALID, "%s: not set, but %s is (set both or neither)",
+                        key ? "AWS_SECRET_ACCESS_KEY" : "AWS_ACCESS_KEY_ID",
+                        key ? "AWS_ACCESS_KEY_ID" : "AWS_SECRET_ACCESS_KEY");
     if (creds_put(p->cur.access_key_id, sizeof p->cur.access_key_id, key, strlen(key),
                   "AWS_ACCESS_KEY_ID", e) < 0 ||
         creds_put(p->cur.secret_access_key, sizeof p->cur.secret_access_key, secret,
@@ -1588,34 +1385,8 @@ static int creds_from_env(struct creds_provider *p, const char *key, const char 
         (token && creds_put(p->cur.session_token, sizeof p->cur.session_token, token,
                             strlen(token), "AWS_SESSION_TOKEN", e) < 0))
         return -1;
-    p->source = CREDS_SOURCE_ENV;
     snprintf(p->source_name, sizeof p->source_name, "environment");
     return 0;
-}
-
-static int creds_session_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n < 2 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
-              strchr("+=,.@_-", *s)))
-            return 0;
-    return 1;
-}
-
-static void creds_generate_session_name(char *out, size_t cap)
-{
-    unsigned char r[8];
-
-    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
-        uint64_t v = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-        memcpy(r, &v, sizeof r);
-    }
-    snprintf(out, cap, "lambdo-%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4],
-             r[5], r[6], r[7]);
 }
 
 static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *ctx,
@@ -1628,11 +1399,9 @@ static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *c
         v = creds_env(get, ctx, which = "AWS_ENDPOINT_URL");
     if (v)
         return url_parse(v, &p->sts, e) < 0 ? lerr_wrap(e, "%s", which) : 0;
-    if (!region || !*region)
-        region = p->file_region[0] ? p->file_region : NULL;
-    if (!region) {
+    if (!region[0]) {
         snprintf(url, sizeof url, "https://sts.amazonaws.com/");
-    } else if (!creds_region_ok(region)) {
+    } else if (!creds_region_ok(region, strlen(region))) {
         return lerr_set(e, LERR_INVALID, "STS region \"%.64s\" is not a region name", region);
     } else {
         snprintf(url, sizeof url, "https://sts.%s.amazonaws.com%s/", region,
@@ -1647,122 +1416,50 @@ static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, vo
     const char *file = creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE");
     const char *name = creds_env(get, ctx, "AWS_ROLE_SESSION_NAME");
     const char *sock = creds_env(get, ctx, "LAMBDO_FLY_API_SOCKET");
-    struct creds_snapshot *first;
-    int rc;
+    uint64_t r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 
-    if (!sock)
-        sock = CREDS_DEFAULT_FLY_SOCKET;
-    if (strlen(sock) >= sizeof p->fly_socket)
+    if (!creds_copy(p->fly_socket, sizeof p->fly_socket, sock ? sock : CREDS_DEFAULT_FLY_SOCKET))
         return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_API_SOCKET: longer than %zu bytes",
                         sizeof p->fly_socket - 1);
-    strcpy(p->fly_socket, sock);
-    if (strncmp(role, "arn:", 4) != 0 || strlen(role) >= sizeof p->role_arn ||
-        !creds_clean(role, strlen(role)))
+    if (strncmp(role, "arn:", 4) != 0 || !creds_clean(role, strlen(role)) ||
+        !creds_copy(p->role_arn, sizeof p->role_arn, role))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN: not a role ARN (arn:aws:iam::ACCOUNT:"
                         "role/NAME)");
-    strcpy(p->role_arn, role);
-    if (file) {
-        if (strlen(file) >= sizeof p->token_file)
-            return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE: path too long");
-        strcpy(p->token_file, file);
-    } else if (!creds_is_socket(p->fly_socket)) {
+    if (!creds_copy(p->token_file, sizeof p->token_file, file ? file : ""))
+        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE: path too long");
+    if (!file && !creds_is_socket(p->fly_socket))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE "
                         "is not (and there is no Fly API socket at %s)", p->fly_socket);
-    }
-    if (name && !creds_session_name_ok(name))
+    if (name && (strlen(name) < 2 || !creds_copy(p->session_name, sizeof p->session_name, name) ||
+                 strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                        "0123456789+=,.@_-") != strlen(name)))
         return lerr_set(e, LERR_INVALID, "AWS_ROLE_SESSION_NAME: must be 2 to 64 of "
                         "A-Z a-z 0-9 + = , . @ _ -");
-    if (name)
-        strcpy(p->session_name, name);
-    else
-        creds_generate_session_name(p->session_name, sizeof p->session_name);
+    if (!name) {
+        getrandom(&r, sizeof r, GRND_NONBLOCK);  /* else time and pid: unique enough */
+        snprintf(p->session_name, sizeof p->session_name, "lambdo-%016llx", (unsigned long long)r);
+    }
     if (creds_sts_url(p, get, ctx, region, e) < 0)
         return -1;
-    p->source = CREDS_SOURCE_WEB_IDENTITY;
     snprintf(p->source_name, sizeof p->source_name, "web identity (role %s)", p->role_arn);
     /* The first exchange now, so that a wrong role or token stops lambdo at start-up. */
-    if (!(first = malloc(sizeof *first)))
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    rc = wi_fetch(p, first, e);
-    if (rc == 0)
-        creds_install(p, first, creds_now(p));
-    creds_snapshot_wipe(first);
-    free(first);
-    return rc;
-}
-
-static int creds_take_profile(struct creds_provider *p, const struct creds_profile *pr,
-                              const char *path, const char *profile, struct lerr *e)
-{
-    if (!(pr->have & CREDS_HAVE_KEY_ID))
-        return lerr_set(e, LERR_INVALID, "%s: profile %s has aws_secret_access_key but no "
-                        "aws_access_key_id", path, profile);
-    if (!(pr->have & CREDS_HAVE_SECRET))
-        return lerr_set(e, LERR_INVALID, "%s: profile %s has aws_access_key_id but no "
-                        "aws_secret_access_key", path, profile);
-    memcpy(p->cur.access_key_id, pr->access_key_id, sizeof p->cur.access_key_id);
-    memcpy(p->cur.secret_access_key, pr->secret_access_key, sizeof p->cur.secret_access_key);
-    if (pr->have & CREDS_HAVE_TOKEN)
-        memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
-    p->source = CREDS_SOURCE_FILE;
-    snprintf(p->source_name, sizeof p->source_name, "shared file profile %.200s (%.1900s)", profile,
-             path);
+    if (wi_fetch(p, &p->cur, e) < 0)
+        return -1;
+    creds_installed(p, creds_now(p));
     return 0;
 }
 
+/* The profile and the shared files, [0] the credentials file, [1] the config file. */
 struct creds_files {
     char profile[256];
     int profile_set;                   /* AWS_PROFILE named it */
-    char cred_path[4096], conf_path[4096];
-    struct creds_profile conf;         /* the config file's profile */
-    int conf_failed;
-    struct lerr conf_error;
+    char path[2][4096];                /* "": no such file */
+    struct creds_profile pr[2];
+    struct lerr conf_error;            /* the config file's (kind LERR_NONE: none), which only
+                                          matters when the credentials come from the files */
 };
 
-static int creds_from_files(struct creds_provider *p, struct creds_files *f, struct lerr *e)
-{
-    struct creds_profile *cred = malloc(sizeof *cred);
-    const struct creds_profile *pick = NULL;
-    const char *path = NULL;
-    int rc = -1;
-
-    if (!cred)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    if (creds_load_profile(f->cred_path, 0, f->profile, cred, e) < 0)
-        goto done;
-    if (f->conf_failed) {
-        *e = f->conf_error;
-        goto done;
-    }
-    if (cred->have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
-        pick = cred, path = f->cred_path;
-    else if (f->conf.have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET))
-        pick = &f->conf, path = f->conf_path;
-    if (pick) {
-        rc = creds_take_profile(p, pick, path, f->profile, e);
-    } else if (cred->found || f->conf.found) {
-        lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
-                 "aws_secret_access_key%s", cred->found ? f->cred_path : f->conf_path,
-                 f->profile, ((cred->have | f->conf.have) & CREDS_HAVE_OTHER)
-                     ? " (role_arn, sso and credential_process profiles are not supported)" : "");
-    } else if (f->profile_set) {
-        lerr_set(e, LERR_INVALID, "AWS_PROFILE: profile %s is in neither %s nor %s", f->profile,
-                 f->cred_path[0] ? f->cred_path : "(no credentials file)",
-                 f->conf_path[0] ? f->conf_path : "(no config file)");
-    } else {
-        lerr_set(e, LERR_INVALID, "no AWS credentials: set AWS_ACCESS_KEY_ID and "
-                 "AWS_SECRET_ACCESS_KEY, or AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, or "
-                 "put profile %s in %s", f->profile,
-                 f->cred_path[0] ? f->cred_path : "~/.aws/credentials (HOME is not set)");
-    }
-done:
-    explicit_bzero(cred, sizeof *cred);
-    free(cred);
-    return rc;
-}
-
-/* The profile name and both paths; the config file is read now for its region, but its
- * errors only matter when the credentials come from the files. */
+/* The profile name and both paths; the config file is read now for its region. */
 static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_files *f,
                                struct lerr *e)
 {
@@ -1771,20 +1468,60 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
     f->profile_set = profile != NULL;
     if (!profile)
         profile = "default";
-    if (strlen(profile) >= sizeof f->profile || !creds_clean(profile, strlen(profile)) ||
-        strpbrk(profile, "[]"))
+    if (!creds_copy(f->profile, sizeof f->profile, profile) ||
+        !creds_clean(profile, strlen(profile)) || strpbrk(profile, "[]"))
         return lerr_set(e, LERR_INVALID, "AWS_PROFILE: not a profile name");
-    strcpy(f->profile, profile);
-    if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->cred_path,
-                        sizeof f->cred_path, e) < 0 ||
-        creds_file_path(get, ctx, "AWS_CONFIG_FILE", "config", f->conf_path,
-                        sizeof f->conf_path, e) < 0)
+    if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->path[0],
+                        sizeof f->path[0], e) < 0 ||
+        creds_file_path(get, ctx, "AWS_CONFIG_FILE", "config", f->path[1], sizeof f->path[1],
+                        e) < 0)
         return -1;
-    if (creds_load_profile(f->conf_path, 1, f->profile, &f->conf, &f->conf_error) < 0) {
-        f->conf_failed = 1;
-        explicit_bzero(&f->conf, sizeof f->conf);
-    }
+    creds_load_profile(f->path[1], 1, f->profile, &f->pr[1], &f->conf_error);
     return 0;
+}
+
+/* Keys from the credentials file's profile, else the config file's. */
+static int creds_from_files(struct creds_provider *p, struct creds_files *f, struct lerr *e)
+{
+    const struct creds_profile *cred = &f->pr[0], *conf = &f->pr[1];
+
+    if (creds_load_profile(f->path[0], 0, f->profile, &f->pr[0], e) < 0)
+        return -1;
+    if (f->conf_error.kind) {
+        *e = f->conf_error;
+        return -1;
+    }
+    for (int k = 0; k < 2; k++) {
+        const struct creds_profile *pr = &f->pr[k];
+        int key = !!(pr->have & CREDS_HAVE_KEY_ID);
+
+        if (!(pr->have & (CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET)))
+            continue;  /* the first file with either key wins as a whole */
+        if (!(pr->have & CREDS_HAVE_SECRET) || !key)
+            return lerr_set(e, LERR_INVALID, "%s: profile %s has %s but no %s", f->path[k],
+                            f->profile, key ? "aws_access_key_id" : "aws_secret_access_key",
+                            key ? "aws_secret_access_key" : "aws_access_key_id");
+        memcpy(p->cur.access_key_id, pr->access_key_id, sizeof p->cur.access_key_id);
+        memcpy(p->cur.secret_access_key, pr->secret_access_key, sizeof p->cur.secret_access_key);
+        memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
+        snprintf(p->source_name, sizeof p->source_name, "shared file profile %.200s (%.1900s)",
+                 f->profile, f->path[k]);
+        return 0;
+    }
+    if (cred->found || conf->found)
+        return lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
+                        "aws_secret_access_key%s", f->path[!cred->found], f->profile,
+                        ((cred->have | conf->have) & CREDS_HAVE_OTHER)
+                            ? " (role_arn, sso and credential_process profiles are not "
+                              "supported)" : "");
+    if (f->profile_set)
+        return lerr_set(e, LERR_INVALID, "AWS_PROFILE: profile %s is in neither %s nor %s",
+                        f->profile, f->path[0][0] ? f->path[0] : "(no credentials file)",
+                        f->path[1][0] ? f->path[1] : "(no config file)");
+    return lerr_set(e, LERR_INVALID, "no AWS credentials: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, or "
+                    "put profile %s in %s", f->profile,
+                    f->path[0][0] ? f->path[0] : "~/.aws/credentials (HOME is not set)");
 }
 
 int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, struct lerr *e)
@@ -1796,42 +1533,14 @@ int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, 
         return lerr_set(e, LERR_NOMEM, "out of memory");
     if (creds_files_prepare(get, ctx, f, e) < 0) {
         rc = -1;
-    } else if (f->conf_failed) {
+    } else if (f->conf_error.kind) {
         *e = f->conf_error;
         rc = -1;
-    } else if (f->conf.have & CREDS_HAVE_REGION) {
-        rc = strlen(f->conf.region) < cap ? 1 : lerr_set(e, LERR_INVALID, "region too long");
-        if (rc > 0)
-            strcpy(out, f->conf.region);
+    } else if (f->pr[1].have & CREDS_HAVE_REGION) {
+        rc = creds_copy(out, cap, f->pr[1].region) ? 1
+                                                   : lerr_set(e, LERR_INVALID, "region too long");
     }
-    explicit_bzero(f, sizeof *f);
-    free(f);
-    return rc;
-}
-
-static int creds_resolve(struct creds_provider *p, config_getenv_fn get, void *ctx,
-                         const char *region, struct creds_files *f, struct lerr *e)
-{
-    const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
-    const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
-    const char *role = creds_env(get, ctx, "AWS_ROLE_ARN");
-    int rc;
-
-    if (creds_files_prepare(get, ctx, f, e) < 0)
-        return -1;
-    if (f->conf.have & CREDS_HAVE_REGION)
-        strcpy(p->file_region, f->conf.region);
-    if (key || secret)
-        rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
-    else if (role)
-        rc = creds_web_identity(p, get, ctx, role, region, e);
-    else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
-        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
-                        "is not");
-    else
-        return creds_from_files(p, f, e);
-    if (rc == 0 && f->conf_failed)
-        log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
+    creds_wipe_free(f, sizeof *f);
     return rc;
 }
 
@@ -1839,6 +1548,8 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                      const char *region, const struct tls_anchors *anchors,
                      const struct creds_hooks *hooks, struct lerr *e)
 {
+    const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
+    const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
     struct creds_files *f = calloc(1, sizeof *f);
     int rc;
 
@@ -1848,15 +1559,27 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     if (hooks)
         p->hooks = *hooks;
     p->anchors = anchors;
-    rc = creds_resolve(p, get, ctx, region, f, e);
-    explicit_bzero(f, sizeof *f);
-    free(f);
+    if ((rc = creds_files_prepare(get, ctx, f, e)) < 0)
+        goto done;
+    if (key || secret)
+        rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
+    else if (creds_env(get, ctx, "AWS_ROLE_ARN"))
+        rc = creds_web_identity(p, get, ctx, creds_env(get, ctx, "AWS_ROLE_ARN"),
+                                region && *region ? region : f->pr[1].region, e);
+    else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
+        rc = lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
+                      "is not");
+    else
+        rc = creds_from_files(p, f, e);  /* fails when the config file did */
+    if (rc == 0 && f->conf_error.kind)
+        log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
+done:
+    creds_wipe_free(f, sizeof *f);
     if (rc < 0) {
         explicit_bzero(p, sizeof *p);
         return -1;
     }
-    if (p->source != CREDS_SOURCE_WEB_IDENTITY)
-        p->exchanges = 1;
+    p->exchanges = 1;  /* the first fetch; for static keys the one and only */
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->refreshed, NULL);
     return 0;
@@ -1868,43 +1591,15 @@ int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const 
     return creds_init_hooks(p, get, ctx, region, anchors, NULL, e);
 }
 
-int creds_init_static(struct creds_provider *p, const char *access_key_id,
-                      const char *secret_access_key, const char *session_token,
-                      struct lerr *e)
-{
-    memset(p, 0, sizeof *p);
-    if (creds_put(p->cur.access_key_id, sizeof p->cur.access_key_id, access_key_id,
-                  access_key_id ? strlen(access_key_id) : 0, "access key id", e) < 0 ||
-        creds_put(p->cur.secret_access_key, sizeof p->cur.secret_access_key, secret_access_key,
-                  secret_access_key ? strlen(secret_access_key) : 0, "secret access key", e) < 0 ||
-        (session_token && *session_token &&
-         creds_put(p->cur.session_token, sizeof p->cur.session_token, session_token,
-                   strlen(session_token), "session token", e) < 0)) {
-        explicit_bzero(p, sizeof *p);
-        return -1;
-    }
-    p->source = CREDS_SOURCE_STATIC;
-    snprintf(p->source_name, sizeof p->source_name, "static");
-    p->exchanges = 1;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->refreshed, NULL);
-    return 0;
-}
-
 const char *creds_source_name(const struct creds_provider *p)
 {
     return p->source_name;
 }
 
-const char *creds_file_region(const struct creds_provider *p)
-{
-    return p->file_region[0] ? p->file_region : NULL;
-}
-
 void creds_free(struct creds_provider *p)
 {
-    if (p->source == CREDS_SOURCE_NONE)
-        return;
+    if (!p->source_name[0])
+        return;  /* after a failed creds_init */
     pthread_cond_destroy(&p->refreshed);
     pthread_mutex_destroy(&p->mu);
     explicit_bzero(p, sizeof *p);

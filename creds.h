@@ -35,6 +35,9 @@
  *
  * The parsers (STS's XML answer, ISO 8601 times, a JWT's exp claim, the INI files) are
  * pure and exposed for the unit tests and the fuzzer.
+ *
+ * Not here: signing requests with the credentials (sigv4.c), HTTP and TLS for the STS call
+ * (http.c), the HTTP answer of the Fly socket (httpresp.c), the configuration (config.c).
  */
 #ifndef LAMBDO_CREDS_H
 #define LAMBDO_CREDS_H
@@ -74,14 +77,6 @@ struct creds_snapshot {
     int64_t expiration;                   /* Unix time; 0: does not expire */
 };
 
-enum creds_source {
-    CREDS_SOURCE_NONE = 0,
-    CREDS_SOURCE_STATIC,        /* creds_init_static */
-    CREDS_SOURCE_ENV,
-    CREDS_SOURCE_WEB_IDENTITY,
-    CREDS_SOURCE_FILE,
-};
-
 /* For the tests: a clock (Unix seconds) and a replacement for the STS exchange, which
  * gets the web identity token as read from the file or the Fly socket. */
 typedef int64_t (*creds_clock_fn)(void *ctx);
@@ -95,13 +90,11 @@ struct creds_hooks {
 
 /* Caller-allocated (about 22 KB); everything below is private to creds.c. */
 struct creds_provider {
-    enum creds_source source;
-    char source_name[CREDS_SOURCE_NAME_MAX];
-    char file_region[CREDS_REGION_MAX];   /* "" when the config file names none */
+    char source_name[CREDS_SOURCE_NAME_MAX];  /* "" until creds_init succeeds */
     struct creds_hooks hooks;
 
     /* web identity: fixed after creds_init */
-    char role_arn[2048];
+    char role_arn[2048];                  /* "" for static keys (nothing to refresh) */
     char session_name[65];
     char token_file[4096];                /* "" when only the Fly socket is used */
     char fly_socket[108];                 /* sockaddr_un.sun_path */
@@ -132,17 +125,9 @@ int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const 
 int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                      const char *region, const struct tls_anchors *anchors,
                      const struct creds_hooks *hooks, struct lerr *e);
-/* Fixed credentials (tests, tools): session_token may be NULL. Returns -1 (LERR_INVALID)
- * when a value is empty, too long, or holds spaces or control characters. */
-int creds_init_static(struct creds_provider *p, const char *access_key_id,
-                      const char *secret_access_key, const char *session_token,
-                      struct lerr *e);
-
 /* "environment", "web identity (role arn:aws:iam::123456789012:role/x)",
  * "shared file profile default (/root/.aws/credentials)". Never a secret. */
 const char *creds_source_name(const struct creds_provider *p);
-/* The config file's region for the profile, or NULL. */
-const char *creds_file_region(const struct creds_provider *p);
 
 /* The config file's region for the profile, read the same way, for configuration code
  * that needs a region before the provider exists (AWS_REGION unset, and a queue URL that
@@ -180,7 +165,8 @@ struct creds_sts_answer {
  * (Error/Code, Error/Message). The XML accepted is a strict subset: an optional XML
  * declaration, elements with attributes, text, the five named entities and numeric
  * character references, CDATA, comments; no DOCTYPE, no other processing instruction,
- * no text beside child elements, at most 16 levels, text of at most 8192 bytes.
+ * no text beside child elements, at most 16 levels (their names 1 KB in all), text of at
+ * most 8192 bytes.
  * Returns 0, or -1 with e set (LERR_MALFORMED, LERR_TOO_LARGE) naming what is wrong:
  * malformed XML, an unexpected root element, a missing, repeated, empty or unusable
  * field. Messages never quote a secret. */

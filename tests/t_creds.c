@@ -305,6 +305,23 @@ static void test_sts_parse_too_large(void **state)
     free(doc);
 }
 
+/* The open elements' names have 1 KB in all: a longer one is refused, a shorter one read. */
+static void test_sts_parse_long_names(void **state)
+{
+    char doc[1200], name[1100];
+    struct creds_sts_answer a;
+    struct lerr e;
+
+    memset(name, 'n', sizeof name);
+    snprintf(doc, sizeof doc, "<ErrorResponse><%.1010s/></ErrorResponse>", name);
+    assert_int_equal(creds_sts_parse(doc, strlen(doc), &a, &e), -1);
+    assert_int_equal(e.kind, LERR_MALFORMED);
+    assert_non_null(strstr(e.msg, "names too long"));
+    snprintf(doc, sizeof doc, "<ErrorResponse><%.1000s/></ErrorResponse>", name);
+    assert_int_equal(creds_sts_parse(doc, strlen(doc), &a, &e), -1);
+    assert_string_equal(e.msg, "no <Code>");
+}
+
 /* ------------------------------------------------------------------ times ------------- */
 
 static void test_parse_time(void **state)
@@ -312,6 +329,9 @@ static void test_parse_time(void **state)
     static const struct { const char *s; int ok; int64_t t; } cases[] = {
         { "1970-01-01T00:00:00Z", 1, 0 },
         { "2026-11-27T21:00:00Z", 1, T_2026_11_27_21 },
+        { "2016-12-31T23:59:60Z", 1, 1483228800 },   /* a leap second: the next day's first */
+        { "2026-11-00T00:00:00Z", 0, 0 },
+        { "2026-01-32T00:00:00Z", 0, 0 },
         { "2026-11-27T21:00:00.5Z", 1, T_2026_11_27_21 },
         { "2026-11-27T21:00:00.123456789Z", 1, T_2026_11_27_21 },
         { "2026-11-27T22:30:00+01:30", 1, T_2026_11_27_21 },
@@ -789,6 +809,7 @@ static void set_all_sources(struct fixture *fx)
 
 static void test_order(void **state)
 {
+    char file_region[64];
     struct fixture *fx = *state;
     struct fake *f = fake_new(3600);
     struct creds_provider p;
@@ -800,7 +821,9 @@ static void test_order(void **state)
     /* environment first */
     assert_int_equal(init_with(fx, f, &p, &e), 0);
     assert_string_equal(creds_source_name(&p), "environment");
-    assert_string_equal(creds_file_region(&p), "eu-central-1");
+    /* creds_file_region's cases (gone: only tests used it), asked of creds_config_region */
+    assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), 1);
+    assert_string_equal(file_region, "eu-central-1");
     assert_int_equal(creds_get(&p, &s, &e), 0);
     assert_string_equal(s.access_key_id, "AKIDENV");
     assert_string_equal(s.secret_access_key, "secretenv");
@@ -913,6 +936,7 @@ static void test_half_pairs(void **state)
 
 static void test_files(void **state)
 {
+    char file_region[64];
     struct fixture *fx = *state;
     struct fake *f = fake_new(3600);
     struct creds_provider p;
@@ -930,7 +954,8 @@ static void test_files(void **state)
     assert_int_equal(init_with(fx, f, &p, &e), 0);
     assert_non_null(strstr(creds_source_name(&p), "shared file profile work ("));
     assert_non_null(strstr(creds_source_name(&p), "/.aws/config)"));
-    assert_string_equal(creds_file_region(&p), "us-west-1");
+    assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), 1);
+    assert_string_equal(file_region, "us-west-1");
     assert_int_equal(creds_get(&p, &s, &e), 0);
     assert_string_equal(s.access_key_id, "AKIDCONF");
     creds_free(&p);
@@ -983,7 +1008,7 @@ static void test_files(void **state)
     env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "secretenv");
     assert_int_equal(init_with(fx, f, &p, &e), 0);
     assert_string_equal(creds_source_name(&p), "environment");
-    assert_null(creds_file_region(&p));
+    assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), -1);
     creds_free(&p);
 
     /* the region alone, for configuration code */
@@ -1264,21 +1289,31 @@ static void test_refresh_threads(void **state)
     fake_free(f);
 }
 
+/* What test_static asked of creds_init_static (gone: only this test used it), asked of
+ * the environment source, which lambdo uses for fixed keys. */
 static void test_static(void **state)
 {
+    char file_region[64];
+    struct fixture *fx = *state;
     struct creds_provider p;
     struct creds_snapshot s;
     struct lerr e;
 
-    assert_int_equal(creds_init_static(&p, "AKID", "secret", NULL, &e), 0);
-    assert_string_equal(creds_source_name(&p), "static");
-    assert_null(creds_file_region(&p));
+    env_set(&fx->env, "AWS_ACCESS_KEY_ID", "AKID");
+    env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "secret");
+    assert_int_equal(creds_init(&p, env_get, &fx->env, NULL, NULL, &e), 0);
+    assert_string_equal(creds_source_name(&p), "environment");
+    assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), 0);
     assert_int_equal(creds_get(&p, &s, &e), 0);
     assert_string_equal(s.secret_access_key, "secret");
+    assert_string_equal(s.session_token, "");
     creds_free(&p);
-    assert_int_equal(creds_init_static(&p, "AKID", "", NULL, &e), -1);
-    assert_string_equal(e.msg, "secret access key: empty");
+    env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "s\x01");
+    assert_int_equal(creds_init(&p, env_get, &fx->env, NULL, NULL, &e), -1);
+    assert_string_equal(e.msg, "AWS_SECRET_ACCESS_KEY: contains spaces, control or non-ASCII "
+                               "characters");
     creds_free(&p);  /* harmless after a failed init */
+    creds_snapshot_wipe(&s);
 }
 
 int main(void)
@@ -1287,6 +1322,7 @@ int main(void)
         cmocka_unit_test(test_sts_parse_table),
         cmocka_unit_test(test_sts_parse_truncated),
         cmocka_unit_test(test_sts_parse_too_large),
+        cmocka_unit_test(test_sts_parse_long_names),
         cmocka_unit_test(test_parse_time),
         cmocka_unit_test(test_jwt_exp),
         cmocka_unit_test(test_ini_table),
@@ -1302,7 +1338,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expired_token_file, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_refresh_threads, fixture_setup, fixture_teardown),
-        cmocka_unit_test(test_static),
+        cmocka_unit_test_setup_teardown(test_static, fixture_setup, fixture_teardown),
     };
 
     log_setup(LOG_LEVEL_ERROR, 0);  /* the refresh warnings are expected here */

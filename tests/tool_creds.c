@@ -166,6 +166,7 @@ int main(int argc, char **argv)
     const struct creds_hooks hooks = { fake_now, NULL, &clk };
     struct tls_anchors anchors = { 0 };
     const char *region = NULL;
+    char region_buf[CREDS_REGION_MAX];
     int gets = 1, threads = 1, rc = 0;
     long skip = 0;
     struct lerr e;
@@ -199,8 +200,9 @@ int main(int argc, char **argv)
     }
     o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "source", creds_source_name(&p));
-    if (creds_file_region(&p))
-        cJSON_AddStringToObject(o, "file_region", creds_file_region(&p));
+    /* the config file's region, as configuration code reads it (an unreadable file: none) */
+    if (creds_config_region(env_get, NULL, region_buf, sizeof region_buf, &e) > 0)
+        cJSON_AddStringToObject(o, "file_region", region_buf);
     else
         cJSON_AddNullToObject(o, "file_region");
     print_json(o);
