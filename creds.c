@@ -373,17 +373,6 @@ static int xml_text_blank(const struct xml *x)
     return 1;
 }
 
-static size_t xml_utf8(unsigned long cp, char *out)
-{
-    static const unsigned char lead[] = { 0, 0, 0xc0, 0xe0, 0xf0 };
-    size_t n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
-
-    for (size_t k = n - 1; k > 0; k--, cp >>= 6)
-        out[k] = (char)(0x80 | (cp & 0x3f));
-    out[0] = (char)(lead[n] | cp);
-    return n;
-}
-
 /* At '&': appends the character a reference stands for, and moves past its ';'. */
 static int xml_reference(struct xml *x, struct lerr *e)
 {
@@ -421,7 +410,7 @@ static int xml_reference(struct xml *x, struct lerr *e)
                                               cp == 0xffff)
         return xml_bad(x, e, "character reference to a character XML does not allow");
     x->i = end + 1;
-    return xml_text_add(x, out, xml_utf8(cp, out), e);
+    return xml_text_add(x, out, text_utf8_put(cp, (unsigned char *)out), e);
 }
 
 /* Character data up to the next '<' or, in an attribute value, its closing quote. */
@@ -1090,17 +1079,17 @@ static char *sts_body(const struct creds_provider *p, const char *token, size_t 
         "&RoleSessionName=", p->session_name, "&WebIdentityToken=", token,
         "&DurationSeconds=", duration,
     };
-    size_t n = 0;
+    size_t n = 0, cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
 
     snprintf(duration, sizeof duration, "%d", CREDS_STS_DURATION_S);
-    if (!(b = malloc(160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token)))))
+    if (!(b = malloc(cap)))
         return NULL;
     for (size_t k = 0; k < sizeof part / sizeof part[0]; k++) {
-        for (const char *c = part[k]; *c; c++) {
-            if (k % 2 == 0 || isalnum((unsigned char)*c) || strchr("-_.~", *c))
-                b[n++] = *c;
-            else
-                n += (size_t)sprintf(b + n, "%%%02X", (unsigned char)*c);
+        if (k % 2 == 0) {
+            memcpy(b + n, part[k], strlen(part[k]));
+            n += strlen(part[k]);
+        } else {
+            n += (size_t)text_pct_encode(part[k], b + n, cap - n);
         }
     }
     *len = n;

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "json.h"
+#include "text.h"
 #include "log.h"
 
 /* ---- base64 ---------------------------------------------------------------------------- */
@@ -321,29 +322,6 @@ void fly_secret_free(char *s)
     }
 }
 
-/* s percent-encoded (all but RFC 3986's unreserved characters) into out[cap].
- * Returns -1 when it does not fit. */
-static int pct_encode(const char *s, char *out, size_t cap)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t o = 0;
-
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (o + 4 > cap)
-            return -1;
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~", *p)) {
-            out[o++] = (char)*p;
-        } else {
-            out[o++] = '%';
-            out[o++] = hex[*p >> 4];
-            out[o++] = hex[*p & 15];
-        }
-    }
-    out[o] = '\0';
-    return 0;
-}
-
 /* base's scheme and authority, its path without trailing slashes, /v1/apps/<app,
  * percent-encoded>, then more (encoded already). */
 static int api_url(const struct url *base, const char *app, const char *more, struct url *out,
@@ -357,7 +335,7 @@ static int api_url(const struct url *base, const char *app, const char *more, st
         return lerr_set(e, LERR_INVALID, "the Fly app name is empty");
     if (strchr(base->path, '?'))
         return lerr_set(e, LERR_INVALID, "the Fly API URL must not have a query");
-    if (pct_encode(app, enc, sizeof enc) < 0)
+    if (text_pct_encode(app, enc, sizeof enc) < 0)
         return lerr_set(e, LERR_INVALID, "the Fly app name is too long");
     while (plen > 0 && base->path[plen - 1] == '/')
         plen--;
@@ -382,7 +360,7 @@ int fly_machine_url(const struct url *base, const char *app, const char *machine
 
     if (!machine_id || !machine_id[0])
         return lerr_set(e, LERR_INVALID, "the Machine id is empty");
-    if (pct_encode(machine_id, enc, sizeof enc) < 0)
+    if (text_pct_encode(machine_id, enc, sizeof enc) < 0)
         return lerr_set(e, LERR_INVALID, "the Machine id is too long");
     n = snprintf(more, sizeof more, "/machines/%s%s%s%s%s", enc, action ? "/" : "",
                  action ? action : "", query ? "?" : "", query ? query : "");
@@ -880,7 +858,7 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
         return lerr_set(e, LERR_INVALID, "wait: the state must be started, stopped or destroyed");
     if (timeout_s < 1 || timeout_s > FLY_WAIT_MAX_S)
         return lerr_set(e, LERR_INVALID, "wait: the timeout must be 1 to %d s", FLY_WAIT_MAX_S);
-    if (instance_id && pct_encode(instance_id, inst, sizeof inst) < 0)
+    if (instance_id && text_pct_encode(instance_id, inst, sizeof inst) < 0)
         return lerr_set(e, LERR_INVALID, "wait: the instance id is too long");
     snprintf(query, sizeof query, "state=%s&timeout=%d%s%s", state, timeout_s,
              inst[0] ? "&instance_id=" : "", inst);

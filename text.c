@@ -1,5 +1,7 @@
 #include "text.h"
 
+#include <string.h>
+
 int text_hex_digit(unsigned char c)
 {
     if (c >= '0' && c <= '9')
@@ -20,6 +22,27 @@ void text_hex_encode(const unsigned char *in, size_t n, char *out)
         out[2 * i + 1] = hex[in[i] & 15];
     }
     out[2 * n] = '\0';
+}
+
+long text_pct_encode(const char *s, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (o + 4 > cap)
+            return -1;
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~", *p)) {
+            out[o++] = (char)*p;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = '\0';
+    return (long)o;
 }
 
 int text_base64_digit(unsigned char c, int url)

@@ -1,6 +1,6 @@
 /*
  * text.h - the character-level pieces shared by the parsers: hex digits (chunk sizes,
- * percent-encoding, \u escapes), base64 in its two alphabets (PEM certificates; base64url
+ * percent-encoding, \u escapes) and percent-encoding itself, base64 in its two alphabets (PEM certificates; base64url
  * in JWTs) and UTF-8 (JSON strings, what SQS accepts). Pure.
  */
 #ifndef LAMBDO_TEXT_H
@@ -13,6 +13,10 @@ int text_hex_digit(unsigned char c);
 
 /* Writes in[0..n) as 2n lowercase hex characters and a NUL into out. */
 void text_hex_encode(const unsigned char *in, size_t n, char *out);
+
+/* s percent-encoded as RFC 3986 wants for data (all but A-Z a-z 0-9 - . _ ~ as %XX,
+ * uppercase hex), with a NUL, into out[0..cap): its length, or -1 when it does not fit. */
+long text_pct_encode(const char *s, char *out, size_t cap);
 
 /* 0..63 for a base64 character, else -1 (padding '=' included). With url set, the
  * base64url alphabet ('-' and '_' for 62 and 63) instead of the standard one ('+', '/'). */
