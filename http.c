@@ -100,35 +100,21 @@ static int sock_error(struct io *io, int err, struct lerr *e)
                     strerror(err));
 }
 
-/* Sends some of buf, waiting for the socket to be writable. Returns bytes sent (> 0). */
-static long sock_send(struct io *io, const void *buf, size_t len, struct lerr *e)
+/* Sends some of buf (dir POLLOUT) or receives into it (POLLIN), waiting for the socket.
+ * Returns bytes moved (> 0), IO_CLOSED at EOF, or -1. */
+static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr *e)
 {
     for (;;) {
         /* MSG_NOSIGNAL: a peer that has gone must be an error, not a SIGPIPE. */
-        ssize_t n = send(io->conn->fd, buf, len, MSG_NOSIGNAL);
+        ssize_t n = dir == POLLOUT ? send(io->conn->fd, buf, len, MSG_NOSIGNAL)
+                                   : recv(io->conn->fd, buf, len, 0);
         if (n >= 0)
             return (long)n;
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return sock_error(io, errno, e);
-        if (io_wait(io, io->conn->fd, POLLOUT, e) < 0)
-            return -1;
-    }
-}
-
-/* Receives into buf. Returns bytes (> 0), IO_CLOSED at EOF, or -1. */
-static long sock_recv(struct io *io, void *buf, size_t cap, struct lerr *e)
-{
-    for (;;) {
-        ssize_t n = recv(io->conn->fd, buf, cap, 0);
-        if (n >= 0)
-            return (long)n;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return sock_error(io, errno, e);
-        if (io_wait(io, io->conn->fd, POLLIN, e) < 0)
+        if (io_wait(io, io->conn->fd, dir, e) < 0)
             return -1;
     }
 }
@@ -245,7 +231,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         }
         if (st & BR_SSL_SENDREC) {
             buf = br_ssl_engine_sendrec_buf(eng, &len);
-            n = sock_send(io, buf, len, e);
+            n = sock_io(io, buf, len, POLLOUT, e);
             if (n < 0)
                 return -1;
             br_ssl_engine_sendrec_ack(eng, (size_t)n);
@@ -261,7 +247,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         }
         if (st & BR_SSL_RECVREC) {
             buf = br_ssl_engine_recvrec_buf(eng, &len);
-            n = sock_recv(io, buf, len, e);
+            n = sock_io(io, buf, len, POLLIN, e);
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED) {
@@ -287,13 +273,13 @@ static int tls_handshake(struct io *io, struct lerr *e)
 
 /* ---- connection: plain or TLS, same calls ------------------------------------------------- */
 
-static int conn_write(struct io *io, const char *buf, size_t len, struct lerr *e)
+static int conn_write(struct io *io, char *buf, size_t len, struct lerr *e)
 {
     struct http_conn *conn = io->conn;
 
     if (!conn->tc) {
         while (len > 0) {
-            long n = sock_send(io, buf, len, e);
+            long n = sock_io(io, buf, len, POLLOUT, e);
             if (n < 0)
                 return -1;
             buf += n;
@@ -330,7 +316,7 @@ static long conn_read(struct io *io, char *buf, size_t cap, struct lerr *e)
     int rc;
 
     if (!conn->tc)
-        return sock_recv(io, buf, cap, e);
+        return sock_io(io, buf, cap, POLLIN, e);
     eng = &conn->tc->cc.eng;
     rc = tls_run(io, BR_SSL_RECVAPP, e);
     if (rc <= 0)
@@ -555,43 +541,32 @@ static int http_malformed(struct io *io, struct lerr *e)
 }
 
 /* Reads until a complete head is at the start of b; 1xx interim responses are dropped.
- * The parser runs when the status line is complete, when the blank line that ends the
- * head arrives, at the size limit and at EOF: not on every read. *started is set once
- * any byte arrived. Returns the head length. */
+ * The parser runs when new bytes hold an LF (every line of the head, its end included,
+ * ends in one), at the size limit and at EOF: not on every read, and at most once per
+ * line. *started is set once any byte arrived. Returns the head length. */
 static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct httpresp_head *h,
                            int *started, struct lerr *e)
 {
-    size_t scanned = 0;
-    int line_seen = 0;
+    int after_1xx = 0;
 
     for (;;) {
-        int parse = 0, at_eof = 0;
-        long n;
+        size_t old = b->len;
+        int at_eof = 0;
+        long n = after_1xx ? 0 : rbuf_fill(io, b, e);
 
-        if (b->len > scanned) {
-            size_t from = scanned >= 3 ? scanned - 3 : 0;
-            if (!line_seen && memchr(b->p + scanned, '\n', b->len - scanned))
-                parse = line_seen = 1;
-            if (memmem(b->p + from, b->len - from, "\r\n\r\n", 4))
-                parse = 1;
-            if (b->len >= HTTPRESP_MAX_HEAD)
-                parse = 1;
-            scanned = b->len;
-        } else {
-            n = rbuf_fill(io, b, e);
-            if (n < 0)
-                return -1;
-            if (n > 0) {
-                *started = 1;
+        if (n < 0)
+            return -1;
+        if (n > 0) {
+            *started = 1;
+            if (!memchr(b->p + old, '\n', (size_t)n) && b->len < HTTPRESP_MAX_HEAD)
                 continue;
-            }
-            if (b->len == 0)
-                return lerr_set(e, LERR_CLOSED, "%s:%u closed the connection without answering",
-                                io->conn->host, io->conn->port);
-            parse = at_eof = 1;
+        } else if (b->len == 0) {
+            return lerr_set(e, LERR_CLOSED, "%s:%u closed the connection without answering",
+                            io->conn->host, io->conn->port);
+        } else {
+            at_eof = !after_1xx;
         }
-        if (!parse)
-            continue;
+        after_1xx = 0;
         int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
         if (rc == HTTPRESP_ERROR)
             return http_malformed(io, e);
@@ -613,8 +588,7 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
         /* 1xx: drop it and parse what follows as a new response. */
         memmove(b->p, b->p + rc, b->len - (size_t)rc);
         b->len -= (size_t)rc;
-        scanned = 0;
-        line_seen = 0;
+        after_1xx = b->len > 0;
     }
 }
 
@@ -731,7 +705,7 @@ static int http_keep_head(struct http_response *resp, const struct httpresp_head
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
  * begun to answer (then the request must not be resent). */
-static int http_exchange(struct http_client *c, struct io *io, const char *reqbuf,
+static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          size_t reqlen, int is_head, struct http_response *resp, int *reusable,
                          int *started, struct lerr *e)
 {

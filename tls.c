@@ -437,8 +437,7 @@ static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    tc->certs = tc->ee_len = 0;
-    tc->ee_too_big = 0;
+    tc->certs = tc->ee_len = tc->ee_want = 0;
     tc->xc.vtable->start_chain(&tc->xc.vtable, server_name);
 }
 
@@ -446,21 +445,19 @@ static void x509_start_cert(const br_x509_class **ctx, uint32_t length)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    tc->ee_too_big |= tc->certs == 0 && length > sizeof tc->ee;
+    if (tc->certs == 0)
+        tc->ee_want = length;
     tc->xc.vtable->start_cert(&tc->xc.vtable, length);
 }
 
+/* The EE certificate's bytes add up to ee_want: when that fits, so does every piece. */
 static void x509_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->ip_len && tc->certs == 0 && !tc->ee_too_big) {
-        if (len > sizeof tc->ee - tc->ee_len) {
-            tc->ee_too_big = 1;
-        } else {
-            memcpy(tc->ee + tc->ee_len, buf, len);
-            tc->ee_len += len;
-        }
+    if (tc->ip_len && tc->certs == 0 && len <= sizeof tc->ee - tc->ee_len) {
+        memcpy(tc->ee + tc->ee_len, buf, len);
+        tc->ee_len += len;
     }
     tc->xc.vtable->append(&tc->xc.vtable, buf, len);
 }
@@ -480,7 +477,7 @@ static unsigned x509_end_chain(const br_x509_class **ctx)
 
     if (err || !tc->ip_len)
         return err;
-    if (tc->ee_too_big)
+    if (tc->ee_want > sizeof tc->ee)
         return BR_ERR_X509_LIMIT_EXCEEDED;
     return cert_has_ip(tc->ee, tc->ee_len, tc->ip, tc->ip_len) ? 0 : BR_ERR_X509_BAD_SERVER_NAME;
 }
@@ -663,7 +660,8 @@ static const char *tls_err_name(int err)
     return "unknown";
 }
 
-const char *tls_alert_name(int alert)
+/* RFC 8446 name of a TLS alert number ("protocol_version"). */
+static const char *tls_alert_name(int alert)
 {
     switch (alert) {
     case 0: return "close_notify";
@@ -726,18 +724,6 @@ int tls_error(struct lerr *e, int br_err, const char *host)
                         "certificate for %s has expired or is not yet valid "
                         "(BearSSL error %d: %s)",
                         host, br_err, name);
-    case BR_ERR_X509_BAD_SIGNATURE:
-    case BR_ERR_X509_NOT_CA:
-    case BR_ERR_X509_FORBIDDEN_KEY_USAGE:
-    case BR_ERR_X509_WEAK_PUBLIC_KEY:
-    case BR_ERR_X509_CRITICAL_EXTENSION:
-    case BR_ERR_X509_DN_MISMATCH:
-    case BR_ERR_X509_WRONG_KEY_TYPE:
-    case BR_ERR_X509_UNSUPPORTED:
-    case BR_ERR_X509_TIME_UNKNOWN:
-        return lerr_set(e, LERR_TLS_UNTRUSTED,
-                        "certificate for %s is rejected (BearSSL error %d: %s)", host, br_err,
-                        name);
     case BR_ERR_UNSUPPORTED_VERSION:
         return lerr_set(e, LERR_TLS,
                         "TLS with %s failed: the server does not speak TLS 1.2 "
@@ -747,8 +733,13 @@ int tls_error(struct lerr *e, int br_err, const char *host)
         return lerr_set(e, LERR_TLS,
                         "TLS with %s failed: no common cipher suite (BearSSL error %d: %s)",
                         host, br_err, name);
-    default:
-        return lerr_set(e, LERR_TLS, "TLS with %s failed (BearSSL error %d: %s)", host, br_err,
-                        name);
     }
+    /* From UNSUPPORTED to WEAK_PUBLIC_KEY, a certificate refused for what it says (its
+     * signature, key, usage, extensions...), save one too big for BearSSL to hold. */
+    if (br_err >= BR_ERR_X509_UNSUPPORTED && br_err <= BR_ERR_X509_WEAK_PUBLIC_KEY &&
+        br_err != BR_ERR_X509_LIMIT_EXCEEDED)
+        return lerr_set(e, LERR_TLS_UNTRUSTED,
+                        "certificate for %s is rejected (BearSSL error %d: %s)", host, br_err,
+                        name);
+    return lerr_set(e, LERR_TLS, "TLS with %s failed (BearSSL error %d: %s)", host, br_err, name);
 }
