@@ -18,7 +18,6 @@
 /* One slot per origin. The socket comes and goes; the slot (and its TLS context, which
  * remembers the last session for resumption) stays until evicted or the client closes. */
 struct http_conn {
-    int tls;
     char host[256];
     unsigned short port;
     int fd;                   /* -1 while not connected */
@@ -387,7 +386,7 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
                 free_slot = i;
             continue;
         }
-        if (conn->tls == url->tls && conn->port == url->port && strcmp(conn->host, url->host) == 0)
+        if (!conn->tc == !url->tls && conn->port == url->port && strcmp(conn->host, url->host) == 0)
             return conn;
         if (c->conns[lru] && conn->last_used < c->conns[lru]->last_used)
             lru = i;
@@ -403,7 +402,6 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
         lerr_set(e, LERR_NOMEM, "out of memory for a connection to %s", url->host);
         return NULL;
     }
-    conn->tls = url->tls;
     conn->port = url->port;
     memcpy(conn->host, url->host, sizeof conn->host);
     conn->fd = -1;
