@@ -267,16 +267,16 @@ static long ta_base64(unsigned char *buf, size_t len)
     int bits = 0, pad = 0;
 
     for (size_t i = 0; i < len; i++) {
-        unsigned char ch = buf[i];
-        int v;
-        if (ch == '\n' || ch == '\r' || ch == ' ' || ch == '\t')
-            continue;
-        if (ch == '=') {
-            pad++;
+        int v = text_base64_digit(buf[i], 0);
+        if (v < 0) {
+            /* Padding, or the white space between lines: tested only off the digits' path. */
+            if (buf[i] == '=')
+                pad++;
+            else if (!memchr(" \t\r\n", buf[i], 4))
+                return -1;
             continue;
         }
-        v = text_base64_digit(ch, 0);
-        if (v < 0 || pad)
+        if (pad)
             return -1;
         acc = (acc << 6) | (unsigned long)v;
         bits += 6;
