@@ -535,8 +535,7 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 
     br_ssl_client_zero(cc);
     br_ssl_engine_set_versions(&cc->eng, BR_TLS12, BR_TLS12);
-    br_x509_minimal_init(&tc->xc, &br_sha256_vtable, ta ? ta->anchors : NULL,
-                         ta ? ta->count : 0);
+    br_x509_minimal_init(&tc->xc, &br_sha256_vtable, ta->anchors, ta->count);
     br_ssl_engine_set_suites(&cc->eng, suites, sizeof suites / sizeof suites[0]);
     br_ssl_client_set_default_rsapub(cc);
     br_ssl_engine_set_default_rsavrfy(&cc->eng);

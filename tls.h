@@ -24,7 +24,7 @@
 struct tls_anchors {
     br_x509_trust_anchor *anchors;
     size_t count;
-    unsigned char *arena;   /* owned: every anchor's DN and key bytes, in one block */
+    unsigned char *arena;   /* owned: the bundle, decoded in place; the anchors point in */
 };
 
 /* Loads the CA bundle from path, or if path is NULL from $SSL_CERT_FILE, else the default.
@@ -51,8 +51,8 @@ struct tls_client {
     unsigned char obuf[BR_SSL_BUFSIZE_OUTPUT];
 };
 
-/* Configures tc with the profile above and the anchors (shared, not copied: they must
- * outlive tc). Never fails. */
+/* Configures tc with the profile above and the anchors (not NULL; shared, not copied:
+ * they must outlive tc). Never fails. */
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta);
 
 /* Readies tc for a new connection to host (SNI and the certificate's name or address
