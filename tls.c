@@ -223,8 +223,9 @@ static int ta_parse_cert(const unsigned char *der, size_t len, br_x509_trust_anc
 /* ---- trust anchors ---------------------------------------------------------------------
  *
  * The bundle is read into one buffer and each certificate's base64 is decoded in place
- * there; the anchors point at their DN and key inside it, so that buffer is the arena.
- * Two allocations, however big the bundle. */
+ * there; the anchors point at their DN and key inside it. Once all are found, those bytes
+ * (a third of a Debian bundle) move to an arena of their exact size and the bundle is
+ * freed. Three allocations, however big the bundle. */
 
 struct ta_loader {
     const char *path;
@@ -365,11 +366,34 @@ static int ta_read_file(const char *path, unsigned char **out, size_t *out_len, 
     return 0;
 }
 
+/* Copies an anchor's DN and key bytes to dst and points the anchor at the copies; with dst
+ * NULL, only counts them. Returns the byte count. */
+static size_t ta_copy(br_x509_trust_anchor *a, unsigned char *dst)
+{
+    unsigned char **part[3] = { &a->dn.data, &a->pkey.key.ec.q, NULL };
+    size_t len[3] = { a->dn.len, a->pkey.key.ec.qlen, 0 }, n = 0;
+
+    if (a->pkey.key_type == BR_KEYTYPE_RSA) {
+        part[1] = &a->pkey.key.rsa.n;
+        len[1] = a->pkey.key.rsa.nlen;
+        part[2] = &a->pkey.key.rsa.e;
+        len[2] = a->pkey.key.rsa.elen;
+    }
+    for (int i = 0; i < 3 && part[i]; i++) {
+        if (dst) {
+            memcpy(dst + n, *part[i], len[i]);
+            *part[i] = dst + n;
+        }
+        n += len[i];
+    }
+    return n;
+}
+
 int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
 {
     struct ta_loader l = { 0 };
     unsigned char *file = NULL;
-    size_t file_len = 0;
+    size_t file_len = 0, size = 0;
     int rc;
 
     memset(ta, 0, sizeof *ta);
@@ -384,14 +408,19 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
     rc = ta_decode(&l, file, file_len, e);
     if (rc == 0 && l.count == 0)
         rc = lerr_set(e, LERR_INVALID, "CA bundle %s has no usable certificate", path);
+    for (size_t i = 0; rc == 0 && i < l.count; i++)
+        size += ta_copy(&l.anchors[i], NULL);
+    if (rc == 0 && !(ta->arena = malloc(size)))
+        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
+    for (size_t i = 0, at = 0; rc == 0 && i < l.count; i++)
+        at += ta_copy(&l.anchors[i], ta->arena + at);
+    free(file);
     if (rc < 0) {
         free(l.anchors);
-        free(file);
         return -1;
     }
     ta->anchors = l.anchors;
     ta->count = l.count;
-    ta->arena = file;
     return 0;
 }
 

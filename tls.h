@@ -24,7 +24,7 @@
 struct tls_anchors {
     br_x509_trust_anchor *anchors;
     size_t count;
-    unsigned char *arena;   /* owned: the bundle, decoded in place; the anchors point in */
+    unsigned char *arena;   /* owned: every anchor's DN and key bytes, in one block */
 };
 
 /* Loads the CA bundle from path, or if path is NULL from $SSL_CERT_FILE, else the default.
