@@ -681,20 +681,20 @@ static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_h
 
 /* Copies the head into its own buffer, moving the header pointers with it, so that the
  * read buffer can become the body and grow without leaving them dangling. */
-static int http_keep_head(struct http_response *resp, const struct httpresp_head *h,
-                          const char *base, size_t head_len, struct lerr *e)
+static int http_keep_head(struct http_response *resp, const char *base, size_t head_len,
+                          struct lerr *e)
 {
+    struct httpresp_head *h = &resp->head;
     char *copy = malloc(head_len + 1);
 
     if (!copy)
         return lerr_set(e, LERR_NOMEM, "out of memory for a response head");
     memcpy(copy, base, head_len);
     copy[head_len] = '\0';
-    resp->head = *h;
-    resp->head.reason = copy + (h->reason - base);
+    h->reason = copy + (h->reason - base);
     for (size_t i = 0; i < h->num_headers; i++) {
-        resp->head.headers[i].name = copy + (h->headers[i].name - base);
-        resp->head.headers[i].value = copy + (h->headers[i].value - base);
+        h->headers[i].name = copy + (h->headers[i].name - base);
+        h->headers[i].value = copy + (h->headers[i].value - base);
     }
     resp->head_buf = copy;
     resp->status = h->status;
@@ -708,7 +708,7 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          int *started, struct lerr *e)
 {
     struct rbuf b = { 0 };
-    struct httpresp_head h;
+    struct httpresp_head *h = &resp->head;  /* parsed in place, then kept */
     long head_len;
 
     io_phase(io, "sending request to", c->io_timeout_ms);
@@ -716,17 +716,17 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
     if (conn_write(io, reqbuf, reqlen, e) < 0)
         return -1;
     io_phase(io, "waiting for response from", c->io_timeout_ms);
-    head_len = http_read_head(io, &b, is_head, &h, started, e);
+    head_len = http_read_head(io, &b, is_head, h, started, e);
     if (head_len < 0)
         goto fail;
-    if (http_keep_head(resp, &h, b.p, (size_t)head_len, e) < 0)
+    if (http_keep_head(resp, b.p, (size_t)head_len, e) < 0)
         goto fail;
     memmove(b.p, b.p + head_len, b.len - (size_t)head_len);
     b.len -= (size_t)head_len;
     io_phase(io, "reading response body from", c->io_timeout_ms);
-    if (http_read_body(io, &b, &h, c->max_body, reusable, e) < 0)
+    if (http_read_body(io, &b, h, c->max_body, reusable, e) < 0)
         goto fail;
-    *reusable = *reusable && h.keep_alive;
+    *reusable = *reusable && h->keep_alive;
     if (!b.p && rbuf_reserve(&b, 0, e) < 0)
         goto fail;
     b.p[b.len] = '\0';
