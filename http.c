@@ -18,7 +18,6 @@
 /* One slot per origin. The socket comes and goes; the slot (and its TLS context, which
  * remembers the last session for resumption) stays until evicted or the client closes. */
 struct http_conn {
-    int tls;
     char host[256];
     unsigned short port;
     int fd;                   /* -1 while not connected */
@@ -100,35 +99,21 @@ static int sock_error(struct io *io, int err, struct lerr *e)
                     strerror(err));
 }
 
-/* Sends some of buf, waiting for the socket to be writable. Returns bytes sent (> 0). */
-static long sock_send(struct io *io, const void *buf, size_t len, struct lerr *e)
+/* Sends some of buf (dir POLLOUT) or receives into it (POLLIN), waiting for the socket.
+ * Returns bytes moved (> 0), IO_CLOSED at EOF, or -1. */
+static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr *e)
 {
     for (;;) {
         /* MSG_NOSIGNAL: a peer that has gone must be an error, not a SIGPIPE. */
-        ssize_t n = send(io->conn->fd, buf, len, MSG_NOSIGNAL);
+        ssize_t n = dir == POLLOUT ? send(io->conn->fd, buf, len, MSG_NOSIGNAL)
+                                   : recv(io->conn->fd, buf, len, 0);
         if (n >= 0)
             return (long)n;
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return sock_error(io, errno, e);
-        if (io_wait(io, io->conn->fd, POLLOUT, e) < 0)
-            return -1;
-    }
-}
-
-/* Receives into buf. Returns bytes (> 0), IO_CLOSED at EOF, or -1. */
-static long sock_recv(struct io *io, void *buf, size_t cap, struct lerr *e)
-{
-    for (;;) {
-        ssize_t n = recv(io->conn->fd, buf, cap, 0);
-        if (n >= 0)
-            return (long)n;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return sock_error(io, errno, e);
-        if (io_wait(io, io->conn->fd, POLLIN, e) < 0)
+        if (io_wait(io, io->conn->fd, dir, e) < 0)
             return -1;
     }
 }
@@ -245,7 +230,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         }
         if (st & BR_SSL_SENDREC) {
             buf = br_ssl_engine_sendrec_buf(eng, &len);
-            n = sock_send(io, buf, len, e);
+            n = sock_io(io, buf, len, POLLOUT, e);
             if (n < 0)
                 return -1;
             br_ssl_engine_sendrec_ack(eng, (size_t)n);
@@ -261,7 +246,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         }
         if (st & BR_SSL_RECVREC) {
             buf = br_ssl_engine_recvrec_buf(eng, &len);
-            n = sock_recv(io, buf, len, e);
+            n = sock_io(io, buf, len, POLLIN, e);
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED) {
@@ -287,13 +272,13 @@ static int tls_handshake(struct io *io, struct lerr *e)
 
 /* ---- connection: plain or TLS, same calls ------------------------------------------------- */
 
-static int conn_write(struct io *io, const char *buf, size_t len, struct lerr *e)
+static int conn_write(struct io *io, char *buf, size_t len, struct lerr *e)
 {
     struct http_conn *conn = io->conn;
 
     if (!conn->tc) {
         while (len > 0) {
-            long n = sock_send(io, buf, len, e);
+            long n = sock_io(io, buf, len, POLLOUT, e);
             if (n < 0)
                 return -1;
             buf += n;
@@ -330,7 +315,7 @@ static long conn_read(struct io *io, char *buf, size_t cap, struct lerr *e)
     int rc;
 
     if (!conn->tc)
-        return sock_recv(io, buf, cap, e);
+        return sock_io(io, buf, cap, POLLIN, e);
     eng = &conn->tc->cc.eng;
     rc = tls_run(io, BR_SSL_RECVAPP, e);
     if (rc <= 0)
@@ -401,7 +386,7 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
                 free_slot = i;
             continue;
         }
-        if (conn->tls == url->tls && conn->port == url->port && strcmp(conn->host, url->host) == 0)
+        if (!conn->tc == !url->tls && conn->port == url->port && strcmp(conn->host, url->host) == 0)
             return conn;
         if (c->conns[lru] && conn->last_used < c->conns[lru]->last_used)
             lru = i;
@@ -417,7 +402,6 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
         lerr_set(e, LERR_NOMEM, "out of memory for a connection to %s", url->host);
         return NULL;
     }
-    conn->tls = url->tls;
     conn->port = url->port;
     memcpy(conn->host, url->host, sizeof conn->host);
     conn->fd = -1;
@@ -555,43 +539,32 @@ static int http_malformed(struct io *io, struct lerr *e)
 }
 
 /* Reads until a complete head is at the start of b; 1xx interim responses are dropped.
- * The parser runs when the status line is complete, when the blank line that ends the
- * head arrives, at the size limit and at EOF: not on every read. *started is set once
- * any byte arrived. Returns the head length. */
+ * The parser runs when new bytes hold an LF (every line of the head, its end included,
+ * ends in one), at the size limit and at EOF: not on every read, and at most once per
+ * line. *started is set once any byte arrived. Returns the head length. */
 static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct httpresp_head *h,
                            int *started, struct lerr *e)
 {
-    size_t scanned = 0;
-    int line_seen = 0;
+    int after_1xx = 0;
 
     for (;;) {
-        int parse = 0, at_eof = 0;
-        long n;
+        size_t old = b->len;
+        int at_eof = 0;
+        long n = after_1xx ? 0 : rbuf_fill(io, b, e);
 
-        if (b->len > scanned) {
-            size_t from = scanned >= 3 ? scanned - 3 : 0;
-            if (!line_seen && memchr(b->p + scanned, '\n', b->len - scanned))
-                parse = line_seen = 1;
-            if (memmem(b->p + from, b->len - from, "\r\n\r\n", 4))
-                parse = 1;
-            if (b->len >= HTTPRESP_MAX_HEAD)
-                parse = 1;
-            scanned = b->len;
-        } else {
-            n = rbuf_fill(io, b, e);
-            if (n < 0)
-                return -1;
-            if (n > 0) {
-                *started = 1;
+        if (n < 0)
+            return -1;
+        if (n > 0) {
+            *started = 1;
+            if (!memchr(b->p + old, '\n', (size_t)n) && b->len < HTTPRESP_MAX_HEAD)
                 continue;
-            }
-            if (b->len == 0)
-                return lerr_set(e, LERR_CLOSED, "%s:%u closed the connection without answering",
-                                io->conn->host, io->conn->port);
-            parse = at_eof = 1;
+        } else if (b->len == 0) {
+            return lerr_set(e, LERR_CLOSED, "%s:%u closed the connection without answering",
+                            io->conn->host, io->conn->port);
+        } else {
+            at_eof = !after_1xx;
         }
-        if (!parse)
-            continue;
+        after_1xx = 0;
         int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
         if (rc == HTTPRESP_ERROR)
             return http_malformed(io, e);
@@ -613,8 +586,7 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
         /* 1xx: drop it and parse what follows as a new response. */
         memmove(b->p, b->p + rc, b->len - (size_t)rc);
         b->len -= (size_t)rc;
-        scanned = 0;
-        line_seen = 0;
+        after_1xx = b->len > 0;
     }
 }
 
@@ -709,20 +681,20 @@ static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_h
 
 /* Copies the head into its own buffer, moving the header pointers with it, so that the
  * read buffer can become the body and grow without leaving them dangling. */
-static int http_keep_head(struct http_response *resp, const struct httpresp_head *h,
-                          const char *base, size_t head_len, struct lerr *e)
+static int http_keep_head(struct http_response *resp, const char *base, size_t head_len,
+                          struct lerr *e)
 {
+    struct httpresp_head *h = &resp->head;
     char *copy = malloc(head_len + 1);
 
     if (!copy)
         return lerr_set(e, LERR_NOMEM, "out of memory for a response head");
     memcpy(copy, base, head_len);
     copy[head_len] = '\0';
-    resp->head = *h;
-    resp->head.reason = copy + (h->reason - base);
+    h->reason = copy + (h->reason - base);
     for (size_t i = 0; i < h->num_headers; i++) {
-        resp->head.headers[i].name = copy + (h->headers[i].name - base);
-        resp->head.headers[i].value = copy + (h->headers[i].value - base);
+        h->headers[i].name = copy + (h->headers[i].name - base);
+        h->headers[i].value = copy + (h->headers[i].value - base);
     }
     resp->head_buf = copy;
     resp->status = h->status;
@@ -731,12 +703,12 @@ static int http_keep_head(struct http_response *resp, const struct httpresp_head
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
  * begun to answer (then the request must not be resent). */
-static int http_exchange(struct http_client *c, struct io *io, const char *reqbuf,
+static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          size_t reqlen, int is_head, struct http_response *resp, int *reusable,
                          int *started, struct lerr *e)
 {
     struct rbuf b = { 0 };
-    struct httpresp_head h;
+    struct httpresp_head *h = &resp->head;  /* parsed in place, then kept */
     long head_len;
 
     io_phase(io, "sending request to", c->io_timeout_ms);
@@ -744,17 +716,17 @@ static int http_exchange(struct http_client *c, struct io *io, const char *reqbu
     if (conn_write(io, reqbuf, reqlen, e) < 0)
         return -1;
     io_phase(io, "waiting for response from", c->io_timeout_ms);
-    head_len = http_read_head(io, &b, is_head, &h, started, e);
+    head_len = http_read_head(io, &b, is_head, h, started, e);
     if (head_len < 0)
         goto fail;
-    if (http_keep_head(resp, &h, b.p, (size_t)head_len, e) < 0)
+    if (http_keep_head(resp, b.p, (size_t)head_len, e) < 0)
         goto fail;
     memmove(b.p, b.p + head_len, b.len - (size_t)head_len);
     b.len -= (size_t)head_len;
     io_phase(io, "reading response body from", c->io_timeout_ms);
-    if (http_read_body(io, &b, &h, c->max_body, reusable, e) < 0)
+    if (http_read_body(io, &b, h, c->max_body, reusable, e) < 0)
         goto fail;
-    *reusable = *reusable && h.keep_alive;
+    *reusable = *reusable && h->keep_alive;
     if (!b.p && rbuf_reserve(&b, 0, e) < 0)
         goto fail;
     b.p[b.len] = '\0';

@@ -15,7 +15,9 @@
 #include "text.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 /* lerr_set() returns -1, so `return lerr_set(...)` doubles as `return HTTPRESP_ERROR`. */
 _Static_assert(HTTPRESP_ERROR == -1, "HTTPRESP_ERROR must equal lerr_set's return value");
@@ -23,11 +25,13 @@ _Static_assert(HTTPRESP_MAX_HEAD < INT_MAX, "head lengths are returned as int");
 
 /* ---- character classes (RFC 9110 section 5.6.2 and 5.5) --------------------------------- */
 
+/* One bit per ASCII code: digits, letters and "!#$%&'*+-.^_`|~". A table, because every
+ * byte of every header name goes through it. */
 static int is_tchar(unsigned char c)
 {
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
-        return 1;
-    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    static const uint32_t bits[4] = { 0, 0x03ff6cfa, 0xc7fffffe, 0x57ffffff };
+
+    return c < 128 && (bits[c >> 5] >> (c & 31) & 1);
 }
 
 static int is_ws(unsigned char c)
@@ -42,20 +46,10 @@ static int is_text(unsigned char c)
     return is_ws(c) || (c >= 0x21 && c != 0x7f);
 }
 
-static unsigned char ascii_lower(unsigned char c)
-{
-    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
-}
-
-/* s[0..n) equals the NUL-terminated lower-case word, ignoring ASCII case. */
+/* s[0..n) equals the NUL-terminated word, ignoring ASCII case. */
 static int equals_word(const char *s, size_t n, const char *word)
 {
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        if (word[i] == '\0' || ascii_lower((unsigned char)s[i]) != (unsigned char)word[i])
-            return 0;
-    return word[n] == '\0';
+    return strlen(word) == n && strncasecmp(s, word, n) == 0;
 }
 
 static int malformed(struct lerr *e, const char *what)
@@ -406,18 +400,10 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
 
 const char *httpresp_header(const struct httpresp_head *h, const char *name, size_t *value_len)
 {
-    size_t i, n = strlen(name);
-
-    for (i = 0; i < h->num_headers; i++) {
+    for (size_t i = 0; i < h->num_headers; i++) {
         const struct httpresp_header *f = &h->headers[i];
-        size_t j;
 
-        if (f->name_len != n)
-            continue;
-        for (j = 0; j < n; j++)
-            if (ascii_lower((unsigned char)f->name[j]) != ascii_lower((unsigned char)name[j]))
-                break;
-        if (j == n) {
+        if (equals_word(f->name, f->name_len, name)) {
             if (value_len)
                 *value_len = f->value_len;
             return f->value;

@@ -12,58 +12,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ---- trust anchors ---------------------------------------------------------------------
- *
- * Each certificate's subject DN and public key are copied into one growing byte arena;
- * anchors record offsets into it while it may still move, and become pointers once the
- * whole file is read. A handful of allocations, however big the bundle. */
-
-struct ta_offsets {
-    size_t dn, dn_len;
-    size_t k1, k1_len;  /* RSA modulus, or EC point */
-    size_t k2, k2_len;  /* RSA exponent */
-};
-
-struct ta_loader {
-    const char *path;
-    struct ta_offsets *offs;
-    unsigned char *flags_and_types; /* per anchor: BR_X509_TA_CA | key type << 4 */
-    unsigned char *curves;
-    size_t count, cap;
-    unsigned char *arena;
-    size_t arena_len, arena_cap;
-    int nomem;
-    size_t skipped;
-};
-
-static int ta_arena_append(struct ta_loader *l, const void *p, size_t n)
-{
-    if (n == 0)
-        return 0;  /* an EC key has no second part */
-    if (l->arena_len + n > l->arena_cap) {
-        size_t cap = l->arena_cap ? l->arena_cap : 64 * 1024;
-        while (cap < l->arena_len + n)
-            cap *= 2;
-        unsigned char *a = realloc(l->arena, cap);
-        if (!a) {
-            l->nomem = 1;
-            return -1;
-        }
-        l->arena = a;
-        l->arena_cap = cap;
-    }
-    memcpy(l->arena + l->arena_len, p, n);
-    l->arena_len += n;
-    return 0;
-}
-
 /* ---- the little DER needed for a trust anchor -------------------------------------------
  *
  * A trust anchor is the certificate's subject DN (as encoded), public key and CA flag.
- * BearSSL's X.509 decoder finds them with a byte-at-a-time virtual machine: ~38 us per
- * certificate, 5.5 ms for a Debian bundle, half the 10 ms start-up budget. These functions
- * walk the same fields directly. Nothing here checks signatures or dates: anchors are
- * trusted by configuration, and BearSSL never checks an anchor's own dates either. */
+ * BearSSL's PEM and X.509 decoders find them with byte-at-a-time virtual machines: even
+ * compiled at -O3 they take 16 and 8 ms for the 144 certificates of a Debian bundle, where
+ * this whole load takes 2 ms. These functions walk the same fields directly. Nothing here
+ * checks signatures or dates: anchors are trusted by configuration, and BearSSL never
+ * checks an anchor's own dates either. */
 
 struct der {
     const unsigned char *p;
@@ -112,16 +68,27 @@ static int der_oid_is(const struct der *oid, const char *bytes, size_t n)
     return oid->len == n && memcmp(oid->p, bytes, n) == 0;
 }
 
+/* The bytes under a struct der are the loader's own, decoded in place: only its view of
+ * them is const, and an anchor points at them. */
+static unsigned char *der_bytes(struct der d)
+{
+    return (unsigned char *)(uintptr_t)d.p;
+}
+
 /* An INTEGER as an unsigned big-endian number, leading zeros dropped. A negative one (top
  * bit set) is no RSA modulus or exponent: refused, as BearSSL's own decoder does. */
-static int der_uint(struct der *d, struct der *out)
+static int der_uint(struct der *d, unsigned char **p, size_t *len)
 {
-    if (der_expect(d, 0x02, out, NULL) < 0 || out->len == 0 || (out->p[0] & 0x80))
+    struct der v;
+
+    if (der_expect(d, 0x02, &v, NULL) < 0 || v.len == 0 || (v.p[0] & 0x80))
         return -1;
-    while (out->len > 1 && out->p[0] == 0) {
-        out->p++;
-        out->len--;
+    while (v.len > 1 && v.p[0] == 0) {
+        v.p++;
+        v.len--;
     }
+    *p = der_bytes(v);
+    *len = v.len;
     return 0;
 }
 
@@ -134,16 +101,8 @@ static int der_uint(struct der *d, struct der *out)
 #define OID_SAN        "\x55\x1d\x11"
 #define OID_IS(o, s) der_oid_is(o, s, sizeof s - 1)
 
-struct ta_fields {
-    struct der dn;
-    int key_type;  /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
-    struct der k1, k2;
-    int curve;
-    int ca;
-};
-
 /* SubjectPublicKeyInfo: RSA or named-curve EC; anything else is unsupported (-1). */
-static int ta_spki(struct der spki, struct ta_fields *f)
+static int ta_spki(struct der spki, br_x509_pkey *k)
 {
     struct der alg, oid, bits, param, rsa;
 
@@ -153,28 +112,27 @@ static int ta_spki(struct der spki, struct ta_fields *f)
     bits.p++;
     bits.len--;
     if (OID_IS(&oid, OID_RSA)) {
-        f->key_type = BR_KEYTYPE_RSA;
-        if (der_expect(&bits, 0x30, &rsa, NULL) < 0 || der_uint(&rsa, &f->k1) < 0 ||
-            der_uint(&rsa, &f->k2) < 0)
+        k->key_type = BR_KEYTYPE_RSA;
+        if (der_expect(&bits, 0x30, &rsa, NULL) < 0 ||
+            der_uint(&rsa, &k->key.rsa.n, &k->key.rsa.nlen) < 0 ||
+            der_uint(&rsa, &k->key.rsa.e, &k->key.rsa.elen) < 0)
             return -1;
         return 0;
     }
-    if (OID_IS(&oid, OID_EC)) {
-        f->key_type = BR_KEYTYPE_EC;
-        if (der_expect(&alg, 0x06, &param, NULL) < 0)
-            return -1;
-        if (OID_IS(&param, OID_P256))
-            f->curve = BR_EC_secp256r1;
-        else if (OID_IS(&param, OID_P384))
-            f->curve = BR_EC_secp384r1;
-        else if (OID_IS(&param, OID_P521))
-            f->curve = BR_EC_secp521r1;
-        else
-            return -1;
-        f->k1 = bits;
-        return 0;
-    }
-    return -1;
+    if (!OID_IS(&oid, OID_EC) || der_expect(&alg, 0x06, &param, NULL) < 0)
+        return -1;
+    k->key_type = BR_KEYTYPE_EC;
+    k->key.ec.q = der_bytes(bits);
+    k->key.ec.qlen = bits.len;
+    if (OID_IS(&param, OID_P256))
+        k->key.ec.curve = BR_EC_secp256r1;
+    else if (OID_IS(&param, OID_P384))
+        k->key.ec.curve = BR_EC_secp384r1;
+    else if (OID_IS(&param, OID_P521))
+        k->key.ec.curve = BR_EC_secp521r1;
+    else
+        return -1;
+    return 0;
 }
 
 /* Finds the extension oid among a certificate's extensions (the content of its [3]).
@@ -203,20 +161,6 @@ static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct
     return found;
 }
 #define DER_FIND_EXT(exts, oid, val) der_find_ext(exts, oid, sizeof oid - 1, val)
-
-/* Extensions: only basicConstraints matters, for the CA flag. */
-static int ta_extensions(struct der exts, struct ta_fields *f)
-{
-    struct der val, bc, v;
-    int rc = DER_FIND_EXT(exts, OID_BASIC_CONS, &val);
-
-    if (rc <= 0)
-        return rc;
-    if (der_expect(&val, 0x30, &bc, NULL) < 0)
-        return -1;
-    f->ca = bc.len > 0 && der_expect(&bc, 0x01, &v, NULL) == 0 && v.len == 1 && v.p[0];
-    return 0;
-}
 
 /* Splits a certificate, after which nothing may follow, into the TBS fields used here:
  * the subject (whole element), the SubjectPublicKeyInfo and the extensions (length 0 when
@@ -251,64 +195,62 @@ static int cert_fields(const unsigned char *der, size_t len, struct der *subject
     return 0;
 }
 
-/* Certificate -> subject DN, key and CA flag. Returns 0, or -1 for a certificate that is
- * malformed or has a key BearSSL cannot use. */
-static int ta_parse_cert(const unsigned char *der, size_t len, struct ta_fields *f)
+/* Certificate -> subject DN, key and CA flag (basicConstraints). Returns 0, or -1 for a
+ * certificate that is malformed or has a key BearSSL cannot use. */
+static int ta_parse_cert(const unsigned char *der, size_t len, br_x509_trust_anchor *a)
 {
-    struct der spki, exts;
+    struct der subject, spki, exts, val, bc, v;
+    int rc;
 
-    memset(f, 0, sizeof *f);
+    memset(a, 0, sizeof *a);
     /* Nothing may follow the certificate: OpenSSL's "TRUSTED CERTIFICATE" form appends
      * trust settings there, which can reject the certificate for TLS servers. Ignoring
      * them would trust what the bundle says not to, so such entries are not anchors. */
-    if (cert_fields(der, len, &f->dn, &spki, &exts) < 0 || ta_spki(spki, f) < 0)
+    if (cert_fields(der, len, &subject, &spki, &exts) < 0 || ta_spki(spki, &a->pkey) < 0)
         return -1;
-    return exts.len && ta_extensions(exts, f) < 0 ? -1 : 0;
-}
-
-static int ta_grow(struct ta_loader *l)
-{
-    size_t cap = l->cap ? l->cap * 2 : 256;
-    struct ta_offsets *o = realloc(l->offs, cap * sizeof *o);
-    if (!o)
+    a->dn.data = der_bytes(subject);
+    a->dn.len = subject.len;
+    rc = exts.len ? DER_FIND_EXT(exts, OID_BASIC_CONS, &val) : 0;
+    if (rc <= 0)
+        return rc;
+    if (der_expect(&val, 0x30, &bc, NULL) < 0)
         return -1;
-    l->offs = o;
-    unsigned char *f = realloc(l->flags_and_types, cap);
-    if (!f)
-        return -1;
-    l->flags_and_types = f;
-    unsigned char *c = realloc(l->curves, cap);
-    if (!c)
-        return -1;
-    l->curves = c;
-    l->cap = cap;
+    if (bc.len > 0 && der_expect(&bc, 0x01, &v, NULL) == 0 && v.len == 1 && v.p[0])
+        a->flags = BR_X509_TA_CA;
     return 0;
 }
 
-/* Keeps a certificate as an anchor: DN and key copied into the arena. A certificate that
- * cannot be an anchor (malformed, or a key type BearSSL does not do, such as Ed25519) is
- * skipped: one odd entry in a system bundle must not stop the program. */
-static void ta_add_cert(struct ta_loader *l, const unsigned char *der, size_t len)
-{
-    struct ta_offsets *o = &l->offs[l->count];
-    struct ta_fields f;
+/* ---- trust anchors ---------------------------------------------------------------------
+ *
+ * The bundle is read into one buffer and each certificate's base64 is decoded in place
+ * there; the anchors point at their DN and key inside it. Once all are found, those bytes
+ * (a third of a Debian bundle) move to an arena of their exact size and the bundle is
+ * freed. Three allocations, however big the bundle. */
 
-    if (ta_parse_cert(der, len, &f) < 0) {
-        l->skipped++;
-        return;
+struct ta_loader {
+    const char *path;
+    br_x509_trust_anchor *anchors;
+    size_t count, cap, skipped;
+};
+
+/* Keeps a certificate as an anchor. One that cannot be an anchor (malformed, or a key
+ * type BearSSL does not do, such as Ed25519) is skipped: one odd entry in a system bundle
+ * must not stop the program. */
+static int ta_add_cert(struct ta_loader *l, const unsigned char *der, size_t len)
+{
+    if (l->count == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        br_x509_trust_anchor *a = realloc(l->anchors, cap * sizeof *a);
+        if (!a)
+            return -1;
+        l->anchors = a;
+        l->cap = cap;
     }
-    o->dn = l->arena_len;
-    o->dn_len = f.dn.len;
-    ta_arena_append(l, f.dn.p, f.dn.len);
-    o->k1 = l->arena_len;
-    o->k1_len = f.k1.len;
-    ta_arena_append(l, f.k1.p, f.k1.len);
-    o->k2 = l->arena_len;
-    o->k2_len = f.k2.len;
-    ta_arena_append(l, f.k2.p, f.k2.len);
-    l->curves[l->count] = (unsigned char)f.curve;
-    l->flags_and_types[l->count] = (unsigned char)((f.ca ? BR_X509_TA_CA : 0) | f.key_type << 4);
-    l->count++;
+    if (ta_parse_cert(der, len, &l->anchors[l->count]) < 0)
+        l->skipped++;
+    else
+        l->count++;
+    return 0;
 }
 
 static int ta_is_cert_label(const char *p, size_t n)
@@ -326,16 +268,16 @@ static long ta_base64(unsigned char *buf, size_t len)
     int bits = 0, pad = 0;
 
     for (size_t i = 0; i < len; i++) {
-        unsigned char ch = buf[i];
-        int v;
-        if (ch == '\n' || ch == '\r' || ch == ' ' || ch == '\t')
-            continue;
-        if (ch == '=') {
-            pad++;
+        int v = text_base64_digit(buf[i], 0);
+        if (v < 0) {
+            /* Padding, or the white space between lines: tested only off the digits' path. */
+            if (buf[i] == '=')
+                pad++;
+            else if (!memchr(" \t\r\n", buf[i], 4))
+                return -1;
             continue;
         }
-        v = text_base64_digit(ch, 0);
-        if (v < 0 || pad)
+        if (pad)
             return -1;
         acc = (acc << 6) | (unsigned long)v;
         bits += 6;
@@ -348,10 +290,8 @@ static long ta_base64(unsigned char *buf, size_t len)
 }
 
 /* Finds every BEGIN/END CERTIFICATE block in the file (modified in place), decodes its
- * base64 and keeps the certificate. BearSSL's own PEM decoder runs a byte-at-a-time
- * virtual machine: ~37 ms for the 144 certificates of a Debian bundle, where this whole
- * load takes ~2 ms. Text outside the blocks is ignored, as openssl does. tests/tool_httpc
- * --ca-check compares the result with BearSSL's PEM and X.509 decoders. */
+ * base64 and keeps the certificate. Text outside the blocks is ignored, as openssl does.
+ * tests/tool_httpc --ca-check compares the result with BearSSL's PEM and X.509 decoders. */
 static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct lerr *e)
 {
     static const char begin[] = "-----BEGIN ", end[] = "-----END ";
@@ -379,10 +319,7 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
         if (der_len < 0)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad base64 in "
                             "certificate %zu)", l->path, l->count + l->skipped + 1);
-        if (l->count == l->cap && ta_grow(l) < 0)
-            return lerr_set(e, LERR_NOMEM, "out of memory reading %s", l->path);
-        ta_add_cert(l, body, (size_t)der_len);
-        if (l->nomem)
+        if (ta_add_cert(l, body, (size_t)der_len) < 0)
             return lerr_set(e, LERR_NOMEM, "out of memory reading %s", l->path);
     }
 }
@@ -429,43 +366,35 @@ static int ta_read_file(const char *path, unsigned char **out, size_t *out_len, 
     return 0;
 }
 
-/* Turns the offsets into the final anchors array, pointing into the arena. */
-static int ta_finish(struct ta_loader *l, struct tls_anchors *ta)
+/* Copies an anchor's DN and key bytes to dst and points the anchor at the copies; with dst
+ * NULL, only counts them. Returns the byte count. */
+static size_t ta_copy(br_x509_trust_anchor *a, unsigned char *dst)
 {
-    br_x509_trust_anchor *a = calloc(l->count, sizeof *a);
+    unsigned char **part[3] = { &a->dn.data, &a->pkey.key.ec.q, NULL };
+    size_t len[3] = { a->dn.len, a->pkey.key.ec.qlen, 0 }, n = 0;
 
-    if (!a)
-        return -1;
-    for (size_t i = 0; i < l->count; i++) {
-        const struct ta_offsets *o = &l->offs[i];
-        a[i].dn.data = l->arena + o->dn;
-        a[i].dn.len = o->dn_len;
-        a[i].flags = l->flags_and_types[i] & 0x0f;
-        a[i].pkey.key_type = l->flags_and_types[i] >> 4;
-        if (a[i].pkey.key_type == BR_KEYTYPE_RSA) {
-            a[i].pkey.key.rsa.n = l->arena + o->k1;
-            a[i].pkey.key.rsa.nlen = o->k1_len;
-            a[i].pkey.key.rsa.e = l->arena + o->k2;
-            a[i].pkey.key.rsa.elen = o->k2_len;
-        } else {
-            a[i].pkey.key.ec.curve = l->curves[i];
-            a[i].pkey.key.ec.q = l->arena + o->k1;
-            a[i].pkey.key.ec.qlen = o->k1_len;
-        }
+    if (a->pkey.key_type == BR_KEYTYPE_RSA) {
+        part[1] = &a->pkey.key.rsa.n;
+        len[1] = a->pkey.key.rsa.nlen;
+        part[2] = &a->pkey.key.rsa.e;
+        len[2] = a->pkey.key.rsa.elen;
     }
-    ta->anchors = a;
-    ta->count = l->count;
-    ta->arena = l->arena;
-    l->arena = NULL;
-    return 0;
+    for (int i = 0; i < 3 && part[i]; i++) {
+        if (dst) {
+            memcpy(dst + n, *part[i], len[i]);
+            *part[i] = dst + n;
+        }
+        n += len[i];
+    }
+    return n;
 }
 
 int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
 {
-    struct ta_loader l;
+    struct ta_loader l = { 0 };
     unsigned char *file = NULL;
-    size_t file_len = 0;
-    int rc = -1;
+    size_t file_len = 0, size = 0;
+    int rc;
 
     memset(ta, 0, sizeof *ta);
     if (!path) {
@@ -475,22 +404,24 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
     }
     if (ta_read_file(path, &file, &file_len, e) < 0)
         return -1;
-    memset(&l, 0, sizeof l);
     l.path = path;
-    if (ta_decode(&l, file, file_len, e) == 0) {
-        if (l.count == 0)
-            lerr_set(e, LERR_INVALID, "CA bundle %s has no usable certificate", path);
-        else if (ta_finish(&l, ta) < 0)
-            lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-        else
-            rc = 0;
-    }
+    rc = ta_decode(&l, file, file_len, e);
+    if (rc == 0 && l.count == 0)
+        rc = lerr_set(e, LERR_INVALID, "CA bundle %s has no usable certificate", path);
+    for (size_t i = 0; rc == 0 && i < l.count; i++)
+        size += ta_copy(&l.anchors[i], NULL);
+    if (rc == 0 && !(ta->arena = malloc(size)))
+        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
+    for (size_t i = 0, at = 0; rc == 0 && i < l.count; i++)
+        at += ta_copy(&l.anchors[i], ta->arena + at);
     free(file);
-    free(l.offs);
-    free(l.flags_and_types);
-    free(l.curves);
-    free(l.arena);
-    return rc;
+    if (rc < 0) {
+        free(l.anchors);
+        return -1;
+    }
+    ta->anchors = l.anchors;
+    ta->count = l.count;
+    return 0;
 }
 
 void tls_anchors_free(struct tls_anchors *ta)
@@ -535,8 +466,7 @@ static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    tc->certs = tc->ee_len = 0;
-    tc->ee_too_big = 0;
+    tc->certs = tc->ee_len = tc->ee_want = 0;
     tc->xc.vtable->start_chain(&tc->xc.vtable, server_name);
 }
 
@@ -544,21 +474,19 @@ static void x509_start_cert(const br_x509_class **ctx, uint32_t length)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    tc->ee_too_big |= tc->certs == 0 && length > sizeof tc->ee;
+    if (tc->certs == 0)
+        tc->ee_want = length;
     tc->xc.vtable->start_cert(&tc->xc.vtable, length);
 }
 
+/* The EE certificate's bytes add up to ee_want: when that fits, so does every piece. */
 static void x509_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->ip_len && tc->certs == 0 && !tc->ee_too_big) {
-        if (len > sizeof tc->ee - tc->ee_len) {
-            tc->ee_too_big = 1;
-        } else {
-            memcpy(tc->ee + tc->ee_len, buf, len);
-            tc->ee_len += len;
-        }
+    if (tc->ip_len && tc->certs == 0 && len <= sizeof tc->ee - tc->ee_len) {
+        memcpy(tc->ee + tc->ee_len, buf, len);
+        tc->ee_len += len;
     }
     tc->xc.vtable->append(&tc->xc.vtable, buf, len);
 }
@@ -578,7 +506,7 @@ static unsigned x509_end_chain(const br_x509_class **ctx)
 
     if (err || !tc->ip_len)
         return err;
-    if (tc->ee_too_big)
+    if (tc->ee_want > sizeof tc->ee)
         return BR_ERR_X509_LIMIT_EXCEEDED;
     return cert_has_ip(tc->ee, tc->ee_len, tc->ip, tc->ip_len) ? 0 : BR_ERR_X509_BAD_SERVER_NAME;
 }
@@ -636,8 +564,7 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 
     br_ssl_client_zero(cc);
     br_ssl_engine_set_versions(&cc->eng, BR_TLS12, BR_TLS12);
-    br_x509_minimal_init(&tc->xc, &br_sha256_vtable, ta ? ta->anchors : NULL,
-                         ta ? ta->count : 0);
+    br_x509_minimal_init(&tc->xc, &br_sha256_vtable, ta->anchors, ta->count);
     br_ssl_engine_set_suites(&cc->eng, suites, sizeof suites / sizeof suites[0]);
     br_ssl_client_set_default_rsapub(cc);
     br_ssl_engine_set_default_rsavrfy(&cc->eng);
@@ -671,19 +598,13 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e)
 {
     unsigned char seed[32];
-    size_t got = 0;
 
     /* getrandom() rather than BearSSL's own /dev/urandom reader: a FROM scratch image
-     * has no /dev. Fresh entropy is mixed in for every connection. */
-    while (got < sizeof seed) {
-        ssize_t n = getrandom(seed + got, sizeof seed - got, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return lerr_set(e, LERR_TLS, "cannot get random bytes for TLS: getrandom: %s",
-                            strerror(errno));
-        got += (size_t)n;
-    }
+     * has no /dev. Fresh entropy is mixed in for every connection. Up to 256 bytes come
+     * whole and uninterrupted once the kernel's pool is ready (it may block until then). */
+    if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+        return lerr_set(e, LERR_TLS, "cannot get random bytes for TLS: getrandom: %s",
+                        strerror(errno));
     br_ssl_engine_inject_entropy(&tc->cc.eng, seed, sizeof seed);
     memset(seed, 0, sizeof seed);
     tls_host_ip(tc, host);
@@ -767,7 +688,8 @@ static const char *tls_err_name(int err)
     return "unknown";
 }
 
-const char *tls_alert_name(int alert)
+/* RFC 8446 name of a TLS alert number ("protocol_version"). */
+static const char *tls_alert_name(int alert)
 {
     switch (alert) {
     case 0: return "close_notify";
@@ -830,18 +752,6 @@ int tls_error(struct lerr *e, int br_err, const char *host)
                         "certificate for %s has expired or is not yet valid "
                         "(BearSSL error %d: %s)",
                         host, br_err, name);
-    case BR_ERR_X509_BAD_SIGNATURE:
-    case BR_ERR_X509_NOT_CA:
-    case BR_ERR_X509_FORBIDDEN_KEY_USAGE:
-    case BR_ERR_X509_WEAK_PUBLIC_KEY:
-    case BR_ERR_X509_CRITICAL_EXTENSION:
-    case BR_ERR_X509_DN_MISMATCH:
-    case BR_ERR_X509_WRONG_KEY_TYPE:
-    case BR_ERR_X509_UNSUPPORTED:
-    case BR_ERR_X509_TIME_UNKNOWN:
-        return lerr_set(e, LERR_TLS_UNTRUSTED,
-                        "certificate for %s is rejected (BearSSL error %d: %s)", host, br_err,
-                        name);
     case BR_ERR_UNSUPPORTED_VERSION:
         return lerr_set(e, LERR_TLS,
                         "TLS with %s failed: the server does not speak TLS 1.2 "
@@ -851,8 +761,13 @@ int tls_error(struct lerr *e, int br_err, const char *host)
         return lerr_set(e, LERR_TLS,
                         "TLS with %s failed: no common cipher suite (BearSSL error %d: %s)",
                         host, br_err, name);
-    default:
-        return lerr_set(e, LERR_TLS, "TLS with %s failed (BearSSL error %d: %s)", host, br_err,
-                        name);
     }
+    /* From UNSUPPORTED to WEAK_PUBLIC_KEY, a certificate refused for what it says (its
+     * signature, key, usage, extensions...), save one too big for BearSSL to hold. */
+    if (br_err >= BR_ERR_X509_UNSUPPORTED && br_err <= BR_ERR_X509_WEAK_PUBLIC_KEY &&
+        br_err != BR_ERR_X509_LIMIT_EXCEEDED)
+        return lerr_set(e, LERR_TLS_UNTRUSTED,
+                        "certificate for %s is rejected (BearSSL error %d: %s)", host, br_err,
+                        name);
+    return lerr_set(e, LERR_TLS, "TLS with %s failed (BearSSL error %d: %s)", host, br_err, name);
 }

@@ -46,14 +46,13 @@ struct tls_client {
     unsigned char ip[16];        /* the host as an address (ip_len 4 or 16), 0: a name */
     size_t ip_len;
     unsigned char ee[TLS_EE_MAX];  /* the server's own certificate, when ip_len */
-    size_t ee_len, certs;
-    int ee_too_big;
+    size_t ee_len, ee_want, certs;  /* ee_want: the EE certificate's announced length */
     unsigned char ibuf[BR_SSL_BUFSIZE_INPUT];
     unsigned char obuf[BR_SSL_BUFSIZE_OUTPUT];
 };
 
-/* Configures tc with the profile above and the anchors (shared, not copied: they must
- * outlive tc). Never fails. */
+/* Configures tc with the profile above and the anchors (not NULL; shared, not copied:
+ * they must outlive tc). Never fails. */
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta);
 
 /* Readies tc for a new connection to host (SNI and the certificate's name or address
@@ -65,8 +64,5 @@ int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e);
  * and a message naming host: certificate not trusted (LERR_TLS_UNTRUSTED), name mismatch
  * (LERR_TLS_NAME), alert received (LERR_TLS_ALERT, with the alert number)... Returns -1. */
 int tls_error(struct lerr *e, int br_err, const char *host);
-
-/* RFC 8446 name of a TLS alert number ("protocol_version"). */
-const char *tls_alert_name(int alert);
 
 #endif

@@ -243,6 +243,24 @@ describe('requests and responses', () => {
     }
   });
 
+  test('a 1xx and the whole final response in one write: no wait for more bytes', T, async () => {
+    // The server then keeps the connection open: a client that read again before parsing
+    // what is left after the 1xx would wait for the io timeout.
+    const s = await rawServer(async (sock, { nextRequest }) => {
+      while (await nextRequest()) {
+        sock.write('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      }
+    });
+    try {
+      const r = await runHttpc(['--io-timeout-ms', '3000', s.url(), s.url()]);
+      assertOk(r, 2);
+      for (const x of r.results) assert.equal(x.body, 'ok');
+      assert.equal(r.stats.connections_opened, 1);
+    } finally {
+      await s.close();
+    }
+  });
+
   test('a status >= 400 is a response, not an error', T, async () => {
     const s = await httpServer((req, res) => { res.statusCode = 503; res.end('busy'); });
     try {
