@@ -59,9 +59,13 @@ struct daemon {
     int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
     pthread_mutex_t mu;                /* guards what follows */
-    pthread_cond_t changed;            /* a job started, got a slot, or ended */
-    int jobs;                          /* job threads alive */
-    int slots;                         /* jobs holding a Machine slot */
+    pthread_cond_t changed;            /* a job ended, or the stop was seen: for the main thread */
+    pthread_cond_t work;               /* a job was queued, or the workers are to quit */
+    struct job *queue, **queue_tail;   /* jobs waiting for a worker, oldest first */
+    int jobs;                          /* queued or running */
+    int running;                       /* jobs a worker runs: they hold a Machine slot */
+    int workers, idle_workers;         /* worker threads, started as jobs need them */
+    int quitting;                      /* the workers are to end once the queue is empty */
     int64_t stop_at_ms;                /* when the stop signal was first seen, 0 before */
     int first_receive_done;
     int once;                          /* --once: stop when the queue answers empty */
@@ -84,10 +88,11 @@ struct once_msg {
 #define ONCE_TRIES 2                   /* --once: a failed message is tried once more */
 
 struct job_msg {
-    char *id;
-    char *receipt;
+    const char *id;
+    const char *receipt;
 };
 
+/* A group to run, in one allocation with its strings (but the events). */
 struct job {
     struct daemon *d;
     char gid[GROUP_ID_LEN + 1];
@@ -97,7 +102,8 @@ struct job {
     char *events;
     size_t events_len;
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
-    struct job *next;                  /* in d->held */
+    struct job *next;                  /* in d->queue or d->held */
+    int beating;                       /* queued: the main thread heartbeats it, under mu */
     int recorded;                      /* --once: its outcome is in the book */
     size_t count;
     struct job_msg msgs[];
@@ -286,42 +292,36 @@ static unsigned long once_unhandled(struct daemon *d)
 
 /* ---------------------------------------------------------------- acknowledging -------- */
 
-/* An SQS client for one batch call, on a borrowed HTTP client that a stop does not cancel:
- * a delete or a visibility change that has started is finished. */
-static void job_sqs(struct job *j, struct sqs_client *s, struct http_client *http)
+/* Runs a batch operation over messages, 10 at a time, on a borrowed HTTP client that a
+ * stop does not cancel (a delete or a visibility change that has started is finished),
+ * counting each message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for
+ * heartbeats). Returns the number of messages for which it failed (stale handles are not
+ * failures: logged). */
+static size_t batch_all(struct daemon *d, const char *gid, const struct job_msg *msgs,
+                        size_t count, int delete, int visibility, enum metrics_counter counted)
 {
-    const struct config *cfg = j->d->cfg;
-
-    sqs_client_init(s, http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region, NULL);
-    s->provider = &j->d->creds;
-    s->metrics = &j->d->metrics;
-}
-
-/* Runs a batch operation over all of the job's messages, 10 at a time, counting each
- * message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for heartbeats).
- * Returns the number of messages for which it failed (stale handles are not failures:
- * logged). */
-static size_t job_batch(struct job *j, int delete, int visibility, enum metrics_counter counted)
-{
-    struct http_client *http = pool_borrow(&j->d->pool, -1);
+    struct http_client *http = pool_borrow(&d->pool, -1);
     size_t failed = 0;
     struct sqs_client s;
 
     if (!http) {
         log_error("group %s: out of memory; %zu messages return after the visibility timeout",
-                  j->gid, j->count);
-        return j->count;
+                  gid, count);
+        return count;
     }
-    job_sqs(j, &s, http);
-    for (size_t off = 0; off < j->count; off += SQS_MAX_MESSAGES) {
+    sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
+                    NULL);
+    s.provider = &d->creds;
+    s.metrics = &d->metrics;
+    for (size_t off = 0; off < count; off += SQS_MAX_MESSAGES) {
         struct sqs_entry en[SQS_MAX_MESSAGES];
-        size_t n = j->count - off < SQS_MAX_MESSAGES ? j->count - off : SQS_MAX_MESSAGES;
+        size_t n = count - off < SQS_MAX_MESSAGES ? count - off : SQS_MAX_MESSAGES;
         struct lerr e;
 
         memset(en, 0, sizeof en);
         for (size_t i = 0; i < n; i++) {
-            en[i].receipt_handle = j->msgs[off + i].receipt;
-            en[i].message_id = j->msgs[off + i].id;
+            en[i].receipt_handle = msgs[off + i].receipt;
+            en[i].message_id = msgs[off + i].id;
             en[i].visibility_timeout = visibility;
         }
         if (delete)
@@ -330,25 +330,25 @@ static size_t job_batch(struct job *j, int delete, int visibility, enum metrics_
             sqs_change_visibility_batch(&s, en, n, &e);
         for (size_t i = 0; i < n; i++) {
             if (en[i].status == SQS_ENTRY_OK)
-                metrics_count(&j->d->metrics, counted, 1);
+                metrics_count(&d->metrics, counted, 1);
             if (en[i].status == SQS_ENTRY_STALE) {
                 log_warn("group %s: message %s: %s: %s (received again elsewhere; it may run "
-                         "twice)", j->gid, en[i].message_id, en[i].code, en[i].message);
+                         "twice)", gid, en[i].message_id, en[i].code, en[i].message);
             } else if (en[i].status != SQS_ENTRY_OK) {
                 failed++;
                 log_error("group %s: message %s was not %s: %s: %s (it comes back after the "
-                          "visibility timeout)", j->gid, en[i].message_id,
+                          "visibility timeout)", gid, en[i].message_id,
                           delete ? "deleted" : "returned", en[i].code, en[i].message);
             }
         }
     }
-    pool_return(&j->d->pool, http);
+    pool_return(&d->pool, http);
     return failed;
 }
 
 static size_t job_delete(struct job *j)
 {
-    size_t failed = job_batch(j, 1, 0, METRICS_DELETED);
+    size_t failed = batch_all(j->d, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED);
 
     if (failed == 0)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
@@ -359,88 +359,37 @@ static size_t job_delete(struct job *j)
 static void job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-    if (job_batch(j, 0, delay, METRICS_RETURNED) == 0)
+    if (batch_all(j->d, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
 }
 
-/* Keeps the messages hidden: once a third of their visibility has passed, extend it to a
- * full LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait. */
+/* Milliseconds until messages visible until `until` need a heartbeat: when a third of
+ * their visibility has passed. */
+static int64_t keepalive_due(const struct daemon *d, int64_t until)
+{
+    return until - (int64_t)d->cfg->visibility_timeout * 1000 * 2 / 3 - now_ms();
+}
+
+/* Keeps the messages hidden: once due, extend their visibility to a full
+ * LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait. */
 static void job_keepalive(struct job *j)
 {
     int vis = j->d->cfg->visibility_timeout;
     int64_t t = now_ms();
 
-    if (t < j->visible_until_ms - (int64_t)vis * 1000 * 2 / 3)
+    if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
-    if (job_batch(j, 0, vis, METRICS_NCOUNTERS) == 0)
+    if (batch_all(j->d, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
-}
-
-/* Milliseconds until job_keepalive has work again (at least 1000). */
-static int64_t job_keepalive_due(const struct job *j)
-{
-    int64_t due = j->visible_until_ms - (int64_t)j->d->cfg->visibility_timeout * 1000 * 2 / 3;
-    int64_t left = due - now_ms();
-
-    return left < 1000 ? 1000 : left;
 }
 
 /* ------------------------------------------------------------------------- a job ------- */
 
 static void job_free(struct job *j)
 {
-    for (size_t i = 0; i < j->count; i++) {
-        free(j->msgs[i].id);
-        free(j->msgs[i].receipt);
-    }
-    free(j->image);
-    free(j->command);
     free(j->events);
     free(j);
-}
-
-/* Waits for a Machine slot, keeping the messages alive meanwhile. Returns -1 if a stop came
- * first: the caller hands the messages back. */
-static int job_take_slot(struct job *j)
-{
-    struct daemon *d = j->d;
-    int got = 0;
-
-    for (;;) {
-        int stopping = daemon_stopping(d, NULL);
-        pthread_mutex_lock(&d->mu);
-        if (!stopping && d->slots < d->cfg->max_machines) {
-            d->slots++;
-            metrics_set_in_flight(&d->metrics, d->slots);
-            got = 1;
-        } else if (!stopping) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
-            pthread_cond_timedwait(&d->changed, &d->mu, &until);
-        }
-        pthread_mutex_unlock(&d->mu);
-        if (got)
-            return 0;
-        if (stopping)
-            return -1;
-        job_keepalive(j);
-    }
-}
-
-static void job_end(struct job *j, int had_slot)
-{
-    struct daemon *d = j->d;
-
-    pthread_mutex_lock(&d->mu);
-    if (had_slot) {
-        d->slots--;
-        metrics_set_in_flight(&d->metrics, d->slots);
-    }
-    d->jobs--;
-    pthread_cond_broadcast(&d->changed);
-    pthread_mutex_unlock(&d->mu);
 }
 
 /* fly.c calls this while a create waits for its turn (rate limit, 429). */
@@ -531,8 +480,8 @@ static int wait_seconds(const struct job *j, int64_t started, int64_t stop_at)
     const struct config *cfg = j->d->cfg;
     int64_t ms = (int64_t)WAIT_MAX_S * 1000, t = now_ms();
 
-    if (job_keepalive_due(j) < ms)
-        ms = job_keepalive_due(j);
+    if (keepalive_due(j->d, j->visible_until_ms) < ms)
+        ms = keepalive_due(j->d, j->visible_until_ms);
     if (cfg->machine_timeout && started + (int64_t)cfg->machine_timeout * 1000 - t < ms)
         ms = started + (int64_t)cfg->machine_timeout * 1000 - t;
     if (stop_at && stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t < ms)
@@ -687,22 +636,19 @@ static int job_run_local(struct job *j)
     return -1;
 }
 
-static void *job_main(void *arg)
+/* Runs one job to its end: its messages are deleted or handed back. */
+static void job_run(struct job *j, int stopping)
 {
-    struct job *j = arg;
     struct fly_machine m;
-    int64_t started;
+    int64_t started = now_ms();
     int ok;
 
-    if (job_take_slot(j) < 0) {
+    if (stopping) {
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
         job_return(j, 0);
-        job_end(j, 0);
-        job_free(j);
-        return NULL;
+        return;
     }
-    started = now_ms();
     if (j->d->cfg->backend_local)
         ok = job_run_local(j) == 0;
     else if (job_create(j, &m) < 0)
@@ -711,8 +657,39 @@ static void *job_main(void *arg)
         ok = j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) == 0
                                     : job_delete(j) == 0;
     once_record_job(j, ok, j->visible_until_ms);  /* a failure not returned: hidden till then */
-    job_end(j, 1);
-    job_free(j);
+}
+
+/* A worker runs queued jobs one after the other until daemon_drain: a thread per job
+ * would map, touch and unmap a stack for each. A job running holds a Machine slot. */
+static void *worker_main(void *arg)
+{
+    struct daemon *d = arg;
+
+    pthread_mutex_lock(&d->mu);
+    while (!d->quitting || d->queue) {
+        struct job *j = d->queue;
+        int stopping = d->stop_at_ms != 0;
+
+        if (!j || j->beating) {
+            pthread_cond_wait(&d->work, &d->mu);
+            continue;
+        }
+        if (!(d->queue = j->next))
+            d->queue_tail = &d->queue;
+        d->running += !stopping;
+        metrics_set_in_flight(&d->metrics, d->running);
+        pthread_mutex_unlock(&d->mu);
+        job_run(j, stopping);
+        job_free(j);
+        pthread_mutex_lock(&d->mu);
+        d->running -= !stopping;
+        d->jobs--;
+        metrics_set_in_flight(&d->metrics, d->running);
+        pthread_cond_broadcast(&d->changed);
+    }
+    d->workers--;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
     return NULL;
 }
 
@@ -735,64 +712,76 @@ static void window_clear(struct window *w)
     memset(w, 0, sizeof *w);
 }
 
-static char *dup_or_null(const char *s)
+/* Copies s to *p, past which *p moves. */
+static char *job_copy(char **p, const char *s)
 {
-    return s ? strdup(s) : NULL;
+    char *copy = *p;
+    size_t n = strlen(s) + 1;
+
+    memcpy(copy, s, n);
+    *p += n;
+    return copy;
 }
 
-/* Copies what the group's job needs out of the batch memory. */
-static struct job *job_new(struct daemon *d, const struct event *ev, const struct group *g,
-                           struct sqs_message *const *msg, int64_t visible_until)
+/* A job for n messages, msg[members[i]] (msg[i] without members), in one allocation with
+ * its strings copied out of the batch memory; NULL if out of memory. */
+static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
+                             const size_t *members, size_t n, const char *image,
+                             const char *command, int64_t visible_until)
 {
-    struct job *j = calloc(1, sizeof *j + g->count * sizeof j->msgs[0]);
-    struct lerr e;
+    size_t bytes = strlen(image) + 1 + (command ? strlen(command) + 1 : 0);
+    struct job *j;
+    char *p;
 
-    if (!j)
-        return NULL;
-    j->d = d;
-    j->count = g->count;
-    j->preset = g->preset;
-    j->visible_until_ms = visible_until;
-    group_id(ev, g, j->gid);
-    j->image = strdup(g->image);
-    j->command = dup_or_null(g->command);
-    for (size_t i = 0; i < g->count; i++) {
-        const struct sqs_message *m = msg[g->members[i]];
-        j->msgs[i].id = strdup(m->message_id);
-        j->msgs[i].receipt = strdup(m->receipt_handle);
-        if (!j->msgs[i].id || !j->msgs[i].receipt)
-            goto fail;
+    for (size_t i = 0; i < n; i++) {
+        const struct sqs_message *m = msg[members ? members[i] : i];
+        bytes += strlen(m->message_id) + strlen(m->receipt_handle) + 2;
     }
-    if (!j->image || (g->command && !j->command))
-        goto fail;
-    /* One event may exceed the byte cap on its own: it still runs, alone. */
-    if (group_events_json_alloc(ev, g, (size_t)-1 / 2, &j->events, &j->events_len, &e) < 0)
-        goto fail;
+    if (!(j = calloc(1, sizeof *j + n * sizeof j->msgs[0] + bytes)))
+        return NULL;
+    p = (char *)&j->msgs[n];
+    j->d = d;
+    j->count = n;
+    j->visible_until_ms = visible_until;
+    j->image = job_copy(&p, image);
+    j->command = command ? job_copy(&p, command) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct sqs_message *m = msg[members ? members[i] : i];
+        j->msgs[i].id = job_copy(&p, m->message_id);
+        j->msgs[i].receipt = job_copy(&p, m->receipt_handle);
+    }
     return j;
-fail:
-    job_free(j);
-    return NULL;
 }
 
+/* Queues a job for a worker, starting one unless every job has one already. */
 static void job_start(struct daemon *d, struct job *j)
 {
-    pthread_attr_t attr;
-    pthread_t t;
-    int rc;
+    int rc = 0;
 
     pthread_mutex_lock(&d->mu);
-    d->jobs++;
+    if (d->jobs >= d->workers && d->workers < d->cfg->max_machines) {
+        pthread_attr_t attr;
+        pthread_t t;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, JOB_STACK);
+        rc = pthread_create(&t, &attr, worker_main, d);
+        pthread_attr_destroy(&attr);
+        d->workers += rc == 0;
+    }
+    if (d->workers) {
+        j->next = NULL;
+        *d->queue_tail = j;
+        d->queue_tail = &j->next;
+        d->jobs++;
+        pthread_cond_signal(&d->work);
+        j = NULL;
+    }
     pthread_mutex_unlock(&d->mu);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, JOB_STACK);
-    rc = pthread_create(&t, &attr, job_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
+    if (j) {
         log_error("group %s: cannot start a thread (%s); its messages return after the "
                   "visibility timeout", j->gid, strerror(rc));
         once_record_job(j, 0, j->visible_until_ms);
-        job_end(j, 0);
         job_free(j);
     }
 }
@@ -808,17 +797,24 @@ static void dispatch_group(struct daemon *d, const struct event *ev, const struc
         struct group part = *g;
         size_t bytes = 2 + ev[g->members[start]].body_len, n = 1;
         struct job *j;
+        struct lerr e;
 
         while (start + n < g->count && bytes + 1 + ev[g->members[start + n]].body_len <= cap)
             bytes += 1 + ev[g->members[start + n++]].body_len;
         part.members = g->members + start;
         part.count = n;
-        j = job_new(d, ev, &part, msg, visible_until);
-        if (j)
+        j = job_alloc(d, msg, part.members, n, g->image, g->command, visible_until);
+        /* One event may exceed the byte cap on its own: it still runs, alone. */
+        if (j && group_events_json_alloc(ev, &part, (size_t)-1 / 2, &j->events,
+                                         &j->events_len, &e) == 0) {
+            j->preset = g->preset;
+            group_id(ev, &part, j->gid);
             job_start(d, j);
-        else
+        } else {
+            free(j);
             log_error("out of memory for a group of %zu events; they return after the "
                       "visibility timeout", n);
+        }
         start += n;
     }
 }
@@ -840,29 +836,32 @@ static void once_hold(struct daemon *d, struct sqs_message *const *m, size_t n,
 {
     struct job *j;
 
-    if (!n || !(j = calloc(1, sizeof *j + n * sizeof j->msgs[0])))
+    if (!n || !(j = job_alloc(d, m, NULL, n, "", NULL, visible_until)))
         return;
-    j->d = d;
-    j->count = n;
-    j->visible_until_ms = visible_until;
     snprintf(j->gid, sizeof j->gid, "held");
     j->recorded = 1;
-    for (size_t i = 0; i < n; i++) {
-        j->msgs[i].id = strdup(m[i]->message_id);
-        j->msgs[i].receipt = strdup(m[i]->receipt_handle);
-        if (!j->msgs[i].id || !j->msgs[i].receipt) {
-            job_free(j);
-            return;
-        }
-    }
     j->next = d->held;
     d->held = j;
 }
 
-static void once_keepalive(struct daemon *d)
+/* The main thread heartbeats the messages it holds (--once) and the queued jobs', whose
+ * workers are not free yet; a worker leaves a job alone while it is being heartbeated. */
+static void main_keepalive(struct daemon *d)
 {
     for (struct job *j = d->held; j; j = j->next)
         job_keepalive(j);
+    pthread_mutex_lock(&d->mu);
+    for (struct job *j = d->queue; j; j = j->next) {
+        if (keepalive_due(d, j->visible_until_ms) > 0)
+            continue;
+        j->beating = 1;
+        pthread_mutex_unlock(&d->mu);
+        job_keepalive(j);
+        pthread_mutex_lock(&d->mu);
+        j->beating = 0;
+        pthread_cond_broadcast(&d->work);
+    }
+    pthread_mutex_unlock(&d->mu);
 }
 
 /* The end of a --once run: the held messages go back to the queue. */
@@ -876,64 +875,78 @@ static void once_release(struct daemon *d)
     }
 }
 
-/* Validates, groups and dispatches everything in the window. */
-static void window_dispatch(struct daemon *d, struct window *w)
-{
-    size_t cap = w->nmessages ? w->nmessages : 1, n = 0;
-    struct event *ev = calloc(cap, sizeof *ev);
-    struct sqs_message **msg = calloc(cap, sizeof *msg);
-    struct group *groups = calloc(cap, sizeof *groups);
-    size_t *members = calloc(cap, sizeof *members);
-    struct lerr *verdicts = calloc(cap, sizeof *verdicts), e;
-    struct group_plan plan = { .groups = groups, .members = members, .verdicts = verdicts };
-    int64_t visible_until = w->visible_until_ms;
-    struct sqs_message **held = calloc(cap, sizeof *held);  /* --once: not run */
-    size_t nheld = 0;
+/* The window's messages as events, and their grouping, in one allocation (ev's). */
+struct plan {
+    struct event *ev;
+    struct sqs_message **msg;          /* ev[i]'s message */
+    struct sqs_message **held;         /* not run: invalid, or (--once) failed too often */
+    size_t n, nheld;
+    struct group_plan gp;
+};
 
-    if (!ev || !msg || !groups || !members || !verdicts || !held) {
-        log_error("out of memory for %zu messages; they return after the visibility timeout",
-                  w->nmessages);
-        goto out;
-    }
+/* Groups the window's messages. Dispatching, the messages sqs.c flagged and (--once)
+ * those that failed too often go to held instead, logged. 0, or -1 with e set. */
+static int plan_build(struct daemon *d, const struct window *w, int dispatching,
+                      struct plan *p, struct lerr *e)
+{
+    size_t cap = w->nmessages ? w->nmessages : 1;
+
+    memset(p, 0, sizeof *p);
+    p->ev = calloc(cap, sizeof *p->ev + 2 * sizeof *p->msg + sizeof *p->gp.groups +
+                            sizeof *p->gp.members + sizeof *p->gp.verdicts);
+    if (!p->ev)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    p->msg = (struct sqs_message **)(p->ev + cap);
+    p->held = p->msg + cap;
+    p->gp.groups = (struct group *)(p->held + cap);
+    p->gp.members = (size_t *)(p->gp.groups + cap);
+    p->gp.verdicts = (struct lerr *)(p->gp.members + cap);
     for (size_t b = 0; b < w->nbatches; b++) {
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
-            if (m->flags) {
+            if (dispatching && m->flags) {
                 log_invalid(d, m, m->problem);
-                held[nheld++] = m;
+                p->held[p->nheld++] = m;
                 continue;
             }
-            if (once_held(d, m->message_id)) {
+            if (dispatching && once_held(d, m->message_id)) {
                 log_warn("--once: message %s failed %d times; it is not run again and goes "
                          "back to the queue at the end", m->message_id, ONCE_TRIES);
-                held[nheld++] = m;
+                p->held[p->nheld++] = m;
                 continue;
             }
-            ev[n] = (struct event){ .id = m->message_id, .body = m->body, .body_len = m->body_len,
-                                    .image = m->image, .size = m->size, .command = m->command };
-            msg[n++] = m;
+            p->ev[p->n] = (struct event){ .id = m->message_id, .body = m->body,
+                                          .body_len = m->body_len, .image = m->image,
+                                          .size = m->size, .command = m->command };
+            p->msg[p->n++] = m;
         }
     }
-    if (n && group_build(ev, n, (size_t)d->cfg->events_per_machine, &plan, &e) < 0) {
-        log_error("cannot group %zu messages: %s", n, e.msg);
-        goto out;
+    if (p->n && group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine, &p->gp, e) < 0)
+        return -1;
+    return 0;
+}
+
+/* Validates, groups and dispatches everything in the window. */
+static void window_dispatch(struct daemon *d, struct window *w)
+{
+    struct plan p;
+    struct lerr e;
+
+    if (plan_build(d, w, 1, &p, &e) < 0) {
+        log_error("cannot group %zu messages: %s; they return after the visibility timeout",
+                  w->nmessages, e.msg);
+    } else {
+        for (size_t i = 0; i < p.n; i++)
+            if (p.gp.verdicts[i].kind != LERR_NONE) {
+                log_invalid(d, p.msg[i], p.gp.verdicts[i].msg);
+                p.held[p.nheld++] = p.msg[i];
+            }
+        for (size_t gi = 0; gi < p.gp.ngroups; gi++)
+            dispatch_group(d, p.ev, &p.gp.groups[gi], p.msg, w->visible_until_ms);
+        if (d->once)
+            once_hold(d, p.held, p.nheld, w->visible_until_ms);
     }
-    for (size_t i = 0; i < n; i++)
-        if (verdicts[i].kind != LERR_NONE) {
-            log_invalid(d, msg[i], verdicts[i].msg);
-            held[nheld++] = msg[i];
-        }
-    for (size_t gi = 0; n && gi < plan.ngroups; gi++)
-        dispatch_group(d, ev, &groups[gi], msg, visible_until);
-    if (d->once)
-        once_hold(d, held, nheld, visible_until);
-out:
-    free(held);
-    free(ev);
-    free(msg);
-    free(groups);
-    free(members);
-    free(verdicts);
+    free(p.ev);
     window_clear(w);
 }
 
@@ -943,40 +956,26 @@ static void window_keepalive(struct daemon *d, struct window *w)
 {
     int vis = d->cfg->visibility_timeout;
     int64_t t = now_ms();
-    struct http_client *http;
-    struct sqs_client s;
 
-    if (!w->nmessages || t < w->visible_until_ms - (int64_t)vis * 1000 * 2 / 3)
+    if (!w->nmessages || keepalive_due(d, w->visible_until_ms) > 0)
         return;
-    if (!(http = pool_borrow(&d->pool, -1)))
-        return;
-    sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
-                    NULL);
-    s.provider = &d->creds;
-    s.metrics = &d->metrics;
     for (size_t b = 0; b < w->nbatches; b++) {
-        struct sqs_entry en[SQS_MAX_MESSAGES];
-        size_t n = w->batches[b].count;
-        struct lerr e;
-
-        memset(en, 0, sizeof en);
-        for (size_t i = 0; i < n; i++) {
-            en[i].receipt_handle = w->batches[b].messages[i].receipt_handle;
-            en[i].message_id = w->batches[b].messages[i].message_id;
-            en[i].visibility_timeout = vis;
-        }
-        if (sqs_change_visibility_batch(&s, en, n, &e) < 0)
-            log_warn("batching window: %s", e.msg);
+        struct job_msg m[SQS_MAX_MESSAGES];
+        for (size_t i = 0; i < w->batches[b].count; i++)
+            m[i] = (struct job_msg){ w->batches[b].messages[i].message_id,
+                                     w->batches[b].messages[i].receipt_handle };
+        batch_all(d, "window", m, w->batches[b].count, 0, vis, METRICS_NCOUNTERS);
     }
-    pool_return(&d->pool, http);
     w->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
 /* With a batching window: is some group already full, or the window over? */
-static int window_ready(const struct daemon *d, const struct window *w)
+static int window_ready(struct daemon *d, const struct window *w)
 {
     const struct config *cfg = d->cfg;
-    size_t n = 0, full = (size_t)cfg->events_per_machine;
+    struct plan p;
+    struct lerr e;
+    int ready;
 
     if (!w->nmessages)
         return 0;
@@ -984,34 +983,11 @@ static int window_ready(const struct daemon *d, const struct window *w)
         w->nbatches == WINDOW_MAX_BATCHES || w->bytes >= (size_t)cfg->max_events_bytes)
         return 1;
     /* Count per (image, size, command) the cheap way: group what we have. */
-    {
-        struct event *ev = calloc(w->nmessages, sizeof *ev);
-        struct group *groups = calloc(w->nmessages, sizeof *groups);
-        size_t *members = calloc(w->nmessages, sizeof *members);
-        struct lerr *verdicts = calloc(w->nmessages, sizeof *verdicts), e;
-        struct group_plan plan = { .groups = groups, .members = members, .verdicts = verdicts };
-        int ready = 0;
-
-        if (ev && groups && members && verdicts) {
-            for (size_t b = 0; b < w->nbatches; b++)
-                for (size_t i = 0; i < w->batches[b].count; i++) {
-                    const struct sqs_message *m = &w->batches[b].messages[i];
-                    ev[n++] = (struct event){ .id = m->message_id, .body = m->body,
-                                              .body_len = m->body_len, .image = m->image,
-                                              .size = m->size, .command = m->command };
-                }
-            if (group_build(ev, n, full, &plan, &e) == 0)
-                for (size_t g = 0; g < plan.ngroups && !ready; g++)
-                    ready = groups[g].count >= full;
-        } else {
-            ready = 1;
-        }
-        free(ev);
-        free(groups);
-        free(members);
-        free(verdicts);
-        return ready;
-    }
+    ready = plan_build(d, w, 0, &p, &e) < 0;
+    for (size_t g = 0; g < p.gp.ngroups && !ready; g++)
+        ready = p.gp.groups[g].count >= (size_t)cfg->events_per_machine;
+    free(p.ev);
+    return ready;
 }
 
 /* Free Machine slots as the receiver sees them: jobs alive, waiting ones included. */
@@ -1043,9 +1019,11 @@ static void daemon_wait_for_slot(struct daemon *d)
             until.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
+        if (d->jobs < d->cfg->max_machines)
+            break;  /* the main loop looks for a stop signal next */
         pthread_mutex_unlock(&d->mu);
         daemon_stopping(d, NULL);
-        once_keepalive(d);
+        main_keepalive(d);
         pthread_mutex_lock(&d->mu);
     }
     pthread_mutex_unlock(&d->mu);
@@ -1187,6 +1165,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     d->signal_fd = -1;
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->changed, NULL);
+    pthread_cond_init(&d->work, NULL);
+    d->queue_tail = &d->queue;
     pthread_mutex_init(&d->pool.mu, NULL);
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
@@ -1244,6 +1224,7 @@ static void daemon_close(struct daemon *d)
         free(d->book[i].id);
     free(d->book);
     pthread_cond_destroy(&d->changed);
+    pthread_cond_destroy(&d->work);
     pthread_mutex_destroy(&d->mu);
 }
 
@@ -1254,7 +1235,9 @@ static void daemon_drain(struct daemon *d)
     pthread_mutex_lock(&d->mu);
     if (d->jobs)
         log_info("stopping: waiting for %d groups in flight", d->jobs);
-    while (d->jobs > 0)
+    d->quitting = 1;
+    pthread_cond_broadcast(&d->work);
+    while (d->workers > 0)
         pthread_cond_wait(&d->changed, &d->mu);
     pthread_mutex_unlock(&d->mu);
 }
@@ -1300,7 +1283,7 @@ int daemon_run(const struct config *cfg, int once)
     }
     d.once = once;
     log_start(cfg);
-    while (!daemon_stopping(&d, NULL)) {
+    for (;;) {
         daemon_wait_for_slot(&d);
         if (daemon_stopping(&d, NULL))
             break;
@@ -1316,7 +1299,7 @@ int daemon_run(const struct config *cfg, int once)
         }
         if (rc > 0)
             w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
-        once_keepalive(&d);
+        main_keepalive(&d);
         if (window_ready(&d, &w))
             window_dispatch(&d, &w);
         else
