@@ -28,22 +28,9 @@
 
 #define RECEIVE_BACKOFF_BASE_MS 1000u   /* after a failed ReceiveMessage: full jitter */
 #define RECEIVE_BACKOFF_MAX_MS 30000u
-#define POOL_MAX 64                    /* idle HTTP clients kept for reuse */
 #define WINDOW_MAX_BATCHES 128         /* 1000 events per Machine at 10 a receive, and room */
 #define JOB_STACK (256 * 1024)
 #define WAIT_MAX_S 60                  /* Fly's wait endpoint takes at most 60 s a call */
-
-/*
- * HTTP clients, each with its keep-alive connections, are lent to one call at a time and
- * returned, so that the Fly and SQS connections outlive the jobs that used them and every
- * job does not pay for its own TLS handshakes.
- */
-struct pool {
-    pthread_mutex_t mu;
-    const struct tls_anchors *anchors;
-    struct http_client *idle[POOL_MAX];
-    size_t nidle;
-};
 
 struct daemon {
     const struct config *cfg;
@@ -52,9 +39,14 @@ struct daemon {
     struct creds_provider creds;       /* thread-safe; refreshes itself */
     struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
     struct sqs_client receiver;
-    struct pool pool;
+    struct http_client main_http;      /* the main thread's other calls: not cancelled */
     struct ratelimit create_rl, get_rl;
     struct fly_target fly;             /* shared, read-only after start-up */
+    struct fly_target follow;          /* fly without stop_fd, for following a Machine after
+                                          its create: during the shutdown grace time these
+                                          calls are how lambdo learns that it finished (a
+                                          wait in flight is still ended by the signal,
+                                          through the client's cancel_fd, until stopping) */
     struct metrics metrics;            /* counted by every thread; served if configured */
     int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
@@ -103,6 +95,7 @@ struct job {
     size_t events_len;
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
     struct job *next;                  /* in d->queue or d->held */
+    struct http_client *http;          /* its thread's: the main thread's, then a worker's */
     int beating;                       /* queued: the main thread heartbeats it, under mu */
     int recorded;                      /* --once: its outcome is in the book */
     size_t count;
@@ -113,10 +106,7 @@ struct job {
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ratelimit_now_ns() / 1000000;
 }
 
 /* Whether a stop signal arrived; the first caller to see it records when. The signal stays
@@ -148,49 +138,6 @@ static void pause_ms(const struct daemon *d, int64_t ms)
     if (ms > 0)
         while (poll(&p, 1, (int)ms) < 0 && errno == EINTR)
             ;
-}
-
-/* ------------------------------------------------------------------------- client pool -- */
-
-static struct http_client *pool_borrow(struct pool *p, int cancel_fd)
-{
-    struct http_client *c = NULL;
-
-    pthread_mutex_lock(&p->mu);
-    if (p->nidle)
-        c = p->idle[--p->nidle];
-    pthread_mutex_unlock(&p->mu);
-    if (!c) {
-        c = malloc(sizeof *c);
-        if (!c)
-            return NULL;
-        http_client_init(c, p->anchors);
-    }
-    c->cancel_fd = cancel_fd;
-    return c;
-}
-
-static void pool_return(struct pool *p, struct http_client *c)
-{
-    pthread_mutex_lock(&p->mu);
-    if (p->nidle < POOL_MAX) {
-        p->idle[p->nidle++] = c;
-        c = NULL;
-    }
-    pthread_mutex_unlock(&p->mu);
-    if (c) {
-        http_client_close(c);
-        free(c);
-    }
-}
-
-static void pool_close(struct pool *p)
-{
-    while (p->nidle) {
-        struct http_client *c = p->idle[--p->nidle];
-        http_client_close(c);
-        free(c);
-    }
 }
 
 /* ------------------------------------------------------------------ --once book -------- */
@@ -297,18 +244,13 @@ static unsigned long once_unhandled(struct daemon *d)
  * counting each message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for
  * heartbeats). Returns the number of messages for which it failed (stale handles are not
  * failures: logged). */
-static size_t batch_all(struct daemon *d, const char *gid, const struct job_msg *msgs,
-                        size_t count, int delete, int visibility, enum metrics_counter counted)
+static size_t batch_all(struct daemon *d, struct http_client *http, const char *gid,
+                        const struct job_msg *msgs, size_t count, int delete, int visibility,
+                        enum metrics_counter counted)
 {
-    struct http_client *http = pool_borrow(&d->pool, -1);
     size_t failed = 0;
     struct sqs_client s;
 
-    if (!http) {
-        log_error("group %s: out of memory; %zu messages return after the visibility timeout",
-                  gid, count);
-        return count;
-    }
     sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
                     NULL);
     s.provider = &d->creds;
@@ -342,13 +284,12 @@ static size_t batch_all(struct daemon *d, const char *gid, const struct job_msg 
             }
         }
     }
-    pool_return(&d->pool, http);
     return failed;
 }
 
 static size_t job_delete(struct job *j)
 {
-    size_t failed = batch_all(j->d, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED);
+    size_t failed = batch_all(j->d, j->http, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED);
 
     if (failed == 0)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
@@ -359,7 +300,7 @@ static size_t job_delete(struct job *j)
 static void job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-    if (batch_all(j->d, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
+    if (batch_all(j->d, j->http, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
 }
@@ -380,7 +321,7 @@ static void job_keepalive(struct job *j)
 
     if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
-    if (batch_all(j->d, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
+    if (batch_all(j->d, j->http, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
@@ -406,28 +347,21 @@ static int job_create(struct job *j, struct fly_machine *m)
         .image = j->image, .preset = j->preset, .command = j->command,
         .events = j->events, .events_len = j->events_len, .group_id = j->gid,
     };
-    struct http_client *http;
     struct lerr e;
-    int stop_fd = d->signal_fd, rc;
+    int stop_fd = d->signal_fd;
 
-    /* The turn comes first, the connection after: a connection borrowed while waiting in
-     * the rate limiter would idle there, and the server may close it meanwhile. */
+    /* The turn is taken here, with heartbeats while waiting for it (job_idle). */
     if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_idle, j, &e) < 0) {
         log_info("group %s: stopping before its Machine was created", j->gid);
         job_return(j, 0);
-        return -1;
-    }
-    if (!(http = pool_borrow(&d->pool, -1))) {
-        log_error("group %s: out of memory", j->gid);
         return -1;
     }
     t.idle = job_idle;
     t.idle_ctx = j;
     t.create_prepaid = 1;
     t.unlimited_429_retries = 1;
-    rc = fly_create_machine(http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m, &e);
-    pool_return(&d->pool, http);
-    if (rc < 0) {
+    if (fly_create_machine(j->http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m,
+                           &e) < 0) {
         if (e.kind == LERR_CANCELLED) {
             log_info("group %s: stopping before its Machine was created", j->gid);
             job_return(j, 0);
@@ -443,32 +377,15 @@ static int job_create(struct job *j, struct fly_machine *m)
     return 0;
 }
 
-/* The target for following a Machine after its create: a stop must not cancel these
- * calls, since during the shutdown grace time they are how lambdo learns that a Machine
- * finished (a wait in flight is still ended by the signal, through the client's
- * cancel_fd, while not yet stopping). */
-static struct fly_target follow_target(const struct daemon *d)
-{
-    struct fly_target t = d->fly;
-
-    t.stop_fd = NULL;
-    return t;
-}
-
 /* Destroys a Machine that ran past LAMBDO_MACHINE_TIMEOUT. */
 static void job_kill(struct job *j, const struct fly_machine *m)
 {
-    struct http_client *http = pool_borrow(&j->d->pool, -1);
-    struct fly_target t = follow_target(j->d);
     struct lerr e;
 
-    if (!http)
-        return;
-    if (fly_stop_machine(http, &t, m->id, NULL, &e) < 0)
+    if (fly_stop_machine(j->http, &j->d->follow, m->id, NULL, &e) < 0)
         log_warn("group %s: stopping machine %s: %s", j->gid, m->id, e.msg);
-    if (fly_destroy_machine(http, &t, m->id, 1, NULL, &e) < 0)
+    if (fly_destroy_machine(j->http, &j->d->follow, m->id, 1, NULL, &e) < 0)
         log_warn("group %s: destroying machine %s: %s", j->gid, m->id, e.msg);
-    pool_return(&j->d->pool, http);
 }
 
 enum follow { FOLLOW_EXITED, FOLLOW_TIMEOUT, FOLLOW_SHUTDOWN };
@@ -500,8 +417,6 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         int64_t stop_at = 0;
         int stopping = daemon_stopping(d, &stop_at);
         struct fly_call_result w;
-        struct fly_target t;
-        struct http_client *http;
         struct lerr e;
         int rc;
 
@@ -512,13 +427,10 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         job_keepalive(j);
         /* Before a stop, a wait is cancelled by the signal; during the shutdown grace time
          * it must not be, or it would end at once, over and over. */
-        http = pool_borrow(&d->pool, stopping ? -1 : d->signal_fd);
-        if (!http)
-            return FOLLOW_SHUTDOWN;
-        t = follow_target(d);
-        rc = fly_wait_machine(http, &t, m->id, m->instance_id, "stopped",
+        j->http->cancel_fd = stopping ? -1 : d->signal_fd;
+        rc = fly_wait_machine(j->http, &d->follow, m->id, m->instance_id, "stopped",
                               wait_seconds(j, started, stop_at), &w, &e);
-        pool_return(&d->pool, http);
+        j->http->cancel_fd = -1;
         if (rc == 0 && (w.outcome == FLY_CALL_OK || w.outcome == FLY_CALL_GONE))
             return FOLLOW_EXITED;
         if (rc < 0 && e.kind != LERR_CANCELLED) {
@@ -535,8 +447,6 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
 static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int64_t started)
 {
     struct daemon *d = j->d;
-    struct http_client *http;
-    struct fly_target ft;
     struct fly_exit x;
     struct lerr e;
     enum follow f = job_follow(j, m, started);
@@ -556,15 +466,10 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
         return -1;
     }
     memset(&x, 0, sizeof x);
-    http = pool_borrow(&d->pool, -1);
-    ft = follow_target(d);
-    if (!http || fly_machine_exit(http, &ft, m->id, &x, &e) < 0) {
+    if (fly_machine_exit(j->http, &d->follow, m->id, &x, &e) < 0) {
         x.known = 0;
-        log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id,
-                 http ? e.msg : "out of memory");
+        log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id, e.msg);
     }
-    if (http)
-        pool_return(&d->pool, http);
     secs = (double)(now_ms() - started) / 1000.0;
     if (x.known && x.exit_code == 0) {
         log_info("group %s: machine %s in %s exited 0 after %.1f s; deleting %zu messages",
@@ -614,7 +519,7 @@ static int job_run_local(struct job *j)
         .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
-    local_argv_free(argv);
+    free(argv);
     if (rc < 0) {
         log_error("group %s: cannot run locally: %s", j->gid, e.msg);
         job_return(j, cfg->retry_delay);
@@ -664,7 +569,9 @@ static void job_run(struct job *j, int stopping)
 static void *worker_main(void *arg)
 {
     struct daemon *d = arg;
+    struct http_client http;           /* its keep-alive connections serve every job */
 
+    http_client_init(&http, &d->anchors);
     pthread_mutex_lock(&d->mu);
     while (!d->quitting || d->queue) {
         struct job *j = d->queue;
@@ -679,6 +586,7 @@ static void *worker_main(void *arg)
         d->running += !stopping;
         metrics_set_in_flight(&d->metrics, d->running);
         pthread_mutex_unlock(&d->mu);
+        j->http = &http;
         job_run(j, stopping);
         job_free(j);
         pthread_mutex_lock(&d->mu);
@@ -687,6 +595,9 @@ static void *worker_main(void *arg)
         metrics_set_in_flight(&d->metrics, d->running);
         pthread_cond_broadcast(&d->changed);
     }
+    pthread_mutex_unlock(&d->mu);
+    http_client_close(&http);
+    pthread_mutex_lock(&d->mu);
     d->workers--;
     pthread_cond_broadcast(&d->changed);
     pthread_mutex_unlock(&d->mu);
@@ -743,6 +654,7 @@ static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
     j->d = d;
     j->count = n;
     j->visible_until_ms = visible_until;
+    j->http = &d->main_http;
     j->image = job_copy(&p, image);
     j->command = command ? job_copy(&p, command) : NULL;
     for (size_t i = 0; i < n; i++) {
@@ -964,7 +876,7 @@ static void window_keepalive(struct daemon *d, struct window *w)
         for (size_t i = 0; i < w->batches[b].count; i++)
             m[i] = (struct job_msg){ w->batches[b].messages[i].message_id,
                                      w->batches[b].messages[i].receipt_handle };
-        batch_all(d, "window", m, w->batches[b].count, 0, vis, METRICS_NCOUNTERS);
+        batch_all(d, &d->main_http, "window", m, w->batches[b].count, 0, vis, METRICS_NCOUNTERS);
     }
     w->visible_until_ms = t + (int64_t)vis * 1000;
 }
@@ -991,20 +903,11 @@ static int window_ready(struct daemon *d, const struct window *w)
 }
 
 /* Free Machine slots as the receiver sees them: jobs alive, waiting ones included. */
-static int daemon_free_slots(struct daemon *d)
+/* At the cap, receiving would take messages that cannot start: wait for a job to end.
+ * Returns the free Machine slots as the receiver sees them (jobs queued count). */
+static int daemon_wait_for_slot(struct daemon *d)
 {
-    int free_slots;
-
-    pthread_mutex_lock(&d->mu);
-    free_slots = d->cfg->max_machines - d->jobs;
-    pthread_mutex_unlock(&d->mu);
-    return free_slots;
-}
-
-/* At the cap, receiving would take messages that cannot start: wait for a job to end. */
-static void daemon_wait_for_slot(struct daemon *d)
-{
-    int waited = 0;
+    int waited = 0, free_slots;
 
     pthread_mutex_lock(&d->mu);
     while (d->jobs >= d->cfg->max_machines && !d->stop_at_ms) {
@@ -1026,17 +929,19 @@ static void daemon_wait_for_slot(struct daemon *d)
         main_keepalive(d);
         pthread_mutex_lock(&d->mu);
     }
+    free_slots = d->cfg->max_machines - d->jobs;
     pthread_mutex_unlock(&d->mu);
     if (waited)
         metrics_receive_idle(&d->metrics, 0);
+    return free_slots;
 }
 
 /* Returns 0 to go on, 1 when --once is done (the queue answered empty), -1 when lambdo
  * should exit with a failure. */
-static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
+static int receive_once(struct daemon *d, struct window *w, int free_slots, unsigned *failures)
 {
     const struct config *cfg = d->cfg;
-    int room = daemon_free_slots(d) * cfg->events_per_machine;
+    int room = free_slots * cfg->events_per_machine;
     struct sqs_receive_opts o = {
         .max_messages = room < SQS_MAX_MESSAGES ? (room < 1 ? 1 : room) : SQS_MAX_MESSAGES,
         .wait_seconds = cfg->long_poll_seconds,
@@ -1167,7 +1072,6 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     pthread_cond_init(&d->changed, NULL);
     pthread_cond_init(&d->work, NULL);
     d->queue_tail = &d->queue;
-    pthread_mutex_init(&d->pool.mu, NULL);
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
         return -1;
@@ -1176,13 +1080,13 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     if (creds_init(&d->creds, daemon_getenv, NULL, cfg->aws_region, &d->anchors, e) < 0)
         return -1;
     log_info("AWS credentials: %s", creds_source_name(&d->creds));
-    d->pool.anchors = &d->anchors;
     if ((d->signal_fd = signals_open(e)) < 0)
         return -1;
     /* Child processes must inherit nothing of ours but what local.c hands them. */
     if (cfg->backend_local && local_seal(e) < 0)
         return -1;
     http_client_init(&d->receive_http, &d->anchors);
+    http_client_init(&d->main_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
     sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
                     cfg->aws_region, NULL);
@@ -1195,6 +1099,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     d->fly.get_rl = &d->get_rl;
     d->fly.metrics = &d->metrics;
     d->receiver.metrics = &d->metrics;
+    d->follow = d->fly;
+    d->follow.stop_fd = NULL;
     {
         struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
                                       cfg->long_poll_seconds, NULL, NULL };
@@ -1212,14 +1118,13 @@ static void daemon_close(struct daemon *d)
     if (d->metrics_on)
         metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
-    pool_close(&d->pool);
+    http_client_close(&d->main_http);
     creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
     ratelimit_destroy(&d->create_rl);
     ratelimit_destroy(&d->get_rl);
     if (d->signal_fd >= 0)
         close(d->signal_fd);
-    pthread_mutex_destroy(&d->pool.mu);
     for (size_t i = 0; i < d->nbook; i++)
         free(d->book[i].id);
     free(d->book);
@@ -1284,10 +1189,10 @@ int daemon_run(const struct config *cfg, int once)
     d.once = once;
     log_start(cfg);
     for (;;) {
-        daemon_wait_for_slot(&d);
+        int free_slots = daemon_wait_for_slot(&d);
         if (daemon_stopping(&d, NULL))
             break;
-        rc = receive_once(&d, &w, &failures);
+        rc = receive_once(&d, &w, free_slots, &failures);
         if (rc < 0) {
             status = EXIT_FAILED;
             break;

@@ -134,49 +134,45 @@ int local_command_check(const char *json, struct lerr *e)
     return 0;
 }
 
-void local_argv_free(char **argv)
-{
-    if (!argv)
-        return;
-    for (char **p = argv; *p; p++)
-        free(*p);
-    free(argv);
-}
-
-int local_argv_from_json(const char *json, char ***argv_out, struct lerr *e)
+/* The array and its strings in one allocation: free() frees it. */
+static int argv_from_json(const char *json, char ***argv_out, struct lerr *e)
 {
     cJSON *a, *el;
-    char **argv;
-    size_t n = 0;
+    size_t n = 1, bytes = 0;
+    char **argv, *p;
 
     if (command_parse(json, &a, e) < 0)
         return -1;
-    argv = calloc((size_t)cJSON_GetArraySize(a) + 1, sizeof *argv);
-    if (!argv)
-        goto nomem;
     cJSON_ArrayForEach(el, a) {
-        if (!(argv[n++] = strdup(el->valuestring)))
-            goto nomem;
+        n++;
+        bytes += strlen(el->valuestring) + 1;
     }
+    if (!(argv = malloc(n * sizeof *argv + bytes))) {
+        cJSON_Delete(a);
+        return lerr_set(e, LERR_NOMEM, "out of memory for a command");
+    }
+    p = (char *)(argv + n);
+    n = 0;
+    cJSON_ArrayForEach(el, a) {
+        argv[n++] = strcpy(p, el->valuestring);
+        p += strlen(p) + 1;
+    }
+    argv[n] = NULL;
     cJSON_Delete(a);
     *argv_out = argv;
     return 0;
-nomem:
-    local_argv_free(argv);
-    cJSON_Delete(a);
-    return lerr_set(e, LERR_NOMEM, "out of memory for a command");
 }
 
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
                           struct lerr *e)
 {
     if (message_cmd) {
-        if (local_argv_from_json(message_cmd, argv_out, e) < 0)
+        if (argv_from_json(message_cmd, argv_out, e) < 0)
             return lerr_wrap(e, "attribute command");
         return 0;
     }
     if (default_cmd) {
-        if (local_argv_from_json(default_cmd, argv_out, e) < 0)
+        if (argv_from_json(default_cmd, argv_out, e) < 0)
             return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
         return 0;
     }
