@@ -214,26 +214,18 @@ static int once_held(struct daemon *d, const char *id)
     return held;
 }
 
-/* --once: failed messages that the queue still hides, as far as this run knows. */
-static long once_hidden(struct daemon *d)
+/* --once: failed messages that the queue still hides after `after`, as far as this run
+ * knows; with INT64_MIN, every message not handled (those out of the book too), each
+ * counted once. */
+static long once_failed(struct daemon *d, int64_t after)
 {
-    int64_t t = now_ms();
-    long n = 0;
+    long n;
 
     pthread_mutex_lock(&d->mu);
+    n = after == INT64_MIN ? (long)d->unhandled : 0;
     for (size_t i = 0; i < d->nbook; i++)
-        n += d->book[i].failures > 0 && d->book[i].hidden_until_ms > t;
+        n += d->book[i].failures > 0 && d->book[i].hidden_until_ms > after;
     pthread_mutex_unlock(&d->mu);
-    return n;
-}
-
-/* --once: messages not handled, each counted once. */
-static unsigned long once_unhandled(struct daemon *d)
-{
-    unsigned long n = d->unhandled;
-
-    for (size_t i = 0; i < d->nbook; i++)
-        n += d->book[i].failures > 0;
     return n;
 }
 
@@ -1020,7 +1012,7 @@ static int once_done(struct daemon *d, long *waiting)
     pthread_mutex_unlock(&d->mu);
     if (jobs)
         return 0;
-    ours = once_hidden(d);
+    ours = once_failed(d, now_ms());
     for (struct job *j = d->held; j; j = j->next)
         ours += (long)j->count;
     if (sqs_get_queue_attributes(&d->receiver, &q, &e) < 0) {
@@ -1219,9 +1211,9 @@ int daemon_run(const struct config *cfg, int once)
     daemon_drain(&d);
     once_release(&d);
     if (status == 0 && once) {
-        unsigned long unhandled = once_unhandled(&d);
+        long unhandled = once_failed(&d, INT64_MIN);
         if (unhandled)
-            log_error("--once: %lu messages were not handled", unhandled);
+            log_error("--once: %ld messages were not handled", unhandled);
         else if (!once_finished)
             log_error("--once: stopped by signal before the queue was empty");
         else
