@@ -288,13 +288,15 @@ static size_t job_delete(struct job *j)
     return failed;
 }
 
-/* Hands the messages back: visible again after `delay` seconds. */
-static void job_return(struct job *j, int delay)
+/* Hands the messages back: visible again after `delay` seconds. Returns -1, the job's
+ * failure. */
+static int job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
     if (batch_all(j->d, j->http, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
+    return -1;
 }
 
 /* Milliseconds until messages visible until `until` need a heartbeat: when a third of
@@ -342,26 +344,21 @@ static int job_create(struct job *j, struct fly_machine *m)
     struct lerr e;
     int stop_fd = d->signal_fd;
 
-    /* The turn is taken here, with heartbeats while waiting for it (job_idle). */
-    if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_idle, j, &e) < 0) {
-        log_info("group %s: stopping before its Machine was created", j->gid);
-        job_return(j, 0);
-        return -1;
-    }
     t.idle = job_idle;
     t.idle_ctx = j;
     t.create_prepaid = 1;
     t.unlimited_429_retries = 1;
-    if (fly_create_machine(j->http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m,
+    /* The turn is taken first, with heartbeats while waiting for it (job_idle). */
+    if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_idle, j, &e) < 0 ||
+        fly_create_machine(j->http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m,
                            &e) < 0) {
-        if (e.kind == LERR_CANCELLED) {
-            log_info("group %s: stopping before its Machine was created", j->gid);
-            job_return(j, 0);
-        } else {
+        if (e.kind != LERR_CANCELLED) {
             log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
                       "return after the visibility timeout", j->gid, j->count, j->image, e.msg);
+            return -1;
         }
-        return -1;
+        log_info("group %s: stopping before its Machine was created", j->gid);
+        return job_return(j, 0);
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
     log_info("group %s: machine %s created in %s for %zu events (image %s, size %s)", j->gid,
@@ -447,15 +444,13 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     if (f == FOLLOW_SHUTDOWN) {
         log_warn("group %s: stopping while machine %s still runs; its %zu messages go back to "
                  "the queue", j->gid, m->id, j->count);
-        job_return(j, 0);
-        return -1;
+        return job_return(j, 0);
     }
     if (f == FOLLOW_TIMEOUT) {
         log_error("group %s: machine %s ran past LAMBDO_MACHINE_TIMEOUT (%d s); destroying it",
                   j->gid, m->id, d->cfg->machine_timeout);
         job_kill(j, m);
-        job_return(j, d->cfg->retry_delay);
-        return -1;
+        return job_return(j, d->cfg->retry_delay);
     }
     memset(&x, 0, sizeof x);
     if (fly_machine_exit(j->http, &d->follow, m->id, &x, &e) < 0) {
@@ -475,8 +470,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     else
         log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
                  "back to the queue", j->gid, m->id, m->region, secs, j->count);
-    job_return(j, d->cfg->retry_delay);
-    return -1;
+    return job_return(j, d->cfg->retry_delay);
 }
 
 static void job_local_started(void *ctx, int pid)
@@ -500,8 +494,7 @@ static int job_run_local(struct job *j)
 
     if (local_command_resolve(j->command, cfg->local_command, &argv, &e) < 0) {
         log_error("group %s: %s; %zu messages go back to the queue", j->gid, e.msg, j->count);
-        job_return(j, cfg->retry_delay);
-        return -1;
+        return job_return(j, cfg->retry_delay);
     }
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
@@ -514,13 +507,11 @@ static int job_run_local(struct job *j)
     free(argv);
     if (rc < 0) {
         log_error("group %s: cannot run locally: %s", j->gid, e.msg);
-        job_return(j, cfg->retry_delay);
-        return -1;
+        return job_return(j, cfg->retry_delay);
     }
     if (res.stopped) {
         log_warn("group %s: %s; %zu messages go back to the queue", j->gid, res.reason, j->count);
-        job_return(j, 0);
-        return -1;
+        return job_return(j, 0);
     }
     if (local_result_ok(&res)) {
         log_info("group %s: process %d exited 0 after %.1f s; deleting %zu messages", j->gid,
@@ -529,8 +520,7 @@ static int job_run_local(struct job *j)
     }
     log_warn("group %s: %s (after %.1f s); %zu messages go back to the queue", j->gid,
              res.reason, res.seconds, j->count);
-    job_return(j, cfg->retry_delay);
-    return -1;
+    return job_return(j, cfg->retry_delay);
 }
 
 /* Runs one job to its end: its messages are deleted or handed back. */
@@ -946,7 +936,7 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
         o.wait_seconds = 1;  /* --once: a one-second long poll that answers empty means empty */
     if (w->nmessages && cfg->batch_window_ms) {
         int64_t left = w->opened_ms + cfg->batch_window_ms - now_ms();
-        int64_t beat = w->visible_until_ms - (int64_t)cfg->visibility_timeout * 1000 * 2 / 3 - now_ms();
+        int64_t beat = keepalive_due(d, w->visible_until_ms);
         int secs;
         if (beat < left)
             left = beat;
