@@ -63,8 +63,7 @@ struct daemon {
     int once;                          /* --once: stop when the queue answers empty */
     unsigned long unhandled;           /* --once: messages not handled that have no entry
                                           in the book (out of memory) */
-    struct once_msg *book;             /* --once: every message that failed, by id */
-    size_t nbook, capbook;
+    struct once_msg *book;             /* --once: every message that failed, newest first */
     struct job *held;                  /* --once: messages kept out of the rest of the run
                                           (main thread only) */
 };
@@ -72,9 +71,10 @@ struct daemon {
 /* --once: what became of one message in this run, so that messages are counted, not
  * deliveries, and one that failed ONCE_TRIES times is not tried again. */
 struct once_msg {
-    char *id;
+    struct once_msg *next;
     int failures;                      /* 0: handled (at its last try) */
     int64_t hidden_until_ms;           /* failed: when the queue shows it again */
+    char id[];
 };
 
 #define ONCE_TRIES 2                   /* --once: a failed message is tried once more */
@@ -147,24 +147,17 @@ static void pause_ms(const struct daemon *d, int64_t ms)
  * failures keeps the book, and these scans, short. */
 static struct once_msg *once_entry(struct daemon *d, const char *id, int add)
 {
-    struct once_msg *grown;
+    struct once_msg *m;
 
-    for (size_t i = 0; i < d->nbook; i++)
-        if (strcmp(d->book[i].id, id) == 0)
-            return &d->book[i];
-    if (!add)
+    for (m = d->book; m; m = m->next)
+        if (strcmp(m->id, id) == 0)
+            return m;
+    if (!add || !(m = calloc(1, sizeof *m + strlen(id) + 1)))
         return NULL;
-    if (d->nbook == d->capbook) {
-        size_t cap = d->capbook ? d->capbook * 2 : 64;
-        if (!(grown = realloc(d->book, cap * sizeof *grown)))
-            return NULL;
-        d->book = grown;
-        d->capbook = cap;
-    }
-    if (!(d->book[d->nbook].id = strdup(id)))
-        return NULL;
-    d->book[d->nbook].failures = 0;
-    return &d->book[d->nbook++];
+    strcpy(m->id, id);
+    m->next = d->book;
+    d->book = m;
+    return m;
 }
 
 /* --once: a message was handled to the end (failures 0), or failed once more (+1, hidden
@@ -223,8 +216,8 @@ static long once_failed(struct daemon *d, int64_t after)
 
     pthread_mutex_lock(&d->mu);
     n = after == INT64_MIN ? (long)d->unhandled : 0;
-    for (size_t i = 0; i < d->nbook; i++)
-        n += d->book[i].failures > 0 && d->book[i].hidden_until_ms > after;
+    for (struct once_msg *m = d->book; m; m = m->next)
+        n += m->failures > 0 && m->hidden_until_ms > after;
     pthread_mutex_unlock(&d->mu);
     return n;
 }
@@ -1073,14 +1066,12 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
                     cfg->aws_region, NULL);
     d->receiver.provider = &d->creds;
-    d->fly.base = &cfg->fly_api;
-    d->fly.app = cfg->fly_app;
-    d->fly.token = cfg->fly_token;
-    d->fly.stop_fd = &d->signal_fd;  /* a stop ends 429 waits, never a request in flight */
-    d->fly.create_rl = &d->create_rl;
-    d->fly.get_rl = &d->get_rl;
-    d->fly.metrics = &d->metrics;
     d->receiver.metrics = &d->metrics;
+    /* A stop ends 429 waits, never a request in flight. */
+    d->fly = (struct fly_target){ .base = &cfg->fly_api, .app = cfg->fly_app,
+                                  .token = cfg->fly_token, .stop_fd = &d->signal_fd,
+                                  .create_rl = &d->create_rl, .get_rl = &d->get_rl,
+                                  .metrics = &d->metrics };
     d->follow = d->fly;
     d->follow.stop_fd = NULL;
     {
@@ -1107,9 +1098,11 @@ static void daemon_close(struct daemon *d)
     ratelimit_destroy(&d->get_rl);
     if (d->signal_fd >= 0)
         close(d->signal_fd);
-    for (size_t i = 0; i < d->nbook; i++)
-        free(d->book[i].id);
-    free(d->book);
+    while (d->book) {
+        struct once_msg *m = d->book;
+        d->book = m->next;
+        free(m);
+    }
     pthread_cond_destroy(&d->changed);
     pthread_cond_destroy(&d->work);
     pthread_mutex_destroy(&d->mu);
