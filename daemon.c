@@ -28,22 +28,9 @@
 
 #define RECEIVE_BACKOFF_BASE_MS 1000u   /* after a failed ReceiveMessage: full jitter */
 #define RECEIVE_BACKOFF_MAX_MS 30000u
-#define POOL_MAX 64                    /* idle HTTP clients kept for reuse */
 #define WINDOW_MAX_BATCHES 128         /* 1000 events per Machine at 10 a receive, and room */
 #define JOB_STACK (256 * 1024)
 #define WAIT_MAX_S 60                  /* Fly's wait endpoint takes at most 60 s a call */
-
-/*
- * HTTP clients, each with its keep-alive connections, are lent to one call at a time and
- * returned, so that the Fly and SQS connections outlive the jobs that used them and every
- * job does not pay for its own TLS handshakes.
- */
-struct pool {
-    pthread_mutex_t mu;
-    const struct tls_anchors *anchors;
-    struct http_client *idle[POOL_MAX];
-    size_t nidle;
-};
 
 struct daemon {
     const struct config *cfg;
@@ -52,23 +39,31 @@ struct daemon {
     struct creds_provider creds;       /* thread-safe; refreshes itself */
     struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
     struct sqs_client receiver;
-    struct pool pool;
+    struct http_client main_http;      /* the main thread's other calls: not cancelled */
     struct ratelimit create_rl, get_rl;
     struct fly_target fly;             /* shared, read-only after start-up */
+    struct fly_target follow;          /* fly without stop_fd, for following a Machine after
+                                          its create: during the shutdown grace time these
+                                          calls are how lambdo learns that it finished (a
+                                          wait in flight is still ended by the signal,
+                                          through the client's cancel_fd, until stopping) */
     struct metrics metrics;            /* counted by every thread; served if configured */
     int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
     pthread_mutex_t mu;                /* guards what follows */
-    pthread_cond_t changed;            /* a job started, got a slot, or ended */
-    int jobs;                          /* job threads alive */
-    int slots;                         /* jobs holding a Machine slot */
+    pthread_cond_t changed;            /* a job ended, or the stop was seen: for the main thread */
+    pthread_cond_t work;               /* a job was queued, or the workers are to quit */
+    struct job *queue, **queue_tail;   /* jobs waiting for a worker, oldest first */
+    int jobs;                          /* queued or running */
+    int running;                       /* jobs a worker runs: they hold a Machine slot */
+    int workers, idle_workers;         /* worker threads, started as jobs need them */
+    int quitting;                      /* the workers are to end once the queue is empty */
     int64_t stop_at_ms;                /* when the stop signal was first seen, 0 before */
     int first_receive_done;
     int once;                          /* --once: stop when the queue answers empty */
     unsigned long unhandled;           /* --once: messages not handled that have no entry
                                           in the book (out of memory) */
-    struct once_msg *book;             /* --once: every message that failed, by id */
-    size_t nbook, capbook;
+    struct once_msg *book;             /* --once: every message that failed, newest first */
     struct job *held;                  /* --once: messages kept out of the rest of the run
                                           (main thread only) */
 };
@@ -76,18 +71,20 @@ struct daemon {
 /* --once: what became of one message in this run, so that messages are counted, not
  * deliveries, and one that failed ONCE_TRIES times is not tried again. */
 struct once_msg {
-    char *id;
+    struct once_msg *next;
     int failures;                      /* 0: handled (at its last try) */
     int64_t hidden_until_ms;           /* failed: when the queue shows it again */
+    char id[];
 };
 
 #define ONCE_TRIES 2                   /* --once: a failed message is tried once more */
 
 struct job_msg {
-    char *id;
-    char *receipt;
+    const char *id;
+    const char *receipt;
 };
 
+/* A group to run, in one allocation with its strings (but the events). */
 struct job {
     struct daemon *d;
     char gid[GROUP_ID_LEN + 1];
@@ -97,7 +94,9 @@ struct job {
     char *events;
     size_t events_len;
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
-    struct job *next;                  /* in d->held */
+    struct job *next;                  /* in d->queue or d->held */
+    struct http_client *http;          /* its thread's: the main thread's, then a worker's */
+    int beating;                       /* queued: the main thread heartbeats it, under mu */
     int recorded;                      /* --once: its outcome is in the book */
     size_t count;
     struct job_msg msgs[];
@@ -107,10 +106,7 @@ struct job {
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ratelimit_now_ns() / 1000000;
 }
 
 /* Whether a stop signal arrived; the first caller to see it records when. The signal stays
@@ -144,49 +140,6 @@ static void pause_ms(const struct daemon *d, int64_t ms)
             ;
 }
 
-/* ------------------------------------------------------------------------- client pool -- */
-
-static struct http_client *pool_borrow(struct pool *p, int cancel_fd)
-{
-    struct http_client *c = NULL;
-
-    pthread_mutex_lock(&p->mu);
-    if (p->nidle)
-        c = p->idle[--p->nidle];
-    pthread_mutex_unlock(&p->mu);
-    if (!c) {
-        c = malloc(sizeof *c);
-        if (!c)
-            return NULL;
-        http_client_init(c, p->anchors);
-    }
-    c->cancel_fd = cancel_fd;
-    return c;
-}
-
-static void pool_return(struct pool *p, struct http_client *c)
-{
-    pthread_mutex_lock(&p->mu);
-    if (p->nidle < POOL_MAX) {
-        p->idle[p->nidle++] = c;
-        c = NULL;
-    }
-    pthread_mutex_unlock(&p->mu);
-    if (c) {
-        http_client_close(c);
-        free(c);
-    }
-}
-
-static void pool_close(struct pool *p)
-{
-    while (p->nidle) {
-        struct http_client *c = p->idle[--p->nidle];
-        http_client_close(c);
-        free(c);
-    }
-}
-
 /* ------------------------------------------------------------------ --once book -------- */
 
 /* --once: the book's entry for a message, added if new and add is set; NULL if out of
@@ -194,24 +147,17 @@ static void pool_close(struct pool *p)
  * failures keeps the book, and these scans, short. */
 static struct once_msg *once_entry(struct daemon *d, const char *id, int add)
 {
-    struct once_msg *grown;
+    struct once_msg *m;
 
-    for (size_t i = 0; i < d->nbook; i++)
-        if (strcmp(d->book[i].id, id) == 0)
-            return &d->book[i];
-    if (!add)
+    for (m = d->book; m; m = m->next)
+        if (strcmp(m->id, id) == 0)
+            return m;
+    if (!add || !(m = calloc(1, sizeof *m + strlen(id) + 1)))
         return NULL;
-    if (d->nbook == d->capbook) {
-        size_t cap = d->capbook ? d->capbook * 2 : 64;
-        if (!(grown = realloc(d->book, cap * sizeof *grown)))
-            return NULL;
-        d->book = grown;
-        d->capbook = cap;
-    }
-    if (!(d->book[d->nbook].id = strdup(id)))
-        return NULL;
-    d->book[d->nbook].failures = 0;
-    return &d->book[d->nbook++];
+    strcpy(m->id, id);
+    m->next = d->book;
+    d->book = m;
+    return m;
 }
 
 /* --once: a message was handled to the end (failures 0), or failed once more (+1, hidden
@@ -261,67 +207,48 @@ static int once_held(struct daemon *d, const char *id)
     return held;
 }
 
-/* --once: failed messages that the queue still hides, as far as this run knows. */
-static long once_hidden(struct daemon *d)
+/* --once: failed messages that the queue still hides after `after`, as far as this run
+ * knows; with INT64_MIN, every message not handled (those out of the book too), each
+ * counted once. */
+static long once_failed(struct daemon *d, int64_t after)
 {
-    int64_t t = now_ms();
-    long n = 0;
+    long n;
 
     pthread_mutex_lock(&d->mu);
-    for (size_t i = 0; i < d->nbook; i++)
-        n += d->book[i].failures > 0 && d->book[i].hidden_until_ms > t;
+    n = after == INT64_MIN ? (long)d->unhandled : 0;
+    for (struct once_msg *m = d->book; m; m = m->next)
+        n += m->failures > 0 && m->hidden_until_ms > after;
     pthread_mutex_unlock(&d->mu);
-    return n;
-}
-
-/* --once: messages not handled, each counted once. */
-static unsigned long once_unhandled(struct daemon *d)
-{
-    unsigned long n = d->unhandled;
-
-    for (size_t i = 0; i < d->nbook; i++)
-        n += d->book[i].failures > 0;
     return n;
 }
 
 /* ---------------------------------------------------------------- acknowledging -------- */
 
-/* An SQS client for one batch call, on a borrowed HTTP client that a stop does not cancel:
- * a delete or a visibility change that has started is finished. */
-static void job_sqs(struct job *j, struct sqs_client *s, struct http_client *http)
+/* Runs a batch operation over messages, 10 at a time, on a borrowed HTTP client that a
+ * stop does not cancel (a delete or a visibility change that has started is finished),
+ * counting each message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for
+ * heartbeats). Returns the number of messages for which it failed (stale handles are not
+ * failures: logged). */
+static size_t batch_all(struct daemon *d, struct http_client *http, const char *gid,
+                        const struct job_msg *msgs, size_t count, int delete, int visibility,
+                        enum metrics_counter counted)
 {
-    const struct config *cfg = j->d->cfg;
-
-    sqs_client_init(s, http, &cfg->sqs_endpoint, cfg->queue_url, cfg->aws_region, NULL);
-    s->provider = &j->d->creds;
-    s->metrics = &j->d->metrics;
-}
-
-/* Runs a batch operation over all of the job's messages, 10 at a time, counting each
- * message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for heartbeats).
- * Returns the number of messages for which it failed (stale handles are not failures:
- * logged). */
-static size_t job_batch(struct job *j, int delete, int visibility, enum metrics_counter counted)
-{
-    struct http_client *http = pool_borrow(&j->d->pool, -1);
     size_t failed = 0;
     struct sqs_client s;
 
-    if (!http) {
-        log_error("group %s: out of memory; %zu messages return after the visibility timeout",
-                  j->gid, j->count);
-        return j->count;
-    }
-    job_sqs(j, &s, http);
-    for (size_t off = 0; off < j->count; off += SQS_MAX_MESSAGES) {
+    sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
+                    NULL);
+    s.provider = &d->creds;
+    s.metrics = &d->metrics;
+    for (size_t off = 0; off < count; off += SQS_MAX_MESSAGES) {
         struct sqs_entry en[SQS_MAX_MESSAGES];
-        size_t n = j->count - off < SQS_MAX_MESSAGES ? j->count - off : SQS_MAX_MESSAGES;
+        size_t n = count - off < SQS_MAX_MESSAGES ? count - off : SQS_MAX_MESSAGES;
         struct lerr e;
 
         memset(en, 0, sizeof en);
         for (size_t i = 0; i < n; i++) {
-            en[i].receipt_handle = j->msgs[off + i].receipt;
-            en[i].message_id = j->msgs[off + i].id;
+            en[i].receipt_handle = msgs[off + i].receipt;
+            en[i].message_id = msgs[off + i].id;
             en[i].visibility_timeout = visibility;
         }
         if (delete)
@@ -330,117 +257,67 @@ static size_t job_batch(struct job *j, int delete, int visibility, enum metrics_
             sqs_change_visibility_batch(&s, en, n, &e);
         for (size_t i = 0; i < n; i++) {
             if (en[i].status == SQS_ENTRY_OK)
-                metrics_count(&j->d->metrics, counted, 1);
+                metrics_count(&d->metrics, counted, 1);
             if (en[i].status == SQS_ENTRY_STALE) {
                 log_warn("group %s: message %s: %s: %s (received again elsewhere; it may run "
-                         "twice)", j->gid, en[i].message_id, en[i].code, en[i].message);
+                         "twice)", gid, en[i].message_id, en[i].code, en[i].message);
             } else if (en[i].status != SQS_ENTRY_OK) {
                 failed++;
                 log_error("group %s: message %s was not %s: %s: %s (it comes back after the "
-                          "visibility timeout)", j->gid, en[i].message_id,
+                          "visibility timeout)", gid, en[i].message_id,
                           delete ? "deleted" : "returned", en[i].code, en[i].message);
             }
         }
     }
-    pool_return(&j->d->pool, http);
     return failed;
 }
 
 static size_t job_delete(struct job *j)
 {
-    size_t failed = job_batch(j, 1, 0, METRICS_DELETED);
+    size_t failed = batch_all(j->d, j->http, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED);
 
     if (failed == 0)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
     return failed;
 }
 
-/* Hands the messages back: visible again after `delay` seconds. */
-static void job_return(struct job *j, int delay)
+/* Hands the messages back: visible again after `delay` seconds. Returns -1, the job's
+ * failure. */
+static int job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-    if (job_batch(j, 0, delay, METRICS_RETURNED) == 0)
+    if (batch_all(j->d, j->http, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
+    return -1;
 }
 
-/* Keeps the messages hidden: once a third of their visibility has passed, extend it to a
- * full LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait. */
+/* Milliseconds until messages visible until `until` need a heartbeat: when a third of
+ * their visibility has passed. */
+static int64_t keepalive_due(const struct daemon *d, int64_t until)
+{
+    return until - (int64_t)d->cfg->visibility_timeout * 1000 * 2 / 3 - now_ms();
+}
+
+/* Keeps the messages hidden: once due, extend their visibility to a full
+ * LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait. */
 static void job_keepalive(struct job *j)
 {
     int vis = j->d->cfg->visibility_timeout;
     int64_t t = now_ms();
 
-    if (t < j->visible_until_ms - (int64_t)vis * 1000 * 2 / 3)
+    if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
-    if (job_batch(j, 0, vis, METRICS_NCOUNTERS) == 0)
+    if (batch_all(j->d, j->http, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
-}
-
-/* Milliseconds until job_keepalive has work again (at least 1000). */
-static int64_t job_keepalive_due(const struct job *j)
-{
-    int64_t due = j->visible_until_ms - (int64_t)j->d->cfg->visibility_timeout * 1000 * 2 / 3;
-    int64_t left = due - now_ms();
-
-    return left < 1000 ? 1000 : left;
 }
 
 /* ------------------------------------------------------------------------- a job ------- */
 
 static void job_free(struct job *j)
 {
-    for (size_t i = 0; i < j->count; i++) {
-        free(j->msgs[i].id);
-        free(j->msgs[i].receipt);
-    }
-    free(j->image);
-    free(j->command);
     free(j->events);
     free(j);
-}
-
-/* Waits for a Machine slot, keeping the messages alive meanwhile. Returns -1 if a stop came
- * first: the caller hands the messages back. */
-static int job_take_slot(struct job *j)
-{
-    struct daemon *d = j->d;
-    int got = 0;
-
-    for (;;) {
-        int stopping = daemon_stopping(d, NULL);
-        pthread_mutex_lock(&d->mu);
-        if (!stopping && d->slots < d->cfg->max_machines) {
-            d->slots++;
-            metrics_set_in_flight(&d->metrics, d->slots);
-            got = 1;
-        } else if (!stopping) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
-            pthread_cond_timedwait(&d->changed, &d->mu, &until);
-        }
-        pthread_mutex_unlock(&d->mu);
-        if (got)
-            return 0;
-        if (stopping)
-            return -1;
-        job_keepalive(j);
-    }
-}
-
-static void job_end(struct job *j, int had_slot)
-{
-    struct daemon *d = j->d;
-
-    pthread_mutex_lock(&d->mu);
-    if (had_slot) {
-        d->slots--;
-        metrics_set_in_flight(&d->metrics, d->slots);
-    }
-    d->jobs--;
-    pthread_cond_broadcast(&d->changed);
-    pthread_mutex_unlock(&d->mu);
 }
 
 /* fly.c calls this while a create waits for its turn (rate limit, 429). */
@@ -457,36 +334,24 @@ static int job_create(struct job *j, struct fly_machine *m)
         .image = j->image, .preset = j->preset, .command = j->command,
         .events = j->events, .events_len = j->events_len, .group_id = j->gid,
     };
-    struct http_client *http;
     struct lerr e;
-    int stop_fd = d->signal_fd, rc;
+    int stop_fd = d->signal_fd;
 
-    /* The turn comes first, the connection after: a connection borrowed while waiting in
-     * the rate limiter would idle there, and the server may close it meanwhile. */
-    if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_idle, j, &e) < 0) {
-        log_info("group %s: stopping before its Machine was created", j->gid);
-        job_return(j, 0);
-        return -1;
-    }
-    if (!(http = pool_borrow(&d->pool, -1))) {
-        log_error("group %s: out of memory", j->gid);
-        return -1;
-    }
     t.idle = job_idle;
     t.idle_ctx = j;
     t.create_prepaid = 1;
     t.unlimited_429_retries = 1;
-    rc = fly_create_machine(http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m, &e);
-    pool_return(&d->pool, http);
-    if (rc < 0) {
-        if (e.kind == LERR_CANCELLED) {
-            log_info("group %s: stopping before its Machine was created", j->gid);
-            job_return(j, 0);
-        } else {
+    /* The turn is taken first, with heartbeats while waiting for it (job_idle). */
+    if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_idle, j, &e) < 0 ||
+        fly_create_machine(j->http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m,
+                           &e) < 0) {
+        if (e.kind != LERR_CANCELLED) {
             log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
                       "return after the visibility timeout", j->gid, j->count, j->image, e.msg);
+            return -1;
         }
-        return -1;
+        log_info("group %s: stopping before its Machine was created", j->gid);
+        return job_return(j, 0);
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
     log_info("group %s: machine %s created in %s for %zu events (image %s, size %s)", j->gid,
@@ -494,32 +359,15 @@ static int job_create(struct job *j, struct fly_machine *m)
     return 0;
 }
 
-/* The target for following a Machine after its create: a stop must not cancel these
- * calls, since during the shutdown grace time they are how lambdo learns that a Machine
- * finished (a wait in flight is still ended by the signal, through the client's
- * cancel_fd, while not yet stopping). */
-static struct fly_target follow_target(const struct daemon *d)
-{
-    struct fly_target t = d->fly;
-
-    t.stop_fd = NULL;
-    return t;
-}
-
 /* Destroys a Machine that ran past LAMBDO_MACHINE_TIMEOUT. */
 static void job_kill(struct job *j, const struct fly_machine *m)
 {
-    struct http_client *http = pool_borrow(&j->d->pool, -1);
-    struct fly_target t = follow_target(j->d);
     struct lerr e;
 
-    if (!http)
-        return;
-    if (fly_stop_machine(http, &t, m->id, NULL, &e) < 0)
+    if (fly_stop_machine(j->http, &j->d->follow, m->id, NULL, &e) < 0)
         log_warn("group %s: stopping machine %s: %s", j->gid, m->id, e.msg);
-    if (fly_destroy_machine(http, &t, m->id, 1, NULL, &e) < 0)
+    if (fly_destroy_machine(j->http, &j->d->follow, m->id, 1, NULL, &e) < 0)
         log_warn("group %s: destroying machine %s: %s", j->gid, m->id, e.msg);
-    pool_return(&j->d->pool, http);
 }
 
 enum follow { FOLLOW_EXITED, FOLLOW_TIMEOUT, FOLLOW_SHUTDOWN };
@@ -531,8 +379,8 @@ static int wait_seconds(const struct job *j, int64_t started, int64_t stop_at)
     const struct config *cfg = j->d->cfg;
     int64_t ms = (int64_t)WAIT_MAX_S * 1000, t = now_ms();
 
-    if (job_keepalive_due(j) < ms)
-        ms = job_keepalive_due(j);
+    if (keepalive_due(j->d, j->visible_until_ms) < ms)
+        ms = keepalive_due(j->d, j->visible_until_ms);
     if (cfg->machine_timeout && started + (int64_t)cfg->machine_timeout * 1000 - t < ms)
         ms = started + (int64_t)cfg->machine_timeout * 1000 - t;
     if (stop_at && stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t < ms)
@@ -551,8 +399,6 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         int64_t stop_at = 0;
         int stopping = daemon_stopping(d, &stop_at);
         struct fly_call_result w;
-        struct fly_target t;
-        struct http_client *http;
         struct lerr e;
         int rc;
 
@@ -563,13 +409,10 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         job_keepalive(j);
         /* Before a stop, a wait is cancelled by the signal; during the shutdown grace time
          * it must not be, or it would end at once, over and over. */
-        http = pool_borrow(&d->pool, stopping ? -1 : d->signal_fd);
-        if (!http)
-            return FOLLOW_SHUTDOWN;
-        t = follow_target(d);
-        rc = fly_wait_machine(http, &t, m->id, m->instance_id, "stopped",
+        j->http->cancel_fd = stopping ? -1 : d->signal_fd;
+        rc = fly_wait_machine(j->http, &d->follow, m->id, m->instance_id, "stopped",
                               wait_seconds(j, started, stop_at), &w, &e);
-        pool_return(&d->pool, http);
+        j->http->cancel_fd = -1;
         if (rc == 0 && (w.outcome == FLY_CALL_OK || w.outcome == FLY_CALL_GONE))
             return FOLLOW_EXITED;
         if (rc < 0 && e.kind != LERR_CANCELLED) {
@@ -586,8 +429,6 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
 static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int64_t started)
 {
     struct daemon *d = j->d;
-    struct http_client *http;
-    struct fly_target ft;
     struct fly_exit x;
     struct lerr e;
     enum follow f = job_follow(j, m, started);
@@ -596,26 +437,19 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     if (f == FOLLOW_SHUTDOWN) {
         log_warn("group %s: stopping while machine %s still runs; its %zu messages go back to "
                  "the queue", j->gid, m->id, j->count);
-        job_return(j, 0);
-        return -1;
+        return job_return(j, 0);
     }
     if (f == FOLLOW_TIMEOUT) {
         log_error("group %s: machine %s ran past LAMBDO_MACHINE_TIMEOUT (%d s); destroying it",
                   j->gid, m->id, d->cfg->machine_timeout);
         job_kill(j, m);
-        job_return(j, d->cfg->retry_delay);
-        return -1;
+        return job_return(j, d->cfg->retry_delay);
     }
     memset(&x, 0, sizeof x);
-    http = pool_borrow(&d->pool, -1);
-    ft = follow_target(d);
-    if (!http || fly_machine_exit(http, &ft, m->id, &x, &e) < 0) {
+    if (fly_machine_exit(j->http, &d->follow, m->id, &x, &e) < 0) {
         x.known = 0;
-        log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id,
-                 http ? e.msg : "out of memory");
+        log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id, e.msg);
     }
-    if (http)
-        pool_return(&d->pool, http);
     secs = (double)(now_ms() - started) / 1000.0;
     if (x.known && x.exit_code == 0) {
         log_info("group %s: machine %s in %s exited 0 after %.1f s; deleting %zu messages",
@@ -629,8 +463,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     else
         log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
                  "back to the queue", j->gid, m->id, m->region, secs, j->count);
-    job_return(j, d->cfg->retry_delay);
-    return -1;
+    return job_return(j, d->cfg->retry_delay);
 }
 
 static void job_local_started(void *ctx, int pid)
@@ -654,8 +487,7 @@ static int job_run_local(struct job *j)
 
     if (local_command_resolve(j->command, cfg->local_command, &argv, &e) < 0) {
         log_error("group %s: %s; %zu messages go back to the queue", j->gid, e.msg, j->count);
-        job_return(j, cfg->retry_delay);
-        return -1;
+        return job_return(j, cfg->retry_delay);
     }
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
@@ -665,16 +497,14 @@ static int job_run_local(struct job *j)
         .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
-    local_argv_free(argv);
+    free(argv);
     if (rc < 0) {
         log_error("group %s: cannot run locally: %s", j->gid, e.msg);
-        job_return(j, cfg->retry_delay);
-        return -1;
+        return job_return(j, cfg->retry_delay);
     }
     if (res.stopped) {
         log_warn("group %s: %s; %zu messages go back to the queue", j->gid, res.reason, j->count);
-        job_return(j, 0);
-        return -1;
+        return job_return(j, 0);
     }
     if (local_result_ok(&res)) {
         log_info("group %s: process %d exited 0 after %.1f s; deleting %zu messages", j->gid,
@@ -683,26 +513,22 @@ static int job_run_local(struct job *j)
     }
     log_warn("group %s: %s (after %.1f s); %zu messages go back to the queue", j->gid,
              res.reason, res.seconds, j->count);
-    job_return(j, cfg->retry_delay);
-    return -1;
+    return job_return(j, cfg->retry_delay);
 }
 
-static void *job_main(void *arg)
+/* Runs one job to its end: its messages are deleted or handed back. */
+static void job_run(struct job *j, int stopping)
 {
-    struct job *j = arg;
     struct fly_machine m;
-    int64_t started;
+    int64_t started = now_ms();
     int ok;
 
-    if (job_take_slot(j) < 0) {
+    if (stopping) {
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
         job_return(j, 0);
-        job_end(j, 0);
-        job_free(j);
-        return NULL;
+        return;
     }
-    started = now_ms();
     if (j->d->cfg->backend_local)
         ok = job_run_local(j) == 0;
     else if (job_create(j, &m) < 0)
@@ -711,8 +537,45 @@ static void *job_main(void *arg)
         ok = j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) == 0
                                     : job_delete(j) == 0;
     once_record_job(j, ok, j->visible_until_ms);  /* a failure not returned: hidden till then */
-    job_end(j, 1);
-    job_free(j);
+}
+
+/* A worker runs queued jobs one after the other until daemon_drain: a thread per job
+ * would map, touch and unmap a stack for each. A job running holds a Machine slot. */
+static void *worker_main(void *arg)
+{
+    struct daemon *d = arg;
+    struct http_client http;           /* its keep-alive connections serve every job */
+
+    http_client_init(&http, &d->anchors);
+    pthread_mutex_lock(&d->mu);
+    while (!d->quitting || d->queue) {
+        struct job *j = d->queue;
+        int stopping = d->stop_at_ms != 0;
+
+        if (!j || j->beating) {
+            pthread_cond_wait(&d->work, &d->mu);
+            continue;
+        }
+        if (!(d->queue = j->next))
+            d->queue_tail = &d->queue;
+        d->running += !stopping;
+        metrics_set_in_flight(&d->metrics, d->running);
+        pthread_mutex_unlock(&d->mu);
+        j->http = &http;
+        job_run(j, stopping);
+        job_free(j);
+        pthread_mutex_lock(&d->mu);
+        d->running -= !stopping;
+        d->jobs--;
+        metrics_set_in_flight(&d->metrics, d->running);
+        pthread_cond_broadcast(&d->changed);
+    }
+    pthread_mutex_unlock(&d->mu);
+    http_client_close(&http);
+    pthread_mutex_lock(&d->mu);
+    d->workers--;
+    pthread_cond_broadcast(&d->changed);
+    pthread_mutex_unlock(&d->mu);
     return NULL;
 }
 
@@ -735,64 +598,77 @@ static void window_clear(struct window *w)
     memset(w, 0, sizeof *w);
 }
 
-static char *dup_or_null(const char *s)
+/* Copies s to *p, past which *p moves. */
+static char *job_copy(char **p, const char *s)
 {
-    return s ? strdup(s) : NULL;
+    char *copy = *p;
+    size_t n = strlen(s) + 1;
+
+    memcpy(copy, s, n);
+    *p += n;
+    return copy;
 }
 
-/* Copies what the group's job needs out of the batch memory. */
-static struct job *job_new(struct daemon *d, const struct event *ev, const struct group *g,
-                           struct sqs_message *const *msg, int64_t visible_until)
+/* A job for n messages, msg[members[i]] (msg[i] without members), in one allocation with
+ * its strings copied out of the batch memory; NULL if out of memory. */
+static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
+                             const size_t *members, size_t n, const char *image,
+                             const char *command, int64_t visible_until)
 {
-    struct job *j = calloc(1, sizeof *j + g->count * sizeof j->msgs[0]);
-    struct lerr e;
+    size_t bytes = strlen(image) + 1 + (command ? strlen(command) + 1 : 0);
+    struct job *j;
+    char *p;
 
-    if (!j)
-        return NULL;
-    j->d = d;
-    j->count = g->count;
-    j->preset = g->preset;
-    j->visible_until_ms = visible_until;
-    group_id(ev, g, j->gid);
-    j->image = strdup(g->image);
-    j->command = dup_or_null(g->command);
-    for (size_t i = 0; i < g->count; i++) {
-        const struct sqs_message *m = msg[g->members[i]];
-        j->msgs[i].id = strdup(m->message_id);
-        j->msgs[i].receipt = strdup(m->receipt_handle);
-        if (!j->msgs[i].id || !j->msgs[i].receipt)
-            goto fail;
+    for (size_t i = 0; i < n; i++) {
+        const struct sqs_message *m = msg[members ? members[i] : i];
+        bytes += strlen(m->message_id) + strlen(m->receipt_handle) + 2;
     }
-    if (!j->image || (g->command && !j->command))
-        goto fail;
-    /* One event may exceed the byte cap on its own: it still runs, alone. */
-    if (group_events_json_alloc(ev, g, (size_t)-1 / 2, &j->events, &j->events_len, &e) < 0)
-        goto fail;
+    if (!(j = calloc(1, sizeof *j + n * sizeof j->msgs[0] + bytes)))
+        return NULL;
+    p = (char *)&j->msgs[n];
+    j->d = d;
+    j->count = n;
+    j->visible_until_ms = visible_until;
+    j->http = &d->main_http;
+    j->image = job_copy(&p, image);
+    j->command = command ? job_copy(&p, command) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct sqs_message *m = msg[members ? members[i] : i];
+        j->msgs[i].id = job_copy(&p, m->message_id);
+        j->msgs[i].receipt = job_copy(&p, m->receipt_handle);
+    }
     return j;
-fail:
-    job_free(j);
-    return NULL;
 }
 
+/* Queues a job for a worker, starting one unless every job has one already. */
 static void job_start(struct daemon *d, struct job *j)
 {
-    pthread_attr_t attr;
-    pthread_t t;
-    int rc;
+    int rc = 0;
 
     pthread_mutex_lock(&d->mu);
-    d->jobs++;
+    if (d->jobs >= d->workers && d->workers < d->cfg->max_machines) {
+        pthread_attr_t attr;
+        pthread_t t;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, JOB_STACK);
+        rc = pthread_create(&t, &attr, worker_main, d);
+        pthread_attr_destroy(&attr);
+        d->workers += rc == 0;
+    }
+    if (d->workers) {
+        j->next = NULL;
+        *d->queue_tail = j;
+        d->queue_tail = &j->next;
+        d->jobs++;
+        pthread_cond_signal(&d->work);
+        j = NULL;
+    }
     pthread_mutex_unlock(&d->mu);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, JOB_STACK);
-    rc = pthread_create(&t, &attr, job_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
+    if (j) {
         log_error("group %s: cannot start a thread (%s); its messages return after the "
                   "visibility timeout", j->gid, strerror(rc));
         once_record_job(j, 0, j->visible_until_ms);
-        job_end(j, 0);
         job_free(j);
     }
 }
@@ -808,17 +684,24 @@ static void dispatch_group(struct daemon *d, const struct event *ev, const struc
         struct group part = *g;
         size_t bytes = 2 + ev[g->members[start]].body_len, n = 1;
         struct job *j;
+        struct lerr e;
 
         while (start + n < g->count && bytes + 1 + ev[g->members[start + n]].body_len <= cap)
             bytes += 1 + ev[g->members[start + n++]].body_len;
         part.members = g->members + start;
         part.count = n;
-        j = job_new(d, ev, &part, msg, visible_until);
-        if (j)
+        j = job_alloc(d, msg, part.members, n, g->image, g->command, visible_until);
+        /* One event may exceed the byte cap on its own: it still runs, alone. */
+        if (j && group_events_json_alloc(ev, &part, (size_t)-1 / 2, &j->events,
+                                         &j->events_len, &e) == 0) {
+            j->preset = g->preset;
+            group_id(ev, &part, j->gid);
             job_start(d, j);
-        else
+        } else {
+            free(j);
             log_error("out of memory for a group of %zu events; they return after the "
                       "visibility timeout", n);
+        }
         start += n;
     }
 }
@@ -840,29 +723,32 @@ static void once_hold(struct daemon *d, struct sqs_message *const *m, size_t n,
 {
     struct job *j;
 
-    if (!n || !(j = calloc(1, sizeof *j + n * sizeof j->msgs[0])))
+    if (!n || !(j = job_alloc(d, m, NULL, n, "", NULL, visible_until)))
         return;
-    j->d = d;
-    j->count = n;
-    j->visible_until_ms = visible_until;
     snprintf(j->gid, sizeof j->gid, "held");
     j->recorded = 1;
-    for (size_t i = 0; i < n; i++) {
-        j->msgs[i].id = strdup(m[i]->message_id);
-        j->msgs[i].receipt = strdup(m[i]->receipt_handle);
-        if (!j->msgs[i].id || !j->msgs[i].receipt) {
-            job_free(j);
-            return;
-        }
-    }
     j->next = d->held;
     d->held = j;
 }
 
-static void once_keepalive(struct daemon *d)
+/* The main thread heartbeats the messages it holds (--once) and the queued jobs', whose
+ * workers are not free yet; a worker leaves a job alone while it is being heartbeated. */
+static void main_keepalive(struct daemon *d)
 {
     for (struct job *j = d->held; j; j = j->next)
         job_keepalive(j);
+    pthread_mutex_lock(&d->mu);
+    for (struct job *j = d->queue; j; j = j->next) {
+        if (keepalive_due(d, j->visible_until_ms) > 0)
+            continue;
+        j->beating = 1;
+        pthread_mutex_unlock(&d->mu);
+        job_keepalive(j);
+        pthread_mutex_lock(&d->mu);
+        j->beating = 0;
+        pthread_cond_broadcast(&d->work);
+    }
+    pthread_mutex_unlock(&d->mu);
 }
 
 /* The end of a --once run: the held messages go back to the queue. */
@@ -876,64 +762,78 @@ static void once_release(struct daemon *d)
     }
 }
 
-/* Validates, groups and dispatches everything in the window. */
-static void window_dispatch(struct daemon *d, struct window *w)
-{
-    size_t cap = w->nmessages ? w->nmessages : 1, n = 0;
-    struct event *ev = calloc(cap, sizeof *ev);
-    struct sqs_message **msg = calloc(cap, sizeof *msg);
-    struct group *groups = calloc(cap, sizeof *groups);
-    size_t *members = calloc(cap, sizeof *members);
-    struct lerr *verdicts = calloc(cap, sizeof *verdicts), e;
-    struct group_plan plan = { .groups = groups, .members = members, .verdicts = verdicts };
-    int64_t visible_until = w->visible_until_ms;
-    struct sqs_message **held = calloc(cap, sizeof *held);  /* --once: not run */
-    size_t nheld = 0;
+/* The window's messages as events, and their grouping, in one allocation (ev's). */
+struct plan {
+    struct event *ev;
+    struct sqs_message **msg;          /* ev[i]'s message */
+    struct sqs_message **held;         /* not run: invalid, or (--once) failed too often */
+    size_t n, nheld;
+    struct group_plan gp;
+};
 
-    if (!ev || !msg || !groups || !members || !verdicts || !held) {
-        log_error("out of memory for %zu messages; they return after the visibility timeout",
-                  w->nmessages);
-        goto out;
-    }
+/* Groups the window's messages. Dispatching, the messages sqs.c flagged and (--once)
+ * those that failed too often go to held instead, logged. 0, or -1 with e set. */
+static int plan_build(struct daemon *d, const struct window *w, int dispatching,
+                      struct plan *p, struct lerr *e)
+{
+    size_t cap = w->nmessages ? w->nmessages : 1;
+
+    memset(p, 0, sizeof *p);
+    p->ev = calloc(cap, sizeof *p->ev + 2 * sizeof *p->msg + sizeof *p->gp.groups +
+                            sizeof *p->gp.members + sizeof *p->gp.verdicts);
+    if (!p->ev)
+        return lerr_set(e, LERR_NOMEM, "out of memory");
+    p->msg = (struct sqs_message **)(p->ev + cap);
+    p->held = p->msg + cap;
+    p->gp.groups = (struct group *)(p->held + cap);
+    p->gp.members = (size_t *)(p->gp.groups + cap);
+    p->gp.verdicts = (struct lerr *)(p->gp.members + cap);
     for (size_t b = 0; b < w->nbatches; b++) {
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
-            if (m->flags) {
+            if (dispatching && m->flags) {
                 log_invalid(d, m, m->problem);
-                held[nheld++] = m;
+                p->held[p->nheld++] = m;
                 continue;
             }
-            if (once_held(d, m->message_id)) {
+            if (dispatching && once_held(d, m->message_id)) {
                 log_warn("--once: message %s failed %d times; it is not run again and goes "
                          "back to the queue at the end", m->message_id, ONCE_TRIES);
-                held[nheld++] = m;
+                p->held[p->nheld++] = m;
                 continue;
             }
-            ev[n] = (struct event){ .id = m->message_id, .body = m->body, .body_len = m->body_len,
-                                    .image = m->image, .size = m->size, .command = m->command };
-            msg[n++] = m;
+            p->ev[p->n] = (struct event){ .id = m->message_id, .body = m->body,
+                                          .body_len = m->body_len, .image = m->image,
+                                          .size = m->size, .command = m->command };
+            p->msg[p->n++] = m;
         }
     }
-    if (n && group_build(ev, n, (size_t)d->cfg->events_per_machine, &plan, &e) < 0) {
-        log_error("cannot group %zu messages: %s", n, e.msg);
-        goto out;
+    if (p->n && group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine, &p->gp, e) < 0)
+        return -1;
+    return 0;
+}
+
+/* Validates, groups and dispatches everything in the window. */
+static void window_dispatch(struct daemon *d, struct window *w)
+{
+    struct plan p;
+    struct lerr e;
+
+    if (plan_build(d, w, 1, &p, &e) < 0) {
+        log_error("cannot group %zu messages: %s; they return after the visibility timeout",
+                  w->nmessages, e.msg);
+    } else {
+        for (size_t i = 0; i < p.n; i++)
+            if (p.gp.verdicts[i].kind != LERR_NONE) {
+                log_invalid(d, p.msg[i], p.gp.verdicts[i].msg);
+                p.held[p.nheld++] = p.msg[i];
+            }
+        for (size_t gi = 0; gi < p.gp.ngroups; gi++)
+            dispatch_group(d, p.ev, &p.gp.groups[gi], p.msg, w->visible_until_ms);
+        if (d->once)
+            once_hold(d, p.held, p.nheld, w->visible_until_ms);
     }
-    for (size_t i = 0; i < n; i++)
-        if (verdicts[i].kind != LERR_NONE) {
-            log_invalid(d, msg[i], verdicts[i].msg);
-            held[nheld++] = msg[i];
-        }
-    for (size_t gi = 0; n && gi < plan.ngroups; gi++)
-        dispatch_group(d, ev, &groups[gi], msg, visible_until);
-    if (d->once)
-        once_hold(d, held, nheld, visible_until);
-out:
-    free(held);
-    free(ev);
-    free(msg);
-    free(groups);
-    free(members);
-    free(verdicts);
+    free(p.ev);
     window_clear(w);
 }
 
@@ -943,40 +843,26 @@ static void window_keepalive(struct daemon *d, struct window *w)
 {
     int vis = d->cfg->visibility_timeout;
     int64_t t = now_ms();
-    struct http_client *http;
-    struct sqs_client s;
 
-    if (!w->nmessages || t < w->visible_until_ms - (int64_t)vis * 1000 * 2 / 3)
+    if (!w->nmessages || keepalive_due(d, w->visible_until_ms) > 0)
         return;
-    if (!(http = pool_borrow(&d->pool, -1)))
-        return;
-    sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
-                    NULL);
-    s.provider = &d->creds;
-    s.metrics = &d->metrics;
     for (size_t b = 0; b < w->nbatches; b++) {
-        struct sqs_entry en[SQS_MAX_MESSAGES];
-        size_t n = w->batches[b].count;
-        struct lerr e;
-
-        memset(en, 0, sizeof en);
-        for (size_t i = 0; i < n; i++) {
-            en[i].receipt_handle = w->batches[b].messages[i].receipt_handle;
-            en[i].message_id = w->batches[b].messages[i].message_id;
-            en[i].visibility_timeout = vis;
-        }
-        if (sqs_change_visibility_batch(&s, en, n, &e) < 0)
-            log_warn("batching window: %s", e.msg);
+        struct job_msg m[SQS_MAX_MESSAGES];
+        for (size_t i = 0; i < w->batches[b].count; i++)
+            m[i] = (struct job_msg){ w->batches[b].messages[i].message_id,
+                                     w->batches[b].messages[i].receipt_handle };
+        batch_all(d, &d->main_http, "window", m, w->batches[b].count, 0, vis, METRICS_NCOUNTERS);
     }
-    pool_return(&d->pool, http);
     w->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
 /* With a batching window: is some group already full, or the window over? */
-static int window_ready(const struct daemon *d, const struct window *w)
+static int window_ready(struct daemon *d, const struct window *w)
 {
     const struct config *cfg = d->cfg;
-    size_t n = 0, full = (size_t)cfg->events_per_machine;
+    struct plan p;
+    struct lerr e;
+    int ready;
 
     if (!w->nmessages)
         return 0;
@@ -984,51 +870,19 @@ static int window_ready(const struct daemon *d, const struct window *w)
         w->nbatches == WINDOW_MAX_BATCHES || w->bytes >= (size_t)cfg->max_events_bytes)
         return 1;
     /* Count per (image, size, command) the cheap way: group what we have. */
-    {
-        struct event *ev = calloc(w->nmessages, sizeof *ev);
-        struct group *groups = calloc(w->nmessages, sizeof *groups);
-        size_t *members = calloc(w->nmessages, sizeof *members);
-        struct lerr *verdicts = calloc(w->nmessages, sizeof *verdicts), e;
-        struct group_plan plan = { .groups = groups, .members = members, .verdicts = verdicts };
-        int ready = 0;
-
-        if (ev && groups && members && verdicts) {
-            for (size_t b = 0; b < w->nbatches; b++)
-                for (size_t i = 0; i < w->batches[b].count; i++) {
-                    const struct sqs_message *m = &w->batches[b].messages[i];
-                    ev[n++] = (struct event){ .id = m->message_id, .body = m->body,
-                                              .body_len = m->body_len, .image = m->image,
-                                              .size = m->size, .command = m->command };
-                }
-            if (group_build(ev, n, full, &plan, &e) == 0)
-                for (size_t g = 0; g < plan.ngroups && !ready; g++)
-                    ready = groups[g].count >= full;
-        } else {
-            ready = 1;
-        }
-        free(ev);
-        free(groups);
-        free(members);
-        free(verdicts);
-        return ready;
-    }
+    ready = plan_build(d, w, 0, &p, &e) < 0;
+    for (size_t g = 0; g < p.gp.ngroups && !ready; g++)
+        ready = p.gp.groups[g].count >= (size_t)cfg->events_per_machine;
+    free(p.ev);
+    return ready;
 }
 
 /* Free Machine slots as the receiver sees them: jobs alive, waiting ones included. */
-static int daemon_free_slots(struct daemon *d)
+/* At the cap, receiving would take messages that cannot start: wait for a job to end.
+ * Returns the free Machine slots as the receiver sees them (jobs queued count). */
+static int daemon_wait_for_slot(struct daemon *d)
 {
-    int free_slots;
-
-    pthread_mutex_lock(&d->mu);
-    free_slots = d->cfg->max_machines - d->jobs;
-    pthread_mutex_unlock(&d->mu);
-    return free_slots;
-}
-
-/* At the cap, receiving would take messages that cannot start: wait for a job to end. */
-static void daemon_wait_for_slot(struct daemon *d)
-{
-    int waited = 0;
+    int waited = 0, free_slots;
 
     pthread_mutex_lock(&d->mu);
     while (d->jobs >= d->cfg->max_machines && !d->stop_at_ms) {
@@ -1043,22 +897,26 @@ static void daemon_wait_for_slot(struct daemon *d)
             until.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
+        if (d->jobs < d->cfg->max_machines)
+            break;  /* the main loop looks for a stop signal next */
         pthread_mutex_unlock(&d->mu);
         daemon_stopping(d, NULL);
-        once_keepalive(d);
+        main_keepalive(d);
         pthread_mutex_lock(&d->mu);
     }
+    free_slots = d->cfg->max_machines - d->jobs;
     pthread_mutex_unlock(&d->mu);
     if (waited)
         metrics_receive_idle(&d->metrics, 0);
+    return free_slots;
 }
 
 /* Returns 0 to go on, 1 when --once is done (the queue answered empty), -1 when lambdo
  * should exit with a failure. */
-static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
+static int receive_once(struct daemon *d, struct window *w, int free_slots, unsigned *failures)
 {
     const struct config *cfg = d->cfg;
-    int room = daemon_free_slots(d) * cfg->events_per_machine;
+    int room = free_slots * cfg->events_per_machine;
     struct sqs_receive_opts o = {
         .max_messages = room < SQS_MAX_MESSAGES ? (room < 1 ? 1 : room) : SQS_MAX_MESSAGES,
         .wait_seconds = cfg->long_poll_seconds,
@@ -1071,7 +929,7 @@ static int receive_once(struct daemon *d, struct window *w, unsigned *failures)
         o.wait_seconds = 1;  /* --once: a one-second long poll that answers empty means empty */
     if (w->nmessages && cfg->batch_window_ms) {
         int64_t left = w->opened_ms + cfg->batch_window_ms - now_ms();
-        int64_t beat = w->visible_until_ms - (int64_t)cfg->visibility_timeout * 1000 * 2 / 3 - now_ms();
+        int64_t beat = keepalive_due(d, w->visible_until_ms);
         int secs;
         if (beat < left)
             left = beat;
@@ -1137,7 +995,7 @@ static int once_done(struct daemon *d, long *waiting)
     pthread_mutex_unlock(&d->mu);
     if (jobs)
         return 0;
-    ours = once_hidden(d);
+    ours = once_failed(d, now_ms());
     for (struct job *j = d->held; j; j = j->next)
         ours += (long)j->count;
     if (sqs_get_queue_attributes(&d->receiver, &q, &e) < 0) {
@@ -1187,7 +1045,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     d->signal_fd = -1;
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->changed, NULL);
-    pthread_mutex_init(&d->pool.mu, NULL);
+    pthread_cond_init(&d->work, NULL);
+    d->queue_tail = &d->queue;
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
         return -1;
@@ -1196,25 +1055,25 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     if (creds_init(&d->creds, daemon_getenv, NULL, cfg->aws_region, &d->anchors, e) < 0)
         return -1;
     log_info("AWS credentials: %s", creds_source_name(&d->creds));
-    d->pool.anchors = &d->anchors;
     if ((d->signal_fd = signals_open(e)) < 0)
         return -1;
     /* Child processes must inherit nothing of ours but what local.c hands them. */
     if (cfg->backend_local && local_seal(e) < 0)
         return -1;
     http_client_init(&d->receive_http, &d->anchors);
+    http_client_init(&d->main_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
     sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
                     cfg->aws_region, NULL);
     d->receiver.provider = &d->creds;
-    d->fly.base = &cfg->fly_api;
-    d->fly.app = cfg->fly_app;
-    d->fly.token = cfg->fly_token;
-    d->fly.stop_fd = &d->signal_fd;  /* a stop ends 429 waits, never a request in flight */
-    d->fly.create_rl = &d->create_rl;
-    d->fly.get_rl = &d->get_rl;
-    d->fly.metrics = &d->metrics;
     d->receiver.metrics = &d->metrics;
+    /* A stop ends 429 waits, never a request in flight. */
+    d->fly = (struct fly_target){ .base = &cfg->fly_api, .app = cfg->fly_app,
+                                  .token = cfg->fly_token, .stop_fd = &d->signal_fd,
+                                  .create_rl = &d->create_rl, .get_rl = &d->get_rl,
+                                  .metrics = &d->metrics };
+    d->follow = d->fly;
+    d->follow.stop_fd = NULL;
     {
         struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
                                       cfg->long_poll_seconds, NULL, NULL };
@@ -1232,18 +1091,20 @@ static void daemon_close(struct daemon *d)
     if (d->metrics_on)
         metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
-    pool_close(&d->pool);
+    http_client_close(&d->main_http);
     creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
     ratelimit_destroy(&d->create_rl);
     ratelimit_destroy(&d->get_rl);
     if (d->signal_fd >= 0)
         close(d->signal_fd);
-    pthread_mutex_destroy(&d->pool.mu);
-    for (size_t i = 0; i < d->nbook; i++)
-        free(d->book[i].id);
-    free(d->book);
+    while (d->book) {
+        struct once_msg *m = d->book;
+        d->book = m->next;
+        free(m);
+    }
     pthread_cond_destroy(&d->changed);
+    pthread_cond_destroy(&d->work);
     pthread_mutex_destroy(&d->mu);
 }
 
@@ -1254,7 +1115,9 @@ static void daemon_drain(struct daemon *d)
     pthread_mutex_lock(&d->mu);
     if (d->jobs)
         log_info("stopping: waiting for %d groups in flight", d->jobs);
-    while (d->jobs > 0)
+    d->quitting = 1;
+    pthread_cond_broadcast(&d->work);
+    while (d->workers > 0)
         pthread_cond_wait(&d->changed, &d->mu);
     pthread_mutex_unlock(&d->mu);
 }
@@ -1300,11 +1163,11 @@ int daemon_run(const struct config *cfg, int once)
     }
     d.once = once;
     log_start(cfg);
-    while (!daemon_stopping(&d, NULL)) {
-        daemon_wait_for_slot(&d);
+    for (;;) {
+        int free_slots = daemon_wait_for_slot(&d);
         if (daemon_stopping(&d, NULL))
             break;
-        rc = receive_once(&d, &w, &failures);
+        rc = receive_once(&d, &w, free_slots, &failures);
         if (rc < 0) {
             status = EXIT_FAILED;
             break;
@@ -1316,7 +1179,7 @@ int daemon_run(const struct config *cfg, int once)
         }
         if (rc > 0)
             w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
-        once_keepalive(&d);
+        main_keepalive(&d);
         if (window_ready(&d, &w))
             window_dispatch(&d, &w);
         else
@@ -1331,9 +1194,9 @@ int daemon_run(const struct config *cfg, int once)
     daemon_drain(&d);
     once_release(&d);
     if (status == 0 && once) {
-        unsigned long unhandled = once_unhandled(&d);
+        long unhandled = once_failed(&d, INT64_MIN);
         if (unhandled)
-            log_error("--once: %lu messages were not handled", unhandled);
+            log_error("--once: %ld messages were not handled", unhandled);
         else if (!once_finished)
             log_error("--once: stopped by signal before the queue was empty");
         else

@@ -1,12 +1,15 @@
 /*
  * daemon.h - the long-running part of lambdo: receive, validate, group, run, acknowledge.
  *
- * The main thread long-polls SQS and hands each group of events to a job thread of its
- * own. A job creates the group's Machine and acknowledges its messages: at once after the
- * create (LAMBDO_ACK=create), or after the Machine exited 0 (LAMBDO_ACK=exit), keeping the
- * messages hidden with visibility heartbeats meanwhile. At most LAMBDO_MAX_MACHINES jobs
- * hold a slot; the main thread stops receiving while every slot is taken, so it never
- * holds a message it cannot start.
+ * The main thread long-polls SQS, groups the events and queues a job per group for a set
+ * of at most LAMBDO_MAX_MACHINES worker threads (started as jobs need them, kept until
+ * the stop, each with its own HTTP client). A job creates the group's Machine (or runs
+ * its local child: local.c) and acknowledges its messages: at once after the create
+ * (LAMBDO_ACK=create), or after the Machine exited 0 (LAMBDO_ACK=exit), keeping the
+ * messages hidden with visibility heartbeats meanwhile. A running job holds a Machine
+ * slot; the main thread heartbeats queued jobs and stops receiving while every slot is
+ * taken, so it never holds a message it cannot start. The HTTP, SQS, Fly and grouping
+ * work itself is the other modules'.
  */
 #ifndef LAMBDO_DAEMON_H
 #define LAMBDO_DAEMON_H

@@ -134,49 +134,45 @@ int local_command_check(const char *json, struct lerr *e)
     return 0;
 }
 
-void local_argv_free(char **argv)
-{
-    if (!argv)
-        return;
-    for (char **p = argv; *p; p++)
-        free(*p);
-    free(argv);
-}
-
-int local_argv_from_json(const char *json, char ***argv_out, struct lerr *e)
+/* The array and its strings in one allocation: free() frees it. */
+static int argv_from_json(const char *json, char ***argv_out, struct lerr *e)
 {
     cJSON *a, *el;
-    char **argv;
-    size_t n = 0;
+    size_t n = 1, bytes = 0;
+    char **argv, *p;
 
     if (command_parse(json, &a, e) < 0)
         return -1;
-    argv = calloc((size_t)cJSON_GetArraySize(a) + 1, sizeof *argv);
-    if (!argv)
-        goto nomem;
     cJSON_ArrayForEach(el, a) {
-        if (!(argv[n++] = strdup(el->valuestring)))
-            goto nomem;
+        n++;
+        bytes += strlen(el->valuestring) + 1;
     }
+    if (!(argv = malloc(n * sizeof *argv + bytes))) {
+        cJSON_Delete(a);
+        return lerr_set(e, LERR_NOMEM, "out of memory for a command");
+    }
+    p = (char *)(argv + n);
+    n = 0;
+    cJSON_ArrayForEach(el, a) {
+        argv[n++] = strcpy(p, el->valuestring);
+        p += strlen(p) + 1;
+    }
+    argv[n] = NULL;
     cJSON_Delete(a);
     *argv_out = argv;
     return 0;
-nomem:
-    local_argv_free(argv);
-    cJSON_Delete(a);
-    return lerr_set(e, LERR_NOMEM, "out of memory for a command");
 }
 
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
                           struct lerr *e)
 {
     if (message_cmd) {
-        if (local_argv_from_json(message_cmd, argv_out, e) < 0)
+        if (argv_from_json(message_cmd, argv_out, e) < 0)
             return lerr_wrap(e, "attribute command");
         return 0;
     }
     if (default_cmd) {
-        if (local_argv_from_json(default_cmd, argv_out, e) < 0)
+        if (argv_from_json(default_cmd, argv_out, e) < 0)
             return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
         return 0;
     }
@@ -689,48 +685,32 @@ static void child_check(struct watch *w)
 }
 
 /* Sends SIGTERM when the timeout or the shutdown deadline has come, SIGKILL kill_grace
- * later. */
-static void child_deadlines(struct watch *w, int64_t t)
+ * later. Returns when it has work next (INT64_MAX: none). */
+static int64_t child_deadlines(struct watch *w, int64_t t)
 {
     const struct local_run *r = w->r;
     int grace = r->kill_grace_s > 0 ? r->kill_grace_s : LOCAL_KILL_GRACE_S;
+    int64_t timeout_at = r->timeout_s > 0 ? w->started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
+    int64_t stop_at = w->stopping ? w->stop_deadline : INT64_MAX;
 
     if (w->reaped)
-        return;
+        return INT64_MAX;
     if (w->kill_at) {
         if (t >= w->kill_at) {
             group_signal(w, SIGKILL);
             w->kill_at = INT64_MAX;
         }
-        return;
+        return w->kill_at;
     }
-    if (r->timeout_s > 0 && t >= w->started + (int64_t)r->timeout_s * 1000)
+    if (t >= timeout_at)
         w->out->timed_out = 1;
-    else if (w->stopping && t >= w->stop_deadline)
+    else if (t >= stop_at)
         w->out->stopped = 1;
     else
-        return;
+        return timeout_at < stop_at ? timeout_at : stop_at;
     group_signal(w, SIGTERM);
     w->kill_at = t + (int64_t)grace * 1000;
-}
-
-/* Milliseconds poll may sleep: until the next deadline, heartbeat or tick. */
-static int watch_wait_ms(const struct watch *w, int64_t t, int64_t next_idle)
-{
-    const struct local_run *r = w->r;
-    int64_t until = w->reaped ? w->drain_until : next_idle;
-
-    if (!w->reaped) {
-        if (w->kill_at && w->kill_at < until)
-            until = w->kill_at;
-        if (!w->kill_at && r->timeout_s > 0 && w->started + (int64_t)r->timeout_s * 1000 < until)
-            until = w->started + (int64_t)r->timeout_s * 1000;
-        if (!w->kill_at && w->stopping && w->stop_deadline < until)
-            until = w->stop_deadline;
-        if (t + w->tick_ms < until)
-            until = t + w->tick_ms;
-    }
-    return until <= t ? 0 : (int)(until - t);
+    return w->kill_at;
 }
 
 static void watch_loop(struct watch *w)
@@ -741,9 +721,8 @@ static void watch_loop(struct watch *w)
     for (;;) {
         struct pollfd p[2];
         int np = 0, i_out = -1, i_stop = -1;
-        int64_t t = now_ms();
+        int64_t t = now_ms(), until = child_deadlines(w, t);
 
-        child_deadlines(w, t);
         if (w->reaped && (w->out_fd < 0 || t >= w->drain_until))
             return;
         if (!w->reaped && r->idle && t >= next_idle) {
@@ -755,7 +734,14 @@ static void watch_loop(struct watch *w)
             p[i_out = np++] = (struct pollfd){ .fd = w->out_fd, .events = POLLIN };
         if (!w->reaped && !w->stopping && r->stop_fd >= 0)
             p[i_stop = np++] = (struct pollfd){ .fd = r->stop_fd, .events = POLLIN };
-        if (poll(p, (nfds_t)np, watch_wait_ms(w, t, next_idle)) < 0 && errno != EINTR) {
+        /* Sleep until the next deadline, heartbeat or tick; after the end, the drain's. */
+        if (next_idle < until)
+            until = next_idle;
+        if (t + w->tick_ms < until)
+            until = t + w->tick_ms;
+        if (w->reaped)
+            until = w->drain_until;
+        if (poll(p, (nfds_t)np, until <= t ? 0 : (int)(until - t)) < 0 && errno != EINTR) {
             log_warn("group %s: poll: %s", r->group_id, strerror(errno));
             usleep(TICK_MS * 1000);
         }

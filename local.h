@@ -134,14 +134,11 @@ int local_result_ok(const struct local_result *r);
  * "must be a JSON array of strings, not a number" (the caller names the variable). */
 int local_command_check(const char *json, struct lerr *e);
 
-/* Parses a command (checked as above) into a NULL-terminated argv that the caller frees
- * with local_argv_free. LERR_INVALID or LERR_NOMEM. */
-int local_argv_from_json(const char *json, char ***argv_out, struct lerr *e);
-void local_argv_free(char **argv);
-
 /* Which command runs a group: the message's own (message_cmd, already checked by
  * group_check) wins; else default_cmd (LAMBDO_LOCAL_COMMAND); with neither, -1 with
- * LERR_INVALID "no command: ...". Parses it like local_argv_from_json. */
+ * LERR_INVALID "no command: ...". Parses it (checked as local_command_check does) into a
+ * NULL-terminated argv in one allocation, which the caller frees with free(); else
+ * LERR_INVALID naming where the command came from, or LERR_NOMEM. */
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
                           struct lerr *e);
 

@@ -11,6 +11,7 @@ import { startSqsProxy } from './lib/sqsproxy.mjs';
 import { startFlyApi, guestForPreset } from './lib/flyapi.mjs';
 import { testCerts } from './lib/certs.mjs';
 import path from 'node:path';
+import { readdirSync } from 'node:fs';
 import { lambdoCommand, ROOT } from './lib/tools.mjs';
 
 const REGION = 'us-east-1';
@@ -327,6 +328,35 @@ describe('lambdo daemon', () => {
     const ids = fly.machines.flatMap((m) => m.events.map((e) => e.id)).filter((id) => /^cc/.test(id));
     assert.deepEqual([...ids].sort(), ['cc0', 'cc1', 'cc2', 'cc3', 'cc4', 'cc5']);
     assert.ok(Date.now() - t0 >= 1200, 'two rounds of 600 ms Machines');
+  });
+
+  it('runs groups on at most LAMBDO_MAX_MACHINES worker threads; groups queued for one stay hidden', async () => {
+    // One receive brings three groups for one worker: two wait in the queue for longer than
+    // the visibility timeout, so the main thread must heartbeat them, and no thread is started
+    // per group (lambdo's threads: the main one and the worker).
+    const { url } = await queue({ visibilityTimeout: 2 });
+    fly.onCreate = (m) => setTimeout(() => fly.exitMachine(m.id, 0), 2500);
+    const ids = ['wq0', 'wq1', 'wq2'];
+    for (const id of ids) await sqs.send(url, `{"id":"${id}"}`, { image: `registry.fly.io/${id}:1` });
+    const r = lambdo(url, { LAMBDO_ACK: 'exit', LAMBDO_MAX_MACHINES: '1', LAMBDO_VISIBILITY_TIMEOUT: '2',
+      LAMBDO_FLY_GET_RATE: '100', LAMBDO_FLY_GET_BURST: '100' });
+    let threads = 0, received = false, reappeared = 0;
+    const sampler = setInterval(async () => {
+      try { threads = Math.max(threads, readdirSync(`/proc/${r.proc.pid}/task`).length); } catch { /* exited */ }
+      const c = await sqs.counts(url);
+      if (c.inFlight === 3) received = true;
+      else if (received && c.visible > 0) reappeared = Math.max(reappeared, c.visible);
+    }, 50);
+    try {
+      await until(async () => machinesFor(ids).length === 3 && settled(url), 'three groups done', 30000);
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.equal((await r.stop()).code, 0);
+    const seen = fly.machines.flatMap((m) => m.events.map((e) => e.id)).filter((id) => /^wq/.test(id));
+    assert.deepEqual([...seen].sort(), ids, 'each group ran once: the queued ones were kept hidden');
+    assert.equal(reappeared, 0, 'no message of a queued group became visible again');
+    assert.equal(threads, 2, `threads: main + 1 worker, whatever the number of groups`);
   });
 
   it('fills a group across receives within LAMBDO_BATCH_WINDOW_MS', async () => {

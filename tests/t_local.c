@@ -248,17 +248,16 @@ static void test_argv_from_json(void **state)
     char **argv = NULL;
     struct lerr e;
 
-    assert_int_equal(local_argv_from_json("[\"ls\", \"-l\", \"a b\", \"\\u00e9\", \"\"]", &argv,
-                                          &e), 0);
+    assert_int_equal(local_command_resolve("[\"ls\", \"-l\", \"a b\", \"\\u00e9\", \"\"]", NULL,
+                                           &argv, &e), 0);
     assert_string_equal(argv[0], "ls");
     assert_string_equal(argv[1], "-l");
     assert_string_equal(argv[2], "a b");
     assert_string_equal(argv[3], "\xc3\xa9");
     assert_string_equal(argv[4], "");
     assert_null(argv[5]);
-    local_argv_free(argv);
-    local_argv_free(NULL);
-    assert_int_equal(local_argv_from_json("[2]", &argv, &e), -1);
+    free(argv);
+    assert_int_equal(local_command_resolve("[2]", NULL, &argv, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
 }
 
@@ -270,11 +269,11 @@ static void test_command_resolve(void **state)
     /* The message's command wins over LAMBDO_LOCAL_COMMAND. */
     assert_int_equal(local_command_resolve("[\"msg\"]", "[\"default\"]", &argv, &e), 0);
     assert_string_equal(argv[0], "msg");
-    local_argv_free(argv);
+    free(argv);
     assert_int_equal(local_command_resolve(NULL, "[\"default\", \"x\"]", &argv, &e), 0);
     assert_string_equal(argv[0], "default");
     assert_string_equal(argv[1], "x");
-    local_argv_free(argv);
+    free(argv);
     assert_int_equal(local_command_resolve(NULL, NULL, &argv, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
     assert_has(e.msg, "no command attribute and LAMBDO_LOCAL_COMMAND is not set");
