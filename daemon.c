@@ -40,6 +40,7 @@ struct daemon {
     struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
     struct sqs_client receiver;
     struct http_client main_http;      /* the main thread's other calls: not cancelled */
+    struct sigv4_key main_key;         /* their signing key (the receiver keeps its own) */
     struct ratelimit create_rl, get_rl;
     struct fly_target fly;             /* shared, read-only after start-up */
     struct fly_target follow;          /* fly without stop_fd, for following a Machine after
@@ -96,6 +97,7 @@ struct job {
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
     struct job *next;                  /* in d->queue or d->held */
     struct http_client *http;          /* its thread's: the main thread's, then a worker's */
+    struct sigv4_key *key;             /* that thread's SigV4 signing key, derived once a day */
     int beating;                       /* queued: the main thread heartbeats it, under mu */
     int recorded;                      /* --once: its outcome is in the book */
     size_t count;
@@ -229,15 +231,16 @@ static long once_failed(struct daemon *d, int64_t after)
  * counting each message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for
  * heartbeats). Returns the number of messages for which it failed (stale handles are not
  * failures: logged). */
-static size_t batch_all(struct daemon *d, struct http_client *http, const char *gid,
-                        const struct job_msg *msgs, size_t count, int delete, int visibility,
-                        enum metrics_counter counted)
+static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4_key *key,
+                        const char *gid, const struct job_msg *msgs, size_t count, int delete,
+                        int visibility, enum metrics_counter counted)
 {
     size_t failed = 0;
     struct sqs_client s;
 
     sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
                     NULL);
+    s.sigv4_key = *key;  /* deriving it costs 4 HMACs: once a day per thread, not per batch */
     s.provider = &d->creds;
     s.metrics = &d->metrics;
     for (size_t off = 0; off < count; off += SQS_MAX_MESSAGES) {
@@ -269,12 +272,15 @@ static size_t batch_all(struct daemon *d, struct http_client *http, const char *
             }
         }
     }
+    *key = s.sigv4_key;
+    explicit_bzero(&s.sigv4_key, sizeof s.sigv4_key);
     return failed;
 }
 
 static size_t job_delete(struct job *j)
 {
-    size_t failed = batch_all(j->d, j->http, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED);
+    size_t failed = batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 1, 0,
+                              METRICS_DELETED);
 
     if (failed == 0)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
@@ -286,7 +292,8 @@ static size_t job_delete(struct job *j)
 static int job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-    if (batch_all(j->d, j->http, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
+    if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, delay,
+                  METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
     return -1;
@@ -308,7 +315,8 @@ static void job_keepalive(struct job *j)
 
     if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
-    if (batch_all(j->d, j->http, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
+    if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, vis,
+                  METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
@@ -545,6 +553,7 @@ static void *worker_main(void *arg)
 {
     struct daemon *d = arg;
     struct http_client http;           /* its keep-alive connections serve every job */
+    struct sigv4_key key = { 0 };
 
     http_client_init(&http, &d->anchors);
     pthread_mutex_lock(&d->mu);
@@ -562,6 +571,7 @@ static void *worker_main(void *arg)
         metrics_set_in_flight(&d->metrics, d->running);
         pthread_mutex_unlock(&d->mu);
         j->http = &http;
+        j->key = &key;
         job_run(j, stopping);
         job_free(j);
         pthread_mutex_lock(&d->mu);
@@ -572,6 +582,7 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&d->mu);
     http_client_close(&http);
+    explicit_bzero(&key, sizeof key);
     pthread_mutex_lock(&d->mu);
     d->workers--;
     pthread_cond_broadcast(&d->changed);
@@ -630,6 +641,7 @@ static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
     j->count = n;
     j->visible_until_ms = visible_until;
     j->http = &d->main_http;
+    j->key = &d->main_key;
     j->image = job_copy(&p, image);
     j->command = command ? job_copy(&p, command) : NULL;
     for (size_t i = 0; i < n; i++) {
@@ -851,7 +863,8 @@ static void window_keepalive(struct daemon *d, struct window *w)
         for (size_t i = 0; i < w->batches[b].count; i++)
             m[i] = (struct job_msg){ w->batches[b].messages[i].message_id,
                                      w->batches[b].messages[i].receipt_handle };
-        batch_all(d, &d->main_http, "window", m, w->batches[b].count, 0, vis, METRICS_NCOUNTERS);
+        batch_all(d, &d->main_http, &d->main_key, "window", m, w->batches[b].count, 0, vis,
+                  METRICS_NCOUNTERS);
     }
     w->visible_until_ms = t + (int64_t)vis * 1000;
 }
@@ -1092,6 +1105,7 @@ static void daemon_close(struct daemon *d)
         metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
     http_client_close(&d->main_http);
+    explicit_bzero(&d->main_key, sizeof d->main_key);
     creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
     ratelimit_destroy(&d->create_rl);
