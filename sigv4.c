@@ -12,6 +12,7 @@
 #include "sigv4.h"
 #include "text.h"
 
+#include <ctype.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -240,22 +241,17 @@ static void query_write(struct sink *s, const char *query)
 
 /* ---- canonical headers ------------------------------------------------------------------------ */
 
-static unsigned char lower(unsigned char c)
-{
-    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
-}
-
 /* Compares header names as their lowercase forms, which is the canonical order; with
- * prefix set, only as far as b goes. */
+ * prefix set, only as far as b goes. tolower() is ASCII's: nothing calls setlocale. */
 static int name_cmp(const char *a, const char *b, int prefix)
 {
     const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
 
-    while (*x && lower(*x) == lower(*y)) {
+    while (*x && tolower(*x) == tolower(*y)) {
         x++;
         y++;
     }
-    return prefix && !*y ? 0 : lower(*x) - lower(*y);
+    return prefix && !*y ? 0 : tolower(*x) - tolower(*y);
 }
 
 /* Headers left unsigned, the same set as the AWS JS SDK: hop-by-hop headers and those
@@ -269,7 +265,7 @@ static int header_signed(const char *name)
         "upgrade", "user-agent", "x-amzn-trace-id",
     };
 
-    unsigned char first = lower((unsigned char)*name);
+    int first = tolower((unsigned char)*name);
 
     for (size_t i = 0; i < sizeof unsigned_names / sizeof unsigned_names[0]; i++)
         if (unsigned_names[i][0] == first && name_cmp(name, unsigned_names[i], 0) == 0)
@@ -342,7 +338,7 @@ static int same_name_as_previous(const struct view *v, size_t i)
 static void name_write(struct sink *s, const char *name)
 {
     for (; *name; name++)
-        sink_putc(s, (char)lower((unsigned char)*name));
+        sink_putc(s, (char)tolower((unsigned char)*name));
 }
 
 /* The signed header list: "a;b;c". */
