@@ -330,44 +330,28 @@ static int view_extra(struct view *v, const char *name, const char *value, struc
     return view_add(v, &v->extra[v->nextra++], e);
 }
 
-static int same_name_as_previous(const struct view *v, size_t i)
-{
-    return i > 0 && name_cmp(v->sorted[i - 1]->name, v->sorted[i]->name, 0) == 0;
-}
-
-static void name_write(struct sink *s, const char *name)
-{
-    for (; *name; name++)
-        sink_putc(s, (char)tolower((unsigned char)*name));
-}
-
-/* The signed header list: "a;b;c". */
-static void names_write(struct sink *s, const struct view *v)
+/* The canonical header block ("name:v1,v2" for each name, a line each; Host makes it never
+ * empty) or, without values, the signed header list ("a;b;c"). */
+static void headers_write(struct sink *s, const struct view *v, int values)
 {
     for (size_t i = 0; i < v->n; i++) {
-        if (same_name_as_previous(v, i))
+        int repeated = i > 0 && name_cmp(v->sorted[i - 1]->name, v->sorted[i]->name, 0) == 0;
+
+        if (repeated && !values)
             continue;
-        if (i > 0)
-            sink_putc(s, ';');
-        name_write(s, v->sorted[i]->name);
-    }
-}
-
-/* The canonical header block: "name:v1,v2\n" for each name (Host makes it never empty). */
-static void headers_write(struct sink *s, const struct view *v)
-{
-    for (size_t i = 0; i < v->n; i++) {
-        if (same_name_as_previous(v, i)) {
+        if (repeated) {
             sink_putc(s, ',');
         } else {
             if (i > 0)
-                sink_putc(s, '\n');
-            name_write(s, v->sorted[i]->name);
-            sink_putc(s, ':');
+                sink_putc(s, values ? '\n' : ';');
+            for (const char *c = v->sorted[i]->name; *c; c++)
+                sink_putc(s, (char)tolower((unsigned char)*c));
+            if (values)
+                sink_putc(s, ':');
         }
-        value_write(s, v->sorted[i]->value);
+        if (values)
+            value_write(s, v->sorted[i]->value);
     }
-    sink_putc(s, '\n');
 }
 
 static void canonical_write(struct sink *s, const struct view *v)
@@ -378,9 +362,9 @@ static void canonical_write(struct sink *s, const struct view *v)
     sink_putc(s, '\n');
     query_write(s, v->req->query);
     sink_putc(s, '\n');
-    headers_write(s, v);
-    sink_putc(s, '\n');
-    names_write(s, v);
+    headers_write(s, v, 1);
+    sink_puts(s, "\n\n");
+    headers_write(s, v, 0);
     sink_putc(s, '\n');
     /* A request that carries x-amz-content-sha256 (UNSIGNED-PAYLOAD, say) is signed with
      * that value as its payload hash: that is what the server checks against. */
@@ -658,7 +642,7 @@ static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
     sink_putc(&authz, '/');
     scope_write(&authz, v->date, p);
     sink_puts(&authz, ", SignedHeaders=");
-    names_write(&authz, v);
+    headers_write(&authz, v, 0);
     sink_puts(&authz, ", Signature=");
     sink_hash(&authz, hash);
     return sink_finish(&authz, "sigv4: the Authorization header", e);
