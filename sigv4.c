@@ -12,7 +12,6 @@
 #include "sigv4.h"
 #include "text.h"
 
-#include <ctype.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -241,17 +240,23 @@ static void query_write(struct sink *s, const char *query)
 
 /* ---- canonical headers ------------------------------------------------------------------------ */
 
+/* ASCII's tolower(), inlined: header names are compared and written a byte at a time. */
+static unsigned char lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
 /* Compares header names as their lowercase forms, which is the canonical order; with
- * prefix set, only as far as b goes. tolower() is ASCII's: nothing calls setlocale. */
+ * prefix set, only as far as b goes. */
 static int name_cmp(const char *a, const char *b, int prefix)
 {
     const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
 
-    while (*x && tolower(*x) == tolower(*y)) {
+    while (*x && lower(*x) == lower(*y)) {
         x++;
         y++;
     }
-    return prefix && !*y ? 0 : tolower(*x) - tolower(*y);
+    return prefix && !*y ? 0 : lower(*x) - lower(*y);
 }
 
 /* Headers left unsigned, the same set as the AWS JS SDK: hop-by-hop headers and those
@@ -265,7 +270,7 @@ static int header_signed(const char *name)
         "upgrade", "user-agent", "x-amzn-trace-id",
     };
 
-    int first = tolower((unsigned char)*name);
+    int first = lower((unsigned char)*name);
 
     for (size_t i = 0; i < sizeof unsigned_names / sizeof unsigned_names[0]; i++)
         if (unsigned_names[i][0] == first && name_cmp(name, unsigned_names[i], 0) == 0)
@@ -345,7 +350,7 @@ static void headers_write(struct sink *s, const struct view *v, int values)
             if (i > 0)
                 sink_putc(s, values ? '\n' : ';');
             for (const char *c = v->sorted[i]->name; *c; c++)
-                sink_putc(s, (char)tolower((unsigned char)*c));
+                sink_putc(s, (char)lower((unsigned char)*c));
             if (values)
                 sink_putc(s, ':');
         }
