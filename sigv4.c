@@ -472,17 +472,6 @@ static int view_init(struct view *v, const struct sigv4_request *req,
     return 0;
 }
 
-static int scope_check(const struct sigv4_params *p, struct lerr *e)
-{
-    if (!p)
-        return lerr_set(e, LERR_INVALID, "sigv4: no parameters");
-    if (!scope_part_valid(p->region))
-        return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
-    if (!scope_part_valid(p->service))
-        return lerr_set(e, LERR_INVALID, "sigv4: the service is missing or malformed");
-    return 0;
-}
-
 /* ---- signing ------------------------------------------------------------------------------ */
 
 static void hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
@@ -591,10 +580,13 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
     struct sink s = sink_buffer(buf, cap);
     unsigned char hash[32];
 
-    if (!buf || !cap || !canonical_request)
-        return lerr_set(e, LERR_INVALID, "sigv4: no canonical request or output buffer");
-    if (scope_check(p, e) < 0)
-        return -1;
+    if (!buf || !cap || !canonical_request || !p)
+        return lerr_set(e, LERR_INVALID, "sigv4: no canonical request, parameters or buffer");
+    /* checked before anything is written: sigv4_sign() relies on it for its key cache */
+    if (!scope_part_valid(p->region))
+        return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
+    if (!scope_part_valid(p->service))
+        return lerr_set(e, LERR_INVALID, "sigv4: the service is missing or malformed");
     if (!p->amz_date || !date_valid(p->amz_date))
         return lerr_set(e, LERR_INVALID, "sigv4: amz_date is not YYYYMMDDTHHMMSSZ");
     sha256_of(canonical_request, strlen(canonical_request), "", hash);
@@ -667,7 +659,7 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *
     if (!out)
         return lerr_set(e, LERR_INVALID, "sigv4: no output");
     memset(out, 0, sizeof *out);
-    failed = credentials_check(cred, e) < 0 || scope_check(p, e) < 0 ||
+    failed = credentials_check(cred, e) < 0 ||
              view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,
                        e) < 0 ||
              sign_view(&v, cred, p, p->key ? p->key : &own, out, e) < 0;
