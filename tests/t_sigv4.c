@@ -936,9 +936,9 @@ static void test_invalid(void **state)
     assert_int_equal(sigv4_sign(&ok, &CRED, &p, &sig, &e), 0);
 }
 
-/* sigv4_sign() hashes the canonical request as it writes it, through a staging buffer;
- * whatever the lengths, the result must be the signature of what
- * sigv4_canonical_request() writes out. */
+/* sigv4_sign() builds the canonical request in a buffer of its own and hashes it; whatever
+ * the lengths, the result must be the signature of what sigv4_canonical_request() writes
+ * out. */
 static void test_streamed_hash(void **state)
 {
     static const char seg[] = "/abcdefghij%20"; /* 14 bytes, 16 once encoded again */
