@@ -102,11 +102,6 @@ int metrics_init(struct metrics *m, const struct metrics_options *o, struct lerr
     return 0;
 }
 
-void metrics_destroy(struct metrics *m)
-{
-    metrics_stop(m);
-}
-
 /* ---------------------------------------------------------------------- counting ------- */
 
 void metrics_count(struct metrics *m, enum metrics_counter c, uint64_t n)
@@ -908,7 +903,7 @@ int metrics_port(const struct metrics *m)
     return m->server ? m->server->port : 0;
 }
 
-void metrics_stop(struct metrics *m)
+void metrics_destroy(struct metrics *m)
 {
     struct metrics_server *s = m->server;
 

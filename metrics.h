@@ -120,7 +120,9 @@ struct metrics_options {
  * duplicate regions are counted once. Undo with metrics_destroy. */
 int metrics_init(struct metrics *m, const struct metrics_options *o, struct lerr *e);
 
-/* Stops the server if it runs (metrics_init itself takes nothing to free). */
+/* Stops the server's threads and closes its sockets if it runs: connections in progress
+ * are dropped (every thread wakes at once; none waits out its timeout). metrics_init
+ * itself takes nothing to free; once more does nothing. */
 void metrics_destroy(struct metrics *m);
 
 /* ---- counting: any thread; m may be NULL (nothing counted) --------------------------- */
@@ -213,9 +215,5 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e);
 
 /* The port the server listens on (the chosen one for port 0), or 0 when not serving. */
 int metrics_port(const struct metrics *m);
-
-/* Stops the server's threads and closes its sockets: connections in progress are dropped
- * (every thread wakes at once; none waits out its timeout). Does nothing when not serving. */
-void metrics_stop(struct metrics *m);
 
 #endif

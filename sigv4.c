@@ -1,11 +1,12 @@
 /*
  * sigv4.c - AWS Signature Version 4 header signing.
  *
- * Nothing here allocates. sigv4_sign() streams the canonical request through a small
- * staging buffer into SHA-256, so path and query have no length limit; the signed headers
- * are sorted once, as pointers on the stack (at most SIGV4_MAX_HEADERS of them). The same
- * writer fills a caller's buffer for sigv4_canonical_request(), so what the tests compare
- * is byte for byte what gets signed. The signing key is derived only when the caller's
+ * Nothing here allocates. sigv4_sign() writes the canonical request into a buffer on the
+ * stack (SIGV4_MAX_CANONICAL) and hashes it; the same writer fills a caller's buffer for
+ * sigv4_canonical_request(), so what the tests compare is byte for byte what gets signed.
+ * Having the text at hand keeps the canonical form simple: ".." takes back the segment
+ * written before it, and query parameters are sorted in place as they are written. The
+ * signed headers are sorted once, as pointers on the stack (at most SIGV4_MAX_HEADERS). The signing key is derived only when the caller's
  * struct sigv4_key holds another day, region, service or secret.
  */
 #include "sigv4.h"
@@ -21,16 +22,14 @@
 #define SIGV4_ALGORITHM "AWS4-HMAC-SHA256"
 
 static const char HEX_UPPER[] = "0123456789ABCDEF";
-static const char HEX_LOWER[] = "0123456789abcdef";
 
-/* ---- output: a caller's buffer, or a staging buffer hashed whenever it fills ------------ */
+/* ---- output: a buffer that counts what did not fit ------------------------------------------ */
 
 struct sink {
     char *buf;
-    size_t room;              /* bytes buf takes (a caller's buffer: its size less the NUL) */
-    size_t len;               /* bytes written; past room in a caller's buffer, to report the
-                                 size it needs */
-    br_sha256_context *sha;   /* hash mode when set */
+    size_t room;              /* bytes buf takes (its size less the NUL) */
+    size_t len;               /* bytes written */
+    int over;                 /* something did not fit: what buf holds is cut short */
 };
 
 static struct sink sink_buffer(char *buf, size_t cap)
@@ -38,26 +37,23 @@ static struct sink sink_buffer(char *buf, size_t cap)
     return (struct sink){ .buf = buf, .room = cap - 1 };
 }
 
-static void sink_putc(struct sink *s, char c)
-{
-    if (s->sha && s->len == s->room) {
-        br_sha256_update(s->sha, s->buf, s->len);
-        s->len = 0;
-    }
-    if (s->len < s->room)
-        s->buf[s->len] = c;
-    s->len++;
-}
-
 static void sink_put(struct sink *s, const char *str, size_t n)
 {
-    if (s->len <= s->room && n <= s->room - s->len) {   /* the common case: one copy */
-        memcpy(s->buf + s->len, str, n);
-        s->len += n;
+    if (s->over || n > s->room - s->len) {
+        s->over = 1;
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        sink_putc(s, str[i]);
+    memcpy(s->buf + s->len, str, n);
+    s->len += n;
+}
+
+/* A byte at a time (names lowercased, URI encoding): no memcpy() call per byte. */
+static void sink_putc(struct sink *s, char c)
+{
+    if (s->over || s->len == s->room)
+        s->over = 1;
+    else
+        s->buf[s->len++] = c;
 }
 
 static void sink_puts(struct sink *s, const char *str)
@@ -65,20 +61,19 @@ static void sink_puts(struct sink *s, const char *str)
     sink_put(s, str, strlen(str));
 }
 
-static void sink_hex(struct sink *s, const unsigned char *bytes, size_t n)
+static void sink_hash(struct sink *s, const unsigned char hash[32])
 {
-    for (size_t i = 0; i < n; i++) {
-        sink_putc(s, HEX_LOWER[bytes[i] >> 4]);
-        sink_putc(s, HEX_LOWER[bytes[i] & 15]);
-    }
+    char hex[65];
+
+    text_hex_encode(hash, 32, hex);
+    sink_put(s, hex, 64);
 }
 
-/* NUL-terminates a caller's buffer; -1 when it did not fit. */
+/* NUL-terminates the buffer; -1 when it did not fit. */
 static int sink_finish(struct sink *s, const char *what, struct lerr *e)
 {
-    if (s->len > s->room || s->len > INT_MAX)
-        return lerr_set(e, LERR_TOO_LARGE, "%s needs %zu bytes, the buffer holds %zu", what,
-                        s->len + 1, s->room + 1);
+    if (s->over || s->len > INT_MAX)
+        return lerr_set(e, LERR_TOO_LARGE, "%s needs more than %zu bytes", what, s->room + 1);
     s->buf[s->len] = '\0';
     return (int)s->len;
 }
@@ -95,16 +90,6 @@ static void sha256_of(const void *a, size_t alen, const char *b, unsigned char o
     explicit_bzero(&sha, sizeof sha);   /* it may have hashed a secret */
 }
 
-static void sha256_hex(const void *data, size_t len, char out[65])
-{
-    unsigned char hash[32];
-    struct sink s = sink_buffer(out, 65);
-
-    sha256_of(data, len, "", hash);
-    sink_hex(&s, hash, sizeof hash);
-    out[64] = '\0';
-}
-
 /* ---- URI encoding ------------------------------------------------------------------------ */
 
 static const char UNRESERVED[] =
@@ -119,26 +104,19 @@ struct range {
     const char *p, *end;
 };
 
-/* Takes the next byte of a non-empty range. Query parts are decoded first ("%e1", "%E1" and
- * a raw byte all end up as "%E1", as the server will see them); a '%' not followed by two
- * hex digits is a literal '%'. */
-static unsigned char range_next(struct range *r, int decode)
-{
-    unsigned char c = (unsigned char)*r->p++;
-
-    if (decode && c == '%' && r->end - r->p >= 2 && text_hex_digit(r->p[0]) >= 0 &&
-        text_hex_digit(r->p[1]) >= 0) {
-        c = (unsigned char)(text_hex_digit(r->p[0]) << 4 | text_hex_digit(r->p[1]));
-        r->p += 2;
-    }
-    return c;
-}
-
+/* Writes r %XX-encoded. Query parts are decoded first ("%e1", "%E1" and a raw byte all end
+ * up as "%E1", as the server will see them); a '%' not followed by two hex digits is a
+ * literal '%'. */
 static void sink_uri(struct sink *s, struct range r, int decode)
 {
     while (r.p < r.end) {
-        unsigned char c = range_next(&r, decode);
+        unsigned char c = (unsigned char)*r.p++;
 
+        if (decode && c == '%' && r.end - r.p >= 2 && text_hex_digit(r.p[0]) >= 0 &&
+            text_hex_digit(r.p[1]) >= 0) {
+            c = (unsigned char)(text_hex_digit(r.p[0]) << 4 | text_hex_digit(r.p[1]));
+            r.p += 2;
+        }
         if (is_unreserved(c)) {
             sink_putc(s, (char)c);
         } else {
@@ -147,31 +125,6 @@ static void sink_uri(struct sink *s, struct range r, int decode)
             sink_putc(s, HEX_UPPER[c & 15]);
         }
     }
-}
-
-/* The rank of the next byte in the encoded order, -1 at the end: '%' sorts below every
- * unreserved character and "%XY" (uppercase hex) compares as the byte XY does, so encoded
- * strings compare as their bytes do once unreserved ones are ranked above all others. */
-static int uri_rank(struct range *r)
-{
-    unsigned char c;
-
-    if (r->p >= r->end)
-        return -1;
-    c = range_next(r, 1);
-    return is_unreserved(c) ? 256 + c : c;
-}
-
-/* Compares two query parts as their canonical encodings, without writing them anywhere. */
-static int uri_cmp(struct range a, struct range b)
-{
-    int ca, cb;
-
-    do {
-        ca = uri_rank(&a);
-        cb = uri_rank(&b);
-    } while (ca == cb && ca >= 0);
-    return ca - cb;
 }
 
 /* ---- canonical path ------------------------------------------------------------------------ */
@@ -193,128 +146,105 @@ static int piece_next(const char **cur, const char *end, char sep, struct range 
     return 1;
 }
 
-/* What a (non-empty) segment does to the depth: 0 for ".", -1 for "..", else 1. */
-static int seg_step(struct range seg)
-{
-    size_t n = (size_t)(seg.end - seg.p);
-
-    if (n == 1 && seg.p[0] == '.')
-        return 0;
-    return n == 2 && seg.p[0] == '.' && seg.p[1] == '.' ? -1 : 1;
-}
-
-/* Whether a segment outlives the ".." segments that follow it. Removing dot segments
- * with a stack would mean rewinding output already fed to SHA-256, so each segment is
- * checked on its own: it is popped once the ".."s after it outnumber the segments they
- * first have to pop. Quadratic in the segment count, which is tiny in practice. */
-static int seg_survives(const char *after, const char *end)
-{
-    struct range seg;
-    long depth = 1;
-
-    while (piece_next(&after, end, '/', &seg)) {
-        depth += seg_step(seg);
-        if (depth == 0)
-            return 0;
-    }
-    return 1;
-}
-
 /* Path normalization as botocore and the JS SDK do it: empty and "." segments dropped,
  * ".." removes the segment before it (never above the root), a leading and a trailing
  * slash kept. Each segment is then URI-encoded: the path given is already encoded as
- * sent, so this is the double encoding AWS wants for every service but S3. */
+ * sent, so this is the double encoding AWS wants for every service but S3. Every segment
+ * kept is written with a '/' after it, so ".." takes back what follows the '/' before. */
 static void path_write(struct sink *s, const char *path, int normalize)
 {
     const char *end, *cur;
     struct range seg;
-    size_t kept = 0;
+    size_t root, n;
 
     if (!path || !*path) {
         sink_putc(s, '/');
         return;
     }
-    end = path + strlen(path);
     if (!normalize) {
         /* S3: the path as sent is the object key encoded once, and is signed as is. */
-        sink_put(s, path, (size_t)(end - path));
+        sink_puts(s, path);
         return;
     }
+    end = path + strlen(path);
     if (*path == '/')
         sink_putc(s, '/');
-    cur = path;
-    while (piece_next(&cur, end, '/', &seg)) {
-        if (seg_step(seg) <= 0 || !seg_survives(seg.end, end))
-            continue;
-        if (kept++)
+    root = s->len;
+    for (cur = path; piece_next(&cur, end, '/', &seg) && !s->over;) {
+        n = (size_t)(seg.end - seg.p);
+        if (n > 2 || memcmp(seg.p, "..", n) != 0) {
+            sink_uri(s, seg, 0);
             sink_putc(s, '/');
-        sink_uri(s, seg, 0);
+        } else if (n == 2 && s->len > root) {
+            s->len--;
+            while (s->len > root && s->buf[s->len - 1] != '/')
+                s->len--;
+        }
     }
-    if (kept && end[-1] == '/')
-        sink_putc(s, '/');
+    if (s->len > root && end[-1] != '/')
+        s->len--;               /* the last segment's '/' */
 }
 
 /* ---- canonical query ------------------------------------------------------------------------ */
 
-struct param {
-    struct range k, v;
-};
-
-/* Next parameter; a parameter without '=' has an empty value. */
-static int query_next(const char **cur, const char *end, struct param *x)
+/* Encoded parameters ("key=value&") compare by key, then value: '&' and '=' below every
+ * byte an encoding holds, so a key or value sorts before those it is the start of. */
+static int param_rank(char c)
 {
-    const char *eq;
-
-    if (!piece_next(cur, end, '&', &x->k))
-        return 0;
-    eq = memchr(x->k.p, '=', (size_t)(x->k.end - x->k.p));
-    x->v = (struct range){ eq ? eq + 1 : x->k.end, x->k.end };
-    if (eq)
-        x->k.end = eq;
-    return 1;
+    return c == '&' ? 0 : c == '=' ? 1 : (unsigned char)c;
 }
 
-/* Orders by encoded key, then encoded value, then position, so that identical parameters
- * are still distinct and each is written exactly once. */
-static int param_cmp(const struct param *a, const struct param *b)
+static int param_cmp(const char *a, const char *b)
 {
-    int r = uri_cmp(a->k, b->k);
-
-    if (r == 0)
-        r = uri_cmp(a->v, b->v);
-    if (r == 0)
-        r = (a->k.p > b->k.p) - (a->k.p < b->k.p);
-    return r;
+    while (*a == *b && *a != '&') {
+        a++;
+        b++;
+    }
+    return param_rank(*a) - param_rank(*b);
 }
 
-/* Parameters are written in order by picking the next larger one each time: no scratch
- * array, and cheap for the handful a real request carries. A parameter's key points into
- * the query: a NULL one is none. */
+static void reverse(char *p, char *q)
+{
+    while (p + 1 < q) {
+        char c = *p;
+        *p++ = *--q;
+        *q = c;
+    }
+}
+
+/* Each parameter (a piece without '=' has an empty value) is encoded at the end, then
+ * rotated into place before the first larger one: an insertion sort in the buffer itself,
+ * cheap for the handful a real request carries. */
 static void query_write(struct sink *s, const char *query)
 {
-    const char *end = query ? query + strlen(query) : NULL;
-    struct param last = { 0 }, best, x;
+    const char *cur = query, *end = query ? query + strlen(query) : NULL, *eq;
+    size_t first = s->len, at, start;
+    struct range k, v;
 
-    for (;;) {
-        best.k.p = NULL;
-        for (const char *cur = query; cur && query_next(&cur, end, &x);) {
-            if ((!last.k.p || param_cmp(&x, &last) > 0) &&
-                (!best.k.p || param_cmp(&x, &best) < 0))
-                best = x;
-        }
-        if (!best.k.p)
-            return;
-        if (last.k.p)
-            sink_putc(s, '&');
-        sink_uri(s, best.k, 1);
+    while (cur && piece_next(&cur, end, '&', &k)) {
+        eq = memchr(k.p, '=', (size_t)(k.end - k.p));
+        v = (struct range){ eq ? eq + 1 : k.end, k.end };
+        k.end = eq ? eq : k.end;
+        start = s->len;
+        sink_uri(s, k, 1);
         sink_putc(s, '=');
-        sink_uri(s, best.v, 1);
-        last = best;
+        sink_uri(s, v, 1);
+        sink_putc(s, '&');
+        if (s->over)
+            return;
+        for (at = first; at < start && param_cmp(s->buf + at, s->buf + start) <= 0;)
+            at = (size_t)((char *)memchr(s->buf + at, '&', start - at) - s->buf) + 1;
+        reverse(s->buf + at, s->buf + start);
+        reverse(s->buf + start, s->buf + s->len);
+        reverse(s->buf + at, s->buf + s->len);
     }
+    if (s->len > first)
+        s->len--;               /* the last '&' */
 }
 
 /* ---- canonical headers ------------------------------------------------------------------------ */
 
+/* ASCII's tolower(), inlined: header names are compared and written a byte at a time. */
 static unsigned char lower(unsigned char c)
 {
     return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
@@ -344,7 +274,7 @@ static int header_signed(const char *name)
         "upgrade", "user-agent", "x-amzn-trace-id",
     };
 
-    unsigned char first = lower((unsigned char)*name);
+    int first = lower((unsigned char)*name);
 
     for (size_t i = 0; i < sizeof unsigned_names / sizeof unsigned_names[0]; i++)
         if (unsigned_names[i][0] == first && name_cmp(name, unsigned_names[i], 0) == 0)
@@ -409,44 +339,28 @@ static int view_extra(struct view *v, const char *name, const char *value, struc
     return view_add(v, &v->extra[v->nextra++], e);
 }
 
-static int same_name_as_previous(const struct view *v, size_t i)
-{
-    return i > 0 && name_cmp(v->sorted[i - 1]->name, v->sorted[i]->name, 0) == 0;
-}
-
-static void name_write(struct sink *s, const char *name)
-{
-    for (; *name; name++)
-        sink_putc(s, (char)lower((unsigned char)*name));
-}
-
-/* The signed header list: "a;b;c". */
-static void names_write(struct sink *s, const struct view *v)
+/* The canonical header block ("name:v1,v2" for each name, a line each; Host makes it never
+ * empty) or, without values, the signed header list ("a;b;c"). */
+static void headers_write(struct sink *s, const struct view *v, int values)
 {
     for (size_t i = 0; i < v->n; i++) {
-        if (same_name_as_previous(v, i))
+        int repeated = i > 0 && name_cmp(v->sorted[i - 1]->name, v->sorted[i]->name, 0) == 0;
+
+        if (repeated && !values)
             continue;
-        if (i > 0)
-            sink_putc(s, ';');
-        name_write(s, v->sorted[i]->name);
-    }
-}
-
-/* The canonical header block: "name:v1,v2\n" for each name (Host makes it never empty). */
-static void headers_write(struct sink *s, const struct view *v)
-{
-    for (size_t i = 0; i < v->n; i++) {
-        if (same_name_as_previous(v, i)) {
+        if (repeated) {
             sink_putc(s, ',');
         } else {
             if (i > 0)
-                sink_putc(s, '\n');
-            name_write(s, v->sorted[i]->name);
-            sink_putc(s, ':');
+                sink_putc(s, values ? '\n' : ';');
+            for (const char *c = v->sorted[i]->name; *c; c++)
+                sink_putc(s, (char)lower((unsigned char)*c));
+            if (values)
+                sink_putc(s, ':');
         }
-        value_write(s, v->sorted[i]->value);
+        if (values)
+            value_write(s, v->sorted[i]->value);
     }
-    sink_putc(s, '\n');
 }
 
 static void canonical_write(struct sink *s, const struct view *v)
@@ -457,9 +371,9 @@ static void canonical_write(struct sink *s, const struct view *v)
     sink_putc(s, '\n');
     query_write(s, v->req->query);
     sink_putc(s, '\n');
-    headers_write(s, v);
-    sink_putc(s, '\n');
-    names_write(s, v);
+    headers_write(s, v, 1);
+    sink_puts(s, "\n\n");
+    headers_write(s, v, 0);
     sink_putc(s, '\n');
     /* A request that carries x-amz-content-sha256 (UNSIGNED-PAYLOAD, say) is signed with
      * that value as its payload hash: that is what the server checks against. */
@@ -505,6 +419,7 @@ static int view_init(struct view *v, const struct sigv4_request *req,
     static const char *const looked_for[] = { "host", "x-amz-date", "x-amz-security-token",
                                               "x-amz-content-sha256" };
     const char *found[4] = { NULL };
+    unsigned char hash[32];
 
     v->n = v->nextra = 0;
     if (!req || !p)
@@ -545,7 +460,8 @@ static int view_init(struct view *v, const struct sigv4_request *req,
     }
     if (token && *token && !found[2] && view_extra(v, "X-Amz-Security-Token", token, e) < 0)
         return -1;
-    sha256_hex(req->payload ? req->payload : "", req->payload_len, payload_hash);
+    sha256_of(req->payload ? req->payload : "", req->payload_len, "", hash);
+    text_hex_encode(hash, sizeof hash, payload_hash);
     if (!found[3] && p->add_content_sha256 &&
         view_extra(v, "x-amz-content-sha256", payload_hash, e) < 0)
         return -1;
@@ -553,17 +469,6 @@ static int view_init(struct view *v, const struct sigv4_request *req,
     v->payload_hash = found[3] ? found[3] : payload_hash;
     v->req = req;
     v->normalize = p->normalize_path;
-    return 0;
-}
-
-static int scope_check(const struct sigv4_params *p, struct lerr *e)
-{
-    if (!p)
-        return lerr_set(e, LERR_INVALID, "sigv4: no parameters");
-    if (!scope_part_valid(p->region))
-        return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
-    if (!scope_part_valid(p->service))
-        return lerr_set(e, LERR_INVALID, "sigv4: the service is missing or malformed");
     return 0;
 }
 
@@ -615,17 +520,6 @@ static void scope_write(struct sink *s, const char *date, const struct sigv4_par
     sink_putc(s, '/');
     sink_puts(s, p->service);
     sink_puts(s, "/aws4_request");
-}
-
-static void sts_write(struct sink *s, const char *date, const struct sigv4_params *p,
-                      const unsigned char creq_hash[32])
-{
-    sink_puts(s, SIGV4_ALGORITHM "\n");
-    sink_puts(s, date);
-    sink_putc(s, '\n');
-    scope_write(s, date, p);
-    sink_putc(s, '\n');
-    sink_hex(s, creq_hash, 32);
 }
 
 /* Makes k hold the signing key of this scope and secret, deriving it only when it held
@@ -686,14 +580,22 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
     struct sink s = sink_buffer(buf, cap);
     unsigned char hash[32];
 
-    if (!buf || !cap || !canonical_request)
-        return lerr_set(e, LERR_INVALID, "sigv4: no canonical request or output buffer");
-    if (scope_check(p, e) < 0)
-        return -1;
+    if (!buf || !cap || !canonical_request || !p)
+        return lerr_set(e, LERR_INVALID, "sigv4: no canonical request, parameters or buffer");
+    /* checked before anything is written: sigv4_sign() relies on it for its key cache */
+    if (!scope_part_valid(p->region))
+        return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
+    if (!scope_part_valid(p->service))
+        return lerr_set(e, LERR_INVALID, "sigv4: the service is missing or malformed");
     if (!p->amz_date || !date_valid(p->amz_date))
         return lerr_set(e, LERR_INVALID, "sigv4: amz_date is not YYYYMMDDTHHMMSSZ");
     sha256_of(canonical_request, strlen(canonical_request), "", hash);
-    sts_write(&s, p->amz_date, p, hash);
+    sink_puts(&s, SIGV4_ALGORITHM "\n");
+    sink_puts(&s, p->amz_date);
+    sink_putc(&s, '\n');
+    scope_write(&s, p->amz_date, p);
+    sink_putc(&s, '\n');
+    sink_hash(&s, hash);
     return sink_finish(&s, "sigv4: the string to sign", e);
 }
 
@@ -717,23 +619,22 @@ static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
                      const struct sigv4_params *p, struct sigv4_key *k,
                      struct sigv4_signature *out, struct lerr *e)
 {
-    br_sha256_context sha;
     br_hmac_context hc;
-    char stage[128], sts_buf[64 + 2 * SIGV4_MAX_NAME + 128];
-    struct sink hs = { .buf = stage, .room = sizeof stage, .sha = &sha };
-    struct sink sts = sink_buffer(sts_buf, sizeof sts_buf);
+    char creq[SIGV4_MAX_CANONICAL], sts[64 + 2 * SIGV4_MAX_NAME + 128];
+    struct sink cs = sink_buffer(creq, sizeof creq);
     struct sink authz = sink_buffer(out->authorization, sizeof out->authorization);
+    struct sigv4_params dated = *p;   /* the date signed may be the request's own */
     unsigned char hash[32];
+    int n;
 
-    br_sha256_init(&sha);
-    canonical_write(&hs, v);
-    br_sha256_update(&sha, stage, hs.len);
-    br_sha256_out(&sha, hash);
-    sts_write(&sts, v->date, p, hash);
-
+    dated.amz_date = v->date;
+    canonical_write(&cs, v);
+    if (sink_finish(&cs, "sigv4: the canonical request", e) < 0 ||
+        (n = sigv4_string_to_sign(creq, &dated, sts, sizeof sts, e)) < 0)
+        return -1;
     key_refresh(k, cred->secret_access_key, v->date, p);
     br_hmac_init(&hc, &k->hmac, 0);
-    br_hmac_update(&hc, sts_buf, sts.len);   /* fits: scope parts are bounded */
+    br_hmac_update(&hc, sts, (size_t)n);   /* fits: scope parts are bounded */
     br_hmac_out(&hc, hash);
     explicit_bzero(&hc, sizeof hc);
 
@@ -742,9 +643,9 @@ static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
     sink_putc(&authz, '/');
     scope_write(&authz, v->date, p);
     sink_puts(&authz, ", SignedHeaders=");
-    names_write(&authz, v);
+    headers_write(&authz, v, 0);
     sink_puts(&authz, ", Signature=");
-    sink_hex(&authz, hash, sizeof hash);
+    sink_hash(&authz, hash);
     return sink_finish(&authz, "sigv4: the Authorization header", e);
 }
 
@@ -758,7 +659,7 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *
     if (!out)
         return lerr_set(e, LERR_INVALID, "sigv4: no output");
     memset(out, 0, sizeof *out);
-    failed = credentials_check(cred, e) < 0 || scope_check(p, e) < 0 ||
+    failed = credentials_check(cred, e) < 0 ||
              view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,
                        e) < 0 ||
              sign_view(&v, cred, p, p->key ? p->key : &own, out, e) < 0;

@@ -5,7 +5,8 @@
  * signature and hands back the headers to add (X-Amz-Date, X-Amz-Security-Token when a
  * session token is given, x-amz-content-sha256 when asked, and Authorization). SHA-256
  * and HMAC come from BearSSL. The secret key is only ever fed to HMAC and SHA-256, never
- * formatted. Nothing is allocated: the canonical request is hashed as it is produced.
+ * formatted. Nothing is allocated: the canonical request is built on the stack, at most
+ * SIGV4_MAX_CANONICAL bytes (headers, path and query; the payload is hashed apart).
  * Deriving the signing key takes 4 HMACs: a caller signing many requests keeps a struct
  * sigv4_key, which sigv4_sign() reuses for as long as the day, region, service and secret
  * stay the same.
@@ -42,6 +43,8 @@
 
 #define SIGV4_MAX_NAME 64       /* region, service: real ones are under 32 characters */
 #define SIGV4_MAX_HEADERS 64    /* signed headers of one request, added ones included */
+#define SIGV4_MAX_CANONICAL 16384 /* the canonical request without the payload: an SQS one
+                                     is about 400 bytes */
 
 struct sigv4_header {
     const char *name;
@@ -106,13 +109,14 @@ void sigv4_format_date(time_t t, char out[17]);
  * added) and Authorization, in that order. Returns 0, or -1 with e set: LERR_INVALID
  * (no Host, a malformed header name, date, region, service or access key id, a control
  * byte in the session token), LERR_TOO_LARGE (more than SIGV4_MAX_HEADERS signed headers,
- * or their list does not fit in authorization); then out->num_added is 0. */
+ * a canonical request longer than SIGV4_MAX_CANONICAL - 1 bytes, or a list of signed
+ * headers that does not fit in authorization); then out->num_added is 0. */
 int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *cred,
                const struct sigv4_params *p, struct sigv4_signature *out, struct lerr *e);
 
 /* The intermediate steps, exposed for the test vectors. Each writes a NUL-terminated
  * string into buf (capacity cap) and returns its length, or -1 with e set (LERR_TOO_LARGE
- * saying the size needed when cap is too small; nothing is written past cap).
+ * when cap is too small, saying so; nothing is written past cap).
  * sigv4_canonical_request() adds X-Amz-Date and x-amz-content-sha256 as sigv4_sign()
  * would, but knows no session token: give it the request with sigv4_sign()'s added[]
  * headers (Authorization aside) on it to get exactly what was signed.

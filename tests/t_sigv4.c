@@ -852,6 +852,36 @@ static void test_small_buffer(void **state)
     assert_int_equal(sig.authorization[0], '\0');
 }
 
+/* sigv4_sign() builds the canonical request on the stack: up to SIGV4_MAX_CANONICAL - 1
+ * bytes it signs, one byte more is refused with a clear error. */
+static void test_canonical_limit(void **state)
+{
+    static char path[SIGV4_MAX_CANONICAL + 1], creq[SIGV4_MAX_CANONICAL + 64];
+    struct sigv4_header h[] = { { "Host", "example.amazonaws.com" } };
+    struct sigv4_request req = { "GET", path, NULL, h, 1, NULL, 0 };
+    struct sigv4_params p = params();
+    struct sigv4_signature sig;
+    struct lerr e = { 0 };
+    size_t pad;
+    int base;
+
+    strcpy(path, "/");
+    base = sigv4_canonical_request(&req, &p, creq, sizeof creq, &e);
+    assert_true(base > 0);
+    pad = SIGV4_MAX_CANONICAL - 1 - (size_t)base;   /* "/" becomes "/aaa...": pad bytes more */
+    memset(path + 1, 'a', pad);
+    path[1 + pad] = '\0';
+    assert_int_equal(sigv4_canonical_request(&req, &p, creq, sizeof creq, &e),
+                     SIGV4_MAX_CANONICAL - 1);
+    assert_int_equal(sigv4_sign(&req, &CRED, &p, &sig, &e), 0);
+    path[1 + pad] = 'a';
+    path[2 + pad] = '\0';
+    assert_int_equal(sigv4_sign(&req, &CRED, &p, &sig, &e), -1);
+    assert_int_equal(e.kind, LERR_TOO_LARGE);
+    assert_non_null(strstr(e.msg, "the canonical request needs more than 16384 bytes"));
+    assert_int_equal(sig.num_added, 0);
+}
+
 static void test_invalid(void **state)
 {
     struct sigv4_header h[] = { { "Host", "example.amazonaws.com" } };
@@ -906,9 +936,9 @@ static void test_invalid(void **state)
     assert_int_equal(sigv4_sign(&ok, &CRED, &p, &sig, &e), 0);
 }
 
-/* sigv4_sign() hashes the canonical request as it writes it, through a staging buffer;
- * whatever the lengths, the result must be the signature of what
- * sigv4_canonical_request() writes out. */
+/* sigv4_sign() builds the canonical request in a buffer of its own and hashes it; whatever
+ * the lengths, the result must be the signature of what sigv4_canonical_request() writes
+ * out. */
 static void test_streamed_hash(void **state)
 {
     static const char seg[] = "/abcdefghij%20"; /* 14 bytes, 16 once encoded again */
@@ -1032,6 +1062,7 @@ int main(void)
         cmocka_unit_test(test_format_date),     cmocka_unit_test(test_signing_key),
         cmocka_unit_test(test_session_token),   cmocka_unit_test(test_request_date),
         cmocka_unit_test(test_small_buffer),    cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_canonical_limit),
         cmocka_unit_test(test_streamed_hash),   cmocka_unit_test(test_key_cache),
     };
     size_t nunits = sizeof units / sizeof units[0];

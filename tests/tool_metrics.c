@@ -14,7 +14,7 @@
  *   idle 1|0
  *   advance MS                              moves the health clock forward
  * At the end of stdin it goes on serving. SIGTERM or SIGINT stops the server
- * (metrics_stop), prints "stopped" and exits 0.
+ * (metrics_destroy), prints "stopped" and exits 0.
  * Exit status 2 for usage or a bad address, 1 when the server cannot start (the error
  * on stderr as "error KIND: MESSAGE").
  */
