@@ -175,18 +175,13 @@ static void one_line(char *out, size_t cap, const char *s, size_t n)
     out[o] = '\0';
 }
 
-static void copy_field(char *out, size_t cap, const cJSON *obj, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-
-    if (cJSON_IsString(v))
-        one_line(out, cap, v->valuestring, strlen(v->valuestring));
-}
-
 /* What went wrong, in Fly's words: the answer's "error", else the start of the body. */
 static void error_text(char *out, size_t cap, const cJSON *j, const char *body, size_t len)
 {
-    copy_field(out, cap, j, "error");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "error");
+
+    if (cJSON_IsString(v))
+        one_line(out, cap, v->valuestring, strlen(v->valuestring));
     if (!out[0] && body)
         one_line(out, cap, body, len);
 }
@@ -458,12 +453,13 @@ struct call {
     int prepaid;                   /* the first request's token was taken already */
 };
 
-/* A call of what with method on c->url (which the caller fills), with the token's
- * Authorization header (freed by call_end). r, when given, says FLY_CALL_FAILED until an
- * answer says otherwise. */
+/* A call of what with method on c->url, with the token's Authorization header (freed by
+ * call_end). url_rc is what building c->url returned: the caller's URL builder is an
+ * argument, so c->url is filled before, and kept. r, when given, says FLY_CALL_FAILED
+ * until an answer says otherwise. */
 static int call_init(struct call *c, struct http_client *http, const struct fly_target *t,
                      const char *method, const char *what, struct fly_call_result *r,
-                     struct lerr *e)
+                     int url_rc, struct lerr *e)
 {
     char *auth = NULL;
 
@@ -472,9 +468,10 @@ static int call_init(struct call *c, struct http_client *http, const struct fly_
         r->outcome = FLY_CALL_FAILED;
         r->retry_after_ms = -1;
     }
-    if (fly_auth_header(t->token, &auth, e) < 0)
+    if (url_rc < 0 || fly_auth_header(t->token, &auth, e) < 0)
         return -1;
-    *c = (struct call){ http, t, t->get_rl, .what = what, .max_retries = FLY_RATE_LIMIT_RETRIES };
+    *c = (struct call){ http, t, t->get_rl, c->url, .what = what,
+                        .max_retries = FLY_RATE_LIMIT_RETRIES };
     c->headers[0] = (struct http_header){ "Authorization", auth };
     c->req = (struct http_request){ method, &c->url, c->headers, 1, NULL, 0,
                                     FLY_CALL_TIMEOUT_MS };
@@ -606,12 +603,9 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     struct call c;
 
     memset(out, 0, sizeof *out);
-    if (call_init(&c, http, t, "POST", "create", NULL, e) < 0)
+    if (call_init(&c, http, t, "POST", "create", NULL,
+                  fly_machines_url(t->base, t->app, &c.url, e), e) < 0)
         return -1;
-    if (fly_machines_url(t->base, t->app, &c.url, e) < 0) {
-        call_end(&c);
-        return -1;
-    }
     c.rl = t->create_rl;
     c.headers[1] = (struct http_header){ "Content-Type", "application/json" };
     c.req.num_headers = 2;
@@ -707,7 +701,7 @@ static const cJSON *field(const cJSON *obj, const char *name)
 
 /* The latest "exit" event: the greatest timestamp (events without a usable one count as
  * older than all others), the first of equals since Fly lists the newest first. */
-static const cJSON *latest_exit(const cJSON *events, long long *ts_out)
+static const cJSON *latest_exit(const cJSON *events)
 {
     const cJSON *ev, *best = NULL;
     long long best_ts = -2;
@@ -725,7 +719,6 @@ static const cJSON *latest_exit(const cJSON *events, long long *ts_out)
             best_ts = ts;
         }
     }
-    *ts_out = best_ts;
     return best;
 }
 
@@ -741,10 +734,6 @@ static void read_exit_event(const cJSON *x, struct fly_exit *out)
         out->exit_code = (int)v;
     }
     out->oom_killed = cJSON_IsTrue(field(x, "oom_killed"));
-    out->requested_stop = cJSON_IsTrue(field(x, "requested_stop"));
-    if (whole(field(x, "signal"), 1, 255, &v) || whole(field(x, "guest_signal"), 1, 255, &v))
-        out->signal = (int)v;
-    copy_field(out->exited_at, sizeof out->exited_at, x, "exited_at");
 }
 
 /* The exit event's request.exit_event. The spec types request as an object, its example
@@ -764,29 +753,18 @@ static void read_exit(const cJSON *ev, struct fly_exit *out)
 int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct lerr *e)
 {
     cJSON *j = json && len ? json_parse(json, len) : NULL;
-    const cJSON *events, *ev;
-    long long ts;
+    const cJSON *events = cJSON_IsArray(j) ? j : field(j, "events"), *ev;
 
     memset(out, 0, sizeof *out);
     out->outcome = FLY_CALL_OK;
-    out->signal = -1;
-    if (!j)
-        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not JSON");
-    if (cJSON_IsObject(j)) {
-        copy_field(out->region, sizeof out->region, j, "region");
-        copy_field(out->state, sizeof out->state, j, "state");
-        events = cJSON_GetObjectItemCaseSensitive(j, "events");
-    } else if (cJSON_IsArray(j)) {
-        events = j;
-    } else {
+    if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) {
         cJSON_Delete(j);
-        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is neither an object nor a list");
+        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not a JSON object or list");
     }
     if (cJSON_IsArray(events)) {
         out->has_events = 1;
-        if ((ev = latest_exit(events, &ts))) {
+        if ((ev = latest_exit(events))) {
             out->exited = 1;
-            out->timestamp_ms = ts > 0 ? ts : 0;
             read_exit(ev, out);
         }
     }
@@ -802,13 +780,10 @@ static int machine_call(struct call *c, struct http_client *http, const struct f
                         const char *action, const char *query, struct fly_call_result *r,
                         struct lerr *e)
 {
-    if (call_init(c, http, t, method, what, r, e) < 0)
+    if (call_init(c, http, t, method, what, r,
+                  fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e), e) < 0)
         return -1;
-    snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id ? machine_id : "", what);
-    if (fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e) < 0) {
-        call_end(c);
-        return -1;
-    }
+    snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id, what);
     return 0;
 }
 
@@ -908,28 +883,13 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_exit *out, struct lerr *e)
 {
-    struct fly_exit ev;
-
     memset(out, 0, sizeof *out);
-    out->signal = -1;
     if (exit_get(http, t, machine_id, NULL, out, e) < 0)
         return -1;
     if (out->gone || out->has_events)
         return 0;
     /* a Machine without its events: ask for them */
-    memset(&ev, 0, sizeof ev);
-    ev.signal = -1;
-    if (exit_get(http, t, machine_id, "events", &ev, e) < 0) {
-        out->outcome = ev.outcome;
-        out->status = ev.status;
-        return -1;
-    }
-    if (!ev.region[0])
-        memcpy(ev.region, out->region, sizeof ev.region);
-    if (!ev.state[0])
-        memcpy(ev.state, out->state, sizeof ev.state);
-    *out = ev;
-    return 0;
+    return exit_get(http, t, machine_id, "events", out, e);
 }
 
 int fly_stop_machine(struct http_client *http, const struct fly_target *t,
@@ -968,13 +928,9 @@ int fly_get_app(struct http_client *http, const struct fly_target *t,
 {
     struct call c;
 
-    if (call_init(&c, http, t, "GET", "app", out, e) < 0)
+    if (call_init(&c, http, t, "GET", "app", out, fly_app_url(t->base, t->app, &c.url, e), e) < 0)
         return -1;
     snprintf(c.who, sizeof c.who, "Fly app %s", t->app);
     c.max_retries = FLY_APP_RATE_LIMIT_RETRIES;
-    if (fly_app_url(t->base, t->app, &c.url, e) < 0) {
-        call_end(&c);
-        return -1;
-    }
     return call_run(&c, ACCEPT(OK), NULL, out, e);
 }
