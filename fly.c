@@ -1,15 +1,10 @@
 #include "fly.h"
 #include "metrics.h"
 
-#include <errno.h>
-#include <stdarg.h>
-#include <poll.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "json.h"
 #include "text.h"
@@ -381,46 +376,14 @@ static size_t stop_fds(const struct http_client *http, const struct fly_target *
     return n;
 }
 
-/* Sleeps ms milliseconds (0: just looks) unless a stop fd becomes readable first. */
-static int fly_sleep(const struct http_client *http, const struct fly_target *t, int ms,
-                     struct lerr *e)
-{
-    struct timespec t0, now;
-    struct pollfd p[2];
-    int fds[2];
-    nfds_t nfds = stop_fds(http, t, fds);
-
-    for (nfds_t i = 0; i < nfds; i++)
-        p[i] = (struct pollfd){ fds[i], POLLIN, 0 };
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        long left;
-        int n;
-
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        left = ms - ((now.tv_sec - t0.tv_sec) * 1000L + (now.tv_nsec - t0.tv_nsec) / 1000000L);
-        n = poll(p, nfds, left <= 0 ? 0 : left > 1000 && t->idle ? 1000 : (int)left);
-        if (n > 0)
-            return lerr_set(e, LERR_CANCELLED, "stopping: Fly request abandoned");
-        if (n < 0 && errno != EINTR)
-            return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
-        if (left <= 0)
-            return 0;
-        if (t->idle)
-            t->idle(t->idle_ctx);
-    }
-}
-
-/* Before each request: a token of rl (waiting for it if need be), and none once
- * stopping. Without a limiter, only the stop check. */
+/* Before each request (rl not NULL): a token of rl, waiting for it if need be; without
+ * rl: a pause of ms (0: only a look). Either ends once stopping. */
 static int pace(const struct http_client *http, const struct fly_target *t,
-                struct ratelimit *rl, struct lerr *e)
+                struct ratelimit *rl, int ms, struct lerr *e)
 {
     int fds[2];
 
-    if (!rl)
-        return fly_sleep(http, t, 0, e);
-    return ratelimit_take_idle(rl, fds, stop_fds(http, t, fds), t->idle, t->idle_ctx, e);
+    return ratelimit_wait_idle(rl, ms, fds, stop_fds(http, t, fds), t->idle, t->idle_ctx, e);
 }
 
 /* A connection problem that no other region would fix. */
@@ -502,7 +465,7 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
         r->outcome = FLY_CALL_FAILED;  /* a stop: even after a 429, do not retry */
         if (c->prepaid)
             c->prepaid = 0;
-        else if (pace(c->http, c->t, c->rl, e) < 0)
+        else if (pace(c->http, c->t, c->rl, 0, e) < 0)
             return -1;
         t0 = metrics_clock();
         rc = http_do(c->http, &c->req, resp, e);
@@ -534,7 +497,7 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
         /* with a limiter every thread pauses: the penalty makes the next pace() wait */
         if (c->rl)
             ratelimit_penalize(c->rl, wait);
-        else if (fly_sleep(c->http, c->t, wait, e) < 0)
+        else if (pace(c->http, c->t, NULL, wait, e) < 0)
             return -1;
     }
 }
@@ -619,7 +582,7 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
         snprintf(c.who, sizeof c.who, "group %s: %s", group, region_name(region));
         step = STEP_STOP;
         /* a stop lets the request in flight finish, but starts no other */
-        if (fly_sleep(http, t, 0, e) < 0) {
+        if (pace(http, t, NULL, 0, e) < 0) {
             log_warn("fly: group %s: stopping: not trying %s", group, region_name(region));
             break;
         }
