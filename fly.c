@@ -685,31 +685,27 @@ static const cJSON *latest_exit(const cJSON *events)
     return best;
 }
 
-/* exit_event's fields into out. The exit code is the first of exit_code and
- * guest_exit_code that is a real exit status (0..255): Fly writes -1 for "none". */
-static void read_exit_event(const cJSON *x, struct fly_exit *out)
+/* The exit event's request.exit_event: the spec types request as an object, its example
+ * shows a JSON text, so both are read; without exit_event, the request itself is tried.
+ * The exit code is the first of exit_code and guest_exit_code that is a real exit status
+ * (0..255): Fly writes -1 for "none". */
+static void read_exit(const cJSON *ev, struct fly_exit *out)
 {
+    const cJSON *req = field(ev, "request"), *x;
+    cJSON *parsed = NULL;
     long long v;
 
+    if (cJSON_IsString(req))
+        req = parsed = json_parse(req->valuestring, strlen(req->valuestring));
+    x = field(req, "exit_event");
+    if (!cJSON_IsObject(x))
+        x = req;
     if (whole(field(x, "exit_code"), 0, 255, &v) ||
         whole(field(x, "guest_exit_code"), 0, 255, &v)) {
         out->known = 1;
         out->exit_code = (int)v;
     }
     out->oom_killed = cJSON_IsTrue(field(x, "oom_killed"));
-}
-
-/* The exit event's request.exit_event. The spec types request as an object, its example
- * shows a JSON text: both are read. Without exit_event, the request itself is tried. */
-static void read_exit(const cJSON *ev, struct fly_exit *out)
-{
-    const cJSON *req = field(ev, "request"), *x;
-    cJSON *parsed = NULL;
-
-    if (cJSON_IsString(req))
-        req = parsed = json_parse(req->valuestring, strlen(req->valuestring));
-    x = field(req, "exit_event");
-    read_exit_event(cJSON_IsObject(x) ? x : req, out);
     cJSON_Delete(parsed);
 }
 
