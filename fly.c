@@ -56,16 +56,6 @@ size_t fly_base64_encode(const void *in, size_t n, char *out)
 
 /* ---- the create body ------------------------------------------------------------------- */
 
-static void jb_base64(struct json_buf *b, const void *in, size_t n)
-{
-    char *p;
-
-    json_buf_lit(b, "\"");
-    if ((p = json_buf_room(b, fly_base64_len(n))))
-        b->len += fly_base64_encode(in, n, p);
-    json_buf_lit(b, "\"");
-}
-
 /* init.cmd from the command attribute: re-serialized, which is safe because it holds
  * only strings (no number can change on the way through a double). */
 static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
@@ -96,6 +86,7 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
                     size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
+    char *p;
 
     *out = NULL;
     if (!spec->image || !spec->image[0] || !spec->preset)
@@ -120,8 +111,10 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
     json_buf_lit(&b, "}");
     json_buf_lit(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"}");
     json_buf_lit(&b, ",\"files\":[{\"guest_path\":\"" FLY_EVENTS_PATH "\",\"raw_value\":");
-    jb_base64(&b, spec->events, spec->events_len);
-    json_buf_lit(&b, "}],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
+    json_buf_lit(&b, "\"");
+    if ((p = json_buf_room(&b, fly_base64_len(spec->events_len))))
+        b.len += fly_base64_encode(spec->events, spec->events_len, p);
+    json_buf_lit(&b, "\"}],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
     if (spec->command && jb_command(&b, spec->command, e) < 0) {
         free(b.p);
         return -1;
@@ -203,16 +196,6 @@ int fly_retry_after_ms(const char *value, size_t len)
     return secs >= FLY_RETRY_AFTER_MAX_MS / 1000 ? FLY_RETRY_AFTER_MAX_MS : (int)secs * 1000;
 }
 
-/* Fly says a host or region is full in several ways: 503, a "status" of
- * "insufficient_capacity", and 409/412 answers like "insufficient memory available". */
-static int capacity_error(int status, const cJSON *j, const char *error)
-{
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
-
-    if (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0)
-        return 1;
-    return (status == 409 || status == 412) && strcasestr(error, "insufficient");
-}
 
 /* ---- a create's answer: three strings out of an echo of the whole request ------------ */
 
@@ -257,6 +240,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
 {
     int ok = status >= 200 && status < 300;
     cJSON *j = body && body_len && !ok ? json_parse(body, body_len) : NULL;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
 
     memset(a, 0, sizeof *a);
     a->retry_after_ms = -1;
@@ -274,7 +258,11 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
     } else if (status == 429) {
         a->outcome = FLY_RETRY;
         a->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
-    } else if (status >= 500 || status == 408 || capacity_error(status, j, a->error)) {
+    } else if (status >= 500 || status == 408 ||
+               (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0) ||
+               ((status == 409 || status == 412) && strcasestr(a->error, "insufficient"))) {
+        /* Fly says a host or region is full in several ways: 503, a "status" of
+         * "insufficient_capacity", and 409/412 answers like "insufficient memory" */
         a->outcome = FLY_NEXT_REGION;
     } else {
         a->outcome = FLY_GIVE_UP;
@@ -363,27 +351,15 @@ int fly_machine_url(const struct url *base, const char *app, const char *machine
 
 enum step { STEP_DONE, STEP_NEXT, STEP_STOP };
 
-/* The fds whose readability means "stop": the client's cancel_fd and the target's
- * stop_fd, those that are set. Returns how many. */
-static size_t stop_fds(const struct http_client *http, const struct fly_target *t, int fds[2])
-{
-    size_t n = 0;
-
-    if (http->cancel_fd >= 0)
-        fds[n++] = http->cancel_fd;
-    if (t->stop_fd && *t->stop_fd >= 0)
-        fds[n++] = *t->stop_fd;
-    return n;
-}
-
 /* Before each request (rl not NULL): a token of rl, waiting for it if need be; without
- * rl: a pause of ms (0: only a look). Either ends once stopping. */
+ * rl: a pause of ms (0: only a look). Either ends once the client's cancel_fd or the
+ * target's stop_fd is readable (an unset one is -1, which the wait ignores). */
 static int pace(const struct http_client *http, const struct fly_target *t,
                 struct ratelimit *rl, int ms, struct lerr *e)
 {
-    int fds[2];
+    const int fds[2] = { http->cancel_fd, t->stop_fd ? *t->stop_fd : -1 };
 
-    return ratelimit_wait_idle(rl, ms, fds, stop_fds(http, t, fds), t->idle, t->idle_ctx, e);
+    return ratelimit_wait_idle(rl, ms, fds, 2, t->idle, t->idle_ctx, e);
 }
 
 /* A connection problem that no other region would fix. */
@@ -528,32 +504,27 @@ static enum step create_in_region(struct call *c, const char *group, const char 
     fly_classify(resp.status, resp.body, resp.body_len, NULL, 0, &a);
     http_response_free(&resp);
     out->status = a.machine.status;
-    if (a.outcome == FLY_NEXT_REGION || a.outcome == FLY_GIVE_UP)
-        metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-    switch (a.outcome) {
-    case FLY_CREATED:
+    if (a.outcome == FLY_CREATED) {
         *out = a.machine;
         if (!out->region[0] && region)
             snprintf(out->region, sizeof out->region, "%s", region);
         log_info("fly: group %s: created Machine %s in %s (HTTP %d)", group, out->id,
                  out->region[0] ? out->region : region_name(region), out->status);
         return STEP_DONE;
-    case FLY_NEXT_REGION:
-        log_warn("fly: %s: HTTP %d: %s; trying the next region", c->who, out->status, a.error);
-        lerr_set(e, LERR_HTTP, "%s: HTTP %d: %s", region_name(region), out->status, a.error);
-        return STEP_NEXT;
-    case FLY_GIVE_UP:
-        log_warn("fly: %s: HTTP %d: %s; not retrying", c->who, out->status, a.error);
-        lerr_set(e, LERR_HTTP, "Fly refused the Machine in %s: HTTP %d: %s",
-                 region_name(region), out->status, a.error);
-        return STEP_STOP;
-    case FLY_RETRY:
-        break;
     }
-    log_warn("fly: %s: still rate limited after %d retries; giving up", c->who, c->max_retries);
-    lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
-             region_name(region), c->max_retries);
-    return STEP_STOP;
+    if (a.outcome == FLY_RETRY) {
+        log_warn("fly: %s: still rate limited after %d retries; giving up", c->who,
+                 c->max_retries);
+        lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
+                 region_name(region), c->max_retries);
+        return STEP_STOP;
+    }
+    metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
+    log_warn("fly: %s: HTTP %d: %s; %s", c->who, out->status, a.error,
+             a.outcome == FLY_NEXT_REGION ? "trying the next region" : "not retrying");
+    lerr_set(e, LERR_HTTP, "%s%s: HTTP %d: %s", a.outcome == FLY_NEXT_REGION ? "" :
+             "Fly refused the Machine in ", region_name(region), out->status, a.error);
+    return a.outcome == FLY_NEXT_REGION ? STEP_NEXT : STEP_STOP;
 }
 
 int fly_create_machine(struct http_client *http, const struct fly_target *t,
@@ -604,13 +575,6 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
 
 /* ---- following a Machine: its answers (pure) ------------------------------------------- */
 
-/* How Fly may word "that Machine no longer exists" outside a 404: a wait for "stopped"
- * on a destroyed Machine, for one. */
-static int says_gone(const char *error)
-{
-    return strcasestr(error, "destroyed") || strcasestr(error, "not found");
-}
-
 void fly_classify_call(int status, const char *body, size_t body_len, const char *retry_after,
                        size_t retry_after_len, struct fly_call_result *r)
 {
@@ -635,7 +599,10 @@ void fly_classify_call(int status, const char *body, size_t body_len, const char
         r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
     } else if (status >= 500) {
         r->outcome = FLY_CALL_RETRY_LATER;
-    } else if (status >= 400 && says_gone(r->error)) {
+    } else if (status >= 400 && (strcasestr(r->error, "destroyed") ||
+                                 strcasestr(r->error, "not found"))) {
+        /* how Fly may word "that Machine no longer exists" outside a 404: a wait for
+         * "stopped" on a destroyed Machine, for one */
         r->outcome = FLY_CALL_GONE;
     } else {
         r->outcome = FLY_CALL_FAILED;
