@@ -126,59 +126,53 @@ static int cli_blank(const char *s, size_t n)
     return 1;
 }
 
-/* A growing array of lines or elements. */
+/* The lines or elements of the input, found twice: a first pass only counts them (v
+ * NULL), the second stores them in an array of that size. */
 struct cli_items {
     const char *buf;
     struct cli_line *v;
-    size_t n, cap;
-    int nomem;
+    size_t n;
 };
 
 static void cli_push(struct cli_items *it, size_t offset, size_t len, size_t lineno)
 {
-    if (it->nomem)
-        return;
-    if (it->n == it->cap) {
-        size_t ncap = it->cap ? it->cap * 2 : 64;
-        struct cli_line *p = realloc(it->v, ncap * sizeof *p);
-        if (!p) {
-            it->nomem = 1;
-            return;
-        }
-        it->v = p;
-        it->cap = ncap;
-    }
-    it->v[it->n++] = (struct cli_line){ it->buf + offset, len, lineno };
+    if (it->v)
+        it->v[it->n] = (struct cli_line){ it->buf + offset, len, lineno };
+    it->n++;
 }
 
-static int cli_items_done(struct cli_items *it, struct cli_line **out, size_t *n,
-                          struct lerr *e)
+/* Between the passes: room for the items counted, and the count back to 0. */
+static int cli_items_alloc(struct cli_items *it, struct lerr *e)
 {
-    if (it->nomem) {
-        free(it->v);
+    if (it->n && !(it->v = malloc(it->n * sizeof *it->v)))
         return lerr_set(e, LERR_NOMEM, "out of memory splitting the input");
-    }
-    *out = it->v;
-    *n = it->n;
+    it->n = 0;
     return 0;
 }
 
 int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
                     struct lerr *e)
 {
-    struct cli_items it = { buf, NULL, 0, 0, 0 };
-    size_t lineno = 0, pos = 0;
+    struct cli_items it = { buf, NULL, 0 };
 
-    while (pos < len) {
-        const char *nl = memchr(buf + pos, '\n', len - pos);
-        size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t lineno = 0, pos = 0;
 
-        lineno++;
-        if (!cli_blank(buf + pos, l))
-            cli_push(&it, pos, l, lineno);
-        pos += l + (nl ? 1 : 0);
+        if (pass == 1 && cli_items_alloc(&it, e) < 0)
+            return -1;
+        while (pos < len) {
+            const char *nl = memchr(buf + pos, '\n', len - pos);
+            size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
+
+            lineno++;
+            if (!cli_blank(buf + pos, l))
+                cli_push(&it, pos, l, lineno);
+            pos += l + (nl ? 1 : 0);
+        }
     }
-    return cli_items_done(&it, lines, n, e);
+    *lines = it.v;
+    *n = it.n;
+    return 0;
 }
 
 static void cli_push_element(void *ctx, size_t offset, size_t len)
@@ -191,22 +185,24 @@ static void cli_push_element(void *ctx, size_t offset, size_t len)
 int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
                     struct lerr *e)
 {
-    struct cli_items it = { buf, NULL, 0, 0, 0 };
+    struct cli_items it = { buf, NULL, 0 };
     const char *why;
     size_t at = 0;
 
-    if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0) {
-        free(it.v);
+    if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
-    }
     while (buf[at] == ' ' || buf[at] == '\t' || buf[at] == '\r' || buf[at] == '\n')
         at++;  /* valid JSON: a value follows */
-    if (buf[at] != '[') {
-        free(it.v);
+    if (buf[at] != '[')
         return lerr_set(e, LERR_INVALID, "not a JSON array (to send one body, give it as "
                         "BODY)");
-    }
-    return cli_items_done(&it, items, n, e);
+    /* the text is valid: the second pass finds the same elements */
+    if (cli_items_alloc(&it, e) < 0)
+        return -1;
+    json_items(buf, len, cli_push_element, &it, NULL, NULL);
+    *items = it.v;
+    *n = it.n;
+    return 0;
 }
 
 /* The entry SQS gets for a body with the flags' attributes. */
