@@ -430,18 +430,18 @@ static void call_end(struct call *c)
 static int send_paced(struct call *c, struct http_response *resp, struct fly_call_result *r,
                       struct lerr *e)
 {
-    int create = strcmp(c->what, "create") == 0;
+    int create = strcmp(c->what, "create") == 0, wait = 0;
 
     for (int retry = 0;; retry++) {
         const char *ra;
         size_t ra_len = 0;
-        int rc, wait;
+        int rc;
         double t0;
 
         r->outcome = FLY_CALL_FAILED;  /* a stop: even after a 429, do not retry */
         if (c->prepaid)
             c->prepaid = 0;
-        else if (pace(c->http, c->t, c->rl, 0, e) < 0)
+        else if (pace(c->http, c->t, c->rl, wait, e) < 0)
             return -1;
         t0 = metrics_clock();
         rc = http_do(c->http, &c->req, resp, e);
@@ -460,21 +460,18 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
             return 0;
         metrics_count(c->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
         wait = r->retry_after_ms >= 0 ? r->retry_after_ms : backoff_ms(retry);
-        if (retry == c->max_retries) {
-            if (c->rl)
-                ratelimit_penalize(c->rl, wait);
+        /* with a limiter every thread pauses: the penalty makes the next pace() wait (even
+         * after the last retry, so that the other threads hear of it); without one, the
+         * next pace() pauses for wait itself */
+        if (c->rl)
+            ratelimit_penalize(c->rl, wait);
+        if (retry == c->max_retries)
             return 0;
-        }
         http_response_free(resp);
         /* a create's 429 is worth a warning (in its own words); the other calls' are debug */
         log_write(create ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "fly: %s: rate limited%s; retry %d "
                   "of %d in %d ms", c->who, create ? " (HTTP 429)" : "", retry + 1,
                   FLY_RATE_LIMIT_RETRIES, wait);
-        /* with a limiter every thread pauses: the penalty makes the next pace() wait */
-        if (c->rl)
-            ratelimit_penalize(c->rl, wait);
-        else if (pace(c->http, c->t, NULL, wait, e) < 0)
-            return -1;
     }
 }
 
