@@ -264,46 +264,37 @@ static int valid_name(const char *s, size_t maxlen)
     return 1;
 }
 
-static int add_region(struct config *c, const char *which, const char *name, size_t len,
-                      size_t *used, struct lerr *e)
+/* Adds p's regions to c: with list, "ord, ewr" (items trimmed of spaces, none empty), else
+ * p is one region. A region already there is not added again. */
+static int add_regions(struct config *c, const char *which, const char *p, int list,
+                       size_t *used, struct lerr *e)
 {
-    char *dst = c->region_buf + *used;
-
-    if (len == 0)
-        return lerr_set(e, LERR_INVALID, "%s: has an empty item (a comma too many)", which);
-    if (len >= sizeof c->region_buf - *used || c->num_regions == CONFIG_MAX_REGIONS)
-        return lerr_set(e, LERR_INVALID, "%s: too many regions (at most %d)", which,
-                        CONFIG_MAX_REGIONS);
-    memcpy(dst, name, len);
-    dst[len] = '\0';
-    if (!valid_name(dst, 16))
-        return lerr_set(e, LERR_INVALID, "%s: \"%.20s\" is not a Fly region code (like iad, ord)",
-                        which, dst);
-    for (size_t i = 0; i < c->num_regions; i++)
-        if (strcmp(c->regions[i], dst) == 0)
-            return 0;
-    c->regions[c->num_regions++] = dst;
-    *used += len + 1;
-    return 0;
-}
-
-/* "ord, ewr": items trimmed of spaces, none empty. */
-static int load_region_list(struct config *c, size_t *used, config_getenv_fn get, void *ctx,
-                            struct lerr *e)
-{
-    const char *p = value(get, ctx, "LAMBDO_FLY_REGIONS");
-
-    if (!p)
-        return 0;
     for (;;) {
-        const char *comma = strchr(p, ',');
+        const char *comma = list ? strchr(p, ',') : NULL;
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && *p == ' ')
+        char *dst = c->region_buf + *used;
+        int dup = 0;
+
+        while (list && len && *p == ' ')
             p++, len--;
-        while (len && p[len - 1] == ' ')
+        while (list && len && p[len - 1] == ' ')
             len--;
-        if (add_region(c, "LAMBDO_FLY_REGIONS", p, len, used, e) < 0)
-            return -1;
+        if (len == 0)
+            return lerr_set(e, LERR_INVALID, "%s: has an empty item (a comma too many)", which);
+        if (len >= sizeof c->region_buf - *used || c->num_regions == CONFIG_MAX_REGIONS)
+            return lerr_set(e, LERR_INVALID, "%s: too many regions (at most %d)", which,
+                            CONFIG_MAX_REGIONS);
+        memcpy(dst, p, len);
+        dst[len] = '\0';
+        if (!valid_name(dst, 16))
+            return lerr_set(e, LERR_INVALID, "%s: \"%.20s\" is not a Fly region code (like "
+                            "iad, ord)", which, dst);
+        for (size_t i = 0; i < c->num_regions; i++)
+            dup |= strcmp(c->regions[i], dst) == 0;
+        if (!dup) {
+            c->regions[c->num_regions++] = dst;
+            *used += len + 1;
+        }
         if (!comma)
             return 0;
         p = comma + 1;
@@ -314,12 +305,14 @@ static void load_regions(struct config *c, config_getenv_fn get, void *ctx,
                          struct config_errors *errs)
 {
     const char *which, *primary = pick(get, ctx, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
+    const char *list = value(get, ctx, "LAMBDO_FLY_REGIONS");
     size_t used = 0, before = errs->n;
     struct lerr e;
 
     if (primary)
-        note(errs, add_region(c, which, primary, strlen(primary), &used, &e), &e);
-    note(errs, load_region_list(c, &used, get, ctx, &e), &e);
+        note(errs, add_regions(c, which, primary, 0, &used, &e), &e);
+    if (list)
+        note(errs, add_regions(c, "LAMBDO_FLY_REGIONS", list, 1, &used, &e), &e);
     if (c->num_regions == 0 && errs->n == before)
         note(errs, lerr_set(&e, LERR_INVALID, "LAMBDO_FLY_REGION (or FLY_REGION): required "
                             "unless LAMBDO_FLY_REGIONS is set"), &e);
