@@ -196,7 +196,6 @@ int fly_retry_after_ms(const char *value, size_t len)
     return secs >= FLY_RETRY_AFTER_MAX_MS / 1000 ? FLY_RETRY_AFTER_MAX_MS : (int)secs * 1000;
 }
 
-
 /* ---- a create's answer: three strings out of an echo of the whole request ------------ */
 
 /* Fly's answer to a create repeats the config, the events file's base64 included: building

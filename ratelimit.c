@@ -139,9 +139,10 @@ void ratelimit_penalize(struct ratelimit *rl, int ms)
     ratelimit_penalize_at(rl, ratelimit_now_ns(), ms);
 }
 
-static int cancelled(struct lerr *e)
+static int cancelled(const struct ratelimit *rl, struct lerr *e)
 {
-    return lerr_set(e, LERR_CANCELLED, "stopping: no longer waiting for a rate limit token");
+    return lerr_set(e, LERR_CANCELLED, "stopping: no longer waiting%s",
+                    rl ? " for a rate limit token" : "");
 }
 
 int ratelimit_wait_idle(struct ratelimit *rl, int ms, const int *stop_fds, size_t nfds,
@@ -160,7 +161,7 @@ int ratelimit_wait_idle(struct ratelimit *rl, int ms, const int *stop_fds, size_
             p[n++] = (struct pollfd){ stop_fds[i], POLLIN, 0 };
     /* a stop that already happened takes nothing, even when a token is free */
     if (n > 0 && poll(p, n, 0) > 0)
-        return cancelled(e);
+        return cancelled(rl, e);
     wait = rl ? ratelimit_reserve_at(rl, ratelimit_now_ns(), &tk) : end - ratelimit_now_ns();
     while (wait > 0) {
         int64_t nap = idle && wait > NS_PER_S ? NS_PER_S : wait;
@@ -170,8 +171,8 @@ int ratelimit_wait_idle(struct ratelimit *rl, int ms, const int *stop_fds, size_
         if (r > 0 || (r < 0 && err != EINTR)) {
             if (rl)
                 ratelimit_give_back(rl);
-            return r > 0 ? cancelled(e) : lerr_set(e, LERR_IO, "rate limit: poll: %s",
-                                                   strerror(err));
+            return r > 0 ? cancelled(rl, e) : lerr_set(e, LERR_IO, "rate limit: poll: %s",
+                                                      strerror(err));
         }
         if (idle)
             idle(ctx);

@@ -379,6 +379,7 @@ static void test_pause(void **state)
     assert_int_equal(ratelimit_wait_idle(NULL, 60000, pipefd, 1, NULL, NULL, &e), -1);
     pthread_join(th, NULL);
     assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_string_equal(e.msg, "stopping: no longer waiting");
     assert_true(ratelimit_now_ns() - t0 < 30000000000LL);
     assert_int_equal(ratelimit_wait_idle(NULL, 0, pipefd, 1, NULL, NULL, &e), -1);
     assert_int_equal(e.kind, LERR_CANCELLED);
