@@ -783,23 +783,18 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
     int rc = -1;
 
     if (machine_call(&c, http, t, "GET", action ? action : "show", machine_id, action, NULL,
-                     &r, e) == 0)
-        rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e);
+                     &r, e) == 0 &&
+        (rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e)) == 0) {
+        if (r.outcome == FLY_CALL_OK && fly_parse_exit(resp.body, resp.body_len, out, e) < 0) {
+            r.outcome = FLY_CALL_RETRY_LATER;  /* not a Machine: Fly's trouble, not ours */
+            rc = lerr_wrap(e, "%s", c.who);
+        }
+        http_response_free(&resp);
+    }
     out->outcome = r.outcome;
     out->status = r.status;
-    if (rc < 0)
-        return -1;
-    if (r.outcome == FLY_CALL_GONE)
-        out->gone = 1;
-    else
-        rc = fly_parse_exit(resp.body, resp.body_len, out, e);
-    http_response_free(&resp);
-    out->status = r.status;
-    if (rc < 0) {
-        out->outcome = FLY_CALL_RETRY_LATER;
-        return lerr_wrap(e, "%s", c.who);
-    }
-    return 0;
+    out->gone = r.outcome == FLY_CALL_GONE;
+    return rc;
 }
 
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,
