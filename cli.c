@@ -126,59 +126,53 @@ static int cli_blank(const char *s, size_t n)
     return 1;
 }
 
-/* A growing array of lines or elements. */
+/* The lines or elements of the input, found twice: a first pass only counts them (v
+ * NULL), the second stores them in an array of that size. */
 struct cli_items {
     const char *buf;
     struct cli_line *v;
-    size_t n, cap;
-    int nomem;
+    size_t n;
 };
 
 static void cli_push(struct cli_items *it, size_t offset, size_t len, size_t lineno)
 {
-    if (it->nomem)
-        return;
-    if (it->n == it->cap) {
-        size_t ncap = it->cap ? it->cap * 2 : 64;
-        struct cli_line *p = realloc(it->v, ncap * sizeof *p);
-        if (!p) {
-            it->nomem = 1;
-            return;
-        }
-        it->v = p;
-        it->cap = ncap;
-    }
-    it->v[it->n++] = (struct cli_line){ it->buf + offset, len, lineno };
+    if (it->v)
+        it->v[it->n] = (struct cli_line){ it->buf + offset, len, lineno };
+    it->n++;
 }
 
-static int cli_items_done(struct cli_items *it, struct cli_line **out, size_t *n,
-                          struct lerr *e)
+/* Between the passes: room for the items counted, and the count back to 0. */
+static int cli_items_alloc(struct cli_items *it, struct lerr *e)
 {
-    if (it->nomem) {
-        free(it->v);
+    if (it->n && !(it->v = malloc(it->n * sizeof *it->v)))
         return lerr_set(e, LERR_NOMEM, "out of memory splitting the input");
-    }
-    *out = it->v;
-    *n = it->n;
+    it->n = 0;
     return 0;
 }
 
 int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
                     struct lerr *e)
 {
-    struct cli_items it = { buf, NULL, 0, 0, 0 };
-    size_t lineno = 0, pos = 0;
+    struct cli_items it = { buf, NULL, 0 };
 
-    while (pos < len) {
-        const char *nl = memchr(buf + pos, '\n', len - pos);
-        size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t lineno = 0, pos = 0;
 
-        lineno++;
-        if (!cli_blank(buf + pos, l))
-            cli_push(&it, pos, l, lineno);
-        pos += l + (nl ? 1 : 0);
+        if (pass == 1 && cli_items_alloc(&it, e) < 0)
+            return -1;
+        while (pos < len) {
+            const char *nl = memchr(buf + pos, '\n', len - pos);
+            size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
+
+            lineno++;
+            if (!cli_blank(buf + pos, l))
+                cli_push(&it, pos, l, lineno);
+            pos += l + (nl ? 1 : 0);
+        }
     }
-    return cli_items_done(&it, lines, n, e);
+    *lines = it.v;
+    *n = it.n;
+    return 0;
 }
 
 static void cli_push_element(void *ctx, size_t offset, size_t len)
@@ -191,22 +185,24 @@ static void cli_push_element(void *ctx, size_t offset, size_t len)
 int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
                     struct lerr *e)
 {
-    struct cli_items it = { buf, NULL, 0, 0, 0 };
+    struct cli_items it = { buf, NULL, 0 };
     const char *why;
     size_t at = 0;
 
-    if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0) {
-        free(it.v);
+    if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
-    }
     while (buf[at] == ' ' || buf[at] == '\t' || buf[at] == '\r' || buf[at] == '\n')
         at++;  /* valid JSON: a value follows */
-    if (buf[at] != '[') {
-        free(it.v);
+    if (buf[at] != '[')
         return lerr_set(e, LERR_INVALID, "not a JSON array (to send one body, give it as "
                         "BODY)");
-    }
-    return cli_items_done(&it, items, n, e);
+    /* the text is valid: the second pass finds the same elements */
+    if (cli_items_alloc(&it, e) < 0)
+        return -1;
+    json_items(buf, len, cli_push_element, &it, NULL, NULL);
+    *items = it.v;
+    *n = it.n;
+    return 0;
 }
 
 /* The entry SQS gets for a body with the flags' attributes. */
@@ -272,11 +268,16 @@ size_t cli_batch_len(const struct cli_line *lines, size_t n, size_t start, size_
  * check: the table (pure)
  * ==================================================================================== */
 
-void cli_row(FILE *out, enum cli_status st, const char *name, const char *reason)
+void cli_row(FILE *out, enum cli_status st, const char *name, const char *fmt, ...)
 {
     static const char *const words[] = { "ok", "warn", "fail" };
+    va_list ap;
 
-    fprintf(out, "%-6s%-12s%s\n", words[st], name, reason);
+    fprintf(out, "%-6s%-12s", words[st], name);
+    va_start(ap, fmt);
+    vfprintf(out, fmt, ap);
+    va_end(ap);
+    fputc('\n', out);
 }
 
 /* A count SQS gave, or "?" for one it did not. */
@@ -668,20 +669,6 @@ int cli_send(int argc, char **argv)
  * check
  * ==================================================================================== */
 
-/* A row of the table on stdout, its reason formatted. */
-static void check_row(enum cli_status st, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void check_row(enum cli_status st, const char *name, const char *fmt, ...)
-{
-    char reason[1024];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(reason, sizeof reason, fmt, ap);
-    va_end(ap);
-    cli_row(stdout, st, name, reason);
-}
-
 static void check_config(const struct config *cfg)
 {
     char regions[256] = "";
@@ -690,11 +677,11 @@ static void check_config(const struct config *cfg)
         snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
                  i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local)
-        check_row(CLI_OK, "config", "SQS region %s, local backend, ack on %s", cfg->aws_region,
-                  cfg->ack_on_exit ? "exit" : "create");
+        cli_row(stdout, CLI_OK, "config", "SQS region %s, local backend, ack on %s",
+                cfg->aws_region, cfg->ack_on_exit ? "exit" : "create");
     else
-        check_row(CLI_OK, "config", "SQS region %s, Fly app %s in %s, ack on %s",
-                  cfg->aws_region, cfg->fly_app, regions, cfg->ack_on_exit ? "exit" : "create");
+        cli_row(stdout, CLI_OK, "config", "SQS region %s, Fly app %s in %s, ack on %s",
+                cfg->aws_region, cfg->fly_app, regions, cfg->ack_on_exit ? "exit" : "create");
 }
 
 static int check_anchors(const struct config *cfg, struct cli_net *net)
@@ -702,11 +689,11 @@ static int check_anchors(const struct config *cfg, struct cli_net *net)
     struct lerr e;
 
     if (tls_anchors_load(&net->anchors, cfg->ca_file, &e) < 0) {
-        cli_row(stdout, CLI_FAIL, "ca bundle", e.msg);
+        cli_row(stdout, CLI_FAIL, "ca bundle", "%s", e.msg);
         return -1;
     }
-    check_row(CLI_OK, "ca bundle", "%s (%zu certificates)",
-              cfg->ca_file ? cfg->ca_file : TLS_DEFAULT_CA_FILE, net->anchors.count);
+    cli_row(stdout, CLI_OK, "ca bundle", "%s (%zu certificates)",
+            cfg->ca_file ? cfg->ca_file : TLS_DEFAULT_CA_FILE, net->anchors.count);
     return 0;
 }
 
@@ -718,14 +705,14 @@ static int check_queue(const struct config *cfg, struct cli_net *net)
 
     if (sqs_get_queue_attributes(&net->sqs, &q, &e) < 0) {
         cli_sqs_reason(&net->sqs.last_error, &e, reason, sizeof reason);
-        cli_row(stdout, CLI_FAIL, "sqs queue", reason);
+        cli_row(stdout, CLI_FAIL, "sqs queue", "%s", reason);
         return -1;
     }
     snprintf(where, sizeof where, "%s", cfg->queue_url);
     if (cfg->sqs_endpoint_overridden)  /* AWS_ENDPOINT_URL_SQS: say where it really went */
         snprintf(where, sizeof where, "%s via %s://%s", cfg->queue_url,
                  cfg->sqs_endpoint.tls ? "https" : "http", cfg->sqs_endpoint.authority);
-    cli_row(stdout, cli_queue_row(where, &q, reason, sizeof reason), "sqs queue", reason);
+    cli_row(stdout, cli_queue_row(where, &q, reason, sizeof reason), "sqs queue", "%s", reason);
     return 0;
 }
 
@@ -739,10 +726,10 @@ static int check_fly(const struct config *cfg, struct cli_net *net)
 
     if (fly_get_app(&net->http, &t, &r, &e) < 0) {
         cli_fly_reason(cfg->fly_app, &r, &e, reason, sizeof reason);
-        cli_row(stdout, CLI_FAIL, "fly app", reason);
+        cli_row(stdout, CLI_FAIL, "fly app", "%s", reason);
         return -1;
     }
-    check_row(CLI_OK, "fly app", "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
+    cli_row(stdout, CLI_OK, "fly app", "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
     return 0;
 }
 
@@ -765,7 +752,7 @@ int cli_check(int argc, char **argv)
     }
     if (config_load(&cfg, config_env, NULL, &errs) < 0) {
         for (size_t i = 0; i < errs.n; i++)
-            cli_row(stdout, CLI_FAIL, "config", errs.line[i].msg);
+            cli_row(stdout, CLI_FAIL, "config", "%s", errs.line[i].msg);
         return CLI_EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
@@ -773,12 +760,12 @@ int cli_check(int argc, char **argv)
     memset(&net, 0, sizeof net);
     failed |= check_anchors(&cfg, &net) < 0;
     if (cli_net_open(&net, &cfg, &e) < 0) {
-        cli_row(stdout, CLI_FAIL, "credentials", e.msg);
+        cli_row(stdout, CLI_FAIL, "credentials", "%s", e.msg);
         failed = 1;
     } else {
         failed |= check_queue(&cfg, &net) < 0;
         if (cfg.backend_local && config_warning(&cfg))
-            cli_row(stdout, CLI_WARN, "backend", config_warning(&cfg));
+            cli_row(stdout, CLI_WARN, "backend", "%s", config_warning(&cfg));
         else if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
             cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
                     "host; no Fly API to check");

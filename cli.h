@@ -101,8 +101,10 @@ size_t cli_batch_len(const struct cli_line *lines, size_t n, size_t start, size_
 
 enum cli_status { CLI_OK, CLI_WARN, CLI_FAIL };
 
-/* One row of the table: "ok    sqs queue   <reason>\n" (status in 6 columns, name in 12). */
-void cli_row(FILE *out, enum cli_status st, const char *name, const char *reason);
+/* One row of the table: "ok    sqs queue   <reason>\n" (status in 6 columns, name in 12),
+ * the reason formatted as by printf. */
+void cli_row(FILE *out, enum cli_status st, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* The sqs queue row for an answer: "<url> (3 visible, 0 in flight, 0 delayed; redrive to
  * <arn> after 5 receives)": CLI_OK; without a redrive policy CLI_WARN, saying so. */

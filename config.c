@@ -24,20 +24,25 @@ static void note(struct config_errors *errs, int rc, const struct lerr *e)
         errs->line[errs->n++] = *e;
 }
 
+/* A variable where "" counts as unset: its value, or NULL. */
+static const char *value(config_getenv_fn get, void *ctx, const char *name)
+{
+    const char *v = get(name, ctx);
+
+    return v && *v ? v : NULL;
+}
+
 /* The first of two variable names that is set and non-empty wins. *which names it,
  * so that an error talks about the variable the user actually set. */
 static const char *pick(config_getenv_fn get, void *ctx, const char *a, const char *b,
                         const char **which)
 {
-    const char *v = get(a, ctx);
+    const char *v = value(get, ctx, a);
 
     *which = a;
-    if ((!v || !*v) && b) {
-        v = get(b, ctx);
-        if (v && *v)
-            *which = b;
-    }
-    return (v && *v) ? v : NULL;
+    if (!v && b && (v = value(get, ctx, b)))
+        *which = b;
+    return v;
 }
 
 /* Values that end up in HTTP headers must not smuggle in line breaks. */
@@ -129,16 +134,14 @@ static int load_log_level(struct config *c, config_getenv_fn get, void *ctx, str
     return 0;
 }
 
-static int load_secret(config_getenv_fn get, void *ctx, const char *a, const char *b,
-                       const char **out, struct lerr *e)
+static int load_token(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
     const char *which;
 
-    *out = pick(get, ctx, a, b, &which);
-    if (!*out)
-        return b ? lerr_set(e, LERR_INVALID, "%s (or %s): required, not set", a, b)
-                 : lerr_set(e, LERR_INVALID, "%s: required, not set", a);
-    if (has_control(*out) || strchr(*out, ' '))
+    c->fly_token = pick(get, ctx, "LAMBDO_FLY_TOKEN", "FLY_API_TOKEN", &which);
+    if (!c->fly_token)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_TOKEN (or FLY_API_TOKEN): required, not set");
+    if (has_control(c->fly_token) || strchr(c->fly_token, ' '))
         return lerr_set(e, LERR_INVALID, "%s: contains spaces or control characters", which);
     return 0;
 }
@@ -261,46 +264,37 @@ static int valid_name(const char *s, size_t maxlen)
     return 1;
 }
 
-static int add_region(struct config *c, const char *which, const char *name, size_t len,
-                      size_t *used, struct lerr *e)
+/* Adds p's regions to c: with list, "ord, ewr" (items trimmed of spaces, none empty), else
+ * p is one region. A region already there is not added again. */
+static int add_regions(struct config *c, const char *which, const char *p, int list,
+                       size_t *used, struct lerr *e)
 {
-    char *dst = c->region_buf + *used;
-
-    if (len == 0)
-        return lerr_set(e, LERR_INVALID, "%s: has an empty item (a comma too many)", which);
-    if (len >= sizeof c->region_buf - *used || c->num_regions == CONFIG_MAX_REGIONS)
-        return lerr_set(e, LERR_INVALID, "%s: too many regions (at most %d)", which,
-                        CONFIG_MAX_REGIONS);
-    memcpy(dst, name, len);
-    dst[len] = '\0';
-    if (!valid_name(dst, 16))
-        return lerr_set(e, LERR_INVALID, "%s: \"%.20s\" is not a Fly region code (like iad, ord)",
-                        which, dst);
-    for (size_t i = 0; i < c->num_regions; i++)
-        if (strcmp(c->regions[i], dst) == 0)
-            return 0;
-    c->regions[c->num_regions++] = dst;
-    *used += len + 1;
-    return 0;
-}
-
-/* "ord, ewr": items trimmed of spaces, none empty. */
-static int load_region_list(struct config *c, size_t *used, config_getenv_fn get, void *ctx,
-                            struct lerr *e)
-{
-    const char *p = get("LAMBDO_FLY_REGIONS", ctx);
-
-    if (!p || !*p)
-        return 0;
     for (;;) {
-        const char *comma = strchr(p, ',');
+        const char *comma = list ? strchr(p, ',') : NULL;
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && *p == ' ')
+        char *dst = c->region_buf + *used;
+        int dup = 0;
+
+        while (list && len && *p == ' ')
             p++, len--;
-        while (len && p[len - 1] == ' ')
+        while (list && len && p[len - 1] == ' ')
             len--;
-        if (add_region(c, "LAMBDO_FLY_REGIONS", p, len, used, e) < 0)
-            return -1;
+        if (len == 0)
+            return lerr_set(e, LERR_INVALID, "%s: has an empty item (a comma too many)", which);
+        if (len >= sizeof c->region_buf - *used || c->num_regions == CONFIG_MAX_REGIONS)
+            return lerr_set(e, LERR_INVALID, "%s: too many regions (at most %d)", which,
+                            CONFIG_MAX_REGIONS);
+        memcpy(dst, p, len);
+        dst[len] = '\0';
+        if (!valid_name(dst, 16))
+            return lerr_set(e, LERR_INVALID, "%s: \"%.20s\" is not a Fly region code (like "
+                            "iad, ord)", which, dst);
+        for (size_t i = 0; i < c->num_regions; i++)
+            dup |= strcmp(c->regions[i], dst) == 0;
+        if (!dup) {
+            c->regions[c->num_regions++] = dst;
+            *used += len + 1;
+        }
         if (!comma)
             return 0;
         p = comma + 1;
@@ -311,12 +305,14 @@ static void load_regions(struct config *c, config_getenv_fn get, void *ctx,
                          struct config_errors *errs)
 {
     const char *which, *primary = pick(get, ctx, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
+    const char *list = value(get, ctx, "LAMBDO_FLY_REGIONS");
     size_t used = 0, before = errs->n;
     struct lerr e;
 
     if (primary)
-        note(errs, add_region(c, which, primary, strlen(primary), &used, &e), &e);
-    note(errs, load_region_list(c, &used, get, ctx, &e), &e);
+        note(errs, add_regions(c, which, primary, 0, &used, &e), &e);
+    if (list)
+        note(errs, add_regions(c, "LAMBDO_FLY_REGIONS", list, 1, &used, &e), &e);
     if (c->num_regions == 0 && errs->n == before)
         note(errs, lerr_set(&e, LERR_INVALID, "LAMBDO_FLY_REGION (or FLY_REGION): required "
                             "unless LAMBDO_FLY_REGIONS is set"), &e);
@@ -337,8 +333,8 @@ static int load_app(struct config *c, config_getenv_fn get, void *ctx, struct le
 
 static int load_fly_api(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
 {
-    c->fly_api_url = get("LAMBDO_FLY_API_URL", ctx);
-    if (!c->fly_api_url || !*c->fly_api_url)
+    c->fly_api_url = value(get, ctx, "LAMBDO_FLY_API_URL");
+    if (!c->fly_api_url)
         c->fly_api_url = DEFAULT_FLY_API;
     if (url_parse(c->fly_api_url, &c->fly_api, e) < 0)
         return lerr_wrap(e, "LAMBDO_FLY_API_URL");
@@ -350,7 +346,7 @@ static void load_fly(struct config *c, config_getenv_fn get, void *ctx,
 {
     struct lerr e;
 
-    note(errs, load_secret(get, ctx, "LAMBDO_FLY_TOKEN", "FLY_API_TOKEN", &c->fly_token, &e), &e);
+    note(errs, load_token(c, get, ctx, &e), &e);
     note(errs, load_app(c, get, ctx, &e), &e);
     note(errs, load_fly_api(c, get, ctx, &e), &e);
     load_regions(c, get, ctx, errs);
@@ -367,9 +363,7 @@ static void load_misc(struct config *c, config_getenv_fn get, void *ctx,
     note(errs, load_word(get, ctx, "LAMBDO_ACK", "create", "exit", &c->ack_on_exit, &e), &e);
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
         note(errs, load_number(c, &numbers[i], get, ctx, &e), &e);
-    c->ca_file = get("SSL_CERT_FILE", ctx);
-    if (c->ca_file && !*c->ca_file)
-        c->ca_file = NULL;
+    c->ca_file = value(get, ctx, "SSL_CERT_FILE");
 }
 
 /* Checked here, so that a bad address stops lambdo before any network call; the port
@@ -378,12 +372,8 @@ static int load_metrics(struct config *c, config_getenv_fn get, void *ctx, struc
 {
     struct metrics_addr a;
 
-    c->metrics_addr = get("LAMBDO_METRICS_ADDR", ctx);
-    if (!c->metrics_addr || !*c->metrics_addr) {
-        c->metrics_addr = NULL;
-        return 0;
-    }
-    if (metrics_addr_parse(c->metrics_addr, &a, e) < 0)
+    c->metrics_addr = value(get, ctx, "LAMBDO_METRICS_ADDR");
+    if (c->metrics_addr && metrics_addr_parse(c->metrics_addr, &a, e) < 0)
         return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
     return 0;
 }
@@ -393,9 +383,7 @@ static int load_local_command(struct config *c, config_getenv_fn get, void *ctx,
 {
     if (c->backend_local)
         c->ack_on_exit = 1;  /* a child's exit status is its acknowledgement, always */
-    c->local_command = get("LAMBDO_LOCAL_COMMAND", ctx);
-    if (c->local_command && !*c->local_command)
-        c->local_command = NULL;
+    c->local_command = value(get, ctx, "LAMBDO_LOCAL_COMMAND");
     if (c->local_command && !c->backend_local)
         return lerr_set(e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with LAMBDO_BACKEND=local");
     if (c->local_command && local_command_check(c->local_command, e) < 0)

@@ -1,15 +1,10 @@
 #include "fly.h"
 #include "metrics.h"
 
-#include <errno.h>
-#include <stdarg.h>
-#include <poll.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "json.h"
 #include "text.h"
@@ -61,16 +56,6 @@ size_t fly_base64_encode(const void *in, size_t n, char *out)
 
 /* ---- the create body ------------------------------------------------------------------- */
 
-static void jb_base64(struct json_buf *b, const void *in, size_t n)
-{
-    char *p;
-
-    json_buf_lit(b, "\"");
-    if ((p = json_buf_room(b, fly_base64_len(n))))
-        b->len += fly_base64_encode(in, n, p);
-    json_buf_lit(b, "\"");
-}
-
 /* init.cmd from the command attribute: re-serialized, which is safe because it holds
  * only strings (no number can change on the way through a double). */
 static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
@@ -101,6 +86,7 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
                     size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
+    char *p;
 
     *out = NULL;
     if (!spec->image || !spec->image[0] || !spec->preset)
@@ -125,8 +111,10 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
     json_buf_lit(&b, "}");
     json_buf_lit(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"}");
     json_buf_lit(&b, ",\"files\":[{\"guest_path\":\"" FLY_EVENTS_PATH "\",\"raw_value\":");
-    jb_base64(&b, spec->events, spec->events_len);
-    json_buf_lit(&b, "}],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
+    json_buf_lit(&b, "\"");
+    if ((p = json_buf_room(&b, fly_base64_len(spec->events_len))))
+        b.len += fly_base64_encode(spec->events, spec->events_len, p);
+    json_buf_lit(&b, "\"}],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
     if (spec->command && jb_command(&b, spec->command, e) < 0) {
         free(b.p);
         return -1;
@@ -175,18 +163,13 @@ static void one_line(char *out, size_t cap, const char *s, size_t n)
     out[o] = '\0';
 }
 
-static void copy_field(char *out, size_t cap, const cJSON *obj, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-
-    if (cJSON_IsString(v))
-        one_line(out, cap, v->valuestring, strlen(v->valuestring));
-}
-
 /* What went wrong, in Fly's words: the answer's "error", else the start of the body. */
 static void error_text(char *out, size_t cap, const cJSON *j, const char *body, size_t len)
 {
-    copy_field(out, cap, j, "error");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "error");
+
+    if (cJSON_IsString(v))
+        one_line(out, cap, v->valuestring, strlen(v->valuestring));
     if (!out[0] && body)
         one_line(out, cap, body, len);
 }
@@ -211,17 +194,6 @@ int fly_retry_after_ms(const char *value, size_t len)
             secs = secs * 10 + (unsigned long)(value[i] - '0');
     }
     return secs >= FLY_RETRY_AFTER_MAX_MS / 1000 ? FLY_RETRY_AFTER_MAX_MS : (int)secs * 1000;
-}
-
-/* Fly says a host or region is full in several ways: 503, a "status" of
- * "insufficient_capacity", and 409/412 answers like "insufficient memory available". */
-static int capacity_error(int status, const cJSON *j, const char *error)
-{
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
-
-    if (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0)
-        return 1;
-    return (status == 409 || status == 412) && strcasestr(error, "insufficient");
 }
 
 /* ---- a create's answer: three strings out of an echo of the whole request ------------ */
@@ -267,6 +239,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
 {
     int ok = status >= 200 && status < 300;
     cJSON *j = body && body_len && !ok ? json_parse(body, body_len) : NULL;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
 
     memset(a, 0, sizeof *a);
     a->retry_after_ms = -1;
@@ -284,7 +257,11 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
     } else if (status == 429) {
         a->outcome = FLY_RETRY;
         a->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
-    } else if (status >= 500 || status == 408 || capacity_error(status, j, a->error)) {
+    } else if (status >= 500 || status == 408 ||
+               (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0) ||
+               ((status == 409 || status == 412) && strcasestr(a->error, "insufficient"))) {
+        /* Fly says a host or region is full in several ways: 503, a "status" of
+         * "insufficient_capacity", and 409/412 answers like "insufficient memory" */
         a->outcome = FLY_NEXT_REGION;
     } else {
         a->outcome = FLY_GIVE_UP;
@@ -373,59 +350,15 @@ int fly_machine_url(const struct url *base, const char *app, const char *machine
 
 enum step { STEP_DONE, STEP_NEXT, STEP_STOP };
 
-/* The fds whose readability means "stop": the client's cancel_fd and the target's
- * stop_fd, those that are set. Returns how many. */
-static size_t stop_fds(const struct http_client *http, const struct fly_target *t, int fds[2])
-{
-    size_t n = 0;
-
-    if (http->cancel_fd >= 0)
-        fds[n++] = http->cancel_fd;
-    if (t->stop_fd && *t->stop_fd >= 0)
-        fds[n++] = *t->stop_fd;
-    return n;
-}
-
-/* Sleeps ms milliseconds (0: just looks) unless a stop fd becomes readable first. */
-static int fly_sleep(const struct http_client *http, const struct fly_target *t, int ms,
-                     struct lerr *e)
-{
-    struct timespec t0, now;
-    struct pollfd p[2];
-    int fds[2];
-    nfds_t nfds = stop_fds(http, t, fds);
-
-    for (nfds_t i = 0; i < nfds; i++)
-        p[i] = (struct pollfd){ fds[i], POLLIN, 0 };
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        long left;
-        int n;
-
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        left = ms - ((now.tv_sec - t0.tv_sec) * 1000L + (now.tv_nsec - t0.tv_nsec) / 1000000L);
-        n = poll(p, nfds, left <= 0 ? 0 : left > 1000 && t->idle ? 1000 : (int)left);
-        if (n > 0)
-            return lerr_set(e, LERR_CANCELLED, "stopping: Fly request abandoned");
-        if (n < 0 && errno != EINTR)
-            return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
-        if (left <= 0)
-            return 0;
-        if (t->idle)
-            t->idle(t->idle_ctx);
-    }
-}
-
-/* Before each request: a token of rl (waiting for it if need be), and none once
- * stopping. Without a limiter, only the stop check. */
+/* Before each request (rl not NULL): a token of rl, waiting for it if need be; without
+ * rl: a pause of ms (0: only a look). Either ends once the client's cancel_fd or the
+ * target's stop_fd is readable (an unset one is -1, which the wait ignores). */
 static int pace(const struct http_client *http, const struct fly_target *t,
-                struct ratelimit *rl, struct lerr *e)
+                struct ratelimit *rl, int ms, struct lerr *e)
 {
-    int fds[2];
+    const int fds[2] = { http->cancel_fd, t->stop_fd ? *t->stop_fd : -1 };
 
-    if (!rl)
-        return fly_sleep(http, t, 0, e);
-    return ratelimit_take_idle(rl, fds, stop_fds(http, t, fds), t->idle, t->idle_ctx, e);
+    return ratelimit_wait_idle(rl, ms, fds, 2, t->idle, t->idle_ctx, e);
 }
 
 /* A connection problem that no other region would fix. */
@@ -458,12 +391,13 @@ struct call {
     int prepaid;                   /* the first request's token was taken already */
 };
 
-/* A call of what with method on c->url (which the caller fills), with the token's
- * Authorization header (freed by call_end). r, when given, says FLY_CALL_FAILED until an
- * answer says otherwise. */
+/* A call of what with method on c->url, with the token's Authorization header (freed by
+ * call_end). url_rc is what building c->url returned: the caller's URL builder is an
+ * argument, so c->url is filled before, and kept. r, when given, says FLY_CALL_FAILED
+ * until an answer says otherwise. */
 static int call_init(struct call *c, struct http_client *http, const struct fly_target *t,
                      const char *method, const char *what, struct fly_call_result *r,
-                     struct lerr *e)
+                     int url_rc, struct lerr *e)
 {
     char *auth = NULL;
 
@@ -472,9 +406,10 @@ static int call_init(struct call *c, struct http_client *http, const struct fly_
         r->outcome = FLY_CALL_FAILED;
         r->retry_after_ms = -1;
     }
-    if (fly_auth_header(t->token, &auth, e) < 0)
+    if (url_rc < 0 || fly_auth_header(t->token, &auth, e) < 0)
         return -1;
-    *c = (struct call){ http, t, t->get_rl, .what = what, .max_retries = FLY_RATE_LIMIT_RETRIES };
+    *c = (struct call){ http, t, t->get_rl, c->url, .what = what,
+                        .max_retries = FLY_RATE_LIMIT_RETRIES };
     c->headers[0] = (struct http_header){ "Authorization", auth };
     c->req = (struct http_request){ method, &c->url, c->headers, 1, NULL, 0,
                                     FLY_CALL_TIMEOUT_MS };
@@ -494,18 +429,18 @@ static void call_end(struct call *c)
 static int send_paced(struct call *c, struct http_response *resp, struct fly_call_result *r,
                       struct lerr *e)
 {
-    int create = strcmp(c->what, "create") == 0;
+    int create = strcmp(c->what, "create") == 0, wait = 0;
 
     for (int retry = 0;; retry++) {
         const char *ra;
         size_t ra_len = 0;
-        int rc, wait;
+        int rc;
         double t0;
 
         r->outcome = FLY_CALL_FAILED;  /* a stop: even after a 429, do not retry */
         if (c->prepaid)
             c->prepaid = 0;
-        else if (pace(c->http, c->t, c->rl, e) < 0)
+        else if (pace(c->http, c->t, c->rl, wait, e) < 0)
             return -1;
         t0 = metrics_clock();
         rc = http_do(c->http, &c->req, resp, e);
@@ -524,21 +459,18 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
             return 0;
         metrics_count(c->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
         wait = r->retry_after_ms >= 0 ? r->retry_after_ms : backoff_ms(retry);
-        if (retry == c->max_retries) {
-            if (c->rl)
-                ratelimit_penalize(c->rl, wait);
+        /* with a limiter every thread pauses: the penalty makes the next pace() wait (even
+         * after the last retry, so that the other threads hear of it); without one, the
+         * next pace() pauses for wait itself */
+        if (c->rl)
+            ratelimit_penalize(c->rl, wait);
+        if (retry == c->max_retries)
             return 0;
-        }
         http_response_free(resp);
         /* a create's 429 is worth a warning (in its own words); the other calls' are debug */
         log_write(create ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "fly: %s: rate limited%s; retry %d "
                   "of %d in %d ms", c->who, create ? " (HTTP 429)" : "", retry + 1,
                   FLY_RATE_LIMIT_RETRIES, wait);
-        /* with a limiter every thread pauses: the penalty makes the next pace() wait */
-        if (c->rl)
-            ratelimit_penalize(c->rl, wait);
-        else if (fly_sleep(c->http, c->t, wait, e) < 0)
-            return -1;
     }
 }
 
@@ -568,32 +500,27 @@ static enum step create_in_region(struct call *c, const char *group, const char 
     fly_classify(resp.status, resp.body, resp.body_len, NULL, 0, &a);
     http_response_free(&resp);
     out->status = a.machine.status;
-    if (a.outcome == FLY_NEXT_REGION || a.outcome == FLY_GIVE_UP)
-        metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-    switch (a.outcome) {
-    case FLY_CREATED:
+    if (a.outcome == FLY_CREATED) {
         *out = a.machine;
         if (!out->region[0] && region)
             snprintf(out->region, sizeof out->region, "%s", region);
         log_info("fly: group %s: created Machine %s in %s (HTTP %d)", group, out->id,
                  out->region[0] ? out->region : region_name(region), out->status);
         return STEP_DONE;
-    case FLY_NEXT_REGION:
-        log_warn("fly: %s: HTTP %d: %s; trying the next region", c->who, out->status, a.error);
-        lerr_set(e, LERR_HTTP, "%s: HTTP %d: %s", region_name(region), out->status, a.error);
-        return STEP_NEXT;
-    case FLY_GIVE_UP:
-        log_warn("fly: %s: HTTP %d: %s; not retrying", c->who, out->status, a.error);
-        lerr_set(e, LERR_HTTP, "Fly refused the Machine in %s: HTTP %d: %s",
-                 region_name(region), out->status, a.error);
-        return STEP_STOP;
-    case FLY_RETRY:
-        break;
     }
-    log_warn("fly: %s: still rate limited after %d retries; giving up", c->who, c->max_retries);
-    lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
-             region_name(region), c->max_retries);
-    return STEP_STOP;
+    if (a.outcome == FLY_RETRY) {
+        log_warn("fly: %s: still rate limited after %d retries; giving up", c->who,
+                 c->max_retries);
+        lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
+                 region_name(region), c->max_retries);
+        return STEP_STOP;
+    }
+    metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
+    log_warn("fly: %s: HTTP %d: %s; %s", c->who, out->status, a.error,
+             a.outcome == FLY_NEXT_REGION ? "trying the next region" : "not retrying");
+    lerr_set(e, LERR_HTTP, "%s%s: HTTP %d: %s", a.outcome == FLY_NEXT_REGION ? "" :
+             "Fly refused the Machine in ", region_name(region), out->status, a.error);
+    return a.outcome == FLY_NEXT_REGION ? STEP_NEXT : STEP_STOP;
 }
 
 int fly_create_machine(struct http_client *http, const struct fly_target *t,
@@ -606,12 +533,9 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     struct call c;
 
     memset(out, 0, sizeof *out);
-    if (call_init(&c, http, t, "POST", "create", NULL, e) < 0)
+    if (call_init(&c, http, t, "POST", "create", NULL,
+                  fly_machines_url(t->base, t->app, &c.url, e), e) < 0)
         return -1;
-    if (fly_machines_url(t->base, t->app, &c.url, e) < 0) {
-        call_end(&c);
-        return -1;
-    }
     c.rl = t->create_rl;
     c.headers[1] = (struct http_header){ "Content-Type", "application/json" };
     c.req.num_headers = 2;
@@ -625,7 +549,7 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
         snprintf(c.who, sizeof c.who, "group %s: %s", group, region_name(region));
         step = STEP_STOP;
         /* a stop lets the request in flight finish, but starts no other */
-        if (fly_sleep(http, t, 0, e) < 0) {
+        if (pace(http, t, NULL, 0, e) < 0) {
             log_warn("fly: group %s: stopping: not trying %s", group, region_name(region));
             break;
         }
@@ -646,13 +570,6 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
 }
 
 /* ---- following a Machine: its answers (pure) ------------------------------------------- */
-
-/* How Fly may word "that Machine no longer exists" outside a 404: a wait for "stopped"
- * on a destroyed Machine, for one. */
-static int says_gone(const char *error)
-{
-    return strcasestr(error, "destroyed") || strcasestr(error, "not found");
-}
 
 void fly_classify_call(int status, const char *body, size_t body_len, const char *retry_after,
                        size_t retry_after_len, struct fly_call_result *r)
@@ -678,7 +595,10 @@ void fly_classify_call(int status, const char *body, size_t body_len, const char
         r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
     } else if (status >= 500) {
         r->outcome = FLY_CALL_RETRY_LATER;
-    } else if (status >= 400 && says_gone(r->error)) {
+    } else if (status >= 400 && (strcasestr(r->error, "destroyed") ||
+                                 strcasestr(r->error, "not found"))) {
+        /* how Fly may word "that Machine no longer exists" outside a 404: a wait for
+         * "stopped" on a destroyed Machine, for one */
         r->outcome = FLY_CALL_GONE;
     } else {
         r->outcome = FLY_CALL_FAILED;
@@ -707,7 +627,7 @@ static const cJSON *field(const cJSON *obj, const char *name)
 
 /* The latest "exit" event: the greatest timestamp (events without a usable one count as
  * older than all others), the first of equals since Fly lists the newest first. */
-static const cJSON *latest_exit(const cJSON *events, long long *ts_out)
+static const cJSON *latest_exit(const cJSON *events)
 {
     const cJSON *ev, *best = NULL;
     long long best_ts = -2;
@@ -725,68 +645,48 @@ static const cJSON *latest_exit(const cJSON *events, long long *ts_out)
             best_ts = ts;
         }
     }
-    *ts_out = best_ts;
     return best;
 }
 
-/* exit_event's fields into out. The exit code is the first of exit_code and
- * guest_exit_code that is a real exit status (0..255): Fly writes -1 for "none". */
-static void read_exit_event(const cJSON *x, struct fly_exit *out)
+/* The exit event's request.exit_event: the spec types request as an object, its example
+ * shows a JSON text, so both are read; without exit_event, the request itself is tried.
+ * The exit code is the first of exit_code and guest_exit_code that is a real exit status
+ * (0..255): Fly writes -1 for "none". */
+static void read_exit(const cJSON *ev, struct fly_exit *out)
 {
+    const cJSON *req = field(ev, "request"), *x;
+    cJSON *parsed = NULL;
     long long v;
 
+    if (cJSON_IsString(req))
+        req = parsed = json_parse(req->valuestring, strlen(req->valuestring));
+    x = field(req, "exit_event");
+    if (!cJSON_IsObject(x))
+        x = req;
     if (whole(field(x, "exit_code"), 0, 255, &v) ||
         whole(field(x, "guest_exit_code"), 0, 255, &v)) {
         out->known = 1;
         out->exit_code = (int)v;
     }
     out->oom_killed = cJSON_IsTrue(field(x, "oom_killed"));
-    out->requested_stop = cJSON_IsTrue(field(x, "requested_stop"));
-    if (whole(field(x, "signal"), 1, 255, &v) || whole(field(x, "guest_signal"), 1, 255, &v))
-        out->signal = (int)v;
-    copy_field(out->exited_at, sizeof out->exited_at, x, "exited_at");
-}
-
-/* The exit event's request.exit_event. The spec types request as an object, its example
- * shows a JSON text: both are read. Without exit_event, the request itself is tried. */
-static void read_exit(const cJSON *ev, struct fly_exit *out)
-{
-    const cJSON *req = field(ev, "request"), *x;
-    cJSON *parsed = NULL;
-
-    if (cJSON_IsString(req))
-        req = parsed = json_parse(req->valuestring, strlen(req->valuestring));
-    x = field(req, "exit_event");
-    read_exit_event(cJSON_IsObject(x) ? x : req, out);
     cJSON_Delete(parsed);
 }
 
 int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct lerr *e)
 {
     cJSON *j = json && len ? json_parse(json, len) : NULL;
-    const cJSON *events, *ev;
-    long long ts;
+    const cJSON *events = cJSON_IsArray(j) ? j : field(j, "events"), *ev;
 
     memset(out, 0, sizeof *out);
     out->outcome = FLY_CALL_OK;
-    out->signal = -1;
-    if (!j)
-        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not JSON");
-    if (cJSON_IsObject(j)) {
-        copy_field(out->region, sizeof out->region, j, "region");
-        copy_field(out->state, sizeof out->state, j, "state");
-        events = cJSON_GetObjectItemCaseSensitive(j, "events");
-    } else if (cJSON_IsArray(j)) {
-        events = j;
-    } else {
+    if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) {
         cJSON_Delete(j);
-        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is neither an object nor a list");
+        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not a JSON object or list");
     }
     if (cJSON_IsArray(events)) {
         out->has_events = 1;
-        if ((ev = latest_exit(events, &ts))) {
+        if ((ev = latest_exit(events))) {
             out->exited = 1;
-            out->timestamp_ms = ts > 0 ? ts : 0;
             read_exit(ev, out);
         }
     }
@@ -802,13 +702,10 @@ static int machine_call(struct call *c, struct http_client *http, const struct f
                         const char *action, const char *query, struct fly_call_result *r,
                         struct lerr *e)
 {
-    if (call_init(c, http, t, method, what, r, e) < 0)
+    if (call_init(c, http, t, method, what, r,
+                  fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e), e) < 0)
         return -1;
-    snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id ? machine_id : "", what);
-    if (fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e) < 0) {
-        call_end(c);
-        return -1;
-    }
+    snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id, what);
     return 0;
 }
 
@@ -886,50 +783,30 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
     int rc = -1;
 
     if (machine_call(&c, http, t, "GET", action ? action : "show", machine_id, action, NULL,
-                     &r, e) == 0)
-        rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e);
+                     &r, e) == 0 &&
+        (rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e)) == 0) {
+        if (r.outcome == FLY_CALL_OK && fly_parse_exit(resp.body, resp.body_len, out, e) < 0) {
+            r.outcome = FLY_CALL_RETRY_LATER;  /* not a Machine: Fly's trouble, not ours */
+            rc = lerr_wrap(e, "%s", c.who);
+        }
+        http_response_free(&resp);
+    }
     out->outcome = r.outcome;
     out->status = r.status;
-    if (rc < 0)
-        return -1;
-    if (r.outcome == FLY_CALL_GONE)
-        out->gone = 1;
-    else
-        rc = fly_parse_exit(resp.body, resp.body_len, out, e);
-    http_response_free(&resp);
-    out->status = r.status;
-    if (rc < 0) {
-        out->outcome = FLY_CALL_RETRY_LATER;
-        return lerr_wrap(e, "%s", c.who);
-    }
-    return 0;
+    out->gone = r.outcome == FLY_CALL_GONE;
+    return rc;
 }
 
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_exit *out, struct lerr *e)
 {
-    struct fly_exit ev;
-
     memset(out, 0, sizeof *out);
-    out->signal = -1;
     if (exit_get(http, t, machine_id, NULL, out, e) < 0)
         return -1;
     if (out->gone || out->has_events)
         return 0;
     /* a Machine without its events: ask for them */
-    memset(&ev, 0, sizeof ev);
-    ev.signal = -1;
-    if (exit_get(http, t, machine_id, "events", &ev, e) < 0) {
-        out->outcome = ev.outcome;
-        out->status = ev.status;
-        return -1;
-    }
-    if (!ev.region[0])
-        memcpy(ev.region, out->region, sizeof ev.region);
-    if (!ev.state[0])
-        memcpy(ev.state, out->state, sizeof ev.state);
-    *out = ev;
-    return 0;
+    return exit_get(http, t, machine_id, "events", out, e);
 }
 
 int fly_stop_machine(struct http_client *http, const struct fly_target *t,
@@ -968,13 +845,9 @@ int fly_get_app(struct http_client *http, const struct fly_target *t,
 {
     struct call c;
 
-    if (call_init(&c, http, t, "GET", "app", out, e) < 0)
+    if (call_init(&c, http, t, "GET", "app", out, fly_app_url(t->base, t->app, &c.url, e), e) < 0)
         return -1;
     snprintf(c.who, sizeof c.who, "Fly app %s", t->app);
     c.max_retries = FLY_APP_RATE_LIMIT_RETRIES;
-    if (fly_app_url(t->base, t->app, &c.url, e) < 0) {
-        call_end(&c);
-        return -1;
-    }
     return call_run(&c, ACCEPT(OK), NULL, out, e);
 }

@@ -226,12 +226,6 @@ struct fly_exit {
                                 counts that as a failure */
     int exit_code;
     int oom_killed;          /* the kernel's OOM killer ended it */
-    int requested_stop;      /* the exit followed a stop request (ours, on a timeout) */
-    int signal;              /* the signal that ended it, -1 if none or unknown */
-    long long timestamp_ms;  /* the exit event's time, ms since the epoch; 0 if unknown */
-    char exited_at[40];      /* exit_event.exited_at as Fly wrote it (RFC 3339), or "" */
-    char region[32];         /* the Machine's region, "" if the answer did not say */
-    char state[32];          /* the Machine's state ("stopped", "destroyed"...), or "" */
 };
 
 /* The URL of one Machine: fly_machines_url's path, then /<machine_id> (percent-encoded),
@@ -249,8 +243,8 @@ void fly_classify_call(int status, const char *body, size_t body_len, const char
 /* Reads a Machine (Machines_show's object) or its event list (Machines_list_events'
  * array) and fills out from the latest event of type "exit": the greatest "timestamp",
  * the first of equals in the list (Fly lists newest first). Its request.exit_event
- * (an object, or a JSON text of one) gives exit_code (guest_exit_code when absent),
- * oom_killed, requested_stop, signal and exited_at. Lenient: no events, events that
+ * (an object, or a JSON text of one) gives exit_code (guest_exit_code when absent)
+ * and oom_killed. Lenient: no events, events that
  * are not an array, odd fields: out->known = 0 and still 0 returned. Returns -1 with
  * LERR_MALFORMED only when json is not JSON, or neither an object nor an array.
  * out->has_events says whether there was an event list at all (a Machine object may come
@@ -274,8 +268,7 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, const char *instance_id, const char *state,
                      int timeout_s, struct fly_call_result *out, struct lerr *e);
 
-/* Reads how the Machine's process ended (fly_parse_exit) and the Machine's region and
- * state. Returns 0 with out->outcome FLY_CALL_OK (out->known says whether the code is
+/* Reads how the Machine's process ended (fly_parse_exit). Returns 0 with out->outcome FLY_CALL_OK (out->known says whether the code is
  * known) or FLY_CALL_GONE (out->gone = 1, known = 0: a 404); -1 otherwise, as
  * fly_wait_machine (LERR_MALFORMED, outcome FLY_CALL_RETRY_LATER, for an answer that is
  * not a Machine). Takes t->get_rl tokens. */

@@ -14,8 +14,6 @@
 #include "daemon.h"
 #include "log.h"
 
-#define EXIT_USAGE 2
-
 static const char usage[] =
     "usage: lambdo [--once | --help | --version]\n"
     "       lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"
@@ -93,7 +91,7 @@ int main(int argc, char **argv)
     if (argc > 2 || !known) {
         fprintf(stderr, "lambdo: unknown argument \"%.40s\" (see lambdo --help)\n",
                 argv[known ? 2 : 1]);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     if (strcmp(a, "--version") == 0) {
         printf("lambdo %s (BearSSL %s, cJSON %s)\n", LAMBDO_VERSION, LAMBDO_BEARSSL_VERSION,
@@ -113,7 +111,7 @@ int main(int argc, char **argv)
     if (config_load(&cfg, config_env, NULL, &errs) < 0) {
         for (size_t i = 0; i < errs.n; i++)
             fprintf(stderr, "lambdo: configuration: %s\n", errs.line[i].msg);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
     if (config_warning(&cfg))

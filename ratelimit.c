@@ -139,18 +139,19 @@ void ratelimit_penalize(struct ratelimit *rl, int ms)
     ratelimit_penalize_at(rl, ratelimit_now_ns(), ms);
 }
 
-static int cancelled(struct lerr *e)
+static int cancelled(const struct ratelimit *rl, struct lerr *e)
 {
-    return lerr_set(e, LERR_CANCELLED, "stopping: no longer waiting for a rate limit token");
+    return lerr_set(e, LERR_CANCELLED, "stopping: no longer waiting%s",
+                    rl ? " for a rate limit token" : "");
 }
 
-int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,
+int ratelimit_wait_idle(struct ratelimit *rl, int ms, const int *stop_fds, size_t nfds,
                         void (*idle)(void *ctx), void *ctx, struct lerr *e)
 {
     struct pollfd p[RATELIMIT_MAX_FDS];
     struct ratelimit_ticket tk;
     nfds_t n = 0;
-    int64_t wait;
+    int64_t wait, end = ratelimit_now_ns() + (int64_t)ms * 1000000;
 
     if (nfds > RATELIMIT_MAX_FDS)
         return lerr_set(e, LERR_INVALID, "rate limit: at most %d stop fds",
@@ -160,26 +161,30 @@ int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,
             p[n++] = (struct pollfd){ stop_fds[i], POLLIN, 0 };
     /* a stop that already happened takes nothing, even when a token is free */
     if (n > 0 && poll(p, n, 0) > 0)
-        return cancelled(e);
-    wait = ratelimit_reserve_at(rl, ratelimit_now_ns(), &tk);
+        return cancelled(rl, e);
+    wait = rl ? ratelimit_reserve_at(rl, ratelimit_now_ns(), &tk) : end - ratelimit_now_ns();
     while (wait > 0) {
         int64_t nap = idle && wait > NS_PER_S ? NS_PER_S : wait;
         struct timespec ts = { (time_t)(nap / NS_PER_S), (long)(nap % NS_PER_S) };
-        int r = ppoll(n ? p : NULL, n, &ts, NULL);
+        int r = ppoll(n ? p : NULL, n, &ts, NULL), err = errno;
 
-        if (r > 0) {
-            ratelimit_give_back(rl);
-            return cancelled(e);
-        }
-        if (r < 0 && errno != EINTR) {
-            int err = errno;
-            ratelimit_give_back(rl);
-            return lerr_set(e, LERR_IO, "rate limit: poll: %s", strerror(err));
+        if (r > 0 || (r < 0 && err != EINTR)) {
+            if (rl)
+                ratelimit_give_back(rl);
+            return r > 0 ? cancelled(rl, e) : lerr_set(e, LERR_IO, "rate limit: poll: %s",
+                                                      strerror(err));
         }
         if (idle)
             idle(ctx);
         /* a penalty may have come while we slept: ask again rather than trust the wait */
-        wait = ratelimit_ticket_wait_at(rl, &tk, ratelimit_now_ns());
+        wait = rl ? ratelimit_ticket_wait_at(rl, &tk, ratelimit_now_ns())
+                  : end - ratelimit_now_ns();
     }
     return 0;
+}
+
+int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,
+                        void (*idle)(void *ctx), void *ctx, struct lerr *e)
+{
+    return ratelimit_wait_idle(rl, 0, stop_fds, nfds, idle, ctx, e);
 }

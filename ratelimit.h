@@ -82,4 +82,9 @@ int64_t ratelimit_now_ns(void);
 int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,
                         void (*idle)(void *ctx), void *ctx, struct lerr *e);
 
+/* The same with rl NULL: a pause of ms milliseconds (0: only a look at stop_fds) that a
+ * stop ends early, as a wait for a token does. With rl, ms is not used. */
+int ratelimit_wait_idle(struct ratelimit *rl, int ms, const int *stop_fds, size_t nfds,
+                        void (*idle)(void *ctx), void *ctx, struct lerr *e);
+
 #endif

@@ -358,11 +358,41 @@ static void test_take_idle(void **state)
     ratelimit_destroy(&rl);
 }
 
+/* Without a bucket, a plain pause: the whole of it, the idle hook about once a second, and
+ * a stop ends it at once (a stop already there: not even started). */
+static void test_pause(void **state)
+{
+    struct lerr e = { 0 };
+    int calls = 0, pipefd[2];
+    pthread_t th;
+    struct writer w;
+    int64_t t0 = ratelimit_now_ns();
+
+    assert_int_equal(ratelimit_wait_idle(NULL, 1500, NULL, 0, count_idle, &calls, &e), 0);
+    assert_true(ratelimit_now_ns() - t0 >= 1500000000LL);
+    assert_true(calls >= 1);
+    assert_int_equal(ratelimit_wait_idle(NULL, 0, NULL, 0, NULL, NULL, &e), 0);
+    assert_int_equal(pipe(pipefd), 0);
+    w = (struct writer){ pipefd[1], 100 };
+    assert_int_equal(pthread_create(&th, NULL, write_later, &w), 0);
+    t0 = ratelimit_now_ns();
+    assert_int_equal(ratelimit_wait_idle(NULL, 60000, pipefd, 1, NULL, NULL, &e), -1);
+    pthread_join(th, NULL);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    assert_string_equal(e.msg, "stopping: no longer waiting");
+    assert_true(ratelimit_now_ns() - t0 < 30000000000LL);
+    assert_int_equal(ratelimit_wait_idle(NULL, 0, pipefd, 1, NULL, NULL, &e), -1);
+    assert_int_equal(e.kind, LERR_CANCELLED);
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_invalid),
         cmocka_unit_test(test_take_idle),
+        cmocka_unit_test(test_pause),
         cmocka_unit_test(test_burst_then_steady),
         cmocka_unit_test(test_fair_order),
         cmocka_unit_test(test_penalize),
