@@ -123,66 +123,61 @@ static int bad_text_byte(struct lerr *e, unsigned char c, const char *where)
     return lerr_set(e, LERR_MALFORMED, "malformed response: control character in %s", where);
 }
 
+/* Text up to the CR that ends the line, then the LF: *end is set past the last byte that is
+ * not white space (OWS after a field value is not part of it). */
+static int scan_text_line(struct scan *s, const char *where, size_t *end)
+{
+    *end = s->pos;
+    for (;;) {
+        unsigned char c;
+
+        if (s->pos == s->lim)
+            return scan_short(s);
+        c = s->p[s->pos++];
+        if (c == '\r')
+            return scan_lf(s);
+        if (!is_text(c))
+            return bad_text_byte(s->e, c, where);
+        if (!is_ws(c))
+            *end = s->pos;
+    }
+}
+
 /* "HTTP/1." DIGIT SP 3DIGIT [SP reason] CRLF. The SP before an empty reason is required by
  * RFC 9112 but some servers omit it; accepting its absence is harmless. */
 static int parse_status_line(struct scan *s, struct httpresp_head *h)
 {
-    static const char prefix[] = "HTTP/1.";
-    size_t i;
-    unsigned char c;
+    static const char pattern[] = "HTTP/1.# ###";  /* '#': a digit */
+    const unsigned char *p = s->p;
+    size_t end;
+    int rc;
 
-    for (i = 0; i < sizeof prefix - 1; i++) {
+    for (size_t i = 0; pattern[i]; i++) {
+        unsigned char c;
+
         if (s->pos == s->lim)
             return scan_short(s);
-        if (s->p[s->pos] != (unsigned char)prefix[i])
+        c = p[s->pos++];
+        if (pattern[i] == '#' ? c < '0' || c > '9' : c != (unsigned char)pattern[i])
             return malformed(s->e, i < 5 ? "not an HTTP status line"
-                                         : "unsupported HTTP version (HTTP/1.x required)");
-        s->pos++;
+                                   : i < 7 ? "unsupported HTTP version (HTTP/1.x required)"
+                                   : i < 9 ? "bad HTTP version"
+                                   : "bad status code (three digits required)");
     }
-    if (s->pos == s->lim)
-        return scan_short(s);
-    c = s->p[s->pos++];
-    if (c < '0' || c > '9')
-        return malformed(s->e, "bad HTTP version");
-    h->minor_version = c - '0';
-    if (s->pos == s->lim)
-        return scan_short(s);
-    if (s->p[s->pos++] != ' ')
-        return malformed(s->e, "bad HTTP version");
-
-    h->status = 0;
-    for (i = 0; i < 3; i++) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos++];
-        if (c < '0' || c > '9')
-            return malformed(s->e, "bad status code (three digits required)");
-        h->status = h->status * 10 + (c - '0');
-    }
+    h->minor_version = p[7] - '0';
+    h->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
     if (h->status < 100 || h->status > 599)
         return malformed(s->e, "status code out of range 100-599");
-
     if (s->pos == s->lim)
         return scan_short(s);
-    c = s->p[s->pos];
-    if (c == ' ')
+    if (p[s->pos] == ' ')
         s->pos++;
-    else if (c != '\r')
+    else if (p[s->pos] != '\r')
         return malformed(s->e, "bad status code (three digits required)");
-    h->reason = (const char *)s->p + s->pos;
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos];
-        if (c == '\r')
-            break;
-        if (!is_text(c))
-            return bad_text_byte(s->e, c, "reason phrase");
-        s->pos++;
-    }
-    h->reason_len = (size_t)((const char *)s->p + s->pos - h->reason);
-    s->pos++;
-    return scan_lf(s);
+    h->reason = (const char *)p + s->pos;
+    rc = scan_text_line(s, "reason phrase", &end);
+    h->reason_len = (size_t)((const char *)p + s->pos - h->reason) - 2;  /* CRLF */
+    return rc;
 }
 
 /* One field line, starting at a byte that is neither CR nor whitespace:
@@ -191,52 +186,31 @@ static int parse_field_line(struct scan *s, struct httpresp_header *f)
 {
     size_t start = s->pos, value_end;
     unsigned char c;
+    int rc;
 
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos];
-        if (c == ':')
-            break;
-        if (!is_tchar(c)) {
-            if (is_ws(c))
-                return malformed(s->e, "whitespace between header field name and colon");
-            if (c == '\r' || c == '\n')
-                return malformed(s->e, "header field without colon");
-            return malformed(s->e, "bad character in header field name");
-        }
+    while (s->pos < s->lim && is_tchar(s->p[s->pos]))
         s->pos++;
-    }
+    if (s->pos == s->lim)
+        return scan_short(s);
+    c = s->p[s->pos];
+    if (is_ws(c))
+        return malformed(s->e, "whitespace between header field name and colon");
+    if (c == '\r' || c == '\n')
+        return malformed(s->e, "header field without colon");
+    if (c != ':')
+        return malformed(s->e, "bad character in header field name");
     if (s->pos == start)
         return malformed(s->e, "empty header field name");
     f->name = (const char *)s->p + start;
     f->name_len = s->pos - start;
     s->pos++;
-
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        if (!is_ws(s->p[s->pos]))
-            break;
+    while (s->pos < s->lim && is_ws(s->p[s->pos]))
         s->pos++;
-    }
-    start = value_end = s->pos;
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos];
-        if (c == '\r')
-            break;
-        if (!is_text(c))
-            return bad_text_byte(s->e, c, "header field value");
-        s->pos++;
-        if (!is_ws(c))
-            value_end = s->pos;
-    }
+    start = s->pos;
+    rc = scan_text_line(s, "header field value", &value_end);
     f->value = (const char *)s->p + start;
     f->value_len = value_end - start;
-    s->pos++;
-    return scan_lf(s);
+    return rc;
 }
 
 /* Content-Length = 1*DIGIT, possibly repeated as a list ("5, 5") by careless proxies. */
@@ -437,59 +411,66 @@ static int body_too_large(struct lerr *e, unsigned long long max_body)
     return lerr_set(e, LERR_TOO_LARGE, "response body exceeds %llu bytes", max_body);
 }
 
-/* Lines of chunk framing cost no memory here, but a peer could send them forever. */
-static int framing_line_byte(struct httpresp_chunked *d, struct lerr *e, const char *what)
+/* The CR or LF that each of these states wants, where it leads, and what its absence is. */
+static const struct {
+    unsigned char want, next;
+    const char *why;
+} line_ends[] = {
+    [CH_SIZE_LF] = { '\n', CH_DATA, "bad chunk size line (CR not followed by LF)" },
+    [CH_DATA_CR] = { '\r', CH_DATA_LF, "missing CRLF after chunk data" },
+    [CH_DATA_LF] = { '\n', CH_SIZE, "missing CRLF after chunk data" },
+    [CH_TRAILER_LF] = { '\n', CH_TRAILER, "CR not followed by LF in trailer" },
+    [CH_END_LF] = { '\n', CH_DONE, "CR not followed by LF after trailer section" },
+};
+
+static int chunk_size_digit(struct httpresp_chunked *d, int v, unsigned long long max_body,
+                            struct lerr *e)
 {
-    if (++d->line_len > HTTPRESP_MAX_HEAD)
-        return lerr_set(e, LERR_TOO_LARGE, "%s exceeds %d bytes", what, HTTPRESP_MAX_HEAD);
+    if (++d->size_digits > 16)
+        return malformed(e, "bad chunk size (more than 16 hex digits)");
+    d->remaining = d->remaining << 4 | (unsigned)v;
+    /* More digits only make the size larger, so the cap can be judged already. */
+    if (d->total > max_body || d->remaining > max_body - d->total)
+        return body_too_large(e, max_body);
     return 0;
 }
 
-static int chunk_size_byte(struct httpresp_chunked *d, unsigned char c,
-                           unsigned long long max_body, struct lerr *e)
+/* Every state but CH_DATA (copied in bulk by the caller) and CH_DONE advances one byte. */
+static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
+                        unsigned long long max_body, struct lerr *e)
 {
     int v = text_hex_digit(c);
 
-    if (framing_line_byte(d, e, "chunk size line") < 0)
-        return HTTPRESP_ERROR;
-    if (v >= 0) {
-        if (++d->size_digits > 16)
-            return malformed(e, "bad chunk size (more than 16 hex digits)");
-        d->remaining = d->remaining << 4 | (unsigned)v;
-        /* More digits only make the size larger, so the cap can be judged already. */
-        if (d->total > max_body || d->remaining > max_body - d->total)
-            return body_too_large(e, max_body);
-        return 0;
-    }
-    if (d->size_digits == 0)
-        return malformed(e, "bad chunk size");
-    if (c == ';')
-        d->state = CH_EXT;
-    else if (is_ws(c))
-        d->state = CH_SIZE_WS;
-    else if (c == '\r')
-        d->state = CH_SIZE_LF;
-    else
-        return malformed(e, "bad chunk size");
-    return 0;
-}
-
-/* The size line is complete: data follows, or the trailer section after the last chunk. */
-static int chunk_size_lf(struct httpresp_chunked *d, unsigned char c, struct lerr *e)
-{
-    if (c != '\n')
-        return malformed(e, "bad chunk size line (CR not followed by LF)");
-    d->line_len = 0;
-    d->size_digits = 0;
-    d->state = d->remaining ? CH_DATA : CH_TRAILER;
-    return 0;
-}
-
-static int trailer_byte(struct httpresp_chunked *d, unsigned char c, struct lerr *e)
-{
-    if (framing_line_byte(d, e, "trailer section") < 0)
-        return HTTPRESP_ERROR;
+    /* Lines of chunk framing cost no memory here, but a peer could send them forever. */
+    if ((d->state < CH_SIZE_LF || d->state >= CH_TRAILER) && ++d->line_len > HTTPRESP_MAX_HEAD)
+        return lerr_set(e, LERR_TOO_LARGE, "%s exceeds %d bytes",
+                        d->state < CH_SIZE_LF ? "chunk size line" : "trailer section",
+                        HTTPRESP_MAX_HEAD);
     switch (d->state) {
+    case CH_SIZE:
+        if (v >= 0)
+            return chunk_size_digit(d, v, max_body, e);
+        if (d->size_digits == 0)
+            return malformed(e, "bad chunk size");
+        /* The digits are done: what may follow is what may follow white space. */
+        /* fall through */
+    case CH_SIZE_WS:
+        if (c == ';')
+            d->state = CH_EXT;
+        else if (is_ws(c))
+            d->state = CH_SIZE_WS;
+        else if (c == '\r' && d->state == CH_SIZE)
+            d->state = CH_SIZE_LF;
+        else
+            return malformed(e, "bad chunk size");
+        return 0;
+    case CH_EXT:
+    case CH_TRAILER_VALUE:
+        if (c == '\r')
+            d->state = d->state == CH_EXT ? CH_SIZE_LF : CH_TRAILER_LF;
+        else if (!is_text(c))
+            return bad_text_byte(e, c, d->state == CH_EXT ? "chunk extension" : "trailer field");
+        return 0;
     case CH_TRAILER:
         if (c == '\r')
             d->state = CH_END_LF;
@@ -508,64 +489,17 @@ static int trailer_byte(struct httpresp_chunked *d, unsigned char c, struct lerr
         else if (!is_tchar(c))
             return malformed(e, "bad trailer field");
         return 0;
-    case CH_TRAILER_VALUE:
-        if (c == '\r')
-            d->state = CH_TRAILER_LF;
-        else if (!is_text(c))
-            return bad_text_byte(e, c, "trailer field");
+    default: /* a line's CR or LF */
+        if (c != line_ends[d->state].want)
+            return malformed(e, line_ends[d->state].why);
+        if (d->state == CH_SIZE_LF) {
+            d->line_len = 0;
+            d->size_digits = 0;
+        }
+        d->state = line_ends[d->state].next;
+        if (d->state == CH_DATA && d->remaining == 0)
+            d->state = CH_TRAILER;  /* the last chunk: the trailer section follows */
         return 0;
-    case CH_TRAILER_LF:
-        if (c != '\n')
-            return malformed(e, "CR not followed by LF in trailer");
-        d->state = CH_TRAILER;
-        return 0;
-    default: /* CH_END_LF */
-        if (c != '\n')
-            return malformed(e, "CR not followed by LF after trailer section");
-        d->state = CH_DONE;
-        return 0;
-    }
-}
-
-/* Every state but CH_DATA (copied in bulk by the caller) and CH_DONE advances one byte. */
-static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
-                        unsigned long long max_body, struct lerr *e)
-{
-    switch (d->state) {
-    case CH_SIZE:
-        return chunk_size_byte(d, c, max_body, e);
-    case CH_SIZE_WS:
-        if (framing_line_byte(d, e, "chunk size line") < 0)
-            return HTTPRESP_ERROR;
-        if (c == ';')
-            d->state = CH_EXT;
-        else if (!is_ws(c))
-            return malformed(e, "bad chunk size");
-        return 0;
-    case CH_EXT:
-        if (framing_line_byte(d, e, "chunk size line") < 0)
-            return HTTPRESP_ERROR;
-        if (c == '\r')
-            d->state = CH_SIZE_LF;
-        else if (!is_text(c))
-            return bad_text_byte(e, c, "chunk extension");
-        return 0;
-    case CH_SIZE_LF:
-        return chunk_size_lf(d, c, e);
-    case CH_DATA_CR:
-    case CH_DATA_LF:
-        if (c != (d->state == CH_DATA_CR ? '\r' : '\n'))
-            return malformed(e, "missing CRLF after chunk data");
-        d->state = d->state == CH_DATA_CR ? CH_DATA_LF : CH_SIZE;
-        return 0;
-    case CH_TRAILER:
-    case CH_TRAILER_NAME:
-    case CH_TRAILER_VALUE:
-    case CH_TRAILER_LF:
-    case CH_END_LF:
-        return trailer_byte(d, c, e);
-    default:
-        return malformed(e, "chunked decoder in an impossible state");
     }
 }
 
