@@ -118,45 +118,35 @@ static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr
     }
 }
 
-/* Connects to one address. Returns 0 with *fd_out set; -1 with *err set (try the next
- * address); -2 with e set (timeout or cancel: stop). */
-static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *fd_out, int *err,
-                            struct lerr *e)
+/* Connects to one address. Returns the socket; -1 with *err set (try the next address); -2
+ * with e set (timeout or cancel: stop). */
+static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *err, struct lerr *e)
 {
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     ai->ai_protocol);
-    int one = 1;
+    int one = 1, rc = -1;
     socklen_t len = sizeof *err;
 
-    if (fd < 0) {
-        *err = errno;
+    *err = errno;
+    if (fd < 0)
         return -1;
-    }
     /* Without TCP_NODELAY a TLS handshake flight or a small request body waits for the
      * peer's delayed ACK: about 40 ms per exchange. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-        *fd_out = fd;
-        return 0;
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        return fd;
+    *err = errno;
+    if (*err == EINPROGRESS) {
+        if (io_wait(io, fd, POLLOUT, e) < 0)
+            rc = -2;
+        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
+            *err = errno;
+        else if (*err == 0)
+            return fd;
     }
-    if (errno != EINPROGRESS) {
-        *err = errno;
-        close(fd);
-        return -1;
-    }
-    if (io_wait(io, fd, POLLOUT, e) < 0) {
-        close(fd);
-        return -2;
-    }
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
-        *err = errno;
-    if (*err) {
-        close(fd);
-        return -1;
-    }
-    *fd_out = fd;
-    return 0;
+    close(fd);
+    return rc;
 }
 
 /* Tries each address of the host in turn; a refused address moves on to the next, a
@@ -164,30 +154,24 @@ static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *fd_ou
 static int sock_connect(struct io *io, struct lerr *e)
 {
     struct http_conn *conn = io->conn;
-    struct addrinfo hints = { 0 }, *res, *ai;
+    struct addrinfo hints = { .ai_flags = AI_NUMERICSERV, .ai_socktype = SOCK_STREAM }, *res, *ai;
     char port[8];
     int rc, err = 0, fd = -1;
 
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
     snprintf(port, sizeof port, "%u", (unsigned)conn->port);
     /* getaddrinfo cannot be interrupted; the resolver's own timeouts apply. */
     rc = getaddrinfo(conn->host, port, &hints, &res);
     if (rc != 0)
         return lerr_set(e, LERR_DNS, "cannot resolve host %s: %s", conn->host,
                         rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-    for (ai = res; ai; ai = ai->ai_next) {
-        rc = sock_connect_one(io, ai, &fd, &err, e);
-        if (rc != -1)
-            break;
-    }
+    for (ai = res; ai && fd == -1; ai = ai->ai_next)
+        fd = sock_connect_one(io, ai, &err, e);
     freeaddrinfo(res);
     if (fd >= 0) {
         conn->fd = fd;
         return 0;
     }
-    if (rc == -2)
+    if (fd == -2)
         return -1;
     if (err == ECONNREFUSED)
         return lerr_set(e, LERR_REFUSED, "connection to %s:%u refused", conn->host, conn->port);
@@ -413,24 +397,11 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
 
 /* ---- request -------------------------------------------------------------------------------- */
 
+/* A method or header name: a non-empty token (RFC 9110 section 5.6.2). */
 static int http_token(const char *s)
 {
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", *s)))
-            return 0;
-    return 1;
-}
-
-/* Header values may not hold CR, LF or other controls: they would split the request. */
-static int http_field_value(const char *s)
-{
-    for (; *s; s++)
-        if (((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
-            return 0;
-    return 1;
+    return *s && s[strspn(s, "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ")] == '\0';
 }
 
 static int http_is_reserved(const char *name)
@@ -455,7 +426,10 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
         const struct http_header *h = &req->headers[i];
         if (!h->name || !h->value || !http_token(h->name))
             return lerr_set(e, LERR_INVALID, "request header %zu has an invalid name", i);
-        if (!http_field_value(h->value))
+        /* CR, LF or other controls in a value would split the request. */
+        if (h->value[strcspn(h->value, "\x01\x02\x03\x04\x05\x06\x07\x08\x0a\x0b\x0c\x0d\x0e"
+                             "\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c"
+                             "\x1d\x1e\x1f\x7f")])
             return lerr_set(e, LERR_INVALID, "request header %s has a control character in its "
                             "value", h->name);
         if (http_is_reserved(h->name))
@@ -471,15 +445,9 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
                           u->path, u->authority);
     if (!has_ua)
         n += (size_t)snprintf(buf + n, cap - n, "User-Agent: lambdo/%s\r\n", LAMBDO_VERSION);
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        size_t nl = strlen(h->name), vl = strlen(h->value);
-        memcpy(buf + n, h->name, nl);
-        memcpy(buf + n + nl, ": ", 2);
-        memcpy(buf + n + nl + 2, h->value, vl);
-        memcpy(buf + n + nl + 2 + vl, "\r\n", 2);
-        n += nl + vl + 4;
-    }
+    for (size_t i = 0; i < req->num_headers; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s: %s\r\n", req->headers[i].name,
+                              req->headers[i].value);
     /* Methods that carry a body always say how long it is, even when empty: some
      * servers answer 411 to a POST without Content-Length. */
     has_body = req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
@@ -568,16 +536,13 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
         int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
         if (rc == HTTPRESP_ERROR)
             return http_malformed(io, e);
-        if (rc == HTTPRESP_INCOMPLETE) {
-            if (at_eof)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle of "
-                                "the response head (%zu bytes)", io->conn->host, io->conn->port,
-                                b->len);
-            if (b->len >= HTTPRESP_MAX_HEAD)
-                return lerr_set(e, LERR_TOO_LARGE, "response head from %s:%u is over %d bytes",
-                                io->conn->host, io->conn->port, HTTPRESP_MAX_HEAD);
+        /* Never at HTTPRESP_MAX_HEAD bytes, where the parser says LERR_TOO_LARGE. */
+        if (rc == HTTPRESP_INCOMPLETE && at_eof)
+            return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle of "
+                            "the response head (%zu bytes)", io->conn->host, io->conn->port,
+                            b->len);
+        if (rc == HTTPRESP_INCOMPLETE)
             continue;
-        }
         if (h->status >= 200)
             return rc;
         if (h->status == 101)
@@ -600,39 +565,41 @@ static int http_too_large(struct io *io, unsigned long long size, size_t max, st
                     io->conn->host, io->conn->port, max);
 }
 
-/* Body bytes start at b->p[0]. Each read's bytes are handled once: counted for a length,
- * decoded in place for chunked. Sets *reusable when the connection ends cleanly after the
- * body. */
-static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_head *h,
+/* The body follows the head in b, from b->p[at]: it is read in place, so the head and the
+ * body share one allocation and the body is never moved. Each read's bytes are handled
+ * once: counted for a length, decoded in place for chunked. Sets *reusable when the
+ * connection ends cleanly after the body. */
+static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct httpresp_head *h,
                           size_t max_body, int *reusable, struct lerr *e)
 {
     struct httpresp_chunked ch = { 0 };
-    size_t raw = 0;  /* chunked: bytes of b already decoded */
+    size_t raw = at;  /* chunked: b->p[at..raw) is decoded body */
     long n;
 
     *reusable = 0;
     switch (h->framing) {
     case HTTPRESP_BODY_NONE:
-        *reusable = b->len == 0;
-        b->len = 0;
+        *reusable = b->len == at;
+        b->len = at;
         return 0;
     case HTTPRESP_BODY_LENGTH: {
-        unsigned long long want = h->content_length;
-        if (want > max_body)
-            return http_too_large(io, want, max_body, e);
-        if (rbuf_reserve(b, (size_t)want - (b->len < want ? b->len : (size_t)want), e) < 0)
+        size_t want = at + (size_t)h->content_length;
+        if (h->content_length > max_body)
+            return http_too_large(io, h->content_length, max_body, e);
+        if (b->len < want && rbuf_reserve(b, want - b->len, e) < 0)
             return -1;
         while (b->len < want) {
-            n = conn_read(io, b->p + b->len, (size_t)want - b->len, e);
+            n = conn_read(io, b->p + b->len, want - b->len, e);
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED)
                 return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection after %zu of "
-                                "%llu body bytes", io->conn->host, io->conn->port, b->len, want);
+                                "%llu body bytes", io->conn->host, io->conn->port, b->len - at,
+                                h->content_length);
             b->len += (size_t)n;
         }
         *reusable = b->len == want;
-        b->len = (size_t)want;
+        b->len = want;
         return 0;
     }
     case HTTPRESP_BODY_CHUNKED:
@@ -657,11 +624,11 @@ static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_h
             if (n == IO_CLOSED)
                 return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle "
                                 "of a chunked body (after %zu bytes)", io->conn->host,
-                                io->conn->port, raw);
+                                io->conn->port, raw - at);
         }
     case HTTPRESP_BODY_UNTIL_CLOSE:
         for (;;) {
-            if (b->len > max_body)
+            if (b->len - at > max_body)
                 return http_too_large(io, 0, max_body, e);
             n = rbuf_fill(io, b, e);
             if (n < 0)
@@ -671,34 +638,12 @@ static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_h
             if (n == IO_CLOSED && io->no_close_notify)
                 return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection without TLS "
                                 "close_notify after %zu body bytes: the body may be truncated",
-                                io->conn->host, io->conn->port, b->len);
+                                io->conn->host, io->conn->port, b->len - at);
             if (n == IO_CLOSED)
-                return b->len > max_body ? http_too_large(io, 0, max_body, e) : 0;
+                return 0;
         }
     }
     return lerr_set(e, LERR_MALFORMED, "unknown body framing");
-}
-
-/* Copies the head into its own buffer, moving the header pointers with it, so that the
- * read buffer can become the body and grow without leaving them dangling. */
-static int http_keep_head(struct http_response *resp, const char *base, size_t head_len,
-                          struct lerr *e)
-{
-    struct httpresp_head *h = &resp->head;
-    char *copy = malloc(head_len + 1);
-
-    if (!copy)
-        return lerr_set(e, LERR_NOMEM, "out of memory for a response head");
-    memcpy(copy, base, head_len);
-    copy[head_len] = '\0';
-    h->reason = copy + (h->reason - base);
-    for (size_t i = 0; i < h->num_headers; i++) {
-        h->headers[i].name = copy + (h->headers[i].name - base);
-        h->headers[i].value = copy + (h->headers[i].value - base);
-    }
-    resp->head_buf = copy;
-    resp->status = h->status;
-    return 0;
 }
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
@@ -708,7 +653,7 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          int *started, struct lerr *e)
 {
     struct rbuf b = { 0 };
-    struct httpresp_head *h = &resp->head;  /* parsed in place, then kept */
+    struct httpresp_head *h = &resp->head;
     long head_len;
 
     io_phase(io, "sending request to", c->io_timeout_ms);
@@ -719,23 +664,21 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
     head_len = http_read_head(io, &b, is_head, h, started, e);
     if (head_len < 0)
         goto fail;
-    if (http_keep_head(resp, b.p, (size_t)head_len, e) < 0)
-        goto fail;
-    memmove(b.p, b.p + head_len, b.len - (size_t)head_len);
-    b.len -= (size_t)head_len;
     io_phase(io, "reading response body from", c->io_timeout_ms);
-    if (http_read_body(io, &b, h, c->max_body, reusable, e) < 0)
+    if (http_read_body(io, &b, (size_t)head_len, h, c->max_body, reusable, e) < 0)
         goto fail;
     *reusable = *reusable && h->keep_alive;
-    if (!b.p && rbuf_reserve(&b, 0, e) < 0)
-        goto fail;
+    /* The body's reads may have moved the buffer: the head is parsed again where it is now
+     * (the same bytes, so the same answer), rather than its pointers moved by hand. */
+    httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
     b.p[b.len] = '\0';
-    resp->body = b.p;
-    resp->body_len = b.len;
+    resp->buf = b.p;
+    resp->status = h->status;
+    resp->body = b.p + head_len;
+    resp->body_len = b.len - (size_t)head_len;
     return 0;
 fail:
     free(b.p);
-    http_response_free(resp);
     return -1;
 }
 
@@ -841,7 +784,6 @@ const char *http_response_header(const struct http_response *resp, const char *n
 
 void http_response_free(struct http_response *resp)
 {
-    free(resp->head_buf);
-    free(resp->body);
+    free(resp->buf);
     memset(resp, 0, sizeof *resp);
 }

@@ -90,7 +90,7 @@ struct scan {
 
 /* What the header fields say about framing and connection reuse, gathered line by line. */
 struct fields {
-    int have_length, have_te, te_chunked, conn_close, conn_keep_alive;
+    int have_length, te_chunked, conn_close, conn_keep_alive;
     unsigned long long length;
 };
 
@@ -220,7 +220,7 @@ static int note_content_length(struct fields *fl, const struct httpresp_header *
     const char *elem;
     size_t pos = 0, n, i;
 
-    if (fl->have_te)
+    if (fl->te_chunked)
         return malformed(e, "both Transfer-Encoding and Content-Length");
     while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
         unsigned long long v = 0;
@@ -271,7 +271,6 @@ static int note_transfer_encoding(struct fields *fl, const struct httpresp_head 
     }
     if (codings == 0)
         return malformed(e, "empty Transfer-Encoding");
-    fl->have_te = 1;
     return 0;
 }
 
@@ -309,7 +308,7 @@ static void decide_framing(struct httpresp_head *h, const struct fields *fl,
     h->content_length = 0;
     if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304) {
         h->framing = HTTPRESP_BODY_NONE;
-    } else if (fl->have_te) {
+    } else if (fl->te_chunked) {
         h->framing = HTTPRESP_BODY_CHUNKED;
     } else if (fl->have_length) {
         h->framing = HTTPRESP_BODY_LENGTH;
