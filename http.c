@@ -247,13 +247,6 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
     }
 }
 
-static int tls_handshake(struct io *io, struct lerr *e)
-{
-    if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0)
-        return -1;
-    return tls_run(io, BR_SSL_SENDAPP, e) < 0 ? -1 : 0;
-}
-
 /* ---- connection: plain or TLS, same calls ------------------------------------------------- */
 
 static int conn_write(struct io *io, char *buf, size_t len, struct lerr *e)
@@ -340,7 +333,8 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
     c->connections_opened++;
     if (io->conn->tc) {
         io_phase(io, "in TLS handshake with", c->io_timeout_ms);
-        if (tls_handshake(io, e) < 0) {
+        if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0 ||
+            tls_run(io, BR_SSL_SENDAPP, e) < 0) {
             conn_close(io->conn);
             return -1;
         }
@@ -361,25 +355,18 @@ static void conn_free(struct http_conn *conn)
 static struct http_conn *conn_for(struct http_client *c, const struct url *url, struct lerr *e)
 {
     struct http_conn *conn;
-    int free_slot = -1, lru = 0;
+    int pick = 0;  /* the slot to use otherwise: an empty one, else the least recently used */
 
     for (int i = 0; i < HTTP_MAX_CONNS; i++) {
         conn = c->conns[i];
-        if (!conn) {
-            if (free_slot < 0)
-                free_slot = i;
-            continue;
-        }
-        if (!conn->tc == !url->tls && conn->port == url->port && strcmp(conn->host, url->host) == 0)
+        if (conn && !conn->tc == !url->tls && conn->port == url->port &&
+            strcmp(conn->host, url->host) == 0)
             return conn;
-        if (c->conns[lru] && conn->last_used < c->conns[lru]->last_used)
-            lru = i;
+        if (c->conns[pick] && (!conn || conn->last_used < c->conns[pick]->last_used))
+            pick = i;
     }
-    if (free_slot < 0) {
-        conn_free(c->conns[lru]);
-        c->conns[lru] = NULL;
-        free_slot = lru;
-    }
+    conn_free(c->conns[pick]);
+    c->conns[pick] = NULL;
     conn = calloc(1, sizeof *conn);
     if (!conn || (url->tls && !(conn->tc = malloc(sizeof *conn->tc)))) {
         free(conn);
@@ -391,17 +378,19 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
     conn->fd = -1;
     if (conn->tc)
         tls_client_init(conn->tc, c->anchors);
-    c->conns[free_slot] = conn;
+    c->conns[pick] = conn;
     return conn;
 }
 
 /* ---- request -------------------------------------------------------------------------------- */
 
-/* A method or header name: a non-empty token (RFC 9110 section 5.6.2). */
-static int http_token(const char *s)
+/* Header values may not hold CR, LF or other controls: they would split the request. */
+static int http_field_value(const char *s)
 {
-    return *s && s[strspn(s, "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
-                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ")] == '\0';
+    for (; *s; s++)
+        if (((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
+            return 0;
+    return 1;
 }
 
 static int http_is_reserved(const char *name)
@@ -424,12 +413,9 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
 
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
-        if (!h->name || !h->value || !http_token(h->name))
+        if (!h->name || !h->value || !httpresp_is_token(h->name))
             return lerr_set(e, LERR_INVALID, "request header %zu has an invalid name", i);
-        /* CR, LF or other controls in a value would split the request. */
-        if (h->value[strcspn(h->value, "\x01\x02\x03\x04\x05\x06\x07\x08\x0a\x0b\x0c\x0d\x0e"
-                             "\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c"
-                             "\x1d\x1e\x1f\x7f")])
+        if (!http_field_value(h->value))
             return lerr_set(e, LERR_INVALID, "request header %s has a control character in its "
                             "value", h->name);
         if (http_is_reserved(h->name))
@@ -445,9 +431,15 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
                           u->path, u->authority);
     if (!has_ua)
         n += (size_t)snprintf(buf + n, cap - n, "User-Agent: lambdo/%s\r\n", LAMBDO_VERSION);
-    for (size_t i = 0; i < req->num_headers; i++)
-        n += (size_t)snprintf(buf + n, cap - n, "%s: %s\r\n", req->headers[i].name,
-                              req->headers[i].value);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        size_t nl = strlen(h->name), vl = strlen(h->value);
+        memcpy(buf + n, h->name, nl);
+        memcpy(buf + n + nl, ": ", 2);
+        memcpy(buf + n + nl + 2, h->value, vl);
+        memcpy(buf + n + nl + 2 + vl, "\r\n", 2);
+        n += nl + vl + 4;
+    }
     /* Methods that carry a body always say how long it is, even when empty: some
      * servers answer 411 to a POST without Content-Length. */
     has_body = req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
@@ -469,6 +461,7 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
 struct rbuf {
     char *p;
     size_t len, cap;
+    unsigned grown;  /* reallocations: each may have moved p */
 };
 
 /* Makes room for at least want more bytes (plus the final NUL). */
@@ -485,6 +478,7 @@ static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "out of memory for a response of %zu bytes", cap);
     b->p = p;
     b->cap = cap;
+    b->grown++;
     return 0;
 }
 
@@ -655,6 +649,7 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
     struct rbuf b = { 0 };
     struct httpresp_head *h = &resp->head;
     long head_len;
+    unsigned grown;
 
     io_phase(io, "sending request to", c->io_timeout_ms);
     c->requests_sent++;
@@ -665,12 +660,14 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
     if (head_len < 0)
         goto fail;
     io_phase(io, "reading response body from", c->io_timeout_ms);
+    grown = b.grown;
     if (http_read_body(io, &b, (size_t)head_len, h, c->max_body, reusable, e) < 0)
         goto fail;
     *reusable = *reusable && h->keep_alive;
-    /* The body's reads may have moved the buffer: the head is parsed again where it is now
-     * (the same bytes, so the same answer), rather than its pointers moved by hand. */
-    httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
+    /* A body that outgrew the buffer may have moved it: the head is parsed again where it
+     * is now (the same bytes, so the same answer), rather than its pointers moved by hand. */
+    if (b.grown != grown)
+        httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
     b.p[b.len] = '\0';
     resp->buf = b.p;
     resp->status = h->status;
@@ -706,7 +703,7 @@ void http_client_close(struct http_client *c)
 static int http_check(const struct http_client *c, const struct http_request *req,
                       struct lerr *e)
 {
-    if (!req->url || !req->method || !http_token(req->method))
+    if (!req->url || !req->method || !httpresp_is_token(req->method))
         return lerr_set(e, LERR_INVALID, "HTTP request needs a URL and a valid method");
     if (req->body_len && !req->body)
         return lerr_set(e, LERR_INVALID, "HTTP request has a body length but no body");

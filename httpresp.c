@@ -34,6 +34,15 @@ static int is_tchar(unsigned char c)
     return c < 128 && (bits[c >> 5] >> (c & 31) & 1);
 }
 
+int httpresp_is_token(const char *s)
+{
+    const char *p = s;
+
+    while (is_tchar((unsigned char)*p))
+        p++;
+    return p > s && *p == '\0';
+}
+
 static int is_ws(unsigned char c)
 {
     return c == ' ' || c == '\t';
@@ -317,12 +326,8 @@ static void decide_framing(struct httpresp_head *h, const struct fields *fl,
         h->framing = HTTPRESP_BODY_UNTIL_CLOSE;
     }
 
-    if (h->framing == HTTPRESP_BODY_UNTIL_CLOSE || fl->conn_close)
-        h->keep_alive = 0;
-    else if (h->minor_version >= 1)
-        h->keep_alive = 1;
-    else
-        h->keep_alive = fl->conn_keep_alive;
+    h->keep_alive = h->framing != HTTPRESP_BODY_UNTIL_CLOSE && !fl->conn_close &&
+                    (h->minor_version >= 1 || fl->conn_keep_alive);
 }
 
 int httpresp_parse_head(const char *buf, size_t len, int request_was_head,

@@ -76,6 +76,10 @@ struct httpresp_head {
 int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
                         struct httpresp_head *h, struct lerr *e);
 
+/* 1 when s is a token (RFC 9110 section 5.6.2), the syntax of methods and field names
+ * (the client checks its requests' with it); "" is not. */
+int httpresp_is_token(const char *s);
+
 /* Case-insensitive lookup; the first field of that name wins. Returns the value (not
  * NUL-terminated, *value_len set; value_len may be NULL) or NULL (*value_len = 0). */
 const char *httpresp_header(const struct httpresp_head *h, const char *name, size_t *value_len);
