@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,20 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Sets e to fmt's message followed by where it happened: " <phase> <host>:<port>", as in
+ * "timeout after 300 ms connecting to 10.0.0.1:443". */
+__attribute__((format(printf, 4, 5)))
+static int io_fail(const struct io *io, struct lerr *e, enum lerr_kind kind, const char *fmt, ...)
+{
+    char what[sizeof e->msg];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return lerr_set(e, kind, "%s %s %s:%u", what, io->phase, io->conn->host, io->conn->port);
+}
+
 static void io_phase(struct io *io, const char *phase, int wait_ms)
 {
     io->phase = phase;
@@ -74,15 +89,13 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
         if (n < 0)
             return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
         if (n > 0 && p[1].revents)
-            return lerr_set(e, LERR_CANCELLED, "cancelled while %s %s:%u", io->phase,
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_CANCELLED, "cancelled while");
         if (n > 0)
             return 0;
         if (by_deadline)
-            return lerr_set(e, LERR_TIMEOUT, "request timeout after %d ms, while %s %s:%u",
-                            io->request_timeout_ms, io->phase, io->conn->host, io->conn->port);
-        return lerr_set(e, LERR_TIMEOUT, "timeout after %d ms %s %s:%u", io->wait_ms, io->phase,
-                        io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_TIMEOUT, "request timeout after %d ms, while",
+                           io->request_timeout_ms);
+        return io_fail(io, e, LERR_TIMEOUT, "timeout after %d ms", io->wait_ms);
     }
 }
 
@@ -93,10 +106,8 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
 static int sock_error(struct io *io, int err, struct lerr *e)
 {
     if (err == ECONNRESET || err == EPIPE)
-        return lerr_set(e, LERR_CLOSED, "connection reset (%s) while %s %s:%u", strerror(err),
-                        io->phase, io->conn->host, io->conn->port);
-    return lerr_set(e, LERR_IO, "%s %s:%u: %s", io->phase, io->conn->host, io->conn->port,
-                    strerror(err));
+        return io_fail(io, e, LERR_CLOSED, "connection reset (%s) while", strerror(err));
+    return io_fail(io, e, LERR_IO, "%s while", strerror(err));
 }
 
 /* Sends some of buf (dir POLLOUT) or receives into it (POLLIN), waiting for the socket.
@@ -174,9 +185,8 @@ static int sock_connect(struct io *io, struct lerr *e)
     if (fd == -2)
         return -1;
     if (err == ECONNREFUSED)
-        return lerr_set(e, LERR_REFUSED, "connection to %s:%u refused", conn->host, conn->port);
-    return lerr_set(e, LERR_CONNECT, "cannot connect to %s:%u: %s", conn->host, conn->port,
-                    strerror(err));
+        return io_fail(io, e, LERR_REFUSED, "connection refused while");
+    return io_fail(io, e, LERR_CONNECT, "%s while", strerror(err));
 }
 
 /* ---- TLS over the socket ---------------------------------------------------------------------
@@ -189,8 +199,7 @@ static int tls_failed(struct io *io, struct lerr *e)
     int err = br_ssl_engine_last_error(&io->conn->tc->cc.eng);
 
     if (err == BR_ERR_OK)
-        return lerr_set(e, LERR_CLOSED, "TLS connection closed (close_notify) while %s %s:%u",
-                        io->phase, io->conn->host, io->conn->port);
+        return io_fail(io, e, LERR_CLOSED, "TLS connection closed (close_notify) while");
     return tls_error(e, err, io->conn->host);
 }
 
@@ -225,8 +234,8 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         if (st & BR_SSL_RECVAPP) {
             /* Application data arrived while we are still sending: HTTP/1.1 allows an
              * early answer, but without a reader for it the engine would stall. */
-            return lerr_set(e, LERR_MALFORMED, "%s:%u answered before the request was sent",
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_MALFORMED, "the server answered before the request was "
+                           "sent, while");
         }
         if (st & BR_SSL_RECVREC) {
             buf = br_ssl_engine_recvrec_buf(eng, &len);
@@ -237,8 +246,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
                 io->no_close_notify = 1;
                 if (want & BR_SSL_RECVAPP)
                     return IO_CLOSED;  /* EOF without close_notify: the caller judges */
-                return lerr_set(e, LERR_CLOSED, "connection closed while %s %s:%u", io->phase,
-                                io->conn->host, io->conn->port);
+                return io_fail(io, e, LERR_CLOSED, "connection closed while");
             }
             br_ssl_engine_recvrec_ack(eng, (size_t)n);
             continue;
@@ -521,8 +529,8 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
             if (!memchr(b->p + old, '\n', (size_t)n) && b->len < HTTPRESP_MAX_HEAD)
                 continue;
         } else if (b->len == 0) {
-            return lerr_set(e, LERR_CLOSED, "%s:%u closed the connection without answering",
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_CLOSED, "the server closed the connection without "
+                           "answering, while");
         } else {
             at_eof = !after_1xx;
         }
@@ -532,16 +540,14 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
             return http_malformed(io, e);
         /* Never at HTTPRESP_MAX_HEAD bytes, where the parser says LERR_TOO_LARGE. */
         if (rc == HTTPRESP_INCOMPLETE && at_eof)
-            return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle of "
-                            "the response head (%zu bytes)", io->conn->host, io->conn->port,
-                            b->len);
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                           "middle of the response head (%zu bytes), while", b->len);
         if (rc == HTTPRESP_INCOMPLETE)
             continue;
         if (h->status >= 200)
             return rc;
         if (h->status == 101)
-            return lerr_set(e, LERR_MALFORMED, "%s:%u switched protocols, which was not asked for",
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_MALFORMED, "the server switched protocols unasked, while");
         /* 1xx: drop it and parse what follows as a new response. */
         memmove(b->p, b->p + rc, b->len - (size_t)rc);
         b->len -= (size_t)rc;
@@ -552,11 +558,9 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
 static int http_too_large(struct io *io, unsigned long long size, size_t max, struct lerr *e)
 {
     if (size)
-        return lerr_set(e, LERR_TOO_LARGE,
-                        "response body from %s:%u is %llu bytes, over the limit of %zu",
-                        io->conn->host, io->conn->port, size, max);
-    return lerr_set(e, LERR_TOO_LARGE, "response body from %s:%u is over the limit of %zu bytes",
-                    io->conn->host, io->conn->port, max);
+        return io_fail(io, e, LERR_TOO_LARGE, "response body of %llu bytes is over the limit of "
+                       "%zu, while", size, max);
+    return io_fail(io, e, LERR_TOO_LARGE, "response body over the limit of %zu bytes, while", max);
 }
 
 /* The body follows the head in b, from b->p[at]: it is read in place, so the head and the
@@ -587,9 +591,8 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection after %zu of "
-                                "%llu body bytes", io->conn->host, io->conn->port, b->len - at,
-                                h->content_length);
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection after "
+                               "%zu of %llu body bytes, while", b->len - at, h->content_length);
             b->len += (size_t)n;
         }
         *reusable = b->len == want;
@@ -616,9 +619,8 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle "
-                                "of a chunked body (after %zu bytes)", io->conn->host,
-                                io->conn->port, raw - at);
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                               "middle of a chunked body (after %zu bytes), while", raw - at);
         }
     case HTTPRESP_BODY_UNTIL_CLOSE:
         for (;;) {
@@ -630,9 +632,9 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
             /* Over TLS only close_notify ends such a body: a bare EOF may be an attacker
              * or a middlebox cutting it short (RFC 5246 7.2.1). */
             if (n == IO_CLOSED && io->no_close_notify)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection without TLS "
-                                "close_notify after %zu body bytes: the body may be truncated",
-                                io->conn->host, io->conn->port, b->len - at);
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection without "
+                               "TLS close_notify after %zu body bytes (the body may be "
+                               "truncated), while", b->len - at);
             if (n == IO_CLOSED)
                 return 0;
         }
