@@ -101,15 +101,6 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
 
 /* ---- plain sockets ------------------------------------------------------------------------ */
 
-/* A reset or broken pipe is the server dropping the connection: LERR_CLOSED, like an EOF,
- * so that a stale keep-alive connection is recognised however it died. */
-static int sock_error(struct io *io, int err, struct lerr *e)
-{
-    if (err == ECONNRESET || err == EPIPE)
-        return io_fail(io, e, LERR_CLOSED, "connection reset (%s) while", strerror(err));
-    return io_fail(io, e, LERR_IO, "%s while", strerror(err));
-}
-
 /* Sends some of buf (dir POLLOUT) or receives into it (POLLIN), waiting for the socket.
  * Returns bytes moved (> 0), IO_CLOSED at EOF, or -1. */
 static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr *e)
@@ -122,8 +113,12 @@ static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr
             return (long)n;
         if (errno == EINTR)
             continue;
+        /* A reset or broken pipe is the server dropping the connection: LERR_CLOSED, like
+         * an EOF, so that a stale keep-alive connection is recognised however it died. */
+        if (errno == ECONNRESET || errno == EPIPE)
+            return io_fail(io, e, LERR_CLOSED, "connection reset (%s) while", strerror(errno));
         if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return sock_error(io, errno, e);
+            return io_fail(io, e, LERR_IO, "%s while", strerror(errno));
         if (io_wait(io, io->conn->fd, dir, e) < 0)
             return -1;
     }
@@ -194,15 +189,6 @@ static int sock_connect(struct io *io, struct lerr *e)
  * BearSSL is a state machine without I/O; this drives it over the non-blocking socket,
  * waiting with io_wait so that every TLS wait has the same timeouts and cancel. */
 
-static int tls_failed(struct io *io, struct lerr *e)
-{
-    int err = br_ssl_engine_last_error(&io->conn->tc->cc.eng);
-
-    if (err == BR_ERR_OK)
-        return io_fail(io, e, LERR_CLOSED, "TLS connection closed (close_notify) while");
-    return tls_error(e, err, io->conn->host);
-}
-
 /* Runs the engine until one of the states in want is reached. Returns 1, IO_CLOSED when
  * the socket hit EOF (or the peer sent close_notify) and want includes BR_SSL_RECVAPP,
  * or -1. */
@@ -217,9 +203,12 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         long n;
 
         if (st & BR_SSL_CLOSED) {
-            if ((want & BR_SSL_RECVAPP) && br_ssl_engine_last_error(eng) == BR_ERR_OK)
+            int err = br_ssl_engine_last_error(eng);
+            if (err == BR_ERR_OK && (want & BR_SSL_RECVAPP))
                 return IO_CLOSED;
-            return tls_failed(io, e);
+            if (err == BR_ERR_OK)
+                return io_fail(io, e, LERR_CLOSED, "TLS connection closed (close_notify) while");
+            return tls_error(e, err, io->conn->host);
         }
         if (st & BR_SSL_SENDREC) {
             buf = br_ssl_engine_sendrec_buf(eng, &len);
@@ -576,10 +565,7 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
 
     *reusable = 0;
     switch (h->framing) {
-    case HTTPRESP_BODY_NONE:
-        *reusable = b->len == at;
-        b->len = at;
-        return 0;
+    case HTTPRESP_BODY_NONE:    /* content_length 0 */
     case HTTPRESP_BODY_LENGTH: {
         size_t want = at + (size_t)h->content_length;
         if (h->content_length > max_body)

@@ -599,26 +599,19 @@ int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof
     switch (h->framing) {
     case HTTPRESP_BODY_NONE:
         return head_len;
-    case HTTPRESP_BODY_LENGTH:
-        if (h->content_length > body_cap)
-            return body_too_large(e, body_cap);
-        if (avail < h->content_length)
-            return HTTPRESP_INCOMPLETE;
-        if (h->content_length > 0)
-            memcpy(body_out, buf + head_len, (size_t)h->content_length);
-        *body_len = (size_t)h->content_length;
-        return consumed((size_t)head_len + *body_len, e);
     case HTTPRESP_BODY_CHUNKED:
         return parse_chunked_body(buf + head_len, avail, (size_t)head_len, body_out, body_cap,
                                   body_len, e);
-    default: /* HTTPRESP_BODY_UNTIL_CLOSE */
-        if (avail > body_cap)
+    default: { /* LENGTH, or UNTIL_CLOSE: all that follows the head, once the server closed */
+        unsigned long long n = h->framing == HTTPRESP_BODY_LENGTH ? h->content_length : avail;
+        if (n > body_cap)
             return body_too_large(e, body_cap);
-        if (!at_eof)
+        if (h->framing == HTTPRESP_BODY_LENGTH ? avail < n : !at_eof)
             return HTTPRESP_INCOMPLETE;
-        if (avail > 0)
-            memcpy(body_out, buf + head_len, avail);
-        *body_len = avail;
-        return consumed(len, e);
+        if (n > 0)
+            memcpy(body_out, buf + head_len, (size_t)n);
+        *body_len = (size_t)n;
+        return consumed((size_t)head_len + *body_len, e);
+    }
     }
 }

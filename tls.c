@@ -254,12 +254,6 @@ static int ta_add_cert(struct ta_loader *l, const unsigned char *der, size_t len
     return 0;
 }
 
-static int ta_is_cert_label(const char *p, size_t n)
-{
-    return (n == 11 && memcmp(p, "CERTIFICATE", 11) == 0) ||
-           (n == 16 && memcmp(p, "X509 CERTIFICATE", 16) == 0);
-}
-
 /* Decodes base64 text in place (out never overtakes in), skipping line breaks and
  * spaces. Returns the decoded length, or -1 on a byte outside the alphabet. */
 static long ta_base64(unsigned char *buf, size_t len)
@@ -314,7 +308,8 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (no END line after "
                             "certificate %zu)", l->path, l->count + l->skipped);
         p = stop + sizeof end - 1;
-        if (!ta_is_cert_label((const char *)label, label_len))
+        if ((label_len != 11 || memcmp(label, "CERTIFICATE", 11) != 0) &&
+            (label_len != 16 || memcmp(label, "X509 CERTIFICATE", 16) != 0))
             continue;
         long der_len = ta_base64(body, (size_t)(stop - body));
         if (der_len < 0)
