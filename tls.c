@@ -514,13 +514,11 @@ static const br_x509_class x509_ip_aware = {
  * resolver takes as one (inet_aton: "127.1" too), so that no such host passes as a name. */
 static void tls_host_ip(struct tls_client *tc, const char *host)
 {
-    struct in6_addr a6;
     struct in_addr a4;
 
     tc->ip_len = 0;
-    if (inet_pton(AF_INET6, host, &a6) == 1) {
-        memcpy(tc->ip, &a6, sizeof a6);
-        tc->ip_len = sizeof a6;
+    if (inet_pton(AF_INET6, host, tc->ip) == 1) {
+        tc->ip_len = 16;
     } else if (inet_aton(host, &a4)) {
         memcpy(tc->ip, &a4, sizeof a4);
         tc->ip_len = sizeof a4;
