@@ -261,7 +261,7 @@ static int note_transfer_encoding(struct fields *fl, const struct httpresp_head 
 {
     const char *elem;
     size_t pos = 0, n;
-    int codings = 0;
+    int before = fl->te_chunked;
 
     /* RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing. */
     if (h->minor_version == 0)
@@ -276,9 +276,9 @@ static int note_transfer_encoding(struct fields *fl, const struct httpresp_head 
         if (fl->te_chunked)
             return malformed(e, "chunked applied more than once");
         fl->te_chunked = 1;
-        codings++;
     }
-    if (codings == 0)
+    /* Every coding is chunked, and only once: this field named none. */
+    if (fl->te_chunked == before)
         return malformed(e, "empty Transfer-Encoding");
     return 0;
 }

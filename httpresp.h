@@ -1,5 +1,6 @@
 /*
- * httpresp.h - pure HTTP/1.1 response parsing over (buffer, length).
+ * httpresp.h - pure HTTP/1.1 response parsing over (buffer, length), and the token syntax
+ * that the client's requests share with it.
  *
  * No I/O, no allocation: the caller owns every byte; parsed strings point into the
  * caller's buffer. Every function answers one of three things: complete (with a length),
