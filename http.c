@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,20 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Sets e to fmt's message followed by where it happened: " <phase> <host>:<port>", as in
+ * "timeout after 300 ms connecting to 10.0.0.1:443". */
+__attribute__((format(printf, 4, 5)))
+static int io_fail(const struct io *io, struct lerr *e, enum lerr_kind kind, const char *fmt, ...)
+{
+    char what[sizeof e->msg];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return lerr_set(e, kind, "%s %s %s:%u", what, io->phase, io->conn->host, io->conn->port);
+}
+
 static void io_phase(struct io *io, const char *phase, int wait_ms)
 {
     io->phase = phase;
@@ -74,30 +89,17 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
         if (n < 0)
             return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
         if (n > 0 && p[1].revents)
-            return lerr_set(e, LERR_CANCELLED, "cancelled while %s %s:%u", io->phase,
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_CANCELLED, "cancelled while");
         if (n > 0)
             return 0;
         if (by_deadline)
-            return lerr_set(e, LERR_TIMEOUT, "request timeout after %d ms, while %s %s:%u",
-                            io->request_timeout_ms, io->phase, io->conn->host, io->conn->port);
-        return lerr_set(e, LERR_TIMEOUT, "timeout after %d ms %s %s:%u", io->wait_ms, io->phase,
-                        io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_TIMEOUT, "request timeout after %d ms, while",
+                           io->request_timeout_ms);
+        return io_fail(io, e, LERR_TIMEOUT, "timeout after %d ms", io->wait_ms);
     }
 }
 
 /* ---- plain sockets ------------------------------------------------------------------------ */
-
-/* A reset or broken pipe is the server dropping the connection: LERR_CLOSED, like an EOF,
- * so that a stale keep-alive connection is recognised however it died. */
-static int sock_error(struct io *io, int err, struct lerr *e)
-{
-    if (err == ECONNRESET || err == EPIPE)
-        return lerr_set(e, LERR_CLOSED, "connection reset (%s) while %s %s:%u", strerror(err),
-                        io->phase, io->conn->host, io->conn->port);
-    return lerr_set(e, LERR_IO, "%s %s:%u: %s", io->phase, io->conn->host, io->conn->port,
-                    strerror(err));
-}
 
 /* Sends some of buf (dir POLLOUT) or receives into it (POLLIN), waiting for the socket.
  * Returns bytes moved (> 0), IO_CLOSED at EOF, or -1. */
@@ -111,52 +113,46 @@ static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr
             return (long)n;
         if (errno == EINTR)
             continue;
+        /* A reset or broken pipe is the server dropping the connection: LERR_CLOSED, like
+         * an EOF, so that a stale keep-alive connection is recognised however it died. */
+        if (errno == ECONNRESET || errno == EPIPE)
+            return io_fail(io, e, LERR_CLOSED, "connection reset (%s) while", strerror(errno));
         if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return sock_error(io, errno, e);
+            return io_fail(io, e, LERR_IO, "%s while", strerror(errno));
         if (io_wait(io, io->conn->fd, dir, e) < 0)
             return -1;
     }
 }
 
-/* Connects to one address. Returns 0 with *fd_out set; -1 with *err set (try the next
- * address); -2 with e set (timeout or cancel: stop). */
-static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *fd_out, int *err,
-                            struct lerr *e)
+/* Connects to one address. Returns the socket; -1 with *err set (try the next address); -2
+ * with e set (timeout or cancel: stop). */
+static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *err, struct lerr *e)
 {
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     ai->ai_protocol);
-    int one = 1;
+    int one = 1, rc = -1;
     socklen_t len = sizeof *err;
 
-    if (fd < 0) {
-        *err = errno;
+    *err = errno;
+    if (fd < 0)
         return -1;
-    }
     /* Without TCP_NODELAY a TLS handshake flight or a small request body waits for the
      * peer's delayed ACK: about 40 ms per exchange. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-        *fd_out = fd;
-        return 0;
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        return fd;
+    *err = errno;
+    if (*err == EINPROGRESS) {
+        if (io_wait(io, fd, POLLOUT, e) < 0)
+            rc = -2;
+        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
+            *err = errno;
+        else if (*err == 0)
+            return fd;
     }
-    if (errno != EINPROGRESS) {
-        *err = errno;
-        close(fd);
-        return -1;
-    }
-    if (io_wait(io, fd, POLLOUT, e) < 0) {
-        close(fd);
-        return -2;
-    }
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
-        *err = errno;
-    if (*err) {
-        close(fd);
-        return -1;
-    }
-    *fd_out = fd;
-    return 0;
+    close(fd);
+    return rc;
 }
 
 /* Tries each address of the host in turn; a refused address moves on to the next, a
@@ -164,51 +160,34 @@ static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *fd_ou
 static int sock_connect(struct io *io, struct lerr *e)
 {
     struct http_conn *conn = io->conn;
-    struct addrinfo hints = { 0 }, *res, *ai;
+    struct addrinfo hints = { .ai_flags = AI_NUMERICSERV, .ai_socktype = SOCK_STREAM }, *res, *ai;
     char port[8];
     int rc, err = 0, fd = -1;
 
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
     snprintf(port, sizeof port, "%u", (unsigned)conn->port);
     /* getaddrinfo cannot be interrupted; the resolver's own timeouts apply. */
     rc = getaddrinfo(conn->host, port, &hints, &res);
     if (rc != 0)
         return lerr_set(e, LERR_DNS, "cannot resolve host %s: %s", conn->host,
                         rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-    for (ai = res; ai; ai = ai->ai_next) {
-        rc = sock_connect_one(io, ai, &fd, &err, e);
-        if (rc != -1)
-            break;
-    }
+    for (ai = res; ai && fd == -1; ai = ai->ai_next)
+        fd = sock_connect_one(io, ai, &err, e);
     freeaddrinfo(res);
     if (fd >= 0) {
         conn->fd = fd;
         return 0;
     }
-    if (rc == -2)
+    if (fd == -2)
         return -1;
     if (err == ECONNREFUSED)
-        return lerr_set(e, LERR_REFUSED, "connection to %s:%u refused", conn->host, conn->port);
-    return lerr_set(e, LERR_CONNECT, "cannot connect to %s:%u: %s", conn->host, conn->port,
-                    strerror(err));
+        return io_fail(io, e, LERR_REFUSED, "connection refused while");
+    return io_fail(io, e, LERR_CONNECT, "%s while", strerror(err));
 }
 
 /* ---- TLS over the socket ---------------------------------------------------------------------
  *
  * BearSSL is a state machine without I/O; this drives it over the non-blocking socket,
  * waiting with io_wait so that every TLS wait has the same timeouts and cancel. */
-
-static int tls_failed(struct io *io, struct lerr *e)
-{
-    int err = br_ssl_engine_last_error(&io->conn->tc->cc.eng);
-
-    if (err == BR_ERR_OK)
-        return lerr_set(e, LERR_CLOSED, "TLS connection closed (close_notify) while %s %s:%u",
-                        io->phase, io->conn->host, io->conn->port);
-    return tls_error(e, err, io->conn->host);
-}
 
 /* Runs the engine until one of the states in want is reached. Returns 1, IO_CLOSED when
  * the socket hit EOF (or the peer sent close_notify) and want includes BR_SSL_RECVAPP,
@@ -224,9 +203,12 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         long n;
 
         if (st & BR_SSL_CLOSED) {
-            if ((want & BR_SSL_RECVAPP) && br_ssl_engine_last_error(eng) == BR_ERR_OK)
+            int err = br_ssl_engine_last_error(eng);
+            if (err == BR_ERR_OK && (want & BR_SSL_RECVAPP))
                 return IO_CLOSED;
-            return tls_failed(io, e);
+            if (err == BR_ERR_OK)
+                return io_fail(io, e, LERR_CLOSED, "TLS connection closed (close_notify) while");
+            return tls_error(e, err, io->conn->host);
         }
         if (st & BR_SSL_SENDREC) {
             buf = br_ssl_engine_sendrec_buf(eng, &len);
@@ -241,8 +223,8 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         if (st & BR_SSL_RECVAPP) {
             /* Application data arrived while we are still sending: HTTP/1.1 allows an
              * early answer, but without a reader for it the engine would stall. */
-            return lerr_set(e, LERR_MALFORMED, "%s:%u answered before the request was sent",
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_MALFORMED, "the server answered before the request was "
+                           "sent, while");
         }
         if (st & BR_SSL_RECVREC) {
             buf = br_ssl_engine_recvrec_buf(eng, &len);
@@ -253,21 +235,13 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
                 io->no_close_notify = 1;
                 if (want & BR_SSL_RECVAPP)
                     return IO_CLOSED;  /* EOF without close_notify: the caller judges */
-                return lerr_set(e, LERR_CLOSED, "connection closed while %s %s:%u", io->phase,
-                                io->conn->host, io->conn->port);
+                return io_fail(io, e, LERR_CLOSED, "connection closed while");
             }
             br_ssl_engine_recvrec_ack(eng, (size_t)n);
             continue;
         }
         br_ssl_engine_flush(eng, 0);
     }
-}
-
-static int tls_handshake(struct io *io, struct lerr *e)
-{
-    if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0)
-        return -1;
-    return tls_run(io, BR_SSL_SENDAPP, e) < 0 ? -1 : 0;
 }
 
 /* ---- connection: plain or TLS, same calls ------------------------------------------------- */
@@ -356,7 +330,8 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
     c->connections_opened++;
     if (io->conn->tc) {
         io_phase(io, "in TLS handshake with", c->io_timeout_ms);
-        if (tls_handshake(io, e) < 0) {
+        if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0 ||
+            tls_run(io, BR_SSL_SENDAPP, e) < 0) {
             conn_close(io->conn);
             return -1;
         }
@@ -377,25 +352,18 @@ static void conn_free(struct http_conn *conn)
 static struct http_conn *conn_for(struct http_client *c, const struct url *url, struct lerr *e)
 {
     struct http_conn *conn;
-    int free_slot = -1, lru = 0;
+    int pick = 0;  /* the slot to use otherwise: an empty one, else the least recently used */
 
     for (int i = 0; i < HTTP_MAX_CONNS; i++) {
         conn = c->conns[i];
-        if (!conn) {
-            if (free_slot < 0)
-                free_slot = i;
-            continue;
-        }
-        if (!conn->tc == !url->tls && conn->port == url->port && strcmp(conn->host, url->host) == 0)
+        if (conn && !conn->tc == !url->tls && conn->port == url->port &&
+            strcmp(conn->host, url->host) == 0)
             return conn;
-        if (c->conns[lru] && conn->last_used < c->conns[lru]->last_used)
-            lru = i;
+        if (c->conns[pick] && (!conn || conn->last_used < c->conns[pick]->last_used))
+            pick = i;
     }
-    if (free_slot < 0) {
-        conn_free(c->conns[lru]);
-        c->conns[lru] = NULL;
-        free_slot = lru;
-    }
+    conn_free(c->conns[pick]);
+    c->conns[pick] = NULL;
     conn = calloc(1, sizeof *conn);
     if (!conn || (url->tls && !(conn->tc = malloc(sizeof *conn->tc)))) {
         free(conn);
@@ -407,22 +375,11 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
     conn->fd = -1;
     if (conn->tc)
         tls_client_init(conn->tc, c->anchors);
-    c->conns[free_slot] = conn;
+    c->conns[pick] = conn;
     return conn;
 }
 
 /* ---- request -------------------------------------------------------------------------------- */
-
-static int http_token(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", *s)))
-            return 0;
-    return 1;
-}
 
 /* Header values may not hold CR, LF or other controls: they would split the request. */
 static int http_field_value(const char *s)
@@ -453,7 +410,7 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
 
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
-        if (!h->name || !h->value || !http_token(h->name))
+        if (!h->name || !h->value || !httpresp_is_token(h->name))
             return lerr_set(e, LERR_INVALID, "request header %zu has an invalid name", i);
         if (!http_field_value(h->value))
             return lerr_set(e, LERR_INVALID, "request header %s has a control character in its "
@@ -501,6 +458,7 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
 struct rbuf {
     char *p;
     size_t len, cap;
+    unsigned grown;  /* reallocations: each may have moved p */
 };
 
 /* Makes room for at least want more bytes (plus the final NUL). */
@@ -517,6 +475,7 @@ static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "out of memory for a response of %zu bytes", cap);
     b->p = p;
     b->cap = cap;
+    b->grown++;
     return 0;
 }
 
@@ -559,8 +518,8 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
             if (!memchr(b->p + old, '\n', (size_t)n) && b->len < HTTPRESP_MAX_HEAD)
                 continue;
         } else if (b->len == 0) {
-            return lerr_set(e, LERR_CLOSED, "%s:%u closed the connection without answering",
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_CLOSED, "the server closed the connection without "
+                           "answering, while");
         } else {
             at_eof = !after_1xx;
         }
@@ -568,21 +527,16 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
         int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
         if (rc == HTTPRESP_ERROR)
             return http_malformed(io, e);
-        if (rc == HTTPRESP_INCOMPLETE) {
-            if (at_eof)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle of "
-                                "the response head (%zu bytes)", io->conn->host, io->conn->port,
-                                b->len);
-            if (b->len >= HTTPRESP_MAX_HEAD)
-                return lerr_set(e, LERR_TOO_LARGE, "response head from %s:%u is over %d bytes",
-                                io->conn->host, io->conn->port, HTTPRESP_MAX_HEAD);
+        /* Never at HTTPRESP_MAX_HEAD bytes, where the parser says LERR_TOO_LARGE. */
+        if (rc == HTTPRESP_INCOMPLETE && at_eof)
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                           "middle of the response head (%zu bytes), while", b->len);
+        if (rc == HTTPRESP_INCOMPLETE)
             continue;
-        }
         if (h->status >= 200)
             return rc;
         if (h->status == 101)
-            return lerr_set(e, LERR_MALFORMED, "%s:%u switched protocols, which was not asked for",
-                            io->conn->host, io->conn->port);
+            return io_fail(io, e, LERR_MALFORMED, "the server switched protocols unasked, while");
         /* 1xx: drop it and parse what follows as a new response. */
         memmove(b->p, b->p + rc, b->len - (size_t)rc);
         b->len -= (size_t)rc;
@@ -593,46 +547,42 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
 static int http_too_large(struct io *io, unsigned long long size, size_t max, struct lerr *e)
 {
     if (size)
-        return lerr_set(e, LERR_TOO_LARGE,
-                        "response body from %s:%u is %llu bytes, over the limit of %zu",
-                        io->conn->host, io->conn->port, size, max);
-    return lerr_set(e, LERR_TOO_LARGE, "response body from %s:%u is over the limit of %zu bytes",
-                    io->conn->host, io->conn->port, max);
+        return io_fail(io, e, LERR_TOO_LARGE, "response body of %llu bytes is over the limit of "
+                       "%zu, while", size, max);
+    return io_fail(io, e, LERR_TOO_LARGE, "response body over the limit of %zu bytes, while", max);
 }
 
-/* Body bytes start at b->p[0]. Each read's bytes are handled once: counted for a length,
- * decoded in place for chunked. Sets *reusable when the connection ends cleanly after the
- * body. */
-static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_head *h,
+/* The body follows the head in b, from b->p[at]: it is read in place, so the head and the
+ * body share one allocation and the body is never moved. Each read's bytes are handled
+ * once: counted for a length, decoded in place for chunked. Sets *reusable when the
+ * connection ends cleanly after the body. */
+static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct httpresp_head *h,
                           size_t max_body, int *reusable, struct lerr *e)
 {
     struct httpresp_chunked ch = { 0 };
-    size_t raw = 0;  /* chunked: bytes of b already decoded */
+    size_t raw = at;  /* chunked: b->p[at..raw) is decoded body */
     long n;
 
     *reusable = 0;
     switch (h->framing) {
-    case HTTPRESP_BODY_NONE:
-        *reusable = b->len == 0;
-        b->len = 0;
-        return 0;
+    case HTTPRESP_BODY_NONE:    /* content_length 0 */
     case HTTPRESP_BODY_LENGTH: {
-        unsigned long long want = h->content_length;
-        if (want > max_body)
-            return http_too_large(io, want, max_body, e);
-        if (rbuf_reserve(b, (size_t)want - (b->len < want ? b->len : (size_t)want), e) < 0)
+        size_t want = at + (size_t)h->content_length;
+        if (h->content_length > max_body)
+            return http_too_large(io, h->content_length, max_body, e);
+        if (b->len < want && rbuf_reserve(b, want - b->len, e) < 0)
             return -1;
         while (b->len < want) {
-            n = conn_read(io, b->p + b->len, (size_t)want - b->len, e);
+            n = conn_read(io, b->p + b->len, want - b->len, e);
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection after %zu of "
-                                "%llu body bytes", io->conn->host, io->conn->port, b->len, want);
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection after "
+                               "%zu of %llu body bytes, while", b->len - at, h->content_length);
             b->len += (size_t)n;
         }
         *reusable = b->len == want;
-        b->len = (size_t)want;
+        b->len = want;
         return 0;
     }
     case HTTPRESP_BODY_CHUNKED:
@@ -655,13 +605,12 @@ static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_h
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection in the middle "
-                                "of a chunked body (after %zu bytes)", io->conn->host,
-                                io->conn->port, raw);
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                               "middle of a chunked body (after %zu bytes), while", raw - at);
         }
     case HTTPRESP_BODY_UNTIL_CLOSE:
         for (;;) {
-            if (b->len > max_body)
+            if (b->len - at > max_body)
                 return http_too_large(io, 0, max_body, e);
             n = rbuf_fill(io, b, e);
             if (n < 0)
@@ -669,36 +618,14 @@ static int http_read_body(struct io *io, struct rbuf *b, const struct httpresp_h
             /* Over TLS only close_notify ends such a body: a bare EOF may be an attacker
              * or a middlebox cutting it short (RFC 5246 7.2.1). */
             if (n == IO_CLOSED && io->no_close_notify)
-                return lerr_set(e, LERR_MALFORMED, "%s:%u closed the connection without TLS "
-                                "close_notify after %zu body bytes: the body may be truncated",
-                                io->conn->host, io->conn->port, b->len);
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection without "
+                               "TLS close_notify after %zu body bytes (the body may be "
+                               "truncated), while", b->len - at);
             if (n == IO_CLOSED)
-                return b->len > max_body ? http_too_large(io, 0, max_body, e) : 0;
+                return 0;
         }
     }
     return lerr_set(e, LERR_MALFORMED, "unknown body framing");
-}
-
-/* Copies the head into its own buffer, moving the header pointers with it, so that the
- * read buffer can become the body and grow without leaving them dangling. */
-static int http_keep_head(struct http_response *resp, const char *base, size_t head_len,
-                          struct lerr *e)
-{
-    struct httpresp_head *h = &resp->head;
-    char *copy = malloc(head_len + 1);
-
-    if (!copy)
-        return lerr_set(e, LERR_NOMEM, "out of memory for a response head");
-    memcpy(copy, base, head_len);
-    copy[head_len] = '\0';
-    h->reason = copy + (h->reason - base);
-    for (size_t i = 0; i < h->num_headers; i++) {
-        h->headers[i].name = copy + (h->headers[i].name - base);
-        h->headers[i].value = copy + (h->headers[i].value - base);
-    }
-    resp->head_buf = copy;
-    resp->status = h->status;
-    return 0;
 }
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
@@ -708,8 +635,9 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          int *started, struct lerr *e)
 {
     struct rbuf b = { 0 };
-    struct httpresp_head *h = &resp->head;  /* parsed in place, then kept */
+    struct httpresp_head *h = &resp->head;
     long head_len;
+    unsigned grown;
 
     io_phase(io, "sending request to", c->io_timeout_ms);
     c->requests_sent++;
@@ -719,23 +647,23 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
     head_len = http_read_head(io, &b, is_head, h, started, e);
     if (head_len < 0)
         goto fail;
-    if (http_keep_head(resp, b.p, (size_t)head_len, e) < 0)
-        goto fail;
-    memmove(b.p, b.p + head_len, b.len - (size_t)head_len);
-    b.len -= (size_t)head_len;
     io_phase(io, "reading response body from", c->io_timeout_ms);
-    if (http_read_body(io, &b, h, c->max_body, reusable, e) < 0)
+    grown = b.grown;
+    if (http_read_body(io, &b, (size_t)head_len, h, c->max_body, reusable, e) < 0)
         goto fail;
     *reusable = *reusable && h->keep_alive;
-    if (!b.p && rbuf_reserve(&b, 0, e) < 0)
-        goto fail;
+    /* A body that outgrew the buffer may have moved it: the head is parsed again where it
+     * is now (the same bytes, so the same answer), rather than its pointers moved by hand. */
+    if (b.grown != grown)
+        httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
     b.p[b.len] = '\0';
-    resp->body = b.p;
-    resp->body_len = b.len;
+    resp->buf = b.p;
+    resp->status = h->status;
+    resp->body = b.p + head_len;
+    resp->body_len = b.len - (size_t)head_len;
     return 0;
 fail:
     free(b.p);
-    http_response_free(resp);
     return -1;
 }
 
@@ -763,7 +691,7 @@ void http_client_close(struct http_client *c)
 static int http_check(const struct http_client *c, const struct http_request *req,
                       struct lerr *e)
 {
-    if (!req->url || !req->method || !http_token(req->method))
+    if (!req->url || !req->method || !httpresp_is_token(req->method))
         return lerr_set(e, LERR_INVALID, "HTTP request needs a URL and a valid method");
     if (req->body_len && !req->body)
         return lerr_set(e, LERR_INVALID, "HTTP request has a body length but no body");
@@ -841,7 +769,6 @@ const char *http_response_header(const struct http_response *resp, const char *n
 
 void http_response_free(struct http_response *resp)
 {
-    free(resp->head_buf);
-    free(resp->body);
+    free(resp->buf);
     memset(resp, 0, sizeof *resp);
 }

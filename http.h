@@ -63,9 +63,9 @@ struct http_request {
 
 struct http_response {
     int status;
-    struct httpresp_head head;  /* header strings point into head_buf */
-    char *head_buf;             /* owned */
-    char *body;                 /* owned, NUL-terminated for convenience (not counted) */
+    struct httpresp_head head;  /* header strings point into buf */
+    char *buf;                  /* owned: the head, then the body */
+    char *body;                 /* in buf, NUL-terminated for convenience (not counted) */
     size_t body_len;
 };
 

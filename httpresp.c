@@ -34,6 +34,15 @@ static int is_tchar(unsigned char c)
     return c < 128 && (bits[c >> 5] >> (c & 31) & 1);
 }
 
+int httpresp_is_token(const char *s)
+{
+    const char *p = s;
+
+    while (is_tchar((unsigned char)*p))
+        p++;
+    return p > s && *p == '\0';
+}
+
 static int is_ws(unsigned char c)
 {
     return c == ' ' || c == '\t';
@@ -90,7 +99,7 @@ struct scan {
 
 /* What the header fields say about framing and connection reuse, gathered line by line. */
 struct fields {
-    int have_length, have_te, te_chunked, conn_close, conn_keep_alive;
+    int have_length, te_chunked, conn_close, conn_keep_alive;
     unsigned long long length;
 };
 
@@ -123,66 +132,61 @@ static int bad_text_byte(struct lerr *e, unsigned char c, const char *where)
     return lerr_set(e, LERR_MALFORMED, "malformed response: control character in %s", where);
 }
 
+/* Text up to the CR that ends the line, then the LF: *end is set past the last byte that is
+ * not white space (OWS after a field value is not part of it). */
+static int scan_text_line(struct scan *s, const char *where, size_t *end)
+{
+    *end = s->pos;
+    for (;;) {
+        unsigned char c;
+
+        if (s->pos == s->lim)
+            return scan_short(s);
+        c = s->p[s->pos++];
+        if (c == '\r')
+            return scan_lf(s);
+        if (!is_text(c))
+            return bad_text_byte(s->e, c, where);
+        if (!is_ws(c))
+            *end = s->pos;
+    }
+}
+
 /* "HTTP/1." DIGIT SP 3DIGIT [SP reason] CRLF. The SP before an empty reason is required by
  * RFC 9112 but some servers omit it; accepting its absence is harmless. */
 static int parse_status_line(struct scan *s, struct httpresp_head *h)
 {
-    static const char prefix[] = "HTTP/1.";
-    size_t i;
-    unsigned char c;
+    static const char pattern[] = "HTTP/1.# ###";  /* '#': a digit */
+    const unsigned char *p = s->p;
+    size_t end;
+    int rc;
 
-    for (i = 0; i < sizeof prefix - 1; i++) {
+    for (size_t i = 0; pattern[i]; i++) {
+        unsigned char c;
+
         if (s->pos == s->lim)
             return scan_short(s);
-        if (s->p[s->pos] != (unsigned char)prefix[i])
+        c = p[s->pos++];
+        if (pattern[i] == '#' ? c < '0' || c > '9' : c != (unsigned char)pattern[i])
             return malformed(s->e, i < 5 ? "not an HTTP status line"
-                                         : "unsupported HTTP version (HTTP/1.x required)");
-        s->pos++;
+                                   : i < 7 ? "unsupported HTTP version (HTTP/1.x required)"
+                                   : i < 9 ? "bad HTTP version"
+                                   : "bad status code (three digits required)");
     }
-    if (s->pos == s->lim)
-        return scan_short(s);
-    c = s->p[s->pos++];
-    if (c < '0' || c > '9')
-        return malformed(s->e, "bad HTTP version");
-    h->minor_version = c - '0';
-    if (s->pos == s->lim)
-        return scan_short(s);
-    if (s->p[s->pos++] != ' ')
-        return malformed(s->e, "bad HTTP version");
-
-    h->status = 0;
-    for (i = 0; i < 3; i++) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos++];
-        if (c < '0' || c > '9')
-            return malformed(s->e, "bad status code (three digits required)");
-        h->status = h->status * 10 + (c - '0');
-    }
+    h->minor_version = p[7] - '0';
+    h->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
     if (h->status < 100 || h->status > 599)
         return malformed(s->e, "status code out of range 100-599");
-
     if (s->pos == s->lim)
         return scan_short(s);
-    c = s->p[s->pos];
-    if (c == ' ')
+    if (p[s->pos] == ' ')
         s->pos++;
-    else if (c != '\r')
+    else if (p[s->pos] != '\r')
         return malformed(s->e, "bad status code (three digits required)");
-    h->reason = (const char *)s->p + s->pos;
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos];
-        if (c == '\r')
-            break;
-        if (!is_text(c))
-            return bad_text_byte(s->e, c, "reason phrase");
-        s->pos++;
-    }
-    h->reason_len = (size_t)((const char *)s->p + s->pos - h->reason);
-    s->pos++;
-    return scan_lf(s);
+    h->reason = (const char *)p + s->pos;
+    rc = scan_text_line(s, "reason phrase", &end);
+    h->reason_len = (size_t)((const char *)p + s->pos - h->reason) - 2;  /* CRLF */
+    return rc;
 }
 
 /* One field line, starting at a byte that is neither CR nor whitespace:
@@ -191,52 +195,31 @@ static int parse_field_line(struct scan *s, struct httpresp_header *f)
 {
     size_t start = s->pos, value_end;
     unsigned char c;
+    int rc;
 
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos];
-        if (c == ':')
-            break;
-        if (!is_tchar(c)) {
-            if (is_ws(c))
-                return malformed(s->e, "whitespace between header field name and colon");
-            if (c == '\r' || c == '\n')
-                return malformed(s->e, "header field without colon");
-            return malformed(s->e, "bad character in header field name");
-        }
+    while (s->pos < s->lim && is_tchar(s->p[s->pos]))
         s->pos++;
-    }
+    if (s->pos == s->lim)
+        return scan_short(s);
+    c = s->p[s->pos];
+    if (is_ws(c))
+        return malformed(s->e, "whitespace between header field name and colon");
+    if (c == '\r' || c == '\n')
+        return malformed(s->e, "header field without colon");
+    if (c != ':')
+        return malformed(s->e, "bad character in header field name");
     if (s->pos == start)
         return malformed(s->e, "empty header field name");
     f->name = (const char *)s->p + start;
     f->name_len = s->pos - start;
     s->pos++;
-
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        if (!is_ws(s->p[s->pos]))
-            break;
+    while (s->pos < s->lim && is_ws(s->p[s->pos]))
         s->pos++;
-    }
-    start = value_end = s->pos;
-    for (;;) {
-        if (s->pos == s->lim)
-            return scan_short(s);
-        c = s->p[s->pos];
-        if (c == '\r')
-            break;
-        if (!is_text(c))
-            return bad_text_byte(s->e, c, "header field value");
-        s->pos++;
-        if (!is_ws(c))
-            value_end = s->pos;
-    }
+    start = s->pos;
+    rc = scan_text_line(s, "header field value", &value_end);
     f->value = (const char *)s->p + start;
     f->value_len = value_end - start;
-    s->pos++;
-    return scan_lf(s);
+    return rc;
 }
 
 /* Content-Length = 1*DIGIT, possibly repeated as a list ("5, 5") by careless proxies. */
@@ -246,7 +229,7 @@ static int note_content_length(struct fields *fl, const struct httpresp_header *
     const char *elem;
     size_t pos = 0, n, i;
 
-    if (fl->have_te)
+    if (fl->te_chunked)
         return malformed(e, "both Transfer-Encoding and Content-Length");
     while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
         unsigned long long v = 0;
@@ -278,7 +261,7 @@ static int note_transfer_encoding(struct fields *fl, const struct httpresp_head 
 {
     const char *elem;
     size_t pos = 0, n;
-    int codings = 0;
+    int before = fl->te_chunked;
 
     /* RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing. */
     if (h->minor_version == 0)
@@ -293,11 +276,10 @@ static int note_transfer_encoding(struct fields *fl, const struct httpresp_head 
         if (fl->te_chunked)
             return malformed(e, "chunked applied more than once");
         fl->te_chunked = 1;
-        codings++;
     }
-    if (codings == 0)
+    /* Every coding is chunked, and only once: this field named none. */
+    if (fl->te_chunked == before)
         return malformed(e, "empty Transfer-Encoding");
-    fl->have_te = 1;
     return 0;
 }
 
@@ -335,7 +317,7 @@ static void decide_framing(struct httpresp_head *h, const struct fields *fl,
     h->content_length = 0;
     if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304) {
         h->framing = HTTPRESP_BODY_NONE;
-    } else if (fl->have_te) {
+    } else if (fl->te_chunked) {
         h->framing = HTTPRESP_BODY_CHUNKED;
     } else if (fl->have_length) {
         h->framing = HTTPRESP_BODY_LENGTH;
@@ -344,12 +326,8 @@ static void decide_framing(struct httpresp_head *h, const struct fields *fl,
         h->framing = HTTPRESP_BODY_UNTIL_CLOSE;
     }
 
-    if (h->framing == HTTPRESP_BODY_UNTIL_CLOSE || fl->conn_close)
-        h->keep_alive = 0;
-    else if (h->minor_version >= 1)
-        h->keep_alive = 1;
-    else
-        h->keep_alive = fl->conn_keep_alive;
+    h->keep_alive = h->framing != HTTPRESP_BODY_UNTIL_CLOSE && !fl->conn_close &&
+                    (h->minor_version >= 1 || fl->conn_keep_alive);
 }
 
 int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
@@ -437,59 +415,66 @@ static int body_too_large(struct lerr *e, unsigned long long max_body)
     return lerr_set(e, LERR_TOO_LARGE, "response body exceeds %llu bytes", max_body);
 }
 
-/* Lines of chunk framing cost no memory here, but a peer could send them forever. */
-static int framing_line_byte(struct httpresp_chunked *d, struct lerr *e, const char *what)
+/* The CR or LF that each of these states wants, where it leads, and what its absence is. */
+static const struct {
+    unsigned char want, next;
+    const char *why;
+} line_ends[] = {
+    [CH_SIZE_LF] = { '\n', CH_DATA, "bad chunk size line (CR not followed by LF)" },
+    [CH_DATA_CR] = { '\r', CH_DATA_LF, "missing CRLF after chunk data" },
+    [CH_DATA_LF] = { '\n', CH_SIZE, "missing CRLF after chunk data" },
+    [CH_TRAILER_LF] = { '\n', CH_TRAILER, "CR not followed by LF in trailer" },
+    [CH_END_LF] = { '\n', CH_DONE, "CR not followed by LF after trailer section" },
+};
+
+static int chunk_size_digit(struct httpresp_chunked *d, int v, unsigned long long max_body,
+                            struct lerr *e)
 {
-    if (++d->line_len > HTTPRESP_MAX_HEAD)
-        return lerr_set(e, LERR_TOO_LARGE, "%s exceeds %d bytes", what, HTTPRESP_MAX_HEAD);
+    if (++d->size_digits > 16)
+        return malformed(e, "bad chunk size (more than 16 hex digits)");
+    d->remaining = d->remaining << 4 | (unsigned)v;
+    /* More digits only make the size larger, so the cap can be judged already. */
+    if (d->total > max_body || d->remaining > max_body - d->total)
+        return body_too_large(e, max_body);
     return 0;
 }
 
-static int chunk_size_byte(struct httpresp_chunked *d, unsigned char c,
-                           unsigned long long max_body, struct lerr *e)
+/* Every state but CH_DATA (copied in bulk by the caller) and CH_DONE advances one byte. */
+static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
+                        unsigned long long max_body, struct lerr *e)
 {
     int v = text_hex_digit(c);
 
-    if (framing_line_byte(d, e, "chunk size line") < 0)
-        return HTTPRESP_ERROR;
-    if (v >= 0) {
-        if (++d->size_digits > 16)
-            return malformed(e, "bad chunk size (more than 16 hex digits)");
-        d->remaining = d->remaining << 4 | (unsigned)v;
-        /* More digits only make the size larger, so the cap can be judged already. */
-        if (d->total > max_body || d->remaining > max_body - d->total)
-            return body_too_large(e, max_body);
-        return 0;
-    }
-    if (d->size_digits == 0)
-        return malformed(e, "bad chunk size");
-    if (c == ';')
-        d->state = CH_EXT;
-    else if (is_ws(c))
-        d->state = CH_SIZE_WS;
-    else if (c == '\r')
-        d->state = CH_SIZE_LF;
-    else
-        return malformed(e, "bad chunk size");
-    return 0;
-}
-
-/* The size line is complete: data follows, or the trailer section after the last chunk. */
-static int chunk_size_lf(struct httpresp_chunked *d, unsigned char c, struct lerr *e)
-{
-    if (c != '\n')
-        return malformed(e, "bad chunk size line (CR not followed by LF)");
-    d->line_len = 0;
-    d->size_digits = 0;
-    d->state = d->remaining ? CH_DATA : CH_TRAILER;
-    return 0;
-}
-
-static int trailer_byte(struct httpresp_chunked *d, unsigned char c, struct lerr *e)
-{
-    if (framing_line_byte(d, e, "trailer section") < 0)
-        return HTTPRESP_ERROR;
+    /* Lines of chunk framing cost no memory here, but a peer could send them forever. */
+    if ((d->state < CH_SIZE_LF || d->state >= CH_TRAILER) && ++d->line_len > HTTPRESP_MAX_HEAD)
+        return lerr_set(e, LERR_TOO_LARGE, "%s exceeds %d bytes",
+                        d->state < CH_SIZE_LF ? "chunk size line" : "trailer section",
+                        HTTPRESP_MAX_HEAD);
     switch (d->state) {
+    case CH_SIZE:
+        if (v >= 0)
+            return chunk_size_digit(d, v, max_body, e);
+        if (d->size_digits == 0)
+            return malformed(e, "bad chunk size");
+        /* The digits are done: what may follow is what may follow white space. */
+        /* fall through */
+    case CH_SIZE_WS:
+        if (c == ';')
+            d->state = CH_EXT;
+        else if (is_ws(c))
+            d->state = CH_SIZE_WS;
+        else if (c == '\r' && d->state == CH_SIZE)
+            d->state = CH_SIZE_LF;
+        else
+            return malformed(e, "bad chunk size");
+        return 0;
+    case CH_EXT:
+    case CH_TRAILER_VALUE:
+        if (c == '\r')
+            d->state = d->state == CH_EXT ? CH_SIZE_LF : CH_TRAILER_LF;
+        else if (!is_text(c))
+            return bad_text_byte(e, c, d->state == CH_EXT ? "chunk extension" : "trailer field");
+        return 0;
     case CH_TRAILER:
         if (c == '\r')
             d->state = CH_END_LF;
@@ -508,64 +493,17 @@ static int trailer_byte(struct httpresp_chunked *d, unsigned char c, struct lerr
         else if (!is_tchar(c))
             return malformed(e, "bad trailer field");
         return 0;
-    case CH_TRAILER_VALUE:
-        if (c == '\r')
-            d->state = CH_TRAILER_LF;
-        else if (!is_text(c))
-            return bad_text_byte(e, c, "trailer field");
+    default: /* a line's CR or LF */
+        if (c != line_ends[d->state].want)
+            return malformed(e, line_ends[d->state].why);
+        if (d->state == CH_SIZE_LF) {
+            d->line_len = 0;
+            d->size_digits = 0;
+        }
+        d->state = line_ends[d->state].next;
+        if (d->state == CH_DATA && d->remaining == 0)
+            d->state = CH_TRAILER;  /* the last chunk: the trailer section follows */
         return 0;
-    case CH_TRAILER_LF:
-        if (c != '\n')
-            return malformed(e, "CR not followed by LF in trailer");
-        d->state = CH_TRAILER;
-        return 0;
-    default: /* CH_END_LF */
-        if (c != '\n')
-            return malformed(e, "CR not followed by LF after trailer section");
-        d->state = CH_DONE;
-        return 0;
-    }
-}
-
-/* Every state but CH_DATA (copied in bulk by the caller) and CH_DONE advances one byte. */
-static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
-                        unsigned long long max_body, struct lerr *e)
-{
-    switch (d->state) {
-    case CH_SIZE:
-        return chunk_size_byte(d, c, max_body, e);
-    case CH_SIZE_WS:
-        if (framing_line_byte(d, e, "chunk size line") < 0)
-            return HTTPRESP_ERROR;
-        if (c == ';')
-            d->state = CH_EXT;
-        else if (!is_ws(c))
-            return malformed(e, "bad chunk size");
-        return 0;
-    case CH_EXT:
-        if (framing_line_byte(d, e, "chunk size line") < 0)
-            return HTTPRESP_ERROR;
-        if (c == '\r')
-            d->state = CH_SIZE_LF;
-        else if (!is_text(c))
-            return bad_text_byte(e, c, "chunk extension");
-        return 0;
-    case CH_SIZE_LF:
-        return chunk_size_lf(d, c, e);
-    case CH_DATA_CR:
-    case CH_DATA_LF:
-        if (c != (d->state == CH_DATA_CR ? '\r' : '\n'))
-            return malformed(e, "missing CRLF after chunk data");
-        d->state = d->state == CH_DATA_CR ? CH_DATA_LF : CH_SIZE;
-        return 0;
-    case CH_TRAILER:
-    case CH_TRAILER_NAME:
-    case CH_TRAILER_VALUE:
-    case CH_TRAILER_LF:
-    case CH_END_LF:
-        return trailer_byte(d, c, e);
-    default:
-        return malformed(e, "chunked decoder in an impossible state");
     }
 }
 
@@ -661,26 +599,19 @@ int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof
     switch (h->framing) {
     case HTTPRESP_BODY_NONE:
         return head_len;
-    case HTTPRESP_BODY_LENGTH:
-        if (h->content_length > body_cap)
-            return body_too_large(e, body_cap);
-        if (avail < h->content_length)
-            return HTTPRESP_INCOMPLETE;
-        if (h->content_length > 0)
-            memcpy(body_out, buf + head_len, (size_t)h->content_length);
-        *body_len = (size_t)h->content_length;
-        return consumed((size_t)head_len + *body_len, e);
     case HTTPRESP_BODY_CHUNKED:
         return parse_chunked_body(buf + head_len, avail, (size_t)head_len, body_out, body_cap,
                                   body_len, e);
-    default: /* HTTPRESP_BODY_UNTIL_CLOSE */
-        if (avail > body_cap)
+    default: { /* LENGTH, or UNTIL_CLOSE: all that follows the head, once the server closed */
+        unsigned long long n = h->framing == HTTPRESP_BODY_LENGTH ? h->content_length : avail;
+        if (n > body_cap)
             return body_too_large(e, body_cap);
-        if (!at_eof)
+        if (h->framing == HTTPRESP_BODY_LENGTH ? avail < n : !at_eof)
             return HTTPRESP_INCOMPLETE;
-        if (avail > 0)
-            memcpy(body_out, buf + head_len, avail);
-        *body_len = avail;
-        return consumed(len, e);
+        if (n > 0)
+            memcpy(body_out, buf + head_len, (size_t)n);
+        *body_len = (size_t)n;
+        return consumed((size_t)head_len + *body_len, e);
+    }
     }
 }

@@ -1,5 +1,6 @@
 /*
- * httpresp.h - pure HTTP/1.1 response parsing over (buffer, length).
+ * httpresp.h - pure HTTP/1.1 response parsing over (buffer, length), and the token syntax
+ * that the client's requests share with it.
  *
  * No I/O, no allocation: the caller owns every byte; parsed strings point into the
  * caller's buffer. Every function answers one of three things: complete (with a length),
@@ -75,6 +76,10 @@ struct httpresp_head {
  * Transfer-Encoding: BODY_CHUNKED; else Content-Length: BODY_LENGTH; else UNTIL_CLOSE. */
 int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
                         struct httpresp_head *h, struct lerr *e);
+
+/* 1 when s is a token (RFC 9110 section 5.6.2), the syntax of methods and field names
+ * (the client checks its requests' with it); "" is not. */
+int httpresp_is_token(const char *s);
 
 /* Case-insensitive lookup; the first field of that name wins. Returns the value (not
  * NUL-terminated, *value_len set; value_len may be NULL) or NULL (*value_len = 0). */

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -253,12 +254,6 @@ static int ta_add_cert(struct ta_loader *l, const unsigned char *der, size_t len
     return 0;
 }
 
-static int ta_is_cert_label(const char *p, size_t n)
-{
-    return (n == 11 && memcmp(p, "CERTIFICATE", 11) == 0) ||
-           (n == 16 && memcmp(p, "X509 CERTIFICATE", 16) == 0);
-}
-
 /* Decodes base64 text in place (out never overtakes in), skipping line breaks and
  * spaces. Returns the decoded length, or -1 on a byte outside the alphabet. */
 static long ta_base64(unsigned char *buf, size_t len)
@@ -313,7 +308,8 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (no END line after "
                             "certificate %zu)", l->path, l->count + l->skipped);
         p = stop + sizeof end - 1;
-        if (!ta_is_cert_label((const char *)label, label_len))
+        if ((label_len != 11 || memcmp(label, "CERTIFICATE", 11) != 0) &&
+            (label_len != 16 || memcmp(label, "X509 CERTIFICATE", 16) != 0))
             continue;
         long der_len = ta_base64(body, (size_t)(stop - body));
         if (der_len < 0)
@@ -327,40 +323,31 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
 static int ta_read_file(const char *path, unsigned char **out, size_t *out_len, struct lerr *e)
 {
     struct stat st;
-    unsigned char *buf;
+    unsigned char *buf = NULL;
+    ssize_t n = 1;
     size_t len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
 
     if (fd < 0)
         return lerr_set(e, LERR_IO, "cannot open CA bundle %s: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return lerr_set(e, LERR_IO, "CA bundle %s is not a regular file", path);
-    }
-    if (st.st_size > 64 * 1024 * 1024) {
-        close(fd);
-        return lerr_set(e, LERR_TOO_LARGE, "CA bundle %s is over 64 MiB", path);
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        close(fd);
-        return lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    }
-    while (len < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            lerr_set(e, LERR_IO, "cannot read CA bundle %s: %s", path, strerror(errno));
-            close(fd);
-            free(buf);
-            return -1;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        rc = lerr_set(e, LERR_IO, "CA bundle %s is not a regular file", path);
+    else if (st.st_size > 64 * 1024 * 1024)
+        rc = lerr_set(e, LERR_TOO_LARGE, "CA bundle %s is over 64 MiB", path);
+    else if (!(buf = malloc((size_t)st.st_size + 1)))
+        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
+    while (rc == 0 && n != 0 && len < (size_t)st.st_size) {
+        n = read(fd, buf + len, (size_t)st.st_size - len);
+        if (n < 0 && errno != EINTR)
+            rc = lerr_set(e, LERR_IO, "cannot read CA bundle %s: %s", path, strerror(errno));
+        else if (n > 0)
+            len += (size_t)n;
     }
     close(fd);
+    if (rc < 0) {
+        free(buf);
+        return -1;
+    }
     *out = buf;
     *out_len = len;
     return 0;
@@ -527,13 +514,11 @@ static const br_x509_class x509_ip_aware = {
  * resolver takes as one (inet_aton: "127.1" too), so that no such host passes as a name. */
 static void tls_host_ip(struct tls_client *tc, const char *host)
 {
-    struct in6_addr a6;
     struct in_addr a4;
 
     tc->ip_len = 0;
-    if (inet_pton(AF_INET6, host, &a6) == 1) {
-        memcpy(tc->ip, &a6, sizeof a6);
-        tc->ip_len = sizeof a6;
+    if (inet_pton(AF_INET6, host, tc->ip) == 1) {
+        tc->ip_len = 16;
     } else if (inet_aton(host, &a4)) {
         memcpy(tc->ip, &a4, sizeof a4);
         tc->ip_len = sizeof a4;
@@ -621,65 +606,26 @@ static const char *tls_err_name(int err)
 {
 #define N(x) [BR_ERR_##x] = "BR_ERR_" #x
     static const char *const names[] = {
-        N(OK),
-        N(BAD_PARAM),
-        N(BAD_STATE),
-        N(UNSUPPORTED_VERSION),
-        N(BAD_VERSION),
-        N(BAD_LENGTH),
-        N(TOO_LARGE),
-        N(BAD_MAC),
-        N(NO_RANDOM),
-        N(UNKNOWN_TYPE),
-        N(UNEXPECTED),
-        N(BAD_CCS),
-        N(BAD_ALERT),
-        N(BAD_HANDSHAKE),
-        N(OVERSIZED_ID),
-        N(BAD_CIPHER_SUITE),
-        N(BAD_COMPRESSION),
-        N(BAD_FRAGLEN),
-        N(BAD_SECRENEG),
-        N(EXTRA_EXTENSION),
-        N(BAD_SNI),
-        N(BAD_HELLO_DONE),
-        N(LIMIT_EXCEEDED),
-        N(BAD_FINISHED),
-        N(RESUME_MISMATCH),
-        N(INVALID_ALGORITHM),
-        N(BAD_SIGNATURE),
-        N(WRONG_KEY_USAGE),
-        N(NO_CLIENT_AUTH),
-        N(IO),
-        N(X509_INVALID_VALUE),
-        N(X509_TRUNCATED),
-        N(X509_EMPTY_CHAIN),
-        N(X509_INNER_TRUNC),
-        N(X509_BAD_TAG_CLASS),
-        N(X509_BAD_TAG_VALUE),
-        N(X509_INDEFINITE_LENGTH),
-        N(X509_EXTRA_ELEMENT),
-        N(X509_UNEXPECTED),
-        N(X509_NOT_CONSTRUCTED),
-        N(X509_NOT_PRIMITIVE),
-        N(X509_PARTIAL_BYTE),
-        N(X509_BAD_BOOLEAN),
-        N(X509_OVERFLOW),
-        N(X509_BAD_DN),
-        N(X509_BAD_TIME),
-        N(X509_UNSUPPORTED),
-        N(X509_LIMIT_EXCEEDED),
-        N(X509_WRONG_KEY_TYPE),
-        N(X509_BAD_SIGNATURE),
-        N(X509_TIME_UNKNOWN),
-        N(X509_EXPIRED),
-        N(X509_DN_MISMATCH),
-        N(X509_BAD_SERVER_NAME),
-        N(X509_CRITICAL_EXTENSION),
-        N(X509_NOT_CA),
-        N(X509_FORBIDDEN_KEY_USAGE),
-        N(X509_WEAK_PUBLIC_KEY),
-        N(X509_NOT_TRUSTED),
+        N(OK),                     N(BAD_PARAM),              N(BAD_STATE),
+        N(UNSUPPORTED_VERSION),    N(BAD_VERSION),            N(BAD_LENGTH),
+        N(TOO_LARGE),              N(BAD_MAC),                N(NO_RANDOM),
+        N(UNKNOWN_TYPE),           N(UNEXPECTED),             N(BAD_CCS),
+        N(BAD_ALERT),              N(BAD_HANDSHAKE),          N(OVERSIZED_ID),
+        N(BAD_CIPHER_SUITE),       N(BAD_COMPRESSION),        N(BAD_FRAGLEN),
+        N(BAD_SECRENEG),           N(EXTRA_EXTENSION),        N(BAD_SNI),
+        N(BAD_HELLO_DONE),         N(LIMIT_EXCEEDED),         N(BAD_FINISHED),
+        N(RESUME_MISMATCH),        N(INVALID_ALGORITHM),      N(BAD_SIGNATURE),
+        N(WRONG_KEY_USAGE),        N(NO_CLIENT_AUTH),         N(IO),
+        N(X509_INVALID_VALUE),     N(X509_TRUNCATED),         N(X509_EMPTY_CHAIN),
+        N(X509_INNER_TRUNC),       N(X509_BAD_TAG_CLASS),     N(X509_BAD_TAG_VALUE),
+        N(X509_INDEFINITE_LENGTH), N(X509_EXTRA_ELEMENT),     N(X509_UNEXPECTED),
+        N(X509_NOT_CONSTRUCTED),   N(X509_NOT_PRIMITIVE),     N(X509_PARTIAL_BYTE),
+        N(X509_BAD_BOOLEAN),       N(X509_OVERFLOW),          N(X509_BAD_DN),
+        N(X509_BAD_TIME),          N(X509_UNSUPPORTED),       N(X509_LIMIT_EXCEEDED),
+        N(X509_WRONG_KEY_TYPE),    N(X509_BAD_SIGNATURE),     N(X509_TIME_UNKNOWN),
+        N(X509_EXPIRED),           N(X509_DN_MISMATCH),       N(X509_BAD_SERVER_NAME),
+        N(X509_CRITICAL_EXTENSION), N(X509_NOT_CA),           N(X509_FORBIDDEN_KEY_USAGE),
+        N(X509_WEAK_PUBLIC_KEY),   N(X509_NOT_TRUSTED),
     };
 #undef N
 
@@ -691,40 +637,55 @@ static const char *tls_err_name(int err)
 /* RFC 8446 name of a TLS alert number ("protocol_version"). */
 static const char *tls_alert_name(int alert)
 {
-    switch (alert) {
-    case 0: return "close_notify";
-    case 10: return "unexpected_message";
-    case 20: return "bad_record_mac";
-    case 22: return "record_overflow";
-    case 40: return "handshake_failure";
-    case 42: return "bad_certificate";
-    case 43: return "unsupported_certificate";
-    case 44: return "certificate_revoked";
-    case 45: return "certificate_expired";
-    case 46: return "certificate_unknown";
-    case 47: return "illegal_parameter";
-    case 48: return "unknown_ca";
-    case 49: return "access_denied";
-    case 50: return "decode_error";
-    case 51: return "decrypt_error";
-    case 70: return "protocol_version";
-    case 71: return "insufficient_security";
-    case 80: return "internal_error";
-    case 86: return "inappropriate_fallback";
-    case 90: return "user_canceled";
-    case 100: return "no_renegotiation";
-    case 109: return "missing_extension";
-    case 110: return "unsupported_extension";
-    case 112: return "unrecognized_name";
-    case 116: return "certificate_required";
-    case 120: return "no_application_protocol";
-    default: return "unknown alert";
-    }
+    static const char *const names[] = {
+        [0] = "close_notify",              [10] = "unexpected_message",
+        [20] = "bad_record_mac",           [22] = "record_overflow",
+        [40] = "handshake_failure",        [42] = "bad_certificate",
+        [43] = "unsupported_certificate",  [44] = "certificate_revoked",
+        [45] = "certificate_expired",      [46] = "certificate_unknown",
+        [47] = "illegal_parameter",        [48] = "unknown_ca",
+        [49] = "access_denied",            [50] = "decode_error",
+        [51] = "decrypt_error",            [70] = "protocol_version",
+        [71] = "insufficient_security",    [80] = "internal_error",
+        [86] = "inappropriate_fallback",   [90] = "user_canceled",
+        [100] = "no_renegotiation",        [109] = "missing_extension",
+        [110] = "unsupported_extension",   [112] = "unrecognized_name",
+        [116] = "certificate_required",    [120] = "no_application_protocol",
+    };
+
+    if (alert >= 0 && (size_t)alert < sizeof names / sizeof names[0] && names[alert])
+        return names[alert];
+    return "unknown alert";
 }
 
 int tls_error(struct lerr *e, int br_err, const char *host)
 {
-    const char *name = tls_err_name(br_err);
+    /* The errors a user meets and can act on say what happened; the first row whose range
+     * holds br_err wins, and the last holds them all. */
+    static const struct {
+        int lo, hi;
+        enum lerr_kind kind;
+        const char *before, *after;  /* around the host */
+    } said[] = {
+        { BR_ERR_X509_NOT_TRUSTED, BR_ERR_X509_NOT_TRUSTED, LERR_TLS_UNTRUSTED,
+          "certificate for ", " is not trusted: no known CA issued it" },
+        { BR_ERR_X509_BAD_SERVER_NAME, BR_ERR_X509_BAD_SERVER_NAME, LERR_TLS_NAME,
+          "certificate presented by ", " is not valid for that host" },
+        { BR_ERR_X509_EXPIRED, BR_ERR_X509_EXPIRED, LERR_TLS_UNTRUSTED,
+          "certificate for ", " has expired or is not yet valid" },
+        { BR_ERR_UNSUPPORTED_VERSION, BR_ERR_UNSUPPORTED_VERSION, LERR_TLS,
+          "TLS with ", " failed: the server does not speak TLS 1.2" },
+        { BR_ERR_BAD_CIPHER_SUITE, BR_ERR_BAD_CIPHER_SUITE, LERR_TLS,
+          "TLS with ", " failed: no common cipher suite" },
+        { BR_ERR_X509_LIMIT_EXCEEDED, BR_ERR_X509_LIMIT_EXCEEDED, LERR_TLS,
+          "TLS with ", " failed" },
+        /* A certificate refused for what it says (its signature, key, usage, extensions...),
+         * save one too big for BearSSL to hold (the row above). */
+        { BR_ERR_X509_UNSUPPORTED, BR_ERR_X509_WEAK_PUBLIC_KEY, LERR_TLS_UNTRUSTED,
+          "certificate for ", " is rejected" },
+        { INT_MIN, INT_MAX, LERR_TLS, "TLS with ", " failed" },
+    };
+    size_t i = 0;
 
     if (br_err >= BR_ERR_SEND_FATAL_ALERT) {
         int a = br_err - BR_ERR_SEND_FATAL_ALERT;
@@ -736,38 +697,8 @@ int tls_error(struct lerr *e, int br_err, const char *host)
         return lerr_set(e, LERR_TLS_ALERT, "%s sent TLS alert %d (%s)", host, a,
                         tls_alert_name(a));
     }
-    switch (br_err) {
-    case BR_ERR_X509_NOT_TRUSTED:
-        return lerr_set(e, LERR_TLS_UNTRUSTED,
-                        "certificate for %s is not trusted (BearSSL error %d: %s): no known CA "
-                        "issued it",
-                        host, br_err, name);
-    case BR_ERR_X509_BAD_SERVER_NAME:
-        return lerr_set(e, LERR_TLS_NAME,
-                        "certificate presented by %s is not valid for that host "
-                        "(BearSSL error %d: %s)",
-                        host, br_err, name);
-    case BR_ERR_X509_EXPIRED:
-        return lerr_set(e, LERR_TLS_UNTRUSTED,
-                        "certificate for %s has expired or is not yet valid "
-                        "(BearSSL error %d: %s)",
-                        host, br_err, name);
-    case BR_ERR_UNSUPPORTED_VERSION:
-        return lerr_set(e, LERR_TLS,
-                        "TLS with %s failed: the server does not speak TLS 1.2 "
-                        "(BearSSL error %d: %s)",
-                        host, br_err, name);
-    case BR_ERR_BAD_CIPHER_SUITE:
-        return lerr_set(e, LERR_TLS,
-                        "TLS with %s failed: no common cipher suite (BearSSL error %d: %s)",
-                        host, br_err, name);
-    }
-    /* From UNSUPPORTED to WEAK_PUBLIC_KEY, a certificate refused for what it says (its
-     * signature, key, usage, extensions...), save one too big for BearSSL to hold. */
-    if (br_err >= BR_ERR_X509_UNSUPPORTED && br_err <= BR_ERR_X509_WEAK_PUBLIC_KEY &&
-        br_err != BR_ERR_X509_LIMIT_EXCEEDED)
-        return lerr_set(e, LERR_TLS_UNTRUSTED,
-                        "certificate for %s is rejected (BearSSL error %d: %s)", host, br_err,
-                        name);
-    return lerr_set(e, LERR_TLS, "TLS with %s failed (BearSSL error %d: %s)", host, br_err, name);
+    while (br_err < said[i].lo || br_err > said[i].hi)
+        i++;
+    return lerr_set(e, said[i].kind, "%s%s%s (BearSSL error %d: %s)", said[i].before, host,
+                    said[i].after, br_err, tls_err_name(br_err));
 }

@@ -905,6 +905,20 @@ static void test_chunked_empty_input(void **state)
     assert_int_equal(c, 'x');
 }
 
+/* The token syntax the client checks its methods and header names with: the same table
+ * the parser reads field names with. */
+static void test_is_token(void **state)
+{
+    static const char *const good[] = { "GET", "X-Amz-Target", "a", "!#$%&'*+-.^_`|~09AZaz" };
+    static const char *const bad[] = { "", "X Y", "X:", "\x7f", "caf\xc3\xa9", "a\tb", "(x)",
+                                       "a/b", "a\"b", "a@b", "[x]", "{x}", "a,b", "a;b" };
+
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        assert_true(httpresp_is_token(good[i]));
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(httpresp_is_token(bad[i]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -922,6 +936,7 @@ int main(void)
         cmocka_unit_test(test_chunked_error_keeps_decoded_output),
         cmocka_unit_test(test_chunked_cap_zero),
         cmocka_unit_test(test_chunked_empty_input),
+        cmocka_unit_test(test_is_token),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
