@@ -213,13 +213,36 @@ static int json_scalar(struct json *j, int c)
     return json_fail(j, j->p, "unexpected character");
 }
 
+/* A member name into key[0..cap) ("" when it does not fit or holds a NUL: see json.h).
+ * Names are mostly short and plain: those are copied as they are, without decoding. */
+static int json_key(struct json *j, char *key, size_t cap)
+{
+    const unsigned char *q = j->p + 1;
+    size_t n;
+
+    while (q < j->end && (size_t)(q - j->p) < cap && *q >= 0x20 && *q < 0x80 && *q != '"' &&
+           *q != '\\')
+        q++;
+    if (q < j->end && *q == '"' && key) {
+        n = (size_t)(q - j->p - 1);
+        memcpy(key, j->p + 1, n);
+        key[n] = '\0';
+        j->p = q + 1;
+        return 0;
+    }
+    if (json_string(j, key, cap, &n) < 0)
+        return -1;
+    if (key && (n >= cap || strlen(key) != n))
+        key[0] = '\0';
+    return 0;
+}
+
 /* Inside an object or array, just after its opening bracket (first) or after a value:
  * 1 when a value comes next (an object's member name and colon read, the name into key
  * when key is not NULL), 0 after the closing bracket, -1. */
 static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
 {
     int c = json_peek(j);
-    size_t n;
 
     if (c == (obj ? '}' : ']')) {
         j->p++;
@@ -236,10 +259,8 @@ static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
     c = json_peek(j);
     if (c != '"')
         return json_fail(j, j->p, c == -1 ? "unexpected end" : "expected a string key");
-    if (json_string(j, key, cap, &n) < 0)
+    if (json_key(j, key, cap) < 0)
         return -1;
-    if (key && (n >= cap || strlen(key) != n))
-        key[0] = '\0';
     if (json_peek(j) != ':')
         return json_fail(j, j->p, "expected ':'");
     j->p++;
@@ -260,6 +281,18 @@ static int json_open(struct json *j, int *state, int open, char *key, size_t cap
 int json_member(struct json *j, int *state, char *key, size_t cap)
 {
     return json_open(j, state, '{', key, cap);
+}
+
+int json_member_of(struct json *j, int *state, const char *const *names, size_t n, int *which)
+{
+    char key[64];
+    int r = json_member(j, state, key, sizeof key);
+
+    *which = -1;
+    for (size_t i = 0; r > 0 && i < n && *which < 0; i++)
+        if (key[0] == names[i][0] && strcmp(key, names[i]) == 0)
+            *which = (int)i;
+    return r;
 }
 
 int json_element(struct json *j, int *state)

@@ -567,10 +567,10 @@ static int rx_fail(struct rx *x)
                     x->j.err_at);
 }
 
-/* The next member (key not NULL) or element, as json_member and json_element. */
-static int rx_next(struct rx *x, int *state, char *key, size_t cap)
+/* The next member (names not NULL) or element, as json_member_of and json_element. */
+static int rx_next(struct rx *x, int *state, const char *const *names, size_t n, int *which)
 {
-    int r = key ? json_member(&x->j, state, key, cap) : json_element(&x->j, state);
+    int r = names ? json_member_of(&x->j, state, names, n, which) : json_element(&x->j, state);
 
     return r < 0 ? rx_fail(x) : r;
 }
@@ -653,15 +653,16 @@ static int sqs_string_type(const char *type)
 static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const char *name,
                         const char **out)
 {
-    char key[16], type[48] = "";
+    static const char *const names[] = { "DataType", "StringValue" };
+    char type[48] = "";
     const char *value = NULL;
     size_t value_len = 0, n;
-    int state = 0, r, has_type = 0;
+    int state = 0, r, k, has_type = 0;
 
     *out = NULL;
     r = rx_optional(x, '{', index, "MessageAttributes value");
-    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "DataType") == 0) {
+    while (r > 0 && (r = rx_next(x, &state, names, 2, &k)) > 0) {
+        if (k == 0) {
             if ((has_type = rx_optional(x, '"', index, "MessageAttributes DataType")) < 0)
                 return -1;
             if (has_type && json_string(&x->j, type, sizeof type, &n) < 0)
@@ -670,7 +671,7 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
                 memcpy(type + sizeof type - 4, "...", 4);
             else if (has_type && strlen(type) != n)  /* "String\u0000" is no String */
                 memcpy(type, "(a type holding NUL)", 21);
-        } else if (strcmp(key, "StringValue") == 0) {
+        } else if (k == 1) {
             if (rx_keep_member(x, index, "MessageAttributes StringValue", &value,
                                &value_len) < 0)
                 return -1;
@@ -698,15 +699,11 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
 static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     const char **slots[] = { &m->image, &m->size, &m->command };
-    char key[16];
-    int state = 0, r = rx_optional(x, '{', index, "MessageAttributes");
+    int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes");
 
-    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
-        size_t i;
-        for (i = 0; i < 3 && strcmp(key, sqs_attr_names[i]) != 0; i++)
-            ;
-        if (i < 3 ? rx_attribute(x, index, m, sqs_attr_names[i], slots[i]) < 0
-                  : rx_skip(x) < 0)
+    while (r > 0 && (r = rx_next(x, &state, sqs_attr_names, 3, &k)) > 0) {
+        if (k >= 0 ? rx_attribute(x, index, m, sqs_attr_names[k], slots[k]) < 0
+                   : rx_skip(x) < 0)
             return -1;
     }
     return r;
@@ -729,13 +726,14 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
 
 static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
-    char key[32], count[24];
+    static const char *const names[] = { "ApproximateReceiveCount" };
+    char count[24];
     size_t n;
     long v;
-    int state = 0, r = rx_optional(x, '{', index, "Attributes");
+    int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
 
-    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "ApproximateReceiveCount") == 0 && json_peek(&x->j) == '"') {
+    while (r > 0 && (r = rx_next(x, &state, names, 1, &k)) > 0) {
+        if (k == 0 && json_peek(&x->j) == '"') {
             if (json_string(&x->j, count, sizeof count, &n) < 0)
                 return rx_fail(x);
             v = sqs_parse_count(count, n, 18);
@@ -779,32 +777,29 @@ static void sqs_check_md5(struct sqs_message *m)
 
 static int rx_message(struct rx *x, int index, struct sqs_message *m)
 {
-    char key[32];
-    int state = 0, r, lone = 0;
+    /* The strings first, in the order of strings[]. */
+    static const char *const names[] = { "MessageId", "ReceiptHandle", "MD5OfBody", "Body",
+                                         "Attributes", "MessageAttributes" };
+    const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
+    int state = 0, r, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
         return rx_skip(x);
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
-    while ((r = rx_next(x, &state, key, sizeof key)) > 0) {
+    while ((r = rx_next(x, &state, names, 6, &k)) > 0) {
         unsigned lone_before = x->j.lone;
 
-        if (strcmp(key, "MessageId") == 0)
-            r = rx_keep_member(x, index, key, &m->message_id, NULL);
-        else if (strcmp(key, "ReceiptHandle") == 0)
-            r = rx_keep_member(x, index, key, &m->receipt_handle, NULL);
-        else if (strcmp(key, "Body") == 0) {
-            r = rx_keep_member(x, index, key, &m->body, &m->body_len);
-            lone = x->j.lone != lone_before;
-        }
-        else if (strcmp(key, "MD5OfBody") == 0)
-            r = rx_keep_member(x, index, key, &m->md5_of_body, NULL);
-        else if (strcmp(key, "Attributes") == 0)
+        if (k >= 0 && k < 4)
+            r = rx_keep_member(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
+        else if (k == 4)
             r = rx_system_attributes(x, index, m);
-        else if (strcmp(key, "MessageAttributes") == 0)
+        else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
             r = rx_skip(x);
+        if (k == 3)
+            lone = x->j.lone != lone_before;
         if (r < 0)
             return -1;
     }
@@ -829,7 +824,7 @@ static int rx_messages(struct rx *x, struct sqs_batch *b)
 {
     int state = 0, r = rx_optional(x, '[', -1, "Messages");
 
-    while (r > 0 && (r = rx_next(x, &state, NULL, 0)) > 0) {
+    while (r > 0 && (r = rx_next(x, &state, NULL, 0, NULL)) > 0) {
         if (b->count == SQS_MAX_MESSAGES)
             return lerr_set(x->e, LERR_MALFORMED, RX ": more than %d messages",
                             SQS_MAX_MESSAGES);
@@ -849,9 +844,9 @@ void sqs_batch_free(struct sqs_batch *b)
 int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct lerr *e)
 {
     size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
+    static const char *const names[] = { "Messages" };
     struct rx x;
-    char key[16];
-    int state = 0, r;
+    int state = 0, k, r;
 
     memset(b, 0, sizeof *b);
     if (len > SIZE_MAX - msgs - 1)
@@ -873,8 +868,8 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
                      start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
         goto out;
     }
-    while ((r = rx_next(&x, &state, key, sizeof key)) > 0) {
-        r = strcmp(key, "Messages") == 0 ? rx_messages(&x, b) : rx_skip(&x);
+    while ((r = rx_next(&x, &state, names, 1, &k)) > 0) {
+        r = k == 0 ? rx_messages(&x, b) : rx_skip(&x);
         if (r < 0)
             goto out;
     }
@@ -1178,29 +1173,21 @@ static void sqs_entry_why(const struct sqs_batch_ops *o, void *entries, size_t i
             message);
 }
 
-/* Entries are named by their index in the caller's array, so an answer maps straight
- * back to its entry, and retries of a subset keep their names. */
-static void sqs_entry_id(size_t i, char out[24])
-{
-    snprintf(out, 24, "m%zu", i);
-}
+/* Entries are named by their index in the caller's array ("m0".."m9": at most 10), so an
+ * answer maps straight back to its entry, and retries of a subset keep their names. */
+_Static_assert(SQS_MAX_MESSAGES <= 10, "entry ids are one digit");
 
-/* "m<index>" of an entry that was sent (still pending), else -1. */
+/* "m<index>" of an entry that was sent (still pending), else -1 ("m01" is not m1). */
 static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
                             const void *entries, size_t n)
 {
     const char *id = cJSON_IsObject(item) ? sqs_json_string(item, "Id") : NULL;
-    char want[24];
-    char *end;
-    long i;
+    size_t i;
 
-    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9')
+    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9' || id[2])
         return -1;
-    i = strtol(id + 1, &end, 10);
-    if (*end || i < 0 || (size_t)i >= n || *sqs_status(o, entries, (size_t)i) != SQS_ENTRY_PENDING)
-        return -1;
-    sqs_entry_id((size_t)i, want);
-    return strcmp(id, want) == 0 ? i : -1;  /* "m01" is not m1 */
+    i = (size_t)(id[1] - '0');
+    return i < n && *sqs_status(o, entries, i) == SQS_ENTRY_PENDING ? (long)i : -1;
 }
 
 /* --- what differs: receipt handles ------------------------------------------------- */
@@ -1337,14 +1324,12 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
     sb_queue(&b, queue_url);
     json_buf_lit(&b, ",\"Entries\":[");
     for (size_t i = 0, k = 0; i < n; i++) {
-        char id[24];
+        char id[] = { 'm', (char)('0' + i), '"', '\0' };
 
         if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
             continue;
-        sqs_entry_id(i, id);
         json_buf_lit(&b, k++ ? ",{\"Id\":\"" : "{\"Id\":\"");
         json_buf_lit(&b, id);
-        json_buf_lit(&b, "\"");
         o->put(o, &b, sqs_field(o, entries, i, 0));
         json_buf_lit(&b, "}");
     }
