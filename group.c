@@ -155,6 +155,8 @@ static int command_equal(const char *a, const char *b)
     struct json x, y;
     int sx = 0, sy = 0;
 
+    if (strcmp(a, b) == 0)  /* the usual case: the same text, sent by the same producer */
+        return 1;
     json_init(&x, a, strlen(a));
     json_init(&y, b, strlen(b));
     for (;;) {

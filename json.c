@@ -218,15 +218,19 @@ static int json_scalar(struct json *j, int c)
 static int json_key(struct json *j, char *key, size_t cap)
 {
     const unsigned char *q = j->p + 1;
-    size_t n;
+    size_t limit = key ? cap : SIZE_MAX, n;
 
-    while (q < j->end && (size_t)(q - j->p) < cap && *q >= 0x20 && *q < 0x80 && *q != '"' &&
+    while (j->end - q >= 8 && (size_t)(q - j->p) + 8 <= limit && json_plain8(q))
+        q += 8;
+    while (q < j->end && (size_t)(q - j->p) < limit && *q >= 0x20 && *q < 0x80 && *q != '"' &&
            *q != '\\')
         q++;
-    if (q < j->end && *q == '"' && key) {
+    if (q < j->end && *q == '"') {
         n = (size_t)(q - j->p - 1);
-        memcpy(key, j->p + 1, n);
-        key[n] = '\0';
+        if (key) {
+            memcpy(key, j->p + 1, n);
+            key[n] = '\0';
+        }
         j->p = q + 1;
         return 0;
     }
