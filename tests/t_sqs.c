@@ -624,6 +624,16 @@ static const struct {
       "SQS ReceiveMessage answer: message id-1 has no Body" },
     { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":\"r\",\"Body\\u0000\":\"b\"}]}",
       "message id-1 has no Body" },
+    /* names read in place: one longer than any wanted name is none of them, whatever it
+     * starts with; a name is checked like any string */
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":\"r\",\"Body"
+      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\":\"b\"}]}",
+      "message id-1 has no Body" },
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"Body\nx\":\"b\"}]}",
+      "control character in string at byte 38" },
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"Body", "unexpected end at byte 38" },
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"Body\":5}]}",
+      "Messages[0].Body is not a string" },
     { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":\"r\",\"Body\":5}]}",
       "Messages[0].Body is not a string" },
     { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":true,\"Body\":\"b\"}]}",
