@@ -26,6 +26,8 @@
 /* The long poll itself may take wait_seconds; this much more covers the round trip. */
 #define SQS_RECEIVE_SLACK_MS 10000
 
+struct sqs_batch_ops;
+
 static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS_ATTR_COMMAND };
 
 /* ======================================================================================
@@ -72,15 +74,6 @@ static void sb_queue(struct json_buf *b, const char *queue_url)
     json_buf_string(b, queue_url, strlen(queue_url));
 }
 
-/* ,"key":v */
-static void sb_int(struct json_buf *b, const char *key, int v)
-{
-    char num[64];
-
-    snprintf(num, sizeof num, ",\"%s\":%d", key, v);
-    json_buf_lit(b, num);
-}
-
 /* ,"key":["name",...] */
 static void sb_names(struct json_buf *b, const char *key, const char *const *names, size_t n)
 {
@@ -123,7 +116,7 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     sb_queue(&b, queue_url);
     for (size_t i = 0; i < 3; i++)
         if (nums[i].value >= 0)
-            sb_int(&b, nums[i].name, nums[i].value);
+            json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
     sb_names(&b, "MessageAttributeNames", sqs_attr_names, 3);
     sb_names(&b, "MessageSystemAttributeNames", system_attrs, 1);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
@@ -255,16 +248,13 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
 
 int sqs_api_error_set(struct lerr *e, const char *operation, const struct sqs_api_error *ae)
 {
-    if (ae->code[0] && ae->message[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s: %s (HTTP %d)", operation, ae->code,
-                        ae->message, ae->status);
+    const char *colon = ae->message[0] ? ": " : "";
+
     if (ae->code[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s (HTTP %d)", operation, ae->code,
-                        ae->status);
-    if (ae->message[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d: %s", operation, ae->status,
-                        ae->message);
-    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d", operation, ae->status);
+        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", operation, ae->code,
+                        colon, ae->message, ae->status);
+    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", operation, ae->status, colon,
+                    ae->message);
 }
 
 /* ======================================================================================
@@ -290,26 +280,19 @@ unsigned sqs_backoff_ms(unsigned attempt, unsigned base_ms, unsigned cap_ms, uin
     return (unsigned)(sqs_rng_next(rng) % ((uint64_t)ceiling + 1));
 }
 
-static uint64_t sqs_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 int sqs_sleep(int cancel_fd, unsigned ms, struct lerr *e)
 {
-    uint64_t deadline = sqs_now_ms() + ms;
+    double deadline = metrics_clock() + ms / 1000.0;
 
     for (;;) {
         struct pollfd pfd = { cancel_fd, POLLIN, 0 };
-        uint64_t now = sqs_now_ms();
+        double left = deadline - metrics_clock();
         int r;
 
-        if (now >= deadline)
+        if (left <= 0)
             return 0;
-        r = poll(cancel_fd >= 0 ? &pfd : NULL, cancel_fd >= 0 ? 1 : 0, (int)(deadline - now));
+        /* rounded up: a wait cut to 0 ms would spin */
+        r = poll(cancel_fd >= 0 ? &pfd : NULL, cancel_fd >= 0 ? 1 : 0, (int)(left * 1000) + 1);
         if (r > 0)
             return lerr_set(e, LERR_CANCELLED, "cancelled while waiting to retry");
         if (r < 0 && errno != EINTR)
@@ -956,8 +939,9 @@ static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
 }
 
 /* ,"MessageBody":...,"MessageAttributes":{...} of one entry. */
-static void sb_message(struct json_buf *b, const struct sqs_send_entry *en)
+static void sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
 {
+    const struct sqs_send_entry *en = entry;
     const char *values[3] = { en->image, en->size, en->command };
     int first = 1;
 
@@ -989,7 +973,7 @@ char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, s
         return NULL;
     }
     sb_queue(&b, queue_url);
-    sb_message(&b, en);
+    sb_message(NULL, &b, en);
     json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
@@ -1142,7 +1126,6 @@ struct sqs_batch_ops {
     int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
     void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
     void (*accepted)(void *entry, const cJSON *item);
-    void (*label)(const void *entries, size_t i, char *out, size_t cap);
 };
 
 static char *sqs_field(const struct sqs_batch_ops *o, const void *entries, size_t i, size_t at)
@@ -1164,6 +1147,18 @@ static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size
     for (size_t i = 0; i < n; i++)
         k += *sqs_status(o, entries, i) == s;
     return k;
+}
+
+/* How log lines and errors name an entry: its message, or its place in the batch. */
+static void sqs_label(const struct sqs_batch_ops *o, const void *entries, size_t i, char *out,
+                      size_t cap)
+{
+    const char *id = o->receipts ? ((const struct sqs_entry *)entries)[i].message_id : NULL;
+
+    if (o->receipts)
+        snprintf(out, cap, "message %s", id ? id : "(unnamed)");
+    else
+        snprintf(out, cap, "entry %zu", i);
 }
 
 static void sqs_entry_why(const struct sqs_batch_ops *o, void *entries, size_t i,
@@ -1222,19 +1217,12 @@ static void sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const 
     json_buf_lit(b, ",\"ReceiptHandle\":");
     json_buf_string(b, en->receipt_handle, strlen(en->receipt_handle));
     if (o->op == SQS_OP_CHANGE_VISIBILITY)
-        sb_int(b, "VisibilityTimeout", en->visibility_timeout);
+        json_buf_fmt(b, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
 }
 
 static void sqs_receipt_done(void *entry, const cJSON *item)
 {
     ((struct sqs_entry *)entry)->status = SQS_ENTRY_OK;
-}
-
-static void sqs_receipt_label(const void *entries, size_t i, char *out, size_t cap)
-{
-    const char *id = ((const struct sqs_entry *)entries)[i].message_id;
-
-    snprintf(out, cap, "message %s", id ? id : "(unnamed)");
 }
 
 /* The receipt handle no longer names a message in flight: it was received again (so it
@@ -1258,11 +1246,6 @@ static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size
     return 0;
 }
 
-static void sb_send(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
-{
-    sb_message(b, entry);
-}
-
 static void sqs_send_done(void *entry, const cJSON *item)
 {
     sqs_send_accepted(entry, sqs_json_string(item, "MessageId"),
@@ -1270,16 +1253,11 @@ static void sqs_send_done(void *entry, const cJSON *item)
                       sqs_json_string(item, "MD5OfMessageAttributes"));
 }
 
-static void sqs_send_label(const void *entries, size_t i, char *out, size_t cap)
-{
-    snprintf(out, cap, "entry %zu", i);
-}
-
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
     { opname, "SQS batch answer", which, 1, sizeof(struct sqs_entry),                       \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
       offsetof(struct sqs_entry, message), NULL, sqs_receipt_reset, sqs_receipt_check,      \
-      sb_receipt, sqs_receipt_done, sqs_receipt_label }
+      sb_receipt, sqs_receipt_done }
 
 static const struct sqs_batch_ops sqs_receipt_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
@@ -1291,7 +1269,7 @@ static const struct sqs_batch_ops sqs_send_ops = {
     "SendMessageBatch", "SQS SendMessageBatch answer", 0, 0, sizeof(struct sqs_send_entry),
     offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),
     offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_reset,
-    sqs_send_check, sb_send, sqs_send_done, sqs_send_label,
+    sqs_send_check, sb_message, sqs_send_done,
 };
 
 /* --- the request ------------------------------------------------------------------- */
@@ -1497,7 +1475,7 @@ static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, 
             sqs_entry_why(o, entries, i, "NotReported", "the answer did not mention this entry");
         if (s != SQS_ENTRY_STALE || !sent[i])
             continue;
-        o->label(entries, i, label, sizeof label);
+        sqs_label(o, entries, i, label, sizeof label);
         log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
                  "again or is no longer in flight", o->name, label,
                  sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
@@ -1512,7 +1490,7 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_
     size_t i = sqs_first(o, entries, n, s);
     char label[160];
 
-    o->label(entries, i, label, sizeof label);
+    sqs_label(o, entries, i, label, sizeof label);
     return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name,
                     sqs_count(o, entries, n, s), n, what, label,
                     sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
