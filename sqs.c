@@ -151,26 +151,6 @@ int sqs_code_retryable(const char *code)
     return 0;
 }
 
-/* "com.amazon.coral.service#SignatureDoesNotMatch:http://internal..." and
- * "AWS.SimpleQueueService.NonExistentQueue" both name just the code. */
-static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
-{
-    static const char legacy[] = "AWS.SimpleQueueService.";
-    const char *end = s + len, *p;
-
-    if ((p = memchr(s, ':', len)))
-        end = p;
-    for (p = s; p < end; p++)
-        if (*p == '#')
-            s = p + 1;
-    if ((size_t)(end - s) > sizeof legacy - 1 && memcmp(s, legacy, sizeof legacy - 1) == 0)
-        s += sizeof legacy - 1;
-    len = (size_t)(end - s) < cap - 1 ? (size_t)(end - s) : cap - 1;
-    for (size_t i = 0; i < len; i++)
-        out[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
-    out[len] = '\0';
-}
-
 /* Text for a person: control bytes (newlines of an HTML page) become spaces. */
 static void sqs_set_text(char *out, size_t cap, const char *s, size_t len)
 {
@@ -187,6 +167,23 @@ static void sqs_set_text(char *out, size_t cap, const char *s, size_t len)
     while (n > 0 && out[n - 1] == ' ')
         n--;
     out[n] = '\0';
+}
+
+/* "com.amazon.coral.service#SignatureDoesNotMatch:http://internal..." and
+ * "AWS.SimpleQueueService.NonExistentQueue" both name just the code. */
+static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char legacy[] = "AWS.SimpleQueueService.";
+    const char *end = s + len, *p;
+
+    if ((p = memchr(s, ':', len)))
+        end = p;
+    for (p = s; p < end; p++)
+        if (*p == '#')
+            s = p + 1;
+    if ((size_t)(end - s) > sizeof legacy - 1 && memcmp(s, legacy, sizeof legacy - 1) == 0)
+        s += sizeof legacy - 1;
+    sqs_set_text(out, cap, s, (size_t)(end - s));
 }
 
 /* Every entry type keeps SQS's words in fields of these sizes. */

@@ -800,6 +800,8 @@ static const struct err_case {
       "SQS ReceiveMessage failed: HTTP 400: \"oops\"" },
     { "object without code or message", 400, NULL, NULL, "{\"x\":1}", "", "", 0,
       "SQS ReceiveMessage failed: HTTP 400" },
+    { "a code in a header, spaced out", 400, " Throttling\r\n", NULL, "", "Throttling", "", 1,
+      "SQS ReceiveMessage failed: Throttling (HTTP 400)" },
     { "control characters in message", 400, NULL, NULL,
       "{\"__type\":\"X\",\"message\":\"line1\\nline2\\u0000\"}", "X", "line1 line2", 0, NULL },
     { "clock skew is not retried", 400, NULL, NULL,
