@@ -122,6 +122,9 @@ int json_string(struct json *j, char *out, size_t cap, size_t *len)
 
         while (j->end - p >= 8 && json_plain8(p))
             p += 8;
+        /* at most 7 plain bytes before what stopped the eight-byte test */
+        while (p < j->end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+            p++;
         if (p == j->end)
             return json_fail(j, p, "unterminated string");
         c = *p;
@@ -135,7 +138,7 @@ int json_string(struct json *j, char *out, size_t cap, size_t *len)
             run = p;
         } else if (c < 0x20) {
             return json_fail(j, p, "control character in string");
-        } else if (c < 0x80 || j->lenient) {
+        } else if (j->lenient) {
             p++;
         } else if ((m = text_utf8_next(p, (size_t)(j->end - p), &cp))) {
             p += m;
@@ -214,40 +217,13 @@ static int json_scalar(struct json *j, int c)
     return json_fail(j, j->p, "unexpected character");
 }
 
-/* A member name into key[0..cap) ("" when it does not fit or holds a NUL: see json.h).
- * Names are mostly short and plain: those are copied as they are, without decoding. */
-static int json_key(struct json *j, char *key, size_t cap)
-{
-    const unsigned char *q = j->p + 1;
-    size_t limit = key ? cap : SIZE_MAX, n;
-
-    while (j->end - q >= 8 && (size_t)(q - j->p) + 8 <= limit && json_plain8(q))
-        q += 8;
-    while (q < j->end && (size_t)(q - j->p) < limit && *q >= 0x20 && *q < 0x80 && *q != '"' &&
-           *q != '\\')
-        q++;
-    if (q < j->end && *q == '"') {
-        n = (size_t)(q - j->p - 1);
-        if (key) {
-            memcpy(key, j->p + 1, n);
-            key[n] = '\0';
-        }
-        j->p = q + 1;
-        return 0;
-    }
-    if (json_string(j, key, cap, &n) < 0)
-        return -1;
-    if (key && (n >= cap || strlen(key) != n))
-        key[0] = '\0';
-    return 0;
-}
-
 /* Inside an object or array, just after its opening bracket (first) or after a value:
  * 1 when a value comes next (an object's member name and colon read, the name into key
  * when key is not NULL), 0 after the closing bracket, -1. */
 static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
 {
     int c = json_peek(j);
+    size_t n;
 
     if (c == (obj ? '}' : ']')) {
         j->p++;
@@ -264,8 +240,10 @@ static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
     c = json_peek(j);
     if (c != '"')
         return json_fail(j, j->p, c == -1 ? "unexpected end" : "expected a string key");
-    if (json_key(j, key, cap) < 0)
+    if (json_string(j, key, cap, &n) < 0)
         return -1;
+    if (key && (n >= cap || strlen(key) != n))
+        key[0] = '\0';
     if (json_peek(j) != ':')
         return json_fail(j, j->p, "expected ':'");
     j->p++;
