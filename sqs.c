@@ -28,7 +28,8 @@
 
 struct sqs_batch_ops;
 
-static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS_ATTR_COMMAND };
+/* The message attributes lambdo asks for. */
+static const char *const sqs_attr_names[] = { "image", "size", "command" };
 
 /* ======================================================================================
  * Request bodies, written by hand
@@ -991,7 +992,7 @@ static void sqs_md5_field(br_md5_context *ctx, const char *s)
 void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
 {
     /* sqs_attr_names in byte order: command, image, size */
-    const char *names[3] = { SQS_ATTR_COMMAND, SQS_ATTR_IMAGE, SQS_ATTR_SIZE };
+    const char *names[3] = { "command", "image", "size" };
     const char *values[3] = { en->command, en->image, en->size };
     unsigned char sum[br_md5_SIZE], one = 1;
     br_md5_context ctx;
