@@ -457,11 +457,17 @@ static int sqs_call_retry(struct sqs_client *c, const char *op, char *body, size
     return r;
 }
 
-/* An answer that cannot be read: the call failed, and trying again would not help. */
-static void sqs_unreadable(struct sqs_client *c, int status, const struct lerr *e)
+/* Frees the answer, once read: r is what reading it returned. An answer that cannot be
+ * read fails the call, and trying again would not help. */
+static int sqs_answer_read(struct sqs_client *c, struct http_response *resp, int r,
+                           const struct lerr *e)
 {
-    sqs_note_local(c, e, 0);
-    c->last_error.status = status;
+    if (r < 0) {
+        sqs_note_local(c, e, 0);
+        c->last_error.status = resp->status;
+    }
+    http_response_free(resp);
+    return r;
 }
 
 static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
@@ -488,11 +494,7 @@ static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts 
     c->http->max_body = saved_max;
     if (r < 0)
         return -1;
-    r = sqs_parse_receive(resp.body, resp.body_len, b, e);
-    if (r < 0)
-        sqs_unreadable(c, resp.status, e);
-    http_response_free(&resp);
-    return r;
+    return sqs_answer_read(c, &resp, sqs_parse_receive(resp.body, resp.body_len, b, e), e);
 }
 
 int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
@@ -1085,12 +1087,8 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_send_request(c->queue_url, en, &len, e);
     r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts, &resp, e);
-    if (r == 0) {
-        r = sqs_parse_send_result(resp.body, resp.body_len, en, e);
-        if (r < 0)
-            sqs_unreadable(c, resp.status, e);
-        http_response_free(&resp);
-    }
+    if (r == 0)
+        r = sqs_answer_read(c, &resp, sqs_parse_send_result(resp.body, resp.body_len, en, e), e);
     if (r < 0) {
         en->status = SQS_ENTRY_FAILED;
         sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
@@ -1637,7 +1635,6 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     struct http_response resp;
     size_t len;
     char *body;
-    int r;
 
     memset(out, 0, sizeof *out);
     out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
@@ -1645,9 +1642,5 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     body = sqs_attributes_request(c->queue_url, &len, e);
     if (sqs_call_retry(c, "GetQueueAttributes", body, len, 0, c->receive_attempts, &resp, e) < 0)
         return -1;
-    r = sqs_parse_attributes(resp.body, resp.body_len, out, e);
-    if (r < 0)
-        sqs_unreadable(c, resp.status, e);
-    http_response_free(&resp);
-    return r;
+    return sqs_answer_read(c, &resp, sqs_parse_attributes(resp.body, resp.body_len, out, e), e);
 }
