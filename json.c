@@ -435,7 +435,7 @@ char *json_buf_room(struct json_buf *b, size_t n)
     return p + b->len;
 }
 
-void json_buf_put(struct json_buf *b, const char *s, size_t n)
+static void json_buf_put(struct json_buf *b, const char *s, size_t n)
 {
     char *p = json_buf_room(b, n);
 

@@ -105,7 +105,6 @@ struct json_buf {
 
 /* Room for n more bytes (and the NUL) at p + len, or NULL; len is the caller's to move. */
 char *json_buf_room(struct json_buf *b, size_t n);
-void json_buf_put(struct json_buf *b, const char *s, size_t n);
 void json_buf_lit(struct json_buf *b, const char *s);
 /* printf into the text, for short pieces (at most 255 bytes). */
 void json_buf_fmt(struct json_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
