@@ -1090,8 +1090,7 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
     if (r == 0)
         r = sqs_answer_read(c, &resp, sqs_parse_send_result(resp.body, resp.body_len, en, e), e);
     if (r < 0) {
-        en->status = SQS_ENTRY_FAILED;
-        sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
+        sqs_send_fail(en, sqs_call_code(c, e), e->msg);
         return -1;
     }
     if (en->status != SQS_ENTRY_OK) {
