@@ -88,14 +88,10 @@ int group_build(const struct event *events, size_t n, size_t events_per_machine,
 /* Size in bytes of the group's events file: "[" body "," body ... "]". */
 size_t group_events_json_len(const struct event *events, const struct group *g);
 
-/* Writes the events file into buf (capacity cap), the bodies byte for byte, and sets
- * *len. Not NUL-terminated. Returns 0, or -1 with LERR_TOO_LARGE when it needs more
- * than cap bytes (nothing is written then). */
-int group_events_json(const struct event *events, const struct group *g, char *buf,
-                      size_t cap, size_t *len, struct lerr *e);
-
-/* Same into a new buffer of at most max bytes (plus a NUL terminator not counted in
- * *len), which the caller frees with free(). LERR_TOO_LARGE over max, LERR_NOMEM. */
+/* Writes the events file, the bodies byte for byte, into a new buffer of at most max
+ * bytes (plus a NUL terminator not counted in *len), which the caller frees with free().
+ * Returns 0, or -1 with *out NULL and *len unchanged: LERR_TOO_LARGE over max,
+ * LERR_NOMEM. */
 int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
                             char **out, size_t *len, struct lerr *e);
 

@@ -66,6 +66,9 @@ int json_string(struct json *j, char *out, size_t cap, size_t *len);
  * so it matches no name) or element, p at its value; 0 after the closing bracket; -1. */
 int json_member(struct json *j, int *state, char *key, size_t cap);
 int json_element(struct json *j, int *state);
+/* json_member for a reader that wants only some names: *which is the member's name's index
+ * in names[0..n) (each shorter than 64 bytes), or -1 for any other name. */
+int json_member_of(struct json *j, int *state, const char *const *names, size_t n, int *which);
 
 /* 0 when s[0..len) is exactly one value with optional whitespace around it; else -1 with
  * *err_at and *why (each may be NULL) set as above. */
@@ -102,7 +105,6 @@ struct json_buf {
 
 /* Room for n more bytes (and the NUL) at p + len, or NULL; len is the caller's to move. */
 char *json_buf_room(struct json_buf *b, size_t n);
-void json_buf_put(struct json_buf *b, const char *s, size_t n);
 void json_buf_lit(struct json_buf *b, const char *s);
 /* printf into the text, for short pieces (at most 255 bytes). */
 void json_buf_fmt(struct json_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -26,7 +26,10 @@
 /* The long poll itself may take wait_seconds; this much more covers the round trip. */
 #define SQS_RECEIVE_SLACK_MS 10000
 
-static const char *const sqs_attr_names[] = { SQS_ATTR_IMAGE, SQS_ATTR_SIZE, SQS_ATTR_COMMAND };
+struct sqs_batch_ops;
+
+/* The message attributes lambdo asks for. */
+static const char *const sqs_attr_names[] = { "image", "size", "command" };
 
 /* ======================================================================================
  * Request bodies, written by hand
@@ -72,15 +75,6 @@ static void sb_queue(struct json_buf *b, const char *queue_url)
     json_buf_string(b, queue_url, strlen(queue_url));
 }
 
-/* ,"key":v */
-static void sb_int(struct json_buf *b, const char *key, int v)
-{
-    char num[64];
-
-    snprintf(num, sizeof num, ",\"%s\":%d", key, v);
-    json_buf_lit(b, num);
-}
-
 /* ,"key":["name",...] */
 static void sb_names(struct json_buf *b, const char *key, const char *const *names, size_t n)
 {
@@ -123,7 +117,7 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     sb_queue(&b, queue_url);
     for (size_t i = 0; i < 3; i++)
         if (nums[i].value >= 0)
-            sb_int(&b, nums[i].name, nums[i].value);
+            json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
     sb_names(&b, "MessageAttributeNames", sqs_attr_names, 3);
     sb_names(&b, "MessageSystemAttributeNames", system_attrs, 1);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
@@ -158,26 +152,6 @@ int sqs_code_retryable(const char *code)
     return 0;
 }
 
-/* "com.amazon.coral.service#SignatureDoesNotMatch:http://internal..." and
- * "AWS.SimpleQueueService.NonExistentQueue" both name just the code. */
-static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
-{
-    static const char legacy[] = "AWS.SimpleQueueService.";
-    const char *end = s + len, *p;
-
-    if ((p = memchr(s, ':', len)))
-        end = p;
-    for (p = s; p < end; p++)
-        if (*p == '#')
-            s = p + 1;
-    if ((size_t)(end - s) > sizeof legacy - 1 && memcmp(s, legacy, sizeof legacy - 1) == 0)
-        s += sizeof legacy - 1;
-    len = (size_t)(end - s) < cap - 1 ? (size_t)(end - s) : cap - 1;
-    for (size_t i = 0; i < len; i++)
-        out[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
-    out[len] = '\0';
-}
-
 /* Text for a person: control bytes (newlines of an HTML page) become spaces. */
 static void sqs_set_text(char *out, size_t cap, const char *s, size_t len)
 {
@@ -194,6 +168,23 @@ static void sqs_set_text(char *out, size_t cap, const char *s, size_t len)
     while (n > 0 && out[n - 1] == ' ')
         n--;
     out[n] = '\0';
+}
+
+/* "com.amazon.coral.service#SignatureDoesNotMatch:http://internal..." and
+ * "AWS.SimpleQueueService.NonExistentQueue" both name just the code. */
+static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char legacy[] = "AWS.SimpleQueueService.";
+    const char *end = s + len, *p;
+
+    if ((p = memchr(s, ':', len)))
+        end = p;
+    for (p = s; p < end; p++)
+        if (*p == '#')
+            s = p + 1;
+    if ((size_t)(end - s) > sizeof legacy - 1 && memcmp(s, legacy, sizeof legacy - 1) == 0)
+        s += sizeof legacy - 1;
+    sqs_set_text(out, cap, s, (size_t)(end - s));
 }
 
 /* Every entry type keeps SQS's words in fields of these sizes. */
@@ -255,16 +246,13 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
 
 int sqs_api_error_set(struct lerr *e, const char *operation, const struct sqs_api_error *ae)
 {
-    if (ae->code[0] && ae->message[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s: %s (HTTP %d)", operation, ae->code,
-                        ae->message, ae->status);
+    const char *colon = ae->message[0] ? ": " : "";
+
     if (ae->code[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s (HTTP %d)", operation, ae->code,
-                        ae->status);
-    if (ae->message[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d: %s", operation, ae->status,
-                        ae->message);
-    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d", operation, ae->status);
+        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", operation, ae->code,
+                        colon, ae->message, ae->status);
+    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", operation, ae->status, colon,
+                    ae->message);
 }
 
 /* ======================================================================================
@@ -290,26 +278,19 @@ unsigned sqs_backoff_ms(unsigned attempt, unsigned base_ms, unsigned cap_ms, uin
     return (unsigned)(sqs_rng_next(rng) % ((uint64_t)ceiling + 1));
 }
 
-static uint64_t sqs_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 int sqs_sleep(int cancel_fd, unsigned ms, struct lerr *e)
 {
-    uint64_t deadline = sqs_now_ms() + ms;
+    double deadline = metrics_clock() + ms / 1000.0;
 
     for (;;) {
         struct pollfd pfd = { cancel_fd, POLLIN, 0 };
-        uint64_t now = sqs_now_ms();
+        double left = deadline - metrics_clock();
         int r;
 
-        if (now >= deadline)
+        if (left <= 0)
             return 0;
-        r = poll(cancel_fd >= 0 ? &pfd : NULL, cancel_fd >= 0 ? 1 : 0, (int)(deadline - now));
+        /* rounded up: a wait cut to 0 ms would spin */
+        r = poll(cancel_fd >= 0 ? &pfd : NULL, cancel_fd >= 0 ? 1 : 0, (int)(left * 1000) + 1);
         if (r > 0)
             return lerr_set(e, LERR_CANCELLED, "cancelled while waiting to retry");
         if (r < 0 && errno != EINTR)
@@ -476,11 +457,17 @@ static int sqs_call_retry(struct sqs_client *c, const char *op, char *body, size
     return r;
 }
 
-/* An answer that cannot be read: the call failed, and trying again would not help. */
-static void sqs_unreadable(struct sqs_client *c, int status, const struct lerr *e)
+/* Frees the answer, once read: r is what reading it returned. An answer that cannot be
+ * read fails the call, and trying again would not help. */
+static int sqs_answer_read(struct sqs_client *c, struct http_response *resp, int r,
+                           const struct lerr *e)
 {
-    sqs_note_local(c, e, 0);
-    c->last_error.status = status;
+    if (r < 0) {
+        sqs_note_local(c, e, 0);
+        c->last_error.status = resp->status;
+    }
+    http_response_free(resp);
+    return r;
 }
 
 static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
@@ -507,11 +494,7 @@ static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts 
     c->http->max_body = saved_max;
     if (r < 0)
         return -1;
-    r = sqs_parse_receive(resp.body, resp.body_len, b, e);
-    if (r < 0)
-        sqs_unreadable(c, resp.status, e);
-    http_response_free(&resp);
-    return r;
+    return sqs_answer_read(c, &resp, sqs_parse_receive(resp.body, resp.body_len, b, e), e);
 }
 
 int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
@@ -567,10 +550,10 @@ static int rx_fail(struct rx *x)
                     x->j.err_at);
 }
 
-/* The next member (key not NULL) or element, as json_member and json_element. */
-static int rx_next(struct rx *x, int *state, char *key, size_t cap)
+/* The next member (names not NULL) or element, as json_member_of and json_element. */
+static int rx_next(struct rx *x, int *state, const char *const *names, size_t n, int *which)
 {
-    int r = key ? json_member(&x->j, state, key, cap) : json_element(&x->j, state);
+    int r = names ? json_member_of(&x->j, state, names, n, which) : json_element(&x->j, state);
 
     return r < 0 ? rx_fail(x) : r;
 }
@@ -653,15 +636,16 @@ static int sqs_string_type(const char *type)
 static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const char *name,
                         const char **out)
 {
-    char key[16], type[48] = "";
+    static const char *const names[] = { "DataType", "StringValue" };
+    char type[48] = "";
     const char *value = NULL;
     size_t value_len = 0, n;
-    int state = 0, r, has_type = 0;
+    int state = 0, r, k, has_type = 0;
 
     *out = NULL;
     r = rx_optional(x, '{', index, "MessageAttributes value");
-    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "DataType") == 0) {
+    while (r > 0 && (r = rx_next(x, &state, names, 2, &k)) > 0) {
+        if (k == 0) {
             if ((has_type = rx_optional(x, '"', index, "MessageAttributes DataType")) < 0)
                 return -1;
             if (has_type && json_string(&x->j, type, sizeof type, &n) < 0)
@@ -670,7 +654,7 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
                 memcpy(type + sizeof type - 4, "...", 4);
             else if (has_type && strlen(type) != n)  /* "String\u0000" is no String */
                 memcpy(type, "(a type holding NUL)", 21);
-        } else if (strcmp(key, "StringValue") == 0) {
+        } else if (k == 1) {
             if (rx_keep_member(x, index, "MessageAttributes StringValue", &value,
                                &value_len) < 0)
                 return -1;
@@ -698,15 +682,11 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
 static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     const char **slots[] = { &m->image, &m->size, &m->command };
-    char key[16];
-    int state = 0, r = rx_optional(x, '{', index, "MessageAttributes");
+    int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes");
 
-    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
-        size_t i;
-        for (i = 0; i < 3 && strcmp(key, sqs_attr_names[i]) != 0; i++)
-            ;
-        if (i < 3 ? rx_attribute(x, index, m, sqs_attr_names[i], slots[i]) < 0
-                  : rx_skip(x) < 0)
+    while (r > 0 && (r = rx_next(x, &state, sqs_attr_names, 3, &k)) > 0) {
+        if (k >= 0 ? rx_attribute(x, index, m, sqs_attr_names[k], slots[k]) < 0
+                   : rx_skip(x) < 0)
             return -1;
     }
     return r;
@@ -729,13 +709,14 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
 
 static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
-    char key[32], count[24];
+    static const char *const names[] = { "ApproximateReceiveCount" };
+    char count[24];
     size_t n;
     long v;
-    int state = 0, r = rx_optional(x, '{', index, "Attributes");
+    int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
 
-    while (r > 0 && (r = rx_next(x, &state, key, sizeof key)) > 0) {
-        if (strcmp(key, "ApproximateReceiveCount") == 0 && json_peek(&x->j) == '"') {
+    while (r > 0 && (r = rx_next(x, &state, names, 1, &k)) > 0) {
+        if (k == 0 && json_peek(&x->j) == '"') {
             if (json_string(&x->j, count, sizeof count, &n) < 0)
                 return rx_fail(x);
             v = sqs_parse_count(count, n, 18);
@@ -779,32 +760,29 @@ static void sqs_check_md5(struct sqs_message *m)
 
 static int rx_message(struct rx *x, int index, struct sqs_message *m)
 {
-    char key[32];
-    int state = 0, r, lone = 0;
+    /* The strings first, in the order of strings[]. */
+    static const char *const names[] = { "MessageId", "ReceiptHandle", "MD5OfBody", "Body",
+                                         "Attributes", "MessageAttributes" };
+    const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
+    int state = 0, r, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
         return rx_skip(x);
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
-    while ((r = rx_next(x, &state, key, sizeof key)) > 0) {
+    while ((r = rx_next(x, &state, names, 6, &k)) > 0) {
         unsigned lone_before = x->j.lone;
 
-        if (strcmp(key, "MessageId") == 0)
-            r = rx_keep_member(x, index, key, &m->message_id, NULL);
-        else if (strcmp(key, "ReceiptHandle") == 0)
-            r = rx_keep_member(x, index, key, &m->receipt_handle, NULL);
-        else if (strcmp(key, "Body") == 0) {
-            r = rx_keep_member(x, index, key, &m->body, &m->body_len);
-            lone = x->j.lone != lone_before;
-        }
-        else if (strcmp(key, "MD5OfBody") == 0)
-            r = rx_keep_member(x, index, key, &m->md5_of_body, NULL);
-        else if (strcmp(key, "Attributes") == 0)
+        if (k >= 0 && k < 4)
+            r = rx_keep_member(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
+        else if (k == 4)
             r = rx_system_attributes(x, index, m);
-        else if (strcmp(key, "MessageAttributes") == 0)
+        else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
             r = rx_skip(x);
+        if (k == 3)
+            lone = x->j.lone != lone_before;
         if (r < 0)
             return -1;
     }
@@ -829,7 +807,7 @@ static int rx_messages(struct rx *x, struct sqs_batch *b)
 {
     int state = 0, r = rx_optional(x, '[', -1, "Messages");
 
-    while (r > 0 && (r = rx_next(x, &state, NULL, 0)) > 0) {
+    while (r > 0 && (r = rx_next(x, &state, NULL, 0, NULL)) > 0) {
         if (b->count == SQS_MAX_MESSAGES)
             return lerr_set(x->e, LERR_MALFORMED, RX ": more than %d messages",
                             SQS_MAX_MESSAGES);
@@ -849,9 +827,9 @@ void sqs_batch_free(struct sqs_batch *b)
 int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct lerr *e)
 {
     size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
+    static const char *const names[] = { "Messages" };
     struct rx x;
-    char key[16];
-    int state = 0, r;
+    int state = 0, k, r;
 
     memset(b, 0, sizeof *b);
     if (len > SIZE_MAX - msgs - 1)
@@ -873,8 +851,8 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
                      start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
         goto out;
     }
-    while ((r = rx_next(&x, &state, key, sizeof key)) > 0) {
-        r = strcmp(key, "Messages") == 0 ? rx_messages(&x, b) : rx_skip(&x);
+    while ((r = rx_next(&x, &state, names, 1, &k)) > 0) {
+        r = k == 0 ? rx_messages(&x, b) : rx_skip(&x);
         if (r < 0)
             goto out;
     }
@@ -961,8 +939,9 @@ static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
 }
 
 /* ,"MessageBody":...,"MessageAttributes":{...} of one entry. */
-static void sb_message(struct json_buf *b, const struct sqs_send_entry *en)
+static void sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
 {
+    const struct sqs_send_entry *en = entry;
     const char *values[3] = { en->image, en->size, en->command };
     int first = 1;
 
@@ -994,7 +973,7 @@ char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, s
         return NULL;
     }
     sb_queue(&b, queue_url);
-    sb_message(&b, en);
+    sb_message(NULL, &b, en);
     json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
@@ -1015,7 +994,7 @@ static void sqs_md5_field(br_md5_context *ctx, const char *s)
 void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
 {
     /* sqs_attr_names in byte order: command, image, size */
-    const char *names[3] = { SQS_ATTR_COMMAND, SQS_ATTR_IMAGE, SQS_ATTR_SIZE };
+    const char *names[3] = { "command", "image", "size" };
     const char *values[3] = { en->command, en->image, en->size };
     unsigned char sum[br_md5_SIZE], one = 1;
     br_md5_context ctx;
@@ -1108,15 +1087,10 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_send_request(c->queue_url, en, &len, e);
     r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts, &resp, e);
-    if (r == 0) {
-        r = sqs_parse_send_result(resp.body, resp.body_len, en, e);
-        if (r < 0)
-            sqs_unreadable(c, resp.status, e);
-        http_response_free(&resp);
-    }
+    if (r == 0)
+        r = sqs_answer_read(c, &resp, sqs_parse_send_result(resp.body, resp.body_len, en, e), e);
     if (r < 0) {
-        en->status = SQS_ENTRY_FAILED;
-        sqs_why(en->code, en->message, sqs_call_code(c, e), e->msg);
+        sqs_send_fail(en, sqs_call_code(c, e), e->msg);
         return -1;
     }
     if (en->status != SQS_ENTRY_OK) {
@@ -1147,7 +1121,6 @@ struct sqs_batch_ops {
     int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
     void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
     void (*accepted)(void *entry, const cJSON *item);
-    void (*label)(const void *entries, size_t i, char *out, size_t cap);
 };
 
 static char *sqs_field(const struct sqs_batch_ops *o, const void *entries, size_t i, size_t at)
@@ -1171,6 +1144,18 @@ static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size
     return k;
 }
 
+/* How log lines and errors name an entry: its message, or its place in the batch. */
+static void sqs_label(const struct sqs_batch_ops *o, const void *entries, size_t i, char *out,
+                      size_t cap)
+{
+    const char *id = o->receipts ? ((const struct sqs_entry *)entries)[i].message_id : NULL;
+
+    if (o->receipts)
+        snprintf(out, cap, "message %s", id ? id : "(unnamed)");
+    else
+        snprintf(out, cap, "entry %zu", i);
+}
+
 static void sqs_entry_why(const struct sqs_batch_ops *o, void *entries, size_t i,
                           const char *code, const char *message)
 {
@@ -1178,29 +1163,21 @@ static void sqs_entry_why(const struct sqs_batch_ops *o, void *entries, size_t i
             message);
 }
 
-/* Entries are named by their index in the caller's array, so an answer maps straight
- * back to its entry, and retries of a subset keep their names. */
-static void sqs_entry_id(size_t i, char out[24])
-{
-    snprintf(out, 24, "m%zu", i);
-}
+/* Entries are named by their index in the caller's array ("m0".."m9": at most 10), so an
+ * answer maps straight back to its entry, and retries of a subset keep their names. */
+_Static_assert(SQS_MAX_MESSAGES <= 10, "entry ids are one digit");
 
-/* "m<index>" of an entry that was sent (still pending), else -1. */
+/* "m<index>" of an entry that was sent (still pending), else -1 ("m01" is not m1). */
 static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
                             const void *entries, size_t n)
 {
     const char *id = cJSON_IsObject(item) ? sqs_json_string(item, "Id") : NULL;
-    char want[24];
-    char *end;
-    long i;
+    size_t i;
 
-    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9')
+    if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9' || id[2])
         return -1;
-    i = strtol(id + 1, &end, 10);
-    if (*end || i < 0 || (size_t)i >= n || *sqs_status(o, entries, (size_t)i) != SQS_ENTRY_PENDING)
-        return -1;
-    sqs_entry_id((size_t)i, want);
-    return strcmp(id, want) == 0 ? i : -1;  /* "m01" is not m1 */
+    i = (size_t)(id[1] - '0');
+    return i < n && *sqs_status(o, entries, i) == SQS_ENTRY_PENDING ? (long)i : -1;
 }
 
 /* --- what differs: receipt handles ------------------------------------------------- */
@@ -1235,19 +1212,12 @@ static void sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const 
     json_buf_lit(b, ",\"ReceiptHandle\":");
     json_buf_string(b, en->receipt_handle, strlen(en->receipt_handle));
     if (o->op == SQS_OP_CHANGE_VISIBILITY)
-        sb_int(b, "VisibilityTimeout", en->visibility_timeout);
+        json_buf_fmt(b, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
 }
 
 static void sqs_receipt_done(void *entry, const cJSON *item)
 {
     ((struct sqs_entry *)entry)->status = SQS_ENTRY_OK;
-}
-
-static void sqs_receipt_label(const void *entries, size_t i, char *out, size_t cap)
-{
-    const char *id = ((const struct sqs_entry *)entries)[i].message_id;
-
-    snprintf(out, cap, "message %s", id ? id : "(unnamed)");
 }
 
 /* The receipt handle no longer names a message in flight: it was received again (so it
@@ -1271,11 +1241,6 @@ static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size
     return 0;
 }
 
-static void sb_send(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
-{
-    sb_message(b, entry);
-}
-
 static void sqs_send_done(void *entry, const cJSON *item)
 {
     sqs_send_accepted(entry, sqs_json_string(item, "MessageId"),
@@ -1283,16 +1248,11 @@ static void sqs_send_done(void *entry, const cJSON *item)
                       sqs_json_string(item, "MD5OfMessageAttributes"));
 }
 
-static void sqs_send_label(const void *entries, size_t i, char *out, size_t cap)
-{
-    snprintf(out, cap, "entry %zu", i);
-}
-
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
     { opname, "SQS batch answer", which, 1, sizeof(struct sqs_entry),                       \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
       offsetof(struct sqs_entry, message), NULL, sqs_receipt_reset, sqs_receipt_check,      \
-      sb_receipt, sqs_receipt_done, sqs_receipt_label }
+      sb_receipt, sqs_receipt_done }
 
 static const struct sqs_batch_ops sqs_receipt_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
@@ -1304,7 +1264,7 @@ static const struct sqs_batch_ops sqs_send_ops = {
     "SendMessageBatch", "SQS SendMessageBatch answer", 0, 0, sizeof(struct sqs_send_entry),
     offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),
     offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_reset,
-    sqs_send_check, sb_send, sqs_send_done, sqs_send_label,
+    sqs_send_check, sb_message, sqs_send_done,
 };
 
 /* --- the request ------------------------------------------------------------------- */
@@ -1337,14 +1297,12 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
     sb_queue(&b, queue_url);
     json_buf_lit(&b, ",\"Entries\":[");
     for (size_t i = 0, k = 0; i < n; i++) {
-        char id[24];
+        char id[] = { 'm', (char)('0' + i), '"', '\0' };
 
         if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
             continue;
-        sqs_entry_id(i, id);
         json_buf_lit(&b, k++ ? ",{\"Id\":\"" : "{\"Id\":\"");
         json_buf_lit(&b, id);
-        json_buf_lit(&b, "\"");
         o->put(o, &b, sqs_field(o, entries, i, 0));
         json_buf_lit(&b, "}");
     }
@@ -1512,7 +1470,7 @@ static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, 
             sqs_entry_why(o, entries, i, "NotReported", "the answer did not mention this entry");
         if (s != SQS_ENTRY_STALE || !sent[i])
             continue;
-        o->label(entries, i, label, sizeof label);
+        sqs_label(o, entries, i, label, sizeof label);
         log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
                  "again or is no longer in flight", o->name, label,
                  sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
@@ -1527,7 +1485,7 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_
     size_t i = sqs_first(o, entries, n, s);
     char label[160];
 
-    o->label(entries, i, label, sizeof label);
+    sqs_label(o, entries, i, label, sizeof label);
     return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name,
                     sqs_count(o, entries, n, s), n, what, label,
                     sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
@@ -1676,7 +1634,6 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     struct http_response resp;
     size_t len;
     char *body;
-    int r;
 
     memset(out, 0, sizeof *out);
     out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
@@ -1684,9 +1641,5 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     body = sqs_attributes_request(c->queue_url, &len, e);
     if (sqs_call_retry(c, "GetQueueAttributes", body, len, 0, c->receive_attempts, &resp, e) < 0)
         return -1;
-    r = sqs_parse_attributes(resp.body, resp.body_len, out, e);
-    if (r < 0)
-        sqs_unreadable(c, resp.status, e);
-    http_response_free(&resp);
-    return r;
+    return sqs_answer_read(c, &resp, sqs_parse_attributes(resp.body, resp.body_len, out, e), e);
 }

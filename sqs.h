@@ -95,11 +95,6 @@ struct sqs_receive_opts {
                                        kept as its 3-byte WTF-8 form (ED A0 80 for \ud800),
                                        which strict UTF-8 checks refuse */
 
-/* The message attributes lambdo asks for. */
-#define SQS_ATTR_IMAGE "image"
-#define SQS_ATTR_SIZE "size"
-#define SQS_ATTR_COMMAND "command"
-
 struct sqs_message {
     const char *message_id;
     const char *receipt_handle;

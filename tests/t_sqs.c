@@ -624,6 +624,16 @@ static const struct {
       "SQS ReceiveMessage answer: message id-1 has no Body" },
     { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":\"r\",\"Body\\u0000\":\"b\"}]}",
       "message id-1 has no Body" },
+    /* names read in place: one longer than any wanted name is none of them, whatever it
+     * starts with; a name is checked like any string */
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":\"r\",\"Body"
+      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\":\"b\"}]}",
+      "message id-1 has no Body" },
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"Body\nx\":\"b\"}]}",
+      "control character in string at byte 38" },
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"Body", "unexpected end at byte 38" },
+    { "{\"Messages\":[{\"MessageId\":\"id-1\",\"Body\":5}]}",
+      "Messages[0].Body is not a string" },
     { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":\"r\",\"Body\":5}]}",
       "Messages[0].Body is not a string" },
     { "{\"Messages\":[{\"MessageId\":\"id-1\",\"ReceiptHandle\":true,\"Body\":\"b\"}]}",
@@ -790,6 +800,8 @@ static const struct err_case {
       "SQS ReceiveMessage failed: HTTP 400: \"oops\"" },
     { "object without code or message", 400, NULL, NULL, "{\"x\":1}", "", "", 0,
       "SQS ReceiveMessage failed: HTTP 400" },
+    { "a code in a header, spaced out", 400, " Throttling\r\n", NULL, "", "Throttling", "", 1,
+      "SQS ReceiveMessage failed: Throttling (HTTP 400)" },
     { "control characters in message", 400, NULL, NULL,
       "{\"__type\":\"X\",\"message\":\"line1\\nline2\\u0000\"}", "X", "line1 line2", 0, NULL },
     { "clock skew is not retried", 400, NULL, NULL,
