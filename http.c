@@ -546,10 +546,13 @@ static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct ht
 
 static int http_too_large(struct io *io, unsigned long long size, size_t max, struct lerr *e)
 {
+    /* the limit ends the message: callers append what they do about it */
     if (size)
-        return io_fail(io, e, LERR_TOO_LARGE, "response body of %llu bytes is over the limit of "
-                       "%zu, while", size, max);
-    return io_fail(io, e, LERR_TOO_LARGE, "response body over the limit of %zu bytes, while", max);
+        return lerr_set(e, LERR_TOO_LARGE,
+                        "response body from %s:%u is %llu bytes, over the limit of %zu",
+                        io->conn->host, io->conn->port, size, max);
+    return lerr_set(e, LERR_TOO_LARGE, "response body from %s:%u is over the limit of %zu bytes",
+                    io->conn->host, io->conn->port, max);
 }
 
 /* The body follows the head in b, from b->p[at]: it is read in place, so the head and the
