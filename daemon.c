@@ -57,7 +57,7 @@ struct daemon {
     struct job *queue, **queue_tail;   /* jobs waiting for a worker, oldest first */
     int jobs;                          /* queued or running */
     int running;                       /* jobs a worker runs: they hold a Machine slot */
-    int workers, idle_workers;         /* worker threads, started as jobs need them */
+    int workers;                       /* worker threads, started as jobs need them */
     int quitting;                      /* the workers are to end once the queue is empty */
     int64_t stop_at_ms;                /* when the stop signal was first seen, 0 before */
     int first_receive_done;
