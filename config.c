@@ -386,7 +386,7 @@ static int load_local_command(struct config *c, config_getenv_fn get, void *ctx,
     c->local_command = value(get, ctx, "LAMBDO_LOCAL_COMMAND");
     if (c->local_command && !c->backend_local)
         return lerr_set(e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with LAMBDO_BACKEND=local");
-    if (c->local_command && local_command_check(c->local_command, e) < 0)
+    if (c->local_command && group_command(c->local_command, NULL, e) < 0)
         return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
     return 0;
 }

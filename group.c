@@ -85,45 +85,63 @@ static const char *json_kind(int c)
     }
 }
 
-static int command_check(const char *cmd, struct lerr *e)
+/* Walks a command checked as JSON: its strings' bytes go to p (when not NULL), each with a
+ * NUL, and argv points at each. Returns the number of strings, or -1. */
+static long command_walk(const char *cmd, char **argv, char *p, struct lerr *e)
 {
     struct json j;
-    const char *why;
-    size_t at, i;
+    size_t i;
     int state = 0, c;
 
-    if (!cmd)
-        return 0;
-    if (json_check(cmd, strlen(cmd), &at, &why) < 0)
-        return lerr_set(e, LERR_INVALID, "attribute command: not valid JSON (at byte %zu: %s)",
-                        at, why);
     json_init(&j, cmd, strlen(cmd));
     if ((c = json_peek(&j)) != '[')
-        return lerr_set(e, LERR_INVALID,
-                        "attribute command: must be a JSON array of strings, not %s",
-                        json_kind(c));
-    for (i = 1; json_element(&j, &state) > 0; i++) {
+        return lerr_set(e, LERR_INVALID, "must be a JSON array of strings, not %s", json_kind(c));
+    for (i = 0; json_element(&j, &state) > 0; i++) {
         struct json_chars s;
         size_t n = 0;
 
         if ((c = json_peek(&j)) != '"')
-            return lerr_set(e, LERR_INVALID, "attribute command: element %zu is not a string "
-                            "(it is %s)", i, json_kind(c));
+            return lerr_set(e, LERR_INVALID, "element %zu is not a string (it is %s)", i + 1,
+                            json_kind(c));
         json_chars_open(&s, (const char *)j.p);
-        while ((c = json_chars_next(&s)) >= 0) {
-            if (c == 0)
-                return lerr_set(e, LERR_INVALID, "attribute command: element %zu has a NUL "
-                                "character", i);
+        if (argv)
+            argv[i] = p;
+        while ((c = json_chars_next(&s)) > 0) {
+            if (p)
+                *p++ = (char)c;
             n++;
         }
-        if (i == 1 && n == 0)
-            return lerr_set(e, LERR_INVALID, "attribute command: element 1 is empty (it names "
-                            "the program to run)");
+        if (c == 0)
+            return lerr_set(e, LERR_INVALID, "element %zu has a NUL character (\\u0000), which "
+                            "cannot be passed to a program", i + 1);
+        if (i == 0 && n == 0)
+            return lerr_set(e, LERR_INVALID, "element 1 is empty (it names the program to run)");
+        if (p)
+            *p++ = '\0';
         j.p = s.p;
     }
-    if (i == 1)
-        return lerr_set(e, LERR_INVALID, "attribute command: empty array (leave the attribute "
-                        "out to run the image's own command)");
+    if (i == 0)
+        return lerr_set(e, LERR_INVALID, "empty array (a command is at least one string)");
+    return (long)i;
+}
+
+int group_command(const char *cmd, char ***argv, struct lerr *e)
+{
+    size_t at, len = cmd ? strlen(cmd) : 0;
+    const char *why;
+    long n;
+
+    if (!cmd)
+        return lerr_set(e, LERR_INVALID, "no command");
+    if (json_check(cmd, len, &at, &why) < 0)
+        return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
+    if ((n = command_walk(cmd, NULL, NULL, e)) < 0 || !argv)
+        return n < 0 ? -1 : 0;
+    /* decoded strings are never longer than their JSON text */
+    if (!(*argv = malloc((size_t)(n + 1) * sizeof **argv + len + 1)))
+        return lerr_set(e, LERR_NOMEM, "out of memory for a command");
+    command_walk(cmd, *argv, (char *)(*argv + n + 1), e);
+    (*argv)[n] = NULL;
     return 0;
 }
 
@@ -141,10 +159,11 @@ static int body_check(const char *body, size_t len, struct lerr *e)
 
 int group_check(const struct event *ev, struct lerr *e)
 {
-    if (image_check(ev->image, e) < 0 || size_check(ev->size, e) < 0 ||
-        command_check(ev->command, e) < 0 || body_check(ev->body, ev->body_len, e) < 0)
+    if (image_check(ev->image, e) < 0 || size_check(ev->size, e) < 0)
         return -1;
-    return 0;
+    if (ev->command && group_command(ev->command, NULL, e) < 0)
+        return lerr_wrap(e, "attribute command");
+    return body_check(ev->body, ev->body_len, e);
 }
 
 /* ---- grouping -------------------------------------------------------------------------- */

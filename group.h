@@ -95,6 +95,13 @@ size_t group_events_json_len(const struct event *events, const struct group *g);
 int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
                             char **out, size_t *len, struct lerr *e);
 
+/* A command (the command attribute, or LAMBDO_LOCAL_COMMAND): a JSON array of at least
+ * one string, the first non-empty, none holding a NUL character (\u0000: exec cannot pass
+ * it). 0, or -1 with LERR_INVALID and a reason such as "must be a JSON array of strings,
+ * not a number" (callers say where the command came from). With argv not NULL, also its
+ * strings, decoded, as a NULL-terminated argv in one allocation that free() frees. */
+int group_command(const char *cmd, char ***argv, struct lerr *e);
+
 /* A short id for the group, GROUP_ID_LEN lowercase hex characters and a NUL: the start
  * of the SHA-256 of its members' message ids. The same messages grouped the same way
  * get the same id, so a Machine can be traced back (and a redelivered batch spotted). */

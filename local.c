@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "json.h"
+#include "group.h"
 #include "log.h"
 
 extern char **environ;
@@ -48,131 +48,16 @@ static int64_t now_ms(void)
 
 /* ---- commands ------------------------------------------------------------------------ */
 
-static const char *json_type_name(const cJSON *v)
-{
-    if (cJSON_IsObject(v))
-        return "an object";
-    if (cJSON_IsArray(v))
-        return "an array";
-    if (cJSON_IsString(v))
-        return "a string";
-    if (cJSON_IsBool(v))
-        return "a boolean";
-    if (cJSON_IsNull(v))
-        return "null";
-    return "a number";
-}
-
-/* cJSON turns \u0000 into a NUL that silently ends the string, so look at the text. In
- * JSON that parsed, every backslash is inside a string and starts a two-character escape
- * (or \uXXXX), so a left-to-right walk that skips each escape's second character never
- * mistakes an escaped backslash for the start of one. */
-static int has_nul_escape(const char *json)
-{
-    for (const char *p = json; *p; p++) {
-        if (*p != '\\')
-            continue;
-        if (strncmp(p + 1, "u0000", 5) == 0)
-            return 1;
-        if (p[1])
-            p++;
-    }
-    return 0;
-}
-
-static int command_parse(const char *json, cJSON **out, struct lerr *e)
-{
-    const char *end = NULL;
-    cJSON *a, *el;
-    int i = 0;
-
-    if (!json)
-        return lerr_set(e, LERR_INVALID, "no command");
-    a = json_parse_all(json, &end);
-    if (!a)
-        return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu)",
-                        end && end >= json ? (size_t)(end - json) : (size_t)0);
-    if (!cJSON_IsArray(a)) {
-        lerr_set(e, LERR_INVALID, "must be a JSON array of strings, not %s", json_type_name(a));
-        goto fail;
-    }
-    if (!a->child) {
-        lerr_set(e, LERR_INVALID, "must be a JSON array of at least one string, not []");
-        goto fail;
-    }
-    cJSON_ArrayForEach(el, a) {
-        i++;
-        if (!cJSON_IsString(el) || !el->valuestring) {
-            lerr_set(e, LERR_INVALID, "element %d is not a string (it is %s)", i,
-                     json_type_name(el));
-            goto fail;
-        }
-    }
-    if (!a->child->valuestring[0]) {
-        lerr_set(e, LERR_INVALID, "element 1 is empty (it names the program to run)");
-        goto fail;
-    }
-    if (has_nul_escape(json)) {
-        lerr_set(e, LERR_INVALID, "a string holds a NUL character (\\u0000), which cannot be "
-                 "passed to a program");
-        goto fail;
-    }
-    *out = a;
-    return 0;
-fail:
-    cJSON_Delete(a);
-    return -1;
-}
-
-int local_command_check(const char *json, struct lerr *e)
-{
-    cJSON *a;
-
-    if (command_parse(json, &a, e) < 0)
-        return -1;
-    cJSON_Delete(a);
-    return 0;
-}
-
-/* The array and its strings in one allocation: free() frees it. */
-static int argv_from_json(const char *json, char ***argv_out, struct lerr *e)
-{
-    cJSON *a, *el;
-    size_t n = 1, bytes = 0;
-    char **argv, *p;
-
-    if (command_parse(json, &a, e) < 0)
-        return -1;
-    cJSON_ArrayForEach(el, a) {
-        n++;
-        bytes += strlen(el->valuestring) + 1;
-    }
-    if (!(argv = malloc(n * sizeof *argv + bytes))) {
-        cJSON_Delete(a);
-        return lerr_set(e, LERR_NOMEM, "out of memory for a command");
-    }
-    p = (char *)(argv + n);
-    n = 0;
-    cJSON_ArrayForEach(el, a) {
-        argv[n++] = strcpy(p, el->valuestring);
-        p += strlen(p) + 1;
-    }
-    argv[n] = NULL;
-    cJSON_Delete(a);
-    *argv_out = argv;
-    return 0;
-}
-
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
                           struct lerr *e)
 {
     if (message_cmd) {
-        if (argv_from_json(message_cmd, argv_out, e) < 0)
+        if (group_command(message_cmd, argv_out, e) < 0)
             return lerr_wrap(e, "attribute command");
         return 0;
     }
     if (default_cmd) {
-        if (argv_from_json(default_cmd, argv_out, e) < 0)
+        if (group_command(default_cmd, argv_out, e) < 0)
             return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
         return 0;
     }

@@ -128,15 +128,9 @@ int local_run_group(const struct local_run *r, struct local_result *out, struct 
  * and its messages are deleted; 0 when they go back to the queue. */
 int local_result_ok(const struct local_result *r);
 
-/* Checks a command: a JSON array of at least one string, the first non-empty, no string
- * holding a NUL character (\u0000: it cannot be passed to exec). For LAMBDO_LOCAL_COMMAND
- * at start-up. Returns 0, or -1 with LERR_INVALID and a reason such as
- * "must be a JSON array of strings, not a number" (the caller names the variable). */
-int local_command_check(const char *json, struct lerr *e);
-
 /* Which command runs a group: the message's own (message_cmd, already checked by
  * group_check) wins; else default_cmd (LAMBDO_LOCAL_COMMAND); with neither, -1 with
- * LERR_INVALID "no command: ...". Parses it (checked as local_command_check does) into a
+ * LERR_INVALID "no command: ...". Parses it (checked as group_command does) into a
  * NULL-terminated argv in one allocation, which the caller frees with free(); else
  * LERR_INVALID naming where the command came from, or LERR_NOMEM. */
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "group.h"
 #include "local.h"
 #include "log.h"
 
@@ -231,16 +232,16 @@ static void test_command_check(void **state)
     struct lerr e;
 
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
-        if (local_command_check(good[i], &e) != 0)
+        if (group_command(good[i], NULL, &e) != 0)
             fail_msg("%s refused: %s", good[i], e.msg);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&e, 0, sizeof e);
-        if (local_command_check(bad[i].json, &e) != -1)
+        if (group_command(bad[i].json, NULL, &e) != -1)
             fail_msg("%s accepted", bad[i].json);
         assert_int_equal(e.kind, LERR_INVALID);
         assert_has(e.msg, bad[i].why);
     }
-    assert_int_equal(local_command_check(NULL, &e), -1);
+    assert_int_equal(group_command(NULL, NULL, &e), -1);
 }
 
 static void test_argv_from_json(void **state)
