@@ -28,7 +28,10 @@ DEFS    := -D_GNU_SOURCE -DLAMBDO_VERSION='"$(VERSION)"' -DLAMBDO_BEARSSL_VERSIO
 MUSL_CC := musl-gcc
 MUSL_CF := -std=c11 -Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables \
            -fno-stack-protector -D_FORTIFY_SOURCE=0
-MUSL_LD := -static -s -Wl,--gc-sections -Wl,--build-id=none
+# -z noseparate-code: one read-only segment for code and constants instead of two, each
+# padded to a 4 KiB page in the file (-8.8 KB). The price: constants are mapped executable
+# too, a few more bytes an exploit could borrow as gadgets; accepted for a 3 % smaller binary.
+MUSL_LD := -static -s -Wl,--gc-sections -Wl,--build-id=none -Wl,-z,noseparate-code
 GLIBC_CC := gcc
 GLIBC_CF := -std=c11 -O1 -g
 ASAN_CC := clang
