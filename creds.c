@@ -261,8 +261,9 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 }
 
 /* ======================================================================================
- * STS's XML answers: a strict little reader. One scanner goes from markup to markup,
- * through a table of what may follow '<'; the open elements are kept as a path
+ * STS's XML answers: a strict little reader. Each element is read by one call (its
+ * children by recursive ones, at most XML_MAX_DEPTH deep), which goes from markup to
+ * markup through a table of what may follow '<'; the open elements are kept as a path
  * ("/ErrorResponse/Error/Code"), and a leaf's text is kept when its path is a field's.
  * ==================================================================================== */
 
@@ -287,7 +288,7 @@ static const struct {
 
 /* What may follow '<', tried in order. CDATA and end tags only inside the root; a
  * construct with a close is skipped past it, one with only a why is refused. */
-enum { M_COMMENT, M_CDATA, M_END_TAG };  /* the rows named in code */
+enum { M_COMMENT, M_CDATA, M_END_TAG, M_START_TAG = 5 };  /* the rows named in code */
 static const struct {
     const char *open, *close, *why;
 } xml_markup[] = {
@@ -304,10 +305,8 @@ struct xml {
     size_t len, i;
     char path[XML_PATH_MAX];               /* the open elements, "/Root/Child" */
     size_t path_len;
-    int depth;
-    int rooted;                            /* the root element has started */
-    int leaf;                              /* the innermost one has no child (yet) */
-    char text[XML_TEXT_MAX];               /* its text, or an attribute's; references decoded */
+    char text[XML_TEXT_MAX];               /* the innermost element's text, or an attribute's;
+                                              references decoded */
     size_t text_len;
     struct creds_sts_answer *out;
     unsigned seen;                         /* 1 << F_* for each field read */
@@ -524,42 +523,84 @@ static int sts_leaf(struct xml *x, struct lerr *e)
     return 0;
 }
 
-/* An element ends: a leaf's text may be a field; a parent may only have had whitespace
- * beside its children. Its name leaves the path. */
-static int xml_close(struct xml *x, struct lerr *e)
+/* At '<': skips a comment, adds a CDATA section to the text, refuses what is refused.
+ * Returns the row of xml_markup found (tags are left to the caller: M_END_TAG, M_START_TAG)
+ * or -1. Outside the root there is no CDATA and no end tag: those fall to later rows. */
+static int xml_markup_at(struct xml *x, int in_root, struct lerr *e)
 {
-    if (x->leaf) {
-        if (sts_leaf(x, e) < 0)
-            return -1;
-    } else if (!xml_text_blank(x)) {
-        return xml_bad(x, e, "text beside child elements");
-    }
-    x->path_len = (size_t)(strrchr(x->path, '/') - x->path);
-    x->path[x->path_len] = '\0';
-    x->depth--;
-    x->leaf = 0;
-    x->text_len = 0;
-    return 0;
+    size_t k = 0, start;
+
+    while (!xml_at(x, xml_markup[k].open) || (!in_root && (k == M_CDATA || k == M_END_TAG)))
+        k++;
+    if (!xml_markup[k].close)
+        return xml_markup[k].why ? xml_bad(x, e, xml_markup[k].why) : (int)k;
+    start = x->i += strlen(xml_markup[k].open);
+    if (xml_skip_past(x, xml_markup[k].close, xml_markup[k].why, e) < 0)
+        return -1;
+    if (k == M_CDATA)
+        return xml_text_add(x, x->b + start, x->i - 3 - start, e) < 0 ? -1 : M_CDATA;
+    if (!xml_at(x, ">"))
+        return xml_bad(x, e, "\"--\" inside a comment");
+    x->i++;
+    return M_COMMENT;
 }
 
-/* At '<' of a start tag: its name joins the path. The root must be one of STS's two
- * answers. */
-static int xml_start_tag(struct xml *x, struct lerr *e)
+static int xml_element(struct xml *x, int depth, struct lerr *e);
+
+/* After the start tag's '>': text, comments, CDATA and child elements up to the end tag,
+ * which must name the element (the path's last name, from open on). Returns whether there
+ * were children, or -1. */
+static int xml_content(struct xml *x, int depth, size_t open, struct lerr *e)
 {
-    size_t n;
+    int children = 0, k;
+    size_t n = x->path_len - open - 1;
+
+    for (;;) {
+        if (x->i >= x->len)
+            return xml_bad(x, e, "truncated: an element is not closed");
+        if (x->b[x->i] != '<') {
+            k = xml_text(x, '<', e);
+        } else if ((k = xml_markup_at(x, 1, e)) == M_END_TAG) {
+            break;
+        } else if (k == M_START_TAG) {
+            if (!xml_text_blank(x))
+                return xml_bad(x, e, "text beside child elements");
+            k = xml_element(x, depth + 1, e);
+            x->text_len = 0;
+            children = 1;
+        }
+        if (k < 0)
+            return -1;
+    }
+    x->i += 2;
+    if (x->len - x->i < n || memcmp(x->b + x->i, x->path + open + 1, n) != 0 ||
+        xml_name(x) != n)
+        return xml_bad(x, e, "end tag does not match the open element");
+    x->i += n;
+    xml_skip_space(x);
+    if (!xml_at(x, ">"))
+        return xml_bad(x, e, "expected '>' closing an end tag");
+    x->i++;
+    return children;
+}
+
+/* At '<' of a start tag: the element, whose name is on the path while it is open. The
+ * root must be one of STS's two answers. A leaf's text may be a field; a parent may only
+ * have whitespace beside its children. */
+static int xml_element(struct xml *x, int depth, struct lerr *e)
+{
+    size_t open = x->path_len, n;
+    int children = 0;
 
     x->i++;
     if ((n = xml_name(x)) == 0)
-        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
-    if (x->depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
+        return xml_bad(x, e, depth ? "expected a name" : "expected the root element");
+    if (depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
         return xml_bad(x, e, "elements nested too deep (or their names too long)");
-    if (!xml_text_blank(x))
-        return xml_bad(x, e, "text beside child elements");
-    x->path_len += (size_t)snprintf(x->path + x->path_len, sizeof x->path - x->path_len,
-                                    "/%.*s", (int)n, x->b + x->i);
+    x->path_len += (size_t)snprintf(x->path + open, sizeof x->path - open, "/%.*s", (int)n,
+                                    x->b + x->i);
     x->i += n;
-    if (x->depth++ == 0) {
-        x->rooted = 1;
+    if (depth == 0) {
         x->out->is_error = strcmp(x->path, STS_ERR_ROOT) == 0;
         if (!x->out->is_error && strcmp(x->path, STS_OK_ROOT) != 0)
             return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.64s>", x->path + 1);
@@ -567,66 +608,30 @@ static int xml_start_tag(struct xml *x, struct lerr *e)
     if (xml_attributes(x, e) < 0)
         return -1;
     x->text_len = 0;
-    x->leaf = 1;
-    if (xml_at(x, ">")) {
+    if (xml_at(x, "/>")) {
+        x->i += 2;
+    } else if (xml_at(x, ">")) {
         x->i++;
-        return 0;
-    }
-    if (!xml_at(x, "/>"))
-        return xml_bad(x, e, "expected \"/>\"");
-    x->i += 2;
-    return xml_close(x, e);
-}
-
-/* At "</": the name must be the path's last. */
-static int xml_end_tag(struct xml *x, struct lerr *e)
-{
-    size_t n;
-
-    x->i += 2;
-    if ((n = xml_name(x)) == 0)
-        return xml_bad(x, e, "expected a name");
-    if (n >= x->path_len || x->path[x->path_len - n - 1] != '/' ||
-        memcmp(x->path + x->path_len - n, x->b + x->i, n) != 0)
-        return xml_bad(x, e, "end tag does not match the open element");
-    x->i += n;
-    xml_skip_space(x);
-    if (!xml_at(x, ">"))
-        return xml_bad(x, e, "expected '>' closing an end tag");
-    x->i++;
-    return xml_close(x, e);
-}
-
-/* At '<': a comment is skipped, CDATA is text, tags are read, the rest is refused. */
-static int xml_markup_at(struct xml *x, struct lerr *e)
-{
-    size_t k = 0, start;
-
-    while (!xml_at(x, xml_markup[k].open) ||
-           (x->depth == 0 && (k == M_CDATA || k == M_END_TAG)))
-        k++;
-    if (xml_markup[k].close) {
-        start = x->i += strlen(xml_markup[k].open);
-        if (xml_skip_past(x, xml_markup[k].close, xml_markup[k].why, e) < 0)
+        if ((children = xml_content(x, depth, open, e)) < 0)
             return -1;
-        if (k == M_CDATA)
-            return xml_text_add(x, x->b + start, x->i - 3 - start, e);
-        if (!xml_at(x, ">"))
-            return xml_bad(x, e, "\"--\" inside a comment");
-        x->i++;
-        return 0;
+    } else {
+        return xml_bad(x, e, "expected \"/>\"");
     }
-    if (xml_markup[k].why)
-        return xml_bad(x, e, xml_markup[k].why);
-    if (x->rooted && x->depth == 0)
-        return xml_bad(x, e, "content after the root element");
-    return k == M_END_TAG ? xml_end_tag(x, e) : xml_start_tag(x, e);
+    if (children && !xml_text_blank(x))
+        return xml_bad(x, e, "text beside child elements");
+    if (!children && sts_leaf(x, e) < 0)
+        return -1;
+    x->path_len = open;
+    x->path[open] = '\0';
+    return 0;
 }
 
 /* The optional BOM and XML declaration, then one element with only whitespace and
  * comments around it. */
-static int xml_walk(struct xml *x, struct lerr *e)
+static int xml_document(struct xml *x, struct lerr *e)
 {
+    int rooted = 0, k;
+
     if (xml_at(x, "\xef\xbb\xbf"))
         x->i += 3;
     if (xml_at(x, "<?xml") && x->len - x->i > 5 && creds_ws(x->b[x->i + 5])) {
@@ -635,25 +640,21 @@ static int xml_walk(struct xml *x, struct lerr *e)
             return -1;
     }
     for (;;) {
-        int rc;
-
-        if (x->depth == 0)
-            xml_skip_space(x);
+        xml_skip_space(x);
         if (x->i >= x->len)
-            break;
-        if (x->b[x->i] == '<')
-            rc = xml_markup_at(x, e);
-        else if (x->depth > 0)
-            rc = xml_text(x, '<', e);
-        else
-            rc = xml_bad(x, e, x->rooted ? "content after the root element"
-                                         : "expected the root element");
-        if (rc < 0)
+            return rooted ? 0 : xml_bad(x, e, "no root element");
+        k = x->b[x->i] == '<' ? xml_markup_at(x, 0, e) : M_START_TAG;
+        if (k < 0)
             return -1;
+        if (k == M_COMMENT)
+            continue;
+        if (rooted || x->b[x->i] != '<')
+            return xml_bad(x, e, rooted ? "content after the root element"
+                                        : "expected the root element");
+        if (xml_element(x, 0, e) < 0)
+            return -1;
+        rooted = 1;
     }
-    if (x->depth > 0)
-        return xml_bad(x, e, "truncated: an element is not closed");
-    return x->rooted ? 0 : xml_bad(x, e, "no root element");
 }
 
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
@@ -668,7 +669,7 @@ int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, s
     x->b = xml;
     x->len = len;
     x->out = out;
-    if (xml_walk(x, e) == 0) {
+    if (xml_document(x, e) == 0) {
         missing = (out->is_error ? 1u << F_CODE : (1u << (F_EXPIRATION + 1)) - 1) & ~x->seen;
         if (missing)
             lerr_set(e, LERR_MALFORMED, "no <%s>",
