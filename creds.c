@@ -138,57 +138,49 @@ static int64_t creds_days(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-/* Whether s starts with pat, where '0' stands for any digit. */
-static int creds_pattern(const char *s, size_t len, const char *pat)
+/* Whether s starts with pat, where '0' stands for any digit; each run of '0's is a number,
+ * stored in turn in v. */
+static int creds_pattern(const char *s, size_t len, const char *pat, int *v)
 {
     size_t n = strlen(pat);
 
-    for (size_t k = 0; k < n; k++)
+    for (size_t k = 0; k < n; k++) {
         if (k >= len || (pat[k] == '0' ? s[k] < '0' || s[k] > '9' : s[k] != pat[k]))
             return 0;
+        if (pat[k] == '0')
+            *v = *v * 10 + (s[k] - '0');
+        else if (k > 0 && pat[k - 1] == '0')
+            v++;
+    }
     return 1;
-}
-
-static int creds_number(const char *s, int digits)
-{
-    int v = 0;
-
-    while (digits-- > 0)
-        v = v * 10 + (*s++ - '0');
-    return v;
 }
 
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
     static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    int y, mo, d, h, mi, sec, offset = 0;
+    int v[6] = { 0 }, zone[2] = { 0 }, offset = 0;  /* v: year, month, day, h, min, s */
     size_t i = 19;
 
-    if (!creds_pattern(s, len, "0000-00-00T00:00:00"))
+    if (!creds_pattern(s, len, "0000-00-00T00:00:00", v))
         goto bad;
-    y = creds_number(s, 4);
-    mo = creds_number(s + 5, 2);
-    d = creds_number(s + 8, 2);
-    h = creds_number(s + 11, 2);
-    mi = creds_number(s + 14, 2);
-    sec = creds_number(s + 17, 2);
     if (i < len && s[i] == '.') {
         while (++i < len && s[i] >= '0' && s[i] <= '9')
             continue;
         if (i == 20)
             goto bad;
     }
-    if (i + 6 == len && (s[i] == '+' || s[i] == '-') && creds_pattern(s + i + 1, 5, "00:00") &&
-        creds_number(s + i + 1, 2) <= 23 && creds_number(s + i + 4, 2) <= 59)
-        offset = (creds_number(s + i + 1, 2) * 3600 + creds_number(s + i + 4, 2) * 60) *
-                 (s[i] == '+' ? 1 : -1);
+    if (i + 6 == len && (s[i] == '+' || s[i] == '-') &&
+        creds_pattern(s + i + 1, 5, "00:00", zone) && zone[0] <= 23 && zone[1] <= 59)
+        offset = (zone[0] * 3600 + zone[1] * 60) * (s[i] == '+' ? 1 : -1);
     else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || sec > 60)
+    if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[2] > mdays[v[1] - 1] || v[3] > 23 ||
+        v[4] > 59 || v[5] > 60)
         goto bad;
-    if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+    if (v[1] == 2 && v[2] == 29 && !(v[0] % 4 == 0 && (v[0] % 100 != 0 || v[0] % 400 == 0)))
         goto bad;
-    *out = creds_days(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - offset;
+    *out = creds_days(v[0], (unsigned)v[1], (unsigned)v[2]) * 86400 + v[3] * 3600 + v[4] * 60 +
+           v[5] - offset;
     return 0;
 bad:
     return lerr_set(e, LERR_INVALID, "not an ISO 8601 time (YYYY-MM-DDTHH:MM:SSZ)");
