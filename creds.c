@@ -774,9 +774,9 @@ static const struct {
     size_t off, cap;
     unsigned bit;
 } profile_keys[] = {
-    { "aws_access_key_id", PROFILE_AT(access_key_id), CREDS_HAVE_KEY_ID },
-    { "aws_secret_access_key", PROFILE_AT(secret_access_key), CREDS_HAVE_SECRET },
-    { "aws_session_token", PROFILE_AT(session_token), CREDS_HAVE_TOKEN },
+    { "aws_access_key_id", PROFILE_AT(creds.access_key_id), CREDS_HAVE_KEY_ID },
+    { "aws_secret_access_key", PROFILE_AT(creds.secret_access_key), CREDS_HAVE_SECRET },
+    { "aws_session_token", PROFILE_AT(creds.session_token), CREDS_HAVE_TOKEN },
     { "region", PROFILE_AT(region), CREDS_HAVE_REGION },
 };
 static const char *const profile_unsupported[] = {
@@ -1483,9 +1483,7 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
             return lerr_set(e, LERR_INVALID, "%s: profile %s has %s but no %s", f->path[k],
                             f->profile, key ? "aws_access_key_id" : "aws_secret_access_key",
                             key ? "aws_secret_access_key" : "aws_access_key_id");
-        memcpy(p->cur.access_key_id, pr->access_key_id, sizeof p->cur.access_key_id);
-        memcpy(p->cur.secret_access_key, pr->secret_access_key, sizeof p->cur.secret_access_key);
-        memcpy(p->cur.session_token, pr->session_token, sizeof p->cur.session_token);
+        p->cur = pr->creds;
         snprintf(p->source_name, sizeof p->source_name, "shared file profile %.200s (%.1900s)",
                  f->profile, f->path[k]);
         return 0;

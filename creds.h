@@ -202,9 +202,7 @@ int creds_ini_parse(const char *buf, size_t len, creds_ini_fn fn, void *ctx, str
 struct creds_profile {
     int found;                    /* the profile's section is in the file */
     unsigned have;                /* CREDS_HAVE_*, for non-empty values */
-    char access_key_id[CREDS_KEY_ID_MAX];
-    char secret_access_key[CREDS_SECRET_MAX];
-    char session_token[CREDS_TOKEN_MAX];
+    struct creds_snapshot creds;  /* expiration 0: static keys */
     char region[CREDS_REGION_MAX];
 };
 

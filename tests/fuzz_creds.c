@@ -79,12 +79,12 @@ static void fuzz_profile(const char *buf, size_t len, int config_file)
     if (creds_profile_parse(buf, len, config_file, "default", p, &e) < 0) {
         check_error(&e);
     } else {
-        check(!!(p->have & CREDS_HAVE_KEY_ID) == (p->access_key_id[0] != '\0'));
-        check(!!(p->have & CREDS_HAVE_SECRET) == (p->secret_access_key[0] != '\0'));
-        check(!!(p->have & CREDS_HAVE_TOKEN) == (p->session_token[0] != '\0'));
+        check(!!(p->have & CREDS_HAVE_KEY_ID) == (p->creds.access_key_id[0] != '\0'));
+        check(!!(p->have & CREDS_HAVE_SECRET) == (p->creds.secret_access_key[0] != '\0'));
+        check(!!(p->have & CREDS_HAVE_TOKEN) == (p->creds.session_token[0] != '\0'));
         check(!!(p->have & CREDS_HAVE_REGION) == (p->region[0] != '\0'));
         check(p->have == 0 || p->found);
-        check(strlen(p->session_token) < sizeof p->session_token);
+        check(strlen(p->creds.session_token) < sizeof p->creds.session_token);
     }
     free(p);
 }

@@ -551,21 +551,21 @@ static void test_profile_credentials_file(void **state)
     assert_int_equal(creds_profile_parse(f, strlen(f), 0, "default", &pr, &e), 0);
     assert_true(pr.found);
     assert_int_equal(pr.have, CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET);
-    assert_string_equal(pr.access_key_id, "AKIDDEFAULT");
-    assert_string_equal(pr.secret_access_key, "secretdefault");
+    assert_string_equal(pr.creds.access_key_id, "AKIDDEFAULT");
+    assert_string_equal(pr.creds.secret_access_key, "secretdefault");
 
     /* keys are case-insensitive; later settings and sections win */
     assert_int_equal(creds_profile_parse(f, strlen(f), 0, "work", &pr, &e), 0);
     assert_int_equal(pr.have, CREDS_HAVE_KEY_ID | CREDS_HAVE_SECRET | CREDS_HAVE_TOKEN |
                               CREDS_HAVE_REGION);
-    assert_string_equal(pr.access_key_id, "AKIDWORK2");
-    assert_string_equal(pr.session_token, "tokenwork");
+    assert_string_equal(pr.creds.access_key_id, "AKIDWORK2");
+    assert_string_equal(pr.creds.session_token, "tokenwork");
     assert_string_equal(pr.region, "us-west-2");
 
     /* "[profile work]" is a different section in the credentials file */
     assert_int_equal(creds_profile_parse(f, strlen(f), 0, "profile work", &pr, &e), 0);
     assert_true(pr.found);
-    assert_string_equal(pr.access_key_id, "NOTTHIS");
+    assert_string_equal(pr.creds.access_key_id, "NOTTHIS");
 
     assert_int_equal(creds_profile_parse(f, strlen(f), 0, "other", &pr, &e), 0);
     assert_false(pr.found);
@@ -597,7 +597,7 @@ static void test_profile_config_file(void **state)
     assert_string_equal(pr.region, "us-east-2");   /* not [work] */
     assert_int_equal(pr.have, CREDS_HAVE_REGION | CREDS_HAVE_OTHER);
     assert_int_equal(creds_profile_parse(f, strlen(f), 1, "spaced", &pr, &e), 0);
-    assert_string_equal(pr.access_key_id, "AKIDSPACED");
+    assert_string_equal(pr.creds.access_key_id, "AKIDSPACED");
     assert_int_equal(creds_profile_parse(f, strlen(f), 1, "x", &pr, &e), 0);
     assert_false(pr.found);
 
