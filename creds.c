@@ -280,7 +280,7 @@ static const struct {
 
 /* What may follow '<', tried in order. CDATA and end tags only inside the root; a
  * construct with a close is skipped past it, one with only a why is refused. */
-enum { M_COMMENT, M_CDATA, M_END_TAG, M_START_TAG = 5 };  /* the rows named in code */
+enum { M_COMMENT, M_CDATA, M_END_TAG, M_PI, M_DECLARATION, M_START_TAG };  /* its rows */
 static const struct {
     const char *open, *close, *why;
 } xml_markup[] = {
