@@ -544,8 +544,8 @@ static int xml_element(struct xml *x, int depth, struct lerr *e);
  * were children, or -1. */
 static int xml_content(struct xml *x, int depth, size_t open, struct lerr *e)
 {
-    int children = 0, k;
-    size_t n = x->path_len - open - 1;
+    int children = 0, k;                  /* k: a row of xml_markup, or a result */
+    size_t n = x->path_len - open - 1;    /* the element's name */
 
     for (;;) {
         if (x->i >= x->len)
@@ -635,6 +635,7 @@ static int xml_document(struct xml *x, struct lerr *e)
         xml_skip_space(x);
         if (x->i >= x->len)
             return rooted ? 0 : xml_bad(x, e, "no root element");
+        /* text here is refused below, with a start tag after the root */
         k = x->b[x->i] == '<' ? xml_markup_at(x, 0, e) : M_START_TAG;
         if (k < 0)
             return -1;
