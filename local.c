@@ -16,11 +16,12 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "group.h"
 #include "log.h"
+#include "ratelimit.h"
+#include "text.h"
 
 extern char **environ;
 
@@ -40,10 +41,7 @@ extern char **environ;
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ratelimit_now_ns() / 1000000;
 }
 
 /* ---- commands ------------------------------------------------------------------------ */
@@ -51,18 +49,14 @@ static int64_t now_ms(void)
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
                           struct lerr *e)
 {
-    if (message_cmd) {
-        if (group_command(message_cmd, argv_out, e) < 0)
-            return lerr_wrap(e, "attribute command");
-        return 0;
-    }
-    if (default_cmd) {
-        if (group_command(default_cmd, argv_out, e) < 0)
-            return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
-        return 0;
-    }
-    return lerr_set(e, LERR_INVALID, "no command: the message has no command attribute and "
-                    "LAMBDO_LOCAL_COMMAND is not set");
+    const char *cmd = message_cmd ? message_cmd : default_cmd;
+
+    if (!cmd)
+        return lerr_set(e, LERR_INVALID, "no command: the message has no command attribute "
+                        "and LAMBDO_LOCAL_COMMAND is not set");
+    if (group_command(cmd, argv_out, e) < 0)
+        return lerr_wrap(e, "%s", message_cmd ? "attribute command" : "LAMBDO_LOCAL_COMMAND");
+    return 0;
 }
 
 /* ---- descriptors ---------------------------------------------------------------------- */
@@ -136,35 +130,6 @@ void local_lines_finish(struct local_lines *l)
     l->dropping = 0;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid; *partial set when the bytes
- * there are a valid start cut short by the end. */
-static size_t utf8_seq(const unsigned char *s, size_t n, int *partial)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-
-    *partial = 0;
-    if (c >= 0x01 && c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 2;
-    else if (c >= 0xE0 && c <= 0xEF)
-        need = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-    else if (c >= 0xF0 && c <= 0xF4)
-        need = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    else
-        return 0;
-    for (size_t i = 1; i < need; i++) {
-        if (i >= n) {
-            *partial = 1;
-            return 0;
-        }
-        if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF))
-            return 0;
-    }
-    return need;
-}
-
 void local_line_format(char *out, size_t cap, const char *group_id, const char *line,
                        size_t len, int truncated)
 {
@@ -172,19 +137,19 @@ void local_line_format(char *out, size_t cap, const char *group_id, const char *
     const char *mark = truncated ? " [truncated]" : "";
     size_t o, i = 0;
 
-    if (!cap)
-        return;
     if (!truncated && len && s[len - 1] == '\r')
         len--;
     o = (size_t)snprintf(out, cap, "[group %.*s] ", GID_MAX, group_id ? group_id : "?");
     if (o >= cap)
         return;
     while (i < len && o + strlen(mark) + 1 < cap) {
-        int partial;
-        size_t k = utf8_seq(s + i, len - i, &partial);
+        unsigned cp;
+        size_t k = s[i] ? text_utf8_next(s + i, len - i, &cp) : 0;
 
-        if (partial && truncated)
-            break;  /* a character the truncation cut in two */
+        /* a lead byte whose character the truncation cut in two */
+        if (!k && truncated && s[i] >= 0xc2 && s[i] <= 0xf4 &&
+            len - i < (s[i] >= 0xf0 ? 4u : s[i] >= 0xe0 ? 3u : 2u))
+            break;
         if (!k) {
             out[o++] = '?';
             i++;
@@ -253,10 +218,9 @@ static int events_file_create(const struct local_run *r, char *dir, char *path, 
         return lerr_set(e, LERR_INVALID, "temporary directory name too long: %s", tmp);
     }
     if (!mkdtemp(dir)) {
-        err = errno;
         dir[0] = '\0';
         return lerr_set(e, LERR_IO, "cannot create a private directory in %s: %s", tmp,
-                        strerror(err));
+                        strerror(errno));
     }
     memcpy(path, dir, strlen(dir));  /* the same name with the XXXXXX filled in */
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -285,9 +249,10 @@ static size_t env_name_len(const char *kv)
     return eq ? (size_t)(eq - kv) : strlen(kv);
 }
 
+/* Whether kv ("NAME=value") is the variable name (given as "NAME" or "NAME=value"). */
 static int env_named(const char *kv, const char *name)
 {
-    return env_name_len(kv) == strlen(name) && strncmp(kv, name, strlen(name)) == 0;
+    return env_name_len(kv) == env_name_len(name) && strncmp(kv, name, env_name_len(name)) == 0;
 }
 
 /* What lambdo holds and a child must not inherit: every LAMBDO_* setting (but the
@@ -308,12 +273,9 @@ static int env_is_lambdos(const char *kv)
 /* Whether the user chose the child's value of kv's variable with LAMBDO_CHILD_<name>. */
 static int env_chosen(const char *const *envp, const char *kv)
 {
-    size_t n = env_name_len(kv);
-
     for (; *envp; envp++)
         if (strncmp(*envp, CHILD_PREFIX, CHILD_PREFIX_LEN) == 0 &&
-            env_name_len(*envp + CHILD_PREFIX_LEN) == n &&
-            memcmp(*envp + CHILD_PREFIX_LEN, kv, n) == 0 && strchr(*envp, '='))
+            env_named(*envp + CHILD_PREFIX_LEN, kv) && strchr(*envp, '='))
             return 1;
     return 0;
 }
