@@ -1,6 +1,5 @@
 #include "local.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -63,31 +62,21 @@ int local_command_resolve(const char *message_cmd, const char *default_cmd, char
 
 int local_seal(struct lerr *e)
 {
-    DIR *d;
-    struct dirent *de;
+    long max = sysconf(_SC_OPEN_MAX);
 
     /* Non-dumpable: /proc/<lambdo>/environ and mem, which hold lambdo's secrets, become
      * unreadable to a child running as the same (non-root) user, and it cannot ptrace us. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
         return lerr_set(e, LERR_IO, "cannot make lambdo non-dumpable: %s", strerror(errno));
-    /* Linux 5.11 does it in one call; older kernels get the /proc walk. */
+    /* Linux 5.11 does it in one call; older kernels get every possible descriptor tried,
+     * once at start-up. */
     if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
         return 0;
-    d = opendir("/proc/self/fd");
-    if (!d)
-        return lerr_set(e, LERR_IO, "cannot list /proc/self/fd: %s", strerror(errno));
-    while ((de = readdir(d))) {
-        char *end;
-        long fd = strtol(de->d_name, &end, 10);
-        int flags;
-
-        if (*end || end == de->d_name || fd < 3 || fd == dirfd(d) || fd > INT_MAX)
-            continue;
-        flags = fcntl((int)fd, F_GETFD);
+    for (int fd = 3; fd < max && fd < INT_MAX; fd++) {
+        int flags = fcntl(fd, F_GETFD);
         if (flags >= 0 && !(flags & FD_CLOEXEC))
-            fcntl((int)fd, F_SETFD, flags | FD_CLOEXEC);
+            fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
     }
-    closedir(d);
     return 0;
 }
 
@@ -330,24 +319,23 @@ static int fd_above_stdio(int fd)
     return moved;
 }
 
-static void exec_failure(struct local_result *out, const char *prog, int err)
+/* The command could not be started because of err: 0 with out saying why, when err is
+ * about the command; -1 with e set when it is lambdo running short (memory, processes). */
+static int exec_failure(struct local_result *out, const char *prog, int err, struct lerr *e)
 {
-    out->exec_failed = 1;
     if (err == ENOENT || err == ENOTDIR)
         snprintf(out->reason, sizeof out->reason, "command not found: %.150s", prog);
     else if (err == EACCES || err == EPERM || err == ENOEXEC || err == EISDIR)
         snprintf(out->reason, sizeof out->reason, "command not executable: %.120s (%s)", prog,
                  strerror(err));
-    else
+    else if (err == ELOOP || err == ENAMETOOLONG || err == E2BIG || err == ETXTBSY ||
+             err == ELIBBAD)
         snprintf(out->reason, sizeof out->reason, "cannot run %.120s: %s", prog, strerror(err));
-}
-
-/* Errors that say the command cannot run, as opposed to lambdo running short. */
-static int is_exec_error(int err)
-{
-    return err == ENOENT || err == ENOTDIR || err == EACCES || err == EPERM ||
-           err == ENOEXEC || err == EISDIR || err == ELOOP || err == ENAMETOOLONG ||
-           err == E2BIG || err == ETXTBSY || err == ELIBBAD;
+    else
+        return lerr_set(e, err == ENOMEM ? LERR_NOMEM : LERR_IO, "cannot start %s: %s", prog,
+                        strerror(err));
+    out->exec_failed = 1;
+    return 0;
 }
 
 /* 0 when path is an executable regular file, else why not, as an errno. */
@@ -668,8 +656,7 @@ static int run_child(const struct local_run *r, const char *events_path,
     }
     sprintf(kv, "EVENTS_PATH=%s", events_path);
     if ((rc = command_find(r->argv[0], env, prog, sizeof prog)) != 0) {
-        exec_failure(out, r->argv[0], rc);
-        ret = 0;
+        ret = exec_failure(out, r->argv[0], rc, e);
         goto out;
     }
     if (pipe2(pfd, O_CLOEXEC) < 0) {
@@ -685,13 +672,7 @@ static int run_child(const struct local_run *r, const char *events_path,
     close(pfd[1]);
     pfd[1] = -1;
     if (rc != 0) {
-        if (!is_exec_error(rc)) {
-            lerr_set(e, rc == ENOMEM ? LERR_NOMEM : LERR_IO, "cannot start %s: %s", r->argv[0],
-                     strerror(rc));
-            goto out;
-        }
-        exec_failure(out, r->argv[0], rc);
-        ret = 0;
+        ret = exec_failure(out, r->argv[0], rc, e);
         goto out;
     }
     out->started = 1;
