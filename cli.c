@@ -215,17 +215,9 @@ static void cli_entry(const struct cli_send_opts *o, const char *body, size_t le
 
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
 {
-    const struct event ev = { NULL, "null", 4, o->image, o->size, o->command };
-    const char *why;
-    size_t at;
-
     if (!o->image)
         return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
-    if (group_check(&ev, e) < 0)
-        return -1;
-    if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
-        return lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
-    return 0;
+    return cli_check_body(o, "null", 4, 0, e);
 }
 
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
@@ -240,6 +232,8 @@ int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, 
     cli_entry(o, body, len, &en);
     if (group_check(&ev, e) < 0)
         r = -1;
+    else if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
+        r = lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
     else if (sqs_text_check(body, len, &at, &why) < 0)  /* JSON that SQS still refuses */
         r = lerr_set(e, LERR_INVALID, "body has %s at byte %zu", why, at);
     else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)
