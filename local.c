@@ -434,8 +434,8 @@ struct watch {
     int out_fd;              /* read end of the output pipe; -1 after EOF */
     int64_t started;
     int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows; 0 before */
-    int stopping;            /* the stop fd became readable */
-    int64_t stop_deadline;   /* then: when the child is killed */
+    int64_t stop_deadline;   /* once the stop fd became readable: when the child is killed;
+                                0 before */
     int64_t drain_until;     /* after the child was reaped */
     int reaped;
     int tick_ms;             /* how long poll may sleep before looking for the end again */
@@ -526,7 +526,7 @@ static int64_t child_deadlines(struct watch *w, int64_t t)
     const struct local_run *r = w->r;
     int grace = r->kill_grace_s > 0 ? r->kill_grace_s : LOCAL_KILL_GRACE_S;
     int64_t timeout_at = r->timeout_s > 0 ? w->started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
-    int64_t stop_at = w->stopping ? w->stop_deadline : INT64_MAX;
+    int64_t stop_at = w->stop_deadline ? w->stop_deadline : INT64_MAX;
 
     if (w->reaped)
         return INT64_MAX;
@@ -567,7 +567,7 @@ static void watch_loop(struct watch *w)
         }
         if (w->out_fd >= 0)
             p[i_out = np++] = (struct pollfd){ .fd = w->out_fd, .events = POLLIN };
-        if (!w->reaped && !w->stopping && r->stop_fd >= 0)
+        if (!w->reaped && !w->stop_deadline && r->stop_fd >= 0)
             p[i_stop = np++] = (struct pollfd){ .fd = r->stop_fd, .events = POLLIN };
         /* Sleep until the next deadline, heartbeat or tick; after the end, the drain's. */
         if (next_idle < until)
@@ -583,7 +583,6 @@ static void watch_loop(struct watch *w)
         if (i_out >= 0 && p[i_out].revents)
             output_read(w);
         if (i_stop >= 0 && p[i_stop].revents) {  /* readable, or closed */
-            w->stopping = 1;
             w->stop_deadline = now_ms() + (int64_t)r->shutdown_grace_s * 1000;
         }
         child_check(w);
@@ -646,15 +645,14 @@ static int run_child(const struct local_run *r, const char *events_path,
                      struct local_result *out, struct lerr *e)
 {
     struct watch w = { .r = r, .out = out, .out_fd = -1, .tick_ms = TICK_MS };
-    char *kv = malloc(strlen(events_path) + sizeof "EVENTS_PATH=");
-    char **env = NULL, prog[PATH_MAX];
+    char kv[sizeof "EVENTS_PATH=" + PATH_MAX], **env, prog[PATH_MAX];
     int pfd[2] = { -1, -1 }, rc, ret = -1;
 
-    if (!kv || !(env = env_build(r->envp, kv))) {
+    snprintf(kv, sizeof kv, "EVENTS_PATH=%s", events_path);
+    if (!(env = env_build(r->envp, kv))) {
         lerr_set(e, LERR_NOMEM, "out of memory for the environment");
         goto out;
     }
-    sprintf(kv, "EVENTS_PATH=%s", events_path);
     if ((rc = command_find(r->argv[0], env, prog, sizeof prog)) != 0) {
         ret = exec_failure(out, r->argv[0], rc, e);
         goto out;
@@ -697,7 +695,6 @@ out:
     if (pfd[1] >= 0)
         close(pfd[1]);
     free(env);
-    free(kv);
     return ret;
 }
 
