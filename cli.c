@@ -82,28 +82,25 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
         const char *a = argv[i];
         int r = 0;
 
-        if (options && (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)) {
+        /* "-5" is a body (a JSON number), not an option; so is "-" */
+        if (!options || a[0] != '-' || !a[1] || (a[1] >= '0' && a[1] <= '9')) {
+            if (o->body)
+                return lerr_set(e, LERR_INVALID, "more than one BODY (to send several, give "
+                                "them as lines on stdin)");
+            o->body = a;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             o->help = 1;
             return 0;
         }
-        if (options && strcmp(a, "--") == 0) {
-            options = 0;
-            continue;
-        }
-        /* "-5" is a body (a JSON number), not an option */
-        if (options && a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9')) {
-            for (size_t k = 0; k < sizeof names / sizeof names[0] && r == 0; k++)
-                r = cli_opt(argc, argv, &i, names[k], slots[k], e);
-            if (r < 0)
-                return -1;
-            if (r == 0)
-                return lerr_set(e, LERR_INVALID, "unknown option \"%.40s\"", a);
-            continue;
-        }
-        if (o->body)
-            return lerr_set(e, LERR_INVALID, "more than one BODY (to send several, give them "
-                            "as lines on stdin)");
-        o->body = a;
+        options = strcmp(a, "--") != 0;  /* after "--", every argument is a BODY */
+        for (size_t k = 0; options && k < sizeof names / sizeof names[0] && r == 0; k++)
+            r = cli_opt(argc, argv, &i, names[k], slots[k], e);
+        if (r < 0)
+            return -1;
+        if (r == 0 && options)
+            return lerr_set(e, LERR_INVALID, "unknown option \"%.40s\"", a);
     }
     if (o->body && o->array)
         return lerr_set(e, LERR_INVALID, "BODY and --array: give one or the other");
