@@ -188,8 +188,7 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
 
     if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
-    while (buf[at] == ' ' || buf[at] == '\t' || buf[at] == '\r' || buf[at] == '\n')
-        at++;  /* valid JSON: a value follows */
+    at += strspn(buf + at, " \t\r\n");  /* valid JSON: a value follows, so this stops */
     if (buf[at] != '[')
         return lerr_set(e, LERR_INVALID, "not a JSON array (to send one body, give it as "
                         "BODY)");

@@ -287,18 +287,17 @@ static char **env_build(const char *const *envp, char *events_kv)
     env = calloc(n + 4, sizeof *env);  /* renamed ones are LAMBDO_*, not also kept */
     if (!env)
         return NULL;
-    for (size_t i = 0; i < n; i++)
-        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_chosen(envp, envp[i]))
-            env[k++] = (char *)envp[i];
-    for (size_t i = 0; i < sizeof no_files / sizeof no_files[0]; i++)
-        if (!env_chosen(envp, no_files[i]))
-            env[k++] = (char *)no_files[i];
     for (size_t i = 0; i < n; i++) {
         const char *kv = envp[i] + CHILD_PREFIX_LEN;
         if (strncmp(envp[i], CHILD_PREFIX, CHILD_PREFIX_LEN) == 0 && strchr(kv, '=') &&
             *kv != '=' && !env_named(kv, "EVENTS_PATH"))
-            env[k++] = (char *)kv;
+            env[k++] = (char *)kv;  /* LAMBDO_CHILD_<NAME>=value as <NAME>=value */
+        else if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_chosen(envp, envp[i]))
+            env[k++] = (char *)envp[i];
     }
+    for (size_t i = 0; i < sizeof no_files / sizeof no_files[0]; i++)
+        if (!env_chosen(envp, no_files[i]))
+            env[k++] = (char *)no_files[i];
     env[k] = events_kv;
     return env;
 }
