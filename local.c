@@ -1,5 +1,6 @@
 #include "local.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -62,21 +63,27 @@ int local_command_resolve(const char *message_cmd, const char *default_cmd, char
 
 int local_seal(struct lerr *e)
 {
-    long max = sysconf(_SC_OPEN_MAX);
+    struct dirent *de;
+    DIR *d;
 
     /* Non-dumpable: /proc/<lambdo>/environ and mem, which hold lambdo's secrets, become
      * unreadable to a child running as the same (non-root) user, and it cannot ptrace us. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
         return lerr_set(e, LERR_IO, "cannot make lambdo non-dumpable: %s", strerror(errno));
-    /* Linux 5.11 does it in one call; older kernels get every possible descriptor tried,
-     * once at start-up. */
+    /* Linux 5.11 does it in one call; older kernels get the /proc walk. */
     if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
         return 0;
-    for (int fd = 3; fd < max && fd < INT_MAX; fd++) {
-        int flags = fcntl(fd, F_GETFD);
+    d = opendir("/proc/self/fd");
+    if (!d)
+        return lerr_set(e, LERR_IO, "cannot list /proc/self/fd: %s", strerror(errno));
+    while ((de = readdir(d))) {
+        int fd = atoi(de->d_name);  /* the kernel's names: numbers, "." and ".." (0) */
+        int flags = fd < 3 || fd == dirfd(d) ? -1 : fcntl(fd, F_GETFD);
+
         if (flags >= 0 && !(flags & FD_CLOEXEC))
             fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
     }
+    closedir(d);
     return 0;
 }
 
