@@ -86,8 +86,9 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e);
 
 /* Checks one body with the flags' attributes, by the daemon's rules (group_check) and
- * SQS's (sqs_text_check of the command and the body, the size limit). lineno > 0 prefixes the reason with "line N: "
- * (with --array "element N: "), e.g. "line 3: body is not valid JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
+ * SQS's (sqs_text_check of the command and the body, the size limit). lineno > 0 prefixes
+ * the reason with "line N: " (with --array "element N: "), e.g. "line 3: body is not valid
+ * JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e);
 

@@ -63,8 +63,8 @@ int local_command_resolve(const char *message_cmd, const char *default_cmd, char
 
 int local_seal(struct lerr *e)
 {
-    struct dirent *de;
     DIR *d;
+    struct dirent *de;
 
     /* Non-dumpable: /proc/<lambdo>/environ and mem, which hold lambdo's secrets, become
      * unreadable to a child running as the same (non-root) user, and it cannot ptrace us. */
@@ -588,9 +588,8 @@ static void watch_loop(struct watch *w)
         }
         if (i_out >= 0 && p[i_out].revents)
             output_read(w);
-        if (i_stop >= 0 && p[i_stop].revents) {  /* readable, or closed */
+        if (i_stop >= 0 && p[i_stop].revents)  /* readable, or closed */
             w->stop_deadline = now_ms() + (int64_t)r->shutdown_grace_s * 1000;
-        }
         child_check(w);
         if (w->tick_ms < TICK_MS)
             w->tick_ms = w->tick_ms * 2 < TICK_MS ? w->tick_ms * 2 : TICK_MS;
