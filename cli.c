@@ -82,28 +82,25 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
         const char *a = argv[i];
         int r = 0;
 
-        if (options && (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)) {
+        /* "-5" is a body (a JSON number), not an option; so is "-" */
+        if (!options || a[0] != '-' || !a[1] || (a[1] >= '0' && a[1] <= '9')) {
+            if (o->body)
+                return lerr_set(e, LERR_INVALID, "more than one BODY (to send several, give "
+                                "them as lines on stdin)");
+            o->body = a;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             o->help = 1;
             return 0;
         }
-        if (options && strcmp(a, "--") == 0) {
-            options = 0;
-            continue;
-        }
-        /* "-5" is a body (a JSON number), not an option */
-        if (options && a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9')) {
-            for (size_t k = 0; k < sizeof names / sizeof names[0] && r == 0; k++)
-                r = cli_opt(argc, argv, &i, names[k], slots[k], e);
-            if (r < 0)
-                return -1;
-            if (r == 0)
-                return lerr_set(e, LERR_INVALID, "unknown option \"%.40s\"", a);
-            continue;
-        }
-        if (o->body)
-            return lerr_set(e, LERR_INVALID, "more than one BODY (to send several, give them "
-                            "as lines on stdin)");
-        o->body = a;
+        options = strcmp(a, "--") != 0;  /* after "--", every argument is a BODY */
+        for (size_t k = 0; options && k < sizeof names / sizeof names[0] && r == 0; k++)
+            r = cli_opt(argc, argv, &i, names[k], slots[k], e);
+        if (r < 0)
+            return -1;
+        if (r == 0 && options)
+            return lerr_set(e, LERR_INVALID, "unknown option \"%.40s\"", a);
     }
     if (o->body && o->array)
         return lerr_set(e, LERR_INVALID, "BODY and --array: give one or the other");
@@ -191,8 +188,7 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
 
     if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
-    while (buf[at] == ' ' || buf[at] == '\t' || buf[at] == '\r' || buf[at] == '\n')
-        at++;  /* valid JSON: a value follows */
+    at += strspn(buf + at, " \t\r\n");  /* valid JSON: a value follows, so this stops */
     if (buf[at] != '[')
         return lerr_set(e, LERR_INVALID, "not a JSON array (to send one body, give it as "
                         "BODY)");
@@ -215,17 +211,9 @@ static void cli_entry(const struct cli_send_opts *o, const char *body, size_t le
 
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
 {
-    const struct event ev = { NULL, "null", 4, o->image, o->size, o->command };
-    const char *why;
-    size_t at;
-
     if (!o->image)
         return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
-    if (group_check(&ev, e) < 0)
-        return -1;
-    if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
-        return lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
-    return 0;
+    return cli_check_body(o, "null", 4, 0, e);
 }
 
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
@@ -240,6 +228,8 @@ int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, 
     cli_entry(o, body, len, &en);
     if (group_check(&ev, e) < 0)
         r = -1;
+    else if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
+        r = lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
     else if (sqs_text_check(body, len, &at, &why) < 0)  /* JSON that SQS still refuses */
         r = lerr_set(e, LERR_INVALID, "body has %s at byte %zu", why, at);
     else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)

@@ -80,15 +80,15 @@ int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t
 int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
                     struct lerr *e);
 
-/* Checks the attributes alone: --image present, then group_check's rules on image, size
- * and command (with the body "null"), and that the command is text SQS accepts. Returns
- * 0, or -1 with e set (LERR_INVALID), e.g. "attribute command: element 2 is not a string
- * (it is a number)". */
+/* Checks the attributes alone: --image present, then cli_check_body with the body "null".
+ * Returns 0, or -1 with e set (LERR_INVALID), e.g. "attribute command: element 2 is not a
+ * string (it is a number)". */
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e);
 
 /* Checks one body with the flags' attributes, by the daemon's rules (group_check) and
- * SQS's (sqs_text_check, the size limit). lineno > 0 prefixes the reason with "line N: "
- * (with --array "element N: "), e.g. "line 3: body is not valid JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
+ * SQS's (sqs_text_check of the command and the body, the size limit). lineno > 0 prefixes
+ * the reason with "line N: " (with --array "element N: "), e.g. "line 3: body is not valid
+ * JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e);
 

@@ -55,29 +55,32 @@ static int has_control(const char *s)
 }
 
 /* The numbers: unset gives the default; set (even to "") it must be a whole number from
- * lo to hi, or with rate a positive number of requests per second. */
+ * lo to hi (hi_window instead when LAMBDO_BATCH_WINDOW_MS is on), or with rate a positive
+ * number of requests per second. */
 static const struct number {
     const char *name;
     size_t off;  /* of the int, or with rate the double, in struct config */
     int lo, hi;
     double dflt;
     int rate;
+    int hi_window;
 } numbers[] = {
 #define AT(field) offsetof(struct config, field)
-    { "LAMBDO_SQS_LONG_POLL_SECONDS", AT(long_poll_seconds), 0, 20, 10, 0 },
-    { "LAMBDO_VISIBILITY_TIMEOUT", AT(visibility_timeout), 1, 43200, 30, 0 },
-    { "LAMBDO_RETRY_DELAY", AT(retry_delay), 0, 43200, 0, 0 },
-    { "LAMBDO_MACHINE_TIMEOUT", AT(machine_timeout), 1, 7 * 86400, 0, 0 },
-    { "LAMBDO_MAX_MACHINES", AT(max_machines), 1, 1000, 10, 0 },
-    { "LAMBDO_FLY_CREATE_RATE", AT(fly_create_rate), 0, 0, 1, 1 },
-    { "LAMBDO_FLY_CREATE_BURST", AT(fly_create_burst), 1, 10000, 3, 0 },
-    { "LAMBDO_FLY_GET_RATE", AT(fly_get_rate), 0, 0, 5, 1 },
-    { "LAMBDO_FLY_GET_BURST", AT(fly_get_burst), 1, 10000, 10, 0 },
-    { "LAMBDO_MAX_EVENTS_BYTES", AT(max_events_bytes), 1024, 64 << 20, 1 << 20, 0 },
-    { "LAMBDO_SHUTDOWN_TIMEOUT", AT(shutdown_timeout), 0, 3600, 0, 0 },
-    { "LAMBDO_BATCH_WINDOW_MS", AT(batch_window_ms), 0, 600000, 0, 0 },
+    { "LAMBDO_SQS_LONG_POLL_SECONDS", AT(long_poll_seconds), 0, 20, 10, 0, 0 },
+    { "LAMBDO_VISIBILITY_TIMEOUT", AT(visibility_timeout), 1, 43200, 30, 0, 0 },
+    { "LAMBDO_RETRY_DELAY", AT(retry_delay), 0, 43200, 0, 0, 0 },
+    { "LAMBDO_MACHINE_TIMEOUT", AT(machine_timeout), 1, 7 * 86400, 0, 0, 0 },
+    { "LAMBDO_MAX_MACHINES", AT(max_machines), 1, 1000, 10, 0, 0 },
+    { "LAMBDO_FLY_CREATE_RATE", AT(fly_create_rate), 0, 0, 1, 1, 0 },
+    { "LAMBDO_FLY_CREATE_BURST", AT(fly_create_burst), 1, 10000, 3, 0, 0 },
+    { "LAMBDO_FLY_GET_RATE", AT(fly_get_rate), 0, 0, 5, 1, 0 },
+    { "LAMBDO_FLY_GET_BURST", AT(fly_get_burst), 1, 10000, 10, 0, 0 },
+    { "LAMBDO_MAX_EVENTS_BYTES", AT(max_events_bytes), 1024, 64 << 20, 1 << 20, 0, 0 },
+    { "LAMBDO_SHUTDOWN_TIMEOUT", AT(shutdown_timeout), 0, 3600, 0, 0, 0 },
+    { "LAMBDO_BATCH_WINDOW_MS", AT(batch_window_ms), 0, 600000, 0, 0, 0 },
     /* after the window: with one, groups fill up to GROUP_MAX_PER_MACHINE */
-    { "LAMBDO_EVENTS_PER_MACHINE", AT(events_per_machine), 1, 10, 5, 0 },
+    { "LAMBDO_EVENTS_PER_MACHINE", AT(events_per_machine), 1, 10, 5, 0,
+      GROUP_MAX_PER_MACHINE },
 };
 
 static int load_number(struct config *c, const struct number *n, config_getenv_fn get,
@@ -85,8 +88,7 @@ static int load_number(struct config *c, const struct number *n, config_getenv_f
 {
     const char *v = get(n->name, ctx);
     void *dst = (char *)c + n->off;
-    int hi = n->off == AT(events_per_machine) && c->batch_window_ms ? GROUP_MAX_PER_MACHINE
-                                                                    : n->hi;
+    int hi = n->hi_window && c->batch_window_ms ? n->hi_window : n->hi;
     char *end = NULL;
     double d = n->dflt;
     long l = (long)n->dflt;

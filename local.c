@@ -16,11 +16,12 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "group.h"
 #include "log.h"
+#include "ratelimit.h"
+#include "text.h"
 
 extern char **environ;
 
@@ -40,10 +41,7 @@ extern char **environ;
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ratelimit_now_ns() / 1000000;
 }
 
 /* ---- commands ------------------------------------------------------------------------ */
@@ -51,18 +49,14 @@ static int64_t now_ms(void)
 int local_command_resolve(const char *message_cmd, const char *default_cmd, char ***argv_out,
                           struct lerr *e)
 {
-    if (message_cmd) {
-        if (group_command(message_cmd, argv_out, e) < 0)
-            return lerr_wrap(e, "attribute command");
-        return 0;
-    }
-    if (default_cmd) {
-        if (group_command(default_cmd, argv_out, e) < 0)
-            return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
-        return 0;
-    }
-    return lerr_set(e, LERR_INVALID, "no command: the message has no command attribute and "
-                    "LAMBDO_LOCAL_COMMAND is not set");
+    const char *cmd = message_cmd ? message_cmd : default_cmd;
+
+    if (!cmd)
+        return lerr_set(e, LERR_INVALID, "no command: the message has no command attribute "
+                        "and LAMBDO_LOCAL_COMMAND is not set");
+    if (group_command(cmd, argv_out, e) < 0)
+        return lerr_wrap(e, "%s", message_cmd ? "attribute command" : "LAMBDO_LOCAL_COMMAND");
+    return 0;
 }
 
 /* ---- descriptors ---------------------------------------------------------------------- */
@@ -83,15 +77,11 @@ int local_seal(struct lerr *e)
     if (!d)
         return lerr_set(e, LERR_IO, "cannot list /proc/self/fd: %s", strerror(errno));
     while ((de = readdir(d))) {
-        char *end;
-        long fd = strtol(de->d_name, &end, 10);
-        int flags;
+        int fd = atoi(de->d_name);  /* the kernel's names: numbers, "." and ".." (0) */
+        int flags = fd < 3 || fd == dirfd(d) ? -1 : fcntl(fd, F_GETFD);
 
-        if (*end || end == de->d_name || fd < 3 || fd == dirfd(d) || fd > INT_MAX)
-            continue;
-        flags = fcntl((int)fd, F_GETFD);
         if (flags >= 0 && !(flags & FD_CLOEXEC))
-            fcntl((int)fd, F_SETFD, flags | FD_CLOEXEC);
+            fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
     }
     closedir(d);
     return 0;
@@ -136,35 +126,6 @@ void local_lines_finish(struct local_lines *l)
     l->dropping = 0;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid; *partial set when the bytes
- * there are a valid start cut short by the end. */
-static size_t utf8_seq(const unsigned char *s, size_t n, int *partial)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-
-    *partial = 0;
-    if (c >= 0x01 && c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 2;
-    else if (c >= 0xE0 && c <= 0xEF)
-        need = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-    else if (c >= 0xF0 && c <= 0xF4)
-        need = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    else
-        return 0;
-    for (size_t i = 1; i < need; i++) {
-        if (i >= n) {
-            *partial = 1;
-            return 0;
-        }
-        if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF))
-            return 0;
-    }
-    return need;
-}
-
 void local_line_format(char *out, size_t cap, const char *group_id, const char *line,
                        size_t len, int truncated)
 {
@@ -172,19 +133,19 @@ void local_line_format(char *out, size_t cap, const char *group_id, const char *
     const char *mark = truncated ? " [truncated]" : "";
     size_t o, i = 0;
 
-    if (!cap)
-        return;
     if (!truncated && len && s[len - 1] == '\r')
         len--;
     o = (size_t)snprintf(out, cap, "[group %.*s] ", GID_MAX, group_id ? group_id : "?");
     if (o >= cap)
         return;
     while (i < len && o + strlen(mark) + 1 < cap) {
-        int partial;
-        size_t k = utf8_seq(s + i, len - i, &partial);
+        unsigned cp;
+        size_t k = s[i] ? text_utf8_next(s + i, len - i, &cp) : 0;
 
-        if (partial && truncated)
-            break;  /* a character the truncation cut in two */
+        /* a lead byte whose character the truncation cut in two */
+        if (!k && truncated && s[i] >= 0xc2 && s[i] <= 0xf4 &&
+            len - i < (s[i] >= 0xf0 ? 4u : s[i] >= 0xe0 ? 3u : 2u))
+            break;
         if (!k) {
             out[o++] = '?';
             i++;
@@ -253,10 +214,9 @@ static int events_file_create(const struct local_run *r, char *dir, char *path, 
         return lerr_set(e, LERR_INVALID, "temporary directory name too long: %s", tmp);
     }
     if (!mkdtemp(dir)) {
-        err = errno;
         dir[0] = '\0';
         return lerr_set(e, LERR_IO, "cannot create a private directory in %s: %s", tmp,
-                        strerror(err));
+                        strerror(errno));
     }
     memcpy(path, dir, strlen(dir));  /* the same name with the XXXXXX filled in */
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -285,9 +245,10 @@ static size_t env_name_len(const char *kv)
     return eq ? (size_t)(eq - kv) : strlen(kv);
 }
 
+/* Whether kv ("NAME=value") is the variable name (given as "NAME" or "NAME=value"). */
 static int env_named(const char *kv, const char *name)
 {
-    return env_name_len(kv) == strlen(name) && strncmp(kv, name, strlen(name)) == 0;
+    return env_name_len(kv) == env_name_len(name) && strncmp(kv, name, env_name_len(name)) == 0;
 }
 
 /* What lambdo holds and a child must not inherit: every LAMBDO_* setting (but the
@@ -308,12 +269,9 @@ static int env_is_lambdos(const char *kv)
 /* Whether the user chose the child's value of kv's variable with LAMBDO_CHILD_<name>. */
 static int env_chosen(const char *const *envp, const char *kv)
 {
-    size_t n = env_name_len(kv);
-
     for (; *envp; envp++)
         if (strncmp(*envp, CHILD_PREFIX, CHILD_PREFIX_LEN) == 0 &&
-            env_name_len(*envp + CHILD_PREFIX_LEN) == n &&
-            memcmp(*envp + CHILD_PREFIX_LEN, kv, n) == 0 && strchr(*envp, '='))
+            env_named(*envp + CHILD_PREFIX_LEN, kv) && strchr(*envp, '='))
             return 1;
     return 0;
 }
@@ -336,18 +294,17 @@ static char **env_build(const char *const *envp, char *events_kv)
     env = calloc(n + 4, sizeof *env);  /* renamed ones are LAMBDO_*, not also kept */
     if (!env)
         return NULL;
-    for (size_t i = 0; i < n; i++)
-        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_chosen(envp, envp[i]))
-            env[k++] = (char *)envp[i];
-    for (size_t i = 0; i < sizeof no_files / sizeof no_files[0]; i++)
-        if (!env_chosen(envp, no_files[i]))
-            env[k++] = (char *)no_files[i];
     for (size_t i = 0; i < n; i++) {
         const char *kv = envp[i] + CHILD_PREFIX_LEN;
         if (strncmp(envp[i], CHILD_PREFIX, CHILD_PREFIX_LEN) == 0 && strchr(kv, '=') &&
             *kv != '=' && !env_named(kv, "EVENTS_PATH"))
-            env[k++] = (char *)kv;
+            env[k++] = (char *)kv;  /* LAMBDO_CHILD_<NAME>=value as <NAME>=value */
+        else if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_chosen(envp, envp[i]))
+            env[k++] = (char *)envp[i];
     }
+    for (size_t i = 0; i < sizeof no_files / sizeof no_files[0]; i++)
+        if (!env_chosen(envp, no_files[i]))
+            env[k++] = (char *)no_files[i];
     env[k] = events_kv;
     return env;
 }
@@ -368,24 +325,23 @@ static int fd_above_stdio(int fd)
     return moved;
 }
 
-static void exec_failure(struct local_result *out, const char *prog, int err)
+/* The command could not be started because of err: 0 with out saying why, when err is
+ * about the command; -1 with e set when it is lambdo running short (memory, processes). */
+static int exec_failure(struct local_result *out, const char *prog, int err, struct lerr *e)
 {
-    out->exec_failed = 1;
     if (err == ENOENT || err == ENOTDIR)
         snprintf(out->reason, sizeof out->reason, "command not found: %.150s", prog);
     else if (err == EACCES || err == EPERM || err == ENOEXEC || err == EISDIR)
         snprintf(out->reason, sizeof out->reason, "command not executable: %.120s (%s)", prog,
                  strerror(err));
-    else
+    else if (err == ELOOP || err == ENAMETOOLONG || err == E2BIG || err == ETXTBSY ||
+             err == ELIBBAD)
         snprintf(out->reason, sizeof out->reason, "cannot run %.120s: %s", prog, strerror(err));
-}
-
-/* Errors that say the command cannot run, as opposed to lambdo running short. */
-static int is_exec_error(int err)
-{
-    return err == ENOENT || err == ENOTDIR || err == EACCES || err == EPERM ||
-           err == ENOEXEC || err == EISDIR || err == ELOOP || err == ENAMETOOLONG ||
-           err == E2BIG || err == ETXTBSY || err == ELIBBAD;
+    else
+        return lerr_set(e, err == ENOMEM ? LERR_NOMEM : LERR_IO, "cannot start %s: %s", prog,
+                        strerror(err));
+    out->exec_failed = 1;
+    return 0;
 }
 
 /* 0 when path is an executable regular file, else why not, as an errno. */
@@ -484,8 +440,8 @@ struct watch {
     int out_fd;              /* read end of the output pipe; -1 after EOF */
     int64_t started;
     int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows; 0 before */
-    int stopping;            /* the stop fd became readable */
-    int64_t stop_deadline;   /* then: when the child is killed */
+    int64_t stop_deadline;   /* once the stop fd became readable: when the child is killed;
+                                0 before */
     int64_t drain_until;     /* after the child was reaped */
     int reaped;
     int tick_ms;             /* how long poll may sleep before looking for the end again */
@@ -576,7 +532,7 @@ static int64_t child_deadlines(struct watch *w, int64_t t)
     const struct local_run *r = w->r;
     int grace = r->kill_grace_s > 0 ? r->kill_grace_s : LOCAL_KILL_GRACE_S;
     int64_t timeout_at = r->timeout_s > 0 ? w->started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
-    int64_t stop_at = w->stopping ? w->stop_deadline : INT64_MAX;
+    int64_t stop_at = w->stop_deadline ? w->stop_deadline : INT64_MAX;
 
     if (w->reaped)
         return INT64_MAX;
@@ -617,7 +573,7 @@ static void watch_loop(struct watch *w)
         }
         if (w->out_fd >= 0)
             p[i_out = np++] = (struct pollfd){ .fd = w->out_fd, .events = POLLIN };
-        if (!w->reaped && !w->stopping && r->stop_fd >= 0)
+        if (!w->reaped && !w->stop_deadline && r->stop_fd >= 0)
             p[i_stop = np++] = (struct pollfd){ .fd = r->stop_fd, .events = POLLIN };
         /* Sleep until the next deadline, heartbeat or tick; after the end, the drain's. */
         if (next_idle < until)
@@ -632,10 +588,8 @@ static void watch_loop(struct watch *w)
         }
         if (i_out >= 0 && p[i_out].revents)
             output_read(w);
-        if (i_stop >= 0 && p[i_stop].revents) {  /* readable, or closed */
-            w->stopping = 1;
+        if (i_stop >= 0 && p[i_stop].revents)  /* readable, or closed */
             w->stop_deadline = now_ms() + (int64_t)r->shutdown_grace_s * 1000;
-        }
         child_check(w);
         if (w->tick_ms < TICK_MS)
             w->tick_ms = w->tick_ms * 2 < TICK_MS ? w->tick_ms * 2 : TICK_MS;
@@ -696,18 +650,16 @@ static int run_child(const struct local_run *r, const char *events_path,
                      struct local_result *out, struct lerr *e)
 {
     struct watch w = { .r = r, .out = out, .out_fd = -1, .tick_ms = TICK_MS };
-    char *kv = malloc(strlen(events_path) + sizeof "EVENTS_PATH=");
-    char **env = NULL, prog[PATH_MAX];
+    char kv[sizeof "EVENTS_PATH=" + PATH_MAX], **env, prog[PATH_MAX];
     int pfd[2] = { -1, -1 }, rc, ret = -1;
 
-    if (!kv || !(env = env_build(r->envp, kv))) {
+    snprintf(kv, sizeof kv, "EVENTS_PATH=%s", events_path);
+    if (!(env = env_build(r->envp, kv))) {
         lerr_set(e, LERR_NOMEM, "out of memory for the environment");
         goto out;
     }
-    sprintf(kv, "EVENTS_PATH=%s", events_path);
     if ((rc = command_find(r->argv[0], env, prog, sizeof prog)) != 0) {
-        exec_failure(out, r->argv[0], rc);
-        ret = 0;
+        ret = exec_failure(out, r->argv[0], rc, e);
         goto out;
     }
     if (pipe2(pfd, O_CLOEXEC) < 0) {
@@ -723,13 +675,7 @@ static int run_child(const struct local_run *r, const char *events_path,
     close(pfd[1]);
     pfd[1] = -1;
     if (rc != 0) {
-        if (!is_exec_error(rc)) {
-            lerr_set(e, rc == ENOMEM ? LERR_NOMEM : LERR_IO, "cannot start %s: %s", r->argv[0],
-                     strerror(rc));
-            goto out;
-        }
-        exec_failure(out, r->argv[0], rc);
-        ret = 0;
+        ret = exec_failure(out, r->argv[0], rc, e);
         goto out;
     }
     out->started = 1;
@@ -754,7 +700,6 @@ out:
     if (pfd[1] >= 0)
         close(pfd[1]);
     free(env);
-    free(kv);
     return ret;
 }
 
