@@ -424,8 +424,8 @@ void tls_anchors_free(struct tls_anchors *ta)
  *
  * BearSSL matches a server name against DNS names and the CN only, and would take an IP
  * literal for one. An IP host is given to it as no name at all (then it checks none and
- * sends no SNI), and this wrapper around its X.509 engine keeps the chain's first
- * certificate, the server's own, to match the address against its iPAddress SANs once
+ * sends no SNI), and four of its X.509 engine's methods, wrapped here, keep the chain's
+ * first certificate, the server's own, to match the address against its iPAddress SANs once
  * BearSSL has found the chain trusted. */
 
 /* Is ip one of the iPAddress entries ([7]) of the certificate's subjectAltName? */
@@ -446,7 +446,7 @@ static int cert_has_ip(const unsigned char *der, size_t len, const unsigned char
 
 static struct tls_client *x509_tc(const br_x509_class *const *ctx)
 {
-    return (struct tls_client *)((uintptr_t)ctx - offsetof(struct tls_client, x509));
+    return (struct tls_client *)((uintptr_t)ctx - offsetof(struct tls_client, xc));
 }
 
 static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
@@ -454,16 +454,16 @@ static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
     struct tls_client *tc = x509_tc(ctx);
 
     tc->certs = tc->ee_len = tc->ee_want = 0;
-    tc->xc.vtable->start_chain(&tc->xc.vtable, server_name);
+    br_x509_minimal_vtable.start_chain(ctx, server_name);
 }
 
 static void x509_start_cert(const br_x509_class **ctx, uint32_t length)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->certs == 0)
+    if (tc->certs++ == 0)
         tc->ee_want = length;
-    tc->xc.vtable->start_cert(&tc->xc.vtable, length);
+    br_x509_minimal_vtable.start_cert(ctx, length);
 }
 
 /* The EE certificate's bytes add up to ee_want: when that fits, so does every piece. */
@@ -471,25 +471,17 @@ static void x509_append(const br_x509_class **ctx, const unsigned char *buf, siz
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->ip_len && tc->certs == 0 && len <= sizeof tc->ee - tc->ee_len) {
+    if (tc->ip_len && tc->certs == 1 && len <= sizeof tc->ee - tc->ee_len) {
         memcpy(tc->ee + tc->ee_len, buf, len);
         tc->ee_len += len;
     }
-    tc->xc.vtable->append(&tc->xc.vtable, buf, len);
-}
-
-static void x509_end_cert(const br_x509_class **ctx)
-{
-    struct tls_client *tc = x509_tc(ctx);
-
-    tc->certs++;
-    tc->xc.vtable->end_cert(&tc->xc.vtable);
+    br_x509_minimal_vtable.append(ctx, buf, len);
 }
 
 static unsigned x509_end_chain(const br_x509_class **ctx)
 {
     struct tls_client *tc = x509_tc(ctx);
-    unsigned err = tc->xc.vtable->end_chain(&tc->xc.vtable);
+    unsigned err = br_x509_minimal_vtable.end_chain(ctx);
 
     if (err || !tc->ip_len)
         return err;
@@ -497,18 +489,6 @@ static unsigned x509_end_chain(const br_x509_class **ctx)
         return BR_ERR_X509_LIMIT_EXCEEDED;
     return cert_has_ip(tc->ee, tc->ee_len, tc->ip, tc->ip_len) ? 0 : BR_ERR_X509_BAD_SERVER_NAME;
 }
-
-static const br_x509_pkey *x509_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
-{
-    struct tls_client *tc = x509_tc(ctx);
-
-    return tc->xc.vtable->get_pkey(&tc->xc.vtable, usages);
-}
-
-static const br_x509_class x509_ip_aware = {
-    sizeof(struct tls_client), x509_start_chain, x509_start_cert, x509_append,
-    x509_end_cert, x509_end_chain, x509_get_pkey,
-};
 
 /* Sets tc->ip from host when host is an address literal: IPv6, or IPv4 in any form the
  * resolver takes as one (inet_aton: "127.1" too), so that no such host passes as a name. */
@@ -561,8 +541,15 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
         br_ssl_engine_set_hash(&cc->eng, id, hashes[id]);
         br_x509_minimal_set_hash(&tc->xc, id, hashes[id]);
     }
-    tc->x509 = &x509_ip_aware;
-    br_ssl_engine_set_x509(&cc->eng, &tc->x509);
+    /* BearSSL's X.509 engine with the four methods above in front of its own: its
+     * functions never look at the vtable they are called through. */
+    tc->x509 = br_x509_minimal_vtable;
+    tc->x509.start_chain = x509_start_chain;
+    tc->x509.start_cert = x509_start_cert;
+    tc->x509.append = x509_append;
+    tc->x509.end_chain = x509_end_chain;
+    tc->xc.vtable = &tc->x509;
+    br_ssl_engine_set_x509(&cc->eng, &tc->xc.vtable);
     br_ssl_engine_set_prf_sha256(&cc->eng, &br_tls12_sha256_prf);
     br_ssl_engine_set_prf_sha384(&cc->eng, &br_tls12_sha384_prf);
     br_ssl_engine_set_default_aes_gcm(&cc->eng);
