@@ -28,8 +28,8 @@ struct der {
 };
 
 /* Takes the next element off d: tag (low-tag-number form), definite length. val is its
- * content; whole (may be NULL) the element with its header. Returns the tag, -1 if bad. */
-static int der_next(struct der *d, struct der *val, struct der *whole)
+ * content. Returns the tag, -1 if bad. */
+static int der_next(struct der *d, struct der *val)
 {
     size_t i = 2, len;
     int tag;
@@ -50,18 +50,9 @@ static int der_next(struct der *d, struct der *val, struct der *whole)
         return -1;
     val->p = d->p + i;
     val->len = len;
-    if (whole) {
-        whole->p = d->p;
-        whole->len = i + len;
-    }
     d->p += i + len;
     d->len -= i + len;
     return tag;
-}
-
-static int der_expect(struct der *d, int tag, struct der *val, struct der *whole)
-{
-    return der_next(d, val, whole) == tag ? 0 : -1;
 }
 
 static int der_oid_is(const struct der *oid, const char *bytes, size_t n)
@@ -82,7 +73,7 @@ static int der_uint(struct der *d, unsigned char **p, size_t *len)
 {
     struct der v;
 
-    if (der_expect(d, 0x02, &v, NULL) < 0 || v.len == 0 || (v.p[0] & 0x80))
+    if (der_next(d, &v) != 0x02 || v.len == 0 || (v.p[0] & 0x80))
         return -1;
     while (v.len > 1 && v.p[0] == 0) {
         v.p++;
@@ -107,20 +98,20 @@ static int ta_spki(struct der spki, br_x509_pkey *k)
 {
     struct der alg, oid, bits, param, rsa;
 
-    if (der_expect(&spki, 0x30, &alg, NULL) < 0 || der_expect(&alg, 0x06, &oid, NULL) < 0 ||
-        der_expect(&spki, 0x03, &bits, NULL) < 0 || bits.len < 2 || bits.p[0] != 0)
+    if (der_next(&spki, &alg) != 0x30 || der_next(&alg, &oid) != 0x06 ||
+        der_next(&spki, &bits) != 0x03 || bits.len < 2 || bits.p[0] != 0)
         return -1;
     bits.p++;
     bits.len--;
     if (OID_IS(&oid, OID_RSA)) {
         k->key_type = BR_KEYTYPE_RSA;
-        if (der_expect(&bits, 0x30, &rsa, NULL) < 0 ||
+        if (der_next(&bits, &rsa) != 0x30 ||
             der_uint(&rsa, &k->key.rsa.n, &k->key.rsa.nlen) < 0 ||
             der_uint(&rsa, &k->key.rsa.e, &k->key.rsa.elen) < 0)
             return -1;
         return 0;
     }
-    if (!OID_IS(&oid, OID_EC) || der_expect(&alg, 0x06, &param, NULL) < 0)
+    if (!OID_IS(&oid, OID_EC) || der_next(&alg, &param) != 0x06)
         return -1;
     k->key_type = BR_KEYTYPE_EC;
     k->key.ec.q = der_bytes(bits);
@@ -143,15 +134,15 @@ static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct
     struct der seq, ext, id, v;
     int found = 0;
 
-    if (der_expect(&exts, 0x30, &seq, NULL) < 0)
+    if (der_next(&exts, &seq) != 0x30)
         return -1;
     while (seq.len > 0) {
         int tag;
-        if (der_expect(&seq, 0x30, &ext, NULL) < 0 || der_expect(&ext, 0x06, &id, NULL) < 0)
+        if (der_next(&seq, &ext) != 0x30 || der_next(&ext, &id) != 0x06)
             return -1;
-        tag = der_next(&ext, &v, NULL);
+        tag = der_next(&ext, &v);
         if (tag == 0x01)  /* critical */
-            tag = der_next(&ext, &v, NULL);
+            tag = der_next(&ext, &v);
         if (tag != 0x04)
             return -1;
         if (!found && der_oid_is(&id, oid, oid_len)) {
@@ -173,21 +164,22 @@ static int cert_fields(const unsigned char *der, size_t len, struct der *subject
     int tag;
 
     exts->len = 0;
-    if (der_expect(&in, 0x30, &cert, NULL) < 0 || in.len != 0 ||
-        der_expect(&cert, 0x30, &tbs, NULL) < 0)
+    if (der_next(&in, &cert) != 0x30 || in.len != 0 || der_next(&cert, &tbs) != 0x30)
         return -1;
-    tag = der_next(&tbs, &skip, NULL);
+    tag = der_next(&tbs, &skip);
     if (tag == 0xa0)  /* [0] version */
-        tag = der_next(&tbs, &skip, NULL);
+        tag = der_next(&tbs, &skip);
     if (tag != 0x02 ||                                   /* serialNumber */
-        der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* signature */
-        der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* issuer */
-        der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* validity */
-        der_expect(&tbs, 0x30, &skip, subject) < 0 ||
-        der_expect(&tbs, 0x30, spki, NULL) < 0)
+        der_next(&tbs, &skip) != 0x30 ||                 /* signature */
+        der_next(&tbs, &skip) != 0x30 ||                 /* issuer */
+        der_next(&tbs, &skip) != 0x30)                   /* validity */
         return -1;
+    subject->p = tbs.p;  /* the whole element, header included: the anchor's DN */
+    if (der_next(&tbs, &skip) != 0x30 || der_next(&tbs, spki) != 0x30)
+        return -1;
+    subject->len = (size_t)(skip.p + skip.len - subject->p);
     while (tbs.len > 0) {
-        tag = der_next(&tbs, &x, NULL);
+        tag = der_next(&tbs, &x);
         if (tag < 0)
             return -1;
         if (tag == 0xa3)
@@ -214,9 +206,9 @@ static int ta_parse_cert(const unsigned char *der, size_t len, br_x509_trust_anc
     rc = exts.len ? DER_FIND_EXT(exts, OID_BASIC_CONS, &val) : 0;
     if (rc <= 0)
         return rc;
-    if (der_expect(&val, 0x30, &bc, NULL) < 0)
+    if (der_next(&val, &bc) != 0x30)
         return -1;
-    if (bc.len > 0 && der_expect(&bc, 0x01, &v, NULL) == 0 && v.len == 1 && v.p[0])
+    if (bc.len > 0 && der_next(&bc, &v) == 0x01 && v.len == 1 && v.p[0])
         a->flags = BR_X509_TA_CA;
     return 0;
 }
@@ -436,9 +428,9 @@ static int cert_has_ip(const unsigned char *der, size_t len, const unsigned char
     int tag;
 
     if (cert_fields(der, len, &subject, &spki, &exts) < 0 || exts.len == 0 ||
-        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_expect(&san, 0x30, &names, NULL) < 0)
+        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
         return 0;
-    while ((tag = der_next(&names, &name, NULL)) >= 0)
+    while ((tag = der_next(&names, &name)) >= 0)
         if (tag == 0x87 && name.len == ip_len && memcmp(name.p, ip, ip_len) == 0)
             return 1;
     return 0;
@@ -621,27 +613,32 @@ static const char *tls_err_name(int err)
     return "unknown";
 }
 
-/* RFC 8446 name of a TLS alert number ("protocol_version"). */
+/* RFC 8446 name of a TLS alert number ("protocol_version"). The names are kept in place,
+ * not as pointers into a table indexed by number: 650 bytes of binary instead of 1.4 KB. */
 static const char *tls_alert_name(int alert)
 {
-    static const char *const names[] = {
-        [0] = "close_notify",              [10] = "unexpected_message",
-        [20] = "bad_record_mac",           [22] = "record_overflow",
-        [40] = "handshake_failure",        [42] = "bad_certificate",
-        [43] = "unsupported_certificate",  [44] = "certificate_revoked",
-        [45] = "certificate_expired",      [46] = "certificate_unknown",
-        [47] = "illegal_parameter",        [48] = "unknown_ca",
-        [49] = "access_denied",            [50] = "decode_error",
-        [51] = "decrypt_error",            [70] = "protocol_version",
-        [71] = "insufficient_security",    [80] = "internal_error",
-        [86] = "inappropriate_fallback",   [90] = "user_canceled",
-        [100] = "no_renegotiation",        [109] = "missing_extension",
-        [110] = "unsupported_extension",   [112] = "unrecognized_name",
-        [116] = "certificate_required",    [120] = "no_application_protocol",
+    static const struct {
+        unsigned char number;
+        char name[24];
+    } names[] = {
+        { 0, "close_notify" },              { 10, "unexpected_message" },
+        { 20, "bad_record_mac" },           { 22, "record_overflow" },
+        { 40, "handshake_failure" },        { 42, "bad_certificate" },
+        { 43, "unsupported_certificate" },  { 44, "certificate_revoked" },
+        { 45, "certificate_expired" },      { 46, "certificate_unknown" },
+        { 47, "illegal_parameter" },        { 48, "unknown_ca" },
+        { 49, "access_denied" },            { 50, "decode_error" },
+        { 51, "decrypt_error" },            { 70, "protocol_version" },
+        { 71, "insufficient_security" },    { 80, "internal_error" },
+        { 86, "inappropriate_fallback" },   { 90, "user_canceled" },
+        { 100, "no_renegotiation" },        { 109, "missing_extension" },
+        { 110, "unsupported_extension" },   { 112, "unrecognized_name" },
+        { 116, "certificate_required" },    { 120, "no_application_protocol" },
     };
 
-    if (alert >= 0 && (size_t)alert < sizeof names / sizeof names[0] && names[alert])
-        return names[alert];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (names[i].number == alert)
+            return names[i].name;
     return "unknown alert";
 }
 
