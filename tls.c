@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ---- the little DER needed for a trust anchor -------------------------------------------
+/* ---- the little DER needed for a trust anchor (and an IP host's check) ------------------
  *
  * A trust anchor is the certificate's subject DN (as encoded), public key and CA flag.
  * BearSSL's PEM and X.509 decoders find them with byte-at-a-time virtual machines: even
@@ -163,7 +163,7 @@ static int cert_fields(const unsigned char *der, size_t len, struct der *subject
     struct der in = { der, len }, cert, tbs, skip, x;
     int tag;
 
-    exts->len = 0;
+    *exts = (struct der){ NULL, 0 };
     if (der_next(&in, &cert) != 0x30 || in.len != 0 || der_next(&cert, &tbs) != 0x30)
         return -1;
     tag = der_next(&tbs, &skip);
@@ -410,8 +410,6 @@ void tls_anchors_free(struct tls_anchors *ta)
     memset(ta, 0, sizeof *ta);
 }
 
-/* ---- client engine ---------------------------------------------------------------------- */
-
 /* ---- IP-address hosts ------------------------------------------------------------------
  *
  * BearSSL matches a server name against DNS names and the CN only, and would take an IP
@@ -419,22 +417,6 @@ void tls_anchors_free(struct tls_anchors *ta)
  * sends no SNI), and four of its X.509 engine's methods, wrapped here, keep the chain's
  * first certificate, the server's own, to match the address against its iPAddress SANs once
  * BearSSL has found the chain trusted. */
-
-/* Is ip one of the iPAddress entries ([7]) of the certificate's subjectAltName? */
-static int cert_has_ip(const unsigned char *der, size_t len, const unsigned char *ip,
-                       size_t ip_len)
-{
-    struct der subject, spki, exts, san, names, name;
-    int tag;
-
-    if (cert_fields(der, len, &subject, &spki, &exts) < 0 || exts.len == 0 ||
-        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
-        return 0;
-    while ((tag = der_next(&names, &name)) >= 0)
-        if (tag == 0x87 && name.len == ip_len && memcmp(name.p, ip, ip_len) == 0)
-            return 1;
-    return 0;
-}
 
 static struct tls_client *x509_tc(const br_x509_class *const *ctx)
 {
@@ -470,16 +452,26 @@ static void x509_append(const br_x509_class **ctx, const unsigned char *buf, siz
     br_x509_minimal_vtable.append(ctx, buf, len);
 }
 
+/* Once BearSSL has found the chain trusted, an IP host must be one of the iPAddress
+ * entries ([7]) of the EE certificate's subjectAltName. */
 static unsigned x509_end_chain(const br_x509_class **ctx)
 {
     struct tls_client *tc = x509_tc(ctx);
     unsigned err = br_x509_minimal_vtable.end_chain(ctx);
+    struct der subject, spki, exts, san, names, name;
+    int tag;
 
     if (err || !tc->ip_len)
         return err;
     if (tc->ee_want > sizeof tc->ee)
         return BR_ERR_X509_LIMIT_EXCEEDED;
-    return cert_has_ip(tc->ee, tc->ee_len, tc->ip, tc->ip_len) ? 0 : BR_ERR_X509_BAD_SERVER_NAME;
+    if (cert_fields(tc->ee, tc->ee_len, &subject, &spki, &exts) < 0 ||
+        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
+        return BR_ERR_X509_BAD_SERVER_NAME;
+    while ((tag = der_next(&names, &name)) >= 0)
+        if (tag == 0x87 && name.len == tc->ip_len && memcmp(name.p, tc->ip, tc->ip_len) == 0)
+            return 0;
+    return BR_ERR_X509_BAD_SERVER_NAME;
 }
 
 /* Sets tc->ip from host when host is an address literal: IPv6, or IPv4 in any form the
@@ -496,6 +488,8 @@ static void tls_host_ip(struct tls_client *tc, const char *host)
         tc->ip_len = sizeof a4;
     }
 }
+
+/* ---- client engine ---------------------------------------------------------------------- */
 
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 {
