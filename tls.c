@@ -22,8 +22,10 @@
  * checks signatures or dates: anchors are trusted by configuration, and BearSSL never
  * checks an anchor's own dates either. */
 
+/* A view of DER bytes: the loader's own, decoded in place, or a client's copy of a
+ * server's certificate (not const: an anchor points at them). */
 struct der {
-    const unsigned char *p;
+    unsigned char *p;
     size_t len;
 };
 
@@ -60,13 +62,6 @@ static int der_oid_is(const struct der *oid, const char *bytes, size_t n)
     return oid->len == n && memcmp(oid->p, bytes, n) == 0;
 }
 
-/* The bytes under a struct der are the loader's own, decoded in place: only its view of
- * them is const, and an anchor points at them. */
-static unsigned char *der_bytes(struct der d)
-{
-    return (unsigned char *)(uintptr_t)d.p;
-}
-
 /* An INTEGER as an unsigned big-endian number, leading zeros dropped. A negative one (top
  * bit set) is no RSA modulus or exponent: refused, as BearSSL's own decoder does. */
 static int der_uint(struct der *d, unsigned char **p, size_t *len)
@@ -79,7 +74,7 @@ static int der_uint(struct der *d, unsigned char **p, size_t *len)
         v.p++;
         v.len--;
     }
-    *p = der_bytes(v);
+    *p = v.p;
     *len = v.len;
     return 0;
 }
@@ -114,7 +109,7 @@ static int ta_spki(struct der spki, br_x509_pkey *k)
     if (!OID_IS(&oid, OID_EC) || der_next(&alg, &param) != 0x06)
         return -1;
     k->key_type = BR_KEYTYPE_EC;
-    k->key.ec.q = der_bytes(bits);
+    k->key.ec.q = bits.p;
     k->key.ec.qlen = bits.len;
     if (OID_IS(&param, OID_P256))
         k->key.ec.curve = BR_EC_secp256r1;
@@ -157,7 +152,7 @@ static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct
 /* Splits a certificate, after which nothing may follow, into the TBS fields used here:
  * the subject (whole element), the SubjectPublicKeyInfo and the extensions (length 0 when
  * there are none). Returns 0, or -1 if it is malformed. */
-static int cert_fields(const unsigned char *der, size_t len, struct der *subject,
+static int cert_fields(unsigned char *der, size_t len, struct der *subject,
                        struct der *spki, struct der *exts)
 {
     struct der in = { der, len }, cert, tbs, skip, x;
@@ -190,7 +185,7 @@ static int cert_fields(const unsigned char *der, size_t len, struct der *subject
 
 /* Certificate -> subject DN, key and CA flag (basicConstraints). Returns 0, or -1 for a
  * certificate that is malformed or has a key BearSSL cannot use. */
-static int ta_parse_cert(const unsigned char *der, size_t len, br_x509_trust_anchor *a)
+static int ta_parse_cert(unsigned char *der, size_t len, br_x509_trust_anchor *a)
 {
     struct der subject, spki, exts, val, bc, v;
     int rc;
@@ -201,7 +196,7 @@ static int ta_parse_cert(const unsigned char *der, size_t len, br_x509_trust_anc
      * them would trust what the bundle says not to, so such entries are not anchors. */
     if (cert_fields(der, len, &subject, &spki, &exts) < 0 || ta_spki(spki, &a->pkey) < 0)
         return -1;
-    a->dn.data = der_bytes(subject);
+    a->dn.data = subject.p;
     a->dn.len = subject.len;
     rc = exts.len ? DER_FIND_EXT(exts, OID_BASIC_CONS, &val) : 0;
     if (rc <= 0)
@@ -229,7 +224,7 @@ struct ta_loader {
 /* Keeps a certificate as an anchor. One that cannot be an anchor (malformed, or a key
  * type BearSSL does not do, such as Ed25519) is skipped: one odd entry in a system bundle
  * must not stop the program. */
-static int ta_add_cert(struct ta_loader *l, const unsigned char *der, size_t len)
+static int ta_add_cert(struct ta_loader *l, unsigned char *der, size_t len)
 {
     if (l->count == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 256;
