@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ---- the little DER needed for a trust anchor -------------------------------------------
+/* ---- the little DER needed for a trust anchor (and an IP host's check) ------------------
  *
  * A trust anchor is the certificate's subject DN (as encoded), public key and CA flag.
  * BearSSL's PEM and X.509 decoders find them with byte-at-a-time virtual machines: even
@@ -22,14 +22,16 @@
  * checks signatures or dates: anchors are trusted by configuration, and BearSSL never
  * checks an anchor's own dates either. */
 
+/* A view of DER bytes: the loader's own, decoded in place, or a client's copy of a
+ * server's certificate (not const: an anchor points at them). */
 struct der {
-    const unsigned char *p;
+    unsigned char *p;
     size_t len;
 };
 
 /* Takes the next element off d: tag (low-tag-number form), definite length. val is its
- * content; whole (may be NULL) the element with its header. Returns the tag, -1 if bad. */
-static int der_next(struct der *d, struct der *val, struct der *whole)
+ * content. Returns the tag, -1 if bad. */
+static int der_next(struct der *d, struct der *val)
 {
     size_t i = 2, len;
     int tag;
@@ -50,30 +52,14 @@ static int der_next(struct der *d, struct der *val, struct der *whole)
         return -1;
     val->p = d->p + i;
     val->len = len;
-    if (whole) {
-        whole->p = d->p;
-        whole->len = i + len;
-    }
     d->p += i + len;
     d->len -= i + len;
     return tag;
 }
 
-static int der_expect(struct der *d, int tag, struct der *val, struct der *whole)
-{
-    return der_next(d, val, whole) == tag ? 0 : -1;
-}
-
 static int der_oid_is(const struct der *oid, const char *bytes, size_t n)
 {
     return oid->len == n && memcmp(oid->p, bytes, n) == 0;
-}
-
-/* The bytes under a struct der are the loader's own, decoded in place: only its view of
- * them is const, and an anchor points at them. */
-static unsigned char *der_bytes(struct der d)
-{
-    return (unsigned char *)(uintptr_t)d.p;
 }
 
 /* An INTEGER as an unsigned big-endian number, leading zeros dropped. A negative one (top
@@ -82,13 +68,13 @@ static int der_uint(struct der *d, unsigned char **p, size_t *len)
 {
     struct der v;
 
-    if (der_expect(d, 0x02, &v, NULL) < 0 || v.len == 0 || (v.p[0] & 0x80))
+    if (der_next(d, &v) != 0x02 || v.len == 0 || (v.p[0] & 0x80))
         return -1;
     while (v.len > 1 && v.p[0] == 0) {
         v.p++;
         v.len--;
     }
-    *p = der_bytes(v);
+    *p = v.p;
     *len = v.len;
     return 0;
 }
@@ -107,23 +93,23 @@ static int ta_spki(struct der spki, br_x509_pkey *k)
 {
     struct der alg, oid, bits, param, rsa;
 
-    if (der_expect(&spki, 0x30, &alg, NULL) < 0 || der_expect(&alg, 0x06, &oid, NULL) < 0 ||
-        der_expect(&spki, 0x03, &bits, NULL) < 0 || bits.len < 2 || bits.p[0] != 0)
+    if (der_next(&spki, &alg) != 0x30 || der_next(&alg, &oid) != 0x06 ||
+        der_next(&spki, &bits) != 0x03 || bits.len < 2 || bits.p[0] != 0)
         return -1;
     bits.p++;
     bits.len--;
     if (OID_IS(&oid, OID_RSA)) {
         k->key_type = BR_KEYTYPE_RSA;
-        if (der_expect(&bits, 0x30, &rsa, NULL) < 0 ||
+        if (der_next(&bits, &rsa) != 0x30 ||
             der_uint(&rsa, &k->key.rsa.n, &k->key.rsa.nlen) < 0 ||
             der_uint(&rsa, &k->key.rsa.e, &k->key.rsa.elen) < 0)
             return -1;
         return 0;
     }
-    if (!OID_IS(&oid, OID_EC) || der_expect(&alg, 0x06, &param, NULL) < 0)
+    if (!OID_IS(&oid, OID_EC) || der_next(&alg, &param) != 0x06)
         return -1;
     k->key_type = BR_KEYTYPE_EC;
-    k->key.ec.q = der_bytes(bits);
+    k->key.ec.q = bits.p;
     k->key.ec.qlen = bits.len;
     if (OID_IS(&param, OID_P256))
         k->key.ec.curve = BR_EC_secp256r1;
@@ -143,15 +129,15 @@ static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct
     struct der seq, ext, id, v;
     int found = 0;
 
-    if (der_expect(&exts, 0x30, &seq, NULL) < 0)
+    if (der_next(&exts, &seq) != 0x30)
         return -1;
     while (seq.len > 0) {
         int tag;
-        if (der_expect(&seq, 0x30, &ext, NULL) < 0 || der_expect(&ext, 0x06, &id, NULL) < 0)
+        if (der_next(&seq, &ext) != 0x30 || der_next(&ext, &id) != 0x06)
             return -1;
-        tag = der_next(&ext, &v, NULL);
+        tag = der_next(&ext, &v);
         if (tag == 0x01)  /* critical */
-            tag = der_next(&ext, &v, NULL);
+            tag = der_next(&ext, &v);
         if (tag != 0x04)
             return -1;
         if (!found && der_oid_is(&id, oid, oid_len)) {
@@ -166,28 +152,29 @@ static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct
 /* Splits a certificate, after which nothing may follow, into the TBS fields used here:
  * the subject (whole element), the SubjectPublicKeyInfo and the extensions (length 0 when
  * there are none). Returns 0, or -1 if it is malformed. */
-static int cert_fields(const unsigned char *der, size_t len, struct der *subject,
+static int cert_fields(unsigned char *der, size_t len, struct der *subject,
                        struct der *spki, struct der *exts)
 {
     struct der in = { der, len }, cert, tbs, skip, x;
     int tag;
 
-    exts->len = 0;
-    if (der_expect(&in, 0x30, &cert, NULL) < 0 || in.len != 0 ||
-        der_expect(&cert, 0x30, &tbs, NULL) < 0)
+    *exts = (struct der){ NULL, 0 };
+    if (der_next(&in, &cert) != 0x30 || in.len != 0 || der_next(&cert, &tbs) != 0x30)
         return -1;
-    tag = der_next(&tbs, &skip, NULL);
+    tag = der_next(&tbs, &skip);
     if (tag == 0xa0)  /* [0] version */
-        tag = der_next(&tbs, &skip, NULL);
+        tag = der_next(&tbs, &skip);
     if (tag != 0x02 ||                                   /* serialNumber */
-        der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* signature */
-        der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* issuer */
-        der_expect(&tbs, 0x30, &skip, NULL) < 0 ||       /* validity */
-        der_expect(&tbs, 0x30, &skip, subject) < 0 ||
-        der_expect(&tbs, 0x30, spki, NULL) < 0)
+        der_next(&tbs, &skip) != 0x30 ||                 /* signature */
+        der_next(&tbs, &skip) != 0x30 ||                 /* issuer */
+        der_next(&tbs, &skip) != 0x30)                   /* validity */
         return -1;
+    subject->p = tbs.p;  /* the whole element, header included: the anchor's DN */
+    if (der_next(&tbs, &skip) != 0x30 || der_next(&tbs, spki) != 0x30)
+        return -1;
+    subject->len = (size_t)(skip.p + skip.len - subject->p);
     while (tbs.len > 0) {
-        tag = der_next(&tbs, &x, NULL);
+        tag = der_next(&tbs, &x);
         if (tag < 0)
             return -1;
         if (tag == 0xa3)
@@ -198,7 +185,7 @@ static int cert_fields(const unsigned char *der, size_t len, struct der *subject
 
 /* Certificate -> subject DN, key and CA flag (basicConstraints). Returns 0, or -1 for a
  * certificate that is malformed or has a key BearSSL cannot use. */
-static int ta_parse_cert(const unsigned char *der, size_t len, br_x509_trust_anchor *a)
+static int ta_parse_cert(unsigned char *der, size_t len, br_x509_trust_anchor *a)
 {
     struct der subject, spki, exts, val, bc, v;
     int rc;
@@ -209,14 +196,14 @@ static int ta_parse_cert(const unsigned char *der, size_t len, br_x509_trust_anc
      * them would trust what the bundle says not to, so such entries are not anchors. */
     if (cert_fields(der, len, &subject, &spki, &exts) < 0 || ta_spki(spki, &a->pkey) < 0)
         return -1;
-    a->dn.data = der_bytes(subject);
+    a->dn.data = subject.p;
     a->dn.len = subject.len;
     rc = exts.len ? DER_FIND_EXT(exts, OID_BASIC_CONS, &val) : 0;
     if (rc <= 0)
         return rc;
-    if (der_expect(&val, 0x30, &bc, NULL) < 0)
+    if (der_next(&val, &bc) != 0x30)
         return -1;
-    if (bc.len > 0 && der_expect(&bc, 0x01, &v, NULL) == 0 && v.len == 1 && v.p[0])
+    if (bc.len > 0 && der_next(&bc, &v) == 0x01 && v.len == 1 && v.p[0])
         a->flags = BR_X509_TA_CA;
     return 0;
 }
@@ -237,7 +224,7 @@ struct ta_loader {
 /* Keeps a certificate as an anchor. One that cannot be an anchor (malformed, or a key
  * type BearSSL does not do, such as Ed25519) is skipped: one odd entry in a system bundle
  * must not stop the program. */
-static int ta_add_cert(struct ta_loader *l, const unsigned char *der, size_t len)
+static int ta_add_cert(struct ta_loader *l, unsigned char *der, size_t len)
 {
     if (l->count == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 256;
@@ -418,35 +405,17 @@ void tls_anchors_free(struct tls_anchors *ta)
     memset(ta, 0, sizeof *ta);
 }
 
-/* ---- client engine ---------------------------------------------------------------------- */
-
 /* ---- IP-address hosts ------------------------------------------------------------------
  *
  * BearSSL matches a server name against DNS names and the CN only, and would take an IP
  * literal for one. An IP host is given to it as no name at all (then it checks none and
- * sends no SNI), and this wrapper around its X.509 engine keeps the chain's first
- * certificate, the server's own, to match the address against its iPAddress SANs once
+ * sends no SNI), and four of its X.509 engine's methods, wrapped here, keep the chain's
+ * first certificate, the server's own, to match the address against its iPAddress SANs once
  * BearSSL has found the chain trusted. */
-
-/* Is ip one of the iPAddress entries ([7]) of the certificate's subjectAltName? */
-static int cert_has_ip(const unsigned char *der, size_t len, const unsigned char *ip,
-                       size_t ip_len)
-{
-    struct der subject, spki, exts, san, names, name;
-    int tag;
-
-    if (cert_fields(der, len, &subject, &spki, &exts) < 0 || exts.len == 0 ||
-        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_expect(&san, 0x30, &names, NULL) < 0)
-        return 0;
-    while ((tag = der_next(&names, &name, NULL)) >= 0)
-        if (tag == 0x87 && name.len == ip_len && memcmp(name.p, ip, ip_len) == 0)
-            return 1;
-    return 0;
-}
 
 static struct tls_client *x509_tc(const br_x509_class *const *ctx)
 {
-    return (struct tls_client *)((uintptr_t)ctx - offsetof(struct tls_client, x509));
+    return (struct tls_client *)((uintptr_t)ctx - offsetof(struct tls_client, xc));
 }
 
 static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
@@ -454,16 +423,16 @@ static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
     struct tls_client *tc = x509_tc(ctx);
 
     tc->certs = tc->ee_len = tc->ee_want = 0;
-    tc->xc.vtable->start_chain(&tc->xc.vtable, server_name);
+    br_x509_minimal_vtable.start_chain(ctx, server_name);
 }
 
 static void x509_start_cert(const br_x509_class **ctx, uint32_t length)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->certs == 0)
+    if (tc->certs++ == 0)
         tc->ee_want = length;
-    tc->xc.vtable->start_cert(&tc->xc.vtable, length);
+    br_x509_minimal_vtable.start_cert(ctx, length);
 }
 
 /* The EE certificate's bytes add up to ee_want: when that fits, so does every piece. */
@@ -471,44 +440,34 @@ static void x509_append(const br_x509_class **ctx, const unsigned char *buf, siz
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->ip_len && tc->certs == 0 && len <= sizeof tc->ee - tc->ee_len) {
+    if (tc->ip_len && tc->certs == 1 && len <= sizeof tc->ee - tc->ee_len) {
         memcpy(tc->ee + tc->ee_len, buf, len);
         tc->ee_len += len;
     }
-    tc->xc.vtable->append(&tc->xc.vtable, buf, len);
+    br_x509_minimal_vtable.append(ctx, buf, len);
 }
 
-static void x509_end_cert(const br_x509_class **ctx)
-{
-    struct tls_client *tc = x509_tc(ctx);
-
-    tc->certs++;
-    tc->xc.vtable->end_cert(&tc->xc.vtable);
-}
-
+/* Once BearSSL has found the chain trusted, an IP host must be one of the iPAddress
+ * entries ([7]) of the EE certificate's subjectAltName. */
 static unsigned x509_end_chain(const br_x509_class **ctx)
 {
     struct tls_client *tc = x509_tc(ctx);
-    unsigned err = tc->xc.vtable->end_chain(&tc->xc.vtable);
+    unsigned err = br_x509_minimal_vtable.end_chain(ctx);
+    struct der subject, spki, exts, san, names, name;
+    int tag;
 
     if (err || !tc->ip_len)
         return err;
     if (tc->ee_want > sizeof tc->ee)
         return BR_ERR_X509_LIMIT_EXCEEDED;
-    return cert_has_ip(tc->ee, tc->ee_len, tc->ip, tc->ip_len) ? 0 : BR_ERR_X509_BAD_SERVER_NAME;
+    if (cert_fields(tc->ee, tc->ee_len, &subject, &spki, &exts) < 0 ||
+        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
+        return BR_ERR_X509_BAD_SERVER_NAME;
+    while ((tag = der_next(&names, &name)) >= 0)
+        if (tag == 0x87 && name.len == tc->ip_len && memcmp(name.p, tc->ip, tc->ip_len) == 0)
+            return 0;
+    return BR_ERR_X509_BAD_SERVER_NAME;
 }
-
-static const br_x509_pkey *x509_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
-{
-    struct tls_client *tc = x509_tc(ctx);
-
-    return tc->xc.vtable->get_pkey(&tc->xc.vtable, usages);
-}
-
-static const br_x509_class x509_ip_aware = {
-    sizeof(struct tls_client), x509_start_chain, x509_start_cert, x509_append,
-    x509_end_cert, x509_end_chain, x509_get_pkey,
-};
 
 /* Sets tc->ip from host when host is an address literal: IPv6, or IPv4 in any form the
  * resolver takes as one (inet_aton: "127.1" too), so that no such host passes as a name. */
@@ -524,6 +483,8 @@ static void tls_host_ip(struct tls_client *tc, const char *host)
         tc->ip_len = sizeof a4;
     }
 }
+
+/* ---- client engine ---------------------------------------------------------------------- */
 
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 {
@@ -561,8 +522,15 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
         br_ssl_engine_set_hash(&cc->eng, id, hashes[id]);
         br_x509_minimal_set_hash(&tc->xc, id, hashes[id]);
     }
-    tc->x509 = &x509_ip_aware;
-    br_ssl_engine_set_x509(&cc->eng, &tc->x509);
+    /* BearSSL's X.509 engine with the four methods above in front of its own: its
+     * functions never look at the vtable they are called through. */
+    tc->x509 = br_x509_minimal_vtable;
+    tc->x509.start_chain = x509_start_chain;
+    tc->x509.start_cert = x509_start_cert;
+    tc->x509.append = x509_append;
+    tc->x509.end_chain = x509_end_chain;
+    tc->xc.vtable = &tc->x509;
+    br_ssl_engine_set_x509(&cc->eng, &tc->xc.vtable);
     br_ssl_engine_set_prf_sha256(&cc->eng, &br_tls12_sha256_prf);
     br_ssl_engine_set_prf_sha384(&cc->eng, &br_tls12_sha384_prf);
     br_ssl_engine_set_default_aes_gcm(&cc->eng);
@@ -634,27 +602,32 @@ static const char *tls_err_name(int err)
     return "unknown";
 }
 
-/* RFC 8446 name of a TLS alert number ("protocol_version"). */
+/* RFC 8446 name of a TLS alert number ("protocol_version"). The names are kept in place,
+ * not as pointers into a table indexed by number: 650 bytes of binary instead of 1.4 KB. */
 static const char *tls_alert_name(int alert)
 {
-    static const char *const names[] = {
-        [0] = "close_notify",              [10] = "unexpected_message",
-        [20] = "bad_record_mac",           [22] = "record_overflow",
-        [40] = "handshake_failure",        [42] = "bad_certificate",
-        [43] = "unsupported_certificate",  [44] = "certificate_revoked",
-        [45] = "certificate_expired",      [46] = "certificate_unknown",
-        [47] = "illegal_parameter",        [48] = "unknown_ca",
-        [49] = "access_denied",            [50] = "decode_error",
-        [51] = "decrypt_error",            [70] = "protocol_version",
-        [71] = "insufficient_security",    [80] = "internal_error",
-        [86] = "inappropriate_fallback",   [90] = "user_canceled",
-        [100] = "no_renegotiation",        [109] = "missing_extension",
-        [110] = "unsupported_extension",   [112] = "unrecognized_name",
-        [116] = "certificate_required",    [120] = "no_application_protocol",
+    static const struct {
+        unsigned char number;
+        char name[24];
+    } names[] = {
+        { 0, "close_notify" },              { 10, "unexpected_message" },
+        { 20, "bad_record_mac" },           { 22, "record_overflow" },
+        { 40, "handshake_failure" },        { 42, "bad_certificate" },
+        { 43, "unsupported_certificate" },  { 44, "certificate_revoked" },
+        { 45, "certificate_expired" },      { 46, "certificate_unknown" },
+        { 47, "illegal_parameter" },        { 48, "unknown_ca" },
+        { 49, "access_denied" },            { 50, "decode_error" },
+        { 51, "decrypt_error" },            { 70, "protocol_version" },
+        { 71, "insufficient_security" },    { 80, "internal_error" },
+        { 86, "inappropriate_fallback" },   { 90, "user_canceled" },
+        { 100, "no_renegotiation" },        { 109, "missing_extension" },
+        { 110, "unsupported_extension" },   { 112, "unrecognized_name" },
+        { 116, "certificate_required" },    { 120, "no_application_protocol" },
     };
 
-    if (alert >= 0 && (size_t)alert < sizeof names / sizeof names[0] && names[alert])
-        return names[alert];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (names[i].number == alert)
+            return names[i].name;
     return "unknown alert";
 }
 

@@ -42,7 +42,7 @@ void tls_anchors_free(struct tls_anchors *ta);
 struct tls_client {
     br_ssl_client_context cc;
     br_x509_minimal_context xc;
-    const br_x509_class *x509;   /* wraps xc: the engine's X.509 context */
+    br_x509_class x509;          /* xc's methods, four of them wrapped (IP hosts) */
     unsigned char ip[16];        /* the host as an address (ip_len 4 or 16), 0: a name */
     size_t ip_len;
     unsigned char ee[TLS_EE_MAX];  /* the server's own certificate, when ip_len */
