@@ -392,46 +392,39 @@ static int next_line(const char *buf, size_t len, size_t pos, size_t *end, size_
     return 1;
 }
 
-/* Whether a request line that has not ended yet can still become a valid one (or an
- * empty line before it): turns a TLS handshake or other binary away at once instead of
- * after the read timeout. Never 0 for what more bytes could make valid: the server
- * answers 400 as soon as this says no. */
-static int prefix_plausible(const char *p, size_t n)
+/* The request line p[0..n) or, whole 0, the start of one still arriving: BAD as soon as
+ * the bytes at hand cannot begin a valid line (a TLS handshake or other binary is turned
+ * away at once, not after the read timeout), INCOMPLETE while more bytes could make one.
+ * Every verdict on a start is the verdict on the whole line. */
+static enum metrics_parse parse_request_line(const char *p, size_t n, int whole,
+                                             struct metrics_request *r)
 {
-    size_t i = token_len(p, n);
+    static const char version[] = "HTTP/9.9";   /* '9': any digit */
+    enum metrics_parse more = whole ? METRICS_PARSE_BAD : METRICS_PARSE_INCOMPLETE;
+    size_t t = token_len(p, n) + 1, i = t, k = 0;
+    const char *v;
 
-    if (i == n || (p[i] == '\r' && i + 1 == n))  /* a CR whose LF is on its way */
-        return 1;
-    if (i == 0 || p[i] != ' ')
-        return 0;
-    for (i++; i < n; i++)
-        if ((unsigned char)p[i] < 0x20 && !(p[i] == '\r' && i + 1 == n))
-            return 0;
-    return 1;
-}
-
-static enum metrics_parse parse_request_line(const char *p, size_t n, struct metrics_request *r)
-{
-    size_t t = token_len(p, n) + 1, i = t;
-    const char *v, *query;
-
-    if (t == 1 || t > n || p[t - 1] != ' ')
+    if (t > n)
+        return more;
+    if (t == 1 || p[t - 1] != ' ' || (t < n && p[t] != '/'))
         return METRICS_PARSE_BAD;
     while (i < n && (unsigned char)p[i] > 0x20 && (unsigned char)p[i] < 0x7f)
         i++;
-    if (i == t || i == n || p[i] != ' ' || p[t] != '/')
+    if (i == n)
+        return more;
+    if (i == t || p[i] != ' ' || n - i - 1 > 8)
         return METRICS_PARSE_BAD;
+    for (v = p + i + 1; k < n - i - 1; k++)
+        if (version[k] == '9' ? v[k] < '0' || v[k] > '9' : v[k] != version[k])
+            return METRICS_PARSE_BAD;
+    if (k < 8 || !whole)
+        return more;
+    if (v[5] != '1')
+        return v[5] >= '2' ? METRICS_PARSE_VERSION : METRICS_PARSE_BAD;
     r->method = p;
     r->method_len = t - 1;
     r->path = p + t;
-    query = memchr(r->path, '?', i - t);
-    r->path_len = query ? (size_t)(query - r->path) : i - t;
-    v = p + i + 1;
-    if (n - i - 1 != 8 || memcmp(v, "HTTP/", 5) != 0 || v[6] != '.' || v[5] < '0' ||
-        v[5] > '9' || v[7] < '0' || v[7] > '9')
-        return METRICS_PARSE_BAD;
-    if (v[5] != '1')
-        return v[5] >= '2' ? METRICS_PARSE_VERSION : METRICS_PARSE_BAD;
+    r->path_len = strcspn(r->path, "? ");  /* the target ends at p[i], a space */
     r->minor = v[7] - '0';
     return METRICS_PARSE_OK;
 }
@@ -447,12 +440,12 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
         pos = next;
         blank++;
     }
-    if (rc == 0)
-        return prefix_plausible(buf + pos, len - pos) ? METRICS_PARSE_INCOMPLETE
-                                                       : METRICS_PARSE_BAD;
+    if (rc == 0)                 /* a CR at the end: its LF is on its way */
+        return parse_request_line(buf + pos, len - pos - (len > pos && buf[len - 1] == '\r'), 0,
+                                  r);
     if (rc < 0 || end == pos)
         return METRICS_PARSE_BAD;
-    if ((rc = parse_request_line(buf + pos, end - pos, r)) != METRICS_PARSE_OK)
+    if ((rc = parse_request_line(buf + pos, end - pos, 1, r)) != METRICS_PARSE_OK)
         return rc;
     /* Header lines: a name, a colon, a value without NUL. No leading white space: that
      * would be obs-fold, which RFC 9112 lets a server refuse. */
