@@ -7,17 +7,16 @@
 #include <string.h>
 #include <time.h>
 
-static struct {
-    enum log_level min;
-    int json;
-} log_config = { LOG_LEVEL_INFO, 0 };
+/* Set once by log_setup() before any thread starts. */
+static enum log_level log_min = LOG_LEVEL_INFO;
+static int log_json;
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
 void log_setup(enum log_level min_level, int json)
 {
-    log_config.min = min_level;
-    log_config.json = json;
+    log_min = min_level;
+    log_json = json;
 }
 
 int log_level_parse(const char *name, enum log_level *out)
@@ -33,7 +32,7 @@ int log_level_parse(const char *name, enum log_level *out)
 
 int log_enabled(enum log_level level)
 {
-    return level >= log_config.min;
+    return level >= log_min;
 }
 
 void log_write(enum log_level level, const char *fmt, ...)
@@ -52,7 +51,7 @@ void log_write(enum log_level level, const char *fmt, ...)
     gmtime_r(&ts.tv_sec, &tm);
     snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
-    if (log_config.json) {
+    if (log_json) {
         /* json.c's string writer escapes control bytes too, so one message is always one
          * line, whatever a server put in its error text. */
         struct json_buf b = { 0 };

@@ -542,16 +542,6 @@ char *metrics_respond(const struct metrics *m, const char *buf, size_t len, int 
 
 /* ----------------------------------------------------------------------- addresses ----- */
 
-static int parse_port(const char *s, int *port)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 5 || strspn(s, "0123456789") != n || strtol(s, NULL, 10) > 65535)
-        return -1;
-    *port = (int)strtol(s, NULL, 10);
-    return 0;
-}
-
 static int addr_bad(struct lerr *e, const char *s, const char *why)
 {
     return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": %s", s, why);
@@ -561,14 +551,15 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
 {
     char host[64];
     const char *colon = s ? strrchr(s, ':') : NULL;
-    size_t hl = colon ? (size_t)(colon - s) : 0;
+    size_t hl = colon ? (size_t)(colon - s) : 0, pl = colon ? strlen(colon + 1) : 0;
 
     memset(a, 0, sizeof *a);
     if (!s || !*s)
         return addr_bad(e, "", "empty (want host:port, e.g. 127.0.0.1:9090, [::1]:9090 or :9090)");
     if (!colon)
         return addr_bad(e, s, "no port (want host:port, e.g. 127.0.0.1:9090 or :9090)");
-    if (parse_port(colon + 1, &a->port) < 0)
+    if (pl == 0 || pl > 5 || strspn(colon + 1, "0123456789") != pl ||
+        (a->port = atoi(colon + 1)) > 65535)
         return addr_bad(e, s, "the port must be a number from 0 to 65535");
     if (hl >= sizeof host)
         return addr_bad(e, s, "host too long");
@@ -805,13 +796,14 @@ static void server_free(struct metrics_server *s)
 {
     uint64_t one = 1;
 
-    while (write(s->stop_fd, &one, sizeof one) < 0 && errno == EINTR)
+    while (s->nthreads && write(s->stop_fd, &one, sizeof one) < 0 && errno == EINTR)
         ;
     for (size_t i = 0; i < s->nthreads; i++)
         pthread_join(s->thread[i], NULL);
     if (s->listen_fd >= 0)
         close(s->listen_fd);
-    close(s->stop_fd);
+    if (s->stop_fd >= 0)
+        close(s->stop_fd);
     free(s);
 }
 
@@ -823,6 +815,8 @@ static int server_start(struct metrics_server *s, struct lerr *e)
     sigset_t all, old;
     int rc = 0;
 
+    if ((s->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
+        return lerr_set(e, LERR_IO, "metrics: eventfd: %s", strerror(errno));
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, SERVER_STACK);
     sigfillset(&all);
@@ -847,11 +841,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
     if (!(s = calloc(1, sizeof *s)))
         return lerr_set(e, LERR_NOMEM, "metrics: out of memory");
     s->m = m;
-    s->listen_fd = -1;
-    if ((s->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
-        free(s);
-        return lerr_set(e, LERR_IO, "metrics: eventfd: %s", strerror(errno));
-    }
+    s->listen_fd = s->stop_fd = -1;
     if (server_listen(s, &a, addr, e) < 0 || server_start(s, e) < 0) {
         server_free(s);
         return -1;
