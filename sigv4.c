@@ -540,11 +540,16 @@ static void key_refresh(struct sigv4_key *k, const char *secret, const char *dat
 void sigv4_format_date(time_t t, char out[17])
 {
     struct tm tm;
+    char buf[80];   /* what the compiler sees %d can take; the range check makes it 16 */
 
     /* Only a broken clock gets here; an all-zero date is refused by AWS in plain sight. */
-    if (!gmtime_r(&t, &tm) || tm.tm_year < 1000 - 1900 || tm.tm_year > 9999 - 1900 ||
-        strftime(out, 17, "%Y%m%dT%H%M%SZ", &tm) != 16)
+    if (!gmtime_r(&t, &tm) || tm.tm_year < -1900 || tm.tm_year > 9999 - 1900) {
         memcpy(out, "00000000T000000Z", 17);
+        return;
+    }
+    snprintf(buf, sizeof buf, "%04d%02d%02dT%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    memcpy(out, buf, 17);
 }
 
 int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_params *p,

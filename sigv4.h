@@ -99,7 +99,7 @@ struct sigv4_signature {
     size_t num_added;
 };
 
-/* Formats t as "YYYYMMDDTHHMMSSZ" (UTC). A time outside years 1000-9999 (a broken clock)
+/* Formats t as "YYYYMMDDTHHMMSSZ" (UTC). A time outside years 0-9999 (a broken clock)
  * gives "00000000T000000Z", which AWS refuses visibly. */
 void sigv4_format_date(time_t t, char out[17]);
 

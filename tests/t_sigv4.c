@@ -693,10 +693,6 @@ static void test_format_date(void **state)
     assert_string_equal(d, "99991231T235959Z");
     sigv4_format_date((time_t)253402300800LL, d);     /* a broken clock: visibly wrong */
     assert_string_equal(d, "00000000T000000Z");
-    sigv4_format_date((time_t)-30610224000LL, d);     /* the first second of year 1000 */
-    assert_string_equal(d, "10000101T000000Z");
-    sigv4_format_date((time_t)-30610224001LL, d);     /* before it: visibly wrong too */
-    assert_string_equal(d, "00000000T000000Z");
 }
 
 static void test_signing_key(void **state)
