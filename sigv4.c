@@ -95,11 +95,6 @@ static void sha256_of(const void *a, size_t alen, const char *b, unsigned char o
 static const char UNRESERVED[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~";
 
-static int is_unreserved(unsigned char c)
-{
-    return c && strchr(UNRESERVED, c);
-}
-
 struct range {
     const char *p, *end;
 };
@@ -117,7 +112,7 @@ static void sink_uri(struct sink *s, struct range r, int decode)
             c = (unsigned char)(text_hex_digit(r.p[0]) << 4 | text_hex_digit(r.p[1]));
             r.p += 2;
         }
-        if (is_unreserved(c)) {
+        if (c && strchr(UNRESERVED, c)) {
             sink_putc(s, (char)c);
         } else {
             sink_putc(s, '%');
