@@ -20,23 +20,18 @@ int lerr_set(struct lerr *e, enum lerr_kind kind, const char *fmt, ...)
 int lerr_wrap(struct lerr *e, const char *fmt, ...)
 {
     char old[sizeof e->msg];
-    size_t n, keep;
     va_list ap;
+    int n;
 
     if (!e)
         return -1;
     memcpy(old, e->msg, sizeof old);
     va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    n = vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
-    n = strlen(e->msg);
     /* ": " and as much of the old message as fits; truncation is fine for a log line. */
-    if (n + 3 < sizeof e->msg) {
-        memcpy(e->msg + n, ": ", 2);
-        keep = strnlen(old, sizeof e->msg - n - 3);
-        memcpy(e->msg + n + 2, old, keep);
-        e->msg[n + 2 + keep] = '\0';
-    }
+    if (n >= 0 && (size_t)n + 3 < sizeof e->msg)
+        snprintf(e->msg + n, sizeof e->msg - (size_t)n, ": %.*s", (int)sizeof old - n - 3, old);
     return -1;
 }
 

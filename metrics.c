@@ -2,20 +2,19 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -393,46 +392,39 @@ static int next_line(const char *buf, size_t len, size_t pos, size_t *end, size_
     return 1;
 }
 
-/* Whether a request line that has not ended yet can still become a valid one (or an
- * empty line before it): turns a TLS handshake or other binary away at once instead of
- * after the read timeout. Never 0 for what more bytes could make valid: the server
- * answers 400 as soon as this says no. */
-static int prefix_plausible(const char *p, size_t n)
+/* The request line p[0..n) or, whole 0, the start of one still arriving: BAD as soon as
+ * the bytes at hand cannot begin a valid line (a TLS handshake or other binary is turned
+ * away at once, not after the read timeout), INCOMPLETE while more bytes could make one.
+ * Every verdict on a start is the verdict on the whole line. */
+static enum metrics_parse parse_request_line(const char *p, size_t n, int whole,
+                                             struct metrics_request *r)
 {
-    size_t i = token_len(p, n);
+    static const char version[] = "HTTP/9.9";   /* '9': any digit */
+    enum metrics_parse more = whole ? METRICS_PARSE_BAD : METRICS_PARSE_INCOMPLETE;
+    size_t t = token_len(p, n) + 1, i = t, k = 0;
+    const char *v;
 
-    if (i == n || (p[i] == '\r' && i + 1 == n))  /* a CR whose LF is on its way */
-        return 1;
-    if (i == 0 || p[i] != ' ')
-        return 0;
-    for (i++; i < n; i++)
-        if ((unsigned char)p[i] < 0x20 && !(p[i] == '\r' && i + 1 == n))
-            return 0;
-    return 1;
-}
-
-static enum metrics_parse parse_request_line(const char *p, size_t n, struct metrics_request *r)
-{
-    size_t t = token_len(p, n) + 1, i = t;
-    const char *v, *query;
-
-    if (t == 1 || t > n || p[t - 1] != ' ')
+    if (t > n)
+        return more;
+    if (t == 1 || p[t - 1] != ' ' || (t < n && p[t] != '/'))
         return METRICS_PARSE_BAD;
     while (i < n && (unsigned char)p[i] > 0x20 && (unsigned char)p[i] < 0x7f)
         i++;
-    if (i == t || i == n || p[i] != ' ' || p[t] != '/')
+    if (i == n)
+        return more;
+    if (i == t || p[i] != ' ' || n - i - 1 > 8)
         return METRICS_PARSE_BAD;
+    for (v = p + i + 1; k < n - i - 1; k++)
+        if (version[k] == '9' ? v[k] < '0' || v[k] > '9' : v[k] != version[k])
+            return METRICS_PARSE_BAD;
+    if (k < 8 || !whole)
+        return more;
+    if (v[5] != '1')
+        return v[5] >= '2' ? METRICS_PARSE_VERSION : METRICS_PARSE_BAD;
     r->method = p;
     r->method_len = t - 1;
     r->path = p + t;
-    query = memchr(r->path, '?', i - t);
-    r->path_len = query ? (size_t)(query - r->path) : i - t;
-    v = p + i + 1;
-    if (n - i - 1 != 8 || memcmp(v, "HTTP/", 5) != 0 || v[6] != '.' || v[5] < '0' ||
-        v[5] > '9' || v[7] < '0' || v[7] > '9')
-        return METRICS_PARSE_BAD;
-    if (v[5] != '1')
-        return v[5] >= '2' ? METRICS_PARSE_VERSION : METRICS_PARSE_BAD;
+    r->path_len = strcspn(r->path, "? ");  /* the target ends at p[i], a space */
     r->minor = v[7] - '0';
     return METRICS_PARSE_OK;
 }
@@ -448,12 +440,12 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
         pos = next;
         blank++;
     }
-    if (rc == 0)
-        return prefix_plausible(buf + pos, len - pos) ? METRICS_PARSE_INCOMPLETE
-                                                       : METRICS_PARSE_BAD;
+    if (rc == 0)                 /* a CR at the end: its LF is on its way */
+        return parse_request_line(buf + pos, len - pos - (len > pos && buf[len - 1] == '\r'), 0,
+                                  r);
     if (rc < 0 || end == pos)
         return METRICS_PARSE_BAD;
-    if ((rc = parse_request_line(buf + pos, end - pos, r)) != METRICS_PARSE_OK)
+    if ((rc = parse_request_line(buf + pos, end - pos, 1, r)) != METRICS_PARSE_OK)
         return rc;
     /* Header lines: a name, a colon, a value without NUL. No leading white space: that
      * would be obs-fold, which RFC 9112 lets a server refuse. */
@@ -550,16 +542,6 @@ char *metrics_respond(const struct metrics *m, const char *buf, size_t len, int 
 
 /* ----------------------------------------------------------------------- addresses ----- */
 
-static int parse_port(const char *s, int *port)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 5 || strspn(s, "0123456789") != n || strtol(s, NULL, 10) > 65535)
-        return -1;
-    *port = (int)strtol(s, NULL, 10);
-    return 0;
-}
-
 static int addr_bad(struct lerr *e, const char *s, const char *why)
 {
     return lerr_set(e, LERR_INVALID, "metrics address \"%.64s\": %s", s, why);
@@ -569,14 +551,15 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
 {
     char host[64];
     const char *colon = s ? strrchr(s, ':') : NULL;
-    size_t hl = colon ? (size_t)(colon - s) : 0;
+    size_t hl = colon ? (size_t)(colon - s) : 0, pl = colon ? strlen(colon + 1) : 0;
 
     memset(a, 0, sizeof *a);
     if (!s || !*s)
         return addr_bad(e, "", "empty (want host:port, e.g. 127.0.0.1:9090, [::1]:9090 or :9090)");
     if (!colon)
         return addr_bad(e, s, "no port (want host:port, e.g. 127.0.0.1:9090 or :9090)");
-    if (parse_port(colon + 1, &a->port) < 0)
+    if (pl == 0 || pl > 5 || strspn(colon + 1, "0123456789") != pl ||
+        (a->port = atoi(colon + 1)) > 65535)
         return addr_bad(e, s, "the port must be a number from 0 to 65535");
     if (hl >= sizeof host)
         return addr_bad(e, s, "host too long");
@@ -605,22 +588,17 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
 
 /* ------------------------------------------------------------------------ the server --- */
 
-/* One thread accepts, one more serves each connection: straight-line code for a
- * connection (read its head, answer, drain), and a slow client holds up only its own
- * thread. The semaphore counts the free connection slots; every thread watches the stop
- * pipe, so stopping ends them all at once. */
+/* METRICS_MAX_CONNECTIONS threads, each accepting a connection and serving it to the end:
+ * straight-line code for a connection (read its head, answer, drain), a slow client holds
+ * up only its own thread, and more connections than threads wait in the listen backlog.
+ * Every thread watches the stop eventfd, so stopping ends them all at once. */
 struct metrics_server {
     struct metrics *m;
     int listen_fd;
-    int stop_rd, stop_wr;        /* a byte in the pipe: stop */
+    int stop_fd;                 /* an eventfd, readable once stopping */
     int port;
-    sem_t slots;
-    pthread_t thread;
-};
-
-struct conn {
-    struct metrics_server *s;
-    int fd;
+    size_t nthreads;
+    pthread_t thread[METRICS_MAX_CONNECTIONS];
 };
 
 /* errno after a failed non-blocking call says: try again when poll says so. */
@@ -629,12 +607,12 @@ static int again(void)
     return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
 }
 
-/* Waits until the connection can do events or deadline (mono_ms) passes: 1 ready, 0 out
- * of time, -1 stopping. */
-static int conn_wait(const struct conn *c, short events, int64_t deadline)
+/* Waits until fd can do events or deadline (mono_ms) passes: 1 ready, 0 out of time, -1
+ * stopping. */
+static int conn_wait(const struct metrics_server *s, int fd, short events, int64_t deadline)
 {
-    struct pollfd p[2] = { { .fd = c->fd, .events = events },
-                           { .fd = c->s->stop_rd, .events = POLLIN } };
+    struct pollfd p[2] = { { .fd = fd, .events = events },
+                           { .fd = s->stop_fd, .events = POLLIN } };
     int64_t left = deadline - mono_ms(NULL);
     int n;
 
@@ -646,7 +624,7 @@ static int conn_wait(const struct conn *c, short events, int64_t deadline)
 /* Reads the request head into in[METRICS_HEAD_MAX]. Returns its length once the parser has
  * a verdict or in is full (*too_large: without a verdict), or 0: the client closed, sent
  * too slowly, or the server stops. */
-static size_t conn_read(const struct conn *c, char *in, int *too_large)
+static size_t conn_read(const struct metrics_server *s, int fd, char *in, int *too_large)
 {
     static const char timeout[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
                                   "Connection: close\r\n\r\n";
@@ -656,8 +634,8 @@ static size_t conn_read(const struct conn *c, char *in, int *too_large)
     ssize_t n;
     int ready;
 
-    while ((ready = conn_wait(c, POLLIN, deadline)) > 0) {
-        if ((n = recv(c->fd, in + len, METRICS_HEAD_MAX - len, MSG_DONTWAIT)) < 0 && again())
+    while ((ready = conn_wait(s, fd, POLLIN, deadline)) > 0) {
+        if ((n = recv(fd, in + len, METRICS_HEAD_MAX - len, MSG_DONTWAIT)) < 0 && again())
             continue;
         if (n <= 0)
             return 0;            /* closed or broken before a whole request: no one to answer */
@@ -670,7 +648,7 @@ static size_t conn_read(const struct conn *c, char *in, int *too_large)
      * at once; one that sent nothing is just dropped. */
     if (ready == 0 && len > 0) {
         log_debug("metrics: a client sent part of a request and then nothing");
-        send(c->fd, timeout, sizeof timeout - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        send(fd, timeout, sizeof timeout - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     }
     return 0;
 }
@@ -679,90 +657,64 @@ static size_t conn_read(const struct conn *c, char *in, int *too_large)
  * reads until the client closes, so that the kernel does not answer bytes it still sends
  * (a body, a pipelined request) with a reset that could destroy the answer before the
  * client read it. */
-static void conn_write(const struct conn *c, const char *out, size_t len, char *scratch)
+static void conn_write(const struct metrics_server *s, int fd, const char *out, size_t len,
+                       char *scratch)
 {
     int64_t deadline = mono_ms(NULL) + METRICS_WRITE_TIMEOUT_MS;
     ssize_t n;
 
     for (size_t sent = 0; sent < len; sent += (size_t)n)
-        if (conn_wait(c, POLLOUT, deadline) <= 0 ||
-            (n = send(c->fd, out + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT)) <= 0)
+        if (conn_wait(s, fd, POLLOUT, deadline) <= 0 ||
+            (n = send(fd, out + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT)) <= 0)
             return;
-    shutdown(c->fd, SHUT_WR);
+    shutdown(fd, SHUT_WR);
     deadline = mono_ms(NULL) + DRAIN_MS;
-    while (conn_wait(c, POLLIN, deadline) > 0 &&
-           recv(c->fd, scratch, METRICS_HEAD_MAX, MSG_DONTWAIT) > 0)
+    while (conn_wait(s, fd, POLLIN, deadline) > 0 &&
+           recv(fd, scratch, METRICS_HEAD_MAX, MSG_DONTWAIT) > 0)
         ;
 }
 
-static void *conn_main(void *arg)
+/* One connection, from its head to its close. */
+static void conn_serve(const struct metrics_server *s, int fd)
 {
-    struct conn c = *(struct conn *)arg;
-    const struct metrics *m = c.s->m;
+    const struct metrics *m = s->m;
     char in[METRICS_HEAD_MAX], *out;
     size_t len, out_len;
     int too_large = 0, status = 0;
 
-    free(arg);
-    if ((len = conn_read(&c, in, &too_large)) > 0) {
+    if ((len = conn_read(s, fd, in, &too_large)) > 0) {
         out = metrics_respond(m, in, len, too_large, m->clock_ms(m->clock_ctx), &out_len,
                               &status);
         if (out) {
             log_debug("metrics: answered %d", status);
-            conn_write(&c, out, out_len, in);
+            conn_write(s, fd, out, out_len, in);
         } else {
             log_warn("metrics: out of memory for an answer");
         }
         free(out);
     }
-    close(c.fd);
-    sem_post(&c.s->slots);       /* the last use of the server, which may go now */
-    return NULL;
-}
-
-/* A thread for the connection fd; when none can be had, the connection is closed and its
- * slot given back. */
-static void conn_start(struct metrics_server *s, const pthread_attr_t *attr, int fd)
-{
-    struct conn *c = malloc(sizeof *c);
-    pthread_t thread;
-    int rc = ENOMEM;
-
-    if (c) {
-        *c = (struct conn){ s, fd };
-        if ((rc = pthread_create(&thread, attr, conn_main, c)) == 0)
-            return;
-    }
-    log_warn("metrics: cannot start a thread for a connection: %s", strerror(rc));
-    free(c);
     close(fd);
-    sem_post(&s->slots);
 }
 
 static void *server_main(void *arg)
 {
     struct metrics_server *s = arg;
-    struct pollfd p[2] = { { .fd = s->stop_rd, .events = POLLIN },
+    struct pollfd p[2] = { { .fd = s->stop_fd, .events = POLLIN },
                            { .fd = s->listen_fd, .events = POLLIN } };
-    pthread_attr_t attr;
     int fd;
 
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, SERVER_STACK);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     for (;;) {
-        sem_wait(&s->slots);     /* at most METRICS_MAX_CONNECTIONS at a time */
         if (poll(p, 2, -1) < 0) {
-            log_error("metrics: poll: %s; the metrics server stops", strerror(errno));
+            log_error("metrics: poll: %s; a metrics server thread stops", strerror(errno));
             break;
         }
         if (p[0].revents)
             break;
+        /* Every idle thread wakes for a connection; those that lose the race get EAGAIN. */
         if ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-            conn_start(s, &attr, fd);
+            conn_serve(s, fd);
             continue;
         }
-        sem_post(&s->slots);
         /* Out of descriptors or memory: the pending connection would wake poll at once,
          * over and over, so accepting pauses a moment instead. */
         if (!again() && errno != ECONNABORTED && errno != EPROTO) {
@@ -770,10 +722,6 @@ static void *server_main(void *arg)
             poll(p, 1, ACCEPT_PAUSE_MS);
         }
     }
-    /* The slot this thread holds, then every other once its connection has ended. */
-    for (int i = 1; i < METRICS_MAX_CONNECTIONS; i++)
-        sem_wait(&s->slots);
-    pthread_attr_destroy(&attr);
     return NULL;
 }
 
@@ -843,23 +791,48 @@ static int server_listen(struct metrics_server *s, const struct metrics_addr *a,
     return 0;
 }
 
+/* Stops the threads started (every one wakes at once), then closes the sockets. */
 static void server_free(struct metrics_server *s)
 {
-    int fds[] = { s->listen_fd, s->stop_rd, s->stop_wr };
+    uint64_t one = 1;
 
-    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-    sem_destroy(&s->slots);
+    while (s->nthreads && write(s->stop_fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+    for (size_t i = 0; i < s->nthreads; i++)
+        pthread_join(s->thread[i], NULL);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    if (s->stop_fd >= 0)
+        close(s->stop_fd);
     free(s);
+}
+
+/* The threads, with every signal blocked (a SIGTERM must reach the daemon's signalfd, not
+ * kill the process from a thread that does not expect it) and a small stack. */
+static int server_start(struct metrics_server *s, struct lerr *e)
+{
+    pthread_attr_t attr;
+    sigset_t all, old;
+    int rc = 0;
+
+    if ((s->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
+        return lerr_set(e, LERR_IO, "metrics: eventfd: %s", strerror(errno));
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, SERVER_STACK);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (rc == 0 && s->nthreads < METRICS_MAX_CONNECTIONS)
+        if ((rc = pthread_create(&s->thread[s->nthreads], &attr, server_main, s)) == 0)
+            s->nthreads++;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return rc ? lerr_set(e, LERR_IO, "metrics: cannot start a thread: %s", strerror(rc)) : 0;
 }
 
 int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
 {
     struct metrics_addr a;
     struct metrics_server *s;
-    sigset_t all, old;
-    int fds[2], rc;
 
     if (m->server)
         return lerr_set(e, LERR_INVALID, "metrics: already serving");
@@ -868,34 +841,15 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
     if (!(s = calloc(1, sizeof *s)))
         return lerr_set(e, LERR_NOMEM, "metrics: out of memory");
     s->m = m;
-    s->listen_fd = s->stop_rd = s->stop_wr = -1;
-    sem_init(&s->slots, 0, METRICS_MAX_CONNECTIONS);
-    if (server_listen(s, &a, addr, e) < 0)
-        goto fail;
-    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
-        lerr_set(e, LERR_IO, "metrics: pipe: %s", strerror(errno));
-        goto fail;
-    }
-    s->stop_rd = fds[0];
-    s->stop_wr = fds[1];
-    /* The server's threads (connection threads inherit it) block every signal: a SIGTERM
-     * must reach the daemon's signalfd, not kill the process from a thread that does not
-     * expect it. */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = pthread_create(&s->thread, NULL, server_main, s);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        lerr_set(e, LERR_IO, "metrics: cannot start a thread: %s", strerror(rc));
-        goto fail;
+    s->listen_fd = s->stop_fd = -1;
+    if (server_listen(s, &a, addr, e) < 0 || server_start(s, e) < 0) {
+        server_free(s);
+        return -1;
     }
     m->server = s;
     log_info("metrics: serving /metrics and /healthz on %.*s:%d",
              (int)(strrchr(addr, ':') - addr), addr, s->port);
     return 0;
-fail:
-    server_free(s);
-    return -1;
 }
 
 int metrics_port(const struct metrics *m)
@@ -905,13 +859,8 @@ int metrics_port(const struct metrics *m)
 
 void metrics_destroy(struct metrics *m)
 {
-    struct metrics_server *s = m->server;
-
-    if (!s)
+    if (!m->server)
         return;
-    while (write(s->stop_wr, "x", 1) < 0 && errno == EINTR)
-        ;
-    pthread_join(s->thread, NULL);
-    server_free(s);
+    server_free(m->server);
     m->server = NULL;
 }

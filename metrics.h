@@ -10,7 +10,7 @@
  * Owns: the numbers, /healthz's verdict, the exposition text, the request parser and the
  * small server. Not: what is counted when (the daemon, sqs.c and fly.c decide that).
  *
- * Served on its own thread, so the poll loop never waits for a scrape:
+ * Served on threads of its own, so the poll loop never waits for a scrape:
  *   GET /metrics   Prometheus text exposition format 0.0.4
  *   GET /healthz   200 "ok" while receiving from SQS works; 503 and the reason after
  *                  METRICS_HEALTH_FAILURES failed receives in a row, or when no receive has
@@ -19,9 +19,9 @@
  * HEAD works for both (no body); other methods get 405 with "Allow: GET, HEAD", other
  * paths 404 (a query string is ignored). Every answer carries "Connection: close".
  *
- * The server is one thread accepting on one listening socket and one thread per
- * connection: it holds at most METRICS_MAX_CONNECTIONS connections at a time (more wait in
- * the listen backlog), each of which must deliver its request head (at most
+ * The server is METRICS_MAX_CONNECTIONS threads, each accepting on the one listening socket
+ * and serving that connection to its end: at most that many connections at a time (more
+ * wait in the listen backlog), each of which must deliver its request head (at most
  * METRICS_HEAD_MAX bytes, else 431) within METRICS_READ_TIMEOUT_MS and take its answer
  * within METRICS_WRITE_TIMEOUT_MS, so a slow or silent client holds one slot for at most
  * a few seconds and never blocks the others.
@@ -207,7 +207,7 @@ struct metrics_addr {
  * Pure: config.c calls it to check LAMBDO_METRICS_ADDR before anything starts. */
 int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e);
 
-/* Listens on addr and starts the server thread (which blocks every signal: they stay
+/* Listens on addr and starts the server threads (which block every signal: they stay
  * for the daemon's signalfd). LERR_INVALID for a bad address, LERR_IO when the socket
  * cannot be had (the port is taken: "address already in use"); both name the address.
  * LERR_INVALID too if m is already serving. */

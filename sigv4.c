@@ -95,11 +95,6 @@ static void sha256_of(const void *a, size_t alen, const char *b, unsigned char o
 static const char UNRESERVED[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~";
 
-static int is_unreserved(unsigned char c)
-{
-    return c && strchr(UNRESERVED, c);
-}
-
 struct range {
     const char *p, *end;
 };
@@ -117,7 +112,7 @@ static void sink_uri(struct sink *s, struct range r, int decode)
             c = (unsigned char)(text_hex_digit(r.p[0]) << 4 | text_hex_digit(r.p[1]));
             r.p += 2;
         }
-        if (is_unreserved(c)) {
+        if (c && strchr(UNRESERVED, c)) {
             sink_putc(s, (char)c);
         } else {
             sink_putc(s, '%');
@@ -415,10 +410,12 @@ static int view_init(struct view *v, const struct sigv4_request *req,
                      const struct sigv4_params *p, const char *token, char date[17],
                      char payload_hash[65], struct lerr *e)
 {
-    /* Headers the signer looks for, by index: their value when the request has them. */
-    static const char *const looked_for[] = { "host", "x-amz-date", "x-amz-security-token",
-                                              "x-amz-content-sha256" };
-    const char *found[4] = { NULL };
+    /* Headers the signer looks for, by index: their value when the request has them; all
+     * but Host are added, with these values, when it does not (an empty one is not). */
+    static const char *const names[] = { "Host", "X-Amz-Date", "X-Amz-Security-Token",
+                                         "x-amz-content-sha256" };
+    const char *found[4] = { NULL }, *added[4] = { NULL, date, token, payload_hash };
+    struct sink ds = sink_buffer(date, 17);
     unsigned char hash[32];
 
     v->n = v->nextra = 0;
@@ -437,34 +434,25 @@ static int view_init(struct view *v, const struct sigv4_request *req,
             return lerr_set(e, LERR_INVALID, "sigv4: header %zu has a malformed name or no value",
                             i);
         for (size_t k = 0; k < sizeof found / sizeof found[0]; k++)
-            if (!found[k] && name_cmp(h->name, looked_for[k], 0) == 0)
+            if (!found[k] && name_cmp(h->name, names[k], 0) == 0)
                 found[k] = h->value;
         if (view_add(v, h, e) < 0)
             return -1;
     }
     if (!found[0])
         return lerr_set(e, LERR_INVALID, "sigv4: the request has no Host header");
-
-    if (found[1]) {
-        struct sink ds = sink_buffer(date, 17);
-        value_write(&ds, found[1]);
-        if (sink_finish(&ds, "X-Amz-Date", e) < 0 || !date_valid(date))
-            return lerr_set(e, LERR_INVALID, "sigv4: the request's X-Amz-Date is not "
-                                             "YYYYMMDDTHHMMSSZ");
-    } else {
-        if (!p->amz_date || !date_valid(p->amz_date))
-            return lerr_set(e, LERR_INVALID, "sigv4: amz_date is not YYYYMMDDTHHMMSSZ");
-        memcpy(date, p->amz_date, 17);
-        if (view_extra(v, "X-Amz-Date", date, e) < 0)
-            return -1;
-    }
-    if (token && *token && !found[2] && view_extra(v, "X-Amz-Security-Token", token, e) < 0)
-        return -1;
+    /* the request's own date wins over the one given */
+    value_write(&ds, found[1] ? found[1] : p->amz_date ? p->amz_date : "");
+    if (sink_finish(&ds, "X-Amz-Date", e) < 0 || !date_valid(date))
+        return lerr_set(e, LERR_INVALID, "sigv4: %s is not YYYYMMDDTHHMMSSZ",
+                        found[1] ? "the request's X-Amz-Date" : "amz_date");
     sha256_of(req->payload ? req->payload : "", req->payload_len, "", hash);
     text_hex_encode(hash, sizeof hash, payload_hash);
-    if (!found[3] && p->add_content_sha256 &&
-        view_extra(v, "x-amz-content-sha256", payload_hash, e) < 0)
-        return -1;
+    if (!p->add_content_sha256)
+        added[3] = NULL;
+    for (size_t k = 1; k < sizeof added / sizeof added[0]; k++)
+        if (!found[k] && added[k] && *added[k] && view_extra(v, names[k], added[k], e) < 0)
+            return -1;
     v->date = date;
     v->payload_hash = found[3] ? found[3] : payload_hash;
     v->req = req;
