@@ -12,9 +12,9 @@
 //   events are decoded as associative arrays, integers beyond PHP_INT_MAX as strings
 //
 // Exit status: 0 every event succeeded (or there were none), 1 at least one event failed
-// (threw, hit a fatal error, or called exit), 2 nothing could run (events file missing,
-// unreadable, not JSON or not an array, or meta file so or not aligned; handler missing, not
-// loadable or not a callable).
+// (threw, hit a fatal error, or called exit), 2 nothing could run (events or meta file
+// missing, unreadable, not JSON, not an array or not aligned; handler missing, not loadable or
+// not a callable).
 // The runtime logs to stderr, one "lambdo: ..." line per event start and end; the handler's
 // own output is left alone.
 //
