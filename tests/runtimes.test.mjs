@@ -24,6 +24,13 @@ if (!PHP_VERSION) {
     `!!! Install the Debian package php-cli (apt-get install php-cli).\n${bar}\n\n`);
 }
 
+// lambdo's default meta file: the runtimes read it when EVENTS_META_PATH is unset. Tests that
+// need it absent skip when this host has one (someone's real file, left alone).
+const DEFAULT_META = '/tmp/events.meta.json';
+const DEFAULT_META_SKIP = existsSync(DEFAULT_META) &&
+  `${DEFAULT_META} EXISTS ON THIS HOST: cannot test the runtimes without a meta file (remove it to run this test)`;
+if (DEFAULT_META_SKIP) process.stderr.write(`\n!!! runtimes.test.mjs: ${DEFAULT_META_SKIP}\n\n`);
+
 const RUNTIMES = {
   js: {
     title: `runtimes/js (node ${process.versions.node})`,
@@ -43,11 +50,14 @@ const RUNTIMES = {
 
 // Runs a runtime's entry script in a fresh temp dir:
 //   events   the events file: a string or Buffer as is, anything else as JSON; undefined: no file
+//   meta     the meta file <tmp>/events.meta.json, written the same way, and EVENTS_META_PATH
+//            naming it; undefined: neither (the runtime looks for /tmp/events.meta.json)
 //   files    { 'relative/path': text } written under <tmp>/app (the handler directory)
 //   env      overrides; a value of undefined removes the variable
-// Defaults: EVENTS_PATH=<tmp>/events.json, LAMBDO_HANDLER=<tmp>/app, cwd <tmp>.
+// Defaults: EVENTS_PATH=<tmp>/events.json, LAMBDO_HANDLER=<tmp>/app, cwd <tmp>, and for the
+// sample projects JOB_DONE_DIR=<tmp>/done.
 // Resolves { code, signal, stdout, stderr, dir }; the temp dir is gone by then.
-async function runRuntime(rt, { events, files = {}, env = {}, cwd } = {}) {
+async function runRuntime(rt, { events, meta, files = {}, env = {}, cwd } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'lambdo-runtime-'));
   try {
     const app = path.join(dir, 'app');
@@ -56,12 +66,14 @@ async function runRuntime(rt, { events, files = {}, env = {}, cwd } = {}) {
       mkdirSync(path.dirname(path.join(app, name)), { recursive: true });
       writeFileSync(path.join(app, name), text);
     }
+    const write = (file, content) => writeFileSync(file,
+      typeof content === 'string' || Buffer.isBuffer(content) ? content : JSON.stringify(content));
     const eventsPath = path.join(dir, 'events.json');
-    if (events !== undefined) {
-      writeFileSync(eventsPath,
-        typeof events === 'string' || Buffer.isBuffer(events) ? events : JSON.stringify(events));
-    }
-    const childEnv = { PATH: process.env.PATH, EVENTS_PATH: eventsPath, LAMBDO_HANDLER: app, ...env };
+    if (events !== undefined) write(eventsPath, events);
+    const metaPath = path.join(dir, 'events.meta.json');
+    if (meta !== undefined) write(metaPath, meta);
+    const childEnv = { PATH: process.env.PATH, EVENTS_PATH: eventsPath, LAMBDO_HANDLER: app,
+      ...(meta !== undefined && { EVENTS_META_PATH: metaPath }), JOB_DONE_DIR: path.join(dir, 'done'), ...env };
     for (const k of Object.keys(childEnv)) if (childEnv[k] === undefined) delete childEnv[k];
     return await new Promise((resolve, reject) => {
       const child = spawn(rt.cmd, [rt.entry], { cwd: cwd ?? dir, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -152,6 +164,28 @@ const ECHO_RAW = {
   };`,
 };
 
+// Prints its context as one JSON line.
+const PRINT_CONTEXT = {
+  js: `exports.handler = (event, context) => { console.log(JSON.stringify(context)); };`,
+  php: `<?php return function ($event, array $context) { echo json_encode($context), "\\n"; };`,
+};
+
+// Meta entries as lambdo writes them (issue #13): a FIFO queue's, with an attribute of each
+// type; a standard queue's without attributes; one with fields the runtime does not know (they
+// pass as they are) and with index and raw (the runtime's own win).
+const META_ENTRIES = [
+  { messageId: '059f36b4-87a3-44ab-83d2-661975830a7d', receiveCount: 3, sentTimestamp: 1733360000000,
+    firstReceiveTimestamp: 1733360000123, messageGroupId: 'g1', deduplicationId: 'd1',
+    sequenceNumber: '18849496460467696128',
+    messageAttributes: { tenant: { type: 'String', value: 'acme' }, n: { type: 'Number', value: '42' },
+      blob: { type: 'Binary', value: 'AAEC' } } },
+  { messageId: '2e1424d4-f796-459a-8184-9c92662be6da', receiveCount: 1, sentTimestamp: 1733360000456,
+    firstReceiveTimestamp: 1733360000512 },
+  { messageId: 'da68f62c-0c07-4bee-bf5f-7e856efab563', receiveCount: 2, sentTimestamp: 1733359990000,
+    firstReceiveTimestamp: 1733359990104, messageAttributes: {}, awsTraceHeader: 'Root=1-5759e988-bd862e3fe1be46a994272793',
+    index: 99, raw: 'not the event' },
+];
+
 // Handlers that are not usable: [title, files, stderr pattern]
 const BAD_HANDLERS = {
   js: [
@@ -234,6 +268,76 @@ for (const [key, rt] of Object.entries(RUNTIMES)) {
         assertStderr(r, /^lambdo: 0 events: nothing to run$/m);
       }
     });
+
+    it('gives the handler each event\'s meta entry in its context: FIFO and standard entries, attributes of the three types', opts, async () => {
+      const raws = ['{"a": 1}', '"two"', '[3]'];
+      const r = await runRuntime(rt, { events: `[${raws.join(', ')}]`, meta: META_ENTRIES, files: handler(PRINT_CONTEXT) });
+      assertExit(r, 0);
+      // PHP's json_encode writes an empty array as []
+      const none = key === 'js' ? {} : [];
+      assert.deepEqual(jsonLines(r), META_ENTRIES.map((entry, index) => ({
+        ...entry, messageAttributes: entry.messageAttributes?.tenant ? entry.messageAttributes : none,
+        index, count: 3, raw: raws[index],
+      })));
+      assertStderr(r, /^lambdo: 3 events from \/.*\/events\.json \(meta \/.*\/events\.meta\.json\), handler /m);
+      assertStderr(r, /^lambdo: event 0 start \(1 of 3, message 059f36b4-87a3-44ab-83d2-661975830a7d\)$/m);
+      assertStderr(r, /^lambdo: event 2 start \(3 of 3, message da68f62c-0c07-4bee-bf5f-7e856efab563\)$/m);
+    });
+
+    it('without a meta file (EVENTS_META_PATH unset or empty, no /tmp/events.meta.json) the context is index, count, raw', {
+      ...opts, skip: rt.skip || DEFAULT_META_SKIP,
+    }, async () => {
+      for (const EVENTS_META_PATH of [undefined, '']) {
+        const r = await runRuntime(rt, { events: '[{"a": 1}, 2]', files: handler(PRINT_CONTEXT), env: { EVENTS_META_PATH } });
+        assertExit(r, 0);
+        assert.deepEqual(jsonLines(r), [{ index: 0, count: 2, raw: '{"a": 1}' }, { index: 1, count: 2, raw: '2' }]);
+        assertStderr(r, /^lambdo: 2 events from \/.*\/events\.json, handler /m);
+        assertStderr(r, /^lambdo: event 0 start \(1 of 2\)$/m);
+      }
+    });
+
+    it('EVENTS_META_PATH unset: reads /tmp/events.meta.json when it exists, by the same rules', {
+      ...opts, skip: rt.skip || DEFAULT_META_SKIP,
+    }, async () => {
+      writeFileSync(DEFAULT_META, '[{"messageId": "from-the-default"}, {}]', { flag: 'wx' });
+      try {
+        const r = await runRuntime(rt, { events: [1, 2], files: handler(PRINT_CONTEXT) });
+        assertExit(r, 0);
+        assert.deepEqual(jsonLines(r).map((c) => c.messageId), ['from-the-default', undefined]);
+        writeFileSync(DEFAULT_META, '[{"messageId": "from-the-default"}]');
+        const bad = await runRuntime(rt, { events: [1, 2], files: handler(NOISY) });
+        assertExit(bad, 2);
+        assertStderr(bad, /^lambdo: error: meta file \/tmp\/events\.meta\.json holds 1 entry for the 2 events of events file /m);
+        assert.equal(bad.stdout, '', 'the handler module was loaded');
+      } finally {
+        rmSync(DEFAULT_META, { force: true });
+      }
+    });
+
+    // A meta file that is named, or that exists, must be right: exit 2, the handler not loaded.
+    const metaFileCases = [
+      ['EVENTS_META_PATH names a file that does not exist', { env: { EVENTS_META_PATH: 'nope.meta.json' } },
+        /^lambdo: error: cannot read meta file \/.*\/nope\.meta\.json: .*no such file/im],
+      ['the meta path is a directory', { env: { EVENTS_META_PATH: '.' } }, /^lambdo: error: cannot read meta file \/.*: it is a directory$/m],
+      ['an empty meta file', { meta: '' }, /^lambdo: error: meta file \/.*\/events\.meta\.json is not valid JSON/m],
+      ['a truncated meta file', { meta: '[{"messageId": "m0"}, {' }, /^lambdo: error: meta file \/.*\/events\.meta\.json is not valid JSON/m],
+      ['invalid UTF-8', { meta: Buffer.from('[{"messageId": "\xff"}, {}]', 'latin1') }, /^lambdo: error: meta file .*events\.meta\.json is not valid UTF-8$/m],
+      ['a JSON object', { meta: '{"messageId": "m0"}' }, /^lambdo: error: meta file \/.*\/events\.meta\.json holds an object, not an array of entries$/m],
+      ['fewer entries than events', { meta: [{ messageId: 'm0' }] },
+        /^lambdo: error: meta file \/.*\/events\.meta\.json holds 1 entry for the 2 events of events file \/.*\/events\.json \(one per event expected\)$/m],
+      ['more entries than events', { meta: [{}, {}, {}] }, /^lambdo: error: meta file .* holds 3 entries for the 2 events of /m],
+      ['an entry that is an array', { meta: '[{"messageId": "m0"}, []]' }, /^lambdo: error: meta file \/.*\/events\.meta\.json: entry 1 is an array, not an object$/m],
+      ['an entry that is null', { meta: '[null, {}]' }, /: entry 0 is null, not an object$/m],
+      ['an entry that is a string', { meta: '["m0", {}]' }, /: entry 0 is a string, not an object$/m],
+    ];
+    for (const [title, run, re] of metaFileCases) {
+      it(`exit 2 with a message, handler not loaded: meta file: ${title}`, opts, async () => {
+        const r = await runRuntime(rt, { events: '[1, 2]', files: handler(NOISY), ...run });
+        assertExit(r, 2);
+        assertStderr(r, re);
+        assert.equal(r.stdout, '', 'the handler module was loaded');
+      });
+    }
 
     it('gives the handler each event\'s exact JSON text as context.raw', opts, async () => {
       const raws = [
@@ -354,17 +458,52 @@ for (const [key, rt] of Object.entries(RUNTIMES)) {
       assertStderr(r, new RegExp(`^lambdo: 3 events from /.*/events\\.json, handler /.*/app/${rt.index.replace('.', '\\.')}$`, 'm'));
     });
 
-    it('the sample project runs against its own events.json', opts, async () => {
+    it('the sample project runs against its own events.json and events.meta.json; run again, it skips every message', opts, async () => {
       const sample = path.join(ROOT, 'runtimes', key, 'sample-project');
-      const r = await runRuntime(rt, { env: { EVENTS_PATH: path.join(sample, 'events.json'), LAMBDO_HANDLER: sample } });
-      assertExit(r, 0);
-      const order = key === 'js' ? '9007199254740993' : '123456789012345678901234567890';
-      assert.deepEqual(lines(r.stdout), [
-        'resized cat.png to 640px for user 42 (event 1 of 3)',
-        'resized dog.png to 320px for user 7 (event 2 of 3)',
-        `notified user 42 about order ${order}`,
-      ]);
-      assert.equal(lambdoLines(r).at(-1), 'lambdo: 3 events: 3 ok, 0 failed');
+      const done = mkdtempSync(path.join(tmpdir(), 'lambdo-sample-done-'));
+      try {
+        const env = { EVENTS_PATH: path.join(sample, 'events.json'), EVENTS_META_PATH: path.join(sample, 'events.meta.json'),
+          LAMBDO_HANDLER: sample, JOB_DONE_DIR: done };
+        const r = await runRuntime(rt, { env });
+        assertExit(r, 0);
+        const order = key === 'js' ? '9007199254740993' : '123456789012345678901234567890';
+        assert.deepEqual(lines(r.stdout), [
+          'resized cat.png to 640px for user 42 (event 1 of 3)',
+          'resized dog.png to 320px for user 7 (event 2 of 3)',
+          `notified user 42 about order ${order}`,
+        ]);
+        assert.equal(lambdoLines(r).at(-1), 'lambdo: 3 events: 3 ok, 0 failed');
+        const again = await runRuntime(rt, { env });
+        assertExit(again, 0);
+        assert.deepEqual(lines(again.stdout), [
+          'message 059f36b4-87a3-44ab-83d2-661975830a7d already done: skipped (receive count 1)',
+          'message 2e1424d4-f796-459a-8184-9c92662be6da already done: skipped (receive count 1)',
+          'message da68f62c-0c07-4bee-bf5f-7e856efab563 already done: skipped (receive count 2)',
+        ]);
+      } finally {
+        rmSync(done, { recursive: true, force: true });
+      }
+    });
+
+    it('the idempotent sample skips a message id it has done; an event that failed is not marked, and is redone', opts, async () => {
+      const sample = path.join(ROOT, 'runtimes', key, 'sample-project');
+      const done = mkdtempSync(path.join(tmpdir(), 'lambdo-sample-done-'));
+      try {
+        const events = '[{"user": 1, "action": "notify", "order": 5}, {"action": "explode"}, {"user": 1, "action": "notify", "order": 5}]';
+        const meta = [{ messageId: 'm/1', receiveCount: 1 }, { messageId: 'm2', receiveCount: 1 }, { messageId: 'm/1', receiveCount: 2 }];
+        const env = { LAMBDO_HANDLER: sample, JOB_DONE_DIR: done };
+        const r = await runRuntime(rt, { events, meta, env });
+        assertExit(r, 1);
+        assert.deepEqual(lines(r.stdout), ['notified user 1 about order 5', 'message m/1 already done: skipped (receive count 2)']);
+        assertStderr(r, /^lambdo: event 1 failed in \d+ ms: \w+: unknown action "explode"/m);
+        const again = await runRuntime(rt, { events, meta, env });
+        assertExit(again, 1);
+        assert.deepEqual(lines(again.stdout), ['message m/1 already done: skipped (receive count 1)',
+          'message m/1 already done: skipped (receive count 2)']);
+        assertStderr(again, /^lambdo: event 1 failed in \d+ ms: \w+: unknown action "explode"/m);
+      } finally {
+        rmSync(done, { recursive: true, force: true });
+      }
     });
 
     it('the sample project fails an event it does not know, and goes on', opts, async () => {

@@ -1,9 +1,21 @@
 // A lambdo job. The runtime calls `handler` once per event of the Machine's events file, in
 // order, and awaits it before the next one. Throw (or reject) to fail an event: the others
 // still run, and the Machine exits non-zero.
+const { mkdirSync, existsSync, writeFileSync } = require('node:fs');
+const { tmpdir } = require('node:os');
+const path = require('node:path');
 const { setTimeout: sleep } = require('node:timers/promises');
 
-exports.handler = async (event, context) => {
+// Delivery is at least once: a message may come again after its work was done. The SQS
+// message id is the idempotency key: a marker per id, written once the work succeeded (a
+// failed event is retried in full). A directory only catches repeats it outlives (a Fly
+// Machine starts with an empty disk): production code uses a durable store, such as a
+// database table with the message id as a unique key, inserted in the work's transaction.
+const DONE_DIR = process.env.JOB_DONE_DIR || path.join(tmpdir(), 'lambdo-jobs-done');
+mkdirSync(DONE_DIR, { recursive: true });
+const marker = (messageId) => path.join(DONE_DIR, encodeURIComponent(messageId));
+
+async function work(event, context) {
   switch (event.action) {
     case 'resize':
       await sleep(20); // stands in for real work: fetch, resize, upload
@@ -20,4 +32,15 @@ exports.handler = async (event, context) => {
     default:
       throw new Error(`unknown action ${JSON.stringify(event.action)}`);
   }
+}
+
+exports.handler = async (event, context) => {
+  // Without lambdo's meta file (an older lambdo, a hand run) there is no message id.
+  const { messageId } = context;
+  if (messageId !== undefined && existsSync(marker(messageId))) {
+    console.log(`message ${messageId} already done: skipped (receive count ${context.receiveCount})`);
+    return;
+  }
+  await work(event, context);
+  if (messageId !== undefined) writeFileSync(marker(messageId), '');
 };

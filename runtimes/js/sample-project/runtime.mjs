@@ -1,23 +1,28 @@
 // lambdo Node.js runtime: calls the user's handler once per event of the events file, in
 // order, awaiting each call. See runtimes/js/README.md for the contract; in short:
 //
-//   EVENTS_PATH     the JSON array of events            (default /tmp/events.json)
-//   LAMBDO_HANDLER  the handler module, or a directory holding index.js, index.mjs or index.cjs
-//                                                        (default the directory /app)
-//   handler(event, { index, count, raw })   may be async; `raw` is the event's exact JSON text
+//   EVENTS_PATH       the JSON array of events            (default /tmp/events.json)
+//   EVENTS_META_PATH  lambdo's facts about each event's message, aligned with the events
+//                     (default /tmp/events.meta.json; that default may be absent)
+//   LAMBDO_HANDLER    the handler module, or a directory holding index.js, index.mjs or
+//                     index.cjs                           (default the directory /app)
+//   handler(event, { index, count, raw, messageId, receiveCount, ... })   may be async; `raw`
+//   is the event's exact JSON text; the other fields are the meta entry's, as they stand
 //
 // Exit status: 0 every event succeeded (or there were none), 1 at least one event failed
 // (threw, rejected, crashed the process or called process.exit), 2 nothing could run (events
-// file missing, unreadable, not JSON or not an array; handler missing or not loadable).
+// or meta file missing, unreadable, not JSON, not an array or not aligned; handler missing or
+// not loadable).
 // The runtime logs to stderr, one "lambdo: ..." line per event start and end; the handler's
 // own stdout and stderr are left alone.
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { inspect } from 'node:util';
 import { performance } from 'node:perf_hooks';
 
 const DEFAULT_EVENTS_PATH = '/tmp/events.json';
+const DEFAULT_META_PATH = '/tmp/events.meta.json';
 const DEFAULT_APP_DIR = '/app';
 const INDEX_FILES = ['index.js', 'index.mjs', 'index.cjs'];
 
@@ -71,6 +76,7 @@ function ms(t0) {
 
 function jsonType(v) {
   if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
   if (typeof v === 'object') return 'an object';
   return `a ${typeof v}`;
 }
@@ -108,35 +114,56 @@ function splitArray(text) {
   return out;
 }
 
-function readEvents(eventsPath) {
+// A file that must hold a JSON array ("events file", "meta file": `what`): { values, text }.
+function readArray(file, what, items) {
   let bytes;
   try {
-    if (statSync(eventsPath).isDirectory()) throw new Error('it is a directory');
-    bytes = readFileSync(eventsPath);
+    if (statSync(file).isDirectory()) throw new Error('it is a directory');
+    bytes = readFileSync(file);
   } catch (err) {
-    setupFailure(`cannot read events file ${eventsPath}: ${err.message}`);
+    setupFailure(`cannot read ${what} ${file}: ${err.message}`);
   }
   let text;
   try {
     // RFC 8259 JSON is UTF-8; a leading byte order mark is ignored.
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
-    setupFailure(`events file ${eventsPath} is not valid UTF-8`);
+    setupFailure(`${what} ${file} is not valid UTF-8`);
   }
-  let events;
+  let values;
   try {
-    events = JSON.parse(text);
+    values = JSON.parse(text);
   } catch (err) {
-    setupFailure(`events file ${eventsPath} is not valid JSON: ${err.message}`);
+    setupFailure(`${what} ${file} is not valid JSON: ${err.message}`);
   }
-  if (!Array.isArray(events)) {
-    setupFailure(`events file ${eventsPath} holds ${jsonType(events)}, not an array of events`);
-  }
+  if (!Array.isArray(values)) setupFailure(`${what} ${file} holds ${jsonType(values)}, not an array of ${items}`);
+  return { values, text };
+}
+
+function readEvents(eventsPath) {
+  const { values: events, text } = readArray(eventsPath, 'events file', 'events');
   const raws = splitArray(text);
   if (raws.length !== events.length) {
     setupFailure(`events file ${eventsPath}: internal error splitting the array (${raws.length} != ${events.length})`);
   }
   return { events, raws };
+}
+
+// The meta entries (one object per event), or null when there is no meta file to read: an
+// older lambdo, or a hand run. A meta file that was named, or that exists, must be right:
+// a message id the handler keys its idempotency on must never be silently missing or shifted.
+function readMeta(eventsPath, count) {
+  const setting = process.env.EVENTS_META_PATH;
+  const file = path.resolve(setting || DEFAULT_META_PATH);
+  if (!setting && !existsSync(file)) return null;
+  const { values } = readArray(file, 'meta file', 'entries');
+  if (values.length !== count) {
+    setupFailure(`meta file ${file} holds ${values.length} ${values.length === 1 ? 'entry' : 'entries'} for the ` +
+      `${count} ${count === 1 ? 'event' : 'events'} of events file ${eventsPath} (one per event expected)`);
+  }
+  const bad = values.findIndex((e) => jsonType(e) !== 'an object');
+  if (bad >= 0) setupFailure(`meta file ${file}: entry ${bad} is ${jsonType(values[bad])}, not an object`);
+  return { file, entries: values };
 }
 
 // ---- the handler --------------------------------------------------------------------------
@@ -268,6 +295,7 @@ async function main() {
   const eventsPath = path.resolve(process.env.EVENTS_PATH || DEFAULT_EVENTS_PATH);
   const { events, raws } = readEvents(eventsPath);
   run.count = events.length;
+  const meta = readMeta(eventsPath, run.count);
 
   run.handlerPath = findHandler();
   run.phase = 'loading';
@@ -275,11 +303,14 @@ async function main() {
 
   run.phase = 'running';
   const word = run.count === 1 ? 'event' : 'events';
-  log(`${run.count} ${word} from ${eventsPath}, handler ${run.handlerPath}`);
+  log(`${run.count} ${word} from ${eventsPath}${meta ? ` (meta ${meta.file})` : ''}, handler ${run.handlerPath}`);
   for (let i = 0; i < run.count; i++) {
     run.current = i;
-    const context = { index: i, count: run.count, raw: raws[i] };
-    log(`event ${i} start (${i + 1} of ${run.count})`);
+    // The entry's fields as they stand; index, count and raw are the runtime's own.
+    const entry = meta ? { messageAttributes: {}, ...meta.entries[i] } : {};
+    const context = Object.assign(entry, { index: i, count: run.count, raw: raws[i] });
+    const message = typeof context.messageId === 'string' ? `, message ${context.messageId}` : '';
+    log(`event ${i} start (${i + 1} of ${run.count}${message})`);
     const t0 = performance.now();
     let threw = false;
     let error;

@@ -2,15 +2,19 @@
 // lambdo PHP runtime: calls the user's handler once per event of the events file, in order.
 // See runtimes/php/README.md for the contract; in short:
 //
-//   EVENTS_PATH     the JSON array of events            (default /tmp/events.json)
-//   LAMBDO_HANDLER  the handler file, or a directory holding index.php   (default /app)
+//   EVENTS_PATH       the JSON array of events            (default /tmp/events.json)
+//   EVENTS_META_PATH  lambdo's facts about each event's message, aligned with the events
+//                     (default /tmp/events.meta.json; that default may be absent)
+//   LAMBDO_HANDLER    the handler file, or a directory holding index.php   (default /app)
 //   index.php returns a callable: function (mixed $event, array $context) { ... }
-//   $context = ['index' => int, 'count' => int, 'raw' => the event's exact JSON text]
+//   $context = ['index' => int, 'count' => int, 'raw' => the event's exact JSON text,
+//               'messageId' => ..., 'receiveCount' => ..., ...: the meta entry's, as they stand]
 //   events are decoded as associative arrays, integers beyond PHP_INT_MAX as strings
 //
 // Exit status: 0 every event succeeded (or there were none), 1 at least one event failed
-// (threw, hit a fatal error, or called exit), 2 nothing could run (events file missing,
-// unreadable, not JSON or not an array; handler missing, not loadable or not a callable).
+// (threw, hit a fatal error, or called exit), 2 nothing could run (events or meta file
+// missing, unreadable, not JSON, not an array or not aligned; handler missing, not loadable or
+// not a callable).
 // The runtime logs to stderr, one "lambdo: ..." line per event start and end; the handler's
 // own output is left alone.
 //
@@ -20,6 +24,7 @@
 namespace Lambdo\Runtime;
 
 const DEFAULT_EVENTS_PATH = '/tmp/events.json';
+const DEFAULT_META_PATH = '/tmp/events.meta.json';
 const DEFAULT_APP_DIR = '/app';
 const INDEX_FILE = 'index.php';
 const JSON_DEPTH = 2048;   // lambdo bodies nest at most 512 deep
@@ -86,6 +91,7 @@ function jsonType(string $first): string
 {
     return match ($first) {
         '{' => 'an object',
+        '[' => 'an array',
         '"' => 'a string',
         't', 'f' => 'a boolean',
         'n' => 'null',
@@ -131,28 +137,63 @@ function splitArray(string $text): array
     return $out;
 }
 
-/** @return array{0: list<mixed>, 1: list<string>} */
-function readEvents(string $path): array
+/**
+ * A file that must hold a JSON array ("events file", "meta file": $what).
+ * @return array{0: list<mixed>, 1: string} the values and the text
+ */
+function readArray(string $path, string $what, string $items): array
 {
-    if (is_dir($path)) setupFailure("cannot read events file $path: it is a directory");
+    if (is_dir($path)) setupFailure("cannot read $what $path: it is a directory");
     $text = @file_get_contents($path);
-    if ($text === false) setupFailure("cannot read events file $path: " . lastError());
+    if ($text === false) setupFailure("cannot read $what $path: " . lastError());
     // RFC 8259 JSON is UTF-8; a leading byte order mark is ignored.
     if (str_starts_with($text, "\xEF\xBB\xBF")) $text = substr($text, 3);
     try {
-        $events = json_decode($text, true, JSON_DEPTH, \JSON_BIGINT_AS_STRING | \JSON_THROW_ON_ERROR);
+        $values = json_decode($text, true, JSON_DEPTH, \JSON_BIGINT_AS_STRING | \JSON_THROW_ON_ERROR);
     } catch (\JsonException $e) {
-        if ($e->getCode() === \JSON_ERROR_UTF8) setupFailure("events file $path is not valid UTF-8");
-        setupFailure("events file $path is not valid JSON: " . $e->getMessage());
+        if ($e->getCode() === \JSON_ERROR_UTF8) setupFailure("$what $path is not valid UTF-8");
+        setupFailure("$what $path is not valid JSON: " . $e->getMessage());
     }
     // With associative decoding an object is a PHP array too: look at the text.
     $first = ltrim($text, " \t\n\r")[0] ?? '';
-    if ($first !== '[') setupFailure("events file $path holds " . jsonType($first) . ', not an array of events');
+    if ($first !== '[') setupFailure("$what $path holds " . jsonType($first) . ", not an array of $items");
+    return [array_values($values), $text];
+}
+
+/** @return array{0: list<mixed>, 1: list<string>} */
+function readEvents(string $path): array
+{
+    [$events, $text] = readArray($path, 'events file', 'events');
     $raws = splitArray($text);
     if (count($raws) !== count($events)) {
         setupFailure("events file $path: internal error splitting the array (" . count($raws) . ' != ' . count($events) . ')');
     }
-    return [array_values($events), $raws];
+    return [$events, $raws];
+}
+
+/**
+ * The meta entries (one object per event), or null when there is no meta file to read: an
+ * older lambdo, or a hand run. A meta file that was named, or that exists, must be right:
+ * a message id the handler keys its idempotency on must never be silently missing or shifted.
+ * @return array{0: string, 1: list<array>}|null the path and the entries
+ */
+function readMeta(string $eventsPath, int $count): ?array
+{
+    $setting = getenv('EVENTS_META_PATH');
+    $named = $setting !== false && $setting !== '';
+    $path = $named ? absolute($setting) : DEFAULT_META_PATH;
+    if (!$named && !file_exists($path)) return null;
+    [$entries, $text] = readArray($path, 'meta file', 'entries');
+    $n = count($entries);
+    if ($n !== $count) {
+        setupFailure("meta file $path holds $n " . ($n === 1 ? 'entry' : 'entries') . " for the $count "
+            . ($count === 1 ? 'event' : 'events') . " of events file $eventsPath (one per event expected)");
+    }
+    // {} and [] both decode to arrays: the text says which an entry was.
+    foreach (splitArray($text) as $i => $raw) {
+        if ($raw[0] !== '{') setupFailure("meta file $path: entry $i is " . jsonType($raw[0]) . ', not an object');
+    }
+    return [$path, $entries];
 }
 
 // ---- the handler ----------------------------------------------------------------------------
@@ -255,17 +296,22 @@ function main(): never
     $path = ($path === false || $path === '') ? DEFAULT_EVENTS_PATH : absolute($path);
     [$events, $raws] = readEvents($path);
     Run::$count = count($events);
+    $meta = readMeta($path, Run::$count);
 
     Run::$handlerPath = findHandler();
     Run::$phase = 'loading';
     $handler = loadHandler(Run::$handlerPath);
 
     Run::$phase = 'running';
-    log(Run::$count . (Run::$count === 1 ? ' event' : ' events') . " from $path, handler " . Run::$handlerPath);
+    log(Run::$count . (Run::$count === 1 ? ' event' : ' events') . " from $path"
+        . ($meta ? " (meta $meta[0])" : '') . ', handler ' . Run::$handlerPath);
     for ($i = 0; $i < Run::$count; $i++) {
         Run::$current = $i;
-        $context = ['index' => $i, 'count' => Run::$count, 'raw' => $raws[$i]];
-        log("event $i start (" . ($i + 1) . ' of ' . Run::$count . ')');
+        // The entry's fields as they stand; index, count and raw are the runtime's own.
+        $context = ['index' => $i, 'count' => Run::$count, 'raw' => $raws[$i]]
+            + ($meta ? $meta[1][$i] + ['messageAttributes' => []] : []);
+        $message = is_string($context['messageId'] ?? null) ? ", message {$context['messageId']}" : '';
+        log("event $i start (" . ($i + 1) . ' of ' . Run::$count . "$message)");
         $t0 = hrtime(true);
         try {
             $handler($events[$i], $context);
