@@ -85,40 +85,44 @@ static const char *json_kind(int c)
     }
 }
 
+/* A checked JSON string, its quotes at s and end - 1, decodes to a NUL only from the
+ * escape \u0000 (a raw NUL byte is not JSON): no need to decode it to know. */
+static int has_nul(const char *s, const char *end)
+{
+    for (; s < end; s++)
+        if (*s == '\\' && *++s == 'u' && memcmp(s + 1, "0000", 4) == 0)
+            return 1;
+    return 0;
+}
+
 /* Walks a command checked as JSON: its strings' bytes go to p (when not NULL), each with a
  * NUL, and argv points at each. Returns the number of strings, or -1. */
 static long command_walk(const char *cmd, char **argv, char *p, struct lerr *e)
 {
     struct json j;
-    size_t i;
+    size_t i, n;
     int state = 0, c;
 
     json_init(&j, cmd, strlen(cmd));
     if ((c = json_peek(&j)) != '[')
         return lerr_set(e, LERR_INVALID, "must be a JSON array of strings, not %s", json_kind(c));
     for (i = 0; json_element(&j, &state) > 0; i++) {
-        struct json_chars s;
-        size_t n = 0;
+        const char *quote_at;
 
         if ((c = json_peek(&j)) != '"')
             return lerr_set(e, LERR_INVALID, "element %zu is not a string (it is %s)", i + 1,
                             json_kind(c));
-        json_chars_open(&s, (const char *)j.p);
-        if (argv)
-            argv[i] = p;
-        while ((c = json_chars_next(&s)) > 0) {
-            if (p)
-                *p++ = (char)c;
-            n++;
-        }
-        if (c == 0)
+        quote_at = (const char *)j.p;
+        json_string(&j, p, p ? (size_t)-1 : 0, &n);  /* checked: it cannot fail */
+        if (has_nul(quote_at, (const char *)j.p))
             return lerr_set(e, LERR_INVALID, "element %zu has a NUL character (\\u0000), which "
                             "cannot be passed to a program", i + 1);
         if (i == 0 && n == 0)
             return lerr_set(e, LERR_INVALID, "element 1 is empty (it names the program to run)");
-        if (p)
-            *p++ = '\0';
-        j.p = s.p;
+        if (argv) {
+            argv[i] = p;
+            p += n + 1;
+        }
     }
     if (i == 0)
         return lerr_set(e, LERR_INVALID, "empty array (a command is at least one string)");
@@ -168,35 +172,23 @@ int group_check(const struct event *ev, struct lerr *e)
 
 /* ---- grouping -------------------------------------------------------------------------- */
 
-/* Two checked commands (arrays of strings) hold the same strings. */
+/* Two checked commands (arrays of strings) hold the same strings. Without the memory to
+ * decode them, they count as different: the events then run on separate Machines. */
 static int command_equal(const char *a, const char *b)
 {
-    struct json x, y;
-    int sx = 0, sy = 0;
+    char **x = NULL, **y = NULL;
+    size_t i = 0;
+    int same;
 
     if (strcmp(a, b) == 0)  /* the usual case: the same text, sent by the same producer */
         return 1;
-    json_init(&x, a, strlen(a));
-    json_init(&y, b, strlen(b));
-    for (;;) {
-        struct json_chars s, t;
-        int mx = json_element(&x, &sx), my = json_element(&y, &sy), c, d;
-
-        if (mx <= 0 || my <= 0)
-            return mx == my;
-        json_peek(&x);
-        json_peek(&y);
-        json_chars_open(&s, (const char *)x.p);
-        json_chars_open(&t, (const char *)y.p);
-        do {
-            c = json_chars_next(&s);
-            d = json_chars_next(&t);
-            if (c != d)
-                return 0;
-        } while (c >= 0);
-        x.p = s.p;
-        y.p = t.p;
-    }
+    same = group_command(a, &x, NULL) == 0 && group_command(b, &y, NULL) == 0;
+    while (same && x[i] && y[i] && strcmp(x[i], y[i]) == 0)
+        i++;
+    same = same && !x[i] && !y[i];
+    free(x);
+    free(y);
+    return same;
 }
 
 static int same_key(const struct group *g, const struct event *ev)

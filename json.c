@@ -359,31 +359,6 @@ int json_check(const char *s, size_t len, size_t *err_at, const char **why)
     return json_items(s, len, NULL, NULL, err_at, why);
 }
 
-void json_chars_open(struct json_chars *s, const char *quote)
-{
-    s->p = (const unsigned char *)quote + 1;
-    s->npend = s->ipend = 0;
-}
-
-int json_chars_next(struct json_chars *s)
-{
-    struct json j;
-    int c;
-
-    if (s->ipend < s->npend)
-        return s->pend[s->ipend++];
-    c = *s->p++;
-    if (c == '"')
-        return -1;
-    if (c != '\\')
-        return c;
-    /* A checked escape is at most 12 bytes, none of them NUL. */
-    json_init(&j, (const char *)s->p - 1, strnlen((const char *)s->p - 1, 12));
-    s->p = json_unescape(&j, s->p - 1, s->pend, &s->npend);
-    s->ipend = 1;
-    return s->pend[0];
-}
-
 /* ---- cJSON, under a lock ---------------------------------------------------------------- */
 
 static pthread_mutex_t json_mu = PTHREAD_MUTEX_INITIALIZER;

@@ -81,19 +81,6 @@ typedef void (*json_item_fn)(void *ctx, size_t offset, size_t len);
 int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *err_at,
                const char **why);
 
-/* Reads a string that json_check accepted, in NUL-terminated text, one decoded byte at a
- * time: "b" and "\u0062" compare equal without a copy of either. */
-struct json_chars {
-    const unsigned char *p;  /* next byte to read; after the closing quote at the end */
-    unsigned char pend[4];   /* bytes of an escaped code point still to yield */
-    unsigned npend, ipend;
-};
-
-void json_chars_open(struct json_chars *s, const char *quote);
-
-/* The next byte of the value (0..255), or -1 at the closing quote. */
-int json_chars_next(struct json_chars *s);
-
 /* Writing: a growing buffer for the JSON text of requests. A failed allocation is sticky:
  * every later write does nothing and oom stays set, so the caller checks once at the end.
  * The text is NUL-terminated after every write. */
