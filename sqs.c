@@ -961,23 +961,6 @@ static void sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const 
         json_buf_lit(b, "}");
 }
 
-char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
-                       struct lerr *e)
-{
-    struct json_buf b = { 0 };
-
-    if (sqs_queue_url_check(queue_url, "SendMessage", e) < 0)
-        return NULL;
-    if (sqs_send_entry_check(en, e) < 0) {
-        lerr_wrap(e, "SQS SendMessage");
-        return NULL;
-    }
-    sb_queue(&b, queue_url);
-    sb_message(NULL, &b, en);
-    json_buf_lit(&b, "}");
-    return sb_finish(&b, len, e);
-}
-
 /* MD5OfMessageAttributes as SQS computes it: for each attribute, in byte order of the
  * names, length-prefixed (4 bytes, big-endian) name and DataType, the transport type
  * byte (1 for String), then the length-prefixed value. */
@@ -1050,24 +1033,6 @@ static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
     }
 }
 
-int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
-                          struct lerr *e)
-{
-    cJSON *root = json_parse(json, len);
-    const char *id = cJSON_IsObject(root) ? sqs_json_string(root, "MessageId") : NULL;
-
-    if (!id || !*id) {
-        const char *why = cJSON_IsObject(root) ? "no MessageId" : "not a JSON object";
-        cJSON_Delete(root);
-        return lerr_set(e, LERR_MALFORMED, "SQS SendMessage answer: %s", why);
-    }
-    sqs_send_accepted(en, id, sqs_json_string(root, "MD5OfMessageBody"),
-                      sqs_json_string(root, "MD5OfMessageAttributes"));
-    cJSON_Delete(root);
-    return 0;
-}
-
-
 static void sqs_send_reset(void *entry)
 {
     struct sqs_send_entry *en = entry;
@@ -1076,38 +1041,14 @@ static void sqs_send_reset(void *entry)
     en->message_id[0] = en->code[0] = en->message[0] = '\0';
 }
 
-int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
-{
-    struct http_response resp;
-    size_t len;
-    char *body;
-    int r;
-
-    sqs_send_reset(en);
-    memset(&c->last_error, 0, sizeof c->last_error);
-    body = sqs_send_request(c->queue_url, en, &len, e);
-    r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts, &resp, e);
-    if (r == 0)
-        r = sqs_answer_read(c, &resp, sqs_parse_send_result(resp.body, resp.body_len, en, e), e);
-    if (r < 0) {
-        sqs_send_fail(en, sqs_call_code(c, e), e->msg);
-        return -1;
-    }
-    if (en->status != SQS_ENTRY_OK) {
-        sqs_why(c->last_error.code, c->last_error.message, en->code, en->message);
-        return lerr_set(e, LERR_HTTP, "SQS SendMessage: message %s: %s: %s", en->message_id,
-                        en->code, en->message);
-    }
-    return 0;
-}
-
 /* ======================================================================================
- * The batch calls: DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch
+ * The entry calls: DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch,
+ * and SendMessage, a batch of one without the list
  *
- * One request writer, one answer reader and one retry loop serve the three; an
+ * One request writer, one answer reader and one retry loop serve the four; an
  * operation's table says what differs: its entry type (sqs_entry or sqs_send_entry,
  * whose shared fields are found by offset), how an entry is checked and written, and
- * what a Successful item means for it.
+ * what a Successful item means for it. SendMessage's answer is its one Successful item.
  * ==================================================================================== */
 
 struct sqs_batch_ops {
@@ -1115,6 +1056,7 @@ struct sqs_batch_ops {
     const char *answer;  /* how errors about its answer begin */
     enum sqs_batch_op op;
     int receipts;        /* its entries are receipt handles, which can go stale */
+    int single;          /* one entry, written and answered without Entries (SendMessage) */
     size_t size, status, code, message;  /* one entry's size; where its fields are */
     const char *ok_needs;  /* what every Successful item must hold, or NULL */
     void (*reset)(void *entry);
@@ -1236,9 +1178,11 @@ static int sqs_stale(const char *code, const char *message)
 static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
                           struct lerr *e)
 {
-    if (sqs_send_entry_check(entry, e) < 0)
-        return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
-    return 0;
+    if (sqs_send_entry_check(entry, e) == 0)
+        return 0;
+    if (o->single)
+        return lerr_wrap(e, "SQS %s", o->name);
+    return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
 }
 
 static void sqs_send_done(void *entry, const cJSON *item)
@@ -1249,7 +1193,7 @@ static void sqs_send_done(void *entry, const cJSON *item)
 }
 
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
-    { opname, "SQS batch answer", which, 1, sizeof(struct sqs_entry),                       \
+    { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
       offsetof(struct sqs_entry, message), NULL, sqs_receipt_reset, sqs_receipt_check,      \
       sb_receipt, sqs_receipt_done }
@@ -1260,12 +1204,14 @@ static const struct sqs_batch_ops sqs_receipt_ops[] = {
                                                  SQS_OP_CHANGE_VISIBILITY),
 };
 
-static const struct sqs_batch_ops sqs_send_ops = {
-    "SendMessageBatch", "SQS SendMessageBatch answer", 0, 0, sizeof(struct sqs_send_entry),
-    offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),
-    offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_reset,
-    sqs_send_check, sb_message, sqs_send_done,
-};
+#define SQS_SEND_OPS(opname, single)                                                        \
+    { opname, "SQS " opname " answer", 0, 0, single, sizeof(struct sqs_send_entry),           \
+      offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),       \
+      offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_reset,                \
+      sqs_send_check, sb_message, sqs_send_done }
+
+static const struct sqs_batch_ops sqs_send_ops = SQS_SEND_OPS("SendMessageBatch", 0);
+static const struct sqs_batch_ops sqs_send_one_ops = SQS_SEND_OPS("SendMessage", 1);
 
 /* --- the request ------------------------------------------------------------------- */
 
@@ -1295,6 +1241,11 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
         return NULL;
     }
     sb_queue(&b, queue_url);
+    if (o->single) {
+        o->put(o, &b, entries);
+        json_buf_lit(&b, "}");
+        return sb_finish(&b, len, e);
+    }
     json_buf_lit(&b, ",\"Entries\":[");
     for (size_t i = 0, k = 0; i < n; i++) {
         char id[] = { 'm', (char)('0' + i), '"', '\0' };
@@ -1323,6 +1274,12 @@ char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry 
     return sqs_entries_request(&sqs_send_ops, queue_url, entries, n, len, e);
 }
 
+char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
+                       struct lerr *e)
+{
+    return sqs_entries_request(&sqs_send_one_ops, queue_url, en, 1, len, e);
+}
+
 /* --- the answer -------------------------------------------------------------------- */
 
 /* The answer's Successful and Failed lists, NULL when absent or null; -1 when either is
@@ -1334,6 +1291,12 @@ static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
 
     if (!cJSON_IsObject(root))
         return lerr_set(e, LERR_MALFORMED, "%s: not a JSON object", o->answer);
+    if (o->single) {
+        const char *v = sqs_json_string(root, o->ok_needs);
+        *ok = root;
+        *failed = NULL;
+        return v && *v ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no %s", o->answer, o->ok_needs);
+    }
     *ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
     *failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
     if ((*ok && !cJSON_IsNull(*ok) && !cJSON_IsArray(*ok)) ||
@@ -1384,7 +1347,9 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
 
     if (r < 0)
         ok = failed = NULL;
-    cJSON_ArrayForEach(item, ok) {
+    if (o->single && ok)  /* the answer is about the one entry, whatever its state */
+        o->accepted(entries, ok);
+    cJSON_ArrayForEach(item, (o->single ? NULL : ok)) {
         long i = sqs_entry_index(o, item, entries, n);
         if (i >= 0)
             o->accepted(sqs_field(o, entries, (size_t)i, 0), item);
@@ -1412,6 +1377,12 @@ int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_en
                                 size_t n, struct lerr *e)
 {
     return sqs_apply_answer(&sqs_send_ops, json, len, entries, n, e);
+}
+
+int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
+                          struct lerr *e)
+{
+    return sqs_apply_answer(&sqs_send_one_ops, json, len, en, 1, e);
 }
 
 /* --- the rounds -------------------------------------------------------------------- */
@@ -1486,6 +1457,10 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_
     char label[160];
 
     sqs_label(o, entries, i, label, sizeof label);
+    if (o->single)
+        return lerr_set(e, LERR_HTTP, "SQS %s: message %s: %s: %s", o->name,
+                        ((const struct sqs_send_entry *)entries)->message_id,
+                        sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
     return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name,
                     sqs_count(o, entries, n, s), n, what, label,
                     sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
@@ -1553,6 +1528,11 @@ int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t 
                    struct lerr *e)
 {
     return sqs_batch_run(c, &sqs_send_ops, entries, n, e);
+}
+
+int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
+{
+    return sqs_batch_run(c, &sqs_send_one_ops, en, 1, e);
 }
 
 /* ======================================================================================
