@@ -373,16 +373,6 @@ cJSON *json_parse(const char *s, size_t len)
     return j;
 }
 
-cJSON *json_parse_all(const char *s, const char **end)
-{
-    cJSON *j;
-
-    pthread_mutex_lock(&json_mu);
-    j = cJSON_ParseWithOpts(s, end, 1);
-    pthread_mutex_unlock(&json_mu);
-    return j;
-}
-
 /* ---- writing ------------------------------------------------------------------------- */
 
 char *json_buf_room(struct json_buf *b, size_t n)

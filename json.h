@@ -26,8 +26,8 @@
  * reason such as "leading zero in number" or "unexpected end".
  *
  * cJSON 1.7.15 records where a parse failed in a process-wide variable, written by every
- * parse, successful or not; job threads parse Fly answers at the same time. json_parse and
- * json_parse_all take a lock around the parse, so that write is never a data race. Nothing
+ * parse, successful or not; job threads parse Fly answers at the same time. json_parse takes
+ * a lock around the parse, so that write is never a data race. Nothing
  * reads cJSON_GetErrorPtr: callers say what is wrong in their own words.
  */
 #ifndef LAMBDO_JSON_H
@@ -102,8 +102,5 @@ void json_buf_string(struct json_buf *b, const char *s, size_t n);
 /* cJSON_ParseWithLength: the first JSON value of s[0..len); NULL when there is none. */
 cJSON *json_parse(const char *s, size_t len);
 
-/* cJSON_ParseWithOpts(s, end, 1): the NUL-terminated s must hold one JSON value and
- * nothing after it but whitespace; *end (may be NULL) says where parsing stopped. */
-cJSON *json_parse_all(const char *s, const char **end);
 
 #endif

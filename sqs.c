@@ -470,50 +470,40 @@ static int sqs_answer_read(struct sqs_client *c, struct http_response *resp, int
     return r;
 }
 
-static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
-                            struct sqs_batch *b, struct lerr *e)
-{
-    struct http_response resp;
-    int timeout_ms, saved_io;
-    size_t len, saved_max = c->http->max_body;
-    char *body;
-    int r;
-
-    memset(b, 0, sizeof *b);
-    body = sqs_receive_request(c->queue_url, o, &len, e);
-    /* SQS sends nothing until a message arrives or wait_seconds pass, so the client's
-     * per-wait limit must outlast the long poll too, not only the request's deadline. */
-    timeout_ms = o->wait_seconds * 1000 + SQS_RECEIVE_SLACK_MS;
-    saved_io = c->http->io_timeout_ms;
-    if (saved_io < timeout_ms)
-        c->http->io_timeout_ms = timeout_ms;
-    if (saved_max < SQS_RECEIVE_MAX_BODY)
-        c->http->max_body = SQS_RECEIVE_MAX_BODY;
-    r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts, &resp, e);
-    c->http->io_timeout_ms = saved_io;
-    c->http->max_body = saved_max;
-    if (r < 0)
-        return -1;
-    return sqs_answer_read(c, &resp, sqs_parse_receive(resp.body, resp.body_len, b, e), e);
-}
-
 int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
                 struct lerr *e)
 {
     struct sqs_receive_opts fewer = *o;
+    struct http_response resp;
+    int timeout_ms = o->wait_seconds * 1000 + SQS_RECEIVE_SLACK_MS, r;
+    int saved_io = c->http->io_timeout_ms;
+    size_t len, saved_max = c->http->max_body;
+    char *body;
 
+    /* SQS sends nothing until a message arrives or wait_seconds pass, so the client's
+     * per-wait limit must outlast the long poll too, not only the request's deadline. */
+    if (saved_io < timeout_ms)
+        c->http->io_timeout_ms = timeout_ms;
+    if (saved_max < SQS_RECEIVE_MAX_BODY)
+        c->http->max_body = SQS_RECEIVE_MAX_BODY;
     for (;;) {
-        int r;
-
         if (c->receive_max >= 1 && fewer.max_messages > c->receive_max)
             fewer.max_messages = c->receive_max;
-        r = sqs_receive_once(c, &fewer, b, e);
+        memset(b, 0, sizeof *b);
+        body = sqs_receive_request(c->queue_url, &fewer, &len, e);
+        r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts,
+                           &resp, e);
+        if (r == 0)
+            r = sqs_answer_read(c, &resp, sqs_parse_receive(resp.body, resp.body_len, b, e), e);
         if (r == 0 || e->kind != LERR_TOO_LARGE || fewer.max_messages <= 1)
-            return r;
+            break;
         c->receive_max = (fewer.max_messages + 1) / 2;
         log_warn("%s; asking for at most %d messages from now on (the messages of that answer "
                  "return after their visibility timeout)", e->msg, c->receive_max);
     }
+    c->http->io_timeout_ms = saved_io;
+    c->http->max_body = saved_max;
+    return r;
 }
 
 /* ======================================================================================
@@ -637,45 +627,33 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
                         const char **out)
 {
     static const char *const names[] = { "DataType", "StringValue" };
-    char type[48] = "";
-    const char *value = NULL;
-    size_t value_len = 0, n;
-    int state = 0, r, k, has_type = 0;
+    static const char *const labels[] = { "MessageAttributes DataType",
+                                          "MessageAttributes StringValue" };
+    const char *got[2] = { NULL, NULL }, *type;
+    size_t len[2] = { 0, 0 };
+    int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes value");
 
     *out = NULL;
-    r = rx_optional(x, '{', index, "MessageAttributes value");
     while (r > 0 && (r = rx_next(x, &state, names, 2, &k)) > 0) {
-        if (k == 0) {
-            if ((has_type = rx_optional(x, '"', index, "MessageAttributes DataType")) < 0)
-                return -1;
-            if (has_type && json_string(&x->j, type, sizeof type, &n) < 0)
-                return rx_fail(x);
-            if (has_type && n >= sizeof type)  /* longer than any type we accept: its start */
-                memcpy(type + sizeof type - 4, "...", 4);
-            else if (has_type && strlen(type) != n)  /* "String\u0000" is no String */
-                memcpy(type, "(a type holding NUL)", 21);
-        } else if (k == 1) {
-            if (rx_keep_member(x, index, "MessageAttributes StringValue", &value,
-                               &value_len) < 0)
-                return -1;
-        } else if (rx_skip(x) < 0) {
+        if ((k >= 0 ? rx_keep_member(x, index, labels[k], &got[k], &len[k]) : rx_skip(x)) < 0)
             return -1;
-        }
     }
     if (r < 0)
         return -1;
-    if (!has_type)
+    type = got[0] && strlen(got[0]) != len[0] ? "(a type holding NUL)" : got[0];
+    if (!type)
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no DataType", name);
-    else if (!sqs_string_type(type))
+    else if (type != got[0] || !sqs_string_type(type))  /* "String\u0000" is no String */
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE,
-                    "message attribute %s has DataType %s; only String is accepted", name, type);
-    else if (!value)
+                    "message attribute %s has DataType %.*s%s; only String is accepted", name,
+                    strlen(type) < 48 ? 48 : 44, type, strlen(type) < 48 ? "" : "...");
+    else if (!got[1])
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no StringValue", name);
-    else if (strlen(value) != value_len)
+    else if (strlen(got[1]) != len[1])
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s contains a NUL character",
                     name);
     else
-        *out = value;
+        *out = got[1];
     return 0;
 }
 
@@ -710,15 +688,15 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
 static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     static const char *const names[] = { "ApproximateReceiveCount" };
-    char count[24];
+    const char *count;
     size_t n;
     long v;
     int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
 
     while (r > 0 && (r = rx_next(x, &state, names, 1, &k)) > 0) {
         if (k == 0 && json_peek(&x->j) == '"') {
-            if (json_string(&x->j, count, sizeof count, &n) < 0)
-                return rx_fail(x);
+            if (rx_keep(x, &count, &n) < 0)
+                return -1;
             v = sqs_parse_count(count, n, 18);
             m->receive_count = v > 0 ? (unsigned long)v : 0;
         } else if (rx_skip(x) < 0) {
