@@ -986,9 +986,12 @@ static void sqs_send_fail(struct sqs_send_entry *en, const char *code, const cha
 
 /* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
  * we: a mismatch means the message on the queue is not the one sent. */
-static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
-                              const char *md5_body, const char *md5_attrs)
+static void sqs_send_accepted(void *entry, const cJSON *item)
 {
+    struct sqs_send_entry *en = entry;
+    const char *message_id = sqs_json_string(item, "MessageId");
+    const char *md5_body = sqs_json_string(item, "MD5OfMessageBody");
+    const char *md5_attrs = sqs_json_string(item, "MD5OfMessageAttributes");
     char want[33], why[200];
 
     en->status = SQS_ENTRY_OK;
@@ -1011,14 +1014,6 @@ static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
     }
 }
 
-static void sqs_send_reset(void *entry)
-{
-    struct sqs_send_entry *en = entry;
-
-    en->status = SQS_ENTRY_PENDING;
-    en->message_id[0] = en->code[0] = en->message[0] = '\0';
-}
-
 /* ======================================================================================
  * The entry calls: DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch,
  * and SendMessage, a batch of one without the list
@@ -1037,7 +1032,6 @@ struct sqs_batch_ops {
     int single;          /* one entry, written and answered without Entries (SendMessage) */
     size_t size, status, code, message;  /* one entry's size; where its fields are */
     const char *ok_needs;  /* what every Successful item must hold, or NULL */
-    void (*reset)(void *entry);
     int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
     void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
     void (*accepted)(void *entry, const cJSON *item);
@@ -1102,14 +1096,6 @@ static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
 
 /* --- what differs: receipt handles ------------------------------------------------- */
 
-static void sqs_receipt_reset(void *entry)
-{
-    struct sqs_entry *en = entry;
-
-    en->status = SQS_ENTRY_PENDING;
-    en->code[0] = en->message[0] = '\0';
-}
-
 static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
                              struct lerr *e)
 {
@@ -1163,18 +1149,11 @@ static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size
     return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
 }
 
-static void sqs_send_done(void *entry, const cJSON *item)
-{
-    sqs_send_accepted(entry, sqs_json_string(item, "MessageId"),
-                      sqs_json_string(item, "MD5OfMessageBody"),
-                      sqs_json_string(item, "MD5OfMessageAttributes"));
-}
-
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
     { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
-      offsetof(struct sqs_entry, message), NULL, sqs_receipt_reset, sqs_receipt_check,      \
-      sb_receipt, sqs_receipt_done }
+      offsetof(struct sqs_entry, message), NULL, sqs_receipt_check, sb_receipt,            \
+      sqs_receipt_done }
 
 static const struct sqs_batch_ops sqs_receipt_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
@@ -1185,8 +1164,8 @@ static const struct sqs_batch_ops sqs_receipt_ops[] = {
 #define SQS_SEND_OPS(opname, single)                                                        \
     { opname, "SQS " opname " answer", 0, 0, single, sizeof(struct sqs_send_entry),           \
       offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),       \
-      offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_reset,                \
-      sqs_send_check, sb_message, sqs_send_done }
+      offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_check,                \
+      sb_message, sqs_send_accepted }
 
 static const struct sqs_batch_ops sqs_send_ops = SQS_SEND_OPS("SendMessageBatch", 0);
 static const struct sqs_batch_ops sqs_send_one_ops = SQS_SEND_OPS("SendMessage", 1);
@@ -1451,8 +1430,12 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
     int whole_failed = 0;
     size_t i;
 
-    for (i = 0; i < n; i++)
-        o->reset(sqs_field(o, entries, i, 0));
+    for (i = 0; i < n; i++) {
+        *sqs_status(o, entries, i) = SQS_ENTRY_PENDING;
+        sqs_entry_why(o, entries, i, "", "");
+        if (!o->receipts)
+            ((struct sqs_send_entry *)entries)[i].message_id[0] = '\0';
+    }
     memset(&c->last_error, 0, sizeof c->last_error);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
         struct lerr why;
