@@ -1500,29 +1500,23 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
  * GetQueueAttributes (lambdo check)
  * ==================================================================================== */
 
+/* The attributes asked for: the three counts, in the order of sqs_parse_attributes, and
+ * RedrivePolicy. */
+static const char *const sqs_queue_attrs[] = {
+    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
+};
+
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
-    static const char *const names[] = {
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
-    };
     struct json_buf b = { 0 };
 
     if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
     sb_queue(&b, queue_url);
-    sb_names(&b, "AttributeNames", names, sizeof names / sizeof names[0]);
+    sb_names(&b, "AttributeNames", sqs_queue_attrs, 4);
     json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
-}
-
-/* A count attribute: a string of decimal digits (SQS sends every attribute as a
- * string); anything else is -1. */
-static long sqs_attr_count(const cJSON *attrs, const char *name)
-{
-    const char *v = sqs_json_string(attrs, name);
-
-    return sqs_parse_count(v, v ? strlen(v) : 0, 18);
 }
 
 /* RedrivePolicy is itself JSON text: {"deadLetterTargetArn":"arn:...","maxReceiveCount":5}
@@ -1548,27 +1542,31 @@ int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *ou
 {
     cJSON *root = json_parse(json, len);
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "Attributes");
-    const char *policy;
+    long *counts[] = { &out->visible, &out->in_flight, &out->delayed };
+    const char *v;
 
     memset(out, 0, sizeof *out);
-    out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
+    out->max_receive_count = -1;
     if (!cJSON_IsObject(root) || (attrs && !cJSON_IsObject(attrs) && !cJSON_IsNull(attrs))) {
         cJSON_Delete(root);
         return lerr_set(e, LERR_MALFORMED, "SQS GetQueueAttributes answer: not a JSON object "
                         "with an Attributes object");
     }
-    out->visible = sqs_attr_count(attrs, "ApproximateNumberOfMessages");
-    out->in_flight = sqs_attr_count(attrs, "ApproximateNumberOfMessagesNotVisible");
-    out->delayed = sqs_attr_count(attrs, "ApproximateNumberOfMessagesDelayed");
-    policy = sqs_json_string(attrs, "RedrivePolicy");
-    if (policy && *policy) {
+    /* SQS sends every attribute as a string: a count is decimal digits, else unknown (-1) */
+    for (size_t i = 0; i < 3; i++) {
+        v = sqs_json_string(attrs, sqs_queue_attrs[i]);
+        *counts[i] = sqs_parse_count(v, v ? strlen(v) : 0, 18);
+    }
+    v = sqs_json_string(attrs, sqs_queue_attrs[3]);
+    if (v && *v) {
         out->has_redrive = 1;
-        sqs_read_redrive(policy, out);
+        sqs_read_redrive(v, out);
     }
     cJSON_Delete(root);
     return 0;
 }
 
+/* Fills out only on success: the callers read nothing of it after a failure. */
 int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
                              struct lerr *e)
 {
@@ -1576,8 +1574,6 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     size_t len;
     char *body;
 
-    memset(out, 0, sizeof *out);
-    out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_attributes_request(c->queue_url, &len, e);
     if (sqs_call_retry(c, "GetQueueAttributes", body, len, 0, c->receive_attempts, &resp, e) < 0)
