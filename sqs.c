@@ -41,9 +41,11 @@ static const char *const sqs_attr_names[] = { "image", "size", "command" };
  * SQS decodes the string to exactly the bytes given.
  * ==================================================================================== */
 
-/* A growing, always NUL-terminated output; after an allocation failure it stops. */
+/* Closes the request's object. The buffer stops growing after an allocation failure,
+ * which is found here, once. */
 static char *sb_finish(struct json_buf *b, size_t *len, struct lerr *e)
 {
+    json_buf_lit(b, "}");
     if (b->oom || !b->p) {
         free(b->p);
         lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
@@ -123,7 +125,6 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
     sb_names(&b, "AttributeNames", system_attrs, 1);
-    json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
 
@@ -1200,7 +1201,6 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
     sb_queue(&b, queue_url);
     if (o->single) {
         o->put(o, &b, entries);
-        json_buf_lit(&b, "}");
         return sb_finish(&b, len, e);
     }
     json_buf_lit(&b, ",\"Entries\":[");
@@ -1214,7 +1214,7 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
         o->put(o, &b, sqs_field(o, entries, i, 0));
         json_buf_lit(&b, "}");
     }
-    json_buf_lit(&b, "]}");
+    json_buf_lit(&b, "]");
     return sb_finish(&b, len, e);
 }
 
@@ -1515,7 +1515,6 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
         return NULL;
     sb_queue(&b, queue_url);
     sb_names(&b, "AttributeNames", sqs_queue_attrs, 4);
-    json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
 
