@@ -429,25 +429,20 @@ void json_buf_fmt(struct json_buf *b, const char *fmt, ...)
 
 void json_buf_string(struct json_buf *b, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t run = 0;
 
     json_buf_put(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
-        char esc[7] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0' };
 
         if (ch >= 0x20 && ch != '"' && ch != '\\')
             continue;
         json_buf_put(b, s + run, i - run);
         run = i + 1;
-        if (ch == '"' || ch == '\\') {
-            esc[1] = (char)ch;
-            esc[2] = '\0';
-            named = esc;
-        }
-        json_buf_lit(b, named ? named : esc);
+        if (ch == '\n' || ch == '\r' || ch == '\t')
+            json_buf_lit(b, ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : "\\t");
+        else
+            json_buf_fmt(b, ch >= 0x20 ? "\\%c" : "\\u%04x", ch);
     }
     json_buf_put(b, s + run, n - run);
     json_buf_put(b, "\"", 1);
