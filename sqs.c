@@ -214,18 +214,17 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
                      size_t body_len, struct sqs_api_error *out)
 {
     cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
-    const char *code = NULL, *msg = NULL;
+    const char *code, *msg;
 
     memset(out, 0, sizeof *out);
     out->status = status;
-    if (cJSON_IsObject(root)) {
-        code = sqs_json_string(root, "__type");
-        if (!code)
-            code = sqs_json_string(root, "code");
-        msg = sqs_json_string(root, "message");
-        if (!msg)
-            msg = sqs_json_string(root, "Message");
-    }
+    /* (an answer that is not an object has none of these members) */
+    code = sqs_json_string(root, "__type");
+    if (!code)
+        code = sqs_json_string(root, "code");
+    msg = sqs_json_string(root, "message");
+    if (!msg)
+        msg = sqs_json_string(root, "Message");
     if (code && *code) {
         sqs_set_code(out->code, sizeof out->code, code, strlen(code));
     } else if (errortype_header && errortype_len) {
