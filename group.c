@@ -85,40 +85,44 @@ static const char *json_kind(int c)
     }
 }
 
+/* A checked JSON string, its quotes at s and end - 1, decodes to a NUL only from the
+ * escape \u0000 (a raw NUL byte is not JSON): no need to decode it to know. */
+static int has_nul(const char *s, const char *end)
+{
+    for (; s < end; s++)
+        if (*s == '\\' && *++s == 'u' && memcmp(s + 1, "0000", 4) == 0)
+            return 1;
+    return 0;
+}
+
 /* Walks a command checked as JSON: its strings' bytes go to p (when not NULL), each with a
  * NUL, and argv points at each. Returns the number of strings, or -1. */
 static long command_walk(const char *cmd, char **argv, char *p, struct lerr *e)
 {
     struct json j;
-    size_t i;
+    size_t i, n;
     int state = 0, c;
 
     json_init(&j, cmd, strlen(cmd));
     if ((c = json_peek(&j)) != '[')
         return lerr_set(e, LERR_INVALID, "must be a JSON array of strings, not %s", json_kind(c));
     for (i = 0; json_element(&j, &state) > 0; i++) {
-        struct json_chars s;
-        size_t n = 0;
+        const char *quote_at;
 
         if ((c = json_peek(&j)) != '"')
             return lerr_set(e, LERR_INVALID, "element %zu is not a string (it is %s)", i + 1,
                             json_kind(c));
-        json_chars_open(&s, (const char *)j.p);
-        if (argv)
-            argv[i] = p;
-        while ((c = json_chars_next(&s)) > 0) {
-            if (p)
-                *p++ = (char)c;
-            n++;
-        }
-        if (c == 0)
+        quote_at = (const char *)j.p;
+        json_string(&j, p, p ? (size_t)-1 : 0, &n);  /* checked: it cannot fail */
+        if (has_nul(quote_at, (const char *)j.p))
             return lerr_set(e, LERR_INVALID, "element %zu has a NUL character (\\u0000), which "
                             "cannot be passed to a program", i + 1);
         if (i == 0 && n == 0)
             return lerr_set(e, LERR_INVALID, "element 1 is empty (it names the program to run)");
-        if (p)
-            *p++ = '\0';
-        j.p = s.p;
+        if (argv) {
+            argv[i] = p;
+            p += n + 1;
+        }
     }
     if (i == 0)
         return lerr_set(e, LERR_INVALID, "empty array (a command is at least one string)");
@@ -168,108 +172,75 @@ int group_check(const struct event *ev, struct lerr *e)
 
 /* ---- grouping -------------------------------------------------------------------------- */
 
-/* Two checked commands (arrays of strings) hold the same strings. */
+/* Two checked commands (arrays of strings) hold the same strings. Without the memory to
+ * decode them, they count as different: the events then run on separate Machines. */
 static int command_equal(const char *a, const char *b)
 {
-    struct json x, y;
-    int sx = 0, sy = 0;
+    char **x = NULL, **y = NULL;
+    size_t i = 0;
+    int same;
 
     if (strcmp(a, b) == 0)  /* the usual case: the same text, sent by the same producer */
         return 1;
-    json_init(&x, a, strlen(a));
-    json_init(&y, b, strlen(b));
-    for (;;) {
-        struct json_chars s, t;
-        int mx = json_element(&x, &sx), my = json_element(&y, &sy), c, d;
-
-        if (mx <= 0 || my <= 0)
-            return mx == my;
-        json_peek(&x);
-        json_peek(&y);
-        json_chars_open(&s, (const char *)x.p);
-        json_chars_open(&t, (const char *)y.p);
-        do {
-            c = json_chars_next(&s);
-            d = json_chars_next(&t);
-            if (c != d)
-                return 0;
-        } while (c >= 0);
-        x.p = s.p;
-        y.p = t.p;
-    }
+    same = group_command(a, &x, NULL) == 0 && group_command(b, &y, NULL) == 0;
+    while (same && x[i] && y[i] && strcmp(x[i], y[i]) == 0)
+        i++;
+    same = same && !x[i] && !y[i];
+    free(x);
+    free(y);
+    return same;
 }
 
-static int same_key(const struct group *g, const struct event *ev)
+static int same_key(const struct event *a, const struct event *b)
 {
-    if (strcmp(g->image, ev->image) != 0 || g->preset != size_preset(ev->size))
+    if (strcmp(a->image, b->image) != 0 || size_preset(a->size) != size_preset(b->size))
         return 0;
-    if (!g->command || !ev->command)
-        return !g->command && !ev->command;
-    return command_equal(g->command, ev->command);
-}
-
-/* The chunks of a group of count events: ceil(count / per). */
-static size_t chunks(size_t count, size_t per)
-{
-    return count / per + (count % per != 0);
+    if (!a->command || !b->command)
+        return !a->command && !b->command;
+    return command_equal(a->command, b->command);
 }
 
 int group_build(const struct event *events, size_t n, size_t events_per_machine,
                 struct group_plan *plan, struct lerr *e)
 {
-    struct group *groups = plan->groups;
     size_t *members = plan->members;
-    size_t nkeys = 0, total = 0, pos = 0, k;
+    size_t per = events_per_machine, start, end;
 
     plan->ngroups = plan->nvalid = 0;
-    if (events_per_machine < 1 || events_per_machine > GROUP_MAX_PER_MACHINE)
+    if (per < 1 || per > GROUP_MAX_PER_MACHINE)
         return lerr_set(e, LERR_INVALID, "events per machine must be 1 to %d, not %zu",
-                        GROUP_MAX_PER_MACHINE, events_per_machine);
-    if (n && (!events || !groups || !members || !plan->verdicts))
+                        GROUP_MAX_PER_MACHINE, per);
+    if (n && (!events || !plan->groups || !members || !plan->verdicts))
         return lerr_set(e, LERR_INVALID, "group_build: no storage for %zu events", n);
-
-    /* One entry per distinct key, in order of first appearance; count is its size. */
     for (size_t i = 0; i < n; i++) {
         lerr_clear(&plan->verdicts[i]);
-        if (group_check(&events[i], &plan->verdicts[i]) < 0)
-            continue;
-        for (k = 0; k < nkeys && !same_key(&groups[k], &events[i]); k++)
-            ;
-        if (k == nkeys) {
-            groups[k].image = events[i].image;
-            groups[k].preset = size_preset(events[i].size);
-            groups[k].command = events[i].command;
-            groups[k].count = 0;
-            nkeys++;
+        if (group_check(&events[i], &plan->verdicts[i]) == 0)
+            members[plan->nvalid++] = i;
+    }
+
+    /* The valid events, in receive order, are sorted by key in place: the events of the
+     * key at start are moved up behind it, keeping their order (a stable partition). */
+    for (start = 0; start < plan->nvalid; start = end) {
+        const struct event *first = &events[members[start]];
+
+        end = start + 1;
+        for (size_t q = end; q < plan->nvalid; q++) {
+            size_t i = members[q];
+
+            if (!same_key(first, &events[i]))
+                continue;
+            memmove(members + end + 1, members + end, (q - end) * sizeof *members);
+            members[end++] = i;
         }
-        groups[k].count++;
-        plan->nvalid++;
-    }
+        /* then cut into groups of at most per events */
+        for (size_t at = start; at < end; at += per) {
+            struct group *g = &plan->groups[plan->ngroups++];
 
-    /* Members key by key: comparing again costs less than scratch memory would. */
-    for (k = 0; k < nkeys; k++) {
-        for (size_t i = 0; i < n; i++)
-            if (plan->verdicts[i].kind == LERR_NONE && same_key(&groups[k], &events[i]))
-                members[pos++] = i;
-        total += chunks(groups[k].count, events_per_machine);
-    }
-
-    /* Split in place from the last key down: key k's chunks start at or after index k,
-     * so writing them never overwrites a key not yet split. */
-    plan->ngroups = total;
-    for (k = nkeys; k-- > 0;) {
-        struct group key = groups[k];
-        size_t c = chunks(key.count, events_per_machine);
-
-        pos -= key.count;
-        total -= c;
-        for (size_t j = 0; j < c; j++) {
-            struct group *g = &groups[total + j];
-            *g = key;
-            g->members = members + pos + j * events_per_machine;
-            g->count = key.count - j * events_per_machine;
-            if (g->count > events_per_machine)
-                g->count = events_per_machine;
+            g->image = first->image;
+            g->preset = size_preset(first->size);
+            g->command = first->command;
+            g->members = members + at;
+            g->count = end - at < per ? end - at : per;
         }
     }
     return 0;

@@ -359,31 +359,6 @@ int json_check(const char *s, size_t len, size_t *err_at, const char **why)
     return json_items(s, len, NULL, NULL, err_at, why);
 }
 
-void json_chars_open(struct json_chars *s, const char *quote)
-{
-    s->p = (const unsigned char *)quote + 1;
-    s->npend = s->ipend = 0;
-}
-
-int json_chars_next(struct json_chars *s)
-{
-    struct json j;
-    int c;
-
-    if (s->ipend < s->npend)
-        return s->pend[s->ipend++];
-    c = *s->p++;
-    if (c == '"')
-        return -1;
-    if (c != '\\')
-        return c;
-    /* A checked escape is at most 12 bytes, none of them NUL. */
-    json_init(&j, (const char *)s->p - 1, strnlen((const char *)s->p - 1, 12));
-    s->p = json_unescape(&j, s->p - 1, s->pend, &s->npend);
-    s->ipend = 1;
-    return s->pend[0];
-}
-
 /* ---- cJSON, under a lock ---------------------------------------------------------------- */
 
 static pthread_mutex_t json_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -394,16 +369,6 @@ cJSON *json_parse(const char *s, size_t len)
 
     pthread_mutex_lock(&json_mu);
     j = cJSON_ParseWithLength(s, len);
-    pthread_mutex_unlock(&json_mu);
-    return j;
-}
-
-cJSON *json_parse_all(const char *s, const char **end)
-{
-    cJSON *j;
-
-    pthread_mutex_lock(&json_mu);
-    j = cJSON_ParseWithOpts(s, end, 1);
     pthread_mutex_unlock(&json_mu);
     return j;
 }
@@ -464,25 +429,20 @@ void json_buf_fmt(struct json_buf *b, const char *fmt, ...)
 
 void json_buf_string(struct json_buf *b, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t run = 0;
 
     json_buf_put(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        const char *named = ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : NULL;
-        char esc[7] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0' };
 
         if (ch >= 0x20 && ch != '"' && ch != '\\')
             continue;
         json_buf_put(b, s + run, i - run);
         run = i + 1;
-        if (ch == '"' || ch == '\\') {
-            esc[1] = (char)ch;
-            esc[2] = '\0';
-            named = esc;
-        }
-        json_buf_lit(b, named ? named : esc);
+        if (ch == '\n' || ch == '\r' || ch == '\t')
+            json_buf_lit(b, ch == '\n' ? "\\n" : ch == '\r' ? "\\r" : "\\t");
+        else
+            json_buf_fmt(b, ch >= 0x20 ? "\\%c" : "\\u%04x", ch);
     }
     json_buf_put(b, s + run, n - run);
     json_buf_put(b, "\"", 1);

@@ -26,8 +26,8 @@
  * reason such as "leading zero in number" or "unexpected end".
  *
  * cJSON 1.7.15 records where a parse failed in a process-wide variable, written by every
- * parse, successful or not; job threads parse Fly answers at the same time. json_parse and
- * json_parse_all take a lock around the parse, so that write is never a data race. Nothing
+ * parse, successful or not; job threads parse Fly answers at the same time. json_parse takes
+ * a lock around the parse, so that write is never a data race. Nothing
  * reads cJSON_GetErrorPtr: callers say what is wrong in their own words.
  */
 #ifndef LAMBDO_JSON_H
@@ -81,19 +81,6 @@ typedef void (*json_item_fn)(void *ctx, size_t offset, size_t len);
 int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *err_at,
                const char **why);
 
-/* Reads a string that json_check accepted, in NUL-terminated text, one decoded byte at a
- * time: "b" and "\u0062" compare equal without a copy of either. */
-struct json_chars {
-    const unsigned char *p;  /* next byte to read; after the closing quote at the end */
-    unsigned char pend[4];   /* bytes of an escaped code point still to yield */
-    unsigned npend, ipend;
-};
-
-void json_chars_open(struct json_chars *s, const char *quote);
-
-/* The next byte of the value (0..255), or -1 at the closing quote. */
-int json_chars_next(struct json_chars *s);
-
 /* Writing: a growing buffer for the JSON text of requests. A failed allocation is sticky:
  * every later write does nothing and oom stays set, so the caller checks once at the end.
  * The text is NUL-terminated after every write. */
@@ -115,8 +102,5 @@ void json_buf_string(struct json_buf *b, const char *s, size_t n);
 /* cJSON_ParseWithLength: the first JSON value of s[0..len); NULL when there is none. */
 cJSON *json_parse(const char *s, size_t len);
 
-/* cJSON_ParseWithOpts(s, end, 1): the NUL-terminated s must hold one JSON value and
- * nothing after it but whitespace; *end (may be NULL) says where parsing stopped. */
-cJSON *json_parse_all(const char *s, const char **end);
 
 #endif

@@ -41,9 +41,11 @@ static const char *const sqs_attr_names[] = { "image", "size", "command" };
  * SQS decodes the string to exactly the bytes given.
  * ==================================================================================== */
 
-/* A growing, always NUL-terminated output; after an allocation failure it stops. */
+/* Closes the request's object. The buffer stops growing after an allocation failure,
+ * which is found here, once. */
 static char *sb_finish(struct json_buf *b, size_t *len, struct lerr *e)
 {
+    json_buf_lit(b, "}");
     if (b->oom || !b->p) {
         free(b->p);
         lerr_set(e, LERR_NOMEM, "out of memory building an SQS request");
@@ -123,7 +125,6 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
     sb_names(&b, "AttributeNames", system_attrs, 1);
-    json_buf_lit(&b, "}");
     return sb_finish(&b, len, e);
 }
 
@@ -213,18 +214,17 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
                      size_t body_len, struct sqs_api_error *out)
 {
     cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
-    const char *code = NULL, *msg = NULL;
+    const char *code, *msg;
 
     memset(out, 0, sizeof *out);
     out->status = status;
-    if (cJSON_IsObject(root)) {
-        code = sqs_json_string(root, "__type");
-        if (!code)
-            code = sqs_json_string(root, "code");
-        msg = sqs_json_string(root, "message");
-        if (!msg)
-            msg = sqs_json_string(root, "Message");
-    }
+    /* (an answer that is not an object has none of these members) */
+    code = sqs_json_string(root, "__type");
+    if (!code)
+        code = sqs_json_string(root, "code");
+    msg = sqs_json_string(root, "message");
+    if (!msg)
+        msg = sqs_json_string(root, "Message");
     if (code && *code) {
         sqs_set_code(out->code, sizeof out->code, code, strlen(code));
     } else if (errortype_header && errortype_len) {
@@ -470,50 +470,40 @@ static int sqs_answer_read(struct sqs_client *c, struct http_response *resp, int
     return r;
 }
 
-static int sqs_receive_once(struct sqs_client *c, const struct sqs_receive_opts *o,
-                            struct sqs_batch *b, struct lerr *e)
-{
-    struct http_response resp;
-    int timeout_ms, saved_io;
-    size_t len, saved_max = c->http->max_body;
-    char *body;
-    int r;
-
-    memset(b, 0, sizeof *b);
-    body = sqs_receive_request(c->queue_url, o, &len, e);
-    /* SQS sends nothing until a message arrives or wait_seconds pass, so the client's
-     * per-wait limit must outlast the long poll too, not only the request's deadline. */
-    timeout_ms = o->wait_seconds * 1000 + SQS_RECEIVE_SLACK_MS;
-    saved_io = c->http->io_timeout_ms;
-    if (saved_io < timeout_ms)
-        c->http->io_timeout_ms = timeout_ms;
-    if (saved_max < SQS_RECEIVE_MAX_BODY)
-        c->http->max_body = SQS_RECEIVE_MAX_BODY;
-    r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts, &resp, e);
-    c->http->io_timeout_ms = saved_io;
-    c->http->max_body = saved_max;
-    if (r < 0)
-        return -1;
-    return sqs_answer_read(c, &resp, sqs_parse_receive(resp.body, resp.body_len, b, e), e);
-}
-
 int sqs_receive(struct sqs_client *c, const struct sqs_receive_opts *o, struct sqs_batch *b,
                 struct lerr *e)
 {
     struct sqs_receive_opts fewer = *o;
+    struct http_response resp;
+    int timeout_ms = o->wait_seconds * 1000 + SQS_RECEIVE_SLACK_MS, r;
+    int saved_io = c->http->io_timeout_ms;
+    size_t len, saved_max = c->http->max_body;
+    char *body;
 
+    /* SQS sends nothing until a message arrives or wait_seconds pass, so the client's
+     * per-wait limit must outlast the long poll too, not only the request's deadline. */
+    if (saved_io < timeout_ms)
+        c->http->io_timeout_ms = timeout_ms;
+    if (saved_max < SQS_RECEIVE_MAX_BODY)
+        c->http->max_body = SQS_RECEIVE_MAX_BODY;
     for (;;) {
-        int r;
-
         if (c->receive_max >= 1 && fewer.max_messages > c->receive_max)
             fewer.max_messages = c->receive_max;
-        r = sqs_receive_once(c, &fewer, b, e);
+        memset(b, 0, sizeof *b);
+        body = sqs_receive_request(c->queue_url, &fewer, &len, e);
+        r = sqs_call_retry(c, "ReceiveMessage", body, len, timeout_ms, c->receive_attempts,
+                           &resp, e);
+        if (r == 0)
+            r = sqs_answer_read(c, &resp, sqs_parse_receive(resp.body, resp.body_len, b, e), e);
         if (r == 0 || e->kind != LERR_TOO_LARGE || fewer.max_messages <= 1)
-            return r;
+            break;
         c->receive_max = (fewer.max_messages + 1) / 2;
         log_warn("%s; asking for at most %d messages from now on (the messages of that answer "
                  "return after their visibility timeout)", e->msg, c->receive_max);
     }
+    c->http->io_timeout_ms = saved_io;
+    c->http->max_body = saved_max;
+    return r;
 }
 
 /* ======================================================================================
@@ -637,45 +627,33 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
                         const char **out)
 {
     static const char *const names[] = { "DataType", "StringValue" };
-    char type[48] = "";
-    const char *value = NULL;
-    size_t value_len = 0, n;
-    int state = 0, r, k, has_type = 0;
+    static const char *const labels[] = { "MessageAttributes DataType",
+                                          "MessageAttributes StringValue" };
+    const char *got[2] = { NULL, NULL }, *type;
+    size_t len[2] = { 0, 0 };
+    int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes value");
 
     *out = NULL;
-    r = rx_optional(x, '{', index, "MessageAttributes value");
     while (r > 0 && (r = rx_next(x, &state, names, 2, &k)) > 0) {
-        if (k == 0) {
-            if ((has_type = rx_optional(x, '"', index, "MessageAttributes DataType")) < 0)
-                return -1;
-            if (has_type && json_string(&x->j, type, sizeof type, &n) < 0)
-                return rx_fail(x);
-            if (has_type && n >= sizeof type)  /* longer than any type we accept: its start */
-                memcpy(type + sizeof type - 4, "...", 4);
-            else if (has_type && strlen(type) != n)  /* "String\u0000" is no String */
-                memcpy(type, "(a type holding NUL)", 21);
-        } else if (k == 1) {
-            if (rx_keep_member(x, index, "MessageAttributes StringValue", &value,
-                               &value_len) < 0)
-                return -1;
-        } else if (rx_skip(x) < 0) {
+        if ((k >= 0 ? rx_keep_member(x, index, labels[k], &got[k], &len[k]) : rx_skip(x)) < 0)
             return -1;
-        }
     }
     if (r < 0)
         return -1;
-    if (!has_type)
+    type = got[0] && strlen(got[0]) != len[0] ? "(a type holding NUL)" : got[0];
+    if (!type)
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no DataType", name);
-    else if (!sqs_string_type(type))
+    else if (type != got[0] || !sqs_string_type(type))  /* "String\u0000" is no String */
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE,
-                    "message attribute %s has DataType %s; only String is accepted", name, type);
-    else if (!value)
+                    "message attribute %s has DataType %.*s%s; only String is accepted", name,
+                    strlen(type) < 48 ? 48 : 44, type, strlen(type) < 48 ? "" : "...");
+    else if (!got[1])
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no StringValue", name);
-    else if (strlen(value) != value_len)
+    else if (strlen(got[1]) != len[1])
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s contains a NUL character",
                     name);
     else
-        *out = value;
+        *out = got[1];
     return 0;
 }
 
@@ -710,15 +688,15 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
 static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     static const char *const names[] = { "ApproximateReceiveCount" };
-    char count[24];
+    const char *count;
     size_t n;
     long v;
     int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
 
     while (r > 0 && (r = rx_next(x, &state, names, 1, &k)) > 0) {
         if (k == 0 && json_peek(&x->j) == '"') {
-            if (json_string(&x->j, count, sizeof count, &n) < 0)
-                return rx_fail(x);
+            if (rx_keep(x, &count, &n) < 0)
+                return -1;
             v = sqs_parse_count(count, n, 18);
             m->receive_count = v > 0 ? (unsigned long)v : 0;
         } else if (rx_skip(x) < 0) {
@@ -961,23 +939,6 @@ static void sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const 
         json_buf_lit(b, "}");
 }
 
-char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
-                       struct lerr *e)
-{
-    struct json_buf b = { 0 };
-
-    if (sqs_queue_url_check(queue_url, "SendMessage", e) < 0)
-        return NULL;
-    if (sqs_send_entry_check(en, e) < 0) {
-        lerr_wrap(e, "SQS SendMessage");
-        return NULL;
-    }
-    sb_queue(&b, queue_url);
-    sb_message(NULL, &b, en);
-    json_buf_lit(&b, "}");
-    return sb_finish(&b, len, e);
-}
-
 /* MD5OfMessageAttributes as SQS computes it: for each attribute, in byte order of the
  * names, length-prefixed (4 bytes, big-endian) name and DataType, the transport type
  * byte (1 for String), then the length-prefixed value. */
@@ -1025,9 +986,12 @@ static void sqs_send_fail(struct sqs_send_entry *en, const char *code, const cha
 
 /* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
  * we: a mismatch means the message on the queue is not the one sent. */
-static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
-                              const char *md5_body, const char *md5_attrs)
+static void sqs_send_accepted(void *entry, const cJSON *item)
 {
+    struct sqs_send_entry *en = entry;
+    const char *message_id = sqs_json_string(item, "MessageId");
+    const char *md5_body = sqs_json_string(item, "MD5OfMessageBody");
+    const char *md5_attrs = sqs_json_string(item, "MD5OfMessageAttributes");
     char want[33], why[200];
 
     en->status = SQS_ENTRY_OK;
@@ -1050,64 +1014,14 @@ static void sqs_send_accepted(struct sqs_send_entry *en, const char *message_id,
     }
 }
 
-int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
-                          struct lerr *e)
-{
-    cJSON *root = json_parse(json, len);
-    const char *id = cJSON_IsObject(root) ? sqs_json_string(root, "MessageId") : NULL;
-
-    if (!id || !*id) {
-        const char *why = cJSON_IsObject(root) ? "no MessageId" : "not a JSON object";
-        cJSON_Delete(root);
-        return lerr_set(e, LERR_MALFORMED, "SQS SendMessage answer: %s", why);
-    }
-    sqs_send_accepted(en, id, sqs_json_string(root, "MD5OfMessageBody"),
-                      sqs_json_string(root, "MD5OfMessageAttributes"));
-    cJSON_Delete(root);
-    return 0;
-}
-
-
-static void sqs_send_reset(void *entry)
-{
-    struct sqs_send_entry *en = entry;
-
-    en->status = SQS_ENTRY_PENDING;
-    en->message_id[0] = en->code[0] = en->message[0] = '\0';
-}
-
-int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
-{
-    struct http_response resp;
-    size_t len;
-    char *body;
-    int r;
-
-    sqs_send_reset(en);
-    memset(&c->last_error, 0, sizeof c->last_error);
-    body = sqs_send_request(c->queue_url, en, &len, e);
-    r = sqs_call_retry(c, "SendMessage", body, len, 0, c->batch_attempts, &resp, e);
-    if (r == 0)
-        r = sqs_answer_read(c, &resp, sqs_parse_send_result(resp.body, resp.body_len, en, e), e);
-    if (r < 0) {
-        sqs_send_fail(en, sqs_call_code(c, e), e->msg);
-        return -1;
-    }
-    if (en->status != SQS_ENTRY_OK) {
-        sqs_why(c->last_error.code, c->last_error.message, en->code, en->message);
-        return lerr_set(e, LERR_HTTP, "SQS SendMessage: message %s: %s: %s", en->message_id,
-                        en->code, en->message);
-    }
-    return 0;
-}
-
 /* ======================================================================================
- * The batch calls: DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch
+ * The entry calls: DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch,
+ * and SendMessage, a batch of one without the list
  *
- * One request writer, one answer reader and one retry loop serve the three; an
+ * One request writer, one answer reader and one retry loop serve the four; an
  * operation's table says what differs: its entry type (sqs_entry or sqs_send_entry,
  * whose shared fields are found by offset), how an entry is checked and written, and
- * what a Successful item means for it.
+ * what a Successful item means for it. SendMessage's answer is its one Successful item.
  * ==================================================================================== */
 
 struct sqs_batch_ops {
@@ -1115,9 +1029,9 @@ struct sqs_batch_ops {
     const char *answer;  /* how errors about its answer begin */
     enum sqs_batch_op op;
     int receipts;        /* its entries are receipt handles, which can go stale */
+    int single;          /* one entry, written and answered without Entries (SendMessage) */
     size_t size, status, code, message;  /* one entry's size; where its fields are */
     const char *ok_needs;  /* what every Successful item must hold, or NULL */
-    void (*reset)(void *entry);
     int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
     void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
     void (*accepted)(void *entry, const cJSON *item);
@@ -1182,14 +1096,6 @@ static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
 
 /* --- what differs: receipt handles ------------------------------------------------- */
 
-static void sqs_receipt_reset(void *entry)
-{
-    struct sqs_entry *en = entry;
-
-    en->status = SQS_ENTRY_PENDING;
-    en->code[0] = en->message[0] = '\0';
-}
-
 static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
                              struct lerr *e)
 {
@@ -1236,23 +1142,18 @@ static int sqs_stale(const char *code, const char *message)
 static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
                           struct lerr *e)
 {
-    if (sqs_send_entry_check(entry, e) < 0)
-        return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
-    return 0;
-}
-
-static void sqs_send_done(void *entry, const cJSON *item)
-{
-    sqs_send_accepted(entry, sqs_json_string(item, "MessageId"),
-                      sqs_json_string(item, "MD5OfMessageBody"),
-                      sqs_json_string(item, "MD5OfMessageAttributes"));
+    if (sqs_send_entry_check(entry, e) == 0)
+        return 0;
+    if (o->single)
+        return lerr_wrap(e, "SQS %s", o->name);
+    return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
 }
 
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
-    { opname, "SQS batch answer", which, 1, sizeof(struct sqs_entry),                       \
+    { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
-      offsetof(struct sqs_entry, message), NULL, sqs_receipt_reset, sqs_receipt_check,      \
-      sb_receipt, sqs_receipt_done }
+      offsetof(struct sqs_entry, message), NULL, sqs_receipt_check, sb_receipt,            \
+      sqs_receipt_done }
 
 static const struct sqs_batch_ops sqs_receipt_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
@@ -1260,12 +1161,14 @@ static const struct sqs_batch_ops sqs_receipt_ops[] = {
                                                  SQS_OP_CHANGE_VISIBILITY),
 };
 
-static const struct sqs_batch_ops sqs_send_ops = {
-    "SendMessageBatch", "SQS SendMessageBatch answer", 0, 0, sizeof(struct sqs_send_entry),
-    offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),
-    offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_reset,
-    sqs_send_check, sb_message, sqs_send_done,
-};
+#define SQS_SEND_OPS(opname, single)                                                        \
+    { opname, "SQS " opname " answer", 0, 0, single, sizeof(struct sqs_send_entry),           \
+      offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),       \
+      offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_check,                \
+      sb_message, sqs_send_accepted }
+
+static const struct sqs_batch_ops sqs_send_ops = SQS_SEND_OPS("SendMessageBatch", 0);
+static const struct sqs_batch_ops sqs_send_one_ops = SQS_SEND_OPS("SendMessage", 1);
 
 /* --- the request ------------------------------------------------------------------- */
 
@@ -1295,6 +1198,10 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
         return NULL;
     }
     sb_queue(&b, queue_url);
+    if (o->single) {
+        o->put(o, &b, entries);
+        return sb_finish(&b, len, e);
+    }
     json_buf_lit(&b, ",\"Entries\":[");
     for (size_t i = 0, k = 0; i < n; i++) {
         char id[] = { 'm', (char)('0' + i), '"', '\0' };
@@ -1306,7 +1213,7 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
         o->put(o, &b, sqs_field(o, entries, i, 0));
         json_buf_lit(&b, "}");
     }
-    json_buf_lit(&b, "]}");
+    json_buf_lit(&b, "]");
     return sb_finish(&b, len, e);
 }
 
@@ -1323,6 +1230,12 @@ char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry 
     return sqs_entries_request(&sqs_send_ops, queue_url, entries, n, len, e);
 }
 
+char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
+                       struct lerr *e)
+{
+    return sqs_entries_request(&sqs_send_one_ops, queue_url, en, 1, len, e);
+}
+
 /* --- the answer -------------------------------------------------------------------- */
 
 /* The answer's Successful and Failed lists, NULL when absent or null; -1 when either is
@@ -1334,6 +1247,12 @@ static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
 
     if (!cJSON_IsObject(root))
         return lerr_set(e, LERR_MALFORMED, "%s: not a JSON object", o->answer);
+    if (o->single) {
+        const char *v = sqs_json_string(root, o->ok_needs);
+        *ok = root;
+        *failed = NULL;
+        return v && *v ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no %s", o->answer, o->ok_needs);
+    }
     *ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
     *failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
     if ((*ok && !cJSON_IsNull(*ok) && !cJSON_IsArray(*ok)) ||
@@ -1384,7 +1303,9 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
 
     if (r < 0)
         ok = failed = NULL;
-    cJSON_ArrayForEach(item, ok) {
+    if (o->single && ok)  /* the answer is about the one entry, whatever its state */
+        o->accepted(entries, ok);
+    cJSON_ArrayForEach(item, (o->single ? NULL : ok)) {
         long i = sqs_entry_index(o, item, entries, n);
         if (i >= 0)
             o->accepted(sqs_field(o, entries, (size_t)i, 0), item);
@@ -1412,6 +1333,12 @@ int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_en
                                 size_t n, struct lerr *e)
 {
     return sqs_apply_answer(&sqs_send_ops, json, len, entries, n, e);
+}
+
+int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
+                          struct lerr *e)
+{
+    return sqs_apply_answer(&sqs_send_one_ops, json, len, en, 1, e);
 }
 
 /* --- the rounds -------------------------------------------------------------------- */
@@ -1486,6 +1413,10 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_
     char label[160];
 
     sqs_label(o, entries, i, label, sizeof label);
+    if (o->single)
+        return lerr_set(e, LERR_HTTP, "SQS %s: message %s: %s: %s", o->name,
+                        ((const struct sqs_send_entry *)entries)->message_id,
+                        sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
     return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name,
                     sqs_count(o, entries, n, s), n, what, label,
                     sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
@@ -1498,8 +1429,12 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
     int whole_failed = 0;
     size_t i;
 
-    for (i = 0; i < n; i++)
-        o->reset(sqs_field(o, entries, i, 0));
+    for (i = 0; i < n; i++) {
+        *sqs_status(o, entries, i) = SQS_ENTRY_PENDING;
+        sqs_entry_why(o, entries, i, "", "");
+        if (!o->receipts)
+            ((struct sqs_send_entry *)entries)[i].message_id[0] = '\0';
+    }
     memset(&c->last_error, 0, sizeof c->last_error);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
         struct lerr why;
@@ -1555,33 +1490,31 @@ int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t 
     return sqs_batch_run(c, &sqs_send_ops, entries, n, e);
 }
 
+int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
+{
+    return sqs_batch_run(c, &sqs_send_one_ops, en, 1, e);
+}
+
 /* ======================================================================================
  * GetQueueAttributes (lambdo check)
  * ==================================================================================== */
 
+/* The attributes asked for: the three counts, in the order of sqs_parse_attributes, and
+ * RedrivePolicy. */
+static const char *const sqs_queue_attrs[] = {
+    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
+};
+
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
-    static const char *const names[] = {
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
-    };
     struct json_buf b = { 0 };
 
     if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
     sb_queue(&b, queue_url);
-    sb_names(&b, "AttributeNames", names, sizeof names / sizeof names[0]);
-    json_buf_lit(&b, "}");
+    sb_names(&b, "AttributeNames", sqs_queue_attrs, 4);
     return sb_finish(&b, len, e);
-}
-
-/* A count attribute: a string of decimal digits (SQS sends every attribute as a
- * string); anything else is -1. */
-static long sqs_attr_count(const cJSON *attrs, const char *name)
-{
-    const char *v = sqs_json_string(attrs, name);
-
-    return sqs_parse_count(v, v ? strlen(v) : 0, 18);
 }
 
 /* RedrivePolicy is itself JSON text: {"deadLetterTargetArn":"arn:...","maxReceiveCount":5}
@@ -1607,27 +1540,31 @@ int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *ou
 {
     cJSON *root = json_parse(json, len);
     const cJSON *attrs = cJSON_GetObjectItemCaseSensitive(root, "Attributes");
-    const char *policy;
+    long *counts[] = { &out->visible, &out->in_flight, &out->delayed };
+    const char *v;
 
     memset(out, 0, sizeof *out);
-    out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
+    out->max_receive_count = -1;
     if (!cJSON_IsObject(root) || (attrs && !cJSON_IsObject(attrs) && !cJSON_IsNull(attrs))) {
         cJSON_Delete(root);
         return lerr_set(e, LERR_MALFORMED, "SQS GetQueueAttributes answer: not a JSON object "
                         "with an Attributes object");
     }
-    out->visible = sqs_attr_count(attrs, "ApproximateNumberOfMessages");
-    out->in_flight = sqs_attr_count(attrs, "ApproximateNumberOfMessagesNotVisible");
-    out->delayed = sqs_attr_count(attrs, "ApproximateNumberOfMessagesDelayed");
-    policy = sqs_json_string(attrs, "RedrivePolicy");
-    if (policy && *policy) {
+    /* SQS sends every attribute as a string: a count is decimal digits, else unknown (-1) */
+    for (size_t i = 0; i < 3; i++) {
+        v = sqs_json_string(attrs, sqs_queue_attrs[i]);
+        *counts[i] = sqs_parse_count(v, v ? strlen(v) : 0, 18);
+    }
+    v = sqs_json_string(attrs, sqs_queue_attrs[3]);
+    if (v && *v) {
         out->has_redrive = 1;
-        sqs_read_redrive(policy, out);
+        sqs_read_redrive(v, out);
     }
     cJSON_Delete(root);
     return 0;
 }
 
+/* Fills out only on success: the callers read nothing of it after a failure. */
 int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
                              struct lerr *e)
 {
@@ -1635,8 +1572,6 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
     size_t len;
     char *body;
 
-    memset(out, 0, sizeof *out);
-    out->visible = out->in_flight = out->delayed = out->max_receive_count = -1;
     memset(&c->last_error, 0, sizeof c->last_error);
     body = sqs_attributes_request(c->queue_url, &len, e);
     if (sqs_call_retry(c, "GetQueueAttributes", body, len, 0, c->receive_attempts, &resp, e) < 0)

@@ -267,7 +267,7 @@ int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *ou
                          struct lerr *e);
 
 /* GetQueueAttributes on the client's queue, retried like ReceiveMessage. Returns 0 with
- * out filled, or -1 with e set and c->last_error saying what SQS (or the connection)
+ * out filled, or -1 with e set (out is then not to be read) and c->last_error saying what SQS (or the connection)
  * said: an authentication failure (SignatureDoesNotMatch, InvalidClientTokenId...), a
  * missing queue, a TLS error (e->kind LERR_TLS_*)... */
 int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,

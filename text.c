@@ -62,34 +62,20 @@ int text_base64_digit(unsigned char c, int url)
 
 size_t text_utf8_next(const unsigned char *p, size_t avail, unsigned *cp)
 {
-    unsigned char c = p[0], lo = 0x80, hi = 0xbf;
-    size_t n;
+    unsigned char c = p[0];
+    /* the sequence's length from its lead byte; 0: not a lead byte (C0 and C1 only start
+     * overlong forms, F5 and above code points over U+10FFFF) */
+    size_t n = c < 0x80 ? 1 : c < 0xc2 ? 0 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : c < 0xf5 ? 4 : 0;
+    /* the second byte's range, narrower after E0 and F0 (overlong), ED (surrogates) and
+     * F4 (over U+10FFFF) */
+    unsigned lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+    unsigned hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
 
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf)
-        n = 2;
-    else if (c >= 0xe0 && c <= 0xef)
-        n = 3;
-    else if (c >= 0xf0 && c <= 0xf4)
-        n = 4;
-    else
-        return 0;
-    if (c == 0xe0)
-        lo = 0xa0;
-    else if (c == 0xed)
-        hi = 0x9f;
-    else if (c == 0xf0)
-        lo = 0x90;
-    else if (c == 0xf4)
-        hi = 0x8f;
-    if (avail < n || p[1] < lo || p[1] > hi)
-        return 0;
-    *cp = c & (n == 2 ? 0x1f : n == 3 ? 0x0f : 0x07);
+    *cp = n == 1 ? c : c & (0x7fu >> n);
+    if (n <= 1 || avail < n || p[1] < lo || p[1] > hi)
+        return n == 1 ? 1 : 0;
     for (size_t i = 1; i < n; i++) {
-        if (i > 1 && (p[i] < 0x80 || p[i] > 0xbf))
+        if (p[i] < 0x80 || p[i] > 0xbf)
             return 0;
         *cp = *cp << 6 | (p[i] & 0x3f);
     }

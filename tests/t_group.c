@@ -153,6 +153,10 @@ static void test_command(void **state)
         { "[\"\", \"x\"]", "attribute command: element 1 is empty" },
         { "[\"a\\u0000b\"]", "attribute command: element 1 has a NUL character" },
         { "[\"a\", \"\\u0000\"]", "attribute command: element 2 has a NUL character" },
+        /* a NUL comes only from the escape \u0000: not from \\ then "u0000", nor \u0001 */
+        { "[\"a\\\\u0000\", \"\\u0001\", \"\\\\\\u00000\"]",
+          "attribute command: element 3 has a NUL character" },
+        { "[\"a\\\\u0000\", \"\\u0001\\u1000\"]", NULL },
         { "[\"\\ud800\"]", "not valid JSON (at byte 2: unpaired surrogate" },
     };
 

@@ -1876,6 +1876,38 @@ static void test_client_delete_invalid(void **state)
     env_stop(&v);
 }
 
+/* SendMessage (lambdo send BODY) goes through the batch rounds as a batch of one: retried
+ * as a whole, its answer's MD5s checked, and a mismatch named with the message's id. */
+static void test_client_send(void **state)
+{
+    static const struct canned script[] = {
+        E500,
+        { 200, NULL, "{\"MessageId\":\"id-1\",\"MD5OfMessageBody\":\"" MD5_HELLO "\"}", 0 },
+        { 200, NULL, "{\"MessageId\":\"id-2\",\"MD5OfMessageBody\":\"00000000000000000000000000000000\"}", 0 },
+    };
+    struct sqs_send_entry en = { .body = "hello", .body_len = 5 };
+    struct env v;
+    struct lerr e = { 0 };
+    cJSON *j;
+
+    env_start(&v, script, 3);
+    assert_int_equal(sqs_send(&v.c, &en, &e), 0);
+    assert_int_equal(en.status, SQS_ENTRY_OK);
+    assert_string_equal(en.message_id, "id-1");
+    assert_int_equal(fake_count(&v.f), 2);
+    j = check_request(&v, 1, "SendMessage");
+    assert_str(j, "MessageBody", "hello");
+    assert_null(cJSON_GetObjectItemCaseSensitive(j, "Entries"));
+    cJSON_Delete(j);
+    assert_int_equal(sqs_send(&v.c, &en, &e), -1);
+    assert_int_equal(e.kind, LERR_HTTP);
+    assert_string_equal(en.code, "MD5Mismatch");
+    assert_contains(e.msg, "SQS SendMessage: message id-2: MD5Mismatch: MD5OfMessageBody 0000");
+    assert_string_equal(v.c.last_error.code, "MD5Mismatch");
+    assert_int_equal(fake_count(&v.f), 3);
+    env_stop(&v);
+}
+
 static void test_client_change_visibility(void **state)
 {
     static const struct canned script[] = {
@@ -1947,6 +1979,7 @@ int main(void)
         cmocka_unit_test(test_client_delete_whole_request),
         cmocka_unit_test(test_client_delete_invalid),
         cmocka_unit_test(test_client_change_visibility),
+        cmocka_unit_test(test_client_send),
     };
 
     /* Retries and stale handles log warnings; the tests that check them turn them on. */
