@@ -205,26 +205,22 @@ int fly_retry_after_ms(const char *value, size_t len)
  * as it was (printable ASCII that fits). */
 static int created_answer(const char *s, size_t n, struct fly_machine *m)
 {
-    struct { const char *name; char *out; size_t cap; } want[] = {
-        { "id", m->id, sizeof m->id },
-        { "instance_id", m->instance_id, sizeof m->instance_id },
-        { "region", m->region, sizeof m->region },
-    };
+    static const char *const names[] = { "id", "instance_id", "region" };
+    char *const out[] = { m->id, m->instance_id, m->region };
+    const size_t cap[] = { sizeof m->id, sizeof m->instance_id, sizeof m->region };
     struct json j;
-    char key[16], raw[sizeof m->id];
-    size_t len, i;
-    int state = 0, rc;
+    char raw[sizeof m->id];
+    size_t len;
+    int state = 0, rc, i;
 
     json_init(&j, s, n);
     if (json_peek(&j) != '{')
         return -1;
-    while ((rc = json_member(&j, &state, key, sizeof key)) == 1) {
-        for (i = 0; i < 3 && strcmp(key, want[i].name) != 0; i++)
-            ;
-        if (i == 3 || json_peek(&j) != '"') {
+    while ((rc = json_member_of(&j, &state, names, 3, &i)) == 1) {
+        if (i < 0 || json_peek(&j) != '"') {
             rc = json_skip(&j);
         } else if ((rc = json_string(&j, raw, sizeof raw, &len)) == 0) {
-            one_line(want[i].out, want[i].cap, raw, len < sizeof raw ? len : sizeof raw - 1);
+            one_line(out[i], cap[i], raw, len < sizeof raw ? len : sizeof raw - 1);
             if (i == 0 && (len >= sizeof raw || strlen(m->id) != len || memcmp(m->id, raw, len)))
                 m->id[0] = '\0';
         }
@@ -562,8 +558,9 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
 
         snprintf(c.who, sizeof c.who, "group %s: %s", group, region_name(region));
         step = STEP_STOP;
-        /* a stop lets the request in flight finish, but starts no other */
-        if (pace(http, t, NULL, 0, e) < 0) {
+        /* a stop lets the request in flight finish, but starts no other (the first
+         * request's own pace() looks, or the caller's, with create_prepaid) */
+        if (i > 0 && pace(http, t, NULL, 0, e) < 0) {
             log_warn("fly: group %s: stopping: not trying %s", group, region_name(region));
             break;
         }
