@@ -336,7 +336,7 @@ static int job_create(struct job *j, struct fly_machine *m)
     t.create_prepaid = 1;
     t.unlimited_429_retries = 1;
     /* The turn is taken first, with heartbeats while waiting for it (job_keepalive). */
-    if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_keepalive, j, &e) < 0 ||
+    if (ratelimit_wait_idle(&d->create_rl, 0, &stop_fd, 1, job_keepalive, j, &e) < 0 ||
         fly_create_machine(j->http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m,
                            &e) < 0) {
         if (e.kind != LERR_CANCELLED) {
