@@ -1033,12 +1033,6 @@ static int signals_open(struct lerr *e)
     return fd;
 }
 
-static const char *daemon_getenv(const char *name, void *ctx)
-{
-    (void)ctx;
-    return getenv(name);
-}
-
 static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *e)
 {
     memset(d, 0, sizeof *d);
@@ -1053,7 +1047,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
         return -1;
     if (tls_anchors_load(&d->anchors, cfg->ca_file, e) < 0)
         return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
-    if (creds_init(&d->creds, daemon_getenv, NULL, cfg->aws_region, &d->anchors, e) < 0)
+    if (creds_init(&d->creds, config_env, NULL, cfg->aws_region, &d->anchors, e) < 0)
         return -1;
     log_info("AWS credentials: %s", creds_source_name(&d->creds));
     if ((d->signal_fd = signals_open(e)) < 0)
