@@ -1122,11 +1122,9 @@ static void log_start(const struct config *cfg)
 {
     char regions[256] = "";
 
-    for (size_t i = 0; i < cfg->num_regions; i++) {
-        if (i)
-            strncat(regions, ",", sizeof regions - strlen(regions) - 1);
-        strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
-    }
+    for (size_t i = 0; i < cfg->num_regions; i++)
+        snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
+                 i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local) {
         log_info("lambdo %s starting: queue %s, backend local (command %s), ack on exit (a "
                  "group's messages are deleted only once its process exited 0, whatever "
