@@ -938,8 +938,12 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
             o.wait_seconds = secs;
     }
     if (sqs_receive(&d->receiver, &o, &b, &e) < 0) {
+        /* http_do saw the stop before the request; a receive that failed before its
+         * request (credentials) did not look: a stop outranks its failure */
+        if (daemon_stopping(d, NULL))
+            return 2;
         if (e.kind == LERR_CANCELLED)
-            return daemon_stopping(d, NULL) ? 2 : 0;
+            return 0;
         metrics_receive_result(&d->metrics, 0);
         /* Wrong credentials or a missing queue at start-up will not mend themselves: say so
          * and exit, so a deploy fails visibly. Later the same errors may be passing (a key
@@ -956,8 +960,7 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
             ratelimit_wait_idle(NULL, (int)ms, &d->signal_fd, 1, NULL, NULL, &e);
             (*failures)++;
         }
-        /* a receive that fails before its request (credentials) never sees the signal */
-        return daemon_stopping(d, NULL) ? 2 : 0;
+        return 0;
     }
     d->first_receive_done = 1;
     *failures = 0;
