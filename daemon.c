@@ -132,16 +132,6 @@ static int daemon_stopping(struct daemon *d, int64_t *stop_at)
     return 1;
 }
 
-/* Sleeps ms, or less if a stop signal arrives. */
-static void pause_ms(const struct daemon *d, int64_t ms)
-{
-    struct pollfd p = { .fd = d->signal_fd, .events = POLLIN };
-
-    if (ms > 0)
-        while (poll(&p, 1, (int)ms) < 0 && errno == EINTR)
-            ;
-}
-
 /* ------------------------------------------------------------------ --once book -------- */
 
 /* --once: the book's entry for a message, added if new and add is set; NULL if out of
@@ -306,10 +296,12 @@ static int64_t keepalive_due(const struct daemon *d, int64_t until)
     return until - (int64_t)d->cfg->visibility_timeout * 1000 * 2 / 3 - now_ms();
 }
 
-/* Keeps the messages hidden: once due, extend their visibility to a full
- * LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait. */
-static void job_keepalive(struct job *j)
+/* Keeps a job's messages hidden: once due, extend their visibility to a full
+ * LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait, and (ctx: the job) by
+ * fly.c, ratelimit.c and local.c while they wait (rate limit, 429, a child). */
+static void job_keepalive(void *ctx)
 {
+    struct job *j = ctx;
     int vis = j->d->cfg->visibility_timeout;
     int64_t t = now_ms();
 
@@ -328,12 +320,6 @@ static void job_free(struct job *j)
     free(j);
 }
 
-/* fly.c calls this while a create waits for its turn (rate limit, 429). */
-static void job_idle(void *ctx)
-{
-    job_keepalive(ctx);
-}
-
 static int job_create(struct job *j, struct fly_machine *m)
 {
     struct daemon *d = j->d;
@@ -345,12 +331,12 @@ static int job_create(struct job *j, struct fly_machine *m)
     struct lerr e;
     int stop_fd = d->signal_fd;
 
-    t.idle = job_idle;
+    t.idle = job_keepalive;
     t.idle_ctx = j;
     t.create_prepaid = 1;
     t.unlimited_429_retries = 1;
-    /* The turn is taken first, with heartbeats while waiting for it (job_idle). */
-    if (ratelimit_take_idle(&d->create_rl, &stop_fd, 1, job_idle, j, &e) < 0 ||
+    /* The turn is taken first, with heartbeats while waiting for it (job_keepalive). */
+    if (ratelimit_wait_idle(&d->create_rl, 0, &stop_fd, 1, job_keepalive, j, &e) < 0 ||
         fly_create_machine(j->http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m,
                            &e) < 0) {
         if (e.kind != LERR_CANCELLED) {
@@ -425,10 +411,9 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
             return FOLLOW_EXITED;
         if (rc < 0 && e.kind != LERR_CANCELLED) {
             log_warn("group %s: waiting for machine %s: %s; trying again", j->gid, m->id, e.msg);
-            if (stopping)  /* the pending signal no longer cuts a pause short */
-                nanosleep(&(struct timespec){ 0, 200 * 1000000L }, NULL);
-            else
-                pause_ms(d, 1000);
+            /* once stopping, the pending signal no longer cuts a pause short */
+            ratelimit_wait_idle(NULL, stopping ? 200 : 1000, &d->signal_fd, !stopping, NULL,
+                                NULL, &e);
         }
     }
 }
@@ -501,7 +486,7 @@ static int job_run_local(struct job *j)
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
         .group_id = j->gid, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
         .shutdown_grace_s = cfg->shutdown_timeout, .started = job_local_started,
-        .idle = job_idle,
+        .idle = job_keepalive,
         .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
@@ -924,8 +909,10 @@ static int daemon_wait_for_slot(struct daemon *d)
     return free_slots;
 }
 
-/* Returns 0 to go on, 1 when --once is done (the queue answered empty), -1 when lambdo
- * should exit with a failure. */
+/* Returns 0 to go on, 1 when --once is done (the queue answered empty), 2 when a stop
+ * signal came, -1 when lambdo should exit with a failure. The receive is where the main
+ * thread sees a stop: its client's cancel_fd is the signalfd, which http_do looks at
+ * before each request (no separate look per loop). */
 static int receive_once(struct daemon *d, struct window *w, int free_slots, unsigned *failures)
 {
     const struct config *cfg = d->cfg;
@@ -951,6 +938,10 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
             o.wait_seconds = secs;
     }
     if (sqs_receive(&d->receiver, &o, &b, &e) < 0) {
+        /* http_do saw the stop before the request; a receive that failed before its
+         * request (credentials) did not look: a stop outranks its failure */
+        if (daemon_stopping(d, NULL))
+            return 2;
         if (e.kind == LERR_CANCELLED)
             return 0;
         metrics_receive_result(&d->metrics, 0);
@@ -966,7 +957,7 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
             unsigned ms = sqs_backoff_ms(*failures, RECEIVE_BACKOFF_BASE_MS,
                                          RECEIVE_BACKOFF_MAX_MS, &d->receiver.rng);
             log_error("%s; retrying in %u ms", e.msg, ms);
-            pause_ms(d, ms);
+            ratelimit_wait_idle(NULL, (int)ms, &d->signal_fd, 1, NULL, NULL, &e);
             (*failures)++;
         }
         return 0;
@@ -1045,12 +1036,6 @@ static int signals_open(struct lerr *e)
     return fd;
 }
 
-static const char *daemon_getenv(const char *name, void *ctx)
-{
-    (void)ctx;
-    return getenv(name);
-}
-
 static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *e)
 {
     memset(d, 0, sizeof *d);
@@ -1065,7 +1050,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
         return -1;
     if (tls_anchors_load(&d->anchors, cfg->ca_file, e) < 0)
         return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
-    if (creds_init(&d->creds, daemon_getenv, NULL, cfg->aws_region, &d->anchors, e) < 0)
+    if (creds_init(&d->creds, config_env, NULL, cfg->aws_region, &d->anchors, e) < 0)
         return -1;
     log_info("AWS credentials: %s", creds_source_name(&d->creds));
     if ((d->signal_fd = signals_open(e)) < 0)
@@ -1140,11 +1125,9 @@ static void log_start(const struct config *cfg)
 {
     char regions[256] = "";
 
-    for (size_t i = 0; i < cfg->num_regions; i++) {
-        if (i)
-            strncat(regions, ",", sizeof regions - strlen(regions) - 1);
-        strncat(regions, cfg->regions[i], sizeof regions - strlen(regions) - 1);
-    }
+    for (size_t i = 0; i < cfg->num_regions; i++)
+        snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
+                 i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local) {
         log_info("lambdo %s starting: queue %s, backend local (command %s), ack on exit (a "
                  "group's messages are deleted only once its process exited 0, whatever "
@@ -1179,9 +1162,10 @@ int daemon_run(const struct config *cfg, int once)
     log_start(cfg);
     for (;;) {
         int free_slots = daemon_wait_for_slot(&d);
-        if (daemon_stopping(&d, NULL))
-            break;
+
         rc = receive_once(&d, &w, free_slots, &failures);
+        if (rc == 2)
+            break;
         if (rc < 0) {
             status = EXIT_FAILED;
             break;

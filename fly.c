@@ -205,26 +205,22 @@ int fly_retry_after_ms(const char *value, size_t len)
  * as it was (printable ASCII that fits). */
 static int created_answer(const char *s, size_t n, struct fly_machine *m)
 {
-    struct { const char *name; char *out; size_t cap; } want[] = {
-        { "id", m->id, sizeof m->id },
-        { "instance_id", m->instance_id, sizeof m->instance_id },
-        { "region", m->region, sizeof m->region },
-    };
+    static const char *const names[] = { "id", "instance_id", "region" };
+    char *const out[] = { m->id, m->instance_id, m->region };
+    const size_t cap[] = { sizeof m->id, sizeof m->instance_id, sizeof m->region };
     struct json j;
-    char key[16], raw[sizeof m->id];
-    size_t len, i;
-    int state = 0, rc;
+    char raw[sizeof m->id];
+    size_t len;
+    int state = 0, rc, i;
 
     json_init(&j, s, n);
     if (json_peek(&j) != '{')
         return -1;
-    while ((rc = json_member(&j, &state, key, sizeof key)) == 1) {
-        for (i = 0; i < 3 && strcmp(key, want[i].name) != 0; i++)
-            ;
-        if (i == 3 || json_peek(&j) != '"') {
+    while ((rc = json_member_of(&j, &state, names, 3, &i)) == 1) {
+        if (i < 0 || json_peek(&j) != '"') {
             rc = json_skip(&j);
         } else if ((rc = json_string(&j, raw, sizeof raw, &len)) == 0) {
-            one_line(want[i].out, want[i].cap, raw, len < sizeof raw ? len : sizeof raw - 1);
+            one_line(out[i], cap[i], raw, len < sizeof raw ? len : sizeof raw - 1);
             if (i == 0 && (len >= sizeof raw || strlen(m->id) != len || memcmp(m->id, raw, len)))
                 m->id[0] = '\0';
         }
@@ -235,38 +231,54 @@ static int created_answer(const char *s, size_t n, struct fly_machine *m)
 }
 
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
-                  size_t retry_after_len, struct fly_answer *a)
+                  size_t retry_after_len, struct fly_machine *created,
+                  struct fly_call_result *r)
 {
-    int ok = status >= 200 && status < 300;
-    cJSON *j = body && body_len && !ok ? json_parse(body, body_len) : NULL;
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
+    cJSON *j;
+    const cJSON *st;
 
-    memset(a, 0, sizeof *a);
-    a->retry_after_ms = -1;
-    a->machine.status = status;
-    if (!ok)
-        error_text(a->error, sizeof a->error, j, body, body_len);
-    if (ok && body && created_answer(body, body_len, &a->machine) == 0 && a->machine.id[0]) {
-        a->outcome = FLY_CREATED;
-    } else if (ok) {
-        /* Nothing to wait for, stop or destroy: a failed create, never a Machine id "" */
-        memset(&a->machine, 0, sizeof a->machine);
-        a->machine.status = status;
-        snprintf(a->error, sizeof a->error, "the answer names no usable Machine id");
-        a->outcome = FLY_GIVE_UP;
-    } else if (status == 429) {
-        a->outcome = FLY_RETRY;
-        a->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
-    } else if (status >= 500 || status == 408 ||
-               (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0) ||
-               ((status == 409 || status == 412) && strcasestr(a->error, "insufficient"))) {
-        /* Fly says a host or region is full in several ways: 503, a "status" of
-         * "insufficient_capacity", and 409/412 answers like "insufficient memory" */
-        a->outcome = FLY_NEXT_REGION;
+    memset(r, 0, sizeof *r);
+    r->status = status;
+    r->retry_after_ms = -1;
+    if (created)
+        memset(created, 0, sizeof *created);
+    if (status >= 200 && status < 300) {
+        r->outcome = FLY_CALL_OK;
+        if (created && (!body || created_answer(body, body_len, created) != 0 ||
+                        !created->id[0])) {
+            /* Nothing to wait for, stop or destroy: a failed create, never a Machine id "" */
+            memset(created, 0, sizeof *created);
+            snprintf(r->error, sizeof r->error, "the answer names no usable Machine id");
+            r->outcome = FLY_CALL_FAILED;
+        }
     } else {
-        a->outcome = FLY_GIVE_UP;
+        j = body && body_len ? json_parse(body, body_len) : NULL;
+        st = cJSON_GetObjectItemCaseSensitive(j, "status");
+        error_text(r->error, sizeof r->error, j, body, body_len);
+        if (status == 429) {
+            r->outcome = FLY_CALL_RATE_LIMITED;
+            r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
+        } else if (status >= 500 || (created && (status == 408 ||
+                   (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0) ||
+                   ((status == 409 || status == 412) && strcasestr(r->error, "insufficient"))))) {
+            /* Fly says a host or region is full in several ways: 503, a "status" of
+             * "insufficient_capacity", and 409/412 answers like "insufficient memory" */
+            r->outcome = FLY_CALL_RETRY_LATER;
+        } else if (status == 408) {
+            r->outcome = FLY_CALL_TIMED_OUT;
+        } else if (!created && (status == 404 || status == 410 ||
+                                (status >= 400 && (strcasestr(r->error, "destroyed") ||
+                                                   strcasestr(r->error, "not found"))))) {
+            /* beyond 404 and 410, how Fly may word "that Machine no longer exists": a wait
+             * for "stopped" on a destroyed Machine, for one */
+            r->outcome = FLY_CALL_GONE;
+        } else {
+            r->outcome = FLY_CALL_FAILED;
+        }
+        cJSON_Delete(j);
     }
-    cJSON_Delete(j);
+    if (created)
+        created->status = status;
 }
 
 /* ---- request parts --------------------------------------------------------------------- */
@@ -389,6 +401,7 @@ struct call {
     char who[160];                 /* what logs and errors call it: "Machine m1: wait" */
     int max_retries;               /* 429 retries before giving up; -1: as long as Fly says */
     int prepaid;                   /* the first request's token was taken already */
+    struct fly_machine *created;   /* a create's: the Machine its answer names */
 };
 
 /* A call of what with method on c->url, with the token's Authorization header (freed by
@@ -429,7 +442,7 @@ static void call_end(struct call *c)
 static int send_paced(struct call *c, struct http_response *resp, struct fly_call_result *r,
                       struct lerr *e)
 {
-    int create = strcmp(c->what, "create") == 0, wait = 0;
+    int create = c->created != NULL, wait = 0;
 
     for (int retry = 0;; retry++) {
         const char *ra;
@@ -447,13 +460,13 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
         metrics_observe(c->t->metrics, METRICS_FLY, c->what, metrics_clock() - t0);
         if (rc < 0) {
             /* no answer this time: nothing of an earlier 429 stays */
-            fly_classify_call(0, NULL, 0, NULL, 0, r);
+            fly_classify(0, NULL, 0, NULL, 0, c->created, r);
             r->outcome = transport_final(e->kind) ? FLY_CALL_FAILED : FLY_CALL_RETRY_LATER;
             log_debug("fly: %s: %s", c->who, e->msg);
             return -1;
         }
         ra = http_response_header(resp, "Retry-After", &ra_len);
-        fly_classify_call(resp->status, resp->body, resp->body_len, ra, ra_len, r);
+        fly_classify(resp->status, resp->body, resp->body_len, ra, ra_len, c->created, r);
         log_debug("fly: %s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "", r->error);
         if (r->outcome != FLY_CALL_RATE_LIMITED)
             return 0;
@@ -485,42 +498,38 @@ static enum step create_in_region(struct call *c, const char *group, const char 
 {
     struct http_response resp;
     struct fly_call_result r;
-    struct fly_answer a;
+    int next;
 
     if (send_paced(c, &resp, &r, e) < 0) {
-        int final = r.outcome == FLY_CALL_FAILED;
-
+        next = r.outcome == FLY_CALL_RETRY_LATER;
         if (e->kind != LERR_CANCELLED)
             metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-        out->status = r.status;
-        log_warn("fly: %s: %s%s", c->who, e->msg, final ? "" : "; trying the next region");
+        log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region" : "");
         lerr_wrap(e, "%s", region_name(region));
-        return final ? STEP_STOP : STEP_NEXT;
+        return next ? STEP_NEXT : STEP_STOP;
     }
-    fly_classify(resp.status, resp.body, resp.body_len, NULL, 0, &a);
     http_response_free(&resp);
-    out->status = a.machine.status;
-    if (a.outcome == FLY_CREATED) {
-        *out = a.machine;
+    if (r.outcome == FLY_CALL_OK) {
         if (!out->region[0] && region)
             snprintf(out->region, sizeof out->region, "%s", region);
         log_info("fly: group %s: created Machine %s in %s (HTTP %d)", group, out->id,
                  out->region[0] ? out->region : region_name(region), out->status);
         return STEP_DONE;
     }
-    if (a.outcome == FLY_RETRY) {
+    if (r.outcome == FLY_CALL_RATE_LIMITED) {
         log_warn("fly: %s: still rate limited after %d retries; giving up", c->who,
                  c->max_retries);
         lerr_set(e, LERR_HTTP, "%s: still rate limited (HTTP 429) after %d retries",
                  region_name(region), c->max_retries);
         return STEP_STOP;
     }
+    next = r.outcome == FLY_CALL_RETRY_LATER;
     metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-    log_warn("fly: %s: HTTP %d: %s; %s", c->who, out->status, a.error,
-             a.outcome == FLY_NEXT_REGION ? "trying the next region" : "not retrying");
-    lerr_set(e, LERR_HTTP, "%s%s: HTTP %d: %s", a.outcome == FLY_NEXT_REGION ? "" :
-             "Fly refused the Machine in ", region_name(region), out->status, a.error);
-    return a.outcome == FLY_NEXT_REGION ? STEP_NEXT : STEP_STOP;
+    log_warn("fly: %s: HTTP %d: %s; %s", c->who, r.status, r.error,
+             next ? "trying the next region" : "not retrying");
+    lerr_set(e, LERR_HTTP, "%s%s: HTTP %d: %s", next ? "" : "Fly refused the Machine in ",
+             region_name(region), r.status, r.error);
+    return next ? STEP_NEXT : STEP_STOP;
 }
 
 int fly_create_machine(struct http_client *http, const struct fly_target *t,
@@ -542,14 +551,16 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     c.req.timeout_ms = FLY_CREATE_TIMEOUT_MS;
     c.max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES;
     c.prepaid = t->create_prepaid;
+    c.created = out;
     for (size_t i = 0; i < (nregions ? nregions : 1); i++) {
         const char *region = nregions ? regions[i] : NULL;
         char *body = NULL;
 
         snprintf(c.who, sizeof c.who, "group %s: %s", group, region_name(region));
         step = STEP_STOP;
-        /* a stop lets the request in flight finish, but starts no other */
-        if (pace(http, t, NULL, 0, e) < 0) {
+        /* a stop lets the request in flight finish, but starts no other (the first
+         * request's own pace() looks, or the caller's, with create_prepaid) */
+        if (i > 0 && pace(http, t, NULL, 0, e) < 0) {
             log_warn("fly: group %s: stopping: not trying %s", group, region_name(region));
             break;
         }
@@ -570,40 +581,6 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
 }
 
 /* ---- following a Machine: its answers (pure) ------------------------------------------- */
-
-void fly_classify_call(int status, const char *body, size_t body_len, const char *retry_after,
-                       size_t retry_after_len, struct fly_call_result *r)
-{
-    cJSON *j;
-
-    memset(r, 0, sizeof *r);
-    r->status = status;
-    r->retry_after_ms = -1;
-    if (status >= 200 && status < 300) {
-        r->outcome = FLY_CALL_OK;
-        return;
-    }
-    j = body && body_len ? json_parse(body, body_len) : NULL;
-    error_text(r->error, sizeof r->error, j, body, body_len);
-    cJSON_Delete(j);
-    if (status == 404 || status == 410) {
-        r->outcome = FLY_CALL_GONE;
-    } else if (status == 408) {
-        r->outcome = FLY_CALL_TIMED_OUT;
-    } else if (status == 429) {
-        r->outcome = FLY_CALL_RATE_LIMITED;
-        r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
-    } else if (status >= 500) {
-        r->outcome = FLY_CALL_RETRY_LATER;
-    } else if (status >= 400 && (strcasestr(r->error, "destroyed") ||
-                                 strcasestr(r->error, "not found"))) {
-        /* how Fly may word "that Machine no longer exists" outside a 404: a wait for
-         * "stopped" on a destroyed Machine, for one */
-        r->outcome = FLY_CALL_GONE;
-    } else {
-        r->outcome = FLY_CALL_FAILED;
-    }
-}
 
 /* v is a JSON number with a whole value in [lo, hi] (which excludes NaN and infinities;
  * the range is checked before the cast, so the cast is defined). */

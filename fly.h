@@ -7,13 +7,14 @@
  * by $EVENTS_PATH); it destroys itself when its process exits and is never restarted.
  * Nothing here knows of SQS.
  *
- * What an answer means (fly_classify):
- *   2xx                           created: the Machine exists; but without a usable id
+ * What an answer to a create means (fly_classify with created: outcomes in brackets):
+ *   2xx                           created [OK]: the Machine exists; but without a usable id
  *                                 (a top-level string of at most 60 printable characters,
- *                                 in an answer that is one whole JSON object) give up:
+ *                                 in an answer that is one whole JSON object) give up
+ *                                 [FAILED]:
  *                                 a Machine lambdo cannot wait for, stop or destroy is no
  *                                 create to acknowledge (it may run: at least once)
- *   429                           rate limited: wait Retry-After (whole seconds, capped at
+ *   429                           rate limited [RATE_LIMITED]: wait Retry-After (whole seconds, capped at
  *                                 FLY_RETRY_AFTER_MAX_MS; absent or an HTTP date: a 1, 2,
  *                                 4, 8, 16, 30, 30... s backoff) and retry the same region,
  *                                 at most FLY_RATE_LIMIT_RETRIES times; then stop, since
@@ -21,8 +22,8 @@
  *                                 failure: another region would be limited just the same
  *   5xx (503 is Fly's "insufficient capacity"), 408, and any answer whose JSON says
  *   "status": "insufficient_capacity", or a 409 or 412 whose error says "insufficient"
- *   (Fly's words for a full host)  try the next region
- *   any other status              give up: the request itself is wrong (bad image, token,
+ *   (Fly's words for a full host)  try the next region [RETRY_LATER]
+ *   any other status              give up [FAILED]: the request itself is wrong (bad image, token,
  *                                 app); Fly's "error" text goes in the message
  * A connection failure or timeout tries the next region too (the request may have
  * been processed: delivery is at least once); a cancel, an untrusted certificate or a
@@ -46,7 +47,7 @@
  *   fly_machine_exit     GET .../machines/{id} (its "events"; .../events if it has none)
  *   fly_stop_machine     POST .../machines/{id}/stop
  *   fly_destroy_machine  DELETE .../machines/{id}[?force=true]
- * What their answers mean (fly_classify_call):
+ * What their answers mean (fly_classify without created):
  *   2xx                       ok (wait: the state was reached)
  *   404, 410                  gone: Fly no longer knows the Machine (auto_destroy removes
  *                             it soon after it exits)
@@ -128,20 +129,26 @@ struct fly_machine {
     int status;              /* the last HTTP status seen, 0 if none (connection error) */
 };
 
-enum fly_outcome {
-    FLY_CREATED,
-    FLY_NEXT_REGION,
-    FLY_RETRY,               /* rate limited: wait, then the same region again */
-    FLY_GIVE_UP,
+/* What an answer means (fly_classify). A create's answer has no TIMED_OUT nor GONE. */
+enum fly_call_outcome {
+    FLY_CALL_OK,            /* 2xx; for a wait: the state was reached; for a create: the
+                               answer names a usable Machine id */
+    FLY_CALL_TIMED_OUT,     /* 408: the wait ended before the state; ask again */
+    FLY_CALL_GONE,          /* 404, 410, or an error saying destroyed / not found */
+    FLY_CALL_RATE_LIMITED,  /* 429 (the calls below retry it; they never end with it) */
+    FLY_CALL_RETRY_LATER,   /* 5xx, a connection error or timeout: try again later; for a
+                               create: try the next region */
+    FLY_CALL_FAILED,        /* any other answer, a cancel, a bad argument: do not retry
+                               (a create gives up) */
 };
 
-struct fly_answer {
-    enum fly_outcome outcome;
-    int retry_after_ms;      /* FLY_RETRY: Retry-After in ms (capped), -1 when absent or
-                                not a number of seconds */
-    struct fly_machine machine;  /* FLY_CREATED: id, instance_id, region from the answer */
-    char error[200];         /* Fly's "error" (or the start of a non-JSON body): one line
-                                of printable ASCII, truncated with "..."; "" when none */
+/* What a call's answer was. */
+struct fly_call_result {
+    enum fly_call_outcome outcome;
+    int status;              /* the last HTTP status, 0 if none (connection error) */
+    int retry_after_ms;      /* 429: Retry-After in ms (capped), -1 when absent */
+    char error[200];         /* Fly's "error" (or the start of a non-JSON body) for a
+                                status >= 300: one line of printable ASCII; "" when none */
 };
 
 /* Characters of the base64 encoding of n bytes (no NUL counted). */
@@ -161,10 +168,13 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
  * FLY_RETRY_AFTER_MAX_MS), or -1 when value is NULL, empty, an HTTP date or garbage. */
 int fly_retry_after_ms(const char *value, size_t len);
 
-/* Classifies an answer to a create request (see the top of this file). body may be NULL;
- * retry_after is the Retry-After header value or NULL. Pure; never fails. */
+/* Classifies an answer (see the top of this file): to a create when created is not NULL
+ * (with FLY_CALL_OK, the Machine the answer names goes there; otherwise it is cleared and
+ * only its status set), else to a wait, show, events, stop, delete or app request. body
+ * may be NULL; retry_after is the Retry-After header value or NULL. Pure; never fails. */
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
-                  size_t retry_after_len, struct fly_answer *a);
+                  size_t retry_after_len, struct fly_machine *created,
+                  struct fly_call_result *r);
 
 /* The Authorization header value for token into a new buffer (free with fly_secret_free).
  * "FlyV1 ..." and "Bearer ..." tokens are used as they are, others get "Bearer ".
@@ -196,24 +206,6 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
 
 /* ---- following a Machine -------------------------------------------------------------- */
 
-enum fly_call_outcome {
-    FLY_CALL_OK,            /* 2xx; for a wait: the state was reached */
-    FLY_CALL_TIMED_OUT,     /* 408: the wait ended before the state; ask again */
-    FLY_CALL_GONE,          /* 404, 410, or an error saying destroyed / not found */
-    FLY_CALL_RATE_LIMITED,  /* 429 (the calls below retry it; they never end with it) */
-    FLY_CALL_RETRY_LATER,   /* 5xx, a connection error or timeout: try again later */
-    FLY_CALL_FAILED,        /* any other answer, a cancel, a bad argument: do not retry */
-};
-
-/* What a call's answer was. */
-struct fly_call_result {
-    enum fly_call_outcome outcome;
-    int status;              /* the last HTTP status, 0 if none (connection error) */
-    int retry_after_ms;      /* 429: Retry-After in ms (capped), -1 when absent */
-    char error[200];         /* Fly's "error" (or the start of a non-JSON body) for a
-                                status >= 300: one line of printable ASCII; "" when none */
-};
-
 /* How a Machine's process ended, from its latest "exit" event. */
 struct fly_exit {
     enum fly_call_outcome outcome;  /* OK, GONE, or what the failure was */
@@ -234,11 +226,6 @@ struct fly_exit {
  * or as fly_machines_url. */
 int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
                     const char *action, const char *query, struct url *out, struct lerr *e);
-
-/* Classifies an answer to a wait, show, events, stop or delete request (see the top of
- * this file). Pure; never fails. */
-void fly_classify_call(int status, const char *body, size_t body_len, const char *retry_after,
-                       size_t retry_after_len, struct fly_call_result *r);
 
 /* Reads a Machine (Machines_show's object) or its event list (Machines_list_events'
  * array) and fills out from the latest event of type "exit": the greatest "timestamp",

@@ -182,9 +182,3 @@ int ratelimit_wait_idle(struct ratelimit *rl, int ms, const int *stop_fds, size_
     }
     return 0;
 }
-
-int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,
-                        void (*idle)(void *ctx), void *ctx, struct lerr *e)
-{
-    return ratelimit_wait_idle(rl, 0, stop_fds, nfds, idle, ctx, e);
-}

@@ -14,7 +14,7 @@
  * once when the pause ends.
  *
  * Times are CLOCK_MONOTONIC nanoseconds. The *_at functions are the pure core: they take
- * the time as an argument (the tests use a fake clock) and never sleep; ratelimit_take_idle
+ * the time as an argument (the tests use a fake clock) and never sleep; ratelimit_wait_idle
  * reads the clock and sleeps. All of them lock the mutex and may be called from any
  * thread.
  */
@@ -69,21 +69,17 @@ void ratelimit_give_back(struct ratelimit *rl);
 void ratelimit_penalize_at(struct ratelimit *rl, int64_t now_ns, int ms);
 void ratelimit_penalize(struct ratelimit *rl, int ms);
 
-/* CLOCK_MONOTONIC in ns, the clock ratelimit_take_idle and ratelimit_penalize use. */
+/* CLOCK_MONOTONIC in ns, the clock ratelimit_wait_idle and ratelimit_penalize use. */
 int64_t ratelimit_now_ns(void);
 
-/* Takes a token, sleeping until it is valid. stop_fds[0..nfds) (up to RATELIMIT_MAX_FDS;
- * negative ones are ignored) end the wait when one becomes readable (a shutdown pipe):
- * the reservation is given back and the call fails with LERR_CANCELLED; it fails so too,
- * without reserving, when one is already readable. LERR_IO if poll fails. idle, if not
- * NULL, is called with ctx about once a second while it waits: the caller's chance to do
- * housekeeping (lambdo keeps its messages hidden meanwhile). */
+/* With rl, takes a token, sleeping until it is valid; with rl NULL, pauses ms milliseconds
+ * (0: only a look at stop_fds; with rl, ms is not used). stop_fds[0..nfds) (up to
+ * RATELIMIT_MAX_FDS; negative ones are ignored) end the wait when one becomes readable (a
+ * shutdown pipe): a reservation is given back and the call fails with LERR_CANCELLED; it
+ * fails so too, without reserving, when one is already readable. LERR_IO if poll fails.
+ * idle, if not NULL, is called with ctx about once a second while it waits: the caller's
+ * chance to do housekeeping (lambdo keeps its messages hidden meanwhile). */
 #define RATELIMIT_MAX_FDS 4
-int ratelimit_take_idle(struct ratelimit *rl, const int *stop_fds, size_t nfds,
-                        void (*idle)(void *ctx), void *ctx, struct lerr *e);
-
-/* The same with rl NULL: a pause of ms milliseconds (0: only a look at stop_fds) that a
- * stop ends early, as a wait for a token does. With rl, ms is not used. */
 int ratelimit_wait_idle(struct ratelimit *rl, int ms, const int *stop_fds, size_t nfds,
                         void (*idle)(void *ctx), void *ctx, struct lerr *e);
 

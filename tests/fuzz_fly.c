@@ -1,5 +1,5 @@
-/* libFuzzer target for fly.c's readers of Fly's answers: fly_classify (creates),
- * fly_classify_call (wait, show, stop, delete), fly_parse_exit (a Machine or its event
+/* libFuzzer target for fly.c's readers of Fly's answers: fly_classify (creates, and
+ * wait, show, stop, delete), fly_parse_exit (a Machine or its event
  * list), fly_retry_after_ms, and the Machine URL builder fed with hostile ids.
  *
  * Input: two bytes of status (big-endian, taken modulo 700), a length byte and that many
@@ -58,31 +58,35 @@ static void check_retry_after(int ms)
 static void fuzz_classify(int status, const char *body, size_t len, const char *ra,
                           size_t ra_len)
 {
-    struct fly_answer a;
+    struct fly_call_result a;
+    struct fly_machine m;
     int ra_ms = fly_retry_after_ms(ra, ra_len);
 
     check_retry_after(ra_ms);
     memset(&a, 0x5A, sizeof a);
-    fly_classify(status, body, len, ra, ra_len, &a);
-    check(a.outcome == FLY_CREATED || a.outcome == FLY_NEXT_REGION || a.outcome == FLY_RETRY ||
-          a.outcome == FLY_GIVE_UP, "create outcome in range");
-    if (a.outcome == FLY_CREATED)
-        check(status >= 200 && status < 300 && a.machine.id[0], "created: a 2xx with an id");
+    memset(&m, 0x5A, sizeof m);
+    fly_classify(status, body, len, ra, ra_len, &m, &a);
+    check(a.outcome == FLY_CALL_OK || a.outcome == FLY_CALL_RETRY_LATER ||
+          a.outcome == FLY_CALL_RATE_LIMITED || a.outcome == FLY_CALL_FAILED,
+          "create outcome in range");
+    if (a.outcome == FLY_CALL_OK)
+        check(status >= 200 && status < 300 && m.id[0], "created: a 2xx with an id");
     else if (status >= 200 && status < 300)
-        check(a.outcome == FLY_GIVE_UP, "a 2xx without a usable id gives up");
-    check((status == 429) == (a.outcome == FLY_RETRY), "429 iff retry");
+        check(a.outcome == FLY_CALL_FAILED, "a 2xx without a usable id gives up");
+    check((status == 429) == (a.outcome == FLY_CALL_RATE_LIMITED), "429 iff retry");
     if (status >= 500 || status == 408)
-        check(a.outcome == FLY_NEXT_REGION, "5xx and 408 try the next region");
-    check(a.retry_after_ms == (a.outcome == FLY_RETRY ? ra_ms : -1), "retry_after_ms");
-    check(a.machine.status == status, "status kept");
+        check(a.outcome == FLY_CALL_RETRY_LATER, "5xx and 408 try the next region");
+    check(a.retry_after_ms == (a.outcome == FLY_CALL_RATE_LIMITED ? ra_ms : -1),
+          "retry_after_ms");
+    check(m.status == status, "status kept");
     check_text(a.error, sizeof a.error, "create error");
-    check_text(a.machine.id, sizeof a.machine.id, "machine id");
-    check_text(a.machine.instance_id, sizeof a.machine.instance_id, "instance id");
-    check_text(a.machine.region, sizeof a.machine.region, "region");
-    if (a.outcome == FLY_CREATED)
+    check_text(m.id, sizeof m.id, "machine id");
+    check_text(m.instance_id, sizeof m.instance_id, "instance id");
+    check_text(m.region, sizeof m.region, "region");
+    if (a.outcome == FLY_CALL_OK)
         check(a.error[0] == '\0', "no error text for a created Machine");
     else
-        check(!a.machine.id[0] && !a.machine.region[0], "a Machine only when created");
+        check(!m.id[0] && !m.region[0], "a Machine only when created");
 }
 
 static void fuzz_classify_call(int status, const char *body, size_t len, const char *ra,
@@ -92,7 +96,7 @@ static void fuzz_classify_call(int status, const char *body, size_t len, const c
     enum fly_call_outcome want;
 
     memset(&r, 0x5A, sizeof r);
-    fly_classify_call(status, body, len, ra, ra_len, &r);
+    fly_classify(status, body, len, ra, ra_len, NULL, &r);
     check(r.outcome >= FLY_CALL_OK && r.outcome <= FLY_CALL_FAILED, "call outcome in range");
     check(r.status == status, "call status kept");
     check_text(r.error, sizeof r.error, "call error");

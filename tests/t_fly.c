@@ -397,7 +397,7 @@ struct answer_case {
     int status;
     const char *body;
     const char *retry_after;
-    enum fly_outcome outcome;
+    enum fly_call_outcome outcome;
     int retry_after_ms;
     const char *error;   /* exact a.error */
     const char *id;      /* for created: exact id, region, instance_id */
@@ -411,88 +411,89 @@ struct answer_case {
 
 static const struct answer_case answers[] = {
     { 200, "{\"id\":\"148ed193b95948\",\"region\":\"iad\",\"instance_id\":\"01H3JK\",\"state\":\"created\"}",
-      NULL, FLY_CREATED, -1, "", "148ed193b95948", "iad", "01H3JK" },
-    { 201, "{\"id\":\"m2\",\"region\":\"ord\"}", NULL, FLY_CREATED, -1, "", "m2", "ord", "" },
+      NULL, FLY_CALL_OK, -1, "", "148ed193b95948", "iad", "01H3JK" },
+    { 201, "{\"id\":\"m2\",\"region\":\"ord\"}", NULL, FLY_CALL_OK, -1, "", "m2", "ord", "" },
     /* a 2xx without an id lambdo can follow is a failed create, never a Machine "" */
-    { 200, "not json", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 202, "{\"id\":7}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"region\":\"iad\",\"instance_id\":\"01H3JK\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "",
+    { 200, "not json", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 202, "{\"id\":7}", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"region\":\"iad\",\"instance_id\":\"01H3JK\"}", NULL, FLY_CALL_FAILED, -1, NO_ID, "",
       "", "" },
-    { 201, "{\"id\":\"\",\"region\":\"iad\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"id\":\"  \"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"id\":\"m\\n\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"id\":\"caf\\u00e9\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"id\":\"" LONG_ID "\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"id\":\"" LONG_ID_FITS "\"}", NULL, FLY_CREATED, -1, "", LONG_ID_FITS, "", "" },
+    { 201, "{\"id\":\"\",\"region\":\"iad\"}", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"  \"}", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"m\\n\"}", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"caf\\u00e9\"}", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"" LONG_ID "\"}", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"" LONG_ID_FITS "\"}", NULL, FLY_CALL_OK, -1, "", LONG_ID_FITS, "", "" },
     /* only the top level counts, wherever the id is; strings (escapes too) are skipped */
     { 201, "{\"config\":{\"id\":\"inner\",\"s\":\"q\\\"id\\\":\\\"fake\\\\\"},\"id\":\"outer\","
-      "\"region\":\"ams\",\"e\":[1,{\"id\":\"x\"}]}", NULL, FLY_CREATED, -1, "", "outer", "ams", "" },
-    { 200, "{\"a\":1}\"id\":\"m1\"}", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"id\":\"m1", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "{\"id\":\"m1\"", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
-    { 200, "[{\"id\":\"m1\"}]", NULL, FLY_GIVE_UP, -1, NO_ID, "", "", "" },
+      "\"region\":\"ams\",\"e\":[1,{\"id\":\"x\"}]}", NULL, FLY_CALL_OK, -1, "", "outer", "ams", "" },
+    { 200, "{\"a\":1}\"id\":\"m1\"}", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"m1", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "{\"id\":\"m1\"", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
+    { 200, "[{\"id\":\"m1\"}]", NULL, FLY_CALL_FAILED, -1, NO_ID, "", "", "" },
     { 503, "{\"error\":\"insufficient capacity\",\"status\":\"insufficient_capacity\"}", NULL,
-      FLY_NEXT_REGION, -1, "insufficient capacity", NULL, NULL, NULL },
-    { 503, "", NULL, FLY_NEXT_REGION, -1, "", NULL, NULL, NULL },
-    { 500, "oops", NULL, FLY_NEXT_REGION, -1, "oops", NULL, NULL, NULL },
-    { 502, "<html>\r\n  <body>Bad   gateway</body>\n</html>\n", NULL, FLY_NEXT_REGION, -1,
+      FLY_CALL_RETRY_LATER, -1, "insufficient capacity", NULL, NULL, NULL },
+    { 503, "", NULL, FLY_CALL_RETRY_LATER, -1, "", NULL, NULL, NULL },
+    { 500, "oops", NULL, FLY_CALL_RETRY_LATER, -1, "oops", NULL, NULL, NULL },
+    { 502, "<html>\r\n  <body>Bad   gateway</body>\n</html>\n", NULL, FLY_CALL_RETRY_LATER, -1,
       "<html> <body>Bad gateway</body> </html>", NULL, NULL, NULL },
-    { 504, "{\"error\":\"upstream timeout\"}", NULL, FLY_NEXT_REGION, -1, "upstream timeout",
+    { 504, "{\"error\":\"upstream timeout\"}", NULL, FLY_CALL_RETRY_LATER, -1, "upstream timeout",
       NULL, NULL, NULL },
-    { 408, "", NULL, FLY_NEXT_REGION, -1, "", NULL, NULL, NULL },
+    { 408, "", NULL, FLY_CALL_RETRY_LATER, -1, "", NULL, NULL, NULL },
     { 412, "{\"error\":\"insufficient resources to create new machine with existing volume\"}",
-      NULL, FLY_NEXT_REGION, -1, "insufficient resources to create new machine with existing volume",
+      NULL, FLY_CALL_RETRY_LATER, -1, "insufficient resources to create new machine with existing volume",
       NULL, NULL, NULL },
     { 409, "{\"error\":\"aborted: could not reserve resource for machine: Insufficient memory available to fulfill request\"}",
-      NULL, FLY_NEXT_REGION, -1,
+      NULL, FLY_CALL_RETRY_LATER, -1,
       "aborted: could not reserve resource for machine: Insufficient memory available to fulfill request",
       NULL, NULL, NULL },
-    { 422, "{\"error\":\"no room\",\"status\":\"insufficient_capacity\"}", NULL, FLY_NEXT_REGION,
+    { 422, "{\"error\":\"no room\",\"status\":\"insufficient_capacity\"}", NULL, FLY_CALL_RETRY_LATER,
       -1, "no room", NULL, NULL, NULL },
-    { 409, "{\"error\":\"machine name already taken\"}", NULL, FLY_GIVE_UP, -1,
+    { 409, "{\"error\":\"machine name already taken\"}", NULL, FLY_CALL_FAILED, -1,
       "machine name already taken", NULL, NULL, NULL },
-    { 403, "{\"error\":\"insufficient permissions\"}", NULL, FLY_GIVE_UP, -1,
+    { 403, "{\"error\":\"insufficient permissions\"}", NULL, FLY_CALL_FAILED, -1,
       "insufficient permissions", NULL, NULL, NULL },
-    { 400, "{\"error\":\"invalid config:\\n image is required\"}", NULL, FLY_GIVE_UP, -1,
+    { 400, "{\"error\":\"invalid config:\\n image is required\"}", NULL, FLY_CALL_FAILED, -1,
       "invalid config: image is required", NULL, NULL, NULL },
-    { 401, "{\"error\":\"Authenticate: token validation error\"}", NULL, FLY_GIVE_UP, -1,
+    { 401, "{\"error\":\"Authenticate: token validation error\"}", NULL, FLY_CALL_FAILED, -1,
       "Authenticate: token validation error", NULL, NULL, NULL },
-    { 404, "{\"error\":\"app not found\"}", NULL, FLY_GIVE_UP, -1, "app not found", NULL, NULL,
+    { 404, "{\"error\":\"app not found\"}", NULL, FLY_CALL_FAILED, -1, "app not found", NULL, NULL,
       NULL },
-    { 422, "{\"error\":\"caf\\u00e9 \\u0007bell\"}", NULL, FLY_GIVE_UP, -1, "caf?? bell", NULL,
+    { 422, "{\"error\":\"caf\\u00e9 \\u0007bell\"}", NULL, FLY_CALL_FAILED, -1, "caf?? bell", NULL,
       NULL, NULL },
-    { 422, "{\"error\":5,\"x\":1}", NULL, FLY_GIVE_UP, -1, "{\"error\":5,\"x\":1}", NULL, NULL,
+    { 422, "{\"error\":5,\"x\":1}", NULL, FLY_CALL_FAILED, -1, "{\"error\":5,\"x\":1}", NULL, NULL,
       NULL },
-    { 400, NULL, NULL, FLY_GIVE_UP, -1, "", NULL, NULL, NULL },
-    { 301, "", NULL, FLY_GIVE_UP, -1, "", NULL, NULL, NULL },
-    { 429, "{\"error\":\"rate limited\"}", "3", FLY_RETRY, 3000, "rate limited", NULL, NULL,
+    { 400, NULL, NULL, FLY_CALL_FAILED, -1, "", NULL, NULL, NULL },
+    { 301, "", NULL, FLY_CALL_FAILED, -1, "", NULL, NULL, NULL },
+    { 429, "{\"error\":\"rate limited\"}", "3", FLY_CALL_RATE_LIMITED, 3000, "rate limited", NULL, NULL,
       NULL },
-    { 429, "", "0", FLY_RETRY, 0, "", NULL, NULL, NULL },
-    { 429, "", NULL, FLY_RETRY, -1, "", NULL, NULL, NULL },
-    { 429, "", "Wed, 21 Oct 2015 07:28:00 GMT", FLY_RETRY, -1, "", NULL, NULL, NULL },
-    { 429, "", "99999999999999999999999", FLY_RETRY, 30000, "", NULL, NULL, NULL },
+    { 429, "", "0", FLY_CALL_RATE_LIMITED, 0, "", NULL, NULL, NULL },
+    { 429, "", NULL, FLY_CALL_RATE_LIMITED, -1, "", NULL, NULL, NULL },
+    { 429, "", "Wed, 21 Oct 2015 07:28:00 GMT", FLY_CALL_RATE_LIMITED, -1, "", NULL, NULL, NULL },
+    { 429, "", "99999999999999999999999", FLY_CALL_RATE_LIMITED, 30000, "", NULL, NULL, NULL },
 };
 
 static void test_classify(void **state)
 {
     for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
         const struct answer_case *c = &answers[i];
-        struct fly_answer a;
+        struct fly_call_result a;
+        struct fly_machine m;
 
         fly_classify(c->status, c->body, c->body ? strlen(c->body) : 0, c->retry_after,
-                     c->retry_after ? strlen(c->retry_after) : 0, &a);
+                     c->retry_after ? strlen(c->retry_after) : 0, &m, &a);
         if (a.outcome != c->outcome)
             fail_msg("case %zu (HTTP %d): outcome %d, want %d", i, c->status, a.outcome,
                      c->outcome);
         assert_int_equal(a.retry_after_ms, c->retry_after_ms);
-        assert_int_equal(a.machine.status, c->status);
+        assert_int_equal(m.status, c->status);
         if (strcmp(a.error, c->error) != 0)
             fail_msg("case %zu: error \"%s\", want \"%s\"", i, a.error, c->error);
         if (c->id) {
-            assert_string_equal(a.machine.id, c->id);
-            assert_string_equal(a.machine.region, c->region);
-            assert_string_equal(a.machine.instance_id, c->instance);
+            assert_string_equal(m.id, c->id);
+            assert_string_equal(m.region, c->region);
+            assert_string_equal(m.instance_id, c->instance);
         }
     }
 }
@@ -500,15 +501,16 @@ static void test_classify(void **state)
 static void test_classify_long_error(void **state)
 {
     char body[2048], want[256];
-    struct fly_answer a;
+    struct fly_call_result a;
+    struct fly_machine m;
     size_t n;
 
     n = (size_t)snprintf(body, sizeof body, "{\"error\":\"");
     for (int i = 0; i < 500; i++)
         body[n++] = (char)('a' + i % 26);
     n += (size_t)snprintf(body + n, sizeof body - n, "\"}");
-    fly_classify(422, body, n, NULL, 0, &a);
-    assert_int_equal(a.outcome, FLY_GIVE_UP);
+    fly_classify(422, body, n, NULL, 0, &m, &a);
+    assert_int_equal(a.outcome, FLY_CALL_FAILED);
     assert_true(strlen(a.error) < sizeof a.error);
     assert_true(strlen(a.error) > 150);
     memcpy(want, body + 10, strlen(a.error) - 3);
@@ -519,12 +521,12 @@ static void test_classify_long_error(void **state)
     memset(want, 'x', sizeof want);
     want[sizeof a.error - 4] = '\0';
     n = (size_t)snprintf(body, sizeof body, "{\"error\":\"%s\"}", want);
-    fly_classify(400, body, n, NULL, 0, &a);
+    fly_classify(400, body, n, NULL, 0, &m, &a);
     assert_string_equal(a.error, want);
     want[sizeof a.error - 4] = 'x';
     want[sizeof a.error - 3] = '\0';
     n = (size_t)snprintf(body, sizeof body, "{\"error\":\"%s\"}", want);
-    fly_classify(400, body, n, NULL, 0, &a);
+    fly_classify(400, body, n, NULL, 0, &m, &a);
     assert_int_equal(strlen(a.error), sizeof a.error - 1);
     assert_string_equal(a.error + sizeof a.error - 4, "...");
 }
@@ -711,8 +713,8 @@ static void test_classify_call(void **state)
         struct fly_call_result r;
 
         memset(&r, 0x5A, sizeof r);
-        fly_classify_call(c->status, c->body, c->body ? strlen(c->body) : 0, c->retry_after,
-                          c->retry_after ? strlen(c->retry_after) : 0, &r);
+        fly_classify(c->status, c->body, c->body ? strlen(c->body) : 0, c->retry_after,
+                     c->retry_after ? strlen(c->retry_after) : 0, NULL, &r);
         if (r.outcome != c->outcome)
             fail_msg("case %zu (HTTP %d): outcome %d, want %d", i, c->status, r.outcome,
                      c->outcome);

@@ -1,6 +1,6 @@
 /* ratelimit: the token bucket's pure core on a fake clock (burst, then the steady rate;
  * reservations queue in arrival order; a penalty pauses everyone and pushes the queue
- * back in order; a cancelled reservation comes back), then ratelimit_take_idle on the real
+ * back in order; a cancelled reservation comes back), then ratelimit_wait_idle on the real
  * clock: stop fds, many threads, a penalty arriving while a thread waits. Timing
  * assertions are lower bounds only: a slow machine never fails them. */
 #include <stdarg.h>
@@ -36,10 +36,11 @@ static void init(struct ratelimit *rl, double rate, int burst)
         fail_msg("ratelimit_init: %s", e.msg);
 }
 
-/* ratelimit_take_idle with one stop fd and no idle callback (what ratelimit_take was). */
+/* ratelimit_wait_idle with a bucket, one stop fd and no idle callback (what ratelimit_take
+ * was). */
 static int take(struct ratelimit *rl, int stop_fd, struct lerr *e)
 {
-    return ratelimit_take_idle(rl, &stop_fd, 1, NULL, NULL, e);
+    return ratelimit_wait_idle(rl, 0, &stop_fd, 1, NULL, NULL, e);
 }
 
 static void test_init_invalid(void **state)
@@ -235,11 +236,12 @@ static void test_take_cancel(void **state)
     assert_int_equal(take(&rl, -1, &e), 0);
     {
         int fds[3] = { -1, -1, -1 };
-        assert_int_equal(ratelimit_take_idle(&rl, fds, 3, NULL, NULL, &e), 0);
+        assert_int_equal(ratelimit_wait_idle(&rl, 0, fds, 3, NULL, NULL, &e), 0);
         fds[1] = pipefd[0];
-        assert_int_equal(ratelimit_take_idle(&rl, fds, 3, NULL, NULL, &e), -1);
+        assert_int_equal(ratelimit_wait_idle(&rl, 0, fds, 3, NULL, NULL, &e), -1);
         assert_int_equal(e.kind, LERR_CANCELLED);
-        assert_int_equal(ratelimit_take_idle(&rl, fds, RATELIMIT_MAX_FDS + 1, NULL, NULL, &e), -1);
+        assert_int_equal(ratelimit_wait_idle(&rl, 0, fds, RATELIMIT_MAX_FDS + 1, NULL, NULL,
+                                             &e), -1);
         assert_int_equal(e.kind, LERR_INVALID);
     }
     ratelimit_destroy(&rl);
@@ -349,10 +351,10 @@ static void test_take_idle(void **state)
     int64_t t0;
 
     assert_int_equal(ratelimit_init(&rl, 0.4, 1, &e), 0);
-    assert_int_equal(ratelimit_take_idle(&rl, NULL, 0, count_idle, &calls, &e), 0);
+    assert_int_equal(ratelimit_wait_idle(&rl, 0, NULL, 0, count_idle, &calls, &e), 0);
     assert_int_equal(calls, 0); /* the burst token: no wait, no idle call */
     t0 = ratelimit_now_ns();
-    assert_int_equal(ratelimit_take_idle(&rl, NULL, 0, count_idle, &calls, &e), 0);
+    assert_int_equal(ratelimit_wait_idle(&rl, 0, NULL, 0, count_idle, &calls, &e), 0);
     assert_true(ratelimit_now_ns() - t0 >= 2400000000LL);
     assert_true(calls >= 2);
     ratelimit_destroy(&rl);
