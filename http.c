@@ -24,6 +24,8 @@ struct http_conn {
     int fd;                   /* -1 while not connected */
     unsigned long last_used;  /* client's lru_clock at the last request */
     struct tls_client *tc;    /* https only, allocated with the slot */
+    size_t in_pos, in_len;    /* TLS: in[in_pos..in_len) read but not yet given to BearSSL */
+    unsigned char in[8192];
 };
 
 /* What a wait is for, so that a timeout can say which phase ran out of time. */
@@ -35,6 +37,7 @@ struct io {
     int wait_ms;              /* per-wait limit of the current phase */
     const char *phase;        /* "connecting to", "waiting for response from"... */
     int no_close_notify;      /* TLS: the socket ended without close_notify */
+    int answer_pending;       /* the request just went out: its answer cannot be there yet */
 };
 
 #define IO_CLOSED 0  /* conn_read: the peer closed (EOF or TLS close_notify) */
@@ -105,6 +108,12 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
  * Returns bytes moved (> 0), IO_CLOSED at EOF, or -1. */
 static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr *e)
 {
+    /* Waiting first saves the read that would only say EAGAIN. */
+    if (dir == POLLIN && io->answer_pending) {
+        io->answer_pending = 0;
+        if (io_wait(io, io->conn->fd, POLLIN, e) < 0)
+            return -1;
+    }
     for (;;) {
         /* MSG_NOSIGNAL: a peer that has gone must be an error, not a SIGPIPE. */
         ssize_t n = dir == POLLOUT ? send(io->conn->fd, buf, len, MSG_NOSIGNAL)
@@ -189,6 +198,27 @@ static int sock_connect(struct io *io, struct lerr *e)
  * BearSSL is a state machine without I/O; this drives it over the non-blocking socket,
  * waiting with io_wait so that every TLS wait has the same timeouts and cancel. */
 
+/* BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
+ * The socket is read in large reads into conn->in instead, and the engine fed from there.
+ * Returns bytes given (> 0), IO_CLOSED, or -1. */
+static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr *e)
+{
+    struct http_conn *conn = io->conn;
+
+    if (conn->in_pos == conn->in_len) {
+        long n = sock_io(io, conn->in, sizeof conn->in, POLLIN, e);
+        if (n <= 0)
+            return n;
+        conn->in_pos = 0;
+        conn->in_len = (size_t)n;
+    }
+    if (len > conn->in_len - conn->in_pos)
+        len = conn->in_len - conn->in_pos;
+    memcpy(buf, conn->in + conn->in_pos, len);
+    conn->in_pos += len;
+    return (long)len;
+}
+
 /* Runs the engine until one of the states in want is reached. Returns 1, IO_CLOSED when
  * the socket hit EOF (or the peer sent close_notify) and want includes BR_SSL_RECVAPP,
  * or -1. */
@@ -228,7 +258,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         }
         if (st & BR_SSL_RECVREC) {
             buf = br_ssl_engine_recvrec_buf(eng, &len);
-            n = sock_io(io, buf, len, POLLIN, e);
+            n = tls_recv(io, buf, len, e);
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED) {
@@ -307,19 +337,30 @@ static void conn_close(struct http_conn *conn)
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
+    conn->in_pos = 0;
+    conn->in_len = 0;
 }
 
-/* An idle keep-alive connection has nothing to say: if it is readable, the server has
- * closed it (EOF, reset or a TLS close_notify) or sent something unasked for. Either
- * way it cannot carry the next request. */
-static int conn_idle_broken(const struct http_conn *conn)
+/* One poll before a request answers two questions. A readable cancel_fd cancels it. An
+ * idle keep-alive connection has nothing to say: if it is readable, the server has closed
+ * it (EOF, reset or a TLS close_notify) or sent something unasked for. Either way it
+ * cannot carry the request, and is closed. */
+static int conn_check_idle(const struct http_client *c, struct http_conn *conn,
+                           struct lerr *e)
 {
-    struct pollfd p = { conn->fd, POLLIN, 0 };
+    struct pollfd p[2] = { { c->cancel_fd, POLLIN, 0 }, { conn->fd, POLLIN, 0 } };
+    /* TLS: bytes already read or decrypted but not used are invisible to poll. */
+    int unasked = conn->in_pos < conn->in_len ||
+                  (conn->tc && (br_ssl_engine_current_state(&conn->tc->cc.eng) & BR_SSL_RECVAPP));
 
-    /* TLS: bytes already decrypted but not read are invisible to poll. */
-    if (conn->tc && (br_ssl_engine_current_state(&conn->tc->cc.eng) & BR_SSL_RECVAPP))
-        return 1;
-    return poll(&p, 1, 0) != 0;
+    if ((c->cancel_fd >= 0 || conn->fd >= 0) && poll(p, 2, 0) > 0 && p[0].revents)
+        return lerr_set(e, LERR_CANCELLED, "cancelled before the request to %s", conn->host);
+    if (conn->fd >= 0 && (unasked || p[1].revents)) {
+        log_debug("http: %s:%u closed the idle connection; opening a new one", conn->host,
+                  conn->port);
+        conn_close(conn);
+    }
+    return 0;
 }
 
 static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
@@ -399,7 +440,7 @@ static int http_is_reserved(const char *name)
 /* Builds the whole request (head and body) in one buffer, so that it leaves in as few
  * segments or TLS records as possible. Header values are never logged: they carry
  * tokens and signatures. */
-static int http_build(const struct http_request *req, char **out, size_t *out_len,
+static int http_build(struct http_client *c, const struct http_request *req, size_t *out_len,
                       struct lerr *e)
 {
     const struct url *u = req->url;
@@ -421,9 +462,16 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
         has_ua |= strcasecmp(h->name, "user-agent") == 0;
         cap += strlen(h->name) + strlen(h->value) + 4;
     }
-    buf = malloc(cap);
-    if (!buf)
-        return lerr_set(e, LERR_NOMEM, "out of memory for a request of %zu bytes", cap);
+    if (cap > c->req_cap) {
+        free(c->req_buf);
+        c->req_cap = 0;
+        c->req_buf = malloc(cap);
+        if (!c->req_buf)
+            return lerr_set(e, LERR_NOMEM, "out of memory for a request of %zu bytes", cap);
+        c->req_cap = cap;
+        c->buffers_allocated++;
+    }
+    buf = c->req_buf;
     n += (size_t)snprintf(buf + n, cap - n, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method,
                           u->path, u->authority);
     if (!has_ua)
@@ -448,7 +496,6 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
     if (req->body_len)
         memcpy(buf + n, req->body, req->body_len);
     n += req->body_len;
-    *out = buf;
     *out_len = n;
     return 0;
 }
@@ -637,15 +684,18 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          size_t reqlen, int is_head, struct http_response *resp, int *reusable,
                          int *started, struct lerr *e)
 {
-    struct rbuf b = { 0 };
+    struct rbuf b = { c->spare_buf, 0, c->spare_cap, 0 };
     struct httpresp_head *h = &resp->head;
     long head_len;
     unsigned grown;
 
+    c->spare_buf = NULL;
+    c->spare_cap = 0;
     io_phase(io, "sending request to", c->io_timeout_ms);
     c->requests_sent++;
     if (conn_write(io, reqbuf, reqlen, e) < 0)
-        return -1;
+        goto fail;
+    io->answer_pending = 1;
     io_phase(io, "waiting for response from", c->io_timeout_ms);
     head_len = http_read_head(io, &b, is_head, h, started, e);
     if (head_len < 0)
@@ -659,14 +709,20 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
      * is now (the same bytes, so the same answer), rather than its pointers moved by hand. */
     if (b.grown != grown)
         httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
+    c->buffers_allocated += b.grown;
     b.p[b.len] = '\0';
     resp->buf = b.p;
+    resp->buf_cap = b.cap;
+    resp->owner = c;
     resp->status = h->status;
     resp->body = b.p + head_len;
     resp->body_len = b.len - (size_t)head_len;
     return 0;
 fail:
-    free(b.p);
+    resp->buf = b.p;
+    resp->buf_cap = b.cap;
+    resp->owner = c;
+    http_response_free(resp);
     return -1;
 }
 
@@ -689,6 +745,10 @@ void http_client_close(struct http_client *c)
         conn_free(c->conns[i]);
         c->conns[i] = NULL;
     }
+    free(c->req_buf);
+    free(c->spare_buf);
+    c->req_buf = c->spare_buf = NULL;
+    c->req_cap = c->spare_cap = 0;
 }
 
 static int http_check(const struct http_client *c, const struct http_request *req,
@@ -709,21 +769,14 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
 {
     struct http_conn *conn;
     struct io io = { 0 };
-    char *reqbuf = NULL;
     size_t reqlen = 0;
     int is_head, rc = -1;
 
     memset(resp, 0, sizeof *resp);
-    if (c->cancel_fd >= 0) {
-        struct pollfd p = { c->cancel_fd, POLLIN, 0 };
-        if (poll(&p, 1, 0) > 0)
-            return lerr_set(e, LERR_CANCELLED, "cancelled before the request to %s",
-                            req->url ? req->url->host : "?");
-    }
-    if (http_check(c, req, e) < 0 || http_build(req, &reqbuf, &reqlen, e) < 0)
+    if (http_check(c, req, e) < 0 || http_build(c, req, &reqlen, e) < 0)
         return -1;
     conn = conn_for(c, req->url, e);
-    if (!conn)
+    if (!conn || conn_check_idle(c, conn, e) < 0)
         goto out;
     conn->last_used = ++c->lru_clock;
     is_head = strcmp(req->method, "HEAD") == 0;
@@ -736,15 +789,9 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
         io.no_close_notify = 0;
-        if (reused && conn_idle_broken(conn)) {
-            log_debug("http: %s:%u closed the idle connection; opening a new one", conn->host,
-                      conn->port);
-            conn_close(conn);
-            reused = 0;
-        }
         if (!reused && conn_open(c, &io, e) < 0)
             goto out;
-        if (http_exchange(c, &io, reqbuf, reqlen, is_head, resp, &reusable, &started, e) == 0) {
+        if (http_exchange(c, &io, c->req_buf, reqlen, is_head, resp, &reusable, &started, e) == 0) {
             if (!reusable)
                 conn_close(conn);
             rc = 0;
@@ -760,7 +807,11 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
                   conn->port, e->msg);
     }
 out:
-    free(reqbuf);
+    if (c->req_cap > HTTP_KEEP_BUF) {
+        free(c->req_buf);
+        c->req_buf = NULL;
+        c->req_cap = 0;
+    }
     return rc;
 }
 
@@ -772,6 +823,13 @@ const char *http_response_header(const struct http_response *resp, const char *n
 
 void http_response_free(struct http_response *resp)
 {
-    free(resp->buf);
+    struct http_client *c = resp->owner;
+
+    if (c && !c->spare_buf && resp->buf_cap <= HTTP_KEEP_BUF) {
+        c->spare_buf = resp->buf;
+        c->spare_cap = resp->buf_cap;
+    } else {
+        free(resp->buf);
+    }
     memset(resp, 0, sizeof *resp);
 }

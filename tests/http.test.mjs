@@ -323,6 +323,21 @@ describe('connections', () => {
     }
   });
 
+  test('steady state allocates nothing: one request and one response buffer serve every request', T, async () => {
+    const servers = await both(echo);
+    try {
+      for (const s of servers) {
+        const r = await runHttpc(['--method', 'POST', '--data-size', '6000', '--repeat', '20', '--alloc-stats', s.url('/b')],
+          { env: caEnv });
+        assertOk(r, 20);
+        assert.equal(r.results[19].body_len, r.results[0].body_len);
+        assert.deepEqual(r.stats, { connections_opened: 1, requests_sent: 20, buffers_allocated: 2 });
+      }
+    } finally {
+      for (const s of servers) await s.close();
+    }
+  });
+
   test('one connection per origin, least recently used evicted beyond 4 origins', T, async () => {
     const servers = [];
     for (let i = 0; i < 5; i++) servers.push(await httpServer(echo));
