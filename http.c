@@ -437,17 +437,24 @@ static int http_is_reserved(const char *name)
            strcasecmp(name, "connection") == 0 || strcasecmp(name, "transfer-encoding") == 0;
 }
 
-/* Builds the whole request (head and body) in one buffer, so that it leaves in as few
- * segments or TLS records as possible. Header values are never logged: they carry
- * tokens and signatures. */
+/* Checks req and builds the whole request (head and body) in the client's buffer, so that
+ * it leaves in as few segments or TLS records as possible. Header values are never
+ * logged: they carry tokens and signatures. */
 static int http_build(struct http_client *c, const struct http_request *req, size_t *out_len,
                       struct lerr *e)
 {
     const struct url *u = req->url;
-    size_t cap = strlen(req->method) + strlen(u->path) + strlen(u->authority) + 128 + req->body_len;
     int has_ua = 0, has_body;
-    size_t n = 0;
+    size_t n = 0, cap;
     char *buf;
+
+    if (!u || !req->method || !httpresp_is_token(req->method))
+        return lerr_set(e, LERR_INVALID, "HTTP request needs a URL and a valid method");
+    if (req->body_len && !req->body)
+        return lerr_set(e, LERR_INVALID, "HTTP request has a body length but no body");
+    if (u->tls && (!c->anchors || c->anchors->count == 0))
+        return lerr_set(e, LERR_INVALID, "https to %s needs trust anchors (none loaded)", u->host);
+    cap = strlen(req->method) + strlen(u->path) + strlen(u->authority) + 128 + req->body_len;
 
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
@@ -611,71 +618,55 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
 {
     struct httpresp_chunked ch = { 0 };
     size_t raw = at;  /* chunked: b->p[at..raw) is decoded body */
+    unsigned long long want = h->content_length;  /* BODY_LENGTH; 0 for BODY_NONE */
     long n;
 
     *reusable = 0;
-    switch (h->framing) {
-    case HTTPRESP_BODY_NONE:    /* content_length 0 */
-    case HTTPRESP_BODY_LENGTH: {
-        size_t want = at + (size_t)h->content_length;
-        if (h->content_length > max_body)
-            return http_too_large(io, h->content_length, max_body, e);
-        if (b->len < want && rbuf_reserve(b, want - b->len, e) < 0)
-            return -1;
-        while (b->len < want) {
-            n = conn_read(io, b->p + b->len, want - b->len, e);
-            if (n < 0)
-                return -1;
-            if (n == IO_CLOSED)
-                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection after "
-                               "%zu of %llu body bytes, while", b->len - at, h->content_length);
-            b->len += (size_t)n;
-        }
-        *reusable = b->len == want;
-        b->len = want;
-        return 0;
-    }
-    case HTTPRESP_BODY_CHUNKED:
-        for (;;) {
+    if (want > max_body)
+        return http_too_large(io, want, max_body, e);
+    /* A known length gets its room at once (and a read's worth more, for rbuf_fill). */
+    if (rbuf_reserve(b, (size_t)want + 4096, e) < 0)
+        return -1;
+    for (;;) {
+        if (h->framing == HTTPRESP_BODY_CHUNKED) {
             size_t out = b->len - raw;
             int rc = httpresp_chunked_decode(&ch, b->p + raw, &out, max_body, e);
-            if (rc == HTTPRESP_ERROR) {
-                if (e && e->kind == LERR_TOO_LARGE)
-                    return http_too_large(io, 0, max_body, e);
+            if (rc == HTTPRESP_ERROR && e && e->kind == LERR_TOO_LARGE)
+                return http_too_large(io, 0, max_body, e);
+            if (rc == HTTPRESP_ERROR)
                 return http_malformed(io, e);
-            }
+            b->len = raw + out;
+            raw = b->len;
             if (rc >= 0) {
                 *reusable = rc == 0;
-                b->len = raw + out;
                 return 0;
             }
-            raw += out;
-            b->len = raw;
-            n = rbuf_fill(io, b, e);
-            if (n < 0)
-                return -1;
-            if (n == IO_CLOSED)
-                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
-                               "middle of a chunked body (after %zu bytes), while", raw - at);
+        } else if (h->framing != HTTPRESP_BODY_UNTIL_CLOSE && b->len - at >= want) {
+            *reusable = b->len - at == want;
+            b->len = at + (size_t)want;
+            return 0;
+        } else if (b->len - at > max_body) {
+            return http_too_large(io, 0, max_body, e);
         }
-    case HTTPRESP_BODY_UNTIL_CLOSE:
-        for (;;) {
-            if (b->len - at > max_body)
-                return http_too_large(io, 0, max_body, e);
-            n = rbuf_fill(io, b, e);
-            if (n < 0)
-                return -1;
-            /* Over TLS only close_notify ends such a body: a bare EOF may be an attacker
-             * or a middlebox cutting it short (RFC 5246 7.2.1). */
-            if (n == IO_CLOSED && io->no_close_notify)
-                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection without "
-                               "TLS close_notify after %zu body bytes (the body may be "
-                               "truncated), while", b->len - at);
-            if (n == IO_CLOSED)
-                return 0;
-        }
+        n = rbuf_fill(io, b, e);
+        if (n < 0)
+            return -1;
+        if (n > 0)
+            continue;
+        if (h->framing == HTTPRESP_BODY_LENGTH)
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection after "
+                           "%zu of %llu body bytes, while", b->len - at, want);
+        if (h->framing == HTTPRESP_BODY_CHUNKED)
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                           "middle of a chunked body (after %zu bytes), while", raw - at);
+        /* Over TLS only close_notify ends a body delimited by the close: a bare EOF may be
+         * an attacker or a middlebox cutting it short (RFC 5246 7.2.1). */
+        if (io->no_close_notify)
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection without "
+                           "TLS close_notify after %zu body bytes (the body may be "
+                           "truncated), while", b->len - at);
+        return 0;
     }
-    return lerr_set(e, LERR_MALFORMED, "unknown body framing");
 }
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
@@ -751,19 +742,6 @@ void http_client_close(struct http_client *c)
     c->req_cap = c->spare_cap = 0;
 }
 
-static int http_check(const struct http_client *c, const struct http_request *req,
-                      struct lerr *e)
-{
-    if (!req->url || !req->method || !httpresp_is_token(req->method))
-        return lerr_set(e, LERR_INVALID, "HTTP request needs a URL and a valid method");
-    if (req->body_len && !req->body)
-        return lerr_set(e, LERR_INVALID, "HTTP request has a body length but no body");
-    if (req->url->tls && (!c->anchors || c->anchors->count == 0))
-        return lerr_set(e, LERR_INVALID, "https to %s needs trust anchors (none loaded)",
-                        req->url->host);
-    return 0;
-}
-
 int http_do(struct http_client *c, const struct http_request *req, struct http_response *resp,
             struct lerr *e)
 {
@@ -773,7 +751,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
     int is_head, rc = -1;
 
     memset(resp, 0, sizeof *resp);
-    if (http_check(c, req, e) < 0 || http_build(c, req, &reqlen, e) < 0)
+    if (http_build(c, req, &reqlen, e) < 0)
         return -1;
     conn = conn_for(c, req->url, e);
     if (!conn || conn_check_idle(c, conn, e) < 0)
