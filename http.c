@@ -558,43 +558,41 @@ static int http_malformed(struct io *io, struct lerr *e)
 static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct httpresp_head *h,
                            int *started, struct lerr *e)
 {
-    int after_1xx = 0;
+    int parse = 0, at_eof = 0;
 
     for (;;) {
         size_t old = b->len;
-        int at_eof = 0;
-        long n = after_1xx ? 0 : rbuf_fill(io, b, e);
+        long n;
 
+        if (parse) {
+            int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
+            if (rc == HTTPRESP_ERROR)
+                return http_malformed(io, e);
+            /* Never at HTTPRESP_MAX_HEAD bytes, where the parser says LERR_TOO_LARGE. */
+            if (rc == HTTPRESP_INCOMPLETE && at_eof)
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                               "middle of the response head (%zu bytes), while", b->len);
+            if (rc > 0 && h->status >= 200)
+                return rc;
+            if (rc > 0 && h->status == 101)
+                return io_fail(io, e, LERR_MALFORMED, "the server switched protocols unasked, while");
+            if (rc > 0) {
+                /* 1xx: drop it and parse what follows as a new response. */
+                memmove(b->p, b->p + rc, b->len - (size_t)rc);
+                b->len -= (size_t)rc;
+                parse = b->len > 0;
+                continue;
+            }
+        }
+        n = rbuf_fill(io, b, e);
         if (n < 0)
             return -1;
-        if (n > 0) {
-            *started = 1;
-            if (!memchr(b->p + old, '\n', (size_t)n) && b->len < HTTPRESP_MAX_HEAD)
-                continue;
-        } else if (b->len == 0) {
+        if (n == IO_CLOSED && b->len == 0)
             return io_fail(io, e, LERR_CLOSED, "the server closed the connection without "
                            "answering, while");
-        } else {
-            at_eof = !after_1xx;
-        }
-        after_1xx = 0;
-        int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
-        if (rc == HTTPRESP_ERROR)
-            return http_malformed(io, e);
-        /* Never at HTTPRESP_MAX_HEAD bytes, where the parser says LERR_TOO_LARGE. */
-        if (rc == HTTPRESP_INCOMPLETE && at_eof)
-            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
-                           "middle of the response head (%zu bytes), while", b->len);
-        if (rc == HTTPRESP_INCOMPLETE)
-            continue;
-        if (h->status >= 200)
-            return rc;
-        if (h->status == 101)
-            return io_fail(io, e, LERR_MALFORMED, "the server switched protocols unasked, while");
-        /* 1xx: drop it and parse what follows as a new response. */
-        memmove(b->p, b->p + rc, b->len - (size_t)rc);
-        b->len -= (size_t)rc;
-        after_1xx = b->len > 0;
+        *started |= n > 0;
+        at_eof = n == IO_CLOSED;
+        parse = at_eof || b->len >= HTTPRESP_MAX_HEAD || memchr(b->p + old, '\n', (size_t)n);
     }
 }
 
@@ -669,6 +667,18 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
     }
 }
 
+/* Keeps a response buffer for the client's next response, unless one is kept already or
+ * it is over HTTP_KEEP_BUF. */
+static void http_keep(struct http_client *c, char *buf, size_t cap)
+{
+    if (!c->spare_buf && cap <= HTTP_KEEP_BUF) {
+        c->spare_buf = buf;
+        c->spare_cap = cap;
+    } else {
+        free(buf);
+    }
+}
+
 /* One exchange on a connected conn. *started tells the caller whether the server had
  * begun to answer (then the request must not be resent). */
 static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
@@ -710,10 +720,7 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
     resp->body_len = b.len - (size_t)head_len;
     return 0;
 fail:
-    resp->buf = b.p;
-    resp->buf_cap = b.cap;
-    resp->owner = c;
-    http_response_free(resp);
+    http_keep(c, b.p, b.cap);
     return -1;
 }
 
@@ -801,13 +808,7 @@ const char *http_response_header(const struct http_response *resp, const char *n
 
 void http_response_free(struct http_response *resp)
 {
-    struct http_client *c = resp->owner;
-
-    if (c && !c->spare_buf && resp->buf_cap <= HTTP_KEEP_BUF) {
-        c->spare_buf = resp->buf;
-        c->spare_cap = resp->buf_cap;
-    } else {
-        free(resp->buf);
-    }
+    if (resp->owner)
+        http_keep(resp->owner, resp->buf, resp->buf_cap);
     memset(resp, 0, sizeof *resp);
 }
