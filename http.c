@@ -40,7 +40,7 @@ struct io {
     int answer_pending;       /* the request just went out: its answer cannot be there yet */
 };
 
-#define IO_CLOSED 0  /* conn_read: the peer closed (EOF or TLS close_notify) */
+#define IO_CLOSED 0  /* rbuf_fill: the peer closed (EOF or TLS close_notify) */
 
 static long long now_ms(void)
 {
@@ -309,28 +309,6 @@ static int conn_write(struct io *io, char *buf, size_t len, struct lerr *e)
     return tls_run(io, BR_SSL_SENDAPP | BR_SSL_RECVAPP, e) < 0 ? -1 : 0;
 }
 
-/* Reads what is available (waiting for at least one byte). Returns bytes, IO_CLOSED, -1. */
-static long conn_read(struct io *io, char *buf, size_t cap, struct lerr *e)
-{
-    struct http_conn *conn = io->conn;
-    br_ssl_engine_context *eng;
-    unsigned char *src;
-    size_t avail;
-    int rc;
-
-    if (!conn->tc)
-        return sock_io(io, buf, cap, POLLIN, e);
-    eng = &conn->tc->cc.eng;
-    rc = tls_run(io, BR_SSL_RECVAPP, e);
-    if (rc <= 0)
-        return rc;
-    src = br_ssl_engine_recvapp_buf(eng, &avail);
-    if (avail > cap)
-        avail = cap;
-    memcpy(buf, src, avail);
-    br_ssl_engine_recvapp_ack(eng, avail);
-    return (long)avail;
-}
 
 static void conn_close(struct http_conn *conn)
 {
@@ -533,14 +511,28 @@ static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
     return 0;
 }
 
-/* Reads more bytes into b. Returns bytes read, IO_CLOSED, or -1. */
+/* Reads what is available into b, plain or TLS (waiting for at least one byte). Returns
+ * bytes read, IO_CLOSED, or -1. */
 static long rbuf_fill(struct io *io, struct rbuf *b, struct lerr *e)
 {
+    struct tls_client *tc = io->conn->tc;
+    size_t room, avail;
     long n;
 
     if (b->cap - b->len < 4096 + 1 && rbuf_reserve(b, 4096, e) < 0)
         return -1;
-    n = conn_read(io, b->p + b->len, b->cap - b->len - 1, e);
+    room = b->cap - b->len - 1;
+    if (!tc) {
+        n = sock_io(io, b->p + b->len, room, POLLIN, e);
+    } else {
+        n = tls_run(io, BR_SSL_RECVAPP, e);
+        if (n > 0) {
+            unsigned char *src = br_ssl_engine_recvapp_buf(&tc->cc.eng, &avail);
+            n = (long)(avail < room ? avail : room);
+            memcpy(b->p + b->len, src, (size_t)n);
+            br_ssl_engine_recvapp_ack(&tc->cc.eng, (size_t)n);
+        }
+    }
     if (n > 0)
         b->len += (size_t)n;
     return n;
