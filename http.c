@@ -24,6 +24,8 @@ struct http_conn {
     int fd;                   /* -1 while not connected */
     unsigned long last_used;  /* client's lru_clock at the last request */
     struct tls_client *tc;    /* https only, allocated with the slot */
+    size_t in_pos, in_len;    /* TLS: in[in_pos..in_len) read but not yet given to BearSSL */
+    unsigned char in[8192];
 };
 
 /* What a wait is for, so that a timeout can say which phase ran out of time. */
@@ -35,9 +37,10 @@ struct io {
     int wait_ms;              /* per-wait limit of the current phase */
     const char *phase;        /* "connecting to", "waiting for response from"... */
     int no_close_notify;      /* TLS: the socket ended without close_notify */
+    int answer_pending;       /* the request just went out: its answer cannot be there yet */
 };
 
-#define IO_CLOSED 0  /* conn_read: the peer closed (EOF or TLS close_notify) */
+#define IO_CLOSED 0  /* rbuf_fill: the peer closed (EOF or TLS close_notify) */
 
 static long long now_ms(void)
 {
@@ -105,6 +108,12 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
  * Returns bytes moved (> 0), IO_CLOSED at EOF, or -1. */
 static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr *e)
 {
+    /* Waiting first saves the read that would only say EAGAIN. */
+    if (dir == POLLIN && io->answer_pending) {
+        io->answer_pending = 0;
+        if (io_wait(io, io->conn->fd, POLLIN, e) < 0)
+            return -1;
+    }
     for (;;) {
         /* MSG_NOSIGNAL: a peer that has gone must be an error, not a SIGPIPE. */
         ssize_t n = dir == POLLOUT ? send(io->conn->fd, buf, len, MSG_NOSIGNAL)
@@ -189,6 +198,27 @@ static int sock_connect(struct io *io, struct lerr *e)
  * BearSSL is a state machine without I/O; this drives it over the non-blocking socket,
  * waiting with io_wait so that every TLS wait has the same timeouts and cancel. */
 
+/* BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
+ * The socket is read in large reads into conn->in instead, and the engine fed from there.
+ * Returns bytes given (> 0), IO_CLOSED, or -1. */
+static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr *e)
+{
+    struct http_conn *conn = io->conn;
+
+    if (conn->in_pos == conn->in_len) {
+        long n = sock_io(io, conn->in, sizeof conn->in, POLLIN, e);
+        if (n <= 0)
+            return n;
+        conn->in_pos = 0;
+        conn->in_len = (size_t)n;
+    }
+    if (len > conn->in_len - conn->in_pos)
+        len = conn->in_len - conn->in_pos;
+    memcpy(buf, conn->in + conn->in_pos, len);
+    conn->in_pos += len;
+    return (long)len;
+}
+
 /* Runs the engine until one of the states in want is reached. Returns 1, IO_CLOSED when
  * the socket hit EOF (or the peer sent close_notify) and want includes BR_SSL_RECVAPP,
  * or -1. */
@@ -228,7 +258,7 @@ static int tls_run(struct io *io, unsigned want, struct lerr *e)
         }
         if (st & BR_SSL_RECVREC) {
             buf = br_ssl_engine_recvrec_buf(eng, &len);
-            n = sock_io(io, buf, len, POLLIN, e);
+            n = tls_recv(io, buf, len, e);
             if (n < 0)
                 return -1;
             if (n == IO_CLOSED) {
@@ -279,47 +309,36 @@ static int conn_write(struct io *io, char *buf, size_t len, struct lerr *e)
     return tls_run(io, BR_SSL_SENDAPP | BR_SSL_RECVAPP, e) < 0 ? -1 : 0;
 }
 
-/* Reads what is available (waiting for at least one byte). Returns bytes, IO_CLOSED, -1. */
-static long conn_read(struct io *io, char *buf, size_t cap, struct lerr *e)
-{
-    struct http_conn *conn = io->conn;
-    br_ssl_engine_context *eng;
-    unsigned char *src;
-    size_t avail;
-    int rc;
-
-    if (!conn->tc)
-        return sock_io(io, buf, cap, POLLIN, e);
-    eng = &conn->tc->cc.eng;
-    rc = tls_run(io, BR_SSL_RECVAPP, e);
-    if (rc <= 0)
-        return rc;
-    src = br_ssl_engine_recvapp_buf(eng, &avail);
-    if (avail > cap)
-        avail = cap;
-    memcpy(buf, src, avail);
-    br_ssl_engine_recvapp_ack(eng, avail);
-    return (long)avail;
-}
 
 static void conn_close(struct http_conn *conn)
 {
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
+    conn->in_pos = 0;
+    conn->in_len = 0;
 }
 
-/* An idle keep-alive connection has nothing to say: if it is readable, the server has
- * closed it (EOF, reset or a TLS close_notify) or sent something unasked for. Either
- * way it cannot carry the next request. */
-static int conn_idle_broken(const struct http_conn *conn)
+/* One poll before a request answers two questions. A readable cancel_fd cancels it. An
+ * idle keep-alive connection has nothing to say: if it is readable, the server has closed
+ * it (EOF, reset or a TLS close_notify) or sent something unasked for. Either way it
+ * cannot carry the request, and is closed. */
+static int conn_check_idle(const struct http_client *c, struct http_conn *conn,
+                           struct lerr *e)
 {
-    struct pollfd p = { conn->fd, POLLIN, 0 };
+    struct pollfd p[2] = { { c->cancel_fd, POLLIN, 0 }, { conn->fd, POLLIN, 0 } };
+    /* TLS: bytes already read or decrypted but not used are invisible to poll. */
+    int unasked = conn->in_pos < conn->in_len ||
+                  (conn->tc && (br_ssl_engine_current_state(&conn->tc->cc.eng) & BR_SSL_RECVAPP));
 
-    /* TLS: bytes already decrypted but not read are invisible to poll. */
-    if (conn->tc && (br_ssl_engine_current_state(&conn->tc->cc.eng) & BR_SSL_RECVAPP))
-        return 1;
-    return poll(&p, 1, 0) != 0;
+    if ((c->cancel_fd >= 0 || conn->fd >= 0) && poll(p, 2, 0) > 0 && p[0].revents)
+        return lerr_set(e, LERR_CANCELLED, "cancelled before the request to %s", conn->host);
+    if (conn->fd >= 0 && (unasked || p[1].revents)) {
+        log_debug("http: %s:%u closed the idle connection; opening a new one", conn->host,
+                  conn->port);
+        conn_close(conn);
+    }
+    return 0;
 }
 
 static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
@@ -396,17 +415,24 @@ static int http_is_reserved(const char *name)
            strcasecmp(name, "connection") == 0 || strcasecmp(name, "transfer-encoding") == 0;
 }
 
-/* Builds the whole request (head and body) in one buffer, so that it leaves in as few
- * segments or TLS records as possible. Header values are never logged: they carry
- * tokens and signatures. */
-static int http_build(const struct http_request *req, char **out, size_t *out_len,
+/* Checks req and builds the whole request (head and body) in the client's buffer, so that
+ * it leaves in as few segments or TLS records as possible. Header values are never
+ * logged: they carry tokens and signatures. */
+static int http_build(struct http_client *c, const struct http_request *req, size_t *out_len,
                       struct lerr *e)
 {
     const struct url *u = req->url;
-    size_t cap = strlen(req->method) + strlen(u->path) + strlen(u->authority) + 128 + req->body_len;
     int has_ua = 0, has_body;
-    size_t n = 0;
+    size_t n = 0, cap;
     char *buf;
+
+    if (!u || !req->method || !httpresp_is_token(req->method))
+        return lerr_set(e, LERR_INVALID, "HTTP request needs a URL and a valid method");
+    if (req->body_len && !req->body)
+        return lerr_set(e, LERR_INVALID, "HTTP request has a body length but no body");
+    if (u->tls && (!c->anchors || c->anchors->count == 0))
+        return lerr_set(e, LERR_INVALID, "https to %s needs trust anchors (none loaded)", u->host);
+    cap = strlen(req->method) + strlen(u->path) + strlen(u->authority) + 128 + req->body_len;
 
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
@@ -421,9 +447,16 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
         has_ua |= strcasecmp(h->name, "user-agent") == 0;
         cap += strlen(h->name) + strlen(h->value) + 4;
     }
-    buf = malloc(cap);
-    if (!buf)
-        return lerr_set(e, LERR_NOMEM, "out of memory for a request of %zu bytes", cap);
+    if (cap > c->req_cap) {
+        free(c->req_buf);
+        c->req_cap = 0;
+        c->req_buf = malloc(cap);
+        if (!c->req_buf)
+            return lerr_set(e, LERR_NOMEM, "out of memory for a request of %zu bytes", cap);
+        c->req_cap = cap;
+        c->buffers_allocated++;
+    }
+    buf = c->req_buf;
     n += (size_t)snprintf(buf + n, cap - n, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method,
                           u->path, u->authority);
     if (!has_ua)
@@ -448,7 +481,6 @@ static int http_build(const struct http_request *req, char **out, size_t *out_le
     if (req->body_len)
         memcpy(buf + n, req->body, req->body_len);
     n += req->body_len;
-    *out = buf;
     *out_len = n;
     return 0;
 }
@@ -479,14 +511,28 @@ static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
     return 0;
 }
 
-/* Reads more bytes into b. Returns bytes read, IO_CLOSED, or -1. */
+/* Reads what is available into b, plain or TLS (waiting for at least one byte). Returns
+ * bytes read, IO_CLOSED, or -1. */
 static long rbuf_fill(struct io *io, struct rbuf *b, struct lerr *e)
 {
+    struct tls_client *tc = io->conn->tc;
+    size_t room, avail;
     long n;
 
     if (b->cap - b->len < 4096 + 1 && rbuf_reserve(b, 4096, e) < 0)
         return -1;
-    n = conn_read(io, b->p + b->len, b->cap - b->len - 1, e);
+    room = b->cap - b->len - 1;
+    if (!tc) {
+        n = sock_io(io, b->p + b->len, room, POLLIN, e);
+    } else {
+        n = tls_run(io, BR_SSL_RECVAPP, e);
+        if (n > 0) {
+            unsigned char *src = br_ssl_engine_recvapp_buf(&tc->cc.eng, &avail);
+            n = (long)(avail < room ? avail : room);
+            memcpy(b->p + b->len, src, (size_t)n);
+            br_ssl_engine_recvapp_ack(&tc->cc.eng, (size_t)n);
+        }
+    }
     if (n > 0)
         b->len += (size_t)n;
     return n;
@@ -504,43 +550,41 @@ static int http_malformed(struct io *io, struct lerr *e)
 static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct httpresp_head *h,
                            int *started, struct lerr *e)
 {
-    int after_1xx = 0;
+    int parse = 0, at_eof = 0;
 
     for (;;) {
         size_t old = b->len;
-        int at_eof = 0;
-        long n = after_1xx ? 0 : rbuf_fill(io, b, e);
+        long n;
 
+        if (parse) {
+            int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
+            if (rc == HTTPRESP_ERROR)
+                return http_malformed(io, e);
+            /* Never at HTTPRESP_MAX_HEAD bytes, where the parser says LERR_TOO_LARGE. */
+            if (rc == HTTPRESP_INCOMPLETE && at_eof)
+                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                               "middle of the response head (%zu bytes), while", b->len);
+            if (rc > 0 && h->status >= 200)
+                return rc;
+            if (rc > 0 && h->status == 101)
+                return io_fail(io, e, LERR_MALFORMED, "the server switched protocols unasked, while");
+            if (rc > 0) {
+                /* 1xx: drop it and parse what follows as a new response. */
+                memmove(b->p, b->p + rc, b->len - (size_t)rc);
+                b->len -= (size_t)rc;
+                parse = b->len > 0;
+                continue;
+            }
+        }
+        n = rbuf_fill(io, b, e);
         if (n < 0)
             return -1;
-        if (n > 0) {
-            *started = 1;
-            if (!memchr(b->p + old, '\n', (size_t)n) && b->len < HTTPRESP_MAX_HEAD)
-                continue;
-        } else if (b->len == 0) {
+        if (n == IO_CLOSED && b->len == 0)
             return io_fail(io, e, LERR_CLOSED, "the server closed the connection without "
                            "answering, while");
-        } else {
-            at_eof = !after_1xx;
-        }
-        after_1xx = 0;
-        int rc = httpresp_parse_head(b->p, b->len, is_head, h, e);
-        if (rc == HTTPRESP_ERROR)
-            return http_malformed(io, e);
-        /* Never at HTTPRESP_MAX_HEAD bytes, where the parser says LERR_TOO_LARGE. */
-        if (rc == HTTPRESP_INCOMPLETE && at_eof)
-            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
-                           "middle of the response head (%zu bytes), while", b->len);
-        if (rc == HTTPRESP_INCOMPLETE)
-            continue;
-        if (h->status >= 200)
-            return rc;
-        if (h->status == 101)
-            return io_fail(io, e, LERR_MALFORMED, "the server switched protocols unasked, while");
-        /* 1xx: drop it and parse what follows as a new response. */
-        memmove(b->p, b->p + rc, b->len - (size_t)rc);
-        b->len -= (size_t)rc;
-        after_1xx = b->len > 0;
+        *started |= n > 0;
+        at_eof = n == IO_CLOSED;
+        parse = at_eof || b->len >= HTTPRESP_MAX_HEAD || memchr(b->p + old, '\n', (size_t)n);
     }
 }
 
@@ -564,71 +608,67 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
 {
     struct httpresp_chunked ch = { 0 };
     size_t raw = at;  /* chunked: b->p[at..raw) is decoded body */
+    unsigned long long want = h->content_length;  /* BODY_LENGTH; 0 for BODY_NONE */
     long n;
 
     *reusable = 0;
-    switch (h->framing) {
-    case HTTPRESP_BODY_NONE:    /* content_length 0 */
-    case HTTPRESP_BODY_LENGTH: {
-        size_t want = at + (size_t)h->content_length;
-        if (h->content_length > max_body)
-            return http_too_large(io, h->content_length, max_body, e);
-        if (b->len < want && rbuf_reserve(b, want - b->len, e) < 0)
-            return -1;
-        while (b->len < want) {
-            n = conn_read(io, b->p + b->len, want - b->len, e);
-            if (n < 0)
-                return -1;
-            if (n == IO_CLOSED)
-                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection after "
-                               "%zu of %llu body bytes, while", b->len - at, h->content_length);
-            b->len += (size_t)n;
-        }
-        *reusable = b->len == want;
-        b->len = want;
-        return 0;
-    }
-    case HTTPRESP_BODY_CHUNKED:
-        for (;;) {
+    if (want > max_body)
+        return http_too_large(io, want, max_body, e);
+    /* A known length gets its room at once (and a read's worth more, for rbuf_fill). */
+    if (rbuf_reserve(b, (size_t)want + 4096, e) < 0)
+        return -1;
+    for (;;) {
+        if (h->framing == HTTPRESP_BODY_CHUNKED) {
             size_t out = b->len - raw;
             int rc = httpresp_chunked_decode(&ch, b->p + raw, &out, max_body, e);
-            if (rc == HTTPRESP_ERROR) {
-                if (e && e->kind == LERR_TOO_LARGE)
-                    return http_too_large(io, 0, max_body, e);
+            if (rc == HTTPRESP_ERROR && e && e->kind == LERR_TOO_LARGE)
+                return http_too_large(io, 0, max_body, e);
+            if (rc == HTTPRESP_ERROR)
                 return http_malformed(io, e);
-            }
+            b->len = raw + out;
+            raw = b->len;
             if (rc >= 0) {
                 *reusable = rc == 0;
-                b->len = raw + out;
                 return 0;
             }
-            raw += out;
-            b->len = raw;
-            n = rbuf_fill(io, b, e);
-            if (n < 0)
-                return -1;
-            if (n == IO_CLOSED)
-                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
-                               "middle of a chunked body (after %zu bytes), while", raw - at);
+        } else if (h->framing != HTTPRESP_BODY_UNTIL_CLOSE && b->len - at >= want) {
+            *reusable = b->len - at == want;
+            b->len = at + (size_t)want;
+            return 0;
+        } else if (b->len - at > max_body) {
+            return http_too_large(io, 0, max_body, e);
         }
-    case HTTPRESP_BODY_UNTIL_CLOSE:
-        for (;;) {
-            if (b->len - at > max_body)
-                return http_too_large(io, 0, max_body, e);
-            n = rbuf_fill(io, b, e);
-            if (n < 0)
-                return -1;
-            /* Over TLS only close_notify ends such a body: a bare EOF may be an attacker
-             * or a middlebox cutting it short (RFC 5246 7.2.1). */
-            if (n == IO_CLOSED && io->no_close_notify)
-                return io_fail(io, e, LERR_MALFORMED, "the server closed the connection without "
-                               "TLS close_notify after %zu body bytes (the body may be "
-                               "truncated), while", b->len - at);
-            if (n == IO_CLOSED)
-                return 0;
-        }
+        n = rbuf_fill(io, b, e);
+        if (n < 0)
+            return -1;
+        if (n > 0)
+            continue;
+        if (h->framing == HTTPRESP_BODY_LENGTH)
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection after "
+                           "%zu of %llu body bytes, while", b->len - at, want);
+        if (h->framing == HTTPRESP_BODY_CHUNKED)
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection in the "
+                           "middle of a chunked body (after %zu bytes), while", raw - at);
+        /* Over TLS only close_notify ends a body delimited by the close: a bare EOF may be
+         * an attacker or a middlebox cutting it short (RFC 5246 7.2.1). */
+        if (io->no_close_notify)
+            return io_fail(io, e, LERR_MALFORMED, "the server closed the connection without "
+                           "TLS close_notify after %zu body bytes (the body may be "
+                           "truncated), while", b->len - at);
+        return 0;
     }
-    return lerr_set(e, LERR_MALFORMED, "unknown body framing");
+}
+
+/* Keeps a response buffer for the client's next response, unless one is kept already or
+ * it is over HTTP_KEEP_BUF. */
+static void http_keep(struct http_client *c, char *buf, size_t cap)
+{
+    if (!c->spare_buf && cap <= HTTP_KEEP_BUF) {
+        c->spare_buf = buf;
+        c->spare_cap = cap;
+    } else {
+        free(buf);
+    }
 }
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
@@ -637,15 +677,18 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          size_t reqlen, int is_head, struct http_response *resp, int *reusable,
                          int *started, struct lerr *e)
 {
-    struct rbuf b = { 0 };
+    struct rbuf b = { c->spare_buf, 0, c->spare_cap, 0 };
     struct httpresp_head *h = &resp->head;
     long head_len;
     unsigned grown;
 
+    c->spare_buf = NULL;
+    c->spare_cap = 0;
     io_phase(io, "sending request to", c->io_timeout_ms);
     c->requests_sent++;
     if (conn_write(io, reqbuf, reqlen, e) < 0)
-        return -1;
+        goto fail;
+    io->answer_pending = 1;
     io_phase(io, "waiting for response from", c->io_timeout_ms);
     head_len = http_read_head(io, &b, is_head, h, started, e);
     if (head_len < 0)
@@ -659,14 +702,17 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
      * is now (the same bytes, so the same answer), rather than its pointers moved by hand. */
     if (b.grown != grown)
         httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
+    c->buffers_allocated += b.grown;
     b.p[b.len] = '\0';
     resp->buf = b.p;
+    resp->buf_cap = b.cap;
+    resp->owner = c;
     resp->status = h->status;
     resp->body = b.p + head_len;
     resp->body_len = b.len - (size_t)head_len;
     return 0;
 fail:
-    free(b.p);
+    http_keep(c, b.p, b.cap);
     return -1;
 }
 
@@ -689,19 +735,10 @@ void http_client_close(struct http_client *c)
         conn_free(c->conns[i]);
         c->conns[i] = NULL;
     }
-}
-
-static int http_check(const struct http_client *c, const struct http_request *req,
-                      struct lerr *e)
-{
-    if (!req->url || !req->method || !httpresp_is_token(req->method))
-        return lerr_set(e, LERR_INVALID, "HTTP request needs a URL and a valid method");
-    if (req->body_len && !req->body)
-        return lerr_set(e, LERR_INVALID, "HTTP request has a body length but no body");
-    if (req->url->tls && (!c->anchors || c->anchors->count == 0))
-        return lerr_set(e, LERR_INVALID, "https to %s needs trust anchors (none loaded)",
-                        req->url->host);
-    return 0;
+    free(c->req_buf);
+    free(c->spare_buf);
+    c->req_buf = c->spare_buf = NULL;
+    c->req_cap = c->spare_cap = 0;
 }
 
 int http_do(struct http_client *c, const struct http_request *req, struct http_response *resp,
@@ -709,21 +746,14 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
 {
     struct http_conn *conn;
     struct io io = { 0 };
-    char *reqbuf = NULL;
     size_t reqlen = 0;
     int is_head, rc = -1;
 
     memset(resp, 0, sizeof *resp);
-    if (c->cancel_fd >= 0) {
-        struct pollfd p = { c->cancel_fd, POLLIN, 0 };
-        if (poll(&p, 1, 0) > 0)
-            return lerr_set(e, LERR_CANCELLED, "cancelled before the request to %s",
-                            req->url ? req->url->host : "?");
-    }
-    if (http_check(c, req, e) < 0 || http_build(req, &reqbuf, &reqlen, e) < 0)
+    if (http_build(c, req, &reqlen, e) < 0)
         return -1;
     conn = conn_for(c, req->url, e);
-    if (!conn)
+    if (!conn || conn_check_idle(c, conn, e) < 0)
         goto out;
     conn->last_used = ++c->lru_clock;
     is_head = strcmp(req->method, "HEAD") == 0;
@@ -736,15 +766,9 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
         io.no_close_notify = 0;
-        if (reused && conn_idle_broken(conn)) {
-            log_debug("http: %s:%u closed the idle connection; opening a new one", conn->host,
-                      conn->port);
-            conn_close(conn);
-            reused = 0;
-        }
         if (!reused && conn_open(c, &io, e) < 0)
             goto out;
-        if (http_exchange(c, &io, reqbuf, reqlen, is_head, resp, &reusable, &started, e) == 0) {
+        if (http_exchange(c, &io, c->req_buf, reqlen, is_head, resp, &reusable, &started, e) == 0) {
             if (!reusable)
                 conn_close(conn);
             rc = 0;
@@ -760,7 +784,11 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
                   conn->port, e->msg);
     }
 out:
-    free(reqbuf);
+    if (c->req_cap > HTTP_KEEP_BUF) {
+        free(c->req_buf);
+        c->req_buf = NULL;
+        c->req_cap = 0;
+    }
     return rc;
 }
 
@@ -772,6 +800,7 @@ const char *http_response_header(const struct http_response *resp, const char *n
 
 void http_response_free(struct http_response *resp)
 {
-    free(resp->buf);
+    if (resp->owner)
+        http_keep(resp->owner, resp->buf, resp->buf_cap);
     memset(resp, 0, sizeof *resp);
 }

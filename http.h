@@ -24,6 +24,10 @@
  * cannot be interrupted and has the resolver's own timeouts. cancel_fd aborts any wait,
  * and a request started while it is already readable.
  *
+ * A client keeps its request buffer and one response buffer (each up to HTTP_KEEP_BUF)
+ * between requests, and reads TLS records from the socket in large reads, so that a
+ * request in steady state allocates nothing and costs few system calls.
+ *
  * One client is used by one thread at a time. Nothing knows of SQS or Fly here.
  */
 #ifndef LAMBDO_HTTP_H
@@ -38,6 +42,7 @@
 #define HTTP_MAX_CONNS 4
 #define HTTP_DEFAULT_MAX_BODY (8u * 1024 * 1024)
 #define HTTP_DEFAULT_REQUEST_TIMEOUT_MS 30000
+#define HTTP_KEEP_BUF (256u * 1024)  /* bigger buffers (rare) are freed after use */
 
 struct http_header {
     const char *name;
@@ -67,6 +72,8 @@ struct http_response {
     char *buf;                  /* owned: the head, then the body */
     char *body;                 /* in buf, NUL-terminated for convenience (not counted) */
     size_t body_len;
+    size_t buf_cap;                 /* private: buf's size */
+    struct http_client *owner;      /* private: where buf goes back when freed */
 };
 
 struct http_conn;  /* private to http.c */
@@ -82,15 +89,19 @@ struct http_client {
                                            wait with LERR_CANCELLED (a shutdown pipe) */
     struct http_conn *conns[HTTP_MAX_CONNS];
     unsigned long lru_clock;            /* private: ticks once per request */
+    char *req_buf, *spare_buf;          /* private: buffers kept between requests, so */
+    size_t req_cap, spare_cap;          /* that steady state allocates nothing big */
     /* statistics, for tests and benchmarks */
     unsigned long connections_opened;
     unsigned long requests_sent;        /* sends, a resend on a new connection included */
+    unsigned long buffers_allocated;    /* request and response buffers (re)allocated */
 };
 
 /* Zeroes the client and sets defaults; anchors may be NULL. Never fails. */
 void http_client_init(struct http_client *c, const struct tls_anchors *anchors);
 
-/* Closes every connection and frees them. The client can be reused after this. */
+/* Closes every connection and frees them and the kept buffers. The client can be reused
+ * after this. Free its responses first: a freed response hands its buffer back. */
 void http_client_close(struct http_client *c);
 
 /* Sends req and reads the whole response. 1xx responses are skipped; HEAD, 204 and 304
@@ -105,6 +116,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
 const char *http_response_header(const struct http_response *resp, const char *name,
                                  size_t *value_len);
 
+/* Frees resp; its buffer goes back to the client (same thread) for the next response. */
 void http_response_free(struct http_response *resp);
 
 #endif

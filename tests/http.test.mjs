@@ -323,6 +323,47 @@ describe('connections', () => {
     }
   });
 
+  test('steady state allocates nothing: one request and one response buffer serve every request', T, async () => {
+    const servers = await both(echo);
+    try {
+      for (const s of servers) {
+        const r = await runHttpc(['--method', 'POST', '--data-size', '6000', '--repeat', '20', '--alloc-stats', s.url('/b')],
+          { env: caEnv });
+        assertOk(r, 20);
+        assert.equal(r.results[19].body_len, r.results[0].body_len);
+        assert.deepEqual(r.stats, { connections_opened: 1, requests_sent: 20, buffers_allocated: 2 });
+      }
+    } finally {
+      for (const s of servers) await s.close();
+    }
+  });
+
+  // Counted with strace -c: BearSSL alone asks for each record's header, then its payload
+  // (two reads a record), and a read right after sending would mostly say EAGAIN.
+  const canStrace = spawnSync('strace', ['-o', '/dev/null', 'true']).status === 0;
+  test('over kept-alive HTTPS, a small answer costs one send and one recv', { ...T, skip: !canStrace &&
+    'SKIPPED LOUDLY: needs strace(1), allowed to trace' }, async () => {
+    const s = await httpServer(echo, { tls: { cert: certs.localhost.cert, key: certs.localhost.key } });
+    const out = path.join(mkdtempSync(path.join(tmpdir(), 'lambdo-strace-')), 'counts');
+    try {
+      // LeakSanitizer cannot run under ptrace: leaks are checked by every other test.
+      const r = await runHttpc(['--repeat', '20', s.url('/s')], { env: { ...caEnv, ASAN_OPTIONS: 'detect_leaks=0' },
+        prefix: ['strace', '-f', '-c', '-e', 'trace=sendto,recvfrom', '-o', out] });
+      assertOk(r, 20);
+      const calls = {};
+      for (const line of readFileSync(out, 'utf8').split('\n')) {
+        const f = line.trim().split(/\s+/);
+        if (f.length >= 5 && /^\d+$/.test(f[3])) calls[f.at(-1)] = { n: +f[3], errors: f.length === 6 ? +f[4] : 0 };
+      }
+      // 20 answers, plus the handshake's few flights
+      assert.ok(calls.sendto.n <= 20 + 4, `sendto ${calls.sendto.n}`);
+      assert.ok(calls.recvfrom.n <= 20 + 6, `recvfrom ${calls.recvfrom.n}`);
+      assert.ok(calls.recvfrom.errors <= 2, `recvfrom EAGAIN ${calls.recvfrom.errors}`);
+    } finally {
+      await s.close();
+    }
+  });
+
   test('one connection per origin, least recently used evicted beyond 4 origins', T, async () => {
     const servers = [];
     for (let i = 0; i < 5; i++) servers.push(await httpServer(echo));

@@ -15,6 +15,7 @@
  *     --lookup NAME         add "lookup": the value http_response_header() finds for NAME
  *     --cancel-after-ms N   cancel_fd is a timerfd that fires after N ms
  *     --close-between       close every connection between requests (no reuse, no resumption)
+ *     --alloc-stats         add "buffers_allocated" to the final line
  *     --bench               no per-request output; print timing at the end
  *     --ca-bench N          only load the CA bundle N times and print count and best time
  *     --ca-check            only load the CA bundle, and decode it again with BearSSL's own
@@ -51,7 +52,7 @@ struct opts {
     int repeat, delay_ms, timeout_ms, connect_timeout_ms, io_timeout_ms, request_timeout_ms;
     int cancel_after_ms;
     long long max_body;
-    int close_between, bench, ca_bench, ca_check;
+    int close_between, bench, ca_bench, ca_check, alloc_stats;
     const char *lookup;
     const char *urls[MAX_URLS];
     int num_urls;
@@ -63,7 +64,7 @@ static int usage(const char *why)
                     "[--data S|--data-size N] [--repeat N] [--delay-ms N] [--timeout-ms N] "
                     "[--connect-timeout-ms N] [--io-timeout-ms N] [--request-timeout-ms N] "
                     "[--max-body N] "
-                    "[--lookup NAME] [--cancel-after-ms N] [--close-between] [--bench] URL...\n"
+                    "[--lookup NAME] [--cancel-after-ms N] [--close-between] [--alloc-stats] [--bench] URL...\n"
                     "       tool_httpc --ca-bench N | --ca-check\n",
             why);
     return 2;
@@ -101,6 +102,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 
         if (strcmp(a, "--close-between") == 0) {
             o->close_between = 1;
+            takes = 0;
+        } else if (strcmp(a, "--alloc-stats") == 0) {
+            o->alloc_stats = 1;
             takes = 0;
         } else if (strcmp(a, "--ca-check") == 0) {
             o->ca_check = 1;
@@ -450,8 +454,11 @@ static int run(struct opts *o)
                "\"cpu_ms_per_req\":%.3f}\n",
                n, wall, cpu, n / (wall / 1e3), cpu / n);
     }
-    printf("{\"connections_opened\":%lu,\"requests_sent\":%lu}\n", c.connections_opened,
+    printf("{\"connections_opened\":%lu,\"requests_sent\":%lu", c.connections_opened,
            c.requests_sent);
+    if (o->alloc_stats)
+        printf(",\"buffers_allocated\":%lu", c.buffers_allocated);
+    printf("}\n");
     http_client_close(&c);
     if (c.cancel_fd >= 0)
         close(c.cancel_fd);
