@@ -754,12 +754,13 @@ int cli_check(int argc, char **argv)
         failed = 1;
     } else {
         failed |= check_queue(&cfg, &net) < 0;
-        if (cfg.backend_local && config_warning(&cfg))
-            cli_row(stdout, CLI_WARN, "backend", "%s", config_warning(&cfg));
+        if (config_warning(&cfg))  /* local without a command; create on a FIFO queue */
+            cli_row(stdout, CLI_WARN, cfg.backend_local ? "backend" : "config", "%s",
+                    config_warning(&cfg));
         else if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
             cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
                     "host; no Fly API to check");
-        else
+        if (!cfg.backend_local)
             failed |= check_fly(&cfg, &net) < 0;
     }
     cli_net_close(&net);

@@ -1136,11 +1136,13 @@ static void log_start(const struct config *cfg)
                  cfg->max_machines);
         return;
     }
-    log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s, "
+    log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s%s, "
              "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, regions,
              cfg->fly_api.tls ? "https" : "http", cfg->fly_api.authority,
              strcmp(cfg->fly_api.path, "/") ? cfg->fly_api.path : "",
-             cfg->ack_on_exit ? "exit" : "create", cfg->max_machines);
+             cfg->ack_on_exit ? "exit" : "create", cfg->fifo && !cfg->ack_given
+             ? " (the default on a FIFO queue: it keeps each message group's order across "
+               "Machines)" : "", cfg->max_machines);
 }
 
 int daemon_run(const struct config *cfg, int once)
