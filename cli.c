@@ -291,10 +291,13 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
                  q->dead_letter_arn[0] ? q->dead_letter_arn : "(an unreadable target)", after);
     else
         snprintf(redrive, sizeof redrive, "no redrive policy: invalid messages and failing "
-                 "jobs come back forever; give the queue a dead-letter queue");
-    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; %s)", queue_url,
+                 "jobs come back forever%s; give the queue a dead-letter queue", q->fifo
+                 ? ", holding their message group back (SQS keeps its order)" : "");
+    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; FIFO: %s; %s)", queue_url,
              cli_count(q->visible, visible), cli_count(q->in_flight, in_flight),
-             cli_count(q->delayed, delayed), redrive);
+             cli_count(q->delayed, delayed), !q->fifo ? "no" : q->content_dedup
+             ? "yes, content-based deduplication on" : "yes, content-based deduplication off",
+             redrive);
     return q->has_redrive ? CLI_OK : CLI_WARN;
 }
 

@@ -540,6 +540,8 @@ static void test_send_batch_request(void **state)
                                          .command = i % 2 ? "[\"x\"]" : NULL };
     }
     en[1].status = SQS_ENTRY_OK;  /* done: not sent again */
+    en[2].group_id = "tenant-\"7\"";  /* FIFO ids: punctuation is allowed, escaped */
+    en[2].dedup_id = "d/1";
     s = sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES, &len, &e);
     j = request_json(s, len);
     assert_int_equal(cJSON_GetArraySize(j), 2);
@@ -557,10 +559,31 @@ static void test_send_batch_request(void **state)
         assert_attribute(member(it, "MessageAttributes"), "image", IMAGE);
         assert_attribute(member(it, "MessageAttributes"), "command", en[i].command);
         assert_attribute(member(it, "MessageAttributes"), "size", NULL);
+        if (en[i].group_id) {
+            assert_bytes(member(it, "MessageGroupId"), "tenant-\"7\"", 10);
+            assert_bytes(member(it, "MessageDeduplicationId"), "d/1", 3);
+        } else {
+            assert_null(cJSON_GetObjectItemCaseSensitive(it, "MessageGroupId"));
+            assert_null(cJSON_GetObjectItemCaseSensitive(it, "MessageDeduplicationId"));
+        }
     }
     cJSON_Delete(j);
     free(s);
 
+    en[2].group_id = "a b";  /* SQS refuses it: found before sending */
+    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id \"a b\" has a "
+                               "character SQS refuses at byte 1 (only ASCII letters, digits "
+                               "and punctuation)");
+    en[2].group_id = "";
+    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id must be 1 to 128 "
+                               "characters, got 0");
+    en[2].group_id = NULL;
+    en[2].dedup_id = "d\xc3\xa9";
+    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_contains(e.msg, "deduplication id \"d");
+    en[2].dedup_id = NULL;
     assert_null(sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES + 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: 11 entries (1 to 10 allowed)");
     assert_null(sqs_send_batch_request(QUEUE, en, 0, &len, &e));
@@ -586,12 +609,13 @@ static void test_attributes_request(void **state)
     const cJSON *names = member(j, "AttributeNames");
     static const char *const want[] = {
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
+        "ApproximateNumberOfMessagesDelayed", "RedrivePolicy", "FifoQueue",
+        "ContentBasedDeduplication",
     };
 
     assert_bytes(member(j, "QueueUrl"), QUEUE, strlen(QUEUE));
-    assert_int_equal(cJSON_GetArraySize(names), 4);
-    for (int i = 0; i < 4; i++)
+    assert_int_equal(cJSON_GetArraySize(names), 6);
+    for (int i = 0; i < 6; i++)
         assert_bytes(cJSON_GetArrayItem(names, i), want[i], strlen(want[i]));
     cJSON_Delete(j);
     free(s);
@@ -748,6 +772,20 @@ static void test_parse_attributes(void **state)
     assert_int_equal(q.has_redrive, 1);
     assert_string_equal(q.dead_letter_arn, "arn:aws:sqs:us-east-1:000000000000:jobs-dlq");
     assert_int_equal(q.max_receive_count, 5);
+    assert_int_equal(q.fifo, 0);
+    assert_int_equal(q.content_dedup, 0);
+    {
+        static const char fifo[] = "{\"Attributes\":{\"FifoQueue\":\"true\","
+                                   "\"ContentBasedDeduplication\":\"true\"}}";
+        static const char fifo_off[] = "{\"Attributes\":{\"FifoQueue\":\"true\","
+                                       "\"ContentBasedDeduplication\":\"false\"}}";
+        assert_int_equal(sqs_parse_attributes(fifo, strlen(fifo), &q, &e), 0);
+        assert_int_equal(q.fifo, 1);
+        assert_int_equal(q.content_dedup, 1);
+        assert_int_equal(sqs_parse_attributes(fifo_off, strlen(fifo_off), &q, &e), 0);
+        assert_int_equal(q.fifo, 1);
+        assert_int_equal(q.content_dedup, 0);
+    }
 
     assert_int_equal(sqs_parse_attributes(string_count, strlen(string_count), &q, &e), 0);
     assert_int_equal(q.visible, -1);
@@ -864,22 +902,34 @@ static void test_row(void **state)
 
 static void test_queue_row(void **state)
 {
-    struct sqs_queue_info q = { 3, 0, 1, 1, "arn:aws:sqs:us-east-1:1:jobs-dlq", 5 };
+    struct sqs_queue_info q = { 3, 0, 1, 1, "arn:aws:sqs:us-east-1:1:jobs-dlq", 5, 0, 0 };
     char out[512];
 
     assert_int_equal(cli_queue_row("https://q/1/jobs", &q, out, sizeof out), CLI_OK);
-    assert_string_equal(out, "https://q/1/jobs (3 visible, 0 in flight, 1 delayed; redrive to "
-                             "arn:aws:sqs:us-east-1:1:jobs-dlq after 5 receives)");
+    assert_string_equal(out, "https://q/1/jobs (3 visible, 0 in flight, 1 delayed; FIFO: no; "
+                             "redrive to arn:aws:sqs:us-east-1:1:jobs-dlq after 5 receives)");
+    q.fifo = 1;
+    assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_OK);
+    assert_contains(out, "; FIFO: yes, content-based deduplication off; redrive to ");
+    q.content_dedup = 1;
+    assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_OK);
+    assert_contains(out, "; FIFO: yes, content-based deduplication on; redrive to ");
+    q.has_redrive = 0;  /* a failing message would hold its group back for ever */
+    assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_WARN);
+    assert_contains(out, "come back forever, holding their message group back (SQS keeps "
+                         "its order); give the queue a dead-letter queue)");
+    q.has_redrive = 1;
+    q.fifo = q.content_dedup = 0;
     q.max_receive_count = -1;
     q.dead_letter_arn[0] = '\0';
     q.visible = -1;
     assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_OK);
-    assert_string_equal(out, "u (? visible, 0 in flight, 1 delayed; redrive to (an unreadable "
-                             "target))");
+    assert_string_equal(out, "u (? visible, 0 in flight, 1 delayed; FIFO: no; redrive to (an "
+                             "unreadable target))");
     q.has_redrive = 0;
     assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_WARN);
-    assert_contains(out, "u (? visible, 0 in flight, 1 delayed; no redrive policy: ");
-    assert_contains(out, "dead-letter queue)");
+    assert_contains(out, "u (? visible, 0 in flight, 1 delayed; FIFO: no; no redrive policy: ");
+    assert_contains(out, "come back forever; give the queue a dead-letter queue)");
 }
 
 static void test_sqs_reason(void **state)
