@@ -117,6 +117,128 @@ static void test_args_errors(void **state)
 }
 
 /* ======================================================================================
+ * FIFO: the flags, JSON pointers, ids
+ * ==================================================================================== */
+
+static void test_fifo_args(void **state)
+{
+    struct cli_send_opts o;
+    struct lerr e = { 0 };
+
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--group-id", "g1", "--dedup-id-from=/id",
+                           NULL), 0);
+    assert_string_equal(o.group_id, "g1");
+    assert_string_equal(o.dedup_id_from, "/id");
+    assert_null(o.group_id_from);
+    assert_null(o.dedup_id);
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--group-id-from", "/t", "--dedup-id", "d",
+                           NULL), 0);
+    assert_string_equal(o.group_id_from, "/t");
+    assert_string_equal(o.dedup_id, "d");
+    assert_null(o.group_id);
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--group-id", "a", "--group-id-from", "/t",
+                           NULL), -1);
+    assert_string_equal(e.msg, "--group-id and --group-id-from: give one or the other");
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--dedup-id", "a", "--dedup-id-from", "/t",
+                           NULL), -1);
+    assert_string_equal(e.msg, "--dedup-id and --dedup-id-from: give one or the other");
+
+    /* refused on a standard queue, required on a FIFO one */
+    o = (struct cli_send_opts){ .image = IMAGE };
+    assert_int_equal(cli_check_fifo(&o, 0, &e), 0);
+    assert_int_equal(cli_check_fifo(&o, 1, &e), -1);
+    assert_contains(e.msg, "a FIFO queue needs a message group: give --group-id");
+    o.dedup_id_from = "/d";
+    assert_int_equal(cli_check_fifo(&o, 0, &e), -1);
+    assert_string_equal(e.msg, "--dedup-id-from: only for FIFO queues (their name ends in "
+                               ".fifo); this one is a standard queue");
+    o.group_id = "g";
+    assert_int_equal(cli_check_fifo(&o, 0, &e), -1);
+    assert_contains(e.msg, "--group-id: only for FIFO queues");
+    assert_int_equal(cli_check_fifo(&o, 1, &e), 0);
+
+    /* the flags' own values, before anything is read */
+    assert_int_equal(cli_check_flags(&o, &e), 0);
+    o.group_id = "has space";
+    assert_int_equal(cli_check_flags(&o, &e), -1);
+    assert_contains(e.msg, "--group-id \"has space\" has a character SQS refuses at byte 3");
+    o.group_id = NULL;
+    o.group_id_from = "tenant";
+    assert_int_equal(cli_check_flags(&o, &e), -1);
+    assert_string_equal(e.msg, "--group-id-from \"tenant\": a JSON pointer starts with '/' "
+                               "(e.g. /tenant)");
+}
+
+static void test_pointer(void **state)
+{
+    static const char body[] = "{\"a\":{\"b/c\":\"slash\",\"m~n\":\"tilde\",\"\":\"empty\"},"
+                               "\"list\":[\"zero\",{\"x\":\"deep\"}],\"n\":12,\"u\":\"\\u00e9\","
+                               "\"o\":{},\"t\":true,\"z\":null,\"10\":\"ten\"}";
+    static const struct {
+        const char *ptr, *want;  /* want NULL: refused, with the reason in why */
+        const char *why;
+    } cases[] = {
+        { "/a/b~1c", "slash", NULL }, { "/a/m~0n", "tilde", NULL }, { "/a/", "empty", NULL },
+        { "/list/0", "zero", NULL }, { "/list/1/x", "deep", NULL }, { "/u", "\xc3\xa9", NULL },
+        { "/10", "ten", NULL },  /* an object member named by digits */
+        { "/list/01", NULL, "the body has no /list/01" },
+        { "/list/-", NULL, "the body has no /list/-" },
+        { "/list/2/x", NULL, "the body has no /list/2" },
+        { "/missing/x", NULL, "the body has no /missing" },
+        { "/n", NULL, "/n names a number, not a string" },
+        { "/o", NULL, "/o names an object, not a string" },
+        { "/list", NULL, "/list names an array, not a string" },
+        { "/t", NULL, "/t names a boolean, not a string" },
+        { "/z", NULL, "/z names null, not a string" },
+        { "", NULL, "\"\" names an object, not a string" },
+    };
+    char out[129];
+    struct lerr e = { 0 };
+
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        int r = cli_pointer(body, sizeof body - 1, cases[i].ptr, out, sizeof out, &e);
+        if (cases[i].want) {
+            if (r != 0)
+                fail_msg("%s: %s", cases[i].ptr, e.msg);
+            assert_string_equal(out, cases[i].want);
+        } else {
+            if (r != -1)
+                fail_msg("%s: accepted as \"%s\"", cases[i].ptr, out);
+            assert_string_equal(e.msg, cases[i].why);
+        }
+    }
+    assert_int_equal(cli_pointer("\"whole\"", 7, "", out, sizeof out, &e), 0);
+    assert_string_equal(out, "whole");
+    assert_int_equal(cli_pointer("\"whole\"", 7, "", out, 3, &e), -1);
+    assert_string_equal(e.msg, "\"\" is longer than 2 characters");
+}
+
+static void test_fifo_ids(void **state)
+{
+    struct cli_send_opts o = { .image = IMAGE, .group_id_from = "/tenant", .dedup_id = "d-1" };
+    char gb[129], db[129];
+    const char *g, *d;
+    struct lerr e = { 0 };
+
+    assert_int_equal(cli_fifo_ids(&o, "{\"tenant\":\"acme\"}", 17, gb, db, &g, &d, &e), 0);
+    assert_string_equal(g, "acme");
+    assert_string_equal(d, "d-1");
+    assert_int_equal(cli_check_body(&o, "{\"tenant\":\"acme\"}", 17, 2, &e), 0);
+    /* each refusal names the line and the flag */
+    assert_int_equal(cli_check_body(&o, "{\"tenant\":7}", 12, 3, &e), -1);
+    assert_string_equal(e.msg, "line 3: --group-id-from /tenant: /tenant names a number, not a "
+                               "string");
+    assert_int_equal(cli_check_body(&o, "{\"tenant\":\"a b\"}", 16, 4, &e), -1);
+    assert_contains(e.msg, "line 4: --group-id-from /tenant: the id \"a b\" has a character");
+    assert_int_equal(cli_check_body(&o, "{}", 2, 5, &e), -1);
+    assert_string_equal(e.msg, "line 5: --group-id-from /tenant: the body has no /tenant");
+    o = (struct cli_send_opts){ .image = IMAGE };  /* no flag: no id */
+    assert_int_equal(cli_fifo_ids(&o, "{}", 2, gb, db, &g, &d, &e), 0);
+    assert_null(g);
+    assert_null(d);
+}
+
+/* ======================================================================================
  * Lines
  * ==================================================================================== */
 
@@ -1054,6 +1176,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_args),
+        cmocka_unit_test(test_fifo_args),
+        cmocka_unit_test(test_pointer),
+        cmocka_unit_test(test_fifo_ids),
         cmocka_unit_test(test_args_errors),
         cmocka_unit_test(test_split_lines),
         cmocka_unit_test(test_split_array),
