@@ -53,8 +53,9 @@ static const char check_usage[] =
     "usage: lambdo check\n"
     "\n"
     "Checks the configuration, the CA bundle, the SQS queue (credentials, message counts,\n"
-    "FIFO and content-based deduplication, redrive policy) and the Fly app (token; not with LAMBDO_BACKEND=local), one line each:\n"
-    "ok, warn or fail and why.\n"
+    "FIFO and content-based deduplication, redrive policy) and the Fly app (token; not\n"
+    "with LAMBDO_BACKEND=local), one line each: ok, warn or fail and why. On a FIFO queue\n"
+    "without a dead-letter queue it warns: a failing message holds its group back.\n"
     "Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or\n"
     "configuration (every problem is named, one row each).\n";
 
