@@ -360,7 +360,7 @@ int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, 
 static int cli_check_message(const struct cli_send_opts *o, const char *body, size_t len,
                              struct lerr *e)
 {
-    const struct event ev = { NULL, body, len, o->image, o->size, o->command };
+    const struct event ev = { NULL, body, len, o->image, o->size, o->command, NULL };
     struct sqs_send_entry en;
     const char *why;
     size_t at;
