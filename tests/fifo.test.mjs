@@ -192,6 +192,44 @@ describe('FIFO queues', () => {
       assert.match(r.stderr, /ack on exit \(the default on a FIFO queue: it keeps each message group's order across Machines\)/);
     });
 
+    // fauxqs hands out one message per group per receive; real SQS may hand out several. The
+    // proxy makes two messages of two groups look like one group in one answer: bound for two
+    // Machines (two images), the second must go back at once, not run beside the first.
+    it('returns at once a message whose group\'s earlier message is bound for another Machine', async () => {
+      const { url } = await sqs.createQueue(`split${++n}.fifo`, { baseUrl: proxy.endpoint, redriveToDlq: 5 });
+      const first = await sqs.send(url, '{"k":1}', { image: 'registry.fly.io/sleep:1000' }, { groupId: 'a', dedupId: 'a1' });
+      const second = await sqs.send(url, '{"k":2}', { image: 'registry.fly.io/sleep:100' }, { groupId: 'b', dedupId: 'b1' });
+      proxy.fault = (op) => (op !== 'ReceiveMessage' ? null : {
+        transform(json) {
+          for (const m of json.Messages ?? []) if (m.Attributes?.MessageGroupId) m.Attributes.MessageGroupId = 'same';
+          return json;
+        },
+      });
+      const before = fly.machines.length;
+      const r = start([], fullEnv(url));
+      running.push(r);
+      try {
+        await until(() => fly.machines.slice(before).filter((m) => m.exitedAt).length === 2
+          && sqs.counts(url).visible === 0 && sqs.counts(url).inFlight === 0, `both messages run\n${r.stderr}`);
+      } finally {
+        proxy.fault = null;
+      }
+      await r.stop();
+      const mine = fly.machines.slice(before);
+      const m1 = mine.find((m) => m.events.some((e) => e.k === 1));
+      const m2 = mine.find((m) => m.events.some((e) => e.k === 2));
+      assert.notEqual(m1, m2);
+      assert.match(r.stderr, new RegExp(`message ${second} of FIFO group same returned`), r.stderr);
+      assert.doesNotMatch(r.stderr, new RegExp(`message ${first} of FIFO group same returned`));
+      const back = proxy.ops('ChangeMessageVisibilityBatch').find((q) => q.body.QueueUrl === url
+        && q.body.Entries.some((e) => e.VisibilityTimeout === 0));
+      assert.ok(back, 'the second message was made visible again at once');
+      assert.equal(back.body.Entries.length, 1);
+      const launched = (m) => m.machineEvents.find((e) => e.type === 'launch').timestamp;
+      assert.ok(launched(m2) >= back.at, 'its Machine started only after it came back');
+      assert.equal(mine.length, 2, 'each ran once');
+    });
+
     it('says at start-up that LAMBDO_ACK=create on a FIFO queue does not keep the order across Machines', async () => {
       const { url } = await sqs.createQueue(`create${++n}.fifo`, { baseUrl: proxy.endpoint, redriveToDlq: 5 });
       const r = start([], fullEnv(url, { LAMBDO_ACK: 'create' }));
