@@ -229,6 +229,29 @@ static void cli_entry(const struct cli_send_opts *o, const char *body, size_t le
                                    .size = o->size, .command = o->command };
 }
 
+/* The checks of a body that need no FIFO id. */
+static int cli_check_message(const struct cli_send_opts *o, const char *body, size_t len,
+                             struct lerr *e)
+{
+    const struct event ev = { NULL, body, len, o->image, o->size, o->command, NULL };
+    struct sqs_send_entry en;
+    const char *why;
+    size_t at;
+    int r = 0;
+
+    cli_entry(o, body, len, &en);
+    if (group_check(&ev, e) < 0)
+        r = -1;
+    else if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
+        r = lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
+    else if (sqs_text_check(body, len, &at, &why) < 0)  /* JSON that SQS still refuses */
+        r = lerr_set(e, LERR_INVALID, "body has %s at byte %zu", why, at);
+    else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)
+        r = lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
+                     "SQS's limit of %d", sqs_send_size(&en), SQS_MAX_MESSAGE_BYTES);
+    return r;
+}
+
 /* RFC 6901: "" (the whole body) or "/" then tokens separated by '/'. */
 static int cli_pointer_syntax(const char *flag, const char *ptr, struct lerr *e)
 {
@@ -238,9 +261,6 @@ static int cli_pointer_syntax(const char *flag, const char *ptr, struct lerr *e)
     return 0;
 }
 
-/* The checks of a body that need no FIFO id. */
-static int cli_check_message(const struct cli_send_opts *o, const char *body, size_t len,
-                             struct lerr *e);
 
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
 {
@@ -297,7 +317,9 @@ int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t
         char *end;
         unsigned long i = strtoul(key, &end, 10);
 
-        if (cJSON_IsObject(v))
+        if (n >= sizeof key)  /* longer than any key worth naming: not this body's */
+            v = NULL;
+        else if (cJSON_IsObject(v))
             v = cJSON_GetObjectItemCaseSensitive(v, key);
         else  /* an array index: digits, no leading zero */
             v = cJSON_IsArray(v) && k && *end == '\0' && (key[0] != '0' || k == 1) &&
@@ -357,27 +379,6 @@ int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, 
     return r;
 }
 
-static int cli_check_message(const struct cli_send_opts *o, const char *body, size_t len,
-                             struct lerr *e)
-{
-    const struct event ev = { NULL, body, len, o->image, o->size, o->command, NULL };
-    struct sqs_send_entry en;
-    const char *why;
-    size_t at;
-    int r = 0;
-
-    cli_entry(o, body, len, &en);
-    if (group_check(&ev, e) < 0)
-        r = -1;
-    else if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
-        r = lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
-    else if (sqs_text_check(body, len, &at, &why) < 0)  /* JSON that SQS still refuses */
-        r = lerr_set(e, LERR_INVALID, "body has %s at byte %zu", why, at);
-    else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)
-        r = lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
-                     "SQS's limit of %d", sqs_send_size(&en), SQS_MAX_MESSAGE_BYTES);
-    return r;
-}
 
 size_t cli_batch_len(const struct cli_line *lines, size_t n, size_t start, size_t attr_bytes)
 {
