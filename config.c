@@ -3,6 +3,7 @@
 #include "group.h"
 #include "metrics.h"
 #include "local.h"
+#include "sqs.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -179,8 +180,6 @@ static int aws_plain_http(const struct url *u)
 static int load_queue(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
                       struct lerr *e)
 {
-    size_t n;
-
     c->queue_url = queue_url ? queue_url : get("LAMBDO_SQS_QUEUE_URL", ctx);
     if (!c->queue_url || !*c->queue_url)
         return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: required, not set");
@@ -191,8 +190,7 @@ static int load_queue(struct config *c, const char *queue_url, config_getenv_fn 
     if (strcmp(c->queue.path, "/") == 0)
         return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path (expected "
                         "https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
-    n = strlen(c->queue.path);
-    c->fifo = n > 5 && strcmp(c->queue.path + n - 5, ".fifo") == 0;  /* SQS's own rule */
+    c->fifo = sqs_fifo_url(c->queue.path);
     return 0;
 }
 

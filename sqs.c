@@ -1528,12 +1528,19 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
  * ==================================================================================== */
 
 /* The attributes asked for: the three counts, in the order of sqs_parse_attributes,
- * RedrivePolicy, FifoQueue and ContentBasedDeduplication (absent on a standard queue). */
+ * RedrivePolicy, FifoQueue and ContentBasedDeduplication (FIFO queues only). */
 static const char *const sqs_queue_attrs[] = {
     "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed", "RedrivePolicy", "FifoQueue",
     "ContentBasedDeduplication",
 };
+
+int sqs_fifo_url(const char *queue_url)
+{
+    size_t n = strlen(queue_url);
+
+    return n > 5 && strcmp(queue_url + n - 5, ".fifo") == 0;
+}
 
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
@@ -1542,7 +1549,7 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
     if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
     sb_queue(&b, queue_url);
-    sb_names(&b, "AttributeNames", sqs_queue_attrs, 6);
+    sb_names(&b, "AttributeNames", sqs_queue_attrs, sqs_fifo_url(queue_url) ? 6 : 4);
     return sb_finish(&b, len, e);
 }
 

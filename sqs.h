@@ -268,7 +268,11 @@ struct sqs_queue_info {
     int content_dedup;         /* ContentBasedDeduplication "true" */
 };
 
-/* The attributes asked for: the three counts, RedrivePolicy, FifoQueue and
+/* 1 when the queue URL names a FIFO queue: its name ends in ".fifo" (SQS's rule). */
+int sqs_fifo_url(const char *queue_url);
+
+/* The attributes asked for: the three counts, RedrivePolicy, and on a FIFO queue (only:
+ * SQS answers InvalidAttributeName for them on a standard queue) FifoQueue and
  * ContentBasedDeduplication. */
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e);
 

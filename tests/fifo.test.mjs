@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startSqs } from './lib/fauxqs.mjs';
-import { startSqsProxy } from './lib/sqsproxy.mjs';
+import { startSqsProxy, sqsError } from './lib/sqsproxy.mjs';
 import { startFlyApi } from './lib/flyapi.mjs';
 import { testCerts } from './lib/certs.mjs';
 import { lambdoCommand } from './lib/tools.mjs';
@@ -152,6 +152,22 @@ describe('FIFO queues', () => {
       assert.equal(ok.code, 0, ok.all);
       assert.match(row(ok.stdout, 'sqs queue'), new RegExp(`^ok {4}sqs queue .*FIFO: yes, content-based deduplication on; redrive to ${dlqArn} after 3 receives\\)$`));
       assert.match(ok.stdout, /^warn {2}config {6}LAMBDO_ACK=create on a FIFO queue: a message group's order is kept within a Machine, not across Machines/m);
+    });
+
+    // Real SQS answers InvalidAttributeName "Unknown Attribute FifoQueue." when a standard
+    // queue is asked for its FIFO attributes; fauxqs does not, so the proxy does here.
+    it('asks a standard queue for no FIFO attribute (SQS refuses them there)', async () => {
+      const { url, dlqArn } = await queue('stdchk', { redriveToDlq: 4 });
+      proxy.fault = (op, body) => (op === 'GetQueueAttributes' && !body.QueueUrl.endsWith('.fifo')
+        && body.AttributeNames.some((a) => a === 'FifoQueue' || a === 'ContentBasedDeduplication')
+        ? sqsError('InvalidAttributeName', 'Unknown Attribute FifoQueue.') : null);
+      try {
+        const r = await start(['check'], fullEnv(url)).exit;
+        assert.equal(r.code, 0, r.all);
+        assert.match(row(r.stdout, 'sqs queue'), new RegExp(`^ok {4}sqs queue .*; FIFO: no; redrive to ${dlqArn} after 4 receives\\)$`));
+      } finally {
+        proxy.fault = null;
+      }
     });
   });
 

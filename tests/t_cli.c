@@ -735,7 +735,16 @@ static void test_attributes_request(void **state)
         "ContentBasedDeduplication",
     };
 
+    /* a standard queue: SQS refuses FifoQueue there (InvalidAttributeName) */
     assert_bytes(member(j, "QueueUrl"), QUEUE, strlen(QUEUE));
+    assert_int_equal(cJSON_GetArraySize(names), 4);
+    for (int i = 0; i < 4; i++)
+        assert_bytes(cJSON_GetArrayItem(names, i), want[i], strlen(want[i]));
+    cJSON_Delete(j);
+    free(s);
+    s = sqs_attributes_request(QUEUE ".fifo", &len, &e);
+    j = request_json(s, len);
+    names = member(j, "AttributeNames");
     assert_int_equal(cJSON_GetArraySize(names), 6);
     for (int i = 0; i < 6; i++)
         assert_bytes(cJSON_GetArrayItem(names, i), want[i], strlen(want[i]));
