@@ -9,10 +9,14 @@
  * daemon's own rule (group_check) and against what SQS accepts before anything is sent,
  * so a message lambdo would refuse never reaches the queue; bodies go byte for byte
  * (sqs.h's send requests never re-serialize them). Only the SQS half of the configuration
- * is needed (config_load_sqs).
+ * is needed (config_load_sqs). On a FIFO queue (and only there) each message gets a
+ * MessageGroupId and optionally a MessageDeduplicationId, one for all or each taken from its
+ * body by a JSON pointer; without dedup ids the queue must have content-based deduplication,
+ * which send reads (GetQueueAttributes) before sending.
  *
  * check loads the whole configuration and tries what the daemon needs: the CA bundle,
- * the queue (GetQueueAttributes: credentials, counts, redrive policy) and the Fly app
+ * the queue (GetQueueAttributes: credentials, counts, FIFO and deduplication, redrive
+ * policy) and the Fly app
  * (Apps_show: token, app; not with LAMBDO_BACKEND=local), printing one aligned line per
  * check, ok, warn or fail, with the reason. Secrets never appear in the output.
  *
