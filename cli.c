@@ -40,7 +40,7 @@ static const char send_usage[] =
     "                         required on a FIFO queue)\n"
     "  --group-id-from PTR    each message's, the string a JSON pointer names in its body\n"
     "                         (RFC 6901, e.g. /tenant)\n"
-    "  --dedup-id ID          the MessageDeduplicationId of every message (SQS drops a\n"
+    "  --dedup-id ID          the MessageDeduplicationId of the one message (SQS drops a\n"
     "                         message whose id it saw in the last 5 minutes)\n"
     "  --dedup-id-from PTR    each message's, from its body; without either, the queue\n"
     "                         needs content-based deduplication (send checks)\n"
@@ -773,6 +773,11 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         say("nothing to send (%s)", o->array ? "the array is empty"
             : "no BODY, and no line on stdin");
         rc = CLI_EXIT_OK;
+        goto out;
+    }
+    if (o->dedup_id && n > 1) {  /* SQS would keep the first and drop the others */
+        say("--dedup-id gives all %zu messages one deduplication id, so SQS would keep only "
+            "the first: use --dedup-id-from /POINTER; nothing was sent", n);
         goto out;
     }
     /* STS (web identity) is https even when an emulator's SQS endpoint is not. */

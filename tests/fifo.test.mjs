@@ -129,6 +129,11 @@ describe('FIFO queues', () => {
       const got = await sqs.drain(url);
       assert.deepEqual(got.map((m) => [m.Body, m.Attributes.MessageGroupId]).sort(),
         bodies.map((b) => [b, JSON.parse(b).tenant]).sort());
+      // one dedup id for several messages would keep only the first: refused
+      const one = await send(url, ['--group-id', 'g', '--dedup-id', 'd'], '{"a":1}\n{"a":2}\n');
+      assert.equal(one.code, 2, one.all);
+      assert.match(one.stderr, /--dedup-id gives all 2 messages one deduplication id, so SQS would keep only the first/);
+      assert.equal(sqs.counts(url).visible, 0);
       // a body whose pointer names no string: refused, naming the line, nothing sent
       const bad = await send(url, args, '{"tenant":"a","id":"9"}\n{"tenant":7,"id":"8"}\n');
       assert.equal(bad.code, 2, bad.all);
