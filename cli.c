@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,8 @@
 
 static const char send_usage[] =
     "usage: lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"
-    "                   [BODY | --array FILE]\n"
+    "                   [--group-id ID | --group-id-from PTR]\n"
+    "                   [--dedup-id ID | --dedup-id-from PTR] [BODY | --array FILE]\n"
     "\n"
     "Puts messages on the queue for lambdo: BODY, or each element of the JSON array in FILE,\n"
     "or else one body per non-blank line of stdin (sent 10 at a time), each with the message\n"
@@ -33,6 +35,16 @@ static const char send_usage[] =
     "  --array FILE     send each element of the JSON array in FILE (- for stdin), its\n"
     "                   exact bytes: large numbers are not rounded as with jq -c '.[]'\n"
     "\n"
+    "FIFO queues (the name ends in .fifo; refused on standard queues):\n"
+    "  --group-id ID          the MessageGroupId of every message (this or the next is\n"
+    "                         required on a FIFO queue)\n"
+    "  --group-id-from PTR    each message's, the string a JSON pointer names in its body\n"
+    "                         (RFC 6901, e.g. /tenant)\n"
+    "  --dedup-id ID          the MessageDeduplicationId of the one message (SQS drops a\n"
+    "                         message whose id it saw in the last 5 minutes)\n"
+    "  --dedup-id-from PTR    each message's, from its body; without either, the queue\n"
+    "                         needs content-based deduplication (send checks)\n"
+    "\n"
     "Needs only the SQS configuration (AWS_*, SSL_CERT_FILE), no LAMBDO_FLY_* variable.\n"
     "Exit status: 0 all sent, 1 SQS refused some (named by line or element), 2 usage,\n"
     "configuration or invalid input (then nothing was sent).\n";
@@ -41,8 +53,9 @@ static const char check_usage[] =
     "usage: lambdo check\n"
     "\n"
     "Checks the configuration, the CA bundle, the SQS queue (credentials, message counts,\n"
-    "redrive policy) and the Fly app (token; not with LAMBDO_BACKEND=local), one line each:\n"
-    "ok, warn or fail and why.\n"
+    "FIFO and content-based deduplication, redrive policy) and the Fly app (token; not\n"
+    "with LAMBDO_BACKEND=local), one line each: ok, warn or fail and why. On a FIFO queue\n"
+    "without a dead-letter queue it warns: a failing message holds its group back.\n"
     "Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or\n"
     "configuration (every problem is named, one row each).\n";
 
@@ -73,8 +86,11 @@ static int cli_opt(int argc, char **argv, int *i, const char *name, const char *
 
 int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e)
 {
-    static const char *const names[] = { "--image", "--size", "--command", "--queue", "--array" };
-    const char **slots[] = { &o->image, &o->size, &o->command, &o->queue, &o->array };
+    static const char *const names[] = { "--image", "--size", "--command", "--queue", "--array",
+                                         "--group-id", "--group-id-from", "--dedup-id",
+                                         "--dedup-id-from" };
+    const char **slots[] = { &o->image, &o->size, &o->command, &o->queue, &o->array,
+                             &o->group_id, &o->group_id_from, &o->dedup_id, &o->dedup_id_from };
     int options = 1;
 
     memset(o, 0, sizeof *o);
@@ -104,6 +120,10 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
     }
     if (o->body && o->array)
         return lerr_set(e, LERR_INVALID, "BODY and --array: give one or the other");
+    if (o->group_id && o->group_id_from)
+        return lerr_set(e, LERR_INVALID, "--group-id and --group-id-from: give one or the other");
+    if (o->dedup_id && o->dedup_id_from)
+        return lerr_set(e, LERR_INVALID, "--dedup-id and --dedup-id-from: give one or the other");
     if (!o->image)
         return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
     return 0;
@@ -209,17 +229,11 @@ static void cli_entry(const struct cli_send_opts *o, const char *body, size_t le
                                    .size = o->size, .command = o->command };
 }
 
-int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
+/* The checks of a body that need no FIFO id. */
+static int cli_check_message(const struct cli_send_opts *o, const char *body, size_t len,
+                             struct lerr *e)
 {
-    if (!o->image)
-        return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
-    return cli_check_body(o, "null", 4, 0, e);
-}
-
-int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
-                   struct lerr *e)
-{
-    const struct event ev = { NULL, body, len, o->image, o->size, o->command };
+    const struct event ev = { NULL, body, len, o->image, o->size, o->command, NULL };
     struct sqs_send_entry en;
     const char *why;
     size_t at;
@@ -235,10 +249,136 @@ int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, 
     else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)
         r = lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
                      "SQS's limit of %d", sqs_send_size(&en), SQS_MAX_MESSAGE_BYTES);
+    return r;
+}
+
+/* RFC 6901: "" (the whole body) or "/" then tokens separated by '/'. */
+static int cli_pointer_syntax(const char *flag, const char *ptr, struct lerr *e)
+{
+    if (ptr && ptr[0] && ptr[0] != '/')
+        return lerr_set(e, LERR_INVALID, "%s \"%.40s\": a JSON pointer starts with '/' "
+                        "(e.g. /tenant)", flag, ptr);
+    return 0;
+}
+
+
+int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
+{
+    if (!o->image)
+        return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
+    if (cli_check_message(o, "null", 4, e) < 0)
+        return -1;
+    if (o->group_id && sqs_fifo_id_check(o->group_id, "--group-id", e) < 0)
+        return -1;
+    if (o->dedup_id && sqs_fifo_id_check(o->dedup_id, "--dedup-id", e) < 0)
+        return -1;
+    if (cli_pointer_syntax("--group-id-from", o->group_id_from, e) < 0)
+        return -1;
+    return cli_pointer_syntax("--dedup-id-from", o->dedup_id_from, e);
+}
+
+int cli_check_fifo(const struct cli_send_opts *o, int fifo, struct lerr *e)
+{
+    const char *flag = o->group_id ? "--group-id" : o->group_id_from ? "--group-id-from"
+                       : o->dedup_id ? "--dedup-id" : o->dedup_id_from ? "--dedup-id-from" : NULL;
+
+    if (!fifo && flag)
+        return lerr_set(e, LERR_INVALID, "%s: only for FIFO queues (their name ends in .fifo); "
+                        "this one is a standard queue", flag);
+    if (fifo && !o->group_id && !o->group_id_from)
+        return lerr_set(e, LERR_INVALID, "a FIFO queue needs a message group: give --group-id "
+                        "ID, or --group-id-from /POINTER to take it from each body");
+    return 0;
+}
+
+/* One RFC 6901 reference token, ~1 and ~0 decoded, into out (cap bytes). */
+static size_t cli_token(const char *p, size_t n, char *out, size_t cap)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < n && k + 1 < cap; i++, k++)
+        out[k] = p[i] == '~' && i + 1 < n && (p[i + 1] == '0' || p[i + 1] == '1')
+                 ? (p[++i] == '0' ? '~' : '/') : p[i];
+    out[k] = '\0';
+    return k;
+}
+
+int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t cap,
+                struct lerr *e)
+{
+    cJSON *root = json_parse(body, len);
+    const cJSON *v = root;
+    const char *p = ptr, *name = *ptr ? ptr : "\"\"";  /* "": the whole body */
+    char key[256];
+    int r = 0;
+
+    while (v && *p == '/') {
+        size_t n = strcspn(p + 1, "/"), k = cli_token(p + 1, n, key, sizeof key);
+        char *end;
+        unsigned long i = strtoul(key, &end, 10);
+
+        if (n >= sizeof key)  /* longer than any key worth naming: not this body's */
+            v = NULL;
+        else if (cJSON_IsObject(v))
+            v = cJSON_GetObjectItemCaseSensitive(v, key);
+        else  /* an array index: digits, no leading zero */
+            v = cJSON_IsArray(v) && k && *end == '\0' && (key[0] != '0' || k == 1) &&
+                key[0] != '-' && key[0] != '+' && i < INT_MAX
+                ? cJSON_GetArrayItem(v, (int)i) : NULL;
+        p += 1 + n;
+    }
+    if (!v)
+        r = lerr_set(e, LERR_INVALID, "the body has no %.*s", (int)(p - ptr), ptr);
+    else if (!cJSON_IsString(v))
+        r = lerr_set(e, LERR_INVALID, "%s names %s, not a string", name,
+                     cJSON_IsNumber(v) ? "a number" : cJSON_IsArray(v) ? "an array"
+                     : cJSON_IsObject(v) ? "an object" : cJSON_IsBool(v) ? "a boolean" : "null");
+    else if (strlen(v->valuestring) >= cap)
+        r = lerr_set(e, LERR_INVALID, "%s is longer than %zu characters", name, cap - 1);
+    else
+        strcpy(out, v->valuestring);
+    cJSON_Delete(root);
+    return r;
+}
+
+/* One id: the flag's value, or what its pointer names in the body, checked. */
+static int cli_fifo_id(const char *flag, const char *value, const char *from, const char *body,
+                       size_t len, char buf[129], const char **id, struct lerr *e)
+{
+    *id = value;
+    if (!from)
+        return 0;
+    if (cli_pointer(body, len, from, buf, 129, e) < 0 || sqs_fifo_id_check(buf, "the id", e) < 0)
+        return lerr_wrap(e, "%s %s", flag, from);
+    *id = buf;
+    return 0;
+}
+
+int cli_fifo_ids(const struct cli_send_opts *o, const char *body, size_t len,
+                 char group_buf[129], char dedup_buf[129], const char **group,
+                 const char **dedup, struct lerr *e)
+{
+    if (cli_fifo_id("--group-id-from", o->group_id, o->group_id_from, body, len, group_buf,
+                    group, e) < 0)
+        return -1;
+    return cli_fifo_id("--dedup-id-from", o->dedup_id, o->dedup_id_from, body, len, dedup_buf,
+                       dedup, e);
+}
+
+int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
+                   struct lerr *e)
+{
+    char group[129], dedup[129];
+    const char *g, *d;
+    int r = cli_check_message(o, body, len, e);
+
+    if (r == 0)
+        r = cli_fifo_ids(o, body, len, group, dedup, &g, &d, e);
     if (r < 0 && lineno > 0)
         lerr_wrap(e, "%s %zu", cli_item(o), lineno);
     return r;
 }
+
 
 size_t cli_batch_len(const struct cli_line *lines, size_t n, size_t start, size_t attr_bytes)
 {
@@ -291,10 +431,13 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
                  q->dead_letter_arn[0] ? q->dead_letter_arn : "(an unreadable target)", after);
     else
         snprintf(redrive, sizeof redrive, "no redrive policy: invalid messages and failing "
-                 "jobs come back forever; give the queue a dead-letter queue");
-    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; %s)", queue_url,
+                 "jobs come back forever%s; give the queue a dead-letter queue", q->fifo
+                 ? ", holding their message group back (SQS keeps its order)" : "");
+    snprintf(out, cap, "%s (%s visible, %s in flight, %s delayed; FIFO: %s; %s)", queue_url,
              cli_count(q->visible, visible), cli_count(q->in_flight, in_flight),
-             cli_count(q->delayed, delayed), redrive);
+             cli_count(q->delayed, delayed), !q->fifo ? "no" : q->content_dedup
+             ? "yes, content-based deduplication on" : "yes, content-based deduplication off",
+             redrive);
     return q->has_redrive ? CLI_OK : CLI_WARN;
 }
 
@@ -499,12 +642,24 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
     return sent;
 }
 
+/* The entry for a line, with its FIFO ids (in ids), which send_report_invalid checked. */
+static void send_entry(const struct cli_send_opts *o, const struct cli_line *line,
+                       char ids[2][129], struct sqs_send_entry *en)
+{
+    struct lerr e;
+
+    cli_entry(o, line->body, line->len, en);
+    (void)cli_fifo_ids(o, line->body, line->len, ids[0], ids[1], &en->group_id, &en->dedup_id,
+                       &e);
+}
+
 /* Sends the lines in batches; returns how many were not sent. A batch of which nothing
  * was sent (credentials refused, the queue gone, the network down) ends the run. */
 static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
                            const struct cli_line *lines, size_t n)
 {
     struct sqs_send_entry en[SQS_MAX_MESSAGES];
+    char ids[SQS_MAX_MESSAGES][2][129];
     size_t start = 0, unsent = 0, attr_bytes;
 
     cli_entry(o, "", 0, &en[0]);
@@ -514,7 +669,7 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
         struct lerr e;
 
         for (size_t i = 0; i < k; i++)
-            cli_entry(o, lines[start + i].body, lines[start + i].len, &en[i]);
+            send_entry(o, &lines[start + i], ids[i], &en[i]);
         (void)sqs_send_batch(c, en, k, &e);  /* each entry says what happened to it */
         sent = send_report_batch(o, en, lines + start, k);
         unsent += k - sent;
@@ -532,10 +687,12 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
 /* BODY alone goes with SendMessage; returns how many were not sent (0 or 1). */
 static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c)
 {
+    const struct cli_line line = { o->body, strlen(o->body), 0 };
     struct sqs_send_entry en;
+    char ids[2][129];
     struct lerr e;
 
-    cli_entry(o, o->body, strlen(o->body), &en);
+    send_entry(o, &line, ids, &en);
     if (sqs_send(c, &en, &e) < 0) {
         say("%s", e.msg);
         return 1;
@@ -576,6 +733,26 @@ static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
     return 0;
 }
 
+/* A FIFO queue without a deduplication id per message needs content-based deduplication:
+ * 1 (said why) when the queue's attributes say it is off. When they cannot be read (a
+ * producer may lack sqs:GetQueueAttributes), SQS decides. */
+static int send_dedup_needed(struct sqs_client *c)
+{
+    struct sqs_queue_info q;
+    struct lerr e;
+
+    if (sqs_get_queue_attributes(c, &q, &e) < 0) {
+        say("cannot read the queue's attributes (%s); sending without deduplication ids: SQS "
+            "refuses them unless the queue has content-based deduplication", e.msg);
+        return 0;
+    }
+    if (q.content_dedup)
+        return 0;
+    say("the FIFO queue has no content-based deduplication: give --dedup-id ID or "
+        "--dedup-id-from /POINTER (or turn ContentBasedDeduplication on); nothing was sent");
+    return 1;
+}
+
 static int send_run(const struct cli_send_opts *o, const struct config *cfg)
 {
     struct cli_line *lines = NULL;
@@ -598,6 +775,11 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         rc = CLI_EXIT_OK;
         goto out;
     }
+    if (o->dedup_id && n > 1) {  /* SQS would keep the first and drop the others */
+        say("--dedup-id gives all %zu messages one deduplication id, so SQS would keep only "
+            "the first: use --dedup-id-from /POINTER; nothing was sent", n);
+        goto out;
+    }
     /* STS (web identity) is https even when an emulator's SQS endpoint is not. */
     if ((cfg->sqs_endpoint.tls || (getenv("AWS_ROLE_ARN") && *getenv("AWS_ROLE_ARN"))) &&
         tls_anchors_load(&net.anchors, cfg->ca_file, &e) < 0) {
@@ -610,6 +792,8 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         say("%s", e.msg);
         goto out;
     }
+    if (cfg->fifo && !o->dedup_id && !o->dedup_id_from && send_dedup_needed(&net.sqs))
+        goto out;
     unsent = o->body ? send_one(o, &net.sqs) : send_batches(o, &net.sqs, lines, n);
     if (unsent > 0 && !o->body)
         say("%zu of %zu messages not sent", unsent, n);
@@ -649,6 +833,10 @@ int cli_send(int argc, char **argv)
             else
                 say("configuration: %s", msg);
         }
+        return CLI_EXIT_USAGE;
+    }
+    if (cli_check_fifo(&o, cfg.fifo, &e) < 0) {
+        say("%s; nothing was sent", e.msg);
         return CLI_EXIT_USAGE;
     }
     log_setup(cfg.log_level, cfg.json_logs);
@@ -754,12 +942,13 @@ int cli_check(int argc, char **argv)
         failed = 1;
     } else {
         failed |= check_queue(&cfg, &net) < 0;
-        if (cfg.backend_local && config_warning(&cfg))
-            cli_row(stdout, CLI_WARN, "backend", "%s", config_warning(&cfg));
+        if (config_warning(&cfg))  /* local without a command; create on a FIFO queue */
+            cli_row(stdout, CLI_WARN, cfg.backend_local ? "backend" : "config", "%s",
+                    config_warning(&cfg));
         else if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
             cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
                     "host; no Fly API to check");
-        else
+        if (!cfg.backend_local)
             failed |= check_fly(&cfg, &net) < 0;
     }
     cli_net_close(&net);

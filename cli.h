@@ -9,10 +9,14 @@
  * daemon's own rule (group_check) and against what SQS accepts before anything is sent,
  * so a message lambdo would refuse never reaches the queue; bodies go byte for byte
  * (sqs.h's send requests never re-serialize them). Only the SQS half of the configuration
- * is needed (config_load_sqs).
+ * is needed (config_load_sqs). On a FIFO queue (and only there) each message gets a
+ * MessageGroupId and optionally a MessageDeduplicationId, one for all or each taken from its
+ * body by a JSON pointer; without dedup ids the queue must have content-based deduplication,
+ * which send reads (GetQueueAttributes) before sending.
  *
  * check loads the whole configuration and tries what the daemon needs: the CA bundle,
- * the queue (GetQueueAttributes: credentials, counts, redrive policy) and the Fly app
+ * the queue (GetQueueAttributes: credentials, counts, FIFO and deduplication, redrive
+ * policy) and the Fly app
  * (Apps_show: token, app; not with LAMBDO_BACKEND=local), printing one aligned line per
  * check, ok, warn or fail, with the reason. Secrets never appear in the output.
  *
@@ -50,13 +54,18 @@ struct cli_send_opts {
     const char *queue;    /* --queue, or NULL for LAMBDO_SQS_QUEUE_URL */
     const char *array;    /* --array FILE ("-": stdin), or NULL */
     const char *body;     /* BODY, or NULL: read the bodies from stdin or the array */
+    const char *group_id;       /* --group-id (FIFO queues): every message's, or NULL */
+    const char *group_id_from;  /* --group-id-from: a JSON pointer to it in each body */
+    const char *dedup_id;       /* --dedup-id: every message's, or NULL */
+    const char *dedup_id_from;  /* --dedup-id-from: a JSON pointer to it in each body */
     int help;             /* -h or --help was given: nothing else is checked */
 };
 
 /* Parses argv[1..argc) ("--image I" or "--image=I"; "--" ends the options; an argument
  * starting with '-' and a digit is a BODY, a negative number). Returns 0, or -1 with e
  * set (LERR_INVALID: an unknown option, a missing value, an option given twice, a second
- * BODY, BODY with --array, no --image). */
+ * BODY, BODY with --array, no --image, --group-id with --group-id-from, --dedup-id with
+ * --dedup-id-from). */
 int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e);
 
 /* A line of the input: body_len bytes (its '\n' left out, anything else kept: a '\r'
@@ -80,13 +89,33 @@ int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t
 int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
                     struct lerr *e);
 
-/* Checks the attributes alone: --image present, then cli_check_body with the body "null".
- * Returns 0, or -1 with e set (LERR_INVALID), e.g. "attribute command: element 2 is not a
- * string (it is a number)". */
+/* Checks the attributes alone: --image present, the body "null" as cli_check_body does,
+ * --group-id and --dedup-id as SQS would (sqs_fifo_id_check), the --*-from pointers'
+ * syntax. Returns 0, or -1 with e set (LERR_INVALID), e.g. "attribute command: element 2
+ * is not a string (it is a number)". */
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e);
 
+/* The FIFO flags against the queue: refused on a standard queue, a group id required on
+ * a FIFO one. Returns 0, or -1 with e set (LERR_INVALID). */
+int cli_check_fifo(const struct cli_send_opts *o, int fifo, struct lerr *e);
+
+/* The value the JSON pointer ptr (RFC 6901: "/a/0/b~1c") names in body, which must be a
+ * string, copied into out (cap bytes). Returns 0, or -1 with e set (LERR_INVALID): "the
+ * body has no /a/0", "/a names a number, not a string", a string too long for out. */
+int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t cap,
+                struct lerr *e);
+
+/* A message's FIFO ids, by the flags: --group-id or what --group-id-from names in the body
+ * (likewise dedup), each checked by sqs_fifo_id_check; *group and *dedup point to the
+ * flag's value, or into the buffers, or are NULL without flag. 0, or -1 with e set
+ * (LERR_INVALID), e.g. "--group-id-from /tenant: the body has no /tenant". */
+int cli_fifo_ids(const struct cli_send_opts *o, const char *body, size_t len,
+                 char group_buf[129], char dedup_buf[129], const char **group,
+                 const char **dedup, struct lerr *e);
+
 /* Checks one body with the flags' attributes, by the daemon's rules (group_check) and
- * SQS's (sqs_text_check of the command and the body, the size limit). lineno > 0 prefixes
+ * SQS's (sqs_text_check of the command and the body, the size limit, cli_fifo_ids).
+ * lineno > 0 prefixes
  * the reason with "line N: " (with --array "element N: "), e.g. "line 3: body is not valid
  * JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,

@@ -3,6 +3,7 @@
 #include "group.h"
 #include "metrics.h"
 #include "local.h"
+#include "sqs.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -189,6 +190,7 @@ static int load_queue(struct config *c, const char *queue_url, config_getenv_fn 
     if (strcmp(c->queue.path, "/") == 0)
         return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path (expected "
                         "https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
+    c->fifo = sqs_fifo_url(c->queue.path);
     return 0;
 }
 
@@ -363,6 +365,7 @@ static void load_misc(struct config *c, config_getenv_fn get, void *ctx,
     note(errs, load_word(get, ctx, "LAMBDO_ENV", "local", "production", &c->json_logs, &e), &e);
     note(errs, load_log_level(c, get, ctx, &e), &e);
     note(errs, load_word(get, ctx, "LAMBDO_ACK", "create", "exit", &c->ack_on_exit, &e), &e);
+    c->ack_given = get("LAMBDO_ACK", ctx) != NULL;
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
         note(errs, load_number(c, &numbers[i], get, ctx, &e), &e);
     c->ca_file = value(get, ctx, "SSL_CERT_FILE");
@@ -411,6 +414,8 @@ int config_load(struct config *c, config_getenv_fn get, void *ctx, struct config
     if (backend_ok)  /* a misspelt "local" should not ask for Fly variables */
         note(errs, load_local_command(c, get, ctx, &e), &e);
     load_sqs(c, NULL, get, ctx, errs);
+    if (c->fifo && !c->ack_given)  /* deleting at exit is what holds a group back */
+        c->ack_on_exit = 1;
     if (backend_ok && !c->backend_local)
         load_fly(c, get, ctx, errs);
     note(errs, load_metrics(c, get, ctx, &e), &e);
@@ -431,5 +436,9 @@ const char *config_warning(const struct config *c)
     if (c->backend_local && !c->local_command)
         return "LAMBDO_LOCAL_COMMAND: not set, so every message without a command attribute "
                "fails (set it to the command for those, a JSON array)";
+    if (c->fifo && !c->ack_on_exit)
+        return "LAMBDO_ACK=create on a FIFO queue: a message group's order is kept within a "
+               "Machine, not across Machines (the next messages of a group may start before "
+               "the previous ones' Machine exits); unset LAMBDO_ACK for exit";
     return NULL;
 }

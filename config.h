@@ -29,6 +29,7 @@ struct config_errors {
 struct config {
     const char *queue_url;          /* LAMBDO_SQS_QUEUE_URL, as given */
     struct url queue;               /* parsed */
+    int fifo;                       /* its name ends in ".fifo": a FIFO queue */
     struct url sqs_endpoint;        /* AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL, else the queue's origin */
     int sqs_endpoint_overridden;
     char aws_region[64];            /* AWS_REGION / AWS_DEFAULT_REGION / from the queue host */
@@ -49,7 +50,9 @@ struct config {
     const char *ca_file;            /* SSL_CERT_FILE or NULL for the default */
 
     /* delivery (see README "Delivery") */
-    int ack_on_exit;                /* LAMBDO_ACK=exit; 0 for create (the default) */
+    int ack_on_exit;                /* LAMBDO_ACK=exit; 0 for create (the default, but
+                                       on a FIFO queue, where exit keeps the order) */
+    int ack_given;                  /* LAMBDO_ACK was set: not the default */
     int retry_delay;                /* LAMBDO_RETRY_DELAY: visibility of returned messages */
     int machine_timeout;            /* LAMBDO_MACHINE_TIMEOUT seconds, 0 = none */
     int max_machines;               /* LAMBDO_MAX_MACHINES */
@@ -84,7 +87,8 @@ int config_load_sqs(struct config *c, const char *queue_url, config_getenv_fn ge
 
 /* What a valid configuration still gets wrong, to say at start-up and in `lambdo check`,
  * or NULL: LAMBDO_BACKEND=local without LAMBDO_LOCAL_COMMAND fails every message that has
- * no command attribute. */
+ * no command attribute; LAMBDO_ACK=create on a FIFO queue does not keep a message group's
+ * order across Machines. */
 const char *config_warning(const struct config *c);
 
 #endif

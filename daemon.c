@@ -671,35 +671,43 @@ static void job_start(struct daemon *d, struct job *j)
 }
 
 /* Splits a group whose events file would exceed LAMBDO_MAX_EVENTS_BYTES into consecutive
- * parts that fit, then starts a job for each part. */
-static void dispatch_group(struct daemon *d, const struct event *ev, const struct group *g,
-                           struct sqs_message *const *msg, int64_t visible_until)
+ * parts that fit, one Machine each, appended to parts; returns how many. One event may
+ * exceed the cap on its own: it still runs, alone. */
+static size_t split_group(const struct daemon *d, const struct event *ev, const struct group *g,
+                          struct group *parts)
 {
-    size_t cap = (size_t)d->cfg->max_events_bytes, start = 0;
+    size_t cap = (size_t)d->cfg->max_events_bytes, start = 0, nparts = 0;
 
     while (start < g->count) {
-        struct group part = *g;
         size_t bytes = 2 + ev[g->members[start]].body_len, n = 1;
-        struct job *j;
-        struct lerr e;
 
         while (start + n < g->count && bytes + 1 + ev[g->members[start + n]].body_len <= cap)
             bytes += 1 + ev[g->members[start + n++]].body_len;
-        part.members = g->members + start;
-        part.count = n;
-        j = job_alloc(d, msg, part.members, n, g->image, g->command, visible_until);
-        /* One event may exceed the byte cap on its own: it still runs, alone. */
-        if (j && group_events_json_alloc(ev, &part, (size_t)-1 / 2, &j->events,
-                                         &j->events_len, &e) == 0) {
-            j->preset = g->preset;
-            group_id(ev, &part, j->gid);
-            job_start(d, j);
-        } else {
-            free(j);
-            log_error("out of memory for a group of %zu events; they return after the "
-                      "visibility timeout", n);
-        }
+        parts[nparts] = *g;
+        parts[nparts].members = g->members + start;
+        parts[nparts++].count = n;
         start += n;
+    }
+    return nparts;
+}
+
+/* Starts a job for one part (a Machine's events). */
+static void dispatch_part(struct daemon *d, const struct event *ev, const struct group *part,
+                          struct sqs_message *const *msg, int64_t visible_until)
+{
+    struct job *j = job_alloc(d, msg, part->members, part->count, part->image, part->command,
+                              visible_until);
+    struct lerr e;
+
+    if (j && group_events_json_alloc(ev, part, (size_t)-1 / 2, &j->events, &j->events_len,
+                                     &e) == 0) {
+        j->preset = part->preset;
+        group_id(ev, part, j->gid);
+        job_start(d, j);
+    } else {
+        free(j);
+        log_error("out of memory for a group of %zu events; they return after the "
+                  "visibility timeout", part->count);
     }
 }
 
@@ -766,6 +774,8 @@ struct plan {
     struct sqs_message **held;         /* not run: invalid, or (--once) failed too often */
     size_t n, nheld;
     struct group_plan gp;
+    struct group *parts;               /* the groups split to fit the byte cap: Machines */
+    size_t *scratch;                   /* group_fifo_order's part_of, then its returned */
 };
 
 /* Groups the window's messages. Dispatching, the messages sqs.c flagged and (--once)
@@ -776,15 +786,17 @@ static int plan_build(struct daemon *d, const struct window *w, int dispatching,
     size_t cap = w->nmessages ? w->nmessages : 1;
 
     memset(p, 0, sizeof *p);
-    p->ev = calloc(cap, sizeof *p->ev + 2 * sizeof *p->msg + sizeof *p->gp.groups +
-                            sizeof *p->gp.members + sizeof *p->gp.verdicts);
+    p->ev = calloc(cap, sizeof *p->ev + 2 * sizeof *p->msg + 2 * sizeof *p->gp.groups +
+                            3 * sizeof *p->gp.members + sizeof *p->gp.verdicts);
     if (!p->ev)
         return lerr_set(e, LERR_NOMEM, "out of memory");
     p->msg = (struct sqs_message **)(p->ev + cap);
     p->held = p->msg + cap;
     p->gp.groups = (struct group *)(p->held + cap);
-    p->gp.members = (size_t *)(p->gp.groups + cap);
-    p->gp.verdicts = (struct lerr *)(p->gp.members + cap);
+    p->parts = p->gp.groups + cap;
+    p->gp.members = (size_t *)(p->parts + cap);
+    p->scratch = p->gp.members + cap;
+    p->gp.verdicts = (struct lerr *)(p->scratch + 2 * cap);  /* last: its size is odd */
     for (size_t b = 0; b < w->nbatches; b++) {
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
@@ -801,7 +813,8 @@ static int plan_build(struct daemon *d, const struct window *w, int dispatching,
             }
             p->ev[p->n] = (struct event){ .id = m->message_id, .body = m->body,
                                           .body_len = m->body_len, .image = m->image,
-                                          .size = m->size, .command = m->command };
+                                          .size = m->size, .command = m->command,
+                                          .fifo_group = m->message_group_id };
             p->msg[p->n++] = m;
         }
     }
@@ -810,11 +823,33 @@ static int plan_build(struct daemon *d, const struct window *w, int dispatching,
     return 0;
 }
 
+/* FIFO queues: the messages that would run out of their group's order (group.h) go back
+ * at once; SQS hands them out again, in order, once the group's earlier ones are deleted. */
+static void fifo_return(struct daemon *d, struct plan *p, size_t nparts)
+{
+    size_t *returned = p->scratch + p->n;  /* after part_of */
+    size_t n = group_fifo_order(p->ev, p->n, p->parts, nparts, p->scratch, returned);
+    struct job_msg m[SQS_MAX_MESSAGES];
+
+    for (size_t off = 0; off < n; off += SQS_MAX_MESSAGES) {
+        size_t k = n - off < SQS_MAX_MESSAGES ? n - off : SQS_MAX_MESSAGES;
+        for (size_t i = 0; i < k; i++) {
+            const struct sqs_message *msg = p->msg[returned[off + i]];
+            m[i] = (struct job_msg){ msg->message_id, msg->receipt_handle };
+            log_info("message %s of FIFO group %s returned: the group's earlier messages run "
+                     "in another Machine or are still in flight; SQS delivers it after them",
+                     msg->message_id, msg->message_group_id);
+        }
+        batch_all(d, &d->main_http, &d->main_key, "fifo", m, k, 0, 0, METRICS_NCOUNTERS);
+    }
+}
+
 /* Validates, groups and dispatches everything in the window. */
 static void window_dispatch(struct daemon *d, struct window *w)
 {
     struct plan p;
     struct lerr e;
+    size_t nparts = 0;
 
     if (plan_build(d, w, 1, &p, &e) < 0) {
         log_error("cannot group %zu messages: %s; they return after the visibility timeout",
@@ -826,7 +861,12 @@ static void window_dispatch(struct daemon *d, struct window *w)
                 p.held[p.nheld++] = p.msg[i];
             }
         for (size_t gi = 0; gi < p.gp.ngroups; gi++)
-            dispatch_group(d, p.ev, &p.gp.groups[gi], p.msg, w->visible_until_ms);
+            nparts += split_group(d, p.ev, &p.gp.groups[gi], p.parts + nparts);
+        if (d->cfg->fifo)
+            fifo_return(d, &p, nparts);
+        for (size_t pi = 0; pi < nparts; pi++)
+            if (p.parts[pi].count)
+                dispatch_part(d, p.ev, &p.parts[pi], p.msg, w->visible_until_ms);
         if (d->once)
             once_hold(d, p.held, p.nheld, w->visible_until_ms);
     }
@@ -1136,11 +1176,13 @@ static void log_start(const struct config *cfg)
                  cfg->max_machines);
         return;
     }
-    log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s, "
+    log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s%s, "
              "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, regions,
              cfg->fly_api.tls ? "https" : "http", cfg->fly_api.authority,
              strcmp(cfg->fly_api.path, "/") ? cfg->fly_api.path : "",
-             cfg->ack_on_exit ? "exit" : "create", cfg->max_machines);
+             cfg->ack_on_exit ? "exit" : "create", cfg->fifo && !cfg->ack_given
+             ? " (the default on a FIFO queue: it keeps each message group's order across "
+               "Machines)" : "", cfg->max_machines);
 }
 
 int daemon_run(const struct config *cfg, int once)

@@ -8,8 +8,10 @@
  * (LAMBDO_ACK=create), or after the Machine exited 0 (LAMBDO_ACK=exit), keeping the
  * messages hidden with visibility heartbeats meanwhile. A running job holds a Machine
  * slot; the main thread heartbeats queued jobs and stops receiving while every slot is
- * taken, so it never holds a message it cannot start. The HTTP, SQS, Fly and grouping
- * work itself is the other modules'.
+ * taken, so it never holds a message it cannot start. On a FIFO queue, a message that
+ * would run beside or before an earlier one of its message group (group_fifo_order) is
+ * made visible again at once instead. The HTTP, SQS, Fly and grouping work itself is the
+ * other modules'.
  */
 #ifndef LAMBDO_DAEMON_H
 #define LAMBDO_DAEMON_H

@@ -246,6 +246,46 @@ int group_build(const struct event *events, size_t n, size_t events_per_machine,
     return 0;
 }
 
+/* ---- FIFO queues ----------------------------------------------------------------------- */
+
+#define PART_NONE ((size_t)-1)      /* in no part: invalid, or held */
+#define PART_RETURNED ((size_t)-2)  /* taken out of its part */
+
+/* Whether event i may run in its part: every earlier event of its message group is there. */
+static int fifo_in_order(const struct event *ev, const size_t *part_of, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (ev[j].fifo_group && strcmp(ev[j].fifo_group, ev[i].fifo_group) == 0 &&
+            part_of[j] != part_of[i])
+            return 0;
+    return 1;
+}
+
+size_t group_fifo_order(const struct event *ev, size_t n, struct group *parts, size_t nparts,
+                        size_t *part_of, size_t *returned)
+{
+    size_t nret = 0;
+
+    for (size_t i = 0; i < n; i++)
+        part_of[i] = PART_NONE;
+    for (size_t p = 0; p < nparts; p++)
+        for (size_t k = 0; k < parts[p].count; k++)
+            part_of[parts[p].members[k]] = p;
+    for (size_t i = 0; i < n; i++)
+        if (ev[i].fifo_group && part_of[i] < nparts && !fifo_in_order(ev, part_of, i)) {
+            part_of[i] = PART_RETURNED;  /* and so are the group's later events */
+            returned[nret++] = i;
+        }
+    for (size_t p = 0; p < nparts && nret; p++) {
+        size_t *m = (size_t *)parts[p].members, kept = 0;  /* the caller's storage */
+        for (size_t k = 0; k < parts[p].count; k++)
+            if (part_of[m[k]] == p)
+                m[kept++] = m[k];
+        parts[p].count = kept;
+    }
+    return nret;
+}
+
 /* ---- the events file ------------------------------------------------------------------- */
 
 size_t group_events_json_len(const struct event *events, const struct group *g)

@@ -44,6 +44,7 @@ struct event {
     const char *image;     /* attributes: NUL-terminated strings, NULL when absent */
     const char *size;
     const char *command;
+    const char *fifo_group; /* FIFO queues: the message's MessageGroupId, else NULL */
 };
 
 /* One Machine's worth of events: they share image, size and command (by meaning). */
@@ -84,6 +85,20 @@ int group_check(const struct event *ev, struct lerr *e);
  * 1..GROUP_MAX_PER_MACHINE or missing storage. */
 int group_build(const struct event *events, size_t n, size_t events_per_machine,
                 struct group_plan *plan, struct lerr *e);
+
+/* The FIFO ordering rule. SQS hands out a message group's messages in order, and one
+ * answer may hold several of them; run in two Machines at once, they would no longer be in
+ * order. So each message group runs in one Machine, the one (of parts[0..nparts), the
+ * Machines about to start, events in receive order) that holds its first event; an event
+ * is kept only when every earlier event of its group is in its part. The others (in
+ * another part, or after one that is in no part: an invalid message, which SQS keeps in
+ * flight) are taken out of their part (members compacted in place: they point into the
+ * caller's writable storage; a part may be left empty) and their indices written to
+ * returned, in receive order: the caller makes them visible again at once, and SQS holds
+ * them back until the group's earlier messages are deleted. Events without fifo_group are
+ * left alone. part_of: storage for n entries. Returns how many were taken out. */
+size_t group_fifo_order(const struct event *ev, size_t n, struct group *parts, size_t nparts,
+                        size_t *part_of, size_t *returned);
 
 /* Size in bytes of the group's events file: "[" body "," body ... "]". */
 size_t group_events_json_len(const struct event *events, const struct group *g);

@@ -17,7 +17,8 @@
 static const char usage[] =
     "usage: lambdo [--once | --help | --version]\n"
     "       lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"
-    "                   [BODY | --array FILE]\n"
+    "                   [--group-id ID | --group-id-from PTR]\n"
+    "                   [--dedup-id ID | --dedup-id-from PTR] [BODY | --array FILE]\n"
     "       lambdo check\n"
     "\n"
     "Long-polls an SQS queue and runs each group of events (same image, size and command)\n"
@@ -53,7 +54,7 @@ static const char usage[] =
     "    AWS_ENDPOINT_URL_STS overrides STS, LAMBDO_FLY_API_SOCKET Fly's OIDC socket\n"
     "  AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_PROFILE   shared files (~/.aws)\n"
     "Delivery:\n"
-    "  LAMBDO_ACK                       create or exit (create)\n"
+    "  LAMBDO_ACK                       create or exit (create; exit on a FIFO queue)\n"
     "  LAMBDO_RETRY_DELAY               visibility of messages returned after a failure (0)\n"
     "  LAMBDO_MACHINE_TIMEOUT           seconds before a Machine is destroyed (none)\n"
     "  LAMBDO_MAX_MACHINES              Machines (exit) or creates (create) in flight (10)\n"

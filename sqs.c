@@ -94,7 +94,7 @@ static void sb_names(struct json_buf *b, const char *key, const char *const *nam
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
                           struct lerr *e)
 {
-    static const char *const system_attrs[] = { "ApproximateReceiveCount" };
+    static const char *const system_attrs[] = { "ApproximateReceiveCount", "MessageGroupId" };
     /* Each number is checked, then written when it is not -1 (the queue's default). */
     const struct {
         const char *name;
@@ -121,10 +121,10 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
         if (nums[i].value >= 0)
             json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
     sb_names(&b, "MessageAttributeNames", sqs_attr_names, 3);
-    sb_names(&b, "MessageSystemAttributeNames", system_attrs, 1);
+    sb_names(&b, "MessageSystemAttributeNames", system_attrs, 2);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
-    sb_names(&b, "AttributeNames", system_attrs, 1);
+    sb_names(&b, "AttributeNames", system_attrs, 2);
     return sb_finish(&b, len, e);
 }
 
@@ -687,18 +687,21 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
 
 static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
-    static const char *const names[] = { "ApproximateReceiveCount" };
+    static const char *const names[] = { "ApproximateReceiveCount", "MessageGroupId" };
     const char *count;
     size_t n;
     long v;
     int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
 
-    while (r > 0 && (r = rx_next(x, &state, names, 1, &k)) > 0) {
+    while (r > 0 && (r = rx_next(x, &state, names, 2, &k)) > 0) {
         if (k == 0 && json_peek(&x->j) == '"') {
             if (rx_keep(x, &count, &n) < 0)
                 return -1;
             v = sqs_parse_count(count, n, 18);
             m->receive_count = v > 0 ? (unsigned long)v : 0;
+        } else if (k == 1 && json_peek(&x->j) == '"') {
+            if (rx_keep(x, &m->message_group_id, &n) < 0)
+                return -1;
         } else if (rx_skip(x) < 0) {
             return -1;
         }
@@ -888,6 +891,19 @@ size_t sqs_send_size(const struct sqs_send_entry *en)
     return n;
 }
 
+int sqs_fifo_id_check(const char *id, const char *what, struct lerr *e)
+{
+    size_t n = strlen(id);
+
+    if (n == 0 || n > 128)
+        return lerr_set(e, LERR_INVALID, "%s must be 1 to 128 characters, got %zu", what, n);
+    for (size_t i = 0; i < n; i++)
+        if (id[i] <= ' ' || id[i] > '~')  /* letters, digits, punctuation: SQS's rule */
+            return lerr_set(e, LERR_INVALID, "%s \"%.40s\" has a character SQS refuses at "
+                            "byte %zu (only ASCII letters, digits and punctuation)", what, id, i);
+    return 0;
+}
+
 /* What SQS would refuse about an entry, found before anything is sent. */
 static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
 {
@@ -913,6 +929,10 @@ static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
     if (size > SQS_MAX_MESSAGE_BYTES)
         return lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
                         "SQS's limit of %d", size, SQS_MAX_MESSAGE_BYTES);
+    if (en->group_id && sqs_fifo_id_check(en->group_id, "group id", e) < 0)
+        return -1;
+    if (en->dedup_id && sqs_fifo_id_check(en->dedup_id, "deduplication id", e) < 0)
+        return -1;
     return 0;
 }
 
@@ -937,6 +957,14 @@ static void sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const 
     }
     if (!first)
         json_buf_lit(b, "}");
+    if (en->group_id) {  /* checked: printable ASCII, nothing to escape but '"' and '\\' */
+        json_buf_lit(b, ",\"MessageGroupId\":");
+        json_buf_string(b, en->group_id, strlen(en->group_id));
+    }
+    if (en->dedup_id) {
+        json_buf_lit(b, ",\"MessageDeduplicationId\":");
+        json_buf_string(b, en->dedup_id, strlen(en->dedup_id));
+    }
 }
 
 /* MD5OfMessageAttributes as SQS computes it: for each attribute, in byte order of the
@@ -1499,12 +1527,20 @@ int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
  * GetQueueAttributes (lambdo check)
  * ==================================================================================== */
 
-/* The attributes asked for: the three counts, in the order of sqs_parse_attributes, and
- * RedrivePolicy. */
+/* The attributes asked for: the three counts, in the order of sqs_parse_attributes,
+ * RedrivePolicy, FifoQueue and ContentBasedDeduplication (FIFO queues only). */
 static const char *const sqs_queue_attrs[] = {
     "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-    "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
+    "ApproximateNumberOfMessagesDelayed", "RedrivePolicy", "FifoQueue",
+    "ContentBasedDeduplication",
 };
+
+int sqs_fifo_url(const char *queue_url)
+{
+    size_t n = strlen(queue_url);
+
+    return n > 5 && strcmp(queue_url + n - 5, ".fifo") == 0;
+}
 
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
@@ -1513,7 +1549,7 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
     if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
     sb_queue(&b, queue_url);
-    sb_names(&b, "AttributeNames", sqs_queue_attrs, 4);
+    sb_names(&b, "AttributeNames", sqs_queue_attrs, sqs_fifo_url(queue_url) ? 6 : 4);
     return sb_finish(&b, len, e);
 }
 
@@ -1560,6 +1596,10 @@ int sqs_parse_attributes(const char *json, size_t len, struct sqs_queue_info *ou
         out->has_redrive = 1;
         sqs_read_redrive(v, out);
     }
+    v = sqs_json_string(attrs, sqs_queue_attrs[4]);
+    out->fifo = v && strcmp(v, "true") == 0;
+    v = sqs_json_string(attrs, sqs_queue_attrs[5]);
+    out->content_dedup = v && strcmp(v, "true") == 0;
     cJSON_Delete(root);
     return 0;
 }

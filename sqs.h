@@ -104,6 +104,7 @@ struct sqs_message {
     const char *image;           /* StringValue of each attribute; NULL when absent or */
     const char *size;            /* unusable (then flags and problem say why) */
     const char *command;
+    const char *message_group_id; /* MessageGroupId (FIFO queues), NULL when absent */
     unsigned long receive_count; /* ApproximateReceiveCount, 0 when absent or not a number */
     unsigned flags;              /* SQS_MSG_* */
     char problem[256];           /* "" or e.g. "message attribute size has DataType Number;
@@ -184,6 +185,9 @@ struct sqs_send_entry {
     const char *image;              /* in: String message attributes; NULL leaves one out */
     const char *size;
     const char *command;
+    const char *group_id;           /* in, FIFO queues: MessageGroupId, or NULL */
+    const char *dedup_id;           /* in, FIFO queues: MessageDeduplicationId, or NULL (the
+                                       queue's content-based deduplication) */
     enum sqs_entry_status status;   /* out: SQS_ENTRY_OK or SQS_ENTRY_FAILED (never STALE) */
     char message_id[128];           /* out: SQS's MessageId when OK; also when FAILED
                                        because the MD5 SQS reported does not match (the
@@ -192,6 +196,11 @@ struct sqs_send_entry {
                                        "MD5Mismatch", or a transport error's kind */
     char message[200];              /* out, FAILED: SQS's message or the error text */
 };
+
+/* Checks a MessageGroupId or MessageDeduplicationId as SQS does: 1 to 128 characters,
+ * ASCII letters, digits and punctuation. Returns 0, or -1 with e set (LERR_INVALID) naming
+ * what (e.g. "group id") and the offending character. */
+int sqs_fifo_id_check(const char *id, const char *what, struct lerr *e);
 
 /* Bytes SQS counts for the message: body, and each attribute's name, "String" and value. */
 size_t sqs_send_size(const struct sqs_send_entry *en);
@@ -255,9 +264,16 @@ struct sqs_queue_info {
     int has_redrive;           /* a RedrivePolicy attribute is set (and not empty) */
     char dead_letter_arn[256]; /* its deadLetterTargetArn, "" when absent or unreadable */
     long max_receive_count;    /* its maxReceiveCount (a number or a numeric string), or -1 */
+    int fifo;                  /* FifoQueue "true" */
+    int content_dedup;         /* ContentBasedDeduplication "true" */
 };
 
-/* The attributes asked for: the three counts and RedrivePolicy. */
+/* 1 when the queue URL names a FIFO queue: its name ends in ".fifo" (SQS's rule). */
+int sqs_fifo_url(const char *queue_url);
+
+/* The attributes asked for: the three counts, RedrivePolicy, and on a FIFO queue (only:
+ * SQS answers InvalidAttributeName for them on a standard queue) FifoQueue and
+ * ContentBasedDeduplication. */
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e);
 
 /* Reads a GetQueueAttributes answer ({"Attributes": {name: string value}}). Values that

@@ -428,7 +428,7 @@ describe('lambdo send and check', () => {
       assert.match(r.stdout, /^ok {4}config {6}SQS region us-east-1, Fly app lambdo-jobs in iad,ord, ack on create$/m);
       assert.equal(row(r, 'ca bundle').reason, `${certs.caFile} (1 certificates)`);
       assert.equal(row(r, 'sqs queue').reason,
-        `${url} (2 visible, 0 in flight, 0 delayed; redrive to ${dlqArn} after 5 receives)`);
+        `${url} (2 visible, 0 in flight, 0 delayed; FIFO: no; redrive to ${dlqArn} after 5 receives)`);
       assert.equal(row(r, 'fly app').reason, `${APP} at ${fly.url} (token accepted)`);
       assert.equal(tlsProxy.ops('GetQueueAttributes').length, 1);
       assert.ok(tlsProxy.ops('GetQueueAttributes')[0].authorized);
@@ -441,7 +441,7 @@ describe('lambdo send and check', () => {
       assert.equal(r.code, 0, r.all);
       const q = row(r, 'sqs queue');
       assert.equal(q.status, 'warn');
-      assert.match(q.reason, /^\S+ \(0 visible, 0 in flight, 0 delayed; no redrive policy: .*dead-letter queue\)$/);
+      assert.match(q.reason, /^\S+ \(0 visible, 0 in flight, 0 delayed; FIFO: no; no redrive policy: .*dead-letter queue\)$/);
     });
 
     it('fails on a refused Fly token, and on a missing app', async () => {

@@ -3,7 +3,8 @@
  * independent reading with cJSON.
  *
  * Input: one byte for events_per_machine (1..4), then records of
- *   flags (bit 0: image present, bit 1: size present, bit 2: command present),
+ *   flags (bit 0: image present, bit 1: size present, bit 2: command present, bits 3-4:
+ *   the FIFO message group, none or "a", "b", "c"),
  *   a length byte and that many bytes for each present attribute, in that order,
  *   two length bytes (big-endian) and the body.
  * Short input just ends the record where it is cut. */
@@ -186,6 +187,36 @@ static void check_key_order(const struct group_plan *pl)
     }
 }
 
+/* The FIFO rule (group_fifo_order) on the groups as Machines: of each message group, what
+ * stays is a prefix (in receive order) of its events, all valid and in one Machine; the rest
+ * is returned, in receive order; nothing else moves. */
+static void check_fifo(const struct event *ev, size_t n, struct group_plan *pl)
+{
+    size_t part_of[MAX_EVENTS], ret[MAX_EVENTS], before = 0, after = 0;
+    size_t nret = group_fifo_order(ev, n, pl->groups, pl->ngroups, part_of, ret);
+    int kept[MAX_EVENTS] = { 0 }, back[MAX_EVENTS] = { 0 };
+    size_t where[MAX_EVENTS];
+
+    for (size_t i = 0; i < nret; i++) {
+        check(ev[ret[i]].fifo_group && (i == 0 || ret[i - 1] < ret[i]), "returned in order");
+        back[ret[i]] = 1;
+    }
+    for (size_t g = 0; g < pl->ngroups; g++)
+        for (size_t k = 0; k < pl->groups[g].count; k++) {
+            kept[pl->groups[g].members[k]] = 1;
+            where[pl->groups[g].members[k]] = g;
+            after++;
+        }
+    for (size_t i = 0; i < n; i++) {
+        before += pl->verdicts[i].kind == LERR_NONE;
+        check(!(kept[i] && back[i]), "an event is kept or returned, not both");
+        for (size_t j = 0; j < i && kept[i] && ev[i].fifo_group; j++)
+            if (ev[j].fifo_group && strcmp(ev[j].fifo_group, ev[i].fifo_group) == 0)
+                check(kept[j] && where[j] == where[i], "a group's kept events: a prefix, one Machine");
+    }
+    check(after + nret == before, "every placed event is kept or returned");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct input in = { data, data + size };
@@ -213,6 +244,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         x->image = flags & 1 ? (owned[nowned++] = take_attr(&in)) : NULL;
         x->size = flags & 2 ? (owned[nowned++] = take_attr(&in)) : NULL;
         x->command = flags & 4 ? (owned[nowned++] = take_attr(&in)) : NULL;
+        x->fifo_group = (flags >> 3 & 3) ? &"a\0b\0c"[2 * ((flags >> 3 & 3) - 1)] : NULL;
         x->body_len = take(&in, take_len(&in, 2), &body);
         /* a copy of exactly body_len bytes, so ASan sees any read past the end */
         b = malloc(x->body_len ? x->body_len : 1);
@@ -226,6 +258,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(group_build(ev, n, per, &plan, &e) == 0, "group_build succeeds");
     check_plan(ev, n, per, &plan);
     check_key_order(&plan);
+    check_fifo(ev, n, &plan);  /* last: it takes events out of the groups */
 
     for (size_t i = 0; i < nowned; i++)
         free(owned[i]);

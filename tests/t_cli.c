@@ -117,6 +117,128 @@ static void test_args_errors(void **state)
 }
 
 /* ======================================================================================
+ * FIFO: the flags, JSON pointers, ids
+ * ==================================================================================== */
+
+static void test_fifo_args(void **state)
+{
+    struct cli_send_opts o;
+    struct lerr e = { 0 };
+
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--group-id", "g1", "--dedup-id-from=/id",
+                           NULL), 0);
+    assert_string_equal(o.group_id, "g1");
+    assert_string_equal(o.dedup_id_from, "/id");
+    assert_null(o.group_id_from);
+    assert_null(o.dedup_id);
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--group-id-from", "/t", "--dedup-id", "d",
+                           NULL), 0);
+    assert_string_equal(o.group_id_from, "/t");
+    assert_string_equal(o.dedup_id, "d");
+    assert_null(o.group_id);
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--group-id", "a", "--group-id-from", "/t",
+                           NULL), -1);
+    assert_string_equal(e.msg, "--group-id and --group-id-from: give one or the other");
+    assert_int_equal(parse(&o, &e, "--image", IMAGE, "--dedup-id", "a", "--dedup-id-from", "/t",
+                           NULL), -1);
+    assert_string_equal(e.msg, "--dedup-id and --dedup-id-from: give one or the other");
+
+    /* refused on a standard queue, required on a FIFO one */
+    o = (struct cli_send_opts){ .image = IMAGE };
+    assert_int_equal(cli_check_fifo(&o, 0, &e), 0);
+    assert_int_equal(cli_check_fifo(&o, 1, &e), -1);
+    assert_contains(e.msg, "a FIFO queue needs a message group: give --group-id");
+    o.dedup_id_from = "/d";
+    assert_int_equal(cli_check_fifo(&o, 0, &e), -1);
+    assert_string_equal(e.msg, "--dedup-id-from: only for FIFO queues (their name ends in "
+                               ".fifo); this one is a standard queue");
+    o.group_id = "g";
+    assert_int_equal(cli_check_fifo(&o, 0, &e), -1);
+    assert_contains(e.msg, "--group-id: only for FIFO queues");
+    assert_int_equal(cli_check_fifo(&o, 1, &e), 0);
+
+    /* the flags' own values, before anything is read */
+    assert_int_equal(cli_check_flags(&o, &e), 0);
+    o.group_id = "has space";
+    assert_int_equal(cli_check_flags(&o, &e), -1);
+    assert_contains(e.msg, "--group-id \"has space\" has a character SQS refuses at byte 3");
+    o.group_id = NULL;
+    o.group_id_from = "tenant";
+    assert_int_equal(cli_check_flags(&o, &e), -1);
+    assert_string_equal(e.msg, "--group-id-from \"tenant\": a JSON pointer starts with '/' "
+                               "(e.g. /tenant)");
+}
+
+static void test_pointer(void **state)
+{
+    static const char body[] = "{\"a\":{\"b/c\":\"slash\",\"m~n\":\"tilde\",\"\":\"empty\"},"
+                               "\"list\":[\"zero\",{\"x\":\"deep\"}],\"n\":12,\"u\":\"\\u00e9\","
+                               "\"o\":{},\"t\":true,\"z\":null,\"10\":\"ten\"}";
+    static const struct {
+        const char *ptr, *want;  /* want NULL: refused, with the reason in why */
+        const char *why;
+    } cases[] = {
+        { "/a/b~1c", "slash", NULL }, { "/a/m~0n", "tilde", NULL }, { "/a/", "empty", NULL },
+        { "/list/0", "zero", NULL }, { "/list/1/x", "deep", NULL }, { "/u", "\xc3\xa9", NULL },
+        { "/10", "ten", NULL },  /* an object member named by digits */
+        { "/list/01", NULL, "the body has no /list/01" },
+        { "/list/-", NULL, "the body has no /list/-" },
+        { "/list/2/x", NULL, "the body has no /list/2" },
+        { "/missing/x", NULL, "the body has no /missing" },
+        { "/n", NULL, "/n names a number, not a string" },
+        { "/o", NULL, "/o names an object, not a string" },
+        { "/list", NULL, "/list names an array, not a string" },
+        { "/t", NULL, "/t names a boolean, not a string" },
+        { "/z", NULL, "/z names null, not a string" },
+        { "", NULL, "\"\" names an object, not a string" },
+    };
+    char out[129];
+    struct lerr e = { 0 };
+
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        int r = cli_pointer(body, sizeof body - 1, cases[i].ptr, out, sizeof out, &e);
+        if (cases[i].want) {
+            if (r != 0)
+                fail_msg("%s: %s", cases[i].ptr, e.msg);
+            assert_string_equal(out, cases[i].want);
+        } else {
+            if (r != -1)
+                fail_msg("%s: accepted as \"%s\"", cases[i].ptr, out);
+            assert_string_equal(e.msg, cases[i].why);
+        }
+    }
+    assert_int_equal(cli_pointer("\"whole\"", 7, "", out, sizeof out, &e), 0);
+    assert_string_equal(out, "whole");
+    assert_int_equal(cli_pointer("\"whole\"", 7, "", out, 3, &e), -1);
+    assert_string_equal(e.msg, "\"\" is longer than 2 characters");
+}
+
+static void test_fifo_ids(void **state)
+{
+    struct cli_send_opts o = { .image = IMAGE, .group_id_from = "/tenant", .dedup_id = "d-1" };
+    char gb[129], db[129];
+    const char *g, *d;
+    struct lerr e = { 0 };
+
+    assert_int_equal(cli_fifo_ids(&o, "{\"tenant\":\"acme\"}", 17, gb, db, &g, &d, &e), 0);
+    assert_string_equal(g, "acme");
+    assert_string_equal(d, "d-1");
+    assert_int_equal(cli_check_body(&o, "{\"tenant\":\"acme\"}", 17, 2, &e), 0);
+    /* each refusal names the line and the flag */
+    assert_int_equal(cli_check_body(&o, "{\"tenant\":7}", 12, 3, &e), -1);
+    assert_string_equal(e.msg, "line 3: --group-id-from /tenant: /tenant names a number, not a "
+                               "string");
+    assert_int_equal(cli_check_body(&o, "{\"tenant\":\"a b\"}", 16, 4, &e), -1);
+    assert_contains(e.msg, "line 4: --group-id-from /tenant: the id \"a b\" has a character");
+    assert_int_equal(cli_check_body(&o, "{}", 2, 5, &e), -1);
+    assert_string_equal(e.msg, "line 5: --group-id-from /tenant: the body has no /tenant");
+    o = (struct cli_send_opts){ .image = IMAGE };  /* no flag: no id */
+    assert_int_equal(cli_fifo_ids(&o, "{}", 2, gb, db, &g, &d, &e), 0);
+    assert_null(g);
+    assert_null(d);
+}
+
+/* ======================================================================================
  * Lines
  * ==================================================================================== */
 
@@ -540,6 +662,8 @@ static void test_send_batch_request(void **state)
                                          .command = i % 2 ? "[\"x\"]" : NULL };
     }
     en[1].status = SQS_ENTRY_OK;  /* done: not sent again */
+    en[2].group_id = "tenant-\"7\"";  /* FIFO ids: punctuation is allowed, escaped */
+    en[2].dedup_id = "d/1";
     s = sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES, &len, &e);
     j = request_json(s, len);
     assert_int_equal(cJSON_GetArraySize(j), 2);
@@ -557,10 +681,31 @@ static void test_send_batch_request(void **state)
         assert_attribute(member(it, "MessageAttributes"), "image", IMAGE);
         assert_attribute(member(it, "MessageAttributes"), "command", en[i].command);
         assert_attribute(member(it, "MessageAttributes"), "size", NULL);
+        if (en[i].group_id) {
+            assert_bytes(member(it, "MessageGroupId"), "tenant-\"7\"", 10);
+            assert_bytes(member(it, "MessageDeduplicationId"), "d/1", 3);
+        } else {
+            assert_null(cJSON_GetObjectItemCaseSensitive(it, "MessageGroupId"));
+            assert_null(cJSON_GetObjectItemCaseSensitive(it, "MessageDeduplicationId"));
+        }
     }
     cJSON_Delete(j);
     free(s);
 
+    en[2].group_id = "a b";  /* SQS refuses it: found before sending */
+    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id \"a b\" has a "
+                               "character SQS refuses at byte 1 (only ASCII letters, digits "
+                               "and punctuation)");
+    en[2].group_id = "";
+    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id must be 1 to 128 "
+                               "characters, got 0");
+    en[2].group_id = NULL;
+    en[2].dedup_id = "d\xc3\xa9";
+    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_contains(e.msg, "deduplication id \"d");
+    en[2].dedup_id = NULL;
     assert_null(sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES + 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: 11 entries (1 to 10 allowed)");
     assert_null(sqs_send_batch_request(QUEUE, en, 0, &len, &e));
@@ -586,12 +731,22 @@ static void test_attributes_request(void **state)
     const cJSON *names = member(j, "AttributeNames");
     static const char *const want[] = {
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed", "RedrivePolicy",
+        "ApproximateNumberOfMessagesDelayed", "RedrivePolicy", "FifoQueue",
+        "ContentBasedDeduplication",
     };
 
+    /* a standard queue: SQS refuses FifoQueue there (InvalidAttributeName) */
     assert_bytes(member(j, "QueueUrl"), QUEUE, strlen(QUEUE));
     assert_int_equal(cJSON_GetArraySize(names), 4);
     for (int i = 0; i < 4; i++)
+        assert_bytes(cJSON_GetArrayItem(names, i), want[i], strlen(want[i]));
+    cJSON_Delete(j);
+    free(s);
+    s = sqs_attributes_request(QUEUE ".fifo", &len, &e);
+    j = request_json(s, len);
+    names = member(j, "AttributeNames");
+    assert_int_equal(cJSON_GetArraySize(names), 6);
+    for (int i = 0; i < 6; i++)
         assert_bytes(cJSON_GetArrayItem(names, i), want[i], strlen(want[i]));
     cJSON_Delete(j);
     free(s);
@@ -748,6 +903,20 @@ static void test_parse_attributes(void **state)
     assert_int_equal(q.has_redrive, 1);
     assert_string_equal(q.dead_letter_arn, "arn:aws:sqs:us-east-1:000000000000:jobs-dlq");
     assert_int_equal(q.max_receive_count, 5);
+    assert_int_equal(q.fifo, 0);
+    assert_int_equal(q.content_dedup, 0);
+    {
+        static const char fifo[] = "{\"Attributes\":{\"FifoQueue\":\"true\","
+                                   "\"ContentBasedDeduplication\":\"true\"}}";
+        static const char fifo_off[] = "{\"Attributes\":{\"FifoQueue\":\"true\","
+                                       "\"ContentBasedDeduplication\":\"false\"}}";
+        assert_int_equal(sqs_parse_attributes(fifo, strlen(fifo), &q, &e), 0);
+        assert_int_equal(q.fifo, 1);
+        assert_int_equal(q.content_dedup, 1);
+        assert_int_equal(sqs_parse_attributes(fifo_off, strlen(fifo_off), &q, &e), 0);
+        assert_int_equal(q.fifo, 1);
+        assert_int_equal(q.content_dedup, 0);
+    }
 
     assert_int_equal(sqs_parse_attributes(string_count, strlen(string_count), &q, &e), 0);
     assert_int_equal(q.visible, -1);
@@ -864,22 +1033,34 @@ static void test_row(void **state)
 
 static void test_queue_row(void **state)
 {
-    struct sqs_queue_info q = { 3, 0, 1, 1, "arn:aws:sqs:us-east-1:1:jobs-dlq", 5 };
+    struct sqs_queue_info q = { 3, 0, 1, 1, "arn:aws:sqs:us-east-1:1:jobs-dlq", 5, 0, 0 };
     char out[512];
 
     assert_int_equal(cli_queue_row("https://q/1/jobs", &q, out, sizeof out), CLI_OK);
-    assert_string_equal(out, "https://q/1/jobs (3 visible, 0 in flight, 1 delayed; redrive to "
-                             "arn:aws:sqs:us-east-1:1:jobs-dlq after 5 receives)");
+    assert_string_equal(out, "https://q/1/jobs (3 visible, 0 in flight, 1 delayed; FIFO: no; "
+                             "redrive to arn:aws:sqs:us-east-1:1:jobs-dlq after 5 receives)");
+    q.fifo = 1;
+    assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_OK);
+    assert_contains(out, "; FIFO: yes, content-based deduplication off; redrive to ");
+    q.content_dedup = 1;
+    assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_OK);
+    assert_contains(out, "; FIFO: yes, content-based deduplication on; redrive to ");
+    q.has_redrive = 0;  /* a failing message would hold its group back for ever */
+    assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_WARN);
+    assert_contains(out, "come back forever, holding their message group back (SQS keeps "
+                         "its order); give the queue a dead-letter queue)");
+    q.has_redrive = 1;
+    q.fifo = q.content_dedup = 0;
     q.max_receive_count = -1;
     q.dead_letter_arn[0] = '\0';
     q.visible = -1;
     assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_OK);
-    assert_string_equal(out, "u (? visible, 0 in flight, 1 delayed; redrive to (an unreadable "
-                             "target))");
+    assert_string_equal(out, "u (? visible, 0 in flight, 1 delayed; FIFO: no; redrive to (an "
+                             "unreadable target))");
     q.has_redrive = 0;
     assert_int_equal(cli_queue_row("u", &q, out, sizeof out), CLI_WARN);
-    assert_contains(out, "u (? visible, 0 in flight, 1 delayed; no redrive policy: ");
-    assert_contains(out, "dead-letter queue)");
+    assert_contains(out, "u (? visible, 0 in flight, 1 delayed; FIFO: no; no redrive policy: ");
+    assert_contains(out, "come back forever; give the queue a dead-letter queue)");
 }
 
 static void test_sqs_reason(void **state)
@@ -1004,6 +1185,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_args),
+        cmocka_unit_test(test_fifo_args),
+        cmocka_unit_test(test_pointer),
+        cmocka_unit_test(test_fifo_ids),
         cmocka_unit_test(test_args_errors),
         cmocka_unit_test(test_split_lines),
         cmocka_unit_test(test_split_array),

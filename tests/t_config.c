@@ -174,6 +174,37 @@ static void test_delivery(void **state)
     assert_non_null(strstr(e.line[0].msg, "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10"));
 }
 
+/* A queue whose name ends in .fifo acknowledges on exit unless LAMBDO_ACK says otherwise,
+ * which is then worth a warning; a standard queue keeps create. */
+static void test_fifo_ack(void **state)
+{
+    struct env env;
+    struct config c;
+    struct config_errors e;
+
+    env_base(&env);
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.fifo, 0);
+    assert_int_equal(c.ack_on_exit, 0);
+    env_set(&env, "LAMBDO_SQS_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/1/jobs.fifo");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.fifo, 1);
+    assert_int_equal(c.ack_on_exit, 1);
+    assert_int_equal(c.ack_given, 0);
+    assert_null(config_warning(&c));
+    env_set(&env, "LAMBDO_ACK", "create");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.ack_on_exit, 0);
+    assert_non_null(config_warning(&c));
+    assert_non_null(strstr(config_warning(&c), "LAMBDO_ACK=create on a FIFO queue"));
+    env_set(&env, "LAMBDO_SQS_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/1/fifo");
+    assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.fifo, 0);  /* the suffix with its dot, not the word */
+    assert_int_equal(config_load_sqs(&c, "https://sqs.eu-west-1.amazonaws.com/1/q.fifo",
+                                     env_get, &env, &e), 0);
+    assert_int_equal(c.fifo, 1);
+}
+
 static void test_sqs_only(void **state)
 {
     struct env env;
@@ -407,6 +438,7 @@ int main(void)
         cmocka_unit_test(test_delivery),
         cmocka_unit_test(test_sqs_only),
         cmocka_unit_test(test_local_backend),
+        cmocka_unit_test(test_fifo_ack),
         cmocka_unit_test(test_bad_values),
         cmocka_unit_test(test_every_problem_at_once),
     };

@@ -18,7 +18,7 @@
 static struct event ev_make(const char *image, const char *size, const char *command,
                             const char *body)
 {
-    struct event ev = { "id", body, strlen(body), image, size, command };
+    struct event ev = { "id", body, strlen(body), image, size, command, NULL };
     return ev;
 }
 
@@ -263,7 +263,7 @@ static void test_bodies(void **state)
 {
     for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
         const struct body_case *c = &bodies[i];
-        struct event ev = { "id", c->body, c->len, "img", NULL, NULL };
+        struct event ev = { "id", c->body, c->len, "img", NULL, NULL, NULL };
         struct lerr e = { 0 };
         int rc = group_check(&ev, &e);
         char want[64];
@@ -552,6 +552,75 @@ static void test_split(void **state)
     assert_string_equal(pb.groups[4].image, "c");
 }
 
+/* A FIFO message group's events, in receive order; fifo_group set on ev[i] from groups[i]
+ * ('-': none), then grouped and ordered. returned: the indices taken out, "1,4". */
+static void fifo_run(struct plan_buf *pb, struct event *ev, const char *images,
+                     const char *groups, const char *invalid, size_t per, char *returned)
+{
+    static char names[MAXEV][2], imgs[MAXEV][2];
+    size_t n = strlen(groups), part_of[MAXEV], ret[MAXEV], nret;
+
+    for (size_t i = 0; i < n; i++) {
+        names[i][0] = groups[i];
+        imgs[i][0] = images[i];
+        ev[i] = ev_make(imgs[i], NULL, NULL, invalid[i] == 'x' ? "{" : "{}");
+        ev[i].fifo_group = groups[i] == '-' ? NULL : names[i];
+    }
+    plan_run(pb, ev, n, per);
+    nret = group_fifo_order(ev, n, pb->groups, pb->plan.ngroups, part_of, ret);
+    returned[0] = '\0';
+    for (size_t i = 0; i < nret; i++)
+        sprintf(returned + strlen(returned), "%s%zu", i ? "," : "", ret[i]);
+}
+
+static void test_fifo_order(void **state)
+{
+    struct event ev[MAXEV];
+    struct plan_buf pb;
+    char ret[256];
+
+    /* one image, groups fit: nothing moves (two message groups may share a Machine) */
+    {
+        static const char *const want[] = { "0,1,2,3" };
+        fifo_run(&pb, ev, "aaaa", "pqpq", "....", 10, ret);
+        assert_string_equal(ret, "");
+        assert_groups(&pb, want, 1);
+    }
+    /* group p split by the events-per-Machine cap: its tail waits for the first Machine */
+    {
+        static const char *const want[] = { "0,1,2", "" };
+        fifo_run(&pb, ev, "aaaaa", "ppppp", ".....", 3, ret);
+        assert_string_equal(ret, "3,4");
+        assert_groups(&pb, want, 2);
+    }
+    /* p's second event asks for another image: it and every later p go back, even the
+     * one whose image matches the first (it would run before the second) */
+    {
+        static const char *const want[] = { "0,3,4", "" };
+        fifo_run(&pb, ev, "abaaa", "pppqp", ".....", 10, ret);
+        assert_string_equal(ret, "1,2,4");
+        /* a's part kept 0 and q's 3; b's part is empty */
+        assert_int_equal(pb.groups[0].count, 2);
+        assert_int_equal(pb.groups[0].members[0], 0);
+        assert_int_equal(pb.groups[0].members[1], 3);
+        assert_int_equal(pb.groups[1].count, 0);
+        (void)want;
+    }
+    /* an invalid message stays in flight: its group's later messages wait behind it */
+    {
+        fifo_run(&pb, ev, "aaaa", "pppq", "x...", 10, ret);
+        assert_string_equal(ret, "1,2");
+        assert_int_equal(pb.groups[0].count, 1);
+        assert_int_equal(pb.groups[0].members[0], 3);
+    }
+    /* messages without a group (a standard queue) are left alone */
+    {
+        fifo_run(&pb, ev, "abab", "----", "....", 1, ret);
+        assert_string_equal(ret, "");
+        assert_int_equal(pb.plan.ngroups, 4);
+    }
+}
+
 static void test_split_many_keys(void **state)
 {
     /* Every key split, so the in-place expansion moves every key: 3 keys x 5 events,
@@ -597,11 +666,11 @@ static void test_build_edges(void **state)
 static void test_events_file(void **state)
 {
     const struct event ev[] = {
-        { "m0", BODY("{\"a\":1}"), "img", NULL, NULL },
-        { "m1", BODY("{\"skip\":true}"), "other", NULL, NULL },
-        { "m2", BODY(" [1, 2] \n"), "img", NULL, NULL },
-        { "m3", BODY("12345678901234567890.123456789e-5"), "img", NULL, NULL },
-        { "m4", BODY("\"\\u00e9\xc3\xa9\""), "img", NULL, NULL },
+        { "m0", BODY("{\"a\":1}"), "img", NULL, NULL, NULL },
+        { "m1", BODY("{\"skip\":true}"), "other", NULL, NULL, NULL },
+        { "m2", BODY(" [1, 2] \n"), "img", NULL, NULL, NULL },
+        { "m3", BODY("12345678901234567890.123456789e-5"), "img", NULL, NULL, NULL },
+        { "m4", BODY("\"\\u00e9\xc3\xa9\""), "img", NULL, NULL, NULL },
     };
     static const char want[] =
         "[{\"a\":1}, [1, 2] \n,12345678901234567890.123456789e-5,\"\\u00e9\xc3\xa9\"]";
@@ -658,9 +727,9 @@ static void test_events_file(void **state)
 static void test_group_id(void **state)
 {
     struct event ev[] = {
-        { "m1", BODY("1"), "a", NULL, NULL }, { "m2", BODY("2"), "a", NULL, NULL },
-        { "ab", BODY("3"), "b", NULL, NULL }, { "c", BODY("4"), "b", NULL, NULL },
-        { "a", BODY("5"), "c", NULL, NULL },  { "bc", BODY("6"), "c", NULL, NULL },
+        { "m1", BODY("1"), "a", NULL, NULL, NULL }, { "m2", BODY("2"), "a", NULL, NULL, NULL },
+        { "ab", BODY("3"), "b", NULL, NULL, NULL }, { "c", BODY("4"), "b", NULL, NULL, NULL },
+        { "a", BODY("5"), "c", NULL, NULL, NULL },  { "bc", BODY("6"), "c", NULL, NULL, NULL },
     };
     struct plan_buf pb;
     char id[GROUP_ID_LEN + 1], id2[GROUP_ID_LEN + 1];
@@ -700,6 +769,7 @@ int main(void)
         cmocka_unit_test(test_invalid_does_not_disturb),
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_split_many_keys),
+        cmocka_unit_test(test_fifo_order),
         cmocka_unit_test(test_build_edges),
         cmocka_unit_test(test_events_file),
         cmocka_unit_test(test_group_id),

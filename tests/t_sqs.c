@@ -116,7 +116,7 @@ static void assert_str(const cJSON *o, const char *key, const char *want)
 static void test_receive_request(void **state)
 {
     static const char *const attrs[] = { "image", "size", "command" };
-    static const char *const sys[] = { "ApproximateReceiveCount" };
+    static const char *const sys[] = { "ApproximateReceiveCount", "MessageGroupId" };
     static const struct sqs_receive_opts cases[] = {
         { 1, 0, -1 }, { 10, 20, 300 }, { 5, 0, 0 }, { 10, 20, 43200 }, { 3, 7, -1 },
     };
@@ -137,8 +137,8 @@ static void test_receive_request(void **state)
         else
             assert_null(cJSON_GetObjectItemCaseSensitive(j, "VisibilityTimeout"));
         assert_names(j, "MessageAttributeNames", attrs, 3);
-        assert_names(j, "MessageSystemAttributeNames", sys, 1);
-        assert_names(j, "AttributeNames", sys, 1);
+        assert_names(j, "MessageSystemAttributeNames", sys, 2);
+        assert_names(j, "AttributeNames", sys, 2);
         assert_int_equal(members(j), cases[i].visibility_timeout >= 0 ? 7 : 6);
         cJSON_Delete(j);
         free(s);
@@ -535,6 +535,25 @@ static void test_receive_answers(void **state)
         sqs_batch_free(&b);
         sqs_batch_free(&b);  /* twice is harmless */
     }
+}
+
+/* FIFO queues: each message's MessageGroupId, NULL when absent. */
+static void test_receive_group_id(void **state)
+{
+    static const char json[] =
+        "{\"Messages\":[" MSG_HEAD("a") ",\"Attributes\":{\"MessageGroupId\":\"tenant-7\","
+        "\"ApproximateReceiveCount\":\"2\"}}," MSG_HEAD("b") ",\"Attributes\":{\"MessageGroupId\":"
+        "null}}," MSG_HEAD("c") "}]}";
+    struct sqs_batch b;
+    struct lerr e = { 0 };
+
+    assert_int_equal(sqs_parse_receive(json, strlen(json), &b, &e), 0);
+    assert_int_equal(b.count, 3);
+    assert_string_equal(b.messages[0].message_group_id, "tenant-7");
+    assert_int_equal(b.messages[0].receive_count, 2);
+    assert_null(b.messages[1].message_group_id);
+    assert_null(b.messages[2].message_group_id);
+    sqs_batch_free(&b);
 }
 
 static char *answer_of(int n)
@@ -1947,6 +1966,7 @@ int main(void)
         cmocka_unit_test(test_batch_request_invalid),
         cmocka_unit_test(test_receive_bodies),
         cmocka_unit_test(test_receive_answers),
+        cmocka_unit_test(test_receive_group_id),
         cmocka_unit_test(test_receive_ten),
         cmocka_unit_test(test_receive_malformed),
         cmocka_unit_test(test_receive_length_bound),
