@@ -56,6 +56,7 @@ const NOT_CONFIGURATION = new Map([
   ['LAMBDO_FUZZ_SECONDS', 'read by tests/run'],
   ['BR_HOT', 'a Makefile variable: the BearSSL files built with -O3'],
   ['SIGV4_MAX_CANONICAL', 'a limit in sigv4.h, not a setting'],
+  ['HTTP_KEEP_BUF', 'a limit in http.c, not a setting'],
 ]);
 
 describe('command line, without any server', () => {
