@@ -219,7 +219,7 @@ int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e)
 {
-    const struct event ev = { NULL, body, len, o->image, o->size, o->command };
+    const struct event ev = { NULL, body, len, o->image, o->size, o->command, NULL, 0 };
     struct sqs_send_entry en;
     const char *why;
     size_t at;

@@ -44,6 +44,8 @@ struct event {
     const char *image;     /* attributes: NUL-terminated strings, NULL when absent */
     const char *size;
     const char *command;
+    const char *context;   /* the message's entry of the context file: a JSON object, */
+    size_t context_len;    /* context_len bytes; NULL counts as {} */
 };
 
 /* One Machine's worth of events: they share image, size and command (by meaning). */
@@ -94,6 +96,11 @@ size_t group_events_json_len(const struct event *events, const struct group *g);
  * LERR_NOMEM. */
 int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
                             char **out, size_t *len, struct lerr *e);
+
+/* The context file (events.meta.json) likewise: "[" context "," context ... "]", entry i
+ * for event i of the events file. Same results as group_events_json_alloc. */
+int group_meta_json_alloc(const struct event *events, const struct group *g, size_t max,
+                          char **out, size_t *len, struct lerr *e);
 
 /* A command (the command attribute, or LAMBDO_LOCAL_COMMAND): a JSON array of at least
  * one string, the first non-empty, none holding a NUL character (\u0000: exec cannot pass

@@ -98,6 +98,9 @@ struct local_run {
     void (*idle)(void *ctx);     /* about once a second while the child runs (heartbeats);
                                     may be NULL */
     void *ctx;
+    const char *meta;            /* the context file's bytes (events.meta.json, beside the
+                                    events file, in EVENTS_META_PATH), or NULL: none */
+    size_t meta_len;
 };
 
 struct local_result {
