@@ -658,10 +658,10 @@ static void test_events_file(void **state)
 static void test_meta_file(void **state)
 {
     struct event ev[] = {
-        { "m0", BODY("1"), "img", NULL, NULL, NULL, 0, 0 },
-        { "m1", BODY("2"), "other", NULL, NULL, NULL, 0, 0 },
-        { "m2", BODY("3"), "img", NULL, NULL, NULL, 0, 0 },
-        { "m3", BODY("4"), "img", NULL, NULL, NULL, 0, 0 },
+        { "m0", BODY("1"), "img", NULL, NULL, NULL, 0 },
+        { "m1", BODY("2"), "other", NULL, NULL, NULL, 0 },
+        { "m2", BODY("3"), "img", NULL, NULL, NULL, 0 },
+        { "m3", BODY("4"), "img", NULL, NULL, NULL, 0 },
     };
     static const char want[] = "[{\"messageId\":\"m0\"},{},{\"messageId\":\"m\\\"3\"}]";
     struct plan_buf pb;
