@@ -121,6 +121,29 @@ describe('the context file', () => {
     assert.equal(c.sequenceNumber, out.SequenceNumber);
   });
 
+  // One cap on what lambdo puts into a Machine: the events file and the context file together.
+  it('counts the context file toward LAMBDO_MAX_EVENTS_BYTES', async () => {
+    const pad = 'x'.repeat(400);
+    const bytesOf = (m) => Buffer.byteLength(m.eventsText) + Buffer.byteLength(m.metaText);
+    const run = async (cap) => {
+      const { url } = await rig.queue();
+      const sent = await rig.send(url, 2, { key: `cap${cap}`, body: (i) => JSON.stringify({ i, run: String(cap).padStart(8, "0"), pad }) });
+      const r = rig.lambdo(url, { LAMBDO_EVENTS_PER_MACHINE: '10', LAMBDO_MAX_EVENTS_BYTES: String(cap) });
+      await until(() => rig.empty(url) && machinesOf(sent).reduce((n, m) => n + m.events.length, 0) === 2,
+        () => `both messages run\n${r.out.slice(-2000)}`, 20000);
+      await r.stop();
+      return machinesOf(sent);
+    };
+    const [both] = await run(1 << 20);
+    assert.equal(both.events.length, 2, 'one receive, one group');
+    const total = bytesOf(both);  // ids, counts and times have fixed lengths here
+    assert.ok(Buffer.byteLength(both.eventsText) < total - 1 && total - 1 >= 1024, `total ${total}`);
+    assert.deepEqual((await run(total)).map((m) => m.events.length), [2], 'exactly at the cap: one Machine');
+    const split = await run(total - 1);
+    assert.deepEqual(split.map((m) => m.events.length), [1, 1], 'one byte over: two Machines');
+    for (const m of split) assert.equal(m.meta.length, 1);
+  });
+
   it('is written by the local backend beside the events file', async () => {
     const { url } = await rig.queue();
     const sent = await rig.send(url, 2, { key: 'local', attrs: (i) => ({ image: 'local', who: `w${i}` }) });
