@@ -3,8 +3,10 @@
  *
  * A message is an event: a JSON body and the attributes image, size and command. Events
  * that ask for the same Machine (image, size, command) are batched into one Machine,
- * whose events file holds their bodies. This module is pure logic over caller-owned
- * memory: it knows nothing of SQS, HTTP or Fly's API, only the table of size presets.
+ * whose events file holds their bodies (and whose context file, aligned with it, their
+ * messages' entries: JSON written by sqs.c, opaque here). This module is pure logic over
+ * caller-owned memory: it knows nothing of SQS, HTTP or Fly's API, only the table of size
+ * presets.
  *
  * What an event must be (group_check):
  *   image    present, 1..GROUP_IMAGE_MAX bytes of printable ASCII without spaces: image
