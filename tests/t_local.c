@@ -1025,6 +1025,32 @@ static void test_env_secrets_stripped(void **state)
     free(log);
 }
 
+/* EVENTS_META_PATH names lambdo's context file or nothing: never a value from lambdo's own
+ * environment, with or without a context file. */
+static void test_env_meta_path(void **state)
+{
+    static const char *const envp[] = { "PATH=/usr/local/bin:/usr/bin:/bin",
+                                        "EVENTS_META_PATH=/evil5", NULL };
+    const char *argv[] = { "env", NULL };
+    struct local_run r = run_base(argv, "env");
+    struct local_result res;
+    char *log;
+
+    r.envp = envp;
+    log = run_logged(&r, &res);
+    assert_true(local_result_ok(&res));
+    assert_lacks(log, "EVENTS_META_PATH");
+    free(log);
+    r.meta = "[{}]";
+    r.meta_len = 4;
+    log = run_logged(&r, &res);
+    assert_true(local_result_ok(&res));
+    assert_has(log, "[group env] EVENTS_META_PATH=/");
+    assert_has(log, "/events.meta.json\n");
+    assert_lacks(log, "/evil5");
+    free(log);
+}
+
 /* The same through lambdo's real environment (environ). */
 static void test_env_from_environ(void **state)
 {
@@ -1207,6 +1233,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_lines_truncated, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_env_secrets_stripped, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_env_from_environ, scratch_up, scratch_down),
+        cmocka_unit_test_setup_teardown(test_env_meta_path, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_child_signals_default, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_descriptors, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_concurrent_runs, scratch_up, scratch_down),
