@@ -3,8 +3,9 @@
  * /v1/apps/{app}/machines), then following it to its end (wait, exit code, stop, delete).
  *
  * The Machine runs the group's image with its size preset spelled out as a guest, its
- * command (if any) as init.cmd, and the events file written to /tmp/events.json (named
- * by $EVENTS_PATH); it destroys itself when its process exits and is never restarted.
+ * command (if any) as init.cmd, the events file written to /tmp/events.json (named by
+ * $EVENTS_PATH) and the context file to /tmp/events.meta.json ($EVENTS_META_PATH); it
+ * destroys itself when its process exits and is never restarted.
  * Nothing here knows of SQS.
  *
  * What an answer to a create means (fly_classify with created: outcomes in brackets):
