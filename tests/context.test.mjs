@@ -6,12 +6,13 @@
 //   node --test tests/context.test.mjs
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { startRig, until } from './lib/accounting.mjs';
 import { toMessageAttributes } from './lib/fauxqs.mjs';
+import { ROOT } from './lib/tools.mjs';
 
 const IMAGE = 'registry.fly.io/context:1';
 const SYSTEM = ['ApproximateReceiveCount', 'SentTimestamp', 'ApproximateFirstReceiveTimestamp',
@@ -166,5 +167,31 @@ describe('the context file', () => {
       assert.equal(meta[i].receiveCount, 1);
       assert.deepEqual(meta[i].messageAttributes, { who: { type: 'String', value: `w${e.seq}` } });
     });
+  });
+
+  // The JS runtime (runtimes/js) reads the file lambdo writes: its handler gets each event's
+  // entry in its context.
+  it('reaches a handler through the JS runtime, entry by entry', async () => {
+    const { url } = await rig.queue();
+    const sent = await rig.send(url, 2, { key: 'rt', attrs: (i) => ({ image: 'local', k: `v${i}` }) });
+    const out = path.join(scratch, 'contexts.jsonl');
+    const handler = path.join(scratch, 'handler.js');
+    writeFileSync(handler, `const fs = require('node:fs');
+module.exports.handler = async (event, c) => fs.appendFileSync(${JSON.stringify(out)},
+  JSON.stringify({ id: event.id, messageId: c.messageId, receiveCount: c.receiveCount, attrs: c.messageAttributes }) + '\\n');
+`);
+    const r = rig.lambdo(url, {
+      LAMBDO_BACKEND: 'local', LAMBDO_EVENTS_PER_MACHINE: '10', LAMBDO_CHILD_LAMBDO_HANDLER: handler,
+      LAMBDO_LOCAL_COMMAND: JSON.stringify([process.execPath, path.join(ROOT, 'runtimes/js/runtime.mjs')]),
+    }, { args: ['--once'] });
+    assert.equal((await r.done(30000)).code, 0, r.out);
+    const got = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(got.length, 2);
+    for (const g of got) {
+      const s = sent.find((x) => JSON.parse(x.body).id === g.id);
+      assert.equal(g.messageId, s.id);
+      assert.equal(g.receiveCount, 1);
+      assert.deepEqual(g.attrs, { k: { type: 'String', value: `v${JSON.parse(s.body).seq}` } });
+    }
   });
 });
