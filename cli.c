@@ -233,7 +233,8 @@ static void cli_entry(const struct cli_send_opts *o, const char *body, size_t le
 static int cli_check_message(const struct cli_send_opts *o, const char *body, size_t len,
                              struct lerr *e)
 {
-    const struct event ev = { NULL, body, len, o->image, o->size, o->command, NULL };
+    const struct event ev = { .body = body, .body_len = len, .image = o->image,
+                              .size = o->size, .command = o->command };
     struct sqs_send_entry en;
     const char *why;
     size_t at;

@@ -94,6 +94,8 @@ struct job {
     char *command;
     char *events;
     size_t events_len;
+    char *meta;                        /* the context file (events.meta.json) */
+    size_t meta_len;
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
     struct job *next;                  /* in d->queue or d->held */
     struct http_client *http;          /* its thread's: the main thread's, then a worker's */
@@ -317,6 +319,7 @@ static void job_keepalive(void *ctx)
 static void job_free(struct job *j)
 {
     free(j->events);
+    free(j->meta);
     free(j);
 }
 
@@ -327,6 +330,7 @@ static int job_create(struct job *j, struct fly_machine *m)
     struct fly_machine_spec spec = {
         .image = j->image, .preset = j->preset, .command = j->command,
         .events = j->events, .events_len = j->events_len, .group_id = j->gid,
+        .meta = j->meta, .meta_len = j->meta_len,
     };
     struct lerr e;
     int stop_fd = d->signal_fd;
@@ -484,6 +488,7 @@ static int job_run_local(struct job *j)
     }
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
+        .meta = j->meta, .meta_len = j->meta_len,
         .group_id = j->gid, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
         .shutdown_grace_s = cfg->shutdown_timeout, .started = job_local_started,
         .idle = job_keepalive,
@@ -670,19 +675,25 @@ static void job_start(struct daemon *d, struct job *j)
     }
 }
 
-/* Splits a group whose events file would exceed LAMBDO_MAX_EVENTS_BYTES into consecutive
- * parts that fit, one Machine each, appended to parts; returns how many. One event may
- * exceed the cap on its own: it still runs, alone. */
+/* Splits a group whose events file and context file together would exceed
+ * LAMBDO_MAX_EVENTS_BYTES into consecutive parts that fit, one Machine each, appended to
+ * parts; returns how many. One event may exceed the cap on its own: it still runs, alone. */
 static size_t split_group(const struct daemon *d, const struct event *ev, const struct group *g,
                           struct group *parts)
 {
     size_t cap = (size_t)d->cfg->max_events_bytes, start = 0, nparts = 0;
 
     while (start < g->count) {
-        size_t bytes = 2 + ev[g->members[start]].body_len, n = 1;
+        const struct event *x = &ev[g->members[start]];
+        size_t bytes = 4 + x->body_len + x->context_len, n = 1;  /* "[]" twice */
 
-        while (start + n < g->count && bytes + 1 + ev[g->members[start + n]].body_len <= cap)
-            bytes += 1 + ev[g->members[start + n++]].body_len;
+        /* each later event adds a comma to each file */
+        for (; start + n < g->count; n++) {
+            x = &ev[g->members[start + n]];
+            if (bytes + 2 + x->body_len + x->context_len > cap)
+                break;
+            bytes += 2 + x->body_len + x->context_len;
+        }
         parts[nparts] = *g;
         parts[nparts].members = g->members + start;
         parts[nparts++].count = n;
@@ -700,12 +711,14 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
     struct lerr e;
 
     if (j && group_events_json_alloc(ev, part, (size_t)-1 / 2, &j->events, &j->events_len,
-                                     &e) == 0) {
+                                     &e) == 0 &&
+        group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->meta_len, &e) == 0) {
         j->preset = part->preset;
         group_id(ev, part, j->gid);
         job_start(d, j);
     } else {
-        free(j);
+        if (j)
+            job_free(j);
         log_error("out of memory for a group of %zu events; they return after the "
                   "visibility timeout", part->count);
     }
@@ -814,7 +827,9 @@ static int plan_build(struct daemon *d, const struct window *w, int dispatching,
             p->ev[p->n] = (struct event){ .id = m->message_id, .body = m->body,
                                           .body_len = m->body_len, .image = m->image,
                                           .size = m->size, .command = m->command,
-                                          .fifo_group = m->message_group_id };
+                                          .fifo_group = m->message_group_id,
+                                          .context = m->context,
+                                          .context_len = m->context_len };
             p->msg[p->n++] = m;
         }
     }

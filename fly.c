@@ -82,17 +82,30 @@ static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
     return 0;
 }
 
+/* {"guest_path":path,"raw_value":base64 of data}: a file in the Machine, any bytes. */
+static void jb_file(struct json_buf *b, const char *path, const char *data, size_t len)
+{
+    char *p;
+
+    json_buf_lit(b, "{\"guest_path\":\"");
+    json_buf_lit(b, path);
+    json_buf_lit(b, "\",\"raw_value\":\"");
+    if ((p = json_buf_room(b, fly_base64_len(len))))
+        b->len += fly_base64_encode(data, len, p);
+    json_buf_lit(b, "\"}");
+}
+
 int fly_create_body(const struct fly_machine_spec *spec, const char *region, char **out,
                     size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
-    char *p;
 
     *out = NULL;
     if (!spec->image || !spec->image[0] || !spec->preset)
         return lerr_set(e, LERR_INVALID, "a Machine needs an image and a size preset");
     /* one allocation in the common case: the events dominate */
-    if (!json_buf_room(&b, fly_base64_len(spec->events_len) + 1024))
+    if (!json_buf_room(&b, fly_base64_len(spec->events_len) + fly_base64_len(spec->meta_len) +
+                               1024))
         return lerr_set(e, LERR_NOMEM, "create body: out of memory");
     json_buf_lit(&b, "{");
     if (region) {
@@ -109,12 +122,16 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         json_buf_fmt(&b, ",\"gpus\":%d,\"gpu_kind\":\"%s\"", spec->preset->gpus,
                      spec->preset->gpu_kind);
     json_buf_lit(&b, "}");
-    json_buf_lit(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"}");
-    json_buf_lit(&b, ",\"files\":[{\"guest_path\":\"" FLY_EVENTS_PATH "\",\"raw_value\":");
-    json_buf_lit(&b, "\"");
-    if ((p = json_buf_room(&b, fly_base64_len(spec->events_len))))
-        b.len += fly_base64_encode(spec->events, spec->events_len, p);
-    json_buf_lit(&b, "\"}],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
+    json_buf_lit(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"");
+    if (spec->meta)
+        json_buf_lit(&b, ",\"EVENTS_META_PATH\":\"" FLY_EVENTS_META_PATH "\"");
+    json_buf_lit(&b, "},\"files\":[");
+    jb_file(&b, FLY_EVENTS_PATH, spec->events, spec->events_len);
+    if (spec->meta) {
+        json_buf_lit(&b, ",");
+        jb_file(&b, FLY_EVENTS_META_PATH, spec->meta, spec->meta_len);
+    }
+    json_buf_lit(&b, "],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
     if (spec->command && jb_command(&b, spec->command, e) < 0) {
         free(b.p);
         return -1;

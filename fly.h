@@ -3,8 +3,9 @@
  * /v1/apps/{app}/machines), then following it to its end (wait, exit code, stop, delete).
  *
  * The Machine runs the group's image with its size preset spelled out as a guest, its
- * command (if any) as init.cmd, and the events file written to /tmp/events.json (named
- * by $EVENTS_PATH); it destroys itself when its process exits and is never restarted.
+ * command (if any) as init.cmd, the events file written to /tmp/events.json (named by
+ * $EVENTS_PATH) and the context file to /tmp/events.meta.json ($EVENTS_META_PATH); it
+ * destroys itself when its process exits and is never restarted.
  * Nothing here knows of SQS.
  *
  * What an answer to a create means (fly_classify with created: outcomes in brackets):
@@ -74,6 +75,7 @@
 struct metrics;
 
 #define FLY_EVENTS_PATH "/tmp/events.json"
+#define FLY_EVENTS_META_PATH "/tmp/events.meta.json"  /* the context file, EVENTS_META_PATH */
 #define FLY_RETRY_AFTER_MAX_MS 30000  /* cap on a 429's wait */
 #define FLY_RATE_LIMIT_RETRIES 20     /* 429 retries of one request, after the first try;
                                          generous: a 429 is Fly pacing us, not a failure */
@@ -119,6 +121,8 @@ struct fly_machine_spec {
     const char *events;      /* the events file, any bytes (sent base64-encoded) */
     size_t events_len;
     const char *group_id;    /* goes in metadata.lambdo_group */
+    const char *meta;        /* the context file (sent base64-encoded), or NULL: none, */
+    size_t meta_len;         /* and no EVENTS_META_PATH */
 };
 
 /* The Machine Fly created. */

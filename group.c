@@ -288,43 +288,73 @@ size_t group_fifo_order(const struct event *ev, size_t n, struct group *parts, s
 
 /* ---- the events file ------------------------------------------------------------------- */
 
-size_t group_events_json_len(const struct event *events, const struct group *g)
+/* An event's item in the events file (its body) or in the context file. */
+static const char *file_item(const struct event *ev, int meta, size_t *len)
 {
-    size_t len = 2 + (g->count ? g->count - 1 : 0);
+    if (!meta) {
+        *len = ev->body_len;
+        return ev->body;
+    }
+    *len = ev->context ? ev->context_len : 2;
+    return ev->context ? ev->context : "{}";
+}
+
+static size_t file_len(const struct event *events, const struct group *g, int meta)
+{
+    size_t len = 2 + (g->count ? g->count - 1 : 0), b;
 
     for (size_t i = 0; i < g->count; i++) {
-        size_t b = events[g->members[i]].body_len;
+        file_item(&events[g->members[i]], meta, &b);
         len = len > (size_t)-1 - b ? (size_t)-1 : len + b;
     }
     return len;
 }
 
-int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
-                            char **out, size_t *len, struct lerr *e)
+size_t group_events_json_len(const struct event *events, const struct group *g)
 {
-    size_t need = group_events_json_len(events, g), n = 0;
+    return file_len(events, g, 0);
+}
+
+/* "[" item "," item ... "]", the items byte for byte. */
+static int file_alloc(const struct event *events, const struct group *g, int meta, size_t max,
+                      char **out, size_t *len, struct lerr *e)
+{
+    const char *what = meta ? "context file" : "events file";
+    size_t need = file_len(events, g, meta), n = 0, b;
     char *buf;
 
     *out = NULL;
     if (need > max)
-        return lerr_set(e, LERR_TOO_LARGE, "events file of %zu bytes is over the limit of %zu",
+        return lerr_set(e, LERR_TOO_LARGE, "%s of %zu bytes is over the limit of %zu", what,
                         need, max);
     if (!(buf = malloc(need + 1)))
-        return lerr_set(e, LERR_NOMEM, "events file of %zu bytes: out of memory", need);
+        return lerr_set(e, LERR_NOMEM, "%s of %zu bytes: out of memory", what, need);
     buf[n++] = '[';
     for (size_t i = 0; i < g->count; i++) {
-        const struct event *ev = &events[g->members[i]];
+        const char *item = file_item(&events[g->members[i]], meta, &b);
         if (i)
             buf[n++] = ',';
-        if (ev->body_len)
-            memcpy(buf + n, ev->body, ev->body_len);
-        n += ev->body_len;
+        if (b)
+            memcpy(buf + n, item, b);
+        n += b;
     }
     buf[n++] = ']';
     buf[n] = '\0';
     *out = buf;
     *len = need;
     return 0;
+}
+
+int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
+                            char **out, size_t *len, struct lerr *e)
+{
+    return file_alloc(events, g, 0, max, out, len, e);
+}
+
+int group_meta_json_alloc(const struct event *events, const struct group *g, size_t max,
+                          char **out, size_t *len, struct lerr *e)
+{
+    return file_alloc(events, g, 1, max, out, len, e);
 }
 
 void group_id(const struct event *events, const struct group *g, char out[GROUP_ID_LEN + 1])

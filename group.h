@@ -3,8 +3,10 @@
  *
  * A message is an event: a JSON body and the attributes image, size and command. Events
  * that ask for the same Machine (image, size, command) are batched into one Machine,
- * whose events file holds their bodies. This module is pure logic over caller-owned
- * memory: it knows nothing of SQS, HTTP or Fly's API, only the table of size presets.
+ * whose events file holds their bodies (and whose context file, aligned with it, their
+ * messages' entries: JSON written by sqs.c, opaque here). This module is pure logic over
+ * caller-owned memory: it knows nothing of SQS, HTTP or Fly's API, only the table of size
+ * presets.
  *
  * What an event must be (group_check):
  *   image    present, 1..GROUP_IMAGE_MAX bytes of printable ASCII without spaces: image
@@ -45,6 +47,8 @@ struct event {
     const char *size;
     const char *command;
     const char *fifo_group; /* FIFO queues: the message's MessageGroupId, else NULL */
+    const char *context;   /* the message's entry of the context file: a JSON object, */
+    size_t context_len;    /* context_len bytes; NULL counts as {} */
 };
 
 /* One Machine's worth of events: they share image, size and command (by meaning). */
@@ -109,6 +113,11 @@ size_t group_events_json_len(const struct event *events, const struct group *g);
  * LERR_NOMEM. */
 int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
                             char **out, size_t *len, struct lerr *e);
+
+/* The context file (events.meta.json) likewise: "[" context "," context ... "]", entry i
+ * for event i of the events file. Same results as group_events_json_alloc. */
+int group_meta_json_alloc(const struct event *events, const struct group *g, size_t max,
+                          char **out, size_t *len, struct lerr *e);
 
 /* A command (the command attribute, or LAMBDO_LOCAL_COMMAND): a JSON array of at least
  * one string, the first non-empty, none holding a NUL character (\u0000: exec cannot pass

@@ -61,7 +61,7 @@ static const char usage[] =
     "  LAMBDO_FLY_CREATE_RATE, LAMBDO_FLY_CREATE_BURST   creates per second, burst (1, 3)\n"
     "  LAMBDO_FLY_GET_RATE, LAMBDO_FLY_GET_BURST   gets and waits per second, burst (5, 10)\n"
     "  LAMBDO_BATCH_WINDOW_MS           keep receiving to fill groups (0: off)\n"
-    "  LAMBDO_MAX_EVENTS_BYTES          cap of one events file (1048576)\n"
+    "  LAMBDO_MAX_EVENTS_BYTES          cap of events.json + events.meta.json (1048576)\n"
     "  LAMBDO_SHUTDOWN_TIMEOUT          seconds to wait for Machines on SIGTERM (0)\n"
     "\n"
     "send puts messages on the queue (BODY, one per line of stdin, or each element of the\n"

@@ -31,6 +31,7 @@ extern char **environ;
                                 pipe stays open (a process it started may hold it) */
 #define DEFAULT_PATH "/usr/local/bin:/bin:/usr/bin"
 #define EVENTS_NAME "events.json"
+#define META_NAME "events.meta.json"
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -190,15 +191,33 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* Creates <tmp>/lambdo-<gid>-XXXXXX/events.json holding the events. path gets the file's
- * name, dir the directory's (empty if nothing was created). */
-static int events_file_create(const struct local_run *r, char *dir, char *path, size_t cap,
-                              struct lerr *e)
+/* Creates path (new, 0600 whatever the umask: the owner must be able to read it) holding
+ * data[0..len). */
+static int file_write(const char *path, const char *data, size_t len, struct lerr *e)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600), err;
+
+    if (fd < 0)
+        return lerr_set(e, LERR_IO, "cannot create %s: %s", path, strerror(errno));
+    if (fchmod(fd, 0600) < 0 || write_all(fd, data, len) < 0) {
+        err = errno;
+        close(fd);
+        return lerr_set(e, LERR_IO, "cannot write %s: %s", path, strerror(err));
+    }
+    if (close(fd) < 0)
+        return lerr_set(e, LERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* Creates <tmp>/lambdo-<gid>-XXXXXX/events.json holding the events, and beside it
+ * events.meta.json holding the context file when there is one. path gets the events
+ * file's name, dir the directory's (empty if nothing was created). */
+static int events_file_create(const struct local_run *r, char *dir, char *path, char *meta,
+                              size_t cap, struct lerr *e)
 {
     const char *tmp = r->tmpdir ? r->tmpdir : getenv("TMPDIR");
     char gid[GID_MAX + 1];
     size_t n = 0;
-    int fd, err;
 
     dir[0] = '\0';
     if (!tmp || !*tmp)
@@ -219,18 +238,13 @@ static int events_file_create(const struct local_run *r, char *dir, char *path, 
                         strerror(errno));
     }
     memcpy(path, dir, strlen(dir));  /* the same name with the XXXXXX filled in */
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return lerr_set(e, LERR_IO, "cannot create %s: %s", path, strerror(errno));
-    /* 0600 whatever the umask: the owner must be able to read it. */
-    if (fchmod(fd, 0600) < 0 || write_all(fd, r->events, r->events_len) < 0) {
-        err = errno;
-        close(fd);
-        return lerr_set(e, LERR_IO, "cannot write %s: %s", path, strerror(err));
-    }
-    if (close(fd) < 0)
-        return lerr_set(e, LERR_IO, "cannot write %s: %s", path, strerror(errno));
-    return 0;
+    if (file_write(path, r->events, r->events_len, e) < 0)
+        return -1;
+    if (!r->meta)
+        return 0;
+    if ((size_t)snprintf(meta, cap, "%s/" META_NAME, dir) >= cap)
+        return lerr_set(e, LERR_INVALID, "temporary directory name too long: %s", tmp);
+    return file_write(meta, r->meta, r->meta_len, e);
 }
 
 /* ---- the child's environment ---------------------------------------------------------- */
@@ -263,7 +277,7 @@ static int env_is_lambdos(const char *kv)
     if (strncmp(kv, "AWS_", 4) == 0)
         return !env_named(kv, "AWS_REGION") && !env_named(kv, "AWS_DEFAULT_REGION");
     return env_named(kv, "FLY_API_TOKEN") || env_named(kv, "FLY_ACCESS_TOKEN") ||
-           env_named(kv, "EVENTS_PATH");
+           env_named(kv, "EVENTS_PATH") || env_named(kv, "EVENTS_META_PATH");
 }
 
 /* Whether the user chose the child's value of kv's variable with LAMBDO_CHILD_<name>. */
@@ -276,10 +290,10 @@ static int env_chosen(const char *const *envp, const char *kv)
     return 0;
 }
 
-/* A new array of pointers into envp (not copies), the constants below and events_kv; NULL
- * if out of memory. The shared files point at /dev/null, or an SDK in the child would read
+/* A new array of pointers into envp (not copies), the constants below, events_kv and
+ * meta_kv (when not NULL); NULL if out of memory. The shared files point at /dev/null, or an SDK in the child would read
  * ~/.aws (lambdo's user's HOME) and find lambdo's profile. */
-static char **env_build(const char *const *envp, char *events_kv)
+static char **env_build(const char *const *envp, char *events_kv, char *meta_kv)
 {
     static const char *const no_files[] = {
         "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_CONFIG_FILE=/dev/null",
@@ -291,13 +305,13 @@ static char **env_build(const char *const *envp, char *events_kv)
         envp = (const char *const *)environ;
     while (envp && envp[n])
         n++;
-    env = calloc(n + 4, sizeof *env);  /* renamed ones are LAMBDO_*, not also kept */
+    env = calloc(n + 5, sizeof *env);  /* renamed ones are LAMBDO_*, not also kept */
     if (!env)
         return NULL;
     for (size_t i = 0; i < n; i++) {
         const char *kv = envp[i] + CHILD_PREFIX_LEN;
         if (strncmp(envp[i], CHILD_PREFIX, CHILD_PREFIX_LEN) == 0 && strchr(kv, '=') &&
-            *kv != '=' && !env_named(kv, "EVENTS_PATH"))
+            *kv != '=' && !env_named(kv, "EVENTS_PATH") && !env_named(kv, "EVENTS_META_PATH"))
             env[k++] = (char *)kv;  /* LAMBDO_CHILD_<NAME>=value as <NAME>=value */
         else if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_chosen(envp, envp[i]))
             env[k++] = (char *)envp[i];
@@ -305,7 +319,8 @@ static char **env_build(const char *const *envp, char *events_kv)
     for (size_t i = 0; i < sizeof no_files / sizeof no_files[0]; i++)
         if (!env_chosen(envp, no_files[i]))
             env[k++] = (char *)no_files[i];
-    env[k] = events_kv;
+    env[k++] = events_kv;
+    env[k] = meta_kv;
     return env;
 }
 
@@ -647,14 +662,16 @@ static int stop_requested(int fd)
 
 /* Starts the child and follows it to its end. The events file exists. */
 static int run_child(const struct local_run *r, const char *events_path,
-                     struct local_result *out, struct lerr *e)
+                     const char *meta_path, struct local_result *out, struct lerr *e)
 {
     struct watch w = { .r = r, .out = out, .out_fd = -1, .tick_ms = TICK_MS };
     char kv[sizeof "EVENTS_PATH=" + PATH_MAX], **env, prog[PATH_MAX];
+    char meta_kv[sizeof "EVENTS_META_PATH=" + PATH_MAX];
     int pfd[2] = { -1, -1 }, rc, ret = -1;
 
     snprintf(kv, sizeof kv, "EVENTS_PATH=%s", events_path);
-    if (!(env = env_build(r->envp, kv))) {
+    snprintf(meta_kv, sizeof meta_kv, "EVENTS_META_PATH=%s", meta_path);
+    if (!(env = env_build(r->envp, kv, r->meta ? meta_kv : NULL))) {
         lerr_set(e, LERR_NOMEM, "out of memory for the environment");
         goto out;
     }
@@ -705,7 +722,7 @@ out:
 
 int local_run_group(const struct local_run *r, struct local_result *out, struct lerr *e)
 {
-    char dir[PATH_MAX], path[PATH_MAX];
+    char dir[PATH_MAX], path[PATH_MAX], meta[PATH_MAX];
     int rc;
 
     memset(out, 0, sizeof *out);
@@ -716,9 +733,9 @@ int local_run_group(const struct local_run *r, struct local_result *out, struct 
         snprintf(out->reason, sizeof out->reason, "not started: lambdo is stopping");
         return 0;
     }
-    rc = events_file_create(r, dir, path, sizeof dir, e);
+    rc = events_file_create(r, dir, path, meta, sizeof dir, e);
     if (rc == 0)
-        rc = run_child(r, path, out, e);
+        rc = run_child(r, path, meta, out, e);
     if (dir[0])
         events_dir_remove(dir, r->group_id ? r->group_id : "?");
     return rc;

@@ -20,7 +20,9 @@
  *
  * The events file
  *   A private directory from mkdtemp ($TMPDIR, else /tmp; mode 0700) holding events.json
- *   (mode 0600) with the group's events; EVENTS_PATH is its path. The directory and
+ *   (mode 0600) with the group's events; EVENTS_PATH is its path. Beside it, when the run
+ *   has one, events.meta.json (mode 0600), the context file; EVENTS_META_PATH is its path
+ *   (unset without one, never inherited). The directory and
  *   everything in it is removed when the child is done, whatever the outcome (exit,
  *   signal, timeout, stop, exec failure). The child's working directory is lambdo's.
  *
@@ -29,9 +31,10 @@
  *   LAMBDO_HANDLER, the runtimes' setting: where the user's handler is), FLY_API_TOKEN,
  *   FLY_ACCESS_TOKEN and every AWS_* variable but AWS_REGION and AWS_DEFAULT_REGION; plus
  *   AWS_SHARED_CREDENTIALS_FILE=/dev/null and AWS_CONFIG_FILE=/dev/null, and EVENTS_PATH
- *   (replacing any inherited one). Then every LAMBDO_CHILD_<NAME>=<value> of lambdo's
- *   environment reaches the child as <NAME>=<value>, replacing what it would get otherwise
- *   (EVENTS_PATH excepted): that is how a handler gets credentials of its own.
+ *   and EVENTS_META_PATH (replacing any inherited ones). Then every LAMBDO_CHILD_<NAME>=<value>
+ *   of lambdo's environment reaches the child as <NAME>=<value>, replacing what it would get
+ *   otherwise (EVENTS_PATH and EVENTS_META_PATH excepted): that is how a handler gets
+ *   credentials of its own.
  *   Why: lambdo's AWS identity is the queue consumer's, allowed to receive and delete. A
  *   child that inherits it by any route an SDK follows (keys, AWS_ROLE_ARN with
  *   AWS_WEB_IDENTITY_TOKEN_FILE, a profile in ~/.aws, container endpoints) can delete
@@ -98,6 +101,9 @@ struct local_run {
     void (*idle)(void *ctx);     /* about once a second while the child runs (heartbeats);
                                     may be NULL */
     void *ctx;
+    const char *meta;            /* the context file's bytes (events.meta.json, beside the
+                                    events file, in EVENTS_META_PATH), or NULL: none */
+    size_t meta_len;
 };
 
 struct local_result {

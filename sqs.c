@@ -28,8 +28,13 @@
 
 struct sqs_batch_ops;
 
-/* The message attributes lambdo asks for. */
+/* The message attributes lambdo reads itself; the others go to the context file. */
 static const char *const sqs_attr_names[] = { "image", "size", "command" };
+/* The system attributes asked for, in the order of the context file's names (ctx_names). */
+#define SQS_SYSTEM_ATTRS 6
+static const char *const sqs_system_attrs[SQS_SYSTEM_ATTRS] = {
+    "ApproximateReceiveCount", "SentTimestamp", "ApproximateFirstReceiveTimestamp",
+    "MessageGroupId", "MessageDeduplicationId", "SequenceNumber" };
 
 /* ======================================================================================
  * Request bodies, written by hand
@@ -94,7 +99,9 @@ static void sb_names(struct json_buf *b, const char *key, const char *const *nam
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
                           struct lerr *e)
 {
-    static const char *const system_attrs[] = { "ApproximateReceiveCount", "MessageGroupId" };
+    /* Exactly what the context file (sqs_message.context) holds: SQS returns only what is
+     * named. Every message attribute is asked for: all go into the context file. */
+    static const char *const all[] = { "All" };
     /* Each number is checked, then written when it is not -1 (the queue's default). */
     const struct {
         const char *name;
@@ -120,11 +127,11 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     for (size_t i = 0; i < 3; i++)
         if (nums[i].value >= 0)
             json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
-    sb_names(&b, "MessageAttributeNames", sqs_attr_names, 3);
-    sb_names(&b, "MessageSystemAttributeNames", system_attrs, 2);
+    sb_names(&b, "MessageAttributeNames", all, 1);
+    sb_names(&b, "MessageSystemAttributeNames", sqs_system_attrs, SQS_SYSTEM_ATTRS);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
-    sb_names(&b, "AttributeNames", system_attrs, 2);
+    sb_names(&b, "AttributeNames", sqs_system_attrs, SQS_SYSTEM_ATTRS);
     return sb_finish(&b, len, e);
 }
 
@@ -528,7 +535,14 @@ struct rx {
     struct lerr *e;
     char *arena;
     size_t left;
+    struct json_buf ctx;                   /* the messages' context entries, one after
+                                              another: the batch keeps it */
+    size_t ctx_at[SQS_MAX_MESSAGES];       /* where each message's entry starts in ctx */
+    struct json_buf attrs;                 /* scratch: one message's other attributes */
 };
+
+/* A message attribute's name is at most 256 characters (SQS's limit). */
+#define SQS_ATTR_NAME_MAX 256
 
 /* The scanner's error in the answer's words; at the very end, the answer was cut short. */
 static int rx_fail(struct rx *x)
@@ -622,23 +636,34 @@ static int sqs_string_type(const char *type)
     return strcmp(type, "String") == 0 || strncmp(type, "String.", 7) == 0;
 }
 
-/* One message attribute value object: {"DataType": ..., "StringValue": ...}. */
-static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const char *name,
-                        const char **out)
+/* One message attribute value object: {"DataType": ..., "StringValue": ...,
+ * "BinaryValue": ...}, its strings decoded into got[] (NULL when absent) and len[]. */
+static int rx_attribute_fields(struct rx *x, int index, const char *got[3], size_t len[3])
 {
-    static const char *const names[] = { "DataType", "StringValue" };
+    static const char *const names[] = { "DataType", "StringValue", "BinaryValue" };
     static const char *const labels[] = { "MessageAttributes DataType",
-                                          "MessageAttributes StringValue" };
-    const char *got[2] = { NULL, NULL }, *type;
-    size_t len[2] = { 0, 0 };
+                                          "MessageAttributes StringValue",
+                                          "MessageAttributes BinaryValue" };
     int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes value");
 
-    *out = NULL;
-    while (r > 0 && (r = rx_next(x, &state, names, 2, &k)) > 0) {
+    got[0] = got[1] = got[2] = NULL;
+    len[0] = len[1] = len[2] = 0;
+    while (r > 0 && (r = rx_next(x, &state, names, 3, &k)) > 0) {
         if ((k >= 0 ? rx_keep_member(x, index, labels[k], &got[k], &len[k]) : rx_skip(x)) < 0)
             return -1;
     }
-    if (r < 0)
+    return r < 0 ? -1 : 0;
+}
+
+/* image, size or command: a String whose StringValue goes to *out. */
+static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const char *name,
+                        const char **out)
+{
+    const char *got[3], *type;
+    size_t len[3];
+
+    *out = NULL;
+    if (rx_attribute_fields(x, index, got, len) < 0)
         return -1;
     type = got[0] && strlen(got[0]) != len[0] ? "(a type holding NUL)" : got[0];
     if (!type)
@@ -657,17 +682,58 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
     return 0;
 }
 
+/* Any other attribute, for the context file: ,"name":{"type":...,"value":...} into x->attrs.
+ * The value is the StringValue, or the BinaryValue (base64, as SQS sends it). Text SQS
+ * itself would refuse (a lone surrogate, a NUL) would make the context file unreadable:
+ * the message is refused instead, as for a body. */
+static int rx_user_attribute(struct rx *x, int index, struct sqs_message *m, const char *name)
+{
+    const char *got[3];
+    size_t len[3], vi;
+
+    if (rx_attribute_fields(x, index, got, len) < 0)
+        return -1;
+    vi = got[1] ? 1 : 2;
+    if (!got[0] || !got[vi])
+        return 0;  /* nothing to say about it (SQS always sends both) */
+    if (sqs_text_check(name, strlen(name), NULL, NULL) < 0) {
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "a message attribute's name is not Unicode text "
+                    "SQS allows");
+        return 0;
+    }
+    if (sqs_text_check(got[0], len[0], NULL, NULL) < 0 ||
+        sqs_text_check(got[vi], len[vi], NULL, NULL) < 0) {
+        msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %.60s: its type or value is "
+                    "not Unicode text SQS allows", name);
+        return 0;
+    }
+    json_buf_lit(&x->attrs, x->attrs.len ? "," : "");
+    json_buf_string(&x->attrs, name, strlen(name));
+    json_buf_lit(&x->attrs, ":{\"type\":");
+    json_buf_string(&x->attrs, got[0], len[0]);
+    json_buf_lit(&x->attrs, ",\"value\":");
+    json_buf_string(&x->attrs, got[vi], len[vi]);
+    json_buf_lit(&x->attrs, "}");
+    return 0;
+}
+
 static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     const char **slots[] = { &m->image, &m->size, &m->command };
+    char name[SQS_ATTR_NAME_MAX + 1];
     int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes");
 
-    while (r > 0 && (r = rx_next(x, &state, sqs_attr_names, 3, &k)) > 0) {
-        if (k >= 0 ? rx_attribute(x, index, m, sqs_attr_names[k], slots[k]) < 0
-                   : rx_skip(x) < 0)
+    if (r <= 0)
+        return r;
+    while ((r = json_member(&x->j, &state, name, sizeof name)) > 0) {
+        for (k = 0; k < 3 && strcmp(name, sqs_attr_names[k]) != 0; k++)
+            ;
+        if (k < 3 ? rx_attribute(x, index, m, sqs_attr_names[k], slots[k]) < 0
+            : name[0] ? rx_user_attribute(x, index, m, name) < 0
+                      : rx_skip(x) < 0)  /* a name SQS cannot send: too long, a NUL */
             return -1;
     }
-    return r;
+    return r < 0 ? rx_fail(x) : r;
 }
 
 /* 1 to max_digits decimal digits, strictly; -1 for anything else (it counts as absent). */
@@ -685,28 +751,60 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
     return v;
 }
 
-static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
-{
-    static const char *const names[] = { "ApproximateReceiveCount", "MessageGroupId" };
-    const char *count;
-    size_t n;
-    long v;
-    int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
+/* The system attributes asked for (sqs_system_attrs), as strings in the arena. */
+struct rx_system {
+    const char *v[SQS_SYSTEM_ATTRS];
+    size_t len[SQS_SYSTEM_ATTRS];
+};
 
-    while (r > 0 && (r = rx_next(x, &state, names, 2, &k)) > 0) {
-        if (k == 0 && json_peek(&x->j) == '"') {
-            if (rx_keep(x, &count, &n) < 0)
-                return -1;
-            v = sqs_parse_count(count, n, 18);
-            m->receive_count = v > 0 ? (unsigned long)v : 0;
-        } else if (k == 1 && json_peek(&x->j) == '"') {
-            if (rx_keep(x, &m->message_group_id, &n) < 0)
+static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m,
+                                struct rx_system *sys)
+{
+    int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
+    long v;
+
+    while (r > 0 && (r = rx_next(x, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS, &k)) > 0) {
+        if (k >= 0 && json_peek(&x->j) == '"') {
+            if (rx_keep(x, &sys->v[k], &sys->len[k]) < 0)
                 return -1;
         } else if (rx_skip(x) < 0) {
             return -1;
         }
     }
+    v = sqs_parse_count(sys->v[0], sys->len[0], 18);
+    m->receive_count = v > 0 ? (unsigned long)v : 0;
+    m->message_group_id = sys->v[3];  /* NUL-terminated in the arena, NULL when absent */
     return r;
+}
+
+/* The message's entry of the context file, into x->ctx: the counts and times as JSON
+ * numbers when SQS gave digits, the FIFO strings when it gave them, and the attributes
+ * rx_user_attribute collected. */
+static void rx_context(struct rx *x, const struct sqs_message *m, const struct rx_system *sys)
+{
+    static const char *const ctx_names[SQS_SYSTEM_ATTRS] = {
+        "receiveCount", "sentTimestamp", "firstReceiveTimestamp",
+        "messageGroupId", "deduplicationId", "sequenceNumber" };
+
+    json_buf_lit(&x->ctx, "{\"messageId\":");
+    json_buf_string(&x->ctx, m->message_id, strlen(m->message_id));
+    for (int k = 0; k < SQS_SYSTEM_ATTRS; k++) {
+        long v = k < 3 ? sqs_parse_count(sys->v[k], sys->len[k], 18) : 0;
+
+        if (k < 3 && v < 0)
+            continue;
+        if (k >= 3 && (!sys->v[k] || sqs_text_check(sys->v[k], sys->len[k], NULL, NULL) < 0))
+            continue;
+        json_buf_fmt(&x->ctx, ",\"%s\":", ctx_names[k]);
+        if (k < 3)
+            json_buf_fmt(&x->ctx, "%ld", v);
+        else
+            json_buf_string(&x->ctx, sys->v[k], sys->len[k]);
+    }
+    json_buf_lit(&x->ctx, ",\"messageAttributes\":{");
+    if (x->attrs.len)
+        json_buf_lit(&x->ctx, x->attrs.p);
+    json_buf_lit(&x->ctx, "}}");
 }
 
 /* The MD5 of data[0..len) as 32 lowercase hex characters. */
@@ -745,10 +843,13 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
     static const char *const names[] = { "MessageId", "ReceiptHandle", "MD5OfBody", "Body",
                                          "Attributes", "MessageAttributes" };
     const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
+    struct rx_system sys;
     int state = 0, r, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
         return rx_skip(x);
+    memset(&sys, 0, sizeof sys);
+    x->attrs.len = 0;
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
     while ((r = rx_next(x, &state, names, 6, &k)) > 0) {
@@ -757,7 +858,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
         if (k >= 0 && k < 4)
             r = rx_keep_member(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
         else if (k == 4)
-            r = rx_system_attributes(x, index, m);
+            r = rx_system_attributes(x, index, m, &sys);
         else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
@@ -781,6 +882,9 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
                     "body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not "
                     "Unicode text");
     sqs_check_md5(m);
+    x->ctx_at[index] = x->ctx.len;
+    rx_context(x, m, &sys);
+    m->context_len = x->ctx.len - x->ctx_at[index];
     return 0;
 }
 
@@ -802,6 +906,7 @@ static int rx_messages(struct rx *x, struct sqs_batch *b)
 void sqs_batch_free(struct sqs_batch *b)
 {
     free(b->mem);
+    free(b->context_mem);
     memset(b, 0, sizeof *b);
 }
 
@@ -809,7 +914,7 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
 {
     size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
     static const char *const names[] = { "Messages" };
-    struct rx x;
+    struct rx x = { .ctx = { 0 } };
     int state = 0, k, r;
 
     memset(b, 0, sizeof *b);
@@ -840,11 +945,17 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
     if (r == 0 && json_peek(&x.j) != -1)
         r = lerr_set(e, LERR_MALFORMED, RX " is not valid JSON: unexpected data after the "
                      "object at byte %zu", (size_t)(x.j.p - x.j.start));
+    if (r == 0 && (x.ctx.oom || x.attrs.oom))
+        r = lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
 out:
+    free(x.attrs.p);
+    b->context_mem = x.ctx.p;
     if (r < 0) {
         sqs_batch_free(b);
         return -1;
     }
+    for (size_t i = 0; i < b->count; i++)
+        b->messages[i].context = x.ctx.p + x.ctx_at[i];
     return 0;
 }
 

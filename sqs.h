@@ -106,6 +106,16 @@ struct sqs_message {
     const char *command;
     const char *message_group_id; /* MessageGroupId (FIFO queues), NULL when absent */
     unsigned long receive_count; /* ApproximateReceiveCount, 0 when absent or not a number */
+    const char *context;         /* the message's entry of the context file (events.meta.json):
+                                    a JSON object, context_len bytes, in the batch's memory:
+                                    {"messageId", "receiveCount", "sentTimestamp",
+                                    "firstReceiveTimestamp" (numbers, each when SQS gave
+                                    digits), "messageGroupId", "deduplicationId",
+                                    "sequenceNumber" (strings, when SQS gave them),
+                                    "messageAttributes": {name: {"type", "value"}} (every
+                                    attribute but image, size and command; Binary values in
+                                    base64, as SQS sends them)} */
+    size_t context_len;
     unsigned flags;              /* SQS_MSG_* */
     char problem[256];           /* "" or e.g. "message attribute size has DataType Number;
                                     only String is accepted" (several joined by "; ") */
@@ -116,6 +126,7 @@ struct sqs_batch {
     struct sqs_message *messages;
     size_t count;
     void *mem;
+    char *context_mem;           /* the messages' context entries */
 };
 
 /* The largest ReceiveMessage answer read: 10 messages of SQS_MAX_MESSAGE_BYTES (body and

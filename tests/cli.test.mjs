@@ -51,6 +51,7 @@ const scratch = mkdtempSync(path.join(tmpdir(), 'lambdo-cli-'));
 // not list them), each with the reason.
 const NOT_CONFIGURATION = new Map([
   ['EVENTS_PATH', 'lambdo sets it for the handler'],
+  ['EVENTS_META_PATH', 'lambdo sets it for the handler'],
   ['LAMBDO_HANDLER', 'read by the runtimes in runtimes/, not by lambdo'],
   ['LAMBDO_SIGV4_SUITE', 'read by tests/run'],
   ['LAMBDO_FUZZ_SECONDS', 'read by tests/run'],

@@ -18,6 +18,7 @@
 
 #include "cJSON.h"
 #include "log.h"
+#include "json.h"
 #include "sqs.h"
 
 static void check(int ok)
@@ -156,6 +157,11 @@ static void fuzz_receive(const uint8_t *data, size_t size)
         check(strnlen(m->problem, sizeof m->problem) < sizeof m->problem);
         /* Attribute values handed on are whole C strings. */
         check(!m->image || strlen(m->image) < size);
+        /* The context entry is strict JSON, an object, whatever the answer held (but a
+         * message id that is not text, which SQS never sends: it is copied as it is). */
+        check(m->context && m->context_len >= 2 && m->context[0] == '{');
+        check(sqs_text_check(m->message_id, strlen(m->message_id), NULL, NULL) < 0 ||
+              json_check(m->context, m->context_len, NULL, NULL) == 0);
     }
     check_against_cjson(data, size, &b);
     sqs_batch_free(&b);

@@ -18,7 +18,7 @@
 static struct event ev_make(const char *image, const char *size, const char *command,
                             const char *body)
 {
-    struct event ev = { "id", body, strlen(body), image, size, command, NULL };
+    struct event ev = { "id", body, strlen(body), image, size, command, NULL, NULL, 0 };
     return ev;
 }
 
@@ -263,7 +263,7 @@ static void test_bodies(void **state)
 {
     for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
         const struct body_case *c = &bodies[i];
-        struct event ev = { "id", c->body, c->len, "img", NULL, NULL, NULL };
+        struct event ev = { "id", c->body, c->len, "img", NULL, NULL, NULL, NULL, 0 };
         struct lerr e = { 0 };
         int rc = group_check(&ev, &e);
         char want[64];
@@ -666,11 +666,11 @@ static void test_build_edges(void **state)
 static void test_events_file(void **state)
 {
     const struct event ev[] = {
-        { "m0", BODY("{\"a\":1}"), "img", NULL, NULL, NULL },
-        { "m1", BODY("{\"skip\":true}"), "other", NULL, NULL, NULL },
-        { "m2", BODY(" [1, 2] \n"), "img", NULL, NULL, NULL },
-        { "m3", BODY("12345678901234567890.123456789e-5"), "img", NULL, NULL, NULL },
-        { "m4", BODY("\"\\u00e9\xc3\xa9\""), "img", NULL, NULL, NULL },
+        { "m0", BODY("{\"a\":1}"), "img", NULL, NULL, NULL, NULL, 0 },
+        { "m1", BODY("{\"skip\":true}"), "other", NULL, NULL, NULL, NULL, 0 },
+        { "m2", BODY(" [1, 2] \n"), "img", NULL, NULL, NULL, NULL, 0 },
+        { "m3", BODY("12345678901234567890.123456789e-5"), "img", NULL, NULL, NULL, NULL, 0 },
+        { "m4", BODY("\"\\u00e9\xc3\xa9\""), "img", NULL, NULL, NULL, NULL, 0 },
     };
     static const char want[] =
         "[{\"a\":1}, [1, 2] \n,12345678901234567890.123456789e-5,\"\\u00e9\xc3\xa9\"]";
@@ -722,14 +722,55 @@ static void test_events_file(void **state)
     }
 }
 
+/* The context file: the entries of the group's members, in the events file's order, byte
+ * for byte; an event without one gets {} so that the two files stay aligned. */
+static void test_meta_file(void **state)
+{
+    struct event ev[] = {
+        { "m0", BODY("1"), "img", NULL, NULL, NULL, NULL, 0 },
+        { "m1", BODY("2"), "other", NULL, NULL, NULL, NULL, 0 },
+        { "m2", BODY("3"), "img", NULL, NULL, NULL, NULL, 0 },
+        { "m3", BODY("4"), "img", NULL, NULL, NULL, NULL, 0 },
+    };
+    static const char want[] = "[{\"messageId\":\"m0\"},{},{\"messageId\":\"m\\\"3\"}]";
+    struct plan_buf pb;
+    struct lerr e = { 0 };
+    char *out = NULL;
+    size_t len = 0;
+
+    ev[0].context = "{\"messageId\":\"m0\"}";
+    ev[0].context_len = strlen(ev[0].context);
+    ev[1].context = "{\"messageId\":\"m1\"}";
+    ev[1].context_len = strlen(ev[1].context);
+    ev[3].context = "{\"messageId\":\"m\\\"3\"}trailing";  /* only context_len counts */
+    ev[3].context_len = strlen("{\"messageId\":\"m\\\"3\"}");
+    plan_run(&pb, ev, 4, 10);
+    assert_int_equal(pb.plan.ngroups, 2);
+    assert_int_equal(group_meta_json_alloc(ev, &pb.groups[0], 256, &out, &len, &e), 0);
+    assert_int_equal(len, sizeof want - 1);
+    assert_memory_equal(out, want, len + 1);
+    free(out);
+    /* the events file is untouched by it */
+    assert_int_equal(group_events_json_alloc(ev, &pb.groups[0], 256, &out, &len, &e), 0);
+    assert_memory_equal(out, "[1,3,4]", 8);
+    free(out);
+    assert_int_equal(group_meta_json_alloc(ev, &pb.groups[1], 256, &out, &len, &e), 0);
+    assert_memory_equal(out, "[{\"messageId\":\"m1\"}]", len + 1);
+    free(out);
+    assert_int_equal(group_meta_json_alloc(ev, &pb.groups[0], sizeof want - 2, &out, &len, &e),
+                     -1);
+    assert_has(e.msg, "context file of 44 bytes is over the limit of 43");
+    assert_null(out);
+}
+
 /* ---- group ids --------------------------------------------------------------------------- */
 
 static void test_group_id(void **state)
 {
     struct event ev[] = {
-        { "m1", BODY("1"), "a", NULL, NULL, NULL }, { "m2", BODY("2"), "a", NULL, NULL, NULL },
-        { "ab", BODY("3"), "b", NULL, NULL, NULL }, { "c", BODY("4"), "b", NULL, NULL, NULL },
-        { "a", BODY("5"), "c", NULL, NULL, NULL },  { "bc", BODY("6"), "c", NULL, NULL, NULL },
+        { "m1", BODY("1"), "a", NULL, NULL, NULL, NULL, 0 }, { "m2", BODY("2"), "a", NULL, NULL, NULL, NULL, 0 },
+        { "ab", BODY("3"), "b", NULL, NULL, NULL, NULL, 0 }, { "c", BODY("4"), "b", NULL, NULL, NULL, NULL, 0 },
+        { "a", BODY("5"), "c", NULL, NULL, NULL, NULL, 0 },  { "bc", BODY("6"), "c", NULL, NULL, NULL, NULL, 0 },
     };
     struct plan_buf pb;
     char id[GROUP_ID_LEN + 1], id2[GROUP_ID_LEN + 1];
@@ -772,6 +813,8 @@ int main(void)
         cmocka_unit_test(test_fifo_order),
         cmocka_unit_test(test_build_edges),
         cmocka_unit_test(test_events_file),
+
+        cmocka_unit_test(test_meta_file),
         cmocka_unit_test(test_group_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

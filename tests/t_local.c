@@ -801,6 +801,41 @@ static void check_events_file(const char *events, size_t len)
     assert_int_equal(dir_entries(scratch), 0);
 }
 
+/* The context file: beside the events file, 0600, its bytes exactly, in EVENTS_META_PATH. */
+static void test_meta_file(void **state)
+{
+    static const char meta[] = "[{\"messageId\":\"m\\\"1\",\"messageAttributes\":{}}]";
+    char copy[300], want[100];
+    const char *argv[] = {
+        "sh", "-c",
+        "stat -c 'meta %a %s' \"$EVENTS_META_PATH\"; echo \"name=${EVENTS_META_PATH##*/}\";"
+        "[ \"${EVENTS_META_PATH%/*}\" = \"${EVENTS_PATH%/*}\" ] && echo beside;"
+        "cp \"$EVENTS_META_PATH\" \"$1\"",
+        "sh", copy, NULL };
+    struct local_run r = run_base(argv, "meta");
+    struct local_result res;
+    char *log, *got;
+    size_t got_len;
+
+    scratch_path(copy, sizeof copy, "meta-copy");
+    r.meta = meta;
+    r.meta_len = sizeof meta - 1;
+    log = run_logged(&r, &res);
+    assert_true(local_result_ok(&res));
+    snprintf(want, sizeof want, "[group meta] meta 600 %zu\n", sizeof meta - 1);
+    assert_has(log, want);
+    assert_has(log, "[group meta] name=events.meta.json\n");
+    assert_has(log, "[group meta] beside\n");
+    got = file_read(copy, &got_len);
+    assert_non_null(got);
+    assert_int_equal(got_len, sizeof meta - 1);
+    assert_memory_equal(got, meta, got_len);
+    free(got);
+    free(log);
+    unlink(copy);
+    assert_int_equal(dir_entries(scratch), 0);
+}
+
 static void test_events_file(void **state)
 {
     static const char odd[] = "[{\"a\":12345678901234567890.5},\n\"\\u00e9\",\"\xc3\xa9\"]\0\xff";
@@ -945,6 +980,7 @@ static const char *const secrets_env[] = {
     "LAMBDO_=secret9", "NOEQUALS", "LAMBDO_HANDLER=/srv/app", "KEEP2=inherited",
     "LAMBDO_CHILD_AWS_ROLE_ARN=arn:handler", "LAMBDO_CHILD_AWS_CONFIG_FILE=/srv/aws-config",
     "LAMBDO_CHILD_KEEP2=chosen", "LAMBDO_CHILD_EVENTS_PATH=/evil2", "LAMBDO_CHILD_=x",
+    "EVENTS_META_PATH=/evil3", "LAMBDO_CHILD_EVENTS_META_PATH=/evil4",
     NULL,
 };
 
@@ -955,6 +991,8 @@ static void check_env_log(const char *log)
     assert_has(log, "[group env] AWS_DEFAULT_REGION=eu-west-2\n");
     assert_has(log, "[group env] EVENTS_PATH=/");
     assert_lacks(log, "EVENTS_PATH=/evil");
+    assert_lacks(log, "/evil");
+    assert_lacks(log, "EVENTS_META_PATH");  /* no context file given: none named */
     assert_lacks(log, "secret");
     assert_has(log, "[group env] LAMBDO_HANDLER=/srv/app\n"); /* the runtimes' setting */
     assert_lacks(log, "LAMBDO_FLY");
@@ -984,6 +1022,32 @@ static void test_env_secrets_stripped(void **state)
     log = run_logged(&r, &res);
     assert_true(local_result_ok(&res));
     check_env_log(log);
+    free(log);
+}
+
+/* EVENTS_META_PATH names lambdo's context file or nothing: never a value from lambdo's own
+ * environment, with or without a context file. */
+static void test_env_meta_path(void **state)
+{
+    static const char *const envp[] = { "PATH=/usr/local/bin:/usr/bin:/bin",
+                                        "EVENTS_META_PATH=/evil5", NULL };
+    const char *argv[] = { "env", NULL };
+    struct local_run r = run_base(argv, "env");
+    struct local_result res;
+    char *log;
+
+    r.envp = envp;
+    log = run_logged(&r, &res);
+    assert_true(local_result_ok(&res));
+    assert_lacks(log, "EVENTS_META_PATH");
+    free(log);
+    r.meta = "[{}]";
+    r.meta_len = 4;
+    log = run_logged(&r, &res);
+    assert_true(local_result_ok(&res));
+    assert_has(log, "[group env] EVENTS_META_PATH=/");
+    assert_has(log, "/events.meta.json\n");
+    assert_lacks(log, "/evil5");
     free(log);
 }
 
@@ -1160,6 +1224,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_command_not_found, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_command_not_executable, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_command_path_search, scratch_up, scratch_down),
+        cmocka_unit_test_setup_teardown(test_meta_file, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_events_file, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_events_dir_cleaned, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_tmpdir_from_environment, scratch_up, scratch_down),
@@ -1168,6 +1233,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_lines_truncated, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_env_secrets_stripped, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_env_from_environ, scratch_up, scratch_down),
+        cmocka_unit_test_setup_teardown(test_env_meta_path, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_child_signals_default, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_descriptors, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_concurrent_runs, scratch_up, scratch_down),

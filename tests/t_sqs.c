@@ -26,6 +26,7 @@
 
 #include "cJSON.h"
 #include "log.h"
+#include "json.h"
 #include "sqs.h"
 
 #define QUEUE "https://sqs.us-east-1.amazonaws.com/123456789012/jobs"
@@ -115,8 +116,11 @@ static void assert_str(const cJSON *o, const char *key, const char *want)
 
 static void test_receive_request(void **state)
 {
-    static const char *const attrs[] = { "image", "size", "command" };
-    static const char *const sys[] = { "ApproximateReceiveCount", "MessageGroupId" };
+    /* Exactly what the context file needs: SQS returns only what is named. */
+    static const char *const attrs[] = { "All" };
+    static const char *const sys[] = { "ApproximateReceiveCount", "SentTimestamp",
+                                       "ApproximateFirstReceiveTimestamp", "MessageGroupId",
+                                       "MessageDeduplicationId", "SequenceNumber" };
     static const struct sqs_receive_opts cases[] = {
         { 1, 0, -1 }, { 10, 20, 300 }, { 5, 0, 0 }, { 10, 20, 43200 }, { 3, 7, -1 },
     };
@@ -136,9 +140,9 @@ static void test_receive_request(void **state)
             assert_number(j, "VisibilityTimeout", cases[i].visibility_timeout);
         else
             assert_null(cJSON_GetObjectItemCaseSensitive(j, "VisibilityTimeout"));
-        assert_names(j, "MessageAttributeNames", attrs, 3);
-        assert_names(j, "MessageSystemAttributeNames", sys, 2);
-        assert_names(j, "AttributeNames", sys, 2);
+        assert_names(j, "MessageAttributeNames", attrs, 1);
+        assert_names(j, "MessageSystemAttributeNames", sys, 6);
+        assert_names(j, "AttributeNames", sys, 6);
         assert_int_equal(members(j), cases[i].visibility_timeout >= 0 ? 7 : 6);
         cJSON_Delete(j);
         free(s);
@@ -554,6 +558,90 @@ static void test_receive_group_id(void **state)
     assert_null(b.messages[1].message_group_id);
     assert_null(b.messages[2].message_group_id);
     sqs_batch_free(&b);
+}
+
+static char *answer_of(int n);
+
+/* Each message's entry of the context file, exactly. */
+static const struct {
+    const char *name, *json, *context;
+    unsigned flags;
+} context_cases[] = {
+    { "standard queue, no attributes",
+      "{\"Messages\":[" MSG_HEAD("a") ",\"Attributes\":{\"SentTimestamp\":\"1733360000000\","
+      "\"ApproximateReceiveCount\":\"2\",\"ApproximateFirstReceiveTimestamp\":\"1733360000123\","
+      "\"SenderId\":\"AIDA\"}}]}",
+      "{\"messageId\":\"a\",\"receiveCount\":2,\"sentTimestamp\":1733360000000,"
+      "\"firstReceiveTimestamp\":1733360000123,\"messageAttributes\":{}}", 0 },
+    { "FIFO queue, and attributes of every type but image, size and command",
+      "{\"Messages\":[" MSG_HEAD("f") ",\"Attributes\":{\"MessageGroupId\":\"g1\","
+      "\"MessageDeduplicationId\":\"d\\\"1\",\"SequenceNumber\":\"18849496460467696128\","
+      "\"ApproximateReceiveCount\":\"1\",\"SentTimestamp\":\"1\",\"ApproximateFirstReceiveTimestamp\":\"0\"}"
+      ATTRS(STR("image", "img") "," STR("tenant", "ac\\u00e9\\\"me\\n") ","
+            "\"n\":{\"DataType\":\"Number.float\",\"StringValue\":\"4.2e1\"},"
+            "\"blob\":{\"DataType\":\"Binary\",\"BinaryValue\":\"AAEC\",\"StringListValues\":[]},"
+            STR("size", "performance-1x") ",\"caf\\u00e9\\\\\":{\"DataType\":\"String\",\"StringValue\":\"\"}")
+      "}]}",
+      "{\"messageId\":\"f\",\"receiveCount\":1,\"sentTimestamp\":1,\"firstReceiveTimestamp\":0,"
+      "\"messageGroupId\":\"g1\",\"deduplicationId\":\"d\\\"1\",\"sequenceNumber\":\"18849496460467696128\","
+      "\"messageAttributes\":{\"tenant\":{\"type\":\"String\",\"value\":\"ac\xc3\xa9\\\"me\\n\"},"
+      "\"n\":{\"type\":\"Number.float\",\"value\":\"4.2e1\"},"
+      "\"blob\":{\"type\":\"Binary\",\"value\":\"AAEC\"},"
+      "\"caf\xc3\xa9\\\\\":{\"type\":\"String\",\"value\":\"\"}}}", 0 },
+    { "numbers that are not digits are left out; an id is escaped",
+      "{\"Messages\":[{\"MessageId\":\"a\\\"b\\\\\",\"ReceiptHandle\":\"r\",\"MD5OfBody\":\"" MD5_HELLO
+      "\",\"Body\":\"hello\",\"Attributes\":{\"ApproximateReceiveCount\":\"3x\","
+      "\"SentTimestamp\":\"-1\",\"ApproximateFirstReceiveTimestamp\":12,\"MessageGroupId\":null}}]}",
+      "{\"messageId\":\"a\\\"b\\\\\",\"messageAttributes\":{}}", 0 },
+    { "an attribute value that is not Unicode refuses the message",
+      "{\"Messages\":[" MSG_HEAD("a") ATTRS(STR("ok", "1") "," STR("t", "x\\ud800")) "}]}",
+      "{\"messageId\":\"a\",\"messageAttributes\":{\"ok\":{\"type\":\"String\",\"value\":\"1\"}}}",
+      SQS_MSG_BAD_ATTRIBUTE },
+    { "an attribute holding NUL refuses the message",
+      "{\"Messages\":[" MSG_HEAD("a") ATTRS(STR("t", "x\\u0000")) "}]}",
+      "{\"messageId\":\"a\",\"messageAttributes\":{}}", SQS_MSG_BAD_ATTRIBUTE },
+};
+
+static void test_receive_context(void **state)
+{
+    for (size_t i = 0; i < N_ELEMS(context_cases); i++) {
+        struct sqs_batch b;
+        struct lerr e = { 0 };
+
+        if (sqs_parse_receive(context_cases[i].json, strlen(context_cases[i].json), &b, &e) != 0)
+            fail_msg("%s: %s", context_cases[i].name, e.msg);
+        assert_int_equal(b.count, 1);
+        if (b.messages[0].context_len != strlen(context_cases[i].context) ||
+            memcmp(b.messages[0].context, context_cases[i].context, b.messages[0].context_len))
+            fail_msg("%s: context\n%.*s\nwant\n%s", context_cases[i].name,
+                     (int)b.messages[0].context_len, b.messages[0].context,
+                     context_cases[i].context);
+        if (b.messages[0].flags != context_cases[i].flags)
+            fail_msg("%s: flags %#x (%s)", context_cases[i].name, b.messages[0].flags,
+                     b.messages[0].problem);
+        assert_int_equal(json_check(b.messages[0].context, b.messages[0].context_len, NULL,
+                                    NULL), 0);
+        sqs_batch_free(&b);
+    }
+}
+
+/* Every message of a batch gets its own entry, each pointing at the right one. */
+static void test_receive_context_batch(void **state)
+{
+    char *json = answer_of(10), want[128];
+    struct sqs_batch b;
+    struct lerr e = { 0 };
+
+    assert_int_equal(sqs_parse_receive(json, strlen(json), &b, &e), 0);
+    assert_int_equal(b.count, 10);
+    for (int i = 0; i < 10; i++) {
+        snprintf(want, sizeof want, "{\"messageId\":\"id-%d\",\"receiveCount\":%d,"
+                 "\"messageAttributes\":{}}", i, i + 1);
+        assert_int_equal(b.messages[i].context_len, strlen(want));
+        assert_memory_equal(b.messages[i].context, want, strlen(want));
+    }
+    sqs_batch_free(&b);
+    free(json);
 }
 
 static char *answer_of(int n)
@@ -1967,6 +2055,8 @@ int main(void)
         cmocka_unit_test(test_receive_bodies),
         cmocka_unit_test(test_receive_answers),
         cmocka_unit_test(test_receive_group_id),
+        cmocka_unit_test(test_receive_context),
+        cmocka_unit_test(test_receive_context_batch),
         cmocka_unit_test(test_receive_ten),
         cmocka_unit_test(test_receive_malformed),
         cmocka_unit_test(test_receive_length_bound),

@@ -28,9 +28,12 @@
 //   - config.guest exactly one of the presets (guestForPreset), checked by shape: the server
 //     does not know the message's size attribute, tests compare fly.machines[i].guest with
 //     guestForPreset(size)
-//   - config.env: object of strings with EVENTS_PATH === "/tmp/events.json"
-//   - config.files: exactly [{guest_path: "/tmp/events.json", raw_value: <strict base64>}]
-//     whose decoded bytes are UTF-8 JSON for an array
+//   - config.env: object of strings with EVENTS_PATH === "/tmp/events.json", and
+//     EVENTS_META_PATH === "/tmp/events.meta.json" exactly when the context file is sent
+//   - config.files: [{guest_path: "/tmp/events.json", raw_value: <strict base64>}] whose decoded
+//     bytes are UTF-8 JSON for an array, then optionally the context file
+//     {guest_path: "/tmp/events.meta.json", raw_value}: a UTF-8 JSON array, one entry per event
+//     (machine.meta, machine.metaText)
 //   - config.auto_destroy === true; config.restart exactly {policy: "no"}
 //   - config.init, if present: cmd / entrypoint / exec arrays of strings
 //   - config.metadata: non-empty object of non-empty string keys and string values
@@ -82,6 +85,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { testCerts } from './certs.mjs';
 
 export const EVENTS_PATH = '/tmp/events.json';
+export const EVENTS_META_PATH = '/tmp/events.meta.json';
 
 const presets = {};
 for (const n of [1, 2, 4, 6, 8]) presets[`shared-cpu-${n}x`] = { cpu_kind: 'shared', cpus: n, memory_mb: 256 * n };
@@ -118,7 +122,8 @@ const isStrArray = (v) => Array.isArray(v) && v.every((s) => typeof s === 'strin
 const show = (v) => (v === undefined ? 'undefined' : JSON.stringify(v));
 
 // Checks a create body against lambdo's contract. Returns { errors: [...], decoded } where
-// decoded = { eventsRaw (Buffer), eventsText, events } when the events file could be decoded.
+// decoded = { eventsRaw (Buffer), eventsText, events } when the events file could be decoded,
+// and { metaText, meta } for the context file (the second file, EVENTS_META_PATH), when sent.
 export function checkCreateBody(body) {
   const errors = [];
   const err = (m) => errors.push(m);
@@ -145,9 +150,28 @@ export function checkCreateBody(body) {
   else {
     for (const [k, v] of Object.entries(c.env)) if (typeof v !== 'string') err(`config.env.${k} must be a string, got ${show(v)}`);
     if (c.env.EVENTS_PATH !== EVENTS_PATH) err(`config.env.EVENTS_PATH must be "${EVENTS_PATH}", got ${show(c.env.EVENTS_PATH)}`);
+    const hasMeta = Array.isArray(c.files) && c.files.length === 2;
+    if (c.env.EVENTS_META_PATH !== (hasMeta ? EVENTS_META_PATH : undefined)) {
+      err(`config.env.EVENTS_META_PATH must be ${hasMeta ? `"${EVENTS_META_PATH}"` : 'absent without a context file'}, got ${show(c.env.EVENTS_META_PATH)}`);
+    }
   }
-  if (!Array.isArray(c.files) || c.files.length !== 1) {
-    err(`config.files must be an array of exactly one file, got ${show(c.files)}`);
+  if (Array.isArray(c.files) && c.files.length === 2) {
+    const f = c.files[1];
+    if (!isObj(f) || Object.keys(f).length !== 2 || f.guest_path !== EVENTS_META_PATH
+        || typeof f.raw_value !== 'string' || !BASE64.test(f.raw_value)) {
+      err(`config.files[1] must be {"guest_path":"${EVENTS_META_PATH}","raw_value":<base64>}, got ${show(f).slice(0, 120)}`);
+    } else {
+      try {
+        decoded.metaText = new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(f.raw_value, 'base64'));
+        decoded.meta = JSON.parse(decoded.metaText);
+        if (!Array.isArray(decoded.meta)) err(`the context file must hold a JSON array, got ${show(decoded.meta).slice(0, 80)}`);
+      } catch (e) {
+        err(`the context file is not UTF-8 JSON: ${e.message}`);
+      }
+    }
+  }
+  if (!Array.isArray(c.files) || c.files.length < 1 || c.files.length > 2) {
+    err(`config.files must be an array of the events file and (optionally) the context file, got ${show(c.files)}`);
   } else {
     const f = c.files[0];
     if (!isObj(f)) err(`config.files[0] must be an object, got ${show(f)}`);
@@ -167,6 +191,9 @@ export function checkCreateBody(body) {
         }
       }
     }
+  }
+  if (Array.isArray(decoded.meta) && Array.isArray(decoded.events) && decoded.meta.length !== decoded.events.length) {
+    err(`the context file has ${decoded.meta.length} entries for ${decoded.events.length} events`);
   }
   if (c.auto_destroy !== true) err(`config.auto_destroy must be true, got ${show(c.auto_destroy)}`);
   if (!isDeepStrictEqual(c.restart, { policy: 'no' })) err(`config.restart must be {"policy":"no"}, got ${show(c.restart)}`);
@@ -404,7 +431,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       body, config: body.config, guest: body.config.guest, preset: presetForGuest(body.config.guest),
       image: body.config.image, env: body.config.env, metadata: body.config.metadata,
       cmd: body.config.init?.cmd, events: decoded.events, eventsRaw: decoded.eventsRaw,
-      eventsText: decoded.eventsText, exitCode: undefined, requestSeq: rec.seq,
+      eventsText: decoded.eventsText, meta: decoded.meta, metaText: decoded.metaText, exitCode: undefined, requestSeq: rec.seq,
     };
     m.machineEvents.unshift({ id: ulid(), type: 'launch', status: 'created', source: 'user', timestamp: Date.now() });
     if (createdState === 'started') {
