@@ -110,7 +110,8 @@ describe('the context file', () => {
     const body = '{"fifo":1}';
     const out = await rig.sqs.client.send(new SendMessageCommand({ QueueUrl: fifo.url, MessageBody: body,
       MessageGroupId: 'g-"1"', MessageDeduplicationId: 'd1', MessageAttributes: toMessageAttributes({ image: IMAGE }) }));
-    const r = rig.lambdo(fifo.url);
+    // create mode: on a FIFO queue exit mode is the default, and this test Machine never exits
+    const r = rig.lambdo(fifo.url, { LAMBDO_ACK: 'create' });
     await until(() => rig.empty(fifo.url) && machinesOf([{ body }]).length === 1, 'the FIFO message run', 20000);
     await r.stop();
     const c = machinesOf([{ body }])[0].meta[0];
