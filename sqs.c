@@ -788,18 +788,25 @@ static void rx_context(struct rx *x, const struct sqs_message *m, const struct r
 
     json_buf_lit(&x->ctx, "{\"messageId\":");
     json_buf_string(&x->ctx, m->message_id, strlen(m->message_id));
+    /* No printf here: this runs for every message, and formatting was a twentieth of the
+     * steady state's instructions. The values are NUL-terminated in the arena (rx_keep). */
     for (int k = 0; k < SQS_SYSTEM_ATTRS; k++) {
-        long v = k < 3 ? sqs_parse_count(sys->v[k], sys->len[k], 18) : 0;
+        const char *v = sys->v[k];
 
-        if (k < 3 && v < 0)
+        if (k < 3 && sqs_parse_count(v, sys->len[k], 18) < 0)
             continue;
-        if (k >= 3 && (!sys->v[k] || sqs_text_check(sys->v[k], sys->len[k], NULL, NULL) < 0))
+        if (k >= 3 && (!v || sqs_text_check(v, sys->len[k], NULL, NULL) < 0))
             continue;
-        json_buf_fmt(&x->ctx, ",\"%s\":", ctx_names[k]);
-        if (k < 3)
-            json_buf_fmt(&x->ctx, "%ld", v);
-        else
-            json_buf_string(&x->ctx, sys->v[k], sys->len[k]);
+        json_buf_lit(&x->ctx, ",\"");
+        json_buf_lit(&x->ctx, ctx_names[k]);
+        json_buf_lit(&x->ctx, "\":");
+        if (k >= 3) {
+            json_buf_string(&x->ctx, v, sys->len[k]);
+            continue;
+        }
+        while (v[0] == '0' && v[1])  /* SQS's digits, as a JSON number: no leading zero */
+            v++;
+        json_buf_lit(&x->ctx, v);
     }
     json_buf_lit(&x->ctx, ",\"messageAttributes\":{");
     if (x->attrs.len)
