@@ -670,7 +670,8 @@ static int run_child(const struct local_run *r, const char *events_path,
     int pfd[2] = { -1, -1 }, rc, ret = -1;
 
     snprintf(kv, sizeof kv, "EVENTS_PATH=%s", events_path);
-    snprintf(meta_kv, sizeof meta_kv, "EVENTS_META_PATH=%s", meta_path);
+    if (r->meta)  /* meta_path is set only then */
+        snprintf(meta_kv, sizeof meta_kv, "EVENTS_META_PATH=%s", meta_path);
     if (!(env = env_build(r->envp, kv, r->meta ? meta_kv : NULL))) {
         lerr_set(e, LERR_NOMEM, "out of memory for the environment");
         goto out;
