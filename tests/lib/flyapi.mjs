@@ -7,14 +7,21 @@
 // Routes (operationIds from the spec):
 //   GET    /v1/apps/{app}                              Apps_show -> App
 //   POST   /v1/apps/{app}/machines                     Machines_create (CreateMachineRequest) -> Machine
-//   GET    /v1/apps/{app}/machines                     Machines_list -> [Machine]
+//   GET    /v1/apps/{app}/machines?include_deleted=&region=   Machines_list -> [Machine] (with
+//          config.metadata; the spec has no metadata filter, so a client filters itself)
 //   GET    /v1/apps/{app}/machines/{id}                Machines_show -> Machine
-//   GET    /v1/apps/{app}/machines/{id}/wait?state=&timeout=   Machines_wait -> {"ok":true}
+//   POST   /v1/apps/{app}/machines/{id}                Machines_update (UpdateMachineRequest) -> Machine
+//   GET    /v1/apps/{app}/machines/{id}/wait?state=&timeout=&instance_id=   Machines_wait -> {"ok":true}
 //          (state started|stopped|destroyed, default started; timeout seconds, default 60;
-//          "stopped" is also satisfied by "destroyed"; 408 {"error":"deadline_exceeded: ..."})
+//          "stopped" is also satisfied by "destroyed", and by an instance_id of an earlier
+//          version; 408 {"error":"deadline_exceeded: ..."})
 //   GET    /v1/apps/{app}/machines/{id}/events         Machines_list_events -> [MachineEvent], newest first
+//   POST   /v1/apps/{app}/machines/{id}/start          Machines_start -> {"previous_state", ...}
 //   POST   /v1/apps/{app}/machines/{id}/stop           Machines_stop -> {"ok":true}
 //   DELETE /v1/apps/{app}/machines/{id}                Machines_delete -> {"ok":true}
+//   POST   /v1/apps/{app}/machines/{id}/lease[?ttl=S]  Machines_create_lease (ttl also in the body)
+//   GET    /v1/apps/{app}/machines/{id}/lease          Machines_show_lease
+//   DELETE /v1/apps/{app}/machines/{id}/lease          Machines_release_lease -> {"ok":true}
 // Errors are the spec's ErrorResponse: {"error": "...", "status"?: "unknown"|"insufficient_capacity"}.
 // Every request needs "Authorization: Bearer <token>" (401 otherwise) and the configured app
 // (404 {"error":"app not found"} otherwise).
@@ -71,6 +78,39 @@
 // before the answer (the client cannot know it exists). Region fault `createdId: null | <string>`:
 // the machine IS created, and the 200 answer has no "id" (null) or that one ("" and the like).
 //
+// Warm pool (issue #12). Option pool: true (fly.pool) accepts creates with skip_launch: true as
+// pool Machines (checkCreateBody kind 'pool'): created "stopped", nothing runs; config.metadata
+// kept and listed; config.auto_destroy must not be true; the files may wait for the update.
+// Without it, skip_launch stays a contract violation. Machines_update (always on) is checked as
+// kind 'update' (the same file/env/guest/restart/metadata rules, auto_destroy not true), replaces
+// the config (m.events, m.meta, m.image... as for creates), gives a new instance_id (m.versions)
+// and starts the Machine unless skip_launch; a started one restarts with the new config. Every
+// start (create, update, start) is a run with the same scripted exits as creates; with
+// auto_destroy off an exit leaves the Machine "stopped" for the next group.
+//   fly.runs / m.runs: { machineId, via: create|update|start, requestSeq, version, startSeq,
+//     startedAt, image, events, eventsText, meta, metaText, endSeq, endedAt,
+//     end: exit|stop|destroy|replaced, exitCode }   (startSeq/endSeq: one counter, for order)
+//   fly.overlaps(): consecutive runs of one Machine where the second began before the first had
+//     ended (e.g. an update of a started Machine): two groups at once. A pool test wants [].
+// Leases (the spec's paths; the answers are the live API's, as fly-go decodes them and Fly's docs
+// show, since the spec's bare Lease is not what Fly sends):
+//   acquire -> 200 {"status":"success","data":{nonce, expires_at (unix s), owner, description,
+//     version}}; ttl seconds (default 30), times option leaseTtlScale (fly.leaseTtlScale) so a
+//     test can let leases expire fast. create with lease_ttl > 0 leases it too (answer: "nonce").
+//     Acquiring again with the holder's nonce refreshes it (same nonce); otherwise
+//     409 {"status":"error","message":"machine ID ... lease currently held by ...","code":"invalid"}.
+//   show -> 200 {"status":"success","data":{...without the nonce}}, 404 {"error":"lease not found"}.
+//   release needs the nonce; 404 {"error":"lease not found"} when none is held.
+//   While a lease is live, update / start / stop / delete / release without its nonce in the
+//   fly-machine-lease-nonce header answer 409 {"error":"aborted: machine ID ... lease currently
+//   held by ..."} (what Fly answers such a write), counted in fly.leaseRefusals
+//   (rec.leaseRefused). With no live lease the header is ignored. m.lease: {nonce, expiresAtMs, ...}.
+// Per-Machine limits (option perMachineLimits: true for Fly's, or {action: {rate, burst},
+//   get: {rate, burst}}): token buckets per Machine and per kind, update / start / stop / lease
+//   (acquire and release) at action (Fly: 1/s, burst 3) each, show / wait / events / show lease
+//   at get (5/s, burst 10). Over it: the same 429 as below, counted in
+//   fly.machineRateLimited[kind]; checked after the machine lookup, before the lease.
+//
 // Rate limits like Fly's (option rateLimits, or fly.rateLimits = {...}; default none):
 //   { create: { rate, burst }, get: { rate, burst } }   token buckets per app, rate per second;
 //   create = Machines_create, get = Machines_show/_wait/_list_events/_list. A request over the
@@ -112,6 +152,7 @@ export function presetForGuest(guest) {
 
 const CREATE_KEYS = new Set(['config', 'lease_ttl', 'lsvd', 'name', 'region', 'skip_launch',
   'skip_service_registration']);
+const UPDATE_KEYS = new Set([...CREATE_KEYS, 'current_version']);
 const CONFIG_KEYS = new Set(['auto_destroy', 'checks', 'disable_machine_autostart', 'dns', 'env',
   'files', 'guest', 'image', 'init', 'metadata', 'metrics', 'mounts', 'processes', 'restart',
   'schedule', 'services', 'size', 'standbys', 'statics', 'stop_config']);
@@ -124,14 +165,20 @@ const show = (v) => (v === undefined ? 'undefined' : JSON.stringify(v));
 // Checks a create body against lambdo's contract. Returns { errors: [...], decoded } where
 // decoded = { eventsRaw (Buffer), eventsText, events } when the events file could be decoded,
 // and { metaText, meta } for the context file (the second file, EVENTS_META_PATH), when sent.
-export function checkCreateBody(body) {
+// kind 'pool' (a skip_launch create under option pool) or 'update' (Machines_update) checks a
+// pool Machine's body instead: skip_launch allowed, config.auto_destroy must not be true (the
+// Machine is kept for the next group), and for a pool create the files (with EVENTS_PATH) may
+// be left out, since the group's events only come with the update.
+export function checkCreateBody(body, kind = 'create') {
   const errors = [];
   const err = (m) => errors.push(m);
   const decoded = {};
   if (!isObj(body)) return { errors: [`body must be a JSON object, got ${show(body)}`], decoded };
-  for (const k of Object.keys(body)) if (!CREATE_KEYS.has(k)) err(`unknown top-level key ${show(k)}`);
-  if (typeof body.region !== 'string' || body.region === '') err(`region must be a non-empty string, got ${show(body.region)}`);
-  if (body.skip_launch === true) err('skip_launch: true would never start the machine');
+  const keys = kind === 'update' ? UPDATE_KEYS : CREATE_KEYS;
+  for (const k of Object.keys(body)) if (!keys.has(k)) err(`unknown top-level key ${show(k)}`);
+  if (kind === 'update' ? 'region' in body && typeof body.region !== 'string'
+    : typeof body.region !== 'string' || body.region === '') err(`region must be a non-empty string, got ${show(body.region)}`);
+  if (kind === 'create' && body.skip_launch === true) err('skip_launch: true would never start the machine');
   const c = body.config;
   if (!isObj(c)) {
     err(`config must be an object, got ${show(c)}`);
@@ -146,8 +193,9 @@ export function checkCreateBody(body) {
   else if (!presetForGuest(c.guest)) {
     err(`config.guest ${show(c.guest)} is not a preset: want {cpu_kind, cpus, memory_mb} (+ gpus: 1, gpu_kind for GPUs), e.g. ${show(PRESETS['shared-cpu-1x'])}`);
   }
+  const blank = kind === 'pool' && c.files === undefined;   // a pool Machine waiting for its first group
   if (!isObj(c.env)) err(`config.env must be an object, got ${show(c.env)}`);
-  else {
+  else if (!blank) {
     for (const [k, v] of Object.entries(c.env)) if (typeof v !== 'string') err(`config.env.${k} must be a string, got ${show(v)}`);
     if (c.env.EVENTS_PATH !== EVENTS_PATH) err(`config.env.EVENTS_PATH must be "${EVENTS_PATH}", got ${show(c.env.EVENTS_PATH)}`);
     const hasMeta = Array.isArray(c.files) && c.files.length === 2;
@@ -170,7 +218,7 @@ export function checkCreateBody(body) {
       }
     }
   }
-  if (!Array.isArray(c.files) || c.files.length < 1 || c.files.length > 2) {
+  if (blank) { /* no files yet */ } else if (!Array.isArray(c.files) || c.files.length < 1 || c.files.length > 2) {
     err(`config.files must be an array of the events file and (optionally) the context file, got ${show(c.files)}`);
   } else {
     const f = c.files[0];
@@ -195,7 +243,8 @@ export function checkCreateBody(body) {
   if (Array.isArray(decoded.meta) && Array.isArray(decoded.events) && decoded.meta.length !== decoded.events.length) {
     err(`the context file has ${decoded.meta.length} entries for ${decoded.events.length} events`);
   }
-  if (c.auto_destroy !== true) err(`config.auto_destroy must be true, got ${show(c.auto_destroy)}`);
+  if (kind === 'create' && c.auto_destroy !== true) err(`config.auto_destroy must be true, got ${show(c.auto_destroy)}`);
+  if (kind !== 'create' && c.auto_destroy === true) err('config.auto_destroy must not be true on a pool Machine (it is kept for the next group)');
   if (!isDeepStrictEqual(c.restart, { policy: 'no' })) err(`config.restart must be {"policy":"no"}, got ${show(c.restart)}`);
   if ('init' in c) {
     if (!isObj(c.init)) err(`config.init must be an object, got ${show(c.init)}`);
@@ -245,6 +294,17 @@ const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 const ulid = () => Array.from(randomBytes(26), (b) => CROCKFORD[b & 31]).join('');
 const isoSec = (ms = Date.now()) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
+// Fly's per-Machine limits: each action (update, start, stop, lease) per Machine, and its gets.
+const MACHINE_LIMITS = Object.freeze({ action: { rate: 1, burst: 3 }, get: { rate: 5, burst: 10 } });
+const MACHINE_KIND = { Machines_update: 'update', Machines_start: 'start', Machines_stop: 'stop',
+  Machines_create_lease: 'lease', Machines_release_lease: 'lease', Machines_show: 'get',
+  Machines_wait: 'get', Machines_list_events: 'get', Machines_show_lease: 'get' };
+// Calls refused without the lease's nonce while another holds it.
+const LEASE_GATED = new Set(['Machines_update', 'Machines_start', 'Machines_stop', 'Machines_delete',
+  'Machines_release_lease']);
+const LEASE_OWNER = 'lambdo-test@tokens.fly.io';
+const NONCE_HEADER = 'fly-machine-lease-nonce';
+
 function defaultFaultBody(status) {
   if (status === 503) return { error: 'insufficient capacity', status: 'insufficient_capacity' };
   if (status === 429) return { error: 'rate limit exceeded' };
@@ -253,10 +313,12 @@ function defaultFaultBody(status) {
 }
 
 // Options: token, app, tls (true), cert ('localhost' | 'wronghost' | 'untrusted': which test
-// certificate to serve), createdState ('started'), autoExit ({code, afterMs}).
+// certificate to serve), createdState ('started'), autoExit ({code, afterMs}), pool,
+// perMachineLimits, leaseTtlScale (see the header).
 export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
   createdState = 'started', autoExit = null, imageBehaviour = false, behaviourDelayMs = 200,
-  forgetDestroyedAfterMs = Infinity, rateLimits = null } = {}) {
+  forgetDestroyedAfterMs = Infinity, rateLimits = null, pool = false, perMachineLimits = null,
+  leaseTtlScale = 1 } = {}) {
   if (!token || !app) throw new Error('startFlyApi: token and app are required');
   const sockets = new Set();
   const timers = new Set();
@@ -267,6 +329,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
   const buckets = {};        // kind -> { tokens, at, rate, burst }
   let seq = 0;
   let connSeq = 0;
+  let runSeq = 0;            // orders run starts and ends (ms clocks tie)
 
   const fly = {
     url: undefined,
@@ -285,6 +348,24 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     forgetDestroyedAfterMs,
     rateLimits,                // { create: {rate, burst}, get: {rate, burst} } or null
     rateLimited: { create: 0, get: 0 },
+    pool,                      // accept skip_launch pool creates (see the header)
+    perMachineLimits: perMachineLimits === true ? MACHINE_LIMITS : perMachineLimits,
+    machineRateLimited: { update: 0, start: 0, stop: 0, lease: 0, get: 0 },
+    leaseTtlScale,
+    leaseRefusals: 0,          // requests refused (409) for a lease held under another nonce
+    runs: [],                  // every run of every Machine, see launch()
+    // Pairs of runs of one Machine where the second began before the first had ended (two groups
+    // at once): [{ machineId, first, second }]; a pool test asserts it is empty.
+    overlaps() {
+      const out = [];
+      for (const m of fly.machines) {
+        for (let i = 1; i < m.runs.length; i++) {
+          const [a, b] = [m.runs[i - 1], m.runs[i]];
+          if (a.endSeq === undefined || b.startSeq < a.endSeq) out.push({ machineId: m.id, first: a, second: b });
+        }
+      }
+      return out;
+    },
     setRegionExit(region, spec) { regionExits.set(region, { ...spec }); },
     clearRegionExit(region) { regionExits.delete(region); },
     creates() { return fly.requests.filter((r) => r.op === 'Machines_create'); },
@@ -343,6 +424,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     if (state === 'stopped' || state === 'destroyed') {
       if (m.exitTimer) { clearTimeout(m.exitTimer); timers.delete(m.exitTimer); m.exitTimer = null; }
       m.stoppedAt ??= Date.now();
+      if (m.run && m.run.endSeq === undefined) endRun(m.run, event.type === 'exit' && event.source === 'user' ? 'stop' : event.type);
     }
     if (state === 'destroyed') {
       m.destroyedAt = Date.now();
@@ -370,14 +452,14 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     return autoExit;
   }
 
-  // Token bucket check for a rate-limited kind; returns seconds to wait, or 0 when allowed.
-  function rateLimit(kind) {
-    const lim = fly.rateLimits?.[kind];
+  // Token bucket check of bucket `key` under limit `lim` ({rate, burst} or none); returns seconds
+  // to wait, or 0 when allowed.
+  function rateLimit(key, lim = fly.rateLimits?.[key]) {
     if (!lim) return 0;
     const now = Date.now();
-    let b = buckets[kind];
+    let b = buckets[key];
     if (!b || b.rate !== lim.rate || b.burst !== lim.burst) {
-      b = buckets[kind] = { tokens: lim.burst, at: now, rate: lim.rate, burst: lim.burst };
+      b = buckets[key] = { tokens: lim.burst, at: now, rate: lim.rate, burst: lim.burst };
     }
     b.tokens = Math.min(b.burst, b.tokens + ((now - b.at) / 1000) * b.rate);
     b.at = now;
@@ -423,21 +505,30 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     return false;   // only a delay: carry on
   }
 
-  function create(rec, body, decoded) {
-    const m = {
-      id: hex(7), name: body.name ?? `lambdo-${hex(4)}`, region: body.region, state: createdState,
-      instanceId: ulid(), privateIp: `fdaa:0:${hex(2)}:a7b:${hex(2)}:${hex(2)}:${hex(2)}:2`,
-      createdAt: isoSec(), updatedAt: isoSec(), machineEvents: [],
-      body, config: body.config, guest: body.config.guest, preset: presetForGuest(body.config.guest),
+  // The group fields of a Machine, from its (create or update) body and decoded files.
+  function takeConfig(m, body, decoded) {
+    Object.assign(m, { config: body.config, guest: body.config.guest, preset: presetForGuest(body.config.guest),
       image: body.config.image, env: body.config.env, metadata: body.config.metadata,
       cmd: body.config.init?.cmd, events: decoded.events, eventsRaw: decoded.eventsRaw,
-      eventsText: decoded.eventsText, meta: decoded.meta, metaText: decoded.metaText, exitCode: undefined, requestSeq: rec.seq,
-    };
-    m.machineEvents.unshift({ id: ulid(), type: 'launch', status: 'created', source: 'user', timestamp: Date.now() });
-    if (createdState === 'started') {
-      m.machineEvents.unshift({ id: ulid(), type: 'start', status: 'started', source: 'flyd', timestamp: Date.now() });
-    }
-    fly.machines.push(m);
+      eventsText: decoded.eventsText, meta: decoded.meta, metaText: decoded.metaText });
+  }
+
+  // Starts a run of m's current config (via 'create' | 'update' | 'start'): a run record, state
+  // started, the scripted exit. A run still going is ended as 'replaced', after the new one began,
+  // so overlaps() reports it: that Machine ran two groups at once.
+  function launch(m, via, rec) {
+    const prev = m.run?.endSeq === undefined ? m.run : null;
+    const run = { machineId: m.id, via, requestSeq: rec.seq, version: m.instanceId, startSeq: ++runSeq,
+      startedAt: Date.now(), image: m.image, events: m.events, eventsText: m.eventsText, meta: m.meta,
+      metaText: m.metaText, endSeq: undefined, endedAt: undefined, end: undefined, exitCode: undefined };
+    fly.runs.push(run);
+    m.runs.push(run);
+    m.run = run;
+    if (prev) endRun(prev, 'replaced');
+    if (m.exitTimer) { clearTimeout(m.exitTimer); timers.delete(m.exitTimer); m.exitTimer = null; }
+    m.exitCode = undefined;
+    m.stoppedAt = undefined;
+    if (via !== 'create') setState(m, 'started', { type: 'start', source: 'user' });
     const ex = exitSpecFor(m);
     if (ex && !ex.never) {
       m.plannedExit = { code: ex.code ?? 0, afterMs: ex.afterMs ?? 0, oomKilled: !!ex.oomKilled };
@@ -448,6 +539,49 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       }, ex.afterMs ?? 0);
       m.exitTimer = t;
       timers.add(t);
+    }
+  }
+
+  function endRun(run, end) {
+    const m = fly.machine(run.machineId);
+    Object.assign(run, { endSeq: ++runSeq, endedAt: Date.now(), end, exitCode: end === 'replaced' ? undefined : m.exitCode });
+  }
+
+  // A new lease on m for ttl seconds (scaled by leaseTtlScale).
+  function grantLease(m, ttl, description = '') {
+    m.lease = { nonce: hex(12), expiresAtMs: Date.now() + ttl * 1000 * fly.leaseTtlScale,
+      owner: LEASE_OWNER, description, version: m.instanceId };
+    return m.lease;
+  }
+
+  // m's lease, or null once it has expired.
+  function liveLease(m) {
+    if (m.lease && Date.now() >= m.lease.expiresAtMs) m.lease = null;
+    return m.lease;
+  }
+
+  const leaseData = (l, withNonce) => ({ ...(withNonce ? { nonce: l.nonce } : {}),
+    expires_at: Math.ceil(l.expiresAtMs / 1000), owner: l.owner, description: l.description, version: l.version });
+  const heldBy = (m, l) => `machine ID ${m.id} lease currently held by ${l.owner}, expires at ${new Date(l.expiresAtMs).toISOString()}`;
+
+  function create(rec, body, decoded) {
+    const m = {
+      id: hex(7), name: body.name ?? `lambdo-${hex(4)}`, region: body.region, state: createdState,
+      instanceId: ulid(), privateIp: `fdaa:0:${hex(2)}:a7b:${hex(2)}:${hex(2)}:${hex(2)}:2`,
+      createdAt: isoSec(), updatedAt: isoSec(), machineEvents: [], body, exitCode: undefined,
+      requestSeq: rec.seq, runs: [], run: null, versions: [], lease: null,
+    };
+    takeConfig(m, body, decoded);
+    m.versions.push(m.instanceId);
+    m.machineEvents.unshift({ id: ulid(), type: 'launch', status: 'created', source: 'user', timestamp: Date.now() });
+    fly.machines.push(m);
+    if (body.lease_ttl > 0) grantLease(m, body.lease_ttl);
+    if (body.skip_launch === true) m.state = 'stopped';
+    else {
+      if (createdState === 'started') {
+        m.machineEvents.unshift({ id: ulid(), type: 'start', status: 'started', source: 'flyd', timestamp: Date.now() });
+      }
+      launch(m, 'create', rec);
     }
     try { fly.onCreate?.(m); } catch (e) { rec.observerError = e; }
     return m;
@@ -484,11 +618,15 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       else if (machinesSeg === 'machines' && seg.length === 4) {
         op = req.method === 'POST' ? 'Machines_create' : req.method === 'GET' ? 'Machines_list' : op;
       } else if (machinesSeg === 'machines' && seg.length === 5) {
-        op = req.method === 'GET' ? 'Machines_show' : req.method === 'DELETE' ? 'Machines_delete' : op;
+        op = { GET: 'Machines_show', DELETE: 'Machines_delete', POST: 'Machines_update' }[req.method] ?? op;
       } else if (machinesSeg === 'machines' && seg.length === 6) {
         if (action === 'wait' && req.method === 'GET') op = 'Machines_wait';
         else if (action === 'events' && req.method === 'GET') op = 'Machines_list_events';
         else if (action === 'stop' && req.method === 'POST') op = 'Machines_stop';
+        else if (action === 'start' && req.method === 'POST') op = 'Machines_start';
+        else if (action === 'lease') {
+          op = { GET: 'Machines_show_lease', POST: 'Machines_create_lease', DELETE: 'Machines_release_lease' }[req.method] ?? op;
+        }
       }
     }
     let body;
@@ -532,7 +670,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       let decoded = {};
       if (body === undefined) errors.push(`body is not JSON: ${show(raw.toString('utf8').slice(0, 80))}`);
       else {
-        const r = checkCreateBody(body);
+        const r = checkCreateBody(body, fly.pool && body.skip_launch === true ? 'pool' : 'create');
         errors.push(...r.errors);
         decoded = r.decoded;
       }
@@ -565,14 +703,73 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       }
       const m = create(rec, body, decoded);
       rec.machineId = m.id;
-      return send(res, rec, 200, view(m));
+      return send(res, rec, 200, m.lease ? { ...view(m), nonce: m.lease.nonce } : view(m));
     }
     if (op === 'Machines_list') {
+      const region = u.searchParams.get('region');
       return send(res, rec, 200, fly.machines.filter((m) => !m.gone && (m.state !== 'destroyed'
-        || u.searchParams.get('include_deleted') === 'true')).map(view));
+        || u.searchParams.get('include_deleted') === 'true') && (!region || m.region === region)).map(view));
     }
     const m = fly.machine(machineId);
     if (!m || m.gone) return send(res, rec, 404, { error: 'machine not found' });
+    const mkind = fly.perMachineLimits && MACHINE_KIND[op];
+    if (mkind) {
+      const wait = rateLimit(`${m.id}/${mkind}`, fly.perMachineLimits[mkind === 'get' ? 'get' : 'action']);
+      if (wait > 0) {
+        fly.machineRateLimited[mkind]++;
+        rec.rateLimited = true;
+        return send(res, rec, 429, { error: 'rate limit exceeded' }, { 'retry-after': String(wait) });
+      }
+    }
+    // A held lease refuses other callers with 409, as Fly does ("aborted: machine ID ... lease
+    // currently held by ..."); a nonce sent with no live lease (e.g. expired) is not checked.
+    const lease = liveLease(m);
+    const nonceOk = !lease || req.headers[NONCE_HEADER] === lease.nonce;
+    if (!nonceOk && (LEASE_GATED.has(op) || op === 'Machines_create_lease')) {
+      fly.leaseRefusals++;
+      rec.leaseRefused = true;
+      // Acquiring answers Fly's documented lease error; the gated calls the error field.
+      return send(res, rec, 409, op === 'Machines_create_lease'
+        ? { status: 'error', message: heldBy(m, lease), code: 'invalid' } : { error: `aborted: ${heldBy(m, lease)}` });
+    }
+    if (op === 'Machines_create_lease') {
+      const ttl = Number(u.searchParams.get('ttl') ?? body?.ttl ?? 30);
+      if (!(ttl > 0)) return send(res, rec, 400, { error: `invalid ttl ${show(u.searchParams.get('ttl') ?? body?.ttl)}` });
+      const l = lease ?? grantLease(m, ttl, body?.description ?? '');
+      if (lease) l.expiresAtMs = Date.now() + ttl * 1000 * fly.leaseTtlScale;   // a refresh, same nonce
+      return send(res, rec, 200, { status: 'success', data: leaseData(l, true) });
+    }
+    if (op === 'Machines_show_lease' || op === 'Machines_release_lease') {
+      if (!lease) return send(res, rec, 404, { error: 'lease not found' });
+      if (op === 'Machines_show_lease') return send(res, rec, 200, { status: 'success', data: leaseData(lease, false) });
+      m.lease = null;
+      return send(res, rec, 200, { ok: true });
+    }
+    if (op === 'Machines_update') {
+      const errors = body === undefined ? [`body is not JSON: ${show(raw.toString('utf8').slice(0, 80))}`] : [];
+      const r = body === undefined ? { errors: [], decoded: {} } : checkCreateBody(body, 'update');
+      errors.push(...r.errors);
+      if (m.state === 'destroyed') errors.push('machine is destroyed');
+      if (errors.length) {
+        fly.violations.push({ seq: rec.seq, errors, body: body ?? raw.toString('utf8') });
+        return send(res, rec, 400, { error: errors.join('; ') });
+      }
+      takeConfig(m, body, r.decoded);
+      m.instanceId = ulid();
+      m.versions.push(m.instanceId);
+      m.updatedAt = isoSec();
+      m.machineEvents.unshift({ id: ulid(), type: 'update', status: m.state, source: 'user', timestamp: Date.now() });
+      // A started Machine restarts with the new config (its run is replaced); a stopped one
+      // starts unless skip_launch.
+      if (m.state === 'started' || body.skip_launch !== true) launch(m, 'update', rec);
+      return send(res, rec, 200, view(m));
+    }
+    if (op === 'Machines_start') {
+      const previous = m.state;
+      if (previous === 'destroyed') return send(res, rec, 400, { error: 'machine is destroyed' });
+      if (previous !== 'started') launch(m, 'start', rec);
+      return send(res, rec, 200, { previous_state: previous, migrated: false, new_host: '' });
+    }
     if (op === 'Machines_show') return send(res, rec, 200, view(m));
     if (op === 'Machines_list_events') return send(res, rec, 200, m.machineEvents);
     if (op === 'Machines_wait') {
@@ -582,7 +779,10 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
       }
       const t = Number(u.searchParams.get('timeout') ?? 60);
       if (!(t > 0 && t <= 60)) return send(res, rec, 400, { error: 'timeout must be between 1 and 60 seconds' });
-      const reached = await waitState(m, state, t);
+      // instance_id naming an earlier version of the Machine: that instance has stopped.
+      const iid = u.searchParams.get('instance_id');
+      if (iid && !m.versions.includes(iid)) return send(res, rec, 400, { error: `invalid instance_id ${show(iid)}` });
+      const reached = (iid && iid !== m.instanceId && state === 'stopped') || await waitState(m, state, t);
       if (closed) return undefined;
       return reached ? send(res, rec, 200, { ok: true })
         : send(res, rec, 408, { error: `deadline_exceeded: machine did not reach state ${state} in ${t}s` });
