@@ -114,8 +114,13 @@ static void check_against_cjson(const uint8_t *data, size_t size, const struct s
 {
     cJSON *root = cJSON_ParseWithLength((const char *)data, size);
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "Messages");
+    int nul_escape = memmem(data, size, "\\u0000", 6) != NULL;
 
-    if (cJSON_IsArray(list) && count_members(root, "Messages") == 1) {
+    /* With "\u0000" in the answer, cJSON may have read a member name such as
+     * "Messages\u0000" as "Messages" (it cuts names at the NUL) where we see another
+     * member: a different list is then no disagreement. */
+    if (cJSON_IsArray(list) && count_members(root, "Messages") == 1 &&
+        !(nul_escape && (size_t)cJSON_GetArraySize(list) != b->count)) {
         check((size_t)cJSON_GetArraySize(list) == b->count);
         for (size_t i = 0; i < b->count; i++) {
             const cJSON *msg = cJSON_GetArrayItem(list, (int)i);
@@ -123,7 +128,7 @@ static void check_against_cjson(const uint8_t *data, size_t size, const struct s
             const struct sqs_message *m = &b->messages[i];
             size_t clen;
 
-            check_attributes(msg, m, memmem(data, size, "\\u0000", 6) != NULL);
+            check_attributes(msg, m, nul_escape);
             if (count_members(msg, "Body") != 1 || !cJSON_IsString(body))
                 continue;
             clen = strlen(body->valuestring);
