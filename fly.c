@@ -633,6 +633,13 @@ static const cJSON *field(const cJSON *obj, const char *name)
     return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
 }
 
+/* A string value, one_line-cleaned, into out; out is left alone when v is no string. */
+static void text_into(const cJSON *v, char *out, size_t cap)
+{
+    if (cJSON_IsString(v))
+        one_line(out, cap, v->valuestring, strlen(v->valuestring));
+}
+
 /* The latest "exit" event: the greatest timestamp (events without a usable one count as
  * older than all others), the first of equals since Fly lists the newest first. */
 static const cJSON *latest_exit(const cJSON *events)
@@ -692,8 +699,7 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
         cJSON_Delete(j);
         return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not a JSON object or list");
     }
-    if (cJSON_IsString(state))
-        one_line(out->state, sizeof out->state, state->valuestring, strlen(state->valuestring));
+    text_into(state, out->state, sizeof out->state);
     if (cJSON_IsArray(events)) {
         out->has_events = 1;
         if ((ev = latest_exit(events))) {
@@ -707,25 +713,21 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
 
 /* ---- following a Machine: the requests ------------------------------------------------- */
 
-/* Which of a Machine's own buckets (struct fly_machine_limits) a call takes. */
-enum bucket { BUCKET_UPDATE, BUCKET_LEASE, BUCKET_OTHER, BUCKET_GET };
+/* The bucket a call on one Machine takes: that Machine's own of the kind, else get_rl. */
+#define BUCKET(t, kind) ((t)->limits ? &(t)->limits->kind : (t)->get_rl)
 
-/* A call about one Machine (fly_machine_url's parts), named "Machine <id>: <what>": the
- * Machine's bucket when the target has them (get_rl otherwise), and its lease's nonce. */
+/* A call about one Machine (fly_machine_url's parts), named "Machine <id>: <what>", taking
+ * tokens of rl and sending the target's lease nonce. */
 static int machine_call(struct call *c, struct http_client *http, const struct fly_target *t,
                         const char *method, const char *what, const char *machine_id,
-                        const char *action, const char *query, enum bucket bucket,
+                        const char *action, const char *query, struct ratelimit *rl,
                         struct fly_call_result *r, struct lerr *e)
 {
-    struct fly_machine_limits *l = t->limits;
-
     if (call_init(c, http, t, method, what, r,
                   fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e), e) < 0)
         return -1;
     snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id, what);
-    if (l)
-        c->rl = bucket == BUCKET_UPDATE ? &l->update : bucket == BUCKET_LEASE ? &l->lease
-              : bucket == BUCKET_OTHER ? &l->other : &l->get;
+    c->rl = rl;
     if (t->lease_nonce)
         c->headers[c->req.num_headers++] =
             (struct http_header){ "fly-machine-lease-nonce", t->lease_nonce };
@@ -762,6 +764,16 @@ static int call_run(struct call *c, unsigned accept, struct http_response *resp,
 
 #define ACCEPT(o) (1u << FLY_CALL_##o)
 
+/* What reading a 2xx came to: rc 0, or -1 (e set) when its reader refused it, which is
+ * Fly's trouble, not ours: retry later. */
+static int answer_read(const struct call *c, struct fly_call_result *r, int rc, struct lerr *e)
+{
+    if (rc == 0)
+        return 0;
+    r->outcome = FLY_CALL_RETRY_LATER;
+    return lerr_wrap(e, "%s: HTTP %d", c->who, r->status);
+}
+
 int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, const char *instance_id, const char *state,
                      int timeout_s, struct fly_call_result *out, struct lerr *e)
@@ -782,7 +794,7 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
         return lerr_set(e, LERR_INVALID, "wait: the instance id is too long");
     snprintf(query, sizeof query, "state=%s&timeout=%d%s%s", state, timeout_s,
              inst[0] ? "&instance_id=" : "", inst);
-    if (machine_call(&c, http, t, "GET", "wait", machine_id, "wait", query, BUCKET_GET, out,
+    if (machine_call(&c, http, t, "GET", "wait", machine_id, "wait", query, BUCKET(t, get), out,
                      e) < 0)
         return -1;
     c.req.timeout_ms = timeout_s * 1000 + FLY_WAIT_SLACK_MS;
@@ -807,12 +819,10 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
     int rc = -1;
 
     if (machine_call(&c, http, t, "GET", action ? action : "show", machine_id, action, NULL,
-                     BUCKET_GET, &r, e) == 0 &&
+                     BUCKET(t, get), &r, e) == 0 &&
         (rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e)) == 0) {
-        if (r.outcome == FLY_CALL_OK && fly_parse_exit(resp.body, resp.body_len, out, e) < 0) {
-            r.outcome = FLY_CALL_RETRY_LATER;  /* not a Machine: Fly's trouble, not ours */
-            rc = lerr_wrap(e, "%s", c.who);
-        }
+        if (r.outcome == FLY_CALL_OK)
+            rc = answer_read(&c, &r, fly_parse_exit(resp.body, resp.body_len, out, e), e);
         http_response_free(&resp);
     }
     out->outcome = r.outcome;
@@ -845,7 +855,7 @@ int fly_stop_machine(struct http_client *http, const struct fly_target *t,
     struct fly_call_result tmp, *r = out ? out : &tmp;
     struct call c;
 
-    if (machine_call(&c, http, t, "POST", "stop", machine_id, "stop", NULL, BUCKET_OTHER, r,
+    if (machine_call(&c, http, t, "POST", "stop", machine_id, "stop", NULL, BUCKET(t, other), r,
                      e) < 0)
         return -1;
     return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
@@ -859,7 +869,7 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
     struct call c;
 
     if (machine_call(&c, http, t, "DELETE", "destroy", machine_id, NULL,
-                     force ? "force=true" : NULL, BUCKET_OTHER, r, e) < 0)
+                     force ? "force=true" : NULL, BUCKET(t, other), r, e) < 0)
         return -1;
     return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
 }
@@ -911,50 +921,18 @@ static void call_json(struct call *c, const char *body, size_t len)
     c->req.body_len = len;
 }
 
-/* The 2xx answer of a call that returns something (update, lease), read by fill; an
- * answer it cannot read is Fly's trouble: retry later. */
-static int answer_read(struct call *c, struct fly_call_result *r,
-                       int (*fill)(const char *s, size_t n, void *ctx), void *ctx,
-                       struct lerr *e)
-{
-    struct http_response resp;
-    int rc = call_run(c, ACCEPT(OK), &resp, r, e);
-
-    if (rc == 0) {
-        if (fill(resp.body, resp.body_len, ctx) < 0) {
-            r->outcome = FLY_CALL_RETRY_LATER;
-            rc = lerr_set(e, LERR_MALFORMED, "%s: HTTP %d: an answer it cannot read", c->who,
-                          r->status);
-        }
-        http_response_free(&resp);
-    }
-    return rc;
-}
-
-static int fill_updated(const char *s, size_t n, void *ctx)
-{
-    struct fly_machine *m = ctx;
-    char id[sizeof m->id];
-
-    memcpy(id, m->id, sizeof id);  /* the caller's id, when the answer has none */
-    if (!s || created_answer(s, n, m) < 0)
-        return -1;
-    if (!m->id[0])
-        memcpy(m->id, id, sizeof id);
-    return 0;
-}
-
 int fly_update_machine(struct http_client *http, const struct fly_target *t,
                        const char *machine_id, const struct fly_machine_spec *spec,
                        struct fly_machine *out, struct fly_call_result *r, struct lerr *e)
 {
+    struct http_response resp;
     struct call c;
     char *body = NULL;
     size_t len;
     int rc;
 
     memset(out, 0, sizeof *out);
-    if (machine_call(&c, http, t, "POST", "update", machine_id, NULL, NULL, BUCKET_UPDATE, r,
+    if (machine_call(&c, http, t, "POST", "update", machine_id, NULL, NULL, BUCKET(t, update), r,
                      e) < 0)
         return -1;
     if (fly_create_body(spec, NULL, &body, &len, e) < 0) {
@@ -963,21 +941,18 @@ int fly_update_machine(struct http_client *http, const struct fly_target *t,
     }
     call_json(&c, body, len);
     c.req.timeout_ms = FLY_CREATE_TIMEOUT_MS;
-    snprintf(out->id, sizeof out->id, "%s", machine_id);
-    rc = answer_read(&c, r, fill_updated, out, e);
-    out->status = r->status;
+    rc = call_run(&c, ACCEPT(OK), &resp, r, e);
     free(body);
-    return rc;
-}
-
-struct lease { char *nonce; long long *expires_at; };
-
-static int fill_lease(const char *s, size_t n, void *ctx)
-{
-    struct lease *l = ctx;
-    struct lerr e;
-
-    return fly_parse_lease(s, n, l->nonce, l->expires_at, &e);
+    out->status = r->status;
+    if (rc < 0)
+        return -1;
+    rc = created_answer(resp.body, resp.body_len, out);
+    http_response_free(&resp);
+    if (rc < 0)
+        return answer_read(&c, r, lerr_set(e, LERR_MALFORMED, "not a Machine"), e);
+    if (!out->id[0])  /* the answer named none (or none usable): it is still this one */
+        snprintf(out->id, sizeof out->id, "%s", machine_id);
+    return 0;
 }
 
 int fly_parse_lease(const char *json, size_t len, char nonce[FLY_NONCE_MAX],
@@ -985,10 +960,10 @@ int fly_parse_lease(const char *json, size_t len, char nonce[FLY_NONCE_MAX],
 {
     cJSON *j = json && len ? json_parse(json, len) : NULL;
     const cJSON *data = field(j, "data");
-    int ok = printable_into(field(data, "nonce"), nonce, FLY_NONCE_MAX);
+    int ok;
 
-    if (!ok)
-        nonce[0] = '\0';
+    nonce[0] = '\0';
+    ok = printable_into(field(data, "nonce"), nonce, FLY_NONCE_MAX);
     if (!whole(field(data, "expires_at"), 0, 9e15, expires_at))
         *expires_at = 0;
     cJSON_Delete(j);
@@ -999,8 +974,8 @@ int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
                       const char *machine_id, int ttl_s, char nonce[FLY_NONCE_MAX],
                       long long *expires_at, struct fly_call_result *r, struct lerr *e)
 {
-    struct fly_call_result tmp;
-    struct lease l = { nonce, expires_at };
+    struct fly_call_result tmp, *rr = r ? r : &tmp;
+    struct http_response resp;
     char query[32], body[32];
     struct call c;
     int rc;
@@ -1008,32 +983,36 @@ int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
     nonce[0] = '\0';
     *expires_at = 0;
     snprintf(query, sizeof query, "ttl=%d", ttl_s);
-    if (machine_call(&c, http, t, "POST", "lease", machine_id, "lease", query, BUCKET_LEASE,
-                     r ? r : &tmp, e) < 0)
+    if (machine_call(&c, http, t, "POST", "lease", machine_id, "lease", query, BUCKET(t, lease),
+                     rr, e) < 0)
         return -1;
     call_json(&c, body, (size_t)snprintf(body, sizeof body, "{\"ttl\":%d}", ttl_s));
-    rc = answer_read(&c, r ? r : &tmp, fill_lease, &l, e);
-    if (rc == 0)
-        log_debug("fly: Machine %s: lease taken until %lld", machine_id, *expires_at);
-    return rc;
+    if (call_run(&c, ACCEPT(OK), &resp, rr, e) < 0)
+        return -1;
+    rc = fly_parse_lease(resp.body, resp.body_len, nonce, expires_at, e);
+    http_response_free(&resp);
+    if (rc < 0)
+        return answer_read(&c, rr, rc, e);
+    log_debug("fly: %s: lease taken until %lld", c.who, *expires_at);
+    return 0;
 }
 
 int fly_lease_release(struct http_client *http, const struct fly_target *t,
                       const char *machine_id, struct fly_call_result *r, struct lerr *e)
 {
-    struct fly_call_result tmp;
+    struct fly_call_result tmp, *rr = r ? r : &tmp;
     struct call c;
 
-    if (machine_call(&c, http, t, "DELETE", "release", machine_id, "lease", NULL, BUCKET_LEASE,
-                     r ? r : &tmp, e) < 0)
+    if (machine_call(&c, http, t, "DELETE", "release", machine_id, "lease", NULL, BUCKET(t, lease),
+                     rr, e) < 0)
         return -1;
-    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r ? r : &tmp, e);
+    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, rr, e);
 }
 
 /* One list entry, when it is a live pooled Machine of lambdo's. */
 static int pool_entry(const cJSON *m, struct fly_pool_machine *p)
 {
-    const cJSON *meta = field(field(m, "config"), "metadata"), *v;
+    const cJSON *meta = field(field(m, "config"), "metadata");
     const cJSON *owner = field(meta, "managed_by");
 
     memset(p, 0, sizeof *p);
@@ -1041,12 +1020,9 @@ static int pool_entry(const cJSON *m, struct fly_pool_machine *p)
         !printable_into(field(meta, "lambdo_pool"), p->pool_key, sizeof p->pool_key) ||
         !printable_into(field(m, "id"), p->id, sizeof p->id))
         return 0;
-    if (cJSON_IsString(v = field(m, "state")))
-        one_line(p->state, sizeof p->state, v->valuestring, strlen(v->valuestring));
-    if (cJSON_IsString(v = field(m, "instance_id")))
-        one_line(p->instance_id, sizeof p->instance_id, v->valuestring, strlen(v->valuestring));
-    if (cJSON_IsString(v = field(m, "region")))
-        one_line(p->region, sizeof p->region, v->valuestring, strlen(v->valuestring));
+    text_into(field(m, "state"), p->state, sizeof p->state);
+    text_into(field(m, "instance_id"), p->instance_id, sizeof p->instance_id);
+    text_into(field(m, "region"), p->region, sizeof p->region);
     return strcmp(p->state, "destroyed") && strcmp(p->state, "destroying");
 }
 
@@ -1054,6 +1030,7 @@ int fly_parse_pool_list(const char *json, size_t len, struct fly_pool_machine **
                         struct lerr *e)
 {
     cJSON *j = json && len ? json_parse(json, len) : NULL;
+    int size = cJSON_GetArraySize(j);
     const cJSON *m;
 
     *out = NULL;
@@ -1062,8 +1039,7 @@ int fly_parse_pool_list(const char *json, size_t len, struct fly_pool_machine **
         cJSON_Delete(j);
         return lerr_set(e, LERR_MALFORMED, "the Machine list is not a JSON array");
     }
-    if (cJSON_GetArraySize(j) > 0 &&
-        !(*out = malloc((size_t)cJSON_GetArraySize(j) * sizeof **out))) {
+    if (size > 0 && !(*out = malloc((size_t)size * sizeof **out))) {
         cJSON_Delete(j);
         return lerr_set(e, LERR_NOMEM, "the Machine list: out of memory");
     }
@@ -1077,22 +1053,13 @@ int fly_parse_pool_list(const char *json, size_t len, struct fly_pool_machine **
     return 0;
 }
 
-struct pool_list { struct fly_pool_machine **out; size_t *n; struct lerr *e; };
-
-static int fill_pool(const char *s, size_t n, void *ctx)
-{
-    struct pool_list *l = ctx;
-
-    return fly_parse_pool_list(s, n, l->out, l->n, l->e);
-}
-
 int fly_list_pool(struct http_client *http, const struct fly_target *t,
                   struct fly_pool_machine **out, size_t *n, struct lerr *e)
 {
     struct fly_call_result r;
-    struct lerr pe = { 0 };
-    struct pool_list l = { out, n, &pe };
+    struct http_response resp;
     struct call c;
+    int rc;
 
     *out = NULL;
     *n = 0;
@@ -1100,9 +1067,11 @@ int fly_list_pool(struct http_client *http, const struct fly_target *t,
                   e) < 0)
         return -1;
     snprintf(c.who, sizeof c.who, "Fly app %s: list", t->app);
-    if (answer_read(&c, &r, fill_pool, &l, e) < 0)
-        return pe.kind == LERR_NOMEM ? lerr_set(e, LERR_NOMEM, "%s", pe.msg) : -1;
-    return 0;
+    if (call_run(&c, ACCEPT(OK), &resp, &r, e) < 0)
+        return -1;
+    rc = fly_parse_pool_list(resp.body, resp.body_len, out, n, e);
+    http_response_free(&resp);
+    return rc < 0 ? lerr_wrap(e, "%s", c.who) : 0;
 }
 
 /* ---- the app (lambdo check) ------------------------------------------------------------ */
