@@ -1092,3 +1092,18 @@ int fly_get_app(struct http_client *http, const struct fly_target *t,
     c.max_retries = FLY_APP_RATE_LIMIT_RETRIES;
     return call_run(&c, ACCEPT(OK), NULL, out, e);
 }
+
+/* ---- lambdo check ---------------------------------------------------------------------- */
+
+int fly_lease_held(struct http_client *http, const struct fly_target *t, const char *machine_id)
+{
+    struct fly_call_result r;
+    struct call c;
+    struct lerr e;
+
+    if (machine_call(&c, http, t, "GET", "show lease", machine_id, "lease", NULL, BUCKET(t, get),
+                     &r, &e) < 0 ||
+        call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, &r, &e) < 0)
+        return -1;
+    return r.outcome == FLY_CALL_OK;  /* 404: no lease */
+}

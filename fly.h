@@ -403,4 +403,8 @@ int fly_app_url(const struct url *base, const char *app, struct url *out, struct
 int fly_get_app(struct http_client *http, const struct fly_target *t,
                 struct fly_call_result *out, struct lerr *e);
 
+/* GET .../machines/{id}/lease (lambdo check): 1 when a lease is held on the Machine, 0 when
+ * none is (404), -1 when Fly could not say. Takes t->get_rl. */
+int fly_lease_held(struct http_client *http, const struct fly_target *t, const char *machine_id);
+
 #endif

@@ -235,7 +235,6 @@ static const struct family {
     enum family_kind kind;
     int index;
     const char *help;
-    const char *pair[3];  /* the PAIR kinds: a label, then its values for index, index + 1 */
 } families[] = {
     { "lambdo_build_info", FAMILY_BUILD_INFO, 0, "The running lambdo's version (always 1)." },
     { "lambdo_messages_received_total", FAMILY_COUNTER, METRICS_RECEIVED,
@@ -255,15 +254,19 @@ static const struct family {
     { "lambdo_machines_in_flight", FAMILY_IN_FLIGHT, 0,
       "Groups holding a Machine slot (running Machines in exit mode, creates in create mode)." },
     { "lambdo_pool_machines", FAMILY_PAIR_GAUGE, METRICS_POOL_IDLE,
-      "LAMBDO_POOL: pooled Machines free (idle) and in use by a group (busy).",
-      { "state", "idle", "busy" } },
+      "LAMBDO_POOL: pooled Machines free (idle) and in use by a group (busy)." },
     { "lambdo_pool_dispatches_total", FAMILY_PAIR_COUNTER, METRICS_POOL_WARM,
-      "LAMBDO_POOL: groups sent to a pooled Machine already there (warm) or created for them (new).",
-      { "via", "warm", "new" } },
+      "LAMBDO_POOL: groups sent to a pooled Machine already there (warm) or created for them (new)." },
     { "lambdo_sqs_request_seconds", FAMILY_HISTOGRAM, METRICS_SQS,
       "Duration of SQS API requests (each attempt), by operation." },
     { "lambdo_fly_request_seconds", FAMILY_HISTOGRAM, METRICS_FLY,
       "Duration of Fly Machines API requests (each attempt), by operation." },
+};
+
+/* The PAIR families' label, then its values for counter[index] and counter[index + 1]. */
+static const char *const pair_labels[METRICS_NCOUNTERS][3] = {
+    [METRICS_POOL_WARM] = { "via", "warm", "new" },
+    [METRICS_POOL_IDLE] = { "state", "idle", "busy" },
 };
 
 static uint64_t load(const atomic_uint_fast64_t *a)
@@ -349,7 +352,7 @@ static void put_family(struct out *o, const struct metrics *m, const struct fami
     case FAMILY_PAIR_COUNTER:
     case FAMILY_PAIR_GAUGE:
         for (int i = 0; i < 2; i++) {
-            put_series(o, f->name, "", f->pair[0], f->pair[1 + i]);
+            put_series(o, f->name, "", pair_labels[f->index][0], pair_labels[f->index][1 + i]);
             put(o, "} %" PRIu64 "\n", load(&m->counter[f->index + i]));
         }
         break;

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -53,16 +54,17 @@ static struct pool_machine *take(struct pool *p, const char *key, enum pool_take
     return m;
 }
 
-/* A Machine of key with this id, created through a slot and put back (IDLE). */
+/* A Machine of key with this id, listed by Fly (IDLE, freed now). */
 static struct pool_machine *add(struct pool *p, const char *key, const char *id)
 {
-    struct pool_machine *m = take(p, key, POOL_TAKE_CREATE);
+    struct fly_pool_machine l = { 0 };
 
-    assert_string_equal(m->id, "");
-    assert_int_equal(m->state, POOL_BUSY);
-    pool_created(p, m, id);
-    pool_put(p, m, fake_now);
-    return m;
+    snprintf(l.id, sizeof l.id, "%s", id);
+    snprintf(l.pool_key, sizeof l.pool_key, "%s", key);
+    assert_int_equal(pool_adopt(p, &l, 1, fake_now), 1);
+    assert_string_equal(p->list->id, id);
+    assert_int_equal(p->list->state, POOL_IDLE);
+    return p->list;
 }
 
 static void test_creates_up_to_per_key_then_waits(void **state)
@@ -73,8 +75,12 @@ static void test_creates_up_to_per_key_then_waits(void **state)
     (void)state;
     init(&p, 2);
     a = take(&p, KA, POOL_TAKE_CREATE);
+    assert_string_equal(a->id, "");
+    assert_int_equal(a->state, POOL_BUSY);
     b = take(&p, KA, POOL_TAKE_CREATE);  /* a's create is still in flight: counted */
     assert_ptr_not_equal(a, b);
+    pool_created(&p, b, "m-b");
+    assert_string_equal(b->id, "m-b");
     take(&p, KA, POOL_TAKE_STOP);        /* at LAMBDO_POOL for KA: waits, then stops */
     assert_int_equal(idle_calls, 1);
     take(&p, KB, POOL_TAKE_CREATE);      /* another key has its own N */
