@@ -370,8 +370,9 @@ static int job_create(struct job *j, const struct fly_machine_spec *spec, struct
         return job_return(j, 0);
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
-    log_info("group %s: machine %s created in %s for %zu events (image %s, size %s)", j->gid,
-             m->id, m->region, j->count, j->image, j->preset->name);
+    log_info("group %s: %smachine %s created in %s for %zu events (image %s, size %s)", j->gid,
+             spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, j->image,
+             j->preset->name);
     return 0;
 }
 
