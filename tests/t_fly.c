@@ -201,7 +201,8 @@ static void test_body_shape(void **state)
     static const char *const config_keys[] = { "image", "guest", "env", "files", "auto_destroy",
                                                "restart", "metadata", NULL };
     struct fly_machine_spec spec = { "registry.fly.io/app:v1", preset_find("shared-cpu-2x"), NULL,
-                                     events, sizeof events - 1, "0123456789abcdef", NULL, 0, NULL, 0 };
+                                     events, sizeof events - 1, "0123456789abcdef", NULL, 0,
+                                         NULL, 0 };
     char *text;
     cJSON *j = body_parse(&spec, "iad", &text), *config, *guest, *files, *file;
     unsigned char back[sizeof events];
@@ -348,7 +349,8 @@ static void test_body_escaping(void **state)
 
 static void test_body_refused(void **state)
 {
-    struct fly_machine_spec ok = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0, NULL, 0 };
+    struct fly_machine_spec ok = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0,
+        NULL, 0 };
     struct fly_machine_spec s;
     struct lerr e = { 0 };
     char *text = (char *)1;
@@ -379,7 +381,8 @@ static void test_body_large_events(void **state)
     size_t n = 3 * 1024 * 1024 + 1;
     char *ev = malloc(n), *text;
     unsigned char *back = malloc(n);
-    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, ev, n, "g", NULL, 0, NULL, 0 };
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, ev, n, "g", NULL, 0,
+        NULL, 0 };
     cJSON *j, *file;
 
     for (size_t i = 0; i < n; i++)
@@ -1317,7 +1320,8 @@ static void test_create_bad_token(void **state)
     struct lerr e = { 0 };
     struct url base;
     struct fly_target t = { .base = &base, .app = "app", .token = "tok\r\nen" };
-    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0, NULL, 0 };
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0,
+        NULL, 0 };
     struct http_client http;
 
     assert_int_equal(url_parse("http://127.0.0.1:9", &base, &e), 0);
