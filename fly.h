@@ -33,8 +33,8 @@
  * The token is a secret: it goes in the Authorization header and nowhere else, never
  * in a log line or an error message.
  *
- * Every request (create, wait, show, events, stop, delete, the app) goes through one loop
- * in fly.c: a token, the request, and on a 429 the wait and the retry.
+ * Every request (create, wait, show, events, stop, delete, update, lease, list, the app)
+ * goes through one loop in fly.c: a token, the request, and on a 429 the wait and the retry.
  *
  * Rate limits: Fly limits the Machines API per app and per action. A target may carry
  * two shared token buckets (ratelimit.h): every create takes a token of create_rl before
@@ -293,9 +293,9 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
  * likely exited: fly_machine_exit tells). Returns -1 otherwise, with out->outcome
  * FLY_CALL_RETRY_LATER (e: LERR_HTTP for a 5xx or 408, or the connection error's kind)
  * or FLY_CALL_FAILED (LERR_HTTP for another status, LERR_CANCELLED, LERR_INVALID...).
- * Takes t->get_rl tokens; a 429 penalizes it and retries. While the request runs,
- * http->io_timeout_ms is raised to timeout_s + FLY_WAIT_SLACK_MS if it is lower (and
- * restored): Fly answers only when the wait ends. Set http->cancel_fd to end a wait in
+ * Takes t->get_rl tokens (t->limits->get when set); a 429 penalizes that bucket and
+ * retries. While the request runs, http->io_timeout_ms is raised to timeout_s +
+ * FLY_WAIT_SLACK_MS if it is lower (and restored): Fly answers only when the wait ends. Set http->cancel_fd to end a wait in
  * flight at once on a stop; t->stop_fd alone ends only the waits between requests. */
 int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, const char *instance_id, const char *state,
@@ -304,20 +304,21 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
 /* Reads how the Machine's process ended (fly_parse_exit). Returns 0 with out->outcome FLY_CALL_OK (out->known says whether the code is
  * known) or FLY_CALL_GONE (out->gone = 1, known = 0: a 404); -1 otherwise, as
  * fly_wait_machine (LERR_MALFORMED, outcome FLY_CALL_RETRY_LATER, for an answer that is
- * not a Machine). Takes t->get_rl tokens. */
+ * not a Machine). Takes t->get_rl tokens (t->limits->get when set). */
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_exit *out, struct lerr *e);
 
 /* Asks Fly to stop the Machine (its stop signal, then SIGKILL after its stop timeout).
  * Returns 0 when Fly accepted (FLY_CALL_OK) or no longer knows the Machine
  * (FLY_CALL_GONE: nothing left to stop); -1 otherwise, as fly_wait_machine (a 408 is
- * FLY_CALL_RETRY_LATER here). Takes t->get_rl tokens. out may be NULL. */
+ * FLY_CALL_RETRY_LATER here). Takes t->get_rl tokens (t->limits->other when set). out may
+ * be NULL. */
 int fly_stop_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_call_result *out, struct lerr *e);
 
 /* Destroys the Machine; with force, even a running one (?force=true). Returns 0 when
  * Fly accepted or no longer knows the Machine (FLY_CALL_GONE); -1 otherwise, as
- * fly_stop_machine. Takes t->get_rl tokens. out may be NULL. */
+ * fly_stop_machine. Takes t->get_rl tokens (t->limits->other when set). out may be NULL. */
 int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
                         const char *machine_id, int force, struct fly_call_result *out,
                         struct lerr *e);

@@ -1,6 +1,7 @@
 /* libFuzzer target for fly.c's readers of Fly's answers: fly_classify (creates, and
  * wait, show, stop, delete), fly_parse_exit (a Machine or its event
- * list), fly_retry_after_ms, and the Machine URL builder fed with hostile ids.
+ * list), fly_parse_lease, fly_parse_pool_list, fly_retry_after_ms, and the Machine URL
+ * builder fed with hostile ids.
  *
  * Input: two bytes of status (big-endian, taken modulo 700), a length byte and that many
  * bytes of Retry-After value, then the body (everything left). Every buffer handed to
@@ -8,7 +9,10 @@
  *
  * Invariants: no crash or leak; every output string NUL-terminated inside its array and
  * printable ASCII; the classifications are total and agree with the status class; the
- * exit fields are consistent (a known code is 0..255 and implies an exit event); a URL
+ * exit fields are consistent (a known code is 0..255 and implies an exit event); a lease's
+ * nonce is 1..FLY_NONCE_MAX-1 printable characters, or "" with LERR_MALFORMED; a pool list
+ * has *n entries exactly when it returns 0 (NULL when none), each with a non-empty id and
+ * pool key and never a destroyed state; a URL
  * path holds only unreserved characters, '%' escapes and the few separators we write,
  * and the escaped id decodes back to the id. */
 #include <stddef.h>
@@ -139,12 +143,52 @@ static void fuzz_parse_exit(const char *body, size_t len)
     check(x.exited == 0 || x.exited == 1, "exited is a flag");
     check(x.known == 0 || x.known == 1, "known is a flag");
     check(x.oom_killed == 0 || x.oom_killed == 1, "oom_killed is a flag");
+    check_text(x.state, sizeof x.state, "exit state");
     if (x.known)
         check(x.exited && x.exit_code >= 0 && x.exit_code <= 255, "a known code is 0..255");
     else
         check(x.exit_code == 0, "no code when unknown");
     if (!x.exited)
         check(!x.known && !x.oom_killed, "nothing without an exit event");
+}
+
+static void fuzz_parse_lease(const char *body, size_t len)
+{
+    char nonce[FLY_NONCE_MAX];
+    long long at = 42;
+    struct lerr e = { 0 };
+    int rc;
+
+    memset(nonce, 0x5A, sizeof nonce);
+    rc = fly_parse_lease(body, len, nonce, &at, &e);
+    check(rc == 0 || (rc == -1 && e.kind == LERR_MALFORMED), "parse_lease's result");
+    check_text(nonce, sizeof nonce, "lease nonce");
+    check((rc == 0) == (nonce[0] != '\0'), "a nonce exactly when it succeeds");
+    check(at >= 0, "expires_at is never negative");
+}
+
+static void fuzz_parse_pool_list(const char *body, size_t len)
+{
+    struct fly_pool_machine *m = (void *)1;
+    size_t n = 7;
+    struct lerr e = { 0 };
+    int rc = fly_parse_pool_list(body, len, &m, &n, &e);
+
+    check(rc == 0 || (rc == -1 && (e.kind == LERR_MALFORMED || e.kind == LERR_NOMEM)),
+          "parse_pool_list's result");
+    check((n == 0) == (m == NULL), "an array exactly when there are entries");
+    check(rc == 0 || n == 0, "no entries on an error");
+    for (size_t i = 0; i < n; i++) {
+        check_text(m[i].id, sizeof m[i].id, "pool id");
+        check_text(m[i].instance_id, sizeof m[i].instance_id, "pool instance id");
+        check_text(m[i].state, sizeof m[i].state, "pool state");
+        check_text(m[i].region, sizeof m[i].region, "pool region");
+        check_text(m[i].pool_key, sizeof m[i].pool_key, "pool key");
+        check(m[i].id[0] && m[i].pool_key[0], "an id and a key");
+        check(strcmp(m[i].state, "destroyed") && strcmp(m[i].state, "destroying"),
+              "no destroyed Machine");
+    }
+    free(m);
 }
 
 static int hexval(char c)
@@ -210,6 +254,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_classify(status, body, body_len, data[2] ? ra : NULL, ra_len);
     fuzz_classify_call(status, body, body_len, data[2] ? ra : NULL, ra_len);
     fuzz_parse_exit(body, body_len);
+    fuzz_parse_lease(body, body_len);
+    fuzz_parse_pool_list(body, body_len);
     fuzz_machine_url(data + 3 + ra_len, body_len);
     free(ra);
     free(body);

@@ -201,7 +201,8 @@ static void test_body_shape(void **state)
     static const char *const config_keys[] = { "image", "guest", "env", "files", "auto_destroy",
                                                "restart", "metadata", NULL };
     struct fly_machine_spec spec = { "registry.fly.io/app:v1", preset_find("shared-cpu-2x"), NULL,
-                                     events, sizeof events - 1, "0123456789abcdef", NULL, 0, NULL, 0 };
+                                     events, sizeof events - 1, "0123456789abcdef", NULL, 0,
+                                         NULL, 0 };
     char *text;
     cJSON *j = body_parse(&spec, "iad", &text), *config, *guest, *files, *file;
     unsigned char back[sizeof events];
@@ -348,7 +349,8 @@ static void test_body_escaping(void **state)
 
 static void test_body_refused(void **state)
 {
-    struct fly_machine_spec ok = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0, NULL, 0 };
+    struct fly_machine_spec ok = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0,
+        NULL, 0 };
     struct fly_machine_spec s;
     struct lerr e = { 0 };
     char *text = (char *)1;
@@ -379,7 +381,8 @@ static void test_body_large_events(void **state)
     size_t n = 3 * 1024 * 1024 + 1;
     char *ev = malloc(n), *text;
     unsigned char *back = malloc(n);
-    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, ev, n, "g", NULL, 0, NULL, 0 };
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, ev, n, "g", NULL, 0,
+        NULL, 0 };
     cJSON *j, *file;
 
     for (size_t i = 0; i < n; i++)
@@ -873,6 +876,7 @@ struct seen {
     char line[256];      /* request line */
     char auth[128];
     char ctype[64];
+    char nonce[80];      /* fly-machine-lease-nonce */
     char body[4096];
 };
 
@@ -921,6 +925,7 @@ static void serve_one(struct server *s, int c)
     snprintf(w->line, sizeof w->line, "%.*s", (int)strcspn(head, "\r"), head);
     header_value(head, "Authorization", w->auth, sizeof w->auth);
     header_value(head, "Content-Type", w->ctype, sizeof w->ctype);
+    header_value(head, "fly-machine-lease-nonce", w->nonce, sizeof w->nonce);
     header_value(head, "Content-Length", clen, sizeof clen);
     blen = (size_t)strtoul(clen, NULL, 10);
     if (r->cancel_before && write(s->cancel_w, "x", 1) < 0)
@@ -1315,7 +1320,8 @@ static void test_create_bad_token(void **state)
     struct lerr e = { 0 };
     struct url base;
     struct fly_target t = { .base = &base, .app = "app", .token = "tok\r\nen" };
-    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0, NULL, 0 };
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0,
+        NULL, 0 };
     struct http_client http;
 
     assert_int_equal(url_parse("http://127.0.0.1:9", &base, &e), 0);
@@ -1615,6 +1621,7 @@ static void test_exit_from_show(void **state)
     assert_int_equal(x.exited, 1);
     assert_int_equal(x.known, 1);
     assert_int_equal(x.exit_code, 3);
+    assert_string_equal(x.state, "stopped");
     assert_true(get_rl.tokens < 2.5);  /* one token taken */
     ratelimit_destroy(&get_rl);
 }
@@ -1645,6 +1652,7 @@ static void test_exit_events_fallback(void **state)
     assert_int_equal(x.known, 1);
     assert_int_equal(x.exit_code, 137);
     assert_int_equal(x.oom_killed, 1);
+    assert_string_equal(x.state, "destroyed");  /* the show's: an event list has none */
     assert_has(log, "fly: Machine m1: events: HTTP 200");
 }
 
@@ -1840,6 +1848,575 @@ static void test_create_stop_waiting_for_token(void **state)
     close(pipefd[1]);
 }
 
+/* ---- a warm pool: bodies, parsers, and the calls against the scripted server ------------ */
+
+static void test_body_pool(void **state)
+{
+    /* a pool Machine created stopped, before any group: no files, no auto_destroy */
+    struct fly_machine_spec blank = { "alpine", preset_find("shared-cpu-1x"), NULL, NULL, 0,
+                                      NULL, NULL, 0, "k1", 1 };
+    /* the update that gives it a group (the meta file too) */
+    struct fly_machine_spec group = { "alpine", preset_find("shared-cpu-1x"), "[\"run\"]",
+                                      "[1]", 3, "g1", "[{}]", 4, "k\"1", 0 };
+    struct lerr e = { 0 };
+    char *text;
+    size_t len;
+
+    assert_int_equal(fly_create_body(&blank, "iad", &text, &len, &e), 0);
+    assert_string_equal(text,
+        "{\"region\":\"iad\",\"skip_launch\":true,\"config\":{\"image\":\"alpine\","
+        "\"guest\":{\"cpu_kind\":\"shared\",\"cpus\":1,\"memory_mb\":256},\"env\":{},"
+        "\"restart\":{\"policy\":\"no\"},"
+        "\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_group\":\"\",\"lambdo_pool\":\"k1\"}}}");
+    free(text);
+    assert_int_equal(fly_create_body(&group, NULL, &text, &len, &e), 0);
+    assert_string_equal(text,
+        "{\"config\":{\"image\":\"alpine\","
+        "\"guest\":{\"cpu_kind\":\"shared\",\"cpus\":1,\"memory_mb\":256},"
+        "\"env\":{\"EVENTS_PATH\":\"/tmp/events.json\","
+        "\"EVENTS_META_PATH\":\"/tmp/events.meta.json\"},"
+        "\"files\":[{\"guest_path\":\"/tmp/events.json\",\"raw_value\":\"WzFd\"},"
+        "{\"guest_path\":\"/tmp/events.meta.json\",\"raw_value\":\"W3t9XQ==\"}],"
+        "\"restart\":{\"policy\":\"no\"},\"init\":{\"cmd\":[\"run\"]},"
+        "\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_group\":\"g1\","
+        "\"lambdo_pool\":\"k\\\"1\"}}}");
+    free(text);
+}
+
+static void test_machine_limits_init(void **state)
+{
+    struct fly_machine_limits l;
+    struct lerr e = { 0 };
+    const struct ratelimit *action[] = { &l.update, &l.lease, &l.other };
+
+    assert_int_equal(fly_machine_limits_init(&l, &e), 0);
+    for (size_t i = 0; i < 3; i++) {
+        assert_true(action[i]->rate == 1.0);
+        assert_int_equal(action[i]->burst, 3);
+        assert_true(action[i]->tokens == 3.0);
+    }
+    assert_true(l.get.rate == 5.0);
+    assert_int_equal(l.get.burst, 10);
+    assert_true(l.get.tokens == 10.0);
+    fly_machine_limits_destroy(&l);
+}
+
+#define LEASE_OK "{\"status\":\"success\",\"data\":{\"nonce\":\"n0nce-7f3a\"," \
+                 "\"expires_at\":1700000030,\"owner\":\"lambdo\",\"version\":\"v1\"}}"
+
+struct lease_case {
+    const char *name, *json;
+    int rc;
+    const char *nonce;
+    long long expires_at;
+};
+
+static void test_parse_lease(void **state)
+{
+    static const struct lease_case cases[] = {
+        { "Fly's answer", LEASE_OK, 0, "n0nce-7f3a", 1700000030 },
+        { "no expires_at", "{\"data\":{\"nonce\":\"abc\"}}", 0, "abc", 0 },
+        { "expires_at a string", "{\"data\":{\"nonce\":\"abc\",\"expires_at\":\"17\"}}", 0,
+          "abc", 0 },
+        { "expires_at not whole", "{\"data\":{\"nonce\":\"abc\",\"expires_at\":1.5}}", 0, "abc",
+          0 },
+        { "expires_at negative", "{\"data\":{\"nonce\":\"abc\",\"expires_at\":-3}}", 0, "abc",
+          0 },
+        { "63 characters", "{\"data\":{\"nonce\":\"123456789012345678901234567890123456789012"
+                           "345678901234567890123\"}}", 0,
+          "123456789012345678901234567890123456789012345678901234567890123", 0 },
+        { "64 characters", "{\"data\":{\"nonce\":\"123456789012345678901234567890123456789012"
+                           "3456789012345678901234\"}}", -1, "", 0 },
+        { "no nonce", "{\"status\":\"success\",\"data\":{\"expires_at\":1}}", -1, "", 1 },
+        { "nonce a number", "{\"data\":{\"nonce\":12}}", -1, "", 0 },
+        { "nonce empty", "{\"data\":{\"nonce\":\"\"}}", -1, "", 0 },
+        { "nonce null", "{\"data\":{\"nonce\":null}}", -1, "", 0 },
+        { "nonce with a control character", "{\"data\":{\"nonce\":\"a\\nb\"}}", -1, "", 0 },
+        { "nonce not ASCII", "{\"data\":{\"nonce\":\"\\u00e9\"}}", -1, "", 0 },
+        { "data a string", "{\"data\":\"abc\"}", -1, "", 0 },
+        { "nonce at the top", "{\"nonce\":\"abc\"}", -1, "", 0 },
+        { "an array", "[{\"data\":{\"nonce\":\"abc\"}}]", -1, "", 0 },
+        { "not JSON", "<html>", -1, "", 0 },
+        { "empty", "", -1, "", 0 },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char nonce[FLY_NONCE_MAX];
+        long long at = 99;
+        struct lerr e = { 0 };
+        int rc;
+
+        memset(nonce, 'X', sizeof nonce);
+        rc = fly_parse_lease(cases[i].json, strlen(cases[i].json), nonce, &at, &e);
+        if (rc != cases[i].rc || strcmp(nonce, cases[i].nonce) || at != cases[i].expires_at)
+            fail_msg("%s: rc %d nonce \"%.64s\" expires_at %lld", cases[i].name, rc, nonce, at);
+        if (rc < 0) {
+            assert_int_equal(e.kind, LERR_MALFORMED);
+            assert_has(e.msg, "no usable nonce");
+        }
+    }
+}
+
+#define POOLED(id, state, key) \
+    "{\"id\":\"" id "\",\"instance_id\":\"v-" id "\",\"state\":\"" state "\",\"region\":\"iad\"," \
+    "\"config\":{\"image\":\"img\",\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_pool\":" key \
+    "}}}"
+
+static void test_parse_pool_list(void **state)
+{
+    static const char list[] = "["
+        POOLED("p1", "stopped", "\"k1\"") ","
+        "{\"id\":\"other\",\"state\":\"stopped\",\"config\":{\"metadata\":{\"managed_by\":"
+        "\"someone\",\"lambdo_pool\":\"k1\"}}},"
+        "{\"id\":\"oneshot\",\"state\":\"started\",\"config\":{\"metadata\":{\"managed_by\":"
+        "\"lambdo\",\"lambdo_group\":\"g\"}}},"
+        POOLED("num", "stopped", "5") ","
+        POOLED("empty", "stopped", "\"\"") ","
+        POOLED("long", "stopped", "\"1234567890123456789012345678901234567890\"") ","
+        POOLED("p39", "started", "\"123456789012345678901234567890123456789\"") ","
+        POOLED("ctl", "stopped", "\"a\\u0001\"") ","
+        POOLED("dead", "destroyed", "\"k1\"") ","
+        POOLED("dying", "destroying", "\"k1\"") ","
+        "{\"state\":\"stopped\",\"config\":{\"metadata\":{\"managed_by\":\"lambdo\","
+        "\"lambdo_pool\":\"k1\"}}},"
+        "{\"id\":\"p2\",\"config\":{\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_pool\":"
+        "\"k 2\"}}},"
+        "{\"id\":\"noconfig\",\"state\":\"stopped\"},"
+        "5,\"x\",null,[]"
+        "]";
+    struct fly_pool_machine *m;
+    struct lerr e = { 0 };
+    size_t n;
+
+    assert_int_equal(fly_parse_pool_list(list, sizeof list - 1, &m, &n, &e), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(m[0].id, "p1");
+    assert_string_equal(m[0].instance_id, "v-p1");
+    assert_string_equal(m[0].state, "stopped");
+    assert_string_equal(m[0].region, "iad");
+    assert_string_equal(m[0].pool_key, "k1");
+    assert_string_equal(m[1].id, "p39");
+    assert_string_equal(m[1].state, "started");
+    assert_string_equal(m[1].pool_key, "123456789012345678901234567890123456789");
+    /* no state, instance or region: "" (a Machine without a state is kept) */
+    assert_string_equal(m[2].id, "p2");
+    assert_string_equal(m[2].pool_key, "k 2");
+    assert_string_equal(m[2].state, "");
+    assert_string_equal(m[2].instance_id, "");
+    assert_string_equal(m[2].region, "");
+    free(m);
+
+    /* nothing of ours: NULL and 0 */
+    m = (void *)1;
+    assert_int_equal(fly_parse_pool_list("[]", 2, &m, &n, &e), 0);
+    assert_null(m);
+    assert_int_equal(n, 0);
+    m = (void *)1;
+    assert_int_equal(fly_parse_pool_list("[{\"id\":\"x\"}]", 12, &m, &n, &e), 0);
+    assert_null(m);
+    assert_int_equal(n, 0);
+    {
+        static const char *const bad[] = { "{}", "{\"machines\":[]}", "nope", "", "5" };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            m = (void *)1;
+            n = 7;
+            assert_int_equal(fly_parse_pool_list(bad[i], strlen(bad[i]), &m, &n, &e), -1);
+            assert_int_equal(e.kind, LERR_MALFORMED);
+            assert_has(e.msg, "not a JSON array");
+            assert_null(m);
+            assert_int_equal(n, 0);
+        }
+    }
+}
+
+static void test_parse_exit_state(void **state)
+{
+    static const struct { const char *json, *state; } cases[] = {
+        { "{\"state\":\"stopped\"}", "stopped" },
+        { "{\"state\":\"started\",\"events\":[]}", "started" },
+        { "{\"state\":5}", "" },
+        { "{}", "" },
+        { "[{\"type\":\"exit\",\"state\":\"stopped\"}]", "" },  /* an event list: no state */
+        { "{\"state\":\"a\\nb\\u00e9\"}", "a b??" },
+        { "{\"state\":\"abcdefghijklmnopqrstuvwxyz\"}", "abcdefghijklmnopqrst..." },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct fly_exit x;
+        struct lerr e = { 0 };
+
+        memset(&x, 0x5A, sizeof x);
+        assert_int_equal(fly_parse_exit(cases[i].json, strlen(cases[i].json), &x, &e), 0);
+        assert_string_equal(x.state, cases[i].state);
+    }
+}
+
+/* Every call on one Machine (and, as a check, the create and the list, which are not) */
+enum pool_op { OP_UPDATE, OP_LEASE, OP_RELEASE, OP_STOP, OP_DESTROY, OP_WAIT, OP_SHOW,
+               OP_CREATE, OP_LIST, OP_COUNT };
+
+static const char *const op_answer[OP_COUNT] = {
+    [OP_UPDATE] = "{\"id\":\"m1\",\"instance_id\":\"v2\",\"region\":\"iad\"}",
+    [OP_LEASE] = LEASE_OK, [OP_RELEASE] = "{\"ok\":true}", [OP_STOP] = "{\"ok\":true}",
+    [OP_DESTROY] = "{\"ok\":true}", [OP_WAIT] = "{\"ok\":true}", [OP_SHOW] = SHOW_EXITED,
+    [OP_CREATE] = "{\"id\":\"m9\",\"region\":\"iad\"}", [OP_LIST] = "[]",
+};
+
+static const struct fly_machine_spec update_spec = {
+    "img:1", NULL, NULL, "[{\"a\":1}]", 9, "g1", NULL, 0, "k1", 0
+};
+
+/* Runs op on Machine m1; 0 or -1. */
+static int run_op(struct env *v, enum pool_op op, struct lerr *e)
+{
+    struct fly_machine_spec spec = update_spec;
+    struct fly_call_result r;
+    struct fly_machine m;
+    struct fly_exit x;
+    struct fly_pool_machine *list;
+    char nonce[FLY_NONCE_MAX];
+    long long at;
+    size_t n;
+    int rc = -1;
+
+    spec.preset = preset_find("shared-cpu-1x");
+    switch (op) {
+    case OP_UPDATE: return fly_update_machine(&v->http, &v->t, "m1", &spec, &m, &r, e);
+    case OP_LEASE: return fly_lease_acquire(&v->http, &v->t, "m1", 30, nonce, &at, &r, e);
+    case OP_RELEASE: return fly_lease_release(&v->http, &v->t, "m1", &r, e);
+    case OP_STOP: return fly_stop_machine(&v->http, &v->t, "m1", &r, e);
+    case OP_DESTROY: return fly_destroy_machine(&v->http, &v->t, "m1", 1, &r, e);
+    case OP_WAIT: return fly_wait_machine(&v->http, &v->t, "m1", NULL, "stopped", 5, &r, e);
+    case OP_SHOW: return fly_machine_exit(&v->http, &v->t, "m1", &x, e);
+    case OP_CREATE: return fly_create_machine(&v->http, &v->t, &spec, NULL, 0, &m, e);
+    case OP_LIST:
+        rc = fly_list_pool(&v->http, &v->t, &list, &n, e);
+        free(list);
+        return rc;
+    default: return rc;
+    }
+}
+
+/* The lease nonce goes with every call on the Machine when the target holds one, and with
+ * none otherwise; never in the log. */
+static void test_lease_nonce_sent(void **state)
+{
+    for (int op = 0; op < OP_COUNT; op++) {
+        for (int held = 0; held < 2; held++) {
+            const struct reply reply = { "200 OK", op_answer[op], 0, 0 };
+            struct server s;
+            struct env v;
+            struct lerr e = { 0 };
+            char log[8192];
+            int rc;
+
+            server_start(&s, &reply, 1, -1);
+            env_open(&v, s.port, "", NULL, NULL, NULL);
+            v.t.lease_nonce = held ? "n0nce-7f3a" : NULL;
+            rc = run_op(&v, (enum pool_op)op, &e);
+            env_close(&v, &e, log, sizeof log);
+            server_stop(&s);
+            if (rc != 0)
+                fail_msg("op %d: %s", op, e.msg);
+            assert_int_equal(s.served, 1);
+            if (strcmp(s.seen[0].nonce, held && op < OP_CREATE ? "n0nce-7f3a" : ""))
+                fail_msg("op %d (%s), lease %s: nonce header \"%s\"", op, s.seen[0].line,
+                         held ? "held" : "not held", s.seen[0].nonce);
+            assert_null(strstr(log, "n0nce"));
+            assert_null(strstr(e.msg, "n0nce"));
+        }
+    }
+}
+
+/* With the Machine's own buckets, each call takes its token from its kind's (and none of
+ * get_rl); without them, from get_rl. */
+static void test_machine_buckets(void **state)
+{
+    for (int op = 0; op < OP_CREATE; op++) {
+        for (int own = 0; own < 2; own++) {
+            const struct reply reply = { "200 OK", op_answer[op], 0, 0 };
+            struct fly_machine_limits l;
+            struct ratelimit get_rl;
+            struct ratelimit *const b[] = { &l.update, &l.lease, &l.other, &l.get };
+            const int want = op == OP_UPDATE ? 0 : op <= OP_RELEASE ? 1 : op <= OP_DESTROY ? 2 : 3;
+            struct server s;
+            struct env v;
+            struct lerr e = { 0 };
+            char log[8192];
+
+            assert_int_equal(fly_machine_limits_init(&l, &e), 0);
+            assert_int_equal(ratelimit_init(&get_rl, 1, 5, &e), 0);
+            server_start(&s, &reply, 1, -1);
+            env_open(&v, s.port, "", NULL, &get_rl, NULL);
+            v.t.limits = own ? &l : NULL;
+            if (run_op(&v, (enum pool_op)op, &e) != 0)
+                fail_msg("op %d: %s", op, e.msg);
+            env_close(&v, &e, log, sizeof log);
+            server_stop(&s);
+            /* a full bucket loses exactly one token to a reservation */
+            for (int i = 0; i < 4; i++)
+                if (b[i]->tokens != b[i]->burst - (own && i == want))
+                    fail_msg("op %d, own %d: bucket %d has %g tokens", op, own, i, b[i]->tokens);
+            if (get_rl.tokens != 5 - !own)
+                fail_msg("op %d, own %d: get_rl has %g tokens", op, own, get_rl.tokens);
+            fly_machine_limits_destroy(&l);
+            ratelimit_destroy(&get_rl);
+        }
+    }
+}
+
+/* A 429 on an update penalizes the Machine's update bucket, not get_rl, and a second update
+ * waits for that bucket's next token. */
+static void test_machine_bucket_429(void **state)
+{
+    static const struct reply script[] = {
+        { "429 Too Many Requests\r\nRetry-After: 1", "{\"error\":\"rate limited\"}", 0, 0 },
+        { "200 OK", "{\"id\":\"m1\",\"instance_id\":\"v2\"}", 0, 0 },
+        { "200 OK", "{\"id\":\"m1\",\"instance_id\":\"v3\"}", 0, 0 },
+    };
+    struct fly_machine_limits l;
+    struct ratelimit get_rl;
+    struct server s;
+    struct env v;
+    struct lerr e = { 0 };
+    char log[8192];
+    int64_t t0, t1, t2;
+
+    assert_int_equal(fly_machine_limits_init(&l, &e), 0);
+    ratelimit_destroy(&l.update);
+    assert_int_equal(ratelimit_init(&l.update, 2, 1, &e), 0);  /* 2 a second, burst 1 */
+    assert_int_equal(ratelimit_init(&get_rl, 1000, 10, &e), 0);
+    server_start(&s, script, 3, -1);
+    env_open(&v, s.port, "", NULL, &get_rl, NULL);
+    v.t.limits = &l;
+    t0 = ratelimit_now_ns();
+    assert_int_equal(run_op(&v, OP_UPDATE, &e), 0);
+    t1 = ratelimit_now_ns();
+    assert_int_equal(run_op(&v, OP_UPDATE, &e), 0);
+    t2 = ratelimit_now_ns();
+    env_close(&v, &e, log, sizeof log);
+    server_stop(&s);
+    assert_int_equal(s.served, 3);
+    assert_true(l.update.pause_until_ns >= t0 + 1000000000LL);
+    assert_true(t1 - t0 >= 1000000000LL);  /* the retry waited for the penalty */
+    assert_true(t2 - t1 >= 400000000LL);   /* the next token, 0.5 s after the last */
+    assert_int_equal(get_rl.pause_until_ns, 0);
+    assert_true(get_rl.tokens == 10.0);
+    assert_int_equal(l.other.pause_until_ns, 0);
+    assert_int_equal(l.get.pause_until_ns, 0);
+    assert_has(log, "Machine m1: update: HTTP 429");
+    fly_machine_limits_destroy(&l);
+    ratelimit_destroy(&get_rl);
+}
+
+static void test_update_outcomes(void **state)
+{
+    static const struct {
+        struct reply reply;
+        int rc;
+        enum fly_call_outcome outcome;
+        enum lerr_kind kind;
+        const char *id, *instance_id, *region, *error;
+    } cases[] = {
+        { { "200 OK", "{\"id\":\"m1\",\"instance_id\":\"v2\",\"region\":\"iad\","
+                      "\"state\":\"starting\"}", 0, 0 },
+          0, FLY_CALL_OK, LERR_NONE, "m1", "v2", "iad", "" },
+        { { "200 OK", "{\"instance_id\":\"v3\"}", 0, 0 },
+          0, FLY_CALL_OK, LERR_NONE, "m1", "v3", "", "" },
+        { { "200 OK", "{\"id\":\"\\u0001\",\"instance_id\":\"v3\"}", 0, 0 },
+          0, FLY_CALL_OK, LERR_NONE, "m1", "v3", "", "" },
+        { { "200 OK", "<html>", 0, 0 },
+          -1, FLY_CALL_RETRY_LATER, LERR_MALFORMED, "m1", "", "", "" },
+        { { "404 Not Found", "{\"error\":\"machine not found\"}", 0, 0 },
+          -1, FLY_CALL_GONE, LERR_HTTP, "", "", "", "machine not found" },
+        { { "409 Conflict", "{\"error\":\"aborted: machine ID m1 lease currently held by x\"}",
+            0, 0 },
+          -1, FLY_CALL_FAILED, LERR_HTTP, "", "", "", "lease currently held by x" },
+        { { "422 Unprocessable Entity",
+            "{\"error\":\"failed to get manifest docker.io/library/nope:latest\"}", 0, 0 },
+          -1, FLY_CALL_FAILED, LERR_HTTP, "", "", "", "failed to get manifest" },
+        { { "503 Service Unavailable", "{\"error\":\"try later\"}", 0, 0 },
+          -1, FLY_CALL_RETRY_LATER, LERR_HTTP, "", "", "", "try later" },
+    };
+    struct fly_machine_spec spec = update_spec;
+    char *want_body;
+    size_t want_len;
+    struct lerr e = { 0 };
+
+    spec.preset = preset_find("shared-cpu-1x");
+    assert_int_equal(fly_create_body(&spec, NULL, &want_body, &want_len, &e), 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct server s;
+        struct env v;
+        struct fly_call_result r;
+        struct fly_machine m;
+        char log[8192];
+        int rc;
+
+        server_start(&s, &cases[i].reply, 1, -1);
+        env_open(&v, s.port, "", NULL, NULL, NULL);
+        memset(&m, 0x5A, sizeof m);
+        rc = fly_update_machine(&v.http, &v.t, "m1", &spec, &m, &r, &e);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+        assert_string_equal(s.seen[0].line, "POST /v1/apps/my-app/machines/m1 HTTP/1.1");
+        assert_string_equal(s.seen[0].ctype, "application/json");
+        assert_string_equal(s.seen[0].body, want_body);
+        if (rc != cases[i].rc || r.outcome != cases[i].outcome)
+            fail_msg("case %zu: rc %d outcome %d (%s)", i, rc, r.outcome, e.msg);
+        assert_int_equal(r.status, atoi(cases[i].reply.head));
+        assert_int_equal(m.status, r.status);
+        if (rc < 0) {
+            assert_int_equal(e.kind, cases[i].kind);
+            assert_has(e.msg, "Machine m1: update: HTTP ");
+        }
+        if (rc == 0) {
+            assert_string_equal(m.id, cases[i].id);
+            assert_string_equal(m.instance_id, cases[i].instance_id);
+            assert_string_equal(m.region, cases[i].region);
+        }
+        assert_has(r.error, cases[i].error);
+    }
+    free(want_body);
+}
+
+static void test_lease_outcomes(void **state)
+{
+    static const char held[] = "{\"status\":\"error\",\"message\":\"machine ID m1 lease "
+                               "currently held by x\",\"code\":\"invalid\"}";
+    static const struct {
+        int release;
+        struct reply reply;
+        int rc;
+        enum fly_call_outcome outcome;
+        enum lerr_kind kind;
+        const char *nonce;
+    } cases[] = {
+        { 0, { "200 OK", LEASE_OK, 0, 0 }, 0, FLY_CALL_OK, LERR_NONE, "n0nce-7f3a" },
+        { 0, { "409 Conflict", held, 0, 0 }, -1, FLY_CALL_FAILED, LERR_HTTP, "" },
+        { 0, { "404 Not Found", "{\"error\":\"machine not found\"}", 0, 0 }, -1, FLY_CALL_GONE,
+          LERR_HTTP, "" },
+        { 0, { "200 OK", "{\"status\":\"success\",\"data\":{}}", 0, 0 }, -1,
+          FLY_CALL_RETRY_LATER, LERR_MALFORMED, "" },
+        { 0, { "503 Service Unavailable", "", 0, 0 }, -1, FLY_CALL_RETRY_LATER, LERR_HTTP, "" },
+        { 1, { "200 OK", "{\"ok\":true}", 0, 0 }, 0, FLY_CALL_OK, LERR_NONE, NULL },
+        { 1, { "404 Not Found", "{\"error\":\"lease not found\"}", 0, 0 }, 0, FLY_CALL_GONE,
+          LERR_NONE, NULL },
+        { 1, { "409 Conflict", held, 0, 0 }, -1, FLY_CALL_FAILED, LERR_HTTP, NULL },
+        { 1, { "500 Internal Server Error", "", 0, 0 }, -1, FLY_CALL_RETRY_LATER, LERR_HTTP,
+          NULL },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct server s;
+        struct env v;
+        struct fly_call_result r;
+        struct lerr e = { 0 };
+        char log[8192], nonce[FLY_NONCE_MAX] = "X";
+        long long at = 5;
+        int rc;
+
+        server_start(&s, &cases[i].reply, 1, -1);
+        env_open(&v, s.port, "", NULL, NULL, NULL);
+        v.t.lease_nonce = cases[i].release ? "n0nce-7f3a" : NULL;
+        if (cases[i].release)
+            rc = fly_lease_release(&v.http, &v.t, "m1", &r, &e);
+        else
+            rc = fly_lease_acquire(&v.http, &v.t, "m1", 30, nonce, &at, &r, &e);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+        if (rc != cases[i].rc || r.outcome != cases[i].outcome)
+            fail_msg("case %zu: rc %d outcome %d (%s)", i, rc, r.outcome, e.msg);
+        if (rc < 0) {
+            assert_int_equal(e.kind, cases[i].kind);
+            assert_has(e.msg, cases[i].release ? "Machine m1: release: HTTP "
+                                               : "Machine m1: lease: HTTP ");
+        }
+        if (r.status == 409)
+            assert_has(r.error, "lease currently held by x");
+        if (cases[i].release) {
+            assert_string_equal(s.seen[0].line,
+                                "DELETE /v1/apps/my-app/machines/m1/lease HTTP/1.1");
+            continue;
+        }
+        assert_string_equal(s.seen[0].line,
+                            "POST /v1/apps/my-app/machines/m1/lease?ttl=30 HTTP/1.1");
+        assert_string_equal(s.seen[0].ctype, "application/json");
+        assert_string_equal(s.seen[0].body, "{\"ttl\":30}");
+        assert_string_equal(nonce, cases[i].nonce);
+        assert_true(at == (rc == 0 ? 1700000030 : 0));
+        if (rc == 0)
+            assert_has(log, "Machine m1: lease: lease taken until 1700000030");
+    }
+    /* r may be NULL */
+    {
+        static const struct reply ok[] = { { "404 Not Found", "", 0, 0 } };
+        struct server s;
+        struct env v;
+        struct lerr e = { 0 };
+        char log[8192];
+
+        server_start(&s, ok, 1, -1);
+        env_open(&v, s.port, "", NULL, NULL, NULL);
+        assert_int_equal(fly_lease_release(&v.http, &v.t, "m1", NULL, &e), 0);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+    }
+}
+
+static void test_list_pool(void **state)
+{
+    static const struct {
+        struct reply reply;
+        int rc;
+        enum lerr_kind kind;
+        size_t n;
+    } cases[] = {
+        { { "200 OK", "[" POOLED("p1", "stopped", "\"k1\"") ",{\"id\":\"x\"},"
+                      POOLED("p2", "started", "\"k2\"") "]", 0, 0 }, 0, LERR_NONE, 2 },
+        { { "200 OK", "[]", 0, 0 }, 0, LERR_NONE, 0 },
+        { { "200 OK", "{\"machines\":[]}", 0, 0 }, -1, LERR_MALFORMED, 0 },
+        { { "500 Internal Server Error", "{\"error\":\"oops\"}", 0, 0 }, -1, LERR_HTTP, 0 },
+        { { "401 Unauthorized", "{\"error\":\"unauthorized\"}", 0, 0 }, -1, LERR_HTTP, 0 },
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct server s;
+        struct env v;
+        struct ratelimit get_rl;
+        struct fly_pool_machine *m = (void *)1;
+        struct lerr e = { 0 };
+        char log[8192];
+        size_t n = 9;
+        int rc;
+
+        assert_int_equal(ratelimit_init(&get_rl, 1, 5, &e), 0);
+        server_start(&s, &cases[i].reply, 1, -1);
+        env_open(&v, s.port, "/p", NULL, &get_rl, NULL);
+        rc = fly_list_pool(&v.http, &v.t, &m, &n, &e);
+        env_close(&v, &e, log, sizeof log);
+        server_stop(&s);
+        assert_string_equal(s.seen[0].line, "GET /p/v1/apps/my-app/machines HTTP/1.1");
+        if (rc != cases[i].rc || n != cases[i].n)
+            fail_msg("case %zu: rc %d n %zu (%s)", i, rc, n, e.msg);
+        if (rc < 0) {
+            assert_int_equal(e.kind, cases[i].kind);
+            assert_has(e.msg, "Fly app my-app: list");
+        }
+        assert_true(get_rl.tokens == 4.0);
+        if (n == 2) {
+            assert_string_equal(m[0].id, "p1");
+            assert_string_equal(m[0].pool_key, "k1");
+            assert_string_equal(m[1].id, "p2");
+            assert_string_equal(m[1].state, "started");
+        } else {
+            assert_null(m);
+        }
+        free(m);
+        ratelimit_destroy(&get_rl);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1885,6 +2462,17 @@ int main(void)
         cmocka_unit_test(test_stop_and_destroy),
         cmocka_unit_test(test_create_429_penalizes),
         cmocka_unit_test(test_create_stop_waiting_for_token),
+        cmocka_unit_test(test_body_pool),
+        cmocka_unit_test(test_machine_limits_init),
+        cmocka_unit_test(test_parse_lease),
+        cmocka_unit_test(test_parse_pool_list),
+        cmocka_unit_test(test_parse_exit_state),
+        cmocka_unit_test(test_lease_nonce_sent),
+        cmocka_unit_test(test_machine_buckets),
+        cmocka_unit_test(test_machine_bucket_429),
+        cmocka_unit_test(test_update_outcomes),
+        cmocka_unit_test(test_lease_outcomes),
+        cmocka_unit_test(test_list_pool),
     };
 
     log_setup(LOG_LEVEL_INFO, 0);
