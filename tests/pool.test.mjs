@@ -307,6 +307,50 @@ describe('warm pool (LAMBDO_POOL)', () => {
     assert.equal((await r.stop()).code, 0, tail(r));
   });
 
+  it('a pool Machine still running at LAMBDO_MACHINE_TIMEOUT: destroyed, its messages returned, the group runs on a new one', T, async () => {
+    const q = await rig.queue('timeout');
+    rig.fly.exitPolicy = () => (rig.fly.runs.length === 1 ? { never: true } : { code: 0, afterMs: 200 });
+    const r = rig.lambdo(q.url, poolEnv({ LAMBDO_POOL: '1', LAMBDO_MACHINE_TIMEOUT: '2' }));
+    const sent = await send(q.url, 5, 'to', 'registry.fly.io/timeout/job:1');
+    await waitDeleted(q.url, sent, [r]);
+    assertHandled(q.url, sent, [r]);
+    const [stuck, fresh] = poolMachines();
+    assert.ok(stuck && fresh, `the stuck Machine and its replacement${tail(r)}`);
+    await until(() => stuck.state === 'destroyed', () => `the stuck Machine destroyed${tail(r)}`, 20000);
+    assert.equal(stuck.runs.length, 1);
+    assert.ok(stuck.runs[0].endedAt - stuck.runs[0].startedAt >= 1900, 'not stopped before LAMBDO_MACHINE_TIMEOUT');
+    assert.deepEqual(fresh.runs.map((x) => x.exitCode), [0]);
+    assert.deepEqual(returned(q.url).map((e) => e.id).sort(), sent.map((m) => m.id).sort(), 'returned with LAMBDO_RETRY_DELAY');
+    assert.equal((await r.stop()).code, 0, tail(r));
+  });
+
+  it('refreshes the lease of a Machine that runs longer than it: the lease never lapses mid-run', T, async () => {
+    rig.fly.leaseTtlScale = 0.05;   // lambdo's 60 s leases last 3 s
+    const q = await rig.queue('refresh');
+    const r = rig.lambdo(q.url, poolEnv({ LAMBDO_POOL: '1' }));
+    const sent = await send(q.url, 5, 'rf', 'registry.fly.io/refresh/sleep:8000');
+    let running = 0, lapsed = 0;
+    const sampler = setInterval(() => {
+      const m = poolMachines()[0];
+      if (m?.state !== 'started') return;
+      running++;
+      if (!liveLease(m)) lapsed++;
+    }, 100);
+    try {
+      await waitDeleted(q.url, sent, [r]);
+    } finally {
+      clearInterval(sampler);
+    }
+    assertHandled(q.url, sent, [r]);
+    assert.ok(running >= 40, `sampled the run ${running} times`);
+    assert.equal(lapsed, 0, `no lease during ${lapsed} of ${running} samples of the run${tail(r)}`);
+    const [m] = poolMachines();
+    const refreshes = rig.fly.requests.filter((x) => x.op === 'Machines_create_lease' && x.machineId === m.id
+      && x.status === 200 && x.headers[NONCE]);
+    assert.ok(refreshes.length >= 2, `${refreshes.length} refreshes in an 8 s run of 3 s leases`);
+    assert.equal((await r.stop()).code, 0, tail(r));
+  });
+
   it('a Machine leased by someone else (409): lambdo moves on to a new one and leaves it alone', T, async () => {
     const q = await rig.queue('leased');
     const image = 'registry.fly.io/leased/sleep:200';
@@ -348,9 +392,21 @@ describe('warm pool (LAMBDO_POOL)', () => {
 
   it('at LAMBDO_POOL=1, three groups of one key run one after the other on the one Machine, kept hidden meanwhile', T, async () => {
     const q = await rig.queue('atn', { visibilityTimeout: 3 });
-    const r = rig.lambdo(q.url, poolEnv({ LAMBDO_POOL: '1', LAMBDO_EVENTS_PER_MACHINE: '2', LAMBDO_VISIBILITY_TIMEOUT: '3' }));
+    const port = await freePort();
+    const r = rig.lambdo(q.url, poolEnv({ LAMBDO_POOL: '1', LAMBDO_EVENTS_PER_MACHINE: '2', LAMBDO_VISIBILITY_TIMEOUT: '3',
+      LAMBDO_METRICS_ADDR: `127.0.0.1:${port}` }));
+    const gauges = async () => {
+      const b = (await get(port, '/metrics')).body;
+      return [value(b, 'lambdo_pool_machines{state="busy"}'), value(b, 'lambdo_pool_machines{state="idle"}')];
+    };
+    await r.waitLog(/metrics: serving/, 20000);
     const sent = await send(q.url, 6, 'n', 'registry.fly.io/atn/sleep:1500');
+    let seen;
+    await until(async () => { seen = await gauges(); return seen[0] === 1 && seen[1] === 0; },
+      () => `gauges busy 1, idle 0 while the Machine runs, last [busy, idle] = ${seen}`, 30000, 100);
     await waitDeleted(q.url, sent, [r], 90000);
+    await until(async () => { seen = await gauges(); return seen[0] === 0 && seen[1] === 1; },
+      () => `gauges busy 0, idle 1 afterwards, last [busy, idle] = ${seen}`, 10000, 100);
     const list = assertHandled(q.url, sent, [r]);
     assert.equal(poolCreates().length, 1, tail(r));
     const twice = sent.filter((m) => list.filter(({ msgs }) => msgs.includes(m)).length > 1).map((m) => m.key);
@@ -451,6 +507,10 @@ describe('warm pool (LAMBDO_POOL)', () => {
       assert.match(rows[1], new RegExp(`key ${key}: ${n} Machines`), c.out);
       assert.match(rows[1], new RegExp(`\\b${n} stopped\\b`), c.out);
       assert.match(rows[1], /\b0 leased\b/, c.out);
+      rig.fly.holdLease(poolMachines()[0].id, 600);
+      const held = await check(q.url, { LAMBDO_POOL: '2' });
+      assert.equal(held.code, 0, held.out);
+      assert.match(poolRows(held.out)[1] ?? '', /\b1 leased\b/, held.out);
       for (const s of [rig.fly.token]) assert.ok(!c.out.includes(s), 'no secret in the output');
     });
 
