@@ -56,6 +56,7 @@ static const char check_usage[] =
     "FIFO and content-based deduplication, redrive policy) and the Fly app (token; not\n"
     "with LAMBDO_BACKEND=local), one line each: ok, warn or fail and why. On a FIFO queue\n"
     "without a dead-letter queue it warns: a failing message holds its group back.\n"
+    "With LAMBDO_POOL, one row per pool key: its Machines by state and the leases held.\n"
     "Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or\n"
     "configuration (every problem is named, one row each).\n";
 
@@ -912,6 +913,53 @@ static int check_fly(const struct config *cfg, struct cli_net *net)
     return 0;
 }
 
+/* One key's row: its Machines by state, and the leases held on them right now. */
+static void check_pool_key(struct cli_net *net, const struct fly_target *t,
+                           const struct fly_pool_machine *list, size_t n, size_t first)
+{
+    size_t count = 0, stopped = 0, started = 0, leased = 0;
+
+    for (size_t i = first; i < n; i++) {
+        if (strcmp(list[i].pool_key, list[first].pool_key) != 0)
+            continue;
+        count++;
+        stopped += strcmp(list[i].state, "stopped") == 0;
+        started += strcmp(list[i].state, "started") == 0;
+        leased += fly_lease_held(&net->http, t, list[i].id) == 1;
+    }
+    cli_row(stdout, CLI_OK, "pool", "key %s: %zu Machines (%zu stopped, %zu started, %zu other), "
+            "%zu leased", list[first].pool_key, count, stopped, started,
+            count - stopped - started, leased);
+}
+
+/* LAMBDO_POOL: the pooled Machines Fly lists, per key. */
+static int check_pool(const struct config *cfg, struct cli_net *net)
+{
+    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
+                                  .token = cfg->fly_token };
+    struct fly_pool_machine *list = NULL;
+    size_t n = 0;
+    struct lerr e;
+
+    cli_row(stdout, CLI_OK, "pool", "LAMBDO_POOL=%d Machines per image, size and command; "
+            "idle ones destroyed after %d s", cfg->pool, cfg->pool_idle_seconds);
+    if (fly_list_pool(&net->http, &t, &list, &n, &e) < 0) {
+        cli_row(stdout, CLI_FAIL, "pool", "cannot list the app's Machines: %s", e.msg);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t k = 0;
+        while (strcmp(list[k].pool_key, list[i].pool_key) != 0)
+            k++;
+        if (k == i)  /* the key's first Machine */
+            check_pool_key(net, &t, list, n, i);
+    }
+    if (!n)
+        cli_row(stdout, CLI_OK, "pool", "no pooled Machines yet");
+    free(list);
+    return 0;
+}
+
 int cli_check(int argc, char **argv)
 {
     struct config_errors errs;
@@ -949,8 +997,10 @@ int cli_check(int argc, char **argv)
         else if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
             cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
                     "host; no Fly API to check");
-        if (!cfg.backend_local)
-            failed |= check_fly(&cfg, &net) < 0;
+        if (!cfg.backend_local && check_fly(&cfg, &net) < 0)
+            failed = 1;
+        else if (cfg.pool)
+            failed |= check_pool(&cfg, &net) < 0;
     }
     cli_net_close(&net);
     return failed ? CLI_EXIT_FAILED : CLI_EXIT_OK;

@@ -79,6 +79,10 @@ static const struct number {
     { "LAMBDO_MAX_EVENTS_BYTES", AT(max_events_bytes), 1024, 64 << 20, 1 << 20, 0, 0 },
     { "LAMBDO_SHUTDOWN_TIMEOUT", AT(shutdown_timeout), 0, 3600, 0, 0, 0 },
     { "LAMBDO_BATCH_WINDOW_MS", AT(batch_window_ms), 0, 600000, 0, 0, 0 },
+    { "LAMBDO_POOL", AT(pool), 0, 100, 0, 0, 0 },
+    /* a stopped Machine costs only its root file system: ten minutes keeps the pool warm
+     * across the lulls of bursty traffic for cents, and an idle pool still drains */
+    { "LAMBDO_POOL_IDLE_SECONDS", AT(pool_idle_seconds), 1, 7 * 86400, 600, 0, 0 },
     /* after the window: with one, groups fill up to GROUP_MAX_PER_MACHINE */
     { "LAMBDO_EVENTS_PER_MACHINE", AT(events_per_machine), 1, 10, 5, 0,
       GROUP_MAX_PER_MACHINE },
@@ -393,6 +397,9 @@ static int load_local_command(struct config *c, config_getenv_fn get, void *ctx,
         return lerr_set(e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with LAMBDO_BACKEND=local");
     if (c->local_command && group_command(c->local_command, NULL, e) < 0)
         return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
+    if (c->pool && c->backend_local)
+        return lerr_set(e, LERR_INVALID, "LAMBDO_POOL: pools Fly Machines, not used with "
+                        "LAMBDO_BACKEND=local");
     return 0;
 }
 

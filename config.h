@@ -63,6 +63,8 @@ struct config {
     int batch_window_ms;            /* LAMBDO_BATCH_WINDOW_MS, 0 = off */
     int max_events_bytes;           /* LAMBDO_MAX_EVENTS_BYTES */
     int shutdown_timeout;           /* LAMBDO_SHUTDOWN_TIMEOUT seconds (exit mode) */
+    int pool;                       /* LAMBDO_POOL: stopped Machines kept per group key, 0 off */
+    int pool_idle_seconds;          /* LAMBDO_POOL_IDLE_SECONDS: an idle one is destroyed then */
     const char *metrics_addr;       /* LAMBDO_METRICS_ADDR (checked), NULL: no metrics server */
 
     int backend_local;              /* LAMBDO_BACKEND=local: groups run as child processes */

@@ -19,6 +19,7 @@
 #include "local.h"
 #include "log.h"
 #include "metrics.h"
+#include "pool.h"
 #include "ratelimit.h"
 #include "sqs.h"
 #include "tls.h"
@@ -31,6 +32,9 @@
 #define WINDOW_MAX_BATCHES 128         /* 1000 events per Machine at 10 a receive, and room */
 #define JOB_STACK (256 * 1024)
 #define WAIT_MAX_S 60                  /* Fly's wait endpoint takes at most 60 s a call */
+#define POOL_LEASE_TTL_S 60            /* a lambdo that dies holds its leases this long at most */
+#define POOL_SKIP_MS 2000              /* a Machine another holds or that runs: others first */
+#define POOL_TRIES 8                   /* Machines one group tries before it goes back */
 
 struct daemon {
     const struct config *cfg;
@@ -49,6 +53,8 @@ struct daemon {
                                           wait in flight is still ended by the signal,
                                           through the client's cancel_fd, until stopping) */
     struct metrics metrics;            /* counted by every thread; served if configured */
+    struct pool pool;                  /* LAMBDO_POOL: the warm Machines */
+    int pool_on;                       /* pool_init succeeded: pool_destroy is due */
     int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
     pthread_mutex_t mu;                /* guards what follows */
@@ -98,6 +104,10 @@ struct job {
     size_t meta_len;
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
     struct job *next;                  /* in d->queue or d->held */
+    char pool_key[GROUP_ID_LEN + 1];   /* LAMBDO_POOL: its Machines' key */
+    struct pool_machine *pm;           /* LAMBDO_POOL: the Machine it holds, or NULL */
+    struct fly_target follow;          /* d->follow, or a pooled Machine's (its limits, nonce) */
+    int killed;                        /* job_kill destroyed its Machine */
     struct http_client *http;          /* its thread's: the main thread's, then a worker's */
     struct sigv4_key *key;             /* that thread's SigV4 signing key, derived once a day */
     int beating;                       /* queued: the main thread heartbeats it, under mu */
@@ -301,12 +311,15 @@ static int64_t keepalive_due(const struct daemon *d, int64_t until)
 /* Keeps a job's messages hidden: once due, extend their visibility to a full
  * LAMBDO_VISIBILITY_TIMEOUT from now. Called between every wait, and (ctx: the job) by
  * fly.c, ratelimit.c and local.c while they wait (rate limit, 429, a child). */
+static void pool_lease_refresh(struct job *j);
+
 static void job_keepalive(void *ctx)
 {
     struct job *j = ctx;
     int vis = j->d->cfg->visibility_timeout;
     int64_t t = now_ms();
 
+    pool_lease_refresh(j);
     if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
     if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, vis,
@@ -323,15 +336,20 @@ static void job_free(struct job *j)
     free(j);
 }
 
-static int job_create(struct job *j, struct fly_machine *m)
+/* The job's Machine as Fly is to run it (with pool_key: a pooled one's). */
+static struct fly_machine_spec job_spec(const struct job *j, const char *pool_key)
+{
+    return (struct fly_machine_spec){
+        .image = j->image, .preset = j->preset, .command = j->command,
+        .events = j->events, .events_len = j->events_len, .group_id = j->gid,
+        .meta = j->meta, .meta_len = j->meta_len, .pool_key = pool_key,
+    };
+}
+
+static int job_create(struct job *j, const struct fly_machine_spec *spec, struct fly_machine *m)
 {
     struct daemon *d = j->d;
     struct fly_target t = d->fly;
-    struct fly_machine_spec spec = {
-        .image = j->image, .preset = j->preset, .command = j->command,
-        .events = j->events, .events_len = j->events_len, .group_id = j->gid,
-        .meta = j->meta, .meta_len = j->meta_len,
-    };
     struct lerr e;
     int stop_fd = d->signal_fd;
 
@@ -341,7 +359,7 @@ static int job_create(struct job *j, struct fly_machine *m)
     t.unlimited_429_retries = 1;
     /* The turn is taken first, with heartbeats while waiting for it (job_keepalive). */
     if (ratelimit_wait_idle(&d->create_rl, 0, &stop_fd, 1, job_keepalive, j, &e) < 0 ||
-        fly_create_machine(j->http, &t, &spec, d->cfg->regions, d->cfg->num_regions, m,
+        fly_create_machine(j->http, &t, spec, d->cfg->regions, d->cfg->num_regions, m,
                            &e) < 0) {
         if (e.kind != LERR_CANCELLED) {
             log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
@@ -362,10 +380,11 @@ static void job_kill(struct job *j, const struct fly_machine *m)
 {
     struct lerr e;
 
-    if (fly_stop_machine(j->http, &j->d->follow, m->id, NULL, &e) < 0)
+    if (fly_stop_machine(j->http, &j->follow, m->id, NULL, &e) < 0)
         log_warn("group %s: stopping machine %s: %s", j->gid, m->id, e.msg);
-    if (fly_destroy_machine(j->http, &j->d->follow, m->id, 1, NULL, &e) < 0)
+    if (fly_destroy_machine(j->http, &j->follow, m->id, 1, NULL, &e) < 0)
         log_warn("group %s: destroying machine %s: %s", j->gid, m->id, e.msg);
+    j->killed = 1;
 }
 
 enum follow { FOLLOW_EXITED, FOLLOW_TIMEOUT, FOLLOW_SHUTDOWN };
@@ -379,6 +398,8 @@ static int wait_seconds(const struct job *j, int64_t started, int64_t stop_at)
 
     if (keepalive_due(j->d, j->visible_until_ms) < ms)
         ms = keepalive_due(j->d, j->visible_until_ms);
+    if (j->pm && j->pm->nonce[0] && j->pm->lease_due_ms - t < ms)
+        ms = j->pm->lease_due_ms - t;
     if (cfg->machine_timeout && started + (int64_t)cfg->machine_timeout * 1000 - t < ms)
         ms = started + (int64_t)cfg->machine_timeout * 1000 - t;
     if (stop_at && stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t < ms)
@@ -408,7 +429,7 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         /* Before a stop, a wait is cancelled by the signal; during the shutdown grace time
          * it must not be, or it would end at once, over and over. */
         j->http->cancel_fd = stopping ? -1 : d->signal_fd;
-        rc = fly_wait_machine(j->http, &d->follow, m->id, m->instance_id, "stopped",
+        rc = fly_wait_machine(j->http, &j->follow, m->id, m->instance_id, "stopped",
                               wait_seconds(j, started, stop_at), &w, &e);
         j->http->cancel_fd = -1;
         if (rc == 0 && (w.outcome == FLY_CALL_OK || w.outcome == FLY_CALL_GONE))
@@ -443,7 +464,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
         return job_return(j, d->cfg->retry_delay);
     }
     memset(&x, 0, sizeof x);
-    if (fly_machine_exit(j->http, &d->follow, m->id, &x, &e) < 0) {
+    if (fly_machine_exit(j->http, &j->follow, m->id, &x, &e) < 0) {
         x.known = 0;
         log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id, e.msg);
     }
@@ -514,9 +535,245 @@ static int job_run_local(struct job *j)
     return job_return(j, cfg->retry_delay);
 }
 
+
+/* ------------------------------------------------------------------ the warm pool ------ */
+
+/* lambdo_pool_machines, after each change a job makes and each round of the main thread. */
+static void pool_gauges(struct daemon *d)
+{
+    int idle, busy;
+
+    pool_counts(&d->pool, &idle, &busy);
+    metrics_set_pool(&d->metrics, idle, busy);
+}
+
+/* Calls on the job's pooled Machine take its own rate limits and, while leased, send the
+ * nonce; with stop, a stop signal ends their waits (before the Machine runs). */
+static struct fly_target pool_target(struct job *j, int stop)
+{
+    struct fly_target t = stop ? j->d->fly : j->d->follow;
+
+    t.limits = &j->pm->limits;
+    t.lease_nonce = j->pm->nonce[0] ? j->pm->nonce : NULL;
+    t.idle = job_keepalive;
+    t.idle_ctx = j;
+    return t;
+}
+
+/* When to refresh a lease that expires at expires_at (Fly's clock, unix seconds; 0 unknown):
+ * at half the time left, and at least every half TTL whatever the clocks say. */
+static void pool_lease_due(struct pool_machine *pm, long long expires_at)
+{
+    long long left = expires_at ? expires_at - (long long)time(NULL) : POOL_LEASE_TTL_S;
+
+    if (left > POOL_LEASE_TTL_S)
+        left = POOL_LEASE_TTL_S;
+    pm->lease_due_ms = now_ms() + (left < 2 ? 2 : left) * 500;
+}
+
+/* Keeps the job's lease through a long run (called with its heartbeats). A failed refresh
+ * is tried again a second later; the lease outlives it by half its TTL. */
+static void pool_lease_refresh(struct job *j)
+{
+    struct pool_machine *pm = j->pm;
+    struct fly_call_result r;
+    struct fly_target t;
+    char nonce[FLY_NONCE_MAX];
+    long long exp;
+    struct lerr e;
+
+    if (!pm || !pm->nonce[0] || now_ms() < pm->lease_due_ms)
+        return;
+    t = pool_target(j, 0);
+    t.idle = NULL;  /* no heartbeat inside a heartbeat */
+    if (fly_lease_acquire(j->http, &t, pm->id, POOL_LEASE_TTL_S, nonce, &exp, &r, &e) == 0) {
+        pool_lease_due(pm, exp);
+        return;
+    }
+    log_warn("group %s: machine %s: refreshing its lease: %s", j->gid, pm->id, e.msg);
+    pm->lease_due_ms = now_ms() + 1000;
+}
+
+/* The Machine is no use to this job: dropped from the pool when gone, else left for the
+ * others to try after a while (its lease, if any, expires or was released). */
+static void pool_give_up(struct job *j, int gone, const char *why)
+{
+    log_info("group %s: pooled machine %s %s; %s", j->gid, j->pm->id, why,
+             gone ? "dropped from the pool" : "trying another");
+    if (gone)
+        pool_drop(&j->d->pool, j->pm);
+    else
+        pool_skip(&j->d->pool, j->pm, now_ms() + POOL_SKIP_MS);
+    j->pm = NULL;
+}
+
+/* Releases the job's lease (Fly refuses the next holder's calls until it is released or
+ * expired). A failure only delays the next holder: the lease expires. */
+static void pool_unlease(struct job *j)
+{
+    struct fly_target t = pool_target(j, 0);
+    struct lerr e;
+
+    if (fly_lease_release(j->http, &t, j->pm->id, NULL, &e) < 0)
+        log_warn("group %s: machine %s: releasing its lease: %s", j->gid, j->pm->id, e.msg);
+    j->pm->nonce[0] = '\0';
+}
+
+/* Leases the Machine; one found afterwards not stopped (another lambdo's run, or one whose
+ * instance died with its lease) is left alone. 0, or -1 when another Machine is to be
+ * tried. fresh: created by this job, so stopped. */
+static int pool_lease(struct job *j, int fresh)
+{
+    struct pool_machine *pm = j->pm;
+    struct fly_target t = pool_target(j, 1);
+    struct fly_call_result r;
+    struct fly_exit x;
+    long long exp;
+    struct lerr e;
+
+    if (pm->nonce[0])
+        return 0;  /* HELD: still ours */
+    if (fly_lease_acquire(j->http, &t, pm->id, POOL_LEASE_TTL_S, pm->nonce, &exp, &r, &e) < 0) {
+        pm->nonce[0] = '\0';
+        pool_give_up(j, r.outcome == FLY_CALL_GONE, r.status == 409 ? "is leased by another"
+                                                                    : e.msg);
+        return -1;
+    }
+    pool_lease_due(pm, exp);
+    if (fresh)
+        return 0;
+    t.lease_nonce = pm->nonce;
+    if (fly_machine_exit(j->http, &t, pm->id, &x, &e) == 0 && !x.gone &&
+        strcmp(x.state, "stopped") == 0)
+        return 0;
+    pool_unlease(j);
+    pool_give_up(j, x.gone, x.gone ? "is gone" : "is not stopped");
+    return -1;
+}
+
+/* Creates the job's pooled Machine, stopped (the update runs it). 0, or -1 with the job's
+ * messages dealt with as job_create does. */
+static int pool_create(struct job *j)
+{
+    struct fly_machine_spec spec = job_spec(j, j->pool_key);
+    struct fly_machine m;
+
+    spec.events = spec.meta = NULL;  /* they come with the update */
+    spec.events_len = spec.meta_len = 0;
+    spec.skip_launch = 1;
+    if (job_create(j, &spec, &m) < 0) {
+        pool_drop(&j->d->pool, j->pm);
+        j->pm = NULL;
+        return -1;
+    }
+    pool_created(&j->d->pool, j->pm, m.id);
+    return 0;
+}
+
+/* Updates the leased Machine with the job's events, which starts it. 0 when it runs, 1 when
+ * another Machine is to be tried, -1 when the group failed (its messages go back). */
+static int pool_update(struct job *j, struct fly_machine *m)
+{
+    struct fly_machine_spec spec = job_spec(j, j->pool_key);
+    struct fly_target t = pool_target(j, 1);
+    struct fly_call_result r;
+    struct lerr e;
+
+    if (fly_update_machine(j->http, &t, j->pm->id, &spec, m, &r, &e) == 0)
+        return 0;
+    if (r.outcome == FLY_CALL_GONE || r.status == 409) {
+        pool_give_up(j, r.outcome == FLY_CALL_GONE, r.status == 409 ? "lost its lease" : "is gone");
+        return 1;
+    }
+    if (r.outcome == FLY_CALL_RETRY_LATER) {
+        /* it may have started with the events after all: left to the check after a lease */
+        pool_give_up(j, 0, e.msg);
+        return -1;
+    }
+    /* Fly refused the config (an image it cannot pull...): this Machine is replaced */
+    log_error("group %s (%zu events, image %s): machine %s refused the update: %s; it leaves "
+              "the pool", j->gid, j->count, j->image, j->pm->id, e.msg);
+    if (fly_destroy_machine(j->http, &t, j->pm->id, 1, NULL, &e) < 0)
+        log_warn("group %s: destroying machine %s: %s", j->gid, j->pm->id, e.msg);
+    pool_drop(&j->d->pool, j->pm);
+    j->pm = NULL;
+    return -1;
+}
+
+/* The Machine runs the group: acknowledged as LAMBDO_ACK says, then the Machine is free
+ * again, its lease kept for a job of its key that waits here, else released. */
+static int pool_follow(struct job *j, const struct fly_machine *m, int64_t started)
+{
+    struct daemon *d = j->d;
+    int rc;
+
+    log_info("group %s: pooled machine %s runs %zu events (image %s, size %s)", j->gid, m->id,
+             j->count, j->image, j->preset->name);
+    j->follow = pool_target(j, 0);
+    if (d->cfg->ack_on_exit) {
+        rc = job_acknowledge_exit(j, m, started);
+    } else {
+        rc = job_delete(j) == 0 ? 0 : -1;
+        if (job_follow(j, m, started) == FOLLOW_TIMEOUT)
+            job_kill(j, m);
+    }
+    if (j->killed) {
+        pool_drop(&d->pool, j->pm);
+    } else {
+        if (!pool_wanted(&d->pool, j->pool_key))
+            pool_unlease(j);
+        pool_put(&d->pool, j->pm, now_ms());
+    }
+    j->pm = NULL;
+    pool_gauges(d);
+    return rc;
+}
+
+/* While a job waits for a pooled Machine: its heartbeats; nonzero once lambdo stops. */
+static int pool_wait_idle(void *ctx)
+{
+    struct job *j = ctx;
+
+    job_keepalive(j);
+    return daemon_stopping(j->d, NULL);
+}
+
+/* LAMBDO_POOL: the group runs on a stopped Machine of its key, leased and updated. */
+static int job_run_pool(struct job *j)
+{
+    struct daemon *d = j->d;
+    struct fly_machine m;
+    int64_t started = now_ms();
+
+    for (int tries = 0; tries < POOL_TRIES; tries++) {
+        enum pool_take take = pool_acquire(&d->pool, j->pool_key, now_ms, pool_wait_idle, j, &j->pm);
+        int fresh = take == POOL_TAKE_CREATE, rc;
+
+        if (take == POOL_TAKE_STOP) {
+            log_info("group %s: stopping while it waited for a pooled machine", j->gid);
+            return job_return(j, 0);
+        }
+        if (fresh && pool_create(j) < 0)
+            return -1;
+        if (pool_lease(j, fresh) < 0)
+            continue;
+        if ((rc = pool_update(j, &m)) > 0)
+            continue;
+        if (rc < 0)
+            return job_return(j, d->cfg->retry_delay);
+        metrics_count(&d->metrics, fresh ? METRICS_POOL_NEW : METRICS_POOL_WARM, 1);
+        pool_gauges(d);
+        return pool_follow(j, &m, started);
+    }
+    log_error("group %s: no pooled machine took it after %d tries; %zu messages go back to the "
+              "queue", j->gid, POOL_TRIES, j->count);
+    return job_return(j, d->cfg->retry_delay);
+}
+
 /* Runs one job to its end: its messages are deleted or handed back. */
 static void job_run(struct job *j, int stopping)
 {
+    struct fly_machine_spec spec = job_spec(j, NULL);
     struct fly_machine m;
     int64_t started = now_ms();
     int ok;
@@ -529,7 +786,9 @@ static void job_run(struct job *j, int stopping)
     }
     if (j->d->cfg->backend_local)
         ok = job_run_local(j) == 0;
-    else if (job_create(j, &m) < 0)
+    else if (j->d->cfg->pool)
+        ok = job_run_pool(j) == 0;
+    else if (job_create(j, &spec, &m) < 0)
         ok = 0;
     else
         ok = j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) == 0
@@ -632,6 +891,7 @@ static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
     j->visible_until_ms = visible_until;
     j->http = &d->main_http;
     j->key = &d->main_key;
+    j->follow = d->follow;
     j->image = job_copy(&p, image);
     j->command = command ? job_copy(&p, command) : NULL;
     for (size_t i = 0; i < n; i++) {
@@ -715,6 +975,7 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
         group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->meta_len, &e) == 0) {
         j->preset = part->preset;
         group_id(ev, part, j->gid);
+        group_key(part, j->pool_key);
         job_start(d, j);
     } else {
         if (j)
@@ -1072,6 +1333,89 @@ static int once_done(struct daemon *d, long *waiting)
     return 0;
 }
 
+
+/* ------------------------------------------------------- the warm pool, main thread ----- */
+
+/* A Machine idle for LAMBDO_POOL_IDLE_SECONDS is destroyed (leased first, so that no other
+ * lambdo is acting on it; Fly refuses to destroy one that runs, without force); a HELD one
+ * that no job took gives its lease up. Main thread, between receives. */
+static void pool_maintain(struct daemon *d)
+{
+    int64_t idle_ms = (int64_t)d->cfg->pool_idle_seconds * 1000;
+    struct pool_machine *pm;
+
+    while ((pm = pool_reap(&d->pool, now_ms(), idle_ms))) {
+        struct fly_target t = d->follow;
+        struct fly_call_result r;
+        long long exp;
+        struct lerr e;
+        int destroy = now_ms() - pm->idle_since_ms >= idle_ms;
+
+        t.limits = &pm->limits;
+        if (destroy && !pm->nonce[0] &&
+            fly_lease_acquire(&d->main_http, &t, pm->id, POOL_LEASE_TTL_S, pm->nonce, &exp, &r,
+                              &e) < 0) {
+            pm->nonce[0] = '\0';
+            if (r.outcome == FLY_CALL_GONE)
+                pool_drop(&d->pool, pm);
+            else
+                pool_skip(&d->pool, pm, now_ms() + idle_ms);  /* another lambdo uses it */
+            continue;
+        }
+        t.lease_nonce = pm->nonce;
+        if (destroy && fly_destroy_machine(&d->main_http, &t, pm->id, 0, &r, &e) == 0) {
+            log_info("pool: machine %s (key %s) idle for %d s: destroyed", pm->id, pm->key,
+                     d->cfg->pool_idle_seconds);
+            pool_drop(&d->pool, pm);
+            continue;
+        }
+        if (destroy)
+            log_warn("pool: destroying idle machine %s: %s", pm->id, e.msg);
+        if (fly_lease_release(&d->main_http, &t, pm->id, NULL, &e) < 0)
+            log_warn("pool: machine %s: releasing its lease: %s", pm->id, e.msg);
+        pm->nonce[0] = '\0';
+        pool_put(&d->pool, pm, destroy ? now_ms() : pm->idle_since_ms);
+    }
+    pool_gauges(d);
+}
+
+/* A restarted lambdo finds its pool again: the app's Machines that carry lambdo's pool
+ * metadata. Without the list, it starts with an empty pool (new Machines are created). */
+static void pool_discover(struct daemon *d)
+{
+    struct fly_pool_machine *list = NULL;
+    size_t n = 0;
+    struct lerr e;
+
+    if (fly_list_pool(&d->main_http, &d->fly, &list, &n, &e) < 0) {
+        log_warn("pool: cannot list the app's machines: %s; starting with an empty pool",
+                 e.msg);
+        return;
+    }
+    log_info("pool: up to %d machines per image, size and command; %zu pooled machines found "
+             "in app %s", d->cfg->pool, pool_adopt(&d->pool, list, n, now_ms()), d->cfg->fly_app);
+    free(list);
+    pool_gauges(d);
+}
+
+/* Stopping: the leases of Machines kept for a next job are given up (the Machines stay,
+ * stopped, for the next lambdo). After the workers ended. */
+static void pool_shutdown(struct daemon *d)
+{
+    for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next) {
+        struct fly_target t = d->follow;
+        struct lerr e;
+
+        if (!pm->nonce[0])
+            continue;
+        t.limits = &pm->limits;
+        t.lease_nonce = pm->nonce;
+        if (fly_lease_release(&d->main_http, &t, pm->id, NULL, &e) < 0)
+            log_warn("pool: machine %s: releasing its lease: %s", pm->id, e.msg);
+        pm->nonce[0] = '\0';
+    }
+}
+
 /* ------------------------------------------------------------------ start and stop ----- */
 
 static int signals_open(struct lerr *e)
@@ -1136,11 +1480,21 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     }
     if (cfg->metrics_addr && metrics_serve(&d->metrics, cfg->metrics_addr, e) < 0)
         return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
+    if (cfg->pool) {
+        if (pool_init(&d->pool, cfg->pool, e) < 0)
+            return -1;
+        d->pool_on = 1;
+        pool_discover(d);
+    }
     return 0;
 }
 
 static void daemon_close(struct daemon *d)
 {
+    if (d->pool_on) {
+        pool_shutdown(d);
+        pool_destroy(&d->pool);
+    }
     if (d->metrics_on)
         metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
@@ -1235,6 +1589,8 @@ int daemon_run(const struct config *cfg, int once)
         if (rc > 0)
             w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
         main_keepalive(&d);
+        if (d.pool_on)
+            pool_maintain(&d);
         if (window_ready(&d, &w))
             window_dispatch(&d, &w);
         else

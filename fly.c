@@ -113,6 +113,8 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         json_buf_string(&b, region, strlen(region));
         json_buf_lit(&b, ",");
     }
+    if (spec->skip_launch)
+        json_buf_lit(&b, "\"skip_launch\":true,");
     json_buf_lit(&b, "\"config\":{\"image\":");
     json_buf_string(&b, spec->image, strlen(spec->image));
     /* the preset's words come from its table: nothing to escape */
@@ -122,16 +124,24 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         json_buf_fmt(&b, ",\"gpus\":%d,\"gpu_kind\":\"%s\"", spec->preset->gpus,
                      spec->preset->gpu_kind);
     json_buf_lit(&b, "}");
-    json_buf_lit(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"");
-    if (spec->meta)
-        json_buf_lit(&b, ",\"EVENTS_META_PATH\":\"" FLY_EVENTS_META_PATH "\"");
-    json_buf_lit(&b, "},\"files\":[");
-    jb_file(&b, FLY_EVENTS_PATH, spec->events, spec->events_len);
-    if (spec->meta) {
-        json_buf_lit(&b, ",");
-        jb_file(&b, FLY_EVENTS_META_PATH, spec->meta, spec->meta_len);
+    if (!spec->events) {
+        /* a pool Machine waiting for its first group: the files come with the update */
+        json_buf_lit(&b, ",\"env\":{}");
+    } else {
+        json_buf_lit(&b, ",\"env\":{\"EVENTS_PATH\":\"" FLY_EVENTS_PATH "\"");
+        if (spec->meta)
+            json_buf_lit(&b, ",\"EVENTS_META_PATH\":\"" FLY_EVENTS_META_PATH "\"");
+        json_buf_lit(&b, "},\"files\":[");
+        jb_file(&b, FLY_EVENTS_PATH, spec->events, spec->events_len);
+        if (spec->meta) {
+            json_buf_lit(&b, ",");
+            jb_file(&b, FLY_EVENTS_META_PATH, spec->meta, spec->meta_len);
+        }
+        json_buf_lit(&b, "]");
     }
-    json_buf_lit(&b, "],\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
+    /* a pool Machine stops after its group and waits for the next one */
+    json_buf_lit(&b, spec->pool_key ? ",\"restart\":{\"policy\":\"no\"}"
+                                    : ",\"auto_destroy\":true,\"restart\":{\"policy\":\"no\"}");
     if (spec->command && jb_command(&b, spec->command, e) < 0) {
         free(b.p);
         return -1;
@@ -141,6 +151,10 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         json_buf_string(&b, spec->group_id, strlen(spec->group_id));
     else
         json_buf_lit(&b, "\"\"");
+    if (spec->pool_key) {
+        json_buf_lit(&b, ",\"lambdo_pool\":");
+        json_buf_string(&b, spec->pool_key, strlen(spec->pool_key));
+    }
     json_buf_lit(&b, "}}}");
     if (b.oom) {
         free(b.p);
@@ -412,7 +426,7 @@ struct call {
     const struct fly_target *t;
     struct ratelimit *rl;          /* whose tokens it takes, NULL: none */
     struct url url;
-    struct http_header headers[2];
+    struct http_header headers[3]; /* Authorization, then the lease nonce, Content-Type */
     struct http_request req;
     const char *what;              /* "create", "wait", "show"...: the metrics' operation */
     char who[160];                 /* what logs and errors call it: "Machine m1: wait" */
@@ -619,6 +633,13 @@ static const cJSON *field(const cJSON *obj, const char *name)
     return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
 }
 
+/* A string value, one_line-cleaned, into out; out is left alone when v is no string. */
+static void text_into(const cJSON *v, char *out, size_t cap)
+{
+    if (cJSON_IsString(v))
+        one_line(out, cap, v->valuestring, strlen(v->valuestring));
+}
+
 /* The latest "exit" event: the greatest timestamp (events without a usable one count as
  * older than all others), the first of equals since Fly lists the newest first. */
 static const cJSON *latest_exit(const cJSON *events)
@@ -670,6 +691,7 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
 {
     cJSON *j = json && len ? json_parse(json, len) : NULL;
     const cJSON *events = cJSON_IsArray(j) ? j : field(j, "events"), *ev;
+    const cJSON *state = field(j, "state");
 
     memset(out, 0, sizeof *out);
     out->outcome = FLY_CALL_OK;
@@ -677,6 +699,7 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
         cJSON_Delete(j);
         return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not a JSON object or list");
     }
+    text_into(state, out->state, sizeof out->state);
     if (cJSON_IsArray(events)) {
         out->has_events = 1;
         if ((ev = latest_exit(events))) {
@@ -690,16 +713,24 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
 
 /* ---- following a Machine: the requests ------------------------------------------------- */
 
-/* A call about one Machine (fly_machine_url's parts), named "Machine <id>: <what>". */
+/* The bucket a call on one Machine takes: that Machine's own of the kind, else get_rl. */
+#define BUCKET(t, kind) ((t)->limits ? &(t)->limits->kind : (t)->get_rl)
+
+/* A call about one Machine (fly_machine_url's parts), named "Machine <id>: <what>", taking
+ * tokens of rl and sending the target's lease nonce. */
 static int machine_call(struct call *c, struct http_client *http, const struct fly_target *t,
                         const char *method, const char *what, const char *machine_id,
-                        const char *action, const char *query, struct fly_call_result *r,
-                        struct lerr *e)
+                        const char *action, const char *query, struct ratelimit *rl,
+                        struct fly_call_result *r, struct lerr *e)
 {
     if (call_init(c, http, t, method, what, r,
                   fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e), e) < 0)
         return -1;
     snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id, what);
+    c->rl = rl;
+    if (t->lease_nonce)
+        c->headers[c->req.num_headers++] =
+            (struct http_header){ "fly-machine-lease-nonce", t->lease_nonce };
     return 0;
 }
 
@@ -733,6 +764,16 @@ static int call_run(struct call *c, unsigned accept, struct http_response *resp,
 
 #define ACCEPT(o) (1u << FLY_CALL_##o)
 
+/* What reading a 2xx came to: rc 0, or -1 (e set) when its reader refused it, which is
+ * Fly's trouble, not ours: retry later. */
+static int answer_read(const struct call *c, struct fly_call_result *r, int rc, struct lerr *e)
+{
+    if (rc == 0)
+        return 0;
+    r->outcome = FLY_CALL_RETRY_LATER;
+    return lerr_wrap(e, "%s: HTTP %d", c->who, r->status);
+}
+
 int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, const char *instance_id, const char *state,
                      int timeout_s, struct fly_call_result *out, struct lerr *e)
@@ -753,7 +794,8 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
         return lerr_set(e, LERR_INVALID, "wait: the instance id is too long");
     snprintf(query, sizeof query, "state=%s&timeout=%d%s%s", state, timeout_s,
              inst[0] ? "&instance_id=" : "", inst);
-    if (machine_call(&c, http, t, "GET", "wait", machine_id, "wait", query, out, e) < 0)
+    if (machine_call(&c, http, t, "GET", "wait", machine_id, "wait", query, BUCKET(t, get), out,
+                     e) < 0)
         return -1;
     c.req.timeout_ms = timeout_s * 1000 + FLY_WAIT_SLACK_MS;
     /* Fly answers only when the wait ends: the reads must outlast it */
@@ -777,12 +819,10 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
     int rc = -1;
 
     if (machine_call(&c, http, t, "GET", action ? action : "show", machine_id, action, NULL,
-                     &r, e) == 0 &&
+                     BUCKET(t, get), &r, e) == 0 &&
         (rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e)) == 0) {
-        if (r.outcome == FLY_CALL_OK && fly_parse_exit(resp.body, resp.body_len, out, e) < 0) {
-            r.outcome = FLY_CALL_RETRY_LATER;  /* not a Machine: Fly's trouble, not ours */
-            rc = lerr_wrap(e, "%s", c.who);
-        }
+        if (r.outcome == FLY_CALL_OK)
+            rc = answer_read(&c, &r, fly_parse_exit(resp.body, resp.body_len, out, e), e);
         http_response_free(&resp);
     }
     out->outcome = r.outcome;
@@ -797,10 +837,16 @@ int fly_machine_exit(struct http_client *http, const struct fly_target *t,
     memset(out, 0, sizeof *out);
     if (exit_get(http, t, machine_id, NULL, out, e) < 0)
         return -1;
+    char state[sizeof out->state];
+
     if (out->gone || out->has_events)
         return 0;
-    /* a Machine without its events: ask for them */
-    return exit_get(http, t, machine_id, "events", out, e);
+    /* a Machine without its events: ask for them (the list has no state: keep the show's) */
+    memcpy(state, out->state, sizeof state);
+    if (exit_get(http, t, machine_id, "events", out, e) < 0)
+        return -1;
+    memcpy(out->state, state, sizeof state);
+    return 0;
 }
 
 int fly_stop_machine(struct http_client *http, const struct fly_target *t,
@@ -809,7 +855,8 @@ int fly_stop_machine(struct http_client *http, const struct fly_target *t,
     struct fly_call_result tmp, *r = out ? out : &tmp;
     struct call c;
 
-    if (machine_call(&c, http, t, "POST", "stop", machine_id, "stop", NULL, r, e) < 0)
+    if (machine_call(&c, http, t, "POST", "stop", machine_id, "stop", NULL, BUCKET(t, other), r,
+                     e) < 0)
         return -1;
     return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
 }
@@ -822,9 +869,209 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
     struct call c;
 
     if (machine_call(&c, http, t, "DELETE", "destroy", machine_id, NULL,
-                     force ? "force=true" : NULL, r, e) < 0)
+                     force ? "force=true" : NULL, BUCKET(t, other), r, e) < 0)
         return -1;
     return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
+}
+
+/* ---- a warm pool ---------------------------------------------------------------------- */
+
+int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e)
+{
+    struct ratelimit *const b[] = { &l->update, &l->lease, &l->other, &l->get };
+
+    for (int i = 0; i < 4; i++) {
+        if (ratelimit_init(b[i], i < 3 ? FLY_MACHINE_ACTION_RATE : FLY_MACHINE_GET_RATE,
+                           i < 3 ? FLY_MACHINE_ACTION_BURST : FLY_MACHINE_GET_BURST, e) < 0) {
+            while (i-- > 0)
+                ratelimit_destroy(b[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void fly_machine_limits_destroy(struct fly_machine_limits *l)
+{
+    ratelimit_destroy(&l->update);
+    ratelimit_destroy(&l->lease);
+    ratelimit_destroy(&l->other);
+    ratelimit_destroy(&l->get);
+}
+
+/* v is a string of 1..cap-1 printable ASCII characters: copied into out. */
+static int printable_into(const cJSON *v, char *out, size_t cap)
+{
+    size_t n = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
+
+    if (n == 0 || n >= cap)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (v->valuestring[i] < 0x20 || v->valuestring[i] > 0x7E)
+            return 0;
+    memcpy(out, v->valuestring, n + 1);
+    return 1;
+}
+
+/* A call with a JSON body (the caller's, kept until the call ends). */
+static void call_json(struct call *c, const char *body, size_t len)
+{
+    c->headers[c->req.num_headers++] = (struct http_header){ "Content-Type", "application/json" };
+    c->req.body = body;
+    c->req.body_len = len;
+}
+
+int fly_update_machine(struct http_client *http, const struct fly_target *t,
+                       const char *machine_id, const struct fly_machine_spec *spec,
+                       struct fly_machine *out, struct fly_call_result *r, struct lerr *e)
+{
+    struct http_response resp;
+    struct call c;
+    char *body = NULL;
+    size_t len;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    if (machine_call(&c, http, t, "POST", "update", machine_id, NULL, NULL, BUCKET(t, update), r,
+                     e) < 0)
+        return -1;
+    if (fly_create_body(spec, NULL, &body, &len, e) < 0) {
+        call_end(&c);
+        return lerr_wrap(e, "%s", c.who);
+    }
+    call_json(&c, body, len);
+    c.req.timeout_ms = FLY_CREATE_TIMEOUT_MS;
+    rc = call_run(&c, ACCEPT(OK), &resp, r, e);
+    free(body);
+    out->status = r->status;
+    if (rc < 0)
+        return -1;
+    rc = created_answer(resp.body, resp.body_len, out);
+    http_response_free(&resp);
+    if (rc < 0)
+        return answer_read(&c, r, lerr_set(e, LERR_MALFORMED, "not a Machine"), e);
+    if (!out->id[0])  /* the answer named none (or none usable): it is still this one */
+        snprintf(out->id, sizeof out->id, "%s", machine_id);
+    return 0;
+}
+
+int fly_parse_lease(const char *json, size_t len, char nonce[FLY_NONCE_MAX],
+                    long long *expires_at, struct lerr *e)
+{
+    cJSON *j = json && len ? json_parse(json, len) : NULL;
+    const cJSON *data = field(j, "data");
+    int ok;
+
+    nonce[0] = '\0';
+    ok = printable_into(field(data, "nonce"), nonce, FLY_NONCE_MAX);
+    if (!whole(field(data, "expires_at"), 0, 9e15, expires_at))
+        *expires_at = 0;
+    cJSON_Delete(j);
+    return ok ? 0 : lerr_set(e, LERR_MALFORMED, "the lease answer has no usable nonce");
+}
+
+int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
+                      const char *machine_id, int ttl_s, char nonce[FLY_NONCE_MAX],
+                      long long *expires_at, struct fly_call_result *r, struct lerr *e)
+{
+    struct fly_call_result tmp, *rr = r ? r : &tmp;
+    struct http_response resp;
+    char query[32], body[32];
+    struct call c;
+    int rc;
+
+    nonce[0] = '\0';
+    *expires_at = 0;
+    snprintf(query, sizeof query, "ttl=%d", ttl_s);
+    if (machine_call(&c, http, t, "POST", "lease", machine_id, "lease", query, BUCKET(t, lease),
+                     rr, e) < 0)
+        return -1;
+    call_json(&c, body, (size_t)snprintf(body, sizeof body, "{\"ttl\":%d}", ttl_s));
+    if (call_run(&c, ACCEPT(OK), &resp, rr, e) < 0)
+        return -1;
+    rc = fly_parse_lease(resp.body, resp.body_len, nonce, expires_at, e);
+    http_response_free(&resp);
+    if (rc < 0)
+        return answer_read(&c, rr, rc, e);
+    log_debug("fly: %s: lease taken until %lld", c.who, *expires_at);
+    return 0;
+}
+
+int fly_lease_release(struct http_client *http, const struct fly_target *t,
+                      const char *machine_id, struct fly_call_result *r, struct lerr *e)
+{
+    struct fly_call_result tmp, *rr = r ? r : &tmp;
+    struct call c;
+
+    if (machine_call(&c, http, t, "DELETE", "release", machine_id, "lease", NULL, BUCKET(t, lease),
+                     rr, e) < 0)
+        return -1;
+    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, rr, e);
+}
+
+/* One list entry, when it is a live pooled Machine of lambdo's. */
+static int pool_entry(const cJSON *m, struct fly_pool_machine *p)
+{
+    const cJSON *meta = field(field(m, "config"), "metadata");
+    const cJSON *owner = field(meta, "managed_by");
+
+    memset(p, 0, sizeof *p);
+    if (!cJSON_IsString(owner) || strcmp(owner->valuestring, "lambdo") ||
+        !printable_into(field(meta, "lambdo_pool"), p->pool_key, sizeof p->pool_key) ||
+        !printable_into(field(m, "id"), p->id, sizeof p->id))
+        return 0;
+    text_into(field(m, "state"), p->state, sizeof p->state);
+    text_into(field(m, "instance_id"), p->instance_id, sizeof p->instance_id);
+    text_into(field(m, "region"), p->region, sizeof p->region);
+    return strcmp(p->state, "destroyed") && strcmp(p->state, "destroying");
+}
+
+int fly_parse_pool_list(const char *json, size_t len, struct fly_pool_machine **out, size_t *n,
+                        struct lerr *e)
+{
+    cJSON *j = json && len ? json_parse(json, len) : NULL;
+    int size = cJSON_GetArraySize(j);
+    const cJSON *m;
+
+    *out = NULL;
+    *n = 0;
+    if (!cJSON_IsArray(j)) {
+        cJSON_Delete(j);
+        return lerr_set(e, LERR_MALFORMED, "the Machine list is not a JSON array");
+    }
+    if (size > 0 && !(*out = malloc((size_t)size * sizeof **out))) {
+        cJSON_Delete(j);
+        return lerr_set(e, LERR_NOMEM, "the Machine list: out of memory");
+    }
+    cJSON_ArrayForEach(m, j)
+        *n += (size_t)pool_entry(m, *out + *n);
+    cJSON_Delete(j);
+    if (*n == 0) {
+        free(*out);
+        *out = NULL;
+    }
+    return 0;
+}
+
+int fly_list_pool(struct http_client *http, const struct fly_target *t,
+                  struct fly_pool_machine **out, size_t *n, struct lerr *e)
+{
+    struct fly_call_result r;
+    struct http_response resp;
+    struct call c;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if (call_init(&c, http, t, "GET", "list", &r, fly_machines_url(t->base, t->app, &c.url, e),
+                  e) < 0)
+        return -1;
+    snprintf(c.who, sizeof c.who, "Fly app %s: list", t->app);
+    if (call_run(&c, ACCEPT(OK), &resp, &r, e) < 0)
+        return -1;
+    rc = fly_parse_pool_list(resp.body, resp.body_len, out, n, e);
+    http_response_free(&resp);
+    return rc < 0 ? lerr_wrap(e, "%s", c.who) : 0;
 }
 
 /* ---- the app (lambdo check) ------------------------------------------------------------ */
@@ -844,4 +1091,19 @@ int fly_get_app(struct http_client *http, const struct fly_target *t,
     snprintf(c.who, sizeof c.who, "Fly app %s", t->app);
     c.max_retries = FLY_APP_RATE_LIMIT_RETRIES;
     return call_run(&c, ACCEPT(OK), NULL, out, e);
+}
+
+/* ---- lambdo check ---------------------------------------------------------------------- */
+
+int fly_lease_held(struct http_client *http, const struct fly_target *t, const char *machine_id)
+{
+    struct fly_call_result r;
+    struct call c;
+    struct lerr e;
+
+    if (machine_call(&c, http, t, "GET", "show lease", machine_id, "lease", NULL, BUCKET(t, get),
+                     &r, &e) < 0 ||
+        call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, &r, &e) < 0)
+        return -1;
+    return r.outcome == FLY_CALL_OK;  /* 404: no lease */
 }

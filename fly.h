@@ -41,7 +41,15 @@
  * each POST, every other call (wait, show, events, stop, delete) one of get_rl. A 429
  * penalizes the bucket of its kind for Retry-After (or the backoff), so every thread of
  * the app pauses, not just the one that was told; the request is then retried, and a 429
- * never counts as a region's failure.
+ * never counts as a region's failure. A target for one Machine may also carry that
+ * Machine's own buckets (t->limits, Fly's per-Machine limits): a call on that Machine then
+ * takes its token there instead of get_rl (update, lease, stop/delete and the gets each
+ * have theirs), and sends t->lease_nonce, when set, as fly-machine-lease-nonce.
+ *
+ * A warm pool (LAMBDO_POOL) keeps stopped Machines: created with skip_launch and no
+ * auto_destroy (metadata.lambdo_pool), found again with fly_list_pool, then per group
+ * leased (fly_lease_acquire), updated with the group's files (fly_update_machine, which
+ * starts it), waited for, and released (fly_lease_release).
  *
  * After the create (the "exit" acknowledgement mode), a Machine is followed with:
  *   fly_wait_machine     GET .../machines/{id}/wait?state=..&timeout=..[&instance_id=..]
@@ -84,6 +92,27 @@ struct metrics;
 #define FLY_WAIT_MAX_S 60             /* Fly's longest wait */
 #define FLY_WAIT_SLACK_MS 15000       /* a wait request may take timeout_s plus this */
 
+/* Fly's limits per Machine: each action (update, lease, start/stop/delete) 1 per second,
+ * burst 3; the gets (show, wait, events, show lease) 5 per second, burst 10. */
+#define FLY_MACHINE_ACTION_RATE 1.0
+#define FLY_MACHINE_ACTION_BURST 3
+#define FLY_MACHINE_GET_RATE 5.0
+#define FLY_MACHINE_GET_BURST 10
+struct fly_machine_limits {
+    struct ratelimit update;  /* Machines_update */
+    struct ratelimit lease;   /* lease acquire, refresh and release */
+    struct ratelimit other;   /* start, stop, delete */
+    struct ratelimit get;     /* show, wait, events, show lease */
+};
+
+/* Full buckets with Fly's figures above. LERR_IO (as ratelimit_init); nothing to destroy
+ * then. */
+int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e);
+void fly_machine_limits_destroy(struct fly_machine_limits *l);
+
+#define FLY_NONCE_MAX 64     /* a lease nonce, NUL included */
+#define FLY_POOL_KEY_MAX 40
+
 /* Where Machines are created. */
 struct fly_target {
     const struct url *base;  /* API base: https://api.machines.dev, or one with a path
@@ -111,6 +140,12 @@ struct fly_target {
                                      token for the first request (it waited for it before
                                      borrowing a connection, so that no connection idles in
                                      the queue and outlives the server's keep-alive) */
+    const char *lease_nonce;           /* NULL, or sent as fly-machine-lease-nonce on every
+                                          call on one Machine (never logged) */
+    struct fly_machine_limits *limits; /* NULL, or the Machine's own buckets: a call on one
+                                          Machine (update, lease, start, stop, delete, show,
+                                          wait, events) then takes its token there INSTEAD
+                                          of get_rl; a 429 penalizes that bucket */
 };
 
 /* What to run. */
@@ -123,6 +158,11 @@ struct fly_machine_spec {
     const char *group_id;    /* goes in metadata.lambdo_group */
     const char *meta;        /* the context file (sent base64-encoded), or NULL: none, */
     size_t meta_len;         /* and no EVENTS_META_PATH */
+    const char *pool_key;    /* NULL, or a pooled Machine: config.metadata gets "lambdo_pool":
+                                key, and no "auto_destroy" (it stops after a group and waits
+                                for the next one); restart policy "no" as always */
+    int skip_launch;         /* create it stopped: top-level "skip_launch": true. events may
+                                then be NULL: no files, no EVENTS_PATH/EVENTS_META_PATH env */
 };
 
 /* The Machine Fly created. */
@@ -222,6 +262,8 @@ struct fly_exit {
                                 counts that as a failure */
     int exit_code;
     int oom_killed;          /* the kernel's OOM killer ended it */
+    char state[24];          /* the Machine's "state" ("stopped", "started"...) when the
+                                answer was a Machine object, "" otherwise (one_line-cleaned) */
 };
 
 /* The URL of one Machine: fly_machines_url's path, then /<machine_id> (percent-encoded),
@@ -280,6 +322,69 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
                         const char *machine_id, int force, struct fly_call_result *out,
                         struct lerr *e);
 
+/* ---- a warm pool (LAMBDO_POOL): Machines kept stopped, leased, updated per group ---- */
+
+/* POST .../machines/{id} (Machines_update) with the config fly_create_body writes for spec
+ * (no region; skip_launch as spec says), t->lease_nonce in the header. Fly starts a stopped
+ * Machine that is updated (unless skip_launch). Returns 0 with out filled from the answer
+ * (id, instance_id = the new version's, region; id is machine_id when the answer has none)
+ * and r->outcome FLY_CALL_OK; -1 otherwise with r: FLY_CALL_GONE (404/410/"not found"),
+ * FLY_CALL_RETRY_LATER (5xx, connection; a 2xx that is not a JSON object: LERR_MALFORMED),
+ * FLY_CALL_FAILED (any other 4xx: r->status 409 is a lease held by another, 400/422 a config
+ * Fly refused, e.g. an image it cannot resolve; r->error has Fly's words). 429s are retried
+ * as every call does. Takes the token of t->limits->update (or t->get_rl without limits).
+ * r may not be NULL. */
+int fly_update_machine(struct http_client *http, const struct fly_target *t,
+                       const char *machine_id, const struct fly_machine_spec *spec,
+                       struct fly_machine *out, struct fly_call_result *r, struct lerr *e);
+
+/* The nonce and expiry of a lease answer: {"status":"success","data":{"nonce":..,
+ * "expires_at": unix seconds, ...}} (the live API's shape, which fly-go decodes; the test
+ * Fly API answers it). expires_at 0 when absent or not a number. LERR_MALFORMED without a
+ * usable nonce (a string of 1..FLY_NONCE_MAX-1 printable ASCII characters). Pure. */
+int fly_parse_lease(const char *json, size_t len, char nonce[FLY_NONCE_MAX],
+                    long long *expires_at, struct lerr *e);
+
+/* POST .../machines/{id}/lease?ttl=S (S = ttl_s, also in the JSON body {"ttl":S}). With
+ * t->lease_nonce set it is a refresh of that lease (the same nonce comes back). Returns 0
+ * with the nonce and expires_at; -1 otherwise with r as fly_update_machine (409: held by
+ * another, FLY_CALL_FAILED; 404: FLY_CALL_GONE; an answer without a usable nonce:
+ * LERR_MALFORMED, FLY_CALL_RETRY_LATER). Takes t->limits->lease. r may be NULL. The nonce
+ * is never logged. */
+int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
+                      const char *machine_id, int ttl_s, char nonce[FLY_NONCE_MAX],
+                      long long *expires_at, struct fly_call_result *r, struct lerr *e);
+
+/* DELETE .../machines/{id}/lease with t->lease_nonce. 0 when released or when there was no
+ * lease (404: it expired); -1 otherwise (r as above). Takes t->limits->lease. r may be
+ * NULL. */
+int fly_lease_release(struct http_client *http, const struct fly_target *t,
+                      const char *machine_id, struct fly_call_result *r, struct lerr *e);
+
+/* One pooled Machine as a list shows it. */
+struct fly_pool_machine {
+    char id[64];
+    char instance_id[64];
+    char state[24];
+    char region[32];
+    char pool_key[FLY_POOL_KEY_MAX];
+};
+
+/* The Machines of a Machines_list answer (a JSON array of Machine objects) whose
+ * config.metadata has "managed_by": "lambdo" and a string "lambdo_pool" (1..FLY_POOL_KEY_MAX-1
+ * printable characters), in a new array (free()) of *n entries (NULL when 0); Machines in
+ * state "destroyed" or "destroying" are left out. Other Machines and odd entries (no id of
+ * 1..63 printable characters) are skipped. LERR_MALFORMED when the answer is not a JSON
+ * array; LERR_NOMEM. Pure. */
+int fly_parse_pool_list(const char *json, size_t len, struct fly_pool_machine **out, size_t *n,
+                        struct lerr *e);
+
+/* GET .../machines (Machines_list) and fly_parse_pool_list. Takes t->get_rl. 0 or -1 (e;
+ * the connection error's kind, LERR_HTTP with the status, LERR_MALFORMED). The answer
+ * echoes every Machine's config, files included: it must fit the client's max_body. */
+int fly_list_pool(struct http_client *http, const struct fly_target *t,
+                  struct fly_pool_machine **out, size_t *n, struct lerr *e);
+
 /* ---- the app (lambdo check) ------------------------------------------------------------ */
 
 #define FLY_APP_RATE_LIMIT_RETRIES 3  /* a check is a quick look, not work that must get done */
@@ -297,5 +402,9 @@ int fly_app_url(const struct url *base, const char *app, struct url *out, struct
  * LERR_DNS, LERR_TIMEOUT...). The token never appears in e. */
 int fly_get_app(struct http_client *http, const struct fly_target *t,
                 struct fly_call_result *out, struct lerr *e);
+
+/* GET .../machines/{id}/lease (lambdo check): 1 when a lease is held on the Machine, 0 when
+ * none is (404), -1 when Fly could not say. Takes t->get_rl. */
+int fly_lease_held(struct http_client *http, const struct fly_target *t, const char *machine_id);
 
 #endif

@@ -373,3 +373,17 @@ void group_id(const struct event *events, const struct group *g, char out[GROUP_
     br_sha256_out(&h, sum);
     text_hex_encode(sum, GROUP_ID_LEN / 2, out);
 }
+
+void group_key(const struct group *g, char out[GROUP_ID_LEN + 1])
+{
+    const char *parts[3] = { g->image, g->preset->name, g->command ? g->command : "" };
+    unsigned char sum[32];
+    br_sha256_context h;
+
+    /* NUL-separated: no part holds one, so no two triples hash the same bytes */
+    br_sha256_init(&h);
+    for (int i = 0; i < 3; i++)
+        br_sha256_update(&h, parts[i], strlen(parts[i]) + 1);
+    br_sha256_out(&h, sum);
+    text_hex_encode(sum, GROUP_ID_LEN / 2, out);
+}

@@ -131,4 +131,9 @@ int group_command(const char *cmd, char ***argv, struct lerr *e);
  * get the same id, so a Machine can be traced back (and a redelivered batch spotted). */
 void group_id(const struct event *events, const struct group *g, char out[GROUP_ID_LEN + 1]);
 
+/* The group's pool key (LAMBDO_POOL), GROUP_ID_LEN lowercase hex characters and a NUL: the
+ * start of the SHA-256 of what groups it (image, size preset name, command), so that every
+ * lambdo instance names the same kind of Machine the same way. */
+void group_key(const struct group *g, char out[GROUP_ID_LEN + 1]);
+
 #endif

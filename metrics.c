@@ -115,6 +115,14 @@ void metrics_count_region(struct metrics *m, enum metrics_region_counter c, cons
         atomic_fetch_add_explicit(&m->by_region[c][region_row(m, region)], 1, RELAXED);
 }
 
+void metrics_set_pool(struct metrics *m, int idle, int busy)
+{
+    if (m) {
+        atomic_store_explicit(&m->counter[METRICS_POOL_IDLE], (uint64_t)idle, RELAXED);
+        atomic_store_explicit(&m->counter[METRICS_POOL_BUSY], (uint64_t)busy, RELAXED);
+    }
+}
+
 void metrics_set_in_flight(struct metrics *m, int64_t n)
 {
     if (m)
@@ -215,9 +223,10 @@ int metrics_health(const struct metrics *m, int64_t now_ms, char *reason, size_t
 /* --------------------------------------------------------------------- rendering ------- */
 
 enum family_kind { FAMILY_BUILD_INFO, FAMILY_COUNTER, FAMILY_BY_REGION, FAMILY_IN_FLIGHT,
-                   FAMILY_HISTOGRAM };
+                   FAMILY_HISTOGRAM, FAMILY_PAIR_COUNTER, FAMILY_PAIR_GAUGE };
 
-static const char *const family_type[] = { "gauge", "counter", "counter", "gauge", "histogram" };
+static const char *const family_type[] = { "gauge", "counter", "counter", "gauge", "histogram",
+                                           "counter", "gauge" };
 
 /* Every metric, in the order of the exposition; index is into counter[], by_region[] or
  * hist[], as kind says. */
@@ -244,10 +253,20 @@ static const struct family {
       "Fly Machines API answers 429 (rate limited)." },
     { "lambdo_machines_in_flight", FAMILY_IN_FLIGHT, 0,
       "Groups holding a Machine slot (running Machines in exit mode, creates in create mode)." },
+    { "lambdo_pool_machines", FAMILY_PAIR_GAUGE, METRICS_POOL_IDLE,
+      "LAMBDO_POOL: pooled Machines free (idle) and in use by a group (busy)." },
+    { "lambdo_pool_dispatches_total", FAMILY_PAIR_COUNTER, METRICS_POOL_WARM,
+      "LAMBDO_POOL: groups sent to a pooled Machine already there (warm) or created for them (new)." },
     { "lambdo_sqs_request_seconds", FAMILY_HISTOGRAM, METRICS_SQS,
       "Duration of SQS API requests (each attempt), by operation." },
     { "lambdo_fly_request_seconds", FAMILY_HISTOGRAM, METRICS_FLY,
       "Duration of Fly Machines API requests (each attempt), by operation." },
+};
+
+/* The PAIR families' label, then its values for counter[index] and counter[index + 1]. */
+static const char *const pair_labels[METRICS_NCOUNTERS][3] = {
+    [METRICS_POOL_WARM] = { "via", "warm", "new" },
+    [METRICS_POOL_IDLE] = { "state", "idle", "busy" },
 };
 
 static uint64_t load(const atomic_uint_fast64_t *a)
@@ -329,6 +348,13 @@ static void put_family(struct out *o, const struct metrics *m, const struct fami
     case FAMILY_IN_FLIGHT:
         put(o, "%s %" PRId64 "\n", f->name,
                 (int64_t)atomic_load_explicit((atomic_int_fast64_t *)&m->in_flight, RELAXED));
+        break;
+    case FAMILY_PAIR_COUNTER:
+    case FAMILY_PAIR_GAUGE:
+        for (int i = 0; i < 2; i++) {
+            put_series(o, f->name, "", pair_labels[f->index][0], pair_labels[f->index][1 + i]);
+            put(o, "} %" PRIu64 "\n", load(&m->counter[f->index + i]));
+        }
         break;
     case FAMILY_HISTOGRAM:
         for (int i = 0; i <= METRICS_MAX_OPERATIONS; i++) {

@@ -58,6 +58,11 @@ enum metrics_counter {
     METRICS_INVALID,          /* lambdo_messages_invalid_total: refused by validation */
     METRICS_RETURNED,         /* lambdo_messages_returned_total: handed back to the queue */
     METRICS_FLY_RATE_LIMITED, /* lambdo_fly_rate_limited_total: Fly answers 429 */
+    METRICS_POOL_WARM,        /* lambdo_pool_dispatches_total{via="warm"}: groups sent to a
+                                 pooled Machine that was there */
+    METRICS_POOL_NEW,         /* {via="new"}: to one created for them */
+    METRICS_POOL_IDLE,        /* lambdo_pool_machines{state="idle"}: a gauge, metrics_set_pool */
+    METRICS_POOL_BUSY,        /* {state="busy"} */
     METRICS_NCOUNTERS
 };
 
@@ -133,6 +138,9 @@ void metrics_count(struct metrics *m, enum metrics_counter c, uint64_t n);
 
 /* One more for region; a region not configured (or NULL, "") counts as "other". */
 void metrics_count_region(struct metrics *m, enum metrics_region_counter c, const char *region);
+
+/* lambdo_pool_machines: the warm pool's free (idle) and busy Machines. */
+void metrics_set_pool(struct metrics *m, int idle, int busy);
 
 /* lambdo_machines_in_flight: the daemon's count of groups holding a Machine slot. */
 void metrics_set_in_flight(struct metrics *m, int64_t n);

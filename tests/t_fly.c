@@ -201,7 +201,7 @@ static void test_body_shape(void **state)
     static const char *const config_keys[] = { "image", "guest", "env", "files", "auto_destroy",
                                                "restart", "metadata", NULL };
     struct fly_machine_spec spec = { "registry.fly.io/app:v1", preset_find("shared-cpu-2x"), NULL,
-                                     events, sizeof events - 1, "0123456789abcdef", NULL, 0 };
+                                     events, sizeof events - 1, "0123456789abcdef", NULL, 0, NULL, 0 };
     char *text;
     cJSON *j = body_parse(&spec, "iad", &text), *config, *guest, *files, *file;
     unsigned char back[sizeof events];
@@ -248,7 +248,7 @@ static void test_body_shape(void **state)
 static void test_body_exact(void **state)
 {
     struct fly_machine_spec spec = { "alpine", preset_find("a100-40gb"), "[ \"sh\", \"-c\" ]",
-                                     "[1]", 3, "g1", "[{}]", 4 };
+                                     "[1]", 3, "g1", "[{}]", 4, NULL, 0 };
     struct lerr e = { 0 };
     char *text;
     size_t len;
@@ -272,7 +272,7 @@ static void test_body_guest_every_preset(void **state)
 {
     for (unsigned i = 0; preset_at(i); i++) {
         const struct preset *p = preset_at(i);
-        struct fly_machine_spec spec = { "img", p, NULL, "[]", 2, "g", NULL, 0 };
+        struct fly_machine_spec spec = { "img", p, NULL, "[]", 2, "g", NULL, 0, NULL, 0 };
         char *text;
         cJSON *j = body_parse(&spec, NULL, &text), *guest;
 
@@ -302,7 +302,7 @@ static void test_body_command(void **state)
 
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         struct fly_machine_spec spec = { "img", preset_find("performance-1x"), cmds[i], "[]", 2,
-                                         "g", NULL, 0 };
+                                         "g", NULL, 0, NULL, 0 };
         char *text;
         cJSON *j = body_parse(&spec, "iad", &text), *init, *cmd;
 
@@ -329,7 +329,7 @@ static void test_body_escaping(void **state)
 
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         struct fly_machine_spec spec = { odd[i], preset_find("l40s"), "[\"a\\\"b\", \"\\n\"]",
-                                         "{}", 2, odd[i], NULL, 0 };
+                                         "{}", 2, odd[i], NULL, 0, NULL, 0 };
         char *text;
         cJSON *j = body_parse(&spec, odd[i], &text), *config = get(j, "config"), *cmd;
 
@@ -348,7 +348,7 @@ static void test_body_escaping(void **state)
 
 static void test_body_refused(void **state)
 {
-    struct fly_machine_spec ok = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0 };
+    struct fly_machine_spec ok = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0, NULL, 0 };
     struct fly_machine_spec s;
     struct lerr e = { 0 };
     char *text = (char *)1;
@@ -379,7 +379,7 @@ static void test_body_large_events(void **state)
     size_t n = 3 * 1024 * 1024 + 1;
     char *ev = malloc(n), *text;
     unsigned char *back = malloc(n);
-    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, ev, n, "g", NULL, 0 };
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, ev, n, "g", NULL, 0, NULL, 0 };
     cJSON *j, *file;
 
     for (size_t i = 0; i < n; i++)
@@ -993,7 +993,7 @@ static int run_create_stop(unsigned short port, const char *prefix, const char *
     struct url base;
     struct fly_target t = { .base = &base, .app = "my-app", .token = TOKEN, .stop_fd = stop_fd };
     struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), "[\"run\"]",
-                                     "[{\"a\":1}]", 9, "abcdef0123456789", NULL, 0 };
+                                     "[{\"a\":1}]", 9, "abcdef0123456789", NULL, 0, NULL, 0 };
     struct http_client http;
     FILE *cap = tmpfile();
     int saved = dup(2), rc;
@@ -1315,7 +1315,7 @@ static void test_create_bad_token(void **state)
     struct lerr e = { 0 };
     struct url base;
     struct fly_target t = { .base = &base, .app = "app", .token = "tok\r\nen" };
-    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0 };
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, "[]", 2, "g", NULL, 0, NULL, 0 };
     struct http_client http;
 
     assert_int_equal(url_parse("http://127.0.0.1:9", &base, &e), 0);
@@ -1785,7 +1785,7 @@ static void test_create_429_penalizes(void **state)
         struct env v;
         env_open(&v, s.port, "", &create_rl, NULL, NULL);
         struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), NULL, "[1]", 3,
-                                         "g", NULL, 0 };
+                                         "g", NULL, 0, NULL, 0 };
         assert_int_equal(fly_create_machine(&v.http, &v.t, &spec, two_regions, 2, &m, &e), 0);
         env_close(&v, &e, log, sizeof log);
     }
@@ -1822,7 +1822,7 @@ static void test_create_stop_waiting_for_token(void **state)
         struct env v;
         env_open(&v, s.port, "", &create_rl, NULL, &pipefd[0]);
         struct fly_machine_spec spec = { "img:1", preset_find("shared-cpu-1x"), NULL, "[1]", 3,
-                                         "g", NULL, 0 };
+                                         "g", NULL, 0, NULL, 0 };
         assert_int_equal(fly_create_machine(&v.http, &v.t, &spec, two_regions, 2, &m, &e), -1);
         env_close(&v, &e, log, sizeof log);
     }
