@@ -370,8 +370,9 @@ static int job_create(struct job *j, const struct fly_machine_spec *spec, struct
         return job_return(j, 0);
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
-    log_info("group %s: machine %s created in %s for %zu events (image %s, size %s)", j->gid,
-             m->id, m->region, j->count, j->image, j->preset->name);
+    log_info("group %s: %smachine %s created in %s for %zu events (image %s, size %s)", j->gid,
+             spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, j->image,
+             j->preset->name);
     return 0;
 }
 
@@ -631,8 +632,10 @@ static int pool_lease(struct job *j, int fresh)
     long long exp;
     struct lerr e;
 
-    if (pm->nonce[0])
-        return 0;  /* HELD: still ours */
+    if (pm->nonce[0]) {  /* HELD: still ours */
+        pool_lease_refresh(j);
+        return 0;
+    }
     if (fly_lease_acquire(j->http, &t, pm->id, POOL_LEASE_TTL_S, pm->nonce, &exp, &r, &e) < 0) {
         pm->nonce[0] = '\0';
         pool_give_up(j, r.outcome == FLY_CALL_GONE, r.status == 409 ? "is leased by another"
@@ -720,13 +723,34 @@ static int pool_follow(struct job *j, const struct fly_machine *m, int64_t start
     if (j->killed) {
         pool_drop(&d->pool, j->pm);
     } else {
-        if (!pool_wanted(&d->pool, j->pool_key))
+        /* stopping, the Machine may still run: whoever takes it next leases and looks */
+        if (!pool_wanted(&d->pool, j->pool_key) || daemon_stopping(d, NULL))
             pool_unlease(j);
         pool_put(&d->pool, j->pm, now_ms());
     }
     j->pm = NULL;
     pool_gauges(d);
     return rc;
+}
+
+/* Before a create: Machines another lambdo made since this one last looked count toward
+ * LAMBDO_POOL too, and may be free. Returns how many of the job's key the list added. */
+static size_t pool_relist(struct job *j)
+{
+    struct fly_pool_machine *list = NULL;
+    size_t n = 0, ours = 0;
+    struct lerr e;
+
+    if (fly_list_pool(j->http, &j->d->fly, &list, &n, &e) < 0) {
+        log_warn("group %s: pool: cannot list the app's machines: %s", j->gid, e.msg);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i].pool_key, j->pool_key) == 0)
+            list[ours++] = list[i];
+    ours = pool_adopt(&j->d->pool, list, ours, now_ms());
+    free(list);
+    return ours;
 }
 
 /* While a job waits for a pooled Machine: its heartbeats; nonzero once lambdo stops. */
@@ -752,6 +776,10 @@ static int job_run_pool(struct job *j)
         if (take == POOL_TAKE_STOP) {
             log_info("group %s: stopping while it waited for a pooled machine", j->gid);
             return job_return(j, 0);
+        }
+        if (fresh && pool_relist(j)) {
+            pool_drop(&d->pool, j->pm);  /* the slot: another lambdo's Machines fill it */
+            continue;
         }
         if (fresh && pool_create(j) < 0)
             return -1;

@@ -5,8 +5,6 @@
 #include <string.h>
 #include <time.h>
 
-#define POOL_HOLD_MS 5000  /* a HELD Machine nobody took by then gives its lease up */
-
 /* A job waiting in pool_acquire, on its own stack. */
 struct pool_waiter {
     const char *key;
@@ -127,8 +125,19 @@ enum pool_take pool_acquire(struct pool *p, const char *key, int64_t (*now)(void
 
 void pool_created(struct pool *p, struct pool_machine *m, const char *id)
 {
+    struct pool_machine **pp = &p->list;
+
     pthread_mutex_lock(&p->mu);
     snprintf(m->id, sizeof m->id, "%s", id);
+    while (*pp) {  /* a list may have adopted it while the answer was on its way */
+        struct pool_machine *o = *pp;
+        if (o != m && o->state == POOL_IDLE && strcmp(o->id, id) == 0) {
+            *pp = o->next;
+            machine_free(o);
+        } else {
+            pp = &o->next;
+        }
+    }
     pthread_mutex_unlock(&p->mu);
 }
 

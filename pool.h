@@ -26,6 +26,8 @@
 #include "fly.h"
 #include "group.h"
 
+#define POOL_HOLD_MS 5000  /* a HELD Machine no job took by then gives its lease up */
+
 enum pool_state { POOL_IDLE, POOL_HELD, POOL_BUSY };
 
 struct pool_machine {
@@ -71,7 +73,8 @@ void pool_destroy(struct pool *p);
 enum pool_take pool_acquire(struct pool *p, const char *key, int64_t (*now)(void),
                             int (*idle)(void *ctx), void *ctx, struct pool_machine **out);
 
-/* The created Machine's id, for a POOL_TAKE_CREATE entry (still BUSY). */
+/* The created Machine's id, for a POOL_TAKE_CREATE entry (still BUSY); an entry a list
+ * adopted for the same Machine meanwhile is dropped. */
 void pool_created(struct pool *p, struct pool_machine *m, const char *id);
 
 /* Whether a job waits in pool_acquire for key: then a Machine that comes free keeps its
@@ -92,8 +95,9 @@ void pool_drop(struct pool *p, struct pool_machine *m);
  * added (fewer when out of memory). */
 size_t pool_adopt(struct pool *p, const struct fly_pool_machine *list, size_t n, int64_t now);
 
-/* An IDLE Machine idle for at least idle_ms at now, taken (BUSY) for the caller to destroy
- * (then pool_drop) or to give back (pool_put); NULL when there is none. */
+/* An IDLE Machine idle for at least idle_ms at now, or a HELD one that no job took within
+ * POOL_HOLD_MS: taken (BUSY) for the caller to destroy (idle long enough; then pool_drop) or
+ * to give back, its lease released (pool_put); NULL when there is none. */
 struct pool_machine *pool_reap(struct pool *p, int64_t now, int64_t idle_ms);
 
 /* Machines free (IDLE, HELD) and busy. */

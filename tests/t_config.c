@@ -148,6 +148,8 @@ static void test_delivery(void **state)
     assert_int_equal(c.batch_window_ms, 0);
     assert_int_equal(c.max_events_bytes, 1 << 20);
     assert_int_equal(c.shutdown_timeout, 0);
+    assert_int_equal(c.pool, 0);
+    assert_int_equal(c.pool_idle_seconds, 600);
 
     env_set(&env, "LAMBDO_ACK", "exit");
     env_set(&env, "LAMBDO_RETRY_DELAY", "15");
@@ -158,7 +160,11 @@ static void test_delivery(void **state)
     env_set(&env, "LAMBDO_BATCH_WINDOW_MS", "2000");
     env_set(&env, "LAMBDO_EVENTS_PER_MACHINE", "500"); /* allowed with a window */
     env_set(&env, "LAMBDO_SHUTDOWN_TIMEOUT", "20");
+    env_set(&env, "LAMBDO_POOL", "8");
+    env_set(&env, "LAMBDO_POOL_IDLE_SECONDS", "30");
     assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+    assert_int_equal(c.pool, 8);
+    assert_int_equal(c.pool_idle_seconds, 30);
     assert_int_equal(c.ack_on_exit, 1);
     assert_int_equal(c.retry_delay, 15);
     assert_int_equal(c.machine_timeout, 600);
@@ -257,6 +263,12 @@ static void test_local_backend(void **state)
     env_set(&env, "LAMBDO_LOCAL_COMMAND", "node index.js");
     assert_int_equal(config_load(&c, env_get, &env, &e), -1);
     assert_true(strncmp(e.line[0].msg, "LAMBDO_LOCAL_COMMAND: ", 22) == 0);
+    /* the pool is one of Fly Machines */
+    env_set(&env, "LAMBDO_LOCAL_COMMAND", "[\"node\"]");
+    env_set(&env, "LAMBDO_POOL", "2");
+    assert_int_equal(config_load(&c, env_get, &env, &e), -1);
+    assert_string_equal(e.line[0].msg, "LAMBDO_POOL: pools Fly Machines, not used with "
+                        "LAMBDO_BACKEND=local");
 }
 
 static void test_production_logs(void **state)
@@ -313,6 +325,8 @@ static const struct bad_case {
     { "LAMBDO_FLY_GET_BURST", "x", "LAMBDO_FLY_GET_BURST: ", "whole number" },
     { "LAMBDO_MAX_EVENTS_BYTES", "10", "LAMBDO_MAX_EVENTS_BYTES: ", "from 1024 to" },
     { "LAMBDO_SHUTDOWN_TIMEOUT", "3601", "LAMBDO_SHUTDOWN_TIMEOUT: ", "from 0 to 3600" },
+    { "LAMBDO_POOL", "101", "LAMBDO_POOL: ", "from 0 to 100" },
+    { "LAMBDO_POOL_IDLE_SECONDS", "0", "LAMBDO_POOL_IDLE_SECONDS: ", "from 1 to 604800" },
     { "LAMBDO_BATCH_WINDOW_MS", "600001", "LAMBDO_BATCH_WINDOW_MS: ", "from 0 to 600000" },
     { "LAMBDO_VISIBILITY_TIMEOUT", "0", "LAMBDO_VISIBILITY_TIMEOUT: ", "from 1 to 43200" },
     { "LAMBDO_VISIBILITY_TIMEOUT", "99999999999999999999", "LAMBDO_VISIBILITY_TIMEOUT: ", "whole number" },

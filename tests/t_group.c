@@ -765,6 +765,28 @@ static void test_meta_file(void **state)
 
 /* ---- group ids --------------------------------------------------------------------------- */
 
+/* The pool key: SHA-256 of image, size preset name and command, each NUL-terminated, so that
+ * every lambdo names a kind of Machine alike, and no two triples share one. */
+static void test_group_key(void **state)
+{
+    struct group g = { .image = "registry.fly.io/app:1", .preset = preset_find("shared-cpu-1x"),
+                       .command = "[\"a\"]" };
+    char key[GROUP_ID_LEN + 1], other[GROUP_ID_LEN + 1];
+
+    (void)state;
+    group_key(&g, key);
+    assert_string_equal(key, "547784e7dbf66c23");  /* python3 hashlib, the same bytes */
+    g.command = NULL;
+    g.preset = preset_find("performance-2x");
+    group_key(&g, key);
+    assert_string_equal(key, "060e0fc933c6f97c");  /* no command hashes as "" */
+    /* a part's end moved into the next one: another key */
+    g.image = "registry.fly.io/app:1performance-2x";
+    g.preset = preset_find("shared-cpu-1x");
+    group_key(&g, other);
+    assert_string_not_equal(key, other);
+}
+
 static void test_group_id(void **state)
 {
     struct event ev[] = {
@@ -816,6 +838,7 @@ int main(void)
 
         cmocka_unit_test(test_meta_file),
         cmocka_unit_test(test_group_id),
+        cmocka_unit_test(test_group_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -113,6 +113,16 @@ static void test_render_exact(void **state)
         "exit mode, creates in create mode).\n"
         "# TYPE lambdo_machines_in_flight gauge\n"
         "lambdo_machines_in_flight 4\n"
+        "# HELP lambdo_pool_machines LAMBDO_POOL: pooled Machines free (idle) and in use by a "
+        "group (busy).\n"
+        "# TYPE lambdo_pool_machines gauge\n"
+        "lambdo_pool_machines{state=\"idle\"} 2\n"
+        "lambdo_pool_machines{state=\"busy\"} 5\n"
+        "# HELP lambdo_pool_dispatches_total LAMBDO_POOL: groups sent to a pooled Machine already "
+        "there (warm) or created for them (new).\n"
+        "# TYPE lambdo_pool_dispatches_total counter\n"
+        "lambdo_pool_dispatches_total{via=\"warm\"} 7\n"
+        "lambdo_pool_dispatches_total{via=\"new\"} 1\n"
         "# HELP lambdo_sqs_request_seconds Duration of SQS API requests (each attempt), by "
         "operation.\n"
         "# TYPE lambdo_sqs_request_seconds histogram\n"
@@ -165,6 +175,10 @@ static void test_render_exact(void **state)
     metrics_count_region(&m, METRICS_MACHINES_CREATED, "syd");
     metrics_count_region(&m, METRICS_MACHINES_FAILED, "iad");
     metrics_set_in_flight(&m, 4);
+    metrics_set_pool(&m, 9, 9);
+    metrics_set_pool(&m, 2, 5);  /* a gauge: the last value, not a sum */
+    metrics_count(&m, METRICS_POOL_WARM, 7);
+    metrics_count(&m, METRICS_POOL_NEW, 1);
     metrics_observe(&m, METRICS_SQS, "ReceiveMessage", 0.12);
     metrics_observe(&m, METRICS_SQS, "ReceiveMessage", 20.0);
     metrics_observe(&m, METRICS_FLY, "create", 1.5);

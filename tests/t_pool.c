@@ -79,8 +79,10 @@ static void test_creates_up_to_per_key_then_waits(void **state)
     assert_int_equal(a->state, POOL_BUSY);
     b = take(&p, KA, POOL_TAKE_CREATE);  /* a's create is still in flight: counted */
     assert_ptr_not_equal(a, b);
+    add(&p, KB, "m-b");          /* a list adopted b's Machine before its answer came */
     pool_created(&p, b, "m-b");
     assert_string_equal(b->id, "m-b");
+    assert_ptr_equal(take(&p, KB, POOL_TAKE_CREATE)->next, b);  /* the duplicate is gone */
     take(&p, KA, POOL_TAKE_STOP);        /* at LAMBDO_POOL for KA: waits, then stops */
     assert_int_equal(idle_calls, 1);
     take(&p, KB, POOL_TAKE_CREATE);      /* another key has its own N */
