@@ -153,6 +153,55 @@ describe('test Fly API: pool Machines', () => {
   }));
 });
 
+describe('test Fly API: registry and test hooks', () => {
+  it('a tag resolves at each create and update; pushImage gives it a new digest; start keeps the config\'s', () => withFly({}, async (fly, api) => {
+    const tag = 'registry.fly.io/worker:1';
+    const d0 = fly.imageDigest(tag);
+    assert.match(d0, /^sha256:[0-9a-f]{64}$/);
+    assert.equal(fly.imageDigest(tag), d0, 'stable until pushed');
+    assert.notEqual(fly.imageDigest('registry.fly.io/worker:2'), d0, 'per tag');
+    assert.equal(fly.imageDigest('registry.fly.io/worker'), fly.imageDigest('registry.fly.io/worker:latest'));
+    const pinned = `registry.fly.io/worker@sha256:${'ab'.repeat(32)}`;
+    assert.equal(fly.imageDigest(pinned), `sha256:${'ab'.repeat(32)}`, 'a digest reference is itself');
+
+    const id = await poolMachine(api, { image: tag });
+    assert.equal(fly.machine(id).imageDigest, d0);
+    assert.equal((await api('GET', `/${id}`)).json.image_ref.digest, d0);
+    await api('POST', `/${id}`, groupUpdate('[1]', { image: tag }));
+    fly.exitMachine(id, 0);
+    const d1 = fly.pushImage(tag);
+    assert.notEqual(d1, d0);
+    assert.equal(fly.imageDigest(tag), d1);
+    assert.equal(fly.imageDigest(pinned), `sha256:${'ab'.repeat(32)}`, 'a push moves the tag, not a digest');
+    assert.equal(fly.machine(id).imageDigest, d0, 'a push alone changes no Machine');
+    await api('POST', `/${id}/start`);
+    fly.exitMachine(id, 0);
+    await api('POST', `/${id}`, groupUpdate('[2]', { image: tag }));
+    assert.deepEqual(fly.runs.map((r) => [r.via, r.image, r.imageDigest]),
+      [['update', tag, d0], ['start', tag, d0], ['update', tag, d1]]);
+    assert.equal((await api('GET', `/${id}`)).json.image_ref.digest, d1);
+  }));
+
+  it('destroyMachine destroys underneath (forget: a 404 from then on); holdLease leases it for the test', () => withFly({}, async (fly, api) => {
+    const a = await poolMachine(api);
+    const b = await poolMachine(api);
+    await api('POST', `/${a}`, groupUpdate('[1]'));
+    fly.destroyMachine(a);
+    assert.deepEqual([fly.machine(a).state, fly.runs[0].end], ['destroyed', 'destroy']);
+    assert.equal((await api('GET', `/${a}`)).json.state, 'destroyed');
+    fly.destroyMachine(a, { forget: true });
+    assert.equal((await api('GET', `/${a}`)).status, 404);
+    assert.equal((await api('POST', `/${a}/lease?ttl=60`)).status, 404);
+
+    const l = fly.holdLease(b, 60);
+    assert.match(l.nonce, /^[0-9a-f]{24}$/);
+    assert.equal((await api('POST', `/${b}/lease?ttl=60`)).status, 409);
+    assert.equal((await api('POST', `/${b}`, groupUpdate('[2]'), { [NONCE]: l.nonce })).status, 200);
+    fly.destroyMachine(b);
+    assert.equal(fly.machine(b).lease, null, 'a destroyed Machine holds no lease');
+  }));
+});
+
 describe('test Fly API: leases', () => {
   it('a lease is exclusive: 409 to others, its nonce required on every write, released with it', () => withFly({}, async (fly, api) => {
     const id = await poolMachine(api);

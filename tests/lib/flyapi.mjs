@@ -88,10 +88,19 @@
 // start (create, update, start) is a run with the same scripted exits as creates; with
 // auto_destroy off an exit leaves the Machine "stopped" for the next group.
 //   fly.runs / m.runs: { machineId, via: create|update|start, requestSeq, version, startSeq,
-//     startedAt, image, events, eventsText, meta, metaText, endSeq, endedAt,
+//     startedAt, image, imageDigest, events, eventsText, meta, metaText, endSeq, endedAt,
 //     end: exit|stop|destroy|replaced, exitCode }   (startSeq/endSeq: one counter, for order)
 //   fly.overlaps(): consecutive runs of one Machine where the second began before the first had
 //     ended (e.g. an update of a started Machine): two groups at once. A pool test wants [].
+// Registry (a tag is resolved at each create and update, as Fly does; a start reuses the
+//   Machine's config): fly.imageDigest(ref) is what ref resolves to now ("sha256:" + 64 hex,
+//   fixed per tag until pushed; a ref "repo@sha256:..." is its own digest; no tag means :latest);
+//   fly.pushImage(ref) gives the tag a new digest (returned). m.imageDigest and run.imageDigest:
+//   what the image resolved to at the create or update, also the view's image_ref.digest.
+// fly.destroyMachine(id, { forget }) destroys a Machine underneath lambdo (state destroyed, its
+//   run ended, its lease dropped; forget: true also makes every call about it a 404, m.gone).
+// fly.holdLease(id, ttlS) takes the Machine's lease for someone else (the test), scaled like
+//   any lease; returns it ({nonce, expiresAtMs, ...}).
 // Leases (the spec's paths; the answers are the live API's, as fly-go decodes them and Fly's docs
 // show, since the spec's bare Lease is not what Fly sends):
 //   acquire -> 200 {"status":"success","data":{nonce, expires_at (unix s), owner, description,
@@ -119,7 +128,7 @@
 //   Checked after the token and app, before the body checks and region faults.
 import http from 'node:http';
 import https from 'node:https';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isDeepStrictEqual } from 'node:util';
 import { testCerts } from './certs.mjs';
@@ -290,6 +299,8 @@ export function exitSpecForImage(image, { delayMs = 200 } = {}) {
 }
 
 const hex = (n) => randomBytes(n).toString('hex');
+// An image reference as the registry model keys it: a tag-less "repo" is "repo:latest".
+const imageKey = (ref) => (/[:@][^/]*$/.test(String(ref)) ? String(ref) : `${ref}:latest`);
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 const ulid = () => Array.from(randomBytes(26), (b) => CROCKFORD[b & 31]).join('');
 const isoSec = (ms = Date.now()) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -330,6 +341,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
   let seq = 0;
   let connSeq = 0;
   let runSeq = 0;            // orders run starts and ends (ms clocks tie)
+  const pushed = new Map();  // image ref -> digest given by pushImage
 
   const fly = {
     url: undefined,
@@ -365,6 +377,29 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
         }
       }
       return out;
+    },
+    imageDigest(ref) {
+      const r = imageKey(ref);
+      if (r.includes('@')) return r.slice(r.indexOf('@') + 1);
+      return pushed.get(r) ?? `sha256:${createHash('sha256').update(r).digest('hex')}`;
+    },
+    pushImage(ref) {
+      const d = `sha256:${hex(32)}`;
+      pushed.set(imageKey(ref), d);
+      return d;
+    },
+    destroyMachine(id, { forget = false } = {}) {
+      const m = fly.machine(id);
+      if (!m) throw new Error(`no machine ${id}`);
+      m.lease = null;
+      if (m.state !== 'destroyed') setState(m, 'destroyed', { type: 'destroy', source: 'user' });
+      if (forget) m.gone = true;
+      return m;
+    },
+    holdLease(id, ttlS = 60) {
+      const m = fly.machine(id);
+      if (!m) throw new Error(`no machine ${id}`);
+      return grantLease(m, ttlS, 'held by the test');
     },
     setRegionExit(region, spec) { regionExits.set(region, { ...spec }); },
     clearRegionExit(region) { regionExits.delete(region); },
@@ -471,7 +506,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     id: m.id, name: m.name, state: m.state, region: m.region, instance_id: m.instanceId,
     private_ip: m.privateIp, config: m.config,
     image_ref: { registry: 'registry-1.docker.io', repository: String(m.config.image).split(':')[0],
-      tag: String(m.config.image).split(':')[1] ?? 'latest', digest: `sha256:${hex(32)}`, labels: {} },
+      tag: String(m.config.image).split(':')[1] ?? 'latest', digest: m.imageDigest, labels: {} },
     created_at: m.createdAt, updated_at: m.updatedAt, events: m.machineEvents,
   });
 
@@ -508,7 +543,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
   // The group fields of a Machine, from its (create or update) body and decoded files.
   function takeConfig(m, body, decoded) {
     Object.assign(m, { config: body.config, guest: body.config.guest, preset: presetForGuest(body.config.guest),
-      image: body.config.image, env: body.config.env, metadata: body.config.metadata,
+      image: body.config.image, imageDigest: fly.imageDigest(body.config.image), env: body.config.env, metadata: body.config.metadata,
       cmd: body.config.init?.cmd, events: decoded.events, eventsRaw: decoded.eventsRaw,
       eventsText: decoded.eventsText, meta: decoded.meta, metaText: decoded.metaText });
   }
@@ -519,7 +554,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
   function launch(m, via, rec) {
     const prev = m.run?.endSeq === undefined ? m.run : null;
     const run = { machineId: m.id, via, requestSeq: rec.seq, version: m.instanceId, startSeq: ++runSeq,
-      startedAt: Date.now(), image: m.image, events: m.events, eventsText: m.eventsText, meta: m.meta,
+      startedAt: Date.now(), image: m.image, imageDigest: m.imageDigest, events: m.events, eventsText: m.eventsText, meta: m.meta,
       metaText: m.metaText, endSeq: undefined, endedAt: undefined, end: undefined, exitCode: undefined };
     fly.runs.push(run);
     m.runs.push(run);
