@@ -649,6 +649,8 @@ static int pool_lease(struct job *j, int fresh)
     if (fly_machine_exit(j->http, &t, pm->id, &x, &e) == 0 && !x.gone &&
         strcmp(x.state, "stopped") == 0)
         return 0;
+    /* Fly may show a destroyed Machine for a while before it answers 404 */
+    x.gone |= strncmp(x.state, "destroy", 7) == 0;
     pool_unlease(j);
     pool_give_up(j, x.gone, x.gone ? "is gone" : "is not stopped");
     return -1;
