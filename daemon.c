@@ -1005,7 +1005,8 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
         group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->meta_len, &e) == 0) {
         j->preset = part->preset;
         group_id(ev, part, j->gid);
-        group_key(part, j->pool_key);
+        if (d->cfg->pool)  /* a SHA-256 per group: only when there is a pool */
+            group_key(part, j->pool_key);
         job_start(d, j);
     } else {
         if (j)
