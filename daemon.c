@@ -608,16 +608,39 @@ static void pool_give_up(struct job *j, int gone, const char *why)
     j->pm = NULL;
 }
 
-/* Releases the job's lease (Fly refuses the next holder's calls until it is released or
- * expired). A failure only delays the next holder: the lease expires. */
-static void pool_unlease(struct job *j)
+/* Releases this lambdo's lease on pm (Fly refuses the next holder's calls until it is
+ * released or expired). A failure only delays the next holder: the lease expires. */
+static void pool_unlease(struct daemon *d, struct http_client *http, struct pool_machine *pm)
 {
-    struct fly_target t = pool_target(j, 0);
+    struct fly_target t = d->follow;
     struct lerr e;
 
-    if (fly_lease_release(j->http, &t, j->pm->id, NULL, &e) < 0)
-        log_warn("group %s: machine %s: releasing its lease: %s", j->gid, j->pm->id, e.msg);
-    j->pm->nonce[0] = '\0';
+    t.limits = &pm->limits;
+    t.lease_nonce = pm->nonce;
+    if (fly_lease_release(http, &t, pm->id, NULL, &e) < 0)
+        log_warn("pool: machine %s: releasing its lease: %s", pm->id, e.msg);
+    pm->nonce[0] = '\0';
+}
+
+/* The app's pooled Machines of key (every key with NULL) that this pool does not know yet
+ * are taken in: a restarted lambdo finds its pool, one instance another's Machines. Returns
+ * how many, or -1 when Fly could not list them. */
+static long pool_list(struct daemon *d, struct http_client *http, const char *key)
+{
+    struct fly_pool_machine *list = NULL;
+    size_t n = 0, kept = 0;
+    struct lerr e;
+
+    if (fly_list_pool(http, &d->fly, &list, &n, &e) < 0) {
+        log_warn("pool: cannot list the app's machines: %s", e.msg);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!key || strcmp(list[i].pool_key, key) == 0)
+            list[kept++] = list[i];
+    kept = pool_adopt(&d->pool, list, kept, now_ms());
+    free(list);
+    return (long)kept;
 }
 
 /* Leases the Machine; one found afterwards not stopped (another lambdo's run, or one whose
@@ -651,7 +674,7 @@ static int pool_lease(struct job *j, int fresh)
         return 0;
     /* Fly may show a destroyed Machine for a while before it answers 404 */
     x.gone |= strncmp(x.state, "destroy", 7) == 0;
-    pool_unlease(j);
+    pool_unlease(j->d, j->http, j->pm);
     pool_give_up(j, x.gone, x.gone ? "is gone" : "is not stopped");
     return -1;
 }
@@ -727,32 +750,12 @@ static int pool_follow(struct job *j, const struct fly_machine *m, int64_t start
     } else {
         /* stopping, the Machine may still run: whoever takes it next leases and looks */
         if (!pool_wanted(&d->pool, j->pool_key) || daemon_stopping(d, NULL))
-            pool_unlease(j);
+            pool_unlease(d, j->http, j->pm);
         pool_put(&d->pool, j->pm, now_ms());
     }
     j->pm = NULL;
     pool_gauges(d);
     return rc;
-}
-
-/* Before a create: Machines another lambdo made since this one last looked count toward
- * LAMBDO_POOL too, and may be free. Returns how many of the job's key the list added. */
-static size_t pool_relist(struct job *j)
-{
-    struct fly_pool_machine *list = NULL;
-    size_t n = 0, ours = 0;
-    struct lerr e;
-
-    if (fly_list_pool(j->http, &j->d->fly, &list, &n, &e) < 0) {
-        log_warn("group %s: pool: cannot list the app's machines: %s", j->gid, e.msg);
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(list[i].pool_key, j->pool_key) == 0)
-            list[ours++] = list[i];
-    ours = pool_adopt(&j->d->pool, list, ours, now_ms());
-    free(list);
-    return ours;
 }
 
 /* While a job waits for a pooled Machine: its heartbeats; nonzero once lambdo stops. */
@@ -779,7 +782,8 @@ static int job_run_pool(struct job *j)
             log_info("group %s: stopping while it waited for a pooled machine", j->gid);
             return job_return(j, 0);
         }
-        if (fresh && pool_relist(j)) {
+        /* before a create: Machines another lambdo made count toward N, and may be free */
+        if (fresh && pool_list(d, j->http, j->pool_key) > 0) {
             pool_drop(&d->pool, j->pm);  /* the slot: another lambdo's Machines fill it */
             continue;
         }
@@ -1402,9 +1406,7 @@ static void pool_maintain(struct daemon *d)
         }
         if (destroy)
             log_warn("pool: destroying idle machine %s: %s", pm->id, e.msg);
-        if (fly_lease_release(&d->main_http, &t, pm->id, NULL, &e) < 0)
-            log_warn("pool: machine %s: releasing its lease: %s", pm->id, e.msg);
-        pm->nonce[0] = '\0';
+        pool_unlease(d, &d->main_http, pm);
         pool_put(&d->pool, pm, destroy ? now_ms() : pm->idle_since_ms);
     }
     pool_gauges(d);
@@ -1414,18 +1416,11 @@ static void pool_maintain(struct daemon *d)
  * metadata. Without the list, it starts with an empty pool (new Machines are created). */
 static void pool_discover(struct daemon *d)
 {
-    struct fly_pool_machine *list = NULL;
-    size_t n = 0;
-    struct lerr e;
+    long found = pool_list(d, &d->main_http, NULL);
 
-    if (fly_list_pool(&d->main_http, &d->fly, &list, &n, &e) < 0) {
-        log_warn("pool: cannot list the app's machines: %s; starting with an empty pool",
-                 e.msg);
-        return;
-    }
-    log_info("pool: up to %d machines per image, size and command; %zu pooled machines found "
-             "in app %s", d->cfg->pool, pool_adopt(&d->pool, list, n, now_ms()), d->cfg->fly_app);
-    free(list);
+    if (found >= 0)
+        log_info("pool: up to %d machines per image, size and command; %ld pooled machines "
+                 "found in app %s", d->cfg->pool, found, d->cfg->fly_app);
     pool_gauges(d);
 }
 
@@ -1433,18 +1428,9 @@ static void pool_discover(struct daemon *d)
  * stopped, for the next lambdo). After the workers ended. */
 static void pool_shutdown(struct daemon *d)
 {
-    for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next) {
-        struct fly_target t = d->follow;
-        struct lerr e;
-
-        if (!pm->nonce[0])
-            continue;
-        t.limits = &pm->limits;
-        t.lease_nonce = pm->nonce;
-        if (fly_lease_release(&d->main_http, &t, pm->id, NULL, &e) < 0)
-            log_warn("pool: machine %s: releasing its lease: %s", pm->id, e.msg);
-        pm->nonce[0] = '\0';
-    }
+    for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next)
+        if (pm->nonce[0])
+            pool_unlease(d, &d->main_http, pm);
 }
 
 /* ------------------------------------------------------------------ start and stop ----- */

@@ -834,11 +834,11 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_exit *out, struct lerr *e)
 {
+    char state[sizeof out->state];
+
     memset(out, 0, sizeof *out);
     if (exit_get(http, t, machine_id, NULL, out, e) < 0)
         return -1;
-    char state[sizeof out->state];
-
     if (out->gone || out->has_events)
         return 0;
     /* a Machine without its events: ask for them (the list has no state: keep the show's) */
