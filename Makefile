@@ -39,7 +39,13 @@ MUSL_CF := -std=c11 -Os -ffunction-sections -fdata-sections -fno-asynchronous-un
 # -z norelro: a static musl binary has no loader to make the RELRO range read-only after
 # start-up (/proc/PID/maps shows it rw-p with or without it), so the page alignment that
 # RELRO asks for only padded the file (up to 4 KB).
-MUSL_LD := -static -s -Wl,--gc-sections -Wl,--build-id=none -Wl,-z,noseparate-code -Wl,-z,norelro
+# -z common-page-size=16: the data segment starts in the file right after the code, on the
+# same file page (mapped twice: read+execute for the code, private read+write for the data,
+# each at its own address), instead of at the next 4 KiB page boundary: the padding the
+# file carried before it (0 to 4 KB, 1,840 bytes at 966fa66) is gone. max-page-size keeps
+# the segments' alignment at 4 KiB, which is what the kernel maps by.
+MUSL_LD := -static -s -Wl,--gc-sections -Wl,--build-id=none -Wl,-z,noseparate-code -Wl,-z,norelro \
+           -Wl,-z,max-page-size=4096 -Wl,-z,common-page-size=16
 GLIBC_CC := gcc
 GLIBC_CF := -std=c11 -O1 -g
 ASAN_CC := clang
