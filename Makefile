@@ -33,6 +33,13 @@ MUSL_CC := musl-gcc
 # sit in .rodata, read-only from the start instead of after start-up.
 MUSL_CF := -std=c11 -Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables \
            -fno-stack-protector -D_FORTIFY_SOURCE=0 -fno-pie
+# lambdo's own code and cJSON: -Oz with link-time optimisation (the link runs at -Oz too, in
+# one partition), so a function used once is inlined across files and dead code goes: 5.4 KB
+# less than -Os, and the callgrind guard's steady state 0.6 % lower (87.8 M instead of
+# 88.3 M per 1000 events at fe9c9d6). BearSSL stays out of it: built with -flto too, its MD5
+# gave wrong sums (every MD5OfBody check failed). tests/run runs the daemon's integration
+# tests against this build as well, since the other builds are not link-time optimised.
+MUSL_OWN := -Oz -flto
 # -z noseparate-code: one read-only segment for code and constants instead of two, each
 # padded to a 4 KiB page in the file (-8 KB). The price: constants are mapped executable
 # too, a few more bytes an exploit could borrow as gadgets; accepted for a 3 % smaller binary.
@@ -87,7 +94,7 @@ $(B)/glibc/libbearssl.a: $(call br_obj,glibc)
 	@rm -f $@; ar rcs $@ $^
 $(B)/musl/cjson.o: $(CJSON)/cJSON.c
 	@mkdir -p $(@D)
-	$(MUSL_CC) $(MUSL_CF) -c $< -o $@
+	$(MUSL_CC) $(MUSL_CF) $(MUSL_OWN) -c $< -o $@
 $(B)/glibc/cjson.o: $(CJSON)/cJSON.c
 	@mkdir -p $(@D)
 	$(GLIBC_CC) -O2 -g -c $< -o $@
@@ -102,7 +109,7 @@ GLIBC_DEPS := $(B)/glibc/libbearssl.a $(B)/glibc/cjson.o
 # --- our code -----------------------------------------------------------------------------
 $(B)/musl/%.o: %.c
 	@mkdir -p $(@D)
-	$(MUSL_CC) $(MUSL_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
+	$(MUSL_CC) $(MUSL_CF) $(MUSL_OWN) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
 $(B)/glibc/%.o: %.c
 	@mkdir -p $(@D)
 	$(GLIBC_CC) $(GLIBC_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
@@ -121,11 +128,11 @@ lib = $(LIBSRC:%.c=$(B)/$(1)/%.o)
 # The product is the stripped copy of lambdo.full, whose symbols bench/callgrind-guard needs
 # to tell TLS handshakes apart from the steady state: the same code is measured as ships.
 $(B)/musl/lambdo.full: $(B)/musl/lambdo.o $(call lib,musl) $(MUSL_DEPS)
-	$(MUSL_CC) $(MUSL_CF) $(filter-out -s,$(MUSL_LD)) $^ -o $@
+	$(MUSL_CC) $(MUSL_CF) $(MUSL_OWN) -flto-partition=one $(filter-out -s,$(MUSL_LD)) $^ -o $@
 $(B)/musl/lambdo: $(B)/musl/lambdo.full
 	strip -o $@ $<
 $(B)/musl/tool_%: $(B)/musl/tests/tool_%.o $(call lib,musl) $(MUSL_DEPS)
-	$(MUSL_CC) $(MUSL_CF) $(MUSL_LD) $^ -o $@
+	$(MUSL_CC) $(MUSL_CF) $(MUSL_OWN) -flto-partition=one $(MUSL_LD) $^ -o $@
 
 $(B)/glibc/lambdo: $(B)/glibc/lambdo.o $(call lib,glibc) $(GLIBC_DEPS)
 	$(GLIBC_CC) $(GLIBC_CF) $^ -o $@
