@@ -37,7 +37,7 @@ int log_enabled(enum log_level level)
 
 void log_write(enum log_level level, const char *fmt, ...)
 {
-    char msg[2048], line[sizeof msg + 128], stamp[32];
+    char msg[2048], line[sizeof msg + 128], stamp[64];
     struct timespec ts;
     struct tm tm;
     va_list ap;
@@ -48,13 +48,15 @@ void log_write(enum log_level level, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     clock_gettime(CLOCK_REALTIME, &ts);
-    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", gmtime_r(&ts.tv_sec, &tm));
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
     if (log_json) {
         /* json.c's string writer escapes control bytes too, so one message is always one
          * line, whatever a server put in its error text. */
         struct json_buf b = { 0 };
-        json_buf_fmt(&b, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", stamp,
-                     ts.tv_nsec / 1000000, level_names[level]);
+        json_buf_fmt(&b, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":", stamp,
+                     level_names[level]);
         json_buf_string(&b, msg, strlen(msg));
         json_buf_lit(&b, "}\n");
         fputs(b.oom ? "{\"level\":\"error\",\"msg\":\"log: out of memory\"}\n" : b.p, stderr);
@@ -64,8 +66,6 @@ void log_write(enum log_level level, const char *fmt, ...)
     for (char *p = msg; *p; p++)
         if ((unsigned char)*p < 0x20 && *p != '\t')
             *p = ' ';
-    /* one fputs a line: lines from threads never interleave */
-    snprintf(line, sizeof line, "%s.%03ldZ %-5s %s\n", stamp, ts.tv_nsec / 1000000,
-             level_names[level], msg);
+    snprintf(line, sizeof line, "%s %-5s %s\n", stamp, level_names[level], msg);
     fputs(line, stderr);
 }

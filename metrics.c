@@ -27,10 +27,11 @@
 #define ACCEPT_PAUSE_MS 100      /* after accept() ran out of descriptors or memory */
 #define LISTEN_BACKLOG 128       /* waiting connections; a burst past the slots queues here */
 
-/* Upper bounds in seconds, written with %g; compared in whole microseconds: a duration is
- * rounded to them once, so 0.005 s lands in le="0.005" exactly. */
-static const double bucket_le[METRICS_NBUCKETS] = {
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+/* Upper bounds, compared in whole microseconds (a duration is rounded to them once, so
+ * 0.005 s lands in le="0.005" exactly) and written in seconds with %g. */
+static const uint64_t bucket_us[METRICS_NBUCKETS] = {
+    5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+    30000000, 60000000,
 };
 
 double metrics_clock(void)
@@ -165,7 +166,7 @@ void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operati
         seconds = 1e9;
     if (seconds > 0)             /* false for NaN too */
         us = (uint64_t)(seconds * 1e6 + 0.5);  /* rounded; no libm needed */
-    while (b < METRICS_NBUCKETS && us > (uint64_t)(bucket_le[b] * 1e6 + 0.5))
+    while (b < METRICS_NBUCKETS && us > bucket_us[b])
         b++;
     s = series_get(m, h, operation);
     atomic_fetch_add_explicit(&s->bucket[b], 1, RELAXED);
@@ -199,17 +200,18 @@ int metrics_health(const struct metrics *m, int64_t now_ms, char *reason, size_t
     int64_t quiet = now_ms - atomic_load(&m->good_ms);
     int ever = atomic_load(&m->ever_received);
 
-    if (failures >= METRICS_HEALTH_FAILURES)
+    if (failures >= METRICS_HEALTH_FAILURES) {
         snprintf(reason, cap, "the last %u receives from SQS failed", failures);
-    else if (!atomic_load(&m->idle) && quiet > m->stale_ms)
+        return -1;
+    }
+    if (!atomic_load(&m->idle) && quiet > m->stale_ms) {
         snprintf(reason, cap, "no successful receive from SQS %s %" PRId64 " s%s (limit %"
                  PRId64 " s)", ever ? "for" : "in the", quiet / 1000,
                  ever ? "" : " since the start", m->stale_ms / 1000);
-    else {
-        snprintf(reason, cap, "ok");
-        return 0;
+        return -1;
     }
-    return -1;
+    snprintf(reason, cap, "ok");
+    return 0;
 }
 
 /* --------------------------------------------------------------------- rendering ------- */
@@ -293,7 +295,7 @@ static void put_histogram(FILE *o, const struct family *f, const struct metrics_
     for (int b = 0; b <= METRICS_NBUCKETS; b++) {
         cum += load(&s->bucket[b]);
         if (b < METRICS_NBUCKETS)
-            snprintf(le, sizeof le, ",le=\"%g\"", bucket_le[b]);
+            snprintf(le, sizeof le, ",le=\"%g\"", (double)bucket_us[b] / 1e6);
         else
             snprintf(le, sizeof le, ",le=\"+Inf\"");
         put_series(o, f, "_bucket", s->operation, le);
