@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "log.h"
 
 #define RELAXED memory_order_relaxed
@@ -263,29 +264,29 @@ static uint64_t load(const atomic_uint_fast64_t *a)
 /* A labelled sample's name: name, suffix, {label="value" and more (",le=..." or "")}. The
  * value has backslash, double quote and newline escaped as the format asks; other bytes
  * outside printable ASCII become '?', so that the text is always valid UTF-8. */
-static void put_series(FILE *o, const struct family *f, const char *suffix, const char *value,
+static void put_series(struct json_buf *o, const struct family *f, const char *suffix, const char *value,
                        const char *more)
 {
-    fprintf(o, "%s%s{%s=\"", f->name, suffix, f->label);
+    json_buf_fmt(o, "%s%s{%s=\"", f->name, suffix, f->label);
     for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
         if (*p == '\\' || *p == '"' || *p == '\n')
-            fprintf(o, "\\%c", *p == '\n' ? 'n' : *p);
+            json_buf_fmt(o, "\\%c", *p == '\n' ? 'n' : *p);
         else
-            fputc(*p >= 0x20 && *p < 0x7f ? *p : '?', o);
+            json_buf_fmt(o, "%c", *p >= 0x20 && *p < 0x7f ? *p : '?');
     }
-    fprintf(o, "\"%s}", more);
+    json_buf_fmt(o, "\"%s}", more);
 }
 
 /* A sample's value and line end: a gauge may go below 0 (in flight), a counter not. */
-static void put_value(FILE *o, const struct family *f, uint64_t v)
+static void put_value(struct json_buf *o, const struct family *f, uint64_t v)
 {
     if (f->type[0] == 'g')
-        fprintf(o, " %" PRId64 "\n", (int64_t)v);
+        json_buf_fmt(o, " %" PRId64 "\n", (int64_t)v);
     else
-        fprintf(o, " %" PRIu64 "\n", v);
+        json_buf_fmt(o, " %" PRIu64 "\n", v);
 }
 
-static void put_histogram(FILE *o, const struct family *f, const struct metrics_series *s)
+static void put_histogram(struct json_buf *o, const struct family *f, const struct metrics_series *s)
 {
     uint64_t cum = 0, sum = load(&s->sum_us);
     char le[32];
@@ -302,19 +303,19 @@ static void put_histogram(FILE *o, const struct family *f, const struct metrics_
         put_value(o, f, cum);
     }
     put_series(o, f, "_sum", s->operation, "");
-    fprintf(o, " %" PRIu64 ".%06" PRIu64 "\n", sum / 1000000, sum % 1000000);
+    json_buf_fmt(o, " %" PRIu64 ".%06" PRIu64 "\n", sum / 1000000, sum % 1000000);
     put_series(o, f, "_count", s->operation, "");
     put_value(o, f, cum);
 }
 
-static void put_family(FILE *o, const struct metrics *m, const struct family *f)
+static void put_family(struct json_buf *o, const struct metrics *m, const struct family *f)
 {
-    fprintf(o, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, f->type);
+    json_buf_fmt(o, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, f->type);
     if (f->kind == FAMILY_INFO) {
         put_series(o, f, "", m->version, "");
         put_value(o, f, 1);
     } else if (f->kind == FAMILY_PLAIN) {
-        fputs(f->name, o);
+        json_buf_lit(o, f->name);
         put_value(o, f, load(&m->counter[f->index]));
     }
     for (size_t i = 0; f->kind == FAMILY_REGIONS && i <= m->nregions; i++) {
@@ -334,19 +335,16 @@ static void put_family(FILE *o, const struct metrics *m, const struct family *f)
 
 char *metrics_render(const struct metrics *m, size_t *len)
 {
-    char *text = NULL;
-    FILE *o = open_memstream(&text, len);
-    int failed;
+    struct json_buf o = { 0 };  /* json.c's growing text buffer: no JSON written here */
 
-    if (!o)
-        return NULL;
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
-        put_family(o, m, &families[i]);
-    failed = ferror(o);
-    if (fclose(o) == 0 && !failed)
-        return text;
-    free(text);             /* out of memory */
-    return NULL;
+        put_family(&o, m, &families[i]);
+    if (o.oom) {
+        free(o.p);
+        return NULL;
+    }
+    *len = o.len;
+    return o.p;
 }
 
 /* --------------------------------------------------------------- request parsing ------- */
