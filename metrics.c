@@ -264,8 +264,8 @@ static uint64_t load(const atomic_uint_fast64_t *a)
 /* A labelled sample's name: name, suffix, {label="value" and more (",le=..." or "")}. The
  * value has backslash, double quote and newline escaped as the format asks; other bytes
  * outside printable ASCII become '?', so that the text is always valid UTF-8. */
-static void put_series(struct json_buf *o, const struct family *f, const char *suffix, const char *value,
-                       const char *more)
+static void put_series(struct json_buf *o, const struct family *f, const char *suffix,
+                       const char *value, const char *more)
 {
     json_buf_fmt(o, "%s%s{%s=\"", f->name, suffix, f->label);
     for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
@@ -286,7 +286,8 @@ static void put_value(struct json_buf *o, const struct family *f, uint64_t v)
         json_buf_fmt(o, " %" PRIu64 "\n", v);
 }
 
-static void put_histogram(struct json_buf *o, const struct family *f, const struct metrics_series *s)
+static void put_histogram(struct json_buf *o, const struct family *f,
+                          const struct metrics_series *s)
 {
     uint64_t cum = 0, sum = load(&s->sum_us);
     char le[32];
@@ -310,6 +311,7 @@ static void put_histogram(struct json_buf *o, const struct family *f, const stru
 
 static void put_family(struct json_buf *o, const struct metrics *m, const struct family *f)
 {
+    /* json_buf_fmt writes at most 255 bytes a call: the longest HELP and TYPE pair is 173 */
     json_buf_fmt(o, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, f->type);
     if (f->kind == FAMILY_INFO) {
         put_series(o, f, "", m->version, "");
