@@ -43,19 +43,13 @@ void lerr_clear(struct lerr *e)
 
 const char *lerr_kind_name(enum lerr_kind kind)
 {
+    /* in the order of enum lerr_kind */
     static const char *const names[] = {
-        [LERR_NONE] = "none",           [LERR_NOMEM] = "nomem",
-        [LERR_INVALID] = "invalid",     [LERR_IO] = "io",
-        [LERR_DNS] = "dns",             [LERR_REFUSED] = "refused",
-        [LERR_CONNECT] = "connect",     [LERR_TIMEOUT] = "timeout",
-        [LERR_CLOSED] = "closed",       [LERR_TLS_UNTRUSTED] = "tls-untrusted",
-        [LERR_TLS_NAME] = "tls-name",   [LERR_TLS_ALERT] = "tls-alert",
-        [LERR_TLS] = "tls",             [LERR_MALFORMED] = "malformed",
-        [LERR_TOO_LARGE] = "too-large", [LERR_CANCELLED] = "cancelled",
-        [LERR_HTTP] = "http",
+        "none", "nomem", "invalid", "io", "dns", "refused", "connect", "timeout", "closed",
+        "tls-untrusted", "tls-name", "tls-alert", "tls", "malformed", "too-large", "cancelled",
+        "http",
     };
+    _Static_assert(sizeof names / sizeof names[0] == LERR_HTTP + 1, "a name for every kind");
 
-    if ((unsigned)kind < sizeof names / sizeof names[0] && names[kind])
-        return names[kind];
-    return "unknown";
+    return (unsigned)kind < sizeof names / sizeof names[0] ? names[kind] : "unknown";
 }

@@ -1,15 +1,14 @@
 #include "metrics.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,20 +18,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "log.h"
 
 #define RELAXED memory_order_relaxed
+#define IN_FLIGHT METRICS_NCOUNTERS  /* counter[]'s last slot: the in-flight gauge */
 #define SERVER_STACK (256 * 1024)
 #define DRAIN_MS 1000            /* after the answer: reading what the client still sends */
 #define ACCEPT_PAUSE_MS 100      /* after accept() ran out of descriptors or memory */
 #define LISTEN_BACKLOG 128       /* waiting connections; a burst past the slots queues here */
-#define RENDER_FIRST_CAP 16384
 
-/* Upper bounds, in seconds as written and in microseconds as compared: a duration is
- * rounded to whole microseconds once, so 0.005 s lands in le="0.005" exactly. */
-static const char *const bucket_le[METRICS_NBUCKETS] = {
-    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60",
-};
+/* Upper bounds, compared in whole microseconds (a duration is rounded to them once, so
+ * 0.005 s lands in le="0.005" exactly) and written in seconds with %g. */
 static const uint64_t bucket_us[METRICS_NBUCKETS] = {
     5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
     30000000, 60000000,
@@ -126,7 +123,7 @@ void metrics_set_pool(struct metrics *m, int idle, int busy)
 void metrics_set_in_flight(struct metrics *m, int64_t n)
 {
     if (m)
-        atomic_store_explicit(&m->in_flight, n, RELAXED);
+        atomic_store_explicit(&m->counter[IN_FLIGHT], (uint64_t)n, RELAXED);
 }
 
 /* The series of op, naming a free slot on first use. Slots fill in order; the thread whose
@@ -181,14 +178,12 @@ void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operati
 
 void metrics_receive_result(struct metrics *m, int ok)
 {
-    if (!m)
-        return;
-    if (ok) {
+    if (m && !ok)
+        atomic_fetch_add(&m->failures, 1);
+    if (m && ok) {
         atomic_store(&m->good_ms, m->clock_ms(m->clock_ctx));
         atomic_store(&m->ever_received, 1);
         atomic_store(&m->failures, 0);
-    } else {
-        atomic_fetch_add(&m->failures, 1);
     }
 }
 
@@ -222,51 +217,43 @@ int metrics_health(const struct metrics *m, int64_t now_ms, char *reason, size_t
 
 /* --------------------------------------------------------------------- rendering ------- */
 
-enum family_kind { FAMILY_BUILD_INFO, FAMILY_COUNTER, FAMILY_BY_REGION, FAMILY_IN_FLIGHT,
-                   FAMILY_HISTOGRAM, FAMILY_PAIR_COUNTER, FAMILY_PAIR_GAUGE };
+enum family_kind { FAMILY_INFO, FAMILY_PLAIN, FAMILY_REGIONS, FAMILY_PAIR, FAMILY_HISTOGRAM };
 
-static const char *const family_type[] = { "gauge", "counter", "counter", "gauge", "histogram",
-                                           "counter", "gauge" };
-
-/* Every metric, in the order of the exposition; index is into counter[], by_region[] or
- * hist[], as kind says. */
+/* Every metric, in the order of the exposition. index is into counter[] (PLAIN; PAIR's
+ * two values), by_region[] (REGIONS: one sample per region) or hist[] (HISTOGRAM). */
 static const struct family {
-    const char *name;
+    const char *name, *type;
     enum family_kind kind;
     int index;
-    const char *help;
+    const char *label, *values[2], *help;
 } families[] = {
-    { "lambdo_build_info", FAMILY_BUILD_INFO, 0, "The running lambdo's version (always 1)." },
-    { "lambdo_messages_received_total", FAMILY_COUNTER, METRICS_RECEIVED,
+    { "lambdo_build_info", "gauge", FAMILY_INFO, 0, "version", { 0 },
+      "The running lambdo's version (always 1)." },
+    { "lambdo_messages_received_total", "counter", FAMILY_PLAIN, METRICS_RECEIVED, NULL, { 0 },
       "Messages received from SQS." },
-    { "lambdo_messages_deleted_total", FAMILY_COUNTER, METRICS_DELETED,
+    { "lambdo_messages_deleted_total", "counter", FAMILY_PLAIN, METRICS_DELETED, NULL, { 0 },
       "Messages deleted from SQS once their work was done." },
-    { "lambdo_messages_invalid_total", FAMILY_COUNTER, METRICS_INVALID,
+    { "lambdo_messages_invalid_total", "counter", FAMILY_PLAIN, METRICS_INVALID, NULL, { 0 },
       "Messages refused by validation (left for the dead-letter queue)." },
-    { "lambdo_messages_returned_total", FAMILY_COUNTER, METRICS_RETURNED,
+    { "lambdo_messages_returned_total", "counter", FAMILY_PLAIN, METRICS_RETURNED, NULL, { 0 },
       "Messages handed back to the queue to run again." },
-    { "lambdo_machines_created_total", FAMILY_BY_REGION, METRICS_MACHINES_CREATED,
-      "Fly Machines created, by region." },
-    { "lambdo_machines_failed_total", FAMILY_BY_REGION, METRICS_MACHINES_FAILED,
-      "Machine create attempts that failed, by region tried." },
-    { "lambdo_fly_rate_limited_total", FAMILY_COUNTER, METRICS_FLY_RATE_LIMITED,
-      "Fly Machines API answers 429 (rate limited)." },
-    { "lambdo_machines_in_flight", FAMILY_IN_FLIGHT, 0,
+    { "lambdo_machines_created_total", "counter", FAMILY_REGIONS, METRICS_MACHINES_CREATED,
+      "region", { 0 }, "Fly Machines created, by region." },
+    { "lambdo_machines_failed_total", "counter", FAMILY_REGIONS, METRICS_MACHINES_FAILED,
+      "region", { 0 }, "Machine create attempts that failed, by region tried." },
+    { "lambdo_fly_rate_limited_total", "counter", FAMILY_PLAIN, METRICS_FLY_RATE_LIMITED, NULL,
+      { 0 }, "Fly Machines API answers 429 (rate limited)." },
+    { "lambdo_machines_in_flight", "gauge", FAMILY_PLAIN, IN_FLIGHT, NULL, { 0 },
       "Groups holding a Machine slot (running Machines in exit mode, creates in create mode)." },
-    { "lambdo_pool_machines", FAMILY_PAIR_GAUGE, METRICS_POOL_IDLE,
+    { "lambdo_pool_machines", "gauge", FAMILY_PAIR, METRICS_POOL_IDLE, "state", { "idle", "busy" },
       "LAMBDO_POOL: pooled Machines free (idle) and in use by a group (busy)." },
-    { "lambdo_pool_dispatches_total", FAMILY_PAIR_COUNTER, METRICS_POOL_WARM,
-      "LAMBDO_POOL: groups sent to a pooled Machine already there (warm) or created for them (new)." },
-    { "lambdo_sqs_request_seconds", FAMILY_HISTOGRAM, METRICS_SQS,
-      "Duration of SQS API requests (each attempt), by operation." },
-    { "lambdo_fly_request_seconds", FAMILY_HISTOGRAM, METRICS_FLY,
-      "Duration of Fly Machines API requests (each attempt), by operation." },
-};
-
-/* The PAIR families' label, then its values for counter[index] and counter[index + 1]. */
-static const char *const pair_labels[METRICS_NCOUNTERS][3] = {
-    [METRICS_POOL_WARM] = { "via", "warm", "new" },
-    [METRICS_POOL_IDLE] = { "state", "idle", "busy" },
+    { "lambdo_pool_dispatches_total", "counter", FAMILY_PAIR, METRICS_POOL_WARM, "via",
+      { "warm", "new" }, "LAMBDO_POOL: groups sent to a pooled Machine already there (warm) or "
+      "created for them (new)." },
+    { "lambdo_sqs_request_seconds", "histogram", FAMILY_HISTOGRAM, METRICS_SQS, "operation",
+      { 0 }, "Duration of SQS API requests (each attempt), by operation." },
+    { "lambdo_fly_request_seconds", "histogram", FAMILY_HISTOGRAM, METRICS_FLY, "operation",
+      { 0 }, "Duration of Fly Machines API requests (each attempt), by operation." },
 };
 
 static uint64_t load(const atomic_uint_fast64_t *a)
@@ -274,253 +261,190 @@ static uint64_t load(const atomic_uint_fast64_t *a)
     return atomic_load_explicit((atomic_uint_fast64_t *)a, RELAXED);
 }
 
-/* Text into buf[0..cap); len counts all of it, so len >= cap says it did not fit. */
-struct out {
-    char *buf;
-    size_t cap, len;
-};
-
-static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void put(struct out *o, const char *fmt, ...)
+/* A labelled sample's name: name, suffix, {label="value" and more (",le=..." or "")}. The
+ * value has backslash, double quote and newline escaped as the format asks; other bytes
+ * outside printable ASCII become '?', so that the text is always valid UTF-8. */
+static void put_series(struct json_buf *o, const struct family *f, const char *suffix,
+                       const char *value, const char *more)
 {
-    size_t room = o->len < o->cap ? o->cap - o->len : 0;
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(room ? o->buf + o->len : NULL, room, fmt, ap);
-    va_end(ap);
-    o->len += n > 0 ? (size_t)n : 0;
-}
-
-/* Starts a labelled sample: name, suffix, '{', label="value"; the caller closes the brace.
- * The value has backslash, double quote and newline escaped as the format asks; other
- * bytes outside printable ASCII become '?', so that the text is always valid UTF-8. */
-static void put_series(struct out *o, const char *name, const char *suffix, const char *label,
-                       const char *value)
-{
-    put(o, "%s%s{%s=\"", name, suffix, label);
+    json_buf_fmt(o, "%s%s{%s=\"", f->name, suffix, f->label);
     for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
         if (*p == '\\' || *p == '"' || *p == '\n')
-            put(o, "\\%c", *p == '\n' ? 'n' : *p);
+            json_buf_fmt(o, "\\%c", *p == '\n' ? 'n' : *p);
         else
-            put(o, "%c", *p >= 0x20 && *p < 0x7f ? *p : '?');
+            json_buf_fmt(o, "%c", *p >= 0x20 && *p < 0x7f ? *p : '?');
     }
-    put(o, "\"");
+    json_buf_fmt(o, "\"%s}", more);
 }
 
-static void put_histogram(struct out *o, const char *name, const struct metrics_series *s)
+/* A sample's value and line end: a gauge may go below 0 (in flight), a counter not. */
+static void put_value(struct json_buf *o, const struct family *f, uint64_t v)
+{
+    if (f->type[0] == 'g')
+        json_buf_fmt(o, " %" PRId64 "\n", (int64_t)v);
+    else
+        json_buf_fmt(o, " %" PRIu64 "\n", v);
+}
+
+static void put_histogram(struct json_buf *o, const struct family *f,
+                          const struct metrics_series *s)
 {
     uint64_t cum = 0, sum = load(&s->sum_us);
+    char le[32];
 
     /* Cumulative from per-bucket counts read once each: the +Inf bucket and _count are
      * the same number even while other threads observe. */
     for (int b = 0; b <= METRICS_NBUCKETS; b++) {
         cum += load(&s->bucket[b]);
-        put_series(o, name, "_bucket", "operation", s->operation);
-        put(o, ",le=\"%s\"} %" PRIu64 "\n", b < METRICS_NBUCKETS ? bucket_le[b] : "+Inf",
-                cum);
+        if (b < METRICS_NBUCKETS)
+            snprintf(le, sizeof le, ",le=\"%g\"", (double)bucket_us[b] / 1e6);
+        else
+            snprintf(le, sizeof le, ",le=\"+Inf\"");
+        put_series(o, f, "_bucket", s->operation, le);
+        put_value(o, f, cum);
     }
-    put_series(o, name, "_sum", "operation", s->operation);
-    put(o, "} %" PRIu64 ".%06" PRIu64 "\n", sum / 1000000, sum % 1000000);
-    put_series(o, name, "_count", "operation", s->operation);
-    put(o, "} %" PRIu64 "\n", cum);
+    put_series(o, f, "_sum", s->operation, "");
+    json_buf_fmt(o, " %" PRIu64 ".%06" PRIu64 "\n", sum / 1000000, sum % 1000000);
+    put_series(o, f, "_count", s->operation, "");
+    put_value(o, f, cum);
 }
 
-static void put_family(struct out *o, const struct metrics *m, const struct family *f)
+static void put_family(struct json_buf *o, const struct metrics *m, const struct family *f)
 {
-    put(o, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, family_type[f->kind]);
-    switch (f->kind) {
-    case FAMILY_BUILD_INFO:
-        put_series(o, f->name, "", "version", m->version);
-        put(o, "} 1\n");
-        break;
-    case FAMILY_COUNTER:
-        put(o, "%s %" PRIu64 "\n", f->name, load(&m->counter[f->index]));
-        break;
-    case FAMILY_BY_REGION:
-        for (size_t i = 0; i <= m->nregions; i++) {
-            put_series(o, f->name, "", "region", m->regions[i]);
-            put(o, "} %" PRIu64 "\n", load(&m->by_region[f->index][i]));
-        }
-        break;
-    case FAMILY_IN_FLIGHT:
-        put(o, "%s %" PRId64 "\n", f->name,
-                (int64_t)atomic_load_explicit((atomic_int_fast64_t *)&m->in_flight, RELAXED));
-        break;
-    case FAMILY_PAIR_COUNTER:
-    case FAMILY_PAIR_GAUGE:
-        for (int i = 0; i < 2; i++) {
-            put_series(o, f->name, "", pair_labels[f->index][0], pair_labels[f->index][1 + i]);
-            put(o, "} %" PRIu64 "\n", load(&m->counter[f->index + i]));
-        }
-        break;
-    case FAMILY_HISTOGRAM:
-        for (int i = 0; i <= METRICS_MAX_OPERATIONS; i++) {
-            const struct metrics_series *s = &m->hist[f->index][i];
-            if (atomic_load_explicit((atomic_int *)&s->ready, memory_order_acquire) == 2)
-                put_histogram(o, f->name, s);
-        }
-        break;
+    /* json_buf_fmt writes at most 255 bytes a call: the longest HELP and TYPE pair is 173 */
+    json_buf_fmt(o, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, f->type);
+    if (f->kind == FAMILY_INFO) {
+        put_series(o, f, "", m->version, "");
+        put_value(o, f, 1);
+    } else if (f->kind == FAMILY_PLAIN) {
+        json_buf_lit(o, f->name);
+        put_value(o, f, load(&m->counter[f->index]));
+    }
+    for (size_t i = 0; f->kind == FAMILY_REGIONS && i <= m->nregions; i++) {
+        put_series(o, f, "", m->regions[i], "");
+        put_value(o, f, load(&m->by_region[f->index][i]));
+    }
+    for (int i = 0; f->kind == FAMILY_PAIR && i < 2; i++) {
+        put_series(o, f, "", f->values[i], "");
+        put_value(o, f, load(&m->counter[f->index + i]));
+    }
+    for (int i = 0; f->kind == FAMILY_HISTOGRAM && i <= METRICS_MAX_OPERATIONS; i++) {
+        const struct metrics_series *s = &m->hist[f->index][i];
+        if (atomic_load_explicit((atomic_int *)&s->ready, memory_order_acquire) == 2)
+            put_histogram(o, f, s);
     }
 }
 
-int metrics_render(const struct metrics *m, char *buf, size_t cap)
+char *metrics_render(const struct metrics *m, size_t *len)
 {
-    struct out o = { buf, cap, 0 };
+    struct json_buf o = { 0 };  /* json.c's growing text buffer: no JSON written here */
 
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
         put_family(&o, m, &families[i]);
-    return o.len < cap && o.len <= INT_MAX ? (int)o.len : -1;
-}
-
-/* The exposition text in a new buffer (free()); NULL when out of memory. */
-static char *render_text(const struct metrics *m)
-{
-    for (size_t cap = RENDER_FIRST_CAP;; cap *= 2) {
-        char *buf = malloc(cap);
-        if (!buf || metrics_render(m, buf, cap) >= 0)
-            return buf;
-        free(buf);
+    if (o.oom) {
+        free(o.p);
+        return NULL;
     }
+    *len = o.len;
+    return o.p;
 }
 
 /* --------------------------------------------------------------- request parsing ------- */
 
-/* How many RFC 9110 tchar (what a method or a header name is made of) p[0..n) starts with. */
-static size_t token_len(const char *p, size_t n)
+/* Whether c is an RFC 9110 tchar: what a method or a field name is made of. */
+static int is_tchar(char c)
 {
-    size_t i = 0;
-
-    while (i < n && ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
-                     (p[i] >= '0' && p[i] <= '9') || (p[i] && strchr("!#$%&'*+-.^_`|~", p[i]))))
-        i++;
-    return i;
+    return c > 0 && (isalnum((unsigned char)c) || strchr("!#$%&'*+-.^_`|~", c));
 }
 
-/* The line at pos ends at *end (without its CR LF or LF); the next starts at *next. 0 when
- * no LF has arrived yet, -1 for a CR that does not end the line. */
-static int next_line(const char *buf, size_t len, size_t pos, size_t *end, size_t *next)
-{
-    const char *nl = memchr(buf + pos, '\n', len - pos);
-    size_t e;
+/* Where the scan of a request head is. */
+enum head_state { IN_BLANK, IN_METHOD, IN_TARGET, IN_VERSION, AT_FIELD, IN_NAME, IN_VALUE };
 
-    if (!nl)
-        return 0;
-    e = (size_t)(nl - buf);
-    *next = e + 1;
-    if (e > pos && buf[e - 1] == '\r')
-        e--;
-    if (memchr(buf + pos, '\r', e - pos))
-        return -1;
-    *end = e;
-    return 1;
-}
-
-/* The request line p[0..n) or, whole 0, the start of one still arriving: BAD as soon as
- * the bytes at hand cannot begin a valid line (a TLS handshake or other binary is turned
- * away at once, not after the read timeout), INCOMPLETE while more bytes could make one.
- * Every verdict on a start is the verdict on the whole line. */
-static enum metrics_parse parse_request_line(const char *p, size_t n, int whole,
-                                             struct metrics_request *r)
-{
-    static const char version[] = "HTTP/9.9";   /* '9': any digit */
-    enum metrics_parse more = whole ? METRICS_PARSE_BAD : METRICS_PARSE_INCOMPLETE;
-    size_t t = token_len(p, n) + 1, i = t, k = 0;
-    const char *v;
-
-    if (t > n)
-        return more;
-    if (t == 1 || p[t - 1] != ' ' || (t < n && p[t] != '/'))
-        return METRICS_PARSE_BAD;
-    while (i < n && (unsigned char)p[i] > 0x20 && (unsigned char)p[i] < 0x7f)
-        i++;
-    if (i == n)
-        return more;
-    if (i == t || p[i] != ' ' || n - i - 1 > 8)
-        return METRICS_PARSE_BAD;
-    for (v = p + i + 1; k < n - i - 1; k++)
-        if (version[k] == '9' ? v[k] < '0' || v[k] > '9' : v[k] != version[k])
-            return METRICS_PARSE_BAD;
-    if (k < 8 || !whole)
-        return more;
-    if (v[5] != '1')
-        return v[5] >= '2' ? METRICS_PARSE_VERSION : METRICS_PARSE_BAD;
-    r->method = p;
-    r->method_len = t - 1;
-    r->path = p + t;
-    r->path_len = strcspn(r->path, "? ");  /* the target ends at p[i], a space */
-    r->minor = v[7] - '0';
-    return METRICS_PARSE_OK;
-}
-
+/* One byte at a time, with a verdict as soon as a byte cannot continue a valid head: a TLS
+ * handshake or other binary is refused at once, not after the read timeout, and a verdict
+ * on the bytes at hand is the verdict on whatever follows them. */
 enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct metrics_request *r)
 {
-    size_t pos = 0, end, next, name;
-    int rc, blank = 0, has_host = 0;
+    static const char version[] = "HTTP/9.9";   /* '9': any digit */
+    enum head_state state = IN_BLANK;
+    size_t blank = 0, name = 0, k = 0;
+    const char *v = NULL, *query;
+    int has_host = 0;
 
     memset(r, 0, sizeof *r);
-    /* RFC 9112 2.2: empty lines before the request line are ignored (a few) */
-    while ((rc = next_line(buf, len, pos, &end, &next)) == 1 && end == pos && blank < 4) {
-        pos = next;
-        blank++;
+    for (size_t i = 0; i < len; i++) {
+        char c = buf[i];
+
+        if (c == '\r' && i + 1 == len)
+            break;               /* its LF is on its way */
+        if (c == '\r' && (c = buf[++i]) != '\n')
+            return METRICS_PARSE_BAD;   /* a CR that does not end a line */
+        switch (state) {
+        case IN_BLANK:           /* RFC 9112 2.2: a few empty lines before the request line */
+            if (c == '\n' ? ++blank > 4 : !is_tchar(c))
+                return METRICS_PARSE_BAD;
+            r->method = buf + i;
+            state = c == '\n' ? IN_BLANK : IN_METHOD;
+            break;
+        case IN_METHOD:          /* method_len and path are final at the space */
+            if (c != ' ' && !is_tchar(c))
+                return METRICS_PARSE_BAD;
+            r->method_len = (size_t)(buf + i - r->method);
+            r->path = buf + i + 1;
+            state = c == ' ' ? IN_TARGET : IN_METHOD;
+            break;
+        case IN_TARGET:          /* origin form only: "/path?query" */
+            if ((buf + i == r->path && c != '/') || (unsigned char)c < 0x20 ||
+                (unsigned char)c >= 0x7f)
+                return METRICS_PARSE_BAD;
+            if (c == ' ') {
+                query = memchr(r->path, '?', (size_t)(buf + i - r->path));
+                r->path_len = (size_t)((query ? query : buf + i) - r->path);
+                v = buf + i + 1;
+                state = IN_VERSION;
+            }
+            break;
+        case IN_VERSION:         /* v: "HTTP/1.1" */
+            if (c == '\n' && k == 8 && v[5] > '0') {
+                if (v[5] > '1')
+                    return METRICS_PARSE_VERSION;
+                r->minor = v[7] - '0';
+                state = AT_FIELD;
+            } else if (c == '\n' || k == 8 ||
+                       (version[k] == '9' ? c < '0' || c > '9' : c != version[k])) {
+                return METRICS_PARSE_BAD;
+            }
+            k++;
+            break;
+        case AT_FIELD:           /* a field line, or the empty line that ends the head */
+            if (c == '\n' && (r->minor == 0 || has_host)) {   /* RFC 9112 3.2 */
+                r->head_len = i + 1;
+                return METRICS_PARSE_OK;
+            }
+            /* no white space first: that would be obs-fold, which RFC 9112 lets a server
+             * refuse */
+            if (!is_tchar(c))
+                return METRICS_PARSE_BAD;
+            name = i;
+            state = IN_NAME;
+            break;
+        case IN_NAME:            /* and a colon right after it */
+            if (c != ':' && !is_tchar(c))
+                return METRICS_PARSE_BAD;
+            has_host |= c == ':' && i - name == 4 && strncasecmp(buf + name, "host", 4) == 0;
+            state = c == ':' ? IN_VALUE : IN_NAME;
+            break;
+        case IN_VALUE:
+            if (c == '\0')
+                return METRICS_PARSE_BAD;
+            state = c == '\n' ? AT_FIELD : IN_VALUE;
+            break;
+        }
     }
-    if (rc == 0)                 /* a CR at the end: its LF is on its way */
-        return parse_request_line(buf + pos, len - pos - (len > pos && buf[len - 1] == '\r'), 0,
-                                  r);
-    if (rc < 0 || end == pos)
-        return METRICS_PARSE_BAD;
-    if ((rc = parse_request_line(buf + pos, end - pos, 1, r)) != METRICS_PARSE_OK)
-        return rc;
-    /* Header lines: a name, a colon, a value without NUL. No leading white space: that
-     * would be obs-fold, which RFC 9112 lets a server refuse. */
-    for (pos = next; (rc = next_line(buf, len, pos, &end, &next)) == 1 && end > pos; pos = next) {
-        name = token_len(buf + pos, end - pos);
-        if (name == 0 || name == end - pos || buf[pos + name] != ':' ||
-            memchr(buf + pos, '\0', end - pos))
-            return METRICS_PARSE_BAD;
-        has_host |= name == 4 && strncasecmp(buf + pos, "host", 4) == 0;
-    }
-    if (rc <= 0)
-        return rc == 0 ? METRICS_PARSE_INCOMPLETE : METRICS_PARSE_BAD;
-    if (r->minor >= 1 && !has_host)  /* RFC 9112 3.2 */
-        return METRICS_PARSE_BAD;
-    r->head_len = next;
-    return METRICS_PARSE_OK;
+    return METRICS_PARSE_INCOMPLETE;
 }
 
 /* ----------------------------------------------------------------------- answering ----- */
-
-struct answer {
-    int status;
-    const char *phrase;
-    const char *body;            /* NUL-terminated */
-};
-
-/* Status line, headers (Allow with 405, as RFC 9110 asks), and the body unless head_only:
- * HEAD gets the headers GET would have, Content-Length included. type NULL: plain text. */
-static char *answer_build(const struct answer *a, const char *type, int head_only,
-                          size_t *out_len)
-{
-    size_t body = strlen(a->body);
-    char head[512];
-    int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-                     "Content-Length: %zu\r\nCache-Control: no-store\r\n%sConnection: close"
-                     "\r\n\r\n", a->status, a->phrase, type ? type : "text/plain; charset=utf-8",
-                     body, a->status == 405 ? "Allow: GET, HEAD\r\n" : "");
-    char *out;
-
-    if (head_only)
-        body = 0;
-    if (!(out = malloc((size_t)n + body + 1)))
-        return NULL;
-    memcpy(out, head, (size_t)n);
-    memcpy(out + n, a->body, body);
-    *out_len = (size_t)n + body;
-    out[*out_len] = '\0';
-    return out;
-}
 
 static int is(const char *s, size_t len, const char *want)
 {
@@ -530,39 +454,58 @@ static int is(const char *s, size_t len, const char *want)
 char *metrics_respond(const struct metrics *m, const char *buf, size_t len, int too_large,
                       int64_t now_ms, size_t *out_len, int *status)
 {
-    static const struct answer bad = { 400, "Bad Request", "bad request\n" },
-        large = { 431, "Request Header Fields Too Large", "request head too large\n" },
-        version = { 505, "HTTP Version Not Supported", "HTTP/1.x only\n" },
-        not_found = { 404, "Not Found", "not found: try /metrics or /healthz\n" },
-        not_allowed = { 405, "Method Not Allowed", "method not allowed: GET or HEAD\n" };
+    static const struct answer {
+        int status;
+        const char *phrase, *body;   /* body NULL: made here */
+    } answers[] = {
+        { 200, "OK", NULL },
+        { 400, "Bad Request", "bad request\n" },
+        { 404, "Not Found", "not found: try /metrics or /healthz\n" },
+        { 405, "Method Not Allowed", "method not allowed: GET or HEAD\n" },
+        { 431, "Request Header Fields Too Large", "request head too large\n" },
+        { 503, "Service Unavailable", NULL },
+        { 505, "HTTP Version Not Supported", "HTTP/1.x only\n" },
+    };
+    const struct answer *a = answers;
     struct metrics_request r;
     enum metrics_parse p = too_large ? METRICS_PARSE_BAD : metrics_parse_request(buf, len, &r);
-    /* garbage, or a head that ended early: 400 */
-    struct answer a = too_large ? large : p == METRICS_PARSE_VERSION ? version : bad;
-    char reason[256], text[300], *body = NULL, *out;
-    const char *type = NULL;
     int head = p == METRICS_PARSE_OK && is(r.method, r.method_len, "HEAD");
+    int health = p == METRICS_PARSE_OK && is(r.path, r.path_len, "/healthz"), code;
+    const char *type = "text/plain; charset=utf-8", *body;
+    char reason[256], text[300], *rendered = NULL, *out;
+    size_t cap;
 
-    if (p == METRICS_PARSE_OK) {
-        if (!is(r.path, r.path_len, "/metrics") && !is(r.path, r.path_len, "/healthz")) {
-            a = not_found;
-        } else if (!head && !is(r.method, r.method_len, "GET")) {
-            a = not_allowed;
-        } else if (is(r.path, r.path_len, "/healthz")) {
-            int sick = metrics_health(m, now_ms, reason, sizeof reason) < 0;
-            snprintf(text, sizeof text, sick ? "unhealthy: %s\n" : "%s\n", reason);
-            a = (struct answer){ sick ? 503 : 200, sick ? "Service Unavailable" : "OK", text };
-        } else {
-            if (!(body = render_text(m)))
-                return NULL;
-            a = (struct answer){ 200, "OK", body };
-            type = "text/plain; version=0.0.4; charset=utf-8";
-        }
+    if (p != METRICS_PARSE_OK) {
+        /* garbage, or a head that ended early: 400 */
+        code = too_large ? 431 : p == METRICS_PARSE_VERSION ? 505 : 400;
+    } else if (!health && !is(r.path, r.path_len, "/metrics")) {
+        code = 404;
+    } else if (!head && !is(r.method, r.method_len, "GET")) {
+        code = 405;
+    } else if (health) {
+        code = metrics_health(m, now_ms, reason, sizeof reason) < 0 ? 503 : 200;
+        snprintf(text, sizeof text, code == 503 ? "unhealthy: %s\n" : "%s\n", reason);
+    } else if (!(rendered = metrics_render(m, &cap))) {
+        return NULL;
+    } else {
+        code = 200;
+        type = "text/plain; version=0.0.4; charset=utf-8";
     }
-    out = answer_build(&a, type, head, out_len);
-    free(body);
+    while (a->status != code)
+        a++;
+    body = a->body ? a->body : rendered ? rendered : text;
+    /* HEAD gets the headers GET would have, Content-Length included; Allow with 405, as
+     * RFC 9110 asks */
+    cap = strlen(body) + 512;
+    if ((out = malloc(cap)))
+        *out_len = (size_t)snprintf(out, cap, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                                    "Content-Length: %zu\r\nCache-Control: no-store\r\n%s"
+                                    "Connection: close\r\n\r\n%s", code, a->phrase, type,
+                                    strlen(body), code == 405 ? "Allow: GET, HEAD\r\n" : "",
+                                    head ? "" : body);
+    free(rendered);
     if (status)
-        *status = out ? a.status : 0;
+        *status = out ? code : 0;
     return out;
 }
 
@@ -591,21 +534,16 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
         return addr_bad(e, s, "host too long");
     memcpy(host, s, hl);
     host[hl] = '\0';
-    if (hl == 0) {
-        a->family = AF_UNSPEC;
-    } else if (host[0] == '[' && host[hl - 1] == ']') {
+    a->family = hl == 0 ? AF_UNSPEC : host[0] == '[' ? AF_INET6 : AF_INET;
+    if (a->family == AF_INET6 && host[hl - 1] == ']') {
         host[hl - 1] = '\0';
-        a->family = AF_INET6;
         if (inet_pton(AF_INET6, host + 1, a->ip) != 1)
             return addr_bad(e, s, "not an IPv6 address in brackets");
-    } else if (strchr(host, ':')) {
+    } else if (a->family == AF_INET6 || strchr(host, ':')) {
         return addr_bad(e, s, "an IPv6 address goes in brackets, e.g. [::1]:9090");
     } else if (strcmp(host, "localhost") == 0) {
-        a->family = AF_INET;
         memcpy(a->ip, "\x7f\0\0\x01", 4);
-    } else if (inet_pton(AF_INET, host, a->ip) == 1) {
-        a->family = AF_INET;
-    } else {
+    } else if (hl && inet_pton(AF_INET, host, a->ip) != 1) {
         return addr_bad(e, s, "the host must be an IP address, localhost, or empty for every "
                         "interface");
     }
@@ -626,12 +564,6 @@ struct metrics_server {
     size_t nthreads;
     pthread_t thread[METRICS_MAX_CONNECTIONS];
 };
-
-/* errno after a failed non-blocking call says: try again when poll says so. */
-static int again(void)
-{
-    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-}
 
 /* Waits until fd can do events or deadline (mono_ms) passes: 1 ready, 0 out of time, -1
  * stopping. */
@@ -661,10 +593,10 @@ static size_t conn_read(const struct metrics_server *s, int fd, char *in, int *t
     int ready;
 
     while ((ready = conn_wait(s, fd, POLLIN, deadline)) > 0) {
-        if ((n = recv(fd, in + len, METRICS_HEAD_MAX - len, MSG_DONTWAIT)) < 0 && again())
-            continue;
-        if (n <= 0)
-            return 0;            /* closed or broken before a whole request: no one to answer */
+        /* closed or broken before a whole request: no one to answer (the threads block
+         * every signal, so no EINTR; poll said there is something to read) */
+        if ((n = recv(fd, in + len, METRICS_HEAD_MAX - len, MSG_DONTWAIT)) <= 0)
+            return 0;
         len += (size_t)n;
         *too_large = metrics_parse_request(in, len, &r) == METRICS_PARSE_INCOMPLETE;
         if (!*too_large || len == METRICS_HEAD_MAX)
@@ -679,46 +611,37 @@ static size_t conn_read(const struct metrics_server *s, int fd, char *in, int *t
     return 0;
 }
 
-/* Sends the answer within METRICS_WRITE_TIMEOUT_MS. All of it sent: says so (FIN), then
- * reads until the client closes, so that the kernel does not answer bytes it still sends
- * (a body, a pipelined request) with a reset that could destroy the answer before the
- * client read it. */
-static void conn_write(const struct metrics_server *s, int fd, const char *out, size_t len,
-                       char *scratch)
-{
-    int64_t deadline = mono_ms(NULL) + METRICS_WRITE_TIMEOUT_MS;
-    ssize_t n;
-
-    for (size_t sent = 0; sent < len; sent += (size_t)n)
-        if (conn_wait(s, fd, POLLOUT, deadline) <= 0 ||
-            (n = send(fd, out + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT)) <= 0)
-            return;
-    shutdown(fd, SHUT_WR);
-    deadline = mono_ms(NULL) + DRAIN_MS;
-    while (conn_wait(s, fd, POLLIN, deadline) > 0 &&
-           recv(fd, scratch, METRICS_HEAD_MAX, MSG_DONTWAIT) > 0)
-        ;
-}
-
-/* One connection, from its head to its close. */
+/* One connection, from its head to its close. All of the answer sent within
+ * METRICS_WRITE_TIMEOUT_MS: says so (FIN), then reads until the client closes, so that the
+ * kernel does not answer bytes it still sends (a body, a pipelined request) with a reset
+ * that could destroy the answer before the client read it. */
 static void conn_serve(const struct metrics_server *s, int fd)
 {
     const struct metrics *m = s->m;
-    char in[METRICS_HEAD_MAX], *out;
-    size_t len, out_len;
+    char in[METRICS_HEAD_MAX], *out = NULL;
+    size_t len, out_len = 0, sent = 0;
     int too_large = 0, status = 0;
+    int64_t deadline;
+    ssize_t n = 0;
 
-    if ((len = conn_read(s, fd, in, &too_large)) > 0) {
-        out = metrics_respond(m, in, len, too_large, m->clock_ms(m->clock_ctx), &out_len,
-                              &status);
-        if (out) {
-            log_debug("metrics: answered %d", status);
-            conn_write(s, fd, out, out_len, in);
-        } else {
-            log_warn("metrics: out of memory for an answer");
-        }
-        free(out);
+    if ((len = conn_read(s, fd, in, &too_large)) > 0 &&
+        !(out = metrics_respond(m, in, len, too_large, m->clock_ms(m->clock_ctx), &out_len,
+                                &status)))
+        log_warn("metrics: out of memory for an answer");
+    if (out)
+        log_debug("metrics: answered %d", status);
+    deadline = mono_ms(NULL) + METRICS_WRITE_TIMEOUT_MS;
+    for (; sent < out_len; sent += (size_t)n)
+        if (conn_wait(s, fd, POLLOUT, deadline) <= 0 ||
+            (n = send(fd, out + sent, out_len - sent, MSG_NOSIGNAL | MSG_DONTWAIT)) <= 0)
+            break;
+    if (out && sent == out_len) {
+        shutdown(fd, SHUT_WR);
+        deadline = mono_ms(NULL) + DRAIN_MS;
+        while (conn_wait(s, fd, POLLIN, deadline) > 0 && recv(fd, in, sizeof in, MSG_DONTWAIT) > 0)
+            ;
     }
+    free(out);
     close(fd);
 }
 
@@ -729,54 +652,38 @@ static void *server_main(void *arg)
                            { .fd = s->listen_fd, .events = POLLIN } };
     int fd;
 
-    for (;;) {
-        if (poll(p, 2, -1) < 0) {
-            log_error("metrics: poll: %s; a metrics server thread stops", strerror(errno));
-            break;
-        }
-        if (p[0].revents)
-            break;
+    while (poll(p, 2, -1) >= 0 && !p[0].revents) {
         /* Every idle thread wakes for a connection; those that lose the race get EAGAIN. */
         if ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
             conn_serve(s, fd);
-            continue;
-        }
-        /* Out of descriptors or memory: the pending connection would wake poll at once,
-         * over and over, so accepting pauses a moment instead. */
-        if (!again() && errno != ECONNABORTED && errno != EPROTO) {
+        } else if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO) {
+            /* Out of descriptors or memory: the pending connection would wake poll at
+             * once, over and over, so accepting pauses a moment instead. */
             log_warn("metrics: accept: %s", strerror(errno));
             poll(p, 1, ACCEPT_PAUSE_MS);
         }
     }
+    if (!p[0].revents)
+        log_error("metrics: poll: %s; a metrics server thread stops", strerror(errno));
     return NULL;
-}
-
-static const char *bind_problem(int err)
-{
-    switch (err) {
-    case EADDRINUSE:
-        return "the port is already in use (another lambdo, or another program?)";
-    case EACCES:
-        return "permission denied (ports below 1024 need privileges)";
-    case EADDRNOTAVAIL:
-        return "not an address of this machine";
-    default:
-        return strerror(err);
-    }
 }
 
 /* A listening socket on a's port, or -1 with errno set. family AF_INET6 with a->family
  * AF_UNSPEC is the IPv6 wildcard taking IPv4 too. */
-static int listen_on(const struct metrics_addr *a, int family)
+static int listen_on(struct metrics_server *s, const struct metrics_addr *a, int family)
 {
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)a->port) };
-    struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6, .sin6_port = sin.sin_port };
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;   /* sin_port and sin6_port are at the same place */
+        struct sockaddr_in6 in6;
+    } sa = { .in6 = { .sin6_family = (sa_family_t)family, .sin6_port = htons((uint16_t)a->port) } };
+    socklen_t sl = family == AF_INET ? sizeof sa.in : sizeof sa.in6;
     int fd, one = 1, v6only = a->family == AF_INET6, saved;
 
     if (a->family == AF_INET)
-        memcpy(&sin.sin_addr, a->ip, 4);     /* else INADDR_ANY */
+        memcpy(&sa.in.sin_addr, a->ip, 4);     /* else INADDR_ANY */
     if (a->family == AF_INET6)
-        memcpy(&sin6.sin6_addr, a->ip, 16);  /* else in6addr_any */
+        memcpy(&sa.in6.sin6_addr, a->ip, 16);  /* else in6addr_any */
     if ((fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
         return -1;
     /* SO_REUSEADDR: a restart does not wait for TIME_WAIT; a port someone listens on
@@ -784,37 +691,15 @@ static int listen_on(const struct metrics_addr *a, int family)
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         (family == AF_INET6 &&
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) ||
-        (family == AF_INET ? bind(fd, (struct sockaddr *)&sin, sizeof sin)
-                           : bind(fd, (struct sockaddr *)&sin6, sizeof sin6)) < 0 ||
-        listen(fd, LISTEN_BACKLOG) < 0) {
+        bind(fd, &sa.sa, sl) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
+        getsockname(fd, &sa.sa, &sl) < 0) {
         saved = errno;
         close(fd);
         errno = saved;
         return -1;
     }
-    return fd;
-}
-
-static int server_listen(struct metrics_server *s, const struct metrics_addr *a,
-                         const char *text, struct lerr *e)
-{
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    int fd = listen_on(a, a->family == AF_INET ? AF_INET : AF_INET6);
-
-    if (fd < 0 && a->family == AF_UNSPEC &&
-        (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL))
-        fd = listen_on(a, AF_INET);  /* no IPv6 here: every IPv4 interface, then */
-    if (fd < 0)
-        return lerr_set(e, LERR_IO, "metrics address %s: cannot listen: %s", text,
-                        bind_problem(errno));
-    s->listen_fd = fd;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
-        return lerr_set(e, LERR_IO, "metrics address %s: getsockname: %s", text,
-                        strerror(errno));
-    s->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                            : ((struct sockaddr_in6 *)&ss)->sin6_port);
-    return 0;
+    s->port = ntohs(sa.in.sin_port);
+    return s->listen_fd = fd;
 }
 
 /* Stops the threads started (every one wakes at once), then closes the sockets. */
@@ -859,6 +744,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
 {
     struct metrics_addr a;
     struct metrics_server *s;
+    int family;
 
     if (m->server)
         return lerr_set(e, LERR_INVALID, "metrics: already serving");
@@ -868,7 +754,18 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "metrics: out of memory");
     s->m = m;
     s->listen_fd = s->stop_fd = -1;
-    if (server_listen(s, &a, addr, e) < 0 || server_start(s, e) < 0) {
+    family = a.family == AF_INET ? AF_INET : AF_INET6;
+    if (listen_on(s, &a, family) < 0 && family == AF_INET6 && a.family == AF_UNSPEC &&
+        (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL))
+        listen_on(s, &a, AF_INET);  /* no IPv6 here: every IPv4 interface, then */
+    if (s->listen_fd < 0) {
+        lerr_set(e, LERR_IO, "metrics address %s: cannot listen: %s", addr,
+                 errno == EADDRINUSE ? "the port is already in use (another lambdo, or another "
+                                       "program?)"
+                 : errno == EACCES ? "permission denied (ports below 1024 need privileges)"
+                 : errno == EADDRNOTAVAIL ? "not an address of this machine" : strerror(errno));
+    }
+    if (s->listen_fd < 0 || server_start(s, e) < 0) {
         server_free(s);
         return -1;
     }

@@ -93,9 +93,8 @@ struct metrics {
     char version[64];
     char regions[METRICS_MAX_REGIONS + 1][METRICS_NAME_MAX]; /* then "other" */
     size_t nregions;                            /* "other" not counted */
-    atomic_uint_fast64_t counter[METRICS_NCOUNTERS];
+    atomic_uint_fast64_t counter[METRICS_NCOUNTERS + 1];   /* then in flight, an int64_t */
     atomic_uint_fast64_t by_region[METRICS_NREGION_COUNTERS][METRICS_MAX_REGIONS + 1];
-    atomic_int_fast64_t in_flight;
     /* [METRICS_MAX_OPERATIONS] is "other", the overflow */
     struct metrics_series hist[METRICS_NHISTS][METRICS_MAX_OPERATIONS + 1];
 
@@ -168,10 +167,10 @@ int metrics_health(const struct metrics *m, int64_t now_ms, char *reason, size_t
 
 /* ---- rendering and answering (pure) ---------------------------------------------------- */
 
-/* The exposition text into buf, NUL-terminated. Returns its length, or -1 if it does not
- * fit in cap (3 to 8 KiB in practice; about 53 KiB with every label slot used and
- * every name as long as allowed). */
-int metrics_render(const struct metrics *m, char *buf, size_t cap);
+/* The exposition text in a new NUL-terminated buffer (free()), its length in *len; NULL when
+ * out of memory. 3 to 8 KiB in practice; about 53 KiB with every label slot used and every
+ * name as long as allowed. */
+char *metrics_render(const struct metrics *m, size_t *len);
 
 enum metrics_parse {
     METRICS_PARSE_OK,          /* a complete request head */

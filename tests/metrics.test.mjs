@@ -57,6 +57,11 @@ async function startTool(args) {
     proc,
     port: Number(m[1]),
     stderr: () => err,
+    // sends one line, resolves with the tool's answer
+    async ask(c) {
+      proc.stdin.write(`${c}\n`);
+      return nextLine();
+    },
     async cmd(...cmds) {
       for (const c of cmds) {
         proc.stdin.write(`${c}\n`);
@@ -210,6 +215,9 @@ describe('metrics', () => {
       }
       assert.equal(s.get('lambdo_fly_rate_limited_total'), 0);
       assert.equal(s.get('lambdo_machines_in_flight'), 0);
+      // the tool itself: a counter it has no name for is refused, not a crash
+      assert.equal(await t.ask('count pool_idle 1'), 'error: unknown command');
+      assert.equal((await request(t.port, '/healthz')).status, 200);
     });
   });
 

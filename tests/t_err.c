@@ -52,6 +52,15 @@ static void test_wrap_cut(void **state)
 
 static void test_kind_names(void **state)
 {
+    static const char *const names[] = {
+        "none", "nomem", "invalid", "io", "dns", "refused", "connect", "timeout", "closed",
+        "tls-untrusted", "tls-name", "tls-alert", "tls", "malformed", "too-large", "cancelled",
+        "http",
+    };
+
+    /* every kind, in the enum's order */
+    for (int k = LERR_NONE; k <= LERR_HTTP; k++)
+        assert_string_equal(lerr_kind_name((enum lerr_kind)k), names[k]);
     assert_string_equal(lerr_kind_name(LERR_NONE), "none");
     assert_string_equal(lerr_kind_name(LERR_TLS_UNTRUSTED), "tls-untrusted");
     assert_string_equal(lerr_kind_name(LERR_HTTP), "http");

@@ -60,7 +60,7 @@ static int counter_named(const char *name, enum metrics_counter *c)
     };
 
     for (int i = 0; i < METRICS_NCOUNTERS; i++)
-        if (strcmp(name, names[i]) == 0) {
+        if (names[i] && strcmp(name, names[i]) == 0) {
             *c = (enum metrics_counter)i;
             return 0;
         }
