@@ -19,6 +19,7 @@
 #include "http.h"
 #include "httpresp.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "text.h"
 
 #define XML_MAX_DEPTH 16
@@ -938,13 +939,6 @@ static int creds_is_socket(const char *path)
 
 #define FLY_SOCKET_TIMEOUT_MS 10000  /* the socket is local: 10 s means it is stuck */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A web identity token (from the file or the Fly socket), trimmed, into a fresh heap
  * string to be wiped and freed. Returns 0, 1 when it is not a usable token, or -1. */
 static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e)
@@ -962,51 +956,48 @@ static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e
 /* Sends the request and reads the answer until it is complete or the server closes. The
  * whole exchange has FLY_SOCKET_TIMEOUT_MS: each read waits only for what is left of it, so
  * that an answer trickled a byte at a time cannot hold the credentials (and a shutdown)
- * for hours. */
-static int fly_exchange(int fd, const char *path, char *buf, struct httpresp_head *h,
-                        char *body, size_t *body_len, struct lerr *e)
+ * for hours. The caller's message names the socket. */
+static int fly_exchange(int fd, char *buf, struct httpresp_head *h, char *body,
+                        size_t *body_len, struct lerr *e)
 {
-    int64_t deadline = mono_ms() + FLY_SOCKET_TIMEOUT_MS;
+    int64_t deadline = ratelimit_now_ns() / 1000000 + FLY_SOCKET_TIMEOUT_MS;
     size_t len = 0;
-    ssize_t sent;
-    int eof = 0;
+    ssize_t n;
+    int rc = HTTPRESP_INCOMPLETE;
+    char text[121];
 
-
-    while ((sent = send(fd, fly_request, sizeof fly_request - 1, MSG_NOSIGNAL)) < 0 &&
+    while ((n = send(fd, fly_request, sizeof fly_request - 1, MSG_NOSIGNAL)) < 0 &&
            errno == EINTR)
         continue;
-    if (sent != (ssize_t)sizeof fly_request - 1)  /* 170 bytes: all of them, or an error */
-        return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO,
-                        "Fly API socket %s: send: %s", path, sent < 0 ? strerror(errno)
-                                                                      : "short write");
-    while (!eof) {
-        int64_t left = deadline - mono_ms();
+    if (n != (ssize_t)sizeof fly_request - 1)  /* 170 bytes: all of them, or an error */
+        return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO, "send: %s",
+                        n < 0 ? strerror(errno) : "short write");
+    while (rc == HTTPRESP_INCOMPLETE) {
+        int64_t left = deadline - ratelimit_now_ns() / 1000000;
         struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
-        ssize_t n = -1;
-        int rc;
 
         if (len == FLY_ANSWER_MAX)
-            return lerr_set(e, LERR_TOO_LARGE, "Fly API socket %s: answer larger than %d bytes",
-                            path, FLY_ANSWER_MAX);
+            return lerr_set(e, LERR_TOO_LARGE, "answer larger than %d bytes", FLY_ANSWER_MAX);
+        n = -1;
         errno = EAGAIN;  /* no time left is the timeout it is */
         if (left > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
             n = recv(fd, buf + len, FLY_ANSWER_MAX - len, 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return lerr_set(e, LERR_TIMEOUT, "Fly API socket %s: no complete answer within 10 s",
-                            path);
         if (n < 0)
-            return lerr_set(e, LERR_IO, "Fly API socket %s: %s", path, strerror(errno));
-        eof = n == 0;
+            return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO, "%s",
+                            errno == EAGAIN ? "no complete answer within 10 s" : strerror(errno));
         len += (size_t)n;
-        rc = httpresp_parse(buf, len, 0, eof, h, body, FLY_ANSWER_MAX, body_len, e);
-        if (rc > 0)
-            return 0;
-        if (rc == HTTPRESP_ERROR)
-            return lerr_wrap(e, "Fly API socket %s", path);
+        rc = httpresp_parse(buf, len, 0, n == 0, h, body, FLY_ANSWER_MAX, body_len, e);
+        if (rc == HTTPRESP_INCOMPLETE && n == 0)
+            return lerr_set(e, LERR_CLOSED, "closed before a complete answer");
     }
-    return lerr_set(e, LERR_CLOSED, "Fly API socket %s: closed before a complete answer", path);
+    if (rc > 0 && h->status != 200) {
+        sts_copy_text(text, sizeof text, body, *body_len);
+        return lerr_set(e, LERR_HTTP, "POST /v1/tokens/oidc answered HTTP %d: %s", h->status,
+                        text);
+    }
+    return rc < 0 ? -1 : 0;
 }
 
 /* A fresh OIDC token (heap, to be wiped and freed) from POST /v1/tokens/oidc. */
@@ -1014,38 +1005,27 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
-    char *buf = malloc(2 * FLY_ANSWER_MAX), text[121];
+    char *buf = malloc(2 * FLY_ANSWER_MAX);
     struct httpresp_head h;
     size_t blen = 0;
-    int fd = -1, rc = -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = -1;
 
-    if (!buf)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
     memcpy(sa.sun_path, path, strlen(path) + 1);
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
-        lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
-        goto done;
+    if (!buf || fd < 0) {
+        lerr_set(e, buf ? LERR_IO : LERR_NOMEM, "socket: %s", buf ? strerror(errno)
+                                                                   : "out of memory");
+    } else if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
+               connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT, "connect: %s",
+                 strerror(errno));
+    } else if (fly_exchange(fd, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) == 0 &&
+               (rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
+        rc = lerr_set(e, LERR_MALFORMED, "the answer is not a token");
     }
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* reads: fly_exchange */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
-                 "Fly API socket %s: connect: %s", path, strerror(errno));
-        goto done;
-    }
-    if (fly_exchange(fd, path, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) < 0)
-        goto done;
-    if (h.status != 200) {
-        sts_copy_text(text, sizeof text, buf + FLY_ANSWER_MAX, blen);
-        lerr_set(e, LERR_HTTP, "Fly API socket %s: POST /v1/tokens/oidc answered HTTP %d: %s",
-                 path, h.status, text);
-    } else if ((rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
-        rc = lerr_set(e, LERR_MALFORMED, "Fly API socket %s: the answer is not a token", path);
-    }
-done:
     if (fd >= 0)
         close(fd);
     creds_wipe_free(buf, 2 * FLY_ANSWER_MAX);
-    return rc;
+    return rc < 0 ? lerr_wrap(e, "Fly API socket %s", path) : 0;
 }
 
 /* ======================================================================================
