@@ -642,25 +642,20 @@ static int xml_document(struct xml *x, struct lerr *e)
 
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
 {
-    struct xml *x = calloc(1, sizeof *x);
+    struct xml x = { .b = xml, .len = len, .out = out };  /* 9 KB: fine on any stack here */
     unsigned missing;
     int rc = -1;
 
     memset(out, 0, sizeof *out);
-    if (!x)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    x->b = xml;
-    x->len = len;
-    x->out = out;
-    if (xml_document(x, e) == 0) {
-        missing = (out->is_error ? 1u << F_CODE : (1u << (F_EXPIRATION + 1)) - 1) & ~x->seen;
+    if (xml_document(&x, e) == 0) {
+        missing = (out->is_error ? 1u << F_CODE : (1u << (F_EXPIRATION + 1)) - 1) & ~x.seen;
         if (missing)
             lerr_set(e, LERR_MALFORMED, "no <%s>",
                      strrchr(sts_fields[__builtin_ctz(missing)].path, '/') + 1);
         else
             rc = 0;
     }
-    creds_wipe_free(x, sizeof *x);
+    explicit_bzero(&x, sizeof x);
     if (rc < 0)
         creds_snapshot_wipe(&out->creds);
     return rc;
