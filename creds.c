@@ -110,7 +110,8 @@ static void creds_wipe_free(void *buf, size_t len)
 
 void creds_snapshot_wipe(struct creds_snapshot *s)
 {
-    explicit_bzero(s, sizeof *s);
+    explicit_bzero(s, offsetof(struct creds_snapshot, session_token) +
+                          strnlen(s->session_token, sizeof s->session_token));
 }
 
 void creds_sigv4(const struct creds_snapshot *s, struct sigv4_credentials *out)
@@ -1308,8 +1309,9 @@ int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr 
             creds_refresh(p);
         }
     }
-    if (rc == 0)
-        *out = p->cur;
+    if (rc == 0)  /* up to the token's NUL (creds.h) */
+        memcpy(out, &p->cur, offsetof(struct creds_snapshot, session_token) +
+                                 strlen(p->cur.session_token) + 1);
     pthread_mutex_unlock(&p->mu);
     return rc;
 }

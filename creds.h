@@ -69,12 +69,15 @@
 #define CREDS_TOKEN_EXP_MARGIN_S 60   /* a web identity token this close to its exp is
                                          replaced from the Fly socket when there is one */
 
-/* One copy of the credentials, owned by the caller. Wipe it with creds_snapshot_wipe. */
+/* One copy of the credentials, owned by the caller. Wipe it with creds_snapshot_wipe.
+ * The session token comes last: creds_get copies, and creds_snapshot_wipe wipes, up to its
+ * NUL (most of its 8 KB is unused, and every SQS request takes a copy); every writer
+ * leaves only zeros or nothing at all past it. */
 struct creds_snapshot {
     char access_key_id[CREDS_KEY_ID_MAX];
     char secret_access_key[CREDS_SECRET_MAX];
-    char session_token[CREDS_TOKEN_MAX];  /* "" when there is none */
     int64_t expiration;                   /* Unix time; 0: does not expire */
+    char session_token[CREDS_TOKEN_MAX];  /* "" when there is none */
 };
 
 /* For the tests: a clock (Unix seconds) and a replacement for the STS exchange, which
