@@ -1169,7 +1169,8 @@ static int64_t creds_now(const struct creds_provider *p)
  * or expired and the Fly socket can give a fresh one. */
 static int wi_token(const struct creds_provider *p, int64_t now, char **tok, struct lerr *e)
 {
-    char why[128] = "does not exist", *buf = NULL, t[80];
+    const char *why = "does not exist";
+    char *buf = NULL, t[80] = "";
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
@@ -1179,26 +1180,24 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     if (p->token_file[0] &&
         (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
         return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
-    if (rc == 0) {
-        rc = creds_token_dup(buf, len, tok, e);
-        creds_wipe_free(buf, len);
-        if (rc == 0 && creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
-            exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
-            creds_fmt_time(exp, t);
-            snprintf(why, sizeof why, "holds a token that expired at %s", t);
-            creds_wipe_free(*tok, strlen(*tok));
-            *tok = NULL;
-        } else if (rc > 0) {
-            snprintf(why, sizeof why, "holds no usable token");
-        } else {
-            return rc;  /* -1, or 0: a valid JWT, or something STS will judge */
-        }
+    if (rc == 0 && (rc = creds_token_dup(buf, len, tok, e)) > 0)
+        why = "holds no usable token";
+    creds_wipe_free(buf, len);
+    if (rc == 0 && creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
+        exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
+        why = "holds a token that expired at ";
+        creds_fmt_time(exp, t);
+        creds_wipe_free(*tok, strlen(*tok));
+        *tok = NULL;
+        rc = 1;
     }
+    if (rc <= 0)
+        return rc;  /* -1, or 0: a valid JWT, or something STS will judge */
     if (creds_is_socket(p->fly_socket))
         return fly_token(p->fly_socket, tok, e);
     if (p->token_file[0])
-        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE %s %s, and there is no "
-                        "Fly API socket at %s to get a fresh token", p->token_file, why,
+        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE %s %s%s, and there is no "
+                        "Fly API socket at %s to get a fresh token", p->token_file, why, t,
                         p->fly_socket);
     return lerr_set(e, LERR_INVALID, "no Fly API socket at %s to get a web identity token",
                     p->fly_socket);
