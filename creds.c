@@ -1472,21 +1472,19 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
 
 int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, struct lerr *e)
 {
-    struct creds_files *f = calloc(1, sizeof *f);
+    struct creds_files f = { .profile_set = 0 };  /* 25 KB: configuration runs at start-up */
     int rc = 0;
 
-    if (!f)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    if (creds_files_prepare(get, ctx, f, e) < 0) {
+    if (creds_files_prepare(get, ctx, &f, e) < 0) {
         rc = -1;
-    } else if (f->conf_error.kind) {
-        *e = f->conf_error;
+    } else if (f.conf_error.kind) {
+        *e = f.conf_error;
         rc = -1;
-    } else if (f->pr[1].have & CREDS_HAVE_REGION) {
-        rc = creds_copy(out, cap, f->pr[1].region) ? 1
-                                                   : lerr_set(e, LERR_INVALID, "region too long");
+    } else if (f.pr[1].have & CREDS_HAVE_REGION) {
+        rc = creds_copy(out, cap, f.pr[1].region) ? 1
+                                                  : lerr_set(e, LERR_INVALID, "region too long");
     }
-    creds_wipe_free(f, sizeof *f);
+    explicit_bzero(&f, sizeof f);
     return rc;
 }
 
@@ -1496,31 +1494,30 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
 {
     const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
     const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
-    struct creds_files *f = calloc(1, sizeof *f);
+    const char *role = creds_env(get, ctx, "AWS_ROLE_ARN");
+    struct creds_files f = { .profile_set = 0 };  /* 25 KB: creds_init runs at start-up */
     int rc;
 
     memset(p, 0, sizeof *p);
-    if (!f)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
     if (hooks)
         p->hooks = *hooks;
     p->anchors = anchors;
-    if ((rc = creds_files_prepare(get, ctx, f, e)) < 0)
+    if ((rc = creds_files_prepare(get, ctx, &f, e)) < 0)
         goto done;
     if (key || secret)
         rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
-    else if (creds_env(get, ctx, "AWS_ROLE_ARN"))
-        rc = creds_web_identity(p, get, ctx, creds_env(get, ctx, "AWS_ROLE_ARN"),
-                                region && *region ? region : f->pr[1].region, e);
+    else if (role)
+        rc = creds_web_identity(p, get, ctx, role, region && *region ? region : f.pr[1].region,
+                                e);
     else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
         rc = lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
                       "is not");
     else
-        rc = creds_from_files(p, f, e);  /* fails when the config file did */
-    if (rc == 0 && f->conf_error.kind)
-        log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
+        rc = creds_from_files(p, &f, e);  /* fails when the config file did */
+    if (rc == 0 && f.conf_error.kind)
+        log_warn("AWS config file ignored (its region is not used): %s", f.conf_error.msg);
 done:
-    creds_wipe_free(f, sizeof *f);
+    explicit_bzero(&f, sizeof f);
     if (rc < 0) {
         explicit_bzero(p, sizeof *p);
         return -1;
