@@ -455,10 +455,9 @@ static int xml_attributes(struct xml *x, struct lerr *e)
             return xml_bad(x, e, "truncated start tag");
         if (x->b[x->i] == '>' || x->b[x->i] == '/')
             return 0;
-        if (!space)
-            return xml_bad(x, e, "expected whitespace before an attribute");
-        if (n == 0 || nseen == sizeof seen / sizeof seen[0])
-            return xml_bad(x, e, n ? "too many attributes" : "expected a name");
+        if (!space || n == 0 || nseen == sizeof seen / sizeof seen[0])
+            return xml_bad(x, e, !space ? "expected whitespace before an attribute"
+                                 : n ? "too many attributes" : "expected a name");
         for (size_t k = 0; k < nseen; k++)
             if (seen[k][1] == n && memcmp(x->b + seen[k][0], x->b + x->i, n) == 0)
                 return xml_bad(x, e, "repeated attribute");
