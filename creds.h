@@ -82,12 +82,10 @@ struct creds_snapshot {
 
 /* For the tests: a clock (Unix seconds) and a replacement for the STS exchange, which
  * gets the web identity token as read from the file or the Fly socket. */
-typedef int64_t (*creds_clock_fn)(void *ctx);
-typedef int (*creds_exchange_fn)(void *ctx, const char *web_token, struct creds_snapshot *out,
-                                 struct lerr *e);
 struct creds_hooks {
-    creds_clock_fn now;          /* NULL: time() */
-    creds_exchange_fn exchange;  /* NULL: the real STS call */
+    int64_t (*now)(void *ctx);   /* NULL: time() */
+    int (*exchange)(void *ctx, const char *web_token, struct creds_snapshot *out,
+                    struct lerr *e);  /* NULL: the real STS call */
     void *ctx;
 };
 
