@@ -1250,7 +1250,7 @@ static int creds_usable(const struct creds_provider *p, int64_t now)
  * in last_error and retry_at. */
 static void creds_refresh(struct creds_provider *p)
 {
-    struct creds_snapshot *fresh = malloc(sizeof *fresh);
+    struct creds_snapshot *fresh = calloc(1, sizeof *fresh);  /* wiped up to the token's NUL */
     struct lerr err;
     char t[80];
     int64_t now;
