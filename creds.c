@@ -19,6 +19,7 @@
 #include "http.h"
 #include "httpresp.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "text.h"
 
 #define XML_MAX_DEPTH 16
@@ -109,7 +110,8 @@ static void creds_wipe_free(void *buf, size_t len)
 
 void creds_snapshot_wipe(struct creds_snapshot *s)
 {
-    explicit_bzero(s, sizeof *s);
+    explicit_bzero(s, offsetof(struct creds_snapshot, session_token) +
+                          strnlen(s->session_token, sizeof s->session_token));
 }
 
 void creds_sigv4(const struct creds_snapshot *s, struct sigv4_credentials *out)
@@ -253,10 +255,10 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 }
 
 /* ======================================================================================
- * STS's XML answers: a strict little reader. Each element is read by one call (its
- * children by recursive ones, at most XML_MAX_DEPTH deep), which goes from markup to
- * markup through a table of what may follow '<'; the open elements are kept as a path
- * ("/ErrorResponse/Error/Code"), and a leaf's text is kept when its path is a field's.
+ * STS's XML answers: a strict little reader. One loop goes from markup to markup through
+ * a table of what may follow '<'. The open elements are kept as a path
+ * ("/ErrorResponse/Error/Code"): a start tag adds its name, the end tag must match the
+ * last one and takes it off, and a leaf's text is kept when its path is a field's.
  * ==================================================================================== */
 
 #define STS_OK_ROOT "/AssumeRoleWithWebIdentityResponse"
@@ -297,6 +299,8 @@ struct xml {
     size_t len, i;
     char path[XML_PATH_MAX];               /* the open elements, "/Root/Child" */
     size_t path_len;
+    int depth;                             /* how many are open */
+    int leaf;                              /* the innermost has had no child element */
     char text[XML_TEXT_MAX];               /* the innermost element's text, or an attribute's;
                                               references decoded */
     size_t text_len;
@@ -451,10 +455,9 @@ static int xml_attributes(struct xml *x, struct lerr *e)
             return xml_bad(x, e, "truncated start tag");
         if (x->b[x->i] == '>' || x->b[x->i] == '/')
             return 0;
-        if (!space)
-            return xml_bad(x, e, "expected whitespace before an attribute");
-        if (n == 0 || nseen == sizeof seen / sizeof seen[0])
-            return xml_bad(x, e, n ? "too many attributes" : "expected a name");
+        if (!space || n == 0 || nseen == sizeof seen / sizeof seen[0])
+            return xml_bad(x, e, !space ? "expected whitespace before an attribute"
+                                 : n ? "too many attributes" : "expected a name");
         for (size_t k = 0; k < nseen; k++)
             if (seen[k][1] == n && memcmp(x->b + seen[k][0], x->b + x->i, n) == 0)
                 return xml_bad(x, e, "repeated attribute");
@@ -537,92 +540,79 @@ static int xml_markup_at(struct xml *x, int in_root, struct lerr *e)
     return M_COMMENT;
 }
 
-static int xml_element(struct xml *x, int depth, struct lerr *e);
-
-/* After the start tag's '>': text, comments, CDATA and child elements up to the end tag,
- * which must name the element (the path's last name, from open on). Returns whether there
- * were children, or -1. */
-static int xml_content(struct xml *x, int depth, size_t open, struct lerr *e)
+/* The innermost open element ends: a leaf's text may be a field; a parent may only have
+ * had whitespace beside its children. Its name leaves the path. */
+static int xml_close(struct xml *x, struct lerr *e)
 {
-    int children = 0, k;                  /* k: a row of xml_markup, or a result */
-    size_t n = x->path_len - open - 1;    /* the element's name */
+    if (!x->leaf && !xml_text_blank(x))
+        return xml_bad(x, e, "text beside child elements");
+    if (x->leaf && sts_leaf(x, e) < 0)
+        return -1;
+    x->path_len = (size_t)(strrchr(x->path, '/') - x->path);
+    x->path[x->path_len] = '\0';
+    x->depth--;
+    x->leaf = 0;
+    x->text_len = 0;
+    return 0;
+}
 
-    for (;;) {
-        if (x->i >= x->len)
-            return xml_bad(x, e, "truncated: an element is not closed");
-        if (x->b[x->i] != '<') {
-            k = xml_text(x, '<', e);
-        } else if ((k = xml_markup_at(x, 1, e)) == M_END_TAG) {
-            break;
-        } else if (k == M_START_TAG) {
-            if (!xml_text_blank(x))
-                return xml_bad(x, e, "text beside child elements");
-            k = xml_element(x, depth + 1, e);
-            x->text_len = 0;
-            children = 1;
-        }
-        if (k < 0)
-            return -1;
+/* At '<' of a start tag: its name goes on the path (the root's must be one of STS's two
+ * answers), its attributes are checked; "/>" closes it at once. */
+static int xml_start_tag(struct xml *x, struct lerr *e)
+{
+    size_t n;
+
+    x->i++;
+    if ((n = xml_name(x)) == 0)
+        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
+    if (!xml_text_blank(x))
+        return xml_bad(x, e, "text beside child elements");
+    if (x->depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
+        return xml_bad(x, e, "elements nested too deep (or their names too long)");
+    x->path_len += (size_t)snprintf(x->path + x->path_len, sizeof x->path - x->path_len,
+                                    "/%.*s", (int)n, x->b + x->i);
+    x->i += n;
+    if (x->depth++ == 0) {
+        x->out->is_error = strcmp(x->path, STS_ERR_ROOT) == 0;
+        if (!x->out->is_error && strcmp(x->path, STS_OK_ROOT) != 0)
+            return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.64s>", x->path + 1);
     }
+    x->leaf = 1;
+    if (xml_attributes(x, e) < 0)
+        return -1;
+    x->text_len = 0;  /* the attributes' */
+    if (xml_at(x, ">")) {
+        x->i++;
+        return 0;
+    }
+    if (!xml_at(x, "/>"))
+        return xml_bad(x, e, "expected \"/>\"");
     x->i += 2;
-    if (x->len - x->i < n || memcmp(x->b + x->i, x->path + open + 1, n) != 0 ||
-        xml_name(x) != n)
+    return xml_close(x, e);
+}
+
+/* At "</": it must name the innermost open element, the path's last name. */
+static int xml_end_tag(struct xml *x, struct lerr *e)
+{
+    const char *name = strrchr(x->path, '/') + 1;
+    size_t n = strlen(name);
+
+    x->i += 2;
+    if (x->len - x->i < n || memcmp(x->b + x->i, name, n) != 0 || xml_name(x) != n)
         return xml_bad(x, e, "end tag does not match the open element");
     x->i += n;
     xml_skip_space(x);
     if (!xml_at(x, ">"))
         return xml_bad(x, e, "expected '>' closing an end tag");
     x->i++;
-    return children;
-}
-
-/* At '<' of a start tag: the element, whose name is on the path while it is open. The
- * root must be one of STS's two answers. A leaf's text may be a field; a parent may only
- * have whitespace beside its children. */
-static int xml_element(struct xml *x, int depth, struct lerr *e)
-{
-    size_t open = x->path_len, n;
-    int children = 0;
-
-    x->i++;
-    if ((n = xml_name(x)) == 0)
-        return xml_bad(x, e, depth ? "expected a name" : "expected the root element");
-    if (depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
-        return xml_bad(x, e, "elements nested too deep (or their names too long)");
-    x->path_len += (size_t)snprintf(x->path + open, sizeof x->path - open, "/%.*s", (int)n,
-                                    x->b + x->i);
-    x->i += n;
-    if (depth == 0) {
-        x->out->is_error = strcmp(x->path, STS_ERR_ROOT) == 0;
-        if (!x->out->is_error && strcmp(x->path, STS_OK_ROOT) != 0)
-            return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.64s>", x->path + 1);
-    }
-    if (xml_attributes(x, e) < 0)
-        return -1;
-    x->text_len = 0;
-    if (xml_at(x, "/>")) {
-        x->i += 2;
-    } else if (xml_at(x, ">")) {
-        x->i++;
-        if ((children = xml_content(x, depth, open, e)) < 0)
-            return -1;
-    } else {
-        return xml_bad(x, e, "expected \"/>\"");
-    }
-    if (children && !xml_text_blank(x))
-        return xml_bad(x, e, "text beside child elements");
-    if (!children && sts_leaf(x, e) < 0)
-        return -1;
-    x->path_len = open;
-    x->path[open] = '\0';
-    return 0;
+    return xml_close(x, e);
 }
 
 /* The optional BOM and XML declaration, then one element with only whitespace and
- * comments around it. */
+ * comments around it: text and markup in turn until the input ends. */
 static int xml_document(struct xml *x, struct lerr *e)
 {
-    int rooted = 0, k;
+    int rooted = 0, k = 0;  /* k: a row of xml_markup, or a result */
 
     if (xml_at(x, "\xef\xbb\xbf"))
         x->i += 3;
@@ -631,46 +621,41 @@ static int xml_document(struct xml *x, struct lerr *e)
         if (xml_skip_past(x, "?>", "XML declaration", e) < 0)
             return -1;
     }
-    for (;;) {
-        xml_skip_space(x);
+    while (k >= 0) {
+        if (x->depth == 0)
+            xml_skip_space(x);
         if (x->i >= x->len)
-            return rooted ? 0 : xml_bad(x, e, "no root element");
-        /* text here is refused below, with a start tag after the root */
-        k = x->b[x->i] == '<' ? xml_markup_at(x, 0, e) : M_START_TAG;
-        if (k < 0)
-            return -1;
-        if (k == M_COMMENT)
-            continue;
-        if (rooted || x->b[x->i] != '<')
+            return x->depth ? xml_bad(x, e, "truncated: an element is not closed")
+                            : rooted ? 0 : xml_bad(x, e, "no root element");
+        if (x->depth > 0 && x->b[x->i] != '<')
+            k = xml_text(x, '<', e);
+        else if (x->b[x->i] != '<' || (rooted && x->depth == 0 && !xml_at(x, "<!--")))
             return xml_bad(x, e, rooted ? "content after the root element"
                                         : "expected the root element");
-        if (xml_element(x, 0, e) < 0)
-            return -1;
-        rooted = 1;
+        else if ((k = xml_markup_at(x, x->depth > 0, e)) == M_END_TAG)
+            k = xml_end_tag(x, e);
+        else if (k == M_START_TAG && (k = xml_start_tag(x, e)) == 0)
+            rooted = 1;
     }
+    return -1;
 }
 
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
 {
-    struct xml *x = calloc(1, sizeof *x);
+    struct xml x = { .b = xml, .len = len, .out = out };  /* 9 KB: fine on any stack here */
     unsigned missing;
     int rc = -1;
 
     memset(out, 0, sizeof *out);
-    if (!x)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    x->b = xml;
-    x->len = len;
-    x->out = out;
-    if (xml_document(x, e) == 0) {
-        missing = (out->is_error ? 1u << F_CODE : (1u << (F_EXPIRATION + 1)) - 1) & ~x->seen;
+    if (xml_document(&x, e) == 0) {
+        missing = (out->is_error ? 1u << F_CODE : (1u << (F_EXPIRATION + 1)) - 1) & ~x.seen;
         if (missing)
             lerr_set(e, LERR_MALFORMED, "no <%s>",
                      strrchr(sts_fields[__builtin_ctz(missing)].path, '/') + 1);
         else
             rc = 0;
     }
-    creds_wipe_free(x, sizeof *x);
+    explicit_bzero(&x, sizeof x);
     if (rc < 0)
         creds_snapshot_wipe(&out->creds);
     return rc;
@@ -949,13 +934,6 @@ static int creds_is_socket(const char *path)
 
 #define FLY_SOCKET_TIMEOUT_MS 10000  /* the socket is local: 10 s means it is stuck */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A web identity token (from the file or the Fly socket), trimmed, into a fresh heap
  * string to be wiped and freed. Returns 0, 1 when it is not a usable token, or -1. */
 static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e)
@@ -973,51 +951,48 @@ static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e
 /* Sends the request and reads the answer until it is complete or the server closes. The
  * whole exchange has FLY_SOCKET_TIMEOUT_MS: each read waits only for what is left of it, so
  * that an answer trickled a byte at a time cannot hold the credentials (and a shutdown)
- * for hours. */
-static int fly_exchange(int fd, const char *path, char *buf, struct httpresp_head *h,
-                        char *body, size_t *body_len, struct lerr *e)
+ * for hours. The caller's message names the socket. */
+static int fly_exchange(int fd, char *buf, struct httpresp_head *h, char *body,
+                        size_t *body_len, struct lerr *e)
 {
-    int64_t deadline = mono_ms() + FLY_SOCKET_TIMEOUT_MS;
+    int64_t deadline = ratelimit_now_ns() / 1000000 + FLY_SOCKET_TIMEOUT_MS;
     size_t len = 0;
-    ssize_t sent;
-    int eof = 0;
+    ssize_t n;
+    int rc = HTTPRESP_INCOMPLETE;
+    char text[121];
 
-
-    while ((sent = send(fd, fly_request, sizeof fly_request - 1, MSG_NOSIGNAL)) < 0 &&
+    while ((n = send(fd, fly_request, sizeof fly_request - 1, MSG_NOSIGNAL)) < 0 &&
            errno == EINTR)
         continue;
-    if (sent != (ssize_t)sizeof fly_request - 1)  /* 170 bytes: all of them, or an error */
-        return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO,
-                        "Fly API socket %s: send: %s", path, sent < 0 ? strerror(errno)
-                                                                      : "short write");
-    while (!eof) {
-        int64_t left = deadline - mono_ms();
+    if (n != (ssize_t)sizeof fly_request - 1)  /* 170 bytes: all of them, or an error */
+        return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO, "send: %s",
+                        n < 0 ? strerror(errno) : "short write");
+    while (rc == HTTPRESP_INCOMPLETE) {
+        int64_t left = deadline - ratelimit_now_ns() / 1000000;
         struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
-        ssize_t n = -1;
-        int rc;
 
         if (len == FLY_ANSWER_MAX)
-            return lerr_set(e, LERR_TOO_LARGE, "Fly API socket %s: answer larger than %d bytes",
-                            path, FLY_ANSWER_MAX);
+            return lerr_set(e, LERR_TOO_LARGE, "answer larger than %d bytes", FLY_ANSWER_MAX);
+        n = -1;
         errno = EAGAIN;  /* no time left is the timeout it is */
         if (left > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
             n = recv(fd, buf + len, FLY_ANSWER_MAX - len, 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return lerr_set(e, LERR_TIMEOUT, "Fly API socket %s: no complete answer within 10 s",
-                            path);
         if (n < 0)
-            return lerr_set(e, LERR_IO, "Fly API socket %s: %s", path, strerror(errno));
-        eof = n == 0;
+            return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO, "%s",
+                            errno == EAGAIN ? "no complete answer within 10 s" : strerror(errno));
         len += (size_t)n;
-        rc = httpresp_parse(buf, len, 0, eof, h, body, FLY_ANSWER_MAX, body_len, e);
-        if (rc > 0)
-            return 0;
-        if (rc == HTTPRESP_ERROR)
-            return lerr_wrap(e, "Fly API socket %s", path);
+        rc = httpresp_parse(buf, len, 0, n == 0, h, body, FLY_ANSWER_MAX, body_len, e);
+        if (rc == HTTPRESP_INCOMPLETE && n == 0)
+            return lerr_set(e, LERR_CLOSED, "closed before a complete answer");
     }
-    return lerr_set(e, LERR_CLOSED, "Fly API socket %s: closed before a complete answer", path);
+    if (rc > 0 && h->status != 200) {
+        sts_copy_text(text, sizeof text, body, *body_len);
+        return lerr_set(e, LERR_HTTP, "POST /v1/tokens/oidc answered HTTP %d: %s", h->status,
+                        text);
+    }
+    return rc < 0 ? -1 : 0;
 }
 
 /* A fresh OIDC token (heap, to be wiped and freed) from POST /v1/tokens/oidc. */
@@ -1025,38 +1000,27 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
-    char *buf = malloc(2 * FLY_ANSWER_MAX), text[121];
+    char *buf = malloc(2 * FLY_ANSWER_MAX);
     struct httpresp_head h;
     size_t blen = 0;
-    int fd = -1, rc = -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = -1;
 
-    if (!buf)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
     memcpy(sa.sun_path, path, strlen(path) + 1);
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
-        lerr_set(e, LERR_IO, "Fly API socket: socket: %s", strerror(errno));
-        goto done;
+    if (!buf || fd < 0) {
+        lerr_set(e, buf ? LERR_IO : LERR_NOMEM, "socket: %s", buf ? strerror(errno)
+                                                                   : "out of memory");
+    } else if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
+               connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT, "connect: %s",
+                 strerror(errno));
+    } else if (fly_exchange(fd, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) == 0 &&
+               (rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
+        rc = lerr_set(e, LERR_MALFORMED, "the answer is not a token");
     }
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* reads: fly_exchange */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT,
-                 "Fly API socket %s: connect: %s", path, strerror(errno));
-        goto done;
-    }
-    if (fly_exchange(fd, path, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) < 0)
-        goto done;
-    if (h.status != 200) {
-        sts_copy_text(text, sizeof text, buf + FLY_ANSWER_MAX, blen);
-        lerr_set(e, LERR_HTTP, "Fly API socket %s: POST /v1/tokens/oidc answered HTTP %d: %s",
-                 path, h.status, text);
-    } else if ((rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
-        rc = lerr_set(e, LERR_MALFORMED, "Fly API socket %s: the answer is not a token", path);
-    }
-done:
     if (fd >= 0)
         close(fd);
     creds_wipe_free(buf, 2 * FLY_ANSWER_MAX);
-    return rc;
+    return rc < 0 ? lerr_wrap(e, "Fly API socket %s", path) : 0;
 }
 
 /* ======================================================================================
@@ -1204,7 +1168,8 @@ static int64_t creds_now(const struct creds_provider *p)
  * or expired and the Fly socket can give a fresh one. */
 static int wi_token(const struct creds_provider *p, int64_t now, char **tok, struct lerr *e)
 {
-    char why[128] = "does not exist", *buf = NULL, t[80];
+    const char *why = "does not exist";
+    char *buf = NULL, t[80] = "";
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
@@ -1214,26 +1179,24 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     if (p->token_file[0] &&
         (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
         return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
-    if (rc == 0) {
-        rc = creds_token_dup(buf, len, tok, e);
-        creds_wipe_free(buf, len);
-        if (rc == 0 && creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
-            exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
-            creds_fmt_time(exp, t);
-            snprintf(why, sizeof why, "holds a token that expired at %s", t);
-            creds_wipe_free(*tok, strlen(*tok));
-            *tok = NULL;
-        } else if (rc > 0) {
-            snprintf(why, sizeof why, "holds no usable token");
-        } else {
-            return rc;  /* -1, or 0: a valid JWT, or something STS will judge */
-        }
+    if (rc == 0 && (rc = creds_token_dup(buf, len, tok, e)) > 0)
+        why = "holds no usable token";
+    creds_wipe_free(buf, len);
+    if (rc == 0 && creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
+        exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
+        why = "holds a token that expired at ";
+        creds_fmt_time(exp, t);
+        creds_wipe_free(*tok, strlen(*tok));
+        *tok = NULL;
+        rc = 1;
     }
+    if (rc <= 0)
+        return rc;  /* -1, or 0: a valid JWT, or something STS will judge */
     if (creds_is_socket(p->fly_socket))
         return fly_token(p->fly_socket, tok, e);
     if (p->token_file[0])
-        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE %s %s, and there is no "
-                        "Fly API socket at %s to get a fresh token", p->token_file, why,
+        return lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE %s %s%s, and there is no "
+                        "Fly API socket at %s to get a fresh token", p->token_file, why, t,
                         p->fly_socket);
     return lerr_set(e, LERR_INVALID, "no Fly API socket at %s to get a web identity token",
                     p->fly_socket);
@@ -1287,7 +1250,7 @@ static int creds_usable(const struct creds_provider *p, int64_t now)
  * in last_error and retry_at. */
 static void creds_refresh(struct creds_provider *p)
 {
-    struct creds_snapshot *fresh = malloc(sizeof *fresh);
+    struct creds_snapshot *fresh = calloc(1, sizeof *fresh);  /* wiped up to the token's NUL */
     struct lerr err;
     char t[80];
     int64_t now;
@@ -1344,8 +1307,9 @@ int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr 
             creds_refresh(p);
         }
     }
-    if (rc == 0)
-        *out = p->cur;
+    if (rc == 0)  /* up to the token's NUL (creds.h) */
+        memcpy(out, &p->cur, offsetof(struct creds_snapshot, session_token) +
+                                 strlen(p->cur.session_token) + 1);
     pthread_mutex_unlock(&p->mu);
     return rc;
 }
@@ -1507,21 +1471,19 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
 
 int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, struct lerr *e)
 {
-    struct creds_files *f = calloc(1, sizeof *f);
+    struct creds_files f = { .profile_set = 0 };  /* 25 KB: configuration runs at start-up */
     int rc = 0;
 
-    if (!f)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    if (creds_files_prepare(get, ctx, f, e) < 0) {
+    if (creds_files_prepare(get, ctx, &f, e) < 0) {
         rc = -1;
-    } else if (f->conf_error.kind) {
-        *e = f->conf_error;
+    } else if (f.conf_error.kind) {
+        *e = f.conf_error;
         rc = -1;
-    } else if (f->pr[1].have & CREDS_HAVE_REGION) {
-        rc = creds_copy(out, cap, f->pr[1].region) ? 1
-                                                   : lerr_set(e, LERR_INVALID, "region too long");
+    } else if (f.pr[1].have & CREDS_HAVE_REGION) {
+        rc = creds_copy(out, cap, f.pr[1].region) ? 1
+                                                  : lerr_set(e, LERR_INVALID, "region too long");
     }
-    creds_wipe_free(f, sizeof *f);
+    explicit_bzero(&f, sizeof f);
     return rc;
 }
 
@@ -1531,31 +1493,30 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
 {
     const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
     const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
-    struct creds_files *f = calloc(1, sizeof *f);
+    const char *role = creds_env(get, ctx, "AWS_ROLE_ARN");
+    struct creds_files f = { .profile_set = 0 };  /* 25 KB: creds_init runs at start-up */
     int rc;
 
     memset(p, 0, sizeof *p);
-    if (!f)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
     if (hooks)
         p->hooks = *hooks;
     p->anchors = anchors;
-    if ((rc = creds_files_prepare(get, ctx, f, e)) < 0)
+    if ((rc = creds_files_prepare(get, ctx, &f, e)) < 0)
         goto done;
     if (key || secret)
         rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
-    else if (creds_env(get, ctx, "AWS_ROLE_ARN"))
-        rc = creds_web_identity(p, get, ctx, creds_env(get, ctx, "AWS_ROLE_ARN"),
-                                region && *region ? region : f->pr[1].region, e);
+    else if (role)
+        rc = creds_web_identity(p, get, ctx, role, region && *region ? region : f.pr[1].region,
+                                e);
     else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
         rc = lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
                       "is not");
     else
-        rc = creds_from_files(p, f, e);  /* fails when the config file did */
-    if (rc == 0 && f->conf_error.kind)
-        log_warn("AWS config file ignored (its region is not used): %s", f->conf_error.msg);
+        rc = creds_from_files(p, &f, e);  /* fails when the config file did */
+    if (rc == 0 && f.conf_error.kind)
+        log_warn("AWS config file ignored (its region is not used): %s", f.conf_error.msg);
 done:
-    creds_wipe_free(f, sizeof *f);
+    explicit_bzero(&f, sizeof f);
     if (rc < 0) {
         explicit_bzero(p, sizeof *p);
         return -1;

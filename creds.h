@@ -69,22 +69,23 @@
 #define CREDS_TOKEN_EXP_MARGIN_S 60   /* a web identity token this close to its exp is
                                          replaced from the Fly socket when there is one */
 
-/* One copy of the credentials, owned by the caller. Wipe it with creds_snapshot_wipe. */
+/* One copy of the credentials, owned by the caller. Wipe it with creds_snapshot_wipe.
+ * The session token comes last: creds_get copies, and creds_snapshot_wipe wipes, up to its
+ * NUL (most of its 8 KB is unused, and every SQS request takes a copy); every writer
+ * leaves only zeros or nothing at all past it. */
 struct creds_snapshot {
     char access_key_id[CREDS_KEY_ID_MAX];
     char secret_access_key[CREDS_SECRET_MAX];
-    char session_token[CREDS_TOKEN_MAX];  /* "" when there is none */
     int64_t expiration;                   /* Unix time; 0: does not expire */
+    char session_token[CREDS_TOKEN_MAX];  /* "" when there is none */
 };
 
 /* For the tests: a clock (Unix seconds) and a replacement for the STS exchange, which
  * gets the web identity token as read from the file or the Fly socket. */
-typedef int64_t (*creds_clock_fn)(void *ctx);
-typedef int (*creds_exchange_fn)(void *ctx, const char *web_token, struct creds_snapshot *out,
-                                 struct lerr *e);
 struct creds_hooks {
-    creds_clock_fn now;          /* NULL: time() */
-    creds_exchange_fn exchange;  /* NULL: the real STS call */
+    int64_t (*now)(void *ctx);   /* NULL: time() */
+    int (*exchange)(void *ctx, const char *web_token, struct creds_snapshot *out,
+                    struct lerr *e);  /* NULL: the real STS call */
     void *ctx;
 };
 
