@@ -764,6 +764,22 @@ static int call_run(struct call *c, unsigned accept, struct http_response *resp,
 
 #define ACCEPT(o) (1u << FLY_CALL_##o)
 
+/* A call on one Machine whose answer has nothing to read: 0 when it succeeded or the
+ * Machine (or its lease) is gone already (r says which), else -1. r may be NULL. */
+static int machine_run(struct http_client *http, const struct fly_target *t, const char *method,
+                       const char *what, const char *machine_id, const char *action,
+                       const char *query, struct ratelimit *rl, struct fly_call_result *r,
+                       struct lerr *e)
+{
+    struct fly_call_result tmp;
+    struct call c;
+
+    if (machine_call(&c, http, t, method, what, machine_id, action, query, rl, r ? r : &tmp,
+                     e) < 0)
+        return -1;
+    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r ? r : &tmp, e);
+}
+
 /* What reading a 2xx came to: rc 0, or -1 (e set) when its reader refused it, which is
  * Fly's trouble, not ours: retry later. */
 static int answer_read(const struct call *c, struct fly_call_result *r, int rc, struct lerr *e)
@@ -852,26 +868,16 @@ int fly_machine_exit(struct http_client *http, const struct fly_target *t,
 int fly_stop_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_call_result *out, struct lerr *e)
 {
-    struct fly_call_result tmp, *r = out ? out : &tmp;
-    struct call c;
-
-    if (machine_call(&c, http, t, "POST", "stop", machine_id, "stop", NULL, BUCKET(t, other), r,
-                     e) < 0)
-        return -1;
-    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
+    return machine_run(http, t, "POST", "stop", machine_id, "stop", NULL, BUCKET(t, other), out,
+                       e);
 }
 
 int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
                         const char *machine_id, int force, struct fly_call_result *out,
                         struct lerr *e)
 {
-    struct fly_call_result tmp, *r = out ? out : &tmp;
-    struct call c;
-
-    if (machine_call(&c, http, t, "DELETE", "destroy", machine_id, NULL,
-                     force ? "force=true" : NULL, BUCKET(t, other), r, e) < 0)
-        return -1;
-    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
+    return machine_run(http, t, "DELETE", "destroy", machine_id, NULL, force ? "force=true" : NULL,
+                       BUCKET(t, other), out, e);
 }
 
 /* ---- a warm pool ---------------------------------------------------------------------- */
@@ -1000,13 +1006,8 @@ int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
 int fly_lease_release(struct http_client *http, const struct fly_target *t,
                       const char *machine_id, struct fly_call_result *r, struct lerr *e)
 {
-    struct fly_call_result tmp, *rr = r ? r : &tmp;
-    struct call c;
-
-    if (machine_call(&c, http, t, "DELETE", "release", machine_id, "lease", NULL, BUCKET(t, lease),
-                     rr, e) < 0)
-        return -1;
-    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, rr, e);
+    return machine_run(http, t, "DELETE", "release", machine_id, "lease", NULL, BUCKET(t, lease), r,
+                       e);
 }
 
 /* One list entry, when it is a live pooled Machine of lambdo's. */
@@ -1098,12 +1099,10 @@ int fly_get_app(struct http_client *http, const struct fly_target *t,
 int fly_lease_held(struct http_client *http, const struct fly_target *t, const char *machine_id)
 {
     struct fly_call_result r;
-    struct call c;
     struct lerr e;
 
-    if (machine_call(&c, http, t, "GET", "show lease", machine_id, "lease", NULL, BUCKET(t, get),
-                     &r, &e) < 0 ||
-        call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, &r, &e) < 0)
+    if (machine_run(http, t, "GET", "show lease", machine_id, "lease", NULL, BUCKET(t, get), &r,
+                    &e) < 0)
         return -1;
     return r.outcome == FLY_CALL_OK;  /* 404: no lease */
 }
