@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -304,17 +303,14 @@ int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t
 
     while (v && *p == '/') {
         size_t n = strcspn(p + 1, "/"), k = cli_token(p + 1, n, key, sizeof key);
-        char *end;
-        unsigned long i = strtoul(key, &end, 10);
 
         if (n >= sizeof key)  /* longer than any key worth naming: not this body's */
             v = NULL;
         else if (cJSON_IsObject(v))
             v = cJSON_GetObjectItemCaseSensitive(v, key);
-        else  /* an array index: digits, no leading zero */
-            v = cJSON_IsArray(v) && k && *end == '\0' && (key[0] != '0' || k == 1) &&
-                key[0] != '-' && key[0] != '+' && i < INT_MAX
-                ? cJSON_GetArrayItem(v, (int)i) : NULL;
+        else  /* an array index: 1 to 9 digits, no leading zero */
+            v = cJSON_IsArray(v) && k && k < 10 && strspn(key, "0123456789") == k &&
+                (key[0] != '0' || k == 1) ? cJSON_GetArrayItem(v, atoi(key)) : NULL;
         p += 1 + n;
     }
     if (!v)

@@ -194,17 +194,6 @@ static void one_line(char *out, size_t cap, const char *s, size_t n)
     out[o] = '\0';
 }
 
-/* What went wrong, in Fly's words: the answer's "error", else the start of the body. */
-static void error_text(char *out, size_t cap, const cJSON *j, const char *body, size_t len)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "error");
-
-    if (cJSON_IsString(v))
-        one_line(out, cap, v->valuestring, strlen(v->valuestring));
-    if (!out[0] && body)
-        one_line(out, cap, body, len);
-}
-
 int fly_retry_after_ms(const char *value, size_t len)
 {
     unsigned long secs = 0;
@@ -266,7 +255,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
                   struct fly_call_result *r)
 {
     cJSON *j;
-    const cJSON *st;
+    const cJSON *st, *error;
 
     memset(r, 0, sizeof *r);
     r->status = status;
@@ -285,7 +274,12 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
     } else {
         j = body && body_len ? json_parse(body, body_len) : NULL;
         st = cJSON_GetObjectItemCaseSensitive(j, "status");
-        error_text(r->error, sizeof r->error, j, body, body_len);
+        error = cJSON_GetObjectItemCaseSensitive(j, "error");
+        /* what went wrong, in Fly's words: the answer's "error", else the start of the body */
+        if (cJSON_IsString(error))
+            one_line(r->error, sizeof r->error, error->valuestring, strlen(error->valuestring));
+        if (!r->error[0] && body)
+            one_line(r->error, sizeof r->error, body, body_len);
         if (status == 429) {
             r->outcome = FLY_CALL_RATE_LIMITED;
             r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
