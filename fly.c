@@ -336,12 +336,14 @@ void fly_secret_free(char *s)
     }
 }
 
-/* base's scheme and authority, its path without trailing slashes, /v1/apps/<app,
- * percent-encoded>, then more (encoded already). */
-static int api_url(const struct url *base, const char *app, const char *more, struct url *out,
-                   struct lerr *e)
+/* base's scheme and authority, its path without trailing slashes, /v1/apps/<app>, then
+ * more, then /<machine_id>, /<action> and ?<query> when not NULL (app and machine_id are
+ * percent-encoded here, the query by the caller). */
+static int api_url(const struct url *base, const char *app, const char *more,
+                   const char *machine_id, const char *action, const char *query,
+                   struct url *out, struct lerr *e)
 {
-    char enc[3 * 64 + 1];
+    char enc[3 * 64 + 1], id[3 * 64 + 1] = "";
     size_t plen = strlen(base->path);
     int n;
 
@@ -351,11 +353,14 @@ static int api_url(const struct url *base, const char *app, const char *more, st
         return lerr_set(e, LERR_INVALID, "the Fly API URL must not have a query");
     if (text_pct_encode(app, enc, sizeof enc) < 0)
         return lerr_set(e, LERR_INVALID, "the Fly app name is too long");
+    if (machine_id && text_pct_encode(machine_id, id, sizeof id) < 0)
+        return lerr_set(e, LERR_INVALID, "the Machine id is too long");
     while (plen > 0 && base->path[plen - 1] == '/')
         plen--;
     *out = *base;
-    n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s%s", (int)plen, base->path, enc,
-                 more);
+    n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s%s%s%s%s%s%s%s", (int)plen,
+                 base->path, enc, more, machine_id ? "/" : "", id, action ? "/" : "",
+                 action ? action : "", query ? "?" : "", query ? query : "");
     if (n < 0 || (size_t)n >= sizeof out->path)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
     return 0;
@@ -363,24 +368,15 @@ static int api_url(const struct url *base, const char *app, const char *more, st
 
 int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
 {
-    return api_url(base, app, "/machines", out, e);
+    return api_url(base, app, "/machines", NULL, NULL, NULL, out, e);
 }
 
 int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
                     const char *action, const char *query, struct url *out, struct lerr *e)
 {
-    char enc[3 * 64 + 1], more[1024];
-    int n;
-
     if (!machine_id || !machine_id[0])
         return lerr_set(e, LERR_INVALID, "the Machine id is empty");
-    if (text_pct_encode(machine_id, enc, sizeof enc) < 0)
-        return lerr_set(e, LERR_INVALID, "the Machine id is too long");
-    n = snprintf(more, sizeof more, "/machines/%s%s%s%s%s", enc, action ? "/" : "",
-                 action ? action : "", query ? "?" : "", query ? query : "");
-    if (n < 0 || (size_t)n >= sizeof more)
-        return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
-    return api_url(base, app, more, out, e);
+    return api_url(base, app, "/machines", machine_id, action, query, out, e);
 }
 
 /* ---- the network part ------------------------------------------------------------------ */
@@ -1073,7 +1069,7 @@ int fly_list_pool(struct http_client *http, const struct fly_target *t,
 
 int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
 {
-    return api_url(base, app, "", out, e);
+    return api_url(base, app, "", NULL, NULL, NULL, out, e);
 }
 
 int fly_get_app(struct http_client *http, const struct fly_target *t,
