@@ -873,23 +873,6 @@ static int check_queue(const struct config *cfg, struct cli_net *net)
     return 0;
 }
 
-static int check_fly(const struct config *cfg, struct cli_net *net)
-{
-    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
-                                  .token = cfg->fly_token };
-    struct fly_call_result r;
-    char reason[512];
-    struct lerr e;
-
-    if (fly_get_app(&net->http, &t, &r, &e) < 0) {
-        cli_fly_reason(cfg->fly_app, &r, &e, reason, sizeof reason);
-        cli_row(stdout, CLI_FAIL, "fly app", "%s", reason);
-        return -1;
-    }
-    cli_row(stdout, CLI_OK, "fly app", "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
-    return 0;
-}
-
 /* One key's row: its Machines by state, and the leases held on them right now. */
 static void check_pool_key(struct cli_net *net, const struct fly_target *t,
                            const struct fly_pool_machine *list, size_t n, size_t first)
@@ -910,17 +893,15 @@ static void check_pool_key(struct cli_net *net, const struct fly_target *t,
 }
 
 /* LAMBDO_POOL: the pooled Machines Fly lists, per key. */
-static int check_pool(const struct config *cfg, struct cli_net *net)
+static int check_pool(const struct config *cfg, struct cli_net *net, const struct fly_target *t)
 {
-    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
-                                  .token = cfg->fly_token };
     struct fly_pool_machine *list = NULL;
     size_t n = 0;
     struct lerr e;
 
     cli_row(stdout, CLI_OK, "pool", "LAMBDO_POOL=%d Machines per image, size and command; "
             "idle ones destroyed after %d s", cfg->pool, cfg->pool_idle_seconds);
-    if (fly_list_pool(&net->http, &t, &list, &n, &e) < 0) {
+    if (fly_list_pool(&net->http, t, &list, &n, &e) < 0) {
         cli_row(stdout, CLI_FAIL, "pool", "cannot list the app's Machines: %s", e.msg);
         return -1;
     }
@@ -929,12 +910,30 @@ static int check_pool(const struct config *cfg, struct cli_net *net)
         while (strcmp(list[k].pool_key, list[i].pool_key) != 0)
             k++;
         if (k == i)  /* the key's first Machine */
-            check_pool_key(net, &t, list, n, i);
+            check_pool_key(net, t, list, n, i);
     }
     if (!n)
         cli_row(stdout, CLI_OK, "pool", "no pooled Machines yet");
     free(list);
     return 0;
+}
+
+/* The Fly app (its token), then with LAMBDO_POOL the pool. */
+static int check_fly(const struct config *cfg, struct cli_net *net)
+{
+    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
+                                  .token = cfg->fly_token };
+    struct fly_call_result r;
+    char reason[512];
+    struct lerr e;
+
+    if (fly_get_app(&net->http, &t, &r, &e) < 0) {
+        cli_fly_reason(cfg->fly_app, &r, &e, reason, sizeof reason);
+        cli_row(stdout, CLI_FAIL, "fly app", "%s", reason);
+        return -1;
+    }
+    cli_row(stdout, CLI_OK, "fly app", "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
+    return cfg->pool ? check_pool(cfg, net, &t) : 0;
 }
 
 int cli_check(int argc, char **argv)
@@ -974,10 +973,8 @@ int cli_check(int argc, char **argv)
         else if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
             cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
                     "host; no Fly API to check");
-        if (!cfg.backend_local && check_fly(&cfg, &net) < 0)
-            failed = 1;
-        else if (cfg.pool)
-            failed |= check_pool(&cfg, &net) < 0;
+        if (!cfg.backend_local)  /* LAMBDO_POOL needs Fly (config_load says so) */
+            failed |= check_fly(&cfg, &net) < 0;
     }
     cli_net_close(&net);
     return failed ? CLI_EXIT_FAILED : CLI_EXIT_OK;
