@@ -406,7 +406,7 @@ static int backoff_ms(int retry)
     return ms < FLY_RETRY_AFTER_MAX_MS ? ms : FLY_RETRY_AFTER_MAX_MS;
 }
 
-/* One request to Fly: what the caller asks (the first fields, with a designated
+/* One request to Fly: what the caller asks (the fields up to max_retries, set by its
  * initializer), then what call_open fills in. Every kind (create, wait, show, events, stop,
  * destroy, update, lease, list, the app) goes through send_paced. */
 struct call {
