@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +11,7 @@
 #include "config.h"
 #include "group.h"
 #include "http.h"
+#include "json.h"
 #include "log.h"
 #include "tls.h"
 
@@ -64,27 +64,6 @@ static const char check_usage[] =
  * send: arguments, lines, checks (pure)
  * ==================================================================================== */
 
-/* Matches argv[*i] against option name ("--name value" or "--name=value"): 1 with *out
- * set, 0 when it is another option, -1 with e set. */
-static int cli_opt(int argc, char **argv, int *i, const char *name, const char **out,
-                   struct lerr *e)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-
-    if (strncmp(a, name, n) != 0 || (a[n] != '\0' && a[n] != '='))
-        return 0;
-    if (*out)
-        return lerr_set(e, LERR_INVALID, "%s given twice", name);
-    if (a[n] == '=')
-        *out = a + n + 1;
-    else if (*i + 1 < argc)
-        *out = argv[++*i];
-    else
-        return lerr_set(e, LERR_INVALID, "%s needs a value", name);
-    return 1;
-}
-
 int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e)
 {
     static const char *const names[] = { "--image", "--size", "--command", "--queue", "--array",
@@ -92,12 +71,13 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
                                          "--dedup-id-from" };
     const char **slots[] = { &o->image, &o->size, &o->command, &o->queue, &o->array,
                              &o->group_id, &o->group_id_from, &o->dedup_id, &o->dedup_id_from };
+    const size_t count = sizeof names / sizeof names[0];
     int options = 1;
 
     memset(o, 0, sizeof *o);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int r = 0;
+        const char *a = argv[i], *eq = strchr(a, '=');
+        size_t n = eq ? (size_t)(eq - a) : strlen(a), k = 0;
 
         /* "-5" is a body (a JSON number), not an option; so is "-" */
         if (!options || a[0] != '-' || !a[1] || (a[1] >= '0' && a[1] <= '9')) {
@@ -111,13 +91,20 @@ int cli_send_args(int argc, char **argv, struct cli_send_opts *o, struct lerr *e
             o->help = 1;
             return 0;
         }
-        options = strcmp(a, "--") != 0;  /* after "--", every argument is a BODY */
-        for (size_t k = 0; options && k < sizeof names / sizeof names[0] && r == 0; k++)
-            r = cli_opt(argc, argv, &i, names[k], slots[k], e);
-        if (r < 0)
-            return -1;
-        if (r == 0 && options)
+        if (strcmp(a, "--") == 0) {  /* after "--", every argument is a BODY */
+            options = 0;
+            continue;
+        }
+        /* "--name value" or "--name=value" */
+        while (k < count && (strncmp(a, names[k], n) != 0 || names[k][n] != '\0'))
+            k++;
+        if (k == count)
             return lerr_set(e, LERR_INVALID, "unknown option \"%.40s\"", a);
+        if (*slots[k])
+            return lerr_set(e, LERR_INVALID, "%s given twice", names[k]);
+        if (!eq && i + 1 == argc)
+            return lerr_set(e, LERR_INVALID, "%s needs a value", names[k]);
+        *slots[k] = eq ? eq + 1 : argv[++i];
     }
     if (o->body && o->array)
         return lerr_set(e, LERR_INVALID, "BODY and --array: give one or the other");
@@ -316,17 +303,14 @@ int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t
 
     while (v && *p == '/') {
         size_t n = strcspn(p + 1, "/"), k = cli_token(p + 1, n, key, sizeof key);
-        char *end;
-        unsigned long i = strtoul(key, &end, 10);
 
         if (n >= sizeof key)  /* longer than any key worth naming: not this body's */
             v = NULL;
         else if (cJSON_IsObject(v))
             v = cJSON_GetObjectItemCaseSensitive(v, key);
-        else  /* an array index: digits, no leading zero */
-            v = cJSON_IsArray(v) && k && *end == '\0' && (key[0] != '0' || k == 1) &&
-                key[0] != '-' && key[0] != '+' && i < INT_MAX
-                ? cJSON_GetArrayItem(v, (int)i) : NULL;
+        else  /* an array index: 1 to 9 digits, no leading zero */
+            v = cJSON_IsArray(v) && k && k < 10 && strspn(key, "0123456789") == k &&
+                (key[0] != '0' || k == 1) ? cJSON_GetArrayItem(v, atoi(key)) : NULL;
         p += 1 + n;
     }
     if (!v)
@@ -558,35 +542,28 @@ static void say(const char *fmt, ...)
     va_end(ap);
 }
 
+/* All of fd into a new buffer (free()), at most CLI_MAX_INPUT bytes. */
 static int cli_read_all(int fd, const char *name, char **out, size_t *len, struct lerr *e)
 {
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap), *p;
-    ssize_t r;
+    struct json_buf b = { 0 };
+    ssize_t r = 1;
+    char *p;
 
-    while (buf && (r = read(fd, buf + n, cap - n)) != 0) {
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            free(buf);
+    while (r != 0 && b.len < CLI_MAX_INPUT && (p = json_buf_room(&b, 65536))) {
+        if ((r = read(fd, p, 65536)) < 0 && errno != EINTR) {
+            free(b.p);
             return lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
         }
-        if ((n += (size_t)r) < cap)
-            continue;
-        if (cap >= CLI_MAX_INPUT) {
-            free(buf);
-            return lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
-                            CLI_MAX_INPUT >> 20);
-        }
-        if (!(p = realloc(buf, cap * 2)))
-            free(buf);
-        buf = p;
-        cap *= 2;
+        b.len += r > 0 ? (size_t)r : 0;
     }
-    if (!buf)
-        return lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
-    *out = buf;
-    *len = n;
+    if (b.oom || b.len >= CLI_MAX_INPUT) {
+        free(b.p);
+        return b.oom ? lerr_set(e, LERR_NOMEM, "out of memory reading %s", name)
+                     : lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
+                                CLI_MAX_INPUT >> 20);
+    }
+    *out = b.p;
+    *len = b.len;
     return 0;
 }
 
@@ -687,14 +664,14 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
 }
 
 /* BODY alone goes with SendMessage; returns how many were not sent (0 or 1). */
-static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c)
+static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
+                       const struct cli_line *line)
 {
-    const struct cli_line line = { o->body, strlen(o->body), 0 };
     struct sqs_send_entry en;
     char ids[2][129];
     struct lerr e;
 
-    send_entry(o, &line, ids, &en);
+    send_entry(o, line, ids, &en);
     if (sqs_send(c, &en, &e) < 0) {
         say("%s", e.msg);
         return 1;
@@ -796,7 +773,7 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
     }
     if (cfg->fifo && !o->dedup_id && !o->dedup_id_from && send_dedup_needed(&net.sqs))
         goto out;
-    unsent = o->body ? send_one(o, &net.sqs) : send_batches(o, &net.sqs, lines, n);
+    unsent = o->body ? send_one(o, &net.sqs, lines) : send_batches(o, &net.sqs, lines, n);
     if (unsent > 0 && !o->body)
         say("%zu of %zu messages not sent", unsent, n);
     rc = unsent > 0 ? CLI_EXIT_FAILED : CLI_EXIT_OK;
@@ -896,23 +873,6 @@ static int check_queue(const struct config *cfg, struct cli_net *net)
     return 0;
 }
 
-static int check_fly(const struct config *cfg, struct cli_net *net)
-{
-    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
-                                  .token = cfg->fly_token };
-    struct fly_call_result r;
-    char reason[512];
-    struct lerr e;
-
-    if (fly_get_app(&net->http, &t, &r, &e) < 0) {
-        cli_fly_reason(cfg->fly_app, &r, &e, reason, sizeof reason);
-        cli_row(stdout, CLI_FAIL, "fly app", "%s", reason);
-        return -1;
-    }
-    cli_row(stdout, CLI_OK, "fly app", "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
-    return 0;
-}
-
 /* One key's row: its Machines by state, and the leases held on them right now. */
 static void check_pool_key(struct cli_net *net, const struct fly_target *t,
                            const struct fly_pool_machine *list, size_t n, size_t first)
@@ -933,17 +893,15 @@ static void check_pool_key(struct cli_net *net, const struct fly_target *t,
 }
 
 /* LAMBDO_POOL: the pooled Machines Fly lists, per key. */
-static int check_pool(const struct config *cfg, struct cli_net *net)
+static int check_pool(const struct config *cfg, struct cli_net *net, const struct fly_target *t)
 {
-    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
-                                  .token = cfg->fly_token };
     struct fly_pool_machine *list = NULL;
     size_t n = 0;
     struct lerr e;
 
     cli_row(stdout, CLI_OK, "pool", "LAMBDO_POOL=%d Machines per image, size and command; "
             "idle ones destroyed after %d s", cfg->pool, cfg->pool_idle_seconds);
-    if (fly_list_pool(&net->http, &t, &list, &n, &e) < 0) {
+    if (fly_list_pool(&net->http, t, &list, &n, &e) < 0) {
         cli_row(stdout, CLI_FAIL, "pool", "cannot list the app's Machines: %s", e.msg);
         return -1;
     }
@@ -952,12 +910,30 @@ static int check_pool(const struct config *cfg, struct cli_net *net)
         while (strcmp(list[k].pool_key, list[i].pool_key) != 0)
             k++;
         if (k == i)  /* the key's first Machine */
-            check_pool_key(net, &t, list, n, i);
+            check_pool_key(net, t, list, n, i);
     }
     if (!n)
         cli_row(stdout, CLI_OK, "pool", "no pooled Machines yet");
     free(list);
     return 0;
+}
+
+/* The Fly app (its token), then with LAMBDO_POOL the pool. */
+static int check_fly(const struct config *cfg, struct cli_net *net)
+{
+    const struct fly_target t = { .base = &cfg->fly_api, .app = cfg->fly_app,
+                                  .token = cfg->fly_token };
+    struct fly_call_result r;
+    char reason[512];
+    struct lerr e;
+
+    if (fly_get_app(&net->http, &t, &r, &e) < 0) {
+        cli_fly_reason(cfg->fly_app, &r, &e, reason, sizeof reason);
+        cli_row(stdout, CLI_FAIL, "fly app", "%s", reason);
+        return -1;
+    }
+    cli_row(stdout, CLI_OK, "fly app", "%s at %s (token accepted)", cfg->fly_app, cfg->fly_api_url);
+    return cfg->pool ? check_pool(cfg, net, &t) : 0;
 }
 
 int cli_check(int argc, char **argv)
@@ -997,10 +973,8 @@ int cli_check(int argc, char **argv)
         else if (cfg.backend_local)  /* LAMBDO_BACKEND=local: there is no Fly to ask */
             cli_row(stdout, CLI_OK, "backend", "local: groups run as child processes on this "
                     "host; no Fly API to check");
-        if (!cfg.backend_local && check_fly(&cfg, &net) < 0)
-            failed = 1;
-        else if (cfg.pool)
-            failed |= check_pool(&cfg, &net) < 0;
+        if (!cfg.backend_local)  /* LAMBDO_POOL needs Fly (config_load says so) */
+            failed |= check_fly(&cfg, &net) < 0;
     }
     cli_net_close(&net);
     return failed ? CLI_EXIT_FAILED : CLI_EXIT_OK;

@@ -194,17 +194,6 @@ static void one_line(char *out, size_t cap, const char *s, size_t n)
     out[o] = '\0';
 }
 
-/* What went wrong, in Fly's words: the answer's "error", else the start of the body. */
-static void error_text(char *out, size_t cap, const cJSON *j, const char *body, size_t len)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "error");
-
-    if (cJSON_IsString(v))
-        one_line(out, cap, v->valuestring, strlen(v->valuestring));
-    if (!out[0] && body)
-        one_line(out, cap, body, len);
-}
-
 int fly_retry_after_ms(const char *value, size_t len)
 {
     unsigned long secs = 0;
@@ -266,7 +255,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
                   struct fly_call_result *r)
 {
     cJSON *j;
-    const cJSON *st;
+    const cJSON *st, *error;
 
     memset(r, 0, sizeof *r);
     r->status = status;
@@ -285,7 +274,12 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
     } else {
         j = body && body_len ? json_parse(body, body_len) : NULL;
         st = cJSON_GetObjectItemCaseSensitive(j, "status");
-        error_text(r->error, sizeof r->error, j, body, body_len);
+        error = cJSON_GetObjectItemCaseSensitive(j, "error");
+        /* what went wrong, in Fly's words: the answer's "error", else the start of the body */
+        if (cJSON_IsString(error))
+            one_line(r->error, sizeof r->error, error->valuestring, strlen(error->valuestring));
+        if (!r->error[0] && body)
+            one_line(r->error, sizeof r->error, body, body_len);
         if (status == 429) {
             r->outcome = FLY_CALL_RATE_LIMITED;
             r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
@@ -342,10 +336,8 @@ void fly_secret_free(char *s)
     }
 }
 
-/* base's scheme and authority, its path without trailing slashes, /v1/apps/<app,
- * percent-encoded>, then more (encoded already). */
-static int api_url(const struct url *base, const char *app, const char *more, struct url *out,
-                   struct lerr *e)
+int fly_app_url(const struct url *base, const char *app, const char *path, struct url *out,
+                struct lerr *e)
 {
     char enc[3 * 64 + 1];
     size_t plen = strlen(base->path);
@@ -361,32 +353,27 @@ static int api_url(const struct url *base, const char *app, const char *more, st
         plen--;
     *out = *base;
     n = snprintf(out->path, sizeof out->path, "%.*s/v1/apps/%s%s", (int)plen, base->path, enc,
-                 more);
+                 path);
     if (n < 0 || (size_t)n >= sizeof out->path)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
     return 0;
 }
 
-int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
-{
-    return api_url(base, app, "/machines", out, e);
-}
-
 int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
                     const char *action, const char *query, struct url *out, struct lerr *e)
 {
-    char enc[3 * 64 + 1], more[1024];
+    char enc[3 * 64 + 1], path[1024];
     int n;
 
     if (!machine_id || !machine_id[0])
         return lerr_set(e, LERR_INVALID, "the Machine id is empty");
     if (text_pct_encode(machine_id, enc, sizeof enc) < 0)
         return lerr_set(e, LERR_INVALID, "the Machine id is too long");
-    n = snprintf(more, sizeof more, "/machines/%s%s%s%s%s", enc, action ? "/" : "",
+    n = snprintf(path, sizeof path, "/machines/%s%s%s%s%s", enc, action ? "/" : "",
                  action ? action : "", query ? "?" : "", query ? query : "");
-    if (n < 0 || (size_t)n >= sizeof more)
+    if (n < 0 || (size_t)n >= sizeof path)
         return lerr_set(e, LERR_INVALID, "the Fly API URL's path is too long");
-    return api_url(base, app, more, out, e);
+    return fly_app_url(base, app, path, out, e);
 }
 
 /* ---- the network part ------------------------------------------------------------------ */
@@ -419,44 +406,77 @@ static int backoff_ms(int retry)
     return ms < FLY_RETRY_AFTER_MAX_MS ? ms : FLY_RETRY_AFTER_MAX_MS;
 }
 
-/* One request to Fly and how to send it: every kind (create, wait, show, events, stop,
- * destroy, the app) goes through send_paced. */
+/* One request to Fly: what the caller asks (the fields up to max_retries, set by its
+ * initializer), then what call_open fills in. Every kind (create, wait, show, events, stop,
+ * destroy, update, lease, list, the app) goes through send_paced. */
 struct call {
+    const char *method;
+    const char *what;              /* "create", "wait", "show"...: the metrics' operation */
+    const char *machine_id;        /* a call on this Machine (unless app_path is set) */
+    const char *action;            /* NULL or "wait", "stop"...: the Machine's path after it */
+    const char *query;             /* NULL, or the query (encoded) */
+    struct ratelimit *rl;          /* whose tokens it takes, NULL: none */
+    const char *app_path;          /* NULL: a call on the Machine; else one on the app: ""
+                                      (the app itself) or "/machines" */
+    unsigned accept;               /* the outcomes that are no failure (bits 1 << outcome) */
+    const char *body;              /* NULL, or a JSON body of body_len bytes */
+    size_t body_len;
+    int timeout_ms;                /* 0: FLY_CALL_TIMEOUT_MS */
+    int max_retries;               /* 429 retries before giving up; -1: as long as Fly says;
+                                      0: FLY_RATE_LIMIT_RETRIES */
     struct http_client *http;
     const struct fly_target *t;
-    struct ratelimit *rl;          /* whose tokens it takes, NULL: none */
     struct url url;
     struct http_header headers[3]; /* Authorization, then the lease nonce, Content-Type */
     struct http_request req;
-    const char *what;              /* "create", "wait", "show"...: the metrics' operation */
     char who[160];                 /* what logs and errors call it: "Machine m1: wait" */
-    int max_retries;               /* 429 retries before giving up; -1: as long as Fly says */
     int prepaid;                   /* the first request's token was taken already */
     struct fly_machine *created;   /* a create's: the Machine its answer names */
 };
 
-/* A call of what with method on c->url, with the token's Authorization header (freed by
- * call_end). url_rc is what building c->url returned: the caller's URL builder is an
- * argument, so c->url is filled before, and kept. r, when given, says FLY_CALL_FAILED
- * until an answer says otherwise. */
-static int call_init(struct call *c, struct http_client *http, const struct fly_target *t,
-                     const char *method, const char *what, struct fly_call_result *r,
-                     int url_rc, struct lerr *e)
+#define ACCEPT(o) (1u << FLY_CALL_##o)
+
+/* A result before any answer: a failure, until an answer says otherwise. */
+static void result_init(struct fly_call_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->outcome = FLY_CALL_FAILED;
+    r->retry_after_ms = -1;
+}
+
+/* Makes c ready to send: its URL and name, the token's Authorization header (freed by
+ * call_end), on a Machine the target's lease nonce, with a body its Content-Type. r, when
+ * given, is result_init'ed first. */
+static int call_open(struct call *c, struct http_client *http, const struct fly_target *t,
+                     struct fly_call_result *r, struct lerr *e)
 {
     char *auth = NULL;
+    size_t n = 1;
 
-    if (r) {
-        memset(r, 0, sizeof *r);
-        r->outcome = FLY_CALL_FAILED;
-        r->retry_after_ms = -1;
-    }
-    if (url_rc < 0 || fly_auth_header(t->token, &auth, e) < 0)
+    if (r)
+        result_init(r);
+    if ((c->app_path ? fly_app_url(t->base, t->app, c->app_path, &c->url, e)
+                     : fly_machine_url(t->base, t->app, c->machine_id, c->action, c->query,
+                                       &c->url, e)) < 0 ||
+        fly_auth_header(t->token, &auth, e) < 0)
         return -1;
-    *c = (struct call){ http, t, t->get_rl, c->url, .what = what,
-                        .max_retries = FLY_RATE_LIMIT_RETRIES };
+    c->http = http;
+    c->t = t;
     c->headers[0] = (struct http_header){ "Authorization", auth };
-    c->req = (struct http_request){ method, &c->url, c->headers, 1, NULL, 0,
-                                    FLY_CALL_TIMEOUT_MS };
+    if (!c->app_path && t->lease_nonce)
+        c->headers[n++] = (struct http_header){ "fly-machine-lease-nonce", t->lease_nonce };
+    if (c->body)
+        c->headers[n++] = (struct http_header){ "Content-Type", "application/json" };
+    c->req = (struct http_request){ c->method, &c->url, c->headers, n, c->body, c->body_len,
+                                    c->timeout_ms ? c->timeout_ms : FLY_CALL_TIMEOUT_MS };
+    if (!c->max_retries)
+        c->max_retries = FLY_RATE_LIMIT_RETRIES;
+    /* the app itself is named by its name alone */
+    if (!c->app_path)
+        snprintf(c->who, sizeof c->who, "Machine %s: %s", c->machine_id, c->what);
+    else
+        snprintf(c->who, sizeof c->who, "Fly app %s%s%s", t->app, c->app_path[0] ? ": " : "",
+                 c->app_path[0] ? c->what : "");
     return 0;
 }
 
@@ -570,17 +590,15 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     const char *group = spec->group_id ? spec->group_id : "-";
     char tried[128] = "";
     enum step step = STEP_STOP;
-    struct call c;
+    struct call c = { "POST", "create", NULL, NULL, NULL, t->create_rl, "/machines",
+                      .timeout_ms = FLY_CREATE_TIMEOUT_MS,
+                      .max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES };
 
     memset(out, 0, sizeof *out);
-    if (call_init(&c, http, t, "POST", "create", NULL,
-                  fly_machines_url(t->base, t->app, &c.url, e), e) < 0)
+    if (call_open(&c, http, t, NULL, e) < 0)
         return -1;
-    c.rl = t->create_rl;
-    c.headers[1] = (struct http_header){ "Content-Type", "application/json" };
-    c.req.num_headers = 2;
-    c.req.timeout_ms = FLY_CREATE_TIMEOUT_MS;
-    c.max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES;
+    /* the body differs by region: each attempt sets its own */
+    c.headers[c.req.num_headers++] = (struct http_header){ "Content-Type", "application/json" };
     c.prepaid = t->create_prepaid;
     c.created = out;
     for (size_t i = 0; i < (nregions ? nregions : 1); i++) {
@@ -716,40 +734,28 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
 /* The bucket a call on one Machine takes: that Machine's own of the kind, else get_rl. */
 #define BUCKET(t, kind) ((t)->limits ? &(t)->limits->kind : (t)->get_rl)
 
-/* A call about one Machine (fly_machine_url's parts), named "Machine <id>: <what>", taking
- * tokens of rl and sending the target's lease nonce. */
-static int machine_call(struct call *c, struct http_client *http, const struct fly_target *t,
-                        const char *method, const char *what, const char *machine_id,
-                        const char *action, const char *query, struct ratelimit *rl,
-                        struct fly_call_result *r, struct lerr *e)
+/* Opens, sends and ends the call. Returns 0 when the answer's outcome is one of c->accept,
+ * with resp kept for the caller to free when resp is not NULL; else -1 with e set and
+ * r->outcome saying whether a later try may do better (a 408 outside a wait is a timeout
+ * like any other: retry later). r may be NULL. */
+static int call_send(struct call *c, struct http_client *http, const struct fly_target *t,
+                     struct http_response *resp, struct fly_call_result *r, struct lerr *e)
 {
-    if (call_init(c, http, t, method, what, r,
-                  fly_machine_url(t->base, t->app, machine_id, action, query, &c->url, e), e) < 0)
+    struct http_response tmp_resp, *rp = resp ? resp : &tmp_resp;
+    struct fly_call_result tmp;
+    int rc;
+
+    if (!r)
+        r = &tmp;
+    if (call_open(c, http, t, r, e) < 0)
         return -1;
-    snprintf(c->who, sizeof c->who, "Machine %s: %s", machine_id, what);
-    c->rl = rl;
-    if (t->lease_nonce)
-        c->headers[c->req.num_headers++] =
-            (struct http_header){ "fly-machine-lease-nonce", t->lease_nonce };
-    return 0;
-}
-
-/* Sends the call and ends it. Returns 0 when the answer's outcome is one of accept (bits
- * 1 << outcome), with resp kept for the caller to free when resp is not NULL; else -1 with
- * e set and r->outcome saying whether a later try may do better (a 408 outside a wait is
- * a timeout like any other: retry later). */
-static int call_run(struct call *c, unsigned accept, struct http_response *resp,
-                    struct fly_call_result *r, struct lerr *e)
-{
-    struct http_response tmp, *rp = resp ? resp : &tmp;
-    int rc = send_paced(c, rp, r, e);
-
+    rc = send_paced(c, rp, r, e);
     call_end(c);
     if (rc < 0)
         return lerr_wrap(e, "%s", c->who);
-    if (!resp || !(accept & 1u << r->outcome))
+    if (!resp || !(c->accept & 1u << r->outcome))
         http_response_free(rp);
-    if (accept & 1u << r->outcome)
+    if (c->accept & 1u << r->outcome)
         return 0;
     if (r->outcome == FLY_CALL_RATE_LIMITED) {
         r->outcome = FLY_CALL_RETRY_LATER;
@@ -761,8 +767,6 @@ static int call_run(struct call *c, unsigned accept, struct http_response *resp,
     return lerr_set(e, LERR_HTTP, "%s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "",
                     r->error);
 }
-
-#define ACCEPT(o) (1u << FLY_CALL_##o)
 
 /* What reading a 2xx came to: rc 0, or -1 (e set) when its reader refused it, which is
  * Fly's trouble, not ours: retry later. */
@@ -779,12 +783,11 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      int timeout_s, struct fly_call_result *out, struct lerr *e)
 {
     char query[320], inst[3 * 64 + 1] = "";
-    struct call c;
-    int saved, rc;
+    struct call c = { "GET", "wait", machine_id, "wait", query, BUCKET(t, get),
+                      .accept = ACCEPT(OK) | ACCEPT(TIMED_OUT) | ACCEPT(GONE) };
+    int saved = http->io_timeout_ms, rc;
 
-    memset(out, 0, sizeof *out);
-    out->outcome = FLY_CALL_FAILED;
-    out->retry_after_ms = -1;
+    result_init(out);
     if (!state || (strcmp(state, "started") && strcmp(state, "stopped") &&
                    strcmp(state, "destroyed")))
         return lerr_set(e, LERR_INVALID, "wait: the state must be started, stopped or destroyed");
@@ -794,15 +797,11 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
         return lerr_set(e, LERR_INVALID, "wait: the instance id is too long");
     snprintf(query, sizeof query, "state=%s&timeout=%d%s%s", state, timeout_s,
              inst[0] ? "&instance_id=" : "", inst);
-    if (machine_call(&c, http, t, "GET", "wait", machine_id, "wait", query, BUCKET(t, get), out,
-                     e) < 0)
-        return -1;
-    c.req.timeout_ms = timeout_s * 1000 + FLY_WAIT_SLACK_MS;
+    c.timeout_ms = timeout_s * 1000 + FLY_WAIT_SLACK_MS;
     /* Fly answers only when the wait ends: the reads must outlast it */
-    saved = http->io_timeout_ms;
-    if (saved < c.req.timeout_ms)
-        http->io_timeout_ms = c.req.timeout_ms;
-    rc = call_run(&c, ACCEPT(OK) | ACCEPT(TIMED_OUT) | ACCEPT(GONE), NULL, out, e);
+    if (saved < c.timeout_ms)
+        http->io_timeout_ms = c.timeout_ms;
+    rc = call_send(&c, http, t, NULL, out, e);
     http->io_timeout_ms = saved;
     return rc;
 }
@@ -813,14 +812,13 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
                     const char *machine_id, const char *action, struct fly_exit *out,
                     struct lerr *e)
 {
+    struct call c = { "GET", action ? action : "show", machine_id, action, NULL, BUCKET(t, get),
+                      .accept = ACCEPT(OK) | ACCEPT(GONE) };
     struct fly_call_result r;
     struct http_response resp;
-    struct call c;
-    int rc = -1;
+    int rc = call_send(&c, http, t, &resp, &r, e);
 
-    if (machine_call(&c, http, t, "GET", action ? action : "show", machine_id, action, NULL,
-                     BUCKET(t, get), &r, e) == 0 &&
-        (rc = call_run(&c, ACCEPT(OK) | ACCEPT(GONE), &resp, &r, e)) == 0) {
+    if (rc == 0) {
         if (r.outcome == FLY_CALL_OK)
             rc = answer_read(&c, &r, fly_parse_exit(resp.body, resp.body_len, out, e), e);
         http_response_free(&resp);
@@ -852,26 +850,20 @@ int fly_machine_exit(struct http_client *http, const struct fly_target *t,
 int fly_stop_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, struct fly_call_result *out, struct lerr *e)
 {
-    struct fly_call_result tmp, *r = out ? out : &tmp;
-    struct call c;
+    struct call c = { "POST", "stop", machine_id, "stop", NULL, BUCKET(t, other),
+                      .accept = ACCEPT(OK) | ACCEPT(GONE) };
 
-    if (machine_call(&c, http, t, "POST", "stop", machine_id, "stop", NULL, BUCKET(t, other), r,
-                     e) < 0)
-        return -1;
-    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
+    return call_send(&c, http, t, NULL, out, e);
 }
 
 int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
                         const char *machine_id, int force, struct fly_call_result *out,
                         struct lerr *e)
 {
-    struct fly_call_result tmp, *r = out ? out : &tmp;
-    struct call c;
+    struct call c = { "DELETE", "destroy", machine_id, NULL, force ? "force=true" : NULL,
+                      BUCKET(t, other), .accept = ACCEPT(OK) | ACCEPT(GONE) };
 
-    if (machine_call(&c, http, t, "DELETE", "destroy", machine_id, NULL,
-                     force ? "force=true" : NULL, BUCKET(t, other), r, e) < 0)
-        return -1;
-    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, r, e);
+    return call_send(&c, http, t, NULL, out, e);
 }
 
 /* ---- a warm pool ---------------------------------------------------------------------- */
@@ -913,35 +905,23 @@ static int printable_into(const cJSON *v, char *out, size_t cap)
     return 1;
 }
 
-/* A call with a JSON body (the caller's, kept until the call ends). */
-static void call_json(struct call *c, const char *body, size_t len)
-{
-    c->headers[c->req.num_headers++] = (struct http_header){ "Content-Type", "application/json" };
-    c->req.body = body;
-    c->req.body_len = len;
-}
-
 int fly_update_machine(struct http_client *http, const struct fly_target *t,
                        const char *machine_id, const struct fly_machine_spec *spec,
                        struct fly_machine *out, struct fly_call_result *r, struct lerr *e)
 {
+    struct call c = { "POST", "update", machine_id, NULL, NULL, BUCKET(t, update),
+                      .accept = ACCEPT(OK), .timeout_ms = FLY_CREATE_TIMEOUT_MS };
     struct http_response resp;
-    struct call c;
     char *body = NULL;
-    size_t len;
     int rc;
 
     memset(out, 0, sizeof *out);
-    if (machine_call(&c, http, t, "POST", "update", machine_id, NULL, NULL, BUCKET(t, update), r,
-                     e) < 0)
-        return -1;
-    if (fly_create_body(spec, NULL, &body, &len, e) < 0) {
-        call_end(&c);
-        return lerr_wrap(e, "%s", c.who);
+    if (fly_create_body(spec, NULL, &body, &c.body_len, e) < 0) {
+        result_init(r);
+        return lerr_wrap(e, "Machine %s: update", machine_id);
     }
-    call_json(&c, body, len);
-    c.req.timeout_ms = FLY_CREATE_TIMEOUT_MS;
-    rc = call_run(&c, ACCEPT(OK), &resp, r, e);
+    c.body = body;
+    rc = call_send(&c, http, t, &resp, r, e);
     free(body);
     out->status = r->status;
     if (rc < 0)
@@ -977,17 +957,15 @@ int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
     struct fly_call_result tmp, *rr = r ? r : &tmp;
     struct http_response resp;
     char query[32], body[32];
-    struct call c;
+    struct call c = { "POST", "lease", machine_id, "lease", query, BUCKET(t, lease),
+                      .accept = ACCEPT(OK), .body = body };
     int rc;
 
     nonce[0] = '\0';
     *expires_at = 0;
     snprintf(query, sizeof query, "ttl=%d", ttl_s);
-    if (machine_call(&c, http, t, "POST", "lease", machine_id, "lease", query, BUCKET(t, lease),
-                     rr, e) < 0)
-        return -1;
-    call_json(&c, body, (size_t)snprintf(body, sizeof body, "{\"ttl\":%d}", ttl_s));
-    if (call_run(&c, ACCEPT(OK), &resp, rr, e) < 0)
+    c.body_len = (size_t)snprintf(body, sizeof body, "{\"ttl\":%d}", ttl_s);
+    if (call_send(&c, http, t, &resp, rr, e) < 0)
         return -1;
     rc = fly_parse_lease(resp.body, resp.body_len, nonce, expires_at, e);
     http_response_free(&resp);
@@ -1000,13 +978,10 @@ int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
 int fly_lease_release(struct http_client *http, const struct fly_target *t,
                       const char *machine_id, struct fly_call_result *r, struct lerr *e)
 {
-    struct fly_call_result tmp, *rr = r ? r : &tmp;
-    struct call c;
+    struct call c = { "DELETE", "release", machine_id, "lease", NULL, BUCKET(t, lease),
+                      .accept = ACCEPT(OK) | ACCEPT(GONE) };
 
-    if (machine_call(&c, http, t, "DELETE", "release", machine_id, "lease", NULL, BUCKET(t, lease),
-                     rr, e) < 0)
-        return -1;
-    return call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, rr, e);
+    return call_send(&c, http, t, NULL, r, e);
 }
 
 /* One list entry, when it is a live pooled Machine of lambdo's. */
@@ -1056,18 +1031,15 @@ int fly_parse_pool_list(const char *json, size_t len, struct fly_pool_machine **
 int fly_list_pool(struct http_client *http, const struct fly_target *t,
                   struct fly_pool_machine **out, size_t *n, struct lerr *e)
 {
+    struct call c = { "GET", "list", NULL, NULL, NULL, t->get_rl, "/machines",
+                      .accept = ACCEPT(OK) };
     struct fly_call_result r;
     struct http_response resp;
-    struct call c;
     int rc;
 
     *out = NULL;
     *n = 0;
-    if (call_init(&c, http, t, "GET", "list", &r, fly_machines_url(t->base, t->app, &c.url, e),
-                  e) < 0)
-        return -1;
-    snprintf(c.who, sizeof c.who, "Fly app %s: list", t->app);
-    if (call_run(&c, ACCEPT(OK), &resp, &r, e) < 0)
+    if (call_send(&c, http, t, &resp, &r, e) < 0)
         return -1;
     rc = fly_parse_pool_list(resp.body, resp.body_len, out, n, e);
     http_response_free(&resp);
@@ -1076,34 +1048,25 @@ int fly_list_pool(struct http_client *http, const struct fly_target *t,
 
 /* ---- the app (lambdo check) ------------------------------------------------------------ */
 
-int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e)
-{
-    return api_url(base, app, "", out, e);
-}
-
 int fly_get_app(struct http_client *http, const struct fly_target *t,
                 struct fly_call_result *out, struct lerr *e)
 {
-    struct call c;
+    struct call c = { "GET", "app", NULL, NULL, NULL, t->get_rl, "", ACCEPT(OK),
+                      .max_retries = FLY_APP_RATE_LIMIT_RETRIES };
 
-    if (call_init(&c, http, t, "GET", "app", out, fly_app_url(t->base, t->app, &c.url, e), e) < 0)
-        return -1;
-    snprintf(c.who, sizeof c.who, "Fly app %s", t->app);
-    c.max_retries = FLY_APP_RATE_LIMIT_RETRIES;
-    return call_run(&c, ACCEPT(OK), NULL, out, e);
+    return call_send(&c, http, t, NULL, out, e);
 }
 
 /* ---- lambdo check ---------------------------------------------------------------------- */
 
 int fly_lease_held(struct http_client *http, const struct fly_target *t, const char *machine_id)
 {
+    struct call c = { "GET", "show lease", machine_id, "lease", NULL, BUCKET(t, get),
+                      .accept = ACCEPT(OK) | ACCEPT(GONE) };
     struct fly_call_result r;
-    struct call c;
     struct lerr e;
 
-    if (machine_call(&c, http, t, "GET", "show lease", machine_id, "lease", NULL, BUCKET(t, get),
-                     &r, &e) < 0 ||
-        call_run(&c, ACCEPT(OK) | ACCEPT(GONE), NULL, &r, &e) < 0)
+    if (call_send(&c, http, t, NULL, &r, &e) < 0)
         return -1;
     return r.outcome == FLY_CALL_OK;  /* 404: no lease */
 }

@@ -229,10 +229,12 @@ int fly_auth_header(const char *token, char **out, struct lerr *e);
 /* Wipes and frees a buffer that held a secret. NULL is fine. */
 void fly_secret_free(char *s);
 
-/* The create URL: base's scheme and authority, its path without trailing slashes, then
- * /v1/apps/<app, percent-encoded>/machines. LERR_INVALID if base has a query, app is
- * empty, or the path does not fit. */
-int fly_machines_url(const struct url *base, const char *app, struct url *out, struct lerr *e);
+/* An API URL: base's scheme and authority, its path without trailing slashes, then
+ * /v1/apps/<app, percent-encoded>, then path (encoded already): "" for the app itself
+ * (Apps_show), "/machines" for its Machines (create, list). LERR_INVALID if base has a
+ * query, app is empty, or the path does not fit. */
+int fly_app_url(const struct url *base, const char *app, const char *path, struct url *out,
+                struct lerr *e);
 
 /* Creates the Machine, trying regions[0..nregions) in order (with nregions 0: once,
  * letting Fly choose the region), as described at the top of this file. Each POST first
@@ -266,10 +268,10 @@ struct fly_exit {
                                 answer was a Machine object, "" otherwise (one_line-cleaned) */
 };
 
-/* The URL of one Machine: fly_machines_url's path, then /<machine_id> (percent-encoded),
+/* The URL of one Machine: fly_app_url's with "/machines", then /<machine_id> (percent-encoded),
  * then /<action> when action is not NULL ("wait", "stop", "events"), then ?<query> when
  * query is not NULL (the caller encodes it). LERR_INVALID for an empty or too long id,
- * or as fly_machines_url. */
+ * or as fly_app_url. */
 int fly_machine_url(const struct url *base, const char *app, const char *machine_id,
                     const char *action, const char *query, struct url *out, struct lerr *e);
 
@@ -389,9 +391,6 @@ int fly_list_pool(struct http_client *http, const struct fly_target *t,
 /* ---- the app (lambdo check) ------------------------------------------------------------ */
 
 #define FLY_APP_RATE_LIMIT_RETRIES 3  /* a check is a quick look, not work that must get done */
-
-/* The app's URL: fly_machines_url's without /machines (Apps_show). Errors as there. */
-int fly_app_url(const struct url *base, const char *app, struct url *out, struct lerr *e);
 
 /* GET {base}/v1/apps/{app} (Apps_show), one request (a 429 is waited out and retried, up
  * to FLY_APP_RATE_LIMIT_RETRIES times, taking t->get_rl tokens when set, as every call

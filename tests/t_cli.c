@@ -1144,14 +1144,14 @@ static void test_fly_app_url(void **state)
     struct lerr e = { 0 };
 
     assert_int_equal(url_parse("https://api.machines.dev", &base, &e), 0);
-    assert_int_equal(fly_app_url(&base, "my-jobs", &out, &e), 0);
+    assert_int_equal(fly_app_url(&base, "my-jobs", "", &out, &e), 0);
     assert_string_equal(out.path, "/v1/apps/my-jobs");
     assert_string_equal(out.authority, "api.machines.dev");
     assert_int_equal(out.tls, 1);
     assert_int_equal(url_parse("http://127.0.0.1:4280/prefix//", &base, &e), 0);
-    assert_int_equal(fly_app_url(&base, "a b/c", &out, &e), 0);
+    assert_int_equal(fly_app_url(&base, "a b/c", "", &out, &e), 0);
     assert_string_equal(out.path, "/prefix/v1/apps/a%20b%2Fc");
-    assert_int_equal(fly_app_url(&base, "", &out, &e), -1);
+    assert_int_equal(fly_app_url(&base, "", "", &out, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
 }
 

@@ -606,7 +606,7 @@ static void test_machines_url(void **state)
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(url_parse(cases[i][0], &base, &e), 0);
-        assert_int_equal(fly_machines_url(&base, cases[i][1], &u, &e), 0);
+        assert_int_equal(fly_app_url(&base, cases[i][1], "/machines", &u, &e), 0);
         assert_string_equal(u.path, cases[i][2]);
         assert_string_equal(u.host, base.host);
         assert_string_equal(u.authority, base.authority);
@@ -614,15 +614,15 @@ static void test_machines_url(void **state)
         assert_int_equal(u.tls, base.tls);
     }
     assert_int_equal(url_parse("http://h/p?x=1", &base, &e), 0);
-    assert_int_equal(fly_machines_url(&base, "a", &u, &e), -1);
+    assert_int_equal(fly_app_url(&base, "a", "/machines", &u, &e), -1);
     assert_has(e.msg, "query");
     assert_int_equal(url_parse("http://h", &base, &e), 0);
-    assert_int_equal(fly_machines_url(&base, "", &u, &e), -1);
+    assert_int_equal(fly_app_url(&base, "", "/machines", &u, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
     memset(base.path, 'p', sizeof base.path - 1);
     base.path[0] = '/';
     base.path[sizeof base.path - 1] = '\0';
-    assert_int_equal(fly_machines_url(&base, "a", &u, &e), -1);
+    assert_int_equal(fly_app_url(&base, "a", "/machines", &u, &e), -1);
     assert_has(e.msg, "too long");
 }
 
