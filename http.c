@@ -38,6 +38,9 @@ struct io {
     const char *phase;        /* "connecting to", "waiting for response from"... */
     int no_close_notify;      /* TLS: the socket ended without close_notify */
     int answer_pending;       /* the request just went out: its answer cannot be there yet */
+    int sock_failed;          /* TLS: the socket failed under BearSSL, e says how */
+    struct lerr *e;           /* where the socket callbacks of sio report */
+    br_sslio_context sio;     /* TLS: BearSSL's engine driver over the two callbacks */
 };
 
 #define IO_CLOSED 0  /* rbuf_fill: the peer closed (EOF or TLS close_notify) */
@@ -219,59 +222,47 @@ static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr 
     return (long)len;
 }
 
-/* Runs the engine until one of the states in want is reached. Returns 1, IO_CLOSED when
- * the socket hit EOF (or the peer sent close_notify) and want includes BR_SSL_RECVAPP,
- * or -1. */
-static int tls_run(struct io *io, unsigned want, struct lerr *e)
+/* br_sslio's socket callbacks. Their -1 stops BearSSL; tls_failed then says why. */
+static int tls_low_read(void *ctx, unsigned char *buf, size_t len)
+{
+    struct io *io = ctx;
+    long n = tls_recv(io, buf, len, io->e);
+
+    io->no_close_notify = n == IO_CLOSED;
+    io->sock_failed = n < 0;
+    return n > 0 ? (int)n : -1;
+}
+
+static int tls_low_write(void *ctx, const unsigned char *buf, size_t len)
+{
+    struct io *io = ctx;
+    long n = sock_io(io, (unsigned char *)buf, len, POLLOUT, io->e);
+
+    io->sock_failed = n < 0;
+    return n > 0 ? (int)n : -1;
+}
+
+/* Why a br_sslio call failed. A close by the peer (EOF, or close_notify) is IO_CLOSED while
+ * the request or its answer is under way (the reader judges it), an error in the handshake.
+ * Returns IO_CLOSED or -1. */
+static int tls_failed(struct io *io, int handshake, struct lerr *e)
 {
     br_ssl_engine_context *eng = &io->conn->tc->cc.eng;
+    int err = br_ssl_engine_last_error(eng);
 
-    for (;;) {
-        unsigned st = br_ssl_engine_current_state(eng);
-        unsigned char *buf;
-        size_t len;
-        long n;
-
-        if (st & BR_SSL_CLOSED) {
-            int err = br_ssl_engine_last_error(eng);
-            if (err == BR_ERR_OK && (want & BR_SSL_RECVAPP))
-                return IO_CLOSED;
-            if (err == BR_ERR_OK)
-                return io_fail(io, e, LERR_CLOSED, "TLS connection closed (close_notify) while");
-            return tls_error(e, err, io->conn->host);
-        }
-        if (st & BR_SSL_SENDREC) {
-            buf = br_ssl_engine_sendrec_buf(eng, &len);
-            n = sock_io(io, buf, len, POLLOUT, e);
-            if (n < 0)
-                return -1;
-            br_ssl_engine_sendrec_ack(eng, (size_t)n);
-            continue;
-        }
-        if (st & want)
-            return 1;
-        if (st & BR_SSL_RECVAPP) {
-            /* Application data arrived while we are still sending: HTTP/1.1 allows an
-             * early answer, but without a reader for it the engine would stall. */
-            return io_fail(io, e, LERR_MALFORMED, "the server answered before the request was "
-                           "sent, while");
-        }
-        if (st & BR_SSL_RECVREC) {
-            buf = br_ssl_engine_recvrec_buf(eng, &len);
-            n = tls_recv(io, buf, len, e);
-            if (n < 0)
-                return -1;
-            if (n == IO_CLOSED) {
-                io->no_close_notify = 1;
-                if (want & BR_SSL_RECVAPP)
-                    return IO_CLOSED;  /* EOF without close_notify: the caller judges */
-                return io_fail(io, e, LERR_CLOSED, "connection closed while");
-            }
-            br_ssl_engine_recvrec_ack(eng, (size_t)n);
-            continue;
-        }
-        br_ssl_engine_flush(eng, 0);
+    if (io->sock_failed)
+        return -1;
+    if (!(br_ssl_engine_current_state(eng) & BR_SSL_CLOSED)) {
+        /* Application data arrived while we are still sending: HTTP/1.1 allows an early
+         * answer, but without a reader for it the engine would stall. */
+        return io_fail(io, e, LERR_MALFORMED, "the server answered before the request was "
+                       "sent, while");
     }
+    if (!io->no_close_notify && err != BR_ERR_OK)
+        return tls_error(e, err, io->conn->host);
+    if (handshake)
+        return io_fail(io, e, LERR_CLOSED, "connection closed while");
+    return IO_CLOSED;
 }
 
 /* ---- connection: plain or TLS, same calls ------------------------------------------------- */
@@ -290,23 +281,10 @@ static int conn_write(struct io *io, char *buf, size_t len, struct lerr *e)
         }
         return 0;
     }
-    br_ssl_engine_context *eng = &conn->tc->cc.eng;
-    while (len > 0) {
-        size_t room;
-        unsigned char *dst;
-        if (tls_run(io, BR_SSL_SENDAPP, e) < 0)
-            return -1;
-        dst = br_ssl_engine_sendapp_buf(eng, &room);
-        if (room > len)
-            room = len;
-        memcpy(dst, buf, room);
-        br_ssl_engine_sendapp_ack(eng, room);
-        buf += room;
-        len -= room;
-    }
-    br_ssl_engine_flush(eng, 0);
-    /* Flushed records are sent by tls_run before it looks at anything else. */
-    return tls_run(io, BR_SSL_SENDAPP | BR_SSL_RECVAPP, e) < 0 ? -1 : 0;
+    if (br_sslio_write_all(&io->sio, buf, len) == 0 && br_sslio_flush(&io->sio) == 0)
+        return 0;
+    /* A server that closes as the request goes out did not answer: the reader says so. */
+    return tls_failed(io, 0, e) == IO_CLOSED ? 0 : -1;
 }
 
 
@@ -349,8 +327,9 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
     c->connections_opened++;
     if (io->conn->tc) {
         io_phase(io, "in TLS handshake with", c->io_timeout_ms);
+        /* The flush drives the handshake to its end: nothing is queued to send yet. */
         if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0 ||
-            tls_run(io, BR_SSL_SENDAPP, e) < 0) {
+            (br_sslio_flush(&io->sio) < 0 && tls_failed(io, 1, e) < 0)) {
             conn_close(io->conn);
             return -1;
         }
@@ -515,24 +494,16 @@ static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
  * bytes read, IO_CLOSED, or -1. */
 static long rbuf_fill(struct io *io, struct rbuf *b, struct lerr *e)
 {
-    struct tls_client *tc = io->conn->tc;
-    size_t room, avail;
+    size_t room;
     long n;
 
     if (b->cap - b->len < 4096 + 1 && rbuf_reserve(b, 4096, e) < 0)
         return -1;
     room = b->cap - b->len - 1;
-    if (!tc) {
+    if (!io->conn->tc)
         n = sock_io(io, b->p + b->len, room, POLLIN, e);
-    } else {
-        n = tls_run(io, BR_SSL_RECVAPP, e);
-        if (n > 0) {
-            unsigned char *src = br_ssl_engine_recvapp_buf(&tc->cc.eng, &avail);
-            n = (long)(avail < room ? avail : room);
-            memcpy(b->p + b->len, src, (size_t)n);
-            br_ssl_engine_recvapp_ack(&tc->cc.eng, (size_t)n);
-        }
-    }
+    else if ((n = br_sslio_read(&io->sio, b->p + b->len, room)) < 0)
+        n = tls_failed(io, 0, e);
     if (n > 0)
         b->len += (size_t)n;
     return n;
@@ -759,6 +730,9 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
     is_head = strcmp(req->method, "HEAD") == 0;
     io.c = c;
     io.conn = conn;
+    io.e = e;
+    if (conn->tc)
+        br_sslio_init(&io.sio, &conn->tc->cc.eng, tls_low_read, &io, tls_low_write, &io);
     io.request_timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
     io.deadline = io.request_timeout_ms > 0 ? now_ms() + io.request_timeout_ms : 0;
 
