@@ -590,8 +590,9 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
         return -1;
     for (;;) {
         if (h->framing == HTTPRESP_BODY_CHUNKED) {
-            size_t out = b->len - raw;
-            int rc = httpresp_chunked_decode(&ch, b->p + raw, &out, max_body, e);
+            size_t out;
+            int rc = httpresp_chunked_decode(&ch, b->p + raw, b->len - raw, b->p + raw, &out,
+                                             max_body, e);
             if (rc == HTTPRESP_ERROR && e && e->kind == LERR_TOO_LARGE)
                 return http_too_large(io, 0, max_body, e);
             if (rc == HTTPRESP_ERROR)
