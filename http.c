@@ -136,37 +136,6 @@ static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr
     }
 }
 
-/* Connects to one address. Returns the socket; -1 with *err set (try the next address); -2
- * with e set (timeout or cancel: stop). */
-static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *err, struct lerr *e)
-{
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-    int one = 1, rc = -1;
-    socklen_t len = sizeof *err;
-
-    *err = errno;
-    if (fd < 0)
-        return -1;
-    /* Without TCP_NODELAY a TLS handshake flight or a small request body waits for the
-     * peer's delayed ACK: about 40 ms per exchange. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-        return fd;
-    *err = errno;
-    if (*err == EINPROGRESS) {
-        if (io_wait(io, fd, POLLOUT, e) < 0)
-            rc = -2;
-        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
-            *err = errno;
-        else if (*err == 0)
-            return fd;
-    }
-    close(fd);
-    return rc;
-}
-
 /* Tries each address of the host in turn; a refused address moves on to the next, a
  * timeout ends the attempt (each address would cost the whole connect timeout). */
 static int sock_connect(struct io *io, struct lerr *e)
@@ -174,7 +143,8 @@ static int sock_connect(struct io *io, struct lerr *e)
     struct http_conn *conn = io->conn;
     struct addrinfo hints = { .ai_flags = AI_NUMERICSERV, .ai_socktype = SOCK_STREAM }, *res, *ai;
     char port[8];
-    int rc, err = 0, fd = -1;
+    int rc, err = 0, one = 1;
+    socklen_t len = sizeof err;
 
     snprintf(port, sizeof port, "%u", (unsigned)conn->port);
     /* getaddrinfo cannot be interrupted; the resolver's own timeouts apply. */
@@ -182,15 +152,32 @@ static int sock_connect(struct io *io, struct lerr *e)
     if (rc != 0)
         return lerr_set(e, LERR_DNS, "cannot resolve host %s: %s", conn->host,
                         rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-    for (ai = res; ai && fd == -1; ai = ai->ai_next)
-        fd = sock_connect_one(io, ai, &err, e);
-    freeaddrinfo(res);
-    if (fd >= 0) {
-        conn->fd = fd;
-        return 0;
+    /* err -1: the wait failed (timeout, cancel), e says how, and no other address is tried */
+    for (ai = res; ai && conn->fd < 0 && err != -1; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                        ai->ai_protocol);
+
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        /* Without TCP_NODELAY a TLS handshake flight or a small request body waits for the
+         * peer's delayed ACK: about 40 ms per exchange. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        err = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
+        if (err == EINPROGRESS && io_wait(io, fd, POLLOUT, e) < 0)
+            err = -1;
+        else if (err == EINPROGRESS && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err == 0)
+            conn->fd = fd;
+        else
+            close(fd);
     }
-    if (fd == -2)
-        return -1;
+    freeaddrinfo(res);
+    if (conn->fd >= 0 || err == -1)
+        return conn->fd >= 0 ? 0 : -1;
     if (err == ECONNREFUSED)
         return io_fail(io, e, LERR_REFUSED, "connection refused while");
     return io_fail(io, e, LERR_CONNECT, "%s while", strerror(err));
