@@ -229,8 +229,6 @@ static int note_content_length(struct fields *fl, const struct httpresp_header *
     const char *elem;
     size_t pos = 0, n, i;
 
-    if (fl->te_chunked)
-        return malformed(e, "both Transfer-Encoding and Content-Length");
     while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
         unsigned long long v = 0;
 
@@ -266,8 +264,6 @@ static int note_transfer_encoding(struct fields *fl, const struct httpresp_head 
     /* RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing. */
     if (h->minor_version == 0)
         return malformed(e, "Transfer-Encoding in an HTTP/1.0 response");
-    if (fl->have_length)
-        return malformed(e, "both Transfer-Encoding and Content-Length");
     while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
         if (n == 0)
             continue;
@@ -300,13 +296,18 @@ static void note_connection(struct fields *fl, const struct httpresp_header *f)
 static int note_field(struct fields *fl, const struct httpresp_head *h,
                       const struct httpresp_header *f, struct lerr *e)
 {
+    int rc = 0;
+
     if (equals_word(f->name, f->name_len, "content-length"))
-        return note_content_length(fl, f, e);
-    if (equals_word(f->name, f->name_len, "transfer-encoding"))
-        return note_transfer_encoding(fl, h, f, e);
-    if (equals_word(f->name, f->name_len, "connection"))
+        rc = note_content_length(fl, f, e);
+    else if (equals_word(f->name, f->name_len, "transfer-encoding"))
+        rc = note_transfer_encoding(fl, h, f, e);
+    else if (equals_word(f->name, f->name_len, "connection"))
         note_connection(fl, f);
-    return 0;
+    /* Either framing may be a smuggler's decoy for the other. */
+    if (rc == 0 && fl->have_length && fl->te_chunked)
+        rc = malformed(e, "both Transfer-Encoding and Content-Length");
+    return rc;
 }
 
 /* RFC 9112 section 6.3, and section 9.3 for persistence. Fields were validated whatever the
