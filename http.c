@@ -364,6 +364,26 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
     return conn;
 }
 
+/* ---- buffers ------------------------------------------------------------------------------- */
+
+/* Makes room for at least want more bytes (plus the final NUL). */
+static int buf_reserve(struct http_buf *b, size_t want, struct lerr *e)
+{
+    size_t cap = b->cap ? b->cap : 16 * 1024;
+
+    while (cap < b->len + want + 1)
+        cap *= 2;
+    if (cap == b->cap)
+        return 0;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return lerr_set(e, LERR_NOMEM, "out of memory for a buffer of %zu bytes", cap);
+    b->p = p;
+    b->cap = cap;
+    b->grown++;
+    return 0;
+}
+
 /* ---- request -------------------------------------------------------------------------------- */
 
 /* Header values may not hold CR, LF or other controls: they would split the request. */
@@ -413,16 +433,12 @@ static int http_build(struct http_client *c, const struct http_request *req, siz
         has_ua |= strcasecmp(h->name, "user-agent") == 0;
         cap += strlen(h->name) + strlen(h->value) + 4;
     }
-    if (cap > c->req_cap) {
-        free(c->req_buf);
-        c->req_cap = 0;
-        c->req_buf = malloc(cap);
-        if (!c->req_buf)
-            return lerr_set(e, LERR_NOMEM, "out of memory for a request of %zu bytes", cap);
-        c->req_cap = cap;
-        c->buffers_allocated++;
-    }
-    buf = c->req_buf;
+    c->req.len = 0;
+    if (buf_reserve(&c->req, cap, e) < 0)
+        return -1;
+    c->buffers_allocated += c->req.grown;
+    c->req.grown = 0;
+    buf = c->req.p;
     n += (size_t)snprintf(buf + n, cap - n, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method,
                           u->path, u->authority);
     if (!has_ua)
@@ -453,38 +469,14 @@ static int http_build(struct http_client *c, const struct http_request *req, siz
 
 /* ---- response ------------------------------------------------------------------------------- */
 
-struct rbuf {
-    char *p;
-    size_t len, cap;
-    unsigned grown;  /* reallocations: each may have moved p */
-};
-
-/* Makes room for at least want more bytes (plus the final NUL). */
-static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
-{
-    size_t cap = b->cap ? b->cap : 16 * 1024;
-
-    while (cap < b->len + want + 1)
-        cap *= 2;
-    if (cap == b->cap)
-        return 0;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return lerr_set(e, LERR_NOMEM, "out of memory for a response of %zu bytes", cap);
-    b->p = p;
-    b->cap = cap;
-    b->grown++;
-    return 0;
-}
-
 /* Reads what is available into b, plain or TLS (waiting for at least one byte). Returns
  * bytes read, IO_CLOSED, or -1. */
-static long rbuf_fill(struct io *io, struct rbuf *b, struct lerr *e)
+static long rbuf_fill(struct io *io, struct http_buf *b, struct lerr *e)
 {
     size_t room;
     long n;
 
-    if (b->cap - b->len < 4096 + 1 && rbuf_reserve(b, 4096, e) < 0)
+    if (b->cap - b->len < 4096 + 1 && buf_reserve(b, 4096, e) < 0)
         return -1;
     room = b->cap - b->len - 1;
     if (!io->conn->tc)
@@ -505,7 +497,7 @@ static int http_malformed(struct io *io, struct lerr *e)
  * The parser runs when new bytes hold an LF (every line of the head, its end included,
  * ends in one), at the size limit and at EOF: not on every read, and at most once per
  * line. *started is set once any byte arrived. Returns the head length. */
-static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct httpresp_head *h,
+static long http_read_head(struct io *io, struct http_buf *b, int is_head, struct httpresp_head *h,
                            int *started, struct lerr *e)
 {
     int parse = 0, at_eof = 0;
@@ -561,7 +553,7 @@ static int http_too_large(struct io *io, unsigned long long size, size_t max, st
  * body share one allocation and the body is never moved. Each read's bytes are handled
  * once: counted for a length, decoded in place for chunked. Sets *reusable when the
  * connection ends cleanly after the body. */
-static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct httpresp_head *h,
+static int http_read_body(struct io *io, struct http_buf *b, size_t at, const struct httpresp_head *h,
                           size_t max_body, int *reusable, struct lerr *e)
 {
     struct httpresp_chunked ch = { 0 };
@@ -573,7 +565,7 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
     if (want > max_body)
         return http_too_large(io, want, max_body, e);
     /* A known length gets its room at once (and a read's worth more, for rbuf_fill). */
-    if (rbuf_reserve(b, (size_t)want + 4096, e) < 0)
+    if (buf_reserve(b, (size_t)want + 4096, e) < 0)
         return -1;
     for (;;) {
         if (h->framing == HTTPRESP_BODY_CHUNKED) {
@@ -622,9 +614,8 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
  * it is over HTTP_KEEP_BUF. */
 static void http_keep(struct http_client *c, char *buf, size_t cap)
 {
-    if (!c->spare_buf && cap <= HTTP_KEEP_BUF) {
-        c->spare_buf = buf;
-        c->spare_cap = cap;
+    if (!c->spare.p && cap <= HTTP_KEEP_BUF) {
+        c->spare = (struct http_buf){ buf, 0, cap, 0 };
     } else {
         free(buf);
     }
@@ -636,13 +627,12 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
                          size_t reqlen, int is_head, struct http_response *resp, int *reusable,
                          int *started, struct lerr *e)
 {
-    struct rbuf b = { c->spare_buf, 0, c->spare_cap, 0 };
+    struct http_buf b = c->spare;
     struct httpresp_head *h = &resp->head;
     long head_len;
     unsigned grown;
 
-    c->spare_buf = NULL;
-    c->spare_cap = 0;
+    c->spare = (struct http_buf){ 0 };
     io_phase(io, "sending request to", c->io_timeout_ms);
     c->requests_sent++;
     if (conn_write(io, reqbuf, reqlen, e) < 0)
@@ -694,10 +684,9 @@ void http_client_close(struct http_client *c)
         conn_free(c->conns[i]);
         c->conns[i] = NULL;
     }
-    free(c->req_buf);
-    free(c->spare_buf);
-    c->req_buf = c->spare_buf = NULL;
-    c->req_cap = c->spare_cap = 0;
+    free(c->req.p);
+    free(c->spare.p);
+    c->req = c->spare = (struct http_buf){ 0 };
 }
 
 int http_do(struct http_client *c, const struct http_request *req, struct http_response *resp,
@@ -730,7 +719,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         io.no_close_notify = 0;
         if (!reused && conn_open(c, &io, e) < 0)
             goto out;
-        if (http_exchange(c, &io, c->req_buf, reqlen, is_head, resp, &reusable, &started, e) == 0) {
+        if (http_exchange(c, &io, c->req.p, reqlen, is_head, resp, &reusable, &started, e) == 0) {
             if (!reusable)
                 conn_close(conn);
             rc = 0;
@@ -746,10 +735,9 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
                   conn->port, e->msg);
     }
 out:
-    if (c->req_cap > HTTP_KEEP_BUF) {
-        free(c->req_buf);
-        c->req_buf = NULL;
-        c->req_cap = 0;
+    if (c->req.cap > HTTP_KEEP_BUF) {
+        free(c->req.p);
+        c->req = (struct http_buf){ 0 };
     }
     return rc;
 }
