@@ -185,8 +185,9 @@ static int sock_connect(struct io *io, struct lerr *e)
 
 /* ---- TLS over the socket ---------------------------------------------------------------------
  *
- * BearSSL is a state machine without I/O; this drives it over the non-blocking socket,
- * waiting with io_wait so that every TLS wait has the same timeouts and cancel. */
+ * BearSSL is a state machine without I/O; its br_sslio loop drives it here through two
+ * callbacks over the non-blocking socket, which wait with io_wait so that every TLS wait
+ * has the same timeouts and cancel. */
 
 /* BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
  * The socket is read in large reads into conn->in instead, and the engine fed from there.
@@ -401,11 +402,10 @@ static int http_is_reserved(const char *name)
            strcasecmp(name, "connection") == 0 || strcasecmp(name, "transfer-encoding") == 0;
 }
 
-/* Checks req and builds the whole request (head and body) in the client's buffer, so that
- * it leaves in as few segments or TLS records as possible. Header values are never
- * logged: they carry tokens and signatures. */
-static int http_build(struct http_client *c, const struct http_request *req, size_t *out_len,
-                      struct lerr *e)
+/* Checks req and builds the whole request (head and body) in c->req, so that it leaves in
+ * as few segments or TLS records as possible. Header values are never logged: they carry
+ * tokens and signatures. */
+static int http_build(struct http_client *c, const struct http_request *req, struct lerr *e)
 {
     const struct url *u = req->url;
     int has_ua = 0, has_body;
@@ -463,7 +463,7 @@ static int http_build(struct http_client *c, const struct http_request *req, siz
     if (req->body_len)
         memcpy(buf + n, req->body, req->body_len);
     n += req->body_len;
-    *out_len = n;
+    c->req.len = n;
     return 0;
 }
 
@@ -623,9 +623,8 @@ static void http_keep(struct http_client *c, char *buf, size_t cap)
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
  * begun to answer (then the request must not be resent). */
-static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
-                         size_t reqlen, int is_head, struct http_response *resp, int *reusable,
-                         int *started, struct lerr *e)
+static int http_exchange(struct http_client *c, struct io *io, int is_head,
+                         struct http_response *resp, int *reusable, int *started, struct lerr *e)
 {
     struct http_buf b = c->spare;
     struct httpresp_head *h = &resp->head;
@@ -635,7 +634,7 @@ static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
     c->spare = (struct http_buf){ 0 };
     io_phase(io, "sending request to", c->io_timeout_ms);
     c->requests_sent++;
-    if (conn_write(io, reqbuf, reqlen, e) < 0)
+    if (conn_write(io, c->req.p, c->req.len, e) < 0)
         goto fail;
     io->answer_pending = 1;
     io_phase(io, "waiting for response from", c->io_timeout_ms);
@@ -694,11 +693,10 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
 {
     struct http_conn *conn;
     struct io io = { 0 };
-    size_t reqlen = 0;
     int is_head, rc = -1;
 
     memset(resp, 0, sizeof *resp);
-    if (http_build(c, req, &reqlen, e) < 0)
+    if (http_build(c, req, e) < 0)
         return -1;
     conn = conn_for(c, req->url, e);
     if (!conn || conn_check_idle(c, conn, e) < 0)
@@ -719,7 +717,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         io.no_close_notify = 0;
         if (!reused && conn_open(c, &io, e) < 0)
             goto out;
-        if (http_exchange(c, &io, c->req.p, reqlen, is_head, resp, &reusable, &started, e) == 0) {
+        if (http_exchange(c, &io, is_head, resp, &reusable, &started, e) == 0) {
             if (!reusable)
                 conn_close(conn);
             rc = 0;
