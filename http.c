@@ -176,8 +176,10 @@ static int sock_connect(struct io *io, struct lerr *e)
             close(fd);
     }
     freeaddrinfo(res);
-    if (conn->fd >= 0 || err == -1)
-        return conn->fd >= 0 ? 0 : -1;
+    if (conn->fd >= 0)
+        return 0;
+    if (err == -1)
+        return -1;
     if (err == ECONNREFUSED)
         return io_fail(io, e, LERR_REFUSED, "connection refused while");
     return io_fail(io, e, LERR_CONNECT, "%s while", strerror(err));
@@ -714,7 +716,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
     for (int attempt = 0;; attempt++) {
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
-        io.no_close_notify = 0;
+        io.no_close_notify = io.sock_failed = 0;
         if (!reused && conn_open(c, &io, e) < 0)
             goto out;
         if (http_exchange(c, &io, is_head, resp, &reusable, &started, e) == 0) {
