@@ -38,6 +38,9 @@ struct io {
     const char *phase;        /* "connecting to", "waiting for response from"... */
     int no_close_notify;      /* TLS: the socket ended without close_notify */
     int answer_pending;       /* the request just went out: its answer cannot be there yet */
+    int sock_failed;          /* TLS: the socket failed under BearSSL, e says how */
+    struct lerr *e;           /* where the socket callbacks of sio report */
+    br_sslio_context sio;     /* TLS: BearSSL's engine driver over the two callbacks */
 };
 
 #define IO_CLOSED 0  /* rbuf_fill: the peer closed (EOF or TLS close_notify) */
@@ -133,37 +136,6 @@ static long sock_io(struct io *io, void *buf, size_t len, short dir, struct lerr
     }
 }
 
-/* Connects to one address. Returns the socket; -1 with *err set (try the next address); -2
- * with e set (timeout or cancel: stop). */
-static int sock_connect_one(struct io *io, const struct addrinfo *ai, int *err, struct lerr *e)
-{
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-    int one = 1, rc = -1;
-    socklen_t len = sizeof *err;
-
-    *err = errno;
-    if (fd < 0)
-        return -1;
-    /* Without TCP_NODELAY a TLS handshake flight or a small request body waits for the
-     * peer's delayed ACK: about 40 ms per exchange. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-        return fd;
-    *err = errno;
-    if (*err == EINPROGRESS) {
-        if (io_wait(io, fd, POLLOUT, e) < 0)
-            rc = -2;
-        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
-            *err = errno;
-        else if (*err == 0)
-            return fd;
-    }
-    close(fd);
-    return rc;
-}
-
 /* Tries each address of the host in turn; a refused address moves on to the next, a
  * timeout ends the attempt (each address would cost the whole connect timeout). */
 static int sock_connect(struct io *io, struct lerr *e)
@@ -171,7 +143,8 @@ static int sock_connect(struct io *io, struct lerr *e)
     struct http_conn *conn = io->conn;
     struct addrinfo hints = { .ai_flags = AI_NUMERICSERV, .ai_socktype = SOCK_STREAM }, *res, *ai;
     char port[8];
-    int rc, err = 0, fd = -1;
+    int rc, err = 0, one = 1;
+    socklen_t len = sizeof err;
 
     snprintf(port, sizeof port, "%u", (unsigned)conn->port);
     /* getaddrinfo cannot be interrupted; the resolver's own timeouts apply. */
@@ -179,14 +152,33 @@ static int sock_connect(struct io *io, struct lerr *e)
     if (rc != 0)
         return lerr_set(e, LERR_DNS, "cannot resolve host %s: %s", conn->host,
                         rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-    for (ai = res; ai && fd == -1; ai = ai->ai_next)
-        fd = sock_connect_one(io, ai, &err, e);
-    freeaddrinfo(res);
-    if (fd >= 0) {
-        conn->fd = fd;
-        return 0;
+    /* err -1: the wait failed (timeout, cancel), e says how, and no other address is tried */
+    for (ai = res; ai && conn->fd < 0 && err != -1; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                        ai->ai_protocol);
+
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        /* Without TCP_NODELAY a TLS handshake flight or a small request body waits for the
+         * peer's delayed ACK: about 40 ms per exchange. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        err = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
+        if (err == EINPROGRESS && io_wait(io, fd, POLLOUT, e) < 0)
+            err = -1;
+        else if (err == EINPROGRESS && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err == 0)
+            conn->fd = fd;
+        else
+            close(fd);
     }
-    if (fd == -2)
+    freeaddrinfo(res);
+    if (conn->fd >= 0)
+        return 0;
+    if (err == -1)
         return -1;
     if (err == ECONNREFUSED)
         return io_fail(io, e, LERR_REFUSED, "connection refused while");
@@ -195,8 +187,9 @@ static int sock_connect(struct io *io, struct lerr *e)
 
 /* ---- TLS over the socket ---------------------------------------------------------------------
  *
- * BearSSL is a state machine without I/O; this drives it over the non-blocking socket,
- * waiting with io_wait so that every TLS wait has the same timeouts and cancel. */
+ * BearSSL is a state machine without I/O; its br_sslio loop drives it here through two
+ * callbacks over the non-blocking socket, which wait with io_wait so that every TLS wait
+ * has the same timeouts and cancel. */
 
 /* BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
  * The socket is read in large reads into conn->in instead, and the engine fed from there.
@@ -219,59 +212,47 @@ static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr 
     return (long)len;
 }
 
-/* Runs the engine until one of the states in want is reached. Returns 1, IO_CLOSED when
- * the socket hit EOF (or the peer sent close_notify) and want includes BR_SSL_RECVAPP,
- * or -1. */
-static int tls_run(struct io *io, unsigned want, struct lerr *e)
+/* br_sslio's socket callbacks. Their -1 stops BearSSL; tls_failed then says why. */
+static int tls_low_read(void *ctx, unsigned char *buf, size_t len)
+{
+    struct io *io = ctx;
+    long n = tls_recv(io, buf, len, io->e);
+
+    io->no_close_notify = n == IO_CLOSED;
+    io->sock_failed = n < 0;
+    return n > 0 ? (int)n : -1;
+}
+
+static int tls_low_write(void *ctx, const unsigned char *buf, size_t len)
+{
+    struct io *io = ctx;
+    long n = sock_io(io, (unsigned char *)buf, len, POLLOUT, io->e);
+
+    io->sock_failed = n < 0;
+    return n > 0 ? (int)n : -1;
+}
+
+/* Why a br_sslio call failed. A close by the peer (EOF, or close_notify) is IO_CLOSED while
+ * the request or its answer is under way (the reader judges it), an error in the handshake.
+ * Returns IO_CLOSED or -1. */
+static int tls_failed(struct io *io, int handshake, struct lerr *e)
 {
     br_ssl_engine_context *eng = &io->conn->tc->cc.eng;
+    int err = br_ssl_engine_last_error(eng);
 
-    for (;;) {
-        unsigned st = br_ssl_engine_current_state(eng);
-        unsigned char *buf;
-        size_t len;
-        long n;
-
-        if (st & BR_SSL_CLOSED) {
-            int err = br_ssl_engine_last_error(eng);
-            if (err == BR_ERR_OK && (want & BR_SSL_RECVAPP))
-                return IO_CLOSED;
-            if (err == BR_ERR_OK)
-                return io_fail(io, e, LERR_CLOSED, "TLS connection closed (close_notify) while");
-            return tls_error(e, err, io->conn->host);
-        }
-        if (st & BR_SSL_SENDREC) {
-            buf = br_ssl_engine_sendrec_buf(eng, &len);
-            n = sock_io(io, buf, len, POLLOUT, e);
-            if (n < 0)
-                return -1;
-            br_ssl_engine_sendrec_ack(eng, (size_t)n);
-            continue;
-        }
-        if (st & want)
-            return 1;
-        if (st & BR_SSL_RECVAPP) {
-            /* Application data arrived while we are still sending: HTTP/1.1 allows an
-             * early answer, but without a reader for it the engine would stall. */
-            return io_fail(io, e, LERR_MALFORMED, "the server answered before the request was "
-                           "sent, while");
-        }
-        if (st & BR_SSL_RECVREC) {
-            buf = br_ssl_engine_recvrec_buf(eng, &len);
-            n = tls_recv(io, buf, len, e);
-            if (n < 0)
-                return -1;
-            if (n == IO_CLOSED) {
-                io->no_close_notify = 1;
-                if (want & BR_SSL_RECVAPP)
-                    return IO_CLOSED;  /* EOF without close_notify: the caller judges */
-                return io_fail(io, e, LERR_CLOSED, "connection closed while");
-            }
-            br_ssl_engine_recvrec_ack(eng, (size_t)n);
-            continue;
-        }
-        br_ssl_engine_flush(eng, 0);
+    if (io->sock_failed)
+        return -1;
+    if (!(br_ssl_engine_current_state(eng) & BR_SSL_CLOSED)) {
+        /* Application data arrived while we are still sending: HTTP/1.1 allows an early
+         * answer, but without a reader for it the engine would stall. */
+        return io_fail(io, e, LERR_MALFORMED, "the server answered before the request was "
+                       "sent, while");
     }
+    if (!io->no_close_notify && err != BR_ERR_OK)
+        return tls_error(e, err, io->conn->host);
+    if (handshake)
+        return io_fail(io, e, LERR_CLOSED, "connection closed while");
+    return IO_CLOSED;
 }
 
 /* ---- connection: plain or TLS, same calls ------------------------------------------------- */
@@ -290,23 +271,10 @@ static int conn_write(struct io *io, char *buf, size_t len, struct lerr *e)
         }
         return 0;
     }
-    br_ssl_engine_context *eng = &conn->tc->cc.eng;
-    while (len > 0) {
-        size_t room;
-        unsigned char *dst;
-        if (tls_run(io, BR_SSL_SENDAPP, e) < 0)
-            return -1;
-        dst = br_ssl_engine_sendapp_buf(eng, &room);
-        if (room > len)
-            room = len;
-        memcpy(dst, buf, room);
-        br_ssl_engine_sendapp_ack(eng, room);
-        buf += room;
-        len -= room;
-    }
-    br_ssl_engine_flush(eng, 0);
-    /* Flushed records are sent by tls_run before it looks at anything else. */
-    return tls_run(io, BR_SSL_SENDAPP | BR_SSL_RECVAPP, e) < 0 ? -1 : 0;
+    if (br_sslio_write_all(&io->sio, buf, len) == 0 && br_sslio_flush(&io->sio) == 0)
+        return 0;
+    /* A server that closes as the request goes out did not answer: the reader says so. */
+    return tls_failed(io, 0, e) == IO_CLOSED ? 0 : -1;
 }
 
 
@@ -349,8 +317,9 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
     c->connections_opened++;
     if (io->conn->tc) {
         io_phase(io, "in TLS handshake with", c->io_timeout_ms);
+        /* The flush drives the handshake to its end: nothing is queued to send yet. */
         if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0 ||
-            tls_run(io, BR_SSL_SENDAPP, e) < 0) {
+            (br_sslio_flush(&io->sio) < 0 && tls_failed(io, 1, e) < 0)) {
             conn_close(io->conn);
             return -1;
         }
@@ -398,6 +367,26 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
     return conn;
 }
 
+/* ---- buffers ------------------------------------------------------------------------------- */
+
+/* Makes room for at least want more bytes (plus the final NUL). */
+static int buf_reserve(struct http_buf *b, size_t want, struct lerr *e)
+{
+    size_t cap = b->cap ? b->cap : 16 * 1024;
+
+    while (cap < b->len + want + 1)
+        cap *= 2;
+    if (cap == b->cap)
+        return 0;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return lerr_set(e, LERR_NOMEM, "out of memory for a buffer of %zu bytes", cap);
+    b->p = p;
+    b->cap = cap;
+    b->grown++;
+    return 0;
+}
+
 /* ---- request -------------------------------------------------------------------------------- */
 
 /* Header values may not hold CR, LF or other controls: they would split the request. */
@@ -415,11 +404,10 @@ static int http_is_reserved(const char *name)
            strcasecmp(name, "connection") == 0 || strcasecmp(name, "transfer-encoding") == 0;
 }
 
-/* Checks req and builds the whole request (head and body) in the client's buffer, so that
- * it leaves in as few segments or TLS records as possible. Header values are never
- * logged: they carry tokens and signatures. */
-static int http_build(struct http_client *c, const struct http_request *req, size_t *out_len,
-                      struct lerr *e)
+/* Checks req and builds the whole request (head and body) in c->req, so that it leaves in
+ * as few segments or TLS records as possible. Header values are never logged: they carry
+ * tokens and signatures. */
+static int http_build(struct http_client *c, const struct http_request *req, struct lerr *e)
 {
     const struct url *u = req->url;
     int has_ua = 0, has_body;
@@ -447,16 +435,12 @@ static int http_build(struct http_client *c, const struct http_request *req, siz
         has_ua |= strcasecmp(h->name, "user-agent") == 0;
         cap += strlen(h->name) + strlen(h->value) + 4;
     }
-    if (cap > c->req_cap) {
-        free(c->req_buf);
-        c->req_cap = 0;
-        c->req_buf = malloc(cap);
-        if (!c->req_buf)
-            return lerr_set(e, LERR_NOMEM, "out of memory for a request of %zu bytes", cap);
-        c->req_cap = cap;
-        c->buffers_allocated++;
-    }
-    buf = c->req_buf;
+    c->req.len = 0;
+    if (buf_reserve(&c->req, cap, e) < 0)
+        return -1;
+    c->buffers_allocated += c->req.grown;
+    c->req.grown = 0;
+    buf = c->req.p;
     n += (size_t)snprintf(buf + n, cap - n, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method,
                           u->path, u->authority);
     if (!has_ua)
@@ -481,58 +465,26 @@ static int http_build(struct http_client *c, const struct http_request *req, siz
     if (req->body_len)
         memcpy(buf + n, req->body, req->body_len);
     n += req->body_len;
-    *out_len = n;
+    c->req.len = n;
     return 0;
 }
 
 /* ---- response ------------------------------------------------------------------------------- */
 
-struct rbuf {
-    char *p;
-    size_t len, cap;
-    unsigned grown;  /* reallocations: each may have moved p */
-};
-
-/* Makes room for at least want more bytes (plus the final NUL). */
-static int rbuf_reserve(struct rbuf *b, size_t want, struct lerr *e)
-{
-    size_t cap = b->cap ? b->cap : 16 * 1024;
-
-    while (cap < b->len + want + 1)
-        cap *= 2;
-    if (cap == b->cap)
-        return 0;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return lerr_set(e, LERR_NOMEM, "out of memory for a response of %zu bytes", cap);
-    b->p = p;
-    b->cap = cap;
-    b->grown++;
-    return 0;
-}
-
 /* Reads what is available into b, plain or TLS (waiting for at least one byte). Returns
  * bytes read, IO_CLOSED, or -1. */
-static long rbuf_fill(struct io *io, struct rbuf *b, struct lerr *e)
+static long rbuf_fill(struct io *io, struct http_buf *b, struct lerr *e)
 {
-    struct tls_client *tc = io->conn->tc;
-    size_t room, avail;
+    size_t room;
     long n;
 
-    if (b->cap - b->len < 4096 + 1 && rbuf_reserve(b, 4096, e) < 0)
+    if (b->cap - b->len < 4096 + 1 && buf_reserve(b, 4096, e) < 0)
         return -1;
     room = b->cap - b->len - 1;
-    if (!tc) {
+    if (!io->conn->tc)
         n = sock_io(io, b->p + b->len, room, POLLIN, e);
-    } else {
-        n = tls_run(io, BR_SSL_RECVAPP, e);
-        if (n > 0) {
-            unsigned char *src = br_ssl_engine_recvapp_buf(&tc->cc.eng, &avail);
-            n = (long)(avail < room ? avail : room);
-            memcpy(b->p + b->len, src, (size_t)n);
-            br_ssl_engine_recvapp_ack(&tc->cc.eng, (size_t)n);
-        }
-    }
+    else if ((n = br_sslio_read(&io->sio, b->p + b->len, room)) < 0)
+        n = tls_failed(io, 0, e);
     if (n > 0)
         b->len += (size_t)n;
     return n;
@@ -547,7 +499,7 @@ static int http_malformed(struct io *io, struct lerr *e)
  * The parser runs when new bytes hold an LF (every line of the head, its end included,
  * ends in one), at the size limit and at EOF: not on every read, and at most once per
  * line. *started is set once any byte arrived. Returns the head length. */
-static long http_read_head(struct io *io, struct rbuf *b, int is_head, struct httpresp_head *h,
+static long http_read_head(struct io *io, struct http_buf *b, int is_head, struct httpresp_head *h,
                            int *started, struct lerr *e)
 {
     int parse = 0, at_eof = 0;
@@ -603,7 +555,7 @@ static int http_too_large(struct io *io, unsigned long long size, size_t max, st
  * body share one allocation and the body is never moved. Each read's bytes are handled
  * once: counted for a length, decoded in place for chunked. Sets *reusable when the
  * connection ends cleanly after the body. */
-static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct httpresp_head *h,
+static int http_read_body(struct io *io, struct http_buf *b, size_t at, const struct httpresp_head *h,
                           size_t max_body, int *reusable, struct lerr *e)
 {
     struct httpresp_chunked ch = { 0 };
@@ -615,12 +567,13 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
     if (want > max_body)
         return http_too_large(io, want, max_body, e);
     /* A known length gets its room at once (and a read's worth more, for rbuf_fill). */
-    if (rbuf_reserve(b, (size_t)want + 4096, e) < 0)
+    if (buf_reserve(b, (size_t)want + 4096, e) < 0)
         return -1;
     for (;;) {
         if (h->framing == HTTPRESP_BODY_CHUNKED) {
-            size_t out = b->len - raw;
-            int rc = httpresp_chunked_decode(&ch, b->p + raw, &out, max_body, e);
+            size_t out;
+            int rc = httpresp_chunked_decode(&ch, b->p + raw, b->len - raw, b->p + raw, &out,
+                                             max_body, e);
             if (rc == HTTPRESP_ERROR && e && e->kind == LERR_TOO_LARGE)
                 return http_too_large(io, 0, max_body, e);
             if (rc == HTTPRESP_ERROR)
@@ -663,9 +616,8 @@ static int http_read_body(struct io *io, struct rbuf *b, size_t at, const struct
  * it is over HTTP_KEEP_BUF. */
 static void http_keep(struct http_client *c, char *buf, size_t cap)
 {
-    if (!c->spare_buf && cap <= HTTP_KEEP_BUF) {
-        c->spare_buf = buf;
-        c->spare_cap = cap;
+    if (!c->spare.p && cap <= HTTP_KEEP_BUF) {
+        c->spare = (struct http_buf){ buf, 0, cap, 0 };
     } else {
         free(buf);
     }
@@ -673,20 +625,18 @@ static void http_keep(struct http_client *c, char *buf, size_t cap)
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
  * begun to answer (then the request must not be resent). */
-static int http_exchange(struct http_client *c, struct io *io, char *reqbuf,
-                         size_t reqlen, int is_head, struct http_response *resp, int *reusable,
-                         int *started, struct lerr *e)
+static int http_exchange(struct http_client *c, struct io *io, int is_head,
+                         struct http_response *resp, int *reusable, int *started, struct lerr *e)
 {
-    struct rbuf b = { c->spare_buf, 0, c->spare_cap, 0 };
+    struct http_buf b = c->spare;
     struct httpresp_head *h = &resp->head;
     long head_len;
     unsigned grown;
 
-    c->spare_buf = NULL;
-    c->spare_cap = 0;
+    c->spare = (struct http_buf){ 0 };
     io_phase(io, "sending request to", c->io_timeout_ms);
     c->requests_sent++;
-    if (conn_write(io, reqbuf, reqlen, e) < 0)
+    if (conn_write(io, c->req.p, c->req.len, e) < 0)
         goto fail;
     io->answer_pending = 1;
     io_phase(io, "waiting for response from", c->io_timeout_ms);
@@ -735,10 +685,9 @@ void http_client_close(struct http_client *c)
         conn_free(c->conns[i]);
         c->conns[i] = NULL;
     }
-    free(c->req_buf);
-    free(c->spare_buf);
-    c->req_buf = c->spare_buf = NULL;
-    c->req_cap = c->spare_cap = 0;
+    free(c->req.p);
+    free(c->spare.p);
+    c->req = c->spare = (struct http_buf){ 0 };
 }
 
 int http_do(struct http_client *c, const struct http_request *req, struct http_response *resp,
@@ -746,11 +695,10 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
 {
     struct http_conn *conn;
     struct io io = { 0 };
-    size_t reqlen = 0;
     int is_head, rc = -1;
 
     memset(resp, 0, sizeof *resp);
-    if (http_build(c, req, &reqlen, e) < 0)
+    if (http_build(c, req, e) < 0)
         return -1;
     conn = conn_for(c, req->url, e);
     if (!conn || conn_check_idle(c, conn, e) < 0)
@@ -759,16 +707,19 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
     is_head = strcmp(req->method, "HEAD") == 0;
     io.c = c;
     io.conn = conn;
+    io.e = e;
+    if (conn->tc)
+        br_sslio_init(&io.sio, &conn->tc->cc.eng, tls_low_read, &io, tls_low_write, &io);
     io.request_timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
     io.deadline = io.request_timeout_ms > 0 ? now_ms() + io.request_timeout_ms : 0;
 
     for (int attempt = 0;; attempt++) {
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
-        io.no_close_notify = 0;
+        io.no_close_notify = io.sock_failed = 0;
         if (!reused && conn_open(c, &io, e) < 0)
             goto out;
-        if (http_exchange(c, &io, c->req_buf, reqlen, is_head, resp, &reusable, &started, e) == 0) {
+        if (http_exchange(c, &io, is_head, resp, &reusable, &started, e) == 0) {
             if (!reusable)
                 conn_close(conn);
             rc = 0;
@@ -784,10 +735,9 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
                   conn->port, e->msg);
     }
 out:
-    if (c->req_cap > HTTP_KEEP_BUF) {
-        free(c->req_buf);
-        c->req_buf = NULL;
-        c->req_cap = 0;
+    if (c->req.cap > HTTP_KEEP_BUF) {
+        free(c->req.p);
+        c->req = (struct http_buf){ 0 };
     }
     return rc;
 }

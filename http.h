@@ -89,8 +89,11 @@ struct http_client {
                                            wait with LERR_CANCELLED (a shutdown pipe) */
     struct http_conn *conns[HTTP_MAX_CONNS];
     unsigned long lru_clock;            /* private: ticks once per request */
-    char *req_buf, *spare_buf;          /* private: buffers kept between requests, so */
-    size_t req_cap, spare_cap;          /* that steady state allocates nothing big */
+    struct http_buf {                   /* private: the buffers kept between requests, */
+        char *p;                        /* so that steady state allocates nothing big */
+        size_t len, cap;
+        unsigned grown;                 /* reallocations: each may have moved p */
+    } req, spare;
     /* statistics, for tests and benchmarks */
     unsigned long connections_opened;
     unsigned long requests_sent;        /* sends, a resend on a new connection included */

@@ -229,8 +229,6 @@ static int note_content_length(struct fields *fl, const struct httpresp_header *
     const char *elem;
     size_t pos = 0, n, i;
 
-    if (fl->te_chunked)
-        return malformed(e, "both Transfer-Encoding and Content-Length");
     while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
         unsigned long long v = 0;
 
@@ -266,8 +264,6 @@ static int note_transfer_encoding(struct fields *fl, const struct httpresp_head 
     /* RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing. */
     if (h->minor_version == 0)
         return malformed(e, "Transfer-Encoding in an HTTP/1.0 response");
-    if (fl->have_length)
-        return malformed(e, "both Transfer-Encoding and Content-Length");
     while (list_next(f->value, f->value_len, &pos, &elem, &n)) {
         if (n == 0)
             continue;
@@ -300,13 +296,18 @@ static void note_connection(struct fields *fl, const struct httpresp_header *f)
 static int note_field(struct fields *fl, const struct httpresp_head *h,
                       const struct httpresp_header *f, struct lerr *e)
 {
+    int rc = 0;
+
     if (equals_word(f->name, f->name_len, "content-length"))
-        return note_content_length(fl, f, e);
-    if (equals_word(f->name, f->name_len, "transfer-encoding"))
-        return note_transfer_encoding(fl, h, f, e);
-    if (equals_word(f->name, f->name_len, "connection"))
+        rc = note_content_length(fl, f, e);
+    else if (equals_word(f->name, f->name_len, "transfer-encoding"))
+        rc = note_transfer_encoding(fl, h, f, e);
+    else if (equals_word(f->name, f->name_len, "connection"))
         note_connection(fl, f);
-    return 0;
+    /* Either framing may be a smuggler's decoy for the other. */
+    if (rc == 0 && fl->have_length && fl->te_chunked)
+        rc = malformed(e, "both Transfer-Encoding and Content-Length");
+    return rc;
 }
 
 /* RFC 9112 section 6.3, and section 9.3 for persistence. Fields were validated whatever the
@@ -507,40 +508,35 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
     }
 }
 
-int httpresp_chunked_decode(struct httpresp_chunked *d, char *buf, size_t *len,
-                            unsigned long long max_body, struct lerr *e)
+int httpresp_chunked_decode(struct httpresp_chunked *d, const char *src, size_t len, char *dst,
+                            size_t *out, unsigned long long max_body, struct lerr *e)
 {
-    size_t in = 0, out = 0, n = *len, rest;
+    size_t in = 0;
 
-    while (in < n && d->state != CH_DONE) {
+    *out = 0;
+    while (in < len && d->state != CH_DONE) {
         if (d->state == CH_DATA) {
-            size_t k = n - in;
+            size_t k = len - in;
 
             if (k > d->remaining)
                 k = (size_t)d->remaining;
-            memmove(buf + out, buf + in, k);
+            memmove(dst + *out, src + in, k);
             in += k;
-            out += k;
+            *out += k;
             d->remaining -= k;
             d->total += k;
             if (d->remaining == 0)
                 d->state = CH_DATA_CR;
             continue;
         }
-        if (chunked_byte(d, (unsigned char)buf[in++], max_body, e) < 0) {
-            *len = out;
+        if (chunked_byte(d, (unsigned char)src[in++], max_body, e) < 0)
             return HTTPRESP_ERROR;
-        }
     }
-    *len = out;
     if (d->state != CH_DONE)
         return HTTPRESP_INCOMPLETE;
-    rest = n - in;
-    if (rest > INT_MAX)
+    if (len - in > INT_MAX)
         return lerr_set(e, LERR_TOO_LARGE, "more than %d bytes after the chunked body", INT_MAX);
-    if (rest > 0)
-        memmove(buf + out, buf + in, rest);
-    return (int)rest;
+    return (int)(len - in);
 }
 
 /* ---- whole responses ----------------------------------------------------------------------- */
@@ -550,37 +546,6 @@ static int consumed(size_t n, struct lerr *e)
     if (n > INT_MAX)
         return lerr_set(e, LERR_TOO_LARGE, "response exceeds %d bytes", INT_MAX);
     return (int)n;
-}
-
-/* buf is const, so the body goes through a scratch buffer; the pieces it makes also
- * exercise the decoder's resumption on every response over the scratch size. */
-static int parse_chunked_body(const char *src, size_t avail, size_t head_len, char *body_out,
-                              size_t body_cap, size_t *body_len, struct lerr *e)
-{
-    struct httpresp_chunked d = { 0 };
-    char scratch[4096];
-    size_t used = 0;
-
-    while (used < avail) {
-        size_t piece = avail - used, out;
-        int rc;
-
-        if (piece > sizeof scratch)
-            piece = sizeof scratch;
-        memcpy(scratch, src + used, piece);
-        out = piece;
-        rc = httpresp_chunked_decode(&d, scratch, &out, body_cap, e);
-        if (rc == HTTPRESP_ERROR)
-            return rc;
-        /* The decoder holds the total to body_cap, so this always fits. */
-        if (out > 0)
-            memcpy(body_out + *body_len, scratch, out);
-        *body_len += out;
-        if (rc >= 0)
-            return consumed(head_len + used + (piece - (size_t)rc), e);
-        used += piece;
-    }
-    return HTTPRESP_INCOMPLETE;
 }
 
 int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof,
@@ -599,9 +564,13 @@ int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof
     switch (h->framing) {
     case HTTPRESP_BODY_NONE:
         return head_len;
-    case HTTPRESP_BODY_CHUNKED:
-        return parse_chunked_body(buf + head_len, avail, (size_t)head_len, body_out, body_cap,
-                                  body_len, e);
+    case HTTPRESP_BODY_CHUNKED: {
+        /* The decoder holds the body to body_cap, so it always fits in body_out. */
+        struct httpresp_chunked d = { 0 };
+        int rest = httpresp_chunked_decode(&d, buf + head_len, avail, body_out, body_len,
+                                           body_cap, e);
+        return rest < 0 ? rest : consumed(len - (size_t)rest, e);
+    }
     default: { /* LENGTH, or UNTIL_CLOSE: all that follows the head, once the server closed */
         unsigned long long n = h->framing == HTTPRESP_BODY_LENGTH ? h->content_length : avail;
         if (n > body_cap)

@@ -85,12 +85,13 @@ int httpresp_is_token(const char *s);
  * NUL-terminated, *value_len set; value_len may be NULL) or NULL (*value_len = 0). */
 const char *httpresp_header(const struct httpresp_head *h, const char *name, size_t *value_len);
 
-/* Incremental, in-place chunked decoding. Zero-initialise; feed the bytes that follow the
- * head, split anywhere. decode rewrites buf[0..*len) so that its first *len bytes (output)
- * are the body bytes decoded so far in this call; returns:
- *   >= 0  the body is complete; the value is how many bytes after the end of the chunked
- *         encoding (trailers included) remain in buf, undecoded, at buf + *len (normally 0;
- *         a pipelined next response otherwise). Further calls return all input that way.
+/* Incremental chunked decoding. Zero-initialise; feed the bytes that follow the head, split
+ * anywhere. decode reads src[0..len) and writes the body bytes it decodes to dst, *out of
+ * them (dst may be src: decoding in place, the output never overtakes the input; otherwise
+ * dst has room for what max_body still allows). Returns:
+ *   >= 0  the body is complete; the value is how many bytes of src, at its end, follow the
+ *         chunked encoding (trailers included), unread (normally 0; a pipelined next
+ *         response otherwise). Further calls return all input that way.
  *   HTTPRESP_INCOMPLETE  need more input; all of it was consumed
  *   HTTPRESP_ERROR       LERR_MALFORMED: bad chunk size (empty, not hex, more than 16
  *                        digits, leading zeros included), missing CRLF after chunk data,
@@ -98,7 +99,7 @@ const char *httpresp_header(const struct httpresp_head *h, const char *name, siz
  *                        LERR_TOO_LARGE: body total over max_body (reported as soon as a
  *                        chunk size shows it), a chunk-size line or the trailer section
  *                        over HTTPRESP_MAX_HEAD bytes.
- *                        *len is the output decoded before the error.
+ *                        *out is the output decoded before the error.
  * Chunk extensions (BWS ";" ... up to CRLF) are skipped, their bytes checked like field
  * values. Trailer fields are checked like header lines, then discarded. */
 struct httpresp_chunked {
@@ -109,8 +110,8 @@ struct httpresp_chunked {
                                       trailer section, seen so far */
     int size_digits;
 };
-int httpresp_chunked_decode(struct httpresp_chunked *d, char *buf, size_t *len,
-                            unsigned long long max_body, struct lerr *e);
+int httpresp_chunked_decode(struct httpresp_chunked *d, const char *src, size_t len, char *dst,
+                            size_t *out, unsigned long long max_body, struct lerr *e);
 
 /* Whole-response convenience over the two above, for tests and the fuzzer: parses head and
  * body of a complete response held in buf. body_out (capacity body_cap) receives the body

@@ -224,21 +224,12 @@ struct ta_loader {
 /* Keeps a certificate as an anchor. One that cannot be an anchor (malformed, or a key
  * type BearSSL does not do, such as Ed25519) is skipped: one odd entry in a system bundle
  * must not stop the program. */
-static int ta_add_cert(struct ta_loader *l, unsigned char *der, size_t len)
+static void ta_add_cert(struct ta_loader *l, unsigned char *der, size_t len)
 {
-    if (l->count == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 256;
-        br_x509_trust_anchor *a = realloc(l->anchors, cap * sizeof *a);
-        if (!a)
-            return -1;
-        l->anchors = a;
-        l->cap = cap;
-    }
     if (ta_parse_cert(der, len, &l->anchors[l->count]) < 0)
         l->skipped++;
     else
         l->count++;
-    return 0;
 }
 
 /* Decodes base64 text in place (out never overtakes in), skipping line breaks and
@@ -302,8 +293,7 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
         if (der_len < 0)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad base64 in "
                             "certificate %zu)", l->path, l->count + l->skipped + 1);
-        if (ta_add_cert(l, body, (size_t)der_len) < 0)
-            return lerr_set(e, LERR_NOMEM, "out of memory reading %s", l->path);
+        ta_add_cert(l, body, (size_t)der_len);
     }
 }
 
@@ -379,7 +369,13 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
     if (ta_read_file(path, &file, &file_len, e) < 0)
         return -1;
     l.path = path;
-    rc = ta_decode(&l, file, file_len, e);
+    /* Room for an anchor per BEGIN line: no certificate block has fewer. */
+    for (unsigned char *p = file; (p = memmem(p, (size_t)(file + file_len - p), "-----BEGIN ",
+                                              11)); p += 11)
+        l.cap++;
+    l.anchors = malloc((l.cap ? l.cap : 1) * sizeof *l.anchors);
+    rc = l.anchors ? ta_decode(&l, file, file_len, e)
+                   : lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
     if (rc == 0 && l.count == 0)
         rc = lerr_set(e, LERR_INVALID, "CA bundle %s has no usable certificate", path);
     for (size_t i = 0; rc == 0 && i < l.count; i++)

@@ -149,11 +149,12 @@ static void parse_pieces(const char *buf, size_t len, int head_req, int at_eof, 
     while (fed < len) {
         size_t step = next_piece(&seed);
         size_t end = got > fed ? got : (len - fed > step ? fed + step : len);
-        size_t piece = end - fed, out = piece;
+        size_t piece = end - fed, out;
         int rc;
 
+        /* in place, as the client decodes */
         memcpy(scratch, buf + fed, piece);
-        rc = httpresp_chunked_decode(&d, scratch, &out, cap, &r->e);
+        rc = httpresp_chunked_decode(&d, scratch, piece, scratch, &out, cap, &r->e);
         check(out <= piece);
         if (rc == HTTPRESP_ERROR) {
             check_error(&r->e);
@@ -166,7 +167,7 @@ static void parse_pieces(const char *buf, size_t len, int head_req, int at_eof, 
         r->body_len += out;
         if (rc >= 0) {
             check((size_t)rc <= piece - out);
-            check(memcmp(scratch + out, buf + end - rc, (size_t)rc) == 0);
+            check(memcmp(scratch + piece - rc, buf + end - rc, (size_t)rc) == 0);
             r->rc = (int)(end - (size_t)rc);
             free(scratch);
             return;

@@ -22,7 +22,6 @@
  *     exponent (leading zeros aside) or same curve and point, and tls.c never calls CA a
  *     certificate BearSSL does not;
  *   - for one input in 16 whose certificate tls.c accepts, 260 copies of it in one bundle
- *     (past the first allocation of 256 anchors, so the reallocation runs)
  *     give 260 anchors identical to the single one.
  *
  * Where the two disagree on whether a certificate is usable at all, that is a leniency (or
