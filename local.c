@@ -131,24 +131,19 @@ void local_line_format(char *out, size_t cap, const char *group_id, const char *
     o = (size_t)snprintf(out, cap, "[group %.*s] ", GID_MAX, group_id ? group_id : "?");
     if (o >= cap)
         return;
-    while (i < len && o + strlen(mark) + 1 < cap) {
+    while (i < len) {
         unsigned cp;
-        size_t k = s[i] ? text_utf8_next(s + i, len - i, &cp) : 0;
+        size_t k = s[i] ? text_utf8_next(s + i, len - i, &cp) : 0, n = k ? k : 1;
 
         /* a lead byte whose character the truncation cut in two */
         if (!k && truncated && s[i] >= 0xc2 && s[i] <= 0xf4 &&
             len - i < (s[i] >= 0xf0 ? 4u : s[i] >= 0xe0 ? 3u : 2u))
             break;
-        if (!k) {
-            out[o++] = '?';
-            i++;
-            continue;
-        }
-        if (o + k + strlen(mark) + 1 > cap)
+        if (o + n + strlen(mark) >= cap)
             break;
-        memcpy(out + o, s + i, k);
-        o += k;
-        i += k;
+        memcpy(out + o, k ? line + i : "?", n);  /* NUL or invalid UTF-8: '?' */
+        o += n;
+        i += n;
     }
     snprintf(out + o, cap - o, "%s", mark);
 }
