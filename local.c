@@ -251,22 +251,22 @@ static const char *env_for_child(const char *kv)
     return rest;
 }
 
-/* Whether the user chose the child's value of kv's variable with LAMBDO_CHILD_<NAME>. */
-static int env_chosen(const char *const *envp, const char *kv)
+/* Whether env (NULL-terminated) already sets kv's variable. */
+static int env_has(char *const *env, const char *kv)
 {
     size_t n = strcspn(kv, "=") + 1;  /* the name and its '=' */
 
-    for (; *envp; envp++) {
-        const char *mine = env_for_child(*envp);
-        if (mine && strncmp(mine, kv, n) == 0)
+    for (; *env; env++)
+        if (strncmp(*env, kv, n) == 0)
             return 1;
-    }
     return 0;
 }
 
 /* A new array of pointers into envp (not copies), the constants below, events_kv and
- * meta_kv (when not NULL); NULL if out of memory. The shared files point at /dev/null, or
- * an SDK in the child would read ~/.aws (lambdo's user's HOME) and find lambdo's profile. */
+ * meta_kv (when not NULL); NULL if out of memory. What the user chose with
+ * LAMBDO_CHILD_<NAME> comes first and wins over the same name inherited. The shared files
+ * point at /dev/null, or an SDK in the child would read ~/.aws (lambdo's user's HOME) and
+ * find lambdo's profile. */
 static char **env_build(const char *const *envp, char *events_kv, char *meta_kv)
 {
     static const char *const no_files[] = {
@@ -282,14 +282,14 @@ static char **env_build(const char *const *envp, char *events_kv, char *meta_kv)
     env = calloc(n + 5, sizeof *env);  /* renamed ones are LAMBDO_*, not also kept */
     if (!env)
         return NULL;
-    for (size_t i = 0; i < n; i++) {
-        const char *mine = env_for_child(envp[i]);
-        if (mine || (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) &&
-                     !env_chosen(envp, envp[i])))
-            env[k++] = (char *)(mine ? mine : envp[i]);
-    }
+    for (size_t i = 0; i < n; i++)
+        if (env_for_child(envp[i]))
+            env[k++] = (char *)env_for_child(envp[i]);
+    for (size_t i = 0; i < n; i++)
+        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_has(env, envp[i]))
+            env[k++] = (char *)envp[i];
     for (size_t i = 0; no_files[i]; i++)
-        if (!env_chosen(envp, no_files[i]))
+        if (!env_has(env, no_files[i]))
             env[k++] = (char *)no_files[i];
     env[k++] = events_kv;
     env[k] = meta_kv;
