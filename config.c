@@ -6,6 +6,7 @@
 #include "sqs.h"
 
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -193,22 +194,17 @@ static int load_endpoint(struct load *l)
     return v ? load_url(l, which, v, &l->c->sqs_endpoint) : 0;
 }
 
-/* "sqs.us-east-1.amazonaws.com" and the legacy "us-east-1.queue.amazonaws.com". */
-static int region_from_host(const char *host, char *out, size_t cap)
+/* The region in "sqs.us-east-1.amazonaws.com" (".amazonaws.com.cn" too) and in the legacy
+ * "us-east-1.queue.amazonaws.com", into out (64 bytes); -1 for any other host. */
+static int region_from_host(const char *host, char *out)
 {
-    const char *start = strncmp(host, "sqs.", 4) == 0 ? host + 4 : host;
-    const char *end = strchr(start, '.');
+    int n = 0;  /* how far a whole pattern matched */
 
-    if (!end || end == start || (size_t)(end - start) >= cap)
-        return -1;
-    if (start == host && strncmp(end, ".queue.", 7) != 0)
-        return -1;
-    /* this prefix covers ".amazonaws.com.cn" too */
-    if (start != host && strncmp(end, ".amazonaws.com", 14) != 0)
-        return -1;
-    memcpy(out, start, (size_t)(end - start));
-    out[end - start] = '\0';
-    return 0;
+    if (strncmp(host, "sqs.", 4) == 0)
+        sscanf(host, "sqs.%63[^.].amazonaws.com%n", out, &n);
+    else
+        sscanf(host, "%63[^.].queue.%n", out, &n);
+    return n > 0 ? 0 : -1;
 }
 
 /* The signing region: AWS_REGION, else the queue's, else the AWS config file's. One that
@@ -217,8 +213,7 @@ static int load_region(struct load *l, int queue_ok)
 {
     struct config *c = l->c;
     const char *which, *v = pick(l, "AWS_REGION", "AWS_DEFAULT_REGION", &which);
-    int in_host = queue_ok && region_from_host(c->queue.host, c->aws_region,
-                                               sizeof c->aws_region) == 0;
+    int in_host = queue_ok && region_from_host(c->queue.host, c->aws_region) == 0;
     int found;
 
     if (v && (strlen(v) >= sizeof c->aws_region || has_bad_char(v, "/ ")))
