@@ -233,16 +233,13 @@ static int load_region(struct load *l, int queue_ok)
     return found < 0 ? -1 : 0;
 }
 
+/* Fly's names for apps and regions: lowercase letters, digits and dashes, not first. */
 static int valid_name(const char *s, size_t maxlen)
 {
     size_t n = strlen(s);
 
-    if (n == 0 || n > maxlen || s[0] == '-')
-        return 0;
-    for (; *s; s++)
-        if (!islower((unsigned char)*s) && !isdigit((unsigned char)*s) && *s != '-')
-            return 0;
-    return 1;
+    return n > 0 && n <= maxlen && s[0] != '-' &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == n;
 }
 
 /* Adds p's regions to c: with list, "ord, ewr" (items trimmed of spaces, none empty), else
