@@ -399,7 +399,6 @@ struct child {
     struct local_result *out;
     pid_t pid;
     int fd;                  /* read end of the output pipe; -1 after EOF */
-    int stopping;            /* the stop fd turned readable */
     int64_t started;
     int64_t term_at;         /* SIGTERM then: the timeout, or sooner the shutdown deadline */
     int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows (INT64_MAX once sent); 0 before */
@@ -488,7 +487,7 @@ static void child_follow(struct child *c)
 {
     const struct local_run *r = c->r;
     int64_t next_idle = now_ms() + IDLE_EVERY_MS;
-    int tick = TICK_MS;
+    int tick = TICK_MS, stop_fd = r->stop_fd;  /* -1 once it turned readable */
 
     for (;;) {
         struct pollfd p[2] = { { .fd = c->fd, .events = POLLIN }, { .fd = -1, .events = POLLIN } };
@@ -509,7 +508,7 @@ static void child_follow(struct child *c)
                 until = next_idle;
             if (t + tick < until)
                 until = t + tick;
-            p[1].fd = c->stopping ? -1 : r->stop_fd;  /* poll skips a negative fd */
+            p[1].fd = stop_fd;  /* poll skips a negative fd */
         }
         if (poll(p, 2, until <= t ? 0 : (int)(until - t)) < 0 && errno != EINTR) {
             log_warn("group %s: poll: %s", r->group_id, strerror(errno));
@@ -520,7 +519,7 @@ static void child_follow(struct child *c)
         tick = p[0].revents && c->fd < 0 ? 1 : tick * 2 < TICK_MS ? tick * 2 : TICK_MS;
         if (p[1].revents) {  /* readable, or closed */
             int64_t stop_at = now_ms() + (int64_t)r->shutdown_grace_s * 1000;
-            c->stopping = 1;
+            stop_fd = -1;
             c->term_at = stop_at < c->term_at ? stop_at : c->term_at;
         }
         if (!c->reaped_at)
