@@ -361,25 +361,28 @@ static int command_find(const char *name, char *const *env, char *out, size_t ca
     }
 }
 
-/* posix_spawn of the file prog with stdout and stderr to wfd, stdin from /dev/null, a
- * process group of its own, no blocked signals and every signal at its default. wfd may
- * be 0, 1 or 2 when lambdo was started with those closed: the dup2s come first, and a
- * dup2 onto itself clears close-on-exec (glibc 2.29 and musl alike, as POSIX now says).
- * The inits cannot fail (glibc and musl only clear the structures). Returns 0 or an errno. */
-static int child_spawn(const char *prog, const struct local_run *r, char **env, int wfd,
-                       pid_t *pid)
+/* posix_spawn of the file prog with stdout and stderr to a new pipe, whose read end *rfd
+ * gets, stdin from /dev/null, a process group of its own, no blocked signals and every
+ * signal at its default. The pipe's ends may be 0, 1 or 2 when lambdo was started with
+ * those closed: the dup2s come first, and a dup2 onto itself clears close-on-exec (glibc
+ * 2.29 and musl alike, as POSIX now says). The inits cannot fail (glibc and musl only
+ * clear the structures). Returns 0 or an errno. */
+static int child_spawn(const char *prog, const struct local_run *r, char **env, pid_t *pid,
+                       int *rfd)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     sigset_t none, all;
-    int rc;
+    int pfd[2], rc;
 
+    if (pipe2(pfd, O_CLOEXEC) < 0)
+        return errno;
     posix_spawn_file_actions_init(&fa);
     posix_spawnattr_init(&at);
     sigemptyset(&none);
     sigfillset(&all);
-    if (!(rc = posix_spawn_file_actions_adddup2(&fa, wfd, 1)) &&
-        !(rc = posix_spawn_file_actions_adddup2(&fa, wfd, 2)) &&
+    if (!(rc = posix_spawn_file_actions_adddup2(&fa, pfd[1], 1)) &&
+        !(rc = posix_spawn_file_actions_adddup2(&fa, pfd[1], 2)) &&
         !(rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)) &&
         !(rc = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
                                                  POSIX_SPAWN_SETSIGDEF)) &&
@@ -389,6 +392,10 @@ static int child_spawn(const char *prog, const struct local_run *r, char **env, 
         rc = posix_spawn(pid, prog, &fa, &at, (char *const *)r->argv, env);
     posix_spawnattr_destroy(&at);
     posix_spawn_file_actions_destroy(&fa);
+    close(pfd[1]);
+    if (rc != 0)
+        close(pfd[0]);
+    *rfd = rc == 0 ? pfd[0] : -1;
     return rc;
 }
 
@@ -565,28 +572,19 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
 {
     struct child c = { .r = r, .out = out, .lines = { .emit = line_log, .ctx = &c } };
     char **env = env_build(r->envp, f->events, r->meta ? f->meta : NULL), prog[PATH_MAX];
-    int pfd[2], rc;
+    int rc;
 
     if (!env)
         return lerr_set(e, LERR_NOMEM, "out of memory for the environment");
     rc = command_find(r->argv[0], env, prog, sizeof prog);
-    if (rc == 0 && pipe2(pfd, O_CLOEXEC) < 0) {
-        free(env);
-        return lerr_set(e, LERR_IO, "cannot create a pipe: %s", strerror(errno));
-    }
     c.started = now_ms();
-    if (rc == 0) {
-        rc = child_spawn(prog, r, env, pfd[1], &c.pid);
-        close(pfd[1]);
-        if (rc != 0)
-            close(pfd[0]);
-    }
+    if (rc == 0)
+        rc = child_spawn(prog, r, env, &c.pid, &c.fd);
     free(env);
-    if (rc != 0)
+    if (rc != 0)  /* a pipe refused is lambdo's part: EMFILE, ENFILE are not the command's */
         return exec_failure(out, r->argv[0], rc, e);
     out->started = 1;
     out->pid = (int)c.pid;
-    c.fd = pfd[0];
     c.term_at = r->timeout_s > 0 ? c.started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
     if (r->started)
         r->started(r->ctx, out->pid);
