@@ -162,7 +162,8 @@ static int load_url(struct load *l, const char *which, const char *v, struct url
 {
     if (url_parse(v, u, &l->e) < 0)
         return lerr_wrap(&l->e, "%s", which);
-    if (!u->tls && (ends_with(u->host, ".amazonaws.com") || ends_with(u->host, ".amazonaws.com.cn")))
+    if (!u->tls && (ends_with(u->host, ".amazonaws.com") ||
+                    ends_with(u->host, ".amazonaws.com.cn")))
         return lerr_set(&l->e, LERR_INVALID, "%s: http:// to AWS: use https://", which);
     return 0;
 }

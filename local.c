@@ -408,7 +408,7 @@ struct child {
     int fd;                  /* read end of the output pipe; -1 after EOF */
     int64_t started;
     int64_t term_at;         /* SIGTERM then: the timeout, or sooner the shutdown deadline */
-    int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows (INT64_MAX once sent); 0 before */
+    int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows (INT64_MAX: sent); 0 before */
     int64_t reaped_at;       /* 0 while it runs */
     struct local_lines lines;
 };
