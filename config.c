@@ -6,7 +6,6 @@
 #include "sqs.h"
 
 #include <ctype.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -196,16 +195,19 @@ static int load_endpoint(struct load *l)
 }
 
 /* The region in "sqs.us-east-1.amazonaws.com" (".amazonaws.com.cn" too) and in the legacy
- * "us-east-1.queue.amazonaws.com", into out (64 bytes); -1 for any other host. */
+ * "us-east-1.queue.amazonaws.com", into out (64 bytes); -1 for any other host. (Not
+ * sscanf: it would bring musl's scanf, 4 KB, into the binary for this alone.) */
 static int region_from_host(const char *host, char *out)
 {
-    int n = 0;  /* how far a whole pattern matched */
+    const char *start = strncmp(host, "sqs.", 4) == 0 ? host + 4 : host;
+    const char *after = start == host ? ".queue." : ".amazonaws.com";
+    size_t n = strcspn(start, ".");
 
-    if (strncmp(host, "sqs.", 4) == 0)
-        sscanf(host, "sqs.%63[^.].amazonaws.com%n", out, &n);
-    else
-        sscanf(host, "%63[^.].queue.%n", out, &n);
-    return n > 0 ? 0 : -1;
+    if (n == 0 || n >= 64 || strncmp(start + n, after, strlen(after)) != 0)
+        return -1;
+    memcpy(out, start, n);
+    out[n] = '\0';
+    return 0;
 }
 
 /* The signing region: AWS_REGION, else the queue's, else the AWS config file's. One that
