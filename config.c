@@ -17,40 +17,48 @@ const char *config_env(const char *name, void *ctx)
     return getenv(name);
 }
 
-/* Each check below looks at one variable and returns 0, or -1 with e set; the loader keeps
- * every failure and goes on, so that one run names every problem. */
-static void note(struct config_errors *errs, int rc, const struct lerr *e)
+/* One run of a loader. Each check below looks at one variable and returns 0, or -1 with e
+ * set; the loader keeps every failure and goes on, so that one run names every problem. */
+struct load {
+    struct config *c;
+    config_getenv_fn get;
+    void *ctx;
+    struct config_errors *errs;
+    struct lerr e;
+};
+
+static void note(struct load *l, int rc)
 {
-    if (rc < 0 && errs->n < CONFIG_MAX_ERRORS)
-        errs->line[errs->n++] = *e;
+    if (rc < 0 && l->errs->n < CONFIG_MAX_ERRORS)
+        l->errs->line[l->errs->n++] = l->e;
 }
 
 /* A variable where "" counts as unset: its value, or NULL. */
-static const char *value(config_getenv_fn get, void *ctx, const char *name)
+static const char *value(struct load *l, const char *name)
 {
-    const char *v = get(name, ctx);
+    const char *v = l->get(name, l->ctx);
 
     return v && *v ? v : NULL;
 }
 
 /* The first of two variable names that is set and non-empty wins. *which names it,
  * so that an error talks about the variable the user actually set. */
-static const char *pick(config_getenv_fn get, void *ctx, const char *a, const char *b,
-                        const char **which)
+static const char *pick(struct load *l, const char *a, const char *b, const char **which)
 {
-    const char *v = value(get, ctx, a);
+    const char *v = value(l, a);
 
     *which = a;
-    if (!v && b && (v = value(get, ctx, b)))
+    if (!v && (v = value(l, b)))
         *which = b;
     return v;
 }
 
-/* Values that end up in HTTP headers must not smuggle in line breaks. */
-static int has_control(const char *s)
+/* Values that end up in HTTP headers must not smuggle in line breaks; nor hold any of
+ * the characters in also. */
+static int has_bad_char(const char *s, const char *also)
 {
     for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f || strchr(also, *s))
             return 1;
     return 0;
 }
@@ -86,200 +94,166 @@ static const struct number {
     /* after the window: with one, groups fill up to GROUP_MAX_PER_MACHINE */
     { "LAMBDO_EVENTS_PER_MACHINE", AT(events_per_machine), 1, 10, 5, 0,
       GROUP_MAX_PER_MACHINE },
+#undef AT
 };
 
-static int load_number(struct config *c, const struct number *n, config_getenv_fn get,
-                       void *ctx, struct lerr *e)
+static int load_number(struct load *l, const struct number *n)
 {
-    const char *v = get(n->name, ctx);
-    void *dst = (char *)c + n->off;
-    int hi = n->hi_window && c->batch_window_ms ? n->hi_window : n->hi;
+    const char *v = l->get(n->name, l->ctx);
+    void *dst = (char *)l->c + n->off;
+    int hi = n->hi_window && l->c->batch_window_ms ? n->hi_window : n->hi;
     char *end = NULL;
     double d = n->dflt;
-    long l = (long)n->dflt;
+    long i = (long)n->dflt;
 
     if (v && n->rate) {
         d = strtod(v, &end);
         if (!isdigit((unsigned char)v[0]) || *end || !(d > 0) || d > 1e6)
-            return lerr_set(e, LERR_INVALID, "%s: must be a positive number of requests per "
-                            "second, got \"%.40s\"", n->name, v);
+            return lerr_set(&l->e, LERR_INVALID, "%s: must be a positive number of requests "
+                            "per second, got \"%.40s\"", n->name, v);
     } else if (v) {
-        l = strtol(v, &end, 10);
-        if (!isdigit((unsigned char)v[0]) || *end || l < n->lo || l > hi)
-            return lerr_set(e, LERR_INVALID, "%s: must be a whole number from %d to %d, got "
-                            "\"%.40s\"", n->name, n->lo, hi, v);
+        i = strtol(v, &end, 10);
+        if (!isdigit((unsigned char)v[0]) || *end || i < n->lo || i > hi)
+            return lerr_set(&l->e, LERR_INVALID, "%s: must be a whole number from %d to %d, "
+                            "got \"%.40s\"", n->name, n->lo, hi, v);
     }
     if (n->rate)
         *(double *)dst = d;
     else
-        *(int *)dst = (int)l;
+        *(int *)dst = (int)i;
     return 0;
 }
-#undef AT
 
 /* A word with two meanings: unset is the first; *second says whether it is the second. */
-static int load_word(config_getenv_fn get, void *ctx, const char *name, const char *first,
-                     const char *second, int *is_second, struct lerr *e)
+static int load_word(struct load *l, const char *name, const char *first, const char *second,
+                     int *is_second)
 {
-    const char *v = get(name, ctx);
+    const char *v = l->get(name, l->ctx);
 
     *is_second = v && strcmp(v, second) == 0;
     if (v && !*is_second && strcmp(v, first) != 0)
-        return lerr_set(e, LERR_INVALID, "%s: must be %s or %s, got \"%.20s\"", name, first,
-                        second, v);
+        return lerr_set(&l->e, LERR_INVALID, "%s: must be %s or %s, got \"%.20s\"", name,
+                        first, second, v);
     return 0;
 }
 
-static int load_log_level(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int load_log_level(struct load *l)
 {
-    const char *level = get("LAMBDO_LOG_LEVEL", ctx);
+    const char *level = l->get("LAMBDO_LOG_LEVEL", l->ctx);
 
-    c->log_level = LOG_LEVEL_INFO;
-    if (level && log_level_parse(level, &c->log_level) < 0)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_LOG_LEVEL: must be debug, info, warn or error, "
-                        "got \"%.20s\"", level);
+    l->c->log_level = LOG_LEVEL_INFO;
+    if (level && log_level_parse(level, &l->c->log_level) < 0)
+        return lerr_set(&l->e, LERR_INVALID, "LAMBDO_LOG_LEVEL: must be debug, info, warn or "
+                        "error, got \"%.20s\"", level);
     return 0;
 }
 
-static int load_token(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int ends_with(const char *s, const char *suffix)
 {
-    const char *which;
+    size_t n = strlen(s), k = strlen(suffix);
 
-    c->fly_token = pick(get, ctx, "LAMBDO_FLY_TOKEN", "FLY_API_TOKEN", &which);
-    if (!c->fly_token)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_TOKEN (or FLY_API_TOKEN): required, not set");
-    if (has_control(c->fly_token) || strchr(c->fly_token, ' '))
-        return lerr_set(e, LERR_INVALID, "%s: contains spaces or control characters", which);
-    return 0;
+    return n > k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* "sqs.us-east-1.amazonaws.com" and the legacy "us-east-1.queue.amazonaws.com". */
-static int region_from_host(const char *host, char *out, size_t cap)
+/* Parses v, the value of which, into u. AWS serves SQS over https only: plain http there
+ * would be refused, or worse, answered. */
+static int load_url(struct load *l, const char *which, const char *v, struct url *u)
 {
-    const char *start = strncmp(host, "sqs.", 4) == 0 ? host + 4 : host;
-    const char *end = strchr(start, '.');
-
-    if (!end || end == start || (size_t)(end - start) >= cap)
-        return -1;
-    if (start == host && strncmp(end, ".queue.", 7) != 0)
-        return -1;
-    /* this prefix covers ".amazonaws.com.cn" too */
-    if (start != host && strncmp(end, ".amazonaws.com", 14) != 0)
-        return -1;
-    memcpy(out, start, (size_t)(end - start));
-    out[end - start] = '\0';
+    if (url_parse(v, u, &l->e) < 0)
+        return lerr_wrap(&l->e, "%s", which);
+    if (!u->tls && (ends_with(u->host, ".amazonaws.com") ||
+                    ends_with(u->host, ".amazonaws.com.cn")))
+        return lerr_set(&l->e, LERR_INVALID, "%s: http:// to AWS: use https://", which);
     return 0;
-}
-
-/* AWS serves SQS over https only: plain http there would be refused, or worse, answered. */
-static int aws_plain_http(const struct url *u)
-{
-    size_t n = strlen(u->host);
-
-    return !u->tls && ((n > 14 && strcmp(u->host + n - 14, ".amazonaws.com") == 0) ||
-                       (n > 17 && strcmp(u->host + n - 17, ".amazonaws.com.cn") == 0));
 }
 
 /* queue_url, when not NULL, stands in for the variable (lambdo send --queue). */
-static int load_queue(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
-                      struct lerr *e)
+static int load_queue(struct load *l, const char *queue_url)
 {
-    c->queue_url = queue_url ? queue_url : get("LAMBDO_SQS_QUEUE_URL", ctx);
+    struct config *c = l->c;
+
+    c->queue_url = queue_url ? queue_url : l->get("LAMBDO_SQS_QUEUE_URL", l->ctx);
     if (!c->queue_url || !*c->queue_url)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: required, not set");
-    if (url_parse(c->queue_url, &c->queue, e) < 0)
-        return lerr_wrap(e, "LAMBDO_SQS_QUEUE_URL");
-    if (aws_plain_http(&c->queue))
-        return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: http:// to AWS: use https://");
+        return lerr_set(&l->e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: required, not set");
+    if (load_url(l, "LAMBDO_SQS_QUEUE_URL", c->queue_url, &c->queue) < 0)
+        return -1;
     if (strcmp(c->queue.path, "/") == 0)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path (expected "
-                        "https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
+        return lerr_set(&l->e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path "
+                        "(expected https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
     c->fifo = sqs_fifo_url(c->queue.path);
     return 0;
 }
 
-static int load_endpoint(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int load_endpoint(struct load *l)
 {
-    const char *which, *v = pick(get, ctx, "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL", &which);
+    const char *which, *v = pick(l, "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL", &which);
 
-    c->sqs_endpoint = c->queue;
-    strcpy(c->sqs_endpoint.path, "/");
-    if (!v)
-        return 0;
-    if (url_parse(v, &c->sqs_endpoint, e) < 0)
-        return lerr_wrap(e, "%s", which);
-    if (aws_plain_http(&c->sqs_endpoint))
-        return lerr_set(e, LERR_INVALID, "%s: http:// to AWS: use https://", which);
-    c->sqs_endpoint_overridden = 1;
+    l->c->sqs_endpoint = l->c->queue;
+    strcpy(l->c->sqs_endpoint.path, "/");
+    l->c->sqs_endpoint_overridden = v != NULL;
+    return v ? load_url(l, which, v, &l->c->sqs_endpoint) : 0;
+}
+
+/* The region in "sqs.us-east-1.amazonaws.com" (".amazonaws.com.cn" too) and in the legacy
+ * "us-east-1.queue.amazonaws.com", into out (64 bytes); -1 for any other host. (Not
+ * sscanf: it would bring musl's scanf, 4 KB, into the binary for this alone.) */
+static int region_from_host(const char *host, char *out)
+{
+    const char *start = strncmp(host, "sqs.", 4) == 0 ? host + 4 : host;
+    const char *after = start == host ? ".queue." : ".amazonaws.com";
+    size_t n = strcspn(start, ".");
+
+    if (n == 0 || n >= 64 || strncmp(start + n, after, strlen(after)) != 0)
+        return -1;
+    memcpy(out, start, n);
+    out[n] = '\0';
     return 0;
 }
 
 /* The signing region: AWS_REGION, else the queue's, else the AWS config file's. One that
  * disagrees with an AWS queue URL would only get every request refused. */
-static int load_region(struct config *c, int queue_ok, config_getenv_fn get, void *ctx,
-                       struct lerr *e)
+static int load_region(struct load *l, int queue_ok)
 {
-    const char *which, *v = pick(get, ctx, "AWS_REGION", "AWS_DEFAULT_REGION", &which);
-    char host_region[sizeof c->aws_region];
-    int in_host = queue_ok && region_from_host(c->queue.host, host_region,
-                                               sizeof host_region) == 0;
+    struct config *c = l->c;
+    const char *which, *v = pick(l, "AWS_REGION", "AWS_DEFAULT_REGION", &which);
+    int in_host = queue_ok && region_from_host(c->queue.host, c->aws_region) == 0;
     int found;
 
-    if (v) {
-        if (strlen(v) >= sizeof c->aws_region || has_control(v) || strchr(v, '/') || strchr(v, ' '))
-            return lerr_set(e, LERR_INVALID, "%s: \"%.40s\" is not a region name", which, v);
-        if (in_host && strcmp(v, host_region) != 0)
-            return lerr_set(e, LERR_INVALID, "%s: \"%s\", but the queue URL is in %s: set it "
-                            "to %s or unset it", which, v, host_region, host_region);
+    if (v && (strlen(v) >= sizeof c->aws_region || has_bad_char(v, "/ ")))
+        return lerr_set(&l->e, LERR_INVALID, "%s: \"%.40s\" is not a region name", which, v);
+    if (v && in_host && strcmp(v, c->aws_region) != 0)
+        return lerr_set(&l->e, LERR_INVALID, "%s: \"%s\", but the queue URL is in %s: set it "
+                        "to %s or unset it", which, v, c->aws_region, c->aws_region);
+    if (v)
         strcpy(c->aws_region, v);
+    if (v || in_host || !queue_ok)  /* without a queue URL, its own error says enough */
         return 0;
-    }
-    if (in_host) {
-        strcpy(c->aws_region, host_region);
-        return 0;
-    }
-    if (!queue_ok)  /* the queue URL's own error says enough */
-        return 0;
-    found = creds_config_region(get, ctx, c->aws_region, sizeof c->aws_region, e);
+    found = creds_config_region(l->get, l->ctx, c->aws_region, sizeof c->aws_region, &l->e);
     if (found == 0)
-        return lerr_set(e, LERR_INVALID, "AWS_REGION: not set, the queue URL host \"%s\" "
+        return lerr_set(&l->e, LERR_INVALID, "AWS_REGION: not set, the queue URL host \"%s\" "
                         "does not name a region, and the AWS config file names none",
                         c->queue.host);
     return found < 0 ? -1 : 0;
 }
 
-/* Credentials are resolved by creds.c (environment, web identity, shared files). */
-static void load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
-                     struct config_errors *errs)
-{
-    struct lerr e;
-    int queue_ok = load_queue(c, queue_url, get, ctx, &e) == 0;
-
-    note(errs, queue_ok ? 0 : -1, &e);
-    note(errs, load_endpoint(c, get, ctx, &e), &e);
-    note(errs, load_region(c, queue_ok, get, ctx, &e), &e);
-}
-
+/* Fly's names for apps and regions: lowercase letters, digits and dashes, not first. */
 static int valid_name(const char *s, size_t maxlen)
 {
     size_t n = strlen(s);
 
-    if (n == 0 || n > maxlen || s[0] == '-')
-        return 0;
-    for (; *s; s++)
-        if (!islower((unsigned char)*s) && !isdigit((unsigned char)*s) && *s != '-')
-            return 0;
-    return 1;
+    return n > 0 && n <= maxlen && s[0] != '-' &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == n;
 }
 
 /* Adds p's regions to c: with list, "ord, ewr" (items trimmed of spaces, none empty), else
  * p is one region. A region already there is not added again. */
-static int add_regions(struct config *c, const char *which, const char *p, int list,
-                       size_t *used, struct lerr *e)
+static int add_regions(struct load *l, const char *which, const char *p, int list, size_t *used)
 {
+    struct config *c = l->c;
+
     for (;;) {
-        const char *comma = list ? strchr(p, ',') : NULL;
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        size_t len = list ? strcspn(p, ",") : strlen(p);
+        const char *next = p + len;
         char *dst = c->region_buf + *used;
         int dup = 0;
 
@@ -288,154 +262,155 @@ static int add_regions(struct config *c, const char *which, const char *p, int l
         while (list && len && p[len - 1] == ' ')
             len--;
         if (len == 0)
-            return lerr_set(e, LERR_INVALID, "%s: has an empty item (a comma too many)", which);
+            return lerr_set(&l->e, LERR_INVALID, "%s: has an empty item (a comma too many)",
+                            which);
         if (len >= sizeof c->region_buf - *used || c->num_regions == CONFIG_MAX_REGIONS)
-            return lerr_set(e, LERR_INVALID, "%s: too many regions (at most %d)", which,
+            return lerr_set(&l->e, LERR_INVALID, "%s: too many regions (at most %d)", which,
                             CONFIG_MAX_REGIONS);
         memcpy(dst, p, len);
         dst[len] = '\0';
         if (!valid_name(dst, 16))
-            return lerr_set(e, LERR_INVALID, "%s: \"%.20s\" is not a Fly region code (like "
-                            "iad, ord)", which, dst);
+            return lerr_set(&l->e, LERR_INVALID, "%s: \"%.20s\" is not a Fly region code "
+                            "(like iad, ord)", which, dst);
         for (size_t i = 0; i < c->num_regions; i++)
             dup |= strcmp(c->regions[i], dst) == 0;
         if (!dup) {
             c->regions[c->num_regions++] = dst;
             *used += len + 1;
         }
-        if (!comma)
+        if (!*next)
             return 0;
-        p = comma + 1;
+        p = next + 1;
     }
 }
 
-static void load_regions(struct config *c, config_getenv_fn get, void *ctx,
-                         struct config_errors *errs)
+static void load_regions(struct load *l)
 {
-    const char *which, *primary = pick(get, ctx, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
-    const char *list = value(get, ctx, "LAMBDO_FLY_REGIONS");
-    size_t used = 0, before = errs->n;
-    struct lerr e;
+    const char *which, *primary = pick(l, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
+    const char *list = value(l, "LAMBDO_FLY_REGIONS");
+    size_t used = 0, before = l->errs->n;
 
     if (primary)
-        note(errs, add_regions(c, which, primary, 0, &used, &e), &e);
+        note(l, add_regions(l, which, primary, 0, &used));
     if (list)
-        note(errs, add_regions(c, "LAMBDO_FLY_REGIONS", list, 1, &used, &e), &e);
-    if (c->num_regions == 0 && errs->n == before)
-        note(errs, lerr_set(&e, LERR_INVALID, "LAMBDO_FLY_REGION (or FLY_REGION): required "
-                            "unless LAMBDO_FLY_REGIONS is set"), &e);
+        note(l, add_regions(l, "LAMBDO_FLY_REGIONS", list, 1, &used));
+    if (l->c->num_regions == 0 && l->errs->n == before)
+        note(l, lerr_set(&l->e, LERR_INVALID, "LAMBDO_FLY_REGION (or FLY_REGION): required "
+                         "unless LAMBDO_FLY_REGIONS is set"));
 }
 
-static int load_app(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int load_token(struct load *l)
 {
-    const char *which;
+    const char *which, *v = pick(l, "LAMBDO_FLY_TOKEN", "FLY_API_TOKEN", &which);
 
-    c->fly_app = pick(get, ctx, "LAMBDO_FLY_APP", "FLY_APP_NAME", &which);
-    if (!c->fly_app)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_FLY_APP (or FLY_APP_NAME): required, not set");
-    if (!valid_name(c->fly_app, 63))
-        return lerr_set(e, LERR_INVALID, "%s: \"%.64s\" is not a Fly app name (lowercase "
-                        "letters, digits and dashes)", which, c->fly_app);
+    l->c->fly_token = v;
+    if (!v)
+        return lerr_set(&l->e, LERR_INVALID, "LAMBDO_FLY_TOKEN (or FLY_API_TOKEN): required, "
+                        "not set");
+    if (has_bad_char(v, " "))
+        return lerr_set(&l->e, LERR_INVALID, "%s: contains spaces or control characters", which);
     return 0;
 }
 
-static int load_fly_api(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int load_app(struct load *l)
 {
-    c->fly_api_url = value(get, ctx, "LAMBDO_FLY_API_URL");
-    if (!c->fly_api_url)
-        c->fly_api_url = DEFAULT_FLY_API;
-    if (url_parse(c->fly_api_url, &c->fly_api, e) < 0)
-        return lerr_wrap(e, "LAMBDO_FLY_API_URL");
+    const char *which, *v = pick(l, "LAMBDO_FLY_APP", "FLY_APP_NAME", &which);
+
+    l->c->fly_app = v;
+    if (!v)
+        return lerr_set(&l->e, LERR_INVALID, "LAMBDO_FLY_APP (or FLY_APP_NAME): required, "
+                        "not set");
+    if (!valid_name(v, 63))
+        return lerr_set(&l->e, LERR_INVALID, "%s: \"%.64s\" is not a Fly app name (lowercase "
+                        "letters, digits and dashes)", which, v);
     return 0;
-}
-
-static void load_fly(struct config *c, config_getenv_fn get, void *ctx,
-                     struct config_errors *errs)
-{
-    struct lerr e;
-
-    note(errs, load_token(c, get, ctx, &e), &e);
-    note(errs, load_app(c, get, ctx, &e), &e);
-    note(errs, load_fly_api(c, get, ctx, &e), &e);
-    load_regions(c, get, ctx, errs);
-}
-
-/* What both loaders need: logging, TLS, delivery numbers. */
-static void load_misc(struct config *c, config_getenv_fn get, void *ctx,
-                      struct config_errors *errs)
-{
-    struct lerr e;
-
-    note(errs, load_word(get, ctx, "LAMBDO_ENV", "local", "production", &c->json_logs, &e), &e);
-    note(errs, load_log_level(c, get, ctx, &e), &e);
-    note(errs, load_word(get, ctx, "LAMBDO_ACK", "create", "exit", &c->ack_on_exit, &e), &e);
-    c->ack_given = get("LAMBDO_ACK", ctx) != NULL;
-    for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
-        note(errs, load_number(c, &numbers[i], get, ctx, &e), &e);
-    c->ca_file = value(get, ctx, "SSL_CERT_FILE");
 }
 
 /* Checked here, so that a bad address stops lambdo before any network call; the port
  * being free is only known when the daemon listens. */
-static int load_metrics(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int load_metrics(struct load *l)
 {
     struct metrics_addr a;
 
-    c->metrics_addr = value(get, ctx, "LAMBDO_METRICS_ADDR");
-    if (c->metrics_addr && metrics_addr_parse(c->metrics_addr, &a, e) < 0)
-        return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
+    l->c->metrics_addr = value(l, "LAMBDO_METRICS_ADDR");
+    if (l->c->metrics_addr && metrics_addr_parse(l->c->metrics_addr, &a, &l->e) < 0)
+        return lerr_wrap(&l->e, "LAMBDO_METRICS_ADDR");
     return 0;
 }
 
 /* LAMBDO_BACKEND=local runs groups on this host: no Fly variable is needed then. */
-static int load_local_command(struct config *c, config_getenv_fn get, void *ctx, struct lerr *e)
+static int load_local_command(struct load *l)
 {
+    struct config *c = l->c;
+
     if (c->backend_local)
         c->ack_on_exit = 1;  /* a child's exit status is its acknowledgement, always */
-    c->local_command = value(get, ctx, "LAMBDO_LOCAL_COMMAND");
+    c->local_command = value(l, "LAMBDO_LOCAL_COMMAND");
     if (c->local_command && !c->backend_local)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with LAMBDO_BACKEND=local");
-    if (c->local_command && group_command(c->local_command, NULL, e) < 0)
-        return lerr_wrap(e, "LAMBDO_LOCAL_COMMAND");
+        return lerr_set(&l->e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with "
+                        "LAMBDO_BACKEND=local");
+    if (c->local_command && group_command(c->local_command, NULL, &l->e) < 0)
+        return lerr_wrap(&l->e, "LAMBDO_LOCAL_COMMAND");
     if (c->pool && c->backend_local)
-        return lerr_set(e, LERR_INVALID, "LAMBDO_POOL: pools Fly Machines, not used with "
+        return lerr_set(&l->e, LERR_INVALID, "LAMBDO_POOL: pools Fly Machines, not used with "
                         "LAMBDO_BACKEND=local");
     return 0;
 }
 
-static void config_start(struct config *c, struct config_errors *errs)
+/* Every variable, in the order errors are listed: logging, delivery, TLS; with all, the
+ * backend; the queue, its endpoint and region; with all, Fly (unless the backend is local
+ * or misspelt: it may well have meant local) and the metrics address. */
+static int load(struct config *c, const char *queue_url, int all, config_getenv_fn get,
+                void *ctx, struct config_errors *errs)
 {
+    struct load l = { .c = c, .get = get, .ctx = ctx, .errs = errs };
+    int fly = all, queue_ok;
+
     memset(c, 0, sizeof *c);
     errs->n = 0;
+    note(&l, load_word(&l, "LAMBDO_ENV", "local", "production", &c->json_logs));
+    note(&l, load_log_level(&l));
+    note(&l, load_word(&l, "LAMBDO_ACK", "create", "exit", &c->ack_on_exit));
+    c->ack_given = get("LAMBDO_ACK", ctx) != NULL;
+    for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
+        note(&l, load_number(&l, &numbers[i]));
+    c->ca_file = value(&l, "SSL_CERT_FILE");
+    if (all && load_word(&l, "LAMBDO_BACKEND", "fly", "local", &c->backend_local) < 0) {
+        note(&l, -1);
+        fly = 0;
+    } else if (all) {
+        fly = !c->backend_local;
+        note(&l, load_local_command(&l));
+    }
+    queue_ok = load_queue(&l, queue_url) == 0;
+    note(&l, queue_ok ? 0 : -1);
+    note(&l, load_endpoint(&l));
+    note(&l, load_region(&l, queue_ok));
+    if (c->fifo && !c->ack_given)  /* deleting at exit is what holds a group back */
+        c->ack_on_exit = 1;
+    if (fly) {
+        note(&l, load_token(&l));
+        note(&l, load_app(&l));
+        c->fly_api_url = value(&l, "LAMBDO_FLY_API_URL");
+        if (!c->fly_api_url)
+            c->fly_api_url = DEFAULT_FLY_API;
+        note(&l, load_url(&l, "LAMBDO_FLY_API_URL", c->fly_api_url, &c->fly_api));
+        load_regions(&l);
+    }
+    if (all)
+        note(&l, load_metrics(&l));
+    return errs->n ? -1 : 0;
 }
 
 int config_load(struct config *c, config_getenv_fn get, void *ctx, struct config_errors *errs)
 {
-    struct lerr e;
-    int backend_ok;
-
-    config_start(c, errs);
-    load_misc(c, get, ctx, errs);
-    backend_ok = load_word(get, ctx, "LAMBDO_BACKEND", "fly", "local", &c->backend_local, &e) == 0;
-    note(errs, backend_ok ? 0 : -1, &e);
-    if (backend_ok)  /* a misspelt "local" should not ask for Fly variables */
-        note(errs, load_local_command(c, get, ctx, &e), &e);
-    load_sqs(c, NULL, get, ctx, errs);
-    if (c->fifo && !c->ack_given)  /* deleting at exit is what holds a group back */
-        c->ack_on_exit = 1;
-    if (backend_ok && !c->backend_local)
-        load_fly(c, get, ctx, errs);
-    note(errs, load_metrics(c, get, ctx, &e), &e);
-    return errs->n ? -1 : 0;
+    return load(c, NULL, 1, get, ctx, errs);
 }
 
 int config_load_sqs(struct config *c, const char *queue_url, config_getenv_fn get, void *ctx,
                     struct config_errors *errs)
 {
-    config_start(c, errs);
-    load_misc(c, get, ctx, errs);
-    load_sqs(c, queue_url, get, ctx, errs);
-    return errs->n ? -1 : 0;
+    return load(c, queue_url, 0, get, ctx, errs);
 }
 
 const char *config_warning(const struct config *c)

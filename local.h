@@ -126,7 +126,8 @@ struct local_result {
 /* Runs one group and waits for it (and for the heartbeats it calls meanwhile). Returns 0
  * with *out filled in whatever the child did, exec failures included; -1 only when lambdo
  * could not do its part (no temporary directory, no pipe, fork refused for lack of
- * memory or processes), with e set (LERR_IO, LERR_NOMEM, LERR_INVALID for bad arguments).
+ * memory or processes), with e set (LERR_IO, LERR_NOMEM, LERR_INVALID for a temporary
+ * directory name too long). r->argv comes from local_command_resolve: never empty.
  * If stop_fd is already readable, nothing starts: out->stopped, reason "not started". */
 int local_run_group(const struct local_run *r, struct local_result *out, struct lerr *e);
 

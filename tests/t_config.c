@@ -271,6 +271,35 @@ static void test_local_backend(void **state)
                         "LAMBDO_BACKEND=local");
 }
 
+/* The signing region from an AWS queue host: today's, the legacy form, China's; any other
+ * host names none. */
+static void test_region_from_host(void **state)
+{
+    static const struct { const char *url, *region; } cases[] = {
+        { "https://sqs.us-west-2.amazonaws.com/1/q", "us-west-2" },
+        { "https://us-east-2.queue.amazonaws.com/1/q", "us-east-2" },
+        { "https://sqs.cn-north-1.amazonaws.com.cn/1/q", "cn-north-1" },
+        { "https://sqs.eu-west-1.example.com/1/q", NULL },
+        { "https://sqs..amazonaws.com/1/q", NULL },
+        { "https://eu-west-1.example.com/1/q", NULL },
+    };
+    struct env env;
+    struct config c;
+    struct config_errors e;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        env_base(&env);
+        env_set(&env, "LAMBDO_SQS_QUEUE_URL", cases[i].url);
+        if (cases[i].region) {
+            assert_int_equal(config_load(&c, env_get, &env, &e), 0);
+            assert_string_equal(c.aws_region, cases[i].region);
+        } else {
+            assert_int_equal(config_load(&c, env_get, &env, &e), -1);
+            assert_non_null(strstr(e.line[0].msg, "does not name a region"));
+        }
+    }
+}
+
 static void test_production_logs(void **state)
 {
     struct env env;
@@ -448,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_fallback_names),
         cmocka_unit_test(test_regions_list),
+        cmocka_unit_test(test_region_from_host),
         cmocka_unit_test(test_production_logs),
         cmocka_unit_test(test_delivery),
         cmocka_unit_test(test_sqs_only),

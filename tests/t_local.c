@@ -1129,6 +1129,32 @@ static void test_descriptors(void **state)
     free(log);
 }
 
+/* lambdo started with stdin and stdout closed: the output pipe's ends are then 0 and 1,
+ * and still the child's stdout and stderr reach the log, its stdin is /dev/null. */
+static void test_stdio_closed(void **state)
+{
+    const char *argv[] = { "sh", "-c", "echo out; echo err >&2; readlink /proc/self/fd/0", NULL };
+    struct local_run r = run_base(argv, "closed");
+    struct local_result res;
+    int in = fcntl(0, F_DUPFD_CLOEXEC, 3), out = fcntl(1, F_DUPFD_CLOEXEC, 3);
+    char *log;
+
+    assert_true(in >= 0 && out >= 0);
+    fflush(stdout);
+    close(0);
+    close(1);
+    log = run_logged(&r, &res);
+    dup2(in, 0);
+    dup2(out, 1);
+    close(in);
+    close(out);
+    assert_true(local_result_ok(&res));
+    assert_has(log, "[group closed] out\n");
+    assert_has(log, "[group closed] err\n");
+    assert_has(log, "[group closed] /dev/null\n");
+    free(log);
+}
+
 /* ---- many at once ------------------------------------------------------------------------- */
 
 #define THREADS 8
@@ -1236,6 +1262,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_env_meta_path, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_child_signals_default, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_descriptors, scratch_up, scratch_down),
+        cmocka_unit_test_setup_teardown(test_stdio_closed, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_concurrent_runs, scratch_up, scratch_down),
     };
 
