@@ -662,6 +662,41 @@ sys.stdin.read()
     }
   });
 
+  // RSA chains (AWS's endpoints have them): the RSA CA's signature on the leaf and the
+  // server's RSA signature on its key exchange are both checked (tls.c: BearSSL's i31 RSA).
+  test('RSA: a chain from a trusted RSA CA is accepted, one from another RSA CA is not', T, async () => {
+    const file = (f) => path.join(certs.dir, f);
+    const ssl = (args) => execFileSync('openssl', args, { stdio: 'ignore' });
+    const ca = (name) => ssl(['req', '-x509', '-nodes', '-days', '2', '-newkey', 'rsa:2048',
+      '-subj', `/CN=${name}`, '-addext', 'basicConstraints=critical,CA:TRUE',
+      '-addext', 'keyUsage=critical,keyCertSign', '-keyout', file(`${name}.key`), '-out', file(`${name}.pem`)]);
+    const leaf = (name, by) => {
+      ssl(['req', '-new', '-nodes', '-newkey', 'rsa:2048', '-subj', '/CN=localhost',
+        '-keyout', file(`${name}.key`), '-out', file(`${name}.csr`)]);
+      writeFileSync(file(`${name}.ext`), 'subjectAltName=DNS:localhost\n');
+      ssl(['x509', '-req', '-in', file(`${name}.csr`), '-CA', file(`${by}.pem`), '-CAkey', file(`${by}.key`),
+        '-CAcreateserial', '-days', '2', '-sha256', '-extfile', file(`${name}.ext`), '-out', file(`${name}.pem`)]);
+    };
+    ca('rsa-root');
+    ca('rsa-other');
+    leaf('rsa-leaf', 'rsa-root');
+    leaf('rsa-stranger', 'rsa-other');
+    const env = { SSL_CERT_FILE: file('rsa-root.pem') };
+    const pair = (n) => ({ tls: { cert: readFileSync(file(`${n}.pem`)), key: readFileSync(file(`${n}.key`)) } });
+    const good = await httpServer(echo, pair('rsa-leaf'));
+    const bad = await httpServer(echo, pair('rsa-stranger'));
+    try {
+      let r = await runHttpc([good.url()], { env });
+      assertOk(r, 1);
+      r = await runHttpc([bad.url()], { env });
+      assertError(r, 'tls-untrusted', 'certificate for localhost is not trusted');
+      assert.equal(bad.counts.requests, 0);
+    } finally {
+      await good.close();
+      await bad.close();
+    }
+  });
+
   // RFC 6125 6.2.1: an IP address matches an iPAddress SAN, never a DNS name or the CN;
   // RFC 6066 3: no SNI for an IP address. The handler answers with the SNI Node saw.
   const sniEcho = (req, res) => res.end(String(req.socket.servername));
