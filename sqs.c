@@ -1170,14 +1170,15 @@ static void sqs_send_accepted(void *entry, const cJSON *item)
  * what a Successful item means for it. SendMessage's answer is its one Successful item.
  * ==================================================================================== */
 
+enum { SQS_OP_SEND_BATCH = 2, SQS_OP_SEND };
+
 struct sqs_batch_ops {
     const char *name;    /* the operation, as X-Amz-Target names it */
     const char *answer;  /* how errors about its answer begin */
-    enum sqs_batch_op op;
+    int op;              /* SQS_OP_*: sqs_ops[op] */
     int receipts;        /* its entries are receipt handles, which can go stale */
     int single;          /* one entry, written and answered without Entries (SendMessage) */
     size_t size, status, code, message;  /* one entry's size; where its fields are */
-    const char *ok_needs;  /* what every Successful item must hold, or NULL */
     int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
     void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
     void (*accepted)(void *entry, const cJSON *item);
@@ -1194,13 +1195,19 @@ static enum sqs_entry_status *sqs_status(const struct sqs_batch_ops *o, const vo
     return (enum sqs_entry_status *)(void *)sqs_field(o, entries, i, o->status);
 }
 
+/* How many entries are in state s; *first: the first of them (n when none). */
 static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size_t n,
-                        enum sqs_entry_status s)
+                        enum sqs_entry_status s, size_t *first)
 {
     size_t k = 0;
 
-    for (size_t i = 0; i < n; i++)
-        k += *sqs_status(o, entries, i) == s;
+    *first = n;
+    for (size_t i = n; i-- > 0;) {
+        if (*sqs_status(o, entries, i) == s) {
+            *first = i;
+            k++;
+        }
+    }
     return k;
 }
 
@@ -1208,9 +1215,10 @@ static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size
 static void sqs_label(const struct sqs_batch_ops *o, const void *entries, size_t i, char *out,
                       size_t cap)
 {
-    const char *id = o->receipts ? ((const struct sqs_entry *)entries)[i].message_id : NULL;
+    const char *id = o->receipts ? ((const struct sqs_entry *)entries)[i].message_id
+                                 : ((const struct sqs_send_entry *)entries)[i].message_id;
 
-    if (o->receipts)
+    if (o->receipts || o->single)
         snprintf(out, cap, "message %s", id ? id : "(unnamed)");
     else
         snprintf(out, cap, "entry %zu", i);
@@ -1298,27 +1306,25 @@ static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
     { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
-      offsetof(struct sqs_entry, message), NULL, sqs_receipt_check, sb_receipt,            \
-      sqs_receipt_done }
+      offsetof(struct sqs_entry, message), sqs_receipt_check, sb_receipt, sqs_receipt_done }
+#define SQS_SEND_OPS(opname, which)                                                         \
+    { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND,                       \
+      sizeof(struct sqs_send_entry), offsetof(struct sqs_send_entry, status),               \
+      offsetof(struct sqs_send_entry, code), offsetof(struct sqs_send_entry, message),      \
+      sqs_send_check, sb_message, sqs_send_accepted }
 
-static const struct sqs_batch_ops sqs_receipt_ops[] = {
+static const struct sqs_batch_ops sqs_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
     [SQS_OP_CHANGE_VISIBILITY] = SQS_RECEIPT_OPS("ChangeMessageVisibilityBatch",
                                                  SQS_OP_CHANGE_VISIBILITY),
+    [SQS_OP_SEND_BATCH] = SQS_SEND_OPS("SendMessageBatch", SQS_OP_SEND_BATCH),
+    [SQS_OP_SEND] = SQS_SEND_OPS("SendMessage", SQS_OP_SEND),
 };
-
-#define SQS_SEND_OPS(opname, single)                                                        \
-    { opname, "SQS " opname " answer", 0, 0, single, sizeof(struct sqs_send_entry),           \
-      offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),       \
-      offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_check,                \
-      sb_message, sqs_send_accepted }
-
-static const struct sqs_batch_ops sqs_send_ops = SQS_SEND_OPS("SendMessageBatch", 0);
-static const struct sqs_batch_ops sqs_send_one_ops = SQS_SEND_OPS("SendMessage", 1);
 
 /* --- the request ------------------------------------------------------------------- */
 
-/* The pending entries, checked first: nothing is written for a request SQS would refuse. */
+/* The pending entries, each checked before it is written: nothing is sent that SQS would
+ * refuse. */
 static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queue_url,
                                  const void *entries, size_t n, size_t *len, struct lerr *e)
 {
@@ -1332,34 +1338,31 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
                  SQS_MAX_MESSAGES);
         return NULL;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
-            continue;
-        if (o->check(o, sqs_field(o, entries, i, 0), i, e) < 0)
-            return NULL;
-        sent++;
-    }
-    if (sent == 0) {
-        lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", o->name);
-        return NULL;
-    }
     sb_queue(&b, queue_url);
-    if (o->single) {
-        o->put(o, &b, entries);
-        return sb_finish(&b, len, e);
-    }
-    json_buf_lit(&b, ",\"Entries\":[");
-    for (size_t i = 0, k = 0; i < n; i++) {
+    json_buf_lit(&b, o->single ? "" : ",\"Entries\":[");
+    for (size_t i = 0; i < n; i++) {
         char id[] = { 'm', (char)('0' + i), '"', '\0' };
 
         if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
             continue;
-        json_buf_lit(&b, k++ ? ",{\"Id\":\"" : "{\"Id\":\"");
-        json_buf_lit(&b, id);
+        if (o->check(o, sqs_field(o, entries, i, 0), i, e) < 0) {
+            free(b.p);
+            return NULL;
+        }
+        if (!o->single) {
+            json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
+            json_buf_lit(&b, id);
+        }
         o->put(o, &b, sqs_field(o, entries, i, 0));
-        json_buf_lit(&b, "}");
+        json_buf_lit(&b, o->single ? "" : "}");
+        sent++;
     }
-    json_buf_lit(&b, "]");
+    if (sent == 0) {
+        free(b.p);
+        lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", o->name);
+        return NULL;
+    }
+    json_buf_lit(&b, o->single ? "" : "]");
     return sb_finish(&b, len, e);
 }
 
@@ -1367,103 +1370,100 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
                         const struct sqs_entry *entries, size_t n, size_t *len,
                         struct lerr *e)
 {
-    return sqs_entries_request(&sqs_receipt_ops[op], queue_url, entries, n, len, e);
+    return sqs_entries_request(&sqs_ops[op], queue_url, entries, n, len, e);
 }
 
 char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
                              size_t n, size_t *len, struct lerr *e)
 {
-    return sqs_entries_request(&sqs_send_ops, queue_url, entries, n, len, e);
+    return sqs_entries_request(&sqs_ops[SQS_OP_SEND_BATCH], queue_url, entries, n, len, e);
 }
 
 char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
                        struct lerr *e)
 {
-    return sqs_entries_request(&sqs_send_one_ops, queue_url, en, 1, len, e);
+    return sqs_entries_request(&sqs_ops[SQS_OP_SEND], queue_url, en, 1, len, e);
 }
 
 /* --- the answer -------------------------------------------------------------------- */
 
-/* The answer's Successful and Failed lists, NULL when absent or null; -1 when either is
- * something else, or holds an item that cannot be applied: nothing is applied then. */
+/* The answer's Successful and Failed lists (NULL when absent or null); -1 when either is
+ * something else, or holds an item that cannot be applied: nothing is applied then.
+ * SendMessage's answer is itself the one Successful item. */
 static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
-                            const cJSON **ok, const cJSON **failed, struct lerr *e)
+                            const cJSON *lists[2], struct lerr *e)
 {
+    static const char *const names[] = { "Successful", "Failed" };
     const cJSON *item;
+    const char *id;
 
     if (!cJSON_IsObject(root))
         return lerr_set(e, LERR_MALFORMED, "%s: not a JSON object", o->answer);
     if (o->single) {
-        const char *v = sqs_json_string(root, o->ok_needs);
-        *ok = root;
-        *failed = NULL;
-        return v && *v ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no %s", o->answer, o->ok_needs);
+        id = sqs_json_string(root, "MessageId");
+        return id && *id ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no MessageId", o->answer);
     }
-    *ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
-    *failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
-    if ((*ok && !cJSON_IsNull(*ok) && !cJSON_IsArray(*ok)) ||
-        (*failed && !cJSON_IsNull(*failed) && !cJSON_IsArray(*failed)))
-        return lerr_set(e, LERR_MALFORMED, "%s: Successful or Failed is not an array",
-                        o->answer);
-    if (!cJSON_IsArray(*ok))
-        *ok = NULL;
-    if (!cJSON_IsArray(*failed))
-        *failed = NULL;
-    cJSON_ArrayForEach(item, (o->ok_needs ? *ok : NULL)) {
-        const char *v = cJSON_IsObject(item) ? sqs_json_string(item, o->ok_needs) : NULL;
-        if (!v || !*v)
-            return lerr_set(e, LERR_MALFORMED, "%s: a Successful entry has no %s", o->answer,
-                            o->ok_needs);
-    }
-    cJSON_ArrayForEach(item, *failed) {
-        if (!cJSON_IsObject(item))
-            return lerr_set(e, LERR_MALFORMED, "%s: a Failed entry is not an object", o->answer);
+    for (int f = 0; f < 2; f++) {
+        lists[f] = cJSON_GetObjectItemCaseSensitive(root, names[f]);
+        if (lists[f] && !cJSON_IsNull(lists[f]) && !cJSON_IsArray(lists[f]))
+            return lerr_set(e, LERR_MALFORMED, "%s: Successful or Failed is not an array",
+                            o->answer);
+        cJSON_ArrayForEach(item, lists[f]) {
+            id = cJSON_IsObject(item) ? sqs_json_string(item, "MessageId") : NULL;
+            if (f && !cJSON_IsObject(item))
+                return lerr_set(e, LERR_MALFORMED, "%s: a Failed entry is not an object",
+                                o->answer);
+            if (!f && !o->receipts && (!id || !*id))
+                return lerr_set(e, LERR_MALFORMED, "%s: a Successful entry has no MessageId",
+                                o->answer);
+        }
     }
     return 0;
 }
 
+/* A Failed item: STALE, FAILED, or still pending when SQS's side failed (throttled or
+ * internal), worth a retry. Without SenderFault, the fault is assumed ours. */
 static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item, void *entries,
                              size_t i)
 {
     const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
     const char *code = sqs_json_string(item, "Code"), *message = sqs_json_string(item, "Message");
     enum sqs_entry_status *status = sqs_status(o, entries, i);
+    char label[160];
 
     sqs_entry_why(o, entries, i, code ? code : "", message ? message : "");
     code = sqs_field(o, entries, i, o->code);
     message = sqs_field(o, entries, i, o->message);
-    /* Without SenderFault, assume the fault is ours: retrying would not fix it. */
-    if (o->receipts && sqs_stale(code, message))
+    if (o->receipts && sqs_stale(code, message)) {
         *status = SQS_ENTRY_STALE;
-    else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code))
+        sqs_label(o, entries, i, label, sizeof label);
+        log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
+                 "again or is no longer in flight", o->name, label, code, message);
+    } else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code)) {
         *status = SQS_ENTRY_FAILED;
-    /* else SQS's side, throttled or internal: stays pending, worth a retry */
+    }
 }
 
 static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, size_t len,
                             void *entries, size_t n, struct lerr *e)
 {
     cJSON *root = json_parse(json, len);
-    const cJSON *ok = NULL, *failed = NULL, *item;
-    int r = sqs_answer_lists(o, root, &ok, &failed, e);
+    const cJSON *lists[2] = { NULL, NULL }, *item;
+    int r = sqs_answer_lists(o, root, lists, e);
 
-    if (r < 0)
-        ok = failed = NULL;
-    if (o->single && ok)  /* the answer is about the one entry, whatever its state */
-        o->accepted(entries, ok);
-    cJSON_ArrayForEach(item, (o->single ? NULL : ok)) {
-        long i = sqs_entry_index(o, item, entries, n);
-        if (i >= 0)
-            o->accepted(sqs_field(o, entries, (size_t)i, 0), item);
-        else
-            log_warn("%s: ignoring a Successful entry with an Id that was not sent", o->answer);
-    }
-    cJSON_ArrayForEach(item, failed) {
-        long i = sqs_entry_index(o, item, entries, n);
-        if (i >= 0)
-            sqs_apply_failed(o, item, entries, (size_t)i);
-        else
-            log_warn("%s: ignoring a Failed entry with an Id that was not sent", o->answer);
+    if (r == 0 && o->single)  /* the answer is about the one entry, whatever its state */
+        o->accepted(entries, root);
+    for (int f = 0; r == 0 && f < 2; f++) {
+        cJSON_ArrayForEach(item, lists[f]) {
+            long i = sqs_entry_index(o, item, entries, n);
+            if (i < 0)
+                log_warn("%s: ignoring a %s entry with an Id that was not sent", o->answer,
+                         f ? "Failed" : "Successful");
+            else if (f)
+                sqs_apply_failed(o, item, entries, (size_t)i);
+            else
+                o->accepted(sqs_field(o, entries, (size_t)i, 0), item);
+        }
     }
     cJSON_Delete(root);
     return r;
@@ -1472,100 +1472,77 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
 int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
                            struct lerr *e)
 {
-    return sqs_apply_answer(&sqs_receipt_ops[SQS_OP_DELETE], json, len, entries, n, e);
+    return sqs_apply_answer(&sqs_ops[SQS_OP_DELETE], json, len, entries, n, e);
 }
 
 int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
                                 size_t n, struct lerr *e)
 {
-    return sqs_apply_answer(&sqs_send_ops, json, len, entries, n, e);
+    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND_BATCH], json, len, entries, n, e);
 }
 
 int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
                           struct lerr *e)
 {
-    return sqs_apply_answer(&sqs_send_one_ops, json, len, en, 1, e);
+    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND], json, len, en, 1, e);
 }
 
 /* --- the rounds -------------------------------------------------------------------- */
 
-/* Gives every still-pending entry the reason of a whole-request failure. */
-static void sqs_pending_note(const struct sqs_batch_ops *o, void *entries, size_t n,
-                             const struct sqs_client *c, const struct lerr *e)
+/* Gives the still-pending entries why: a whole-request failure, "" to start a round, or
+ * (keep set: only to those that do not say why already) what the answer left out. */
+static void sqs_pending_why(const struct sqs_batch_ops *o, void *entries, size_t n, int keep,
+                            const char *code, const char *message)
 {
     for (size_t i = 0; i < n; i++)
-        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING)
-            sqs_entry_why(o, entries, i, sqs_call_code(c, e), e->msg);
-}
-
-static size_t sqs_first(const struct sqs_batch_ops *o, const void *entries, size_t n,
-                        enum sqs_entry_status s)
-{
-    size_t i = 0;
-
-    while (i < n && *sqs_status(o, entries, i) != s)
-        i++;
-    return i;
+        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING &&
+            !(keep && *sqs_field(o, entries, i, o->code)))
+            sqs_entry_why(o, entries, i, code, message);
 }
 
 /* One round: send the pending entries, apply the answer. 0 when the exchange worked
- * (some entries may still be pending), -1 when the request failed as a whole. */
+ * (some entries may still be pending), -1 when the request failed as a whole: the
+ * pending entries then say why. */
 static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
                            size_t n, struct lerr *e)
 {
-    unsigned char sent[SQS_MAX_MESSAGES] = { 0 };
     struct http_response resp;
     size_t len;
     char *body;
     int r;
 
-    for (size_t i = 0; i < n && i < SQS_MAX_MESSAGES; i++) {
-        sent[i] = *sqs_status(o, entries, i) == SQS_ENTRY_PENDING;
-        if (sent[i])
-            sqs_entry_why(o, entries, i, "", "");
-    }
+    sqs_pending_why(o, entries, n, 0, "", "");
     body = sqs_entries_request(o, c->queue_url, entries, n, &len, e);
-    if (sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e) < 0)
-        return -1;
-    r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
-    http_response_free(&resp);
-    if (r < 0) {
-        if (!strstr(o->answer, o->name))  /* "SQS batch answer" does not say which */
+    r = sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e);
+    if (r == 0) {
+        r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
+        if (r < 0 && o->receipts)  /* "SQS batch answer" does not say which */
             lerr_wrap(e, "SQS %s", o->name);
-        sqs_note_local(c, e, 0);
+        r = sqs_answer_read(c, &resp, r, e);
+    }
+    if (r < 0) {
+        sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
         return -1;
     }
-    for (size_t i = 0; i < n; i++) {
-        enum sqs_entry_status s = *sqs_status(o, entries, i);
-        char label[160];
-
-        if (s == SQS_ENTRY_PENDING && !*sqs_field(o, entries, i, o->code))
-            sqs_entry_why(o, entries, i, "NotReported", "the answer did not mention this entry");
-        if (s != SQS_ENTRY_STALE || !sent[i])
-            continue;
-        sqs_label(o, entries, i, label, sizeof label);
-        log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
-                 "again or is no longer in flight", o->name, label,
-                 sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
-    }
+    sqs_pending_why(o, entries, n, 1, "NotReported", "the answer did not mention this entry");
     return 0;
 }
 
-/* "<what> entries...; entry 3: <code>: <message>", the first entry in state s. */
+/* "<k> of <n> entries <what>; entry 3: <code>: <message>", about the first entry in
+ * state s (SendMessage: "message <id>: <code>: <message>"). */
 static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_t n,
                              enum sqs_entry_status s, const char *what, struct lerr *e)
 {
-    size_t i = sqs_first(o, entries, n, s);
+    size_t i, k = sqs_count(o, entries, n, s, &i);
+    const char *code = sqs_field(o, entries, i, o->code);
+    const char *message = sqs_field(o, entries, i, o->message);
     char label[160];
 
     sqs_label(o, entries, i, label, sizeof label);
     if (o->single)
-        return lerr_set(e, LERR_HTTP, "SQS %s: message %s: %s: %s", o->name,
-                        ((const struct sqs_send_entry *)entries)->message_id,
-                        sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
-    return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name,
-                    sqs_count(o, entries, n, s), n, what, label,
-                    sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
+        return lerr_set(e, LERR_HTTP, "SQS %s: %s: %s: %s", o->name, label, code, message);
+    return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name, k, n,
+                    what, label, code, message);
 }
 
 static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
@@ -1573,34 +1550,28 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
 {
     unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
     int whole_failed = 0;
+    struct lerr why;
     size_t i;
 
     for (i = 0; i < n; i++) {
         *sqs_status(o, entries, i) = SQS_ENTRY_PENDING;
-        sqs_entry_why(o, entries, i, "", "");
         if (!o->receipts)
             ((struct sqs_send_entry *)entries)[i].message_id[0] = '\0';
     }
     memset(&c->last_error, 0, sizeof c->last_error);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
-        struct lerr why;
-
         whole_failed = sqs_batch_round(c, o, entries, n, e) < 0;
-        if (whole_failed) {
-            sqs_pending_note(o, entries, n, c, e);
-            if (!c->last_error.retryable)
-                break;
+        if (whole_failed && !c->last_error.retryable)
+            break;
+        if (!whole_failed && sqs_count(o, entries, n, SQS_ENTRY_PENDING, &i) == 0)
+            break;
+        if (whole_failed)
             why = *e;
-        } else if (sqs_count(o, entries, n, SQS_ENTRY_PENDING) == 0) {
-            break;
-        } else {
+        else
             sqs_entries_error(o, entries, n, SQS_ENTRY_PENDING, "not done yet", &why);
-        }
-        if (attempt + 1 >= attempts)
-            break;
-        if (sqs_backoff(c, attempt, attempts, &why, e) < 0) {
+        if (attempt + 1 < attempts && sqs_backoff(c, attempt, attempts, &why, e) < 0) {
             whole_failed = 1;
-            sqs_pending_note(o, entries, n, c, e);
+            sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
             break;
         }
     }
@@ -1609,8 +1580,7 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
             *sqs_status(o, entries, i) = SQS_ENTRY_FAILED;
     if (whole_failed)
         return -1;  /* e already says why, in SQS's words */
-    i = sqs_first(o, entries, n, SQS_ENTRY_FAILED);
-    if (i == n)
+    if (sqs_count(o, entries, n, SQS_ENTRY_FAILED, &i) == 0)
         return 0;
     sqs_why(c->last_error.code, c->last_error.message, sqs_field(o, entries, i, o->code),
             sqs_field(o, entries, i, o->message));
@@ -1621,24 +1591,24 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
 int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                      struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_receipt_ops[SQS_OP_DELETE], entries, n, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_DELETE], entries, n, e);
 }
 
 int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                                 struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_receipt_ops[SQS_OP_CHANGE_VISIBILITY], entries, n, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_CHANGE_VISIBILITY], entries, n, e);
 }
 
 int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
                    struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_send_ops, entries, n, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND_BATCH], entries, n, e);
 }
 
 int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_send_one_ops, en, 1, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND], en, 1, e);
 }
 
 /* ======================================================================================
