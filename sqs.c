@@ -2,9 +2,7 @@
 #include "creds.h"
 #include "metrics.h"
 
-#include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -19,6 +17,7 @@
 
 #include "json.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "text.h"
 
 #define SQS_CONTENT_TYPE "application/x-amz-json-1.0"
@@ -285,26 +284,6 @@ unsigned sqs_backoff_ms(unsigned attempt, unsigned base_ms, unsigned cap_ms, uin
     return (unsigned)(sqs_rng_next(rng) % ((uint64_t)ceiling + 1));
 }
 
-int sqs_sleep(int cancel_fd, unsigned ms, struct lerr *e)
-{
-    double deadline = metrics_clock() + ms / 1000.0;
-
-    for (;;) {
-        struct pollfd pfd = { cancel_fd, POLLIN, 0 };
-        double left = deadline - metrics_clock();
-        int r;
-
-        if (left <= 0)
-            return 0;
-        /* rounded up: a wait cut to 0 ms would spin */
-        r = poll(cancel_fd >= 0 ? &pfd : NULL, cancel_fd >= 0 ? 1 : 0, (int)(left * 1000) + 1);
-        if (r > 0)
-            return lerr_set(e, LERR_CANCELLED, "cancelled while waiting to retry");
-        if (r < 0 && errno != EINTR)
-            return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
-    }
-}
-
 /* ======================================================================================
  * The client
  * ==================================================================================== */
@@ -435,7 +414,8 @@ static int sqs_backoff(struct sqs_client *c, unsigned attempt, unsigned attempts
     unsigned ms = sqs_backoff_ms(attempt, c->backoff_base_ms, c->backoff_cap_ms, &c->rng);
 
     log_warn("%s; retrying in %u ms (attempt %u of %u)", why->msg, ms, attempt + 2, attempts);
-    if (sqs_sleep(c->http->cancel_fd, ms, e) < 0) {
+    if (ratelimit_wait_idle(NULL, (int)ms, &c->http->cancel_fd, 1, NULL, NULL, e) < 0) {
+        lerr_wrap(e, "cancelled while waiting to retry");
         sqs_note_local(c, e, 0);
         return -1;
     }

@@ -348,8 +348,4 @@ int sqs_code_retryable(const char *code);
  * [0, min(cap_ms, base_ms * 2^attempt)]. Advances *rng. */
 unsigned sqs_backoff_ms(unsigned attempt, unsigned base_ms, unsigned cap_ms, uint64_t *rng);
 
-/* Sleeps ms milliseconds, or less when cancel_fd (if >= 0) becomes readable: then returns
- * -1 with LERR_CANCELLED. */
-int sqs_sleep(int cancel_fd, unsigned ms, struct lerr *e);
-
 #endif
