@@ -73,16 +73,15 @@ static int size_check(const char *size, struct lerr *e)
                     quote(q, sizeof q, size), PRESET_NAMES_TEXT);
 }
 
+/* What a JSON value is, from its first character (json_peek's answer). */
 static const char *json_kind(int c)
 {
-    switch (c) {
-    case '{': return "an object";
-    case '[': return "an array";
-    case '"': return "a string";
-    case 't': case 'f': return "a boolean";
-    case 'n': return "null";
-    default: return "a number";
-    }
+    static const char firsts[] = "{[\"tfn";
+    static const char *const kinds[] = { "an object", "an array", "a string", "a boolean",
+                                         "a boolean", "null", "a number" };
+    const char *at = c > 0 ? strchr(firsts, c) : NULL;
+
+    return kinds[at ? at - firsts : 6];
 }
 
 /* A checked JSON string, its quotes at s and end - 1, decodes to a NUL only from the
@@ -308,11 +307,6 @@ static size_t file_len(const struct event *events, const struct group *g, int me
         len = len > (size_t)-1 - b ? (size_t)-1 : len + b;
     }
     return len;
-}
-
-size_t group_events_json_len(const struct event *events, const struct group *g)
-{
-    return file_len(events, g, 0);
 }
 
 /* "[" item "," item ... "]", the items byte for byte. */
