@@ -610,45 +610,18 @@ static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, .
     }
 }
 
-/* "String" and custom string types ("String.url") carry their value in StringValue. */
-static int sqs_string_type(const char *type)
-{
-    return strcmp(type, "String") == 0 || strncmp(type, "String.", 7) == 0;
-}
-
-/* One message attribute value object: {"DataType": ..., "StringValue": ...,
- * "BinaryValue": ...}, its strings decoded into got[] (NULL when absent) and len[]. */
-static int rx_attribute_fields(struct rx *x, int index, const char *got[3], size_t len[3])
-{
-    static const char *const names[] = { "DataType", "StringValue", "BinaryValue" };
-    static const char *const labels[] = { "MessageAttributes DataType",
-                                          "MessageAttributes StringValue",
-                                          "MessageAttributes BinaryValue" };
-    int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes value");
-
-    got[0] = got[1] = got[2] = NULL;
-    len[0] = len[1] = len[2] = 0;
-    while (r > 0 && (r = rx_next(x, &state, names, 3, &k)) > 0) {
-        if ((k >= 0 ? rx_keep_member(x, index, labels[k], &got[k], &len[k]) : rx_skip(x)) < 0)
-            return -1;
-    }
-    return r < 0 ? -1 : 0;
-}
-
 /* image, size or command: a String whose StringValue goes to *out. */
-static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const char *name,
-                        const char **out)
+static void rx_attribute(struct sqs_message *m, const char *name, const char *const got[3],
+                         const size_t len[3], const char **out)
 {
-    const char *got[3], *type;
-    size_t len[3];
+    const char *type = got[0] && strlen(got[0]) != len[0] ? "(a type holding NUL)" : got[0];
 
     *out = NULL;
-    if (rx_attribute_fields(x, index, got, len) < 0)
-        return -1;
-    type = got[0] && strlen(got[0]) != len[0] ? "(a type holding NUL)" : got[0];
     if (!type)
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no DataType", name);
-    else if (type != got[0] || !sqs_string_type(type))  /* "String\u0000" is no String */
+    /* "String" and custom string types ("String.url") carry their value in StringValue;
+     * "String\u0000" is no String */
+    else if (type != got[0] || (strcmp(type, "String") != 0 && strncmp(type, "String.", 7) != 0))
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE,
                     "message attribute %s has DataType %.*s%s; only String is accepted", name,
                     strlen(type) < 48 ? 48 : 44, type, strlen(type) < 48 ? "" : "...");
@@ -659,33 +632,29 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
                     name);
     else
         *out = got[1];
-    return 0;
 }
 
 /* Any other attribute, for the context file: ,"name":{"type":...,"value":...} into x->attrs.
  * The value is the StringValue, or the BinaryValue (base64, as SQS sends it). Text SQS
  * itself would refuse (a lone surrogate, a NUL) would make the context file unreadable:
  * the message is refused instead, as for a body. */
-static int rx_user_attribute(struct rx *x, int index, struct sqs_message *m, const char *name)
+static void rx_user_attribute(struct rx *x, struct sqs_message *m, const char *name,
+                              const char *const got[3], const size_t len[3])
 {
-    const char *got[3];
-    size_t len[3], vi;
+    size_t vi = got[1] ? 1 : 2;
 
-    if (rx_attribute_fields(x, index, got, len) < 0)
-        return -1;
-    vi = got[1] ? 1 : 2;
     if (!got[0] || !got[vi])
-        return 0;  /* nothing to say about it (SQS always sends both) */
+        return;  /* nothing to say about it (SQS always sends both) */
     if (sqs_text_check(name, strlen(name), NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "a message attribute's name is not Unicode text "
                     "SQS allows");
-        return 0;
+        return;
     }
     if (sqs_text_check(got[0], len[0], NULL, NULL) < 0 ||
         sqs_text_check(got[vi], len[vi], NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %.60s: its type or value is "
                     "not Unicode text SQS allows", name);
-        return 0;
+        return;
     }
     json_buf_lit(&x->attrs, x->attrs.len ? "," : "");
     json_buf_string(&x->attrs, name, strlen(name));
@@ -694,11 +663,16 @@ static int rx_user_attribute(struct rx *x, int index, struct sqs_message *m, con
     json_buf_lit(&x->attrs, ",\"value\":");
     json_buf_string(&x->attrs, got[vi], len[vi]);
     json_buf_lit(&x->attrs, "}");
-    return 0;
 }
 
+/* {name: {"DataType": ..., "StringValue": ..., "BinaryValue": ...}, ...}, each value's
+ * strings decoded into got[] (NULL when absent) and len[]. */
 static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
 {
+    static const char *const fields[] = { "DataType", "StringValue", "BinaryValue" };
+    static const char *const labels[] = { "MessageAttributes DataType",
+                                          "MessageAttributes StringValue",
+                                          "MessageAttributes BinaryValue" };
     const char **slots[] = { &m->image, &m->size, &m->command };
     char name[SQS_ATTR_NAME_MAX + 1];
     int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes");
@@ -706,12 +680,28 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
     if (r <= 0)
         return r;
     while ((r = json_member(&x->j, &state, name, sizeof name)) > 0) {
+        const char *got[3] = { NULL, NULL, NULL };
+        size_t len[3] = { 0, 0, 0 };
+        int fstate = 0, f, v;
+
+        if (!name[0]) {  /* a name SQS cannot send: too long, a NUL */
+            if (rx_skip(x) < 0)
+                return -1;
+            continue;
+        }
+        v = rx_optional(x, '{', index, "MessageAttributes value");
+        while (v > 0 && (v = rx_next(x, &fstate, fields, 3, &f)) > 0) {
+            if ((f >= 0 ? rx_keep_member(x, index, labels[f], &got[f], &len[f]) : rx_skip(x)) < 0)
+                return -1;
+        }
+        if (v < 0)
+            return -1;
         for (k = 0; k < 3 && strcmp(name, sqs_attr_names[k]) != 0; k++)
             ;
-        if (k < 3 ? rx_attribute(x, index, m, sqs_attr_names[k], slots[k]) < 0
-            : name[0] ? rx_user_attribute(x, index, m, name) < 0
-                      : rx_skip(x) < 0)  /* a name SQS cannot send: too long, a NUL */
-            return -1;
+        if (k < 3)
+            rx_attribute(m, name, got, len, slots[k]);
+        else
+            rx_user_attribute(x, m, name, got, len);
     }
     return r < 0 ? rx_fail(x) : r;
 }
