@@ -1094,12 +1094,6 @@ void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
     text_hex_encode(sum, sizeof sum, out);
 }
 
-static void sqs_send_fail(struct sqs_send_entry *en, const char *code, const char *message)
-{
-    en->status = SQS_ENTRY_FAILED;
-    sqs_why(en->code, en->message, code, message);
-}
-
 /* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
  * we: a mismatch means the message on the queue is not the one sent. */
 static void sqs_send_accepted(void *entry, const cJSON *item)
@@ -1108,26 +1102,23 @@ static void sqs_send_accepted(void *entry, const cJSON *item)
     const char *message_id = sqs_json_string(item, "MessageId");
     const char *md5_body = sqs_json_string(item, "MD5OfMessageBody");
     const char *md5_attrs = sqs_json_string(item, "MD5OfMessageAttributes");
-    char want[33], why[200];
+    char body[33], attrs[33], why[200];
 
     en->status = SQS_ENTRY_OK;
     en->code[0] = en->message[0] = '\0';
     sqs_set_text(en->message_id, sizeof en->message_id, message_id, strlen(message_id));
-    if (md5_body) {
-        sqs_md5_hex(en->body, en->body_len, want);
-        if (strcasecmp(want, md5_body) != 0) {
-            snprintf(why, sizeof why, "MD5OfMessageBody %.40s is not the MD5 of the body sent "
-                     "(%s): the message stored is not the one sent", md5_body, want);
-            sqs_send_fail(en, "MD5Mismatch", why);
-            return;
-        }
-    }
-    sqs_attributes_md5(en, want);
-    if (md5_attrs && want[0] && strcasecmp(want, md5_attrs) != 0) {
+    sqs_md5_hex(en->body, en->body_len, body);
+    sqs_attributes_md5(en, attrs);
+    if (md5_body && strcasecmp(body, md5_body) != 0)
+        snprintf(why, sizeof why, "MD5OfMessageBody %.40s is not the MD5 of the body sent "
+                 "(%s): the message stored is not the one sent", md5_body, body);
+    else if (md5_attrs && attrs[0] && strcasecmp(attrs, md5_attrs) != 0)
         snprintf(why, sizeof why, "MD5OfMessageAttributes %.40s is not the MD5 of the "
-                 "attributes sent (%s)", md5_attrs, want);
-        sqs_send_fail(en, "MD5Mismatch", why);
-    }
+                 "attributes sent (%s)", md5_attrs, attrs);
+    else
+        return;
+    en->status = SQS_ENTRY_FAILED;
+    sqs_why(en->code, en->message, "MD5Mismatch", why);
 }
 
 /* ======================================================================================
