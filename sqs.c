@@ -330,81 +330,67 @@ static const char *sqs_call_code(const struct sqs_client *c, const struct lerr *
     return c->last_error.code[0] ? c->last_error.code : lerr_kind_name(e->kind);
 }
 
-/* One POST signed with cred. 2xx: 0 with resp to free. Otherwise -1, c->last_error filled. */
-static int sqs_call_signed(struct sqs_client *c, const struct sigv4_credentials *cred,
-                           const char *op, const char *body, size_t len, int timeout_ms,
-                           struct http_response *resp, struct lerr *e)
-{
-    char target[64], date[17];
-    struct sigv4_signature sig;
-    struct http_header hh[2 + SIGV4_MAX_ADDED];
-    size_t nh = 0;
-
-    snprintf(target, sizeof target, "AmazonSQS.%s", op);
-    sigv4_format_date(time(NULL), date);
-    {
-        const struct sigv4_header sh[] = {
-            { "Host", c->endpoint.authority },
-            { "X-Amz-Target", target },
-            { "Content-Type", SQS_CONTENT_TYPE },
-        };
-        const struct sigv4_request sr = { "POST", "/", NULL, sh, 3, body, len };
-        const struct sigv4_params sp = { c->region, "sqs", date, 1, 0, &c->sigv4_key };
-
-        if (sigv4_sign(&sr, cred, &sp, &sig, e) < 0) {
-            lerr_wrap(e, "SQS %s: signing the request", op);
-            sqs_note_local(c, e, 0);
-            return -1;
-        }
-    }
-    hh[nh++] = (struct http_header){ "X-Amz-Target", target };
-    hh[nh++] = (struct http_header){ "Content-Type", SQS_CONTENT_TYPE };
-    for (size_t i = 0; i < sig.num_added && i < SIGV4_MAX_ADDED; i++)
-        hh[nh++] = (struct http_header){ sig.added[i].name, sig.added[i].value };
-    {
-        const struct http_request req = { "POST", &c->endpoint, hh, nh, body, len, timeout_ms };
-        const char *et, *qe;
-        size_t et_len = 0, qe_len = 0;
-        double t0 = metrics_clock();
-        int rc = http_do(c->http, &req, resp, e);
-
-        metrics_observe(c->metrics, METRICS_SQS, op, metrics_clock() - t0);
-        if (rc < 0) {
-            lerr_wrap(e, "SQS %s failed", op);
-            sqs_note_local(c, e, sqs_kind_retryable(e->kind));
-            return -1;
-        }
-        if (resp->status >= 200 && resp->status < 300)
-            return 0;
-        et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
-        qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
-        sqs_parse_error(resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
-                        &c->last_error);
-        http_response_free(resp);
-        return sqs_api_error_set(e, op, &c->last_error);
-    }
-}
-
 /* One signed POST, with the provider's current credentials when there is a provider (they
- * may have been refreshed since the last call), else the fixed ones. */
+ * may have been refreshed since the last call), else the fixed ones. 2xx: 0 with resp to
+ * free. Otherwise -1, c->last_error filled. */
 static int sqs_call(struct sqs_client *c, const char *op, const char *body, size_t len,
                     int timeout_ms, struct http_response *resp, struct lerr *e)
 {
+    char target[64], date[17];
+    const struct sigv4_header sh[] = {
+        { "Host", c->endpoint.authority },
+        { "X-Amz-Target", target },
+        { "Content-Type", SQS_CONTENT_TYPE },
+    };
+    const struct sigv4_request sr = { "POST", "/", NULL, sh, 3, body, len };
+    const struct sigv4_params sp = { c->region, "sqs", date, 1, 0, &c->sigv4_key };
+    struct http_header hh[2 + SIGV4_MAX_ADDED] = { { "X-Amz-Target", target },
+                                                   { "Content-Type", SQS_CONTENT_TYPE } };
+    struct http_request req = { "POST", &c->endpoint, hh, 2, body, len, timeout_ms };
     struct creds_snapshot snap;  /* outlives http_do: the token header points into it */
-    struct sigv4_credentials sc;
+    struct sigv4_credentials cred = c->creds;
+    struct sigv4_signature sig;
+    const char *et, *qe;
+    size_t et_len = 0, qe_len = 0;
+    double t0;
     int rc;
 
-    if (!c->provider)
-        return sqs_call_signed(c, &c->creds, op, body, len, timeout_ms, resp, e);
-    if (creds_get(c->provider, &snap, e) < 0) {
+    if (c->provider && creds_get(c->provider, &snap, e) < 0) {
         lerr_wrap(e, "SQS %s", op);
         sqs_note_local(c, e, 1);  /* STS may answer again later */
         return -1;
     }
-    creds_sigv4(&snap, &sc);
-    rc = sqs_call_signed(c, &sc, op, body, len, timeout_ms, resp, e);
-    creds_snapshot_wipe(&snap);
-    return rc;
+    if (c->provider)
+        creds_sigv4(&snap, &cred);
+    snprintf(target, sizeof target, "AmazonSQS.%s", op);
+    sigv4_format_date(time(NULL), date);
+    rc = sigv4_sign(&sr, &cred, &sp, &sig, e);
+    if (rc < 0) {
+        lerr_wrap(e, "SQS %s: signing the request", op);
+        sqs_note_local(c, e, 0);
+    } else {
+        for (size_t i = 0; i < sig.num_added && i < SIGV4_MAX_ADDED; i++)
+            hh[req.num_headers++] = (struct http_header){ sig.added[i].name, sig.added[i].value };
+        t0 = metrics_clock();
+        rc = http_do(c->http, &req, resp, e);
+        metrics_observe(c->metrics, METRICS_SQS, op, metrics_clock() - t0);
+        if (rc < 0) {
+            lerr_wrap(e, "SQS %s failed", op);
+            sqs_note_local(c, e, sqs_kind_retryable(e->kind));
+        }
+    }
+    if (c->provider)
+        creds_snapshot_wipe(&snap);
+    if (rc < 0)
+        return -1;
+    if (resp->status >= 200 && resp->status < 300)
+        return 0;
+    et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
+    qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
+    sqs_parse_error(resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
+                    &c->last_error);
+    http_response_free(resp);
+    return sqs_api_error_set(e, op, &c->last_error);
 }
 
 /* Waits before retry number attempt (0 for the first), logging why. */
