@@ -63,16 +63,6 @@ static const struct preset *size_preset(const char *size)
     return preset_find(size ? size : PRESET_DEFAULT);
 }
 
-static int size_check(const char *size, struct lerr *e)
-{
-    char q[200];
-
-    if (size_preset(size))
-        return 0;
-    return lerr_set(e, LERR_INVALID, "attribute size: %s is not a Fly preset (%s)",
-                    quote(q, sizeof q, size), PRESET_NAMES_TEXT);
-}
-
 /* What a JSON value is, from its first character (json_peek's answer). */
 static const char *json_kind(int c)
 {
@@ -148,25 +138,24 @@ int group_command(const char *cmd, char ***argv, struct lerr *e)
     return 0;
 }
 
-static int body_check(const char *body, size_t len, struct lerr *e)
-{
-    const char *why;
-    size_t at;
-
-    if (len == 0)
-        return lerr_set(e, LERR_INVALID, "body is empty (it must be a JSON value)");
-    if (json_check(body, len, &at, &why) < 0)
-        return lerr_set(e, LERR_INVALID, "body is not valid JSON (at byte %zu: %s)", at, why);
-    return 0;
-}
-
 int group_check(const struct event *ev, struct lerr *e)
 {
-    if (image_check(ev->image, e) < 0 || size_check(ev->size, e) < 0)
+    const char *why;
+    char q[200];
+    size_t at;
+
+    if (image_check(ev->image, e) < 0)
         return -1;
+    if (!size_preset(ev->size))
+        return lerr_set(e, LERR_INVALID, "attribute size: %s is not a Fly preset (%s)",
+                        quote(q, sizeof q, ev->size), PRESET_NAMES_TEXT);
     if (ev->command && group_command(ev->command, NULL, e) < 0)
         return lerr_wrap(e, "attribute command");
-    return body_check(ev->body, ev->body_len, e);
+    if (ev->body_len == 0)
+        return lerr_set(e, LERR_INVALID, "body is empty (it must be a JSON value)");
+    if (json_check(ev->body, ev->body_len, &at, &why) < 0)
+        return lerr_set(e, LERR_INVALID, "body is not valid JSON (at byte %zu: %s)", at, why);
+    return 0;
 }
 
 /* ---- grouping -------------------------------------------------------------------------- */
