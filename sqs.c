@@ -505,6 +505,8 @@ struct rx {
                                               another: the batch keeps it */
     size_t ctx_at[SQS_MAX_MESSAGES];       /* where each message's entry starts in ctx */
     struct json_buf attrs;                 /* scratch: one message's other attributes */
+    const char *sys[SQS_SYSTEM_ATTRS];     /* scratch: one message's system attributes */
+    size_t sys_len[SQS_SYSTEM_ATTRS];      /* (sqs_system_attrs), in the arena, or NULL */
 };
 
 /* A message attribute's name is at most 256 characters (SQS's limit). */
@@ -707,36 +709,29 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
     return v;
 }
 
-/* The system attributes asked for (sqs_system_attrs), as strings in the arena. */
-struct rx_system {
-    const char *v[SQS_SYSTEM_ATTRS];
-    size_t len[SQS_SYSTEM_ATTRS];
-};
-
-static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m,
-                                struct rx_system *sys)
+static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
     long v;
 
     while (r > 0 && (r = rx_next(x, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS, &k)) > 0) {
         if (k >= 0 && json_peek(&x->j) == '"') {
-            if (rx_keep(x, &sys->v[k], &sys->len[k]) < 0)
+            if (rx_keep(x, &x->sys[k], &x->sys_len[k]) < 0)
                 return -1;
         } else if (rx_skip(x) < 0) {
             return -1;
         }
     }
-    v = sqs_parse_count(sys->v[0], sys->len[0], 18);
+    v = sqs_parse_count(x->sys[0], x->sys_len[0], 18);
     m->receive_count = v > 0 ? (unsigned long)v : 0;
-    m->message_group_id = sys->v[3];  /* NUL-terminated in the arena, NULL when absent */
+    m->message_group_id = x->sys[3];  /* NUL-terminated in the arena, NULL when absent */
     return r;
 }
 
 /* The message's entry of the context file, into x->ctx: the counts and times as JSON
  * numbers when SQS gave digits, the FIFO strings when it gave them, and the attributes
  * rx_user_attribute collected. */
-static void rx_context(struct rx *x, const struct sqs_message *m, const struct rx_system *sys)
+static void rx_context(struct rx *x, const struct sqs_message *m)
 {
     static const char *const ctx_names[SQS_SYSTEM_ATTRS] = {
         "receiveCount", "sentTimestamp", "firstReceiveTimestamp",
@@ -747,17 +742,17 @@ static void rx_context(struct rx *x, const struct sqs_message *m, const struct r
     /* No printf here: this runs for every message, and formatting was a twentieth of the
      * steady state's instructions. The values are NUL-terminated in the arena (rx_keep). */
     for (int k = 0; k < SQS_SYSTEM_ATTRS; k++) {
-        const char *v = sys->v[k];
+        const char *v = x->sys[k];
 
-        if (k < 3 && sqs_parse_count(v, sys->len[k], 18) < 0)
+        if (k < 3 && sqs_parse_count(v, x->sys_len[k], 18) < 0)
             continue;
-        if (k >= 3 && (!v || sqs_text_check(v, sys->len[k], NULL, NULL) < 0))
+        if (k >= 3 && (!v || sqs_text_check(v, x->sys_len[k], NULL, NULL) < 0))
             continue;
         json_buf_lit(&x->ctx, ",\"");
         json_buf_lit(&x->ctx, ctx_names[k]);
         json_buf_lit(&x->ctx, "\":");
         if (k >= 3) {
-            json_buf_string(&x->ctx, v, sys->len[k]);
+            json_buf_string(&x->ctx, v, x->sys_len[k]);
             continue;
         }
         while (v[0] == '0' && v[1])  /* SQS's digits, as a JSON number: no leading zero */
@@ -806,12 +801,11 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
     static const char *const names[] = { "MessageId", "ReceiptHandle", "MD5OfBody", "Body",
                                          "Attributes", "MessageAttributes" };
     const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
-    struct rx_system sys;
     int state = 0, r, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
         return rx_skip(x);
-    memset(&sys, 0, sizeof sys);
+    memset(x->sys, 0, sizeof x->sys);
     x->attrs.len = 0;
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
@@ -821,7 +815,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
         if (k >= 0 && k < 4)
             r = rx_keep_member(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
         else if (k == 4)
-            r = rx_system_attributes(x, index, m, &sys);
+            r = rx_system_attributes(x, index, m);
         else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
@@ -846,7 +840,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
                     "Unicode text");
     sqs_check_md5(m);
     x->ctx_at[index] = x->ctx.len;
-    rx_context(x, m, &sys);
+    rx_context(x, m);
     m->context_len = x->ctx.len - x->ctx_at[index];
     return 0;
 }
