@@ -287,25 +287,18 @@ static const char *file_item(const struct event *ev, int meta, size_t *len)
     return ev->context ? ev->context : "{}";
 }
 
-static size_t file_len(const struct event *events, const struct group *g, int meta)
-{
-    size_t len = 2 + (g->count ? g->count - 1 : 0), b;
-
-    for (size_t i = 0; i < g->count; i++) {
-        file_item(&events[g->members[i]], meta, &b);
-        len = len > (size_t)-1 - b ? (size_t)-1 : len + b;
-    }
-    return len;
-}
-
 /* "[" item "," item ... "]", the items byte for byte. */
 static int file_alloc(const struct event *events, const struct group *g, int meta, size_t max,
                       char **out, size_t *len, struct lerr *e)
 {
     const char *what = meta ? "context file" : "events file";
-    size_t need = file_len(events, g, meta), n = 0, b;
+    size_t need = 2 + (g->count ? g->count - 1 : 0), n = 0, b;
     char *buf;
 
+    for (size_t i = 0; i < g->count; i++) {
+        file_item(&events[g->members[i]], meta, &b);
+        need = need > (size_t)-1 - b ? (size_t)-1 : need + b;  /* saturates: then too large */
+    }
     *out = NULL;
     if (need > max)
         return lerr_set(e, LERR_TOO_LARGE, "%s of %zu bytes is over the limit of %zu", what,
