@@ -25,8 +25,6 @@
 /* The long poll itself may take wait_seconds; this much more covers the round trip. */
 #define SQS_RECEIVE_SLACK_MS 10000
 
-struct sqs_batch_ops;
-
 /* The message attributes lambdo reads itself; the others go to the context file. */
 static const char *const sqs_attr_names[] = { "image", "size", "command" };
 /* The system attributes asked for, in the order of the context file's names (ctx_names). */
@@ -1004,37 +1002,6 @@ static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
     return 0;
 }
 
-/* ,"MessageBody":...,"MessageAttributes":{...} of one entry. */
-static void sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
-{
-    const struct sqs_send_entry *en = entry;
-    const char *values[3] = { en->image, en->size, en->command };
-    int first = 1;
-
-    json_buf_lit(b, ",\"MessageBody\":");
-    json_buf_string(b, en->body, en->body_len);
-    for (size_t i = 0; i < 3; i++) {
-        if (!values[i])
-            continue;
-        json_buf_lit(b, first ? ",\"MessageAttributes\":{" : ",");
-        first = 0;
-        json_buf_string(b, sqs_attr_names[i], strlen(sqs_attr_names[i]));
-        json_buf_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
-        json_buf_string(b, values[i], strlen(values[i]));
-        json_buf_lit(b, "}");
-    }
-    if (!first)
-        json_buf_lit(b, "}");
-    if (en->group_id) {  /* checked: printable ASCII, nothing to escape but '"' and '\\' */
-        json_buf_lit(b, ",\"MessageGroupId\":");
-        json_buf_string(b, en->group_id, strlen(en->group_id));
-    }
-    if (en->dedup_id) {
-        json_buf_lit(b, ",\"MessageDeduplicationId\":");
-        json_buf_string(b, en->dedup_id, strlen(en->dedup_id));
-    }
-}
-
 /* MD5OfMessageAttributes as SQS computes it: for each attribute, in byte order of the
  * names, length-prefixed (4 bytes, big-endian) name and DataType, the transport type
  * byte (1 for String), then the length-prefixed value. */
@@ -1120,8 +1087,9 @@ struct sqs_batch_ops {
     int receipts;        /* its entries are receipt handles, which can go stale */
     int single;          /* one entry, written and answered without Entries (SendMessage) */
     size_t size, status, code, message;  /* one entry's size; where its fields are */
-    int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
-    void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
+    /* checks entry i, then writes it: what SQS would refuse is never sent */
+    int (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry, size_t i,
+               struct lerr *e);
     void (*accepted)(void *entry, const cJSON *item);
 };
 
@@ -1191,8 +1159,8 @@ static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
 
 /* --- what differs: receipt handles ------------------------------------------------- */
 
-static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
-                             struct lerr *e)
+static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry,
+                      size_t i, struct lerr *e)
 {
     const struct sqs_entry *en = entry;
 
@@ -1203,17 +1171,11 @@ static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, s
         return lerr_set(e, LERR_INVALID,
                         "SQS %s: entry %zu: VisibilityTimeout must be 0 to %d, got %d", o->name,
                         i, SQS_MAX_VISIBILITY, en->visibility_timeout);
-    return 0;
-}
-
-static void sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
-{
-    const struct sqs_entry *en = entry;
-
     json_buf_lit(b, ",\"ReceiptHandle\":");
     json_buf_string(b, en->receipt_handle, strlen(en->receipt_handle));
     if (o->op == SQS_OP_CHANGE_VISIBILITY)
         json_buf_fmt(b, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
+    return 0;
 }
 
 static void sqs_receipt_done(void *entry, const cJSON *item)
@@ -1234,25 +1196,53 @@ static int sqs_stale(const char *code, const char *message)
 
 /* --- what differs: messages to send ------------------------------------------------ */
 
-static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
-                          struct lerr *e)
+/* ,"MessageBody":...,"MessageAttributes":{...} of entry i, once checked. */
+static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry,
+                      size_t i, struct lerr *e)
 {
-    if (sqs_send_entry_check(entry, e) == 0)
-        return 0;
-    if (o->single)
-        return lerr_wrap(e, "SQS %s", o->name);
-    return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
+    const struct sqs_send_entry *en = entry;
+    const char *values[3] = { en->image, en->size, en->command };
+    int first = 1;
+
+    if (sqs_send_entry_check(entry, e) < 0) {
+        if (o->single)
+            return lerr_wrap(e, "SQS %s", o->name);
+        return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
+    }
+    json_buf_lit(b, ",\"MessageBody\":");
+    json_buf_string(b, en->body, en->body_len);
+    for (size_t k = 0; k < 3; k++) {
+        if (!values[k])
+            continue;
+        json_buf_lit(b, first ? ",\"MessageAttributes\":{" : ",");
+        first = 0;
+        json_buf_string(b, sqs_attr_names[k], strlen(sqs_attr_names[k]));
+        json_buf_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
+        json_buf_string(b, values[k], strlen(values[k]));
+        json_buf_lit(b, "}");
+    }
+    if (!first)
+        json_buf_lit(b, "}");
+    if (en->group_id) {  /* checked: printable ASCII, nothing to escape but '"' and '\\' */
+        json_buf_lit(b, ",\"MessageGroupId\":");
+        json_buf_string(b, en->group_id, strlen(en->group_id));
+    }
+    if (en->dedup_id) {
+        json_buf_lit(b, ",\"MessageDeduplicationId\":");
+        json_buf_string(b, en->dedup_id, strlen(en->dedup_id));
+    }
+    return 0;
 }
 
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
     { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
-      offsetof(struct sqs_entry, message), sqs_receipt_check, sb_receipt, sqs_receipt_done }
+      offsetof(struct sqs_entry, message), sb_receipt, sqs_receipt_done }
 #define SQS_SEND_OPS(opname, which)                                                         \
     { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND,                       \
       sizeof(struct sqs_send_entry), offsetof(struct sqs_send_entry, status),               \
       offsetof(struct sqs_send_entry, code), offsetof(struct sqs_send_entry, message),      \
-      sqs_send_check, sb_message, sqs_send_accepted }
+      sb_message, sqs_send_accepted }
 
 static const struct sqs_batch_ops sqs_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
@@ -1286,15 +1276,14 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
 
         if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
             continue;
-        if (o->check(o, sqs_field(o, entries, i, 0), i, e) < 0) {
-            free(b.p);
-            return NULL;
-        }
         if (!o->single) {
             json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
             json_buf_lit(&b, id);
         }
-        o->put(o, &b, sqs_field(o, entries, i, 0));
+        if (o->put(o, &b, sqs_field(o, entries, i, 0), i, e) < 0) {
+            free(b.p);
+            return NULL;
+        }
         json_buf_lit(&b, o->single ? "" : "}");
         sent++;
     }
