@@ -1043,9 +1043,8 @@ void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
 
 /* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
  * we: a mismatch means the message on the queue is not the one sent. */
-static void sqs_send_accepted(void *entry, const cJSON *item)
+static void sqs_send_accepted(struct sqs_send_entry *en, const cJSON *item)
 {
-    struct sqs_send_entry *en = entry;
     const char *message_id = sqs_json_string(item, "MessageId");
     const char *md5_body = sqs_json_string(item, "MD5OfMessageBody");
     const char *md5_attrs = sqs_json_string(item, "MD5OfMessageAttributes");
@@ -1074,8 +1073,9 @@ static void sqs_send_accepted(void *entry, const cJSON *item)
  *
  * One request writer, one answer reader and one retry loop serve the four; an
  * operation's table says what differs: its entry type (sqs_entry or sqs_send_entry,
- * whose shared fields are found by offset), how an entry is checked and written, and
- * what a Successful item means for it. SendMessage's answer is its one Successful item.
+ * whose shared fields are found by offset) and how an entry is checked and written. A
+ * Successful item makes a receipt entry OK, and a message sent OK once its MD5s match
+ * (sqs_send_accepted). SendMessage's answer is its one Successful item.
  * ==================================================================================== */
 
 enum { SQS_OP_SEND_BATCH = 2, SQS_OP_SEND };
@@ -1090,7 +1090,6 @@ struct sqs_batch_ops {
     /* checks entry i, then writes it: what SQS would refuse is never sent */
     int (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry, size_t i,
                struct lerr *e);
-    void (*accepted)(void *entry, const cJSON *item);
 };
 
 static char *sqs_field(const struct sqs_batch_ops *o, const void *entries, size_t i, size_t at)
@@ -1178,11 +1177,6 @@ static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const v
     return 0;
 }
 
-static void sqs_receipt_done(void *entry, const cJSON *item)
-{
-    ((struct sqs_entry *)entry)->status = SQS_ENTRY_OK;
-}
-
 /* The receipt handle no longer names a message in flight: it was received again (so it
  * is someone else's now) or its visibility timeout ran out. */
 static int sqs_stale(const char *code, const char *message)
@@ -1237,12 +1231,12 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const v
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
     { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
-      offsetof(struct sqs_entry, message), sb_receipt, sqs_receipt_done }
+      offsetof(struct sqs_entry, message), sb_receipt }
 #define SQS_SEND_OPS(opname, which)                                                         \
     { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND,                       \
       sizeof(struct sqs_send_entry), offsetof(struct sqs_send_entry, status),               \
       offsetof(struct sqs_send_entry, code), offsetof(struct sqs_send_entry, message),      \
-      sb_message, sqs_send_accepted }
+      sb_message }
 
 static const struct sqs_batch_ops sqs_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
@@ -1382,7 +1376,7 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
     int r = sqs_answer_lists(o, root, lists, e);
 
     if (r == 0 && o->single)  /* the answer is about the one entry, whatever its state */
-        o->accepted(entries, root);
+        sqs_send_accepted(entries, root);
     for (int f = 0; r == 0 && f < 2; f++) {
         cJSON_ArrayForEach(item, lists[f]) {
             long i = sqs_entry_index(o, item, entries, n);
@@ -1391,8 +1385,10 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
                          f ? "Failed" : "Successful");
             else if (f)
                 sqs_apply_failed(o, item, entries, (size_t)i);
+            else if (o->receipts)
+                *sqs_status(o, entries, (size_t)i) = SQS_ENTRY_OK;
             else
-                o->accepted(sqs_field(o, entries, (size_t)i, 0), item);
+                sqs_send_accepted((struct sqs_send_entry *)entries + i, item);
         }
     }
     cJSON_Delete(root);
