@@ -39,10 +39,9 @@ static int image_check(const char *image, struct lerr *e)
     char q[200];
     size_t i;
 
-    if (!image)
-        return lerr_set(e, LERR_INVALID, "attribute image: missing (it names the image to run)");
-    if (!image[0])
-        return lerr_set(e, LERR_INVALID, "attribute image: empty (it names the image to run)");
+    if (!image || !image[0])
+        return lerr_set(e, LERR_INVALID, "attribute image: %s (it names the image to run)",
+                        image ? "empty" : "missing");
     for (i = 0; image[i]; i++) {
         unsigned char c = (unsigned char)image[i];
         if (c <= 0x20 || c >= 0x7F)
