@@ -57,9 +57,10 @@ static char *sb_finish(struct json_buf *b, size_t *len, struct lerr *e)
     return b->p;
 }
 
-/* The queue URL is the caller's text, sent as it is: it only needs to be UTF-8 for the
- * request to be JSON (control bytes are escaped). */
-static int sqs_queue_url_check(const char *queue_url, const char *op, struct lerr *e)
+/* Every request starts with the queue: {"QueueUrl":"...". The queue URL is the caller's
+ * text, sent as it is: it only needs to be UTF-8 for the request to be JSON (control
+ * bytes are escaped). */
+static int sb_queue(struct json_buf *b, const char *queue_url, const char *op, struct lerr *e)
 {
     size_t len = queue_url ? strlen(queue_url) : 0;
     unsigned cp;
@@ -69,14 +70,9 @@ static int sqs_queue_url_check(const char *queue_url, const char *op, struct ler
     for (size_t i = 0, n; i < len; i += n)
         if ((n = text_utf8_next((const unsigned char *)queue_url + i, len - i, &cp)) == 0)
             return lerr_set(e, LERR_INVALID, "SQS %s: the queue URL is not UTF-8", op);
-    return 0;
-}
-
-/* Every request starts with the queue: {"QueueUrl":"..." */
-static void sb_queue(struct json_buf *b, const char *queue_url)
-{
     json_buf_lit(b, "{\"QueueUrl\":");
-    json_buf_string(b, queue_url, strlen(queue_url));
+    json_buf_string(b, queue_url, len);
+    return 0;
 }
 
 /* ,"key":["name",...] */
@@ -110,20 +106,19 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     };
     struct json_buf b = { 0 };
 
-    if (sqs_queue_url_check(queue_url, "ReceiveMessage", e) < 0)
+    if (sb_queue(&b, queue_url, "ReceiveMessage", e) < 0)
         return NULL;
     for (size_t i = 0; i < 3; i++) {
         if (nums[i].value < nums[i].min || nums[i].value > nums[i].max) {
+            free(b.p);
             lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: %s must be %d to %d%s, got %d",
                      nums[i].name, nums[i].min < 0 ? 0 : nums[i].min, nums[i].max,
                      nums[i].min < 0 ? " (or -1)" : "", nums[i].value);
             return NULL;
         }
-    }
-    sb_queue(&b, queue_url);
-    for (size_t i = 0; i < 3; i++)
         if (nums[i].value >= 0)
             json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
+    }
     sb_names(&b, "MessageAttributeNames", all, 1);
     sb_names(&b, "MessageSystemAttributeNames", sqs_system_attrs, SQS_SYSTEM_ATTRS);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
@@ -1256,14 +1251,13 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
     struct json_buf b = { 0 };
     size_t sent = 0;
 
-    if (sqs_queue_url_check(queue_url, o->name, e) < 0)
-        return NULL;
     if (n < 1 || n > SQS_MAX_MESSAGES) {
         lerr_set(e, LERR_INVALID, "SQS %s: %zu entries (1 to %d allowed)", o->name, n,
                  SQS_MAX_MESSAGES);
         return NULL;
     }
-    sb_queue(&b, queue_url);
+    if (sb_queue(&b, queue_url, o->name, e) < 0)
+        return NULL;
     json_buf_lit(&b, o->single ? "" : ",\"Entries\":[");
     for (size_t i = 0; i < n; i++) {
         char id[] = { 'm', (char)('0' + i), '"', '\0' };
@@ -1560,9 +1554,8 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
 
-    if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
+    if (sb_queue(&b, queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
-    sb_queue(&b, queue_url);
     sb_names(&b, "AttributeNames", sqs_queue_attrs, sqs_fifo_url(queue_url) ? 6 : 4);
     return sb_finish(&b, len, e);
 }
