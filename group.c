@@ -39,10 +39,9 @@ static int image_check(const char *image, struct lerr *e)
     char q[200];
     size_t i;
 
-    if (!image)
-        return lerr_set(e, LERR_INVALID, "attribute image: missing (it names the image to run)");
-    if (!image[0])
-        return lerr_set(e, LERR_INVALID, "attribute image: empty (it names the image to run)");
+    if (!image || !image[0])
+        return lerr_set(e, LERR_INVALID, "attribute image: %s (it names the image to run)",
+                        image ? "empty" : "missing");
     for (i = 0; image[i]; i++) {
         unsigned char c = (unsigned char)image[i];
         if (c <= 0x20 || c >= 0x7F)
@@ -63,26 +62,15 @@ static const struct preset *size_preset(const char *size)
     return preset_find(size ? size : PRESET_DEFAULT);
 }
 
-static int size_check(const char *size, struct lerr *e)
-{
-    char q[200];
-
-    if (size_preset(size))
-        return 0;
-    return lerr_set(e, LERR_INVALID, "attribute size: %s is not a Fly preset (%s)",
-                    quote(q, sizeof q, size), PRESET_NAMES_TEXT);
-}
-
+/* What a JSON value is, from its first character (json_peek's answer). */
 static const char *json_kind(int c)
 {
-    switch (c) {
-    case '{': return "an object";
-    case '[': return "an array";
-    case '"': return "a string";
-    case 't': case 'f': return "a boolean";
-    case 'n': return "null";
-    default: return "a number";
-    }
+    static const char firsts[] = "{[\"tfn";
+    static const char *const kinds[] = { "an object", "an array", "a string", "a boolean",
+                                         "a boolean", "null", "a number" };
+    const char *at = c > 0 ? strchr(firsts, c) : NULL;
+
+    return kinds[at ? at - firsts : 6];
 }
 
 /* A checked JSON string, its quotes at s and end - 1, decodes to a NUL only from the
@@ -149,25 +137,24 @@ int group_command(const char *cmd, char ***argv, struct lerr *e)
     return 0;
 }
 
-static int body_check(const char *body, size_t len, struct lerr *e)
-{
-    const char *why;
-    size_t at;
-
-    if (len == 0)
-        return lerr_set(e, LERR_INVALID, "body is empty (it must be a JSON value)");
-    if (json_check(body, len, &at, &why) < 0)
-        return lerr_set(e, LERR_INVALID, "body is not valid JSON (at byte %zu: %s)", at, why);
-    return 0;
-}
-
 int group_check(const struct event *ev, struct lerr *e)
 {
-    if (image_check(ev->image, e) < 0 || size_check(ev->size, e) < 0)
+    const char *why;
+    char q[200];
+    size_t at;
+
+    if (image_check(ev->image, e) < 0)
         return -1;
+    if (!size_preset(ev->size))
+        return lerr_set(e, LERR_INVALID, "attribute size: %s is not a Fly preset (%s)",
+                        quote(q, sizeof q, ev->size), PRESET_NAMES_TEXT);
     if (ev->command && group_command(ev->command, NULL, e) < 0)
         return lerr_wrap(e, "attribute command");
-    return body_check(ev->body, ev->body_len, e);
+    if (ev->body_len == 0)
+        return lerr_set(e, LERR_INVALID, "body is empty (it must be a JSON value)");
+    if (json_check(ev->body, ev->body_len, &at, &why) < 0)
+        return lerr_set(e, LERR_INVALID, "body is not valid JSON (at byte %zu: %s)", at, why);
+    return 0;
 }
 
 /* ---- grouping -------------------------------------------------------------------------- */
@@ -299,30 +286,18 @@ static const char *file_item(const struct event *ev, int meta, size_t *len)
     return ev->context ? ev->context : "{}";
 }
 
-static size_t file_len(const struct event *events, const struct group *g, int meta)
-{
-    size_t len = 2 + (g->count ? g->count - 1 : 0), b;
-
-    for (size_t i = 0; i < g->count; i++) {
-        file_item(&events[g->members[i]], meta, &b);
-        len = len > (size_t)-1 - b ? (size_t)-1 : len + b;
-    }
-    return len;
-}
-
-size_t group_events_json_len(const struct event *events, const struct group *g)
-{
-    return file_len(events, g, 0);
-}
-
 /* "[" item "," item ... "]", the items byte for byte. */
 static int file_alloc(const struct event *events, const struct group *g, int meta, size_t max,
                       char **out, size_t *len, struct lerr *e)
 {
     const char *what = meta ? "context file" : "events file";
-    size_t need = file_len(events, g, meta), n = 0, b;
+    size_t need = 2 + (g->count ? g->count - 1 : 0), n = 0, b;
     char *buf;
 
+    for (size_t i = 0; i < g->count; i++) {
+        file_item(&events[g->members[i]], meta, &b);
+        need = need > (size_t)-1 - b ? (size_t)-1 : need + b;  /* saturates: then too large */
+    }
     *out = NULL;
     if (need > max)
         return lerr_set(e, LERR_TOO_LARGE, "%s of %zu bytes is over the limit of %zu", what,

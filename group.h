@@ -104,11 +104,9 @@ int group_build(const struct event *events, size_t n, size_t events_per_machine,
 size_t group_fifo_order(const struct event *ev, size_t n, struct group *parts, size_t nparts,
                         size_t *part_of, size_t *returned);
 
-/* Size in bytes of the group's events file: "[" body "," body ... "]". */
-size_t group_events_json_len(const struct event *events, const struct group *g);
-
-/* Writes the events file, the bodies byte for byte, into a new buffer of at most max
- * bytes (plus a NUL terminator not counted in *len), which the caller frees with free().
+/* Writes the events file, "[" body "," body ... "]", the bodies byte for byte, into a new
+ * buffer of at most max bytes (plus a NUL terminator not counted in *len), which the
+ * caller frees with free().
  * Returns 0, or -1 with *out NULL and *len unchanged: LERR_TOO_LARGE over max,
  * LERR_NOMEM. */
 int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,

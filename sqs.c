@@ -2,9 +2,7 @@
 #include "creds.h"
 #include "metrics.h"
 
-#include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -19,14 +17,13 @@
 
 #include "json.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "text.h"
 
 #define SQS_CONTENT_TYPE "application/x-amz-json-1.0"
 
 /* The long poll itself may take wait_seconds; this much more covers the round trip. */
 #define SQS_RECEIVE_SLACK_MS 10000
-
-struct sqs_batch_ops;
 
 /* The message attributes lambdo reads itself; the others go to the context file. */
 static const char *const sqs_attr_names[] = { "image", "size", "command" };
@@ -60,9 +57,10 @@ static char *sb_finish(struct json_buf *b, size_t *len, struct lerr *e)
     return b->p;
 }
 
-/* The queue URL is the caller's text, sent as it is: it only needs to be UTF-8 for the
- * request to be JSON (control bytes are escaped). */
-static int sqs_queue_url_check(const char *queue_url, const char *op, struct lerr *e)
+/* Every request starts with the queue: {"QueueUrl":"...". The queue URL is the caller's
+ * text, sent as it is: it only needs to be UTF-8 for the request to be JSON (control
+ * bytes are escaped). */
+static int sb_queue(struct json_buf *b, const char *queue_url, const char *op, struct lerr *e)
 {
     size_t len = queue_url ? strlen(queue_url) : 0;
     unsigned cp;
@@ -72,14 +70,9 @@ static int sqs_queue_url_check(const char *queue_url, const char *op, struct ler
     for (size_t i = 0, n; i < len; i += n)
         if ((n = text_utf8_next((const unsigned char *)queue_url + i, len - i, &cp)) == 0)
             return lerr_set(e, LERR_INVALID, "SQS %s: the queue URL is not UTF-8", op);
-    return 0;
-}
-
-/* Every request starts with the queue: {"QueueUrl":"..." */
-static void sb_queue(struct json_buf *b, const char *queue_url)
-{
     json_buf_lit(b, "{\"QueueUrl\":");
-    json_buf_string(b, queue_url, strlen(queue_url));
+    json_buf_string(b, queue_url, len);
+    return 0;
 }
 
 /* ,"key":["name",...] */
@@ -113,20 +106,19 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
     };
     struct json_buf b = { 0 };
 
-    if (sqs_queue_url_check(queue_url, "ReceiveMessage", e) < 0)
+    if (sb_queue(&b, queue_url, "ReceiveMessage", e) < 0)
         return NULL;
     for (size_t i = 0; i < 3; i++) {
         if (nums[i].value < nums[i].min || nums[i].value > nums[i].max) {
+            free(b.p);
             lerr_set(e, LERR_INVALID, "SQS ReceiveMessage: %s must be %d to %d%s, got %d",
                      nums[i].name, nums[i].min < 0 ? 0 : nums[i].min, nums[i].max,
                      nums[i].min < 0 ? " (or -1)" : "", nums[i].value);
             return NULL;
         }
-    }
-    sb_queue(&b, queue_url);
-    for (size_t i = 0; i < 3; i++)
         if (nums[i].value >= 0)
             json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
+    }
     sb_names(&b, "MessageAttributeNames", all, 1);
     sb_names(&b, "MessageSystemAttributeNames", sqs_system_attrs, SQS_SYSTEM_ATTRS);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
@@ -285,26 +277,6 @@ unsigned sqs_backoff_ms(unsigned attempt, unsigned base_ms, unsigned cap_ms, uin
     return (unsigned)(sqs_rng_next(rng) % ((uint64_t)ceiling + 1));
 }
 
-int sqs_sleep(int cancel_fd, unsigned ms, struct lerr *e)
-{
-    double deadline = metrics_clock() + ms / 1000.0;
-
-    for (;;) {
-        struct pollfd pfd = { cancel_fd, POLLIN, 0 };
-        double left = deadline - metrics_clock();
-        int r;
-
-        if (left <= 0)
-            return 0;
-        /* rounded up: a wait cut to 0 ms would spin */
-        r = poll(cancel_fd >= 0 ? &pfd : NULL, cancel_fd >= 0 ? 1 : 0, (int)(left * 1000) + 1);
-        if (r > 0)
-            return lerr_set(e, LERR_CANCELLED, "cancelled while waiting to retry");
-        if (r < 0 && errno != EINTR)
-            return lerr_set(e, LERR_IO, "poll: %s", strerror(errno));
-    }
-}
-
 /* ======================================================================================
  * The client
  * ==================================================================================== */
@@ -351,81 +323,67 @@ static const char *sqs_call_code(const struct sqs_client *c, const struct lerr *
     return c->last_error.code[0] ? c->last_error.code : lerr_kind_name(e->kind);
 }
 
-/* One POST signed with cred. 2xx: 0 with resp to free. Otherwise -1, c->last_error filled. */
-static int sqs_call_signed(struct sqs_client *c, const struct sigv4_credentials *cred,
-                           const char *op, const char *body, size_t len, int timeout_ms,
-                           struct http_response *resp, struct lerr *e)
-{
-    char target[64], date[17];
-    struct sigv4_signature sig;
-    struct http_header hh[2 + SIGV4_MAX_ADDED];
-    size_t nh = 0;
-
-    snprintf(target, sizeof target, "AmazonSQS.%s", op);
-    sigv4_format_date(time(NULL), date);
-    {
-        const struct sigv4_header sh[] = {
-            { "Host", c->endpoint.authority },
-            { "X-Amz-Target", target },
-            { "Content-Type", SQS_CONTENT_TYPE },
-        };
-        const struct sigv4_request sr = { "POST", "/", NULL, sh, 3, body, len };
-        const struct sigv4_params sp = { c->region, "sqs", date, 1, 0, &c->sigv4_key };
-
-        if (sigv4_sign(&sr, cred, &sp, &sig, e) < 0) {
-            lerr_wrap(e, "SQS %s: signing the request", op);
-            sqs_note_local(c, e, 0);
-            return -1;
-        }
-    }
-    hh[nh++] = (struct http_header){ "X-Amz-Target", target };
-    hh[nh++] = (struct http_header){ "Content-Type", SQS_CONTENT_TYPE };
-    for (size_t i = 0; i < sig.num_added && i < SIGV4_MAX_ADDED; i++)
-        hh[nh++] = (struct http_header){ sig.added[i].name, sig.added[i].value };
-    {
-        const struct http_request req = { "POST", &c->endpoint, hh, nh, body, len, timeout_ms };
-        const char *et, *qe;
-        size_t et_len = 0, qe_len = 0;
-        double t0 = metrics_clock();
-        int rc = http_do(c->http, &req, resp, e);
-
-        metrics_observe(c->metrics, METRICS_SQS, op, metrics_clock() - t0);
-        if (rc < 0) {
-            lerr_wrap(e, "SQS %s failed", op);
-            sqs_note_local(c, e, sqs_kind_retryable(e->kind));
-            return -1;
-        }
-        if (resp->status >= 200 && resp->status < 300)
-            return 0;
-        et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
-        qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
-        sqs_parse_error(resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
-                        &c->last_error);
-        http_response_free(resp);
-        return sqs_api_error_set(e, op, &c->last_error);
-    }
-}
-
 /* One signed POST, with the provider's current credentials when there is a provider (they
- * may have been refreshed since the last call), else the fixed ones. */
+ * may have been refreshed since the last call), else the fixed ones. 2xx: 0 with resp to
+ * free. Otherwise -1, c->last_error filled. */
 static int sqs_call(struct sqs_client *c, const char *op, const char *body, size_t len,
                     int timeout_ms, struct http_response *resp, struct lerr *e)
 {
+    char target[64], date[17];
+    const struct sigv4_header sh[] = {
+        { "Host", c->endpoint.authority },
+        { "X-Amz-Target", target },
+        { "Content-Type", SQS_CONTENT_TYPE },
+    };
+    const struct sigv4_request sr = { "POST", "/", NULL, sh, 3, body, len };
+    const struct sigv4_params sp = { c->region, "sqs", date, 1, 0, &c->sigv4_key };
+    struct http_header hh[2 + SIGV4_MAX_ADDED] = { { "X-Amz-Target", target },
+                                                   { "Content-Type", SQS_CONTENT_TYPE } };
+    struct http_request req = { "POST", &c->endpoint, hh, 2, body, len, timeout_ms };
     struct creds_snapshot snap;  /* outlives http_do: the token header points into it */
-    struct sigv4_credentials sc;
+    struct sigv4_credentials cred = c->creds;
+    struct sigv4_signature sig;
+    const char *et, *qe;
+    size_t et_len = 0, qe_len = 0;
+    double t0;
     int rc;
 
-    if (!c->provider)
-        return sqs_call_signed(c, &c->creds, op, body, len, timeout_ms, resp, e);
-    if (creds_get(c->provider, &snap, e) < 0) {
+    if (c->provider && creds_get(c->provider, &snap, e) < 0) {
         lerr_wrap(e, "SQS %s", op);
         sqs_note_local(c, e, 1);  /* STS may answer again later */
         return -1;
     }
-    creds_sigv4(&snap, &sc);
-    rc = sqs_call_signed(c, &sc, op, body, len, timeout_ms, resp, e);
-    creds_snapshot_wipe(&snap);
-    return rc;
+    if (c->provider)
+        creds_sigv4(&snap, &cred);
+    snprintf(target, sizeof target, "AmazonSQS.%s", op);
+    sigv4_format_date(time(NULL), date);
+    rc = sigv4_sign(&sr, &cred, &sp, &sig, e);
+    if (rc < 0) {
+        lerr_wrap(e, "SQS %s: signing the request", op);
+        sqs_note_local(c, e, 0);
+    } else {
+        for (size_t i = 0; i < sig.num_added && i < SIGV4_MAX_ADDED; i++)
+            hh[req.num_headers++] = (struct http_header){ sig.added[i].name, sig.added[i].value };
+        t0 = metrics_clock();
+        rc = http_do(c->http, &req, resp, e);
+        metrics_observe(c->metrics, METRICS_SQS, op, metrics_clock() - t0);
+        if (rc < 0) {
+            lerr_wrap(e, "SQS %s failed", op);
+            sqs_note_local(c, e, sqs_kind_retryable(e->kind));
+        }
+    }
+    if (c->provider)
+        creds_snapshot_wipe(&snap);
+    if (rc < 0)
+        return -1;
+    if (resp->status >= 200 && resp->status < 300)
+        return 0;
+    et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
+    qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
+    sqs_parse_error(resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
+                    &c->last_error);
+    http_response_free(resp);
+    return sqs_api_error_set(e, op, &c->last_error);
 }
 
 /* Waits before retry number attempt (0 for the first), logging why. */
@@ -435,7 +393,8 @@ static int sqs_backoff(struct sqs_client *c, unsigned attempt, unsigned attempts
     unsigned ms = sqs_backoff_ms(attempt, c->backoff_base_ms, c->backoff_cap_ms, &c->rng);
 
     log_warn("%s; retrying in %u ms (attempt %u of %u)", why->msg, ms, attempt + 2, attempts);
-    if (sqs_sleep(c->http->cancel_fd, ms, e) < 0) {
+    if (ratelimit_wait_idle(NULL, (int)ms, &c->http->cancel_fd, 1, NULL, NULL, e) < 0) {
+        lerr_wrap(e, "cancelled while waiting to retry");
         sqs_note_local(c, e, 0);
         return -1;
     }
@@ -539,6 +498,8 @@ struct rx {
                                               another: the batch keeps it */
     size_t ctx_at[SQS_MAX_MESSAGES];       /* where each message's entry starts in ctx */
     struct json_buf attrs;                 /* scratch: one message's other attributes */
+    const char *sys[SQS_SYSTEM_ATTRS];     /* scratch: one message's system attributes */
+    size_t sys_len[SQS_SYSTEM_ATTRS];      /* (sqs_system_attrs), in the arena, or NULL */
 };
 
 /* A message attribute's name is at most 256 characters (SQS's limit). */
@@ -630,45 +591,18 @@ static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, .
     }
 }
 
-/* "String" and custom string types ("String.url") carry their value in StringValue. */
-static int sqs_string_type(const char *type)
-{
-    return strcmp(type, "String") == 0 || strncmp(type, "String.", 7) == 0;
-}
-
-/* One message attribute value object: {"DataType": ..., "StringValue": ...,
- * "BinaryValue": ...}, its strings decoded into got[] (NULL when absent) and len[]. */
-static int rx_attribute_fields(struct rx *x, int index, const char *got[3], size_t len[3])
-{
-    static const char *const names[] = { "DataType", "StringValue", "BinaryValue" };
-    static const char *const labels[] = { "MessageAttributes DataType",
-                                          "MessageAttributes StringValue",
-                                          "MessageAttributes BinaryValue" };
-    int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes value");
-
-    got[0] = got[1] = got[2] = NULL;
-    len[0] = len[1] = len[2] = 0;
-    while (r > 0 && (r = rx_next(x, &state, names, 3, &k)) > 0) {
-        if ((k >= 0 ? rx_keep_member(x, index, labels[k], &got[k], &len[k]) : rx_skip(x)) < 0)
-            return -1;
-    }
-    return r < 0 ? -1 : 0;
-}
-
 /* image, size or command: a String whose StringValue goes to *out. */
-static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const char *name,
-                        const char **out)
+static void rx_attribute(struct sqs_message *m, const char *name, const char *const got[3],
+                         const size_t len[3], const char **out)
 {
-    const char *got[3], *type;
-    size_t len[3];
+    const char *type = got[0] && strlen(got[0]) != len[0] ? "(a type holding NUL)" : got[0];
 
     *out = NULL;
-    if (rx_attribute_fields(x, index, got, len) < 0)
-        return -1;
-    type = got[0] && strlen(got[0]) != len[0] ? "(a type holding NUL)" : got[0];
     if (!type)
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %s has no DataType", name);
-    else if (type != got[0] || !sqs_string_type(type))  /* "String\u0000" is no String */
+    /* "String" and custom string types ("String.url") carry their value in StringValue;
+     * "String\u0000" is no String */
+    else if (type != got[0] || (strcmp(type, "String") != 0 && strncmp(type, "String.", 7) != 0))
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE,
                     "message attribute %s has DataType %.*s%s; only String is accepted", name,
                     strlen(type) < 48 ? 48 : 44, type, strlen(type) < 48 ? "" : "...");
@@ -679,33 +613,29 @@ static int rx_attribute(struct rx *x, int index, struct sqs_message *m, const ch
                     name);
     else
         *out = got[1];
-    return 0;
 }
 
 /* Any other attribute, for the context file: ,"name":{"type":...,"value":...} into x->attrs.
  * The value is the StringValue, or the BinaryValue (base64, as SQS sends it). Text SQS
  * itself would refuse (a lone surrogate, a NUL) would make the context file unreadable:
  * the message is refused instead, as for a body. */
-static int rx_user_attribute(struct rx *x, int index, struct sqs_message *m, const char *name)
+static void rx_user_attribute(struct rx *x, struct sqs_message *m, const char *name,
+                              const char *const got[3], const size_t len[3])
 {
-    const char *got[3];
-    size_t len[3], vi;
+    size_t vi = got[1] ? 1 : 2;
 
-    if (rx_attribute_fields(x, index, got, len) < 0)
-        return -1;
-    vi = got[1] ? 1 : 2;
     if (!got[0] || !got[vi])
-        return 0;  /* nothing to say about it (SQS always sends both) */
+        return;  /* nothing to say about it (SQS always sends both) */
     if (sqs_text_check(name, strlen(name), NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "a message attribute's name is not Unicode text "
                     "SQS allows");
-        return 0;
+        return;
     }
     if (sqs_text_check(got[0], len[0], NULL, NULL) < 0 ||
         sqs_text_check(got[vi], len[vi], NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %.60s: its type or value is "
                     "not Unicode text SQS allows", name);
-        return 0;
+        return;
     }
     json_buf_lit(&x->attrs, x->attrs.len ? "," : "");
     json_buf_string(&x->attrs, name, strlen(name));
@@ -714,11 +644,16 @@ static int rx_user_attribute(struct rx *x, int index, struct sqs_message *m, con
     json_buf_lit(&x->attrs, ",\"value\":");
     json_buf_string(&x->attrs, got[vi], len[vi]);
     json_buf_lit(&x->attrs, "}");
-    return 0;
 }
 
+/* {name: {"DataType": ..., "StringValue": ..., "BinaryValue": ...}, ...}, each value's
+ * strings decoded into got[] (NULL when absent) and len[]. */
 static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
 {
+    static const char *const fields[] = { "DataType", "StringValue", "BinaryValue" };
+    static const char *const labels[] = { "MessageAttributes DataType",
+                                          "MessageAttributes StringValue",
+                                          "MessageAttributes BinaryValue" };
     const char **slots[] = { &m->image, &m->size, &m->command };
     char name[SQS_ATTR_NAME_MAX + 1];
     int state = 0, k, r = rx_optional(x, '{', index, "MessageAttributes");
@@ -726,12 +661,28 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
     if (r <= 0)
         return r;
     while ((r = json_member(&x->j, &state, name, sizeof name)) > 0) {
+        const char *got[3] = { NULL, NULL, NULL };
+        size_t len[3] = { 0, 0, 0 };
+        int fstate = 0, f, v;
+
+        if (!name[0]) {  /* a name SQS cannot send: too long, a NUL */
+            if (rx_skip(x) < 0)
+                return -1;
+            continue;
+        }
+        v = rx_optional(x, '{', index, "MessageAttributes value");
+        while (v > 0 && (v = rx_next(x, &fstate, fields, 3, &f)) > 0) {
+            if ((f >= 0 ? rx_keep_member(x, index, labels[f], &got[f], &len[f]) : rx_skip(x)) < 0)
+                return -1;
+        }
+        if (v < 0)
+            return -1;
         for (k = 0; k < 3 && strcmp(name, sqs_attr_names[k]) != 0; k++)
             ;
-        if (k < 3 ? rx_attribute(x, index, m, sqs_attr_names[k], slots[k]) < 0
-            : name[0] ? rx_user_attribute(x, index, m, name) < 0
-                      : rx_skip(x) < 0)  /* a name SQS cannot send: too long, a NUL */
-            return -1;
+        if (k < 3)
+            rx_attribute(m, name, got, len, slots[k]);
+        else
+            rx_user_attribute(x, m, name, got, len);
     }
     return r < 0 ? rx_fail(x) : r;
 }
@@ -751,36 +702,29 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
     return v;
 }
 
-/* The system attributes asked for (sqs_system_attrs), as strings in the arena. */
-struct rx_system {
-    const char *v[SQS_SYSTEM_ATTRS];
-    size_t len[SQS_SYSTEM_ATTRS];
-};
-
-static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m,
-                                struct rx_system *sys)
+static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 {
     int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
     long v;
 
     while (r > 0 && (r = rx_next(x, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS, &k)) > 0) {
         if (k >= 0 && json_peek(&x->j) == '"') {
-            if (rx_keep(x, &sys->v[k], &sys->len[k]) < 0)
+            if (rx_keep(x, &x->sys[k], &x->sys_len[k]) < 0)
                 return -1;
         } else if (rx_skip(x) < 0) {
             return -1;
         }
     }
-    v = sqs_parse_count(sys->v[0], sys->len[0], 18);
+    v = sqs_parse_count(x->sys[0], x->sys_len[0], 18);
     m->receive_count = v > 0 ? (unsigned long)v : 0;
-    m->message_group_id = sys->v[3];  /* NUL-terminated in the arena, NULL when absent */
+    m->message_group_id = x->sys[3];  /* NUL-terminated in the arena, NULL when absent */
     return r;
 }
 
 /* The message's entry of the context file, into x->ctx: the counts and times as JSON
  * numbers when SQS gave digits, the FIFO strings when it gave them, and the attributes
  * rx_user_attribute collected. */
-static void rx_context(struct rx *x, const struct sqs_message *m, const struct rx_system *sys)
+static void rx_context(struct rx *x, const struct sqs_message *m)
 {
     static const char *const ctx_names[SQS_SYSTEM_ATTRS] = {
         "receiveCount", "sentTimestamp", "firstReceiveTimestamp",
@@ -791,17 +735,17 @@ static void rx_context(struct rx *x, const struct sqs_message *m, const struct r
     /* No printf here: this runs for every message, and formatting was a twentieth of the
      * steady state's instructions. The values are NUL-terminated in the arena (rx_keep). */
     for (int k = 0; k < SQS_SYSTEM_ATTRS; k++) {
-        const char *v = sys->v[k];
+        const char *v = x->sys[k];
 
-        if (k < 3 && sqs_parse_count(v, sys->len[k], 18) < 0)
+        if (k < 3 && sqs_parse_count(v, x->sys_len[k], 18) < 0)
             continue;
-        if (k >= 3 && (!v || sqs_text_check(v, sys->len[k], NULL, NULL) < 0))
+        if (k >= 3 && (!v || sqs_text_check(v, x->sys_len[k], NULL, NULL) < 0))
             continue;
         json_buf_lit(&x->ctx, ",\"");
         json_buf_lit(&x->ctx, ctx_names[k]);
         json_buf_lit(&x->ctx, "\":");
         if (k >= 3) {
-            json_buf_string(&x->ctx, v, sys->len[k]);
+            json_buf_string(&x->ctx, v, x->sys_len[k]);
             continue;
         }
         while (v[0] == '0' && v[1])  /* SQS's digits, as a JSON number: no leading zero */
@@ -850,12 +794,11 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
     static const char *const names[] = { "MessageId", "ReceiptHandle", "MD5OfBody", "Body",
                                          "Attributes", "MessageAttributes" };
     const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
-    struct rx_system sys;
     int state = 0, r, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
         return rx_skip(x);
-    memset(&sys, 0, sizeof sys);
+    memset(x->sys, 0, sizeof x->sys);
     x->attrs.len = 0;
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
@@ -865,7 +808,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
         if (k >= 0 && k < 4)
             r = rx_keep_member(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
         else if (k == 4)
-            r = rx_system_attributes(x, index, m, &sys);
+            r = rx_system_attributes(x, index, m);
         else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
@@ -890,7 +833,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
                     "Unicode text");
     sqs_check_md5(m);
     x->ctx_at[index] = x->ctx.len;
-    rx_context(x, m, &sys);
+    rx_context(x, m);
     m->context_len = x->ctx.len - x->ctx_at[index];
     return 0;
 }
@@ -1054,37 +997,6 @@ static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
     return 0;
 }
 
-/* ,"MessageBody":...,"MessageAttributes":{...} of one entry. */
-static void sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
-{
-    const struct sqs_send_entry *en = entry;
-    const char *values[3] = { en->image, en->size, en->command };
-    int first = 1;
-
-    json_buf_lit(b, ",\"MessageBody\":");
-    json_buf_string(b, en->body, en->body_len);
-    for (size_t i = 0; i < 3; i++) {
-        if (!values[i])
-            continue;
-        json_buf_lit(b, first ? ",\"MessageAttributes\":{" : ",");
-        first = 0;
-        json_buf_string(b, sqs_attr_names[i], strlen(sqs_attr_names[i]));
-        json_buf_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
-        json_buf_string(b, values[i], strlen(values[i]));
-        json_buf_lit(b, "}");
-    }
-    if (!first)
-        json_buf_lit(b, "}");
-    if (en->group_id) {  /* checked: printable ASCII, nothing to escape but '"' and '\\' */
-        json_buf_lit(b, ",\"MessageGroupId\":");
-        json_buf_string(b, en->group_id, strlen(en->group_id));
-    }
-    if (en->dedup_id) {
-        json_buf_lit(b, ",\"MessageDeduplicationId\":");
-        json_buf_string(b, en->dedup_id, strlen(en->dedup_id));
-    }
-}
-
 /* MD5OfMessageAttributes as SQS computes it: for each attribute, in byte order of the
  * names, length-prefixed (4 bytes, big-endian) name and DataType, the transport type
  * byte (1 for String), then the length-prefixed value. */
@@ -1124,40 +1036,30 @@ void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
     text_hex_encode(sum, sizeof sum, out);
 }
 
-static void sqs_send_fail(struct sqs_send_entry *en, const char *code, const char *message)
-{
-    en->status = SQS_ENTRY_FAILED;
-    sqs_why(en->code, en->message, code, message);
-}
-
 /* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
  * we: a mismatch means the message on the queue is not the one sent. */
-static void sqs_send_accepted(void *entry, const cJSON *item)
+static void sqs_send_accepted(struct sqs_send_entry *en, const cJSON *item)
 {
-    struct sqs_send_entry *en = entry;
     const char *message_id = sqs_json_string(item, "MessageId");
     const char *md5_body = sqs_json_string(item, "MD5OfMessageBody");
     const char *md5_attrs = sqs_json_string(item, "MD5OfMessageAttributes");
-    char want[33], why[200];
+    char body[33], attrs[33], why[200];
 
     en->status = SQS_ENTRY_OK;
     en->code[0] = en->message[0] = '\0';
     sqs_set_text(en->message_id, sizeof en->message_id, message_id, strlen(message_id));
-    if (md5_body) {
-        sqs_md5_hex(en->body, en->body_len, want);
-        if (strcasecmp(want, md5_body) != 0) {
-            snprintf(why, sizeof why, "MD5OfMessageBody %.40s is not the MD5 of the body sent "
-                     "(%s): the message stored is not the one sent", md5_body, want);
-            sqs_send_fail(en, "MD5Mismatch", why);
-            return;
-        }
-    }
-    sqs_attributes_md5(en, want);
-    if (md5_attrs && want[0] && strcasecmp(want, md5_attrs) != 0) {
+    sqs_md5_hex(en->body, en->body_len, body);
+    sqs_attributes_md5(en, attrs);
+    if (md5_body && strcasecmp(body, md5_body) != 0)
+        snprintf(why, sizeof why, "MD5OfMessageBody %.40s is not the MD5 of the body sent "
+                 "(%s): the message stored is not the one sent", md5_body, body);
+    else if (md5_attrs && attrs[0] && strcasecmp(attrs, md5_attrs) != 0)
         snprintf(why, sizeof why, "MD5OfMessageAttributes %.40s is not the MD5 of the "
-                 "attributes sent (%s)", md5_attrs, want);
-        sqs_send_fail(en, "MD5Mismatch", why);
-    }
+                 "attributes sent (%s)", md5_attrs, attrs);
+    else
+        return;
+    en->status = SQS_ENTRY_FAILED;
+    sqs_why(en->code, en->message, "MD5Mismatch", why);
 }
 
 /* ======================================================================================
@@ -1166,21 +1068,23 @@ static void sqs_send_accepted(void *entry, const cJSON *item)
  *
  * One request writer, one answer reader and one retry loop serve the four; an
  * operation's table says what differs: its entry type (sqs_entry or sqs_send_entry,
- * whose shared fields are found by offset), how an entry is checked and written, and
- * what a Successful item means for it. SendMessage's answer is its one Successful item.
+ * whose shared fields are found by offset) and how an entry is checked and written. A
+ * Successful item makes a receipt entry OK, and a message sent OK once its MD5s match
+ * (sqs_send_accepted). SendMessage's answer is its one Successful item.
  * ==================================================================================== */
+
+enum { SQS_OP_SEND_BATCH = 2, SQS_OP_SEND };
 
 struct sqs_batch_ops {
     const char *name;    /* the operation, as X-Amz-Target names it */
     const char *answer;  /* how errors about its answer begin */
-    enum sqs_batch_op op;
+    int op;              /* SQS_OP_*: sqs_ops[op] */
     int receipts;        /* its entries are receipt handles, which can go stale */
     int single;          /* one entry, written and answered without Entries (SendMessage) */
     size_t size, status, code, message;  /* one entry's size; where its fields are */
-    const char *ok_needs;  /* what every Successful item must hold, or NULL */
-    int (*check)(const struct sqs_batch_ops *o, const void *entry, size_t i, struct lerr *e);
-    void (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry);
-    void (*accepted)(void *entry, const cJSON *item);
+    /* checks entry i, then writes it: what SQS would refuse is never sent */
+    int (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry, size_t i,
+               struct lerr *e);
 };
 
 static char *sqs_field(const struct sqs_batch_ops *o, const void *entries, size_t i, size_t at)
@@ -1194,13 +1098,19 @@ static enum sqs_entry_status *sqs_status(const struct sqs_batch_ops *o, const vo
     return (enum sqs_entry_status *)(void *)sqs_field(o, entries, i, o->status);
 }
 
+/* How many entries are in state s; *first: the first of them (n when none). */
 static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size_t n,
-                        enum sqs_entry_status s)
+                        enum sqs_entry_status s, size_t *first)
 {
     size_t k = 0;
 
-    for (size_t i = 0; i < n; i++)
-        k += *sqs_status(o, entries, i) == s;
+    *first = n;
+    for (size_t i = n; i-- > 0;) {
+        if (*sqs_status(o, entries, i) == s) {
+            *first = i;
+            k++;
+        }
+    }
     return k;
 }
 
@@ -1208,9 +1118,10 @@ static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size
 static void sqs_label(const struct sqs_batch_ops *o, const void *entries, size_t i, char *out,
                       size_t cap)
 {
-    const char *id = o->receipts ? ((const struct sqs_entry *)entries)[i].message_id : NULL;
+    const char *id = o->receipts ? ((const struct sqs_entry *)entries)[i].message_id
+                                 : ((const struct sqs_send_entry *)entries)[i].message_id;
 
-    if (o->receipts)
+    if (o->receipts || o->single)
         snprintf(out, cap, "message %s", id ? id : "(unnamed)");
     else
         snprintf(out, cap, "entry %zu", i);
@@ -1242,8 +1153,8 @@ static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
 
 /* --- what differs: receipt handles ------------------------------------------------- */
 
-static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
-                             struct lerr *e)
+static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry,
+                      size_t i, struct lerr *e)
 {
     const struct sqs_entry *en = entry;
 
@@ -1254,22 +1165,11 @@ static int sqs_receipt_check(const struct sqs_batch_ops *o, const void *entry, s
         return lerr_set(e, LERR_INVALID,
                         "SQS %s: entry %zu: VisibilityTimeout must be 0 to %d, got %d", o->name,
                         i, SQS_MAX_VISIBILITY, en->visibility_timeout);
-    return 0;
-}
-
-static void sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry)
-{
-    const struct sqs_entry *en = entry;
-
     json_buf_lit(b, ",\"ReceiptHandle\":");
     json_buf_string(b, en->receipt_handle, strlen(en->receipt_handle));
     if (o->op == SQS_OP_CHANGE_VISIBILITY)
         json_buf_fmt(b, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
-}
-
-static void sqs_receipt_done(void *entry, const cJSON *item)
-{
-    ((struct sqs_entry *)entry)->status = SQS_ENTRY_OK;
+    return 0;
 }
 
 /* The receipt handle no longer names a message in flight: it was received again (so it
@@ -1285,81 +1185,102 @@ static int sqs_stale(const char *code, const char *message)
 
 /* --- what differs: messages to send ------------------------------------------------ */
 
-static int sqs_send_check(const struct sqs_batch_ops *o, const void *entry, size_t i,
-                          struct lerr *e)
+/* ,"MessageBody":...,"MessageAttributes":{...} of entry i, once checked. */
+static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry,
+                      size_t i, struct lerr *e)
 {
-    if (sqs_send_entry_check(entry, e) == 0)
-        return 0;
-    if (o->single)
-        return lerr_wrap(e, "SQS %s", o->name);
-    return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
+    const struct sqs_send_entry *en = entry;
+    const char *values[3] = { en->image, en->size, en->command };
+    int first = 1;
+
+    if (sqs_send_entry_check(entry, e) < 0) {
+        if (o->single)
+            return lerr_wrap(e, "SQS %s", o->name);
+        return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
+    }
+    json_buf_lit(b, ",\"MessageBody\":");
+    json_buf_string(b, en->body, en->body_len);
+    for (size_t k = 0; k < 3; k++) {
+        if (!values[k])
+            continue;
+        json_buf_lit(b, first ? ",\"MessageAttributes\":{" : ",");
+        first = 0;
+        json_buf_string(b, sqs_attr_names[k], strlen(sqs_attr_names[k]));
+        json_buf_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
+        json_buf_string(b, values[k], strlen(values[k]));
+        json_buf_lit(b, "}");
+    }
+    if (!first)
+        json_buf_lit(b, "}");
+    if (en->group_id) {  /* checked: printable ASCII, nothing to escape but '"' and '\\' */
+        json_buf_lit(b, ",\"MessageGroupId\":");
+        json_buf_string(b, en->group_id, strlen(en->group_id));
+    }
+    if (en->dedup_id) {
+        json_buf_lit(b, ",\"MessageDeduplicationId\":");
+        json_buf_string(b, en->dedup_id, strlen(en->dedup_id));
+    }
+    return 0;
 }
 
 #define SQS_RECEIPT_OPS(opname, which)                                                      \
     { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
       offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
-      offsetof(struct sqs_entry, message), NULL, sqs_receipt_check, sb_receipt,            \
-      sqs_receipt_done }
+      offsetof(struct sqs_entry, message), sb_receipt }
+#define SQS_SEND_OPS(opname, which)                                                         \
+    { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND,                       \
+      sizeof(struct sqs_send_entry), offsetof(struct sqs_send_entry, status),               \
+      offsetof(struct sqs_send_entry, code), offsetof(struct sqs_send_entry, message),      \
+      sb_message }
 
-static const struct sqs_batch_ops sqs_receipt_ops[] = {
+static const struct sqs_batch_ops sqs_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
     [SQS_OP_CHANGE_VISIBILITY] = SQS_RECEIPT_OPS("ChangeMessageVisibilityBatch",
                                                  SQS_OP_CHANGE_VISIBILITY),
+    [SQS_OP_SEND_BATCH] = SQS_SEND_OPS("SendMessageBatch", SQS_OP_SEND_BATCH),
+    [SQS_OP_SEND] = SQS_SEND_OPS("SendMessage", SQS_OP_SEND),
 };
-
-#define SQS_SEND_OPS(opname, single)                                                        \
-    { opname, "SQS " opname " answer", 0, 0, single, sizeof(struct sqs_send_entry),           \
-      offsetof(struct sqs_send_entry, status), offsetof(struct sqs_send_entry, code),       \
-      offsetof(struct sqs_send_entry, message), "MessageId", sqs_send_check,                \
-      sb_message, sqs_send_accepted }
-
-static const struct sqs_batch_ops sqs_send_ops = SQS_SEND_OPS("SendMessageBatch", 0);
-static const struct sqs_batch_ops sqs_send_one_ops = SQS_SEND_OPS("SendMessage", 1);
 
 /* --- the request ------------------------------------------------------------------- */
 
-/* The pending entries, checked first: nothing is written for a request SQS would refuse. */
+/* The pending entries, each checked before it is written: nothing is sent that SQS would
+ * refuse. */
 static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queue_url,
                                  const void *entries, size_t n, size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
     size_t sent = 0;
 
-    if (sqs_queue_url_check(queue_url, o->name, e) < 0)
-        return NULL;
     if (n < 1 || n > SQS_MAX_MESSAGES) {
         lerr_set(e, LERR_INVALID, "SQS %s: %zu entries (1 to %d allowed)", o->name, n,
                  SQS_MAX_MESSAGES);
         return NULL;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
-            continue;
-        if (o->check(o, sqs_field(o, entries, i, 0), i, e) < 0)
-            return NULL;
-        sent++;
-    }
-    if (sent == 0) {
-        lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", o->name);
+    if (sb_queue(&b, queue_url, o->name, e) < 0)
         return NULL;
-    }
-    sb_queue(&b, queue_url);
-    if (o->single) {
-        o->put(o, &b, entries);
-        return sb_finish(&b, len, e);
-    }
-    json_buf_lit(&b, ",\"Entries\":[");
-    for (size_t i = 0, k = 0; i < n; i++) {
+    json_buf_lit(&b, o->single ? "" : ",\"Entries\":[");
+    for (size_t i = 0; i < n; i++) {
         char id[] = { 'm', (char)('0' + i), '"', '\0' };
 
         if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
             continue;
-        json_buf_lit(&b, k++ ? ",{\"Id\":\"" : "{\"Id\":\"");
-        json_buf_lit(&b, id);
-        o->put(o, &b, sqs_field(o, entries, i, 0));
-        json_buf_lit(&b, "}");
+        if (!o->single) {
+            json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
+            json_buf_lit(&b, id);
+        }
+        if (o->put(o, &b, sqs_field(o, entries, i, 0), i, e) < 0) {
+            free(b.p);
+            return NULL;
+        }
+        json_buf_lit(&b, o->single ? "" : "}");
+        sent++;
     }
-    json_buf_lit(&b, "]");
+    if (sent == 0) {
+        free(b.p);
+        lerr_set(e, LERR_INVALID, "SQS %s: no pending entry to send", o->name);
+        return NULL;
+    }
+    json_buf_lit(&b, o->single ? "" : "]");
     return sb_finish(&b, len, e);
 }
 
@@ -1367,103 +1288,102 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
                         const struct sqs_entry *entries, size_t n, size_t *len,
                         struct lerr *e)
 {
-    return sqs_entries_request(&sqs_receipt_ops[op], queue_url, entries, n, len, e);
+    return sqs_entries_request(&sqs_ops[op], queue_url, entries, n, len, e);
 }
 
 char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
                              size_t n, size_t *len, struct lerr *e)
 {
-    return sqs_entries_request(&sqs_send_ops, queue_url, entries, n, len, e);
+    return sqs_entries_request(&sqs_ops[SQS_OP_SEND_BATCH], queue_url, entries, n, len, e);
 }
 
 char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
                        struct lerr *e)
 {
-    return sqs_entries_request(&sqs_send_one_ops, queue_url, en, 1, len, e);
+    return sqs_entries_request(&sqs_ops[SQS_OP_SEND], queue_url, en, 1, len, e);
 }
 
 /* --- the answer -------------------------------------------------------------------- */
 
-/* The answer's Successful and Failed lists, NULL when absent or null; -1 when either is
- * something else, or holds an item that cannot be applied: nothing is applied then. */
+/* The answer's Successful and Failed lists (NULL when absent or null); -1 when either is
+ * something else, or holds an item that cannot be applied: nothing is applied then.
+ * SendMessage's answer is itself the one Successful item. */
 static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
-                            const cJSON **ok, const cJSON **failed, struct lerr *e)
+                            const cJSON *lists[2], struct lerr *e)
 {
+    static const char *const names[] = { "Successful", "Failed" };
     const cJSON *item;
+    const char *id;
 
     if (!cJSON_IsObject(root))
         return lerr_set(e, LERR_MALFORMED, "%s: not a JSON object", o->answer);
     if (o->single) {
-        const char *v = sqs_json_string(root, o->ok_needs);
-        *ok = root;
-        *failed = NULL;
-        return v && *v ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no %s", o->answer, o->ok_needs);
+        id = sqs_json_string(root, "MessageId");
+        return id && *id ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no MessageId", o->answer);
     }
-    *ok = cJSON_GetObjectItemCaseSensitive(root, "Successful");
-    *failed = cJSON_GetObjectItemCaseSensitive(root, "Failed");
-    if ((*ok && !cJSON_IsNull(*ok) && !cJSON_IsArray(*ok)) ||
-        (*failed && !cJSON_IsNull(*failed) && !cJSON_IsArray(*failed)))
-        return lerr_set(e, LERR_MALFORMED, "%s: Successful or Failed is not an array",
-                        o->answer);
-    if (!cJSON_IsArray(*ok))
-        *ok = NULL;
-    if (!cJSON_IsArray(*failed))
-        *failed = NULL;
-    cJSON_ArrayForEach(item, (o->ok_needs ? *ok : NULL)) {
-        const char *v = cJSON_IsObject(item) ? sqs_json_string(item, o->ok_needs) : NULL;
-        if (!v || !*v)
-            return lerr_set(e, LERR_MALFORMED, "%s: a Successful entry has no %s", o->answer,
-                            o->ok_needs);
-    }
-    cJSON_ArrayForEach(item, *failed) {
-        if (!cJSON_IsObject(item))
-            return lerr_set(e, LERR_MALFORMED, "%s: a Failed entry is not an object", o->answer);
+    for (int f = 0; f < 2; f++) {
+        lists[f] = cJSON_GetObjectItemCaseSensitive(root, names[f]);
+        if (lists[f] && !cJSON_IsNull(lists[f]) && !cJSON_IsArray(lists[f]))
+            return lerr_set(e, LERR_MALFORMED, "%s: Successful or Failed is not an array",
+                            o->answer);
+        cJSON_ArrayForEach(item, lists[f]) {
+            id = cJSON_IsObject(item) ? sqs_json_string(item, "MessageId") : NULL;
+            if (f && !cJSON_IsObject(item))
+                return lerr_set(e, LERR_MALFORMED, "%s: a Failed entry is not an object",
+                                o->answer);
+            if (!f && !o->receipts && (!id || !*id))
+                return lerr_set(e, LERR_MALFORMED, "%s: a Successful entry has no MessageId",
+                                o->answer);
+        }
     }
     return 0;
 }
 
+/* A Failed item: STALE, FAILED, or still pending when SQS's side failed (throttled or
+ * internal), worth a retry. Without SenderFault, the fault is assumed ours. */
 static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item, void *entries,
                              size_t i)
 {
     const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
     const char *code = sqs_json_string(item, "Code"), *message = sqs_json_string(item, "Message");
     enum sqs_entry_status *status = sqs_status(o, entries, i);
+    char label[160];
 
     sqs_entry_why(o, entries, i, code ? code : "", message ? message : "");
     code = sqs_field(o, entries, i, o->code);
     message = sqs_field(o, entries, i, o->message);
-    /* Without SenderFault, assume the fault is ours: retrying would not fix it. */
-    if (o->receipts && sqs_stale(code, message))
+    if (o->receipts && sqs_stale(code, message)) {
         *status = SQS_ENTRY_STALE;
-    else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code))
+        sqs_label(o, entries, i, label, sizeof label);
+        log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
+                 "again or is no longer in flight", o->name, label, code, message);
+    } else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code)) {
         *status = SQS_ENTRY_FAILED;
-    /* else SQS's side, throttled or internal: stays pending, worth a retry */
+    }
 }
 
 static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, size_t len,
                             void *entries, size_t n, struct lerr *e)
 {
     cJSON *root = json_parse(json, len);
-    const cJSON *ok = NULL, *failed = NULL, *item;
-    int r = sqs_answer_lists(o, root, &ok, &failed, e);
+    const cJSON *lists[2] = { NULL, NULL }, *item;
+    int r = sqs_answer_lists(o, root, lists, e);
 
-    if (r < 0)
-        ok = failed = NULL;
-    if (o->single && ok)  /* the answer is about the one entry, whatever its state */
-        o->accepted(entries, ok);
-    cJSON_ArrayForEach(item, (o->single ? NULL : ok)) {
-        long i = sqs_entry_index(o, item, entries, n);
-        if (i >= 0)
-            o->accepted(sqs_field(o, entries, (size_t)i, 0), item);
-        else
-            log_warn("%s: ignoring a Successful entry with an Id that was not sent", o->answer);
-    }
-    cJSON_ArrayForEach(item, failed) {
-        long i = sqs_entry_index(o, item, entries, n);
-        if (i >= 0)
-            sqs_apply_failed(o, item, entries, (size_t)i);
-        else
-            log_warn("%s: ignoring a Failed entry with an Id that was not sent", o->answer);
+    if (r == 0 && o->single)  /* the answer is about the one entry, whatever its state */
+        sqs_send_accepted(entries, root);
+    for (int f = 0; r == 0 && f < 2; f++) {
+        cJSON_ArrayForEach(item, lists[f]) {
+            long i = sqs_entry_index(o, item, entries, n);
+            if (i < 0)
+                log_warn("%s: ignoring a %s entry with an Id that was not sent", o->answer,
+                         f ? "Failed" : "Successful");
+            else if (f)
+                sqs_apply_failed(o, item, entries, (size_t)i);
+            else if (o->receipts)
+                *sqs_status(o, entries, (size_t)i) = SQS_ENTRY_OK;
+            else
+                sqs_send_accepted((struct sqs_send_entry *)entries + i, item);
+        }
     }
     cJSON_Delete(root);
     return r;
@@ -1472,100 +1392,77 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
 int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
                            struct lerr *e)
 {
-    return sqs_apply_answer(&sqs_receipt_ops[SQS_OP_DELETE], json, len, entries, n, e);
+    return sqs_apply_answer(&sqs_ops[SQS_OP_DELETE], json, len, entries, n, e);
 }
 
 int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
                                 size_t n, struct lerr *e)
 {
-    return sqs_apply_answer(&sqs_send_ops, json, len, entries, n, e);
+    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND_BATCH], json, len, entries, n, e);
 }
 
 int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
                           struct lerr *e)
 {
-    return sqs_apply_answer(&sqs_send_one_ops, json, len, en, 1, e);
+    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND], json, len, en, 1, e);
 }
 
 /* --- the rounds -------------------------------------------------------------------- */
 
-/* Gives every still-pending entry the reason of a whole-request failure. */
-static void sqs_pending_note(const struct sqs_batch_ops *o, void *entries, size_t n,
-                             const struct sqs_client *c, const struct lerr *e)
+/* Gives the still-pending entries why: a whole-request failure, "" to start a round, or
+ * (keep set: only to those that do not say why already) what the answer left out. */
+static void sqs_pending_why(const struct sqs_batch_ops *o, void *entries, size_t n, int keep,
+                            const char *code, const char *message)
 {
     for (size_t i = 0; i < n; i++)
-        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING)
-            sqs_entry_why(o, entries, i, sqs_call_code(c, e), e->msg);
-}
-
-static size_t sqs_first(const struct sqs_batch_ops *o, const void *entries, size_t n,
-                        enum sqs_entry_status s)
-{
-    size_t i = 0;
-
-    while (i < n && *sqs_status(o, entries, i) != s)
-        i++;
-    return i;
+        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING &&
+            !(keep && *sqs_field(o, entries, i, o->code)))
+            sqs_entry_why(o, entries, i, code, message);
 }
 
 /* One round: send the pending entries, apply the answer. 0 when the exchange worked
- * (some entries may still be pending), -1 when the request failed as a whole. */
+ * (some entries may still be pending), -1 when the request failed as a whole: the
+ * pending entries then say why. */
 static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
                            size_t n, struct lerr *e)
 {
-    unsigned char sent[SQS_MAX_MESSAGES] = { 0 };
     struct http_response resp;
     size_t len;
     char *body;
     int r;
 
-    for (size_t i = 0; i < n && i < SQS_MAX_MESSAGES; i++) {
-        sent[i] = *sqs_status(o, entries, i) == SQS_ENTRY_PENDING;
-        if (sent[i])
-            sqs_entry_why(o, entries, i, "", "");
-    }
+    sqs_pending_why(o, entries, n, 0, "", "");
     body = sqs_entries_request(o, c->queue_url, entries, n, &len, e);
-    if (sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e) < 0)
-        return -1;
-    r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
-    http_response_free(&resp);
-    if (r < 0) {
-        if (!strstr(o->answer, o->name))  /* "SQS batch answer" does not say which */
+    r = sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e);
+    if (r == 0) {
+        r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
+        if (r < 0 && o->receipts)  /* "SQS batch answer" does not say which */
             lerr_wrap(e, "SQS %s", o->name);
-        sqs_note_local(c, e, 0);
+        r = sqs_answer_read(c, &resp, r, e);
+    }
+    if (r < 0) {
+        sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
         return -1;
     }
-    for (size_t i = 0; i < n; i++) {
-        enum sqs_entry_status s = *sqs_status(o, entries, i);
-        char label[160];
-
-        if (s == SQS_ENTRY_PENDING && !*sqs_field(o, entries, i, o->code))
-            sqs_entry_why(o, entries, i, "NotReported", "the answer did not mention this entry");
-        if (s != SQS_ENTRY_STALE || !sent[i])
-            continue;
-        sqs_label(o, entries, i, label, sizeof label);
-        log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
-                 "again or is no longer in flight", o->name, label,
-                 sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
-    }
+    sqs_pending_why(o, entries, n, 1, "NotReported", "the answer did not mention this entry");
     return 0;
 }
 
-/* "<what> entries...; entry 3: <code>: <message>", the first entry in state s. */
+/* "<k> of <n> entries <what>; entry 3: <code>: <message>", about the first entry in
+ * state s (SendMessage: "message <id>: <code>: <message>"). */
 static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_t n,
                              enum sqs_entry_status s, const char *what, struct lerr *e)
 {
-    size_t i = sqs_first(o, entries, n, s);
+    size_t i, k = sqs_count(o, entries, n, s, &i);
+    const char *code = sqs_field(o, entries, i, o->code);
+    const char *message = sqs_field(o, entries, i, o->message);
     char label[160];
 
     sqs_label(o, entries, i, label, sizeof label);
     if (o->single)
-        return lerr_set(e, LERR_HTTP, "SQS %s: message %s: %s: %s", o->name,
-                        ((const struct sqs_send_entry *)entries)->message_id,
-                        sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
-    return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name,
-                    sqs_count(o, entries, n, s), n, what, label,
-                    sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message));
+        return lerr_set(e, LERR_HTTP, "SQS %s: %s: %s: %s", o->name, label, code, message);
+    return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name, k, n,
+                    what, label, code, message);
 }
 
 static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
@@ -1573,34 +1470,28 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
 {
     unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
     int whole_failed = 0;
+    struct lerr why;
     size_t i;
 
     for (i = 0; i < n; i++) {
         *sqs_status(o, entries, i) = SQS_ENTRY_PENDING;
-        sqs_entry_why(o, entries, i, "", "");
         if (!o->receipts)
             ((struct sqs_send_entry *)entries)[i].message_id[0] = '\0';
     }
     memset(&c->last_error, 0, sizeof c->last_error);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
-        struct lerr why;
-
         whole_failed = sqs_batch_round(c, o, entries, n, e) < 0;
-        if (whole_failed) {
-            sqs_pending_note(o, entries, n, c, e);
-            if (!c->last_error.retryable)
-                break;
+        if (whole_failed && !c->last_error.retryable)
+            break;
+        if (!whole_failed && sqs_count(o, entries, n, SQS_ENTRY_PENDING, &i) == 0)
+            break;
+        if (whole_failed)
             why = *e;
-        } else if (sqs_count(o, entries, n, SQS_ENTRY_PENDING) == 0) {
-            break;
-        } else {
+        else
             sqs_entries_error(o, entries, n, SQS_ENTRY_PENDING, "not done yet", &why);
-        }
-        if (attempt + 1 >= attempts)
-            break;
-        if (sqs_backoff(c, attempt, attempts, &why, e) < 0) {
+        if (attempt + 1 < attempts && sqs_backoff(c, attempt, attempts, &why, e) < 0) {
             whole_failed = 1;
-            sqs_pending_note(o, entries, n, c, e);
+            sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
             break;
         }
     }
@@ -1609,8 +1500,7 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
             *sqs_status(o, entries, i) = SQS_ENTRY_FAILED;
     if (whole_failed)
         return -1;  /* e already says why, in SQS's words */
-    i = sqs_first(o, entries, n, SQS_ENTRY_FAILED);
-    if (i == n)
+    if (sqs_count(o, entries, n, SQS_ENTRY_FAILED, &i) == 0)
         return 0;
     sqs_why(c->last_error.code, c->last_error.message, sqs_field(o, entries, i, o->code),
             sqs_field(o, entries, i, o->message));
@@ -1621,24 +1511,24 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
 int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                      struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_receipt_ops[SQS_OP_DELETE], entries, n, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_DELETE], entries, n, e);
 }
 
 int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                                 struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_receipt_ops[SQS_OP_CHANGE_VISIBILITY], entries, n, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_CHANGE_VISIBILITY], entries, n, e);
 }
 
 int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
                    struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_send_ops, entries, n, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND_BATCH], entries, n, e);
 }
 
 int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
 {
-    return sqs_batch_run(c, &sqs_send_one_ops, en, 1, e);
+    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND], en, 1, e);
 }
 
 /* ======================================================================================
@@ -1664,9 +1554,8 @@ char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
 
-    if (sqs_queue_url_check(queue_url, "GetQueueAttributes", e) < 0)
+    if (sb_queue(&b, queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
-    sb_queue(&b, queue_url);
     sb_names(&b, "AttributeNames", sqs_queue_attrs, sqs_fifo_url(queue_url) ? 6 : 4);
     return sb_finish(&b, len, e);
 }

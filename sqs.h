@@ -17,7 +17,8 @@
  * end early when the HTTP client's cancel_fd becomes readable (LERR_CANCELLED).
  *
  * The pure parts (request bodies, answer and error parsing, backoff) are exposed for the
- * tests and the fuzzer; they do no I/O.
+ * tests and the fuzzer; they do no I/O but log lines (an Id that was not sent, a stale
+ * receipt handle).
  */
 #ifndef LAMBDO_SQS_H
 #define LAMBDO_SQS_H
@@ -321,8 +322,8 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
 
 /* Applies a batch answer (HTTP 200 body) to the entries it is about, the PENDING ones
  * (the others were not sent; answers about them are ignored): Successful ones become OK;
- * Failed ones STALE (ReceiptHandleIsInvalid, MessageNotInflight, an expired handle),
- * FAILED, or stay PENDING (with code and message) when SQS says SenderFault false or
+ * Failed ones STALE (ReceiptHandleIsInvalid, MessageNotInflight, an expired handle:
+ * logged as a warning), FAILED, or stay PENDING (with code and message) when SQS says SenderFault false or
  * names throttling or an internal error, so they are worth retrying. A Failed entry
  * without SenderFault counts as the sender's fault. Entries the answer does not mention
  * stay PENDING. Returns 0, or -1 with e set (LERR_MALFORMED) when the answer is not the
@@ -347,9 +348,5 @@ int sqs_code_retryable(const char *code);
 /* Full-jitter backoff before retry number attempt (0 for the first retry): uniform in
  * [0, min(cap_ms, base_ms * 2^attempt)]. Advances *rng. */
 unsigned sqs_backoff_ms(unsigned attempt, unsigned base_ms, unsigned cap_ms, uint64_t *rng);
-
-/* Sleeps ms milliseconds, or less when cancel_fd (if >= 0) becomes readable: then returns
- * -1 with LERR_CANCELLED. */
-int sqs_sleep(int cancel_fd, unsigned ms, struct lerr *e);
 
 #endif

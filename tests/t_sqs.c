@@ -27,6 +27,7 @@
 #include "cJSON.h"
 #include "log.h"
 #include "json.h"
+#include "ratelimit.h"
 #include "sqs.h"
 
 #define QUEUE "https://sqs.us-east-1.amazonaws.com/123456789012/jobs"
@@ -1120,23 +1121,25 @@ static void test_backoff_seed(void **state)
     assert_int_not_equal(a, 42);
 }
 
+/* The backoff's sleep: ratelimit_wait_idle without a bucket, ended early by cancel_fd. */
 static void test_sleep(void **state)
 {
     struct lerr e = { 0 };
     long long t0 = mono_ms();
     int fds[2];
 
-    assert_int_equal(sqs_sleep(-1, 60, &e), 0);
+    assert_int_equal(ratelimit_wait_idle(NULL, 60, NULL, 0, NULL, NULL, &e), 0);
     assert_true(mono_ms() - t0 >= 60);
-    assert_int_equal(sqs_sleep(-1, 0, &e), 0);
+    assert_int_equal(ratelimit_wait_idle(NULL, 0, NULL, 0, NULL, NULL, &e), 0);
 
     assert_int_equal(pipe(fds), 0);
     t0 = mono_ms();
-    assert_int_equal(sqs_sleep(fds[0], 50, &e), 0);  /* not cancelled: the full time */
+    /* not cancelled: the full time */
+    assert_int_equal(ratelimit_wait_idle(NULL, 50, &fds[0], 1, NULL, NULL, &e), 0);
     assert_true(mono_ms() - t0 >= 50);
     assert_int_equal(write(fds[1], "x", 1), 1);
     t0 = mono_ms();
-    assert_int_equal(sqs_sleep(fds[0], 20000, &e), -1);
+    assert_int_equal(ratelimit_wait_idle(NULL, 20000, &fds[0], 1, NULL, NULL, &e), -1);
     assert_int_equal(e.kind, LERR_CANCELLED);
     assert_true(mono_ms() - t0 < 1000);
     close(fds[0]);
@@ -1169,7 +1172,7 @@ static void test_sleep_woken(void **state)
     d = (struct delayed_write){ fds[1], 100 };
     t0 = mono_ms();
     assert_int_equal(pthread_create(&th, NULL, write_later, &d), 0);
-    assert_int_equal(sqs_sleep(fds[0], 20000, &e), -1);
+    assert_int_equal(ratelimit_wait_idle(NULL, 20000, &fds[0], 1, NULL, NULL, &e), -1);
     took = mono_ms() - t0;
     pthread_join(th, NULL);
     assert_int_equal(e.kind, LERR_CANCELLED);
