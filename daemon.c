@@ -54,7 +54,6 @@ struct daemon {
                                           through the client's cancel_fd, until stopping) */
     struct metrics metrics;            /* counted by every thread; served if configured */
     struct pool pool;                  /* LAMBDO_POOL: the warm Machines */
-    int pool_on;                       /* pool_init succeeded: pool_destroy is due */
     int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
     pthread_mutex_t mu;                /* guards what follows */
@@ -279,26 +278,37 @@ static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4
     return failed;
 }
 
-static size_t job_delete(struct job *j)
-{
-    size_t failed = batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 1, 0,
-                              METRICS_DELETED);
-
-    if (failed == 0)
-        log_debug("group %s: %zu messages deleted", j->gid, j->count);
-    return failed;
-}
-
-/* Hands the messages back: visible again after `delay` seconds. Returns -1, the job's
- * failure. */
-static int job_return(struct job *j, int delay)
+/* Hands the messages back: visible again after `delay` seconds. */
+static void job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
     if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, delay,
                   METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
-    return -1;
+}
+
+/* What a runner leaves its job's messages to: job_end does it, the one acknowledgement
+ * path of every backend. */
+enum job_end {
+    JOB_DONE,    /* handled (the Machine was created, or exited 0): deleted */
+    JOB_RETURN,  /* stopping: back to the queue at once */
+    JOB_RETRY,   /* failed: back after LAMBDO_RETRY_DELAY */
+    JOB_LEFT,    /* failed: they come back after the visibility timeout */
+    JOB_ENDED,   /* job_end was called already */
+};
+
+static void job_end(struct job *j, enum job_end how)
+{
+    int ok = how == JOB_DONE && batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count,
+                                          1, 0, METRICS_DELETED) == 0;
+
+    if (ok)
+        log_debug("group %s: %zu messages deleted", j->gid, j->count);
+    if (how == JOB_RETURN || how == JOB_RETRY)
+        job_return(j, how == JOB_RETRY ? j->d->cfg->retry_delay : 0);
+    /* a failure not returned: hidden till then */
+    once_record_job(j, ok, j->visible_until_ms);
 }
 
 /* Milliseconds until messages visible until `until` need a heartbeat: when a third of
@@ -346,7 +356,9 @@ static struct fly_machine_spec job_spec(const struct job *j, const char *pool_ke
     };
 }
 
-static int job_create(struct job *j, const struct fly_machine_spec *spec, struct fly_machine *m)
+/* JOB_DONE when the Machine was created, else what becomes of the messages. */
+static enum job_end job_create(struct job *j, const struct fly_machine_spec *spec,
+                               struct fly_machine *m)
 {
     struct daemon *d = j->d;
     struct fly_target t = d->fly;
@@ -364,16 +376,16 @@ static int job_create(struct job *j, const struct fly_machine_spec *spec, struct
         if (e.kind != LERR_CANCELLED) {
             log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
                       "return after the visibility timeout", j->gid, j->count, j->image, e.msg);
-            return -1;
+            return JOB_LEFT;
         }
         log_info("group %s: stopping before its Machine was created", j->gid);
-        return job_return(j, 0);
+        return JOB_RETURN;
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
     log_info("group %s: %smachine %s created in %s for %zu events (image %s, size %s)", j->gid,
              spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, j->image,
              j->preset->name);
-    return 0;
+    return JOB_DONE;
 }
 
 /* Destroys a Machine that ran past LAMBDO_MACHINE_TIMEOUT. */
@@ -445,7 +457,7 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
 }
 
 /* Exit mode: the messages are deleted only when the Machine exited 0. */
-static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int64_t started)
+static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m, int64_t started)
 {
     struct daemon *d = j->d;
     struct fly_exit x;
@@ -456,13 +468,13 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     if (f == FOLLOW_SHUTDOWN) {
         log_warn("group %s: stopping while machine %s still runs; its %zu messages go back to "
                  "the queue", j->gid, m->id, j->count);
-        return job_return(j, 0);
+        return JOB_RETURN;
     }
     if (f == FOLLOW_TIMEOUT) {
         log_error("group %s: machine %s ran past LAMBDO_MACHINE_TIMEOUT (%d s); destroying it",
                   j->gid, m->id, d->cfg->machine_timeout);
         job_kill(j, m);
-        return job_return(j, d->cfg->retry_delay);
+        return JOB_RETRY;
     }
     memset(&x, 0, sizeof x);
     if (fly_machine_exit(j->http, &j->follow, m->id, &x, &e) < 0) {
@@ -473,7 +485,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     if (x.known && x.exit_code == 0) {
         log_info("group %s: machine %s in %s exited 0 after %.1f s; deleting %zu messages",
                  j->gid, m->id, m->region, secs, j->count);
-        return job_delete(j) == 0 ? 0 : -1;
+        return JOB_DONE;
     }
     if (x.known)
         log_warn("group %s: machine %s in %s exited %d%s after %.1f s; %zu messages go back "
@@ -482,7 +494,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     else
         log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
                  "back to the queue", j->gid, m->id, m->region, secs, j->count);
-    return job_return(j, d->cfg->retry_delay);
+    return JOB_RETRY;
 }
 
 static void job_local_started(void *ctx, int pid)
@@ -495,7 +507,7 @@ static void job_local_started(void *ctx, int pid)
 /* LAMBDO_BACKEND=local: the group runs as a child process; its exit status acknowledges
  * like a Machine's in exit mode, whatever LAMBDO_ACK says (config.c), so that a child that
  * fails never loses its messages. Returns 0 when the messages were handled to the end. */
-static int job_run_local(struct job *j)
+static enum job_end job_run_local(struct job *j)
 {
     const struct config *cfg = j->d->cfg;
     struct local_result res;
@@ -506,7 +518,7 @@ static int job_run_local(struct job *j)
 
     if (local_command_resolve(j->command, cfg->local_command, &argv, &e) < 0) {
         log_error("group %s: %s; %zu messages go back to the queue", j->gid, e.msg, j->count);
-        return job_return(j, cfg->retry_delay);
+        return JOB_RETRY;
     }
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
@@ -520,20 +532,20 @@ static int job_run_local(struct job *j)
     free(argv);
     if (rc < 0) {
         log_error("group %s: cannot run locally: %s", j->gid, e.msg);
-        return job_return(j, cfg->retry_delay);
+        return JOB_RETRY;
     }
     if (res.stopped) {
         log_warn("group %s: %s; %zu messages go back to the queue", j->gid, res.reason, j->count);
-        return job_return(j, 0);
+        return JOB_RETURN;
     }
     if (local_result_ok(&res)) {
         log_info("group %s: process %d exited 0 after %.1f s; deleting %zu messages", j->gid,
                  res.pid, res.seconds, j->count);
-        return job_delete(j) == 0 ? 0 : -1;
+        return JOB_DONE;
     }
     log_warn("group %s: %s (after %.1f s); %zu messages go back to the queue", j->gid,
              res.reason, res.seconds, j->count);
-    return job_return(j, cfg->retry_delay);
+    return JOB_RETRY;
 }
 
 
@@ -679,23 +691,23 @@ static int pool_lease(struct job *j, int fresh)
     return -1;
 }
 
-/* Creates the job's pooled Machine, stopped (the update runs it). 0, or -1 with the job's
- * messages dealt with as job_create does. */
-static int pool_create(struct job *j)
+/* Creates the job's pooled Machine, stopped (the update runs it); as job_create. */
+static enum job_end pool_create(struct job *j)
 {
     struct fly_machine_spec spec = job_spec(j, j->pool_key);
     struct fly_machine m;
+    enum job_end how;
 
     spec.events = spec.meta = NULL;  /* they come with the update */
     spec.events_len = spec.meta_len = 0;
     spec.skip_launch = 1;
-    if (job_create(j, &spec, &m) < 0) {
+    if ((how = job_create(j, &spec, &m)) != JOB_DONE) {
         pool_drop(&j->d->pool, j->pm);
         j->pm = NULL;
-        return -1;
+        return how;
     }
     pool_created(&j->d->pool, j->pm, m.id);
-    return 0;
+    return JOB_DONE;
 }
 
 /* Updates the leased Machine with the job's events, which starts it. 0 when it runs, 1 when
@@ -730,18 +742,18 @@ static int pool_update(struct job *j, struct fly_machine *m)
 
 /* The Machine runs the group: acknowledged as LAMBDO_ACK says, then the Machine is free
  * again, its lease kept for a job of its key that waits here, else released. */
-static int pool_follow(struct job *j, const struct fly_machine *m, int64_t started)
+static enum job_end pool_follow(struct job *j, const struct fly_machine *m, int64_t started)
 {
     struct daemon *d = j->d;
-    int rc;
 
     log_info("group %s: pooled machine %s runs %zu events (image %s, size %s)", j->gid, m->id,
              j->count, j->image, j->preset->name);
     j->follow = pool_target(j, 0);
+    /* acknowledged before the Machine is free again (create mode: before it is followed) */
     if (d->cfg->ack_on_exit) {
-        rc = job_acknowledge_exit(j, m, started);
+        job_end(j, job_exit_outcome(j, m, started));
     } else {
-        rc = job_delete(j) == 0 ? 0 : -1;
+        job_end(j, JOB_DONE);
         if (job_follow(j, m, started) == FOLLOW_TIMEOUT)
             job_kill(j, m);
     }
@@ -755,7 +767,7 @@ static int pool_follow(struct job *j, const struct fly_machine *m, int64_t start
     }
     j->pm = NULL;
     pool_gauges(d);
-    return rc;
+    return JOB_ENDED;
 }
 
 /* While a job waits for a pooled Machine: its heartbeats; nonzero once lambdo stops. */
@@ -768,7 +780,7 @@ static int pool_wait_idle(void *ctx)
 }
 
 /* LAMBDO_POOL: the group runs on a stopped Machine of its key, leased and updated. */
-static int job_run_pool(struct job *j)
+static enum job_end job_run_pool(struct job *j)
 {
     struct daemon *d = j->d;
     struct fly_machine m;
@@ -780,28 +792,28 @@ static int job_run_pool(struct job *j)
 
         if (take == POOL_TAKE_STOP) {
             log_info("group %s: stopping while it waited for a pooled machine", j->gid);
-            return job_return(j, 0);
+            return JOB_RETURN;
         }
         /* before a create: Machines another lambdo made count toward N, and may be free */
         if (fresh && pool_list(d, j->http, j->pool_key) > 0) {
             pool_drop(&d->pool, j->pm);  /* the slot: another lambdo's Machines fill it */
             continue;
         }
-        if (fresh && pool_create(j) < 0)
-            return -1;
+        if (fresh && (rc = pool_create(j)) != JOB_DONE)
+            return rc;
         if (pool_lease(j, fresh) < 0)
             continue;
         if ((rc = pool_update(j, &m)) > 0)
             continue;
         if (rc < 0)
-            return job_return(j, d->cfg->retry_delay);
+            return JOB_RETRY;
         metrics_count(&d->metrics, fresh ? METRICS_POOL_NEW : METRICS_POOL_WARM, 1);
         pool_gauges(d);
         return pool_follow(j, &m, started);
     }
     log_error("group %s: no pooled machine took it after %d tries; %zu messages go back to the "
               "queue", j->gid, POOL_TRIES, j->count);
-    return job_return(j, d->cfg->retry_delay);
+    return JOB_RETRY;
 }
 
 /* Runs one job to its end: its messages are deleted or handed back. */
@@ -810,24 +822,20 @@ static void job_run(struct job *j, int stopping)
     struct fly_machine_spec spec = job_spec(j, NULL);
     struct fly_machine m;
     int64_t started = now_ms();
-    int ok;
+    enum job_end how;
 
     if (stopping) {
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
-        job_return(j, 0);
-        return;
+        how = JOB_RETURN;
+    } else if (j->d->cfg->backend_local) {
+        how = job_run_local(j);
+    } else if (j->d->cfg->pool) {
+        how = job_run_pool(j);
+    } else if ((how = job_create(j, &spec, &m)) == JOB_DONE && j->d->cfg->ack_on_exit) {
+        how = job_exit_outcome(j, &m, started);
     }
-    if (j->d->cfg->backend_local)
-        ok = job_run_local(j) == 0;
-    else if (j->d->cfg->pool)
-        ok = job_run_pool(j) == 0;
-    else if (job_create(j, &spec, &m) < 0)
-        ok = 0;
-    else
-        ok = j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) == 0
-                                    : job_delete(j) == 0;
-    once_record_job(j, ok, j->visible_until_ms);  /* a failure not returned: hidden till then */
+    job_end(j, how);
 }
 
 /* A worker runs queued jobs one after the other until daemon_drain: a thread per job
@@ -1412,26 +1420,6 @@ static void pool_maintain(struct daemon *d)
     pool_gauges(d);
 }
 
-/* A restarted lambdo finds its pool again: the app's Machines that carry lambdo's pool
- * metadata. Without the list, it starts with an empty pool (new Machines are created). */
-static void pool_discover(struct daemon *d)
-{
-    long found = pool_list(d, &d->main_http, NULL);
-
-    if (found >= 0)
-        log_info("pool: up to %d machines per image, size and command; %ld pooled machines "
-                 "found in app %s", d->cfg->pool, found, d->cfg->fly_app);
-    pool_gauges(d);
-}
-
-/* Stopping: the leases of Machines kept for a next job are given up (the Machines stay,
- * stopped, for the next lambdo). After the workers ended. */
-static void pool_shutdown(struct daemon *d)
-{
-    for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next)
-        if (pm->nonce[0])
-            pool_unlease(d, &d->main_http, pm);
-}
 
 /* ------------------------------------------------------------------ start and stop ----- */
 
@@ -1461,6 +1449,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     pthread_cond_init(&d->changed, NULL);
     pthread_cond_init(&d->work, NULL);
     d->queue_tail = &d->queue;
+    if (cfg->pool)
+        pool_init(&d->pool, cfg->pool);
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
         return -1;
@@ -1498,18 +1488,25 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     if (cfg->metrics_addr && metrics_serve(&d->metrics, cfg->metrics_addr, e) < 0)
         return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
     if (cfg->pool) {
-        if (pool_init(&d->pool, cfg->pool, e) < 0)
-            return -1;
-        d->pool_on = 1;
-        pool_discover(d);
+        long found;
+        /* A restarted lambdo finds its pool again: the app's Machines that carry lambdo's
+         * pool metadata. Without the list, it starts with an empty pool. */
+        if ((found = pool_list(d, &d->main_http, NULL)) >= 0)
+            log_info("pool: up to %d machines per image, size and command; %ld pooled "
+                     "machines found in app %s", cfg->pool, found, cfg->fly_app);
+        pool_gauges(d);
     }
     return 0;
 }
 
 static void daemon_close(struct daemon *d)
 {
-    if (d->pool_on) {
-        pool_shutdown(d);
+    if (d->cfg->pool) {
+        /* the leases of Machines kept for a next job are given up (the Machines stay,
+         * stopped, for the next lambdo): the workers have ended */
+        for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next)
+            if (pm->nonce[0])
+                pool_unlease(d, &d->main_http, pm);
         pool_destroy(&d->pool);
     }
     if (d->metrics_on)
@@ -1606,7 +1603,7 @@ int daemon_run(const struct config *cfg, int once)
         if (rc > 0)
             w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
         main_keepalive(&d);
-        if (d.pool_on)
+        if (cfg->pool)
             pool_maintain(&d);
         if (window_ready(&d, &w))
             window_dispatch(&d, &w);
