@@ -44,7 +44,8 @@ struct daemon {
     struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
     struct sqs_client receiver;
     struct http_client main_http;      /* the main thread's other calls: not cancelled */
-    struct sigv4_key main_key;         /* their signing key (the receiver keeps its own) */
+    struct sqs_client main_sqs;        /* its deletes and visibility changes (a client per
+                                          thread: its signing key is derived once a day) */
     struct ratelimit create_rl, get_rl;
     struct fly_target fly;             /* shared, read-only after start-up */
     struct fly_target follow;          /* fly without stop_fd, for following a Machine after
@@ -108,7 +109,7 @@ struct job {
     struct fly_target follow;          /* d->follow, or a pooled Machine's (its limits, nonce) */
     int killed;                        /* job_kill destroyed its Machine */
     struct http_client *http;          /* its thread's: the main thread's, then a worker's */
-    struct sigv4_key *key;             /* that thread's SigV4 signing key, derived once a day */
+    struct sqs_client *sqs;            /* that thread's, on that HTTP client */
     int beating;                       /* queued: the main thread heartbeats it, under mu */
     int recorded;                      /* --once: its outcome is in the book */
     size_t count;
@@ -227,23 +228,26 @@ static long once_failed(struct daemon *d, int64_t after)
 
 /* ---------------------------------------------------------------- acknowledging -------- */
 
-/* Runs a batch operation over messages, 10 at a time, on a borrowed HTTP client that a
- * stop does not cancel (a delete or a visibility change that has started is finished),
- * counting each message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for
- * heartbeats). Returns the number of messages for which it failed (stale handles are not
+/* An SQS client of the daemon's queue on http (the thread's). */
+static void sqs_open(struct daemon *d, struct sqs_client *s, struct http_client *http)
+{
+    sqs_client_init(s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
+                    NULL);
+    s->provider = &d->creds;
+    s->metrics = &d->metrics;
+}
+
+/* Runs a batch operation over messages, 10 at a time, on the thread's SQS client, whose HTTP
+ * client a stop does not cancel (a delete or a visibility change that has started is
+ * finished), counting each message it was done for in `counted` (METRICS_NCOUNTERS: not
+ * counted, for heartbeats). Returns the number of messages for which it failed (stale handles are not
  * failures: logged). */
-static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4_key *key,
-                        const char *gid, const struct job_msg *msgs, size_t count, int delete,
-                        int visibility, enum metrics_counter counted)
+static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
+                        const struct job_msg *msgs, size_t count, int delete, int visibility,
+                        enum metrics_counter counted)
 {
     size_t failed = 0;
-    struct sqs_client s;
 
-    sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
-                    NULL);
-    s.sigv4_key = *key;  /* deriving it costs 4 HMACs: once a day per thread, not per batch */
-    s.provider = &d->creds;
-    s.metrics = &d->metrics;
     for (size_t off = 0; off < count; off += SQS_MAX_MESSAGES) {
         struct sqs_entry en[SQS_MAX_MESSAGES];
         size_t n = count - off < SQS_MAX_MESSAGES ? count - off : SQS_MAX_MESSAGES;
@@ -256,9 +260,9 @@ static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4
             en[i].visibility_timeout = visibility;
         }
         if (delete)
-            sqs_delete_batch(&s, en, n, &e);
+            sqs_delete_batch(s, en, n, &e);
         else
-            sqs_change_visibility_batch(&s, en, n, &e);
+            sqs_change_visibility_batch(s, en, n, &e);
         for (size_t i = 0; i < n; i++) {
             if (en[i].status == SQS_ENTRY_OK)
                 metrics_count(&d->metrics, counted, 1);
@@ -273,8 +277,6 @@ static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4
             }
         }
     }
-    *key = s.sigv4_key;
-    explicit_bzero(&s.sigv4_key, sizeof s.sigv4_key);
     return failed;
 }
 
@@ -282,8 +284,7 @@ static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4
 static void job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-    if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, delay,
-                  METRICS_RETURNED) == 0)
+    if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
 }
@@ -300,8 +301,8 @@ enum job_end {
 
 static void job_end(struct job *j, enum job_end how)
 {
-    int ok = how == JOB_DONE && batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count,
-                                          1, 0, METRICS_DELETED) == 0;
+    int ok = how == JOB_DONE &&
+             batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED) == 0;
 
     if (ok)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
@@ -332,8 +333,7 @@ static void job_keepalive(void *ctx)
     pool_lease_refresh(j);
     if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
-    if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, vis,
-                  METRICS_NCOUNTERS) == 0)
+    if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
@@ -844,9 +844,10 @@ static void *worker_main(void *arg)
 {
     struct daemon *d = arg;
     struct http_client http;           /* its keep-alive connections serve every job */
-    struct sigv4_key key = { 0 };
+    struct sqs_client sqs;
 
     http_client_init(&http, &d->anchors);
+    sqs_open(d, &sqs, &http);
     pthread_mutex_lock(&d->mu);
     while (!d->quitting || d->queue) {
         struct job *j = d->queue;
@@ -862,7 +863,7 @@ static void *worker_main(void *arg)
         metrics_set_in_flight(&d->metrics, d->running);
         pthread_mutex_unlock(&d->mu);
         j->http = &http;
-        j->key = &key;
+        j->sqs = &sqs;
         job_run(j, stopping);
         job_free(j);
         pthread_mutex_lock(&d->mu);
@@ -871,10 +872,9 @@ static void *worker_main(void *arg)
         metrics_set_in_flight(&d->metrics, d->running);
         pthread_cond_broadcast(&d->changed);
     }
-    pthread_mutex_unlock(&d->mu);
+    /* closed under mu: daemon_drain must not free what it uses (the anchors) before */
     http_client_close(&http);
-    explicit_bzero(&key, sizeof key);
-    pthread_mutex_lock(&d->mu);
+    explicit_bzero(&sqs.sigv4_key, sizeof sqs.sigv4_key);
     d->workers--;
     pthread_cond_broadcast(&d->changed);
     pthread_mutex_unlock(&d->mu);
@@ -932,7 +932,7 @@ static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
     j->count = n;
     j->visible_until_ms = visible_until;
     j->http = &d->main_http;
-    j->key = &d->main_key;
+    j->sqs = &d->main_sqs;
     j->follow = d->follow;
     j->image = job_copy(&p, image);
     j->command = command ? job_copy(&p, command) : NULL;
@@ -1148,19 +1148,16 @@ static void fifo_return(struct daemon *d, struct plan *p, size_t nparts)
 {
     size_t *returned = p->scratch + p->n;  /* after part_of */
     size_t n = group_fifo_order(p->ev, p->n, p->parts, nparts, p->scratch, returned);
-    struct job_msg m[SQS_MAX_MESSAGES];
+    struct job_msg m[WINDOW_MAX_BATCHES * SQS_MAX_MESSAGES];
 
-    for (size_t off = 0; off < n; off += SQS_MAX_MESSAGES) {
-        size_t k = n - off < SQS_MAX_MESSAGES ? n - off : SQS_MAX_MESSAGES;
-        for (size_t i = 0; i < k; i++) {
-            const struct sqs_message *msg = p->msg[returned[off + i]];
-            m[i] = (struct job_msg){ msg->message_id, msg->receipt_handle };
-            log_info("message %s of FIFO group %s returned: the group's earlier messages run "
-                     "in another Machine or are still in flight; SQS delivers it after them",
-                     msg->message_id, msg->message_group_id);
-        }
-        batch_all(d, &d->main_http, &d->main_key, "fifo", m, k, 0, 0, METRICS_NCOUNTERS);
+    for (size_t i = 0; i < n; i++) {
+        const struct sqs_message *msg = p->msg[returned[i]];
+        m[i] = (struct job_msg){ msg->message_id, msg->receipt_handle };
+        log_info("message %s of FIFO group %s returned: the group's earlier messages run in "
+                 "another Machine or are still in flight; SQS delivers it after them",
+                 msg->message_id, msg->message_group_id);
     }
+    batch_all(d, &d->main_sqs, "fifo", m, n, 0, 0, METRICS_NCOUNTERS);
 }
 
 /* Validates, groups and dispatches everything in the window. */
@@ -1207,7 +1204,7 @@ static void window_keepalive(struct daemon *d, struct window *w)
         for (size_t i = 0; i < w->batches[b].count; i++)
             m[i] = (struct job_msg){ w->batches[b].messages[i].message_id,
                                      w->batches[b].messages[i].receipt_handle };
-        batch_all(d, &d->main_http, &d->main_key, "window", m, w->batches[b].count, 0, vis,
+        batch_all(d, &d->main_sqs, "window", m, w->batches[b].count, 0, vis,
                   METRICS_NCOUNTERS);
     }
     w->visible_until_ms = t + (int64_t)vis * 1000;
@@ -1234,7 +1231,6 @@ static int window_ready(struct daemon *d, const struct window *w)
     return ready;
 }
 
-/* Free Machine slots as the receiver sees them: jobs alive, waiting ones included. */
 /* At the cap, receiving would take messages that cannot start: wait for a job to end.
  * Returns the free Machine slots as the receiver sees them (jobs queued count). */
 static int daemon_wait_for_slot(struct daemon *d)
@@ -1247,15 +1243,10 @@ static int daemon_wait_for_slot(struct daemon *d)
         /* not receiving is our choice here: /healthz must not hold it against us */
         if (!waited++)
             metrics_receive_idle(&d->metrics, 1);
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 200 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        clock_gettime(CLOCK_REALTIME, &until);  /* 200 ms from now */
+        until.tv_sec += until.tv_nsec >= 800000000L;
+        until.tv_nsec = (until.tv_nsec + 200000000L) % 1000000000L;
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
-        if (d->jobs < d->cfg->max_machines)
-            break;  /* the main loop looks for a stop signal next */
         pthread_mutex_unlock(&d->mu);
         daemon_stopping(d, NULL);
         main_keepalive(d);
@@ -1442,6 +1433,9 @@ static int signals_open(struct lerr *e)
 
 static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *e)
 {
+    struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
+                                  cfg->long_poll_seconds, NULL, NULL };
+
     memset(d, 0, sizeof *d);
     d->cfg = cfg;
     d->signal_fd = -1;
@@ -1467,10 +1461,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     http_client_init(&d->receive_http, &d->anchors);
     http_client_init(&d->main_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
-    sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
-                    cfg->aws_region, NULL);
-    d->receiver.provider = &d->creds;
-    d->receiver.metrics = &d->metrics;
+    sqs_open(d, &d->receiver, &d->receive_http);
+    sqs_open(d, &d->main_sqs, &d->main_http);
     /* A stop ends 429 waits, never a request in flight. */
     d->fly = (struct fly_target){ .base = &cfg->fly_api, .app = cfg->fly_app,
                                   .token = cfg->fly_token, .stop_fd = &d->signal_fd,
@@ -1478,13 +1470,9 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
                                   .metrics = &d->metrics };
     d->follow = d->fly;
     d->follow.stop_fd = NULL;
-    {
-        struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
-                                      cfg->long_poll_seconds, NULL, NULL };
-        if (metrics_init(&d->metrics, &mo, e) < 0)
-            return -1;
-        d->metrics_on = 1;
-    }
+    if (metrics_init(&d->metrics, &mo, e) < 0)
+        return -1;
+    d->metrics_on = 1;
     if (cfg->metrics_addr && metrics_serve(&d->metrics, cfg->metrics_addr, e) < 0)
         return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
     if (cfg->pool) {
@@ -1513,7 +1501,7 @@ static void daemon_close(struct daemon *d)
         metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
     http_client_close(&d->main_http);
-    explicit_bzero(&d->main_key, sizeof d->main_key);
+    explicit_bzero(&d->main_sqs.sigv4_key, sizeof d->main_sqs.sigv4_key);
     creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
     ratelimit_destroy(&d->create_rl);
