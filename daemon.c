@@ -402,21 +402,18 @@ static void job_kill(struct job *j, const struct fly_machine *m)
 
 enum follow { FOLLOW_EXITED, FOLLOW_TIMEOUT, FOLLOW_SHUTDOWN };
 
-/* Seconds for the next wait: the Fly maximum, the next heartbeat, the Machine's deadline
- * and the shutdown deadline, whichever comes first; at least 1. */
-static int wait_seconds(const struct job *j, int64_t started, int64_t stop_at)
+/* Seconds for the next wait: the Fly maximum, the next heartbeat, the lease's refresh and
+ * the deadline (the Machine's or the shutdown's), whichever comes first; at least 1. */
+static int wait_seconds(const struct job *j, int64_t deadline)
 {
-    const struct config *cfg = j->d->cfg;
-    int64_t ms = (int64_t)WAIT_MAX_S * 1000, t = now_ms();
+    int64_t t = now_ms(), ms = deadline - t;
 
+    if (ms > (int64_t)WAIT_MAX_S * 1000)
+        ms = (int64_t)WAIT_MAX_S * 1000;
     if (keepalive_due(j->d, j->visible_until_ms) < ms)
         ms = keepalive_due(j->d, j->visible_until_ms);
     if (j->pm && j->pm->nonce[0] && j->pm->lease_due_ms - t < ms)
         ms = j->pm->lease_due_ms - t;
-    if (cfg->machine_timeout && started + (int64_t)cfg->machine_timeout * 1000 - t < ms)
-        ms = started + (int64_t)cfg->machine_timeout * 1000 - t;
-    if (stop_at && stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t < ms)
-        ms = stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t;
     return ms < 1000 ? 1 : (int)((ms + 999) / 1000);
 }
 
@@ -426,24 +423,27 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
 {
     struct daemon *d = j->d;
     const struct config *cfg = d->cfg;
+    int64_t timeout_at = cfg->machine_timeout ? started + (int64_t)cfg->machine_timeout * 1000
+                                              : INT64_MAX;
 
     for (;;) {
         int64_t stop_at = 0;
         int stopping = daemon_stopping(d, &stop_at);
+        int64_t end = stopping ? stop_at + (int64_t)cfg->shutdown_timeout * 1000 : INT64_MAX;
         struct fly_call_result w;
         struct lerr e;
         int rc;
 
-        if (cfg->machine_timeout && now_ms() - started >= (int64_t)cfg->machine_timeout * 1000)
+        if (now_ms() >= timeout_at)
             return FOLLOW_TIMEOUT;
-        if (stopping && now_ms() >= stop_at + (int64_t)cfg->shutdown_timeout * 1000)
+        if (now_ms() >= end)
             return FOLLOW_SHUTDOWN;
         job_keepalive(j);
         /* Before a stop, a wait is cancelled by the signal; during the shutdown grace time
          * it must not be, or it would end at once, over and over. */
         j->http->cancel_fd = stopping ? -1 : d->signal_fd;
         rc = fly_wait_machine(j->http, &j->follow, m->id, m->instance_id, "stopped",
-                              wait_seconds(j, started, stop_at), &w, &e);
+                              wait_seconds(j, timeout_at < end ? timeout_at : end), &w, &e);
         j->http->cancel_fd = -1;
         if (rc == 0 && (w.outcome == FLY_CALL_OK || w.outcome == FLY_CALL_GONE))
             return FOLLOW_EXITED;
