@@ -240,8 +240,8 @@ static void sqs_open(struct daemon *d, struct sqs_client *s, struct http_client 
 /* Runs a batch operation over messages, 10 at a time, on the thread's SQS client, whose HTTP
  * client a stop does not cancel (a delete or a visibility change that has started is
  * finished), counting each message it was done for in `counted` (METRICS_NCOUNTERS: not
- * counted, for heartbeats). Returns the number of messages for which it failed (stale handles are not
- * failures: logged). */
+ * counted, for heartbeats). Returns the number of messages for which it failed (stale
+ * handles are not failures: logged). */
 static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
                         const struct job_msg *msgs, size_t count, int delete, int visibility,
                         enum metrics_counter counted)
@@ -1084,36 +1084,37 @@ static void once_release(struct daemon *d)
     }
 }
 
-/* The window's messages as events, and their grouping, in one allocation (ev's). */
-struct plan {
-    struct event *ev;
-    struct sqs_message **msg;          /* ev[i]'s message */
-    struct sqs_message **held;         /* not run: invalid, or (--once) failed too often */
+#define WINDOW_MAX_MESSAGES (WINDOW_MAX_BATCHES * SQS_MAX_MESSAGES)
+
+/* The window's messages as events, and their grouping: the main thread's scratch, static
+ * so that nothing is allocated per window (pages untouched cost nothing). */
+static struct plan {
+    struct event ev[WINDOW_MAX_MESSAGES];
+    struct sqs_message *msg[WINDOW_MAX_MESSAGES];   /* ev[i]'s message */
+    struct sqs_message *held[WINDOW_MAX_MESSAGES];  /* not run: invalid, or (--once) failed
+                                                       too often */
     size_t n, nheld;
     struct group_plan gp;
-    struct group *parts;               /* the groups split to fit the byte cap: Machines */
-    size_t *scratch;                   /* group_fifo_order's part_of, then its returned */
-};
+    struct group groups[WINDOW_MAX_MESSAGES];
+    struct lerr verdicts[WINDOW_MAX_MESSAGES];
+    size_t members[WINDOW_MAX_MESSAGES];
+    struct group parts[WINDOW_MAX_MESSAGES];        /* the groups split to fit the byte cap:
+                                                       Machines */
+    size_t part_of[WINDOW_MAX_MESSAGES];            /* group_fifo_order's storage, */
+    size_t returned[WINDOW_MAX_MESSAGES];           /* and its answer */
+    struct job_msg returning[WINDOW_MAX_MESSAGES];  /* those messages, for SQS */
+} plan;
 
 /* Groups the window's messages. Dispatching, the messages sqs.c flagged and (--once)
- * those that failed too often go to held instead, logged. 0, or -1 with e set. */
-static int plan_build(struct daemon *d, const struct window *w, int dispatching,
-                      struct plan *p, struct lerr *e)
+ * those that failed too often go to held instead, logged. */
+static struct plan *plan_build(struct daemon *d, const struct window *w, int dispatching)
 {
-    size_t cap = w->nmessages ? w->nmessages : 1;
+    struct plan *p = &plan;
+    struct lerr e;
 
-    memset(p, 0, sizeof *p);
-    p->ev = calloc(cap, sizeof *p->ev + 2 * sizeof *p->msg + 2 * sizeof *p->gp.groups +
-                            3 * sizeof *p->gp.members + sizeof *p->gp.verdicts);
-    if (!p->ev)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    p->msg = (struct sqs_message **)(p->ev + cap);
-    p->held = p->msg + cap;
-    p->gp.groups = (struct group *)(p->held + cap);
-    p->parts = p->gp.groups + cap;
-    p->gp.members = (size_t *)(p->parts + cap);
-    p->scratch = p->gp.members + cap;
-    p->gp.verdicts = (struct lerr *)(p->scratch + 2 * cap);  /* last: its size is odd */
+    p->n = p->nheld = 0;
+    p->gp = (struct group_plan){ .groups = p->groups, .members = p->members,
+                                 .verdicts = p->verdicts };
     for (size_t b = 0; b < w->nbatches; b++) {
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
@@ -1137,56 +1138,48 @@ static int plan_build(struct daemon *d, const struct window *w, int dispatching,
             p->msg[p->n++] = m;
         }
     }
-    if (p->n && group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine, &p->gp, e) < 0)
-        return -1;
-    return 0;
+    /* it fails only on bad arguments: the storage is there, config.c bounds
+     * events_per_machine */
+    group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine, &p->gp, &e);
+    return p;
 }
 
 /* FIFO queues: the messages that would run out of their group's order (group.h) go back
  * at once; SQS hands them out again, in order, once the group's earlier ones are deleted. */
 static void fifo_return(struct daemon *d, struct plan *p, size_t nparts)
 {
-    size_t *returned = p->scratch + p->n;  /* after part_of */
-    size_t n = group_fifo_order(p->ev, p->n, p->parts, nparts, p->scratch, returned);
-    struct job_msg m[WINDOW_MAX_BATCHES * SQS_MAX_MESSAGES];
+    size_t n = group_fifo_order(p->ev, p->n, p->parts, nparts, p->part_of, p->returned);
 
     for (size_t i = 0; i < n; i++) {
-        const struct sqs_message *msg = p->msg[returned[i]];
-        m[i] = (struct job_msg){ msg->message_id, msg->receipt_handle };
+        const struct sqs_message *msg = p->msg[p->returned[i]];
+        p->returning[i] = (struct job_msg){ msg->message_id, msg->receipt_handle };
         log_info("message %s of FIFO group %s returned: the group's earlier messages run in "
                  "another Machine or are still in flight; SQS delivers it after them",
                  msg->message_id, msg->message_group_id);
     }
-    batch_all(d, &d->main_sqs, "fifo", m, n, 0, 0, METRICS_NCOUNTERS);
+    batch_all(d, &d->main_sqs, "fifo", p->returning, n, 0, 0, METRICS_NCOUNTERS);
 }
 
 /* Validates, groups and dispatches everything in the window. */
 static void window_dispatch(struct daemon *d, struct window *w)
 {
-    struct plan p;
-    struct lerr e;
+    struct plan *p = plan_build(d, w, 1);
     size_t nparts = 0;
 
-    if (plan_build(d, w, 1, &p, &e) < 0) {
-        log_error("cannot group %zu messages: %s; they return after the visibility timeout",
-                  w->nmessages, e.msg);
-    } else {
-        for (size_t i = 0; i < p.n; i++)
-            if (p.gp.verdicts[i].kind != LERR_NONE) {
-                log_invalid(d, p.msg[i], p.gp.verdicts[i].msg);
-                p.held[p.nheld++] = p.msg[i];
-            }
-        for (size_t gi = 0; gi < p.gp.ngroups; gi++)
-            nparts += split_group(d, p.ev, &p.gp.groups[gi], p.parts + nparts);
-        if (d->cfg->fifo)
-            fifo_return(d, &p, nparts);
-        for (size_t pi = 0; pi < nparts; pi++)
-            if (p.parts[pi].count)
-                dispatch_part(d, p.ev, &p.parts[pi], p.msg, w->visible_until_ms);
-        if (d->once)
-            once_hold(d, p.held, p.nheld, w->visible_until_ms);
-    }
-    free(p.ev);
+    for (size_t i = 0; i < p->n; i++)
+        if (p->verdicts[i].kind != LERR_NONE) {
+            log_invalid(d, p->msg[i], p->verdicts[i].msg);
+            p->held[p->nheld++] = p->msg[i];
+        }
+    for (size_t gi = 0; gi < p->gp.ngroups; gi++)
+        nparts += split_group(d, p->ev, &p->groups[gi], p->parts + nparts);
+    if (d->cfg->fifo)
+        fifo_return(d, p, nparts);
+    for (size_t pi = 0; pi < nparts; pi++)
+        if (p->parts[pi].count)
+            dispatch_part(d, p->ev, &p->parts[pi], p->msg, w->visible_until_ms);
+    if (d->once)
+        once_hold(d, p->held, p->nheld, w->visible_until_ms);
     window_clear(w);
 }
 
@@ -1214,9 +1207,7 @@ static void window_keepalive(struct daemon *d, struct window *w)
 static int window_ready(struct daemon *d, const struct window *w)
 {
     const struct config *cfg = d->cfg;
-    struct plan p;
-    struct lerr e;
-    int ready;
+    struct plan *p;
 
     if (!w->nmessages)
         return 0;
@@ -1224,11 +1215,11 @@ static int window_ready(struct daemon *d, const struct window *w)
         w->nbatches == WINDOW_MAX_BATCHES || w->bytes >= (size_t)cfg->max_events_bytes)
         return 1;
     /* Count per (image, size, command) the cheap way: group what we have. */
-    ready = plan_build(d, w, 0, &p, &e) < 0;
-    for (size_t g = 0; g < p.gp.ngroups && !ready; g++)
-        ready = p.gp.groups[g].count >= (size_t)cfg->events_per_machine;
-    free(p.ev);
-    return ready;
+    p = plan_build(d, w, 0);
+    for (size_t g = 0; g < p->gp.ngroups; g++)
+        if (p->groups[g].count >= (size_t)cfg->events_per_machine)
+            return 1;
+    return 0;
 }
 
 /* At the cap, receiving would take messages that cannot start: wait for a job to end.
