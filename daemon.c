@@ -44,7 +44,8 @@ struct daemon {
     struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
     struct sqs_client receiver;
     struct http_client main_http;      /* the main thread's other calls: not cancelled */
-    struct sigv4_key main_key;         /* their signing key (the receiver keeps its own) */
+    struct sqs_client main_sqs;        /* its deletes and visibility changes (a client per
+                                          thread: its signing key is derived once a day) */
     struct ratelimit create_rl, get_rl;
     struct fly_target fly;             /* shared, read-only after start-up */
     struct fly_target follow;          /* fly without stop_fd, for following a Machine after
@@ -54,7 +55,6 @@ struct daemon {
                                           through the client's cancel_fd, until stopping) */
     struct metrics metrics;            /* counted by every thread; served if configured */
     struct pool pool;                  /* LAMBDO_POOL: the warm Machines */
-    int pool_on;                       /* pool_init succeeded: pool_destroy is due */
     int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
     pthread_mutex_t mu;                /* guards what follows */
@@ -109,7 +109,7 @@ struct job {
     struct fly_target follow;          /* d->follow, or a pooled Machine's (its limits, nonce) */
     int killed;                        /* job_kill destroyed its Machine */
     struct http_client *http;          /* its thread's: the main thread's, then a worker's */
-    struct sigv4_key *key;             /* that thread's SigV4 signing key, derived once a day */
+    struct sqs_client *sqs;            /* that thread's, on that HTTP client */
     int beating;                       /* queued: the main thread heartbeats it, under mu */
     int recorded;                      /* --once: its outcome is in the book */
     size_t count;
@@ -228,23 +228,26 @@ static long once_failed(struct daemon *d, int64_t after)
 
 /* ---------------------------------------------------------------- acknowledging -------- */
 
-/* Runs a batch operation over messages, 10 at a time, on a borrowed HTTP client that a
- * stop does not cancel (a delete or a visibility change that has started is finished),
- * counting each message it was done for in `counted` (METRICS_NCOUNTERS: not counted, for
- * heartbeats). Returns the number of messages for which it failed (stale handles are not
- * failures: logged). */
-static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4_key *key,
-                        const char *gid, const struct job_msg *msgs, size_t count, int delete,
-                        int visibility, enum metrics_counter counted)
+/* An SQS client of the daemon's queue on http (the thread's). */
+static void sqs_open(struct daemon *d, struct sqs_client *s, struct http_client *http)
+{
+    sqs_client_init(s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
+                    NULL);
+    s->provider = &d->creds;
+    s->metrics = &d->metrics;
+}
+
+/* Runs a batch operation over messages, 10 at a time, on the thread's SQS client, whose HTTP
+ * client a stop does not cancel (a delete or a visibility change that has started is
+ * finished), counting each message it was done for in `counted` (METRICS_NCOUNTERS: not
+ * counted, for heartbeats). Returns the number of messages for which it failed (stale
+ * handles are not failures: logged). */
+static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
+                        const struct job_msg *msgs, size_t count, int delete, int visibility,
+                        enum metrics_counter counted)
 {
     size_t failed = 0;
-    struct sqs_client s;
 
-    sqs_client_init(&s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
-                    NULL);
-    s.sigv4_key = *key;  /* deriving it costs 4 HMACs: once a day per thread, not per batch */
-    s.provider = &d->creds;
-    s.metrics = &d->metrics;
     for (size_t off = 0; off < count; off += SQS_MAX_MESSAGES) {
         struct sqs_entry en[SQS_MAX_MESSAGES];
         size_t n = count - off < SQS_MAX_MESSAGES ? count - off : SQS_MAX_MESSAGES;
@@ -257,9 +260,9 @@ static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4
             en[i].visibility_timeout = visibility;
         }
         if (delete)
-            sqs_delete_batch(&s, en, n, &e);
+            sqs_delete_batch(s, en, n, &e);
         else
-            sqs_change_visibility_batch(&s, en, n, &e);
+            sqs_change_visibility_batch(s, en, n, &e);
         for (size_t i = 0; i < n; i++) {
             if (en[i].status == SQS_ENTRY_OK)
                 metrics_count(&d->metrics, counted, 1);
@@ -274,31 +277,39 @@ static size_t batch_all(struct daemon *d, struct http_client *http, struct sigv4
             }
         }
     }
-    *key = s.sigv4_key;
-    explicit_bzero(&s.sigv4_key, sizeof s.sigv4_key);
     return failed;
 }
 
-static size_t job_delete(struct job *j)
-{
-    size_t failed = batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 1, 0,
-                              METRICS_DELETED);
-
-    if (failed == 0)
-        log_debug("group %s: %zu messages deleted", j->gid, j->count);
-    return failed;
-}
-
-/* Hands the messages back: visible again after `delay` seconds. Returns -1, the job's
- * failure. */
-static int job_return(struct job *j, int delay)
+/* Hands the messages back: visible again after `delay` seconds. */
+static void job_return(struct job *j, int delay)
 {
     once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-    if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, delay,
-                  METRICS_RETURNED) == 0)
+    if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
-    return -1;
+}
+
+/* What a runner leaves its job's messages to: job_end does it, the one acknowledgement
+ * path of every backend. */
+enum job_end {
+    JOB_DONE,    /* handled (the Machine was created, or exited 0): deleted */
+    JOB_RETURN,  /* stopping: back to the queue at once */
+    JOB_RETRY,   /* failed: back after LAMBDO_RETRY_DELAY */
+    JOB_LEFT,    /* failed: they come back after the visibility timeout */
+    JOB_ENDED,   /* job_end was called already */
+};
+
+static void job_end(struct job *j, enum job_end how)
+{
+    int ok = how == JOB_DONE &&
+             batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED) == 0;
+
+    if (ok)
+        log_debug("group %s: %zu messages deleted", j->gid, j->count);
+    if (how == JOB_RETURN || how == JOB_RETRY)
+        job_return(j, how == JOB_RETRY ? j->d->cfg->retry_delay : 0);
+    /* a failure not returned: hidden till then */
+    once_record_job(j, ok, j->visible_until_ms);
 }
 
 /* Milliseconds until messages visible until `until` need a heartbeat: when a third of
@@ -322,8 +333,7 @@ static void job_keepalive(void *ctx)
     pool_lease_refresh(j);
     if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
-    if (batch_all(j->d, j->http, j->key, j->gid, j->msgs, j->count, 0, vis,
-                  METRICS_NCOUNTERS) == 0)
+    if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
@@ -346,7 +356,9 @@ static struct fly_machine_spec job_spec(const struct job *j, const char *pool_ke
     };
 }
 
-static int job_create(struct job *j, const struct fly_machine_spec *spec, struct fly_machine *m)
+/* JOB_DONE when the Machine was created, else what becomes of the messages. */
+static enum job_end job_create(struct job *j, const struct fly_machine_spec *spec,
+                               struct fly_machine *m)
 {
     struct daemon *d = j->d;
     struct fly_target t = d->fly;
@@ -364,16 +376,16 @@ static int job_create(struct job *j, const struct fly_machine_spec *spec, struct
         if (e.kind != LERR_CANCELLED) {
             log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
                       "return after the visibility timeout", j->gid, j->count, j->image, e.msg);
-            return -1;
+            return JOB_LEFT;
         }
         log_info("group %s: stopping before its Machine was created", j->gid);
-        return job_return(j, 0);
+        return JOB_RETURN;
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
     log_info("group %s: %smachine %s created in %s for %zu events (image %s, size %s)", j->gid,
              spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, j->image,
              j->preset->name);
-    return 0;
+    return JOB_DONE;
 }
 
 /* Destroys a Machine that ran past LAMBDO_MACHINE_TIMEOUT. */
@@ -390,21 +402,18 @@ static void job_kill(struct job *j, const struct fly_machine *m)
 
 enum follow { FOLLOW_EXITED, FOLLOW_TIMEOUT, FOLLOW_SHUTDOWN };
 
-/* Seconds for the next wait: the Fly maximum, the next heartbeat, the Machine's deadline
- * and the shutdown deadline, whichever comes first; at least 1. */
-static int wait_seconds(const struct job *j, int64_t started, int64_t stop_at)
+/* Seconds for the next wait: the Fly maximum, the next heartbeat, the lease's refresh and
+ * the deadline (the Machine's or the shutdown's), whichever comes first; at least 1. */
+static int wait_seconds(const struct job *j, int64_t deadline)
 {
-    const struct config *cfg = j->d->cfg;
-    int64_t ms = (int64_t)WAIT_MAX_S * 1000, t = now_ms();
+    int64_t t = now_ms(), ms = deadline - t;
 
+    if (ms > (int64_t)WAIT_MAX_S * 1000)
+        ms = (int64_t)WAIT_MAX_S * 1000;
     if (keepalive_due(j->d, j->visible_until_ms) < ms)
         ms = keepalive_due(j->d, j->visible_until_ms);
     if (j->pm && j->pm->nonce[0] && j->pm->lease_due_ms - t < ms)
         ms = j->pm->lease_due_ms - t;
-    if (cfg->machine_timeout && started + (int64_t)cfg->machine_timeout * 1000 - t < ms)
-        ms = started + (int64_t)cfg->machine_timeout * 1000 - t;
-    if (stop_at && stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t < ms)
-        ms = stop_at + (int64_t)cfg->shutdown_timeout * 1000 - t;
     return ms < 1000 ? 1 : (int)((ms + 999) / 1000);
 }
 
@@ -414,24 +423,27 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
 {
     struct daemon *d = j->d;
     const struct config *cfg = d->cfg;
+    int64_t timeout_at = cfg->machine_timeout ? started + (int64_t)cfg->machine_timeout * 1000
+                                              : INT64_MAX;
 
     for (;;) {
         int64_t stop_at = 0;
         int stopping = daemon_stopping(d, &stop_at);
+        int64_t end = stopping ? stop_at + (int64_t)cfg->shutdown_timeout * 1000 : INT64_MAX;
         struct fly_call_result w;
         struct lerr e;
         int rc;
 
-        if (cfg->machine_timeout && now_ms() - started >= (int64_t)cfg->machine_timeout * 1000)
+        if (now_ms() >= timeout_at)
             return FOLLOW_TIMEOUT;
-        if (stopping && now_ms() >= stop_at + (int64_t)cfg->shutdown_timeout * 1000)
+        if (now_ms() >= end)
             return FOLLOW_SHUTDOWN;
         job_keepalive(j);
         /* Before a stop, a wait is cancelled by the signal; during the shutdown grace time
          * it must not be, or it would end at once, over and over. */
         j->http->cancel_fd = stopping ? -1 : d->signal_fd;
         rc = fly_wait_machine(j->http, &j->follow, m->id, m->instance_id, "stopped",
-                              wait_seconds(j, started, stop_at), &w, &e);
+                              wait_seconds(j, timeout_at < end ? timeout_at : end), &w, &e);
         j->http->cancel_fd = -1;
         if (rc == 0 && (w.outcome == FLY_CALL_OK || w.outcome == FLY_CALL_GONE))
             return FOLLOW_EXITED;
@@ -445,7 +457,7 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
 }
 
 /* Exit mode: the messages are deleted only when the Machine exited 0. */
-static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int64_t started)
+static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m, int64_t started)
 {
     struct daemon *d = j->d;
     struct fly_exit x;
@@ -456,13 +468,13 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     if (f == FOLLOW_SHUTDOWN) {
         log_warn("group %s: stopping while machine %s still runs; its %zu messages go back to "
                  "the queue", j->gid, m->id, j->count);
-        return job_return(j, 0);
+        return JOB_RETURN;
     }
     if (f == FOLLOW_TIMEOUT) {
         log_error("group %s: machine %s ran past LAMBDO_MACHINE_TIMEOUT (%d s); destroying it",
                   j->gid, m->id, d->cfg->machine_timeout);
         job_kill(j, m);
-        return job_return(j, d->cfg->retry_delay);
+        return JOB_RETRY;
     }
     memset(&x, 0, sizeof x);
     if (fly_machine_exit(j->http, &j->follow, m->id, &x, &e) < 0) {
@@ -473,7 +485,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     if (x.known && x.exit_code == 0) {
         log_info("group %s: machine %s in %s exited 0 after %.1f s; deleting %zu messages",
                  j->gid, m->id, m->region, secs, j->count);
-        return job_delete(j) == 0 ? 0 : -1;
+        return JOB_DONE;
     }
     if (x.known)
         log_warn("group %s: machine %s in %s exited %d%s after %.1f s; %zu messages go back "
@@ -482,7 +494,7 @@ static int job_acknowledge_exit(struct job *j, const struct fly_machine *m, int6
     else
         log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
                  "back to the queue", j->gid, m->id, m->region, secs, j->count);
-    return job_return(j, d->cfg->retry_delay);
+    return JOB_RETRY;
 }
 
 static void job_local_started(void *ctx, int pid)
@@ -495,7 +507,7 @@ static void job_local_started(void *ctx, int pid)
 /* LAMBDO_BACKEND=local: the group runs as a child process; its exit status acknowledges
  * like a Machine's in exit mode, whatever LAMBDO_ACK says (config.c), so that a child that
  * fails never loses its messages. Returns 0 when the messages were handled to the end. */
-static int job_run_local(struct job *j)
+static enum job_end job_run_local(struct job *j)
 {
     const struct config *cfg = j->d->cfg;
     struct local_result res;
@@ -506,7 +518,7 @@ static int job_run_local(struct job *j)
 
     if (local_command_resolve(j->command, cfg->local_command, &argv, &e) < 0) {
         log_error("group %s: %s; %zu messages go back to the queue", j->gid, e.msg, j->count);
-        return job_return(j, cfg->retry_delay);
+        return JOB_RETRY;
     }
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
@@ -520,20 +532,20 @@ static int job_run_local(struct job *j)
     free(argv);
     if (rc < 0) {
         log_error("group %s: cannot run locally: %s", j->gid, e.msg);
-        return job_return(j, cfg->retry_delay);
+        return JOB_RETRY;
     }
     if (res.stopped) {
         log_warn("group %s: %s; %zu messages go back to the queue", j->gid, res.reason, j->count);
-        return job_return(j, 0);
+        return JOB_RETURN;
     }
     if (local_result_ok(&res)) {
         log_info("group %s: process %d exited 0 after %.1f s; deleting %zu messages", j->gid,
                  res.pid, res.seconds, j->count);
-        return job_delete(j) == 0 ? 0 : -1;
+        return JOB_DONE;
     }
     log_warn("group %s: %s (after %.1f s); %zu messages go back to the queue", j->gid,
              res.reason, res.seconds, j->count);
-    return job_return(j, cfg->retry_delay);
+    return JOB_RETRY;
 }
 
 
@@ -679,23 +691,23 @@ static int pool_lease(struct job *j, int fresh)
     return -1;
 }
 
-/* Creates the job's pooled Machine, stopped (the update runs it). 0, or -1 with the job's
- * messages dealt with as job_create does. */
-static int pool_create(struct job *j)
+/* Creates the job's pooled Machine, stopped (the update runs it); as job_create. */
+static enum job_end pool_create(struct job *j)
 {
     struct fly_machine_spec spec = job_spec(j, j->pool_key);
     struct fly_machine m;
+    enum job_end how;
 
     spec.events = spec.meta = NULL;  /* they come with the update */
     spec.events_len = spec.meta_len = 0;
     spec.skip_launch = 1;
-    if (job_create(j, &spec, &m) < 0) {
+    if ((how = job_create(j, &spec, &m)) != JOB_DONE) {
         pool_drop(&j->d->pool, j->pm);
         j->pm = NULL;
-        return -1;
+        return how;
     }
     pool_created(&j->d->pool, j->pm, m.id);
-    return 0;
+    return JOB_DONE;
 }
 
 /* Updates the leased Machine with the job's events, which starts it. 0 when it runs, 1 when
@@ -730,18 +742,18 @@ static int pool_update(struct job *j, struct fly_machine *m)
 
 /* The Machine runs the group: acknowledged as LAMBDO_ACK says, then the Machine is free
  * again, its lease kept for a job of its key that waits here, else released. */
-static int pool_follow(struct job *j, const struct fly_machine *m, int64_t started)
+static enum job_end pool_follow(struct job *j, const struct fly_machine *m, int64_t started)
 {
     struct daemon *d = j->d;
-    int rc;
 
     log_info("group %s: pooled machine %s runs %zu events (image %s, size %s)", j->gid, m->id,
              j->count, j->image, j->preset->name);
     j->follow = pool_target(j, 0);
+    /* acknowledged before the Machine is free again (create mode: before it is followed) */
     if (d->cfg->ack_on_exit) {
-        rc = job_acknowledge_exit(j, m, started);
+        job_end(j, job_exit_outcome(j, m, started));
     } else {
-        rc = job_delete(j) == 0 ? 0 : -1;
+        job_end(j, JOB_DONE);
         if (job_follow(j, m, started) == FOLLOW_TIMEOUT)
             job_kill(j, m);
     }
@@ -755,7 +767,7 @@ static int pool_follow(struct job *j, const struct fly_machine *m, int64_t start
     }
     j->pm = NULL;
     pool_gauges(d);
-    return rc;
+    return JOB_ENDED;
 }
 
 /* While a job waits for a pooled Machine: its heartbeats; nonzero once lambdo stops. */
@@ -768,7 +780,7 @@ static int pool_wait_idle(void *ctx)
 }
 
 /* LAMBDO_POOL: the group runs on a stopped Machine of its key, leased and updated. */
-static int job_run_pool(struct job *j)
+static enum job_end job_run_pool(struct job *j)
 {
     struct daemon *d = j->d;
     struct fly_machine m;
@@ -780,28 +792,28 @@ static int job_run_pool(struct job *j)
 
         if (take == POOL_TAKE_STOP) {
             log_info("group %s: stopping while it waited for a pooled machine", j->gid);
-            return job_return(j, 0);
+            return JOB_RETURN;
         }
         /* before a create: Machines another lambdo made count toward N, and may be free */
         if (fresh && pool_list(d, j->http, j->pool_key) > 0) {
             pool_drop(&d->pool, j->pm);  /* the slot: another lambdo's Machines fill it */
             continue;
         }
-        if (fresh && pool_create(j) < 0)
-            return -1;
+        if (fresh && (rc = pool_create(j)) != JOB_DONE)
+            return rc;
         if (pool_lease(j, fresh) < 0)
             continue;
         if ((rc = pool_update(j, &m)) > 0)
             continue;
         if (rc < 0)
-            return job_return(j, d->cfg->retry_delay);
+            return JOB_RETRY;
         metrics_count(&d->metrics, fresh ? METRICS_POOL_NEW : METRICS_POOL_WARM, 1);
         pool_gauges(d);
         return pool_follow(j, &m, started);
     }
     log_error("group %s: no pooled machine took it after %d tries; %zu messages go back to the "
               "queue", j->gid, POOL_TRIES, j->count);
-    return job_return(j, d->cfg->retry_delay);
+    return JOB_RETRY;
 }
 
 /* Runs one job to its end: its messages are deleted or handed back. */
@@ -810,24 +822,20 @@ static void job_run(struct job *j, int stopping)
     struct fly_machine_spec spec = job_spec(j, NULL);
     struct fly_machine m;
     int64_t started = now_ms();
-    int ok;
+    enum job_end how;
 
     if (stopping) {
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
-        job_return(j, 0);
-        return;
+        how = JOB_RETURN;
+    } else if (j->d->cfg->backend_local) {
+        how = job_run_local(j);
+    } else if (j->d->cfg->pool) {
+        how = job_run_pool(j);
+    } else if ((how = job_create(j, &spec, &m)) == JOB_DONE && j->d->cfg->ack_on_exit) {
+        how = job_exit_outcome(j, &m, started);
     }
-    if (j->d->cfg->backend_local)
-        ok = job_run_local(j) == 0;
-    else if (j->d->cfg->pool)
-        ok = job_run_pool(j) == 0;
-    else if (job_create(j, &spec, &m) < 0)
-        ok = 0;
-    else
-        ok = j->d->cfg->ack_on_exit ? job_acknowledge_exit(j, &m, started) == 0
-                                    : job_delete(j) == 0;
-    once_record_job(j, ok, j->visible_until_ms);  /* a failure not returned: hidden till then */
+    job_end(j, how);
 }
 
 /* A worker runs queued jobs one after the other until daemon_drain: a thread per job
@@ -836,9 +844,10 @@ static void *worker_main(void *arg)
 {
     struct daemon *d = arg;
     struct http_client http;           /* its keep-alive connections serve every job */
-    struct sigv4_key key = { 0 };
+    struct sqs_client sqs;
 
     http_client_init(&http, &d->anchors);
+    sqs_open(d, &sqs, &http);
     pthread_mutex_lock(&d->mu);
     while (!d->quitting || d->queue) {
         struct job *j = d->queue;
@@ -854,7 +863,7 @@ static void *worker_main(void *arg)
         metrics_set_in_flight(&d->metrics, d->running);
         pthread_mutex_unlock(&d->mu);
         j->http = &http;
-        j->key = &key;
+        j->sqs = &sqs;
         job_run(j, stopping);
         job_free(j);
         pthread_mutex_lock(&d->mu);
@@ -863,10 +872,9 @@ static void *worker_main(void *arg)
         metrics_set_in_flight(&d->metrics, d->running);
         pthread_cond_broadcast(&d->changed);
     }
-    pthread_mutex_unlock(&d->mu);
+    /* closed under mu: daemon_drain must not free what it uses (the anchors) before */
     http_client_close(&http);
-    explicit_bzero(&key, sizeof key);
-    pthread_mutex_lock(&d->mu);
+    explicit_bzero(&sqs.sigv4_key, sizeof sqs.sigv4_key);
     d->workers--;
     pthread_cond_broadcast(&d->changed);
     pthread_mutex_unlock(&d->mu);
@@ -924,7 +932,7 @@ static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
     j->count = n;
     j->visible_until_ms = visible_until;
     j->http = &d->main_http;
-    j->key = &d->main_key;
+    j->sqs = &d->main_sqs;
     j->follow = d->follow;
     j->image = job_copy(&p, image);
     j->command = command ? job_copy(&p, command) : NULL;
@@ -1076,36 +1084,37 @@ static void once_release(struct daemon *d)
     }
 }
 
-/* The window's messages as events, and their grouping, in one allocation (ev's). */
-struct plan {
-    struct event *ev;
-    struct sqs_message **msg;          /* ev[i]'s message */
-    struct sqs_message **held;         /* not run: invalid, or (--once) failed too often */
+#define WINDOW_MAX_MESSAGES (WINDOW_MAX_BATCHES * SQS_MAX_MESSAGES)
+
+/* The window's messages as events, and their grouping: the main thread's scratch, static
+ * so that nothing is allocated per window (pages untouched cost nothing). */
+static struct plan {
+    struct event ev[WINDOW_MAX_MESSAGES];
+    struct sqs_message *msg[WINDOW_MAX_MESSAGES];   /* ev[i]'s message */
+    struct sqs_message *held[WINDOW_MAX_MESSAGES];  /* not run: invalid, or (--once) failed
+                                                       too often */
     size_t n, nheld;
     struct group_plan gp;
-    struct group *parts;               /* the groups split to fit the byte cap: Machines */
-    size_t *scratch;                   /* group_fifo_order's part_of, then its returned */
-};
+    struct group groups[WINDOW_MAX_MESSAGES];
+    struct lerr verdicts[WINDOW_MAX_MESSAGES];
+    size_t members[WINDOW_MAX_MESSAGES];
+    struct group parts[WINDOW_MAX_MESSAGES];        /* the groups split to fit the byte cap:
+                                                       Machines */
+    size_t part_of[WINDOW_MAX_MESSAGES];            /* group_fifo_order's storage, */
+    size_t returned[WINDOW_MAX_MESSAGES];           /* and its answer */
+    struct job_msg returning[WINDOW_MAX_MESSAGES];  /* those messages, for SQS */
+} plan;
 
 /* Groups the window's messages. Dispatching, the messages sqs.c flagged and (--once)
- * those that failed too often go to held instead, logged. 0, or -1 with e set. */
-static int plan_build(struct daemon *d, const struct window *w, int dispatching,
-                      struct plan *p, struct lerr *e)
+ * those that failed too often go to held instead, logged. */
+static struct plan *plan_build(struct daemon *d, const struct window *w, int dispatching)
 {
-    size_t cap = w->nmessages ? w->nmessages : 1;
+    struct plan *p = &plan;
+    struct lerr e;
 
-    memset(p, 0, sizeof *p);
-    p->ev = calloc(cap, sizeof *p->ev + 2 * sizeof *p->msg + 2 * sizeof *p->gp.groups +
-                            3 * sizeof *p->gp.members + sizeof *p->gp.verdicts);
-    if (!p->ev)
-        return lerr_set(e, LERR_NOMEM, "out of memory");
-    p->msg = (struct sqs_message **)(p->ev + cap);
-    p->held = p->msg + cap;
-    p->gp.groups = (struct group *)(p->held + cap);
-    p->parts = p->gp.groups + cap;
-    p->gp.members = (size_t *)(p->parts + cap);
-    p->scratch = p->gp.members + cap;
-    p->gp.verdicts = (struct lerr *)(p->scratch + 2 * cap);  /* last: its size is odd */
+    p->n = p->nheld = 0;
+    p->gp = (struct group_plan){ .groups = p->groups, .members = p->members,
+                                 .verdicts = p->verdicts };
     for (size_t b = 0; b < w->nbatches; b++) {
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
@@ -1129,59 +1138,48 @@ static int plan_build(struct daemon *d, const struct window *w, int dispatching,
             p->msg[p->n++] = m;
         }
     }
-    if (p->n && group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine, &p->gp, e) < 0)
-        return -1;
-    return 0;
+    /* it fails only on bad arguments: the storage is there, config.c bounds
+     * events_per_machine */
+    group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine, &p->gp, &e);
+    return p;
 }
 
 /* FIFO queues: the messages that would run out of their group's order (group.h) go back
  * at once; SQS hands them out again, in order, once the group's earlier ones are deleted. */
 static void fifo_return(struct daemon *d, struct plan *p, size_t nparts)
 {
-    size_t *returned = p->scratch + p->n;  /* after part_of */
-    size_t n = group_fifo_order(p->ev, p->n, p->parts, nparts, p->scratch, returned);
-    struct job_msg m[SQS_MAX_MESSAGES];
+    size_t n = group_fifo_order(p->ev, p->n, p->parts, nparts, p->part_of, p->returned);
 
-    for (size_t off = 0; off < n; off += SQS_MAX_MESSAGES) {
-        size_t k = n - off < SQS_MAX_MESSAGES ? n - off : SQS_MAX_MESSAGES;
-        for (size_t i = 0; i < k; i++) {
-            const struct sqs_message *msg = p->msg[returned[off + i]];
-            m[i] = (struct job_msg){ msg->message_id, msg->receipt_handle };
-            log_info("message %s of FIFO group %s returned: the group's earlier messages run "
-                     "in another Machine or are still in flight; SQS delivers it after them",
-                     msg->message_id, msg->message_group_id);
-        }
-        batch_all(d, &d->main_http, &d->main_key, "fifo", m, k, 0, 0, METRICS_NCOUNTERS);
+    for (size_t i = 0; i < n; i++) {
+        const struct sqs_message *msg = p->msg[p->returned[i]];
+        p->returning[i] = (struct job_msg){ msg->message_id, msg->receipt_handle };
+        log_info("message %s of FIFO group %s returned: the group's earlier messages run in "
+                 "another Machine or are still in flight; SQS delivers it after them",
+                 msg->message_id, msg->message_group_id);
     }
+    batch_all(d, &d->main_sqs, "fifo", p->returning, n, 0, 0, METRICS_NCOUNTERS);
 }
 
 /* Validates, groups and dispatches everything in the window. */
 static void window_dispatch(struct daemon *d, struct window *w)
 {
-    struct plan p;
-    struct lerr e;
+    struct plan *p = plan_build(d, w, 1);
     size_t nparts = 0;
 
-    if (plan_build(d, w, 1, &p, &e) < 0) {
-        log_error("cannot group %zu messages: %s; they return after the visibility timeout",
-                  w->nmessages, e.msg);
-    } else {
-        for (size_t i = 0; i < p.n; i++)
-            if (p.gp.verdicts[i].kind != LERR_NONE) {
-                log_invalid(d, p.msg[i], p.gp.verdicts[i].msg);
-                p.held[p.nheld++] = p.msg[i];
-            }
-        for (size_t gi = 0; gi < p.gp.ngroups; gi++)
-            nparts += split_group(d, p.ev, &p.gp.groups[gi], p.parts + nparts);
-        if (d->cfg->fifo)
-            fifo_return(d, &p, nparts);
-        for (size_t pi = 0; pi < nparts; pi++)
-            if (p.parts[pi].count)
-                dispatch_part(d, p.ev, &p.parts[pi], p.msg, w->visible_until_ms);
-        if (d->once)
-            once_hold(d, p.held, p.nheld, w->visible_until_ms);
-    }
-    free(p.ev);
+    for (size_t i = 0; i < p->n; i++)
+        if (p->verdicts[i].kind != LERR_NONE) {
+            log_invalid(d, p->msg[i], p->verdicts[i].msg);
+            p->held[p->nheld++] = p->msg[i];
+        }
+    for (size_t gi = 0; gi < p->gp.ngroups; gi++)
+        nparts += split_group(d, p->ev, &p->groups[gi], p->parts + nparts);
+    if (d->cfg->fifo)
+        fifo_return(d, p, nparts);
+    for (size_t pi = 0; pi < nparts; pi++)
+        if (p->parts[pi].count)
+            dispatch_part(d, p->ev, &p->parts[pi], p->msg, w->visible_until_ms);
+    if (d->once)
+        once_hold(d, p->held, p->nheld, w->visible_until_ms);
     window_clear(w);
 }
 
@@ -1199,7 +1197,7 @@ static void window_keepalive(struct daemon *d, struct window *w)
         for (size_t i = 0; i < w->batches[b].count; i++)
             m[i] = (struct job_msg){ w->batches[b].messages[i].message_id,
                                      w->batches[b].messages[i].receipt_handle };
-        batch_all(d, &d->main_http, &d->main_key, "window", m, w->batches[b].count, 0, vis,
+        batch_all(d, &d->main_sqs, "window", m, w->batches[b].count, 0, vis,
                   METRICS_NCOUNTERS);
     }
     w->visible_until_ms = t + (int64_t)vis * 1000;
@@ -1209,9 +1207,7 @@ static void window_keepalive(struct daemon *d, struct window *w)
 static int window_ready(struct daemon *d, const struct window *w)
 {
     const struct config *cfg = d->cfg;
-    struct plan p;
-    struct lerr e;
-    int ready;
+    struct plan *p;
 
     if (!w->nmessages)
         return 0;
@@ -1219,14 +1215,13 @@ static int window_ready(struct daemon *d, const struct window *w)
         w->nbatches == WINDOW_MAX_BATCHES || w->bytes >= (size_t)cfg->max_events_bytes)
         return 1;
     /* Count per (image, size, command) the cheap way: group what we have. */
-    ready = plan_build(d, w, 0, &p, &e) < 0;
-    for (size_t g = 0; g < p.gp.ngroups && !ready; g++)
-        ready = p.gp.groups[g].count >= (size_t)cfg->events_per_machine;
-    free(p.ev);
-    return ready;
+    p = plan_build(d, w, 0);
+    for (size_t g = 0; g < p->gp.ngroups; g++)
+        if (p->groups[g].count >= (size_t)cfg->events_per_machine)
+            return 1;
+    return 0;
 }
 
-/* Free Machine slots as the receiver sees them: jobs alive, waiting ones included. */
 /* At the cap, receiving would take messages that cannot start: wait for a job to end.
  * Returns the free Machine slots as the receiver sees them (jobs queued count). */
 static int daemon_wait_for_slot(struct daemon *d)
@@ -1239,15 +1234,10 @@ static int daemon_wait_for_slot(struct daemon *d)
         /* not receiving is our choice here: /healthz must not hold it against us */
         if (!waited++)
             metrics_receive_idle(&d->metrics, 1);
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 200 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        clock_gettime(CLOCK_REALTIME, &until);  /* 200 ms from now */
+        until.tv_sec += until.tv_nsec >= 800000000L;
+        until.tv_nsec = (until.tv_nsec + 200000000L) % 1000000000L;
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
-        if (d->jobs < d->cfg->max_machines)
-            break;  /* the main loop looks for a stop signal next */
         pthread_mutex_unlock(&d->mu);
         daemon_stopping(d, NULL);
         main_keepalive(d);
@@ -1412,26 +1402,6 @@ static void pool_maintain(struct daemon *d)
     pool_gauges(d);
 }
 
-/* A restarted lambdo finds its pool again: the app's Machines that carry lambdo's pool
- * metadata. Without the list, it starts with an empty pool (new Machines are created). */
-static void pool_discover(struct daemon *d)
-{
-    long found = pool_list(d, &d->main_http, NULL);
-
-    if (found >= 0)
-        log_info("pool: up to %d machines per image, size and command; %ld pooled machines "
-                 "found in app %s", d->cfg->pool, found, d->cfg->fly_app);
-    pool_gauges(d);
-}
-
-/* Stopping: the leases of Machines kept for a next job are given up (the Machines stay,
- * stopped, for the next lambdo). After the workers ended. */
-static void pool_shutdown(struct daemon *d)
-{
-    for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next)
-        if (pm->nonce[0])
-            pool_unlease(d, &d->main_http, pm);
-}
 
 /* ------------------------------------------------------------------ start and stop ----- */
 
@@ -1454,6 +1424,9 @@ static int signals_open(struct lerr *e)
 
 static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *e)
 {
+    struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
+                                  cfg->long_poll_seconds, NULL, NULL };
+
     memset(d, 0, sizeof *d);
     d->cfg = cfg;
     d->signal_fd = -1;
@@ -1461,6 +1434,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     pthread_cond_init(&d->changed, NULL);
     pthread_cond_init(&d->work, NULL);
     d->queue_tail = &d->queue;
+    if (cfg->pool)
+        pool_init(&d->pool, cfg->pool);
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
         return -1;
@@ -1477,10 +1452,8 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     http_client_init(&d->receive_http, &d->anchors);
     http_client_init(&d->main_http, &d->anchors);
     d->receive_http.cancel_fd = d->signal_fd;
-    sqs_client_init(&d->receiver, &d->receive_http, &cfg->sqs_endpoint, cfg->queue_url,
-                    cfg->aws_region, NULL);
-    d->receiver.provider = &d->creds;
-    d->receiver.metrics = &d->metrics;
+    sqs_open(d, &d->receiver, &d->receive_http);
+    sqs_open(d, &d->main_sqs, &d->main_http);
     /* A stop ends 429 waits, never a request in flight. */
     d->fly = (struct fly_target){ .base = &cfg->fly_api, .app = cfg->fly_app,
                                   .token = cfg->fly_token, .stop_fd = &d->signal_fd,
@@ -1488,35 +1461,38 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
                                   .metrics = &d->metrics };
     d->follow = d->fly;
     d->follow.stop_fd = NULL;
-    {
-        struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
-                                      cfg->long_poll_seconds, NULL, NULL };
-        if (metrics_init(&d->metrics, &mo, e) < 0)
-            return -1;
-        d->metrics_on = 1;
-    }
+    if (metrics_init(&d->metrics, &mo, e) < 0)
+        return -1;
+    d->metrics_on = 1;
     if (cfg->metrics_addr && metrics_serve(&d->metrics, cfg->metrics_addr, e) < 0)
         return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
     if (cfg->pool) {
-        if (pool_init(&d->pool, cfg->pool, e) < 0)
-            return -1;
-        d->pool_on = 1;
-        pool_discover(d);
+        long found;
+        /* A restarted lambdo finds its pool again: the app's Machines that carry lambdo's
+         * pool metadata. Without the list, it starts with an empty pool. */
+        if ((found = pool_list(d, &d->main_http, NULL)) >= 0)
+            log_info("pool: up to %d machines per image, size and command; %ld pooled "
+                     "machines found in app %s", cfg->pool, found, cfg->fly_app);
+        pool_gauges(d);
     }
     return 0;
 }
 
 static void daemon_close(struct daemon *d)
 {
-    if (d->pool_on) {
-        pool_shutdown(d);
+    if (d->cfg->pool) {
+        /* the leases of Machines kept for a next job are given up (the Machines stay,
+         * stopped, for the next lambdo): the workers have ended */
+        for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next)
+            if (pm->nonce[0])
+                pool_unlease(d, &d->main_http, pm);
         pool_destroy(&d->pool);
     }
     if (d->metrics_on)
         metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
     http_client_close(&d->main_http);
-    explicit_bzero(&d->main_key, sizeof d->main_key);
+    explicit_bzero(&d->main_sqs.sigv4_key, sizeof d->main_sqs.sigv4_key);
     creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
     ratelimit_destroy(&d->create_rl);
@@ -1606,7 +1582,7 @@ int daemon_run(const struct config *cfg, int once)
         if (rc > 0)
             w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
         main_keepalive(&d);
-        if (d.pool_on)
+        if (cfg->pool)
             pool_maintain(&d);
         if (window_ready(&d, &w))
             window_dispatch(&d, &w);

@@ -3,7 +3,7 @@
  *
  * The main thread long-polls SQS, groups the events and queues a job per group for a set
  * of at most LAMBDO_MAX_MACHINES worker threads (started as jobs need them, kept until
- * the stop, each with its own HTTP client). A job creates the group's Machine (or runs
+ * the stop, each with its own HTTP and SQS clients). A job creates the group's Machine (or runs
  * its local child: local.c) and acknowledges its messages: at once after the create
  * (LAMBDO_ACK=create), or after the Machine exited 0 (LAMBDO_ACK=exit), keeping the
  * messages hidden with visibility heartbeats meanwhile. A running job holds a Machine

@@ -11,17 +11,13 @@ struct pool_waiter {
     struct pool_waiter *next;
 };
 
-int pool_init(struct pool *p, int per_key, struct lerr *e)
+void pool_init(struct pool *p, int per_key)
 {
     memset(p, 0, sizeof *p);
     p->per_key = per_key;
-    if (pthread_mutex_init(&p->mu, NULL) != 0)
-        return lerr_set(e, LERR_IO, "pool: cannot make a mutex");
-    if (pthread_cond_init(&p->freed, NULL) != 0) {
-        pthread_mutex_destroy(&p->mu);
-        return lerr_set(e, LERR_IO, "pool: cannot make a condition variable");
-    }
-    return 0;
+    /* with default attributes, neither can fail (musl, glibc) */
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->freed, NULL);
 }
 
 static void machine_free(struct pool_machine *m)
@@ -152,16 +148,14 @@ int pool_wanted(struct pool *p, const char *key)
     return wanted;
 }
 
-/* Under mu: m moves to the head of the list (most recently freed first). */
-static void move_to_front(struct pool *p, struct pool_machine *m)
+/* Under mu: m leaves the list. */
+static void unlink_machine(struct pool *p, struct pool_machine *m)
 {
     struct pool_machine **pp;
 
     for (pp = &p->list; *pp != m; pp = &(*pp)->next)
         ;
     *pp = m->next;
-    m->next = p->list;
-    p->list = m;
 }
 
 void pool_put(struct pool *p, struct pool_machine *m, int64_t now)
@@ -170,7 +164,9 @@ void pool_put(struct pool *p, struct pool_machine *m, int64_t now)
     m->state = m->nonce[0] ? POOL_HELD : POOL_IDLE;
     m->idle_since_ms = now;
     m->skip_until_ms = 0;
-    move_to_front(p, m);
+    unlink_machine(p, m);  /* to the head: most recently freed first */
+    m->next = p->list;
+    p->list = m;
     pthread_cond_broadcast(&p->freed);
     pthread_mutex_unlock(&p->mu);
 }
@@ -187,12 +183,8 @@ void pool_skip(struct pool *p, struct pool_machine *m, int64_t until)
 
 void pool_drop(struct pool *p, struct pool_machine *m)
 {
-    struct pool_machine **pp;
-
     pthread_mutex_lock(&p->mu);
-    for (pp = &p->list; *pp != m; pp = &(*pp)->next)
-        ;
-    *pp = m->next;
+    unlink_machine(p, m);
     pthread_cond_broadcast(&p->freed);  /* its key may create another now */
     pthread_mutex_unlock(&p->mu);
     machine_free(m);

@@ -22,7 +22,6 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "err.h"
 #include "fly.h"
 #include "group.h"
 
@@ -59,8 +58,8 @@ enum pool_take {
     POOL_TAKE_STOP,     /* idle asked to stop waiting, or out of memory: nothing taken */
 };
 
-/* An empty pool of at most per_key Machines per key. LERR_IO if the mutex cannot be made. */
-int pool_init(struct pool *p, int per_key, struct lerr *e);
+/* An empty pool of at most per_key Machines per key. */
+void pool_init(struct pool *p, int per_key);
 
 /* Frees every entry (the Machines stay in Fly, stopped, for the next lambdo). */
 void pool_destroy(struct pool *p);

@@ -12,15 +12,12 @@
 
 int ratelimit_init(struct ratelimit *rl, double rate, int burst, struct lerr *e)
 {
-    int rc;
-
     memset(rl, 0, sizeof *rl);
     if (!isfinite(rate) || !(rate > 0))
         return lerr_set(e, LERR_INVALID, "rate limit: the rate must be a number above 0");
     if (burst < 1)
         return lerr_set(e, LERR_INVALID, "rate limit: the burst must be at least 1");
-    if ((rc = pthread_mutex_init(&rl->mu, NULL)) != 0)
-        return lerr_set(e, LERR_IO, "rate limit: pthread_mutex_init: %s", strerror(rc));
+    pthread_mutex_init(&rl->mu, NULL);  /* with default attributes, it cannot fail */
     rl->rate = rate;
     rl->burst = burst;
     rl->tokens = burst;  /* last_ns 0: any clock reading refills it to exactly full */
@@ -68,41 +65,42 @@ static int64_t debt_ns(const struct ratelimit *rl, double tokens)
     return n < d ? n + 1 : n;
 }
 
-static int64_t wait_from(int64_t ready, int64_t now)
+/* Under mu: how long a token ready at `ready` must wait at now; none is valid during a
+ * pause. */
+static int64_t wait_from(const struct ratelimit *rl, int64_t ready, int64_t now)
 {
+    if (ready < rl->pause_until_ns)
+        ready = rl->pause_until_ns;
     return ready > now ? ready - now : 0;
 }
 
 int64_t ratelimit_reserve_at(struct ratelimit *rl, int64_t now_ns, struct ratelimit_ticket *tk)
 {
-    int64_t ready;
+    int64_t ready, wait;
 
     pthread_mutex_lock(&rl->mu);
     refill(rl, now_ns);
     rl->tokens -= 1;
     ready = rl->last_ns + debt_ns(rl, rl->tokens);
-    if (ready < rl->pause_until_ns)
-        ready = rl->pause_until_ns;
+    wait = wait_from(rl, ready, now_ns);
     if (tk) {
-        tk->ready_ns = ready;
+        tk->ready_ns = ready > rl->pause_until_ns ? ready : rl->pause_until_ns;
         tk->shift_ns = rl->shift_ns;
     }
     pthread_mutex_unlock(&rl->mu);
-    return wait_from(ready, now_ns);
+    return wait;
 }
 
 int64_t ratelimit_ticket_wait_at(struct ratelimit *rl, const struct ratelimit_ticket *tk,
                                  int64_t now_ns)
 {
-    int64_t ready;
+    int64_t wait;
 
     pthread_mutex_lock(&rl->mu);
     /* every penalty since the reservation pushed the whole queue back by its shift */
-    ready = tk->ready_ns + (rl->shift_ns - tk->shift_ns);
-    if (ready < rl->pause_until_ns)
-        ready = rl->pause_until_ns;
+    wait = wait_from(rl, tk->ready_ns + (rl->shift_ns - tk->shift_ns), now_ns);
     pthread_mutex_unlock(&rl->mu);
-    return wait_from(ready, now_ns);
+    return wait;
 }
 
 void ratelimit_give_back(struct ratelimit *rl)

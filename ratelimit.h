@@ -43,8 +43,7 @@ struct ratelimit_ticket {
     int64_t shift_ns;
 };
 
-/* A full bucket. LERR_INVALID unless rate is finite and > 0 and burst >= 1; LERR_IO if
- * the mutex cannot be made. */
+/* A full bucket. LERR_INVALID unless rate is finite and > 0 and burst >= 1. */
 int ratelimit_init(struct ratelimit *rl, double rate, int burst, struct lerr *e);
 
 void ratelimit_destroy(struct ratelimit *rl);

@@ -36,10 +36,7 @@ static int idle_stop_after_one(void *ctx)
 
 static void init(struct pool *p, int per_key)
 {
-    struct lerr e = { 0 };
-
-    if (pool_init(p, per_key, &e) != 0)
-        fail_msg("pool_init: %s", e.msg);
+    pool_init(p, per_key);
 }
 
 /* Takes a Machine (or a create slot) for key; fails the test if it would wait. */
