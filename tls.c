@@ -480,6 +480,57 @@ static void tls_host_ip(struct tls_client *tc, const char *host)
     }
 }
 
+/* ---- elliptic curves --------------------------------------------------------------------- */
+
+/* X25519 with BearSSL's Curve25519 code, P-256, P-384 and P-521 with its generic prime-curve
+ * code, instead of its default set, which adds a P-256-only implementation: 7.9 KB less. The
+ * price is paid once per connection, in ECDSA checks of P-256 chains: a handshake with the
+ * test chain takes 46 M instructions instead of 24 M (callgrind), about 1 ms more CPU. */
+static const br_ec_impl *tls_ec_for(int curve)
+{
+    return curve == BR_EC_curve25519 ? &br_ec_c25519_m31 : &br_ec_prime_i31;
+}
+
+static const unsigned char *tls_ec_generator(int curve, size_t *len)
+{
+    return tls_ec_for(curve)->generator(curve, len);
+}
+
+static const unsigned char *tls_ec_order(int curve, size_t *len)
+{
+    return tls_ec_for(curve)->order(curve, len);
+}
+
+static size_t tls_ec_xoff(int curve, size_t *len)
+{
+    return tls_ec_for(curve)->xoff(curve, len);
+}
+
+static uint32_t tls_ec_mul(unsigned char *g, size_t glen, const unsigned char *x, size_t xlen,
+                           int curve)
+{
+    return tls_ec_for(curve)->mul(g, glen, x, xlen, curve);
+}
+
+static size_t tls_ec_mulgen(unsigned char *r, const unsigned char *x, size_t xlen, int curve)
+{
+    return tls_ec_for(curve)->mulgen(r, x, xlen, curve);
+}
+
+/* ECDSA only: never on Curve25519. */
+static uint32_t tls_ec_muladd(unsigned char *a, const unsigned char *b, size_t len,
+                              const unsigned char *x, size_t xlen, const unsigned char *y,
+                              size_t ylen, int curve)
+{
+    return br_ec_prime_i31.muladd(a, b, len, x, xlen, y, ylen, curve);
+}
+
+static const br_ec_impl tls_ec = {
+    (uint32_t)1 << BR_EC_secp256r1 | (uint32_t)1 << BR_EC_secp384r1 |
+        (uint32_t)1 << BR_EC_secp521r1 | (uint32_t)1 << BR_EC_curve25519,
+    tls_ec_generator, tls_ec_order, tls_ec_xoff, tls_ec_mul, tls_ec_mulgen, tls_ec_muladd,
+};
+
 /* ---- client engine ---------------------------------------------------------------------- */
 
 void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
@@ -512,7 +563,8 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
      * i62 default: 1.6 KB less, and an RSA check with e = 65537 is cheap either way. */
     br_ssl_client_set_rsapub(cc, br_rsa_i31_public);
     br_ssl_engine_set_rsavrfy(&cc->eng, br_rsa_i31_pkcs1_vrfy);
-    br_ssl_engine_set_default_ecdsa(&cc->eng);
+    br_ssl_engine_set_ec(&cc->eng, &tls_ec);
+    br_ssl_engine_set_ecdsa(&cc->eng, br_ecdsa_i31_vrfy_asn1);
     br_x509_minimal_set_rsa(&tc->xc, br_ssl_engine_get_rsavrfy(&cc->eng));
     br_x509_minimal_set_ecdsa(&tc->xc, br_ssl_engine_get_ec(&cc->eng),
                               br_ssl_engine_get_ecdsa(&cc->eng));
