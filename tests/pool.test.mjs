@@ -217,7 +217,10 @@ describe('warm pool (LAMBDO_POOL)', () => {
     const creates0 = rig.fly.creates().length;
 
     const b = rig.lambdo(q.url, poolEnv());
-    const second = await send(q.url, 10, 'second', image);
+    // As many groups as the pool has Machines: the first lambdo may have made only one (its
+    // groups can arrive in two receives, the second after the first group ended), and a
+    // second group at once would then rightly create the pool's second Machine.
+    const second = await send(q.url, pool.length * 5, 'second', image);
     await waitDeleted(q.url, second, [b]);
     const list = assertHandled(q.url, second, [b]);
     assert.ok(rig.fly.requests.some((x) => x.op === 'Machines_list' && x.status === 200), 'listed the app');
