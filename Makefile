@@ -81,10 +81,10 @@ $(B)/glibc/bearssl/%.o: $(BEARSSL)/src/%.c
 	@mkdir -p $(@D)
 	$(GLIBC_CC) -O2 -g -I$(BEARSSL)/inc -I$(BEARSSL)/src -c $< -o $@
 # -O3 where lambdo's steady-state CPU goes: SHA-256 (SigV4 hashes every request; -1.6 %
-# instructions per event) and BearSSL's constant-time copy (P-256 table lookups; -6 % per
-# handshake), 1 KB together. P-256 itself stays -Os: -O3 would make a handshake 20 % cheaper
-# (19.5 M instructions instead of 24.4 M) for 6.8 KB, and a handshake happens once per
-# keep-alive connection, not per event (plain -O2 is slower than -Os there: 26.6 M).
+# instructions per event) and BearSSL's constant-time copy (the elliptic-curve code's table
+# lookups: measured -6 % per handshake with the P-256-only code tls.c no longer links), 1 KB
+# together. The curve code itself stays -Os: a handshake happens once per keep-alive
+# connection, not per event (see tls.c's tls_ec).
 BR_HOT  := codec/ccopy hash/sha2small
 $(BR_HOT:%=$(B)/musl/bearssl/%.o): MUSL_CF += -O3
 $(BR_HOT:%=$(B)/musl/bearssl/%.o): Makefile
