@@ -164,19 +164,14 @@ static const unsigned char *json_digits(const unsigned char *p, const unsigned c
 /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
 static int json_number(struct json *j)
 {
-    const unsigned char *p = j->p, *q, *end = j->end;
+    const unsigned char *p = j->p + (*j->p == '-'), *q, *end = j->end;
 
-    if (*p == '-')
-        p++;
-    if (p == end || *p < '0' || *p > '9')
+    q = json_digits(p, end);
+    if (q == p)
         return json_fail(j, p, "expected a digit");
-    if (*p == '0') {
-        p++;
-        if (p < end && *p >= '0' && *p <= '9')
-            return json_fail(j, p - 1, "leading zero in number");
-    } else {
-        p = json_digits(p, end);
-    }
+    if (*p == '0' && q - p > 1)
+        return json_fail(j, p, "leading zero in number");
+    p = q;
     if (p < end && *p == '.') {
         q = json_digits(p + 1, end);
         if (q == p + 1)
@@ -184,9 +179,7 @@ static int json_number(struct json *j)
         p = q;
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
-        p++;
-        if (p < end && (*p == '+' || *p == '-'))
-            p++;
+        p += 1 + (p + 1 < end && (p[1] == '+' || p[1] == '-'));
         q = json_digits(p, end);
         if (q == p)
             return json_fail(j, p, "expected a digit in the exponent");
@@ -217,14 +210,21 @@ static int json_scalar(struct json *j, int c)
     return json_fail(j, j->p, "unexpected character");
 }
 
-/* Inside an object or array, just after its opening bracket (first) or after a value:
- * 1 when a value comes next (an object's member name and colon read, the name into key
- * when key is not NULL), 0 after the closing bracket, -1. */
-static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
+/* Steps through an object (obj) or an array: *state is 0 before its opening bracket, which
+ * is then checked and read. 1 when a value comes next (an object's member name and colon
+ * read, the name into key when key is not NULL), 0 after the closing bracket, -1. */
+static int json_next(struct json *j, int *state, int obj, char *key, size_t cap)
 {
-    int c = json_peek(j);
+    int c = json_peek(j), first = !*state;
     size_t n;
 
+    if (first) {
+        if (c != (obj ? '{' : '['))
+            return json_fail(j, j->p, obj ? "expected an object" : "expected an array");
+        j->p++;
+        *state = 1;
+        c = json_peek(j);
+    }
     if (c == (obj ? '}' : ']')) {
         j->p++;
         return 0;
@@ -250,20 +250,9 @@ static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
     return 1;
 }
 
-static int json_open(struct json *j, int *state, int open, char *key, size_t cap)
-{
-    if (*state)
-        return json_more(j, open == '{', 0, key, cap);
-    if (json_peek(j) != open)
-        return json_fail(j, j->p, open == '{' ? "expected an object" : "expected an array");
-    j->p++;
-    *state = 1;
-    return json_more(j, open == '{', 1, key, cap);
-}
-
 int json_member(struct json *j, int *state, char *key, size_t cap)
 {
-    return json_open(j, state, '{', key, cap);
+    return json_next(j, state, 1, key, cap);
 }
 
 int json_member_of(struct json *j, int *state, const char *const *names, size_t n, int *which)
@@ -280,7 +269,7 @@ int json_member_of(struct json *j, int *state, const char *const *names, size_t 
 
 int json_element(struct json *j, int *state)
 {
-    return json_open(j, state, '[', NULL, 0);
+    return json_next(j, state, 0, NULL, 0);
 }
 
 /* One value at p, checked, without recursion: a bit per nesting level says "object" or
@@ -291,7 +280,7 @@ static int json_value(struct json *j, json_item_fn item, void *ctx)
     unsigned char objects[JSON_MAX_DEPTH / 8];
     const unsigned char *item_start = j->p;
     size_t depth = 0;
-    int r;
+    int r, state;
 
     for (;;) {
         /* a value is expected at p */
@@ -306,8 +295,8 @@ static int json_value(struct json *j, json_item_fn item, void *ctx)
                 objects[depth / 8] |= (unsigned char)(1u << depth % 8);
             else
                 objects[depth / 8] &= (unsigned char)~(1u << depth % 8);
-            j->p++;
-            if ((r = json_more(j, c == '{', 1, NULL, 0)) < 0)
+            state = 0;
+            if ((r = json_next(j, &state, c == '{', NULL, 0)) < 0)
                 return -1;
             if (r > 0) {
                 depth++;
@@ -322,7 +311,8 @@ static int json_value(struct json *j, json_item_fn item, void *ctx)
                 item(ctx, (size_t)(item_start - j->start), (size_t)(j->p - item_start));
             if (depth == 0)
                 return 0;
-            r = json_more(j, objects[(depth - 1) / 8] >> (depth - 1) % 8 & 1, 0, NULL, 0);
+            state = 1;
+            r = json_next(j, &state, objects[(depth - 1) / 8] >> (depth - 1) % 8 & 1, NULL, 0);
             if (r < 0)
                 return -1;
             if (r > 0)
@@ -380,24 +370,17 @@ char *json_buf_room(struct json_buf *b, size_t n)
     size_t cap = b->cap ? b->cap : 512;
     char *p;
 
-    if (b->oom)
-        return NULL;
-    if (b->cap - b->len >= n + 1)
-        return b->p + b->len;
-    while (cap - b->len < n + 1) {
-        if (cap > SIZE_MAX / 2) {
-            b->oom = 1;
-            return NULL;
-        }
+    while (cap - b->len < n + 1 && cap <= SIZE_MAX / 2)
         cap *= 2;
+    if (!b->oom && cap != b->cap && cap - b->len >= n + 1 && (p = realloc(b->p, cap))) {
+        b->p = p;
+        b->cap = cap;
     }
-    if (!(p = realloc(b->p, cap))) {
+    if (b->oom || b->cap - b->len < n + 1) {
         b->oom = 1;
         return NULL;
     }
-    b->p = p;
-    b->cap = cap;
-    return p + b->len;
+    return b->p + b->len;
 }
 
 static void json_buf_put(struct json_buf *b, const char *s, size_t n)

@@ -21,8 +21,6 @@
 
 #define SIGV4_ALGORITHM "AWS4-HMAC-SHA256"
 
-static const char HEX_UPPER[] = "0123456789ABCDEF";
-
 /* ---- output: a buffer that counts what did not fit ------------------------------------------ */
 
 struct sink {
@@ -92,9 +90,6 @@ static void sha256_of(const void *a, size_t alen, const char *b, unsigned char o
 
 /* ---- URI encoding ------------------------------------------------------------------------ */
 
-static const char UNRESERVED[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~";
-
 struct range {
     const char *p, *end;
 };
@@ -106,19 +101,14 @@ static void sink_uri(struct sink *s, struct range r, int decode)
 {
     while (r.p < r.end) {
         unsigned char c = (unsigned char)*r.p++;
+        char enc[3];
 
         if (decode && c == '%' && r.end - r.p >= 2 && text_hex_digit(r.p[0]) >= 0 &&
             text_hex_digit(r.p[1]) >= 0) {
             c = (unsigned char)(text_hex_digit(r.p[0]) << 4 | text_hex_digit(r.p[1]));
             r.p += 2;
         }
-        if (c && strchr(UNRESERVED, c)) {
-            sink_putc(s, (char)c);
-        } else {
-            sink_putc(s, '%');
-            sink_putc(s, HEX_UPPER[c >> 4]);
-            sink_putc(s, HEX_UPPER[c & 15]);
-        }
+        sink_put(s, enc, text_pct_byte(c, enc));
     }
 }
 
@@ -399,7 +389,7 @@ static int word_valid(const char *s, const char *bad)
 /* Region and service go into the credential scope, separated by '/'. */
 static int scope_part_valid(const char *s)
 {
-    size_t n = s ? strspn(s, UNRESERVED) : 0;
+    size_t n = s ? strspn(s, TEXT_UNRESERVED) : 0;
 
     return n > 0 && n <= SIGV4_MAX_NAME && !s[n];
 }
