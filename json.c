@@ -272,59 +272,33 @@ int json_element(struct json *j, int *state)
     return json_next(j, state, 0, NULL, 0);
 }
 
-/* One value at p, checked, without recursion: a bit per nesting level says "object" or
- * "array", so a deep value costs JSON_MAX_DEPTH bits of stack, never a deep C stack.
- * item, when not NULL, is called for each value at depth 1. */
-static int json_value(struct json *j, json_item_fn item, void *ctx)
+/* One value at p, checked; depth containers are open around it. item, when not NULL, is
+ * called for each element (member value) of the container at p. The recursion is bounded
+ * by max_depth (at most JSON_MAX_DEPTH): a frame of a few dozen bytes per level, well
+ * within a job thread's stack. */
+static int json_value(struct json *j, unsigned depth, json_item_fn item, void *ctx)
 {
-    unsigned char objects[JSON_MAX_DEPTH / 8];
-    const unsigned char *item_start = j->p;
-    size_t depth = 0;
-    int r, state;
+    int c = json_peek(j), state = 0, r;
+    const unsigned char *at;
 
-    for (;;) {
-        /* a value is expected at p */
-        int c = json_peek(j);
-
-        if (depth == 1)
-            item_start = j->p;
-        if (c == '[' || c == '{') {
-            if (depth >= j->max_depth || depth == JSON_MAX_DEPTH)
-                return json_fail(j, j->p, "nested too deeply");
-            if (c == '{')
-                objects[depth / 8] |= (unsigned char)(1u << depth % 8);
-            else
-                objects[depth / 8] &= (unsigned char)~(1u << depth % 8);
-            state = 0;
-            if ((r = json_next(j, &state, c == '{', NULL, 0)) < 0)
-                return -1;
-            if (r > 0) {
-                depth++;
-                continue;
-            }
-        } else if (json_scalar(j, c) < 0) {
+    if (c != '[' && c != '{')
+        return json_scalar(j, c);
+    if (depth >= j->max_depth || depth >= JSON_MAX_DEPTH)
+        return json_fail(j, j->p, "nested too deeply");
+    while ((r = json_next(j, &state, c == '{', NULL, 0)) > 0) {
+        json_peek(j);
+        at = j->p;
+        if (json_value(j, depth + 1, NULL, NULL) < 0)
             return -1;
-        }
-        /* a value ended at depth: close the containers it ends, or go on to the next */
-        for (;;) {
-            if (depth == 1 && item)
-                item(ctx, (size_t)(item_start - j->start), (size_t)(j->p - item_start));
-            if (depth == 0)
-                return 0;
-            state = 1;
-            r = json_next(j, &state, objects[(depth - 1) / 8] >> (depth - 1) % 8 & 1, NULL, 0);
-            if (r < 0)
-                return -1;
-            if (r > 0)
-                break;
-            depth--;
-        }
+        if (item)
+            item(ctx, (size_t)(at - j->start), (size_t)(j->p - at));
     }
+    return r;
 }
 
 int json_skip(struct json *j)
 {
-    return json_value(j, NULL, NULL);
+    return json_value(j, 0, NULL, NULL);
 }
 
 int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *err_at,
@@ -333,7 +307,7 @@ int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *
     struct json j;
 
     json_init(&j, s, len);
-    if (json_value(&j, item, ctx) == 0 && json_peek(&j) == -1)
+    if (json_value(&j, 0, item, ctx) == 0 && json_peek(&j) == -1)
         return 0;
     if (!j.why)
         json_fail(&j, j.p, "unexpected data after the JSON value");
