@@ -33,20 +33,19 @@ int json_peek(struct json *j)
     return j->p < j->end ? *j->p : -1;
 }
 
-static int hex4(const unsigned char *p, const unsigned char *end, unsigned *out)
+/* The code unit of the 4 hex digits at p, or -1 when there are not 4 before end. */
+static long hex4(const unsigned char *p, const unsigned char *end)
 {
-    unsigned v = 0;
+    long v = 0;
 
-    if (end - p < 4)
-        return -1;
     for (int i = 0; i < 4; i++) {
-        int d = text_hex_digit(p[i]);
+        int d = p + i < end ? text_hex_digit(p[i]) : -1;
+
         if (d < 0)
             return -1;
-        v = v << 4 | (unsigned)d;
+        v = v << 4 | d;
     }
-    *out = v;
-    return 0;
+    return v;
 }
 
 /* The escape at p (its backslash): its bytes into out (*n of them, a surrogate pair joined
@@ -58,7 +57,7 @@ static const unsigned char *json_unescape(struct json *j, const unsigned char *p
     static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
     const unsigned char *q = p + 6;
     const char *hit;
-    unsigned u, lo;
+    long u, lo;
 
     if (p + 1 == j->end)
         return json_fail(j, p, "unterminated string"), NULL;
@@ -69,10 +68,10 @@ static const unsigned char *json_unescape(struct json *j, const unsigned char *p
         *n = 1;
         return p + 2;
     }
-    if (hex4(p + 2, j->end, &u) < 0)
+    if ((u = hex4(p + 2, j->end)) < 0)
         return json_fail(j, p, "bad \\u escape in string"), NULL;
-    if (u >= 0xD800 && u <= 0xDBFF && j->end - q >= 6 && q[0] == '\\' && q[1] == 'u' &&
-        hex4(q + 2, j->end, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
+    if (u >= 0xD800 && u <= 0xDBFF && j->end - q >= 2 && q[0] == '\\' && q[1] == 'u' &&
+        (lo = hex4(q + 2, j->end)) >= 0xDC00 && lo <= 0xDFFF) {
         u = 0x10000 + ((u - 0xD800) << 10 | (lo - 0xDC00));
         q += 6;
     } else if (u >= 0xD800 && u <= 0xDFFF) {
@@ -80,7 +79,7 @@ static const unsigned char *json_unescape(struct json *j, const unsigned char *p
             return json_fail(j, p, "unpaired surrogate in \\u escape"), NULL;
         j->lone++;
     }
-    *n = text_utf8_put(u, out);
+    *n = text_utf8_put((unsigned long)u, out);
     return q;
 }
 
@@ -344,17 +343,19 @@ char *json_buf_room(struct json_buf *b, size_t n)
     size_t cap = b->cap ? b->cap : 512;
     char *p;
 
-    while (cap - b->len < n + 1 && cap <= SIZE_MAX / 2)
+    if (b->oom)
+        return NULL;
+    if (b->cap - b->len > n)
+        return b->p + b->len;
+    while (cap - b->len <= n && cap <= SIZE_MAX / 2)
         cap *= 2;
-    if (!b->oom && cap != b->cap && cap - b->len >= n + 1 && (p = realloc(b->p, cap))) {
-        b->p = p;
-        b->cap = cap;
-    }
-    if (b->oom || b->cap - b->len < n + 1) {
+    if (cap - b->len <= n || !(p = realloc(b->p, cap))) {
         b->oom = 1;
         return NULL;
     }
-    return b->p + b->len;
+    b->p = p;
+    b->cap = cap;
+    return p + b->len;
 }
 
 static void json_buf_put(struct json_buf *b, const char *s, size_t n)

@@ -15,7 +15,6 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include <bearssl_hash.h>
@@ -230,10 +229,24 @@ static void query_write(struct sink *s, const char *query)
 
 /* ---- canonical headers ------------------------------------------------------------------------ */
 
-/* ASCII's tolower(), inlined: header names are written a byte at a time. */
+/* ASCII's tolower(), inlined: header names are compared and written a byte at a time. */
 static unsigned char lower(unsigned char c)
 {
     return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+/* Compares header names as their lowercase forms, which is the canonical order; with
+ * prefix set, only as far as b goes. Inlined, unlike strcasecmp(): every header of every
+ * request goes through it several times. */
+static int name_cmp(const char *a, const char *b, int prefix)
+{
+    const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+
+    while (*x && lower(*x) == lower(*y)) {
+        x++;
+        y++;
+    }
+    return prefix && !*y ? 0 : lower(*x) - lower(*y);
 }
 
 /* Headers left unsigned, the same set as the AWS JS SDK: hop-by-hop headers and those
@@ -250,9 +263,9 @@ static int header_signed(const char *name)
     int first = lower((unsigned char)*name);
 
     for (size_t i = 0; i < sizeof unsigned_names / sizeof unsigned_names[0]; i++)
-        if (unsigned_names[i][0] == first && strcasecmp(name, unsigned_names[i]) == 0)
+        if (unsigned_names[i][0] == first && name_cmp(name, unsigned_names[i], 0) == 0)
             return 0;
-    return strncasecmp(name, "proxy-", 6) != 0 && strncasecmp(name, "sec-", 4) != 0;
+    return name_cmp(name, "proxy-", 1) != 0 && name_cmp(name, "sec-", 1) != 0;
 }
 
 #define SPACES " \t\r\n"
@@ -299,7 +312,7 @@ static int view_add(struct view *v, const struct sigv4_header *h, struct lerr *e
         return lerr_set(e, LERR_TOO_LARGE, "sigv4: more than %d signed headers",
                         SIGV4_MAX_HEADERS);
     /* Insertion sort: stable, and the headers come nearly sorted and few. */
-    for (; i > 0 && strcasecmp(v->sorted[i - 1]->name, h->name) > 0; i--)
+    for (; i > 0 && name_cmp(v->sorted[i - 1]->name, h->name, 0) > 0; i--)
         v->sorted[i] = v->sorted[i - 1];
     v->sorted[i] = h;
     v->n++;
@@ -317,7 +330,7 @@ static int view_extra(struct view *v, const char *name, const char *value, struc
 static void headers_write(struct sink *s, const struct view *v, int values)
 {
     for (size_t i = 0; i < v->n; i++) {
-        int repeated = i > 0 && strcasecmp(v->sorted[i - 1]->name, v->sorted[i]->name) == 0;
+        int repeated = i > 0 && name_cmp(v->sorted[i - 1]->name, v->sorted[i]->name, 0) == 0;
 
         if (repeated && !values)
             continue;
@@ -363,11 +376,11 @@ static int date_valid(const char *d)
 }
 
 /* Nothing that would break the header syntax or the canonical form: no byte below lowest,
- * DEL or character of bad. */
+ * DEL or character of bad (may be NULL: a session token is long, and checked by the byte). */
 static int clean(const char *s, unsigned char lowest, const char *bad)
 {
     for (; *s; s++)
-        if ((unsigned char)*s < lowest || *s == 0x7f || strchr(bad, *s))
+        if ((unsigned char)*s < lowest || *s == 0x7f || (bad && strchr(bad, *s)))
             return 0;
     return 1;
 }
@@ -416,7 +429,7 @@ static int view_init(struct view *v, const struct sigv4_request *req,
             return lerr_set(e, LERR_INVALID, "sigv4: header %zu has a malformed name or no value",
                             i);
         for (size_t k = 0; k < sizeof found / sizeof found[0]; k++)
-            if (!found[k] && strcasecmp(h->name, names[k]) == 0)
+            if (!found[k] && name_cmp(h->name, names[k], 0) == 0)
                 found[k] = h->value;
         if (view_add(v, h, e) < 0)
             return -1;
@@ -576,7 +589,7 @@ static int credentials_check(const struct sigv4_credentials *cred, struct lerr *
         return lerr_set(e, LERR_INVALID, "sigv4: the access key id is missing or malformed");
     if (!cred->secret_access_key || !*cred->secret_access_key)
         return lerr_set(e, LERR_INVALID, "sigv4: no secret access key");
-    if (cred->session_token && !clean(cred->session_token, ' ', ""))
+    if (cred->session_token && !clean(cred->session_token, ' ', NULL))
         return lerr_set(e, LERR_INVALID, "sigv4: the session token contains a control character");
     return 0;
 }
