@@ -414,15 +414,8 @@ static int view_init(struct view *v, const struct sigv4_request *req,
     unsigned char hash[32];
 
     v->n = v->nextra = 0;
-    if (!req || !p)
-        return lerr_set(e, LERR_INVALID, "sigv4: no request or parameters");
     if (!word_valid(req->method, ":"))
         return lerr_set(e, LERR_INVALID, "sigv4: the method is missing or malformed");
-    if (req->num_headers && !req->headers)
-        return lerr_set(e, LERR_INVALID, "sigv4: %zu headers but no header array",
-                        req->num_headers);
-    if (req->payload_len && !req->payload)
-        return lerr_set(e, LERR_INVALID, "sigv4: a payload length but no payload");
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct sigv4_header *h = &req->headers[i];
         if (!word_valid(h->name, ":") || !h->value)
@@ -549,8 +542,8 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
     char date[17], payload_hash[65];
     struct view v;
 
-    if (!buf || !cap)
-        return lerr_set(e, LERR_INVALID, "sigv4: no output buffer");
+    if (!cap)
+        return lerr_set(e, LERR_INVALID, "sigv4: no room for the canonical request");
     if (view_init(&v, req, p, NULL, date, payload_hash, e) < 0)
         return -1;
     canonical_write(&s, &v);
@@ -563,8 +556,8 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
     struct sink s = sink_buffer(buf, cap);
     unsigned char hash[32];
 
-    if (!buf || !cap || !canonical_request || !p)
-        return lerr_set(e, LERR_INVALID, "sigv4: no canonical request, parameters or buffer");
+    if (!cap)
+        return lerr_set(e, LERR_INVALID, "sigv4: no room for the string to sign");
     /* checked before anything is written: sigv4_sign() relies on it for its key cache */
     if (!scope_part_valid(p->region))
         return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
@@ -636,8 +629,6 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *
     struct view v;
     int failed;
 
-    if (!out)
-        return lerr_set(e, LERR_INVALID, "sigv4: no output");
     memset(out, 0, sizeof *out);
     failed = credentials_check(cred, e) < 0 ||
              view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,
