@@ -468,7 +468,6 @@ static void hmac_sha256(const void *key, size_t key_len, const void *data, size_
 void sigv4_signing_key(const char *secret_access_key, const char *date8, const char *region,
                        const char *service, unsigned char key[32])
 {
-    const char *const scope[] = { region, service, "aws4_request" };  /* after the date */
     unsigned char k[64];
     size_t slen = strlen(secret_access_key), klen = 4 + slen;
 
@@ -483,8 +482,9 @@ void sigv4_signing_key(const char *secret_access_key, const char *date8, const c
     }
     hmac_sha256(k, klen, date8, strnlen(date8, 8), key);
     explicit_bzero(k, sizeof k);
-    for (size_t i = 0; i < sizeof scope / sizeof scope[0]; i++)
-        hmac_sha256(key, 32, scope[i], strlen(scope[i]), key);
+    hmac_sha256(key, 32, region, strlen(region), key);
+    hmac_sha256(key, 32, service, strlen(service), key);
+    hmac_sha256(key, 32, "aws4_request", 12, key);
 }
 
 /* "YYYYMMDD/region/service/aws4_request" */
