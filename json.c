@@ -33,20 +33,19 @@ int json_peek(struct json *j)
     return j->p < j->end ? *j->p : -1;
 }
 
-static int hex4(const unsigned char *p, const unsigned char *end, unsigned *out)
+/* The code unit of the 4 hex digits at p, or -1 when there are not 4 before end. */
+static long hex4(const unsigned char *p, const unsigned char *end)
 {
-    unsigned v = 0;
+    long v = 0;
 
-    if (end - p < 4)
-        return -1;
     for (int i = 0; i < 4; i++) {
-        int d = text_hex_digit(p[i]);
+        int d = p + i < end ? text_hex_digit(p[i]) : -1;
+
         if (d < 0)
             return -1;
-        v = v << 4 | (unsigned)d;
+        v = v << 4 | d;
     }
-    *out = v;
-    return 0;
+    return v;
 }
 
 /* The escape at p (its backslash): its bytes into out (*n of them, a surrogate pair joined
@@ -58,7 +57,7 @@ static const unsigned char *json_unescape(struct json *j, const unsigned char *p
     static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
     const unsigned char *q = p + 6;
     const char *hit;
-    unsigned u, lo;
+    long u, lo;
 
     if (p + 1 == j->end)
         return json_fail(j, p, "unterminated string"), NULL;
@@ -69,10 +68,10 @@ static const unsigned char *json_unescape(struct json *j, const unsigned char *p
         *n = 1;
         return p + 2;
     }
-    if (hex4(p + 2, j->end, &u) < 0)
+    if ((u = hex4(p + 2, j->end)) < 0)
         return json_fail(j, p, "bad \\u escape in string"), NULL;
-    if (u >= 0xD800 && u <= 0xDBFF && j->end - q >= 6 && q[0] == '\\' && q[1] == 'u' &&
-        hex4(q + 2, j->end, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
+    if (u >= 0xD800 && u <= 0xDBFF && j->end - q >= 2 && q[0] == '\\' && q[1] == 'u' &&
+        (lo = hex4(q + 2, j->end)) >= 0xDC00 && lo <= 0xDFFF) {
         u = 0x10000 + ((u - 0xD800) << 10 | (lo - 0xDC00));
         q += 6;
     } else if (u >= 0xD800 && u <= 0xDFFF) {
@@ -80,7 +79,7 @@ static const unsigned char *json_unescape(struct json *j, const unsigned char *p
             return json_fail(j, p, "unpaired surrogate in \\u escape"), NULL;
         j->lone++;
     }
-    *n = text_utf8_put(u, out);
+    *n = text_utf8_put((unsigned long)u, out);
     return q;
 }
 
@@ -164,19 +163,14 @@ static const unsigned char *json_digits(const unsigned char *p, const unsigned c
 /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
 static int json_number(struct json *j)
 {
-    const unsigned char *p = j->p, *q, *end = j->end;
+    const unsigned char *p = j->p + (*j->p == '-'), *q, *end = j->end;
 
-    if (*p == '-')
-        p++;
-    if (p == end || *p < '0' || *p > '9')
+    q = json_digits(p, end);
+    if (q == p)
         return json_fail(j, p, "expected a digit");
-    if (*p == '0') {
-        p++;
-        if (p < end && *p >= '0' && *p <= '9')
-            return json_fail(j, p - 1, "leading zero in number");
-    } else {
-        p = json_digits(p, end);
-    }
+    if (*p == '0' && q - p > 1)
+        return json_fail(j, p, "leading zero in number");
+    p = q;
     if (p < end && *p == '.') {
         q = json_digits(p + 1, end);
         if (q == p + 1)
@@ -184,9 +178,7 @@ static int json_number(struct json *j)
         p = q;
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
-        p++;
-        if (p < end && (*p == '+' || *p == '-'))
-            p++;
+        p += 1 + (p + 1 < end && (p[1] == '+' || p[1] == '-'));
         q = json_digits(p, end);
         if (q == p)
             return json_fail(j, p, "expected a digit in the exponent");
@@ -217,14 +209,21 @@ static int json_scalar(struct json *j, int c)
     return json_fail(j, j->p, "unexpected character");
 }
 
-/* Inside an object or array, just after its opening bracket (first) or after a value:
- * 1 when a value comes next (an object's member name and colon read, the name into key
- * when key is not NULL), 0 after the closing bracket, -1. */
-static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
+/* Steps through an object (obj) or an array: *state is 0 before its opening bracket, which
+ * is then checked and read. 1 when a value comes next (an object's member name and colon
+ * read, the name into key when key is not NULL), 0 after the closing bracket, -1. */
+static int json_next(struct json *j, int *state, int obj, char *key, size_t cap)
 {
-    int c = json_peek(j);
+    int c = json_peek(j), first = !*state;
     size_t n;
 
+    if (first) {
+        if (c != (obj ? '{' : '['))
+            return json_fail(j, j->p, obj ? "expected an object" : "expected an array");
+        j->p++;
+        *state = 1;
+        c = json_peek(j);
+    }
     if (c == (obj ? '}' : ']')) {
         j->p++;
         return 0;
@@ -250,20 +249,9 @@ static int json_more(struct json *j, int obj, int first, char *key, size_t cap)
     return 1;
 }
 
-static int json_open(struct json *j, int *state, int open, char *key, size_t cap)
-{
-    if (*state)
-        return json_more(j, open == '{', 0, key, cap);
-    if (json_peek(j) != open)
-        return json_fail(j, j->p, open == '{' ? "expected an object" : "expected an array");
-    j->p++;
-    *state = 1;
-    return json_more(j, open == '{', 1, key, cap);
-}
-
 int json_member(struct json *j, int *state, char *key, size_t cap)
 {
-    return json_open(j, state, '{', key, cap);
+    return json_next(j, state, 1, key, cap);
 }
 
 int json_member_of(struct json *j, int *state, const char *const *names, size_t n, int *which)
@@ -280,61 +268,36 @@ int json_member_of(struct json *j, int *state, const char *const *names, size_t 
 
 int json_element(struct json *j, int *state)
 {
-    return json_open(j, state, '[', NULL, 0);
+    return json_next(j, state, 0, NULL, 0);
 }
 
-/* One value at p, checked, without recursion: a bit per nesting level says "object" or
- * "array", so a deep value costs JSON_MAX_DEPTH bits of stack, never a deep C stack.
- * item, when not NULL, is called for each value at depth 1. */
-static int json_value(struct json *j, json_item_fn item, void *ctx)
+/* One value at p, checked; depth containers are open around it. item, when not NULL, is
+ * called for each element (member value) of the container at p. The recursion is bounded
+ * by max_depth (at most JSON_MAX_DEPTH): a frame of a few dozen bytes per level, well
+ * within a job thread's stack. */
+static int json_value(struct json *j, unsigned depth, json_item_fn item, void *ctx)
 {
-    unsigned char objects[JSON_MAX_DEPTH / 8];
-    const unsigned char *item_start = j->p;
-    size_t depth = 0;
-    int r;
+    int c = json_peek(j), state = 0, r;
+    const unsigned char *at;
 
-    for (;;) {
-        /* a value is expected at p */
-        int c = json_peek(j);
-
-        if (depth == 1)
-            item_start = j->p;
-        if (c == '[' || c == '{') {
-            if (depth >= j->max_depth || depth == JSON_MAX_DEPTH)
-                return json_fail(j, j->p, "nested too deeply");
-            if (c == '{')
-                objects[depth / 8] |= (unsigned char)(1u << depth % 8);
-            else
-                objects[depth / 8] &= (unsigned char)~(1u << depth % 8);
-            j->p++;
-            if ((r = json_more(j, c == '{', 1, NULL, 0)) < 0)
-                return -1;
-            if (r > 0) {
-                depth++;
-                continue;
-            }
-        } else if (json_scalar(j, c) < 0) {
+    if (c != '[' && c != '{')
+        return json_scalar(j, c);
+    if (depth >= j->max_depth || depth >= JSON_MAX_DEPTH)
+        return json_fail(j, j->p, "nested too deeply");
+    while ((r = json_next(j, &state, c == '{', NULL, 0)) > 0) {
+        json_peek(j);
+        at = j->p;
+        if (json_value(j, depth + 1, NULL, NULL) < 0)
             return -1;
-        }
-        /* a value ended at depth: close the containers it ends, or go on to the next */
-        for (;;) {
-            if (depth == 1 && item)
-                item(ctx, (size_t)(item_start - j->start), (size_t)(j->p - item_start));
-            if (depth == 0)
-                return 0;
-            r = json_more(j, objects[(depth - 1) / 8] >> (depth - 1) % 8 & 1, 0, NULL, 0);
-            if (r < 0)
-                return -1;
-            if (r > 0)
-                break;
-            depth--;
-        }
+        if (item)
+            item(ctx, (size_t)(at - j->start), (size_t)(j->p - at));
     }
+    return r;
 }
 
 int json_skip(struct json *j)
 {
-    return json_value(j, NULL, NULL);
+    return json_value(j, 0, NULL, NULL);
 }
 
 int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *err_at,
@@ -343,7 +306,7 @@ int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *
     struct json j;
 
     json_init(&j, s, len);
-    if (json_value(&j, item, ctx) == 0 && json_peek(&j) == -1)
+    if (json_value(&j, 0, item, ctx) == 0 && json_peek(&j) == -1)
         return 0;
     if (!j.why)
         json_fail(&j, j.p, "unexpected data after the JSON value");
@@ -382,16 +345,11 @@ char *json_buf_room(struct json_buf *b, size_t n)
 
     if (b->oom)
         return NULL;
-    if (b->cap - b->len >= n + 1)
+    if (b->cap - b->len > n)
         return b->p + b->len;
-    while (cap - b->len < n + 1) {
-        if (cap > SIZE_MAX / 2) {
-            b->oom = 1;
-            return NULL;
-        }
+    while (cap - b->len <= n && cap <= SIZE_MAX / 2)
         cap *= 2;
-    }
-    if (!(p = realloc(b->p, cap))) {
+    if (cap - b->len <= n || !(p = realloc(b->p, cap))) {
         b->oom = 1;
         return NULL;
     }

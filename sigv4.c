@@ -21,8 +21,6 @@
 
 #define SIGV4_ALGORITHM "AWS4-HMAC-SHA256"
 
-static const char HEX_UPPER[] = "0123456789ABCDEF";
-
 /* ---- output: a buffer that counts what did not fit ------------------------------------------ */
 
 struct sink {
@@ -92,9 +90,6 @@ static void sha256_of(const void *a, size_t alen, const char *b, unsigned char o
 
 /* ---- URI encoding ------------------------------------------------------------------------ */
 
-static const char UNRESERVED[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~";
-
 struct range {
     const char *p, *end;
 };
@@ -106,19 +101,14 @@ static void sink_uri(struct sink *s, struct range r, int decode)
 {
     while (r.p < r.end) {
         unsigned char c = (unsigned char)*r.p++;
+        char enc[3];
 
         if (decode && c == '%' && r.end - r.p >= 2 && text_hex_digit(r.p[0]) >= 0 &&
             text_hex_digit(r.p[1]) >= 0) {
             c = (unsigned char)(text_hex_digit(r.p[0]) << 4 | text_hex_digit(r.p[1]));
             r.p += 2;
         }
-        if (c && strchr(UNRESERVED, c)) {
-            sink_putc(s, (char)c);
-        } else {
-            sink_putc(s, '%');
-            sink_putc(s, HEX_UPPER[c >> 4]);
-            sink_putc(s, HEX_UPPER[c & 15]);
-        }
+        sink_put(s, enc, text_pct_byte(c, enc));
     }
 }
 
@@ -246,7 +236,8 @@ static unsigned char lower(unsigned char c)
 }
 
 /* Compares header names as their lowercase forms, which is the canonical order; with
- * prefix set, only as far as b goes. */
+ * prefix set, only as far as b goes. Inlined, unlike strcasecmp(): every header of every
+ * request goes through it several times. */
 static int name_cmp(const char *a, const char *b, int prefix)
 {
     const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
@@ -384,22 +375,26 @@ static int date_valid(const char *d)
            d[15] == 'Z' && d[16] == '\0';
 }
 
-/* Non-empty, and nothing that would break the header syntax or the canonical form: no
- * space, control byte or character of bad. A token in the HTTP sense would be stricter. */
-static int word_valid(const char *s, const char *bad)
+/* Nothing that would break the header syntax or the canonical form: no byte below lowest,
+ * DEL or character of bad (may be NULL: a session token is long, and checked by the byte). */
+static int clean(const char *s, unsigned char lowest, const char *bad)
 {
-    if (!s || !*s)
-        return 0;
     for (; *s; s++)
-        if ((unsigned char)*s <= ' ' || *s == 0x7f || strchr(bad, *s))
+        if ((unsigned char)*s < lowest || *s == 0x7f || (bad && strchr(bad, *s)))
             return 0;
     return 1;
+}
+
+/* Non-empty, and no space either. A token in the HTTP sense would be stricter. */
+static int word_valid(const char *s, const char *bad)
+{
+    return s && *s && clean(s, '!', bad);
 }
 
 /* Region and service go into the credential scope, separated by '/'. */
 static int scope_part_valid(const char *s)
 {
-    size_t n = s ? strspn(s, UNRESERVED) : 0;
+    size_t n = s ? strspn(s, TEXT_UNRESERVED) : 0;
 
     return n > 0 && n <= SIGV4_MAX_NAME && !s[n];
 }
@@ -419,15 +414,8 @@ static int view_init(struct view *v, const struct sigv4_request *req,
     unsigned char hash[32];
 
     v->n = v->nextra = 0;
-    if (!req || !p)
-        return lerr_set(e, LERR_INVALID, "sigv4: no request or parameters");
     if (!word_valid(req->method, ":"))
         return lerr_set(e, LERR_INVALID, "sigv4: the method is missing or malformed");
-    if (req->num_headers && !req->headers)
-        return lerr_set(e, LERR_INVALID, "sigv4: %zu headers but no header array",
-                        req->num_headers);
-    if (req->payload_len && !req->payload)
-        return lerr_set(e, LERR_INVALID, "sigv4: a payload length but no payload");
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct sigv4_header *h = &req->headers[i];
         if (!word_valid(h->name, ":") || !h->value)
@@ -554,8 +542,8 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
     char date[17], payload_hash[65];
     struct view v;
 
-    if (!buf || !cap)
-        return lerr_set(e, LERR_INVALID, "sigv4: no output buffer");
+    if (!cap)
+        return lerr_set(e, LERR_INVALID, "sigv4: no room for the canonical request");
     if (view_init(&v, req, p, NULL, date, payload_hash, e) < 0)
         return -1;
     canonical_write(&s, &v);
@@ -568,8 +556,8 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
     struct sink s = sink_buffer(buf, cap);
     unsigned char hash[32];
 
-    if (!buf || !cap || !canonical_request || !p)
-        return lerr_set(e, LERR_INVALID, "sigv4: no canonical request, parameters or buffer");
+    if (!cap)
+        return lerr_set(e, LERR_INVALID, "sigv4: no room for the string to sign");
     /* checked before anything is written: sigv4_sign() relies on it for its key cache */
     if (!scope_part_valid(p->region))
         return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
@@ -594,11 +582,8 @@ static int credentials_check(const struct sigv4_credentials *cred, struct lerr *
         return lerr_set(e, LERR_INVALID, "sigv4: the access key id is missing or malformed");
     if (!cred->secret_access_key || !*cred->secret_access_key)
         return lerr_set(e, LERR_INVALID, "sigv4: no secret access key");
-    if (cred->session_token)
-        for (const unsigned char *c = (const unsigned char *)cred->session_token; *c; c++)
-            if (*c < ' ' || *c == 0x7f)
-                return lerr_set(e, LERR_INVALID,
-                                "sigv4: the session token contains a control character");
+    if (cred->session_token && !clean(cred->session_token, ' ', NULL))
+        return lerr_set(e, LERR_INVALID, "sigv4: the session token contains a control character");
     return 0;
 }
 
@@ -644,8 +629,6 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *
     struct view v;
     int failed;
 
-    if (!out)
-        return lerr_set(e, LERR_INVALID, "sigv4: no output");
     memset(out, 0, sizeof *out);
     failed = credentials_check(cred, e) < 0 ||
              view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,

@@ -106,7 +106,8 @@ void sigv4_format_date(time_t t, char out[17]);
 /* Signs the request. Headers named in added[] are included in the canonical request unless
  * the request already carries them (a request that already has X-Amz-Date is signed with
  * that date). added[] lists X-Amz-Date, X-Amz-Security-Token, x-amz-content-sha256 (those
- * added) and Authorization, in that order. Returns 0, or -1 with e set: LERR_INVALID
+ * added) and Authorization, in that order. req, p and out are the caller's and never NULL
+ * (nor headers, nor payload when payload_len is not 0). Returns 0, or -1 with e set: LERR_INVALID
  * (no Host, a malformed header name, date, region, service or access key id, a control
  * byte in the session token), LERR_TOO_LARGE (more than SIGV4_MAX_HEADERS signed headers,
  * a canonical request longer than SIGV4_MAX_CANONICAL - 1 bytes, or a list of signed

@@ -24,40 +24,41 @@ void text_hex_encode(const unsigned char *in, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-long text_pct_encode(const char *s, char *out, size_t cap)
+size_t text_pct_byte(unsigned char c, char *out)
 {
     static const char hex[] = "0123456789ABCDEF";
+
+    if (c && strchr(TEXT_UNRESERVED, c)) {
+        out[0] = (char)c;
+        return 1;
+    }
+    out[0] = '%';
+    out[1] = hex[c >> 4];
+    out[2] = hex[c & 15];
+    return 3;
+}
+
+long text_pct_encode(const char *s, char *out, size_t cap)
+{
     size_t o = 0;
 
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    for (; *s; s++) {
         if (o + 4 > cap)
             return -1;
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~", *p)) {
-            out[o++] = (char)*p;
-        } else {
-            out[o++] = '%';
-            out[o++] = hex[*p >> 4];
-            out[o++] = hex[*p & 15];
-        }
+        o += text_pct_byte((unsigned char)*s, out + o);
     }
     out[o] = '\0';
     return (long)o;
 }
 
+#define BASE64_FIRST62 "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
 int text_base64_digit(unsigned char c, int url)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == (url ? '-' : '+'))
-        return 62;
-    if (c == (url ? '_' : '/'))
-        return 63;
-    return -1;
+    const char *alphabet = url ? BASE64_FIRST62 "-_" : BASE64_FIRST62 "+/";
+    const char *hit = c ? strchr(alphabet, c) : NULL;
+
+    return hit ? (int)(hit - alphabet) : -1;
 }
 
 size_t text_utf8_next(const unsigned char *p, size_t avail, unsigned *cp)

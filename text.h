@@ -14,6 +14,12 @@ int text_hex_digit(unsigned char c);
 /* Writes in[0..n) as 2n lowercase hex characters and a NUL into out. */
 void text_hex_encode(const unsigned char *in, size_t n, char *out);
 
+/* The bytes RFC 3986 leaves unencoded. */
+#define TEXT_UNRESERVED "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
+
+/* Byte c percent-encoded into out: c itself when unreserved (1 byte), else %XX (3). */
+size_t text_pct_byte(unsigned char c, char *out);
+
 /* s percent-encoded as RFC 3986 wants for data (all but A-Z a-z 0-9 - . _ ~ as %XX,
  * uppercase hex), with a NUL, into out[0..cap): its length, or -1 when it does not fit. */
 long text_pct_encode(const char *s, char *out, size_t cap);

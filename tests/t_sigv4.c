@@ -672,11 +672,6 @@ static void test_payload_hash(void **state)
     assert_int_equal(sig.num_added, 2);
     assert_true(sigv4_canonical_request(&req2, &p, buf, sizeof buf, &e) > 0);
     assert_string_equal(strrchr(buf, '\n'), "\nUNSIGNED-PAYLOAD");
-
-    /* A length without bytes is a caller bug, not an empty payload. */
-    req.payload_len = 5;
-    assert_int_equal(sigv4_sign(&req, &CRED, &p, &sig, &e), -1);
-    assert_int_equal(e.kind, LERR_INVALID);
 }
 
 static void test_format_date(void **state)
@@ -895,7 +890,6 @@ static void test_invalid(void **state)
         { "GET", "/", NULL, noval, 1, NULL, 0 },
         { "", "/", NULL, h, 1, NULL, 0 },
         { NULL, "/", NULL, h, 1, NULL, 0 },
-        { "GET", "/", NULL, NULL, 1, NULL, 0 },
     };
     struct sigv4_credentials creds[] = {
         { NULL, SECRET, NULL }, { "", SECRET, NULL }, { "AK/ID", SECRET, NULL },
@@ -929,10 +923,7 @@ static void test_invalid(void **state)
         assert_int_equal(sigv4_sign(&ok, &CRED, &ps[i], &sig, &e), -1);
         assert_int_equal(e.kind, LERR_INVALID);
     }
-    assert_int_equal(sigv4_sign(NULL, &CRED, &p, &sig, &e), -1);
     assert_int_equal(sigv4_sign(&ok, NULL, &p, &sig, &e), -1);
-    assert_int_equal(sigv4_sign(&ok, &CRED, NULL, &sig, &e), -1);
-    assert_int_equal(sigv4_sign(&ok, &CRED, &p, NULL, &e), -1);
     assert_int_equal(sigv4_sign(&ok, &CRED, &p, &sig, &e), 0);
 }
 
