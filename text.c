@@ -51,14 +51,21 @@ long text_pct_encode(const char *s, char *out, size_t cap)
     return (long)o;
 }
 
-#define BASE64_FIRST62 "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
+/* Ranges, not a search of the alphabet: this runs for every byte of the CA bundle at
+ * start-up (200 KB), where a strchr() per byte made the whole load 3.6 times slower. */
 int text_base64_digit(unsigned char c, int url)
 {
-    const char *alphabet = url ? BASE64_FIRST62 "-_" : BASE64_FIRST62 "+/";
-    const char *hit = c ? strchr(alphabet, c) : NULL;
-
-    return hit ? (int)(hit - alphabet) : -1;
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == (url ? '-' : '+'))
+        return 62;
+    if (c == (url ? '_' : '/'))
+        return 63;
+    return -1;
 }
 
 size_t text_utf8_next(const unsigned char *p, size_t avail, unsigned *cp)
