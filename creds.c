@@ -192,37 +192,12 @@ bad:
  * JWT exp claim
  * ==================================================================================== */
 
-/* Decodes base64url with or without padding into out (at least n * 3 / 4 + 3 bytes). */
-static int creds_b64url_decode(const char *s, size_t n, unsigned char *out, size_t *out_len)
-{
-    unsigned acc = 0;
-    int bits = 0;
-    size_t o = 0;
-
-    while (n > 0 && s[n - 1] == '=')
-        n--;
-    if (n % 4 == 1)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        int v = text_base64_digit((unsigned char)s[i], 1);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    *out_len = o;
-    return 0;
-}
-
 int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 {
     const char *d1 = memchr(token, '.', len), *d2, *payload;
     unsigned char *buf;
-    size_t plen, blen;
+    size_t plen;
+    long blen;
     cJSON *root;
     const cJSON *item;
     int rc = -1;
@@ -234,9 +209,10 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
     plen = (size_t)(d2 - payload);
     if (!(buf = malloc(plen * 3 / 4 + 3)))
         return lerr_set(e, LERR_NOMEM, "out of memory");
-    if (plen == 0 || creds_b64url_decode(payload, plen, buf, &blen) < 0) {
+    blen = plen ? text_base64_decode((const unsigned char *)payload, plen, buf, 1) : -1;
+    if (blen < 0) {
         lerr_set(e, LERR_INVALID, "JWT payload is not base64url");
-    } else if (!(root = json_parse((const char *)buf, blen))) {
+    } else if (!(root = json_parse((const char *)buf, (size_t)blen))) {
         lerr_set(e, LERR_INVALID, "JWT payload is not JSON");
     } else {
         item = cJSON_GetObjectItemCaseSensitive(root, "exp");

@@ -68,6 +68,34 @@ int text_base64_digit(unsigned char c, int url)
     return -1;
 }
 
+long text_base64_decode(const unsigned char *in, size_t n, unsigned char *out, int url)
+{
+    unsigned long acc = 0;
+    size_t o = 0;
+    int bits = 0, pad = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        int v = text_base64_digit(in[i], url);
+        if (v < 0) {
+            /* padding, or (PEM) the white space between lines: off the digits' path */
+            if (in[i] == '=')
+                pad = 1;
+            else if (url || !memchr(" \t\r\n", in[i], 4))
+                return -1;
+            continue;
+        }
+        if (pad)
+            return -1;
+        acc = (acc << 6) | (unsigned long)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    return bits == 6 ? -1 : (long)o;
+}
+
 size_t text_utf8_next(const unsigned char *p, size_t avail, unsigned *cp)
 {
     unsigned char c = p[0];

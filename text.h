@@ -28,6 +28,12 @@ long text_pct_encode(const char *s, char *out, size_t cap);
  * base64url alphabet ('-' and '_' for 62 and 63) instead of the standard one ('+', '/'). */
 int text_base64_digit(unsigned char c, int url);
 
+/* Decodes base64 (url: base64url) in[0..n) into out, which may be in itself: out never
+ * overtakes in. '=' padding may end it; without url, spaces, tabs and line ends are skipped
+ * (PEM). Returns the decoded length, or -1 on another byte, a digit after the padding, or
+ * a lone last digit (6 bits make no byte). */
+long text_base64_decode(const unsigned char *in, size_t n, unsigned char *out, int url);
+
 /* The UTF-8 sequence at p (avail >= 1 bytes), strictly (RFC 3629: no overlong forms, no
  * surrogates, nothing above U+10FFFF): its length with *cp its code point, or 0 when
  * there is none. */

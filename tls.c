@@ -232,36 +232,6 @@ static void ta_add_cert(struct ta_loader *l, unsigned char *der, size_t len)
         l->count++;
 }
 
-/* Decodes base64 text in place (out never overtakes in), skipping line breaks and
- * spaces. Returns the decoded length, or -1 on a byte outside the alphabet. */
-static long ta_base64(unsigned char *buf, size_t len)
-{
-    unsigned long acc = 0;
-    size_t out = 0;
-    int bits = 0, pad = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        int v = text_base64_digit(buf[i], 0);
-        if (v < 0) {
-            /* Padding, or the white space between lines: tested only off the digits' path. */
-            if (buf[i] == '=')
-                pad++;
-            else if (!memchr(" \t\r\n", buf[i], 4))
-                return -1;
-            continue;
-        }
-        if (pad)
-            return -1;
-        acc = (acc << 6) | (unsigned long)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            buf[out++] = (unsigned char)(acc >> bits);
-        }
-    }
-    return (long)out;
-}
-
 /* Finds every BEGIN/END CERTIFICATE block in the file (modified in place), decodes its
  * base64 and keeps the certificate. Text outside the blocks is ignored, as openssl does.
  * tests/tool_httpc --ca-check compares the result with BearSSL's PEM and X.509 decoders. */
@@ -289,7 +259,7 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
         if ((label_len != 11 || memcmp(label, "CERTIFICATE", 11) != 0) &&
             (label_len != 16 || memcmp(label, "X509 CERTIFICATE", 16) != 0))
             continue;
-        long der_len = ta_base64(body, (size_t)(stop - body));
+        long der_len = text_base64_decode(body, (size_t)(stop - body), body, 0);
         if (der_len < 0)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad base64 in "
                             "certificate %zu)", l->path, l->count + l->skipped + 1);
