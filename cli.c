@@ -211,9 +211,9 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
 
 /* The entry SQS gets for a body with the flags' attributes. */
 static void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
-                      struct sqs_send_entry *en)
+                      struct sqs_entry *en)
 {
-    *en = (struct sqs_send_entry){ .body = body, .body_len = len, .image = o->image,
+    *en = (struct sqs_entry){ .body = body, .body_len = len, .image = o->image,
                                    .size = o->size, .command = o->command };
 }
 
@@ -223,7 +223,7 @@ static int cli_check_message(const struct cli_send_opts *o, const char *body, si
 {
     const struct event ev = { .body = body, .body_len = len, .image = o->image,
                               .size = o->size, .command = o->command };
-    struct sqs_send_entry en;
+    struct sqs_entry en;
     const char *why;
     size_t at;
     int r = 0;
@@ -589,7 +589,7 @@ static size_t send_report_invalid(const struct cli_send_opts *o, const struct cl
 /* What became of one batch: MessageIds on stdout, the lines not sent on stderr (one line
  * when they all failed for the same reason, as when the whole request was refused).
  * Returns how many were sent. */
-static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_send_entry *en,
+static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_entry *en,
                                 const struct cli_line *lines, size_t k)
 {
     const char *item = cli_item(o);
@@ -597,7 +597,7 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
 
     for (size_t i = 0; i < k; i++) {
         if (en[i].status == SQS_ENTRY_OK) {
-            printf("%s\n", en[i].message_id);
+            printf("%s\n", en[i].sent_id);
             sent++;
         }
         if (i > 0 && (strcmp(en[i].code, en[0].code) || strcmp(en[i].message, en[0].message)))
@@ -612,9 +612,9 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
     for (size_t i = 0; i < k; i++) {
         if (en[i].status == SQS_ENTRY_OK)
             continue;
-        if (en[i].message_id[0])
+        if (en[i].sent_id[0])
             say("%s %zu: sent as message %s, but %s: %s", item, lines[i].lineno,
-                en[i].message_id, en[i].code, en[i].message);
+                en[i].sent_id, en[i].code, en[i].message);
         else
             say("%s %zu: not sent: %s: %s", item, lines[i].lineno, en[i].code, en[i].message);
     }
@@ -623,7 +623,7 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
 
 /* The entry for a line, with its FIFO ids (in ids), which send_report_invalid checked. */
 static void send_entry(const struct cli_send_opts *o, const struct cli_line *line,
-                       char ids[2][129], struct sqs_send_entry *en)
+                       char ids[2][129], struct sqs_entry *en)
 {
     struct lerr e;
 
@@ -637,7 +637,7 @@ static void send_entry(const struct cli_send_opts *o, const struct cli_line *lin
 static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
                            const struct cli_line *lines, size_t n)
 {
-    struct sqs_send_entry en[SQS_MAX_MESSAGES];
+    struct sqs_entry en[SQS_MAX_MESSAGES];
     char ids[SQS_MAX_MESSAGES][2][129];
     size_t start = 0, unsent = 0, attr_bytes;
 
@@ -667,7 +667,7 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
 static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
                        const struct cli_line *line)
 {
-    struct sqs_send_entry en;
+    struct sqs_entry en;
     char ids[2][129];
     struct lerr e;
 
@@ -676,7 +676,7 @@ static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
         say("%s", e.msg);
         return 1;
     }
-    printf("%s\n", en.message_id);
+    printf("%s\n", en.sent_id);
     return 0;
 }
 

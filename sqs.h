@@ -160,12 +160,28 @@ enum sqs_entry_status {
     SQS_ENTRY_FAILED,       /* still failed after the retries; code and message say why */
 };
 
+/* One entry of DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch or
+ * SendMessage: each call reads the inputs it needs and writes the outputs. */
 struct sqs_entry {
-    const char *receipt_handle;     /* in */
+    const char *receipt_handle;     /* in, delete and change visibility */
     const char *message_id;         /* in, optional: only for log lines */
     int visibility_timeout;         /* in, ChangeMessageVisibilityBatch only: 0..43200 */
-    enum sqs_entry_status status;   /* out */
-    char code[64];                  /* out: SQS's code ("ReceiptHandleIsInvalid"), or the
+    const char *body;               /* in, send: body_len bytes, sent exactly as they are:
+                                       the request's JSON string decodes to these bytes */
+    size_t body_len;
+    const char *image;              /* in, send: String message attributes; NULL leaves
+                                       one out */
+    const char *size;
+    const char *command;
+    const char *group_id;           /* in, send to FIFO queues: MessageGroupId, or NULL */
+    const char *dedup_id;           /* in, send to FIFO queues: MessageDeduplicationId, or
+                                       NULL (the queue's content-based deduplication) */
+    enum sqs_entry_status status;   /* out (a send is never STALE) */
+    char sent_id[128];              /* out, send: SQS's MessageId when OK; also when FAILED
+                                       because the MD5 SQS reported does not match (the
+                                       message exists, with other bytes), else "" */
+    char code[64];                  /* out: SQS's code ("ReceiptHandleIsInvalid",
+                                       "InvalidMessageContents"), "MD5Mismatch", or the
                                        kind of a transport error ("timeout") */
     char message[200];              /* out: SQS's message, or the transport error text */
 };
@@ -190,32 +206,13 @@ int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries,
  * was this before). A single larger message still goes, alone. */
 #define SQS_SEND_BATCH_BYTES 262144
 
-struct sqs_send_entry {
-    const char *body;               /* in: body_len bytes, sent exactly as they are: the
-                                       request's JSON string decodes to these bytes */
-    size_t body_len;
-    const char *image;              /* in: String message attributes; NULL leaves one out */
-    const char *size;
-    const char *command;
-    const char *group_id;           /* in, FIFO queues: MessageGroupId, or NULL */
-    const char *dedup_id;           /* in, FIFO queues: MessageDeduplicationId, or NULL (the
-                                       queue's content-based deduplication) */
-    enum sqs_entry_status status;   /* out: SQS_ENTRY_OK or SQS_ENTRY_FAILED (never STALE) */
-    char message_id[128];           /* out: SQS's MessageId when OK; also when FAILED
-                                       because the MD5 SQS reported does not match (the
-                                       message exists, with other bytes), else "" */
-    char code[64];                  /* out, FAILED: SQS's code ("InvalidMessageContents"),
-                                       "MD5Mismatch", or a transport error's kind */
-    char message[200];              /* out, FAILED: SQS's message or the error text */
-};
-
 /* Checks a MessageGroupId or MessageDeduplicationId as SQS does: 1 to 128 characters,
  * ASCII letters, digits and punctuation. Returns 0, or -1 with e set (LERR_INVALID) naming
  * what (e.g. "group id") and the offending character. */
 int sqs_fifo_id_check(const char *id, const char *what, struct lerr *e);
 
 /* Bytes SQS counts for the message: body, and each attribute's name, "String" and value. */
-size_t sqs_send_size(const struct sqs_send_entry *en);
+size_t sqs_send_size(const struct sqs_entry *en);
 
 /* Checks that s[0..len) is text SQS accepts in a body or attribute value: valid UTF-8
  * (no overlong forms, no surrogates) of the characters #x9 #xA #xD #x20-#xD7FF
@@ -224,18 +221,18 @@ size_t sqs_send_size(const struct sqs_send_entry *en);
 int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why);
 
 /* Sends one message (SendMessage). Returns 0 with en->status SQS_ENTRY_OK and
- * en->message_id set; -1 with e set otherwise (LERR_INVALID for a body or attribute that
+ * en->sent_id set; -1 with e set otherwise (LERR_INVALID for a body or attribute that
  * sqs_text_check refuses, nothing sent; LERR_HTTP with SQS's words; a transport error's
  * kind), en->status SQS_ENTRY_FAILED with code and message, and c->last_error filled.
  * Retried as the batch calls are; a retry after a lost answer may send it twice. */
-int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e);
+int sqs_send(struct sqs_client *c, struct sqs_entry *en, struct lerr *e);
 
 /* Sends n entries, 1 <= n <= 10, in one SendMessageBatch (entry i is "m<i>"). Entries
  * that fail through no fault of ours (SenderFault false, throttling) and whole requests
  * that fail so are retried, up to c->batch_attempts rounds. Returns 0 when every entry
  * is SQS_ENTRY_OK; -1 with e set when any is SQS_ENTRY_FAILED (each entry says why) or
  * the arguments are invalid (LERR_INVALID: nothing sent, entries FAILED with the reason). */
-int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
+int sqs_send_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                    struct lerr *e);
 
 /* The request bodies, into a new NUL-terminated buffer to free() (length in *len), or
@@ -243,20 +240,20 @@ int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t 
  * n out of 1..10, no pending entry), LERR_NOMEM. The batch holds the entries whose status
  * is SQS_ENTRY_PENDING. Bodies and values are escaped by hand, never through a parsed
  * form: only '"', '\\' and control bytes are escaped, everything else is copied. */
-char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
+char *sqs_send_request(const char *queue_url, const struct sqs_entry *en, size_t *len,
                        struct lerr *e);
-char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
+char *sqs_send_batch_request(const char *queue_url, const struct sqs_entry *entries,
                              size_t n, size_t *len, struct lerr *e);
 
 /* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
  * lowercase hex characters; "" when the entry has none. */
-void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33]);
+void sqs_attributes_md5(const struct sqs_entry *en, char out[33]);
 
 /* Applies a SendMessage answer (HTTP 200 body) to en: OK with the MessageId, or FAILED
  * (code "MD5Mismatch") when MD5OfMessageBody or MD5OfMessageAttributes, if given, is not
  * that of what was sent. Returns -1 (LERR_MALFORMED) when the answer is not an object
  * with a MessageId; en is then unchanged. */
-int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
+int sqs_parse_send_result(const char *json, size_t len, struct sqs_entry *en,
                           struct lerr *e);
 
 /* Applies a SendMessageBatch answer to the PENDING entries, like sqs_parse_batch_result:
@@ -264,7 +261,7 @@ int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *e
  * or stay PENDING with code and message when SQS says SenderFault false or names
  * throttling or an internal error. Entries not mentioned stay PENDING. Returns 0, or -1
  * (LERR_MALFORMED) when the answer is not the expected JSON. */
-int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
+int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_entry *entries,
                                 size_t n, struct lerr *e);
 
 /* --- GetQueueAttributes (lambdo check) ------------------------------------------------ */

@@ -555,7 +555,7 @@ static void assert_attribute(const cJSON *attrs, const char *name, const char *v
 static void test_send_request(void **state)
 {
     for (size_t i = 0; i < N_ELEMS(tricky); i++) {
-        struct sqs_send_entry en = { .body = tricky[i], .body_len = strlen(tricky[i]),
+        struct sqs_entry en = { .body = tricky[i], .body_len = strlen(tricky[i]),
                                      .image = IMAGE, .size = "shared-cpu-1x",
                                      .command = "[\"node\",\"-e\",\"console.log(\\\"\\u00e9\\\")\"]" };
         struct lerr e = { 0 };
@@ -576,7 +576,7 @@ static void test_send_request(void **state)
     }
     /* only the attributes given; none at all: no MessageAttributes */
     {
-        struct sqs_send_entry en = { .body = "1", .body_len = 1, .image = IMAGE };
+        struct sqs_entry en = { .body = "1", .body_len = 1, .image = IMAGE };
         struct lerr e = { 0 };
         size_t len = 0;
         char *s = sqs_send_request(QUEUE, &en, &len, &e);
@@ -596,7 +596,7 @@ static void test_send_request(void **state)
     }
     /* the exact text, escapes as chosen */
     {
-        struct sqs_send_entry en = { .body = "\"a\\\"\t\x01\xc3\xa9", .body_len = 8,
+        struct sqs_entry en = { .body = "\"a\\\"\t\x01\xc3\xa9", .body_len = 8,
                                      .size = "x" };
         struct lerr e = { 0 };
         size_t len = 0;
@@ -619,7 +619,7 @@ static void test_send_request(void **state)
 static void test_send_request_invalid(void **state)
 {
     static const struct {
-        struct sqs_send_entry en;
+        struct sqs_entry en;
         const char *msg;
     } cases[] = {
         { { .body = "", .body_len = 0 }, "message body is empty" },
@@ -649,7 +649,7 @@ static void test_send_request_invalid(void **state)
 
 static void test_send_batch_request(void **state)
 {
-    struct sqs_send_entry en[SQS_MAX_MESSAGES + 1];
+    struct sqs_entry en[SQS_MAX_MESSAGES + 1];
     struct lerr e = { 0 };
     size_t len = 0;
     char *s;
@@ -658,7 +658,7 @@ static void test_send_batch_request(void **state)
 
     for (size_t i = 0; i < N_ELEMS(en); i++) {
         const char *b = tricky[i % N_ELEMS(tricky)];
-        en[i] = (struct sqs_send_entry){ .body = b, .body_len = strlen(b), .image = IMAGE,
+        en[i] = (struct sqs_entry){ .body = b, .body_len = strlen(b), .image = IMAGE,
                                          .command = i % 2 ? "[\"x\"]" : NULL };
     }
     en[1].status = SQS_ENTRY_OK;  /* done: not sent again */
@@ -766,7 +766,7 @@ static void test_attributes_request(void **state)
 
 static void test_attributes_md5(void **state)
 {
-    struct sqs_send_entry en = { .body = "1", .body_len = 1, .image = IMAGE,
+    struct sqs_entry en = { .body = "1", .body_len = 1, .image = IMAGE,
                                  .size = "shared-cpu-1x", .command = "[\"node\",\"index.js\"]" };
     char md5[33];
 
@@ -782,7 +782,7 @@ static void test_attributes_md5(void **state)
 
 static void test_parse_send_result(void **state)
 {
-    struct sqs_send_entry en = { .body = "{\"a\":1}", .body_len = 7, .image = IMAGE };
+    struct sqs_entry en = { .body = "{\"a\":1}", .body_len = 7, .image = IMAGE };
     struct lerr e = { 0 };
     char ok[256];
 
@@ -790,20 +790,20 @@ static void test_parse_send_result(void **state)
              "\"MD5OfMessageAttributes\":\"%s\"}", MD5_BODY, MD5_IMAGE);
     assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
-    assert_string_equal(en.message_id, "id-1");
+    assert_string_equal(en.sent_id, "id-1");
 
     /* without MD5s: trusted (SQS always sends them; emulators may not) */
-    memset(en.message_id, 0, sizeof en.message_id);
+    memset(en.sent_id, 0, sizeof en.sent_id);
     assert_int_equal(sqs_parse_send_result("{\"MessageId\":\"x\"}", 17, &en, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
-    assert_string_equal(en.message_id, "x");
+    assert_string_equal(en.sent_id, "x");
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-2\",\"MD5OfMessageBody\":\"%s\"}",
              "00000000000000000000000000000000");
     assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_FAILED);
     assert_string_equal(en.code, "MD5Mismatch");
-    assert_string_equal(en.message_id, "id-2");
+    assert_string_equal(en.sent_id, "id-2");
     assert_contains(en.message, "is not the MD5 of the body sent (" MD5_BODY ")");
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-3\",\"MD5OfMessageBody\":\"%s\","
@@ -814,26 +814,26 @@ static void test_parse_send_result(void **state)
                                 "attributes sent (" MD5_IMAGE ")");
 
     en.status = SQS_ENTRY_PENDING;
-    strcpy(en.message_id, "kept");
+    strcpy(en.sent_id, "kept");
     assert_int_equal(sqs_parse_send_result("{\"MD5OfMessageBody\":\"x\"}", 24, &en, &e), -1);
     assert_int_equal(e.kind, LERR_MALFORMED);
     assert_string_equal(e.msg, "SQS SendMessage answer: no MessageId");
     assert_int_equal(en.status, SQS_ENTRY_PENDING);
-    assert_string_equal(en.message_id, "kept");
+    assert_string_equal(en.sent_id, "kept");
     assert_int_equal(sqs_parse_send_result("<html>", 6, &en, &e), -1);
     assert_string_equal(e.msg, "SQS SendMessage answer: not a JSON object");
 }
 
 static void test_parse_send_batch_result(void **state)
 {
-    struct sqs_send_entry en[6];
+    struct sqs_entry en[6];
     struct lerr e = { 0 };
     char answer[1024];
 
     for (size_t i = 0; i < N_ELEMS(en); i++)
-        en[i] = (struct sqs_send_entry){ .body = "{\"a\":1}", .body_len = 7 };
+        en[i] = (struct sqs_entry){ .body = "{\"a\":1}", .body_len = 7 };
     en[5].status = SQS_ENTRY_OK;  /* not sent this round: answers about it are ignored */
-    strcpy(en[5].message_id, "old");
+    strcpy(en[5].sent_id, "old");
     snprintf(answer, sizeof answer,
              "{\"Successful\":[{\"Id\":\"m0\",\"MessageId\":\"id0\",\"MD5OfMessageBody\":\"%s\"},"
              "{\"Id\":\"m2\",\"MessageId\":\"id2\"},{\"Id\":\"m9\",\"MessageId\":\"id9\"},"
@@ -844,19 +844,19 @@ static void test_parse_send_batch_result(void **state)
              MD5_BODY);
     assert_int_equal(sqs_parse_send_batch_result(answer, strlen(answer), en, 6, &e), 0);
     assert_int_equal(en[0].status, SQS_ENTRY_OK);
-    assert_string_equal(en[0].message_id, "id0");
+    assert_string_equal(en[0].sent_id, "id0");
     assert_int_equal(en[1].status, SQS_ENTRY_FAILED);
     assert_string_equal(en[1].code, "InvalidMessageContents");
     assert_string_equal(en[1].message, "Invalid characters found");
-    assert_string_equal(en[1].message_id, "");
+    assert_string_equal(en[1].sent_id, "");
     assert_int_equal(en[2].status, SQS_ENTRY_OK);
-    assert_string_equal(en[2].message_id, "id2");
+    assert_string_equal(en[2].sent_id, "id2");
     assert_int_equal(en[3].status, SQS_ENTRY_PENDING);  /* SQS's fault: worth a retry */
     assert_string_equal(en[3].code, "InternalError");
     assert_int_equal(en[4].status, SQS_ENTRY_PENDING);  /* not mentioned */
     assert_string_equal(en[4].code, "");
     assert_int_equal(en[5].status, SQS_ENTRY_OK);
-    assert_string_equal(en[5].message_id, "old");
+    assert_string_equal(en[5].sent_id, "old");
 
     /* a Failed entry without SenderFault is ours; throttling is not */
     en[3].status = en[4].status = SQS_ENTRY_PENDING;
@@ -1002,7 +1002,7 @@ static void test_text_check(void **state)
 
 static void test_send_size(void **state)
 {
-    struct sqs_send_entry en = { .body = "12345", .body_len = 5 };
+    struct sqs_entry en = { .body = "12345", .body_len = 5 };
 
     assert_int_equal(sqs_send_size(&en), 5);
     en.image = "img";

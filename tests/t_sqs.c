@@ -1995,7 +1995,7 @@ static void test_client_send(void **state)
         { 200, NULL, "{\"MessageId\":\"id-1\",\"MD5OfMessageBody\":\"" MD5_HELLO "\"}", 0 },
         { 200, NULL, "{\"MessageId\":\"id-2\",\"MD5OfMessageBody\":\"00000000000000000000000000000000\"}", 0 },
     };
-    struct sqs_send_entry en = { .body = "hello", .body_len = 5 };
+    struct sqs_entry en = { .body = "hello", .body_len = 5 };
     struct env v;
     struct lerr e = { 0 };
     cJSON *j;
@@ -2003,7 +2003,7 @@ static void test_client_send(void **state)
     env_start(&v, script, 3);
     assert_int_equal(sqs_send(&v.c, &en, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
-    assert_string_equal(en.message_id, "id-1");
+    assert_string_equal(en.sent_id, "id-1");
     assert_int_equal(fake_count(&v.f), 2);
     j = check_request(&v, 1, "SendMessage");
     assert_str(j, "MessageBody", "hello");
