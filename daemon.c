@@ -666,6 +666,7 @@ static int pool_lease(struct job *j, int fresh)
     struct fly_exit x;
     long long exp;
     struct lerr e;
+    int gone;
 
     if (pm->nonce[0]) {  /* HELD: still ours */
         pool_lease_refresh(j);
@@ -681,13 +682,13 @@ static int pool_lease(struct job *j, int fresh)
     if (fresh)
         return 0;
     t.lease_nonce = pm->nonce;
-    if (fly_machine_exit(j->http, &t, pm->id, &x, &e) == 0 && !x.gone &&
-        strcmp(x.state, "stopped") == 0)
+    /* a gone Machine has no state: never "stopped" */
+    if (fly_machine_exit(j->http, &t, pm->id, &x, &e) == 0 && strcmp(x.state, "stopped") == 0)
         return 0;
     /* Fly may show a destroyed Machine for a while before it answers 404 */
-    x.gone |= strncmp(x.state, "destroy", 7) == 0;
+    gone = x.outcome == FLY_CALL_GONE || strncmp(x.state, "destroy", 7) == 0;
     pool_unlease(j->d, j->http, j->pm);
-    pool_give_up(j, x.gone, x.gone ? "is gone" : "is not stopped");
+    pool_give_up(j, gone, gone ? "is gone" : "is not stopped");
     return -1;
 }
 
