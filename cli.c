@@ -828,17 +828,12 @@ int cli_send(int argc, char **argv)
 
 static void check_config(const struct config *cfg)
 {
-    char regions[256] = "";
-
-    for (size_t i = 0; i < cfg->num_regions; i++)
-        snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
-                 i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local)
         cli_row(stdout, CLI_OK, "config", "SQS region %s, local backend, ack on %s",
                 cfg->aws_region, cfg->ack_on_exit ? "exit" : "create");
     else
         cli_row(stdout, CLI_OK, "config", "SQS region %s, Fly app %s in %s, ack on %s",
-                cfg->aws_region, cfg->fly_app, regions, cfg->ack_on_exit ? "exit" : "create");
+                cfg->aws_region, cfg->fly_app, cfg->region_list, cfg->ack_on_exit ? "exit" : "create");
 }
 
 static int check_anchors(const struct config *cfg, struct cli_net *net)

@@ -1526,11 +1526,6 @@ static void daemon_drain(struct daemon *d)
 
 static void log_start(const struct config *cfg)
 {
-    char regions[256] = "";
-
-    for (size_t i = 0; i < cfg->num_regions; i++)
-        snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
-                 i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local) {
         log_info("lambdo %s starting: queue %s, backend local (command %s), ack on exit (a "
                  "group's messages are deleted only once its process exited 0, whatever "
@@ -1540,7 +1535,7 @@ static void log_start(const struct config *cfg)
         return;
     }
     log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s%s, "
-             "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, regions,
+             "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, cfg->region_list,
              cfg->fly_api.tls ? "https" : "http", cfg->fly_api.authority,
              strcmp(cfg->fly_api.path, "/") ? cfg->fly_api.path : "",
              cfg->ack_on_exit ? "exit" : "create", cfg->fifo && !cfg->ack_given
