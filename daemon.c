@@ -497,13 +497,6 @@ static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m,
     return JOB_RETRY;
 }
 
-static void job_local_started(void *ctx, int pid)
-{
-    struct job *j = ctx;
-
-    log_info("group %s: process %d started for %zu events", j->gid, pid, j->count);
-}
-
 /* LAMBDO_BACKEND=local: the group runs as a child process; its exit status acknowledges
  * like a Machine's in exit mode, whatever LAMBDO_ACK says (config.c), so that a child that
  * fails never loses its messages. Returns 0 when the messages were handled to the end. */
@@ -523,9 +516,8 @@ static enum job_end job_run_local(struct job *j)
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
         .meta = j->meta, .meta_len = j->meta_len,
-        .group_id = j->gid, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
-        .shutdown_grace_s = cfg->shutdown_timeout, .started = job_local_started,
-        .idle = job_keepalive,
+        .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
+        .shutdown_grace_s = cfg->shutdown_timeout, .idle = job_keepalive,
         .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
