@@ -1069,8 +1069,6 @@ static void sqs_send_accepted(struct sqs_entry *en, const cJSON *item)
  * (sqs_send_accepted). SendMessage's answer is its one Successful item.
  * ==================================================================================== */
 
-enum { SQS_OP_SEND_BATCH = 2, SQS_OP_SEND };
-
 struct sqs_batch_ops {
     const char *name;    /* the operation, as X-Amz-Target names it */
     const char *answer;  /* how errors about its answer begin */
@@ -1262,17 +1260,6 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
     return sqs_entries_request(&sqs_ops[op], queue_url, entries, n, len, e);
 }
 
-char *sqs_send_batch_request(const char *queue_url, const struct sqs_entry *entries,
-                             size_t n, size_t *len, struct lerr *e)
-{
-    return sqs_entries_request(&sqs_ops[SQS_OP_SEND_BATCH], queue_url, entries, n, len, e);
-}
-
-char *sqs_send_request(const char *queue_url, const struct sqs_entry *en, size_t *len,
-                       struct lerr *e)
-{
-    return sqs_entries_request(&sqs_ops[SQS_OP_SEND], queue_url, en, 1, len, e);
-}
 
 /* --- the answer -------------------------------------------------------------------- */
 
@@ -1360,22 +1347,10 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
     return r;
 }
 
-int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
-                           struct lerr *e)
+int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
+                           struct sqs_entry *entries, size_t n, struct lerr *e)
 {
-    return sqs_apply_answer(&sqs_ops[SQS_OP_DELETE], json, len, entries, n, e);
-}
-
-int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_entry *entries,
-                                size_t n, struct lerr *e)
-{
-    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND_BATCH], json, len, entries, n, e);
-}
-
-int sqs_parse_send_result(const char *json, size_t len, struct sqs_entry *en,
-                          struct lerr *e)
-{
-    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND], json, len, en, 1, e);
+    return sqs_apply_answer(&sqs_ops[op], json, len, entries, n, e);
 }
 
 /* --- the rounds -------------------------------------------------------------------- */

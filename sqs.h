@@ -235,34 +235,9 @@ int sqs_send(struct sqs_client *c, struct sqs_entry *en, struct lerr *e);
 int sqs_send_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
                    struct lerr *e);
 
-/* The request bodies, into a new NUL-terminated buffer to free() (length in *len), or
- * NULL with e set: LERR_INVALID (no queue URL, a body or value sqs_text_check refuses,
- * n out of 1..10, no pending entry), LERR_NOMEM. The batch holds the entries whose status
- * is SQS_ENTRY_PENDING. Bodies and values are escaped by hand, never through a parsed
- * form: only '"', '\\' and control bytes are escaped, everything else is copied. */
-char *sqs_send_request(const char *queue_url, const struct sqs_entry *en, size_t *len,
-                       struct lerr *e);
-char *sqs_send_batch_request(const char *queue_url, const struct sqs_entry *entries,
-                             size_t n, size_t *len, struct lerr *e);
-
 /* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
  * lowercase hex characters; "" when the entry has none. */
 void sqs_attributes_md5(const struct sqs_entry *en, char out[33]);
-
-/* Applies a SendMessage answer (HTTP 200 body) to en: OK with the MessageId, or FAILED
- * (code "MD5Mismatch") when MD5OfMessageBody or MD5OfMessageAttributes, if given, is not
- * that of what was sent. Returns -1 (LERR_MALFORMED) when the answer is not an object
- * with a MessageId; en is then unchanged. */
-int sqs_parse_send_result(const char *json, size_t len, struct sqs_entry *en,
-                          struct lerr *e);
-
-/* Applies a SendMessageBatch answer to the PENDING entries, like sqs_parse_batch_result:
- * Successful ones become OK (or FAILED on an MD5 mismatch, as above); Failed ones FAILED,
- * or stay PENDING with code and message when SQS says SenderFault false or names
- * throttling or an internal error. Entries not mentioned stay PENDING. Returns 0, or -1
- * (LERR_MALFORMED) when the answer is not the expected JSON. */
-int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_entry *entries,
-                                size_t n, struct lerr *e);
 
 /* --- GetQueueAttributes (lambdo check) ------------------------------------------------ */
 
@@ -300,11 +275,16 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
 
 /* --- pure parts, for the tests and the fuzzer ----------------------------------------- */
 
-enum sqs_batch_op { SQS_OP_DELETE, SQS_OP_CHANGE_VISIBILITY };
+/* The entry calls; SQS_OP_SEND is SendMessage, one entry written without the list. */
+enum sqs_batch_op { SQS_OP_DELETE, SQS_OP_CHANGE_VISIBILITY, SQS_OP_SEND_BATCH, SQS_OP_SEND };
 
 /* The JSON request bodies. Return a NUL-terminated string to free() (length in *len), or
- * NULL with e set (LERR_INVALID for out-of-range options, LERR_NOMEM). The batch body holds
- * the entries whose status is SQS_ENTRY_PENDING, entry i with the Id "m<i>". */
+ * NULL with e set (LERR_INVALID for out-of-range options, no queue URL, a receipt handle
+ * missing, a body or value sqs_text_check refuses, n out of 1..10 (SQS_OP_SEND: 1), no
+ * pending entry; LERR_NOMEM). The batch body holds the entries whose status is
+ * SQS_ENTRY_PENDING, entry i with the Id "m<i>". Bodies and values are escaped by hand,
+ * never through a parsed form: only '"', '\\' and control bytes are escaped, everything
+ * else is copied. */
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
                           struct lerr *e);
 char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
@@ -317,16 +297,19 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
  * LERR_NOMEM. Per-message problems are not errors: see sqs_message.flags. */
 int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct lerr *e);
 
-/* Applies a batch answer (HTTP 200 body) to the entries it is about, the PENDING ones
- * (the others were not sent; answers about them are ignored): Successful ones become OK;
- * Failed ones STALE (ReceiptHandleIsInvalid, MessageNotInflight, an expired handle:
- * logged as a warning), FAILED, or stay PENDING (with code and message) when SQS says SenderFault false or
+/* Applies an answer of op (HTTP 200 body) to the entries it is about, the PENDING ones
+ * (the others were not sent; answers about them are ignored): Successful ones become OK
+ * (a message sent: FAILED, code "MD5Mismatch", when MD5OfMessageBody or
+ * MD5OfMessageAttributes, if given, is not that of what was sent); Failed ones STALE
+ * (receipt handles only: (ReceiptHandleIsInvalid, MessageNotInflight, an expired handle:
+ * logged as a warning)), FAILED, or stay PENDING (with code and message) when SQS says SenderFault false or
  * names throttling or an internal error, so they are worth retrying. A Failed entry
  * without SenderFault counts as the sender's fault. Entries the answer does not mention
- * stay PENDING. Returns 0, or -1 with e set (LERR_MALFORMED) when the answer is not the
- * expected JSON. */
-int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
-                           struct lerr *e);
+ * stay PENDING. SendMessage's answer is itself its one entry's Successful item. Returns 0,
+ * or -1 with e set (LERR_MALFORMED) when the answer is not the expected JSON (SendMessage:
+ * an object with a MessageId); nothing is applied then. */
+int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
+                           struct sqs_entry *entries, size_t n, struct lerr *e);
 
 /* Reads an error answer: the code from the body's __type (or code), else the
  * X-Amzn-ErrorType header, else the X-Amzn-Query-Error header

@@ -560,7 +560,7 @@ static void test_send_request(void **state)
                                      .command = "[\"node\",\"-e\",\"console.log(\\\"\\u00e9\\\")\"]" };
         struct lerr e = { 0 };
         size_t len = 0;
-        char *s = sqs_send_request(QUEUE, &en, &len, &e);
+        char *s = sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e);
         cJSON *j = request_json(s, len);
         const cJSON *attrs = member(j, "MessageAttributes");
 
@@ -579,7 +579,7 @@ static void test_send_request(void **state)
         struct sqs_entry en = { .body = "1", .body_len = 1, .image = IMAGE };
         struct lerr e = { 0 };
         size_t len = 0;
-        char *s = sqs_send_request(QUEUE, &en, &len, &e);
+        char *s = sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e);
         cJSON *j = request_json(s, len);
         const cJSON *attrs = member(j, "MessageAttributes");
 
@@ -590,7 +590,7 @@ static void test_send_request(void **state)
         cJSON_Delete(j);
         free(s);
         en.image = NULL;
-        s = sqs_send_request(QUEUE, &en, &len, &e);
+        s = sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e);
         assert_string_equal(s, "{\"QueueUrl\":\"" QUEUE "\",\"MessageBody\":\"1\"}");
         free(s);
     }
@@ -603,12 +603,12 @@ static void test_send_request(void **state)
         char *s;
 
         /* \x01 is refused (SQS would); the escaping itself is shown with a queue URL */
-        assert_null(sqs_send_request(QUEUE, &en, &len, &e));
+        assert_null(sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e));
         assert_int_equal(e.kind, LERR_INVALID);
         assert_string_equal(e.msg, "SQS SendMessage: message body has a control character, "
                                    "which SQS does not accept at byte 5");
         en.body_len = 5;
-        s = sqs_send_request("q\"\\\x01\n", &en, &len, &e);
+        s = sqs_batch_request(SQS_OP_SEND, "q\"\\\x01\n", &en, 1, &len, &e);
         assert_string_equal(s, "{\"QueueUrl\":\"q\\\"\\\\\\u0001\\n\",\"MessageBody\":"
                                "\"\\\"a\\\\\\\"\\t\",\"MessageAttributes\":{\"size\":"
                                "{\"DataType\":\"String\",\"StringValue\":\"x\"}}}");
@@ -636,14 +636,14 @@ static void test_send_request_invalid(void **state)
     size_t len;
 
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
-        assert_null(sqs_send_request(QUEUE, &cases[i].en, &len, &e));
+        assert_null(sqs_batch_request(SQS_OP_SEND, QUEUE, &cases[i].en, 1, &len, &e));
         assert_int_equal(e.kind, LERR_INVALID);
         assert_contains(e.msg, "SQS SendMessage: ");
         assert_contains(e.msg, cases[i].msg);
     }
-    assert_null(sqs_send_request("", &cases[0].en, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND, "", &cases[0].en, 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessage: no queue URL");
-    assert_null(sqs_send_request("http://q/\xff", &cases[5].en, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND, "http://q/\xff", &cases[5].en, 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessage: the queue URL is not UTF-8");
 }
 
@@ -664,7 +664,7 @@ static void test_send_batch_request(void **state)
     en[1].status = SQS_ENTRY_OK;  /* done: not sent again */
     en[2].group_id = "tenant-\"7\"";  /* FIFO ids: punctuation is allowed, escaped */
     en[2].dedup_id = "d/1";
-    s = sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES, &len, &e);
+    s = sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, SQS_MAX_MESSAGES, &len, &e);
     j = request_json(s, len);
     assert_int_equal(cJSON_GetArraySize(j), 2);
     assert_bytes(member(j, "QueueUrl"), QUEUE, strlen(QUEUE));
@@ -693,31 +693,31 @@ static void test_send_batch_request(void **state)
     free(s);
 
     en[2].group_id = "a b";  /* SQS refuses it: found before sending */
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id \"a b\" has a "
                                "character SQS refuses at byte 1 (only ASCII letters, digits "
                                "and punctuation)");
     en[2].group_id = "";
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id must be 1 to 128 "
                                "characters, got 0");
     en[2].group_id = NULL;
     en[2].dedup_id = "d\xc3\xa9";
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_contains(e.msg, "deduplication id \"d");
     en[2].dedup_id = NULL;
-    assert_null(sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES + 1, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, SQS_MAX_MESSAGES + 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: 11 entries (1 to 10 allowed)");
-    assert_null(sqs_send_batch_request(QUEUE, en, 0, &len, &e));
-    assert_null(sqs_send_batch_request(QUEUE, en + 1, 1, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 0, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en + 1, 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: no pending entry to send");
     en[3].body = "\"\xfe\"";
     en[3].body_len = 3;
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: entry 3: message body has invalid UTF-8 "
                                "at byte 1");
     en[3].status = SQS_ENTRY_FAILED;  /* not pending: not checked, not sent */
-    s = sqs_send_batch_request(QUEUE, en, 4, &len, &e);
+    s = sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e);
     assert_non_null(s);
     free(s);
 }
@@ -788,19 +788,20 @@ static void test_parse_send_result(void **state)
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-1\",\"MD5OfMessageBody\":\"%s\","
              "\"MD5OfMessageAttributes\":\"%s\"}", MD5_BODY, MD5_IMAGE);
-    assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, ok, strlen(ok), &en, 1, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
     assert_string_equal(en.sent_id, "id-1");
 
     /* without MD5s: trusted (SQS always sends them; emulators may not) */
     memset(en.sent_id, 0, sizeof en.sent_id);
-    assert_int_equal(sqs_parse_send_result("{\"MessageId\":\"x\"}", 17, &en, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, "{\"MessageId\":\"x\"}", 17, &en, 1,
+                                            &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
     assert_string_equal(en.sent_id, "x");
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-2\",\"MD5OfMessageBody\":\"%s\"}",
              "00000000000000000000000000000000");
-    assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, ok, strlen(ok), &en, 1, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_FAILED);
     assert_string_equal(en.code, "MD5Mismatch");
     assert_string_equal(en.sent_id, "id-2");
@@ -808,19 +809,20 @@ static void test_parse_send_result(void **state)
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-3\",\"MD5OfMessageBody\":\"%s\","
              "\"MD5OfMessageAttributes\":\"%s\"}", MD5_BODY, MD5_ATTRS3);
-    assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, ok, strlen(ok), &en, 1, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_FAILED);
     assert_contains(en.message, "MD5OfMessageAttributes " MD5_ATTRS3 " is not the MD5 of the "
                                 "attributes sent (" MD5_IMAGE ")");
 
     en.status = SQS_ENTRY_PENDING;
     strcpy(en.sent_id, "kept");
-    assert_int_equal(sqs_parse_send_result("{\"MD5OfMessageBody\":\"x\"}", 24, &en, &e), -1);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, "{\"MD5OfMessageBody\":\"x\"}", 24,
+                                            &en, 1, &e), -1);
     assert_int_equal(e.kind, LERR_MALFORMED);
     assert_string_equal(e.msg, "SQS SendMessage answer: no MessageId");
     assert_int_equal(en.status, SQS_ENTRY_PENDING);
     assert_string_equal(en.sent_id, "kept");
-    assert_int_equal(sqs_parse_send_result("<html>", 6, &en, &e), -1);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, "<html>", 6, &en, 1, &e), -1);
     assert_string_equal(e.msg, "SQS SendMessage answer: not a JSON object");
 }
 
@@ -842,7 +844,8 @@ static void test_parse_send_batch_result(void **state)
              "\"Message\":\"Invalid characters\\nfound\"},"
              "{\"Id\":\"m3\",\"SenderFault\":false,\"Code\":\"InternalError\",\"Message\":\"oops\"}]}",
              MD5_BODY);
-    assert_int_equal(sqs_parse_send_batch_result(answer, strlen(answer), en, 6, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND_BATCH, answer, strlen(answer), en, 6,
+                                            &e), 0);
     assert_int_equal(en[0].status, SQS_ENTRY_OK);
     assert_string_equal(en[0].sent_id, "id0");
     assert_int_equal(en[1].status, SQS_ENTRY_FAILED);
@@ -863,7 +866,8 @@ static void test_parse_send_batch_result(void **state)
     snprintf(answer, sizeof answer, "{\"Successful\":null,\"Failed\":[{\"Id\":\"m3\",\"Code\":"
              "\"InvalidParameterValue\"},{\"Id\":\"m4\",\"SenderFault\":true,\"Code\":"
              "\"RequestThrottled\"}]}");
-    assert_int_equal(sqs_parse_send_batch_result(answer, strlen(answer), en, 6, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND_BATCH, answer, strlen(answer), en, 6,
+                                            &e), 0);
     assert_int_equal(en[3].status, SQS_ENTRY_FAILED);
     assert_string_equal(en[3].message, "");
     assert_int_equal(en[4].status, SQS_ENTRY_PENDING);
@@ -874,8 +878,8 @@ static void test_parse_send_batch_result(void **state)
     };
     for (size_t i = 0; i < N_ELEMS(malformed); i++) {
         en[4].status = SQS_ENTRY_PENDING;
-        assert_int_equal(sqs_parse_send_batch_result(malformed[i], strlen(malformed[i]), en, 6,
-                                                     &e), -1);
+        assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND_BATCH, malformed[i],
+                                                strlen(malformed[i]), en, 6, &e), -1);
         assert_int_equal(e.kind, LERR_MALFORMED);
         assert_contains(e.msg, "SQS SendMessageBatch answer: ");
         assert_int_equal(en[4].status, SQS_ENTRY_PENDING);

@@ -1042,7 +1042,7 @@ static void test_batch_answers(void **state)
             en[k].receipt_handle = "h";
             en[k].status = c->before[k];
         }
-        rc = sqs_parse_batch_result(c->json, strlen(c->json), en, c->n, &e);
+        rc = sqs_parse_batch_result(SQS_OP_DELETE, c->json, strlen(c->json), en, c->n, &e);
         if (rc != c->rc)
             fail_msg("%s: rc %d (%s)", c->name, rc, e.msg);
         if (rc < 0) {
@@ -1065,7 +1065,7 @@ static void test_batch_answer_messages(void **state)
     struct sqs_entry en[1] = { { .receipt_handle = "h" } };
     struct lerr e = { 0 };
 
-    assert_int_equal(sqs_parse_batch_result(json, strlen(json), en, 1, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_DELETE, json, strlen(json), en, 1, &e), 0);
     assert_int_equal(en[0].status, SQS_ENTRY_FAILED);
     assert_string_equal(en[0].code, "TooManyEntriesInBatchRequest");
     assert_string_equal(en[0].message, "Too many");
