@@ -649,7 +649,8 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
 
         for (size_t i = 0; i < k; i++)
             send_entry(o, &lines[start + i], ids[i], &en[i]);
-        (void)sqs_send_batch(c, en, k, &e);  /* each entry says what happened to it */
+        /* each entry says what happened to it */
+        (void)sqs_batch_call(c, SQS_OP_SEND_BATCH, en, k, &e);
         sent = send_report_batch(o, en, lines + start, k);
         unsent += k - sent;
         start += k;
@@ -672,7 +673,7 @@ static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
     struct lerr e;
 
     send_entry(o, line, ids, &en);
-    if (sqs_send(c, &en, &e) < 0) {
+    if (sqs_batch_call(c, SQS_OP_SEND, &en, 1, &e) < 0) {
         say("%s", e.msg);
         return 1;
     }

@@ -259,10 +259,7 @@ static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
             en[i].message_id = msgs[off + i].id;
             en[i].visibility_timeout = visibility;
         }
-        if (delete)
-            sqs_delete_batch(s, en, n, &e);
-        else
-            sqs_change_visibility_batch(s, en, n, &e);
+        sqs_batch_call(s, delete ? SQS_OP_DELETE : SQS_OP_CHANGE_VISIBILITY, en, n, &e);
         for (size_t i = 0; i < n; i++) {
             if (en[i].status == SQS_ENTRY_OK)
                 metrics_count(&d->metrics, counted, 1);

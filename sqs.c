@@ -1108,11 +1108,6 @@ static void sqs_label(const struct sqs_batch_ops *o, const struct sqs_entry *ent
         snprintf(out, cap, "entry %zu", i);
 }
 
-static void sqs_entry_why(struct sqs_entry *en, const char *code, const char *message)
-{
-    sqs_why(en->code, en->message, code, message);
-}
-
 /* Entries are named by their index in the caller's array ("m0".."m9": at most 10), so an
  * answer maps straight back to its entry, and retries of a subset keep their names. */
 _Static_assert(SQS_MAX_MESSAGES <= 10, "entry ids are one digit");
@@ -1214,9 +1209,10 @@ static const struct sqs_batch_ops sqs_ops[] = {
 
 /* The pending entries, each checked before it is written: nothing is sent that SQS would
  * refuse. */
-static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queue_url,
-                                 const struct sqs_entry *entries, size_t n, size_t *len, struct lerr *e)
+char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
+                        const struct sqs_entry *entries, size_t n, size_t *len, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     struct json_buf b = { 0 };
     size_t sent = 0;
 
@@ -1251,13 +1247,6 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
     }
     json_buf_lit(&b, o->single ? "" : "]");
     return sb_finish(&b, len, e);
-}
-
-char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
-                        const struct sqs_entry *entries, size_t n, size_t *len,
-                        struct lerr *e)
-{
-    return sqs_entries_request(&sqs_ops[op], queue_url, entries, n, len, e);
 }
 
 
@@ -1299,15 +1288,15 @@ static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
 
 /* A Failed item: STALE, FAILED, or still pending when SQS's side failed (throttled or
  * internal), worth a retry. Without SenderFault, the fault is assumed ours. */
-static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item, struct sqs_entry *entries,
-                             size_t i)
+static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item,
+                             struct sqs_entry *entries, size_t i)
 {
     const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
     const char *code = sqs_json_string(item, "Code"), *message = sqs_json_string(item, "Message");
     struct sqs_entry *en = &entries[i];
     char label[160];
 
-    sqs_entry_why(en, code ? code : "", message ? message : "");
+    sqs_why(en->code, en->message, code ? code : "", message ? message : "");
     code = en->code;
     message = en->message;
     if (o->receipts && sqs_stale(code, message)) {
@@ -1320,9 +1309,10 @@ static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item, s
     }
 }
 
-static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, size_t len,
-                            struct sqs_entry *entries, size_t n, struct lerr *e)
+int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
+                           struct sqs_entry *entries, size_t n, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     cJSON *root = json_parse(json, len);
     const cJSON *lists[2] = { NULL, NULL }, *item;
     int r = sqs_answer_lists(o, root, lists, e);
@@ -1347,49 +1337,43 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
     return r;
 }
 
-int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
-                           struct sqs_entry *entries, size_t n, struct lerr *e)
-{
-    return sqs_apply_answer(&sqs_ops[op], json, len, entries, n, e);
-}
-
 /* --- the rounds -------------------------------------------------------------------- */
 
 /* Gives the still-pending entries why: a whole-request failure, "" to start a round, or
  * (keep set: only to those that do not say why already) what the answer left out. */
-static void sqs_pending_why(const struct sqs_batch_ops *o, struct sqs_entry *entries, size_t n, int keep,
-                            const char *code, const char *message)
+static void sqs_pending_why(struct sqs_entry *entries, size_t n, int keep, const char *code,
+                            const char *message)
 {
     for (size_t i = 0; i < n; i++)
         if (entries[i].status == SQS_ENTRY_PENDING && !(keep && entries[i].code[0]))
-            sqs_entry_why(&entries[i], code, message);
+            sqs_why(entries[i].code, entries[i].message, code, message);
 }
 
 /* One round: send the pending entries, apply the answer. 0 when the exchange worked
  * (some entries may still be pending), -1 when the request failed as a whole: the
  * pending entries then say why. */
-static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, struct sqs_entry *entries,
-                           size_t n, struct lerr *e)
+static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o,
+                           struct sqs_entry *entries, size_t n, struct lerr *e)
 {
     struct http_response resp;
     size_t len;
     char *body;
     int r;
 
-    sqs_pending_why(o, entries, n, 0, "", "");
-    body = sqs_entries_request(o, c->queue_url, entries, n, &len, e);
+    sqs_pending_why(entries, n, 0, "", "");
+    body = sqs_batch_request(o->op, c->queue_url, entries, n, &len, e);
     r = sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e);
     if (r == 0) {
-        r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
+        r = sqs_parse_batch_result(o->op, resp.body, resp.body_len, entries, n, e);
         if (r < 0 && o->receipts)  /* "SQS batch answer" does not say which */
             lerr_wrap(e, "SQS %s", o->name);
         r = sqs_answer_read(c, &resp, r, e);
     }
     if (r < 0) {
-        sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
+        sqs_pending_why(entries, n, 0, sqs_call_code(c, e), e->msg);
         return -1;
     }
-    sqs_pending_why(o, entries, n, 1, "NotReported", "the answer did not mention this entry");
+    sqs_pending_why(entries, n, 1, "NotReported", "the answer did not mention this entry");
     return 0;
 }
 
@@ -1410,9 +1394,10 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, struct sqs_entry *en
                     what, label, code, message);
 }
 
-static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, struct sqs_entry *entries,
-                         size_t n, struct lerr *e)
+int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                   size_t n, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
     int whole_failed = 0;
     struct lerr why;
@@ -1435,7 +1420,7 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, st
             sqs_entries_error(o, entries, n, SQS_ENTRY_PENDING, "not done yet", &why);
         if (attempt + 1 < attempts && sqs_backoff(c, attempt, attempts, &why, e) < 0) {
             whole_failed = 1;
-            sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
+            sqs_pending_why(entries, n, 0, sqs_call_code(c, e), e->msg);
             break;
         }
     }
@@ -1451,28 +1436,6 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, st
     return sqs_entries_error(o, entries, n, SQS_ENTRY_FAILED, "failed", e);
 }
 
-int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                     struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_DELETE], entries, n, e);
-}
-
-int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                                struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_CHANGE_VISIBILITY], entries, n, e);
-}
-
-int sqs_send_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                   struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND_BATCH], entries, n, e);
-}
-
-int sqs_send(struct sqs_client *c, struct sqs_entry *en, struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND], en, 1, e);
-}
 /* ======================================================================================
  * GetQueueAttributes (lambdo check)
  * ==================================================================================== */

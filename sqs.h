@@ -186,15 +186,21 @@ struct sqs_entry {
     char message[200];              /* out: SQS's message, or the transport error text */
 };
 
-/* Deletes (or changes the visibility of) n entries, 1 <= n <= 10. Returns 0 when every
- * entry is SQS_ENTRY_OK or SQS_ENTRY_STALE; -1 with e set when any entry is
- * SQS_ENTRY_FAILED (or the arguments are invalid: LERR_INVALID, nothing sent, entries
- * FAILED with the reason, as sqs_send_batch). Each entry's status says what happened to
- * it either way. */
-int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                     struct lerr *e);
-int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                                struct lerr *e);
+/* The entry calls; SQS_OP_SEND is SendMessage, one entry written without the list. */
+enum sqs_batch_op { SQS_OP_DELETE, SQS_OP_CHANGE_VISIBILITY, SQS_OP_SEND_BATCH, SQS_OP_SEND };
+
+/* Deletes, changes the visibility of, or sends (SendMessageBatch, entry i is "m<i>") n
+ * entries, 1 <= n <= 10; sends one message (SendMessage, n = 1). Entries that fail through
+ * no fault of ours (SenderFault false, throttling) and whole requests that fail so are
+ * retried, up to c->batch_attempts rounds; a retry after a lost answer may send a message
+ * twice. Returns 0 when every entry is SQS_ENTRY_OK (or, for receipt handles,
+ * SQS_ENTRY_STALE); -1 with e set when any is SQS_ENTRY_FAILED (code and message say why;
+ * SendMessage: e is "SQS SendMessage: message <id>: <code>: <message>") or the arguments
+ * are invalid (LERR_INVALID, e.g. a body or attribute that sqs_text_check refuses: nothing
+ * sent, entries FAILED with the reason). c->last_error says what SQS said. Each entry's
+ * status says what happened to it either way; a sent one's sent_id is its MessageId. */
+int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                   size_t n, struct lerr *e);
 
 /* --- SendMessage and SendMessageBatch (lambdo send) ----------------------------------- */
 
@@ -219,21 +225,6 @@ size_t sqs_send_size(const struct sqs_entry *en);
  * #xE000-#xFFFD #x10000-#x10FFFF. Returns 0, or -1 with *err_at the offset of the first
  * offending byte and *why a short static description. err_at and why may be NULL. */
 int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why);
-
-/* Sends one message (SendMessage). Returns 0 with en->status SQS_ENTRY_OK and
- * en->sent_id set; -1 with e set otherwise (LERR_INVALID for a body or attribute that
- * sqs_text_check refuses, nothing sent; LERR_HTTP with SQS's words; a transport error's
- * kind), en->status SQS_ENTRY_FAILED with code and message, and c->last_error filled.
- * Retried as the batch calls are; a retry after a lost answer may send it twice. */
-int sqs_send(struct sqs_client *c, struct sqs_entry *en, struct lerr *e);
-
-/* Sends n entries, 1 <= n <= 10, in one SendMessageBatch (entry i is "m<i>"). Entries
- * that fail through no fault of ours (SenderFault false, throttling) and whole requests
- * that fail so are retried, up to c->batch_attempts rounds. Returns 0 when every entry
- * is SQS_ENTRY_OK; -1 with e set when any is SQS_ENTRY_FAILED (each entry says why) or
- * the arguments are invalid (LERR_INVALID: nothing sent, entries FAILED with the reason). */
-int sqs_send_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                   struct lerr *e);
 
 /* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
  * lowercase hex characters; "" when the entry has none. */
@@ -274,9 +265,6 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
                              struct lerr *e);
 
 /* --- pure parts, for the tests and the fuzzer ----------------------------------------- */
-
-/* The entry calls; SQS_OP_SEND is SendMessage, one entry written without the list. */
-enum sqs_batch_op { SQS_OP_DELETE, SQS_OP_CHANGE_VISIBILITY, SQS_OP_SEND_BATCH, SQS_OP_SEND };
 
 /* The JSON request bodies. Return a NUL-terminated string to free() (length in *len), or
  * NULL with e set (LERR_INVALID for out-of-range options, no queue URL, a receipt handle
