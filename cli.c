@@ -211,9 +211,9 @@ int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t
 
 /* The entry SQS gets for a body with the flags' attributes. */
 static void cli_entry(const struct cli_send_opts *o, const char *body, size_t len,
-                      struct sqs_send_entry *en)
+                      struct sqs_entry *en)
 {
-    *en = (struct sqs_send_entry){ .body = body, .body_len = len, .image = o->image,
+    *en = (struct sqs_entry){ .body = body, .body_len = len, .image = o->image,
                                    .size = o->size, .command = o->command };
 }
 
@@ -223,7 +223,7 @@ static int cli_check_message(const struct cli_send_opts *o, const char *body, si
 {
     const struct event ev = { .body = body, .body_len = len, .image = o->image,
                               .size = o->size, .command = o->command };
-    struct sqs_send_entry en;
+    struct sqs_entry en;
     const char *why;
     size_t at;
     int r = 0;
@@ -589,7 +589,7 @@ static size_t send_report_invalid(const struct cli_send_opts *o, const struct cl
 /* What became of one batch: MessageIds on stdout, the lines not sent on stderr (one line
  * when they all failed for the same reason, as when the whole request was refused).
  * Returns how many were sent. */
-static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_send_entry *en,
+static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_entry *en,
                                 const struct cli_line *lines, size_t k)
 {
     const char *item = cli_item(o);
@@ -597,7 +597,7 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
 
     for (size_t i = 0; i < k; i++) {
         if (en[i].status == SQS_ENTRY_OK) {
-            printf("%s\n", en[i].message_id);
+            printf("%s\n", en[i].sent_id);
             sent++;
         }
         if (i > 0 && (strcmp(en[i].code, en[0].code) || strcmp(en[i].message, en[0].message)))
@@ -612,9 +612,9 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
     for (size_t i = 0; i < k; i++) {
         if (en[i].status == SQS_ENTRY_OK)
             continue;
-        if (en[i].message_id[0])
+        if (en[i].sent_id[0])
             say("%s %zu: sent as message %s, but %s: %s", item, lines[i].lineno,
-                en[i].message_id, en[i].code, en[i].message);
+                en[i].sent_id, en[i].code, en[i].message);
         else
             say("%s %zu: not sent: %s: %s", item, lines[i].lineno, en[i].code, en[i].message);
     }
@@ -623,7 +623,7 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
 
 /* The entry for a line, with its FIFO ids (in ids), which send_report_invalid checked. */
 static void send_entry(const struct cli_send_opts *o, const struct cli_line *line,
-                       char ids[2][129], struct sqs_send_entry *en)
+                       char ids[2][129], struct sqs_entry *en)
 {
     struct lerr e;
 
@@ -637,7 +637,7 @@ static void send_entry(const struct cli_send_opts *o, const struct cli_line *lin
 static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
                            const struct cli_line *lines, size_t n)
 {
-    struct sqs_send_entry en[SQS_MAX_MESSAGES];
+    struct sqs_entry en[SQS_MAX_MESSAGES];
     char ids[SQS_MAX_MESSAGES][2][129];
     size_t start = 0, unsent = 0, attr_bytes;
 
@@ -649,7 +649,8 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
 
         for (size_t i = 0; i < k; i++)
             send_entry(o, &lines[start + i], ids[i], &en[i]);
-        (void)sqs_send_batch(c, en, k, &e);  /* each entry says what happened to it */
+        /* each entry says what happened to it */
+        (void)sqs_batch_call(c, SQS_OP_SEND_BATCH, en, k, &e);
         sent = send_report_batch(o, en, lines + start, k);
         unsent += k - sent;
         start += k;
@@ -667,16 +668,16 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
 static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
                        const struct cli_line *line)
 {
-    struct sqs_send_entry en;
+    struct sqs_entry en;
     char ids[2][129];
     struct lerr e;
 
     send_entry(o, line, ids, &en);
-    if (sqs_send(c, &en, &e) < 0) {
+    if (sqs_batch_call(c, SQS_OP_SEND, &en, 1, &e) < 0) {
         say("%s", e.msg);
         return 1;
     }
-    printf("%s\n", en.message_id);
+    printf("%s\n", en.sent_id);
     return 0;
 }
 
@@ -828,17 +829,12 @@ int cli_send(int argc, char **argv)
 
 static void check_config(const struct config *cfg)
 {
-    char regions[256] = "";
-
-    for (size_t i = 0; i < cfg->num_regions; i++)
-        snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
-                 i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local)
         cli_row(stdout, CLI_OK, "config", "SQS region %s, local backend, ack on %s",
                 cfg->aws_region, cfg->ack_on_exit ? "exit" : "create");
     else
         cli_row(stdout, CLI_OK, "config", "SQS region %s, Fly app %s in %s, ack on %s",
-                cfg->aws_region, cfg->fly_app, regions, cfg->ack_on_exit ? "exit" : "create");
+                cfg->aws_region, cfg->fly_app, cfg->region_list, cfg->ack_on_exit ? "exit" : "create");
 }
 
 static int check_anchors(const struct config *cfg, struct cli_net *net)

@@ -277,6 +277,9 @@ static int add_regions(struct load *l, const char *which, const char *p, int lis
         if (!dup) {
             c->regions[c->num_regions++] = dst;
             *used += len + 1;
+            if (c->num_regions > 1)
+                strcat(c->region_list, ",");
+            strcat(c->region_list, dst);
         }
         if (!*next)
             return 0;

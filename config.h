@@ -41,6 +41,8 @@ struct config {
     char region_buf[256];           /* storage for regions[] */
     const char *regions[CONFIG_MAX_REGIONS];  /* primary first, then the fallbacks, no duplicates */
     size_t num_regions;
+    char region_list[256];          /* regions[] joined by commas, for log and check lines
+                                       (as long as region_buf: a comma for each NUL) */
 
     int long_poll_seconds;          /* 0..20 */
     int events_per_machine;         /* 1..10, or 1..1000 with a batching window */

@@ -259,10 +259,7 @@ static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
             en[i].message_id = msgs[off + i].id;
             en[i].visibility_timeout = visibility;
         }
-        if (delete)
-            sqs_delete_batch(s, en, n, &e);
-        else
-            sqs_change_visibility_batch(s, en, n, &e);
+        sqs_batch_call(s, delete ? SQS_OP_DELETE : SQS_OP_CHANGE_VISIBILITY, en, n, &e);
         for (size_t i = 0; i < n; i++) {
             if (en[i].status == SQS_ENTRY_OK)
                 metrics_count(&d->metrics, counted, 1);
@@ -497,13 +494,6 @@ static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m,
     return JOB_RETRY;
 }
 
-static void job_local_started(void *ctx, int pid)
-{
-    struct job *j = ctx;
-
-    log_info("group %s: process %d started for %zu events", j->gid, pid, j->count);
-}
-
 /* LAMBDO_BACKEND=local: the group runs as a child process; its exit status acknowledges
  * like a Machine's in exit mode, whatever LAMBDO_ACK says (config.c), so that a child that
  * fails never loses its messages. Returns 0 when the messages were handled to the end. */
@@ -523,9 +513,8 @@ static enum job_end job_run_local(struct job *j)
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
         .meta = j->meta, .meta_len = j->meta_len,
-        .group_id = j->gid, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
-        .shutdown_grace_s = cfg->shutdown_timeout, .started = job_local_started,
-        .idle = job_keepalive,
+        .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
+        .shutdown_grace_s = cfg->shutdown_timeout, .idle = job_keepalive,
         .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
@@ -666,6 +655,7 @@ static int pool_lease(struct job *j, int fresh)
     struct fly_exit x;
     long long exp;
     struct lerr e;
+    int gone;
 
     if (pm->nonce[0]) {  /* HELD: still ours */
         pool_lease_refresh(j);
@@ -681,13 +671,13 @@ static int pool_lease(struct job *j, int fresh)
     if (fresh)
         return 0;
     t.lease_nonce = pm->nonce;
-    if (fly_machine_exit(j->http, &t, pm->id, &x, &e) == 0 && !x.gone &&
-        strcmp(x.state, "stopped") == 0)
+    /* a gone Machine has no state: never "stopped" */
+    if (fly_machine_exit(j->http, &t, pm->id, &x, &e) == 0 && strcmp(x.state, "stopped") == 0)
         return 0;
     /* Fly may show a destroyed Machine for a while before it answers 404 */
-    x.gone |= strncmp(x.state, "destroy", 7) == 0;
+    gone = x.outcome == FLY_CALL_GONE || strncmp(x.state, "destroy", 7) == 0;
     pool_unlease(j->d, j->http, j->pm);
-    pool_give_up(j, x.gone, x.gone ? "is gone" : "is not stopped");
+    pool_give_up(j, gone, gone ? "is gone" : "is not stopped");
     return -1;
 }
 
@@ -1525,11 +1515,6 @@ static void daemon_drain(struct daemon *d)
 
 static void log_start(const struct config *cfg)
 {
-    char regions[256] = "";
-
-    for (size_t i = 0; i < cfg->num_regions; i++)
-        snprintf(regions + strlen(regions), sizeof regions - strlen(regions), "%s%s",
-                 i ? "," : "", cfg->regions[i]);
     if (cfg->backend_local) {
         log_info("lambdo %s starting: queue %s, backend local (command %s), ack on exit (a "
                  "group's messages are deleted only once its process exited 0, whatever "
@@ -1539,7 +1524,7 @@ static void log_start(const struct config *cfg)
         return;
     }
     log_info("lambdo %s starting: queue %s, app %s, regions %s, api %s://%s%s, ack on %s%s, "
-             "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, regions,
+             "up to %d machines", LAMBDO_VERSION, cfg->queue_url, cfg->fly_app, cfg->region_list,
              cfg->fly_api.tls ? "https" : "http", cfg->fly_api.authority,
              strcmp(cfg->fly_api.path, "/") ? cfg->fly_api.path : "",
              cfg->ack_on_exit ? "exit" : "create", cfg->fifo && !cfg->ack_given

@@ -825,7 +825,6 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
     }
     out->outcome = r.outcome;
     out->status = r.status;
-    out->gone = r.outcome == FLY_CALL_GONE;
     return rc;
 }
 
@@ -837,7 +836,7 @@ int fly_machine_exit(struct http_client *http, const struct fly_target *t,
     memset(out, 0, sizeof *out);
     if (exit_get(http, t, machine_id, NULL, out, e) < 0)
         return -1;
-    if (out->gone || out->has_events)
+    if (out->outcome == FLY_CALL_GONE || out->has_events)
         return 0;
     /* a Machine without its events: ask for them (the list has no state: keep the show's) */
     memcpy(state, out->state, sizeof state);

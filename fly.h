@@ -256,7 +256,6 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
 struct fly_exit {
     enum fly_call_outcome outcome;  /* OK, GONE, or what the failure was */
     int status;              /* the last HTTP status, 0 if none */
-    int gone;                /* 404: Fly no longer knows the Machine; known is 0 */
     int has_events;          /* the answer had an event list (maybe empty) */
     int exited;              /* an exit event was found */
     int known;               /* exit_code is the process's exit status (0..255). 0: no
@@ -304,7 +303,7 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      int timeout_s, struct fly_call_result *out, struct lerr *e);
 
 /* Reads how the Machine's process ended (fly_parse_exit). Returns 0 with out->outcome FLY_CALL_OK (out->known says whether the code is
- * known) or FLY_CALL_GONE (out->gone = 1, known = 0: a 404); -1 otherwise, as
+ * known) or FLY_CALL_GONE (known = 0, state "": a 404); -1 otherwise, as
  * fly_wait_machine (LERR_MALFORMED, outcome FLY_CALL_RETRY_LATER, for an answer that is
  * not a Machine). Takes t->get_rl tokens (t->limits->get when set). */
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,

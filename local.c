@@ -586,6 +586,8 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
     out->started = 1;
     out->pid = (int)c.pid;
     c.term_at = r->timeout_s > 0 ? c.started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
+    log_info("group %s: process %d started for %zu events", r->group_id, out->pid,
+             r->event_count);
     if (r->started)
         r->started(r->ctx, out->pid);
     child_follow(&c);

@@ -91,6 +91,7 @@ struct local_run {
     const char *events;          /* the events file's bytes */
     size_t events_len;
     const char *group_id;        /* log prefix and temp directory name */
+    size_t event_count;          /* for the log line "process N started for <count> events" */
     int timeout_s;               /* LAMBDO_MACHINE_TIMEOUT; 0 = none */
     int stop_fd;                 /* readable (or closed) once lambdo is stopping; -1 = none */
     int shutdown_grace_s;        /* after a stop, how long the child may still run */

@@ -187,12 +187,9 @@ static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
     sqs_set_text(out, cap, s, (size_t)(end - s));
 }
 
-/* Every entry type keeps SQS's words in fields of these sizes. */
+/* Every entry keeps SQS's words in fields of these sizes. */
 #define SQS_CODE_CAP sizeof((struct sqs_entry *)0)->code
 #define SQS_TEXT_CAP sizeof((struct sqs_entry *)0)->message
-_Static_assert(sizeof((struct sqs_send_entry *)0)->code == SQS_CODE_CAP &&
-               sizeof((struct sqs_send_entry *)0)->message == SQS_TEXT_CAP,
-               "the entry types' code and message fields differ");
 
 /* Notes why an entry is not done (yet), in SQS's words or a transport error's. */
 static void sqs_why(char *code_out, char *message_out, const char *code, const char *message)
@@ -941,7 +938,7 @@ int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why)
     return -1;
 }
 
-size_t sqs_send_size(const struct sqs_send_entry *en)
+size_t sqs_send_size(const struct sqs_entry *en)
 {
     const char *values[3] = { en->image, en->size, en->command };
     size_t n = en->body_len;
@@ -966,7 +963,7 @@ int sqs_fifo_id_check(const char *id, const char *what, struct lerr *e)
 }
 
 /* What SQS would refuse about an entry, found before anything is sent. */
-static int sqs_send_entry_check(const struct sqs_send_entry *en, struct lerr *e)
+static int sqs_send_entry_check(const struct sqs_entry *en, struct lerr *e)
 {
     const char *values[3] = { en->image, en->size, en->command };
     const char *why;
@@ -1010,7 +1007,7 @@ static void sqs_md5_field(br_md5_context *ctx, const char *s)
     br_md5_update(ctx, s, n);
 }
 
-void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
+void sqs_attributes_md5(const struct sqs_entry *en, char out[33])
 {
     /* sqs_attr_names in byte order: command, image, size */
     const char *names[3] = { "command", "image", "size" };
@@ -1038,7 +1035,7 @@ void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33])
 
 /* A message SQS accepted. The SDKs check the MD5s SQS computed of what it stored; so do
  * we: a mismatch means the message on the queue is not the one sent. */
-static void sqs_send_accepted(struct sqs_send_entry *en, const cJSON *item)
+static void sqs_send_accepted(struct sqs_entry *en, const cJSON *item)
 {
     const char *message_id = sqs_json_string(item, "MessageId");
     const char *md5_body = sqs_json_string(item, "MD5OfMessageBody");
@@ -1047,7 +1044,7 @@ static void sqs_send_accepted(struct sqs_send_entry *en, const cJSON *item)
 
     en->status = SQS_ENTRY_OK;
     en->code[0] = en->message[0] = '\0';
-    sqs_set_text(en->message_id, sizeof en->message_id, message_id, strlen(message_id));
+    sqs_set_text(en->sent_id, sizeof en->sent_id, message_id, strlen(message_id));
     sqs_md5_hex(en->body, en->body_len, body);
     sqs_attributes_md5(en, attrs);
     if (md5_body && strcasecmp(body, md5_body) != 0)
@@ -1067,13 +1064,10 @@ static void sqs_send_accepted(struct sqs_send_entry *en, const cJSON *item)
  * and SendMessage, a batch of one without the list
  *
  * One request writer, one answer reader and one retry loop serve the four; an
- * operation's table says what differs: its entry type (sqs_entry or sqs_send_entry,
- * whose shared fields are found by offset) and how an entry is checked and written. A
+ * operation's table says what differs: how an entry is checked and written. A
  * Successful item makes a receipt entry OK, and a message sent OK once its MD5s match
  * (sqs_send_accepted). SendMessage's answer is its one Successful item.
  * ==================================================================================== */
-
-enum { SQS_OP_SEND_BATCH = 2, SQS_OP_SEND };
 
 struct sqs_batch_ops {
     const char *name;    /* the operation, as X-Amz-Target names it */
@@ -1081,32 +1075,20 @@ struct sqs_batch_ops {
     int op;              /* SQS_OP_*: sqs_ops[op] */
     int receipts;        /* its entries are receipt handles, which can go stale */
     int single;          /* one entry, written and answered without Entries (SendMessage) */
-    size_t size, status, code, message;  /* one entry's size; where its fields are */
     /* checks entry i, then writes it: what SQS would refuse is never sent */
-    int (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry, size_t i,
-               struct lerr *e);
+    int (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const struct sqs_entry *en,
+               size_t i, struct lerr *e);
 };
 
-static char *sqs_field(const struct sqs_batch_ops *o, const void *entries, size_t i, size_t at)
-{
-    return (char *)entries + i * o->size + at;
-}
-
-static enum sqs_entry_status *sqs_status(const struct sqs_batch_ops *o, const void *entries,
-                                         size_t i)
-{
-    return (enum sqs_entry_status *)(void *)sqs_field(o, entries, i, o->status);
-}
-
 /* How many entries are in state s; *first: the first of them (n when none). */
-static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size_t n,
-                        enum sqs_entry_status s, size_t *first)
+static size_t sqs_count(const struct sqs_entry *entries, size_t n, enum sqs_entry_status s,
+                        size_t *first)
 {
     size_t k = 0;
 
     *first = n;
     for (size_t i = n; i-- > 0;) {
-        if (*sqs_status(o, entries, i) == s) {
+        if (entries[i].status == s) {
             *first = i;
             k++;
         }
@@ -1115,11 +1097,10 @@ static size_t sqs_count(const struct sqs_batch_ops *o, const void *entries, size
 }
 
 /* How log lines and errors name an entry: its message, or its place in the batch. */
-static void sqs_label(const struct sqs_batch_ops *o, const void *entries, size_t i, char *out,
-                      size_t cap)
+static void sqs_label(const struct sqs_batch_ops *o, const struct sqs_entry *entries, size_t i,
+                      char *out, size_t cap)
 {
-    const char *id = o->receipts ? ((const struct sqs_entry *)entries)[i].message_id
-                                 : ((const struct sqs_send_entry *)entries)[i].message_id;
+    const char *id = o->receipts ? entries[i].message_id : entries[i].sent_id;
 
     if (o->receipts || o->single)
         snprintf(out, cap, "message %s", id ? id : "(unnamed)");
@@ -1127,20 +1108,12 @@ static void sqs_label(const struct sqs_batch_ops *o, const void *entries, size_t
         snprintf(out, cap, "entry %zu", i);
 }
 
-static void sqs_entry_why(const struct sqs_batch_ops *o, void *entries, size_t i,
-                          const char *code, const char *message)
-{
-    sqs_why(sqs_field(o, entries, i, o->code), sqs_field(o, entries, i, o->message), code,
-            message);
-}
-
 /* Entries are named by their index in the caller's array ("m0".."m9": at most 10), so an
  * answer maps straight back to its entry, and retries of a subset keep their names. */
 _Static_assert(SQS_MAX_MESSAGES <= 10, "entry ids are one digit");
 
 /* "m<index>" of an entry that was sent (still pending), else -1 ("m01" is not m1). */
-static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
-                            const void *entries, size_t n)
+static long sqs_entry_index(const cJSON *item, const struct sqs_entry *entries, size_t n)
 {
     const char *id = cJSON_IsObject(item) ? sqs_json_string(item, "Id") : NULL;
     size_t i;
@@ -1148,16 +1121,14 @@ static long sqs_entry_index(const struct sqs_batch_ops *o, const cJSON *item,
     if (!id || id[0] != 'm' || id[1] < '0' || id[1] > '9' || id[2])
         return -1;
     i = (size_t)(id[1] - '0');
-    return i < n && *sqs_status(o, entries, i) == SQS_ENTRY_PENDING ? (long)i : -1;
+    return i < n && entries[i].status == SQS_ENTRY_PENDING ? (long)i : -1;
 }
 
 /* --- what differs: receipt handles ------------------------------------------------- */
 
-static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry,
-                      size_t i, struct lerr *e)
+static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b,
+                      const struct sqs_entry *en, size_t i, struct lerr *e)
 {
-    const struct sqs_entry *en = entry;
-
     if (!en->receipt_handle || !*en->receipt_handle)
         return lerr_set(e, LERR_INVALID, "SQS %s: entry %zu has no receipt handle", o->name, i);
     if (o->op == SQS_OP_CHANGE_VISIBILITY &&
@@ -1186,14 +1157,13 @@ static int sqs_stale(const char *code, const char *message)
 /* --- what differs: messages to send ------------------------------------------------ */
 
 /* ,"MessageBody":...,"MessageAttributes":{...} of entry i, once checked. */
-static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const void *entry,
-                      size_t i, struct lerr *e)
+static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b,
+                      const struct sqs_entry *en, size_t i, struct lerr *e)
 {
-    const struct sqs_send_entry *en = entry;
     const char *values[3] = { en->image, en->size, en->command };
     int first = 1;
 
-    if (sqs_send_entry_check(entry, e) < 0) {
+    if (sqs_send_entry_check(en, e) < 0) {
         if (o->single)
             return lerr_wrap(e, "SQS %s", o->name);
         return lerr_wrap(e, "SQS %s: entry %zu", o->name, i);
@@ -1223,15 +1193,9 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b, const v
     return 0;
 }
 
-#define SQS_RECEIPT_OPS(opname, which)                                                      \
-    { opname, "SQS batch answer", which, 1, 0, sizeof(struct sqs_entry),                    \
-      offsetof(struct sqs_entry, status), offsetof(struct sqs_entry, code),                 \
-      offsetof(struct sqs_entry, message), sb_receipt }
+#define SQS_RECEIPT_OPS(opname, which) { opname, "SQS batch answer", which, 1, 0, sb_receipt }
 #define SQS_SEND_OPS(opname, which)                                                         \
-    { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND,                       \
-      sizeof(struct sqs_send_entry), offsetof(struct sqs_send_entry, status),               \
-      offsetof(struct sqs_send_entry, code), offsetof(struct sqs_send_entry, message),      \
-      sb_message }
+    { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND, sb_message }
 
 static const struct sqs_batch_ops sqs_ops[] = {
     [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
@@ -1245,9 +1209,10 @@ static const struct sqs_batch_ops sqs_ops[] = {
 
 /* The pending entries, each checked before it is written: nothing is sent that SQS would
  * refuse. */
-static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queue_url,
-                                 const void *entries, size_t n, size_t *len, struct lerr *e)
+char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
+                        const struct sqs_entry *entries, size_t n, size_t *len, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     struct json_buf b = { 0 };
     size_t sent = 0;
 
@@ -1262,13 +1227,13 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
     for (size_t i = 0; i < n; i++) {
         char id[] = { 'm', (char)('0' + i), '"', '\0' };
 
-        if (*sqs_status(o, entries, i) != SQS_ENTRY_PENDING)
+        if (entries[i].status != SQS_ENTRY_PENDING)
             continue;
         if (!o->single) {
             json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
             json_buf_lit(&b, id);
         }
-        if (o->put(o, &b, sqs_field(o, entries, i, 0), i, e) < 0) {
+        if (o->put(o, &b, &entries[i], i, e) < 0) {
             free(b.p);
             return NULL;
         }
@@ -1284,24 +1249,6 @@ static char *sqs_entries_request(const struct sqs_batch_ops *o, const char *queu
     return sb_finish(&b, len, e);
 }
 
-char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
-                        const struct sqs_entry *entries, size_t n, size_t *len,
-                        struct lerr *e)
-{
-    return sqs_entries_request(&sqs_ops[op], queue_url, entries, n, len, e);
-}
-
-char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
-                             size_t n, size_t *len, struct lerr *e)
-{
-    return sqs_entries_request(&sqs_ops[SQS_OP_SEND_BATCH], queue_url, entries, n, len, e);
-}
-
-char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
-                       struct lerr *e)
-{
-    return sqs_entries_request(&sqs_ops[SQS_OP_SEND], queue_url, en, 1, len, e);
-}
 
 /* --- the answer -------------------------------------------------------------------- */
 
@@ -1341,30 +1288,31 @@ static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
 
 /* A Failed item: STALE, FAILED, or still pending when SQS's side failed (throttled or
  * internal), worth a retry. Without SenderFault, the fault is assumed ours. */
-static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item, void *entries,
-                             size_t i)
+static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item,
+                             struct sqs_entry *entries, size_t i)
 {
     const cJSON *fault = cJSON_GetObjectItemCaseSensitive(item, "SenderFault");
     const char *code = sqs_json_string(item, "Code"), *message = sqs_json_string(item, "Message");
-    enum sqs_entry_status *status = sqs_status(o, entries, i);
+    struct sqs_entry *en = &entries[i];
     char label[160];
 
-    sqs_entry_why(o, entries, i, code ? code : "", message ? message : "");
-    code = sqs_field(o, entries, i, o->code);
-    message = sqs_field(o, entries, i, o->message);
+    sqs_why(en->code, en->message, code ? code : "", message ? message : "");
+    code = en->code;
+    message = en->message;
     if (o->receipts && sqs_stale(code, message)) {
-        *status = SQS_ENTRY_STALE;
+        en->status = SQS_ENTRY_STALE;
         sqs_label(o, entries, i, label, sizeof label);
         log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
                  "again or is no longer in flight", o->name, label, code, message);
     } else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code)) {
-        *status = SQS_ENTRY_FAILED;
+        en->status = SQS_ENTRY_FAILED;
     }
 }
 
-static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, size_t len,
-                            void *entries, size_t n, struct lerr *e)
+int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
+                           struct sqs_entry *entries, size_t n, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     cJSON *root = json_parse(json, len);
     const cJSON *lists[2] = { NULL, NULL }, *item;
     int r = sqs_answer_lists(o, root, lists, e);
@@ -1373,89 +1321,70 @@ static int sqs_apply_answer(const struct sqs_batch_ops *o, const char *json, siz
         sqs_send_accepted(entries, root);
     for (int f = 0; r == 0 && f < 2; f++) {
         cJSON_ArrayForEach(item, lists[f]) {
-            long i = sqs_entry_index(o, item, entries, n);
+            long i = sqs_entry_index(item, entries, n);
             if (i < 0)
                 log_warn("%s: ignoring a %s entry with an Id that was not sent", o->answer,
                          f ? "Failed" : "Successful");
             else if (f)
                 sqs_apply_failed(o, item, entries, (size_t)i);
             else if (o->receipts)
-                *sqs_status(o, entries, (size_t)i) = SQS_ENTRY_OK;
+                entries[i].status = SQS_ENTRY_OK;
             else
-                sqs_send_accepted((struct sqs_send_entry *)entries + i, item);
+                sqs_send_accepted(&entries[i], item);
         }
     }
     cJSON_Delete(root);
     return r;
 }
 
-int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
-                           struct lerr *e)
-{
-    return sqs_apply_answer(&sqs_ops[SQS_OP_DELETE], json, len, entries, n, e);
-}
-
-int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
-                                size_t n, struct lerr *e)
-{
-    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND_BATCH], json, len, entries, n, e);
-}
-
-int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
-                          struct lerr *e)
-{
-    return sqs_apply_answer(&sqs_ops[SQS_OP_SEND], json, len, en, 1, e);
-}
-
 /* --- the rounds -------------------------------------------------------------------- */
 
 /* Gives the still-pending entries why: a whole-request failure, "" to start a round, or
  * (keep set: only to those that do not say why already) what the answer left out. */
-static void sqs_pending_why(const struct sqs_batch_ops *o, void *entries, size_t n, int keep,
-                            const char *code, const char *message)
+static void sqs_pending_why(struct sqs_entry *entries, size_t n, int keep, const char *code,
+                            const char *message)
 {
     for (size_t i = 0; i < n; i++)
-        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING &&
-            !(keep && *sqs_field(o, entries, i, o->code)))
-            sqs_entry_why(o, entries, i, code, message);
+        if (entries[i].status == SQS_ENTRY_PENDING && !(keep && entries[i].code[0]))
+            sqs_why(entries[i].code, entries[i].message, code, message);
 }
 
 /* One round: send the pending entries, apply the answer. 0 when the exchange worked
  * (some entries may still be pending), -1 when the request failed as a whole: the
  * pending entries then say why. */
-static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
-                           size_t n, struct lerr *e)
+static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o,
+                           struct sqs_entry *entries, size_t n, struct lerr *e)
 {
     struct http_response resp;
     size_t len;
     char *body;
     int r;
 
-    sqs_pending_why(o, entries, n, 0, "", "");
-    body = sqs_entries_request(o, c->queue_url, entries, n, &len, e);
+    sqs_pending_why(entries, n, 0, "", "");
+    body = sqs_batch_request(o->op, c->queue_url, entries, n, &len, e);
     r = sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e);
     if (r == 0) {
-        r = sqs_apply_answer(o, resp.body, resp.body_len, entries, n, e);
+        r = sqs_parse_batch_result(o->op, resp.body, resp.body_len, entries, n, e);
         if (r < 0 && o->receipts)  /* "SQS batch answer" does not say which */
             lerr_wrap(e, "SQS %s", o->name);
         r = sqs_answer_read(c, &resp, r, e);
     }
     if (r < 0) {
-        sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
+        sqs_pending_why(entries, n, 0, sqs_call_code(c, e), e->msg);
         return -1;
     }
-    sqs_pending_why(o, entries, n, 1, "NotReported", "the answer did not mention this entry");
+    sqs_pending_why(entries, n, 1, "NotReported", "the answer did not mention this entry");
     return 0;
 }
 
 /* "<k> of <n> entries <what>; entry 3: <code>: <message>", about the first entry in
  * state s (SendMessage: "message <id>: <code>: <message>"). */
-static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_t n,
+static int sqs_entries_error(const struct sqs_batch_ops *o, struct sqs_entry *entries, size_t n,
                              enum sqs_entry_status s, const char *what, struct lerr *e)
 {
-    size_t i, k = sqs_count(o, entries, n, s, &i);
-    const char *code = sqs_field(o, entries, i, o->code);
-    const char *message = sqs_field(o, entries, i, o->message);
+    size_t i, k = sqs_count(entries, n, s, &i);
+    const char *code = entries[i].code;
+    const char *message = entries[i].message;
     char label[160];
 
     sqs_label(o, entries, i, label, sizeof label);
@@ -1465,25 +1394,25 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, void *entries, size_
                     what, label, code, message);
 }
 
-static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, void *entries,
-                         size_t n, struct lerr *e)
+int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                   size_t n, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     unsigned attempts = c->batch_attempts ? c->batch_attempts : 1;
     int whole_failed = 0;
     struct lerr why;
     size_t i;
 
     for (i = 0; i < n; i++) {
-        *sqs_status(o, entries, i) = SQS_ENTRY_PENDING;
-        if (!o->receipts)
-            ((struct sqs_send_entry *)entries)[i].message_id[0] = '\0';
+        entries[i].status = SQS_ENTRY_PENDING;
+        entries[i].sent_id[0] = '\0';
     }
     memset(&c->last_error, 0, sizeof c->last_error);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
         whole_failed = sqs_batch_round(c, o, entries, n, e) < 0;
         if (whole_failed && !c->last_error.retryable)
             break;
-        if (!whole_failed && sqs_count(o, entries, n, SQS_ENTRY_PENDING, &i) == 0)
+        if (!whole_failed && sqs_count(entries, n, SQS_ENTRY_PENDING, &i) == 0)
             break;
         if (whole_failed)
             why = *e;
@@ -1491,44 +1420,20 @@ static int sqs_batch_run(struct sqs_client *c, const struct sqs_batch_ops *o, vo
             sqs_entries_error(o, entries, n, SQS_ENTRY_PENDING, "not done yet", &why);
         if (attempt + 1 < attempts && sqs_backoff(c, attempt, attempts, &why, e) < 0) {
             whole_failed = 1;
-            sqs_pending_why(o, entries, n, 0, sqs_call_code(c, e), e->msg);
+            sqs_pending_why(entries, n, 0, sqs_call_code(c, e), e->msg);
             break;
         }
     }
     for (i = 0; i < n; i++)
-        if (*sqs_status(o, entries, i) == SQS_ENTRY_PENDING)
-            *sqs_status(o, entries, i) = SQS_ENTRY_FAILED;
+        if (entries[i].status == SQS_ENTRY_PENDING)
+            entries[i].status = SQS_ENTRY_FAILED;
     if (whole_failed)
         return -1;  /* e already says why, in SQS's words */
-    if (sqs_count(o, entries, n, SQS_ENTRY_FAILED, &i) == 0)
+    if (sqs_count(entries, n, SQS_ENTRY_FAILED, &i) == 0)
         return 0;
-    sqs_why(c->last_error.code, c->last_error.message, sqs_field(o, entries, i, o->code),
-            sqs_field(o, entries, i, o->message));
+    sqs_why(c->last_error.code, c->last_error.message, entries[i].code, entries[i].message);
     c->last_error.retryable = 0;
     return sqs_entries_error(o, entries, n, SQS_ENTRY_FAILED, "failed", e);
-}
-
-int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                     struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_DELETE], entries, n, e);
-}
-
-int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                                struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_CHANGE_VISIBILITY], entries, n, e);
-}
-
-int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
-                   struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND_BATCH], entries, n, e);
-}
-
-int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e)
-{
-    return sqs_batch_run(c, &sqs_ops[SQS_OP_SEND], en, 1, e);
 }
 
 /* ======================================================================================

@@ -160,25 +160,47 @@ enum sqs_entry_status {
     SQS_ENTRY_FAILED,       /* still failed after the retries; code and message say why */
 };
 
+/* One entry of DeleteMessageBatch, ChangeMessageVisibilityBatch, SendMessageBatch or
+ * SendMessage: each call reads the inputs it needs and writes the outputs. */
 struct sqs_entry {
-    const char *receipt_handle;     /* in */
+    const char *receipt_handle;     /* in, delete and change visibility */
     const char *message_id;         /* in, optional: only for log lines */
     int visibility_timeout;         /* in, ChangeMessageVisibilityBatch only: 0..43200 */
-    enum sqs_entry_status status;   /* out */
-    char code[64];                  /* out: SQS's code ("ReceiptHandleIsInvalid"), or the
+    const char *body;               /* in, send: body_len bytes, sent exactly as they are:
+                                       the request's JSON string decodes to these bytes */
+    size_t body_len;
+    const char *image;              /* in, send: String message attributes; NULL leaves
+                                       one out */
+    const char *size;
+    const char *command;
+    const char *group_id;           /* in, send to FIFO queues: MessageGroupId, or NULL */
+    const char *dedup_id;           /* in, send to FIFO queues: MessageDeduplicationId, or
+                                       NULL (the queue's content-based deduplication) */
+    enum sqs_entry_status status;   /* out (a send is never STALE) */
+    char sent_id[128];              /* out, send: SQS's MessageId when OK; also when FAILED
+                                       because the MD5 SQS reported does not match (the
+                                       message exists, with other bytes), else "" */
+    char code[64];                  /* out: SQS's code ("ReceiptHandleIsInvalid",
+                                       "InvalidMessageContents"), "MD5Mismatch", or the
                                        kind of a transport error ("timeout") */
     char message[200];              /* out: SQS's message, or the transport error text */
 };
 
-/* Deletes (or changes the visibility of) n entries, 1 <= n <= 10. Returns 0 when every
- * entry is SQS_ENTRY_OK or SQS_ENTRY_STALE; -1 with e set when any entry is
- * SQS_ENTRY_FAILED (or the arguments are invalid: LERR_INVALID, nothing sent, entries
- * FAILED with the reason, as sqs_send_batch). Each entry's status says what happened to
- * it either way. */
-int sqs_delete_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                     struct lerr *e);
-int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries, size_t n,
-                                struct lerr *e);
+/* The entry calls; SQS_OP_SEND is SendMessage, one entry written without the list. */
+enum sqs_batch_op { SQS_OP_DELETE, SQS_OP_CHANGE_VISIBILITY, SQS_OP_SEND_BATCH, SQS_OP_SEND };
+
+/* Deletes, changes the visibility of, or sends (SendMessageBatch, entry i is "m<i>") n
+ * entries, 1 <= n <= 10; sends one message (SendMessage, n = 1). Entries that fail through
+ * no fault of ours (SenderFault false, throttling) and whole requests that fail so are
+ * retried, up to c->batch_attempts rounds; a retry after a lost answer may send a message
+ * twice. Returns 0 when every entry is SQS_ENTRY_OK (or, for receipt handles,
+ * SQS_ENTRY_STALE); -1 with e set when any is SQS_ENTRY_FAILED (code and message say why;
+ * SendMessage: e is "SQS SendMessage: message <id>: <code>: <message>") or the arguments
+ * are invalid (LERR_INVALID, e.g. a body or attribute that sqs_text_check refuses: nothing
+ * sent, entries FAILED with the reason). c->last_error says what SQS said. Each entry's
+ * status says what happened to it either way; a sent one's sent_id is its MessageId. */
+int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                   size_t n, struct lerr *e);
 
 /* --- SendMessage and SendMessageBatch (lambdo send) ----------------------------------- */
 
@@ -190,32 +212,13 @@ int sqs_change_visibility_batch(struct sqs_client *c, struct sqs_entry *entries,
  * was this before). A single larger message still goes, alone. */
 #define SQS_SEND_BATCH_BYTES 262144
 
-struct sqs_send_entry {
-    const char *body;               /* in: body_len bytes, sent exactly as they are: the
-                                       request's JSON string decodes to these bytes */
-    size_t body_len;
-    const char *image;              /* in: String message attributes; NULL leaves one out */
-    const char *size;
-    const char *command;
-    const char *group_id;           /* in, FIFO queues: MessageGroupId, or NULL */
-    const char *dedup_id;           /* in, FIFO queues: MessageDeduplicationId, or NULL (the
-                                       queue's content-based deduplication) */
-    enum sqs_entry_status status;   /* out: SQS_ENTRY_OK or SQS_ENTRY_FAILED (never STALE) */
-    char message_id[128];           /* out: SQS's MessageId when OK; also when FAILED
-                                       because the MD5 SQS reported does not match (the
-                                       message exists, with other bytes), else "" */
-    char code[64];                  /* out, FAILED: SQS's code ("InvalidMessageContents"),
-                                       "MD5Mismatch", or a transport error's kind */
-    char message[200];              /* out, FAILED: SQS's message or the error text */
-};
-
 /* Checks a MessageGroupId or MessageDeduplicationId as SQS does: 1 to 128 characters,
  * ASCII letters, digits and punctuation. Returns 0, or -1 with e set (LERR_INVALID) naming
  * what (e.g. "group id") and the offending character. */
 int sqs_fifo_id_check(const char *id, const char *what, struct lerr *e);
 
 /* Bytes SQS counts for the message: body, and each attribute's name, "String" and value. */
-size_t sqs_send_size(const struct sqs_send_entry *en);
+size_t sqs_send_size(const struct sqs_entry *en);
 
 /* Checks that s[0..len) is text SQS accepts in a body or attribute value: valid UTF-8
  * (no overlong forms, no surrogates) of the characters #x9 #xA #xD #x20-#xD7FF
@@ -223,49 +226,9 @@ size_t sqs_send_size(const struct sqs_send_entry *en);
  * offending byte and *why a short static description. err_at and why may be NULL. */
 int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why);
 
-/* Sends one message (SendMessage). Returns 0 with en->status SQS_ENTRY_OK and
- * en->message_id set; -1 with e set otherwise (LERR_INVALID for a body or attribute that
- * sqs_text_check refuses, nothing sent; LERR_HTTP with SQS's words; a transport error's
- * kind), en->status SQS_ENTRY_FAILED with code and message, and c->last_error filled.
- * Retried as the batch calls are; a retry after a lost answer may send it twice. */
-int sqs_send(struct sqs_client *c, struct sqs_send_entry *en, struct lerr *e);
-
-/* Sends n entries, 1 <= n <= 10, in one SendMessageBatch (entry i is "m<i>"). Entries
- * that fail through no fault of ours (SenderFault false, throttling) and whole requests
- * that fail so are retried, up to c->batch_attempts rounds. Returns 0 when every entry
- * is SQS_ENTRY_OK; -1 with e set when any is SQS_ENTRY_FAILED (each entry says why) or
- * the arguments are invalid (LERR_INVALID: nothing sent, entries FAILED with the reason). */
-int sqs_send_batch(struct sqs_client *c, struct sqs_send_entry *entries, size_t n,
-                   struct lerr *e);
-
-/* The request bodies, into a new NUL-terminated buffer to free() (length in *len), or
- * NULL with e set: LERR_INVALID (no queue URL, a body or value sqs_text_check refuses,
- * n out of 1..10, no pending entry), LERR_NOMEM. The batch holds the entries whose status
- * is SQS_ENTRY_PENDING. Bodies and values are escaped by hand, never through a parsed
- * form: only '"', '\\' and control bytes are escaped, everything else is copied. */
-char *sqs_send_request(const char *queue_url, const struct sqs_send_entry *en, size_t *len,
-                       struct lerr *e);
-char *sqs_send_batch_request(const char *queue_url, const struct sqs_send_entry *entries,
-                             size_t n, size_t *len, struct lerr *e);
-
 /* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
  * lowercase hex characters; "" when the entry has none. */
-void sqs_attributes_md5(const struct sqs_send_entry *en, char out[33]);
-
-/* Applies a SendMessage answer (HTTP 200 body) to en: OK with the MessageId, or FAILED
- * (code "MD5Mismatch") when MD5OfMessageBody or MD5OfMessageAttributes, if given, is not
- * that of what was sent. Returns -1 (LERR_MALFORMED) when the answer is not an object
- * with a MessageId; en is then unchanged. */
-int sqs_parse_send_result(const char *json, size_t len, struct sqs_send_entry *en,
-                          struct lerr *e);
-
-/* Applies a SendMessageBatch answer to the PENDING entries, like sqs_parse_batch_result:
- * Successful ones become OK (or FAILED on an MD5 mismatch, as above); Failed ones FAILED,
- * or stay PENDING with code and message when SQS says SenderFault false or names
- * throttling or an internal error. Entries not mentioned stay PENDING. Returns 0, or -1
- * (LERR_MALFORMED) when the answer is not the expected JSON. */
-int sqs_parse_send_batch_result(const char *json, size_t len, struct sqs_send_entry *entries,
-                                size_t n, struct lerr *e);
+void sqs_attributes_md5(const struct sqs_entry *en, char out[33]);
 
 /* --- GetQueueAttributes (lambdo check) ------------------------------------------------ */
 
@@ -303,11 +266,13 @@ int sqs_get_queue_attributes(struct sqs_client *c, struct sqs_queue_info *out,
 
 /* --- pure parts, for the tests and the fuzzer ----------------------------------------- */
 
-enum sqs_batch_op { SQS_OP_DELETE, SQS_OP_CHANGE_VISIBILITY };
-
 /* The JSON request bodies. Return a NUL-terminated string to free() (length in *len), or
- * NULL with e set (LERR_INVALID for out-of-range options, LERR_NOMEM). The batch body holds
- * the entries whose status is SQS_ENTRY_PENDING, entry i with the Id "m<i>". */
+ * NULL with e set (LERR_INVALID for out-of-range options, no queue URL, a receipt handle
+ * missing, a body or value sqs_text_check refuses, n out of 1..10 (SQS_OP_SEND: 1), no
+ * pending entry; LERR_NOMEM). The batch body holds the entries whose status is
+ * SQS_ENTRY_PENDING, entry i with the Id "m<i>". Bodies and values are escaped by hand,
+ * never through a parsed form: only '"', '\\' and control bytes are escaped, everything
+ * else is copied. */
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
                           struct lerr *e);
 char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
@@ -320,16 +285,19 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
  * LERR_NOMEM. Per-message problems are not errors: see sqs_message.flags. */
 int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct lerr *e);
 
-/* Applies a batch answer (HTTP 200 body) to the entries it is about, the PENDING ones
- * (the others were not sent; answers about them are ignored): Successful ones become OK;
- * Failed ones STALE (ReceiptHandleIsInvalid, MessageNotInflight, an expired handle:
- * logged as a warning), FAILED, or stay PENDING (with code and message) when SQS says SenderFault false or
+/* Applies an answer of op (HTTP 200 body) to the entries it is about, the PENDING ones
+ * (the others were not sent; answers about them are ignored): Successful ones become OK
+ * (a message sent: FAILED, code "MD5Mismatch", when MD5OfMessageBody or
+ * MD5OfMessageAttributes, if given, is not that of what was sent); Failed ones STALE
+ * (receipt handles only: (ReceiptHandleIsInvalid, MessageNotInflight, an expired handle:
+ * logged as a warning)), FAILED, or stay PENDING (with code and message) when SQS says SenderFault false or
  * names throttling or an internal error, so they are worth retrying. A Failed entry
  * without SenderFault counts as the sender's fault. Entries the answer does not mention
- * stay PENDING. Returns 0, or -1 with e set (LERR_MALFORMED) when the answer is not the
- * expected JSON. */
-int sqs_parse_batch_result(const char *json, size_t len, struct sqs_entry *entries, size_t n,
-                           struct lerr *e);
+ * stay PENDING. SendMessage's answer is itself its one entry's Successful item. Returns 0,
+ * or -1 with e set (LERR_MALFORMED) when the answer is not the expected JSON (SendMessage:
+ * an object with a MessageId); nothing is applied then. */
+int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
+                           struct sqs_entry *entries, size_t n, struct lerr *e);
 
 /* Reads an error answer: the code from the body's __type (or code), else the
  * X-Amzn-ErrorType header, else the X-Amzn-Query-Error header

@@ -200,7 +200,7 @@ static void fuzz_batch(const uint8_t *data, size_t size)
         en[i].receipt_handle = "h";
         en[i].status = i % 4 == 3 ? SQS_ENTRY_OK : SQS_ENTRY_PENDING;
     }
-    if (sqs_parse_batch_result((const char *)data, size, en, SQS_MAX_MESSAGES, &e) < 0)
+    if (sqs_parse_batch_result(SQS_OP_DELETE, (const char *)data, size, en, SQS_MAX_MESSAGES, &e) < 0)
         check(e.kind == LERR_MALFORMED);
     for (int i = 0; i < SQS_MAX_MESSAGES; i++) {
         check(en[i].status <= SQS_ENTRY_FAILED);

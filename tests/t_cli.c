@@ -555,12 +555,12 @@ static void assert_attribute(const cJSON *attrs, const char *name, const char *v
 static void test_send_request(void **state)
 {
     for (size_t i = 0; i < N_ELEMS(tricky); i++) {
-        struct sqs_send_entry en = { .body = tricky[i], .body_len = strlen(tricky[i]),
+        struct sqs_entry en = { .body = tricky[i], .body_len = strlen(tricky[i]),
                                      .image = IMAGE, .size = "shared-cpu-1x",
                                      .command = "[\"node\",\"-e\",\"console.log(\\\"\\u00e9\\\")\"]" };
         struct lerr e = { 0 };
         size_t len = 0;
-        char *s = sqs_send_request(QUEUE, &en, &len, &e);
+        char *s = sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e);
         cJSON *j = request_json(s, len);
         const cJSON *attrs = member(j, "MessageAttributes");
 
@@ -576,10 +576,10 @@ static void test_send_request(void **state)
     }
     /* only the attributes given; none at all: no MessageAttributes */
     {
-        struct sqs_send_entry en = { .body = "1", .body_len = 1, .image = IMAGE };
+        struct sqs_entry en = { .body = "1", .body_len = 1, .image = IMAGE };
         struct lerr e = { 0 };
         size_t len = 0;
-        char *s = sqs_send_request(QUEUE, &en, &len, &e);
+        char *s = sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e);
         cJSON *j = request_json(s, len);
         const cJSON *attrs = member(j, "MessageAttributes");
 
@@ -590,25 +590,25 @@ static void test_send_request(void **state)
         cJSON_Delete(j);
         free(s);
         en.image = NULL;
-        s = sqs_send_request(QUEUE, &en, &len, &e);
+        s = sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e);
         assert_string_equal(s, "{\"QueueUrl\":\"" QUEUE "\",\"MessageBody\":\"1\"}");
         free(s);
     }
     /* the exact text, escapes as chosen */
     {
-        struct sqs_send_entry en = { .body = "\"a\\\"\t\x01\xc3\xa9", .body_len = 8,
+        struct sqs_entry en = { .body = "\"a\\\"\t\x01\xc3\xa9", .body_len = 8,
                                      .size = "x" };
         struct lerr e = { 0 };
         size_t len = 0;
         char *s;
 
         /* \x01 is refused (SQS would); the escaping itself is shown with a queue URL */
-        assert_null(sqs_send_request(QUEUE, &en, &len, &e));
+        assert_null(sqs_batch_request(SQS_OP_SEND, QUEUE, &en, 1, &len, &e));
         assert_int_equal(e.kind, LERR_INVALID);
         assert_string_equal(e.msg, "SQS SendMessage: message body has a control character, "
                                    "which SQS does not accept at byte 5");
         en.body_len = 5;
-        s = sqs_send_request("q\"\\\x01\n", &en, &len, &e);
+        s = sqs_batch_request(SQS_OP_SEND, "q\"\\\x01\n", &en, 1, &len, &e);
         assert_string_equal(s, "{\"QueueUrl\":\"q\\\"\\\\\\u0001\\n\",\"MessageBody\":"
                                "\"\\\"a\\\\\\\"\\t\",\"MessageAttributes\":{\"size\":"
                                "{\"DataType\":\"String\",\"StringValue\":\"x\"}}}");
@@ -619,7 +619,7 @@ static void test_send_request(void **state)
 static void test_send_request_invalid(void **state)
 {
     static const struct {
-        struct sqs_send_entry en;
+        struct sqs_entry en;
         const char *msg;
     } cases[] = {
         { { .body = "", .body_len = 0 }, "message body is empty" },
@@ -636,20 +636,20 @@ static void test_send_request_invalid(void **state)
     size_t len;
 
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
-        assert_null(sqs_send_request(QUEUE, &cases[i].en, &len, &e));
+        assert_null(sqs_batch_request(SQS_OP_SEND, QUEUE, &cases[i].en, 1, &len, &e));
         assert_int_equal(e.kind, LERR_INVALID);
         assert_contains(e.msg, "SQS SendMessage: ");
         assert_contains(e.msg, cases[i].msg);
     }
-    assert_null(sqs_send_request("", &cases[0].en, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND, "", &cases[0].en, 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessage: no queue URL");
-    assert_null(sqs_send_request("http://q/\xff", &cases[5].en, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND, "http://q/\xff", &cases[5].en, 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessage: the queue URL is not UTF-8");
 }
 
 static void test_send_batch_request(void **state)
 {
-    struct sqs_send_entry en[SQS_MAX_MESSAGES + 1];
+    struct sqs_entry en[SQS_MAX_MESSAGES + 1];
     struct lerr e = { 0 };
     size_t len = 0;
     char *s;
@@ -658,13 +658,13 @@ static void test_send_batch_request(void **state)
 
     for (size_t i = 0; i < N_ELEMS(en); i++) {
         const char *b = tricky[i % N_ELEMS(tricky)];
-        en[i] = (struct sqs_send_entry){ .body = b, .body_len = strlen(b), .image = IMAGE,
+        en[i] = (struct sqs_entry){ .body = b, .body_len = strlen(b), .image = IMAGE,
                                          .command = i % 2 ? "[\"x\"]" : NULL };
     }
     en[1].status = SQS_ENTRY_OK;  /* done: not sent again */
     en[2].group_id = "tenant-\"7\"";  /* FIFO ids: punctuation is allowed, escaped */
     en[2].dedup_id = "d/1";
-    s = sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES, &len, &e);
+    s = sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, SQS_MAX_MESSAGES, &len, &e);
     j = request_json(s, len);
     assert_int_equal(cJSON_GetArraySize(j), 2);
     assert_bytes(member(j, "QueueUrl"), QUEUE, strlen(QUEUE));
@@ -693,31 +693,31 @@ static void test_send_batch_request(void **state)
     free(s);
 
     en[2].group_id = "a b";  /* SQS refuses it: found before sending */
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id \"a b\" has a "
                                "character SQS refuses at byte 1 (only ASCII letters, digits "
                                "and punctuation)");
     en[2].group_id = "";
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: entry 2: group id must be 1 to 128 "
                                "characters, got 0");
     en[2].group_id = NULL;
     en[2].dedup_id = "d\xc3\xa9";
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_contains(e.msg, "deduplication id \"d");
     en[2].dedup_id = NULL;
-    assert_null(sqs_send_batch_request(QUEUE, en, SQS_MAX_MESSAGES + 1, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, SQS_MAX_MESSAGES + 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: 11 entries (1 to 10 allowed)");
-    assert_null(sqs_send_batch_request(QUEUE, en, 0, &len, &e));
-    assert_null(sqs_send_batch_request(QUEUE, en + 1, 1, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 0, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en + 1, 1, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: no pending entry to send");
     en[3].body = "\"\xfe\"";
     en[3].body_len = 3;
-    assert_null(sqs_send_batch_request(QUEUE, en, 4, &len, &e));
+    assert_null(sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e));
     assert_string_equal(e.msg, "SQS SendMessageBatch: entry 3: message body has invalid UTF-8 "
                                "at byte 1");
     en[3].status = SQS_ENTRY_FAILED;  /* not pending: not checked, not sent */
-    s = sqs_send_batch_request(QUEUE, en, 4, &len, &e);
+    s = sqs_batch_request(SQS_OP_SEND_BATCH, QUEUE, en, 4, &len, &e);
     assert_non_null(s);
     free(s);
 }
@@ -766,7 +766,7 @@ static void test_attributes_request(void **state)
 
 static void test_attributes_md5(void **state)
 {
-    struct sqs_send_entry en = { .body = "1", .body_len = 1, .image = IMAGE,
+    struct sqs_entry en = { .body = "1", .body_len = 1, .image = IMAGE,
                                  .size = "shared-cpu-1x", .command = "[\"node\",\"index.js\"]" };
     char md5[33];
 
@@ -782,58 +782,60 @@ static void test_attributes_md5(void **state)
 
 static void test_parse_send_result(void **state)
 {
-    struct sqs_send_entry en = { .body = "{\"a\":1}", .body_len = 7, .image = IMAGE };
+    struct sqs_entry en = { .body = "{\"a\":1}", .body_len = 7, .image = IMAGE };
     struct lerr e = { 0 };
     char ok[256];
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-1\",\"MD5OfMessageBody\":\"%s\","
              "\"MD5OfMessageAttributes\":\"%s\"}", MD5_BODY, MD5_IMAGE);
-    assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, ok, strlen(ok), &en, 1, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
-    assert_string_equal(en.message_id, "id-1");
+    assert_string_equal(en.sent_id, "id-1");
 
     /* without MD5s: trusted (SQS always sends them; emulators may not) */
-    memset(en.message_id, 0, sizeof en.message_id);
-    assert_int_equal(sqs_parse_send_result("{\"MessageId\":\"x\"}", 17, &en, &e), 0);
+    memset(en.sent_id, 0, sizeof en.sent_id);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, "{\"MessageId\":\"x\"}", 17, &en, 1,
+                                            &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
-    assert_string_equal(en.message_id, "x");
+    assert_string_equal(en.sent_id, "x");
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-2\",\"MD5OfMessageBody\":\"%s\"}",
              "00000000000000000000000000000000");
-    assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, ok, strlen(ok), &en, 1, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_FAILED);
     assert_string_equal(en.code, "MD5Mismatch");
-    assert_string_equal(en.message_id, "id-2");
+    assert_string_equal(en.sent_id, "id-2");
     assert_contains(en.message, "is not the MD5 of the body sent (" MD5_BODY ")");
 
     snprintf(ok, sizeof ok, "{\"MessageId\":\"id-3\",\"MD5OfMessageBody\":\"%s\","
              "\"MD5OfMessageAttributes\":\"%s\"}", MD5_BODY, MD5_ATTRS3);
-    assert_int_equal(sqs_parse_send_result(ok, strlen(ok), &en, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, ok, strlen(ok), &en, 1, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_FAILED);
     assert_contains(en.message, "MD5OfMessageAttributes " MD5_ATTRS3 " is not the MD5 of the "
                                 "attributes sent (" MD5_IMAGE ")");
 
     en.status = SQS_ENTRY_PENDING;
-    strcpy(en.message_id, "kept");
-    assert_int_equal(sqs_parse_send_result("{\"MD5OfMessageBody\":\"x\"}", 24, &en, &e), -1);
+    strcpy(en.sent_id, "kept");
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, "{\"MD5OfMessageBody\":\"x\"}", 24,
+                                            &en, 1, &e), -1);
     assert_int_equal(e.kind, LERR_MALFORMED);
     assert_string_equal(e.msg, "SQS SendMessage answer: no MessageId");
     assert_int_equal(en.status, SQS_ENTRY_PENDING);
-    assert_string_equal(en.message_id, "kept");
-    assert_int_equal(sqs_parse_send_result("<html>", 6, &en, &e), -1);
+    assert_string_equal(en.sent_id, "kept");
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND, "<html>", 6, &en, 1, &e), -1);
     assert_string_equal(e.msg, "SQS SendMessage answer: not a JSON object");
 }
 
 static void test_parse_send_batch_result(void **state)
 {
-    struct sqs_send_entry en[6];
+    struct sqs_entry en[6];
     struct lerr e = { 0 };
     char answer[1024];
 
     for (size_t i = 0; i < N_ELEMS(en); i++)
-        en[i] = (struct sqs_send_entry){ .body = "{\"a\":1}", .body_len = 7 };
+        en[i] = (struct sqs_entry){ .body = "{\"a\":1}", .body_len = 7 };
     en[5].status = SQS_ENTRY_OK;  /* not sent this round: answers about it are ignored */
-    strcpy(en[5].message_id, "old");
+    strcpy(en[5].sent_id, "old");
     snprintf(answer, sizeof answer,
              "{\"Successful\":[{\"Id\":\"m0\",\"MessageId\":\"id0\",\"MD5OfMessageBody\":\"%s\"},"
              "{\"Id\":\"m2\",\"MessageId\":\"id2\"},{\"Id\":\"m9\",\"MessageId\":\"id9\"},"
@@ -842,28 +844,30 @@ static void test_parse_send_batch_result(void **state)
              "\"Message\":\"Invalid characters\\nfound\"},"
              "{\"Id\":\"m3\",\"SenderFault\":false,\"Code\":\"InternalError\",\"Message\":\"oops\"}]}",
              MD5_BODY);
-    assert_int_equal(sqs_parse_send_batch_result(answer, strlen(answer), en, 6, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND_BATCH, answer, strlen(answer), en, 6,
+                                            &e), 0);
     assert_int_equal(en[0].status, SQS_ENTRY_OK);
-    assert_string_equal(en[0].message_id, "id0");
+    assert_string_equal(en[0].sent_id, "id0");
     assert_int_equal(en[1].status, SQS_ENTRY_FAILED);
     assert_string_equal(en[1].code, "InvalidMessageContents");
     assert_string_equal(en[1].message, "Invalid characters found");
-    assert_string_equal(en[1].message_id, "");
+    assert_string_equal(en[1].sent_id, "");
     assert_int_equal(en[2].status, SQS_ENTRY_OK);
-    assert_string_equal(en[2].message_id, "id2");
+    assert_string_equal(en[2].sent_id, "id2");
     assert_int_equal(en[3].status, SQS_ENTRY_PENDING);  /* SQS's fault: worth a retry */
     assert_string_equal(en[3].code, "InternalError");
     assert_int_equal(en[4].status, SQS_ENTRY_PENDING);  /* not mentioned */
     assert_string_equal(en[4].code, "");
     assert_int_equal(en[5].status, SQS_ENTRY_OK);
-    assert_string_equal(en[5].message_id, "old");
+    assert_string_equal(en[5].sent_id, "old");
 
     /* a Failed entry without SenderFault is ours; throttling is not */
     en[3].status = en[4].status = SQS_ENTRY_PENDING;
     snprintf(answer, sizeof answer, "{\"Successful\":null,\"Failed\":[{\"Id\":\"m3\",\"Code\":"
              "\"InvalidParameterValue\"},{\"Id\":\"m4\",\"SenderFault\":true,\"Code\":"
              "\"RequestThrottled\"}]}");
-    assert_int_equal(sqs_parse_send_batch_result(answer, strlen(answer), en, 6, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND_BATCH, answer, strlen(answer), en, 6,
+                                            &e), 0);
     assert_int_equal(en[3].status, SQS_ENTRY_FAILED);
     assert_string_equal(en[3].message, "");
     assert_int_equal(en[4].status, SQS_ENTRY_PENDING);
@@ -874,8 +878,8 @@ static void test_parse_send_batch_result(void **state)
     };
     for (size_t i = 0; i < N_ELEMS(malformed); i++) {
         en[4].status = SQS_ENTRY_PENDING;
-        assert_int_equal(sqs_parse_send_batch_result(malformed[i], strlen(malformed[i]), en, 6,
-                                                     &e), -1);
+        assert_int_equal(sqs_parse_batch_result(SQS_OP_SEND_BATCH, malformed[i],
+                                                strlen(malformed[i]), en, 6, &e), -1);
         assert_int_equal(e.kind, LERR_MALFORMED);
         assert_contains(e.msg, "SQS SendMessageBatch answer: ");
         assert_int_equal(en[4].status, SQS_ENTRY_PENDING);
@@ -1002,7 +1006,7 @@ static void test_text_check(void **state)
 
 static void test_send_size(void **state)
 {
-    struct sqs_send_entry en = { .body = "12345", .body_len = 5 };
+    struct sqs_entry en = { .body = "12345", .body_len = 5 };
 
     assert_int_equal(sqs_send_size(&en), 5);
     en.image = "img";

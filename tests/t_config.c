@@ -67,6 +67,7 @@ static void test_defaults(void **state)
     assert_true(c.fly_api.tls);
     assert_int_equal(c.num_regions, 1);
     assert_string_equal(c.regions[0], "iad");
+    assert_string_equal(c.region_list, "iad");
     assert_int_equal(c.long_poll_seconds, 10);
     assert_int_equal(c.events_per_machine, 5);
     assert_int_equal(c.visibility_timeout, 30);
@@ -123,6 +124,7 @@ static void test_regions_list(void **state)
     assert_string_equal(c.regions[1], "ord");
     assert_string_equal(c.regions[2], "ams");
     assert_string_equal(c.regions[3], "cdg");
+    assert_string_equal(c.region_list, "iad,ord,ams,cdg");
 
     env_set(&env, "LAMBDO_FLY_REGION", "");
     env_set(&env, "LAMBDO_FLY_REGIONS", "lhr");

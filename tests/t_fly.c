@@ -844,7 +844,6 @@ static void test_parse_exit(void **state)
             x.oom_killed != c->oom)
             fail_msg("%s: exited %d known %d code %d oom %d", c->name, x.exited, x.known,
                      x.exit_code, x.oom_killed);
-        assert_int_equal(x.gone, 0);
         assert_int_equal(x.status, 0);
         assert_int_equal(x.outcome, FLY_CALL_OK);
     }
@@ -1617,7 +1616,6 @@ static void test_exit_from_show(void **state)
     assert_string_equal(s.seen[0].auth, "Bearer " TOKEN);
     assert_int_equal(x.outcome, FLY_CALL_OK);
     assert_int_equal(x.status, 200);
-    assert_int_equal(x.gone, 0);
     assert_int_equal(x.exited, 1);
     assert_int_equal(x.known, 1);
     assert_int_equal(x.exit_code, 3);
@@ -1689,7 +1687,7 @@ static void test_exit_gone_and_errors(void **state)
         if (rc != cases[i].rc || x.outcome != cases[i].outcome)
             fail_msg("case %zu: rc %d outcome %d (%s)", i, rc, x.outcome, e.msg);
         assert_int_equal(x.known, 0);
-        assert_int_equal(x.gone, cases[i].outcome == FLY_CALL_GONE);
+        assert_string_equal(x.state, "");
         assert_int_equal(x.status, atoi(cases[i].reply.head));
         if (rc < 0) {
             assert_int_equal(e.kind, cases[i].kind);

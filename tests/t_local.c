@@ -437,13 +437,17 @@ static void test_exit_0(void **state)
     struct local_run r = run_base(argv, "exit0");
     struct cb c = { .stop_wfd = -1 };
     struct local_result res;
+    char line[80];
     char *log;
 
     r.started = cb_started;
     r.idle = cb_idle;
     r.ctx = &c;
+    r.event_count = 7;
     log = run_logged(&r, &res);
     assert_int_equal(res.started, 1);
+    snprintf(line, sizeof line, "group exit0: process %d started for 7 events", res.pid);
+    assert_has(log, line);
     assert_int_equal(res.exited, 1);
     assert_int_equal(res.exit_code, 0);
     assert_int_equal(res.signal, 0);

@@ -1042,7 +1042,7 @@ static void test_batch_answers(void **state)
             en[k].receipt_handle = "h";
             en[k].status = c->before[k];
         }
-        rc = sqs_parse_batch_result(c->json, strlen(c->json), en, c->n, &e);
+        rc = sqs_parse_batch_result(SQS_OP_DELETE, c->json, strlen(c->json), en, c->n, &e);
         if (rc != c->rc)
             fail_msg("%s: rc %d (%s)", c->name, rc, e.msg);
         if (rc < 0) {
@@ -1065,7 +1065,7 @@ static void test_batch_answer_messages(void **state)
     struct sqs_entry en[1] = { { .receipt_handle = "h" } };
     struct lerr e = { 0 };
 
-    assert_int_equal(sqs_parse_batch_result(json, strlen(json), en, 1, &e), 0);
+    assert_int_equal(sqs_parse_batch_result(SQS_OP_DELETE, json, strlen(json), en, 1, &e), 0);
     assert_int_equal(en[0].status, SQS_ENTRY_FAILED);
     assert_string_equal(en[0].code, "TooManyEntriesInBatchRequest");
     assert_string_equal(en[0].message, "Too many");
@@ -1751,7 +1751,7 @@ static void test_client_delete_ok(void **state)
 
     env_start(&v, script, 1);
     entries_init(en, 3, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 3, &e), 0);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 3, &e), 0);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(en[i].status, SQS_ENTRY_OK);
         assert_string_equal(en[i].code, "");
@@ -1778,7 +1778,7 @@ static void test_client_delete_retries_entries(void **state)
 
     env_start(&v, script, N_ELEMS(script));
     entries_init(en, 4, h, ids);
-    if (sqs_delete_batch(&v.c, en, 4, &e) != 0)
+    if (sqs_batch_call(&v.c, SQS_OP_DELETE, en, 4, &e) != 0)
         fail_msg("%s", e.msg);
     for (int i = 0; i < 4; i++)
         assert_int_equal(en[i].status, SQS_ENTRY_OK);
@@ -1806,7 +1806,7 @@ static void test_client_delete_sender_fault(void **state)
 
     env_start(&v, script, 1);
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 2, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 2, &e), -1);
     assert_int_equal(e.kind, LERR_HTTP);
     assert_string_equal(e.msg, "SQS DeleteMessageBatch: 1 of 2 entries failed; message id-1: "
                                "InvalidParameterValue: Bad handle.");
@@ -1840,7 +1840,7 @@ static void test_client_delete_stale(void **state)
     dup2(fileno(tmp), 2);
     env_start(&v, script, 1);
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 2, &e), 0);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 2, &e), 0);
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
@@ -1876,7 +1876,7 @@ static void test_client_delete_bounded(void **state)
 
     env_start(&v, script, N_ELEMS(script));
     entries_init(en, 1, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 1, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 1, &e), -1);
     assert_string_equal(e.msg, "SQS DeleteMessageBatch: 1 of 1 entries failed; message id-0: "
                                "InternalError: try again");
     assert_int_equal(en[0].status, SQS_ENTRY_FAILED);
@@ -1900,7 +1900,7 @@ static void test_client_delete_not_reported(void **state)
 
     env_start(&v, script, N_ELEMS(script));
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 2, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 2, &e), -1);
     assert_string_equal(e.msg, "SQS DeleteMessageBatch: 1 of 2 entries failed; message id-0: "
                                "NotReported: the answer did not mention this entry");
     assert_int_equal(en[0].status, SQS_ENTRY_FAILED);
@@ -1911,7 +1911,7 @@ static void test_client_delete_not_reported(void **state)
     /* An answer that is not what SQS sends is an error, not "nothing failed". */
     env_start(&v, garbage, N_ELEMS(garbage));
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 2, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 2, &e), -1);
     assert_int_equal(e.kind, LERR_MALFORMED);
     assert_string_equal(e.msg, "SQS DeleteMessageBatch: SQS batch answer: not a JSON object");
     assert_int_equal(en[0].status, SQS_ENTRY_FAILED);
@@ -1937,7 +1937,7 @@ static void test_client_delete_whole_request(void **state)
 
     env_start(&v, script, N_ELEMS(script));
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 2, &e), 0);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 2, &e), 0);
     assert_int_equal(en[0].status, SQS_ENTRY_OK);
     assert_int_equal(en[1].status, SQS_ENTRY_OK);
     assert_int_equal(fake_count(&v.f), 2);
@@ -1945,7 +1945,7 @@ static void test_client_delete_whole_request(void **state)
 
     env_start(&v, always, N_ELEMS(always));
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 2, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 2, &e), -1);
     assert_string_equal(e.msg, "SQS DeleteMessageBatch failed: InternalError: We encountered an "
                                "internal error. (HTTP 500)");
     assert_int_equal(fake_count(&v.f), SQS_BATCH_ATTEMPTS);
@@ -1959,7 +1959,7 @@ static void test_client_delete_whole_request(void **state)
 
     env_start(&v, denied, N_ELEMS(denied));
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 2, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 2, &e), -1);
     assert_string_equal(e.msg, "SQS DeleteMessageBatch failed: AccessDeniedException: No. (HTTP 400)");
     assert_int_equal(fake_count(&v.f), 1);
     assert_int_equal(en[0].status, SQS_ENTRY_FAILED);
@@ -1975,12 +1975,12 @@ static void test_client_delete_invalid(void **state)
     struct lerr e = { 0 };
 
     env_start(&v, NULL, 0);
-    assert_int_equal(sqs_delete_batch(&v.c, en, 1, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 1, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
     assert_int_equal(en[0].status, SQS_ENTRY_FAILED);  /* nothing sent; the entry says why */
     assert_string_equal(en[0].code, "invalid");
     assert_string_equal(en[0].message, "SQS DeleteMessageBatch: entry 0 has no receipt handle");
-    assert_int_equal(sqs_delete_batch(&v.c, en, 0, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_DELETE, en, 0, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
     assert_int_equal(fake_count(&v.f), 0);
     env_stop(&v);
@@ -1995,21 +1995,21 @@ static void test_client_send(void **state)
         { 200, NULL, "{\"MessageId\":\"id-1\",\"MD5OfMessageBody\":\"" MD5_HELLO "\"}", 0 },
         { 200, NULL, "{\"MessageId\":\"id-2\",\"MD5OfMessageBody\":\"00000000000000000000000000000000\"}", 0 },
     };
-    struct sqs_send_entry en = { .body = "hello", .body_len = 5 };
+    struct sqs_entry en = { .body = "hello", .body_len = 5 };
     struct env v;
     struct lerr e = { 0 };
     cJSON *j;
 
     env_start(&v, script, 3);
-    assert_int_equal(sqs_send(&v.c, &en, &e), 0);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_SEND, &en, 1, &e), 0);
     assert_int_equal(en.status, SQS_ENTRY_OK);
-    assert_string_equal(en.message_id, "id-1");
+    assert_string_equal(en.sent_id, "id-1");
     assert_int_equal(fake_count(&v.f), 2);
     j = check_request(&v, 1, "SendMessage");
     assert_str(j, "MessageBody", "hello");
     assert_null(cJSON_GetObjectItemCaseSensitive(j, "Entries"));
     cJSON_Delete(j);
-    assert_int_equal(sqs_send(&v.c, &en, &e), -1);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_SEND, &en, 1, &e), -1);
     assert_int_equal(e.kind, LERR_HTTP);
     assert_string_equal(en.code, "MD5Mismatch");
     assert_contains(e.msg, "SQS SendMessage: message id-2: MD5Mismatch: MD5OfMessageBody 0000");
@@ -2033,7 +2033,7 @@ static void test_client_change_visibility(void **state)
 
     env_start(&v, script, 1);
     entries_init(en, 2, h, ids);
-    assert_int_equal(sqs_change_visibility_batch(&v.c, en, 2, &e), 0);
+    assert_int_equal(sqs_batch_call(&v.c, SQS_OP_CHANGE_VISIBILITY, en, 2, &e), 0);
     assert_int_equal(en[0].status, SQS_ENTRY_OK);
     assert_int_equal(en[1].status, SQS_ENTRY_STALE);
     j = check_request(&v, 0, "ChangeMessageVisibilityBatch");

@@ -207,9 +207,9 @@ static int run_batch(struct sqs_client *c, const struct opts *o)
         en[i].receipt_handle = o->handles[i];
         en[i].visibility_timeout = o->visibility;
     }
-    r = strcmp(o->cmd, "delete") == 0
-            ? sqs_delete_batch(c, en, (size_t)o->num_handles, &e)
-            : sqs_change_visibility_batch(c, en, (size_t)o->num_handles, &e);
+    r = sqs_batch_call(c, strcmp(o->cmd, "delete") == 0 ? SQS_OP_DELETE
+                                                        : SQS_OP_CHANGE_VISIBILITY,
+                       en, (size_t)o->num_handles, &e);
     list = cJSON_AddArrayToObject(root, "entries");
     for (int i = 0; i < o->num_handles; i++) {
         cJSON *it = cJSON_CreateObject();
