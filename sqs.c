@@ -1214,11 +1214,10 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
 {
     const struct sqs_batch_ops *o = &sqs_ops[op];
     struct json_buf b = { 0 };
-    size_t sent = 0;
+    size_t sent = 0, max = o->single ? 1 : SQS_MAX_MESSAGES;
 
-    if (n < 1 || n > SQS_MAX_MESSAGES) {
-        lerr_set(e, LERR_INVALID, "SQS %s: %zu entries (1 to %d allowed)", o->name, n,
-                 SQS_MAX_MESSAGES);
+    if (n < 1 || n > max) {
+        lerr_set(e, LERR_INVALID, "SQS %s: %zu entries (1 to %zu allowed)", o->name, n, max);
         return NULL;
     }
     if (sb_queue(&b, queue_url, o->name, e) < 0)

@@ -276,6 +276,8 @@ static void test_batch_request_invalid(void **state)
           "SQS ChangeMessageVisibilityBatch: entry 1: VisibilityTimeout must be 0 to 43200, got -1" },
         { SQS_OP_CHANGE_VISIBILITY, QUEUE, 2, "h", 43201, 0, "got 43201" },
         { SQS_OP_DELETE, QUEUE, 2, "h", 0, SQS_ENTRY_OK, "no pending entry to send" },
+        /* SendMessage carries one message: a second would make a second request body */
+        { SQS_OP_SEND, QUEUE, 2, "h", 0, 0, "SQS SendMessage: 2 entries (1 to 1 allowed)" },
     };
 
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
