@@ -4,6 +4,7 @@
 #include "metrics.h"
 #include "local.h"
 #include "sqs.h"
+#include "text.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -51,16 +52,6 @@ static const char *pick(struct load *l, const char *a, const char *b, const char
     if (!v && (v = value(l, b)))
         *which = b;
     return v;
-}
-
-/* Values that end up in HTTP headers must not smuggle in line breaks; nor hold any of
- * the characters in also. */
-static int has_bad_char(const char *s, const char *also)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f || strchr(also, *s))
-            return 1;
-    return 0;
 }
 
 /* The numbers: unset gives the default; set (even to "") it must be a whole number from
@@ -219,7 +210,7 @@ static int load_region(struct load *l, int queue_ok)
     int in_host = queue_ok && region_from_host(c->queue.host, c->aws_region) == 0;
     int found;
 
-    if (v && (strlen(v) >= sizeof c->aws_region || has_bad_char(v, "/ ")))
+    if (v && (strlen(v) >= sizeof c->aws_region || !text_clean(v, 0x20, "/ ")))
         return lerr_set(&l->e, LERR_INVALID, "%s: \"%.40s\" is not a region name", which, v);
     if (v && in_host && strcmp(v, c->aws_region) != 0)
         return lerr_set(&l->e, LERR_INVALID, "%s: \"%s\", but the queue URL is in %s: set it "
@@ -310,7 +301,7 @@ static int load_token(struct load *l)
     if (!v)
         return lerr_set(&l->e, LERR_INVALID, "LAMBDO_FLY_TOKEN (or FLY_API_TOKEN): required, "
                         "not set");
-    if (has_bad_char(v, " "))
+    if (!text_clean(v, 0x20, " "))
         return lerr_set(&l->e, LERR_INVALID, "%s: contains spaces or control characters", which);
     return 0;
 }

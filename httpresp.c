@@ -27,7 +27,7 @@ _Static_assert(HTTPRESP_MAX_HEAD < INT_MAX, "head lengths are returned as int");
 
 /* One bit per ASCII code: digits, letters and "!#$%&'*+-.^_`|~". A table, because every
  * byte of every header name goes through it. */
-static int is_tchar(unsigned char c)
+int httpresp_is_tchar(unsigned char c)
 {
     static const uint32_t bits[4] = { 0, 0x03ff6cfa, 0xc7fffffe, 0x57ffffff };
 
@@ -38,7 +38,7 @@ int httpresp_is_token(const char *s)
 {
     const char *p = s;
 
-    while (is_tchar((unsigned char)*p))
+    while (httpresp_is_tchar((unsigned char)*p))
         p++;
     return p > s && *p == '\0';
 }
@@ -197,7 +197,7 @@ static int parse_field_line(struct scan *s, struct httpresp_header *f)
     unsigned char c;
     int rc;
 
-    while (s->pos < s->lim && is_tchar(s->p[s->pos]))
+    while (s->pos < s->lim && httpresp_is_tchar(s->p[s->pos]))
         s->pos++;
     if (s->pos == s->lim)
         return scan_short(s);
@@ -479,7 +479,7 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
     case CH_TRAILER:
         if (c == '\r')
             d->state = CH_END_LF;
-        else if (is_tchar(c))
+        else if (httpresp_is_tchar(c))
             d->state = CH_TRAILER_NAME;
         else if (is_ws(c))
             return malformed(e, "obsolete line folding in trailer");
@@ -491,7 +491,7 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
     case CH_TRAILER_NAME:
         if (c == ':')
             d->state = CH_TRAILER_VALUE;
-        else if (!is_tchar(c))
+        else if (!httpresp_is_tchar(c))
             return malformed(e, "bad trailer field");
         return 0;
     default: /* a line's CR or LF */

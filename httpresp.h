@@ -81,6 +81,9 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
  * (the client checks its requests' with it); "" is not. */
 int httpresp_is_token(const char *s);
 
+/* Whether c is an RFC 9110 tchar: what a method, a field name or a token is made of. */
+int httpresp_is_tchar(unsigned char c);
+
 /* Case-insensitive lookup; the first field of that name wins. Returns the value (not
  * NUL-terminated, *value_len set; value_len may be NULL) or NULL (*value_len = 0). */
 const char *httpresp_header(const struct httpresp_head *h, const char *name, size_t *value_len);

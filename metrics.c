@@ -1,7 +1,6 @@
 #include "metrics.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -18,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "httpresp.h"
 #include "json.h"
 #include "log.h"
 
@@ -351,12 +351,6 @@ char *metrics_render(const struct metrics *m, size_t *len)
 
 /* --------------------------------------------------------------- request parsing ------- */
 
-/* Whether c is an RFC 9110 tchar: what a method or a field name is made of. */
-static int is_tchar(char c)
-{
-    return c > 0 && (isalnum((unsigned char)c) || strchr("!#$%&'*+-.^_`|~", c));
-}
-
 /* Where the scan of a request head is. */
 enum head_state { IN_BLANK, IN_METHOD, IN_TARGET, IN_VERSION, AT_FIELD, IN_NAME, IN_VALUE };
 
@@ -381,13 +375,13 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
             return METRICS_PARSE_BAD;   /* a CR that does not end a line */
         switch (state) {
         case IN_BLANK:           /* RFC 9112 2.2: a few empty lines before the request line */
-            if (c == '\n' ? ++blank > 4 : !is_tchar(c))
+            if (c == '\n' ? ++blank > 4 : !httpresp_is_tchar((unsigned char)c))
                 return METRICS_PARSE_BAD;
             r->method = buf + i;
             state = c == '\n' ? IN_BLANK : IN_METHOD;
             break;
         case IN_METHOD:          /* method_len and path are final at the space */
-            if (c != ' ' && !is_tchar(c))
+            if (c != ' ' && !httpresp_is_tchar((unsigned char)c))
                 return METRICS_PARSE_BAD;
             r->method_len = (size_t)(buf + i - r->method);
             r->path = buf + i + 1;
@@ -423,13 +417,13 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
             }
             /* no white space first: that would be obs-fold, which RFC 9112 lets a server
              * refuse */
-            if (!is_tchar(c))
+            if (!httpresp_is_tchar((unsigned char)c))
                 return METRICS_PARSE_BAD;
             name = i;
             state = IN_NAME;
             break;
         case IN_NAME:            /* and a colon right after it */
-            if (c != ':' && !is_tchar(c))
+            if (c != ':' && !httpresp_is_tchar((unsigned char)c))
                 return METRICS_PARSE_BAD;
             has_host |= c == ':' && i - name == 4 && strncasecmp(buf + name, "host", 4) == 0;
             state = c == ':' ? IN_VALUE : IN_NAME;

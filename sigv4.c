@@ -375,20 +375,10 @@ static int date_valid(const char *d)
            d[15] == 'Z' && d[16] == '\0';
 }
 
-/* Nothing that would break the header syntax or the canonical form: no byte below lowest,
- * DEL or character of bad (may be NULL: a session token is long, and checked by the byte). */
-static int clean(const char *s, unsigned char lowest, const char *bad)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < lowest || *s == 0x7f || (bad && strchr(bad, *s)))
-            return 0;
-    return 1;
-}
-
 /* Non-empty, and no space either. A token in the HTTP sense would be stricter. */
 static int word_valid(const char *s, const char *bad)
 {
-    return s && *s && clean(s, '!', bad);
+    return s && *s && text_clean(s, '!', bad);
 }
 
 /* Region and service go into the credential scope, separated by '/'. */
@@ -582,7 +572,7 @@ static int credentials_check(const struct sigv4_credentials *cred, struct lerr *
         return lerr_set(e, LERR_INVALID, "sigv4: the access key id is missing or malformed");
     if (!cred->secret_access_key || !*cred->secret_access_key)
         return lerr_set(e, LERR_INVALID, "sigv4: no secret access key");
-    if (cred->session_token && !clean(cred->session_token, ' ', NULL))
+    if (cred->session_token && !text_clean(cred->session_token, ' ', NULL))
         return lerr_set(e, LERR_INVALID, "sigv4: the session token contains a control character");
     return 0;
 }

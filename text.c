@@ -131,3 +131,11 @@ unsigned text_utf8_put(unsigned long cp, unsigned char *out)
     out[0] = (unsigned char)(lead[n] | cp);
     return n;
 }
+
+int text_clean(const char *s, unsigned char lowest, const char *bad)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < lowest || *s == 0x7f || (bad && strchr(bad, *s)))
+            return 0;
+    return 1;
+}

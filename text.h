@@ -43,4 +43,8 @@ size_t text_utf8_next(const unsigned char *p, size_t avail, unsigned *cp);
  * A surrogate code point gets its 3-byte form (WTF-8), which strict checks refuse. */
 unsigned text_utf8_put(unsigned long cp, unsigned char *out);
 
+/* 1 when s holds no byte below lowest (at least 0x20: no control character), no DEL and
+ * no character of bad (may be NULL): what can go into a header or a configuration word. */
+int text_clean(const char *s, unsigned char lowest, const char *bad);
+
 #endif
