@@ -6,7 +6,9 @@
 #   $(B)/fuzz   libFuzzer targets (clang)
 #   $(B)/tsan   ThreadSanitizer (clang), lambdo only, cJSON instrumented too; clang 14's
 #               runtime needs `setarch $(uname -m) -R` on kernels with high-entropy ASLR
-# Every top-level *.c but lambdo.c is library code; tests/t_*.c are cmocka unit tests,
+# Every top-level *.c but lambdo.c and alloc.c is library code; alloc.c, a malloc, is linked
+# into the musl builds only (the sanitizers and valgrind replace malloc themselves, and
+# tests/t_alloc.c includes it under other names); tests/t_*.c are cmocka unit tests,
 # tests/tool_*.c are small CLIs the Node tests drive, tests/fuzz_*.c are fuzz targets.
 
 B       ?= build
@@ -14,7 +16,7 @@ BEARSSL ?= .deps/bearssl
 CJSON   ?= .deps/cjson
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
-LIBSRC  ?= $(filter-out lambdo.c,$(wildcard *.c))
+LIBSRC  ?= $(filter-out lambdo.c alloc.c,$(wildcard *.c))
 UNITS   := $(patsubst tests/%.c,%,$(wildcard tests/t_*.c))
 TOOLS   := $(patsubst tests/%.c,%,$(wildcard tests/tool_*.c))
 FUZZERS := $(patsubst tests/%.c,%,$(wildcard tests/fuzz_*.c))
@@ -103,13 +105,17 @@ $(B)/tsan/cjson.o: $(CJSON)/cJSON.c
 	@mkdir -p $(@D)
 	$(ASAN_CC) $(TSAN_CF) -c $< -o $@
 
-MUSL_DEPS  := $(B)/musl/libbearssl.a $(B)/musl/cjson.o
+MUSL_DEPS  := $(B)/musl/libbearssl.a $(B)/musl/cjson.o $(B)/musl/alloc.o
 GLIBC_DEPS := $(B)/glibc/libbearssl.a $(B)/glibc/cjson.o
 
 # --- our code -----------------------------------------------------------------------------
 $(B)/musl/%.o: %.c
 	@mkdir -p $(@D)
 	$(MUSL_CC) $(MUSL_CF) $(MUSL_OWN) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
+# Not link-time optimised, and -fno-builtin: gcc must not turn calloc's malloc and memset
+# into a call to calloc, nor reason about its free as the C library's (see alloc.c).
+$(B)/musl/alloc.o: MUSL_OWN := -fno-builtin
+$(B)/musl/alloc.o: Makefile
 $(B)/glibc/%.o: %.c
 	@mkdir -p $(@D)
 	$(GLIBC_CC) $(GLIBC_CF) $(WARN) $(INC) $(DEFS) -MMD -c $< -o $@
