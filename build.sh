@@ -42,7 +42,7 @@ if [ "$want" = demo ]; then
     command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
 fi
 if [ "$want" = test ]; then
-    pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl python3 util-linux php-cli buildah netavark debootstrap debian-archive-keyring"
+    pkgs="$pkgs clang libclang-rt-14-dev libcmocka-dev valgrind openssl python3 util-linux php-cli buildah netavark debootstrap debian-archive-keyring strace"
     # Node may come from Debian or from NodeSource (which bundles npm): only add it if absent.
     command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
 fi
