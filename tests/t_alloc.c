@@ -178,6 +178,7 @@ static void aligned(void **state)
         assert_non_null(p);
         assert_int_equal((uintptr_t)p % a, 0);
         assert_int_equal((uintptr_t)p % 16, 0);
+        assert_true(t_malloc_usable_size(p) >= 100);
         fill(p, 100, 1);
         assert_true(holds(p, 100, 1));
         t_free(p);
