@@ -23,8 +23,8 @@
  *
  * Semantics follow musl's: malloc(0) is a unique pointer; a size near SIZE_MAX (or calloc's
  * product overflowing) is NULL with errno ENOMEM; realloc(p, 0) keeps a block and returns it.
- * Every block is 16-byte aligned, and aligned_alloc asks for no more: a bigger alignment is
- * EINVAL (no caller in lambdo, BearSSL or cJSON asks for one). musl's own posix_memalign,
+ * Every block is 16-byte aligned, so aligned_alloc takes a power of two up to 16 and refuses
+ * more with EINVAL (nothing in lambdo, BearSSL or cJSON asks for more). musl's posix_memalign,
  * memalign, valloc and reallocarray stay in the link: they only call aligned_alloc and
  * realloc, so they get this allocator's blocks. musl's internal __libc_malloc/__libc_free
  * pairs (posix_spawn's file actions) keep mallocng for themselves: musl never frees with one
