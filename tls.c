@@ -591,6 +591,61 @@ __attribute__((noinline)) int tls_client_reset(struct tls_client *tc, const char
     return 0;
 }
 
+/* ---- sessions shared by the process's connections --------------------------------------- */
+
+void tls_sessions_init(struct tls_sessions *s)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+}
+
+void tls_sessions_free(struct tls_sessions *s)
+{
+    explicit_bzero(s->slot, sizeof s->slot);
+    pthread_mutex_destroy(&s->mu);
+}
+
+static struct tls_session *tls_session_find(struct tls_sessions *s, const char *host,
+                                            unsigned port)
+{
+    for (int i = 0; i < TLS_SESSIONS_MAX; i++)
+        if (s->slot[i].port == port && strcmp(s->slot[i].host, host) == 0)
+            return &s->slot[i];
+    return NULL;
+}
+
+void tls_sessions_offer(struct tls_sessions *s, struct tls_client *tc, const char *host,
+                        unsigned port)
+{
+    struct tls_session *t;
+
+    /* A tc serves one server for its life: a session of its own is that server's. */
+    if (!s || tc->cc.eng.session.session_id_len)
+        return;
+    pthread_mutex_lock(&s->mu);
+    if ((t = tls_session_find(s, host, port)))
+        br_ssl_engine_set_session_parameters(&tc->cc.eng, &t->params);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void tls_sessions_keep(struct tls_sessions *s, const struct tls_client *tc, const char *host,
+                       unsigned port)
+{
+    struct tls_session *t;
+
+    if (!s || !host[0] || strlen(host) >= sizeof t->host)
+        return;
+    pthread_mutex_lock(&s->mu);
+    if (!(t = tls_session_find(s, host, port))) {
+        t = &s->slot[s->next];
+        s->next = (s->next + 1) % TLS_SESSIONS_MAX;
+        strcpy(t->host, host);
+        t->port = port;
+    }
+    br_ssl_engine_get_session_parameters(&tc->cc.eng, &t->params);
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* ---- errors ------------------------------------------------------------------------------ */
 
 static const char *tls_err_name(int err)

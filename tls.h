@@ -15,6 +15,7 @@
 #ifndef LAMBDO_TLS_H
 #define LAMBDO_TLS_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <bearssl.h>
 #include "err.h"
@@ -59,6 +60,35 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta);
  * check), mixing in fresh entropy from getrandom() so no /dev/urandom is needed, and
  * offering the session of the previous connection for resumption. Returns 0 or -1. */
 int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e);
+
+/* The last session of each server (host and port, a few of them), shared by all of a
+ * process's tls_clients, so that a new connection resumes the session another one (another
+ * thread's) negotiated instead of a full handshake: no certificate chain to verify, no
+ * ECDHE. Caller-allocated, mutex-protected. The master secrets in it stay in memory and are
+ * wiped by tls_sessions_free. */
+#define TLS_SESSIONS_MAX 4
+struct tls_sessions {
+    pthread_mutex_t mu;
+    struct tls_session {
+        char host[256];    /* as checked against the certificate; "" while free */
+        unsigned port;
+        br_ssl_session_parameters params;
+    } slot[TLS_SESSIONS_MAX];
+    unsigned next;         /* the slot a new server takes, in turn */
+};
+
+void tls_sessions_init(struct tls_sessions *s);
+void tls_sessions_free(struct tls_sessions *s);
+
+/* Before tls_client_reset: when tc has no session of its own (a new connection slot), gives
+ * it the session s keeps for host:port, if any, to offer. Nothing when s is NULL. */
+void tls_sessions_offer(struct tls_sessions *s, struct tls_client *tc, const char *host,
+                        unsigned port);
+
+/* After a successful handshake: keeps tc's session as host:port's in s, replacing the one
+ * kept before. Nothing when s is NULL. */
+void tls_sessions_keep(struct tls_sessions *s, const struct tls_client *tc, const char *host,
+                       unsigned port);
 
 /* Translates a BearSSL error code (br_ssl_engine_last_error) into a lerr with its own kind
  * and a message naming host: certificate not trusted (LERR_TLS_UNTRUSTED), name mismatch
