@@ -319,12 +319,13 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
         io_phase(io, "in TLS handshake with", c->io_timeout_ms);
         /* The flush drives the handshake to its end: nothing is queued to send yet. */
         tls_sessions_offer(c->sessions, io->conn->tc, io->conn->host, io->conn->port);
-        if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0 ||
-            (br_sslio_flush(&io->sio) < 0 && tls_failed(io, 1, e) < 0)) {
+        int ok = tls_client_reset(io->conn->tc, io->conn->host, e) == 0 &&
+                 (br_sslio_flush(&io->sio) == 0 || tls_failed(io, 1, e) == 0);
+        tls_sessions_keep(c->sessions, io->conn->tc, io->conn->host, io->conn->port, ok);
+        if (!ok) {
             conn_close(io->conn);
             return -1;
         }
-        tls_sessions_keep(c->sessions, io->conn->tc, io->conn->host, io->conn->port);
     }
     return 0;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- the little DER needed for a trust anchor (and an IP host's check) ------------------
@@ -597,11 +598,13 @@ void tls_sessions_init(struct tls_sessions *s)
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->kept, NULL);
 }
 
 void tls_sessions_free(struct tls_sessions *s)
 {
     explicit_bzero(s->slot, sizeof s->slot);
+    pthread_cond_destroy(&s->kept);
     pthread_mutex_destroy(&s->mu);
 }
 
@@ -614,35 +617,57 @@ static struct tls_session *tls_session_find(struct tls_sessions *s, const char *
     return NULL;
 }
 
+/* host:port's slot, else a new one in place of the oldest server's (wiped). */
+static struct tls_session *tls_session_slot(struct tls_sessions *s, const char *host,
+                                            unsigned port)
+{
+    struct tls_session *t = tls_session_find(s, host, port);
+
+    if (!t) {
+        t = &s->slot[s->next];
+        s->next = (s->next + 1) % TLS_SESSIONS_MAX;
+        explicit_bzero(t, sizeof *t);
+        strcpy(t->host, host);
+        t->port = port;
+    }
+    return t;
+}
+
 void tls_sessions_offer(struct tls_sessions *s, struct tls_client *tc, const char *host,
                         unsigned port)
 {
     struct tls_session *t;
+    struct timespec until;
 
     /* A tc serves one server for its life: a session of its own is that server's. */
-    if (!s || tc->cc.eng.session.session_id_len)
+    if (!s || tc->cc.eng.session.session_id_len || !host[0] || strlen(host) >= sizeof t->host)
         return;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += TLS_SESSIONS_WAIT_S;
     pthread_mutex_lock(&s->mu);
-    if ((t = tls_session_find(s, host, port)))
+    while ((t = tls_session_find(s, host, port)) && t->busy &&
+           pthread_cond_timedwait(&s->kept, &s->mu, &until) == 0)
+        continue;
+    if (t && t->params.session_id_len)
         br_ssl_engine_set_session_parameters(&tc->cc.eng, &t->params);
+    else if (!t || !t->busy)
+        tls_session_slot(s, host, port)->busy = 1;
     pthread_mutex_unlock(&s->mu);
 }
 
 void tls_sessions_keep(struct tls_sessions *s, const struct tls_client *tc, const char *host,
-                       unsigned port)
+                       unsigned port, int ok)
 {
     struct tls_session *t;
 
     if (!s || !host[0] || strlen(host) >= sizeof t->host)
         return;
     pthread_mutex_lock(&s->mu);
-    if (!(t = tls_session_find(s, host, port))) {
-        t = &s->slot[s->next];
-        s->next = (s->next + 1) % TLS_SESSIONS_MAX;
-        strcpy(t->host, host);
-        t->port = port;
-    }
-    br_ssl_engine_get_session_parameters(&tc->cc.eng, &t->params);
+    if ((t = ok ? tls_session_slot(s, host, port) : tls_session_find(s, host, port)))
+        t->busy = 0;
+    if (ok)
+        br_ssl_engine_get_session_parameters(&tc->cc.eng, &t->params);
+    pthread_cond_broadcast(&s->kept);
     pthread_mutex_unlock(&s->mu);
 }
 

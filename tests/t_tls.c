@@ -6,9 +6,11 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tls.h"
 
@@ -56,7 +58,7 @@ static void keep(struct tls_sessions *s, unsigned char fill, const char *host, u
 {
     struct tls_client *tc = client_with_session(fill);
 
-    tls_sessions_keep(s, tc, host, port);
+    tls_sessions_keep(s, tc, host, port, 1);
     free(tc);
 }
 
@@ -109,11 +111,11 @@ static void test_more_servers_than_slots(void **state)
         snprintf(host, sizeof host, "h%d", i);
         keep(&s, (unsigned char)(0x30 + i), host, 443);
     }
-    assert_int_equal(offered(&s, "h0", 443), 0);
     for (int i = 1; i <= TLS_SESSIONS_MAX; i++) {
         snprintf(host, sizeof host, "h%d", i);
         assert_int_equal(offered(&s, host, 443), 0x30 + i);
     }
+    assert_int_equal(offered(&s, "h0", 443), 0);
     tls_sessions_free(&s);
 }
 
@@ -131,13 +133,95 @@ static void test_free_wipes_the_master_secrets(void **state)
     assert_null(memmem(&s, sizeof s, secret, sizeof secret));
 }
 
+/* ---- the first handshake with a server goes alone ---- */
+
+struct waiter {
+    struct tls_sessions *s;
+    int got;           /* the first byte of the session ID it was given */
+    long long ms;      /* how long it waited */
+    int done;
+};
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *wait_offer(void *arg)
+{
+    struct waiter *w = arg;
+    long long t0 = now_ms();
+
+    w->got = offered(w->s, "a.example", 443);
+    w->ms = now_ms() - t0;
+    __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+    nanosleep(&ts, NULL);
+}
+
+/* A second connection waits for the first one's handshake, then resumes its session. */
+static void test_second_connection_waits_for_the_first(void **state)
+{
+    struct tls_sessions s;
+    struct waiter w = { &s, -1, 0, 0 };
+    pthread_t t;
+
+    (void)state;
+    tls_sessions_init(&s);
+    assert_int_equal(offered(&s, "a.example", 443), 0);  /* the first: in flight now */
+    assert_int_equal(pthread_create(&t, NULL, wait_offer, &w), 0);
+    sleep_ms(200);
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_SEQ_CST), 0);
+    keep(&s, 0x55, "a.example", 443);
+    pthread_join(t, NULL);
+    assert_int_equal(w.got, 0x55);
+    /* another server's handshake did not wait */
+    assert_int_equal(offered(&s, "b.example", 443), 0);
+    tls_sessions_free(&s);
+}
+
+/* A first handshake that failed lets the waiting one go on without a session (and be the
+ * one the next connections wait for); a wait ends after TLS_SESSIONS_WAIT_S anyway. */
+static void test_failed_or_slow_first_handshake(void **state)
+{
+    struct tls_sessions s;
+    struct waiter w = { &s, -1, 0, 0 };
+    struct tls_client *tc = client();
+    pthread_t t;
+
+    (void)state;
+    tls_sessions_init(&s);
+    assert_int_equal(offered(&s, "a.example", 443), 0);
+    assert_int_equal(pthread_create(&t, NULL, wait_offer, &w), 0);
+    sleep_ms(100);
+    tls_sessions_keep(&s, tc, "a.example", 443, 0);
+    pthread_join(t, NULL);
+    assert_int_equal(w.got, 0);
+    assert_true(w.ms < TLS_SESSIONS_WAIT_S * 1000);
+    /* the waiter is now the first handshake in flight: the next one waits it out */
+    w = (struct waiter){ &s, -1, 0, 0 };
+    assert_int_equal(pthread_create(&t, NULL, wait_offer, &w), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(w.got, 0);
+    assert_true(w.ms >= TLS_SESSIONS_WAIT_S * 1000 - 10);
+    free(tc);
+    tls_sessions_free(&s);
+}
+
 /* NULL: no sharing (the tools and the cli), and nothing offered. */
 static void test_null_cache_does_nothing(void **state)
 {
     struct tls_client *tc = client_with_session(0x44);
 
     (void)state;
-    tls_sessions_keep(NULL, tc, "a.example", 443);
+    tls_sessions_keep(NULL, tc, "a.example", 443, 1);
     assert_int_equal(offered(NULL, "a.example", 443), 0);
     free(tc);
 }
@@ -150,6 +234,8 @@ int main(void)
         cmocka_unit_test(test_more_servers_than_slots),
         cmocka_unit_test(test_free_wipes_the_master_secrets),
         cmocka_unit_test(test_null_cache_does_nothing),
+        cmocka_unit_test(test_second_connection_waits_for_the_first),
+        cmocka_unit_test(test_failed_or_slow_first_handshake),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
