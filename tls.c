@@ -608,28 +608,21 @@ void tls_sessions_free(struct tls_sessions *s)
     pthread_mutex_destroy(&s->mu);
 }
 
-static struct tls_session *tls_session_find(struct tls_sessions *s, const char *host,
-                                            unsigned port)
+/* host:port's slot; else, with add, a new one in place of the oldest server's (wiped). */
+static struct tls_session *tls_session_at(struct tls_sessions *s, const char *host,
+                                          unsigned port, int add)
 {
+    struct tls_session *t;
+
     for (int i = 0; i < TLS_SESSIONS_MAX; i++)
         if (s->slot[i].port == port && strcmp(s->slot[i].host, host) == 0)
             return &s->slot[i];
-    return NULL;
-}
-
-/* host:port's slot, else a new one in place of the oldest server's (wiped). */
-static struct tls_session *tls_session_slot(struct tls_sessions *s, const char *host,
-                                            unsigned port)
-{
-    struct tls_session *t = tls_session_find(s, host, port);
-
-    if (!t) {
-        t = &s->slot[s->next];
-        s->next = (s->next + 1) % TLS_SESSIONS_MAX;
-        explicit_bzero(t, sizeof *t);
-        strcpy(t->host, host);
-        t->port = port;
-    }
+    if (!add)
+        return NULL;
+    t = &s->slot[s->next++ % TLS_SESSIONS_MAX];
+    explicit_bzero(t, sizeof *t);
+    strcpy(t->host, host);
+    t->port = port;
     return t;
 }
 
@@ -640,18 +633,18 @@ void tls_sessions_offer(struct tls_sessions *s, struct tls_client *tc, const cha
     struct timespec until;
 
     /* A tc serves one server for its life: a session of its own is that server's. */
-    if (!s || tc->cc.eng.session.session_id_len || !host[0] || strlen(host) >= sizeof t->host)
+    if (!s || tc->cc.eng.session.session_id_len)
         return;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += TLS_SESSIONS_WAIT_S;
     pthread_mutex_lock(&s->mu);
-    while ((t = tls_session_find(s, host, port)) && t->busy &&
+    while ((t = tls_session_at(s, host, port, 0)) && t->busy &&
            pthread_cond_timedwait(&s->kept, &s->mu, &until) == 0)
         continue;
     if (t && t->params.session_id_len)
         br_ssl_engine_set_session_parameters(&tc->cc.eng, &t->params);
     else if (!t || !t->busy)
-        tls_session_slot(s, host, port)->busy = 1;
+        tls_session_at(s, host, port, 1)->busy = 1;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -660,13 +653,13 @@ void tls_sessions_keep(struct tls_sessions *s, const struct tls_client *tc, cons
 {
     struct tls_session *t;
 
-    if (!s || !host[0] || strlen(host) >= sizeof t->host)
+    if (!s)
         return;
     pthread_mutex_lock(&s->mu);
-    if ((t = ok ? tls_session_slot(s, host, port) : tls_session_find(s, host, port)))
-        t->busy = 0;
-    if (ok)
+    if ((t = tls_session_at(s, host, port, ok)) && ok)
         br_ssl_engine_get_session_parameters(&tc->cc.eng, &t->params);
+    if (t)
+        t->busy = 0;
     pthread_cond_broadcast(&s->kept);
     pthread_mutex_unlock(&s->mu);
 }

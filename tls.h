@@ -84,7 +84,8 @@ struct tls_sessions {
 void tls_sessions_init(struct tls_sessions *s);
 void tls_sessions_free(struct tls_sessions *s);
 
-/* Before tls_client_reset, when tc has no session of its own (a new connection slot): gives
+/* host: a struct url's (at most 255 bytes).
+ * Before tls_client_reset, when tc has no session of its own (a new connection slot): gives
  * it the session s keeps for host:port to offer, waiting for the one a handshake in flight
  * will bring; with none, this handshake is the one the others wait for. Nothing when s is
  * NULL. tls_sessions_keep must follow. */
