@@ -66,7 +66,8 @@ int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e);
  * thread's) negotiated instead of a full handshake: no certificate chain to verify, no
  * ECDHE. The first handshake with a server goes alone: the others wait for its session (up to
  * TLS_SESSIONS_WAIT_S). Caller-allocated, mutex-protected. The master secrets in it stay in
- * memory and are wiped by tls_sessions_free. */
+ * memory and are wiped by tls_sessions_free. A resumed session skips the certificate check:
+ * the clients sharing one must trust the same anchors. */
 #define TLS_SESSIONS_MAX 4
 #define TLS_SESSIONS_WAIT_S 1
 struct tls_sessions {
