@@ -39,6 +39,8 @@
 struct daemon {
     const struct config *cfg;
     struct tls_anchors anchors;
+    struct tls_sessions sessions;      /* every client's, so that a worker's first connection
+                                          resumes the session another thread negotiated */
     int signal_fd;
     struct creds_provider creds;       /* thread-safe; refreshes itself */
     struct http_client receive_http;   /* the long poll: cancelled by a stop signal */
@@ -837,6 +839,7 @@ static void *worker_main(void *arg)
     struct sqs_client sqs;
 
     http_client_init(&http, &d->anchors);
+    http.sessions = &d->sessions;
     sqs_open(d, &sqs, &http);
     pthread_mutex_lock(&d->mu);
     while (!d->quitting || d->queue) {
@@ -1421,6 +1424,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     d->cfg = cfg;
     d->signal_fd = -1;
     pthread_mutex_init(&d->mu, NULL);
+    tls_sessions_init(&d->sessions);
     pthread_cond_init(&d->changed, NULL);
     pthread_cond_init(&d->work, NULL);
     d->queue_tail = &d->queue;
@@ -1441,6 +1445,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
         return -1;
     http_client_init(&d->receive_http, &d->anchors);
     http_client_init(&d->main_http, &d->anchors);
+    d->receive_http.sessions = d->main_http.sessions = &d->sessions;
     d->receive_http.cancel_fd = d->signal_fd;
     sqs_open(d, &d->receiver, &d->receive_http);
     sqs_open(d, &d->main_sqs, &d->main_http);
@@ -1485,6 +1490,7 @@ static void daemon_close(struct daemon *d)
     explicit_bzero(&d->main_sqs.sigv4_key, sizeof d->main_sqs.sigv4_key);
     creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
+    tls_sessions_free(&d->sessions);
     ratelimit_destroy(&d->create_rl);
     ratelimit_destroy(&d->get_rl);
     if (d->signal_fd >= 0)

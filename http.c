@@ -317,9 +317,13 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
     c->connections_opened++;
     if (io->conn->tc) {
         io_phase(io, "in TLS handshake with", c->io_timeout_ms);
+        tls_sessions_offer(c->sessions, io->conn->tc, io->conn->host, io->conn->port);
         /* The flush drives the handshake to its end: nothing is queued to send yet. */
-        if (tls_client_reset(io->conn->tc, io->conn->host, e) < 0 ||
-            (br_sslio_flush(&io->sio) < 0 && tls_failed(io, 1, e) < 0)) {
+        int rc = tls_client_reset(io->conn->tc, io->conn->host, e);
+        if (rc == 0 && br_sslio_flush(&io->sio) < 0)
+            rc = tls_failed(io, 1, e);
+        tls_sessions_keep(c->sessions, io->conn->tc, io->conn->host, io->conn->port, rc == 0);
+        if (rc < 0) {
             conn_close(io->conn);
             return -1;
         }

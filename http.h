@@ -80,6 +80,9 @@ struct http_conn;  /* private to http.c */
 
 struct http_client {
     const struct tls_anchors *anchors;  /* shared, read-only; may be NULL for http:// only */
+    struct tls_sessions *sessions;      /* shared with the process's other clients, so that
+                                           each server's session is resumed by all; NULL
+                                           (http_client_init's): each slot resumes its own */
     int connect_timeout_ms;             /* default 10000 */
     int io_timeout_ms;                  /* per read/write wait, default 30000 */
     int request_timeout_ms;             /* deadline of a request without its own timeout_ms,

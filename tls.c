@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- the little DER needed for a trust anchor (and an IP host's check) ------------------
@@ -589,6 +590,78 @@ __attribute__((noinline)) int tls_client_reset(struct tls_client *tc, const char
     if (!br_ssl_client_reset(&tc->cc, tc->ip_len ? NULL : host, 1))
         return tls_error(e, br_ssl_engine_last_error(&tc->cc.eng), host);
     return 0;
+}
+
+/* ---- sessions shared by the process's connections --------------------------------------- */
+
+void tls_sessions_init(struct tls_sessions *s)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->kept, NULL);
+}
+
+void tls_sessions_free(struct tls_sessions *s)
+{
+    explicit_bzero(s->slot, sizeof s->slot);
+    pthread_cond_destroy(&s->kept);
+    pthread_mutex_destroy(&s->mu);
+}
+
+/* host:port's slot; else, with add, a new one in place of the oldest server's (wiped). */
+static struct tls_session *tls_session_at(struct tls_sessions *s, const char *host,
+                                          unsigned port, int add)
+{
+    struct tls_session *t;
+
+    for (int i = 0; i < TLS_SESSIONS_MAX; i++)
+        if (s->slot[i].port == port && strcmp(s->slot[i].host, host) == 0)
+            return &s->slot[i];
+    if (!add)
+        return NULL;
+    t = &s->slot[s->next++ % TLS_SESSIONS_MAX];
+    explicit_bzero(t, sizeof *t);
+    strcpy(t->host, host);
+    t->port = port;
+    return t;
+}
+
+void tls_sessions_offer(struct tls_sessions *s, struct tls_client *tc, const char *host,
+                        unsigned port)
+{
+    struct tls_session *t;
+    struct timespec until;
+
+    /* A tc serves one server for its life: a session of its own is that server's. */
+    if (!s || tc->cc.eng.session.session_id_len)
+        return;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += TLS_SESSIONS_WAIT_S;
+    pthread_mutex_lock(&s->mu);
+    while ((t = tls_session_at(s, host, port, 0)) && t->busy &&
+           pthread_cond_timedwait(&s->kept, &s->mu, &until) == 0)
+        continue;
+    if (t && t->params.session_id_len)
+        br_ssl_engine_set_session_parameters(&tc->cc.eng, &t->params);
+    else if (!t || !t->busy)
+        tls_session_at(s, host, port, 1)->busy = 1;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void tls_sessions_keep(struct tls_sessions *s, const struct tls_client *tc, const char *host,
+                       unsigned port, int ok)
+{
+    struct tls_session *t;
+
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    if ((t = tls_session_at(s, host, port, ok)) && ok)
+        br_ssl_engine_get_session_parameters(&tc->cc.eng, &t->params);
+    if (t)
+        t->busy = 0;
+    pthread_cond_broadcast(&s->kept);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- errors ------------------------------------------------------------------------------ */

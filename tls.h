@@ -15,6 +15,7 @@
 #ifndef LAMBDO_TLS_H
 #define LAMBDO_TLS_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <bearssl.h>
 #include "err.h"
@@ -59,6 +60,44 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta);
  * check), mixing in fresh entropy from getrandom() so no /dev/urandom is needed, and
  * offering the session of the previous connection for resumption. Returns 0 or -1. */
 int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e);
+
+/* The last session of each server (host and port, a few of them), shared by all of a
+ * process's tls_clients, so that a new connection resumes the session another one (another
+ * thread's) negotiated instead of a full handshake: no certificate chain to verify, no
+ * ECDHE. The first handshake with a server goes alone: the others wait for its session (up to
+ * TLS_SESSIONS_WAIT_S). Caller-allocated, mutex-protected. The master secrets in it stay in
+ * memory and are wiped by tls_sessions_free. A resumed session skips the certificate check:
+ * the clients sharing one must trust the same anchors. */
+#define TLS_SESSIONS_MAX 4
+#define TLS_SESSIONS_WAIT_S 1
+struct tls_sessions {
+    pthread_mutex_t mu;
+    pthread_cond_t kept;   /* a handshake ended */
+    struct tls_session {
+        char host[256];    /* as checked against the certificate; "" while free */
+        unsigned port;
+        int busy;          /* a first handshake with it is in flight */
+        br_ssl_session_parameters params;
+    } slot[TLS_SESSIONS_MAX];
+    unsigned next;         /* the slot a new server takes, in turn */
+};
+
+void tls_sessions_init(struct tls_sessions *s);
+void tls_sessions_free(struct tls_sessions *s);
+
+/* host: a struct url's (at most 255 bytes).
+ * Before tls_client_reset, when tc has no session of its own (a new connection slot): gives
+ * it the session s keeps for host:port to offer, waiting for the one a handshake in flight
+ * will bring; with none, this handshake is the one the others wait for. Nothing when s is
+ * NULL. tls_sessions_keep must follow. */
+void tls_sessions_offer(struct tls_sessions *s, struct tls_client *tc, const char *host,
+                        unsigned port);
+
+/* After the handshake: when it succeeded (ok), keeps tc's session as host:port's in s,
+ * replacing the one kept before; either way, wakes those waiting for it. Nothing when s is
+ * NULL. */
+void tls_sessions_keep(struct tls_sessions *s, const struct tls_client *tc, const char *host,
+                       unsigned port, int ok);
 
 /* Translates a BearSSL error code (br_ssl_engine_last_error) into a lerr with its own kind
  * and a message naming host: certificate not trusted (LERR_TLS_UNTRUSTED), name mismatch

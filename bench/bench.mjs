@@ -451,7 +451,7 @@ const result = {
   peer: { path: 'bench/peer', node: process.version, sdk: JSON.parse(readFileSync(path.join(ROOT, 'node_modules/@aws-sdk/client-sqs/package.json'), 'utf8')).version },
   options: { ...O, out: undefined, binary: undefined, label: undefined }, sizes,
   method: {
-    rig: 'fauxqs (SQS emulator) behind the SigV4-checking proxy over HTTPS, and the HTTPS test Fly API, all on 127.0.0.1 in the benchmark process',
+    rig: 'fauxqs (SQS emulator) behind the SigV4-checking proxy over HTTPS, and the HTTPS test Fly API, all on 127.0.0.1 in the benchmark process; both servers resume TLS sessions by ID (lambdo, TLS 1.2), as real servers do; the peer resumes with TLS 1.3 tickets',
     idle: `spawn, first ReceiveMessage (arrival at the proxy), then ${O.idleSeconds} s of empty 1 s long polls; VmRSS`,
     load: `${O.events} messages pre-filled, ${O.perMachine} per Machine, 1 s long poll; the first ReceiveMessage is held until the process has started, CPU and time from its release to the drained queue (every message deleted)`,
     latency: `${O.rate} messages/s for ${O.latencySeconds} s, LAMBDO_EVENTS_PER_MACHINE=1, 20 s long poll; time from just before SendMessage to the create request's arrival at the Fly API`,

@@ -359,6 +359,33 @@ describe('lambdo daemon', () => {
     assert.equal(threads, 2, `threads: main + 1 worker, whatever the number of groups`);
   });
 
+  it('resumes one TLS session on every connection to a server after the first, across worker threads', async () => {
+    // A server of its own each (clean counters), both over TLS and keeping sessions. Four
+    // groups at once, with slow creates: four workers, whose first Fly connections start
+    // together (the first handshake goes alone, the others wait for its session), and SQS
+    // connections for their deletes.
+    const tlsFly = await startFlyApi({ token: TOKEN, app: APP });
+    const tlsProxy = await startSqsProxy({ target: sqs.endpoint, ...CREDS, region: REGION, tls: true });
+    try {
+      const { url } = await sqs.createQueue(`daemon${++n}`, { baseUrl: tlsProxy.endpoint, visibilityTimeout: 30 });
+      tlsFly.setRegionFault('iad', { delayMs: 1500 });
+      const ids = ['rs0', 'rs1', 'rs2', 'rs3'];
+      const send = (id) => sqs.send(url, `{"id":"${id}"}`, { image: `registry.fly.io/${id}:1` });
+      await Promise.all(ids.map(send));
+      const r = lambdo(url, { LAMBDO_FLY_API_URL: tlsFly.url, LAMBDO_MAX_MACHINES: '4',
+        LAMBDO_VISIBILITY_TIMEOUT: '30' });
+      await until(async () => tlsFly.machines.length === 4 && settled(url), 'four groups done', 30000);
+      assert.equal((await r.stop()).code, 0, r.out);
+      assert.ok(new Set(tlsFly.requests.map((q) => q.conn)).size >= 4, `four workers, a Fly connection each:\n${r.out}`);
+      assert.equal(tlsFly.resumed, tlsFly.connections - 1, `Fly: ${tlsFly.connections} connections`);
+      assert.ok(tlsProxy.connections >= 3, `SQS: receive, then the workers' deletes (${tlsProxy.connections})`);
+      assert.equal(tlsProxy.resumed, tlsProxy.connections - 1, `SQS: ${tlsProxy.connections} connections`);
+    } finally {
+      await tlsFly.close();
+      await tlsProxy.close();
+    }
+  });
+
   it('fills a group across receives within LAMBDO_BATCH_WINDOW_MS', async () => {
     const { url } = await queue();
     const img = 'registry.fly.io/window:1';

@@ -350,6 +350,7 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     machines: [],        // successful creates, see create()
     violations: [],      // {seq, errors, body} for rejected create bodies
     connections: 0,      // TCP connections accepted
+    resumed: 0,          // TLS connections that resumed a session (by ID: the server keeps them)
     tlsErrors: [],       // TLS handshakes that failed (e.g. the client refused our certificate)
     get openConnections() { return sockets.size; },
     fault: null,
@@ -855,8 +856,15 @@ export async function startFlyApi({ token, app, tls = true, cert = 'localhost',
     const pair = testCerts()[cert];
     if (!pair) throw new Error(`startFlyApi: unknown cert ${cert}`);
     server = https.createServer({ key: pair.key, cert: pair.cert }, onRequest);
-    server.on('secureConnection', (s) => { s.lambdoConn = ++connSeq; });
+    server.on('secureConnection', (s) => {
+      s.lambdoConn = ++connSeq;
+      if (s.isSessionReused()) fly.resumed++;
+    });
     server.on('tlsClientError', (e) => fly.tlsErrors.push(e));
+    // Node's TLS server resumes session IDs only with a cache of its own: a real server has one.
+    const cache = new Map();
+    server.on('newSession', (id, data, cb) => { cache.set(id.toString('hex'), data); cb(); });
+    server.on('resumeSession', (id, cb) => cb(null, cache.get(id.toString('hex')) || null));
   } else {
     server = http.createServer(onRequest);
   }

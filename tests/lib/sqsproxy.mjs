@@ -353,6 +353,7 @@ export async function startSqsProxy({ target, accessKeyId, secretAccessKey, sess
     endpoint: undefined,
     requests: [],          // every request, see rec below
     connections: 0,        // TCP connections accepted so far
+    resumed: 0,            // TLS connections that resumed a session (by ID: the proxy keeps them)
     get openConnections() { return sockets.size; },
     get rejected() { return proxy.requests.filter((r) => r.authorized === false); },
     fault: null,
@@ -519,8 +520,15 @@ export async function startSqsProxy({ target, accessKeyId, secretAccessKey, sess
     s.on('close', () => sockets.delete(s));
   });
   if (tls) {
-    server.on('secureConnection', (s) => { s.lambdoConn = ++connSeq; });
+    server.on('secureConnection', (s) => {
+      s.lambdoConn = ++connSeq;
+      if (s.isSessionReused()) proxy.resumed++;
+    });
     server.on('tlsClientError', () => {});
+    // Node's TLS server resumes session IDs only with a cache of its own: a real server has one.
+    const cache = new Map();
+    server.on('newSession', (id, data, cb) => { cache.set(id.toString('hex'), data); cb(); });
+    server.on('resumeSession', (id, cb) => cb(null, cache.get(id.toString('hex')) || null));
   }
   await new Promise((resolve, reject) => {
     server.once('error', reject);
