@@ -641,9 +641,12 @@ void tls_sessions_offer(struct tls_sessions *s, struct tls_client *tc, const cha
     while ((t = tls_session_at(s, host, port, 0)) && t->busy &&
            pthread_cond_timedwait(&s->kept, &s->mu, &until) == 0)
         continue;
+    /* Only the very first handshake with a server is waited for: once one has ended, a
+     * server that gave no session ID (or a failed first try) must not make every later
+     * handshake go one at a time. */
     if (t && t->params.session_id_len)
         br_ssl_engine_set_session_parameters(&tc->cc.eng, &t->params);
-    else if (!t || !t->busy)
+    else if (!t)
         tls_session_at(s, host, port, 1)->busy = 1;
     pthread_mutex_unlock(&s->mu);
 }

@@ -64,8 +64,9 @@ int tls_client_reset(struct tls_client *tc, const char *host, struct lerr *e);
 /* The last session of each server (host and port, a few of them), shared by all of a
  * process's tls_clients, so that a new connection resumes the session another one (another
  * thread's) negotiated instead of a full handshake: no certificate chain to verify, no
- * ECDHE. The first handshake with a server goes alone: the others wait for its session (up to
- * TLS_SESSIONS_WAIT_S). Caller-allocated, mutex-protected. The master secrets in it stay in
+ * ECDHE. The very first handshake with a server goes alone: the others wait for its session
+ * (up to TLS_SESSIONS_WAIT_S); later ones never wait, so that a server without session IDs
+ * does not make them go one at a time. Caller-allocated, mutex-protected. The master secrets in it stay in
  * memory and are wiped by tls_sessions_free. A resumed session skips the certificate check:
  * the clients sharing one must trust the same anchors. */
 #define TLS_SESSIONS_MAX 4
