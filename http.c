@@ -25,7 +25,7 @@ struct http_conn {
     unsigned long last_used;  /* client's lru_clock at the last request */
     struct tls_client *tc;    /* https only, allocated with the slot */
     size_t in_pos, in_len;    /* TLS: in[in_pos..in_len) read but not yet given to BearSSL */
-    unsigned char in[8192];
+    unsigned char in[BR_SSL_BUFSIZE_INPUT];  /* a record of the largest size in one read */
 };
 
 /* What a wait is for, so that a timeout can say which phase ran out of time. */
