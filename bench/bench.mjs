@@ -190,7 +190,7 @@ function resetServers() {
   sqs.requests.length = 0;
 }
 const seqsOf = (m) => (m.events ?? []).map((e) => e?.seq);
-const connSnap = () => ({ fly: fly.connections, sqs: proxy.connections });
+const connSnap = () => ({ fly: fly.connections, sqs: proxy.connections, resumed: fly.resumed + proxy.resumed });
 
 // ---- phase A: start-up and idle -----------------------------------------------------------
 async function phaseIdle(impl, round) {
@@ -255,7 +255,7 @@ async function phaseLoad(impl, round) {
     eventsPerSec: O.events / ((t1 - t0) / 1000),
     harnessCpuMs: (harness.user + harness.system) / 1000,
     flyConnections: c1.fly - c0.fly, flyRequests: fly.requests.length,
-    sqsConnections: c1.sqs - c0.sqs, sqsRequests,
+    sqsConnections: c1.sqs - c0.sqs, sqsRequests, resumedConnections: c1.resumed - c0.resumed,
     sqsOps: Object.fromEntries(['ReceiveMessage', 'DeleteMessageBatch', 'ChangeMessageVisibilityBatch']
       .map((op) => [op, proxy.ops(op).length])),
     exit: st.code,
@@ -359,7 +359,7 @@ for (let r = 0; r < O.rounds; r++) {
       const x = await fn(IMPLS[name], r + 1);
       res[name][phase] = x;
       const brief = phase === 'idle' ? `start ${x.startMs} ms, idle RSS ${(x.idleRssKb / 1024).toFixed(1)} MiB`
-        : phase === 'load' ? `${x.cpuMsPer1000.toFixed(0)} CPU ms/1000 events (user ${x.userMs}, sys ${x.sysMs} ms in all), ${x.eventsPerSec.toFixed(0)} events/s, TLS ${x.flyConnections}+${x.sqsConnections} for ${x.flyRequests}+${x.sqsRequests} requests`
+        : phase === 'load' ? `${x.cpuMsPer1000.toFixed(0)} CPU ms/1000 events (user ${x.userMs}, sys ${x.sysMs} ms in all), ${x.eventsPerSec.toFixed(0)} events/s, TLS ${x.flyConnections}+${x.sqsConnections} (${x.resumedConnections} resumed) for ${x.flyRequests}+${x.sqsRequests} requests`
           : `p50 ${x.p50Ms.toFixed(1)} ms, p99 ${x.p99Ms.toFixed(1)} ms (${x.matched}/${x.sent})`;
       say(`round ${r + 1} ${phase.padEnd(7)} ${name.padEnd(6)} ${brief}`);
     }
