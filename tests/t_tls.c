@@ -137,7 +137,6 @@ static void test_free_wipes_the_master_secrets(void **state)
 
 struct waiter {
     struct tls_sessions *s;
-    const char *host;  /* NULL: "a.example" */
     int got;           /* the first byte of the session ID it was given */
     long long ms;      /* how long it waited */
     int done;
@@ -150,13 +149,21 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* offered(), and how long it took in *ms */
+static int offered_timed(struct tls_sessions *s, const char *host, long long *ms)
+{
+    long long t0 = now_ms();
+    int got = offered(s, host, 443);
+
+    *ms = now_ms() - t0;
+    return got;
+}
+
 static void *wait_offer(void *arg)
 {
     struct waiter *w = arg;
-    long long t0 = now_ms();
 
-    w->got = offered(w->s, w->host ? w->host : "a.example", 443);
-    w->ms = now_ms() - t0;
+    w->got = offered_timed(w->s, "a.example", &w->ms);
     __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
     return NULL;
 }
@@ -171,7 +178,7 @@ static void sleep_ms(long ms)
 static void test_second_connection_waits_for_the_first(void **state)
 {
     struct tls_sessions s;
-    struct waiter w = { &s, NULL, -1, 0, 0 };
+    struct waiter w = { &s, -1, 0, 0 };
     pthread_t t;
 
     (void)state;
@@ -195,9 +202,10 @@ static void test_second_connection_waits_for_the_first(void **state)
 static void test_failed_or_slow_first_handshake(void **state)
 {
     struct tls_sessions s;
-    struct waiter w = { &s, NULL, -1, 0, 0 };
+    struct waiter w = { &s, -1, 0, 0 };
     struct tls_client *tc = client();
     pthread_t t;
+    long long ms;
 
     (void)state;
     tls_sessions_init(&s);
@@ -210,27 +218,17 @@ static void test_failed_or_slow_first_handshake(void **state)
     assert_true(w.ms < TLS_SESSIONS_WAIT_S * 1000);
     /* nothing in flight is waited for now: a second and a third go at once */
     assert_int_equal(offered(&s, "a.example", 443), 0);
-    w = (struct waiter){ &s, NULL, -1, 0, 0 };
-    assert_int_equal(pthread_create(&t, NULL, wait_offer, &w), 0);
-    pthread_join(t, NULL);
-    assert_int_equal(w.got, 0);
-    assert_true(w.ms < TLS_SESSIONS_WAIT_S * 1000 / 2);
+    assert_int_equal(offered_timed(&s, "a.example", &ms), 0);
+    assert_true(ms < TLS_SESSIONS_WAIT_S * 1000 / 2);
     /* a server that gives no session ID (tc has none): no waiting after its first */
     assert_int_equal(offered(&s, "b.example", 443), 0);
     tls_sessions_keep(&s, tc, "b.example", 443, 1);
-    w = (struct waiter){ &s, NULL, -1, 0, 0 };
-    assert_int_equal(pthread_create(&t, NULL, wait_offer, &w), 0);
-    pthread_join(t, NULL);
-    assert_int_equal(w.got, 0);
-    assert_true(w.ms < TLS_SESSIONS_WAIT_S * 1000 / 2);
+    assert_int_equal(offered_timed(&s, "b.example", &ms), 0);
+    assert_true(ms < TLS_SESSIONS_WAIT_S * 1000 / 2);
     /* a first handshake that never ends is waited for TLS_SESSIONS_WAIT_S, no more */
     assert_int_equal(offered(&s, "c.example", 443), 0);
-    w = (struct waiter){ &s, NULL, -1, 0, 0 };
-    w.host = "c.example";
-    assert_int_equal(pthread_create(&t, NULL, wait_offer, &w), 0);
-    pthread_join(t, NULL);
-    assert_int_equal(w.got, 0);
-    assert_true(w.ms >= TLS_SESSIONS_WAIT_S * 1000 - 10);
+    assert_int_equal(offered_timed(&s, "c.example", &ms), 0);
+    assert_true(ms >= TLS_SESSIONS_WAIT_S * 1000 - 10);
     free(tc);
     tls_sessions_free(&s);
 }
