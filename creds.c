@@ -159,7 +159,6 @@ static int creds_pattern(const char *s, size_t len, const char *pat, int *v)
 
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
-    static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
     int v[6] = { 0 }, zone[2] = { 0 }, offset = 0;  /* v: year, month, day, h, min, s */
     size_t i = 19;
 
@@ -176,10 +175,10 @@ int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
         offset = (zone[0] * 3600 + zone[1] * 60) * (s[i] == '+' ? 1 : -1);
     else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[2] > mdays[v[1] - 1] || v[3] > 23 ||
-        v[4] > 59 || v[5] > 60)
-        goto bad;
-    if (v[1] == 2 && v[2] == 29 && !(v[0] % 4 == 0 && (v[0] % 100 != 0 || v[0] % 400 == 0)))
+    /* A day past the month's last would be on or after the next month's first. */
+    if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[3] > 23 || v[4] > 59 || v[5] > 60 ||
+        creds_days(v[0], (unsigned)v[1], (unsigned)v[2]) >=
+            creds_days(v[0] + v[1] / 12, (unsigned)(v[1] % 12 + 1), 1))
         goto bad;
     *out = creds_days(v[0], (unsigned)v[1], (unsigned)v[2]) * 86400 + v[3] * 3600 + v[4] * 60 +
            v[5] - offset;
@@ -338,10 +337,10 @@ static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
 
 static int xml_text_blank(const struct xml *x)
 {
-    for (size_t k = 0; k < x->text_len; k++)
-        if (!creds_ws(x->text[k]))
-            return 0;
-    return 1;
+    size_t start = 0, end = x->text_len;
+
+    creds_trim(x->text, &start, &end);
+    return start == end;
 }
 
 /* At '&': appends the character a reference stands for, and moves past its ';'. */
@@ -871,7 +870,8 @@ static int creds_file_path(config_getenv_fn get, void *ctx, const char *var, con
     return 0;
 }
 
-/* Reads one profile of one shared file; a missing file (or no path) is an empty one. */
+/* Reads one profile of one shared file into out, which the caller zeroed: a missing file
+ * (or no path) is an empty one. */
 static int creds_load_profile(const char *path, int config_file, const char *profile,
                               struct creds_profile *out, struct lerr *e)
 {
@@ -879,7 +879,6 @@ static int creds_load_profile(const char *path, int config_file, const char *pro
     size_t len = 0;
     int rc;
 
-    memset(out, 0, sizeof *out);
     rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
     if (rc != 0)
         return rc < 0 ? -1 : 0;
@@ -1322,14 +1321,11 @@ static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *c
         v = creds_env(get, ctx, which = "AWS_ENDPOINT_URL");
     if (v)
         return url_parse(v, &p->sts, e) < 0 ? lerr_wrap(e, "%s", which) : 0;
-    if (!region[0]) {
-        snprintf(url, sizeof url, "https://sts.amazonaws.com/");
-    } else if (!creds_region_ok(region, strlen(region))) {
+    if (region[0] && !creds_region_ok(region, strlen(region)))
         return lerr_set(e, LERR_INVALID, "STS region \"%.64s\" is not a region name", region);
-    } else {
-        snprintf(url, sizeof url, "https://sts.%s.amazonaws.com%s/", region,
-                 strncmp(region, "cn-", 3) == 0 ? ".cn" : "");
-    }
+    /* no region: the global endpoint, https://sts.amazonaws.com/ */
+    snprintf(url, sizeof url, "https://sts%s%s.amazonaws.com%s/", region[0] ? "." : "", region,
+             strncmp(region, "cn-", 3) == 0 ? ".cn" : "");
     return url_parse(url, &p->sts, e);
 }
 
@@ -1406,8 +1402,6 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
 /* Keys from the credentials file's profile, else the config file's. */
 static int creds_from_files(struct creds_provider *p, struct creds_files *f, struct lerr *e)
 {
-    const struct creds_profile *cred = &f->pr[0], *conf = &f->pr[1];
-
     if (creds_load_profile(f->path[0], 0, f->profile, &f->pr[0], e) < 0)
         return -1;
     if (f->conf_error.kind) {
@@ -1429,10 +1423,10 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
                  f->profile, f->path[k]);
         return 0;
     }
-    if (cred->found || conf->found)
+    if (f->pr[0].found || f->pr[1].found)
         return lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
-                        "aws_secret_access_key%s", f->path[!cred->found], f->profile,
-                        ((cred->have | conf->have) & CREDS_HAVE_OTHER)
+                        "aws_secret_access_key%s", f->path[!f->pr[0].found], f->profile,
+                        ((f->pr[0].have | f->pr[1].have) & CREDS_HAVE_OTHER)
                             ? " (role_arn, sso and credential_process profiles are not "
                               "supported)" : "");
     if (f->profile_set)
@@ -1501,12 +1495,6 @@ done:
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->refreshed, NULL);
     return 0;
-}
-
-int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const char *region,
-               const struct tls_anchors *anchors, struct lerr *e)
-{
-    return creds_init_hooks(p, get, ctx, region, anchors, NULL, e);
 }
 
 const char *creds_source_name(const struct creds_provider *p)
