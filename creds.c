@@ -927,9 +927,9 @@ static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e
  * whole exchange has FLY_SOCKET_TIMEOUT_MS: each read waits only for what is left of it, so
  * that an answer trickled a byte at a time cannot hold the credentials (and a shutdown)
  * for hours. The caller's message names the socket. */
-static int fly_exchange(int fd, char *buf, struct httpresp_head *h, char *body,
-                        size_t *body_len, struct lerr *e)
+static int fly_exchange(int fd, char *buf, char *body, size_t *body_len, struct lerr *e)
 {
+    struct httpresp_head h;
     int64_t deadline = ratelimit_now_ns() / 1000000 + FLY_SOCKET_TIMEOUT_MS;
     size_t len = 0;
     ssize_t n;
@@ -958,13 +958,13 @@ static int fly_exchange(int fd, char *buf, struct httpresp_head *h, char *body,
             return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO, "%s",
                             errno == EAGAIN ? "no complete answer within 10 s" : strerror(errno));
         len += (size_t)n;
-        rc = httpresp_parse(buf, len, 0, n == 0, h, body, FLY_ANSWER_MAX, body_len, e);
+        rc = httpresp_parse(buf, len, 0, n == 0, &h, body, FLY_ANSWER_MAX, body_len, e);
         if (rc == HTTPRESP_INCOMPLETE && n == 0)
             return lerr_set(e, LERR_CLOSED, "closed before a complete answer");
     }
-    if (rc > 0 && h->status != 200) {
+    if (rc > 0 && h.status != 200) {
         sts_copy_text(text, sizeof text, body, *body_len);
-        return lerr_set(e, LERR_HTTP, "POST /v1/tokens/oidc answered HTTP %d: %s", h->status,
+        return lerr_set(e, LERR_HTTP, "POST /v1/tokens/oidc answered HTTP %d: %s", h.status,
                         text);
     }
     return rc < 0 ? -1 : 0;
@@ -976,7 +976,6 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
     char *buf = malloc(2 * FLY_ANSWER_MAX);
-    struct httpresp_head h;
     size_t blen = 0;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = -1;
 
@@ -988,7 +987,7 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
                connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT, "connect: %s",
                  strerror(errno));
-    } else if (fly_exchange(fd, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) == 0 &&
+    } else if (fly_exchange(fd, buf, buf + FLY_ANSWER_MAX, &blen, e) == 0 &&
                (rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
         rc = lerr_set(e, LERR_MALFORMED, "the answer is not a token");
     }
@@ -1018,12 +1017,10 @@ static char *sts_body(const struct creds_provider *p, const char *token, size_t 
     if (!(b = malloc(cap)))
         return NULL;
     for (size_t k = 0; k < sizeof part / sizeof part[0]; k++) {
-        if (k % 2 == 0) {
-            memcpy(b + n, part[k], strlen(part[k]));
-            n += strlen(part[k]);
-        } else {
+        if (k % 2 == 0)
+            n = (size_t)(stpcpy(b + n, part[k]) - b);
+        else
             n += (size_t)text_pct_encode(part[k], b + n, cap - n);
-        }
     }
     *len = n;
     return b;
@@ -1180,30 +1177,24 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
 /* One fetch of temporary credentials. Reads only what creds_init fixed: runs unlocked. */
 static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
 {
-    int64_t now = creds_now(p);
-    char *tok = NULL;
+    char *tok = NULL, t[80];
     int rc;
 
-    if (wi_token(p, now, &tok, e) < 0)
+    if (wi_token(p, creds_now(p), &tok, e) < 0)
         return -1;
     rc = p->hooks.exchange ? p->hooks.exchange(p->hooks.ctx, tok, out, e)
                            : sts_exchange(p, tok, out, e);
     if (rc < 0)
         creds_scrub(e->msg, tok);
     creds_wipe_free(tok, strlen(tok));
-    if (rc < 0) {
-        creds_snapshot_wipe(out);
-        return -1;
-    }
-    now = creds_now(p);
-    if (out->expiration <= now + CREDS_EXPIRY_SKEW_S) {
-        char t[80];
+    if (rc >= 0 && out->expiration <= creds_now(p) + CREDS_EXPIRY_SKEW_S) {
         creds_fmt_time(out->expiration, t);
-        creds_snapshot_wipe(out);
-        return lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
-                        "in the future (is the clock right?)", t);
+        rc = lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
+                      "in the future (is the clock right?)", t);
     }
-    return 0;
+    if (rc < 0)
+        creds_snapshot_wipe(out);
+    return rc < 0 ? -1 : 0;
 }
 
 /* p->cur was just fetched: refresh once less than max(a quarter of the lifetime,
@@ -1385,10 +1376,8 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
     const char *profile = creds_env(get, ctx, "AWS_PROFILE");
 
     f->profile_set = profile != NULL;
-    if (!profile)
-        profile = "default";
-    if (!creds_copy(f->profile, sizeof f->profile, profile) ||
-        !creds_clean(profile, strlen(profile)) || strpbrk(profile, "[]"))
+    if (!creds_copy(f->profile, sizeof f->profile, profile ? profile : "default") ||
+        !creds_clean(f->profile, strlen(f->profile)) || strpbrk(f->profile, "[]"))
         return lerr_set(e, LERR_INVALID, "AWS_PROFILE: not a profile name");
     if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->path[0],
                         sizeof f->path[0], e) < 0 ||
