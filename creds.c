@@ -193,7 +193,7 @@ bad:
 
 int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 {
-    const char *d1 = memchr(token, '.', len), *d2, *payload;
+    const char *d1 = memchr(token, '.', len), *d2;
     unsigned char *buf;
     size_t plen;
     long blen;
@@ -204,11 +204,10 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
     d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
     if (!d2 || memchr(d2 + 1, '.', len - (size_t)(d2 + 1 - token)))
         return lerr_set(e, LERR_INVALID, "not a JWT (header.payload.signature)");
-    payload = d1 + 1;
-    plen = (size_t)(d2 - payload);
+    plen = (size_t)(d2 - d1 - 1);  /* the payload, after d1 */
     if (!(buf = malloc(plen * 3 / 4 + 3)))
         return lerr_set(e, LERR_NOMEM, "out of memory");
-    blen = plen ? text_base64_decode((const unsigned char *)payload, plen, buf, 1) : -1;
+    blen = plen ? text_base64_decode((const unsigned char *)d1 + 1, plen, buf, 1) : -1;
     if (blen < 0) {
         lerr_set(e, LERR_INVALID, "JWT payload is not base64url");
     } else if (!(root = json_parse((const char *)buf, (size_t)blen))) {
@@ -877,9 +876,8 @@ static int creds_load_profile(const char *path, int config_file, const char *pro
 {
     char *buf = NULL;
     size_t len = 0;
-    int rc;
+    int rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
 
-    rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
     if (rc != 0)
         return rc < 0 ? -1 : 0;
     rc = creds_profile_parse(buf, len, config_file, profile, out, e);
@@ -1136,8 +1134,8 @@ static int64_t creds_now(const struct creds_provider *p)
     return p->hooks.now ? p->hooks.now(p->hooks.ctx) : (int64_t)time(NULL);
 }
 
-/* The token to exchange (heap, to be wiped and freed): the file's, unless it is missing
- * or expired and the Fly socket can give a fresh one. */
+/* The token to exchange (heap, to be wiped and freed; *tok NULL on entry): the file's,
+ * unless it is missing or expired and the Fly socket can give a fresh one. */
 static int wi_token(const struct creds_provider *p, int64_t now, char **tok, struct lerr *e)
 {
     const char *why = "does not exist";
@@ -1147,7 +1145,6 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     struct lerr ignore;
     int rc = 1;
 
-    *tok = NULL;
     if (p->token_file[0] &&
         (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
         return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
@@ -1431,14 +1428,12 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
 int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, struct lerr *e)
 {
     struct creds_files f = { .profile_set = 0 };  /* 25 KB: configuration runs at start-up */
-    int rc = 0;
+    int rc = creds_files_prepare(get, ctx, &f, e);
 
-    if (creds_files_prepare(get, ctx, &f, e) < 0) {
-        rc = -1;
-    } else if (f.conf_error.kind) {
+    if (rc == 0 && f.conf_error.kind) {
         *e = f.conf_error;
         rc = -1;
-    } else if (f.pr[1].have & CREDS_HAVE_REGION) {
+    } else if (rc == 0 && (f.pr[1].have & CREDS_HAVE_REGION)) {
         rc = creds_copy(out, cap, f.pr[1].region) ? 1
                                                   : lerr_set(e, LERR_INVALID, "region too long");
     }
@@ -1460,9 +1455,9 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     if (hooks)
         p->hooks = *hooks;
     p->anchors = anchors;
-    if ((rc = creds_files_prepare(get, ctx, &f, e)) < 0)
-        goto done;
-    if (key || secret)
+    if (creds_files_prepare(get, ctx, &f, e) < 0)
+        rc = -1;
+    else if (key || secret)
         rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
     else if (role)
         rc = creds_web_identity(p, get, ctx, role, region && *region ? region : f.pr[1].region,
@@ -1474,7 +1469,6 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
         rc = creds_from_files(p, &f, e);  /* fails when the config file did */
     if (rc == 0 && f.conf_error.kind)
         log_warn("AWS config file ignored (its region is not used): %s", f.conf_error.msg);
-done:
     explicit_bzero(&f, sizeof f);
     if (rc < 0) {
         explicit_bzero(p, sizeof *p);
