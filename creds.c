@@ -159,7 +159,6 @@ static int creds_pattern(const char *s, size_t len, const char *pat, int *v)
 
 int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
 {
-    static const unsigned char mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
     int v[6] = { 0 }, zone[2] = { 0 }, offset = 0;  /* v: year, month, day, h, min, s */
     size_t i = 19;
 
@@ -176,10 +175,10 @@ int creds_parse_time(const char *s, size_t len, int64_t *out, struct lerr *e)
         offset = (zone[0] * 3600 + zone[1] * 60) * (s[i] == '+' ? 1 : -1);
     else if (i + 1 != len || s[i] != 'Z')
         goto bad;  /* a time without a zone would be a guess */
-    if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[2] > mdays[v[1] - 1] || v[3] > 23 ||
-        v[4] > 59 || v[5] > 60)
-        goto bad;
-    if (v[1] == 2 && v[2] == 29 && !(v[0] % 4 == 0 && (v[0] % 100 != 0 || v[0] % 400 == 0)))
+    /* A day past the month's last would be on or after the next month's first. */
+    if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[3] > 23 || v[4] > 59 || v[5] > 60 ||
+        creds_days(v[0], (unsigned)v[1], (unsigned)v[2]) >=
+            creds_days(v[0] + v[1] / 12, (unsigned)(v[1] % 12 + 1), 1))
         goto bad;
     *out = creds_days(v[0], (unsigned)v[1], (unsigned)v[2]) * 86400 + v[3] * 3600 + v[4] * 60 +
            v[5] - offset;
@@ -194,7 +193,7 @@ bad:
 
 int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 {
-    const char *d1 = memchr(token, '.', len), *d2, *payload;
+    const char *d1 = memchr(token, '.', len), *d2;
     unsigned char *buf;
     size_t plen;
     long blen;
@@ -205,11 +204,10 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
     d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
     if (!d2 || memchr(d2 + 1, '.', len - (size_t)(d2 + 1 - token)))
         return lerr_set(e, LERR_INVALID, "not a JWT (header.payload.signature)");
-    payload = d1 + 1;
-    plen = (size_t)(d2 - payload);
+    plen = (size_t)(d2 - d1 - 1);  /* the payload, after d1 */
     if (!(buf = malloc(plen * 3 / 4 + 3)))
         return lerr_set(e, LERR_NOMEM, "out of memory");
-    blen = plen ? text_base64_decode((const unsigned char *)payload, plen, buf, 1) : -1;
+    blen = plen ? text_base64_decode((const unsigned char *)d1 + 1, plen, buf, 1) : -1;
     if (blen < 0) {
         lerr_set(e, LERR_INVALID, "JWT payload is not base64url");
     } else if (!(root = json_parse((const char *)buf, (size_t)blen))) {
@@ -338,10 +336,10 @@ static int xml_text_add(struct xml *x, const char *s, size_t n, struct lerr *e)
 
 static int xml_text_blank(const struct xml *x)
 {
-    for (size_t k = 0; k < x->text_len; k++)
-        if (!creds_ws(x->text[k]))
-            return 0;
-    return 1;
+    size_t start = 0, end = x->text_len;
+
+    creds_trim(x->text, &start, &end);
+    return start == end;
 }
 
 /* At '&': appends the character a reference stands for, and moves past its ';'. */
@@ -871,16 +869,15 @@ static int creds_file_path(config_getenv_fn get, void *ctx, const char *var, con
     return 0;
 }
 
-/* Reads one profile of one shared file; a missing file (or no path) is an empty one. */
+/* Reads one profile of one shared file into out, which the caller zeroed: a missing file
+ * (or no path) is an empty one. */
 static int creds_load_profile(const char *path, int config_file, const char *profile,
                               struct creds_profile *out, struct lerr *e)
 {
     char *buf = NULL;
     size_t len = 0;
-    int rc;
+    int rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
 
-    memset(out, 0, sizeof *out);
-    rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
     if (rc != 0)
         return rc < 0 ? -1 : 0;
     rc = creds_profile_parse(buf, len, config_file, profile, out, e);
@@ -928,9 +925,9 @@ static int creds_token_dup(const char *b, size_t len, char **tok, struct lerr *e
  * whole exchange has FLY_SOCKET_TIMEOUT_MS: each read waits only for what is left of it, so
  * that an answer trickled a byte at a time cannot hold the credentials (and a shutdown)
  * for hours. The caller's message names the socket. */
-static int fly_exchange(int fd, char *buf, struct httpresp_head *h, char *body,
-                        size_t *body_len, struct lerr *e)
+static int fly_exchange(int fd, char *buf, char *body, size_t *body_len, struct lerr *e)
 {
+    struct httpresp_head h;
     int64_t deadline = ratelimit_now_ns() / 1000000 + FLY_SOCKET_TIMEOUT_MS;
     size_t len = 0;
     ssize_t n;
@@ -959,13 +956,13 @@ static int fly_exchange(int fd, char *buf, struct httpresp_head *h, char *body,
             return lerr_set(e, errno == EAGAIN ? LERR_TIMEOUT : LERR_IO, "%s",
                             errno == EAGAIN ? "no complete answer within 10 s" : strerror(errno));
         len += (size_t)n;
-        rc = httpresp_parse(buf, len, 0, n == 0, h, body, FLY_ANSWER_MAX, body_len, e);
+        rc = httpresp_parse(buf, len, 0, n == 0, &h, body, FLY_ANSWER_MAX, body_len, e);
         if (rc == HTTPRESP_INCOMPLETE && n == 0)
             return lerr_set(e, LERR_CLOSED, "closed before a complete answer");
     }
-    if (rc > 0 && h->status != 200) {
+    if (rc > 0 && h.status != 200) {
         sts_copy_text(text, sizeof text, body, *body_len);
-        return lerr_set(e, LERR_HTTP, "POST /v1/tokens/oidc answered HTTP %d: %s", h->status,
+        return lerr_set(e, LERR_HTTP, "POST /v1/tokens/oidc answered HTTP %d: %s", h.status,
                         text);
     }
     return rc < 0 ? -1 : 0;
@@ -977,7 +974,6 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     struct timeval tv = { FLY_SOCKET_TIMEOUT_MS / 1000, 0 };
     char *buf = malloc(2 * FLY_ANSWER_MAX);
-    struct httpresp_head h;
     size_t blen = 0;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = -1;
 
@@ -989,7 +985,7 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
                connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         lerr_set(e, errno == ECONNREFUSED ? LERR_REFUSED : LERR_CONNECT, "connect: %s",
                  strerror(errno));
-    } else if (fly_exchange(fd, buf, &h, buf + FLY_ANSWER_MAX, &blen, e) == 0 &&
+    } else if (fly_exchange(fd, buf, buf + FLY_ANSWER_MAX, &blen, e) == 0 &&
                (rc = creds_token_dup(buf + FLY_ANSWER_MAX, blen, tok, e)) > 0) {
         rc = lerr_set(e, LERR_MALFORMED, "the answer is not a token");
     }
@@ -1019,12 +1015,10 @@ static char *sts_body(const struct creds_provider *p, const char *token, size_t 
     if (!(b = malloc(cap)))
         return NULL;
     for (size_t k = 0; k < sizeof part / sizeof part[0]; k++) {
-        if (k % 2 == 0) {
-            memcpy(b + n, part[k], strlen(part[k]));
-            n += strlen(part[k]);
-        } else {
+        if (k % 2 == 0)
+            n = (size_t)(stpcpy(b + n, part[k]) - b);
+        else
             n += (size_t)text_pct_encode(part[k], b + n, cap - n);
-        }
     }
     *len = n;
     return b;
@@ -1140,8 +1134,8 @@ static int64_t creds_now(const struct creds_provider *p)
     return p->hooks.now ? p->hooks.now(p->hooks.ctx) : (int64_t)time(NULL);
 }
 
-/* The token to exchange (heap, to be wiped and freed): the file's, unless it is missing
- * or expired and the Fly socket can give a fresh one. */
+/* The token to exchange (heap, to be wiped and freed; *tok NULL on entry): the file's,
+ * unless it is missing or expired and the Fly socket can give a fresh one. */
 static int wi_token(const struct creds_provider *p, int64_t now, char **tok, struct lerr *e)
 {
     const char *why = "does not exist";
@@ -1151,7 +1145,6 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     struct lerr ignore;
     int rc = 1;
 
-    *tok = NULL;
     if (p->token_file[0] &&
         (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
         return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
@@ -1181,30 +1174,24 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
 /* One fetch of temporary credentials. Reads only what creds_init fixed: runs unlocked. */
 static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
 {
-    int64_t now = creds_now(p);
-    char *tok = NULL;
+    char *tok = NULL, t[80];
     int rc;
 
-    if (wi_token(p, now, &tok, e) < 0)
+    if (wi_token(p, creds_now(p), &tok, e) < 0)
         return -1;
     rc = p->hooks.exchange ? p->hooks.exchange(p->hooks.ctx, tok, out, e)
                            : sts_exchange(p, tok, out, e);
     if (rc < 0)
         creds_scrub(e->msg, tok);
     creds_wipe_free(tok, strlen(tok));
-    if (rc < 0) {
-        creds_snapshot_wipe(out);
-        return -1;
-    }
-    now = creds_now(p);
-    if (out->expiration <= now + CREDS_EXPIRY_SKEW_S) {
-        char t[80];
+    if (rc >= 0 && out->expiration <= creds_now(p) + CREDS_EXPIRY_SKEW_S) {
         creds_fmt_time(out->expiration, t);
-        creds_snapshot_wipe(out);
-        return lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
-                        "in the future (is the clock right?)", t);
+        rc = lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
+                      "in the future (is the clock right?)", t);
     }
-    return 0;
+    if (rc < 0)
+        creds_snapshot_wipe(out);
+    return rc < 0 ? -1 : 0;
 }
 
 /* p->cur was just fetched: refresh once less than max(a quarter of the lifetime,
@@ -1322,14 +1309,11 @@ static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *c
         v = creds_env(get, ctx, which = "AWS_ENDPOINT_URL");
     if (v)
         return url_parse(v, &p->sts, e) < 0 ? lerr_wrap(e, "%s", which) : 0;
-    if (!region[0]) {
-        snprintf(url, sizeof url, "https://sts.amazonaws.com/");
-    } else if (!creds_region_ok(region, strlen(region))) {
+    if (region[0] && !creds_region_ok(region, strlen(region)))
         return lerr_set(e, LERR_INVALID, "STS region \"%.64s\" is not a region name", region);
-    } else {
-        snprintf(url, sizeof url, "https://sts.%s.amazonaws.com%s/", region,
-                 strncmp(region, "cn-", 3) == 0 ? ".cn" : "");
-    }
+    /* no region: the global endpoint, https://sts.amazonaws.com/ */
+    snprintf(url, sizeof url, "https://sts%s%s.amazonaws.com%s/", region[0] ? "." : "", region,
+             strncmp(region, "cn-", 3) == 0 ? ".cn" : "");
     return url_parse(url, &p->sts, e);
 }
 
@@ -1389,10 +1373,8 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
     const char *profile = creds_env(get, ctx, "AWS_PROFILE");
 
     f->profile_set = profile != NULL;
-    if (!profile)
-        profile = "default";
-    if (!creds_copy(f->profile, sizeof f->profile, profile) ||
-        !creds_clean(profile, strlen(profile)) || strpbrk(profile, "[]"))
+    if (!creds_copy(f->profile, sizeof f->profile, profile ? profile : "default") ||
+        !creds_clean(f->profile, strlen(f->profile)) || strpbrk(f->profile, "[]"))
         return lerr_set(e, LERR_INVALID, "AWS_PROFILE: not a profile name");
     if (creds_file_path(get, ctx, "AWS_SHARED_CREDENTIALS_FILE", "credentials", f->path[0],
                         sizeof f->path[0], e) < 0 ||
@@ -1406,8 +1388,6 @@ static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_fil
 /* Keys from the credentials file's profile, else the config file's. */
 static int creds_from_files(struct creds_provider *p, struct creds_files *f, struct lerr *e)
 {
-    const struct creds_profile *cred = &f->pr[0], *conf = &f->pr[1];
-
     if (creds_load_profile(f->path[0], 0, f->profile, &f->pr[0], e) < 0)
         return -1;
     if (f->conf_error.kind) {
@@ -1429,10 +1409,10 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
                  f->profile, f->path[k]);
         return 0;
     }
-    if (cred->found || conf->found)
+    if (f->pr[0].found || f->pr[1].found)
         return lerr_set(e, LERR_INVALID, "%s: profile %s has no aws_access_key_id and "
-                        "aws_secret_access_key%s", f->path[!cred->found], f->profile,
-                        ((cred->have | conf->have) & CREDS_HAVE_OTHER)
+                        "aws_secret_access_key%s", f->path[!f->pr[0].found], f->profile,
+                        ((f->pr[0].have | f->pr[1].have) & CREDS_HAVE_OTHER)
                             ? " (role_arn, sso and credential_process profiles are not "
                               "supported)" : "");
     if (f->profile_set)
@@ -1448,14 +1428,12 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
 int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, struct lerr *e)
 {
     struct creds_files f = { .profile_set = 0 };  /* 25 KB: configuration runs at start-up */
-    int rc = 0;
+    int rc = creds_files_prepare(get, ctx, &f, e);
 
-    if (creds_files_prepare(get, ctx, &f, e) < 0) {
-        rc = -1;
-    } else if (f.conf_error.kind) {
+    if (rc == 0 && f.conf_error.kind) {
         *e = f.conf_error;
         rc = -1;
-    } else if (f.pr[1].have & CREDS_HAVE_REGION) {
+    } else if (rc == 0 && (f.pr[1].have & CREDS_HAVE_REGION)) {
         rc = creds_copy(out, cap, f.pr[1].region) ? 1
                                                   : lerr_set(e, LERR_INVALID, "region too long");
     }
@@ -1477,9 +1455,9 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     if (hooks)
         p->hooks = *hooks;
     p->anchors = anchors;
-    if ((rc = creds_files_prepare(get, ctx, &f, e)) < 0)
-        goto done;
-    if (key || secret)
+    if (creds_files_prepare(get, ctx, &f, e) < 0)
+        rc = -1;
+    else if (key || secret)
         rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
     else if (role)
         rc = creds_web_identity(p, get, ctx, role, region && *region ? region : f.pr[1].region,
@@ -1491,7 +1469,6 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
         rc = creds_from_files(p, &f, e);  /* fails when the config file did */
     if (rc == 0 && f.conf_error.kind)
         log_warn("AWS config file ignored (its region is not used): %s", f.conf_error.msg);
-done:
     explicit_bzero(&f, sizeof f);
     if (rc < 0) {
         explicit_bzero(p, sizeof *p);
@@ -1501,12 +1478,6 @@ done:
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->refreshed, NULL);
     return 0;
-}
-
-int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const char *region,
-               const struct tls_anchors *anchors, struct lerr *e)
-{
-    return creds_init_hooks(p, get, ctx, region, anchors, NULL, e);
 }
 
 const char *creds_source_name(const struct creds_provider *p)

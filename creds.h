@@ -120,8 +120,8 @@ struct creds_provider {
  * the variable, file or profile), else what the STS exchange or the Fly socket said
  * ("STS AssumeRoleWithWebIdentity failed: InvalidIdentityToken: ... (HTTP 400)").
  * After a failure there is nothing to free. */
-int creds_init(struct creds_provider *p, config_getenv_fn get, void *ctx, const char *region,
-               const struct tls_anchors *anchors, struct lerr *e);
+#define creds_init(p, get, ctx, region, anchors, e) \
+    creds_init_hooks(p, get, ctx, region, anchors, NULL, e)
 /* The same with test hooks (copied; hooks may be NULL). */
 int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                      const char *region, const struct tls_anchors *anchors,
