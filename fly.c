@@ -73,8 +73,7 @@ static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
             cJSON_Delete(arr);
             return lerr_set(e, LERR_INVALID, "command element %d is not a string", i + 1);
         }
-        if (i++)
-            json_buf_lit(b, ",");
+        json_buf_lit(b, i++ ? "," : "");
         json_buf_string(b, item->valuestring, strlen(item->valuestring));
     }
     json_buf_lit(b, "]}");
@@ -87,9 +86,7 @@ static void jb_file(struct json_buf *b, const char *path, const char *data, size
 {
     char *p;
 
-    json_buf_lit(b, "{\"guest_path\":\"");
-    json_buf_lit(b, path);
-    json_buf_lit(b, "\",\"raw_value\":\"");
+    json_buf_fmt(b, "{\"guest_path\":\"%s\",\"raw_value\":\"", path);
     if ((p = json_buf_room(b, fly_base64_len(len))))
         b->len += fly_base64_encode(data, len, p);
     json_buf_lit(b, "\"}");
@@ -98,15 +95,15 @@ static void jb_file(struct json_buf *b, const char *path, const char *data, size
 int fly_create_body(const struct fly_machine_spec *spec, const char *region, char **out,
                     size_t *len, struct lerr *e)
 {
+    const char *group = spec->group_id ? spec->group_id : "";
     struct json_buf b = { 0 };
 
     *out = NULL;
     if (!spec->image || !spec->image[0] || !spec->preset)
         return lerr_set(e, LERR_INVALID, "a Machine needs an image and a size preset");
-    /* one allocation in the common case: the events dominate */
-    if (!json_buf_room(&b, fly_base64_len(spec->events_len) + fly_base64_len(spec->meta_len) +
-                               1024))
-        return lerr_set(e, LERR_NOMEM, "create body: out of memory");
+    /* one allocation in the common case: the events dominate (a failure is sticky: b.oom,
+     * checked at the end) */
+    json_buf_room(&b, fly_base64_len(spec->events_len) + fly_base64_len(spec->meta_len) + 1024);
     json_buf_lit(&b, "{");
     if (region) {
         json_buf_lit(&b, "\"region\":");
@@ -147,10 +144,7 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         return -1;
     }
     json_buf_lit(&b, ",\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_group\":");
-    if (spec->group_id)
-        json_buf_string(&b, spec->group_id, strlen(spec->group_id));
-    else
-        json_buf_lit(&b, "\"\"");
+    json_buf_string(&b, group, strlen(group));
     if (spec->pool_key) {
         json_buf_lit(&b, ",\"lambdo_pool\":");
         json_buf_string(&b, spec->pool_key, strlen(spec->pool_key));
@@ -316,9 +310,8 @@ int fly_auth_header(const char *token, char **out, struct lerr *e)
     *out = NULL;
     if (!token || !token[0])
         return lerr_set(e, LERR_INVALID, "the Fly token is empty");
-    for (const unsigned char *p = (const unsigned char *)token; *p; p++)
-        if (*p < 0x20 || *p == 0x7F)
-            return lerr_set(e, LERR_INVALID, "the Fly token has a control character");
+    if (!text_clean(token, 0x20, NULL))
+        return lerr_set(e, LERR_INVALID, "the Fly token has a control character");
     if (strncmp(token, "FlyV1 ", 6) == 0 || strncasecmp(token, "Bearer ", 7) == 0)
         scheme = "";
     n = strlen(scheme) + strlen(token) + 1;
@@ -590,15 +583,15 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     const char *group = spec->group_id ? spec->group_id : "-";
     char tried[128] = "";
     enum step step = STEP_STOP;
+    /* the body differs by region: each attempt sets its own (call_open sees one, for the
+     * Content-Type) */
     struct call c = { "POST", "create", NULL, NULL, NULL, t->create_rl, "/machines",
-                      .timeout_ms = FLY_CREATE_TIMEOUT_MS,
+                      .body = "", .timeout_ms = FLY_CREATE_TIMEOUT_MS,
                       .max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES };
 
     memset(out, 0, sizeof *out);
     if (call_open(&c, http, t, NULL, e) < 0)
         return -1;
-    /* the body differs by region: each attempt sets its own */
-    c.headers[c.req.num_headers++] = (struct http_header){ "Content-Type", "application/json" };
     c.prepaid = t->create_prepaid;
     c.created = out;
     for (size_t i = 0; i < (nregions ? nregions : 1); i++) {

@@ -78,12 +78,9 @@ static int sb_queue(struct json_buf *b, const char *queue_url, const char *op, s
 /* ,"key":["name",...] */
 static void sb_names(struct json_buf *b, const char *key, const char *const *names, size_t n)
 {
-    json_buf_lit(b, ",\"");
-    json_buf_lit(b, key);
-    json_buf_lit(b, "\":[");
+    json_buf_fmt(b, ",\"%s\":[", key);
     for (size_t i = 0; i < n; i++) {
-        if (i)
-            json_buf_lit(b, ",");
+        json_buf_lit(b, i ? "," : "");
         json_buf_string(b, names[i], strlen(names[i]));
     }
     json_buf_lit(b, "]");
@@ -92,9 +89,6 @@ static void sb_names(struct json_buf *b, const char *key, const char *const *nam
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
                           struct lerr *e)
 {
-    /* Exactly what the context file (sqs_message.context) holds: SQS returns only what is
-     * named. Every message attribute is asked for: all go into the context file. */
-    static const char *const all[] = { "All" };
     /* Each number is checked, then written when it is not -1 (the queue's default). */
     const struct {
         const char *name;
@@ -119,7 +113,9 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
         if (nums[i].value >= 0)
             json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
     }
-    sb_names(&b, "MessageAttributeNames", all, 1);
+    /* Exactly what the context file (sqs_message.context) holds: SQS returns only what is
+     * named. Every message attribute is asked for: all go into the context file. */
+    json_buf_lit(&b, ",\"MessageAttributeNames\":[\"All\"]");
     sb_names(&b, "MessageSystemAttributeNames", sqs_system_attrs, SQS_SYSTEM_ATTRS);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
@@ -724,8 +720,8 @@ static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 static void rx_context(struct rx *x, const struct sqs_message *m)
 {
     static const char *const ctx_names[SQS_SYSTEM_ATTRS] = {
-        "receiveCount", "sentTimestamp", "firstReceiveTimestamp",
-        "messageGroupId", "deduplicationId", "sequenceNumber" };
+        ",\"receiveCount\":", ",\"sentTimestamp\":", ",\"firstReceiveTimestamp\":",
+        ",\"messageGroupId\":", ",\"deduplicationId\":", ",\"sequenceNumber\":" };
 
     json_buf_lit(&x->ctx, "{\"messageId\":");
     json_buf_string(&x->ctx, m->message_id, strlen(m->message_id));
@@ -738,9 +734,7 @@ static void rx_context(struct rx *x, const struct sqs_message *m)
             continue;
         if (k >= 3 && (!v || sqs_text_check(v, x->sys_len[k], NULL, NULL) < 0))
             continue;
-        json_buf_lit(&x->ctx, ",\"");
         json_buf_lit(&x->ctx, ctx_names[k]);
-        json_buf_lit(&x->ctx, "\":");
         if (k >= 3) {
             json_buf_string(&x->ctx, v, x->sys_len[k]);
             continue;
@@ -1224,14 +1218,10 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
         return NULL;
     json_buf_lit(&b, o->single ? "" : ",\"Entries\":[");
     for (size_t i = 0; i < n; i++) {
-        char id[] = { 'm', (char)('0' + i), '"', '\0' };
-
         if (entries[i].status != SQS_ENTRY_PENDING)
             continue;
-        if (!o->single) {
-            json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
-            json_buf_lit(&b, id);
-        }
+        if (!o->single)
+            json_buf_fmt(&b, "%s{\"Id\":\"m%zu\"", sent ? "," : "", i);
         if (o->put(o, &b, &entries[i], i, e) < 0) {
             free(b.p);
             return NULL;
