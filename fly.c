@@ -81,12 +81,14 @@ static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
     return 0;
 }
 
-/* {"guest_path":path,"raw_value":base64 of data}: a file in the Machine, any bytes. */
-static void jb_file(struct json_buf *b, const char *path, const char *data, size_t len)
+/* sep, then {"guest_path":path,"raw_value":base64 of data}: a file in the Machine, any
+ * bytes. */
+static void jb_file(struct json_buf *b, const char *sep, const char *path, const char *data,
+                    size_t len)
 {
     char *p;
 
-    json_buf_fmt(b, "{\"guest_path\":\"%s\",\"raw_value\":\"", path);
+    json_buf_fmt(b, "%s{\"guest_path\":\"%s\",\"raw_value\":\"", sep, path);
     if ((p = json_buf_room(b, fly_base64_len(len))))
         b->len += fly_base64_encode(data, len, p);
     json_buf_lit(b, "\"}");
@@ -129,11 +131,9 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         if (spec->meta)
             json_buf_lit(&b, ",\"EVENTS_META_PATH\":\"" FLY_EVENTS_META_PATH "\"");
         json_buf_lit(&b, "},\"files\":[");
-        jb_file(&b, FLY_EVENTS_PATH, spec->events, spec->events_len);
-        if (spec->meta) {
-            json_buf_lit(&b, ",");
-            jb_file(&b, FLY_EVENTS_META_PATH, spec->meta, spec->meta_len);
-        }
+        jb_file(&b, "", FLY_EVENTS_PATH, spec->events, spec->events_len);
+        if (spec->meta)
+            jb_file(&b, ",", FLY_EVENTS_META_PATH, spec->meta, spec->meta_len);
         json_buf_lit(&b, "]");
     }
     /* a pool Machine stops after its group and waits for the next one */

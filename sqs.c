@@ -1167,10 +1167,10 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b,
     for (size_t k = 0; k < 3; k++) {
         if (!values[k])
             continue;
-        json_buf_lit(b, first ? ",\"MessageAttributes\":{" : ",");
+        /* the names are sqs_attr_names': nothing to escape */
+        json_buf_fmt(b, "%s\"%s\":{\"DataType\":\"String\",\"StringValue\":",
+                     first ? ",\"MessageAttributes\":{" : ",", sqs_attr_names[k]);
         first = 0;
-        json_buf_string(b, sqs_attr_names[k], strlen(sqs_attr_names[k]));
-        json_buf_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
         json_buf_string(b, values[k], strlen(values[k]));
         json_buf_lit(b, "}");
     }
