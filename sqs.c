@@ -183,15 +183,12 @@ static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
     sqs_set_text(out, cap, s, (size_t)(end - s));
 }
 
-/* Every entry keeps SQS's words in fields of these sizes. */
-#define SQS_CODE_CAP sizeof((struct sqs_entry *)0)->code
-#define SQS_TEXT_CAP sizeof((struct sqs_entry *)0)->message
-
-/* Notes why an entry is not done (yet), in SQS's words or a transport error's. */
+/* Notes why an entry is not done (yet), in SQS's words or a transport error's, into fields
+ * of an entry's sizes (c->last_error's are the same). */
 static void sqs_why(char *code_out, char *message_out, const char *code, const char *message)
 {
-    sqs_set_code(code_out, SQS_CODE_CAP, code, strlen(code));
-    sqs_set_text(message_out, SQS_TEXT_CAP, message, strlen(message));
+    sqs_set_code(code_out, sizeof ((struct sqs_entry *)0)->code, code, strlen(code));
+    sqs_set_text(message_out, sizeof ((struct sqs_entry *)0)->message, message, strlen(message));
 }
 
 static const char *sqs_json_string(const cJSON *obj, const char *name)
@@ -564,9 +561,7 @@ static int rx_keep_member(struct rx *x, int index, const char *name, const char 
     return r > 0 ? rx_keep(x, s, len) : r;
 }
 
-static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
+__attribute__((format(printf, 3, 4)))
 static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
 {
     size_t n = strlen(m->problem);
@@ -1141,11 +1136,10 @@ static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b,
  * is someone else's now) or its visibility timeout ran out. */
 static int sqs_stale(const char *code, const char *message)
 {
-    if (strcmp(code, "ReceiptHandleIsInvalid") == 0 || strcmp(code, "MessageNotInflight") == 0 ||
-        strcmp(code, "InvalidReceiptHandle") == 0)
-        return 1;
-    return strncmp(code, "InvalidParameterValue", 21) == 0 &&
-           strcasestr(message, "receipt handle") && strcasestr(message, "expired");
+    return strcmp(code, "ReceiptHandleIsInvalid") == 0 || strcmp(code, "MessageNotInflight") == 0 ||
+           strcmp(code, "InvalidReceiptHandle") == 0 ||
+           (strncmp(code, "InvalidParameterValue", 21) == 0 &&
+            strcasestr(message, "receipt handle") && strcasestr(message, "expired"));
 }
 
 /* --- what differs: messages to send ------------------------------------------------ */
@@ -1247,7 +1241,6 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
 static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
                             const cJSON *lists[2], struct lerr *e)
 {
-    static const char *const names[] = { "Successful", "Failed" };
     const cJSON *item;
     const char *id;
 
@@ -1258,7 +1251,7 @@ static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
         return id && *id ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no MessageId", o->answer);
     }
     for (int f = 0; f < 2; f++) {
-        lists[f] = cJSON_GetObjectItemCaseSensitive(root, names[f]);
+        lists[f] = cJSON_GetObjectItemCaseSensitive(root, f ? "Failed" : "Successful");
         if (lists[f] && !cJSON_IsNull(lists[f]) && !cJSON_IsArray(lists[f]))
             return lerr_set(e, LERR_MALFORMED, "%s: Successful or Failed is not an array",
                             o->answer);
