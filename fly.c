@@ -865,8 +865,8 @@ int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e)
     struct ratelimit *const b[] = { &l->update, &l->lease, &l->other, &l->get };
 
     for (int i = 0; i < 4; i++) {
-        if (ratelimit_init(b[i], i < 3 ? FLY_MACHINE_ACTION_RATE : FLY_MACHINE_GET_RATE,
-                           i < 3 ? FLY_MACHINE_ACTION_BURST : FLY_MACHINE_GET_BURST, e) < 0) {
+        /* Fly's figures (fly.h): the actions 1 a second, burst 3; the gets 5, burst 10 */
+        if (ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, e) < 0) {
             while (i-- > 0)
                 ratelimit_destroy(b[i]);
             return -1;
