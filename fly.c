@@ -73,8 +73,7 @@ static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
             cJSON_Delete(arr);
             return lerr_set(e, LERR_INVALID, "command element %d is not a string", i + 1);
         }
-        if (i++)
-            json_buf_lit(b, ",");
+        json_buf_lit(b, i++ ? "," : "");
         json_buf_string(b, item->valuestring, strlen(item->valuestring));
     }
     json_buf_lit(b, "]}");
@@ -82,14 +81,14 @@ static int jb_command(struct json_buf *b, const char *command, struct lerr *e)
     return 0;
 }
 
-/* {"guest_path":path,"raw_value":base64 of data}: a file in the Machine, any bytes. */
-static void jb_file(struct json_buf *b, const char *path, const char *data, size_t len)
+/* sep, then {"guest_path":path,"raw_value":base64 of data}: a file in the Machine, any
+ * bytes. */
+static void jb_file(struct json_buf *b, const char *sep, const char *path, const char *data,
+                    size_t len)
 {
     char *p;
 
-    json_buf_lit(b, "{\"guest_path\":\"");
-    json_buf_lit(b, path);
-    json_buf_lit(b, "\",\"raw_value\":\"");
+    json_buf_fmt(b, "%s{\"guest_path\":\"%s\",\"raw_value\":\"", sep, path);
     if ((p = json_buf_room(b, fly_base64_len(len))))
         b->len += fly_base64_encode(data, len, p);
     json_buf_lit(b, "\"}");
@@ -98,15 +97,15 @@ static void jb_file(struct json_buf *b, const char *path, const char *data, size
 int fly_create_body(const struct fly_machine_spec *spec, const char *region, char **out,
                     size_t *len, struct lerr *e)
 {
+    const char *group = spec->group_id ? spec->group_id : "";
     struct json_buf b = { 0 };
 
     *out = NULL;
     if (!spec->image || !spec->image[0] || !spec->preset)
         return lerr_set(e, LERR_INVALID, "a Machine needs an image and a size preset");
-    /* one allocation in the common case: the events dominate */
-    if (!json_buf_room(&b, fly_base64_len(spec->events_len) + fly_base64_len(spec->meta_len) +
-                               1024))
-        return lerr_set(e, LERR_NOMEM, "create body: out of memory");
+    /* one allocation in the common case: the events dominate (a failure is sticky: b.oom,
+     * checked at the end) */
+    json_buf_room(&b, fly_base64_len(spec->events_len) + fly_base64_len(spec->meta_len) + 1024);
     json_buf_lit(&b, "{");
     if (region) {
         json_buf_lit(&b, "\"region\":");
@@ -132,11 +131,9 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         if (spec->meta)
             json_buf_lit(&b, ",\"EVENTS_META_PATH\":\"" FLY_EVENTS_META_PATH "\"");
         json_buf_lit(&b, "},\"files\":[");
-        jb_file(&b, FLY_EVENTS_PATH, spec->events, spec->events_len);
-        if (spec->meta) {
-            json_buf_lit(&b, ",");
-            jb_file(&b, FLY_EVENTS_META_PATH, spec->meta, spec->meta_len);
-        }
+        jb_file(&b, "", FLY_EVENTS_PATH, spec->events, spec->events_len);
+        if (spec->meta)
+            jb_file(&b, ",", FLY_EVENTS_META_PATH, spec->meta, spec->meta_len);
         json_buf_lit(&b, "]");
     }
     /* a pool Machine stops after its group and waits for the next one */
@@ -147,10 +144,7 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         return -1;
     }
     json_buf_lit(&b, ",\"metadata\":{\"managed_by\":\"lambdo\",\"lambdo_group\":");
-    if (spec->group_id)
-        json_buf_string(&b, spec->group_id, strlen(spec->group_id));
-    else
-        json_buf_lit(&b, "\"\"");
+    json_buf_string(&b, group, strlen(group));
     if (spec->pool_key) {
         json_buf_lit(&b, ",\"lambdo_pool\":");
         json_buf_string(&b, spec->pool_key, strlen(spec->pool_key));
@@ -316,9 +310,8 @@ int fly_auth_header(const char *token, char **out, struct lerr *e)
     *out = NULL;
     if (!token || !token[0])
         return lerr_set(e, LERR_INVALID, "the Fly token is empty");
-    for (const unsigned char *p = (const unsigned char *)token; *p; p++)
-        if (*p < 0x20 || *p == 0x7F)
-            return lerr_set(e, LERR_INVALID, "the Fly token has a control character");
+    if (!text_clean(token, 0x20, NULL))
+        return lerr_set(e, LERR_INVALID, "the Fly token has a control character");
     if (strncmp(token, "FlyV1 ", 6) == 0 || strncasecmp(token, "Bearer ", 7) == 0)
         scheme = "";
     n = strlen(scheme) + strlen(token) + 1;
@@ -590,15 +583,15 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
     const char *group = spec->group_id ? spec->group_id : "-";
     char tried[128] = "";
     enum step step = STEP_STOP;
+    /* the body differs by region: each attempt sets its own (call_open sees one, for the
+     * Content-Type) */
     struct call c = { "POST", "create", NULL, NULL, NULL, t->create_rl, "/machines",
-                      .timeout_ms = FLY_CREATE_TIMEOUT_MS,
+                      .body = "", .timeout_ms = FLY_CREATE_TIMEOUT_MS,
                       .max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES };
 
     memset(out, 0, sizeof *out);
     if (call_open(&c, http, t, NULL, e) < 0)
         return -1;
-    /* the body differs by region: each attempt sets its own */
-    c.headers[c.req.num_headers++] = (struct http_header){ "Content-Type", "application/json" };
     c.prepaid = t->create_prepaid;
     c.created = out;
     for (size_t i = 0; i < (nregions ? nregions : 1); i++) {
@@ -872,8 +865,8 @@ int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e)
     struct ratelimit *const b[] = { &l->update, &l->lease, &l->other, &l->get };
 
     for (int i = 0; i < 4; i++) {
-        if (ratelimit_init(b[i], i < 3 ? FLY_MACHINE_ACTION_RATE : FLY_MACHINE_GET_RATE,
-                           i < 3 ? FLY_MACHINE_ACTION_BURST : FLY_MACHINE_GET_BURST, e) < 0) {
+        /* Fly's figures (fly.h): the actions 1 a second, burst 3; the gets 5, burst 10 */
+        if (ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, e) < 0) {
             while (i-- > 0)
                 ratelimit_destroy(b[i]);
             return -1;

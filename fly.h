@@ -93,11 +93,8 @@ struct metrics;
 #define FLY_WAIT_SLACK_MS 15000       /* a wait request may take timeout_s plus this */
 
 /* Fly's limits per Machine: each action (update, lease, start/stop/delete) 1 per second,
- * burst 3; the gets (show, wait, events, show lease) 5 per second, burst 10. */
-#define FLY_MACHINE_ACTION_RATE 1.0
-#define FLY_MACHINE_ACTION_BURST 3
-#define FLY_MACHINE_GET_RATE 5.0
-#define FLY_MACHINE_GET_BURST 10
+ * burst 3; the gets (show, wait, events, show lease) 5 per second, burst 10 (the figures
+ * are written once, in fly_machine_limits_init). */
 struct fly_machine_limits {
     struct ratelimit update;  /* Machines_update */
     struct ratelimit lease;   /* lease acquire, refresh and release */

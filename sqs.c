@@ -78,12 +78,9 @@ static int sb_queue(struct json_buf *b, const char *queue_url, const char *op, s
 /* ,"key":["name",...] */
 static void sb_names(struct json_buf *b, const char *key, const char *const *names, size_t n)
 {
-    json_buf_lit(b, ",\"");
-    json_buf_lit(b, key);
-    json_buf_lit(b, "\":[");
+    json_buf_fmt(b, ",\"%s\":[", key);
     for (size_t i = 0; i < n; i++) {
-        if (i)
-            json_buf_lit(b, ",");
+        json_buf_lit(b, i ? "," : "");
         json_buf_string(b, names[i], strlen(names[i]));
     }
     json_buf_lit(b, "]");
@@ -92,9 +89,6 @@ static void sb_names(struct json_buf *b, const char *key, const char *const *nam
 char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *o, size_t *len,
                           struct lerr *e)
 {
-    /* Exactly what the context file (sqs_message.context) holds: SQS returns only what is
-     * named. Every message attribute is asked for: all go into the context file. */
-    static const char *const all[] = { "All" };
     /* Each number is checked, then written when it is not -1 (the queue's default). */
     const struct {
         const char *name;
@@ -119,7 +113,9 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
         if (nums[i].value >= 0)
             json_buf_fmt(&b, ",\"%s\":%d", nums[i].name, nums[i].value);
     }
-    sb_names(&b, "MessageAttributeNames", all, 1);
+    /* Exactly what the context file (sqs_message.context) holds: SQS returns only what is
+     * named. Every message attribute is asked for: all go into the context file. */
+    json_buf_lit(&b, ",\"MessageAttributeNames\":[\"All\"]");
     sb_names(&b, "MessageSystemAttributeNames", sqs_system_attrs, SQS_SYSTEM_ATTRS);
     /* The deprecated name of the same list: SQS accepts both, and emulators written
      * before MessageSystemAttributeNames existed only know this one. */
@@ -187,15 +183,12 @@ static void sqs_set_code(char *out, size_t cap, const char *s, size_t len)
     sqs_set_text(out, cap, s, (size_t)(end - s));
 }
 
-/* Every entry keeps SQS's words in fields of these sizes. */
-#define SQS_CODE_CAP sizeof((struct sqs_entry *)0)->code
-#define SQS_TEXT_CAP sizeof((struct sqs_entry *)0)->message
-
-/* Notes why an entry is not done (yet), in SQS's words or a transport error's. */
+/* Notes why an entry is not done (yet), in SQS's words or a transport error's, into fields
+ * of an entry's sizes (c->last_error's are the same). */
 static void sqs_why(char *code_out, char *message_out, const char *code, const char *message)
 {
-    sqs_set_code(code_out, SQS_CODE_CAP, code, strlen(code));
-    sqs_set_text(message_out, SQS_TEXT_CAP, message, strlen(message));
+    sqs_set_code(code_out, sizeof ((struct sqs_entry *)0)->code, code, strlen(code));
+    sqs_set_text(message_out, sizeof ((struct sqs_entry *)0)->message, message, strlen(message));
 }
 
 static const char *sqs_json_string(const cJSON *obj, const char *name)
@@ -568,9 +561,7 @@ static int rx_keep_member(struct rx *x, int index, const char *name, const char 
     return r > 0 ? rx_keep(x, s, len) : r;
 }
 
-static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
+__attribute__((format(printf, 3, 4)))
 static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, ...)
 {
     size_t n = strlen(m->problem);
@@ -724,8 +715,8 @@ static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 static void rx_context(struct rx *x, const struct sqs_message *m)
 {
     static const char *const ctx_names[SQS_SYSTEM_ATTRS] = {
-        "receiveCount", "sentTimestamp", "firstReceiveTimestamp",
-        "messageGroupId", "deduplicationId", "sequenceNumber" };
+        ",\"receiveCount\":", ",\"sentTimestamp\":", ",\"firstReceiveTimestamp\":",
+        ",\"messageGroupId\":", ",\"deduplicationId\":", ",\"sequenceNumber\":" };
 
     json_buf_lit(&x->ctx, "{\"messageId\":");
     json_buf_string(&x->ctx, m->message_id, strlen(m->message_id));
@@ -738,9 +729,7 @@ static void rx_context(struct rx *x, const struct sqs_message *m)
             continue;
         if (k >= 3 && (!v || sqs_text_check(v, x->sys_len[k], NULL, NULL) < 0))
             continue;
-        json_buf_lit(&x->ctx, ",\"");
         json_buf_lit(&x->ctx, ctx_names[k]);
-        json_buf_lit(&x->ctx, "\":");
         if (k >= 3) {
             json_buf_string(&x->ctx, v, x->sys_len[k]);
             continue;
@@ -1147,11 +1136,10 @@ static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b,
  * is someone else's now) or its visibility timeout ran out. */
 static int sqs_stale(const char *code, const char *message)
 {
-    if (strcmp(code, "ReceiptHandleIsInvalid") == 0 || strcmp(code, "MessageNotInflight") == 0 ||
-        strcmp(code, "InvalidReceiptHandle") == 0)
-        return 1;
-    return strncmp(code, "InvalidParameterValue", 21) == 0 &&
-           strcasestr(message, "receipt handle") && strcasestr(message, "expired");
+    return strcmp(code, "ReceiptHandleIsInvalid") == 0 || strcmp(code, "MessageNotInflight") == 0 ||
+           strcmp(code, "InvalidReceiptHandle") == 0 ||
+           (strncmp(code, "InvalidParameterValue", 21) == 0 &&
+            strcasestr(message, "receipt handle") && strcasestr(message, "expired"));
 }
 
 /* --- what differs: messages to send ------------------------------------------------ */
@@ -1173,10 +1161,10 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b,
     for (size_t k = 0; k < 3; k++) {
         if (!values[k])
             continue;
-        json_buf_lit(b, first ? ",\"MessageAttributes\":{" : ",");
+        /* the names are sqs_attr_names': nothing to escape */
+        json_buf_fmt(b, "%s\"%s\":{\"DataType\":\"String\",\"StringValue\":",
+                     first ? ",\"MessageAttributes\":{" : ",", sqs_attr_names[k]);
         first = 0;
-        json_buf_string(b, sqs_attr_names[k], strlen(sqs_attr_names[k]));
-        json_buf_lit(b, ":{\"DataType\":\"String\",\"StringValue\":");
         json_buf_string(b, values[k], strlen(values[k]));
         json_buf_lit(b, "}");
     }
@@ -1224,14 +1212,10 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
         return NULL;
     json_buf_lit(&b, o->single ? "" : ",\"Entries\":[");
     for (size_t i = 0; i < n; i++) {
-        char id[] = { 'm', (char)('0' + i), '"', '\0' };
-
         if (entries[i].status != SQS_ENTRY_PENDING)
             continue;
-        if (!o->single) {
-            json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
-            json_buf_lit(&b, id);
-        }
+        if (!o->single)
+            json_buf_fmt(&b, "%s{\"Id\":\"m%zu\"", sent ? "," : "", i);
         if (o->put(o, &b, &entries[i], i, e) < 0) {
             free(b.p);
             return NULL;
@@ -1257,7 +1241,6 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
 static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
                             const cJSON *lists[2], struct lerr *e)
 {
-    static const char *const names[] = { "Successful", "Failed" };
     const cJSON *item;
     const char *id;
 
@@ -1268,7 +1251,7 @@ static int sqs_answer_lists(const struct sqs_batch_ops *o, const cJSON *root,
         return id && *id ? 0 : lerr_set(e, LERR_MALFORMED, "%s: no MessageId", o->answer);
     }
     for (int f = 0; f < 2; f++) {
-        lists[f] = cJSON_GetObjectItemCaseSensitive(root, names[f]);
+        lists[f] = cJSON_GetObjectItemCaseSensitive(root, f ? "Failed" : "Successful");
         if (lists[f] && !cJSON_IsNull(lists[f]) && !cJSON_IsArray(lists[f]))
             return lerr_set(e, LERR_MALFORMED, "%s: Successful or Failed is not an array",
                             o->answer);
