@@ -1212,10 +1212,15 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
         return NULL;
     json_buf_lit(&b, o->single ? "" : ",\"Entries\":[");
     for (size_t i = 0; i < n; i++) {
+        /* not json_buf_fmt: every entry of every delete goes through here */
+        char id[] = { 'm', (char)('0' + i), '"', '\0' };
+
         if (entries[i].status != SQS_ENTRY_PENDING)
             continue;
-        if (!o->single)
-            json_buf_fmt(&b, "%s{\"Id\":\"m%zu\"", sent ? "," : "", i);
+        if (!o->single) {
+            json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
+            json_buf_lit(&b, id);
+        }
         if (o->put(o, &b, &entries[i], i, e) < 0) {
             free(b.p);
             return NULL;
