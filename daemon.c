@@ -878,13 +878,6 @@ struct window {
     int64_t visible_until_ms;          /* of the oldest messages, heartbeats included */
 };
 
-static void window_clear(struct window *w)
-{
-    for (size_t i = 0; i < w->nbatches; i++)
-        sqs_batch_free(&w->batches[i]);
-    memset(w, 0, sizeof *w);
-}
-
 /* Copies s to *p, past which *p moves. */
 static char *job_copy(char **p, const char *s)
 {
@@ -1013,14 +1006,6 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
     }
 }
 
-static void log_invalid(struct daemon *d, const struct sqs_message *m, const char *why)
-{
-    metrics_count(&d->metrics, METRICS_INVALID, 1);
-    once_record(d, m->message_id, ONCE_TRIES, 0);  /* no second try: it would fail the same */
-    log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
-             m->message_id, m->receive_count, why);
-}
-
 /* --once: keeps messages out of the rest of the run, hidden by heartbeats (once_keepalive)
  * until once_release hands them back: a message that cannot succeed neither runs again
  * nor counts as in flight elsewhere. Out of memory, they return after the visibility
@@ -1090,6 +1075,17 @@ static struct plan {
     struct job_msg returning[WINDOW_MAX_MESSAGES];  /* those messages, for SQS */
 } plan;
 
+/* An invalid message is not dispatched, not deleted: held (--once) instead. */
+static void hold_invalid(struct daemon *d, struct plan *p, struct sqs_message *m,
+                         const char *why)
+{
+    metrics_count(&d->metrics, METRICS_INVALID, 1);
+    once_record(d, m->message_id, ONCE_TRIES, 0);  /* no second try: it would fail the same */
+    log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
+             m->message_id, m->receive_count, why);
+    p->held[p->nheld++] = m;
+}
+
 /* Groups the window's messages. Dispatching, the messages sqs.c flagged and (--once)
  * those that failed too often go to held instead, logged. */
 static struct plan *plan_build(struct daemon *d, const struct window *w, int dispatching)
@@ -1104,8 +1100,7 @@ static struct plan *plan_build(struct daemon *d, const struct window *w, int dis
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
             if (dispatching && m->flags) {
-                log_invalid(d, m, m->problem);
-                p->held[p->nheld++] = m;
+                hold_invalid(d, p, m, m->problem);
                 continue;
             }
             if (dispatching && once_held(d, m->message_id)) {
@@ -1152,10 +1147,8 @@ static void window_dispatch(struct daemon *d, struct window *w)
     size_t nparts = 0;
 
     for (size_t i = 0; i < p->n; i++)
-        if (p->verdicts[i].kind != LERR_NONE) {
-            log_invalid(d, p->msg[i], p->verdicts[i].msg);
-            p->held[p->nheld++] = p->msg[i];
-        }
+        if (p->verdicts[i].kind != LERR_NONE)
+            hold_invalid(d, p, p->msg[i], p->verdicts[i].msg);
     for (size_t gi = 0; gi < p->gp.ngroups; gi++)
         nparts += split_group(d, p->ev, &p->groups[gi], p->parts + nparts);
     if (d->cfg->fifo)
@@ -1165,7 +1158,9 @@ static void window_dispatch(struct daemon *d, struct window *w)
             dispatch_part(d, p->ev, &p->parts[pi], p->msg, w->visible_until_ms);
     if (d->once)
         once_hold(d, p->held, p->nheld, w->visible_until_ms);
-    window_clear(w);
+    for (size_t b = 0; b < w->nbatches; b++)
+        sqs_batch_free(&w->batches[b]);
+    memset(w, 0, sizeof *w);
 }
 
 /* Messages waiting in the batching window are kept hidden like a job's: once a third of
