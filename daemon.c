@@ -458,6 +458,7 @@ static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m,
     struct fly_exit x;
     struct lerr e;
     enum follow f = job_follow(j, m, started);
+    char how[48] = ": exit code unknown";  /* exit_code is 0..255 (fly.h) */
     double secs;
 
     if (f == FOLLOW_SHUTDOWN) {
@@ -482,12 +483,10 @@ static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m,
         return JOB_DONE;
     }
     if (x.known)
-        log_warn("group %s: machine %s in %s exited %d%s after %.1f s; %zu messages go back "
-                 "to the queue", j->gid, m->id, m->region, x.exit_code,
-                 x.oom_killed ? " (out of memory)" : "", secs, j->count);
-    else
-        log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
-                 "back to the queue", j->gid, m->id, m->region, secs, j->count);
+        snprintf(how, sizeof how, " exited %d%s", x.exit_code,
+                 x.oom_killed ? " (out of memory)" : "");
+    log_warn("group %s: machine %s in %s%s after %.1f s; %zu messages go back to the queue",
+             j->gid, m->id, m->region, how, secs, j->count);
     return JOB_RETRY;
 }
 
@@ -1252,12 +1251,10 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
     if (w->nmessages && cfg->batch_window_ms) {
         int64_t left = w->opened_ms + cfg->batch_window_ms - now_ms();
         int64_t beat = keepalive_due(d, w->visible_until_ms);
-        int secs;
         if (beat < left)
             left = beat;
-        secs = left <= 0 ? 0 : (int)((left + 999) / 1000);
-        if (secs < o.wait_seconds)
-            o.wait_seconds = secs;
+        if (left < (int64_t)o.wait_seconds * 1000)
+            o.wait_seconds = left <= 0 ? 0 : (int)((left + 999) / 1000);
     }
     if (sqs_receive(&d->receiver, &o, &b, &e) < 0) {
         /* http_do saw the stop before the request; a receive that failed before its
