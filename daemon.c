@@ -57,7 +57,6 @@ struct daemon {
                                           through the client's cancel_fd, until stopping) */
     struct metrics metrics;            /* counted by every thread; served if configured */
     struct pool pool;                  /* LAMBDO_POOL: the warm Machines */
-    int metrics_on;                    /* metrics_init succeeded: metrics_destroy is due */
 
     pthread_mutex_t mu;                /* guards what follows */
     pthread_cond_t changed;            /* a job ended, or the stop was seen: for the main thread */
@@ -125,9 +124,9 @@ static int64_t now_ms(void)
     return ratelimit_now_ns() / 1000000;
 }
 
-/* Whether a stop signal arrived; the first caller to see it records when. The signal stays
- * pending (nobody reads the signalfd), so every thread can poll it. */
-static int daemon_stopping(struct daemon *d, int64_t *stop_at)
+/* When the stop signal was first seen (the first caller to see it records it), or 0 before
+ * it came. The signal stays pending (nobody reads the signalfd), so every thread can poll it. */
+static int64_t daemon_stopping(struct daemon *d)
 {
     struct pollfd p = { .fd = d->signal_fd, .events = POLLIN };
     int64_t at;
@@ -141,9 +140,7 @@ static int daemon_stopping(struct daemon *d, int64_t *stop_at)
     }
     at = d->stop_at_ms;
     pthread_mutex_unlock(&d->mu);
-    if (stop_at)
-        *stop_at = at;
-    return 1;
+    return at;
 }
 
 /* ------------------------------------------------------------------ --once book -------- */
@@ -230,9 +227,12 @@ static long once_failed(struct daemon *d, int64_t after)
 
 /* ---------------------------------------------------------------- acknowledging -------- */
 
-/* An SQS client of the daemon's queue on http (the thread's). */
-static void sqs_open(struct daemon *d, struct sqs_client *s, struct http_client *http)
+/* A thread's HTTP client (its TLS sessions shared) and an SQS client of the daemon's
+ * queue on it. */
+static void clients_open(struct daemon *d, struct http_client *http, struct sqs_client *s)
 {
+    http_client_init(http, &d->anchors);
+    http->sessions = &d->sessions;
     sqs_client_init(s, http, &d->cfg->sqs_endpoint, d->cfg->queue_url, d->cfg->aws_region,
                     NULL);
     s->provider = &d->creds;
@@ -255,12 +255,10 @@ static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
         size_t n = count - off < SQS_MAX_MESSAGES ? count - off : SQS_MAX_MESSAGES;
         struct lerr e;
 
-        memset(en, 0, sizeof en);
-        for (size_t i = 0; i < n; i++) {
-            en[i].receipt_handle = msgs[off + i].receipt;
-            en[i].message_id = msgs[off + i].id;
-            en[i].visibility_timeout = visibility;
-        }
+        for (size_t i = 0; i < n; i++)
+            en[i] = (struct sqs_entry){ .receipt_handle = msgs[off + i].receipt,
+                                        .message_id = msgs[off + i].id,
+                                        .visibility_timeout = visibility };
         sqs_batch_call(s, delete ? SQS_OP_DELETE : SQS_OP_CHANGE_VISIBILITY, en, n, &e);
         for (size_t i = 0; i < n; i++) {
             if (en[i].status == SQS_ENTRY_OK)
@@ -362,14 +360,13 @@ static enum job_end job_create(struct job *j, const struct fly_machine_spec *spe
     struct daemon *d = j->d;
     struct fly_target t = d->fly;
     struct lerr e;
-    int stop_fd = d->signal_fd;
 
     t.idle = job_keepalive;
     t.idle_ctx = j;
     t.create_prepaid = 1;
     t.unlimited_429_retries = 1;
     /* The turn is taken first, with heartbeats while waiting for it (job_keepalive). */
-    if (ratelimit_wait_idle(&d->create_rl, 0, &stop_fd, 1, job_keepalive, j, &e) < 0 ||
+    if (ratelimit_wait_idle(&d->create_rl, 0, &d->signal_fd, 1, job_keepalive, j, &e) < 0 ||
         fly_create_machine(j->http, &t, spec, d->cfg->regions, d->cfg->num_regions, m,
                            &e) < 0) {
         if (e.kind != LERR_CANCELLED) {
@@ -426,9 +423,8 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
                                               : INT64_MAX;
 
     for (;;) {
-        int64_t stop_at = 0;
-        int stopping = daemon_stopping(d, &stop_at);
-        int64_t end = stopping ? stop_at + (int64_t)cfg->shutdown_timeout * 1000 : INT64_MAX;
+        int64_t stop_at = daemon_stopping(d);  /* 0: not stopping */
+        int64_t end = stop_at ? stop_at + (int64_t)cfg->shutdown_timeout * 1000 : INT64_MAX;
         struct fly_call_result w;
         struct lerr e;
         int rc;
@@ -440,7 +436,7 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         job_keepalive(j);
         /* Before a stop, a wait is cancelled by the signal; during the shutdown grace time
          * it must not be, or it would end at once, over and over. */
-        j->http->cancel_fd = stopping ? -1 : d->signal_fd;
+        j->http->cancel_fd = stop_at ? -1 : d->signal_fd;
         rc = fly_wait_machine(j->http, &j->follow, m->id, m->instance_id, "stopped",
                               wait_seconds(j, timeout_at < end ? timeout_at : end), &w, &e);
         j->http->cancel_fd = -1;
@@ -449,7 +445,7 @@ static enum follow job_follow(struct job *j, const struct fly_machine *m, int64_
         if (rc < 0 && e.kind != LERR_CANCELLED) {
             log_warn("group %s: waiting for machine %s: %s; trying again", j->gid, m->id, e.msg);
             /* once stopping, the pending signal no longer cuts a pause short */
-            ratelimit_wait_idle(NULL, stopping ? 200 : 1000, &d->signal_fd, !stopping, NULL,
+            ratelimit_wait_idle(NULL, stop_at ? 200 : 1000, &d->signal_fd, !stop_at, NULL,
                                 NULL, &e);
         }
     }
@@ -462,6 +458,7 @@ static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m,
     struct fly_exit x;
     struct lerr e;
     enum follow f = job_follow(j, m, started);
+    char how[48] = ": exit code unknown";  /* exit_code is 0..255 (fly.h) */
     double secs;
 
     if (f == FOLLOW_SHUTDOWN) {
@@ -475,7 +472,6 @@ static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m,
         job_kill(j, m);
         return JOB_RETRY;
     }
-    memset(&x, 0, sizeof x);
     if (fly_machine_exit(j->http, &j->follow, m->id, &x, &e) < 0) {
         x.known = 0;
         log_warn("group %s: cannot read machine %s's exit: %s", j->gid, m->id, e.msg);
@@ -487,12 +483,10 @@ static enum job_end job_exit_outcome(struct job *j, const struct fly_machine *m,
         return JOB_DONE;
     }
     if (x.known)
-        log_warn("group %s: machine %s in %s exited %d%s after %.1f s; %zu messages go back "
-                 "to the queue", j->gid, m->id, m->region, x.exit_code,
-                 x.oom_killed ? " (out of memory)" : "", secs, j->count);
-    else
-        log_warn("group %s: machine %s in %s: exit code unknown after %.1f s; %zu messages go "
-                 "back to the queue", j->gid, m->id, m->region, secs, j->count);
+        snprintf(how, sizeof how, " exited %d%s", x.exit_code,
+                 x.oom_killed ? " (out of memory)" : "");
+    log_warn("group %s: machine %s in %s%s after %.1f s; %zu messages go back to the queue",
+             j->gid, m->id, m->region, how, secs, j->count);
     return JOB_RETRY;
 }
 
@@ -664,7 +658,6 @@ static int pool_lease(struct job *j, int fresh)
         return 0;
     }
     if (fly_lease_acquire(j->http, &t, pm->id, POOL_LEASE_TTL_S, pm->nonce, &exp, &r, &e) < 0) {
-        pm->nonce[0] = '\0';
         pool_give_up(j, r.outcome == FLY_CALL_GONE, r.status == 409 ? "is leased by another"
                                                                     : e.msg);
         return -1;
@@ -753,7 +746,7 @@ static enum job_end pool_follow(struct job *j, const struct fly_machine *m, int6
         pool_drop(&d->pool, j->pm);
     } else {
         /* stopping, the Machine may still run: whoever takes it next leases and looks */
-        if (!pool_wanted(&d->pool, j->pool_key) || daemon_stopping(d, NULL))
+        if (!pool_wanted(&d->pool, j->pool_key) || daemon_stopping(d))
             pool_unlease(d, j->http, j->pm);
         pool_put(&d->pool, j->pm, now_ms());
     }
@@ -768,7 +761,7 @@ static int pool_wait_idle(void *ctx)
     struct job *j = ctx;
 
     job_keepalive(j);
-    return daemon_stopping(j->d, NULL);
+    return daemon_stopping(j->d) != 0;
 }
 
 /* LAMBDO_POOL: the group runs on a stopped Machine of its key, leased and updated. */
@@ -838,9 +831,7 @@ static void *worker_main(void *arg)
     struct http_client http;           /* its keep-alive connections serve every job */
     struct sqs_client sqs;
 
-    http_client_init(&http, &d->anchors);
-    http.sessions = &d->sessions;
-    sqs_open(d, &sqs, &http);
+    clients_open(d, &http, &sqs);
     pthread_mutex_lock(&d->mu);
     while (!d->quitting || d->queue) {
         struct job *j = d->queue;
@@ -885,13 +876,6 @@ struct window {
     int64_t opened_ms;
     int64_t visible_until_ms;          /* of the oldest messages, heartbeats included */
 };
-
-static void window_clear(struct window *w)
-{
-    for (size_t i = 0; i < w->nbatches; i++)
-        sqs_batch_free(&w->batches[i]);
-    memset(w, 0, sizeof *w);
-}
 
 /* Copies s to *p, past which *p moves. */
 static char *job_copy(char **p, const char *s)
@@ -1021,14 +1005,6 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
     }
 }
 
-static void log_invalid(struct daemon *d, const struct sqs_message *m, const char *why)
-{
-    metrics_count(&d->metrics, METRICS_INVALID, 1);
-    once_record(d, m->message_id, ONCE_TRIES, 0);  /* no second try: it would fail the same */
-    log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
-             m->message_id, m->receive_count, why);
-}
-
 /* --once: keeps messages out of the rest of the run, hidden by heartbeats (once_keepalive)
  * until once_release hands them back: a message that cannot succeed neither runs again
  * nor counts as in flight elsewhere. Out of memory, they return after the visibility
@@ -1098,6 +1074,17 @@ static struct plan {
     struct job_msg returning[WINDOW_MAX_MESSAGES];  /* those messages, for SQS */
 } plan;
 
+/* An invalid message is not dispatched, not deleted: held (--once) instead. */
+static void hold_invalid(struct daemon *d, struct plan *p, struct sqs_message *m,
+                         const char *why)
+{
+    metrics_count(&d->metrics, METRICS_INVALID, 1);
+    once_record(d, m->message_id, ONCE_TRIES, 0);  /* no second try: it would fail the same */
+    log_warn("message %s is invalid (receive %lu): %s; not dispatched, not deleted",
+             m->message_id, m->receive_count, why);
+    p->held[p->nheld++] = m;
+}
+
 /* Groups the window's messages. Dispatching, the messages sqs.c flagged and (--once)
  * those that failed too often go to held instead, logged. */
 static struct plan *plan_build(struct daemon *d, const struct window *w, int dispatching)
@@ -1112,8 +1099,7 @@ static struct plan *plan_build(struct daemon *d, const struct window *w, int dis
         for (size_t i = 0; i < w->batches[b].count; i++) {
             struct sqs_message *m = &w->batches[b].messages[i];
             if (dispatching && m->flags) {
-                log_invalid(d, m, m->problem);
-                p->held[p->nheld++] = m;
+                hold_invalid(d, p, m, m->problem);
                 continue;
             }
             if (dispatching && once_held(d, m->message_id)) {
@@ -1160,10 +1146,8 @@ static void window_dispatch(struct daemon *d, struct window *w)
     size_t nparts = 0;
 
     for (size_t i = 0; i < p->n; i++)
-        if (p->verdicts[i].kind != LERR_NONE) {
-            log_invalid(d, p->msg[i], p->verdicts[i].msg);
-            p->held[p->nheld++] = p->msg[i];
-        }
+        if (p->verdicts[i].kind != LERR_NONE)
+            hold_invalid(d, p, p->msg[i], p->verdicts[i].msg);
     for (size_t gi = 0; gi < p->gp.ngroups; gi++)
         nparts += split_group(d, p->ev, &p->groups[gi], p->parts + nparts);
     if (d->cfg->fifo)
@@ -1173,7 +1157,9 @@ static void window_dispatch(struct daemon *d, struct window *w)
             dispatch_part(d, p->ev, &p->parts[pi], p->msg, w->visible_until_ms);
     if (d->once)
         once_hold(d, p->held, p->nheld, w->visible_until_ms);
-    window_clear(w);
+    for (size_t b = 0; b < w->nbatches; b++)
+        sqs_batch_free(&w->batches[b]);
+    memset(w, 0, sizeof *w);
 }
 
 /* Messages waiting in the batching window are kept hidden like a job's: once a third of
@@ -1232,7 +1218,7 @@ static int daemon_wait_for_slot(struct daemon *d)
         until.tv_nsec = (until.tv_nsec + 200000000L) % 1000000000L;
         pthread_cond_timedwait(&d->changed, &d->mu, &until);
         pthread_mutex_unlock(&d->mu);
-        daemon_stopping(d, NULL);
+        daemon_stopping(d);
         main_keepalive(d);
         pthread_mutex_lock(&d->mu);
     }
@@ -1258,23 +1244,22 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
     };
     struct sqs_batch b = { 0 };
     struct lerr e;
+    unsigned backoff_ms;
 
     if (d->once && o.wait_seconds > 1)
         o.wait_seconds = 1;  /* --once: a one-second long poll that answers empty means empty */
     if (w->nmessages && cfg->batch_window_ms) {
         int64_t left = w->opened_ms + cfg->batch_window_ms - now_ms();
         int64_t beat = keepalive_due(d, w->visible_until_ms);
-        int secs;
         if (beat < left)
             left = beat;
-        secs = left <= 0 ? 0 : (int)((left + 999) / 1000);
-        if (secs < o.wait_seconds)
-            o.wait_seconds = secs;
+        if (left < (int64_t)o.wait_seconds * 1000)
+            o.wait_seconds = left <= 0 ? 0 : (int)((left + 999) / 1000);
     }
     if (sqs_receive(&d->receiver, &o, &b, &e) < 0) {
         /* http_do saw the stop before the request; a receive that failed before its
          * request (credentials) did not look: a stop outranks its failure */
-        if (daemon_stopping(d, NULL))
+        if (daemon_stopping(d))
             return 2;
         if (e.kind == LERR_CANCELLED)
             return 0;
@@ -1286,14 +1271,12 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
             log_error("%s", e.msg);
             return -1;
         }
-        {
-            /* Full jitter, so that many lambdos that lost SQS together do not return in step. */
-            unsigned ms = sqs_backoff_ms(*failures, RECEIVE_BACKOFF_BASE_MS,
-                                         RECEIVE_BACKOFF_MAX_MS, &d->receiver.rng);
-            log_error("%s; retrying in %u ms", e.msg, ms);
-            ratelimit_wait_idle(NULL, (int)ms, &d->signal_fd, 1, NULL, NULL, &e);
-            (*failures)++;
-        }
+        /* Full jitter, so that many lambdos that lost SQS together do not return in step. */
+        backoff_ms = sqs_backoff_ms(*failures, RECEIVE_BACKOFF_BASE_MS, RECEIVE_BACKOFF_MAX_MS,
+                                    &d->receiver.rng);
+        log_error("%s; retrying in %u ms", e.msg, backoff_ms);
+        ratelimit_wait_idle(NULL, (int)backoff_ms, &d->signal_fd, 1, NULL, NULL, &e);
+        (*failures)++;
         return 0;
     }
     d->first_receive_done = 1;
@@ -1373,7 +1356,6 @@ static void pool_maintain(struct daemon *d)
         if (destroy && !pm->nonce[0] &&
             fly_lease_acquire(&d->main_http, &t, pm->id, POOL_LEASE_TTL_S, pm->nonce, &exp, &r,
                               &e) < 0) {
-            pm->nonce[0] = '\0';
             if (r.outcome == FLY_CALL_GONE)
                 pool_drop(&d->pool, pm);
             else
@@ -1428,8 +1410,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     pthread_cond_init(&d->changed, NULL);
     pthread_cond_init(&d->work, NULL);
     d->queue_tail = &d->queue;
-    if (cfg->pool)
-        pool_init(&d->pool, cfg->pool);
+    pool_init(&d->pool, cfg->pool);
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
         return -1;
@@ -1443,12 +1424,9 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     /* Child processes must inherit nothing of ours but what local.c hands them. */
     if (cfg->backend_local && local_seal(e) < 0)
         return -1;
-    http_client_init(&d->receive_http, &d->anchors);
-    http_client_init(&d->main_http, &d->anchors);
-    d->receive_http.sessions = d->main_http.sessions = &d->sessions;
+    clients_open(d, &d->receive_http, &d->receiver);
+    clients_open(d, &d->main_http, &d->main_sqs);
     d->receive_http.cancel_fd = d->signal_fd;
-    sqs_open(d, &d->receiver, &d->receive_http);
-    sqs_open(d, &d->main_sqs, &d->main_http);
     /* A stop ends 429 waits, never a request in flight. */
     d->fly = (struct fly_target){ .base = &cfg->fly_api, .app = cfg->fly_app,
                                   .token = cfg->fly_token, .stop_fd = &d->signal_fd,
@@ -1458,7 +1436,6 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     d->follow.stop_fd = NULL;
     if (metrics_init(&d->metrics, &mo, e) < 0)
         return -1;
-    d->metrics_on = 1;
     if (cfg->metrics_addr && metrics_serve(&d->metrics, cfg->metrics_addr, e) < 0)
         return lerr_wrap(e, "LAMBDO_METRICS_ADDR");
     if (cfg->pool) {
@@ -1475,16 +1452,13 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
 
 static void daemon_close(struct daemon *d)
 {
-    if (d->cfg->pool) {
-        /* the leases of Machines kept for a next job are given up (the Machines stay,
-         * stopped, for the next lambdo): the workers have ended */
-        for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next)
-            if (pm->nonce[0])
-                pool_unlease(d, &d->main_http, pm);
-        pool_destroy(&d->pool);
-    }
-    if (d->metrics_on)
-        metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
+    /* the leases of Machines kept for a next job are given up (the Machines stay,
+     * stopped, for the next lambdo): the workers have ended */
+    for (struct pool_machine *pm = d->pool.list; pm; pm = pm->next)
+        if (pm->nonce[0])
+            pool_unlease(d, &d->main_http, pm);
+    pool_destroy(&d->pool);
+    metrics_destroy(&d->metrics);  /* stops the server: every job thread has ended */
     http_client_close(&d->receive_http);
     http_client_close(&d->main_http);
     explicit_bzero(&d->main_sqs.sigv4_key, sizeof d->main_sqs.sigv4_key);

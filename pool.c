@@ -60,6 +60,16 @@ static struct pool_machine *machine_add(struct pool *p, const char *id, const ch
     return m;
 }
 
+/* Under mu: m leaves the list. */
+static void unlink_machine(struct pool *p, struct pool_machine *m)
+{
+    struct pool_machine **pp;
+
+    for (pp = &p->list; *pp != m; pp = &(*pp)->next)
+        ;
+    *pp = m->next;
+}
+
 /* Under mu: what pool_acquire would take now, or NULL to wait. The list is kept most
  * recently freed first, so the first IDLE match is the one freed last. */
 static enum pool_take take(struct pool *p, const char *key, int64_t now,
@@ -121,18 +131,18 @@ enum pool_take pool_acquire(struct pool *p, const char *key, int64_t (*now)(void
 
 void pool_created(struct pool *p, struct pool_machine *m, const char *id)
 {
-    struct pool_machine **pp = &p->list;
+    struct pool_machine *o;
 
     pthread_mutex_lock(&p->mu);
     snprintf(m->id, sizeof m->id, "%s", id);
-    while (*pp) {  /* a list may have adopted it while the answer was on its way */
-        struct pool_machine *o = *pp;
-        if (o != m && o->state == POOL_IDLE && strcmp(o->id, id) == 0) {
-            *pp = o->next;
-            machine_free(o);
-        } else {
-            pp = &o->next;
-        }
+    /* a list may have adopted it while the answer was on its way: once at most, since
+     * pool_adopt skips the ids it knows */
+    for (o = p->list; o && (o == m || o->state != POOL_IDLE || strcmp(o->id, id) != 0);
+         o = o->next)
+        ;
+    if (o) {
+        unlink_machine(p, o);
+        machine_free(o);
     }
     pthread_mutex_unlock(&p->mu);
 }
@@ -146,16 +156,6 @@ int pool_wanted(struct pool *p, const char *key)
         wanted = strcmp(w->key, key) == 0;
     pthread_mutex_unlock(&p->mu);
     return wanted;
-}
-
-/* Under mu: m leaves the list. */
-static void unlink_machine(struct pool *p, struct pool_machine *m)
-{
-    struct pool_machine **pp;
-
-    for (pp = &p->list; *pp != m; pp = &(*pp)->next)
-        ;
-    *pp = m->next;
 }
 
 void pool_put(struct pool *p, struct pool_machine *m, int64_t now)
