@@ -1462,6 +1462,7 @@ static void daemon_close(struct daemon *d)
     http_client_close(&d->receive_http);
     http_client_close(&d->main_http);
     explicit_bzero(&d->main_sqs.sigv4_key, sizeof d->main_sqs.sigv4_key);
+    explicit_bzero(&d->receiver.sigv4_key, sizeof d->receiver.sigv4_key);
     creds_free(&d->creds);
     tls_anchors_free(&d->anchors);
     tls_sessions_free(&d->sessions);
