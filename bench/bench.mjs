@@ -404,7 +404,7 @@ const figures = [
     goal: 1, goalText: 'no worse', detail: 'SendMessage → create request' },
   { key: 'p99', label: `latency p99, ${O.rate} msg/s`, unit: 'ms', scale: 1, better: 'lower',
     lambdo: col('lambdo', (x) => x.latency.p99Ms), peer: col('peer', (x) => x.latency.p99Ms) },
-  { key: 'tls', label: 'TLS handshakes per 1000 requests', unit: '', scale: 1, better: 'lower',
+  { key: 'tls', label: 'TLS handshakes (full or resumed) per 1000 requests', unit: '', scale: 1, better: 'lower',
     lambdo: col('lambdo', handshakes), peer: col('peer', handshakes),
     goalText: 'one per connection', detail: 'Fly + SQS, load and latency phases', short: 'Fly + SQS' },
 ];
