@@ -28,7 +28,9 @@
  * memalign, valloc and reallocarray stay in the link: they only call aligned_alloc and
  * realloc, so they get this allocator's blocks. musl's internal __libc_malloc/__libc_free
  * pairs (posix_spawn's file actions) keep mallocng for themselves: musl never frees with one
- * what the other allocated. 64-bit only (the header's size, the class arithmetic).
+ * what the other allocated. 64-bit only (the header's size, the class arithmetic). Unlike
+ * mallocng, it does not catch a double free or a write past a block (the free list is kept in
+ * the freed blocks): the AddressSanitizer and valgrind builds that run the tests do.
  *
  * The Makefile links this file into the musl builds only: the sanitizers and valgrind bring
  * their own malloc. It is compiled without -flto and with -fno-builtin, so that gcc cannot
