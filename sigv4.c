@@ -23,11 +23,12 @@
 
 /* ---- output: a buffer that counts what did not fit ------------------------------------------ */
 
+/* Once a write did not fit, len is past room and stays there: nothing more is written, and
+ * sink_finish() fails. What buf holds up to len is exactly what was written while it fit. */
 struct sink {
     char *buf;
     size_t room;              /* bytes buf takes (its size less the NUL) */
-    size_t len;               /* bytes written */
-    int over;                 /* something did not fit: what buf holds is cut short */
+    size_t len;               /* bytes written, or that would have been */
 };
 
 static struct sink sink_buffer(char *buf, size_t cap)
@@ -37,21 +38,14 @@ static struct sink sink_buffer(char *buf, size_t cap)
 
 static void sink_put(struct sink *s, const char *str, size_t n)
 {
-    if (s->over || n > s->room - s->len) {
-        s->over = 1;
-        return;
-    }
-    memcpy(s->buf + s->len, str, n);
+    if (s->len <= s->room && n <= s->room - s->len)
+        memcpy(s->buf + s->len, str, n);
     s->len += n;
 }
 
-/* A byte at a time (names lowercased, URI encoding): no memcpy() call per byte. */
 static void sink_putc(struct sink *s, char c)
 {
-    if (s->over || s->len == s->room)
-        s->over = 1;
-    else
-        s->buf[s->len++] = c;
+    sink_put(s, &c, 1);
 }
 
 static void sink_puts(struct sink *s, const char *str)
@@ -70,7 +64,7 @@ static void sink_hash(struct sink *s, const unsigned char hash[32])
 /* NUL-terminates the buffer; -1 when it did not fit. */
 static int sink_finish(struct sink *s, const char *what, struct lerr *e)
 {
-    if (s->over || s->len > INT_MAX)
+    if (s->len > s->room || s->len > INT_MAX)
         return lerr_set(e, LERR_TOO_LARGE, "%s needs more than %zu bytes", what, s->room + 1);
     s->buf[s->len] = '\0';
     return (int)s->len;
@@ -155,7 +149,7 @@ static void path_write(struct sink *s, const char *path, int normalize)
     if (*path == '/')
         sink_putc(s, '/');
     root = s->len;
-    for (cur = path; piece_next(&cur, end, '/', &seg) && !s->over;) {
+    for (cur = path; piece_next(&cur, end, '/', &seg) && s->len <= s->room;) {
         n = (size_t)(seg.end - seg.p);
         if (n > 2 || memcmp(seg.p, "..", n) != 0) {
             sink_uri(s, seg, 0);
@@ -215,7 +209,7 @@ static void query_write(struct sink *s, const char *query)
         sink_putc(s, '=');
         sink_uri(s, v, 1);
         sink_putc(s, '&');
-        if (s->over)
+        if (s->len > s->room)
             return;
         for (at = first; at < start && param_cmp(s->buf + at, s->buf + start) <= 0;)
             at = (size_t)((char *)memchr(s->buf + at, '&', start - at) - s->buf) + 1;
@@ -295,11 +289,9 @@ struct view {
     struct sigv4_header extra[3];    /* X-Amz-Date, X-Amz-Security-Token, x-amz-content-sha256
                                         when added, in that order */
     size_t nextra;
-    const char *date;                /* the X-Amz-Date that is signed */
     const char *payload_hash;        /* the request's own x-amz-content-sha256, else the
                                         SHA-256 of the payload */
     const struct sigv4_request *req;
-    int normalize;
 };
 
 static int view_add(struct view *v, const struct sigv4_header *h, struct lerr *e)
@@ -317,12 +309,6 @@ static int view_add(struct view *v, const struct sigv4_header *h, struct lerr *e
     v->sorted[i] = h;
     v->n++;
     return 0;
-}
-
-static int view_extra(struct view *v, const char *name, const char *value, struct lerr *e)
-{
-    v->extra[v->nextra] = (struct sigv4_header){ name, value };
-    return view_add(v, &v->extra[v->nextra++], e);
 }
 
 /* The canonical header block ("name:v1,v2" for each name, a line each; Host makes it never
@@ -349,11 +335,11 @@ static void headers_write(struct sink *s, const struct view *v, int values)
     }
 }
 
-static void canonical_write(struct sink *s, const struct view *v)
+static void canonical_write(struct sink *s, const struct view *v, int normalize)
 {
     sink_puts(s, v->req->method);
     sink_putc(s, '\n');
-    path_write(s, v->req->path, v->normalize);
+    path_write(s, v->req->path, normalize);
     sink_putc(s, '\n');
     query_write(s, v->req->query);
     sink_putc(s, '\n');
@@ -429,12 +415,13 @@ static int view_init(struct view *v, const struct sigv4_request *req,
     if (!p->add_content_sha256)
         added[3] = NULL;
     for (size_t k = 1; k < sizeof added / sizeof added[0]; k++)
-        if (!found[k] && added[k] && *added[k] && view_extra(v, names[k], added[k], e) < 0)
-            return -1;
-    v->date = date;
+        if (!found[k] && added[k] && *added[k]) {
+            v->extra[v->nextra] = (struct sigv4_header){ names[k], added[k] };
+            if (view_add(v, &v->extra[v->nextra++], e) < 0)
+                return -1;
+        }
     v->payload_hash = found[3] ? found[3] : payload_hash;
     v->req = req;
-    v->normalize = p->normalize_path;
     return 0;
 }
 
@@ -536,7 +523,7 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
         return lerr_set(e, LERR_INVALID, "sigv4: no room for the canonical request");
     if (view_init(&v, req, p, NULL, date, payload_hash, e) < 0)
         return -1;
-    canonical_write(&s, &v);
+    canonical_write(&s, &v, p->normalize_path);
     return sink_finish(&s, "sigv4: the canonical request", e);
 }
 
@@ -577,7 +564,8 @@ static int credentials_check(const struct sigv4_credentials *cred, struct lerr *
     return 0;
 }
 
-/* Signs into out once the request checked out; -1 when the Authorization did not fit. */
+/* Signs into out once the request checked out (with the date signed in out->amz_date); -1
+ * when the Authorization did not fit. */
 static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
                      const struct sigv4_params *p, struct sigv4_key *k,
                      struct sigv4_signature *out, struct lerr *e)
@@ -590,12 +578,12 @@ static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
     unsigned char hash[32];
     int n;
 
-    dated.amz_date = v->date;
-    canonical_write(&cs, v);
+    dated.amz_date = out->amz_date;
+    canonical_write(&cs, v, p->normalize_path);
     if (sink_finish(&cs, "sigv4: the canonical request", e) < 0 ||
         (n = sigv4_string_to_sign(creq, &dated, sts, sizeof sts, e)) < 0)
         return -1;
-    key_refresh(k, cred->secret_access_key, v->date, p);
+    key_refresh(k, cred->secret_access_key, out->amz_date, p);
     br_hmac_init(&hc, &k->hmac, 0);
     br_hmac_update(&hc, sts, (size_t)n);   /* fits: scope parts are bounded */
     br_hmac_out(&hc, hash);
@@ -604,7 +592,7 @@ static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
     sink_puts(&authz, SIGV4_ALGORITHM " Credential=");
     sink_puts(&authz, cred->access_key_id);
     sink_putc(&authz, '/');
-    scope_write(&authz, v->date, p);
+    scope_write(&authz, out->amz_date, p);
     sink_puts(&authz, ", SignedHeaders=");
     headers_write(&authz, v, 0);
     sink_puts(&authz, ", Signature=");
