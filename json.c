@@ -191,7 +191,9 @@ static int json_number(struct json *j)
 /* A value that is not an array or an object, starting with c at p. */
 static int json_scalar(struct json *j, int c)
 {
-    static const char *const words[] = { "true", "false", "null" };
+    /* the only word c can start */
+    const char *word = c == 't' ? "true" : c == 'f' ? "false" : "null";
+    size_t n = strlen(word);
 
     if (c == -1)
         return json_fail(j, j->p, "unexpected end");
@@ -199,12 +201,9 @@ static int json_scalar(struct json *j, int c)
         return json_string(j, NULL, 0, NULL);
     if (c == '-' || (c >= '0' && c <= '9'))
         return json_number(j);
-    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
-        size_t n = strlen(words[i]);
-        if ((size_t)(j->end - j->p) >= n && memcmp(j->p, words[i], n) == 0) {
-            j->p += n;
-            return 0;
-        }
+    if ((size_t)(j->end - j->p) >= n && memcmp(j->p, word, n) == 0) {
+        j->p += n;
+        return 0;
     }
     return json_fail(j, j->p, "unexpected character");
 }

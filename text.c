@@ -6,11 +6,8 @@ int text_hex_digit(unsigned char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
+    c |= 0x20;  /* 'A'-'F' become 'a'-'f'; no other byte does */
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 void text_hex_encode(const unsigned char *in, size_t n, char *out)
