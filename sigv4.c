@@ -43,9 +43,12 @@ static void sink_put(struct sink *s, const char *str, size_t n)
     s->len += n;
 }
 
+/* A byte at a time (names lowercased, URI encoding): no memcpy() call per byte. */
 static void sink_putc(struct sink *s, char c)
 {
-    sink_put(s, &c, 1);
+    if (s->len < s->room)
+        s->buf[s->len] = c;
+    s->len++;
 }
 
 static void sink_puts(struct sink *s, const char *str)
