@@ -428,41 +428,33 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
 }
 
 /* A failure without an HTTP answer, or one that is not the server's refusal: a transport
- * error says what kind of trouble it is. */
+ * error says what kind of trouble it is (enum lerr_kind lists the TLS kinds, and the
+ * connection's, next to each other). */
 static void cli_other_reason(const struct lerr *e, char *out, size_t cap)
 {
-    static const struct {
-        enum lerr_kind kind;
-        const char *cls;
-    } classes[] = {
-        { LERR_TLS_UNTRUSTED, "TLS" }, { LERR_TLS_NAME, "TLS" }, { LERR_TLS_ALERT, "TLS" },
-        { LERR_TLS, "TLS" }, { LERR_DNS, "DNS" }, { LERR_REFUSED, "connection" },
-        { LERR_CONNECT, "connection" }, { LERR_CLOSED, "connection" }, { LERR_TIMEOUT, "timeout" },
-    };
+    enum lerr_kind k = e->kind;
+    const char *cls = k == LERR_DNS ? "DNS" : k == LERR_TIMEOUT ? "timeout"
+                      : k >= LERR_REFUSED && k <= LERR_CLOSED ? "connection"
+                      : k >= LERR_TLS_UNTRUSTED && k <= LERR_TLS ? "TLS" : NULL;
 
-    snprintf(out, cap, "%s", e->msg);
-    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
-        if (classes[i].kind == e->kind)
-            snprintf(out, cap, "%s: %s%s", classes[i].cls, e->msg, e->kind == LERR_TLS_UNTRUSTED
-                     ? " (is its CA in the bundle SSL_CERT_FILE names?)" : "");
+    if (!cls)
+        snprintf(out, cap, "%s", e->msg);
+    else
+        snprintf(out, cap, "%s: %s%s", cls, e->msg, k == LERR_TLS_UNTRUSTED
+                 ? " (is its CA in the bundle SSL_CERT_FILE names?)" : "");
 }
 
 void cli_sqs_reason(const struct sqs_api_error *ae, const struct lerr *e, char *out, size_t cap)
 {
     static const struct {
-        const char *code, *what;
+        const char *what, *codes[13];
     } known[] = {
-        { "SignatureDoesNotMatch", "credentials refused" },
-        { "InvalidClientTokenId", "credentials refused" },
-        { "UnrecognizedClientException", "credentials refused" },
-        { "IncompleteSignature", "credentials refused" },
-        { "MissingAuthenticationToken", "credentials refused" },
-        { "InvalidSignatureException", "credentials refused" },
-        { "ExpiredToken", "credentials refused" }, { "ExpiredTokenException", "credentials refused" },
-        { "InvalidAccessKeyId", "credentials refused" }, { "RequestExpired", "credentials refused" },
-        { "InvalidSecurity", "credentials refused" }, { "AuthFailure", "credentials refused" },
-        { "AccessDenied", "access denied" }, { "AccessDeniedException", "access denied" },
-        { "QueueDoesNotExist", "queue not found" }, { "NonExistentQueue", "queue not found" },
+        { "credentials refused", { "SignatureDoesNotMatch", "InvalidClientTokenId",
+          "UnrecognizedClientException", "IncompleteSignature", "MissingAuthenticationToken",
+          "InvalidSignatureException", "ExpiredToken", "ExpiredTokenException",
+          "InvalidAccessKeyId", "RequestExpired", "InvalidSecurity", "AuthFailure" } },
+        { "access denied", { "AccessDenied", "AccessDeniedException" } },
+        { "queue not found", { "QueueDoesNotExist", "NonExistentQueue" } },
     };
     const char *what = "SQS refused";
 
@@ -471,8 +463,9 @@ void cli_sqs_reason(const struct sqs_api_error *ae, const struct lerr *e, char *
         return;
     }
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (strcmp(ae->code, known[i].code) == 0)
-            what = known[i].what;
+        for (size_t j = 0; known[i].codes[j]; j++)
+            if (strcmp(ae->code, known[i].codes[j]) == 0)
+                what = known[i].what;
     snprintf(out, cap, "%s: %s%s%s (HTTP %d)", what, ae->code[0] ? ae->code : "no error code",
              ae->message[0] ? ": " : "", ae->message, ae->status);
 }
@@ -530,8 +523,7 @@ static void cli_net_close(struct cli_net *net)
  * ==================================================================================== */
 
 /* Every message of send goes to stderr as one line "lambdo send: ...". */
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
+static void __attribute__((format(printf, 1, 2))) say(const char *fmt, ...)
 {
     va_list ap;
 
@@ -540,31 +532,6 @@ static void say(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-}
-
-/* All of fd into a new buffer (free()), at most CLI_MAX_INPUT bytes. */
-static int cli_read_all(int fd, const char *name, char **out, size_t *len, struct lerr *e)
-{
-    struct json_buf b = { 0 };
-    ssize_t r = 1;
-    char *p;
-
-    while (r != 0 && b.len < CLI_MAX_INPUT && (p = json_buf_room(&b, 65536))) {
-        if ((r = read(fd, p, 65536)) < 0 && errno != EINTR) {
-            free(b.p);
-            return lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
-        }
-        b.len += r > 0 ? (size_t)r : 0;
-    }
-    if (b.oom || b.len >= CLI_MAX_INPUT) {
-        free(b.p);
-        return b.oom ? lerr_set(e, LERR_NOMEM, "out of memory reading %s", name)
-                     : lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
-                                CLI_MAX_INPUT >> 20);
-    }
-    *out = b.p;
-    *len = b.len;
-    return 0;
 }
 
 /* Names every invalid body (the first CLI_MAX_REPORTED); returns how many there are. */
@@ -681,12 +648,15 @@ static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
     return 0;
 }
 
-/* The bodies: BODY, the lines of stdin, or the elements of the --array file. */
-static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
-                      struct cli_line **items, size_t *n, struct lerr *e)
+/* The bodies: BODY, the lines of stdin, or the elements of the --array file, read whole
+ * into b (at most CLI_MAX_INPUT bytes; b->p to free() even on an error). */
+static int send_input(const struct cli_send_opts *o, struct json_buf *b, struct cli_line **items,
+                      size_t *n, struct lerr *e)
 {
     const char *name = o->array && strcmp(o->array, "-") != 0 ? o->array : "stdin";
-    int fd, rc;
+    int fd = STDIN_FILENO, rc = 0;
+    ssize_t r = 1;
+    char *p;
 
     if (o->body) {
         if (!(*items = malloc(sizeof **items)))
@@ -695,20 +665,27 @@ static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
         *n = 1;
         return 0;
     }
-    fd = name == o->array ? open(name, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
-    if (fd < 0)
+    if (name == o->array && (fd = open(name, O_RDONLY | O_CLOEXEC)) < 0)
         return lerr_set(e, LERR_IO, "cannot open %s: %s", name, strerror(errno));
     if (fd == STDIN_FILENO && isatty(fd))  /* a person, not a pipe: say what is awaited */
         say("reading %s from stdin (end with Ctrl-D)",
             o->array ? "a JSON array" : "bodies, one per line,");
-    rc = cli_read_all(fd, name, buf, len, e);
+    while (rc == 0 && r != 0 && (p = json_buf_room(b, 65536))) {
+        if ((r = read(fd, p, 65536)) < 0 && errno != EINTR)
+            rc = lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
+        else if (r > 0 && (b->len += (size_t)r) >= CLI_MAX_INPUT)
+            rc = lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
+                          CLI_MAX_INPUT >> 20);
+    }
     if (fd != STDIN_FILENO)
         close(fd);
+    if (rc == 0 && b->oom)
+        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
     if (rc < 0)
         return -1;
     if (!o->array)
-        return cli_split_lines(*buf, *len, items, n, e);
-    if (cli_split_array(*buf, *len, items, n, e) < 0)
+        return cli_split_lines(b->p, b->len, items, n, e);
+    if (cli_split_array(b->p, b->len, items, n, e) < 0)
         return lerr_wrap(e, "%s", name);
     return 0;
 }
@@ -736,17 +713,15 @@ static int send_dedup_needed(struct sqs_client *c)
 static int send_run(const struct cli_send_opts *o, const struct config *cfg)
 {
     struct cli_line *lines = NULL;
+    struct json_buf in = { 0 };
     struct cli_net net;
-    size_t len = 0, n = 0, unsent;
-    char *buf = NULL;
+    size_t n = 0, unsent;
     struct lerr e;
     int rc = CLI_EXIT_USAGE;
 
     memset(&net, 0, sizeof net);
-    if (send_input(o, &buf, &len, &lines, &n, &e) < 0) {
-        say("%s", e.msg);
-        goto out;
-    }
+    if (send_input(o, &in, &lines, &n, &e) < 0)
+        goto fail;
     if (send_report_invalid(o, lines, n) > 0)
         goto out;
     if (n == 0) {
@@ -765,23 +740,23 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         tls_anchors_load(&net.anchors, cfg->ca_file, &e) < 0) {
         if (cfg->ca_file)
             lerr_wrap(&e, "SSL_CERT_FILE");
-        say("%s", e.msg);
-        goto out;
+        goto fail;
     }
-    if (cli_net_open(&net, cfg, &e) < 0) {
-        say("%s", e.msg);
-        goto out;
-    }
+    if (cli_net_open(&net, cfg, &e) < 0)
+        goto fail;
     if (cfg->fifo && !o->dedup_id && !o->dedup_id_from && send_dedup_needed(&net.sqs))
         goto out;
     unsent = o->body ? send_one(o, &net.sqs, lines) : send_batches(o, &net.sqs, lines, n);
     if (unsent > 0 && !o->body)
         say("%zu of %zu messages not sent", unsent, n);
     rc = unsent > 0 ? CLI_EXIT_FAILED : CLI_EXIT_OK;
+    goto out;
+fail:
+    say("%s", e.msg);
 out:
     cli_net_close(&net);
     free(lines);
-    free(buf);
+    free(in.p);
     return rc;
 }
 
@@ -869,26 +844,8 @@ static int check_queue(const struct config *cfg, struct cli_net *net)
     return 0;
 }
 
-/* One key's row: its Machines by state, and the leases held on them right now. */
-static void check_pool_key(struct cli_net *net, const struct fly_target *t,
-                           const struct fly_pool_machine *list, size_t n, size_t first)
-{
-    size_t count = 0, stopped = 0, started = 0, leased = 0;
-
-    for (size_t i = first; i < n; i++) {
-        if (strcmp(list[i].pool_key, list[first].pool_key) != 0)
-            continue;
-        count++;
-        stopped += strcmp(list[i].state, "stopped") == 0;
-        started += strcmp(list[i].state, "started") == 0;
-        leased += fly_lease_held(&net->http, t, list[i].id) == 1;
-    }
-    cli_row(stdout, CLI_OK, "pool", "key %s: %zu Machines (%zu stopped, %zu started, %zu other), "
-            "%zu leased", list[first].pool_key, count, stopped, started,
-            count - stopped - started, leased);
-}
-
-/* LAMBDO_POOL: the pooled Machines Fly lists, per key. */
+/* LAMBDO_POOL: the pooled Machines Fly lists, one row per key: its Machines by state, and
+ * the leases held on them right now. */
 static int check_pool(const struct config *cfg, struct cli_net *net, const struct fly_target *t)
 {
     struct fly_pool_machine *list = NULL;
@@ -902,11 +859,24 @@ static int check_pool(const struct config *cfg, struct cli_net *net, const struc
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
-        size_t k = 0;
-        while (strcmp(list[k].pool_key, list[i].pool_key) != 0)
-            k++;
-        if (k == i)  /* the key's first Machine */
-            check_pool_key(net, t, list, n, i);
+        const char *key = list[i].pool_key;
+        size_t first = 0, count = 0, stopped = 0, started = 0, leased = 0;
+
+        while (strcmp(list[first].pool_key, key) != 0)
+            first++;
+        if (first < i)  /* the key's row is written at its first Machine */
+            continue;
+        for (size_t k = i; k < n; k++) {
+            if (strcmp(list[k].pool_key, key) != 0)
+                continue;
+            count++;
+            stopped += strcmp(list[k].state, "stopped") == 0;
+            started += strcmp(list[k].state, "started") == 0;
+            leased += fly_lease_held(&net->http, t, list[k].id) == 1;
+        }
+        cli_row(stdout, CLI_OK, "pool", "key %s: %zu Machines (%zu stopped, %zu started, %zu "
+                "other), %zu leased", key, count, stopped, started, count - stopped - started,
+                leased);
     }
     if (!n)
         cli_row(stdout, CLI_OK, "pool", "no pooled Machines yet");
@@ -940,13 +910,13 @@ int cli_check(int argc, char **argv)
     struct lerr e;
     int failed = 0;
 
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            fputs(check_usage, stdout);
-            return CLI_EXIT_OK;
-        }
+    if (argc > 1 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+        fputs(check_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    if (argc > 1) {
         fprintf(stderr, "lambdo check: unknown argument \"%.40s\" (see lambdo check --help)\n",
-                argv[i]);
+                argv[1]);
         return CLI_EXIT_USAGE;
     }
     if (config_load(&cfg, config_env, NULL, &errs) < 0) {
