@@ -146,40 +146,6 @@ static void cli_push(struct cli_items *it, size_t offset, size_t len, size_t lin
     it->n++;
 }
 
-/* Between the passes: room for the items counted, and the count back to 0. */
-static int cli_items_alloc(struct cli_items *it, struct lerr *e)
-{
-    if (it->n && !(it->v = malloc(it->n * sizeof *it->v)))
-        return lerr_set(e, LERR_NOMEM, "out of memory splitting the input");
-    it->n = 0;
-    return 0;
-}
-
-int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
-                    struct lerr *e)
-{
-    struct cli_items it = { buf, NULL, 0 };
-
-    for (int pass = 0; pass < 2; pass++) {
-        size_t lineno = 0, pos = 0;
-
-        if (pass == 1 && cli_items_alloc(&it, e) < 0)
-            return -1;
-        while (pos < len) {
-            const char *nl = memchr(buf + pos, '\n', len - pos);
-            size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
-
-            lineno++;
-            if (!cli_blank(buf + pos, l))
-                cli_push(&it, pos, l, lineno);
-            pos += l + (nl ? 1 : 0);
-        }
-    }
-    *lines = it.v;
-    *n = it.n;
-    return 0;
-}
-
 static void cli_push_element(void *ctx, size_t offset, size_t len)
 {
     struct cli_items *it = ctx;
@@ -187,23 +153,45 @@ static void cli_push_element(void *ctx, size_t offset, size_t len)
     cli_push(it, offset, len, it->n + 1);
 }
 
-int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
-                    struct lerr *e)
+/* One pass over the lines: the ones that are not blank. */
+static void cli_push_lines(struct cli_items *it, size_t len)
+{
+    size_t lineno = 0, pos = 0;
+
+    while (pos < len) {
+        const char *nl = memchr(it->buf + pos, '\n', len - pos);
+        size_t l = nl ? (size_t)(nl - (it->buf + pos)) : len - pos;
+
+        lineno++;
+        if (!cli_blank(it->buf + pos, l))
+            cli_push(it, pos, l, lineno);
+        pos += l + (nl ? 1 : 0);
+    }
+}
+
+int cli_split(const char *buf, size_t len, int array, struct cli_line **items, size_t *n,
+              struct lerr *e)
 {
     struct cli_items it = { buf, NULL, 0 };
     const char *why;
     size_t at = 0;
 
-    if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
+    if (!array)
+        cli_push_lines(&it, len);
+    else if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
-    at += strspn(buf + at, " \t\r\n");  /* valid JSON: a value follows, so this stops */
-    if (buf[at] != '[')
+    /* valid JSON: a value follows the white space, so strspn stops */
+    else if (buf[at + strspn(buf + at, " \t\r\n")] != '[')
         return lerr_set(e, LERR_INVALID, "not a JSON array (to send one body, give it as "
                         "BODY)");
-    /* the text is valid: the second pass finds the same elements */
-    if (cli_items_alloc(&it, e) < 0)
-        return -1;
-    json_items(buf, len, cli_push_element, &it, NULL, NULL);
+    if (it.n && !(it.v = malloc(it.n * sizeof *it.v)))
+        return lerr_set(e, LERR_NOMEM, "out of memory splitting the input");
+    it.n = 0;
+    /* the second pass finds the same items (the text is valid) */
+    if (!array)
+        cli_push_lines(&it, len);
+    else
+        json_items(buf, len, cli_push_element, &it, NULL, NULL);
     *items = it.v;
     *n = it.n;
     return 0;
@@ -328,43 +316,43 @@ int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t
 }
 
 /* One id: the flag's value, or what its pointer names in the body, checked. */
-static int cli_fifo_id(const char *flag, const char *value, const char *from, const char *body,
-                       size_t len, char buf[129], const char **id, struct lerr *e)
+static int cli_fifo_id(const char *flag, const char *value, const char *from,
+                       const struct sqs_entry *en, char buf[129], const char **id, struct lerr *e)
 {
     *id = value;
     if (!from)
         return 0;
-    if (cli_pointer(body, len, from, buf, 129, e) < 0 || sqs_fifo_id_check(buf, "the id", e) < 0)
+    if (cli_pointer(en->body, en->body_len, from, buf, 129, e) < 0 ||
+        sqs_fifo_id_check(buf, "the id", e) < 0)
         return lerr_wrap(e, "%s %s", flag, from);
     *id = buf;
     return 0;
 }
 
-int cli_fifo_ids(const struct cli_send_opts *o, const char *body, size_t len,
-                 char group_buf[129], char dedup_buf[129], const char **group,
-                 const char **dedup, struct lerr *e)
+int cli_fifo_ids(const struct cli_send_opts *o, struct sqs_entry *en, char ids[2][129],
+                 struct lerr *e)
 {
-    if (cli_fifo_id("--group-id-from", o->group_id, o->group_id_from, body, len, group_buf,
-                    group, e) < 0)
+    if (cli_fifo_id("--group-id-from", o->group_id, o->group_id_from, en, ids[0], &en->group_id,
+                    e) < 0)
         return -1;
-    return cli_fifo_id("--dedup-id-from", o->dedup_id, o->dedup_id_from, body, len, dedup_buf,
-                       dedup, e);
+    return cli_fifo_id("--dedup-id-from", o->dedup_id, o->dedup_id_from, en, ids[1],
+                       &en->dedup_id, e);
 }
 
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e)
 {
-    char group[129], dedup[129];
-    const char *g, *d;
+    struct sqs_entry en;
+    char ids[2][129];
     int r = cli_check_message(o, body, len, e);
 
+    cli_entry(o, body, len, &en);
     if (r == 0)
-        r = cli_fifo_ids(o, body, len, group, dedup, &g, &d, e);
+        r = cli_fifo_ids(o, &en, ids, e);
     if (r < 0 && lineno > 0)
         lerr_wrap(e, "%s %zu", cli_item(o), lineno);
     return r;
 }
-
 
 size_t cli_batch_len(const struct cli_line *lines, size_t n, size_t start, size_t attr_bytes)
 {
@@ -588,17 +576,6 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
     return sent;
 }
 
-/* The entry for a line, with its FIFO ids (in ids), which send_report_invalid checked. */
-static void send_entry(const struct cli_send_opts *o, const struct cli_line *line,
-                       char ids[2][129], struct sqs_entry *en)
-{
-    struct lerr e;
-
-    cli_entry(o, line->body, line->len, en);
-    (void)cli_fifo_ids(o, line->body, line->len, ids[0], ids[1], &en->group_id, &en->dedup_id,
-                       &e);
-}
-
 /* Sends the lines in batches; returns how many were not sent. A batch of which nothing
  * was sent (credentials refused, the queue gone, the network down) ends the run. */
 static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
@@ -614,8 +591,10 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
         size_t k = cli_batch_len(lines, n, start, attr_bytes), sent;
         struct lerr e;
 
-        for (size_t i = 0; i < k; i++)
-            send_entry(o, &lines[start + i], ids[i], &en[i]);
+        for (size_t i = 0; i < k; i++) {  /* send_report_invalid checked the ids */
+            cli_entry(o, lines[start + i].body, lines[start + i].len, &en[i]);
+            (void)cli_fifo_ids(o, &en[i], ids[i], &e);
+        }
         /* each entry says what happened to it */
         (void)sqs_batch_call(c, SQS_OP_SEND_BATCH, en, k, &e);
         sent = send_report_batch(o, en, lines + start, k);
@@ -639,7 +618,8 @@ static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
     char ids[2][129];
     struct lerr e;
 
-    send_entry(o, line, ids, &en);
+    cli_entry(o, line->body, line->len, &en);
+    (void)cli_fifo_ids(o, &en, ids, &e);  /* send_report_invalid checked them */
     if (sqs_batch_call(c, SQS_OP_SEND, &en, 1, &e) < 0) {
         say("%s", e.msg);
         return 1;
@@ -683,10 +663,8 @@ static int send_input(const struct cli_send_opts *o, struct json_buf *b, struct 
         rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
     if (rc < 0)
         return -1;
-    if (!o->array)
-        return cli_split_lines(b->p, b->len, items, n, e);
-    if (cli_split_array(b->p, b->len, items, n, e) < 0)
-        return lerr_wrap(e, "%s", name);
+    if (cli_split(b->p, b->len, o->array != NULL, items, n, e) < 0)
+        return o->array ? lerr_wrap(e, "%s", name) : -1;
     return 0;
 }
 
