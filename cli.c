@@ -123,14 +123,6 @@ static const char *cli_item(const struct cli_send_opts *o)
     return o->array ? "element" : "line";
 }
 
-static int cli_blank(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
-            return 0;
-    return 1;
-}
-
 /* The lines or elements of the input, found twice: a first pass only counts them (v
  * NULL), the second stores them in an array of that size. */
 struct cli_items {
@@ -153,17 +145,19 @@ static void cli_push_element(void *ctx, size_t offset, size_t len)
     cli_push(it, offset, len, it->n + 1);
 }
 
-/* One pass over the lines: the ones that are not blank. */
+/* One pass over the lines: the ones that are not blank (nothing but spaces, tabs, '\r'). */
 static void cli_push_lines(struct cli_items *it, size_t len)
 {
     size_t lineno = 0, pos = 0;
 
     while (pos < len) {
         const char *nl = memchr(it->buf + pos, '\n', len - pos);
-        size_t l = nl ? (size_t)(nl - (it->buf + pos)) : len - pos;
+        size_t l = nl ? (size_t)(nl - (it->buf + pos)) : len - pos, k = 0;
 
         lineno++;
-        if (!cli_blank(it->buf + pos, l))
+        while (k < l && memchr(" \t\r", it->buf[pos + k], 3))
+            k++;
+        if (k < l)
             cli_push(it, pos, l, lineno);
         pos += l + (nl ? 1 : 0);
     }
