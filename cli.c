@@ -223,18 +223,10 @@ static int cli_check_message(const struct cli_send_opts *o, const char *body, si
     return r;
 }
 
-/* RFC 6901: "" (the whole body) or "/" then tokens separated by '/'. */
-static int cli_pointer_syntax(const char *flag, const char *ptr, struct lerr *e)
-{
-    if (ptr && ptr[0] && ptr[0] != '/')
-        return lerr_set(e, LERR_INVALID, "%s \"%.40s\": a JSON pointer starts with '/' "
-                        "(e.g. /tenant)", flag, ptr);
-    return 0;
-}
-
-
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
 {
+    const char *const from[] = { o->group_id_from, o->dedup_id_from };
+
     if (!o->image)
         return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
     if (cli_check_message(o, "null", 4, e) < 0)
@@ -243,9 +235,11 @@ int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
         return -1;
     if (o->dedup_id && sqs_fifo_id_check(o->dedup_id, "--dedup-id", e) < 0)
         return -1;
-    if (cli_pointer_syntax("--group-id-from", o->group_id_from, e) < 0)
-        return -1;
-    return cli_pointer_syntax("--dedup-id-from", o->dedup_id_from, e);
+    for (int i = 0; i < 2; i++)  /* RFC 6901: "" (the whole body) or "/" then tokens */
+        if (from[i] && from[i][0] && from[i][0] != '/')
+            return lerr_set(e, LERR_INVALID, "%s \"%.40s\": a JSON pointer starts with '/' "
+                            "(e.g. /tenant)", i ? "--dedup-id-from" : "--group-id-from", from[i]);
+    return 0;
 }
 
 int cli_check_fifo(const struct cli_send_opts *o, int fifo, struct lerr *e)
