@@ -303,28 +303,23 @@ int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t
     return r;
 }
 
-/* One id: the flag's value, or what its pointer names in the body, checked. */
-static int cli_fifo_id(const char *flag, const char *value, const char *from,
-                       const struct sqs_entry *en, char buf[129], const char **id, struct lerr *e)
-{
-    *id = value;
-    if (!from)
-        return 0;
-    if (cli_pointer(en->body, en->body_len, from, buf, 129, e) < 0 ||
-        sqs_fifo_id_check(buf, "the id", e) < 0)
-        return lerr_wrap(e, "%s %s", flag, from);
-    *id = buf;
-    return 0;
-}
-
 int cli_fifo_ids(const struct cli_send_opts *o, struct sqs_entry *en, char ids[2][129],
                  struct lerr *e)
 {
-    if (cli_fifo_id("--group-id-from", o->group_id, o->group_id_from, en, ids[0], &en->group_id,
-                    e) < 0)
-        return -1;
-    return cli_fifo_id("--dedup-id-from", o->dedup_id, o->dedup_id_from, en, ids[1],
-                       &en->dedup_id, e);
+    const char *const value[] = { o->group_id, o->dedup_id };
+    const char *const from[] = { o->group_id_from, o->dedup_id_from };
+    const char **id[] = { &en->group_id, &en->dedup_id };
+
+    for (int i = 0; i < 2; i++) {  /* each id: the flag's, or what its pointer names, checked */
+        *id[i] = value[i];
+        if (!from[i])
+            continue;
+        if (cli_pointer(en->body, en->body_len, from[i], ids[i], 129, e) < 0 ||
+            sqs_fifo_id_check(ids[i], "the id", e) < 0)
+            return lerr_wrap(e, "%s %s", i ? "--dedup-id-from" : "--group-id-from", from[i]);
+        *id[i] = ids[i];
+    }
+    return 0;
 }
 
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
