@@ -123,14 +123,6 @@ static const char *cli_item(const struct cli_send_opts *o)
     return o->array ? "element" : "line";
 }
 
-static int cli_blank(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
-            return 0;
-    return 1;
-}
-
 /* The lines or elements of the input, found twice: a first pass only counts them (v
  * NULL), the second stores them in an array of that size. */
 struct cli_items {
@@ -146,40 +138,6 @@ static void cli_push(struct cli_items *it, size_t offset, size_t len, size_t lin
     it->n++;
 }
 
-/* Between the passes: room for the items counted, and the count back to 0. */
-static int cli_items_alloc(struct cli_items *it, struct lerr *e)
-{
-    if (it->n && !(it->v = malloc(it->n * sizeof *it->v)))
-        return lerr_set(e, LERR_NOMEM, "out of memory splitting the input");
-    it->n = 0;
-    return 0;
-}
-
-int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
-                    struct lerr *e)
-{
-    struct cli_items it = { buf, NULL, 0 };
-
-    for (int pass = 0; pass < 2; pass++) {
-        size_t lineno = 0, pos = 0;
-
-        if (pass == 1 && cli_items_alloc(&it, e) < 0)
-            return -1;
-        while (pos < len) {
-            const char *nl = memchr(buf + pos, '\n', len - pos);
-            size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
-
-            lineno++;
-            if (!cli_blank(buf + pos, l))
-                cli_push(&it, pos, l, lineno);
-            pos += l + (nl ? 1 : 0);
-        }
-    }
-    *lines = it.v;
-    *n = it.n;
-    return 0;
-}
-
 static void cli_push_element(void *ctx, size_t offset, size_t len)
 {
     struct cli_items *it = ctx;
@@ -187,23 +145,47 @@ static void cli_push_element(void *ctx, size_t offset, size_t len)
     cli_push(it, offset, len, it->n + 1);
 }
 
-int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
-                    struct lerr *e)
+/* One pass over the lines: the ones that are not blank (nothing but spaces, tabs, '\r'). */
+static void cli_push_lines(struct cli_items *it, size_t len)
+{
+    size_t lineno = 0, pos = 0;
+
+    while (pos < len) {
+        const char *nl = memchr(it->buf + pos, '\n', len - pos);
+        size_t l = nl ? (size_t)(nl - (it->buf + pos)) : len - pos, k = 0;
+
+        lineno++;
+        while (k < l && memchr(" \t\r", it->buf[pos + k], 3))
+            k++;
+        if (k < l)
+            cli_push(it, pos, l, lineno);
+        pos += l + (nl ? 1 : 0);
+    }
+}
+
+int cli_split(const char *buf, size_t len, int array, struct cli_line **items, size_t *n,
+              struct lerr *e)
 {
     struct cli_items it = { buf, NULL, 0 };
     const char *why;
     size_t at = 0;
 
-    if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
+    if (!array)
+        cli_push_lines(&it, len);
+    else if (json_items(buf, len, cli_push_element, &it, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
-    at += strspn(buf + at, " \t\r\n");  /* valid JSON: a value follows, so this stops */
-    if (buf[at] != '[')
+    /* valid JSON: a value follows the white space, so strspn stops */
+    else if (buf[at + strspn(buf + at, " \t\r\n")] != '[')
         return lerr_set(e, LERR_INVALID, "not a JSON array (to send one body, give it as "
                         "BODY)");
-    /* the text is valid: the second pass finds the same elements */
-    if (cli_items_alloc(&it, e) < 0)
-        return -1;
-    json_items(buf, len, cli_push_element, &it, NULL, NULL);
+    if (it.n && !(it.v = malloc(it.n * sizeof *it.v)))
+        return lerr_set(e, LERR_NOMEM, "out of memory splitting the input");
+    it.n = 0;
+    /* the second pass finds the same items (the text is valid) */
+    if (!array)
+        cli_push_lines(&it, len);
+    else
+        json_items(buf, len, cli_push_element, &it, NULL, NULL);
     *items = it.v;
     *n = it.n;
     return 0;
@@ -241,18 +223,10 @@ static int cli_check_message(const struct cli_send_opts *o, const char *body, si
     return r;
 }
 
-/* RFC 6901: "" (the whole body) or "/" then tokens separated by '/'. */
-static int cli_pointer_syntax(const char *flag, const char *ptr, struct lerr *e)
-{
-    if (ptr && ptr[0] && ptr[0] != '/')
-        return lerr_set(e, LERR_INVALID, "%s \"%.40s\": a JSON pointer starts with '/' "
-                        "(e.g. /tenant)", flag, ptr);
-    return 0;
-}
-
-
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
 {
+    const char *const from[] = { o->group_id_from, o->dedup_id_from };
+
     if (!o->image)
         return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
     if (cli_check_message(o, "null", 4, e) < 0)
@@ -261,9 +235,11 @@ int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
         return -1;
     if (o->dedup_id && sqs_fifo_id_check(o->dedup_id, "--dedup-id", e) < 0)
         return -1;
-    if (cli_pointer_syntax("--group-id-from", o->group_id_from, e) < 0)
-        return -1;
-    return cli_pointer_syntax("--dedup-id-from", o->dedup_id_from, e);
+    for (int i = 0; i < 2; i++)  /* RFC 6901: "" (the whole body) or "/" then tokens */
+        if (from[i] && from[i][0] && from[i][0] != '/')
+            return lerr_set(e, LERR_INVALID, "%s \"%.40s\": a JSON pointer starts with '/' "
+                            "(e.g. /tenant)", i ? "--dedup-id-from" : "--group-id-from", from[i]);
+    return 0;
 }
 
 int cli_check_fifo(const struct cli_send_opts *o, int fifo, struct lerr *e)
@@ -327,44 +303,39 @@ int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t
     return r;
 }
 
-/* One id: the flag's value, or what its pointer names in the body, checked. */
-static int cli_fifo_id(const char *flag, const char *value, const char *from, const char *body,
-                       size_t len, char buf[129], const char **id, struct lerr *e)
+int cli_fifo_ids(const struct cli_send_opts *o, struct sqs_entry *en, char ids[2][129],
+                 struct lerr *e)
 {
-    *id = value;
-    if (!from)
-        return 0;
-    if (cli_pointer(body, len, from, buf, 129, e) < 0 || sqs_fifo_id_check(buf, "the id", e) < 0)
-        return lerr_wrap(e, "%s %s", flag, from);
-    *id = buf;
-    return 0;
-}
+    const char *const value[] = { o->group_id, o->dedup_id };
+    const char *const from[] = { o->group_id_from, o->dedup_id_from };
+    const char **id[] = { &en->group_id, &en->dedup_id };
 
-int cli_fifo_ids(const struct cli_send_opts *o, const char *body, size_t len,
-                 char group_buf[129], char dedup_buf[129], const char **group,
-                 const char **dedup, struct lerr *e)
-{
-    if (cli_fifo_id("--group-id-from", o->group_id, o->group_id_from, body, len, group_buf,
-                    group, e) < 0)
-        return -1;
-    return cli_fifo_id("--dedup-id-from", o->dedup_id, o->dedup_id_from, body, len, dedup_buf,
-                       dedup, e);
+    for (int i = 0; i < 2; i++) {  /* each id: the flag's, or what its pointer names, checked */
+        *id[i] = value[i];
+        if (!from[i])
+            continue;
+        if (cli_pointer(en->body, en->body_len, from[i], ids[i], 129, e) < 0 ||
+            sqs_fifo_id_check(ids[i], "the id", e) < 0)
+            return lerr_wrap(e, "%s %s", i ? "--dedup-id-from" : "--group-id-from", from[i]);
+        *id[i] = ids[i];
+    }
+    return 0;
 }
 
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e)
 {
-    char group[129], dedup[129];
-    const char *g, *d;
+    struct sqs_entry en;
+    char ids[2][129];
     int r = cli_check_message(o, body, len, e);
 
+    cli_entry(o, body, len, &en);
     if (r == 0)
-        r = cli_fifo_ids(o, body, len, group, dedup, &g, &d, e);
+        r = cli_fifo_ids(o, &en, ids, e);
     if (r < 0 && lineno > 0)
         lerr_wrap(e, "%s %zu", cli_item(o), lineno);
     return r;
 }
-
 
 size_t cli_batch_len(const struct cli_line *lines, size_t n, size_t start, size_t attr_bytes)
 {
@@ -428,41 +399,33 @@ enum cli_status cli_queue_row(const char *queue_url, const struct sqs_queue_info
 }
 
 /* A failure without an HTTP answer, or one that is not the server's refusal: a transport
- * error says what kind of trouble it is. */
+ * error says what kind of trouble it is (enum lerr_kind lists the TLS kinds, and the
+ * connection's, next to each other). */
 static void cli_other_reason(const struct lerr *e, char *out, size_t cap)
 {
-    static const struct {
-        enum lerr_kind kind;
-        const char *cls;
-    } classes[] = {
-        { LERR_TLS_UNTRUSTED, "TLS" }, { LERR_TLS_NAME, "TLS" }, { LERR_TLS_ALERT, "TLS" },
-        { LERR_TLS, "TLS" }, { LERR_DNS, "DNS" }, { LERR_REFUSED, "connection" },
-        { LERR_CONNECT, "connection" }, { LERR_CLOSED, "connection" }, { LERR_TIMEOUT, "timeout" },
-    };
+    enum lerr_kind k = e->kind;
+    const char *cls = k == LERR_DNS ? "DNS" : k == LERR_TIMEOUT ? "timeout"
+                      : k >= LERR_REFUSED && k <= LERR_CLOSED ? "connection"
+                      : k >= LERR_TLS_UNTRUSTED && k <= LERR_TLS ? "TLS" : NULL;
 
-    snprintf(out, cap, "%s", e->msg);
-    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
-        if (classes[i].kind == e->kind)
-            snprintf(out, cap, "%s: %s%s", classes[i].cls, e->msg, e->kind == LERR_TLS_UNTRUSTED
-                     ? " (is its CA in the bundle SSL_CERT_FILE names?)" : "");
+    if (!cls)
+        snprintf(out, cap, "%s", e->msg);
+    else
+        snprintf(out, cap, "%s: %s%s", cls, e->msg, k == LERR_TLS_UNTRUSTED
+                 ? " (is its CA in the bundle SSL_CERT_FILE names?)" : "");
 }
 
 void cli_sqs_reason(const struct sqs_api_error *ae, const struct lerr *e, char *out, size_t cap)
 {
     static const struct {
-        const char *code, *what;
+        const char *what, *codes[13];
     } known[] = {
-        { "SignatureDoesNotMatch", "credentials refused" },
-        { "InvalidClientTokenId", "credentials refused" },
-        { "UnrecognizedClientException", "credentials refused" },
-        { "IncompleteSignature", "credentials refused" },
-        { "MissingAuthenticationToken", "credentials refused" },
-        { "InvalidSignatureException", "credentials refused" },
-        { "ExpiredToken", "credentials refused" }, { "ExpiredTokenException", "credentials refused" },
-        { "InvalidAccessKeyId", "credentials refused" }, { "RequestExpired", "credentials refused" },
-        { "InvalidSecurity", "credentials refused" }, { "AuthFailure", "credentials refused" },
-        { "AccessDenied", "access denied" }, { "AccessDeniedException", "access denied" },
-        { "QueueDoesNotExist", "queue not found" }, { "NonExistentQueue", "queue not found" },
+        { "credentials refused", { "SignatureDoesNotMatch", "InvalidClientTokenId",
+          "UnrecognizedClientException", "IncompleteSignature", "MissingAuthenticationToken",
+          "InvalidSignatureException", "ExpiredToken", "ExpiredTokenException",
+          "InvalidAccessKeyId", "RequestExpired", "InvalidSecurity", "AuthFailure" } },
+        { "access denied", { "AccessDenied", "AccessDeniedException" } },
+        { "queue not found", { "QueueDoesNotExist", "NonExistentQueue" } },
     };
     const char *what = "SQS refused";
 
@@ -471,8 +434,9 @@ void cli_sqs_reason(const struct sqs_api_error *ae, const struct lerr *e, char *
         return;
     }
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (strcmp(ae->code, known[i].code) == 0)
-            what = known[i].what;
+        for (size_t j = 0; known[i].codes[j]; j++)
+            if (strcmp(ae->code, known[i].codes[j]) == 0)
+                what = known[i].what;
     snprintf(out, cap, "%s: %s%s%s (HTTP %d)", what, ae->code[0] ? ae->code : "no error code",
              ae->message[0] ? ": " : "", ae->message, ae->status);
 }
@@ -530,8 +494,7 @@ static void cli_net_close(struct cli_net *net)
  * ==================================================================================== */
 
 /* Every message of send goes to stderr as one line "lambdo send: ...". */
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
+static void __attribute__((format(printf, 1, 2))) say(const char *fmt, ...)
 {
     va_list ap;
 
@@ -540,31 +503,6 @@ static void say(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-}
-
-/* All of fd into a new buffer (free()), at most CLI_MAX_INPUT bytes. */
-static int cli_read_all(int fd, const char *name, char **out, size_t *len, struct lerr *e)
-{
-    struct json_buf b = { 0 };
-    ssize_t r = 1;
-    char *p;
-
-    while (r != 0 && b.len < CLI_MAX_INPUT && (p = json_buf_room(&b, 65536))) {
-        if ((r = read(fd, p, 65536)) < 0 && errno != EINTR) {
-            free(b.p);
-            return lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
-        }
-        b.len += r > 0 ? (size_t)r : 0;
-    }
-    if (b.oom || b.len >= CLI_MAX_INPUT) {
-        free(b.p);
-        return b.oom ? lerr_set(e, LERR_NOMEM, "out of memory reading %s", name)
-                     : lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
-                                CLI_MAX_INPUT >> 20);
-    }
-    *out = b.p;
-    *len = b.len;
-    return 0;
 }
 
 /* Names every invalid body (the first CLI_MAX_REPORTED); returns how many there are. */
@@ -621,17 +559,6 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
     return sent;
 }
 
-/* The entry for a line, with its FIFO ids (in ids), which send_report_invalid checked. */
-static void send_entry(const struct cli_send_opts *o, const struct cli_line *line,
-                       char ids[2][129], struct sqs_entry *en)
-{
-    struct lerr e;
-
-    cli_entry(o, line->body, line->len, en);
-    (void)cli_fifo_ids(o, line->body, line->len, ids[0], ids[1], &en->group_id, &en->dedup_id,
-                       &e);
-}
-
 /* Sends the lines in batches; returns how many were not sent. A batch of which nothing
  * was sent (credentials refused, the queue gone, the network down) ends the run. */
 static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
@@ -647,8 +574,10 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
         size_t k = cli_batch_len(lines, n, start, attr_bytes), sent;
         struct lerr e;
 
-        for (size_t i = 0; i < k; i++)
-            send_entry(o, &lines[start + i], ids[i], &en[i]);
+        for (size_t i = 0; i < k; i++) {  /* send_report_invalid checked the ids */
+            cli_entry(o, lines[start + i].body, lines[start + i].len, &en[i]);
+            (void)cli_fifo_ids(o, &en[i], ids[i], &e);
+        }
         /* each entry says what happened to it */
         (void)sqs_batch_call(c, SQS_OP_SEND_BATCH, en, k, &e);
         sent = send_report_batch(o, en, lines + start, k);
@@ -672,7 +601,8 @@ static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
     char ids[2][129];
     struct lerr e;
 
-    send_entry(o, line, ids, &en);
+    cli_entry(o, line->body, line->len, &en);
+    (void)cli_fifo_ids(o, &en, ids, &e);  /* send_report_invalid checked them */
     if (sqs_batch_call(c, SQS_OP_SEND, &en, 1, &e) < 0) {
         say("%s", e.msg);
         return 1;
@@ -681,12 +611,15 @@ static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
     return 0;
 }
 
-/* The bodies: BODY, the lines of stdin, or the elements of the --array file. */
-static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
-                      struct cli_line **items, size_t *n, struct lerr *e)
+/* The bodies: BODY, the lines of stdin, or the elements of the --array file, read whole
+ * into b (at most CLI_MAX_INPUT bytes; b->p to free() even on an error). */
+static int send_input(const struct cli_send_opts *o, struct json_buf *b, struct cli_line **items,
+                      size_t *n, struct lerr *e)
 {
     const char *name = o->array && strcmp(o->array, "-") != 0 ? o->array : "stdin";
-    int fd, rc;
+    int fd = STDIN_FILENO, rc = 0;
+    ssize_t r = 1;
+    char *p;
 
     if (o->body) {
         if (!(*items = malloc(sizeof **items)))
@@ -695,21 +628,26 @@ static int send_input(const struct cli_send_opts *o, char **buf, size_t *len,
         *n = 1;
         return 0;
     }
-    fd = name == o->array ? open(name, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
-    if (fd < 0)
+    if (name == o->array && (fd = open(name, O_RDONLY | O_CLOEXEC)) < 0)
         return lerr_set(e, LERR_IO, "cannot open %s: %s", name, strerror(errno));
     if (fd == STDIN_FILENO && isatty(fd))  /* a person, not a pipe: say what is awaited */
         say("reading %s from stdin (end with Ctrl-D)",
             o->array ? "a JSON array" : "bodies, one per line,");
-    rc = cli_read_all(fd, name, buf, len, e);
+    while (rc == 0 && r != 0 && (p = json_buf_room(b, 65536))) {
+        if ((r = read(fd, p, 65536)) < 0 && errno != EINTR)
+            rc = lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
+        else if (r > 0 && (b->len += (size_t)r) >= CLI_MAX_INPUT)
+            rc = lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
+                          CLI_MAX_INPUT >> 20);
+    }
     if (fd != STDIN_FILENO)
         close(fd);
+    if (rc == 0 && b->oom)
+        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
     if (rc < 0)
         return -1;
-    if (!o->array)
-        return cli_split_lines(*buf, *len, items, n, e);
-    if (cli_split_array(*buf, *len, items, n, e) < 0)
-        return lerr_wrap(e, "%s", name);
+    if (cli_split(b->p, b->len, o->array != NULL, items, n, e) < 0)
+        return o->array ? lerr_wrap(e, "%s", name) : -1;
     return 0;
 }
 
@@ -736,17 +674,15 @@ static int send_dedup_needed(struct sqs_client *c)
 static int send_run(const struct cli_send_opts *o, const struct config *cfg)
 {
     struct cli_line *lines = NULL;
+    struct json_buf in = { 0 };
     struct cli_net net;
-    size_t len = 0, n = 0, unsent;
-    char *buf = NULL;
+    size_t n = 0, unsent;
     struct lerr e;
     int rc = CLI_EXIT_USAGE;
 
     memset(&net, 0, sizeof net);
-    if (send_input(o, &buf, &len, &lines, &n, &e) < 0) {
-        say("%s", e.msg);
-        goto out;
-    }
+    if (send_input(o, &in, &lines, &n, &e) < 0)
+        goto fail;
     if (send_report_invalid(o, lines, n) > 0)
         goto out;
     if (n == 0) {
@@ -765,23 +701,23 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         tls_anchors_load(&net.anchors, cfg->ca_file, &e) < 0) {
         if (cfg->ca_file)
             lerr_wrap(&e, "SSL_CERT_FILE");
-        say("%s", e.msg);
-        goto out;
+        goto fail;
     }
-    if (cli_net_open(&net, cfg, &e) < 0) {
-        say("%s", e.msg);
-        goto out;
-    }
+    if (cli_net_open(&net, cfg, &e) < 0)
+        goto fail;
     if (cfg->fifo && !o->dedup_id && !o->dedup_id_from && send_dedup_needed(&net.sqs))
         goto out;
     unsent = o->body ? send_one(o, &net.sqs, lines) : send_batches(o, &net.sqs, lines, n);
     if (unsent > 0 && !o->body)
         say("%zu of %zu messages not sent", unsent, n);
     rc = unsent > 0 ? CLI_EXIT_FAILED : CLI_EXIT_OK;
+    goto out;
+fail:
+    say("%s", e.msg);
 out:
     cli_net_close(&net);
     free(lines);
-    free(buf);
+    free(in.p);
     return rc;
 }
 
@@ -869,26 +805,8 @@ static int check_queue(const struct config *cfg, struct cli_net *net)
     return 0;
 }
 
-/* One key's row: its Machines by state, and the leases held on them right now. */
-static void check_pool_key(struct cli_net *net, const struct fly_target *t,
-                           const struct fly_pool_machine *list, size_t n, size_t first)
-{
-    size_t count = 0, stopped = 0, started = 0, leased = 0;
-
-    for (size_t i = first; i < n; i++) {
-        if (strcmp(list[i].pool_key, list[first].pool_key) != 0)
-            continue;
-        count++;
-        stopped += strcmp(list[i].state, "stopped") == 0;
-        started += strcmp(list[i].state, "started") == 0;
-        leased += fly_lease_held(&net->http, t, list[i].id) == 1;
-    }
-    cli_row(stdout, CLI_OK, "pool", "key %s: %zu Machines (%zu stopped, %zu started, %zu other), "
-            "%zu leased", list[first].pool_key, count, stopped, started,
-            count - stopped - started, leased);
-}
-
-/* LAMBDO_POOL: the pooled Machines Fly lists, per key. */
+/* LAMBDO_POOL: the pooled Machines Fly lists, one row per key: its Machines by state, and
+ * the leases held on them right now. */
 static int check_pool(const struct config *cfg, struct cli_net *net, const struct fly_target *t)
 {
     struct fly_pool_machine *list = NULL;
@@ -902,11 +820,24 @@ static int check_pool(const struct config *cfg, struct cli_net *net, const struc
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
-        size_t k = 0;
-        while (strcmp(list[k].pool_key, list[i].pool_key) != 0)
-            k++;
-        if (k == i)  /* the key's first Machine */
-            check_pool_key(net, t, list, n, i);
+        const char *key = list[i].pool_key;
+        size_t first = 0, count = 0, stopped = 0, started = 0, leased = 0;
+
+        while (strcmp(list[first].pool_key, key) != 0)
+            first++;
+        if (first < i)  /* the key's row is written at its first Machine */
+            continue;
+        for (size_t k = i; k < n; k++) {
+            if (strcmp(list[k].pool_key, key) != 0)
+                continue;
+            count++;
+            stopped += strcmp(list[k].state, "stopped") == 0;
+            started += strcmp(list[k].state, "started") == 0;
+            leased += fly_lease_held(&net->http, t, list[k].id) == 1;
+        }
+        cli_row(stdout, CLI_OK, "pool", "key %s: %zu Machines (%zu stopped, %zu started, %zu "
+                "other), %zu leased", key, count, stopped, started, count - stopped - started,
+                leased);
     }
     if (!n)
         cli_row(stdout, CLI_OK, "pool", "no pooled Machines yet");
@@ -940,13 +871,13 @@ int cli_check(int argc, char **argv)
     struct lerr e;
     int failed = 0;
 
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            fputs(check_usage, stdout);
-            return CLI_EXIT_OK;
-        }
+    if (argc > 1 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+        fputs(check_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    if (argc > 1) {
         fprintf(stderr, "lambdo check: unknown argument \"%.40s\" (see lambdo check --help)\n",
-                argv[i]);
+                argv[1]);
         return CLI_EXIT_USAGE;
     }
     if (config_load(&cfg, config_env, NULL, &errs) < 0) {

@@ -76,18 +76,13 @@ struct cli_line {
     size_t lineno;
 };
 
-/* Splits buf into its lines, leaving out the blank ones (nothing but spaces, tabs and
- * '\r'), which still count in the numbering. *lines is a new array to free() (NULL when
- * *n is 0) pointing into buf. Returns 0, or -1 with LERR_NOMEM. */
-int cli_split_lines(const char *buf, size_t len, struct cli_line **lines, size_t *n,
-                    struct lerr *e);
-
-/* Splits buf, a JSON array, into its elements, numbered from 1 in lineno, each its exact
- * bytes. *items is a new array to free() (NULL when *n is 0) pointing into buf. Returns 0,
- * or -1 with e set: LERR_INVALID "not valid JSON (at byte 7: ...)" or "not a JSON array
- * (it is an object)", LERR_NOMEM. */
-int cli_split_array(const char *buf, size_t len, struct cli_line **items, size_t *n,
-                    struct lerr *e);
+/* Splits buf into its items: without array its lines, leaving out the blank ones (nothing
+ * but spaces, tabs and '\r'), which still count in the numbering; with array, buf is a JSON
+ * array and its elements are numbered from 1, each its exact bytes. *items is a new array to
+ * free() (NULL when *n is 0) pointing into buf. Returns 0, or -1 with e set: LERR_NOMEM,
+ * with array LERR_INVALID "not valid JSON (at byte 7: ...)" or "not a JSON array (...)". */
+int cli_split(const char *buf, size_t len, int array, struct cli_line **items, size_t *n,
+              struct lerr *e);
 
 /* Checks the attributes alone: --image present, the body "null" as cli_check_body does,
  * --group-id and --dedup-id as SQS would (sqs_fifo_id_check), the --*-from pointers'
@@ -105,13 +100,12 @@ int cli_check_fifo(const struct cli_send_opts *o, int fifo, struct lerr *e);
 int cli_pointer(const char *body, size_t len, const char *ptr, char *out, size_t cap,
                 struct lerr *e);
 
-/* A message's FIFO ids, by the flags: --group-id or what --group-id-from names in the body
- * (likewise dedup), each checked by sqs_fifo_id_check; *group and *dedup point to the
- * flag's value, or into the buffers, or are NULL without flag. 0, or -1 with e set
+/* The entry's FIFO ids, by the flags: --group-id or what --group-id-from names in its body
+ * (likewise dedup), each checked by sqs_fifo_id_check; en->group_id and en->dedup_id point
+ * to the flag's value, or into ids, or are NULL without flag. 0, or -1 with e set
  * (LERR_INVALID), e.g. "--group-id-from /tenant: the body has no /tenant". */
-int cli_fifo_ids(const struct cli_send_opts *o, const char *body, size_t len,
-                 char group_buf[129], char dedup_buf[129], const char **group,
-                 const char **dedup, struct lerr *e);
+int cli_fifo_ids(const struct cli_send_opts *o, struct sqs_entry *en, char ids[2][129],
+                 struct lerr *e);
 
 /* Checks one body with the flags' attributes, by the daemon's rules (group_check) and
  * SQS's (sqs_text_check of the command and the body, the size limit, cli_fifo_ids).

@@ -369,12 +369,11 @@ static int load(struct config *c, const char *queue_url, int all, config_getenv_
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
         note(&l, load_number(&l, &numbers[i]));
     c->ca_file = value(&l, "SSL_CERT_FILE");
-    if (all && load_word(&l, "LAMBDO_BACKEND", "fly", "local", &c->backend_local) < 0) {
-        note(&l, -1);
-        fly = 0;
-    } else if (all) {
-        fly = !c->backend_local;
-        note(&l, load_local_command(&l));
+    if (all) {
+        int misspelt = load_word(&l, "LAMBDO_BACKEND", "fly", "local", &c->backend_local) < 0;
+
+        note(&l, misspelt ? -1 : load_local_command(&l));
+        fly = !misspelt && !c->backend_local;
     }
     queue_ok = load_queue(&l, queue_url) == 0;
     note(&l, queue_ok ? 0 : -1);

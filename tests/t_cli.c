@@ -216,13 +216,13 @@ static void test_pointer(void **state)
 static void test_fifo_ids(void **state)
 {
     struct cli_send_opts o = { .image = IMAGE, .group_id_from = "/tenant", .dedup_id = "d-1" };
-    char gb[129], db[129];
-    const char *g, *d;
+    struct sqs_entry en = { .body = "{\"tenant\":\"acme\"}", .body_len = 17 };
+    char ids[2][129];
     struct lerr e = { 0 };
 
-    assert_int_equal(cli_fifo_ids(&o, "{\"tenant\":\"acme\"}", 17, gb, db, &g, &d, &e), 0);
-    assert_string_equal(g, "acme");
-    assert_string_equal(d, "d-1");
+    assert_int_equal(cli_fifo_ids(&o, &en, ids, &e), 0);
+    assert_string_equal(en.group_id, "acme");
+    assert_string_equal(en.dedup_id, "d-1");
     assert_int_equal(cli_check_body(&o, "{\"tenant\":\"acme\"}", 17, 2, &e), 0);
     /* each refusal names the line and the flag */
     assert_int_equal(cli_check_body(&o, "{\"tenant\":7}", 12, 3, &e), -1);
@@ -233,9 +233,10 @@ static void test_fifo_ids(void **state)
     assert_int_equal(cli_check_body(&o, "{}", 2, 5, &e), -1);
     assert_string_equal(e.msg, "line 5: --group-id-from /tenant: the body has no /tenant");
     o = (struct cli_send_opts){ .image = IMAGE };  /* no flag: no id */
-    assert_int_equal(cli_fifo_ids(&o, "{}", 2, gb, db, &g, &d, &e), 0);
-    assert_null(g);
-    assert_null(d);
+    en = (struct sqs_entry){ .body = "{}", .body_len = 2 };
+    assert_int_equal(cli_fifo_ids(&o, &en, ids, &e), 0);
+    assert_null(en.group_id);
+    assert_null(en.dedup_id);
 }
 
 /* ======================================================================================
@@ -249,7 +250,7 @@ static void test_split_lines(void **state)
     struct lerr e = { 0 };
     size_t n = 99;
 
-    assert_int_equal(cli_split_lines(in, sizeof in - 1, &lines, &n, &e), 0);
+    assert_int_equal(cli_split(in, sizeof in - 1, 0, &lines, &n, &e), 0);
     assert_int_equal(n, 3);
     assert_int_equal(lines[0].lineno, 1);
     assert_int_equal(lines[0].len, 7);
@@ -261,13 +262,13 @@ static void test_split_lines(void **state)
     assert_memory_equal(lines[2].body, "[3]", 3);
     free(lines);
 
-    assert_int_equal(cli_split_lines("", 0, &lines, &n, &e), 0);
+    assert_int_equal(cli_split("", 0, 0, &lines, &n, &e), 0);
     assert_int_equal(n, 0);
     assert_null(lines);
-    assert_int_equal(cli_split_lines("\n\n \n", 4, &lines, &n, &e), 0);
+    assert_int_equal(cli_split("\n\n \n", 4, 0, &lines, &n, &e), 0);
     assert_int_equal(n, 0);
     free(lines);
-    assert_int_equal(cli_split_lines("1\n", 2, &lines, &n, &e), 0);
+    assert_int_equal(cli_split("1\n", 2, 0, &lines, &n, &e), 0);
     assert_int_equal(n, 1);
     assert_int_equal(lines[0].len, 1);
     free(lines);
@@ -278,7 +279,7 @@ static void test_split_lines(void **state)
         char *big = malloc(len);
         for (size_t i = 0; i < 2500; i++)
             memcpy(big + 4 * i, i == 7 ? "1\0x\n" : "12 \n", 4);
-        assert_int_equal(cli_split_lines(big, len, &lines, &n, &e), 0);
+        assert_int_equal(cli_split(big, len, 0, &lines, &n, &e), 0);
         assert_int_equal(n, 2500);
         assert_int_equal(lines[2499].lineno, 2500);
         assert_int_equal(lines[7].len, 3);
@@ -300,7 +301,7 @@ static void test_split_array(void **state)
     struct lerr e = { 0 };
     size_t n = 99;
 
-    assert_int_equal(cli_split_array(in, sizeof in - 1, &items, &n, &e), 0);
+    assert_int_equal(cli_split(in, sizeof in - 1, 1, &items, &n, &e), 0);
     assert_int_equal(n, 7);
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(items[i].lineno, i + 1);
@@ -309,26 +310,26 @@ static void test_split_array(void **state)
     }
     free(items);
 
-    assert_int_equal(cli_split_array("[]", 2, &items, &n, &e), 0);
+    assert_int_equal(cli_split("[]", 2, 1, &items, &n, &e), 0);
     assert_int_equal(n, 0);
     assert_null(items);
-    assert_int_equal(cli_split_array("[ \"a\" ]", 7, &items, &n, &e), 0);
+    assert_int_equal(cli_split("[ \"a\" ]", 7, 1, &items, &n, &e), 0);
     assert_int_equal(n, 1);
     assert_memory_equal(items[0].body, "\"a\"", 3);
     free(items);
 
     /* the whole file is checked, strictly, before anything is split */
-    assert_int_equal(cli_split_array("[1, 01]", 7, &items, &n, &e), -1);
+    assert_int_equal(cli_split("[1, 01]", 7, 1, &items, &n, &e), -1);
     assert_string_equal(e.msg, "not valid JSON (at byte 4: leading zero in number)");
-    assert_int_equal(cli_split_array("[1, 2", 5, &items, &n, &e), -1);
+    assert_int_equal(cli_split("[1, 2", 5, 1, &items, &n, &e), -1);
     assert_contains(e.msg, "not valid JSON (at byte 5: unexpected end)");
-    assert_int_equal(cli_split_array("[1]\n[2]", 7, &items, &n, &e), -1);
+    assert_int_equal(cli_split("[1]\n[2]", 7, 1, &items, &n, &e), -1);
     assert_contains(e.msg, "unexpected data after the JSON value");
-    assert_int_equal(cli_split_array("", 0, &items, &n, &e), -1);
+    assert_int_equal(cli_split("", 0, 1, &items, &n, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
-    assert_int_equal(cli_split_array(" {\"a\": [1]}", 11, &items, &n, &e), -1);
+    assert_int_equal(cli_split(" {\"a\": [1]}", 11, 1, &items, &n, &e), -1);
     assert_string_equal(e.msg, "not a JSON array (to send one body, give it as BODY)");
-    assert_int_equal(cli_split_array("1", 1, &items, &n, &e), -1);
+    assert_int_equal(cli_split("1", 1, 1, &items, &n, &e), -1);
     assert_contains(e.msg, "not a JSON array");
 
     /* 3000 elements: the array grows */
@@ -338,7 +339,7 @@ static void test_split_array(void **state)
         big[0] = '[';
         for (size_t i = 0; i < 3000; i++)
             memcpy(big + 1 + 2 * i, i == 2999 ? "7]" : "7,", 2);
-        assert_int_equal(cli_split_array(big, len, &items, &n, &e), 0);
+        assert_int_equal(cli_split(big, len, 1, &items, &n, &e), 0);
         assert_int_equal(n, 3000);
         assert_int_equal(items[2999].lineno, 3000);
         assert_true(items[2999].body == big + len - 2 && items[2999].len == 1);
