@@ -229,10 +229,11 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
 }
 
 /* ======================================================================================
- * STS's XML answers: a strict little reader. One loop goes from markup to markup through
- * a table of what may follow '<'. The open elements are kept as a path
- * ("/ErrorResponse/Error/Code"): a start tag adds its name, the end tag must match the
- * last one and takes it off, and a leaf's text is kept when its path is a field's.
+ * STS's XML answers: a strict little recursive-descent reader. One call reads one element,
+ * its children by calling itself, going from markup to markup through a table of what may
+ * follow '<'. The open elements are kept as a path ("/ErrorResponse/Error/Code"): each
+ * call adds its name, its end tag must match it, and a leaf's text is kept when its path
+ * is a field's.
  * ==================================================================================== */
 
 #define STS_OK_ROOT "/AssumeRoleWithWebIdentityResponse"
@@ -272,9 +273,6 @@ struct xml {
     const char *b;
     size_t len, i;
     char path[XML_PATH_MAX];               /* the open elements, "/Root/Child" */
-    size_t path_len;
-    int depth;                             /* how many are open */
-    int leaf;                              /* the innermost has had no child element */
     char text[XML_TEXT_MAX];               /* the innermost element's text, or an attribute's;
                                               references decoded */
     size_t text_len;
@@ -514,79 +512,77 @@ static int xml_markup_at(struct xml *x, int in_root, struct lerr *e)
     return M_COMMENT;
 }
 
-/* The innermost open element ends: a leaf's text may be a field; a parent may only have
- * had whitespace beside its children. Its name leaves the path. */
-static int xml_close(struct xml *x, struct lerr *e)
+/* At '<' of a start tag: reads the element to its end tag, its children by recursion.
+ * path_len: the parent's path; the root's name must be one of STS's two answers. A leaf's
+ * text may be a field; a parent may only have had whitespace beside its children. */
+static int xml_element(struct xml *x, size_t path_len, int depth, struct lerr *e)
 {
-    if (!x->leaf && !xml_text_blank(x))
-        return xml_bad(x, e, "text beside child elements");
-    if (x->leaf && sts_leaf(x, e) < 0)
-        return -1;
-    x->path_len = (size_t)(strrchr(x->path, '/') - x->path);
-    x->path[x->path_len] = '\0';
-    x->depth--;
-    x->leaf = 0;
-    x->text_len = 0;
-    return 0;
-}
-
-/* At '<' of a start tag: its name goes on the path (the root's must be one of STS's two
- * answers), its attributes are checked; "/>" closes it at once. */
-static int xml_start_tag(struct xml *x, struct lerr *e)
-{
-    size_t n;
+    size_t n, end;
+    int leaf = 1, k = M_START_TAG;
 
     x->i++;
     if ((n = xml_name(x)) == 0)
-        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
+        return xml_bad(x, e, depth ? "expected a name" : "expected the root element");
     if (!xml_text_blank(x))
         return xml_bad(x, e, "text beside child elements");
-    if (x->depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
+    if (depth == XML_MAX_DEPTH || n >= sizeof x->path - path_len - 1)
         return xml_bad(x, e, "elements nested too deep (or their names too long)");
-    x->path_len += (size_t)snprintf(x->path + x->path_len, sizeof x->path - x->path_len,
-                                    "/%.*s", (int)n, x->b + x->i);
+    end = path_len + (size_t)snprintf(x->path + path_len, sizeof x->path - path_len, "/%.*s",
+                                      (int)n, x->b + x->i);
     x->i += n;
-    if (x->depth++ == 0) {
+    if (depth == 0) {
         x->out->is_error = strcmp(x->path, STS_ERR_ROOT) == 0;
         if (!x->out->is_error && strcmp(x->path, STS_OK_ROOT) != 0)
             return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.64s>", x->path + 1);
     }
-    x->leaf = 1;
     if (xml_attributes(x, e) < 0)
         return -1;
     x->text_len = 0;  /* the attributes' */
-    if (xml_at(x, ">")) {
-        x->i++;
-        return 0;
-    }
-    if (!xml_at(x, "/>"))
+    if (xml_at(x, "/>")) {
+        x->i += 2;
+        k = M_END_TAG;
+    } else if (!xml_at(x, ">")) {
         return xml_bad(x, e, "expected \"/>\"");
-    x->i += 2;
-    return xml_close(x, e);
-}
-
-/* At "</": it must name the innermost open element, the path's last name. */
-static int xml_end_tag(struct xml *x, struct lerr *e)
-{
-    const char *name = strrchr(x->path, '/') + 1;
-    size_t n = strlen(name);
-
-    x->i += 2;
-    if (x->len - x->i < n || memcmp(x->b + x->i, name, n) != 0 || xml_name(x) != n)
-        return xml_bad(x, e, "end tag does not match the open element");
-    x->i += n;
-    xml_skip_space(x);
-    if (!xml_at(x, ">"))
-        return xml_bad(x, e, "expected '>' closing an end tag");
-    x->i++;
-    return xml_close(x, e);
+    } else {
+        x->i++;
+    }
+    while (k != M_END_TAG) {
+        if (xml_text(x, '<', e) < 0)
+            return -1;
+        if (x->i >= x->len)
+            return xml_bad(x, e, "truncated: an element is not closed");
+        if ((k = xml_markup_at(x, 1, e)) < 0)
+            return -1;
+        if (k == M_START_TAG && xml_element(x, end, depth + 1, e) < 0)
+            return -1;
+        leaf &= k != M_START_TAG;
+        if (k != M_END_TAG)
+            continue;
+        /* "</" and the name of this element, the path's last */
+        x->i += 2;
+        if (x->len - x->i < n || memcmp(x->b + x->i, x->path + path_len + 1, n) != 0 ||
+            xml_name(x) != n)
+            return xml_bad(x, e, "end tag does not match the open element");
+        x->i += n;
+        xml_skip_space(x);
+        if (!xml_at(x, ">"))
+            return xml_bad(x, e, "expected '>' closing an end tag");
+        x->i++;
+    }
+    if (!leaf && !xml_text_blank(x))
+        return xml_bad(x, e, "text beside child elements");
+    if (leaf && sts_leaf(x, e) < 0)
+        return -1;
+    x->path[path_len] = '\0';
+    x->text_len = 0;
+    return 0;
 }
 
 /* The optional BOM and XML declaration, then one element with only whitespace and
- * comments around it: text and markup in turn until the input ends. */
+ * comments around it. */
 static int xml_document(struct xml *x, struct lerr *e)
 {
-    int rooted = 0, k = 0;  /* k: a row of xml_markup, or a result */
+    int rooted = 0, k;  /* k: a row of xml_markup, or -1 */
 
     if (xml_at(x, "\xef\xbb\xbf"))
         x->i += 3;
@@ -595,23 +591,19 @@ static int xml_document(struct xml *x, struct lerr *e)
         if (xml_skip_past(x, "?>", "XML declaration", e) < 0)
             return -1;
     }
-    while (k >= 0) {
-        if (x->depth == 0)
-            xml_skip_space(x);
+    for (;;) {
+        xml_skip_space(x);
         if (x->i >= x->len)
-            return x->depth ? xml_bad(x, e, "truncated: an element is not closed")
-                            : rooted ? 0 : xml_bad(x, e, "no root element");
-        if (x->depth > 0 && x->b[x->i] != '<')
-            k = xml_text(x, '<', e);
-        else if (x->b[x->i] != '<' || (rooted && x->depth == 0 && !xml_at(x, "<!--")))
+            return rooted ? 0 : xml_bad(x, e, "no root element");
+        if (x->b[x->i] != '<' || (rooted && !xml_at(x, "<!--")))
             return xml_bad(x, e, rooted ? "content after the root element"
                                         : "expected the root element");
-        else if ((k = xml_markup_at(x, x->depth > 0, e)) == M_END_TAG)
-            k = xml_end_tag(x, e);
-        else if (k == M_START_TAG && (k = xml_start_tag(x, e)) == 0)
-            rooted = 1;
+        if ((k = xml_markup_at(x, 0, e)) < 0)
+            return -1;
+        if (k == M_START_TAG && xml_element(x, 0, 0, e) < 0)
+            return -1;
+        rooted |= k == M_START_TAG;
     }
-    return -1;
 }
 
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
