@@ -1,6 +1,5 @@
 #include "creds.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -77,27 +76,26 @@ static int creds_put(char *dst, size_t cap, const char *src, size_t n, const cha
     return 0;
 }
 
-/* printf rather than strftime: strftime would bring musl's locale and time zone code. */
+/* printf rather than strftime: strftime would bring musl's locale and time zone code.
+ * gmtime_r cannot fail here: every time shown comes from creds_parse_time or a JWT's exp,
+ * both before the year 10000. */
 static void creds_fmt_time(int64_t t, char out[80])
 {
     time_t tt = (time_t)t;
-    struct tm tm;
+    struct tm tm = { 0 };
 
-    if (gmtime_r(&tt, &tm))
-        snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-    else
-        snprintf(out, 80, "@%lld", (long long)t);
+    gmtime_r(&tt, &tm);
+    snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 static int creds_region_ok(const char *s, size_t n)
 {
-    if (n == 0 || n >= CREDS_REGION_MAX)
-        return 0;
-    for (size_t k = 0; k < n; k++)
-        if (!((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '-'))
-            return 0;
-    return 1;
+    size_t k = 0;
+
+    while (k < n && ((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '-'))
+        k++;
+    return k == n && n > 0 && n < CREDS_REGION_MAX;
 }
 
 static void creds_wipe_free(void *buf, size_t len)
@@ -208,22 +206,21 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
     if (!(buf = malloc(plen * 3 / 4 + 3)))
         return lerr_set(e, LERR_NOMEM, "out of memory");
     blen = plen ? text_base64_decode((const unsigned char *)d1 + 1, plen, buf, 1) : -1;
+    root = blen < 0 ? NULL : json_parse((const char *)buf, (size_t)blen);
+    item = cJSON_GetObjectItemCaseSensitive(root, "exp");  /* NULL-safe */
     if (blen < 0) {
         lerr_set(e, LERR_INVALID, "JWT payload is not base64url");
-    } else if (!(root = json_parse((const char *)buf, (size_t)blen))) {
+    } else if (!root) {
         lerr_set(e, LERR_INVALID, "JWT payload is not JSON");
-    } else {
-        item = cJSON_GetObjectItemCaseSensitive(root, "exp");
+    } else if (!cJSON_IsObject(root) || !cJSON_IsNumber(item) || !(item->valuedouble >= 0) ||
+               !(item->valuedouble < 253402300800.0)) {
         /* NumericDate: seconds; anything beyond year 9999 is not a real expiry. */
-        if (!cJSON_IsObject(root) || !cJSON_IsNumber(item) || !(item->valuedouble >= 0) ||
-            !(item->valuedouble < 253402300800.0)) {
-            lerr_set(e, LERR_INVALID, "JWT has no numeric exp claim");
-        } else {
-            *exp = (int64_t)item->valuedouble;
-            rc = 0;
-        }
-        cJSON_Delete(root);
+        lerr_set(e, LERR_INVALID, "JWT has no numeric exp claim");
+    } else {
+        *exp = (int64_t)item->valuedouble;
+        rc = 0;
     }
+    cJSON_Delete(root);
     creds_wipe_free(buf, plen * 3 / 4 + 3);
     return rc;
 }
@@ -804,10 +801,9 @@ static int creds_read_file(const char *path, size_t max, char **out, size_t *out
     int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
 
     *out = NULL;
-    if (fd < 0 && (errno == ENOENT || errno == ENOTDIR))
-        return 1;  /* "" too */
-    if (fd < 0)
-        return lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
+    if (fd < 0)  /* no such file ("" too) */
+        return errno == ENOENT || errno == ENOTDIR ? 1 : lerr_set(e, LERR_IO, "%s: %s", path,
+                                                                   strerror(errno));
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         rc = lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
     else if (!(*out = malloc(max + 1)))
@@ -991,28 +987,22 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
  * STS AssumeRoleWithWebIdentity
  * ==================================================================================== */
 
-/* The form, application/x-www-form-urlencoded: literal parts, each followed by a value
- * that is percent-encoded but for RFC 3986's unreserved bytes. */
+/* The form, application/x-www-form-urlencoded: the values percent-encoded but for RFC
+ * 3986's unreserved bytes. cap has room for 3 bytes for each of theirs. */
 static char *sts_body(const struct creds_provider *p, const char *token, size_t *len)
 {
-    char duration[16], *b;
-    const char *const part[] = {
-        "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=", p->role_arn,
-        "&RoleSessionName=", p->session_name, "&WebIdentityToken=", token,
-        "&DurationSeconds=", duration,
-    };
-    size_t n = 0, cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
+    size_t cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
+    char *b = malloc(cap), *o;
 
-    snprintf(duration, sizeof duration, "%d", CREDS_STS_DURATION_S);
-    if (!(b = malloc(cap)))
+    if (!b)
         return NULL;
-    for (size_t k = 0; k < sizeof part / sizeof part[0]; k++) {
-        if (k % 2 == 0)
-            n = (size_t)(stpcpy(b + n, part[k]) - b);
-        else
-            n += (size_t)text_pct_encode(part[k], b + n, cap - n);
-    }
-    *len = n;
+    o = stpcpy(b, "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=");
+    o += text_pct_encode(p->role_arn, o, cap - (size_t)(o - b));
+    o = stpcpy(o, "&RoleSessionName=");
+    o += text_pct_encode(p->session_name, o, cap - (size_t)(o - b));
+    o = stpcpy(o, "&WebIdentityToken=");
+    o += text_pct_encode(token, o, cap - (size_t)(o - b));
+    *len = (size_t)(o - b) + (size_t)sprintf(o, "&DurationSeconds=%d", CREDS_STS_DURATION_S);
     return b;
 }
 
