@@ -710,8 +710,7 @@ static int profile_section_matches(const struct profile_parse *pp, const char *s
         return span_eq(s, n, pp->profile, 0);
     if (n <= k || memcmp(s, "profile", k) != 0 || !creds_ws(s[k]))
         return 0;
-    while (k < n && creds_ws(s[k]))
-        k++;
+    creds_trim(s, &k, &n);
     return span_eq(s + k, n - k, pp->profile, 0);
 }
 
@@ -1125,11 +1124,10 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
-    int rc = 1;
+    int rc;
 
-    if (p->token_file[0] &&
-        (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
-        return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    if ((rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
+        return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");  /* "" is no file */
     if (rc == 0 && (rc = creds_token_dup(buf, len, tok, e)) > 0)
         why = "holds no usable token";
     creds_wipe_free(buf, len);
