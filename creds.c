@@ -381,17 +381,11 @@ static int xml_reference(struct xml *x, struct lerr *e)
 static int xml_text(struct xml *x, char stop, struct lerr *e)
 {
     while (x->i < x->len && x->b[x->i] != '<' && x->b[x->i] != stop) {
-        int rc;
-
         if (!xml_char((unsigned char)x->b[x->i]))
             return xml_bad(x, e, "control character");
         if (stop == '<' && xml_at(x, "]]>"))
             return xml_bad(x, e, "\"]]>\" in text");
-        if (x->b[x->i] == '&')
-            rc = xml_reference(x, e);
-        else
-            rc = xml_text_add(x, x->b + x->i++, 1, e);
-        if (rc < 0)
+        if ((x->b[x->i] == '&' ? xml_reference(x, e) : xml_text_add(x, x->b + x->i++, 1, e)) < 0)
             return -1;
     }
     return 0;
@@ -738,7 +732,7 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
     struct profile_parse *pp = ctx;
     struct creds_profile *out = pp->out;
     size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0], u = 0;
-    char *dst, what[96];
+    char *dst;
 
     if (!key) {
         pp->in_profile = profile_section_matches(pp, sec, sec_len);
@@ -765,9 +759,8 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
                               pp->profile)
                    : lerr_set(e, LERR_INVALID, "profile %.40s: region \"%.*s\" is not a region "
                               "name", pp->profile, (int)n, v);
-    snprintf(what, sizeof what, "profile %.40s: %s", pp->profile, profile_keys[k].key);
-    if (creds_put(dst, profile_keys[k].cap, v, n, what, e) < 0)
-        return -1;
+    if (creds_put(dst, profile_keys[k].cap, v, n, profile_keys[k].key, e) < 0)
+        return lerr_wrap(e, "profile %.40s", pp->profile);
     out->have |= profile_keys[k].bit;
     return 0;
 }
