@@ -529,14 +529,11 @@ static int xml_element(struct xml *x, size_t path_len, int depth, struct lerr *e
     if (xml_attributes(x, e) < 0)
         return -1;
     x->text_len = 0;  /* the attributes' */
-    if (xml_at(x, "/>")) {
-        x->i += 2;
-        k = M_END_TAG;
-    } else if (!xml_at(x, ">")) {
+    if (xml_at(x, "/>"))
+        k = M_END_TAG;  /* no content, no end tag */
+    else if (!xml_at(x, ">"))
         return xml_bad(x, e, "expected \"/>\"");
-    } else {
-        x->i++;
-    }
+    x->i += k == M_END_TAG ? 2 : 1;
     while (k != M_END_TAG) {
         if (xml_text(x, '<', e) < 0)
             return -1;
@@ -830,20 +827,17 @@ static int creds_file_path(config_getenv_fn get, void *ctx, const char *var, con
                            char *out, size_t cap, struct lerr *e)
 {
     const char *v = creds_env(get, ctx, var), *home = creds_env(get, ctx, "HOME");
-    int n;
+    int tilde = v && strncmp(v, "~/", 2) == 0, n = 0;
 
-    if (v && strncmp(v, "~/", 2) == 0) {
-        if (!home)
-            return lerr_set(e, LERR_INVALID, "%s: starts with ~/ but HOME is not set", var);
+    out[0] = '\0';  /* no file */
+    if (tilde && !home)
+        return lerr_set(e, LERR_INVALID, "%s: starts with ~/ but HOME is not set", var);
+    if (tilde)
         n = snprintf(out, cap, "%s/%s", home, v + 2);
-    } else if (v) {
+    else if (v)
         n = snprintf(out, cap, "%s", v);
-    } else if (home) {
+    else if (home)
         n = snprintf(out, cap, "%s/.aws/%s", home, name);
-    } else {
-        out[0] = '\0';
-        return 0;
-    }
     if (n < 0 || (size_t)n >= cap)
         return lerr_set(e, LERR_INVALID, "%s: path too long", v ? var : "HOME");
     return 0;
@@ -1363,10 +1357,8 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
 {
     if (creds_load_profile(f->path[0], 0, f->profile, &f->pr[0], e) < 0)
         return -1;
-    if (f->conf_error.kind) {
-        *e = f->conf_error;
-        return -1;
-    }
+    if (f->conf_error.kind)
+        return lerr_set(e, f->conf_error.kind, "%s", f->conf_error.msg);
     for (int k = 0; k < 2; k++) {
         const struct creds_profile *pr = &f->pr[k];
         int key = !!(pr->have & CREDS_HAVE_KEY_ID);
@@ -1403,13 +1395,11 @@ int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, 
     struct creds_files f = { .profile_set = 0 };  /* 25 KB: configuration runs at start-up */
     int rc = creds_files_prepare(get, ctx, &f, e);
 
-    if (rc == 0 && f.conf_error.kind) {
-        *e = f.conf_error;
-        rc = -1;
-    } else if (rc == 0 && (f.pr[1].have & CREDS_HAVE_REGION)) {
+    if (rc == 0 && f.conf_error.kind)
+        rc = lerr_set(e, f.conf_error.kind, "%s", f.conf_error.msg);
+    else if (rc == 0 && (f.pr[1].have & CREDS_HAVE_REGION))
         rc = creds_copy(out, cap, f.pr[1].region) ? 1
                                                   : lerr_set(e, LERR_INVALID, "region too long");
-    }
     explicit_bzero(&f, sizeof f);
     return rc;
 }
