@@ -1,6 +1,5 @@
 #include "creds.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -77,27 +76,26 @@ static int creds_put(char *dst, size_t cap, const char *src, size_t n, const cha
     return 0;
 }
 
-/* printf rather than strftime: strftime would bring musl's locale and time zone code. */
+/* printf rather than strftime: strftime would bring musl's locale and time zone code.
+ * gmtime_r cannot fail here: every time shown comes from creds_parse_time or a JWT's exp,
+ * both before the year 10000. */
 static void creds_fmt_time(int64_t t, char out[80])
 {
     time_t tt = (time_t)t;
-    struct tm tm;
+    struct tm tm = { 0 };
 
-    if (gmtime_r(&tt, &tm))
-        snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-    else
-        snprintf(out, 80, "@%lld", (long long)t);
+    gmtime_r(&tt, &tm);
+    snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 static int creds_region_ok(const char *s, size_t n)
 {
-    if (n == 0 || n >= CREDS_REGION_MAX)
-        return 0;
-    for (size_t k = 0; k < n; k++)
-        if (!((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '-'))
-            return 0;
-    return 1;
+    size_t k = 0;
+
+    while (k < n && ((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '-'))
+        k++;
+    return k == n && n > 0 && n < CREDS_REGION_MAX;
 }
 
 static void creds_wipe_free(void *buf, size_t len)
@@ -208,31 +206,31 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
     if (!(buf = malloc(plen * 3 / 4 + 3)))
         return lerr_set(e, LERR_NOMEM, "out of memory");
     blen = plen ? text_base64_decode((const unsigned char *)d1 + 1, plen, buf, 1) : -1;
+    root = blen < 0 ? NULL : json_parse((const char *)buf, (size_t)blen);
+    item = cJSON_GetObjectItemCaseSensitive(root, "exp");  /* NULL-safe */
     if (blen < 0) {
         lerr_set(e, LERR_INVALID, "JWT payload is not base64url");
-    } else if (!(root = json_parse((const char *)buf, (size_t)blen))) {
+    } else if (!root) {
         lerr_set(e, LERR_INVALID, "JWT payload is not JSON");
-    } else {
-        item = cJSON_GetObjectItemCaseSensitive(root, "exp");
+    } else if (!cJSON_IsObject(root) || !cJSON_IsNumber(item) || !(item->valuedouble >= 0) ||
+               !(item->valuedouble < 253402300800.0)) {
         /* NumericDate: seconds; anything beyond year 9999 is not a real expiry. */
-        if (!cJSON_IsObject(root) || !cJSON_IsNumber(item) || !(item->valuedouble >= 0) ||
-            !(item->valuedouble < 253402300800.0)) {
-            lerr_set(e, LERR_INVALID, "JWT has no numeric exp claim");
-        } else {
-            *exp = (int64_t)item->valuedouble;
-            rc = 0;
-        }
-        cJSON_Delete(root);
+        lerr_set(e, LERR_INVALID, "JWT has no numeric exp claim");
+    } else {
+        *exp = (int64_t)item->valuedouble;
+        rc = 0;
     }
+    cJSON_Delete(root);
     creds_wipe_free(buf, plen * 3 / 4 + 3);
     return rc;
 }
 
 /* ======================================================================================
- * STS's XML answers: a strict little reader. One loop goes from markup to markup through
- * a table of what may follow '<'. The open elements are kept as a path
- * ("/ErrorResponse/Error/Code"): a start tag adds its name, the end tag must match the
- * last one and takes it off, and a leaf's text is kept when its path is a field's.
+ * STS's XML answers: a strict little recursive-descent reader. One call reads one element,
+ * its children by calling itself, going from markup to markup through a table of what may
+ * follow '<'. The open elements are kept as a path ("/ErrorResponse/Error/Code"): each
+ * call adds its name, its end tag must match it, and a leaf's text is kept when its path
+ * is a field's.
  * ==================================================================================== */
 
 #define STS_OK_ROOT "/AssumeRoleWithWebIdentityResponse"
@@ -272,9 +270,6 @@ struct xml {
     const char *b;
     size_t len, i;
     char path[XML_PATH_MAX];               /* the open elements, "/Root/Child" */
-    size_t path_len;
-    int depth;                             /* how many are open */
-    int leaf;                              /* the innermost has had no child element */
     char text[XML_TEXT_MAX];               /* the innermost element's text, or an attribute's;
                                               references decoded */
     size_t text_len;
@@ -386,17 +381,11 @@ static int xml_reference(struct xml *x, struct lerr *e)
 static int xml_text(struct xml *x, char stop, struct lerr *e)
 {
     while (x->i < x->len && x->b[x->i] != '<' && x->b[x->i] != stop) {
-        int rc;
-
         if (!xml_char((unsigned char)x->b[x->i]))
             return xml_bad(x, e, "control character");
         if (stop == '<' && xml_at(x, "]]>"))
             return xml_bad(x, e, "\"]]>\" in text");
-        if (x->b[x->i] == '&')
-            rc = xml_reference(x, e);
-        else
-            rc = xml_text_add(x, x->b + x->i++, 1, e);
-        if (rc < 0)
+        if ((x->b[x->i] == '&' ? xml_reference(x, e) : xml_text_add(x, x->b + x->i++, 1, e)) < 0)
             return -1;
     }
     return 0;
@@ -514,79 +503,74 @@ static int xml_markup_at(struct xml *x, int in_root, struct lerr *e)
     return M_COMMENT;
 }
 
-/* The innermost open element ends: a leaf's text may be a field; a parent may only have
- * had whitespace beside its children. Its name leaves the path. */
-static int xml_close(struct xml *x, struct lerr *e)
+/* At '<' of a start tag: reads the element to its end tag, its children by recursion.
+ * path_len: the parent's path; the root's name must be one of STS's two answers. A leaf's
+ * text may be a field; a parent may only have had whitespace beside its children. */
+static int xml_element(struct xml *x, size_t path_len, int depth, struct lerr *e)
 {
-    if (!x->leaf && !xml_text_blank(x))
-        return xml_bad(x, e, "text beside child elements");
-    if (x->leaf && sts_leaf(x, e) < 0)
-        return -1;
-    x->path_len = (size_t)(strrchr(x->path, '/') - x->path);
-    x->path[x->path_len] = '\0';
-    x->depth--;
-    x->leaf = 0;
-    x->text_len = 0;
-    return 0;
-}
-
-/* At '<' of a start tag: its name goes on the path (the root's must be one of STS's two
- * answers), its attributes are checked; "/>" closes it at once. */
-static int xml_start_tag(struct xml *x, struct lerr *e)
-{
-    size_t n;
+    size_t n, end;
+    int leaf = 1, k = M_START_TAG;
 
     x->i++;
     if ((n = xml_name(x)) == 0)
-        return xml_bad(x, e, x->depth ? "expected a name" : "expected the root element");
+        return xml_bad(x, e, depth ? "expected a name" : "expected the root element");
     if (!xml_text_blank(x))
         return xml_bad(x, e, "text beside child elements");
-    if (x->depth == XML_MAX_DEPTH || n >= sizeof x->path - x->path_len - 1)
+    if (depth == XML_MAX_DEPTH || n >= sizeof x->path - path_len - 1)
         return xml_bad(x, e, "elements nested too deep (or their names too long)");
-    x->path_len += (size_t)snprintf(x->path + x->path_len, sizeof x->path - x->path_len,
-                                    "/%.*s", (int)n, x->b + x->i);
+    end = path_len + (size_t)snprintf(x->path + path_len, sizeof x->path - path_len, "/%.*s",
+                                      (int)n, x->b + x->i);
     x->i += n;
-    if (x->depth++ == 0) {
+    if (depth == 0) {
         x->out->is_error = strcmp(x->path, STS_ERR_ROOT) == 0;
         if (!x->out->is_error && strcmp(x->path, STS_OK_ROOT) != 0)
             return lerr_set(e, LERR_MALFORMED, "unexpected root element <%.64s>", x->path + 1);
     }
-    x->leaf = 1;
     if (xml_attributes(x, e) < 0)
         return -1;
     x->text_len = 0;  /* the attributes' */
-    if (xml_at(x, ">")) {
-        x->i++;
-        return 0;
-    }
-    if (!xml_at(x, "/>"))
+    if (xml_at(x, "/>"))
+        k = M_END_TAG;  /* no content, no end tag */
+    else if (!xml_at(x, ">"))
         return xml_bad(x, e, "expected \"/>\"");
-    x->i += 2;
-    return xml_close(x, e);
-}
-
-/* At "</": it must name the innermost open element, the path's last name. */
-static int xml_end_tag(struct xml *x, struct lerr *e)
-{
-    const char *name = strrchr(x->path, '/') + 1;
-    size_t n = strlen(name);
-
-    x->i += 2;
-    if (x->len - x->i < n || memcmp(x->b + x->i, name, n) != 0 || xml_name(x) != n)
-        return xml_bad(x, e, "end tag does not match the open element");
-    x->i += n;
-    xml_skip_space(x);
-    if (!xml_at(x, ">"))
-        return xml_bad(x, e, "expected '>' closing an end tag");
-    x->i++;
-    return xml_close(x, e);
+    x->i += k == M_END_TAG ? 2 : 1;
+    while (k != M_END_TAG) {
+        if (xml_text(x, '<', e) < 0)
+            return -1;
+        if (x->i >= x->len)
+            return xml_bad(x, e, "truncated: an element is not closed");
+        if ((k = xml_markup_at(x, 1, e)) < 0)
+            return -1;
+        if (k == M_START_TAG && xml_element(x, end, depth + 1, e) < 0)
+            return -1;
+        leaf &= k != M_START_TAG;
+        if (k != M_END_TAG)
+            continue;
+        /* "</" and the name of this element, the path's last */
+        x->i += 2;
+        if (x->len - x->i < n || memcmp(x->b + x->i, x->path + path_len + 1, n) != 0 ||
+            xml_name(x) != n)
+            return xml_bad(x, e, "end tag does not match the open element");
+        x->i += n;
+        xml_skip_space(x);
+        if (!xml_at(x, ">"))
+            return xml_bad(x, e, "expected '>' closing an end tag");
+        x->i++;
+    }
+    if (!leaf && !xml_text_blank(x))
+        return xml_bad(x, e, "text beside child elements");
+    if (leaf && sts_leaf(x, e) < 0)
+        return -1;
+    x->path[path_len] = '\0';
+    x->text_len = 0;
+    return 0;
 }
 
 /* The optional BOM and XML declaration, then one element with only whitespace and
- * comments around it: text and markup in turn until the input ends. */
+ * comments around it. */
 static int xml_document(struct xml *x, struct lerr *e)
 {
-    int rooted = 0, k = 0;  /* k: a row of xml_markup, or a result */
+    int rooted = 0, k;  /* k: a row of xml_markup, or -1 */
 
     if (xml_at(x, "\xef\xbb\xbf"))
         x->i += 3;
@@ -595,23 +579,19 @@ static int xml_document(struct xml *x, struct lerr *e)
         if (xml_skip_past(x, "?>", "XML declaration", e) < 0)
             return -1;
     }
-    while (k >= 0) {
-        if (x->depth == 0)
-            xml_skip_space(x);
+    for (;;) {
+        xml_skip_space(x);
         if (x->i >= x->len)
-            return x->depth ? xml_bad(x, e, "truncated: an element is not closed")
-                            : rooted ? 0 : xml_bad(x, e, "no root element");
-        if (x->depth > 0 && x->b[x->i] != '<')
-            k = xml_text(x, '<', e);
-        else if (x->b[x->i] != '<' || (rooted && x->depth == 0 && !xml_at(x, "<!--")))
+            return rooted ? 0 : xml_bad(x, e, "no root element");
+        if (x->b[x->i] != '<' || (rooted && !xml_at(x, "<!--")))
             return xml_bad(x, e, rooted ? "content after the root element"
                                         : "expected the root element");
-        else if ((k = xml_markup_at(x, x->depth > 0, e)) == M_END_TAG)
-            k = xml_end_tag(x, e);
-        else if (k == M_START_TAG && (k = xml_start_tag(x, e)) == 0)
-            rooted = 1;
+        if ((k = xml_markup_at(x, 0, e)) < 0)
+            return -1;
+        if (k == M_START_TAG && xml_element(x, 0, 0, e) < 0)
+            return -1;
+        rooted |= k == M_START_TAG;
     }
-    return -1;
 }
 
 int creds_sts_parse(const char *xml, size_t len, struct creds_sts_answer *out, struct lerr *e)
@@ -721,8 +701,7 @@ static int profile_section_matches(const struct profile_parse *pp, const char *s
         return span_eq(s, n, pp->profile, 0);
     if (n <= k || memcmp(s, "profile", k) != 0 || !creds_ws(s[k]))
         return 0;
-    while (k < n && creds_ws(s[k]))
-        k++;
+    creds_trim(s, &k, &n);
     return span_eq(s + k, n - k, pp->profile, 0);
 }
 
@@ -750,7 +729,7 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
     struct profile_parse *pp = ctx;
     struct creds_profile *out = pp->out;
     size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0], u = 0;
-    char *dst, what[96];
+    char *dst;
 
     if (!key) {
         pp->in_profile = profile_section_matches(pp, sec, sec_len);
@@ -777,9 +756,8 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
                               pp->profile)
                    : lerr_set(e, LERR_INVALID, "profile %.40s: region \"%.*s\" is not a region "
                               "name", pp->profile, (int)n, v);
-    snprintf(what, sizeof what, "profile %.40s: %s", pp->profile, profile_keys[k].key);
-    if (creds_put(dst, profile_keys[k].cap, v, n, what, e) < 0)
-        return -1;
+    if (creds_put(dst, profile_keys[k].cap, v, n, profile_keys[k].key, e) < 0)
+        return lerr_wrap(e, "profile %.40s", pp->profile);
     out->have |= profile_keys[k].bit;
     return 0;
 }
@@ -812,10 +790,9 @@ static int creds_read_file(const char *path, size_t max, char **out, size_t *out
     int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
 
     *out = NULL;
-    if (fd < 0 && (errno == ENOENT || errno == ENOTDIR))
-        return 1;  /* "" too */
-    if (fd < 0)
-        return lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
+    if (fd < 0)  /* no such file ("" too) */
+        return errno == ENOENT || errno == ENOTDIR ? 1 : lerr_set(e, LERR_IO, "%s: %s", path,
+                                                                   strerror(errno));
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         rc = lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
     else if (!(*out = malloc(max + 1)))
@@ -850,20 +827,17 @@ static int creds_file_path(config_getenv_fn get, void *ctx, const char *var, con
                            char *out, size_t cap, struct lerr *e)
 {
     const char *v = creds_env(get, ctx, var), *home = creds_env(get, ctx, "HOME");
-    int n;
+    int tilde = v && strncmp(v, "~/", 2) == 0, n = 0;
 
-    if (v && strncmp(v, "~/", 2) == 0) {
-        if (!home)
-            return lerr_set(e, LERR_INVALID, "%s: starts with ~/ but HOME is not set", var);
+    out[0] = '\0';  /* no file */
+    if (tilde && !home)
+        return lerr_set(e, LERR_INVALID, "%s: starts with ~/ but HOME is not set", var);
+    if (tilde)
         n = snprintf(out, cap, "%s/%s", home, v + 2);
-    } else if (v) {
+    else if (v)
         n = snprintf(out, cap, "%s", v);
-    } else if (home) {
+    else if (home)
         n = snprintf(out, cap, "%s/.aws/%s", home, name);
-    } else {
-        out[0] = '\0';
-        return 0;
-    }
     if (n < 0 || (size_t)n >= cap)
         return lerr_set(e, LERR_INVALID, "%s: path too long", v ? var : "HOME");
     return 0;
@@ -999,28 +973,22 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
  * STS AssumeRoleWithWebIdentity
  * ==================================================================================== */
 
-/* The form, application/x-www-form-urlencoded: literal parts, each followed by a value
- * that is percent-encoded but for RFC 3986's unreserved bytes. */
+/* The form, application/x-www-form-urlencoded: the values percent-encoded but for RFC
+ * 3986's unreserved bytes. cap has room for 3 bytes for each of theirs. */
 static char *sts_body(const struct creds_provider *p, const char *token, size_t *len)
 {
-    char duration[16], *b;
-    const char *const part[] = {
-        "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=", p->role_arn,
-        "&RoleSessionName=", p->session_name, "&WebIdentityToken=", token,
-        "&DurationSeconds=", duration,
-    };
-    size_t n = 0, cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
+    size_t cap = 160 + 3 * (strlen(p->role_arn) + strlen(p->session_name) + strlen(token));
+    char *b = malloc(cap), *o;
 
-    snprintf(duration, sizeof duration, "%d", CREDS_STS_DURATION_S);
-    if (!(b = malloc(cap)))
+    if (!b)
         return NULL;
-    for (size_t k = 0; k < sizeof part / sizeof part[0]; k++) {
-        if (k % 2 == 0)
-            n = (size_t)(stpcpy(b + n, part[k]) - b);
-        else
-            n += (size_t)text_pct_encode(part[k], b + n, cap - n);
-    }
-    *len = n;
+    o = stpcpy(b, "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=");
+    o += text_pct_encode(p->role_arn, o, cap - (size_t)(o - b));
+    o = stpcpy(o, "&RoleSessionName=");
+    o += text_pct_encode(p->session_name, o, cap - (size_t)(o - b));
+    o = stpcpy(o, "&WebIdentityToken=");
+    o += text_pct_encode(token, o, cap - (size_t)(o - b));
+    *len = (size_t)(o - b) + (size_t)sprintf(o, "&DurationSeconds=%d", CREDS_STS_DURATION_S);
     return b;
 }
 
@@ -1143,11 +1111,10 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     size_t len = 0;
     int64_t exp;
     struct lerr ignore;
-    int rc = 1;
+    int rc;
 
-    if (p->token_file[0] &&
-        (rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
-        return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    if ((rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
+        return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");  /* "" is no file */
     if (rc == 0 && (rc = creds_token_dup(buf, len, tok, e)) > 0)
         why = "holds no usable token";
     creds_wipe_free(buf, len);
@@ -1390,10 +1357,8 @@ static int creds_from_files(struct creds_provider *p, struct creds_files *f, str
 {
     if (creds_load_profile(f->path[0], 0, f->profile, &f->pr[0], e) < 0)
         return -1;
-    if (f->conf_error.kind) {
-        *e = f->conf_error;
-        return -1;
-    }
+    if (f->conf_error.kind)
+        return lerr_set(e, f->conf_error.kind, "%s", f->conf_error.msg);
     for (int k = 0; k < 2; k++) {
         const struct creds_profile *pr = &f->pr[k];
         int key = !!(pr->have & CREDS_HAVE_KEY_ID);
@@ -1430,13 +1395,11 @@ int creds_config_region(config_getenv_fn get, void *ctx, char *out, size_t cap, 
     struct creds_files f = { .profile_set = 0 };  /* 25 KB: configuration runs at start-up */
     int rc = creds_files_prepare(get, ctx, &f, e);
 
-    if (rc == 0 && f.conf_error.kind) {
-        *e = f.conf_error;
-        rc = -1;
-    } else if (rc == 0 && (f.pr[1].have & CREDS_HAVE_REGION)) {
+    if (rc == 0 && f.conf_error.kind)
+        rc = lerr_set(e, f.conf_error.kind, "%s", f.conf_error.msg);
+    else if (rc == 0 && (f.pr[1].have & CREDS_HAVE_REGION))
         rc = creds_copy(out, cap, f.pr[1].region) ? 1
                                                   : lerr_set(e, LERR_INVALID, "region too long");
-    }
     explicit_bzero(&f, sizeof f);
     return rc;
 }
