@@ -96,13 +96,9 @@ struct job_msg {
 struct job {
     struct daemon *d;
     char gid[GROUP_ID_LEN + 1];
-    char *image;
-    const struct preset *preset;
-    char *command;
-    char *events;
-    size_t events_len;
-    char *meta;                        /* the context file (events.meta.json) */
-    size_t meta_len;
+    struct fly_machine_spec spec;      /* its Machine (the local backend's child takes its
+                                          command, events and context file too) */
+    char *events, *meta;               /* the files spec points to, owned */
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
     struct job *next;                  /* in d->queue or d->held */
     char pool_key[GROUP_ID_LEN + 1];   /* LAMBDO_POOL: its Machines' key */
@@ -340,16 +336,6 @@ static void job_free(struct job *j)
     free(j);
 }
 
-/* The job's Machine as Fly is to run it (with pool_key: a pooled one's). */
-static struct fly_machine_spec job_spec(const struct job *j, const char *pool_key)
-{
-    return (struct fly_machine_spec){
-        .image = j->image, .preset = j->preset, .command = j->command,
-        .events = j->events, .events_len = j->events_len, .group_id = j->gid,
-        .meta = j->meta, .meta_len = j->meta_len, .pool_key = pool_key,
-    };
-}
-
 /* JOB_DONE when the Machine was created, else what becomes of the messages. */
 static enum job_end job_create(struct job *j, const struct fly_machine_spec *spec,
                                struct fly_machine *m)
@@ -368,7 +354,8 @@ static enum job_end job_create(struct job *j, const struct fly_machine_spec *spe
                            &e) < 0) {
         if (e.kind != LERR_CANCELLED) {
             log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
-                      "return after the visibility timeout", j->gid, j->count, j->image, e.msg);
+                      "return after the visibility timeout", j->gid, j->count, j->spec.image,
+                      e.msg);
             return JOB_LEFT;
         }
         log_info("group %s: stopping before its Machine was created", j->gid);
@@ -376,8 +363,8 @@ static enum job_end job_create(struct job *j, const struct fly_machine_spec *spe
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
     log_info("group %s: %smachine %s created in %s for %zu events (image %s, size %s)", j->gid,
-             spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, j->image,
-             j->preset->name);
+             spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, spec->image,
+             spec->preset->name);
     return JOB_DONE;
 }
 
@@ -499,13 +486,13 @@ static enum job_end job_run_local(struct job *j)
     struct lerr e;
     int rc;
 
-    if (local_command_resolve(j->command, cfg->local_command, &argv, &e) < 0) {
+    if (local_command_resolve(j->spec.command, cfg->local_command, &argv, &e) < 0) {
         log_error("group %s: %s; %zu messages go back to the queue", j->gid, e.msg, j->count);
         return JOB_RETRY;
     }
     r = (struct local_run){
-        .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
-        .meta = j->meta, .meta_len = j->meta_len,
+        .argv = (const char *const *)argv, .events = j->events,
+        .events_len = j->spec.events_len, .meta = j->meta, .meta_len = j->spec.meta_len,
         .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
         .shutdown_grace_s = cfg->shutdown_timeout, .idle = job_keepalive,
         .ctx = j,
@@ -676,7 +663,7 @@ static int pool_lease(struct job *j, int fresh)
 /* Creates the job's pooled Machine, stopped (the update runs it); as job_create. */
 static enum job_end pool_create(struct job *j)
 {
-    struct fly_machine_spec spec = job_spec(j, j->pool_key);
+    struct fly_machine_spec spec = j->spec;
     struct fly_machine m;
     enum job_end how;
 
@@ -696,12 +683,11 @@ static enum job_end pool_create(struct job *j)
  * another Machine is to be tried, -1 when the group failed (its messages go back). */
 static int pool_update(struct job *j, struct fly_machine *m)
 {
-    struct fly_machine_spec spec = job_spec(j, j->pool_key);
     struct fly_target t = pool_target(j, 1);
     struct fly_call_result r;
     struct lerr e;
 
-    if (fly_update_machine(j->http, &t, j->pm->id, &spec, m, &r, &e) == 0)
+    if (fly_update_machine(j->http, &t, j->pm->id, &j->spec, m, &r, &e) == 0)
         return 0;
     if (r.outcome == FLY_CALL_GONE || r.status == 409) {
         pool_give_up(j, r.outcome == FLY_CALL_GONE, r.status == 409 ? "lost its lease" : "is gone");
@@ -714,7 +700,7 @@ static int pool_update(struct job *j, struct fly_machine *m)
     }
     /* Fly refused the config (an image it cannot pull...): this Machine is replaced */
     log_error("group %s (%zu events, image %s): machine %s refused the update: %s; it leaves "
-              "the pool", j->gid, j->count, j->image, j->pm->id, e.msg);
+              "the pool", j->gid, j->count, j->spec.image, j->pm->id, e.msg);
     if (fly_destroy_machine(j->http, &t, j->pm->id, 1, NULL, &e) < 0)
         log_warn("group %s: destroying machine %s: %s", j->gid, j->pm->id, e.msg);
     pool_drop(&j->d->pool, j->pm);
@@ -737,6 +723,7 @@ static enum job_end job_run_pool(struct job *j, struct fly_machine *m)
 {
     struct daemon *d = j->d;
 
+    j->spec.pool_key = j->pool_key;  /* its Machines carry the key */
     for (int tries = 0; tries < POOL_TRIES; tries++) {
         enum pool_take take = pool_acquire(&d->pool, j->pool_key, now_ms, pool_wait_idle, j, &j->pm);
         int fresh = take == POOL_TAKE_CREATE, rc;
@@ -762,7 +749,7 @@ static enum job_end job_run_pool(struct job *j, struct fly_machine *m)
         metrics_count(&d->metrics, fresh ? METRICS_POOL_NEW : METRICS_POOL_WARM, 1);
         pool_gauges(d);
         log_info("group %s: pooled machine %s runs %zu events (image %s, size %s)", j->gid,
-                 m->id, j->count, j->image, j->preset->name);
+                 m->id, j->count, j->spec.image, j->spec.preset->name);
         j->follow = pool_target(j, 0);
         return JOB_DONE;
     }
@@ -796,7 +783,6 @@ static void pool_release(struct job *j, const struct fly_machine *m, int64_t sta
 static void job_run(struct job *j, int stopping)
 {
     const struct config *cfg = j->d->cfg;
-    struct fly_machine_spec spec = job_spec(j, NULL);
     struct fly_machine m;
     int64_t started = now_ms();
     enum job_end how;
@@ -808,7 +794,7 @@ static void job_run(struct job *j, int stopping)
     } else if (cfg->backend_local) {
         how = job_run_local(j);
     } else {
-        how = cfg->pool ? job_run_pool(j, &m) : job_create(j, &spec, &m);
+        how = cfg->pool ? job_run_pool(j, &m) : job_create(j, &j->spec, &m);
         if (how == JOB_DONE && cfg->ack_on_exit)
             how = job_exit_outcome(j, &m, started);
     }
@@ -905,8 +891,9 @@ static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
     j->http = &d->main_http;
     j->sqs = &d->main_sqs;
     j->follow = d->follow;
-    j->image = job_copy(&p, image);
-    j->command = command ? job_copy(&p, command) : NULL;
+    j->spec.group_id = j->gid;
+    j->spec.image = job_copy(&p, image);
+    j->spec.command = command ? job_copy(&p, command) : NULL;
     for (size_t i = 0; i < n; i++) {
         const struct sqs_message *m = msg[members ? members[i] : i];
         j->msgs[i].id = job_copy(&p, m->message_id);
@@ -983,10 +970,12 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
                               visible_until);
     struct lerr e;
 
-    if (j && group_events_json_alloc(ev, part, (size_t)-1 / 2, &j->events, &j->events_len,
-                                     &e) == 0 &&
-        group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->meta_len, &e) == 0) {
-        j->preset = part->preset;
+    if (j && group_events_json_alloc(ev, part, (size_t)-1 / 2, &j->events,
+                                     &j->spec.events_len, &e) == 0 &&
+        group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->spec.meta_len, &e) == 0) {
+        j->spec.events = j->events;
+        j->spec.meta = j->meta;
+        j->spec.preset = part->preset;
         group_id(ev, part, j->gid);
         if (d->cfg->pool)  /* a SHA-256 per group: only when there is a pool */
             group_key(part, j->pool_key);
