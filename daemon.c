@@ -988,7 +988,7 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
     }
 }
 
-/* --once: keeps messages out of the rest of the run, hidden by heartbeats (once_keepalive)
+/* --once: keeps messages out of the rest of the run, hidden by heartbeats (main_keepalive)
  * until once_release hands them back: a message that cannot succeed neither runs again
  * nor counts as in flight elsewhere. Out of memory, they return after the visibility
  * timeout and are held again then. Main thread only. */
