@@ -96,13 +96,9 @@ struct job_msg {
 struct job {
     struct daemon *d;
     char gid[GROUP_ID_LEN + 1];
-    char *image;
-    const struct preset *preset;
-    char *command;
-    char *events;
-    size_t events_len;
-    char *meta;                        /* the context file (events.meta.json) */
-    size_t meta_len;
+    struct fly_machine_spec spec;      /* its Machine (the local backend's child takes its
+                                          command, events and context file too) */
+    char *events, *meta;               /* the files spec points to, owned */
     int64_t visible_until_ms;          /* when the messages' visibility runs out */
     struct job *next;                  /* in d->queue or d->held */
     char pool_key[GROUP_ID_LEN + 1];   /* LAMBDO_POOL: its Machines' key */
@@ -239,15 +235,16 @@ static void clients_open(struct daemon *d, struct http_client *http, struct sqs_
     s->metrics = &d->metrics;
 }
 
-/* Runs a batch operation over messages, 10 at a time, on the thread's SQS client, whose HTTP
- * client a stop does not cancel (a delete or a visibility change that has started is
- * finished), counting each message it was done for in `counted` (METRICS_NCOUNTERS: not
- * counted, for heartbeats). Returns the number of messages for which it failed (stale
- * handles are not failures: logged). */
+/* Deletes messages (counted METRICS_DELETED), or else changes their visibility, 10 at a
+ * time, on the thread's SQS client, whose HTTP client a stop does not cancel (a delete or a
+ * visibility change that has started is finished), counting each message it was done for in
+ * `counted` (METRICS_NCOUNTERS: not counted, for heartbeats). Returns the number of messages
+ * for which it failed (stale handles are not failures: logged). */
 static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
-                        const struct job_msg *msgs, size_t count, int delete, int visibility,
+                        const struct job_msg *msgs, size_t count, int visibility,
                         enum metrics_counter counted)
 {
+    int delete = counted == METRICS_DELETED;
     size_t failed = 0;
 
     for (size_t off = 0; off < count; off += SQS_MAX_MESSAGES) {
@@ -277,15 +274,6 @@ static size_t batch_all(struct daemon *d, struct sqs_client *s, const char *gid,
     return failed;
 }
 
-/* Hands the messages back: visible again after `delay` seconds. */
-static void job_return(struct job *j, int delay)
-{
-    once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-    if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, delay, METRICS_RETURNED) == 0)
-        log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
-                 j->count, delay);
-}
-
 /* What a runner leaves its job's messages to: job_end does it, the one acknowledgement
  * path of every backend. */
 enum job_end {
@@ -293,18 +281,23 @@ enum job_end {
     JOB_RETURN,  /* stopping: back to the queue at once */
     JOB_RETRY,   /* failed: back after LAMBDO_RETRY_DELAY */
     JOB_LEFT,    /* failed: they come back after the visibility timeout */
-    JOB_ENDED,   /* job_end was called already */
 };
 
 static void job_end(struct job *j, enum job_end how)
 {
+    int delay = how == JOB_RETRY ? j->d->cfg->retry_delay : 0;
     int ok = how == JOB_DONE &&
-             batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 1, 0, METRICS_DELETED) == 0;
+             batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, METRICS_DELETED) == 0;
 
     if (ok)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
-    if (how == JOB_RETURN || how == JOB_RETRY)
-        job_return(j, how == JOB_RETRY ? j->d->cfg->retry_delay : 0);
+    if (how == JOB_RETURN || how == JOB_RETRY) {
+        /* handed back: visible again after `delay` seconds */
+        once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
+        if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, delay, METRICS_RETURNED) == 0)
+            log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
+                     j->count, delay);
+    }
     /* a failure not returned: hidden till then */
     once_record_job(j, ok, j->visible_until_ms);
 }
@@ -330,7 +323,7 @@ static void job_keepalive(void *ctx)
     pool_lease_refresh(j);
     if (keepalive_due(j->d, j->visible_until_ms) > 0)
         return;
-    if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, vis, METRICS_NCOUNTERS) == 0)
+    if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, vis, METRICS_NCOUNTERS) == 0)
         j->visible_until_ms = t + (int64_t)vis * 1000;
 }
 
@@ -341,16 +334,6 @@ static void job_free(struct job *j)
     free(j->events);
     free(j->meta);
     free(j);
-}
-
-/* The job's Machine as Fly is to run it (with pool_key: a pooled one's). */
-static struct fly_machine_spec job_spec(const struct job *j, const char *pool_key)
-{
-    return (struct fly_machine_spec){
-        .image = j->image, .preset = j->preset, .command = j->command,
-        .events = j->events, .events_len = j->events_len, .group_id = j->gid,
-        .meta = j->meta, .meta_len = j->meta_len, .pool_key = pool_key,
-    };
 }
 
 /* JOB_DONE when the Machine was created, else what becomes of the messages. */
@@ -371,7 +354,8 @@ static enum job_end job_create(struct job *j, const struct fly_machine_spec *spe
                            &e) < 0) {
         if (e.kind != LERR_CANCELLED) {
             log_error("group %s (%zu events, image %s): no Machine created: %s; its messages "
-                      "return after the visibility timeout", j->gid, j->count, j->image, e.msg);
+                      "return after the visibility timeout", j->gid, j->count, j->spec.image,
+                      e.msg);
             return JOB_LEFT;
         }
         log_info("group %s: stopping before its Machine was created", j->gid);
@@ -379,8 +363,8 @@ static enum job_end job_create(struct job *j, const struct fly_machine_spec *spe
     }
     metrics_count_region(&d->metrics, METRICS_MACHINES_CREATED, m->region);
     log_info("group %s: %smachine %s created in %s for %zu events (image %s, size %s)", j->gid,
-             spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, j->image,
-             j->preset->name);
+             spec->skip_launch ? "stopped pooled " : "", m->id, m->region, j->count, spec->image,
+             spec->preset->name);
     return JOB_DONE;
 }
 
@@ -502,13 +486,13 @@ static enum job_end job_run_local(struct job *j)
     struct lerr e;
     int rc;
 
-    if (local_command_resolve(j->command, cfg->local_command, &argv, &e) < 0) {
+    if (local_command_resolve(j->spec.command, cfg->local_command, &argv, &e) < 0) {
         log_error("group %s: %s; %zu messages go back to the queue", j->gid, e.msg, j->count);
         return JOB_RETRY;
     }
     r = (struct local_run){
-        .argv = (const char *const *)argv, .events = j->events, .events_len = j->events_len,
-        .meta = j->meta, .meta_len = j->meta_len,
+        .argv = (const char *const *)argv, .events = j->events,
+        .events_len = j->spec.events_len, .meta = j->meta, .meta_len = j->spec.meta_len,
         .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
         .shutdown_grace_s = cfg->shutdown_timeout, .idle = job_keepalive,
         .ctx = j,
@@ -679,7 +663,7 @@ static int pool_lease(struct job *j, int fresh)
 /* Creates the job's pooled Machine, stopped (the update runs it); as job_create. */
 static enum job_end pool_create(struct job *j)
 {
-    struct fly_machine_spec spec = job_spec(j, j->pool_key);
+    struct fly_machine_spec spec = j->spec;
     struct fly_machine m;
     enum job_end how;
 
@@ -699,12 +683,11 @@ static enum job_end pool_create(struct job *j)
  * another Machine is to be tried, -1 when the group failed (its messages go back). */
 static int pool_update(struct job *j, struct fly_machine *m)
 {
-    struct fly_machine_spec spec = job_spec(j, j->pool_key);
     struct fly_target t = pool_target(j, 1);
     struct fly_call_result r;
     struct lerr e;
 
-    if (fly_update_machine(j->http, &t, j->pm->id, &spec, m, &r, &e) == 0)
+    if (fly_update_machine(j->http, &t, j->pm->id, &j->spec, m, &r, &e) == 0)
         return 0;
     if (r.outcome == FLY_CALL_GONE || r.status == 409) {
         pool_give_up(j, r.outcome == FLY_CALL_GONE, r.status == 409 ? "lost its lease" : "is gone");
@@ -717,42 +700,12 @@ static int pool_update(struct job *j, struct fly_machine *m)
     }
     /* Fly refused the config (an image it cannot pull...): this Machine is replaced */
     log_error("group %s (%zu events, image %s): machine %s refused the update: %s; it leaves "
-              "the pool", j->gid, j->count, j->image, j->pm->id, e.msg);
+              "the pool", j->gid, j->count, j->spec.image, j->pm->id, e.msg);
     if (fly_destroy_machine(j->http, &t, j->pm->id, 1, NULL, &e) < 0)
         log_warn("group %s: destroying machine %s: %s", j->gid, j->pm->id, e.msg);
     pool_drop(&j->d->pool, j->pm);
     j->pm = NULL;
     return -1;
-}
-
-/* The Machine runs the group: acknowledged as LAMBDO_ACK says, then the Machine is free
- * again, its lease kept for a job of its key that waits here, else released. */
-static enum job_end pool_follow(struct job *j, const struct fly_machine *m, int64_t started)
-{
-    struct daemon *d = j->d;
-
-    log_info("group %s: pooled machine %s runs %zu events (image %s, size %s)", j->gid, m->id,
-             j->count, j->image, j->preset->name);
-    j->follow = pool_target(j, 0);
-    /* acknowledged before the Machine is free again (create mode: before it is followed) */
-    if (d->cfg->ack_on_exit) {
-        job_end(j, job_exit_outcome(j, m, started));
-    } else {
-        job_end(j, JOB_DONE);
-        if (job_follow(j, m, started) == FOLLOW_TIMEOUT)
-            job_kill(j, m);
-    }
-    if (j->killed) {
-        pool_drop(&d->pool, j->pm);
-    } else {
-        /* stopping, the Machine may still run: whoever takes it next leases and looks */
-        if (!pool_wanted(&d->pool, j->pool_key) || daemon_stopping(d))
-            pool_unlease(d, j->http, j->pm);
-        pool_put(&d->pool, j->pm, now_ms());
-    }
-    j->pm = NULL;
-    pool_gauges(d);
-    return JOB_ENDED;
 }
 
 /* While a job waits for a pooled Machine: its heartbeats; nonzero once lambdo stops. */
@@ -764,13 +717,13 @@ static int pool_wait_idle(void *ctx)
     return daemon_stopping(j->d) != 0;
 }
 
-/* LAMBDO_POOL: the group runs on a stopped Machine of its key, leased and updated. */
-static enum job_end job_run_pool(struct job *j)
+/* LAMBDO_POOL: the group runs on a stopped Machine of its key, leased and updated: JOB_DONE
+ * once it runs (j->pm, m), else what becomes of the messages. */
+static enum job_end job_run_pool(struct job *j, struct fly_machine *m)
 {
     struct daemon *d = j->d;
-    struct fly_machine m;
-    int64_t started = now_ms();
 
+    j->spec.pool_key = j->pool_key;  /* its Machines carry the key */
     for (int tries = 0; tries < POOL_TRIES; tries++) {
         enum pool_take take = pool_acquire(&d->pool, j->pool_key, now_ms, pool_wait_idle, j, &j->pm);
         int fresh = take == POOL_TAKE_CREATE, rc;
@@ -782,29 +735,54 @@ static enum job_end job_run_pool(struct job *j)
         /* before a create: Machines another lambdo made count toward N, and may be free */
         if (fresh && pool_list(d, j->http, j->pool_key) > 0) {
             pool_drop(&d->pool, j->pm);  /* the slot: another lambdo's Machines fill it */
+            j->pm = NULL;
             continue;
         }
         if (fresh && (rc = pool_create(j)) != JOB_DONE)
             return rc;
         if (pool_lease(j, fresh) < 0)
             continue;
-        if ((rc = pool_update(j, &m)) > 0)
+        if ((rc = pool_update(j, m)) > 0)
             continue;
         if (rc < 0)
             return JOB_RETRY;
         metrics_count(&d->metrics, fresh ? METRICS_POOL_NEW : METRICS_POOL_WARM, 1);
         pool_gauges(d);
-        return pool_follow(j, &m, started);
+        log_info("group %s: pooled machine %s runs %zu events (image %s, size %s)", j->gid,
+                 m->id, j->count, j->spec.image, j->spec.preset->name);
+        j->follow = pool_target(j, 0);
+        return JOB_DONE;
     }
     log_error("group %s: no pooled machine took it after %d tries; %zu messages go back to the "
               "queue", j->gid, POOL_TRIES, j->count);
     return JOB_RETRY;
 }
 
-/* Runs one job to its end: its messages are deleted or handed back. */
+/* After the acknowledgement the pooled Machine is free again (create mode: once it stopped),
+ * its lease kept for a job of its key that waits here, else released. */
+static void pool_release(struct job *j, const struct fly_machine *m, int64_t started)
+{
+    struct daemon *d = j->d;
+
+    if (!d->cfg->ack_on_exit && job_follow(j, m, started) == FOLLOW_TIMEOUT)
+        job_kill(j, m);
+    if (j->killed) {
+        pool_drop(&d->pool, j->pm);
+    } else {
+        /* stopping, the Machine may still run: whoever takes it next leases and looks */
+        if (!pool_wanted(&d->pool, j->pool_key) || daemon_stopping(d))
+            pool_unlease(d, j->http, j->pm);
+        pool_put(&d->pool, j->pm, now_ms());
+    }
+    j->pm = NULL;
+    pool_gauges(d);
+}
+
+/* Runs one job to its end: every backend's run ends in one acknowledgement (job_end), its
+ * messages deleted or handed back; a pooled Machine is given back after it. */
 static void job_run(struct job *j, int stopping)
 {
-    struct fly_machine_spec spec = job_spec(j, NULL);
+    const struct config *cfg = j->d->cfg;
     struct fly_machine m;
     int64_t started = now_ms();
     enum job_end how;
@@ -813,14 +791,16 @@ static void job_run(struct job *j, int stopping)
         log_info("group %s: stopping before it started; %zu messages go back to the queue",
                  j->gid, j->count);
         how = JOB_RETURN;
-    } else if (j->d->cfg->backend_local) {
+    } else if (cfg->backend_local) {
         how = job_run_local(j);
-    } else if (j->d->cfg->pool) {
-        how = job_run_pool(j);
-    } else if ((how = job_create(j, &spec, &m)) == JOB_DONE && j->d->cfg->ack_on_exit) {
-        how = job_exit_outcome(j, &m, started);
+    } else {
+        how = cfg->pool ? job_run_pool(j, &m) : job_create(j, &j->spec, &m);
+        if (how == JOB_DONE && cfg->ack_on_exit)
+            how = job_exit_outcome(j, &m, started);
     }
     job_end(j, how);
+    if (j->pm)
+        pool_release(j, &m, started);
 }
 
 /* A worker runs queued jobs one after the other until daemon_drain: a thread per job
@@ -911,8 +891,9 @@ static struct job *job_alloc(struct daemon *d, struct sqs_message *const *msg,
     j->http = &d->main_http;
     j->sqs = &d->main_sqs;
     j->follow = d->follow;
-    j->image = job_copy(&p, image);
-    j->command = command ? job_copy(&p, command) : NULL;
+    j->spec.group_id = j->gid;
+    j->spec.image = job_copy(&p, image);
+    j->spec.command = command ? job_copy(&p, command) : NULL;
     for (size_t i = 0; i < n; i++) {
         const struct sqs_message *m = msg[members ? members[i] : i];
         j->msgs[i].id = job_copy(&p, m->message_id);
@@ -989,10 +970,12 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
                               visible_until);
     struct lerr e;
 
-    if (j && group_events_json_alloc(ev, part, (size_t)-1 / 2, &j->events, &j->events_len,
-                                     &e) == 0 &&
-        group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->meta_len, &e) == 0) {
-        j->preset = part->preset;
+    if (j && group_events_json_alloc(ev, part, (size_t)-1 / 2, &j->events,
+                                     &j->spec.events_len, &e) == 0 &&
+        group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->spec.meta_len, &e) == 0) {
+        j->spec.events = j->events;
+        j->spec.meta = j->meta;
+        j->spec.preset = part->preset;
         group_id(ev, part, j->gid);
         if (d->cfg->pool)  /* a SHA-256 per group: only when there is a pool */
             group_key(part, j->pool_key);
@@ -1005,7 +988,7 @@ static void dispatch_part(struct daemon *d, const struct event *ev, const struct
     }
 }
 
-/* --once: keeps messages out of the rest of the run, hidden by heartbeats (once_keepalive)
+/* --once: keeps messages out of the rest of the run, hidden by heartbeats (main_keepalive)
  * until once_release hands them back: a message that cannot succeed neither runs again
  * nor counts as in flight elsewhere. Out of memory, they return after the visibility
  * timeout and are held again then. Main thread only. */
@@ -1048,7 +1031,7 @@ static void once_release(struct daemon *d)
     while (d->held) {
         struct job *j = d->held;
         d->held = j->next;
-        job_return(j, d->cfg->retry_delay);
+        job_end(j, JOB_RETRY);  /* recorded already: only handed back */
         job_free(j);
     }
 }
@@ -1136,7 +1119,7 @@ static void fifo_return(struct daemon *d, struct plan *p, size_t nparts)
                  "another Machine or are still in flight; SQS delivers it after them",
                  msg->message_id, msg->message_group_id);
     }
-    batch_all(d, &d->main_sqs, "fifo", p->returning, n, 0, 0, METRICS_NCOUNTERS);
+    batch_all(d, &d->main_sqs, "fifo", p->returning, n, 0, METRICS_NCOUNTERS);
 }
 
 /* Validates, groups and dispatches everything in the window. */
@@ -1176,8 +1159,7 @@ static void window_keepalive(struct daemon *d, struct window *w)
         for (size_t i = 0; i < w->batches[b].count; i++)
             m[i] = (struct job_msg){ w->batches[b].messages[i].message_id,
                                      w->batches[b].messages[i].receipt_handle };
-        batch_all(d, &d->main_sqs, "window", m, w->batches[b].count, 0, vis,
-                  METRICS_NCOUNTERS);
+        batch_all(d, &d->main_sqs, "window", m, w->batches[b].count, vis, METRICS_NCOUNTERS);
     }
     w->visible_until_ms = t + (int64_t)vis * 1000;
 }
@@ -1229,11 +1211,15 @@ static int daemon_wait_for_slot(struct daemon *d)
     return free_slots;
 }
 
-/* Returns 0 to go on, 1 when --once is done (the queue answered empty), 2 when a stop
- * signal came, -1 when lambdo should exit with a failure. The receive is where the main
- * thread sees a stop: its client's cancel_fd is the signalfd, which http_do looks at
- * before each request (no separate look per loop). */
-static int receive_once(struct daemon *d, struct window *w, int free_slots, unsigned *failures)
+/* What a round of the main loop found: go on, the queue answered empty (--once), a stop
+ * signal came, lambdo cannot go on (exit 1), or (--once) the run is done. */
+enum round { ROUND_FAILED = -1, ROUND_ON, ROUND_EMPTY, ROUND_STOP, ROUND_DONE };
+
+/* Receives into the window: ROUND_ON, ROUND_EMPTY, ROUND_STOP or ROUND_FAILED. The receive
+ * is where the main thread sees a stop: its client's cancel_fd is the signalfd, which
+ * http_do looks at before each request (no separate look per loop). */
+static enum round receive_once(struct daemon *d, struct window *w, int free_slots,
+                               unsigned *failures)
 {
     const struct config *cfg = d->cfg;
     int room = free_slots * cfg->events_per_machine;
@@ -1260,16 +1246,16 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
         /* http_do saw the stop before the request; a receive that failed before its
          * request (credentials) did not look: a stop outranks its failure */
         if (daemon_stopping(d))
-            return 2;
+            return ROUND_STOP;
         if (e.kind == LERR_CANCELLED)
-            return 0;
+            return ROUND_ON;
         metrics_receive_result(&d->metrics, 0);
         /* Wrong credentials or a missing queue at start-up will not mend themselves: say so
          * and exit, so a deploy fails visibly. Later the same errors may be passing (a key
          * being rotated, a queue being recreated), so keep trying. */
         if (!d->first_receive_done && !d->receiver.last_error.retryable) {
             log_error("%s", e.msg);
-            return -1;
+            return ROUND_FAILED;
         }
         /* Full jitter, so that many lambdos that lost SQS together do not return in step. */
         backoff_ms = sqs_backoff_ms(*failures, RECEIVE_BACKOFF_BASE_MS, RECEIVE_BACKOFF_MAX_MS,
@@ -1277,7 +1263,7 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
         log_error("%s; retrying in %u ms", e.msg, backoff_ms);
         ratelimit_wait_idle(NULL, (int)backoff_ms, &d->signal_fd, 1, NULL, NULL, &e);
         (*failures)++;
-        return 0;
+        return ROUND_ON;
     }
     d->first_receive_done = 1;
     *failures = 0;
@@ -1285,7 +1271,7 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
     metrics_count(&d->metrics, METRICS_RECEIVED, b.count);
     if (b.count == 0) {
         sqs_batch_free(&b);
-        return d->once ? 1 : 0;  /* --once: the queue answered empty */
+        return d->once ? ROUND_EMPTY : ROUND_ON;
     }
     log_debug("received %zu messages", b.count);
     if (!w->nmessages) {
@@ -1296,15 +1282,15 @@ static int receive_once(struct daemon *d, struct window *w, int free_slots, unsi
         w->bytes += b.messages[i].body_len + 1;
     w->nmessages += b.count;
     w->batches[w->nbatches++] = b;
-    return 0;
+    return ROUND_ON;
 }
 
 /* --once, the queue answered empty: done when no job runs (a failed one returns its
  * messages, to be tried once more) and nothing is in flight but this run's own: the held
  * messages and failed ones still hidden by LAMBDO_RETRY_DELAY (their retry is not waited
  * for). Anything else in flight (received by a run that died, say) comes back and is
- * handled in this run. 1 done, 0 not yet, -1 when SQS cannot say. */
-static int once_done(struct daemon *d, long *waiting)
+ * handled in this run. ROUND_DONE, ROUND_ON (not yet), or ROUND_FAILED when SQS cannot say. */
+static enum round once_done(struct daemon *d, long *waiting)
 {
     struct sqs_queue_info q;
     struct lerr e;
@@ -1315,23 +1301,23 @@ static int once_done(struct daemon *d, long *waiting)
     jobs = d->jobs;
     pthread_mutex_unlock(&d->mu);
     if (jobs)
-        return 0;
+        return ROUND_ON;
     ours = once_failed(d, now_ms());
     for (struct job *j = d->held; j; j = j->next)
         ours += (long)j->count;
     if (sqs_get_queue_attributes(&d->receiver, &q, &e) < 0) {
         if (e.kind == LERR_CANCELLED)
-            return 0;
+            return ROUND_ON;
         log_error("--once: cannot tell whether messages are still in flight: %s", e.msg);
-        return -1;
+        return ROUND_FAILED;
     }
     if (q.in_flight <= ours)
-        return 1;
+        return ROUND_DONE;
     if (q.in_flight - ours != *waiting)
         log_info("--once: the queue answered empty, but %ld messages are in flight; waiting "
                  "for them", q.in_flight - ours);
     *waiting = q.in_flight - ours;
-    return 0;
+    return ROUND_ON;
 }
 
 
@@ -1518,10 +1504,10 @@ int daemon_run(const struct config *cfg, int once)
     struct window w = { 0 };
     unsigned failures = 0;  /* failed receives in a row */
     long waiting = 0;       /* --once: messages in flight elsewhere, last seen */
-    int once_finished = 0;  /* --once: the queue was found empty, nothing in flight */
     struct daemon d;
     struct lerr e;
-    int status = 0, rc;
+    enum round r;
+    int status = 0;
 
     if (daemon_open(&d, cfg, &e) < 0) {
         log_error("%s", e.msg);
@@ -1531,21 +1517,12 @@ int daemon_run(const struct config *cfg, int once)
     d.once = once;
     log_start(cfg);
     for (;;) {
-        int free_slots = daemon_wait_for_slot(&d);
-
-        rc = receive_once(&d, &w, free_slots, &failures);
-        if (rc == 2)
+        r = receive_once(&d, &w, daemon_wait_for_slot(&d), &failures);
+        if (r == ROUND_EMPTY && !w.nmessages)
+            r = once_done(&d, &waiting);
+        if (r != ROUND_ON && r != ROUND_EMPTY)
             break;
-        if (rc < 0) {
-            status = EXIT_FAILED;
-            break;
-        }
-        if (rc > 0 && !w.nmessages && (rc = once_done(&d, &waiting)) != 0) {
-            status = rc < 0 ? EXIT_FAILED : 0;
-            once_finished = rc > 0;
-            break;
-        }
-        if (rc > 0)
+        if (r == ROUND_EMPTY)
             w.opened_ms = 0;  /* --once and nothing more to come: close the window now */
         main_keepalive(&d);
         if (cfg->pool)
@@ -1563,16 +1540,18 @@ int daemon_run(const struct config *cfg, int once)
     }
     daemon_drain(&d);
     once_release(&d);
-    if (status == 0 && once) {
+    if (r == ROUND_FAILED) {
+        status = EXIT_FAILED;
+    } else if (once) {
         long unhandled = once_failed(&d, INT64_MIN);
         if (unhandled)
             log_error("--once: %ld messages were not handled", unhandled);
-        else if (!once_finished)
+        else if (r != ROUND_DONE)
             log_error("--once: stopped by signal before the queue was empty");
         else
             log_info("--once: the queue is empty and every message was handled");
-        status = unhandled || !once_finished ? EXIT_FAILED : 0;
-    } else if (status == 0) {
+        status = unhandled || r != ROUND_DONE ? EXIT_FAILED : 0;
+    } else {
         log_info("stopped by signal");
     }
     daemon_close(&d);
