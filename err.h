@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 
+/* Keep the connection kinds (REFUSED..CLOSED) and the TLS kinds (TLS_UNTRUSTED..TLS) next to
+ * each other: cli.c names a failure's class by these ranges. */
 enum lerr_kind {
     LERR_NONE = 0,
     LERR_NOMEM,         /* allocation failed */
