@@ -12,10 +12,8 @@
 
 /* ---- base64 ---------------------------------------------------------------------------- */
 
-size_t fly_base64_len(size_t n)
-{
-    return (n / 3 + (n % 3 != 0)) * 4;
-}
+/* Characters of the base64 encoding of n bytes (no NUL counted). */
+#define BASE64_LEN(n) (((n) + 2) / 3 * 4)
 
 /* The two base64 characters of every 12 bits: two lookups for three bytes instead of four
  * (the events file is most of a create's bytes). Filled before main, so threads only read. */
@@ -31,7 +29,9 @@ __attribute__((constructor)) static void base64_pairs(void)
     }
 }
 
-size_t fly_base64_encode(const void *in, size_t n, char *out)
+/* Standard base64 (RFC 4648, with padding) of in[0..n) into out, which has room for
+ * BASE64_LEN(n) + 1 bytes; NUL-terminates. Returns the length written. */
+static size_t base64_encode(const void *in, size_t n, char *out)
 {
     const unsigned char *s = in, *end = s + n - n % 3;
     char *o = out;
@@ -89,8 +89,8 @@ static void jb_file(struct json_buf *b, const char *sep, const char *path, const
     char *p;
 
     json_buf_fmt(b, "%s{\"guest_path\":\"%s\",\"raw_value\":\"", sep, path);
-    if ((p = json_buf_room(b, fly_base64_len(len))))
-        b->len += fly_base64_encode(data, len, p);
+    if ((p = json_buf_room(b, BASE64_LEN(len))))
+        b->len += base64_encode(data, len, p);
     json_buf_lit(b, "\"}");
 }
 
@@ -105,7 +105,7 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         return lerr_set(e, LERR_INVALID, "a Machine needs an image and a size preset");
     /* one allocation in the common case: the events dominate (a failure is sticky: b.oom,
      * checked at the end) */
-    json_buf_room(&b, fly_base64_len(spec->events_len) + fly_base64_len(spec->meta_len) + 1024);
+    json_buf_room(&b, BASE64_LEN(spec->events_len) + BASE64_LEN(spec->meta_len) + 1024);
     json_buf_lit(&b, "{");
     if (region) {
         json_buf_lit(&b, "\"region\":");
@@ -188,7 +188,9 @@ static void one_line(char *out, size_t cap, const char *s, size_t n)
     out[o] = '\0';
 }
 
-int fly_retry_after_ms(const char *value, size_t len)
+/* Retry-After as milliseconds: a whole number of seconds (capped at
+ * FLY_RETRY_AFTER_MAX_MS), or -1 when value is NULL, empty, an HTTP date or garbage. */
+static int retry_after_ms(const char *value, size_t len)
 {
     unsigned long secs = 0;
     size_t i = 0;
@@ -276,7 +278,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
             one_line(r->error, sizeof r->error, body, body_len);
         if (status == 429) {
             r->outcome = FLY_CALL_RATE_LIMITED;
-            r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
+            r->retry_after_ms = retry_after_ms(retry_after, retry_after_len);
         } else if (status >= 500 || (created && (status == 408 ||
                    (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0) ||
                    ((status == 409 || status == 412) && strcasestr(r->error, "insufficient"))))) {
@@ -302,7 +304,11 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
 
 /* ---- request parts --------------------------------------------------------------------- */
 
-int fly_auth_header(const char *token, char **out, struct lerr *e)
+/* The Authorization header value for token into a new buffer (call_end wipes and frees
+ * it). "FlyV1 ..." and "Bearer ..." tokens are used as they are, others get "Bearer ".
+ * LERR_INVALID for an empty token or one with control characters (header injection);
+ * the message never contains the token. */
+static int auth_header(const char *token, char **out, struct lerr *e)
 {
     const char *scheme = "Bearer ";
     size_t n;
@@ -319,14 +325,6 @@ int fly_auth_header(const char *token, char **out, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "Authorization header: out of memory");
     snprintf(*out, n, "%s%s", scheme, token);
     return 0;
-}
-
-void fly_secret_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
 }
 
 int fly_app_url(const struct url *base, const char *app, const char *path, struct url *out,
@@ -451,7 +449,7 @@ static int call_open(struct call *c, struct http_client *http, const struct fly_
     if ((c->app_path ? fly_app_url(t->base, t->app, c->app_path, &c->url, e)
                      : fly_machine_url(t->base, t->app, c->machine_id, c->action, c->query,
                                        &c->url, e)) < 0 ||
-        fly_auth_header(t->token, &auth, e) < 0)
+        auth_header(t->token, &auth, e) < 0)
         return -1;
     c->http = http;
     c->t = t;
@@ -473,9 +471,13 @@ static int call_open(struct call *c, struct http_client *http, const struct fly_
     return 0;
 }
 
+/* The token was in the Authorization header: wiped before it is freed. */
 static void call_end(struct call *c)
 {
-    fly_secret_free((char *)c->headers[0].value);
+    char *auth = (char *)c->headers[0].value;
+
+    explicit_bzero(auth, strlen(auth));
+    free(auth);
 }
 
 /* Sends the request, each time after a token of c->rl, until an answer that is not a
