@@ -212,6 +212,26 @@ static int retry_after_ms(const char *value, size_t len)
     return secs >= FLY_RETRY_AFTER_MAX_MS / 1000 ? FLY_RETRY_AFTER_MAX_MS : (int)secs * 1000;
 }
 
+static const cJSON *field(const cJSON *obj, const char *name)
+{
+    return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
+}
+
+/* A string value, one_line-cleaned, into out; out is left alone when v is no string. */
+static void text_into(const cJSON *v, char *out, size_t cap)
+{
+    if (cJSON_IsString(v))
+        one_line(out, cap, v->valuestring, strlen(v->valuestring));
+}
+
+/* A result before any answer: a failure, until an answer says otherwise. */
+static void result_init(struct fly_call_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->outcome = FLY_CALL_FAILED;
+    r->retry_after_ms = -1;
+}
+
 /* ---- a create's answer: three strings out of an echo of the whole request ------------ */
 
 /* Fly's answer to a create repeats the config, the events file's base64 included: building
@@ -251,11 +271,10 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
                   struct fly_call_result *r)
 {
     cJSON *j;
-    const cJSON *st, *error;
+    const cJSON *st;
 
-    memset(r, 0, sizeof *r);
+    result_init(r);
     r->status = status;
-    r->retry_after_ms = -1;
     if (created)
         memset(created, 0, sizeof *created);
     if (status >= 200 && status < 300) {
@@ -269,11 +288,9 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
         }
     } else {
         j = body && body_len ? json_parse(body, body_len) : NULL;
-        st = cJSON_GetObjectItemCaseSensitive(j, "status");
-        error = cJSON_GetObjectItemCaseSensitive(j, "error");
+        st = field(j, "status");
         /* what went wrong, in Fly's words: the answer's "error", else the start of the body */
-        if (cJSON_IsString(error))
-            one_line(r->error, sizeof r->error, error->valuestring, strlen(error->valuestring));
+        text_into(field(j, "error"), r->error, sizeof r->error);
         if (!r->error[0] && body)
             one_line(r->error, sizeof r->error, body, body_len);
         if (status == 429) {
@@ -427,14 +444,6 @@ struct call {
 
 #define ACCEPT(o) (1u << FLY_CALL_##o)
 
-/* A result before any answer: a failure, until an answer says otherwise. */
-static void result_init(struct fly_call_result *r)
-{
-    memset(r, 0, sizeof *r);
-    r->outcome = FLY_CALL_FAILED;
-    r->retry_after_ms = -1;
-}
-
 /* Makes c ready to send: its URL and name, the token's Authorization header (freed by
  * call_end), on a Machine the target's lease nonce, with a body its Content-Type. r, when
  * given, is result_init'ed first. */
@@ -522,7 +531,7 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
          * after the last retry, so that the other threads hear of it); without one, the
          * next pace() pauses for wait itself */
         if (c->rl)
-            ratelimit_penalize(c->rl, wait);
+            ratelimit_penalize_at(c->rl, ratelimit_now_ns(), wait);
         if (retry == c->max_retries)
             return 0;
         http_response_free(resp);
@@ -544,17 +553,11 @@ static enum step create_in_region(struct call *c, const char *group, const char 
 {
     struct http_response resp;
     struct fly_call_result r;
-    int next;
+    int answered = send_paced(c, &resp, &r, e) == 0;
+    int next = r.outcome == FLY_CALL_RETRY_LATER;
 
-    if (send_paced(c, &resp, &r, e) < 0) {
-        next = r.outcome == FLY_CALL_RETRY_LATER;
-        if (e->kind != LERR_CANCELLED)
-            metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-        log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region" : "");
-        lerr_wrap(e, "%s", region_name(region));
-        return next ? STEP_NEXT : STEP_STOP;
-    }
-    http_response_free(&resp);
+    if (answered)
+        http_response_free(&resp);
     if (r.outcome == FLY_CALL_OK) {
         if (!out->region[0] && region)
             snprintf(out->region, sizeof out->region, "%s", region);
@@ -569,12 +572,16 @@ static enum step create_in_region(struct call *c, const char *group, const char 
                  region_name(region), c->max_retries);
         return STEP_STOP;
     }
-    next = r.outcome == FLY_CALL_RETRY_LATER;
-    metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-    log_warn("fly: %s: HTTP %d: %s; %s", c->who, r.status, r.error,
-             next ? "trying the next region" : "not retrying");
-    lerr_set(e, LERR_HTTP, "%s%s: HTTP %d: %s", next ? "" : "Fly refused the Machine in ",
-             region_name(region), r.status, r.error);
+    if (answered || e->kind != LERR_CANCELLED)
+        metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
+    if (answered) {
+        log_warn("fly: %s: HTTP %d: %s; %s", c->who, r.status, r.error,
+                 next ? "trying the next region" : "not retrying");
+        lerr_set(e, LERR_HTTP, "HTTP %d: %s", r.status, r.error);
+    } else {
+        log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region" : "");
+    }
+    lerr_wrap(e, answered && !next ? "Fly refused the Machine in %s" : "%s", region_name(region));
     return next ? STEP_NEXT : STEP_STOP;
 }
 
@@ -639,18 +646,6 @@ static int whole(const cJSON *v, double lo, double hi, long long *out)
         return 0;
     *out = (long long)d;
     return 1;
-}
-
-static const cJSON *field(const cJSON *obj, const char *name)
-{
-    return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
-}
-
-/* A string value, one_line-cleaned, into out; out is left alone when v is no string. */
-static void text_into(const cJSON *v, char *out, size_t cap)
-{
-    if (cJSON_IsString(v))
-        one_line(out, cap, v->valuestring, strlen(v->valuestring));
 }
 
 /* The latest "exit" event: the greatest timestamp (events without a usable one count as
@@ -866,14 +861,12 @@ int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e)
 {
     struct ratelimit *const b[] = { &l->update, &l->lease, &l->other, &l->get };
 
-    for (int i = 0; i < 4; i++) {
-        /* Fly's figures (fly.h): the actions 1 a second, burst 3; the gets 5, burst 10 */
-        if (ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, e) < 0) {
-            while (i-- > 0)
-                ratelimit_destroy(b[i]);
+    /* Fly's figures (fly.h): the actions 1 a second, burst 3; the gets 5, burst 10. Figures
+     * ratelimit_init accepts (it refuses only a rate <= 0 or a burst < 1): none fails, so
+     * there is never a half-made set to unwind */
+    for (int i = 0; i < 4; i++)
+        if (ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, e) < 0)
             return -1;
-        }
-    }
     return 0;
 }
 

@@ -102,8 +102,8 @@ struct fly_machine_limits {
     struct ratelimit get;     /* show, wait, events, show lease */
 };
 
-/* Full buckets with Fly's figures above. LERR_IO (as ratelimit_init); nothing to destroy
- * then. */
+/* Full buckets with Fly's figures above. Returns 0: ratelimit_init refuses none of them
+ * (-1, LERR_INVALID, would be a wrong figure in fly.c). */
 int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e);
 void fly_machine_limits_destroy(struct fly_machine_limits *l);
 
