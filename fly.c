@@ -310,9 +310,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
             /* beyond 404 and 410, how Fly may word "that Machine no longer exists": a wait
              * for "stopped" on a destroyed Machine, for one */
             r->outcome = FLY_CALL_GONE;
-        } else {
-            r->outcome = FLY_CALL_FAILED;
-        }
+        }  /* else FAILED, as result_init left it: the request itself is wrong */
         cJSON_Delete(j);
     }
     if (created)
@@ -445,16 +443,13 @@ struct call {
 #define ACCEPT(o) (1u << FLY_CALL_##o)
 
 /* Makes c ready to send: its URL and name, the token's Authorization header (freed by
- * call_end), on a Machine the target's lease nonce, with a body its Content-Type. r, when
- * given, is result_init'ed first. */
+ * call_end), on a Machine the target's lease nonce, with a body its Content-Type. */
 static int call_open(struct call *c, struct http_client *http, const struct fly_target *t,
-                     struct fly_call_result *r, struct lerr *e)
+                     struct lerr *e)
 {
     char *auth = NULL;
     size_t n = 1;
 
-    if (r)
-        result_init(r);
     if ((c->app_path ? fly_app_url(t->base, t->app, c->app_path, &c->url, e)
                      : fly_machine_url(t->base, t->app, c->machine_id, c->action, c->query,
                                        &c->url, e)) < 0 ||
@@ -599,7 +594,7 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
                       .max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES };
 
     memset(out, 0, sizeof *out);
-    if (call_open(&c, http, t, NULL, e) < 0)
+    if (call_open(&c, http, t, e) < 0)
         return -1;
     c.prepaid = t->create_prepaid;
     c.created = out;
@@ -737,7 +732,8 @@ static int call_send(struct call *c, struct http_client *http, const struct fly_
 
     if (!r)
         r = &tmp;
-    if (call_open(c, http, t, r, e) < 0)
+    result_init(r);
+    if (call_open(c, http, t, e) < 0)
         return -1;
     rc = send_paced(c, rp, r, e);
     call_end(c);
