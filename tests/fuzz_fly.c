@@ -1,7 +1,7 @@
 /* libFuzzer target for fly.c's readers of Fly's answers: fly_classify (creates, and
- * wait, show, stop, delete), fly_parse_exit (a Machine or its event
- * list), fly_parse_lease, fly_parse_pool_list, Retry-After (through fly_classify), and the Machine URL
- * builder fed with hostile ids.
+ * wait, show, stop, delete; a 429's Retry-After), fly_parse_exit (a Machine or its event
+ * list), fly_parse_lease, fly_parse_pool_list, and the Machine URL builder fed with
+ * hostile ids.
  *
  * Input: two bytes of status (big-endian, taken modulo 700), a length byte and that many
  * bytes of Retry-After value, then the body (everything left). Every buffer handed to
