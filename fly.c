@@ -12,8 +12,9 @@
 
 /* ---- base64 ---------------------------------------------------------------------------- */
 
-/* Characters of the base64 encoding of n bytes (no NUL counted). */
-#define BASE64_LEN(n) (((n) + 2) / 3 * 4)
+/* Characters of the base64 encoding of n bytes (no NUL counted); n / 3 and n % 3, as the
+ * encoder has them, so that the compiler computes them once for both. */
+#define BASE64_LEN(n) (((n) / 3 + ((n) % 3 != 0)) * 4)
 
 /* The two base64 characters of every 12 bits: two lookups for three bytes instead of four
  * (the events file is most of a create's bytes). Filled before main, so threads only read. */
