@@ -12,10 +12,9 @@
 
 /* ---- base64 ---------------------------------------------------------------------------- */
 
-size_t fly_base64_len(size_t n)
-{
-    return (n / 3 + (n % 3 != 0)) * 4;
-}
+/* Characters of the base64 encoding of n bytes (no NUL counted); n / 3 and n % 3, as the
+ * encoder has them, so that the compiler computes them once for both. */
+#define BASE64_LEN(n) (((n) / 3 + ((n) % 3 != 0)) * 4)
 
 /* The two base64 characters of every 12 bits: two lookups for three bytes instead of four
  * (the events file is most of a create's bytes). Filled before main, so threads only read. */
@@ -31,7 +30,9 @@ __attribute__((constructor)) static void base64_pairs(void)
     }
 }
 
-size_t fly_base64_encode(const void *in, size_t n, char *out)
+/* Standard base64 (RFC 4648, with padding) of in[0..n) into out, which has room for
+ * BASE64_LEN(n) + 1 bytes; NUL-terminates. Returns the length written. */
+static size_t base64_encode(const void *in, size_t n, char *out)
 {
     const unsigned char *s = in, *end = s + n - n % 3;
     char *o = out;
@@ -89,8 +90,8 @@ static void jb_file(struct json_buf *b, const char *sep, const char *path, const
     char *p;
 
     json_buf_fmt(b, "%s{\"guest_path\":\"%s\",\"raw_value\":\"", sep, path);
-    if ((p = json_buf_room(b, fly_base64_len(len))))
-        b->len += fly_base64_encode(data, len, p);
+    if ((p = json_buf_room(b, BASE64_LEN(len))))
+        b->len += base64_encode(data, len, p);
     json_buf_lit(b, "\"}");
 }
 
@@ -105,7 +106,7 @@ int fly_create_body(const struct fly_machine_spec *spec, const char *region, cha
         return lerr_set(e, LERR_INVALID, "a Machine needs an image and a size preset");
     /* one allocation in the common case: the events dominate (a failure is sticky: b.oom,
      * checked at the end) */
-    json_buf_room(&b, fly_base64_len(spec->events_len) + fly_base64_len(spec->meta_len) + 1024);
+    json_buf_room(&b, BASE64_LEN(spec->events_len) + BASE64_LEN(spec->meta_len) + 1024);
     json_buf_lit(&b, "{");
     if (region) {
         json_buf_lit(&b, "\"region\":");
@@ -188,7 +189,9 @@ static void one_line(char *out, size_t cap, const char *s, size_t n)
     out[o] = '\0';
 }
 
-int fly_retry_after_ms(const char *value, size_t len)
+/* Retry-After as milliseconds: a whole number of seconds (capped at
+ * FLY_RETRY_AFTER_MAX_MS), or -1 when value is NULL, empty, an HTTP date or garbage. */
+static int retry_after_ms(const char *value, size_t len)
 {
     unsigned long secs = 0;
     size_t i = 0;
@@ -208,6 +211,26 @@ int fly_retry_after_ms(const char *value, size_t len)
             secs = secs * 10 + (unsigned long)(value[i] - '0');
     }
     return secs >= FLY_RETRY_AFTER_MAX_MS / 1000 ? FLY_RETRY_AFTER_MAX_MS : (int)secs * 1000;
+}
+
+static const cJSON *field(const cJSON *obj, const char *name)
+{
+    return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
+}
+
+/* A string value, one_line-cleaned, into out; out is left alone when v is no string. */
+static void text_into(const cJSON *v, char *out, size_t cap)
+{
+    if (cJSON_IsString(v))
+        one_line(out, cap, v->valuestring, strlen(v->valuestring));
+}
+
+/* A result before any answer: a failure, until an answer says otherwise. */
+static void result_init(struct fly_call_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->outcome = FLY_CALL_FAILED;
+    r->retry_after_ms = -1;
 }
 
 /* ---- a create's answer: three strings out of an echo of the whole request ------------ */
@@ -249,11 +272,10 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
                   struct fly_call_result *r)
 {
     cJSON *j;
-    const cJSON *st, *error;
+    const cJSON *st;
 
-    memset(r, 0, sizeof *r);
+    result_init(r);
     r->status = status;
-    r->retry_after_ms = -1;
     if (created)
         memset(created, 0, sizeof *created);
     if (status >= 200 && status < 300) {
@@ -267,16 +289,14 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
         }
     } else {
         j = body && body_len ? json_parse(body, body_len) : NULL;
-        st = cJSON_GetObjectItemCaseSensitive(j, "status");
-        error = cJSON_GetObjectItemCaseSensitive(j, "error");
+        st = field(j, "status");
         /* what went wrong, in Fly's words: the answer's "error", else the start of the body */
-        if (cJSON_IsString(error))
-            one_line(r->error, sizeof r->error, error->valuestring, strlen(error->valuestring));
+        text_into(field(j, "error"), r->error, sizeof r->error);
         if (!r->error[0] && body)
             one_line(r->error, sizeof r->error, body, body_len);
         if (status == 429) {
             r->outcome = FLY_CALL_RATE_LIMITED;
-            r->retry_after_ms = fly_retry_after_ms(retry_after, retry_after_len);
+            r->retry_after_ms = retry_after_ms(retry_after, retry_after_len);
         } else if (status >= 500 || (created && (status == 408 ||
                    (cJSON_IsString(st) && strcmp(st->valuestring, "insufficient_capacity") == 0) ||
                    ((status == 409 || status == 412) && strcasestr(r->error, "insufficient"))))) {
@@ -291,9 +311,7 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
             /* beyond 404 and 410, how Fly may word "that Machine no longer exists": a wait
              * for "stopped" on a destroyed Machine, for one */
             r->outcome = FLY_CALL_GONE;
-        } else {
-            r->outcome = FLY_CALL_FAILED;
-        }
+        }  /* else FAILED, as result_init left it: the request itself is wrong */
         cJSON_Delete(j);
     }
     if (created)
@@ -302,7 +320,11 @@ void fly_classify(int status, const char *body, size_t body_len, const char *ret
 
 /* ---- request parts --------------------------------------------------------------------- */
 
-int fly_auth_header(const char *token, char **out, struct lerr *e)
+/* The Authorization header value for token into a new buffer (call_end wipes and frees
+ * it). "FlyV1 ..." and "Bearer ..." tokens are used as they are, others get "Bearer ".
+ * LERR_INVALID for an empty token or one with control characters (header injection);
+ * the message never contains the token. */
+static int auth_header(const char *token, char **out, struct lerr *e)
 {
     const char *scheme = "Bearer ";
     size_t n;
@@ -319,14 +341,6 @@ int fly_auth_header(const char *token, char **out, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "Authorization header: out of memory");
     snprintf(*out, n, "%s%s", scheme, token);
     return 0;
-}
-
-void fly_secret_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
 }
 
 int fly_app_url(const struct url *base, const char *app, const char *path, struct url *out,
@@ -429,29 +443,18 @@ struct call {
 
 #define ACCEPT(o) (1u << FLY_CALL_##o)
 
-/* A result before any answer: a failure, until an answer says otherwise. */
-static void result_init(struct fly_call_result *r)
-{
-    memset(r, 0, sizeof *r);
-    r->outcome = FLY_CALL_FAILED;
-    r->retry_after_ms = -1;
-}
-
 /* Makes c ready to send: its URL and name, the token's Authorization header (freed by
- * call_end), on a Machine the target's lease nonce, with a body its Content-Type. r, when
- * given, is result_init'ed first. */
+ * call_end), on a Machine the target's lease nonce, with a body its Content-Type. */
 static int call_open(struct call *c, struct http_client *http, const struct fly_target *t,
-                     struct fly_call_result *r, struct lerr *e)
+                     struct lerr *e)
 {
     char *auth = NULL;
     size_t n = 1;
 
-    if (r)
-        result_init(r);
     if ((c->app_path ? fly_app_url(t->base, t->app, c->app_path, &c->url, e)
                      : fly_machine_url(t->base, t->app, c->machine_id, c->action, c->query,
                                        &c->url, e)) < 0 ||
-        fly_auth_header(t->token, &auth, e) < 0)
+        auth_header(t->token, &auth, e) < 0)
         return -1;
     c->http = http;
     c->t = t;
@@ -473,9 +476,13 @@ static int call_open(struct call *c, struct http_client *http, const struct fly_
     return 0;
 }
 
+/* The token was in the Authorization header: wiped before it is freed. */
 static void call_end(struct call *c)
 {
-    fly_secret_free((char *)c->headers[0].value);
+    char *auth = (char *)c->headers[0].value;
+
+    explicit_bzero(auth, strlen(auth));
+    free(auth);
 }
 
 /* Sends the request, each time after a token of c->rl, until an answer that is not a
@@ -520,7 +527,7 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
          * after the last retry, so that the other threads hear of it); without one, the
          * next pace() pauses for wait itself */
         if (c->rl)
-            ratelimit_penalize(c->rl, wait);
+            ratelimit_penalize_at(c->rl, ratelimit_now_ns(), wait);
         if (retry == c->max_retries)
             return 0;
         http_response_free(resp);
@@ -542,17 +549,11 @@ static enum step create_in_region(struct call *c, const char *group, const char 
 {
     struct http_response resp;
     struct fly_call_result r;
-    int next;
+    int answered = send_paced(c, &resp, &r, e) == 0;
+    int next = r.outcome == FLY_CALL_RETRY_LATER;
 
-    if (send_paced(c, &resp, &r, e) < 0) {
-        next = r.outcome == FLY_CALL_RETRY_LATER;
-        if (e->kind != LERR_CANCELLED)
-            metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-        log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region" : "");
-        lerr_wrap(e, "%s", region_name(region));
-        return next ? STEP_NEXT : STEP_STOP;
-    }
-    http_response_free(&resp);
+    if (answered)
+        http_response_free(&resp);
     if (r.outcome == FLY_CALL_OK) {
         if (!out->region[0] && region)
             snprintf(out->region, sizeof out->region, "%s", region);
@@ -567,12 +568,16 @@ static enum step create_in_region(struct call *c, const char *group, const char 
                  region_name(region), c->max_retries);
         return STEP_STOP;
     }
-    next = r.outcome == FLY_CALL_RETRY_LATER;
-    metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-    log_warn("fly: %s: HTTP %d: %s; %s", c->who, r.status, r.error,
-             next ? "trying the next region" : "not retrying");
-    lerr_set(e, LERR_HTTP, "%s%s: HTTP %d: %s", next ? "" : "Fly refused the Machine in ",
-             region_name(region), r.status, r.error);
+    if (answered || e->kind != LERR_CANCELLED)
+        metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
+    if (answered) {
+        log_warn("fly: %s: HTTP %d: %s; %s", c->who, r.status, r.error,
+                 next ? "trying the next region" : "not retrying");
+        lerr_set(e, LERR_HTTP, "HTTP %d: %s", r.status, r.error);
+    } else {
+        log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region" : "");
+    }
+    lerr_wrap(e, answered && !next ? "Fly refused the Machine in %s" : "%s", region_name(region));
     return next ? STEP_NEXT : STEP_STOP;
 }
 
@@ -590,7 +595,7 @@ int fly_create_machine(struct http_client *http, const struct fly_target *t,
                       .max_retries = t->unlimited_429_retries ? -1 : FLY_RATE_LIMIT_RETRIES };
 
     memset(out, 0, sizeof *out);
-    if (call_open(&c, http, t, NULL, e) < 0)
+    if (call_open(&c, http, t, e) < 0)
         return -1;
     c.prepaid = t->create_prepaid;
     c.created = out;
@@ -637,18 +642,6 @@ static int whole(const cJSON *v, double lo, double hi, long long *out)
         return 0;
     *out = (long long)d;
     return 1;
-}
-
-static const cJSON *field(const cJSON *obj, const char *name)
-{
-    return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
-}
-
-/* A string value, one_line-cleaned, into out; out is left alone when v is no string. */
-static void text_into(const cJSON *v, char *out, size_t cap)
-{
-    if (cJSON_IsString(v))
-        one_line(out, cap, v->valuestring, strlen(v->valuestring));
 }
 
 /* The latest "exit" event: the greatest timestamp (events without a usable one count as
@@ -740,7 +733,8 @@ static int call_send(struct call *c, struct http_client *http, const struct fly_
 
     if (!r)
         r = &tmp;
-    if (call_open(c, http, t, r, e) < 0)
+    result_init(r);
+    if (call_open(c, http, t, e) < 0)
         return -1;
     rc = send_paced(c, rp, r, e);
     call_end(c);
@@ -864,14 +858,12 @@ int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e)
 {
     struct ratelimit *const b[] = { &l->update, &l->lease, &l->other, &l->get };
 
-    for (int i = 0; i < 4; i++) {
-        /* Fly's figures (fly.h): the actions 1 a second, burst 3; the gets 5, burst 10 */
-        if (ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, e) < 0) {
-            while (i-- > 0)
-                ratelimit_destroy(b[i]);
+    /* Fly's figures (fly.h): the actions 1 a second, burst 3; the gets 5, burst 10. Figures
+     * ratelimit_init accepts (it refuses only a rate <= 0 or a burst < 1): none fails, so
+     * there is never a half-made set to unwind */
+    for (int i = 0; i < 4; i++)
+        if (ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, e) < 0)
             return -1;
-        }
-    }
     return 0;
 }
 

@@ -102,8 +102,8 @@ struct fly_machine_limits {
     struct ratelimit get;     /* show, wait, events, show lease */
 };
 
-/* Full buckets with Fly's figures above. LERR_IO (as ratelimit_init); nothing to destroy
- * then. */
+/* Full buckets with Fly's figures above. Returns 0: ratelimit_init refuses none of them
+ * (-1, LERR_INVALID, would be a wrong figure in fly.c). */
 int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e);
 void fly_machine_limits_destroy(struct fly_machine_limits *l);
 
@@ -192,39 +192,21 @@ struct fly_call_result {
                                 status >= 300: one line of printable ASCII; "" when none */
 };
 
-/* Characters of the base64 encoding of n bytes (no NUL counted). */
-size_t fly_base64_len(size_t n);
-
-/* Standard base64 (RFC 4648, with padding) of in[0..n) into out, which has room for
- * fly_base64_len(n) + 1 bytes; NUL-terminates. Returns the length written. */
-size_t fly_base64_encode(const void *in, size_t n, char *out);
-
 /* The create request body, region omitted when NULL, into a new NUL-terminated buffer
  * the caller frees with free(). Returns 0, or -1 with LERR_INVALID (no image or preset,
  * a command that is not a JSON array of strings) or LERR_NOMEM. */
 int fly_create_body(const struct fly_machine_spec *spec, const char *region, char **out,
                     size_t *len, struct lerr *e);
 
-/* Retry-After as milliseconds: a whole number of seconds (capped at
- * FLY_RETRY_AFTER_MAX_MS), or -1 when value is NULL, empty, an HTTP date or garbage. */
-int fly_retry_after_ms(const char *value, size_t len);
-
 /* Classifies an answer (see the top of this file): to a create when created is not NULL
  * (with FLY_CALL_OK, the Machine the answer names goes there; otherwise it is cleared and
  * only its status set), else to a wait, show, events, stop, delete or app request. body
- * may be NULL; retry_after is the Retry-After header value or NULL. Pure; never fails. */
+ * may be NULL; retry_after is the Retry-After header value or NULL: with a 429,
+ * r->retry_after_ms is a whole number of seconds (capped at FLY_RETRY_AFTER_MAX_MS) as
+ * ms, or -1 when it is NULL, empty, an HTTP date or garbage. Pure; never fails. */
 void fly_classify(int status, const char *body, size_t body_len, const char *retry_after,
                   size_t retry_after_len, struct fly_machine *created,
                   struct fly_call_result *r);
-
-/* The Authorization header value for token into a new buffer (free with fly_secret_free).
- * "FlyV1 ..." and "Bearer ..." tokens are used as they are, others get "Bearer ".
- * LERR_INVALID for an empty token or one with control characters (header injection);
- * the message never contains the token. */
-int fly_auth_header(const char *token, char **out, struct lerr *e);
-
-/* Wipes and frees a buffer that held a secret. NULL is fine. */
-void fly_secret_free(char *s);
 
 /* An API URL: base's scheme and authority, its path without trailing slashes, then
  * /v1/apps/<app, percent-encoded>, then path (encoded already): "" for the app itself

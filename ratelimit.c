@@ -132,11 +132,6 @@ void ratelimit_penalize_at(struct ratelimit *rl, int64_t now_ns, int ms)
     pthread_mutex_unlock(&rl->mu);
 }
 
-void ratelimit_penalize(struct ratelimit *rl, int ms)
-{
-    ratelimit_penalize_at(rl, ratelimit_now_ns(), ms);
-}
-
 static int cancelled(const struct ratelimit *rl, struct lerr *e)
 {
     return lerr_set(e, LERR_CANCELLED, "stopping: no longer waiting%s",

@@ -8,10 +8,10 @@
  * can be overtaken forever.
  *
  * A 429 from Fly means the server's own bucket is empty, for every thread of the app:
- * ratelimit_penalize(ms) then pauses all of them. Nobody's token is valid before now+ms;
- * reservations already queued keep their order and spacing but move back by the pause;
- * and the bucket restarts with at most one token, so the waiters do not rush in all at
- * once when the pause ends.
+ * ratelimit_penalize_at(now, ms) then pauses all of them. Nobody's token is valid before
+ * now+ms; reservations already queued keep their order and spacing but move back by the
+ * pause; and the bucket restarts with at most one token, so the waiters do not rush in all
+ * at once when the pause ends.
  *
  * Times are CLOCK_MONOTONIC nanoseconds. The *_at functions are the pure core: they take
  * the time as an argument (the tests use a fake clock) and never sleep; ratelimit_wait_idle
@@ -66,9 +66,8 @@ void ratelimit_give_back(struct ratelimit *rl);
 /* After a 429: no token is valid before now_ns + ms (see the top of this file).
  * ms <= 0 only caps the bucket at one token. */
 void ratelimit_penalize_at(struct ratelimit *rl, int64_t now_ns, int ms);
-void ratelimit_penalize(struct ratelimit *rl, int ms);
 
-/* CLOCK_MONOTONIC in ns, the clock ratelimit_wait_idle and ratelimit_penalize use. */
+/* CLOCK_MONOTONIC in ns, the clock ratelimit_wait_idle uses (and a penalty's now_ns). */
 int64_t ratelimit_now_ns(void);
 
 /* With rl, takes a token, sleeping until it is valid; with rl NULL, pauses ms milliseconds

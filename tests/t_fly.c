@@ -112,43 +112,6 @@ static size_t b64_decode(const char *s, unsigned char *out)
     return o;
 }
 
-static void test_base64_rfc4648(void **state)
-{
-    static const char *const vec[][2] = {
-        { "", "" },         { "f", "Zg==" },        { "fo", "Zm8=" },
-        { "foo", "Zm9v" },  { "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" },
-        { "foobar", "Zm9vYmFy" },
-    };
-    char out[64];
-
-    for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++) {
-        size_t n = strlen(vec[i][0]);
-        memset(out, 'X', sizeof out);
-        assert_int_equal(fly_base64_len(n), strlen(vec[i][1]));
-        assert_int_equal(fly_base64_encode(vec[i][0], n, out), strlen(vec[i][1]));
-        assert_string_equal(out, vec[i][1]);
-    }
-}
-
-static void test_base64_every_byte(void **state)
-{
-    unsigned char in[259], back[259];
-    char out[400];
-
-    for (size_t i = 0; i < sizeof in; i++)
-        in[i] = (unsigned char)(255 - i * 7);
-    /* every length from 0 to 259, so every padding case and every byte value meet */
-    for (size_t n = 0; n <= sizeof in; n++) {
-        size_t len = fly_base64_encode(in, n, out);
-        assert_int_equal(len, fly_base64_len(n));
-        assert_int_equal(strlen(out), len);
-        assert_int_equal(b64_decode(out, back), n);
-        assert_memory_equal(back, in, n);
-    }
-    fly_base64_encode("\xff\xff\xff\x00\x00\x00\xfb\xff", 8, out);
-    assert_string_equal(out, "////AAAA+/8=");
-}
-
 /* ---- create body ------------------------------------------------------------------------- */
 
 static cJSON *body_parse(const struct fly_machine_spec *spec, const char *region, char **text)
@@ -189,6 +152,56 @@ static void assert_keys(const cJSON *obj, const char *const *keys)
     for (; keys[want]; want++)
         get(obj, keys[want]);
     assert_int_equal(cJSON_GetArraySize(obj), want);
+}
+
+/* The base64 of in[0..n) as the create body carries it: the events file's raw_value. */
+static void events_base64(const void *in, size_t n, char *out, size_t cap)
+{
+    struct fly_machine_spec spec = { "img", preset_find("a10"), NULL, in, n, "g", NULL, 0,
+                                     NULL, 0 };
+    char *text;
+    cJSON *j = body_parse(&spec, NULL, &text);
+    const cJSON *file = cJSON_GetArrayItem(get(get(j, "config"), "files"), 0);
+
+    assert_string_equal(get_str(file, "guest_path"), "/tmp/events.json");
+    assert_true(strlen(get_str(file, "raw_value")) < cap);
+    strcpy(out, get_str(file, "raw_value"));
+    cJSON_Delete(j);
+    free(text);
+}
+
+static void test_base64_rfc4648(void **state)
+{
+    static const char *const vec[][2] = {
+        { "", "" },         { "f", "Zg==" },        { "fo", "Zm8=" },
+        { "foo", "Zm9v" },  { "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" },
+        { "foobar", "Zm9vYmFy" },
+    };
+    char out[64];
+
+    for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++) {
+        memset(out, 'X', sizeof out);
+        events_base64(vec[i][0], strlen(vec[i][0]), out, sizeof out);
+        assert_string_equal(out, vec[i][1]);
+    }
+}
+
+static void test_base64_every_byte(void **state)
+{
+    unsigned char in[259], back[259];
+    char out[400];
+
+    for (size_t i = 0; i < sizeof in; i++)
+        in[i] = (unsigned char)(255 - i * 7);
+    /* every length from 0 to 259, so every padding case and every byte value meet */
+    for (size_t n = 0; n <= sizeof in; n++) {
+        events_base64(in, n, out, sizeof out);
+        assert_int_equal(strlen(out), (n + 2) / 3 * 4);
+        assert_int_equal(b64_decode(out, back), n);
+        assert_memory_equal(back, in, n);
+    }
+    events_base64("\xff\xff\xff\x00\x00\x00\xfb\xff", 8, out, sizeof out);
+    assert_string_equal(out, "////AAAA+/8=");
 }
 
 /* not valid JSON on purpose: the file goes through as bytes, whatever they are */
@@ -537,6 +550,16 @@ static void test_classify_long_error(void **state)
     assert_string_equal(a.error + sizeof a.error - 4, "...");
 }
 
+/* Retry-After as a 429's classification reads it. */
+static int retry_after(const char *v, size_t len)
+{
+    struct fly_call_result r;
+
+    fly_classify(429, NULL, 0, v, len, NULL, &r);
+    assert_int_equal(r.outcome, FLY_CALL_RATE_LIMITED);
+    return r.retry_after_ms;
+}
+
 static void test_retry_after(void **state)
 {
     static const struct { const char *v; int ms; } cases[] = {
@@ -550,45 +573,15 @@ static void test_retry_after(void **state)
     };
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        if (fly_retry_after_ms(cases[i].v, strlen(cases[i].v)) != cases[i].ms)
+        if (retry_after(cases[i].v, strlen(cases[i].v)) != cases[i].ms)
             fail_msg("\"%s\": %d, want %d", cases[i].v,
-                     fly_retry_after_ms(cases[i].v, strlen(cases[i].v)), cases[i].ms);
-    assert_int_equal(fly_retry_after_ms(NULL, 0), -1);
+                     retry_after(cases[i].v, strlen(cases[i].v)), cases[i].ms);
+    assert_int_equal(retry_after(NULL, 0), -1);
     /* the length counts, not a NUL */
-    assert_int_equal(fly_retry_after_ms("12x", 2), 12000);
+    assert_int_equal(retry_after("12x", 2), 12000);
 }
 
 /* ---- Authorization and URL --------------------------------------------------------------- */
-
-static void test_auth_header(void **state)
-{
-    static const char *const cases[][2] = {
-        { "abc123", "Bearer abc123" },
-        { "FlyV1 fm2_lJPECAAAAAAAAb,fm2_xyz", "FlyV1 fm2_lJPECAAAAAAAAb,fm2_xyz" },
-        { "Bearer abc", "Bearer abc" },
-        { "bearer abc", "bearer abc" },
-        { "fm2_only", "Bearer fm2_only" },
-    };
-    static const char *const bad[] = { "", "sec\r\nX-Evil: 1", "secret\n", "sec\tret",
-                                       "sec\x7fret" };
-    struct lerr e = { 0 };
-    char *h;
-
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        assert_int_equal(fly_auth_header(cases[i][0], &h, &e), 0);
-        assert_string_equal(h, cases[i][1]);
-        fly_secret_free(h);
-    }
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        h = (char *)1;
-        assert_int_equal(fly_auth_header(bad[i], &h, &e), -1);
-        assert_int_equal(e.kind, LERR_INVALID);
-        assert_null(h);
-        assert_null(strstr(e.msg, "sec"));
-    }
-    assert_int_equal(fly_auth_header(NULL, &h, &e), -1);
-    fly_secret_free(NULL);
-}
 
 static void test_machines_url(void **state)
 {
@@ -1389,6 +1382,49 @@ static unsigned short dead_port(void)
     port = s.port;
     server_stop(&s);
     return port;
+}
+
+/* The Authorization header each kind of token gets, as a call sends it. */
+static void test_auth_header(void **state)
+{
+    static const char *const cases[][2] = {
+        { "abc123", "Bearer abc123" },
+        { "FlyV1 fm2_lJPECAAAAAAAAb,fm2_xyz", "FlyV1 fm2_lJPECAAAAAAAAb,fm2_xyz" },
+        { "Bearer abc", "Bearer abc" },
+        { "bearer abc", "bearer abc" },
+        { "fm2_only", "Bearer fm2_only" },
+    };
+    static const char *const bad[] = { "", "sec\r\nX-Evil: 1", "secret\n", "sec\tret",
+                                       "sec\x7fret" };
+    static const struct reply ok[] = {
+        { "200 OK", "{}", 0, 0 }, { "200 OK", "{}", 0, 0 }, { "200 OK", "{}", 0, 0 },
+        { "200 OK", "{}", 0, 0 }, { "200 OK", "{}", 0, 0 },
+    };
+    const size_t n = sizeof cases / sizeof cases[0];
+    struct server s;
+    struct env v;
+    struct fly_call_result r;
+    struct lerr e = { 0 };
+    char log[8192];
+
+    server_start(&s, ok, n, -1);
+    env_open(&v, s.port, "", NULL, NULL, NULL);
+    for (size_t i = 0; i < n; i++) {
+        v.t.token = cases[i][0];
+        assert_int_equal(fly_get_app(&v.http, &v.t, &r, &e), 0);
+        assert_string_equal(s.seen[i].auth, cases[i][1]);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v.t.token = bad[i];
+        assert_int_equal(fly_get_app(&v.http, &v.t, &r, &e), -1);
+        assert_int_equal(e.kind, LERR_INVALID);
+        assert_null(strstr(e.msg, "sec"));
+    }
+    v.t.token = NULL;
+    assert_int_equal(fly_get_app(&v.http, &v.t, &r, &e), -1);
+    assert_int_equal(v.http.requests_sent, n);  /* a bad token is never sent */
+    env_close(&v, &e, log, sizeof log);
+    server_stop(&s);
 }
 
 static void test_wait_reached_after_429(void **state)

@@ -327,7 +327,7 @@ static void test_take_penalized_while_waiting(void **state)
     assert_int_equal(pthread_create(&th, NULL, take_once, &p), 0);
     nanosleep(&pause, NULL);
     pen = ratelimit_now_ns();
-    ratelimit_penalize(&rl, 1000);
+    ratelimit_penalize_at(&rl, pen, 1000);
     pthread_join(th, NULL);
     assert_int_equal(p.rc, 0);
     if (p.done_ns < pen + 1000 * MS)
