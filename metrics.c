@@ -660,7 +660,7 @@ static int listen_on(struct metrics_server *s, const struct metrics_addr *a, int
         struct sockaddr_in6 in6;
     } sa = { .in6 = { .sin6_family = (sa_family_t)family, .sin6_port = htons((uint16_t)a->port) } };
     socklen_t sl = family == AF_INET ? sizeof sa.in : sizeof sa.in6;
-    int fd, one = 1, v6only = a->family == AF_INET6, saved;
+    int fd, one = 1, v6only = a->family == AF_INET6;
 
     if (a->family == AF_INET)
         memcpy(&sa.in.sin_addr, a->ip, 4);     /* else INADDR_ANY */
@@ -675,9 +675,7 @@ static int listen_on(struct metrics_server *s, const struct metrics_addr *a, int
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) ||
         bind(fd, &sa.sa, sl) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
         getsockname(fd, &sa.sa, &sl) < 0) {
-        saved = errno;
-        close(fd);
-        errno = saved;
+        close(fd);               /* leaves errno alone: it succeeds (musl, glibc) */
         return -1;
     }
     s->port = ntohs(sa.in.sin_port);
@@ -737,7 +735,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
     s->m = m;
     s->listen_fd = s->stop_fd = -1;
     family = a.family == AF_INET ? AF_INET : AF_INET6;
-    if (listen_on(s, &a, family) < 0 && family == AF_INET6 && a.family == AF_UNSPEC &&
+    if (listen_on(s, &a, family) < 0 && a.family == AF_UNSPEC &&
         (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL))
         listen_on(s, &a, AF_INET);  /* no IPv6 here: every IPv4 interface, then */
     if (s->listen_fd < 0) {
@@ -764,8 +762,7 @@ int metrics_port(const struct metrics *m)
 
 void metrics_destroy(struct metrics *m)
 {
-    if (!m->server)
-        return;
-    server_free(m->server);
+    if (m->server)
+        server_free(m->server);
     m->server = NULL;
 }
