@@ -351,91 +351,79 @@ char *metrics_render(const struct metrics *m, size_t *len)
 
 /* --------------------------------------------------------------- request parsing ------- */
 
-/* Where the scan of a request head is. */
-enum head_state { IN_BLANK, IN_METHOD, IN_TARGET, IN_VERSION, AT_FIELD, IN_NAME, IN_VALUE };
+/* 2 for the CR LF, 1 for the LF at buf[i], else 0 (in the scanned part, a CR is always
+ * followed by its LF). */
+static size_t line_end(const char *buf, size_t n, size_t i)
+{
+    return i >= n ? 0 : buf[i] == '\n' ? 1 : buf[i] == '\r' ? 2 : 0;
+}
 
-/* One byte at a time, with a verdict as soon as a byte cannot continue a valid head: a TLS
+/* Left to right, with a verdict as soon as a byte cannot continue a valid head: a TLS
  * handshake or other binary is refused at once, not after the read timeout, and a verdict
- * on the bytes at hand is the verdict on whatever follows them. */
+ * on the bytes at hand is the verdict on whatever follows them. Every check stops at the
+ * byte it refuses (BAD) or at the end of the bytes at hand (INCOMPLETE). */
 enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct metrics_request *r)
 {
     static const char version[] = "HTTP/9.9";   /* '9': any digit */
-    enum head_state state = IN_BLANK;
-    size_t blank = 0, name = 0, k = 0;
-    const char *v = NULL, *query;
+    size_t n = 0, i = 0, k, name;
+    const char *v, *query;
     int has_host = 0;
 
     memset(r, 0, sizeof *r);
-    for (size_t i = 0; i < len; i++) {
-        char c = buf[i];
-
-        if (c == '\r' && i + 1 == len)
-            break;               /* its LF is on its way */
-        if (c == '\r' && (c = buf[++i]) != '\n')
-            return METRICS_PARSE_BAD;   /* a CR that does not end a line */
-        switch (state) {
-        case IN_BLANK:           /* RFC 9112 2.2: a few empty lines before the request line */
-            if (c == '\n' ? ++blank > 4 : !httpresp_is_tchar((unsigned char)c))
-                return METRICS_PARSE_BAD;
-            r->method = buf + i;
-            state = c == '\n' ? IN_BLANK : IN_METHOD;
-            break;
-        case IN_METHOD:          /* method_len and path are final at the space */
-            if (c != ' ' && !httpresp_is_tchar((unsigned char)c))
-                return METRICS_PARSE_BAD;
-            r->method_len = (size_t)(buf + i - r->method);
-            r->path = buf + i + 1;
-            state = c == ' ' ? IN_TARGET : IN_METHOD;
-            break;
-        case IN_TARGET:          /* origin form only: "/path?query" */
-            if ((buf + i == r->path && c != '/') || (unsigned char)c < 0x20 ||
-                (unsigned char)c >= 0x7f)
-                return METRICS_PARSE_BAD;
-            if (c == ' ') {
-                query = memchr(r->path, '?', (size_t)(buf + i - r->path));
-                r->path_len = (size_t)((query ? query : buf + i) - r->path);
-                v = buf + i + 1;
-                state = IN_VERSION;
-            }
-            break;
-        case IN_VERSION:         /* v: "HTTP/1.1" */
-            if (c == '\n' && k == 8 && v[5] > '0') {
-                if (v[5] > '1')
-                    return METRICS_PARSE_VERSION;
-                r->minor = v[7] - '0';
-                state = AT_FIELD;
-            } else if (c == '\n' || k == 8 ||
-                       (version[k] == '9' ? c < '0' || c > '9' : c != version[k])) {
-                return METRICS_PARSE_BAD;
-            }
-            k++;
-            break;
-        case AT_FIELD:           /* a field line, or the empty line that ends the head */
-            if (c == '\n' && (r->minor == 0 || has_host)) {   /* RFC 9112 3.2 */
-                r->head_len = i + 1;
-                return METRICS_PARSE_OK;
-            }
-            /* no white space first: that would be obs-fold, which RFC 9112 lets a server
-             * refuse */
-            if (!httpresp_is_tchar((unsigned char)c))
-                return METRICS_PARSE_BAD;
-            name = i;
-            state = IN_NAME;
-            break;
-        case IN_NAME:            /* and a colon right after it */
-            if (c != ':' && !httpresp_is_tchar((unsigned char)c))
-                return METRICS_PARSE_BAD;
-            has_host |= c == ':' && i - name == 4 && strncasecmp(buf + name, "host", 4) == 0;
-            state = c == ':' ? IN_VALUE : IN_NAME;
-            break;
-        case IN_VALUE:
-            if (c == '\0')
-                return METRICS_PARSE_BAD;
-            state = c == '\n' ? AT_FIELD : IN_VALUE;
-            break;
-        }
+    /* Only the bytes before the first CR without its LF are scanned: a CR that does not
+     * end a line is BAD, a last one waits for its LF. */
+    while (n < len && (buf[n] != '\r' || (n + 1 < len && buf[n + 1] == '\n')))
+        n++;
+    /* RFC 9112 2.2: a few empty lines before the request line */
+    for (int blank = 0; blank < 4 && (k = line_end(buf, n, i)) > 0; blank++)
+        i += k;
+    r->method = buf + i;
+    while (i < n && httpresp_is_tchar((unsigned char)buf[i]))
+        i++;
+    r->method_len = (size_t)(buf + i - r->method);
+    if (i == n || r->method_len == 0 || buf[i] != ' ')
+        goto stop;
+    /* origin form only: "/path?query" */
+    r->path = buf + ++i;
+    while (i < n && (unsigned char)buf[i] > ' ' && (unsigned char)buf[i] < 0x7f &&
+           (buf + i > r->path || buf[i] == '/'))
+        i++;
+    if (i == n || buf + i == r->path || buf[i] != ' ')
+        goto stop;
+    query = memchr(r->path, '?', (size_t)(buf + i - r->path));
+    r->path_len = (size_t)((query ? query : buf + i) - r->path);
+    v = buf + ++i;
+    for (k = 0; k < 8 && i < n; k++, i++)
+        if (version[k] == '9' ? buf[i] < '0' || buf[i] > '9' : buf[i] != version[k])
+            goto stop;
+    if (i == n || (k = line_end(buf, n, i)) == 0 || v[5] == '0')
+        goto stop;
+    if (v[5] > '1')
+        return METRICS_PARSE_VERSION;
+    r->minor = v[7] - '0';
+    /* field lines up to the empty one; no white space first: that would be obs-fold,
+     * which RFC 9112 lets a server refuse */
+    i += k;
+    while ((k = line_end(buf, n, i)) == 0) {
+        name = i;
+        while (i < n && httpresp_is_tchar((unsigned char)buf[i]))
+            i++;
+        if (i == n || i == name || buf[i] != ':')
+            goto stop;
+        has_host |= i - name == 4 && strncasecmp(buf + name, "host", 4) == 0;
+        while (i < n && buf[i] != '\0' && line_end(buf, n, i) == 0)
+            i++;
+        if (i == n || buf[i] == '\0')
+            goto stop;
+        i += line_end(buf, n, i);
     }
-    return METRICS_PARSE_INCOMPLETE;
+    if (r->minor == 0 || has_host) {   /* RFC 9112 3.2 */
+        r->head_len = i + k;
+        return METRICS_PARSE_OK;
+    }
+stop:
+    /* at a byte refused, or at a lone CR: BAD; out of bytes: INCOMPLETE */
+    return i < n || n + 1 < len ? METRICS_PARSE_BAD : METRICS_PARSE_INCOMPLETE;
 }
 
 /* ----------------------------------------------------------------------- answering ----- */
@@ -672,7 +660,7 @@ static int listen_on(struct metrics_server *s, const struct metrics_addr *a, int
         struct sockaddr_in6 in6;
     } sa = { .in6 = { .sin6_family = (sa_family_t)family, .sin6_port = htons((uint16_t)a->port) } };
     socklen_t sl = family == AF_INET ? sizeof sa.in : sizeof sa.in6;
-    int fd, one = 1, v6only = a->family == AF_INET6, saved;
+    int fd, one = 1, v6only = a->family == AF_INET6;
 
     if (a->family == AF_INET)
         memcpy(&sa.in.sin_addr, a->ip, 4);     /* else INADDR_ANY */
@@ -687,9 +675,7 @@ static int listen_on(struct metrics_server *s, const struct metrics_addr *a, int
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) ||
         bind(fd, &sa.sa, sl) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
         getsockname(fd, &sa.sa, &sl) < 0) {
-        saved = errno;
-        close(fd);
-        errno = saved;
+        close(fd);               /* leaves errno alone: it succeeds (musl, glibc) */
         return -1;
     }
     s->port = ntohs(sa.in.sin_port);
@@ -749,7 +735,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
     s->m = m;
     s->listen_fd = s->stop_fd = -1;
     family = a.family == AF_INET ? AF_INET : AF_INET6;
-    if (listen_on(s, &a, family) < 0 && family == AF_INET6 && a.family == AF_UNSPEC &&
+    if (listen_on(s, &a, family) < 0 && a.family == AF_UNSPEC &&
         (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL))
         listen_on(s, &a, AF_INET);  /* no IPv6 here: every IPv4 interface, then */
     if (s->listen_fd < 0) {
@@ -776,8 +762,7 @@ int metrics_port(const struct metrics *m)
 
 void metrics_destroy(struct metrics *m)
 {
-    if (!m->server)
-        return;
-    server_free(m->server);
+    if (m->server)
+        server_free(m->server);
     m->server = NULL;
 }
