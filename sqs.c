@@ -2,9 +2,7 @@
 #include "creds.h"
 #include "metrics.h"
 
-#include <limits.h>
 #include <stdarg.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +125,8 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
  * Error answers and what is worth retrying
  * ==================================================================================== */
 
-int sqs_code_retryable(const char *code)
+/* 1 for codes worth retrying: throttling and internal errors. */
+static int sqs_code_retryable(const char *code)
 {
     /* The throttling and transient codes of the AWS SDKs' retry strategy, plus SQS's own
      * (RequestThrottled, KmsThrottled, OverLimit: too many messages in flight, which
@@ -142,7 +141,7 @@ int sqs_code_retryable(const char *code)
         "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
     };
 
-    for (size_t i = 0; code && i < sizeof codes / sizeof codes[0]; i++)
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         if (strcmp(code, codes[i]) == 0)
             return 1;
     return 0;
@@ -198,12 +197,12 @@ static const char *sqs_json_string(const cJSON *obj, const char *name)
     return cJSON_IsString(v) && v->valuestring ? v->valuestring : NULL;
 }
 
-void sqs_parse_error(int status, const char *errortype_header, size_t errortype_len,
-                     const char *query_error_header, size_t query_error_len, const char *body,
-                     size_t body_len, struct sqs_api_error *out)
+int sqs_parse_error(const char *op, int status, const char *errortype_header,
+                    size_t errortype_len, const char *query_error_header, size_t query_error_len,
+                    const char *body, size_t body_len, struct sqs_api_error *out, struct lerr *e)
 {
     cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
-    const char *code, *msg;
+    const char *code, *msg, *colon;
 
     memset(out, 0, sizeof *out);
     out->status = status;
@@ -231,17 +230,11 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
         snprintf(out->message, sizeof out->message, "empty answer");
     cJSON_Delete(root);
     out->retryable = status >= 500 || status == 429 || sqs_code_retryable(out->code);
-}
-
-int sqs_api_error_set(struct lerr *e, const char *operation, const struct sqs_api_error *ae)
-{
-    const char *colon = ae->message[0] ? ": " : "";
-
-    if (ae->code[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", operation, ae->code,
-                        colon, ae->message, ae->status);
-    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", operation, ae->status, colon,
-                    ae->message);
+    colon = out->message[0] ? ": " : "";
+    if (out->code[0])
+        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", op, out->code, colon,
+                        out->message, status);
+    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", op, status, colon, out->message);
 }
 
 /* ======================================================================================
@@ -370,10 +363,10 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
         return 0;
     et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
     qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
-    sqs_parse_error(resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
-                    &c->last_error);
+    rc = sqs_parse_error(op, resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
+                         &c->last_error, e);
     http_response_free(resp);
-    return sqs_api_error_set(e, op, &c->last_error);
+    return rc;
 }
 
 /* Waits before retry number attempt (0 for the first), logging why. */
@@ -1181,16 +1174,13 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b,
     return 0;
 }
 
-#define SQS_RECEIPT_OPS(opname, which) { opname, "SQS batch answer", which, 1, 0, sb_receipt }
-#define SQS_SEND_OPS(opname, which)                                                         \
-    { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND, sb_message }
-
 static const struct sqs_batch_ops sqs_ops[] = {
-    [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
-    [SQS_OP_CHANGE_VISIBILITY] = SQS_RECEIPT_OPS("ChangeMessageVisibilityBatch",
-                                                 SQS_OP_CHANGE_VISIBILITY),
-    [SQS_OP_SEND_BATCH] = SQS_SEND_OPS("SendMessageBatch", SQS_OP_SEND_BATCH),
-    [SQS_OP_SEND] = SQS_SEND_OPS("SendMessage", SQS_OP_SEND),
+    [SQS_OP_DELETE] = { "DeleteMessageBatch", "SQS batch answer", SQS_OP_DELETE, 1, 0, sb_receipt },
+    [SQS_OP_CHANGE_VISIBILITY] = { "ChangeMessageVisibilityBatch", "SQS batch answer",
+                                   SQS_OP_CHANGE_VISIBILITY, 1, 0, sb_receipt },
+    [SQS_OP_SEND_BATCH] = { "SendMessageBatch", "SQS SendMessageBatch answer", SQS_OP_SEND_BATCH,
+                            0, 0, sb_message },
+    [SQS_OP_SEND] = { "SendMessage", "SQS SendMessage answer", SQS_OP_SEND, 0, 1, sb_message },
 };
 
 /* --- the request ------------------------------------------------------------------- */
