@@ -488,7 +488,9 @@ struct rx {
 /* A message attribute's name is at most 256 characters (SQS's limit). */
 #define SQS_ATTR_NAME_MAX 256
 
-/* The scanner's error in the answer's words; at the very end, the answer was cut short. */
+/* The readers below return the scanner's -1 as it is: sqs_parse_receive puts its error
+ * (x->j.why set) in the answer's words once, here; at the very end, the answer was cut
+ * short. */
 static int rx_fail(struct rx *x)
 {
     const char *why = x->j.err_at == (size_t)(x->j.end - x->j.start) ? "unexpected end"
@@ -496,19 +498,6 @@ static int rx_fail(struct rx *x)
 
     return lerr_set(x->e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu", why,
                     x->j.err_at);
-}
-
-/* The next member (names not NULL) or element, as json_member_of and json_element. */
-static int rx_next(struct rx *x, int *state, const char *const *names, size_t n, int *which)
-{
-    int r = names ? json_member_of(&x->j, state, names, n, which) : json_element(&x->j, state);
-
-    return r < 0 ? rx_fail(x) : r;
-}
-
-static int rx_skip(struct rx *x)
-{
-    return json_skip(&x->j) < 0 ? rx_fail(x) : 0;
 }
 
 /* An optional member: 0 when its value is null (consumed), 1 when it starts with open
@@ -521,7 +510,7 @@ static int rx_optional(struct rx *x, int open, int index, const char *name)
     if (c == open)
         return 1;
     if (c == 'n' || c == -1)  /* null, or an error for what is not */
-        return rx_skip(x);
+        return json_skip(&x->j);
     if (index < 0)
         return lerr_set(x->e, LERR_MALFORMED, RX ": %s is not %s", name, type);
     return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d].%s is not %s", index, name, type);
@@ -533,7 +522,7 @@ static int rx_keep(struct rx *x, const char **s, size_t *len)
     size_t n;
 
     if (json_string(&x->j, x->arena, x->left, &n) < 0)
-        return rx_fail(x);
+        return -1;
     if (n >= x->left)  /* cannot happen (see struct rx); refuse rather than trust it */
         return lerr_set(x->e, LERR_MALFORMED, RX ": string too long");
     *s = x->arena;
@@ -647,13 +636,14 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
         int fstate = 0, f, v;
 
         if (!name[0]) {  /* a name SQS cannot send: too long, a NUL */
-            if (rx_skip(x) < 0)
+            if (json_skip(&x->j) < 0)
                 return -1;
             continue;
         }
         v = rx_optional(x, '{', index, "MessageAttributes value");
-        while (v > 0 && (v = rx_next(x, &fstate, fields, 3, &f)) > 0) {
-            if ((f >= 0 ? rx_keep_member(x, index, labels[f], &got[f], &len[f]) : rx_skip(x)) < 0)
+        while (v > 0 && (v = json_member_of(&x->j, &fstate, fields, 3, &f)) > 0) {
+            if ((f >= 0 ? rx_keep_member(x, index, labels[f], &got[f], &len[f])
+                        : json_skip(&x->j)) < 0)
                 return -1;
         }
         if (v < 0)
@@ -665,7 +655,7 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
         else
             rx_user_attribute(x, m, name, got, len);
     }
-    return r < 0 ? rx_fail(x) : r;
+    return r;
 }
 
 /* 1 to max_digits decimal digits, strictly; -1 for anything else (it counts as absent). */
@@ -688,11 +678,12 @@ static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
     int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
     long v;
 
-    while (r > 0 && (r = rx_next(x, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS, &k)) > 0) {
+    while (r > 0 && (r = json_member_of(&x->j, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS,
+                                        &k)) > 0) {
         if (k >= 0 && json_peek(&x->j) == '"') {
             if (rx_keep(x, &x->sys[k], &x->sys_len[k]) < 0)
                 return -1;
-        } else if (rx_skip(x) < 0) {
+        } else if (json_skip(&x->j) < 0) {
             return -1;
         }
     }
@@ -776,12 +767,12 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
     int state = 0, r, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
-        return rx_skip(x);
+        return json_skip(&x->j);
     memset(x->sys, 0, sizeof x->sys);
     x->attrs.len = 0;
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
-    while ((r = rx_next(x, &state, names, 6, &k)) > 0) {
+    while ((r = json_member_of(&x->j, &state, names, 6, &k)) > 0) {
         unsigned lone_before = x->j.lone;
 
         if (k >= 0 && k < 4)
@@ -791,7 +782,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
         else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
-            r = rx_skip(x);
+            r = json_skip(&x->j);
         if (k == 3)
             lone = x->j.lone != lone_before;
         if (r < 0)
@@ -821,7 +812,7 @@ static int rx_messages(struct rx *x, struct sqs_batch *b)
 {
     int state = 0, r = rx_optional(x, '[', -1, "Messages");
 
-    while (r > 0 && (r = rx_next(x, &state, NULL, 0, NULL)) > 0) {
+    while (r > 0 && (r = json_element(&x->j, &state)) > 0) {
         if (b->count == SQS_MAX_MESSAGES)
             return lerr_set(x->e, LERR_MALFORMED, RX ": more than %d messages",
                             SQS_MAX_MESSAGES);
@@ -866,8 +857,8 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
                      start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
         goto out;
     }
-    while ((r = rx_next(&x, &state, names, 1, &k)) > 0) {
-        r = k == 0 ? rx_messages(&x, b) : rx_skip(&x);
+    while ((r = json_member_of(&x.j, &state, names, 1, &k)) > 0) {
+        r = k == 0 ? rx_messages(&x, b) : json_skip(&x.j);
         if (r < 0)
             goto out;
     }
@@ -877,6 +868,8 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
     if (r == 0 && (x.ctx.oom || x.attrs.oom))
         r = lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
 out:
+    if (r < 0 && x.j.why)
+        rx_fail(&x);
     free(x.attrs.p);
     b->context_mem = x.ctx.p;
     if (r < 0) {
