@@ -554,11 +554,9 @@ static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, .
         memcpy(m->problem + n, "; ", 3);
         n += 2;
     }
-    if (n + 1 < sizeof m->problem) {
-        va_start(ap, fmt);
-        vsnprintf(m->problem + n, sizeof m->problem - n, fmt, ap);
-        va_end(ap);
-    }
+    va_start(ap, fmt);  /* full: only the NUL that is there is written */
+    vsnprintf(m->problem + n, sizeof m->problem - n, fmt, ap);
+    va_end(ap);
 }
 
 /* image, size or command: a String whose StringValue goes to *out. */
@@ -1039,7 +1037,8 @@ static void sqs_send_accepted(struct sqs_entry *en, const cJSON *item)
  * and SendMessage, a batch of one without the list
  *
  * One request writer, one answer reader and one retry loop serve the four; an
- * operation's table says what differs: how an entry is checked and written. A
+ * operation's table says what differs: receipt handles or messages (checked and written
+ * by sb_receipt or sb_message), a list or one entry. A
  * Successful item makes a receipt entry OK, and a message sent OK once its MD5s match
  * (sqs_send_accepted). SendMessage's answer is its one Successful item.
  * ==================================================================================== */
@@ -1050,9 +1049,6 @@ struct sqs_batch_ops {
     int op;              /* SQS_OP_*: sqs_ops[op] */
     int receipts;        /* its entries are receipt handles, which can go stale */
     int single;          /* one entry, written and answered without Entries (SendMessage) */
-    /* checks entry i, then writes it: what SQS would refuse is never sent */
-    int (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const struct sqs_entry *en,
-               size_t i, struct lerr *e);
 };
 
 /* How many entries are in state s; *first: the first of them (n when none). */
@@ -1168,12 +1164,12 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b,
 }
 
 static const struct sqs_batch_ops sqs_ops[] = {
-    [SQS_OP_DELETE] = { "DeleteMessageBatch", "SQS batch answer", SQS_OP_DELETE, 1, 0, sb_receipt },
+    [SQS_OP_DELETE] = { "DeleteMessageBatch", "SQS batch answer", SQS_OP_DELETE, 1, 0 },
     [SQS_OP_CHANGE_VISIBILITY] = { "ChangeMessageVisibilityBatch", "SQS batch answer",
-                                   SQS_OP_CHANGE_VISIBILITY, 1, 0, sb_receipt },
+                                   SQS_OP_CHANGE_VISIBILITY, 1, 0 },
     [SQS_OP_SEND_BATCH] = { "SendMessageBatch", "SQS SendMessageBatch answer", SQS_OP_SEND_BATCH,
-                            0, 0, sb_message },
-    [SQS_OP_SEND] = { "SendMessage", "SQS SendMessage answer", SQS_OP_SEND, 0, 1, sb_message },
+                            0, 0 },
+    [SQS_OP_SEND] = { "SendMessage", "SQS SendMessage answer", SQS_OP_SEND, 0, 1 },
 };
 
 /* --- the request ------------------------------------------------------------------- */
@@ -1204,7 +1200,8 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
             json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
             json_buf_lit(&b, id);
         }
-        if (o->put(o, &b, &entries[i], i, e) < 0) {
+        /* each entry checked, then written: what SQS would refuse is never sent */
+        if ((o->receipts ? sb_receipt : sb_message)(o, &b, &entries[i], i, e) < 0) {
             free(b.p);
             return NULL;
         }
@@ -1353,15 +1350,14 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, struct sqs_entry *en
                              enum sqs_entry_status s, const char *what, struct lerr *e)
 {
     size_t i, k = sqs_count(entries, n, s, &i);
-    const char *code = entries[i].code;
-    const char *message = entries[i].message;
     char label[160];
 
     sqs_label(o, entries, i, label, sizeof label);
     if (o->single)
-        return lerr_set(e, LERR_HTTP, "SQS %s: %s: %s: %s", o->name, label, code, message);
+        return lerr_set(e, LERR_HTTP, "SQS %s: %s: %s: %s", o->name, label, entries[i].code,
+                        entries[i].message);
     return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name, k, n,
-                    what, label, code, message);
+                    what, label, entries[i].code, entries[i].message);
 }
 
 int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
