@@ -1046,9 +1046,15 @@ static void sqs_send_accepted(struct sqs_entry *en, const cJSON *item)
 struct sqs_batch_ops {
     const char *name;    /* the operation, as X-Amz-Target names it */
     const char *answer;  /* how errors about its answer begin */
-    int op;              /* SQS_OP_*: sqs_ops[op] */
     int receipts;        /* its entries are receipt handles, which can go stale */
     int single;          /* one entry, written and answered without Entries (SendMessage) */
+};
+
+static const struct sqs_batch_ops sqs_ops[] = {
+    [SQS_OP_DELETE] = { "DeleteMessageBatch", "SQS batch answer", 1, 0 },
+    [SQS_OP_CHANGE_VISIBILITY] = { "ChangeMessageVisibilityBatch", "SQS batch answer", 1, 0 },
+    [SQS_OP_SEND_BATCH] = { "SendMessageBatch", "SQS SendMessageBatch answer", 0, 0 },
+    [SQS_OP_SEND] = { "SendMessage", "SQS SendMessage answer", 0, 1 },
 };
 
 /* How many entries are in state s; *first: the first of them (n when none). */
@@ -1102,14 +1108,14 @@ static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b,
 {
     if (!en->receipt_handle || !*en->receipt_handle)
         return lerr_set(e, LERR_INVALID, "SQS %s: entry %zu has no receipt handle", o->name, i);
-    if (o->op == SQS_OP_CHANGE_VISIBILITY &&
+    if (o == &sqs_ops[SQS_OP_CHANGE_VISIBILITY] &&
         (en->visibility_timeout < 0 || en->visibility_timeout > SQS_MAX_VISIBILITY))
         return lerr_set(e, LERR_INVALID,
                         "SQS %s: entry %zu: VisibilityTimeout must be 0 to %d, got %d", o->name,
                         i, SQS_MAX_VISIBILITY, en->visibility_timeout);
     json_buf_lit(b, ",\"ReceiptHandle\":");
     json_buf_string(b, en->receipt_handle, strlen(en->receipt_handle));
-    if (o->op == SQS_OP_CHANGE_VISIBILITY)
+    if (o == &sqs_ops[SQS_OP_CHANGE_VISIBILITY])
         json_buf_fmt(b, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
     return 0;
 }
@@ -1163,14 +1169,6 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b,
     return 0;
 }
 
-static const struct sqs_batch_ops sqs_ops[] = {
-    [SQS_OP_DELETE] = { "DeleteMessageBatch", "SQS batch answer", SQS_OP_DELETE, 1, 0 },
-    [SQS_OP_CHANGE_VISIBILITY] = { "ChangeMessageVisibilityBatch", "SQS batch answer",
-                                   SQS_OP_CHANGE_VISIBILITY, 1, 0 },
-    [SQS_OP_SEND_BATCH] = { "SendMessageBatch", "SQS SendMessageBatch answer", SQS_OP_SEND_BATCH,
-                            0, 0 },
-    [SQS_OP_SEND] = { "SendMessage", "SQS SendMessage answer", SQS_OP_SEND, 0, 1 },
-};
 
 /* --- the request ------------------------------------------------------------------- */
 
@@ -1319,19 +1317,20 @@ static void sqs_pending_why(struct sqs_entry *entries, size_t n, int keep, const
 /* One round: send the pending entries, apply the answer. 0 when the exchange worked
  * (some entries may still be pending), -1 when the request failed as a whole: the
  * pending entries then say why. */
-static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o,
-                           struct sqs_entry *entries, size_t n, struct lerr *e)
+static int sqs_batch_round(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                           size_t n, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     struct http_response resp;
     size_t len;
     char *body;
     int r;
 
     sqs_pending_why(entries, n, 0, "", "");
-    body = sqs_batch_request(o->op, c->queue_url, entries, n, &len, e);
+    body = sqs_batch_request(op, c->queue_url, entries, n, &len, e);
     r = sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e);
     if (r == 0) {
-        r = sqs_parse_batch_result(o->op, resp.body, resp.body_len, entries, n, e);
+        r = sqs_parse_batch_result(op, resp.body, resp.body_len, entries, n, e);
         if (r < 0 && o->receipts)  /* "SQS batch answer" does not say which */
             lerr_wrap(e, "SQS %s", o->name);
         r = sqs_answer_read(c, &resp, r, e);
@@ -1375,7 +1374,7 @@ int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry 
     }
     memset(&c->last_error, 0, sizeof c->last_error);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
-        whole_failed = sqs_batch_round(c, o, entries, n, e) < 0;
+        whole_failed = sqs_batch_round(c, op, entries, n, e) < 0;
         if (whole_failed && !c->last_error.retryable)
             break;
         if (!whole_failed && sqs_count(entries, n, SQS_ENTRY_PENDING, &i) == 0)
