@@ -762,7 +762,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
     static const char *const names[] = { "MessageId", "ReceiptHandle", "MD5OfBody", "Body",
                                          "Attributes", "MessageAttributes" };
     const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
-    int state = 0, r, k, lone = 0;
+    int state = 0, r = 0, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
         return json_skip(&x->j);
@@ -770,7 +770,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
     x->attrs.len = 0;
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
-    while ((r = json_member_of(&x->j, &state, names, 6, &k)) > 0) {
+    while (r == 0 && (r = json_member_of(&x->j, &state, names, 6, &k)) > 0) {
         unsigned lone_before = x->j.lone;
 
         if (k >= 0 && k < 4)
@@ -783,8 +783,6 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
             r = json_skip(&x->j);
         if (k == 3)
             lone = x->j.lone != lone_before;
-        if (r < 0)
-            return -1;
     }
     if (r < 0)
         return -1;
@@ -833,7 +831,7 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
     size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
     static const char *const names[] = { "Messages" };
     struct rx x = { .ctx = { 0 } };
-    int state = 0, k, r;
+    int state = 0, k, r = 0;
 
     memset(b, 0, sizeof *b);
     if (len > SIZE_MAX - msgs - 1)
@@ -853,19 +851,14 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
         sqs_set_text(start, sizeof start, (const char *)x.j.p, (size_t)(x.j.end - x.j.p));
         r = lerr_set(e, LERR_MALFORMED, RX " is not a JSON object (%s%s%s)",
                      start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
-        goto out;
     }
-    while ((r = json_member_of(&x.j, &state, names, 1, &k)) > 0) {
+    while (r == 0 && (r = json_member_of(&x.j, &state, names, 1, &k)) > 0)
         r = k == 0 ? rx_messages(&x, b) : json_skip(&x.j);
-        if (r < 0)
-            goto out;
-    }
     if (r == 0 && json_peek(&x.j) != -1)
         r = lerr_set(e, LERR_MALFORMED, RX " is not valid JSON: unexpected data after the "
                      "object at byte %zu", (size_t)(x.j.p - x.j.start));
     if (r == 0 && (x.ctx.oom || x.attrs.oom))
         r = lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
-out:
     if (r < 0 && x.j.why)
         rx_fail(&x);
     free(x.attrs.p);
