@@ -516,11 +516,15 @@ static int rx_optional(struct rx *x, int open, int index, const char *name)
     return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d].%s is not %s", index, name, type);
 }
 
-/* The string at p, decoded into the arena. */
-static int rx_keep(struct rx *x, const char **s, size_t *len)
+/* A string member decoded into the arena; NULL when the value is null. */
+static int rx_keep(struct rx *x, int index, const char *name, const char **s, size_t *len)
 {
+    int r = rx_optional(x, '"', index, name);
     size_t n;
 
+    *s = NULL;
+    if (r <= 0)
+        return r;
     if (json_string(&x->j, x->arena, x->left, &n) < 0)
         return -1;
     if (n >= x->left)  /* cannot happen (see struct rx); refuse rather than trust it */
@@ -531,16 +535,6 @@ static int rx_keep(struct rx *x, const char **s, size_t *len)
     x->arena += n + 1;
     x->left -= n + 1;
     return 0;
-}
-
-/* A string member decoded into the arena; NULL when the value is null. */
-static int rx_keep_member(struct rx *x, int index, const char *name, const char **s,
-                          size_t *len)
-{
-    int r = rx_optional(x, '"', index, name);
-
-    *s = NULL;
-    return r > 0 ? rx_keep(x, s, len) : r;
 }
 
 __attribute__((format(printf, 3, 4)))
@@ -640,8 +634,7 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
         }
         v = rx_optional(x, '{', index, "MessageAttributes value");
         while (v > 0 && (v = json_member_of(&x->j, &fstate, fields, 3, &f)) > 0) {
-            if ((f >= 0 ? rx_keep_member(x, index, labels[f], &got[f], &len[f])
-                        : json_skip(&x->j)) < 0)
+            if ((f >= 0 ? rx_keep(x, index, labels[f], &got[f], &len[f]) : json_skip(&x->j)) < 0)
                 return -1;
         }
         if (v < 0)
@@ -678,8 +671,8 @@ static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
 
     while (r > 0 && (r = json_member_of(&x->j, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS,
                                         &k)) > 0) {
-        if (k >= 0 && json_peek(&x->j) == '"') {
-            if (rx_keep(x, &x->sys[k], &x->sys_len[k]) < 0)
+        if (k >= 0 && json_peek(&x->j) == '"') {  /* (a string: no type error to name) */
+            if (rx_keep(x, index, "Attributes", &x->sys[k], &x->sys_len[k]) < 0)
                 return -1;
         } else if (json_skip(&x->j) < 0) {
             return -1;
@@ -774,7 +767,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
         unsigned lone_before = x->j.lone;
 
         if (k >= 0 && k < 4)
-            r = rx_keep_member(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
+            r = rx_keep(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
         else if (k == 4)
             r = rx_system_attributes(x, index, m);
         else if (k == 5)
