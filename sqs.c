@@ -2,9 +2,7 @@
 #include "creds.h"
 #include "metrics.h"
 
-#include <limits.h>
 #include <stdarg.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +125,8 @@ char *sqs_receive_request(const char *queue_url, const struct sqs_receive_opts *
  * Error answers and what is worth retrying
  * ==================================================================================== */
 
-int sqs_code_retryable(const char *code)
+/* 1 for codes worth retrying: throttling and internal errors. */
+static int sqs_code_retryable(const char *code)
 {
     /* The throttling and transient codes of the AWS SDKs' retry strategy, plus SQS's own
      * (RequestThrottled, KmsThrottled, OverLimit: too many messages in flight, which
@@ -142,7 +141,7 @@ int sqs_code_retryable(const char *code)
         "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
     };
 
-    for (size_t i = 0; code && i < sizeof codes / sizeof codes[0]; i++)
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         if (strcmp(code, codes[i]) == 0)
             return 1;
     return 0;
@@ -198,12 +197,12 @@ static const char *sqs_json_string(const cJSON *obj, const char *name)
     return cJSON_IsString(v) && v->valuestring ? v->valuestring : NULL;
 }
 
-void sqs_parse_error(int status, const char *errortype_header, size_t errortype_len,
-                     const char *query_error_header, size_t query_error_len, const char *body,
-                     size_t body_len, struct sqs_api_error *out)
+int sqs_parse_error(const char *op, int status, const char *errortype_header,
+                    size_t errortype_len, const char *query_error_header, size_t query_error_len,
+                    const char *body, size_t body_len, struct sqs_api_error *out, struct lerr *e)
 {
     cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
-    const char *code, *msg;
+    const char *code, *msg, *colon;
 
     memset(out, 0, sizeof *out);
     out->status = status;
@@ -231,17 +230,11 @@ void sqs_parse_error(int status, const char *errortype_header, size_t errortype_
         snprintf(out->message, sizeof out->message, "empty answer");
     cJSON_Delete(root);
     out->retryable = status >= 500 || status == 429 || sqs_code_retryable(out->code);
-}
-
-int sqs_api_error_set(struct lerr *e, const char *operation, const struct sqs_api_error *ae)
-{
-    const char *colon = ae->message[0] ? ": " : "";
-
-    if (ae->code[0])
-        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", operation, ae->code,
-                        colon, ae->message, ae->status);
-    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", operation, ae->status, colon,
-                    ae->message);
+    colon = out->message[0] ? ": " : "";
+    if (out->code[0])
+        return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", op, out->code, colon,
+                        out->message, status);
+    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", op, status, colon, out->message);
 }
 
 /* ======================================================================================
@@ -370,10 +363,10 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
         return 0;
     et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
     qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
-    sqs_parse_error(resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
-                    &c->last_error);
+    rc = sqs_parse_error(op, resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
+                         &c->last_error, e);
     http_response_free(resp);
-    return sqs_api_error_set(e, op, &c->last_error);
+    return rc;
 }
 
 /* Waits before retry number attempt (0 for the first), logging why. */
@@ -495,7 +488,9 @@ struct rx {
 /* A message attribute's name is at most 256 characters (SQS's limit). */
 #define SQS_ATTR_NAME_MAX 256
 
-/* The scanner's error in the answer's words; at the very end, the answer was cut short. */
+/* The readers below return the scanner's -1 as it is: sqs_parse_receive puts its error
+ * (x->j.why set) in the answer's words once, here; at the very end, the answer was cut
+ * short. */
 static int rx_fail(struct rx *x)
 {
     const char *why = x->j.err_at == (size_t)(x->j.end - x->j.start) ? "unexpected end"
@@ -503,19 +498,6 @@ static int rx_fail(struct rx *x)
 
     return lerr_set(x->e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu", why,
                     x->j.err_at);
-}
-
-/* The next member (names not NULL) or element, as json_member_of and json_element. */
-static int rx_next(struct rx *x, int *state, const char *const *names, size_t n, int *which)
-{
-    int r = names ? json_member_of(&x->j, state, names, n, which) : json_element(&x->j, state);
-
-    return r < 0 ? rx_fail(x) : r;
-}
-
-static int rx_skip(struct rx *x)
-{
-    return json_skip(&x->j) < 0 ? rx_fail(x) : 0;
 }
 
 /* An optional member: 0 when its value is null (consumed), 1 when it starts with open
@@ -528,19 +510,23 @@ static int rx_optional(struct rx *x, int open, int index, const char *name)
     if (c == open)
         return 1;
     if (c == 'n' || c == -1)  /* null, or an error for what is not */
-        return rx_skip(x);
+        return json_skip(&x->j);
     if (index < 0)
         return lerr_set(x->e, LERR_MALFORMED, RX ": %s is not %s", name, type);
     return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d].%s is not %s", index, name, type);
 }
 
-/* The string at p, decoded into the arena. */
-static int rx_keep(struct rx *x, const char **s, size_t *len)
+/* A string member decoded into the arena; NULL when the value is null. */
+static int rx_keep(struct rx *x, int index, const char *name, const char **s, size_t *len)
 {
+    int r = rx_optional(x, '"', index, name);
     size_t n;
 
+    *s = NULL;
+    if (r <= 0)
+        return r;
     if (json_string(&x->j, x->arena, x->left, &n) < 0)
-        return rx_fail(x);
+        return -1;
     if (n >= x->left)  /* cannot happen (see struct rx); refuse rather than trust it */
         return lerr_set(x->e, LERR_MALFORMED, RX ": string too long");
     *s = x->arena;
@@ -549,16 +535,6 @@ static int rx_keep(struct rx *x, const char **s, size_t *len)
     x->arena += n + 1;
     x->left -= n + 1;
     return 0;
-}
-
-/* A string member decoded into the arena; NULL when the value is null. */
-static int rx_keep_member(struct rx *x, int index, const char *name, const char **s,
-                          size_t *len)
-{
-    int r = rx_optional(x, '"', index, name);
-
-    *s = NULL;
-    return r > 0 ? rx_keep(x, s, len) : r;
 }
 
 __attribute__((format(printf, 3, 4)))
@@ -572,11 +548,9 @@ static void msg_problem(struct sqs_message *m, unsigned flag, const char *fmt, .
         memcpy(m->problem + n, "; ", 3);
         n += 2;
     }
-    if (n + 1 < sizeof m->problem) {
-        va_start(ap, fmt);
-        vsnprintf(m->problem + n, sizeof m->problem - n, fmt, ap);
-        va_end(ap);
-    }
+    va_start(ap, fmt);  /* full: only the NUL that is there is written */
+    vsnprintf(m->problem + n, sizeof m->problem - n, fmt, ap);
+    va_end(ap);
 }
 
 /* image, size or command: a String whose StringValue goes to *out. */
@@ -654,13 +628,13 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
         int fstate = 0, f, v;
 
         if (!name[0]) {  /* a name SQS cannot send: too long, a NUL */
-            if (rx_skip(x) < 0)
+            if (json_skip(&x->j) < 0)
                 return -1;
             continue;
         }
         v = rx_optional(x, '{', index, "MessageAttributes value");
-        while (v > 0 && (v = rx_next(x, &fstate, fields, 3, &f)) > 0) {
-            if ((f >= 0 ? rx_keep_member(x, index, labels[f], &got[f], &len[f]) : rx_skip(x)) < 0)
+        while (v > 0 && (v = json_member_of(&x->j, &fstate, fields, 3, &f)) > 0) {
+            if ((f >= 0 ? rx_keep(x, index, labels[f], &got[f], &len[f]) : json_skip(&x->j)) < 0)
                 return -1;
         }
         if (v < 0)
@@ -672,7 +646,7 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
         else
             rx_user_attribute(x, m, name, got, len);
     }
-    return r < 0 ? rx_fail(x) : r;
+    return r;
 }
 
 /* 1 to max_digits decimal digits, strictly; -1 for anything else (it counts as absent). */
@@ -695,11 +669,12 @@ static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
     int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
     long v;
 
-    while (r > 0 && (r = rx_next(x, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS, &k)) > 0) {
-        if (k >= 0 && json_peek(&x->j) == '"') {
-            if (rx_keep(x, &x->sys[k], &x->sys_len[k]) < 0)
+    while (r > 0 && (r = json_member_of(&x->j, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS,
+                                        &k)) > 0) {
+        if (k >= 0 && json_peek(&x->j) == '"') {  /* (a string: no type error to name) */
+            if (rx_keep(x, index, "Attributes", &x->sys[k], &x->sys_len[k]) < 0)
                 return -1;
-        } else if (rx_skip(x) < 0) {
+        } else if (json_skip(&x->j) < 0) {
             return -1;
         }
     }
@@ -780,29 +755,27 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
     static const char *const names[] = { "MessageId", "ReceiptHandle", "MD5OfBody", "Body",
                                          "Attributes", "MessageAttributes" };
     const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
-    int state = 0, r, k, lone = 0;
+    int state = 0, r = 0, k, lone = 0;
 
     if (json_peek(&x->j) == -1)
-        return rx_skip(x);
+        return json_skip(&x->j);
     memset(x->sys, 0, sizeof x->sys);
     x->attrs.len = 0;
     if (json_peek(&x->j) != '{')
         return lerr_set(x->e, LERR_MALFORMED, RX ": Messages[%d] is not an object", index);
-    while ((r = rx_next(x, &state, names, 6, &k)) > 0) {
+    while (r == 0 && (r = json_member_of(&x->j, &state, names, 6, &k)) > 0) {
         unsigned lone_before = x->j.lone;
 
         if (k >= 0 && k < 4)
-            r = rx_keep_member(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
+            r = rx_keep(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
         else if (k == 4)
             r = rx_system_attributes(x, index, m);
         else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
-            r = rx_skip(x);
+            r = json_skip(&x->j);
         if (k == 3)
             lone = x->j.lone != lone_before;
-        if (r < 0)
-            return -1;
     }
     if (r < 0)
         return -1;
@@ -828,7 +801,7 @@ static int rx_messages(struct rx *x, struct sqs_batch *b)
 {
     int state = 0, r = rx_optional(x, '[', -1, "Messages");
 
-    while (r > 0 && (r = rx_next(x, &state, NULL, 0, NULL)) > 0) {
+    while (r > 0 && (r = json_element(&x->j, &state)) > 0) {
         if (b->count == SQS_MAX_MESSAGES)
             return lerr_set(x->e, LERR_MALFORMED, RX ": more than %d messages",
                             SQS_MAX_MESSAGES);
@@ -851,7 +824,7 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
     size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
     static const char *const names[] = { "Messages" };
     struct rx x = { .ctx = { 0 } };
-    int state = 0, k, r;
+    int state = 0, k, r = 0;
 
     memset(b, 0, sizeof *b);
     if (len > SIZE_MAX - msgs - 1)
@@ -871,19 +844,16 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
         sqs_set_text(start, sizeof start, (const char *)x.j.p, (size_t)(x.j.end - x.j.p));
         r = lerr_set(e, LERR_MALFORMED, RX " is not a JSON object (%s%s%s)",
                      start[0] ? "it starts with \"" : "it is empty", start, start[0] ? "\"" : "");
-        goto out;
     }
-    while ((r = rx_next(&x, &state, names, 1, &k)) > 0) {
-        r = k == 0 ? rx_messages(&x, b) : rx_skip(&x);
-        if (r < 0)
-            goto out;
-    }
+    while (r == 0 && (r = json_member_of(&x.j, &state, names, 1, &k)) > 0)
+        r = k == 0 ? rx_messages(&x, b) : json_skip(&x.j);
     if (r == 0 && json_peek(&x.j) != -1)
         r = lerr_set(e, LERR_MALFORMED, RX " is not valid JSON: unexpected data after the "
                      "object at byte %zu", (size_t)(x.j.p - x.j.start));
     if (r == 0 && (x.ctx.oom || x.attrs.oom))
         r = lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
-out:
+    if (r < 0 && x.j.why)
+        rx_fail(&x);
     free(x.attrs.p);
     b->context_mem = x.ctx.p;
     if (r < 0) {
@@ -1053,7 +1023,8 @@ static void sqs_send_accepted(struct sqs_entry *en, const cJSON *item)
  * and SendMessage, a batch of one without the list
  *
  * One request writer, one answer reader and one retry loop serve the four; an
- * operation's table says what differs: how an entry is checked and written. A
+ * operation's table says what differs: receipt handles or messages (checked and written
+ * by sb_receipt or sb_message), a list or one entry. A
  * Successful item makes a receipt entry OK, and a message sent OK once its MD5s match
  * (sqs_send_accepted). SendMessage's answer is its one Successful item.
  * ==================================================================================== */
@@ -1061,12 +1032,15 @@ static void sqs_send_accepted(struct sqs_entry *en, const cJSON *item)
 struct sqs_batch_ops {
     const char *name;    /* the operation, as X-Amz-Target names it */
     const char *answer;  /* how errors about its answer begin */
-    int op;              /* SQS_OP_*: sqs_ops[op] */
     int receipts;        /* its entries are receipt handles, which can go stale */
     int single;          /* one entry, written and answered without Entries (SendMessage) */
-    /* checks entry i, then writes it: what SQS would refuse is never sent */
-    int (*put)(const struct sqs_batch_ops *o, struct json_buf *b, const struct sqs_entry *en,
-               size_t i, struct lerr *e);
+};
+
+static const struct sqs_batch_ops sqs_ops[] = {
+    [SQS_OP_DELETE] = { "DeleteMessageBatch", "SQS batch answer", 1, 0 },
+    [SQS_OP_CHANGE_VISIBILITY] = { "ChangeMessageVisibilityBatch", "SQS batch answer", 1, 0 },
+    [SQS_OP_SEND_BATCH] = { "SendMessageBatch", "SQS SendMessageBatch answer", 0, 0 },
+    [SQS_OP_SEND] = { "SendMessage", "SQS SendMessage answer", 0, 1 },
 };
 
 /* How many entries are in state s; *first: the first of them (n when none). */
@@ -1120,14 +1094,14 @@ static int sb_receipt(const struct sqs_batch_ops *o, struct json_buf *b,
 {
     if (!en->receipt_handle || !*en->receipt_handle)
         return lerr_set(e, LERR_INVALID, "SQS %s: entry %zu has no receipt handle", o->name, i);
-    if (o->op == SQS_OP_CHANGE_VISIBILITY &&
+    if (o == &sqs_ops[SQS_OP_CHANGE_VISIBILITY] &&
         (en->visibility_timeout < 0 || en->visibility_timeout > SQS_MAX_VISIBILITY))
         return lerr_set(e, LERR_INVALID,
                         "SQS %s: entry %zu: VisibilityTimeout must be 0 to %d, got %d", o->name,
                         i, SQS_MAX_VISIBILITY, en->visibility_timeout);
     json_buf_lit(b, ",\"ReceiptHandle\":");
     json_buf_string(b, en->receipt_handle, strlen(en->receipt_handle));
-    if (o->op == SQS_OP_CHANGE_VISIBILITY)
+    if (o == &sqs_ops[SQS_OP_CHANGE_VISIBILITY])
         json_buf_fmt(b, ",\"VisibilityTimeout\":%d", en->visibility_timeout);
     return 0;
 }
@@ -1181,17 +1155,6 @@ static int sb_message(const struct sqs_batch_ops *o, struct json_buf *b,
     return 0;
 }
 
-#define SQS_RECEIPT_OPS(opname, which) { opname, "SQS batch answer", which, 1, 0, sb_receipt }
-#define SQS_SEND_OPS(opname, which)                                                         \
-    { opname, "SQS " opname " answer", which, 0, which == SQS_OP_SEND, sb_message }
-
-static const struct sqs_batch_ops sqs_ops[] = {
-    [SQS_OP_DELETE] = SQS_RECEIPT_OPS("DeleteMessageBatch", SQS_OP_DELETE),
-    [SQS_OP_CHANGE_VISIBILITY] = SQS_RECEIPT_OPS("ChangeMessageVisibilityBatch",
-                                                 SQS_OP_CHANGE_VISIBILITY),
-    [SQS_OP_SEND_BATCH] = SQS_SEND_OPS("SendMessageBatch", SQS_OP_SEND_BATCH),
-    [SQS_OP_SEND] = SQS_SEND_OPS("SendMessage", SQS_OP_SEND),
-};
 
 /* --- the request ------------------------------------------------------------------- */
 
@@ -1221,7 +1184,8 @@ char *sqs_batch_request(enum sqs_batch_op op, const char *queue_url,
             json_buf_lit(&b, sent ? ",{\"Id\":\"" : "{\"Id\":\"");
             json_buf_lit(&b, id);
         }
-        if (o->put(o, &b, &entries[i], i, e) < 0) {
+        /* each entry checked, then written: what SQS would refuse is never sent */
+        if ((o->receipts ? sb_receipt : sb_message)(o, &b, &entries[i], i, e) < 0) {
             free(b.p);
             return NULL;
         }
@@ -1339,19 +1303,20 @@ static void sqs_pending_why(struct sqs_entry *entries, size_t n, int keep, const
 /* One round: send the pending entries, apply the answer. 0 when the exchange worked
  * (some entries may still be pending), -1 when the request failed as a whole: the
  * pending entries then say why. */
-static int sqs_batch_round(struct sqs_client *c, const struct sqs_batch_ops *o,
-                           struct sqs_entry *entries, size_t n, struct lerr *e)
+static int sqs_batch_round(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
+                           size_t n, struct lerr *e)
 {
+    const struct sqs_batch_ops *o = &sqs_ops[op];
     struct http_response resp;
     size_t len;
     char *body;
     int r;
 
     sqs_pending_why(entries, n, 0, "", "");
-    body = sqs_batch_request(o->op, c->queue_url, entries, n, &len, e);
+    body = sqs_batch_request(op, c->queue_url, entries, n, &len, e);
     r = sqs_call_retry(c, o->name, body, len, 0, 1, &resp, e);
     if (r == 0) {
-        r = sqs_parse_batch_result(o->op, resp.body, resp.body_len, entries, n, e);
+        r = sqs_parse_batch_result(op, resp.body, resp.body_len, entries, n, e);
         if (r < 0 && o->receipts)  /* "SQS batch answer" does not say which */
             lerr_wrap(e, "SQS %s", o->name);
         r = sqs_answer_read(c, &resp, r, e);
@@ -1370,15 +1335,14 @@ static int sqs_entries_error(const struct sqs_batch_ops *o, struct sqs_entry *en
                              enum sqs_entry_status s, const char *what, struct lerr *e)
 {
     size_t i, k = sqs_count(entries, n, s, &i);
-    const char *code = entries[i].code;
-    const char *message = entries[i].message;
     char label[160];
 
     sqs_label(o, entries, i, label, sizeof label);
     if (o->single)
-        return lerr_set(e, LERR_HTTP, "SQS %s: %s: %s: %s", o->name, label, code, message);
+        return lerr_set(e, LERR_HTTP, "SQS %s: %s: %s: %s", o->name, label, entries[i].code,
+                        entries[i].message);
     return lerr_set(e, LERR_HTTP, "SQS %s: %zu of %zu entries %s; %s: %s: %s", o->name, k, n,
-                    what, label, code, message);
+                    what, label, entries[i].code, entries[i].message);
 }
 
 int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry *entries,
@@ -1396,7 +1360,7 @@ int sqs_batch_call(struct sqs_client *c, enum sqs_batch_op op, struct sqs_entry 
     }
     memset(&c->last_error, 0, sizeof c->last_error);
     for (unsigned attempt = 0; attempt < attempts; attempt++) {
-        whole_failed = sqs_batch_round(c, o, entries, n, e) < 0;
+        whole_failed = sqs_batch_round(c, op, entries, n, e) < 0;
         if (whole_failed && !c->last_error.retryable)
             break;
         if (!whole_failed && sqs_count(entries, n, SQS_ENTRY_PENDING, &i) == 0)

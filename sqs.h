@@ -23,14 +23,12 @@
 #ifndef LAMBDO_SQS_H
 #define LAMBDO_SQS_H
 
-#include <stddef.h>
 #include <stdint.h>
 #include "err.h"
 #include "http.h"
 #include "sigv4.h"
 
 struct creds_provider;
-#include "url.h"
 
 #define SQS_MAX_MESSAGES 10   /* ReceiveMessage's MaxNumberOfMessages and a batch's entries */
 #define SQS_MAX_WAIT 20       /* WaitTimeSeconds */
@@ -302,16 +300,11 @@ int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
 /* Reads an error answer: the code from the body's __type (or code), else the
  * X-Amzn-ErrorType header, else the X-Amzn-Query-Error header
  * ("AWS.SimpleQueueService.NonExistentQueue;Sender"); the message from the body's message
- * or Message. Headers may be NULL. Never fails: what cannot be read stays empty. */
-void sqs_parse_error(int status, const char *errortype_header, size_t errortype_len,
-                     const char *query_error_header, size_t query_error_len, const char *body,
-                     size_t body_len, struct sqs_api_error *out);
-
-/* Sets e (LERR_HTTP) to "SQS <operation> failed: <code>: <message> (HTTP <status>)". */
-int sqs_api_error_set(struct lerr *e, const char *operation, const struct sqs_api_error *ae);
-
-/* 1 for codes worth retrying: throttling and internal errors. */
-int sqs_code_retryable(const char *code);
+ * or Message. Headers may be NULL. What cannot be read stays empty. Returns -1 with e set
+ * (LERR_HTTP) to "SQS <op> failed: <code>: <message> (HTTP <status>)". */
+int sqs_parse_error(const char *op, int status, const char *errortype_header,
+                    size_t errortype_len, const char *query_error_header, size_t query_error_len,
+                    const char *body, size_t body_len, struct sqs_api_error *out, struct lerr *e);
 
 /* Full-jitter backoff before retry number attempt (0 for the first retry): uniform in
  * [0, min(cap_ms, base_ms * 2^attempt)]. Advances *rng. */

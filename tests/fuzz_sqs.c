@@ -180,14 +180,14 @@ static void fuzz_error(const uint8_t *data, size_t size)
     const char *s = (const char *)data;
     struct sqs_api_error ae;
     struct lerr e = { 0 };
+    int r = sqs_parse_error("ReceiveMessage", 400 + (size ? data[0] % 200 : 0), et ? s : NULL, et,
+                            qe ? s + et : NULL, qe, s + et + qe, size - et - qe, &ae, &e);
 
-    sqs_parse_error(400 + (size ? data[0] % 200 : 0), et ? s : NULL, et, qe ? s + et : NULL, qe,
-                    s + et + qe, size - et - qe, &ae);
     check_text(ae.code, sizeof ae.code);
     check_text(ae.message, sizeof ae.message);
     check(ae.retryable == 0 || ae.retryable == 1);
     check(!strchr(ae.code, '#') && !strchr(ae.code, ':'));
-    check(sqs_api_error_set(&e, "ReceiveMessage", &ae) == -1 && e.kind == LERR_HTTP);
+    check(r == -1 && e.kind == LERR_HTTP);
 }
 
 static void fuzz_batch(const uint8_t *data, size_t size)

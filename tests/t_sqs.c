@@ -927,8 +927,10 @@ static void test_error_answers(void **state)
         struct lerr e = { 0 };
 
         memset(&ae, 0x55, sizeof ae);
-        sqs_parse_error(c->status, c->etype, c->etype ? strlen(c->etype) : 0, c->qerr,
-                        c->qerr ? strlen(c->qerr) : 0, c->body, strlen(c->body), &ae);
+        assert_int_equal(sqs_parse_error("ReceiveMessage", c->status, c->etype,
+                                         c->etype ? strlen(c->etype) : 0, c->qerr,
+                                         c->qerr ? strlen(c->qerr) : 0, c->body, strlen(c->body),
+                                         &ae, &e), -1);
         if (strcmp(ae.code, c->code) != 0)
             fail_msg("%s: code \"%s\", want \"%s\"", c->name, ae.code, c->code);
         if (strcmp(ae.message, c->message) != 0)
@@ -936,7 +938,6 @@ static void test_error_answers(void **state)
         assert_int_equal(ae.status, c->status);
         if (ae.retryable != c->retryable)
             fail_msg("%s: retryable %d", c->name, ae.retryable);
-        assert_int_equal(sqs_api_error_set(&e, "ReceiveMessage", &ae), -1);
         assert_int_equal(e.kind, LERR_HTTP);
         if (c->text)
             assert_string_equal(e.msg, c->text);
@@ -949,11 +950,12 @@ static void test_error_long_fields(void **state)
 {
     char body[2048], type[300];
     struct sqs_api_error ae;
+    struct lerr e = { 0 };
 
     memset(type, 'T', sizeof type - 1);
     type[sizeof type - 1] = '\0';
     snprintf(body, sizeof body, "{\"__type\":\"x#%s\",\"message\":\"%0900d\"}", type, 0);
-    sqs_parse_error(400, NULL, 0, NULL, 0, body, strlen(body), &ae);
+    sqs_parse_error("ReceiveMessage", 400, NULL, 0, NULL, 0, body, strlen(body), &ae, &e);
     assert_int_equal(strlen(ae.code), sizeof ae.code - 1);
     assert_int_equal(strlen(ae.message), sizeof ae.message - 1);
     assert_int_equal(ae.code[0], 'T');
@@ -970,11 +972,21 @@ static void test_code_retryable(void **state)
                                       "ReceiptHandleIsInvalid", "throttlingexception",
                                       "ThrottlingExceptionX" };
 
-    for (size_t i = 0; i < N_ELEMS(yes); i++)
-        assert_true(sqs_code_retryable(yes[i]));
-    for (size_t i = 0; i < N_ELEMS(no); i++)
-        assert_false(sqs_code_retryable(no[i]));
-    assert_false(sqs_code_retryable(NULL));
+    /* The code alone decides, as an HTTP 400 answer's __type (the last case: no code). */
+    for (size_t i = 0; i < N_ELEMS(yes) + N_ELEMS(no) + 1; i++) {
+        const char *code = i < N_ELEMS(yes) ? yes[i] : i - N_ELEMS(yes) < N_ELEMS(no)
+                           ? no[i - N_ELEMS(yes)] : NULL;
+        char body[100];
+        struct sqs_api_error ae;
+        struct lerr e = { 0 };
+
+        snprintf(body, sizeof body, "{\"__type\":\"%s\"}", code ? code : "");
+        if (!code)
+            snprintf(body, sizeof body, "{}");
+        sqs_parse_error("ReceiveMessage", 400, NULL, 0, NULL, 0, body, strlen(body), &ae, &e);
+        if (ae.retryable != (i < N_ELEMS(yes)))
+            fail_msg("code %s: retryable %d", code ? code : "(none)", ae.retryable);
+    }
 }
 
 /* ======================================================================================
