@@ -315,20 +315,16 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
     if (sock_connect(io, e) < 0)
         return -1;
     c->connections_opened++;
-    if (io->conn->tc) {
-        io_phase(io, "in TLS handshake with", c->io_timeout_ms);
-        tls_sessions_offer(c->sessions, io->conn->tc, io->conn->host, io->conn->port);
-        /* The flush drives the handshake to its end: nothing is queued to send yet. */
-        int rc = tls_client_reset(io->conn->tc, io->conn->host, e);
-        if (rc == 0 && br_sslio_flush(&io->sio) < 0)
-            rc = tls_failed(io, 1, e);
-        tls_sessions_keep(c->sessions, io->conn->tc, io->conn->host, io->conn->port, rc == 0);
-        if (rc < 0) {
-            conn_close(io->conn);
-            return -1;
-        }
-    }
-    return 0;
+    if (!io->conn->tc)
+        return 0;
+    io_phase(io, "in TLS handshake with", c->io_timeout_ms);
+    tls_sessions_offer(c->sessions, io->conn->tc, io->conn->host, io->conn->port);
+    /* The flush drives the handshake to its end: nothing is queued to send yet. */
+    int rc = tls_client_reset(io->conn->tc, io->conn->host, e);
+    if (rc == 0 && br_sslio_flush(&io->sio) < 0)
+        rc = tls_failed(io, 1, e);
+    tls_sessions_keep(c->sessions, io->conn->tc, io->conn->host, io->conn->port, rc == 0);
+    return rc;
 }
 
 static void conn_free(struct http_conn *conn)
@@ -721,14 +717,14 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
         io.no_close_notify = io.sock_failed = 0;
-        if (!reused && conn_open(c, &io, e) < 0)
-            goto out;
-        if (http_exchange(c, &io, is_head, resp, &reusable, &started, e) == 0) {
+        if ((reused || conn_open(c, &io, e) == 0) &&
+            http_exchange(c, &io, is_head, resp, &reusable, &started, e) == 0) {
             if (!reusable)
                 conn_close(conn);
             rc = 0;
             goto out;
         }
+        /* Whatever failed (connect, handshake, exchange), a half-used connection is closed. */
         conn_close(conn);
         /* The server dropped a reused connection before answering: it closed it as idle
          * just as we sent, so it cannot have processed the request. Once only, and never

@@ -431,7 +431,8 @@ static const struct {
 static int chunk_size_digit(struct httpresp_chunked *d, int v, unsigned long long max_body,
                             struct lerr *e)
 {
-    if (++d->size_digits > 16)
+    /* The size line's bytes so far are its digits, this one included. */
+    if (d->line_len > 16)
         return malformed(e, "bad chunk size (more than 16 hex digits)");
     d->remaining = d->remaining << 4 | (unsigned)v;
     /* More digits only make the size larger, so the cap can be judged already. */
@@ -455,7 +456,7 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
     case CH_SIZE:
         if (v >= 0)
             return chunk_size_digit(d, v, max_body, e);
-        if (d->size_digits == 0)
+        if (d->line_len == 1)  /* no digit before this byte */
             return malformed(e, "bad chunk size");
         /* The digits are done: what may follow is what may follow white space. */
         /* fall through */
@@ -497,10 +498,8 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
     default: /* a line's CR or LF */
         if (c != line_ends[d->state].want)
             return malformed(e, line_ends[d->state].why);
-        if (d->state == CH_SIZE_LF) {
+        if (d->state == CH_SIZE_LF)
             d->line_len = 0;
-            d->size_digits = 0;
-        }
         d->state = line_ends[d->state].next;
         if (d->state == CH_DATA && d->remaining == 0)
             d->state = CH_TRAILER;  /* the last chunk: the trailer section follows */

@@ -111,7 +111,6 @@ struct httpresp_chunked {
     unsigned long long total;      /* body bytes decoded so far */
     size_t line_len;               /* bytes of the current size line, or of the whole
                                       trailer section, seen so far */
-    int size_digits;
 };
 int httpresp_chunked_decode(struct httpresp_chunked *d, const char *src, size_t len, char *dst,
                             size_t *out, unsigned long long max_body, struct lerr *e);

@@ -112,20 +112,17 @@ static int ta_spki(struct der spki, br_x509_pkey *k)
     k->key_type = BR_KEYTYPE_EC;
     k->key.ec.q = bits.p;
     k->key.ec.qlen = bits.len;
-    if (OID_IS(&param, OID_P256))
-        k->key.ec.curve = BR_EC_secp256r1;
-    else if (OID_IS(&param, OID_P384))
-        k->key.ec.curve = BR_EC_secp384r1;
-    else if (OID_IS(&param, OID_P521))
-        k->key.ec.curve = BR_EC_secp521r1;
-    else
-        return -1;
-    return 0;
+    k->key.ec.curve = OID_IS(&param, OID_P256)   ? BR_EC_secp256r1
+                      : OID_IS(&param, OID_P384) ? BR_EC_secp384r1
+                      : OID_IS(&param, OID_P521) ? BR_EC_secp521r1
+                                                 : 0;
+    return k->key.ec.curve ? 0 : -1;
 }
 
-/* Finds the extension oid among a certificate's extensions (the content of its [3]).
+/* Finds the extension oid (without a zero byte, as OID_BASIC_CONS and OID_SAN) among a
+ * certificate's extensions (the content of its [3]).
  * Returns 1 with val set to the extension's value, 0 if it is absent, -1 if malformed. */
-static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct der *val)
+static int der_find_ext(struct der exts, const char *oid, struct der *val)
 {
     struct der seq, ext, id, v;
     int found = 0;
@@ -141,14 +138,13 @@ static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct
             tag = der_next(&ext, &v);
         if (tag != 0x04)
             return -1;
-        if (!found && der_oid_is(&id, oid, oid_len)) {
+        if (!found && der_oid_is(&id, oid, strlen(oid))) {
             *val = v;
             found = 1;
         }
     }
     return found;
 }
-#define DER_FIND_EXT(exts, oid, val) der_find_ext(exts, oid, sizeof oid - 1, val)
 
 /* Splits a certificate, after which nothing may follow, into the TBS fields used here:
  * the subject (whole element), the SubjectPublicKeyInfo and the extensions (length 0 when
@@ -199,7 +195,7 @@ static int ta_parse_cert(unsigned char *der, size_t len, br_x509_trust_anchor *a
         return -1;
     a->dn.data = subject.p;
     a->dn.len = subject.len;
-    rc = exts.len ? DER_FIND_EXT(exts, OID_BASIC_CONS, &val) : 0;
+    rc = exts.len ? der_find_ext(exts, OID_BASIC_CONS, &val) : 0;
     if (rc <= 0)
         return rc;
     if (der_next(&val, &bc) != 0x30)
@@ -221,17 +217,6 @@ struct ta_loader {
     br_x509_trust_anchor *anchors;
     size_t count, cap, skipped;
 };
-
-/* Keeps a certificate as an anchor. One that cannot be an anchor (malformed, or a key
- * type BearSSL does not do, such as Ed25519) is skipped: one odd entry in a system bundle
- * must not stop the program. */
-static void ta_add_cert(struct ta_loader *l, unsigned char *der, size_t len)
-{
-    if (ta_parse_cert(der, len, &l->anchors[l->count]) < 0)
-        l->skipped++;
-    else
-        l->count++;
-}
 
 /* Finds every BEGIN/END CERTIFICATE block in the file (modified in place), decodes its
  * base64 and keeps the certificate. Text outside the blocks is ignored, as openssl does.
@@ -264,7 +249,12 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
         if (der_len < 0)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad base64 in "
                             "certificate %zu)", l->path, l->count + l->skipped + 1);
-        ta_add_cert(l, body, (size_t)der_len);
+        /* One that cannot be an anchor (malformed, or a key type BearSSL does not do, such
+         * as Ed25519) is skipped: one odd entry in a system bundle must not stop the program. */
+        if (ta_parse_cert(body, (size_t)der_len, &l->anchors[l->count]) < 0)
+            l->skipped++;
+        else
+            l->count++;
     }
 }
 
@@ -376,7 +366,7 @@ void tls_anchors_free(struct tls_anchors *ta)
  *
  * BearSSL matches a server name against DNS names and the CN only, and would take an IP
  * literal for one. An IP host is given to it as no name at all (then it checks none and
- * sends no SNI), and four of its X.509 engine's methods, wrapped here, keep the chain's
+ * sends no SNI), and three of its X.509 engine's methods, wrapped here, keep the chain's
  * first certificate, the server's own, to match the address against its iPAddress SANs once
  * BearSSL has found the chain trusted. */
 
@@ -387,28 +377,19 @@ static struct tls_client *x509_tc(const br_x509_class *const *ctx)
 
 static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
 {
-    struct tls_client *tc = x509_tc(ctx);
-
-    tc->certs = tc->ee_len = tc->ee_want = 0;
+    x509_tc(ctx)->ee_len = 0;
     br_x509_minimal_vtable.start_chain(ctx, server_name);
 }
 
-static void x509_start_cert(const br_x509_class **ctx, uint32_t length)
-{
-    struct tls_client *tc = x509_tc(ctx);
-
-    if (tc->certs++ == 0)
-        tc->ee_want = length;
-    br_x509_minimal_vtable.start_cert(ctx, length);
-}
-
-/* The EE certificate's bytes add up to ee_want: when that fits, so does every piece. */
+/* BearSSL counts the chain's certificates at their end: 0 while the first, the EE one,
+ * comes. Its bytes are counted whole, and kept while they fit. */
 static void x509_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->ip_len && tc->certs == 1 && len <= sizeof tc->ee - tc->ee_len) {
-        memcpy(tc->ee + tc->ee_len, buf, len);
+    if (tc->ip_len && tc->xc.num_certs == 0) {
+        if (tc->ee_len + len <= sizeof tc->ee)
+            memcpy(tc->ee + tc->ee_len, buf, len);
         tc->ee_len += len;
     }
     br_x509_minimal_vtable.append(ctx, buf, len);
@@ -425,10 +406,10 @@ static unsigned x509_end_chain(const br_x509_class **ctx)
 
     if (err || !tc->ip_len)
         return err;
-    if (tc->ee_want > sizeof tc->ee)
+    if (tc->ee_len > sizeof tc->ee)
         return BR_ERR_X509_LIMIT_EXCEEDED;
     if (cert_fields(tc->ee, tc->ee_len, &subject, &spki, &exts) < 0 ||
-        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
+        der_find_ext(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
         return BR_ERR_X509_BAD_SERVER_NAME;
     while ((tag = der_next(&names, &name)) >= 0)
         if (tag == 0x87 && name.len == tc->ip_len && memcmp(name.p, tc->ip, tc->ip_len) == 0)
@@ -543,11 +524,10 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
         br_ssl_engine_set_hash(&cc->eng, id, hashes[id]);
         br_x509_minimal_set_hash(&tc->xc, id, hashes[id]);
     }
-    /* BearSSL's X.509 engine with the four methods above in front of its own: its
+    /* BearSSL's X.509 engine with the three methods above in front of its own: its
      * functions never look at the vtable they are called through. */
     tc->x509 = br_x509_minimal_vtable;
     tc->x509.start_chain = x509_start_chain;
-    tc->x509.start_cert = x509_start_cert;
     tc->x509.append = x509_append;
     tc->x509.end_chain = x509_end_chain;
     tc->xc.vtable = &tc->x509;
@@ -596,9 +576,7 @@ __attribute__((noinline)) int tls_client_reset(struct tls_client *tc, const char
 
 void tls_sessions_init(struct tls_sessions *s)
 {
-    memset(s, 0, sizeof *s);
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->kept, NULL);
+    *s = (struct tls_sessions){ .mu = PTHREAD_MUTEX_INITIALIZER, .kept = PTHREAD_COND_INITIALIZER };
 }
 
 void tls_sessions_free(struct tls_sessions *s)
