@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -78,17 +79,11 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
 {
     for (;;) {
         struct pollfd p[2] = { { fd, events, 0 }, { io->c->cancel_fd, POLLIN, 0 } };
-        int timeout = io->wait_ms, by_deadline = 0, n;
+        /* The request's deadline cuts the phase's wait short when it comes first. */
+        long long left = io->deadline ? io->deadline - now_ms() : LLONG_MAX;
+        int by_deadline = left <= io->wait_ms, n;
+        int timeout = !by_deadline ? io->wait_ms : left > 0 ? (int)left : 0;
 
-        if (io->deadline) {
-            long long left = io->deadline - now_ms();
-            if (left < 0)
-                left = 0;
-            if (left <= timeout) {
-                timeout = (int)left;
-                by_deadline = 1;
-            }
-        }
         n = poll(p, io->c->cancel_fd >= 0 ? 2 : 1, timeout);
         if (n < 0 && errno == EINTR)
             continue;
@@ -283,8 +278,7 @@ static void conn_close(struct http_conn *conn)
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
-    conn->in_pos = 0;
-    conn->in_len = 0;
+    conn->in_pos = conn->in_len = 0;
 }
 
 /* One poll before a request answers two questions. A readable cancel_fd cancels it. An
@@ -616,11 +610,10 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
  * it is over HTTP_KEEP_BUF. */
 static void http_keep(struct http_client *c, char *buf, size_t cap)
 {
-    if (!c->spare.p && cap <= HTTP_KEEP_BUF) {
+    if (!c->spare.p && cap <= HTTP_KEEP_BUF)
         c->spare = (struct http_buf){ buf, 0, cap, 0 };
-    } else {
+    else
         free(buf);
-    }
 }
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
@@ -670,13 +663,10 @@ fail:
 
 void http_client_init(struct http_client *c, const struct tls_anchors *anchors)
 {
-    memset(c, 0, sizeof *c);
-    c->anchors = anchors;
-    c->connect_timeout_ms = 10000;
-    c->io_timeout_ms = 30000;
-    c->request_timeout_ms = HTTP_DEFAULT_REQUEST_TIMEOUT_MS;
-    c->max_body = HTTP_DEFAULT_MAX_BODY;
-    c->cancel_fd = -1;
+    *c = (struct http_client){ .anchors = anchors, .connect_timeout_ms = 10000,
+                               .io_timeout_ms = 30000,
+                               .request_timeout_ms = HTTP_DEFAULT_REQUEST_TIMEOUT_MS,
+                               .max_body = HTTP_DEFAULT_MAX_BODY, .cancel_fd = -1 };
 }
 
 void http_client_close(struct http_client *c)
@@ -694,7 +684,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
             struct lerr *e)
 {
     struct http_conn *conn;
-    struct io io = { 0 };
+    struct io io;
     int is_head, rc = -1;
 
     memset(resp, 0, sizeof *resp);
@@ -705,9 +695,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         goto out;
     conn->last_used = ++c->lru_clock;
     is_head = strcmp(req->method, "HEAD") == 0;
-    io.c = c;
-    io.conn = conn;
-    io.e = e;
+    io = (struct io){ .c = c, .conn = conn, .e = e };
     if (conn->tc)
         br_sslio_init(&io.sio, &conn->tc->cc.eng, tls_low_read, &io, tls_low_write, &io);
     io.request_timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;

@@ -315,17 +315,13 @@ static int note_field(struct fields *fl, const struct httpresp_head *h,
 static void decide_framing(struct httpresp_head *h, const struct fields *fl,
                            int request_was_head)
 {
-    h->content_length = 0;
-    if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304) {
+    if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304)
         h->framing = HTTPRESP_BODY_NONE;
-    } else if (fl->te_chunked) {
+    else if (fl->te_chunked)
         h->framing = HTTPRESP_BODY_CHUNKED;
-    } else if (fl->have_length) {
-        h->framing = HTTPRESP_BODY_LENGTH;
-        h->content_length = fl->length;
-    } else {
-        h->framing = HTTPRESP_BODY_UNTIL_CLOSE;
-    }
+    else
+        h->framing = fl->have_length ? HTTPRESP_BODY_LENGTH : HTTPRESP_BODY_UNTIL_CLOSE;
+    h->content_length = h->framing == HTTPRESP_BODY_LENGTH ? fl->length : 0;
 
     h->keep_alive = h->framing != HTTPRESP_BODY_UNTIL_CLOSE && !fl->conn_close &&
                     (h->minor_version >= 1 || fl->conn_keep_alive);
@@ -379,18 +375,14 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
 
 const char *httpresp_header(const struct httpresp_head *h, const char *name, size_t *value_len)
 {
-    for (size_t i = 0; i < h->num_headers; i++) {
-        const struct httpresp_header *f = &h->headers[i];
+    size_t i = 0, unused;
 
-        if (equals_word(f->name, f->name_len, name)) {
-            if (value_len)
-                *value_len = f->value_len;
-            return f->value;
-        }
-    }
-    if (value_len)
-        *value_len = 0;
-    return NULL;
+    if (!value_len)
+        value_len = &unused;
+    while (i < h->num_headers && !equals_word(h->headers[i].name, h->headers[i].name_len, name))
+        i++;
+    *value_len = i < h->num_headers ? h->headers[i].value_len : 0;
+    return i < h->num_headers ? h->headers[i].value : NULL;
 }
 
 /* ---- chunked bodies (RFC 9112 section 7.1) ------------------------------------------------- */
@@ -551,35 +543,30 @@ int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof
                    struct httpresp_head *h, char *body_out, size_t body_cap, size_t *body_len,
                    struct lerr *e)
 {
+    struct httpresp_chunked d = { 0 };
     int head_len;
     size_t avail;
+    unsigned long long n;
 
     *body_len = 0;
     head_len = httpresp_parse_head(buf, len, request_was_head, h, e);
-    if (head_len < 0)
+    if (head_len < 0 || h->framing == HTTPRESP_BODY_NONE)
         return head_len;
     avail = len - (size_t)head_len;
-
-    switch (h->framing) {
-    case HTTPRESP_BODY_NONE:
-        return head_len;
-    case HTTPRESP_BODY_CHUNKED: {
+    if (h->framing == HTTPRESP_BODY_CHUNKED) {
         /* The decoder holds the body to body_cap, so it always fits in body_out. */
-        struct httpresp_chunked d = { 0 };
         int rest = httpresp_chunked_decode(&d, buf + head_len, avail, body_out, body_len,
                                            body_cap, e);
         return rest < 0 ? rest : consumed(len - (size_t)rest, e);
     }
-    default: { /* LENGTH, or UNTIL_CLOSE: all that follows the head, once the server closed */
-        unsigned long long n = h->framing == HTTPRESP_BODY_LENGTH ? h->content_length : avail;
-        if (n > body_cap)
-            return body_too_large(e, body_cap);
-        if (h->framing == HTTPRESP_BODY_LENGTH ? avail < n : !at_eof)
-            return HTTPRESP_INCOMPLETE;
-        if (n > 0)
-            memcpy(body_out, buf + head_len, (size_t)n);
-        *body_len = (size_t)n;
-        return consumed((size_t)head_len + *body_len, e);
-    }
-    }
+    /* LENGTH, or UNTIL_CLOSE: all that follows the head, once the server closed */
+    n = h->framing == HTTPRESP_BODY_LENGTH ? h->content_length : avail;
+    if (n > body_cap)
+        return body_too_large(e, body_cap);
+    if (h->framing == HTTPRESP_BODY_LENGTH ? avail < n : !at_eof)
+        return HTTPRESP_INCOMPLETE;
+    if (n > 0)
+        memcpy(body_out, buf + head_len, (size_t)n);
+    *body_len = (size_t)n;
+    return consumed((size_t)head_len + *body_len, e);
 }

@@ -101,11 +101,9 @@ static int ta_spki(struct der spki, br_x509_pkey *k)
     bits.len--;
     if (OID_IS(&oid, OID_RSA)) {
         k->key_type = BR_KEYTYPE_RSA;
-        if (der_next(&bits, &rsa) != 0x30 ||
-            der_uint(&rsa, &k->key.rsa.n, &k->key.rsa.nlen) < 0 ||
-            der_uint(&rsa, &k->key.rsa.e, &k->key.rsa.elen) < 0)
-            return -1;
-        return 0;
+        return der_next(&bits, &rsa) != 0x30 ||
+               der_uint(&rsa, &k->key.rsa.n, &k->key.rsa.nlen) < 0 ||
+               der_uint(&rsa, &k->key.rsa.e, &k->key.rsa.elen) < 0 ? -1 : 0;
     }
     if (!OID_IS(&oid, OID_EC) || der_next(&alg, &param) != 0x06)
         return -1;
@@ -212,19 +210,15 @@ static int ta_parse_cert(unsigned char *der, size_t len, br_x509_trust_anchor *a
  * (a third of a Debian bundle) move to an arena of their exact size and the bundle is
  * freed. Three allocations, however big the bundle. */
 
-struct ta_loader {
-    const char *path;
-    br_x509_trust_anchor *anchors;
-    size_t count, cap, skipped;
-};
-
 /* Finds every BEGIN/END CERTIFICATE block in the file (modified in place), decodes its
  * base64 and keeps the certificate. Text outside the blocks is ignored, as openssl does.
  * tests/tool_httpc --ca-check compares the result with BearSSL's PEM and X.509 decoders. */
-static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct lerr *e)
+static int ta_decode(struct tls_anchors *ta, const char *path, unsigned char *buf, size_t len,
+                     struct lerr *e)
 {
     static const char begin[] = "-----BEGIN ", end[] = "-----END ";
     unsigned char *p = buf, *lim = buf + len;
+    size_t seen = 0;  /* certificate blocks, anchors or not */
 
     for (;;) {
         unsigned char *b = memmem(p, (size_t)(lim - p), begin, sizeof begin - 1), *label, *q;
@@ -234,27 +228,26 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
         q = memmem(label, (size_t)(lim - label), "-----", 5);
         if (!q || memchr(label, '\n', (size_t)(q - label)))
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad BEGIN line after "
-                            "certificate %zu)", l->path, l->count + l->skipped);
+                            "certificate %zu)", path, seen);
         size_t label_len = (size_t)(q - label);
         unsigned char *body = q + 5;
         unsigned char *stop = memmem(body, (size_t)(lim - body), end, sizeof end - 1);
         if (!stop)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (no END line after "
-                            "certificate %zu)", l->path, l->count + l->skipped);
+                            "certificate %zu)", path, seen);
         p = stop + sizeof end - 1;
         if ((label_len != 11 || memcmp(label, "CERTIFICATE", 11) != 0) &&
             (label_len != 16 || memcmp(label, "X509 CERTIFICATE", 16) != 0))
             continue;
+        seen++;
         long der_len = text_base64_decode(body, (size_t)(stop - body), body, 0);
         if (der_len < 0)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad base64 in "
-                            "certificate %zu)", l->path, l->count + l->skipped + 1);
+                            "certificate %zu)", path, seen);
         /* One that cannot be an anchor (malformed, or a key type BearSSL does not do, such
          * as Ed25519) is skipped: one odd entry in a system bundle must not stop the program. */
-        if (ta_parse_cert(body, (size_t)der_len, &l->anchors[l->count]) < 0)
-            l->skipped++;
-        else
-            l->count++;
+        if (ta_parse_cert(body, (size_t)der_len, &ta->anchors[ta->count]) == 0)
+            ta->count++;
     }
 }
 
@@ -316,9 +309,8 @@ static size_t ta_copy(br_x509_trust_anchor *a, unsigned char *dst)
 
 int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
 {
-    struct ta_loader l = { 0 };
     unsigned char *file = NULL;
-    size_t file_len = 0, size = 0;
+    size_t file_len = 0, cap = 0, size = 0;
     int rc;
 
     memset(ta, 0, sizeof *ta);
@@ -329,30 +321,25 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
     }
     if (ta_read_file(path, &file, &file_len, e) < 0)
         return -1;
-    l.path = path;
     /* Room for an anchor per BEGIN line: no certificate block has fewer. */
     for (unsigned char *p = file; (p = memmem(p, (size_t)(file + file_len - p), "-----BEGIN ",
                                               11)); p += 11)
-        l.cap++;
-    l.anchors = malloc((l.cap ? l.cap : 1) * sizeof *l.anchors);
-    rc = l.anchors ? ta_decode(&l, file, file_len, e)
-                   : lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    if (rc == 0 && l.count == 0)
+        cap++;
+    ta->anchors = malloc((cap ? cap : 1) * sizeof *ta->anchors);
+    rc = ta->anchors ? ta_decode(ta, path, file, file_len, e)
+                     : lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
+    if (rc == 0 && ta->count == 0)
         rc = lerr_set(e, LERR_INVALID, "CA bundle %s has no usable certificate", path);
-    for (size_t i = 0; rc == 0 && i < l.count; i++)
-        size += ta_copy(&l.anchors[i], NULL);
+    for (size_t i = 0; rc == 0 && i < ta->count; i++)
+        size += ta_copy(&ta->anchors[i], NULL);
     if (rc == 0 && !(ta->arena = malloc(size)))
         rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    for (size_t i = 0, at = 0; rc == 0 && i < l.count; i++)
-        at += ta_copy(&l.anchors[i], ta->arena + at);
+    for (size_t i = 0, at = 0; rc == 0 && i < ta->count; i++)
+        at += ta_copy(&ta->anchors[i], ta->arena + at);
     free(file);
-    if (rc < 0) {
-        free(l.anchors);
-        return -1;
-    }
-    ta->anchors = l.anchors;
-    ta->count = l.count;
-    return 0;
+    if (rc < 0)
+        tls_anchors_free(ta);  /* ta is left empty */
+    return rc;
 }
 
 void tls_anchors_free(struct tls_anchors *ta)
@@ -736,17 +723,14 @@ int tls_error(struct lerr *e, int br_err, const char *host)
         { INT_MIN, INT_MAX, LERR_TLS, "TLS with ", " failed" },
     };
     size_t i = 0;
+    int a = br_err & 0xff;  /* the alert, after BR_ERR_SEND_FATAL_ALERT or _RECV_ (512, 256) */
 
-    if (br_err >= BR_ERR_SEND_FATAL_ALERT) {
-        int a = br_err - BR_ERR_SEND_FATAL_ALERT;
+    if (br_err >= BR_ERR_SEND_FATAL_ALERT)
         return lerr_set(e, LERR_TLS, "TLS with %s failed: we sent alert %d (%s)", host, a,
                         tls_alert_name(a));
-    }
-    if (br_err >= BR_ERR_RECV_FATAL_ALERT) {
-        int a = br_err - BR_ERR_RECV_FATAL_ALERT;
+    if (br_err >= BR_ERR_RECV_FATAL_ALERT)
         return lerr_set(e, LERR_TLS_ALERT, "%s sent TLS alert %d (%s)", host, a,
                         tls_alert_name(a));
-    }
     while (br_err < said[i].lo || br_err > said[i].hi)
         i++;
     return lerr_set(e, said[i].kind, "%s%s%s (BearSSL error %d: %s)", said[i].before, host,
