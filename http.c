@@ -186,17 +186,21 @@ static int sock_connect(struct io *io, struct lerr *e)
  * callbacks over the non-blocking socket, which wait with io_wait so that every TLS wait
  * has the same timeouts and cancel. */
 
-/* BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
- * The socket is read in large reads into conn->in instead, and the engine fed from there.
- * Returns bytes given (> 0), IO_CLOSED, or -1. */
-static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr *e)
+/* br_sslio's socket callbacks. Their -1 stops BearSSL; tls_failed then says why (the flags
+ * are those of the last socket call: after a failed one, BearSSL makes no other).
+ * BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
+ * The socket is read in large reads into conn->in instead, and the engine fed from there. */
+static int tls_low_read(void *ctx, unsigned char *buf, size_t len)
 {
+    struct io *io = ctx;
     struct http_conn *conn = io->conn;
 
     if (conn->in_pos == conn->in_len) {
-        long n = sock_io(io, conn->in, sizeof conn->in, POLLIN, e);
+        long n = sock_io(io, conn->in, sizeof conn->in, POLLIN, io->e);
+        io->no_close_notify = n == IO_CLOSED;
+        io->sock_failed = n < 0;
         if (n <= 0)
-            return n;
+            return -1;
         conn->in_pos = 0;
         conn->in_len = (size_t)n;
     }
@@ -204,18 +208,7 @@ static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr 
         len = conn->in_len - conn->in_pos;
     memcpy(buf, conn->in + conn->in_pos, len);
     conn->in_pos += len;
-    return (long)len;
-}
-
-/* br_sslio's socket callbacks. Their -1 stops BearSSL; tls_failed then says why. */
-static int tls_low_read(void *ctx, unsigned char *buf, size_t len)
-{
-    struct io *io = ctx;
-    long n = tls_recv(io, buf, len, io->e);
-
-    io->no_close_notify = n == IO_CLOSED;
-    io->sock_failed = n < 0;
-    return n > 0 ? (int)n : -1;
+    return (int)len;
 }
 
 static int tls_low_write(void *ctx, const unsigned char *buf, size_t len)

@@ -341,22 +341,11 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
     if (rc < 0)
         return rc;
 
-    for (;;) {
-        unsigned char c;
-
-        if (s.pos == s.lim)
-            return scan_short(&s);
-        c = s.p[s.pos];
-        if (c == '\r') {
-            s.pos++;
-            rc = scan_lf(&s);
-            if (rc < 0)
-                return rc;
-            break;
-        }
-        if (is_ws(c))
+    /* Field lines up to the CR of the empty line that ends the head. */
+    while (s.pos < s.lim && s.p[s.pos] != '\r') {
+        if (is_ws(s.p[s.pos]))
             return malformed(e, "obsolete line folding in header");
-        if (c == '\n')
+        if (s.p[s.pos] == '\n')
             return malformed(e, "bare LF line ending (CRLF required)");
         if (h->num_headers == HTTPRESP_MAX_HEADERS)
             return lerr_set(e, LERR_TOO_LARGE, "response has more than %d header fields",
@@ -369,6 +358,12 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
             return rc;
         h->num_headers++;
     }
+    if (s.pos == s.lim)
+        return scan_short(&s);
+    s.pos++;
+    rc = scan_lf(&s);
+    if (rc < 0)
+        return rc;
     decide_framing(h, &fl, request_was_head);
     return (int)s.pos;
 }
