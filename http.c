@@ -397,7 +397,7 @@ static int http_is_reserved(const char *name)
 static int http_build(struct http_client *c, const struct http_request *req, struct lerr *e)
 {
     const struct url *u = req->url;
-    int has_ua = 0, has_body;
+    int has_ua = 0;
     size_t n = 0, cap;
     char *buf;
 
@@ -443,9 +443,8 @@ static int http_build(struct http_client *c, const struct http_request *req, str
     }
     /* Methods that carry a body always say how long it is, even when empty: some
      * servers answer 411 to a POST without Content-Length. */
-    has_body = req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
-               strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0;
-    if (has_body)
+    if (req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
+        strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0)
         n += (size_t)snprintf(buf + n, cap - n, "Content-Length: %zu\r\n", req->body_len);
     memcpy(buf + n, "\r\n", 2);
     n += 2;

@@ -251,12 +251,11 @@ static int ta_decode(struct tls_anchors *ta, const char *path, unsigned char *bu
     }
 }
 
-static int ta_read_file(const char *path, unsigned char **out, size_t *out_len, struct lerr *e)
+/* Reads the file into *out (the caller frees it, even on failure), *len bytes. */
+static int ta_read_file(const char *path, unsigned char **out, size_t *len, struct lerr *e)
 {
     struct stat st;
-    unsigned char *buf = NULL;
     ssize_t n = 1;
-    size_t len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
 
     if (fd < 0)
@@ -265,23 +264,17 @@ static int ta_read_file(const char *path, unsigned char **out, size_t *out_len, 
         rc = lerr_set(e, LERR_IO, "CA bundle %s is not a regular file", path);
     else if (st.st_size > 64 * 1024 * 1024)
         rc = lerr_set(e, LERR_TOO_LARGE, "CA bundle %s is over 64 MiB", path);
-    else if (!(buf = malloc((size_t)st.st_size + 1)))
+    else if (!(*out = malloc((size_t)st.st_size + 1)))
         rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    while (rc == 0 && n != 0 && len < (size_t)st.st_size) {
-        n = read(fd, buf + len, (size_t)st.st_size - len);
+    while (rc == 0 && n != 0 && *len < (size_t)st.st_size) {
+        n = read(fd, *out + *len, (size_t)st.st_size - *len);
         if (n < 0 && errno != EINTR)
             rc = lerr_set(e, LERR_IO, "cannot read CA bundle %s: %s", path, strerror(errno));
         else if (n > 0)
-            len += (size_t)n;
+            *len += (size_t)n;
     }
     close(fd);
-    if (rc < 0) {
-        free(buf);
-        return -1;
-    }
-    *out = buf;
-    *out_len = len;
-    return 0;
+    return rc;
 }
 
 /* Copies an anchor's DN and key bytes to dst and points the anchor at the copies; with dst
@@ -319,15 +312,15 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
         if (!path || !*path)
             path = TLS_DEFAULT_CA_FILE;
     }
-    if (ta_read_file(path, &file, &file_len, e) < 0)
-        return -1;
+    rc = ta_read_file(path, &file, &file_len, e);
     /* Room for an anchor per BEGIN line: no certificate block has fewer. */
-    for (unsigned char *p = file; (p = memmem(p, (size_t)(file + file_len - p), "-----BEGIN ",
-                                              11)); p += 11)
+    for (unsigned char *p = file; rc == 0 && (p = memmem(p, (size_t)(file + file_len - p),
+                                                         "-----BEGIN ", 11)); p += 11)
         cap++;
-    ta->anchors = malloc((cap ? cap : 1) * sizeof *ta->anchors);
-    rc = ta->anchors ? ta_decode(ta, path, file, file_len, e)
-                     : lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
+    if (rc == 0 && !(ta->anchors = malloc((cap ? cap : 1) * sizeof *ta->anchors)))
+        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
+    if (rc == 0)
+        rc = ta_decode(ta, path, file, file_len, e);
     if (rc == 0 && ta->count == 0)
         rc = lerr_set(e, LERR_INVALID, "CA bundle %s has no usable certificate", path);
     for (size_t i = 0; rc == 0 && i < ta->count; i++)
