@@ -31,7 +31,7 @@ struct http_conn {
 
 /* What a wait is for, so that a timeout can say which phase ran out of time. */
 struct io {
-    const struct http_client *c;
+    struct http_client *c;
     struct http_conn *conn;
     long long deadline;       /* CLOCK_MONOTONIC ms for the whole request, 0: none */
     int request_timeout_ms;
@@ -357,7 +357,7 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
 /* ---- buffers ------------------------------------------------------------------------------- */
 
 /* Makes room for at least want more bytes (plus the final NUL). */
-static int buf_reserve(struct http_buf *b, size_t want, struct lerr *e)
+static int buf_reserve(struct http_buf *b, size_t want, unsigned long *allocated, struct lerr *e)
 {
     size_t cap = b->cap ? b->cap : 16 * 1024;
 
@@ -370,7 +370,7 @@ static int buf_reserve(struct http_buf *b, size_t want, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "out of memory for a buffer of %zu bytes", cap);
     b->p = p;
     b->cap = cap;
-    b->grown++;
+    (*allocated)++;  /* the client's buffers_allocated: each may have moved p */
     return 0;
 }
 
@@ -423,10 +423,8 @@ static int http_build(struct http_client *c, const struct http_request *req, str
         cap += strlen(h->name) + strlen(h->value) + 4;
     }
     c->req.len = 0;
-    if (buf_reserve(&c->req, cap, e) < 0)
+    if (buf_reserve(&c->req, cap, &c->buffers_allocated, e) < 0)
         return -1;
-    c->buffers_allocated += c->req.grown;
-    c->req.grown = 0;
     buf = c->req.p;
     n += (size_t)snprintf(buf + n, cap - n, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method,
                           u->path, u->authority);
@@ -464,7 +462,7 @@ static long rbuf_fill(struct io *io, struct http_buf *b, struct lerr *e)
     size_t room;
     long n;
 
-    if (b->cap - b->len < 4096 + 1 && buf_reserve(b, 4096, e) < 0)
+    if (b->cap - b->len < 4096 + 1 && buf_reserve(b, 4096, &io->c->buffers_allocated, e) < 0)
         return -1;
     room = b->cap - b->len - 1;
     if (!io->conn->tc)
@@ -526,13 +524,9 @@ static long http_read_head(struct io *io, struct http_buf *b, int is_head, struc
     }
 }
 
-static int http_too_large(struct io *io, unsigned long long size, size_t max, struct lerr *e)
+/* A body found too large as it arrives (http_read_body says so of an announced length). */
+static int http_too_large(struct io *io, size_t max, struct lerr *e)
 {
-    /* the limit ends the message: callers append what they do about it */
-    if (size)
-        return lerr_set(e, LERR_TOO_LARGE,
-                        "response body from %s:%u is %llu bytes, over the limit of %zu",
-                        io->conn->host, io->conn->port, size, max);
     return lerr_set(e, LERR_TOO_LARGE, "response body from %s:%u is over the limit of %zu bytes",
                     io->conn->host, io->conn->port, max);
 }
@@ -551,9 +545,12 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
 
     *reusable = 0;
     if (want > max_body)
-        return http_too_large(io, want, max_body, e);
+        /* the limit ends the message: callers append what they do about it */
+        return lerr_set(e, LERR_TOO_LARGE,
+                        "response body from %s:%u is %llu bytes, over the limit of %zu",
+                        io->conn->host, io->conn->port, want, max_body);
     /* A known length gets its room at once (and a read's worth more, for rbuf_fill). */
-    if (buf_reserve(b, (size_t)want + 4096, e) < 0)
+    if (buf_reserve(b, (size_t)want + 4096, &io->c->buffers_allocated, e) < 0)
         return -1;
     for (;;) {
         if (h->framing == HTTPRESP_BODY_CHUNKED) {
@@ -561,7 +558,7 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
             int rc = httpresp_chunked_decode(&ch, b->p + raw, b->len - raw, b->p + raw, &out,
                                              max_body, e);
             if (rc == HTTPRESP_ERROR && e && e->kind == LERR_TOO_LARGE)
-                return http_too_large(io, 0, max_body, e);
+                return http_too_large(io, max_body, e);
             if (rc == HTTPRESP_ERROR)
                 return http_malformed(io, e);
             b->len = raw + out;
@@ -575,7 +572,7 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
             b->len = at + (size_t)want;
             return 0;
         } else if (b->len - at > max_body) {
-            return http_too_large(io, 0, max_body, e);
+            return http_too_large(io, max_body, e);
         }
         n = rbuf_fill(io, b, e);
         if (n < 0)
@@ -603,7 +600,7 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
 static void http_keep(struct http_client *c, char *buf, size_t cap)
 {
     if (!c->spare.p && cap <= HTTP_KEEP_BUF)
-        c->spare = (struct http_buf){ buf, 0, cap, 0 };
+        c->spare = (struct http_buf){ buf, 0, cap };
     else
         free(buf);
 }
@@ -616,7 +613,7 @@ static int http_exchange(struct http_client *c, struct io *io, int is_head,
     struct http_buf b = c->spare;
     struct httpresp_head *h = &resp->head;
     long head_len;
-    unsigned grown;
+    unsigned long allocated;
 
     c->spare = (struct http_buf){ 0 };
     io_phase(io, "sending request to", c->io_timeout_ms);
@@ -629,15 +626,14 @@ static int http_exchange(struct http_client *c, struct io *io, int is_head,
     if (head_len < 0)
         goto fail;
     io_phase(io, "reading response body from", c->io_timeout_ms);
-    grown = b.grown;
+    allocated = c->buffers_allocated;
     if (http_read_body(io, &b, (size_t)head_len, h, c->max_body, reusable, e) < 0)
         goto fail;
     *reusable = *reusable && h->keep_alive;
     /* A body that outgrew the buffer may have moved it: the head is parsed again where it
      * is now (the same bytes, so the same answer), rather than its pointers moved by hand. */
-    if (b.grown != grown)
+    if (c->buffers_allocated != allocated)
         httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
-    c->buffers_allocated += b.grown;
     b.p[b.len] = '\0';
     resp->buf = b.p;
     resp->buf_cap = b.cap;

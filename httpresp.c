@@ -351,9 +351,8 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
             return lerr_set(e, LERR_TOO_LARGE, "response has more than %d header fields",
                             HTTPRESP_MAX_HEADERS);
         rc = parse_field_line(&s, &h->headers[h->num_headers]);
-        if (rc < 0)
-            return rc;
-        rc = note_field(&fl, h, &h->headers[h->num_headers], e);
+        if (rc == 0)
+            rc = note_field(&fl, h, &h->headers[h->num_headers], e);
         if (rc < 0)
             return rc;
         h->num_headers++;
