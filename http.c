@@ -376,15 +376,6 @@ static int buf_reserve(struct http_buf *b, size_t want, unsigned long *allocated
 
 /* ---- request -------------------------------------------------------------------------------- */
 
-/* Header values may not hold CR, LF or other controls: they would split the request. */
-static int http_field_value(const char *s)
-{
-    for (; *s; s++)
-        if (((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
-            return 0;
-    return 1;
-}
-
 static int http_is_reserved(const char *name)
 {
     return strcasecmp(name, "host") == 0 || strcasecmp(name, "content-length") == 0 ||
@@ -413,7 +404,7 @@ static int http_build(struct http_client *c, const struct http_request *req, str
         const struct http_header *h = &req->headers[i];
         if (!h->name || !h->value || !httpresp_is_token(h->name))
             return lerr_set(e, LERR_INVALID, "request header %zu has an invalid name", i);
-        if (!http_field_value(h->value))
+        if (!httpresp_is_field_value(h->value))
             return lerr_set(e, LERR_INVALID, "request header %s has a control character in its "
                             "value", h->name);
         if (http_is_reserved(h->name))
@@ -544,8 +535,9 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
     long n;
 
     *reusable = 0;
+    /* An announced length says its size. The limit ends the message: callers append what
+     * they do about it. */
     if (want > max_body)
-        /* the limit ends the message: callers append what they do about it */
         return lerr_set(e, LERR_TOO_LARGE,
                         "response body from %s:%u is %llu bytes, over the limit of %zu",
                         io->conn->host, io->conn->port, want, max_body);

@@ -55,6 +55,13 @@ static int is_text(unsigned char c)
     return is_ws(c) || (c >= 0x21 && c != 0x7f);
 }
 
+int httpresp_is_field_value(const char *s)
+{
+    while (*s && is_text((unsigned char)*s))
+        s++;
+    return *s == '\0';
+}
+
 /* s[0..n) equals the NUL-terminated word, ignoring ASCII case. */
 static int equals_word(const char *s, size_t n, const char *word)
 {
