@@ -52,7 +52,7 @@ static int is_ws(unsigned char c)
  * Everything else is a control character (DEL included). */
 static int is_text(unsigned char c)
 {
-    return is_ws(c) || (c >= 0x21 && c != 0x7f);
+    return c >= 0x21 ? c != 0x7f : is_ws(c);  /* the common case first */
 }
 
 int httpresp_is_field_value(const char *s)
