@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,7 +31,7 @@ struct http_conn {
 
 /* What a wait is for, so that a timeout can say which phase ran out of time. */
 struct io {
-    const struct http_client *c;
+    struct http_client *c;
     struct http_conn *conn;
     long long deadline;       /* CLOCK_MONOTONIC ms for the whole request, 0: none */
     int request_timeout_ms;
@@ -78,17 +79,11 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
 {
     for (;;) {
         struct pollfd p[2] = { { fd, events, 0 }, { io->c->cancel_fd, POLLIN, 0 } };
-        int timeout = io->wait_ms, by_deadline = 0, n;
+        /* The request's deadline cuts the phase's wait short when it comes first. */
+        long long left = io->deadline ? io->deadline - now_ms() : LLONG_MAX;
+        int by_deadline = left <= io->wait_ms, n;
+        int timeout = !by_deadline ? io->wait_ms : left > 0 ? (int)left : 0;
 
-        if (io->deadline) {
-            long long left = io->deadline - now_ms();
-            if (left < 0)
-                left = 0;
-            if (left <= timeout) {
-                timeout = (int)left;
-                by_deadline = 1;
-            }
-        }
         n = poll(p, io->c->cancel_fd >= 0 ? 2 : 1, timeout);
         if (n < 0 && errno == EINTR)
             continue;
@@ -191,17 +186,21 @@ static int sock_connect(struct io *io, struct lerr *e)
  * callbacks over the non-blocking socket, which wait with io_wait so that every TLS wait
  * has the same timeouts and cancel. */
 
-/* BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
- * The socket is read in large reads into conn->in instead, and the engine fed from there.
- * Returns bytes given (> 0), IO_CLOSED, or -1. */
-static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr *e)
+/* br_sslio's socket callbacks. Their -1 stops BearSSL; tls_failed then says why (the flags
+ * are those of the last socket call: after a failed one, BearSSL makes no other).
+ * BearSSL asks for a record's 5-byte header, then for its payload: two reads a record.
+ * The socket is read in large reads into conn->in instead, and the engine fed from there. */
+static int tls_low_read(void *ctx, unsigned char *buf, size_t len)
 {
+    struct io *io = ctx;
     struct http_conn *conn = io->conn;
 
     if (conn->in_pos == conn->in_len) {
-        long n = sock_io(io, conn->in, sizeof conn->in, POLLIN, e);
+        long n = sock_io(io, conn->in, sizeof conn->in, POLLIN, io->e);
+        io->no_close_notify = n == IO_CLOSED;
+        io->sock_failed = n < 0;
         if (n <= 0)
-            return n;
+            return -1;
         conn->in_pos = 0;
         conn->in_len = (size_t)n;
     }
@@ -209,18 +208,7 @@ static long tls_recv(struct io *io, unsigned char *buf, size_t len, struct lerr 
         len = conn->in_len - conn->in_pos;
     memcpy(buf, conn->in + conn->in_pos, len);
     conn->in_pos += len;
-    return (long)len;
-}
-
-/* br_sslio's socket callbacks. Their -1 stops BearSSL; tls_failed then says why. */
-static int tls_low_read(void *ctx, unsigned char *buf, size_t len)
-{
-    struct io *io = ctx;
-    long n = tls_recv(io, buf, len, io->e);
-
-    io->no_close_notify = n == IO_CLOSED;
-    io->sock_failed = n < 0;
-    return n > 0 ? (int)n : -1;
+    return (int)len;
 }
 
 static int tls_low_write(void *ctx, const unsigned char *buf, size_t len)
@@ -283,8 +271,7 @@ static void conn_close(struct http_conn *conn)
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
-    conn->in_pos = 0;
-    conn->in_len = 0;
+    conn->in_pos = conn->in_len = 0;
 }
 
 /* One poll before a request answers two questions. A readable cancel_fd cancels it. An
@@ -315,20 +302,16 @@ static int conn_open(struct http_client *c, struct io *io, struct lerr *e)
     if (sock_connect(io, e) < 0)
         return -1;
     c->connections_opened++;
-    if (io->conn->tc) {
-        io_phase(io, "in TLS handshake with", c->io_timeout_ms);
-        tls_sessions_offer(c->sessions, io->conn->tc, io->conn->host, io->conn->port);
-        /* The flush drives the handshake to its end: nothing is queued to send yet. */
-        int rc = tls_client_reset(io->conn->tc, io->conn->host, e);
-        if (rc == 0 && br_sslio_flush(&io->sio) < 0)
-            rc = tls_failed(io, 1, e);
-        tls_sessions_keep(c->sessions, io->conn->tc, io->conn->host, io->conn->port, rc == 0);
-        if (rc < 0) {
-            conn_close(io->conn);
-            return -1;
-        }
-    }
-    return 0;
+    if (!io->conn->tc)
+        return 0;
+    io_phase(io, "in TLS handshake with", c->io_timeout_ms);
+    tls_sessions_offer(c->sessions, io->conn->tc, io->conn->host, io->conn->port);
+    /* The flush drives the handshake to its end: nothing is queued to send yet. */
+    int rc = tls_client_reset(io->conn->tc, io->conn->host, e);
+    if (rc == 0 && br_sslio_flush(&io->sio) < 0)
+        rc = tls_failed(io, 1, e);
+    tls_sessions_keep(c->sessions, io->conn->tc, io->conn->host, io->conn->port, rc == 0);
+    return rc;
 }
 
 static void conn_free(struct http_conn *conn)
@@ -374,7 +357,7 @@ static struct http_conn *conn_for(struct http_client *c, const struct url *url, 
 /* ---- buffers ------------------------------------------------------------------------------- */
 
 /* Makes room for at least want more bytes (plus the final NUL). */
-static int buf_reserve(struct http_buf *b, size_t want, struct lerr *e)
+static int buf_reserve(struct http_buf *b, size_t want, unsigned long *allocated, struct lerr *e)
 {
     size_t cap = b->cap ? b->cap : 16 * 1024;
 
@@ -387,20 +370,11 @@ static int buf_reserve(struct http_buf *b, size_t want, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "out of memory for a buffer of %zu bytes", cap);
     b->p = p;
     b->cap = cap;
-    b->grown++;
+    (*allocated)++;  /* the client's buffers_allocated: each may have moved p */
     return 0;
 }
 
 /* ---- request -------------------------------------------------------------------------------- */
-
-/* Header values may not hold CR, LF or other controls: they would split the request. */
-static int http_field_value(const char *s)
-{
-    for (; *s; s++)
-        if (((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
-            return 0;
-    return 1;
-}
 
 static int http_is_reserved(const char *name)
 {
@@ -414,7 +388,7 @@ static int http_is_reserved(const char *name)
 static int http_build(struct http_client *c, const struct http_request *req, struct lerr *e)
 {
     const struct url *u = req->url;
-    int has_ua = 0, has_body;
+    int has_ua = 0;
     size_t n = 0, cap;
     char *buf;
 
@@ -430,7 +404,7 @@ static int http_build(struct http_client *c, const struct http_request *req, str
         const struct http_header *h = &req->headers[i];
         if (!h->name || !h->value || !httpresp_is_token(h->name))
             return lerr_set(e, LERR_INVALID, "request header %zu has an invalid name", i);
-        if (!http_field_value(h->value))
+        if (!httpresp_is_field_value(h->value))
             return lerr_set(e, LERR_INVALID, "request header %s has a control character in its "
                             "value", h->name);
         if (http_is_reserved(h->name))
@@ -440,10 +414,8 @@ static int http_build(struct http_client *c, const struct http_request *req, str
         cap += strlen(h->name) + strlen(h->value) + 4;
     }
     c->req.len = 0;
-    if (buf_reserve(&c->req, cap, e) < 0)
+    if (buf_reserve(&c->req, cap, &c->buffers_allocated, e) < 0)
         return -1;
-    c->buffers_allocated += c->req.grown;
-    c->req.grown = 0;
     buf = c->req.p;
     n += (size_t)snprintf(buf + n, cap - n, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method,
                           u->path, u->authority);
@@ -460,9 +432,8 @@ static int http_build(struct http_client *c, const struct http_request *req, str
     }
     /* Methods that carry a body always say how long it is, even when empty: some
      * servers answer 411 to a POST without Content-Length. */
-    has_body = req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
-               strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0;
-    if (has_body)
+    if (req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
+        strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0)
         n += (size_t)snprintf(buf + n, cap - n, "Content-Length: %zu\r\n", req->body_len);
     memcpy(buf + n, "\r\n", 2);
     n += 2;
@@ -482,7 +453,7 @@ static long rbuf_fill(struct io *io, struct http_buf *b, struct lerr *e)
     size_t room;
     long n;
 
-    if (b->cap - b->len < 4096 + 1 && buf_reserve(b, 4096, e) < 0)
+    if (b->cap - b->len < 4096 + 1 && buf_reserve(b, 4096, &io->c->buffers_allocated, e) < 0)
         return -1;
     room = b->cap - b->len - 1;
     if (!io->conn->tc)
@@ -544,13 +515,9 @@ static long http_read_head(struct io *io, struct http_buf *b, int is_head, struc
     }
 }
 
-static int http_too_large(struct io *io, unsigned long long size, size_t max, struct lerr *e)
+/* A body found too large as it arrives (http_read_body says so of an announced length). */
+static int http_too_large(struct io *io, size_t max, struct lerr *e)
 {
-    /* the limit ends the message: callers append what they do about it */
-    if (size)
-        return lerr_set(e, LERR_TOO_LARGE,
-                        "response body from %s:%u is %llu bytes, over the limit of %zu",
-                        io->conn->host, io->conn->port, size, max);
     return lerr_set(e, LERR_TOO_LARGE, "response body from %s:%u is over the limit of %zu bytes",
                     io->conn->host, io->conn->port, max);
 }
@@ -568,10 +535,14 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
     long n;
 
     *reusable = 0;
+    /* An announced length says its size. The limit ends the message: callers append what
+     * they do about it. */
     if (want > max_body)
-        return http_too_large(io, want, max_body, e);
+        return lerr_set(e, LERR_TOO_LARGE,
+                        "response body from %s:%u is %llu bytes, over the limit of %zu",
+                        io->conn->host, io->conn->port, want, max_body);
     /* A known length gets its room at once (and a read's worth more, for rbuf_fill). */
-    if (buf_reserve(b, (size_t)want + 4096, e) < 0)
+    if (buf_reserve(b, (size_t)want + 4096, &io->c->buffers_allocated, e) < 0)
         return -1;
     for (;;) {
         if (h->framing == HTTPRESP_BODY_CHUNKED) {
@@ -579,7 +550,7 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
             int rc = httpresp_chunked_decode(&ch, b->p + raw, b->len - raw, b->p + raw, &out,
                                              max_body, e);
             if (rc == HTTPRESP_ERROR && e && e->kind == LERR_TOO_LARGE)
-                return http_too_large(io, 0, max_body, e);
+                return http_too_large(io, max_body, e);
             if (rc == HTTPRESP_ERROR)
                 return http_malformed(io, e);
             b->len = raw + out;
@@ -593,7 +564,7 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
             b->len = at + (size_t)want;
             return 0;
         } else if (b->len - at > max_body) {
-            return http_too_large(io, 0, max_body, e);
+            return http_too_large(io, max_body, e);
         }
         n = rbuf_fill(io, b, e);
         if (n < 0)
@@ -620,11 +591,10 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
  * it is over HTTP_KEEP_BUF. */
 static void http_keep(struct http_client *c, char *buf, size_t cap)
 {
-    if (!c->spare.p && cap <= HTTP_KEEP_BUF) {
-        c->spare = (struct http_buf){ buf, 0, cap, 0 };
-    } else {
+    if (!c->spare.p && cap <= HTTP_KEEP_BUF)
+        c->spare = (struct http_buf){ buf, 0, cap };
+    else
         free(buf);
-    }
 }
 
 /* One exchange on a connected conn. *started tells the caller whether the server had
@@ -635,7 +605,7 @@ static int http_exchange(struct http_client *c, struct io *io, int is_head,
     struct http_buf b = c->spare;
     struct httpresp_head *h = &resp->head;
     long head_len;
-    unsigned grown;
+    unsigned long allocated;
 
     c->spare = (struct http_buf){ 0 };
     io_phase(io, "sending request to", c->io_timeout_ms);
@@ -648,15 +618,14 @@ static int http_exchange(struct http_client *c, struct io *io, int is_head,
     if (head_len < 0)
         goto fail;
     io_phase(io, "reading response body from", c->io_timeout_ms);
-    grown = b.grown;
+    allocated = c->buffers_allocated;
     if (http_read_body(io, &b, (size_t)head_len, h, c->max_body, reusable, e) < 0)
         goto fail;
     *reusable = *reusable && h->keep_alive;
     /* A body that outgrew the buffer may have moved it: the head is parsed again where it
      * is now (the same bytes, so the same answer), rather than its pointers moved by hand. */
-    if (b.grown != grown)
+    if (c->buffers_allocated != allocated)
         httpresp_parse_head(b.p, (size_t)head_len, is_head, h, e);
-    c->buffers_allocated += b.grown;
     b.p[b.len] = '\0';
     resp->buf = b.p;
     resp->buf_cap = b.cap;
@@ -674,13 +643,10 @@ fail:
 
 void http_client_init(struct http_client *c, const struct tls_anchors *anchors)
 {
-    memset(c, 0, sizeof *c);
-    c->anchors = anchors;
-    c->connect_timeout_ms = 10000;
-    c->io_timeout_ms = 30000;
-    c->request_timeout_ms = HTTP_DEFAULT_REQUEST_TIMEOUT_MS;
-    c->max_body = HTTP_DEFAULT_MAX_BODY;
-    c->cancel_fd = -1;
+    *c = (struct http_client){ .anchors = anchors, .connect_timeout_ms = 10000,
+                               .io_timeout_ms = 30000,
+                               .request_timeout_ms = HTTP_DEFAULT_REQUEST_TIMEOUT_MS,
+                               .max_body = HTTP_DEFAULT_MAX_BODY, .cancel_fd = -1 };
 }
 
 void http_client_close(struct http_client *c)
@@ -698,7 +664,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
             struct lerr *e)
 {
     struct http_conn *conn;
-    struct io io = { 0 };
+    struct io io;
     int is_head, rc = -1;
 
     memset(resp, 0, sizeof *resp);
@@ -709,9 +675,7 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         goto out;
     conn->last_used = ++c->lru_clock;
     is_head = strcmp(req->method, "HEAD") == 0;
-    io.c = c;
-    io.conn = conn;
-    io.e = e;
+    io = (struct io){ .c = c, .conn = conn, .e = e };
     if (conn->tc)
         br_sslio_init(&io.sio, &conn->tc->cc.eng, tls_low_read, &io, tls_low_write, &io);
     io.request_timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
@@ -721,14 +685,14 @@ int http_do(struct http_client *c, const struct http_request *req, struct http_r
         int reused = conn->fd >= 0, reusable = 0, started = 0;
 
         io.no_close_notify = io.sock_failed = 0;
-        if (!reused && conn_open(c, &io, e) < 0)
-            goto out;
-        if (http_exchange(c, &io, is_head, resp, &reusable, &started, e) == 0) {
+        if ((reused || conn_open(c, &io, e) == 0) &&
+            http_exchange(c, &io, is_head, resp, &reusable, &started, e) == 0) {
             if (!reusable)
                 conn_close(conn);
             rc = 0;
             goto out;
         }
+        /* Whatever failed (connect, handshake, exchange), a half-used connection is closed. */
         conn_close(conn);
         /* The server dropped a reused connection before answering: it closed it as idle
          * just as we sent, so it cannot have processed the request. Once only, and never

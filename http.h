@@ -95,7 +95,6 @@ struct http_client {
     struct http_buf {                   /* private: the buffers kept between requests, */
         char *p;                        /* so that steady state allocates nothing big */
         size_t len, cap;
-        unsigned grown;                 /* reallocations: each may have moved p */
     } req, spare;
     /* statistics, for tests and benchmarks */
     unsigned long connections_opened;

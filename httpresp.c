@@ -52,7 +52,14 @@ static int is_ws(unsigned char c)
  * Everything else is a control character (DEL included). */
 static int is_text(unsigned char c)
 {
-    return is_ws(c) || (c >= 0x21 && c != 0x7f);
+    return c >= 0x21 ? c != 0x7f : is_ws(c);  /* the common case first */
+}
+
+int httpresp_is_field_value(const char *s)
+{
+    while (*s && is_text((unsigned char)*s))
+        s++;
+    return *s == '\0';
 }
 
 /* s[0..n) equals the NUL-terminated word, ignoring ASCII case. */
@@ -315,17 +322,13 @@ static int note_field(struct fields *fl, const struct httpresp_head *h,
 static void decide_framing(struct httpresp_head *h, const struct fields *fl,
                            int request_was_head)
 {
-    h->content_length = 0;
-    if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304) {
+    if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304)
         h->framing = HTTPRESP_BODY_NONE;
-    } else if (fl->te_chunked) {
+    else if (fl->te_chunked)
         h->framing = HTTPRESP_BODY_CHUNKED;
-    } else if (fl->have_length) {
-        h->framing = HTTPRESP_BODY_LENGTH;
-        h->content_length = fl->length;
-    } else {
-        h->framing = HTTPRESP_BODY_UNTIL_CLOSE;
-    }
+    else
+        h->framing = fl->have_length ? HTTPRESP_BODY_LENGTH : HTTPRESP_BODY_UNTIL_CLOSE;
+    h->content_length = h->framing == HTTPRESP_BODY_LENGTH ? fl->length : 0;
 
     h->keep_alive = h->framing != HTTPRESP_BODY_UNTIL_CLOSE && !fl->conn_close &&
                     (h->minor_version >= 1 || fl->conn_keep_alive);
@@ -345,52 +348,42 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
     if (rc < 0)
         return rc;
 
-    for (;;) {
-        unsigned char c;
-
-        if (s.pos == s.lim)
-            return scan_short(&s);
-        c = s.p[s.pos];
-        if (c == '\r') {
-            s.pos++;
-            rc = scan_lf(&s);
-            if (rc < 0)
-                return rc;
-            break;
-        }
-        if (is_ws(c))
+    /* Field lines up to the CR of the empty line that ends the head. */
+    while (s.pos < s.lim && s.p[s.pos] != '\r') {
+        if (is_ws(s.p[s.pos]))
             return malformed(e, "obsolete line folding in header");
-        if (c == '\n')
+        if (s.p[s.pos] == '\n')
             return malformed(e, "bare LF line ending (CRLF required)");
         if (h->num_headers == HTTPRESP_MAX_HEADERS)
             return lerr_set(e, LERR_TOO_LARGE, "response has more than %d header fields",
                             HTTPRESP_MAX_HEADERS);
         rc = parse_field_line(&s, &h->headers[h->num_headers]);
-        if (rc < 0)
-            return rc;
-        rc = note_field(&fl, h, &h->headers[h->num_headers], e);
+        if (rc == 0)
+            rc = note_field(&fl, h, &h->headers[h->num_headers], e);
         if (rc < 0)
             return rc;
         h->num_headers++;
     }
+    if (s.pos == s.lim)
+        return scan_short(&s);
+    s.pos++;
+    rc = scan_lf(&s);
+    if (rc < 0)
+        return rc;
     decide_framing(h, &fl, request_was_head);
     return (int)s.pos;
 }
 
 const char *httpresp_header(const struct httpresp_head *h, const char *name, size_t *value_len)
 {
-    for (size_t i = 0; i < h->num_headers; i++) {
-        const struct httpresp_header *f = &h->headers[i];
+    size_t i = 0, unused;
 
-        if (equals_word(f->name, f->name_len, name)) {
-            if (value_len)
-                *value_len = f->value_len;
-            return f->value;
-        }
-    }
-    if (value_len)
-        *value_len = 0;
-    return NULL;
+    if (!value_len)
+        value_len = &unused;
+    while (i < h->num_headers && !equals_word(h->headers[i].name, h->headers[i].name_len, name))
+        i++;
+    *value_len = i < h->num_headers ? h->headers[i].value_len : 0;
+    return i < h->num_headers ? h->headers[i].value : NULL;
 }
 
 /* ---- chunked bodies (RFC 9112 section 7.1) ------------------------------------------------- */
@@ -431,7 +424,8 @@ static const struct {
 static int chunk_size_digit(struct httpresp_chunked *d, int v, unsigned long long max_body,
                             struct lerr *e)
 {
-    if (++d->size_digits > 16)
+    /* The size line's bytes so far are its digits, this one included. */
+    if (d->line_len > 16)
         return malformed(e, "bad chunk size (more than 16 hex digits)");
     d->remaining = d->remaining << 4 | (unsigned)v;
     /* More digits only make the size larger, so the cap can be judged already. */
@@ -455,7 +449,7 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
     case CH_SIZE:
         if (v >= 0)
             return chunk_size_digit(d, v, max_body, e);
-        if (d->size_digits == 0)
+        if (d->line_len == 1)  /* no digit before this byte */
             return malformed(e, "bad chunk size");
         /* The digits are done: what may follow is what may follow white space. */
         /* fall through */
@@ -497,10 +491,8 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
     default: /* a line's CR or LF */
         if (c != line_ends[d->state].want)
             return malformed(e, line_ends[d->state].why);
-        if (d->state == CH_SIZE_LF) {
+        if (d->state == CH_SIZE_LF)
             d->line_len = 0;
-            d->size_digits = 0;
-        }
         d->state = line_ends[d->state].next;
         if (d->state == CH_DATA && d->remaining == 0)
             d->state = CH_TRAILER;  /* the last chunk: the trailer section follows */
@@ -552,35 +544,30 @@ int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof
                    struct httpresp_head *h, char *body_out, size_t body_cap, size_t *body_len,
                    struct lerr *e)
 {
+    struct httpresp_chunked d = { 0 };
     int head_len;
     size_t avail;
+    unsigned long long n;
 
     *body_len = 0;
     head_len = httpresp_parse_head(buf, len, request_was_head, h, e);
-    if (head_len < 0)
+    if (head_len < 0 || h->framing == HTTPRESP_BODY_NONE)
         return head_len;
     avail = len - (size_t)head_len;
-
-    switch (h->framing) {
-    case HTTPRESP_BODY_NONE:
-        return head_len;
-    case HTTPRESP_BODY_CHUNKED: {
+    if (h->framing == HTTPRESP_BODY_CHUNKED) {
         /* The decoder holds the body to body_cap, so it always fits in body_out. */
-        struct httpresp_chunked d = { 0 };
         int rest = httpresp_chunked_decode(&d, buf + head_len, avail, body_out, body_len,
                                            body_cap, e);
         return rest < 0 ? rest : consumed(len - (size_t)rest, e);
     }
-    default: { /* LENGTH, or UNTIL_CLOSE: all that follows the head, once the server closed */
-        unsigned long long n = h->framing == HTTPRESP_BODY_LENGTH ? h->content_length : avail;
-        if (n > body_cap)
-            return body_too_large(e, body_cap);
-        if (h->framing == HTTPRESP_BODY_LENGTH ? avail < n : !at_eof)
-            return HTTPRESP_INCOMPLETE;
-        if (n > 0)
-            memcpy(body_out, buf + head_len, (size_t)n);
-        *body_len = (size_t)n;
-        return consumed((size_t)head_len + *body_len, e);
-    }
-    }
+    /* LENGTH, or UNTIL_CLOSE: all that follows the head, once the server closed */
+    n = h->framing == HTTPRESP_BODY_LENGTH ? h->content_length : avail;
+    if (n > body_cap)
+        return body_too_large(e, body_cap);
+    if (h->framing == HTTPRESP_BODY_LENGTH ? avail < n : !at_eof)
+        return HTTPRESP_INCOMPLETE;
+    if (n > 0)
+        memcpy(body_out, buf + head_len, (size_t)n);
+    *body_len = (size_t)n;
+    return consumed((size_t)head_len + *body_len, e);
 }

@@ -1,6 +1,6 @@
 /*
- * httpresp.h - pure HTTP/1.1 response parsing over (buffer, length), and the token syntax
- * that the client's requests share with it.
+ * httpresp.h - pure HTTP/1.1 response parsing over (buffer, length), and the token and
+ * field-value syntax that the client's requests share with it.
  *
  * No I/O, no allocation: the caller owns every byte; parsed strings point into the
  * caller's buffer. Every function answers one of three things: complete (with a length),
@@ -81,6 +81,10 @@ int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
  * (the client checks its requests' with it); "" is not. */
 int httpresp_is_token(const char *s);
 
+/* 1 when s may be a field value: no control character (CR, LF... DEL) but HTAB, which in a
+ * request would split it. The bytes a response's field values are checked against. */
+int httpresp_is_field_value(const char *s);
+
 /* Whether c is an RFC 9110 tchar: what a method, a field name or a token is made of. */
 int httpresp_is_tchar(unsigned char c);
 
@@ -111,7 +115,6 @@ struct httpresp_chunked {
     unsigned long long total;      /* body bytes decoded so far */
     size_t line_len;               /* bytes of the current size line, or of the whole
                                       trailer section, seen so far */
-    int size_digits;
 };
 int httpresp_chunked_decode(struct httpresp_chunked *d, const char *src, size_t len, char *dst,
                             size_t *out, unsigned long long max_body, struct lerr *e);

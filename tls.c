@@ -101,31 +101,26 @@ static int ta_spki(struct der spki, br_x509_pkey *k)
     bits.len--;
     if (OID_IS(&oid, OID_RSA)) {
         k->key_type = BR_KEYTYPE_RSA;
-        if (der_next(&bits, &rsa) != 0x30 ||
-            der_uint(&rsa, &k->key.rsa.n, &k->key.rsa.nlen) < 0 ||
-            der_uint(&rsa, &k->key.rsa.e, &k->key.rsa.elen) < 0)
-            return -1;
-        return 0;
+        return der_next(&bits, &rsa) != 0x30 ||
+               der_uint(&rsa, &k->key.rsa.n, &k->key.rsa.nlen) < 0 ||
+               der_uint(&rsa, &k->key.rsa.e, &k->key.rsa.elen) < 0 ? -1 : 0;
     }
     if (!OID_IS(&oid, OID_EC) || der_next(&alg, &param) != 0x06)
         return -1;
     k->key_type = BR_KEYTYPE_EC;
     k->key.ec.q = bits.p;
     k->key.ec.qlen = bits.len;
-    if (OID_IS(&param, OID_P256))
-        k->key.ec.curve = BR_EC_secp256r1;
-    else if (OID_IS(&param, OID_P384))
-        k->key.ec.curve = BR_EC_secp384r1;
-    else if (OID_IS(&param, OID_P521))
-        k->key.ec.curve = BR_EC_secp521r1;
-    else
-        return -1;
-    return 0;
+    k->key.ec.curve = OID_IS(&param, OID_P256)   ? BR_EC_secp256r1
+                      : OID_IS(&param, OID_P384) ? BR_EC_secp384r1
+                      : OID_IS(&param, OID_P521) ? BR_EC_secp521r1
+                                                 : 0;
+    return k->key.ec.curve ? 0 : -1;
 }
 
-/* Finds the extension oid among a certificate's extensions (the content of its [3]).
+/* Finds the extension oid (without a zero byte, as OID_BASIC_CONS and OID_SAN) among a
+ * certificate's extensions (the content of its [3]).
  * Returns 1 with val set to the extension's value, 0 if it is absent, -1 if malformed. */
-static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct der *val)
+static int der_find_ext(struct der exts, const char *oid, struct der *val)
 {
     struct der seq, ext, id, v;
     int found = 0;
@@ -141,14 +136,13 @@ static int der_find_ext(struct der exts, const char *oid, size_t oid_len, struct
             tag = der_next(&ext, &v);
         if (tag != 0x04)
             return -1;
-        if (!found && der_oid_is(&id, oid, oid_len)) {
+        if (!found && der_oid_is(&id, oid, strlen(oid))) {
             *val = v;
             found = 1;
         }
     }
     return found;
 }
-#define DER_FIND_EXT(exts, oid, val) der_find_ext(exts, oid, sizeof oid - 1, val)
 
 /* Splits a certificate, after which nothing may follow, into the TBS fields used here:
  * the subject (whole element), the SubjectPublicKeyInfo and the extensions (length 0 when
@@ -199,7 +193,7 @@ static int ta_parse_cert(unsigned char *der, size_t len, br_x509_trust_anchor *a
         return -1;
     a->dn.data = subject.p;
     a->dn.len = subject.len;
-    rc = exts.len ? DER_FIND_EXT(exts, OID_BASIC_CONS, &val) : 0;
+    rc = exts.len ? der_find_ext(exts, OID_BASIC_CONS, &val) : 0;
     if (rc <= 0)
         return rc;
     if (der_next(&val, &bc) != 0x30)
@@ -216,30 +210,15 @@ static int ta_parse_cert(unsigned char *der, size_t len, br_x509_trust_anchor *a
  * (a third of a Debian bundle) move to an arena of their exact size and the bundle is
  * freed. Three allocations, however big the bundle. */
 
-struct ta_loader {
-    const char *path;
-    br_x509_trust_anchor *anchors;
-    size_t count, cap, skipped;
-};
-
-/* Keeps a certificate as an anchor. One that cannot be an anchor (malformed, or a key
- * type BearSSL does not do, such as Ed25519) is skipped: one odd entry in a system bundle
- * must not stop the program. */
-static void ta_add_cert(struct ta_loader *l, unsigned char *der, size_t len)
-{
-    if (ta_parse_cert(der, len, &l->anchors[l->count]) < 0)
-        l->skipped++;
-    else
-        l->count++;
-}
-
 /* Finds every BEGIN/END CERTIFICATE block in the file (modified in place), decodes its
  * base64 and keeps the certificate. Text outside the blocks is ignored, as openssl does.
  * tests/tool_httpc --ca-check compares the result with BearSSL's PEM and X.509 decoders. */
-static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct lerr *e)
+static int ta_decode(struct tls_anchors *ta, const char *path, unsigned char *buf, size_t len,
+                     struct lerr *e)
 {
     static const char begin[] = "-----BEGIN ", end[] = "-----END ";
     unsigned char *p = buf, *lim = buf + len;
+    size_t seen = 0;  /* certificate blocks, anchors or not */
 
     for (;;) {
         unsigned char *b = memmem(p, (size_t)(lim - p), begin, sizeof begin - 1), *label, *q;
@@ -249,31 +228,34 @@ static int ta_decode(struct ta_loader *l, unsigned char *buf, size_t len, struct
         q = memmem(label, (size_t)(lim - label), "-----", 5);
         if (!q || memchr(label, '\n', (size_t)(q - label)))
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad BEGIN line after "
-                            "certificate %zu)", l->path, l->count + l->skipped);
+                            "certificate %zu)", path, seen);
         size_t label_len = (size_t)(q - label);
         unsigned char *body = q + 5;
         unsigned char *stop = memmem(body, (size_t)(lim - body), end, sizeof end - 1);
         if (!stop)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (no END line after "
-                            "certificate %zu)", l->path, l->count + l->skipped);
+                            "certificate %zu)", path, seen);
         p = stop + sizeof end - 1;
         if ((label_len != 11 || memcmp(label, "CERTIFICATE", 11) != 0) &&
             (label_len != 16 || memcmp(label, "X509 CERTIFICATE", 16) != 0))
             continue;
+        seen++;
         long der_len = text_base64_decode(body, (size_t)(stop - body), body, 0);
         if (der_len < 0)
             return lerr_set(e, LERR_INVALID, "%s is not a valid PEM file (bad base64 in "
-                            "certificate %zu)", l->path, l->count + l->skipped + 1);
-        ta_add_cert(l, body, (size_t)der_len);
+                            "certificate %zu)", path, seen);
+        /* One that cannot be an anchor (malformed, or a key type BearSSL does not do, such
+         * as Ed25519) is skipped: one odd entry in a system bundle must not stop the program. */
+        if (ta_parse_cert(body, (size_t)der_len, &ta->anchors[ta->count]) == 0)
+            ta->count++;
     }
 }
 
-static int ta_read_file(const char *path, unsigned char **out, size_t *out_len, struct lerr *e)
+/* Reads the file into *out (the caller frees it, even on failure), *len bytes. */
+static int ta_read_file(const char *path, unsigned char **out, size_t *len, struct lerr *e)
 {
     struct stat st;
-    unsigned char *buf = NULL;
     ssize_t n = 1;
-    size_t len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
 
     if (fd < 0)
@@ -282,23 +264,17 @@ static int ta_read_file(const char *path, unsigned char **out, size_t *out_len, 
         rc = lerr_set(e, LERR_IO, "CA bundle %s is not a regular file", path);
     else if (st.st_size > 64 * 1024 * 1024)
         rc = lerr_set(e, LERR_TOO_LARGE, "CA bundle %s is over 64 MiB", path);
-    else if (!(buf = malloc((size_t)st.st_size + 1)))
+    else if (!(*out = malloc((size_t)st.st_size + 1)))
         rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    while (rc == 0 && n != 0 && len < (size_t)st.st_size) {
-        n = read(fd, buf + len, (size_t)st.st_size - len);
+    while (rc == 0 && n != 0 && *len < (size_t)st.st_size) {
+        n = read(fd, *out + *len, (size_t)st.st_size - *len);
         if (n < 0 && errno != EINTR)
             rc = lerr_set(e, LERR_IO, "cannot read CA bundle %s: %s", path, strerror(errno));
         else if (n > 0)
-            len += (size_t)n;
+            *len += (size_t)n;
     }
     close(fd);
-    if (rc < 0) {
-        free(buf);
-        return -1;
-    }
-    *out = buf;
-    *out_len = len;
-    return 0;
+    return rc;
 }
 
 /* Copies an anchor's DN and key bytes to dst and points the anchor at the copies; with dst
@@ -326,9 +302,8 @@ static size_t ta_copy(br_x509_trust_anchor *a, unsigned char *dst)
 
 int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
 {
-    struct ta_loader l = { 0 };
     unsigned char *file = NULL;
-    size_t file_len = 0, size = 0;
+    size_t file_len = 0, cap = 0, size = 0;
     int rc;
 
     memset(ta, 0, sizeof *ta);
@@ -337,32 +312,27 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
         if (!path || !*path)
             path = TLS_DEFAULT_CA_FILE;
     }
-    if (ta_read_file(path, &file, &file_len, e) < 0)
-        return -1;
-    l.path = path;
+    rc = ta_read_file(path, &file, &file_len, e);
     /* Room for an anchor per BEGIN line: no certificate block has fewer. */
-    for (unsigned char *p = file; (p = memmem(p, (size_t)(file + file_len - p), "-----BEGIN ",
-                                              11)); p += 11)
-        l.cap++;
-    l.anchors = malloc((l.cap ? l.cap : 1) * sizeof *l.anchors);
-    rc = l.anchors ? ta_decode(&l, file, file_len, e)
-                   : lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    if (rc == 0 && l.count == 0)
+    for (unsigned char *p = file; rc == 0 && (p = memmem(p, (size_t)(file + file_len - p),
+                                                         "-----BEGIN ", 11)); p += 11)
+        cap++;
+    if (rc == 0 && !(ta->anchors = malloc((cap ? cap : 1) * sizeof *ta->anchors)))
+        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
+    if (rc == 0)
+        rc = ta_decode(ta, path, file, file_len, e);
+    if (rc == 0 && ta->count == 0)
         rc = lerr_set(e, LERR_INVALID, "CA bundle %s has no usable certificate", path);
-    for (size_t i = 0; rc == 0 && i < l.count; i++)
-        size += ta_copy(&l.anchors[i], NULL);
+    for (size_t i = 0; rc == 0 && i < ta->count; i++)
+        size += ta_copy(&ta->anchors[i], NULL);
     if (rc == 0 && !(ta->arena = malloc(size)))
         rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    for (size_t i = 0, at = 0; rc == 0 && i < l.count; i++)
-        at += ta_copy(&l.anchors[i], ta->arena + at);
+    for (size_t i = 0, at = 0; rc == 0 && i < ta->count; i++)
+        at += ta_copy(&ta->anchors[i], ta->arena + at);
     free(file);
-    if (rc < 0) {
-        free(l.anchors);
-        return -1;
-    }
-    ta->anchors = l.anchors;
-    ta->count = l.count;
-    return 0;
+    if (rc < 0)
+        tls_anchors_free(ta);  /* ta is left empty */
+    return rc;
 }
 
 void tls_anchors_free(struct tls_anchors *ta)
@@ -376,7 +346,7 @@ void tls_anchors_free(struct tls_anchors *ta)
  *
  * BearSSL matches a server name against DNS names and the CN only, and would take an IP
  * literal for one. An IP host is given to it as no name at all (then it checks none and
- * sends no SNI), and four of its X.509 engine's methods, wrapped here, keep the chain's
+ * sends no SNI), and three of its X.509 engine's methods, wrapped here, keep the chain's
  * first certificate, the server's own, to match the address against its iPAddress SANs once
  * BearSSL has found the chain trusted. */
 
@@ -387,28 +357,19 @@ static struct tls_client *x509_tc(const br_x509_class *const *ctx)
 
 static void x509_start_chain(const br_x509_class **ctx, const char *server_name)
 {
-    struct tls_client *tc = x509_tc(ctx);
-
-    tc->certs = tc->ee_len = tc->ee_want = 0;
+    x509_tc(ctx)->ee_len = 0;
     br_x509_minimal_vtable.start_chain(ctx, server_name);
 }
 
-static void x509_start_cert(const br_x509_class **ctx, uint32_t length)
-{
-    struct tls_client *tc = x509_tc(ctx);
-
-    if (tc->certs++ == 0)
-        tc->ee_want = length;
-    br_x509_minimal_vtable.start_cert(ctx, length);
-}
-
-/* The EE certificate's bytes add up to ee_want: when that fits, so does every piece. */
+/* BearSSL counts the chain's certificates at their end: 0 while the first, the EE one,
+ * comes. Its bytes are counted whole, and kept while they fit. */
 static void x509_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
 {
     struct tls_client *tc = x509_tc(ctx);
 
-    if (tc->ip_len && tc->certs == 1 && len <= sizeof tc->ee - tc->ee_len) {
-        memcpy(tc->ee + tc->ee_len, buf, len);
+    if (tc->ip_len && tc->xc.num_certs == 0) {
+        if (tc->ee_len + len <= sizeof tc->ee)
+            memcpy(tc->ee + tc->ee_len, buf, len);
         tc->ee_len += len;
     }
     br_x509_minimal_vtable.append(ctx, buf, len);
@@ -425,10 +386,10 @@ static unsigned x509_end_chain(const br_x509_class **ctx)
 
     if (err || !tc->ip_len)
         return err;
-    if (tc->ee_want > sizeof tc->ee)
+    if (tc->ee_len > sizeof tc->ee)
         return BR_ERR_X509_LIMIT_EXCEEDED;
     if (cert_fields(tc->ee, tc->ee_len, &subject, &spki, &exts) < 0 ||
-        DER_FIND_EXT(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
+        der_find_ext(exts, OID_SAN, &san) <= 0 || der_next(&san, &names) != 0x30)
         return BR_ERR_X509_BAD_SERVER_NAME;
     while ((tag = der_next(&names, &name)) >= 0)
         if (tag == 0x87 && name.len == tc->ip_len && memcmp(name.p, tc->ip, tc->ip_len) == 0)
@@ -543,11 +504,10 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
         br_ssl_engine_set_hash(&cc->eng, id, hashes[id]);
         br_x509_minimal_set_hash(&tc->xc, id, hashes[id]);
     }
-    /* BearSSL's X.509 engine with the four methods above in front of its own: its
+    /* BearSSL's X.509 engine with the three methods above in front of its own: its
      * functions never look at the vtable they are called through. */
     tc->x509 = br_x509_minimal_vtable;
     tc->x509.start_chain = x509_start_chain;
-    tc->x509.start_cert = x509_start_cert;
     tc->x509.append = x509_append;
     tc->x509.end_chain = x509_end_chain;
     tc->xc.vtable = &tc->x509;
@@ -596,9 +556,7 @@ __attribute__((noinline)) int tls_client_reset(struct tls_client *tc, const char
 
 void tls_sessions_init(struct tls_sessions *s)
 {
-    memset(s, 0, sizeof *s);
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->kept, NULL);
+    *s = (struct tls_sessions){ .mu = PTHREAD_MUTEX_INITIALIZER, .kept = PTHREAD_COND_INITIALIZER };
 }
 
 void tls_sessions_free(struct tls_sessions *s)
@@ -758,17 +716,14 @@ int tls_error(struct lerr *e, int br_err, const char *host)
         { INT_MIN, INT_MAX, LERR_TLS, "TLS with ", " failed" },
     };
     size_t i = 0;
+    int a = br_err & 0xff;  /* the alert, after BR_ERR_SEND_FATAL_ALERT or _RECV_ (512, 256) */
 
-    if (br_err >= BR_ERR_SEND_FATAL_ALERT) {
-        int a = br_err - BR_ERR_SEND_FATAL_ALERT;
+    if (br_err >= BR_ERR_SEND_FATAL_ALERT)
         return lerr_set(e, LERR_TLS, "TLS with %s failed: we sent alert %d (%s)", host, a,
                         tls_alert_name(a));
-    }
-    if (br_err >= BR_ERR_RECV_FATAL_ALERT) {
-        int a = br_err - BR_ERR_RECV_FATAL_ALERT;
+    if (br_err >= BR_ERR_RECV_FATAL_ALERT)
         return lerr_set(e, LERR_TLS_ALERT, "%s sent TLS alert %d (%s)", host, a,
                         tls_alert_name(a));
-    }
     while (br_err < said[i].lo || br_err > said[i].hi)
         i++;
     return lerr_set(e, said[i].kind, "%s%s%s (BearSSL error %d: %s)", said[i].before, host,

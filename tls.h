@@ -43,11 +43,11 @@ void tls_anchors_free(struct tls_anchors *ta);
 struct tls_client {
     br_ssl_client_context cc;
     br_x509_minimal_context xc;
-    br_x509_class x509;          /* xc's methods, four of them wrapped (IP hosts) */
+    br_x509_class x509;          /* xc's methods, three of them wrapped (IP hosts) */
     unsigned char ip[16];        /* the host as an address (ip_len 4 or 16), 0: a name */
     size_t ip_len;
     unsigned char ee[TLS_EE_MAX];  /* the server's own certificate, when ip_len */
-    size_t ee_len, ee_want, certs;  /* ee_want: the EE certificate's announced length */
+    size_t ee_len;               /* the EE certificate's bytes so far, kept or not */
     unsigned char ibuf[BR_SSL_BUFSIZE_INPUT];
     unsigned char obuf[BR_SSL_BUFSIZE_OUTPUT];
 };
