@@ -526,7 +526,8 @@ static void pool_gauges(struct daemon *d)
     int idle, busy;
 
     pool_counts(&d->pool, &idle, &busy);
-    metrics_set_pool(&d->metrics, idle, busy);
+    metrics_set(&d->metrics, METRICS_POOL_IDLE, idle);
+    metrics_set(&d->metrics, METRICS_POOL_BUSY, busy);
 }
 
 /* Calls on the job's pooled Machine take its own rate limits and, while leased, send the
@@ -824,7 +825,7 @@ static void *worker_main(void *arg)
         if (!(d->queue = j->next))
             d->queue_tail = &d->queue;
         d->running += !stopping;
-        metrics_set_in_flight(&d->metrics, d->running);
+        metrics_set(&d->metrics, METRICS_IN_FLIGHT, d->running);
         pthread_mutex_unlock(&d->mu);
         j->http = &http;
         j->sqs = &sqs;
@@ -833,7 +834,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&d->mu);
         d->running -= !stopping;
         d->jobs--;
-        metrics_set_in_flight(&d->metrics, d->running);
+        metrics_set(&d->metrics, METRICS_IN_FLIGHT, d->running);
         pthread_cond_broadcast(&d->changed);
     }
     /* closed under mu: daemon_drain must not free what it uses (the anchors) before */
