@@ -125,7 +125,7 @@ int group_command(const char *cmd, char ***argv, struct lerr *e)
 
     if (!cmd)
         return lerr_set(e, LERR_INVALID, "no command");
-    if (json_check(cmd, len, &at, &why) < 0)
+    if (json_items(cmd, len, NULL, NULL, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
     if ((n = command_walk(cmd, NULL, NULL, e)) < 0 || !argv)
         return n < 0 ? -1 : 0;
@@ -152,7 +152,7 @@ int group_check(const struct event *ev, struct lerr *e)
         return lerr_wrap(e, "attribute command");
     if (ev->body_len == 0)
         return lerr_set(e, LERR_INVALID, "body is empty (it must be a JSON value)");
-    if (json_check(ev->body, ev->body_len, &at, &why) < 0)
+    if (json_items(ev->body, ev->body_len, NULL, NULL, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "body is not valid JSON (at byte %zu: %s)", at, why);
     return 0;
 }

@@ -19,7 +19,7 @@
  *   body     any JSON value (object, array, string, number, true, false, null), with
  *            optional JSON whitespace around it and nothing else in body_len bytes.
  *
- * Bodies and commands are checked by json_check (json.h), strictly against RFC 8259: a
+ * Bodies and commands are checked by json_items (json.h), strictly against RFC 8259: a
  * body that a strict parser refuses would make the whole events file, and every event in
  * it, unreadable.
  *

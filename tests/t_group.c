@@ -293,7 +293,7 @@ static void test_bodies_stricter_than_cjson(void **state)
         const char *end = NULL;
         cJSON *j = cJSON_ParseWithLengthOpts(c->body, c->len, &end, 0);
         int cjson_ok = j && (size_t)(end - c->body) <= c->len;
-        int ours_ok = json_check(c->body, c->len, NULL, NULL) == 0;
+        int ours_ok = json_items(c->body, c->len, NULL, NULL, NULL, NULL) == 0;
 
         if (cjson_ok)
             while (end < c->body + c->len && strchr(" \t\r\n", *end) && *end)
@@ -336,7 +336,7 @@ static void test_json_string_offsets(void **state)
             n += 9;
             buf[n++] = '"';
             if (!marks[m].why) {
-                assert_int_equal(json_check(buf, n, NULL, NULL), 0);
+                assert_int_equal(json_items(buf, n, NULL, NULL, NULL, NULL), 0);
                 json_init(&j, buf, n);
                 assert_int_equal(json_string(&j, out, sizeof out, &len), 0);
                 assert_int_equal(len, k + (marks[m].bytes[0] == '\\' ? 1 : strlen(marks[m].bytes)) + 9);
@@ -345,7 +345,7 @@ static void test_json_string_offsets(void **state)
                 assert_int_equal(out[len], '\0');
                 continue;
             }
-            assert_int_equal(json_check(buf, n, &at, &why), -1);
+            assert_int_equal(json_items(buf, n, NULL, NULL, &at, &why), -1);
             assert_int_equal(at, 1 + k + marks[m].after);
             assert_has(why, marks[m].why);
         }
@@ -360,11 +360,11 @@ static void test_json_depth(void **state)
 
     memset(buf, '[', JSON_MAX_DEPTH);
     memset(buf + JSON_MAX_DEPTH, ']', JSON_MAX_DEPTH);
-    assert_int_equal(json_check(buf, 2 * JSON_MAX_DEPTH, NULL, NULL), 0);
+    assert_int_equal(json_items(buf, 2 * JSON_MAX_DEPTH, NULL, NULL, NULL, NULL), 0);
 
     memset(buf, '[', JSON_MAX_DEPTH + 1);
     memset(buf + JSON_MAX_DEPTH + 1, ']', JSON_MAX_DEPTH + 1);
-    assert_int_equal(json_check(buf, sizeof buf, &at, &why), -1);
+    assert_int_equal(json_items(buf, sizeof buf, NULL, NULL, &at, &why), -1);
     assert_int_equal(at, JSON_MAX_DEPTH);
     assert_string_equal(why, "nested too deeply");
 
@@ -372,8 +372,8 @@ static void test_json_depth(void **state)
     {
         static const char mixed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}]},2]}";
         static const char crossed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}}],2]}";
-        assert_int_equal(json_check(mixed, sizeof mixed - 1, NULL, NULL), 0);
-        assert_int_equal(json_check(crossed, sizeof crossed - 1, &at, NULL), -1);
+        assert_int_equal(json_items(mixed, sizeof mixed - 1, NULL, NULL, NULL, NULL), 0);
+        assert_int_equal(json_items(crossed, sizeof crossed - 1, NULL, NULL, &at, NULL), -1);
         assert_int_equal(at, 22);
     }
 }
