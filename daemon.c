@@ -936,28 +936,27 @@ static void job_start(struct daemon *d, struct job *j)
     }
 }
 
-/* Starts a job for one part (a Machine's events). */
-static void dispatch_part(struct daemon *d, const struct event *ev, const struct group *part,
-                          struct sqs_message *const *msg, int64_t visible_until)
+/* Starts a job for one group (a Machine's events). */
+static void dispatch_group(struct daemon *d, const struct event *ev, const struct group *g,
+                           struct sqs_message *const *msg, int64_t visible_until)
 {
-    struct job *j = job_alloc(d, msg, part->members, part->count, part->image, part->command,
-                              visible_until);
+    struct job *j = job_alloc(d, msg, g->members, g->count, g->image, g->command, visible_until);
     struct lerr e;
 
-    if (j && group_files_alloc(ev, part, &j->events, &j->spec.events_len, &j->meta,
+    if (j && group_files_alloc(ev, g, &j->events, &j->spec.events_len, &j->meta,
                                &j->spec.meta_len, &e) == 0) {
         j->spec.events = j->events;
         j->spec.meta = j->meta;
-        j->spec.preset = part->preset;
-        group_id(ev, part, j->gid);
+        j->spec.preset = g->preset;
+        group_id(ev, g, j->gid);
         if (d->cfg->pool)  /* a SHA-256 per group: only when there is a pool */
-            group_key(part, j->pool_key);
+            group_key(g, j->pool_key);
         job_start(d, j);
     } else {
         if (j)
             job_free(j);
         log_error("out of memory for a group of %zu events; they return after the "
-                  "visibility timeout", part->count);
+                  "visibility timeout", g->count);
     }
 }
 
@@ -1107,7 +1106,7 @@ static void window_dispatch(struct daemon *d, struct window *w)
         fifo_return(d, p);
     for (size_t gi = 0; gi < p->gp.ngroups; gi++)
         if (p->groups[gi].count)
-            dispatch_part(d, p->ev, &p->groups[gi], p->msg, w->visible_until_ms);
+            dispatch_group(d, p->ev, &p->groups[gi], p->msg, w->visible_until_ms);
     if (d->once)
         once_hold(d, p->held, p->nheld, w->visible_until_ms);
     for (size_t b = 0; b < w->nbatches; b++)
