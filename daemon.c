@@ -526,7 +526,8 @@ static void pool_gauges(struct daemon *d)
     int idle, busy;
 
     pool_counts(&d->pool, &idle, &busy);
-    metrics_set_pool(&d->metrics, idle, busy);
+    metrics_set(&d->metrics, METRICS_POOL_IDLE, idle);
+    metrics_set(&d->metrics, METRICS_POOL_BUSY, busy);
 }
 
 /* Calls on the job's pooled Machine take its own rate limits and, while leased, send the
@@ -824,7 +825,7 @@ static void *worker_main(void *arg)
         if (!(d->queue = j->next))
             d->queue_tail = &d->queue;
         d->running += !stopping;
-        metrics_set_in_flight(&d->metrics, d->running);
+        metrics_set(&d->metrics, METRICS_IN_FLIGHT, d->running);
         pthread_mutex_unlock(&d->mu);
         j->http = &http;
         j->sqs = &sqs;
@@ -833,7 +834,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&d->mu);
         d->running -= !stopping;
         d->jobs--;
-        metrics_set_in_flight(&d->metrics, d->running);
+        metrics_set(&d->metrics, METRICS_IN_FLIGHT, d->running);
         pthread_cond_broadcast(&d->changed);
     }
     /* closed under mu: daemon_drain must not free what it uses (the anchors) before */
@@ -935,56 +936,27 @@ static void job_start(struct daemon *d, struct job *j)
     }
 }
 
-/* Splits a group whose events file and context file together would exceed
- * LAMBDO_MAX_EVENTS_BYTES into consecutive parts that fit, one Machine each, appended to
- * parts; returns how many. One event may exceed the cap on its own: it still runs, alone. */
-static size_t split_group(const struct daemon *d, const struct event *ev, const struct group *g,
-                          struct group *parts)
+/* Starts a job for one group (a Machine's events). */
+static void dispatch_group(struct daemon *d, const struct event *ev, const struct group *g,
+                           struct sqs_message *const *msg, int64_t visible_until)
 {
-    size_t cap = (size_t)d->cfg->max_events_bytes, start = 0, nparts = 0;
-
-    while (start < g->count) {
-        const struct event *x = &ev[g->members[start]];
-        size_t bytes = 4 + x->body_len + x->context_len, n = 1;  /* "[]" twice */
-
-        /* each later event adds a comma to each file */
-        for (; start + n < g->count; n++) {
-            x = &ev[g->members[start + n]];
-            if (bytes + 2 + x->body_len + x->context_len > cap)
-                break;
-            bytes += 2 + x->body_len + x->context_len;
-        }
-        parts[nparts] = *g;
-        parts[nparts].members = g->members + start;
-        parts[nparts++].count = n;
-        start += n;
-    }
-    return nparts;
-}
-
-/* Starts a job for one part (a Machine's events). */
-static void dispatch_part(struct daemon *d, const struct event *ev, const struct group *part,
-                          struct sqs_message *const *msg, int64_t visible_until)
-{
-    struct job *j = job_alloc(d, msg, part->members, part->count, part->image, part->command,
-                              visible_until);
+    struct job *j = job_alloc(d, msg, g->members, g->count, g->image, g->command, visible_until);
     struct lerr e;
 
-    if (j && group_events_json_alloc(ev, part, (size_t)-1 / 2, &j->events,
-                                     &j->spec.events_len, &e) == 0 &&
-        group_meta_json_alloc(ev, part, (size_t)-1 / 2, &j->meta, &j->spec.meta_len, &e) == 0) {
+    if (j && group_files_alloc(ev, g, &j->events, &j->spec.events_len, &j->meta,
+                               &j->spec.meta_len, &e) == 0) {
         j->spec.events = j->events;
         j->spec.meta = j->meta;
-        j->spec.preset = part->preset;
-        group_id(ev, part, j->gid);
+        j->spec.preset = g->preset;
+        group_id(ev, g, j->gid);
         if (d->cfg->pool)  /* a SHA-256 per group: only when there is a pool */
-            group_key(part, j->pool_key);
+            group_key(g, j->pool_key);
         job_start(d, j);
     } else {
         if (j)
             job_free(j);
         log_error("out of memory for a group of %zu events; they return after the "
-                  "visibility timeout", part->count);
+                  "visibility timeout", g->count);
     }
 }
 
@@ -1050,8 +1022,6 @@ static struct plan {
     struct group groups[WINDOW_MAX_MESSAGES];
     struct lerr verdicts[WINDOW_MAX_MESSAGES];
     size_t members[WINDOW_MAX_MESSAGES];
-    struct group parts[WINDOW_MAX_MESSAGES];        /* the groups split to fit the byte cap:
-                                                       Machines */
     size_t part_of[WINDOW_MAX_MESSAGES];            /* group_fifo_order's storage, */
     size_t returned[WINDOW_MAX_MESSAGES];           /* and its answer */
     struct job_msg returning[WINDOW_MAX_MESSAGES];  /* those messages, for SQS */
@@ -1102,15 +1072,17 @@ static struct plan *plan_build(struct daemon *d, const struct window *w, int dis
     }
     /* it fails only on bad arguments: the storage is there, config.c bounds
      * events_per_machine */
-    group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine, &p->gp, &e);
+    group_build(p->ev, p->n, (size_t)d->cfg->events_per_machine,
+                (size_t)d->cfg->max_events_bytes, &p->gp, &e);
     return p;
 }
 
 /* FIFO queues: the messages that would run out of their group's order (group.h) go back
  * at once; SQS hands them out again, in order, once the group's earlier ones are deleted. */
-static void fifo_return(struct daemon *d, struct plan *p, size_t nparts)
+static void fifo_return(struct daemon *d, struct plan *p)
 {
-    size_t n = group_fifo_order(p->ev, p->n, p->parts, nparts, p->part_of, p->returned);
+    size_t n = group_fifo_order(p->ev, p->n, p->groups, p->gp.ngroups, p->part_of,
+                                p->returned);
 
     for (size_t i = 0; i < n; i++) {
         const struct sqs_message *msg = p->msg[p->returned[i]];
@@ -1126,18 +1098,15 @@ static void fifo_return(struct daemon *d, struct plan *p, size_t nparts)
 static void window_dispatch(struct daemon *d, struct window *w)
 {
     struct plan *p = plan_build(d, w, 1);
-    size_t nparts = 0;
 
     for (size_t i = 0; i < p->n; i++)
         if (p->verdicts[i].kind != LERR_NONE)
             hold_invalid(d, p, p->msg[i], p->verdicts[i].msg);
-    for (size_t gi = 0; gi < p->gp.ngroups; gi++)
-        nparts += split_group(d, p->ev, &p->groups[gi], p->parts + nparts);
     if (d->cfg->fifo)
-        fifo_return(d, p, nparts);
-    for (size_t pi = 0; pi < nparts; pi++)
-        if (p->parts[pi].count)
-            dispatch_part(d, p->ev, &p->parts[pi], p->msg, w->visible_until_ms);
+        fifo_return(d, p);
+    for (size_t gi = 0; gi < p->gp.ngroups; gi++)
+        if (p->groups[gi].count)
+            dispatch_group(d, p->ev, &p->groups[gi], p->msg, w->visible_until_ms);
     if (d->once)
         once_hold(d, p->held, p->nheld, w->visible_until_ms);
     for (size_t b = 0; b < w->nbatches; b++)

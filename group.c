@@ -125,7 +125,7 @@ int group_command(const char *cmd, char ***argv, struct lerr *e)
 
     if (!cmd)
         return lerr_set(e, LERR_INVALID, "no command");
-    if (json_check(cmd, len, &at, &why) < 0)
+    if (json_items(cmd, len, NULL, NULL, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "not valid JSON (at byte %zu: %s)", at, why);
     if ((n = command_walk(cmd, NULL, NULL, e)) < 0 || !argv)
         return n < 0 ? -1 : 0;
@@ -152,7 +152,7 @@ int group_check(const struct event *ev, struct lerr *e)
         return lerr_wrap(e, "attribute command");
     if (ev->body_len == 0)
         return lerr_set(e, LERR_INVALID, "body is empty (it must be a JSON value)");
-    if (json_check(ev->body, ev->body_len, &at, &why) < 0)
+    if (json_items(ev->body, ev->body_len, NULL, NULL, &at, &why) < 0)
         return lerr_set(e, LERR_INVALID, "body is not valid JSON (at byte %zu: %s)", at, why);
     return 0;
 }
@@ -187,8 +187,29 @@ static int same_key(const struct event *a, const struct event *b)
     return command_equal(a->command, b->command);
 }
 
+/* An event's item in the events file (its body) or in the context file. */
+static const char *file_item(const struct event *ev, int meta, size_t *len)
+{
+    if (!meta) {
+        *len = ev->body_len;
+        return ev->body;
+    }
+    *len = ev->context ? ev->context_len : 2;
+    return ev->context ? ev->context : "{}";
+}
+
+/* An event's bytes in the two files together, with a comma in each. */
+static size_t file_bytes(const struct event *ev)
+{
+    size_t body, context;
+
+    file_item(ev, 0, &body);
+    file_item(ev, 1, &context);
+    return 2 + body + context;
+}
+
 int group_build(const struct event *events, size_t n, size_t events_per_machine,
-                struct group_plan *plan, struct lerr *e)
+                size_t max_bytes, struct group_plan *plan, struct lerr *e)
 {
     size_t *members = plan->members;
     size_t per = events_per_machine, start, end;
@@ -219,15 +240,23 @@ int group_build(const struct event *events, size_t n, size_t events_per_machine,
             memmove(members + end + 1, members + end, (q - end) * sizeof *members);
             members[end++] = i;
         }
-        /* then cut into groups of at most per events */
-        for (size_t at = start; at < end; at += per) {
+        /* then cut into groups of at most per events and max_bytes: "[]" twice, then
+         * each event's items and commas; one event over it still runs, alone */
+        for (size_t at = start, count; at < end; at += count) {
             struct group *g = &plan->groups[plan->ngroups++];
+            size_t bytes = 2 + file_bytes(&events[members[at]]);
 
+            for (count = 1; at + count < end && count < per; count++) {
+                size_t more = file_bytes(&events[members[at + count]]);
+                if (bytes + more > max_bytes)
+                    break;
+                bytes += more;
+            }
             g->image = first->image;
             g->preset = size_preset(first->size);
             g->command = first->command;
             g->members = members + at;
-            g->count = end - at < per ? end - at : per;
+            g->count = count;
         }
     }
     return 0;
@@ -275,35 +304,19 @@ size_t group_fifo_order(const struct event *ev, size_t n, struct group *parts, s
 
 /* ---- the events file ------------------------------------------------------------------- */
 
-/* An event's item in the events file (its body) or in the context file. */
-static const char *file_item(const struct event *ev, int meta, size_t *len)
-{
-    if (!meta) {
-        *len = ev->body_len;
-        return ev->body;
-    }
-    *len = ev->context ? ev->context_len : 2;
-    return ev->context ? ev->context : "{}";
-}
-
 /* "[" item "," item ... "]", the items byte for byte. */
-static int file_alloc(const struct event *events, const struct group *g, int meta, size_t max,
-                      char **out, size_t *len, struct lerr *e)
+static char *file_alloc(const struct event *events, const struct group *g, int meta,
+                        size_t *len)
 {
-    const char *what = meta ? "context file" : "events file";
     size_t need = 2 + (g->count ? g->count - 1 : 0), n = 0, b;
     char *buf;
 
     for (size_t i = 0; i < g->count; i++) {
         file_item(&events[g->members[i]], meta, &b);
-        need = need > (size_t)-1 - b ? (size_t)-1 : need + b;  /* saturates: then too large */
+        need += b;
     }
-    *out = NULL;
-    if (need > max)
-        return lerr_set(e, LERR_TOO_LARGE, "%s of %zu bytes is over the limit of %zu", what,
-                        need, max);
     if (!(buf = malloc(need + 1)))
-        return lerr_set(e, LERR_NOMEM, "%s of %zu bytes: out of memory", what, need);
+        return NULL;
     buf[n++] = '[';
     for (size_t i = 0; i < g->count; i++) {
         const char *item = file_item(&events[g->members[i]], meta, &b);
@@ -315,21 +328,20 @@ static int file_alloc(const struct event *events, const struct group *g, int met
     }
     buf[n++] = ']';
     buf[n] = '\0';
-    *out = buf;
     *len = need;
-    return 0;
+    return buf;
 }
 
-int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
-                            char **out, size_t *len, struct lerr *e)
+int group_files_alloc(const struct event *events, const struct group *g, char **out,
+                      size_t *len, char **meta, size_t *meta_len, struct lerr *e)
 {
-    return file_alloc(events, g, 0, max, out, len, e);
-}
-
-int group_meta_json_alloc(const struct event *events, const struct group *g, size_t max,
-                          char **out, size_t *len, struct lerr *e)
-{
-    return file_alloc(events, g, 1, max, out, len, e);
+    *out = file_alloc(events, g, 0, len);
+    *meta = *out ? file_alloc(events, g, 1, meta_len) : NULL;
+    if (*meta)
+        return 0;
+    free(*out);
+    *out = NULL;
+    return lerr_set(e, LERR_NOMEM, "out of memory for the files of %zu events", g->count);
 }
 
 void group_id(const struct event *events, const struct group *g, char out[GROUP_ID_LEN + 1])

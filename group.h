@@ -19,7 +19,7 @@
  *   body     any JSON value (object, array, string, number, true, false, null), with
  *            optional JSON whitespace around it and nothing else in body_len bytes.
  *
- * Bodies and commands are checked by json_check (json.h), strictly against RFC 8259: a
+ * Bodies and commands are checked by json_items (json.h), strictly against RFC 8259: a
  * body that a strict parser refuses would make the whole events file, and every event in
  * it, unreadable.
  *
@@ -82,13 +82,15 @@ int group_check(const struct event *ev, struct lerr *e);
 /* Checks events[0..n) and groups the valid ones by (image, size with the default
  * applied, command compared by meaning: ["a","b"] and [ "a", "\u0062" ] are the same).
  * Groups come in order of their first event; events keep their receive order within a
- * group; a group of more than events_per_machine events is split into consecutive
- * groups of events_per_machine (the last one may be smaller). An invalid event is only
- * reported in its verdict: it does not change how the others are grouped.
+ * group; a group is cut into consecutive groups (one Machine each) of at most
+ * events_per_machine events, whose events file and context file together take at most
+ * max_bytes (LAMBDO_MAX_EVENTS_BYTES): one event over max_bytes on its own still runs,
+ * alone. An invalid event is only reported in its verdict: it does not change how the
+ * others are grouped.
  * Returns 0, or -1 (LERR_INVALID) only for bad arguments: events_per_machine outside
  * 1..GROUP_MAX_PER_MACHINE or missing storage. */
 int group_build(const struct event *events, size_t n, size_t events_per_machine,
-                struct group_plan *plan, struct lerr *e);
+                size_t max_bytes, struct group_plan *plan, struct lerr *e);
 
 /* The FIFO ordering rule. SQS hands out a message group's messages in order, and one
  * answer may hold several of them; run in two Machines at once, they would no longer be in
@@ -105,17 +107,12 @@ size_t group_fifo_order(const struct event *ev, size_t n, struct group *parts, s
                         size_t *part_of, size_t *returned);
 
 /* Writes the events file, "[" body "," body ... "]", the bodies byte for byte, into a new
- * buffer of at most max bytes (plus a NUL terminator not counted in *len), which the
- * caller frees with free().
- * Returns 0, or -1 with *out NULL and *len unchanged: LERR_TOO_LARGE over max,
- * LERR_NOMEM. */
-int group_events_json_alloc(const struct event *events, const struct group *g, size_t max,
-                            char **out, size_t *len, struct lerr *e);
-
-/* The context file (events.meta.json) likewise: "[" context "," context ... "]", entry i
- * for event i of the events file. Same results as group_events_json_alloc. */
-int group_meta_json_alloc(const struct event *events, const struct group *g, size_t max,
-                          char **out, size_t *len, struct lerr *e);
+ * buffer *out of *len bytes, and the context file (events.meta.json) likewise into *meta:
+ * "[" context "," context ... "]", entry i for event i of the events file. Each buffer
+ * has a NUL terminator not counted in its length; the caller frees both with free().
+ * Returns 0, or -1 (LERR_NOMEM) with *out and *meta NULL. */
+int group_files_alloc(const struct event *events, const struct group *g, char **out,
+                      size_t *len, char **meta, size_t *meta_len, struct lerr *e);
 
 /* A command (the command attribute, or LAMBDO_LOCAL_COMMAND): a JSON array of at least
  * one string, the first non-empty, none holding a NUL character (\u0000: exec cannot pass

@@ -316,11 +316,6 @@ int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *
     return -1;
 }
 
-int json_check(const char *s, size_t len, size_t *err_at, const char **why)
-{
-    return json_items(s, len, NULL, NULL, err_at, why);
-}
-
 /* ---- cJSON, under a lock ---------------------------------------------------------------- */
 
 static pthread_mutex_t json_mu = PTHREAD_MUTEX_INITIALIZER;

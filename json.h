@@ -71,12 +71,10 @@ int json_element(struct json *j, int *state);
 int json_member_of(struct json *j, int *state, const char *const *names, size_t n, int *which);
 
 /* 0 when s[0..len) is exactly one value with optional whitespace around it; else -1 with
- * *err_at and *why (each may be NULL) set as above. */
-int json_check(const char *s, size_t len, size_t *err_at, const char **why);
-
-/* The same check, calling item(ctx, offset, len) for each element of an array (for an
- * object: each member's value), in order: its exact bytes, without the whitespace around
- * it. On an error, item may already have been called for the elements before it. */
+ * *err_at and *why (each may be NULL) set as above. With item not NULL, calls
+ * item(ctx, offset, len) for each element of an array (for an object: each member's
+ * value), in order: its exact bytes, without the whitespace around it. On an error, item
+ * may already have been called for the elements before it. */
 typedef void (*json_item_fn)(void *ctx, size_t offset, size_t len);
 int json_items(const char *s, size_t len, json_item_fn item, void *ctx, size_t *err_at,
                const char **why);

@@ -22,7 +22,6 @@
 #include "log.h"
 
 #define RELAXED memory_order_relaxed
-#define IN_FLIGHT METRICS_NCOUNTERS  /* counter[]'s last slot: the in-flight gauge */
 #define SERVER_STACK (256 * 1024)
 #define DRAIN_MS 1000            /* after the answer: reading what the client still sends */
 #define ACCEPT_PAUSE_MS 100      /* after accept() ran out of descriptors or memory */
@@ -112,18 +111,10 @@ void metrics_count_region(struct metrics *m, enum metrics_region_counter c, cons
         atomic_fetch_add_explicit(&m->by_region[c][region_row(m, region)], 1, RELAXED);
 }
 
-void metrics_set_pool(struct metrics *m, int idle, int busy)
+void metrics_set(struct metrics *m, enum metrics_counter gauge, int64_t value)
 {
-    if (m) {
-        atomic_store_explicit(&m->counter[METRICS_POOL_IDLE], (uint64_t)idle, RELAXED);
-        atomic_store_explicit(&m->counter[METRICS_POOL_BUSY], (uint64_t)busy, RELAXED);
-    }
-}
-
-void metrics_set_in_flight(struct metrics *m, int64_t n)
-{
-    if (m)
-        atomic_store_explicit(&m->counter[IN_FLIGHT], (uint64_t)n, RELAXED);
+    if (m && (unsigned)gauge <= METRICS_IN_FLIGHT)
+        atomic_store_explicit(&m->counter[gauge], (uint64_t)value, RELAXED);
 }
 
 /* The series of op, naming a free slot on first use. Slots fill in order; the thread whose
@@ -243,7 +234,7 @@ static const struct family {
       "region", { 0 }, "Machine create attempts that failed, by region tried." },
     { "lambdo_fly_rate_limited_total", "counter", FAMILY_PLAIN, METRICS_FLY_RATE_LIMITED, NULL,
       { 0 }, "Fly Machines API answers 429 (rate limited)." },
-    { "lambdo_machines_in_flight", "gauge", FAMILY_PLAIN, IN_FLIGHT, NULL, { 0 },
+    { "lambdo_machines_in_flight", "gauge", FAMILY_PLAIN, METRICS_IN_FLIGHT, NULL, { 0 },
       "Groups holding a Machine slot (running Machines in exit mode, creates in create mode)." },
     { "lambdo_pool_machines", "gauge", FAMILY_PAIR, METRICS_POOL_IDLE, "state", { "idle", "busy" },
       "LAMBDO_POOL: pooled Machines free (idle) and in use by a group (busy)." },

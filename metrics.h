@@ -61,9 +61,11 @@ enum metrics_counter {
     METRICS_POOL_WARM,        /* lambdo_pool_dispatches_total{via="warm"}: groups sent to a
                                  pooled Machine that was there */
     METRICS_POOL_NEW,         /* {via="new"}: to one created for them */
-    METRICS_POOL_IDLE,        /* lambdo_pool_machines{state="idle"}: a gauge, metrics_set_pool */
+    METRICS_POOL_IDLE,        /* lambdo_pool_machines{state="idle"}: a gauge, metrics_set */
     METRICS_POOL_BUSY,        /* {state="busy"} */
-    METRICS_NCOUNTERS
+    METRICS_NCOUNTERS,
+    METRICS_IN_FLIGHT = METRICS_NCOUNTERS /* lambdo_machines_in_flight: a gauge (metrics_set)
+                                             that may go below 0; never counted */
 };
 
 enum metrics_region_counter {
@@ -138,11 +140,10 @@ void metrics_count(struct metrics *m, enum metrics_counter c, uint64_t n);
 /* One more for region; a region not configured (or NULL, "") counts as "other". */
 void metrics_count_region(struct metrics *m, enum metrics_region_counter c, const char *region);
 
-/* lambdo_pool_machines: the warm pool's free (idle) and busy Machines. */
-void metrics_set_pool(struct metrics *m, int idle, int busy);
-
-/* lambdo_machines_in_flight: the daemon's count of groups holding a Machine slot. */
-void metrics_set_in_flight(struct metrics *m, int64_t n);
+/* A gauge's value: METRICS_POOL_IDLE and METRICS_POOL_BUSY (lambdo_pool_machines, the warm
+ * pool's free and busy Machines), METRICS_IN_FLIGHT (lambdo_machines_in_flight, the daemon's
+ * count of groups holding a Machine slot). */
+void metrics_set(struct metrics *m, enum metrics_counter gauge, int64_t value);
 
 /* One request's duration. NaN and negative durations count as 0. */
 void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operation,

@@ -293,7 +293,7 @@ static void test_bodies_stricter_than_cjson(void **state)
         const char *end = NULL;
         cJSON *j = cJSON_ParseWithLengthOpts(c->body, c->len, &end, 0);
         int cjson_ok = j && (size_t)(end - c->body) <= c->len;
-        int ours_ok = json_check(c->body, c->len, NULL, NULL) == 0;
+        int ours_ok = json_items(c->body, c->len, NULL, NULL, NULL, NULL) == 0;
 
         if (cjson_ok)
             while (end < c->body + c->len && strchr(" \t\r\n", *end) && *end)
@@ -336,7 +336,7 @@ static void test_json_string_offsets(void **state)
             n += 9;
             buf[n++] = '"';
             if (!marks[m].why) {
-                assert_int_equal(json_check(buf, n, NULL, NULL), 0);
+                assert_int_equal(json_items(buf, n, NULL, NULL, NULL, NULL), 0);
                 json_init(&j, buf, n);
                 assert_int_equal(json_string(&j, out, sizeof out, &len), 0);
                 assert_int_equal(len, k + (marks[m].bytes[0] == '\\' ? 1 : strlen(marks[m].bytes)) + 9);
@@ -345,7 +345,7 @@ static void test_json_string_offsets(void **state)
                 assert_int_equal(out[len], '\0');
                 continue;
             }
-            assert_int_equal(json_check(buf, n, &at, &why), -1);
+            assert_int_equal(json_items(buf, n, NULL, NULL, &at, &why), -1);
             assert_int_equal(at, 1 + k + marks[m].after);
             assert_has(why, marks[m].why);
         }
@@ -360,11 +360,11 @@ static void test_json_depth(void **state)
 
     memset(buf, '[', JSON_MAX_DEPTH);
     memset(buf + JSON_MAX_DEPTH, ']', JSON_MAX_DEPTH);
-    assert_int_equal(json_check(buf, 2 * JSON_MAX_DEPTH, NULL, NULL), 0);
+    assert_int_equal(json_items(buf, 2 * JSON_MAX_DEPTH, NULL, NULL, NULL, NULL), 0);
 
     memset(buf, '[', JSON_MAX_DEPTH + 1);
     memset(buf + JSON_MAX_DEPTH + 1, ']', JSON_MAX_DEPTH + 1);
-    assert_int_equal(json_check(buf, sizeof buf, &at, &why), -1);
+    assert_int_equal(json_items(buf, sizeof buf, NULL, NULL, &at, &why), -1);
     assert_int_equal(at, JSON_MAX_DEPTH);
     assert_string_equal(why, "nested too deeply");
 
@@ -372,8 +372,8 @@ static void test_json_depth(void **state)
     {
         static const char mixed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}]},2]}";
         static const char crossed[] = "{\"a\":[{\"b\":[1,{\"c\":[]}}],2]}";
-        assert_int_equal(json_check(mixed, sizeof mixed - 1, NULL, NULL), 0);
-        assert_int_equal(json_check(crossed, sizeof crossed - 1, &at, NULL), -1);
+        assert_int_equal(json_items(mixed, sizeof mixed - 1, NULL, NULL, NULL, NULL), 0);
+        assert_int_equal(json_items(crossed, sizeof crossed - 1, NULL, NULL, &at, NULL), -1);
         assert_int_equal(at, 22);
     }
 }
@@ -389,7 +389,9 @@ struct plan_buf {
     struct group_plan plan;
 };
 
-static void plan_run(struct plan_buf *pb, const struct event *ev, size_t n, size_t per)
+/* group_build with max_bytes the two files' cap. */
+static void plan_run_max(struct plan_buf *pb, const struct event *ev, size_t n, size_t per,
+                         size_t max_bytes)
 {
     struct lerr e = { 0 };
 
@@ -397,8 +399,13 @@ static void plan_run(struct plan_buf *pb, const struct event *ev, size_t n, size
     pb->plan.groups = pb->groups;
     pb->plan.members = pb->members;
     pb->plan.verdicts = pb->verdicts;
-    if (group_build(ev, n, per, &pb->plan, &e) != 0)
+    if (group_build(ev, n, per, max_bytes, &pb->plan, &e) != 0)
         fail_msg("group_build: %s", e.msg);
+}
+
+static void plan_run(struct plan_buf *pb, const struct event *ev, size_t n, size_t per)
+{
+    plan_run_max(pb, ev, n, per, (size_t)-1);
 }
 
 /* Expected grouping: a string per group listing member indices, like "0,2,5". */
@@ -651,17 +658,29 @@ static void test_build_edges(void **state)
     assert_int_equal(pb.plan.ngroups, 0);
     assert_int_equal(pb.plan.nvalid, 0);
 
-    assert_int_equal(group_build(ev, 2, 0, &pb.plan, &e), -1);
+    assert_int_equal(group_build(ev, 2, 0, (size_t)-1, &pb.plan, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
     assert_has(e.msg, "events per machine must be 1 to 1000, not 0");
-    assert_int_equal(group_build(ev, 2, 1001, &pb.plan, &e), -1);
+    assert_int_equal(group_build(ev, 2, 1001, (size_t)-1, &pb.plan, &e), -1);
     assert_has(e.msg, "not 1001");
     pb.plan.members = NULL;
-    assert_int_equal(group_build(ev, 2, 5, &pb.plan, &e), -1);
+    assert_int_equal(group_build(ev, 2, 5, (size_t)-1, &pb.plan, &e), -1);
     assert_int_equal(e.kind, LERR_INVALID);
 }
 
 /* ---- events file ------------------------------------------------------------------------- */
+
+/* group_files_alloc for the events file alone. */
+static int files_alloc(const struct event *ev, const struct group *g, char **out, size_t *len)
+{
+    struct lerr e = { 0 };
+    size_t meta_len;
+    char *meta;
+    int rc = group_files_alloc(ev, g, out, len, &meta, &meta_len, &e);
+
+    free(meta);
+    return rc;
+}
 
 static void test_events_file(void **state)
 {
@@ -675,37 +694,37 @@ static void test_events_file(void **state)
     static const char want[] =
         "[{\"a\":1}, [1, 2] \n,12345678901234567890.123456789e-5,\"\\u00e9\xc3\xa9\"]";
     struct plan_buf pb;
-    struct lerr e = { 0 };
     char *out = NULL;
     size_t len = 0;
 
     plan_run(&pb, ev, 5, 10);
     assert_int_equal(pb.plan.ngroups, 2);
-    assert_int_equal(group_events_json_alloc(ev, &pb.groups[0], 256, &out, &len, &e), 0);
-    assert_int_equal(len, sizeof want - 1);
-    assert_memory_equal(out, want, len);
-    free(out);
-
-    /* one byte short; exactly enough room is the next case */
-    len = 12345;
-    assert_int_equal(
-        group_events_json_alloc(ev, &pb.groups[0], sizeof want - 2, &out, &len, &e), -1);
-    assert_int_equal(e.kind, LERR_TOO_LARGE);
-    assert_int_equal(len, 12345);
-    assert_has(e.msg, "events file of 64 bytes is over the limit of 63");
-
-    assert_int_equal(
-        group_events_json_alloc(ev, &pb.groups[0], sizeof want - 1, &out, &len, &e), 0);
+    assert_int_equal(files_alloc(ev, &pb.groups[0], &out, &len), 0);
     assert_int_equal(len, sizeof want - 1);
     assert_memory_equal(out, want, len);
     assert_int_equal(out[len], '\0');
     free(out);
-    assert_int_equal(group_events_json_alloc(ev, &pb.groups[0], 10, &out, &len, &e), -1);
-    assert_int_equal(e.kind, LERR_TOO_LARGE);
-    assert_null(out);
+
+    /* the byte cap, the two files together (the context file "[{},{},{},{}]": 13 bytes):
+     * exactly enough room keeps the group; one byte short cuts it before its last event;
+     * an event over the cap alone still runs, alone */
+    plan_run_max(&pb, ev, 5, 10, sizeof want - 1 + 13);
+    assert_int_equal(pb.plan.ngroups, 2);
+    assert_int_equal(pb.groups[0].count, 4);
+    plan_run_max(&pb, ev, 5, 10, sizeof want - 2 + 13);
+    assert_int_equal(pb.plan.ngroups, 3);
+    assert_int_equal(pb.groups[0].count, 3);
+    assert_int_equal(pb.groups[1].count, 1);
+    assert_int_equal(pb.groups[1].members[0], 4);
+    plan_run_max(&pb, ev, 5, 10, 10);
+    assert_int_equal(pb.plan.ngroups, 5);
+    assert_int_equal(files_alloc(ev, &pb.groups[0], &out, &len), 0);
+    assert_memory_equal(out, "[{\"a\":1}]", len + 1);
+    free(out);
 
     /* one member: no comma */
-    assert_int_equal(group_events_json_alloc(ev, &pb.groups[1], 256, &out, &len, &e), 0);
+    plan_run(&pb, ev, 5, 10);
+    assert_int_equal(files_alloc(ev, &pb.groups[1], &out, &len), 0);
     assert_int_equal(len, 15);
     assert_memory_equal(out, "[{\"skip\":true}]", 15);
     free(out);
@@ -733,8 +752,8 @@ static void test_meta_file(void **state)
     static const char want[] = "[{\"messageId\":\"m0\"},{},{\"messageId\":\"m\\\"3\"}]";
     struct plan_buf pb;
     struct lerr e = { 0 };
-    char *out = NULL;
-    size_t len = 0;
+    char *out = NULL, *meta = NULL;
+    size_t len = 0, meta_len = 0;
 
     ev[0].context = "{\"messageId\":\"m0\"}";
     ev[0].context_len = strlen(ev[0].context);
@@ -744,21 +763,23 @@ static void test_meta_file(void **state)
     ev[3].context_len = strlen("{\"messageId\":\"m\\\"3\"}");
     plan_run(&pb, ev, 4, 10);
     assert_int_equal(pb.plan.ngroups, 2);
-    assert_int_equal(group_meta_json_alloc(ev, &pb.groups[0], 256, &out, &len, &e), 0);
-    assert_int_equal(len, sizeof want - 1);
-    assert_memory_equal(out, want, len + 1);
-    free(out);
+    assert_int_equal(group_files_alloc(ev, &pb.groups[0], &out, &len, &meta, &meta_len, &e), 0);
+    assert_int_equal(meta_len, sizeof want - 1);
+    assert_memory_equal(meta, want, meta_len + 1);
     /* the events file is untouched by it */
-    assert_int_equal(group_events_json_alloc(ev, &pb.groups[0], 256, &out, &len, &e), 0);
-    assert_memory_equal(out, "[1,3,4]", 8);
+    assert_memory_equal(out, "[1,3,4]", len + 1);
     free(out);
-    assert_int_equal(group_meta_json_alloc(ev, &pb.groups[1], 256, &out, &len, &e), 0);
-    assert_memory_equal(out, "[{\"messageId\":\"m1\"}]", len + 1);
+    free(meta);
+    assert_int_equal(group_files_alloc(ev, &pb.groups[1], &out, &len, &meta, &meta_len, &e), 0);
+    assert_memory_equal(meta, "[{\"messageId\":\"m1\"}]", meta_len + 1);
     free(out);
-    assert_int_equal(group_meta_json_alloc(ev, &pb.groups[0], sizeof want - 2, &out, &len, &e),
-                     -1);
-    assert_has(e.msg, "context file of 44 bytes is over the limit of 43");
-    assert_null(out);
+    free(meta);
+    /* the context file counts in the byte cap: one byte short cuts the group */
+    plan_run_max(&pb, ev, 4, 10, sizeof want - 1 + 7);
+    assert_int_equal(pb.plan.ngroups, 2);
+    plan_run_max(&pb, ev, 4, 10, sizeof want - 2 + 7);
+    assert_int_equal(pb.plan.ngroups, 3);
+    assert_int_equal(pb.groups[0].count, 2);
 }
 
 /* ---- group ids --------------------------------------------------------------------------- */

@@ -178,9 +178,11 @@ static void test_render_exact(void **state)
     metrics_count_region(&m, METRICS_MACHINES_CREATED, "ord");
     metrics_count_region(&m, METRICS_MACHINES_CREATED, "syd");
     metrics_count_region(&m, METRICS_MACHINES_FAILED, "iad");
-    metrics_set_in_flight(&m, 4);
-    metrics_set_pool(&m, 9, 9);
-    metrics_set_pool(&m, 2, 5);  /* a gauge: the last value, not a sum */
+    metrics_set(&m, METRICS_IN_FLIGHT, 4);
+    metrics_set(&m, METRICS_POOL_IDLE, 9);
+    metrics_set(&m, METRICS_POOL_BUSY, 9);
+    metrics_set(&m, METRICS_POOL_IDLE, 2);  /* a gauge: the last value, not a sum */
+    metrics_set(&m, METRICS_POOL_BUSY, 5);
     metrics_count(&m, METRICS_POOL_WARM, 7);
     metrics_count(&m, METRICS_POOL_NEW, 1);
     metrics_observe(&m, METRICS_SQS, "ReceiveMessage", 0.12);
@@ -204,7 +206,7 @@ static void test_render_empty(void **state)
     assert_int_equal(sample(t, "lambdo_machines_in_flight"), 0);
     assert_true(has_line_starting(t, "# TYPE lambdo_sqs_request_seconds histogram\n"));
     assert_false(has_line_starting(t, "lambdo_sqs_request_seconds_bucket"));
-    metrics_set_in_flight(&m, -1);  /* a gauge may go below 0 if the daemon says so */
+    metrics_set(&m, METRICS_IN_FLIGHT, -1);  /* a gauge may go below 0 if the daemon says so */
     assert_true(sample(render(&m), "lambdo_machines_in_flight") == -1);
     metrics_destroy(&m);
 }
@@ -385,7 +387,7 @@ static void test_init(void **state)
     metrics_count(NULL, METRICS_RECEIVED, 1);
     metrics_count_region(NULL, METRICS_MACHINES_CREATED, "iad");
     metrics_observe(NULL, METRICS_SQS, "x", 1);
-    metrics_set_in_flight(NULL, 1);
+    metrics_set(NULL, METRICS_IN_FLIGHT, 1);
     metrics_receive_result(NULL, 1);
     metrics_receive_idle(NULL, 1);
 }

@@ -622,8 +622,8 @@ static void test_receive_context(void **state)
         if (b.messages[0].flags != context_cases[i].flags)
             fail_msg("%s: flags %#x (%s)", context_cases[i].name, b.messages[0].flags,
                      b.messages[0].problem);
-        assert_int_equal(json_check(b.messages[0].context, b.messages[0].context_len, NULL,
-                                    NULL), 0);
+        assert_int_equal(json_items(b.messages[0].context, b.messages[0].context_len, NULL,
+                                    NULL, NULL, NULL), 0);
         sqs_batch_free(&b);
     }
 }

@@ -83,7 +83,7 @@ static int command(struct metrics *m, struct clock *clk, char *line)
     else if (strcmp(verb, "failed") == 0)
         metrics_count_region(m, METRICS_MACHINES_FAILED, a);
     else if (strcmp(verb, "in_flight") == 0)
-        metrics_set_in_flight(m, strtoll(a, NULL, 10));
+        metrics_set(m, METRICS_IN_FLIGHT, strtoll(a, NULL, 10));
     else if (strcmp(verb, "observe") == 0 && b && c &&
              (strcmp(a, "sqs") == 0 || strcmp(a, "fly") == 0))
         metrics_observe(m, strcmp(a, "sqs") == 0 ? METRICS_SQS : METRICS_FLY, b, strtod(c, NULL));
