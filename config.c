@@ -18,6 +18,13 @@ const char *config_env(const char *name, void *ctx)
     return getenv(name);
 }
 
+const char *config_value(config_getenv_fn get, void *ctx, const char *name)
+{
+    const char *v = get(name, ctx);
+
+    return v && *v ? v : NULL;
+}
+
 /* One run of a loader. Each check below looks at one variable and returns 0, or -1 with e
  * set; the loader keeps every failure and goes on, so that one run names every problem. */
 struct load {
@@ -34,22 +41,15 @@ static void note(struct load *l, int rc)
         l->errs->line[l->errs->n++] = l->e;
 }
 
-/* A variable where "" counts as unset: its value, or NULL. */
-static const char *value(struct load *l, const char *name)
-{
-    const char *v = l->get(name, l->ctx);
-
-    return v && *v ? v : NULL;
-}
 
 /* The first of two variable names that is set and non-empty wins. *which names it,
  * so that an error talks about the variable the user actually set. */
 static const char *pick(struct load *l, const char *a, const char *b, const char **which)
 {
-    const char *v = value(l, a);
+    const char *v = config_value(l->get, l->ctx, a);
 
     *which = a;
-    if (!v && (v = value(l, b)))
+    if (!v && (v = config_value(l->get, l->ctx, b)))
         *which = b;
     return v;
 }
@@ -281,7 +281,7 @@ static int add_regions(struct load *l, const char *which, const char *p, int lis
 static void load_regions(struct load *l)
 {
     const char *which, *primary = pick(l, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
-    const char *list = value(l, "LAMBDO_FLY_REGIONS");
+    const char *list = config_value(l->get, l->ctx, "LAMBDO_FLY_REGIONS");
     size_t used = 0, before = l->errs->n;
 
     if (primary)
@@ -326,7 +326,7 @@ static int load_metrics(struct load *l)
 {
     struct metrics_addr a;
 
-    l->c->metrics_addr = value(l, "LAMBDO_METRICS_ADDR");
+    l->c->metrics_addr = config_value(l->get, l->ctx, "LAMBDO_METRICS_ADDR");
     if (l->c->metrics_addr && metrics_addr_parse(l->c->metrics_addr, &a, &l->e) < 0)
         return lerr_wrap(&l->e, "LAMBDO_METRICS_ADDR");
     return 0;
@@ -339,7 +339,7 @@ static int load_local_command(struct load *l)
 
     if (c->backend_local)
         c->ack_on_exit = 1;  /* a child's exit status is its acknowledgement, always */
-    c->local_command = value(l, "LAMBDO_LOCAL_COMMAND");
+    c->local_command = config_value(l->get, l->ctx, "LAMBDO_LOCAL_COMMAND");
     if (c->local_command && !c->backend_local)
         return lerr_set(&l->e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with "
                         "LAMBDO_BACKEND=local");
@@ -368,7 +368,7 @@ static int load(struct config *c, const char *queue_url, int all, config_getenv_
     c->ack_given = get("LAMBDO_ACK", ctx) != NULL;
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
         note(&l, load_number(&l, &numbers[i]));
-    c->ca_file = value(&l, "SSL_CERT_FILE");
+    c->ca_file = config_value(get, ctx, "SSL_CERT_FILE");
     if (all) {
         int misspelt = load_word(&l, "LAMBDO_BACKEND", "fly", "local", &c->backend_local) < 0;
 
@@ -384,7 +384,7 @@ static int load(struct config *c, const char *queue_url, int all, config_getenv_
     if (fly) {
         note(&l, load_token(&l));
         note(&l, load_app(&l));
-        c->fly_api_url = value(&l, "LAMBDO_FLY_API_URL");
+        c->fly_api_url = config_value(get, ctx, "LAMBDO_FLY_API_URL");
         if (!c->fly_api_url)
             c->fly_api_url = DEFAULT_FLY_API;
         note(&l, load_url(&l, "LAMBDO_FLY_API_URL", c->fly_api_url, &c->fly_api));

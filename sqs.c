@@ -966,7 +966,9 @@ static void sqs_md5_field(br_md5_context *ctx, const char *s)
     br_md5_update(ctx, s, n);
 }
 
-void sqs_attributes_md5(const struct sqs_entry *en, char out[33])
+/* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
+ * lowercase hex characters; "" when the entry has none. */
+static void sqs_attributes_md5(const struct sqs_entry *en, char out[33])
 {
     /* sqs_attr_names in byte order: command, image, size */
     const char *names[3] = { "command", "image", "size" };

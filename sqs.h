@@ -224,10 +224,6 @@ size_t sqs_send_size(const struct sqs_entry *en);
  * offending byte and *why a short static description. err_at and why may be NULL. */
 int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why);
 
-/* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
- * lowercase hex characters; "" when the entry has none. */
-void sqs_attributes_md5(const struct sqs_entry *en, char out[33]);
-
 /* --- GetQueueAttributes (lambdo check) ------------------------------------------------ */
 
 struct sqs_queue_info {
