@@ -681,7 +681,7 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         goto out;
     }
     /* STS (web identity) is https even when an emulator's SQS endpoint is not. */
-    if ((cfg->sqs_endpoint.tls || (getenv("AWS_ROLE_ARN") && *getenv("AWS_ROLE_ARN"))) &&
+    if ((cfg->sqs_endpoint.tls || config_value(config_env, NULL, "AWS_ROLE_ARN")) &&
         tls_anchors_load(&net.anchors, cfg->ca_file, &e) < 0) {
         if (cfg->ca_file)
             lerr_wrap(&e, "SSL_CERT_FILE");
