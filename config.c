@@ -139,21 +139,14 @@ static int load_log_level(struct load *l)
     return 0;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-
-    return n > k && strcmp(s + n - k, suffix) == 0;
-}
-
 /* Parses v, the value of which, into u. AWS serves SQS over https only: plain http there
  * would be refused, or worse, answered. */
 static int load_url(struct load *l, const char *which, const char *v, struct url *u)
 {
     if (url_parse(v, u, &l->e) < 0)
         return lerr_wrap(&l->e, "%s", which);
-    if (!u->tls && (ends_with(u->host, ".amazonaws.com") ||
-                    ends_with(u->host, ".amazonaws.com.cn")))
+    if (!u->tls && (text_ends_with(u->host, ".amazonaws.com") ||
+                    text_ends_with(u->host, ".amazonaws.com.cn")))
         return lerr_set(&l->e, LERR_INVALID, "%s: http:// to AWS: use https://", which);
     return 0;
 }
@@ -171,7 +164,7 @@ static int load_queue(struct load *l, const char *queue_url)
     if (strcmp(c->queue.path, "/") == 0)
         return lerr_set(&l->e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path "
                         "(expected https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
-    c->fifo = sqs_fifo_url(c->queue.path);
+    c->fifo = text_ends_with(c->queue.path, ".fifo");  /* SQS's rule for a FIFO queue */
     return 0;
 }
 

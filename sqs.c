@@ -1401,20 +1401,13 @@ static const char *const sqs_queue_attrs[] = {
     "ContentBasedDeduplication",
 };
 
-int sqs_fifo_url(const char *queue_url)
-{
-    size_t n = strlen(queue_url);
-
-    return n > 5 && strcmp(queue_url + n - 5, ".fifo") == 0;
-}
-
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
 
     if (sb_queue(&b, queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
-    sb_names(&b, "AttributeNames", sqs_queue_attrs, sqs_fifo_url(queue_url) ? 6 : 4);
+    sb_names(&b, "AttributeNames", sqs_queue_attrs, text_ends_with(queue_url, ".fifo") ? 6 : 4);
     return sb_finish(&b, len, e);
 }
 

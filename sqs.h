@@ -237,9 +237,6 @@ struct sqs_queue_info {
     int content_dedup;         /* ContentBasedDeduplication "true" */
 };
 
-/* 1 when the queue URL names a FIFO queue: its name ends in ".fifo" (SQS's rule). */
-int sqs_fifo_url(const char *queue_url);
-
 /* The attributes asked for: the three counts, RedrivePolicy, and on a FIFO queue (only:
  * SQS answers InvalidAttributeName for them on a standard queue) FifoQueue and
  * ContentBasedDeduplication. */

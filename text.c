@@ -142,6 +142,13 @@ int text_clean(const char *s, unsigned char lowest, const char *bad)
     return 1;
 }
 
+int text_ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+
+    return n > k && strcmp(s + n - k, suffix) == 0;
+}
+
 void text_wipe_free(void *buf, size_t len)
 {
     if (buf) {

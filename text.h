@@ -1,9 +1,10 @@
 /*
  * text.h - the character-level pieces shared by the parsers: hex digits (chunk sizes,
- * percent-encoding, \u escapes) and percent-encoding itself, base64 in its two alphabets (PEM certificates; base64url
- * in JWTs) and UTF-8 (JSON strings, what SQS accepts), all pure; and the one bounded
- * whole-file reader (shared credential files, the web identity token, the CA bundle, the
- * input of `lambdo send`), which wipes what it frees: a file may hold secrets.
+ * percent-encoding, \u escapes) and percent-encoding itself, base64 in its two alphabets
+ * (PEM certificates; base64url in JWTs), UTF-8 (JSON strings, what SQS accepts) and a
+ * suffix test, all pure; and the one bounded whole-file reader (shared credential files,
+ * the web identity token, the CA bundle, the input of `lambdo send`), which wipes what it
+ * frees: a file may hold secrets.
  */
 #ifndef LAMBDO_TEXT_H
 #define LAMBDO_TEXT_H
@@ -49,6 +50,9 @@ unsigned text_utf8_put(unsigned long cp, unsigned char *out);
 /* 1 when s holds no byte below lowest (at least 0x20: no control character), no DEL and
  * no character of bad (may be NULL): what can go into a header or a configuration word. */
 int text_clean(const char *s, unsigned char lowest, const char *bad);
+
+/* 1 when s ends in suffix and is longer than it. */
+int text_ends_with(const char *s, const char *suffix);
 
 /* Zeroes buf[0..len) (explicit_bzero: not optimised away), then frees it; NULL is fine. */
 void text_wipe_free(void *buf, size_t len);

@@ -1,7 +1,7 @@
 /* text_read_file, the one bounded whole-file reader: a file read whole and NUL-terminated,
  * a missing one as a result or as an error, the regular-file check, the size cap (max
  * bytes pass, max + 1 do not) on a file and on a pipe (stdin) that outgrows the first
- * buffer, and messages that name the file after the caller's words. */
+ * buffer, and messages that name the file after the caller's words; text_ends_with. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -183,6 +183,18 @@ static void test_pipe(void **state)
     assert_null(buf);
 }
 
+/* config.c (AWS hosts, FIFO queues) and sqs.c (the attributes asked for) rely on it. */
+static void test_ends_with(void **state)
+{
+    (void)state;
+    assert_true(text_ends_with("/123/jobs.fifo", ".fifo"));
+    assert_false(text_ends_with("/123/jobs.fifo/", ".fifo"));
+    assert_false(text_ends_with("/123/jobs", ".fifo"));
+    assert_false(text_ends_with(".fifo", ".fifo"));  /* a name, not only the suffix */
+    assert_true(text_ends_with("sqs.cn-north-1.amazonaws.com.cn", ".amazonaws.com.cn"));
+    assert_false(text_ends_with("", ".fifo"));
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -206,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_not_regular),
         cmocka_unit_test(test_too_large),
         cmocka_unit_test(test_pipe),
+        cmocka_unit_test(test_ends_with),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
