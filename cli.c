@@ -1,8 +1,6 @@
 #include "cli.h"
 #include "creds.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +11,7 @@
 #include "http.h"
 #include "json.h"
 #include "log.h"
+#include "text.h"
 #include "tls.h"
 
 static const char send_usage[] =
@@ -612,14 +611,12 @@ static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
 }
 
 /* The bodies: BODY, the lines of stdin, or the elements of the --array file, read whole
- * into b (at most CLI_MAX_INPUT bytes; b->p to free() even on an error). */
-static int send_input(const struct cli_send_opts *o, struct json_buf *b, struct cli_line **items,
+ * into *buf (at most CLI_MAX_INPUT bytes, any kind of file: a pipe too; *buf to free()). */
+static int send_input(const struct cli_send_opts *o, char **buf, struct cli_line **items,
                       size_t *n, struct lerr *e)
 {
-    const char *name = o->array && strcmp(o->array, "-") != 0 ? o->array : "stdin";
-    int fd = STDIN_FILENO, rc = 0;
-    ssize_t r = 1;
-    char *p;
+    const char *path = o->array && strcmp(o->array, "-") != 0 ? o->array : NULL;
+    size_t len;
 
     if (o->body) {
         if (!(*items = malloc(sizeof **items)))
@@ -628,26 +625,13 @@ static int send_input(const struct cli_send_opts *o, struct json_buf *b, struct 
         *n = 1;
         return 0;
     }
-    if (name == o->array && (fd = open(name, O_RDONLY | O_CLOEXEC)) < 0)
-        return lerr_set(e, LERR_IO, "cannot open %s: %s", name, strerror(errno));
-    if (fd == STDIN_FILENO && isatty(fd))  /* a person, not a pipe: say what is awaited */
+    if (!path && isatty(STDIN_FILENO))  /* a person, not a pipe: say what is awaited */
         say("reading %s from stdin (end with Ctrl-D)",
             o->array ? "a JSON array" : "bodies, one per line,");
-    while (rc == 0 && r != 0 && (p = json_buf_room(b, 65536))) {
-        if ((r = read(fd, p, 65536)) < 0 && errno != EINTR)
-            rc = lerr_set(e, LERR_IO, "reading %s: %s", name, strerror(errno));
-        else if (r > 0 && (b->len += (size_t)r) >= CLI_MAX_INPUT)
-            rc = lerr_set(e, LERR_TOO_LARGE, "%s is too large (at most %u MiB)", name,
-                          CLI_MAX_INPUT >> 20);
-    }
-    if (fd != STDIN_FILENO)
-        close(fd);
-    if (rc == 0 && b->oom)
-        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", name);
-    if (rc < 0)
+    if (text_read_file(path, "", CLI_MAX_INPUT, 0, buf, &len, e) != 0)
         return -1;
-    if (cli_split(b->p, b->len, o->array != NULL, items, n, e) < 0)
-        return o->array ? lerr_wrap(e, "%s", name) : -1;
+    if (cli_split(*buf, len, o->array != NULL, items, n, e) < 0)
+        return o->array ? lerr_wrap(e, "%s", path ? path : "stdin") : -1;
     return 0;
 }
 
@@ -674,7 +658,7 @@ static int send_dedup_needed(struct sqs_client *c)
 static int send_run(const struct cli_send_opts *o, const struct config *cfg)
 {
     struct cli_line *lines = NULL;
-    struct json_buf in = { 0 };
+    char *in = NULL;
     struct cli_net net;
     size_t n = 0, unsent;
     struct lerr e;
@@ -697,7 +681,7 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         goto out;
     }
     /* STS (web identity) is https even when an emulator's SQS endpoint is not. */
-    if ((cfg->sqs_endpoint.tls || (getenv("AWS_ROLE_ARN") && *getenv("AWS_ROLE_ARN"))) &&
+    if ((cfg->sqs_endpoint.tls || config_value(config_env, NULL, "AWS_ROLE_ARN")) &&
         tls_anchors_load(&net.anchors, cfg->ca_file, &e) < 0) {
         if (cfg->ca_file)
             lerr_wrap(&e, "SSL_CERT_FILE");
@@ -717,7 +701,7 @@ fail:
 out:
     cli_net_close(&net);
     free(lines);
-    free(in.p);
+    free(in);
     return rc;
 }
 

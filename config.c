@@ -18,6 +18,13 @@ const char *config_env(const char *name, void *ctx)
     return getenv(name);
 }
 
+const char *config_value(config_getenv_fn get, void *ctx, const char *name)
+{
+    const char *v = get(name, ctx);
+
+    return v && *v ? v : NULL;
+}
+
 /* One run of a loader. Each check below looks at one variable and returns 0, or -1 with e
  * set; the loader keeps every failure and goes on, so that one run names every problem. */
 struct load {
@@ -34,22 +41,15 @@ static void note(struct load *l, int rc)
         l->errs->line[l->errs->n++] = l->e;
 }
 
-/* A variable where "" counts as unset: its value, or NULL. */
-static const char *value(struct load *l, const char *name)
-{
-    const char *v = l->get(name, l->ctx);
-
-    return v && *v ? v : NULL;
-}
 
 /* The first of two variable names that is set and non-empty wins. *which names it,
  * so that an error talks about the variable the user actually set. */
 static const char *pick(struct load *l, const char *a, const char *b, const char **which)
 {
-    const char *v = value(l, a);
+    const char *v = config_value(l->get, l->ctx, a);
 
     *which = a;
-    if (!v && (v = value(l, b)))
+    if (!v && (v = config_value(l->get, l->ctx, b)))
         *which = b;
     return v;
 }
@@ -139,21 +139,14 @@ static int load_log_level(struct load *l)
     return 0;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-
-    return n > k && strcmp(s + n - k, suffix) == 0;
-}
-
 /* Parses v, the value of which, into u. AWS serves SQS over https only: plain http there
  * would be refused, or worse, answered. */
 static int load_url(struct load *l, const char *which, const char *v, struct url *u)
 {
     if (url_parse(v, u, &l->e) < 0)
         return lerr_wrap(&l->e, "%s", which);
-    if (!u->tls && (ends_with(u->host, ".amazonaws.com") ||
-                    ends_with(u->host, ".amazonaws.com.cn")))
+    if (!u->tls && (text_ends_with(u->host, ".amazonaws.com") ||
+                    text_ends_with(u->host, ".amazonaws.com.cn")))
         return lerr_set(&l->e, LERR_INVALID, "%s: http:// to AWS: use https://", which);
     return 0;
 }
@@ -171,7 +164,7 @@ static int load_queue(struct load *l, const char *queue_url)
     if (strcmp(c->queue.path, "/") == 0)
         return lerr_set(&l->e, LERR_INVALID, "LAMBDO_SQS_QUEUE_URL: has no queue path "
                         "(expected https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE)");
-    c->fifo = sqs_fifo_url(c->queue.path);
+    c->fifo = text_ends_with(c->queue.path, ".fifo");  /* SQS's rule for a FIFO queue */
     return 0;
 }
 
@@ -281,7 +274,7 @@ static int add_regions(struct load *l, const char *which, const char *p, int lis
 static void load_regions(struct load *l)
 {
     const char *which, *primary = pick(l, "LAMBDO_FLY_REGION", "FLY_REGION", &which);
-    const char *list = value(l, "LAMBDO_FLY_REGIONS");
+    const char *list = config_value(l->get, l->ctx, "LAMBDO_FLY_REGIONS");
     size_t used = 0, before = l->errs->n;
 
     if (primary)
@@ -326,7 +319,7 @@ static int load_metrics(struct load *l)
 {
     struct metrics_addr a;
 
-    l->c->metrics_addr = value(l, "LAMBDO_METRICS_ADDR");
+    l->c->metrics_addr = config_value(l->get, l->ctx, "LAMBDO_METRICS_ADDR");
     if (l->c->metrics_addr && metrics_addr_parse(l->c->metrics_addr, &a, &l->e) < 0)
         return lerr_wrap(&l->e, "LAMBDO_METRICS_ADDR");
     return 0;
@@ -339,7 +332,7 @@ static int load_local_command(struct load *l)
 
     if (c->backend_local)
         c->ack_on_exit = 1;  /* a child's exit status is its acknowledgement, always */
-    c->local_command = value(l, "LAMBDO_LOCAL_COMMAND");
+    c->local_command = config_value(l->get, l->ctx, "LAMBDO_LOCAL_COMMAND");
     if (c->local_command && !c->backend_local)
         return lerr_set(&l->e, LERR_INVALID, "LAMBDO_LOCAL_COMMAND: only used with "
                         "LAMBDO_BACKEND=local");
@@ -368,7 +361,7 @@ static int load(struct config *c, const char *queue_url, int all, config_getenv_
     c->ack_given = get("LAMBDO_ACK", ctx) != NULL;
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++)
         note(&l, load_number(&l, &numbers[i]));
-    c->ca_file = value(&l, "SSL_CERT_FILE");
+    c->ca_file = config_value(get, ctx, "SSL_CERT_FILE");
     if (all) {
         int misspelt = load_word(&l, "LAMBDO_BACKEND", "fly", "local", &c->backend_local) < 0;
 
@@ -384,7 +377,7 @@ static int load(struct config *c, const char *queue_url, int all, config_getenv_
     if (fly) {
         note(&l, load_token(&l));
         note(&l, load_app(&l));
-        c->fly_api_url = value(&l, "LAMBDO_FLY_API_URL");
+        c->fly_api_url = config_value(get, ctx, "LAMBDO_FLY_API_URL");
         if (!c->fly_api_url)
             c->fly_api_url = DEFAULT_FLY_API;
         note(&l, load_url(&l, "LAMBDO_FLY_API_URL", c->fly_api_url, &c->fly_api));

@@ -79,6 +79,9 @@ typedef const char *(*config_getenv_fn)(const char *name, void *ctx);
 /* The process environment (getenv), as a config_getenv_fn; ctx is unused. */
 const char *config_env(const char *name, void *ctx);
 
+/* A variable where "" counts as unset: its value from get, or NULL. */
+const char *config_value(config_getenv_fn get, void *ctx, const char *name);
+
 /* Reads and checks every variable. Returns 0, or -1 with every problem in errs, each a
  * line like "LAMBDO_EVENTS_PER_MACHINE: must be a whole number from 1 to 10, got \"0\"". */
 int config_load(struct config *c, config_getenv_fn get, void *ctx, struct config_errors *errs);

@@ -1,7 +1,6 @@
 #include "creds.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,14 +95,6 @@ static int creds_region_ok(const char *s, size_t n)
     while (k < n && ((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '-'))
         k++;
     return k == n && n > 0 && n < CREDS_REGION_MAX;
-}
-
-static void creds_wipe_free(void *buf, size_t len)
-{
-    if (buf) {
-        explicit_bzero(buf, len);
-        free(buf);
-    }
 }
 
 void creds_snapshot_wipe(struct creds_snapshot *s)
@@ -221,7 +212,7 @@ int creds_jwt_exp(const char *token, size_t len, int64_t *exp, struct lerr *e)
         rc = 0;
     }
     cJSON_Delete(root);
-    creds_wipe_free(buf, plen * 3 / 4 + 3);
+    text_wipe_free(buf, plen * 3 / 4 + 3);
     return rc;
 }
 
@@ -779,54 +770,12 @@ int creds_profile_parse(const char *buf, size_t len, int config_file, const char
  * Files
  * ==================================================================================== */
 
-/* Reads a whole regular file of at most max bytes into a NUL-terminated heap buffer.
- * Returns 0, 1 when it does not exist, or -1 with e set (naming the file). */
-static int creds_read_file(const char *path, size_t max, char **out, size_t *out_len,
-                           struct lerr *e)
-{
-    struct stat st;
-    ssize_t n;
-    size_t len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
-
-    *out = NULL;
-    if (fd < 0)  /* no such file ("" too) */
-        return errno == ENOENT || errno == ENOTDIR ? 1 : lerr_set(e, LERR_IO, "%s: %s", path,
-                                                                   strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        rc = lerr_set(e, LERR_INVALID, "%s: not a regular file", path);
-    else if (!(*out = malloc(max + 1)))
-        rc = lerr_set(e, LERR_NOMEM, "out of memory");
-    /* reads up to max + 1 bytes: one more than max says the file is too large */
-    while (rc == 0 && (n = read(fd, *out + len, max + 1 - len)) != 0) {
-        if (n < 0 && errno != EINTR)
-            rc = lerr_set(e, LERR_IO, "%s: %s", path, strerror(errno));
-        else if (n > 0 && (len += (size_t)n) > max)
-            rc = lerr_set(e, LERR_TOO_LARGE, "%s: larger than %zu bytes", path, max);
-    }
-    close(fd);
-    if (rc == 0) {
-        (*out)[len] = '\0';
-        *out_len = len;
-        return 0;
-    }
-    creds_wipe_free(*out, max + 1);
-    *out = NULL;
-    return -1;
-}
-
-static const char *creds_env(config_getenv_fn get, void *ctx, const char *name)
-{
-    const char *v = get(name, ctx);
-    return v && *v ? v : NULL;
-}
-
 /* A shared file's path: the variable (with "~/" as $HOME), else $HOME/.aws/<name>, else
  * "" (no file). */
 static int creds_file_path(config_getenv_fn get, void *ctx, const char *var, const char *name,
                            char *out, size_t cap, struct lerr *e)
 {
-    const char *v = creds_env(get, ctx, var), *home = creds_env(get, ctx, "HOME");
+    const char *v = config_value(get, ctx, var), *home = config_value(get, ctx, "HOME");
     int tilde = v && strncmp(v, "~/", 2) == 0, n = 0;
 
     out[0] = '\0';  /* no file */
@@ -850,12 +799,13 @@ static int creds_load_profile(const char *path, int config_file, const char *pro
 {
     char *buf = NULL;
     size_t len = 0;
-    int rc = creds_read_file(path, CREDS_FILE_MAX, &buf, &len, e);  /* no path: no file */
+    int rc = text_read_file(path, "", CREDS_FILE_MAX, TEXT_READ_REGULAR | TEXT_READ_MISSING_OK,
+                            &buf, &len, e);  /* no path: no file */
 
     if (rc != 0)
         return rc < 0 ? -1 : 0;
     rc = creds_profile_parse(buf, len, config_file, profile, out, e);
-    creds_wipe_free(buf, len);
+    text_wipe_free(buf, len);
     return rc < 0 ? lerr_wrap(e, "%s", path) : 0;
 }
 
@@ -965,7 +915,7 @@ static int fly_token(const char *path, char **tok, struct lerr *e)
     }
     if (fd >= 0)
         close(fd);
-    creds_wipe_free(buf, 2 * FLY_ANSWER_MAX);
+    text_wipe_free(buf, 2 * FLY_ANSWER_MAX);
     return rc < 0 ? lerr_wrap(e, "Fly API socket %s", path) : 0;
 }
 
@@ -1046,7 +996,7 @@ static int sts_answer(const struct http_response *r, const char *token,
         lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: HTTP %d%s", r->status,
                  parsed == 0 ? " with a success answer" : ", no STS error in the answer");
     }
-    creds_wipe_free(a, sizeof *a);
+    text_wipe_free(a, sizeof *a);
     return rc;
 }
 
@@ -1089,7 +1039,7 @@ static int sts_exchange(const struct creds_provider *p, const char *token,
             break;
         nanosleep(&(struct timespec){ 0, 200000000L << attempt }, NULL);
     }
-    creds_wipe_free(body, blen);
+    text_wipe_free(body, blen);
     return rc;
 }
 
@@ -1113,16 +1063,17 @@ static int wi_token(const struct creds_provider *p, int64_t now, char **tok, str
     struct lerr ignore;
     int rc;
 
-    if ((rc = creds_read_file(p->token_file, CREDS_WEB_TOKEN_MAX + 64, &buf, &len, e)) < 0)
+    if ((rc = text_read_file(p->token_file, "", CREDS_WEB_TOKEN_MAX + 64,
+                             TEXT_READ_REGULAR | TEXT_READ_MISSING_OK, &buf, &len, e)) < 0)
         return lerr_wrap(e, "AWS_WEB_IDENTITY_TOKEN_FILE");  /* "" is no file */
     if (rc == 0 && (rc = creds_token_dup(buf, len, tok, e)) > 0)
         why = "holds no usable token";
-    creds_wipe_free(buf, len);
+    text_wipe_free(buf, len);
     if (rc == 0 && creds_jwt_exp(*tok, strlen(*tok), &exp, &ignore) == 0 &&
         exp <= now + CREDS_TOKEN_EXP_MARGIN_S) {
         why = "holds a token that expired at ";
         creds_fmt_time(exp, t);
-        creds_wipe_free(*tok, strlen(*tok));
+        text_wipe_free(*tok, strlen(*tok));
         *tok = NULL;
         rc = 1;
     }
@@ -1150,7 +1101,7 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
                            : sts_exchange(p, tok, out, e);
     if (rc < 0)
         creds_scrub(e->msg, tok);
-    creds_wipe_free(tok, strlen(tok));
+    text_wipe_free(tok, strlen(tok));
     if (rc >= 0 && out->expiration <= creds_now(p) + CREDS_EXPIRY_SKEW_S) {
         creds_fmt_time(out->expiration, t);
         rc = lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
@@ -1210,7 +1161,7 @@ static void creds_refresh(struct creds_provider *p)
                      "they expire in %lld s; trying again in %lld s", err.msg, (long long)left,
                      (long long)(p->retry_at - now));
     }
-    creds_wipe_free(fresh, sizeof *fresh);
+    text_wipe_free(fresh, sizeof *fresh);
 }
 
 int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr *e)
@@ -1269,11 +1220,11 @@ static int creds_from_env(struct creds_provider *p, const char *key, const char 
 static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *ctx,
                          const char *region, struct lerr *e)
 {
-    const char *which = "AWS_ENDPOINT_URL_STS", *v = creds_env(get, ctx, which);
+    const char *which = "AWS_ENDPOINT_URL_STS", *v = config_value(get, ctx, which);
     char url[160];
 
     if (!v)
-        v = creds_env(get, ctx, which = "AWS_ENDPOINT_URL");
+        v = config_value(get, ctx, which = "AWS_ENDPOINT_URL");
     if (v)
         return url_parse(v, &p->sts, e) < 0 ? lerr_wrap(e, "%s", which) : 0;
     if (region[0] && !creds_region_ok(region, strlen(region)))
@@ -1287,9 +1238,9 @@ static int creds_sts_url(struct creds_provider *p, config_getenv_fn get, void *c
 static int creds_web_identity(struct creds_provider *p, config_getenv_fn get, void *ctx,
                               const char *role, const char *region, struct lerr *e)
 {
-    const char *file = creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE");
-    const char *name = creds_env(get, ctx, "AWS_ROLE_SESSION_NAME");
-    const char *sock = creds_env(get, ctx, "LAMBDO_FLY_API_SOCKET");
+    const char *file = config_value(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    const char *name = config_value(get, ctx, "AWS_ROLE_SESSION_NAME");
+    const char *sock = config_value(get, ctx, "LAMBDO_FLY_API_SOCKET");
     uint64_t r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 
     if (!creds_copy(p->fly_socket, sizeof p->fly_socket, sock ? sock : CREDS_DEFAULT_FLY_SOCKET))
@@ -1337,7 +1288,7 @@ struct creds_files {
 static int creds_files_prepare(config_getenv_fn get, void *ctx, struct creds_files *f,
                                struct lerr *e)
 {
-    const char *profile = creds_env(get, ctx, "AWS_PROFILE");
+    const char *profile = config_value(get, ctx, "AWS_PROFILE");
 
     f->profile_set = profile != NULL;
     if (!creds_copy(f->profile, sizeof f->profile, profile ? profile : "default") ||
@@ -1408,9 +1359,9 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                      const char *region, const struct tls_anchors *anchors,
                      const struct creds_hooks *hooks, struct lerr *e)
 {
-    const char *key = creds_env(get, ctx, "AWS_ACCESS_KEY_ID");
-    const char *secret = creds_env(get, ctx, "AWS_SECRET_ACCESS_KEY");
-    const char *role = creds_env(get, ctx, "AWS_ROLE_ARN");
+    const char *key = config_value(get, ctx, "AWS_ACCESS_KEY_ID");
+    const char *secret = config_value(get, ctx, "AWS_SECRET_ACCESS_KEY");
+    const char *role = config_value(get, ctx, "AWS_ROLE_ARN");
     struct creds_files f = { .profile_set = 0 };  /* 25 KB: creds_init runs at start-up */
     int rc;
 
@@ -1421,11 +1372,11 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     if (creds_files_prepare(get, ctx, &f, e) < 0)
         rc = -1;
     else if (key || secret)
-        rc = creds_from_env(p, key, secret, creds_env(get, ctx, "AWS_SESSION_TOKEN"), e);
+        rc = creds_from_env(p, key, secret, config_value(get, ctx, "AWS_SESSION_TOKEN"), e);
     else if (role)
         rc = creds_web_identity(p, get, ctx, role, region && *region ? region : f.pr[1].region,
                                 e);
-    else if (creds_env(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
+    else if (config_value(get, ctx, "AWS_WEB_IDENTITY_TOKEN_FILE"))
         rc = lerr_set(e, LERR_INVALID, "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
                       "is not");
     else

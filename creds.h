@@ -37,7 +37,8 @@
  * pure and exposed for the unit tests and the fuzzer.
  *
  * Not here: signing requests with the credentials (sigv4.c), HTTP and TLS for the STS call
- * (http.c), the HTTP answer of the Fly socket (httpresp.c), the configuration (config.c).
+ * (http.c), the HTTP answer of the Fly socket (httpresp.c), the configuration (config.c;
+ * config_value reads a variable), reading a file whole (text.c).
  */
 #ifndef LAMBDO_CREDS_H
 #define LAMBDO_CREDS_H

@@ -966,7 +966,9 @@ static void sqs_md5_field(br_md5_context *ctx, const char *s)
     br_md5_update(ctx, s, n);
 }
 
-void sqs_attributes_md5(const struct sqs_entry *en, char out[33])
+/* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
+ * lowercase hex characters; "" when the entry has none. */
+static void sqs_attributes_md5(const struct sqs_entry *en, char out[33])
 {
     /* sqs_attr_names in byte order: command, image, size */
     const char *names[3] = { "command", "image", "size" };
@@ -1399,20 +1401,13 @@ static const char *const sqs_queue_attrs[] = {
     "ContentBasedDeduplication",
 };
 
-int sqs_fifo_url(const char *queue_url)
-{
-    size_t n = strlen(queue_url);
-
-    return n > 5 && strcmp(queue_url + n - 5, ".fifo") == 0;
-}
-
 char *sqs_attributes_request(const char *queue_url, size_t *len, struct lerr *e)
 {
     struct json_buf b = { 0 };
 
     if (sb_queue(&b, queue_url, "GetQueueAttributes", e) < 0)
         return NULL;
-    sb_names(&b, "AttributeNames", sqs_queue_attrs, sqs_fifo_url(queue_url) ? 6 : 4);
+    sb_names(&b, "AttributeNames", sqs_queue_attrs, text_ends_with(queue_url, ".fifo") ? 6 : 4);
     return sb_finish(&b, len, e);
 }
 

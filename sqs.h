@@ -224,10 +224,6 @@ size_t sqs_send_size(const struct sqs_entry *en);
  * offending byte and *why a short static description. err_at and why may be NULL. */
 int sqs_text_check(const char *s, size_t len, size_t *err_at, const char **why);
 
-/* The MD5 SQS reports for the entry's attributes (MD5OfMessageAttributes), as 32
- * lowercase hex characters; "" when the entry has none. */
-void sqs_attributes_md5(const struct sqs_entry *en, char out[33]);
-
 /* --- GetQueueAttributes (lambdo check) ------------------------------------------------ */
 
 struct sqs_queue_info {
@@ -240,9 +236,6 @@ struct sqs_queue_info {
     int fifo;                  /* FifoQueue "true" */
     int content_dedup;         /* ContentBasedDeduplication "true" */
 };
-
-/* 1 when the queue URL names a FIFO queue: its name ends in ".fifo" (SQS's rule). */
-int sqs_fifo_url(const char *queue_url);
 
 /* The attributes asked for: the three counts, RedrivePolicy, and on a FIFO queue (only:
  * SQS answers InvalidAttributeName for them on a standard queue) FifoQueue and

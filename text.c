@@ -1,6 +1,11 @@
 #include "text.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int text_hex_digit(unsigned char c)
 {
@@ -135,4 +140,66 @@ int text_clean(const char *s, unsigned char lowest, const char *bad)
         if ((unsigned char)*s < lowest || *s == 0x7f || (bad && strchr(bad, *s)))
             return 0;
     return 1;
+}
+
+int text_ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+
+    return n > k && strcmp(s + n - k, suffix) == 0;
+}
+
+void text_wipe_free(void *buf, size_t len)
+{
+    if (buf) {
+        explicit_bzero(buf, len);
+        free(buf);
+    }
+}
+
+int text_read_file(const char *path, const char *what, size_t max, int flags, char **out,
+                   size_t *out_len, struct lerr *e)
+{
+    const char *name = path ? path : "stdin";
+    int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : STDIN_FILENO, rc = 0;
+    size_t len = 0, cap = 65536;  /* a pipe's first read */
+    struct stat st;
+    ssize_t n = 1;
+    char *buf = NULL;
+
+    if (fd < 0 && (flags & TEXT_READ_MISSING_OK) && (errno == ENOENT || errno == ENOTDIR))
+        return 1;  /* "" too is no file */
+    if (fd < 0)
+        return lerr_set(e, LERR_IO, "cannot open %s%s: %s", what, name, strerror(errno));
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+        cap = (size_t)st.st_size < max ? (size_t)st.st_size + 1 : max + 1;
+    else if (flags & TEXT_READ_REGULAR)
+        rc = lerr_set(e, LERR_INVALID, "%s%s is not a regular file", what, name);
+    if (rc == 0)
+        buf = malloc(cap);
+    /* reads up to max + 1 bytes: one more than max says the file is too large */
+    while (rc == 0 && buf && n != 0) {
+        if ((n = read(fd, buf + len, cap - len)) < 0 && errno != EINTR)
+            rc = lerr_set(e, LERR_IO, "cannot read %s%s: %s", what, name, strerror(errno));
+        else if (n > 0 && (len += (size_t)n) > max)
+            rc = lerr_set(e, LERR_TOO_LARGE, "%s%s is larger than %zu bytes", what, name, max);
+        else if (len == cap) {  /* full: a pipe, or a file that grew since fstat */
+            char *old = buf;
+
+            cap = cap > max / 2 ? max + 1 : 2 * cap;
+            if ((buf = malloc(cap)))
+                memcpy(buf, old, len);
+            text_wipe_free(old, len);  /* not realloc: it would not wipe the old one */
+        }
+    }
+    if (path)
+        close(fd);
+    if (rc == 0 && buf) {
+        buf[len] = '\0';
+        *out = buf;
+        *out_len = len;
+        return 0;
+    }
+    text_wipe_free(buf, len);
+    return rc < 0 ? -1 : lerr_set(e, LERR_NOMEM, "out of memory reading %s%s", what, name);
 }

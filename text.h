@@ -1,12 +1,16 @@
 /*
  * text.h - the character-level pieces shared by the parsers: hex digits (chunk sizes,
- * percent-encoding, \u escapes) and percent-encoding itself, base64 in its two alphabets (PEM certificates; base64url
- * in JWTs) and UTF-8 (JSON strings, what SQS accepts). Pure.
+ * percent-encoding, \u escapes) and percent-encoding itself, base64 in its two alphabets
+ * (PEM certificates; base64url in JWTs), UTF-8 (JSON strings, what SQS accepts) and a
+ * suffix test, all pure; and the one bounded whole-file reader (shared credential files,
+ * the web identity token, the CA bundle, the input of `lambdo send`), which wipes what it
+ * frees: a file may hold secrets.
  */
 #ifndef LAMBDO_TEXT_H
 #define LAMBDO_TEXT_H
 
 #include <stddef.h>
+#include "err.h"
 
 /* 0..15 for [0-9a-fA-F], else -1. */
 int text_hex_digit(unsigned char c);
@@ -46,5 +50,24 @@ unsigned text_utf8_put(unsigned long cp, unsigned char *out);
 /* 1 when s holds no byte below lowest (at least 0x20: no control character), no DEL and
  * no character of bad (may be NULL): what can go into a header or a configuration word. */
 int text_clean(const char *s, unsigned char lowest, const char *bad);
+
+/* 1 when s ends in suffix and is longer than it. */
+int text_ends_with(const char *s, const char *suffix);
+
+/* Zeroes buf[0..len) (explicit_bzero: not optimised away), then frees it; NULL is fine. */
+void text_wipe_free(void *buf, size_t len);
+
+/* What text_read_file accepts: only a regular file (a FIFO would block, a directory fails
+ * to read); a file that does not exist (ENOENT, ENOTDIR) as a result, not an error. */
+#define TEXT_READ_REGULAR 1
+#define TEXT_READ_MISSING_OK 2
+
+/* Reads the whole file at path (NULL: stdin, which stays open) into a NUL-terminated heap
+ * buffer *out of *out_len bytes, at most max; flags are TEXT_READ_*. Messages name the file
+ * as what followed by the path ("CA bundle " or ""). Returns 0, 1 when the file does not
+ * exist with TEXT_READ_MISSING_OK (e untouched), or -1 with e set. *out is set only on
+ * success; on failure what was read is wiped. */
+int text_read_file(const char *path, const char *what, size_t max, int flags, char **out,
+                   size_t *out_len, struct lerr *e);
 
 #endif

@@ -820,7 +820,7 @@ static void test_order(void **state)
     set_all_sources(fx);
     /* environment first */
     assert_int_equal(init_with(fx, f, &p, &e), 0);
-    assert_string_equal(creds_source_name(&p), "environment");
+    assert_string_equal(p.source_name, "environment");
     /* creds_file_region's cases (gone: only tests used it), asked of creds_config_region */
     assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), 1);
     assert_string_equal(file_region, "eu-central-1");
@@ -838,7 +838,7 @@ static void test_order(void **state)
     env_set(&fx->env, "AWS_ACCESS_KEY_ID", "");
     env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "");
     assert_int_equal(init_with(fx, f, &p, &e), 0);
-    assert_string_equal(creds_source_name(&p),
+    assert_string_equal(p.source_name,
                         "web identity (role arn:aws:iam::123456789012:role/jobs)");
     assert_int_equal(f->calls, 1);
     assert_string_equal(f->token, "web-token-123");  /* the file's content, trimmed */
@@ -851,8 +851,8 @@ static void test_order(void **state)
     env_set(&fx->env, "AWS_ROLE_ARN", "");
     env_set(&fx->env, "AWS_WEB_IDENTITY_TOKEN_FILE", "");
     assert_int_equal(init_with(fx, f, &p, &e), 0);
-    assert_non_null(strstr(creds_source_name(&p), "shared file profile default ("));
-    assert_non_null(strstr(creds_source_name(&p), "/.aws/credentials)"));
+    assert_non_null(strstr(p.source_name, "shared file profile default ("));
+    assert_non_null(strstr(p.source_name, "/.aws/credentials)"));
     assert_int_equal(creds_get(&p, &s, &e), 0);
     assert_string_equal(s.access_key_id, "AKIDFILE");
     assert_string_equal(s.session_token, "");
@@ -875,7 +875,7 @@ static void expect_init_error_with(struct fixture *fx, struct fake *f, const cha
 
     lerr_clear(&e);
     if (init_with(fx, f, &p, &e) == 0)
-        fail_msg("accepted, expected \"%s\" (source %s)", why, creds_source_name(&p));
+        fail_msg("accepted, expected \"%s\" (source %s)", why, p.source_name);
     if (!strstr(e.msg, why))
         fail_msg("got \"%s\", expected \"%s\"", e.msg, why);
     /* no secret in any message */
@@ -952,8 +952,8 @@ static void test_files(void **state)
                          "aws_secret_access_key = secretconf\n");
     env_set(&fx->env, "AWS_PROFILE", "work");
     assert_int_equal(init_with(fx, f, &p, &e), 0);
-    assert_non_null(strstr(creds_source_name(&p), "shared file profile work ("));
-    assert_non_null(strstr(creds_source_name(&p), "/.aws/config)"));
+    assert_non_null(strstr(p.source_name, "shared file profile work ("));
+    assert_non_null(strstr(p.source_name, "/.aws/config)"));
     assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), 1);
     assert_string_equal(file_region, "us-west-1");
     assert_int_equal(creds_get(&p, &s, &e), 0);
@@ -1007,7 +1007,7 @@ static void test_files(void **state)
     env_set(&fx->env, "AWS_ACCESS_KEY_ID", "AKIDENV");
     env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "secretenv");
     assert_int_equal(init_with(fx, f, &p, &e), 0);
-    assert_string_equal(creds_source_name(&p), "environment");
+    assert_string_equal(p.source_name, "environment");
     assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), -1);
     creds_free(&p);
 
@@ -1302,7 +1302,7 @@ static void test_static(void **state)
     env_set(&fx->env, "AWS_ACCESS_KEY_ID", "AKID");
     env_set(&fx->env, "AWS_SECRET_ACCESS_KEY", "secret");
     assert_int_equal(creds_init(&p, env_get, &fx->env, NULL, NULL, &e), 0);
-    assert_string_equal(creds_source_name(&p), "environment");
+    assert_string_equal(p.source_name, "environment");
     assert_int_equal(creds_config_region(env_get, &fx->env, file_region, 64, &e), 0);
     assert_int_equal(creds_get(&p, &s, &e), 0);
     assert_string_equal(s.secret_access_key, "secret");
