@@ -3,14 +3,12 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -251,32 +249,6 @@ static int ta_decode(struct tls_anchors *ta, const char *path, unsigned char *bu
     }
 }
 
-/* Reads the file into *out (the caller frees it, even on failure), *len bytes. */
-static int ta_read_file(const char *path, unsigned char **out, size_t *len, struct lerr *e)
-{
-    struct stat st;
-    ssize_t n = 1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
-
-    if (fd < 0)
-        return lerr_set(e, LERR_IO, "cannot open CA bundle %s: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        rc = lerr_set(e, LERR_IO, "CA bundle %s is not a regular file", path);
-    else if (st.st_size > 64 * 1024 * 1024)
-        rc = lerr_set(e, LERR_TOO_LARGE, "CA bundle %s is over 64 MiB", path);
-    else if (!(*out = malloc((size_t)st.st_size + 1)))
-        rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
-    while (rc == 0 && n != 0 && *len < (size_t)st.st_size) {
-        n = read(fd, *out + *len, (size_t)st.st_size - *len);
-        if (n < 0 && errno != EINTR)
-            rc = lerr_set(e, LERR_IO, "cannot read CA bundle %s: %s", path, strerror(errno));
-        else if (n > 0)
-            *len += (size_t)n;
-    }
-    close(fd);
-    return rc;
-}
-
 /* Copies an anchor's DN and key bytes to dst and points the anchor at the copies; with dst
  * NULL, only counts them. Returns the byte count. */
 static size_t ta_copy(br_x509_trust_anchor *a, unsigned char *dst)
@@ -302,7 +274,8 @@ static size_t ta_copy(br_x509_trust_anchor *a, unsigned char *dst)
 
 int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
 {
-    unsigned char *file = NULL;
+    char *text = NULL;
+    unsigned char *file;
     size_t file_len = 0, cap = 0, size = 0;
     int rc;
 
@@ -312,7 +285,9 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
         if (!path || !*path)
             path = TLS_DEFAULT_CA_FILE;
     }
-    rc = ta_read_file(path, &file, &file_len, e);
+    /* up to 64 MiB: a system bundle is about 200 KB */
+    rc = text_read_file(path, "CA bundle ", 64 << 20, TEXT_READ_REGULAR, &text, &file_len, e);
+    file = (unsigned char *)text;
     /* Room for an anchor per BEGIN line: no certificate block has fewer. */
     for (unsigned char *p = file; rc == 0 && (p = memmem(p, (size_t)(file + file_len - p),
                                                          "-----BEGIN ", 11)); p += 11)
@@ -329,7 +304,7 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
         rc = lerr_set(e, LERR_NOMEM, "out of memory reading %s", path);
     for (size_t i = 0, at = 0; rc == 0 && i < ta->count; i++)
         at += ta_copy(&ta->anchors[i], ta->arena + at);
-    free(file);
+    free(text);
     if (rc < 0)
         tls_anchors_free(ta);  /* ta is left empty */
     return rc;
