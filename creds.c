@@ -979,21 +979,21 @@ static int sts_answer(const struct http_response *r, const char *token,
     if (!a)
         return lerr_set(e, LERR_NOMEM, "out of memory");
     parsed = creds_sts_parse(r->body, r->body_len, a, &pe);
-    *retry = r->status >= 500 || r->status == 429;
+    *retry = r->head.status >= 500 || r->head.status == 429;
     if (parsed == 0 && a->is_error) {
         snprintf(word, sizeof word, " %s ", a->error_code);
         *retry = *retry || (!strchr(a->error_code, ' ') && strstr(sts_retry_codes, word));
         creds_scrub(a->error_message, token);
         lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: %s%s%s (HTTP %d)",
-                 a->error_code, a->error_message[0] ? ": " : "", a->error_message, r->status);
-    } else if (r->status == 200 && parsed == 0) {
+                 a->error_code, a->error_message[0] ? ": " : "", a->error_message, r->head.status);
+    } else if (r->head.status == 200 && parsed == 0) {
         *out = a->creds;
         rc = 0;
-    } else if (r->status == 200) {
+    } else if (r->head.status == 200) {
         lerr_set(e, LERR_MALFORMED, "STS AssumeRoleWithWebIdentity: answer not understood: %s",
                  pe.msg);
     } else {
-        lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: HTTP %d%s", r->status,
+        lerr_set(e, LERR_HTTP, "STS AssumeRoleWithWebIdentity failed: HTTP %d%s", r->head.status,
                  parsed == 0 ? " with a success answer" : ", no STS error in the answer");
     }
     text_wipe_free(a, sizeof *a);

@@ -359,11 +359,11 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
         creds_snapshot_wipe(&snap);
     if (rc < 0)
         return -1;
-    if (resp->status >= 200 && resp->status < 300)
+    if (resp->head.status >= 200 && resp->head.status < 300)
         return 0;
-    et = http_response_header(resp, "X-Amzn-ErrorType", &et_len);
-    qe = http_response_header(resp, "X-Amzn-Query-Error", &qe_len);
-    rc = sqs_parse_error(op, resp->status, et, et_len, qe, qe_len, resp->body, resp->body_len,
+    et = httpresp_header(&resp->head, "X-Amzn-ErrorType", &et_len);
+    qe = httpresp_header(&resp->head, "X-Amzn-Query-Error", &qe_len);
+    rc = sqs_parse_error(op, resp->head.status, et, et_len, qe, qe_len, resp->body, resp->body_len,
                          &c->last_error, e);
     http_response_free(resp);
     return rc;
@@ -413,7 +413,7 @@ static int sqs_answer_read(struct sqs_client *c, struct http_response *resp, int
 {
     if (r < 0) {
         sqs_note_local(c, e, 0);
-        c->last_error.status = resp->status;
+        c->last_error.status = resp->head.status;
     }
     http_response_free(resp);
     return r;
