@@ -516,8 +516,8 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
             log_debug("fly: %s: %s", c->who, e->msg);
             return -1;
         }
-        ra = http_response_header(resp, "Retry-After", &ra_len);
-        fly_classify(resp->status, resp->body, resp->body_len, ra, ra_len, c->created, r);
+        ra = httpresp_header(&resp->head, "Retry-After", &ra_len);
+        fly_classify(resp->head.status, resp->body, resp->body_len, ra, ra_len, c->created, r);
         log_debug("fly: %s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "", r->error);
         if (r->outcome != FLY_CALL_RATE_LIMITED)
             return 0;
