@@ -516,8 +516,8 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
             log_debug("fly: %s: %s", c->who, e->msg);
             return -1;
         }
-        ra = http_response_header(resp, "Retry-After", &ra_len);
-        fly_classify(resp->status, resp->body, resp->body_len, ra, ra_len, c->created, r);
+        ra = httpresp_header(&resp->head, "Retry-After", &ra_len);
+        fly_classify(resp->head.status, resp->body, resp->body_len, ra, ra_len, c->created, r);
         log_debug("fly: %s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "", r->error);
         if (r->outcome != FLY_CALL_RATE_LIMITED)
             return 0;
@@ -696,13 +696,11 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
     cJSON *j = json && len ? json_parse(json, len) : NULL;
     const cJSON *events = cJSON_IsArray(j) ? j : field(j, "events"), *ev;
     const cJSON *state = field(j, "state");
+    int ok = cJSON_IsObject(j) || cJSON_IsArray(j);
 
     memset(out, 0, sizeof *out);
     out->outcome = FLY_CALL_OK;
-    if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) {
-        cJSON_Delete(j);
-        return lerr_set(e, LERR_MALFORMED, "the Machine's answer is not a JSON object or list");
-    }
+    /* neither an object nor a list has no state nor events: nothing is read below */
     text_into(state, out->state, sizeof out->state);
     if (cJSON_IsArray(events)) {
         out->has_events = 1;
@@ -712,7 +710,8 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
         }
     }
     cJSON_Delete(j);
-    return 0;
+    return ok ? 0 : lerr_set(e, LERR_MALFORMED, "the Machine's answer is not a JSON object or "
+                                                 "list");
 }
 
 /* ---- following a Machine: the requests ------------------------------------------------- */
@@ -991,25 +990,23 @@ int fly_parse_pool_list(const char *json, size_t len, struct fly_pool_machine **
     cJSON *j = json && len ? json_parse(json, len) : NULL;
     int size = cJSON_GetArraySize(j);
     const cJSON *m;
+    int rc = 0;
 
     *out = NULL;
     *n = 0;
-    if (!cJSON_IsArray(j)) {
-        cJSON_Delete(j);
-        return lerr_set(e, LERR_MALFORMED, "the Machine list is not a JSON array");
-    }
-    if (size > 0 && !(*out = malloc((size_t)size * sizeof **out))) {
-        cJSON_Delete(j);
-        return lerr_set(e, LERR_NOMEM, "the Machine list: out of memory");
-    }
-    cJSON_ArrayForEach(m, j)
-        *n += (size_t)pool_entry(m, *out + *n);
+    if (!cJSON_IsArray(j))
+        rc = lerr_set(e, LERR_MALFORMED, "the Machine list is not a JSON array");
+    else if (size > 0 && !(*out = malloc((size_t)size * sizeof **out)))
+        rc = lerr_set(e, LERR_NOMEM, "the Machine list: out of memory");
+    else
+        cJSON_ArrayForEach(m, j)
+            *n += (size_t)pool_entry(m, *out + *n);
     cJSON_Delete(j);
     if (*n == 0) {
         free(*out);
         *out = NULL;
     }
-    return 0;
+    return rc;
 }
 
 int fly_list_pool(struct http_client *http, const struct fly_target *t,

@@ -12,7 +12,7 @@
  *     --timeout-ms N        whole-request timeout (0: the client's)
  *     --connect-timeout-ms N, --io-timeout-ms N, --request-timeout-ms N   client limits
  *     --max-body N          response body cap
- *     --lookup NAME         add "lookup": the value http_response_header() finds for NAME
+ *     --lookup NAME         add "lookup": the value httpresp_header() finds for NAME
  *     --cancel-after-ms N   cancel_fd is a timerfd that fires after N ms
  *     --close-between       close every connection between requests (no reuse, no resumption)
  *     --alloc-stats         add "buffers_allocated" to the final line
@@ -219,7 +219,7 @@ static void print_response(const struct http_response *r, const char *lookup)
     br_sha256_out(&sha, digest);
     for (int i = 0; i < 32; i++)
         snprintf(hex + 2 * i, 3, "%02x", digest[i]);
-    cJSON_AddNumberToObject(o, "status", r->status);
+    cJSON_AddNumberToObject(o, "status", r->head.status);
     cJSON_AddNumberToObject(o, "body_len", (double)r->body_len);
     cJSON_AddStringToObject(o, "body_sha256", hex);
     if (r->body_len <= 65536 && is_text(r->body, r->body_len))
@@ -241,7 +241,7 @@ static void print_response(const struct http_response *r, const char *lookup)
     cJSON_AddItemToObject(o, "headers", h);
     if (lookup) {
         size_t len;
-        const char *v = http_response_header(r, lookup, &len);
+        const char *v = httpresp_header(&r->head, lookup, &len);
         if (v) {
             char *copy = strndup(v, len);
             cJSON_AddStringToObject(o, "lookup", copy ? copy : "");
