@@ -630,7 +630,6 @@ static int http_exchange(struct http_client *c, struct io *io, int is_head,
     resp->buf = b.p;
     resp->buf_cap = b.cap;
     resp->owner = c;
-    resp->status = h->status;
     resp->body = b.p + head_len;
     resp->body_len = b.len - (size_t)head_len;
     return 0;
@@ -708,12 +707,6 @@ out:
         c->req = (struct http_buf){ 0 };
     }
     return rc;
-}
-
-const char *http_response_header(const struct http_response *resp, const char *name,
-                                 size_t *value_len)
-{
-    return httpresp_header(&resp->head, name, value_len);
 }
 
 void http_response_free(struct http_response *resp)

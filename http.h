@@ -67,8 +67,7 @@ struct http_request {
 };
 
 struct http_response {
-    int status;
-    struct httpresp_head head;  /* header strings point into buf */
+    struct httpresp_head head;  /* status; header strings point into buf (httpresp_header) */
     char *buf;                  /* owned: the head, then the body */
     char *body;                 /* in buf, NUL-terminated for convenience (not counted) */
     size_t body_len;
@@ -116,10 +115,6 @@ void http_client_close(struct http_client *c);
  * LERR_MALFORMED, LERR_TOO_LARGE, LERR_CANCELLED. On error resp holds nothing to free. */
 int http_do(struct http_client *c, const struct http_request *req, struct http_response *resp,
             struct lerr *e);
-
-/* Case-insensitive header lookup; returns a pointer into the response (value_len set). */
-const char *http_response_header(const struct http_response *resp, const char *name,
-                                 size_t *value_len);
 
 /* Frees resp; its buffer goes back to the client (same thread) for the next response. */
 void http_response_free(struct http_response *resp);
