@@ -409,6 +409,7 @@ struct child {
     int64_t started;
     int64_t term_at;         /* SIGTERM then: the timeout, or sooner the shutdown deadline */
     int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows (INT64_MAX: sent); 0 before */
+    int64_t next_idle;       /* the next heartbeat; INT64_MAX: none */
     int64_t reaped_at;       /* 0 while it runs */
     struct local_lines lines;
 };
@@ -437,14 +438,21 @@ static void output_read(struct child *c)
     }
 }
 
-/* SIGTERM to the whole process group at term_at, SIGKILL kill_grace later; only called
- * while the child is not reaped, so the group id cannot have been reused by an unrelated
- * process. Returns when it has work next. */
-static int64_t child_deadlines(struct child *c, int64_t t)
+/* The timed work while the child runs: a heartbeat every IDLE_EVERY_MS (next_idle stays
+ * INT64_MAX without one), SIGTERM to the whole process group at term_at, SIGKILL kill_grace
+ * later. Only called while the child is not reaped, so the group id cannot have been
+ * reused by an unrelated process. Returns when it has work next. */
+static int64_t child_timers(struct child *c)
 {
     const struct local_run *r = c->r;
     int grace = r->kill_grace_s > 0 ? r->kill_grace_s : LOCAL_KILL_GRACE_S;
+    int64_t t = now_ms(), next;
 
+    if (t >= c->next_idle) {
+        r->idle(r->ctx);
+        t = now_ms();  /* a heartbeat may take a while */
+        c->next_idle = t + IDLE_EVERY_MS;
+    }
     if (!c->kill_at && t >= c->term_at) {
         if (r->timeout_s > 0 && t >= c->started + (int64_t)r->timeout_s * 1000)
             c->out->timed_out = 1;
@@ -456,7 +464,8 @@ static int64_t child_deadlines(struct child *c, int64_t t)
         kill(-c->pid, SIGKILL);
         c->kill_at = INT64_MAX;
     }
-    return c->kill_at ? c->kill_at : c->term_at;
+    next = c->kill_at ? c->kill_at : c->term_at;
+    return next < c->next_idle ? next : c->next_idle;
 }
 
 /* If the child ended: kills what it left in its group, then reaps it. waitid with WNOWAIT
@@ -488,35 +497,22 @@ static void child_check(struct child *c)
 }
 
 /* Until the child is reaped and its output read to the end (or LOCAL_DRAIN_MS more):
- * heartbeats, the stop fd, the deadlines, and a look for the child's end every tick,
- * sooner right after its output closed (it is most likely exiting then). */
+ * the timed work, the stop fd, and a look for the child's end every tick, sooner right
+ * after its output closed (it is most likely exiting then). */
 static void child_follow(struct child *c)
 {
     const struct local_run *r = c->r;
-    int64_t next_idle = now_ms() + IDLE_EVERY_MS;
-    int tick = TICK_MS, stop_fd = r->stop_fd;  /* -1 once it turned readable */
+    int tick = TICK_MS, stop_fd = r->stop_fd;  /* -1 once it turned readable (poll skips it) */
 
     for (;;) {
-        struct pollfd p[2] = { { .fd = c->fd, .events = POLLIN }, { .fd = -1, .events = POLLIN } };
-        int64_t t = now_ms(), until;
+        struct pollfd p[2] = { { .fd = c->fd, .events = POLLIN }, { .fd = stop_fd, .events = POLLIN } };
+        int64_t until = c->reaped_at ? c->reaped_at + LOCAL_DRAIN_MS : child_timers(c);
+        int64_t t = now_ms();
 
-        if (c->reaped_at && (c->fd < 0 || t >= c->reaped_at + LOCAL_DRAIN_MS))
+        if (c->reaped_at && (c->fd < 0 || t >= until))
             return;
-        if (!c->reaped_at && r->idle && t >= next_idle) {
-            r->idle(r->ctx);
-            next_idle = now_ms() + IDLE_EVERY_MS;
-            continue;
-        }
-        if (c->reaped_at) {
-            until = c->reaped_at + LOCAL_DRAIN_MS;
-        } else {
-            until = child_deadlines(c, t);
-            if (next_idle < until)
-                until = next_idle;
-            if (t + tick < until)
-                until = t + tick;
-            p[1].fd = stop_fd;  /* poll skips a negative fd */
-        }
+        if (t + tick < until)
+            until = t + tick;
         if (poll(p, 2, until <= t ? 0 : (int)(until - t)) < 0 && errno != EINTR) {
             log_warn("group %s: poll: %s", r->group_id, strerror(errno));
             usleep(TICK_MS * 1000);
@@ -586,6 +582,7 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
     out->started = 1;
     out->pid = (int)c.pid;
     c.term_at = r->timeout_s > 0 ? c.started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
+    c.next_idle = r->idle ? c.started + IDLE_EVERY_MS : INT64_MAX;
     log_info("group %s: process %d started for %zu events", r->group_id, out->pid,
              r->event_count);
     if (r->started)
