@@ -541,23 +541,21 @@ static void result_reason(struct local_result *out, const struct local_run *r)
         [SIGXCPU] = " (SIGXCPU)", [SIGXFSZ] = " (SIGXFSZ)", [SIGSYS] = " (SIGSYS)",
     };
     const char *name = out->signal > 0 && out->signal < 32 ? names[out->signal] : NULL;
-    char how[80];
+    char why[100] = "";  /* why it was killed, if lambdo killed it */
 
-    if (out->exited)
-        snprintf(how, sizeof how, "exited %d", out->exit_code);
-    else if (out->lost)
-        snprintf(how, sizeof how, "exit status unknown (the process was reaped elsewhere)");
-    else
-        snprintf(how, sizeof how, "killed by signal %d%s%s", out->signal, name ? name : "",
-                 out->core_dumped ? ", core dumped" : "");
     if (out->timed_out)
-        snprintf(out->reason, sizeof out->reason, "ran past its timeout of %d s: %s",
-                 r->timeout_s, how);
+        snprintf(why, sizeof why, "ran past its timeout of %d s: ", r->timeout_s);
     else if (out->stopped)
-        snprintf(out->reason, sizeof out->reason, "stopped: still running %d s after lambdo "
-                 "began to stop: %s", r->shutdown_grace_s, how);
+        snprintf(why, sizeof why, "stopped: still running %d s after lambdo began to stop: ",
+                 r->shutdown_grace_s);
+    if (out->exited)
+        snprintf(out->reason, sizeof out->reason, "%sexited %d", why, out->exit_code);
+    else if (out->lost)
+        snprintf(out->reason, sizeof out->reason,
+                 "%sexit status unknown (the process was reaped elsewhere)", why);
     else
-        snprintf(out->reason, sizeof out->reason, "%s", how);
+        snprintf(out->reason, sizeof out->reason, "%skilled by signal %d%s%s", why, out->signal,
+                 name ? name : "", out->core_dumped ? ", core dumped" : "");
 }
 
 /* ---- running a group ------------------------------------------------------------------ */
@@ -622,6 +620,6 @@ int local_run_group(const struct local_run *r, struct local_result *out, struct 
 
 int local_result_ok(const struct local_result *r)
 {
-    return r->started && r->exited && r->exit_code == 0 && !r->timed_out && !r->stopped &&
-           !r->exec_failed;
+    /* exited implies started and no exec failure */
+    return r->exited && r->exit_code == 0 && !r->timed_out && !r->stopped;
 }
