@@ -251,15 +251,16 @@ static const char *env_for_child(const char *kv)
     return rest;
 }
 
-/* Whether env (NULL-terminated) already sets kv's variable. */
-static int env_has(char *const *env, const char *kv)
+/* The first entry of env (NULL-terminated) that sets kv's variable, as getenv finds it;
+ * NULL if none does. */
+static const char *env_find(char *const *env, const char *kv)
 {
     size_t n = strcspn(kv, "=") + 1;  /* the name and its '=' */
 
     for (; *env; env++)
         if (strncmp(*env, kv, n) == 0)
-            return 1;
-    return 0;
+            return *env;
+    return NULL;
 }
 
 /* A new array of pointers into envp (not copies), the constants below, events_kv and
@@ -286,10 +287,10 @@ static char **env_build(const char *const *envp, char *events_kv, char *meta_kv)
         if (env_for_child(envp[i]))
             env[k++] = (char *)env_for_child(envp[i]);
     for (size_t i = 0; i < n; i++)
-        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_has(env, envp[i]))
+        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_find(env, envp[i]))
             env[k++] = (char *)envp[i];
     for (size_t i = 0; no_files[i]; i++)
-        if (!env_has(env, no_files[i]))
+        if (!env_find(env, no_files[i]))
             env[k++] = (char *)no_files[i];
     env[k++] = events_kv;
     env[k] = meta_kv;
@@ -337,15 +338,12 @@ static int file_runnable(const char *path)
  * cannot pass an exec failure back). Returns 0, or ENOENT, EACCES, EISDIR, ENAMETOOLONG. */
 static int command_find(const char *name, char *const *env, char *out, size_t cap)
 {
-    const char *p = DEFAULT_PATH;
+    const char *p = env_find(env, "PATH=");
     int err = ENOENT, rc;
 
     if (strchr(name, '/'))
         return (size_t)snprintf(out, cap, "%s", name) >= cap ? ENAMETOOLONG : file_runnable(out);
-    while (*env && strncmp(*env, "PATH=", 5) != 0)
-        env++;
-    if (*env)
-        p = *env + 5;  /* the first, as getenv finds it */
+    p = p ? p + 5 : DEFAULT_PATH;
     for (;;) {
         int n = (int)strcspn(p, ":");
 
