@@ -30,9 +30,6 @@ extern char **environ;
 #define IDLE_EVERY_MS 1000
 #define TICK_MS 200          /* how often to look for the child's end while its output
                                 pipe stays open (a process it started may hold it) */
-#define DEFAULT_PATH "/usr/local/bin:/bin:/usr/bin"
-#define CHILD_PREFIX "LAMBDO_CHILD_"
-#define CHILD_PREFIX_LEN (sizeof CHILD_PREFIX - 1)
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -243,9 +240,9 @@ static int env_is_lambdos(const char *kv)
  * variable, and for the names only lambdo sets. */
 static const char *env_for_child(const char *kv)
 {
-    const char *rest = kv + CHILD_PREFIX_LEN;
+    const char *rest = kv + 13;  /* after "LAMBDO_CHILD_" */
 
-    if (strncmp(kv, CHILD_PREFIX, CHILD_PREFIX_LEN) != 0 || *rest == '=' || !strchr(rest, '=') ||
+    if (strncmp(kv, "LAMBDO_CHILD_", 13) != 0 || *rest == '=' || !strchr(rest, '=') ||
         env_is(rest, "EVENTS_PATH") || env_is(rest, "EVENTS_META_PATH"))
         return NULL;
     return rest;
@@ -343,7 +340,7 @@ static int command_find(const char *name, char *const *env, char *out, size_t ca
 
     if (strchr(name, '/'))
         return (size_t)snprintf(out, cap, "%s", name) >= cap ? ENAMETOOLONG : file_runnable(out);
-    p = p ? p + 5 : DEFAULT_PATH;
+    p = p ? p + 5 : "/usr/local/bin:/bin:/usr/bin";  /* PATH unset: musl's execvp default */
     for (;;) {
         int n = (int)strcspn(p, ":");
 
