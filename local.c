@@ -429,7 +429,6 @@ static void output_read(struct child *c)
     } else if (n == 0 || errno != EINTR) {
         close(c->fd);  /* EOF, or an error that will not mend */
         c->fd = -1;
-        local_lines_finish(&c->lines);
     }
 }
 
@@ -581,10 +580,9 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
     if (r->started)
         r->started(r->ctx, out->pid);
     child_follow(&c);
-    if (c.fd >= 0) {
+    if (c.fd >= 0)
         close(c.fd);  /* held open by a process outside the group */
-        local_lines_finish(&c.lines);
-    }
+    local_lines_finish(&c.lines);  /* a last line without its newline */
     result_reason(out, r);
     return 0;
 }
