@@ -186,7 +186,7 @@ static int file_write(const char *kv, const char *data, size_t len, struct lerr 
 static int files_create(const struct local_run *r, struct files *f, struct lerr *e)
 {
     const char *tmp = r->tmpdir ? r->tmpdir : getenv("TMPDIR");
-    char gid[GID_MAX + 1];
+    char gid[GID_MAX + 1], tmpl[PATH_MAX];
     size_t n = 0;
 
     if (!tmp || !*tmp)
@@ -195,15 +195,12 @@ static int files_create(const struct local_run *r, struct files *f, struct lerr 
     for (const char *p = r->group_id ? r->group_id : ""; *p && n < GID_MAX; p++)
         gid[n++] = isalnum((unsigned char)*p) || *p == '-' ? *p : '_';
     gid[n] = '\0';
-    if ((size_t)snprintf(f->dir, sizeof f->dir, "%s/lambdo-%s-XXXXXX", tmp, gid) >= sizeof f->dir) {
-        f->dir[0] = '\0';
+    if ((size_t)snprintf(tmpl, sizeof tmpl, "%s/lambdo-%s-XXXXXX", tmp, gid) >= sizeof tmpl)
         return lerr_set(e, LERR_INVALID, "temporary directory name too long: %s", tmp);
-    }
-    if (!mkdtemp(f->dir)) {
-        f->dir[0] = '\0';
+    if (!mkdtemp(tmpl))
         return lerr_set(e, LERR_IO, "cannot create a private directory in %s: %s", tmp,
                         strerror(errno));
-    }
+    memcpy(f->dir, tmpl, sizeof tmpl);
     snprintf(f->events, sizeof f->events, "EVENTS_PATH=%s/events.json", f->dir);
     snprintf(f->meta, sizeof f->meta, "EVENTS_META_PATH=%s/events.meta.json", f->dir);
     if (file_write(f->events, r->events, r->events_len, e) < 0)
@@ -590,7 +587,7 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
 int local_run_group(const struct local_run *r, struct local_result *out, struct lerr *e)
 {
     struct pollfd stop = { .fd = r->stop_fd, .events = POLLIN };
-    struct files f;
+    struct files f = { .dir = "" };
     int rc;
 
     memset(out, 0, sizeof *out);
