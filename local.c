@@ -30,9 +30,6 @@ extern char **environ;
 #define IDLE_EVERY_MS 1000
 #define TICK_MS 200          /* how often to look for the child's end while its output
                                 pipe stays open (a process it started may hold it) */
-#define DEFAULT_PATH "/usr/local/bin:/bin:/usr/bin"
-#define CHILD_PREFIX "LAMBDO_CHILD_"
-#define CHILD_PREFIX_LEN (sizeof CHILD_PREFIX - 1)
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -189,7 +186,7 @@ static int file_write(const char *kv, const char *data, size_t len, struct lerr 
 static int files_create(const struct local_run *r, struct files *f, struct lerr *e)
 {
     const char *tmp = r->tmpdir ? r->tmpdir : getenv("TMPDIR");
-    char gid[GID_MAX + 1];
+    char gid[GID_MAX + 1], tmpl[PATH_MAX];
     size_t n = 0;
 
     if (!tmp || !*tmp)
@@ -198,15 +195,12 @@ static int files_create(const struct local_run *r, struct files *f, struct lerr 
     for (const char *p = r->group_id ? r->group_id : ""; *p && n < GID_MAX; p++)
         gid[n++] = isalnum((unsigned char)*p) || *p == '-' ? *p : '_';
     gid[n] = '\0';
-    if ((size_t)snprintf(f->dir, sizeof f->dir, "%s/lambdo-%s-XXXXXX", tmp, gid) >= sizeof f->dir) {
-        f->dir[0] = '\0';
+    if ((size_t)snprintf(tmpl, sizeof tmpl, "%s/lambdo-%s-XXXXXX", tmp, gid) >= sizeof tmpl)
         return lerr_set(e, LERR_INVALID, "temporary directory name too long: %s", tmp);
-    }
-    if (!mkdtemp(f->dir)) {
-        f->dir[0] = '\0';
+    if (!mkdtemp(tmpl))
         return lerr_set(e, LERR_IO, "cannot create a private directory in %s: %s", tmp,
                         strerror(errno));
-    }
+    memcpy(f->dir, tmpl, sizeof tmpl);
     snprintf(f->events, sizeof f->events, "EVENTS_PATH=%s/events.json", f->dir);
     snprintf(f->meta, sizeof f->meta, "EVENTS_META_PATH=%s/events.meta.json", f->dir);
     if (file_write(f->events, r->events, r->events_len, e) < 0)
@@ -243,23 +237,24 @@ static int env_is_lambdos(const char *kv)
  * variable, and for the names only lambdo sets. */
 static const char *env_for_child(const char *kv)
 {
-    const char *rest = kv + CHILD_PREFIX_LEN;
+    const char *rest = kv + 13;  /* after "LAMBDO_CHILD_" */
 
-    if (strncmp(kv, CHILD_PREFIX, CHILD_PREFIX_LEN) != 0 || *rest == '=' || !strchr(rest, '=') ||
+    if (strncmp(kv, "LAMBDO_CHILD_", 13) != 0 || *rest == '=' || !strchr(rest, '=') ||
         env_is(rest, "EVENTS_PATH") || env_is(rest, "EVENTS_META_PATH"))
         return NULL;
     return rest;
 }
 
-/* Whether env (NULL-terminated) already sets kv's variable. */
-static int env_has(char *const *env, const char *kv)
+/* The first entry of env (NULL-terminated) that sets kv's variable, as getenv finds it;
+ * NULL if none does. */
+static const char *env_find(char *const *env, const char *kv)
 {
     size_t n = strcspn(kv, "=") + 1;  /* the name and its '=' */
 
     for (; *env; env++)
         if (strncmp(*env, kv, n) == 0)
-            return 1;
-    return 0;
+            return *env;
+    return NULL;
 }
 
 /* A new array of pointers into envp (not copies), the constants below, events_kv and
@@ -286,10 +281,10 @@ static char **env_build(const char *const *envp, char *events_kv, char *meta_kv)
         if (env_for_child(envp[i]))
             env[k++] = (char *)env_for_child(envp[i]);
     for (size_t i = 0; i < n; i++)
-        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_has(env, envp[i]))
+        if (strchr(envp[i], '=') && !env_is_lambdos(envp[i]) && !env_find(env, envp[i]))
             env[k++] = (char *)envp[i];
     for (size_t i = 0; no_files[i]; i++)
-        if (!env_has(env, no_files[i]))
+        if (!env_find(env, no_files[i]))
             env[k++] = (char *)no_files[i];
     env[k++] = events_kv;
     env[k] = meta_kv;
@@ -337,15 +332,12 @@ static int file_runnable(const char *path)
  * cannot pass an exec failure back). Returns 0, or ENOENT, EACCES, EISDIR, ENAMETOOLONG. */
 static int command_find(const char *name, char *const *env, char *out, size_t cap)
 {
-    const char *p = DEFAULT_PATH;
+    const char *p = env_find(env, "PATH=");
     int err = ENOENT, rc;
 
     if (strchr(name, '/'))
         return (size_t)snprintf(out, cap, "%s", name) >= cap ? ENAMETOOLONG : file_runnable(out);
-    while (*env && strncmp(*env, "PATH=", 5) != 0)
-        env++;
-    if (*env)
-        p = *env + 5;  /* the first, as getenv finds it */
+    p = p ? p + 5 : "/usr/local/bin:/bin:/usr/bin";  /* PATH unset: musl's execvp default */
     for (;;) {
         int n = (int)strcspn(p, ":");
 
@@ -409,6 +401,7 @@ struct child {
     int64_t started;
     int64_t term_at;         /* SIGTERM then: the timeout, or sooner the shutdown deadline */
     int64_t kill_at;         /* SIGTERM sent: when SIGKILL follows (INT64_MAX: sent); 0 before */
+    int64_t next_idle;       /* the next heartbeat; INT64_MAX: none */
     int64_t reaped_at;       /* 0 while it runs */
     struct local_lines lines;
 };
@@ -433,18 +426,24 @@ static void output_read(struct child *c)
     } else if (n == 0 || errno != EINTR) {
         close(c->fd);  /* EOF, or an error that will not mend */
         c->fd = -1;
-        local_lines_finish(&c->lines);
     }
 }
 
-/* SIGTERM to the whole process group at term_at, SIGKILL kill_grace later; only called
- * while the child is not reaped, so the group id cannot have been reused by an unrelated
- * process. Returns when it has work next. */
-static int64_t child_deadlines(struct child *c, int64_t t)
+/* The timed work while the child runs: a heartbeat every IDLE_EVERY_MS (next_idle stays
+ * INT64_MAX without one), SIGTERM to the whole process group at term_at, SIGKILL kill_grace
+ * later. Only called while the child is not reaped, so the group id cannot have been
+ * reused by an unrelated process. Returns when it has work next. */
+static int64_t child_timers(struct child *c)
 {
     const struct local_run *r = c->r;
     int grace = r->kill_grace_s > 0 ? r->kill_grace_s : LOCAL_KILL_GRACE_S;
+    int64_t t = now_ms(), next;
 
+    if (t >= c->next_idle) {
+        r->idle(r->ctx);
+        t = now_ms();  /* a heartbeat may take a while */
+        c->next_idle = t + IDLE_EVERY_MS;
+    }
     if (!c->kill_at && t >= c->term_at) {
         if (r->timeout_s > 0 && t >= c->started + (int64_t)r->timeout_s * 1000)
             c->out->timed_out = 1;
@@ -456,7 +455,8 @@ static int64_t child_deadlines(struct child *c, int64_t t)
         kill(-c->pid, SIGKILL);
         c->kill_at = INT64_MAX;
     }
-    return c->kill_at ? c->kill_at : c->term_at;
+    next = c->kill_at ? c->kill_at : c->term_at;
+    return next < c->next_idle ? next : c->next_idle;
 }
 
 /* If the child ended: kills what it left in its group, then reaps it. waitid with WNOWAIT
@@ -488,35 +488,22 @@ static void child_check(struct child *c)
 }
 
 /* Until the child is reaped and its output read to the end (or LOCAL_DRAIN_MS more):
- * heartbeats, the stop fd, the deadlines, and a look for the child's end every tick,
- * sooner right after its output closed (it is most likely exiting then). */
+ * the timed work, the stop fd, and a look for the child's end every tick, sooner right
+ * after its output closed (it is most likely exiting then). */
 static void child_follow(struct child *c)
 {
     const struct local_run *r = c->r;
-    int64_t next_idle = now_ms() + IDLE_EVERY_MS;
-    int tick = TICK_MS, stop_fd = r->stop_fd;  /* -1 once it turned readable */
+    int tick = TICK_MS, stop_fd = r->stop_fd;  /* -1 once it turned readable (poll skips it) */
 
     for (;;) {
-        struct pollfd p[2] = { { .fd = c->fd, .events = POLLIN }, { .fd = -1, .events = POLLIN } };
-        int64_t t = now_ms(), until;
+        struct pollfd p[2] = { { .fd = c->fd, .events = POLLIN }, { .fd = stop_fd, .events = POLLIN } };
+        int64_t until = c->reaped_at ? c->reaped_at + LOCAL_DRAIN_MS : child_timers(c);
+        int64_t t = now_ms();
 
-        if (c->reaped_at && (c->fd < 0 || t >= c->reaped_at + LOCAL_DRAIN_MS))
+        if (c->reaped_at && (c->fd < 0 || t >= until))
             return;
-        if (!c->reaped_at && r->idle && t >= next_idle) {
-            r->idle(r->ctx);
-            next_idle = now_ms() + IDLE_EVERY_MS;
-            continue;
-        }
-        if (c->reaped_at) {
-            until = c->reaped_at + LOCAL_DRAIN_MS;
-        } else {
-            until = child_deadlines(c, t);
-            if (next_idle < until)
-                until = next_idle;
-            if (t + tick < until)
-                until = t + tick;
-            p[1].fd = stop_fd;  /* poll skips a negative fd */
-        }
+        if (t + tick < until)
+            until = t + tick;
         if (poll(p, 2, until <= t ? 0 : (int)(until - t)) < 0 && errno != EINTR) {
             log_warn("group %s: poll: %s", r->group_id, strerror(errno));
             usleep(TICK_MS * 1000);
@@ -545,23 +532,21 @@ static void result_reason(struct local_result *out, const struct local_run *r)
         [SIGXCPU] = " (SIGXCPU)", [SIGXFSZ] = " (SIGXFSZ)", [SIGSYS] = " (SIGSYS)",
     };
     const char *name = out->signal > 0 && out->signal < 32 ? names[out->signal] : NULL;
-    char how[80];
+    char why[100] = "";  /* why it was killed, if lambdo killed it */
 
-    if (out->exited)
-        snprintf(how, sizeof how, "exited %d", out->exit_code);
-    else if (out->lost)
-        snprintf(how, sizeof how, "exit status unknown (the process was reaped elsewhere)");
-    else
-        snprintf(how, sizeof how, "killed by signal %d%s%s", out->signal, name ? name : "",
-                 out->core_dumped ? ", core dumped" : "");
     if (out->timed_out)
-        snprintf(out->reason, sizeof out->reason, "ran past its timeout of %d s: %s",
-                 r->timeout_s, how);
+        snprintf(why, sizeof why, "ran past its timeout of %d s: ", r->timeout_s);
     else if (out->stopped)
-        snprintf(out->reason, sizeof out->reason, "stopped: still running %d s after lambdo "
-                 "began to stop: %s", r->shutdown_grace_s, how);
+        snprintf(why, sizeof why, "stopped: still running %d s after lambdo began to stop: ",
+                 r->shutdown_grace_s);
+    if (out->exited)
+        snprintf(out->reason, sizeof out->reason, "%sexited %d", why, out->exit_code);
+    else if (out->lost)
+        snprintf(out->reason, sizeof out->reason,
+                 "%sexit status unknown (the process was reaped elsewhere)", why);
     else
-        snprintf(out->reason, sizeof out->reason, "%s", how);
+        snprintf(out->reason, sizeof out->reason, "%skilled by signal %d%s%s", why, out->signal,
+                 name ? name : "", out->core_dumped ? ", core dumped" : "");
 }
 
 /* ---- running a group ------------------------------------------------------------------ */
@@ -586,15 +571,15 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
     out->started = 1;
     out->pid = (int)c.pid;
     c.term_at = r->timeout_s > 0 ? c.started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
+    c.next_idle = r->idle ? c.started + IDLE_EVERY_MS : INT64_MAX;
     log_info("group %s: process %d started for %zu events", r->group_id, out->pid,
              r->event_count);
     if (r->started)
         r->started(r->ctx, out->pid);
     child_follow(&c);
-    if (c.fd >= 0) {
+    if (c.fd >= 0)
         close(c.fd);  /* held open by a process outside the group */
-        local_lines_finish(&c.lines);
-    }
+    local_lines_finish(&c.lines);  /* a last line without its newline */
     result_reason(out, r);
     return 0;
 }
@@ -602,7 +587,7 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
 int local_run_group(const struct local_run *r, struct local_result *out, struct lerr *e)
 {
     struct pollfd stop = { .fd = r->stop_fd, .events = POLLIN };
-    struct files f;
+    struct files f = { .dir = "" };
     int rc;
 
     memset(out, 0, sizeof *out);
@@ -625,6 +610,6 @@ int local_run_group(const struct local_run *r, struct local_result *out, struct 
 
 int local_result_ok(const struct local_result *r)
 {
-    return r->started && r->exited && r->exit_code == 0 && !r->timed_out && !r->stopped &&
-           !r->exec_failed;
+    /* exited implies started and no exec failure */
+    return r->exited && r->exit_code == 0 && !r->timed_out && !r->stopped;
 }

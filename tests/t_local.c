@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -488,6 +489,31 @@ static void test_killed_by_signal(void **state)
     assert_int_equal(res.signal, 9);
     assert_string_equal(res.reason, "killed by signal 9 (SIGKILL)");
     assert_false(local_result_ok(&res));
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* Without a heartbeat callback, following a quiet child still sleeps in poll: it once
+ * spun once the first heartbeat was due (about 1 s in), burning a core until the end. */
+static void test_no_busy_wait_without_idle(void **state)
+{
+    const char *argv[] = { "sleep", "3", NULL };
+    struct local_run r = run_base(argv, "quiet");
+    struct local_result res;
+    double cpu = cpu_seconds();
+
+    free(run_logged(&r, &res));
+    cpu = cpu_seconds() - cpu;
+    assert_true(local_result_ok(&res));
+    if (cpu > 0.5)
+        fail_msg("%.2f s of CPU to follow a child that slept 3 s", cpu);
 }
 
 /* ---- children: timeouts, stops, process groups -------------------------------------------- */
@@ -1243,6 +1269,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_exit_0, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_exit_3, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_killed_by_signal, scratch_up, scratch_down),
+        cmocka_unit_test_setup_teardown(test_no_busy_wait_without_idle, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_timeout_kills_group, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_timeout_escalates_to_sigkill, scratch_up, scratch_down),
         cmocka_unit_test_setup_teardown(test_leftovers_killed, scratch_up, scratch_down),
