@@ -280,11 +280,8 @@ int tls_anchors_load(struct tls_anchors *ta, const char *path, struct lerr *e)
     int rc;
 
     memset(ta, 0, sizeof *ta);
-    if (!path) {
-        path = getenv("SSL_CERT_FILE");
-        if (!path || !*path)
-            path = TLS_DEFAULT_CA_FILE;
-    }
+    if (!path || !*path)
+        path = TLS_DEFAULT_CA_FILE;
     /* up to 64 MiB: a system bundle is about 200 KB */
     rc = text_read_file(path, "CA bundle ", 64 << 20, TEXT_READ_REGULAR, &text, &file_len, e);
     file = (unsigned char *)text;

@@ -28,7 +28,8 @@ struct tls_anchors {
     unsigned char *arena;   /* owned: every anchor's DN and key bytes, in one block */
 };
 
-/* Loads the CA bundle from path, or if path is NULL from $SSL_CERT_FILE, else the default.
+/* Loads the CA bundle from path, or if path is NULL or "" from the default (the caller
+ * reads $SSL_CERT_FILE: config.c's ca_file).
  * A missing or unreadable file, or one with no usable certificate, is an error naming the
  * file. Certificates BearSSL cannot use (unsupported key type) are skipped. Returns 0 or
  * -1 with e set. */

@@ -191,7 +191,7 @@ int main(int argc, char **argv)
         return 64;
     log_setup(LOG_LEVEL_DEBUG, 0);
     /* The bundle is only needed for an https STS endpoint; without one, http:// works. */
-    if (getenv("SSL_CERT_FILE") && tls_anchors_load(&anchors, NULL, &e) < 0)
+    if (getenv("SSL_CERT_FILE") && tls_anchors_load(&anchors, getenv("SSL_CERT_FILE"), &e) < 0)
         return fail(&e, 2);
     if (creds_init_hooks(&p, env_get, NULL, region, anchors.count ? &anchors : NULL, &hooks,
                          &e) < 0) {

@@ -262,7 +262,7 @@ static int ca_bench(int runs)
         struct tls_anchors ta;
         struct lerr e = { 0 };
         double t = now_ms();
-        if (tls_anchors_load(&ta, NULL, &e) < 0) {
+        if (tls_anchors_load(&ta, getenv("SSL_CERT_FILE"), &e) < 0) {
             print_error(&e);
             return 1;
         }
@@ -336,7 +336,7 @@ static int ca_check(void)
     static unsigned char buf[4 << 20];
     FILE *f;
 
-    if (tls_anchors_load(&ta, NULL, &e) < 0) {
+    if (tls_anchors_load(&ta, getenv("SSL_CERT_FILE"), &e) < 0) {
         print_error(&e);
         return 1;
     }
@@ -409,7 +409,7 @@ static int run(struct opts *o)
         }
         need_tls |= urls[i].tls;
     }
-    if (need_tls && tls_anchors_load(&ta, NULL, &e) < 0) {
+    if (need_tls && tls_anchors_load(&ta, getenv("SSL_CERT_FILE"), &e) < 0) {
         print_error(&e);
         free(urls);
         return 1;

@@ -253,7 +253,7 @@ int main(int argc, char **argv)
         return usage("needs a queue URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
     if (url_parse(o.endpoint ? o.endpoint : o.queue, &ep, &e) < 0)
         return fail(cJSON_CreateObject(), NULL, &e);
-    if (ep.tls && tls_anchors_load(&ta, NULL, &e) < 0)
+    if (ep.tls && tls_anchors_load(&ta, getenv("SSL_CERT_FILE"), &e) < 0)
         return fail(cJSON_CreateObject(), NULL, &e);
     http_client_init(&http, ep.tls ? &ta : NULL);
     if (o.io_timeout_ms >= 0)
