@@ -13,11 +13,8 @@ struct pool_waiter {
 
 void pool_init(struct pool *p, int per_key)
 {
-    memset(p, 0, sizeof *p);
-    p->per_key = per_key;
-    /* with default attributes, neither can fail (musl, glibc) */
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->freed, NULL);
+    *p = (struct pool){ .mu = PTHREAD_MUTEX_INITIALIZER, .freed = PTHREAD_COND_INITIALIZER,
+                        .per_key = per_key };
 }
 
 static void machine_free(struct pool_machine *m)
@@ -218,7 +215,7 @@ struct pool_machine *pool_reap(struct pool *p, int64_t now, int64_t idle_ms)
     for (struct pool_machine *m = p->list; m && !found; m = m->next) {
         int64_t idle = now - m->idle_since_ms;
 
-        if ((m->state == POOL_IDLE && idle >= idle_ms) ||
+        if ((m->state == POOL_IDLE && idle >= idle_ms && m->skip_until_ms <= now) ||
             (m->state == POOL_HELD && idle >= POOL_HOLD_MS))
             found = m;
     }
