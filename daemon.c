@@ -1357,14 +1357,10 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
                                   cfg->long_poll_seconds, NULL, NULL };
 
-    memset(d, 0, sizeof *d);
-    d->cfg = cfg;
-    d->signal_fd = -1;
-    pthread_mutex_init(&d->mu, NULL);
+    *d = (struct daemon){ .cfg = cfg, .signal_fd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
+                          .changed = PTHREAD_COND_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
+                          .queue_tail = &d->queue };
     tls_sessions_init(&d->sessions);
-    pthread_cond_init(&d->changed, NULL);
-    pthread_cond_init(&d->work, NULL);
-    d->queue_tail = &d->queue;
     pool_init(&d->pool, cfg->pool);
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)
