@@ -1310,7 +1310,8 @@ static void pool_maintain(struct daemon *d)
         int destroy = now_ms() - pm->idle_since_ms >= idle_ms;
 
         t.limits = &pm->limits;
-        if (destroy && !pm->nonce[0] && pool_lease_take(&d->main_http, &t, pm, pm->nonce, &r, &e) < 0) {
+        if (destroy && !pm->nonce[0] &&
+            pool_lease_take(&d->main_http, &t, pm, pm->nonce, &r, &e) < 0) {
             if (r.outcome == FLY_CALL_GONE)
                 pool_drop(&d->pool, pm);
             else
