@@ -543,15 +543,23 @@ static struct fly_target pool_target(struct job *j, int stop)
     return t;
 }
 
-/* When to refresh a lease that expires at expires_at (Fly's clock, unix seconds; 0 unknown):
- * at half the time left, and at least every half TTL whatever the clocks say. */
-static void pool_lease_due(struct pool_machine *pm, long long expires_at)
+/* Takes pm's lease, its nonce into nonce (pm->nonce, or a refresh's own buffer: the call
+ * clears it first), and sets when to refresh it: at half the time left until it expires
+ * (Fly's clock, unix seconds; 0 unknown), and at least every half TTL whatever the clocks
+ * say. The three lease calls (job, refresh, reaper) go through here. */
+static int pool_lease_take(struct http_client *http, const struct fly_target *t,
+                           struct pool_machine *pm, char nonce[FLY_NONCE_MAX],
+                           struct fly_call_result *r, struct lerr *e)
 {
-    long long left = expires_at ? expires_at - (long long)time(NULL) : POOL_LEASE_TTL_S;
+    long long exp, left;
 
+    if (fly_lease_acquire(http, t, pm->id, POOL_LEASE_TTL_S, nonce, &exp, r, e) < 0)
+        return -1;
+    left = exp ? exp - (long long)time(NULL) : POOL_LEASE_TTL_S;
     if (left > POOL_LEASE_TTL_S)
         left = POOL_LEASE_TTL_S;
     pm->lease_due_ms = now_ms() + (left < 2 ? 2 : left) * 500;
+    return 0;
 }
 
 /* Keeps the job's lease through a long run (called with its heartbeats). A failed refresh
@@ -562,17 +570,14 @@ static void pool_lease_refresh(struct job *j)
     struct fly_call_result r;
     struct fly_target t;
     char nonce[FLY_NONCE_MAX];
-    long long exp;
     struct lerr e;
 
     if (!pm || !pm->nonce[0] || now_ms() < pm->lease_due_ms)
         return;
     t = pool_target(j, 0);
     t.idle = NULL;  /* no heartbeat inside a heartbeat */
-    if (fly_lease_acquire(j->http, &t, pm->id, POOL_LEASE_TTL_S, nonce, &exp, &r, &e) == 0) {
-        pool_lease_due(pm, exp);
+    if (pool_lease_take(j->http, &t, pm, nonce, &r, &e) == 0)
         return;
-    }
     log_warn("group %s: machine %s: refreshing its lease: %s", j->gid, pm->id, e.msg);
     pm->lease_due_ms = now_ms() + 1000;
 }
@@ -634,7 +639,6 @@ static int pool_lease(struct job *j, int fresh)
     struct fly_target t = pool_target(j, 1);
     struct fly_call_result r;
     struct fly_exit x;
-    long long exp;
     struct lerr e;
     int gone;
 
@@ -642,12 +646,11 @@ static int pool_lease(struct job *j, int fresh)
         pool_lease_refresh(j);
         return 0;
     }
-    if (fly_lease_acquire(j->http, &t, pm->id, POOL_LEASE_TTL_S, pm->nonce, &exp, &r, &e) < 0) {
+    if (pool_lease_take(j->http, &t, pm, pm->nonce, &r, &e) < 0) {
         pool_give_up(j, r.outcome == FLY_CALL_GONE, r.status == 409 ? "is leased by another"
                                                                     : e.msg);
         return -1;
     }
-    pool_lease_due(pm, exp);
     if (fresh)
         return 0;
     t.lease_nonce = pm->nonce;
@@ -1303,14 +1306,12 @@ static void pool_maintain(struct daemon *d)
     while ((pm = pool_reap(&d->pool, now_ms(), idle_ms))) {
         struct fly_target t = d->follow;
         struct fly_call_result r;
-        long long exp;
         struct lerr e;
         int destroy = now_ms() - pm->idle_since_ms >= idle_ms;
 
         t.limits = &pm->limits;
         if (destroy && !pm->nonce[0] &&
-            fly_lease_acquire(&d->main_http, &t, pm->id, POOL_LEASE_TTL_S, pm->nonce, &exp, &r,
-                              &e) < 0) {
+            pool_lease_take(&d->main_http, &t, pm, pm->nonce, &r, &e) < 0) {
             if (r.outcome == FLY_CALL_GONE)
                 pool_drop(&d->pool, pm);
             else
@@ -1357,14 +1358,10 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
     struct metrics_options mo = { cfg->regions, cfg->num_regions, LAMBDO_VERSION,
                                   cfg->long_poll_seconds, NULL, NULL };
 
-    memset(d, 0, sizeof *d);
-    d->cfg = cfg;
-    d->signal_fd = -1;
-    pthread_mutex_init(&d->mu, NULL);
+    *d = (struct daemon){ .cfg = cfg, .signal_fd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
+                          .changed = PTHREAD_COND_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
+                          .queue_tail = &d->queue };
     tls_sessions_init(&d->sessions);
-    pthread_cond_init(&d->changed, NULL);
-    pthread_cond_init(&d->work, NULL);
-    d->queue_tail = &d->queue;
     pool_init(&d->pool, cfg->pool);
     if (ratelimit_init(&d->create_rl, cfg->fly_create_rate, cfg->fly_create_burst, e) < 0 ||
         ratelimit_init(&d->get_rl, cfg->fly_get_rate, cfg->fly_get_burst, e) < 0)

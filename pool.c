@@ -13,11 +13,8 @@ struct pool_waiter {
 
 void pool_init(struct pool *p, int per_key)
 {
-    memset(p, 0, sizeof *p);
-    p->per_key = per_key;
-    /* with default attributes, neither can fail (musl, glibc) */
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->freed, NULL);
+    *p = (struct pool){ .mu = PTHREAD_MUTEX_INITIALIZER, .freed = PTHREAD_COND_INITIALIZER,
+                        .per_key = per_key };
 }
 
 static void machine_free(struct pool_machine *m)
@@ -47,10 +44,7 @@ static struct pool_machine *machine_add(struct pool *p, const char *id, const ch
 
     if (!m)
         return NULL;
-    if (fly_machine_limits_init(&m->limits, &e) < 0) {
-        free(m);
-        return NULL;
-    }
+    fly_machine_limits_init(&m->limits, &e);  /* returns 0: Fly's fixed figures (fly.h) */
     snprintf(m->id, sizeof m->id, "%s", id);
     snprintf(m->key, sizeof m->key, "%s", key);
     m->state = state;
@@ -218,7 +212,7 @@ struct pool_machine *pool_reap(struct pool *p, int64_t now, int64_t idle_ms)
     for (struct pool_machine *m = p->list; m && !found; m = m->next) {
         int64_t idle = now - m->idle_since_ms;
 
-        if ((m->state == POOL_IDLE && idle >= idle_ms) ||
+        if ((m->state == POOL_IDLE && idle >= idle_ms && m->skip_until_ms <= now) ||
             (m->state == POOL_HELD && idle >= POOL_HOLD_MS))
             found = m;
     }

@@ -94,9 +94,9 @@ void pool_drop(struct pool *p, struct pool_machine *m);
  * added (fewer when out of memory). */
 size_t pool_adopt(struct pool *p, const struct fly_pool_machine *list, size_t n, int64_t now);
 
-/* An IDLE Machine idle for at least idle_ms at now, or a HELD one that no job took within
- * POOL_HOLD_MS: taken (BUSY) for the caller to destroy (idle long enough; then pool_drop) or
- * to give back, its lease released (pool_put); NULL when there is none. */
+/* An IDLE Machine idle for at least idle_ms at now and not skipped, or a HELD one that no
+ * job took within POOL_HOLD_MS: taken (BUSY) for the caller to destroy (idle long enough;
+ * then pool_drop) or to give back, its lease released (pool_put); NULL when there is none. */
 struct pool_machine *pool_reap(struct pool *p, int64_t now, int64_t idle_ms);
 
 /* Machines free (IDLE, HELD) and busy. */

@@ -240,6 +240,24 @@ static void test_reap(void **state)
     pool_destroy(&p);
 }
 
+/* A Machine the reaper could not lease (another lambdo holds it) is skipped: pool_reap leaves
+ * it alone until then, or pool_maintain would take it again at once, and again. */
+static void test_reap_leaves_a_skipped_one(void **state)
+{
+    struct pool p;
+    struct pool_machine *m;
+
+    (void)state;
+    init(&p, 1);
+    add(&p, KA, "m1");
+    m = pool_reap(&p, fake_now + 60000, 60000);
+    assert_non_null(m);
+    pool_skip(&p, m, fake_now + 120000);
+    assert_null(pool_reap(&p, fake_now + 60000, 60000));
+    assert_ptr_equal(pool_reap(&p, fake_now + 120000, 60000), m);
+    pool_destroy(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -249,6 +267,7 @@ int main(void)
         cmocka_unit_test(test_waiter_gets_the_held_machine),
         cmocka_unit_test(test_adopt),
         cmocka_unit_test(test_reap),
+        cmocka_unit_test(test_reap_leaves_a_skipped_one),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
