@@ -1394,11 +1394,6 @@ int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
     return 0;
 }
 
-const char *creds_source_name(const struct creds_provider *p)
-{
-    return p->source_name;
-}
-
 void creds_free(struct creds_provider *p)
 {
     if (!p->source_name[0])

@@ -90,9 +90,12 @@ struct creds_hooks {
     void *ctx;
 };
 
-/* Caller-allocated (about 22 KB); everything below is private to creds.c. */
+/* Caller-allocated (about 22 KB); source_name may be read, the rest is private to creds.c. */
 struct creds_provider {
-    char source_name[CREDS_SOURCE_NAME_MAX];  /* "" until creds_init succeeds */
+    /* "" until creds_init succeeds, then "environment", "web identity (role
+     * arn:aws:iam::123456789012:role/x)" or "shared file profile default
+     * (/root/.aws/credentials)": never a secret, for the start-up log line */
+    char source_name[CREDS_SOURCE_NAME_MAX];
     struct creds_hooks hooks;
 
     /* web identity: fixed after creds_init */
@@ -127,10 +130,6 @@ struct creds_provider {
 int creds_init_hooks(struct creds_provider *p, config_getenv_fn get, void *ctx,
                      const char *region, const struct tls_anchors *anchors,
                      const struct creds_hooks *hooks, struct lerr *e);
-/* "environment", "web identity (role arn:aws:iam::123456789012:role/x)",
- * "shared file profile default (/root/.aws/credentials)". Never a secret. */
-const char *creds_source_name(const struct creds_provider *p);
-
 /* The config file's region for the profile, read the same way, for configuration code
  * that needs a region before the provider exists (AWS_REGION unset, and a queue URL that
  * names none). Returns 1 with out set, 0 when there is none (no file, no such profile, no

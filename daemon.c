@@ -1370,7 +1370,7 @@ static int daemon_open(struct daemon *d, const struct config *cfg, struct lerr *
         return cfg->ca_file ? lerr_wrap(e, "SSL_CERT_FILE") : -1;
     if (creds_init(&d->creds, config_env, NULL, cfg->aws_region, &d->anchors, e) < 0)
         return -1;
-    log_info("AWS credentials: %s", creds_source_name(&d->creds));
+    log_info("AWS credentials: %s", d->creds.source_name);
     if ((d->signal_fd = signals_open(e)) < 0)
         return -1;
     /* Child processes must inherit nothing of ours but what local.c hands them. */

@@ -199,7 +199,7 @@ int main(int argc, char **argv)
         return fail(&e, 2);
     }
     o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "source", creds_source_name(&p));
+    cJSON_AddStringToObject(o, "source", p.source_name);
     /* the config file's region, as configuration code reads it (an unreadable file: none) */
     if (creds_config_region(env_get, NULL, region_buf, sizeof region_buf, &e) > 0)
         cJSON_AddStringToObject(o, "file_region", region_buf);
