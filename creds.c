@@ -78,7 +78,7 @@ static int creds_put(char *dst, size_t cap, const char *src, size_t n, const cha
 /* printf rather than strftime: strftime would bring musl's locale and time zone code.
  * gmtime_r cannot fail here: every time shown comes from creds_parse_time or a JWT's exp,
  * both before the year 10000. */
-static void creds_fmt_time(int64_t t, char out[80])
+static const char *creds_fmt_time(int64_t t, char out[80])
 {
     time_t tt = (time_t)t;
     struct tm tm = { 0 };
@@ -86,6 +86,7 @@ static void creds_fmt_time(int64_t t, char out[80])
     gmtime_r(&tt, &tm);
     snprintf(out, 80, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return out;
 }
 
 static int creds_region_ok(const char *s, size_t n)
@@ -719,7 +720,7 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
 {
     struct profile_parse *pp = ctx;
     struct creds_profile *out = pp->out;
-    size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0], u = 0;
+    size_t k = 0, count = sizeof profile_keys / sizeof profile_keys[0];
     char *dst;
 
     if (!key) {
@@ -729,11 +730,9 @@ static int profile_setting(void *ctx, const char *sec, size_t sec_len, const cha
     }
     while (k < count && !span_eq(key, key_len, profile_keys[k].key, 1))
         k++;
-    while (u < sizeof profile_unsupported / sizeof *profile_unsupported &&
-           !span_eq(key, key_len, profile_unsupported[u], 1))
-        u++;
-    if (pp->in_profile && n > 0 && u < sizeof profile_unsupported / sizeof *profile_unsupported)
-        out->have |= CREDS_HAVE_OTHER;
+    for (size_t u = 0; u < sizeof profile_unsupported / sizeof *profile_unsupported; u++)
+        if (pp->in_profile && n > 0 && span_eq(key, key_len, profile_unsupported[u], 1))
+            out->have |= CREDS_HAVE_OTHER;
     if (!pp->in_profile || k == count)
         return 0;
     dst = (char *)out + profile_keys[k].off;
@@ -1102,11 +1101,9 @@ static int wi_fetch(const struct creds_provider *p, struct creds_snapshot *out, 
     if (rc < 0)
         creds_scrub(e->msg, tok);
     text_wipe_free(tok, strlen(tok));
-    if (rc >= 0 && out->expiration <= creds_now(p) + CREDS_EXPIRY_SKEW_S) {
-        creds_fmt_time(out->expiration, t);
+    if (rc >= 0 && out->expiration <= creds_now(p) + CREDS_EXPIRY_SKEW_S)
         rc = lerr_set(e, LERR_INVALID, "STS gave credentials that expire at %s, which is not "
-                      "in the future (is the clock right?)", t);
-    }
+                      "in the future (is the clock right?)", creds_fmt_time(out->expiration, t));
     if (rc < 0)
         creds_snapshot_wipe(out);
     return rc < 0 ? -1 : 0;
@@ -1148,9 +1145,8 @@ static void creds_refresh(struct creds_provider *p)
         p->cur = *fresh;
         p->exchanges++;
         creds_installed(p, now);
-        creds_fmt_time(fresh->expiration, t);
         log_info("AWS credentials refreshed through STS (role %s), valid until %s", p->role_arn,
-                 t);
+                 creds_fmt_time(fresh->expiration, t));
     } else {
         int64_t left = p->cur.expiration - now;
 
@@ -1181,8 +1177,8 @@ int creds_get(struct creds_provider *p, struct creds_snapshot *out, struct lerr 
             pthread_cond_wait(&p->refreshed, &p->mu);
         } else if (now < p->retry_at) {
             *e = p->last_error;
-            creds_fmt_time(p->cur.expiration, t);
-            rc = lerr_wrap(e, "AWS credentials expired at %s and could not be refreshed", t);
+            rc = lerr_wrap(e, "AWS credentials expired at %s and could not be refreshed",
+                           creds_fmt_time(p->cur.expiration, t));
             break;
         } else {
             creds_refresh(p);
