@@ -6,13 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
 #include "group.h"
-#include "http.h"
-#include "json.h"
-#include "log.h"
 #include "text.h"
-#include "tls.h"
 
 static const char send_usage[] =
     "usage: lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"
@@ -559,13 +554,15 @@ static size_t send_report_batch(const struct cli_send_opts *o, const struct sqs_
 }
 
 /* Sends the lines in batches; returns how many were not sent. A batch of which nothing
- * was sent (credentials refused, the queue gone, the network down) ends the run. */
+ * was sent (credentials refused, the queue gone, the network down) ends the run. BODY
+ * alone goes with SendMessage, and its failure is said in SQS's words. */
 static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
                            const struct cli_line *lines, size_t n)
 {
     struct sqs_entry en[SQS_MAX_MESSAGES];
     char ids[SQS_MAX_MESSAGES][2][129];
     size_t start = 0, unsent = 0, attr_bytes;
+    enum sqs_batch_op op = o->body ? SQS_OP_SEND : SQS_OP_SEND_BATCH;
 
     cli_entry(o, "", 0, &en[0]);
     attr_bytes = sqs_send_size(&en[0]);
@@ -577,8 +574,11 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
             cli_entry(o, lines[start + i].body, lines[start + i].len, &en[i]);
             (void)cli_fifo_ids(o, &en[i], ids[i], &e);
         }
-        /* each entry says what happened to it */
-        (void)sqs_batch_call(c, SQS_OP_SEND_BATCH, en, k, &e);
+        /* each entry of a batch says what happened to it */
+        if (sqs_batch_call(c, op, en, k, &e) < 0 && o->body) {
+            say("%s", e.msg);
+            return 1;
+        }
         sent = send_report_batch(o, en, lines + start, k);
         unsent += k - sent;
         start += k;
@@ -590,24 +590,6 @@ static size_t send_batches(const struct cli_send_opts *o, struct sqs_client *c,
         }
     }
     return unsent;
-}
-
-/* BODY alone goes with SendMessage; returns how many were not sent (0 or 1). */
-static size_t send_one(const struct cli_send_opts *o, struct sqs_client *c,
-                       const struct cli_line *line)
-{
-    struct sqs_entry en;
-    char ids[2][129];
-    struct lerr e;
-
-    cli_entry(o, line->body, line->len, &en);
-    (void)cli_fifo_ids(o, &en, ids, &e);  /* send_report_invalid checked them */
-    if (sqs_batch_call(c, SQS_OP_SEND, &en, 1, &e) < 0) {
-        say("%s", e.msg);
-        return 1;
-    }
-    printf("%s\n", en.sent_id);
-    return 0;
 }
 
 /* The bodies: BODY, the lines of stdin, or the elements of the --array file, read whole
@@ -691,7 +673,7 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
         goto fail;
     if (cfg->fifo && !o->dedup_id && !o->dedup_id_from && send_dedup_needed(&net.sqs))
         goto out;
-    unsent = o->body ? send_one(o, &net.sqs, lines) : send_batches(o, &net.sqs, lines, n);
+    unsent = send_batches(o, &net.sqs, lines, n);
     if (unsent > 0 && !o->body)
         say("%zu of %zu messages not sent", unsent, n);
     rc = unsent > 0 ? CLI_EXIT_FAILED : CLI_EXIT_OK;

@@ -28,9 +28,7 @@
 #ifndef LAMBDO_CLI_H
 #define LAMBDO_CLI_H
 
-#include <stddef.h>
 #include <stdio.h>
-#include "err.h"
 #include "fly.h"
 #include "sqs.h"
 

@@ -8,10 +8,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <bearssl.h>
 
 #include "json.h"
 #include "log.h"

@@ -24,7 +24,6 @@
 #define LAMBDO_SQS_H
 
 #include <stdint.h>
-#include "err.h"
 #include "http.h"
 #include "sigv4.h"
 
