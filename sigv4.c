@@ -23,22 +23,23 @@
 
 /* ---- output: a buffer that counts what did not fit ------------------------------------------ */
 
-/* Once a write did not fit, len is past room and stays there: nothing more is written, and
- * sink_finish() fails. What buf holds up to len is exactly what was written while it fit. */
+/* Once a write did not fit (with the NUL), len is cap or past it and stays there: nothing
+ * more is written, and sink_finish() fails. What buf holds up to len is exactly what was
+ * written while it fit. A cap of 0 fits nothing, not even the NUL. */
 struct sink {
     char *buf;
-    size_t room;              /* bytes buf takes (its size less the NUL) */
+    size_t cap;               /* bytes buf takes, the NUL included */
     size_t len;               /* bytes written, or that would have been */
 };
 
 static struct sink sink_buffer(char *buf, size_t cap)
 {
-    return (struct sink){ .buf = buf, .room = cap - 1 };
+    return (struct sink){ .buf = buf, .cap = cap };
 }
 
 static void sink_put(struct sink *s, const char *str, size_t n)
 {
-    if (s->len <= s->room && n <= s->room - s->len)
+    if (s->len < s->cap && n < s->cap - s->len)
         memcpy(s->buf + s->len, str, n);
     s->len += n;
 }
@@ -46,7 +47,7 @@ static void sink_put(struct sink *s, const char *str, size_t n)
 /* A byte at a time (names lowercased, URI encoding): no memcpy() call per byte. */
 static void sink_putc(struct sink *s, char c)
 {
-    if (s->len < s->room)
+    if (s->len + 1 < s->cap)
         s->buf[s->len] = c;
     s->len++;
 }
@@ -67,8 +68,8 @@ static void sink_hash(struct sink *s, const unsigned char hash[32])
 /* NUL-terminates the buffer; -1 when it did not fit. */
 static int sink_finish(struct sink *s, const char *what, struct lerr *e)
 {
-    if (s->len > s->room || s->len > INT_MAX)
-        return lerr_set(e, LERR_TOO_LARGE, "%s needs more than %zu bytes", what, s->room + 1);
+    if (s->len >= s->cap || s->len > INT_MAX)
+        return lerr_set(e, LERR_TOO_LARGE, "%s needs more than %zu bytes", what, s->cap);
     s->buf[s->len] = '\0';
     return (int)s->len;
 }
@@ -152,7 +153,7 @@ static void path_write(struct sink *s, const char *path, int normalize)
     if (*path == '/')
         sink_putc(s, '/');
     root = s->len;
-    for (cur = path; piece_next(&cur, end, '/', &seg) && s->len <= s->room;) {
+    for (cur = path; piece_next(&cur, end, '/', &seg) && s->len < s->cap;) {
         n = (size_t)(seg.end - seg.p);
         if (n > 2 || memcmp(seg.p, "..", n) != 0) {
             sink_uri(s, seg, 0);
@@ -212,7 +213,7 @@ static void query_write(struct sink *s, const char *query)
         sink_putc(s, '=');
         sink_uri(s, v, 1);
         sink_putc(s, '&');
-        if (s->len > s->room)
+        if (s->len >= s->cap)
             return;
         for (at = first; at < start && param_cmp(s->buf + at, s->buf + start) <= 0;)
             at = (size_t)((char *)memchr(s->buf + at, '&', start - at) - s->buf) + 1;
@@ -522,8 +523,6 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
     char date[17], payload_hash[65];
     struct view v;
 
-    if (!cap)
-        return lerr_set(e, LERR_INVALID, "sigv4: no room for the canonical request");
     if (view_init(&v, req, p, NULL, date, payload_hash, e) < 0)
         return -1;
     canonical_write(&s, &v, p->normalize_path);
@@ -536,8 +535,6 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
     struct sink s = sink_buffer(buf, cap);
     unsigned char hash[32];
 
-    if (!cap)
-        return lerr_set(e, LERR_INVALID, "sigv4: no room for the string to sign");
     /* checked before anything is written: sigv4_sign() relies on it for its key cache */
     if (!scope_part_valid(p->region))
         return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
