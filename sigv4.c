@@ -484,19 +484,19 @@ static void scope_write(struct sink *s, const char *date, const struct sigv4_par
 static void key_refresh(struct sigv4_key *k, const char *secret, const char *date,
                         const struct sigv4_params *p)
 {
-    char scope[sizeof k->scope];
+    char scope[8 + 2 * SIGV4_MAX_NAME + 16];
     struct sink s = sink_buffer(scope, sizeof scope);
     unsigned char hash[32], key[32];
 
-    scope_write(&s, date, p);
-    scope[s.len] = '\0';   /* fits: region and service are at most SIGV4_MAX_NAME long */
-    sha256_of("AWS4", 4, secret, hash);   /* which secret, without keeping it */
-    if (strcmp(k->scope, scope) != 0 || memcmp(k->secret_hash, hash, sizeof hash) != 0) {
+    scope_write(&s, date, p);   /* fits: region and service are at most SIGV4_MAX_NAME long */
+    /* Which scope and secret, without keeping the secret. The scope can only end at its
+     * "/aws4_request" (region and service hold no '/'), so no other pair hashes alike. */
+    sha256_of(scope, s.len, secret, hash);
+    if (memcmp(k->scope_secret_hash, hash, sizeof hash) != 0) {
         sigv4_signing_key(secret, date, p->region, p->service, key);
         br_hmac_key_init(&k->hmac, &br_sha256_vtable, key, sizeof key);
         explicit_bzero(key, sizeof key);
-        memcpy(k->scope, scope, s.len + 1);
-        memcpy(k->secret_hash, hash, sizeof hash);
+        memcpy(k->scope_secret_hash, hash, sizeof hash);
     }
     explicit_bzero(hash, sizeof hash);
 }
