@@ -389,7 +389,8 @@ static int view_init(struct view *v, const struct sigv4_request *req,
      * but Host are added, with these values, when it does not (an empty one is not). */
     static const char *const names[] = { "Host", "X-Amz-Date", "X-Amz-Security-Token",
                                          "x-amz-content-sha256" };
-    const char *found[4] = { NULL }, *added[4] = { NULL, date, token, payload_hash };
+    const char *found[4] = { NULL };
+    const char *added[4] = { NULL, date, token, p->add_content_sha256 ? payload_hash : NULL };
     struct sink ds = sink_buffer(date, 17);
     unsigned char hash[32];
 
@@ -416,8 +417,6 @@ static int view_init(struct view *v, const struct sigv4_request *req,
                         found[1] ? "the request's X-Amz-Date" : "amz_date");
     sha256_of(req->payload ? req->payload : "", req->payload_len, "", hash);
     text_hex_encode(hash, sizeof hash, payload_hash);
-    if (!p->add_content_sha256)
-        added[3] = NULL;
     for (size_t k = 1; k < sizeof added / sizeof added[0]; k++)
         if (!found[k] && added[k] && *added[k]) {
             v->extra[v->nextra] = (struct sigv4_header){ names[k], added[k] };
@@ -617,8 +616,7 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *
         memset(out, 0, sizeof *out);
         return -1;
     }
-    for (size_t i = 0; i < v.nextra; i++)
-        out->added[i] = v.extra[i];
+    memcpy(out->added, v.extra, v.nextra * sizeof *v.extra);
     out->added[v.nextra] = (struct sigv4_header){ "Authorization", out->authorization };
     out->num_added = v.nextra + 1;
     return 0;
