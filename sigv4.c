@@ -339,7 +339,8 @@ static void headers_write(struct sink *s, const struct view *v, int values)
     }
 }
 
-static void canonical_write(struct sink *s, const struct view *v, int normalize)
+/* Writes and NUL-terminates the canonical request; -1 when it did not fit. */
+static int canonical_write(struct sink *s, const struct view *v, int normalize, struct lerr *e)
 {
     sink_puts(s, v->req->method);
     sink_putc(s, '\n');
@@ -354,6 +355,7 @@ static void canonical_write(struct sink *s, const struct view *v, int normalize)
     /* A request that carries x-amz-content-sha256 (UNSIGNED-PAYLOAD, say) is signed with
      * that value as its payload hash: that is what the server checks against. */
     value_write(s, v->payload_hash);
+    return sink_finish(s, "sigv4: the canonical request", e);
 }
 
 /* ---- validation and setup ------------------------------------------------------------------ */
@@ -524,8 +526,7 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
 
     if (view_init(&v, req, p, NULL, date, payload_hash, e) < 0)
         return -1;
-    canonical_write(&s, &v, p->normalize_path);
-    return sink_finish(&s, "sigv4: the canonical request", e);
+    return canonical_write(&s, &v, p->normalize_path, e);
 }
 
 int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_params *p,
@@ -578,8 +579,7 @@ static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
     int n;
 
     dated.amz_date = out->amz_date;
-    canonical_write(&cs, v, p->normalize_path);
-    if (sink_finish(&cs, "sigv4: the canonical request", e) < 0 ||
+    if (canonical_write(&cs, v, p->normalize_path, e) < 0 ||
         (n = sigv4_string_to_sign(creq, &dated, sts, sizeof sts, e)) < 0)
         return -1;
     key_refresh(k, cred->secret_access_key, out->amz_date, p);
