@@ -140,10 +140,8 @@ static void path_write(struct sink *s, const char *path, int normalize)
     struct range seg;
     size_t root, n;
 
-    if (!path || !*path) {
-        sink_putc(s, '/');
-        return;
-    }
+    if (!path || !*path)
+        path = "/";
     if (!normalize) {
         /* S3: the path as sent is the object key encoded once, and is signed as is. */
         sink_puts(s, path);
