@@ -322,11 +322,9 @@ static void headers_write(struct sink *s, const struct view *v, int values)
 
         if (repeated && !values)
             continue;
-        if (repeated) {
-            sink_putc(s, ',');
-        } else {
-            if (i > 0)
-                sink_putc(s, values ? '\n' : ';');
+        if (i > 0)
+            sink_putc(s, repeated ? ',' : values ? '\n' : ';');
+        if (!repeated) {
             for (const char *c = v->sorted[i]->name; *c; c++)
                 sink_putc(s, (char)lower((unsigned char)*c));
             if (values)
