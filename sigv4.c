@@ -602,7 +602,6 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *
     struct view v;
     int failed;
 
-    memset(out, 0, sizeof *out);
     failed = credentials_check(cred, e) < 0 ||
              view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,
                        e) < 0 ||
