@@ -560,59 +560,52 @@ static int credentials_check(const struct sigv4_credentials *cred, struct lerr *
     return 0;
 }
 
-/* Signs into out once the request checked out (with the date signed in out->amz_date); -1
- * when the Authorization did not fit. */
-static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
-                     const struct sigv4_params *p, struct sigv4_key *k,
-                     struct sigv4_signature *out, struct lerr *e)
+/* In the order AWS defines it: checks, canonical request, string to sign, its HMAC with the
+ * day's key, Authorization (the date signed is out->amz_date: it may be the request's own).
+ * A failure at any step leaves out zeroed. */
+int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *cred,
+               const struct sigv4_params *p, struct sigv4_signature *out, struct lerr *e)
 {
-    br_hmac_context hc;
+    struct sigv4_key own = { 0 };    /* the key of this request alone, without a cache */
+    struct sigv4_key *k = p->key ? p->key : &own;
+    struct sigv4_params dated = *p;  /* the date signed may be the request's own */
     char creq[SIGV4_MAX_CANONICAL], sts[64 + 2 * SIGV4_MAX_NAME + 128];
     struct sink cs = sink_buffer(creq, sizeof creq);
     struct sink authz = sink_buffer(out->authorization, sizeof out->authorization);
-    struct sigv4_params dated = *p;   /* the date signed may be the request's own */
+    br_hmac_context hc;
     unsigned char hash[32];
+    struct view v;
     int n;
 
     dated.amz_date = out->amz_date;
-    if (canonical_write(&cs, v, p->normalize_path, e) < 0 ||
+    if (credentials_check(cred, e) < 0 ||
+        view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256, e) < 0 ||
+        canonical_write(&cs, &v, p->normalize_path, e) < 0 ||
         (n = sigv4_string_to_sign(creq, &dated, sts, sizeof sts, e)) < 0)
-        return -1;
+        goto fail;
     key_refresh(k, cred->secret_access_key, out->amz_date, p);
     br_hmac_init(&hc, &k->hmac, 0);
     br_hmac_update(&hc, sts, (size_t)n);   /* fits: scope parts are bounded */
     br_hmac_out(&hc, hash);
     explicit_bzero(&hc, sizeof hc);
+    explicit_bzero(&own, sizeof own);
 
     sink_puts(&authz, SIGV4_ALGORITHM " Credential=");
     sink_puts(&authz, cred->access_key_id);
     sink_putc(&authz, '/');
     scope_write(&authz, out->amz_date, p);
     sink_puts(&authz, ", SignedHeaders=");
-    headers_write(&authz, v, 0);
+    headers_write(&authz, &v, 0);
     sink_puts(&authz, ", Signature=");
     sink_hash(&authz, hash);
-    return sink_finish(&authz, "sigv4: the Authorization header", e);
-}
-
-int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *cred,
-               const struct sigv4_params *p, struct sigv4_signature *out, struct lerr *e)
-{
-    struct sigv4_key own = { 0 };    /* the key of this request alone, without a cache */
-    struct view v;
-    int failed;
-
-    failed = credentials_check(cred, e) < 0 ||
-             view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,
-                       e) < 0 ||
-             sign_view(&v, cred, p, p->key ? p->key : &own, out, e) < 0;
-    explicit_bzero(&own, sizeof own);
-    if (failed) {
-        memset(out, 0, sizeof *out);
-        return -1;
-    }
+    if (sink_finish(&authz, "sigv4: the Authorization header", e) < 0)
+        goto fail;
     memcpy(out->added, v.extra, v.nextra * sizeof *v.extra);
     out->added[v.nextra] = (struct sigv4_header){ "Authorization", out->authorization };
     out->num_added = v.nextra + 1;
     return 0;
+fail:
+    explicit_bzero(&own, sizeof own);
+    memset(out, 0, sizeof *out);
+    return -1;
 }
