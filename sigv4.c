@@ -6,8 +6,9 @@
  * sigv4_canonical_request(), so what the tests compare is byte for byte what gets signed.
  * Having the text at hand keeps the canonical form simple: ".." takes back the segment
  * written before it, and query parameters are sorted in place as they are written. The
- * signed headers are sorted once, as pointers on the stack (at most SIGV4_MAX_HEADERS). The signing key is derived only when the caller's
- * struct sigv4_key holds another day, region, service or secret.
+ * signed headers are sorted once, as pointers on the stack (at most SIGV4_MAX_HEADERS).
+ * The signing key is derived only when the caller's struct sigv4_key holds another day,
+ * region, service or secret.
  */
 #include "sigv4.h"
 #include "text.h"
