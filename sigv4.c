@@ -6,8 +6,9 @@
  * sigv4_canonical_request(), so what the tests compare is byte for byte what gets signed.
  * Having the text at hand keeps the canonical form simple: ".." takes back the segment
  * written before it, and query parameters are sorted in place as they are written. The
- * signed headers are sorted once, as pointers on the stack (at most SIGV4_MAX_HEADERS). The signing key is derived only when the caller's
- * struct sigv4_key holds another day, region, service or secret.
+ * signed headers are sorted once, as pointers on the stack (at most SIGV4_MAX_HEADERS).
+ * The signing key is derived only when the caller's struct sigv4_key holds another day,
+ * region, service or secret.
  */
 #include "sigv4.h"
 #include "text.h"
@@ -23,22 +24,23 @@
 
 /* ---- output: a buffer that counts what did not fit ------------------------------------------ */
 
-/* Once a write did not fit, len is past room and stays there: nothing more is written, and
- * sink_finish() fails. What buf holds up to len is exactly what was written while it fit. */
+/* Once a write did not fit (with the NUL), len is cap or past it and stays there: nothing
+ * more is written, and sink_finish() fails. What buf holds up to len is exactly what was
+ * written while it fit. A cap of 0 fits nothing, not even the NUL. */
 struct sink {
     char *buf;
-    size_t room;              /* bytes buf takes (its size less the NUL) */
+    size_t cap;               /* bytes buf takes, the NUL included */
     size_t len;               /* bytes written, or that would have been */
 };
 
 static struct sink sink_buffer(char *buf, size_t cap)
 {
-    return (struct sink){ .buf = buf, .room = cap - 1 };
+    return (struct sink){ .buf = buf, .cap = cap };
 }
 
 static void sink_put(struct sink *s, const char *str, size_t n)
 {
-    if (s->len <= s->room && n <= s->room - s->len)
+    if (s->len < s->cap && n < s->cap - s->len)
         memcpy(s->buf + s->len, str, n);
     s->len += n;
 }
@@ -46,7 +48,7 @@ static void sink_put(struct sink *s, const char *str, size_t n)
 /* A byte at a time (names lowercased, URI encoding): no memcpy() call per byte. */
 static void sink_putc(struct sink *s, char c)
 {
-    if (s->len < s->room)
+    if (s->len + 1 < s->cap)
         s->buf[s->len] = c;
     s->len++;
 }
@@ -67,8 +69,8 @@ static void sink_hash(struct sink *s, const unsigned char hash[32])
 /* NUL-terminates the buffer; -1 when it did not fit. */
 static int sink_finish(struct sink *s, const char *what, struct lerr *e)
 {
-    if (s->len > s->room || s->len > INT_MAX)
-        return lerr_set(e, LERR_TOO_LARGE, "%s needs more than %zu bytes", what, s->room + 1);
+    if (s->len >= s->cap || s->len > INT_MAX)
+        return lerr_set(e, LERR_TOO_LARGE, "%s needs more than %zu bytes", what, s->cap);
     s->buf[s->len] = '\0';
     return (int)s->len;
 }
@@ -139,10 +141,8 @@ static void path_write(struct sink *s, const char *path, int normalize)
     struct range seg;
     size_t root, n;
 
-    if (!path || !*path) {
-        sink_putc(s, '/');
-        return;
-    }
+    if (!path || !*path)
+        path = "/";
     if (!normalize) {
         /* S3: the path as sent is the object key encoded once, and is signed as is. */
         sink_puts(s, path);
@@ -152,7 +152,7 @@ static void path_write(struct sink *s, const char *path, int normalize)
     if (*path == '/')
         sink_putc(s, '/');
     root = s->len;
-    for (cur = path; piece_next(&cur, end, '/', &seg) && s->len <= s->room;) {
+    for (cur = path; piece_next(&cur, end, '/', &seg) && s->len < s->cap;) {
         n = (size_t)(seg.end - seg.p);
         if (n > 2 || memcmp(seg.p, "..", n) != 0) {
             sink_uri(s, seg, 0);
@@ -212,7 +212,7 @@ static void query_write(struct sink *s, const char *query)
         sink_putc(s, '=');
         sink_uri(s, v, 1);
         sink_putc(s, '&');
-        if (s->len > s->room)
+        if (s->len >= s->cap)
             return;
         for (at = first; at < start && param_cmp(s->buf + at, s->buf + start) <= 0;)
             at = (size_t)((char *)memchr(s->buf + at, '&', start - at) - s->buf) + 1;
@@ -323,11 +323,9 @@ static void headers_write(struct sink *s, const struct view *v, int values)
 
         if (repeated && !values)
             continue;
-        if (repeated) {
-            sink_putc(s, ',');
-        } else {
-            if (i > 0)
-                sink_putc(s, values ? '\n' : ';');
+        if (i > 0)
+            sink_putc(s, repeated ? ',' : values ? '\n' : ';');
+        if (!repeated) {
             for (const char *c = v->sorted[i]->name; *c; c++)
                 sink_putc(s, (char)lower((unsigned char)*c));
             if (values)
@@ -338,7 +336,8 @@ static void headers_write(struct sink *s, const struct view *v, int values)
     }
 }
 
-static void canonical_write(struct sink *s, const struct view *v, int normalize)
+/* Writes and NUL-terminates the canonical request; -1 when it did not fit. */
+static int canonical_write(struct sink *s, const struct view *v, int normalize, struct lerr *e)
 {
     sink_puts(s, v->req->method);
     sink_putc(s, '\n');
@@ -353,6 +352,7 @@ static void canonical_write(struct sink *s, const struct view *v, int normalize)
     /* A request that carries x-amz-content-sha256 (UNSIGNED-PAYLOAD, say) is signed with
      * that value as its payload hash: that is what the server checks against. */
     value_write(s, v->payload_hash);
+    return sink_finish(s, "sigv4: the canonical request", e);
 }
 
 /* ---- validation and setup ------------------------------------------------------------------ */
@@ -388,7 +388,8 @@ static int view_init(struct view *v, const struct sigv4_request *req,
      * but Host are added, with these values, when it does not (an empty one is not). */
     static const char *const names[] = { "Host", "X-Amz-Date", "X-Amz-Security-Token",
                                          "x-amz-content-sha256" };
-    const char *found[4] = { NULL }, *added[4] = { NULL, date, token, payload_hash };
+    const char *found[4] = { NULL };
+    const char *added[4] = { NULL, date, token, p->add_content_sha256 ? payload_hash : NULL };
     struct sink ds = sink_buffer(date, 17);
     unsigned char hash[32];
 
@@ -415,8 +416,6 @@ static int view_init(struct view *v, const struct sigv4_request *req,
                         found[1] ? "the request's X-Amz-Date" : "amz_date");
     sha256_of(req->payload ? req->payload : "", req->payload_len, "", hash);
     text_hex_encode(hash, sizeof hash, payload_hash);
-    if (!p->add_content_sha256)
-        added[3] = NULL;
     for (size_t k = 1; k < sizeof added / sizeof added[0]; k++)
         if (!found[k] && added[k] && *added[k]) {
             v->extra[v->nextra] = (struct sigv4_header){ names[k], added[k] };
@@ -483,19 +482,19 @@ static void scope_write(struct sink *s, const char *date, const struct sigv4_par
 static void key_refresh(struct sigv4_key *k, const char *secret, const char *date,
                         const struct sigv4_params *p)
 {
-    char scope[sizeof k->scope];
+    char scope[8 + 2 * SIGV4_MAX_NAME + 16];
     struct sink s = sink_buffer(scope, sizeof scope);
     unsigned char hash[32], key[32];
 
-    scope_write(&s, date, p);
-    scope[s.len] = '\0';   /* fits: region and service are at most SIGV4_MAX_NAME long */
-    sha256_of("AWS4", 4, secret, hash);   /* which secret, without keeping it */
-    if (strcmp(k->scope, scope) != 0 || memcmp(k->secret_hash, hash, sizeof hash) != 0) {
+    scope_write(&s, date, p);   /* fits: region and service are at most SIGV4_MAX_NAME long */
+    /* Which scope and secret, without keeping the secret. The scope can only end at its
+     * "/aws4_request" (region and service hold no '/'), so no other pair hashes alike. */
+    sha256_of(scope, s.len, secret, hash);
+    if (memcmp(k->scope_secret_hash, hash, sizeof hash) != 0) {
         sigv4_signing_key(secret, date, p->region, p->service, key);
         br_hmac_key_init(&k->hmac, &br_sha256_vtable, key, sizeof key);
         explicit_bzero(key, sizeof key);
-        memcpy(k->scope, scope, s.len + 1);
-        memcpy(k->secret_hash, hash, sizeof hash);
+        memcpy(k->scope_secret_hash, hash, sizeof hash);
     }
     explicit_bzero(hash, sizeof hash);
 }
@@ -522,12 +521,9 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
     char date[17], payload_hash[65];
     struct view v;
 
-    if (!cap)
-        return lerr_set(e, LERR_INVALID, "sigv4: no room for the canonical request");
     if (view_init(&v, req, p, NULL, date, payload_hash, e) < 0)
         return -1;
-    canonical_write(&s, &v, p->normalize_path);
-    return sink_finish(&s, "sigv4: the canonical request", e);
+    return canonical_write(&s, &v, p->normalize_path, e);
 }
 
 int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_params *p,
@@ -536,8 +532,6 @@ int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_param
     struct sink s = sink_buffer(buf, cap);
     unsigned char hash[32];
 
-    if (!cap)
-        return lerr_set(e, LERR_INVALID, "sigv4: no room for the string to sign");
     /* checked before anything is written: sigv4_sign() relies on it for its key cache */
     if (!scope_part_valid(p->region))
         return lerr_set(e, LERR_INVALID, "sigv4: the region is missing or malformed");
@@ -567,62 +561,52 @@ static int credentials_check(const struct sigv4_credentials *cred, struct lerr *
     return 0;
 }
 
-/* Signs into out once the request checked out (with the date signed in out->amz_date); -1
- * when the Authorization did not fit. */
-static int sign_view(const struct view *v, const struct sigv4_credentials *cred,
-                     const struct sigv4_params *p, struct sigv4_key *k,
-                     struct sigv4_signature *out, struct lerr *e)
+/* In the order AWS defines it: checks, canonical request, string to sign, its HMAC with the
+ * day's key, Authorization (the date signed is out->amz_date: it may be the request's own).
+ * A failure at any step leaves out zeroed. */
+int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *cred,
+               const struct sigv4_params *p, struct sigv4_signature *out, struct lerr *e)
 {
-    br_hmac_context hc;
+    struct sigv4_key own = { 0 };    /* the key of this request alone, without a cache */
+    struct sigv4_key *k = p->key ? p->key : &own;
+    struct sigv4_params dated = *p;  /* the date signed may be the request's own */
     char creq[SIGV4_MAX_CANONICAL], sts[64 + 2 * SIGV4_MAX_NAME + 128];
     struct sink cs = sink_buffer(creq, sizeof creq);
     struct sink authz = sink_buffer(out->authorization, sizeof out->authorization);
-    struct sigv4_params dated = *p;   /* the date signed may be the request's own */
+    br_hmac_context hc;
     unsigned char hash[32];
+    struct view v;
     int n;
 
     dated.amz_date = out->amz_date;
-    canonical_write(&cs, v, p->normalize_path);
-    if (sink_finish(&cs, "sigv4: the canonical request", e) < 0 ||
+    if (credentials_check(cred, e) < 0 ||
+        view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256, e) < 0 ||
+        canonical_write(&cs, &v, p->normalize_path, e) < 0 ||
         (n = sigv4_string_to_sign(creq, &dated, sts, sizeof sts, e)) < 0)
-        return -1;
+        goto fail;
     key_refresh(k, cred->secret_access_key, out->amz_date, p);
     br_hmac_init(&hc, &k->hmac, 0);
     br_hmac_update(&hc, sts, (size_t)n);   /* fits: scope parts are bounded */
     br_hmac_out(&hc, hash);
     explicit_bzero(&hc, sizeof hc);
+    explicit_bzero(&own, sizeof own);
 
     sink_puts(&authz, SIGV4_ALGORITHM " Credential=");
     sink_puts(&authz, cred->access_key_id);
     sink_putc(&authz, '/');
     scope_write(&authz, out->amz_date, p);
     sink_puts(&authz, ", SignedHeaders=");
-    headers_write(&authz, v, 0);
+    headers_write(&authz, &v, 0);
     sink_puts(&authz, ", Signature=");
     sink_hash(&authz, hash);
-    return sink_finish(&authz, "sigv4: the Authorization header", e);
-}
-
-int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *cred,
-               const struct sigv4_params *p, struct sigv4_signature *out, struct lerr *e)
-{
-    struct sigv4_key own = { 0 };    /* the key of this request alone, without a cache */
-    struct view v;
-    int failed;
-
-    memset(out, 0, sizeof *out);
-    failed = credentials_check(cred, e) < 0 ||
-             view_init(&v, req, p, cred->session_token, out->amz_date, out->content_sha256,
-                       e) < 0 ||
-             sign_view(&v, cred, p, p->key ? p->key : &own, out, e) < 0;
-    explicit_bzero(&own, sizeof own);
-    if (failed) {
-        memset(out, 0, sizeof *out);
-        return -1;
-    }
-    for (size_t i = 0; i < v.nextra; i++)
-        out->added[i] = v.extra[i];
+    if (sink_finish(&authz, "sigv4: the Authorization header", e) < 0)
+        goto fail;
+    memcpy(out->added, v.extra, v.nextra * sizeof *v.extra);
     out->added[v.nextra] = (struct sigv4_header){ "Authorization", out->authorization };
     out->num_added = v.nextra + 1;
     return 0;
+fail:
+    explicit_bzero(&own, sizeof own);
+    memset(out, 0, sizeof *out);
+    return -1;
 }

@@ -67,13 +67,12 @@ struct sigv4_request {
     size_t payload_len;
 };
 
-/* The signing key of one day, region and service, and which secret it came from (the
- * SHA-256 of "AWS4" + secret: the secret itself is not kept). Zeroed to start. Like the
- * signing it serves, one thread at a time. It is as good as the secret for that day: never
- * log or copy it out. */
+/* The signing key of one day, region and service, and which of them and which secret it
+ * came from (the SHA-256 of "YYYYMMDD/region/service/aws4_request" + secret: the secret
+ * itself is not kept). Zeroed to start. Like the signing it serves, one thread at a time.
+ * It is as good as the secret for that day: never log or copy it out. */
 struct sigv4_key {
-    char scope[8 + 2 * SIGV4_MAX_NAME + 16];   /* "YYYYMMDD/region/service/aws4_request" */
-    unsigned char secret_hash[32];
+    unsigned char scope_secret_hash[32];
     br_hmac_key_context hmac;                  /* the key, ready for HMAC-SHA256 */
 };
 
