@@ -715,7 +715,6 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
 {
     struct metrics_addr a;
     struct metrics_server *s;
-    int family;
 
     if (m->server)
         return lerr_set(e, LERR_INVALID, "metrics: already serving");
@@ -725,8 +724,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "metrics: out of memory");
     s->m = m;
     s->listen_fd = s->stop_fd = -1;
-    family = a.family == AF_INET ? AF_INET : AF_INET6;
-    if (listen_on(s, &a, family) < 0 && a.family == AF_UNSPEC &&
+    if (listen_on(s, &a, a.family == AF_INET ? AF_INET : AF_INET6) < 0 && a.family == AF_UNSPEC &&
         (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL))
         listen_on(s, &a, AF_INET);  /* no IPv6 here: every IPv4 interface, then */
     if (s->listen_fd < 0) {
