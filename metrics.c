@@ -503,10 +503,8 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
     if (pl == 0 || pl > 5 || strspn(colon + 1, "0123456789") != pl ||
         (a->port = atoi(colon + 1)) > 65535)
         return addr_bad(e, s, "the port must be a number from 0 to 65535");
-    if (hl >= sizeof host)
+    if ((size_t)snprintf(host, sizeof host, "%.*s", (int)hl, s) >= sizeof host)
         return addr_bad(e, s, "host too long");
-    memcpy(host, s, hl);
-    host[hl] = '\0';
     a->family = hl == 0 ? AF_UNSPEC : host[0] == '[' ? AF_INET6 : AF_INET;
     if (a->family == AF_INET6 && host[hl - 1] == ']') {
         host[hl - 1] = '\0';
