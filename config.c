@@ -2,8 +2,6 @@
 #include "creds.h"
 #include "group.h"
 #include "metrics.h"
-#include "local.h"
-#include "sqs.h"
 #include "text.h"
 
 #include <ctype.h>
