@@ -2,15 +2,11 @@
 #include "creds.h"
 #include "group.h"
 #include "metrics.h"
-#include "local.h"
-#include "sqs.h"
 #include "text.h"
 
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define DEFAULT_FLY_API "https://api.machines.dev"
 
 const char *config_env(const char *name, void *ctx)
 {
@@ -379,7 +375,7 @@ static int load(struct config *c, const char *queue_url, int all, config_getenv_
         note(&l, load_app(&l));
         c->fly_api_url = config_value(get, ctx, "LAMBDO_FLY_API_URL");
         if (!c->fly_api_url)
-            c->fly_api_url = DEFAULT_FLY_API;
+            c->fly_api_url = "https://api.machines.dev";
         note(&l, load_url(&l, "LAMBDO_FLY_API_URL", c->fly_api_url, &c->fly_api));
         load_regions(&l);
     }

@@ -503,10 +503,8 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
     if (pl == 0 || pl > 5 || strspn(colon + 1, "0123456789") != pl ||
         (a->port = atoi(colon + 1)) > 65535)
         return addr_bad(e, s, "the port must be a number from 0 to 65535");
-    if (hl >= sizeof host)
+    if ((size_t)snprintf(host, sizeof host, "%.*s", (int)hl, s) >= sizeof host)
         return addr_bad(e, s, "host too long");
-    memcpy(host, s, hl);
-    host[hl] = '\0';
     a->family = hl == 0 ? AF_UNSPEC : host[0] == '[' ? AF_INET6 : AF_INET;
     if (a->family == AF_INET6 && host[hl - 1] == ']') {
         host[hl - 1] = '\0';
@@ -715,7 +713,6 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
 {
     struct metrics_addr a;
     struct metrics_server *s;
-    int family;
 
     if (m->server)
         return lerr_set(e, LERR_INVALID, "metrics: already serving");
@@ -725,8 +722,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
         return lerr_set(e, LERR_NOMEM, "metrics: out of memory");
     s->m = m;
     s->listen_fd = s->stop_fd = -1;
-    family = a.family == AF_INET ? AF_INET : AF_INET6;
-    if (listen_on(s, &a, family) < 0 && a.family == AF_UNSPEC &&
+    if (listen_on(s, &a, a.family == AF_INET ? AF_INET : AF_INET6) < 0 && a.family == AF_UNSPEC &&
         (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL))
         listen_on(s, &a, AF_INET);  /* no IPv6 here: every IPv4 interface, then */
     if (s->listen_fd < 0) {
