@@ -421,19 +421,6 @@ static const struct {
     [CH_END_LF] = { '\n', CH_DONE, "CR not followed by LF after trailer section" },
 };
 
-static int chunk_size_digit(struct httpresp_chunked *d, int v, unsigned long long max_body,
-                            struct lerr *e)
-{
-    /* The size line's bytes so far are its digits, this one included. */
-    if (d->line_len > 16)
-        return malformed(e, "bad chunk size (more than 16 hex digits)");
-    d->remaining = d->remaining << 4 | (unsigned)v;
-    /* More digits only make the size larger, so the cap can be judged already. */
-    if (d->total > max_body || d->remaining > max_body - d->total)
-        return body_too_large(e, max_body);
-    return 0;
-}
-
 /* Every state but CH_DATA (copied in bulk by the caller) and CH_DONE advances one byte. */
 static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
                         unsigned long long max_body, struct lerr *e)
@@ -447,8 +434,16 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
                         HTTPRESP_MAX_HEAD);
     switch (d->state) {
     case CH_SIZE:
-        if (v >= 0)
-            return chunk_size_digit(d, v, max_body, e);
+        if (v >= 0) {
+            /* The size line's bytes so far are its digits, this one included. */
+            if (d->line_len > 16)
+                return malformed(e, "bad chunk size (more than 16 hex digits)");
+            d->remaining = d->remaining << 4 | (unsigned)v;
+            /* More digits only make the size larger, so the cap can be judged already. */
+            if (d->total > max_body || d->remaining > max_body - d->total)
+                return body_too_large(e, max_body);
+            return 0;
+        }
         if (d->line_len == 1)  /* no digit before this byte */
             return malformed(e, "bad chunk size");
         /* The digits are done: what may follow is what may follow white space. */
