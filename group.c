@@ -25,12 +25,7 @@ static const char *quote(char *out, size_t cap, const char *s)
         else
             out[n++] = (char)c;
     }
-    if (s[i] && n + 4 < cap) {
-        memcpy(out + n, "...", 3);
-        n += 3;
-    }
-    out[n++] = '"';
-    out[n] = '\0';
+    snprintf(out + n, cap - n, "%s\"", s[i] ? "..." : "");
     return out;
 }
 
