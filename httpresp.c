@@ -77,12 +77,10 @@ static int malformed(struct lerr *e, const char *what)
  * with surrounding OWS removed, possibly empty. Returns 0 when the list is exhausted. */
 static int list_next(const char *s, size_t n, size_t *pos, const char **elem, size_t *elem_len)
 {
-    size_t start, end;
+    size_t start = *pos, end = *pos;
 
     if (*pos > n)
         return 0;
-    start = *pos;
-    end = start;
     while (end < n && s[end] != ',')
         end++;
     *pos = end + 1;
