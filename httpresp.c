@@ -335,12 +335,11 @@ static void decide_framing(struct httpresp_head *h, const struct fields *fl,
 int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
                         struct httpresp_head *h, struct lerr *e)
 {
-    struct scan s = { (const unsigned char *)buf, 0, len, e };
+    struct scan s = { (const unsigned char *)buf, 0,
+                      len < HTTPRESP_MAX_HEAD ? len : HTTPRESP_MAX_HEAD, e };
     struct fields fl = { 0 };
     int rc;
 
-    if (s.lim > HTTPRESP_MAX_HEAD)
-        s.lim = HTTPRESP_MAX_HEAD;
     h->num_headers = 0;
     rc = parse_status_line(&s, h);
     if (rc < 0)
@@ -538,12 +537,11 @@ int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof
                    struct lerr *e)
 {
     struct httpresp_chunked d = { 0 };
-    int head_len;
+    int head_len = httpresp_parse_head(buf, len, request_was_head, h, e);
     size_t avail;
     unsigned long long n;
 
     *body_len = 0;
-    head_len = httpresp_parse_head(buf, len, request_was_head, h, e);
     if (head_len < 0 || h->framing == HTTPRESP_BODY_NONE)
         return head_len;
     avail = len - (size_t)head_len;
