@@ -6,7 +6,6 @@
 
 #include <bearssl.h>
 
-#include "json.h"
 #include "text.h"
 
 /* ---- checking an event ----------------------------------------------------------------- */
