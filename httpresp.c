@@ -500,10 +500,8 @@ int httpresp_chunked_decode(struct httpresp_chunked *d, const char *src, size_t 
     *out = 0;
     while (in < len && d->state != CH_DONE) {
         if (d->state == CH_DATA) {
-            size_t k = len - in;
+            size_t k = len - in < d->remaining ? len - in : (size_t)d->remaining;
 
-            if (k > d->remaining)
-                k = (size_t)d->remaining;
             memmove(dst + *out, src + in, k);
             in += k;
             *out += k;
