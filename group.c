@@ -6,7 +6,6 @@
 
 #include <bearssl.h>
 
-#include "json.h"
 #include "text.h"
 
 /* ---- checking an event ----------------------------------------------------------------- */
@@ -25,12 +24,7 @@ static const char *quote(char *out, size_t cap, const char *s)
         else
             out[n++] = (char)c;
     }
-    if (s[i] && n + 4 < cap) {
-        memcpy(out + n, "...", 3);
-        n += 3;
-    }
-    out[n++] = '"';
-    out[n] = '\0';
+    snprintf(out + n, cap - n, "%s\"", s[i] ? "..." : "");
     return out;
 }
 
@@ -159,32 +153,29 @@ int group_check(const struct event *ev, struct lerr *e)
 
 /* ---- grouping -------------------------------------------------------------------------- */
 
-/* Two checked commands (arrays of strings) hold the same strings. Without the memory to
- * decode them, they count as different: the events then run on separate Machines. */
-static int command_equal(const char *a, const char *b)
+/* Two checked events share image, size and command. Checked commands (arrays of strings)
+ * are the same when they hold the same strings. Without the memory to decode them, they
+ * count as different: the events then run on separate Machines. */
+static int same_key(const struct event *a, const struct event *b)
 {
     char **x = NULL, **y = NULL;
     size_t i = 0;
     int same;
 
-    if (strcmp(a, b) == 0)  /* the usual case: the same text, sent by the same producer */
+    if (strcmp(a->image, b->image) != 0 || size_preset(a->size) != size_preset(b->size))
+        return 0;
+    if (!a->command || !b->command)
+        return !a->command && !b->command;
+    /* the usual case: the same text, sent by the same producer */
+    if (strcmp(a->command, b->command) == 0)
         return 1;
-    same = group_command(a, &x, NULL) == 0 && group_command(b, &y, NULL) == 0;
+    same = group_command(a->command, &x, NULL) == 0 && group_command(b->command, &y, NULL) == 0;
     while (same && x[i] && y[i] && strcmp(x[i], y[i]) == 0)
         i++;
     same = same && !x[i] && !y[i];
     free(x);
     free(y);
     return same;
-}
-
-static int same_key(const struct event *a, const struct event *b)
-{
-    if (strcmp(a->image, b->image) != 0 || size_preset(a->size) != size_preset(b->size))
-        return 0;
-    if (!a->command || !b->command)
-        return !a->command && !b->command;
-    return command_equal(a->command, b->command);
 }
 
 /* An event's item in the events file (its body) or in the context file. */
@@ -201,11 +192,10 @@ static const char *file_item(const struct event *ev, int meta, size_t *len)
 /* An event's bytes in the two files together, with a comma in each. */
 static size_t file_bytes(const struct event *ev)
 {
-    size_t body, context;
+    size_t context;
 
-    file_item(ev, 0, &body);
     file_item(ev, 1, &context);
-    return 2 + body + context;
+    return 2 + ev->body_len + context;
 }
 
 int group_build(const struct event *events, size_t n, size_t events_per_machine,

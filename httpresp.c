@@ -77,12 +77,10 @@ static int malformed(struct lerr *e, const char *what)
  * with surrounding OWS removed, possibly empty. Returns 0 when the list is exhausted. */
 static int list_next(const char *s, size_t n, size_t *pos, const char **elem, size_t *elem_len)
 {
-    size_t start, end;
+    size_t start = *pos, end = *pos;
 
     if (*pos > n)
         return 0;
-    start = *pos;
-    end = start;
     while (end < n && s[end] != ',')
         end++;
     *pos = end + 1;
@@ -337,12 +335,11 @@ static void decide_framing(struct httpresp_head *h, const struct fields *fl,
 int httpresp_parse_head(const char *buf, size_t len, int request_was_head,
                         struct httpresp_head *h, struct lerr *e)
 {
-    struct scan s = { (const unsigned char *)buf, 0, len, e };
+    struct scan s = { (const unsigned char *)buf, 0,
+                      len < HTTPRESP_MAX_HEAD ? len : HTTPRESP_MAX_HEAD, e };
     struct fields fl = { 0 };
     int rc;
 
-    if (s.lim > HTTPRESP_MAX_HEAD)
-        s.lim = HTTPRESP_MAX_HEAD;
     h->num_headers = 0;
     rc = parse_status_line(&s, h);
     if (rc < 0)
@@ -421,19 +418,6 @@ static const struct {
     [CH_END_LF] = { '\n', CH_DONE, "CR not followed by LF after trailer section" },
 };
 
-static int chunk_size_digit(struct httpresp_chunked *d, int v, unsigned long long max_body,
-                            struct lerr *e)
-{
-    /* The size line's bytes so far are its digits, this one included. */
-    if (d->line_len > 16)
-        return malformed(e, "bad chunk size (more than 16 hex digits)");
-    d->remaining = d->remaining << 4 | (unsigned)v;
-    /* More digits only make the size larger, so the cap can be judged already. */
-    if (d->total > max_body || d->remaining > max_body - d->total)
-        return body_too_large(e, max_body);
-    return 0;
-}
-
 /* Every state but CH_DATA (copied in bulk by the caller) and CH_DONE advances one byte. */
 static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
                         unsigned long long max_body, struct lerr *e)
@@ -447,8 +431,16 @@ static int chunked_byte(struct httpresp_chunked *d, unsigned char c,
                         HTTPRESP_MAX_HEAD);
     switch (d->state) {
     case CH_SIZE:
-        if (v >= 0)
-            return chunk_size_digit(d, v, max_body, e);
+        if (v >= 0) {
+            /* The size line's bytes so far are its digits, this one included. */
+            if (d->line_len > 16)
+                return malformed(e, "bad chunk size (more than 16 hex digits)");
+            d->remaining = d->remaining << 4 | (unsigned)v;
+            /* More digits only make the size larger, so the cap can be judged already. */
+            if (d->total > max_body || d->remaining > max_body - d->total)
+                return body_too_large(e, max_body);
+            return 0;
+        }
         if (d->line_len == 1)  /* no digit before this byte */
             return malformed(e, "bad chunk size");
         /* The digits are done: what may follow is what may follow white space. */
@@ -508,10 +500,8 @@ int httpresp_chunked_decode(struct httpresp_chunked *d, const char *src, size_t 
     *out = 0;
     while (in < len && d->state != CH_DONE) {
         if (d->state == CH_DATA) {
-            size_t k = len - in;
+            size_t k = len - in < d->remaining ? len - in : (size_t)d->remaining;
 
-            if (k > d->remaining)
-                k = (size_t)d->remaining;
             memmove(dst + *out, src + in, k);
             in += k;
             *out += k;
@@ -545,12 +535,11 @@ int httpresp_parse(const char *buf, size_t len, int request_was_head, int at_eof
                    struct lerr *e)
 {
     struct httpresp_chunked d = { 0 };
-    int head_len;
+    int head_len = httpresp_parse_head(buf, len, request_was_head, h, e);
     size_t avail;
     unsigned long long n;
 
     *body_len = 0;
-    head_len = httpresp_parse_head(buf, len, request_was_head, h, e);
     if (head_len < 0 || h->framing == HTTPRESP_BODY_NONE)
         return head_len;
     avail = len - (size_t)head_len;
