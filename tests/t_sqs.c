@@ -861,7 +861,7 @@ static const struct err_case {
     const char *etype, *qerr, *body;
     const char *code, *message;
     int retryable;
-    const char *text;  /* sqs_api_error_set for ReceiveMessage */
+    const char *text;  /* the error text sqs_parse_error writes for ReceiveMessage */
 } err_cases[] = {
     { "type with prefix", 400, NULL, NULL,
       "{\"__type\":\"com.amazon.coral.service#SignatureDoesNotMatch\",\"message\":\"The request "
