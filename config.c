@@ -1,10 +1,14 @@
 #include "config.h"
 #include "creds.h"
+#include "err.h"
 #include "group.h"
+#include "log.h"
 #include "metrics.h"
 #include "text.h"
+#include "url.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -6,6 +6,7 @@
 
 #include <bearssl.h>
 
+#include "json.h"
 #include "text.h"
 
 /* ---- checking an event ----------------------------------------------------------------- */
@@ -59,12 +60,8 @@ static const struct preset *size_preset(const char *size)
 /* What a JSON value is, from its first character (json_peek's answer). */
 static const char *json_kind(int c)
 {
-    static const char firsts[] = "{[\"tfn";
-    static const char *const kinds[] = { "an object", "an array", "a string", "a boolean",
-                                         "a boolean", "null", "a number" };
-    const char *at = c > 0 ? strchr(firsts, c) : NULL;
-
-    return kinds[at ? at - firsts : 6];
+    return c == '{' ? "an object" : c == '[' ? "an array" : c == '"' ? "a string"
+           : c == 't' || c == 'f' ? "a boolean" : c == 'n' ? "null" : "a number";
 }
 
 /* A checked JSON string, its quotes at s and end - 1, decodes to a NUL only from the

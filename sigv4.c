@@ -33,11 +33,6 @@ struct sink {
     size_t len;               /* bytes written, or that would have been */
 };
 
-static struct sink sink_buffer(char *buf, size_t cap)
-{
-    return (struct sink){ .buf = buf, .cap = cap };
-}
-
 static void sink_put(struct sink *s, const char *str, size_t n)
 {
     if (s->len < s->cap && n < s->cap - s->len)
@@ -390,7 +385,7 @@ static int view_init(struct view *v, const struct sigv4_request *req,
                                          "x-amz-content-sha256" };
     const char *found[4] = { NULL };
     const char *added[4] = { NULL, date, token, p->add_content_sha256 ? payload_hash : NULL };
-    struct sink ds = sink_buffer(date, 17);
+    struct sink ds = { .buf = date, .cap = 17 };
     unsigned char hash[32];
 
     v->n = v->nextra = 0;
@@ -483,7 +478,7 @@ static void key_refresh(struct sigv4_key *k, const char *secret, const char *dat
                         const struct sigv4_params *p)
 {
     char scope[8 + 2 * SIGV4_MAX_NAME + 16];
-    struct sink s = sink_buffer(scope, sizeof scope);
+    struct sink s = { .buf = scope, .cap = sizeof scope };
     unsigned char hash[32], key[32];
 
     scope_write(&s, date, p);   /* fits: region and service are at most SIGV4_MAX_NAME long */
@@ -517,7 +512,7 @@ void sigv4_format_date(time_t t, char out[17])
 int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_params *p,
                             char *buf, size_t cap, struct lerr *e)
 {
-    struct sink s = sink_buffer(buf, cap);
+    struct sink s = { .buf = buf, .cap = cap };
     char date[17], payload_hash[65];
     struct view v;
 
@@ -529,7 +524,7 @@ int sigv4_canonical_request(const struct sigv4_request *req, const struct sigv4_
 int sigv4_string_to_sign(const char *canonical_request, const struct sigv4_params *p,
                          char *buf, size_t cap, struct lerr *e)
 {
-    struct sink s = sink_buffer(buf, cap);
+    struct sink s = { .buf = buf, .cap = cap };
     unsigned char hash[32];
 
     /* checked before anything is written: sigv4_sign() relies on it for its key cache */
@@ -571,8 +566,8 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_credentials *
     struct sigv4_key *k = p->key ? p->key : &own;
     struct sigv4_params dated = *p;  /* the date signed may be the request's own */
     char creq[SIGV4_MAX_CANONICAL], sts[64 + 2 * SIGV4_MAX_NAME + 128];
-    struct sink cs = sink_buffer(creq, sizeof creq);
-    struct sink authz = sink_buffer(out->authorization, sizeof out->authorization);
+    struct sink cs = { .buf = creq, .cap = sizeof creq };
+    struct sink authz = { .buf = out->authorization, .cap = sizeof out->authorization };
     br_hmac_context hc;
     unsigned char hash[32];
     struct view v;
