@@ -195,9 +195,7 @@ static int json_scalar(struct json *j, int c)
     const char *word = c == 't' ? "true" : c == 'f' ? "false" : "null";
     size_t n = strlen(word);
 
-    if (c == -1)
-        return json_fail(j, j->p, "unexpected end");
-    if (c == '"')
+    if (c == '"' || c == -1)  /* at the end, json_string says "unexpected end" */
         return json_string(j, NULL, 0, NULL);
     if (c == '-' || (c >= '0' && c <= '9'))
         return json_number(j);
