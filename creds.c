@@ -506,8 +506,6 @@ static int xml_element(struct xml *x, size_t path_len, int depth, struct lerr *e
     x->i++;
     if ((n = xml_name(x)) == 0)
         return xml_bad(x, e, depth ? "expected a name" : "expected the root element");
-    if (!xml_text_blank(x))
-        return xml_bad(x, e, "text beside child elements");
     if (depth == XML_MAX_DEPTH || n >= sizeof x->path - path_len - 1)
         return xml_bad(x, e, "elements nested too deep (or their names too long)");
     end = path_len + (size_t)snprintf(x->path + path_len, sizeof x->path - path_len, "/%.*s",
@@ -533,9 +531,12 @@ static int xml_element(struct xml *x, size_t path_len, int depth, struct lerr *e
             return xml_bad(x, e, "truncated: an element is not closed");
         if ((k = xml_markup_at(x, 1, e)) < 0)
             return -1;
+        leaf &= k != M_START_TAG;
+        /* at a child's start tag or the end tag: what text came since the last child */
+        if (!leaf && (k == M_START_TAG || k == M_END_TAG) && !xml_text_blank(x))
+            return xml_bad(x, e, "text beside child elements");
         if (k == M_START_TAG && xml_element(x, end, depth + 1, e) < 0)
             return -1;
-        leaf &= k != M_START_TAG;
         if (k != M_END_TAG)
             continue;
         /* "</" and the name of this element, the path's last */
@@ -549,8 +550,6 @@ static int xml_element(struct xml *x, size_t path_len, int depth, struct lerr *e
             return xml_bad(x, e, "expected '>' closing an end tag");
         x->i++;
     }
-    if (!leaf && !xml_text_blank(x))
-        return xml_bad(x, e, "text beside child elements");
     if (leaf && sts_leaf(x, e) < 0)
         return -1;
     x->path[path_len] = '\0';
