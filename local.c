@@ -210,12 +210,11 @@ static int files_create(const struct local_run *r, struct files *f, struct lerr 
 
 /* ---- the child's environment ---------------------------------------------------------- */
 
-/* Whether kv ("NAME=value", or "NAME") is the variable name. */
-static int env_is(const char *kv, const char *name)
+/* Whether s begins with prefix: a prefix of names ("AWS_"), or one variable ("AWS_REGION=";
+ * every kv tested has its '='). */
+static int starts(const char *s, const char *prefix)
 {
-    size_t n = strlen(name);
-
-    return strncmp(kv, name, n) == 0 && (kv[n] == '=' || kv[n] == '\0');
+    return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
 /* What lambdo holds and a child must not inherit: every LAMBDO_* setting (but the
@@ -225,22 +224,23 @@ static int env_is(const char *kv, const char *name)
  * not pass by omission. */
 static int env_is_lambdos(const char *kv)
 {
-    if (strncmp(kv, "LAMBDO_", 7) == 0)
-        return !env_is(kv, "LAMBDO_HANDLER");
-    if (strncmp(kv, "AWS_", 4) == 0)
-        return !env_is(kv, "AWS_REGION") && !env_is(kv, "AWS_DEFAULT_REGION");
-    return env_is(kv, "FLY_API_TOKEN") || env_is(kv, "FLY_ACCESS_TOKEN") ||
-           env_is(kv, "EVENTS_PATH") || env_is(kv, "EVENTS_META_PATH");
+    if (starts(kv, "LAMBDO_"))
+        return !starts(kv, "LAMBDO_HANDLER=");
+    if (starts(kv, "AWS_"))
+        return !starts(kv, "AWS_REGION=") && !starts(kv, "AWS_DEFAULT_REGION=");
+    return starts(kv, "FLY_API_TOKEN=") || starts(kv, "FLY_ACCESS_TOKEN=") ||
+           starts(kv, "EVENTS_PATH=") || starts(kv, "EVENTS_META_PATH=");
 }
 
 /* What LAMBDO_CHILD_<NAME>=value hands the child: "<NAME>=value"; NULL for any other
  * variable, and for the names only lambdo sets. */
 static const char *env_for_child(const char *kv)
 {
-    const char *rest = kv + 13;  /* after "LAMBDO_CHILD_" */
+    static const char prefix[] = "LAMBDO_CHILD_";
+    const char *rest = kv + sizeof prefix - 1;
 
-    if (strncmp(kv, "LAMBDO_CHILD_", 13) != 0 || *rest == '=' || !strchr(rest, '=') ||
-        env_is(rest, "EVENTS_PATH") || env_is(rest, "EVENTS_META_PATH"))
+    if (!starts(kv, prefix) || *rest == '=' || !strchr(rest, '=') ||
+        starts(rest, "EVENTS_PATH=") || starts(rest, "EVENTS_META_PATH="))
         return NULL;
     return rest;
 }
