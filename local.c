@@ -77,10 +77,9 @@ int local_seal(struct lerr *e)
         return lerr_set(e, LERR_IO, "cannot list /proc/self/fd: %s", strerror(errno));
     while ((de = readdir(d))) {
         int fd = atoi(de->d_name);  /* the kernel's names: numbers, "." and ".." (0) */
-        int flags = fd < 3 || fd == dirfd(d) ? -1 : fcntl(fd, F_GETFD);
 
-        if (flags >= 0 && !(flags & FD_CLOEXEC))
-            fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+        if (fd >= 3 && fd != dirfd(d))
+            fcntl(fd, F_SETFD, FD_CLOEXEC);  /* the only descriptor flag there is */
     }
     closedir(d);
     return 0;
@@ -108,12 +107,11 @@ void local_lines_feed(struct local_lines *l, const char *p, size_t n)
     }
 }
 
+/* A last line ends as if its newline came (which also ends the drop of a truncated one). */
 void local_lines_finish(struct local_lines *l)
 {
-    if (l->len)
-        l->emit(l->ctx, l->buf, l->len, 0);
-    l->len = 0;
-    l->dropping = 0;
+    if (l->len || l->dropping)
+        local_lines_feed(l, "\n", 1);
 }
 
 void local_line_format(char *out, size_t cap, const char *group_id, const char *line,
@@ -572,8 +570,7 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
     out->pid = (int)c.pid;
     c.term_at = r->timeout_s > 0 ? c.started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
     c.next_idle = r->idle ? c.started + IDLE_EVERY_MS : INT64_MAX;
-    log_info("group %s: process %d started for %zu events", r->group_id, out->pid,
-             r->event_count);
+    log_info("group %s: process %d started for %zu events", r->group_id, out->pid, r->event_count);
     if (r->started)
         r->started(r->ctx, out->pid);
     child_follow(&c);

@@ -144,8 +144,7 @@ static struct metrics_series *series_get(struct metrics *m, enum metrics_hist h,
     return &s[METRICS_MAX_OPERATIONS];
 }
 
-void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operation,
-                     double seconds)
+void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operation, double seconds)
 {
     struct metrics_series *s;
     uint64_t us = 0;
@@ -393,8 +392,7 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
     r->minor = v[7] - '0';
     /* field lines up to the empty one; no white space first: that would be obs-fold,
      * which RFC 9112 lets a server refuse */
-    i += k;
-    while ((k = line_end(buf, n, i)) == 0) {
+    for (i += k; (k = line_end(buf, n, i)) == 0; i += k) {
         name = i;
         while (i < n && httpresp_is_tchar((unsigned char)buf[i]))
             i++;
@@ -403,9 +401,8 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
         has_host |= i - name == 4 && strncasecmp(buf + name, "host", 4) == 0;
         while (i < n && buf[i] != '\0' && line_end(buf, n, i) == 0)
             i++;
-        if (i == n || buf[i] == '\0')
+        if ((k = line_end(buf, n, i)) == 0)   /* out of bytes, or a NUL */
             goto stop;
-        i += line_end(buf, n, i);
     }
     if (r->minor == 0 || has_host) {   /* RFC 9112 3.2 */
         r->head_len = i + k;
@@ -626,8 +623,7 @@ static void *server_main(void *arg)
          * (EINVAL: stopping began since poll). */
         if ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
             conn_serve(s, fd);
-        } else if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO &&
-                   errno != EINVAL) {
+        } else if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO && errno != EINVAL) {
             /* Out of descriptors or memory: the pending connection would wake poll at
              * once, over and over, so accepting pauses a moment instead. */
             log_warn("metrics: accept: %s", strerror(errno));
