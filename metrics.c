@@ -667,11 +667,11 @@ static int listen_on(struct metrics_server *s, const struct metrics_addr *a, int
     return s->listen_fd = fd;
 }
 
-/* Stops the threads started (every one wakes at once), then closes the socket. */
+/* Stops the threads started (the shutdown wakes every one at once), then closes the socket
+ * (-1 when listening failed: the shutdown fails harmlessly). */
 static void server_free(struct metrics_server *s)
 {
-    if (s->nthreads)
-        shutdown(s->listen_fd, SHUT_RDWR);
+    shutdown(s->listen_fd, SHUT_RDWR);
     for (size_t i = 0; i < s->nthreads; i++)
         pthread_join(s->thread[i], NULL);
     if (s->listen_fd >= 0)
