@@ -77,10 +77,9 @@ int local_seal(struct lerr *e)
         return lerr_set(e, LERR_IO, "cannot list /proc/self/fd: %s", strerror(errno));
     while ((de = readdir(d))) {
         int fd = atoi(de->d_name);  /* the kernel's names: numbers, "." and ".." (0) */
-        int flags = fd < 3 || fd == dirfd(d) ? -1 : fcntl(fd, F_GETFD);
 
-        if (flags >= 0 && !(flags & FD_CLOEXEC))
-            fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+        if (fd >= 3 && fd != dirfd(d))
+            fcntl(fd, F_SETFD, FD_CLOEXEC);  /* the only descriptor flag there is */
     }
     closedir(d);
     return 0;
@@ -108,12 +107,11 @@ void local_lines_feed(struct local_lines *l, const char *p, size_t n)
     }
 }
 
+/* A last line ends as if its newline came (which also ends the drop of a truncated one). */
 void local_lines_finish(struct local_lines *l)
 {
-    if (l->len)
-        l->emit(l->ctx, l->buf, l->len, 0);
-    l->len = 0;
-    l->dropping = 0;
+    if (l->len || l->dropping)
+        local_lines_feed(l, "\n", 1);
 }
 
 void local_line_format(char *out, size_t cap, const char *group_id, const char *line,
@@ -210,12 +208,11 @@ static int files_create(const struct local_run *r, struct files *f, struct lerr 
 
 /* ---- the child's environment ---------------------------------------------------------- */
 
-/* Whether kv ("NAME=value", or "NAME") is the variable name. */
-static int env_is(const char *kv, const char *name)
+/* Whether s begins with prefix: a prefix of names ("AWS_"), or one variable ("AWS_REGION=";
+ * every kv tested has its '='). */
+static int starts(const char *s, const char *prefix)
 {
-    size_t n = strlen(name);
-
-    return strncmp(kv, name, n) == 0 && (kv[n] == '=' || kv[n] == '\0');
+    return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
 /* What lambdo holds and a child must not inherit: every LAMBDO_* setting (but the
@@ -225,22 +222,23 @@ static int env_is(const char *kv, const char *name)
  * not pass by omission. */
 static int env_is_lambdos(const char *kv)
 {
-    if (strncmp(kv, "LAMBDO_", 7) == 0)
-        return !env_is(kv, "LAMBDO_HANDLER");
-    if (strncmp(kv, "AWS_", 4) == 0)
-        return !env_is(kv, "AWS_REGION") && !env_is(kv, "AWS_DEFAULT_REGION");
-    return env_is(kv, "FLY_API_TOKEN") || env_is(kv, "FLY_ACCESS_TOKEN") ||
-           env_is(kv, "EVENTS_PATH") || env_is(kv, "EVENTS_META_PATH");
+    if (starts(kv, "LAMBDO_"))
+        return !starts(kv, "LAMBDO_HANDLER=");
+    if (starts(kv, "AWS_"))
+        return !starts(kv, "AWS_REGION=") && !starts(kv, "AWS_DEFAULT_REGION=");
+    return starts(kv, "FLY_API_TOKEN=") || starts(kv, "FLY_ACCESS_TOKEN=") ||
+           starts(kv, "EVENTS_PATH=") || starts(kv, "EVENTS_META_PATH=");
 }
 
 /* What LAMBDO_CHILD_<NAME>=value hands the child: "<NAME>=value"; NULL for any other
  * variable, and for the names only lambdo sets. */
 static const char *env_for_child(const char *kv)
 {
-    const char *rest = kv + 13;  /* after "LAMBDO_CHILD_" */
+    static const char prefix[] = "LAMBDO_CHILD_";
+    const char *rest = kv + sizeof prefix - 1;
 
-    if (strncmp(kv, "LAMBDO_CHILD_", 13) != 0 || *rest == '=' || !strchr(rest, '=') ||
-        env_is(rest, "EVENTS_PATH") || env_is(rest, "EVENTS_META_PATH"))
+    if (!starts(kv, prefix) || *rest == '=' || !strchr(rest, '=') ||
+        starts(rest, "EVENTS_PATH=") || starts(rest, "EVENTS_META_PATH="))
         return NULL;
     return rest;
 }
@@ -572,8 +570,7 @@ static int run_child(const struct local_run *r, struct files *f, struct local_re
     out->pid = (int)c.pid;
     c.term_at = r->timeout_s > 0 ? c.started + (int64_t)r->timeout_s * 1000 : INT64_MAX;
     c.next_idle = r->idle ? c.started + IDLE_EVERY_MS : INT64_MAX;
-    log_info("group %s: process %d started for %zu events", r->group_id, out->pid,
-             r->event_count);
+    log_info("group %s: process %d started for %zu events", r->group_id, out->pid, r->event_count);
     if (r->started)
         r->started(r->ctx, out->pid);
     child_follow(&c);

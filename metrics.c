@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,8 +144,7 @@ static struct metrics_series *series_get(struct metrics *m, enum metrics_hist h,
     return &s[METRICS_MAX_OPERATIONS];
 }
 
-void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operation,
-                     double seconds)
+void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operation, double seconds)
 {
     struct metrics_series *s;
     uint64_t us = 0;
@@ -394,8 +392,7 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
     r->minor = v[7] - '0';
     /* field lines up to the empty one; no white space first: that would be obs-fold,
      * which RFC 9112 lets a server refuse */
-    i += k;
-    while ((k = line_end(buf, n, i)) == 0) {
+    for (i += k; (k = line_end(buf, n, i)) == 0; i += k) {
         name = i;
         while (i < n && httpresp_is_tchar((unsigned char)buf[i]))
             i++;
@@ -404,9 +401,8 @@ enum metrics_parse metrics_parse_request(const char *buf, size_t len, struct met
         has_host |= i - name == 4 && strncasecmp(buf + name, "host", 4) == 0;
         while (i < n && buf[i] != '\0' && line_end(buf, n, i) == 0)
             i++;
-        if (i == n || buf[i] == '\0')
+        if ((k = line_end(buf, n, i)) == 0)   /* out of bytes, or a NUL */
             goto stop;
-        i += line_end(buf, n, i);
     }
     if (r->minor == 0 || has_host) {   /* RFC 9112 3.2 */
         r->head_len = i + k;
@@ -526,11 +522,12 @@ int metrics_addr_parse(const char *s, struct metrics_addr *a, struct lerr *e)
 /* METRICS_MAX_CONNECTIONS threads, each accepting a connection and serving it to the end:
  * straight-line code for a connection (read its head, answer, drain), a slow client holds
  * up only its own thread, and more connections than threads wait in the listen backlog.
- * Every thread watches the stop eventfd, so stopping ends them all at once. */
+ * Stopping shuts the listening socket down: on Linux that wakes every accept and poll on it
+ * with POLLHUP (which poll reports whatever events were asked), so every thread watches
+ * that one descriptor and stopping ends them all at once. */
 struct metrics_server {
     struct metrics *m;
     int listen_fd;
-    int stop_fd;                 /* an eventfd, readable once stopping */
     int port;
     size_t nthreads;
     pthread_t thread[METRICS_MAX_CONNECTIONS];
@@ -540,8 +537,7 @@ struct metrics_server {
  * stopping. */
 static int conn_wait(const struct metrics_server *s, int fd, short events, int64_t deadline)
 {
-    struct pollfd p[2] = { { .fd = fd, .events = events },
-                           { .fd = s->stop_fd, .events = POLLIN } };
+    struct pollfd p[2] = { { .fd = fd, .events = events }, { .fd = s->listen_fd } };
     int64_t left = deadline - mono_ms(NULL);
     int n;
 
@@ -619,22 +615,22 @@ static void conn_serve(const struct metrics_server *s, int fd)
 static void *server_main(void *arg)
 {
     struct metrics_server *s = arg;
-    struct pollfd p[2] = { { .fd = s->stop_fd, .events = POLLIN },
-                           { .fd = s->listen_fd, .events = POLLIN } };
+    struct pollfd p = { .fd = s->listen_fd, .events = POLLIN };
     int fd;
 
-    while (poll(p, 2, -1) >= 0 && !p[0].revents) {
-        /* Every idle thread wakes for a connection; those that lose the race get EAGAIN. */
+    while (poll(&p, 1, -1) >= 0 && !(p.revents & POLLHUP)) {
+        /* Every idle thread wakes for a connection; those that lose the race get EAGAIN
+         * (EINVAL: stopping began since poll). */
         if ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
             conn_serve(s, fd);
-        } else if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO) {
+        } else if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO && errno != EINVAL) {
             /* Out of descriptors or memory: the pending connection would wake poll at
              * once, over and over, so accepting pauses a moment instead. */
             log_warn("metrics: accept: %s", strerror(errno));
-            poll(p, 1, ACCEPT_PAUSE_MS);
+            conn_wait(s, -1, 0, mono_ms(NULL) + ACCEPT_PAUSE_MS);  /* poll skips fd -1 */
         }
     }
-    if (!p[0].revents)
+    if (!(p.revents & POLLHUP))
         log_error("metrics: poll: %s; a metrics server thread stops", strerror(errno));
     return NULL;
 }
@@ -671,19 +667,15 @@ static int listen_on(struct metrics_server *s, const struct metrics_addr *a, int
     return s->listen_fd = fd;
 }
 
-/* Stops the threads started (every one wakes at once), then closes the sockets. */
+/* Stops the threads started (the shutdown wakes every one at once), then closes the socket
+ * (-1 when listening failed: the shutdown fails harmlessly). */
 static void server_free(struct metrics_server *s)
 {
-    uint64_t one = 1;
-
-    while (s->nthreads && write(s->stop_fd, &one, sizeof one) < 0 && errno == EINTR)
-        ;
+    shutdown(s->listen_fd, SHUT_RDWR);
     for (size_t i = 0; i < s->nthreads; i++)
         pthread_join(s->thread[i], NULL);
     if (s->listen_fd >= 0)
         close(s->listen_fd);
-    if (s->stop_fd >= 0)
-        close(s->stop_fd);
     free(s);
 }
 
@@ -695,8 +687,6 @@ static int server_start(struct metrics_server *s, struct lerr *e)
     sigset_t all, old;
     int rc = 0;
 
-    if ((s->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
-        return lerr_set(e, LERR_IO, "metrics: eventfd: %s", strerror(errno));
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, SERVER_STACK);
     sigfillset(&all);
@@ -721,7 +711,7 @@ int metrics_serve(struct metrics *m, const char *addr, struct lerr *e)
     if (!(s = calloc(1, sizeof *s)))
         return lerr_set(e, LERR_NOMEM, "metrics: out of memory");
     s->m = m;
-    s->listen_fd = s->stop_fd = -1;
+    s->listen_fd = -1;
     if (listen_on(s, &a, a.family == AF_INET ? AF_INET : AF_INET6) < 0 && a.family == AF_UNSPEC &&
         (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL))
         listen_on(s, &a, AF_INET);  /* no IPv6 here: every IPv4 interface, then */

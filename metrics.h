@@ -146,8 +146,7 @@ void metrics_count_region(struct metrics *m, enum metrics_region_counter c, cons
 void metrics_set(struct metrics *m, enum metrics_counter gauge, int64_t value);
 
 /* One request's duration. NaN and negative durations count as 0. */
-void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operation,
-                     double seconds);
+void metrics_observe(struct metrics *m, enum metrics_hist h, const char *operation, double seconds);
 
 /* Monotonic seconds, for timing: t0 = metrics_clock(); ...; metrics_clock() - t0. */
 double metrics_clock(void);
