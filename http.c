@@ -79,11 +79,15 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
 {
     for (;;) {
         struct pollfd p[2] = { { fd, events, 0 }, { io->c->cancel_fd, POLLIN, 0 } };
-        /* The request's deadline cuts the phase's wait short when it comes first. */
         long long left = io->deadline ? io->deadline - now_ms() : LLONG_MAX;
         int by_deadline = left <= io->wait_ms, n;
-        int timeout = !by_deadline ? io->wait_ms : left > 0 ? (int)left : 0;
+        int timeout = io->wait_ms;
 
+        /* The request's deadline cuts the phase's wait short when it comes first. */
+        if (by_deadline && left > 0)
+            timeout = (int)left;
+        else if (by_deadline)
+            timeout = 0;
         n = poll(p, io->c->cancel_fd >= 0 ? 2 : 1, timeout);
         if (n < 0 && errno == EINTR)
             continue;
@@ -271,7 +275,8 @@ static void conn_close(struct http_conn *conn)
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
-    conn->in_pos = conn->in_len = 0;
+    conn->in_pos = 0;
+    conn->in_len = 0;
 }
 
 /* One poll before a request answers two questions. A readable cancel_fd cancels it. An
