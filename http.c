@@ -79,11 +79,13 @@ static int io_wait(struct io *io, int fd, short events, struct lerr *e)
 {
     for (;;) {
         struct pollfd p[2] = { { fd, events, 0 }, { io->c->cancel_fd, POLLIN, 0 } };
-        /* The request's deadline cuts the phase's wait short when it comes first. */
         long long left = io->deadline ? io->deadline - now_ms() : LLONG_MAX;
         int by_deadline = left <= io->wait_ms, n;
-        int timeout = !by_deadline ? io->wait_ms : left > 0 ? (int)left : 0;
+        int timeout = io->wait_ms;
 
+        /* The request's deadline cuts the phase's wait short when it comes first. */
+        if (by_deadline)
+            timeout = left > 0 ? (int)left : 0;
         n = poll(p, io->c->cancel_fd >= 0 ? 2 : 1, timeout);
         if (n < 0 && errno == EINTR)
             continue;
@@ -271,15 +273,15 @@ static void conn_close(struct http_conn *conn)
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
-    conn->in_pos = conn->in_len = 0;
+    conn->in_pos = 0;
+    conn->in_len = 0;
 }
 
 /* One poll before a request answers two questions. A readable cancel_fd cancels it. An
  * idle keep-alive connection has nothing to say: if it is readable, the server has closed
  * it (EOF, reset or a TLS close_notify) or sent something unasked for. Either way it
  * cannot carry the request, and is closed. */
-static int conn_check_idle(const struct http_client *c, struct http_conn *conn,
-                           struct lerr *e)
+static int conn_check_idle(const struct http_client *c, struct http_conn *conn, struct lerr *e)
 {
     struct pollfd p[2] = { { c->cancel_fd, POLLIN, 0 }, { conn->fd, POLLIN, 0 } };
     /* TLS: bytes already read or decrypted but not used are invisible to poll. */
@@ -538,9 +540,8 @@ static int http_read_body(struct io *io, struct http_buf *b, size_t at, const st
     /* An announced length says its size. The limit ends the message: callers append what
      * they do about it. */
     if (want > max_body)
-        return lerr_set(e, LERR_TOO_LARGE,
-                        "response body from %s:%u is %llu bytes, over the limit of %zu",
-                        io->conn->host, io->conn->port, want, max_body);
+        return lerr_set(e, LERR_TOO_LARGE, "response body from %s:%u is %llu bytes, "
+                        "over the limit of %zu", io->conn->host, io->conn->port, want, max_body);
     /* A known length gets its room at once (and a read's worth more, for rbuf_fill). */
     if (buf_reserve(b, (size_t)want + 4096, &io->c->buffers_allocated, e) < 0)
         return -1;

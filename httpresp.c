@@ -113,8 +113,7 @@ struct fields {
 static int scan_short(const struct scan *s)
 {
     if (s->lim >= HTTPRESP_MAX_HEAD)
-        return lerr_set(s->e, LERR_TOO_LARGE, "response head exceeds %d bytes",
-                        HTTPRESP_MAX_HEAD);
+        return lerr_set(s->e, LERR_TOO_LARGE, "response head exceeds %d bytes", HTTPRESP_MAX_HEAD);
     return HTTPRESP_INCOMPLETE;
 }
 
@@ -228,8 +227,7 @@ static int parse_field_line(struct scan *s, struct httpresp_header *f)
 }
 
 /* Content-Length = 1*DIGIT, possibly repeated as a list ("5, 5") by careless proxies. */
-static int note_content_length(struct fields *fl, const struct httpresp_header *f,
-                               struct lerr *e)
+static int note_content_length(struct fields *fl, const struct httpresp_header *f, struct lerr *e)
 {
     const char *elem;
     size_t pos = 0, n, i;
@@ -317,8 +315,7 @@ static int note_field(struct fields *fl, const struct httpresp_head *h,
 
 /* RFC 9112 section 6.3, and section 9.3 for persistence. Fields were validated whatever the
  * status: a 204 with both Content-Length and Transfer-Encoding is still a smuggling sign. */
-static void decide_framing(struct httpresp_head *h, const struct fields *fl,
-                           int request_was_head)
+static void decide_framing(struct httpresp_head *h, const struct fields *fl, int request_was_head)
 {
     if (request_was_head || h->status < 200 || h->status == 204 || h->status == 304)
         h->framing = HTTPRESP_BODY_NONE;

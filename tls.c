@@ -490,15 +490,13 @@ void tls_client_init(struct tls_client *tc, const struct tls_anchors *ta)
 #if defined __x86_64__ && defined __SIZEOF_INT128__
     /* What BearSSL's default picks here, without linking its fallbacks for CPUs that
      * lack SSE2 or a 64-bit multiplication, which no x86_64 does: 2 KB. */
-    br_ssl_engine_set_chapol(&cc->eng, &br_sslrec_in_chapol_vtable,
-                             &br_sslrec_out_chapol_vtable);
+    br_ssl_engine_set_chapol(&cc->eng, &br_sslrec_in_chapol_vtable, &br_sslrec_out_chapol_vtable);
     br_ssl_engine_set_chacha20(&cc->eng, &br_chacha20_sse2_run);
     br_ssl_engine_set_poly1305(&cc->eng, &br_poly1305_ctmulq_run);
 #else
     br_ssl_engine_set_default_chapol(&cc->eng);
 #endif
-    br_ssl_engine_set_buffers_bidi(&cc->eng, tc->ibuf, sizeof tc->ibuf, tc->obuf,
-                                   sizeof tc->obuf);
+    br_ssl_engine_set_buffers_bidi(&cc->eng, tc->ibuf, sizeof tc->ibuf, tc->obuf, sizeof tc->obuf);
 }
 
 /* Never inlined (the product is link-time optimised): bench/callgrind-guard tells a
@@ -694,8 +692,7 @@ int tls_error(struct lerr *e, int br_err, const char *host)
         return lerr_set(e, LERR_TLS, "TLS with %s failed: we sent alert %d (%s)", host, a,
                         tls_alert_name(a));
     if (br_err >= BR_ERR_RECV_FATAL_ALERT)
-        return lerr_set(e, LERR_TLS_ALERT, "%s sent TLS alert %d (%s)", host, a,
-                        tls_alert_name(a));
+        return lerr_set(e, LERR_TLS_ALERT, "%s sent TLS alert %d (%s)", host, a, tls_alert_name(a));
     while (br_err < said[i].lo || br_err > said[i].hi)
         i++;
     return lerr_set(e, said[i].kind, "%s%s%s (BearSSL error %d: %s)", said[i].before, host,
