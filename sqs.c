@@ -8,9 +8,12 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <bearssl.h>
 
+#include "httpresp.h"
 #include "json.h"
 #include "log.h"
 #include "ratelimit.h"
@@ -195,15 +198,17 @@ static const char *sqs_json_string(const cJSON *obj, const char *name)
     return cJSON_IsString(v) && v->valuestring ? v->valuestring : NULL;
 }
 
-int sqs_parse_error(const char *op, int status, const char *errortype_header,
-                    size_t errortype_len, const char *query_error_header, size_t query_error_len,
-                    const char *body, size_t body_len, struct sqs_api_error *out, struct lerr *e)
+int sqs_parse_error(const char *op, const struct http_response *resp, struct sqs_api_error *out,
+                    struct lerr *e)
 {
-    cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
+    size_t et_len, qe_len;
+    cJSON *root = resp->body_len ? json_parse(resp->body, resp->body_len) : NULL;
+    const char *et = httpresp_header(&resp->head, "X-Amzn-ErrorType", &et_len);
+    const char *qe = httpresp_header(&resp->head, "X-Amzn-Query-Error", &qe_len);
     const char *code, *msg, *colon;
 
     memset(out, 0, sizeof *out);
-    out->status = status;
+    out->status = resp->head.status;
     /* (an answer that is not an object has none of these members) */
     code = sqs_json_string(root, "__type");
     if (!code)
@@ -213,26 +218,26 @@ int sqs_parse_error(const char *op, int status, const char *errortype_header,
         msg = sqs_json_string(root, "Message");
     if (code && *code) {
         sqs_set_code(out->code, sizeof out->code, code, strlen(code));
-    } else if (errortype_header && errortype_len) {
-        sqs_set_code(out->code, sizeof out->code, errortype_header, errortype_len);
-    } else if (query_error_header && query_error_len) {
-        const char *semi = memchr(query_error_header, ';', query_error_len);
-        sqs_set_code(out->code, sizeof out->code, query_error_header,
-                     semi ? (size_t)(semi - query_error_header) : query_error_len);
+    } else if (et_len) {
+        sqs_set_code(out->code, sizeof out->code, et, et_len);
+    } else if (qe_len) {
+        const char *semi = memchr(qe, ';', qe_len);
+        sqs_set_code(out->code, sizeof out->code, qe, semi ? (size_t)(semi - qe) : qe_len);
     }
     if (msg)
         sqs_set_text(out->message, sizeof out->message, msg, strlen(msg));
-    else if (!cJSON_IsObject(root) && body_len)  /* a proxy's page says more than nothing */
-        sqs_set_text(out->message, sizeof out->message, body, body_len);
-    else if (!body_len && !out->code[0])
+    /* a proxy's page says more than nothing */
+    else if (!cJSON_IsObject(root) && resp->body_len)
+        sqs_set_text(out->message, sizeof out->message, resp->body, resp->body_len);
+    else if (!resp->body_len && !out->code[0])
         snprintf(out->message, sizeof out->message, "empty answer");
     cJSON_Delete(root);
-    out->retryable = status >= 500 || status == 429 || sqs_code_retryable(out->code);
+    out->retryable = out->status >= 500 || out->status == 429 || sqs_code_retryable(out->code);
     colon = out->message[0] ? ": " : "";
     if (out->code[0])
         return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", op, out->code, colon,
-                        out->message, status);
-    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", op, status, colon, out->message);
+                        out->message, out->status);
+    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", op, out->status, colon, out->message);
 }
 
 /* ======================================================================================
@@ -324,8 +329,6 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
     struct creds_snapshot snap;  /* outlives http_do: the token header points into it */
     struct sigv4_credentials cred = c->creds;
     struct sigv4_signature sig;
-    const char *et, *qe;
-    size_t et_len = 0, qe_len = 0;
     double t0;
     int rc;
 
@@ -341,28 +344,25 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
     rc = sigv4_sign(&sr, &cred, &sp, &sig, e);
     if (rc < 0) {
         lerr_wrap(e, "SQS %s: signing the request", op);
-        sqs_note_local(c, e, 0);
     } else {
         for (size_t i = 0; i < sig.num_added && i < SIGV4_MAX_ADDED; i++)
             hh[req.num_headers++] = (struct http_header){ sig.added[i].name, sig.added[i].value };
         t0 = metrics_clock();
         rc = http_do(c->http, &req, resp, e);
         metrics_observe(c->metrics, METRICS_SQS, op, metrics_clock() - t0);
-        if (rc < 0) {
+        if (rc < 0)
             lerr_wrap(e, "SQS %s failed", op);
-            sqs_note_local(c, e, sqs_kind_retryable(e->kind));
-        }
     }
     if (c->provider)
         creds_snapshot_wipe(&snap);
-    if (rc < 0)
+    if (rc < 0) {
+        /* (signing fails only on bad input: LERR_INVALID, LERR_TOO_LARGE, never retried) */
+        sqs_note_local(c, e, sqs_kind_retryable(e->kind));
         return -1;
+    }
     if (resp->head.status >= 200 && resp->head.status < 300)
         return 0;
-    et = httpresp_header(&resp->head, "X-Amzn-ErrorType", &et_len);
-    qe = httpresp_header(&resp->head, "X-Amzn-Query-Error", &qe_len);
-    rc = sqs_parse_error(op, resp->head.status, et, et_len, qe, qe_len, resp->body, resp->body_len,
-                         &c->last_error, e);
+    rc = sqs_parse_error(op, resp, &c->last_error, e);
     http_response_free(resp);
     return rc;
 }
