@@ -486,18 +486,6 @@ struct rx {
 /* A message attribute's name is at most 256 characters (SQS's limit). */
 #define SQS_ATTR_NAME_MAX 256
 
-/* The readers below return the scanner's -1 as it is: sqs_parse_receive puts its error
- * (x->j.why set) in the answer's words once, here; at the very end, the answer was cut
- * short. */
-static int rx_fail(struct rx *x)
-{
-    const char *why = x->j.err_at == (size_t)(x->j.end - x->j.start) ? "unexpected end"
-                                                                     : x->j.why;
-
-    return lerr_set(x->e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu", why,
-                    x->j.err_at);
-}
-
 /* An optional member: 0 when its value is null (consumed), 1 when it starts with open
  * ('{', '[' or '"'), else -1 naming the member and the type it should have. */
 static int rx_optional(struct rx *x, int open, int index, const char *name)
@@ -850,8 +838,11 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
                      "object at byte %zu", (size_t)(x.j.p - x.j.start));
     if (r == 0 && (x.ctx.oom || x.attrs.oom))
         r = lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
+    /* The readers return the scanner's -1 as it is (x.j.why set): its error is put in the
+     * answer's words once, here. At the very end, the answer was cut short. */
     if (r < 0 && x.j.why)
-        rx_fail(&x);
+        lerr_set(e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu",
+                 x.j.err_at == len ? "unexpected end" : x.j.why, x.j.err_at);
     free(x.attrs.p);
     b->context_mem = x.ctx.p;
     if (r < 0) {
@@ -973,21 +964,19 @@ static void sqs_attributes_md5(const struct sqs_entry *en, char out[33])
     const char *values[3] = { en->command, en->image, en->size };
     unsigned char sum[br_md5_SIZE], one = 1;
     br_md5_context ctx;
-    int any = 0;
 
+    out[0] = '\0';
+    if (!en->command && !en->image && !en->size)
+        return;
     br_md5_init(&ctx);
     for (size_t i = 0; i < 3; i++) {
         if (!values[i])
             continue;
-        any = 1;
         sqs_md5_field(&ctx, names[i]);
         sqs_md5_field(&ctx, "String");
         br_md5_update(&ctx, &one, 1);
         sqs_md5_field(&ctx, values[i]);
     }
-    out[0] = '\0';
-    if (!any)
-        return;
     br_md5_out(&ctx, sum);
     text_hex_encode(sum, sizeof sum, out);
 }
@@ -1050,12 +1039,9 @@ static size_t sqs_count(const struct sqs_entry *entries, size_t n, enum sqs_entr
     size_t k = 0;
 
     *first = n;
-    for (size_t i = n; i-- > 0;) {
-        if (entries[i].status == s) {
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].status == s && k++ == 0)
             *first = i;
-            k++;
-        }
-    }
     return k;
 }
 
@@ -1248,14 +1234,12 @@ static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item,
     char label[160];
 
     sqs_why(en->code, en->message, code ? code : "", message ? message : "");
-    code = en->code;
-    message = en->message;
-    if (o->receipts && sqs_stale(code, message)) {
+    if (o->receipts && sqs_stale(en->code, en->message)) {
         en->status = SQS_ENTRY_STALE;
         sqs_label(o, entries, i, label, sizeof label);
         log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
-                 "again or is no longer in flight", o->name, label, code, message);
-    } else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code)) {
+                 "again or is no longer in flight", o->name, label, en->code, en->message);
+    } else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(en->code)) {
         en->status = SQS_ENTRY_FAILED;
     }
 }
