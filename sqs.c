@@ -809,7 +809,7 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
 {
     size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
     static const char *const names[] = { "Messages" };
-    struct rx x = { .ctx = { 0 } };
+    struct rx x = { .e = e, .left = len + 1 };
     int state = 0, k, r = 0;
 
     memset(b, 0, sizeof *b);
@@ -822,9 +822,7 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
     json_init(&x.j, json, len);
     x.j.max_depth = RX_MAX_DEPTH;
     x.j.lenient = 1;
-    x.e = e;
     x.arena = (char *)b->mem + msgs;
-    x.left = len + 1;
     if (json_peek(&x.j) != '{') {
         char start[40];
         sqs_set_text(start, sizeof start, (const char *)x.j.p, (size_t)(x.j.end - x.j.p));
