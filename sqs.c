@@ -594,6 +594,25 @@ static void rx_user_attribute(struct rx *x, struct sqs_message *m, const char *n
     json_buf_lit(&x->attrs, "}");
 }
 
+/* The object at p (null: nothing to read): the strings of the members named in
+ * names[0..n) decoded into s[] and len[] (each NULL and 0 when absent). Another value is
+ * an error naming labels[k]; without labels, it is skipped, as are other members. */
+static int rx_strings(struct rx *x, int index, const char *what, const char *const *names,
+                      const char *const *labels, size_t n, const char **s, size_t *len)
+{
+    int state = 0, k, r = rx_optional(x, '{', index, what);
+
+    while (r > 0 && (r = json_member_of(&x->j, &state, names, n, &k)) > 0) {
+        if (k >= 0 && (labels || json_peek(&x->j) == '"')) {
+            if (rx_keep(x, index, labels ? labels[k] : what, &s[k], &len[k]) < 0)
+                return -1;
+        } else if (json_skip(&x->j) < 0) {
+            return -1;
+        }
+    }
+    return r;
+}
+
 /* {name: {"DataType": ..., "StringValue": ..., "BinaryValue": ...}, ...}, each value's
  * strings decoded into got[] (NULL when absent) and len[]. */
 static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
@@ -611,19 +630,13 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
     while ((r = json_member(&x->j, &state, name, sizeof name)) > 0) {
         const char *got[3] = { NULL, NULL, NULL };
         size_t len[3] = { 0, 0, 0 };
-        int fstate = 0, f, v;
 
         if (!name[0]) {  /* a name SQS cannot send: too long, a NUL */
             if (json_skip(&x->j) < 0)
                 return -1;
             continue;
         }
-        v = rx_optional(x, '{', index, "MessageAttributes value");
-        while (v > 0 && (v = json_member_of(&x->j, &fstate, fields, 3, &f)) > 0) {
-            if ((f >= 0 ? rx_keep(x, index, labels[f], &got[f], &len[f]) : json_skip(&x->j)) < 0)
-                return -1;
-        }
-        if (v < 0)
+        if (rx_strings(x, index, "MessageAttributes value", fields, labels, 3, got, len) < 0)
             return -1;
         for (k = 0; k < 3 && strcmp(name, sqs_attr_names[k]) != 0; k++)
             ;
@@ -648,26 +661,6 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
         v = v * 10 + (s[i] - '0');
     }
     return v;
-}
-
-static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
-{
-    int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
-    long v;
-
-    while (r > 0 && (r = json_member_of(&x->j, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS,
-                                        &k)) > 0) {
-        if (k >= 0 && json_peek(&x->j) == '"') {  /* (a string: no type error to name) */
-            if (rx_keep(x, index, "Attributes", &x->sys[k], &x->sys_len[k]) < 0)
-                return -1;
-        } else if (json_skip(&x->j) < 0) {
-            return -1;
-        }
-    }
-    v = sqs_parse_count(x->sys[0], x->sys_len[0], 18);
-    m->receive_count = v > 0 ? (unsigned long)v : 0;
-    m->message_group_id = x->sys[3];  /* NUL-terminated in the arena, NULL when absent */
-    return r;
 }
 
 /* The message's entry of the context file, into x->ctx: the counts and times as JSON
@@ -742,6 +735,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
                                          "Attributes", "MessageAttributes" };
     const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
     int state = 0, r = 0, k, lone = 0;
+    long count;
 
     if (json_peek(&x->j) == -1)
         return json_skip(&x->j);
@@ -754,8 +748,9 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
 
         if (k >= 0 && k < 4)
             r = rx_keep(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
-        else if (k == 4)
-            r = rx_system_attributes(x, index, m);
+        else if (k == 4)  /* (a value that is not a string is no problem of the message's) */
+            r = rx_strings(x, index, "Attributes", sqs_system_attrs, NULL, SQS_SYSTEM_ATTRS,
+                           x->sys, x->sys_len);
         else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
@@ -777,6 +772,9 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
                     "body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not "
                     "Unicode text");
     sqs_check_md5(m);
+    count = sqs_parse_count(x->sys[0], x->sys_len[0], 18);
+    m->receive_count = count > 0 ? (unsigned long)count : 0;
+    m->message_group_id = x->sys[3];  /* NUL-terminated in the arena, NULL when absent */
     x->ctx_at[index] = x->ctx.len;
     rx_context(x, m);
     m->context_len = x->ctx.len - x->ctx_at[index];
