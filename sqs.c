@@ -577,21 +577,19 @@ static void rx_user_attribute(struct rx *x, struct sqs_message *m, const char *n
     if (sqs_text_check(name, strlen(name), NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "a message attribute's name is not Unicode text "
                     "SQS allows");
-        return;
-    }
-    if (sqs_text_check(got[0], len[0], NULL, NULL) < 0 ||
-        sqs_text_check(got[vi], len[vi], NULL, NULL) < 0) {
+    } else if (sqs_text_check(got[0], len[0], NULL, NULL) < 0 ||
+               sqs_text_check(got[vi], len[vi], NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %.60s: its type or value is "
                     "not Unicode text SQS allows", name);
-        return;
+    } else {
+        json_buf_lit(&x->attrs, x->attrs.len ? "," : "");
+        json_buf_string(&x->attrs, name, strlen(name));
+        json_buf_lit(&x->attrs, ":{\"type\":");
+        json_buf_string(&x->attrs, got[0], len[0]);
+        json_buf_lit(&x->attrs, ",\"value\":");
+        json_buf_string(&x->attrs, got[vi], len[vi]);
+        json_buf_lit(&x->attrs, "}");
     }
-    json_buf_lit(&x->attrs, x->attrs.len ? "," : "");
-    json_buf_string(&x->attrs, name, strlen(name));
-    json_buf_lit(&x->attrs, ":{\"type\":");
-    json_buf_string(&x->attrs, got[0], len[0]);
-    json_buf_lit(&x->attrs, ",\"value\":");
-    json_buf_string(&x->attrs, got[vi], len[vi]);
-    json_buf_lit(&x->attrs, "}");
 }
 
 /* The object at p (null: nothing to read): the strings of the members named in
