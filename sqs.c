@@ -592,9 +592,10 @@ static void rx_user_attribute(struct rx *x, struct sqs_message *m, const char *n
     }
 }
 
-/* The object at p (null: nothing to read): the strings of the members named in
- * names[0..n) decoded into s[] and len[] (each NULL and 0 when absent). Another value is
- * an error naming labels[k]; without labels, it is skipped, as are other members. */
+/* The object at p (null: nothing to read): the string of each member named names[k]
+ * decoded into s[k] and len[k] (left as the caller set them when the member is absent).
+ * Another value is an error naming labels[k]; without labels, it is skipped, as are the
+ * members not named. */
 static int rx_strings(struct rx *x, int index, const char *what, const char *const *names,
                       const char *const *labels, size_t n, const char **s, size_t *len)
 {
