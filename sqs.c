@@ -8,9 +8,12 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <bearssl.h>
 
+#include "httpresp.h"
 #include "json.h"
 #include "log.h"
 #include "ratelimit.h"
@@ -195,15 +198,17 @@ static const char *sqs_json_string(const cJSON *obj, const char *name)
     return cJSON_IsString(v) && v->valuestring ? v->valuestring : NULL;
 }
 
-int sqs_parse_error(const char *op, int status, const char *errortype_header,
-                    size_t errortype_len, const char *query_error_header, size_t query_error_len,
-                    const char *body, size_t body_len, struct sqs_api_error *out, struct lerr *e)
+int sqs_parse_error(const char *op, const struct http_response *resp, struct sqs_api_error *out,
+                    struct lerr *e)
 {
-    cJSON *root = body && body_len ? json_parse(body, body_len) : NULL;
+    size_t et_len, qe_len;
+    cJSON *root = resp->body_len ? json_parse(resp->body, resp->body_len) : NULL;
+    const char *et = httpresp_header(&resp->head, "X-Amzn-ErrorType", &et_len);
+    const char *qe = httpresp_header(&resp->head, "X-Amzn-Query-Error", &qe_len);
     const char *code, *msg, *colon;
 
     memset(out, 0, sizeof *out);
-    out->status = status;
+    out->status = resp->head.status;
     /* (an answer that is not an object has none of these members) */
     code = sqs_json_string(root, "__type");
     if (!code)
@@ -213,26 +218,26 @@ int sqs_parse_error(const char *op, int status, const char *errortype_header,
         msg = sqs_json_string(root, "Message");
     if (code && *code) {
         sqs_set_code(out->code, sizeof out->code, code, strlen(code));
-    } else if (errortype_header && errortype_len) {
-        sqs_set_code(out->code, sizeof out->code, errortype_header, errortype_len);
-    } else if (query_error_header && query_error_len) {
-        const char *semi = memchr(query_error_header, ';', query_error_len);
-        sqs_set_code(out->code, sizeof out->code, query_error_header,
-                     semi ? (size_t)(semi - query_error_header) : query_error_len);
+    } else if (et_len) {
+        sqs_set_code(out->code, sizeof out->code, et, et_len);
+    } else if (qe_len) {
+        const char *semi = memchr(qe, ';', qe_len);
+        sqs_set_code(out->code, sizeof out->code, qe, semi ? (size_t)(semi - qe) : qe_len);
     }
     if (msg)
         sqs_set_text(out->message, sizeof out->message, msg, strlen(msg));
-    else if (!cJSON_IsObject(root) && body_len)  /* a proxy's page says more than nothing */
-        sqs_set_text(out->message, sizeof out->message, body, body_len);
-    else if (!body_len && !out->code[0])
+    /* a proxy's page says more than nothing */
+    else if (!cJSON_IsObject(root) && resp->body_len)
+        sqs_set_text(out->message, sizeof out->message, resp->body, resp->body_len);
+    else if (!resp->body_len && !out->code[0])
         snprintf(out->message, sizeof out->message, "empty answer");
     cJSON_Delete(root);
-    out->retryable = status >= 500 || status == 429 || sqs_code_retryable(out->code);
+    out->retryable = out->status >= 500 || out->status == 429 || sqs_code_retryable(out->code);
     colon = out->message[0] ? ": " : "";
     if (out->code[0])
         return lerr_set(e, LERR_HTTP, "SQS %s failed: %s%s%s (HTTP %d)", op, out->code, colon,
-                        out->message, status);
-    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", op, status, colon, out->message);
+                        out->message, out->status);
+    return lerr_set(e, LERR_HTTP, "SQS %s failed: HTTP %d%s%s", op, out->status, colon, out->message);
 }
 
 /* ======================================================================================
@@ -324,8 +329,6 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
     struct creds_snapshot snap;  /* outlives http_do: the token header points into it */
     struct sigv4_credentials cred = c->creds;
     struct sigv4_signature sig;
-    const char *et, *qe;
-    size_t et_len = 0, qe_len = 0;
     double t0;
     int rc;
 
@@ -341,28 +344,25 @@ static int sqs_call(struct sqs_client *c, const char *op, const char *body, size
     rc = sigv4_sign(&sr, &cred, &sp, &sig, e);
     if (rc < 0) {
         lerr_wrap(e, "SQS %s: signing the request", op);
-        sqs_note_local(c, e, 0);
     } else {
         for (size_t i = 0; i < sig.num_added && i < SIGV4_MAX_ADDED; i++)
             hh[req.num_headers++] = (struct http_header){ sig.added[i].name, sig.added[i].value };
         t0 = metrics_clock();
         rc = http_do(c->http, &req, resp, e);
         metrics_observe(c->metrics, METRICS_SQS, op, metrics_clock() - t0);
-        if (rc < 0) {
+        if (rc < 0)
             lerr_wrap(e, "SQS %s failed", op);
-            sqs_note_local(c, e, sqs_kind_retryable(e->kind));
-        }
     }
     if (c->provider)
         creds_snapshot_wipe(&snap);
-    if (rc < 0)
+    if (rc < 0) {
+        /* (signing fails only on bad input: LERR_INVALID, LERR_TOO_LARGE, never retried) */
+        sqs_note_local(c, e, sqs_kind_retryable(e->kind));
         return -1;
+    }
     if (resp->head.status >= 200 && resp->head.status < 300)
         return 0;
-    et = httpresp_header(&resp->head, "X-Amzn-ErrorType", &et_len);
-    qe = httpresp_header(&resp->head, "X-Amzn-Query-Error", &qe_len);
-    rc = sqs_parse_error(op, resp->head.status, et, et_len, qe, qe_len, resp->body, resp->body_len,
-                         &c->last_error, e);
+    rc = sqs_parse_error(op, resp, &c->last_error, e);
     http_response_free(resp);
     return rc;
 }
@@ -486,18 +486,6 @@ struct rx {
 /* A message attribute's name is at most 256 characters (SQS's limit). */
 #define SQS_ATTR_NAME_MAX 256
 
-/* The readers below return the scanner's -1 as it is: sqs_parse_receive puts its error
- * (x->j.why set) in the answer's words once, here; at the very end, the answer was cut
- * short. */
-static int rx_fail(struct rx *x)
-{
-    const char *why = x->j.err_at == (size_t)(x->j.end - x->j.start) ? "unexpected end"
-                                                                     : x->j.why;
-
-    return lerr_set(x->e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu", why,
-                    x->j.err_at);
-}
-
 /* An optional member: 0 when its value is null (consumed), 1 when it starts with open
  * ('{', '[' or '"'), else -1 naming the member and the type it should have. */
 static int rx_optional(struct rx *x, int open, int index, const char *name)
@@ -589,21 +577,39 @@ static void rx_user_attribute(struct rx *x, struct sqs_message *m, const char *n
     if (sqs_text_check(name, strlen(name), NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "a message attribute's name is not Unicode text "
                     "SQS allows");
-        return;
-    }
-    if (sqs_text_check(got[0], len[0], NULL, NULL) < 0 ||
-        sqs_text_check(got[vi], len[vi], NULL, NULL) < 0) {
+    } else if (sqs_text_check(got[0], len[0], NULL, NULL) < 0 ||
+               sqs_text_check(got[vi], len[vi], NULL, NULL) < 0) {
         msg_problem(m, SQS_MSG_BAD_ATTRIBUTE, "message attribute %.60s: its type or value is "
                     "not Unicode text SQS allows", name);
-        return;
+    } else {
+        json_buf_lit(&x->attrs, x->attrs.len ? "," : "");
+        json_buf_string(&x->attrs, name, strlen(name));
+        json_buf_lit(&x->attrs, ":{\"type\":");
+        json_buf_string(&x->attrs, got[0], len[0]);
+        json_buf_lit(&x->attrs, ",\"value\":");
+        json_buf_string(&x->attrs, got[vi], len[vi]);
+        json_buf_lit(&x->attrs, "}");
     }
-    json_buf_lit(&x->attrs, x->attrs.len ? "," : "");
-    json_buf_string(&x->attrs, name, strlen(name));
-    json_buf_lit(&x->attrs, ":{\"type\":");
-    json_buf_string(&x->attrs, got[0], len[0]);
-    json_buf_lit(&x->attrs, ",\"value\":");
-    json_buf_string(&x->attrs, got[vi], len[vi]);
-    json_buf_lit(&x->attrs, "}");
+}
+
+/* The object at p (null: nothing to read): the string of each member named names[k]
+ * decoded into s[k] and len[k] (left as the caller set them when the member is absent).
+ * Another value is an error naming labels[k]; without labels, it is skipped, as are the
+ * members not named. */
+static int rx_strings(struct rx *x, int index, const char *what, const char *const *names,
+                      const char *const *labels, size_t n, const char **s, size_t *len)
+{
+    int state = 0, k, r = rx_optional(x, '{', index, what);
+
+    while (r > 0 && (r = json_member_of(&x->j, &state, names, n, &k)) > 0) {
+        if (k >= 0 && (labels || json_peek(&x->j) == '"')) {
+            if (rx_keep(x, index, labels ? labels[k] : what, &s[k], &len[k]) < 0)
+                return -1;
+        } else if (json_skip(&x->j) < 0) {
+            return -1;
+        }
+    }
+    return r;
 }
 
 /* {name: {"DataType": ..., "StringValue": ..., "BinaryValue": ...}, ...}, each value's
@@ -623,19 +629,13 @@ static int rx_message_attributes(struct rx *x, int index, struct sqs_message *m)
     while ((r = json_member(&x->j, &state, name, sizeof name)) > 0) {
         const char *got[3] = { NULL, NULL, NULL };
         size_t len[3] = { 0, 0, 0 };
-        int fstate = 0, f, v;
 
         if (!name[0]) {  /* a name SQS cannot send: too long, a NUL */
             if (json_skip(&x->j) < 0)
                 return -1;
             continue;
         }
-        v = rx_optional(x, '{', index, "MessageAttributes value");
-        while (v > 0 && (v = json_member_of(&x->j, &fstate, fields, 3, &f)) > 0) {
-            if ((f >= 0 ? rx_keep(x, index, labels[f], &got[f], &len[f]) : json_skip(&x->j)) < 0)
-                return -1;
-        }
-        if (v < 0)
+        if (rx_strings(x, index, "MessageAttributes value", fields, labels, 3, got, len) < 0)
             return -1;
         for (k = 0; k < 3 && strcmp(name, sqs_attr_names[k]) != 0; k++)
             ;
@@ -660,26 +660,6 @@ static long sqs_parse_count(const char *s, size_t len, size_t max_digits)
         v = v * 10 + (s[i] - '0');
     }
     return v;
-}
-
-static int rx_system_attributes(struct rx *x, int index, struct sqs_message *m)
-{
-    int state = 0, k, r = rx_optional(x, '{', index, "Attributes");
-    long v;
-
-    while (r > 0 && (r = json_member_of(&x->j, &state, sqs_system_attrs, SQS_SYSTEM_ATTRS,
-                                        &k)) > 0) {
-        if (k >= 0 && json_peek(&x->j) == '"') {  /* (a string: no type error to name) */
-            if (rx_keep(x, index, "Attributes", &x->sys[k], &x->sys_len[k]) < 0)
-                return -1;
-        } else if (json_skip(&x->j) < 0) {
-            return -1;
-        }
-    }
-    v = sqs_parse_count(x->sys[0], x->sys_len[0], 18);
-    m->receive_count = v > 0 ? (unsigned long)v : 0;
-    m->message_group_id = x->sys[3];  /* NUL-terminated in the arena, NULL when absent */
-    return r;
 }
 
 /* The message's entry of the context file, into x->ctx: the counts and times as JSON
@@ -754,6 +734,7 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
                                          "Attributes", "MessageAttributes" };
     const char **strings[] = { &m->message_id, &m->receipt_handle, &m->md5_of_body, &m->body };
     int state = 0, r = 0, k, lone = 0;
+    long count;
 
     if (json_peek(&x->j) == -1)
         return json_skip(&x->j);
@@ -766,8 +747,9 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
 
         if (k >= 0 && k < 4)
             r = rx_keep(x, index, names[k], strings[k], k == 3 ? &m->body_len : NULL);
-        else if (k == 4)
-            r = rx_system_attributes(x, index, m);
+        else if (k == 4)  /* (a value that is not a string is no problem of the message's) */
+            r = rx_strings(x, index, "Attributes", sqs_system_attrs, NULL, SQS_SYSTEM_ATTRS,
+                           x->sys, x->sys_len);
         else if (k == 5)
             r = rx_message_attributes(x, index, m);
         else
@@ -789,6 +771,9 @@ static int rx_message(struct rx *x, int index, struct sqs_message *m)
                     "body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not "
                     "Unicode text");
     sqs_check_md5(m);
+    count = sqs_parse_count(x->sys[0], x->sys_len[0], 18);
+    m->receive_count = count > 0 ? (unsigned long)count : 0;
+    m->message_group_id = x->sys[3];  /* NUL-terminated in the arena, NULL when absent */
     x->ctx_at[index] = x->ctx.len;
     rx_context(x, m);
     m->context_len = x->ctx.len - x->ctx_at[index];
@@ -821,7 +806,7 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
 {
     size_t msgs = SQS_MAX_MESSAGES * sizeof(struct sqs_message);
     static const char *const names[] = { "Messages" };
-    struct rx x = { .ctx = { 0 } };
+    struct rx x = { .e = e, .left = len + 1 };
     int state = 0, k, r = 0;
 
     memset(b, 0, sizeof *b);
@@ -834,9 +819,7 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
     json_init(&x.j, json, len);
     x.j.max_depth = RX_MAX_DEPTH;
     x.j.lenient = 1;
-    x.e = e;
     x.arena = (char *)b->mem + msgs;
-    x.left = len + 1;
     if (json_peek(&x.j) != '{') {
         char start[40];
         sqs_set_text(start, sizeof start, (const char *)x.j.p, (size_t)(x.j.end - x.j.p));
@@ -850,8 +833,11 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
                      "object at byte %zu", (size_t)(x.j.p - x.j.start));
     if (r == 0 && (x.ctx.oom || x.attrs.oom))
         r = lerr_set(e, LERR_NOMEM, "out of memory reading an SQS ReceiveMessage answer");
+    /* The readers return the scanner's -1 as it is (x.j.why set): its error is put in the
+     * answer's words once, here. At the very end, the answer was cut short. */
     if (r < 0 && x.j.why)
-        rx_fail(&x);
+        lerr_set(e, LERR_MALFORMED, RX " is not valid JSON: %s at byte %zu",
+                 x.j.err_at == len ? "unexpected end" : x.j.why, x.j.err_at);
     free(x.attrs.p);
     b->context_mem = x.ctx.p;
     if (r < 0) {
@@ -973,21 +959,19 @@ static void sqs_attributes_md5(const struct sqs_entry *en, char out[33])
     const char *values[3] = { en->command, en->image, en->size };
     unsigned char sum[br_md5_SIZE], one = 1;
     br_md5_context ctx;
-    int any = 0;
 
+    out[0] = '\0';
+    if (!en->command && !en->image && !en->size)
+        return;
     br_md5_init(&ctx);
     for (size_t i = 0; i < 3; i++) {
         if (!values[i])
             continue;
-        any = 1;
         sqs_md5_field(&ctx, names[i]);
         sqs_md5_field(&ctx, "String");
         br_md5_update(&ctx, &one, 1);
         sqs_md5_field(&ctx, values[i]);
     }
-    out[0] = '\0';
-    if (!any)
-        return;
     br_md5_out(&ctx, sum);
     text_hex_encode(sum, sizeof sum, out);
 }
@@ -1050,12 +1034,9 @@ static size_t sqs_count(const struct sqs_entry *entries, size_t n, enum sqs_entr
     size_t k = 0;
 
     *first = n;
-    for (size_t i = n; i-- > 0;) {
-        if (entries[i].status == s) {
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].status == s && k++ == 0)
             *first = i;
-            k++;
-        }
-    }
     return k;
 }
 
@@ -1248,14 +1229,12 @@ static void sqs_apply_failed(const struct sqs_batch_ops *o, const cJSON *item,
     char label[160];
 
     sqs_why(en->code, en->message, code ? code : "", message ? message : "");
-    code = en->code;
-    message = en->message;
-    if (o->receipts && sqs_stale(code, message)) {
+    if (o->receipts && sqs_stale(en->code, en->message)) {
         en->status = SQS_ENTRY_STALE;
         sqs_label(o, entries, i, label, sizeof label);
         log_warn("SQS %s: %s: receipt handle no longer valid (%s: %s); the message was received "
-                 "again or is no longer in flight", o->name, label, code, message);
-    } else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(code)) {
+                 "again or is no longer in flight", o->name, label, en->code, en->message);
+    } else if ((!cJSON_IsBool(fault) || cJSON_IsTrue(fault)) && !sqs_code_retryable(en->code)) {
         en->status = SQS_ENTRY_FAILED;
     }
 }

@@ -23,9 +23,12 @@
 #ifndef LAMBDO_SQS_H
 #define LAMBDO_SQS_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include "err.h"
 #include "http.h"
 #include "sigv4.h"
+#include "url.h"
 
 struct creds_provider;
 
@@ -289,14 +292,13 @@ int sqs_parse_receive(const char *json, size_t len, struct sqs_batch *b, struct 
 int sqs_parse_batch_result(enum sqs_batch_op op, const char *json, size_t len,
                            struct sqs_entry *entries, size_t n, struct lerr *e);
 
-/* Reads an error answer: the code from the body's __type (or code), else the
- * X-Amzn-ErrorType header, else the X-Amzn-Query-Error header
+/* Reads an error answer (status, headers and body of resp): the code from the body's
+ * __type (or code), else the X-Amzn-ErrorType header, else the X-Amzn-Query-Error header
  * ("AWS.SimpleQueueService.NonExistentQueue;Sender"); the message from the body's message
- * or Message. Headers may be NULL. What cannot be read stays empty. Returns -1 with e set
- * (LERR_HTTP) to "SQS <op> failed: <code>: <message> (HTTP <status>)". */
-int sqs_parse_error(const char *op, int status, const char *errortype_header,
-                    size_t errortype_len, const char *query_error_header, size_t query_error_len,
-                    const char *body, size_t body_len, struct sqs_api_error *out, struct lerr *e);
+ * or Message. What cannot be read stays empty. Returns -1 with e set (LERR_HTTP) to
+ * "SQS <op> failed: <code>: <message> (HTTP <status>)". */
+int sqs_parse_error(const char *op, const struct http_response *resp, struct sqs_api_error *out,
+                    struct lerr *e);
 
 /* Full-jitter backoff before retry number attempt (0 for the first retry): uniform in
  * [0, min(cap_ms, base_ms * 2^attempt)]. Advances *rng. */

@@ -178,10 +178,20 @@ static void fuzz_error(const uint8_t *data, size_t size)
     size_t a = size > 0 ? data[0] % (size + 1) : 0, bl = size > 1 ? data[1] % (size + 1) : 0;
     size_t et = a < size ? a : size, qe = bl < size - et ? bl : size - et;
     const char *s = (const char *)data;
+    struct http_response resp = { .head.status = 400 + (size ? data[0] % 200 : 0),
+                                  .body = (char *)s + et + qe, .body_len = size - et - qe };
     struct sqs_api_error ae;
     struct lerr e = { 0 };
-    int r = sqs_parse_error("ReceiveMessage", 400 + (size ? data[0] % 200 : 0), et ? s : NULL, et,
-                            qe ? s + et : NULL, qe, s + et + qe, size - et - qe, &ae, &e);
+    int r;
+
+    /* the headers as the HTTP client hands them on; one of length 0 is left out */
+    if (et)
+        resp.head.headers[resp.head.num_headers++] =
+            (struct httpresp_header){ "X-Amzn-ErrorType", 16, s, et };
+    if (qe)
+        resp.head.headers[resp.head.num_headers++] =
+            (struct httpresp_header){ "X-Amzn-Query-Error", 18, s + et, qe };
+    r = sqs_parse_error("ReceiveMessage", &resp, &ae, &e);
 
     check_text(ae.code, sizeof ae.code);
     check_text(ae.message, sizeof ae.message);

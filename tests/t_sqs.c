@@ -919,6 +919,22 @@ static const struct err_case {
       "RequestExpired", "Request has expired.", 0, NULL },
 };
 
+/* What sqs_call hands sqs_parse_error: the status, the two headers when given, the body. */
+static int parse_error(int status, const char *etype, const char *qerr, const char *body,
+                       struct sqs_api_error *ae, struct lerr *e)
+{
+    struct http_response r = { .head.status = status, .body = (char *)body,
+                               .body_len = strlen(body) };
+    const char *names[2] = { "X-Amzn-ErrorType", "X-Amzn-Query-Error" };
+    const char *values[2] = { etype, qerr };
+
+    for (size_t i = 0; i < 2; i++)
+        if (values[i])
+            r.head.headers[r.head.num_headers++] = (struct httpresp_header){
+                names[i], strlen(names[i]), values[i], strlen(values[i]) };
+    return sqs_parse_error("ReceiveMessage", &r, ae, e);
+}
+
 static void test_error_answers(void **state)
 {
     for (size_t i = 0; i < N_ELEMS(err_cases); i++) {
@@ -927,10 +943,7 @@ static void test_error_answers(void **state)
         struct lerr e = { 0 };
 
         memset(&ae, 0x55, sizeof ae);
-        assert_int_equal(sqs_parse_error("ReceiveMessage", c->status, c->etype,
-                                         c->etype ? strlen(c->etype) : 0, c->qerr,
-                                         c->qerr ? strlen(c->qerr) : 0, c->body, strlen(c->body),
-                                         &ae, &e), -1);
+        assert_int_equal(parse_error(c->status, c->etype, c->qerr, c->body, &ae, &e), -1);
         if (strcmp(ae.code, c->code) != 0)
             fail_msg("%s: code \"%s\", want \"%s\"", c->name, ae.code, c->code);
         if (strcmp(ae.message, c->message) != 0)
@@ -955,7 +968,7 @@ static void test_error_long_fields(void **state)
     memset(type, 'T', sizeof type - 1);
     type[sizeof type - 1] = '\0';
     snprintf(body, sizeof body, "{\"__type\":\"x#%s\",\"message\":\"%0900d\"}", type, 0);
-    sqs_parse_error("ReceiveMessage", 400, NULL, 0, NULL, 0, body, strlen(body), &ae, &e);
+    parse_error(400, NULL, NULL, body, &ae, &e);
     assert_int_equal(strlen(ae.code), sizeof ae.code - 1);
     assert_int_equal(strlen(ae.message), sizeof ae.message - 1);
     assert_int_equal(ae.code[0], 'T');
@@ -983,7 +996,7 @@ static void test_code_retryable(void **state)
         snprintf(body, sizeof body, "{\"__type\":\"%s\"}", code ? code : "");
         if (!code)
             snprintf(body, sizeof body, "{}");
-        sqs_parse_error("ReceiveMessage", 400, NULL, 0, NULL, 0, body, strlen(body), &ae, &e);
+        parse_error(400, NULL, NULL, body, &ae, &e);
         if (ae.retryable != (i < N_ELEMS(yes)))
             fail_msg("code %s: retryable %d", code ? code : "(none)", ae.retryable);
     }
