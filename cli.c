@@ -6,8 +6,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "group.h"
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "preset.h"
 #include "text.h"
+#include "tls.h"
 
 static const char send_usage[] =
     "usage: lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"

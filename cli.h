@@ -28,7 +28,9 @@
 #ifndef LAMBDO_CLI_H
 #define LAMBDO_CLI_H
 
+#include <stddef.h>
 #include <stdio.h>
+#include "err.h"
 #include "fly.h"
 #include "sqs.h"
 

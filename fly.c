@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "httpresp.h"
 #include "json.h"
 #include "text.h"
 #include "log.h"
