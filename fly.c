@@ -571,13 +571,10 @@ static enum step create_in_region(struct call *c, const char *group, const char 
     }
     if (answered || e->kind != LERR_CANCELLED)
         metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-    if (answered) {
-        log_warn("fly: %s: HTTP %d: %s; %s", c->who, r.status, r.error,
-                 next ? "trying the next region" : "not retrying");
+    if (answered)
         lerr_set(e, LERR_HTTP, "HTTP %d: %s", r.status, r.error);
-    } else {
-        log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region" : "");
-    }
+    log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region"
+             : answered ? "; not retrying" : "");
     lerr_wrap(e, answered && !next ? "Fly refused the Machine in %s" : "%s", region_name(region));
     return next ? STEP_NEXT : STEP_STOP;
 }
