@@ -752,10 +752,11 @@ static int call_send(struct call *c, struct http_client *http, const struct fly_
                     r->error);
 }
 
-/* What reading a 2xx came to: rc 0, or -1 (e set) when its reader refused it, which is
- * Fly's trouble, not ours: retry later. */
-static int answer_read(const struct call *c, struct fly_call_result *r, int rc, struct lerr *e)
+/* Ends the reading of a kept answer: frees it, and returns what its reader (rc) came to:
+ * 0, or -1 (e set) when the reader refused it, which is Fly's trouble, not ours: retry later. */
+static int answer_read(struct call *c, struct fly_call_result *r, int rc, struct lerr *e)
 {
+    http_response_free(&c->resp);
     if (rc == 0)
         return 0;
     r->outcome = FLY_CALL_RETRY_LATER;
@@ -801,10 +802,8 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
     struct fly_call_result r;
     int rc = call_send(&c, http, t, &r, e);
 
-    if (rc == 0 && r.outcome == FLY_CALL_OK) {
+    if (rc == 0 && r.outcome == FLY_CALL_OK)
         rc = answer_read(&c, &r, fly_parse_exit(c.resp.body, c.resp.body_len, out, e), e);
-        http_response_free(&c.resp);
-    }
     out->outcome = r.outcome;
     out->status = r.status;
     return rc;
@@ -905,9 +904,8 @@ int fly_update_machine(struct http_client *http, const struct fly_target *t,
     if (rc < 0)
         return -1;
     rc = created_answer(c.resp.body, c.resp.body_len, out);
-    http_response_free(&c.resp);
-    if (rc < 0)
-        return answer_read(&c, r, lerr_set(e, LERR_MALFORMED, "not a Machine"), e);
+    if (answer_read(&c, r, rc < 0 ? lerr_set(e, LERR_MALFORMED, "not a Machine") : 0, e) < 0)
+        return -1;
     if (!out->id[0])  /* the answer named none (or none usable): it is still this one */
         snprintf(out->id, sizeof out->id, "%s", machine_id);
     return 0;
@@ -945,9 +943,8 @@ int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
     if (call_send(&c, http, t, rr, e) < 0)
         return -1;
     rc = fly_parse_lease(c.resp.body, c.resp.body_len, nonce, expires_at, e);
-    http_response_free(&c.resp);
-    if (rc < 0)
-        return answer_read(&c, rr, rc, e);
+    if (answer_read(&c, rr, rc, e) < 0)
+        return -1;
     log_debug("fly: %s: lease taken until %lld", c.who, *expires_at);
     return 0;
 }
