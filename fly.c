@@ -440,8 +440,8 @@ struct call {
     char who[160];                 /* what logs and errors call it: "Machine m1: wait" */
     int prepaid;                   /* the first request's token was taken already */
     struct fly_machine *created;   /* a create's: the Machine its answer names */
-    int keep;                      /* call_send keeps an OK answer in resp (the caller frees) */
-    struct http_response resp;     /* the answer */
+    int keep;                      /* an OK answer is kept in resp (the caller frees it) */
+    struct http_response resp;     /* the answer, freed by send_paced unless kept */
 };
 
 #define ACCEPT(o) (1u << FLY_CALL_##o)
@@ -490,8 +490,8 @@ static void call_end(struct call *c)
 
 /* Sends the request, each time after a token of c->rl, until an answer that is not a
  * 429 (each 429 waits Retry-After or the backoff), or the last retry's 429 (rl penalized
- * so that the other threads hear of it). Returns 0 with c->resp (to free) and r, its
- * classification; or -1 with e set (no answer, or a stop) and r->outcome saying whether a
+ * so that the other threads hear of it). Returns 0 with r, the answer's classification
+ * (the answer itself kept in c->resp when c->keep is set and it is OK); or -1 with e set (no answer, or a stop) and r->outcome saying whether a
  * later try may do better, r->status the last HTTP status seen. */
 static int send_paced(struct call *c, struct fly_call_result *r, struct lerr *e)
 {
@@ -522,6 +522,8 @@ static int send_paced(struct call *c, struct fly_call_result *r, struct lerr *e)
         fly_classify(c->resp.head.status, c->resp.body, c->resp.body_len, ra, ra_len, c->created,
                      r);
         log_debug("fly: %s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "", r->error);
+        if (!c->keep || r->outcome != FLY_CALL_OK)
+            http_response_free(&c->resp);
         if (r->outcome != FLY_CALL_RATE_LIMITED)
             return 0;
         metrics_count(c->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
@@ -533,7 +535,6 @@ static int send_paced(struct call *c, struct fly_call_result *r, struct lerr *e)
             ratelimit_penalize_at(c->rl, ratelimit_now_ns(), wait);
         if (retry == c->max_retries)
             return 0;
-        http_response_free(&c->resp);
         /* a create's 429 is worth a warning (in its own words); the other calls' are debug */
         log_write(create ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "fly: %s: rate limited%s; retry %d "
                   "of %d in %d ms", c->who, create ? " (HTTP 429)" : "", retry + 1,
@@ -554,8 +555,6 @@ static enum step create_in_region(struct call *c, const char *group, const char 
     int answered = send_paced(c, &r, e) == 0;
     int next = r.outcome == FLY_CALL_RETRY_LATER;
 
-    if (answered)
-        http_response_free(&c->resp);
     if (r.outcome == FLY_CALL_OK) {
         if (!out->region[0] && region)
             snprintf(out->region, sizeof out->region, "%s", region);
@@ -718,8 +717,8 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
 /* The bucket a call on one Machine takes: that Machine's own of the kind, else get_rl. */
 #define BUCKET(t, kind) ((t)->limits ? &(t)->limits->kind : (t)->get_rl)
 
-/* Opens, sends and ends the call. Returns 0 when the answer's outcome is one of c->accept,
- * with an OK answer kept in c->resp for the caller to free when c->keep is set; else -1 with e set and
+/* Opens, sends and ends the call. Returns 0 when the answer's outcome is one of c->accept
+ * (an OK answer kept in c->resp for the caller to free when c->keep is set); else -1 with e set and
  * r->outcome saying whether a later try may do better (a 408 outside a wait is a timeout
  * like any other: retry later). r may be NULL. */
 static int call_send(struct call *c, struct http_client *http, const struct fly_target *t,
@@ -737,8 +736,6 @@ static int call_send(struct call *c, struct http_client *http, const struct fly_
     call_end(c);
     if (rc < 0)
         return lerr_wrap(e, "%s", c->who);
-    if (!c->keep || r->outcome != FLY_CALL_OK)
-        http_response_free(&c->resp);
     if (c->accept & 1u << r->outcome)
         return 0;
     if (r->outcome == FLY_CALL_RATE_LIMITED) {
