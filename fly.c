@@ -482,10 +482,7 @@ static int call_open(struct call *c, struct http_client *http, const struct fly_
 /* The token was in the Authorization header: wiped before it is freed. */
 static void call_end(struct call *c)
 {
-    char *auth = (char *)c->headers[0].value;
-
-    explicit_bzero(auth, strlen(auth));
-    free(auth);
+    text_wipe_free((char *)c->headers[0].value, strlen(c->headers[0].value));
 }
 
 /* Sends the request, each time after a token of c->rl, until an answer that is not a
