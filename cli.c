@@ -196,7 +196,7 @@ static void cli_entry(const struct cli_send_opts *o, const char *body, size_t le
                       struct sqs_entry *en)
 {
     *en = (struct sqs_entry){ .body = body, .body_len = len, .image = o->image,
-                                   .size = o->size, .command = o->command };
+                              .size = o->size, .command = o->command };
 }
 
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
@@ -733,7 +733,8 @@ static void check_config(const struct config *cfg)
                 cfg->aws_region, cfg->ack_on_exit ? "exit" : "create");
     else
         cli_row(stdout, CLI_OK, "config", "SQS region %s, Fly app %s in %s, ack on %s",
-                cfg->aws_region, cfg->fly_app, cfg->region_list, cfg->ack_on_exit ? "exit" : "create");
+                cfg->aws_region, cfg->fly_app, cfg->region_list,
+                cfg->ack_on_exit ? "exit" : "create");
 }
 
 static int check_anchors(const struct config *cfg, struct cli_net *net)

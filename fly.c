@@ -488,8 +488,9 @@ static void call_end(struct call *c)
 /* Sends the request, each time after a token of c->rl, until an answer that is not a
  * 429 (each 429 waits Retry-After or the backoff), or the last retry's 429 (rl penalized
  * so that the other threads hear of it). Returns 0 with r, the answer's classification
- * (the answer itself kept in c->resp when c->keep is set and it is OK); or -1 with e set (no answer, or a stop) and r->outcome saying whether a
- * later try may do better, r->status the last HTTP status seen. */
+ * (the answer itself kept in c->resp when c->keep is set and it is OK); or -1 with e set
+ * (no answer, or a stop) and r->outcome saying whether a later try may do better,
+ * r->status the last HTTP status seen. */
 static int send_paced(struct call *c, struct fly_call_result *r, struct lerr *e)
 {
     int create = c->created != NULL, wait = 0;
@@ -715,9 +716,9 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
 #define BUCKET(t, kind) ((t)->limits ? &(t)->limits->kind : (t)->get_rl)
 
 /* Opens, sends and ends the call. Returns 0 when the answer's outcome is one of c->accept
- * (an OK answer kept in c->resp for the caller to free when c->keep is set); else -1 with e set and
- * r->outcome saying whether a later try may do better (a 408 outside a wait is a timeout
- * like any other: retry later). r may be NULL. */
+ * (an OK answer kept in c->resp for the caller to free when c->keep is set); else -1 with
+ * e set and r->outcome saying whether a later try may do better (a 408 outside a wait is
+ * a timeout like any other: retry later). r may be NULL. */
 static int call_send(struct call *c, struct http_client *http, const struct fly_target *t,
                      struct fly_call_result *r, struct lerr *e)
 {
@@ -897,8 +898,9 @@ int fly_update_machine(struct http_client *http, const struct fly_target *t,
     out->status = r->status;
     if (rc < 0)
         return -1;
-    rc = created_answer(c.resp.body, c.resp.body_len, out);
-    if (answer_read(&c, r, rc < 0 ? lerr_set(e, LERR_MALFORMED, "not a Machine") : 0, e) < 0)
+    if (created_answer(c.resp.body, c.resp.body_len, out) < 0)
+        rc = lerr_set(e, LERR_MALFORMED, "not a Machine");
+    if (answer_read(&c, r, rc, e) < 0)
         return -1;
     if (!out->id[0])  /* the answer named none (or none usable): it is still this one */
         snprintf(out->id, sizeof out->id, "%s", machine_id);
