@@ -6,8 +6,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "group.h"
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "preset.h"
 #include "text.h"
+#include "tls.h"
 
 static const char send_usage[] =
     "usage: lambdo send --image IMAGE [--size SIZE] [--command JSON] [--queue URL]\n"
@@ -190,40 +196,19 @@ static void cli_entry(const struct cli_send_opts *o, const char *body, size_t le
                       struct sqs_entry *en)
 {
     *en = (struct sqs_entry){ .body = body, .body_len = len, .image = o->image,
-                                   .size = o->size, .command = o->command };
-}
-
-/* The checks of a body that need no FIFO id. */
-static int cli_check_message(const struct cli_send_opts *o, const char *body, size_t len,
-                             struct lerr *e)
-{
-    const struct event ev = { .body = body, .body_len = len, .image = o->image,
                               .size = o->size, .command = o->command };
-    struct sqs_entry en;
-    const char *why;
-    size_t at;
-    int r = 0;
-
-    cli_entry(o, body, len, &en);
-    if (group_check(&ev, e) < 0)
-        r = -1;
-    else if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
-        r = lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
-    else if (sqs_text_check(body, len, &at, &why) < 0)  /* JSON that SQS still refuses */
-        r = lerr_set(e, LERR_INVALID, "body has %s at byte %zu", why, at);
-    else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)
-        r = lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
-                     "SQS's limit of %d", sqs_send_size(&en), SQS_MAX_MESSAGE_BYTES);
-    return r;
 }
 
 int cli_check_flags(const struct cli_send_opts *o, struct lerr *e)
 {
     const char *const from[] = { o->group_id_from, o->dedup_id_from };
+    /* the attributes alone: a body that needs no FIFO id */
+    const struct cli_send_opts attrs = { .image = o->image, .size = o->size,
+                                         .command = o->command };
 
     if (!o->image)
         return lerr_set(e, LERR_INVALID, "--image is required (the image the Machine runs)");
-    if (cli_check_message(o, "null", 4, e) < 0)
+    if (cli_check_body(&attrs, "null", 4, 0, e) < 0)
         return -1;
     if (o->group_id && sqs_fifo_id_check(o->group_id, "--group-id", e) < 0)
         return -1;
@@ -319,12 +304,25 @@ int cli_fifo_ids(const struct cli_send_opts *o, struct sqs_entry *en, char ids[2
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e)
 {
+    const struct event ev = { .body = body, .body_len = len, .image = o->image,
+                              .size = o->size, .command = o->command };
     struct sqs_entry en;
     char ids[2][129];
-    int r = cli_check_message(o, body, len, e);
+    const char *why;
+    size_t at;
+    int r;
 
     cli_entry(o, body, len, &en);
-    if (r == 0)
+    if (group_check(&ev, e) < 0)
+        r = -1;
+    else if (o->command && sqs_text_check(o->command, strlen(o->command), &at, &why) < 0)
+        r = lerr_set(e, LERR_INVALID, "attribute command: %s at byte %zu", why, at);
+    else if (sqs_text_check(body, len, &at, &why) < 0)  /* JSON that SQS still refuses */
+        r = lerr_set(e, LERR_INVALID, "body has %s at byte %zu", why, at);
+    else if (sqs_send_size(&en) > SQS_MAX_MESSAGE_BYTES)
+        r = lerr_set(e, LERR_INVALID, "message of %zu bytes (body and attributes) is over "
+                     "SQS's limit of %d", sqs_send_size(&en), SQS_MAX_MESSAGE_BYTES);
+    else
         r = cli_fifo_ids(o, &en, ids, e);
     if (r < 0 && lineno > 0)
         lerr_wrap(e, "%s %zu", cli_item(o), lineno);
@@ -641,12 +639,11 @@ static int send_run(const struct cli_send_opts *o, const struct config *cfg)
 {
     struct cli_line *lines = NULL;
     char *in = NULL;
-    struct cli_net net;
+    struct cli_net net = { 0 };
     size_t n = 0, unsent;
     struct lerr e;
     int rc = CLI_EXIT_USAGE;
 
-    memset(&net, 0, sizeof net);
     if (send_input(o, &in, &lines, &n, &e) < 0)
         goto fail;
     if (send_report_invalid(o, lines, n) > 0)
@@ -736,7 +733,8 @@ static void check_config(const struct config *cfg)
                 cfg->aws_region, cfg->ack_on_exit ? "exit" : "create");
     else
         cli_row(stdout, CLI_OK, "config", "SQS region %s, Fly app %s in %s, ack on %s",
-                cfg->aws_region, cfg->fly_app, cfg->region_list, cfg->ack_on_exit ? "exit" : "create");
+                cfg->aws_region, cfg->fly_app, cfg->region_list,
+                cfg->ack_on_exit ? "exit" : "create");
 }
 
 static int check_anchors(const struct config *cfg, struct cli_net *net)
@@ -832,7 +830,7 @@ static int check_fly(const struct config *cfg, struct cli_net *net)
 int cli_check(int argc, char **argv)
 {
     struct config_errors errs;
-    struct cli_net net;
+    struct cli_net net = { 0 };
     struct config cfg;
     struct lerr e;
     int failed = 0;
@@ -853,7 +851,6 @@ int cli_check(int argc, char **argv)
     }
     log_setup(cfg.log_level, cfg.json_logs);
     check_config(&cfg);
-    memset(&net, 0, sizeof net);
     failed |= check_anchors(&cfg, &net) < 0;
     if (cli_net_open(&net, &cfg, &e) < 0) {
         cli_row(stdout, CLI_FAIL, "credentials", "%s", e.msg);

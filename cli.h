@@ -5,20 +5,20 @@
  * command; DataType String): BODY, one body per non-blank line of stdin, or (--array FILE)
  * one body per element of the JSON array in FILE ("-": stdin), sent with SendMessageBatch
  * 10 at a time. An element is sent as its exact bytes: no tool that rounds large numbers
- * (jq 1.6 does) needs to split the array first. Every body, with the attributes, is checked by the
- * daemon's own rule (group_check) and against what SQS accepts before anything is sent,
- * so a message lambdo would refuse never reaches the queue; bodies go byte for byte
- * (sqs.h's send requests never re-serialize them). Only the SQS half of the configuration
- * is needed (config_load_sqs). On a FIFO queue (and only there) each message gets a
- * MessageGroupId and optionally a MessageDeduplicationId, one for all or each taken from its
- * body by a JSON pointer; without dedup ids the queue must have content-based deduplication,
- * which send reads (GetQueueAttributes) before sending.
+ * (jq 1.6 does) needs to split the array first. Every body, with the attributes, is
+ * checked by the daemon's own rule (group_check) and against what SQS accepts before
+ * anything is sent, so a message lambdo would refuse never reaches the queue; bodies go
+ * byte for byte (sqs.h's send requests never re-serialize them). Only the SQS half of the
+ * configuration is needed (config_load_sqs). On a FIFO queue (and only there) each message
+ * gets a MessageGroupId and optionally a MessageDeduplicationId, one for all or each taken
+ * from its body by a JSON pointer; without dedup ids the queue must have content-based
+ * deduplication, which send reads (GetQueueAttributes) before sending.
  *
  * check loads the whole configuration and tries what the daemon needs: the CA bundle,
  * the queue (GetQueueAttributes: credentials, counts, FIFO and deduplication, redrive
- * policy) and the Fly app
- * (Apps_show: token, app; not with LAMBDO_BACKEND=local), printing one aligned line per
- * check, ok, warn or fail, with the reason. Secrets never appear in the output.
+ * policy) and the Fly app (Apps_show: token, app; not with LAMBDO_BACKEND=local), printing
+ * one aligned line per check, ok, warn or fail, with the reason. Secrets never appear in
+ * the output.
  *
  * Exit statuses: 0 ok, 1 failure (SQS refused, a check failed), 2 usage, configuration or
  * input error. A usage error is one line pointing at --help.
@@ -28,7 +28,9 @@
 #ifndef LAMBDO_CLI_H
 #define LAMBDO_CLI_H
 
+#include <stddef.h>
 #include <stdio.h>
+#include "err.h"
 #include "fly.h"
 #include "sqs.h"
 
@@ -107,9 +109,8 @@ int cli_fifo_ids(const struct cli_send_opts *o, struct sqs_entry *en, char ids[2
 
 /* Checks one body with the flags' attributes, by the daemon's rules (group_check) and
  * SQS's (sqs_text_check of the command and the body, the size limit, cli_fifo_ids).
- * lineno > 0 prefixes
- * the reason with "line N: " (with --array "element N: "), e.g. "line 3: body is not valid
- * JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
+ * lineno > 0 prefixes the reason with "line N: " (with --array "element N: "), e.g.
+ * "line 3: body is not valid JSON (at byte 5: ...)". Returns 0 or -1 (LERR_INVALID). */
 int cli_check_body(const struct cli_send_opts *o, const char *body, size_t len, size_t lineno,
                    struct lerr *e);
 

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "httpresp.h"
 #include "json.h"
 #include "text.h"
 #include "log.h"
@@ -439,6 +440,8 @@ struct call {
     char who[160];                 /* what logs and errors call it: "Machine m1: wait" */
     int prepaid;                   /* the first request's token was taken already */
     struct fly_machine *created;   /* a create's: the Machine its answer names */
+    int keep;                      /* an OK answer is kept in resp (the caller frees it) */
+    struct http_response resp;     /* the answer, freed by send_paced unless kept */
 };
 
 #define ACCEPT(o) (1u << FLY_CALL_##o)
@@ -479,19 +482,16 @@ static int call_open(struct call *c, struct http_client *http, const struct fly_
 /* The token was in the Authorization header: wiped before it is freed. */
 static void call_end(struct call *c)
 {
-    char *auth = (char *)c->headers[0].value;
-
-    explicit_bzero(auth, strlen(auth));
-    free(auth);
+    text_wipe_free((char *)c->headers[0].value, strlen(c->headers[0].value));
 }
 
 /* Sends the request, each time after a token of c->rl, until an answer that is not a
  * 429 (each 429 waits Retry-After or the backoff), or the last retry's 429 (rl penalized
- * so that the other threads hear of it). Returns 0 with resp (to free) and r, its
- * classification; or -1 with e set (no answer, or a stop) and r->outcome saying whether a
- * later try may do better, r->status the last HTTP status seen. */
-static int send_paced(struct call *c, struct http_response *resp, struct fly_call_result *r,
-                      struct lerr *e)
+ * so that the other threads hear of it). Returns 0 with r, the answer's classification
+ * (the answer itself kept in c->resp when c->keep is set and it is OK); or -1 with e set
+ * (no answer, or a stop) and r->outcome saying whether a later try may do better,
+ * r->status the last HTTP status seen. */
+static int send_paced(struct call *c, struct fly_call_result *r, struct lerr *e)
 {
     int create = c->created != NULL, wait = 0;
 
@@ -507,7 +507,7 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
         else if (pace(c->http, c->t, c->rl, wait, e) < 0)
             return -1;
         t0 = metrics_clock();
-        rc = http_do(c->http, &c->req, resp, e);
+        rc = http_do(c->http, &c->req, &c->resp, e);
         metrics_observe(c->t->metrics, METRICS_FLY, c->what, metrics_clock() - t0);
         if (rc < 0) {
             /* no answer this time: nothing of an earlier 429 stays */
@@ -516,9 +516,12 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
             log_debug("fly: %s: %s", c->who, e->msg);
             return -1;
         }
-        ra = httpresp_header(&resp->head, "Retry-After", &ra_len);
-        fly_classify(resp->head.status, resp->body, resp->body_len, ra, ra_len, c->created, r);
+        ra = httpresp_header(&c->resp.head, "Retry-After", &ra_len);
+        fly_classify(c->resp.head.status, c->resp.body, c->resp.body_len, ra, ra_len, c->created,
+                     r);
         log_debug("fly: %s: HTTP %d%s%s", c->who, r->status, r->error[0] ? ": " : "", r->error);
+        if (!c->keep || r->outcome != FLY_CALL_OK)
+            http_response_free(&c->resp);
         if (r->outcome != FLY_CALL_RATE_LIMITED)
             return 0;
         metrics_count(c->t->metrics, METRICS_FLY_RATE_LIMITED, 1);
@@ -530,7 +533,6 @@ static int send_paced(struct call *c, struct http_response *resp, struct fly_cal
             ratelimit_penalize_at(c->rl, ratelimit_now_ns(), wait);
         if (retry == c->max_retries)
             return 0;
-        http_response_free(resp);
         /* a create's 429 is worth a warning (in its own words); the other calls' are debug */
         log_write(create ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "fly: %s: rate limited%s; retry %d "
                   "of %d in %d ms", c->who, create ? " (HTTP 429)" : "", retry + 1,
@@ -547,13 +549,10 @@ static const char *region_name(const char *region)
 static enum step create_in_region(struct call *c, const char *group, const char *region,
                                   struct fly_machine *out, struct lerr *e)
 {
-    struct http_response resp;
     struct fly_call_result r;
-    int answered = send_paced(c, &resp, &r, e) == 0;
+    int answered = send_paced(c, &r, e) == 0;
     int next = r.outcome == FLY_CALL_RETRY_LATER;
 
-    if (answered)
-        http_response_free(&resp);
     if (r.outcome == FLY_CALL_OK) {
         if (!out->region[0] && region)
             snprintf(out->region, sizeof out->region, "%s", region);
@@ -570,13 +569,10 @@ static enum step create_in_region(struct call *c, const char *group, const char 
     }
     if (answered || e->kind != LERR_CANCELLED)
         metrics_count_region(c->t->metrics, METRICS_MACHINES_FAILED, region);
-    if (answered) {
-        log_warn("fly: %s: HTTP %d: %s; %s", c->who, r.status, r.error,
-                 next ? "trying the next region" : "not retrying");
+    if (answered)
         lerr_set(e, LERR_HTTP, "HTTP %d: %s", r.status, r.error);
-    } else {
-        log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region" : "");
-    }
+    log_warn("fly: %s: %s%s", c->who, e->msg, next ? "; trying the next region"
+             : answered ? "; not retrying" : "");
     lerr_wrap(e, answered && !next ? "Fly refused the Machine in %s" : "%s", region_name(region));
     return next ? STEP_NEXT : STEP_STOP;
 }
@@ -719,14 +715,13 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
 /* The bucket a call on one Machine takes: that Machine's own of the kind, else get_rl. */
 #define BUCKET(t, kind) ((t)->limits ? &(t)->limits->kind : (t)->get_rl)
 
-/* Opens, sends and ends the call. Returns 0 when the answer's outcome is one of c->accept,
- * with resp kept for the caller to free when resp is not NULL; else -1 with e set and
- * r->outcome saying whether a later try may do better (a 408 outside a wait is a timeout
- * like any other: retry later). r may be NULL. */
+/* Opens, sends and ends the call. Returns 0 when the answer's outcome is one of c->accept
+ * (an OK answer kept in c->resp for the caller to free when c->keep is set); else -1 with
+ * e set and r->outcome saying whether a later try may do better (a 408 outside a wait is
+ * a timeout like any other: retry later). r may be NULL. */
 static int call_send(struct call *c, struct http_client *http, const struct fly_target *t,
-                     struct http_response *resp, struct fly_call_result *r, struct lerr *e)
+                     struct fly_call_result *r, struct lerr *e)
 {
-    struct http_response tmp_resp, *rp = resp ? resp : &tmp_resp;
     struct fly_call_result tmp;
     int rc;
 
@@ -735,12 +730,10 @@ static int call_send(struct call *c, struct http_client *http, const struct fly_
     result_init(r);
     if (call_open(c, http, t, e) < 0)
         return -1;
-    rc = send_paced(c, rp, r, e);
+    rc = send_paced(c, r, e);
     call_end(c);
     if (rc < 0)
         return lerr_wrap(e, "%s", c->who);
-    if (!resp || !(c->accept & 1u << r->outcome))
-        http_response_free(rp);
     if (c->accept & 1u << r->outcome)
         return 0;
     if (r->outcome == FLY_CALL_RATE_LIMITED) {
@@ -754,10 +747,11 @@ static int call_send(struct call *c, struct http_client *http, const struct fly_
                     r->error);
 }
 
-/* What reading a 2xx came to: rc 0, or -1 (e set) when its reader refused it, which is
- * Fly's trouble, not ours: retry later. */
-static int answer_read(const struct call *c, struct fly_call_result *r, int rc, struct lerr *e)
+/* Ends the reading of a kept answer: frees it, and returns what its reader (rc) came to:
+ * 0, or -1 (e set) when the reader refused it, which is Fly's trouble, not ours: retry later. */
+static int answer_read(struct call *c, struct fly_call_result *r, int rc, struct lerr *e)
 {
+    http_response_free(&c->resp);
     if (rc == 0)
         return 0;
     r->outcome = FLY_CALL_RETRY_LATER;
@@ -787,7 +781,7 @@ int fly_wait_machine(struct http_client *http, const struct fly_target *t,
     /* Fly answers only when the wait ends: the reads must outlast it */
     if (saved < c.timeout_ms)
         http->io_timeout_ms = c.timeout_ms;
-    rc = call_send(&c, http, t, NULL, out, e);
+    rc = call_send(&c, http, t, out, e);
     http->io_timeout_ms = saved;
     return rc;
 }
@@ -799,16 +793,12 @@ static int exit_get(struct http_client *http, const struct fly_target *t,
                     struct lerr *e)
 {
     struct call c = { "GET", action ? action : "show", machine_id, action, NULL, BUCKET(t, get),
-                      .accept = ACCEPT(OK) | ACCEPT(GONE) };
+                      .accept = ACCEPT(OK) | ACCEPT(GONE), .keep = 1 };
     struct fly_call_result r;
-    struct http_response resp;
-    int rc = call_send(&c, http, t, &resp, &r, e);
+    int rc = call_send(&c, http, t, &r, e);
 
-    if (rc == 0) {
-        if (r.outcome == FLY_CALL_OK)
-            rc = answer_read(&c, &r, fly_parse_exit(resp.body, resp.body_len, out, e), e);
-        http_response_free(&resp);
-    }
+    if (rc == 0 && r.outcome == FLY_CALL_OK)
+        rc = answer_read(&c, &r, fly_parse_exit(c.resp.body, c.resp.body_len, out, e), e);
     out->outcome = r.outcome;
     out->status = r.status;
     return rc;
@@ -838,7 +828,7 @@ int fly_stop_machine(struct http_client *http, const struct fly_target *t,
     struct call c = { "POST", "stop", machine_id, "stop", NULL, BUCKET(t, other),
                       .accept = ACCEPT(OK) | ACCEPT(GONE) };
 
-    return call_send(&c, http, t, NULL, out, e);
+    return call_send(&c, http, t, out, e);
 }
 
 int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
@@ -848,7 +838,7 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
     struct call c = { "DELETE", "destroy", machine_id, NULL, force ? "force=true" : NULL,
                       BUCKET(t, other), .accept = ACCEPT(OK) | ACCEPT(GONE) };
 
-    return call_send(&c, http, t, NULL, out, e);
+    return call_send(&c, http, t, out, e);
 }
 
 /* ---- a warm pool ---------------------------------------------------------------------- */
@@ -893,8 +883,7 @@ int fly_update_machine(struct http_client *http, const struct fly_target *t,
                        struct fly_machine *out, struct fly_call_result *r, struct lerr *e)
 {
     struct call c = { "POST", "update", machine_id, NULL, NULL, BUCKET(t, update),
-                      .accept = ACCEPT(OK), .timeout_ms = FLY_CREATE_TIMEOUT_MS };
-    struct http_response resp;
+                      .accept = ACCEPT(OK), .timeout_ms = FLY_CREATE_TIMEOUT_MS, .keep = 1 };
     char *body = NULL;
     int rc;
 
@@ -904,15 +893,15 @@ int fly_update_machine(struct http_client *http, const struct fly_target *t,
         return lerr_wrap(e, "Machine %s: update", machine_id);
     }
     c.body = body;
-    rc = call_send(&c, http, t, &resp, r, e);
+    rc = call_send(&c, http, t, r, e);
     free(body);
     out->status = r->status;
     if (rc < 0)
         return -1;
-    rc = created_answer(resp.body, resp.body_len, out);
-    http_response_free(&resp);
-    if (rc < 0)
-        return answer_read(&c, r, lerr_set(e, LERR_MALFORMED, "not a Machine"), e);
+    if (created_answer(c.resp.body, c.resp.body_len, out) < 0)
+        rc = lerr_set(e, LERR_MALFORMED, "not a Machine");
+    if (answer_read(&c, r, rc, e) < 0)
+        return -1;
     if (!out->id[0])  /* the answer named none (or none usable): it is still this one */
         snprintf(out->id, sizeof out->id, "%s", machine_id);
     return 0;
@@ -938,22 +927,20 @@ int fly_lease_acquire(struct http_client *http, const struct fly_target *t,
                       long long *expires_at, struct fly_call_result *r, struct lerr *e)
 {
     struct fly_call_result tmp, *rr = r ? r : &tmp;
-    struct http_response resp;
     char query[32], body[32];
     struct call c = { "POST", "lease", machine_id, "lease", query, BUCKET(t, lease),
-                      .accept = ACCEPT(OK), .body = body };
+                      .accept = ACCEPT(OK), .body = body, .keep = 1 };
     int rc;
 
     nonce[0] = '\0';
     *expires_at = 0;
     snprintf(query, sizeof query, "ttl=%d", ttl_s);
     c.body_len = (size_t)snprintf(body, sizeof body, "{\"ttl\":%d}", ttl_s);
-    if (call_send(&c, http, t, &resp, rr, e) < 0)
+    if (call_send(&c, http, t, rr, e) < 0)
         return -1;
-    rc = fly_parse_lease(resp.body, resp.body_len, nonce, expires_at, e);
-    http_response_free(&resp);
-    if (rc < 0)
-        return answer_read(&c, rr, rc, e);
+    rc = fly_parse_lease(c.resp.body, c.resp.body_len, nonce, expires_at, e);
+    if (answer_read(&c, rr, rc, e) < 0)
+        return -1;
     log_debug("fly: %s: lease taken until %lld", c.who, *expires_at);
     return 0;
 }
@@ -964,7 +951,7 @@ int fly_lease_release(struct http_client *http, const struct fly_target *t,
     struct call c = { "DELETE", "release", machine_id, "lease", NULL, BUCKET(t, lease),
                       .accept = ACCEPT(OK) | ACCEPT(GONE) };
 
-    return call_send(&c, http, t, NULL, r, e);
+    return call_send(&c, http, t, r, e);
 }
 
 /* One list entry, when it is a live pooled Machine of lambdo's. */
@@ -1013,17 +1000,16 @@ int fly_list_pool(struct http_client *http, const struct fly_target *t,
                   struct fly_pool_machine **out, size_t *n, struct lerr *e)
 {
     struct call c = { "GET", "list", NULL, NULL, NULL, t->get_rl, "/machines",
-                      .accept = ACCEPT(OK) };
+                      .accept = ACCEPT(OK), .keep = 1 };
     struct fly_call_result r;
-    struct http_response resp;
     int rc;
 
     *out = NULL;
     *n = 0;
-    if (call_send(&c, http, t, &resp, &r, e) < 0)
+    if (call_send(&c, http, t, &r, e) < 0)
         return -1;
-    rc = fly_parse_pool_list(resp.body, resp.body_len, out, n, e);
-    http_response_free(&resp);
+    rc = fly_parse_pool_list(c.resp.body, c.resp.body_len, out, n, e);
+    http_response_free(&c.resp);
     return rc < 0 ? lerr_wrap(e, "%s", c.who) : 0;
 }
 
@@ -1035,7 +1021,7 @@ int fly_get_app(struct http_client *http, const struct fly_target *t,
     struct call c = { "GET", "app", NULL, NULL, NULL, t->get_rl, "", ACCEPT(OK),
                       .max_retries = FLY_APP_RATE_LIMIT_RETRIES };
 
-    return call_send(&c, http, t, NULL, out, e);
+    return call_send(&c, http, t, out, e);
 }
 
 /* ---- lambdo check ---------------------------------------------------------------------- */
@@ -1047,7 +1033,7 @@ int fly_lease_held(struct http_client *http, const struct fly_target *t, const c
     struct fly_call_result r;
     struct lerr e;
 
-    if (call_send(&c, http, t, NULL, &r, &e) < 0)
+    if (call_send(&c, http, t, &r, &e) < 0)
         return -1;
     return r.outcome == FLY_CALL_OK;  /* 404: no lease */
 }

@@ -12,20 +12,21 @@
  *   2xx                           created [OK]: the Machine exists; but without a usable id
  *                                 (a top-level string of at most 60 printable characters,
  *                                 in an answer that is one whole JSON object) give up
- *                                 [FAILED]:
- *                                 a Machine lambdo cannot wait for, stop or destroy is no
- *                                 create to acknowledge (it may run: at least once)
- *   429                           rate limited [RATE_LIMITED]: wait Retry-After (whole seconds, capped at
- *                                 FLY_RETRY_AFTER_MAX_MS; absent or an HTTP date: a 1, 2,
- *                                 4, 8, 16, 30, 30... s backoff) and retry the same region,
- *                                 at most FLY_RATE_LIMIT_RETRIES times; then stop, since
- *                                 Fly's rate limits are not per region. Never a region's
- *                                 failure: another region would be limited just the same
+ *                                 [FAILED]: a Machine lambdo cannot wait for, stop or
+ *                                 destroy is no create to acknowledge (it may run: at
+ *                                 least once)
+ *   429                           rate limited [RATE_LIMITED]: wait Retry-After (whole
+ *                                 seconds, capped at FLY_RETRY_AFTER_MAX_MS; absent or an
+ *                                 HTTP date: a 1, 2, 4, 8, 16, 30, 30... s backoff) and
+ *                                 retry the same region, at most FLY_RATE_LIMIT_RETRIES
+ *                                 times; then stop, since Fly's rate limits are not per
+ *                                 region. Never a region's failure: another region would
+ *                                 be limited just the same
  *   5xx (503 is Fly's "insufficient capacity"), 408, and any answer whose JSON says
  *   "status": "insufficient_capacity", or a 409 or 412 whose error says "insufficient"
  *   (Fly's words for a full host)  try the next region [RETRY_LATER]
- *   any other status              give up [FAILED]: the request itself is wrong (bad image, token,
- *                                 app); Fly's "error" text goes in the message
+ *   any other status              give up [FAILED]: the request itself is wrong (bad image,
+ *                                 token, app); Fly's "error" text goes in the message
  * A connection failure or timeout tries the next region too (the request may have
  * been processed: delivery is at least once); a cancel, an untrusted certificate or a
  * name mismatch stops at once, since no other region would fare differently.
@@ -275,14 +276,16 @@ int fly_parse_exit(const char *json, size_t len, struct fly_exit *out, struct le
  * or FLY_CALL_FAILED (LERR_HTTP for another status, LERR_CANCELLED, LERR_INVALID...).
  * Takes t->get_rl tokens (t->limits->get when set); a 429 penalizes that bucket and
  * retries. While the request runs, http->io_timeout_ms is raised to timeout_s +
- * FLY_WAIT_SLACK_MS if it is lower (and restored): Fly answers only when the wait ends. Set http->cancel_fd to end a wait in
- * flight at once on a stop; t->stop_fd alone ends only the waits between requests. */
+ * FLY_WAIT_SLACK_MS if it is lower (and restored): Fly answers only when the wait ends.
+ * Set http->cancel_fd to end a wait in flight at once on a stop; t->stop_fd alone ends
+ * only the waits between requests. */
 int fly_wait_machine(struct http_client *http, const struct fly_target *t,
                      const char *machine_id, const char *instance_id, const char *state,
                      int timeout_s, struct fly_call_result *out, struct lerr *e);
 
-/* Reads how the Machine's process ended (fly_parse_exit). Returns 0 with out->outcome FLY_CALL_OK (out->known says whether the code is
- * known) or FLY_CALL_GONE (known = 0, state "": a 404); -1 otherwise, as
+/* Reads how the Machine's process ended (fly_parse_exit). Returns 0 with out->outcome
+ * FLY_CALL_OK (out->known says whether the code is known) or FLY_CALL_GONE (known = 0,
+ * state "": a 404); -1 otherwise, as
  * fly_wait_machine (LERR_MALFORMED, outcome FLY_CALL_RETRY_LATER, for an answer that is
  * not a Machine). Takes t->get_rl tokens (t->limits->get when set). */
 int fly_machine_exit(struct http_client *http, const struct fly_target *t,
