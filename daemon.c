@@ -490,9 +490,9 @@ static enum job_end job_run_local(struct job *j)
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events,
         .events_len = j->spec.events_len, .meta = j->meta, .meta_len = j->spec.meta_len,
-        .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
-        .shutdown_grace_s = cfg->shutdown_timeout, .idle = job_keepalive,
-        .ctx = j,
+        .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout,
+        .stop_fd = j->d->signal_fd, .shutdown_grace_s = cfg->shutdown_timeout,
+        .idle = job_keepalive, .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
     free(argv);
@@ -726,7 +726,8 @@ static enum job_end job_run_pool(struct job *j, struct fly_machine *m)
 
     j->spec.pool_key = j->pool_key;  /* its Machines carry the key */
     for (int tries = 0; tries < POOL_TRIES; tries++) {
-        enum pool_take take = pool_acquire(&d->pool, j->pool_key, now_ms, pool_wait_idle, j, &j->pm);
+        enum pool_take take = pool_acquire(&d->pool, j->pool_key, now_ms, pool_wait_idle, j,
+                                           &j->pm);
         int fresh = take == POOL_TAKE_CREATE, rc;
 
         if (take == POOL_TAKE_STOP) {
