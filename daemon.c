@@ -178,15 +178,6 @@ static void once_record(struct daemon *d, const char *id, int failures, int64_t 
     pthread_mutex_unlock(&d->mu);
 }
 
-/* Once per job (job_end, or a job that never started), and for a failure before its
- * messages go back: the receiver must know of the failure by the time it can receive them
- * again. */
-static void once_record_job(struct job *j, int ok, int64_t hidden_until)
-{
-    for (size_t i = 0; i < j->count; i++)
-        once_record(j->d, j->msgs[i].id, ok ? 0 : 1, hidden_until);
-}
-
 /* --once: whether a message just received is kept out of the rest of the run (it failed
  * ONCE_TRIES times); from now on d->held accounts for it. */
 static int once_held(struct daemon *d, const char *id)
@@ -288,12 +279,16 @@ static void job_end(struct job *j, enum job_end how)
     int delay = how == JOB_RETRY ? j->d->cfg->retry_delay : 0;
     int ok = how == JOB_DONE &&
              batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, METRICS_DELETED) == 0;
+    /* --once: handed back, visible again after `delay` seconds; a failure not returned,
+     * hidden till its visibility runs out */
+    int64_t hidden_until = back ? now_ms() + (int64_t)delay * 1000 : j->visible_until_ms;
 
     if (ok)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
-    /* handed back: visible again after `delay` seconds; a failure not returned: hidden till
-     * its visibility runs out */
-    once_record_job(j, ok, back ? now_ms() + (int64_t)delay * 1000 : j->visible_until_ms);
+    /* the outcome is in the book before the messages go back: the receiver must know of a
+     * failure by the time it can receive them again */
+    for (size_t i = 0; i < j->count; i++)
+        once_record(j->d, j->msgs[i].id, ok ? 0 : 1, hidden_until);
     if (back && batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, delay, METRICS_RETURNED) == 0)
         log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
                  j->count, delay);
@@ -932,7 +927,7 @@ static void job_start(struct daemon *d, struct job *j)
     if (j) {
         log_error("group %s: cannot start a thread (%s); its messages return after the "
                   "visibility timeout", j->gid, strerror(rc));
-        once_record_job(j, 0, j->visible_until_ms);
+        job_end(j, JOB_LEFT);
         job_free(j);
     }
 }
