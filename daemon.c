@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "creds.h"
+#include "err.h"
 #include "fly.h"
 #include "group.h"
 #include "http.h"
@@ -108,7 +109,6 @@ struct job {
     struct http_client *http;          /* its thread's: the main thread's, then a worker's */
     struct sqs_client *sqs;            /* that thread's, on that HTTP client */
     int beating;                       /* queued: the main thread heartbeats it, under mu */
-    int recorded;                      /* --once: its outcome is in the book */
     size_t count;
     struct job_msg msgs[];
 };
@@ -176,16 +176,6 @@ static void once_record(struct daemon *d, const char *id, int failures, int64_t 
         m->hidden_until_ms = failures == 1 ? hidden_until : 0;
     }
     pthread_mutex_unlock(&d->mu);
-}
-
-/* Once per job, and for a failure before its messages go back: the receiver must know of
- * the failure by the time it can receive them again. */
-static void once_record_job(struct job *j, int ok, int64_t hidden_until)
-{
-    if (j->recorded++)
-        return;
-    for (size_t i = 0; i < j->count; i++)
-        once_record(j->d, j->msgs[i].id, ok ? 0 : 1, hidden_until);
 }
 
 /* --once: whether a message just received is kept out of the rest of the run (it failed
@@ -285,21 +275,23 @@ enum job_end {
 
 static void job_end(struct job *j, enum job_end how)
 {
+    int back = how == JOB_RETURN || how == JOB_RETRY;
     int delay = how == JOB_RETRY ? j->d->cfg->retry_delay : 0;
     int ok = how == JOB_DONE &&
              batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, 0, METRICS_DELETED) == 0;
+    /* --once: handed back, visible again after `delay` seconds; a failure not returned,
+     * hidden till its visibility runs out */
+    int64_t hidden_until = back ? now_ms() + (int64_t)delay * 1000 : j->visible_until_ms;
 
     if (ok)
         log_debug("group %s: %zu messages deleted", j->gid, j->count);
-    if (how == JOB_RETURN || how == JOB_RETRY) {
-        /* handed back: visible again after `delay` seconds */
-        once_record_job(j, 0, now_ms() + (int64_t)delay * 1000);
-        if (batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, delay, METRICS_RETURNED) == 0)
-            log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
-                     j->count, delay);
-    }
-    /* a failure not returned: hidden till then */
-    once_record_job(j, ok, j->visible_until_ms);
+    /* the outcome is in the book before the messages go back: the receiver must know of a
+     * failure by the time it can receive them again */
+    for (size_t i = 0; i < j->count; i++)
+        once_record(j->d, j->msgs[i].id, ok ? 0 : 1, hidden_until);
+    if (back && batch_all(j->d, j->sqs, j->gid, j->msgs, j->count, delay, METRICS_RETURNED) == 0)
+        log_info("group %s: %zu messages returned to the queue (visible in %d s)", j->gid,
+                 j->count, delay);
 }
 
 /* Milliseconds until messages visible until `until` need a heartbeat: when a third of
@@ -493,9 +485,9 @@ static enum job_end job_run_local(struct job *j)
     r = (struct local_run){
         .argv = (const char *const *)argv, .events = j->events,
         .events_len = j->spec.events_len, .meta = j->meta, .meta_len = j->spec.meta_len,
-        .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout, .stop_fd = j->d->signal_fd,
-        .shutdown_grace_s = cfg->shutdown_timeout, .idle = job_keepalive,
-        .ctx = j,
+        .group_id = j->gid, .event_count = j->count, .timeout_s = cfg->machine_timeout,
+        .stop_fd = j->d->signal_fd, .shutdown_grace_s = cfg->shutdown_timeout,
+        .idle = job_keepalive, .ctx = j,
     };
     rc = local_run_group(&r, &res, &e);
     free(argv);
@@ -729,7 +721,8 @@ static enum job_end job_run_pool(struct job *j, struct fly_machine *m)
 
     j->spec.pool_key = j->pool_key;  /* its Machines carry the key */
     for (int tries = 0; tries < POOL_TRIES; tries++) {
-        enum pool_take take = pool_acquire(&d->pool, j->pool_key, now_ms, pool_wait_idle, j, &j->pm);
+        enum pool_take take = pool_acquire(&d->pool, j->pool_key, now_ms, pool_wait_idle, j,
+                                           &j->pm);
         int fresh = take == POOL_TAKE_CREATE, rc;
 
         if (take == POOL_TAKE_STOP) {
@@ -934,7 +927,7 @@ static void job_start(struct daemon *d, struct job *j)
     if (j) {
         log_error("group %s: cannot start a thread (%s); its messages return after the "
                   "visibility timeout", j->gid, strerror(rc));
-        once_record_job(j, 0, j->visible_until_ms);
+        job_end(j, JOB_LEFT);
         job_free(j);
     }
 }
@@ -975,7 +968,6 @@ static void once_hold(struct daemon *d, struct sqs_message *const *m, size_t n,
     if (!n || !(j = job_alloc(d, m, NULL, n, "", NULL, visible_until)))
         return;
     snprintf(j->gid, sizeof j->gid, "held");
-    j->recorded = 1;
     j->next = d->held;
     d->held = j;
 }
@@ -1003,10 +995,11 @@ static void main_keepalive(struct daemon *d)
 /* The end of a --once run: the held messages go back to the queue. */
 static void once_release(struct daemon *d)
 {
+    d->once = 0;  /* the book is closed: job_end leaves the held messages' entries as they are */
     while (d->held) {
         struct job *j = d->held;
         d->held = j->next;
-        job_end(j, JOB_RETRY);  /* recorded already: only handed back */
+        job_end(j, JOB_RETRY);
         job_free(j);
     }
 }

@@ -84,8 +84,8 @@ int main(int argc, char **argv)
     struct config cfg;
     sigset_t set;
     const char *a = argc > 1 ? argv[1] : "";
-    int known = argc == 1 || strcmp(a, "--once") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 ||
-                strcmp(a, "--version") == 0;
+    int known = argc == 1 || strcmp(a, "--once") == 0 || strcmp(a, "--help") == 0 ||
+                strcmp(a, "-h") == 0 || strcmp(a, "--version") == 0;
 
     if (strcmp(a, "send") == 0)
         return cli_send(argc - 1, argv + 1);

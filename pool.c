@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "err.h"
+
 /* A job waiting in pool_acquire, on its own stack. */
 struct pool_waiter {
     const char *key;

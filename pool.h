@@ -20,6 +20,7 @@
 #define LAMBDO_POOL_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "fly.h"
