@@ -843,17 +843,16 @@ int fly_destroy_machine(struct http_client *http, const struct fly_target *t,
 
 /* ---- a warm pool ---------------------------------------------------------------------- */
 
-int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e)
+void fly_machine_limits_init(struct fly_machine_limits *l)
 {
     struct ratelimit *const b[] = { &l->update, &l->lease, &l->other, &l->get };
+    struct lerr e;
 
     /* Fly's figures (fly.h): the actions 1 a second, burst 3; the gets 5, burst 10. Figures
      * ratelimit_init accepts (it refuses only a rate <= 0 or a burst < 1): none fails, so
-     * there is never a half-made set to unwind */
+     * there is never a half-made set to unwind, nor an error to report */
     for (int i = 0; i < 4; i++)
-        if (ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, e) < 0)
-            return -1;
-    return 0;
+        ratelimit_init(b[i], i < 3 ? 1.0 : 5.0, i < 3 ? 3 : 10, &e);
 }
 
 void fly_machine_limits_destroy(struct fly_machine_limits *l)

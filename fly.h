@@ -103,9 +103,8 @@ struct fly_machine_limits {
     struct ratelimit get;     /* show, wait, events, show lease */
 };
 
-/* Full buckets with Fly's figures above. Returns 0: ratelimit_init refuses none of them
- * (-1, LERR_INVALID, would be a wrong figure in fly.c). */
-int fly_machine_limits_init(struct fly_machine_limits *l, struct lerr *e);
+/* Full buckets with Fly's figures above (figures ratelimit_init accepts: it cannot fail). */
+void fly_machine_limits_init(struct fly_machine_limits *l);
 void fly_machine_limits_destroy(struct fly_machine_limits *l);
 
 #define FLY_NONCE_MAX 64     /* a lease nonce, NUL included */

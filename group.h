@@ -32,7 +32,6 @@
 
 #include <stddef.h>
 #include "err.h"
-#include "json.h"
 #include "preset.h"
 
 #define GROUP_MAX_PER_MACHINE 1000   /* events_per_machine is 1..this */

@@ -5,7 +5,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
 
 /* A job waiting in pool_acquire, on its own stack. */
 struct pool_waiter {
@@ -42,11 +41,10 @@ static struct pool_machine *machine_add(struct pool *p, const char *id, const ch
                                         enum pool_state state, int64_t now)
 {
     struct pool_machine *m = calloc(1, sizeof *m);
-    struct lerr e;
 
     if (!m)
         return NULL;
-    fly_machine_limits_init(&m->limits, &e);  /* returns 0: Fly's fixed figures (fly.h) */
+    fly_machine_limits_init(&m->limits);
     snprintf(m->id, sizeof m->id, "%s", id);
     snprintf(m->key, sizeof m->key, "%s", key);
     m->state = state;

@@ -16,6 +16,7 @@
 
 #include "cJSON.h"
 #include "group.h"
+#include "json.h"
 
 #define MAX_EVENTS 16
 

@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "fly.h"
 #include "group.h"
+#include "json.h"
 #include "log.h"
 #include "sqs.h"
 

@@ -1920,10 +1920,9 @@ static void test_body_pool(void **state)
 static void test_machine_limits_init(void **state)
 {
     struct fly_machine_limits l;
-    struct lerr e = { 0 };
     const struct ratelimit *action[] = { &l.update, &l.lease, &l.other };
 
-    assert_int_equal(fly_machine_limits_init(&l, &e), 0);
+    fly_machine_limits_init(&l);
     for (size_t i = 0; i < 3; i++) {
         assert_true(action[i]->rate == 1.0);
         assert_int_equal(action[i]->burst, 3);
@@ -2178,7 +2177,7 @@ static void test_machine_buckets(void **state)
             struct lerr e = { 0 };
             char log[8192];
 
-            assert_int_equal(fly_machine_limits_init(&l, &e), 0);
+            fly_machine_limits_init(&l);
             assert_int_equal(ratelimit_init(&get_rl, 1, 5, &e), 0);
             server_start(&s, &reply, 1, -1);
             env_open(&v, s.port, "", NULL, &get_rl, NULL);
@@ -2216,7 +2215,7 @@ static void test_machine_bucket_429(void **state)
     char log[8192];
     int64_t t0, t1, t2;
 
-    assert_int_equal(fly_machine_limits_init(&l, &e), 0);
+    fly_machine_limits_init(&l);
     ratelimit_destroy(&l.update);
     assert_int_equal(ratelimit_init(&l.update, 2, 1, &e), 0);  /* 2 a second, burst 1 */
     assert_int_equal(ratelimit_init(&get_rl, 1000, 10, &e), 0);

@@ -12,6 +12,7 @@
 
 #include "cJSON.h"
 #include "group.h"
+#include "json.h"
 
 #define BODY(s) (s), sizeof(s) - 1
 
